@@ -1,0 +1,18 @@
+// A source of tiles: packed shards, an image folder or list, or whole slides sampled online.
+// The loader sees only this interface: a count and "decode tile i", thread-safe.
+#pragma once
+#include <stdint.h>
+
+#include "data/image.h"
+
+typedef struct TileSource TileSource;
+
+// Opens the source described by `spec` (see data/source.c for the accepted forms). Returns NULL with
+// err naming the file and the problem.
+TileSource *source_open(const char *spec, char *err);
+int64_t source_count(const TileSource *s);
+// Decodes tile i (0 <= i < count) into *out (allocated by the call). Returns 0, or -1 for a corrupt or
+// unreadable tile with err naming the file/record and the reason. Safe to call from many threads.
+// `rng_seed` drives sources that sample (the online WSI source): the same seed gives the same tile.
+int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, char *err);
+void source_close(TileSource *s);

@@ -1,0 +1,100 @@
+// The backend interface: every numeric op the model needs, with one signature for every backend.
+// The ViT, heads and losses (model/*.c) are written once against this table; `cpu` (model/cpu/,
+// fp32 OpenBLAS + OpenMP) is the numerical reference, `cuda` (model/cuda/) the fast path.
+//
+// Conventions
+//  - Tensors are plain pointers into memory that the backend owns (be->alloc). Row-major, C order.
+//    The model never dereferences them; only the backend does.
+//  - Dimension names: B images, T tokens per image, N patch tokens, D width, H heads, Dh head dim,
+//    K prototypes, rows = B*T for token-wise ops.
+//  - Backward ops ACCUMULATE into parameter gradients (dW, db, dgamma ...: +=) so that several crop
+//    groups and micro-batches add up in one gradient buffer. Input gradients are OVERWRITTEN unless the
+//    argument is named `dx_acc` (then +=).
+//  - `idx` arrays (row subsets for stochastic depth, masked tokens) live in backend memory too.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct Backend Backend;
+
+struct Backend {
+    const char *name;
+    void *impl; // backend private state
+
+    // ---- memory -------------------------------------------------------------------------------
+    void *(*alloc)(Backend *be, size_t bytes); // zero-filled, 64-byte aligned
+    void (*release)(Backend *be, void *p);
+    void (*to_device)(Backend *be, void *dst, const void *src_host, size_t bytes);
+    void (*to_host)(Backend *be, void *dst_host, const void *src, size_t bytes);
+    void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);
+    void (*zero)(Backend *be, void *p, size_t bytes);
+    void (*sync)(Backend *be);
+
+    // ---- dense algebra ------------------------------------------------------------------------
+    // C[M,N] = alpha * op(A) op(B) + beta * C; op(A) is [M,K], op(B) is [K,N]; row-major with leading
+    // dimensions lda, ldb, ldc.
+    void (*gemm)(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                 int lda, const float *B, int ldb, float beta, float *C, int ldc);
+    // out[rows,O] = in[rows,I] W[O,I]^T + b[O] (b may be NULL)
+    void (*linear_fwd)(Backend *be, float *out, const float *in, const float *W, const float *b, int rows,
+                       int I, int O);
+    // din[rows,I] = dout W (overwritten; skipped when din is NULL); dW[O,I] += dout^T in;
+    // db[O] += sum_rows dout (skipped when db is NULL)
+    void (*linear_bwd)(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
+                       const float *W, int rows, int I, int O);
+
+    // ---- normalization and activations --------------------------------------------------------
+    // out = (x - mean) * rstd * w + b per row of length D; saves mean[rows], rstd[rows]
+    void (*layernorm_fwd)(Backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
+                          const float *b, int rows, int D, float eps);
+    // dx_acc += d/dx; dw += ; db +=
+    void (*layernorm_bwd)(Backend *be, float *dx_acc, float *dw, float *db, const float *dout, const float *x,
+                          const float *mean, const float *rstd, const float *w, int rows, int D);
+    void (*gelu_fwd)(Backend *be, float *out, const float *x, size_t n); // exact erf GELU
+    void (*gelu_bwd)(Backend *be, float *dx, const float *dout, const float *x, size_t n);
+    // in[rows, 2*Hd] = [x1 | x2] per row; out[rows, Hd] = silu(x1) * x2
+    void (*swiglu_fwd)(Backend *be, float *out, const float *in, int rows, int Hd);
+    void (*swiglu_bwd)(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd);
+
+    // ---- attention ----------------------------------------------------------------------------
+    // Non-causal multi-head self-attention of each image over its own T tokens.
+    // qkv[B,T,3*D] laid out [q heads | k heads | v heads] (as torch's qkv Linear then
+    // reshape(B,T,3,H,Dh)); out[B,T,D] (heads concatenated). `saved` holds what backward needs; its
+    // size in floats is attention_saved_floats(B,T,H).
+    size_t (*attention_saved_floats)(Backend *be, int B, int T, int H);
+    void (*attention_fwd)(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
+    void (*attention_bwd)(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved,
+                          int B, int T, int H, int Dh);
+
+    // ---- ViT plumbing -------------------------------------------------------------------------
+    // cols[B*N, C*p*p] from img[B,C,Hi,Wi] (N = (Hi/p)*(Wi/p), patch-major, column order c,ky,kx as
+    // a torch Conv2d weight [D,C,p,p] flattened)
+    void (*im2col)(Backend *be, float *cols, const float *img, int B, int C, int Hi, int Wi, int p);
+    // x[B,T,D], T = 1+R+N: x[b,0] = cls + pos[0]; x[b,1..R] = reg; x[b,1+R+n] = patch'[b,n] + pos[1+n]
+    // where patch' = mask_token at masked positions (mask[b*N+n] != 0), else patch.
+    // mask may be NULL; reg may be NULL when R = 0.
+    void (*tokens_fwd)(Backend *be, float *x, const float *patch, const float *cls, const float *reg,
+                       const float *pos, const float *mask_token, const uint8_t *mask, int B, int N, int R, int D);
+    // dpatch[B,N,D] overwritten (0 at masked positions); dcls, dreg, dpos, dmask_token accumulated.
+    void (*tokens_bwd)(Backend *be, float *dpatch, float *dcls, float *dreg, float *dpos, float *dmask_token,
+                       const float *dx, const uint8_t *mask, int B, int N, int R, int D);
+    // out[i,:] = in[idx[i],:] for i < n (rows of length len)
+    void (*gather_rows)(Backend *be, float *out, const float *in, const int *idx, int n, size_t len);
+    // Stochastic-depth residual with LayerScale: for i < n, x[idx[i]] += scale * gamma (.) br[i]
+    // (rows of T*D; gamma[D] broadcast over tokens; gamma NULL means 1). idx NULL means idx[i] = i.
+    void (*residual_fwd)(Backend *be, float *x, const float *br, const float *gamma, const int *idx, int n,
+                         int T, int D, float scale);
+    // dbr[i] = scale * gamma (.) dx[idx[i]]; dgamma += scale * sum br[i] (.) dx[idx[i]]
+    void (*residual_bwd)(Backend *be, float *dbr, float *dgamma, const float *dx, const float *br,
+                         const float *gamma, const int *idx, int n, int T, int D, float scale);
+    // x[idx[i],:] += in[i,:] (rows of length len); idx NULL means identity
+    void (*scatter_add_rows)(Backend *be, float *x, const float *in, const int *idx, int n, size_t len);
+
+    // ---- elementwise and reductions ---------------------------------------------------------------
+    void (*axpy)(Backend *be, float *y, float alpha, const float *x, size_t n); // y += alpha x
+    void (*scale)(Backend *be, float *x, float alpha, size_t n);               // x *= alpha
+    double (*sum_squares)(Backend *be, const float *x, size_t n);              // deterministic
+};
+
+Backend *backend_cpu_new(void);
+void backend_free(Backend *be);

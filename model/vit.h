@@ -1,0 +1,77 @@
+// DINOv2's Vision Transformer backbone, written once against the backend interface.
+//
+// Token layout [CLS, reg_1..reg_R, patch_1..patch_N]; pre-norm blocks
+//   x += LS1(attn(LN1(x)));  x += LS2(ffn(LN2(x)))   (with sample-subset stochastic depth)
+// then a final LayerNorm. Parameter names follow the reference (dinov2/models/vision_transformer.py),
+// under a prefix such as "backbone.".
+#pragma once
+#include <stdint.h>
+
+#include "common/rng.h"
+#include "model/backend.h"
+#include "model/params.h"
+
+typedef enum { VIT_FFN_MLP = 0, VIT_FFN_SWIGLU = 1 } VitFfn;
+
+typedef struct {
+    char arch[32];          // vit_small, vit_base, vit_large, vit_giant2, vit_tiny (tests), vit_test
+    int dim, depth, heads;
+    int patch;              // patch size p
+    int img_size;           // pos-embed grid = img_size / patch (global crop size at pretraining)
+    int n_registers;        // 0 or 4 (any R >= 0 works)
+    VitFfn ffn;
+    int ffn_hidden;         // hidden width of the MLP, or of each SwiGLU half (rounded as the reference)
+    float layerscale;       // LayerScale init; 0 disables LayerScale
+    float drop_path_rate;   // stochastic depth rate, uniform over blocks
+    float interpolate_offset;   // 0.1 legacy scale-factor offset, 0 = size-based
+    int interpolate_antialias;  // bicubic with antialiasing when downsampling (reg4 models)
+    int qkv_bias, proj_bias, ffn_bias;
+} VitConfig;
+
+// Fills cfg with the reference's widths/depths/heads for arch ("vit_small", ...), patch, img_size,
+// register count and ffn layer ("mlp" or "swiglu"/"swiglufused"). Returns 0, or -1 with err set.
+int vit_config_from_arch(VitConfig *cfg, const char *arch, int patch, int img_size, int n_registers,
+                         const char *ffn_layer, char *err);
+// Checks that a configuration can work; returns 0, or -1 with err naming the problem.
+int vit_config_check(const VitConfig *cfg, char *err);
+// Checks a crop size for this model: square, a multiple of the patch. Returns 0 or -1 with err set.
+int vit_check_crop(const VitConfig *cfg, int crop, char *err);
+
+typedef struct {
+    size_t norm1_w, norm1_b, qkv_w, qkv_b, proj_w, proj_b, ls1;
+    size_t norm2_w, norm2_b, fc1_w, fc1_b, fc2_w, fc2_b, ls2; // fc1 = w12 and fc2 = w3 for SwiGLU
+} VitBlockOffsets;
+
+typedef struct {
+    VitConfig cfg;
+    int grid;       // pos-embed grid side M = img_size / patch
+    size_t cls, reg, pos, mask_token, patch_w, patch_b, norm_w, norm_b; // offsets into the flat buffer
+    VitBlockOffsets *blocks;
+} Vit;
+
+// Registers the backbone's tensors in tab under prefix (e.g. "backbone.") and records their offsets.
+void vit_build(Vit *vit, const VitConfig *cfg, ParamTable *tab, const char *prefix);
+void vit_free(Vit *vit);
+// The reference's initialisation, into a host copy of the flat parameter buffer.
+void vit_init_weights(const Vit *vit, float *params_host, uint64_t seed);
+
+// Activations of one crop group (B images of one size). Created once per shape and reused.
+typedef struct VitActs VitActs;
+VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, int training);
+void vit_acts_free(Backend *be, VitActs *a);
+int vit_acts_tokens(const VitActs *a); // T = 1 + R + N
+
+// Forward. images[B,3,crop,crop] (backend memory, normalized); masks[B*N] (backend memory) or NULL;
+// drop_key keys the stochastic-depth subsets (ignored when not training or rate is 0): use a key
+// unique per (step, crop group). Returns x_norm[B,T,D] (final LayerNorm of every token; backend
+// memory owned by acts): CLS at token 0, registers at 1..R, patch tokens at 1+R.. .
+const float *vit_forward(Backend *be, const Vit *vit, const float *params, VitActs *a, const float *images,
+                         const uint8_t *masks, Rng drop_key);
+// Backward from d_xnorm[B,T,D] (backend memory); accumulates into grads (same layout as params).
+void vit_backward(Backend *be, const Vit *vit, const float *params, float *grads, VitActs *a,
+                  const float *d_xnorm);
+
+// Bicubic interpolation of the pos-embed grid M x M to g x g as a dense matrix W[g*g, M*M] (host),
+// with the reference's semantics (torch interpolate bicubic A=-0.75, align_corners=False; scale
+// factor (g+offset)/M when offset > 0, else size-based; optional antialias).
+void vit_pos_interp_matrix(float *W, int M, int g, float offset, int antialias);
