@@ -57,16 +57,23 @@ void vit_init_weights(const Vit *vit, float *params_host, uint64_t seed);
 
 // Activations of one crop group (B images of one size). Created once per shape and reused.
 typedef struct VitActs VitActs;
-VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, int training);
+VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop);
 void vit_acts_free(Backend *be, VitActs *a);
 int vit_acts_tokens(const VitActs *a); // T = 1 + R + N
 
-// Forward. images[B,3,crop,crop] (backend memory, normalized); masks[B*N] (backend memory) or NULL;
-// drop_key keys the stochastic-depth subsets (ignored when not training or rate is 0): use a key
-// unique per (step, crop group). Returns x_norm[B,T,D] (final LayerNorm of every token; backend
-// memory owned by acts): CLS at token 0, registers at 1..R, patch tokens at 1+R.. .
+// Stochastic depth ("sample-subset", as the reference's nested student forward): for every block and
+// each of its two residual branches, S = max(int(B*(1-rate)), 1) distinct images are kept, the branch
+// is computed on them only and added back scaled by B/S. Subsets are drawn on the host from `key`
+// (use a key unique per (step, crop group)) into subsets[depth][2][S], each sorted ascending.
+int vit_drop_subset_size(const Vit *vit, int B);  // S, or B when rate is 0
+void vit_draw_drop_subsets(const Vit *vit, int B, Rng key, int *subsets);
+
+// Forward of one crop group. images[B,3,crop,crop] (backend memory, normalized); masks[B*N] (backend
+// memory, nonzero = masked) or NULL; drop_subsets as drawn above (host) or NULL for no stochastic
+// depth (teacher, eval). Returns x_norm[B,T,D] (final LayerNorm of every token, backend memory owned
+// by acts): CLS at token 0, registers at 1..R, patch tokens from 1+R.
 const float *vit_forward(Backend *be, const Vit *vit, const float *params, VitActs *a, const float *images,
-                         const uint8_t *masks, Rng drop_key);
+                         const uint8_t *masks, const int *drop_subsets);
 // Backward from d_xnorm[B,T,D] (backend memory); accumulates into grads (same layout as params).
 void vit_backward(Backend *be, const Vit *vit, const float *params, float *grads, VitActs *a,
                   const float *d_xnorm);
