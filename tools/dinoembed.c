@@ -1,0 +1,452 @@
+// dinoembed: features of tiles or of a whole slide from an exported backbone (see docs/export.md).
+//
+//   dinoembed MODEL (--tiles SPEC | --slide SLIDE) -o OUT [options]
+//
+// MODEL: a dinoexport directory (model.safetensors + config.json [+ preprocessor_config.json]) or a
+// bare safetensors file. Tiles: SPEC is a folder, a list/CSV file, "folder:DIR" or "list:FILE".
+// The features are the CLS token after the final LayerNorm (as HF pooler_output / timm token pool)
+// and the mean of the patch tokens after the final LayerNorm (registers excluded).
+//   OUT.npy          float32 [n, F] (--feature cls | mean | cls+mean), with OUT.ids.txt (one tile per line)
+//   OUT.safetensors  "cls" [n, D] and "mean_patch" [n, D], with OUT.ids.txt
+// Slide: the tissue tiles of SLIDE at --mpp um/px, --tile px, written to OUT.h5 as a CLAM / TRIDENT
+// feature bag: "features" float32 [n, F], "coords" int64 [n, 2] (level-0 x, y of each tile's top-left
+// corner) with the attributes those tools read (patch_size, patch_size_level0, patch_level, mpp, ...).
+//
+// NOTE: the slide tiling and tissue detection here are minimal own versions (saturation threshold on
+// the slide's coarsest level) until data/wsi + data/tissue land; the tile geometry is the same.
+#include <errno.h>
+#include <math.h>
+#include <openslide.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef DINO_HAVE_HDF5
+#include <hdf5.h>
+#endif
+
+#include "common/check.h"
+#include "common/safetensors.h"
+#include "train/eval.h"
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: dinoembed MODEL (--tiles SPEC | --slide SLIDE) -o OUT [options]\n"
+            "  --feature cls|mean|cls+mean  feature of the .npy / .h5 output (default cls)\n"
+            "  --batch N                    images per forward (default 16)\n"
+            "  --resize N --crop N          shorter side before the center crop, crop size (default: the\n"
+            "                               model's preprocessor_config, else img*256/224 and img)\n"
+            "  --mean r,g,b --std r,g,b     normalization (default ImageNet)\n"
+            "  --heads N                    attention heads if the model files do not say\n"
+            "slide options:\n"
+            "  --mpp X (0.5)  --tile N (224)  --min-tissue F (0.25: tissue fraction of a kept tile)\n"
+            "  --slide-mpp X  level-0 um/px when the slide does not record it\n");
+}
+
+static int parse3(const char *s, float *v) {
+    return sscanf(s, "%f,%f,%f", &v[0], &v[1], &v[2]) == 3 ? 0 : -1;
+}
+
+static int ends_with(const char *s, const char *x) {
+    size_t a = strlen(s), b = strlen(x);
+    return a >= b && !strcmp(s + a - b, x);
+}
+
+// OUT with its extension replaced by ".ids.txt"
+static void ids_path(char *out, size_t n, const char *path) {
+    snprintf(out, n, "%s", path);
+    char *dot = strrchr(out, '.'), *slash = strrchr(out, '/');
+    if (dot && (!slash || dot > slash)) *dot = 0;
+    size_t k = strlen(out);
+    snprintf(out + k, n - k, ".ids.txt");
+}
+
+static int write_npy(const char *path, const float *x, int n, int d, char *err) {
+    char hdr[128];
+    int len = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }", n, d);
+    int total = 10 + len + 1, pad = (64 - total % 64) % 64;
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        dino_seterr(err, "%s: cannot create (%s)", path, strerror(errno));
+        return -1;
+    }
+    unsigned short hl = (unsigned short)(len + pad + 1);
+    int bad = fwrite("\x93NUMPY\x01\x00", 1, 8, f) != 8;
+    bad |= fwrite(&hl, 2, 1, f) != 1; // little-endian host (x86/arm64)
+    bad |= fwrite(hdr, 1, (size_t)len, f) != (size_t)len;
+    for (int i = 0; i < pad; i++) bad |= fputc(' ', f) == EOF;
+    bad |= fputc('\n', f) == EOF;
+    bad |= fwrite(x, sizeof(float), (size_t)n * d, f) != (size_t)n * d;
+    bad |= fclose(f) != 0;
+    if (bad) dino_seterr(err, "%s: write failed", path);
+    return bad ? -1 : 0;
+}
+
+static int run_tiles(EmbedModel *m, const char *spec, const char *out, FeatureKind kind, int batch) {
+    char err[DINO_ERRLEN];
+    TileSet s;
+    if (tileset_open(&s, spec, 0, err)) {
+        fprintf(stderr, "dinoembed: %s\n", err);
+        return 1;
+    }
+    const int D = m->vit.cfg.dim, n = s.n;
+    float *both = dino_malloc(sizeof(float) * (size_t)n * 2 * D);
+    if (embed_tileset(m, &s, FEAT_CLS_MEAN, batch, both, err)) {
+        fprintf(stderr, "dinoembed: %s\n", err);
+        return 1;
+    }
+    float *cls = dino_malloc(sizeof(float) * (size_t)n * D), *mp = dino_malloc(sizeof(float) * (size_t)n * D);
+    for (int i = 0; i < n; i++) {
+        memcpy(cls + (size_t)i * D, both + (size_t)i * 2 * D, sizeof(float) * D);
+        memcpy(mp + (size_t)i * D, both + (size_t)i * 2 * D + D, sizeof(float) * D);
+    }
+    int rc;
+    if (ends_with(out, ".safetensors")) {
+        StWriter *w = st_writer_new();
+        int64_t shape[2] = {n, D};
+        st_writer_add(w, "cls", ST_F32, 2, shape, cls);
+        st_writer_add(w, "mean_patch", ST_F32, 2, shape, mp);
+        st_writer_meta(w, "model", m->source);
+        st_writer_meta(w, "tiles", spec);
+        rc = st_writer_write(w, out, err);
+        st_writer_free(w);
+    } else {
+        const float *x = kind == FEAT_CLS ? cls : kind == FEAT_MEAN_PATCH ? mp : both;
+        rc = write_npy(out, x, n, feature_dim(m, kind), err);
+    }
+    if (!rc) {
+        char ip[4200];
+        ids_path(ip, sizeof ip, out);
+        FILE *f = fopen(ip, "w");
+        if (!f) {
+            dino_seterr(err, "%s: cannot create (%s)", ip, strerror(errno));
+            rc = -1;
+        } else {
+            for (int i = 0; i < n; i++) fprintf(f, "%s\n", s.paths[i]);
+            if (fclose(f)) rc = -1;
+        }
+        if (!rc) printf("dinoembed: %d tiles -> %s (+ %s), width %d\n", n, out, ip, D);
+    }
+    if (rc) fprintf(stderr, "dinoembed: %s\n", err);
+    free(both);
+    free(cls);
+    free(mp);
+    tileset_free(&s);
+    return rc ? 1 : 0;
+}
+
+// ---- slides ------------------------------------------------------------------------------------------------
+
+typedef struct {
+    openslide_t *os;
+    int64_t w0, h0;
+    double mpp0;
+    int level;          // level the tiles are read from
+    double level_ds;    // its downsample
+    int64_t tile0;      // tile side at level 0
+    int read_px;        // tile side read at `level`
+} Slide;
+
+// ARGB (premultiplied) -> RGB; transparent pixels become white, as background
+static void argb_to_rgb(const uint32_t *src, uint8_t *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t p = src[i];
+        unsigned a = p >> 24;
+        unsigned r = (p >> 16) & 255, g = (p >> 8) & 255, b = p & 255;
+        if (a == 0) r = g = b = 255;
+        else if (a < 255) {
+            r = (r * 255 + a / 2) / a;
+            g = (g * 255 + a / 2) / a;
+            b = (b * 255 + a / 2) / a;
+        }
+        dst[3 * i] = (uint8_t)(r > 255 ? 255 : r);
+        dst[3 * i + 1] = (uint8_t)(g > 255 ? 255 : g);
+        dst[3 * i + 2] = (uint8_t)(b > 255 ? 255 : b);
+    }
+}
+
+static int is_tissue_px(const uint8_t *p) {
+    int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
+    int mn = p[0] < p[1] ? (p[0] < p[2] ? p[0] : p[2]) : (p[1] < p[2] ? p[1] : p[2]);
+    return mx - mn >= 20 && mx > 30 && mn < 235; // coloured, not black, not white
+}
+
+static int run_slide(EmbedModel *m, const char *path, const char *out, FeatureKind kind, int batch, double mpp,
+                     int tile, double min_tissue, double slide_mpp) {
+#ifndef DINO_HAVE_HDF5
+    (void)m; (void)path; (void)out; (void)kind; (void)batch; (void)mpp; (void)tile; (void)min_tissue; (void)slide_mpp;
+    fprintf(stderr, "dinoembed: --slide needs HDF5, which this build does not have\n");
+    return 1;
+#else
+    char err[DINO_ERRLEN];
+    Slide s = {0};
+    s.os = openslide_open(path);
+    if (!s.os) {
+        fprintf(stderr, "dinoembed: %s: not a slide OpenSlide can open\n", path);
+        return 1;
+    }
+    if (openslide_get_error(s.os)) {
+        fprintf(stderr, "dinoembed: %s: %s\n", path, openslide_get_error(s.os));
+        return 1;
+    }
+    openslide_get_level0_dimensions(s.os, &s.w0, &s.h0);
+    const char *mp = openslide_get_property_value(s.os, OPENSLIDE_PROPERTY_NAME_MPP_X);
+    s.mpp0 = slide_mpp > 0 ? slide_mpp : mp ? atof(mp) : 0;
+    if (!(s.mpp0 > 0)) {
+        fprintf(stderr, "dinoembed: %s records no microns per pixel: give it with --slide-mpp\n", path);
+        return 1;
+    }
+    s.tile0 = llround(tile * mpp / s.mpp0);
+    if (s.tile0 < 1 || s.tile0 > s.w0 || s.tile0 > s.h0) {
+        fprintf(stderr, "dinoembed: %s: a %d px tile at %g um/px covers %lld level-0 px, more than the slide (%lldx%lld)\n",
+                path, tile, mpp, (long long)s.tile0, (long long)s.w0, (long long)s.h0);
+        return 1;
+    }
+    s.level = openslide_get_best_level_for_downsample(s.os, (double)s.tile0 / tile);
+    if (s.level < 0) s.level = 0;
+    s.level_ds = openslide_get_level_downsample(s.os, s.level);
+    s.read_px = (int)ceil(s.tile0 / s.level_ds);
+
+    // tissue mask on the coarsest level (small enough to read whole)
+    const int nl = openslide_get_level_count(s.os);
+    int tl = nl - 1;
+    int64_t tw, th;
+    openslide_get_level_dimensions(s.os, tl, &tw, &th);
+    const int cols = (int)(s.w0 / s.tile0), rows = (int)(s.h0 / s.tile0);
+    char *keep = dino_calloc((size_t)cols * rows, 1);
+    if (tw * th <= (int64_t)64 << 20) {
+        uint32_t *argb = dino_malloc(sizeof(uint32_t) * (size_t)tw * th);
+        uint8_t *rgb = dino_malloc((size_t)tw * th * 3);
+        openslide_read_region(s.os, argb, 0, 0, tl, tw, th);
+        argb_to_rgb(argb, rgb, (size_t)tw * th);
+        free(argb);
+        const double ds = openslide_get_level_downsample(s.os, tl);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) {
+                int64_t x0 = (int64_t)floor(c * s.tile0 / ds), y0 = (int64_t)floor(r * s.tile0 / ds);
+                int64_t x1 = (int64_t)ceil((c + 1) * s.tile0 / ds), y1 = (int64_t)ceil((r + 1) * s.tile0 / ds);
+                if (x1 > tw) x1 = tw;
+                if (y1 > th) y1 = th;
+                int64_t hit = 0, tot = 0;
+                for (int64_t y = y0; y < y1; y++)
+                    for (int64_t x = x0; x < x1; x++, tot++) hit += is_tissue_px(rgb + (y * tw + x) * 3);
+                keep[(size_t)r * cols + c] = tot > 0 && (double)hit / tot >= min_tissue;
+            }
+        free(rgb);
+    } else {
+        memset(keep, 1, (size_t)cols * rows); // no usable thumbnail level: decide per tile below
+    }
+    int n = 0;
+    for (int i = 0; i < cols * rows; i++) n += keep[i];
+    int64_t *coords = dino_malloc(sizeof(int64_t) * 2 * (size_t)(n ? n : 1));
+    for (int r = 0, k = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            if (keep[(size_t)r * cols + c]) {
+                coords[2 * k] = c * s.tile0;
+                coords[2 * k + 1] = r * s.tile0;
+                k++;
+            }
+    free(keep);
+    const int D = m->vit.cfg.dim, FD = feature_dim(m, kind), C = m->pre.crop;
+    float *feats = dino_malloc(sizeof(float) * (size_t)(n ? n : 1) * FD);
+    if (batch > n) batch = n > 0 ? n : 1;
+    const size_t per = (size_t)3 * C * C;
+    float *imgs = dino_calloc((size_t)batch * per, sizeof(float));
+    float *cls = dino_malloc(sizeof(float) * (size_t)batch * D), *mpf = dino_malloc(sizeof(float) * (size_t)batch * D);
+    for (int i0 = 0; i0 < n; i0 += batch) {
+        int nb = n - i0 < batch ? n - i0 : batch;
+#pragma omp parallel for schedule(dynamic)
+        for (int j = 0; j < nb; j++) {
+            uint32_t *argb = dino_malloc(sizeof(uint32_t) * (size_t)s.read_px * s.read_px);
+            openslide_read_region(s.os, argb, coords[2 * (i0 + j)], coords[2 * (i0 + j) + 1], s.level, s.read_px, s.read_px);
+            Image raw, t;
+            image_alloc(&raw, s.read_px, s.read_px);
+            argb_to_rgb(argb, raw.px, (size_t)s.read_px * s.read_px);
+            free(argb);
+            if (s.read_px != tile) {
+                image_resize_bicubic(&raw, &t, tile, tile);
+                image_free(&raw);
+            } else {
+                t = raw;
+            }
+            preprocess_image(&m->pre, &t, imgs + (size_t)j * per);
+            image_free(&t);
+        }
+        if (nb < batch) memset(imgs + (size_t)nb * per, 0, sizeof(float) * (size_t)(batch - nb) * per);
+        embed_batch(m, imgs, batch, cls, mpf);
+        for (int j = 0; j < nb; j++) {
+            float *o = feats + (size_t)(i0 + j) * FD;
+            if (kind != FEAT_MEAN_PATCH) memcpy(o, cls + (size_t)j * D, sizeof(float) * D);
+            if (kind == FEAT_MEAN_PATCH) memcpy(o, mpf + (size_t)j * D, sizeof(float) * D);
+            if (kind == FEAT_CLS_MEAN) memcpy(o + D, mpf + (size_t)j * D, sizeof(float) * D);
+        }
+        fprintf(stderr, "\rdinoembed: %d / %d tiles", i0 + nb, n);
+    }
+    if (n) fprintf(stderr, "\n");
+    if (openslide_get_error(s.os)) {
+        fprintf(stderr, "dinoembed: %s: %s\n", path, openslide_get_error(s.os));
+        return 1;
+    }
+    free(imgs);
+    free(cls);
+    free(mpf);
+
+    // ---- the feature bag ----
+    int rc = 1;
+    hid_t f = H5Fcreate(out, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) {
+        fprintf(stderr, "dinoembed: %s: cannot create the HDF5 file\n", out);
+        return 1;
+    }
+    hsize_t fd[2] = {(hsize_t)n, (hsize_t)FD}, cd[2] = {(hsize_t)n, 2};
+    hid_t fs = H5Screate_simple(2, fd, NULL), cs = H5Screate_simple(2, cd, NULL);
+    hid_t dfe = H5Dcreate2(f, "features", H5T_IEEE_F32LE, fs, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t dco = H5Dcreate2(f, "coords", H5T_STD_I64LE, cs, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    int bad = dfe < 0 || dco < 0;
+    if (!bad && n) {
+        bad |= H5Dwrite(dfe, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, feats) < 0;
+        bad |= H5Dwrite(dco, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, coords) < 0;
+    }
+    // attributes as CLAM (patch_size, patch_level, downsample, level_dim, name) and TRIDENT
+    // (patch_size_level0, level0_magnification, target_magnification, overlap, level0_width/height)
+    hid_t sc = H5Screate(H5S_SCALAR);
+#define ATTR_I(obj, name, v)                                                                                     \
+    do {                                                                                                         \
+        int64_t v_ = (v);                                                                                        \
+        hid_t a_ = H5Acreate2(obj, name, H5T_STD_I64LE, sc, H5P_DEFAULT, H5P_DEFAULT);                          \
+        bad |= a_ < 0 || H5Awrite(a_, H5T_NATIVE_INT64, &v_) < 0;                                                \
+        if (a_ >= 0) H5Aclose(a_);                                                                               \
+    } while (0)
+#define ATTR_F(obj, name, v)                                                                                     \
+    do {                                                                                                         \
+        double v_ = (v);                                                                                         \
+        hid_t a_ = H5Acreate2(obj, name, H5T_IEEE_F64LE, sc, H5P_DEFAULT, H5P_DEFAULT);                         \
+        bad |= a_ < 0 || H5Awrite(a_, H5T_NATIVE_DOUBLE, &v_) < 0;                                               \
+        if (a_ >= 0) H5Aclose(a_);                                                                               \
+    } while (0)
+#define ATTR_S(obj, name, v)                                                                                     \
+    do {                                                                                                         \
+        const char *v_ = (v);                                                                                    \
+        hid_t t_ = H5Tcopy(H5T_C_S1);                                                                            \
+        H5Tset_size(t_, strlen(v_) + 1);                                                                         \
+        hid_t a_ = H5Acreate2(obj, name, t_, sc, H5P_DEFAULT, H5P_DEFAULT);                                      \
+        bad |= a_ < 0 || H5Awrite(a_, t_, v_) < 0;                                                               \
+        if (a_ >= 0) H5Aclose(a_);                                                                               \
+        H5Tclose(t_);                                                                                            \
+    } while (0)
+    if (!bad) {
+        const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        char name[1024];
+        snprintf(name, sizeof name, "%s", base);
+        char *dot = strrchr(name, '.');
+        if (dot) *dot = 0;
+        const double mag0 = 10.0 / s.mpp0, magt = 10.0 / mpp; // 0.5 um/px ~ 20x, the usual convention
+        ATTR_I(dco, "patch_size", tile);
+        ATTR_I(dco, "patch_size_level0", s.tile0);
+        ATTR_I(dco, "patch_level", 0); // coords are level-0 pixels
+        ATTR_I(dco, "read_level", s.level);
+        ATTR_F(dco, "downsample", (double)s.tile0 / tile);
+        ATTR_I(dco, "level0_width", s.w0);
+        ATTR_I(dco, "level0_height", s.h0);
+        ATTR_F(dco, "level0_magnification", round(mag0 * 100) / 100);
+        ATTR_F(dco, "target_magnification", round(magt * 100) / 100);
+        ATTR_F(dco, "level0_mpp", s.mpp0);
+        ATTR_F(dco, "mpp", mpp);
+        ATTR_I(dco, "overlap", 0);
+        ATTR_S(dco, "name", name);
+        ATTR_S(dco, "savetodir", out);
+        ATTR_S(dfe, "encoder", m->source);
+        ATTR_S(dfe, "feature", kind == FEAT_CLS ? "cls" : kind == FEAT_MEAN_PATCH ? "mean_patch" : "cls+mean_patch");
+        ATTR_I(dfe, "patch_size", tile);
+        ATTR_I(dfe, "patch_size_level0", s.tile0);
+        ATTR_F(dfe, "mpp", mpp);
+        ATTR_S(f, "slide", path);
+        ATTR_S(f, "encoder", m->source);
+        ATTR_F(f, "min_tissue", min_tissue);
+    }
+    H5Sclose(sc);
+    if (dfe >= 0) H5Dclose(dfe);
+    if (dco >= 0) H5Dclose(dco);
+    H5Sclose(fs);
+    H5Sclose(cs);
+    bad |= H5Fclose(f) < 0;
+    if (bad) fprintf(stderr, "dinoembed: %s: writing the HDF5 file failed\n", out);
+    else {
+        printf("dinoembed: %s: %d tissue tiles of %d px at %g um/px (%lld level-0 px, read at level %d) -> %s "
+               "(features [%d, %d], coords [%d, 2])\n",
+               path, n, tile, mpp, (long long)s.tile0, s.level, out, n, FD, n);
+        rc = 0;
+    }
+    free(feats);
+    free(coords);
+    openslide_close(s.os);
+    (void)err;
+    return rc;
+#endif
+}
+
+int main(int argc, char **argv) {
+    const char *model = NULL, *tiles = NULL, *slide = NULL, *out = NULL;
+    FeatureKind kind = FEAT_CLS;
+    int batch = 16, resize = -1, crop = -1, heads = 0, tile = 224, have_mean = 0, have_std = 0;
+    float mean[3], std[3];
+    double mpp = 0.5, min_tissue = 0.25, slide_mpp = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define OPT(name) (!strcmp(a, name) && v && (++i, 1))
+        if (OPT("--tiles")) tiles = v;
+        else if (OPT("--slide")) slide = v;
+        else if (OPT("-o") || (!strcmp(a, "--out") && v && (++i, 1))) out = v;
+        else if (OPT("--feature")) {
+            if (feature_kind_parse(v, &kind)) {
+                fprintf(stderr, "dinoembed: unknown --feature '%s' (cls, mean, cls+mean)\n", v);
+                return 2;
+            }
+        } else if (OPT("--batch")) batch = atoi(v);
+        else if (OPT("--resize")) resize = atoi(v);
+        else if (OPT("--crop")) crop = atoi(v);
+        else if (OPT("--heads")) heads = atoi(v);
+        else if (OPT("--mean")) have_mean = parse3(v, mean) == 0 ? 1 : -1;
+        else if (OPT("--std")) have_std = parse3(v, std) == 0 ? 1 : -1;
+        else if (OPT("--mpp")) mpp = atof(v);
+        else if (OPT("--tile")) tile = atoi(v);
+        else if (OPT("--min-tissue")) min_tissue = atof(v);
+        else if (OPT("--slide-mpp")) slide_mpp = atof(v);
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            return 0;
+        } else if (a[0] != '-' && !model) model = a;
+        else {
+            fprintf(stderr, "dinoembed: unknown or incomplete option '%s'\n", a);
+            usage();
+            return 2;
+        }
+#undef OPT
+    }
+    if (!model || !out || (!tiles == !slide) || have_mean < 0 || have_std < 0 || batch < 1 || tile < 1 || !(mpp > 0)) {
+        usage();
+        return 2;
+    }
+    char err[DINO_ERRLEN];
+    EmbedModel m;
+    if (embed_model_open(&m, model, heads, err)) {
+        fprintf(stderr, "dinoembed: %s\n", err);
+        return 1;
+    }
+    if (slide) { // slide tiles are already the model's input: no 256 -> 224 step unless asked
+        m.pre.crop = tile;
+        m.pre.resize = tile;
+    }
+    if (resize >= 0) m.pre.resize = resize;
+    if (crop > 0) m.pre.crop = crop;
+    if (have_mean) memcpy(m.pre.mean, mean, sizeof mean);
+    if (have_std) memcpy(m.pre.std, std, sizeof std);
+    if (vit_check_crop(&m.vit.cfg, m.pre.crop, err)) {
+        fprintf(stderr, "dinoembed: %s\n", err);
+        return 1;
+    }
+    int rc = tiles ? run_tiles(&m, tiles, out, kind, batch)
+                   : run_slide(&m, slide, out, kind, batch, mpp, tile, min_tissue, slide_mpp);
+    embed_model_close(&m);
+    return rc;
+}
