@@ -9,7 +9,8 @@ reference's inference transform (Resize bicubic -> CenterCrop -> ToTensor -> Nor
 and mean-patch features must match dinoembed's with relative error <= 1e-4 (max |diff| / max |ref|).
 
 When `transformers` is importable, HF exports are also loaded with `AutoModel.from_pretrained(dir)` and
-its pooler_output / last_hidden_state are compared the same way.
+its pooler_output / last_hidden_state are compared the same way; when timm >= 1.0.20 is importable, timm
+exports are loaded with `timm.create_model("local-dir:" + dir, pretrained=True)` and compared too.
 
 usage: export_check.py --resize R --crop C DIR FEATS IDS [DIR FEATS IDS ...]
 Exit 0 iff every comparison passes.
@@ -146,6 +147,11 @@ def main():
         have_hf = True
     except Exception:
         have_hf = False
+    try:
+        import timm  # noqa: F401
+        have_timm = hasattr(timm, "__version__") and tuple(int(v) for v in timm.__version__.split(".")[:3] if v.isdigit()) >= (1, 0, 20)
+    except Exception:
+        have_timm = False
     ok = True
     for i in range(0, len(args), 3):
         d, feats, ids = args[i:i + 3]
@@ -173,7 +179,19 @@ def main():
             good = e_cls <= TOL and e_mp <= TOL
             print(f"{d} [{type(hf).__name__}]: transformers  cls rel err {e_cls:.2e}, mean-patch {e_mp:.2e} {'ok' if good else 'FAIL'}")
             ok &= good
+        if naming == "timm" and have_timm:  # timm >= 1.0.20 loads local directories ("local-dir:")
+            import timm
+            tm = timm.create_model("local-dir:" + os.path.abspath(d), pretrained=True).eval()
+            with torch.no_grad():
+                ff = tm.forward_features(x)
+                pooled = tm(x)
+            e_cls = max(rel(got["cls"], ff[:, 0].numpy()), rel(got["cls"], pooled.numpy()))
+            e_mp = rel(got["mean_patch"], ff[:, tm.num_prefix_tokens:].mean(1).numpy())
+            good = e_cls <= TOL and e_mp <= TOL
+            print(f"{d} [timm {tm.default_cfg.get('architecture', '')}]: timm  cls rel err {e_cls:.2e}, mean-patch {e_mp:.2e} {'ok' if good else 'FAIL'}")
+            ok &= good
     print("transformers:", "used" if have_hf else "not installed (reference ViT only)")
+    print("timm:", "used" if have_timm else "not installed (>= 1.0.20 needed for local-dir)")
     return 0 if ok else 1
 
 
