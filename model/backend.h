@@ -35,13 +35,13 @@ struct Backend {
     // dimensions lda, ldb, ldc.
     void (*gemm)(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A,
                  int lda, const float *B, int ldb, float beta, float *C, int ldc);
-    // out[rows,O] = in[rows,I] W[O,I]^T + b[O] (b may be NULL)
+    // out[rows,n_out] = in[rows,n_in] W[n_out,n_in]^T + b[n_out] (b may be NULL)
     void (*linear_fwd)(Backend *be, float *out, const float *in, const float *W, const float *b, int rows,
-                       int I, int O);
-    // din[rows,I] = dout W (overwritten; skipped when din is NULL); dW[O,I] += dout^T in;
-    // db[O] += sum_rows dout (skipped when db is NULL)
+                       int n_in, int n_out);
+    // din[rows,n_in] = dout W (overwritten; skipped when din is NULL); dW[n_out,n_in] += dout^T in;
+    // db[n_out] += sum_rows dout (skipped when db is NULL)
     void (*linear_bwd)(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
-                       const float *W, int rows, int I, int O);
+                       const float *W, int rows, int n_in, int n_out);
 
     // ---- normalization and activations --------------------------------------------------------
     // out = (x - mean) * rstd * w + b per row of length D; saves mean[rows], rstd[rows]
