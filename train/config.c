@@ -38,8 +38,8 @@ typedef struct {
 
 // Sections must stay contiguous (the writer opens a section when the prefix changes).
 static const CfgKey KEYS[] = {
-    E("student.arch", student.arch, "vit_large", "vit_tiny|vit_small|vit_base|vit_large|vit_giant2",
-      "backbone size: tiny 192x12 (3 heads), small 384x12 (6), base 768x12 (12), large 1024x24 (16), giant2 1536x40 (24)"),
+    E("student.arch", student.arch, "vit_large", "vit_test|vit_tiny|vit_small|vit_base|vit_large|vit_giant2",
+      "backbone size: test 32x2 (2 heads), tiny 192x12 (3 heads), small 384x12 (6), base 768x12 (12), large 1024x24 (16), giant2 1536x40 (24)"),
     I("student.patch_size", student.patch_size, "16", "patch side in pixels; must divide both crop sizes"),
     F("student.drop_path_rate", student.drop_path_rate, "0.3", "stochastic depth rate of the student, in [0, 1)"),
     B("student.drop_path_uniform", student.drop_path_uniform, "true",
@@ -841,7 +841,7 @@ int64_t config_total_iterations(const Config *c) {
 
 void config_arch_dims(const Config *c, int *dim, int *depth, int *heads) {
     static const struct { const char *name; int dim, depth, heads; } archs[] = {
-        {"vit_tiny", 192, 12, 3}, {"vit_small", 384, 12, 6}, {"vit_base", 768, 12, 12},
+        {"vit_test", 32, 2, 2}, {"vit_tiny", 192, 12, 3}, {"vit_small", 384, 12, 6}, {"vit_base", 768, 12, 12},
         {"vit_large", 1024, 24, 16}, {"vit_giant2", 1536, 40, 24},
     };
     *dim = *depth = *heads = 0;

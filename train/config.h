@@ -19,7 +19,7 @@
 #define CFG_MAX_KEYS 160
 
 typedef struct {
-    char arch[CFG_NAME];      // vit_tiny | vit_small | vit_base | vit_large | vit_giant2
+    char arch[CFG_NAME];      // vit_test | vit_tiny | vit_small | vit_base | vit_large | vit_giant2
     int patch_size;
     double drop_path_rate;
     bool drop_path_uniform;
