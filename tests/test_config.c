@@ -310,3 +310,18 @@ TEST(lr_scaling_rule) {
     CHECK(load(test_src_path("configs/vitl14.yaml"), 1, none, err) == 0, "%s", err);
     CHECK(config_scaled_lr(&cfg, 64) == 2e-4, "none keeps base_lr");
 }
+
+TEST(configuration_doc_lists_every_key) {
+    FILE *f = fopen(test_src_path("docs/configuration.md"), "rb");
+    CHECK(f != NULL, "docs/configuration.md missing");
+    if (!f) return;
+    static char doc[1 << 17];
+    size_t n = fread(doc, 1, sizeof doc - 1, f);
+    doc[n] = 0;
+    fclose(f);
+    for (int i = 0; i < config_n_keys(); i++) {
+        char want[128];
+        snprintf(want, sizeof want, "| `%s` |", config_key_name(i));
+        CHECK(strstr(doc, want), "docs/configuration.md does not describe %s", config_key_name(i));
+    }
+}

@@ -168,6 +168,7 @@ int config_n_keys(void) { return N_KEYS; }
 const char *config_key_name(int i) { return KEYS[i].key; }
 const char *config_key_doc(int i) { return KEYS[i].doc; }
 const char *config_key_default(int i) { return KEYS[i].def; }
+const char *config_key_choices(int i) { return KEYS[i].choices; }
 
 static const CfgKey *find_key(const char *name) {
     for (int i = 0; i < N_KEYS; i++)

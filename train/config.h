@@ -174,5 +174,6 @@ int config_n_keys(void);
 const char *config_key_name(int i);
 const char *config_key_doc(int i);
 const char *config_key_default(int i);
+const char *config_key_choices(int i); // "a|b|c" for names with fixed choices, else NULL
 // Levenshtein distance between two strings (used for "did you mean").
 int config_edit_distance(const char *a, const char *b);
