@@ -1,6 +1,7 @@
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/check.h"
@@ -226,4 +227,26 @@ TEST(leftover_tmp_is_ignored_and_cleaned) {
     CHECK(save(out, &s2, 1500, 3, err) == 0, "%s", err);
     struct stat sb;
     CHECK(stat(b, &sb) != 0 && stat(p, &sb) != 0, "leftover .tmp directories must be removed");
+}
+
+TEST(independent_python_reader_agrees) {
+    if (access("/usr/bin/python3", X_OK) != 0) test_skip("no /usr/bin/python3");
+    if (system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") != 0) test_skip("numpy is not installed");
+    const char *out = test_tmpdir();
+    float pos[12], ones[5];
+    for (int i = 0; i < 12; i++) pos[i] = 0.25f * (float)i - 3;
+    for (int i = 0; i < 5; i++) ones[i] = 1;
+    const int64_t s2[2] = {3, 4}, s1[1] = {5};
+    CkptWriter *w = ckpt_writer_new();
+    ckpt_writer_tensor(w, "teacher.backbone.pos_embed", 2, s2, pos);
+    ckpt_writer_tensor(w, "ibot_patch_loss.center", 1, s1, ones);
+    ckpt_writer_int(w, "loader.position", (1LL << 40) + 3);
+    ckpt_writer_float(w, "lr", 1e-4);
+    ckpt_writer_str(w, "config", "a: \"b\"\n\tc\\");
+    char err[DINO_ERRLEN] = "", dir[PATH_MAX], cmd[3 * PATH_MAX];
+    CHECK(ckpt_save(w, out, 42, 1, dir, err) == 0, "%s", err);
+    ckpt_writer_free(w);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s 42", test_src_path("tests/ckpt_oracle.py"), dir);
+    int rc = system(cmd);
+    CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "the Python reader disagrees (%d)", rc);
 }
