@@ -222,6 +222,8 @@ TEST(impossible_values_are_refused) {
     CHECK_REFUSED(write_file(dir, "off.yaml", "dino:\n  loss_weight: 0\nibot:\n  loss_weight: 0\n"), 0, NULL,
                   "nothing to train");
     CHECK_REFUSED(write_file(dir, "wu.yaml", "optim:\n  epochs: 5\n"), 0, NULL, "optim.warmup_epochs");
+    CHECK_REFUSED(write_file(dir, "du.yaml", "student:\n  drop_path_uniform: false\n"), 0, NULL,
+                  "student.drop_path_uniform", "uniform");
     CHECK_REFUSED(write_file(dir, "kl.yaml", "checkpoint:\n  keep_last: 0\n"), 0, NULL, "checkpoint.keep_last");
     CHECK_REFUSED(write_file(dir, "pb.yaml", "augment:\n  solarize_p: 1.5\n"), 0, NULL, "augment.solarize_p");
     // cuda resolves auto to bf16; cuda with fp32 is refused
@@ -324,4 +326,49 @@ TEST(configuration_doc_lists_every_key) {
         snprintf(want, sizeof want, "| `%s` |", config_key_name(i));
         CHECK(strstr(doc, want), "docs/configuration.md does not describe %s", config_key_name(i));
     }
+}
+
+TEST(backbone_from_config) {
+    char err[DINO_ERRLEN] = "";
+    VitConfig v;
+    CHECK(load(test_src_path("configs/demo.yaml"), 0, NULL, err) == 0, "%s", err);
+    CHECK(config_to_vit(&cfg, &v, err) == 0, "%s", err);
+    CHECK(v.dim == 96 && v.depth == 3 && v.heads == 3 && v.ffn == VIT_FFN_MLP && v.ffn_hidden == 4 * 96, "demo vit %dx%d/%d ffn %d",
+          v.dim, v.depth, v.heads, v.ffn_hidden);
+    CHECK(v.patch == 16 && v.img_size == 112 && v.n_registers == 0, "demo geometry");
+    CHECK(v.drop_path_rate == 0.1f && v.layerscale == 1e-5f && v.interpolate_offset == 0.1f, "demo scalars");
+    CHECK(load(test_src_path("configs/vitl14.yaml"), 0, NULL, err) == 0, "%s", err);
+    VitConfig ref;
+    CHECK(vit_config_from_arch(&ref, "vit_large", 14, 224, 0, "swiglufused", err) == 0, "%s", err);
+    CHECK(config_to_vit(&cfg, &v, err) == 0, "%s", err);
+    CHECK(v.dim == ref.dim && v.depth == ref.depth && v.heads == ref.heads && v.ffn == VIT_FFN_SWIGLU &&
+              v.ffn_hidden == ref.ffn_hidden,
+          "vitl14: %d %d %d %d vs %d", v.dim, v.depth, v.heads, v.ffn_hidden, ref.ffn_hidden);
+    CHECK(v.drop_path_rate == 0.4f, "vitl14 drop path");
+    // a width override keeps the SwiGLU rounding of the reference: vit_base is 768 wide
+    char *ov[] = {"student.arch=vit_small", "student.embed_dim=768", "student.num_heads=12"};
+    CHECK(load(test_src_path("configs/vitl14.yaml"), 3, ov, err) == 0, "%s", err);
+    CHECK(vit_config_from_arch(&ref, "vit_base", 14, 224, 0, "swiglufused", err) == 0, "%s", err);
+    CHECK(config_to_vit(&cfg, &v, err) == 0 && v.dim == 768 && v.depth == 12 && v.ffn_hidden == ref.ffn_hidden,
+          "override hidden %d vs %d", v.ffn_hidden, ref.ffn_hidden);
+    char *reg[] = {"student.num_register_tokens=4", "student.interpolate_antialias=true", "student.interpolate_offset=0.0"};
+    CHECK(load(test_src_path("configs/vits14.yaml"), 3, reg, err) == 0, "%s", err);
+    CHECK(config_to_vit(&cfg, &v, err) == 0 && v.n_registers == 4 && v.interpolate_antialias && v.interpolate_offset == 0,
+          "registers");
+}
+
+TEST(resolved_config_saved_in_output_dir) {
+    char err[DINO_ERRLEN] = "", ov[4300], path[4400];
+    snprintf(ov, sizeof ov, "train.output_dir=%s/runs/a/b", test_tmpdir());
+    char *ovs[] = {ov};
+    CHECK(load(test_src_path("configs/dino-vits16-path.yaml"), 1, ovs, err) == 0, "%s", err);
+    config_apply_lr_scaling(&cfg, 4);
+    CHECK_CLOSE(cfg.optim.lr, 0.0005, 0, 1e-12); // 64 x 4 = 256 images, linear rule
+    CHECK(config_save_resolved(&cfg, err) == 0, "%s", err);
+    config_output_path(&cfg, "config.yaml", path, sizeof path);
+    CHECK(config_load(&cfg2, path, 0, NULL, err) == 0, "%s", err);
+    const char *diff = NULL;
+    CHECK(config_equal(&cfg, &cfg2, &diff), "differs at %s", diff ? diff : "?");
+    config_output_path(&cfg, "/abs/m.jsonl", path, sizeof path);
+    CHECK(strcmp(path, "/abs/m.jsonl") == 0, "absolute paths stay");
 }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <yaml.h>
 
@@ -853,6 +854,56 @@ void config_arch_dims(const Config *c, int *dim, int *depth, int *heads) {
     if (c->student.num_heads > 0) *heads = c->student.num_heads;
 }
 
+int config_to_vit(const Config *c, VitConfig *v, char *err) {
+    const CfgStudent *s = &c->student;
+    if (vit_config_from_arch(v, s->arch, s->patch_size, c->crops.global_crops_size, s->num_register_tokens, s->ffn_layer,
+                             err))
+        return -1;
+    int dim, depth, heads;
+    config_arch_dims(c, &dim, &depth, &heads);
+    if (dim != v->dim) { // widths follow the dim exactly as vit_config_from_arch derives them
+        v->ffn_hidden = v->ffn == VIT_FFN_MLP ? 4 * dim : (4 * dim * 2 / 3 + 7) / 8 * 8;
+        v->dim = dim;
+    }
+    v->depth = depth;
+    v->heads = heads;
+    v->layerscale = (float)s->layerscale;
+    v->drop_path_rate = (float)s->drop_path_rate;
+    v->interpolate_offset = (float)s->interpolate_offset;
+    v->interpolate_antialias = s->interpolate_antialias;
+    v->qkv_bias = s->qkv_bias;
+    v->proj_bias = s->proj_bias;
+    v->ffn_bias = s->ffn_bias;
+    if (vit_config_check(v, err)) return -1;
+    if (vit_check_crop(v, c->crops.global_crops_size, err)) return -1;
+    if (c->crops.local_crops_number > 0 && vit_check_crop(v, c->crops.local_crops_size, err)) return -1;
+    return 0;
+}
+
+void config_output_path(const Config *c, const char *rel, char *path, size_t cap) {
+    if (rel[0] == '/') snprintf(path, cap, "%s", rel);
+    else snprintf(path, cap, "%s/%s", c->train.output_dir, rel);
+}
+
+int config_save_resolved(const Config *c, char *err) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", c->train.output_dir);
+    for (char *p = dir + 1; ; p++) { // mkdir -p
+        if (*p && *p != '/') continue;
+        char keep = *p;
+        *p = 0;
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+            dino_seterr(err, "cannot create train.output_dir %s: %s", dir, strerror(errno));
+            return -1;
+        }
+        *p = keep;
+        if (!keep) break;
+    }
+    char path[PATH_MAX + 16];
+    config_output_path(c, "config.yaml", path, sizeof path);
+    return config_write(c, path, err);
+}
+
 // ---- validation -------------------------------------------------------------------------------------
 
 static const char *origin_of(const Config *c, const char *key) {
@@ -900,6 +951,8 @@ int config_validate(const Config *c, char *err) {
         const char *key = s->num_heads > 0 ? "student.num_heads" : s->embed_dim > 0 ? "student.embed_dim" : "student.arch";
         return bad(c, err, key, "embedding width %d is not divisible by %d heads", dim, heads);
     }
+    NEED(s->drop_path_uniform, "student.drop_path_uniform",
+         "only uniform stochastic depth is implemented (as in every reference preset)");
     NEED(s->interpolate_offset >= 0, "student.interpolate_offset", "must be >= 0");
 
     const CfgCrops *cr = &c->crops;

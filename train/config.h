@@ -9,6 +9,8 @@
 // is the user-facing reference of the same table.
 #pragma once
 #include <stdbool.h>
+
+#include "model/vit.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -168,6 +170,15 @@ void config_apply_lr_scaling(Config *cfg, int world_size); // sets optim.lr
 int64_t config_total_iterations(const Config *cfg);         // optim.epochs * OFFICIAL_EPOCH_LENGTH
 // The backbone's width/depth/heads: the arch's, with student.embed_dim/depth/num_heads when set.
 void config_arch_dims(const Config *cfg, int *dim, int *depth, int *heads);
+
+// The student/teacher backbone described by the config (arch with the student.embed_dim/depth/num_heads
+// overrides, patch, global crop size as img_size, registers, ffn, LayerScale, drop path, biases,
+// pos-embed interpolation). Returns 0, or -1 with err set.
+int config_to_vit(const Config *cfg, VitConfig *out, char *err);
+// path = train.output_dir/rel, or rel itself when it is absolute (e.g. log.metrics_file).
+void config_output_path(const Config *cfg, const char *rel, char *path, size_t cap);
+// Creates train.output_dir if needed and writes the resolved config to <output_dir>/config.yaml.
+int config_save_resolved(const Config *cfg, char *err);
 
 // Key table access (for docs, help and tools).
 int config_n_keys(void);
