@@ -143,6 +143,8 @@ TEST(overrides_apply_after_the_file) {
     char *wrong[] = {"student.patch_size=fourteen"};
     CHECK_REFUSED(test_src_path("configs/vitl14.yaml"), 1, wrong, "wrong type for student.patch_size", "the command line",
                   "expected an integer");
+    char *base[] = {"base=vitg14.yaml"};
+    CHECK_REFUSED(test_src_path("configs/vitl14.yaml"), 1, base, "base can only be named inside a config file");
     char *noeq[] = {"optim.base_lr"};
     CHECK_REFUSED(test_src_path("configs/vitl14.yaml"), 1, noeq, "expected key.sub=value");
     // an override's impossible value names the command line as its origin

@@ -606,6 +606,10 @@ static int override_at(Config *c, const char *kv, int file, char *err) {
     snprintf(name, sizeof name, "%.*s", (int)(eq - kv), kv);
     const char *value = eq + 1;
     const CfgKey *k = find_key(name);
+    if (!k && strcmp(name, "base") == 0) {
+        dino_seterr(err, "override '%s' on the command line: base can only be named inside a config file", kv);
+        return -1;
+    }
     if (!k) {
         if (is_section(name)) {
             dino_seterr(err, "override '%s' on the command line: '%s' is a section; set its keys one by one", kv, name);
