@@ -44,7 +44,7 @@ static const CfgKey KEYS[] = {
     I("student.patch_size", student.patch_size, "16", "patch side in pixels; must divide both crop sizes"),
     F("student.drop_path_rate", student.drop_path_rate, "0.3", "stochastic depth rate of the student, in [0, 1)"),
     B("student.drop_path_uniform", student.drop_path_uniform, "true",
-      "same rate in every block (false: linspace(0, rate, depth))"),
+      "same rate in every block; must be true (the per-block linspace variant is not implemented)"),
     F("student.layerscale", student.layerscale, "1.0e-05", "LayerScale init value; 0 disables LayerScale"),
     I("student.num_register_tokens", student.num_register_tokens, "0", "register tokens (4 for *_reg4 models)"),
     E("student.ffn_layer", student.ffn_layer, "mlp", "mlp|swiglu|swiglufused", "block FFN: GELU MLP or SwiGLU"),
