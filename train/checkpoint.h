@@ -21,7 +21,8 @@ typedef struct CkptWriter CkptWriter;
 CkptWriter *ckpt_writer_new(void);
 // Adds a float32 tensor; data is not copied and must stay valid until ckpt_save returns.
 void ckpt_writer_tensor(CkptWriter *w, const char *name, int ndim, const int64_t *shape, const float *data);
-// Named values (copied). Keys are free-form ("loader.position", "rng.step", "config", ...).
+// Named values (copied). Keys are free-form ("loader.position", "rng.step", "config", ...). A uint64
+// (an Rng state) round-trips exactly through ckpt_writer_int/ckpt_get_int by casting.
 void ckpt_writer_int(CkptWriter *w, const char *key, int64_t v);
 void ckpt_writer_float(CkptWriter *w, const char *key, double v);
 void ckpt_writer_str(CkptWriter *w, const char *key, const char *v);
