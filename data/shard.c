@@ -203,7 +203,7 @@ Shard *shard_open(const char *path, char *err) {
     }
     size_t size = (size_t)st.st_size;
     if (size < SHARD_HEADER_SIZE) {
-        dino_seterr(err, "%s: not a tile shard: file is %zu bytes, shorter than the %d-byte header", path,
+        dino_seterr(err, "%s: bad shard header: the file is %zu bytes, shorter than the %d-byte header", path,
                     size, SHARD_HEADER_SIZE);
         close(fd);
         return NULL;
