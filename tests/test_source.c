@@ -1,4 +1,5 @@
 #include <png.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -300,5 +301,51 @@ TEST(online_wsi_source_missing_mpp) {
     Image a;
     CHECK(source_read_rgb(s, 0, 1, &a, err) == 0 && mean_saturation(&a) > 0.15, "tile: %s", err);
     image_free(&a);
+    source_close(s);
+}
+
+// Many threads reading the same source get exactly what one thread gets.
+typedef struct { TileSource *s; int64_t first, n; uint64_t *sums; } ReadJob;
+static uint64_t image_hash(const Image *im) {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < (size_t)im->w * im->h * 3; i++) h = (h ^ im->px[i]) * 1099511628211ULL;
+    return h;
+}
+static void *read_range(void *arg) {
+    ReadJob *j = arg;
+    char err[DINO_ERRLEN];
+    for (int64_t i = j->first; i < j->first + j->n; i++) {
+        Image im;
+        if (source_read_rgb(j->s, i % source_count(j->s), (uint64_t)i, &im, err) != 0) { j->sums[i] = 0; continue; }
+        j->sums[i] = image_hash(&im);
+        image_free(&im);
+    }
+    return NULL;
+}
+
+TEST(concurrent_reads_match_sequential) {
+    const char *dir = test_tmpdir();
+    char p[4300], spec[9000], err[DINO_ERRLEN];
+    snprintf(p, sizeof p, "%s/s.dtshard", dir);
+    write_synth_shard(p, 0, 16);
+    snprintf(spec, sizeof spec, "%s+wsi:%s,size=48,mpp=1", p, slide_path("CMU-1-Small-Region.svs"));
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    enum { N = 64, T = 4 };
+    uint64_t seq[N], par[N];
+    ReadJob one = {s, 0, N, seq};
+    read_range(&one);
+    pthread_t tid[T];
+    ReadJob jobs[T];
+    for (int t = 0; t < T; t++) {
+        jobs[t] = (ReadJob){s, t * (N / T), N / T, par};
+        pthread_create(&tid[t], NULL, read_range, &jobs[t]);
+    }
+    for (int t = 0; t < T; t++) pthread_join(tid[t], NULL);
+    for (int i = 0; i < N; i++) {
+        CHECK(seq[i] != 0, "tile %d failed", i);
+        CHECK(seq[i] == par[i], "tile %d differs between 1 and %d threads", i, T);
+    }
     source_close(s);
 }
