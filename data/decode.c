@@ -64,12 +64,12 @@ void jpeg_scaled_size(int w, int h, int min_side, int *sw, int *sh) {
     if (min_side <= 0) return;
     int nsf = 0;
     tjscalingfactor *sf = tjGetScalingFactors(&nsf);
-    int best_area = w * h; // start from 1/1
+    int64_t best_area = (int64_t)w * h; // start from 1/1
     for (int i = 0; sf && i < nsf; i++) {
         if (sf[i].num > sf[i].denom) continue; // never upscale in the decoder
         int tw = TJSCALED(w, sf[i]), th = TJSCALED(h, sf[i]);
         if ((tw < th ? tw : th) < min_side) continue;
-        if (tw * th < best_area) { best_area = tw * th; *sw = tw; *sh = th; }
+        if ((int64_t)tw * th < best_area) { best_area = (int64_t)tw * th; *sw = tw; *sh = th; }
     }
 }
 

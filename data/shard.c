@@ -242,6 +242,7 @@ Shard *shard_open(const char *path, char *err) {
         munmap(map, size);
         return NULL;
     }
+    madvise(map, size, MADV_RANDOM); // tiles are read in shuffled order: readahead would be wasted IO
     Shard *s = dino_calloc(1, sizeof *s);
     s->path = strdup(path);
     s->map = map;

@@ -277,7 +277,14 @@ static int open_wsi(Part *p, const char *args, char *err) {
     for (int64_t i = 0; i < slides.n; i++) {
         OnlineSlide *sl = &p->slides[p->nslides];
         sl->wsi = wsi_open(slides.v[i], assume_mpp, err);
-        if (!sl->wsi) goto done;
+        if (!sl->wsi) {
+            if (strcmp(slides.v[i], path) != 0 && err) { // name the list too
+                char why[DINO_ERRLEN];
+                snprintf(why, sizeof why, "%s", err);
+                dino_seterr(err, "%s (slide %lld listed in %s)", why, (long long)i + 1, path);
+            }
+            goto done;
+        }
         p->nslides++;
         double side0 = p->size * min_mag / wsi_mpp(sl->wsi); // smallest tile, level-0 pixels
         if (tissue_mask_for_slide(sl->wsi, tissue_mask_downsample(sl->wsi, side0), &sl->tissue, err) != 0) goto done;
@@ -339,6 +346,14 @@ static int open_part(Part *p, const char *spec, char *err) {
     } else {
         strlist_push(&paths, spec);
         rc = open_shards(p, &paths, spec, err);
+        if (rc != 0 && !shard_file_looks_like_shard(spec)) { // say what the user probably meant
+            char why[DINO_ERRLEN];
+            snprintf(why, sizeof why, "%s", err ? err : "");
+            if (wsi_is_slide(spec))
+                dino_seterr(err, "%s (a whole-slide image: sample it online with wsi:%s or cut it with dinotile)", why, spec);
+            else if (image_path_is_supported(spec))
+                dino_seterr(err, "%s (an image file: for plain images use list:FILE or folder:DIR)", why);
+        }
     }
     strlist_free(&paths);
     return rc;

@@ -45,9 +45,9 @@ TEST(jpeg_encode_decode_roundtrip) {
     size_t n2;
     CHECK(encode_jpeg(&im, 30, &jpg2, &n2, err) == 0, "encode: %s", err);
     CHECK(n2 < n, "quality 30 (%zu bytes) not smaller than quality 95 (%zu)", n2, n);
-    CHECK(encode_jpeg(&im, 0, &jpg2, &n2, err) == -1, "quality 0 accepted");
-    free(jpg);
     free(jpg2);
+    CHECK(encode_jpeg(&im, 0, &jpg2, &n2, err) == -1 && jpg2 == NULL, "quality 0 accepted");
+    free(jpg);
     image_free(&im);
     image_free(&back);
 }

@@ -165,3 +165,19 @@ TEST(shard_bad_header_or_truncated_rejected_naming_the_file) {
     snprintf(path, sizeof path, "%s/missing.dtshard", dir);
     CHECK(shard_open(path, err) == NULL && strstr(err, path), "missing file: %s", err);
 }
+
+TEST(shard_matches_the_documented_layout) {
+    if (access("/usr/bin/python3", X_OK) != 0) test_skip("/usr/bin/python3 not found");
+    const char *dir = test_tmpdir();
+    char path[4200], cmd[9000], out[512] = "";
+    snprintf(path, sizeof path, "%s/doc.dtshard", dir);
+    write_shard(path, 5);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s 2>&1", test_src_path("tests/check_shard.py"), path);
+    FILE *p = popen(cmd, "r");
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    CHECK(st == 0, "the Python reader of docs/shard-format.md rejected the shard:\n%s", out);
+    // record 0 of write_shard: slide-0, x = 1e12, y = 0, level 0, mpp 0.25, 224 x 200
+    CHECK(strcmp(out, "5 slide-0 1000000000000 0 0 0.25 224 200\n") == 0, "python read: %s", out);
+}

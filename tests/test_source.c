@@ -349,3 +349,31 @@ TEST(concurrent_reads_match_sequential) {
     }
     source_close(s);
 }
+
+TEST(online_wsi_source_from_a_slide_list) {
+    const char *dir = test_tmpdir();
+    char list[4300], spec[9000], err[DINO_ERRLEN];
+    char cmu[4096], tcga[4096];
+    snprintf(cmu, sizeof cmu, "%s", slide_path("CMU-1-Small-Region.svs"));
+    snprintf(tcga, sizeof tcga, "%s", slide_path("TCGA-CR-7395-01A-01-TS1.svs"));
+    snprintf(list, sizeof list, "%s/slides.txt", dir);
+    FILE *f = fopen(list, "w");
+    fprintf(f, "# two slides\n%s\n%s\n", cmu, tcga);
+    fclose(f);
+    int64_t counts[3];
+    const char *targets[3] = {cmu, tcga, list};
+    for (int k = 0; k < 3; k++) {
+        snprintf(spec, sizeof spec, "wsi:%s,size=96,mpp=1,assume_mpp=0.25", targets[k]);
+        TileSource *s = source_open(spec, err);
+        CHECK(s != NULL, "%s", err);
+        counts[k] = s ? source_count(s) : -1;
+        source_close(s);
+    }
+    CHECK(counts[0] > 0 && counts[1] > 0 && counts[2] == counts[0] + counts[1], "counts %lld + %lld != %lld",
+          (long long)counts[0], (long long)counts[1], (long long)counts[2]);
+    f = fopen(list, "a");
+    fprintf(f, "%s/missing.svs\n", dir);
+    fclose(f);
+    snprintf(spec, sizeof spec, "wsi:%s,assume_mpp=0.25", list);
+    CHECK(source_open(spec, err) == NULL && strstr(err, "missing.svs") && strstr(err, "slides.txt"), "message: %s", err);
+}
