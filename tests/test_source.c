@@ -353,17 +353,17 @@ TEST(concurrent_reads_match_sequential) {
 TEST(online_wsi_source_from_a_slide_list) {
     const char *dir = test_tmpdir();
     char list[4300], spec[9000], err[DINO_ERRLEN];
-    char cmu[4096], tcga[4096];
+    char cmu[4096], boxes[4096];
     snprintf(cmu, sizeof cmu, "%s", slide_path("CMU-1-Small-Region.svs"));
-    snprintf(tcga, sizeof tcga, "%s", slide_path("TCGA-CR-7395-01A-01-TS1.svs"));
+    snprintf(boxes, sizeof boxes, "%s", slide_path("boxes.tiff"));
     snprintf(list, sizeof list, "%s/slides.txt", dir);
     FILE *f = fopen(list, "w");
-    fprintf(f, "# two slides\n%s\n%s\n", cmu, tcga);
+    fprintf(f, "# two slides\n%s\n%s\n", cmu, boxes);
     fclose(f);
     int64_t counts[3];
-    const char *targets[3] = {cmu, tcga, list};
+    const char *targets[3] = {cmu, boxes, list};
     for (int k = 0; k < 3; k++) {
-        snprintf(spec, sizeof spec, "wsi:%s,size=96,mpp=1,assume_mpp=0.25", targets[k]);
+        snprintf(spec, sizeof spec, "wsi:%s,size=32,mpp=2,assume_mpp=1", targets[k]);
         TileSource *s = source_open(spec, err);
         CHECK(s != NULL, "%s", err);
         counts[k] = s ? source_count(s) : -1;
