@@ -95,18 +95,21 @@ void wsi_level_size(const Wsi *w, int level, int64_t *lw, int64_t *lh) {
     openslide_get_level_dimensions(w->osr, level, lw, lh);
 }
 
-int wsi_best_level(const Wsi *w, double downsample) {
+// The coarsest level whose downsample is at most downsample * slack.
+static int best_level_with_slack(const Wsi *w, double downsample, double slack) {
     int best = 0;
     double best_ds = 1;
     for (int l = 0; l < w->levels; l++) {
         double ds = wsi_level_downsample(w, l);
-        if (ds <= downsample * 1.02 && ds > best_ds) {
+        if (ds <= downsample * slack && ds > best_ds) {
             best = l;
             best_ds = ds;
         }
     }
     return best;
 }
+
+int wsi_best_level(const Wsi *w, double downsample) { return best_level_with_slack(w, downsample, 1.02); }
 
 int wsi_read_region_rgb(Wsi *w, int level, int64_t x0, int64_t y0, int rw, int rh, uint8_t *rgb, char *err) {
     uint32_t *argb = dino_malloc((size_t)rw * rh * 4);
@@ -243,9 +246,10 @@ int wsi_thumbnail(Wsi *w, double downsample, Image *out, char *err) {
     out->w = out->h = 0;
     if (downsample < 1) downsample = 1;
     int tw = (int)ceil(w->w / downsample), th = (int)ceil(w->h / downsample);
-    int level = wsi_best_level(w, downsample);
+    // No slack here: with f < 1 some thumbnail pixels would receive no level pixel.
+    int level = best_level_with_slack(w, downsample, 1.0);
     double ds_l = wsi_level_downsample(w, level);
-    double f = downsample / ds_l; // level pixels per thumbnail pixel
+    double f = downsample / ds_l; // level pixels per thumbnail pixel, >= 1
     int64_t lw, lh;
     wsi_level_size(w, level, &lw, &lh);
     image_alloc(out, tw, th);

@@ -183,3 +183,34 @@ TEST(slide_tissue_mask_on_demo_slide) {
     tissue_mask_free(&tm);
     wsi_close(w);
 }
+
+TEST(thumbnail_is_a_box_average_of_level_0) {
+    char err[DINO_ERRLEN];
+    Wsi *w = wsi_open(slide_path("CMU-1-Small-Region.svs"), 0, err);
+    CHECK(w != NULL, "%s", err);
+    if (!w) return;
+    Image th;
+    CHECK(wsi_thumbnail(w, 4, &th, err) == 0, "%s", err);
+    CHECK(th.w == 555 && th.h == 742, "thumbnail %dx%d", th.w, th.h);
+    // 4x4 blocks of level 0, rounded like the thumbnail; a block in the tissue and one on glass
+    uint8_t *rgb = dino_malloc(400 * 400 * 3);
+    const int origins[2][2] = {{800, 1400}, {0, 0}};
+    for (int k = 0; k < 2; k++) {
+        CHECK(wsi_read_region_rgb(w, 0, origins[k][0], origins[k][1], 400, 400, rgb, err) == 0, "%s", err);
+        int mismatches = 0;
+        for (int y = 0; y < 100; y++)
+            for (int x = 0; x < 100; x++)
+                for (int c = 0; c < 3; c++) {
+                    int s = 0;
+                    for (int dy = 0; dy < 4; dy++)
+                        for (int dx = 0; dx < 4; dx++) s += rgb[3 * ((4 * y + dy) * 400 + 4 * x + dx) + c];
+                    int tx = origins[k][0] / 4 + x, ty = origins[k][1] / 4 + y;
+                    mismatches += th.px[3 * ((size_t)ty * th.w + tx) + c] != (s + 8) / 16;
+                }
+        CHECK(mismatches == 0, "%d thumbnail values differ from the 4x4 averages at (%d, %d)", mismatches,
+              origins[k][0], origins[k][1]);
+    }
+    free(rgb);
+    image_free(&th);
+    wsi_close(w);
+}
