@@ -130,7 +130,7 @@ static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
         if (img.px) image_free(&img);
         corrupt++;
         pthread_mutex_lock(&l->mu);
-        if (!s->err[0]) snprintf(s->err, sizeof s->err, "tile %lld: %s", (long long)t, err[0] ? err : "read failed");
+        if (!s->err[0]) snprintf(s->err, sizeof s->err, "tile %lld: %.400s", (long long)t, err[0] ? err : "read failed");
         pthread_mutex_unlock(&l->mu);
     }
     if (tile >= 0) {
@@ -301,14 +301,14 @@ const Batch *loader_next(Loader *l, char *err) {
     st->reads += s->b.reads;
     st->corrupt += s->b.corrupt;
     if (s->failed) {
-        dino_seterr(err, "loader: batch %lld: %d consecutive tiles of the sample order could not be read (%s)",
+        dino_seterr(err, "loader: batch %lld: %d consecutive tiles of the sample order could not be read (%.400s)",
                     (long long)s->b.index, MAX_SKIP, s->err);
         return NULL;
     }
     if (st->reads >= l->cfg.corrupt_min_reads && (double)st->corrupt > l->cfg.max_corrupt_fraction * (double)st->reads) {
         dino_seterr(err,
                     "loader: %lld of %lld tile reads failed (%.2f%%), above the limit max_corrupt_fraction = %g "
-                    "(latest: %s)",
+                    "(latest: %.300s)",
                     (long long)st->corrupt, (long long)st->reads, 100.0 * st->corrupt / st->reads,
                     l->cfg.max_corrupt_fraction, s->err[0] ? s->err : "none in this batch");
         return NULL;

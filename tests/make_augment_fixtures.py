@@ -4,7 +4,7 @@ parameters (what dinov2/data/augmentations.py runs), on small synthetic images.
 
 Run with Debian's interpreter (it sees python3-torch / python3-torchvision / PIL):
     /usr/bin/python3 tests/make_augment_fixtures.py
-Writes tests/fixtures/augment_ops.bin (raw little-endian arrays, concatenated) and
+Writes tests/fixtures/augment_ops.bin (raw little-endian arrays, each 8-byte aligned) and
 tests/fixtures/augment_ops.txt (one line per array: name dtype ndim dims... byte_offset).
 """
 import math
@@ -171,4 +171,7 @@ with open(os.path.join(OUT, "augment_ops.bin"), "wb") as fb, open(os.path.join(O
         ft.write(f"{name} {names[a.dtype.type]} {a.ndim} {dims} {off}\n")
         fb.write(b)
         off += len(b)
+        pad = -off % 8  # keep every array 8-byte aligned for the C reader
+        fb.write(b"\0" * pad)
+        off += pad
 print(f"wrote {len(arrays)} arrays, {off} bytes")
