@@ -480,7 +480,7 @@ DistShard dist_shard(size_t total, int world, int rank, size_t align) {
 // ---- bucketed gradient all-reduce -----------------------------------------------------------------
 typedef struct {
     size_t begin, end;
-    int issued, reduced, done;
+    int issued, reduced;
     int *count, *displ, *rcount, *rdispl; // ownership of this bucket (world entries each)
     float *rows;                          // world copies of this rank's part
 #ifdef DINO_HAVE_MPI
@@ -618,7 +618,7 @@ int dist_grads_begin_bucket(DistGrads *g, int k, char *err) {
     if (bk->issued) { dino_seterr(err, "rank %d: gradient bucket %d issued twice in one step", d->rank, k); return -1; }
     bk->issued = 1;
     g->order[g->n_issued++] = k;
-    if (d->world == 1) { bk->reduced = bk->done = 1; g->n_reduced++; return 0; }
+    if (d->world == 1) { bk->reduced = 1; g->n_reduced++; return 0; }
     float *base = g->buf + bk->begin;
     size_t m = bk->end - bk->begin;
 #ifdef DINO_HAVE_NCCL
@@ -661,7 +661,7 @@ static int grads_reduce(DistGrads *g, Bucket *bk, int k, char *err) {
     size_t mine = (size_t)bk->count[d->rank];
     sum_rows(g->buf + bk->begin + bk->displ[d->rank], bk->rows, mine, d->world, DIST_F32, 1);
     bk->reduced = 1;
-    if (g->zero) { bk->done = 1; return 0; }
+    if (g->zero) return 0;
     char what[64];
     snprintf(what, sizeof what, "gradient bucket %d", k);
     return mpi_ok(d, MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, g->buf + bk->begin, bk->count, bk->displ,
@@ -720,7 +720,7 @@ int dist_grads_wait(DistGrads *g, char *err) {
 #endif
     }
     // Ready for the next step.
-    for (int k = 0; k < g->nb; k++) g->b[k].issued = g->b[k].reduced = g->b[k].done = 0;
+    for (int k = 0; k < g->nb; k++) g->b[k].issued = g->b[k].reduced = 0;
     g->n_issued = g->n_reduced = 0;
     return rc;
 }

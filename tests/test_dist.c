@@ -55,7 +55,7 @@ static int run_mpi(int n, const char *worker, const char *env, char *out, size_t
              "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 %s "
              "timeout -k 5 120 mpirun --allow-run-as-root --oversubscribe --bind-to none "
              "--mca btl self,vader --mca btl_vader_single_copy_mechanism none --mca pml ob1 "
-             "-x OMP_NUM_THREADS -x DINO_DIST_TIMEOUT_S -n %d %s %s 2>&1",
+             "-x OMP_NUM_THREADS -x DINO_DIST_TIMEOUT_S -x DINO_TEST_FAULT -n %d %s %s 2>&1",
              env ? env : "", n, self, worker);
     double t0 = wall();
     FILE *p = popen(cmd, "r");
@@ -289,16 +289,29 @@ WORKER(grad_buckets) {
     dist_finalize(&d);
 }
 
-WORKER(hang) {
+// Rank 1 misbehaves ($DINO_TEST_FAULT: "skip" sleeps instead of joining the all-reduce, "skip_grads"
+// the same in the bucketed gradient all-reduce, "die" exits at once); the others must not hang.
+WORKER(fault) {
     Dist d;
     init_or_die(&d, 0); // timeout from DINO_DIST_TIMEOUT_S
     char err[DINO_ERRLEN];
+    const char *fault = getenv("DINO_TEST_FAULT");
+    fault = fault ? fault : "skip";
     float x[3] = {1, 2, 3};
+    size_t cuts[] = {0, 1000, 2000};
+    float *g = dino_calloc(3000, 4);
+    DistGrads *dg = dist_grads_new(&d, NULL, g, 3000, cuts, 3, 500, 0, err);
+    CHECK(dg != NULL, "%s", err);
     if (d.world > 1 && d.rank == 1) {
+        if (strcmp(fault, "die") == 0) _exit(3);
         sleep(60); // skips the collective the others wait in
+    } else if (strcmp(fault, "skip_grads") == 0) {
+        CHECK(dist_grads_ready_from(dg, 1000, err) == 0 && dist_grads_wait(dg, err) == 0, "%s", err);
     } else {
         CHECK(dist_allreduce_sum_f32(&d, x, 3, err) == 0, "%s", err);
     }
+    dist_grads_free(dg);
+    free(g);
     dist_finalize(&d);
 }
 
@@ -371,16 +384,34 @@ TEST(mpi_error_names_rank) {
 
 // A rank that skips a collective: the others' watchdog ends the whole job within the timeout, naming
 // the rank and the collective, instead of hanging.
-TEST(hang_watchdog_aborts_job) {
+static void expect_abort(const char *fault, const char *collective) {
     need_mpirun();
+    char env[128];
+    snprintf(env, sizeof env, "DINO_DIST_TIMEOUT_S=1.5 DINO_TEST_FAULT=%s", fault);
     double sec = 0;
-    int rc = run_mpi(2, "worker_hang", "DINO_DIST_TIMEOUT_S=1.5", out_buf, sizeof out_buf, &sec);
-    printf("hang job ended after %.2f s with status %d\n", sec, rc);
-    int named = strstr(out_buf, "rank 0/2") && strstr(out_buf, "allreduce_sum_f32") && strstr(out_buf, "timeout");
+    int rc = run_mpi(2, "worker_fault", env, out_buf, sizeof out_buf, &sec);
+    printf("fault '%s': job ended after %.2f s with status %d\n", fault, sec, rc);
+    int named = strstr(out_buf, "rank 0/2") && strstr(out_buf, collective) && strstr(out_buf, "timeout");
     if (!named || rc == 0) fprintf(stderr, "---- output ----\n%s----\n", out_buf);
     CHECK(rc != 0 && rc != 124 && rc != 137, "job status %d: expected an abort, not success or the outer timeout", rc);
-    CHECK(named, "abort message does not name rank 0 and the collective");
+    CHECK(named, "abort message does not name rank 0 and '%s'", collective);
     CHECK(sec < 30, "the job took %.1f s to end (rank 1 sleeps 60 s)", sec);
+}
+
+TEST(hang_watchdog_aborts_job) { expect_abort("skip", "allreduce_sum_f32"); }
+
+TEST(hang_in_gradient_buckets_aborts_job) { expect_abort("skip_grads", "gradient all-reduce"); }
+
+// A rank that dies: the launcher ends the others (no hang), and says which rank it was.
+TEST(dead_rank_ends_job) {
+    need_mpirun();
+    double sec = 0;
+    int rc = run_mpi(2, "worker_fault", "DINO_DIST_TIMEOUT_S=20 DINO_TEST_FAULT=die", out_buf,
+                     sizeof out_buf, &sec);
+    printf("dead rank: job ended after %.2f s with status %d\n", sec, rc);
+    if (rc == 0 || sec >= 15) fprintf(stderr, "---- output ----\n%s----\n", out_buf);
+    CHECK(rc != 0 && rc != 124 && rc != 137, "job status %d", rc);
+    CHECK(sec < 15, "the job took %.1f s to end after a rank died", sec);
 }
 
 TEST(zero_shards_cover_buffer) {
@@ -520,6 +551,32 @@ WORKER(nccl) {
     CHECK(nc != NULL, "%s", err);
     if (nc) {
         nccl_check(nc, d.rank, d.world);
+        // bucketed gradient all-reduce / ZeRO-1 reduce through NCCL = the average over ranks
+        const size_t n = 100003;
+        size_t cuts[512];
+        int ncut = fake_cuts(n, cuts, 512);
+        DistShard s = dist_shard(n, d.world, d.rank, 16);
+        float *h = dino_calloc(s.padded, 4), *want = dino_calloc(s.padded, 4), *t = dino_calloc(s.padded, 4), *dev = NULL;
+        for (int r = 0; r < d.world; r++) {
+            fill_f32(t, n, r, 11);
+            for (size_t i = 0; i < n; i++) want[i] += t[i] / (float)d.world;
+        }
+        CHECK(cudaMalloc((void **)&dev, s.padded * 4) == cudaSuccess, "cudaMalloc");
+        for (int zero = 0; zero <= 1 && dev; zero++) {
+            fill_f32(h, n, d.rank, 11);
+            cudaMemcpy(dev, h, s.padded * 4, cudaMemcpyHostToDevice);
+            DistGrads *g = dist_grads_new(&d, nc, dev, zero ? s.padded : n, cuts, ncut, 8192, zero, err);
+            CHECK(g != NULL, "%s", err);
+            if (!g) break;
+            run_bucketed(g, cuts, ncut, err);
+            dist_grads_free(g);
+            cudaMemcpy(h, dev, s.padded * 4, cudaMemcpyDeviceToHost);
+            size_t b = zero ? s.begin : 0, e = zero ? s.valid_end : n, bad = 0;
+            for (size_t i = b; i < e; i++) bad += !(fabsf(h[i] - want[i]) <= 1e-5f * (fabsf(want[i]) + 1000.0f));
+            CHECK(bad == 0, "NCCL gradient buckets (zero=%d): %zu of %zu wrong", zero, bad, e - b);
+        }
+        cudaFree(dev);
+        free(h), free(want), free(t);
         dist_nccl_free(nc);
     }
     dist_finalize(&d);
