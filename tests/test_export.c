@@ -16,6 +16,8 @@
 #include "model/export_names.h"
 #include "model/vit.h"
 #include "tests/harness.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
 #include "train/eval.h"
 #include "train/pretrained.h"
 
@@ -416,8 +418,8 @@ TEST(slide_feature_bag) {
 #ifndef DINO_HAVE_HDF5
     test_skip("built without HDF5");
 #else
-    const char *cands[] = {"../shared/data/wsi/CMU-1-Small-Region.svs", "../../shared/data/wsi/CMU-1-Small-Region.svs",
-                           "data/demo/CMU-1-Small-Region.svs", "../main/data/demo/CMU-1-Small-Region.svs"};
+    const char *cands[] = {"data/demo/CMU-1-Small-Region.svs", "../shared/data/wsi/CMU-1-Small-Region.svs",
+                           "../../shared/data/wsi/CMU-1-Small-Region.svs", "../main/data/demo/CMU-1-Small-Region.svs"};
     const char *slide = NULL;
     for (size_t i = 0; i < sizeof cands / sizeof cands[0] && !slide; i++)
         if (access(test_src_path(cands[i]), R_OK) == 0) slide = test_src_path(cands[i]);
@@ -458,10 +460,17 @@ TEST(slide_feature_bag) {
     CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_INT64, &ps0) >= 0 && ps0 == 224, "patch_size_level0 %lld (0.499 um/px slide)",
           (long long)ps0);
     H5Aclose(a);
+    // the grid of dinotile: side L = 224 * 0.5 / level0_mpp, corners at llround(g * L)
+    double mpp0 = 0;
+    a = H5Aopen(dc, "level0_mpp", H5P_DEFAULT);
+    CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_DOUBLE, &mpp0) >= 0 && fabs(mpp0 - 0.499) < 1e-3, "level0_mpp %g", mpp0);
+    H5Aclose(a);
+    const double L = 224 * 0.5 / mpp0;
     for (hsize_t i = 0; i < cd[0]; i++) {
-        CHECK(co[2 * i] % ps0 == 0 && co[2 * i + 1] % ps0 == 0 && co[2 * i] + ps0 <= 2220 && co[2 * i + 1] + ps0 <= 2967,
-              "coords %lld,%lld off the grid or the slide", (long long)co[2 * i], (long long)co[2 * i + 1]);
-        if (i) CHECK(co[2 * i] != co[2 * i - 2] || co[2 * i + 1] != co[2 * i - 1], "duplicate coords");
+        const int64_t x = co[2 * i], y = co[2 * i + 1];
+        CHECK(x == llround(llround(x / L) * L) && y == llround(llround(y / L) * L) && x + L <= 2220 + 0.5 && y + L <= 2967 + 0.5,
+              "coords %lld,%lld off the grid or the slide", (long long)x, (long long)y);
+        if (i) CHECK(x != co[2 * i - 2] || y != co[2 * i - 1], "duplicate coords");
     }
     double spread = 0;
     for (hsize_t i = 0; i < fd[0] * fd[1]; i++) {
@@ -473,4 +482,65 @@ TEST(slide_feature_bag) {
     free(fe);
     H5Sclose(sf), H5Sclose(sc), H5Dclose(df), H5Dclose(dc), H5Fclose(f);
 #endif
+}
+
+// A run's output_dir with checkpoints (train/checkpoint.h): dinoexport takes the newest valid one,
+// the teacher, and the head count from the resolved config stored in it.
+TEST(dinoexport_from_training_checkpoint) {
+    const char *dir = test_tmpdir();
+    VitConfig cfg;
+    tiny_cfg(&cfg, 0, 0, 8, 32, 2);
+    cfg.heads = 4; // not the reference's count for any width: only the stored config can tell
+    char run_dir[4200], cmd[9000], err[DINO_ERRLEN];
+    snprintf(run_dir, sizeof run_dir, "%s/run", dir);
+    mkdir(run_dir, 0777);
+    Config conf;
+    config_defaults(&conf);
+    snprintf(conf.student.arch, sizeof conf.student.arch, "vit_small");
+    conf.student.embed_dim = 32, conf.student.depth = 2, conf.student.num_heads = 4, conf.student.patch_size = 8;
+    char *yaml = config_to_yaml(&conf);
+    float *teacher[2];
+    for (int it = 0; it < 2; it++) { // iterations 10 and 20, different weights
+        char ck[4300];
+        snprintf(ck, sizeof ck, "%s/tmp%d.safetensors", dir, it);
+        write_checkpoint(ck, &cfg, 50 + (uint64_t)it, &teacher[it]);
+        StFile f;
+        CHECK(st_open(&f, ck, err) == 0, "%s", err);
+        CkptWriter *w = ckpt_writer_new();
+        float **copies = dino_calloc((size_t)f.n, sizeof(float *));
+        for (int i = 0; i < f.n; i++) {
+            copies[i] = dino_malloc(f.t[i].nbytes);
+            memcpy(copies[i], f.t[i].data, f.t[i].nbytes);
+            ckpt_writer_tensor(w, f.t[i].name, f.t[i].ndim, f.t[i].shape, copies[i]);
+        }
+        ckpt_writer_str(w, "config", yaml);
+        CHECK(ckpt_save(w, run_dir, 10 * (it + 1), 3, NULL, err) == 0, "%s", err);
+        ckpt_writer_free(w);
+        for (int i = 0; i < f.n; i++) free(copies[i]);
+        free(copies);
+        st_close(&f);
+    }
+    free(yaml);
+    snprintf(cmd, sizeof cmd, "./dinoexport %s %s/exp > /dev/null && grep -q '\"num_attention_heads\": 4' %s/exp/config.json",
+             run_dir, dir, dir);
+    CHECK(run(cmd) == 0, "failed: %s", cmd);
+    ParamTable tab;
+    param_table_init(&tab);
+    Vit vit;
+    vit_build(&vit, &cfg, &tab, "");
+    float *Q = dino_calloc(tab.total, sizeof(float));
+    char path[4300];
+    snprintf(path, sizeof path, "%s/exp/model.safetensors", dir);
+    CHECK(pretrained_load(&vit, &tab, "", Q, path, NULL, NULL, err) == 0, "%s", err);
+    CHECK(memcmp(Q, teacher[1], sizeof(float) * tab.total) == 0, "not the newest checkpoint's teacher");
+    // damage the newest checkpoint: the previous one is exported (and the damage reported)
+    snprintf(cmd, sizeof cmd, "printf 'XXXX' | dd of=%s/checkpoints/ckpt_000000020/tensors.safetensors bs=1 seek=2000 conv=notrunc 2>/dev/null && "
+             "./dinoexport %s %s/exp2 2>&1 | grep -q 'not valid'", run_dir, run_dir, dir);
+    CHECK(run(cmd) == 0, "damaged checkpoint not reported: %s", cmd);
+    snprintf(path, sizeof path, "%s/exp2/model.safetensors", dir);
+    CHECK(pretrained_load(&vit, &tab, "", Q, path, NULL, NULL, err) == 0, "%s", err);
+    CHECK(memcmp(Q, teacher[0], sizeof(float) * tab.total) == 0, "fallback did not export the older teacher");
+    free(Q), free(teacher[0]), free(teacher[1]);
+    vit_free(&vit);
+    param_table_free(&tab);
 }

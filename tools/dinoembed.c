@@ -12,20 +12,22 @@
 // feature bag: "features" float32 [n, F], "coords" int64 [n, 2] (level-0 x, y of each tile's top-left
 // corner) with the attributes those tools read (patch_size, patch_size_level0, patch_level, mpp, ...).
 //
-// NOTE: the slide tiling and tissue detection here are minimal own versions (saturation threshold on
-// the slide's coarsest level) until data/wsi + data/tissue land; the tile geometry is the same.
+// Slide tiles follow dinotile's grid and tissue rule (data/tiler.c, data/wsi, data/tissue), so a bag's
+// coords are the coords of the same tiles in dinotile's shards.
 #include <errno.h>
 #include <math.h>
-#include <openslide.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #ifdef DINO_HAVE_HDF5
 #include <hdf5.h>
 #endif
 
 #include "common/check.h"
 #include "common/safetensors.h"
+#include "data/tissue.h"
+#include "data/wsi.h"
 #include "train/eval.h"
 
 static void usage(void) {
@@ -38,7 +40,7 @@ static void usage(void) {
             "  --mean r,g,b --std r,g,b     normalization (default ImageNet)\n"
             "  --heads N                    attention heads if the model files do not say\n"
             "slide options:\n"
-            "  --mpp X (0.5)  --tile N (224)  --min-tissue F (0.25: tissue fraction of a kept tile)\n"
+            "  --mpp X (0.5)  --tile N (224)  --min-tissue F (0.5: tissue fraction of a kept tile, as dinotile)\n"
             "  --slide-mpp X  level-0 um/px when the slide does not record it\n");
 }
 
@@ -136,141 +138,73 @@ static int run_tiles(EmbedModel *m, const char *spec, const char *out, FeatureKi
 
 // ---- slides ------------------------------------------------------------------------------------------------
 
-typedef struct {
-    openslide_t *os;
-    int64_t w0, h0;
-    double mpp0;
-    int level;          // level the tiles are read from
-    double level_ds;    // its downsample
-    int64_t tile0;      // tile side at level 0
-    int read_px;        // tile side read at `level`
-} Slide;
-
-// ARGB (premultiplied) -> RGB; transparent pixels become white, as background
-static void argb_to_rgb(const uint32_t *src, uint8_t *dst, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t p = src[i];
-        unsigned a = p >> 24;
-        unsigned r = (p >> 16) & 255, g = (p >> 8) & 255, b = p & 255;
-        if (a == 0) r = g = b = 255;
-        else if (a < 255) {
-            r = (r * 255 + a / 2) / a;
-            g = (g * 255 + a / 2) / a;
-            b = (b * 255 + a / 2) / a;
-        }
-        dst[3 * i] = (uint8_t)(r > 255 ? 255 : r);
-        dst[3 * i + 1] = (uint8_t)(g > 255 ? 255 : g);
-        dst[3 * i + 2] = (uint8_t)(b > 255 ? 255 : b);
-    }
-}
-
-static int is_tissue_px(const uint8_t *p) {
-    int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
-    int mn = p[0] < p[1] ? (p[0] < p[2] ? p[0] : p[2]) : (p[1] < p[2] ? p[1] : p[2]);
-    return mx - mn >= 20 && mx > 30 && mn < 235; // coloured, not black, not white
-}
-
+// The tiles of a slide, on the same grid as dinotile (data/tiler.c): side L = tile * mpp / slide mpp
+// level-0 pixels, cells (gx, gy) at (llround(gx L), llround(gy L)), kept when the tissue mask
+// (data/tissue) covers at least min_tissue of the cell; read with wsi_read_tile at `mpp`.
 static int run_slide(EmbedModel *m, const char *path, const char *out, FeatureKind kind, int batch, double mpp,
                      int tile, double min_tissue, double slide_mpp) {
 #ifndef DINO_HAVE_HDF5
-    (void)m; (void)path; (void)out; (void)kind; (void)batch; (void)mpp; (void)tile; (void)min_tissue; (void)slide_mpp;
+    (void)m, (void)path, (void)out, (void)kind, (void)batch, (void)mpp, (void)tile, (void)min_tissue, (void)slide_mpp;
     fprintf(stderr, "dinoembed: --slide needs HDF5, which this build does not have\n");
     return 1;
 #else
     char err[DINO_ERRLEN];
-    Slide s = {0};
-    s.os = openslide_open(path);
-    if (!s.os) {
-        fprintf(stderr, "dinoembed: %s: not a slide OpenSlide can open\n", path);
+    Wsi *w = wsi_open(path, slide_mpp, err);
+    if (!w) {
+        fprintf(stderr, "dinoembed: %s\n", err);
         return 1;
     }
-    if (openslide_get_error(s.os)) {
-        fprintf(stderr, "dinoembed: %s: %s\n", path, openslide_get_error(s.os));
+    const double mpp0 = wsi_mpp(w), L = tile * mpp / mpp0;
+    const int64_t W0 = wsi_width(w), H0 = wsi_height(w);
+    if (L > W0 || L > H0) {
+        fprintf(stderr, "dinoembed: %s: a %d px tile at %g um/px covers %.0f level-0 px, more than the slide (%lldx%lld)\n",
+                path, tile, mpp, L, (long long)W0, (long long)H0);
+        wsi_close(w);
         return 1;
     }
-    openslide_get_level0_dimensions(s.os, &s.w0, &s.h0);
-    const char *mp = openslide_get_property_value(s.os, OPENSLIDE_PROPERTY_NAME_MPP_X);
-    s.mpp0 = slide_mpp > 0 ? slide_mpp : mp ? atof(mp) : 0;
-    if (!(s.mpp0 > 0)) {
-        fprintf(stderr, "dinoembed: %s records no microns per pixel: give it with --slide-mpp\n", path);
+    TissueMask tm;
+    if (tissue_mask_for_slide(w, tissue_mask_downsample(w, L), &tm, err)) {
+        fprintf(stderr, "dinoembed: %s\n", err);
+        wsi_close(w);
         return 1;
     }
-    s.tile0 = llround(tile * mpp / s.mpp0);
-    if (s.tile0 < 1 || s.tile0 > s.w0 || s.tile0 > s.h0) {
-        fprintf(stderr, "dinoembed: %s: a %d px tile at %g um/px covers %lld level-0 px, more than the slide (%lldx%lld)\n",
-                path, tile, mpp, (long long)s.tile0, (long long)s.w0, (long long)s.h0);
-        return 1;
-    }
-    s.level = openslide_get_best_level_for_downsample(s.os, (double)s.tile0 / tile);
-    if (s.level < 0) s.level = 0;
-    s.level_ds = openslide_get_level_downsample(s.os, s.level);
-    s.read_px = (int)ceil(s.tile0 / s.level_ds);
-
-    // tissue mask on the coarsest level (small enough to read whole)
-    const int nl = openslide_get_level_count(s.os);
-    int tl = nl - 1;
-    int64_t tw, th;
-    openslide_get_level_dimensions(s.os, tl, &tw, &th);
-    const int cols = (int)(s.w0 / s.tile0), rows = (int)(s.h0 / s.tile0);
-    char *keep = dino_calloc((size_t)cols * rows, 1);
-    if (tw * th <= (int64_t)64 << 20) {
-        uint32_t *argb = dino_malloc(sizeof(uint32_t) * (size_t)tw * th);
-        uint8_t *rgb = dino_malloc((size_t)tw * th * 3);
-        openslide_read_region(s.os, argb, 0, 0, tl, tw, th);
-        argb_to_rgb(argb, rgb, (size_t)tw * th);
-        free(argb);
-        const double ds = openslide_get_level_downsample(s.os, tl);
-        for (int r = 0; r < rows; r++)
-            for (int c = 0; c < cols; c++) {
-                int64_t x0 = (int64_t)floor(c * s.tile0 / ds), y0 = (int64_t)floor(r * s.tile0 / ds);
-                int64_t x1 = (int64_t)ceil((c + 1) * s.tile0 / ds), y1 = (int64_t)ceil((r + 1) * s.tile0 / ds);
-                if (x1 > tw) x1 = tw;
-                if (y1 > th) y1 = th;
-                int64_t hit = 0, tot = 0;
-                for (int64_t y = y0; y < y1; y++)
-                    for (int64_t x = x0; x < x1; x++, tot++) hit += is_tissue_px(rgb + (y * tw + x) * 3);
-                keep[(size_t)r * cols + c] = tot > 0 && (double)hit / tot >= min_tissue;
-            }
-        free(rgb);
-    } else {
-        memset(keep, 1, (size_t)cols * rows); // no usable thumbnail level: decide per tile below
-    }
+    const int64_t nx = (int64_t)(W0 / L), ny = (int64_t)(H0 / L);
     int n = 0;
-    for (int i = 0; i < cols * rows; i++) n += keep[i];
-    int64_t *coords = dino_malloc(sizeof(int64_t) * 2 * (size_t)(n ? n : 1));
-    for (int r = 0, k = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            if (keep[(size_t)r * cols + c]) {
-                coords[2 * k] = c * s.tile0;
-                coords[2 * k + 1] = r * s.tile0;
-                k++;
-            }
-    free(keep);
+    int64_t *coords = dino_malloc(sizeof(int64_t) * 2 * (size_t)(nx * ny > 0 ? nx * ny : 1));
+    for (int64_t cell = 0; cell < nx * ny; cell++) {
+        double x0 = (double)(cell % nx) * L, y0 = (double)(cell / nx) * L;
+        if (tissue_fraction(&tm, x0, y0, L, L) < min_tissue) continue;
+        coords[2 * n] = llround(x0);
+        coords[2 * n + 1] = llround(y0);
+        n++;
+    }
+    tissue_mask_free(&tm);
     const int D = m->vit.cfg.dim, FD = feature_dim(m, kind), C = m->pre.crop;
     float *feats = dino_malloc(sizeof(float) * (size_t)(n ? n : 1) * FD);
     if (batch > n) batch = n > 0 ? n : 1;
     const size_t per = (size_t)3 * C * C;
     float *imgs = dino_calloc((size_t)batch * per, sizeof(float));
     float *cls = dino_malloc(sizeof(float) * (size_t)batch * D), *mpf = dino_malloc(sizeof(float) * (size_t)batch * D);
-    for (int i0 = 0; i0 < n; i0 += batch) {
+    int level = wsi_best_level(w, mpp / mpp0), failed = 0;
+    const int tty = isatty(2);
+    for (int i0 = 0; i0 < n && !failed; i0 += batch) {
         int nb = n - i0 < batch ? n - i0 : batch;
 #pragma omp parallel for schedule(dynamic)
         for (int j = 0; j < nb; j++) {
-            uint32_t *argb = dino_malloc(sizeof(uint32_t) * (size_t)s.read_px * s.read_px);
-            openslide_read_region(s.os, argb, coords[2 * (i0 + j)], coords[2 * (i0 + j) + 1], s.level, s.read_px, s.read_px);
-            Image raw, t;
-            image_alloc(&raw, s.read_px, s.read_px);
-            argb_to_rgb(argb, raw.px, (size_t)s.read_px * s.read_px);
-            free(argb);
-            if (s.read_px != tile) {
-                image_resize_bicubic(&raw, &t, tile, tile);
-                image_free(&raw);
-            } else {
-                t = raw;
+            Image t;
+            char e1[DINO_ERRLEN];
+            if (wsi_read_tile(w, coords[2 * (i0 + j)], coords[2 * (i0 + j) + 1], mpp, tile, &t, NULL, e1)) {
+#pragma omp critical
+                {
+                    if (!failed) memcpy(err, e1, sizeof err);
+                    failed = 1;
+                }
+                continue;
             }
             preprocess_image(&m->pre, &t, imgs + (size_t)j * per);
             image_free(&t);
         }
+        if (failed) break;
         if (nb < batch) memset(imgs + (size_t)nb * per, 0, sizeof(float) * (size_t)(batch - nb) * per);
         embed_batch(m, imgs, batch, cls, mpf);
         for (int j = 0; j < nb; j++) {
@@ -279,16 +213,17 @@ static int run_slide(EmbedModel *m, const char *path, const char *out, FeatureKi
             if (kind == FEAT_MEAN_PATCH) memcpy(o, mpf + (size_t)j * D, sizeof(float) * D);
             if (kind == FEAT_CLS_MEAN) memcpy(o + D, mpf + (size_t)j * D, sizeof(float) * D);
         }
-        fprintf(stderr, "\rdinoembed: %d / %d tiles", i0 + nb, n);
+        if (tty) fprintf(stderr, "\rdinoembed: %d / %d tiles", i0 + nb, n);
     }
-    if (n) fprintf(stderr, "\n");
-    if (openslide_get_error(s.os)) {
-        fprintf(stderr, "dinoembed: %s: %s\n", path, openslide_get_error(s.os));
-        return 1;
-    }
+    if (tty && n) fprintf(stderr, "\n");
     free(imgs);
     free(cls);
     free(mpf);
+    if (failed) {
+        fprintf(stderr, "dinoembed: %s\n", err);
+        wsi_close(w);
+        return 1;
+    }
 
     // ---- the feature bag ----
     int rc = 1;
@@ -339,17 +274,18 @@ static int run_slide(EmbedModel *m, const char *path, const char *out, FeatureKi
         snprintf(name, sizeof name, "%s", base);
         char *dot = strrchr(name, '.');
         if (dot) *dot = 0;
-        const double mag0 = 10.0 / s.mpp0, magt = 10.0 / mpp; // 0.5 um/px ~ 20x, the usual convention
+        const double mag0 = 10.0 / mpp0, magt = 10.0 / mpp; // 0.5 um/px ~ 20x, the usual convention
         ATTR_I(dco, "patch_size", tile);
-        ATTR_I(dco, "patch_size_level0", s.tile0);
+        ATTR_I(dco, "patch_size_level0", llround(L));
         ATTR_I(dco, "patch_level", 0); // coords are level-0 pixels
-        ATTR_I(dco, "read_level", s.level);
-        ATTR_F(dco, "downsample", (double)s.tile0 / tile);
-        ATTR_I(dco, "level0_width", s.w0);
-        ATTR_I(dco, "level0_height", s.h0);
+        ATTR_I(dco, "read_level", level);
+        ATTR_F(dco, "downsample", L / tile);
+        ATTR_I(dco, "level0_width", W0);
+        ATTR_I(dco, "level0_height", H0);
         ATTR_F(dco, "level0_magnification", round(mag0 * 100) / 100);
         ATTR_F(dco, "target_magnification", round(magt * 100) / 100);
-        ATTR_F(dco, "level0_mpp", s.mpp0);
+        ATTR_F(dco, "level0_mpp", mpp0);
+        ATTR_I(dco, "level0_mpp_assumed", wsi_mpp_assumed(w));
         ATTR_F(dco, "mpp", mpp);
         ATTR_I(dco, "overlap", 0);
         ATTR_S(dco, "name", name);
@@ -357,7 +293,7 @@ static int run_slide(EmbedModel *m, const char *path, const char *out, FeatureKi
         ATTR_S(dfe, "encoder", m->source);
         ATTR_S(dfe, "feature", kind == FEAT_CLS ? "cls" : kind == FEAT_MEAN_PATCH ? "mean_patch" : "cls+mean_patch");
         ATTR_I(dfe, "patch_size", tile);
-        ATTR_I(dfe, "patch_size_level0", s.tile0);
+        ATTR_I(dfe, "patch_size_level0", llround(L));
         ATTR_F(dfe, "mpp", mpp);
         ATTR_S(f, "slide", path);
         ATTR_S(f, "encoder", m->source);
@@ -371,15 +307,14 @@ static int run_slide(EmbedModel *m, const char *path, const char *out, FeatureKi
     bad |= H5Fclose(f) < 0;
     if (bad) fprintf(stderr, "dinoembed: %s: writing the HDF5 file failed\n", out);
     else {
-        printf("dinoembed: %s: %d tissue tiles of %d px at %g um/px (%lld level-0 px, read at level %d) -> %s "
+        printf("dinoembed: %s: %d tissue tiles of %d px at %g um/px (%.1f level-0 px, read at level %d) -> %s "
                "(features [%d, %d], coords [%d, 2])\n",
-               path, n, tile, mpp, (long long)s.tile0, s.level, out, n, FD, n);
+               path, n, tile, mpp, L, level, out, n, FD, n);
         rc = 0;
     }
     free(feats);
     free(coords);
-    openslide_close(s.os);
-    (void)err;
+    wsi_close(w);
     return rc;
 #endif
 }
@@ -389,7 +324,7 @@ int main(int argc, char **argv) {
     FeatureKind kind = FEAT_CLS;
     int batch = 16, resize = -1, crop = -1, heads = 0, tile = 224, have_mean = 0, have_std = 0;
     float mean[3], std[3];
-    double mpp = 0.5, min_tissue = 0.25, slide_mpp = 0;
+    double mpp = 0.5, min_tissue = 0.5, slide_mpp = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;

@@ -1,10 +1,12 @@
 // dinoexport: a checkpoint's teacher (or student) backbone -> a standalone feature-extractor directory.
 //
-//   dinoexport CHECKPOINT.safetensors OUTDIR [--format hf|timm|dinov2] [--teacher|--student] [--heads N]
+//   dinoexport INPUT OUTDIR [--format hf|timm|dinov2] [--teacher|--student] [--heads N]
 //
-// Input: any safetensors file that holds a ViT backbone in one of the three namings, with or without
-// a prefix ("teacher.backbone.", "student.backbone.", "backbone.", ...). Hyper-parameters come from
-// the tensor shapes; the head count from --heads, the file's metadata or the reference arch of that width.
+// INPUT: a training output_dir (its newest valid checkpoint, train/checkpoint.h), one checkpoint
+// directory, an export directory, or any safetensors file that holds a ViT backbone in one of the three
+// namings, with or without a prefix ("teacher.backbone.", "student.backbone.", "backbone.", ...).
+// Hyper-parameters come from the tensor shapes; the head count from --heads, the checkpoint's resolved
+// config, the file's metadata or the reference arch of that width.
 // Output (export-formats.md): OUTDIR/model.safetensors (F32, __metadata__ format=pt) and
 //   hf:     config.json (Dinov2Model / Dinov2WithRegistersModel) + preprocessor_config.json
 //   timm:   config.json (timm hub format: architecture, model_args, pretrained_cfg)
@@ -14,17 +16,75 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/check.h"
 #include "common/safetensors.h"
 #include "model/export_names.h"
 #include "model/params.h"
 #include "model/vit.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
 #include "train/pretrained.h"
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// The head count from a checkpoint's resolved config (state.json "config"), 0 when it has none.
+static int heads_from_checkpoint(const Ckpt *c) {
+    const char *yaml = ckpt_get_str(c, "config");
+    if (!yaml) return 0;
+    char tmp[] = "/tmp/dinoexport_config_XXXXXX";
+    int fd = mkstemp(tmp);
+    if (fd < 0) return 0;
+    FILE *f = fdopen(fd, "w");
+    int ok = f && fputs(yaml, f) >= 0;
+    if (f) ok &= fclose(f) == 0;
+    int heads = 0;
+    Config cfg;
+    char err[DINO_ERRLEN];
+    if (ok && config_load(&cfg, tmp, 0, NULL, err) == 0) {
+        int dim, depth;
+        config_arch_dims(&cfg, &dim, &depth, &heads);
+    }
+    unlink(tmp);
+    return heads;
+}
+
+// The safetensors file behind the input: a file as given; a checkpoint directory (verified: sizes and
+// CRC32 of every tensor); a run's output_dir (its newest valid checkpoint); or an export directory.
+static int resolve_input(const char *in, char *path, size_t n, int *heads, char *err) {
+    if (!is_dir(in)) {
+        snprintf(path, n, "%s", in);
+        return 0;
+    }
+    char p[4200];
+    snprintf(p, sizeof p, "%s/model.safetensors", in);
+    if (access(p, R_OK) == 0) {
+        snprintf(path, n, "%s", p);
+        return 0;
+    }
+    Ckpt c;
+    snprintf(p, sizeof p, "%s/state.json", in);
+    int rc;
+    if (access(p, R_OK) == 0) rc = ckpt_open(&c, in, err) == 0 ? 1 : -1;
+    else rc = ckpt_open_latest(&c, in, stderr, err);
+    if (rc == 0) dino_seterr(err, "%s: no checkpoint, model.safetensors or checkpoints/ in this folder", in);
+    if (rc <= 0) return -1;
+    snprintf(path, n, "%s/tensors.safetensors", c.dir);
+    if (*heads <= 0) *heads = heads_from_checkpoint(&c);
+    fprintf(stderr, "dinoexport: checkpoint %s (iteration %lld)\n", c.dir, (long long)c.iteration);
+    ckpt_close(&c);
+    return 0;
+}
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: dinoexport CHECKPOINT.safetensors OUTDIR [options]\n"
+            "usage: dinoexport INPUT OUTDIR [options]\n"
+            "  INPUT: a training output_dir (its newest valid checkpoint), a checkpoint directory, a safetensors\n"
+            "         file holding a backbone (any naming, any prefix) or an export directory\n"
             "  --format hf|timm|dinov2   naming of the written weights (default hf: transformers Dinov2Model)\n"
             "  --teacher | --student     which backbone of a training checkpoint (default --teacher)\n"
             "  --prefix P                the backbone's name prefix in the file (overrides --teacher/--student)\n"
@@ -190,7 +250,12 @@ int main(int argc, char **argv) {
         usage();
         return 2;
     }
-    char err[DINO_ERRLEN];
+    char err[DINO_ERRLEN], in_path[4200];
+    if (resolve_input(in, in_path, sizeof in_path, &heads, err)) {
+        fprintf(stderr, "dinoexport: %s\n", err);
+        return 1;
+    }
+    in = in_path;
     StFile f;
     if (st_open(&f, in, err)) {
         fprintf(stderr, "dinoexport: %s\n", err);
