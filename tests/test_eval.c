@@ -118,7 +118,7 @@ static void texture(uint8_t *px, int w, int h, int cls, uint64_t seed) {
             }
 }
 
-static const char *make_textures(int per_class) {
+static const char *make_textures_seeded(int per_class, uint64_t seed) {
     const char *dir = test_tmpdir();
     static const char *names[3] = {"stripes", "checkers", "waves"};
     char p[4200];
@@ -127,13 +127,15 @@ static const char *make_textures(int per_class) {
         mkdir(p, 0777);
         for (int i = 0; i < per_class; i++) {
             uint8_t px[32 * 32 * 3];
-            texture(px, 32, 32, c, 1000 + (uint64_t)i);
+            texture(px, 32, 32, c, seed + (uint64_t)i);
             snprintf(p, sizeof p, "%s/%s/%02d.jpg", dir, names[c], i);
             write_jpeg(p, px, 32, 32);
         }
     }
     return dir;
 }
+
+static const char *make_textures(int per_class) { return make_textures_seeded(per_class, 1000); }
 
 TEST(tileset_folder_csv_split) {
     const char *dir = make_textures(5);
@@ -210,6 +212,48 @@ TEST(dinoeval_textures_far_above_chance) {
         // chance is 1/3: require more than twice that
         CHECK(acc >= 0.7 && bal >= 0.7, "%s: accuracy %.3f balanced %.3f", keys[k], acc, bal);
     }
+    free(P);
+    vit_free(&vit);
+    param_table_free(&tab);
+}
+
+// The trainer's hook: k-NN of an in-memory model on two labeled folders.
+TEST(knn_on_tilesets_in_memory_model) {
+    char train[4200], test[4200], err[DINO_ERRLEN];
+    snprintf(train, sizeof train, "%s", make_textures_seeded(8, 2000));
+    snprintf(test, sizeof test, "%s", make_textures_seeded(6, 3000));
+    VitConfig cfg;
+    CHECK(vit_config_from_arch(&cfg, "vit_test", 8, 32, 4, "swiglu", err) == 0, "%s", err);
+    cfg.layerscale = 1.0f; // at the init's 1e-5 the CLS token barely sees the image
+    ParamTable tab;
+    param_table_init(&tab);
+    Vit vit;
+    vit_build(&vit, &cfg, &tab, "teacher.backbone.");
+    float *P = dino_calloc(tab.total, sizeof(float));
+    vit_init_weights(&vit, P, 9);
+    Backend *be = backend_cpu_new();
+    float *dev = be->alloc(be, sizeof(float) * tab.total);
+    be->to_device(be, dev, P, sizeof(float) * tab.total);
+    EmbedModel m;
+    embed_model_wrap(&m, be, &vit, dev);
+    m.pre.resize = 0; // 32 px tiles are the model's input
+    int ks[2] = {10, 20};
+    EvalScores s[2];
+    CHECK(eval_knn_tilesets(&m, train, test, ks, 2, 8, s, err) == 0, "%s", err);
+    for (int i = 0; i < 2; i++)
+        CHECK(s[i].accuracy >= 0.7 && s[i].balanced_accuracy >= 0.7, "k=%d accuracy %.3f balanced %.3f", ks[i],
+              s[i].accuracy, s[i].balanced_accuracy);
+    // a test set with a class the training set lacks is refused
+    char bad[4300];
+    snprintf(bad, sizeof bad, "%s/extra", test);
+    mkdir(bad, 0777);
+    snprintf(bad, sizeof bad, "%s/extra/x.jpg", test);
+    uint8_t px[32 * 32 * 3] = {0};
+    write_jpeg(bad, px, 32, 32);
+    CHECK(eval_knn_tilesets(&m, train, test, ks, 1, 8, s, err) != 0 && strstr(err, "extra"), "unknown class: %s", err);
+    embed_model_close(&m);
+    be->release(be, dev);
+    backend_free(be);
     free(P);
     vit_free(&vit);
     param_table_free(&tab);

@@ -472,6 +472,29 @@ TEST(slide_feature_bag) {
               "coords %lld,%lld off the grid or the slide", (long long)x, (long long)y);
         if (i) CHECK(x != co[2 * i - 2] || y != co[2 * i - 1], "duplicate coords");
     }
+    // dinotile's shards of the same slide hold the same tiles (same grid and tissue rule): embedding
+    // them through the shard source gives as many features, close to the bag's (JPEG q100 in between)
+    snprintf(cmd, sizeof cmd, "./dinotile -o %s/shards -q 100 %s > /dev/null 2>&1 && "
+             "./dinoembed %s/exp --tiles %s/shards -o %s/sh.safetensors --resize 0 --crop 224 > /dev/null", dir, slide, dir,
+             dir, dir);
+    CHECK(run(cmd) == 0, "failed: %s", cmd);
+    StFile sh;
+    char shp[4300], err[DINO_ERRLEN];
+    snprintf(shp, sizeof shp, "%s/sh.safetensors", dir);
+    CHECK(st_open(&sh, shp, err) == 0, "%s", err);
+    const StTensor *cls = st_get(&sh, "cls");
+    CHECK(cls && cls->shape[0] == (int64_t)fd[0] && cls->shape[1] == 32, "shards gave %lld tiles, the bag %llu",
+          cls ? (long long)cls->shape[0] : -1LL, (unsigned long long)fd[0]);
+    if (cls && cls->shape[0] == (int64_t)fd[0]) {
+        const float *g = cls->data;
+        double num = 0, den = 0;
+        for (hsize_t i = 0; i < fd[0] * fd[1]; i++) {
+            num += (g[i] - fe[i]) * (double)(g[i] - fe[i]);
+            den += (double)fe[i] * fe[i];
+        }
+        CHECK(sqrt(num / den) < 0.05, "shard features differ from the bag's: relative L2 %.3g", sqrt(num / den));
+    }
+    st_close(&sh);
     double spread = 0;
     for (hsize_t i = 0; i < fd[0] * fd[1]; i++) {
         CHECK(isfinite(fe[i]), "non-finite feature");

@@ -3,7 +3,9 @@
 //   dinoembed MODEL (--tiles SPEC | --slide SLIDE) -o OUT [options]
 //
 // MODEL: a dinoexport directory (model.safetensors + config.json [+ preprocessor_config.json]) or a
-// bare safetensors file. Tiles: SPEC is a folder, a list/CSV file, "folder:DIR" or "list:FILE".
+// bare safetensors file. Tiles: SPEC is a folder, a list/CSV file, "folder:DIR" or "list:FILE" (tile
+// ids: the image paths), or anything data/source.h opens, e.g. "shards:LIST", a shard folder or glob
+// (tile ids: the record index in the source's order).
 // The features are the CLS token after the final LayerNorm (as HF pooler_output / timm token pool)
 // and the mean of the patch tokens after the final LayerNorm (registers excluded).
 //   OUT.npy          float32 [n, F] (--feature cls | mean | cls+mean), with OUT.ids.txt (one tile per line)
@@ -26,6 +28,7 @@
 
 #include "common/check.h"
 #include "common/safetensors.h"
+#include "data/source.h"
 #include "data/tissue.h"
 #include "data/wsi.h"
 #include "train/eval.h"
@@ -83,19 +86,85 @@ static int write_npy(const char *path, const float *x, int n, int d, char *err) 
     return bad ? -1 : 0;
 }
 
+// Features of every tile of a data/source.h source (shards, folders, lists): both[n, 2D] = [cls | mean].
+static int embed_source(EmbedModel *m, TileSource *src, int batch, float *both, char *err) {
+    const int64_t n = source_count(src);
+    const int C = m->pre.crop, D = m->vit.cfg.dim;
+    if (batch > n) batch = (int)n;
+    const size_t per = (size_t)3 * C * C;
+    float *imgs = dino_calloc((size_t)batch * per, sizeof(float));
+    float *cls = dino_malloc(sizeof(float) * (size_t)batch * D), *mp = dino_malloc(sizeof(float) * (size_t)batch * D);
+    int failed = 0;
+    for (int64_t i0 = 0; i0 < n && !failed; i0 += batch) {
+        int nb = n - i0 < batch ? (int)(n - i0) : batch;
+#pragma omp parallel for schedule(dynamic)
+        for (int j = 0; j < nb; j++) {
+            Image im;
+            char e1[DINO_ERRLEN];
+            if (source_read_rgb(src, i0 + j, 0, &im, e1)) {
+#pragma omp critical
+                {
+                    if (!failed) memcpy(err, e1, DINO_ERRLEN);
+                    failed = 1;
+                }
+                continue;
+            }
+            preprocess_image(&m->pre, &im, imgs + (size_t)j * per);
+            image_free(&im);
+        }
+        if (failed) break;
+        if (nb < batch) memset(imgs + (size_t)nb * per, 0, sizeof(float) * (size_t)(batch - nb) * per);
+        embed_batch(m, imgs, batch, cls, mp);
+        for (int j = 0; j < nb; j++) {
+            memcpy(both + (size_t)(i0 + j) * 2 * D, cls + (size_t)j * D, sizeof(float) * D);
+            memcpy(both + (size_t)(i0 + j) * 2 * D + D, mp + (size_t)j * D, sizeof(float) * D);
+        }
+    }
+    free(imgs);
+    free(cls);
+    free(mp);
+    return failed ? -1 : 0;
+}
+
 static int run_tiles(EmbedModel *m, const char *spec, const char *out, FeatureKind kind, int batch) {
-    char err[DINO_ERRLEN];
+    char err[DINO_ERRLEN], err2[DINO_ERRLEN];
     TileSet s;
-    if (tileset_open(&s, spec, 0, err)) {
-        fprintf(stderr, "dinoembed: %s\n", err);
+    const int D = m->vit.cfg.dim;
+    float *both = NULL;
+    if (!strncmp(spec, "wsi:", 4)) {
+        fprintf(stderr, "dinoembed: %s: a wsi: source samples tiles at random; embed a slide with --slide\n", spec);
         return 1;
     }
-    const int D = m->vit.cfg.dim, n = s.n;
-    float *both = dino_malloc(sizeof(float) * (size_t)n * 2 * D);
-    if (embed_tileset(m, &s, FEAT_CLS_MEAN, batch, both, err)) {
-        fprintf(stderr, "dinoembed: %s\n", err);
-        return 1;
+    if (tileset_open(&s, spec, 0, err) == 0) {
+        both = dino_malloc(sizeof(float) * (size_t)s.n * 2 * D);
+        if (embed_tileset(m, &s, FEAT_CLS_MEAN, batch, both, err)) {
+            fprintf(stderr, "dinoembed: %s\n", err);
+            return 1;
+        }
+    } else {
+        // not a folder or list of images: shards (or anything else data/source.h opens)
+        TileSource *src = source_open(spec, err2);
+        if (!src) {
+            fprintf(stderr, "dinoembed: %s\n  (as a tile source: %s)\n", err, err2);
+            return 1;
+        }
+        memset(&s, 0, sizeof s);
+        s.n = (int)source_count(src);
+        s.paths = dino_malloc(sizeof(char *) * (size_t)(s.n ? s.n : 1));
+        for (int i = 0; i < s.n; i++) {
+            char id[64];
+            snprintf(id, sizeof id, "%d", i);
+            s.paths[i] = strdup(id); // tile ids: the source's record index
+        }
+        both = dino_malloc(sizeof(float) * (size_t)(s.n ? s.n : 1) * 2 * D);
+        int bad = s.n == 0 || embed_source(m, src, batch, both, err);
+        source_close(src);
+        if (bad) {
+            fprintf(stderr, "dinoembed: %s\n", s.n ? err : "the source has no tiles");
+            return 1;
+        }
     }
+    const int n = s.n;
     float *cls = dino_malloc(sizeof(float) * (size_t)n * D), *mp = dino_malloc(sizeof(float) * (size_t)n * D);
     for (int i = 0; i < n; i++) {
         memcpy(cls + (size_t)i * D, both + (size_t)i * 2 * D, sizeof(float) * D);

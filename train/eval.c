@@ -544,6 +544,15 @@ fail:
     return -1;
 }
 
+void embed_model_wrap(EmbedModel *m, Backend *be, const Vit *vit, const float *params) {
+    memset(m, 0, sizeof *m);
+    m->vit = *vit; // shallow: shares the block offsets, never freed here
+    m->be = be;
+    m->params = (float *)params;
+    preprocess_default(&m->pre, vit->cfg.img_size);
+    snprintf(m->source, sizeof m->source, "(in memory)");
+}
+
 void embed_model_close(EmbedModel *m) {
     if (m->acts) vit_acts_free(m->be, m->acts);
     if (m->dev_images) m->be->release(m->be, m->dev_images);
@@ -644,6 +653,35 @@ int embed_tileset(EmbedModel *m, const TileSet *s, FeatureKind kind, int batch, 
     free(imgs);
     free(cls);
     free(mp);
+    return rc;
+}
+
+int eval_knn_tilesets(EmbedModel *m, const char *train_spec, const char *test_spec, const int *ks, int n_k, int batch,
+                      EvalScores *scores, char *err) {
+    TileSet tr, te;
+    if (tileset_open(&tr, train_spec, 1, err)) return -1;
+    if (tileset_open(&te, test_spec, 1, err) || tileset_align_classes(&te, tr.classes, tr.n_classes, err)) {
+        tileset_free(&tr);
+        return -1;
+    }
+    const int D = m->vit.cfg.dim;
+    float *ftr = dino_malloc(sizeof(float) * (size_t)tr.n * D), *fte = dino_malloc(sizeof(float) * (size_t)te.n * D);
+    int *pred = dino_malloc(sizeof(int) * (size_t)te.n);
+    int rc = -1;
+    if (embed_tileset(m, &tr, FEAT_CLS, batch, ftr, err) == 0 && embed_tileset(m, &te, FEAT_CLS, batch, fte, err) == 0) {
+        l2_normalize_rows(ftr, tr.n, D);
+        l2_normalize_rows(fte, te.n, D);
+        for (int i = 0; i < n_k; i++) {
+            knn_predict(ftr, tr.labels, tr.n, fte, te.n, D, tr.n_classes, ks[i], 0.07f, pred);
+            eval_scores(pred, te.labels, te.n, tr.n_classes, &scores[i]);
+        }
+        rc = 0;
+    }
+    free(ftr);
+    free(fte);
+    free(pred);
+    tileset_free(&tr);
+    tileset_free(&te);
     return rc;
 }
 

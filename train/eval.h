@@ -69,6 +69,9 @@ typedef struct {
 // Opens an exported directory (model.safetensors in any naming + config.json [+ preprocessor_config.json]),
 // or a bare safetensors file, on the CPU backend. heads > 0 overrides the head count. Returns 0 or -1.
 int embed_model_open(EmbedModel *m, const char *path, int heads, char *err);
+// Wraps a model that lives elsewhere (the trainer's teacher): nothing is copied or owned; vit and
+// params (backend memory of be) must outlive m. Preprocessing: the reference's for img_size.
+void embed_model_wrap(EmbedModel *m, Backend *be, const Vit *vit, const float *params);
 void embed_model_close(EmbedModel *m);
 
 typedef enum { FEAT_CLS = 0, FEAT_MEAN_PATCH = 1, FEAT_CLS_MEAN = 2 } FeatureKind;
@@ -87,6 +90,11 @@ typedef struct {
     double accuracy;           // fraction of test items predicted right
     double balanced_accuracy;  // mean over classes present in the test set of per-class recall
 } EvalScores;
+
+// The trainer's periodic check (evaluation.eval_period_iterations): k-NN of m's CLS features, training
+// set train_spec, test set test_spec (labeled tile sets as tileset_open), T = 0.07. scores[i] for k = ks[i].
+int eval_knn_tilesets(EmbedModel *m, const char *train_spec, const char *test_spec, const int *ks, int n_k,
+                      int batch, EvalScores *scores, char *err);
 
 void eval_scores(const int *pred, const int *truth, int n, int n_classes, EvalScores *out);
 void l2_normalize_rows(float *x, int n, int D);
