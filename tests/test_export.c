@@ -558,7 +558,7 @@ TEST(dinoexport_from_training_checkpoint) {
     CHECK(memcmp(Q, teacher[1], sizeof(float) * tab.total) == 0, "not the newest checkpoint's teacher");
     // damage the newest checkpoint: the previous one is exported (and the damage reported)
     snprintf(cmd, sizeof cmd, "printf 'XXXX' | dd of=%s/checkpoints/ckpt_000000020/tensors.safetensors bs=1 seek=2000 conv=notrunc 2>/dev/null && "
-             "./dinoexport %s %s/exp2 2>&1 | grep -q 'not valid'", run_dir, run_dir, dir);
+             "./dinoexport %s %s/exp2 > %s/log 2>&1 && grep -q 'not valid' %s/log", run_dir, run_dir, dir, dir, dir);
     CHECK(run(cmd) == 0, "damaged checkpoint not reported: %s", cmd);
     snprintf(path, sizeof path, "%s/exp2/model.safetensors", dir);
     CHECK(pretrained_load(&vit, &tab, "", Q, path, NULL, NULL, err) == 0, "%s", err);
