@@ -5,13 +5,17 @@
 #pragma GCC optimize("fp-contract=off")
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
+#include "common/check.h"
 #include "data/augment.h"
 
 static inline int luma(const uint8_t *p) { // Pillow's L24: rounded 16-bit fixed point of 0.299 0.587 0.114
     return (p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16;
 }
+
+static inline int clip8i(int v) { return v < 0 ? 0 : v > 255 ? 255 : v; }
 
 // ImagingBlend(in1, in2, alpha) for one value: interpolation truncates, extrapolation clips.
 static inline uint8_t pil_blend(int a, int b, float alpha) {
@@ -63,12 +67,57 @@ void solarize_u8(uint8_t *px, int n, int threshold) {
         if (px[i] >= threshold) px[i] = (uint8_t)(255 - px[i]);
 }
 
-static inline int clip8i(int v) { return v < 0 ? 0 : v > 255 ? 255 : v; }
+// ---- hue: torchvision F_pil.adjust_hue = img.convert("HSV"), h += uint8(hue_factor * 255) (wrapping),
+// back to RGB, with Pillow's rgb2hsv_row / hsv2rgb arithmetic. The divisions of rgb2hsv only ever see
+// channel differences, so h and s come from tables built once with that exact arithmetic.
 
-// torchvision F_pil.adjust_hue: img.convert("HSV"), h += uint8(hue_factor * 255) (wrapping), back to RGB.
+// Pillow's h (0..255) when `branch` (0: r, 1: g, 2: b is the max, chosen in that order) has the
+// other two channels at maxc - da and maxc - db (da, db in [0, cr], cr = max - min > 0).
+static int pil_hue_of(int branch, int da, int db, int cr_i) {
+    float cr = (float)cr_i, ca = (float)da / cr, cb = (float)db / cr, h;
+    if (branch == 0) h = cb - ca;                  // r max: bc - gc      (a = g, b = b)
+    else if (branch == 1) h = (float)(2.0 + ca - cb); // g max: 2 + rc - bc (a = r, b = b)
+    else h = (float)(4.0 + ca - cb);                // b max: 4 + gc - rc (a = g, b = r)
+    h = (float)fmod((double)h / 6.0 + 1.0, 1.0);
+    return clip8i((int)(h * 255.0));
+}
+
+static uint8_t *hue_h_table; // [branch * 2 + (second channel is the min)][cr][d of the other channel]
+static uint8_t *hue_s_table; // [cr][maxc]: (int)((cr / (float)maxc) * 255.0)
+static uint8_t *hue_p_table; // [s][v]: round(v * (1 - s / 255.0))
+static pthread_once_t hue_once = PTHREAD_ONCE_INIT;
+
+static inline int round_half_away(double x) { // C round() for x >= 0, branch-free (x - trunc(x) is exact)
+    int64_t t = (int64_t)x;
+    return (int)t + (x - (double)t >= 0.5);
+}
+
+// hsv2rgb's output order per hue sector: indices into {v, p, q, t}
+static const uint8_t HSV_SECTOR[6][3] = {{0, 3, 1}, {2, 0, 1}, {1, 0, 3}, {1, 2, 0}, {3, 1, 0}, {0, 1, 2}};
+
+static void hue_tables_init(void) {
+    hue_h_table = dino_malloc(6 * 65536);
+    hue_s_table = dino_malloc(65536);
+    hue_p_table = dino_malloc(65536);
+    for (int branch = 0; branch < 3; branch++)
+        for (int cr = 1; cr < 256; cr++)
+            for (int d = 0; d <= cr; d++) {
+                hue_h_table[(branch * 2 + 0) * 65536 + cr * 256 + d] = (uint8_t)pil_hue_of(branch, cr, d, cr);
+                hue_h_table[(branch * 2 + 1) * 65536 + cr * 256 + d] = (uint8_t)pil_hue_of(branch, d, cr, cr);
+            }
+    for (int cr = 0; cr < 256; cr++)
+        for (int m = 0; m < 256; m++)
+            hue_s_table[cr * 256 + m] = m ? (uint8_t)clip8i((int)((float)cr / (float)m * 255.0)) : 0;
+    for (int sv = 0; sv < 256; sv++)
+        for (int v = 0; v < 256; v++) {
+            float fs = (float)((float)sv / 255.0);
+            hue_p_table[sv * 256 + v] = (uint8_t)clip8i((int)round((float)v * (1.0 - fs)));
+        }
+}
+
 void adjust_hue_u8(uint8_t *px, int n, float hue_factor) {
+    pthread_once(&hue_once, hue_tables_init);
     uint8_t shift = (uint8_t)(int)((double)hue_factor * 255.0); // np.uint8 of a truncated float
-    // hsv2rgb terms that depend on h or s only
     int hi[256];
     float hf[256], fs[256];
     for (int v = 0; v < 256; v++) {
@@ -81,37 +130,29 @@ void adjust_hue_u8(uint8_t *px, int n, float hue_factor) {
         int r = p[0], g = p[1], b = p[2];
         int maxc = r > g ? (r > b ? r : b) : (g > b ? g : b);
         int minc = r < g ? (r < b ? r : b) : (g < b ? g : b);
-        if (maxc == minc) continue; // s = 0: grey stays grey (h = 0 + shift is irrelevant)
-        // rgb2hsv_row
-        float cr = (float)(maxc - minc);
-        float s = cr / (float)maxc;
-        float rc = (float)(maxc - r) / cr, gc = (float)(maxc - g) / cr, bc = (float)(maxc - b) / cr;
-        float h;
-        if (r == maxc) h = bc - gc;
-        else if (g == maxc) h = (float)(2.0 + rc - bc);
-        else h = (float)(4.0 + gc - rc);
-        double hd = (double)h / 6.0 + 1.0; // in [5/6, 2): fmod(hd, 1) is exact subtraction
-        h = (float)(hd >= 1.0 ? hd - 1.0 : hd);
-        int uh = clip8i((int)(h * 255.0)), us = clip8i((int)(s * 255.0)), v = maxc;
+        if (maxc == minc) continue; // s = 0: grey stays grey
+        int cr = maxc - minc, branch, da, db;
+        if (r == maxc) branch = 0, da = maxc - g, db = maxc - b;
+        else if (g == maxc) branch = 1, da = maxc - r, db = maxc - b;
+        else branch = 2, da = maxc - g, db = maxc - r;
+        int uh = da == cr ? hue_h_table[(branch * 2) * 65536 + cr * 256 + db]
+                          : hue_h_table[(branch * 2 + 1) * 65536 + cr * 256 + da];
+        int us = hue_s_table[cr * 256 + maxc], v = maxc;
         uh = (uint8_t)(uh + shift);
         if (us == 0) {
             p[0] = p[1] = p[2] = (uint8_t)v;
             continue;
         }
         // hsv2rgb
-        int ii = hi[uh];
         float f = hf[uh], fsv = fs[us];
-        int pp = clip8i((int)round((float)v * (1.0 - fsv)));
-        int qq = clip8i((int)round((float)v * (1.0 - fsv * f)));
-        int tt = clip8i((int)round((float)v * (1.0 - fsv * (1.0 - f))));
-        switch (ii % 6) {
-        case 0: p[0] = v; p[1] = tt; p[2] = pp; break;
-        case 1: p[0] = qq; p[1] = v; p[2] = pp; break;
-        case 2: p[0] = pp; p[1] = v; p[2] = tt; break;
-        case 3: p[0] = pp; p[1] = qq; p[2] = v; break;
-        case 4: p[0] = tt; p[1] = pp; p[2] = v; break;
-        default: p[0] = v; p[1] = pp; p[2] = qq; break;
-        }
+        int pp = hue_p_table[us * 256 + v];
+        int qq = clip8i(round_half_away((float)v * (1.0 - fsv * f)));
+        int tt = clip8i(round_half_away((float)v * (1.0 - fsv * (1.0 - f))));
+        const uint8_t vals[4] = {(uint8_t)v, (uint8_t)pp, (uint8_t)qq, (uint8_t)tt};
+        const uint8_t *order = HSV_SECTOR[hi[uh] % 6]; // no data-dependent branch
+        p[0] = vals[order[0]];
+        p[1] = vals[order[1]];
+        p[2] = vals[order[2]];
     }
 }
 
