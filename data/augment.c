@@ -204,6 +204,7 @@ void augment_scratch_free(AugmentScratch *s) {
     free(s->coef);
     free(s->acc);
     free(s->fbuf);
+    free(s->strip);
     free(s);
 }
 

@@ -12,6 +12,8 @@ struct AugmentScratch {
     size_t coef_cap;
     int32_t *acc;          // vertical-pass accumulators
     size_t acc_cap;
+    int32_t *strip;        // 8 transposed rows for the horizontal pass
+    size_t strip_cap;
     float *fbuf;           // blur intermediate
     size_t fbuf_cap;
 };
