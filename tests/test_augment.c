@@ -57,7 +57,10 @@ static const FxEntry *fx(const char *name) {
     test_fail_at(__FILE__, __LINE__, "fixture %s missing", name);
     return NULL;
 }
-static const void *fx_ptr(const char *name) { return fx_data + fx(name)->offset; }
+static const void *fx_ptr(const char *name) {
+    const FxEntry *e = fx(name); // loads the fixture file first
+    return fx_data + e->offset;
+}
 static double fx_f64(const char *name, int i) { return ((const double *)fx_ptr(name))[i]; }
 
 // src as an Image copy (ops work in place)
