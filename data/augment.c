@@ -208,16 +208,51 @@ void augment_scratch_free(AugmentScratch *s) {
     free(s);
 }
 
+int augment_decode_scale(const CropPlan *plans, int n, int max_scale) {
+    int scale = 1;
+    while (scale * 2 <= max_scale) {
+        int next = scale * 2, ok = 1;
+        for (int k = 0; k < n && ok; k++)
+            ok = plans[k].box.w / next >= plans[k].out_size && plans[k].box.h / next >= plans[k].out_size;
+        if (!ok) break;
+        scale = next;
+    }
+    return scale;
+}
+
+static void finish_crop(const AugmentConfig *c, const CropPlan *p, float *out, AugmentScratch *s);
+
 void augment_apply(const AugmentConfig *c, const CropPlan *p, const Image *src, float *out,
                    AugmentScratch *s) {
     const CropBox *b = &p->box;
     DINO_ASSERT(b->top >= 0 && b->left >= 0 && b->top + b->h <= src->h && b->left + b->w <= src->w,
                 "augment_apply: crop box outside the %dx%d image", src->w, src->h);
-    int S = p->out_size, n = S * S;
-    uint8_t *px = s->crop;
+    int S = p->out_size;
     const uint8_t *region = src->px + ((size_t)b->top * src->w + b->left) * 3;
     // img.crop(box).resize((S, S), BICUBIC), then the flip folded into the horizontal pass
-    resize_bicubic_u8(region, b->w, b->h, src->w * 3, 0, 0, b->w, b->h, px, S, S, p->hflip, s);
+    resize_bicubic_u8(region, b->w, b->h, src->w * 3, 0, 0, b->w, b->h, s->crop, S, S, p->hflip, s);
+    finish_crop(c, p, out, s);
+}
+
+void augment_apply_scaled(const AugmentConfig *c, const CropPlan *p, const Image *src, int scale, float *out,
+                          AugmentScratch *s) {
+    if (scale == 1) {
+        augment_apply(c, p, src, out, s);
+        return;
+    }
+    const CropBox *b = &p->box;
+    double x0 = (double)b->left / scale, y0 = (double)b->top / scale;
+    double x1 = fmin((double)(b->left + b->w) / scale, src->w), y1 = fmin((double)(b->top + b->h) / scale, src->h);
+    DINO_ASSERT(x0 < x1 && y0 < y1, "augment_apply_scaled: crop box outside the %dx%d image", src->w, src->h);
+    int S = p->out_size;
+    resize_bicubic_u8(src->px, src->w, src->h, src->w * 3, x0, y0, x1, y1, s->crop, S, S, p->hflip, s);
+    finish_crop(c, p, out, s);
+}
+
+// Everything after the resize, on s->crop.
+static void finish_crop(const AugmentConfig *c, const CropPlan *p, float *out, AugmentScratch *s) {
+    int S = p->out_size, n = S * S;
+    uint8_t *px = s->crop;
     if (p->vflip) flip_v_u8(px, S, S);
     if (p->rot90) {
         rot90_u8(px, s->crop2, S, p->rot90);

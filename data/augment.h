@@ -85,6 +85,16 @@ void augment_scratch_free(AugmentScratch *s);
 void augment_apply(const AugmentConfig *c, const CropPlan *p, const Image *src, float *out,
                    AugmentScratch *s);
 
+// Scaled decoding (e.g. turbojpeg 1/2, 1/4, 1/8): the largest power-of-two reduction, up to
+// max_scale, of the source such that every planned crop still spans at least its output size in
+// reduced pixels (the resize still downsamples, so little is lost). 1 when no reduction is safe.
+int augment_decode_scale(const CropPlan *plans, int n, int max_scale);
+// augment_apply on the source decoded at 1/scale: the crop box becomes the float box
+// [left/scale, (left+w)/scale) of the reduced image (Pillow's resize(box=...) semantics), so the
+// crops approximate the full-resolution ones.
+void augment_apply_scaled(const AugmentConfig *c, const CropPlan *p, const Image *src, int scale, float *out,
+                          AugmentScratch *s);
+
 // ---- the individual ops (8-bit interleaved RGB, Pillow semantics), exposed for tests -------------
 
 // PIL Image.resize(BICUBIC) of the region [x0,x1) x [y0,y1) of a sw x sh image (row stride in bytes)
