@@ -139,12 +139,15 @@ void adjust_hue_u8(uint8_t *px, int n, float hue_factor) {
         int maxc = r > g ? (r > b ? r : b) : (g > b ? g : b);
         int minc = r < g ? (r < b ? r : b) : (g < b ? g : b);
         if (maxc == minc) continue; // s = 0: grey stays grey
-        int cr = maxc - minc, branch, da, db;
-        if (r == maxc) branch = 0, da = maxc - g, db = maxc - b;
-        else if (g == maxc) branch = 1, da = maxc - r, db = maxc - b;
-        else branch = 2, da = maxc - g, db = maxc - r;
-        int uh = da == cr ? hue_h_table[(branch * 2) * 65536 + cr * 256 + db]
-                          : hue_h_table[(branch * 2 + 1) * 65536 + cr * 256 + da];
+        int cr = maxc - minc;
+        // Pillow's branch (r, then g, then b is the max) and the two other channels' distances to
+        // the max, chosen without data-dependent jumps
+        int rmax = r == maxc, gmax = !rmax & (g == maxc);
+        int branch = rmax ? 0 : gmax ? 1 : 2;
+        int da = maxc - (rmax ? g : gmax ? r : g);
+        int db = maxc - (rmax ? b : gmax ? b : r);
+        int second_is_min = da != cr;
+        int uh = hue_h_table[(branch * 2 + second_is_min) * 65536 + cr * 256 + (second_is_min ? da : db)];
         int us = hue_s_table[cr * 256 + maxc], v = maxc;
         uh = (uint8_t)(uh + shift);
         if (us == 0) {
@@ -156,11 +159,11 @@ void adjust_hue_u8(uint8_t *px, int n, float hue_factor) {
         int pp = hue_p_table[us * 256 + v];
         int qq = clip8i(round_half_away((float)v * (1.0 - fsv * f)));
         int tt = clip8i(round_half_away((float)v * (1.0 - fsv * (1.0 - f))));
-        const uint8_t vals[4] = {(uint8_t)v, (uint8_t)pp, (uint8_t)qq, (uint8_t)tt};
+        uint32_t vals = (uint32_t)v | (uint32_t)pp << 8 | (uint32_t)qq << 16 | (uint32_t)tt << 24;
         const uint8_t *order = HSV_SECTOR[hi[uh] % 6]; // no data-dependent branch
-        p[0] = vals[order[0]];
-        p[1] = vals[order[1]];
-        p[2] = vals[order[2]];
+        p[0] = (uint8_t)(vals >> (8 * order[0]));
+        p[1] = (uint8_t)(vals >> (8 * order[1]));
+        p[2] = (uint8_t)(vals >> (8 * order[2]));
     }
 }
 
