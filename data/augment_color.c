@@ -30,13 +30,13 @@ static void apply_lut(uint8_t *px, int n, const uint8_t lut[256]) {
     for (size_t i = 0; i < (size_t)n * 3; i++) px[i] = lut[px[i]];
 }
 
-void adjust_brightness_u8(uint8_t *px, int n, float factor) { // blend(black, img, factor)
+void aug_adjust_brightness_u8(uint8_t *px, int n, float factor) { // blend(black, img, factor)
     uint8_t lut[256];
     for (int v = 0; v < 256; v++) lut[v] = pil_blend(0, v, factor);
     apply_lut(px, n, lut);
 }
 
-void adjust_contrast_u8(uint8_t *px, int n, float factor) { // blend(grey mean of L, img, factor)
+void aug_adjust_contrast_u8(uint8_t *px, int n, float factor) { // blend(grey mean of L, img, factor)
     uint64_t sum = 0;
     for (int i = 0; i < n; i++) sum += (uint64_t)luma(px + 3 * i);
     int mean = (int)((double)sum / n + 0.5);
@@ -45,7 +45,7 @@ void adjust_contrast_u8(uint8_t *px, int n, float factor) { // blend(grey mean o
     apply_lut(px, n, lut);
 }
 
-void adjust_saturation_u8(uint8_t *px, int n, float factor) { // blend(L replicated, img, factor)
+void aug_adjust_saturation_u8(uint8_t *px, int n, float factor) { // blend(L replicated, img, factor)
     // In chunks: L replicated per channel, then one branch-free blend loop that vectorizes. Clamping
     // then truncating equals ImagingBlend in both of its branches.
     enum { CHUNK = 256 };
@@ -63,14 +63,14 @@ void adjust_saturation_u8(uint8_t *px, int n, float factor) { // blend(L replica
     }
 }
 
-void grayscale_u8(uint8_t *px, int n) {
+void aug_grayscale_u8(uint8_t *px, int n) {
     for (int i = 0; i < n; i++) {
         uint8_t *p = px + 3 * i;
         p[0] = p[1] = p[2] = (uint8_t)luma(p);
     }
 }
 
-void solarize_u8(uint8_t *px, int n, int threshold) {
+void aug_solarize_u8(uint8_t *px, int n, int threshold) {
     for (size_t i = 0; i < (size_t)n * 3; i++)
         if (px[i] >= threshold) px[i] = (uint8_t)(255 - px[i]);
 }
@@ -123,7 +123,7 @@ static void hue_tables_init(void) {
         }
 }
 
-void adjust_hue_u8(uint8_t *px, int n, float hue_factor) {
+void aug_adjust_hue_u8(uint8_t *px, int n, float hue_factor) {
     pthread_once(&hue_once, hue_tables_init);
     uint8_t shift = (uint8_t)(int)((double)hue_factor * 255.0); // np.uint8 of a truncated float
     int hi[256];
@@ -172,7 +172,8 @@ void adjust_hue_u8(uint8_t *px, int n, float hue_factor) {
 static const double RGB_FROM_HED[3][3] = {{0.65, 0.70, 0.29}, {0.07, 0.99, 0.11}, {0.27, 0.57, 0.78}};
 
 static void inv3(const double m[3][3], double out[3][3]) {
-    double det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
+    double det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) -
+                 m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
                  m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++) {
@@ -181,7 +182,7 @@ static void inv3(const double m[3][3], double out[3][3]) {
         }
 }
 
-void hed_jitter_u8(uint8_t *px, int n, const float alpha[3], const float beta[3]) {
+void aug_hed_jitter_u8(uint8_t *px, int n, const float alpha[3], const float beta[3]) {
     // skimage rgb2hed/hed2rgb: rows of RGB_FROM_HED are the H, E, D stain vectors (used as given).
     double rgb_from_hed[3][3], hed_from_rgb[3][3];
     memcpy(rgb_from_hed, RGB_FROM_HED, sizeof rgb_from_hed);

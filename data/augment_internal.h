@@ -19,4 +19,4 @@ struct AugmentScratch {
 };
 
 // Grows *p to at least `need` bytes (contents not kept).
-void scratch_grow(void **p, size_t *cap, size_t need);
+void augment_scratch_grow(void **p, size_t *cap, size_t need);

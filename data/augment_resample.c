@@ -16,7 +16,7 @@
 #include "data/augment.h"
 #include "data/augment_internal.h"
 
-void scratch_grow(void **p, size_t *cap, size_t need) {
+void augment_scratch_grow(void **p, size_t *cap, size_t need) {
     if (need <= *cap) return;
     free(*p);
     *p = dino_malloc(need);
@@ -146,7 +146,7 @@ static void copy_rows(const uint8_t *src, int stride, uint8_t *dst, int w, int h
     for (int y = 0; y < h; y++) memcpy(dst + (size_t)y * w * 3, src + (size_t)y * stride, (size_t)w * 3);
 }
 
-void flip_h_u8(uint8_t *px, int w, int h) {
+void aug_flip_h_u8(uint8_t *px, int w, int h) {
     for (int y = 0; y < h; y++) {
         uint8_t *r = px + (size_t)y * w * 3;
         for (int a = 0, b = w - 1; a < b; a++, b--)
@@ -158,7 +158,7 @@ void flip_h_u8(uint8_t *px, int w, int h) {
     }
 }
 
-void flip_v_u8(uint8_t *px, int w, int h) {
+void aug_flip_v_u8(uint8_t *px, int w, int h) {
     size_t row = (size_t)w * 3;
     for (int a = 0, b = h - 1; a < b; a++, b--) {
         uint8_t *ra = px + a * row, *rb = px + b * row;
@@ -171,7 +171,7 @@ void flip_v_u8(uint8_t *px, int w, int h) {
 }
 
 // Counter-clockwise quarter turns of a square image (torch.rot90 on (H, W) dims with k turns).
-void rot90_u8(const uint8_t *src, uint8_t *dst, int n, int k) {
+void aug_rot90_u8(const uint8_t *src, uint8_t *dst, int n, int k) {
     k &= 3;
     for (int y = 0; y < n; y++)
         for (int x = 0; x < n; x++) {
@@ -186,21 +186,21 @@ void rot90_u8(const uint8_t *src, uint8_t *dst, int n, int k) {
         }
 }
 
-void resize_bicubic_u8(const uint8_t *src, int sw, int sh, int stride, double x0, double y0, double x1,
+void aug_resize_bicubic_u8(const uint8_t *src, int sw, int sh, int stride, double x0, double y0, double x1,
                        double y1, uint8_t *dst, int dw, int dh, int hflip, AugmentScratch *s) {
     float bx0 = (float)x0, by0 = (float)y0, bx1 = (float)x1, by1 = (float)y1; // Pillow's float box
     int need_h = dw != sw || bx0 != 0 || bx1 != sw;
     int need_v = dh != sh || by0 != 0 || by1 != sh;
     if (!need_h && !need_v) {
         copy_rows(src, stride, dst, dw, dh);
-        if (hflip) flip_h_u8(dst, dw, dh);
+        if (hflip) aug_flip_h_u8(dst, dw, dh);
         return;
     }
     int ksx = coeff_ksize(bx0, bx1, dw), ksy = coeff_ksize(by0, by1, dh);
     int kmax = ksx > ksy ? ksx : ksy;
     size_t bytes = sizeof(int32_t) * ((size_t)dw * ksx + (size_t)dh * ksy) + sizeof(int) * 2 * ((size_t)dw + dh) +
                    sizeof(double) * (size_t)kmax;
-    scratch_grow(&s->coef, &s->coef_cap, bytes);
+    augment_scratch_grow(&s->coef, &s->coef_cap, bytes);
     double *w = s->coef;
     int32_t *kx = (int32_t *)(w + kmax), *ky = kx + (size_t)dw * ksx;
     int *bxs = (int *)(ky + (size_t)dh * ksy), *bys = bxs + 2 * dw;
@@ -215,7 +215,7 @@ void resize_bicubic_u8(const uint8_t *src, int sw, int sh, int stride, double x0
         if (!need_v) yfirst = 0;
         uint8_t *out = dst;
         if (need_v) {
-            scratch_grow((void **)&s->tmp, &s->tmp_cap, (size_t)rows * dw * 3);
+            augment_scratch_grow((void **)&s->tmp, &s->tmp_cap, (size_t)rows * dw * 3);
             out = s->tmp;
         }
         // every output pixel gets exactly ksx taps (zero weights past its window, window slid inside
@@ -223,7 +223,7 @@ void resize_bicubic_u8(const uint8_t *src, int sw, int sh, int stride, double x0
         int y = 0;
         if (ksx <= sw) {
             pad_windows(kx, bxs, dw, ksx, sw);
-            scratch_grow((void **)&s->strip, &s->strip_cap, sizeof(int32_t) * 8 * (size_t)sw * 3);
+            augment_scratch_grow((void **)&s->strip, &s->strip_cap, sizeof(int32_t) * 8 * (size_t)sw * 3);
             for (; y + 8 <= rows; y += 8) {
                 const uint8_t *in = src + (size_t)(y + yfirst) * stride;
                 uint8_t *o = out + (size_t)y * dw * 3;
@@ -246,7 +246,7 @@ void resize_bicubic_u8(const uint8_t *src, int sw, int sh, int stride, double x0
         for (int y = 0; y < dh; y++) bys[2 * y] -= yfirst;
     }
     size_t rowlen = (size_t)dw * 3;
-    scratch_grow((void **)&s->acc, &s->acc_cap, rowlen * sizeof(int32_t));
+    augment_scratch_grow((void **)&s->acc, &s->acc_cap, rowlen * sizeof(int32_t));
     int32_t *acc = s->acc;
     for (int y = 0; y < dh; y++) {
         const int32_t *k = ky + (size_t)y * ksy;
@@ -260,7 +260,7 @@ void resize_bicubic_u8(const uint8_t *src, int sw, int sh, int stride, double x0
         uint8_t *o = dst + (size_t)y * rowlen;
         for (size_t i = 0; i < rowlen; i++) o[i] = clip8(acc[i]);
     }
-    if (!need_h && hflip) flip_h_u8(dst, dw, dh);
+    if (!need_h && hflip) aug_flip_h_u8(dst, dw, dh);
 }
 
 // ---- Gaussian blur ----------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ static void blur_passes(uint8_t *restrict px, int w, int h, int K, const float *
     }
 }
 
-void gaussian_blur_u8(uint8_t *px, int w, int h, int ksize, float sigma, AugmentScratch *s) {
+void aug_gaussian_blur_u8(uint8_t *px, int w, int h, int ksize, float sigma, AugmentScratch *s) {
     DINO_ASSERT(ksize % 2 == 1 && ksize <= 63 && ksize / 2 < w && ksize / 2 < h, "gaussian_blur: kernel %d on %dx%d",
                 ksize, w, h);
     // torchvision _get_gaussian_kernel1d in float32: x = linspace(-r, r), exp(-0.5 (x/sigma)^2), / sum
@@ -330,14 +330,14 @@ void gaussian_blur_u8(uint8_t *px, int w, int h, int ksize, float sigma, Augment
     }
     for (int i = 0; i < ksize; i++) k[i] /= sum;
     size_t row = (size_t)w * 3, prow = (size_t)(w + 2 * r) * 3;
-    scratch_grow((void **)&s->fbuf, &s->fbuf_cap, sizeof(float) * (row * (size_t)h + prow + row));
+    augment_scratch_grow((void **)&s->fbuf, &s->fbuf_cap, sizeof(float) * (row * (size_t)h + prow + row));
     float *H = s->fbuf, *pad = H + row * (size_t)h, *acc = pad + prow;
     blur_passes(px, w, h, ksize, k, H, pad, acc);
 }
 
 // ---- ToTensor + Normalize ---------------------------------------------------------------------------
 
-void normalize_u8(const uint8_t *px, int w, int h, const float mean[3], const float std[3], float *out) {
+void aug_normalize_u8(const uint8_t *px, int w, int h, const float mean[3], const float std[3], float *out) {
     float lut[3][256];
     for (int c = 0; c < 3; c++)
         for (int v = 0; v < 256; v++) {

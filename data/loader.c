@@ -137,7 +137,8 @@ static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
                 scale = augment_decode_scale(w->plans, 2 + c->aug.n_local, l->max_decode_scale);
                 rc = scale > 1 ? l->read_scaled(l->ctx, t, read_seed, scale, &img, err)
                                : l->read(l->ctx, t, read_seed, &img, err);
-                if (rc == 0 && scale > 1 && (img.w != (fw + scale - 1) / scale || img.h != (fh + scale - 1) / scale)) {
+                int want_w = (fw + scale - 1) / scale, want_h = (fh + scale - 1) / scale;
+                if (rc == 0 && scale > 1 && (img.w != want_w || img.h != want_h)) {
                     snprintf(err, DINO_ERRLEN, "scaled decode gave %dx%d for a %dx%d tile at 1/%d", img.w, img.h, fw,
                              fh, scale);
                     rc = -1;
@@ -159,7 +160,8 @@ static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
         if (img.px) image_free(&img);
         corrupt++;
         pthread_mutex_lock(&l->mu);
-        if (!s->err[0]) snprintf(s->err, sizeof s->err, "tile %lld: %.400s", (long long)t, err[0] ? err : "read failed");
+        if (!s->err[0])
+            snprintf(s->err, sizeof s->err, "tile %lld: %.400s", (long long)t, err[0] ? err : "read failed");
         pthread_mutex_unlock(&l->mu);
     }
     if (tile >= 0) {
@@ -253,8 +255,8 @@ Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadF
     if (augment_config_check(&c->aug, err)) return NULL;
     if (!read || !size != !read_scaled ||
         (max_decode_scale != 1 && max_decode_scale != 2 && max_decode_scale != 4 && max_decode_scale != 8)) {
-        dino_seterr(err, "loader: need a read callback, size and read_scaled together, max_decode_scale 1/2/4/8 (got %d)",
-                    max_decode_scale);
+        dino_seterr(err, "loader: need a read callback, size and read_scaled together, "
+                         "max_decode_scale 1/2/4/8 (got %d)", max_decode_scale);
         return NULL;
     }
     if (n_tiles <= 0) {
@@ -351,7 +353,8 @@ const Batch *loader_next(Loader *l, char *err) {
                     (long long)s->b.index, MAX_SKIP, s->err);
         return NULL;
     }
-    if (st->reads >= l->cfg.corrupt_min_reads && (double)st->corrupt > l->cfg.max_corrupt_fraction * (double)st->reads) {
+    if (st->reads >= l->cfg.corrupt_min_reads &&
+        (double)st->corrupt > l->cfg.max_corrupt_fraction * (double)st->reads) {
         dino_seterr(err,
                     "loader: %lld of %lld tile reads failed (%.2f%%), above the limit max_corrupt_fraction = %g "
                     "(latest: %.300s)",

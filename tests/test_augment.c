@@ -95,13 +95,14 @@ TEST(resized_crop_matches_pil_bicubic) {
         const int32_t *b = fx_ptr(name);
         int t = b[0], l = b[1], h = b[2], w = b[3], oh = b[4], ow = b[5];
         uint8_t *out = dino_malloc((size_t)ow * oh * 3);
-        resize_bicubic_u8(src.px + ((size_t)t * src.w + l) * 3, w, h, src.w * 3, 0, 0, w, h, out, ow, oh, 0, s);
+        aug_resize_bicubic_u8(src.px + ((size_t)t * src.w + l) * 3, w, h, src.w * 3, 0, 0, w, h, out, ow, oh, 0, s);
         snprintf(name, sizeof name, "crop%d_out", i);
         check_u8(name, out, fx_ptr(name), (size_t)ow * oh * 3);
         // the flip folded into the horizontal pass equals a flip afterwards
         uint8_t *flipped = dino_malloc((size_t)ow * oh * 3);
-        resize_bicubic_u8(src.px + ((size_t)t * src.w + l) * 3, w, h, src.w * 3, 0, 0, w, h, flipped, ow, oh, 1, s);
-        flip_h_u8(out, ow, oh);
+        aug_resize_bicubic_u8(src.px + ((size_t)t * src.w + l) * 3, w, h, src.w * 3, 0, 0, w, h, flipped, ow, oh, 1,
+                              s);
+        aug_flip_h_u8(out, ow, oh);
         CHECK(!memcmp(out, flipped, (size_t)ow * oh * 3), "crop%d: folded flip differs", i);
         free(out);
         free(flipped);
@@ -112,9 +113,9 @@ TEST(resized_crop_matches_pil_bicubic) {
 
 TEST(flips_match_torchvision) {
     Image a = src_image(), b = src_image();
-    flip_h_u8(a.px, a.w, a.h);
+    aug_flip_h_u8(a.px, a.w, a.h);
     check_u8("hflip", a.px, fx_ptr("hflip"), (size_t)a.w * a.h * 3);
-    flip_v_u8(b.px, b.w, b.h);
+    aug_flip_v_u8(b.px, b.w, b.h);
     check_u8("vflip", b.px, fx_ptr("vflip"), (size_t)b.w * b.h * 3);
     image_free(&a);
     image_free(&b);
@@ -135,27 +136,27 @@ static void check_color_op(const char *op, int count, ColorOp fn) {
 }
 
 TEST(color_jitter_ops_match_pil) {
-    check_color_op("brightness", 4, adjust_brightness_u8);
-    check_color_op("contrast", 3, adjust_contrast_u8);
-    check_color_op("saturation", 3, adjust_saturation_u8);
-    check_color_op("hue", 5, adjust_hue_u8);
+    check_color_op("brightness", 4, aug_adjust_brightness_u8);
+    check_color_op("contrast", 3, aug_adjust_contrast_u8);
+    check_color_op("saturation", 3, aug_adjust_saturation_u8);
+    check_color_op("hue", 5, aug_adjust_hue_u8);
 }
 
 TEST(grayscale_solarize_normalize_match) {
     Image im = src_image();
     size_t n = (size_t)im.w * im.h;
-    grayscale_u8(im.px, (int)n);
+    aug_grayscale_u8(im.px, (int)n);
     check_u8("gray", im.px, fx_ptr("gray"), n * 3);
     image_free(&im);
     im = src_image();
-    solarize_u8(im.px, (int)n, 128);
+    aug_solarize_u8(im.px, (int)n, 128);
     check_u8("solarize", im.px, fx_ptr("solarize"), n * 3);
     image_free(&im);
     im = src_image();
     AugmentConfig cfg;
     augment_config_default(&cfg);
     float *out = dino_malloc(sizeof(float) * n * 3);
-    normalize_u8(im.px, im.w, im.h, cfg.mean, cfg.std, out);
+    aug_normalize_u8(im.px, im.w, im.h, cfg.mean, cfg.std, out);
     const float *want = fx_ptr("normalize");
     double maxd = 0;
     for (size_t i = 0; i < n * 3; i++) maxd = fmax(maxd, fabs(out[i] - want[i]));
@@ -174,7 +175,7 @@ TEST(gaussian_blur_matches_torchvision) {
         snprintf(sname, sizeof sname, "blur%d_sigma", i);
         snprintf(oname, sizeof oname, "blur%d_out", i);
         Image im = src_image();
-        gaussian_blur_u8(im.px, im.w, im.h, 9, (float)fx_f64(sname, 0), s);
+        aug_gaussian_blur_u8(im.px, im.w, im.h, 9, (float)fx_f64(sname, 0), s);
         check_u8(oname, im.px, fx_ptr(oname), (size_t)im.w * im.h * 3);
         image_free(&im);
     }
@@ -326,23 +327,23 @@ TEST(pathology_options) {
     Image src = src_image();
     AugmentScratch *s = augment_scratch_new(&cfg);
     uint8_t out[16 * 16 * 3];
-    resize_bicubic_u8(src.px + (3 * src.w + 5) * 3, 16, 16, src.w * 3, 0, 0, 16, 16, out, 16, 16, 0, s);
+    aug_resize_bicubic_u8(src.px + (3 * src.w + 5) * 3, 16, 16, src.w * 3, 0, 0, 16, 16, out, 16, 16, 0, s);
     for (int y = 0; y < 16; y++)
         CHECK(!memcmp(out + y * 48, src.px + ((3 + y) * src.w + 5) * 3, 48), "copy row %d", y);
     // quarter turns: 4 turns = identity, 1 turn moves the top-right corner to the top-left
     uint8_t r1[16 * 16 * 3], r4[16 * 16 * 3], tmp[16 * 16 * 3];
-    rot90_u8(out, r1, 16, 1);
+    aug_rot90_u8(out, r1, 16, 1);
     CHECK(!memcmp(r1, out + 15 * 3, 3), "rot90 corner");
     memcpy(r4, out, sizeof r4);
     for (int t = 0; t < 4; t++) {
-        rot90_u8(r4, tmp, 16, 1);
+        aug_rot90_u8(r4, tmp, 16, 1);
         memcpy(r4, tmp, sizeof tmp);
     }
     CHECK(!memcmp(r4, out, sizeof out), "four quarter turns must be the identity");
     // HED: identity jitter round-trips within 2 levels; more haematoxylin darkens and blues
     Image im = src_image();
     float one[3] = {1, 1, 1}, zero[3] = {0, 0, 0};
-    hed_jitter_u8(im.px, im.w * im.h, one, zero);
+    aug_hed_jitter_u8(im.px, im.w * im.h, one, zero);
     int maxd = 0;
     for (int i = 0; i < im.w * im.h * 3; i++) maxd = fmax(maxd, abs(im.px[i] - src.px[i]));
     CHECK(maxd <= 2, "HED identity round trip max diff %d", maxd);
@@ -350,7 +351,7 @@ TEST(pathology_options) {
     uint8_t pink[3] = {230, 150, 200}, base[3];
     memcpy(base, pink, 3);
     float more_h[3] = {1.5f, 1, 1}, shift_h[3] = {0.05f, 0, 0};
-    hed_jitter_u8(pink, 1, more_h, shift_h);
+    aug_hed_jitter_u8(pink, 1, more_h, shift_h);
     CHECK(pink[0] < base[0] && pink[1] < base[1], "more haematoxylin must darken red and green: %d %d %d", pink[0],
           pink[1], pink[2]);
     augment_scratch_free(s);
@@ -419,11 +420,12 @@ TEST(resize_matches_plain_pillow_algorithm_on_many_sizes) {
     for (int it = 0; it < 400; it++) {
         int sw = 1 + (int)rng_below(&r, it % 4 == 0 ? 8 : 120), sh = 1 + (int)rng_below(&r, it % 5 == 0 ? 8 : 120);
         int dw = 1 + (int)rng_below(&r, 130), dh = 1 + (int)rng_below(&r, 130), flip = it & 1;
-        uint8_t *src = malloc((size_t)sw * sh * 3), *a = malloc((size_t)dw * dh * 3), *b = malloc((size_t)dw * dh * 3);
+        uint8_t *src = malloc((size_t)sw * sh * 3), *a = malloc((size_t)dw * dh * 3);
+        uint8_t *b = malloc((size_t)dw * dh * 3);
         for (int i = 0; i < sw * sh * 3; i++) src[i] = (uint8_t)(rng_below(&r, 256) / 2 + (i % 97));
         ref_resize(src, sw, sh, a, dw, dh);
-        if (flip) flip_h_u8(a, dw, dh);
-        resize_bicubic_u8(src, sw, sh, sw * 3, 0, 0, sw, sh, b, dw, dh, flip, s);
+        if (flip) aug_flip_h_u8(a, dw, dh);
+        aug_resize_bicubic_u8(src, sw, sh, sw * 3, 0, 0, sw, sh, b, dw, dh, flip, s);
         CHECK(!memcmp(a, b, (size_t)dw * dh * 3), "%dx%d -> %dx%d (flip %d) differs from the plain algorithm", sw, sh,
               dw, dh, flip);
         cases++;
@@ -434,7 +436,7 @@ TEST(resize_matches_plain_pillow_algorithm_on_many_sizes) {
 }
 
 // Pillow's rgb2hsv_row / hsv2rgb transcribed plainly (float/double mix as in Convert.c): the oracle
-// for the table-driven adjust_hue_u8 over a grid of the RGB cube and several shifts.
+// for the table-driven aug_adjust_hue_u8 over a grid of the RGB cube and several shifts.
 static void ref_hue_pixel(uint8_t *p, uint8_t shift) {
     int r = p[0], g = p[1], b = p[2];
     int maxc = r > g ? (r > b ? r : b) : (g > b ? g : b), minc = r < g ? (r < b ? r : b) : (g < b ? g : b);
@@ -473,14 +475,18 @@ TEST(hue_tables_match_plain_pillow_arithmetic) {
     uint8_t *img = malloc(86 * 86 * 86 * 3), *ref = malloc(86 * 86 * 86 * 3);
     for (int r = 0; r < 256; r += 3)
         for (int g = 0; g < 256; g += 3)
-            for (int b = 0; b < 256; b += 3, n++) img[3 * n] = (uint8_t)r, img[3 * n + 1] = (uint8_t)g, img[3 * n + 2] = (uint8_t)b;
+            for (int b = 0; b < 256; b += 3, n++) {
+                img[3 * n] = (uint8_t)r;
+                img[3 * n + 1] = (uint8_t)g;
+                img[3 * n + 2] = (uint8_t)b;
+            }
     for (int k = 0; k < 4; k++) {
         memcpy(ref, img, (size_t)n * 3);
         uint8_t shift = (uint8_t)(int)((double)factors[k] * 255.0);
         for (int i = 0; i < n; i++) ref_hue_pixel(ref + 3 * i, shift);
         uint8_t *got = malloc((size_t)n * 3);
         memcpy(got, img, (size_t)n * 3);
-        adjust_hue_u8(got, n, factors[k]);
+        aug_adjust_hue_u8(got, n, factors[k]);
         int bad = 0;
         for (int i = 0; i < n * 3; i++) bad += got[i] != ref[i];
         CHECK(bad == 0, "hue %g: %d of %d values differ from Pillow's arithmetic", factors[k], bad, n * 3);

@@ -42,7 +42,8 @@ static void make_tile(Image *im, int size, uint64_t seed) {
     image_alloc(im, size, size);
     Rng r = rng_make(seed, 0x54494c45, 0, 0);
     float *acc = dino_malloc(sizeof(float) * 3 * size * size);
-    float base[3] = {225 - 20 * (float)rng_uniform(&r), 170 + 30 * (float)rng_uniform(&r), 205 + 20 * (float)rng_uniform(&r)};
+    float base[3] = {225 - 20 * (float)rng_uniform(&r), 170 + 30 * (float)rng_uniform(&r),
+                     205 + 20 * (float)rng_uniform(&r)};
     for (int i = 0; i < size * size; i++)
         for (int c = 0; c < 3; c++) acc[3 * i + c] = base[c];
     // fibres: sinusoidal stroma texture
