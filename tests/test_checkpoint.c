@@ -193,6 +193,13 @@ TEST(corrupt_or_truncated_newest_falls_back) {
     fclose(log);
     free(logbuf);
 
+    // a run resumed past a damaged newer checkpoint never prunes what it just wrote, even with keep 1
+    snprintf(p, sizeof p, "%s/checkpoints/ckpt_000000030/state.json", out);
+    CHECK(unlink(p) == 0, "unlink");
+    CHECK(save(out, &s20, 25, 1, err) == 0, "%s", err);
+    CHECK(ckpt_open_latest(&c, out, NULL, err) == 1, "%s", err);
+    check_state(&c, &s20, 25);
+    ckpt_close(&c);
     // a new save after all that works and becomes the newest
     CHECK(save(out, &s30, 40, 5, err) == 0, "%s", err);
     CHECK(ckpt_open_latest(&c, out, NULL, err) == 1, "%s", err);

@@ -504,10 +504,13 @@ int ckpt_save(CkptWriter *w, const char *output_dir, int64_t iteration, int keep
     if (replaced) remove_dir(old);
     if (path_out) snprintf(path_out, PATH_MAX, "%s", final);
 
-    // keep the newest keep_last; drop leftovers of interrupted saves
+    // keep this one and the newest keep_last - 1 others (this one may not be the newest: a run resumed
+    // past a damaged newer checkpoint must not delete what it just wrote); drop interrupted saves
     int64_t *its;
-    int n = ckpt_list(output_dir, &its);
-    for (int i = 0; i < n - keep_last; i++) {
+    int n = ckpt_list(output_dir, &its), kept = 1;
+    for (int i = n - 1; i >= 0; i--) {
+        if (its[i] == iteration) continue;
+        if (kept < keep_last) { kept++; continue; }
         char p[PATH_MAX];
         ckpt_path(p, sizeof p, output_dir, its[i], "");
         remove_dir(p);
