@@ -31,8 +31,9 @@ void ckpt_writer_int(CkptWriter *w, const char *key, int64_t v);
 void ckpt_writer_float(CkptWriter *w, const char *key, double v);
 void ckpt_writer_str(CkptWriter *w, const char *key, const char *v);
 // Writes <output_dir>/checkpoints/ckpt_<iteration> (tmp dir, fsync, rename), then keeps it and the
-// newest keep_last - 1 other checkpoints, deleting the rest and any leftover temporary ones. path_out (PATH_MAX, may be
-// NULL) receives the checkpoint directory. Returns 0, or -1 with err set (nothing valid is replaced).
+// newest keep_last - 1 other checkpoints, deleting the rest and any leftover temporary ones. path_out
+// (PATH_MAX, may be NULL) receives the checkpoint directory. Returns 0, or -1 with err set (nothing
+// valid is replaced).
 int ckpt_save(CkptWriter *w, const char *output_dir, int64_t iteration, int keep_last, char *path_out, char *err);
 void ckpt_writer_free(CkptWriter *w);
 
