@@ -402,16 +402,17 @@ TEST(hang_watchdog_aborts_job) { expect_abort("skip", "allreduce_sum_f32"); }
 
 TEST(hang_in_gradient_buckets_aborts_job) { expect_abort("skip_grads", "gradient all-reduce"); }
 
-// A rank that dies: the launcher ends the others (no hang), and says which rank it was.
+// A rank that dies: the launcher ends the others at once (the watchdog timeout is set far beyond the
+// 30 s allowed, so only the launcher can end the job in time).
 TEST(dead_rank_ends_job) {
     need_mpirun();
     double sec = 0;
-    int rc = run_mpi(2, "worker_fault", "DINO_DIST_TIMEOUT_S=20 DINO_TEST_FAULT=die", out_buf,
+    int rc = run_mpi(2, "worker_fault", "DINO_DIST_TIMEOUT_S=100 DINO_TEST_FAULT=die", out_buf,
                      sizeof out_buf, &sec);
     printf("dead rank: job ended after %.2f s with status %d\n", sec, rc);
-    if (rc == 0 || sec >= 15) fprintf(stderr, "---- output ----\n%s----\n", out_buf);
+    if (rc == 0 || sec >= 30) fprintf(stderr, "---- output ----\n%s----\n", out_buf);
     CHECK(rc != 0 && rc != 124 && rc != 137, "job status %d", rc);
-    CHECK(sec < 15, "the job took %.1f s to end after a rank died", sec);
+    CHECK(sec < 30, "the job took %.1f s to end after a rank died", sec);
 }
 
 TEST(zero_shards_cover_buffer) {
