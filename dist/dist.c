@@ -252,6 +252,8 @@ int dist_init(Dist *d, double timeout_s, char *err) {
     }
     DistImpl *im = dino_calloc(1, sizeof *im);
     d->impl = im;
+    pthread_mutex_init(&im->mu, NULL);
+    pthread_cond_init(&im->cv, NULL);
     int level = 0;
     MPI_Query_thread(&level);
     im->thread_multiple = level >= MPI_THREAD_MULTIPLE;
@@ -276,8 +278,6 @@ int dist_init(Dist *d, double timeout_s, char *err) {
     im->displ = dino_calloc((size_t)w, sizeof(int));
     im->rcount = dino_calloc((size_t)w, sizeof(int));
     im->rdispl = dino_calloc((size_t)w, sizeof(int));
-    pthread_mutex_init(&im->mu, NULL);
-    pthread_cond_init(&im->cv, NULL);
     if (w > 1) {
         if (pthread_create(&im->thread, NULL, watchdog_main, d) != 0) {
             dino_seterr(err, "rank %d: cannot start the collective watchdog thread", d->rank);
@@ -302,7 +302,7 @@ void dist_finalize(Dist *d) {
         }
         pthread_mutex_destroy(&im->mu);
         pthread_cond_destroy(&im->cv);
-        MPI_Comm_free(&im->comm);
+        if (im->comm != MPI_COMM_NULL && im->comm) MPI_Comm_free(&im->comm);
         free(im->scratch);
         free(im->count);
         free(im->displ);

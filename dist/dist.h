@@ -37,7 +37,8 @@ typedef struct {
 // Starts the distributed layer. timeout_s <= 0 takes $DINO_DIST_TIMEOUT_S, else 600 s.
 // $DINO_DIST=none forces a single process, $DINO_DIST=mpi forces MPI_Init without a known launcher.
 // Returns 0, or -1 with err set (e.g. launched by mpirun in a build without MPI).
-// d must stay at its address until dist_finalize (the watchdog thread reads it).
+// d must stay at its address until dist_finalize (the watchdog thread reads it). After a failure,
+// dist_finalize still releases what was started (MPI included).
 int dist_init(Dist *d, double timeout_s, char *err);
 // Ends MPI when dist_init started it. Safe on a single process.
 void dist_finalize(Dist *d);

@@ -484,6 +484,43 @@ TEST(single_process_without_launcher) {
     dist_finalize(&d);
 }
 
+// srun without a PMI plugin starts N singletons that each see a world of 1: refused, not N lone trainings.
+TEST(srun_without_pmi_is_refused) {
+#ifndef DINO_HAVE_MPI
+    test_skip("built without MPI");
+#else
+    unsetenv("OMPI_COMM_WORLD_SIZE"), unsetenv("PMIX_RANK"), unsetenv("PMI_SIZE"), unsetenv("PMI_RANK");
+    unsetenv("DINO_DIST");
+    setenv("SLURM_STEP_NUM_TASKS", "2", 1);
+    setenv("SLURM_PROCID", "0", 1);
+    Dist d;
+    char err[DINO_ERRLEN] = "";
+    int rc = dist_init(&d, 0, err);
+    CHECK(rc == -1 && strstr(err, "MPI sees a world of 1") && strstr(err, "rank 0"), "rc %d: %s", rc, err);
+    dist_finalize(&d);
+#endif
+}
+
+// DINO_DIST=mpi without a launcher: an MPI singleton, world 1.
+TEST(forced_mpi_singleton) {
+#ifndef DINO_HAVE_MPI
+    test_skip("built without MPI");
+#else
+    setenv("DINO_DIST", "mpi", 1);
+    Dist d;
+    char err[DINO_ERRLEN] = "";
+    CHECK(dist_init(&d, 5, err) == 0, "%s", err);
+    int inited = 0;
+    MPI_Initialized(&inited);
+    CHECK(inited && d.using_mpi && d.world == 1 && d.rank == 0 && d.timeout_s == 5, "world %d", d.world);
+    float x[2] = {1, 2};
+    CHECK(dist_allreduce_sum_f32(&d, x, 2, err) == 0 && x[1] == 2, "%s", err);
+    dist_finalize(&d);
+    setenv("DINO_DIST", "bogus", 1);
+    CHECK(dist_init(&d, 0, err) == -1 && strstr(err, "DINO_DIST"), "DINO_DIST=bogus accepted");
+#endif
+}
+
 TEST(launch_detection_refuses_mismatch) {
 #ifdef DINO_HAVE_MPI
     test_skip("needs a build without MPI (a launcher then cannot be honoured)");
