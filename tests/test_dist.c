@@ -615,6 +615,17 @@ WORKER(nccl) {
         }
         cudaFree(dev);
         free(h), free(want), free(t);
+        // the objective's Collective on device memory
+        Collective col = dist_nccl_collective(nc);
+        float v[5], *dv = NULL;
+        for (int i = 0; i < 5; i++) v[i] = (float)(d.rank + 1) * (float)(i + 1);
+        CHECK(cudaMalloc((void **)&dv, sizeof v) == cudaSuccess, "cudaMalloc");
+        cudaMemcpy(dv, v, sizeof v, cudaMemcpyHostToDevice);
+        collective_sum_f32(&col, dv, 5);
+        cudaMemcpy(v, dv, sizeof v, cudaMemcpyDeviceToHost);
+        for (int i = 0; i < 5; i++)
+            CHECK(v[i] == (float)(d.world * (d.world + 1) / 2) * (float)(i + 1), "NCCL Collective sum [%d] = %g", i, v[i]);
+        cudaFree(dv);
         dist_nccl_free(nc);
     }
     dist_finalize(&d);
