@@ -1,0 +1,46 @@
+// GELU (exact, erf) and SwiGLU, forward and backward.
+#include <math.h>
+
+#include "model/cpu/cpu_ops.h"
+
+#define INV_SQRT2 0.70710678118654752f
+#define INV_SQRT2PI 0.39894228040143268f
+
+void cpu_gelu_fwd(Backend *be, float *out, const float *x, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = 0.5f * x[i] * (1.0f + erff(x[i] * INV_SQRT2));
+}
+
+void cpu_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * INV_SQRT2));
+        float pdf = INV_SQRT2PI * expf(-0.5f * v * v);
+        dx[i] = dout[i] * (cdf + v * pdf);
+    }
+}
+
+void cpu_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *a = in + (size_t)r * 2 * Hd, *g = a + Hd;
+        float *o = out + (size_t)r * Hd;
+        for (int i = 0; i < Hd; i++) o[i] = a[i] / (1.0f + expf(-a[i])) * g[i];
+    }
+}
+
+void cpu_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *a = in + (size_t)r * 2 * Hd, *g = a + Hd;
+        const float *d = dout + (size_t)r * Hd;
+        float *da = din + (size_t)r * 2 * Hd, *dg = da + Hd;
+        for (int i = 0; i < Hd; i++) {
+            float sig = 1.0f / (1.0f + expf(-a[i]));
+            float silu = a[i] * sig;
+            dg[i] = d[i] * silu;
+            da[i] = d[i] * g[i] * sig * (1.0f + a[i] * (1.0f - sig));
+        }
+    }
+}

@@ -1,0 +1,77 @@
+// The CPU backend: host memory and the table of fp32 ops.
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/check.h"
+#include "model/cpu/cpu_ops.h"
+
+static void *cpu_alloc(Backend *be, size_t bytes) {
+    size_t n = (bytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, n ? n : 64);
+    if (!p) DINO_DIE("cpu backend: out of memory allocating %zu bytes", bytes);
+    memset(p, 0, n);
+    return p;
+}
+static void cpu_release(Backend *be, void *p) { free(p); }
+static void cpu_memcpy(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes);
+}
+static void cpu_zero(Backend *be, void *p, size_t bytes) {
+    if (bytes) memset(p, 0, bytes);
+}
+static void cpu_sync(Backend *be) {}
+
+Backend *backend_cpu_new(void) {
+    Backend *be = dino_calloc(1, sizeof *be);
+    be->name = "cpu";
+    be->alloc = cpu_alloc;
+    be->release = cpu_release;
+    be->to_device = cpu_memcpy;
+    be->to_host = cpu_memcpy;
+    be->copy = cpu_memcpy;
+    be->zero = cpu_zero;
+    be->sync = cpu_sync;
+    be->gemm = cpu_gemm;
+    be->linear_fwd = cpu_linear_fwd;
+    be->linear_bwd = cpu_linear_bwd;
+    be->layernorm_fwd = cpu_layernorm_fwd;
+    be->layernorm_bwd = cpu_layernorm_bwd;
+    be->gelu_fwd = cpu_gelu_fwd;
+    be->gelu_bwd = cpu_gelu_bwd;
+    be->swiglu_fwd = cpu_swiglu_fwd;
+    be->swiglu_bwd = cpu_swiglu_bwd;
+    be->attention_saved_floats = cpu_attention_saved_floats;
+    be->attention_fwd = cpu_attention_fwd;
+    be->attention_bwd = cpu_attention_bwd;
+    be->im2col = cpu_im2col;
+    be->tokens_fwd = cpu_tokens_fwd;
+    be->tokens_bwd = cpu_tokens_bwd;
+    be->gather_rows = cpu_gather_rows;
+    be->residual_fwd = cpu_residual_fwd;
+    be->residual_bwd = cpu_residual_bwd;
+    be->scatter_add_rows = cpu_scatter_add_rows;
+    be->axpy = cpu_axpy;
+    be->scale = cpu_scale;
+    be->sum_squares = cpu_sum_squares;
+    // DINOv2 objective
+    be->l2norm_fwd = cpu_l2norm_fwd;
+    be->l2norm_bwd = cpu_l2norm_bwd;
+    be->weightnorm_fwd = cpu_weightnorm_fwd;
+    be->weightnorm_bwd = cpu_weightnorm_bwd;
+    be->softmax_center = cpu_softmax_center;
+    be->col_sum = cpu_col_sum;
+    be->center_update = cpu_center_update;
+    be->sinkhorn = cpu_sinkhorn;
+    be->softmax_ce = cpu_softmax_ce;
+    be->entropy_mean = cpu_entropy_mean;
+    be->koleo = cpu_koleo;
+    be->kde = cpu_kde;
+    be->adamw = cpu_adamw;
+    be->ema = cpu_ema;
+    return be;
+}
+
+void backend_free(Backend *be) {
+    if (!be) return;
+    free(be);
+}

@@ -1,0 +1,557 @@
+// DINOv2's ViT backbone on the backend interface: forward, backward, init, pos-embed interpolation.
+#include "model/vit.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/check.h"
+
+#define LN_EPS 1e-6f
+
+// ---- configuration --------------------------------------------------------------------------------
+
+static const struct {
+    const char *name;
+    int dim, depth, heads;
+} ARCHS[] = {
+    {"vit_test", 32, 2, 2},     // unit tests
+    {"vit_tiny", 192, 12, 3},   // small CPU runs
+    {"vit_small", 384, 12, 6},
+    {"vit_base", 768, 12, 12},
+    {"vit_large", 1024, 24, 16},
+    {"vit_giant2", 1536, 40, 24},
+};
+
+int vit_config_from_arch(VitConfig *cfg, const char *arch, int patch, int img_size, int n_registers,
+                         const char *ffn_layer, char *err) {
+    memset(cfg, 0, sizeof *cfg);
+    int k = -1;
+    for (size_t i = 0; i < sizeof ARCHS / sizeof ARCHS[0]; i++)
+        if (strcmp(arch, ARCHS[i].name) == 0) k = (int)i;
+    if (k < 0) {
+        dino_seterr(err, "unknown arch '%s' (known: vit_test, vit_tiny, vit_small, vit_base, vit_large, vit_giant2)",
+                    arch);
+        return -1;
+    }
+    snprintf(cfg->arch, sizeof cfg->arch, "%s", arch);
+    cfg->dim = ARCHS[k].dim;
+    cfg->depth = ARCHS[k].depth;
+    cfg->heads = ARCHS[k].heads;
+    cfg->patch = patch;
+    cfg->img_size = img_size;
+    cfg->n_registers = n_registers;
+    int mlp_hidden = 4 * cfg->dim;
+    if (!ffn_layer || strcmp(ffn_layer, "mlp") == 0) {
+        cfg->ffn = VIT_FFN_MLP;
+        cfg->ffn_hidden = mlp_hidden;
+    } else if (strcmp(ffn_layer, "swiglu") == 0 || strcmp(ffn_layer, "swiglufused") == 0) {
+        // The reference's SwiGLUFFNFused: 2/3 of the MLP width, rounded up to a multiple of 8.
+        cfg->ffn = VIT_FFN_SWIGLU;
+        cfg->ffn_hidden = (mlp_hidden * 2 / 3 + 7) / 8 * 8;
+    } else {
+        dino_seterr(err, "unknown ffn_layer '%s' (known: mlp, swiglu, swiglufused)", ffn_layer);
+        return -1;
+    }
+    cfg->layerscale = 1e-5f;
+    cfg->drop_path_rate = 0.0f;
+    cfg->interpolate_offset = 0.1f;
+    cfg->interpolate_antialias = 0;
+    cfg->qkv_bias = cfg->proj_bias = cfg->ffn_bias = 1;
+    return vit_config_check(cfg, err);
+}
+
+int vit_config_check(const VitConfig *c, char *err) {
+    if (c->dim <= 0 || c->depth <= 0 || c->heads <= 0) {
+        dino_seterr(err, "model: dim (%d), depth (%d) and heads (%d) must be positive", c->dim, c->depth, c->heads);
+        return -1;
+    }
+    if (c->dim % c->heads) {
+        dino_seterr(err, "model: dim %d is not divisible by the number of heads %d", c->dim, c->heads);
+        return -1;
+    }
+    if (c->patch <= 0) {
+        dino_seterr(err, "model: patch size must be positive (got %d)", c->patch);
+        return -1;
+    }
+    if (c->img_size <= 0 || c->img_size % c->patch) {
+        dino_seterr(err, "model: image size %d (global crop size) is not a positive multiple of the patch size %d",
+                    c->img_size, c->patch);
+        return -1;
+    }
+    if (c->n_registers < 0) {
+        dino_seterr(err, "model: negative number of register tokens (%d)", c->n_registers);
+        return -1;
+    }
+    if (c->ffn_hidden <= 0 || (c->ffn != VIT_FFN_MLP && c->ffn != VIT_FFN_SWIGLU)) {
+        dino_seterr(err, "model: bad feed-forward layer (kind %d, hidden %d)", (int)c->ffn, c->ffn_hidden);
+        return -1;
+    }
+    if (!(c->drop_path_rate >= 0.0f && c->drop_path_rate < 1.0f)) {
+        dino_seterr(err, "model: drop_path_rate %g outside [0, 1)", c->drop_path_rate);
+        return -1;
+    }
+    if (!(c->interpolate_offset >= 0.0f && c->interpolate_offset < 1.0f)) {
+        dino_seterr(err, "model: interpolate_offset %g outside [0, 1)", c->interpolate_offset);
+        return -1;
+    }
+    return 0;
+}
+
+int vit_check_crop(const VitConfig *c, int crop, char *err) {
+    if (crop <= 0 || crop % c->patch) {
+        dino_seterr(err, "crop size %d is not a positive multiple of the patch size %d", crop, c->patch);
+        return -1;
+    }
+    return 0;
+}
+
+// ---- parameters -----------------------------------------------------------------------------------
+
+static size_t add(ParamTable *tab, const char *prefix, const char *name, int layer_id, int ndim, int64_t a,
+                  int64_t b, int64_t c, int64_t d) {
+    char full[PARAM_NAME_MAX];
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    int64_t shape[4] = {a, b, c, d};
+    return param_add(tab, full, PARAM_BACKBONE, layer_id, ndim, shape);
+}
+
+void vit_build(Vit *vit, const VitConfig *cfg, ParamTable *tab, const char *prefix) {
+    char err[DINO_ERRLEN];
+    if (vit_config_check(cfg, err)) DINO_DIE("%s", err);
+    memset(vit, 0, sizeof *vit);
+    vit->cfg = *cfg;
+    const int D = cfg->dim, L = cfg->depth, M = cfg->img_size / cfg->patch, p = cfg->patch;
+    const int Hf = cfg->ffn_hidden;
+    vit->grid = M;
+    // The reference's registration order (state_dict order), layer ids for layer-wise lr decay:
+    // embeddings 0, block i -> i+1, final norm L+1.
+    vit->cls = add(tab, prefix, "cls_token", 0, 3, 1, 1, D, 0);
+    vit->pos = add(tab, prefix, "pos_embed", 0, 3, 1, 1 + M * M, D, 0);
+    if (cfg->n_registers) vit->reg = add(tab, prefix, "register_tokens", 0, 3, 1, cfg->n_registers, D, 0);
+    vit->mask_token = add(tab, prefix, "mask_token", 0, 2, 1, D, 0, 0);
+    vit->patch_w = add(tab, prefix, "patch_embed.proj.weight", 0, 4, D, 3, p, p);
+    vit->patch_b = add(tab, prefix, "patch_embed.proj.bias", 0, 1, D, 0, 0, 0);
+    vit->blocks = dino_calloc((size_t)L, sizeof(VitBlockOffsets));
+    for (int l = 0; l < L; l++) {
+        VitBlockOffsets *o = &vit->blocks[l];
+        char n[PARAM_NAME_MAX];
+#define BLK(field, suffix, ndim, a, b)                                                              \
+    do {                                                                                           \
+        snprintf(n, sizeof n, "blocks.%d.%s", l, suffix);                                          \
+        o->field = add(tab, prefix, n, l + 1, ndim, a, b, 0, 0);                                   \
+    } while (0)
+        BLK(norm1_w, "norm1.weight", 1, D, 0);
+        BLK(norm1_b, "norm1.bias", 1, D, 0);
+        BLK(qkv_w, "attn.qkv.weight", 2, 3 * D, D);
+        BLK(qkv_b, "attn.qkv.bias", 1, 3 * D, 0);
+        BLK(proj_w, "attn.proj.weight", 2, D, D);
+        BLK(proj_b, "attn.proj.bias", 1, D, 0);
+        if (cfg->layerscale > 0) BLK(ls1, "ls1.gamma", 1, D, 0);
+        BLK(norm2_w, "norm2.weight", 1, D, 0);
+        BLK(norm2_b, "norm2.bias", 1, D, 0);
+        if (cfg->ffn == VIT_FFN_MLP) {
+            BLK(fc1_w, "mlp.fc1.weight", 2, Hf, D);
+            BLK(fc1_b, "mlp.fc1.bias", 1, Hf, 0);
+            BLK(fc2_w, "mlp.fc2.weight", 2, D, Hf);
+            BLK(fc2_b, "mlp.fc2.bias", 1, D, 0);
+        } else {
+            BLK(fc1_w, "mlp.w12.weight", 2, 2 * Hf, D);
+            BLK(fc1_b, "mlp.w12.bias", 1, 2 * Hf, 0);
+            BLK(fc2_w, "mlp.w3.weight", 2, D, Hf);
+            BLK(fc2_b, "mlp.w3.bias", 1, D, 0);
+        }
+        if (cfg->layerscale > 0) BLK(ls2, "ls2.gamma", 1, D, 0);
+#undef BLK
+    }
+    vit->norm_w = add(tab, prefix, "norm.weight", L + 1, 1, D, 0, 0, 0);
+    vit->norm_b = add(tab, prefix, "norm.bias", L + 1, 1, D, 0, 0, 0);
+}
+
+void vit_free(Vit *vit) {
+    free(vit->blocks);
+    vit->blocks = NULL;
+}
+
+static void fill_normal(float *x, size_t n, float std, Rng *r) {
+    for (size_t i = 0; i < n; i++) x[i] = std * (float)rng_normal(r);
+}
+static void fill_uniform(float *x, size_t n, float bound, Rng *r) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)rng_uniform_range(r, -bound, bound);
+}
+static void fill_const(float *x, size_t n, float v) {
+    for (size_t i = 0; i < n; i++) x[i] = v;
+}
+
+void vit_init_weights(const Vit *vit, float *P, uint64_t seed) {
+    const VitConfig *c = &vit->cfg;
+    const int D = c->dim, M = vit->grid, Hf = c->ffn_hidden, p = c->patch;
+    Rng r = rng_make(seed, 0x76697400, 0, 0);
+    // trunc_normal(std=0.02) with bounds +-2 (absolute, i.e. 100 sigma): a plain normal.
+    fill_normal(P + vit->pos, (size_t)(1 + M * M) * D, 0.02f, &r);
+    fill_normal(P + vit->cls, D, 1e-6f, &r);
+    if (c->n_registers) fill_normal(P + vit->reg, (size_t)c->n_registers * D, 1e-6f, &r);
+    fill_const(P + vit->mask_token, D, 0.0f);
+    // Conv2d default: kaiming_uniform(a=sqrt(5)) -> U(+-1/sqrt(fan_in)), bias likewise.
+    float bound = 1.0f / sqrtf((float)(3 * p * p));
+    fill_uniform(P + vit->patch_w, (size_t)D * 3 * p * p, bound, &r);
+    fill_uniform(P + vit->patch_b, D, bound, &r);
+    int ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
+    for (int l = 0; l < c->depth; l++) {
+        const VitBlockOffsets *o = &vit->blocks[l];
+        fill_const(P + o->norm1_w, D, 1.0f);
+        fill_const(P + o->norm1_b, D, 0.0f);
+        fill_normal(P + o->qkv_w, (size_t)3 * D * D, 0.02f, &r);
+        fill_const(P + o->qkv_b, 3 * D, 0.0f);
+        fill_normal(P + o->proj_w, (size_t)D * D, 0.02f, &r);
+        fill_const(P + o->proj_b, D, 0.0f);
+        fill_const(P + o->norm2_w, D, 1.0f);
+        fill_const(P + o->norm2_b, D, 0.0f);
+        fill_normal(P + o->fc1_w, (size_t)ffn_out * D, 0.02f, &r);
+        fill_const(P + o->fc1_b, ffn_out, 0.0f);
+        fill_normal(P + o->fc2_w, (size_t)D * Hf, 0.02f, &r);
+        fill_const(P + o->fc2_b, D, 0.0f);
+        if (c->layerscale > 0) {
+            fill_const(P + o->ls1, D, c->layerscale);
+            fill_const(P + o->ls2, D, c->layerscale);
+        }
+    }
+    fill_const(P + vit->norm_w, D, 1.0f);
+    fill_const(P + vit->norm_b, D, 0.0f);
+}
+
+// ---- position-embedding interpolation -------------------------------------------------------------
+
+// Keys' cubic convolution kernel with parameter A.
+static double cubic(double x, double A) {
+    x = fabs(x);
+    if (x <= 1) return ((A + 2) * x - (A + 3)) * x * x + 1;
+    if (x < 2) return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A;
+    return 0;
+}
+
+// 1-D weights w[out][in] of torch's bicubic resampling from n_in to n_out samples.
+// `scale` is the source step per output sample: 1/scale_factor when a scale factor is given, else
+// n_in/n_out (torch's area_pixel_compute_scale with align_corners=False).
+static void interp_weights_1d(double *w, int n_in, int n_out, double scale, int antialias) {
+    memset(w, 0, sizeof(double) * (size_t)n_in * n_out);
+    for (int o = 0; o < n_out; o++) {
+        double *row = w + (size_t)o * n_in;
+        if (!antialias) {
+            // upsample_bicubic2d: A = -0.75, taps at floor(src)-1..+2, indices clamped to the border
+            double src = scale * (o + 0.5) - 0.5;
+            int i0 = (int)floor(src);
+            double t = src - i0;
+            for (int k = -1; k <= 2; k++) {
+                int idx = i0 + k;
+                idx = idx < 0 ? 0 : idx >= n_in ? n_in - 1 : idx;
+                row[idx] += cubic(t - k, -0.75);
+            }
+        } else {
+            // _upsample_bicubic2d_aa: the PIL-style separable filter (A = -0.5) stretched by the
+            // downscale factor, taps inside the image only, normalized to sum 1.
+            double support = 2.0 * (scale >= 1.0 ? scale : 1.0);
+            double inv = scale >= 1.0 ? 1.0 / scale : 1.0;
+            double center = scale * (o + 0.5);
+            int lo = (int)(center - support + 0.5);
+            if (lo < 0) lo = 0;
+            int hi = (int)(center + support + 0.5);
+            if (hi > n_in) hi = n_in;
+            double total = 0;
+            for (int i = lo; i < hi; i++) total += cubic((i - center + 0.5) * inv, -0.5);
+            for (int i = lo; i < hi; i++) row[i] = total != 0 ? cubic((i - center + 0.5) * inv, -0.5) / total : 0;
+        }
+    }
+}
+
+void vit_pos_interp_matrix(float *W, int M, int g, float offset, int antialias) {
+    // torch: scale = 1 / scale_factor when a scale factor is given, else in/out
+    double scale = offset > 0 ? 1.0 / (((double)g + (double)offset) / M) : (double)M / g;
+    double *w = dino_malloc(sizeof(double) * (size_t)g * M);
+    interp_weights_1d(w, M, g, scale, antialias);
+    for (int oy = 0; oy < g; oy++)
+        for (int ox = 0; ox < g; ox++)
+            for (int iy = 0; iy < M; iy++)
+                for (int ix = 0; ix < M; ix++)
+                    W[((size_t)oy * g + ox) * M * M + (size_t)iy * M + ix] =
+                        (float)(w[(size_t)oy * M + iy] * w[(size_t)ox * M + ix]);
+    free(w);
+}
+
+// ---- activations ----------------------------------------------------------------------------------
+
+typedef struct {
+    float *x_in, *x_mid;                 // [B,T,D] residual stream at block input / after attention
+    float *xs1, *ln1, *mean1, *rstd1;    // attention branch on the kept subset [S,T,D]
+    float *qkv, *att_saved, *att, *proj; // [S,T,3D], saved, [S,T,D], [S,T,D]
+    float *xs2, *ln2, *mean2, *rstd2;    // FFN branch
+    float *fc1, *act, *fc2;              // [S,T,Hf or 2Hf], [S,T,Hf], [S,T,D]
+    int *idx1, *idx2;                    // [S] subset rows (backend memory)
+} BlockActs;
+
+struct VitActs {
+    int depth;
+    int B, crop, g, N, T, S, subset; // subset: branches run on S < B rows in the last forward
+    float *cols;       // [B*N, 3p^2] patches
+    float *patch;      // [B*N, D] patch embeddings
+    float *pos_used;   // [1+N, D] pos-embed at this grid (NULL when the grid is the training one)
+    float *interp;     // [N, M*M] interpolation matrix (backend memory)
+    const uint8_t *mask;
+    BlockActs *blk;
+    float *x_final, *x_norm, *mean_f, *rstd_f; // [B,T,D]
+    // backward scratch
+    float *dx, *dS_a, *dS_b, *dqkv, *dfc1, *dact, *dpatch, *dpos_used;
+};
+
+int vit_acts_tokens(const VitActs *a) { return a->T; }
+
+static float *falloc(Backend *be, size_t n) { return be->alloc(be, sizeof(float) * n); }
+
+VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop) {
+    const VitConfig *c = &vit->cfg;
+    char err[DINO_ERRLEN];
+    if (vit_check_crop(c, crop, err)) DINO_DIE("%s", err);
+    VitActs *a = dino_calloc(1, sizeof *a);
+    const int D = c->dim, p = c->patch, M = vit->grid, Hf = c->ffn_hidden;
+    const int ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
+    a->depth = c->depth;
+    a->B = B;
+    a->crop = crop;
+    a->g = crop / p;
+    a->N = a->g * a->g;
+    a->T = 1 + c->n_registers + a->N;
+    const size_t rows = (size_t)B * a->T, BN = (size_t)B * a->N;
+    a->cols = falloc(be, BN * 3 * p * p);
+    a->patch = falloc(be, BN * D);
+    if (a->g != M) {
+        float *W = dino_malloc(sizeof(float) * (size_t)a->N * M * M);
+        vit_pos_interp_matrix(W, M, a->g, c->interpolate_offset, c->interpolate_antialias);
+        a->interp = falloc(be, (size_t)a->N * M * M);
+        be->to_device(be, a->interp, W, sizeof(float) * (size_t)a->N * M * M);
+        free(W);
+        a->pos_used = falloc(be, (size_t)(1 + a->N) * D);
+        a->dpos_used = falloc(be, (size_t)(1 + a->N) * D);
+    }
+    // Branch buffers are sized for all B rows: the subset size may change between calls.
+    a->blk = dino_calloc((size_t)c->depth, sizeof(BlockActs));
+    for (int l = 0; l < c->depth; l++) {
+        BlockActs *k = &a->blk[l];
+        k->x_in = falloc(be, rows * D);
+        k->x_mid = falloc(be, rows * D);
+        k->xs1 = falloc(be, rows * D);
+        k->ln1 = falloc(be, rows * D);
+        k->mean1 = falloc(be, rows);
+        k->rstd1 = falloc(be, rows);
+        k->qkv = falloc(be, rows * 3 * D);
+        k->att_saved = falloc(be, be->attention_saved_floats(be, B, a->T, c->heads));
+        k->att = falloc(be, rows * D);
+        k->proj = falloc(be, rows * D);
+        k->xs2 = falloc(be, rows * D);
+        k->ln2 = falloc(be, rows * D);
+        k->mean2 = falloc(be, rows);
+        k->rstd2 = falloc(be, rows);
+        k->fc1 = falloc(be, rows * ffn_out);
+        k->act = falloc(be, rows * Hf);
+        k->fc2 = falloc(be, rows * D);
+        k->idx1 = be->alloc(be, sizeof(int) * (size_t)B);
+        k->idx2 = be->alloc(be, sizeof(int) * (size_t)B);
+    }
+    a->x_final = falloc(be, rows * D);
+    a->x_norm = falloc(be, rows * D);
+    a->mean_f = falloc(be, rows);
+    a->rstd_f = falloc(be, rows);
+    a->dx = falloc(be, rows * D);
+    a->dS_a = falloc(be, rows * D);
+    a->dS_b = falloc(be, rows * D);
+    a->dqkv = falloc(be, rows * 3 * D);
+    a->dfc1 = falloc(be, rows * ffn_out);
+    a->dact = falloc(be, rows * Hf);
+    a->dpatch = falloc(be, BN * D);
+    return a;
+}
+
+void vit_acts_free(Backend *be, VitActs *a) {
+    if (!a) return;
+    void *bufs[] = {a->cols, a->patch, a->pos_used, a->interp, a->x_final, a->x_norm, a->mean_f, a->rstd_f,
+                    a->dx, a->dS_a, a->dS_b, a->dqkv, a->dfc1, a->dact, a->dpatch, a->dpos_used};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) be->release(be, bufs[i]);
+    for (int l = 0; l < a->depth; l++) {
+        BlockActs *k = &a->blk[l];
+        void *b2[] = {k->x_in, k->x_mid, k->xs1, k->ln1, k->mean1, k->rstd1, k->qkv, k->att_saved, k->att, k->proj,
+                      k->xs2, k->ln2, k->mean2, k->rstd2, k->fc1, k->act, k->fc2, k->idx1, k->idx2};
+        for (size_t i = 0; i < sizeof b2 / sizeof b2[0]; i++) be->release(be, b2[i]);
+    }
+    free(a->blk);
+    free(a);
+}
+
+// ---- stochastic depth -----------------------------------------------------------------------------
+
+int vit_drop_subset_size(const Vit *vit, int B) {
+    float r = vit->cfg.drop_path_rate;
+    if (r <= 0) return B;
+    int s = (int)(B * (1.0 - r)); // the reference: max(int(b * (1 - sample_drop_ratio)), 1)
+    return s < 1 ? 1 : s;
+}
+
+void vit_draw_drop_subsets(const Vit *vit, int B, Rng key, int *subsets) {
+    int S = vit_drop_subset_size(vit, B);
+    for (int l = 0; l < vit->cfg.depth; l++)
+        for (int br = 0; br < 2; br++) {
+            Rng r = rng_make(rng_u64(&key), (uint64_t)l, (uint64_t)br, 0);
+            rng_subset_sorted(&r, subsets + ((size_t)l * 2 + br) * S, S, B);
+        }
+}
+
+// ---- forward --------------------------------------------------------------------------------------
+
+#define PTR(base, off) ((base) + (off))
+
+// One residual branch input: the kept rows of x (gathered) or x itself.
+static const float *branch_input(Backend *be, const VitActs *a, float *dst, const float *x, const int *idx, int D) {
+    if (!a->subset) return x;
+    be->gather_rows(be, dst, x, idx, a->S, (size_t)a->T * D);
+    return dst;
+}
+
+const float *vit_forward(Backend *be, const Vit *vit, const float *P, VitActs *a, const float *images,
+                         const uint8_t *masks, const int *drop_subsets) {
+    const VitConfig *c = &vit->cfg;
+    const int B = a->B, T = a->T, N = a->N, D = c->dim, H = c->heads, Dh = D / H, p = c->patch, R = c->n_registers;
+    const int M = vit->grid, Hf = c->ffn_hidden, ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
+    const int BN = B * N;
+
+    a->S = drop_subsets ? vit_drop_subset_size(vit, B) : B;
+    a->subset = a->S < B;
+    a->mask = masks;
+    const int S = a->S, rows_s = S * T;
+    const float scale = (float)B / (float)S;
+
+    // patch embedding: a strided conv as im2col + GEMM
+    be->im2col(be, a->cols, images, B, 3, a->crop, a->crop, p);
+    be->linear_fwd(be, a->patch, a->cols, PTR(P, vit->patch_w), PTR(P, vit->patch_b), BN, 3 * p * p, D);
+
+    // position embedding at this crop's grid: row 0 (CLS) as is, the patch grid interpolated
+    const float *pos = PTR(P, vit->pos);
+    if (a->pos_used) {
+        be->copy(be, a->pos_used, pos, sizeof(float) * D);
+        be->gemm(be, 0, 0, N, D, M * M, 1.0f, a->interp, M * M, pos + D, D, 0.0f, a->pos_used + D, D);
+        pos = a->pos_used;
+    }
+    float *x = a->blk[0].x_in;
+    be->tokens_fwd(be, x, a->patch, PTR(P, vit->cls), R ? PTR(P, vit->reg) : NULL, pos, PTR(P, vit->mask_token),
+                   masks, B, N, R, D);
+
+    for (int l = 0; l < c->depth; l++) {
+        const VitBlockOffsets *o = &vit->blocks[l];
+        BlockActs *k = &a->blk[l];
+        if (a->subset) {
+            be->to_device(be, k->idx1, drop_subsets + ((size_t)l * 2 + 0) * S, sizeof(int) * S);
+            be->to_device(be, k->idx2, drop_subsets + ((size_t)l * 2 + 1) * S, sizeof(int) * S);
+        }
+        const int *idx1 = a->subset ? k->idx1 : NULL, *idx2 = a->subset ? k->idx2 : NULL;
+        const float *ls1 = c->layerscale > 0 ? PTR(P, o->ls1) : NULL;
+        const float *ls2 = c->layerscale > 0 ? PTR(P, o->ls2) : NULL;
+
+        // x_mid = x_in + LS1(attn(LN1(x_in)))
+        const float *in1 = branch_input(be, a, k->xs1, k->x_in, idx1, D);
+        be->layernorm_fwd(be, k->ln1, k->mean1, k->rstd1, in1, PTR(P, o->norm1_w), PTR(P, o->norm1_b), rows_s, D,
+                          LN_EPS);
+        be->linear_fwd(be, k->qkv, k->ln1, PTR(P, o->qkv_w), c->qkv_bias ? PTR(P, o->qkv_b) : NULL, rows_s, D, 3 * D);
+        be->attention_fwd(be, k->att, k->att_saved, k->qkv, S, T, H, Dh);
+        be->linear_fwd(be, k->proj, k->att, PTR(P, o->proj_w), c->proj_bias ? PTR(P, o->proj_b) : NULL, rows_s, D, D);
+        be->copy(be, k->x_mid, k->x_in, sizeof(float) * (size_t)B * T * D);
+        be->residual_fwd(be, k->x_mid, k->proj, ls1, idx1, S, T, D, scale);
+
+        // x_out = x_mid + LS2(ffn(LN2(x_mid)))
+        const float *in2 = branch_input(be, a, k->xs2, k->x_mid, idx2, D);
+        be->layernorm_fwd(be, k->ln2, k->mean2, k->rstd2, in2, PTR(P, o->norm2_w), PTR(P, o->norm2_b), rows_s, D,
+                          LN_EPS);
+        be->linear_fwd(be, k->fc1, k->ln2, PTR(P, o->fc1_w), c->ffn_bias ? PTR(P, o->fc1_b) : NULL, rows_s, D,
+                       ffn_out);
+        if (c->ffn == VIT_FFN_MLP) be->gelu_fwd(be, k->act, k->fc1, (size_t)rows_s * Hf);
+        else be->swiglu_fwd(be, k->act, k->fc1, rows_s, Hf);
+        be->linear_fwd(be, k->fc2, k->act, PTR(P, o->fc2_w), c->ffn_bias ? PTR(P, o->fc2_b) : NULL, rows_s, Hf, D);
+        float *x_out = l + 1 < c->depth ? a->blk[l + 1].x_in : a->x_final;
+        be->copy(be, x_out, k->x_mid, sizeof(float) * (size_t)B * T * D);
+        be->residual_fwd(be, x_out, k->fc2, ls2, idx2, S, T, D, scale);
+    }
+    be->layernorm_fwd(be, a->x_norm, a->mean_f, a->rstd_f, a->x_final, PTR(P, vit->norm_w), PTR(P, vit->norm_b), B * T,
+                      D, LN_EPS);
+    return a->x_norm;
+}
+
+// ---- backward -------------------------------------------------------------------------------------
+
+// Gradient of a branch's LayerNorm input, added into dx at the kept rows.
+static void branch_input_grad(Backend *be, VitActs *a, float *dx, float *scratch, const float *dln,
+                              const float *ln_in, const float *mean, const float *rstd, const float *w, float *dw,
+                              float *db, const int *idx, int D) {
+    const int rows_s = a->S * a->T;
+    if (!a->subset) {
+        be->layernorm_bwd(be, dx, dw, db, dln, ln_in, mean, rstd, w, rows_s, D);
+        return;
+    }
+    be->zero(be, scratch, sizeof(float) * (size_t)rows_s * D);
+    be->layernorm_bwd(be, scratch, dw, db, dln, ln_in, mean, rstd, w, rows_s, D);
+    be->scatter_add_rows(be, dx, scratch, idx, a->S, (size_t)a->T * D);
+}
+
+void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs *a, const float *d_xnorm) {
+    const VitConfig *c = &vit->cfg;
+    const int B = a->B, T = a->T, N = a->N, D = c->dim, H = c->heads, Dh = D / H, p = c->patch, R = c->n_registers;
+    const int M = vit->grid, Hf = c->ffn_hidden, ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
+    const int S = a->S, rows_s = S * T;
+    const float scale = (float)B / (float)S;
+    float *dx = a->dx; // gradient w.r.t. the residual stream, walking down the blocks
+
+    be->zero(be, dx, sizeof(float) * (size_t)B * T * D);
+    be->layernorm_bwd(be, dx, PTR(G, vit->norm_w), PTR(G, vit->norm_b), d_xnorm, a->x_final, a->mean_f, a->rstd_f,
+                      PTR(P, vit->norm_w), B * T, D);
+
+    for (int l = c->depth - 1; l >= 0; l--) {
+        const VitBlockOffsets *o = &vit->blocks[l];
+        BlockActs *k = &a->blk[l];
+        const int *idx1 = a->subset ? k->idx1 : NULL, *idx2 = a->subset ? k->idx2 : NULL;
+        const float *ls1 = c->layerscale > 0 ? PTR(P, o->ls1) : NULL;
+        const float *ls2 = c->layerscale > 0 ? PTR(P, o->ls2) : NULL;
+
+        // FFN branch: dx holds d x_out; the identity path keeps it as d x_mid, the branch adds to it
+        float *dbr = a->dS_a;
+        be->residual_bwd(be, dbr, ls2 ? PTR(G, o->ls2) : NULL, dx, k->fc2, ls2, idx2, S, T, D, scale);
+        be->linear_bwd(be, a->dact, PTR(G, o->fc2_w), c->ffn_bias ? PTR(G, o->fc2_b) : NULL, dbr, k->act,
+                       PTR(P, o->fc2_w), rows_s, Hf, D);
+        if (c->ffn == VIT_FFN_MLP) be->gelu_bwd(be, a->dfc1, a->dact, k->fc1, (size_t)rows_s * Hf);
+        else be->swiglu_bwd(be, a->dfc1, a->dact, k->fc1, rows_s, Hf);
+        float *dln = a->dS_b;
+        be->linear_bwd(be, dln, PTR(G, o->fc1_w), c->ffn_bias ? PTR(G, o->fc1_b) : NULL, a->dfc1, k->ln2,
+                       PTR(P, o->fc1_w), rows_s, D, ffn_out);
+        branch_input_grad(be, a, dx, a->dS_a, dln, a->subset ? k->xs2 : k->x_mid, k->mean2, k->rstd2,
+                          PTR(P, o->norm2_w), PTR(G, o->norm2_w), PTR(G, o->norm2_b), idx2, D);
+
+        // attention branch: dx now holds d x_mid
+        be->residual_bwd(be, dbr, ls1 ? PTR(G, o->ls1) : NULL, dx, k->proj, ls1, idx1, S, T, D, scale);
+        float *datt = a->dS_b;
+        be->linear_bwd(be, datt, PTR(G, o->proj_w), c->proj_bias ? PTR(G, o->proj_b) : NULL, dbr, k->att,
+                       PTR(P, o->proj_w), rows_s, D, D);
+        be->attention_bwd(be, a->dqkv, datt, k->qkv, k->att_saved, S, T, H, Dh);
+        be->linear_bwd(be, dln, PTR(G, o->qkv_w), c->qkv_bias ? PTR(G, o->qkv_b) : NULL, a->dqkv, k->ln1,
+                       PTR(P, o->qkv_w), rows_s, D, 3 * D);
+        branch_input_grad(be, a, dx, a->dS_a, dln, a->subset ? k->xs1 : k->x_in, k->mean1, k->rstd1,
+                          PTR(P, o->norm1_w), PTR(G, o->norm1_w), PTR(G, o->norm1_b), idx1, D);
+    }
+
+    // tokens: CLS, registers, mask token, position embedding (through the interpolation), patches
+    float *dpos = a->dpos_used ? a->dpos_used : PTR(G, vit->pos);
+    if (a->dpos_used) be->zero(be, a->dpos_used, sizeof(float) * (size_t)(1 + N) * D);
+    be->tokens_bwd(be, a->dpatch, PTR(G, vit->cls), R ? PTR(G, vit->reg) : NULL, dpos, PTR(G, vit->mask_token), dx,
+                   a->mask, B, N, R, D);
+    if (a->dpos_used) {
+        be->axpy(be, PTR(G, vit->pos), 1.0f, a->dpos_used, D);
+        be->gemm(be, 1, 0, M * M, D, N, 1.0f, a->interp, M * M, a->dpos_used + D, D, 1.0f, PTR(G, vit->pos) + D, D);
+    }
+    be->linear_bwd(be, NULL, PTR(G, vit->patch_w), PTR(G, vit->patch_b), a->dpatch, a->cols, PTR(P, vit->patch_w),
+                   B * N, 3 * p * p, D);
+}
