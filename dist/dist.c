@@ -90,6 +90,7 @@ struct DistImpl {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int running, stop, armed;
+    int thread_multiple;    // MPI may be called from the watchdog while the main thread is inside MPI
     double armed_at;
     char op[96];
     unsigned long long seq; // collectives issued by this rank, to line messages up across ranks
@@ -127,8 +128,10 @@ static void *watchdog_main(void *arg) {
                     d->rank, d->world, host, d->local_rank, im->op, im->seq, now_s() - im->armed_at,
                     d->timeout_s);
             fflush(stderr);
-            MPI_Abort(MPI_COMM_WORLD, 14);
-            _exit(14); // not reached unless MPI_Abort itself fails
+            // Without MPI_THREAD_MULTIPLE, calling MPI here is not allowed: exiting makes mpirun/srun end
+            // the other ranks just the same (a rank that exits without MPI_Finalize ends the job).
+            if (im->thread_multiple) MPI_Abort(MPI_COMM_WORLD, 14);
+            _exit(14);
         }
     }
     pthread_mutex_unlock(&im->mu);
@@ -249,6 +252,11 @@ int dist_init(Dist *d, double timeout_s, char *err) {
     }
     DistImpl *im = dino_calloc(1, sizeof *im);
     d->impl = im;
+    pthread_mutex_init(&im->mu, NULL);
+    pthread_cond_init(&im->cv, NULL);
+    int level = 0;
+    MPI_Query_thread(&level);
+    im->thread_multiple = level >= MPI_THREAD_MULTIPLE;
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &d->world);
@@ -270,8 +278,6 @@ int dist_init(Dist *d, double timeout_s, char *err) {
     im->displ = dino_calloc((size_t)w, sizeof(int));
     im->rcount = dino_calloc((size_t)w, sizeof(int));
     im->rdispl = dino_calloc((size_t)w, sizeof(int));
-    pthread_mutex_init(&im->mu, NULL);
-    pthread_cond_init(&im->cv, NULL);
     if (w > 1) {
         if (pthread_create(&im->thread, NULL, watchdog_main, d) != 0) {
             dino_seterr(err, "rank %d: cannot start the collective watchdog thread", d->rank);
@@ -296,7 +302,7 @@ void dist_finalize(Dist *d) {
         }
         pthread_mutex_destroy(&im->mu);
         pthread_cond_destroy(&im->cv);
-        MPI_Comm_free(&im->comm);
+        if (im->comm != MPI_COMM_NULL && im->comm) MPI_Comm_free(&im->comm);
         free(im->scratch);
         free(im->count);
         free(im->displ);

@@ -37,6 +37,8 @@ typedef struct {
 // Starts the distributed layer. timeout_s <= 0 takes $DINO_DIST_TIMEOUT_S, else 600 s.
 // $DINO_DIST=none forces a single process, $DINO_DIST=mpi forces MPI_Init without a known launcher.
 // Returns 0, or -1 with err set (e.g. launched by mpirun in a build without MPI).
+// d must stay at its address until dist_finalize (the watchdog thread reads it). After a failure,
+// dist_finalize still releases what was started (MPI included).
 int dist_init(Dist *d, double timeout_s, char *err);
 // Ends MPI when dist_init started it. Safe on a single process.
 void dist_finalize(Dist *d);
@@ -59,7 +61,8 @@ int dist_bcast(Dist *d, void *buf, size_t bytes, int root, char *err);
 // recv (world * bytes_per_rank bytes) = concatenation of every rank's send, in rank order.
 int dist_allgather(Dist *d, const void *send, void *recv, size_t bytes_per_rank, char *err);
 // ZeRO-1 building blocks on a padded flat buffer of n_padded floats (a multiple of world, see dist_shard):
-// rank r owns [r*n_padded/world, (r+1)*n_padded/world).
+// rank r owns [r*n_padded/world, (r+1)*n_padded/world). At most 2^31-1 floats (MPI int counts; the
+// all-reduce and the gradient buckets have no such limit).
 // Reduce-scatter: the owned shard of buf becomes the sum over ranks (other parts are left as they were).
 int dist_reduce_scatter_sum_f32(Dist *d, float *buf, size_t n_padded, char *err);
 // All-gather: every rank's shard of buf is copied to all ranks (in place).

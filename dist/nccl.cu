@@ -22,6 +22,7 @@ struct DistNccl {
     cudaStream_t stream; // communication stream
     cudaEvent_t ready;   // recorded on the caller's stream; the comm stream waits on it
     cudaEvent_t done;    // recorded on the comm stream after each enqueue
+    cudaStream_t compute; // the objective's reductions wait for this stream's work
 };
 
 static void seterr(char *err, const char *fmt, ...) {
@@ -223,11 +224,13 @@ extern "C" int dist_nccl_sync(DistNccl *nc, const char *what, char *err) {
     }
 }
 
+extern "C" void dist_nccl_set_compute_stream(DistNccl *nc, void *stream) { nc->compute = (cudaStream_t)stream; }
+
 static void nccl_collective_sum(Collective *c, float *buf, size_t n) {
     DistNccl *nc = (DistNccl *)c->ctx;
     char err[512];
-    // Ordered after the legacy default stream's work; the caller's later work waits on the result.
-    if (dist_nccl_allreduce(nc, buf, n, 0, NULL, err) || dist_nccl_sync(nc, "objective all-reduce", err))
+    // Ordered after the compute stream's work; the host wait makes later work see the result.
+    if (dist_nccl_allreduce(nc, buf, n, 0, nc->compute, err) || dist_nccl_sync(nc, "objective all-reduce", err))
         abort_job(nc, err);
 }
 

@@ -45,7 +45,9 @@ int dist_nccl_gate(DistNccl *nc, void *stream, char *err);
 // aborted with a message naming the rank and `what`. Returns 0, or -1 with err on an NCCL error.
 int dist_nccl_sync(DistNccl *nc, const char *what, char *err);
 
-// The objective's reductions (model/collective.h) on device buffers: all-reduce, then sync.
+// The objective's reductions (model/collective.h) on device buffers: all-reduce after the work enqueued
+// on the compute stream set here (default NULL, the legacy default stream), then a host wait.
+void dist_nccl_set_compute_stream(DistNccl *nc, void *stream);
 Collective dist_nccl_collective(DistNccl *nc);
 
 #ifdef __cplusplus

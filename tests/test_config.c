@@ -113,7 +113,7 @@ TEST(shipped_recipes_hold_their_published_values) {
     config_arch_dims(&cfg, &dim, &depth, &heads);
     CHECK(dim >= 64 && dim <= 96 && depth >= 2 && depth <= 4 && dim % heads == 0, "demo model %dx%d/%d", dim, depth, heads);
     CHECK(config_total_iterations(&cfg) <= 1000 && cfg.dino.head_n_prototypes <= 4096, "demo must stay tiny");
-    CHECK(cfg.data.n_sources == 1 && strncmp(cfg.data.sources[0], "shards:", 7) == 0, "demo data source");
+    CHECK(cfg.data.n_sources == 1 && strstr(cfg.data.sources[0], "demo"), "demo data source");
 }
 
 TEST(overrides_apply_after_the_file) {

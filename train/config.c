@@ -128,7 +128,8 @@ static const CfgKey KEYS[] = {
     S("evaluation.knn_test", evaluation.knn_test, "''", "labeled tile set for periodic k-NN (test side)"),
 
     K("data.sources", CT_STR_LIST, data.sources, CFG_MAX_SOURCES, "[]", NULL,
-      "tile sources (data/source.h): shards:DIR, folder:DIR, list:FILE, wsi:LIST[,mpp=X]; quote specs with commas"),
+      "tile sources (docs/data-sources.md): DIR of shards, FILE.dtshard, shards:LIST, folder:DIR, list:FILE, "
+      "wsi:SLIDES[,mpp=0.5][,size=224]; parts joined by +; inside [...] quote specs with commas"),
     F("data.max_corrupt_fraction", data.max_corrupt_fraction, "0.01",
       "stop when more than this fraction of tiles read is corrupt"),
     K("data.corrupt_min_reads", CT_I64, data.corrupt_min_reads, 0, "1000", NULL,
@@ -335,7 +336,7 @@ static const char *type_name(const CfgKey *k) {
     case CT_STR: return "a string";
     case CT_ENUM: snprintf(buf, sizeof buf, "one of %s", k->choices); return buf;
     case CT_F64_LIST: snprintf(buf, sizeof buf, "a list of %d numbers like %s", k->n, k->def); return buf;
-    case CT_STR_LIST: return "a list of strings like [\"shards:/data/tiles\"]";
+    case CT_STR_LIST: return "a list of strings like [\"/data/tiles\"]";
     }
     return "?";
 }

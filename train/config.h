@@ -9,13 +9,13 @@
 // is the user-facing reference of the same table.
 #pragma once
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "data/loader.h"
 #include "model/vit.h"
 #include "train/schedule.h"
 #include "train/ssl_step.h"
-#include <stddef.h>
-#include <stdint.h>
 
 #define CFG_STR 1024        // paths and source specs
 #define CFG_NAME 32         // enum-like names (arch, ffn_layer, ...)
