@@ -660,8 +660,13 @@ int eval_knn_tilesets(EmbedModel *m, const char *train_spec, const char *test_sp
                       EvalScores *scores, char *err) {
     TileSet tr, te;
     if (tileset_open(&tr, train_spec, 1, err)) return -1;
-    if (tileset_open(&te, test_spec, 1, err) || tileset_align_classes(&te, tr.classes, tr.n_classes, err)) {
+    if (tileset_open(&te, test_spec, 1, err)) {
         tileset_free(&tr);
+        return -1;
+    }
+    if (tileset_align_classes(&te, tr.classes, tr.n_classes, err)) {
+        tileset_free(&tr);
+        tileset_free(&te);
         return -1;
     }
     const int D = m->vit.cfg.dim;
