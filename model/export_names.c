@@ -334,9 +334,13 @@ int export_detect(const StFile *f, const char *path, const char *want_prefix, Ex
         return -1;
     }
     strcpy(prefix, cand[pick]);
+    // timm and the original names differ only in reg_token / register_tokens (and the pos-embed class
+    // slot with registers), fc1/fc2 vs w12/w3 for SwiGLU, and the mask_token timm drops.
     if (cand_hf[pick]) *naming = NAMING_HF;
-    else if (getp(f, prefix, "reg_token") || !getp(f, prefix, "mask_token")) *naming = NAMING_TIMM;
-    else *naming = NAMING_DINOV2;
+    else if (getp(f, prefix, "reg_token")) *naming = NAMING_TIMM;
+    else if (getp(f, prefix, "mask_token") || getp(f, prefix, "register_tokens") || getp(f, prefix, "blocks.0.mlp.w12.weight"))
+        *naming = NAMING_DINOV2;
+    else *naming = NAMING_TIMM;
     return 0;
 }
 

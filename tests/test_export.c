@@ -286,6 +286,32 @@ TEST(import_roundtrip_all_namings) {
             }
             free(Q);
         }
+        { // original names without mask_token (a stripped state dict) are still the original names
+            char path[4200], err[DINO_ERRLEN];
+            snprintf(path, sizeof path, "%s/m%d_nomask.safetensors", dir, c);
+            ExportMap map;
+            export_map_build(&map, &vit, &tab, "backbone.", NAMING_DINOV2);
+            StWriter *w = st_writer_new();
+            float *buf = dino_malloc(sizeof(float) * tab.total);
+            size_t at = 0;
+            for (int i = 0; i < map.n; i++) {
+                if (!strcmp(map.e[i].name, "mask_token")) continue;
+                export_entry_gather(&map.e[i], P, buf + at);
+                st_writer_add(w, map.e[i].name, ST_F32, map.e[i].ndim, map.e[i].shape, buf + at);
+                at += map.e[i].numel;
+            }
+            CHECK(st_writer_write(w, path, err) == 0, "%s", err);
+            st_writer_free(w);
+            float *Q = random_params(&vit, &tab, 998);
+            ExportNaming found;
+            CHECK(pretrained_load(&vit, &tab, "backbone.", Q, path, NULL, &found, err) == 0, "no mask_token: %s", err);
+            const int orig = cfg.n_registers > 0 || cfg.ffn == VIT_FFN_SWIGLU; // else timm = original names
+            CHECK(!orig || found == NAMING_DINOV2, "case %d: detected as %s", c, export_naming_name(found));
+            CHECK(memcmp(Q + vit.blocks[1].fc1_w, P + vit.blocks[1].fc1_w, sizeof(float) * 4) == 0, "ffn not loaded");
+            free(Q);
+            free(buf);
+            export_map_free(&map);
+        }
         free(P);
         vit_free(&vit);
         param_table_free(&tab);
