@@ -35,7 +35,7 @@
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: dinoembed MODEL (--tiles SPEC | --slide SLIDE) -o OUT [options]\n"
+            "usage: dinoembed [--model] MODEL (--tiles SPEC | --slide SLIDE) (-o | --out) OUT [options]\n"
             "  --feature cls|mean|cls+mean  feature of the .npy / .h5 output (default cls)\n"
             "  --batch N                    images per forward (default 16)\n"
             "  --resize N --crop N          shorter side before the center crop, crop size (default: the\n"
@@ -400,6 +400,7 @@ int main(int argc, char **argv) {
 #define OPT(name) (!strcmp(a, name) && v && (++i, 1))
         if (OPT("--tiles")) tiles = v;
         else if (OPT("--slide")) slide = v;
+        else if (OPT("--model")) model = v;
         else if (OPT("-o") || (!strcmp(a, "--out") && v && (++i, 1))) out = v;
         else if (OPT("--feature")) {
             if (feature_kind_parse(v, &kind)) {

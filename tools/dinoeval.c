@@ -16,7 +16,7 @@
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: dinoeval MODEL --train SPEC [--test SPEC | --test-fraction F] [options]\n"
+            "usage: dinoeval [--model] MODEL --train SPEC [--test SPEC | --test-fraction F] [options]\n"
             "  --seed S                 split / probe seed (default 0)\n"
             "  --feature cls|mean|cls+mean  (default cls)\n"
             "  --k 10,20                k-NN neighbour counts   --temperature 0.07\n"
@@ -34,6 +34,7 @@ int main(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define OPT(name) (!strcmp(a, name) && v && (++i, 1))
         if (OPT("--train")) train_spec = v;
+        else if (OPT("--model")) model = v;
         else if (OPT("--test")) test_spec = v;
         else if (OPT("--test-fraction")) test_fraction = atof(v);
         else if (OPT("--seed")) seed = strtoull(v, NULL, 10);

@@ -82,7 +82,7 @@ static int resolve_input(const char *in, char *path, size_t n, int *heads, char 
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: dinoexport INPUT OUTDIR [options]\n"
+            "usage: dinoexport INPUT OUTDIR [options]   (or: dinoexport --out OUTDIR INPUT)\n"
             "  INPUT: a training output_dir (its newest valid checkpoint), a checkpoint directory, a safetensors\n"
             "         file holding a backbone (any naming, any prefix) or an export directory\n"
             "  --format hf|timm|dinov2   naming of the written weights (default hf: transformers Dinov2Model)\n"
@@ -228,6 +228,8 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--prefix") && i + 1 < argc) {
             prefix = argv[++i];
             explicit_prefix = 1;
+        } else if ((!strcmp(a, "--out") || !strcmp(a, "-o")) && i + 1 < argc) {
+            outdir = argv[++i];
         } else if (!strcmp(a, "--heads") && i + 1 < argc) {
             heads = atoi(argv[++i]);
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
