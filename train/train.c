@@ -226,6 +226,9 @@ static int save_checkpoint(Run *r, int64_t iterations_done, char *path_out, char
     ckpt_writer_int(w, "iteration", iterations_done);
     ckpt_writer_int(w, "adamw.step", r->m.opt.step);
     ckpt_writer_int(w, "loader.position", loader_position(r->loader));
+    // the global sample position: lets a run resume on another number of ranks or batch per rank
+    ckpt_writer_int(w, "loader.samples",
+                    loader_position(r->loader) * r->cfg->train.batch_size_per_gpu * (int64_t)r->d->world);
     ckpt_writer_int(w, "loader.reads", ls.reads);
     ckpt_writer_int(w, "loader.corrupt", ls.corrupt);
     ckpt_writer_int(w, "world_size", r->d->world);
@@ -293,13 +296,15 @@ static int64_t resume(Run *r, char *err) {
         ckpt_close(&c);
         return -1;
     }
-    int64_t saved_world = r->d->world;
-    ckpt_get_int(&c, "world_size", &saved_world, e2);
-    // The loader position counts batches of this rank; the global sample position is
-    // position * batch * world, which carries over to another world size with the same global batch.
-    if (saved_world != r->d->world) {
-        int64_t samples = pos * (int64_t)r->cfg->train.batch_size_per_gpu * saved_world;
-        pos = samples / ((int64_t)r->cfg->train.batch_size_per_gpu * r->d->world);
+    // The loader position counts batches of one rank; the global sample position carries over to
+    // another number of ranks (exactly when the global batch is unchanged).
+    int64_t samples = 0;
+    if (ckpt_get_int(&c, "loader.samples", &samples, e2) == 0) {
+        int64_t global_batch = (int64_t)r->cfg->train.batch_size_per_gpu * r->d->world;
+        if (samples % global_batch && r->d->rank == 0)
+            fprintf(stderr, "dinotrain: the global batch changed: resuming at sample %lld of the data order\n",
+                    (long long)(samples / global_batch * global_batch));
+        pos = samples / global_batch;
     }
     r->m.opt.step = step;
     loader_set_position(r->loader, pos);
