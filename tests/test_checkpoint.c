@@ -193,6 +193,13 @@ TEST(corrupt_or_truncated_newest_falls_back) {
     fclose(log);
     free(logbuf);
 
+    // a run resumed past a damaged newer checkpoint never prunes what it just wrote, even with keep 1
+    snprintf(p, sizeof p, "%s/checkpoints/ckpt_000000030/state.json", out);
+    CHECK(unlink(p) == 0, "unlink");
+    CHECK(save(out, &s20, 25, 1, err) == 0, "%s", err);
+    CHECK(ckpt_open_latest(&c, out, NULL, err) == 1, "%s", err);
+    check_state(&c, &s20, 25);
+    ckpt_close(&c);
     // a new save after all that works and becomes the newest
     CHECK(save(out, &s30, 40, 5, err) == 0, "%s", err);
     CHECK(ckpt_open_latest(&c, out, NULL, err) == 1, "%s", err);
@@ -249,4 +256,50 @@ TEST(independent_python_reader_agrees) {
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s 42", test_src_path("tests/ckpt_oracle.py"), dir);
     int rc = system(cmd);
     CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "the Python reader disagrees (%d)", rc);
+}
+
+TEST(parameter_tables_round_trip) {
+    ParamTable tab, other;
+    param_table_init(&tab);
+    param_table_init(&other);
+    const int64_t s1[2] = {4, 3}, s2[1] = {3}, s3[4] = {2, 3, 2, 2};
+    param_add(&tab, "backbone.patch_embed.proj.weight", PARAM_BACKBONE, 0, 4, s3);
+    param_add(&tab, "backbone.blocks.0.attn.qkv.weight", PARAM_BACKBONE, 1, 2, s1);
+    param_add(&tab, "backbone.blocks.0.attn.qkv.bias", PARAM_BACKBONE, 1, 1, s2);
+    float *p = dino_calloc(tab.total, sizeof(float)), *m = dino_calloc(tab.total, sizeof(float));
+    float *p2 = dino_calloc(tab.total, sizeof(float)), *m2 = dino_calloc(tab.total, sizeof(float));
+    for (int i = 0; i < tab.n; i++)
+        for (size_t k = 0; k < tab.t[i].numel; k++) {
+            p[tab.t[i].offset + k] = (float)(i * 100 + (int)k);
+            m[tab.t[i].offset + k] = -(float)(i * 100 + (int)k) / 7;
+        }
+    const char *out = test_tmpdir();
+    char err[DINO_ERRLEN] = "";
+    CkptWriter *w = ckpt_writer_new();
+    ckpt_writer_param_table(w, "student.", &tab, p);
+    ckpt_writer_param_table(w, "adamw_m.", &tab, m);
+    CHECK(ckpt_save(w, out, 3, 2, NULL, err) == 0, "%s", err);
+    ckpt_writer_free(w);
+    Ckpt c;
+    CHECK(ckpt_open_latest(&c, out, stderr, err) == 1, "%s", err);
+    CHECK(ckpt_tensor(&c, "student.backbone.blocks.0.attn.qkv.bias") != NULL, "prefixed names");
+    CHECK(ckpt_read_param_table(&c, "student.", &tab, p2, err) == 0, "%s", err);
+    CHECK(ckpt_read_param_table(&c, "adamw_m.", &tab, m2, err) == 0, "%s", err);
+    int same = 1;
+    for (int i = 0; i < tab.n; i++)
+        for (size_t k = 0; k < tab.t[i].numel; k++)
+            same &= p2[tab.t[i].offset + k] == p[tab.t[i].offset + k] && m2[tab.t[i].offset + k] == m[tab.t[i].offset + k];
+    CHECK(same, "parameters differ after the round trip");
+    // a model of another shape is refused, naming the tensor
+    const int64_t wide[2] = {4, 5};
+    param_add(&other, "backbone.blocks.0.attn.qkv.weight", PARAM_BACKBONE, 1, 2, wide);
+    float *o = dino_calloc(other.total, sizeof(float));
+    CHECK(ckpt_read_param_table(&c, "student.", &other, o, err) == -1 &&
+              strstr(err, "'student.backbone.blocks.0.attn.qkv.weight' has shape [4,3], expected [4,5]"),
+          "%s", err);
+    CHECK(ckpt_read_param_table(&c, "teacher.", &tab, p2, err) == -1 && strstr(err, "no tensor 'teacher.backbone"), "%s", err);
+    ckpt_close(&c);
+    free(p), free(m), free(p2), free(m2), free(o);
+    param_table_free(&tab);
+    param_table_free(&other);
 }

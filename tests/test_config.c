@@ -113,20 +113,20 @@ TEST(shipped_recipes_hold_their_published_values) {
     config_arch_dims(&cfg, &dim, &depth, &heads);
     CHECK(dim >= 64 && dim <= 96 && depth >= 2 && depth <= 4 && dim % heads == 0, "demo model %dx%d/%d", dim, depth, heads);
     CHECK(config_total_iterations(&cfg) <= 1000 && cfg.dino.head_n_prototypes <= 4096, "demo must stay tiny");
-    CHECK(cfg.data.n_sources == 1 && strncmp(cfg.data.sources[0], "shards:", 7) == 0, "demo data source");
+    CHECK(cfg.data.n_sources == 1 && strstr(cfg.data.sources[0], "demo"), "demo data source");
 }
 
 TEST(overrides_apply_after_the_file) {
     char err[DINO_ERRLEN] = "";
     char *ov[] = {"optim.base_lr=0.001", "crops.global_crops_scale=[0.4, 0.9]", "student.arch=vit_small",
                   "train.output_dir=runs/a b:c", "ibot.separate_head=true", "data.sources=[shards:/x, \"wsi:s.txt,mpp=0.5\"]",
-                  "train.seed=12345678901", "augment.vflip=yes"};
+                  "train.seed=12345678901", "augment.rot90=yes"};
     CHECK(load(test_src_path("configs/vitl14.yaml"), 8, ov, err) == 0, "%s", err);
     CHECK(cfg.optim.base_lr == 0.001, "base_lr %g", cfg.optim.base_lr);
     CHECK(cfg.crops.global_crops_scale[0] == 0.4 && cfg.crops.global_crops_scale[1] == 0.9, "list override");
     CHECK(strcmp(cfg.student.arch, "vit_small") == 0, "arch %s", cfg.student.arch);
     CHECK(strcmp(cfg.train.output_dir, "runs/a b:c") == 0, "string taken verbatim: '%s'", cfg.train.output_dir);
-    CHECK(cfg.ibot.separate_head && cfg.augment.vflip, "bools");
+    CHECK(cfg.ibot.separate_head && cfg.augment.rot90, "bools");
     CHECK(cfg.data.n_sources == 2 && strcmp(cfg.data.sources[0], "shards:/x") == 0 &&
               strcmp(cfg.data.sources[1], "wsi:s.txt,mpp=0.5") == 0,
           "sources %d", cfg.data.n_sources);
@@ -373,4 +373,73 @@ TEST(resolved_config_saved_in_output_dir) {
     CHECK(config_equal(&cfg, &cfg2, &diff), "differs at %s", diff ? diff : "?");
     config_output_path(&cfg, "/abs/m.jsonl", path, sizeof path);
     CHECK(strcmp(path, "/abs/m.jsonl") == 0, "absolute paths stay");
+}
+
+// Our defaults must be the modules' defaults: the keys and the module structs describe the same recipe.
+TEST(module_settings_match_module_defaults) {
+    char err[DINO_ERRLEN] = "";
+    config_defaults(&cfg);
+    snprintf(cfg.param_dtype, CFG_NAME, "fp32");
+    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+
+    SslConfig s, ref;
+    CHECK(config_to_ssl(&cfg, &s, err) == 0, "%s", err);
+    ssl_config_default(&ref, &s.vit);
+    CHECK(s.dino_head.in_dim == ref.dino_head.in_dim && s.dino_head.hidden == ref.dino_head.hidden &&
+              s.dino_head.bottleneck == ref.dino_head.bottleneck && s.dino_head.K == ref.dino_head.K &&
+              s.dino_head.nlayers == ref.dino_head.nlayers,
+          "dino head");
+    CHECK(memcmp(&s.ibot_head, &ref.ibot_head, sizeof s.ibot_head) == 0 && s.ibot_separate_head == ref.ibot_separate_head,
+          "ibot head");
+    CHECK(s.batch == ref.batch && s.n_local == ref.n_local && s.global_crop == ref.global_crop &&
+              s.local_crop == ref.local_crop && s.centering == ref.centering,
+          "batch/crops/centering");
+    CHECK(s.student_temp == ref.student_temp && s.center_momentum == ref.center_momentum &&
+              s.dino_loss_weight == ref.dino_loss_weight && s.ibot_loss_weight == ref.ibot_loss_weight &&
+              s.koleo_loss_weight == ref.koleo_loss_weight && s.use_kde == ref.use_kde &&
+              s.kde_loss_weight == ref.kde_loss_weight && s.kde_kappa == ref.kde_kappa,
+          "losses");
+    CHECK(s.clip_grad == ref.clip_grad && s.adamw_beta1 == ref.adamw_beta1 && s.adamw_beta2 == ref.adamw_beta2 &&
+              s.adamw_eps == ref.adamw_eps && s.layerwise_decay == ref.layerwise_decay &&
+              s.patch_embed_lr_mult == ref.patch_embed_lr_mult,
+          "optimizer");
+
+    ScheduleConfig sc = config_to_schedule(&cfg, 16), sref = schedule_config_default(0.004, 64 * 16);
+    CHECK(sc.lr == sref.lr && sc.min_lr == sref.min_lr && sc.weight_decay == sref.weight_decay &&
+              sc.weight_decay_end == sref.weight_decay_end && sc.momentum_teacher == sref.momentum_teacher &&
+              sc.final_momentum_teacher == sref.final_momentum_teacher &&
+              sc.warmup_teacher_temp == sref.warmup_teacher_temp && sc.teacher_temp == sref.teacher_temp &&
+              sc.epochs == sref.epochs && sc.warmup_epochs == sref.warmup_epochs &&
+              sc.warmup_teacher_temp_epochs == sref.warmup_teacher_temp_epochs &&
+              sc.freeze_last_layer_epochs == sref.freeze_last_layer_epochs && sc.epoch_length == sref.epoch_length,
+          "schedule");
+
+    LoaderConfig lc, lref;
+    config_to_loader(&cfg, 2, 8, &lc);
+    loader_config_default(&lref);
+    CHECK(lc.rank == 2 && lc.world == 8 && lc.batch_size == 64 && lc.patch_size == 16 && lc.n_threads == 10, "loader");
+    CHECK(lc.prefetch == lref.prefetch && lc.mask_probability == lref.mask_probability &&
+              lc.mask_ratio[0] == lref.mask_ratio[0] && lc.mask_ratio[1] == lref.mask_ratio[1] &&
+              lc.max_corrupt_fraction == lref.max_corrupt_fraction && lc.corrupt_min_reads == lref.corrupt_min_reads,
+          "loader defaults");
+    // augmentation: everything but the local crop side (the reference default 96 vs the /14 presets' 98)
+    AugmentConfig a = lc.aug, b = lref.aug;
+    CHECK(a.local_size == 96 && b.local_size == 98, "local sizes %d %d", a.local_size, b.local_size);
+    a.local_size = b.local_size;
+    CHECK(memcmp(&a, &b, sizeof a) == 0, "augmentation defaults differ from augment_config_default");
+
+    // and the mappings follow the keys
+    char *ov[] = {"dino.regularizer=kde", "ibot.separate_head=true", "ibot.head_n_prototypes=4096",
+                  "train.centering=sinkhorn_knopp", "augment.hed_p=0.5", "augment.vflip_p=0.5",
+                  "augment.crop_without_resize=true", "ibot.loss_weight=0", "optim.scaling_rule=none"};
+    CHECK(load(test_src_path("configs/vits14.yaml"), 9, ov, err) == 0, "%s", err);
+    CHECK(config_to_ssl(&cfg, &s, err) == 0, "%s", err);
+    CHECK(s.use_kde && s.koleo_loss_weight == 0 && s.ibot_separate_head && s.ibot_head.K == 4096 &&
+              s.dino_head.K == 65536 && s.centering == CENTERING_SINKHORN && s.ibot_loss_weight == 0 &&
+              s.vit.patch == 14 && s.local_crop == 98,
+          "ssl mapping");
+    config_to_loader(&cfg, 0, 1, &lc);
+    CHECK(lc.aug.hed_p == 0.5 && lc.aug.vflip_p == 0.5 && lc.aug.no_resize && lc.aug.local_size == 98, "aug mapping");
+    CHECK(lc.mask_probability == 0, "no iBOT, no masks");
+    CHECK(config_to_schedule(&cfg, 64).lr == cfg.optim.base_lr, "scaling rule none");
 }

@@ -83,6 +83,13 @@ TEST(resume_drops_records_of_the_lost_iterations) {
     snprintf(last, sizeof last, "{\"iteration\": 30, \"loss\": 9.7, \"lr\": 0.003, \"images\": 960}\n");
     CHECK(strlen(s) >= strlen(last) && strcmp(s + strlen(s) - strlen(last), last) == 0, "ends with the new record: %s", s);
     free(s);
+    // a fresh start (iteration 0) in the same directory starts the file afresh
+    m = metrics_open(path, 0, err);
+    log_iteration(m, 0);
+    metrics_close(m);
+    s = slurp(path);
+    CHECK(strcmp(s, "{\"iteration\": 0, \"loss\": 10, \"lr\": 0, \"images\": 0}\n") == 0, "fresh file: %s", s);
+    free(s);
     // opening in a directory that does not exist is a clear error
     CHECK(metrics_open("/nonexistent-dir/m.jsonl", 0, err) == NULL && strstr(err, "/nonexistent-dir/m.jsonl"), "%s", err);
 }

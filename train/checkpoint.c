@@ -361,6 +361,15 @@ void ckpt_writer_tensor(CkptWriter *w, const char *name, int ndim, const int64_t
     t->nbytes = numel * sizeof(float);
 }
 
+void ckpt_writer_param_table(CkptWriter *w, const char *prefix, const ParamTable *tab, const float *flat) {
+    for (int i = 0; i < tab->n; i++) {
+        const TensorSpec *t = &tab->t[i];
+        char name[PARAM_NAME_MAX + 64];
+        snprintf(name, sizeof name, "%s%s", prefix, t->name);
+        ckpt_writer_tensor(w, name, t->ndim, t->shape, flat + t->offset);
+    }
+}
+
 static CkptValue *add_value(CkptWriter *w, const char *key, CkptValueType type) {
     for (int i = 0; i < w->n_v; i++) DINO_ASSERT(strcmp(w->v[i].key, key) != 0, "checkpoint value %s set twice", key);
     w->v = dino_realloc(w->v, sizeof(CkptValue) * (size_t)(w->n_v + 1));
@@ -495,10 +504,13 @@ int ckpt_save(CkptWriter *w, const char *output_dir, int64_t iteration, int keep
     if (replaced) remove_dir(old);
     if (path_out) snprintf(path_out, PATH_MAX, "%s", final);
 
-    // keep the newest keep_last; drop leftovers of interrupted saves
+    // keep this one and the newest keep_last - 1 others (this one may not be the newest: a run resumed
+    // past a damaged newer checkpoint must not delete what it just wrote); drop interrupted saves
     int64_t *its;
-    int n = ckpt_list(output_dir, &its);
-    for (int i = 0; i < n - keep_last; i++) {
+    int n = ckpt_list(output_dir, &its), kept = 1;
+    for (int i = n - 1; i >= 0; i--) {
+        if (its[i] == iteration) continue;
+        if (kept < keep_last) { kept++; continue; }
         char p[PATH_MAX];
         ckpt_path(p, sizeof p, output_dir, its[i], "");
         remove_dir(p);
@@ -712,6 +724,16 @@ int ckpt_read_tensor(const Ckpt *c, const char *name, int ndim, const int64_t *s
         return -1;
     }
     memcpy(dst, t->data, t->nbytes);
+    return 0;
+}
+
+int ckpt_read_param_table(const Ckpt *c, const char *prefix, const ParamTable *tab, float *flat, char *err) {
+    for (int i = 0; i < tab->n; i++) {
+        const TensorSpec *t = &tab->t[i];
+        char name[PARAM_NAME_MAX + 64];
+        snprintf(name, sizeof name, "%s%s", prefix, t->name);
+        if (ckpt_read_tensor(c, name, t->ndim, t->shape, flat + t->offset, err)) return -1;
+    }
     return 0;
 }
 

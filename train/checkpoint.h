@@ -12,6 +12,7 @@
 #include <stdio.h>
 
 #include "common/safetensors.h"
+#include "model/params.h"
 
 #define CKPT_FORMAT_VERSION 1
 #define CKPT_DIR "checkpoints"
@@ -21,13 +22,18 @@ typedef struct CkptWriter CkptWriter;
 CkptWriter *ckpt_writer_new(void);
 // Adds a float32 tensor; data is not copied and must stay valid until ckpt_save returns.
 void ckpt_writer_tensor(CkptWriter *w, const char *name, int ndim, const int64_t *shape, const float *data);
-// Named values (copied). Keys are free-form ("loader.position", "rng.step", "config", ...).
+// Adds every tensor of a parameter table as prefix + name (e.g. "teacher." + "backbone.norm.weight"),
+// with data at flat + offset. flat is host memory in the table's layout (params, AdamW m or v, ...).
+void ckpt_writer_param_table(CkptWriter *w, const char *prefix, const ParamTable *tab, const float *flat);
+// Named values (copied). Keys are free-form ("loader.position", "rng.step", "config", ...). A uint64
+// (an Rng state) round-trips exactly through ckpt_writer_int/ckpt_get_int by casting.
 void ckpt_writer_int(CkptWriter *w, const char *key, int64_t v);
 void ckpt_writer_float(CkptWriter *w, const char *key, double v);
 void ckpt_writer_str(CkptWriter *w, const char *key, const char *v);
-// Writes <output_dir>/checkpoints/ckpt_<iteration> (tmp dir, fsync, rename), then deletes all but the
-// newest keep_last complete checkpoints and any leftover temporary ones. path_out (PATH_MAX, may be
-// NULL) receives the checkpoint directory. Returns 0, or -1 with err set (nothing valid is replaced).
+// Writes <output_dir>/checkpoints/ckpt_<iteration> (tmp dir, fsync, rename), then keeps it and the
+// newest keep_last - 1 other checkpoints, deleting the rest and any leftover temporary ones. path_out
+// (PATH_MAX, may be NULL) receives the checkpoint directory. Returns 0, or -1 with err set (nothing
+// valid is replaced).
 int ckpt_save(CkptWriter *w, const char *output_dir, int64_t iteration, int keep_last, char *path_out, char *err);
 void ckpt_writer_free(CkptWriter *w);
 
@@ -65,6 +71,9 @@ const StTensor *ckpt_tensor(const Ckpt *c, const char *name);
 // Copies tensor `name` into dst after checking it exists with exactly this shape. Returns 0, or -1 with
 // err naming the checkpoint, the tensor and the mismatch.
 int ckpt_read_tensor(const Ckpt *c, const char *name, int ndim, const int64_t *shape, float *dst, char *err);
+// Reads every tensor of tab (prefix + name) into flat + offset, checking each shape. Returns 0, or -1
+// with err naming the first missing or mismatched tensor.
+int ckpt_read_param_table(const Ckpt *c, const char *prefix, const ParamTable *tab, float *flat, char *err);
 // Named values: 0 when present with that type, else -1 with err set.
 int ckpt_get_int(const Ckpt *c, const char *key, int64_t *out, char *err);
 int ckpt_get_float(const Ckpt *c, const char *key, double *out, char *err);

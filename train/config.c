@@ -97,6 +97,7 @@ static const CfgKey KEYS[] = {
       "lr = base_lr*sqrt(global_batch/1024) | base_lr*global_batch/256 (DINO v1) | base_lr"),
     F("optim.adamw_beta1", optim.adamw_beta1, "0.9", "AdamW beta1"),
     F("optim.adamw_beta2", optim.adamw_beta2, "0.999", "AdamW beta2"),
+    F("optim.adamw_eps", optim.adamw_eps, "1.0e-08", "AdamW epsilon (ours; the reference uses torch's default)"),
 
     F("teacher.momentum_teacher", teacher.momentum_teacher, "0.992", "EMA momentum at the start (cosine to final)"),
     F("teacher.final_momentum_teacher", teacher.final_momentum_teacher, "1.0", "EMA momentum at the end"),
@@ -127,17 +128,24 @@ static const CfgKey KEYS[] = {
     S("evaluation.knn_test", evaluation.knn_test, "''", "labeled tile set for periodic k-NN (test side)"),
 
     K("data.sources", CT_STR_LIST, data.sources, CFG_MAX_SOURCES, "[]", NULL,
-      "tile sources (data/source.h): shards:DIR, folder:DIR, list:FILE, wsi:LIST[,mpp=X]; quote specs with commas"),
+      "tile sources (docs/data-sources.md): DIR of shards, FILE.dtshard, shards:LIST, folder:DIR, list:FILE, "
+      "wsi:SLIDES[,mpp=0.5][,size=224]; parts joined by +; inside [...] quote specs with commas"),
     F("data.max_corrupt_fraction", data.max_corrupt_fraction, "0.01",
       "stop when more than this fraction of tiles read is corrupt"),
+    K("data.corrupt_min_reads", CT_I64, data.corrupt_min_reads, 0, "1000", NULL,
+      "the corrupt fraction is enforced once this many tiles were read (a few bad tiles early must not end a run)"),
+    I("data.prefetch", data.prefetch, "3", "batches the loader builds ahead of the step"),
 
     F("augment.blur_p_global1", augment.blur_p_global1, "0.0",
       "blur apply probability, global crop 1 (reference's effective value; its docs say 1.0)"),
     F("augment.blur_p_global2", augment.blur_p_global2, "0.9", "blur apply probability, global crop 2 (docs: 0.1)"),
     F("augment.blur_p_local", augment.blur_p_local, "0.5", "blur apply probability, local crops"),
-    L("augment.blur_sigma", augment.blur_sigma, 2, "[0.1, 2.0]", "Gaussian blur sigma range (9x9 kernel)"),
+    L("augment.blur_sigma", augment.blur_sigma, 2, "[0.1, 2.0]", "Gaussian blur sigma range"),
+    I("augment.blur_kernel", augment.blur_kernel, "9", "Gaussian blur kernel side (odd)"),
     F("augment.solarize_p", augment.solarize_p, "0.2", "solarization probability (global crop 2)"),
+    I("augment.solarize_threshold", augment.solarize_threshold, "128", "pixels >= this (0..255 scale) are inverted"),
     F("augment.hflip_p", augment.hflip_p, "0.5", "horizontal flip probability"),
+    L("augment.ratio", augment.ratio, 2, "[0.75, 1.3333333333333333]", "RandomResizedCrop aspect ratio range"),
     F("augment.color_jitter_p", augment.color_jitter_p, "0.8", "color jitter apply probability"),
     F("augment.brightness", augment.brightness, "0.4", "color jitter brightness"),
     F("augment.contrast", augment.contrast, "0.4", "color jitter contrast"),
@@ -146,9 +154,11 @@ static const CfgKey KEYS[] = {
     F("augment.grayscale_p", augment.grayscale_p, "0.2", "random grayscale probability"),
     L("augment.mean", augment.mean, 3, "[0.485, 0.456, 0.406]", "normalisation mean (RGB, [0,1] scale)"),
     L("augment.std", augment.std, 3, "[0.229, 0.224, 0.225]", "normalisation std (RGB)"),
-    B("augment.vflip", augment.vflip, "false", "pathology: also flip vertically (p 0.5)"),
+    F("augment.vflip_p", augment.vflip_p, "0.0", "pathology: vertical flip probability (Virchow2: 0.5)"),
     B("augment.rot90", augment.rot90, "false", "pathology: random multiple-of-90 degree rotation"),
-    F("augment.hed_jitter", augment.hed_jitter, "0.0", "pathology: HED stain jitter strength; 0 = off"),
+    F("augment.hed_p", augment.hed_p, "0.0", "pathology: HED stain jitter probability; 0 = off"),
+    F("augment.hed_scale", augment.hed_scale, "0.05", "HED jitter: per-stain factor ~ U[1-s, 1+s]"),
+    F("augment.hed_shift", augment.hed_shift, "0.05", "HED jitter: per-stain optical-density offset ~ U[-s, s]"),
     B("augment.crop_without_resize", augment.crop_without_resize, "false",
       "pathology (ECT-like): crop at the output size instead of RandomResizedCrop"),
 
@@ -326,7 +336,7 @@ static const char *type_name(const CfgKey *k) {
     case CT_STR: return "a string";
     case CT_ENUM: snprintf(buf, sizeof buf, "one of %s", k->choices); return buf;
     case CT_F64_LIST: snprintf(buf, sizeof buf, "a list of %d numbers like %s", k->n, k->def); return buf;
-    case CT_STR_LIST: return "a list of strings like [\"shards:/data/tiles\"]";
+    case CT_STR_LIST: return "a list of strings like [\"/data/tiles\"]";
     }
     return "?";
 }
@@ -675,6 +685,21 @@ int config_load(Config *c, const char *path, int n_overrides, char *const *overr
     return config_validate(c, err);
 }
 
+// The modules' own checks, run on what the config maps to them (the last line of defence: the key checks
+// above should have caught everything with a better message).
+static int check_modules(const Config *c, char *err) {
+    char why[DINO_ERRLEN];
+    SslConfig ssl;
+    LoaderConfig lc;
+    if (config_to_ssl(c, &ssl, why)) goto bad;
+    config_to_loader(c, 0, 1, &lc);
+    if (augment_config_check(&lc.aug, why)) goto bad;
+    return 0;
+bad:
+    dino_seterr(err, "config (%s): %s", c->origin.files[c->origin.n_files - 1], why);
+    return -1;
+}
+
 // ---- writing ----------------------------------------------------------------------------------------
 
 typedef struct {
@@ -884,6 +909,105 @@ int config_to_vit(const Config *c, VitConfig *v, char *err) {
     return 0;
 }
 
+int config_to_ssl(const Config *c, SslConfig *o, char *err) {
+    VitConfig v;
+    if (config_to_vit(c, &v, err)) return -1;
+    ssl_config_default(o, &v);
+    const CfgDino *d = &c->dino;
+    const CfgIbot *ib = &c->ibot;
+    o->dino_head = (HeadConfig){.in_dim = v.dim, .hidden = d->head_hidden_dim, .bottleneck = d->head_bottleneck_dim,
+                                .K = d->head_n_prototypes, .nlayers = d->head_nlayers};
+    o->ibot_separate_head = ib->separate_head;
+    o->ibot_head = ib->separate_head ? (HeadConfig){.in_dim = v.dim, .hidden = ib->head_hidden_dim,
+                                                    .bottleneck = ib->head_bottleneck_dim,
+                                                    .K = ib->head_n_prototypes, .nlayers = ib->head_nlayers}
+                                     : o->dino_head;
+    o->batch = c->train.batch_size_per_gpu;
+    o->n_local = c->crops.local_crops_number;
+    o->global_crop = c->crops.global_crops_size;
+    o->local_crop = c->crops.local_crops_size;
+    o->centering = strcmp(c->train.centering, "sinkhorn_knopp") == 0 ? CENTERING_SINKHORN : CENTERING_SOFTMAX;
+    o->dino_loss_weight = (float)d->loss_weight;
+    o->ibot_loss_weight = (float)ib->loss_weight;
+    o->use_kde = strcmp(d->regularizer, "kde") == 0;
+    o->koleo_loss_weight = o->use_kde ? 0.0f : (float)d->koleo_loss_weight;
+    o->kde_loss_weight = (float)d->kde_weight;
+    o->kde_kappa = (float)d->kde_concentration;
+    o->clip_grad = (float)c->optim.clip_grad;
+    o->adamw_beta1 = (float)c->optim.adamw_beta1;
+    o->adamw_beta2 = (float)c->optim.adamw_beta2;
+    o->adamw_eps = (float)c->optim.adamw_eps;
+    o->layerwise_decay = (float)c->optim.layerwise_decay;
+    o->patch_embed_lr_mult = (float)c->optim.patch_embed_lr_mult;
+    return ssl_config_check(o, err);
+}
+
+ScheduleConfig config_to_schedule(const Config *c, int world_size) {
+    const CfgOptim *o = &c->optim;
+    const CfgTeacher *t = &c->teacher;
+    return (ScheduleConfig){
+        .lr = config_scaled_lr(c, world_size),
+        .min_lr = o->min_lr,
+        .weight_decay = o->weight_decay,
+        .weight_decay_end = o->weight_decay_end,
+        .momentum_teacher = t->momentum_teacher,
+        .final_momentum_teacher = t->final_momentum_teacher,
+        .warmup_teacher_temp = t->warmup_teacher_temp,
+        .teacher_temp = t->teacher_temp,
+        .epochs = o->epochs,
+        .warmup_epochs = o->warmup_epochs,
+        .warmup_teacher_temp_epochs = t->warmup_teacher_temp_epochs,
+        .freeze_last_layer_epochs = o->freeze_last_layer_epochs,
+        .epoch_length = c->train.OFFICIAL_EPOCH_LENGTH,
+    };
+}
+
+void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o) {
+    loader_config_default(o);
+    o->batch_size = c->train.batch_size_per_gpu;
+    o->rank = rank;
+    o->world = world_size;
+    o->seed = (uint64_t)c->train.seed;
+    o->n_threads = c->train.num_workers;
+    o->prefetch = c->data.prefetch;
+    o->patch_size = c->student.patch_size;
+    o->mask_probability = c->ibot.loss_weight > 0 ? c->ibot.mask_sample_probability : 0.0; // no iBOT, no masks
+    o->mask_ratio[0] = c->ibot.mask_ratio_min_max[0];
+    o->mask_ratio[1] = c->ibot.mask_ratio_min_max[1];
+    o->max_corrupt_fraction = c->data.max_corrupt_fraction;
+    o->corrupt_min_reads = c->data.corrupt_min_reads;
+    AugmentConfig *g = &o->aug;
+    const CfgAugment *a = &c->augment;
+    const CfgCrops *cr = &c->crops;
+    g->global_size = cr->global_crops_size;
+    g->local_size = cr->local_crops_size;
+    g->n_local = cr->local_crops_number;
+    memcpy(g->global_scale, cr->global_crops_scale, sizeof g->global_scale);
+    memcpy(g->local_scale, cr->local_crops_scale, sizeof g->local_scale);
+    memcpy(g->ratio, a->ratio, sizeof g->ratio);
+    g->hflip_p = a->hflip_p;
+    g->jitter_p = a->color_jitter_p;
+    g->brightness = a->brightness;
+    g->contrast = a->contrast;
+    g->saturation = a->saturation;
+    g->hue = a->hue;
+    g->gray_p = a->grayscale_p;
+    g->blur_p[0] = a->blur_p_global1;
+    g->blur_p[1] = a->blur_p_global2;
+    g->blur_p[2] = a->blur_p_local;
+    memcpy(g->blur_sigma, a->blur_sigma, sizeof g->blur_sigma);
+    g->blur_kernel = a->blur_kernel;
+    g->solarize_p = a->solarize_p;
+    g->solarize_threshold = a->solarize_threshold;
+    for (int i = 0; i < 3; i++) g->mean[i] = (float)a->mean[i], g->std[i] = (float)a->std[i];
+    g->vflip_p = a->vflip_p;
+    g->rot90 = a->rot90;
+    g->hed_p = a->hed_p;
+    g->hed_scale = a->hed_scale;
+    g->hed_shift = a->hed_shift;
+    g->no_resize = a->crop_without_resize;
+}
+
 void config_output_path(const Config *c, const char *rel, char *path, size_t cap) {
     if (rel[0] == '/') snprintf(path, cap, "%s", rel);
     else snprintf(path, cap, "%s/%s", c->train.output_dir, rel);
@@ -1017,6 +1141,7 @@ int config_validate(const Config *c, char *err) {
     NEED(o->freeze_last_layer_epochs >= 0, "optim.freeze_last_layer_epochs", "must be >= 0");
     NEED(o->adamw_beta1 >= 0 && o->adamw_beta1 < 1, "optim.adamw_beta1", "must be in [0, 1)");
     NEED(o->adamw_beta2 >= 0 && o->adamw_beta2 < 1, "optim.adamw_beta2", "must be in [0, 1)");
+    NEED(o->adamw_eps > 0, "optim.adamw_eps", "must be > 0");
 
     const CfgTeacher *t = &c->teacher;
     NEED(prob_ok(t->momentum_teacher), "teacher.momentum_teacher", "must be in [0, 1]");
@@ -1045,12 +1170,18 @@ int config_validate(const Config *c, char *err) {
     NEED(!c->evaluation.knn_train[0] || c->evaluation.knn_test[0], "evaluation.knn_test",
          "evaluation.knn_train is set: k-NN needs a test set too");
     NEED(prob_ok(c->data.max_corrupt_fraction), "data.max_corrupt_fraction", "must be in [0, 1]");
+    NEED(c->data.corrupt_min_reads >= 0, "data.corrupt_min_reads", "must be >= 0");
+    NEED(c->data.prefetch >= 1, "data.prefetch", "must be >= 1");
 
     const CfgAugment *a = &c->augment;
     NEED(prob_ok(a->blur_p_global1), "augment.blur_p_global1", "must be in [0, 1]");
     NEED(prob_ok(a->blur_p_global2), "augment.blur_p_global2", "must be in [0, 1]");
     NEED(prob_ok(a->blur_p_local), "augment.blur_p_local", "must be in [0, 1]");
     NEED(a->blur_sigma[0] > 0 && a->blur_sigma[0] <= a->blur_sigma[1], "augment.blur_sigma", "need 0 < min <= max");
+    NEED(a->blur_kernel >= 1 && a->blur_kernel % 2 == 1, "augment.blur_kernel", "must be odd and >= 1");
+    NEED(a->blur_kernel / 2 < cr->local_crops_size, "augment.blur_kernel", "must be smaller than the crops");
+    NEED(a->solarize_threshold >= 0 && a->solarize_threshold <= 256, "augment.solarize_threshold", "must be in [0, 256]");
+    NEED(a->ratio[0] > 0 && a->ratio[0] <= a->ratio[1], "augment.ratio", "need 0 < min <= max");
     NEED(prob_ok(a->solarize_p), "augment.solarize_p", "must be in [0, 1]");
     NEED(prob_ok(a->hflip_p), "augment.hflip_p", "must be in [0, 1]");
     NEED(prob_ok(a->color_jitter_p), "augment.color_jitter_p", "must be in [0, 1]");
@@ -1060,11 +1191,14 @@ int config_validate(const Config *c, char *err) {
     NEED(a->hue >= 0 && a->hue <= 0.5, "augment.hue", "must be in [0, 0.5]");
     NEED(prob_ok(a->grayscale_p), "augment.grayscale_p", "must be in [0, 1]");
     for (int i = 0; i < 3; i++) NEED(a->std[i] > 0, "augment.std", "every std must be > 0");
-    NEED(a->hed_jitter >= 0, "augment.hed_jitter", "must be >= 0 (0 = off)");
+    NEED(prob_ok(a->vflip_p), "augment.vflip_p", "must be in [0, 1]");
+    NEED(prob_ok(a->hed_p), "augment.hed_p", "must be in [0, 1]");
+    NEED(a->hed_scale >= 0 && a->hed_scale < 1, "augment.hed_scale", "must be in [0, 1)");
+    NEED(a->hed_shift >= 0, "augment.hed_shift", "must be >= 0");
 
     NEED(c->log.every_n_iterations >= 1, "log.every_n_iterations", "must be >= 1");
     NEED(c->log.metrics_file[0], "log.metrics_file", "must name a file");
     NEED(c->checkpoint.every_n_iterations >= 0, "checkpoint.every_n_iterations", "must be >= 0 (0 = only at the end)");
     NEED(c->checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1");
-    return 0;
+    return check_modules(c, err);
 }

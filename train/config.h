@@ -9,10 +9,13 @@
 // is the user-facing reference of the same table.
 #pragma once
 #include <stdbool.h>
-
-#include "model/vit.h"
 #include <stddef.h>
 #include <stdint.h>
+
+#include "data/loader.h"
+#include "model/vit.h"
+#include "train/schedule.h"
+#include "train/ssl_step.h"
 
 #define CFG_STR 1024        // paths and source specs
 #define CFG_NAME 32         // enum-like names (arch, ffn_layer, ...)
@@ -60,7 +63,7 @@ typedef struct {
     double min_lr, weight_decay, weight_decay_end, layerwise_decay, patch_embed_lr_mult, clip_grad;
     int freeze_last_layer_epochs;
     char scaling_rule[CFG_NAME]; // sqrt_wrt_1024 | linear_wrt_256 | none
-    double adamw_beta1, adamw_beta2;
+    double adamw_beta1, adamw_beta2, adamw_eps;
 } CfgOptim;
 
 typedef struct {
@@ -89,17 +92,23 @@ typedef struct {
     char sources[CFG_MAX_SOURCES][CFG_STR]; // specs for data/source.h source_open
     int n_sources;
     double max_corrupt_fraction;
+    int64_t corrupt_min_reads; // the fraction is enforced once this many tiles were read
+    int prefetch;              // batches built ahead of the step
 } CfgData;
 
 typedef struct {
     double blur_p_global1, blur_p_global2, blur_p_local; // apply probabilities
     double blur_sigma[2];
+    int blur_kernel;
     double solarize_p; // global crop 2 only
+    int solarize_threshold;
     double hflip_p;
+    double ratio[2];   // RandomResizedCrop aspect range
     double color_jitter_p, brightness, contrast, saturation, hue, grayscale_p;
     double mean[3], std[3];
-    bool vflip, rot90;          // pathology: flips/rotations are label-free for tissue
-    double hed_jitter;          // HED stain jitter strength; 0 = off
+    double vflip_p;             // pathology: flips/rotations are label-free for tissue
+    bool rot90;
+    double hed_p, hed_scale, hed_shift; // HED stain jitter: probability, factor U[1-s,1+s], offset U[-s,s]
     bool crop_without_resize;   // ECT-like: crop at the target size instead of RandomResizedCrop
 } CfgAugment;
 
@@ -175,6 +184,13 @@ void config_arch_dims(const Config *cfg, int *dim, int *depth, int *heads);
 // overrides, patch, global crop size as img_size, registers, ffn, LayerScale, drop path, biases,
 // pos-embed interpolation). Returns 0, or -1 with err set.
 int config_to_vit(const Config *cfg, VitConfig *out, char *err);
+// The other modules' settings, from the config (one place maps keys to fields):
+// the model/loss/optimizer step (ends with ssl_config_check; 0 or -1 with err set) ...
+int config_to_ssl(const Config *cfg, SslConfig *out, char *err);
+// ... the schedules, with optim.lr scaled for world_size ranks by optim.scaling_rule ...
+ScheduleConfig config_to_schedule(const Config *cfg, int world_size);
+// ... and the data loader with its augmentation and iBOT masking, for one rank.
+void config_to_loader(const Config *cfg, int rank, int world_size, LoaderConfig *out);
 // path = train.output_dir/rel, or rel itself when it is absolute (e.g. log.metrics_file).
 void config_output_path(const Config *cfg, const char *rel, char *path, size_t cap);
 // Creates train.output_dir if needed and writes the resolved config to <output_dir>/config.yaml.

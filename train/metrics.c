@@ -80,7 +80,7 @@ static int drop_records_from(const char *path, int64_t start, char *err) {
 }
 
 MetricsLog *metrics_open(const char *path, int64_t start_iteration, char *err) {
-    if (start_iteration > 0 && drop_records_from(path, start_iteration, err)) return NULL;
+    if (drop_records_from(path, start_iteration, err)) return NULL;
     FILE *f = fopen(path, "ab");
     if (!f) {
         dino_seterr(err, "cannot open metrics file %s: %s", path, strerror(errno));

@@ -11,9 +11,9 @@
 
 // ---- metrics file -----------------------------------------------------------------------------------
 typedef struct MetricsLog MetricsLog;
-// Opens path for appending. start_iteration > 0 means a resumed run: records with iteration >=
-// start_iteration left by the interrupted run (and a torn last line) are dropped first, so every
-// iteration appears once. Returns NULL with err set.
+// Opens path for appending records from start_iteration on (0 for a fresh run, the checkpoint's
+// iteration for a resumed one). Records with iteration >= start_iteration left by an interrupted run
+// (and a torn last line) are dropped first, so every iteration appears once. Returns NULL with err set.
 MetricsLog *metrics_open(const char *path, int64_t start_iteration, char *err);
 // One record: begin, add values by name (in the order they should appear), end writes and flushes.
 void metrics_begin(MetricsLog *m, int64_t iteration);
