@@ -45,105 +45,6 @@ static double now_s(void) {
 
 // ---- setup ----------------------------------------------------------------------------------------
 
-static int build_ssl_config(const Config *cfg, SslConfig *sc, char *err) {
-    VitConfig vc;
-    if (config_to_vit(cfg, &vc, err)) return -1;
-    ssl_config_default(sc, &vc);
-    sc->dino_head = (HeadConfig){.in_dim = vc.dim,
-                                 .hidden = cfg->dino.head_hidden_dim,
-                                 .bottleneck = cfg->dino.head_bottleneck_dim,
-                                 .K = cfg->dino.head_n_prototypes,
-                                 .nlayers = cfg->dino.head_nlayers};
-    sc->ibot_separate_head = cfg->ibot.separate_head;
-    sc->ibot_head = (HeadConfig){.in_dim = vc.dim,
-                                 .hidden = cfg->ibot.head_hidden_dim,
-                                 .bottleneck = cfg->ibot.head_bottleneck_dim,
-                                 .K = cfg->ibot.head_n_prototypes,
-                                 .nlayers = cfg->ibot.head_nlayers};
-    sc->batch = cfg->train.batch_size_per_gpu;
-    sc->n_local = cfg->crops.local_crops_number;
-    sc->global_crop = cfg->crops.global_crops_size;
-    sc->local_crop = cfg->crops.local_crops_size;
-    sc->centering = strcmp(cfg->train.centering, "sinkhorn_knopp") == 0 ? CENTERING_SINKHORN : CENTERING_SOFTMAX;
-    sc->dino_loss_weight = (float)cfg->dino.loss_weight;
-    sc->ibot_loss_weight = (float)cfg->ibot.loss_weight;
-    sc->use_kde = strcmp(cfg->dino.regularizer, "kde") == 0;
-    sc->koleo_loss_weight = sc->use_kde ? 0.0f : (float)cfg->dino.koleo_loss_weight;
-    sc->kde_loss_weight = (float)cfg->dino.kde_weight;
-    sc->kde_kappa = (float)cfg->dino.kde_concentration;
-    sc->clip_grad = (float)cfg->optim.clip_grad;
-    sc->adamw_beta1 = (float)cfg->optim.adamw_beta1;
-    sc->adamw_beta2 = (float)cfg->optim.adamw_beta2;
-    sc->layerwise_decay = (float)cfg->optim.layerwise_decay;
-    sc->patch_embed_lr_mult = (float)cfg->optim.patch_embed_lr_mult;
-    return ssl_config_check(sc, err);
-}
-
-static ScheduleConfig build_schedule(const Config *cfg, int world) {
-    ScheduleConfig s = schedule_config_default(cfg->optim.base_lr, (long)cfg->train.batch_size_per_gpu * world);
-    s.lr = cfg->optim.lr; // already scaled by config_apply_lr_scaling
-    s.min_lr = cfg->optim.min_lr;
-    s.weight_decay = cfg->optim.weight_decay;
-    s.weight_decay_end = cfg->optim.weight_decay_end;
-    s.momentum_teacher = cfg->teacher.momentum_teacher;
-    s.final_momentum_teacher = cfg->teacher.final_momentum_teacher;
-    s.warmup_teacher_temp = cfg->teacher.warmup_teacher_temp;
-    s.teacher_temp = cfg->teacher.teacher_temp;
-    s.epochs = cfg->optim.epochs;
-    s.warmup_epochs = cfg->optim.warmup_epochs;
-    s.warmup_teacher_temp_epochs = cfg->teacher.warmup_teacher_temp_epochs;
-    s.freeze_last_layer_epochs = cfg->optim.freeze_last_layer_epochs;
-    s.epoch_length = cfg->train.OFFICIAL_EPOCH_LENGTH;
-    return s;
-}
-
-static void build_loader_config(const Config *cfg, const Dist *d, LoaderConfig *lc) {
-    loader_config_default(lc);
-    const CfgAugment *a = &cfg->augment;
-    lc->batch_size = cfg->train.batch_size_per_gpu;
-    lc->rank = d->rank;
-    lc->world = d->world;
-    lc->seed = (uint64_t)cfg->train.seed;
-    lc->n_threads = cfg->train.num_workers;
-    lc->prefetch = 2;
-    lc->patch_size = cfg->student.patch_size;
-    lc->mask_probability = cfg->ibot.loss_weight > 0 ? cfg->ibot.mask_sample_probability : 0.0;
-    lc->mask_ratio[0] = cfg->ibot.mask_ratio_min_max[0];
-    lc->mask_ratio[1] = cfg->ibot.mask_ratio_min_max[1];
-    lc->max_corrupt_fraction = cfg->data.max_corrupt_fraction;
-    AugmentConfig *g = &lc->aug;
-    g->global_size = cfg->crops.global_crops_size;
-    g->global_scale[0] = cfg->crops.global_crops_scale[0];
-    g->global_scale[1] = cfg->crops.global_crops_scale[1];
-    g->local_size = cfg->crops.local_crops_size;
-    g->local_scale[0] = cfg->crops.local_crops_scale[0];
-    g->local_scale[1] = cfg->crops.local_crops_scale[1];
-    g->n_local = cfg->crops.local_crops_number;
-    g->hflip_p = a->hflip_p;
-    g->jitter_p = a->color_jitter_p;
-    g->brightness = a->brightness;
-    g->contrast = a->contrast;
-    g->saturation = a->saturation;
-    g->hue = a->hue;
-    g->gray_p = a->grayscale_p;
-    g->blur_p[0] = a->blur_p_global1;
-    g->blur_p[1] = a->blur_p_global2;
-    g->blur_p[2] = a->blur_p_local;
-    g->blur_sigma[0] = a->blur_sigma[0];
-    g->blur_sigma[1] = a->blur_sigma[1];
-    g->solarize_p = a->solarize_p;
-    for (int c = 0; c < 3; c++) {
-        g->mean[c] = (float)a->mean[c];
-        g->std[c] = (float)a->std[c];
-    }
-    g->vflip_p = a->vflip ? 0.5 : 0.0;
-    g->rot90 = a->rot90;
-    g->hed_p = a->hed_jitter > 0 ? 1.0 : 0.0;
-    g->hed_scale = a->hed_jitter;
-    g->hed_shift = a->hed_jitter;
-    g->no_resize = a->crop_without_resize;
-}
-
 static int read_tile(void *ctx, int64_t index, uint64_t seed, Image *out, char *err) {
     return source_read_rgb(ctx, index, seed, out, err);
 }
@@ -174,7 +75,7 @@ static int open_data(Run *r, char *err) {
     double smin = cfg->crops.global_crops_scale[0] > 0 ? cfg->crops.global_crops_scale[0] : 1.0;
     source_set_min_side(r->src, (int)ceil(cfg->crops.global_crops_size / sqrt(smin)));
     LoaderConfig lc;
-    build_loader_config(cfg, r->d, &lc);
+    config_to_loader(cfg, r->d->rank, r->d->world, &lc);
     r->loader = loader_create(&lc, source_count(r->src), read_tile, r->src, e2);
     if (!r->loader) {
         dino_seterr(err, "data loader: %s", e2);
@@ -205,15 +106,10 @@ static int save_checkpoint(Run *r, int64_t iterations_done, char *path_out, char
     int nb = state_buffers(r, bufs);
     float *host[4];
     CkptWriter *w = ckpt_writer_new();
-    char name[PARAM_NAME_MAX + 16];
     for (int b = 0; b < nb; b++) {
         host[b] = dino_malloc(sizeof(float) * tab->total);
         be->to_host(be, host[b], bufs[b].dev, sizeof(float) * tab->total);
-        for (int i = 0; i < tab->n; i++) {
-            const TensorSpec *t = &tab->t[i];
-            snprintf(name, sizeof name, "%s%s", bufs[b].prefix, t->name);
-            ckpt_writer_tensor(w, name, t->ndim, t->shape, host[b] + t->offset);
-        }
+        ckpt_writer_param_table(w, bufs[b].prefix, tab, host[b]);
     }
     const int Kd = r->m.dino_center.K, Ki = r->m.ibot_center.K;
     float *cd = dino_malloc(sizeof(float) * (size_t)Kd), *ci = dino_malloc(sizeof(float) * (size_t)Ki);
@@ -246,16 +142,10 @@ static int save_checkpoint(Run *r, int64_t iterations_done, char *path_out, char
 
 static int load_tensor_set(Run *r, const Ckpt *c, const char *prefix, float *dev, char *err) {
     const ParamTable *tab = &r->m.tab;
-    float *host = dino_malloc(sizeof(float) * tab->total);
-    memset(host, 0, sizeof(float) * tab->total);
-    char name[PARAM_NAME_MAX + 16];
-    for (int i = 0; i < tab->n; i++) {
-        const TensorSpec *t = &tab->t[i];
-        snprintf(name, sizeof name, "%s%s", prefix, t->name);
-        if (ckpt_read_tensor(c, name, t->ndim, t->shape, host + t->offset, err)) {
-            free(host);
-            return -1;
-        }
+    float *host = dino_calloc(tab->total, sizeof(float));
+    if (ckpt_read_param_table(c, prefix, tab, host, err)) {
+        free(host);
+        return -1;
     }
     r->be->to_device(r->be, dev, host, sizeof(float) * tab->total);
     free(host);
@@ -364,7 +254,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
     r.be = backend_cpu_new();
     r.coll = dist_collective(d);
     SslConfig sc;
-    if (build_ssl_config(cfg, &sc, e2)) {
+    if (config_to_ssl(cfg, &sc, e2)) {
         dino_seterr(err, "model: %s", e2);
         goto out;
     }
@@ -377,7 +267,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         dino_seterr(err, "%s", e2);
         goto out;
     }
-    r.sched = build_schedule(cfg, d->world);
+    r.sched = config_to_schedule(cfg, d->world);
 
     int64_t start = 0;
     if (!opt->no_resume) {
