@@ -100,7 +100,7 @@ int augment_config_check(const AugmentConfig *c, char *err) {
     return 0;
 }
 
-double rng_uniform_cb(void *rng) { return rng_uniform((Rng *)rng); }
+double rrc_uniform_from_rng(void *rng) { return rng_uniform((Rng *)rng); }
 
 static int round_half_even(double x) { return (int)nearbyint(x); } // Python's round()
 
@@ -150,7 +150,7 @@ void augment_plan_crop(const AugmentConfig *c, int crop, int w, int h, Rng *rng,
         p->box = (CropBox){(int)rng_below(rng, (uint32_t)(h - size + 1)),
                            (int)rng_below(rng, (uint32_t)(w - size + 1)), size, size};
     } else {
-        rrc_params(w, h, is_global ? c->global_scale : c->local_scale, c->ratio, rng_uniform_cb, rng, &p->box);
+        rrc_params(w, h, is_global ? c->global_scale : c->local_scale, c->ratio, rrc_uniform_from_rng, rng, &p->box);
     }
     p->hflip = rng_uniform(rng) < c->hflip_p;
     if (c->vflip_p > 0) p->vflip = rng_uniform(rng) < c->vflip_p;
@@ -204,40 +204,76 @@ void augment_scratch_free(AugmentScratch *s) {
     free(s->coef);
     free(s->acc);
     free(s->fbuf);
+    free(s->strip);
     free(s);
 }
+
+int augment_decode_scale(const CropPlan *plans, int n, int max_scale) {
+    int scale = 1;
+    while (scale * 2 <= max_scale) {
+        int next = scale * 2, ok = 1;
+        for (int k = 0; k < n && ok; k++)
+            ok = plans[k].box.w / next >= plans[k].out_size && plans[k].box.h / next >= plans[k].out_size;
+        if (!ok) break;
+        scale = next;
+    }
+    return scale;
+}
+
+static void finish_crop(const AugmentConfig *c, const CropPlan *p, float *out, AugmentScratch *s);
 
 void augment_apply(const AugmentConfig *c, const CropPlan *p, const Image *src, float *out,
                    AugmentScratch *s) {
     const CropBox *b = &p->box;
     DINO_ASSERT(b->top >= 0 && b->left >= 0 && b->top + b->h <= src->h && b->left + b->w <= src->w,
                 "augment_apply: crop box outside the %dx%d image", src->w, src->h);
-    int S = p->out_size, n = S * S;
-    uint8_t *px = s->crop;
+    int S = p->out_size;
     const uint8_t *region = src->px + ((size_t)b->top * src->w + b->left) * 3;
     // img.crop(box).resize((S, S), BICUBIC), then the flip folded into the horizontal pass
-    resize_bicubic_u8(region, b->w, b->h, src->w * 3, 0, 0, b->w, b->h, px, S, S, p->hflip, s);
-    if (p->vflip) flip_v_u8(px, S, S);
+    aug_resize_bicubic_u8(region, b->w, b->h, src->w * 3, 0, 0, b->w, b->h, s->crop, S, S, p->hflip, s);
+    finish_crop(c, p, out, s);
+}
+
+void augment_apply_scaled(const AugmentConfig *c, const CropPlan *p, const Image *src, int scale, float *out,
+                          AugmentScratch *s) {
+    if (scale == 1) {
+        augment_apply(c, p, src, out, s);
+        return;
+    }
+    const CropBox *b = &p->box;
+    double x0 = (double)b->left / scale, y0 = (double)b->top / scale;
+    double x1 = fmin((double)(b->left + b->w) / scale, src->w), y1 = fmin((double)(b->top + b->h) / scale, src->h);
+    DINO_ASSERT(x0 < x1 && y0 < y1, "augment_apply_scaled: crop box outside the %dx%d image", src->w, src->h);
+    int S = p->out_size;
+    aug_resize_bicubic_u8(src->px, src->w, src->h, src->w * 3, x0, y0, x1, y1, s->crop, S, S, p->hflip, s);
+    finish_crop(c, p, out, s);
+}
+
+// Everything after the resize, on s->crop.
+static void finish_crop(const AugmentConfig *c, const CropPlan *p, float *out, AugmentScratch *s) {
+    int S = p->out_size, n = S * S;
+    uint8_t *px = s->crop;
+    if (p->vflip) aug_flip_v_u8(px, S, S);
     if (p->rot90) {
-        rot90_u8(px, s->crop2, S, p->rot90);
+        aug_rot90_u8(px, s->crop2, S, p->rot90);
         uint8_t *t = s->crop;
         s->crop = s->crop2;
         s->crop2 = t;
         px = s->crop;
     }
-    if (p->hed) hed_jitter_u8(px, n, p->hed_alpha, p->hed_beta);
+    if (p->hed) aug_hed_jitter_u8(px, n, p->hed_alpha, p->hed_beta);
     if (p->jitter) {
         for (int k = 0; k < 4; k++) {
             switch (p->order[k]) {
-            case 0: if (c->brightness > 0) adjust_brightness_u8(px, n, p->brightness); break;
-            case 1: if (c->contrast > 0) adjust_contrast_u8(px, n, p->contrast); break;
-            case 2: if (c->saturation > 0) adjust_saturation_u8(px, n, p->saturation); break;
-            case 3: if (c->hue > 0) adjust_hue_u8(px, n, p->hue); break;
+            case 0: if (c->brightness > 0) aug_adjust_brightness_u8(px, n, p->brightness); break;
+            case 1: if (c->contrast > 0) aug_adjust_contrast_u8(px, n, p->contrast); break;
+            case 2: if (c->saturation > 0) aug_adjust_saturation_u8(px, n, p->saturation); break;
+            case 3: if (c->hue > 0) aug_adjust_hue_u8(px, n, p->hue); break;
             }
         }
     }
-    if (p->gray) grayscale_u8(px, n);
-    if (p->blur) gaussian_blur_u8(px, S, S, c->blur_kernel, p->sigma, s);
-    if (p->solarize) solarize_u8(px, n, c->solarize_threshold);
-    normalize_u8(px, S, S, c->mean, c->std, out);
+    if (p->gray) aug_grayscale_u8(px, n);
+    if (p->blur) aug_gaussian_blur_u8(px, S, S, c->blur_kernel, p->sigma, s);
+    if (p->solarize) aug_solarize_u8(px, n, c->solarize_threshold);
+    aug_normalize_u8(px, S, S, c->mean, c->std, out);
 }

@@ -69,7 +69,7 @@ typedef struct {
 // three uniform_/randint draws per try become uniform() calls; randint(0, n) = floor(u * n)).
 void rrc_params(int w, int h, const double scale[2], const double ratio[2],
                 double (*uniform)(void *ctx), void *ctx, CropBox *out);
-double rng_uniform_cb(void *rng); // adapter: ctx is an Rng *
+double rrc_uniform_from_rng(void *rng); // adapter: ctx is an Rng *
 
 // Plans crop `crop` (0, 1 = globals, 2.. = locals) of a w x h image.
 void augment_plan_crop(const AugmentConfig *c, int crop, int w, int h, Rng *rng, CropPlan *p);
@@ -85,23 +85,33 @@ void augment_scratch_free(AugmentScratch *s);
 void augment_apply(const AugmentConfig *c, const CropPlan *p, const Image *src, float *out,
                    AugmentScratch *s);
 
+// Scaled decoding (e.g. turbojpeg 1/2, 1/4, 1/8): the largest power-of-two reduction, up to
+// max_scale, of the source such that every planned crop still spans at least its output size in
+// reduced pixels (the resize still downsamples, so little is lost). 1 when no reduction is safe.
+int augment_decode_scale(const CropPlan *plans, int n, int max_scale);
+// augment_apply on the source decoded at 1/scale: the crop box becomes the float box
+// [left/scale, (left+w)/scale) of the reduced image (Pillow's resize(box=...) semantics), so the
+// crops approximate the full-resolution ones.
+void augment_apply_scaled(const AugmentConfig *c, const CropPlan *p, const Image *src, int scale, float *out,
+                          AugmentScratch *s);
+
 // ---- the individual ops (8-bit interleaved RGB, Pillow semantics), exposed for tests -------------
 
 // PIL Image.resize(BICUBIC) of the region [x0,x1) x [y0,y1) of a sw x sh image (row stride in bytes)
 // to dw x dh; with the region equal to a cropped image this is img.crop(box).resize(size, BICUBIC).
 // hflip mirrors the output horizontally (free inside the horizontal pass).
-void resize_bicubic_u8(const uint8_t *src, int sw, int sh, int stride, double x0, double y0, double x1,
+void aug_resize_bicubic_u8(const uint8_t *src, int sw, int sh, int stride, double x0, double y0, double x1,
                        double y1, uint8_t *dst, int dw, int dh, int hflip, AugmentScratch *s);
-void flip_h_u8(uint8_t *px, int w, int h);
-void flip_v_u8(uint8_t *px, int w, int h);
-void rot90_u8(const uint8_t *src, uint8_t *dst, int size, int quarter_turns); // square images
-void adjust_brightness_u8(uint8_t *px, int n, float factor);           // n = pixel count
-void adjust_contrast_u8(uint8_t *px, int n, float factor);
-void adjust_saturation_u8(uint8_t *px, int n, float factor);
-void adjust_hue_u8(uint8_t *px, int n, float hue_factor);              // hue_factor in [-0.5, 0.5]
-void grayscale_u8(uint8_t *px, int n);                                 // PIL "L", replicated x3
-void gaussian_blur_u8(uint8_t *px, int w, int h, int ksize, float sigma, AugmentScratch *s);
-void solarize_u8(uint8_t *px, int n, int threshold);
-void hed_jitter_u8(uint8_t *px, int n, const float alpha[3], const float beta[3]);
+void aug_flip_h_u8(uint8_t *px, int w, int h);
+void aug_flip_v_u8(uint8_t *px, int w, int h);
+void aug_rot90_u8(const uint8_t *src, uint8_t *dst, int size, int quarter_turns); // square images
+void aug_adjust_brightness_u8(uint8_t *px, int n, float factor);           // n = pixel count
+void aug_adjust_contrast_u8(uint8_t *px, int n, float factor);
+void aug_adjust_saturation_u8(uint8_t *px, int n, float factor);
+void aug_adjust_hue_u8(uint8_t *px, int n, float hue_factor);              // hue_factor in [-0.5, 0.5]
+void aug_grayscale_u8(uint8_t *px, int n);                                 // PIL "L", replicated x3
+void aug_gaussian_blur_u8(uint8_t *px, int w, int h, int ksize, float sigma, AugmentScratch *s);
+void aug_solarize_u8(uint8_t *px, int n, int threshold);
+void aug_hed_jitter_u8(uint8_t *px, int n, const float alpha[3], const float beta[3]);
 // ToTensor + Normalize: interleaved u8 [h][w][3] -> planar float [3][h][w].
-void normalize_u8(const uint8_t *px, int w, int h, const float mean[3], const float std[3], float *out);
+void aug_normalize_u8(const uint8_t *px, int w, int h, const float mean[3], const float std[3], float *out);

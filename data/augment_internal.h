@@ -12,9 +12,11 @@ struct AugmentScratch {
     size_t coef_cap;
     int32_t *acc;          // vertical-pass accumulators
     size_t acc_cap;
+    int32_t *strip;        // 8 transposed rows for the horizontal pass
+    size_t strip_cap;
     float *fbuf;           // blur intermediate
     size_t fbuf_cap;
 };
 
 // Grows *p to at least `need` bytes (contents not kept).
-void scratch_grow(void **p, size_t *cap, size_t need);
+void augment_scratch_grow(void **p, size_t *cap, size_t need);

@@ -87,6 +87,9 @@ struct Loader {
     LoaderConfig cfg;
     int64_t n_tiles;
     LoaderReadFn read;
+    LoaderSizeFn size;               // optional scaled decoding
+    LoaderReadScaledFn read_scaled;
+    int max_decode_scale;
     void *ctx;
     MaskGenerator maskgen;
     int R;                // ring size
@@ -105,7 +108,7 @@ struct Loader {
 
 static void slot_reset(Slot *s, int64_t index) {
     s->b.index = index;
-    s->b.reads = s->b.corrupt = 0;
+    s->b.reads = s->b.corrupt = s->b.scaled = 0;
     s->done = s->ready = s->failed = 0;
     s->err[0] = 0;
 }
@@ -118,29 +121,58 @@ static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
     Image img = {0};
     char err[DINO_ERRLEN];
     int64_t reads = 0, corrupt = 0, tile = -1;
+    int scale = 1;
     for (int a = 0; a < MAX_SKIP; a++) {
         int64_t t = loader_tile_at(c->seed, l->n_tiles, g + a);
         Rng rr = rng_make(c->seed, READ_STREAM, (uint64_t)(g + a), 0);
+        uint64_t read_seed = rng_u64(&rr);
         reads++;
         err[0] = 0;
-        if (l->read(l->ctx, t, rng_u64(&rr), &img, err) == 0 && img.px && img.w > 0 && img.h > 0) {
+        int rc, fw = 0, fh = 0;
+        scale = 1;
+        if (l->size) { // plan on the header's size, then decode as small as the crops allow
+            rc = l->size(l->ctx, t, read_seed, &fw, &fh, err);
+            if (rc == 0 && fw > 0 && fh > 0) {
+                augment_plan_sample(&c->aug, c->seed, g, fw, fh, w->plans);
+                scale = augment_decode_scale(w->plans, 2 + c->aug.n_local, l->max_decode_scale);
+                rc = scale > 1 ? l->read_scaled(l->ctx, t, read_seed, scale, &img, err)
+                               : l->read(l->ctx, t, read_seed, &img, err);
+                int want_w = (fw + scale - 1) / scale, want_h = (fh + scale - 1) / scale;
+                if (rc == 0 && scale > 1 && (img.w != want_w || img.h != want_h)) {
+                    snprintf(err, DINO_ERRLEN, "scaled decode gave %dx%d for a %dx%d tile at 1/%d", img.w, img.h, fw,
+                             fh, scale);
+                    rc = -1;
+                }
+                if (rc == 0 && scale == 1 && (img.w != fw || img.h != fh)) {
+                    snprintf(err, DINO_ERRLEN, "decode gave %dx%d, header said %dx%d", img.w, img.h, fw, fh);
+                    rc = -1;
+                }
+            } else if (rc == 0) {
+                rc = -1;
+            }
+        } else {
+            rc = l->read(l->ctx, t, read_seed, &img, err);
+        }
+        if (rc == 0 && img.px && img.w > 0 && img.h > 0) {
             tile = t;
             break;
         }
         if (img.px) image_free(&img);
         corrupt++;
         pthread_mutex_lock(&l->mu);
-        if (!s->err[0]) snprintf(s->err, sizeof s->err, "tile %lld: %.400s", (long long)t, err[0] ? err : "read failed");
+        if (!s->err[0])
+            snprintf(s->err, sizeof s->err, "tile %lld: %.400s", (long long)t, err[0] ? err : "read failed");
         pthread_mutex_unlock(&l->mu);
     }
     if (tile >= 0) {
         int B = c->batch_size, G = c->aug.global_size, L = c->aug.local_size;
-        augment_plan_sample(&c->aug, c->seed, g, img.w, img.h, w->plans);
+        if (!l->size) augment_plan_sample(&c->aug, c->seed, g, img.w, img.h, w->plans);
         for (int k = 0; k < 2; k++)
-            augment_apply(&c->aug, &w->plans[k], &img, b->global_crops + ((size_t)k * B + slot_i) * 3 * G * G, w->scratch);
+            augment_apply_scaled(&c->aug, &w->plans[k], &img, scale,
+                                 b->global_crops + ((size_t)k * B + slot_i) * 3 * G * G, w->scratch);
         for (int k = 0; k < c->aug.n_local; k++)
-            augment_apply(&c->aug, &w->plans[2 + k], &img,
-                          b->local_crops + ((size_t)k * B + slot_i) * 3 * L * L, w->scratch);
+            augment_apply_scaled(&c->aug, &w->plans[2 + k], &img, scale,
+                                 b->local_crops + ((size_t)k * B + slot_i) * 3 * L * L, w->scratch);
         image_free(&img);
     }
     b->sample[slot_i] = g;
@@ -148,6 +180,7 @@ static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
     pthread_mutex_lock(&l->mu);
     b->reads += reads;
     b->corrupt += corrupt;
+    b->scaled += tile >= 0 && scale > 1;
     if (tile < 0) s->failed = 1;
     s->done++;
     int last = s->done == c->batch_size;
@@ -214,7 +247,18 @@ static void reset_ring(Loader *l, int64_t position) {
 }
 
 Loader *loader_create(const LoaderConfig *c, int64_t n_tiles, LoaderReadFn read, void *ctx, char *err) {
+    return loader_create_scaled(c, n_tiles, read, NULL, NULL, 1, ctx, err);
+}
+
+Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadFn read, LoaderSizeFn size,
+                             LoaderReadScaledFn read_scaled, int max_decode_scale, void *ctx, char *err) {
     if (augment_config_check(&c->aug, err)) return NULL;
+    if (!read || !size != !read_scaled ||
+        (max_decode_scale != 1 && max_decode_scale != 2 && max_decode_scale != 4 && max_decode_scale != 8)) {
+        dino_seterr(err, "loader: need a read callback, size and read_scaled together, "
+                         "max_decode_scale 1/2/4/8 (got %d)", max_decode_scale);
+        return NULL;
+    }
     if (n_tiles <= 0) {
         dino_seterr(err, "loader: the tile source is empty");
         return NULL;
@@ -244,6 +288,9 @@ Loader *loader_create(const LoaderConfig *c, int64_t n_tiles, LoaderReadFn read,
     l->cfg = *c;
     l->n_tiles = n_tiles;
     l->read = read;
+    l->size = size;
+    l->read_scaled = read_scaled;
+    l->max_decode_scale = max_decode_scale;
     l->ctx = ctx;
     mask_generator_init(&l->maskgen, c->aug.global_size, c->patch_size);
     l->R = c->prefetch;
@@ -300,12 +347,14 @@ const Batch *loader_next(Loader *l, char *err) {
     st->batches++;
     st->reads += s->b.reads;
     st->corrupt += s->b.corrupt;
+    st->scaled += s->b.scaled;
     if (s->failed) {
         dino_seterr(err, "loader: batch %lld: %d consecutive tiles of the sample order could not be read (%.400s)",
                     (long long)s->b.index, MAX_SKIP, s->err);
         return NULL;
     }
-    if (st->reads >= l->cfg.corrupt_min_reads && (double)st->corrupt > l->cfg.max_corrupt_fraction * (double)st->reads) {
+    if (st->reads >= l->cfg.corrupt_min_reads &&
+        (double)st->corrupt > l->cfg.max_corrupt_fraction * (double)st->reads) {
         dino_seterr(err,
                     "loader: %lld of %lld tile reads failed (%.2f%%), above the limit max_corrupt_fraction = %g "
                     "(latest: %.300s)",

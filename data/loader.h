@@ -21,6 +21,13 @@
 // Same signature as source_read_rgb (data/source.h) with the source as ctx.
 typedef int (*LoaderReadFn)(void *ctx, int64_t index, uint64_t seed, Image *out, char *err);
 
+// Optional scaled decoding (both or neither): the tile's full size from its header, and a decode
+// reduced by 1/scale (scale 2, 4 or 8; out->w = ceil(w / scale), like turbojpeg's scaling factors).
+// With them the loader plans the crops first and decodes at the largest reduction that keeps every
+// crop at least its output size (augment_decode_scale), e.g. 1/2 for 1024 px tiles.
+typedef int (*LoaderSizeFn)(void *ctx, int64_t index, uint64_t seed, int *w, int *h, char *err);
+typedef int (*LoaderReadScaledFn)(void *ctx, int64_t index, uint64_t seed, int scale, Image *out, char *err);
+
 typedef struct {
     int batch_size;              // B, images per rank per step
     int rank, world;             // this rank and the number of ranks (0, 1 for one process)
@@ -47,16 +54,21 @@ typedef struct {
     int64_t *tile;         // [B] tile actually read (differs from the order when one was skipped)
     MaskBatch masks;       // for the 2B global crops, crop-major
     int64_t reads, corrupt; // tile reads made for this batch and how many failed
+    int64_t scaled;         // images of this batch decoded at a reduced scale
 } Batch;
 
 typedef struct {
     int64_t batches, reads, corrupt; // over the batches delivered by this Loader
+    int64_t scaled;                  // images decoded at a reduced scale
 } LoaderStats;
 
 typedef struct Loader Loader;
 
 // Returns NULL with err on a bad config. The loader starts at position 0; workers start at once.
 Loader *loader_create(const LoaderConfig *c, int64_t n_tiles, LoaderReadFn read, void *ctx, char *err);
+// Same, with the optional scaled decoding (max_decode_scale: 1, 2, 4 or 8).
+Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadFn read, LoaderSizeFn size,
+                             LoaderReadScaledFn read_scaled, int max_decode_scale, void *ctx, char *err);
 // The next batch (valid until the next loader_next / loader_set_position / loader_destroy), or NULL
 // with err when the corrupt-tile limit is passed or no readable tile follows a sample.
 const Batch *loader_next(Loader *l, char *err);

@@ -62,7 +62,7 @@ int mask_generate(const MaskGenerator *g, int target, uint8_t *mask, Rng *r) {
     return count;
 }
 
-void linspace_f32(double lo, double hi, int n, float *out) {
+void mask_linspace_f32(double lo, double hi, int n, float *out) {
     for (int i = 0; i < n; i++) out[i] = n == 1 ? (float)lo : (float)(lo + (hi - lo) * i / (n - 1));
     if (n > 1) out[n - 1] = (float)hi;
 }
@@ -91,7 +91,7 @@ void mask_batch_make(const MaskGenerator *g, double mask_probability, double rat
     Rng r = rng_make(seed, MASK_STREAM, (uint64_t)batch_index, 0);
     int n_masked = (int)(B2 * mask_probability);
     float *probs = dino_malloc(sizeof(float) * (size_t)(n_masked + 1));
-    linspace_f32(ratio_min, ratio_max, n_masked + 1, probs);
+    mask_linspace_f32(ratio_min, ratio_max, n_masked + 1, probs);
     // masks are generated in list order, then the list is shuffled (random.shuffle)
     uint8_t *gen = dino_calloc((size_t)B2 * N, 1);
     m->upperbound = 0;

@@ -40,4 +40,4 @@ void mask_batch_free(MaskBatch *m);
 void mask_batch_make(const MaskGenerator *g, double mask_probability, double ratio_min, double ratio_max,
                      uint64_t seed, int64_t batch_index, MaskBatch *m);
 // torch.linspace(lo, hi, n) in float32 (up to the last-bit differences of torch's vector kernels).
-void linspace_f32(double lo, double hi, int n, float *out);
+void mask_linspace_f32(double lo, double hi, int n, float *out);

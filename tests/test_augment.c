@@ -3,6 +3,9 @@
 // Tolerances: 8-bit ops must match to <= 1 level everywhere with mean |diff| < 0.05 (they are
 // implemented with Pillow's own arithmetic and are expected bit-exact; the blur is separable float
 // where torch uses a 2-D float kernel, so rare ties can round differently). Normalized floats: 1e-5.
+// The oracles below transcribe Pillow's float arithmetic: no FMA contraction in this file.
+#pragma GCC optimize("fp-contract=off")
+
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -54,7 +57,10 @@ static const FxEntry *fx(const char *name) {
     test_fail_at(__FILE__, __LINE__, "fixture %s missing", name);
     return NULL;
 }
-static const void *fx_ptr(const char *name) { return fx_data + fx(name)->offset; }
+static const void *fx_ptr(const char *name) {
+    const FxEntry *e = fx(name); // loads the fixture file first
+    return fx_data + e->offset;
+}
 static double fx_f64(const char *name, int i) { return ((const double *)fx_ptr(name))[i]; }
 
 // src as an Image copy (ops work in place)
@@ -89,13 +95,14 @@ TEST(resized_crop_matches_pil_bicubic) {
         const int32_t *b = fx_ptr(name);
         int t = b[0], l = b[1], h = b[2], w = b[3], oh = b[4], ow = b[5];
         uint8_t *out = dino_malloc((size_t)ow * oh * 3);
-        resize_bicubic_u8(src.px + ((size_t)t * src.w + l) * 3, w, h, src.w * 3, 0, 0, w, h, out, ow, oh, 0, s);
+        aug_resize_bicubic_u8(src.px + ((size_t)t * src.w + l) * 3, w, h, src.w * 3, 0, 0, w, h, out, ow, oh, 0, s);
         snprintf(name, sizeof name, "crop%d_out", i);
         check_u8(name, out, fx_ptr(name), (size_t)ow * oh * 3);
         // the flip folded into the horizontal pass equals a flip afterwards
         uint8_t *flipped = dino_malloc((size_t)ow * oh * 3);
-        resize_bicubic_u8(src.px + ((size_t)t * src.w + l) * 3, w, h, src.w * 3, 0, 0, w, h, flipped, ow, oh, 1, s);
-        flip_h_u8(out, ow, oh);
+        aug_resize_bicubic_u8(src.px + ((size_t)t * src.w + l) * 3, w, h, src.w * 3, 0, 0, w, h, flipped, ow, oh, 1,
+                              s);
+        aug_flip_h_u8(out, ow, oh);
         CHECK(!memcmp(out, flipped, (size_t)ow * oh * 3), "crop%d: folded flip differs", i);
         free(out);
         free(flipped);
@@ -106,9 +113,9 @@ TEST(resized_crop_matches_pil_bicubic) {
 
 TEST(flips_match_torchvision) {
     Image a = src_image(), b = src_image();
-    flip_h_u8(a.px, a.w, a.h);
+    aug_flip_h_u8(a.px, a.w, a.h);
     check_u8("hflip", a.px, fx_ptr("hflip"), (size_t)a.w * a.h * 3);
-    flip_v_u8(b.px, b.w, b.h);
+    aug_flip_v_u8(b.px, b.w, b.h);
     check_u8("vflip", b.px, fx_ptr("vflip"), (size_t)b.w * b.h * 3);
     image_free(&a);
     image_free(&b);
@@ -129,27 +136,27 @@ static void check_color_op(const char *op, int count, ColorOp fn) {
 }
 
 TEST(color_jitter_ops_match_pil) {
-    check_color_op("brightness", 4, adjust_brightness_u8);
-    check_color_op("contrast", 3, adjust_contrast_u8);
-    check_color_op("saturation", 3, adjust_saturation_u8);
-    check_color_op("hue", 5, adjust_hue_u8);
+    check_color_op("brightness", 4, aug_adjust_brightness_u8);
+    check_color_op("contrast", 3, aug_adjust_contrast_u8);
+    check_color_op("saturation", 3, aug_adjust_saturation_u8);
+    check_color_op("hue", 5, aug_adjust_hue_u8);
 }
 
 TEST(grayscale_solarize_normalize_match) {
     Image im = src_image();
     size_t n = (size_t)im.w * im.h;
-    grayscale_u8(im.px, (int)n);
+    aug_grayscale_u8(im.px, (int)n);
     check_u8("gray", im.px, fx_ptr("gray"), n * 3);
     image_free(&im);
     im = src_image();
-    solarize_u8(im.px, (int)n, 128);
+    aug_solarize_u8(im.px, (int)n, 128);
     check_u8("solarize", im.px, fx_ptr("solarize"), n * 3);
     image_free(&im);
     im = src_image();
     AugmentConfig cfg;
     augment_config_default(&cfg);
     float *out = dino_malloc(sizeof(float) * n * 3);
-    normalize_u8(im.px, im.w, im.h, cfg.mean, cfg.std, out);
+    aug_normalize_u8(im.px, im.w, im.h, cfg.mean, cfg.std, out);
     const float *want = fx_ptr("normalize");
     double maxd = 0;
     for (size_t i = 0; i < n * 3; i++) maxd = fmax(maxd, fabs(out[i] - want[i]));
@@ -168,7 +175,7 @@ TEST(gaussian_blur_matches_torchvision) {
         snprintf(sname, sizeof sname, "blur%d_sigma", i);
         snprintf(oname, sizeof oname, "blur%d_out", i);
         Image im = src_image();
-        gaussian_blur_u8(im.px, im.w, im.h, 9, (float)fx_f64(sname, 0), s);
+        aug_gaussian_blur_u8(im.px, im.w, im.h, 9, (float)fx_f64(sname, 0), s);
         check_u8(oname, im.px, fx_ptr(oname), (size_t)im.w * im.h * 3);
         image_free(&im);
     }
@@ -320,23 +327,23 @@ TEST(pathology_options) {
     Image src = src_image();
     AugmentScratch *s = augment_scratch_new(&cfg);
     uint8_t out[16 * 16 * 3];
-    resize_bicubic_u8(src.px + (3 * src.w + 5) * 3, 16, 16, src.w * 3, 0, 0, 16, 16, out, 16, 16, 0, s);
+    aug_resize_bicubic_u8(src.px + (3 * src.w + 5) * 3, 16, 16, src.w * 3, 0, 0, 16, 16, out, 16, 16, 0, s);
     for (int y = 0; y < 16; y++)
         CHECK(!memcmp(out + y * 48, src.px + ((3 + y) * src.w + 5) * 3, 48), "copy row %d", y);
     // quarter turns: 4 turns = identity, 1 turn moves the top-right corner to the top-left
     uint8_t r1[16 * 16 * 3], r4[16 * 16 * 3], tmp[16 * 16 * 3];
-    rot90_u8(out, r1, 16, 1);
+    aug_rot90_u8(out, r1, 16, 1);
     CHECK(!memcmp(r1, out + 15 * 3, 3), "rot90 corner");
     memcpy(r4, out, sizeof r4);
     for (int t = 0; t < 4; t++) {
-        rot90_u8(r4, tmp, 16, 1);
+        aug_rot90_u8(r4, tmp, 16, 1);
         memcpy(r4, tmp, sizeof tmp);
     }
     CHECK(!memcmp(r4, out, sizeof out), "four quarter turns must be the identity");
     // HED: identity jitter round-trips within 2 levels; more haematoxylin darkens and blues
     Image im = src_image();
     float one[3] = {1, 1, 1}, zero[3] = {0, 0, 0};
-    hed_jitter_u8(im.px, im.w * im.h, one, zero);
+    aug_hed_jitter_u8(im.px, im.w * im.h, one, zero);
     int maxd = 0;
     for (int i = 0; i < im.w * im.h * 3; i++) maxd = fmax(maxd, abs(im.px[i] - src.px[i]));
     CHECK(maxd <= 2, "HED identity round trip max diff %d", maxd);
@@ -344,9 +351,165 @@ TEST(pathology_options) {
     uint8_t pink[3] = {230, 150, 200}, base[3];
     memcpy(base, pink, 3);
     float more_h[3] = {1.5f, 1, 1}, shift_h[3] = {0.05f, 0, 0};
-    hed_jitter_u8(pink, 1, more_h, shift_h);
+    aug_hed_jitter_u8(pink, 1, more_h, shift_h);
     CHECK(pink[0] < base[0] && pink[1] < base[1], "more haematoxylin must darken red and green: %d %d %d", pink[0],
           pink[1], pink[2]);
     augment_scratch_free(s);
     image_free(&src);
+}
+
+// A plain transcription of Pillow's ImagingResample (bicubic, 8 bpc) as the oracle for the optimized
+// paths (fixed-length tap windows, 8-row transposed strips) over many sizes, tiny ones included.
+static double ref_cubic(double x) {
+    if (x < 0) x = -x;
+    if (x < 1) return (1.5 * x - 2.5) * x * x + 1;
+    if (x < 2) return (((x - 5) * x + 8) * x - 4) * -0.5;
+    return 0;
+}
+
+static void ref_coeffs(int in, int out, int *lo, int *cnt, int32_t *kk, int ks) {
+    double scale = (double)in / out, fs = scale < 1 ? 1 : scale, support = 2 * fs;
+    for (int o = 0; o < out; o++) {
+        double center = (o + 0.5) * scale, w[512], sum = 0;
+        int a = (int)(center - support + 0.5), b = (int)(center + support + 0.5);
+        if (a < 0) a = 0;
+        if (b > in) b = in;
+        for (int x = a; x < b; x++) sum += w[x - a] = ref_cubic((x - center + 0.5) / fs);
+        for (int x = 0; x < ks; x++) {
+            double v = x < b - a ? (sum != 0 ? w[x] / sum : w[x]) : 0;
+            kk[o * ks + x] = (int32_t)(v < 0 ? -0.5 + v * (1 << 22) : 0.5 + v * (1 << 22));
+        }
+        lo[o] = a;
+        cnt[o] = b - a;
+    }
+}
+
+static uint8_t ref_clip(int64_t v) { return v <= 0 ? 0 : v >= (1 << 30) ? 255 : (uint8_t)(v >> 22); }
+
+static void ref_resize(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh) {
+    int ksx = (int)ceil(2 * fmax(1, (double)sw / dw)) * 2 + 1, ksy = (int)ceil(2 * fmax(1, (double)sh / dh)) * 2 + 1;
+    int *lx = malloc(sizeof(int) * dw), *cx = malloc(sizeof(int) * dw), *ly = malloc(sizeof(int) * dh),
+        *cy = malloc(sizeof(int) * dh);
+    int32_t *kx = malloc(sizeof(int32_t) * dw * ksx), *ky = malloc(sizeof(int32_t) * dh * ksy);
+    ref_coeffs(sw, dw, lx, cx, kx, ksx);
+    ref_coeffs(sh, dh, ly, cy, ky, ksy);
+    uint8_t *tmp = malloc((size_t)dw * sh * 3);
+    for (int y = 0; y < sh; y++) // horizontal on every row (Pillow skips unused rows: same values)
+        for (int x = 0; x < dw; x++)
+            for (int c = 0; c < 3; c++) {
+                int64_t acc = 1 << 21;
+                for (int t = 0; t < cx[x]; t++) acc += (int64_t)src[(y * sw + lx[x] + t) * 3 + c] * kx[x * ksx + t];
+                tmp[(y * dw + x) * 3 + c] = dw == sw ? src[(y * sw + x) * 3 + c] : ref_clip(acc);
+            }
+    for (int y = 0; y < dh; y++)
+        for (int x = 0; x < dw; x++)
+            for (int c = 0; c < 3; c++) {
+                int64_t acc = 1 << 21;
+                for (int t = 0; t < cy[y]; t++) acc += (int64_t)tmp[((ly[y] + t) * dw + x) * 3 + c] * ky[y * ksy + t];
+                dst[(y * dw + x) * 3 + c] = dh == sh ? tmp[(y * dw + x) * 3 + c] : ref_clip(acc);
+            }
+    free(lx), free(cx), free(ly), free(cy), free(kx), free(ky), free(tmp);
+}
+
+TEST(resize_matches_plain_pillow_algorithm_on_many_sizes) {
+    AugmentConfig cfg;
+    augment_config_default(&cfg);
+    AugmentScratch *s = augment_scratch_new(&cfg);
+    Rng r = rng_make(3, 3, 3, 3);
+    int cases = 0;
+    for (int it = 0; it < 400; it++) {
+        int sw = 1 + (int)rng_below(&r, it % 4 == 0 ? 8 : 120), sh = 1 + (int)rng_below(&r, it % 5 == 0 ? 8 : 120);
+        int dw = 1 + (int)rng_below(&r, 130), dh = 1 + (int)rng_below(&r, 130), flip = it & 1;
+        uint8_t *src = malloc((size_t)sw * sh * 3), *a = malloc((size_t)dw * dh * 3);
+        uint8_t *b = malloc((size_t)dw * dh * 3);
+        for (int i = 0; i < sw * sh * 3; i++) src[i] = (uint8_t)(rng_below(&r, 256) / 2 + (i % 97));
+        ref_resize(src, sw, sh, a, dw, dh);
+        if (flip) aug_flip_h_u8(a, dw, dh);
+        aug_resize_bicubic_u8(src, sw, sh, sw * 3, 0, 0, sw, sh, b, dw, dh, flip, s);
+        CHECK(!memcmp(a, b, (size_t)dw * dh * 3), "%dx%d -> %dx%d (flip %d) differs from the plain algorithm", sw, sh,
+              dw, dh, flip);
+        cases++;
+        free(src), free(a), free(b);
+    }
+    CHECK(cases == 400, "cases");
+    augment_scratch_free(s);
+}
+
+// Pillow's rgb2hsv_row / hsv2rgb transcribed plainly (float/double mix as in Convert.c): the oracle
+// for the table-driven aug_adjust_hue_u8 over a grid of the RGB cube and several shifts.
+static void ref_hue_pixel(uint8_t *p, uint8_t shift) {
+    int r = p[0], g = p[1], b = p[2];
+    int maxc = r > g ? (r > b ? r : b) : (g > b ? g : b), minc = r < g ? (r < b ? r : b) : (g < b ? g : b);
+    int uh = 0, us = 0, v = maxc;
+    if (maxc != minc) {
+        float cr = (float)(maxc - minc), s = cr / (float)maxc;
+        float rc = (float)(maxc - r) / cr, gc = (float)(maxc - g) / cr, bc = (float)(maxc - b) / cr, h;
+        if (r == maxc) h = bc - gc;
+        else if (g == maxc) h = (float)(2.0 + rc - bc);
+        else h = (float)(4.0 + gc - rc);
+        h = (float)fmod((h / 6.0 + 1.0), 1.0);
+        uh = (int)(h * 255.0);
+        us = (int)(s * 255.0);
+        uh = uh < 0 ? 0 : uh > 255 ? 255 : uh;
+        us = us < 0 ? 0 : us > 255 ? 255 : us;
+    }
+    uh = (uint8_t)(uh + shift);
+    if (us == 0) {
+        p[0] = p[1] = p[2] = (uint8_t)v;
+        return;
+    }
+    int i = (int)floor((float)uh * 6.0 / 255.0);
+    float f = (float)((float)uh * 6.0 / 255.0 - (float)i), fs = (float)((float)us / 255.0);
+    int pp = (int)round((float)v * (1.0 - fs)), qq = (int)round((float)v * (1.0 - fs * f)),
+        tt = (int)round((float)v * (1.0 - fs * (1.0 - f)));
+    pp = pp < 0 ? 0 : pp > 255 ? 255 : pp;
+    qq = qq < 0 ? 0 : qq > 255 ? 255 : qq;
+    tt = tt < 0 ? 0 : tt > 255 ? 255 : tt;
+    int out[6][3] = {{v, tt, pp}, {qq, v, pp}, {pp, v, tt}, {pp, qq, v}, {tt, pp, v}, {v, pp, qq}};
+    for (int c = 0; c < 3; c++) p[c] = (uint8_t)out[i % 6][c];
+}
+
+TEST(hue_tables_match_plain_pillow_arithmetic) {
+    float factors[4] = {0.1f, -0.1f, 0.0371f, -0.5f};
+    int n = 0;
+    uint8_t *img = malloc(86 * 86 * 86 * 3), *ref = malloc(86 * 86 * 86 * 3);
+    for (int r = 0; r < 256; r += 3)
+        for (int g = 0; g < 256; g += 3)
+            for (int b = 0; b < 256; b += 3, n++) {
+                img[3 * n] = (uint8_t)r;
+                img[3 * n + 1] = (uint8_t)g;
+                img[3 * n + 2] = (uint8_t)b;
+            }
+    for (int k = 0; k < 4; k++) {
+        memcpy(ref, img, (size_t)n * 3);
+        uint8_t shift = (uint8_t)(int)((double)factors[k] * 255.0);
+        for (int i = 0; i < n; i++) ref_hue_pixel(ref + 3 * i, shift);
+        uint8_t *got = malloc((size_t)n * 3);
+        memcpy(got, img, (size_t)n * 3);
+        aug_adjust_hue_u8(got, n, factors[k]);
+        int bad = 0;
+        for (int i = 0; i < n * 3; i++) bad += got[i] != ref[i];
+        CHECK(bad == 0, "hue %g: %d of %d values differ from Pillow's arithmetic", factors[k], bad, n * 3);
+        free(got);
+    }
+    free(img);
+    free(ref);
+}
+
+// HED jitter against a float64 numpy transcription of skimage's rgb2hed / hed2rgb (C runs in float32).
+TEST(hed_jitter_matches_numpy_reference) {
+    for (int i = 0; i < 2; i++) {
+        char pname[32], oname[32];
+        snprintf(pname, sizeof pname, "hed%d_params", i);
+        snprintf(oname, sizeof oname, "hed%d_out", i);
+        float alpha[3], beta[3];
+        for (int c = 0; c < 3; c++) {
+            alpha[c] = (float)fx_f64(pname, c);
+            beta[c] = (float)fx_f64(pname, 3 + c);
+        }
+        Image im = src_image();
+        aug_hed_jitter_u8(im.px, im.w * im.h, alpha, beta);
+        check_u8(oname, im.px, fx_ptr(oname), (size_t)im.w * im.h * 3);
+        image_free(&im);
+    }
 }

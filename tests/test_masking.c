@@ -82,7 +82,7 @@ TEST(batch_policy_matches_collate) {
     MaskBatch m;
     mask_batch_alloc(&m, B2, N);
     float probs[B + 1];
-    linspace_f32(0.1, 0.5, B + 1, probs);
+    mask_linspace_f32(0.1, 0.5, B + 1, probs);
     int expect_upper = 0;
     for (int i = 0; i < B; i++) expect_upper += (int)((float)N * probs[i + 1]);
     double ratio_sum = 0;
@@ -124,7 +124,8 @@ TEST(batch_policy_matches_collate) {
     double mean_ratio = ratio_sum / (200.0 * B);
     CHECK(mean_ratio > 0.27 && mean_ratio <= 0.30, "mean mask ratio of masked images %g", mean_ratio);
     // the shuffle spreads masks over both global crops and all images
-    for (int j = 0; j < B2; j++) CHECK(position_hits[j] > 60 && position_hits[j] < 140, "row %d masked %d/200", j, position_hits[j]);
+    for (int j = 0; j < B2; j++)
+        CHECK(position_hits[j] > 60 && position_hits[j] < 140, "row %d masked %d/200", j, position_hits[j]);
     // keyed: same batch index, same masks; another index, other masks
     MaskBatch m2;
     mask_batch_alloc(&m2, B2, N);
@@ -155,7 +156,7 @@ TEST(linspace_matches_torch) {
         CHECK(n <= 300, "linspace fixture too long");
         fseek(b, off, SEEK_SET);
         CHECK(fread(want, sizeof(float), (size_t)n, b) == (size_t)n, "short read");
-        linspace_f32(0.1, 0.5, (int)n, got);
+        mask_linspace_f32(0.1, 0.5, (int)n, got);
         for (int i = 0; i < n; i++) CHECK_CLOSE(got[i], want[i], 2.5 * 6e-8, 0);
         checked++;
     }
