@@ -627,6 +627,7 @@ int dist_grads_begin_bucket(DistGrads *g, int k, char *err) {
     if (d->world == 1) { bk->reduced = 1; g->n_reduced++; return 0; }
     float *base = g->buf + bk->begin;
     size_t m = bk->end - bk->begin;
+    (void)m; // used by the NCCL path only
 #ifdef DINO_HAVE_NCCL
     if (g->nccl) {
         // Ordered on the communication stream after all compute enqueued so far on g->stream.

@@ -90,6 +90,19 @@ add("solarize", arr(F.solarize(src, 128)))
 mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 add("normalize", F.normalize(F.to_tensor(src), mean, std).numpy().astype(np.float32))
 
+# HED stain jitter (pathology option), numpy in float64: skimage's rgb2hed / hed2rgb conventions
+# (Ruifrok-Johnston matrix, OD = log(max(v/255, 1e-6)) / log(1e-6)), negative stains not clipped.
+rgb_from_hed = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+hed_from_rgb = np.linalg.inv(rgb_from_hed)
+for i, (alpha, beta) in enumerate([((1.04, 0.97, 1.0), (0.01, -0.02, 0.0)), ((0.95, 1.05, 1.03), (-0.03, 0.04, 0.02))]):
+    alpha, beta = [f32(a) for a in alpha], [f32(b) for b in beta]
+    rgb = np.maximum(arr(src).astype(np.float64) / 255.0, 1e-6)
+    stains = (np.log(rgb) / np.log(1e-6)) @ hed_from_rgb
+    stains = stains * np.array(alpha) + np.array(beta)
+    out = np.exp(-(stains * -np.log(1e-6)) @ rgb_from_hed)
+    add(f"hed{i}_params", np.array(alpha + beta, dtype=np.float64))
+    add(f"hed{i}_out", np.floor(np.clip(out, 0, 1) * 255.0 + 0.5).astype(np.uint8))
+
 # The whole per-crop chain of DataAugmentationDINO with fixed decisions (order = torch.randperm(4)).
 pipes = [  # (box, size, hflip, order, factors(b, c, s, h), gray, sigma or 0, solarize)
     ((4, 3, 33, 40), 56, 1, (2, 0, 3, 1), (1.21, 0.73, 0.91, 0.043), 0, 1.37, 1),

@@ -495,3 +495,21 @@ TEST(hue_tables_match_plain_pillow_arithmetic) {
     free(img);
     free(ref);
 }
+
+// HED jitter against a float64 numpy transcription of skimage's rgb2hed / hed2rgb (C runs in float32).
+TEST(hed_jitter_matches_numpy_reference) {
+    for (int i = 0; i < 2; i++) {
+        char pname[32], oname[32];
+        snprintf(pname, sizeof pname, "hed%d_params", i);
+        snprintf(oname, sizeof oname, "hed%d_out", i);
+        float alpha[3], beta[3];
+        for (int c = 0; c < 3; c++) {
+            alpha[c] = (float)fx_f64(pname, c);
+            beta[c] = (float)fx_f64(pname, 3 + c);
+        }
+        Image im = src_image();
+        aug_hed_jitter_u8(im.px, im.w * im.h, alpha, beta);
+        check_u8(oname, im.px, fx_ptr(oname), (size_t)im.w * im.h * 3);
+        image_free(&im);
+    }
+}

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common/check.h"
+#include "common/fs.h"
 #include "data/tiler.h"
 
 typedef struct {
@@ -224,8 +225,9 @@ int main(int argc, char **argv) {
             }
         }
     struct stat st;
-    if (stat(j.out_dir, &st) != 0 && mkdir(j.out_dir, 0777) != 0) {
-        fprintf(stderr, "dinotile: %s: cannot create output folder: %s\n", j.out_dir, strerror(errno));
+    char merr[DINO_ERRLEN];
+    if (dino_mkdir_p(j.out_dir, merr)) {
+        fprintf(stderr, "dinotile: %s\n", merr);
         return 1;
     }
     j.weight = dino_calloc(j.n, sizeof(double));

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/check.h"
+#include "common/fs.h"
 
 #define TENSORS_FILE "tensors.safetensors"
 #define STATE_FILE "state.json"
@@ -255,24 +256,6 @@ static void fsync_dir(const char *dir) {
     }
 }
 
-static int mkdir_p(const char *path, char *err) {
-    char buf[PATH_MAX];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-            dino_seterr(err, "cannot create directory %s: %s", buf, strerror(errno));
-            return -1;
-        }
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-        dino_seterr(err, "cannot create directory %s: %s", buf, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
 
 // Removes a checkpoint directory: its files, then itself (checkpoints hold no subdirectories).
 static void remove_dir(const char *dir) {
@@ -437,7 +420,7 @@ int ckpt_save(CkptWriter *w, const char *output_dir, int64_t iteration, int keep
     DINO_ASSERT(iteration >= 0 && keep_last >= 1, "ckpt_save: iteration %lld keep_last %d", (long long)iteration, keep_last);
     char root[PATH_MAX], tmp[PATH_MAX], final[PATH_MAX], old[PATH_MAX], file[PATH_MAX + 32];
     snprintf(root, sizeof root, "%s/%s", output_dir, CKPT_DIR);
-    if (mkdir_p(root, err)) return -1;
+    if (dino_mkdir_p(root, err)) return -1;
     ckpt_path(tmp, sizeof tmp, output_dir, iteration, ".tmp");
     ckpt_path(final, sizeof final, output_dir, iteration, "");
     ckpt_path(old, sizeof old, output_dir, iteration, ".old");

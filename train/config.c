@@ -16,6 +16,7 @@
 #include <yaml.h>
 
 #include "common/check.h"
+#include "common/fs.h"
 
 typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST } CfgType;
 
@@ -1014,18 +1015,10 @@ void config_output_path(const Config *c, const char *rel, char *path, size_t cap
 }
 
 int config_save_resolved(const Config *c, char *err) {
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", c->train.output_dir);
-    for (char *p = dir + 1; ; p++) { // mkdir -p
-        if (*p && *p != '/') continue;
-        char keep = *p;
-        *p = 0;
-        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-            dino_seterr(err, "cannot create train.output_dir %s: %s", dir, strerror(errno));
-            return -1;
-        }
-        *p = keep;
-        if (!keep) break;
+    char e2[DINO_ERRLEN];
+    if (dino_mkdir_p(c->train.output_dir, e2)) {
+        dino_seterr(err, "train.output_dir: %s", e2);
+        return -1;
     }
     char path[PATH_MAX + 16];
     config_output_path(c, "config.yaml", path, sizeof path);
