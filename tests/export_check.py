@@ -12,7 +12,8 @@ When `transformers` is importable, HF exports are also loaded with `AutoModel.fr
 its pooler_output / last_hidden_state are compared the same way; when timm >= 1.0.20 is importable, timm
 exports are loaded with `timm.create_model("local-dir:" + dir, pretrained=True)` and compared too.
 
-usage: export_check.py --resize R --crop C DIR FEATS IDS [DIR FEATS IDS ...]
+usage: export_check.py --resize R --crop C DIR FEATS IDS [[--resize R2] [--crop C2] DIR FEATS IDS ...]
+(--resize 0: no resize; options apply to the cases that follow them)
 Exit 0 iff every comparison passes.
 """
 import json
@@ -133,15 +134,18 @@ def rel(a, b):
 
 
 def main():
-    args = sys.argv[1:]
-    resize = crop = None
-    while args and args[0].startswith("--"):
+    # options apply to the cases after them: --resize R --crop C DIR FEATS IDS [--crop C2 DIR FEATS IDS ...]
+    args, cases, resize, crop = sys.argv[1:], [], None, None
+    while args:
         if args[0] == "--resize":
-            resize = int(args[1])
+            resize, args = int(args[1]), args[2:]
         elif args[0] == "--crop":
-            crop = int(args[1])
-        args = args[2:]
-    assert resize is not None and crop is not None and len(args) % 3 == 0 and args, __doc__
+            crop, args = int(args[1]), args[2:]
+        else:
+            assert len(args) >= 3 and resize is not None and crop is not None, __doc__
+            cases.append((args[0], args[1], args[2], resize, crop))
+            args = args[3:]
+    assert cases, __doc__
     try:
         import transformers  # noqa: F401
         have_hf = True
@@ -153,8 +157,7 @@ def main():
     except Exception:
         have_timm = False
     ok = True
-    for i in range(0, len(args), 3):
-        d, feats, ids = args[i:i + 3]
+    for d, feats, ids, resize, crop in cases:
         sd, _ = st_oracle.load(os.path.join(d, "model.safetensors"))
         naming = detect(sd)
         orig = hf_to_orig(sd) if naming == "hf" else timm_to_orig(sd) if naming == "timm" else sd
