@@ -1,8 +1,21 @@
 // The CUDA backend: device memory on the backend's stream, checked calls, scratch, and the op table.
 #include <string.h>
 
+#include <stdarg.h>
+
+extern "C" {
 #include "common/check.h"
+}
 #include "model/cuda/cuda_ops.cuh"
+
+// Like dino_seterr (common/), kept local so that libdino_cuda does not depend back on libdino.
+static void set_err(char *err, const char *fmt, ...) {
+    if (!err) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, DINO_ERRLEN, fmt, ap);
+    va_end(ap);
+}
 
 // ---- checked calls --------------------------------------------------------------------------------
 
@@ -140,15 +153,15 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {
         cudaGetLastError();
-        dino_seterr(err, "cuda backend: no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+        set_err(err, "cuda backend: no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
         return NULL;
     }
     if (device < 0 || device >= n) {
-        dino_seterr(err, "cuda backend: device %d does not exist (%d visible)", device, n);
+        set_err(err, "cuda backend: device %d does not exist (%d visible)", device, n);
         return NULL;
     }
     if ((e = cudaSetDevice(device)) != cudaSuccess) {
-        dino_seterr(err, "cuda backend: cannot use device %d: %s", device, cudaGetErrorString(e));
+        set_err(err, "cuda backend: cannot use device %d: %s", device, cudaGetErrorString(e));
         return NULL;
     }
     CudaImpl *c = (CudaImpl *)dino_calloc(1, sizeof *c);
