@@ -501,14 +501,16 @@ TEST(axpy_scale_sum_squares) {
     C->scale(C, y.c, 1.7f, n), G->scale(G, y.g, 1.7f, n);
     float *g = pair_gpu_result(G, &y);
     check_elems("axpy+scale", g, y.c, NULL, n, TOL_FP32);
-    free(g);
+    // sum of squares of the GPU's own values on both backends: both accumulate the same floats in
+    // double, only the summation order differs (relative error ~sqrt(n) * 2^-53)
+    C->to_device(C, y.c, g, sizeof(float) * n);
     double sc = C->sum_squares(C, y.c, n), sg = G->sum_squares(G, y.g, n), sg2 = G->sum_squares(G, y.g, n);
     printf("  sum_squares cpu %.17g gpu %.17g\n", sc, sg);
-    // both accumulate in double from the same floats: only the summation order differs
     CHECK(fabs(sg - sc) <= 1e-12 * sc, "sum_squares: gpu %.17g cpu %.17g", sg, sc);
     CHECK(sg == sg2, "sum_squares is not deterministic: %.17g then %.17g", sg, sg2);
-    CHECK(G->sum_squares(G, y.g, 0) == 0.0 && G->sum_squares(G, y.g, 1) == (double)y.c[0] * y.c[0],
+    CHECK(G->sum_squares(G, y.g, 0) == 0.0 && G->sum_squares(G, y.g, 1) == (double)g[0] * g[0],
           "sum_squares of 0 / 1 elements");
+    free(g);
     pair_free(C, G, &y), pair_free(C, G, &x);
     backend_free(C);
     gpu_free(G);
