@@ -7,6 +7,7 @@
 #   tools/gpu_check.sh --stages info,build,test,bench      then, in a second call (10-min limit):
 #   tools/gpu_check.sh --stages torch,summary
 #   tools/gpu_check.sh --quick                 one batch size per model
+#   tools/gpu_check.sh --stages sanitize,summary   compute-sanitizer memcheck of the smaller GPU tests
 #   tools/gpu_check.sh --fetch-deps            ON THE BUILD MACHINE (has network): downloads the
 #                                              OpenBLAS .debs into build-gpu-deps/ for a GPU machine
 #                                              without them; carry build-gpu-deps with the lease.
@@ -124,7 +125,7 @@ build_minimal() {
   local objs=() pids=() f o rc=0
   for f in model/cuda/*.cu; do
     o=$B/obj/$(basename "$f").o; objs+=("$o")
-    "$NVCC" -O2 -std=c++17 "${GENCODE[@]}" -I. -Xcompiler=-Wall -c "$f" -o "$o" & pids+=($!)
+    "$NVCC" -O2 -std=c++17 -lineinfo "${GENCODE[@]}" -I. -Xcompiler=-Wall -c "$f" -o "$o" & pids+=($!)
   done
   for f in common/check.c common/rng.c model/*.c model/cpu/*.c; do
     o=$B/obj/$(echo "$f" | tr / _).o; objs+=("$o")
@@ -177,8 +178,11 @@ if has_stage test; then
       [ -x "$BIN/$t" ] || { fail=$((fail + 1)); failed_names+=" $t(missing)"; continue; }
       for c in $("$BIN/$t" --list); do
         echo "=== $t $c" >> "$RES/tests.log"
-        ( cd "$BIN" && DINO_SOURCE_DIR=$ROOT timeout 600 "./$t" "$c" ) >> "$RES/tests.log" 2>&1
+        ( cd "$BIN" && DINO_SOURCE_DIR=$ROOT timeout 600 "./$t" "$c" ) > "$RES/test_one.tmp" 2>&1
         rc=$?
+        cat "$RES/test_one.tmp" >> "$RES/tests.log"
+        # a failure's own output goes to the console too (the lease returns only the output's tail)
+        [ $rc = 0 ] || [ $rc = 77 ] || { echo "--- ${t#test_}.$c failed (rc=$rc), its last lines:"; grep -v "^  .*worst err/tol=0\.0" "$RES/test_one.tmp" | tail -25; }
         case $rc in
           0) pass=$((pass + 1)); echo "    -> PASS" >> "$RES/tests.log" ;;
           77) skip=$((skip + 1)); echo "    -> SKIP" >> "$RES/tests.log" ;;
@@ -190,6 +194,22 @@ if has_stage test; then
     set_status TESTS "$pass passed, $fail failed, $skip skipped${failed_names:+ - failed:$failed_names}"
   fi
   log "tests: $(get_status TESTS)"
+fi
+
+# ---- memcheck of the smaller GPU cases (optional stage: --stages sanitize) ------------------------------
+if has_stage sanitize; then
+  log "stage sanitize (compute-sanitizer memcheck on the smaller cuda_ops cases)"
+  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  if [ -z "$BIN" ] || [ -z "$SAN" ]; then
+    set_status SANITIZE "not run (no build or no compute-sanitizer)"
+  else
+    ( cd "$BIN" && DINO_SOURCE_DIR=$ROOT timeout 500 "$SAN" --tool memcheck --error-exitcode 99 ./test_cuda_ops \
+        gemm_transposes_and_leading_dims layernorm_fwd_bwd gelu_swiglu_fwd_bwd im2col_tokens_fwd_bwd \
+        rows_and_residual_fwd_bwd axpy_scale_sum_squares attention_fp32_gemms vit_swiglu_plain_bf16 ) > "$RES/sanitize.log" 2>&1
+    rc=$?
+    grep -E "ERROR SUMMARY|Invalid|FAILED|^ok" "$RES/sanitize.log" | head -30
+    set_status SANITIZE "$([ $rc = 0 ] && echo clean || echo "rc=$rc: $(grep -m1 'ERROR SUMMARY' "$RES/sanitize.log")")"
+  fi
 fi
 
 # ---- C benchmark ----------------------------------------------------------------------------------------
@@ -258,6 +278,7 @@ if has_stage summary; then
     echo "| --- | --- |"
     echo "| build | $(get_status BUILD) |"
     echo "| GPU tests | $(get_status TESTS) |"
+    echo "| memcheck | $(get_status SANITIZE) |"
     echo "| C benchmark | $(get_status BENCH) |"
     echo "| PyTorch | $(get_status TORCH) |"
     echo "| PyTorch benchmark | $(get_status TORCH_BENCH) |"
