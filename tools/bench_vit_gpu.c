@@ -102,6 +102,7 @@ int main(int argc, char **argv) {
                    nominal_bf16_tflops(device));
         }
 #else
+        (void)no_peak;
         fprintf(stderr, "bench_vit_gpu: this build has no CUDA (nvcc was not found at configure time)\n");
         return 1;
 #endif

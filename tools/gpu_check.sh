@@ -129,16 +129,16 @@ build_minimal() {
   done
   for f in common/check.c common/rng.c model/*.c model/cpu/*.c; do
     o=$B/obj/$(echo "$f" | tr / _).o; objs+=("$o")
-    gcc "${CFLAGS[@]}" -c "$f" -o "$o" & pids+=($!)
+    "${CC:-gcc}" "${CFLAGS[@]}" -c "$f" -o "$o" & pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
   [ $rc = 0 ] || return 1
   local LINK=(-L"$CUDA_HOME/lib64" -L"$CUDA_HOME/lib" -L"$CUDA_HOME/targets/x86_64-linux/lib" -lcublasLt -lcublas -lcudart
               "${LIBS[@]}" -fopenmp -lstdc++ -lm -lpthread)
   for t in test_cuda test_cuda_ops; do
-    gcc "${CFLAGS[@]}" tests/$t.c tests/harness.c "${objs[@]}" "${LINK[@]}" -o $B/$t || return 1
+    "${CC:-gcc}" "${CFLAGS[@]}" tests/$t.c tests/harness.c "${objs[@]}" "${LINK[@]}" -o $B/$t || return 1
   done
-  gcc "${CFLAGS[@]}" tools/bench_vit_gpu.c "${objs[@]}" "${LINK[@]}" -o $B/bench_vit_gpu || return 1
+  "${CC:-gcc}" "${CFLAGS[@]}" tools/bench_vit_gpu.c "${objs[@]}" "${LINK[@]}" -o $B/bench_vit_gpu || return 1
 }
 
 if has_stage build; then
