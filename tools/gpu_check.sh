@@ -236,6 +236,13 @@ if has_stage bench; then
         grep "RESULT impl=c.*arch=$arch batch=$b " "$RES/bench_c.log" | tail -1
       done
     done
+    # where the time goes: one per-op profile per model (synchronised after every op)
+    for spec in "vit_small:$TC_BATCH_S" "vit_large:$TC_BATCH_L"; do
+      arch=${spec%%:*}; b=${spec#*:}
+      echo "=== op profile $arch batch $b" >> "$RES/bench_c.log"
+      timeout 200 "$BIN/bench_vit_gpu" --backend cuda --arch "$arch" --batch "$b" --no-peak --warmup 1 --iters 2 \
+        --op-profile 2>&1 | sed "s/^OPPROF /OPPROF $arch /" >> "$RES/bench_c.log"
+    done
     set_status BENCH "ran ($nbad configurations failed)"
   fi
 fi
@@ -302,6 +309,13 @@ if has_stage summary; then
         mfu=""; [[ "$cm" =~ ^[0-9.]+$ ]] && mfu=$(awk "BEGIN{printf \"%.1f%%\", 100*$cm}")
         echo "| $arch | $b | ${ci:--} | ${mfu:--} | ${ei:--} | ${ki:--} | ${ratio:--} |"
       done
+    done
+    for arch in vit_small vit_large; do
+      if grep -q "^OPPROF $arch " "$RES/bench_c.log" 2>/dev/null; then
+        echo; echo "Where the C step's time goes, $arch (per-op, synchronised; top 15):"; echo; echo '```'
+        grep "^OPPROF $arch " "$RES/bench_c.log" | head -15 | sed "s/^OPPROF $arch //"
+        echo '```'
+      fi
     done
   } > "$S"
   echo; cat "$S"
