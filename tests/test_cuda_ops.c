@@ -41,8 +41,110 @@
 
 // ---- backends -------------------------------------------------------------------------------------
 
+#ifndef DINO_HAVE_CUDA
+typedef enum { CUDA_GEMM_BF16 = 0, CUDA_GEMM_FP32 = 1 } CudaGemmPrecision;
+#endif
+
+// Tolerance calibration without a GPU: DINO_CUDA_OPS_EMULATE=rn (or =trunc) makes the "GPU" a CPU
+// backend whose GEMMs (linear, gemm, attention's products) round their inputs to bf16 by round-to-
+// nearest-even (or truncation), as the tensor cores would. The bf16 cases then measure how close to
+// their bounds the rounding alone comes (the fp32 cases compare the CPU with itself).
+static Backend *emu_ref;
+static int emu_trunc;
+
+static float emu_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if (!emu_trunc) u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+static float *emu_rounded(const float *a, size_t n) {
+    float *c = dino_malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) c[i] = emu_round(a[i]);
+    return c;
+}
+static void emu_gemm(Backend *be, int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc) {
+    float *a = emu_rounded(A, (size_t)(tA ? K : M) * lda), *b = emu_rounded(B, (size_t)(tB ? N : K) * ldb);
+    emu_ref->gemm(emu_ref, tA, tB, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+    free(a), free(b);
+}
+static void emu_linear_fwd(Backend *be, float *out, const float *in, const float *W, const float *b, int rows,
+                           int n_in, int n_out) {
+    float *x = emu_rounded(in, (size_t)rows * n_in), *w = emu_rounded(W, (size_t)n_out * n_in);
+    emu_ref->linear_fwd(emu_ref, out, x, w, b, rows, n_in, n_out);
+    free(x), free(w);
+}
+static void emu_linear_bwd(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
+                           const float *W, int rows, int n_in, int n_out) {
+    float *d = emu_rounded(dout, (size_t)rows * n_out), *x = emu_rounded(in, (size_t)rows * n_in);
+    float *w = emu_rounded(W, (size_t)n_out * n_in);
+    emu_ref->linear_bwd(emu_ref, din, dW, NULL, d, x, w, rows, n_in, n_out);
+    if (db) // the bias gradient is an fp32 sum of the unrounded dout
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < n_out; j++) db[j] += dout[(size_t)r * n_out + j];
+    free(d), free(x), free(w);
+}
+static void emu_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
+    const int D = H * Dh, ld = 3 * D;
+    const float scale = 1.0f / sqrtf((float)Dh);
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const float *q = qkv + (size_t)b * T * ld + (size_t)h * Dh;
+        float *P = saved + (size_t)bh * T * T;
+        emu_gemm(be, 0, 1, T, T, Dh, scale, q, ld, q + D, ld, 0.0f, P, T);
+        for (int i = 0; i < T; i++) {
+            float *r = P + (size_t)i * T, mx = r[0], sum = 0;
+            for (int j = 1; j < T; j++) mx = r[j] > mx ? r[j] : mx;
+            for (int j = 0; j < T; j++) sum += (r[j] = expf(r[j] - mx));
+            for (int j = 0; j < T; j++) r[j] /= sum;
+        }
+        emu_gemm(be, 0, 0, T, Dh, T, 1.0f, P, T, q + 2 * D, ld, 0.0f, out + (size_t)b * T * D + (size_t)h * Dh, D);
+    }
+}
+static void emu_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
+                              int T, int H, int Dh) {
+    const int D = H * Dh, ld = 3 * D;
+    const float scale = 1.0f / sqrtf((float)Dh);
+    float *dS = dino_malloc(sizeof(float) * (size_t)T * T);
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const float *q = qkv + (size_t)b * T * ld + (size_t)h * Dh, *P = saved + (size_t)bh * T * T;
+        const float *dO = dout + (size_t)b * T * D + (size_t)h * Dh;
+        float *dq = dqkv + (size_t)b * T * ld + (size_t)h * Dh;
+        emu_gemm(be, 1, 0, T, Dh, T, 1.0f, P, T, dO, D, 0.0f, dq + 2 * D, ld);
+        emu_gemm(be, 0, 1, T, T, Dh, 1.0f, dO, D, q + 2 * D, ld, 0.0f, dS, T);
+        for (int i = 0; i < T; i++) {
+            const float *p = P + (size_t)i * T;
+            float *d = dS + (size_t)i * T, dot = 0;
+            for (int j = 0; j < T; j++) dot += p[j] * d[j];
+            for (int j = 0; j < T; j++) d[j] = scale * p[j] * (d[j] - dot);
+        }
+        emu_gemm(be, 0, 0, T, Dh, T, 1.0f, dS, T, q + D, ld, 0.0f, dq, ld);
+        emu_gemm(be, 1, 0, T, Dh, T, 1.0f, dS, T, q, ld, 0.0f, dq + D, ld);
+    }
+    free(dS);
+}
+static Backend *emulated_backend(CudaGemmPrecision prec, const char *mode) {
+    Backend *be = backend_cpu_new();
+    if (prec == CUDA_GEMM_FP32) return be; // fp32 GEMMs: the CPU itself
+    emu_ref = emu_ref ? emu_ref : backend_cpu_new();
+    emu_trunc = strcmp(mode, "trunc") == 0;
+    be->gemm = emu_gemm, be->linear_fwd = emu_linear_fwd, be->linear_bwd = emu_linear_bwd;
+    be->attention_fwd = emu_attention_fwd, be->attention_bwd = emu_attention_bwd;
+    printf("(emulated bf16 GEMMs, %s: a tolerance calibration, not a GPU test)\n", emu_trunc ? "truncation" : "round to nearest");
+    return be;
+}
+static int emulating(void) {
+    const char *e = getenv("DINO_CUDA_OPS_EMULATE");
+    return e && (strcmp(e, "rn") == 0 || strcmp(e, "trunc") == 0);
+}
+
 #ifdef DINO_HAVE_CUDA
 static Backend *gpu_backend(CudaGemmPrecision prec) {
+    if (emulating()) return emulated_backend(prec, getenv("DINO_CUDA_OPS_EMULATE"));
     if (dino_cuda_device_count() == 0) test_skip("no CUDA device on this machine");
     char err[DINO_ERRLEN];
     Backend *be = backend_cuda_new(0, err);
@@ -51,11 +153,16 @@ static Backend *gpu_backend(CudaGemmPrecision prec) {
     backend_cuda_set_gemm_precision(be, prec);
     return be;
 }
-static void gpu_free(Backend *be) { backend_cuda_free(be); }
+static void gpu_free(Backend *be) {
+    if (emulating()) backend_free(be);
+    else backend_cuda_free(be);
+}
 #else
-typedef enum { CUDA_GEMM_BF16 = 0, CUDA_GEMM_FP32 = 1 } CudaGemmPrecision;
-static Backend *gpu_backend(CudaGemmPrecision prec) { test_skip("built without CUDA (no nvcc found)"); }
-static void gpu_free(Backend *be) {}
+static Backend *gpu_backend(CudaGemmPrecision prec) {
+    if (emulating()) return emulated_backend(prec, getenv("DINO_CUDA_OPS_EMULATE"));
+    test_skip("built without CUDA (no nvcc found)");
+}
+static void gpu_free(Backend *be) { backend_free(be); }
 #endif
 
 // ---- tensors mirrored on both backends ------------------------------------------------------------
