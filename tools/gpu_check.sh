@@ -133,7 +133,9 @@ build_minimal() {
   done
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
   [ $rc = 0 ] || return 1
-  local LINK=(-L"$CUDA_HOME/lib64" -L"$CUDA_HOME/lib" -L"$CUDA_HOME/targets/x86_64-linux/lib" -lcublasLt -lcublas -lcudart
+  local LINK=(-L"$CUDA_HOME/lib64" -L"$CUDA_HOME/lib" -L"$CUDA_HOME/targets/x86_64-linux/lib"
+              -Wl,-rpath,"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib" -Wl,-rpath,"$CUDA_HOME/targets/x86_64-linux/lib"
+              -lcublasLt -lcublas -lcudart
               "${LIBS[@]}" -fopenmp -lstdc++ -lm -lpthread)
   for t in test_cuda test_cuda_ops; do
     "${CC:-gcc}" "${CFLAGS[@]}" tests/$t.c tests/harness.c "${objs[@]}" "${LINK[@]}" -o $B/$t || return 1
