@@ -273,6 +273,33 @@ static float *gemm_scale(Backend *C, int tA, int tB, int M, int N, int K, const 
     return s;
 }
 
+// ---- memory ---------------------------------------------------------------------------------------
+
+TEST(memory_alloc_zero_copy_roundtrip) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    const size_t n = 3 * 1000 * 1000 + 1;
+    float *h = dino_malloc(sizeof(float) * n), *back = dino_malloc(sizeof(float) * n);
+    Rng r = rng_make(91, 0, 0, 0);
+    for (size_t i = 0; i < n; i++) h[i] = (float)rng_normal(&r);
+    float *a = G->alloc(G, sizeof(float) * n), *b = G->alloc(G, sizeof(float) * n);
+    G->to_host(G, back, a, sizeof(float) * n);
+    size_t nonzero = 0;
+    for (size_t i = 0; i < n; i++) nonzero += back[i] != 0.0f;
+    CHECK(nonzero == 0, "alloc is not zero-filled (%zu nonzero)", nonzero);
+    G->to_device(G, a, h, sizeof(float) * n);
+    G->copy(G, b, a, sizeof(float) * n);
+    G->zero(G, a + 10, sizeof(float) * 5);
+    G->to_host(G, back, b, sizeof(float) * n);
+    CHECK(memcmp(back, h, sizeof(float) * n) == 0, "to_device -> copy -> to_host is not bit-exact");
+    G->to_host(G, back, a, sizeof(float) * 20);
+    for (int i = 0; i < 20; i++)
+        CHECK(back[i] == (i >= 10 && i < 15 ? 0.0f : h[i]), "zero() cleared the wrong range at %d", i);
+    G->sync(G);
+    G->release(G, a), G->release(G, b);
+    free(h), free(back);
+    gpu_free(G);
+}
+
 // ---- GEMM and linear ------------------------------------------------------------------------------
 
 static void linear_case(Backend *C, Backend *G, int rows, int n_in, int n_out, int exact_inputs, uint64_t seed) {
