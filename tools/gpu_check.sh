@@ -4,8 +4,10 @@
 # recorded in the table and never stops the other stages. See docs/cuda-backend.md.
 #
 #   tools/gpu_check.sh                         all stages (info,build,test,bench,torch,summary)
-#   tools/gpu_check.sh --stages info,build,test,bench      then, in a second call (10-min limit):
-#   tools/gpu_check.sh --stages torch,summary
+#   tools/gpu_check.sh --stages info,build,test,bench,summary   then, in a second call (10-min limit):
+#   tools/gpu_check.sh --stages info,torch,summary
+#   tools/gpu_check.sh --stages summary --merge DIR1 --merge DIR2   one table from both calls' $OUT
+#                                              folders (anywhere, no GPU needed)
 #   tools/gpu_check.sh --quick                 one batch size per model
 #   tools/gpu_check.sh --stages sanitize,summary   compute-sanitizer memcheck of the smaller GPU tests
 #   tools/gpu_check.sh --fetch-deps            ON THE BUILD MACHINE (has network): downloads the
@@ -20,6 +22,7 @@ ROOT=$PWD
 
 STAGES="info,build,test,bench,torch,summary"
 QUICK=0
+MERGE=()
 RES=$ROOT/build-gpu-check
 DEST=${OUT:-}
 ARCHS_CUDA=${DINO_CUDA_ARCHS:-"80;90"}
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
     --stages) STAGES=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --out) DEST=$2; shift 2 ;;
+    --merge) MERGE+=("$2"); shift 2 ;;
     --fetch-deps) # build-gpu-deps/ is ignored (/build-*/), so it must be named in the lease's carry
       mkdir -p build-gpu-deps && cd build-gpu-deps || exit 1
       apt-get download libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libquadmath0 || exit 1
@@ -60,7 +64,18 @@ copy_out() {
   return 0
 }
 trap copy_out EXIT
-log() { echo "[gpu_check $(date +%H:%M:%S)] $*"; }
+log() { copy_out; echo "[gpu_check $(date +%H:%M:%S)] $*"; } # each stage starts with a log line: results so far go out
+
+# Results of earlier calls (e.g. the $OUT folders of two lease calls, on any machine): their logs and
+# statuses are merged into build-gpu-check/ before the stages run, so `--stages summary --merge A
+# --merge B` makes one table of both.
+for m in "${MERGE[@]}"; do
+  [ -d "$m" ] || { echo "gpu_check: --merge $m: no such folder" >&2; continue; }
+  for f in info.log build.log tests.log sanitize.log bench_c.log bench_torch.log; do
+    [ -s "$m/$f" ] && cp -f "$m/$f" "$RES/$f"
+  done
+  [ -s "$m/status.env" ] && cat "$m/status.env" >> "$STATUS" # later lines win when sourced
+done
 
 # ---- info -------------------------------------------------------------------------------------------
 if has_stage info; then
