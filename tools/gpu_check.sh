@@ -192,8 +192,13 @@ if has_stage test; then
     pass=0; fail=0; skip=0; failed_names=""
     : > "$RES/tests.log"
     for t in test_cuda test_cuda_ops; do
-      [ -x "$BIN/$t" ] || { fail=$((fail + 1)); failed_names+=" $t(missing)"; continue; }
-      for c in $("$BIN/$t" --list); do
+      [ -x "$BIN/$t" ] || { fail=$((fail + 1)); failed_names+=" $t(missing)"; }
+    done
+    # every case named like a GPU test (ctest -R 'cuda|gpu'): cuda.*, cuda_ops.*, dist.*_gpu, ...
+    for tp in "$BIN"/test_*; do
+      t=$(basename "$tp"); [ -x "$tp" ] && [ -f "$tp" ] || continue
+      for c in $("$tp" --list 2>/dev/null); do
+        [[ "${t#test_}.$c" =~ ${GPU_TEST_REGEX:-cuda|gpu} ]] || continue
         echo "=== $t $c" >> "$RES/tests.log"
         ( cd "$BIN" && DINO_SOURCE_DIR=$ROOT timeout 600 "./$t" "$c" ) > "$RES/test_one.tmp" 2>&1
         rc=$?
