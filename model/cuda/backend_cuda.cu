@@ -209,8 +209,9 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->axpy = cuda_axpy;
     be->scale = cuda_scale;
     be->sum_squares = cuda_sum_squares;
-    // Head, loss and optimizer ops (the `objective` branch's section of struct Backend) are not
-    // implemented yet: they stay NULL (the struct is zero-initialised).
+    // Not implemented yet, NULL (the struct is zero-initialised): the objective section of struct
+    // Backend (l2norm, weightnorm, softmax_center, col_sum, center_update, sinkhorn, softmax_ce,
+    // entropy_mean, koleo, kde, adamw, ema). The backbone runs; heads, losses and the optimizer do not.
     return be;
 }
 
