@@ -148,6 +148,17 @@ extern "C" void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *t
 
 extern "C" const char *backend_cuda_device_name(Backend *be) { return cuda_impl(be)->device_name; }
 
+static void cuda_destroy(Backend *be) {
+    CudaImpl *c = cuda_impl(be);
+    cudaCheck(cudaStreamSynchronize(c->stream));
+    if (c->scratch) cudaCheck(cudaFree(c->scratch));
+    cudaCheck(cudaFreeHost(c->host_result));
+    cublasCheck(cublasDestroy(c->cublas));
+    cudaCheck(cudaStreamDestroy(c->stream));
+    free(c);
+    be->impl = NULL;
+}
+
 extern "C" Backend *backend_cuda_new(int device, char *err) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -209,20 +220,11 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->axpy = cuda_axpy;
     be->scale = cuda_scale;
     be->sum_squares = cuda_sum_squares;
+    be->destroy = cuda_destroy;
     // Not implemented yet, NULL (the struct is zero-initialised): the objective section of struct
     // Backend (l2norm, weightnorm, softmax_center, col_sum, center_update, sinkhorn, softmax_ce,
     // entropy_mean, koleo, kde, adamw, ema). The backbone runs; heads, losses and the optimizer do not.
     return be;
 }
 
-extern "C" void backend_cuda_free(Backend *be) {
-    if (!be) return;
-    CudaImpl *c = cuda_impl(be);
-    cudaCheck(cudaStreamSynchronize(c->stream));
-    if (c->scratch) cudaCheck(cudaFree(c->scratch));
-    cudaCheck(cudaFreeHost(c->host_result));
-    cublasCheck(cublasDestroy(c->cublas));
-    cudaCheck(cudaStreamDestroy(c->stream));
-    free(c);
-    free(be);
-}
+extern "C" void backend_cuda_free(Backend *be) { backend_free(be); }

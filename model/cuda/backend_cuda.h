@@ -15,8 +15,8 @@ extern "C" {
 // A backend on CUDA device `device` with its own stream and cuBLAS handle. Returns NULL with a message
 // in err (DINO_ERRLEN bytes; may be NULL) when there is no such device or it cannot be initialised.
 Backend *backend_cuda_new(int device, char *err);
-// Releases the stream, handles and scratch memory, then the Backend itself. (backend_free() only frees
-// the struct; use this for CUDA backends.)
+// Same as backend_free() (kept for existing callers): releases the stream, handles and scratch memory,
+// then the Backend itself.
 void backend_cuda_free(Backend *be);
 
 // How the GEMMs (linear layers, attention, be->gemm) compute:
