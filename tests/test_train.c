@@ -249,3 +249,95 @@ TEST(missing_data_source_named) {
     CHECK(run(&cfg, 0, &res, err) == -1, "a missing source must fail");
     CHECK(strstr(err, "no_such_folder") != NULL, "error does not name the source: %s", err);
 }
+
+// student.pretrained_weights from an exported teacher, and the periodic k-NN evaluation.
+TEST(pretrained_init_and_periodic_knn) {
+    const char *tmp = test_tmpdir();
+    char tiles[4200], outa[4200], outb[4200], exp[4200], cmd[13000], kv[5][4400];
+    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
+    mkdir(tiles, 0755);
+    const char *spec = make_tiles(tiles, 16);
+    snprintf(outa, sizeof outa, "%s/a", tmp);
+    snprintf(outb, sizeof outb, "%s/b", tmp);
+    snprintf(exp, sizeof exp, "%s/export", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, outa);
+    CHECK(run(&cfg, 6, &res, err) == 0, "%s", err);
+    snprintf(cmd, sizeof cmd, "./dinoexport --format dinov2 --out %s %s > %s/export.log 2>&1", exp, outa, tmp);
+    CHECK(system(cmd) == 0, "dinoexport failed (see %s/export.log)", tmp);
+
+    // a labeled set for k-NN: two texture classes in sub-folders
+    char lab[4200];
+    snprintf(lab, sizeof lab, "%s/labeled", tmp);
+    mkdir(lab, 0755);
+    for (int c = 0; c < 2; c++) {
+        char dir[4300];
+        snprintf(dir, sizeof dir, "%s/class%d", lab, c);
+        mkdir(dir, 0755);
+        for (int i = 0; i < 6; i++) {
+            Image im;
+            synth_tile(3, 4 * i + c, 4, 64, &im);
+            uint8_t *jpg;
+            size_t len;
+            CHECK(encode_jpeg(&im, 90, &jpg, &len, err) == 0, "%s", err);
+            char path[4400];
+            snprintf(path, sizeof path, "%s/%d.jpg", dir, i);
+            FILE *f = fopen(path, "wb");
+            fwrite(jpg, 1, len, f);
+            fclose(f);
+            free(jpg);
+            image_free(&im);
+        }
+    }
+    // lr is 0 at iteration 0 (linear warmup from 0): after one step the student is still the import
+    tiny_config(&cfg, spec, outb);
+    snprintf(kv[0], sizeof kv[0], "student.pretrained_weights=%s/model.safetensors", exp);
+    snprintf(kv[1], sizeof kv[1], "evaluation.knn_train=folder:%s", lab);
+    snprintf(kv[2], sizeof kv[2], "evaluation.knn_test=folder:%s", lab);
+    snprintf(kv[3], sizeof kv[3], "evaluation.eval_period_iterations=1");
+    snprintf(kv[4], sizeof kv[4], "checkpoint.every_n_iterations=1");
+    for (int i = 0; i < 5; i++) CHECK(config_override(&cfg, kv[i], err) == 0, "%s: %s", kv[i], err);
+    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    CHECK(run(&cfg, 1, &res, err) == 0, "%s", err);
+
+    Ckpt a, b;
+    CHECK(ckpt_open_latest(&a, outa, NULL, err) == 1, "%s", err);
+    CHECK(ckpt_open_latest(&b, outb, NULL, err) == 1 && b.iteration == 1, "%s", err);
+    int compared = 0, differ = 0;
+    for (int i = 0; i < a.st.n; i++) {
+        const char *name = a.st.t[i].name;
+        if (strncmp(name, "teacher.backbone.", 17) != 0 || strstr(name, "mask_token")) continue;
+        char sname[300];
+        snprintf(sname, sizeof sname, "student.%s", name + 8);
+        const StTensor *s = st_get(&b.st, sname);
+        CHECK(s && s->nbytes == a.st.t[i].nbytes, "%s missing", sname);
+        if (s && s->nbytes == a.st.t[i].nbytes) {
+            compared++;
+            differ += memcmp(s->data, a.st.t[i].data, s->nbytes) != 0;
+        }
+    }
+    CHECK(compared > 10 && differ == 0, "%d of %d backbone tensors differ from the imported teacher", differ, compared);
+    ckpt_close(&a);
+    ckpt_close(&b);
+
+    // the k-NN scores are in the metrics file
+    char mpath[4400], buf[65536] = {0};
+    snprintf(mpath, sizeof mpath, "%s/training_metrics.jsonl", outb);
+    FILE *f = fopen(mpath, "r");
+    CHECK(f != NULL, "no metrics file %s", mpath);
+    if (f) {
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+    }
+    CHECK(strstr(buf, "knn_top1_k20") != NULL, "no k-NN record in the metrics: %s", buf);
+
+    // a backbone of another width is refused, naming a tensor
+    tiny_config(&cfg, spec, outb);
+    CHECK(config_override(&cfg, kv[0], err) == 0, "%s", err);
+    CHECK(config_override(&cfg, "student.embed_dim=32", err) == 0, "%s", err);
+    CHECK(run(&cfg, 1, &res, err) == -1 && strstr(err, "pretrained") && strstr(err, "shape"),
+          "a width mismatch must be refused with the tensor named: %s", err);
+}

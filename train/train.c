@@ -17,7 +17,9 @@
 #include "data/loader.h"
 #include "data/source.h"
 #include "train/checkpoint.h"
+#include "train/eval.h"
 #include "train/metrics.h"
+#include "train/pretrained.h"
 #include "train/ssl_step.h"
 
 #define MAX_CONSECUTIVE_BAD_STEPS 5
@@ -82,6 +84,52 @@ static int open_data(Run *r, char *err) {
         return -1;
     }
     return 0;
+}
+
+// student.pretrained_weights: the backbone of student and teacher from released weights (any of the
+// three namings), heads fresh. A resumed run then overwrites both with its checkpoint.
+static int load_pretrained(Run *r, char *err) {
+    const size_t n = r->m.tab.total;
+    float *host = dino_malloc(sizeof(float) * n);
+    r->be->to_host(r->be, host, r->m.student, sizeof(float) * n);
+    PretrainedOptions po = {.verbose = r->d->rank == 0 && !r->quiet};
+    char e2[DINO_ERRLEN];
+    int rc = pretrained_load(&r->m.vit, &r->m.tab, "backbone.", host, r->cfg->student.pretrained_weights, &po, NULL, e2);
+    if (rc) dino_seterr(err, "student.pretrained_weights: %s", e2);
+    else {
+        r->be->to_device(r->be, r->m.student, host, sizeof(float) * n);
+        r->be->to_device(r->be, r->m.teacher, host, sizeof(float) * n);
+    }
+    free(host);
+    return rc;
+}
+
+// evaluation.eval_period_iterations: k-NN (k = 10, 20) of the teacher's CLS features on labeled tile
+// sets, logged with the metrics (rank 0 only: the teacher is replicated).
+static void periodic_knn(Run *r, int64_t iterations_done) {
+    const CfgEvaluation *ev = &r->cfg->evaluation;
+    if (r->d->rank != 0 || ev->eval_period_iterations <= 0 || !ev->knn_train[0] || !ev->knn_test[0]) return;
+    if (iterations_done % ev->eval_period_iterations != 0) return;
+    EmbedModel em;
+    embed_model_wrap(&em, r->be, &r->m.vit, r->m.teacher);
+    const int ks[2] = {10, 20};
+    EvalScores sc[2];
+    char e2[DINO_ERRLEN];
+    if (eval_knn_tilesets(&em, ev->knn_train, ev->knn_test, ks, 2, 32, sc, e2)) {
+        fprintf(stderr, "dinotrain: k-NN evaluation at iteration %lld failed: %s\n", (long long)iterations_done, e2);
+    } else {
+        if (!r->quiet)
+            printf("dinotrain: k-NN at iteration %lld: top-1 %.4f (k=10), %.4f (k=20), balanced %.4f (k=20)\n",
+                   (long long)iterations_done, sc[0].accuracy, sc[1].accuracy, sc[1].balanced_accuracy);
+        if (r->metrics) {
+            metrics_begin(r->metrics, iterations_done - 1);
+            metrics_add(r->metrics, "knn_top1_k10", sc[0].accuracy);
+            metrics_add(r->metrics, "knn_top1_k20", sc[1].accuracy);
+            metrics_add(r->metrics, "knn_balanced_k20", sc[1].balanced_accuracy);
+            metrics_end(r->metrics, e2);
+        }
+    }
+    embed_model_close(&em);
 }
 
 // ---- checkpoints ----------------------------------------------------------------------------------
@@ -262,6 +310,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         dino_seterr(err, "model: %s", e2);
         goto out;
     }
+    if (cfg->student.pretrained_weights[0] && load_pretrained(&r, err)) goto out;
     if (open_data(&r, err)) goto out;
     if (d->rank == 0 && config_save_resolved(cfg, e2)) {
         dino_seterr(err, "%s", e2);
@@ -414,6 +463,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             window_steps = 0;
             data_window = 0;
         }
+        periodic_knn(&r, it + 1);
         if (d->rank == 0 && ((ckpt_every > 0 && (it + 1) % ckpt_every == 0) || it + 1 == r.total)) {
             if (save_checkpoint(&r, it + 1, res->last_checkpoint, e2)) {
                 dino_seterr(err, "checkpoint: %s", e2);
