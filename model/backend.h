@@ -31,6 +31,7 @@ struct Backend {
     void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);
     void (*zero)(Backend *be, void *p, size_t bytes);
     void (*sync)(Backend *be);
+    void (*destroy)(Backend *be); // releases what the backend holds (streams, handles); NULL: nothing
 
     // ---- dense algebra ------------------------------------------------------------------------
     // C[M,N] = alpha * op(A) op(B) + beta * C; op(A) is [M,K], op(B) is [K,N]; row-major with leading
@@ -151,5 +152,12 @@ struct Backend {
     void (*ema)(Backend *be, float *t, const float *s, size_t n, float momentum);
 };
 
+#ifdef __cplusplus
+extern "C" {
+#endif
 Backend *backend_cpu_new(void);
+// Frees any backend (calls its destroy hook first).
 void backend_free(Backend *be);
+#ifdef __cplusplus
+}
+#endif

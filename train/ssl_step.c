@@ -248,8 +248,8 @@ static double normalized_std(const float *x, int n, int D) {
     return acc / D;
 }
 
-int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
-             SslStepStats *st, char *err) {
+int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
+                         SslStepStats *st, char *err) {
     Work *w = m->work;
     const SslConfig *c = &m->cfg;
     const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, Kd = w->Kd, Ki = w->Ki, R = c->vit.n_registers;
@@ -376,13 +376,6 @@ int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, cons
         vit_backward(be, &m->vit, m->student, m->grads, w->s_loc, w->d_xl);
     }
 
-    // ---- optimizer: clip per submodule, AdamW, EMA teacher
-    const ParamGroup groups[3] = {PARAM_BACKBONE, PARAM_DINO_HEAD, PARAM_IBOT_HEAD};
-    for (int g = 0; g < 3; g++)
-        st->grad_norm[g] = c->clip_grad > 0 ? clip_grad_norm_group(be, &m->tab, m->grads, groups[g], c->clip_grad) : 0;
-    adamw_step(&m->opt, be, &m->tab, m->student, m->grads, sv->lr, sv->last_layer_lr, sv->wd);
-    ema_update(be, &m->tab, m->teacher, m->student, sv->momentum);
-
     // ---- what the reference logs, and the collapse guard
     st->dino_local_crops_loss = local;
     st->dino_global_crops_loss = global;
@@ -398,6 +391,23 @@ int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, cons
         dino_seterr(err, "ssl_step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g)", local, global, reg, ibot);
         return -1;
     }
+    return 0;
+}
+
+void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *st) {
+    const SslConfig *c = &m->cfg;
+    // optimizer: clip per submodule, AdamW, EMA teacher
+    const ParamGroup groups[3] = {PARAM_BACKBONE, PARAM_DINO_HEAD, PARAM_IBOT_HEAD};
+    for (int g = 0; g < 3; g++)
+        st->grad_norm[g] = c->clip_grad > 0 ? clip_grad_norm_group(be, &m->tab, m->grads, groups[g], c->clip_grad) : 0;
+    adamw_step(&m->opt, be, &m->tab, m->student, m->grads, sv->lr, sv->last_layer_lr, sv->wd);
+    ema_update(be, &m->tab, m->teacher, m->student, sv->momentum);
+}
+
+int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
+             SslStepStats *st, char *err) {
+    if (ssl_forward_backward(m, be, coll, b, sv, st, err)) return -1; // nothing applied
+    ssl_update(m, be, sv, st);
     return 0;
 }
 

@@ -84,9 +84,18 @@ typedef struct {
     int n_masked;
 } SslStepStats;
 
-// One training step. Returns 0, or -1 with err set (bad batch: too many masked tokens, ...).
+// One training step: ssl_forward_backward then ssl_update. Returns 0, or -1 with err set (bad batch,
+// or a NaN/Inf loss: then nothing is applied).
+// A data-parallel trainer calls the two halves itself and averages the gradients over ranks between them.
 int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
              SslStepStats *stats, char *err);
+
+// Teacher and student forward, the losses and the student's gradients (m->grads, overwritten), no update.
+// Returns -1 with err set when the loss is NaN or Inf (the caller must then skip ssl_update).
+int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
+                         SslStepStats *stats, char *err);
+// Gradient clipping per submodule (stats->grad_norm), AdamW, EMA teacher.
+void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *stats);
 
 // Teacher (or student) backbone CLS features of images [n,3,crop,crop] (host), into out[n,D] (host):
 // for k-NN evaluation.

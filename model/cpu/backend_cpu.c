@@ -73,5 +73,6 @@ Backend *backend_cpu_new(void) {
 
 void backend_free(Backend *be) {
     if (!be) return;
+    if (be->destroy) be->destroy(be);
     free(be);
 }

@@ -173,6 +173,7 @@ void cpu_koleo(Backend *be, float *loss, float *dx_acc, const float *x, int B, i
     for (int i = 0; i < B; i++) {
         // nearest neighbour = largest inner product, self excluded (first index on ties, as torch.max)
         double best = -INFINITY;
+        nn[i] = i == 0 ? 1 : 0; // stays valid when every product is NaN (a diverged step)
         for (int j = 0; j < B; j++) {
             if (j == i) continue;
             double dot = 0;

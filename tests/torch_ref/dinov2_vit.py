@@ -20,6 +20,13 @@ drop_path_rate > 0 they are drawn with torch.randperm like the reference.
 The whole module works in float64 too (`.double()`), which the fixture script uses to get a reference
 free of float32 rounding; position embeddings are interpolated in the module's dtype (the reference
 casts them to float32, which is the same thing in float32).
+
+Use from another script (run with /usr/bin/python3):
+    sys.path.insert(0, "<repo>/tests/torch_ref")
+    from dinov2_vit import DinoVisionTransformer, vit_from_arch
+    vit = DinoVisionTransformer(img_size=16, patch=4, dim=32, depth=2, heads=2, n_registers=4)
+    x_norm = vit(images, masks=None, subsets=None)          # [B, 1+R+N, D]
+    feats = vit.forward_features(images)                   # the reference's output dict
 """
 import math
 

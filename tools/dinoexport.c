@@ -1,0 +1,361 @@
+// dinoexport: a checkpoint's teacher (or student) backbone -> a standalone feature-extractor directory.
+//
+//   dinoexport INPUT OUTDIR [--format hf|timm|dinov2] [--teacher|--student] [--heads N]
+//
+// INPUT: a training output_dir (its newest valid checkpoint, train/checkpoint.h), one checkpoint
+// directory, an export directory, or any safetensors file that holds a ViT backbone in one of the three
+// namings, with or without a prefix ("teacher.backbone.", "student.backbone.", "backbone.", ...).
+// Hyper-parameters come from the tensor shapes; the head count from --heads, the checkpoint's resolved
+// config, the file's metadata or the reference arch of that width.
+// Output (export-formats.md): OUTDIR/model.safetensors (F32, __metadata__ format=pt) and
+//   hf:     config.json (Dinov2Model / Dinov2WithRegistersModel) + preprocessor_config.json
+//   timm:   config.json (timm hub format: architecture, model_args, pretrained_cfg)
+//   dinov2: the original names; config.json with our hyper-parameters (dinotrain's own keys)
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/check.h"
+#include "common/safetensors.h"
+#include "model/export_names.h"
+#include "model/params.h"
+#include "model/vit.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/pretrained.h"
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// The head count from a checkpoint's resolved config (state.json "config"), 0 when it has none.
+static int heads_from_checkpoint(const Ckpt *c) {
+    const char *yaml = ckpt_get_str(c, "config");
+    if (!yaml) return 0;
+    char tmp[] = "/tmp/dinoexport_config_XXXXXX";
+    int fd = mkstemp(tmp);
+    if (fd < 0) return 0;
+    FILE *f = fdopen(fd, "w");
+    int ok = f && fputs(yaml, f) >= 0;
+    if (f) ok &= fclose(f) == 0;
+    int heads = 0;
+    Config cfg;
+    char err[DINO_ERRLEN];
+    if (ok && config_load(&cfg, tmp, 0, NULL, err) == 0) {
+        int dim, depth;
+        config_arch_dims(&cfg, &dim, &depth, &heads);
+    }
+    unlink(tmp);
+    return heads;
+}
+
+// The safetensors file behind the input: a file as given; a checkpoint directory (verified: sizes and
+// CRC32 of every tensor); a run's output_dir (its newest valid checkpoint); or an export directory.
+static int resolve_input(const char *in, char *path, size_t n, int *heads, char *err) {
+    if (!is_dir(in)) {
+        snprintf(path, n, "%s", in);
+        return 0;
+    }
+    char p[4200];
+    snprintf(p, sizeof p, "%s/model.safetensors", in);
+    if (access(p, R_OK) == 0) {
+        snprintf(path, n, "%s", p);
+        return 0;
+    }
+    Ckpt c;
+    snprintf(p, sizeof p, "%s/state.json", in);
+    int rc;
+    if (access(p, R_OK) == 0) rc = ckpt_open(&c, in, err) == 0 ? 1 : -1;
+    else rc = ckpt_open_latest(&c, in, stderr, err);
+    if (rc == 0) dino_seterr(err, "%s: no checkpoint, model.safetensors or checkpoints/ in this folder", in);
+    if (rc <= 0) return -1;
+    snprintf(path, n, "%s/tensors.safetensors", c.dir);
+    if (*heads <= 0) *heads = heads_from_checkpoint(&c);
+    fprintf(stderr, "dinoexport: checkpoint %s (iteration %lld)\n", c.dir, (long long)c.iteration);
+    ckpt_close(&c);
+    return 0;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: dinoexport INPUT OUTDIR [options]   (or: dinoexport --out OUTDIR INPUT)\n"
+            "  INPUT: a training output_dir (its newest valid checkpoint), a checkpoint directory, a safetensors\n"
+            "         file holding a backbone (any naming, any prefix) or an export directory\n"
+            "  --format hf|timm|dinov2   naming of the written weights (default hf: transformers Dinov2Model)\n"
+            "  --teacher | --student     which backbone of a training checkpoint (default --teacher)\n"
+            "  --prefix P                the backbone's name prefix in the file (overrides --teacher/--student)\n"
+            "  --heads N                 attention heads (when neither metadata nor the width tells)\n");
+}
+
+static int write_text(const char *path, const char *text, char *err) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        dino_seterr(err, "%s: cannot create (%s)", tmp, strerror(errno));
+        return -1;
+    }
+    int bad = fputs(text, f) < 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path)) {
+        dino_seterr(err, "%s: write failed (%s)", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+// mlp_ratio such that int(D * ratio) == want (what transformers and timm compute).
+static double ratio_for(int D, int want) { return want % D == 0 ? (double)(want / D) : (want + 0.5) / D; }
+
+static const char *size_name(int D) {
+    return D == 384 ? "small" : D == 768 ? "base" : D == 1024 ? "large" : D == 1536 ? "giant" : NULL;
+}
+
+static void hf_config(char *out, size_t n, const VitConfig *c, char *err, int *bad) {
+    const int swiglu = c->ffn == VIT_FFN_SWIGLU, L = c->depth;
+    double ratio;
+    if (swiglu) {
+        // transformers: hidden = int(D*mlp_ratio); each half (int(hidden*2/3)+7)//8*8
+        ratio = 4;
+        int h = (int)(c->dim * ratio);
+        if ((h * 2 / 3 + 7) / 8 * 8 != c->ffn_hidden) {
+            dino_seterr(err, "SwiGLU width %d is not what transformers derives from mlp_ratio 4 (%d)", c->ffn_hidden,
+                        (h * 2 / 3 + 7) / 8 * 8);
+            *bad = 1;
+        }
+    } else {
+        ratio = ratio_for(c->dim, c->ffn_hidden);
+    }
+    const int reg = c->n_registers > 0;
+    char stages[4096] = "\"stem\"";
+    for (int l = 1; l <= L; l++) {
+        size_t k = strlen(stages);
+        snprintf(stages + k, sizeof stages - k, ", \"stage%d\"", l);
+    }
+    snprintf(out, n,
+             "{\n"
+             "  \"architectures\": [\"%s\"],\n"
+             "  \"model_type\": \"%s\",\n"
+             "  \"hidden_size\": %d,\n"
+             "  \"num_hidden_layers\": %d,\n"
+             "  \"num_attention_heads\": %d,\n"
+             "  \"mlp_ratio\": %.17g,\n"
+             "  \"hidden_act\": \"gelu\",\n"
+             "  \"hidden_dropout_prob\": 0.0,\n"
+             "  \"attention_probs_dropout_prob\": 0.0,\n"
+             "  \"initializer_range\": 0.02,\n"
+             "  \"layer_norm_eps\": 1e-06,\n"
+             "  \"image_size\": %d,\n"
+             "  \"patch_size\": %d,\n"
+             "  \"num_channels\": 3,\n"
+             "  \"qkv_bias\": true,\n"
+             "  \"layerscale_value\": 1.0,\n"
+             "  \"drop_path_rate\": 0.0,\n"
+             "  \"use_swiglu_ffn\": %s,\n"
+             "  \"apply_layernorm\": true,\n"
+             "  \"reshape_hidden_states\": true,\n"
+             "  \"stage_names\": [%s],\n"
+             "  \"out_features\": [\"stage%d\"],\n"
+             "  \"out_indices\": [%d],\n"
+             "  \"torch_dtype\": \"float32\"\n"
+             "}\n",
+             reg ? "Dinov2WithRegistersModel" : "Dinov2Model", reg ? "dinov2_with_registers" : "dinov2", c->dim, L,
+             c->heads, ratio, c->img_size, c->patch, swiglu ? "true" : "false", stages, L, L);
+    if (reg) { // registers: count and the interpolation the released register models use
+        char tail[256];
+        snprintf(tail, sizeof tail, "  \"num_register_tokens\": %d,\n  \"interpolate_antialias\": true,\n  \"interpolate_offset\": 0.0,\n",
+                 c->n_registers);
+        char *at = strstr(out, "  \"apply_layernorm\"");
+        size_t rest = strlen(at);
+        memmove(at + strlen(tail), at, rest + 1);
+        memcpy(at, tail, strlen(tail));
+    }
+}
+
+static void timm_config(char *out, size_t n, const VitConfig *c) {
+    const int swiglu = c->ffn == VIT_FFN_SWIGLU, R = c->n_registers;
+    const char *sz = size_name(c->dim);
+    char arch[128];
+    // The dinov2 family in timm: vit_{small,base,large,giant}_patch14[_reg4]_dinov2; model_args set
+    // every size explicitly, so other widths/patches/register counts build from the same family.
+    snprintf(arch, sizeof arch, "vit_%s_patch14%s_dinov2", swiglu ? "giant" : (sz && strcmp(sz, "giant") ? sz : "small"),
+             R ? "_reg4" : "");
+    double ratio = swiglu ? ratio_for(c->dim, 2 * c->ffn_hidden) : ratio_for(c->dim, c->ffn_hidden);
+    snprintf(out, n,
+             "{\n"
+             "  \"architecture\": \"%s\",\n"
+             "  \"num_classes\": 0,\n"
+             "  \"num_features\": %d,\n"
+             "  \"global_pool\": \"token\",\n"
+             "  \"model_args\": {\"img_size\": %d, \"patch_size\": %d, \"embed_dim\": %d, \"depth\": %d, \"num_heads\": %d, "
+             "\"mlp_ratio\": %.17g, \"init_values\": 1e-05, \"reg_tokens\": %d, \"no_embed_class\": %s},\n"
+             "  \"pretrained_cfg\": {\"input_size\": [3, %d, %d], \"interpolation\": \"bicubic\", \"crop_pct\": %.6g,\n"
+             "    \"mean\": [0.485, 0.456, 0.406], \"std\": [0.229, 0.224, 0.225], \"num_classes\": 0,\n"
+             "    \"first_conv\": \"patch_embed.proj\", \"classifier\": \"head\", \"license\": \"apache-2.0\"}\n"
+             "}\n",
+             arch, c->dim, c->img_size, c->patch, c->dim, c->depth, c->heads, ratio, R, R ? "true" : "false",
+             c->img_size, c->img_size, 224.0 / 256.0);
+}
+
+static void own_config(char *out, size_t n, const VitConfig *c) {
+    snprintf(out, n,
+             "{\n  \"format\": \"dinov2\",\n  \"arch\": \"%s\",\n  \"embed_dim\": %d,\n  \"depth\": %d,\n  \"num_heads\": %d,\n"
+             "  \"patch_size\": %d,\n  \"img_size\": %d,\n  \"num_register_tokens\": %d,\n  \"ffn_layer\": \"%s\",\n"
+             "  \"ffn_hidden\": %d,\n  \"layerscale\": %s,\n  \"layer_norm_eps\": 1e-06\n}\n",
+             c->arch, c->dim, c->depth, c->heads, c->patch, c->img_size, c->n_registers,
+             c->ffn == VIT_FFN_SWIGLU ? "swiglufused" : "mlp", c->ffn_hidden, c->layerscale > 0 ? "true" : "false");
+}
+
+int main(int argc, char **argv) {
+    const char *in = NULL, *outdir = NULL, *prefix = "teacher.backbone.";
+    ExportNaming naming = NAMING_HF;
+    int heads = 0, explicit_prefix = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--format") && i + 1 < argc) {
+            if (export_naming_parse(argv[++i], &naming)) {
+                fprintf(stderr, "dinoexport: unknown --format '%s' (hf, timm or dinov2)\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--teacher")) {
+            if (!explicit_prefix) prefix = "teacher.backbone.";
+        } else if (!strcmp(a, "--student")) {
+            if (!explicit_prefix) prefix = "student.backbone.";
+        } else if (!strcmp(a, "--prefix") && i + 1 < argc) {
+            prefix = argv[++i];
+            explicit_prefix = 1;
+        } else if ((!strcmp(a, "--out") || !strcmp(a, "-o")) && i + 1 < argc) {
+            outdir = argv[++i];
+        } else if (!strcmp(a, "--heads") && i + 1 < argc) {
+            heads = atoi(argv[++i]);
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            return 0;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "dinoexport: unknown option '%s'\n", a);
+            usage();
+            return 2;
+        } else if (!in) {
+            in = a;
+        } else if (!outdir) {
+            outdir = a;
+        } else {
+            usage();
+            return 2;
+        }
+    }
+    if (!in || !outdir) {
+        usage();
+        return 2;
+    }
+    char err[DINO_ERRLEN], in_path[4200];
+    if (resolve_input(in, in_path, sizeof in_path, &heads, err)) {
+        fprintf(stderr, "dinoexport: %s\n", err);
+        return 1;
+    }
+    in = in_path;
+    StFile f;
+    if (st_open(&f, in, err)) {
+        fprintf(stderr, "dinoexport: %s\n", err);
+        return 1;
+    }
+    ExportNaming in_naming;
+    char fp[256];
+    VitConfig cfg;
+    if (export_detect(&f, in, prefix, &in_naming, fp, sizeof fp, err) ||
+        export_infer_config(&f, in, in_naming, fp, heads, &cfg, err)) {
+        fprintf(stderr, "dinoexport: %s\n", err);
+        st_close(&f);
+        return 1;
+    }
+    st_close(&f);
+    ParamTable tab;
+    param_table_init(&tab);
+    Vit vit;
+    vit_build(&vit, &cfg, &tab, "");
+    float *P = dino_calloc(tab.total, sizeof(float));
+    PretrainedOptions opt = {.file_prefix = fp};
+    if (pretrained_load(&vit, &tab, "", P, in, &opt, NULL, err)) {
+        fprintf(stderr, "dinoexport: %s\n", err);
+        return 1;
+    }
+    if (mkdir(outdir, 0777) && errno != EEXIST) {
+        fprintf(stderr, "dinoexport: %s: cannot create directory (%s)\n", outdir, strerror(errno));
+        return 1;
+    }
+    ExportMap map;
+    export_map_build(&map, &vit, &tab, "", naming);
+    StWriter *w = st_writer_new();
+    float **bufs = dino_calloc((size_t)map.n, sizeof(float *));
+    for (int i = 0; i < map.n; i++) {
+        const ExportEntry *e = &map.e[i];
+        bufs[i] = dino_malloc(sizeof(float) * e->numel);
+        export_entry_gather(e, P, bufs[i]);
+        st_writer_add(w, e->name, ST_F32, e->ndim, e->shape, bufs[i]);
+    }
+    // transformers requires format=pt; the rest makes the file self-describing for our own tools
+    char num[64];
+    st_writer_meta(w, "format", "pt");
+    st_writer_meta(w, "naming", export_naming_name(naming));
+    snprintf(num, sizeof num, "%d", cfg.heads);
+    st_writer_meta(w, "num_attention_heads", num);
+    snprintf(num, sizeof num, "%d", cfg.img_size);
+    st_writer_meta(w, "image_size", num);
+    st_writer_meta(w, "source", in);
+    st_writer_meta(w, "source_prefix", fp);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", outdir);
+    int bad = st_writer_write(w, path, err);
+    st_writer_free(w);
+    for (int i = 0; i < map.n; i++) free(bufs[i]);
+    free(bufs);
+    if (bad) {
+        fprintf(stderr, "dinoexport: %s\n", err);
+        return 1;
+    }
+    static char text[16384];
+    int cbad = 0;
+    if (naming == NAMING_HF) hf_config(text, sizeof text, &cfg, err, &cbad);
+    else if (naming == NAMING_TIMM) timm_config(text, sizeof text, &cfg);
+    else own_config(text, sizeof text, &cfg);
+    if (cbad) {
+        fprintf(stderr, "dinoexport: %s\n", err);
+        return 1;
+    }
+    snprintf(path, sizeof path, "%s/config.json", outdir);
+    if (write_text(path, text, err)) {
+        fprintf(stderr, "dinoexport: %s\n", err);
+        return 1;
+    }
+    if (naming == NAMING_HF) {
+        // the reference's inference transform: resize img*256/224 bicubic, center crop img, ImageNet norm
+        const int crop = cfg.img_size, resize = (int)(crop * 256.0 / 224.0 + 0.5);
+        snprintf(text, sizeof text,
+                 "{\n  \"image_processor_type\": \"BitImageProcessor\",\n  \"do_resize\": true,\n"
+                 "  \"size\": {\"shortest_edge\": %d},\n  \"resample\": 3,\n  \"do_center_crop\": true,\n"
+                 "  \"crop_size\": {\"height\": %d, \"width\": %d},\n  \"do_rescale\": true,\n"
+                 "  \"rescale_factor\": 0.00392156862745098,\n  \"do_normalize\": true,\n"
+                 "  \"image_mean\": [0.485, 0.456, 0.406],\n  \"image_std\": [0.229, 0.224, 0.225],\n"
+                 "  \"do_convert_rgb\": true\n}\n",
+                 resize, crop, crop);
+        snprintf(path, sizeof path, "%s/preprocessor_config.json", outdir);
+        if (write_text(path, text, err)) {
+            fprintf(stderr, "dinoexport: %s\n", err);
+            return 1;
+        }
+    }
+    printf("dinoexport: backbone '%s' of %s (%s naming: %d blocks, width %d, %d heads, patch %d, image %d, "
+           "%d registers, %s) -> %s/ (%s naming, %d tensors)\n",
+           fp, in, export_naming_name(in_naming), cfg.depth, cfg.dim, cfg.heads, cfg.patch,
+           cfg.img_size, cfg.n_registers, cfg.ffn == VIT_FFN_MLP ? "MLP" : "SwiGLU", outdir, export_naming_name(naming),
+           map.n);
+    export_map_free(&map);
+    vit_free(&vit);
+    param_table_free(&tab);
+    free(P);
+    return 0;
+}
