@@ -133,9 +133,10 @@ static void parity(const char *variant) {
             }
         }
         printf("%s step %d: local %.6f global %.6f koleo %.6f ibot %.6f total %.6f | teacher entropy %.4f, "
-               "student CLS std %.4f, masked %d\n",
+               "student CLS std %.4f, masked %d, grad norms %.3f %.3f %.3f\n",
                variant, s, st.dino_local_crops_loss, st.dino_global_crops_loss, st.koleo_loss, st.ibot_loss,
-               st.total_loss, st.teacher_entropy, st.student_cls_std, st.n_masked);
+               st.total_loss, st.teacher_entropy, st.student_cls_std, st.n_masked, st.grad_norm[0], st.grad_norm[1],
+               st.grad_norm[2]);
     }
     // every parameter of student and teacher after the last step
     double worst = 0;
