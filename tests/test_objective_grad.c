@@ -377,6 +377,19 @@ TEST(centering_delay_and_collective) {
     be->sinkhorn(be, &two, P, z1, N, K, 0.07f, 3, 2.0f * N);
     be->sinkhorn(be, NULL, PP, zz, 2 * N, K, 0.07f, 3, 2.0f * N);
     for (int i = 0; i < N * K; i++) CHECK_CLOSE(P[i], PP[i], 1e-7, 1e-5);
+    // iBOT: Sinkhorn's sample count is the masked tokens of all ranks (summed through the collective),
+    // the softmax centre the mean over this rank's masked tokens averaged over ranks
+    TeacherCenter ic;
+    teacher_center_init(be, &ic, K, 0.9f);
+    ibot_teacher_targets(be, &two, CENTERING_SINKHORN, &ic, P, z1, N, 0.07f);
+    for (int i = 0; i < N * K; i++) CHECK_CLOSE(P[i], PP[i], 1e-7, 1e-5);
+    ibot_teacher_targets(be, &two, CENTERING_SOFTMAX, &ic, P, z1, N, 0.07f);
+    for (int k = 0; k < K; k++) {
+        double mean = 0;
+        for (int n = 0; n < N; n++) mean += z1[n * K + k] / N;
+        CHECK_CLOSE(ic.center[k], 0.1 * mean, 1e-6, 1e-5);
+    }
+    teacher_center_free(be, &ic);
     backend_free(be);
 }
 
