@@ -84,6 +84,16 @@ void mask_batch_free(MaskBatch *m) {
     memset(m, 0, sizeof *m);
 }
 
+int mask_batch_upperbound(int n_crops, int n_tokens, double mask_probability, double ratio_min, double ratio_max) {
+    int n_masked = (int)(n_crops * mask_probability);
+    float *probs = dino_malloc(sizeof(float) * (size_t)(n_masked + 1));
+    mask_linspace_f32(ratio_min, ratio_max, n_masked + 1, probs);
+    int ub = 0;
+    for (int i = 0; i < n_masked; i++) ub += (int)((float)n_tokens * probs[i + 1]);
+    free(probs);
+    return ub;
+}
+
 void mask_batch_make(const MaskGenerator *g, double mask_probability, double ratio_min, double ratio_max,
                      uint64_t seed, int64_t batch_index, MaskBatch *m) {
     DINO_ASSERT(m->n_tokens == g->n_tokens, "mask_batch_make: %d tokens, generator has %d", m->n_tokens, g->n_tokens);
@@ -94,13 +104,12 @@ void mask_batch_make(const MaskGenerator *g, double mask_probability, double rat
     mask_linspace_f32(ratio_min, ratio_max, n_masked + 1, probs);
     // masks are generated in list order, then the list is shuffled (random.shuffle)
     uint8_t *gen = dino_calloc((size_t)B2 * N, 1);
-    m->upperbound = 0;
     for (int i = 0; i < n_masked; i++) {
         float pmin = probs[i], pmax = probs[i + 1]; // float32 tensors in the reference
         float ratio = pmin + (pmax - pmin) * (float)rng_uniform(&r);
         mask_generate(g, (int)((float)N * ratio), gen + (size_t)i * N, &r);
-        m->upperbound += (int)((float)N * pmax);
     }
+    m->upperbound = mask_batch_upperbound(B2, N, mask_probability, ratio_min, ratio_max);
     int *perm = dino_malloc(sizeof(int) * (size_t)B2);
     rng_permutation(&r, perm, B2);
     for (int j = 0; j < B2; j++) memcpy(m->masks + (size_t)j * N, gen + (size_t)perm[j] * N, (size_t)N);

@@ -37,6 +37,9 @@ void mask_batch_free(MaskBatch *m);
 // Masks for batch `batch_index`: int(2B * p) images get stratified ratios in
 // linspace(ratio_min, ratio_max, n + 1), the rest none, then the images are shuffled.
 // Every draw comes from rng_make(seed, MASK stream, batch_index, 0).
+// The reference's `upperbound`: sum over the int(n_crops * p) masked images of int(N * ratio_max_i), a
+// bound on the masked tokens of any batch (sizes the iBOT head buffers).
+int mask_batch_upperbound(int n_crops, int n_tokens, double mask_probability, double ratio_min, double ratio_max);
 void mask_batch_make(const MaskGenerator *g, double mask_probability, double ratio_min, double ratio_max,
                      uint64_t seed, int64_t batch_index, MaskBatch *m);
 // torch.linspace(lo, hi, n) in float32 (up to the last-bit differences of torch's vector kernels).

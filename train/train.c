@@ -306,6 +306,12 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         dino_seterr(err, "model: %s", e2);
         goto out;
     }
+    if (sc.ibot_loss_weight > 0) { // head buffers for the most masked tokens a batch can have
+        int g = cfg->crops.global_crops_size / cfg->student.patch_size;
+        sc.max_masked = mask_batch_upperbound(2 * sc.batch, g * g, cfg->ibot.mask_sample_probability,
+                                              cfg->ibot.mask_ratio_min_max[0], cfg->ibot.mask_ratio_min_max[1]);
+        if (sc.max_masked < 1) sc.max_masked = 1;
+    }
     if (ssl_model_init(&r.m, r.be, &sc, (uint64_t)cfg->train.seed, e2)) {
         dino_seterr(err, "model: %s", e2);
         goto out;
