@@ -16,3 +16,6 @@ int64_t source_count(const TileSource *s);
 // `rng_seed` drives sources that sample (the online WSI source): the same seed gives the same tile.
 int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, char *err);
 void source_close(TileSource *s);
+// Optional decode hint: JPEG tiles may be decoded at a reduced scale (TurboJPEG DCT scaling) as long as
+// the shorter side stays >= min_side (0, the default, decodes at full size). Set before reading.
+void source_set_min_side(TileSource *s, int min_side);

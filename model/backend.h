@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model/collective.h"
+
 typedef struct Backend Backend;
 
 struct Backend {
@@ -94,6 +96,59 @@ struct Backend {
     void (*axpy)(Backend *be, float *y, float alpha, const float *x, size_t n); // y += alpha x
     void (*scale)(Backend *be, float *x, float alpha, size_t n);               // x *= alpha
     double (*sum_squares)(Backend *be, const float *x, size_t n);              // deterministic
+
+    // ==== DINOv2 objective: heads, losses, optimizer (model/cpu/head_ops.c, loss_ops.c) ============
+    // Row L2 normalization as torch F.normalize: out = x / max(||x||, eps) per row of n floats;
+    // saves norm[rows] = ||x||.
+    void (*l2norm_fwd)(Backend *be, float *out, float *norm, const float *x, int rows, int n, float eps);
+    // dx (overwritten) = (dout - x^ (x^ . dout)) / ||x|| where ||x|| > eps, else dout / eps.
+    void (*l2norm_bwd)(Backend *be, float *dx, const float *dout, const float *x, const float *norm, int rows, int n,
+                       float eps);
+    // Weight normalization (torch weight_norm, dim 0): W[K,n] = g[k] * v[k,:] / ||v[k,:]||; saves vnorm[K].
+    void (*weightnorm_fwd)(Backend *be, float *W, float *vnorm, const float *g, const float *v, int K, int n);
+    // From dW[K,n]: dg[k] += dW[k].v[k] / ||v[k]||; dv[k] += g[k]/||v[k]|| (dW[k] - (dW[k].v^[k]) v^[k]).
+    void (*weightnorm_bwd)(Backend *be, float *dg, float *dv, const float *dW, const float *g, const float *v,
+                           const float *vnorm, int K, int n);
+    // Teacher targets by softmax centering: P[rows,K] = softmax((z - center) / temp) per row;
+    // center[K] may be NULL (0).
+    void (*softmax_center)(Backend *be, float *P, const float *z, const float *center, int rows, int K, float temp);
+    // sum[K] = sum over rows of z[rows,K] (overwritten; fixed order, deterministic).
+    void (*col_sum)(Backend *be, float *sum, const float *z, int rows, int K);
+    // Running centre: center = center * momentum + (sum * scale) * (1 - momentum)   (the reference's order).
+    void (*center_update)(Backend *be, float *center, const float *sum, int K, float scale, float momentum);
+    // Sinkhorn-Knopp teacher targets (the reference's sinkhorn_knopp_teacher, n_iter iterations):
+    // Q = exp(z/temp)^T (K x rows), Q /= sum(Q); n_iter x { Q /= row sums (over all ranks); Q /= K;
+    // Q /= column sums (this rank); Q /= n_global }; P = n_global Q^T, P[rows,K] (rows sum to 1).
+    // n_global: samples over all ranks. Cross-rank sums go through `coll` (NULL = single process).
+    // Overflow safety: each prototype k is shifted by the same s_k on every rank (the mean over ranks of
+    // the local max of z[:,k]/temp), which the first prototype normalization cancels exactly. (Subtracting
+    // a per-sample max is not equivalent: the prototype sums would weight samples differently.)
+    void (*sinkhorn)(Backend *be, Collective *coll, float *P, const float *z, int rows, int K, float temp,
+                     int n_iter, float n_global);
+    // Fused softmax cross-entropy against soft targets, with its gradient. For r < rows, with
+    // t_r = t[r % t_rows] and q = softmax(s[r] / temp):
+    //   loss[r] = -sum_k t_r[k] log q[k]                                  (loss[rows], may be NULL)
+    //   ds[r]   = alpha * w[r] * (q * sum_k t_r[k] - t_r) / temp          (overwritten; NULL = skip)
+    // w[rows] may be NULL (1).
+    void (*softmax_ce)(Backend *be, float *loss, float *ds, const float *s, const float *t, const float *w, int rows,
+                       int t_rows, int K, float temp, float alpha);
+    // Mean entropy of probability rows: out[0] = mean_r -sum_k P log P (collapse guard).
+    void (*entropy_mean)(Backend *be, float *out, const float *P, int rows, int K);
+    // KoLeo (the reference's KoLeoLoss) on x[B,D], fused forward and backward: x^ = x / max(||x||, 1e-8),
+    // nn(i) = argmax_{j != i} x^_i . x^_j, d_i = ||x^_i - x^_nn(i) + 1e-8||, loss[0] = -mean_i log(d_i + 1e-8);
+    // dx_acc += alpha * dloss/dx (skipped when dx_acc is NULL). Needs B >= 2.
+    void (*koleo)(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float alpha);
+    // KDE regularizer (von Mises-Fisher kernel) on x[B,D], fused forward and backward:
+    // x^ = x / max(||x||, 1e-8), S = x^ x^^T, loss[0] = mean_i log( (1/B) sum_j exp(kappa (S_ij - 1)) )
+    // (self term included; <= 0, 0 at full collapse: minimizing it lowers the density, spreading x^);
+    // dx_acc += alpha * dloss/dx (skipped when NULL).
+    void (*kde)(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float kappa, float alpha);
+    // AdamW step on n floats (torch.optim.AdamW order): p *= 1 - lr*wd; m = b1 m + (1-b1) g;
+    // v = b2 v + (1-b2) g^2; p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). step >= 1.
+    void (*adamw)(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd, float beta1,
+                  float beta2, float eps, long step);
+    // EMA teacher: t = t * momentum + s * (1 - momentum)
+    void (*ema)(Backend *be, float *t, const float *s, size_t n, float momentum);
 };
 
 Backend *backend_cpu_new(void);

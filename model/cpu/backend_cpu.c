@@ -53,6 +53,21 @@ Backend *backend_cpu_new(void) {
     be->axpy = cpu_axpy;
     be->scale = cpu_scale;
     be->sum_squares = cpu_sum_squares;
+    // DINOv2 objective
+    be->l2norm_fwd = cpu_l2norm_fwd;
+    be->l2norm_bwd = cpu_l2norm_bwd;
+    be->weightnorm_fwd = cpu_weightnorm_fwd;
+    be->weightnorm_bwd = cpu_weightnorm_bwd;
+    be->softmax_center = cpu_softmax_center;
+    be->col_sum = cpu_col_sum;
+    be->center_update = cpu_center_update;
+    be->sinkhorn = cpu_sinkhorn;
+    be->softmax_ce = cpu_softmax_ce;
+    be->entropy_mean = cpu_entropy_mean;
+    be->koleo = cpu_koleo;
+    be->kde = cpu_kde;
+    be->adamw = cpu_adamw;
+    be->ema = cpu_ema;
     return be;
 }
 

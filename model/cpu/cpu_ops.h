@@ -40,6 +40,28 @@ void cpu_scatter_add_rows(Backend *be, float *x, const float *in, const int *idx
 void cpu_axpy(Backend *be, float *y, float alpha, const float *x, size_t n);
 void cpu_scale(Backend *be, float *x, float alpha, size_t n);
 double cpu_sum_squares(Backend *be, const float *x, size_t n);
+// head_ops.c
+void cpu_l2norm_fwd(Backend *be, float *out, float *norm, const float *x, int rows, int n, float eps);
+void cpu_l2norm_bwd(Backend *be, float *dx, const float *dout, const float *x, const float *norm, int rows, int n,
+                    float eps);
+void cpu_weightnorm_fwd(Backend *be, float *W, float *vnorm, const float *g, const float *v, int K, int n);
+void cpu_weightnorm_bwd(Backend *be, float *dg, float *dv, const float *dW, const float *g, const float *v,
+                        const float *vnorm, int K, int n);
+// loss_ops.c
+void cpu_softmax_center(Backend *be, float *P, const float *z, const float *center, int rows, int K, float temp);
+void cpu_col_sum(Backend *be, float *sum, const float *z, int rows, int K);
+void cpu_center_update(Backend *be, float *center, const float *sum, int K, float scale, float momentum);
+void cpu_sinkhorn(Backend *be, Collective *coll, float *P, const float *z, int rows, int K, float temp, int n_iter,
+                  float n_global);
+void cpu_softmax_ce(Backend *be, float *loss, float *ds, const float *s, const float *t, const float *w, int rows,
+                    int t_rows, int K, float temp, float alpha);
+void cpu_entropy_mean(Backend *be, float *out, const float *P, int rows, int K);
+void cpu_koleo(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float alpha);
+void cpu_kde(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float kappa, float alpha);
+// optim_ops.c
+void cpu_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd, float beta1,
+               float beta2, float eps, long step);
+void cpu_ema(Backend *be, float *t, const float *s, size_t n, float momentum);
 
 // Runs OpenBLAS single-threaded inside our own OpenMP parallel regions (many small GEMMs at once),
 // multi-threaded otherwise.

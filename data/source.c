@@ -1,0 +1,467 @@
+// Tile sources. A spec is one or more parts joined by '+'; each part is one of
+//   DIR                 every *.dtshard file in DIR (sorted by name)
+//   FILE.dtshard        one shard (any file that starts with the shard magic)
+//   'PATTERN*'          a glob of shards
+//   shards:LIST         a text file naming shards, one per line
+//   folder:DIR          every .jpg/.jpeg/.png/.tif/.tiff under DIR, recursively (sorted by path)
+//   list:FILE           a text file naming images, one per line
+//   wsi:SLIDE_OR_LIST[,mpp=0.5][,size=224][,mags=0.25/0.5/1.0][,min_tissue=0.5][,assume_mpp=M]
+//                       random tissue tiles sampled online from whole slides
+// In list files, blank lines and lines starting with '#' are ignored and relative paths are relative
+// to the list file's folder. docs/data-sources.md is the user-facing description.
+#include "data/source.h"
+
+#include <dirent.h>
+#include <glob.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/check.h"
+#include "common/rng.h"
+#include "data/decode.h"
+#include "data/shard.h"
+#include "data/tissue.h"
+#include "data/wsi.h"
+
+#define WSI_MAX_MAGS 8
+#define WSI_SAMPLE_TRIES 16
+#define RNG_TAG_WSI 0x575349ULL // "WSI": stream of the online slide sampler
+
+typedef struct {
+    Wsi *wsi;
+    TissueMask tissue;
+} OnlineSlide;
+
+typedef enum { PART_SHARDS, PART_FILES, PART_WSI } PartKind;
+
+typedef struct {
+    PartKind kind;
+    int64_t count;
+    char *spec;
+    // PART_SHARDS
+    Shard **shards;
+    int nshards;
+    int64_t *shard_start; // nshards + 1 cumulative record counts
+    // PART_FILES
+    char **files;
+    // PART_WSI
+    OnlineSlide *slides;
+    int nslides;
+    int64_t *slide_start; // nslides + 1 cumulative tissue-tile counts (an "epoch" of the slide set)
+    double mags[WSI_MAX_MAGS]; // microns per pixel to choose from
+    int nmags, size;
+    double min_tissue;
+} Part;
+
+struct TileSource {
+    Part *parts;
+    int nparts;
+    int64_t *part_start;
+    int min_side;
+};
+
+// ---- small string-list helpers --------------------------------------------------------------------
+typedef struct { char **v; int64_t n, cap; } StrList;
+static void strlist_push(StrList *l, const char *s) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        l->v = dino_realloc(l->v, sizeof(char *) * (size_t)l->cap);
+    }
+    l->v[l->n++] = strdup(s);
+}
+static void strlist_free(StrList *l) {
+    for (int64_t i = 0; i < l->n; i++) free(l->v[i]);
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static void strlist_sort(StrList *l) { if (l->n) qsort(l->v, (size_t)l->n, sizeof(char *), cmp_str); }
+
+static char *join_path(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = dino_malloc(n);
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+// Reads a list file: one path per line, '#' comments, relative paths resolved against its folder.
+static int read_list_file(const char *path, StrList *out, char *err) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        dino_seterr(err, "%s: cannot open list: %s", path, strerror(errno));
+        return -1;
+    }
+    char *copy = strdup(path);
+    const char *dir = dirname(copy);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' ')) line[--len] = 0;
+        char *s = line;
+        while (*s == ' ' || *s == '\t') s++;
+        if (!*s || *s == '#') continue;
+        if (s[0] == '/') strlist_push(out, s);
+        else {
+            char *p = join_path(dir, s);
+            strlist_push(out, p);
+            free(p);
+        }
+    }
+    free(line);
+    free(copy);
+    fclose(f);
+    return 0;
+}
+
+static int has_suffix(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+static int list_dir_shards(const char *dir, StrList *out, char *err) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        dino_seterr(err, "%s: cannot open folder: %s", dir, strerror(errno));
+        return -1;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!has_suffix(e->d_name, ".dtshard")) continue;
+        char *p = join_path(dir, e->d_name);
+        strlist_push(out, p);
+        free(p);
+    }
+    closedir(d);
+    strlist_sort(out);
+    return 0;
+}
+
+static int walk_images(const char *dir, StrList *out, int depth, char *err) {
+    if (depth > 64) {
+        dino_seterr(err, "%s: folders nested too deep (a symlink loop?)", dir);
+        return -1;
+    }
+    DIR *d = opendir(dir);
+    if (!d) {
+        dino_seterr(err, "%s: cannot open folder: %s", dir, strerror(errno));
+        return -1;
+    }
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue; // ., .., hidden files
+        char *p = join_path(dir, e->d_name);
+        struct stat st;
+        if (stat(p, &st) == 0) {
+            if (S_ISDIR(st.st_mode)) rc = walk_images(p, out, depth + 1, err);
+            else if (S_ISREG(st.st_mode) && image_path_is_supported(p)) strlist_push(out, p);
+        }
+        free(p);
+    }
+    closedir(d);
+    return rc;
+}
+
+// ---- parts ----------------------------------------------------------------------------------------
+static void part_free(Part *p) {
+    for (int i = 0; i < p->nshards; i++) shard_close(p->shards[i]);
+    free(p->shards);
+    free(p->shard_start);
+    if (p->files)
+        for (int64_t i = 0; i < p->count; i++) free(p->files[i]);
+    free(p->files);
+    for (int i = 0; i < p->nslides; i++) {
+        wsi_close(p->slides[i].wsi);
+        tissue_mask_free(&p->slides[i].tissue);
+    }
+    free(p->slides);
+    free(p->slide_start);
+    free(p->spec);
+}
+
+static int open_shards(Part *p, StrList *paths, const char *what, char *err) {
+    if (paths->n == 0) {
+        dino_seterr(err, "%s: no shards found (*.dtshard); for a folder of images use folder:%s", what, what);
+        return -1;
+    }
+    p->kind = PART_SHARDS;
+    p->shards = dino_calloc((size_t)paths->n, sizeof(Shard *));
+    p->shard_start = dino_calloc((size_t)paths->n + 1, sizeof(int64_t));
+    for (int64_t i = 0; i < paths->n; i++) {
+        Shard *s = shard_open(paths->v[i], err);
+        if (!s) return -1;
+        p->shards[p->nshards++] = s;
+        p->shard_start[i + 1] = p->shard_start[i] + shard_count(s);
+    }
+    p->count = p->shard_start[p->nshards];
+    return 0;
+}
+
+static int open_files(Part *p, StrList *paths, const char *what, char *err) {
+    if (paths->n == 0) {
+        dino_seterr(err, "%s: no images found (.jpg .jpeg .png .tif .tiff)", what);
+        return -1;
+    }
+    // Fail at startup, not an hour into training, when a listed file is missing or unreadable.
+    for (int64_t i = 0; i < paths->n; i++)
+        if (access(paths->v[i], R_OK) != 0) {
+            dino_seterr(err, "%s: listed image %s: %s", what, paths->v[i], strerror(errno));
+            return -1;
+        }
+    p->kind = PART_FILES;
+    p->files = paths->v; // take ownership
+    p->count = paths->n;
+    paths->v = NULL;
+    paths->n = paths->cap = 0;
+    return 0;
+}
+
+// Parses "a/b/c" into doubles.
+static int parse_mags(const char *s, double *mags, int *n) {
+    *n = 0;
+    while (*s) {
+        char *end;
+        double v = strtod(s, &end);
+        if (end == s || !(v > 0) || *n == WSI_MAX_MAGS) return -1;
+        mags[(*n)++] = v;
+        s = end;
+        if (*s == '/') s++;
+        else if (*s) return -1;
+    }
+    return *n > 0 ? 0 : -1;
+}
+
+static int open_wsi(Part *p, const char *args, char *err) {
+    char *copy = strdup(args);
+    char *save = NULL, *path = strtok_r(copy, ",", &save);
+    double mpp = 0.5, assume_mpp = 0;
+    int rc = -1;
+    StrList slides = {0};
+    p->kind = PART_WSI;
+    p->size = 224;
+    p->min_tissue = 0.5;
+    p->nmags = 0;
+    if (!path || !*path) {
+        dino_seterr(err, "wsi: source needs a slide or a list of slides: wsi:FILE[,mpp=0.5][,size=224]...");
+        goto done;
+    }
+    for (char *kv; (kv = strtok_r(NULL, ",", &save));) {
+        char *eq = strchr(kv, '=');
+        if (!eq) { dino_seterr(err, "wsi:%s: option '%s' is not key=value", path, kv); goto done; }
+        *eq = 0;
+        const char *key = kv, *val = eq + 1;
+        char *end = NULL;
+        int ok = 1;
+        if (!strcmp(key, "mpp")) { mpp = strtod(val, &end); ok = *end == 0 && mpp > 0; }
+        else if (!strcmp(key, "size")) { long v = strtol(val, &end, 10); ok = *end == 0 && v >= 8 && v <= 8192; p->size = (int)v; }
+        else if (!strcmp(key, "mags")) ok = parse_mags(val, p->mags, &p->nmags) == 0;
+        else if (!strcmp(key, "min_tissue")) { p->min_tissue = strtod(val, &end); ok = *end == 0 && p->min_tissue >= 0 && p->min_tissue <= 1; }
+        else if (!strcmp(key, "assume_mpp")) { assume_mpp = strtod(val, &end); ok = *end == 0 && assume_mpp > 0; }
+        else { dino_seterr(err, "wsi:%s: unknown option '%s' (known: mpp, size, mags, min_tissue, assume_mpp)", path, key); goto done; }
+        if (!ok) { dino_seterr(err, "wsi:%s: bad value '%s' for %s", path, val, key); goto done; }
+    }
+    if (p->nmags == 0) { p->mags[0] = mpp; p->nmags = 1; }
+    if (wsi_is_slide(path)) strlist_push(&slides, path);
+    else if (access(path, R_OK) != 0) { dino_seterr(err, "%s: cannot open: %s", path, strerror(errno)); goto done; }
+    else if (read_list_file(path, &slides, err) != 0) goto done;
+    if (slides.n == 0) { dino_seterr(err, "%s: the slide list is empty", path); goto done; }
+    p->slides = dino_calloc((size_t)slides.n, sizeof(OnlineSlide));
+    p->slide_start = dino_calloc((size_t)slides.n + 1, sizeof(int64_t));
+    double min_mag = p->mags[0];
+    for (int i = 1; i < p->nmags; i++) min_mag = fmin(min_mag, p->mags[i]);
+    for (int64_t i = 0; i < slides.n; i++) {
+        OnlineSlide *sl = &p->slides[p->nslides];
+        sl->wsi = wsi_open(slides.v[i], assume_mpp, err);
+        if (!sl->wsi) {
+            if (strcmp(slides.v[i], path) != 0 && err) { // name the list too
+                char why[DINO_ERRLEN];
+                snprintf(why, sizeof why, "%s", err);
+                dino_seterr(err, "%s (slide %lld listed in %s)", why, (long long)i + 1, path);
+            }
+            goto done;
+        }
+        p->nslides++;
+        double side0 = p->size * min_mag / wsi_mpp(sl->wsi); // smallest tile, level-0 pixels
+        if (tissue_mask_for_slide(sl->wsi, tissue_mask_downsample(sl->wsi, side0), &sl->tissue, err) != 0) goto done;
+        // The slide's weight (and its share of the count) is the number of grid tiles at the first
+        // magnification that pass min_tissue: bigger tissue areas are sampled proportionally more.
+        double L = p->size * p->mags[0] / wsi_mpp(sl->wsi);
+        int64_t nx = (int64_t)(wsi_width(sl->wsi) / L), ny = (int64_t)(wsi_height(sl->wsi) / L), n = 0;
+        for (int64_t y = 0; y < ny; y++)
+            for (int64_t x = 0; x < nx; x++) n += tissue_fraction(&sl->tissue, x * L, y * L, L, L) >= p->min_tissue;
+        if (n == 0 && sl->tissue.tissue_px > 0) n = 1;
+        if (n == 0) fprintf(stderr, "dinotrain: warning: %s: no tissue found, slide not sampled\n", slides.v[i]);
+        p->slide_start[i + 1] = p->slide_start[i] + n;
+    }
+    p->count = p->slide_start[p->nslides];
+    if (p->count == 0) { dino_seterr(err, "%s: no tissue found on any slide", path); goto done; }
+    rc = 0;
+done:
+    strlist_free(&slides);
+    free(copy);
+    return rc;
+}
+
+static int open_part(Part *p, const char *spec, char *err) {
+    memset(p, 0, sizeof *p);
+    p->spec = strdup(spec);
+    StrList paths = {0};
+    int rc = -1;
+    struct stat st;
+    if (!strncmp(spec, "wsi:", 4)) {
+        rc = open_wsi(p, spec + 4, err);
+    } else if (!strncmp(spec, "folder:", 7)) {
+        const char *dir = spec + 7;
+        if (stat(dir, &st) != 0) dino_seterr(err, "%s: cannot open folder: %s", dir, strerror(errno));
+        else if (!S_ISDIR(st.st_mode)) dino_seterr(err, "%s: folder: expects a folder", dir);
+        else if (walk_images(dir, &paths, 0, err) == 0) {
+            strlist_sort(&paths);
+            rc = open_files(p, &paths, dir, err);
+        }
+    } else if (!strncmp(spec, "list:", 5)) {
+        if (read_list_file(spec + 5, &paths, err) == 0) rc = open_files(p, &paths, spec + 5, err);
+    } else if (!strncmp(spec, "shards:", 7)) {
+        if (read_list_file(spec + 7, &paths, err) == 0) rc = open_shards(p, &paths, spec + 7, err);
+    } else if (strpbrk(spec, "*?[")) {
+        glob_t g;
+        int grc = glob(spec, 0, NULL, &g);
+        if (grc == 0) {
+            for (size_t i = 0; i < g.gl_pathc; i++) strlist_push(&paths, g.gl_pathv[i]);
+            globfree(&g);
+            strlist_sort(&paths);
+            rc = open_shards(p, &paths, spec, err);
+        } else {
+            dino_seterr(err, "%s: the pattern matches no file", spec);
+            if (grc != GLOB_NOMATCH) globfree(&g);
+        }
+    } else if (stat(spec, &st) != 0) {
+        dino_seterr(err, "%s: cannot open: %s", spec, strerror(errno));
+    } else if (S_ISDIR(st.st_mode)) {
+        if (list_dir_shards(spec, &paths, err) == 0) rc = open_shards(p, &paths, spec, err);
+    } else {
+        strlist_push(&paths, spec);
+        rc = open_shards(p, &paths, spec, err);
+        if (rc != 0 && !shard_file_looks_like_shard(spec)) { // say what the user probably meant
+            char why[DINO_ERRLEN];
+            snprintf(why, sizeof why, "%s", err ? err : "");
+            if (wsi_is_slide(spec))
+                dino_seterr(err, "%s (a whole-slide image: sample it online with wsi:%s or cut it with dinotile)", why, spec);
+            else if (image_path_is_supported(spec))
+                dino_seterr(err, "%s (an image file: for plain images use list:FILE or folder:DIR)", why);
+        }
+    }
+    strlist_free(&paths);
+    return rc;
+}
+
+// ---- the interface --------------------------------------------------------------------------------
+TileSource *source_open(const char *spec, char *err) {
+    if (!spec || !*spec) {
+        dino_seterr(err, "empty data source");
+        return NULL;
+    }
+    TileSource *s = dino_calloc(1, sizeof *s);
+    char *copy = strdup(spec), *save = NULL;
+    int nparts = 1;
+    for (const char *c = spec; *c; c++) nparts += *c == '+';
+    s->parts = dino_calloc((size_t)nparts, sizeof(Part));
+    s->part_start = dino_calloc((size_t)nparts + 1, sizeof(int64_t));
+    for (char *piece; (piece = strtok_r(s->nparts ? NULL : copy, "+", &save));) {
+        if (open_part(&s->parts[s->nparts], piece, err) != 0) {
+            part_free(&s->parts[s->nparts]);
+            free(copy);
+            source_close(s);
+            return NULL;
+        }
+        s->nparts++;
+        s->part_start[s->nparts] = s->part_start[s->nparts - 1] + s->parts[s->nparts - 1].count;
+    }
+    free(copy);
+    if (s->nparts == 0 || s->part_start[s->nparts] == 0) {
+        dino_seterr(err, "%s: the source holds no tiles", spec);
+        source_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+int64_t source_count(const TileSource *s) { return s->part_start[s->nparts]; }
+void source_set_min_side(TileSource *s, int min_side) { s->min_side = min_side > 0 ? min_side : 0; }
+
+// Largest k in [0, n) with start[k] <= i (start is ascending, start[0] = 0).
+static int64_t find_bucket(const int64_t *start, int64_t n, int64_t i) {
+    int64_t lo = 0, hi = n;
+    while (hi - lo > 1) {
+        int64_t mid = (lo + hi) / 2;
+        if (start[mid] <= i) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+static int read_shard_tile(const TileSource *s, const Part *p, int64_t i, Image *out, char *err) {
+    int64_t k = find_bucket(p->shard_start, p->nshards, i);
+    while (k + 1 < p->nshards && p->shard_start[k + 1] <= i) k++; // skip empty shards
+    const Shard *sh = p->shards[k];
+    int64_t rec = i - p->shard_start[k];
+    const uint8_t *payload;
+    size_t size;
+    if (shard_record(sh, rec, NULL, &payload, &size, err) != 0) return -1;
+    char why[DINO_ERRLEN];
+    if (decode_image_mem(payload, size, s->min_side, out, why) != 0) {
+        dino_seterr(err, "%s: record %lld: %s", shard_path(sh), (long long)rec, why);
+        return -1;
+    }
+    return 0;
+}
+
+static int read_wsi_tile(const Part *p, int64_t i, uint64_t rng_seed, Image *out, char *err) {
+    int64_t k = find_bucket(p->slide_start, p->nslides, i);
+    while (k + 1 < p->nslides && p->slide_start[k + 1] <= i) k++;
+    const OnlineSlide *sl = &p->slides[k];
+    Rng r = rng_make(rng_seed, RNG_TAG_WSI, (uint64_t)i, 0);
+    double mpp = p->mags[p->nmags > 1 ? rng_below(&r, (uint32_t)p->nmags) : 0];
+    double L = p->size * mpp / wsi_mpp(sl->wsi);
+    double W = (double)wsi_width(sl->wsi), H = (double)wsi_height(sl->wsi);
+    double best_x = 0, best_y = 0, best_frac = -1;
+    // Uniform over tissue: a tissue point becomes the tile centre; retry while too little tissue.
+    for (int t = 0; t < WSI_SAMPLE_TRIES && best_frac < p->min_tissue; t++) {
+        double cx, cy;
+        if (tissue_sample_point(&sl->tissue, &r, &cx, &cy) != 0) break;
+        double x0 = fmax(0, fmin(cx - L / 2, W - L)), y0 = fmax(0, fmin(cy - L / 2, H - L));
+        double frac = tissue_fraction(&sl->tissue, x0, y0, L, L);
+        if (frac > best_frac) { best_frac = frac; best_x = x0; best_y = y0; }
+    }
+    return wsi_read_tile(sl->wsi, llround(best_x), llround(best_y), mpp, p->size, out, NULL, err);
+}
+
+int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, char *err) {
+    out->px = NULL;
+    out->w = out->h = 0;
+    if (i < 0 || i >= source_count(s)) {
+        dino_seterr(err, "tile index %lld out of range (source has %lld)", (long long)i, (long long)source_count(s));
+        return -1;
+    }
+    int64_t k = find_bucket(s->part_start, s->nparts, i);
+    while (k + 1 < s->nparts && s->part_start[k + 1] <= i) k++;
+    const Part *p = &s->parts[k];
+    int64_t j = i - s->part_start[k];
+    switch (p->kind) {
+    case PART_SHARDS: return read_shard_tile(s, p, j, out, err);
+    case PART_FILES: return decode_image_file(p->files[j], s->min_side, out, err);
+    case PART_WSI: return read_wsi_tile(p, j, rng_seed, out, err);
+    }
+    return -1;
+}
+
+void source_close(TileSource *s) {
+    if (!s) return;
+    for (int i = 0; i < s->nparts; i++) part_free(&s->parts[i]);
+    free(s->parts);
+    free(s->part_start);
+    free(s);
+}

@@ -1,0 +1,74 @@
+// GELU (exact erf form) and SwiGLU, forward and backward, elementwise in fp32 (no fast-math
+// intrinsics: erff/expf as the CPU reference, to within a couple of ulps).
+#include "model/cuda/cuda_ops.cuh"
+
+#define INV_SQRT2 0.70710678118654752f
+#define INV_SQRT2PI 0.39894228040143268f
+
+#define GRID_STRIDE(i, n)                                                                          \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+__global__ void gelu_fwd_kernel(float *out, const float *x, size_t n) {
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        out[i] = 0.5f * v * (1.0f + erff(v * INV_SQRT2));
+    }
+}
+
+__global__ void gelu_bwd_kernel(float *dx, const float *dout, const float *x, size_t n) {
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * INV_SQRT2));
+        float pdf = INV_SQRT2PI * expf(-0.5f * v * v);
+        dx[i] = dout[i] * (cdf + v * pdf);
+    }
+}
+
+// in[rows, 2*Hd] = [a | g]; out[rows, Hd] = silu(a) * g
+__global__ void swiglu_fwd_kernel(float *out, const float *in, size_t rows, int Hd) {
+    GRID_STRIDE(i, rows * Hd) {
+        size_t r = i / Hd, j = i % Hd;
+        float a = in[r * 2 * Hd + j], g = in[r * 2 * Hd + Hd + j];
+        out[i] = a / (1.0f + expf(-a)) * g;
+    }
+}
+
+__global__ void swiglu_bwd_kernel(float *din, const float *dout, const float *in, size_t rows, int Hd) {
+    GRID_STRIDE(i, rows * Hd) {
+        size_t r = i / Hd, j = i % Hd;
+        float a = in[r * 2 * Hd + j], g = in[r * 2 * Hd + Hd + j], d = dout[i];
+        float sig = 1.0f / (1.0f + expf(-a));
+        din[r * 2 * Hd + Hd + j] = d * a * sig;
+        din[r * 2 * Hd + j] = d * g * sig * (1.0f + a * (1.0f - sig));
+    }
+}
+
+void cuda_gelu_fwd(Backend *be, float *out, const float *x, size_t n) {
+    CUDA_OP_RANGE("gelu_fwd");
+    if (!n) return;
+    gelu_fwd_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(out, x, n);
+    cudaCheckLaunch();
+}
+
+void cuda_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, size_t n) {
+    CUDA_OP_RANGE("gelu_bwd");
+    if (!n) return;
+    gelu_bwd_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(dx, dout, x, n);
+    cudaCheckLaunch();
+}
+
+void cuda_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd) {
+    CUDA_OP_RANGE("swiglu_fwd");
+    size_t n = (size_t)rows * Hd;
+    if (!n) return;
+    swiglu_fwd_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(out, in, (size_t)rows, Hd);
+    cudaCheckLaunch();
+}
+
+void cuda_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd) {
+    CUDA_OP_RANGE("swiglu_bwd");
+    size_t n = (size_t)rows * Hd;
+    if (!n) return;
+    swiglu_bwd_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(din, dout, in, (size_t)rows, Hd);
+    cudaCheckLaunch();
+}

@@ -1,0 +1,228 @@
+// The CUDA backend: device memory on the backend's stream, checked calls, scratch, and the op table.
+#include <string.h>
+
+#include <stdarg.h>
+
+extern "C" {
+#include "common/check.h"
+}
+#include "model/cuda/cuda_ops.cuh"
+
+// Like dino_seterr (common/), kept local so that libdino_cuda does not depend back on libdino.
+static void set_err(char *err, const char *fmt, ...) {
+    if (!err) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, DINO_ERRLEN, fmt, ap);
+    va_end(ap);
+}
+
+// ---- checked calls --------------------------------------------------------------------------------
+
+static const char *cuda_hint(cudaError_t e) {
+    switch (e) {
+    case cudaErrorMemoryAllocation: return "the device is out of memory: lower the batch size or free buffers";
+    case cudaErrorNoDevice: return "no CUDA device is visible (CUDA_VISIBLE_DEVICES? driver loaded?)";
+    case cudaErrorInsufficientDriver: return "the driver is older than the CUDA runtime this was built with";
+    case cudaErrorNoKernelImageForDevice:
+        return "no kernel for this GPU's architecture: rebuild with -DDINO_CUDA_ARCHS=<sm> (e.g. 80;90)";
+    case cudaErrorIllegalAddress: return "a kernel read or wrote outside its buffers (run compute-sanitizer)";
+    case cudaErrorInvalidValue: return "a bad argument (a host pointer passed as device memory? size 0?)";
+    case cudaErrorInvalidConfiguration: return "bad launch configuration (grid or block too large for the shape)";
+    default: return "see the CUDA runtime documentation for this error";
+    }
+}
+
+void cuda_fail(cudaError_t e, const char *what, const char *file, int line) {
+    fprintf(stderr, "dinotrain: CUDA error at %s:%d: %s\n  in %s\n  HINT: %s\n", file, line, cudaGetErrorString(e),
+            what, cuda_hint(e));
+    exit(1);
+}
+
+static const char *cublas_name(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "cuBLAS error";
+    }
+}
+
+void cublas_fail(cublasStatus_t s, const char *what, const char *file, int line) {
+    const char *hint = s == CUBLAS_STATUS_INVALID_VALUE
+                           ? "a leading dimension smaller than the row length, or a negative size"
+                       : s == CUBLAS_STATUS_NOT_SUPPORTED ? "this compute type / layout is not supported on this GPU"
+                       : s == CUBLAS_STATUS_ALLOC_FAILED  ? "the device is out of memory"
+                                                          : "check the shapes and that pointers are device memory";
+    fprintf(stderr, "dinotrain: cuBLAS error at %s:%d: %s (%d)\n  in %s\n  HINT: %s\n", file, line, cublas_name(s),
+            (int)s, what, hint);
+    exit(1);
+}
+
+// ---- memory -----------------------------------------------------------------------------------------
+
+static void *cu_alloc(Backend *be, size_t bytes) {
+    void *p = NULL;
+    size_t n = (bytes + 255) / 256 * 256; // cudaMalloc is 256-byte aligned; keep sizes whole
+    if (n == 0) n = 256;
+    cudaError_t e = cudaMalloc(&p, n);
+    if (e != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
+        DINO_DIE("cuda backend: cannot allocate %zu bytes on device %d (%s; %zu MiB free of %zu MiB)\n  HINT: lower "
+                 "the batch size",
+                 bytes, cuda_impl(be)->device, cudaGetErrorString(e), fr >> 20, tot >> 20);
+    }
+    cudaCheck(cudaMemsetAsync(p, 0, n, cuda_stream(be)));
+    return p;
+}
+
+static void cu_release(Backend *be, void *p) {
+    if (!p) return;
+    cudaCheck(cudaStreamSynchronize(cuda_stream(be))); // no kernel still using it
+    cudaCheck(cudaFree(p));
+}
+
+// Asynchronous on the backend's stream. A pageable source may be reused as soon as this returns (CUDA
+// stages it); a pinned source must stay unchanged until be->sync.
+static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
+}
+// Synchronous: the host copy is complete when this returns.
+static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));
+    cudaCheck(cudaStreamSynchronize(cuda_stream(be)));
+}
+static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream(be)));
+}
+static void cu_zero(Backend *be, void *p, size_t bytes) {
+    if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, cuda_stream(be)));
+}
+static void cu_sync(Backend *be) { cudaCheck(cudaStreamSynchronize(cuda_stream(be))); }
+
+void *cuda_scratch(Backend *be, size_t bytes) {
+    CudaImpl *c = cuda_impl(be);
+    if (bytes > c->scratch_bytes) {
+        size_t n = bytes + bytes / 4 + (1 << 20);
+        if (c->scratch) {
+            cudaCheck(cudaStreamSynchronize(c->stream));
+            cudaCheck(cudaFree(c->scratch));
+        }
+        cudaCheck(cudaMalloc(&c->scratch, n));
+        c->scratch_bytes = n;
+    }
+    return c->scratch;
+}
+
+// ---- deterministic column-sum finish --------------------------------------------------------------
+
+__global__ void colsum_finish_kernel(float *dst, const float *partial, int nblk, int cols, float alpha) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    float s = 0.0f;
+    for (int k = 0; k < nblk; k++) s += partial[(size_t)k * cols + c];
+    dst[c] += alpha * s;
+}
+
+void colsum_finish(Backend *be, float *dst, const float *partial, int nblk, int cols, float alpha) {
+    colsum_finish_kernel<<<ceil_div(cols, 256), 256, 0, cuda_stream(be)>>>(dst, partial, nblk, cols, alpha);
+    cudaCheckLaunch();
+}
+
+// ---- construction -----------------------------------------------------------------------------------
+
+extern "C" void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p) { cuda_impl(be)->gemm_precision = p; }
+
+extern "C" void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes) {
+    cudaCheck(cudaSetDevice(cuda_impl(be)->device));
+    cudaCheck(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
+extern "C" const char *backend_cuda_device_name(Backend *be) { return cuda_impl(be)->device_name; }
+
+extern "C" Backend *backend_cuda_new(int device, char *err) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        set_err(err, "cuda backend: no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+        return NULL;
+    }
+    if (device < 0 || device >= n) {
+        set_err(err, "cuda backend: device %d does not exist (%d visible)", device, n);
+        return NULL;
+    }
+    if ((e = cudaSetDevice(device)) != cudaSuccess) {
+        set_err(err, "cuda backend: cannot use device %d: %s", device, cudaGetErrorString(e));
+        return NULL;
+    }
+    CudaImpl *c = (CudaImpl *)dino_calloc(1, sizeof *c);
+    c->device = device;
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, device));
+    snprintf(c->device_name, sizeof c->device_name, "%s", prop.name);
+    cudaCheck(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    cublasCheck(cublasCreate(&c->cublas));
+    cublasCheck(cublasSetStream(c->cublas, c->stream));
+    // Pointer mode host: alpha/beta are host scalars. cuBLAS may use its default workspace.
+    cublasCheck(cublasSetPointerMode(c->cublas, CUBLAS_POINTER_MODE_HOST));
+    cudaCheck(cudaMallocHost((void **)&c->host_result, sizeof(double) * 4));
+    c->gemm_precision = CUDA_GEMM_BF16;
+
+    Backend *be = (Backend *)dino_calloc(1, sizeof *be);
+    be->name = "cuda";
+    be->impl = c;
+    be->alloc = cu_alloc;
+    be->release = cu_release;
+    be->to_device = cu_to_device;
+    be->to_host = cu_to_host;
+    be->copy = cu_copy;
+    be->zero = cu_zero;
+    be->sync = cu_sync;
+    be->gemm = cuda_gemm;
+    be->linear_fwd = cuda_linear_fwd;
+    be->linear_bwd = cuda_linear_bwd;
+    be->layernorm_fwd = cuda_layernorm_fwd;
+    be->layernorm_bwd = cuda_layernorm_bwd;
+    be->gelu_fwd = cuda_gelu_fwd;
+    be->gelu_bwd = cuda_gelu_bwd;
+    be->swiglu_fwd = cuda_swiglu_fwd;
+    be->swiglu_bwd = cuda_swiglu_bwd;
+    be->attention_saved_floats = cuda_attention_saved_floats;
+    be->attention_fwd = cuda_attention_fwd;
+    be->attention_bwd = cuda_attention_bwd;
+    be->im2col = cuda_im2col;
+    be->tokens_fwd = cuda_tokens_fwd;
+    be->tokens_bwd = cuda_tokens_bwd;
+    be->gather_rows = cuda_gather_rows;
+    be->residual_fwd = cuda_residual_fwd;
+    be->residual_bwd = cuda_residual_bwd;
+    be->scatter_add_rows = cuda_scatter_add_rows;
+    be->axpy = cuda_axpy;
+    be->scale = cuda_scale;
+    be->sum_squares = cuda_sum_squares;
+    // Not implemented yet, NULL (the struct is zero-initialised): the objective section of struct
+    // Backend (l2norm, weightnorm, softmax_center, col_sum, center_update, sinkhorn, softmax_ce,
+    // entropy_mean, koleo, kde, adamw, ema). The backbone runs; heads, losses and the optimizer do not.
+    return be;
+}
+
+extern "C" void backend_cuda_free(Backend *be) {
+    if (!be) return;
+    CudaImpl *c = cuda_impl(be);
+    cudaCheck(cudaStreamSynchronize(c->stream));
+    if (c->scratch) cudaCheck(cudaFree(c->scratch));
+    cudaCheck(cudaFreeHost(c->host_result));
+    cublasCheck(cublasDestroy(c->cublas));
+    cudaCheck(cudaStreamDestroy(c->stream));
+    free(c);
+    free(be);
+}

@@ -1,0 +1,41 @@
+// The CUDA backend (model/cuda/*.cu), callable from C. Present only in builds where nvcc was found
+// (DINO_HAVE_CUDA). Precision contract (docs/cuda-backend.md): tensors are fp32 in device memory;
+// GEMMs run on tensor cores with bf16 inputs and fp32 accumulation (cuBLAS compute type
+// CUBLAS_COMPUTE_32F_FAST_16BF); LayerNorm, softmax, activations and every reduction run in fp32 and
+// are deterministic (fixed-order block trees, no float atomics).
+#pragma once
+#include <stddef.h>
+
+#include "model/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// A backend on CUDA device `device` with its own stream and cuBLAS handle. Returns NULL with a message
+// in err (DINO_ERRLEN bytes; may be NULL) when there is no such device or it cannot be initialised.
+Backend *backend_cuda_new(int device, char *err);
+// Releases the stream, handles and scratch memory, then the Backend itself. (backend_free() only frees
+// the struct; use this for CUDA backends.)
+void backend_cuda_free(Backend *be);
+
+// How the GEMMs (linear layers, attention, be->gemm) compute:
+//   CUDA_GEMM_BF16 (default): bf16 tensor-core math on fp32 data, fp32 accumulation;
+//   CUDA_GEMM_FP32: true fp32 (CUBLAS_COMPUTE_32F_PEDANTIC, no TF32): slow, for tests that must isolate
+//                   the non-GEMM kernels from bf16 rounding.
+typedef enum { CUDA_GEMM_BF16 = 0, CUDA_GEMM_FP32 = 1 } CudaGemmPrecision;
+void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p);
+
+// Free and total device memory in bytes (for benchmarks choosing batch sizes).
+void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes);
+
+// The card's measured dense bf16 matmul rate (bf16 in, fp32 accumulate, cublasGemmEx) in TFLOP/s on an
+// n x n x n GEMM, median of `iters` timed runs: the denominator of MFU. Returns -1 on failure.
+double backend_cuda_measure_bf16_tflops(Backend *be, int n, int iters);
+
+// Name of the backend's device (e.g. "NVIDIA H100 80GB HBM3").
+const char *backend_cuda_device_name(Backend *be);
+
+#ifdef __cplusplus
+}
+#endif

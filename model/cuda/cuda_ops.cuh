@@ -1,0 +1,150 @@
+// Internal to model/cuda/: the backend's private state, checked-call macros, launch helpers and the
+// op functions that backend_cuda.cu puts in the Backend table. The model reaches them only through
+// the table (model/backend.h). One .cu per op family, as model/cpu/ has one .c per family.
+#pragma once
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <nvtx3/nvToolsExt.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "model/backend.h"
+#include "model/cuda/backend_cuda.h"
+
+// ---- checked calls: file:line, the library's message, and a hint ---------------------------------
+
+void cuda_fail(cudaError_t e, const char *what, const char *file, int line);
+void cublas_fail(cublasStatus_t s, const char *what, const char *file, int line);
+
+#define cudaCheck(call)                                                                            \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) cuda_fail(e_, #call, __FILE__, __LINE__);                           \
+    } while (0)
+#define cublasCheck(call)                                                                          \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS) cublas_fail(s_, #call, __FILE__, __LINE__);               \
+    } while (0)
+// After every kernel launch: catches bad launch configurations at the launch site.
+#define cudaCheckLaunch() cudaCheck(cudaGetLastError())
+
+// ---- backend state -----------------------------------------------------------------------------
+
+typedef struct {
+    int device;
+    char device_name[256];
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    CudaGemmPrecision gemm_precision;
+    void *scratch;        // grow-only scratch for reductions' partial sums (stream-ordered reuse)
+    size_t scratch_bytes;
+    double *host_result;  // pinned: scalar results (sum_squares) come back through here
+} CudaImpl;
+
+static inline CudaImpl *cuda_impl(Backend *be) { return (CudaImpl *)be->impl; }
+static inline cudaStream_t cuda_stream(Backend *be) { return cuda_impl(be)->stream; }
+// Scratch of at least `bytes`, valid until the next call of this function. Every kernel runs on the
+// backend's one stream, so an op may reuse the scratch of the op before it.
+void *cuda_scratch(Backend *be, size_t bytes);
+
+// NVTX range for profiles (nsys): one per op, named after it.
+struct NvtxRange {
+    explicit NvtxRange(const char *name) { nvtxRangePushA(name); }
+    ~NvtxRange() { nvtxRangePop(); }
+};
+#define CUDA_OP_RANGE(name) NvtxRange nvtx_range_(name)
+
+static inline unsigned ceil_div(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
+// Grid for a 1-D elementwise kernel with a grid-stride loop.
+static inline unsigned grid_1d(size_t n, int block) {
+    size_t g = (n + block - 1) / block;
+    if (g > 65535u * 8u) g = 65535u * 8u;
+    return (unsigned)(g ? g : 1);
+}
+
+// ---- deterministic column sums (shared by linear/layernorm/residual/tokens backward) -------------
+// dst[c] += alpha * sum over rows of partial[rowblock][c], in row-block order. Partials come from each
+// family's own first-pass kernel (a fixed block of rows per CUDA block, reduced in shared memory in a
+// fixed order), so the result is identical on every run.
+#define COLSUM_ROWS_PER_BLOCK 256
+#define COLSUM_COLS 32
+#define COLSUM_ROW_THREADS 8
+void colsum_finish(Backend *be, float *dst, const float *partial, int nblk, int cols, float alpha);
+
+// First pass: partial[blockIdx.y][c] = sum of f(r, c) over the rows r of row-block blockIdx.y, each
+// thread summing a fixed stride of rows, then the COLSUM_ROW_THREADS lanes in order.
+template <typename F>
+__global__ void colsum_partial_kernel(float *partial, int rows, int cols, F f) {
+    __shared__ float acc[COLSUM_ROW_THREADS][COLSUM_COLS];
+    const int c = blockIdx.x * COLSUM_COLS + threadIdx.x;
+    const int r0 = blockIdx.y * COLSUM_ROWS_PER_BLOCK;
+    const int r1 = min(r0 + COLSUM_ROWS_PER_BLOCK, rows);
+    float s = 0.0f;
+    if (c < cols)
+        for (int r = r0 + threadIdx.y; r < r1; r += COLSUM_ROW_THREADS) s += f(r, c);
+    acc[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        float t = 0.0f;
+        for (int k = 0; k < COLSUM_ROW_THREADS; k++) t += acc[k][threadIdx.x];
+        partial[(size_t)blockIdx.y * cols + c] = t;
+    }
+}
+
+// dst[c] += alpha * sum_r f(r, c) for r < rows, c < cols: deterministic (fixed blocks, fixed order).
+template <typename F>
+void colsum_add(Backend *be, float *dst, int rows, int cols, float alpha, F f) {
+    if (rows <= 0 || cols <= 0) return;
+    const int nblk = (int)ceil_div(rows, COLSUM_ROWS_PER_BLOCK);
+    float *partial = (float *)cuda_scratch(be, sizeof(float) * (size_t)nblk * cols);
+    dim3 grid(ceil_div(cols, COLSUM_COLS), nblk), block(COLSUM_COLS, COLSUM_ROW_THREADS);
+    colsum_partial_kernel<<<grid, block, 0, cuda_stream(be)>>>(partial, rows, cols, f);
+    cudaCheckLaunch();
+    colsum_finish(be, dst, partial, nblk, cols, alpha);
+}
+
+// ---- ops (same meaning as the CPU reference, model/cpu/cpu_ops.h) ------------------------------
+// matmul.cu
+void cuda_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc);
+// Row-major strided-batched GEMM (C_i = alpha op(A_i) op(B_i) + beta C_i), used by attention.
+void cuda_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                       int lda, long long strideA, const float *B, int ldb, long long strideB, float beta, float *C,
+                       int ldc, long long strideC, int batch);
+void cuda_linear_fwd(Backend *be, float *out, const float *in, const float *W, const float *b, int rows, int n_in,
+                     int n_out);
+void cuda_linear_bwd(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
+                     const float *W, int rows, int n_in, int n_out);
+// norm.cu
+void cuda_layernorm_fwd(Backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
+                        const float *b, int rows, int D, float eps);
+void cuda_layernorm_bwd(Backend *be, float *dx_acc, float *dw, float *db, const float *dout, const float *x,
+                        const float *mean, const float *rstd, const float *w, int rows, int D);
+// activation.cu
+void cuda_gelu_fwd(Backend *be, float *out, const float *x, size_t n);
+void cuda_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, size_t n);
+void cuda_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd);
+void cuda_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd);
+// attention.cu
+size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H);
+void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
+void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
+                        int T, int H, int Dh);
+// tokens.cu
+void cuda_im2col(Backend *be, float *cols, const float *img, int B, int C, int Hi, int Wi, int p);
+void cuda_tokens_fwd(Backend *be, float *x, const float *patch, const float *cls, const float *reg, const float *pos,
+                     const float *mask_token, const uint8_t *mask, int B, int N, int R, int D);
+void cuda_tokens_bwd(Backend *be, float *dpatch, float *dcls, float *dreg, float *dpos, float *dmask_token,
+                     const float *dx, const uint8_t *mask, int B, int N, int R, int D);
+void cuda_gather_rows(Backend *be, float *out, const float *in, const int *idx, int n, size_t len);
+void cuda_residual_fwd(Backend *be, float *x, const float *br, const float *gamma, const int *idx, int n, int T,
+                       int D, float scale);
+void cuda_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *dx, const float *br, const float *gamma,
+                       const int *idx, int n, int T, int D, float scale);
+void cuda_scatter_add_rows(Backend *be, float *x, const float *in, const int *idx, int n, size_t len);
+// elementwise.cu
+void cuda_axpy(Backend *be, float *y, float alpha, const float *x, size_t n);
+void cuda_scale(Backend *be, float *x, float alpha, size_t n);
+double cuda_sum_squares(Backend *be, const float *x, size_t n);

@@ -1,0 +1,71 @@
+// axpy, scale and the deterministic sum of squares (fp64 accumulation: a fixed grid of partial sums,
+// each a block tree in a fixed order, then one block sums the partials in order).
+#include "model/cuda/cuda_ops.cuh"
+
+#define GRID_STRIDE(i, n)                                                                          \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+__global__ void axpy_kernel(float *y, float alpha, const float *x, size_t n) {
+    GRID_STRIDE(i, n) y[i] += alpha * x[i];
+}
+__global__ void scale_kernel(float *x, float alpha, size_t n) {
+    GRID_STRIDE(i, n) x[i] *= alpha;
+}
+
+void cuda_axpy(Backend *be, float *y, float alpha, const float *x, size_t n) {
+    CUDA_OP_RANGE("axpy");
+    if (!n) return;
+    axpy_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(y, alpha, x, n);
+    cudaCheckLaunch();
+}
+
+void cuda_scale(Backend *be, float *x, float alpha, size_t n) {
+    CUDA_OP_RANGE("scale");
+    if (!n) return;
+    scale_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(x, alpha, n);
+    cudaCheckLaunch();
+}
+
+#define SS_BLOCKS 512 // fixed: the partition (hence the rounding) never depends on the device
+#define SS_THREADS 256
+
+// Block tree in shared memory: the same pairing on every run.
+__device__ double block_sum_double(double v, double *sh) {
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    return sh[0];
+}
+
+__global__ void sum_squares_partial_kernel(double *partial, const float *x, size_t n) {
+    __shared__ double sh[SS_THREADS];
+    double s = 0.0;
+    GRID_STRIDE(i, n) s += (double)x[i] * x[i];
+    double t = block_sum_double(s, sh);
+    if (threadIdx.x == 0) partial[blockIdx.x] = t;
+}
+
+__global__ void sum_partials_kernel(double *out, const double *partial, int n) {
+    __shared__ double sh[SS_THREADS];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+    double t = block_sum_double(s, sh);
+    if (threadIdx.x == 0) *out = t;
+}
+
+double cuda_sum_squares(Backend *be, const float *x, size_t n) {
+    CUDA_OP_RANGE("sum_squares");
+    if (!n) return 0.0;
+    CudaImpl *c = cuda_impl(be);
+    double *partial = (double *)cuda_scratch(be, sizeof(double) * (SS_BLOCKS + 1));
+    sum_squares_partial_kernel<<<SS_BLOCKS, SS_THREADS, 0, c->stream>>>(partial, x, n);
+    cudaCheckLaunch();
+    sum_partials_kernel<<<1, SS_THREADS, 0, c->stream>>>(partial + SS_BLOCKS, partial, SS_BLOCKS);
+    cudaCheckLaunch();
+    cudaCheck(cudaMemcpyAsync(c->host_result, partial + SS_BLOCKS, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
+    cudaCheck(cudaStreamSynchronize(c->stream));
+    return *c->host_result;
+}

@@ -1,0 +1,123 @@
+// DINOv2's losses on the backend interface.
+#include "model/loss.h"
+
+#include <stdlib.h>
+
+#include "common/check.h"
+
+void teacher_center_init(Backend *be, TeacherCenter *c, int K, float momentum) {
+    c->K = K;
+    c->momentum = momentum;
+    c->center = be->alloc(be, sizeof(float) * (size_t)K);
+    c->sum = be->alloc(be, sizeof(float) * (size_t)K);
+}
+
+void teacher_center_free(Backend *be, TeacherCenter *c) {
+    if (c->center) be->release(be, c->center);
+    if (c->sum) be->release(be, c->sum);
+    c->center = c->sum = NULL;
+}
+
+void dino_teacher_targets(Backend *be, Collective *coll, Centering centering, TeacherCenter *c, float *P,
+                          const float *z, int rows, float temp) {
+    const int K = c->K, world = collective_world(coll);
+    if (centering == CENTERING_SINKHORN) {
+        be->sinkhorn(be, coll, P, z, rows, K, temp, SINKHORN_ITERATIONS, (float)rows * (float)world);
+        return;
+    }
+    // softmax with the centre of the previous steps, then this step's update (applied from the next step)
+    be->softmax_center(be, P, z, c->center, rows, K, temp);
+    be->col_sum(be, c->sum, z, rows, K);
+    collective_sum_f32(coll, c->sum, (size_t)K);
+    be->center_update(be, c->center, c->sum, K, 1.0f / ((float)rows * (float)world), c->momentum);
+}
+
+void ibot_teacher_targets(Backend *be, Collective *coll, Centering centering, TeacherCenter *c, float *P,
+                          const float *z, int n_masked, float temp) {
+    const int K = c->K, world = collective_world(coll);
+    if (centering == CENTERING_SINKHORN) {
+        float n_global = (float)n_masked;
+        collective_sum_f32(coll, &n_global, 1);
+        // called even without masked tokens here: every rank joins the collectives
+        be->sinkhorn(be, coll, P, z, n_masked, K, temp, SINKHORN_ITERATIONS, n_global);
+        return;
+    }
+    if (n_masked > 0) be->softmax_center(be, P, z, c->center, n_masked, K, temp);
+    // this rank's mean over its masked tokens, averaged over ranks
+    be->col_sum(be, c->sum, z, n_masked, K);
+    if (n_masked > 0) be->scale(be, c->sum, 1.0f / (float)n_masked, (size_t)K);
+    collective_sum_f32(coll, c->sum, (size_t)K);
+    be->center_update(be, c->center, c->sum, K, 1.0f / (float)world, c->momentum);
+}
+
+// Sum of n floats of backend memory, on the host in double.
+static double sum_rows(Backend *be, const float *row_loss, int n, const float *w) {
+    if (n <= 0) return 0;
+    float *h = dino_malloc(sizeof(float) * (size_t)n);
+    be->to_host(be, h, row_loss, sizeof(float) * (size_t)n);
+    float *hw = NULL;
+    if (w) {
+        hw = dino_malloc(sizeof(float) * (size_t)n);
+        be->to_host(be, hw, w, sizeof(float) * (size_t)n);
+    }
+    double s = 0;
+    for (int i = 0; i < n; i++) s += (double)h[i] * (hw ? hw[i] : 1.0f);
+    free(h);
+    free(hw);
+    return s;
+}
+
+double dino_loss_local(Backend *be, const float *s_local, int n_local, int B, const float *P, int K,
+                       float student_temp, float *tsum, float *row_loss, float *ds_local, float weight) {
+    if (n_local <= 0) return 0;
+    const float n_terms = (float)(2 + 2 * n_local);
+    // CE is linear in the target: both global-crop targets of an image at once
+    be->copy(be, tsum, P, sizeof(float) * (size_t)B * K);
+    be->axpy(be, tsum, 1.0f, P + (size_t)B * K, (size_t)B * K);
+    const int rows = n_local * B;
+    be->softmax_ce(be, row_loss, ds_local, s_local, tsum, NULL, rows, B, K, student_temp,
+                   weight / ((float)B * n_terms));
+    return sum_rows(be, row_loss, rows, NULL) / ((double)B * n_terms);
+}
+
+double dino_loss_global(Backend *be, const float *s_global, int n_local, int B, const float *P, int K,
+                        float student_temp, float *row_loss, float *ds_global, float weight) {
+    const float n_terms = (float)(2 + 2 * n_local);
+    // 2 (loss_scales) * mean over 2B rows / n_terms = sum / (B n_terms)
+    be->softmax_ce(be, row_loss, ds_global, s_global, P, NULL, 2 * B, 2 * B, K, student_temp,
+                   weight / ((float)B * n_terms));
+    return sum_rows(be, row_loss, 2 * B, NULL) / ((double)B * n_terms);
+}
+
+double ibot_loss(Backend *be, const float *s, const float *P, const float *w, int n_masked, int n_images, int K,
+                 float student_temp, float *row_loss, float *ds, float weight) {
+    if (n_masked <= 0) return 0;
+    be->softmax_ce(be, row_loss, ds, s, P, w, n_masked, n_masked, K, student_temp, weight / (float)n_images);
+    return sum_rows(be, row_loss, n_masked, w) / n_images;
+}
+
+double koleo_loss(Backend *be, const float *cls, int n_crops, int B, int D, float weight, float *dcls_acc,
+                  float *scratch) {
+    double total = 0;
+    for (int c = 0; c < n_crops; c++) {
+        size_t off = (size_t)c * B * D;
+        be->koleo(be, scratch, dcls_acc ? dcls_acc + off : NULL, cls + off, B, D, weight);
+        float v;
+        be->to_host(be, &v, scratch, sizeof v);
+        total += v;
+    }
+    return weight * total;
+}
+
+double kde_loss(Backend *be, const float *cls, int n_crops, int B, int D, float kappa, float weight,
+                float *dcls_acc, float *scratch) {
+    double total = 0;
+    for (int c = 0; c < n_crops; c++) {
+        size_t off = (size_t)c * B * D;
+        be->kde(be, scratch, dcls_acc ? dcls_acc + off : NULL, cls + off, B, D, kappa, weight);
+        float v;
+        be->to_host(be, &v, scratch, sizeof v);
+        total += v;
+    }
+    return weight * total;
+}

@@ -1,0 +1,445 @@
+#include <dirent.h>
+#include <sys/stat.h>
+#include <string.h>
+
+#include "common/check.h"
+#include "tests/harness.h"
+#include "train/config.h"
+
+static const char *write_file(const char *dir, const char *name, const char *text) {
+    static char paths[8][4096];
+    static int k;
+    char *p = paths[k++ % 8];
+    snprintf(p, 4096, "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    if (!f) { perror(p); exit(2); }
+    fputs(text, f);
+    fclose(f);
+    return p;
+}
+
+static Config cfg, cfg2; // large: keep off the stack
+
+static int load(const char *path, int n, char *const *ov, char *err) { return config_load(&cfg, path, n, ov, err); }
+
+// The load must fail with a message containing every one of the given fragments.
+#define CHECK_REFUSED(path, n, ov, ...)                                                            \
+    do {                                                                                           \
+        char err_[DINO_ERRLEN] = "";                                                               \
+        const char *frags_[] = {__VA_ARGS__};                                                      \
+        int rc_ = load(path, n, ov, err_);                                                         \
+        CHECK(rc_ == -1, "expected a refusal, load succeeded");                                    \
+        for (size_t i_ = 0; i_ < sizeof frags_ / sizeof frags_[0]; i_++)                           \
+            CHECK(strstr(err_, frags_[i_]), "message '%s' lacks '%s'", err_, frags_[i_]);          \
+    } while (0)
+
+TEST(defaults_are_the_reference) {
+    config_defaults(&cfg);
+    CHECK(strcmp(cfg.student.arch, "vit_large") == 0, "arch %s", cfg.student.arch);
+    CHECK(cfg.student.patch_size == 16 && cfg.student.drop_path_rate == 0.3 && cfg.student.layerscale == 1e-5, "student");
+    CHECK(cfg.dino.head_n_prototypes == 65536 && cfg.dino.head_bottleneck_dim == 256 && cfg.dino.koleo_loss_weight == 0.1,
+          "dino");
+    CHECK(cfg.ibot.mask_ratio_min_max[0] == 0.1 && cfg.ibot.mask_ratio_min_max[1] == 0.5 && !cfg.ibot.separate_head, "ibot");
+    CHECK(cfg.optim.base_lr == 0.004 && cfg.optim.weight_decay_end == 0.4 && cfg.optim.layerwise_decay == 0.9 &&
+              cfg.optim.epochs == 100 && cfg.optim.warmup_epochs == 10 && cfg.optim.clip_grad == 3.0,
+          "optim");
+    CHECK(cfg.teacher.momentum_teacher == 0.992 && cfg.teacher.teacher_temp == 0.07 &&
+              cfg.teacher.warmup_teacher_temp_epochs == 30,
+          "teacher");
+    CHECK(cfg.crops.global_crops_scale[0] == 0.32 && cfg.crops.local_crops_size == 96 && cfg.crops.local_crops_number == 8,
+          "crops");
+    CHECK(cfg.train.OFFICIAL_EPOCH_LENGTH == 1250 && cfg.train.batch_size_per_gpu == 64 &&
+              strcmp(cfg.train.centering, "centering") == 0,
+          "train");
+    CHECK(cfg.augment.blur_p_global1 == 0.0 && cfg.augment.blur_p_global2 == 0.9 && cfg.augment.mean[2] == 0.406, "augment");
+    CHECK(config_total_iterations(&cfg) == 125000, "total iterations %lld", (long long)config_total_iterations(&cfg));
+    char err[DINO_ERRLEN];
+    CHECK(config_validate(&cfg, err) == 0, "defaults must validate: %s", err);
+}
+
+TEST(every_shipped_config_loads_and_validates) {
+    DIR *d = opendir(test_src_path("configs"));
+    CHECK(d != NULL, "no configs/ directory");
+    if (!d) return;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (len < 6 || strcmp(e->d_name + len - 5, ".yaml") != 0) continue;
+        char rel[512], err[DINO_ERRLEN] = "";
+        snprintf(rel, sizeof rel, "configs/%s", e->d_name);
+        CHECK(load(test_src_path(rel), 0, NULL, err) == 0, "%s: %s", rel, err);
+        n++;
+    }
+    closedir(d);
+    CHECK(n >= 8, "expected at least the 8 shipped configs, found %d", n);
+}
+
+TEST(shipped_recipes_hold_their_published_values) {
+    char err[DINO_ERRLEN] = "";
+    CHECK(load(test_src_path("configs/vitl14.yaml"), 0, NULL, err) == 0, "%s", err);
+    CHECK(strcmp(cfg.student.arch, "vit_large") == 0 && cfg.student.patch_size == 14 &&
+              strcmp(cfg.student.ffn_layer, "swiglufused") == 0 && cfg.student.drop_path_rate == 0.4,
+          "vitl14 student");
+    CHECK(cfg.dino.head_n_prototypes == 131072 && cfg.dino.head_bottleneck_dim == 384 && cfg.ibot.separate_head &&
+              cfg.ibot.head_bottleneck_dim == 256,
+          "vitl14 heads");
+    CHECK(cfg.train.batch_size_per_gpu == 32 && strcmp(cfg.train.centering, "sinkhorn_knopp") == 0, "vitl14 train");
+    CHECK(cfg.optim.base_lr == 2e-4 && cfg.optim.epochs == 500 && cfg.optim.warmup_epochs == 80 &&
+              cfg.optim.layerwise_decay == 1.0 && cfg.optim.weight_decay_end == 0.2,
+          "vitl14 optim");
+    CHECK(cfg.teacher.momentum_teacher == 0.994 && cfg.crops.local_crops_size == 98, "vitl14 teacher/crops");
+    // vitl.yaml is vitl14.yaml under the name users type
+    CHECK(load(test_src_path("configs/vitl.yaml"), 0, NULL, err) == 0, "%s", err);
+    const char *diff = NULL;
+    CHECK(config_load(&cfg2, test_src_path("configs/vitl14.yaml"), 0, NULL, err) == 0, "%s", err);
+    CHECK(config_equal(&cfg, &cfg2, &diff), "vitl.yaml differs from vitl14.yaml at %s", diff ? diff : "?");
+
+    CHECK(load(test_src_path("configs/phikon-v2.yaml"), 0, NULL, err) == 0, "%s", err);
+    CHECK(strcmp(cfg.student.arch, "vit_large") == 0 && cfg.student.patch_size == 16 &&
+              cfg.student.num_register_tokens == 0 && cfg.crops.global_crops_size == 224,
+          "phikon-v2 model");
+    CHECK(cfg.train.batch_size_per_gpu * 128 == 4096, "phikon-v2 global batch on 128 ranks: %d",
+          cfg.train.batch_size_per_gpu * 128);
+    CHECK(config_total_iterations(&cfg) == 250000, "phikon-v2 iterations %lld", (long long)config_total_iterations(&cfg));
+    CHECK(cfg.data.n_sources == 1 && strstr(cfg.data.sources[0], "mpp=0.5"), "phikon-v2 source at 0.5 um/px");
+
+    CHECK(load(test_src_path("configs/dino-vits16-path.yaml"), 0, NULL, err) == 0, "%s", err);
+    CHECK(cfg.ibot.loss_weight == 0 && cfg.dino.koleo_loss_weight == 0 && cfg.dino.loss_weight > 0, "DINO only");
+    CHECK(strcmp(cfg.student.arch, "vit_small") == 0 && cfg.student.patch_size == 16, "ViT-S/16");
+
+    CHECK(load(test_src_path("configs/demo.yaml"), 0, NULL, err) == 0, "%s", err);
+    int dim, depth, heads;
+    config_arch_dims(&cfg, &dim, &depth, &heads);
+    CHECK(dim >= 64 && dim <= 96 && depth >= 2 && depth <= 4 && dim % heads == 0, "demo model %dx%d/%d", dim, depth, heads);
+    CHECK(config_total_iterations(&cfg) <= 1000 && cfg.dino.head_n_prototypes <= 4096, "demo must stay tiny");
+    CHECK(cfg.data.n_sources == 1 && strstr(cfg.data.sources[0], "demo"), "demo data source");
+}
+
+TEST(overrides_apply_after_the_file) {
+    char err[DINO_ERRLEN] = "";
+    char *ov[] = {"optim.base_lr=0.001", "crops.global_crops_scale=[0.4, 0.9]", "student.arch=vit_small",
+                  "train.output_dir=runs/a b:c", "ibot.separate_head=true", "data.sources=[shards:/x, \"wsi:s.txt,mpp=0.5\"]",
+                  "train.seed=12345678901", "augment.rot90=yes"};
+    CHECK(load(test_src_path("configs/vitl14.yaml"), 8, ov, err) == 0, "%s", err);
+    CHECK(cfg.optim.base_lr == 0.001, "base_lr %g", cfg.optim.base_lr);
+    CHECK(cfg.crops.global_crops_scale[0] == 0.4 && cfg.crops.global_crops_scale[1] == 0.9, "list override");
+    CHECK(strcmp(cfg.student.arch, "vit_small") == 0, "arch %s", cfg.student.arch);
+    CHECK(strcmp(cfg.train.output_dir, "runs/a b:c") == 0, "string taken verbatim: '%s'", cfg.train.output_dir);
+    CHECK(cfg.ibot.separate_head && cfg.augment.rot90, "bools");
+    CHECK(cfg.data.n_sources == 2 && strcmp(cfg.data.sources[0], "shards:/x") == 0 &&
+              strcmp(cfg.data.sources[1], "wsi:s.txt,mpp=0.5") == 0,
+          "sources %d", cfg.data.n_sources);
+    CHECK(cfg.train.seed == 12345678901LL, "64-bit seed");
+    CHECK(cfg.student.patch_size == 14, "untouched keys keep the file's value");
+    // a single source without brackets is a one-entry list (specs may contain commas)
+    char *one[] = {"data.sources=wsi:slides.txt,mpp=0.5"};
+    CHECK(load(test_src_path("configs/vitl14.yaml"), 1, one, err) == 0, "%s", err);
+    CHECK(cfg.data.n_sources == 1 && strcmp(cfg.data.sources[0], "wsi:slides.txt,mpp=0.5") == 0, "one source");
+
+    char *typo[] = {"optim.base_lrr=0.1"};
+    CHECK_REFUSED(test_src_path("configs/vitl14.yaml"), 1, typo, "unknown key 'optim.base_lrr' in the command line",
+                  "did you mean 'optim.base_lr'?");
+    char *wrong[] = {"student.patch_size=fourteen"};
+    CHECK_REFUSED(test_src_path("configs/vitl14.yaml"), 1, wrong, "wrong type for student.patch_size", "the command line",
+                  "expected an integer");
+    char *base[] = {"base=vitg14.yaml"};
+    CHECK_REFUSED(test_src_path("configs/vitl14.yaml"), 1, base, "base can only be named inside a config file");
+    char *noeq[] = {"optim.base_lr"};
+    CHECK_REFUSED(test_src_path("configs/vitl14.yaml"), 1, noeq, "expected key.sub=value");
+    // an override's impossible value names the command line as its origin
+    char *neg[] = {"optim.base_lr=-0.1"};
+    CHECK_REFUSED(test_src_path("configs/vitl14.yaml"), 1, neg, "optim.base_lr", "the command line", "must be > 0");
+}
+
+TEST(unknown_keys_are_refused_with_the_nearest_key) {
+    const char *dir = test_tmpdir();
+    const char *p = write_file(dir, "x.yaml", "optim:\n  base_lrr: 0.1\n");
+    char want[4200];
+    snprintf(want, sizeof want, "unknown key 'optim.base_lrr' in %s (line 2); did you mean 'optim.base_lr'?", p);
+    CHECK_REFUSED(p, 0, NULL, want);
+    p = write_file(dir, "y.yaml", "train:\n  base_lr: 0.1\n");
+    CHECK_REFUSED(p, 0, NULL, "unknown key 'train.base_lr'", "did you mean 'optim.base_lr'?");
+    p = write_file(dir, "z.yaml", "studnet:\n  arch: vit_small\n");
+    CHECK_REFUSED(p, 0, NULL, "unknown key 'studnet.arch'", "did you mean 'student.arch'?");
+    p = write_file(dir, "w.yaml", "frobnicate: 3\n");
+    CHECK_REFUSED(p, 0, NULL, "unknown key 'frobnicate'", "w.yaml");
+    p = write_file(dir, "d.yaml", "optim:\n  base_lr: 0.1\n  base_lr: 0.2\n");
+    CHECK_REFUSED(p, 0, NULL, "duplicate key 'optim.base_lr'");
+    CHECK(config_edit_distance("kitten", "sitting") == 3, "edit distance");
+    CHECK(config_edit_distance("", "abc") == 3 && config_edit_distance("abc", "abc") == 0, "edit distance edges");
+}
+
+TEST(wrong_types_are_refused) {
+    const char *dir = test_tmpdir();
+    CHECK_REFUSED(write_file(dir, "a.yaml", "student:\n  patch_size: 14.5\n"), 0, NULL, "wrong type for student.patch_size",
+                  "a.yaml", "expected an integer", "'14.5'");
+    CHECK_REFUSED(write_file(dir, "b.yaml", "optim:\n  base_lr: [1, 2]\n"), 0, NULL, "wrong type for optim.base_lr",
+                  "expected a number");
+    CHECK_REFUSED(write_file(dir, "c.yaml", "crops:\n  global_crops_scale: 0.3\n"), 0, NULL,
+                  "wrong type for crops.global_crops_scale", "a list of 2 numbers");
+    CHECK_REFUSED(write_file(dir, "d.yaml", "crops:\n  global_crops_scale: [0.3, 0.5, 0.9]\n"), 0, NULL,
+                  "crops.global_crops_scale");
+    CHECK_REFUSED(write_file(dir, "e.yaml", "student:\n  drop_path_uniform: maybe\n"), 0, NULL,
+                  "wrong type for student.drop_path_uniform", "boolean");
+    CHECK_REFUSED(write_file(dir, "f.yaml", "student: 5\n"), 0, NULL, "'student'", "is a section");
+    CHECK_REFUSED(write_file(dir, "g.yaml", "student:\n  arch:\n    name: vit_small\n"), 0, NULL,
+                  "wrong type for student.arch", "got a mapping");
+    CHECK_REFUSED(write_file(dir, "h.yaml", "optim:\n  base_lr: .inf\n"), 0, NULL, "wrong type for optim.base_lr");
+    CHECK_REFUSED(write_file(dir, "i.yaml", "- a\n- b\n"), 0, NULL, "i.yaml", "mapping");
+    CHECK_REFUSED(write_file(dir, "j.yaml", "optim: {base_lr: 0.1\n"), 0, NULL, "j.yaml", "YAML error");
+}
+
+TEST(impossible_values_are_refused) {
+    const char *dir = test_tmpdir();
+    CHECK_REFUSED(write_file(dir, "lr.yaml", "optim:\n  base_lr: -0.001\n"), 0, NULL, "optim.base_lr", "lr.yaml",
+                  "must be > 0");
+    CHECK_REFUSED(write_file(dir, "sc.yaml", "crops:\n  local_crops_scale: [0.4, 0.2]\n"), 0, NULL,
+                  "crops.local_crops_scale", "sc.yaml", "min > max");
+    CHECK_REFUSED(write_file(dir, "mr.yaml", "ibot:\n  mask_ratio_min_max: [0.6, 0.5]\n"), 0, NULL,
+                  "ibot.mask_ratio_min_max", "min > max");
+    // patch 14 with the default 224/96 crops: 96 is not a multiple of 14
+    CHECK_REFUSED(write_file(dir, "p.yaml", "student:\n  patch_size: 14\n"), 0, NULL, "crops.local_crops_size",
+                  "not a multiple of student.patch_size = 14", "p.yaml");
+    CHECK_REFUSED(write_file(dir, "k.yaml", "train:\n  batch_size_per_gpu: 1\n"), 0, NULL, "train.batch_size_per_gpu",
+                  "KoLeo", "k.yaml");
+    char err[DINO_ERRLEN] = "";
+    CHECK(load(write_file(dir, "k0.yaml", "train:\n  batch_size_per_gpu: 1\ndino:\n  koleo_loss_weight: 0\n"), 0, NULL,
+               err) == 0,
+          "batch 1 without KoLeo is fine: %s", err);
+    CHECK(load(write_file(dir, "kde.yaml", "train:\n  batch_size_per_gpu: 1\ndino:\n  regularizer: kde\n"), 0, NULL,
+               err) == 0,
+          "batch 1 with KDE is fine: %s", err);
+    CHECK_REFUSED(write_file(dir, "ar.yaml", "student:\n  arch: vit_lage\n"), 0, NULL, "student.arch = 'vit_lage'",
+                  "ar.yaml", "must be one of", "did you mean 'vit_large'?");
+    CHECK_REFUSED(write_file(dir, "ce.yaml", "train:\n  centering: sinkhorn\n"), 0, NULL, "train.centering",
+                  "did you mean 'sinkhorn_knopp'?");
+    CHECK_REFUSED(write_file(dir, "ff.yaml", "student:\n  ffn_layer: identity\n"), 0, NULL, "student.ffn_layer",
+                  "mlp|swiglu|swiglufused");
+    CHECK_REFUSED(write_file(dir, "bf.yaml", "compute_precision:\n  param_dtype: bf16\n"), 0, NULL,
+                  "compute_precision.param_dtype", "cpu backend");
+    CHECK_REFUSED(write_file(dir, "dp.yaml", "student:\n  drop_path_rate: 1.0\n"), 0, NULL, "student.drop_path_rate");
+    CHECK_REFUSED(write_file(dir, "hd.yaml", "student:\n  embed_dim: 100\n  num_heads: 3\n"), 0, NULL,
+                  "student.num_heads", "not divisible");
+    CHECK_REFUSED(write_file(dir, "off.yaml", "dino:\n  loss_weight: 0\nibot:\n  loss_weight: 0\n"), 0, NULL,
+                  "nothing to train");
+    CHECK_REFUSED(write_file(dir, "wu.yaml", "optim:\n  epochs: 5\n"), 0, NULL, "optim.warmup_epochs");
+    CHECK_REFUSED(write_file(dir, "du.yaml", "student:\n  drop_path_uniform: false\n"), 0, NULL,
+                  "student.drop_path_uniform", "uniform");
+    CHECK_REFUSED(write_file(dir, "kl.yaml", "checkpoint:\n  keep_last: 0\n"), 0, NULL, "checkpoint.keep_last");
+    CHECK_REFUSED(write_file(dir, "pb.yaml", "augment:\n  solarize_p: 1.5\n"), 0, NULL, "augment.solarize_p");
+    // cuda resolves auto to bf16; cuda with fp32 is refused
+    CHECK(load(write_file(dir, "cu.yaml", "backend: cuda\n"), 0, NULL, err) == 0, "%s", err);
+    CHECK(strcmp(cfg.param_dtype, "bf16") == 0, "auto on cuda -> %s", cfg.param_dtype);
+    CHECK_REFUSED(write_file(dir, "cf.yaml", "backend: cuda\ncompute_precision:\n  param_dtype: fp32\n"), 0, NULL,
+                  "compute_precision.param_dtype", "cuda backend");
+}
+
+TEST(base_configs_are_inherited_and_cycles_refused) {
+    const char *dir = test_tmpdir();
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    CHECK(mkdir(sub, 0755) == 0, "mkdir");
+    write_file(dir, "root.yaml", "student:\n  arch: vit_small\n  patch_size: 14\ncrops:\n  local_crops_size: 98\n"
+                                 "optim:\n  base_lr: 0.002\n");
+    write_file(sub, "mid.yaml", "base: ../root.yaml\noptim:\n  epochs: 50\n");
+    const char *leafp = write_file(sub, "leaf.yaml", "optim:\n  base_lr: 0.001\nbase: mid.yaml\n");
+    char err[DINO_ERRLEN] = "";
+    CHECK(load(leafp, 0, NULL, err) == 0, "%s", err);
+    CHECK(strcmp(cfg.student.arch, "vit_small") == 0 && cfg.student.patch_size == 14, "from the root");
+    CHECK(cfg.optim.epochs == 50, "from the middle");
+    CHECK(cfg.optim.base_lr == 0.001, "the leaf wins wherever its base key is written");
+    CHECK(cfg.optim.warmup_epochs == 10, "defaults below everything");
+
+    // an impossible value inherited from a base names the base file
+    write_file(dir, "badbase.yaml", "optim:\n  min_lr: -1\n");
+    const char *child = write_file(dir, "child.yaml", "base: badbase.yaml\n");
+    CHECK_REFUSED(child, 0, NULL, "optim.min_lr", "badbase.yaml");
+
+    write_file(dir, "a.yaml", "base: b.yaml\n");
+    write_file(dir, "b.yaml", "base: a.yaml\n");
+    char a[4200];
+    snprintf(a, sizeof a, "%s/a.yaml", dir);
+    CHECK_REFUSED(a, 0, NULL, "cycle");
+    CHECK_REFUSED(write_file(dir, "self.yaml", "base: self.yaml\n"), 0, NULL, "cycle");
+    CHECK_REFUSED(write_file(dir, "miss.yaml", "base: nowhere.yaml\n"), 0, NULL, "miss.yaml", "nowhere.yaml");
+    CHECK_REFUSED(write_file(dir, "nb.yaml", "base: [a.yaml]\n"), 0, NULL, "base must name a config file");
+}
+
+TEST(resolved_config_reads_back_identical) {
+    const char *dir = test_tmpdir();
+    char err[DINO_ERRLEN] = "";
+    char *ov[] = {"train.output_dir=/tmp/with \"quotes\" and \\back: slash", "data.sources=[folder:/a, \"wsi:b.txt,mpp=0.25\"]",
+                  "optim.min_lr=1.2345678901234567e-07", "student.layerscale=0.1", "augment.mean=[0.1, 0.2, 0.30000000000000004]",
+                  "train.seed=7"};
+    CHECK(load(test_src_path("configs/demo.yaml"), 6, ov, err) == 0, "%s", err);
+    config_apply_lr_scaling(&cfg, 3);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.yaml", dir);
+    CHECK(config_write(&cfg, path, err) == 0, "%s", err);
+    CHECK(config_load(&cfg2, path, 0, NULL, err) == 0, "resolved config must load: %s", err);
+    const char *diff = NULL;
+    CHECK(config_equal(&cfg, &cfg2, &diff), "round trip differs at %s", diff ? diff : "?");
+    CHECK(cfg2.optim.lr == cfg.optim.lr && cfg.optim.lr > 0, "computed lr kept");
+    char *y1 = config_to_yaml(&cfg), *y2 = config_to_yaml(&cfg2);
+    CHECK(strcmp(y1, y2) == 0, "text differs after a second round trip");
+    free(y1);
+    free(y2);
+    // config_equal does see a change
+    cfg2.augment.std[1] += 1e-12;
+    CHECK(!config_equal(&cfg, &cfg2, &diff) && strcmp(diff, "augment.std") == 0, "equal missed augment.std");
+    // the default config also round-trips (every key, every type)
+    config_defaults(&cfg);
+    CHECK(config_write(&cfg, path, err) == 0, "%s", err);
+    CHECK(config_load(&cfg2, path, 0, NULL, err) == 0, "%s", err);
+    CHECK(strcmp(cfg2.param_dtype, "fp32") == 0, "auto resolved for cpu");
+    snprintf(cfg.param_dtype, CFG_NAME, "fp32");
+    CHECK(config_equal(&cfg, &cfg2, &diff), "defaults round trip differs at %s", diff ? diff : "?");
+}
+
+TEST(lr_scaling_rule) {
+    char err[DINO_ERRLEN] = "";
+    CHECK(load(test_src_path("configs/vitl14.yaml"), 0, NULL, err) == 0, "%s", err);
+    // the reference run: 96 GPUs x 32 = 3072 -> 2e-4 * sqrt(3) = 3.464e-4
+    CHECK_CLOSE(config_scaled_lr(&cfg, 96), 3.4641016e-4, 1e-10, 1e-6);
+    CHECK_CLOSE(config_scaled_lr(&cfg, 1), 2e-4 * sqrt(32.0 / 1024.0), 0, 1e-12);
+    CHECK_CLOSE(config_scaled_lr(&cfg, 32), 2e-4, 0, 1e-12); // 32 x 32 = 1024
+    config_apply_lr_scaling(&cfg, 96);
+    CHECK_CLOSE(cfg.optim.lr, 3.4641016e-4, 1e-10, 1e-6);
+    char *lin[] = {"optim.scaling_rule=linear_wrt_256", "optim.base_lr=0.0005"};
+    CHECK(load(test_src_path("configs/vitl14.yaml"), 2, lin, err) == 0, "%s", err);
+    CHECK_CLOSE(config_scaled_lr(&cfg, 8), 0.0005 * 256 / 256.0, 0, 1e-12); // 8 x 32 = 256
+    CHECK_CLOSE(config_scaled_lr(&cfg, 16), 0.001, 0, 1e-12);
+    char *none[] = {"optim.scaling_rule=none"};
+    CHECK(load(test_src_path("configs/vitl14.yaml"), 1, none, err) == 0, "%s", err);
+    CHECK(config_scaled_lr(&cfg, 64) == 2e-4, "none keeps base_lr");
+}
+
+TEST(configuration_doc_lists_every_key) {
+    FILE *f = fopen(test_src_path("docs/configuration.md"), "rb");
+    CHECK(f != NULL, "docs/configuration.md missing");
+    if (!f) return;
+    static char doc[1 << 17];
+    size_t n = fread(doc, 1, sizeof doc - 1, f);
+    doc[n] = 0;
+    fclose(f);
+    for (int i = 0; i < config_n_keys(); i++) {
+        char want[128];
+        snprintf(want, sizeof want, "| `%s` |", config_key_name(i));
+        CHECK(strstr(doc, want), "docs/configuration.md does not describe %s", config_key_name(i));
+    }
+}
+
+TEST(backbone_from_config) {
+    char err[DINO_ERRLEN] = "";
+    VitConfig v;
+    CHECK(load(test_src_path("configs/demo.yaml"), 0, NULL, err) == 0, "%s", err);
+    CHECK(config_to_vit(&cfg, &v, err) == 0, "%s", err);
+    CHECK(v.dim == 96 && v.depth == 3 && v.heads == 3 && v.ffn == VIT_FFN_MLP && v.ffn_hidden == 4 * 96, "demo vit %dx%d/%d ffn %d",
+          v.dim, v.depth, v.heads, v.ffn_hidden);
+    CHECK(v.patch == 16 && v.img_size == 112 && v.n_registers == 0, "demo geometry");
+    CHECK(v.drop_path_rate == 0.1f && v.layerscale == 1e-5f && v.interpolate_offset == 0.1f, "demo scalars");
+    CHECK(load(test_src_path("configs/vitl14.yaml"), 0, NULL, err) == 0, "%s", err);
+    VitConfig ref;
+    CHECK(vit_config_from_arch(&ref, "vit_large", 14, 224, 0, "swiglufused", err) == 0, "%s", err);
+    CHECK(config_to_vit(&cfg, &v, err) == 0, "%s", err);
+    CHECK(v.dim == ref.dim && v.depth == ref.depth && v.heads == ref.heads && v.ffn == VIT_FFN_SWIGLU &&
+              v.ffn_hidden == ref.ffn_hidden,
+          "vitl14: %d %d %d %d vs %d", v.dim, v.depth, v.heads, v.ffn_hidden, ref.ffn_hidden);
+    CHECK(v.drop_path_rate == 0.4f, "vitl14 drop path");
+    // a width override keeps the SwiGLU rounding of the reference: vit_base is 768 wide
+    char *ov[] = {"student.arch=vit_small", "student.embed_dim=768", "student.num_heads=12"};
+    CHECK(load(test_src_path("configs/vitl14.yaml"), 3, ov, err) == 0, "%s", err);
+    CHECK(vit_config_from_arch(&ref, "vit_base", 14, 224, 0, "swiglufused", err) == 0, "%s", err);
+    CHECK(config_to_vit(&cfg, &v, err) == 0 && v.dim == 768 && v.depth == 12 && v.ffn_hidden == ref.ffn_hidden,
+          "override hidden %d vs %d", v.ffn_hidden, ref.ffn_hidden);
+    char *reg[] = {"student.num_register_tokens=4", "student.interpolate_antialias=true", "student.interpolate_offset=0.0"};
+    CHECK(load(test_src_path("configs/vits14.yaml"), 3, reg, err) == 0, "%s", err);
+    CHECK(config_to_vit(&cfg, &v, err) == 0 && v.n_registers == 4 && v.interpolate_antialias && v.interpolate_offset == 0,
+          "registers");
+}
+
+TEST(resolved_config_saved_in_output_dir) {
+    char err[DINO_ERRLEN] = "", ov[4300], path[4400];
+    snprintf(ov, sizeof ov, "train.output_dir=%s/runs/a/b", test_tmpdir());
+    char *ovs[] = {ov};
+    CHECK(load(test_src_path("configs/dino-vits16-path.yaml"), 1, ovs, err) == 0, "%s", err);
+    config_apply_lr_scaling(&cfg, 4);
+    CHECK_CLOSE(cfg.optim.lr, 0.0005, 0, 1e-12); // 64 x 4 = 256 images, linear rule
+    CHECK(config_save_resolved(&cfg, err) == 0, "%s", err);
+    config_output_path(&cfg, "config.yaml", path, sizeof path);
+    CHECK(config_load(&cfg2, path, 0, NULL, err) == 0, "%s", err);
+    const char *diff = NULL;
+    CHECK(config_equal(&cfg, &cfg2, &diff), "differs at %s", diff ? diff : "?");
+    config_output_path(&cfg, "/abs/m.jsonl", path, sizeof path);
+    CHECK(strcmp(path, "/abs/m.jsonl") == 0, "absolute paths stay");
+}
+
+// Our defaults must be the modules' defaults: the keys and the module structs describe the same recipe.
+TEST(module_settings_match_module_defaults) {
+    char err[DINO_ERRLEN] = "";
+    config_defaults(&cfg);
+    snprintf(cfg.param_dtype, CFG_NAME, "fp32");
+    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+
+    SslConfig s, ref;
+    CHECK(config_to_ssl(&cfg, &s, err) == 0, "%s", err);
+    ssl_config_default(&ref, &s.vit);
+    CHECK(s.dino_head.in_dim == ref.dino_head.in_dim && s.dino_head.hidden == ref.dino_head.hidden &&
+              s.dino_head.bottleneck == ref.dino_head.bottleneck && s.dino_head.K == ref.dino_head.K &&
+              s.dino_head.nlayers == ref.dino_head.nlayers,
+          "dino head");
+    CHECK(memcmp(&s.ibot_head, &ref.ibot_head, sizeof s.ibot_head) == 0 && s.ibot_separate_head == ref.ibot_separate_head,
+          "ibot head");
+    CHECK(s.batch == ref.batch && s.n_local == ref.n_local && s.global_crop == ref.global_crop &&
+              s.local_crop == ref.local_crop && s.centering == ref.centering,
+          "batch/crops/centering");
+    CHECK(s.student_temp == ref.student_temp && s.center_momentum == ref.center_momentum &&
+              s.dino_loss_weight == ref.dino_loss_weight && s.ibot_loss_weight == ref.ibot_loss_weight &&
+              s.koleo_loss_weight == ref.koleo_loss_weight && s.use_kde == ref.use_kde &&
+              s.kde_loss_weight == ref.kde_loss_weight && s.kde_kappa == ref.kde_kappa,
+          "losses");
+    CHECK(s.clip_grad == ref.clip_grad && s.adamw_beta1 == ref.adamw_beta1 && s.adamw_beta2 == ref.adamw_beta2 &&
+              s.adamw_eps == ref.adamw_eps && s.layerwise_decay == ref.layerwise_decay &&
+              s.patch_embed_lr_mult == ref.patch_embed_lr_mult,
+          "optimizer");
+
+    ScheduleConfig sc = config_to_schedule(&cfg, 16), sref = schedule_config_default(0.004, 64 * 16);
+    CHECK(sc.lr == sref.lr && sc.min_lr == sref.min_lr && sc.weight_decay == sref.weight_decay &&
+              sc.weight_decay_end == sref.weight_decay_end && sc.momentum_teacher == sref.momentum_teacher &&
+              sc.final_momentum_teacher == sref.final_momentum_teacher &&
+              sc.warmup_teacher_temp == sref.warmup_teacher_temp && sc.teacher_temp == sref.teacher_temp &&
+              sc.epochs == sref.epochs && sc.warmup_epochs == sref.warmup_epochs &&
+              sc.warmup_teacher_temp_epochs == sref.warmup_teacher_temp_epochs &&
+              sc.freeze_last_layer_epochs == sref.freeze_last_layer_epochs && sc.epoch_length == sref.epoch_length,
+          "schedule");
+
+    LoaderConfig lc, lref;
+    config_to_loader(&cfg, 2, 8, &lc);
+    loader_config_default(&lref);
+    CHECK(lc.rank == 2 && lc.world == 8 && lc.batch_size == 64 && lc.patch_size == 16 && lc.n_threads == 10, "loader");
+    CHECK(lc.prefetch == lref.prefetch && lc.mask_probability == lref.mask_probability &&
+              lc.mask_ratio[0] == lref.mask_ratio[0] && lc.mask_ratio[1] == lref.mask_ratio[1] &&
+              lc.max_corrupt_fraction == lref.max_corrupt_fraction && lc.corrupt_min_reads == lref.corrupt_min_reads,
+          "loader defaults");
+    // augmentation: everything but the local crop side (the reference default 96 vs the /14 presets' 98)
+    AugmentConfig a = lc.aug, b = lref.aug;
+    CHECK(a.local_size == 96 && b.local_size == 98, "local sizes %d %d", a.local_size, b.local_size);
+    a.local_size = b.local_size;
+    CHECK(memcmp(&a, &b, sizeof a) == 0, "augmentation defaults differ from augment_config_default");
+
+    // and the mappings follow the keys
+    char *ov[] = {"dino.regularizer=kde", "ibot.separate_head=true", "ibot.head_n_prototypes=4096",
+                  "train.centering=sinkhorn_knopp", "augment.hed_p=0.5", "augment.vflip_p=0.5",
+                  "augment.crop_without_resize=true", "ibot.loss_weight=0", "optim.scaling_rule=none"};
+    CHECK(load(test_src_path("configs/vits14.yaml"), 9, ov, err) == 0, "%s", err);
+    CHECK(config_to_ssl(&cfg, &s, err) == 0, "%s", err);
+    CHECK(s.use_kde && s.koleo_loss_weight == 0 && s.ibot_separate_head && s.ibot_head.K == 4096 &&
+              s.dino_head.K == 65536 && s.centering == CENTERING_SINKHORN && s.ibot_loss_weight == 0 &&
+              s.vit.patch == 14 && s.local_crop == 98,
+          "ssl mapping");
+    config_to_loader(&cfg, 0, 1, &lc);
+    CHECK(lc.aug.hed_p == 0.5 && lc.aug.vflip_p == 0.5 && lc.aug.no_resize && lc.aug.local_size == 98, "aug mapping");
+    CHECK(lc.mask_probability == 0, "no iBOT, no masks");
+    CHECK(config_to_schedule(&cfg, 64).lr == cfg.optim.base_lr, "scaling rule none");
+}

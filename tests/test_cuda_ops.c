@@ -1,0 +1,803 @@
+// Every CUDA backend op against the fp32 CPU reference on random inputs of ViT-S/14 and ViT-L/14
+// sizes, then a whole small ViT forward + backward (registers, iBOT masks, stochastic depth, two crop
+// sizes) on both backends. Skips (exit 77) without nvcc or without a device.
+//
+// Tolerances (docs/cuda-backend.md, design note 5), u = 2^-8 the bf16 unit roundoff:
+//  - bf16 GEMMs, per element: |gpu - cpu| <= 2^-4 * s_ij, s_ij = sqrt(sum_k (a_ik b_kj)^2). Rounding both
+//    inputs to bf16 perturbs each product by a relative error of std u*sqrt(2/3) (round to nearest;
+//    about twice that if the conversion truncates); summed over k the error has std ~0.8u*s_ij
+//    (~1.6u*s_ij), so 2^-4 = 16u is >= 10 standard deviations (no false alarm in millions of
+//    elements) while a wrong index, transpose or stride gives errors of order s_ij itself.
+//  - bf16 GEMMs on inputs already rounded to bf16 (the conversion is then exact; design note 5's "same
+//    bf16-rounded inputs"): only fp32 accumulation order differs, so |gpu - cpu| <= 2^-14 * s_ij.
+//  - fp32 kernels (LayerNorm, activations, softmax, plumbing, reductions): |gpu - cpu| <= 1e-5 *
+//    (|cpu| + rms(cpu)), i.e. 1e-5 relative to the element or, for values near 0 after cancellation,
+//    to the tensor's scale. Pure copies must be bit-exact.
+//  - attention and the whole ViT with bf16 GEMMs: normwise ||gpu - cpu|| / ||cpu|| <= 8u (forward) and
+//    16u (backward, longer chains): each GEMM adds ~u normwise, softmax turns score errors into
+//    relative probability errors of the same size; with CUDA_GEMM_FP32 the same code at fp32 tolerance (the GEMMs are then
+//    fp32 too; 5e-5 / 1e-4 normwise for the whole ViT), which isolates the kernels' logic from bf16
+//    rounding.
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/check.h"
+#include "common/rng.h"
+#include "model/backend.h"
+#include "model/vit.h"
+#include "tests/harness.h"
+#ifdef DINO_HAVE_CUDA
+#include "model/cuda/backend_cuda.h"
+#include "model/cuda/cuda_device.h"
+#endif
+
+#define U_BF16 (1.0 / 256.0)
+#define TOL_GEMM_BF16 (16 * U_BF16)
+#define TOL_GEMM_EXACT_IN (1.0 / 16384.0)
+#define TOL_FP32 1e-5
+
+// ---- backends -------------------------------------------------------------------------------------
+
+#ifndef DINO_HAVE_CUDA
+typedef enum { CUDA_GEMM_BF16 = 0, CUDA_GEMM_FP32 = 1 } CudaGemmPrecision;
+#endif
+
+// Tolerance calibration without a GPU: DINO_CUDA_OPS_EMULATE=rn (or =trunc) makes the "GPU" a CPU
+// backend whose GEMMs (linear, gemm, attention's products) round their inputs to bf16 by round-to-
+// nearest-even (or truncation), as the tensor cores would. The bf16 cases then measure how close to
+// their bounds the rounding alone comes (the fp32 cases compare the CPU with itself).
+static Backend *emu_ref;
+static int emu_trunc;
+
+static float emu_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if (!emu_trunc) u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+static float *emu_rounded(const float *a, size_t n) {
+    float *c = dino_malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) c[i] = emu_round(a[i]);
+    return c;
+}
+static void emu_gemm(Backend *be, int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc) {
+    float *a = emu_rounded(A, (size_t)(tA ? K : M) * lda), *b = emu_rounded(B, (size_t)(tB ? N : K) * ldb);
+    emu_ref->gemm(emu_ref, tA, tB, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+    free(a), free(b);
+}
+static void emu_linear_fwd(Backend *be, float *out, const float *in, const float *W, const float *b, int rows,
+                           int n_in, int n_out) {
+    float *x = emu_rounded(in, (size_t)rows * n_in), *w = emu_rounded(W, (size_t)n_out * n_in);
+    emu_ref->linear_fwd(emu_ref, out, x, w, b, rows, n_in, n_out);
+    free(x), free(w);
+}
+static void emu_linear_bwd(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
+                           const float *W, int rows, int n_in, int n_out) {
+    float *d = emu_rounded(dout, (size_t)rows * n_out), *x = emu_rounded(in, (size_t)rows * n_in);
+    float *w = emu_rounded(W, (size_t)n_out * n_in);
+    emu_ref->linear_bwd(emu_ref, din, dW, NULL, d, x, w, rows, n_in, n_out);
+    if (db) // the bias gradient is an fp32 sum of the unrounded dout
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < n_out; j++) db[j] += dout[(size_t)r * n_out + j];
+    free(d), free(x), free(w);
+}
+static void emu_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
+    const int D = H * Dh, ld = 3 * D;
+    const float scale = 1.0f / sqrtf((float)Dh);
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const float *q = qkv + (size_t)b * T * ld + (size_t)h * Dh;
+        float *P = saved + (size_t)bh * T * T;
+        emu_gemm(be, 0, 1, T, T, Dh, scale, q, ld, q + D, ld, 0.0f, P, T);
+        for (int i = 0; i < T; i++) {
+            float *r = P + (size_t)i * T, mx = r[0], sum = 0;
+            for (int j = 1; j < T; j++) mx = r[j] > mx ? r[j] : mx;
+            for (int j = 0; j < T; j++) sum += (r[j] = expf(r[j] - mx));
+            for (int j = 0; j < T; j++) r[j] /= sum;
+        }
+        emu_gemm(be, 0, 0, T, Dh, T, 1.0f, P, T, q + 2 * D, ld, 0.0f, out + (size_t)b * T * D + (size_t)h * Dh, D);
+    }
+}
+static void emu_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
+                              int T, int H, int Dh) {
+    const int D = H * Dh, ld = 3 * D;
+    const float scale = 1.0f / sqrtf((float)Dh);
+    float *dS = dino_malloc(sizeof(float) * (size_t)T * T);
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        const float *q = qkv + (size_t)b * T * ld + (size_t)h * Dh, *P = saved + (size_t)bh * T * T;
+        const float *dO = dout + (size_t)b * T * D + (size_t)h * Dh;
+        float *dq = dqkv + (size_t)b * T * ld + (size_t)h * Dh;
+        emu_gemm(be, 1, 0, T, Dh, T, 1.0f, P, T, dO, D, 0.0f, dq + 2 * D, ld);
+        emu_gemm(be, 0, 1, T, T, Dh, 1.0f, dO, D, q + 2 * D, ld, 0.0f, dS, T);
+        for (int i = 0; i < T; i++) {
+            const float *p = P + (size_t)i * T;
+            float *d = dS + (size_t)i * T, dot = 0;
+            for (int j = 0; j < T; j++) dot += p[j] * d[j];
+            for (int j = 0; j < T; j++) d[j] = scale * p[j] * (d[j] - dot);
+        }
+        emu_gemm(be, 0, 0, T, Dh, T, 1.0f, dS, T, q + D, ld, 0.0f, dq, ld);
+        emu_gemm(be, 1, 0, T, Dh, T, 1.0f, dS, T, q, ld, 0.0f, dq + D, ld);
+    }
+    free(dS);
+}
+static Backend *emulated_backend(CudaGemmPrecision prec, const char *mode) {
+    Backend *be = backend_cpu_new();
+    if (prec == CUDA_GEMM_FP32) return be; // fp32 GEMMs: the CPU itself
+    emu_ref = emu_ref ? emu_ref : backend_cpu_new();
+    emu_trunc = strcmp(mode, "trunc") == 0;
+    be->gemm = emu_gemm, be->linear_fwd = emu_linear_fwd, be->linear_bwd = emu_linear_bwd;
+    be->attention_fwd = emu_attention_fwd, be->attention_bwd = emu_attention_bwd;
+    printf("(emulated bf16 GEMMs, %s: a tolerance calibration, not a GPU test)\n", emu_trunc ? "truncation" : "round to nearest");
+    return be;
+}
+static int emulating(void) {
+    const char *e = getenv("DINO_CUDA_OPS_EMULATE");
+    return e && (strcmp(e, "rn") == 0 || strcmp(e, "trunc") == 0);
+}
+
+#ifdef DINO_HAVE_CUDA
+static Backend *gpu_backend(CudaGemmPrecision prec) {
+    if (emulating()) return emulated_backend(prec, getenv("DINO_CUDA_OPS_EMULATE"));
+    if (dino_cuda_device_count() == 0) test_skip("no CUDA device on this machine");
+    char err[DINO_ERRLEN];
+    Backend *be = backend_cuda_new(0, err);
+    CHECK(be != NULL, "a device is visible but the CUDA backend failed: %s", err);
+    if (!be) exit(1);
+    backend_cuda_set_gemm_precision(be, prec);
+    return be;
+}
+static void gpu_free(Backend *be) {
+    if (emulating()) backend_free(be);
+    else backend_cuda_free(be);
+}
+#else
+static Backend *gpu_backend(CudaGemmPrecision prec) {
+    if (emulating()) return emulated_backend(prec, getenv("DINO_CUDA_OPS_EMULATE"));
+    test_skip("built without CUDA (no nvcc found)");
+}
+static void gpu_free(Backend *be) { backend_free(be); }
+#endif
+
+// ---- tensors mirrored on both backends ------------------------------------------------------------
+
+typedef struct {
+    size_t n;
+    float *h; // host copy of the inputs
+    float *c; // CPU backend memory
+    float *g; // GPU backend memory
+} Pair;
+
+static float bf16_round(float x) { // round to nearest even, as the tensor cores' conversion
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static Pair pair_new(Backend *C, Backend *G, size_t n, float mean, float std, Rng *r, int round_bf16) {
+    Pair p = {.n = n, .h = dino_malloc(sizeof(float) * (n ? n : 1))};
+    for (size_t i = 0; i < n; i++) {
+        float v = std != 0 ? mean + std * (float)rng_normal(r) : mean;
+        p.h[i] = round_bf16 ? bf16_round(v) : v;
+    }
+    p.c = C->alloc(C, sizeof(float) * n);
+    p.g = G->alloc(G, sizeof(float) * n);
+    C->to_device(C, p.c, p.h, sizeof(float) * n);
+    G->to_device(G, p.g, p.h, sizeof(float) * n);
+    return p;
+}
+
+static float *pair_gpu_result(Backend *G, const Pair *p) {
+    float *out = dino_malloc(sizeof(float) * (p->n ? p->n : 1));
+    G->to_host(G, out, p->g, sizeof(float) * p->n);
+    return out;
+}
+
+static void pair_free(Backend *C, Backend *G, Pair *p) {
+    C->release(C, p->c);
+    G->release(G, p->g);
+    free(p->h);
+}
+
+static void *dual_upload(Backend *be, const void *host, size_t bytes) {
+    void *d = be->alloc(be, bytes);
+    be->to_device(be, d, host, bytes);
+    return d;
+}
+
+// ---- comparisons ----------------------------------------------------------------------------------
+
+static double rms(const float *x, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return n ? sqrt(s / n) : 0;
+}
+
+// Per element: |g - c| <= rtol * scale_i, scale_i = s[i] if s else |c_i| + rms(c). rtol 0: bit-exact.
+static void check_elems(const char *what, const float *g, const float *c, const float *s, size_t n, double rtol) {
+    double r = rms(c, n), worst = 0, maxerr = 0, num = 0, den = 0;
+    size_t wi = 0, bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)g[i] - c[i]);
+        double tol = rtol * (s ? (double)s[i] : fabs((double)c[i]) + r);
+        num += e * e;
+        den += (double)c[i] * c[i];
+        if (e > maxerr) maxerr = e;
+        double ratio = tol > 0 ? e / tol : (e > 0 ? INFINITY : 0);
+        if (!(e <= tol) || isnan(g[i])) {
+            bad++;
+            ratio = isnan(g[i]) ? INFINITY : ratio;
+        }
+        if (ratio > worst || isnan(g[i])) worst = ratio, wi = i;
+    }
+    printf("  %-34s n=%-9zu max|err|=%.3g  normwise=%.3g  worst err/tol=%.3g\n", what, n, maxerr,
+           den > 0 ? sqrt(num / den) : sqrt(num), worst);
+    CHECK(bad == 0, "%s: %zu of %zu elements out of tolerance; worst [%zu] gpu %.9g cpu %.9g", what, bad, n, wi,
+          (double)g[wi], (double)c[wi]);
+}
+
+// ||g - c|| / ||c|| <= tol
+static void check_norm(const char *what, const float *g, const float *c, size_t n, double tol) {
+    double num = 0, den = 0;
+    int nan = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)g[i] - c[i];
+        num += e * e;
+        den += (double)c[i] * c[i];
+        nan |= isnan(g[i]) || isinf(g[i]);
+    }
+    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    printf("  %-34s n=%-9zu normwise=%.3g (tol %.3g)\n", what, n, rel, tol);
+    CHECK(!nan && rel <= tol, "%s: normwise relative error %.3g > %.3g%s", what, rel, tol, nan ? " (NaN/Inf)" : "");
+}
+
+// s[M,N] = sqrt(op(A)^2 op(B)^2) elementwise-squared operands: the scale of a GEMM's rounding error.
+static float *gemm_scale(Backend *C, int tA, int tB, int M, int N, int K, const float *A, int lda, size_t nA,
+                         const float *B, int ldb, size_t nB) {
+    float *A2 = dino_malloc(sizeof(float) * nA), *B2 = dino_malloc(sizeof(float) * nB);
+    float *s = dino_calloc((size_t)M * N, sizeof(float));
+    for (size_t i = 0; i < nA; i++) A2[i] = A[i] * A[i];
+    for (size_t i = 0; i < nB; i++) B2[i] = B[i] * B[i];
+    C->gemm(C, tA, tB, M, N, K, 1.0f, A2, lda, B2, ldb, 0.0f, s, N);
+    for (size_t i = 0; i < (size_t)M * N; i++) s[i] = sqrtf(s[i]) + 1e-30f;
+    free(A2), free(B2);
+    return s;
+}
+
+// ---- memory ---------------------------------------------------------------------------------------
+
+TEST(memory_alloc_zero_copy_roundtrip) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    const size_t n = 3 * 1000 * 1000 + 1;
+    float *h = dino_malloc(sizeof(float) * n), *back = dino_malloc(sizeof(float) * n);
+    Rng r = rng_make(91, 0, 0, 0);
+    for (size_t i = 0; i < n; i++) h[i] = (float)rng_normal(&r);
+    float *a = G->alloc(G, sizeof(float) * n), *b = G->alloc(G, sizeof(float) * n);
+    G->to_host(G, back, a, sizeof(float) * n);
+    size_t nonzero = 0;
+    for (size_t i = 0; i < n; i++) nonzero += back[i] != 0.0f;
+    CHECK(nonzero == 0, "alloc is not zero-filled (%zu nonzero)", nonzero);
+    G->to_device(G, a, h, sizeof(float) * n);
+    G->copy(G, b, a, sizeof(float) * n);
+    G->zero(G, a + 10, sizeof(float) * 5);
+    G->to_host(G, back, b, sizeof(float) * n);
+    CHECK(memcmp(back, h, sizeof(float) * n) == 0, "to_device -> copy -> to_host is not bit-exact");
+    G->to_host(G, back, a, sizeof(float) * 20);
+    for (int i = 0; i < 20; i++)
+        CHECK(back[i] == (i >= 10 && i < 15 ? 0.0f : h[i]), "zero() cleared the wrong range at %d", i);
+    G->sync(G);
+    G->release(G, a), G->release(G, b);
+    free(h), free(back);
+    gpu_free(G);
+}
+
+// ---- GEMM and linear ------------------------------------------------------------------------------
+
+static void linear_case(Backend *C, Backend *G, int rows, int n_in, int n_out, int exact_inputs, uint64_t seed) {
+    Rng r = rng_make(seed, 1, (uint64_t)rows, (uint64_t)n_out);
+    const double tol = exact_inputs ? TOL_GEMM_EXACT_IN : TOL_GEMM_BF16;
+    char what[96];
+    printf(" linear rows=%d n_in=%d n_out=%d (%s inputs)\n", rows, n_in, n_out, exact_inputs ? "bf16-exact" : "fp32");
+    Pair x = pair_new(C, G, (size_t)rows * n_in, 0, 1, &r, exact_inputs);
+    Pair W = pair_new(C, G, (size_t)n_out * n_in, 0, 1.0f / sqrtf((float)n_in), &r, exact_inputs);
+    Pair b = pair_new(C, G, (size_t)n_out, 0, 0.5f, &r, 0);
+    Pair out = pair_new(C, G, (size_t)rows * n_out, 7, 0, &r, 0); // overwritten
+    C->linear_fwd(C, out.c, x.c, W.c, b.c, rows, n_in, n_out);
+    G->linear_fwd(G, out.g, x.g, W.g, b.g, rows, n_in, n_out);
+    float *go = pair_gpu_result(G, &out);
+    float *s = gemm_scale(C, 0, 1, rows, n_out, n_in, x.h, n_in, x.n, W.h, n_in, W.n);
+    for (size_t i = 0; i < out.n; i++) s[i] += 1e-6f * fabsf(b.h[i % n_out]); // the bias add is fp32
+    snprintf(what, sizeof what, "linear_fwd.out");
+    check_elems(what, go, out.c, s, out.n, tol);
+    free(go), free(s);
+
+    // backward; dW and db accumulate into nonzero buffers
+    Pair dout = pair_new(C, G, (size_t)rows * n_out, 0, 1, &r, exact_inputs);
+    Pair din = pair_new(C, G, (size_t)rows * n_in, 3, 0, &r, 0);
+    Pair dW = pair_new(C, G, W.n, 0, 0.1f, &r, 0);
+    Pair db = pair_new(C, G, b.n, 0, 0.1f, &r, 0);
+    C->linear_bwd(C, din.c, dW.c, db.c, dout.c, x.c, W.c, rows, n_in, n_out);
+    G->linear_bwd(G, din.g, dW.g, db.g, dout.g, x.g, W.g, rows, n_in, n_out);
+    float *g1 = pair_gpu_result(G, &din), *g2 = pair_gpu_result(G, &dW), *g3 = pair_gpu_result(G, &db);
+    s = gemm_scale(C, 0, 0, rows, n_in, n_out, dout.h, n_out, dout.n, W.h, n_in, W.n);
+    check_elems("linear_bwd.din", g1, din.c, s, din.n, tol);
+    free(s);
+    s = gemm_scale(C, 1, 0, n_out, n_in, rows, dout.h, n_out, dout.n, x.h, n_in, x.n);
+    for (size_t i = 0; i < dW.n; i++) s[i] += 1e-6f * fabsf(dW.h[i]);
+    check_elems("linear_bwd.dW (+=)", g2, dW.c, s, dW.n, tol);
+    free(s);
+    check_elems("linear_bwd.db (+=, fp32 sum)", g3, db.c, NULL, db.n, TOL_FP32);
+    free(g1), free(g2), free(g3);
+    // determinism: the same call again gives bit-identical results
+    float *dW1 = pair_gpu_result(G, &dW), *db1 = pair_gpu_result(G, &db);
+    G->zero(G, dW.g, sizeof(float) * dW.n), G->zero(G, db.g, sizeof(float) * db.n);
+    G->linear_bwd(G, din.g, dW.g, db.g, dout.g, x.g, W.g, rows, n_in, n_out);
+    float *dW2 = pair_gpu_result(G, &dW), *db2 = pair_gpu_result(G, &db);
+    G->zero(G, dW.g, sizeof(float) * dW.n), G->zero(G, db.g, sizeof(float) * db.n);
+    G->linear_bwd(G, din.g, dW.g, db.g, dout.g, x.g, W.g, rows, n_in, n_out);
+    float *dW3 = pair_gpu_result(G, &dW), *db3 = pair_gpu_result(G, &db);
+    CHECK(memcmp(dW2, dW3, sizeof(float) * dW.n) == 0 && memcmp(db2, db3, sizeof(float) * db.n) == 0,
+          "linear_bwd is not deterministic");
+    free(dW1), free(db1), free(dW2), free(db2), free(dW3), free(db3);
+    Pair *all[] = {&x, &W, &b, &out, &dout, &din, &dW, &db};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
+}
+
+TEST(linear_vits_vitl_shapes) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    // ViT-S/14: qkv of 2 global crops (2*257 tokens), fc2 of 8 local crops (8*50 tokens);
+    // ViT-L/14: fc1 of 2 global crops; the patch embedding (K = 3*14*14 = 588).
+    for (int exact = 1; exact >= 0; exact--) {
+        linear_case(C, G, 2 * 257, 384, 3 * 384, exact, 1);
+        linear_case(C, G, 8 * 50, 1536, 384, exact, 2);
+        linear_case(C, G, 2 * 257, 1024, 4096, exact, 3);
+        linear_case(C, G, 2 * 256, 588, 1024, exact, 4);
+    }
+    backend_free(C);
+    gpu_free(G);
+}
+
+TEST(gemm_transposes_and_leading_dims) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(11, 0, 0, 0);
+    const int M = 49, N = 384, K = 256; // the pos-embed interpolation's shape (7x7 grid from 16x16)
+    for (int tA = 0; tA < 2; tA++)
+        for (int tB = 0; tB < 2; tB++) {
+            // stored shapes with padded leading dimensions: op(A) is [M,K], op(B) is [K,N]
+            int ar = tA ? K : M, ac = tA ? M : K, br = tB ? N : K, bc = tB ? K : N;
+            int lda = ac + 5, ldb = bc + 3, ldc = N + 7;
+            Pair A = pair_new(C, G, (size_t)ar * lda, 0, 1, &r, 0);
+            Pair B = pair_new(C, G, (size_t)br * ldb, 0, 1, &r, 0);
+            Pair Cm = pair_new(C, G, (size_t)M * ldc, 0, 1, &r, 0);
+            C->gemm(C, tA, tB, M, N, K, 0.7f, A.c, lda, B.c, ldb, 0.5f, Cm.c, ldc);
+            G->gemm(G, tA, tB, M, N, K, 0.7f, A.g, lda, B.g, ldb, 0.5f, Cm.g, ldc);
+            float *g = pair_gpu_result(G, &Cm);
+            float *s = gemm_scale(C, tA, tB, M, N, K, A.h, lda, A.n, B.h, ldb, B.n);
+            // compare the M x N window (0.7 * scale for alpha, plus the beta term's fp32 rounding), and
+            // the padding columns that must be untouched
+            float *gw = dino_malloc(sizeof(float) * M * N), *cw = dino_malloc(sizeof(float) * M * N);
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    gw[i * N + j] = g[(size_t)i * ldc + j], cw[i * N + j] = Cm.c[(size_t)i * ldc + j];
+                    s[i * N + j] = 0.7f * s[i * N + j] + 1e-6f * fabsf(Cm.h[(size_t)i * ldc + j]);
+                }
+            char what[64];
+            snprintf(what, sizeof what, "gemm tA=%d tB=%d", tA, tB);
+            check_elems(what, gw, cw, s, (size_t)M * N, TOL_GEMM_BF16);
+            for (int i = 0; i < M; i++)
+                for (int j = N; j < ldc; j++)
+                    CHECK(g[(size_t)i * ldc + j] == Cm.h[(size_t)i * ldc + j], "gemm wrote outside the M x N window");
+            free(g), free(s), free(gw), free(cw);
+            pair_free(C, G, &A), pair_free(C, G, &B), pair_free(C, G, &Cm);
+        }
+    backend_free(C);
+    gpu_free(G);
+}
+
+// ---- LayerNorm ------------------------------------------------------------------------------------
+
+TEST(layernorm_fwd_bwd) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    const int shapes[][2] = {{2 * 257, 384}, {8 * 50, 384}, {2 * 261, 1024}, {37, 1536}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int rows = shapes[k][0], D = shapes[k][1];
+        printf(" layernorm rows=%d D=%d\n", rows, D);
+        Rng r = rng_make(21, k, 0, 0);
+        Pair x = pair_new(C, G, (size_t)rows * D, 0.5f, 2, &r, 0);
+        Pair w = pair_new(C, G, D, 1, 0.3f, &r, 0), b = pair_new(C, G, D, 0, 0.3f, &r, 0);
+        Pair out = pair_new(C, G, x.n, 0, 0, &r, 0);
+        Pair mean = pair_new(C, G, rows, 0, 0, &r, 0), rstd = pair_new(C, G, rows, 0, 0, &r, 0);
+        C->layernorm_fwd(C, out.c, mean.c, rstd.c, x.c, w.c, b.c, rows, D, 1e-6f);
+        G->layernorm_fwd(G, out.g, mean.g, rstd.g, x.g, w.g, b.g, rows, D, 1e-6f);
+        float *go = pair_gpu_result(G, &out), *gm = pair_gpu_result(G, &mean), *gr = pair_gpu_result(G, &rstd);
+        check_elems("layernorm_fwd.out", go, out.c, NULL, out.n, TOL_FP32);
+        check_elems("layernorm_fwd.mean", gm, mean.c, NULL, mean.n, TOL_FP32);
+        check_elems("layernorm_fwd.rstd", gr, rstd.c, NULL, rstd.n, TOL_FP32);
+        // backward from the CPU's saved statistics (so that only backward is compared), accumulating
+        Pair dy = pair_new(C, G, x.n, 0, 1, &r, 0), dx = pair_new(C, G, x.n, 0, 0.5f, &r, 0);
+        Pair dw = pair_new(C, G, D, 0, 0.5f, &r, 0), db = pair_new(C, G, D, 0, 0.5f, &r, 0);
+        G->to_device(G, mean.g, mean.c, sizeof(float) * rows);
+        G->to_device(G, rstd.g, rstd.c, sizeof(float) * rows);
+        C->layernorm_bwd(C, dx.c, dw.c, db.c, dy.c, x.c, mean.c, rstd.c, w.c, rows, D);
+        G->layernorm_bwd(G, dx.g, dw.g, db.g, dy.g, x.g, mean.g, rstd.g, w.g, rows, D);
+        float *gdx = pair_gpu_result(G, &dx), *gdw = pair_gpu_result(G, &dw), *gdb = pair_gpu_result(G, &db);
+        check_elems("layernorm_bwd.dx (+=)", gdx, dx.c, NULL, dx.n, TOL_FP32);
+        check_elems("layernorm_bwd.dw (+=)", gdw, dw.c, NULL, dw.n, TOL_FP32);
+        check_elems("layernorm_bwd.db (+=)", gdb, db.c, NULL, db.n, TOL_FP32);
+        free(go), free(gm), free(gr), free(gdx), free(gdw), free(gdb);
+        Pair *all[] = {&x, &w, &b, &out, &mean, &rstd, &dy, &dx, &dw, &db};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
+    }
+    backend_free(C);
+    gpu_free(G);
+}
+
+// ---- activations ----------------------------------------------------------------------------------
+
+TEST(gelu_swiglu_fwd_bwd) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(31, 0, 0, 0);
+    const int rows = 8 * 50, Hf = 1536, Hs = 1024; // ViT-S MLP hidden; a SwiGLU half
+    Pair x = pair_new(C, G, (size_t)rows * Hf, 0, 2, &r, 0), out = pair_new(C, G, x.n, 0, 0, &r, 0);
+    Pair dy = pair_new(C, G, x.n, 0, 1, &r, 0), dx = pair_new(C, G, x.n, 0, 0, &r, 0);
+    C->gelu_fwd(C, out.c, x.c, x.n), G->gelu_fwd(G, out.g, x.g, x.n);
+    C->gelu_bwd(C, dx.c, dy.c, x.c, x.n), G->gelu_bwd(G, dx.g, dy.g, x.g, x.n);
+    float *g1 = pair_gpu_result(G, &out), *g2 = pair_gpu_result(G, &dx);
+    check_elems("gelu_fwd", g1, out.c, NULL, out.n, TOL_FP32);
+    check_elems("gelu_bwd", g2, dx.c, NULL, dx.n, TOL_FP32);
+    free(g1), free(g2);
+    Pair in = pair_new(C, G, (size_t)rows * 2 * Hs, 0, 2, &r, 0), so = pair_new(C, G, (size_t)rows * Hs, 0, 0, &r, 0);
+    Pair sdy = pair_new(C, G, so.n, 0, 1, &r, 0), sdin = pair_new(C, G, in.n, 0, 0, &r, 0);
+    C->swiglu_fwd(C, so.c, in.c, rows, Hs), G->swiglu_fwd(G, so.g, in.g, rows, Hs);
+    C->swiglu_bwd(C, sdin.c, sdy.c, in.c, rows, Hs), G->swiglu_bwd(G, sdin.g, sdy.g, in.g, rows, Hs);
+    g1 = pair_gpu_result(G, &so), g2 = pair_gpu_result(G, &sdin);
+    check_elems("swiglu_fwd", g1, so.c, NULL, so.n, TOL_FP32);
+    check_elems("swiglu_bwd", g2, sdin.c, NULL, sdin.n, TOL_FP32);
+    free(g1), free(g2);
+    Pair *all[] = {&x, &out, &dy, &dx, &in, &so, &sdy, &sdin};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
+    backend_free(C);
+    gpu_free(G);
+}
+
+// ---- attention ------------------------------------------------------------------------------------
+
+static void attention_case(Backend *C, Backend *G, int B, int T, int H, int Dh, int fp32) {
+    printf(" attention B=%d T=%d H=%d Dh=%d (%s GEMMs)\n", B, T, H, Dh, fp32 ? "fp32" : "bf16");
+    Rng r = rng_make(41, (uint64_t)B, (uint64_t)T, (uint64_t)H);
+    const int D = H * Dh;
+    const size_t ns = C->attention_saved_floats(C, B, T, H);
+    CHECK(G->attention_saved_floats(G, B, T, H) == ns, "saved sizes differ");
+    Pair qkv = pair_new(C, G, (size_t)B * T * 3 * D, 0, 1, &r, 0);
+    Pair out = pair_new(C, G, (size_t)B * T * D, 0, 0, &r, 0), saved = pair_new(C, G, ns, 0, 0, &r, 0);
+    C->attention_fwd(C, out.c, saved.c, qkv.c, B, T, H, Dh);
+    G->attention_fwd(G, out.g, saved.g, qkv.g, B, T, H, Dh);
+    float *go = pair_gpu_result(G, &out), *gs = pair_gpu_result(G, &saved);
+    if (fp32) {
+        check_elems("attention_fwd.out", go, out.c, NULL, out.n, TOL_FP32);
+        check_elems("attention_fwd.probs", gs, saved.c, NULL, saved.n, TOL_FP32);
+    } else {
+        check_norm("attention_fwd.out", go, out.c, out.n, 8 * U_BF16);
+        check_norm("attention_fwd.probs", gs, saved.c, saved.n, 8 * U_BF16);
+    }
+    // backward from the CPU's probabilities: only backward is compared
+    Pair dout = pair_new(C, G, out.n, 0, 1, &r, 0), dqkv = pair_new(C, G, qkv.n, 9, 0, &r, 0);
+    G->to_device(G, saved.g, saved.c, sizeof(float) * ns);
+    C->attention_bwd(C, dqkv.c, dout.c, qkv.c, saved.c, B, T, H, Dh);
+    G->attention_bwd(G, dqkv.g, dout.g, qkv.g, saved.g, B, T, H, Dh);
+    float *gd = pair_gpu_result(G, &dqkv);
+    if (fp32) check_elems("attention_bwd.dqkv", gd, dqkv.c, NULL, dqkv.n, TOL_FP32);
+    else check_norm("attention_bwd.dqkv", gd, dqkv.c, dqkv.n, 16 * U_BF16);
+    free(go), free(gs), free(gd);
+    Pair *all[] = {&qkv, &out, &saved, &dout, &dqkv};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
+}
+
+TEST(attention_fp32_gemms) {
+    Backend *G = gpu_backend(CUDA_GEMM_FP32), *C = backend_cpu_new();
+    attention_case(C, G, 2, 257, 6, 64, 1);     // ViT-S/14 global crops
+    attention_case(C, G, 8, 54, 6, 64, 1);      // ViT-S/14 local crops with 4 registers
+    attention_case(C, G, 1, 261, 16, 64, 1);    // ViT-L/14 global crop with 4 registers
+    attention_case(C, G, 3, 5, 2, 3, 1);        // tiny odd sizes
+    backend_free(C);
+    gpu_free(G);
+}
+
+TEST(attention_bf16_gemms) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    attention_case(C, G, 2, 257, 6, 64, 0);
+    attention_case(C, G, 8, 54, 6, 64, 0);
+    attention_case(C, G, 1, 261, 16, 64, 0);
+    backend_free(C);
+    gpu_free(G);
+}
+
+// ---- ViT plumbing ---------------------------------------------------------------------------------
+
+TEST(im2col_tokens_fwd_bwd) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(51, 0, 0, 0);
+    const int crops[] = {224, 98}, Bs[] = {2, 8};
+    for (int k = 0; k < 2; k++) {
+        int B = Bs[k], S = crops[k], p = 14, N = (S / p) * (S / p), R = 4, D = 384, T = 1 + R + N;
+        printf(" im2col/tokens B=%d crop=%d N=%d R=%d D=%d\n", B, S, N, R, D);
+        Pair img = pair_new(C, G, (size_t)B * 3 * S * S, 0, 1, &r, 0);
+        Pair cols = pair_new(C, G, (size_t)B * N * 3 * p * p, 0, 0, &r, 0);
+        C->im2col(C, cols.c, img.c, B, 3, S, S, p), G->im2col(G, cols.g, img.g, B, 3, S, S, p);
+        float *g = pair_gpu_result(G, &cols);
+        check_elems("im2col (bit-exact)", g, cols.c, NULL, cols.n, 0);
+        free(g);
+        // tokens with registers and an iBOT mask (about 40% of patches)
+        uint8_t *mask = dino_malloc((size_t)B * N);
+        for (int i = 0; i < B * N; i++) mask[i] = rng_uniform(&r) < 0.4;
+        uint8_t *mc = dual_upload(C, mask, (size_t)B * N), *mg = dual_upload(G, mask, (size_t)B * N);
+        Pair patch = pair_new(C, G, (size_t)B * N * D, 0, 1, &r, 0), cls = pair_new(C, G, D, 0, 1, &r, 0);
+        Pair reg = pair_new(C, G, (size_t)R * D, 0, 1, &r, 0), pos = pair_new(C, G, (size_t)(1 + N) * D, 0, 1, &r, 0);
+        Pair mt = pair_new(C, G, D, 0, 1, &r, 0), x = pair_new(C, G, (size_t)B * T * D, 0, 0, &r, 0);
+        for (int masked = 0; masked < 2; masked++) {
+            C->tokens_fwd(C, x.c, patch.c, cls.c, reg.c, pos.c, mt.c, masked ? mc : NULL, B, N, R, D);
+            G->tokens_fwd(G, x.g, patch.g, cls.g, reg.g, pos.g, mt.g, masked ? mg : NULL, B, N, R, D);
+            g = pair_gpu_result(G, &x);
+            check_elems(masked ? "tokens_fwd masked (bit-exact)" : "tokens_fwd (bit-exact)", g, x.c, NULL, x.n, 0);
+            free(g);
+            Pair dx = pair_new(C, G, x.n, 0, 1, &r, 0), dpatch = pair_new(C, G, patch.n, 5, 0, &r, 0);
+            Pair dcls = pair_new(C, G, D, 0, 1, &r, 0), dreg = pair_new(C, G, reg.n, 0, 1, &r, 0);
+            Pair dpos = pair_new(C, G, pos.n, 0, 1, &r, 0), dmt = pair_new(C, G, D, 0, 1, &r, 0);
+            C->tokens_bwd(C, dpatch.c, dcls.c, dreg.c, dpos.c, dmt.c, dx.c, masked ? mc : NULL, B, N, R, D);
+            G->tokens_bwd(G, dpatch.g, dcls.g, dreg.g, dpos.g, dmt.g, dx.g, masked ? mg : NULL, B, N, R, D);
+            Pair *outs[] = {&dpatch, &dcls, &dreg, &dpos, &dmt};
+            const char *names[] = {"tokens_bwd.dpatch", "tokens_bwd.dcls (+=)", "tokens_bwd.dreg (+=)",
+                                   "tokens_bwd.dpos (+=)", "tokens_bwd.dmask_token (+=)"};
+            for (int i = 0; i < 5; i++) {
+                g = pair_gpu_result(G, outs[i]);
+                check_elems(names[i], g, outs[i]->c, NULL, outs[i]->n, i == 0 ? 0 : TOL_FP32);
+                free(g);
+            }
+            Pair *tmp[] = {&dx, &dpatch, &dcls, &dreg, &dpos, &dmt};
+            for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) pair_free(C, G, tmp[i]);
+        }
+        free(mask);
+        C->release(C, mc), G->release(G, mg);
+        Pair *all[] = {&img, &cols, &patch, &cls, &reg, &pos, &mt, &x};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
+    }
+    backend_free(C);
+    gpu_free(G);
+}
+
+TEST(rows_and_residual_fwd_bwd) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(61, 0, 0, 0);
+    const int B = 16, S = 11, T = 261, D = 384; // stochastic depth keeps S of B images
+    const size_t row = (size_t)T * D;
+    int idx_h[16];
+    rng_subset_sorted(&r, idx_h, S, B);
+    int *ic = dual_upload(C, idx_h, sizeof idx_h), *ig = dual_upload(G, idx_h, sizeof idx_h);
+    Pair x = pair_new(C, G, (size_t)B * row, 0, 1, &r, 0), sub = pair_new(C, G, (size_t)S * row, 0, 0, &r, 0);
+    C->gather_rows(C, sub.c, x.c, ic, S, row), G->gather_rows(G, sub.g, x.g, ig, S, row);
+    float *g = pair_gpu_result(G, &sub);
+    check_elems("gather_rows (bit-exact)", g, sub.c, NULL, sub.n, 0);
+    free(g);
+    Pair in = pair_new(C, G, sub.n, 0, 1, &r, 0);
+    for (int use_idx = 0; use_idx < 2; use_idx++) {
+        C->scatter_add_rows(C, x.c, in.c, use_idx ? ic : NULL, S, row);
+        G->scatter_add_rows(G, x.g, in.g, use_idx ? ig : NULL, S, row);
+    }
+    g = pair_gpu_result(G, &x);
+    check_elems("scatter_add_rows (bit-exact)", g, x.c, NULL, x.n, 0);
+    free(g);
+    Pair gamma = pair_new(C, G, D, 0.3f, 0.1f, &r, 0), br = pair_new(C, G, sub.n, 0, 1, &r, 0);
+    const float scale = (float)B / S;
+    for (int variant = 0; variant < 3; variant++) { // subset + gamma, subset without gamma, all rows
+        const int *i_c = variant < 2 ? ic : NULL, *i_g = variant < 2 ? ig : NULL, n = variant < 2 ? S : B;
+        const float *gc = variant == 1 ? NULL : gamma.c, *gg = variant == 1 ? NULL : gamma.g;
+        Pair brn = pair_new(C, G, (size_t)n * row, 0, 1, &r, 0);
+        C->residual_fwd(C, x.c, brn.c, gc, i_c, n, T, D, scale);
+        G->residual_fwd(G, x.g, brn.g, gg, i_g, n, T, D, scale);
+        g = pair_gpu_result(G, &x);
+        check_elems("residual_fwd", g, x.c, NULL, x.n, TOL_FP32);
+        free(g);
+        Pair dx = pair_new(C, G, x.n, 0, 1, &r, 0), dbr = pair_new(C, G, brn.n, 4, 0, &r, 0);
+        Pair dgamma = pair_new(C, G, D, 0, 0.2f, &r, 0);
+        C->residual_bwd(C, dbr.c, variant == 1 ? NULL : dgamma.c, dx.c, brn.c, gc, i_c, n, T, D, scale);
+        G->residual_bwd(G, dbr.g, variant == 1 ? NULL : dgamma.g, dx.g, brn.g, gg, i_g, n, T, D, scale);
+        g = pair_gpu_result(G, &dbr);
+        check_elems("residual_bwd.dbr", g, dbr.c, NULL, dbr.n, TOL_FP32);
+        free(g);
+        g = pair_gpu_result(G, &dgamma);
+        check_elems("residual_bwd.dgamma (+=)", g, dgamma.c, NULL, D, TOL_FP32);
+        free(g);
+        pair_free(C, G, &dx), pair_free(C, G, &dbr), pair_free(C, G, &dgamma), pair_free(C, G, &brn);
+    }
+    C->release(C, ic), G->release(G, ig);
+    Pair *all[] = {&x, &sub, &in, &gamma, &br};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
+    backend_free(C);
+    gpu_free(G);
+}
+
+// ---- elementwise and reductions -------------------------------------------------------------------
+
+TEST(axpy_scale_sum_squares) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(71, 0, 0, 0);
+    const size_t n = 22 * 1000 * 1000 + 7; // about ViT-S's parameter count
+    Pair y = pair_new(C, G, n, 0, 1, &r, 0), x = pair_new(C, G, n, 0, 1, &r, 0);
+    C->axpy(C, y.c, -0.37f, x.c, n), G->axpy(G, y.g, -0.37f, x.g, n);
+    C->scale(C, y.c, 1.7f, n), G->scale(G, y.g, 1.7f, n);
+    float *g = pair_gpu_result(G, &y);
+    check_elems("axpy+scale", g, y.c, NULL, n, TOL_FP32);
+    // sum of squares of the GPU's own values on both backends: both accumulate the same floats in
+    // double, only the summation order differs (relative error ~sqrt(n) * 2^-53)
+    C->to_device(C, y.c, g, sizeof(float) * n);
+    double sc = C->sum_squares(C, y.c, n), sg = G->sum_squares(G, y.g, n), sg2 = G->sum_squares(G, y.g, n);
+    printf("  sum_squares cpu %.17g gpu %.17g\n", sc, sg);
+    CHECK(fabs(sg - sc) <= 1e-12 * sc, "sum_squares: gpu %.17g cpu %.17g", sg, sc);
+    CHECK(sg == sg2, "sum_squares is not deterministic: %.17g then %.17g", sg, sg2);
+    CHECK(G->sum_squares(G, y.g, 0) == 0.0 && G->sum_squares(G, y.g, 1) == (double)g[0] * g[0],
+          "sum_squares of 0 / 1 elements");
+    free(g);
+    pair_free(C, G, &y), pair_free(C, G, &x);
+    backend_free(C);
+    gpu_free(G);
+}
+
+// ---- the whole ViT ---------------------------------------------------------------------------------
+
+typedef struct {
+    Backend *be;
+    float *P, *G;
+    VitActs *acts[2];
+    float *img[2], *dxn[2];
+    uint8_t *mask[2];
+} VitRun;
+
+// Forward + backward of both crop groups on one backend; returns the host copies of x_norm per group
+// and of the gradients.
+static void vit_run(Backend *be, const Vit *vit, size_t total, const float *P_host, const int *B, const int *crop,
+                    float *const *img_h, float *const *dxn_h, uint8_t *const *mask_h, int *const *subsets,
+                    float **xn_out, float *G_out) {
+    VitRun v = {.be = be};
+    v.P = dual_upload(be, P_host, sizeof(float) * total);
+    v.G = be->alloc(be, sizeof(float) * total);
+    for (int g = 0; g < 2; g++) {
+        v.acts[g] = vit_acts_new(be, vit, B[g], crop[g]);
+        int T = vit_acts_tokens(v.acts[g]), N = T - 1 - vit->cfg.n_registers;
+        size_t nimg = (size_t)B[g] * 3 * crop[g] * crop[g], nx = (size_t)B[g] * T * vit->cfg.dim;
+        v.img[g] = dual_upload(be, img_h[g], sizeof(float) * nimg);
+        v.dxn[g] = dual_upload(be, dxn_h[g], sizeof(float) * nx);
+        v.mask[g] = mask_h[g] ? dual_upload(be, mask_h[g], (size_t)B[g] * N) : NULL;
+    }
+    for (int g = 0; g < 2; g++) {
+        const float *xn = vit_forward(be, vit, v.P, v.acts[g], v.img[g], v.mask[g], subsets[g]);
+        size_t nx = (size_t)B[g] * vit_acts_tokens(v.acts[g]) * vit->cfg.dim;
+        be->to_host(be, xn_out[g], xn, sizeof(float) * nx);
+        vit_backward(be, vit, v.P, v.G, v.acts[g], v.dxn[g]);
+    }
+    be->to_host(be, G_out, v.G, sizeof(float) * total);
+    for (int g = 0; g < 2; g++) {
+        vit_acts_free(be, v.acts[g]);
+        be->release(be, v.img[g]), be->release(be, v.dxn[g]);
+        if (v.mask[g]) be->release(be, v.mask[g]);
+    }
+    be->release(be, v.P), be->release(be, v.G);
+}
+
+static void vit_parity(const char *ffn, int registers, float drop, int fp32) {
+    Backend *G = gpu_backend(fp32 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16), *C = backend_cpu_new();
+    VitConfig cfg;
+    char err[DINO_ERRLEN];
+    // vit_tiny's width and heads (D=192, H=3, Dh=64), 3 blocks, patch 14, trained at 98 px
+    CHECK(vit_config_from_arch(&cfg, "vit_tiny", 14, 98, registers, ffn, err) == 0, "%s", err);
+    cfg.depth = 3;
+    cfg.drop_path_rate = drop;
+    ParamTable tab;
+    param_table_init(&tab);
+    Vit vit;
+    vit_build(&vit, &cfg, &tab, "backbone.");
+    Rng r = rng_make(81, (uint64_t)registers, (uint64_t)(drop * 100), 0);
+    // random parameters of unit-scale activations (fan-in scaled weights, LayerScale ~0.3 so that the
+    // blocks matter, perturbed norms and biases)
+    float *P = dino_calloc(tab.total, sizeof(float));
+    for (int i = 0; i < tab.n; i++) {
+        const TensorSpec *t = &tab.t[i];
+        float *p = P + t->offset;
+        int is_norm_w = strstr(t->name, "norm") && strstr(t->name, "weight");
+        float std = t->ndim == 2 && strstr(t->name, "weight") ? 1.0f / sqrtf((float)t->shape[1])
+                    : strstr(t->name, "patch_embed.proj.weight") ? 1.0f / sqrtf(3.0f * 14 * 14)
+                                                                 : 0.3f;
+        for (size_t j = 0; j < t->numel; j++)
+            p[j] = is_norm_w ? 1.0f + 0.1f * (float)rng_normal(&r)
+                   : strstr(t->name, ".ls") ? 0.3f + 0.1f * (float)rng_normal(&r)
+                                            : std * (float)rng_normal(&r);
+    }
+    // group 0: 4 images at 98 px (the training grid), iBOT masks; group 1: 6 images at 42 px
+    // (interpolated position embedding)
+    const int B[2] = {4, 6}, crop[2] = {98, 42};
+    float *img[2], *dxn[2], *xn_c[2], *xn_g[2];
+    uint8_t *mask[2] = {NULL, NULL};
+    int *subsets[2] = {NULL, NULL};
+    size_t nx[2];
+    for (int g = 0; g < 2; g++) {
+        int N = (crop[g] / 14) * (crop[g] / 14), T = 1 + registers + N;
+        size_t nimg = (size_t)B[g] * 3 * crop[g] * crop[g];
+        nx[g] = (size_t)B[g] * T * cfg.dim;
+        img[g] = dino_malloc(sizeof(float) * nimg), dxn[g] = dino_malloc(sizeof(float) * nx[g]);
+        xn_c[g] = dino_malloc(sizeof(float) * nx[g]), xn_g[g] = dino_malloc(sizeof(float) * nx[g]);
+        for (size_t i = 0; i < nimg; i++) img[g][i] = (float)rng_normal(&r);
+        for (size_t i = 0; i < nx[g]; i++) dxn[g][i] = (float)rng_normal(&r);
+        if (g == 0) {
+            mask[g] = dino_malloc((size_t)B[g] * N);
+            for (int i = 0; i < B[g] * N; i++) mask[g][i] = rng_uniform(&r) < 0.3;
+        }
+        if (drop > 0) {
+            int S = vit_drop_subset_size(&vit, B[g]);
+            CHECK(S < B[g], "the test wants stochastic depth active (S=%d B=%d)", S, B[g]);
+            subsets[g] = dino_malloc(sizeof(int) * cfg.depth * 2 * S);
+            vit_draw_drop_subsets(&vit, B[g], rng_make(82, (uint64_t)g, 0, 0), subsets[g]);
+        }
+    }
+    float *Gc = dino_calloc(tab.total, sizeof(float)), *Gg = dino_calloc(tab.total, sizeof(float));
+    float *Gg2 = dino_calloc(tab.total, sizeof(float));
+    vit_run(C, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, xn_c, Gc);
+    vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, xn_g, Gg);
+    // fp32 GEMMs: a chain of a dozen fp32 ops per block, each within a few 1e-6 normwise (sqrt(K) 2^-24
+    // for a GEMM of depth K), through 3 blocks forward and back: 5e-5 / 1e-4, still 30x below what one
+    // bf16 GEMM adds, so a kernel bug cannot hide. bf16 GEMMs: ~u per GEMM, chained the same way.
+    const double tol_fwd = fp32 ? 5e-5 : 8 * U_BF16, tol_bwd = fp32 ? 1e-4 : 16 * U_BF16;
+    check_norm("vit x_norm (98 px, masked)", xn_g[0], xn_c[0], nx[0], tol_fwd);
+    check_norm("vit x_norm (42 px)", xn_g[1], xn_c[1], nx[1], tol_fwd);
+    for (int i = 0; i < tab.n; i++) {
+        const TensorSpec *t = &tab.t[i];
+        check_norm(t->name, Gg + t->offset, Gc + t->offset, t->numel, tol_bwd);
+    }
+    // run to run: bit-identical gradients (deterministic reductions, fixed cuBLAS algorithms)
+    float *xn_g2[2] = {dino_malloc(sizeof(float) * nx[0]), dino_malloc(sizeof(float) * nx[1])};
+    vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, xn_g2, Gg2);
+    CHECK(memcmp(Gg, Gg2, sizeof(float) * tab.total) == 0, "CUDA ViT gradients differ between two identical runs");
+    CHECK(memcmp(xn_g[0], xn_g2[0], sizeof(float) * nx[0]) == 0, "CUDA ViT outputs differ between identical runs");
+    for (int g = 0; g < 2; g++) {
+        free(img[g]), free(dxn[g]), free(xn_c[g]), free(xn_g[g]), free(xn_g2[g]), free(mask[g]), free(subsets[g]);
+    }
+    free(P), free(Gc), free(Gg), free(Gg2);
+    vit_free(&vit);
+    param_table_free(&tab);
+    backend_free(C);
+    gpu_free(G);
+}
+
+TEST(vit_mlp_registers_masks_droppath_fp32_gemm) { vit_parity("mlp", 4, 0.4f, 1); }
+TEST(vit_mlp_registers_masks_droppath_bf16) { vit_parity("mlp", 4, 0.4f, 0); }
+TEST(vit_swiglu_plain_bf16) { vit_parity("swiglu", 0, 0.0f, 0); }
+
+// ---- construction ------------------------------------------------------------------------------------
+
+// Runs on every machine with nvcc: without a device the backend must refuse with a message, not crash.
+TEST(backend_new_reports_missing_device) {
+#ifndef DINO_HAVE_CUDA
+    test_skip("built without CUDA (no nvcc found)");
+#else
+    char err[DINO_ERRLEN] = "";
+    int n = dino_cuda_device_count();
+    if (n == 0) {
+        CHECK(backend_cuda_new(0, err) == NULL, "backend created without a device");
+        CHECK(strstr(err, "no CUDA device") != NULL, "unhelpful message: '%s'", err);
+    } else {
+        CHECK(backend_cuda_new(n + 3, err) == NULL, "backend created on a device that does not exist");
+        CHECK(strstr(err, "does not exist") != NULL, "unhelpful message: '%s'", err);
+        Backend *be = backend_cuda_new(0, err);
+        CHECK(be != NULL, "%s", err);
+        printf("device: %s\n", be ? backend_cuda_device_name(be) : "?");
+        backend_cuda_free(be);
+    }
+#endif
+}

@@ -1,0 +1,379 @@
+#include <png.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/check.h"
+#include "data/decode.h"
+#include "data/shard.h"
+#include "data/source.h"
+#include "data/synth.h"
+#include "tests/harness.h"
+
+static const char *slide_path(const char *name) {
+    static char buf[4096];
+    const char *candidates[3] = {test_src_path("data/demo/"), test_src_path("../shared/data/wsi/"), "/work/shared/data/wsi/"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(buf, sizeof buf, "%s%s", candidates[i], name);
+        if (access(buf, R_OK) == 0) return buf;
+    }
+    test_skip("test slide not found in data/demo, ../shared/data/wsi or /work/shared/data/wsi");
+}
+
+static void write_bytes(const char *path, const uint8_t *p, size_t n) {
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(p, 1, n, f) == n, "cannot write %s", path);
+    if (f) fclose(f);
+}
+
+static void write_jpeg(const char *path, int64_t index, int size) {
+    Image im;
+    synth_tile(7, index, 3, size, &im);
+    uint8_t *jpg;
+    size_t n;
+    char err[DINO_ERRLEN];
+    CHECK(encode_jpeg(&im, 90, &jpg, &n, err) == 0, "%s", err);
+    write_bytes(path, jpg, n);
+    free(jpg);
+    image_free(&im);
+}
+
+static void write_png(const char *path, int w, int h) {
+    Image im;
+    synth_tile(7, 0, 3, w, &im);
+    png_image pi;
+    memset(&pi, 0, sizeof pi);
+    pi.version = PNG_IMAGE_VERSION;
+    pi.width = (png_uint_32)w;
+    pi.height = (png_uint_32)h;
+    pi.format = PNG_FORMAT_RGB;
+    CHECK(png_image_write_to_file(&pi, path, 0, im.px, 0, NULL), "cannot write %s", path);
+    image_free(&im);
+}
+
+// A shard of `count` synthetic JPEG tiles whose size encodes their global index: 64 + (first + i) % 16.
+static void write_synth_shard(const char *path, int64_t first, int count) {
+    char err[DINO_ERRLEN];
+    ShardWriter *w = shard_writer_open(path, err);
+    CHECK(w != NULL, "%s", err);
+    for (int i = 0; i < count; i++) {
+        int size = 64 + (int)((first + i) % 16);
+        Image im;
+        synth_tile(3, first + i, 4, size, &im);
+        uint8_t *jpg;
+        size_t n;
+        CHECK(encode_jpeg(&im, 90, &jpg, &n, err) == 0, "%s", err);
+        ShardTileMeta m = {.slide = "synth", .slide_len = 5, .x = first + i, .w = (uint32_t)size, .h = (uint32_t)size};
+        CHECK(shard_writer_add(w, &m, jpg, n, err) == 0, "%s", err);
+        free(jpg);
+        image_free(&im);
+    }
+    CHECK(shard_writer_finish(w, err) == 0, "%s", err);
+}
+
+static int tile_side(TileSource *s, int64_t i) {
+    Image im;
+    char err[DINO_ERRLEN];
+    if (source_read_rgb(s, i, 0, &im, err) != 0) {
+        CHECK(0, "tile %lld: %s", (long long)i, err);
+        return -1;
+    }
+    int side = im.w == im.h ? im.w : -1;
+    image_free(&im);
+    return side;
+}
+
+TEST(folder_source_recursive_mixed_formats) {
+    const char *dir = test_tmpdir();
+    char p[4300], spec[4400], err[DINO_ERRLEN];
+    snprintf(p, sizeof p, "%s/sub", dir); mkdir(p, 0777);
+    snprintf(p, sizeof p, "%s/sub/deeper", dir); mkdir(p, 0777);
+    snprintf(p, sizeof p, "%s/a.jpg", dir); write_jpeg(p, 0, 40);
+    snprintf(p, sizeof p, "%s/sub/b.png", dir); write_png(p, 50, 50);
+    snprintf(p, sizeof p, "%s/sub/deeper/c.JPEG", dir); write_jpeg(p, 1, 60);
+    snprintf(p, sizeof p, "%s/notes.txt", dir); write_bytes(p, (const uint8_t *)"hi", 2);
+    snprintf(spec, sizeof spec, "folder:%s", dir);
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    CHECK(source_count(s) == 3, "count %lld", (long long)source_count(s));
+    // sorted by path: a.jpg, sub/b.png, sub/deeper/c.JPEG
+    CHECK(tile_side(s, 0) == 40 && tile_side(s, 1) == 50 && tile_side(s, 2) == 60, "tiles out of order");
+    source_close(s);
+    snprintf(p, sizeof p, "%s/sub/deeper", dir);
+    snprintf(spec, sizeof spec, "folder:%s/nothing_here", dir);
+    CHECK(source_open(spec, err) == NULL && strstr(err, "nothing_here"), "missing folder: %s", err);
+    snprintf(p, sizeof p, "%s/empty", dir); mkdir(p, 0777);
+    snprintf(spec, sizeof spec, "folder:%s", p);
+    CHECK(source_open(spec, err) == NULL && strstr(err, p) && strstr(err, "no images"), "empty folder: %s", err);
+}
+
+TEST(list_source_relative_paths_and_missing_entry) {
+    const char *dir = test_tmpdir();
+    char p[4300], spec[4400], err[DINO_ERRLEN];
+    snprintf(p, sizeof p, "%s/x.jpg", dir); write_jpeg(p, 0, 48);
+    snprintf(p, sizeof p, "%s/y.jpg", dir); write_jpeg(p, 1, 56);
+    snprintf(p, sizeof p, "%s/list.txt", dir);
+    FILE *f = fopen(p, "w");
+    fprintf(f, "# tiles\ny.jpg\n\n%s/x.jpg\n", dir);
+    fclose(f);
+    snprintf(spec, sizeof spec, "list:%s", p);
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    CHECK(source_count(s) == 2 && tile_side(s, 0) == 56 && tile_side(s, 1) == 48, "list order/count wrong");
+    // a tile that went bad after opening: -1 naming the file
+    snprintf(p, sizeof p, "%s/y.jpg", dir);
+    write_bytes(p, (const uint8_t *)"\xFF\xD8\xFF garbage", 12);
+    Image im;
+    CHECK(source_read_rgb(s, 0, 0, &im, err) == -1 && strstr(err, p), "corrupt file: %s", err);
+    source_close(s);
+    snprintf(p, sizeof p, "%s/list2.txt", dir);
+    f = fopen(p, "w");
+    fprintf(f, "x.jpg\ngone.jpg\n");
+    fclose(f);
+    snprintf(spec, sizeof spec, "list:%s", p);
+    CHECK(source_open(spec, err) == NULL && strstr(err, "gone.jpg") && strstr(err, "list2.txt"), "missing entry: %s", err);
+    snprintf(spec, sizeof spec, "list:%s/nolist.txt", dir);
+    CHECK(source_open(spec, err) == NULL && strstr(err, "nolist.txt"), "missing list: %s", err);
+}
+
+TEST(shard_sources_dir_file_glob_list_and_plus) {
+    const char *dir = test_tmpdir();
+    char p[4300], spec[9000], err[DINO_ERRLEN];
+    snprintf(p, sizeof p, "%s/d", dir); mkdir(p, 0777);
+    snprintf(p, sizeof p, "%s/d/s0.dtshard", dir); write_synth_shard(p, 0, 5);
+    snprintf(p, sizeof p, "%s/d/s1.dtshard", dir); write_synth_shard(p, 5, 0); // empty shard
+    snprintf(p, sizeof p, "%s/d/s2.dtshard", dir); write_synth_shard(p, 5, 7);
+    snprintf(p, sizeof p, "%s/d/readme.txt", dir); write_bytes(p, (const uint8_t *)"x", 1);
+    snprintf(p, sizeof p, "%s/d", dir);
+    TileSource *s = source_open(p, err);
+    CHECK(s != NULL, "dir: %s", err);
+    if (!s) return;
+    CHECK(source_count(s) == 12, "dir count %lld", (long long)source_count(s));
+    for (int i = 0; i < 12; i++) CHECK(tile_side(s, i) == 64 + i % 16, "dir tile %d has the wrong size", i);
+    source_close(s);
+    // one shard, a glob, a list file, and all of them joined with '+'
+    snprintf(p, sizeof p, "%s/d/s2.dtshard", dir);
+    s = source_open(p, err);
+    CHECK(s && source_count(s) == 7 && tile_side(s, 0) == 64 + 5, "single shard: %s", s ? "" : err);
+    source_close(s);
+    snprintf(p, sizeof p, "%s/d/s[02].dtshard", dir);
+    s = source_open(p, err);
+    CHECK(s && source_count(s) == 12, "glob: %s", s ? "" : err);
+    source_close(s);
+    char list[4300];
+    snprintf(list, sizeof list, "%s/shards.txt", dir);
+    FILE *f = fopen(list, "w");
+    fprintf(f, "d/s2.dtshard\nd/s0.dtshard\n");
+    fclose(f);
+    snprintf(spec, sizeof spec, "shards:%s", list);
+    s = source_open(spec, err);
+    CHECK(s && source_count(s) == 12 && tile_side(s, 0) == 64 + 5 && tile_side(s, 7) == 64, "list: %s", s ? "" : err);
+    source_close(s);
+    snprintf(p, sizeof p, "%s/img", dir); mkdir(p, 0777);
+    snprintf(p, sizeof p, "%s/img/t.jpg", dir); write_jpeg(p, 0, 99);
+    snprintf(spec, sizeof spec, "%s/d/s0.dtshard+folder:%s/img+shards:%s", dir, dir, list);
+    s = source_open(spec, err);
+    CHECK(s && source_count(s) == 5 + 1 + 12, "plus: %s", s ? "" : err);
+    if (s) {
+        CHECK(tile_side(s, 4) == 68 && tile_side(s, 5) == 99 && tile_side(s, 6) == 69 && tile_side(s, 17) == 68,
+              "'+' parts mapped to the wrong tiles");
+        Image im;
+        CHECK(source_read_rgb(s, 18, 0, &im, err) == -1, "index past the end read");
+    }
+    source_close(s);
+    // errors name what is missing
+    snprintf(spec, sizeof spec, "%s/d/s0.dtshard+%s/nope.dtshard", dir, dir);
+    CHECK(source_open(spec, err) == NULL && strstr(err, "nope.dtshard"), "missing part: %s", err);
+    snprintf(spec, sizeof spec, "%s/img", dir);
+    CHECK(source_open(spec, err) == NULL && strstr(err, "folder:"), "image folder as shard dir: %s", err);
+    snprintf(spec, sizeof spec, "%s/d/zz*.dtshard", dir);
+    CHECK(source_open(spec, err) == NULL && strstr(err, "matches no file"), "empty glob: %s", err);
+    snprintf(spec, sizeof spec, "%s/d/readme.txt", dir);
+    CHECK(source_open(spec, err) == NULL && strstr(err, "readme.txt") && strstr(err, "bad shard header"), "non-shard: %s", err);
+}
+
+TEST(corrupt_shard_record_reported_with_shard_and_index) {
+    const char *dir = test_tmpdir();
+    char p[4300], err[DINO_ERRLEN];
+    snprintf(p, sizeof p, "%s/a.dtshard", dir); write_synth_shard(p, 0, 4);
+    snprintf(p, sizeof p, "%s/b.dtshard", dir);
+    // b: record 0 fine, record 1 passes its CRC but is not a decodable JPEG, record 2 damaged on disk
+    ShardWriter *w = shard_writer_open(p, err);
+    Image im;
+    synth_tile(1, 0, 2, 64, &im);
+    uint8_t *jpg;
+    size_t n;
+    encode_jpeg(&im, 90, &jpg, &n, err);
+    ShardTileMeta m = {.slide = "", .slide_len = 0};
+    shard_writer_add(w, &m, jpg, n, err);
+    shard_writer_add(w, &m, jpg, n / 2, err);
+    shard_writer_add(w, &m, jpg, n, err);
+    CHECK(shard_writer_finish(w, err) == 0, "%s", err);
+    long off2 = SHARD_HEADER_SIZE + 2 * SHARD_RECORD_FIXED_SIZE + (long)(n + n / 2) + SHARD_RECORD_FIXED_SIZE + 100;
+    FILE *f = fopen(p, "r+b");
+    fseek(f, off2, SEEK_SET);
+    fputc(jpg[100] ^ 1, f);
+    fclose(f);
+    free(jpg);
+    image_free(&im);
+    TileSource *s = source_open(dir, err);
+    CHECK(s && source_count(s) == 7, "open: %s", s ? "" : err);
+    if (!s) return;
+    CHECK(source_read_rgb(s, 4, 0, &im, err) == 0, "good record: %s", err);
+    image_free(&im);
+    CHECK(source_read_rgb(s, 5, 0, &im, err) == -1, "truncated JPEG record decoded");
+    CHECK(strstr(err, "b.dtshard") && strstr(err, "record 1") && strstr(err, "JPEG"), "message: %s", err);
+    CHECK(source_read_rgb(s, 6, 0, &im, err) == -1, "damaged record read");
+    CHECK(strstr(err, "b.dtshard") && strstr(err, "record 2") && strstr(err, "CRC"), "message: %s", err);
+    source_close(s);
+}
+
+TEST(scaled_decode_hint) {
+    const char *dir = test_tmpdir();
+    char p[4300], err[DINO_ERRLEN];
+    snprintf(p, sizeof p, "%s/big.jpg", dir); write_jpeg(p, 0, 512);
+    char spec[4400];
+    snprintf(spec, sizeof spec, "folder:%s", dir);
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    CHECK(tile_side(s, 0) == 512, "full decode");
+    source_set_min_side(s, 200); // 512 * 1/2 = 256 >= 200 > 512 * 3/8 = 192
+    CHECK(tile_side(s, 0) == 256, "min_side 200 decoded to %d", tile_side(s, 0));
+    source_close(s);
+}
+
+static double mean_saturation(const Image *im) {
+    double s = 0;
+    for (int i = 0; i < im->w * im->h; i++) {
+        const uint8_t *p = im->px + 3 * i;
+        int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
+        int mn = p[0] < p[1] ? (p[0] < p[2] ? p[0] : p[2]) : (p[1] < p[2] ? p[1] : p[2]);
+        s += mx ? (double)(mx - mn) / mx : 0;
+    }
+    return s / (im->w * im->h);
+}
+
+TEST(online_wsi_source_deterministic_tissue_tiles) {
+    char spec[4400], err[DINO_ERRLEN];
+    snprintf(spec, sizeof spec, "wsi:%s,size=64,mags=0.5/1.0,min_tissue=0.6", slide_path("CMU-1-Small-Region.svs"));
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    int64_t n = source_count(s);
+    // count = tissue tiles of the 64 px grid at 0.5 um/px (34 x 46 cells over the 2220 x 2967 region at
+    // 0.499 um/px), of which about a third is tissue
+    CHECK(n > 0.2 * 34 * 46 && n < 0.6 * 34 * 46, "count %lld", (long long)n);
+    Image a, b, c;
+    int differ = 0;
+    double sat = 0;
+    for (int64_t i = 0; i < 12; i++) {
+        CHECK(source_read_rgb(s, i, 42, &a, err) == 0, "%s", err);
+        CHECK(source_read_rgb(s, i, 42, &b, err) == 0, "%s", err);
+        CHECK(source_read_rgb(s, i, 43, &c, err) == 0, "%s", err);
+        CHECK(a.w == 64 && a.h == 64, "tile size %dx%d", a.w, a.h);
+        CHECK(memcmp(a.px, b.px, 64 * 64 * 3) == 0, "same seed and index gave different tiles");
+        differ += memcmp(a.px, c.px, 64 * 64 * 3) != 0;
+        sat += mean_saturation(&a);
+        image_free(&a); image_free(&b); image_free(&c);
+    }
+    CHECK(differ >= 11, "another seed gave the same tile %d times out of 12", 12 - differ);
+    // glass here has saturation ~0.03; H&E tissue ~0.3
+    CHECK(sat / 12 > 0.15, "sampled tiles are not tissue: mean saturation %.3f", sat / 12);
+    source_close(s);
+    snprintf(spec, sizeof spec, "wsi:%s,size=64,colour=red", slide_path("CMU-1-Small-Region.svs"));
+    CHECK(source_open(spec, err) == NULL && strstr(err, "colour"), "unknown option: %s", err);
+}
+
+TEST(online_wsi_source_missing_mpp) {
+    char spec[4400], err[DINO_ERRLEN];
+    const char *tcga = slide_path("TCGA-CR-7395-01A-01-TS1.svs");
+    snprintf(spec, sizeof spec, "wsi:%s,size=64", tcga);
+    CHECK(source_open(spec, err) == NULL, "slide without mpp opened");
+    CHECK(strstr(err, "TCGA-CR-7395") && strstr(err, "assume_mpp="), "message: %s", err);
+    snprintf(spec, sizeof spec, "wsi:%s,size=64,mpp=2,assume_mpp=0.25", tcga);
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    Image a;
+    CHECK(source_read_rgb(s, 0, 1, &a, err) == 0 && mean_saturation(&a) > 0.15, "tile: %s", err);
+    image_free(&a);
+    source_close(s);
+}
+
+// Many threads reading the same source get exactly what one thread gets.
+typedef struct { TileSource *s; int64_t first, n; uint64_t *sums; } ReadJob;
+static uint64_t image_hash(const Image *im) {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < (size_t)im->w * im->h * 3; i++) h = (h ^ im->px[i]) * 1099511628211ULL;
+    return h;
+}
+static void *read_range(void *arg) {
+    ReadJob *j = arg;
+    char err[DINO_ERRLEN];
+    for (int64_t i = j->first; i < j->first + j->n; i++) {
+        Image im;
+        if (source_read_rgb(j->s, i % source_count(j->s), (uint64_t)i, &im, err) != 0) { j->sums[i] = 0; continue; }
+        j->sums[i] = image_hash(&im);
+        image_free(&im);
+    }
+    return NULL;
+}
+
+TEST(concurrent_reads_match_sequential) {
+    const char *dir = test_tmpdir();
+    char p[4300], spec[9000], err[DINO_ERRLEN];
+    snprintf(p, sizeof p, "%s/s.dtshard", dir);
+    write_synth_shard(p, 0, 16);
+    snprintf(spec, sizeof spec, "%s+wsi:%s,size=48,mpp=1", p, slide_path("CMU-1-Small-Region.svs"));
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    enum { N = 64, T = 4 };
+    uint64_t seq[N], par[N];
+    ReadJob one = {s, 0, N, seq};
+    read_range(&one);
+    pthread_t tid[T];
+    ReadJob jobs[T];
+    for (int t = 0; t < T; t++) {
+        jobs[t] = (ReadJob){s, t * (N / T), N / T, par};
+        pthread_create(&tid[t], NULL, read_range, &jobs[t]);
+    }
+    for (int t = 0; t < T; t++) pthread_join(tid[t], NULL);
+    for (int i = 0; i < N; i++) {
+        CHECK(seq[i] != 0, "tile %d failed", i);
+        CHECK(seq[i] == par[i], "tile %d differs between 1 and %d threads", i, T);
+    }
+    source_close(s);
+}
+
+TEST(online_wsi_source_from_a_slide_list) {
+    const char *dir = test_tmpdir();
+    char list[4300], spec[9000], err[DINO_ERRLEN];
+    char cmu[4096], boxes[4096];
+    snprintf(cmu, sizeof cmu, "%s", slide_path("CMU-1-Small-Region.svs"));
+    snprintf(boxes, sizeof boxes, "%s", slide_path("boxes.tiff"));
+    snprintf(list, sizeof list, "%s/slides.txt", dir);
+    FILE *f = fopen(list, "w");
+    fprintf(f, "# two slides\n%s\n%s\n", cmu, boxes);
+    fclose(f);
+    int64_t counts[3];
+    const char *targets[3] = {cmu, boxes, list};
+    for (int k = 0; k < 3; k++) {
+        snprintf(spec, sizeof spec, "wsi:%s,size=32,mpp=2,assume_mpp=1", targets[k]);
+        TileSource *s = source_open(spec, err);
+        CHECK(s != NULL, "%s", err);
+        counts[k] = s ? source_count(s) : -1;
+        source_close(s);
+    }
+    CHECK(counts[0] > 0 && counts[1] > 0 && counts[2] == counts[0] + counts[1], "counts %lld + %lld != %lld",
+          (long long)counts[0], (long long)counts[1], (long long)counts[2]);
+    f = fopen(list, "a");
+    fprintf(f, "%s/missing.svs\n", dir);
+    fclose(f);
+    snprintf(spec, sizeof spec, "wsi:%s,assume_mpp=0.25", list);
+    CHECK(source_open(spec, err) == NULL && strstr(err, "missing.svs") && strstr(err, "slides.txt"), "message: %s", err);
+}

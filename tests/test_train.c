@@ -1,0 +1,251 @@
+// The trainer end to end on a tiny model and synthetic tiles: exact resume, corrupt-checkpoint
+// fallback, the NaN guard, and configs refused before anything runs.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/check.h"
+#include "data/decode.h"
+#include "data/synth.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/train.h"
+#include "tests/harness.h"
+
+// A folder of synthetic 64 px JPEG tiles; returns the source spec.
+static const char *make_tiles(const char *dir, int n) {
+    static char spec[4200];
+    char path[4200];
+    for (int i = 0; i < n; i++) {
+        Image im;
+        synth_tile(11, i, 4, 64, &im);
+        uint8_t *jpg;
+        size_t len;
+        char err[DINO_ERRLEN];
+        CHECK(encode_jpeg(&im, 90, &jpg, &len, err) == 0, "%s", err);
+        snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
+        FILE *f = fopen(path, "wb");
+        CHECK(f && fwrite(jpg, 1, len, f) == len, "cannot write %s", path);
+        fclose(f);
+        free(jpg);
+        image_free(&im);
+    }
+    snprintf(spec, sizeof spec, "folder:%s", dir);
+    return spec;
+}
+
+// A tiny run: 2 epochs of 6 iterations, checkpoints every 3.
+static void tiny_config(Config *cfg, const char *tiles, const char *out) {
+    char err[DINO_ERRLEN];
+    char src[4300], outkv[4300];
+    snprintf(src, sizeof src, "data.sources=[%s]", tiles);
+    snprintf(outkv, sizeof outkv, "train.output_dir=%s", out);
+    char *ov[] = {src,
+                  outkv,
+                  "student.arch=vit_test",
+                  "student.embed_dim=24",
+                  "student.depth=2",
+                  "student.num_heads=2",
+                  "student.patch_size=8",
+                  "student.drop_path_rate=0.2",
+                  "student.num_register_tokens=1",
+                  "crops.global_crops_size=32",
+                  "crops.local_crops_size=16",
+                  "crops.local_crops_number=2",
+                  "dino.head_n_prototypes=64",
+                  "dino.head_hidden_dim=32",
+                  "dino.head_bottleneck_dim=16",
+                  "ibot.head_n_prototypes=64",
+                  "ibot.head_hidden_dim=32",
+                  "ibot.head_bottleneck_dim=16",
+                  "train.batch_size_per_gpu=4",
+                  "train.OFFICIAL_EPOCH_LENGTH=6",
+                  "train.num_workers=2",
+                  "optim.epochs=2",
+                  "optim.warmup_epochs=1",
+                  "optim.base_lr=0.01",
+                  "teacher.warmup_teacher_temp_epochs=1",
+                  "checkpoint.every_n_iterations=3",
+                  "checkpoint.keep_last=3",
+                  "evaluation.eval_period_iterations=0"};
+    CHECK(config_load(cfg, test_src_path("configs/demo.yaml"), (int)(sizeof ov / sizeof ov[0]), ov, err) == 0, "%s",
+          err);
+}
+
+static int run(const Config *cfg, int64_t max_it, TrainResult *res, char *err) {
+    Dist d;
+    CHECK(dist_init(&d, 0, err) == 0, "%s", err);
+    TrainOptions opt = {.max_iterations = max_it, .quiet = 1};
+    int rc = train_run(cfg, &d, &opt, res, err);
+    dist_finalize(&d);
+    return rc;
+}
+
+// Every tensor of two checkpoints equal bit for bit.
+static void check_same_checkpoint(const char *a, const char *b) {
+    Ckpt ca, cb;
+    char err[DINO_ERRLEN];
+    CHECK(ckpt_open(&ca, a, err) == 0, "%s", err);
+    CHECK(ckpt_open(&cb, b, err) == 0, "%s", err);
+    CHECK(ca.st.n == cb.st.n && ca.st.n > 10, "tensor counts %d vs %d", ca.st.n, cb.st.n);
+    int diff = 0;
+    for (int i = 0; i < ca.st.n; i++) {
+        const StTensor *ta = &ca.st.t[i], *tb = st_get(&cb.st, ta->name);
+        CHECK(tb && tb->nbytes == ta->nbytes, "%s missing or resized", ta->name);
+        if (tb && tb->nbytes == ta->nbytes && memcmp(ta->data, tb->data, ta->nbytes) != 0) {
+            if (diff++ < 5) test_fail_at(__FILE__, __LINE__, "tensor %s differs", ta->name);
+        }
+    }
+    CHECK(diff == 0, "%d tensors differ", diff);
+    ckpt_close(&ca);
+    ckpt_close(&cb);
+}
+
+TEST(resume_is_bit_exact) {
+    const char *tmp = test_tmpdir();
+    char tiles[4200], outa[4200], outb[4200], ca[4300], cb[4300];
+    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
+    mkdir(tiles, 0755);
+    const char *spec = make_tiles(tiles, 24);
+    snprintf(outa, sizeof outa, "%s/a", tmp);
+    snprintf(outb, sizeof outb, "%s/b", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+
+    tiny_config(&cfg, spec, outa);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.end_iteration == 12 && res.skipped_steps == 0, "ran to %lld", (long long)res.end_iteration);
+    snprintf(ca, sizeof ca, "%s", res.last_checkpoint);
+    CHECK(isfinite(res.last_total_loss) && res.last_total_loss > 0, "loss %g", res.last_total_loss);
+
+    // the same run, killed after 5 iterations (last checkpoint at 3), then started again
+    tiny_config(&cfg, spec, outb);
+    CHECK(run(&cfg, 5, &res, err) == 0, "%s", err);
+    CHECK(res.end_iteration == 5, "first part ended at %lld", (long long)res.end_iteration);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.start_iteration == 3 && res.end_iteration == 12, "resumed %lld..%lld", (long long)res.start_iteration,
+          (long long)res.end_iteration);
+
+    snprintf(cb, sizeof cb, "%s", res.last_checkpoint);
+    CHECK(strstr(ca, "/a/") && strstr(cb, "/b/"), "checkpoint paths %s %s", ca, cb);
+    check_same_checkpoint(ca, cb);
+}
+
+TEST(corrupt_newest_checkpoint_falls_back) {
+    const char *tmp = test_tmpdir();
+    char tiles[4200], out[4200];
+    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
+    mkdir(tiles, 0755);
+    const char *spec = make_tiles(tiles, 16);
+    snprintf(out, sizeof out, "%s/run", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, out);
+    CHECK(run(&cfg, 7, &res, err) == 0, "%s", err); // checkpoints at 3 and 6
+    int64_t *its = NULL;
+    int n = ckpt_list(out, &its);
+    CHECK(n == 2 && its[0] == 3 && its[1] == 6, "checkpoints: %d", n);
+    free(its);
+    // damage the newest checkpoint's tensors in the middle
+    char path[4400];
+    Ckpt c;
+    CHECK(ckpt_open_latest(&c, out, NULL, err) == 1, "%s", err);
+    snprintf(path, sizeof path, "%s", c.dir);
+    ckpt_close(&c);
+    char tensors[4500];
+    snprintf(tensors, sizeof tensors, "%s/tensors.safetensors", path);
+    FILE *f = fopen(tensors, "r+b");
+    CHECK(f != NULL, "no %s (checkpoint layout changed?)", tensors);
+    if (!f) return;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, size / 2, SEEK_SET);
+    unsigned char junk[64];
+    memset(junk, 0xA5, sizeof junk);
+    fwrite(junk, 1, sizeof junk, f);
+    fclose(f);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.start_iteration == 3 && res.end_iteration == 12, "resumed from %lld (expected the older checkpoint, 3)",
+          (long long)res.start_iteration);
+}
+
+TEST(nan_loss_is_skipped_then_stops_the_run) {
+    const char *tmp = test_tmpdir();
+    char tiles[4200], out[4200];
+    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
+    mkdir(tiles, 0755);
+    const char *spec = make_tiles(tiles, 16);
+    snprintf(out, sizeof out, "%s/run", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, out);
+    setenv("DINOTRAIN_INJECT_NAN", "4", 1); // one bad step: skipped, the run goes on
+    int rc = run(&cfg, 0, &res, err);
+    CHECK(rc == 0, "%s", err);
+    CHECK(res.skipped_steps == 1 && res.end_iteration == 12, "skipped %lld", (long long)res.skipped_steps);
+    CHECK(isfinite(res.last_total_loss), "loss %g after a skipped step", res.last_total_loss);
+
+    snprintf(out, sizeof out, "%s/run2", tmp);
+    tiny_config(&cfg, spec, out);
+    setenv("DINOTRAIN_INJECT_NAN", "4,5,6,7,8,9,10", 1); // a diverged run: stops, checkpoint 3 intact
+    rc = run(&cfg, 0, &res, err);
+    unsetenv("DINOTRAIN_INJECT_NAN");
+    CHECK(rc == -1 && strstr(err, "consecutive"), "a diverged run must stop: rc %d, %s", rc, err);
+    // the newest checkpoint (6, taken while the bad steps were being skipped) is valid and finite
+    Ckpt c;
+    CHECK(ckpt_open_latest(&c, out, NULL, err) == 1 && c.iteration == 6, "last good checkpoint: %s", err);
+    int nonfinite = 0;
+    for (int i = 0; i < c.st.n; i++) {
+        const float *v = c.st.t[i].data;
+        for (size_t j = 0; j < c.st.t[i].nbytes / 4; j++) nonfinite += !isfinite(v[j]);
+    }
+    CHECK(nonfinite == 0, "%d non-finite values in the checkpoint", nonfinite);
+    ckpt_close(&c);
+}
+
+TEST(bad_config_refused_before_start) {
+    const char *tmp = test_tmpdir();
+    char cmd[9000], cfgpath[4200], log[4300];
+    snprintf(cfgpath, sizeof cfgpath, "%s/bad.yaml", tmp);
+    FILE *f = fopen(cfgpath, "w");
+    fprintf(f, "base: %s\noptim:\n  base_lrr: 0.1\ntrain:\n  output_dir: %s/out\n", test_src_path("configs/demo.yaml"),
+            tmp);
+    fclose(f);
+    snprintf(log, sizeof log, "%s/log.txt", tmp);
+    snprintf(cmd, sizeof cmd, "./dinotrain %s > %s 2>&1", cfgpath, log);
+    int rc = system(cmd);
+    CHECK(rc != 0, "dinotrain accepted an unknown key");
+    char buf[4096] = {0};
+    f = fopen(log, "r");
+    CHECK(f != NULL, "no log");
+    if (f) {
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+    }
+    CHECK(strstr(buf, "base_lrr") && strstr(buf, "did you mean") && strstr(buf, "bad.yaml"),
+          "message should name the key, the file and the fix: %s", buf);
+    struct stat st;
+    char outdir[4300];
+    snprintf(outdir, sizeof outdir, "%s/out", tmp);
+    CHECK(stat(outdir, &st) != 0, "output_dir was created although the config was refused");
+}
+
+TEST(missing_data_source_named) {
+    const char *tmp = test_tmpdir();
+    char out[4200], missing[4200];
+    snprintf(out, sizeof out, "%s/run", tmp);
+    snprintf(missing, sizeof missing, "%s/no_such_folder", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN], spec[4300];
+    snprintf(spec, sizeof spec, "folder:%s", missing);
+    tiny_config(&cfg, spec, out);
+    TrainResult res;
+    CHECK(run(&cfg, 0, &res, err) == -1, "a missing source must fail");
+    CHECK(strstr(err, "no_such_folder") != NULL, "error does not name the source: %s", err);
+}

@@ -1,0 +1,346 @@
+#!/usr/bin/env bash
+# Everything a GPU lease should run, in one script: machine info, build, the GPU tests, the ViT
+# benchmark on the CUDA backend, the same model in PyTorch, and a summary table. Each stage's failure is
+# recorded in the table and never stops the other stages. See docs/cuda-backend.md.
+#
+#   tools/gpu_check.sh                         all stages (info,build,test,bench,torch,summary)
+#   tools/gpu_check.sh --stages info,build,test,bench,summary   then, in a second call (10-min limit):
+#   tools/gpu_check.sh --stages info,torch,summary
+#   tools/gpu_check.sh --stages summary --merge DIR1 --merge DIR2   one table from both calls' $OUT
+#                                              folders (anywhere, no GPU needed)
+#   tools/gpu_check.sh --quick                 one batch size per model
+#   tools/gpu_check.sh --stages sanitize,summary   compute-sanitizer memcheck of the smaller GPU tests
+#   tools/gpu_check.sh --fetch-deps            ON THE BUILD MACHINE (has network): downloads the
+#                                              OpenBLAS .debs into build-gpu-deps/ for a GPU machine
+#                                              without them; carry build-gpu-deps with the lease.
+#
+# Results accumulate in build-gpu-check/ (kept between calls on a warm machine) and are copied to
+# $OUT (or --out DIR) after every call: summary.md, status.env and one log per stage (<= 8 files).
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+STAGES="info,build,test,bench,torch,summary"
+QUICK=0
+MERGE=()
+RES=$ROOT/build-gpu-check
+DEST=${OUT:-}
+ARCHS_CUDA=${DINO_CUDA_ARCHS:-"80;90"}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stages) STAGES=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --out) DEST=$2; shift 2 ;;
+    --merge) MERGE+=("$2"); shift 2 ;;
+    --fetch-deps) # build-gpu-deps/ is ignored (/build-*/), so it must be named in the lease's carry
+      mkdir -p build-gpu-deps && cd build-gpu-deps || exit 1
+      apt-get download libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libquadmath0 || exit 1
+      ls -la; exit 0 ;;
+    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
+    *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+if [ "$QUICK" = 1 ]; then
+  C_BATCH_S="32"; C_BATCH_L="16"
+else
+  C_BATCH_S="16 32 64"; C_BATCH_L="8 16 32"
+fi
+# torch.compile recompiles per shape (a minute or more for ViT-L): compile at one batch per model.
+TC_BATCH_S="32"; TC_BATCH_L="16"
+JOBS=$(nproc 2>/dev/null || echo 4)
+mkdir -p "$RES"
+STATUS=$RES/status.env
+touch "$STATUS"
+
+has_stage() { case ",$STAGES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+set_status() { # stage value: one line per stage, the last one wins
+  grep -v "^$1=" "$STATUS" > "$STATUS.tmp" 2>/dev/null; mv "$STATUS.tmp" "$STATUS"
+  printf '%s=%q\n' "$1" "$2" >> "$STATUS"
+}
+get_status() { ( . "$STATUS" 2>/dev/null; eval "echo \${$1:-not run}" ) }
+copy_out() {
+  [ -n "$DEST" ] || return 0
+  mkdir -p "$DEST" && cp -f "$RES"/*.md "$RES"/*.log "$RES"/*.env "$DEST"/ 2>/dev/null
+  return 0
+}
+trap copy_out EXIT
+log() { copy_out; echo "[gpu_check $(date +%H:%M:%S)] $*"; } # each stage starts with a log line: results so far go out
+
+# Results of earlier calls (e.g. the $OUT folders of two lease calls, on any machine): their logs and
+# statuses are merged into build-gpu-check/ before the stages run, so `--stages summary --merge A
+# --merge B` makes one table of both.
+for m in "${MERGE[@]}"; do
+  [ -d "$m" ] || { echo "gpu_check: --merge $m: no such folder" >&2; continue; }
+  for f in info.log build.log tests.log sanitize.log bench_c.log bench_torch.log; do
+    [ -s "$m/$f" ] && cp -f "$m/$f" "$RES/$f"
+  done
+  [ -s "$m/status.env" ] && cat "$m/status.env" >> "$STATUS" # later lines win when sourced
+done
+
+# ---- info -------------------------------------------------------------------------------------------
+if has_stage info; then
+  log "stage info"
+  {
+    echo "date: $(date -u)"; echo "host: $(uname -a)"; echo "cores: $JOBS"
+    echo "--- nvidia-smi"; nvidia-smi 2>&1 || echo "nvidia-smi failed"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap,clocks.max.sm --format=csv 2>&1
+    echo "--- nvcc"; (command -v nvcc || ls /usr/local/cuda/bin/nvcc) 2>&1; (nvcc --version || /usr/local/cuda/bin/nvcc --version) 2>&1 | tail -2
+    echo "--- cmake"; cmake --version 2>&1 | head -1
+    echo "--- libraries the full build needs"
+    for p in openblas yaml-0.1 libturbojpeg openslide; do printf '%s: ' "$p"; pkg-config --modversion "$p" 2>&1; done
+    echo "--- python / torch"
+    for py in python3 /usr/bin/python3; do
+      command -v "$py" >/dev/null || continue
+      printf '%s: ' "$py"
+      "$py" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available(), "sdpa", hasattr(torch.nn.functional, "scaled_dot_product_attention"), "compile", hasattr(torch, "compile"))' 2>&1 | tail -1
+    done
+  } > "$RES/info.log" 2>&1
+  cat "$RES/info.log"
+  GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+  set_status GPU "${GPU:-none (nvidia-smi failed)}"
+  TORCH=$(python3 -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "no-gpu")' 2>/dev/null)
+  set_status TORCH "${TORCH:-absent}"
+fi
+
+# ---- build ------------------------------------------------------------------------------------------
+# The full CMake build needs the project's CPU dependencies (OpenBLAS, libyaml, turbojpeg, OpenSlide).
+# A GPU image may lack them: then build only what the GPU checks need (common, model, model/cpu,
+# model/cuda, the GPU tests and the benchmark) with OpenBLAS from the system or from carried .debs.
+BIN=""
+find_nvcc() { command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; }; }
+
+build_full() {
+  [ "${GPU_CHECK_FORCE_SUBSET:-0}" = 1 ] && { echo "GPU_CHECK_FORCE_SUBSET=1: skipping the full build"; return 1; }
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DDINO_CUDA_ARCHS="$ARCHS_CUDA" && cmake --build build -j "$JOBS"
+}
+
+build_minimal() {
+  local NVCC CUDA_HOME B=build-gpu-min INC=() LIBS=() d
+  NVCC=$(find_nvcc) || { echo "no nvcc"; return 1; }
+  CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$NVCC")")")
+  if pkg-config --exists openblas 2>/dev/null; then
+    INC=($(pkg-config --cflags openblas)); LIBS=($(pkg-config --libs openblas))
+  elif ls build-gpu-deps/*.deb >/dev/null 2>&1; then
+    rm -rf "$B/deps" && mkdir -p "$B/deps"
+    for d in build-gpu-deps/*.deb; do dpkg -x "$d" "$B/deps" || return 1; done
+    local L=$ROOT/$B/deps/usr/lib/x86_64-linux-gnu
+    INC=(-I"$ROOT/$B/deps/usr/include/x86_64-linux-gnu/openblas-pthread")
+    LIBS=(-L"$L/openblas-pthread" -L"$L" -Wl,-rpath,"$L/openblas-pthread" -Wl,-rpath,"$L" -lopenblas)
+    export LD_LIBRARY_PATH="$L/openblas-pthread:$L:${LD_LIBRARY_PATH:-}"
+  else
+    echo "no OpenBLAS here (pkg-config openblas) and no carried build-gpu-deps/: run tools/gpu_check.sh --fetch-deps"
+    echo "on the build machine and carry build-gpu-deps with the lease"
+    return 1
+  fi
+  mkdir -p "$B/obj"
+  local GENCODE=() a
+  for a in ${ARCHS_CUDA//;/ }; do GENCODE+=(-gencode "arch=compute_$a,code=sm_$a"); done
+  local CFLAGS=(-O2 -std=c17 -D_GNU_SOURCE -DNDEBUG -fopenmp -Wall -Wno-unused-parameter -I. "${INC[@]}" -DDINO_HAVE_CUDA=1
+                -DDINO_SOURCE_DIR="\"$ROOT\"")
+  local objs=() pids=() f o rc=0
+  for f in model/cuda/*.cu; do
+    o=$B/obj/$(basename "$f").o; objs+=("$o")
+    "$NVCC" -O2 -std=c++17 -lineinfo "${GENCODE[@]}" -I. -Xcompiler=-Wall -c "$f" -o "$o" & pids+=($!)
+  done
+  for f in common/check.c common/rng.c model/*.c model/cpu/*.c; do
+    o=$B/obj/$(echo "$f" | tr / _).o; objs+=("$o")
+    "${CC:-gcc}" "${CFLAGS[@]}" -c "$f" -o "$o" & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  [ $rc = 0 ] || return 1
+  local LINK=(-L"$CUDA_HOME/lib64" -L"$CUDA_HOME/lib" -L"$CUDA_HOME/targets/x86_64-linux/lib"
+              -Wl,-rpath,"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib" -Wl,-rpath,"$CUDA_HOME/targets/x86_64-linux/lib"
+              -lcublasLt -lcublas -lcudart
+              "${LIBS[@]}" -fopenmp -lstdc++ -lm -lpthread)
+  for t in test_cuda test_cuda_ops; do
+    "${CC:-gcc}" "${CFLAGS[@]}" tests/$t.c tests/harness.c "${objs[@]}" "${LINK[@]}" -o $B/$t || return 1
+  done
+  "${CC:-gcc}" "${CFLAGS[@]}" tools/bench_vit_gpu.c "${objs[@]}" "${LINK[@]}" -o $B/bench_vit_gpu || return 1
+}
+
+if has_stage build; then
+  log "stage build (full CMake build first, the GPU subset if that fails)"
+  {
+    echo "=== full CMake build"
+    if build_full; then echo "FULL BUILD OK"; else echo "FULL BUILD FAILED"; fi
+  } > "$RES/build.log" 2>&1
+  if grep -q "FULL BUILD OK" "$RES/build.log" && [ -x build/test_cuda_ops ] && [ -x build/bench_vit_gpu ] &&
+     grep -qs "DINO_HAVE_CUDA" build/CMakeFiles/test_cuda_ops.dir/flags.make; then
+    set_status BUILD "ok (full CMake build, CUDA archs $ARCHS_CUDA)"; set_status BIN build
+  else
+    { echo "=== GPU subset build (model + model/cpu + model/cuda + GPU tests + benchmark)"; build_minimal && echo "SUBSET BUILD OK"; } >> "$RES/build.log" 2>&1
+    if grep -q "SUBSET BUILD OK" "$RES/build.log"; then
+      set_status BUILD "ok (GPU subset; the full CMake build failed, see build.log)"; set_status BIN build-gpu-min
+    else
+      set_status BUILD "FAILED (see build.log)"; set_status BIN ""
+    fi
+  fi
+  tail -25 "$RES/build.log"
+fi
+BIN=$(get_status BIN); [ "$BIN" = "not run" ] && BIN=""
+if [ "$BIN" = build-gpu-min ] && [ -d build-gpu-min/deps ]; then
+  L=$ROOT/build-gpu-min/deps/usr/lib/x86_64-linux-gnu; export LD_LIBRARY_PATH="$L/openblas-pthread:$L:${LD_LIBRARY_PATH:-}"
+fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$JOBS}
+
+# ---- GPU tests ----------------------------------------------------------------------------------------
+if has_stage test; then
+  log "stage test"
+  if [ -z "$BIN" ]; then
+    set_status TESTS "not run (no build)"
+  else
+    pass=0; fail=0; skip=0; failed_names=""
+    : > "$RES/tests.log"
+    for t in test_cuda test_cuda_ops; do
+      [ -x "$BIN/$t" ] || { fail=$((fail + 1)); failed_names+=" $t(missing)"; }
+    done
+    # every case named like a GPU test (ctest -R 'cuda|gpu'): cuda.*, cuda_ops.*, dist.*_gpu, ...
+    for tp in "$BIN"/test_*; do
+      t=$(basename "$tp"); [ -x "$tp" ] && [ -f "$tp" ] || continue
+      for c in $("$tp" --list 2>/dev/null); do
+        [[ "${t#test_}.$c" =~ ${GPU_TEST_REGEX:-cuda|gpu} ]] || continue
+        echo "=== $t $c" >> "$RES/tests.log"
+        ( cd "$BIN" && DINO_SOURCE_DIR=$ROOT timeout 600 "./$t" "$c" ) > "$RES/test_one.tmp" 2>&1
+        rc=$?
+        cat "$RES/test_one.tmp" >> "$RES/tests.log"
+        # a failure's own output goes to the console too (the lease returns only the output's tail)
+        [ $rc = 0 ] || [ $rc = 77 ] || { echo "--- ${t#test_}.$c failed (rc=$rc), its last lines:"; grep -v "^  .*worst err/tol=0\.0" "$RES/test_one.tmp" | tail -25; }
+        case $rc in
+          0) pass=$((pass + 1)); echo "    -> PASS" >> "$RES/tests.log" ;;
+          77) skip=$((skip + 1)); echo "    -> SKIP" >> "$RES/tests.log" ;;
+          *) fail=$((fail + 1)); failed_names+=" ${t#test_}.$c(rc=$rc)"; echo "    -> FAIL rc=$rc" >> "$RES/tests.log" ;;
+        esac
+        log "  ${t#test_}.$c rc=$rc"
+      done
+    done
+    set_status TESTS "$pass passed, $fail failed, $skip skipped${failed_names:+ - failed:$failed_names}"
+  fi
+  log "tests: $(get_status TESTS)"
+fi
+
+# ---- memcheck of the smaller GPU cases (optional stage: --stages sanitize) ------------------------------
+if has_stage sanitize; then
+  log "stage sanitize (compute-sanitizer memcheck on the smaller cuda_ops cases)"
+  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  if [ -z "$BIN" ] || [ -z "$SAN" ]; then
+    set_status SANITIZE "not run (no build or no compute-sanitizer)"
+  else
+    ( cd "$BIN" && DINO_SOURCE_DIR=$ROOT timeout 500 "$SAN" --tool memcheck --error-exitcode 99 ./test_cuda_ops \
+        memory_alloc_zero_copy_roundtrip gemm_transposes_and_leading_dims layernorm_fwd_bwd gelu_swiglu_fwd_bwd im2col_tokens_fwd_bwd \
+        rows_and_residual_fwd_bwd axpy_scale_sum_squares attention_fp32_gemms vit_swiglu_plain_bf16 ) > "$RES/sanitize.log" 2>&1
+    rc=$?
+    grep -E "ERROR SUMMARY|Invalid|FAILED|^ok" "$RES/sanitize.log" | head -30
+    set_status SANITIZE "$([ $rc = 0 ] && echo clean || echo "rc=$rc: $(grep -m1 'ERROR SUMMARY' "$RES/sanitize.log")")"
+  fi
+fi
+
+# ---- C benchmark ----------------------------------------------------------------------------------------
+if has_stage bench; then
+  log "stage bench (C, CUDA backend)"
+  : > "$RES/bench_c.log"
+  if [ -z "$BIN" ] || [ ! -x "$BIN/bench_vit_gpu" ]; then
+    set_status BENCH "not run (no build)"
+  else
+    nbad=0
+    for spec in "vit_small:$C_BATCH_S" "vit_large:$C_BATCH_L"; do
+      arch=${spec%%:*}
+      for b in ${spec#*:}; do
+        echo "=== bench_vit_gpu --arch $arch --batch $b" >> "$RES/bench_c.log"
+        # one process per configuration: an out-of-memory batch ends only itself
+        timeout 300 "$BIN/bench_vit_gpu" --backend cuda --arch "$arch" --batch "$b" > "$RES/bench_one.tmp" 2>&1
+        rc=$?
+        cat "$RES/bench_one.tmp" >> "$RES/bench_c.log"
+        if [ $rc != 0 ]; then
+          nbad=$((nbad + 1))
+          why="rc=$rc"; grep -q "cannot allocate" "$RES/bench_one.tmp" && why="oom"
+          echo "RESULT impl=c backend=cuda arch=$arch batch=$b status=failed($why)" >> "$RES/bench_c.log"
+        fi
+        grep "RESULT impl=c.*arch=$arch batch=$b " "$RES/bench_c.log" | tail -1
+      done
+    done
+    # where the time goes: one per-op profile per model (synchronised after every op)
+    for spec in "vit_small:$TC_BATCH_S" "vit_large:$TC_BATCH_L"; do
+      arch=${spec%%:*}; b=${spec#*:}
+      echo "=== op profile $arch batch $b" >> "$RES/bench_c.log"
+      timeout 200 "$BIN/bench_vit_gpu" --backend cuda --arch "$arch" --batch "$b" --no-peak --warmup 1 --iters 2 \
+        --op-profile 2>&1 | sed "s/^OPPROF /OPPROF $arch /" >> "$RES/bench_c.log"
+    done
+    set_status BENCH "ran ($nbad configurations failed)"
+  fi
+fi
+
+# ---- PyTorch baseline -----------------------------------------------------------------------------------
+if has_stage torch; then
+  log "stage torch"
+  : > "$RES/bench_torch.log"
+  if ! python3 -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then
+    set_status TORCH_BENCH "not run: python3 has no torch with CUDA"
+  else
+    PEAK=$(grep -h "^PEAK" "$RES/bench_c.log" 2>/dev/null | head -1 | sed 's/.*measured_bf16_tflops=\([0-9.]*\).*/\1/')
+    for spec in "vit_small:$C_BATCH_S:$TC_BATCH_S" "vit_large:$C_BATCH_L:$TC_BATCH_L"; do
+      IFS=: read -r arch eb cb <<< "$spec"
+      PYTHONUNBUFFERED=1 timeout 240 python3 tests/torch_ref/bench_vit_gpu_torch.py --arch "$arch" --batch $eb \
+        --modes eager ${PEAK:+--peak-tflops $PEAK} >> "$RES/bench_torch.log" 2>&1 ||
+        echo "RESULT impl=torch-eager arch=$arch status=failed(rc=$?)" >> "$RES/bench_torch.log"
+      PYTHONUNBUFFERED=1 timeout 300 python3 tests/torch_ref/bench_vit_gpu_torch.py --arch "$arch" --batch $cb \
+        --modes compile ${PEAK:+--peak-tflops $PEAK} >> "$RES/bench_torch.log" 2>&1 ||
+        echo "RESULT impl=torch-compile arch=$arch status=failed(rc=$?)" >> "$RES/bench_torch.log"
+    done
+    grep "^RESULT" "$RES/bench_torch.log"
+    set_status TORCH_BENCH "ran ($(grep -c '^RESULT.*status=ok' "$RES/bench_torch.log") ok, $(grep '^RESULT' "$RES/bench_torch.log" | grep -vc 'status=ok') not ok)"
+  fi
+fi
+
+# ---- summary --------------------------------------------------------------------------------------------
+field() { # field KEY LINE
+  echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -1
+}
+result_line() { # impl arch batch -> last matching RESULT line
+  cat "$RES"/bench_c.log "$RES"/bench_torch.log 2>/dev/null | grep "^RESULT impl=$1 " | grep " arch=$2 batch=$3 " | tail -1
+}
+if has_stage summary; then
+  S=$RES/summary.md
+  {
+    echo "## GPU check $(date -u +%Y-%m-%d) on $(get_status GPU)"
+    echo
+    echo "| stage | result |"
+    echo "| --- | --- |"
+    echo "| build | $(get_status BUILD) |"
+    echo "| GPU tests | $(get_status TESTS) |"
+    echo "| memcheck | $(get_status SANITIZE) |"
+    echo "| C benchmark | $(get_status BENCH) |"
+    echo "| PyTorch | $(get_status TORCH) |"
+    echo "| PyTorch benchmark | $(get_status TORCH_BENCH) |"
+    echo
+    echo "ViT forward+backward, per image 2 x 224 px + 8 x 98 px crops, no head/teacher/drop-path; MFU against"
+    echo "the measured dense bf16 cublasGemmEx rate ($(grep -h '^PEAK' "$RES/bench_c.log" 2>/dev/null | head -1 | sed 's/.*measured_bf16_tflops=\([0-9.]*\).*/\1/') TFLOP/s)."
+    echo
+    echo "| model | batch | C img/s | C MFU | torch eager img/s | torch compile img/s | C / best torch |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    for spec in "vit_small:$C_BATCH_S" "vit_large:$C_BATCH_L"; do
+      arch=${spec%%:*}
+      for b in ${spec#*:}; do
+        c=$(result_line c "$arch" "$b"); e=$(result_line torch-eager "$arch" "$b"); k=$(result_line torch-compile "$arch" "$b")
+        ci=$(field img_per_s "$c"); cm=$(field mfu "$c"); ei=$(field img_per_s "$e"); ki=$(field img_per_s "$k")
+        [ -n "$c" ] && [ -z "$ci" ] && ci="($(field status "$c"))"
+        [ -n "$e" ] && [ -z "$ei" ] && ei="($(field status "$e"))"
+        [ -n "$k" ] && [ -z "$ki" ] && ki="($(field status "$k"))"
+        best=$(printf '%s\n%s\n' "$ei" "$ki" | grep -E '^[0-9.]+$' | sort -g | tail -1)
+        ratio=""
+        if [[ "$ci" =~ ^[0-9.]+$ ]] && [ -n "$best" ]; then ratio=$(awk "BEGIN{printf \"%.2f\", $ci/$best}"); fi
+        mfu=""; [[ "$cm" =~ ^[0-9.]+$ ]] && mfu=$(awk "BEGIN{printf \"%.1f%%\", 100*$cm}")
+        echo "| $arch | $b | ${ci:--} | ${mfu:--} | ${ei:--} | ${ki:--} | ${ratio:--} |"
+      done
+    done
+    for arch in vit_small vit_large; do
+      if grep -q "^OPPROF $arch " "$RES/bench_c.log" 2>/dev/null; then
+        echo; echo "Where the C step's time goes, $arch (per-op, synchronised; top 15):"; echo; echo '```'
+        grep "^OPPROF $arch " "$RES/bench_c.log" | head -15 | sed "s/^OPPROF $arch //"
+        echo '```'
+      fi
+    done
+  } > "$S"
+  echo; cat "$S"
+fi
+copy_out
+exit 0

@@ -1,0 +1,1197 @@
+// The run configuration: one table of keys drives defaults, YAML reading, overrides, writing,
+// comparison and "did you mean" suggestions. See config.h and docs/configuration.md.
+#include "train/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#include "common/check.h"
+#include "common/fs.h"
+
+typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST } CfgType;
+
+typedef struct {
+    const char *key;     // dotted name, e.g. "optim.base_lr"
+    CfgType type;
+    size_t off;          // offsetof(Config, field)
+    int n;               // F64_LIST: length; STR/ENUM: capacity; STR_LIST: max entries
+    const char *def;     // default, as YAML text
+    const char *choices; // ENUM: "a|b|c"
+    const char *doc;
+} CfgKey;
+
+#define K(key, type, field, n, def, choices, doc) {key, type, offsetof(Config, field), n, def, choices, doc}
+#define B(key, field, def, doc) K(key, CT_BOOL, field, 0, def, NULL, doc)
+#define I(key, field, def, doc) K(key, CT_INT, field, 0, def, NULL, doc)
+#define F(key, field, def, doc) K(key, CT_F64, field, 0, def, NULL, doc)
+#define S(key, field, def, doc) K(key, CT_STR, field, CFG_STR, def, NULL, doc)
+#define E(key, field, def, choices, doc) K(key, CT_ENUM, field, CFG_NAME, def, choices, doc)
+#define L(key, field, n, def, doc) K(key, CT_F64_LIST, field, n, def, NULL, doc)
+
+// Sections must stay contiguous (the writer opens a section when the prefix changes).
+static const CfgKey KEYS[] = {
+    E("student.arch", student.arch, "vit_large", "vit_test|vit_tiny|vit_small|vit_base|vit_large|vit_giant2",
+      "backbone size: test 32x2 (2 heads), tiny 192x12 (3 heads), small 384x12 (6), base 768x12 (12), large 1024x24 (16), giant2 1536x40 (24)"),
+    I("student.patch_size", student.patch_size, "16", "patch side in pixels; must divide both crop sizes"),
+    F("student.drop_path_rate", student.drop_path_rate, "0.3", "stochastic depth rate of the student, in [0, 1)"),
+    B("student.drop_path_uniform", student.drop_path_uniform, "true",
+      "same rate in every block; must be true (the per-block linspace variant is not implemented)"),
+    F("student.layerscale", student.layerscale, "1.0e-05", "LayerScale init value; 0 disables LayerScale"),
+    I("student.num_register_tokens", student.num_register_tokens, "0", "register tokens (4 for *_reg4 models)"),
+    E("student.ffn_layer", student.ffn_layer, "mlp", "mlp|swiglu|swiglufused", "block FFN: GELU MLP or SwiGLU"),
+    B("student.qkv_bias", student.qkv_bias, "true", "bias in the attention qkv projection"),
+    B("student.proj_bias", student.proj_bias, "true", "bias in the attention output projection"),
+    B("student.ffn_bias", student.ffn_bias, "true", "biases in the FFN"),
+    F("student.interpolate_offset", student.interpolate_offset, "0.1",
+      "pos-embed interpolation scale-factor offset (0.1 legacy, 0 = size-based)"),
+    B("student.interpolate_antialias", student.interpolate_antialias, "false",
+      "antialias in pos-embed bicubic interpolation (reg4 models: true)"),
+    S("student.pretrained_weights", student.pretrained_weights, "''",
+      "safetensors file (original DINOv2, timm or HF names) to start the backbone from; '' = random init"),
+    I("student.block_chunks", student.block_chunks, "0", "reference FSDP block chunking; accepted, no effect here"),
+    I("student.embed_dim", student.embed_dim, "0", "width override (ours); 0 = the arch's"),
+    I("student.depth", student.depth, "0", "block count override (ours); 0 = the arch's"),
+    I("student.num_heads", student.num_heads, "0", "attention heads override (ours); 0 = the arch's"),
+
+    F("dino.loss_weight", dino.loss_weight, "1.0", "weight of the DINO (CLS) losses; 0 disables DINO"),
+    I("dino.head_n_prototypes", dino.head_n_prototypes, "65536", "K, output width of the DINO head"),
+    I("dino.head_bottleneck_dim", dino.head_bottleneck_dim, "256", "bottleneck before the weight-normed last layer"),
+    I("dino.head_nlayers", dino.head_nlayers, "3", "MLP layers of the head"),
+    I("dino.head_hidden_dim", dino.head_hidden_dim, "2048", "MLP hidden width of the head"),
+    F("dino.koleo_loss_weight", dino.koleo_loss_weight, "0.1", "KoLeo weight (regularizer koleo); 0 disables"),
+    E("dino.regularizer", dino.regularizer, "koleo", "koleo|kde",
+      "CLS spreading regularizer: KoLeo (reference) or KDE (Virchow2/Midnight)"),
+    F("dino.kde_weight", dino.kde_weight, "0.05", "KDE weight (regularizer kde)"),
+    F("dino.kde_concentration", dino.kde_concentration, "5.0", "KDE von Mises-Fisher kernel concentration kappa"),
+
+    F("ibot.loss_weight", ibot.loss_weight, "1.0", "weight of the iBOT (masked patch) loss; 0 disables iBOT"),
+    F("ibot.mask_sample_probability", ibot.mask_sample_probability, "0.5", "fraction of global crops that get a mask"),
+    L("ibot.mask_ratio_min_max", ibot.mask_ratio_min_max, 2, "[0.1, 0.5]", "range of masked-token ratios"),
+    B("ibot.separate_head", ibot.separate_head, "false", "own iBOT head (true) or the DINO head (false)"),
+    I("ibot.head_n_prototypes", ibot.head_n_prototypes, "65536", "iBOT head K (separate_head only)"),
+    I("ibot.head_bottleneck_dim", ibot.head_bottleneck_dim, "256", "iBOT head bottleneck (separate_head only)"),
+    I("ibot.head_nlayers", ibot.head_nlayers, "3", "iBOT head MLP layers (separate_head only)"),
+    I("ibot.head_hidden_dim", ibot.head_hidden_dim, "2048", "iBOT head hidden width (separate_head only)"),
+
+    I("optim.epochs", optim.epochs, "100", "run length in epochs of train.OFFICIAL_EPOCH_LENGTH iterations"),
+    F("optim.base_lr", optim.base_lr, "0.004", "learning rate before batch scaling (see scaling_rule)"),
+    F("optim.lr", optim.lr, "0.0", "computed from base_lr by scaling_rule at start; a value given is overwritten"),
+    I("optim.warmup_epochs", optim.warmup_epochs, "10", "linear lr warmup from 0"),
+    F("optim.min_lr", optim.min_lr, "1.0e-06", "cosine lr floor"),
+    F("optim.weight_decay", optim.weight_decay, "0.04", "weight decay at the start (cosine schedule)"),
+    F("optim.weight_decay_end", optim.weight_decay_end, "0.4", "weight decay at the end"),
+    F("optim.layerwise_decay", optim.layerwise_decay, "0.9", "layer-wise lr decay, in (0, 1]"),
+    F("optim.patch_embed_lr_mult", optim.patch_embed_lr_mult, "0.2", "extra lr multiplier of patch_embed"),
+    F("optim.clip_grad", optim.clip_grad, "3.0", "grad-norm clip per student submodule; 0 = off"),
+    I("optim.freeze_last_layer_epochs", optim.freeze_last_layer_epochs, "1", "head last layer lr = 0 this long"),
+    E("optim.scaling_rule", optim.scaling_rule, "sqrt_wrt_1024", "sqrt_wrt_1024|linear_wrt_256|none",
+      "lr = base_lr*sqrt(global_batch/1024) | base_lr*global_batch/256 (DINO v1) | base_lr"),
+    F("optim.adamw_beta1", optim.adamw_beta1, "0.9", "AdamW beta1"),
+    F("optim.adamw_beta2", optim.adamw_beta2, "0.999", "AdamW beta2"),
+    F("optim.adamw_eps", optim.adamw_eps, "1.0e-08", "AdamW epsilon (ours; the reference uses torch's default)"),
+
+    F("teacher.momentum_teacher", teacher.momentum_teacher, "0.992", "EMA momentum at the start (cosine to final)"),
+    F("teacher.final_momentum_teacher", teacher.final_momentum_teacher, "1.0", "EMA momentum at the end"),
+    F("teacher.warmup_teacher_temp", teacher.warmup_teacher_temp, "0.04", "teacher temperature at iteration 0"),
+    F("teacher.teacher_temp", teacher.teacher_temp, "0.07", "teacher temperature after the warmup"),
+    I("teacher.warmup_teacher_temp_epochs", teacher.warmup_teacher_temp_epochs, "30", "linear temperature warmup"),
+
+    L("crops.global_crops_scale", crops.global_crops_scale, 2, "[0.32, 1.0]", "area range of the global crops"),
+    I("crops.local_crops_number", crops.local_crops_number, "8", "local crops per image"),
+    L("crops.local_crops_scale", crops.local_crops_scale, 2, "[0.05, 0.32]", "area range of the local crops"),
+    I("crops.global_crops_size", crops.global_crops_size, "224", "global crop side (also the pos-embed grid)"),
+    I("crops.local_crops_size", crops.local_crops_size, "96", "local crop side"),
+
+    I("train.batch_size_per_gpu", train.batch_size_per_gpu, "64", "images per rank per iteration"),
+    I("train.OFFICIAL_EPOCH_LENGTH", train.OFFICIAL_EPOCH_LENGTH, "1250", "iterations per epoch for all schedules"),
+    S("train.output_dir", train.output_dir, "'.'", "checkpoints, metrics and the resolved config go here"),
+    K("train.seed", CT_I64, train.seed, 0, "0", NULL, "seed of every random draw (keyed by purpose)"),
+    E("train.centering", train.centering, "centering", "centering|sinkhorn_knopp",
+      "teacher target normalisation: EMA centre + softmax, or Sinkhorn-Knopp"),
+    I("train.num_workers", train.num_workers, "10", "data loader threads"),
+
+    E("compute_precision.param_dtype", param_dtype, "auto", "auto|fp32|bf16",
+      "compute dtype: fp32 on the cpu backend, bf16 (fp32 master weights) on cuda; auto picks it"),
+
+    I("evaluation.eval_period_iterations", evaluation.eval_period_iterations, "12500",
+      "teacher export (and k-NN eval when sets are given) period; 0 = off"),
+    S("evaluation.knn_train", evaluation.knn_train, "''", "labeled tile set for periodic k-NN (train side)"),
+    S("evaluation.knn_test", evaluation.knn_test, "''", "labeled tile set for periodic k-NN (test side)"),
+
+    K("data.sources", CT_STR_LIST, data.sources, CFG_MAX_SOURCES, "[]", NULL,
+      "tile sources (docs/data-sources.md): DIR of shards, FILE.dtshard, shards:LIST, folder:DIR, list:FILE, "
+      "wsi:SLIDES[,mpp=0.5][,size=224]; parts joined by +; inside [...] quote specs with commas"),
+    F("data.max_corrupt_fraction", data.max_corrupt_fraction, "0.01",
+      "stop when more than this fraction of tiles read is corrupt"),
+    K("data.corrupt_min_reads", CT_I64, data.corrupt_min_reads, 0, "1000", NULL,
+      "the corrupt fraction is enforced once this many tiles were read (a few bad tiles early must not end a run)"),
+    I("data.prefetch", data.prefetch, "3", "batches the loader builds ahead of the step"),
+
+    F("augment.blur_p_global1", augment.blur_p_global1, "0.0",
+      "blur apply probability, global crop 1 (reference's effective value; its docs say 1.0)"),
+    F("augment.blur_p_global2", augment.blur_p_global2, "0.9", "blur apply probability, global crop 2 (docs: 0.1)"),
+    F("augment.blur_p_local", augment.blur_p_local, "0.5", "blur apply probability, local crops"),
+    L("augment.blur_sigma", augment.blur_sigma, 2, "[0.1, 2.0]", "Gaussian blur sigma range"),
+    I("augment.blur_kernel", augment.blur_kernel, "9", "Gaussian blur kernel side (odd)"),
+    F("augment.solarize_p", augment.solarize_p, "0.2", "solarization probability (global crop 2)"),
+    I("augment.solarize_threshold", augment.solarize_threshold, "128", "pixels >= this (0..255 scale) are inverted"),
+    F("augment.hflip_p", augment.hflip_p, "0.5", "horizontal flip probability"),
+    L("augment.ratio", augment.ratio, 2, "[0.75, 1.3333333333333333]", "RandomResizedCrop aspect ratio range"),
+    F("augment.color_jitter_p", augment.color_jitter_p, "0.8", "color jitter apply probability"),
+    F("augment.brightness", augment.brightness, "0.4", "color jitter brightness"),
+    F("augment.contrast", augment.contrast, "0.4", "color jitter contrast"),
+    F("augment.saturation", augment.saturation, "0.2", "color jitter saturation"),
+    F("augment.hue", augment.hue, "0.1", "color jitter hue, in [0, 0.5]"),
+    F("augment.grayscale_p", augment.grayscale_p, "0.2", "random grayscale probability"),
+    L("augment.mean", augment.mean, 3, "[0.485, 0.456, 0.406]", "normalisation mean (RGB, [0,1] scale)"),
+    L("augment.std", augment.std, 3, "[0.229, 0.224, 0.225]", "normalisation std (RGB)"),
+    F("augment.vflip_p", augment.vflip_p, "0.0", "pathology: vertical flip probability (Virchow2: 0.5)"),
+    B("augment.rot90", augment.rot90, "false", "pathology: random multiple-of-90 degree rotation"),
+    F("augment.hed_p", augment.hed_p, "0.0", "pathology: HED stain jitter probability; 0 = off"),
+    F("augment.hed_scale", augment.hed_scale, "0.05", "HED jitter: per-stain factor ~ U[1-s, 1+s]"),
+    F("augment.hed_shift", augment.hed_shift, "0.05", "HED jitter: per-stain optical-density offset ~ U[-s, s]"),
+    B("augment.crop_without_resize", augment.crop_without_resize, "false",
+      "pathology (ECT-like): crop at the output size instead of RandomResizedCrop"),
+
+    I("log.every_n_iterations", log.every_n_iterations, "10", "console line and metrics record period"),
+    S("log.metrics_file", log.metrics_file, "'training_metrics.jsonl'", "JSON-lines metrics (relative: in output_dir)"),
+
+    I("checkpoint.every_n_iterations", checkpoint.every_n_iterations, "3750",
+      "checkpoint period (one is also written at the end)"),
+    I("checkpoint.keep_last", checkpoint.keep_last, "3", "checkpoints kept (older ones are deleted)"),
+
+    E("backend", backend, "cpu", "cpu|cuda", "compute backend"),
+    B("dist.zero1", zero1, "false", "shard the AdamW moments over ranks (ZeRO-1)"),
+};
+#define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
+_Static_assert(sizeof KEYS / sizeof KEYS[0] <= CFG_MAX_KEYS, "raise CFG_MAX_KEYS");
+
+int config_n_keys(void) { return N_KEYS; }
+const char *config_key_name(int i) { return KEYS[i].key; }
+const char *config_key_doc(int i) { return KEYS[i].doc; }
+const char *config_key_default(int i) { return KEYS[i].def; }
+const char *config_key_choices(int i) { return KEYS[i].choices; }
+
+static const CfgKey *find_key(const char *name) {
+    for (int i = 0; i < N_KEYS; i++)
+        if (strcmp(KEYS[i].key, name) == 0) return &KEYS[i];
+    return NULL;
+}
+static int key_index(const CfgKey *k) { return (int)(k - KEYS); }
+static void *field(Config *c, const CfgKey *k) { return (char *)c + k->off; }
+static const void *cfield(const Config *c, const CfgKey *k) { return (const char *)c + k->off; }
+static int *list_count(Config *c) { return &c->data.n_sources; } // the only string list
+
+// ---- "did you mean" ---------------------------------------------------------------------------------
+
+int config_edit_distance(const char *a, const char *b) {
+    size_t n = strlen(a), m = strlen(b);
+    int *prev = dino_malloc((m + 1) * sizeof(int)), *cur = dino_malloc((m + 1) * sizeof(int));
+    for (size_t j = 0; j <= m; j++) prev[j] = (int)j;
+    for (size_t i = 1; i <= n; i++) {
+        cur[0] = (int)i;
+        for (size_t j = 1; j <= m; j++) {
+            int sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            int del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        int *t = prev; prev = cur; cur = t;
+    }
+    int d = prev[m];
+    free(prev);
+    free(cur);
+    return d;
+}
+
+static const char *leaf(const char *key) {
+    const char *d = strrchr(key, '.');
+    return d ? d + 1 : key;
+}
+
+// The nearest valid key: the same leaf name in another section wins (train.base_lr -> optim.base_lr),
+// else the smallest edit distance if it is plausibly a typo.
+static const char *suggest_key(const char *name) {
+    const char *best = NULL;
+    int best_d = INT_MAX;
+    for (int i = 0; i < N_KEYS; i++) {
+        int d = config_edit_distance(name, KEYS[i].key);
+        if (strcmp(leaf(name), leaf(KEYS[i].key)) == 0 && strchr(name, '.')) d = d < 2 ? d : 2;
+        if (d < best_d) best_d = d, best = KEYS[i].key;
+    }
+    int limit = (int)strlen(name) / 3;
+    if (limit < 3) limit = 3;
+    return best_d <= limit ? best : NULL;
+}
+
+static const char *suggest_choice(const char *value, const char *choices, char *buf, size_t cap) {
+    int best_d = INT_MAX;
+    buf[0] = 0;
+    const char *p = choices;
+    while (*p) {
+        const char *e = strchr(p, '|');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        char c[CFG_NAME];
+        snprintf(c, sizeof c, "%.*s", (int)len, p);
+        int d = config_edit_distance(value, c);
+        if (*value && (strncmp(c, value, strlen(value)) == 0 || strncmp(value, c, strlen(c)) == 0)) d = 1;
+        if (d < best_d) best_d = d, snprintf(buf, cap, "%s", c);
+        p += len + (e != NULL);
+    }
+    return best_d <= 3 ? buf : NULL;
+}
+
+static int choice_ok(const char *value, const char *choices) {
+    size_t n = strlen(value);
+    const char *p = choices;
+    while (*p) {
+        const char *e = strchr(p, '|');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && strncmp(p, value, n) == 0) return 1;
+        p += len + (e != NULL);
+    }
+    return 0;
+}
+
+// ---- values: a YAML node or an override, reduced to scalars -----------------------------------------
+
+#define VAL_MAX 64
+typedef struct {
+    int kind; // 0 scalar, 1 sequence, 2 mapping, 3 empty (no value)
+    int n;
+    const char *item[VAL_MAX];
+    int plain[VAL_MAX]; // unquoted scalar (YAML null/bool/number syntax applies)
+} Val;
+
+static int val_from_node(Val *v, yaml_document_t *doc, yaml_node_t *node) {
+    memset(v, 0, sizeof *v);
+    if (!node) { v->kind = 3; return 0; }
+    if (node->type == YAML_SCALAR_NODE) {
+        v->kind = 0;
+        v->n = 1;
+        v->item[0] = (const char *)node->data.scalar.value;
+        v->plain[0] = node->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+        return 0;
+    }
+    if (node->type == YAML_MAPPING_NODE) { v->kind = 2; return 0; }
+    v->kind = 1;
+    for (yaml_node_item_t *it = node->data.sequence.items.start; it < node->data.sequence.items.top; it++) {
+        yaml_node_t *e = yaml_document_get_node(doc, *it);
+        if (!e || e->type != YAML_SCALAR_NODE || v->n == VAL_MAX) return -1;
+        v->item[v->n] = (const char *)e->data.scalar.value;
+        v->plain[v->n] = e->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+        v->n++;
+    }
+    return 0;
+}
+
+static int is_null(const char *s, int plain) {
+    return plain && (!*s || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 || strcmp(s, "Null") == 0 ||
+                     strcmp(s, "NULL") == 0);
+}
+
+static int parse_bool(const char *s, bool *out) {
+    static const char *t[] = {"true", "yes", "on"}, *f[] = {"false", "no", "off"};
+    for (int i = 0; i < 3; i++) {
+        if (strcasecmp(s, t[i]) == 0) { *out = true; return 0; }
+        if (strcasecmp(s, f[i]) == 0) { *out = false; return 0; }
+    }
+    return -1;
+}
+
+static int parse_i64(const char *s, int64_t *out) {
+    if (!*s) return -1;
+    char *end;
+    errno = 0;
+    long long x = strtoll(s, &end, 10);
+    if (errno || *end) return -1;
+    *out = x;
+    return 0;
+}
+
+static int parse_f64(const char *s, double *out) {
+    if (!*s) return -1;
+    char *end;
+    errno = 0;
+    double x = strtod(s, &end);
+    if (errno == ERANGE || *end || !isfinite(x)) return -1;
+    *out = x;
+    return 0;
+}
+
+static const char *type_name(const CfgKey *k) {
+    static char buf[96];
+    switch (k->type) {
+    case CT_BOOL: return "a boolean (true/false)";
+    case CT_INT: case CT_I64: return "an integer";
+    case CT_F64: return "a number";
+    case CT_STR: return "a string";
+    case CT_ENUM: snprintf(buf, sizeof buf, "one of %s", k->choices); return buf;
+    case CT_F64_LIST: snprintf(buf, sizeof buf, "a list of %d numbers like %s", k->n, k->def); return buf;
+    case CT_STR_LIST: return "a list of strings like [\"/data/tiles\"]";
+    }
+    return "?";
+}
+
+// Sets key k from v. `where` names the origin for messages ("configs/x.yaml:12", "the command line").
+static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where, char *err) {
+    void *p = field(c, k);
+    char shown[160];
+    snprintf(shown, sizeof shown, "%s", v->kind == 0 ? v->item[0] : v->kind == 1 ? "a list" : v->kind == 2 ? "a mapping" : "nothing");
+    if (k->type == CT_F64_LIST || k->type == CT_STR_LIST) {
+        int scalar_as_list = k->type == CT_STR_LIST && v->kind == 0 && !is_null(v->item[0], v->plain[0]);
+        if (v->kind != 1 && !scalar_as_list) goto wrong_type;
+        if (k->type == CT_F64_LIST) {
+            if (v->n != k->n) goto wrong_type;
+            double tmp[8];
+            for (int i = 0; i < v->n; i++)
+                if (parse_f64(v->item[i], &tmp[i])) goto wrong_type;
+            memcpy(p, tmp, sizeof(double) * (size_t)k->n);
+            return 0;
+        }
+        if (v->n > k->n) {
+            dino_seterr(err, "%s in %s: at most %d entries, got %d", k->key, where, k->n, v->n);
+            return -1;
+        }
+        char(*list)[CFG_STR] = p;
+        for (int i = 0; i < v->n; i++) {
+            if (strlen(v->item[i]) >= CFG_STR) {
+                dino_seterr(err, "%s in %s: entry %d is too long (max %d characters)", k->key, where, i, CFG_STR - 1);
+                return -1;
+            }
+            if (!v->item[i][0]) {
+                dino_seterr(err, "%s in %s: entry %d is empty", k->key, where, i);
+                return -1;
+            }
+        }
+        for (int i = 0; i < v->n; i++) snprintf(list[i], CFG_STR, "%s", v->item[i]);
+        *list_count(c) = v->n;
+        return 0;
+    }
+    if (v->kind == 3 && (k->type == CT_STR)) { ((char *)p)[0] = 0; return 0; }
+    if (v->kind != 0) goto wrong_type;
+    const char *s = v->item[0];
+    switch (k->type) {
+    case CT_BOOL:
+        if (parse_bool(s, p)) goto wrong_type;
+        return 0;
+    case CT_INT: {
+        int64_t x;
+        if (parse_i64(s, &x) || x < INT_MIN || x > INT_MAX) goto wrong_type;
+        *(int *)p = (int)x;
+        return 0;
+    }
+    case CT_I64:
+        if (parse_i64(s, p)) goto wrong_type;
+        return 0;
+    case CT_F64:
+        if (parse_f64(s, p)) goto wrong_type;
+        return 0;
+    case CT_STR:
+        if (is_null(s, v->plain[0])) s = "";
+        if (strlen(s) >= (size_t)k->n) {
+            dino_seterr(err, "%s in %s: value is too long (max %d characters)", k->key, where, k->n - 1);
+            return -1;
+        }
+        snprintf(p, (size_t)k->n, "%s", s);
+        return 0;
+    case CT_ENUM: {
+        if (!choice_ok(s, k->choices)) {
+            char sug[CFG_NAME];
+            const char *m = suggest_choice(s, k->choices, sug, sizeof sug);
+            dino_seterr(err, "%s = '%s' in %s: must be one of %s%s%s%s", k->key, s, where, k->choices,
+                        m ? "; did you mean '" : "", m ? m : "", m ? "'?" : "");
+            return -1;
+        }
+        snprintf(p, (size_t)k->n, "%s", s);
+        return 0;
+    }
+    default: break;
+    }
+wrong_type:
+    dino_seterr(err, "wrong type for %s in %s: expected %s, got %s%s%s", k->key, where, type_name(k),
+                v->kind == 0 ? "'" : "", shown, v->kind == 0 ? "'" : "");
+    return -1;
+}
+
+static void set_origin(Config *c, const CfgKey *k, int file) { c->origin.of_key[key_index(k)] = (unsigned char)file; }
+
+static int add_origin(Config *c, const char *name) {
+    if (c->origin.n_files >= CFG_MAX_FILES + 2) return c->origin.n_files - 1;
+    snprintf(c->origin.files[c->origin.n_files], CFG_STR, "%s", name);
+    return c->origin.n_files++;
+}
+
+void config_defaults(Config *c) {
+    memset(c, 0, sizeof *c);
+    add_origin(c, "the defaults");
+    for (int i = 0; i < N_KEYS; i++) {
+        const CfgKey *k = &KEYS[i];
+        yaml_parser_t parser;
+        yaml_document_t doc;
+        DINO_ASSERT(yaml_parser_initialize(&parser), "yaml_parser_initialize failed");
+        yaml_parser_set_input_string(&parser, (const unsigned char *)k->def, strlen(k->def));
+        DINO_ASSERT(yaml_parser_load(&parser, &doc), "bad default for %s", k->key);
+        Val v;
+        DINO_ASSERT(val_from_node(&v, &doc, yaml_document_get_root_node(&doc)) == 0, "bad default for %s", k->key);
+        char err[DINO_ERRLEN];
+        DINO_ASSERT(set_value(c, k, &v, "the defaults", err) == 0, "%s", err);
+        yaml_document_delete(&doc);
+        yaml_parser_delete(&parser);
+    }
+}
+
+// ---- reading files ----------------------------------------------------------------------------------
+
+static int is_section(const char *prefix) {
+    size_t n = strlen(prefix);
+    for (int i = 0; i < N_KEYS; i++)
+        if (strncmp(KEYS[i].key, prefix, n) == 0 && KEYS[i].key[n] == '.') return 1;
+    return 0;
+}
+
+static int unknown_key(const char *name, const char *where, char *err) {
+    const char *s = suggest_key(name);
+    if (s)
+        dino_seterr(err, "unknown key '%s' in %s; did you mean '%s'?", name, where, s);
+    else
+        dino_seterr(err, "unknown key '%s' in %s (docs/configuration.md lists every key)", name, where);
+    return -1;
+}
+
+// Applies every key of mapping `map` under `prefix` ("" at the top) from file index `file`.
+static int apply_mapping(Config *c, yaml_document_t *doc, yaml_node_t *map, const char *prefix, const char *path,
+                         int file, char *err) {
+    for (yaml_node_pair_t *pr = map->data.mapping.pairs.start; pr < map->data.mapping.pairs.top; pr++) {
+        yaml_node_t *kn = yaml_document_get_node(doc, pr->key), *vn = yaml_document_get_node(doc, pr->value);
+        char where[CFG_STR + 32];
+        snprintf(where, sizeof where, "%s (line %lu)", path, (unsigned long)kn->start_mark.line + 1);
+        if (kn->type != YAML_SCALAR_NODE) {
+            dino_seterr(err, "%s: a key must be a plain name", where);
+            return -1;
+        }
+        const char *kname = (const char *)kn->data.scalar.value;
+        if (!*prefix && strcmp(kname, "base") == 0) continue; // handled by the caller
+        char full[256];
+        snprintf(full, sizeof full, "%s%s%s", prefix, *prefix ? "." : "", kname);
+        // the same key twice in one mapping is almost always an editing mistake
+        for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < pr; q++) {
+            yaml_node_t *qk = yaml_document_get_node(doc, q->key);
+            if (qk->type == YAML_SCALAR_NODE && strcmp((const char *)qk->data.scalar.value, kname) == 0) {
+                dino_seterr(err, "duplicate key '%s' in %s", full, where);
+                return -1;
+            }
+        }
+        const CfgKey *k = find_key(full);
+        if (vn && vn->type == YAML_MAPPING_NODE) {
+            if (k) {
+                dino_seterr(err, "wrong type for %s in %s: expected %s, got a mapping", full, where, type_name(k));
+                return -1;
+            }
+            if (!is_section(full)) {
+                // name the first key inside, so a misspelt section still gets a full suggestion
+                yaml_node_pair_t *in = vn->data.mapping.pairs.start;
+                yaml_node_t *ik = in < vn->data.mapping.pairs.top ? yaml_document_get_node(doc, in->key) : NULL;
+                if (ik && ik->type == YAML_SCALAR_NODE) {
+                    char inner[300];
+                    snprintf(inner, sizeof inner, "%s.%s", full, (const char *)ik->data.scalar.value);
+                    return unknown_key(inner, where, err);
+                }
+                return unknown_key(full, where, err);
+            }
+            if (apply_mapping(c, doc, vn, full, path, file, err)) return -1;
+            continue;
+        }
+        if (!k) {
+            if (is_section(full)) {
+                dino_seterr(err, "'%s' in %s is a section: expected a mapping of its keys", full, where);
+                return -1;
+            }
+            return unknown_key(full, where, err);
+        }
+        Val v;
+        if (val_from_node(&v, doc, vn)) {
+            dino_seterr(err, "wrong type for %s in %s: expected %s", full, where, type_name(k));
+            return -1;
+        }
+        // an empty value ("key:") is YAML null: a plain empty scalar
+        if (set_value(c, k, &v, where, err)) return -1;
+        set_origin(c, k, file);
+    }
+    return 0;
+}
+
+static int apply_file(Config *c, const char *path, char chain[][PATH_MAX], int depth, char *err) {
+    char real[PATH_MAX];
+    if (!realpath(path, real)) {
+        dino_seterr(err, "cannot open config %s: %s", path, strerror(errno));
+        return -1;
+    }
+    for (int i = 0; i < depth; i++)
+        if (strcmp(chain[i], real) == 0) {
+            dino_seterr(err, "config %s: base chain has a cycle (%s is its own base through %s)", path, path,
+                        depth > 0 ? chain[depth - 1] : path);
+            return -1;
+        }
+    if (depth >= CFG_MAX_FILES) {
+        dino_seterr(err, "config %s: base chain deeper than %d files", path, CFG_MAX_FILES);
+        return -1;
+    }
+    snprintf(chain[depth], PATH_MAX, "%s", real);
+
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        dino_seterr(err, "cannot open config %s: %s", path, strerror(errno));
+        return -1;
+    }
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    DINO_ASSERT(yaml_parser_initialize(&parser), "yaml_parser_initialize failed");
+    yaml_parser_set_input_file(&parser, fp);
+    int rc = -1;
+    if (!yaml_parser_load(&parser, &doc)) {
+        dino_seterr(err, "config %s: YAML error at line %lu: %s", path, (unsigned long)parser.problem_mark.line + 1,
+                    parser.problem ? parser.problem : "parse error");
+        yaml_parser_delete(&parser);
+        fclose(fp);
+        return -1;
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (!root) { rc = 0; goto done; } // empty file: nothing to change
+    if (root->type != YAML_MAPPING_NODE) {
+        dino_seterr(err, "config %s: expected a mapping of sections at the top", path);
+        goto done;
+    }
+    // base first, so this file's values override it
+    for (yaml_node_pair_t *pr = root->data.mapping.pairs.start; pr < root->data.mapping.pairs.top; pr++) {
+        yaml_node_t *kn = yaml_document_get_node(&doc, pr->key), *vn = yaml_document_get_node(&doc, pr->value);
+        if (kn->type != YAML_SCALAR_NODE || strcmp((const char *)kn->data.scalar.value, "base") != 0) continue;
+        if (!vn || vn->type != YAML_SCALAR_NODE || !vn->data.scalar.length) {
+            dino_seterr(err, "config %s (line %lu): base must name a config file", path,
+                        (unsigned long)kn->start_mark.line + 1);
+            goto done;
+        }
+        const char *b = (const char *)vn->data.scalar.value;
+        char bpath[PATH_MAX + CFG_STR];
+        if (b[0] == '/') {
+            snprintf(bpath, sizeof bpath, "%s", b);
+        } else {
+            const char *slash = strrchr(path, '/');
+            int dl = slash ? (int)(slash - path) + 1 : 0;
+            snprintf(bpath, sizeof bpath, "%.*s%s", dl, path, b);
+        }
+        if (access(bpath, R_OK) != 0) {
+            dino_seterr(err, "config %s (line %lu): base config %s: %s", path, (unsigned long)kn->start_mark.line + 1,
+                        bpath, strerror(errno));
+            goto done;
+        }
+        if (apply_file(c, bpath, chain, depth + 1, err)) goto done;
+    }
+    int file = add_origin(c, path);
+    rc = apply_mapping(c, &doc, root, "", path, file, err);
+done:
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    fclose(fp);
+    return rc;
+}
+
+// ---- overrides --------------------------------------------------------------------------------------
+
+static int override_at(Config *c, const char *kv, int file, char *err) {
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv) {
+        dino_seterr(err, "override '%s' on the command line: expected key.sub=value", kv);
+        return -1;
+    }
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(eq - kv), kv);
+    const char *value = eq + 1;
+    const CfgKey *k = find_key(name);
+    if (!k && strcmp(name, "base") == 0) {
+        dino_seterr(err, "override '%s' on the command line: base can only be named inside a config file", kv);
+        return -1;
+    }
+    if (!k) {
+        if (is_section(name)) {
+            dino_seterr(err, "override '%s' on the command line: '%s' is a section; set its keys one by one", kv, name);
+            return -1;
+        }
+        return unknown_key(name, "the command line", err);
+    }
+    Val v;
+    int rc;
+    if (k->type == CT_STR || k->type == CT_ENUM) {
+        // strings are taken verbatim (paths may hold YAML-special characters); matching quotes are removed
+        char buf[CFG_STR + 2];
+        size_t n = strlen(value);
+        if (n >= 2 && (value[0] == '"' || value[0] == '\'') && value[n - 1] == value[0])
+            snprintf(buf, sizeof buf, "%.*s", (int)n - 2, value + 1);
+        else
+            snprintf(buf, sizeof buf, "%s", value);
+        memset(&v, 0, sizeof v);
+        v.n = 1;
+        v.item[0] = buf;
+        v.plain[0] = 0;
+        rc = set_value(c, k, &v, "the command line", err);
+    } else {
+        yaml_parser_t parser;
+        yaml_document_t doc;
+        DINO_ASSERT(yaml_parser_initialize(&parser), "yaml_parser_initialize failed");
+        yaml_parser_set_input_string(&parser, (const unsigned char *)value, strlen(value));
+        if (!yaml_parser_load(&parser, &doc)) {
+            dino_seterr(err, "override '%s' on the command line: cannot parse the value (%s)", kv,
+                        parser.problem ? parser.problem : "YAML error");
+            yaml_parser_delete(&parser);
+            return -1;
+        }
+        if (val_from_node(&v, &doc, yaml_document_get_root_node(&doc))) {
+            dino_seterr(err, "wrong type for %s in the command line: expected %s", k->key, type_name(k));
+            rc = -1;
+        } else {
+            rc = set_value(c, k, &v, "the command line", err);
+        }
+        yaml_document_delete(&doc);
+        yaml_parser_delete(&parser);
+    }
+    if (rc == 0) set_origin(c, k, file);
+    return rc;
+}
+
+static int command_line_origin(Config *c) {
+    for (int i = 0; i < c->origin.n_files; i++)
+        if (strcmp(c->origin.files[i], "the command line") == 0) return i;
+    return add_origin(c, "the command line");
+}
+
+int config_override(Config *c, const char *kv, char *err) { return override_at(c, kv, command_line_origin(c), err); }
+
+int config_load(Config *c, const char *path, int n_overrides, char *const *overrides, char *err) {
+    config_defaults(c);
+    static char chain[CFG_MAX_FILES + 1][PATH_MAX]; // PATH_MAX-sized: keep it off the stack
+    if (apply_file(c, path, chain, 0, err)) return -1;
+    for (int i = 0; i < n_overrides; i++)
+        if (config_override(c, overrides[i], err)) return -1;
+    if (strcmp(c->param_dtype, "auto") == 0)
+        snprintf(c->param_dtype, CFG_NAME, "%s", strcmp(c->backend, "cuda") == 0 ? "bf16" : "fp32");
+    return config_validate(c, err);
+}
+
+// The modules' own checks, run on what the config maps to them (the last line of defence: the key checks
+// above should have caught everything with a better message).
+static int check_modules(const Config *c, char *err) {
+    char why[DINO_ERRLEN];
+    SslConfig ssl;
+    LoaderConfig lc;
+    if (config_to_ssl(c, &ssl, why)) goto bad;
+    config_to_loader(c, 0, 1, &lc);
+    if (augment_config_check(&lc.aug, why)) goto bad;
+    return 0;
+bad:
+    dino_seterr(err, "config (%s): %s", c->origin.files[c->origin.n_files - 1], why);
+    return -1;
+}
+
+// ---- writing ----------------------------------------------------------------------------------------
+
+typedef struct {
+    char *s;
+    size_t n, cap;
+} Buf;
+
+static void bprintf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void bprintf(Buf *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s + b->n, b->cap - b->n, fmt, ap);
+        va_end(ap);
+        DINO_ASSERT(k >= 0, "vsnprintf failed");
+        if (b->n + (size_t)k < b->cap) { b->n += (size_t)k; return; }
+        b->cap = (b->cap + (size_t)k + 1) * 2;
+        b->s = dino_realloc(b->s, b->cap);
+    }
+}
+
+// Shortest text that reads back to exactly x.
+static void fmt_f64(char *out, size_t cap, double x) {
+    for (int prec = 6; prec <= 17; prec++) {
+        snprintf(out, cap, "%.*g", prec, x);
+        if (strtod(out, NULL) == x) break;
+    }
+    if (!strpbrk(out, ".eE")) strncat(out, ".0", cap - strlen(out) - 1); // keep it a float to the eye
+}
+
+static void put_quoted(Buf *b, const char *s) {
+    bprintf(b, "\"");
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') bprintf(b, "\\%c", ch);
+        else if (ch < 0x20) bprintf(b, "\\x%02x", ch);
+        else bprintf(b, "%c", ch);
+    }
+    bprintf(b, "\"");
+}
+
+static void put_value(Buf *b, const Config *c, const CfgKey *k) {
+    const void *p = cfield(c, k);
+    char num[64];
+    switch (k->type) {
+    case CT_BOOL: bprintf(b, "%s", *(const bool *)p ? "true" : "false"); break;
+    case CT_INT: bprintf(b, "%d", *(const int *)p); break;
+    case CT_I64: bprintf(b, "%lld", (long long)*(const int64_t *)p); break;
+    case CT_F64: fmt_f64(num, sizeof num, *(const double *)p); bprintf(b, "%s", num); break;
+    case CT_STR: put_quoted(b, p); break;
+    case CT_ENUM: bprintf(b, "%s", (const char *)p); break;
+    case CT_F64_LIST:
+        bprintf(b, "[");
+        for (int i = 0; i < k->n; i++) {
+            fmt_f64(num, sizeof num, ((const double *)p)[i]);
+            bprintf(b, "%s%s", i ? ", " : "", num);
+        }
+        bprintf(b, "]");
+        break;
+    case CT_STR_LIST: {
+        const char(*list)[CFG_STR] = p;
+        bprintf(b, "[");
+        for (int i = 0; i < c->data.n_sources; i++) {
+            if (i) bprintf(b, ", ");
+            put_quoted(b, list[i]);
+        }
+        bprintf(b, "]");
+        break;
+    }
+    }
+}
+
+char *config_to_yaml(const Config *c) {
+    Buf b = {dino_malloc(4096), 0, 4096};
+    b.s[0] = 0;
+    bprintf(&b, "# dinotrain resolved config: every key, as used by the run (docs/configuration.md)\n");
+    char section[64] = "";
+    for (int i = 0; i < N_KEYS; i++) {
+        const CfgKey *k = &KEYS[i];
+        const char *dot = strchr(k->key, '.');
+        char sec[64];
+        snprintf(sec, sizeof sec, "%.*s", dot ? (int)(dot - k->key) : 0, k->key);
+        if (strcmp(sec, section) != 0) {
+            if (*sec) bprintf(&b, "%s:\n", sec);
+            snprintf(section, sizeof section, "%s", sec);
+        }
+        bprintf(&b, "%s%s: ", *sec ? "  " : "", dot ? dot + 1 : k->key);
+        put_value(&b, c, k);
+        bprintf(&b, "\n");
+    }
+    return b.s;
+}
+
+int config_write(const Config *c, const char *path, char *err) {
+    char *text = config_to_yaml(c);
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int rc = -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        dino_seterr(err, "cannot write %s: %s", tmp, strerror(errno));
+        free(text);
+        return -1;
+    }
+    size_t len = strlen(text), done = 0;
+    while (done < len) {
+        ssize_t w = write(fd, text + done, len - done);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            dino_seterr(err, "cannot write %s: %s", tmp, strerror(errno));
+            goto out;
+        }
+        done += (size_t)w;
+    }
+    if (fsync(fd) != 0) {
+        dino_seterr(err, "cannot fsync %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    close(fd);
+    if (rc == 0 && rename(tmp, path) != 0) {
+        dino_seterr(err, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+        rc = -1;
+    }
+    if (rc) unlink(tmp);
+    free(text);
+    return rc;
+}
+
+int config_equal(const Config *a, const Config *b, const char **diff_key) {
+    for (int i = 0; i < N_KEYS; i++) {
+        const CfgKey *k = &KEYS[i];
+        const void *pa = cfield(a, k), *pb = cfield(b, k);
+        int same = 1;
+        switch (k->type) {
+        case CT_BOOL: same = *(const bool *)pa == *(const bool *)pb; break;
+        case CT_INT: same = *(const int *)pa == *(const int *)pb; break;
+        case CT_I64: same = *(const int64_t *)pa == *(const int64_t *)pb; break;
+        case CT_F64: same = *(const double *)pa == *(const double *)pb; break;
+        case CT_STR: case CT_ENUM: same = strcmp(pa, pb) == 0; break;
+        case CT_F64_LIST: same = memcmp(pa, pb, sizeof(double) * (size_t)k->n) == 0; break;
+        case CT_STR_LIST:
+            same = a->data.n_sources == b->data.n_sources;
+            for (int j = 0; same && j < a->data.n_sources; j++) same = strcmp(a->data.sources[j], b->data.sources[j]) == 0;
+            break;
+        }
+        if (!same) {
+            if (diff_key) *diff_key = k->key;
+            return 0;
+        }
+    }
+    return 1;
+}
+
+// ---- derived values ---------------------------------------------------------------------------------
+
+double config_scaled_lr(const Config *c, int world_size) {
+    double global = (double)c->train.batch_size_per_gpu * world_size;
+    if (strcmp(c->optim.scaling_rule, "sqrt_wrt_1024") == 0) return c->optim.base_lr * sqrt(global / 1024.0);
+    if (strcmp(c->optim.scaling_rule, "linear_wrt_256") == 0) return c->optim.base_lr * global / 256.0;
+    return c->optim.base_lr;
+}
+
+void config_apply_lr_scaling(Config *c, int world_size) { c->optim.lr = config_scaled_lr(c, world_size); }
+
+int64_t config_total_iterations(const Config *c) {
+    return (int64_t)c->optim.epochs * c->train.OFFICIAL_EPOCH_LENGTH;
+}
+
+void config_arch_dims(const Config *c, int *dim, int *depth, int *heads) {
+    static const struct { const char *name; int dim, depth, heads; } archs[] = {
+        {"vit_test", 32, 2, 2}, {"vit_tiny", 192, 12, 3}, {"vit_small", 384, 12, 6}, {"vit_base", 768, 12, 12},
+        {"vit_large", 1024, 24, 16}, {"vit_giant2", 1536, 40, 24},
+    };
+    *dim = *depth = *heads = 0;
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
+        if (strcmp(archs[i].name, c->student.arch) == 0) *dim = archs[i].dim, *depth = archs[i].depth, *heads = archs[i].heads;
+    if (c->student.embed_dim > 0) *dim = c->student.embed_dim;
+    if (c->student.depth > 0) *depth = c->student.depth;
+    if (c->student.num_heads > 0) *heads = c->student.num_heads;
+}
+
+int config_to_vit(const Config *c, VitConfig *v, char *err) {
+    const CfgStudent *s = &c->student;
+    if (vit_config_from_arch(v, s->arch, s->patch_size, c->crops.global_crops_size, s->num_register_tokens, s->ffn_layer,
+                             err))
+        return -1;
+    int dim, depth, heads;
+    config_arch_dims(c, &dim, &depth, &heads);
+    if (dim != v->dim) { // widths follow the dim exactly as vit_config_from_arch derives them
+        v->ffn_hidden = v->ffn == VIT_FFN_MLP ? 4 * dim : (4 * dim * 2 / 3 + 7) / 8 * 8;
+        v->dim = dim;
+    }
+    v->depth = depth;
+    v->heads = heads;
+    v->layerscale = (float)s->layerscale;
+    v->drop_path_rate = (float)s->drop_path_rate;
+    v->interpolate_offset = (float)s->interpolate_offset;
+    v->interpolate_antialias = s->interpolate_antialias;
+    v->qkv_bias = s->qkv_bias;
+    v->proj_bias = s->proj_bias;
+    v->ffn_bias = s->ffn_bias;
+    if (vit_config_check(v, err)) return -1;
+    if (vit_check_crop(v, c->crops.global_crops_size, err)) return -1;
+    if (c->crops.local_crops_number > 0 && vit_check_crop(v, c->crops.local_crops_size, err)) return -1;
+    return 0;
+}
+
+int config_to_ssl(const Config *c, SslConfig *o, char *err) {
+    VitConfig v;
+    if (config_to_vit(c, &v, err)) return -1;
+    ssl_config_default(o, &v);
+    const CfgDino *d = &c->dino;
+    const CfgIbot *ib = &c->ibot;
+    o->dino_head = (HeadConfig){.in_dim = v.dim, .hidden = d->head_hidden_dim, .bottleneck = d->head_bottleneck_dim,
+                                .K = d->head_n_prototypes, .nlayers = d->head_nlayers};
+    o->ibot_separate_head = ib->separate_head;
+    o->ibot_head = ib->separate_head ? (HeadConfig){.in_dim = v.dim, .hidden = ib->head_hidden_dim,
+                                                    .bottleneck = ib->head_bottleneck_dim,
+                                                    .K = ib->head_n_prototypes, .nlayers = ib->head_nlayers}
+                                     : o->dino_head;
+    o->batch = c->train.batch_size_per_gpu;
+    o->n_local = c->crops.local_crops_number;
+    o->global_crop = c->crops.global_crops_size;
+    o->local_crop = c->crops.local_crops_size;
+    o->centering = strcmp(c->train.centering, "sinkhorn_knopp") == 0 ? CENTERING_SINKHORN : CENTERING_SOFTMAX;
+    o->dino_loss_weight = (float)d->loss_weight;
+    o->ibot_loss_weight = (float)ib->loss_weight;
+    o->use_kde = strcmp(d->regularizer, "kde") == 0;
+    o->koleo_loss_weight = o->use_kde ? 0.0f : (float)d->koleo_loss_weight;
+    o->kde_loss_weight = (float)d->kde_weight;
+    o->kde_kappa = (float)d->kde_concentration;
+    o->clip_grad = (float)c->optim.clip_grad;
+    o->adamw_beta1 = (float)c->optim.adamw_beta1;
+    o->adamw_beta2 = (float)c->optim.adamw_beta2;
+    o->adamw_eps = (float)c->optim.adamw_eps;
+    o->layerwise_decay = (float)c->optim.layerwise_decay;
+    o->patch_embed_lr_mult = (float)c->optim.patch_embed_lr_mult;
+    return ssl_config_check(o, err);
+}
+
+ScheduleConfig config_to_schedule(const Config *c, int world_size) {
+    const CfgOptim *o = &c->optim;
+    const CfgTeacher *t = &c->teacher;
+    return (ScheduleConfig){
+        .lr = config_scaled_lr(c, world_size),
+        .min_lr = o->min_lr,
+        .weight_decay = o->weight_decay,
+        .weight_decay_end = o->weight_decay_end,
+        .momentum_teacher = t->momentum_teacher,
+        .final_momentum_teacher = t->final_momentum_teacher,
+        .warmup_teacher_temp = t->warmup_teacher_temp,
+        .teacher_temp = t->teacher_temp,
+        .epochs = o->epochs,
+        .warmup_epochs = o->warmup_epochs,
+        .warmup_teacher_temp_epochs = t->warmup_teacher_temp_epochs,
+        .freeze_last_layer_epochs = o->freeze_last_layer_epochs,
+        .epoch_length = c->train.OFFICIAL_EPOCH_LENGTH,
+    };
+}
+
+void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o) {
+    loader_config_default(o);
+    o->batch_size = c->train.batch_size_per_gpu;
+    o->rank = rank;
+    o->world = world_size;
+    o->seed = (uint64_t)c->train.seed;
+    o->n_threads = c->train.num_workers;
+    o->prefetch = c->data.prefetch;
+    o->patch_size = c->student.patch_size;
+    o->mask_probability = c->ibot.loss_weight > 0 ? c->ibot.mask_sample_probability : 0.0; // no iBOT, no masks
+    o->mask_ratio[0] = c->ibot.mask_ratio_min_max[0];
+    o->mask_ratio[1] = c->ibot.mask_ratio_min_max[1];
+    o->max_corrupt_fraction = c->data.max_corrupt_fraction;
+    o->corrupt_min_reads = c->data.corrupt_min_reads;
+    AugmentConfig *g = &o->aug;
+    const CfgAugment *a = &c->augment;
+    const CfgCrops *cr = &c->crops;
+    g->global_size = cr->global_crops_size;
+    g->local_size = cr->local_crops_size;
+    g->n_local = cr->local_crops_number;
+    memcpy(g->global_scale, cr->global_crops_scale, sizeof g->global_scale);
+    memcpy(g->local_scale, cr->local_crops_scale, sizeof g->local_scale);
+    memcpy(g->ratio, a->ratio, sizeof g->ratio);
+    g->hflip_p = a->hflip_p;
+    g->jitter_p = a->color_jitter_p;
+    g->brightness = a->brightness;
+    g->contrast = a->contrast;
+    g->saturation = a->saturation;
+    g->hue = a->hue;
+    g->gray_p = a->grayscale_p;
+    g->blur_p[0] = a->blur_p_global1;
+    g->blur_p[1] = a->blur_p_global2;
+    g->blur_p[2] = a->blur_p_local;
+    memcpy(g->blur_sigma, a->blur_sigma, sizeof g->blur_sigma);
+    g->blur_kernel = a->blur_kernel;
+    g->solarize_p = a->solarize_p;
+    g->solarize_threshold = a->solarize_threshold;
+    for (int i = 0; i < 3; i++) g->mean[i] = (float)a->mean[i], g->std[i] = (float)a->std[i];
+    g->vflip_p = a->vflip_p;
+    g->rot90 = a->rot90;
+    g->hed_p = a->hed_p;
+    g->hed_scale = a->hed_scale;
+    g->hed_shift = a->hed_shift;
+    g->no_resize = a->crop_without_resize;
+}
+
+void config_output_path(const Config *c, const char *rel, char *path, size_t cap) {
+    if (rel[0] == '/') snprintf(path, cap, "%s", rel);
+    else snprintf(path, cap, "%s/%s", c->train.output_dir, rel);
+}
+
+int config_save_resolved(const Config *c, char *err) {
+    char e2[DINO_ERRLEN];
+    if (dino_mkdir_p(c->train.output_dir, e2)) {
+        dino_seterr(err, "train.output_dir: %s", e2);
+        return -1;
+    }
+    char path[PATH_MAX + 16];
+    config_output_path(c, "config.yaml", path, sizeof path);
+    return config_write(c, path, err);
+}
+
+// ---- validation -------------------------------------------------------------------------------------
+
+static const char *origin_of(const Config *c, const char *key) {
+    const CfgKey *k = find_key(key);
+    DINO_ASSERT(k, "no key %s", key);
+    int f = c->origin.of_key[key_index(k)];
+    return f < c->origin.n_files ? c->origin.files[f] : "the defaults";
+}
+
+static int bad(const Config *c, char *err, const char *key, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int bad(const Config *c, char *err, const char *key, const char *fmt, ...) {
+    Buf b = {dino_malloc(256), 0, 256};
+    b.s[0] = 0;
+    put_value(&b, c, find_key(key));
+    char msg[DINO_ERRLEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dino_seterr(err, "invalid %s = %s in %s: %s", key, b.s, origin_of(c, key), msg);
+    free(b.s);
+    return -1;
+}
+
+#define NEED(cond, key, ...)                                                                       \
+    do {                                                                                           \
+        if (!(cond)) return bad(c, err, key, __VA_ARGS__);                                         \
+    } while (0)
+
+static int prob_ok(double p) { return p >= 0 && p <= 1; }
+
+int config_validate(const Config *c, char *err) {
+    const CfgStudent *s = &c->student;
+    int dim, depth, heads;
+    config_arch_dims(c, &dim, &depth, &heads);
+    NEED(s->patch_size >= 1, "student.patch_size", "must be >= 1");
+    NEED(s->drop_path_rate >= 0 && s->drop_path_rate < 1, "student.drop_path_rate", "must be in [0, 1)");
+    NEED(s->layerscale >= 0, "student.layerscale", "must be >= 0 (0 disables LayerScale)");
+    NEED(s->num_register_tokens >= 0, "student.num_register_tokens", "must be >= 0");
+    NEED(s->block_chunks >= 0, "student.block_chunks", "must be >= 0");
+    NEED(s->embed_dim >= 0, "student.embed_dim", "must be >= 0 (0 = the arch's)");
+    NEED(s->depth >= 0, "student.depth", "must be >= 0 (0 = the arch's)");
+    NEED(s->num_heads >= 0, "student.num_heads", "must be >= 0 (0 = the arch's)");
+    if (dim % heads != 0) {
+        const char *key = s->num_heads > 0 ? "student.num_heads" : s->embed_dim > 0 ? "student.embed_dim" : "student.arch";
+        return bad(c, err, key, "embedding width %d is not divisible by %d heads", dim, heads);
+    }
+    NEED(s->drop_path_uniform, "student.drop_path_uniform",
+         "only uniform stochastic depth is implemented (as in every reference preset)");
+    NEED(s->interpolate_offset >= 0, "student.interpolate_offset", "must be >= 0");
+
+    const CfgCrops *cr = &c->crops;
+    NEED(cr->global_crops_size >= 1, "crops.global_crops_size", "must be >= 1");
+    NEED(cr->local_crops_size >= 1, "crops.local_crops_size", "must be >= 1");
+    NEED(cr->local_crops_number >= 0, "crops.local_crops_number", "must be >= 0");
+    NEED(cr->global_crops_size % s->patch_size == 0, "crops.global_crops_size",
+         "not a multiple of student.patch_size = %d (set in %s)", s->patch_size, origin_of(c, "student.patch_size"));
+    NEED(cr->local_crops_number == 0 || cr->local_crops_size % s->patch_size == 0, "crops.local_crops_size",
+         "not a multiple of student.patch_size = %d (set in %s)", s->patch_size, origin_of(c, "student.patch_size"));
+    NEED(cr->global_crops_scale[0] > 0 && cr->global_crops_scale[1] <= 1, "crops.global_crops_scale",
+         "area fractions must be in (0, 1]");
+    NEED(cr->global_crops_scale[0] <= cr->global_crops_scale[1], "crops.global_crops_scale", "min > max");
+    NEED(cr->local_crops_scale[0] > 0 && cr->local_crops_scale[1] <= 1, "crops.local_crops_scale",
+         "area fractions must be in (0, 1]");
+    NEED(cr->local_crops_scale[0] <= cr->local_crops_scale[1], "crops.local_crops_scale", "min > max");
+
+    const CfgDino *d = &c->dino;
+    const CfgIbot *ib = &c->ibot;
+    NEED(d->loss_weight >= 0, "dino.loss_weight", "must be >= 0");
+    NEED(ib->loss_weight >= 0, "ibot.loss_weight", "must be >= 0");
+    NEED(d->loss_weight > 0 || ib->loss_weight > 0, "dino.loss_weight",
+         "DINO and iBOT are both off (ibot.loss_weight = 0): nothing to train");
+    NEED(d->head_n_prototypes >= 1, "dino.head_n_prototypes", "must be >= 1");
+    NEED(d->head_bottleneck_dim >= 1, "dino.head_bottleneck_dim", "must be >= 1");
+    NEED(d->head_nlayers >= 1, "dino.head_nlayers", "must be >= 1");
+    NEED(d->head_hidden_dim >= 1, "dino.head_hidden_dim", "must be >= 1");
+    NEED(d->koleo_loss_weight >= 0, "dino.koleo_loss_weight", "must be >= 0");
+    NEED(d->kde_weight >= 0, "dino.kde_weight", "must be >= 0");
+    NEED(d->kde_concentration > 0, "dino.kde_concentration", "must be > 0");
+    // KoLeo needs a nearest neighbour among the rank's images: undefined with one image per rank.
+    if (strcmp(d->regularizer, "koleo") == 0 && d->koleo_loss_weight > 0 && c->train.batch_size_per_gpu < 2)
+        return bad(c, err, "train.batch_size_per_gpu",
+                   "KoLeo (dino.koleo_loss_weight = %g, set in %s) needs >= 2 images per rank: its nearest-neighbour "
+                   "distance is undefined for one; raise the batch or set dino.koleo_loss_weight=0",
+                   d->koleo_loss_weight, origin_of(c, "dino.koleo_loss_weight"));
+    NEED(prob_ok(ib->mask_sample_probability), "ibot.mask_sample_probability", "must be in [0, 1]");
+    NEED(ib->mask_ratio_min_max[0] >= 0 && ib->mask_ratio_min_max[1] <= 1, "ibot.mask_ratio_min_max",
+         "ratios must be in [0, 1]");
+    NEED(ib->mask_ratio_min_max[0] <= ib->mask_ratio_min_max[1], "ibot.mask_ratio_min_max", "min > max");
+    NEED(ib->head_n_prototypes >= 1, "ibot.head_n_prototypes", "must be >= 1");
+    NEED(ib->head_bottleneck_dim >= 1, "ibot.head_bottleneck_dim", "must be >= 1");
+    NEED(ib->head_nlayers >= 1, "ibot.head_nlayers", "must be >= 1");
+    NEED(ib->head_hidden_dim >= 1, "ibot.head_hidden_dim", "must be >= 1");
+
+    const CfgOptim *o = &c->optim;
+    NEED(o->epochs >= 1, "optim.epochs", "must be >= 1");
+    NEED(o->base_lr > 0, "optim.base_lr", "must be > 0");
+    NEED(o->lr >= 0, "optim.lr", "must be >= 0 (it is computed from optim.base_lr)");
+    NEED(o->warmup_epochs >= 0 && o->warmup_epochs <= o->epochs, "optim.warmup_epochs",
+         "must be in [0, optim.epochs = %d]", o->epochs);
+    NEED(o->min_lr >= 0, "optim.min_lr", "must be >= 0");
+    NEED(o->weight_decay >= 0, "optim.weight_decay", "must be >= 0");
+    NEED(o->weight_decay_end >= 0, "optim.weight_decay_end", "must be >= 0");
+    NEED(o->layerwise_decay > 0 && o->layerwise_decay <= 1, "optim.layerwise_decay", "must be in (0, 1]");
+    NEED(o->patch_embed_lr_mult >= 0, "optim.patch_embed_lr_mult", "must be >= 0");
+    NEED(o->clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 = no clipping)");
+    NEED(o->freeze_last_layer_epochs >= 0, "optim.freeze_last_layer_epochs", "must be >= 0");
+    NEED(o->adamw_beta1 >= 0 && o->adamw_beta1 < 1, "optim.adamw_beta1", "must be in [0, 1)");
+    NEED(o->adamw_beta2 >= 0 && o->adamw_beta2 < 1, "optim.adamw_beta2", "must be in [0, 1)");
+    NEED(o->adamw_eps > 0, "optim.adamw_eps", "must be > 0");
+
+    const CfgTeacher *t = &c->teacher;
+    NEED(prob_ok(t->momentum_teacher), "teacher.momentum_teacher", "must be in [0, 1]");
+    NEED(prob_ok(t->final_momentum_teacher), "teacher.final_momentum_teacher", "must be in [0, 1]");
+    NEED(t->warmup_teacher_temp > 0, "teacher.warmup_teacher_temp", "must be > 0");
+    NEED(t->teacher_temp > 0, "teacher.teacher_temp", "must be > 0");
+    NEED(t->warmup_teacher_temp_epochs >= 0, "teacher.warmup_teacher_temp_epochs", "must be >= 0");
+
+    const CfgTrain *tr = &c->train;
+    NEED(tr->batch_size_per_gpu >= 1, "train.batch_size_per_gpu", "must be >= 1");
+    NEED(tr->OFFICIAL_EPOCH_LENGTH >= 1, "train.OFFICIAL_EPOCH_LENGTH", "must be >= 1");
+    NEED(tr->output_dir[0], "train.output_dir", "must name a directory");
+    NEED(tr->seed >= 0, "train.seed", "must be >= 0");
+    NEED(tr->num_workers >= 0, "train.num_workers", "must be >= 0");
+
+    if (strcmp(c->backend, "cpu") == 0)
+        NEED(strcmp(c->param_dtype, "bf16") != 0, "compute_precision.param_dtype",
+             "the cpu backend computes in fp32 (use fp32 or auto)");
+    if (strcmp(c->backend, "cuda") == 0)
+        NEED(strcmp(c->param_dtype, "fp32") != 0, "compute_precision.param_dtype",
+             "the cuda backend computes in bf16 with fp32 master weights (use bf16 or auto)");
+
+    NEED(c->evaluation.eval_period_iterations >= 0, "evaluation.eval_period_iterations", "must be >= 0 (0 = off)");
+    NEED(!c->evaluation.knn_test[0] || c->evaluation.knn_train[0], "evaluation.knn_train",
+         "evaluation.knn_test is set: k-NN needs a training set too");
+    NEED(!c->evaluation.knn_train[0] || c->evaluation.knn_test[0], "evaluation.knn_test",
+         "evaluation.knn_train is set: k-NN needs a test set too");
+    NEED(prob_ok(c->data.max_corrupt_fraction), "data.max_corrupt_fraction", "must be in [0, 1]");
+    NEED(c->data.corrupt_min_reads >= 0, "data.corrupt_min_reads", "must be >= 0");
+    NEED(c->data.prefetch >= 1, "data.prefetch", "must be >= 1");
+
+    const CfgAugment *a = &c->augment;
+    NEED(prob_ok(a->blur_p_global1), "augment.blur_p_global1", "must be in [0, 1]");
+    NEED(prob_ok(a->blur_p_global2), "augment.blur_p_global2", "must be in [0, 1]");
+    NEED(prob_ok(a->blur_p_local), "augment.blur_p_local", "must be in [0, 1]");
+    NEED(a->blur_sigma[0] > 0 && a->blur_sigma[0] <= a->blur_sigma[1], "augment.blur_sigma", "need 0 < min <= max");
+    NEED(a->blur_kernel >= 1 && a->blur_kernel % 2 == 1, "augment.blur_kernel", "must be odd and >= 1");
+    NEED(a->blur_kernel / 2 < cr->local_crops_size, "augment.blur_kernel", "must be smaller than the crops");
+    NEED(a->solarize_threshold >= 0 && a->solarize_threshold <= 256, "augment.solarize_threshold", "must be in [0, 256]");
+    NEED(a->ratio[0] > 0 && a->ratio[0] <= a->ratio[1], "augment.ratio", "need 0 < min <= max");
+    NEED(prob_ok(a->solarize_p), "augment.solarize_p", "must be in [0, 1]");
+    NEED(prob_ok(a->hflip_p), "augment.hflip_p", "must be in [0, 1]");
+    NEED(prob_ok(a->color_jitter_p), "augment.color_jitter_p", "must be in [0, 1]");
+    NEED(a->brightness >= 0, "augment.brightness", "must be >= 0");
+    NEED(a->contrast >= 0, "augment.contrast", "must be >= 0");
+    NEED(a->saturation >= 0, "augment.saturation", "must be >= 0");
+    NEED(a->hue >= 0 && a->hue <= 0.5, "augment.hue", "must be in [0, 0.5]");
+    NEED(prob_ok(a->grayscale_p), "augment.grayscale_p", "must be in [0, 1]");
+    for (int i = 0; i < 3; i++) NEED(a->std[i] > 0, "augment.std", "every std must be > 0");
+    NEED(prob_ok(a->vflip_p), "augment.vflip_p", "must be in [0, 1]");
+    NEED(prob_ok(a->hed_p), "augment.hed_p", "must be in [0, 1]");
+    NEED(a->hed_scale >= 0 && a->hed_scale < 1, "augment.hed_scale", "must be in [0, 1)");
+    NEED(a->hed_shift >= 0, "augment.hed_shift", "must be >= 0");
+
+    NEED(c->log.every_n_iterations >= 1, "log.every_n_iterations", "must be >= 1");
+    NEED(c->log.metrics_file[0], "log.metrics_file", "must name a file");
+    NEED(c->checkpoint.every_n_iterations >= 0, "checkpoint.every_n_iterations", "must be >= 0 (0 = only at the end)");
+    NEED(c->checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1");
+    return check_modules(c, err);
+}

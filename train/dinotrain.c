@@ -1,0 +1,75 @@
+// dinotrain: DINOv2 pretraining. `dinotrain CONFIG.yaml [section.key=value ...]`, alone or under
+// mpirun / srun. Starting again with the same output_dir resumes from the newest valid checkpoint.
+#include <stdio.h>
+#include <string.h>
+
+#include "common/check.h"
+#include "dist/dist.h"
+#include "train/config.h"
+#include "train/train.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: dinotrain [--no-resume] [--iterations N] [--check] CONFIG.yaml [section.key=value ...]\n"
+            "  --no-resume     start from scratch even if output_dir holds checkpoints\n"
+            "  --iterations N  stop after N iterations of this run (the schedules still span the whole run)\n"
+            "  --check         load and validate the config, print the resolved YAML, and exit\n"
+            "Configs: configs/*.yaml; keys: docs/configuration.md.\n");
+}
+
+int main(int argc, char **argv) {
+    TrainOptions opt = {0};
+    int check_only = 0, i = 1;
+    for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+        if (strcmp(argv[i], "--no-resume") == 0) opt.no_resume = 1;
+        else if (strcmp(argv[i], "--check") == 0) check_only = 1;
+        else if (strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) opt.max_iterations = atoll(argv[++i]);
+        else if (strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "dinotrain: unknown option %s\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *path = argv[i++];
+    char err[DINO_ERRLEN];
+    Config cfg;
+    // The config is refused before anything else starts (no MPI, no threads, no files written).
+    if (config_load(&cfg, path, argc - i, argv + i, err)) {
+        fprintf(stderr, "dinotrain: %s\n", err);
+        return 2;
+    }
+    if (check_only) {
+        char *yaml = config_to_yaml(&cfg);
+        fputs(yaml, stdout);
+        free(yaml);
+        return 0;
+    }
+    Dist d;
+    if (dist_init(&d, 0, err)) {
+        fprintf(stderr, "dinotrain: %s\n", err);
+        return 1;
+    }
+    TrainResult res;
+    int rc = train_run(&cfg, &d, &opt, &res, err);
+    if (rc) {
+        if (d.world > 1) dist_abort(&d, "%s", err);
+        fprintf(stderr, "dinotrain: %s\n", err);
+        dist_finalize(&d);
+        return 1;
+    }
+    if (d.rank == 0) {
+        printf("dinotrain: done, iterations %lld..%lld", (long long)res.start_iteration, (long long)res.end_iteration);
+        if (res.skipped_steps) printf(" (%lld skipped: non-finite loss)", (long long)res.skipped_steps);
+        printf("\n  output:     %s\n", cfg.train.output_dir);
+        if (res.last_checkpoint[0]) printf("  checkpoint: %s\n", res.last_checkpoint);
+    }
+    dist_finalize(&d);
+    return 0;
+}

@@ -1,0 +1,429 @@
+// One DINOv2 training step on a backend (see ssl_step.h).
+#include "train/ssl_step.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/check.h"
+
+void ssl_config_default(SslConfig *c, const VitConfig *vit) {
+    memset(c, 0, sizeof *c);
+    c->vit = *vit;
+    c->dino_head = (HeadConfig){.in_dim = vit->dim, .hidden = 2048, .bottleneck = 256, .K = 65536, .nlayers = 3};
+    c->ibot_head = c->dino_head;
+    c->ibot_separate_head = 0;
+    c->batch = 64;
+    c->n_local = 8;
+    c->global_crop = vit->img_size;
+    c->local_crop = 96;
+    c->centering = CENTERING_SOFTMAX;
+    c->student_temp = 0.1f;
+    c->center_momentum = 0.9f;
+    c->dino_loss_weight = 1.0f;
+    c->ibot_loss_weight = 1.0f;
+    c->koleo_loss_weight = 0.1f;
+    c->kde_loss_weight = 0.05f;
+    c->kde_kappa = 5.0f;
+    c->clip_grad = 3.0f;
+    c->adamw_beta1 = 0.9f;
+    c->adamw_beta2 = 0.999f;
+    c->adamw_eps = 1e-8f;
+    c->layerwise_decay = 0.9f;
+    c->patch_embed_lr_mult = 0.2f;
+}
+
+int ssl_config_check(const SslConfig *c, char *err) {
+    if (vit_config_check(&c->vit, err)) return -1;
+    if (head_config_check(&c->dino_head, "dino head", err)) return -1;
+    if (c->ibot_separate_head && head_config_check(&c->ibot_head, "ibot head", err)) return -1;
+    if (c->dino_head.in_dim != c->vit.dim || (c->ibot_separate_head && c->ibot_head.in_dim != c->vit.dim)) {
+        dino_seterr(err, "heads: in_dim must equal the backbone width %d", c->vit.dim);
+        return -1;
+    }
+    if (c->batch < 1 || c->n_local < 0) {
+        dino_seterr(err, "train: batch_size_per_gpu (%d) must be >= 1 and local_crops_number (%d) >= 0", c->batch,
+                    c->n_local);
+        return -1;
+    }
+    if (!c->use_kde && c->koleo_loss_weight > 0 && c->batch < 2) {
+        dino_seterr(err, "train: batch_size_per_gpu is 1 but the KoLeo regularizer (dino.koleo_loss_weight %g) needs "
+                         "at least 2 images per rank (its nearest neighbour is undefined with one); use a larger "
+                         "batch or set dino.koleo_loss_weight: 0",
+                    c->koleo_loss_weight);
+        return -1;
+    }
+    if (c->use_kde && c->kde_loss_weight > 0 && !(c->kde_kappa > 0)) {
+        dino_seterr(err, "train: KDE concentration (kappa) must be positive, got %g", c->kde_kappa);
+        return -1;
+    }
+    if (vit_check_crop(&c->vit, c->global_crop, err) || (c->n_local > 0 && vit_check_crop(&c->vit, c->local_crop, err)))
+        return -1;
+    if (c->global_crop != c->vit.img_size) {
+        dino_seterr(err, "crops: global_crops_size %d must equal the model's img_size %d", c->global_crop,
+                    c->vit.img_size);
+        return -1;
+    }
+    if (!(c->student_temp > 0) || !(c->center_momentum >= 0 && c->center_momentum <= 1)) {
+        dino_seterr(err, "losses: student temperature %g must be > 0 and centre momentum %g in [0, 1]", c->student_temp,
+                    c->center_momentum);
+        return -1;
+    }
+    return 0;
+}
+
+// ---- working memory -------------------------------------------------------------------------------
+
+typedef struct {
+    int B, nL, Ng, Tg, Tl, D, Kd, Ki, max_masked, rows_cls, rows_head;
+    VitActs *s_glob, *s_loc, *t_glob;
+    HeadActs *s_dino, *s_ibot, *t_dino, *t_ibot; // *_ibot only with a separate head
+    float *glob_img, *loc_img;                   // crops in backend memory
+    uint8_t *masks;                              // [2B*N]
+    int *idx_tcls, *idx_gcls, *idx_lcls, *idx_mask; // gather indices (rows of D floats)
+    float *mask_w;                               // [max_masked] 1/n_i per masked token
+    float *t_in, *s_in, *ds_in;                  // head inputs [rows, D] and their gradient
+    float *P_dino, *P_ibot;                      // teacher targets
+    float *dz_dino, *dz_ibot;                    // d loss / d student logits
+    float *tsum, *row_loss, *scratch;
+    float *d_xg, *d_xl;                          // gradients w.r.t. the student backbone outputs
+    int *sub_g, *sub_l;                          // host drop-path subsets
+    uint8_t *mask_host;
+    int *idx_host;
+    float *w_host;
+} Work;
+
+static float *falloc(Backend *be, size_t n) { return be->alloc(be, sizeof(float) * (n ? n : 1)); }
+
+int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t seed, char *err) {
+    memset(m, 0, sizeof *m);
+    SslConfig cfg = *cfg_in;
+    cfg.dino_head.in_dim = cfg.vit.dim;
+    if (cfg.ibot_separate_head) cfg.ibot_head.in_dim = cfg.vit.dim;
+    if (ssl_config_check(&cfg, err)) return -1;
+    const int p = cfg.vit.patch, R = cfg.vit.n_registers;
+    Work *w = dino_calloc(1, sizeof *w);
+    w->B = cfg.batch;
+    w->nL = cfg.n_local;
+    w->Ng = (cfg.global_crop / p) * (cfg.global_crop / p);
+    w->Tg = 1 + R + w->Ng;
+    w->Tl = 1 + R + (cfg.local_crop / p) * (cfg.local_crop / p);
+    w->D = cfg.vit.dim;
+    w->Kd = cfg.dino_head.K;
+    w->Ki = cfg.ibot_separate_head ? cfg.ibot_head.K : cfg.dino_head.K;
+    if (cfg.max_masked <= 0) cfg.max_masked = w->B * w->Ng;
+    if (cfg.ibot_loss_weight <= 0) cfg.max_masked = 0;
+    w->max_masked = cfg.max_masked;
+    m->cfg = cfg;
+
+    param_table_init(&m->tab);
+    vit_build(&m->vit, &cfg.vit, &m->tab, "backbone.");
+    head_build(&m->dino_head, &cfg.dino_head, &m->tab, "dino_head.", PARAM_DINO_HEAD);
+    if (cfg.ibot_separate_head) head_build(&m->ibot_head, &cfg.ibot_head, &m->tab, "ibot_head.", PARAM_IBOT_HEAD);
+    optim_assign_param_groups(&m->tab, cfg.layerwise_decay, cfg.patch_embed_lr_mult);
+
+    const size_t total = m->tab.total;
+    float *host = dino_calloc(total, sizeof(float));
+    vit_init_weights(&m->vit, host, seed);
+    head_init_weights(&m->dino_head, host, seed ^ 0xd1u);
+    if (cfg.ibot_separate_head) head_init_weights(&m->ibot_head, host, seed ^ 0x1b07u);
+    m->student = falloc(be, total);
+    m->teacher = falloc(be, total);
+    m->grads = falloc(be, total);
+    be->to_device(be, m->student, host, sizeof(float) * total);
+    be->to_device(be, m->teacher, host, sizeof(float) * total); // the teacher starts as the student
+    free(host);
+    adamw_init(&m->opt, be, total, cfg.adamw_beta1, cfg.adamw_beta2, cfg.adamw_eps);
+    teacher_center_init(be, &m->dino_center, w->Kd, cfg.center_momentum);
+    teacher_center_init(be, &m->ibot_center, w->Ki, cfg.center_momentum);
+
+    const int B = w->B, nL = w->nL, D = w->D, MM = w->max_masked;
+    w->rows_cls = nL * B + 2 * B;
+    w->rows_head = w->rows_cls + MM;
+    w->s_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop);
+    if (nL > 0) w->s_loc = vit_acts_new(be, &m->vit, nL * B, cfg.local_crop);
+    w->t_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop);
+    if (cfg.ibot_separate_head) {
+        w->s_dino = head_acts_new(be, &m->dino_head, w->rows_cls, 1);
+        w->t_dino = head_acts_new(be, &m->dino_head, 2 * B, 0);
+        w->s_ibot = head_acts_new(be, &m->ibot_head, MM, 1);
+        w->t_ibot = head_acts_new(be, &m->ibot_head, MM, 0);
+    } else {
+        w->s_dino = head_acts_new(be, &m->dino_head, w->rows_head, 1);
+        w->t_dino = head_acts_new(be, &m->dino_head, 2 * B + MM, 0);
+    }
+    const int G = cfg.global_crop, L = cfg.local_crop;
+    w->glob_img = falloc(be, (size_t)2 * B * 3 * G * G);
+    w->loc_img = falloc(be, (size_t)nL * B * 3 * L * L);
+    w->masks = be->alloc(be, (size_t)2 * B * w->Ng);
+    w->idx_tcls = be->alloc(be, sizeof(int) * 2 * B);
+    w->idx_gcls = be->alloc(be, sizeof(int) * 2 * B);
+    w->idx_lcls = be->alloc(be, sizeof(int) * (size_t)(nL * B + 1));
+    w->idx_mask = be->alloc(be, sizeof(int) * (size_t)(MM + 1));
+    w->mask_w = falloc(be, (size_t)MM);
+    w->t_in = falloc(be, (size_t)(2 * B + MM) * D);
+    w->s_in = falloc(be, (size_t)w->rows_head * D);
+    w->ds_in = falloc(be, (size_t)w->rows_head * D);
+    w->P_dino = falloc(be, (size_t)2 * B * w->Kd);
+    w->P_ibot = falloc(be, (size_t)MM * w->Ki);
+    if (cfg.ibot_separate_head) {
+        w->dz_dino = falloc(be, (size_t)w->rows_cls * w->Kd);
+        w->dz_ibot = falloc(be, (size_t)MM * w->Ki);
+    } else {
+        w->dz_dino = falloc(be, (size_t)w->rows_head * w->Kd);
+        w->dz_ibot = w->dz_dino + (size_t)w->rows_cls * w->Kd;
+    }
+    w->tsum = falloc(be, (size_t)B * w->Kd);
+    int rl = nL * B > MM ? nL * B : MM;
+    w->row_loss = falloc(be, (size_t)(rl > 2 * B ? rl : 2 * B));
+    w->scratch = falloc(be, 16);
+    w->d_xg = falloc(be, (size_t)2 * B * w->Tg * D);
+    w->d_xl = falloc(be, (size_t)nL * B * w->Tl * D);
+    w->sub_g = dino_malloc(sizeof(int) * (size_t)cfg.vit.depth * 2 * 2 * B);
+    w->sub_l = dino_malloc(sizeof(int) * (size_t)cfg.vit.depth * 2 * (nL * B + 1));
+    w->mask_host = dino_malloc((size_t)2 * B * w->Ng);
+    w->idx_host = dino_malloc(sizeof(int) * (size_t)(nL * B + 2 * B + MM + 1));
+    w->w_host = dino_malloc(sizeof(float) * (size_t)(MM + 1));
+    // fixed gather indices: teacher CLS swapped [g2; g1], student global and local CLS
+    for (int r = 0; r < 2 * B; r++) w->idx_host[r] = ((r + B) % (2 * B)) * w->Tg;
+    be->to_device(be, w->idx_tcls, w->idx_host, sizeof(int) * 2 * B);
+    for (int r = 0; r < 2 * B; r++) w->idx_host[r] = r * w->Tg;
+    be->to_device(be, w->idx_gcls, w->idx_host, sizeof(int) * 2 * B);
+    for (int r = 0; r < nL * B; r++) w->idx_host[r] = r * w->Tl;
+    be->to_device(be, w->idx_lcls, w->idx_host, sizeof(int) * (size_t)nL * B);
+    m->work = w;
+    return 0;
+}
+
+void ssl_model_free(SslModel *m, Backend *be) {
+    Work *w = m->work;
+    if (w) {
+        vit_acts_free(be, w->s_glob);
+        vit_acts_free(be, w->s_loc);
+        vit_acts_free(be, w->t_glob);
+        head_acts_free(be, w->s_dino);
+        head_acts_free(be, w->t_dino);
+        head_acts_free(be, w->s_ibot);
+        head_acts_free(be, w->t_ibot);
+        void *bufs[] = {w->glob_img, w->loc_img, w->masks, w->idx_tcls, w->idx_gcls, w->idx_lcls, w->idx_mask,
+                        w->mask_w, w->t_in, w->s_in, w->ds_in, w->P_dino, w->P_ibot, w->dz_dino,
+                        m->cfg.ibot_separate_head ? w->dz_ibot : NULL, w->tsum, w->row_loss, w->scratch, w->d_xg,
+                        w->d_xl};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            if (bufs[i]) be->release(be, bufs[i]);
+        free(w->sub_g), free(w->sub_l), free(w->mask_host), free(w->idx_host), free(w->w_host);
+        free(w);
+    }
+    be->release(be, m->student);
+    be->release(be, m->teacher);
+    be->release(be, m->grads);
+    adamw_free(&m->opt, be);
+    teacher_center_free(be, &m->dino_center);
+    teacher_center_free(be, &m->ibot_center);
+    vit_free(&m->vit);
+    param_table_free(&m->tab);
+    memset(m, 0, sizeof *m);
+}
+
+// ---- the step -------------------------------------------------------------------------------------
+
+// Mean over dims of the batch standard deviation of the L2-normalized rows of x[n,D] (host).
+static double normalized_std(const float *x, int n, int D) {
+    double *u = dino_malloc(sizeof(double) * (size_t)n * D);
+    for (int i = 0; i < n; i++) {
+        double ss = 0;
+        for (int d = 0; d < D; d++) ss += (double)x[(size_t)i * D + d] * x[(size_t)i * D + d];
+        double inv = 1.0 / fmax(sqrt(ss), 1e-12);
+        for (int d = 0; d < D; d++) u[(size_t)i * D + d] = x[(size_t)i * D + d] * inv;
+    }
+    double acc = 0;
+    for (int d = 0; d < D; d++) {
+        double mean = 0, var = 0;
+        for (int i = 0; i < n; i++) mean += u[(size_t)i * D + d];
+        mean /= n;
+        for (int i = 0; i < n; i++) var += (u[(size_t)i * D + d] - mean) * (u[(size_t)i * D + d] - mean);
+        acc += sqrt(var / n);
+    }
+    free(u);
+    return acc / D;
+}
+
+int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
+                         SslStepStats *st, char *err) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, Kd = w->Kd, Ki = w->Ki, R = c->vit.n_registers;
+    const int G = c->global_crop, L = c->local_crop;
+    const int do_ibot = c->ibot_loss_weight > 0;
+    memset(st, 0, sizeof *st);
+
+    // ---- inputs: crops, masks -> masked-token indices and weights (crop-major, as the reference)
+    be->to_device(be, w->glob_img, b->global_crops, sizeof(float) * (size_t)2 * B * 3 * G * G);
+    if (nL > 0) be->to_device(be, w->loc_img, b->local_crops, sizeof(float) * (size_t)nL * B * 3 * L * L);
+    int n_m = 0;
+    const uint8_t *masks_dev = NULL;
+    if (b->masks) {
+        for (int i = 0; i < 2 * B; i++) {
+            int cnt = 0;
+            for (int n = 0; n < Ng; n++) cnt += b->masks[(size_t)i * Ng + n] != 0;
+            for (int n = 0; n < Ng; n++) w->mask_host[(size_t)i * Ng + n] = b->masks[(size_t)i * Ng + n] != 0;
+            if (!do_ibot || cnt == 0) continue;
+            if (n_m + cnt > w->max_masked) {
+                dino_seterr(err, "ssl_step: more than %d masked tokens in the batch (max_masked too small)",
+                            w->max_masked);
+                return -1;
+            }
+            for (int n = 0; n < Ng; n++)
+                if (b->masks[(size_t)i * Ng + n]) {
+                    w->idx_host[n_m] = i * w->Tg + 1 + R + n;
+                    w->w_host[n_m] = 1.0f / (float)cnt;
+                    n_m++;
+                }
+        }
+        be->to_device(be, w->masks, w->mask_host, (size_t)2 * B * Ng);
+        masks_dev = w->masks;
+        if (n_m) {
+            be->to_device(be, w->idx_mask, w->idx_host, sizeof(int) * (size_t)n_m);
+            be->to_device(be, w->mask_w, w->w_host, sizeof(float) * (size_t)n_m);
+        }
+    }
+    st->n_masked = n_m;
+    const int *sub_g = b->drop_global, *sub_l = b->drop_local;
+    if (c->vit.drop_path_rate > 0) {
+        if (!sub_g) vit_draw_drop_subsets(&m->vit, 2 * B, rng_make(b->drop_key.state, 1, 0, 0), w->sub_g), sub_g = w->sub_g;
+        if (!sub_l && nL > 0)
+            vit_draw_drop_subsets(&m->vit, nL * B, rng_make(b->drop_key.state, 2, 0, 0), w->sub_l), sub_l = w->sub_l;
+    } else {
+        sub_g = sub_l = NULL;
+    }
+
+    // ---- teacher: global crops, unmasked, no stochastic depth
+    const float *xt = vit_forward(be, &m->vit, m->teacher, w->t_glob, w->glob_img, NULL, NULL);
+    be->gather_rows(be, w->t_in, xt, w->idx_tcls, 2 * B, (size_t)D);
+    if (n_m) be->gather_rows(be, w->t_in + (size_t)2 * B * D, xt, w->idx_mask, n_m, (size_t)D);
+    const float *zt_dino, *zt_ibot = NULL;
+    if (c->ibot_separate_head) {
+        zt_dino = head_forward(be, &m->dino_head, m->teacher, w->t_dino, w->t_in, 2 * B);
+        if (n_m) zt_ibot = head_forward(be, &m->ibot_head, m->teacher, w->t_ibot, w->t_in + (size_t)2 * B * D, n_m);
+    } else {
+        zt_dino = head_forward(be, &m->dino_head, m->teacher, w->t_dino, w->t_in, 2 * B + n_m);
+        zt_ibot = zt_dino + (size_t)2 * B * Kd;
+    }
+    const float tt = (float)sv->teacher_temp;
+    dino_teacher_targets(be, coll, c->centering, &m->dino_center, w->P_dino, zt_dino, 2 * B, tt);
+    if (do_ibot) ibot_teacher_targets(be, coll, c->centering, &m->ibot_center, w->P_ibot, zt_ibot, n_m, tt);
+    float ent;
+    be->entropy_mean(be, w->scratch, w->P_dino, 2 * B, Kd);
+    be->to_host(be, &ent, w->scratch, sizeof ent);
+    st->teacher_entropy = ent;
+    if (n_m) {
+        be->entropy_mean(be, w->scratch, w->P_ibot, n_m, Ki);
+        be->to_host(be, &ent, w->scratch, sizeof ent);
+        st->ibot_teacher_entropy = ent;
+    }
+
+    // ---- student forward: both crop groups, head input [local CLS; global CLS; masked patch tokens]
+    const float *xg = vit_forward(be, &m->vit, m->student, w->s_glob, w->glob_img, masks_dev, sub_g);
+    const float *xl = nL > 0 ? vit_forward(be, &m->vit, m->student, w->s_loc, w->loc_img, NULL, sub_l) : NULL;
+    float *s_loc_cls = w->s_in, *s_glob_cls = w->s_in + (size_t)nL * B * D;
+    float *s_masked = w->s_in + (size_t)w->rows_cls * D;
+    if (nL > 0) be->gather_rows(be, s_loc_cls, xl, w->idx_lcls, nL * B, (size_t)D);
+    be->gather_rows(be, s_glob_cls, xg, w->idx_gcls, 2 * B, (size_t)D);
+    if (n_m) be->gather_rows(be, s_masked, xg, w->idx_mask, n_m, (size_t)D);
+    const float *zs_dino, *zs_ibot = NULL;
+    if (c->ibot_separate_head) {
+        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls);
+        if (n_m) zs_ibot = head_forward(be, &m->ibot_head, m->student, w->s_ibot, s_masked, n_m);
+    } else {
+        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls + n_m);
+        zs_ibot = zs_dino + (size_t)w->rows_cls * Kd;
+    }
+
+    // ---- losses and their gradients w.r.t. the student logits
+    const float ts = c->student_temp;
+    double local = dino_loss_local(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
+                                   c->dino_loss_weight);
+    double global = dino_loss_global(be, zs_dino + (size_t)nL * B * Kd, nL, B, w->P_dino, Kd, ts, w->row_loss,
+                                     w->dz_dino + (size_t)nL * B * Kd, c->dino_loss_weight);
+    double ibot = 0;
+    if (do_ibot && n_m)
+        ibot = ibot_loss(be, zs_ibot, w->P_ibot, w->mask_w, n_m, 2 * B, Ki, ts, w->row_loss, w->dz_ibot,
+                         c->ibot_loss_weight);
+
+    // ---- backward: heads -> head inputs (+ KoLeo/KDE on the global CLS) -> backbone outputs -> ViT
+    be->zero(be, m->grads, sizeof(float) * m->tab.total);
+    if (c->ibot_separate_head) {
+        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
+        if (n_m) head_backward(be, &m->ibot_head, m->student, m->grads, w->s_ibot, w->dz_ibot, w->ds_in + (size_t)w->rows_cls * D);
+    } else {
+        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
+    }
+    float *ds_glob_cls = w->ds_in + (size_t)nL * B * D;
+    double reg = 0;
+    if (c->use_kde) {
+        if (c->kde_loss_weight > 0)
+            reg = kde_loss(be, s_glob_cls, 2, B, D, c->kde_kappa, c->kde_loss_weight, ds_glob_cls, w->scratch);
+    } else if (c->koleo_loss_weight > 0) {
+        reg = koleo_loss(be, s_glob_cls, 2, B, D, c->koleo_loss_weight, ds_glob_cls, w->scratch);
+    }
+    be->zero(be, w->d_xg, sizeof(float) * (size_t)2 * B * w->Tg * D);
+    be->scatter_add_rows(be, w->d_xg, ds_glob_cls, w->idx_gcls, 2 * B, (size_t)D);
+    if (n_m) be->scatter_add_rows(be, w->d_xg, w->ds_in + (size_t)w->rows_cls * D, w->idx_mask, n_m, (size_t)D);
+    vit_backward(be, &m->vit, m->student, m->grads, w->s_glob, w->d_xg);
+    if (nL > 0) {
+        be->zero(be, w->d_xl, sizeof(float) * (size_t)nL * B * w->Tl * D);
+        be->scatter_add_rows(be, w->d_xl, w->ds_in, w->idx_lcls, nL * B, (size_t)D);
+        vit_backward(be, &m->vit, m->student, m->grads, w->s_loc, w->d_xl);
+    }
+
+    // ---- what the reference logs, and the collapse guard
+    st->dino_local_crops_loss = local;
+    st->dino_global_crops_loss = global;
+    st->koleo_loss = reg / 2;
+    st->ibot_loss = ibot / 2;
+    st->total_loss = local + global + reg / 2 + ibot / 2;
+    st->backprop_loss = c->dino_loss_weight * (local + global) + reg + c->ibot_loss_weight * ibot;
+    float *cls = dino_malloc(sizeof(float) * (size_t)2 * B * D);
+    be->to_host(be, cls, s_glob_cls, sizeof(float) * (size_t)2 * B * D);
+    st->student_cls_std = normalized_std(cls, 2 * B, D);
+    free(cls);
+    if (!isfinite(st->backprop_loss)) {
+        dino_seterr(err, "ssl_step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g)", local, global, reg, ibot);
+        return -1;
+    }
+    return 0;
+}
+
+void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *st) {
+    const SslConfig *c = &m->cfg;
+    // optimizer: clip per submodule, AdamW, EMA teacher
+    const ParamGroup groups[3] = {PARAM_BACKBONE, PARAM_DINO_HEAD, PARAM_IBOT_HEAD};
+    for (int g = 0; g < 3; g++)
+        st->grad_norm[g] = c->clip_grad > 0 ? clip_grad_norm_group(be, &m->tab, m->grads, groups[g], c->clip_grad) : 0;
+    adamw_step(&m->opt, be, &m->tab, m->student, m->grads, sv->lr, sv->last_layer_lr, sv->wd);
+    ema_update(be, &m->tab, m->teacher, m->student, sv->momentum);
+}
+
+int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
+             SslStepStats *st, char *err) {
+    if (ssl_forward_backward(m, be, coll, b, sv, st, err)) return -1; // nothing applied
+    ssl_update(m, be, sv, st);
+    return 0;
+}
+
+void ssl_embed(SslModel *m, Backend *be, int use_teacher, const float *images, int n, int crop, float *out) {
+    const int D = m->cfg.vit.dim;
+    VitActs *a = vit_acts_new(be, &m->vit, n, crop);
+    float *img = falloc(be, (size_t)n * 3 * crop * crop);
+    be->to_device(be, img, images, sizeof(float) * (size_t)n * 3 * crop * crop);
+    const float *x = vit_forward(be, &m->vit, use_teacher ? m->teacher : m->student, a, img, NULL, NULL);
+    const int T = vit_acts_tokens(a);
+    float *row = dino_malloc(sizeof(float) * D);
+    for (int i = 0; i < n; i++) {
+        be->to_host(be, row, x + (size_t)i * T * D, sizeof(float) * D);
+        memcpy(out + (size_t)i * D, row, sizeof(float) * D);
+    }
+    free(row);
+    be->release(be, img);
+    vit_acts_free(be, a);
+}

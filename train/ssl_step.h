@@ -1,0 +1,102 @@
+// One complete DINOv2 training step (the reference's SSLMetaArch.forward_backward plus the optimizer
+// step and the EMA update of train.py's loop) on a backend:
+//   teacher: ViT on the 2B global crops (unmasked, no stochastic depth) -> CLS swapped [g2; g1] and the
+//            masked patch tokens -> head(s) -> targets (softmax centering or Sinkhorn-Knopp);
+//   student: ViT on the global crops (iBOT-masked) and on the local crops (own drop-path subsets) ->
+//            head input [local CLS; global CLS; masked patch tokens] (one shared head, or the DINO head
+//            on the CLS rows and a separate iBOT head on the masked rows);
+//   losses (model/loss.h) -> backward -> gradient clipping per submodule -> AdamW -> EMA teacher.
+// The trainer owns the loop, data and schedules; this unit takes crops, masks and schedule values as
+// plain arrays.
+#pragma once
+#include <stdint.h>
+
+#include "common/rng.h"
+#include "model/backend.h"
+#include "model/collective.h"
+#include "model/head.h"
+#include "model/loss.h"
+#include "model/params.h"
+#include "model/vit.h"
+#include "train/optim.h"
+#include "train/schedule.h"
+
+typedef struct {
+    VitConfig vit;
+    HeadConfig dino_head;        // in_dim is set from the ViT
+    int ibot_separate_head;      // 0: iBOT uses the DINO head (reference default); 1: own ibot_head
+    HeadConfig ibot_head;        // used when separate
+    int batch;                   // B: images per rank
+    int n_local;                 // local crops per image (8)
+    int global_crop, local_crop; // crop sides in pixels
+    int max_masked;              // capacity for masked tokens per rank per step (0: B * N, half the tokens)
+    Centering centering;
+    float student_temp;          // 0.1
+    float center_momentum;       // 0.9
+    float dino_loss_weight;      // 1.0
+    float ibot_loss_weight;      // 1.0 (0 disables iBOT)
+    float koleo_loss_weight;     // 0.1 (0 disables)
+    int use_kde;                 // KDE regularizer in KoLeo's place
+    float kde_loss_weight, kde_kappa;
+    float clip_grad;             // 3.0 (0 disables)
+    float adamw_beta1, adamw_beta2, adamw_eps;
+    float layerwise_decay, patch_embed_lr_mult; // 0.9, 0.2
+} SslConfig;
+
+// The reference's defaults around a ViT config (heads 2048/256/65536, 3 layers; B, crops set by caller).
+void ssl_config_default(SslConfig *c, const VitConfig *vit);
+// Returns 0, or -1 with err naming the problem (e.g. KoLeo with one image per rank).
+int ssl_config_check(const SslConfig *c, char *err);
+
+typedef struct {
+    SslConfig cfg;
+    Vit vit;
+    Head dino_head, ibot_head;
+    ParamTable tab;                  // backbone.*, dino_head.*, ibot_head.* (when separate)
+    float *student, *teacher, *grads; // backend memory, ParamTable layout
+    AdamW opt;
+    TeacherCenter dino_center, ibot_center;
+    void *work;                      // activations and scratch (ssl_step.c)
+} SslModel;
+
+// Builds the model, initialises the student as the reference (seeded) and copies it into the teacher.
+int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg, uint64_t seed, char *err);
+void ssl_model_free(SslModel *m, Backend *be);
+
+typedef struct {
+    const float *global_crops; // host [2B,3,G,G], crop-major ([crop][image])
+    const float *local_crops;  // host [n_local*B,3,L,L], crop-major
+    const uint8_t *masks;      // host [2B*N] nonzero = masked (iBOT), or NULL
+    const int *drop_global;    // host drop-path subsets [depth][2][S] (vit_draw_drop_subsets), or NULL:
+    const int *drop_local;     //   drawn from drop_key when the rate is > 0
+    Rng drop_key;              // unique per step
+} SslBatch;
+
+typedef struct {
+    // the losses as the reference logs them (koleo_loss and ibot_loss halved; total = their sum)
+    double dino_local_crops_loss, dino_global_crops_loss, koleo_loss, ibot_loss, total_loss;
+    double backprop_loss;       // what was differentiated: local + global + koleo + ibot (with weights)
+    // collapse guard
+    double teacher_entropy;      // mean entropy of the DINO teacher targets (ln K = uniform, 0 = one-hot)
+    double ibot_teacher_entropy; // the same for the iBOT targets
+    double student_cls_std;      // mean over dims of the batch std of the L2-normalized student CLS (0 = collapse)
+    double grad_norm[3];         // per submodule, before clipping
+    int n_masked;
+} SslStepStats;
+
+// One training step: ssl_forward_backward then ssl_update. Returns 0, or -1 with err set (bad batch,
+// or a NaN/Inf loss: then nothing is applied).
+// A data-parallel trainer calls the two halves itself and averages the gradients over ranks between them.
+int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
+             SslStepStats *stats, char *err);
+
+// Teacher and student forward, the losses and the student's gradients (m->grads, overwritten), no update.
+// Returns -1 with err set when the loss is NaN or Inf (the caller must then skip ssl_update).
+int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
+                         SslStepStats *stats, char *err);
+// Gradient clipping per submodule (stats->grad_norm), AdamW, EMA teacher.
+void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *stats);
+
+// Teacher (or student) backbone CLS features of images [n,3,crop,crop] (host), into out[n,D] (host):
+// for k-NN evaluation.
+void ssl_embed(SslModel *m, Backend *be, int use_teacher, const float *images, int n, int crop, float *out);

@@ -1,0 +1,436 @@
+// The training loop (see train.h). One iteration: next batch from the loader (built ahead by worker
+// threads), schedules at this iteration, student/teacher forward + backward, gradients averaged over
+// ranks, clip + AdamW + EMA, metrics, and every N iterations an atomic checkpoint.
+//
+// Exact resume: every random draw of the run is keyed by (seed, sample or iteration index) and every
+// schedule is a function of the iteration, so a checkpoint needs only the tensors (student, teacher,
+// AdamW moments, centres), the iteration and the loader position to continue bit for bit.
+#include "train/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/check.h"
+#include "data/loader.h"
+#include "data/source.h"
+#include "train/checkpoint.h"
+#include "train/metrics.h"
+#include "train/ssl_step.h"
+
+#define MAX_CONSECUTIVE_BAD_STEPS 5
+#define RNG_STREAM_DROP_PATH 0x64726f70ULL
+
+typedef struct {
+    const Config *cfg;
+    Dist *d;
+    Backend *be;
+    SslModel m;
+    Collective coll;
+    TileSource *src;
+    Loader *loader;
+    ScheduleConfig sched;
+    MetricsLog *metrics;
+    int64_t total;
+    int quiet;
+} Run;
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+// ---- setup ----------------------------------------------------------------------------------------
+
+static int read_tile(void *ctx, int64_t index, uint64_t seed, Image *out, char *err) {
+    return source_read_rgb(ctx, index, seed, out, err);
+}
+
+static int open_data(Run *r, char *err) {
+    const Config *cfg = r->cfg;
+    if (cfg->data.n_sources == 0) {
+        dino_seterr(err, "%s: data.sources is empty: name at least one tile source (see docs/data-sources.md)",
+                    cfg->origin.n_files > 1 ? cfg->origin.files[1] : "config");
+        return -1;
+    }
+    char spec[CFG_MAX_SOURCES * (CFG_STR + 1)] = "";
+    for (int i = 0; i < cfg->data.n_sources; i++) {
+        if (i) strcat(spec, "+");
+        strcat(spec, cfg->data.sources[i]);
+    }
+    char e2[DINO_ERRLEN];
+    r->src = source_open(spec, e2);
+    if (!r->src) {
+        dino_seterr(err, "data source: %s", e2);
+        return -1;
+    }
+    if (source_count(r->src) <= 0) {
+        dino_seterr(err, "data source '%s' holds no tiles", spec);
+        return -1;
+    }
+    // Scaled JPEG decoding never loses resolution that a global crop at its smallest scale would use.
+    double smin = cfg->crops.global_crops_scale[0] > 0 ? cfg->crops.global_crops_scale[0] : 1.0;
+    source_set_min_side(r->src, (int)ceil(cfg->crops.global_crops_size / sqrt(smin)));
+    LoaderConfig lc;
+    config_to_loader(cfg, r->d->rank, r->d->world, &lc);
+    r->loader = loader_create(&lc, source_count(r->src), read_tile, r->src, e2);
+    if (!r->loader) {
+        dino_seterr(err, "data loader: %s", e2);
+        return -1;
+    }
+    return 0;
+}
+
+// ---- checkpoints ----------------------------------------------------------------------------------
+
+typedef struct {
+    const char *prefix;
+    float *dev; // backend memory, ParamTable layout
+} StateBuffer;
+
+static int state_buffers(Run *r, StateBuffer *out) {
+    out[0] = (StateBuffer){"student.", r->m.student};
+    out[1] = (StateBuffer){"teacher.", r->m.teacher};
+    out[2] = (StateBuffer){"adamw_m.", r->m.opt.m};
+    out[3] = (StateBuffer){"adamw_v.", r->m.opt.v};
+    return 4;
+}
+
+static int save_checkpoint(Run *r, int64_t iterations_done, char *path_out, char *err) {
+    Backend *be = r->be;
+    const ParamTable *tab = &r->m.tab;
+    StateBuffer bufs[4];
+    int nb = state_buffers(r, bufs);
+    float *host[4];
+    CkptWriter *w = ckpt_writer_new();
+    for (int b = 0; b < nb; b++) {
+        host[b] = dino_malloc(sizeof(float) * tab->total);
+        be->to_host(be, host[b], bufs[b].dev, sizeof(float) * tab->total);
+        ckpt_writer_param_table(w, bufs[b].prefix, tab, host[b]);
+    }
+    const int Kd = r->m.dino_center.K, Ki = r->m.ibot_center.K;
+    float *cd = dino_malloc(sizeof(float) * (size_t)Kd), *ci = dino_malloc(sizeof(float) * (size_t)Ki);
+    be->to_host(be, cd, r->m.dino_center.center, sizeof(float) * (size_t)Kd);
+    be->to_host(be, ci, r->m.ibot_center.center, sizeof(float) * (size_t)Ki);
+    int64_t sd[1] = {Kd}, si[1] = {Ki};
+    ckpt_writer_tensor(w, "dino_center", 1, sd, cd);
+    ckpt_writer_tensor(w, "ibot_center", 1, si, ci);
+    LoaderStats ls = loader_stats(r->loader);
+    ckpt_writer_int(w, "iteration", iterations_done);
+    ckpt_writer_int(w, "adamw.step", r->m.opt.step);
+    ckpt_writer_int(w, "loader.position", loader_position(r->loader));
+    // the global sample position: lets a run resume on another number of ranks or batch per rank
+    ckpt_writer_int(w, "loader.samples",
+                    loader_position(r->loader) * r->cfg->train.batch_size_per_gpu * (int64_t)r->d->world);
+    ckpt_writer_int(w, "loader.reads", ls.reads);
+    ckpt_writer_int(w, "loader.corrupt", ls.corrupt);
+    ckpt_writer_int(w, "world_size", r->d->world);
+    ckpt_writer_int(w, "seed", r->cfg->train.seed);
+    char *yaml = config_to_yaml(r->cfg);
+    ckpt_writer_str(w, "config", yaml);
+    free(yaml);
+    int rc = ckpt_save(w, r->cfg->train.output_dir, iterations_done, r->cfg->checkpoint.keep_last, path_out, err);
+    ckpt_writer_free(w);
+    for (int b = 0; b < nb; b++) free(host[b]);
+    free(cd);
+    free(ci);
+    return rc;
+}
+
+static int load_tensor_set(Run *r, const Ckpt *c, const char *prefix, float *dev, char *err) {
+    const ParamTable *tab = &r->m.tab;
+    float *host = dino_calloc(tab->total, sizeof(float));
+    if (ckpt_read_param_table(c, prefix, tab, host, err)) {
+        free(host);
+        return -1;
+    }
+    r->be->to_device(r->be, dev, host, sizeof(float) * tab->total);
+    free(host);
+    return 0;
+}
+
+static int load_center(Run *r, const Ckpt *c, const char *name, TeacherCenter *tc, char *err) {
+    float *h = dino_malloc(sizeof(float) * (size_t)tc->K);
+    int64_t shape[1] = {tc->K};
+    int rc = ckpt_read_tensor(c, name, 1, shape, h, err);
+    if (!rc) r->be->to_device(r->be, tc->center, h, sizeof(float) * (size_t)tc->K);
+    free(h);
+    return rc;
+}
+
+// Resumes from the newest valid checkpoint; returns the iteration to start at (0 when none), or -1.
+static int64_t resume(Run *r, char *err) {
+    Ckpt c;
+    char e2[DINO_ERRLEN];
+    int found = ckpt_open_latest(&c, r->cfg->train.output_dir, r->d->rank == 0 ? stderr : NULL, e2);
+    if (found < 0) {
+        dino_seterr(err, "cannot resume: %s", e2);
+        return -1;
+    }
+    if (found == 0) return 0;
+    StateBuffer bufs[4];
+    int nb = state_buffers(r, bufs);
+    int64_t it = 0, pos = 0, step = 0;
+    int rc = 0;
+    for (int b = 0; b < nb && !rc; b++) rc = load_tensor_set(r, &c, bufs[b].prefix, bufs[b].dev, e2);
+    if (!rc) rc = load_center(r, &c, "dino_center", &r->m.dino_center, e2);
+    if (!rc) rc = load_center(r, &c, "ibot_center", &r->m.ibot_center, e2);
+    if (!rc) rc = ckpt_get_int(&c, "iteration", &it, e2);
+    if (!rc) rc = ckpt_get_int(&c, "adamw.step", &step, e2);
+    if (!rc) rc = ckpt_get_int(&c, "loader.position", &pos, e2);
+    if (rc) {
+        dino_seterr(err, "cannot resume from %s: %s", c.dir, e2);
+        ckpt_close(&c);
+        return -1;
+    }
+    // The loader position counts batches of one rank; the global sample position carries over to
+    // another number of ranks (exactly when the global batch is unchanged).
+    int64_t samples = 0;
+    if (ckpt_get_int(&c, "loader.samples", &samples, e2) == 0) {
+        int64_t global_batch = (int64_t)r->cfg->train.batch_size_per_gpu * r->d->world;
+        if (samples % global_batch && r->d->rank == 0)
+            fprintf(stderr, "dinotrain: the global batch changed: resuming at sample %lld of the data order\n",
+                    (long long)(samples / global_batch * global_batch));
+        pos = samples / global_batch;
+    }
+    r->m.opt.step = step;
+    loader_set_position(r->loader, pos);
+    if (r->d->rank == 0 && !r->quiet) printf("dinotrain: resumed from %s at iteration %lld\n", c.dir, (long long)it);
+    ckpt_close(&c);
+    return it;
+}
+
+// ---- fault injection for tests: DINOTRAIN_INJECT_NAN="3,4" poisons the input of those iterations ------
+
+static int inject_nan_at(int64_t it) {
+    const char *s = getenv("DINOTRAIN_INJECT_NAN");
+    if (!s) return 0;
+    while (*s) {
+        char *end;
+        long long v = strtoll(s, &end, 10);
+        if (end == s) return 0;
+        if (v == it) return 1;
+        s = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+// ---- the loop -------------------------------------------------------------------------------------
+
+static int all_finite_over_ranks(Run *r, int finite, char *err) {
+    if (r->d->world == 1) return finite;
+    int64_t bad = finite ? 0 : 1;
+    if (dist_allreduce_sum_i64(r->d, &bad, 1, err)) dist_abort(r->d, "%s", err);
+    return bad == 0;
+}
+
+static void mean_over_ranks(Run *r, double *v, int n) {
+    if (r->d->world == 1) return;
+    char err[DINO_ERRLEN];
+    if (dist_allreduce_sum_f64(r->d, v, (size_t)n, err)) dist_abort(r->d, "%s", err);
+    for (int i = 0; i < n; i++) v[i] /= r->d->world;
+}
+
+int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResult *res, char *err) {
+    TrainOptions no_opt = {0};
+    if (!opt) opt = &no_opt;
+    memset(res, 0, sizeof *res);
+    Config *cfg = dino_malloc(sizeof *cfg);
+    *cfg = *cfg_in;
+    config_apply_lr_scaling(cfg, d->world);
+    Run r = {.cfg = cfg, .d = d, .quiet = opt->quiet};
+    r.total = config_total_iterations(cfg);
+    int rc = -1;
+    char e2[DINO_ERRLEN];
+
+    if (strcmp(cfg->backend, "cpu") != 0) {
+        dino_seterr(err, "backend '%s' is not available in this build of the trainer (cpu only for now)", cfg->backend);
+        free(cfg);
+        return -1;
+    }
+    r.be = backend_cpu_new();
+    r.coll = dist_collective(d);
+    SslConfig sc;
+    if (config_to_ssl(cfg, &sc, e2)) {
+        dino_seterr(err, "model: %s", e2);
+        goto out;
+    }
+    if (ssl_model_init(&r.m, r.be, &sc, (uint64_t)cfg->train.seed, e2)) {
+        dino_seterr(err, "model: %s", e2);
+        goto out;
+    }
+    if (open_data(&r, err)) goto out;
+    if (d->rank == 0 && config_save_resolved(cfg, e2)) {
+        dino_seterr(err, "%s", e2);
+        goto out;
+    }
+    r.sched = config_to_schedule(cfg, d->world);
+
+    int64_t start = 0;
+    if (!opt->no_resume) {
+        start = resume(&r, err);
+        if (start < 0) goto out;
+    }
+    int64_t end = r.total;
+    if (opt->max_iterations > 0 && start + opt->max_iterations < end) end = start + opt->max_iterations;
+    res->start_iteration = start;
+    res->end_iteration = start;
+
+    char metrics_path[4096];
+    config_output_path(cfg, cfg->log.metrics_file, metrics_path, sizeof metrics_path);
+    if (d->rank == 0) {
+        r.metrics = metrics_open(metrics_path, start, e2);
+        if (!r.metrics) {
+            dino_seterr(err, "%s", e2);
+            goto out;
+        }
+    }
+    if (d->rank == 0 && !opt->quiet) {
+        char desc[256];
+        dist_describe(d, desc, sizeof desc);
+        printf("dinotrain: %s, %s ViT (dim %d, depth %d, heads %d, patch %d), %lld parameters, %lld tiles, "
+               "batch %d x %d ranks, iterations %lld..%lld of %lld\n",
+               desc, sc.vit.arch, sc.vit.dim, sc.vit.depth, sc.vit.heads, sc.vit.patch, (long long)r.m.tab.total,
+               (long long)source_count(r.src), sc.batch, d->world, (long long)start, (long long)end,
+               (long long)r.total);
+        fflush(stdout);
+    }
+
+    const int B = sc.batch, Kd = r.m.dino_center.K, Ki = r.m.ibot_center.K;
+    const int tty = d->rank == 0 && !opt->quiet && metrics_stdout_is_tty();
+    float *center_save = dino_malloc(sizeof(float) * (size_t)(Kd + Ki));
+    double t_start = now_s(), t_window = t_start, data_window = 0;
+    int64_t window_steps = 0, bad_in_row = 0;
+    const int log_every = cfg->log.every_n_iterations > 0 ? cfg->log.every_n_iterations : 10;
+    const int ckpt_every = cfg->checkpoint.every_n_iterations;
+
+    for (int64_t it = start; it < end; it++) {
+        double t0 = now_s();
+        const Batch *batch = loader_next(r.loader, e2);
+        if (!batch) {
+            dino_seterr(err, "data: %s", e2);
+            goto out_loop;
+        }
+        double t_data = now_s() - t0;
+        ScheduleValues sv = schedule_at(&r.sched, (long)it);
+        SslBatch sb = {.global_crops = batch->global_crops,
+                       .local_crops = batch->local_crops,
+                       .masks = sc.ibot_loss_weight > 0 ? batch->masks.masks : NULL,
+                       .drop_key = rng_make((uint64_t)cfg->train.seed, RNG_STREAM_DROP_PATH, (uint64_t)it,
+                                            (uint64_t)d->rank)};
+        if (inject_nan_at(it)) batch->global_crops[0] = NAN; // the loader's buffer is ours until loader_next
+
+        // the centres move during the forward pass: keep them to undo a step that is not applied
+        r.be->to_host(r.be, center_save, r.m.dino_center.center, sizeof(float) * (size_t)Kd);
+        r.be->to_host(r.be, center_save + Kd, r.m.ibot_center.center, sizeof(float) * (size_t)Ki);
+        SslStepStats st;
+        int finite = ssl_forward_backward(&r.m, r.be, &r.coll, &sb, &sv, &st, e2) == 0;
+        finite = all_finite_over_ranks(&r, finite, e2);
+        if (finite) {
+            if (d->world > 1) {
+                if (dist_allreduce_sum_f32(d, r.m.grads, r.m.tab.total, e2)) dist_abort(d, "%s", e2);
+                r.be->scale(r.be, r.m.grads, 1.0f / (float)d->world, r.m.tab.total);
+            }
+            ssl_update(&r.m, r.be, &sv, &st);
+            bad_in_row = 0;
+        } else {
+            r.be->to_device(r.be, r.m.dino_center.center, center_save, sizeof(float) * (size_t)Kd);
+            r.be->to_device(r.be, r.m.ibot_center.center, center_save + Kd, sizeof(float) * (size_t)Ki);
+            res->skipped_steps++;
+            bad_in_row++;
+            if (d->rank == 0)
+                fprintf(stderr, "dinotrain: iteration %lld: non-finite loss, update not applied (%lld in a row)\n",
+                        (long long)it, (long long)bad_in_row);
+            if (bad_in_row >= MAX_CONSECUTIVE_BAD_STEPS) {
+                dino_seterr(err,
+                            "%d consecutive iterations with a NaN/Inf loss (last at iteration %lld): stopping; the last "
+                            "checkpoint in %s/%s is intact",
+                            MAX_CONSECUTIVE_BAD_STEPS, (long long)it, cfg->train.output_dir, CKPT_DIR);
+                goto out_loop;
+            }
+        }
+        double logged[8] = {st.total_loss,    st.dino_local_crops_loss, st.dino_global_crops_loss, st.ibot_loss,
+                            st.koleo_loss,    st.teacher_entropy,       st.student_cls_std,        t_data};
+        mean_over_ranks(&r, logged, 8);
+        res->last_total_loss = logged[0];
+        res->end_iteration = it + 1;
+        window_steps++;
+        data_window += t_data;
+
+        double t_now = now_s();
+        double step_time = t_now - t0;
+        if (r.metrics) {
+            metrics_begin(r.metrics, it);
+            metrics_add(r.metrics, "loss", logged[0]);
+            metrics_add(r.metrics, "dino_local", logged[1]);
+            metrics_add(r.metrics, "dino_global", logged[2]);
+            metrics_add(r.metrics, "ibot", logged[3]);
+            metrics_add(r.metrics, sc.use_kde ? "kde" : "koleo", logged[4]);
+            metrics_add(r.metrics, "lr", sv.lr);
+            metrics_add(r.metrics, "last_layer_lr", sv.last_layer_lr);
+            metrics_add(r.metrics, "wd", sv.wd);
+            metrics_add(r.metrics, "momentum", sv.momentum);
+            metrics_add(r.metrics, "teacher_temp", sv.teacher_temp);
+            metrics_add(r.metrics, "teacher_entropy", logged[5]);
+            metrics_add(r.metrics, "student_cls_std", logged[6]);
+            metrics_add(r.metrics, "grad_norm_backbone", st.grad_norm[0]);
+            metrics_add(r.metrics, "images_per_s", (double)B * d->world / step_time);
+            metrics_add(r.metrics, "data_wait_share", t_data / step_time);
+            metrics_add(r.metrics, "iter_time", step_time);
+            metrics_add(r.metrics, "data_time", t_data);
+            metrics_add_int(r.metrics, "corrupt_tiles", loader_stats(r.loader).corrupt);
+            metrics_add_int(r.metrics, "skipped", finite ? 0 : 1);
+            if (metrics_end(r.metrics, e2)) {
+                dino_seterr(err, "%s", e2);
+                goto out_loop;
+            }
+        }
+        if (d->rank == 0 && !opt->quiet && ((it + 1) % log_every == 0 || it + 1 == end)) {
+            double win = t_now - t_window;
+            ProgressInfo p = {.iteration = it + 1,
+                              .total = r.total,
+                              .loss = logged[0],
+                              .dino_local = logged[1],
+                              .dino_global = logged[2],
+                              .ibot = sc.ibot_loss_weight > 0 ? logged[3] : NAN,
+                              .koleo = (sc.use_kde ? sc.kde_loss_weight : sc.koleo_loss_weight) > 0 ? logged[4] : NAN,
+                              .regularizer = sc.use_kde ? "kde" : "koleo",
+                              .lr = sv.lr,
+                              .wd = sv.wd,
+                              .momentum = sv.momentum,
+                              .teacher_temp = sv.teacher_temp,
+                              .images_per_s = win > 0 ? (double)window_steps * B * d->world / win : 0,
+                              .data_wait_share = win > 0 ? data_window / win : 0,
+                              .eta_s = metrics_eta_seconds(it + 1 - start, t_now - t_start, r.total - it - 1)};
+            char line[512];
+            metrics_format_line(line, sizeof line, &p, tty ? 20 : 0);
+            printf(tty ? "\r%s\033[K" : "%s\n", line);
+            if (tty && it + 1 == end) printf("\n");
+            fflush(stdout);
+            t_window = t_now;
+            window_steps = 0;
+            data_window = 0;
+        }
+        if (d->rank == 0 && ((ckpt_every > 0 && (it + 1) % ckpt_every == 0) || it + 1 == r.total)) {
+            if (save_checkpoint(&r, it + 1, res->last_checkpoint, e2)) {
+                dino_seterr(err, "checkpoint: %s", e2);
+                goto out_loop;
+            }
+        }
+    }
+    if (d->world > 1 && dist_barrier(d, e2)) dist_abort(d, "%s", e2);
+    rc = 0;
+out_loop:
+    free(center_save);
+out:
+    if (r.metrics) metrics_close(r.metrics);
+    if (r.loader) loader_destroy(r.loader);
+    if (r.src) source_close(r.src);
+    if (r.m.work) ssl_model_free(&r.m, r.be);
+    backend_free(r.be);
+    free(cfg);
+    return rc;
+}
