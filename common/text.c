@@ -45,8 +45,6 @@ void text_json_string(Text *t, const char *s) {
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
         if (ch == '"' || ch == '\\') text_printf(t, "\\%c", ch);
-        else if (ch == '\n') text_printf(t, "\\n");
-        else if (ch == '\t') text_printf(t, "\\t");
         else if (ch < 0x20) text_printf(t, "\\u%04x", ch);
         else text_printf(t, "%c", ch);
     }
