@@ -381,9 +381,10 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         char desc[256];
         dist_describe(d, desc, sizeof desc);
         printf("dinotrain: %s, %s ViT (dim %d, depth %d, heads %d, patch %d), %lld parameters, %lld tiles, "
-               "batch %d x %d ranks, iterations %lld..%lld of %lld\n",
+               "batch %d x %d ranks%s, iterations %lld..%lld of %lld\n",
                desc, sc.vit.arch, sc.vit.dim, sc.vit.depth, sc.vit.heads, sc.vit.patch, (long long)r.m.tab.total,
-               (long long)source_count(r.src), sc.batch, d->world, (long long)start, (long long)end,
+               (long long)source_count(r.src), sc.batch, d->world,
+               sharded(&r) ? " (ZeRO-1: optimizer sharded over ranks)" : "", (long long)start, (long long)end,
                (long long)r.total);
         fflush(stdout);
     }
