@@ -427,8 +427,7 @@ void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSum
 }
 
 void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *st) {
-    DINO_ASSERT(m->shard_begin == 0 && m->shard_end >= m->tab.total,
-                "ssl_update on a ZeRO-1 sharded model: use ssl_update_shard");
+    DINO_ASSERT(m->cfg.zero_world <= 1, "ssl_update on a ZeRO-1 sharded model: use ssl_update_shard");
     ssl_update_shard(m, be, sv, NULL, NULL, st);
 }
 

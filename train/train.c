@@ -137,7 +137,7 @@ static void periodic_knn(Run *r, int64_t iterations_done) {
 // ZeRO-1 (dist.zero1 on several ranks): every rank updates only its shard of the flat buffers (the
 // gradients are reduce-scattered, the AdamW moments exist for the shard only) and then all-gathers student
 // and teacher. Checkpoints stay unsharded: the moments are gathered for rank 0 to write.
-static int sharded(const Run *r) { return r->m.shard_begin != 0 || r->m.shard_end < r->m.tab.total; }
+static int sharded(const Run *r) { return r->m.cfg.zero_world > 1; }
 
 static void sum_f64_over_ranks(void *ctx, double *v, int n) {
     Dist *d = ctx;
