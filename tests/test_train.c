@@ -13,24 +13,15 @@
 #include "train/config.h"
 #include "train/train.h"
 #include "tests/harness.h"
+#include "tests/synth_files.h"
 
 // A folder of synthetic 64 px JPEG tiles; returns the source spec.
 static const char *make_tiles(const char *dir, int n) {
     static char spec[4200];
     char path[4200];
     for (int i = 0; i < n; i++) {
-        Image im;
-        synth_tile(11, i, 4, 64, &im);
-        uint8_t *jpg;
-        size_t len;
-        char err[DINO_ERRLEN];
-        CHECK(encode_jpeg(&im, 90, &jpg, &len, err) == 0, "%s", err);
         snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
-        FILE *f = fopen(path, "wb");
-        CHECK(f && fwrite(jpg, 1, len, f) == len, "cannot write %s", path);
-        fclose(f);
-        free(jpg);
-        image_free(&im);
+        write_synth_jpeg(path, 11, i, 4, 64);
     }
     snprintf(spec, sizeof spec, "folder:%s", dir);
     return spec;
@@ -277,18 +268,9 @@ TEST(pretrained_init_and_periodic_knn) {
         snprintf(dir, sizeof dir, "%s/class%d", lab, c);
         mkdir(dir, 0755);
         for (int i = 0; i < 6; i++) {
-            Image im;
-            synth_tile(3, 4 * i + c, 4, 64, &im);
-            uint8_t *jpg;
-            size_t len;
-            CHECK(encode_jpeg(&im, 90, &jpg, &len, err) == 0, "%s", err);
             char path[4400];
             snprintf(path, sizeof path, "%s/%d.jpg", dir, i);
-            FILE *f = fopen(path, "wb");
-            fwrite(jpg, 1, len, f);
-            fclose(f);
-            free(jpg);
-            image_free(&im);
+            write_synth_jpeg(path, 3, 4 * i + c, 4, 64);
         }
     }
     // lr is 0 at iteration 0 (linear warmup from 0): after one step the student is still the import

@@ -16,6 +16,7 @@
 #include "data/synth.h"
 #include "train/checkpoint.h"
 #include "tests/harness.h"
+#include "tests/synth_files.h"
 
 static void need_mpirun(void) {
 #ifndef DINO_HAVE_MPI
@@ -28,18 +29,9 @@ static void need_mpirun(void) {
 static void make_tiles(const char *dir, int n) {
     mkdir(dir, 0755);
     for (int i = 0; i < n; i++) {
-        Image im;
-        synth_tile(5, i, 4, 64, &im);
-        uint8_t *jpg;
-        size_t len;
-        char err[DINO_ERRLEN], path[4200];
-        CHECK(encode_jpeg(&im, 90, &jpg, &len, err) == 0, "%s", err);
+        char path[4200];
         snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
-        FILE *f = fopen(path, "wb");
-        fwrite(jpg, 1, len, f);
-        fclose(f);
-        free(jpg);
-        image_free(&im);
+        write_synth_jpeg(path, 5, i, 4, 64);
     }
 }
 

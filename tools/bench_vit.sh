@@ -23,11 +23,11 @@ trap 'rm -f "$c_log" "$t_log"' EXIT
 
 field() { sed -n "s/^RESULT .* $1=\([0-9.]*\).*/\1/p" "$2"; }
 c_ms=$(field ms_per_iter "$c_log"); c_ips=$(field images_per_s "$c_log")
-c_bms=$(field best_ms "$c_log"); c_bips=$(field best_images_per_s "$c_log")
+c_bms=$(field best_ms "$c_log"); c_bips=$(field best_images_per_s "$c_log"); c_cpu=$(field cpu_ms "$c_log")
 t_ms=$(field ms_per_iter "$t_log"); t_ips=$(field images_per_s "$t_log")
-t_bms=$(field best_ms "$t_log"); t_bips=$(field best_images_per_s "$t_log")
+t_bms=$(field best_ms "$t_log"); t_bips=$(field best_images_per_s "$t_log"); t_cpu=$(field cpu_ms "$t_log")
 echo "----"
-echo "C (cpu backend):  mean $c_ms ms/iter ($c_ips images/s), best $c_bms ms ($c_bips images/s)"
-echo "PyTorch $("$python" -c 'import torch; print(torch.__version__)'): mean $t_ms ms/iter ($t_ips images/s), best $t_bms ms ($t_bips images/s)"
-awk -v c="$c_ips" -v t="$t_ips" -v cb="$c_bips" -v tb="$t_bips" -v n="$threads" \
-  'BEGIN { printf "ratio C/PyTorch speed: %.2fx mean, %.2fx best  (%d threads)\n", c / t, cb / tb, n }'
+echo "C (cpu backend):  mean $c_ms ms/iter ($c_ips images/s), best $c_bms ms ($c_bips images/s), CPU time $c_cpu ms/iter"
+echo "PyTorch $("$python" -c 'import torch; print(torch.__version__)'): mean $t_ms ms/iter ($t_ips images/s), best $t_bms ms ($t_bips images/s), CPU time $t_cpu ms/iter"
+awk -v c="$c_ips" -v t="$t_ips" -v cb="$c_bips" -v tb="$t_bips" -v cc="$c_cpu" -v tc="$t_cpu" -v n="$threads" \
+  'BEGIN { printf "ratio C/PyTorch speed: %.2fx mean, %.2fx best, %.2fx by CPU time  (%d threads)\n", c / t, cb / tb, tc / cc, n }'

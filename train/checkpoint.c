@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/check.h"
+#include "common/text.h"
 #include "common/fs.h"
 
 #define TENSORS_FILE "tensors.safetensors"
@@ -56,40 +57,6 @@ uint32_t ckpt_crc32(uint32_t crc, const void *data, size_t n) {
     return ~crc;
 }
 
-// ---- growable text ----------------------------------------------------------------------------------
-
-typedef struct {
-    char *s;
-    size_t n, cap;
-} Text;
-
-static void tprintf(Text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void tprintf(Text *t, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(t->s + t->n, t->cap - t->n, fmt, ap);
-        va_end(ap);
-        DINO_ASSERT(k >= 0, "vsnprintf failed");
-        if (t->n + (size_t)k < t->cap) { t->n += (size_t)k; return; }
-        t->cap = (t->cap + (size_t)k + 1) * 2;
-        t->s = dino_realloc(t->s, t->cap);
-    }
-}
-
-static void json_string(Text *t, const char *s) {
-    tprintf(t, "\"");
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') tprintf(t, "\\%c", ch);
-        else if (ch == '\n') tprintf(t, "\\n");
-        else if (ch == '\t') tprintf(t, "\\t");
-        else if (ch < 0x20) tprintf(t, "\\u%04x", ch);
-        else tprintf(t, "%c", ch);
-    }
-    tprintf(t, "\"");
-}
-
 // ---- a small JSON reader (objects, strings, numbers, literals) for state.json -----------------------
 
 typedef enum { J_OBJ, J_STR, J_NUM, J_LIT, J_ARR } JType;
@@ -120,30 +87,30 @@ static void jws(JParser *j) {
 static char *jstring(JParser *j) {
     if (j->p >= j->end || *j->p != '"') return NULL;
     j->p++;
-    Text t = {dino_malloc(32), 0, 32};
-    t.s[0] = 0;
+    Text t;
+    text_init(&t, 32);
     while (j->p < j->end && *j->p != '"') {
         char ch = *j->p++;
-        if (ch != '\\') { tprintf(&t, "%c", ch); continue; }
+        if (ch != '\\') { text_printf(&t, "%c", ch); continue; }
         if (j->p >= j->end) break;
         char e = *j->p++;
         switch (e) {
-        case 'n': tprintf(&t, "\n"); break;
-        case 't': tprintf(&t, "\t"); break;
-        case 'r': tprintf(&t, "\r"); break;
-        case 'b': tprintf(&t, "\b"); break;
-        case 'f': tprintf(&t, "\f"); break;
+        case 'n': text_printf(&t, "\n"); break;
+        case 't': text_printf(&t, "\t"); break;
+        case 'r': text_printf(&t, "\r"); break;
+        case 'b': text_printf(&t, "\b"); break;
+        case 'f': text_printf(&t, "\f"); break;
         case 'u': {
             if (j->end - j->p < 4) { free(t.s); return NULL; }
             char hex[5] = {j->p[0], j->p[1], j->p[2], j->p[3], 0};
             char *endp;
             long cp = strtol(hex, &endp, 16);
             if (*endp || cp > 0x7F) { free(t.s); return NULL; } // we only write \u00XX control characters
-            tprintf(&t, "%c", (char)cp);
+            text_printf(&t, "%c", (char)cp);
             j->p += 4;
             break;
         }
-        default: tprintf(&t, "%c", e); break;
+        default: text_printf(&t, "%c", e); break;
         }
     }
     if (j->p >= j->end) { free(t.s); return NULL; }
@@ -385,34 +352,34 @@ static void fmt_double(char *out, size_t cap, double x) {
 }
 
 static char *state_json(const CkptWriter *w, int64_t iteration, size_t tensor_bytes, const uint32_t *crcs) {
-    Text t = {dino_malloc(1024), 0, 1024};
-    t.s[0] = 0;
-    tprintf(&t, "{\n  \"format\": \"%s\",\n  \"format_version\": %d,\n  \"iteration\": %" PRId64 ",\n", FORMAT_NAME,
+    Text t;
+    text_init(&t, 1024);
+    text_printf(&t, "{\n  \"format\": \"%s\",\n  \"format_version\": %d,\n  \"iteration\": %" PRId64 ",\n", FORMAT_NAME,
             CKPT_FORMAT_VERSION, iteration);
-    tprintf(&t, "  \"tensors_file\": \"%s\",\n  \"tensors_bytes\": %zu,\n  \"crc32\": {", TENSORS_FILE, tensor_bytes);
+    text_printf(&t, "  \"tensors_file\": \"%s\",\n  \"tensors_bytes\": %zu,\n  \"crc32\": {", TENSORS_FILE, tensor_bytes);
     for (int i = 0; i < w->n_t; i++) {
-        tprintf(&t, "%s\n    ", i ? "," : "");
-        json_string(&t, w->t[i].name);
-        tprintf(&t, ": \"%08" PRIx32 "\"", crcs[i]);
+        text_printf(&t, "%s\n    ", i ? "," : "");
+        text_json_string(&t, w->t[i].name);
+        text_printf(&t, ": \"%08" PRIx32 "\"", crcs[i]);
     }
     static const char *sections[] = {"ints", "floats", "strings"};
     for (int s = 0; s < 3; s++) {
-        tprintf(&t, "\n  },\n  \"%s\": {", sections[s]);
+        text_printf(&t, "\n  },\n  \"%s\": {", sections[s]);
         int first = 1;
         for (int i = 0; i < w->n_v; i++) {
             const CkptValue *v = &w->v[i];
             if ((int)v->type != s) continue;
-            tprintf(&t, "%s\n    ", first ? "" : ",");
+            text_printf(&t, "%s\n    ", first ? "" : ",");
             first = 0;
-            json_string(&t, v->key);
-            tprintf(&t, ": ");
+            text_json_string(&t, v->key);
+            text_printf(&t, ": ");
             char num[64];
-            if (v->type == CKPT_INT) tprintf(&t, "%" PRId64, v->i);
-            else if (v->type == CKPT_FLOAT) fmt_double(num, sizeof num, v->f), tprintf(&t, "%s", num);
-            else json_string(&t, v->s);
+            if (v->type == CKPT_INT) text_printf(&t, "%" PRId64, v->i);
+            else if (v->type == CKPT_FLOAT) fmt_double(num, sizeof num, v->f), text_printf(&t, "%s", num);
+            else text_json_string(&t, v->s);
         }
     }
-    tprintf(&t, "\n  }\n}\n");
+    text_printf(&t, "\n  }\n}\n");
     return t.s;
 }
 
@@ -524,7 +491,8 @@ static int read_whole(const char *path, char **out, size_t *len, char *err) {
         dino_seterr(err, "%s: %s", path, strerror(errno));
         return -1;
     }
-    Text t = {dino_malloc(4096), 0, 4096};
+    Text t;
+    text_init(&t, 4096);
     size_t r;
     while ((r = fread(t.s + t.n, 1, t.cap - t.n - 1, f)) > 0) {
         t.n += r;

@@ -16,6 +16,7 @@
 #include <yaml.h>
 
 #include "common/check.h"
+#include "common/text.h"
 #include "common/fs.h"
 
 typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST } CfgType;
@@ -703,24 +704,6 @@ bad:
 
 // ---- writing ----------------------------------------------------------------------------------------
 
-typedef struct {
-    char *s;
-    size_t n, cap;
-} Buf;
-
-static void bprintf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void bprintf(Buf *b, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(b->s + b->n, b->cap - b->n, fmt, ap);
-        va_end(ap);
-        DINO_ASSERT(k >= 0, "vsnprintf failed");
-        if (b->n + (size_t)k < b->cap) { b->n += (size_t)k; return; }
-        b->cap = (b->cap + (size_t)k + 1) * 2;
-        b->s = dino_realloc(b->s, b->cap);
-    }
-}
 
 // Shortest text that reads back to exactly x.
 static void fmt_f64(char *out, size_t cap, double x) {
@@ -731,52 +714,53 @@ static void fmt_f64(char *out, size_t cap, double x) {
     if (!strpbrk(out, ".eE")) strncat(out, ".0", cap - strlen(out) - 1); // keep it a float to the eye
 }
 
-static void put_quoted(Buf *b, const char *s) {
-    bprintf(b, "\"");
+static void put_quoted(Text *b, const char *s) {
+    text_printf(b, "\"");
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') bprintf(b, "\\%c", ch);
-        else if (ch < 0x20) bprintf(b, "\\x%02x", ch);
-        else bprintf(b, "%c", ch);
+        if (ch == '"' || ch == '\\') text_printf(b, "\\%c", ch);
+        else if (ch < 0x20) text_printf(b, "\\x%02x", ch);
+        else text_printf(b, "%c", ch);
     }
-    bprintf(b, "\"");
+    text_printf(b, "\"");
 }
 
-static void put_value(Buf *b, const Config *c, const CfgKey *k) {
+static void put_value(Text *b, const Config *c, const CfgKey *k) {
     const void *p = cfield(c, k);
     char num[64];
     switch (k->type) {
-    case CT_BOOL: bprintf(b, "%s", *(const bool *)p ? "true" : "false"); break;
-    case CT_INT: bprintf(b, "%d", *(const int *)p); break;
-    case CT_I64: bprintf(b, "%lld", (long long)*(const int64_t *)p); break;
-    case CT_F64: fmt_f64(num, sizeof num, *(const double *)p); bprintf(b, "%s", num); break;
+    case CT_BOOL: text_printf(b, "%s", *(const bool *)p ? "true" : "false"); break;
+    case CT_INT: text_printf(b, "%d", *(const int *)p); break;
+    case CT_I64: text_printf(b, "%lld", (long long)*(const int64_t *)p); break;
+    case CT_F64: fmt_f64(num, sizeof num, *(const double *)p); text_printf(b, "%s", num); break;
     case CT_STR: put_quoted(b, p); break;
-    case CT_ENUM: bprintf(b, "%s", (const char *)p); break;
+    case CT_ENUM: text_printf(b, "%s", (const char *)p); break;
     case CT_F64_LIST:
-        bprintf(b, "[");
+        text_printf(b, "[");
         for (int i = 0; i < k->n; i++) {
             fmt_f64(num, sizeof num, ((const double *)p)[i]);
-            bprintf(b, "%s%s", i ? ", " : "", num);
+            text_printf(b, "%s%s", i ? ", " : "", num);
         }
-        bprintf(b, "]");
+        text_printf(b, "]");
         break;
     case CT_STR_LIST: {
         const char(*list)[CFG_STR] = p;
-        bprintf(b, "[");
+        text_printf(b, "[");
         for (int i = 0; i < c->data.n_sources; i++) {
-            if (i) bprintf(b, ", ");
+            if (i) text_printf(b, ", ");
             put_quoted(b, list[i]);
         }
-        bprintf(b, "]");
+        text_printf(b, "]");
         break;
     }
     }
 }
 
 char *config_to_yaml(const Config *c) {
-    Buf b = {dino_malloc(4096), 0, 4096};
+    Text b;
+    text_init(&b, 4096);
     b.s[0] = 0;
-    bprintf(&b, "# dinotrain resolved config: every key, as used by the run (docs/configuration.md)\n");
+    text_printf(&b, "# dinotrain resolved config: every key, as used by the run (docs/configuration.md)\n");
     char section[64] = "";
     for (int i = 0; i < N_KEYS; i++) {
         const CfgKey *k = &KEYS[i];
@@ -784,12 +768,12 @@ char *config_to_yaml(const Config *c) {
         char sec[64];
         snprintf(sec, sizeof sec, "%.*s", dot ? (int)(dot - k->key) : 0, k->key);
         if (strcmp(sec, section) != 0) {
-            if (*sec) bprintf(&b, "%s:\n", sec);
+            if (*sec) text_printf(&b, "%s:\n", sec);
             snprintf(section, sizeof section, "%s", sec);
         }
-        bprintf(&b, "%s%s: ", *sec ? "  " : "", dot ? dot + 1 : k->key);
+        text_printf(&b, "%s%s: ", *sec ? "  " : "", dot ? dot + 1 : k->key);
         put_value(&b, c, k);
-        bprintf(&b, "\n");
+        text_printf(&b, "\n");
     }
     return b.s;
 }
@@ -1036,7 +1020,8 @@ static const char *origin_of(const Config *c, const char *key) {
 
 static int bad(const Config *c, char *err, const char *key, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static int bad(const Config *c, char *err, const char *key, const char *fmt, ...) {
-    Buf b = {dino_malloc(256), 0, 256};
+    Text b;
+    text_init(&b, 256);
     b.s[0] = 0;
     put_value(&b, c, find_key(key));
     char msg[DINO_ERRLEN];

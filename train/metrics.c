@@ -12,39 +12,15 @@
 #include <unistd.h>
 
 #include "common/check.h"
+#include "common/text.h"
 
 struct MetricsLog {
     FILE *f;
     char path[PATH_MAX];
-    char *line;
-    size_t n, cap;
+    Text line;
     int open_record;
 };
 
-static void lprintf(MetricsLog *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void lprintf(MetricsLog *m, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(m->line + m->n, m->cap - m->n, fmt, ap);
-        va_end(ap);
-        DINO_ASSERT(k >= 0, "vsnprintf failed");
-        if (m->n + (size_t)k < m->cap) { m->n += (size_t)k; return; }
-        m->cap = (m->cap + (size_t)k + 1) * 2;
-        m->line = dino_realloc(m->line, m->cap);
-    }
-}
-
-static void put_string(MetricsLog *m, const char *s) {
-    lprintf(m, "\"");
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') lprintf(m, "\\%c", ch);
-        else if (ch < 0x20) lprintf(m, "\\u%04x", ch);
-        else lprintf(m, "%c", ch);
-    }
-    lprintf(m, "\"");
-}
 
 // Keeps the complete records of iterations before `start` (a resumed run rewrites the rest).
 static int drop_records_from(const char *path, int64_t start, char *err) {
@@ -89,51 +65,49 @@ MetricsLog *metrics_open(const char *path, int64_t start_iteration, char *err) {
     MetricsLog *m = dino_calloc(1, sizeof *m);
     m->f = f;
     snprintf(m->path, sizeof m->path, "%s", path);
-    m->cap = 512;
-    m->line = dino_malloc(m->cap);
+    text_init(&m->line, 512);
     return m;
 }
 
 void metrics_begin(MetricsLog *m, int64_t iteration) {
-    m->n = 0;
-    m->line[0] = 0;
+    text_clear(&m->line);
     m->open_record = 1;
-    lprintf(m, "{\"iteration\": %" PRId64, iteration); // first, always: the resume filter relies on it
+    text_printf(&m->line, "{\"iteration\": %" PRId64, iteration); // first, always: the resume filter relies on it
 }
 
 static void put_key(MetricsLog *m, const char *key) {
     DINO_ASSERT(m->open_record, "metrics_add outside metrics_begin/metrics_end");
-    lprintf(m, ", ");
-    put_string(m, key);
-    lprintf(m, ": ");
+    text_printf(&m->line, ", ");
+    text_json_string(&m->line, key);
+    text_printf(&m->line, ": ");
 }
 
 void metrics_add(MetricsLog *m, const char *key, double v) {
     put_key(m, key);
-    if (!isfinite(v)) { lprintf(m, "null"); return; }
+    if (!isfinite(v)) { text_printf(&m->line, "null"); return; }
     char num[40];
     for (int prec = 6; prec <= 17; prec++) { // shortest exact text
         snprintf(num, sizeof num, "%.*g", prec, v);
         if (strtod(num, NULL) == v) break;
     }
-    lprintf(m, "%s", num);
+    text_printf(&m->line, "%s", num);
 }
 
 void metrics_add_int(MetricsLog *m, const char *key, int64_t v) {
     put_key(m, key);
-    lprintf(m, "%" PRId64, v);
+    text_printf(&m->line, "%" PRId64, v);
 }
 
 void metrics_add_str(MetricsLog *m, const char *key, const char *s) {
     put_key(m, key);
-    put_string(m, s);
+    text_json_string(&m->line, s);
 }
 
 int metrics_end(MetricsLog *m, char *err) {
     DINO_ASSERT(m->open_record, "metrics_end without metrics_begin");
     m->open_record = 0;
-    lprintf(m, "}\n");
-    if (fwrite(m->line, 1, m->n, m->f) != m->n || fflush(m->f) != 0) {
+    text_printf(&m->line, "}\n");
+    if (fwrite(m->line.s, 1, m->line.n, m->f) != m->line.n || fflush(m->f) != 0) {
         dino_seterr(err, "cannot write metrics file %s: %s", m->path, strerror(errno));
         return -1;
     }
@@ -143,7 +117,7 @@ int metrics_end(MetricsLog *m, char *err) {
 void metrics_close(MetricsLog *m) {
     if (!m) return;
     fclose(m->f);
-    free(m->line);
+    text_free(&m->line);
     free(m);
 }
 

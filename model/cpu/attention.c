@@ -8,6 +8,7 @@
 
 #include "common/check.h"
 #include "model/cpu/cpu_ops.h"
+#include "model/cpu/vmath.h"
 
 size_t cpu_attention_saved_floats(Backend *be, int B, int T, int H) { return (size_t)B * H * T * T; }
 
@@ -17,8 +18,9 @@ static void softmax_rows(float *S, int T) {
         float mx = r[0];
         for (int j = 1; j < T; j++) mx = r[j] > mx ? r[j] : mx;
         float sum = 0;
+#pragma omp simd reduction(+ : sum)
         for (int j = 0; j < T; j++) {
-            r[j] = expf(r[j] - mx);
+            r[j] = dino_expf(r[j] - mx);
             sum += r[j];
         }
         float inv = 1.0f / sum;
