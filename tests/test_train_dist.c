@@ -35,8 +35,10 @@ static void make_tiles(const char *dir, int n) {
     }
 }
 
-// Runs dinotrain on `ranks` processes (0 = no launcher) with `batch` images per rank.
-static int train(const char *tmp, const char *out, int ranks, int batch, const char *centering, int iterations) {
+// Runs dinotrain on `ranks` processes (0 = no launcher) with `batch` images per rank; `extra`: more
+// config overrides ("" for none).
+static int train_with(const char *tmp, const char *out, int ranks, int batch, const char *centering, int iterations,
+                      const char *extra) {
     char cmd[16384], its[64] = "";
     if (iterations > 0) snprintf(its, sizeof its, "--iterations %d", iterations);
     char launcher[1024] = "";
@@ -54,9 +56,13 @@ static int train(const char *tmp, const char *out, int ranks, int batch, const c
              "dino.head_hidden_dim=32 dino.head_bottleneck_dim=16 dino.koleo_loss_weight=0 ibot.loss_weight=0 "
              "train.batch_size_per_gpu=%d train.OFFICIAL_EPOCH_LENGTH=4 train.num_workers=1 train.centering=%s "
              "optim.epochs=2 optim.warmup_epochs=1 optim.base_lr=0.02 teacher.warmup_teacher_temp_epochs=1 "
-             "checkpoint.every_n_iterations=4 checkpoint.keep_last=3 > %s/%s.log 2>&1",
-             launcher, its, test_src_path("configs/demo.yaml"), tmp, tmp, out, batch, centering, tmp, out);
+             "checkpoint.every_n_iterations=4 checkpoint.keep_last=3 %s > %s/%s.log 2>&1",
+             launcher, its, test_src_path("configs/demo.yaml"), tmp, tmp, out, batch, centering, extra, tmp, out);
     return system(cmd);
+}
+
+static int train(const char *tmp, const char *out, int ranks, int batch, const char *centering, int iterations) {
+    return train_with(tmp, out, ranks, batch, centering, iterations, "");
 }
 
 static void show_log(const char *tmp, const char *out) {
@@ -169,4 +175,82 @@ TEST(resume_across_rank_counts) {
         compare(tmp, "a", "ref", TOL);
         compare(tmp, "b", "ref", TOL);
     }
+}
+
+// ---- ZeRO-1: the optimizer sharded over the ranks (dist.zero1) -------------------------------------
+
+static int log_contains(const char *tmp, const char *out, const char *needle) {
+    char path[4200], buf[16384];
+    snprintf(path, sizeof path, "%s/%s.log", tmp, out);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return strstr(buf, needle) != NULL;
+}
+
+#define ZERO1 "dist.zero1=true"
+// Sharded, the only rounding that changes is the clipping norms' sum (per shard, then over ranks): the
+// reduce-scatter equals the all-reduce's part bit for bit and AdamW and EMA work element by element.
+#define TOL_ZERO1_VS_OFF 1e-6
+
+static int train_zero1(const char *tmp, const char *out, int ranks, int batch, const char *centering, int iterations,
+                       const char *extra) {
+    char ov[1024];
+    snprintf(ov, sizeof ov, "%s %s", ZERO1, extra);
+    int rc = train_with(tmp, out, ranks, batch, centering, iterations, ov);
+    if (rc) show_log(tmp, out);
+    else if (ranks > 1) CHECK(log_contains(tmp, out, "ZeRO-1"), "%s: the run did not shard its optimizer", out);
+    return rc;
+}
+
+// 2 ranks x 4 sharded == 1 rank x 8; with on_vs_off also == 2 ranks x 4 unsharded (much tighter). The
+// clipping threshold is lowered so that clipping (and its cross-rank norm) acts at every step.
+static void zero1_equivalence(const char *centering, int on_vs_off) {
+    need_mpirun();
+    const char *tmp = test_tmpdir();
+    char tiles[4200];
+    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
+    make_tiles(tiles, 40);
+    const char *clip = "optim.clip_grad=0.05";
+    int rc1 = train_with(tmp, "one", 0, 8, centering, 0, clip);
+    if (rc1) show_log(tmp, "one");
+    CHECK(rc1 == 0, "1 rank x 8 failed (%d)", rc1);
+    int rcz = train_zero1(tmp, "zero", 2, 4, centering, 0, clip);
+    CHECK(rcz == 0, "2 ranks x 4 with ZeRO-1 failed (%d)", rcz);
+    if (rc1 || rcz) return;
+    compare(tmp, "zero", "one", TOL);
+    if (!on_vs_off) return;
+    int rc2 = train_with(tmp, "two", 2, 4, centering, 0, clip);
+    if (rc2) show_log(tmp, "two");
+    CHECK(rc2 == 0, "2 ranks x 4 failed (%d)", rc2);
+    if (!rc2) compare(tmp, "zero", "two", TOL_ZERO1_VS_OFF);
+}
+
+TEST(two_ranks_zero1_equal_one_rank_centering) { zero1_equivalence("centering", 1); }
+
+TEST(two_ranks_zero1_equal_one_rank_sinkhorn) { zero1_equivalence("sinkhorn_knopp", 0); }
+
+// Checkpoints stay unsharded: a sharded run resumes sharded, on one rank, and a one-rank run resumes sharded.
+TEST(zero1_resume_across_rank_counts) {
+    need_mpirun();
+    const char *tmp = test_tmpdir();
+    char tiles[4200];
+    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
+    make_tiles(tiles, 40);
+    CHECK(train(tmp, "ref", 0, 8, "centering", 0) == 0, "reference run failed");
+    int rc = train_zero1(tmp, "a", 2, 4, "centering", 4, ""); // 2 sharded -> 2 sharded
+    if (rc == 0) rc = train_zero1(tmp, "a", 2, 4, "centering", 0, "");
+    CHECK(rc == 0, "ZeRO-1 resume on 2 ranks failed");
+    int rcb = train_zero1(tmp, "b", 2, 4, "centering", 4, ""); // 2 sharded -> 1
+    if (rcb == 0) rcb = train(tmp, "b", 0, 8, "centering", 0);
+    if (rcb) show_log(tmp, "b");
+    CHECK(rcb == 0, "ZeRO-1 on 2 ranks -> 1 rank failed");
+    int rcc = train(tmp, "c", 0, 8, "centering", 4); // 1 -> 2 sharded
+    if (rcc == 0) rcc = train_zero1(tmp, "c", 2, 4, "centering", 0, "");
+    CHECK(rcc == 0, "1 rank -> ZeRO-1 on 2 ranks failed");
+    if (!rc) compare(tmp, "a", "ref", TOL);
+    if (!rcb) compare(tmp, "b", "ref", TOL);
+    if (!rcc) compare(tmp, "c", "ref", TOL);
 }

@@ -27,13 +27,16 @@ void optim_assign_param_groups(ParamTable *tab, float layerwise_decay, float pat
     }
 }
 
-void adamw_init(AdamW *opt, Backend *be, size_t total, float beta1, float beta2, float eps) {
+void adamw_init(AdamW *opt, Backend *be, size_t begin, size_t end, float beta1, float beta2, float eps) {
+    DINO_ASSERT(end >= begin, "adamw_init: reversed range [%zu, %zu)", begin, end);
     memset(opt, 0, sizeof *opt);
     opt->beta1 = beta1;
     opt->beta2 = beta2;
     opt->eps = eps;
-    opt->m = be->alloc(be, sizeof(float) * total);
-    opt->v = be->alloc(be, sizeof(float) * total);
+    opt->base = begin;
+    opt->n = end - begin;
+    opt->m = be->alloc(be, sizeof(float) * (opt->n ? opt->n : 1));
+    opt->v = be->alloc(be, sizeof(float) * (opt->n ? opt->n : 1));
 }
 
 void adamw_free(AdamW *opt, Backend *be) {
@@ -42,34 +45,77 @@ void adamw_free(AdamW *opt, Backend *be) {
     opt->m = opt->v = NULL;
 }
 
-void adamw_step(AdamW *opt, Backend *be, const ParamTable *tab, float *P, const float *G, double lr,
-                double last_layer_lr, double wd) {
+// The part [*lo, *hi) of tensor t inside [begin, end); returns 0 when they do not overlap.
+static int clamp_to_range(const TensorSpec *t, size_t begin, size_t end, size_t *lo, size_t *hi) {
+    *lo = t->offset > begin ? t->offset : begin;
+    *hi = t->offset + t->numel < end ? t->offset + t->numel : end;
+    return *lo < *hi;
+}
+
+void adamw_step_range(AdamW *opt, Backend *be, const ParamTable *tab, float *P, const float *G, double lr,
+                      double last_layer_lr, double wd, size_t begin, size_t end) {
+    DINO_ASSERT(begin >= opt->base && end <= opt->base + opt->n,
+                "adamw_step_range: [%zu, %zu) outside the moments' range [%zu, %zu)", begin, end, opt->base,
+                opt->base + opt->n);
     opt->step++;
     for (int i = 0; i < tab->n; i++) {
         const TensorSpec *t = &tab->t[i];
+        size_t lo, hi;
+        if (!clamp_to_range(t, begin, end, &lo, &hi)) continue;
         // torch computes group lr and weight decay in Python doubles
         double lr_t = (t->is_last_layer ? last_layer_lr : lr) * t->lr_mult;
         double wd_t = wd * t->wd_mult;
-        be->adamw(be, P + t->offset, G + t->offset, opt->m + t->offset, opt->v + t->offset, t->numel, (float)lr_t,
+        be->adamw(be, P + lo, G + lo, opt->m + (lo - opt->base), opt->v + (lo - opt->base), hi - lo, (float)lr_t,
                   (float)wd_t, opt->beta1, opt->beta2, opt->eps, opt->step);
     }
 }
 
-double clip_grad_norm_group(Backend *be, const ParamTable *tab, float *G, ParamGroup group, double max_norm) {
+void adamw_step(AdamW *opt, Backend *be, const ParamTable *tab, float *P, const float *G, double lr,
+                double last_layer_lr, double wd) {
+    adamw_step_range(opt, be, tab, P, G, lr, last_layer_lr, wd, 0, tab->total);
+}
+
+double grad_sum_squares_range(Backend *be, const ParamTable *tab, const float *G, ParamGroup group, size_t begin,
+                              size_t end) {
     double ss = 0;
-    int any = 0;
-    for (int i = 0; i < tab->n; i++)
-        if (tab->t[i].group == group) ss += be->sum_squares(be, G + tab->t[i].offset, tab->t[i].numel), any = 1;
-    if (!any) return 0;
-    double total = sqrt(ss);
-    double coef = max_norm / (total + 1e-6);
-    if (coef < 1.0)
-        for (int i = 0; i < tab->n; i++)
-            if (tab->t[i].group == group) be->scale(be, G + tab->t[i].offset, (float)coef, tab->t[i].numel);
+    for (int i = 0; i < tab->n; i++) {
+        size_t lo, hi;
+        if (tab->t[i].group == group && clamp_to_range(&tab->t[i], begin, end, &lo, &hi))
+            ss += be->sum_squares(be, G + lo, hi - lo);
+    }
+    return ss;
+}
+
+double clip_coef(double total_norm, double max_norm) {
+    double coef = max_norm / (total_norm + 1e-6);
+    return coef < 1.0 ? coef : 1.0;
+}
+
+void grad_scale_range(Backend *be, const ParamTable *tab, float *G, ParamGroup group, double coef, size_t begin,
+                      size_t end) {
+    if (coef >= 1.0) return;
+    for (int i = 0; i < tab->n; i++) {
+        size_t lo, hi;
+        if (tab->t[i].group == group && clamp_to_range(&tab->t[i], begin, end, &lo, &hi))
+            be->scale(be, G + lo, (float)coef, hi - lo);
+    }
+}
+
+double clip_grad_norm_group(Backend *be, const ParamTable *tab, float *G, ParamGroup group, double max_norm) {
+    double total = sqrt(grad_sum_squares_range(be, tab, G, group, 0, tab->total));
+    grad_scale_range(be, tab, G, group, clip_coef(total, max_norm), 0, tab->total);
     return total;
 }
 
+void ema_update_range(Backend *be, const ParamTable *tab, float *teacher, const float *student, double momentum,
+                      size_t begin, size_t end) {
+    for (int i = 0; i < tab->n; i++) {
+        size_t lo, hi;
+        if (clamp_to_range(&tab->t[i], begin, end, &lo, &hi))
+            be->ema(be, teacher + lo, student + lo, hi - lo, (float)momentum);
+    }
+}
+
 void ema_update(Backend *be, const ParamTable *tab, float *teacher, const float *student, double momentum) {
-    for (int i = 0; i < tab->n; i++)
-        be->ema(be, teacher + tab->t[i].offset, student + tab->t[i].offset, tab->t[i].numel, (float)momentum);
+    ema_update_range(be, tab, teacher, student, momentum, 0, tab->total);
 }

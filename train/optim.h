@@ -13,21 +13,43 @@
 //  is_last_layer for names containing "last_layer".
 void optim_assign_param_groups(ParamTable *tab, float layerwise_decay, float patch_embed_lr_mult);
 
+// Every loop below can be restricted to floats [begin, end) of the ParamTable layout: the part of the
+// model one process owns under ZeRO-1 (a range may cut tensors; each element keeps its tensor's
+// multipliers). The whole-model calls are the range [0, tab->total), so there is one implementation.
+
 typedef struct {
     float beta1, beta2, eps; // 0.9, 0.999, 1e-8
-    float *m, *v;            // fp32 moments, backend memory, ParamTable layout
+    float *m, *v;            // fp32 moments, backend memory: floats [base, base + n) of the ParamTable layout
+    size_t base, n;          // the part of the layout the moments cover (0, total for a single process)
     long step;               // steps taken (bias corrections use step + 1 on the next call)
 } AdamW;
 
-void adamw_init(AdamW *opt, Backend *be, size_t total, float beta1, float beta2, float eps);
+// Moments (zeros) for floats [begin, end) of the layout: [0, total) for the whole model, a ZeRO-1 shard.
+void adamw_init(AdamW *opt, Backend *be, size_t begin, size_t end, float beta1, float beta2, float eps);
 void adamw_free(AdamW *opt, Backend *be);
-// One step on every tensor: lr_t = (is_last_layer ? last_layer_lr : lr) * lr_mult, wd_t = wd * wd_mult.
+// One step on the parts of the tensors inside [begin, end) (which must lie within the moments' range):
+// lr_t = (is_last_layer ? last_layer_lr : lr) * lr_mult, wd_t = wd * wd_mult. Advances opt->step: call it
+// once per step (each process on its own range).
+void adamw_step_range(AdamW *opt, Backend *be, const ParamTable *tab, float *params, const float *grads, double lr,
+                      double last_layer_lr, double wd, size_t begin, size_t end);
+// One step on every tensor (the range [0, tab->total)).
 void adamw_step(AdamW *opt, Backend *be, const ParamTable *tab, float *params, const float *grads, double lr,
                 double last_layer_lr, double wd);
 
-// torch.nn.utils.clip_grad_norm_ over the tensors of one group: total = ||g||_2; if max_norm / (total +
-// 1e-6) < 1 the gradients are scaled by it. Returns the total norm before clipping.
+// Gradient clipping as torch.nn.utils.clip_grad_norm_ over the tensors of one group: total = ||g||_2; if
+// max_norm / (total + 1e-6) < 1 the gradients are scaled by it. Sharded, the total is the square root of
+// the sum over processes of grad_sum_squares_range over each one's range.
+double grad_sum_squares_range(Backend *be, const ParamTable *tab, const float *grads, ParamGroup group, size_t begin,
+                              size_t end);
+// The factor clip_grad_norm_ scales by for a total norm (1 when no clipping is needed).
+double clip_coef(double total_norm, double max_norm);
+void grad_scale_range(Backend *be, const ParamTable *tab, float *grads, ParamGroup group, double coef, size_t begin,
+                      size_t end);
+// The whole-model call: returns the total norm before clipping.
 double clip_grad_norm_group(Backend *be, const ParamTable *tab, float *grads, ParamGroup group, double max_norm);
 
-// EMA teacher over every tensor: teacher = m teacher + (1 - m) student.
+// EMA teacher: teacher = m teacher + (1 - m) student, on the parts of the tensors inside [begin, end).
+void ema_update_range(Backend *be, const ParamTable *tab, float *teacher, const float *student, double momentum,
+                      size_t begin, size_t end);
+// ... on every tensor.
 void ema_update(Backend *be, const ParamTable *tab, float *teacher, const float *student, double momentum);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/check.h"
+#include "dist/dist.h"
 
 void ssl_config_default(SslConfig *c, const VitConfig *vit) {
     memset(c, 0, sizeof *c);
@@ -62,6 +63,10 @@ int ssl_config_check(const SslConfig *c, char *err) {
     if (c->global_crop != c->vit.img_size) {
         dino_seterr(err, "crops: global_crops_size %d must equal the model's img_size %d", c->global_crop,
                     c->vit.img_size);
+        return -1;
+    }
+    if (c->zero_world > 1 && (c->zero_rank < 0 || c->zero_rank >= c->zero_world)) {
+        dino_seterr(err, "ZeRO-1: rank %d outside a world of %d", c->zero_rank, c->zero_world);
         return -1;
     }
     if (!(c->student_temp > 0) || !(c->center_momentum >= 0 && c->center_momentum <= 1)) {
@@ -123,17 +128,26 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     optim_assign_param_groups(&m->tab, cfg.layerwise_decay, cfg.patch_embed_lr_mult);
 
     const size_t total = m->tab.total;
+    m->buffer_floats = total;
+    m->shard_begin = 0;
+    m->shard_end = total;
+    if (cfg.zero_world > 1) {
+        DistShard sh = dist_shard(total, cfg.zero_world, cfg.zero_rank, PARAM_ALIGN);
+        m->buffer_floats = sh.padded;
+        m->shard_begin = sh.begin;
+        m->shard_end = sh.end;
+    }
     float *host = dino_calloc(total, sizeof(float));
     vit_init_weights(&m->vit, host, seed);
     head_init_weights(&m->dino_head, host, seed ^ 0xd1u);
     if (cfg.ibot_separate_head) head_init_weights(&m->ibot_head, host, seed ^ 0x1b07u);
-    m->student = falloc(be, total);
-    m->teacher = falloc(be, total);
-    m->grads = falloc(be, total);
+    m->student = falloc(be, m->buffer_floats); // zeros past total (the backend's alloc clears)
+    m->teacher = falloc(be, m->buffer_floats);
+    m->grads = falloc(be, m->buffer_floats);
     be->to_device(be, m->student, host, sizeof(float) * total);
     be->to_device(be, m->teacher, host, sizeof(float) * total); // the teacher starts as the student
     free(host);
-    adamw_init(&m->opt, be, total, cfg.adamw_beta1, cfg.adamw_beta2, cfg.adamw_eps);
+    adamw_init(&m->opt, be, m->shard_begin, m->shard_end, cfg.adamw_beta1, cfg.adamw_beta2, cfg.adamw_eps);
     teacher_center_init(be, &m->dino_center, w->Kd, cfg.center_momentum);
     teacher_center_init(be, &m->ibot_center, w->Ki, cfg.center_momentum);
 
@@ -394,14 +408,27 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     return 0;
 }
 
-void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *st) {
+void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSumF64 sum_f64, void *ctx,
+                      SslStepStats *st) {
     const SslConfig *c = &m->cfg;
-    // optimizer: clip per submodule, AdamW, EMA teacher
+    const size_t lo = m->shard_begin, hi = m->shard_end;
+    // optimizer: clip per submodule (norms over the whole model), AdamW, EMA teacher
     const ParamGroup groups[3] = {PARAM_BACKBONE, PARAM_DINO_HEAD, PARAM_IBOT_HEAD};
-    for (int g = 0; g < 3; g++)
-        st->grad_norm[g] = c->clip_grad > 0 ? clip_grad_norm_group(be, &m->tab, m->grads, groups[g], c->clip_grad) : 0;
-    adamw_step(&m->opt, be, &m->tab, m->student, m->grads, sv->lr, sv->last_layer_lr, sv->wd);
-    ema_update(be, &m->tab, m->teacher, m->student, sv->momentum);
+    double ss[3] = {0, 0, 0};
+    if (c->clip_grad > 0) {
+        for (int g = 0; g < 3; g++) ss[g] = grad_sum_squares_range(be, &m->tab, m->grads, groups[g], lo, hi);
+        if (sum_f64) sum_f64(ctx, ss, 3);
+        for (int g = 0; g < 3; g++)
+            grad_scale_range(be, &m->tab, m->grads, groups[g], clip_coef(sqrt(ss[g]), c->clip_grad), lo, hi);
+    }
+    for (int g = 0; g < 3; g++) st->grad_norm[g] = sqrt(ss[g]);
+    adamw_step_range(&m->opt, be, &m->tab, m->student, m->grads, sv->lr, sv->last_layer_lr, sv->wd, lo, hi);
+    ema_update_range(be, &m->tab, m->teacher, m->student, sv->momentum, lo, hi);
+}
+
+void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *st) {
+    DINO_ASSERT(m->cfg.zero_world <= 1, "ssl_update on a ZeRO-1 sharded model: use ssl_update_shard");
+    ssl_update_shard(m, be, sv, NULL, NULL, st);
 }
 
 int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,

@@ -41,6 +41,10 @@ typedef struct {
     float clip_grad;             // 3.0 (0 disables)
     float adamw_beta1, adamw_beta2, adamw_eps;
     float layerwise_decay, patch_embed_lr_mult; // 0.9, 0.2
+    // ZeRO-1 (0 or 1: off): the optimizer is sharded over zero_world processes and this is zero_rank: the
+    // flat buffers are padded as dist_shard(total, zero_world, zero_rank, PARAM_ALIGN) and the AdamW moments
+    // exist for this rank's shard only.
+    int zero_world, zero_rank;
 } SslConfig;
 
 // The reference's defaults around a ViT config (heads 2048/256/65536, 3 layers; B, crops set by caller).
@@ -53,8 +57,10 @@ typedef struct {
     Vit vit;
     Head dino_head, ibot_head;
     ParamTable tab;                  // backbone.*, dino_head.*, ibot_head.* (when separate)
-    float *student, *teacher, *grads; // backend memory, ParamTable layout
-    AdamW opt;
+    float *student, *teacher, *grads; // backend memory, ParamTable layout, buffer_floats each (zeros past tab.total)
+    size_t buffer_floats;            // tab.total, or padded for ZeRO-1
+    size_t shard_begin, shard_end;   // the range this process updates: [0, tab.total), or its ZeRO-1 shard
+    AdamW opt;                       // moments for [shard_begin, shard_end)
     TeacherCenter dino_center, ibot_center;
     void *work;                      // activations and scratch (ssl_step.c)
 } SslModel;
@@ -94,8 +100,16 @@ int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, 
 // Returns -1 with err set when the loss is NaN or Inf (the caller must then skip ssl_update).
 int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
                          SslStepStats *stats, char *err);
-// Gradient clipping per submodule (stats->grad_norm), AdamW, EMA teacher.
+// Gradient clipping per submodule (stats->grad_norm), AdamW, EMA teacher, on the whole model.
 void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *stats);
+
+// The sharded update (ZeRO-1): the same on floats [m->shard_begin, m->shard_end) only, whose gradients
+// must hold the average over ranks. The clipping norms are over the whole model: `sum_f64` sums the
+// per-submodule sums of squares (n doubles, in place) over the ranks (NULL: one process). Afterwards
+// the caller all-gathers student and teacher.
+typedef void (*SslSumF64)(void *ctx, double *v, int n);
+void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSumF64 sum_f64, void *ctx,
+                      SslStepStats *stats);
 
 // Teacher (or student) backbone CLS features of images [n,3,crop,crop] (host), into out[n,D] (host):
 // for k-NN evaluation.

@@ -134,31 +134,57 @@ static void periodic_knn(Run *r, int64_t iterations_done) {
 
 // ---- checkpoints ----------------------------------------------------------------------------------
 
-typedef struct {
-    const char *prefix;
-    float *dev; // backend memory, ParamTable layout
-} StateBuffer;
+// ZeRO-1 (dist.zero1 on several ranks): every rank updates only its shard of the flat buffers (the
+// gradients are reduce-scattered, the AdamW moments exist for the shard only) and then all-gathers student
+// and teacher. Checkpoints stay unsharded: the moments are gathered for rank 0 to write.
+static int sharded(const Run *r) { return r->m.cfg.zero_world > 1; }
 
-static int state_buffers(Run *r, StateBuffer *out) {
-    out[0] = (StateBuffer){"student.", r->m.student};
-    out[1] = (StateBuffer){"teacher.", r->m.teacher};
-    out[2] = (StateBuffer){"adamw_m.", r->m.opt.m};
-    out[3] = (StateBuffer){"adamw_v.", r->m.opt.v};
-    return 4;
+static void sum_f64_over_ranks(void *ctx, double *v, int n) {
+    Dist *d = ctx;
+    char err[DINO_ERRLEN];
+    if (dist_allreduce_sum_f64(d, v, (size_t)n, err)) dist_abort(d, "%s", err);
 }
 
-static int save_checkpoint(Run *r, int64_t iterations_done, char *path_out, char *err) {
+// The AdamW moments in the ParamTable layout (tab.total floats each) on the host of rank 0 (NULL on the
+// other ranks). Sharded, every rank must call it: it gathers the shards.
+static float *moments_to_host(Run *r) {
+    Backend *be = r->be;
+    const size_t total = r->m.tab.total;
+    const AdamW *opt = &r->m.opt;
+    float *out = NULL;
+    if (!sharded(r)) {
+        if (r->d->rank != 0) return NULL;
+        out = dino_malloc(sizeof(float) * 2 * total);
+        be->to_host(be, out, opt->m, sizeof(float) * total);
+        be->to_host(be, out + total, opt->v, sizeof(float) * total);
+        return out;
+    }
+    const size_t padded = r->m.buffer_floats, shard = opt->n;
+    float *mine = dino_malloc(sizeof(float) * shard), *all = dino_malloc(sizeof(float) * padded);
+    if (r->d->rank == 0) out = dino_malloc(sizeof(float) * 2 * total);
+    for (int k = 0; k < 2; k++) {
+        char err[DINO_ERRLEN];
+        be->to_host(be, mine, k ? opt->v : opt->m, sizeof(float) * shard);
+        if (dist_allgather(r->d, mine, all, sizeof(float) * shard, err)) dist_abort(r->d, "%s", err);
+        if (out) memcpy(out + k * total, all, sizeof(float) * total);
+    }
+    free(mine);
+    free(all);
+    return out;
+}
+
+// Rank 0: writes student, teacher, the moments (host, from moments_to_host), centres and counters.
+static int save_checkpoint(Run *r, int64_t iterations_done, const float *moments, char *path_out, char *err) {
     Backend *be = r->be;
     const ParamTable *tab = &r->m.tab;
-    StateBuffer bufs[4];
-    int nb = state_buffers(r, bufs);
-    float *host[4];
+    float *host = dino_malloc(sizeof(float) * 2 * tab->total);
+    be->to_host(be, host, r->m.student, sizeof(float) * tab->total);
+    be->to_host(be, host + tab->total, r->m.teacher, sizeof(float) * tab->total);
     CkptWriter *w = ckpt_writer_new();
-    for (int b = 0; b < nb; b++) {
-        host[b] = dino_malloc(sizeof(float) * tab->total);
-        be->to_host(be, host[b], bufs[b].dev, sizeof(float) * tab->total);
-        ckpt_writer_param_table(w, bufs[b].prefix, tab, host[b]);
-    }
+    ckpt_writer_param_table(w, "student.", tab, host);
+    ckpt_writer_param_table(w, "teacher.", tab, host + tab->total);
+    ckpt_writer_param_table(w, "adamw_m.", tab, moments);
+    ckpt_writer_param_table(w, "adamw_v.", tab, moments + tab->total);
     const int Kd = r->m.dino_center.K, Ki = r->m.ibot_center.K;
     float *cd = dino_malloc(sizeof(float) * (size_t)Kd), *ci = dino_malloc(sizeof(float) * (size_t)Ki);
     be->to_host(be, cd, r->m.dino_center.center, sizeof(float) * (size_t)Kd);
@@ -182,20 +208,23 @@ static int save_checkpoint(Run *r, int64_t iterations_done, char *path_out, char
     free(yaml);
     int rc = ckpt_save(w, r->cfg->train.output_dir, iterations_done, r->cfg->checkpoint.keep_last, path_out, err);
     ckpt_writer_free(w);
-    for (int b = 0; b < nb; b++) free(host[b]);
+    free(host);
     free(cd);
     free(ci);
     return rc;
 }
 
-static int load_tensor_set(Run *r, const Ckpt *c, const char *prefix, float *dev, char *err) {
+// Reads one tensor set (ParamTable layout) and copies its floats [begin, end) to dev.
+static int load_tensor_set(Run *r, const Ckpt *c, const char *prefix, float *dev, size_t begin, size_t end,
+                           char *err) {
     const ParamTable *tab = &r->m.tab;
     float *host = dino_calloc(tab->total, sizeof(float));
     if (ckpt_read_param_table(c, prefix, tab, host, err)) {
         free(host);
         return -1;
     }
-    r->be->to_device(r->be, dev, host, sizeof(float) * tab->total);
+    if (end > tab->total) end = tab->total; // ZeRO-1 padding past the last tensor stays zero
+    if (end > begin) r->be->to_device(r->be, dev, host + begin, sizeof(float) * (end - begin));
     free(host);
     return 0;
 }
@@ -219,11 +248,12 @@ static int64_t resume(Run *r, char *err) {
         return -1;
     }
     if (found == 0) return 0;
-    StateBuffer bufs[4];
-    int nb = state_buffers(r, bufs);
     int64_t it = 0, pos = 0, step = 0;
-    int rc = 0;
-    for (int b = 0; b < nb && !rc; b++) rc = load_tensor_set(r, &c, bufs[b].prefix, bufs[b].dev, e2);
+    const size_t total = r->m.tab.total, lo = r->m.shard_begin, hi = r->m.shard_end;
+    int rc = load_tensor_set(r, &c, "student.", r->m.student, 0, total, e2);
+    if (!rc) rc = load_tensor_set(r, &c, "teacher.", r->m.teacher, 0, total, e2);
+    if (!rc) rc = load_tensor_set(r, &c, "adamw_m.", r->m.opt.m, lo, hi, e2); // moments: this rank's part
+    if (!rc) rc = load_tensor_set(r, &c, "adamw_v.", r->m.opt.v, lo, hi, e2);
     if (!rc) rc = load_center(r, &c, "dino_center", &r->m.dino_center, e2);
     if (!rc) rc = load_center(r, &c, "ibot_center", &r->m.ibot_center, e2);
     if (!rc) rc = ckpt_get_int(&c, "iteration", &it, e2);
@@ -312,6 +342,10 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
                                               cfg->ibot.mask_ratio_min_max[0], cfg->ibot.mask_ratio_min_max[1]);
         if (sc.max_masked < 1) sc.max_masked = 1;
     }
+    if (cfg->zero1 && d->world > 1) {
+        sc.zero_world = d->world;
+        sc.zero_rank = d->rank;
+    }
     if (ssl_model_init(&r.m, r.be, &sc, (uint64_t)cfg->train.seed, e2)) {
         dino_seterr(err, "model: %s", e2);
         goto out;
@@ -347,9 +381,10 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         char desc[256];
         dist_describe(d, desc, sizeof desc);
         printf("dinotrain: %s, %s ViT (dim %d, depth %d, heads %d, patch %d), %lld parameters, %lld tiles, "
-               "batch %d x %d ranks, iterations %lld..%lld of %lld\n",
+               "batch %d x %d ranks%s, iterations %lld..%lld of %lld\n",
                desc, sc.vit.arch, sc.vit.dim, sc.vit.depth, sc.vit.heads, sc.vit.patch, (long long)r.m.tab.total,
-               (long long)source_count(r.src), sc.batch, d->world, (long long)start, (long long)end,
+               (long long)source_count(r.src), sc.batch, d->world,
+               sharded(&r) ? " (ZeRO-1: optimizer sharded over ranks)" : "", (long long)start, (long long)end,
                (long long)r.total);
         fflush(stdout);
     }
@@ -385,11 +420,21 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         int finite = ssl_forward_backward(&r.m, r.be, &r.coll, &sb, &sv, &st, e2) == 0;
         finite = all_finite_over_ranks(&r, finite, e2);
         if (finite) {
-            if (d->world > 1) {
-                if (dist_allreduce_sum_f32(d, r.m.grads, r.m.tab.total, e2)) dist_abort(d, "%s", e2);
-                r.be->scale(r.be, r.m.grads, 1.0f / (float)d->world, r.m.tab.total);
+            if (sharded(&r)) { // ZeRO-1: average this rank's shard, update it, share the result
+                const size_t lo = r.m.shard_begin, n = r.m.shard_end - lo, padded = r.m.buffer_floats;
+                if (dist_reduce_scatter_sum_f32(d, r.m.grads, padded, e2)) dist_abort(d, "%s", e2);
+                r.be->scale(r.be, r.m.grads + lo, 1.0f / (float)d->world, n);
+                ssl_update_shard(&r.m, r.be, &sv, sum_f64_over_ranks, d, &st);
+                if (dist_allgather_shards_f32(d, r.m.student, padded, e2) ||
+                    dist_allgather_shards_f32(d, r.m.teacher, padded, e2))
+                    dist_abort(d, "%s", e2);
+            } else {
+                if (d->world > 1) {
+                    if (dist_allreduce_sum_f32(d, r.m.grads, r.m.tab.total, e2)) dist_abort(d, "%s", e2);
+                    r.be->scale(r.be, r.m.grads, 1.0f / (float)d->world, r.m.tab.total);
+                }
+                ssl_update(&r.m, r.be, &sv, &st);
             }
-            ssl_update(&r.m, r.be, &sv, &st);
             bad_in_row = 0;
         } else {
             r.be->to_device(r.be, r.m.dino_center.center, center_save, sizeof(float) * (size_t)Kd);
@@ -470,8 +515,11 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             data_window = 0;
         }
         periodic_knn(&r, it + 1);
-        if (d->rank == 0 && ((ckpt_every > 0 && (it + 1) % ckpt_every == 0) || it + 1 == r.total)) {
-            if (save_checkpoint(&r, it + 1, res->last_checkpoint, e2)) {
+        if ((ckpt_every > 0 && (it + 1) % ckpt_every == 0) || it + 1 == r.total) {
+            float *moments = moments_to_host(&r); // every rank: gathers ZeRO-1 shards
+            int ckpt_rc = d->rank == 0 ? save_checkpoint(&r, it + 1, moments, res->last_checkpoint, e2) : 0;
+            free(moments);
+            if (ckpt_rc) {
                 dino_seterr(err, "checkpoint: %s", e2);
                 goto out_loop;
             }
