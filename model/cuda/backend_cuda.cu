@@ -148,6 +148,8 @@ extern "C" void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *t
 
 extern "C" const char *backend_cuda_device_name(Backend *be) { return cuda_impl(be)->device_name; }
 
+extern "C" void *backend_cuda_stream(Backend *be) { return (void *)cuda_impl(be)->stream; }
+
 static void cuda_destroy(Backend *be) {
     CudaImpl *c = cuda_impl(be);
     cudaCheck(cudaStreamSynchronize(c->stream));
@@ -221,9 +223,21 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->scale = cuda_scale;
     be->sum_squares = cuda_sum_squares;
     be->destroy = cuda_destroy;
-    // Not implemented yet, NULL (the struct is zero-initialised): the objective section of struct
-    // Backend (l2norm, weightnorm, softmax_center, col_sum, center_update, sinkhorn, softmax_ce,
-    // entropy_mean, koleo, kde, adamw, ema). The backbone runs; heads, losses and the optimizer do not.
+    // the DINOv2 objective (head_ops.cu, loss_ops.cu, optim_ops.cu), all fp32
+    be->l2norm_fwd = cuda_l2norm_fwd;
+    be->l2norm_bwd = cuda_l2norm_bwd;
+    be->weightnorm_fwd = cuda_weightnorm_fwd;
+    be->weightnorm_bwd = cuda_weightnorm_bwd;
+    be->softmax_center = cuda_softmax_center;
+    be->col_sum = cuda_col_sum;
+    be->center_update = cuda_center_update;
+    be->sinkhorn = cuda_sinkhorn;
+    be->softmax_ce = cuda_softmax_ce;
+    be->entropy_mean = cuda_entropy_mean;
+    be->koleo = cuda_koleo;
+    be->kde = cuda_kde;
+    be->adamw = cuda_adamw;
+    be->ema = cuda_ema;
     return be;
 }
 

@@ -36,6 +36,10 @@ double backend_cuda_measure_bf16_tflops(Backend *be, int n, int iters);
 // Name of the backend's device (e.g. "NVIDIA H100 80GB HBM3").
 const char *backend_cuda_device_name(Backend *be);
 
+// The backend's stream (a cudaStream_t as void *): every op is enqueued on it. For the NCCL layer
+// (dist_nccl_set_compute_stream, dist_nccl_allreduce's `after`, dist_nccl_gate).
+void *backend_cuda_stream(Backend *be);
+
 #ifdef __cplusplus
 }
 #endif

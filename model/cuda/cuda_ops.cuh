@@ -148,3 +148,25 @@ void cuda_scatter_add_rows(Backend *be, float *x, const float *in, const int *id
 void cuda_axpy(Backend *be, float *y, float alpha, const float *x, size_t n);
 void cuda_scale(Backend *be, float *x, float alpha, size_t n);
 double cuda_sum_squares(Backend *be, const float *x, size_t n);
+// head_ops.cu
+void cuda_l2norm_fwd(Backend *be, float *out, float *norm, const float *x, int rows, int n, float eps);
+void cuda_l2norm_bwd(Backend *be, float *dx, const float *dout, const float *x, const float *norm, int rows, int n,
+                     float eps);
+void cuda_weightnorm_fwd(Backend *be, float *W, float *vnorm, const float *g, const float *v, int K, int n);
+void cuda_weightnorm_bwd(Backend *be, float *dg, float *dv, const float *dW, const float *g, const float *v,
+                         const float *vnorm, int K, int n);
+// loss_ops.cu
+void cuda_softmax_center(Backend *be, float *P, const float *z, const float *center, int rows, int K, float temp);
+void cuda_col_sum(Backend *be, float *sum, const float *z, int rows, int K);
+void cuda_center_update(Backend *be, float *center, const float *sum, int K, float scale, float momentum);
+void cuda_sinkhorn(Backend *be, Collective *coll, float *P, const float *z, int rows, int K, float temp, int n_iter,
+                   float n_global);
+void cuda_softmax_ce(Backend *be, float *loss, float *ds, const float *s, const float *t, const float *w, int rows,
+                     int t_rows, int K, float temp, float alpha);
+void cuda_entropy_mean(Backend *be, float *out, const float *P, int rows, int K);
+void cuda_koleo(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float alpha);
+void cuda_kde(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float kappa, float alpha);
+// optim_ops.cu
+void cuda_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd, float beta1,
+                float beta2, float eps, long step);
+void cuda_ema(Backend *be, float *t, const float *s, size_t n, float momentum);
