@@ -21,6 +21,13 @@
 #include "train/metrics.h"
 #include "train/pretrained.h"
 #include "train/ssl_step.h"
+#ifdef DINO_HAVE_CUDA
+#include "model/cuda/backend_cuda.h"
+#include "model/cuda/cuda_device.h"
+#endif
+#ifdef DINO_HAVE_NCCL
+#include "dist/nccl.h"
+#endif
 
 #define MAX_CONSECUTIVE_BAD_STEPS 5
 #define RNG_STREAM_DROP_PATH 0x64726f70ULL
@@ -31,6 +38,13 @@ typedef struct {
     Backend *be;
     SslModel m;
     Collective coll;
+    // backend cuda with world > 1: the collectives run on device memory, through NCCL when the build has
+    // it (nccl), else staged through host memory and the MPI path (stage: the fallback's host buffer)
+    int device_comm;
+    void *nccl; // DistNccl *
+    Collective dev_coll;
+    float *stage;
+    size_t stage_floats;
     TileSource *src;
     Loader *loader;
     ScheduleConfig sched;
@@ -296,6 +310,184 @@ static int inject_nan_at(int64_t it) {
     return 0;
 }
 
+// ---- backend and device collectives ---------------------------------------------------------------
+
+#ifdef DINO_HAVE_CUDA
+static float *stage_buffer(Run *r, size_t n) {
+    if (n > r->stage_floats) {
+        free(r->stage);
+        r->stage = dino_malloc(sizeof(float) * n);
+        r->stage_floats = n;
+    }
+    return r->stage;
+}
+
+// The objective's reductions (centres, Sinkhorn sums) with backend cuda and world > 1. Buffers are
+// device memory, except the one host float that model/loss.c reduces for the iBOT Sinkhorn sample count:
+// those go through MPI as on the CPU backend.
+static void run_collective_sum(Collective *c, float *buf, size_t n) {
+    Run *r = c->ctx;
+    char err[DINO_ERRLEN];
+    if (!backend_cuda_is_device_memory(buf)) {
+        if (dist_allreduce_sum_f32(r->d, buf, n, err)) dist_abort(r->d, "%s", err);
+        return;
+    }
+    if (r->nccl) {
+        r->dev_coll.allreduce_sum_f32(&r->dev_coll, buf, n);
+        return;
+    }
+    // FALLBACK (no NCCL in this build): copy to the host, MPI all-reduce, copy back
+    float *h = stage_buffer(r, n);
+    r->be->to_host(r->be, h, buf, sizeof(float) * n);
+    if (dist_allreduce_sum_f32(r->d, h, n, err)) dist_abort(r->d, "%s", err);
+    r->be->to_device(r->be, buf, h, sizeof(float) * n);
+    r->be->sync(r->be); // the staging buffer may be reused right away
+}
+#endif
+
+// backend: cpu (the reference) or cuda (GPU local_rank % device count), and the collectives that go with it.
+static int create_backend(Run *r, char *err) {
+    const char *name = r->cfg->backend;
+    if (strcmp(name, "cpu") == 0) {
+        r->be = backend_cpu_new();
+        r->coll = dist_collective(r->d);
+        return 0;
+    }
+    if (strcmp(name, "cuda") != 0) {
+        dino_seterr(err, "backend '%s' is unknown (cpu or cuda)", name);
+        return -1;
+    }
+#ifndef DINO_HAVE_CUDA
+    dino_seterr(err, "backend 'cuda': this build of dinotrain has no CUDA support (nvcc was not found when it was "
+                     "configured); rebuild with the CUDA toolkit installed, or set backend: cpu");
+    return -1;
+#else
+    char e2[DINO_ERRLEN];
+    const int n_dev = dino_cuda_device_count();
+    if (n_dev == 0) {
+        dino_seterr(err, "backend 'cuda': rank %d sees no CUDA device (no GPU, no driver, or CUDA_VISIBLE_DEVICES is "
+                         "empty); set backend: cpu to train on the CPU",
+                    r->d->rank);
+        return -1;
+    }
+    r->be = backend_cuda_new(r->d->local_rank % n_dev, e2);
+    if (!r->be) {
+        dino_seterr(err, "backend 'cuda' on rank %d: %s", r->d->rank, e2);
+        return -1;
+    }
+    r->coll = dist_collective(r->d); // world 1: never called
+    if (r->d->world > 1) {
+        r->device_comm = 1;
+#ifdef DINO_HAVE_NCCL
+        DistNccl *nc = dist_nccl_new(r->d->rank, r->d->world, r->d->local_rank, r->d->timeout_s, e2);
+        if (!nc) {
+            dino_seterr(err, "backend 'cuda': NCCL: %s", e2);
+            return -1;
+        }
+        dist_nccl_set_compute_stream(nc, backend_cuda_stream(r->be));
+        r->nccl = nc;
+        r->dev_coll = dist_nccl_collective(nc);
+#endif
+        r->coll = (Collective){.ctx = r, .rank = r->d->rank, .world = r->d->world,
+                               .allreduce_sum_f32 = run_collective_sum};
+    }
+    return 0;
+#endif
+}
+
+static void free_backend(Run *r) {
+#ifdef DINO_HAVE_NCCL
+    if (r->nccl) dist_nccl_free(r->nccl);
+#endif
+    free(r->stage);
+    if (r->be) backend_free(r->be); // calls the destroy hook (streams, handles)
+}
+
+#ifdef DINO_HAVE_NCCL
+static void nccl_check(Run *r, int rc, const char *err) {
+    if (rc) dist_abort(r->d, "%s", err);
+}
+#endif
+
+// grads (device memory, n floats) summed over ranks in place.
+static void grads_allreduce_sum(Run *r, float *grads, size_t n) {
+    char err[DINO_ERRLEN];
+    if (!r->device_comm) {
+        if (dist_allreduce_sum_f32(r->d, grads, n, err)) dist_abort(r->d, "%s", err);
+        return;
+    }
+#ifdef DINO_HAVE_NCCL
+    if (r->nccl) {
+        void *st = backend_cuda_stream(r->be);
+        nccl_check(r, dist_nccl_allreduce(r->nccl, grads, n, 0, st, err), err);
+        nccl_check(r, dist_nccl_sync(r->nccl, "gradient all-reduce", err), err);
+        return;
+    }
+#endif
+#ifdef DINO_HAVE_CUDA
+    // FALLBACK (no NCCL): stage through host memory and the MPI all-reduce
+    float *h = stage_buffer(r, n);
+    r->be->to_host(r->be, h, grads, sizeof(float) * n);
+    if (dist_allreduce_sum_f32(r->d, h, n, err)) dist_abort(r->d, "%s", err);
+    r->be->to_device(r->be, grads, h, sizeof(float) * n);
+    r->be->sync(r->be);
+#endif
+}
+
+// ZeRO-1: this rank's shard of grads (padded floats) becomes the sum over ranks.
+static void grads_reduce_scatter(Run *r, float *grads, size_t padded) {
+    char err[DINO_ERRLEN];
+    if (!r->device_comm) {
+        if (dist_reduce_scatter_sum_f32(r->d, grads, padded, err)) dist_abort(r->d, "%s", err);
+        return;
+    }
+    const size_t shard = padded / (size_t)r->d->world, lo = (size_t)r->d->rank * shard;
+    (void)shard, (void)lo; // unused in builds without CUDA
+#ifdef DINO_HAVE_NCCL
+    if (r->nccl) { // in place: recv = send + rank * shard
+        void *st = backend_cuda_stream(r->be);
+        nccl_check(r, dist_nccl_reduce_scatter(r->nccl, grads, grads + lo, shard, 0, st, err), err);
+        nccl_check(r, dist_nccl_sync(r->nccl, "gradient reduce-scatter", err), err);
+        return;
+    }
+#endif
+#ifdef DINO_HAVE_CUDA
+    // FALLBACK (no NCCL): stage through host memory and the MPI reduce-scatter
+    float *h = stage_buffer(r, padded);
+    r->be->to_host(r->be, h, grads, sizeof(float) * padded);
+    if (dist_reduce_scatter_sum_f32(r->d, h, padded, err)) dist_abort(r->d, "%s", err);
+    r->be->to_device(r->be, grads + lo, h + lo, sizeof(float) * shard);
+    r->be->sync(r->be);
+#endif
+}
+
+// ZeRO-1: every rank's shard of buf (padded floats) copied to all ranks.
+static void shards_allgather(Run *r, float *buf, size_t padded) {
+    char err[DINO_ERRLEN];
+    if (!r->device_comm) {
+        if (dist_allgather_shards_f32(r->d, buf, padded, err)) dist_abort(r->d, "%s", err);
+        return;
+    }
+    const size_t shard = padded / (size_t)r->d->world, lo = (size_t)r->d->rank * shard;
+    (void)shard, (void)lo; // unused in builds without CUDA
+#ifdef DINO_HAVE_NCCL
+    if (r->nccl) { // in place: send = recv + rank * shard
+        void *st = backend_cuda_stream(r->be);
+        nccl_check(r, dist_nccl_allgather(r->nccl, buf + lo, buf, shard, st, err), err);
+        nccl_check(r, dist_nccl_sync(r->nccl, "parameter all-gather", err), err);
+        return;
+    }
+#endif
+#ifdef DINO_HAVE_CUDA
+    // FALLBACK (no NCCL): stage through host memory and the MPI all-gather
+    float *h = stage_buffer(r, padded);
+    r->be->to_host(r->be, h + lo, buf + lo, sizeof(float) * shard);
+    if (dist_allgather_shards_f32(r->d, h, padded, err)) dist_abort(r->d, "%s", err);
+    r->be->to_device(r->be, buf, h, sizeof(float) * padded);
+    r->be->sync(r->be);
+#endif
+}
+
 // ---- the loop -------------------------------------------------------------------------------------
 
 static int all_finite_over_ranks(Run *r, int finite, char *err) {
@@ -324,13 +516,11 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
     int rc = -1;
     char e2[DINO_ERRLEN];
 
-    if (strcmp(cfg->backend, "cpu") != 0) {
-        dino_seterr(err, "backend '%s' is not available in this build of the trainer (cpu only for now)", cfg->backend);
+    if (create_backend(&r, err)) {
+        free_backend(&r);
         free(cfg);
         return -1;
     }
-    r.be = backend_cpu_new();
-    r.coll = dist_collective(d);
     SslConfig sc;
     if (config_to_ssl(cfg, &sc, e2)) {
         dino_seterr(err, "model: %s", e2);
@@ -422,15 +612,14 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         if (finite) {
             if (sharded(&r)) { // ZeRO-1: average this rank's shard, update it, share the result
                 const size_t lo = r.m.shard_begin, n = r.m.shard_end - lo, padded = r.m.buffer_floats;
-                if (dist_reduce_scatter_sum_f32(d, r.m.grads, padded, e2)) dist_abort(d, "%s", e2);
+                grads_reduce_scatter(&r, r.m.grads, padded);
                 r.be->scale(r.be, r.m.grads + lo, 1.0f / (float)d->world, n);
                 ssl_update_shard(&r.m, r.be, &sv, sum_f64_over_ranks, d, &st);
-                if (dist_allgather_shards_f32(d, r.m.student, padded, e2) ||
-                    dist_allgather_shards_f32(d, r.m.teacher, padded, e2))
-                    dist_abort(d, "%s", e2);
+                shards_allgather(&r, r.m.student, padded);
+                shards_allgather(&r, r.m.teacher, padded);
             } else {
                 if (d->world > 1) {
-                    if (dist_allreduce_sum_f32(d, r.m.grads, r.m.tab.total, e2)) dist_abort(d, "%s", e2);
+                    grads_allreduce_sum(&r, r.m.grads, r.m.tab.total);
                     r.be->scale(r.be, r.m.grads, 1.0f / (float)d->world, r.m.tab.total);
                 }
                 ssl_update(&r.m, r.be, &sv, &st);
@@ -534,7 +723,7 @@ out:
     if (r.loader) loader_destroy(r.loader);
     if (r.src) source_close(r.src);
     if (r.m.work) ssl_model_free(&r.m, r.be);
-    backend_free(r.be);
+    free_backend(&r);
     free(cfg);
     return rc;
 }
