@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Everything a GPU lease should run, in one script: machine info, build, the GPU tests, the ViT
-# benchmark on the CUDA backend, the same model in PyTorch, and a summary table. Each stage's failure is
+# Everything a GPU lease should run, in one script: machine info, build, the GPU tests (ctest -R cuda:
+# every op of the backend, the objective's ops, two SSL steps and the trainer against the CPU), a
+# 50-iteration demo training run on cuda and on cpu (stage train), the ViT benchmark on the CUDA
+# backend, the same model in PyTorch, and a summary table. Each stage's failure is
 # recorded in the table and never stops the other stages. See docs/cuda-backend.md.
 #
-#   tools/gpu_check.sh                         all stages (info,build,test,bench,torch,summary)
-#   tools/gpu_check.sh --stages info,build,test,bench,summary   then, in a second call (10-min limit):
+#   tools/gpu_check.sh                         all stages (info,build,test,train,bench,torch,summary)
+#   tools/gpu_check.sh --stages info,build,test,summary   then, in further calls (10-min limit each):
+#   tools/gpu_check.sh --stages info,train,bench,summary
 #   tools/gpu_check.sh --stages info,torch,summary
 #   tools/gpu_check.sh --stages summary --merge DIR1 --merge DIR2   one table from both calls' $OUT
 #                                              folders (anywhere, no GPU needed)
@@ -20,7 +23,7 @@ set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-STAGES="info,build,test,bench,torch,summary"
+STAGES="info,build,test,train,bench,torch,summary"
 QUICK=0
 MERGE=()
 RES=$ROOT/build-gpu-check
@@ -71,7 +74,7 @@ log() { copy_out; echo "[gpu_check $(date +%H:%M:%S)] $*"; } # each stage starts
 # --merge B` makes one table of both.
 for m in "${MERGE[@]}"; do
   [ -d "$m" ] || { echo "gpu_check: --merge $m: no such folder" >&2; continue; }
-  for f in info.log build.log tests.log sanitize.log bench_c.log bench_torch.log; do
+  for f in info.log build.log tests.log sanitize.log train.log bench_c.log bench_torch.log; do
     [ -s "$m/$f" ] && cp -f "$m/$f" "$RES/$f"
   done
   [ -s "$m/status.env" ] && cat "$m/status.env" >> "$STATUS" # later lines win when sourced
@@ -135,14 +138,16 @@ build_minimal() {
   mkdir -p "$B/obj"
   local GENCODE=() a
   for a in ${ARCHS_CUDA//;/ }; do GENCODE+=(-gencode "arch=compute_$a,code=sm_$a"); done
+  # DINO_GPU_SUBSET: test_cuda_ops leaves out its trainer cases (no data/ or trainer here); the SSL step
+  # cases need train/ssl_step.c, optim.c, schedule.c and dist/dist.c (built without MPI: one process)
   local CFLAGS=(-O2 -std=c17 -D_GNU_SOURCE -DNDEBUG -fopenmp -Wall -Wno-unused-parameter -I. "${INC[@]}" -DDINO_HAVE_CUDA=1
-                -DDINO_SOURCE_DIR="\"$ROOT\"")
+                -DDINO_GPU_SUBSET=1 -DDINO_SOURCE_DIR="\"$ROOT\"")
   local objs=() pids=() f o rc=0
   for f in model/cuda/*.cu; do
     o=$B/obj/$(basename "$f").o; objs+=("$o")
     "$NVCC" -O2 -std=c++17 -lineinfo "${GENCODE[@]}" -I. -Xcompiler=-Wall -c "$f" -o "$o" & pids+=($!)
   done
-  for f in common/check.c common/rng.c model/*.c model/cpu/*.c; do
+  for f in common/check.c common/rng.c model/*.c model/cpu/*.c train/ssl_step.c train/optim.c train/schedule.c dist/dist.c; do
     o=$B/obj/$(echo "$f" | tr / _).o; objs+=("$o")
     "${CC:-gcc}" "${CFLAGS[@]}" -c "$f" -o "$o" & pids+=($!)
   done
@@ -218,6 +223,62 @@ if has_stage test; then
   log "tests: $(get_status TESTS)"
 fi
 
+# ---- demo training on cuda vs cpu -------------------------------------------------------------------------
+# The bundled slide tiled as tools/demo.sh does, then 50 iterations of configs/demo.yaml from scratch on
+# backend cuda and on backend cpu (same seed, data order and drop-path draws): images/s of the CUDA run
+# (mean over iterations 11-50, after warm-up) and whether the loss curves track (bf16 GEMMs on the GPU,
+# fp32 on the CPU: they drift apart slowly, so "tracks" means within 5% at every one of the first 10
+# iterations and within 15% at the last).
+demo_losses() { # metrics.jsonl -> "n last mean_img_s" ; and the loss column in $2
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+open(sys.argv[2], "w").write("\n".join(repr(r["loss"]) for r in rows) + "\n")
+ips = [r["images_per_s"] for r in rows[10:]] or [r["images_per_s"] for r in rows]
+print(len(rows), rows[-1]["loss"] if rows else "nan", sum(ips) / max(len(ips), 1))
+PY
+}
+if has_stage train; then
+  log "stage train (demo slide: 50 iterations on cuda, then on cpu)"
+  D=$RES/demo
+  : > "$RES/train.log"
+  if [ "$BIN" != build ] || [ ! -x build/dinotrain ] || [ ! -x build/dinotile ]; then
+    set_status TRAIN "not run (needs the full CMake build: dinotile, dinotrain)"
+  else
+    rm -rf "$D/run_cuda" "$D/run_cpu"; mkdir -p "$D"
+    {
+      echo "=== tiling data/demo/CMU-1-Small-Region.svs"
+      [ -d "$D/tiles" ] || build/dinotile -o "$D/tiles" --tile-size 224 --mpp 0.5 --min-tissue 0.3 data/demo/CMU-1-Small-Region.svs
+      for be in cuda cpu; do
+        echo "=== dinotrain --no-resume --iterations 50 configs/demo.yaml backend=$be"
+        # options before the config: dinotrain's command line is [options] CONFIG [key=value ...]
+        timeout 400 build/dinotrain --no-resume --iterations 50 configs/demo.yaml backend=$be \
+          "train.output_dir=$D/run_$be" "data.sources=[$D/tiles]" "checkpoint.every_n_iterations=0"
+        echo "rc=$?"
+      done
+    } >> "$RES/train.log" 2>&1
+    tail -8 "$RES/train.log"
+    g=$(demo_losses "$D/run_cuda/training_metrics.jsonl" "$D/loss_cuda.txt" 2>>"$RES/train.log")
+    c=$(demo_losses "$D/run_cpu/training_metrics.jsonl" "$D/loss_cpu.txt" 2>>"$RES/train.log")
+    read -r gn glast gips <<< "${g:-0 nan 0}"; read -r cn clast cips <<< "${c:-0 nan 0}"
+    if [ "$gn" != 50 ] || [ "$cn" != 50 ]; then
+      set_status TRAIN "FAILED: iterations logged cuda $gn, cpu $cn (see train.log)"
+    else
+      track=$(paste "$D/loss_cuda.txt" "$D/loss_cpu.txt" | awk '
+        { r = ($2 != 0) ? ($1 - $2) / $2 : 1; if (r < 0) r = -r; if (NR <= 10 && r > m10) m10 = r; last = r }
+        END { ok = (m10 <= 0.05 && last <= 0.15) ? "tracks" : "DIVERGES";
+              printf "%s (max rel. diff %.3g over iterations 1-10, %.3g at 50)", ok, m10, last }')
+      {
+        echo "=== loss curves (iteration cuda cpu)"; paste "$D/loss_cuda.txt" "$D/loss_cpu.txt" | awk '{print NR, $1, $2}'
+        echo "images/s cuda $gips cpu $cips"; echo "last loss cuda $glast cpu $clast"; echo "$track"
+      } >> "$RES/train.log"
+      echo "last loss: cuda $glast, cpu $clast; $track"
+      set_status TRAIN "cuda $(printf '%.1f' "$gips") img/s vs cpu $(printf '%.1f' "$cips") img/s; last loss cuda $glast / cpu $clast: $track"
+    fi
+  fi
+  log "train: $(get_status TRAIN)"
+fi
+
 # ---- memcheck of the smaller GPU cases (optional stage: --stages sanitize) ------------------------------
 if has_stage sanitize; then
   log "stage sanitize (compute-sanitizer memcheck on the smaller cuda_ops cases)"
@@ -227,7 +288,8 @@ if has_stage sanitize; then
   else
     ( cd "$BIN" && DINO_SOURCE_DIR=$ROOT timeout 500 "$SAN" --tool memcheck --error-exitcode 99 ./test_cuda_ops \
         memory_alloc_zero_copy_roundtrip gemm_transposes_and_leading_dims layernorm_fwd_bwd gelu_swiglu_fwd_bwd im2col_tokens_fwd_bwd \
-        rows_and_residual_fwd_bwd axpy_scale_sum_squares attention_fp32_gemms vit_swiglu_plain_bf16 ) > "$RES/sanitize.log" 2>&1
+        rows_and_residual_fwd_bwd axpy_scale_sum_squares attention_fp32_gemms vit_swiglu_plain_bf16 koleo_kde_fwd_bwd \
+        ssl_step_softmax_koleo_bf16 ssl_step_sinkhorn_kde_bf16 ) > "$RES/sanitize.log" 2>&1
     rc=$?
     grep -E "ERROR SUMMARY|Invalid|FAILED|^ok" "$RES/sanitize.log" | head -30
     set_status SANITIZE "$([ $rc = 0 ] && echo clean || echo "rc=$rc: $(grep -m1 'ERROR SUMMARY' "$RES/sanitize.log")")"
@@ -308,6 +370,7 @@ if has_stage summary; then
     echo "| build | $(get_status BUILD) |"
     echo "| GPU tests | $(get_status TESTS) |"
     echo "| memcheck | $(get_status SANITIZE) |"
+    echo "| demo training, 50 it (cuda vs cpu) | $(get_status TRAIN) |"
     echo "| C benchmark | $(get_status BENCH) |"
     echo "| PyTorch | $(get_status TORCH) |"
     echo "| PyTorch benchmark | $(get_status TORCH_BENCH) |"
