@@ -35,9 +35,36 @@ typedef struct {
     Loader *loader;
     ScheduleConfig sched;
     MetricsLog *metrics;
+    DistGrads *grads_sync; // bucketed gradient averaging over ranks (NULL for one process)
     int64_t total;
     int quiet;
 } Run;
+
+// Gradient buckets: cut at tensor boundaries, dist.grad_bucket_mb each, issued from the backward pass as
+// soon as the layers they hold are done (SslModel.grad_ready), so averaging overlaps the rest of it.
+static void grads_ready(void *ctx, size_t offset) {
+    Run *r = ctx;
+    char err[DINO_ERRLEN];
+    if (dist_grads_ready_from(r->grads_sync, offset, err)) dist_abort(r->d, "%s", err);
+}
+
+static int start_grad_sync(Run *r, char *err) {
+    if (r->d->world == 1) return 0;
+    const ParamTable *tab = &r->m.tab;
+    size_t *cuts = dino_malloc(sizeof(size_t) * (size_t)tab->n);
+    for (int i = 0; i < tab->n; i++) cuts[i] = tab->t[i].offset;
+    // ZeRO-1 reduce-scatters the padded buffer (each rank averages its shard); else all-reduce.
+    int zero = r->m.cfg.zero_world > 1;
+    size_t n = zero ? r->m.buffer_floats : tab->total;
+    size_t bucket_floats = (size_t)(r->cfg->grad_bucket_mb * 1024 * 1024 / sizeof(float));
+    if (bucket_floats < 1) bucket_floats = 1;
+    r->grads_sync = dist_grads_new(r->d, NULL, r->m.grads, n, cuts, tab->n, bucket_floats, zero, err);
+    free(cuts);
+    if (!r->grads_sync) return -1;
+    r->m.grad_ready = grads_ready;
+    r->m.grad_ready_ctx = r;
+    return 0;
+}
 
 static double now_s(void) {
     struct timespec t;
@@ -357,6 +384,10 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         goto out;
     }
     r.sched = config_to_schedule(cfg, d->world);
+    if (start_grad_sync(&r, e2)) {
+        dino_seterr(err, "gradient all-reduce: %s", e2);
+        goto out;
+    }
 
     int64_t start = 0;
     if (!opt->no_resume) {
@@ -418,21 +449,19 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         r.be->to_host(r.be, center_save + Kd, r.m.ibot_center.center, sizeof(float) * (size_t)Ki);
         SslStepStats st;
         int finite = ssl_forward_backward(&r.m, r.be, &r.coll, &sb, &sv, &st, e2) == 0;
+        // the buckets not yet issued by the backward pass, then the average over ranks (every rank takes
+        // part even when its loss is not finite: all ranks issue the same buckets in the same order)
+        int early_buckets = r.grads_sync ? dist_grads_issued(r.grads_sync) : 0;
+        if (r.grads_sync && dist_grads_wait(r.grads_sync, e2)) dist_abort(d, "%s", e2);
         finite = all_finite_over_ranks(&r, finite, e2);
         if (finite) {
-            if (sharded(&r)) { // ZeRO-1: average this rank's shard, update it, share the result
-                const size_t lo = r.m.shard_begin, n = r.m.shard_end - lo, padded = r.m.buffer_floats;
-                if (dist_reduce_scatter_sum_f32(d, r.m.grads, padded, e2)) dist_abort(d, "%s", e2);
-                r.be->scale(r.be, r.m.grads + lo, 1.0f / (float)d->world, n);
+            if (sharded(&r)) { // ZeRO-1: this rank's shard holds the average; update it, share the result
+                const size_t padded = r.m.buffer_floats;
                 ssl_update_shard(&r.m, r.be, &sv, sum_f64_over_ranks, d, &st);
                 if (dist_allgather_shards_f32(d, r.m.student, padded, e2) ||
                     dist_allgather_shards_f32(d, r.m.teacher, padded, e2))
                     dist_abort(d, "%s", e2);
             } else {
-                if (d->world > 1) {
-                    if (dist_allreduce_sum_f32(d, r.m.grads, r.m.tab.total, e2)) dist_abort(d, "%s", e2);
-                    r.be->scale(r.be, r.m.grads, 1.0f / (float)d->world, r.m.tab.total);
-                }
                 ssl_update(&r.m, r.be, &sv, &st);
             }
             bad_in_row = 0;
@@ -483,6 +512,10 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             metrics_add(r.metrics, "data_time", t_data);
             metrics_add_int(r.metrics, "corrupt_tiles", loader_stats(r.loader).corrupt);
             metrics_add_int(r.metrics, "skipped", finite ? 0 : 1);
+            if (r.grads_sync) {
+                metrics_add_int(r.metrics, "grad_buckets", dist_grads_nbuckets(r.grads_sync));
+                metrics_add_int(r.metrics, "grad_buckets_overlapped", early_buckets);
+            }
             if (metrics_end(r.metrics, e2)) {
                 dino_seterr(err, "%s", e2);
                 goto out_loop;
@@ -530,6 +563,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
 out_loop:
     free(center_save);
 out:
+    if (r.grads_sync) dist_grads_free(r.grads_sync);
     if (r.metrics) metrics_close(r.metrics);
     if (r.loader) loader_destroy(r.loader);
     if (r.src) source_close(r.src);
