@@ -612,6 +612,7 @@ void dist_grads_free(DistGrads *g) {
 void dist_grads_set_stream(DistGrads *g, void *compute_stream) { g->stream = compute_stream; }
 
 int dist_grads_nbuckets(const DistGrads *g) { return g->nb; }
+int dist_grads_issued(const DistGrads *g) { return g->n_issued; }
 void dist_grads_bucket_range(const DistGrads *g, int k, size_t *begin, size_t *end) {
     *begin = g->b[k].begin;
     *end = g->b[k].end;

@@ -111,6 +111,8 @@ void dist_grads_free(DistGrads *g);
 // the legacy default stream). Unused for host buffers.
 void dist_grads_set_stream(DistGrads *g, void *compute_stream);
 int dist_grads_nbuckets(const DistGrads *g);
+// Buckets issued so far in this step (before dist_grads_wait: those the backward pass started early).
+int dist_grads_issued(const DistGrads *g);
 void dist_grads_bucket_range(const DistGrads *g, int k, size_t *begin, size_t *end);
 int dist_grads_begin_bucket(DistGrads *g, int k, char *err);
 int dist_grads_ready_from(DistGrads *g, size_t offset, char *err);

@@ -300,11 +300,18 @@ struct VitActs {
     const uint8_t *mask;
     BlockActs *blk;
     float *x_final, *x_norm, *mean_f, *rstd_f; // [B,T,D]
+    VitGradHook grad_hook;
+    void *grad_hook_ctx;
     // backward scratch
     float *dx, *dS_a, *dS_b, *dqkv, *dfc1, *dact, *dpatch, *dpos_used;
 };
 
 int vit_acts_tokens(const VitActs *a) { return a->T; }
+
+void vit_acts_set_grad_hook(VitActs *a, VitGradHook fn, void *ctx) {
+    a->grad_hook = fn;
+    a->grad_hook_ctx = ctx;
+}
 
 static float *falloc(Backend *be, size_t n) { return be->alloc(be, sizeof(float) * n); }
 
@@ -541,6 +548,7 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
                        PTR(P, o->qkv_w), rows_s, D, 3 * D);
         branch_input_grad(be, a, dx, a->dS_a, dln, a->subset ? k->xs1 : k->x_in, k->mean1, k->rstd1,
                           PTR(P, o->norm1_w), PTR(G, o->norm1_w), PTR(G, o->norm1_b), idx1, D);
+        if (a->grad_hook) a->grad_hook(a->grad_hook_ctx, o->norm1_w); // block l and above are final
     }
 
     // tokens: CLS, registers, mask token, position embedding (through the interpolation), patches

@@ -74,6 +74,12 @@ void vit_draw_drop_subsets(const Vit *vit, int B, Rng key, int *subsets);
 // by acts): CLS at token 0, registers at 1..R, patch tokens from 1+R.
 const float *vit_forward(Backend *be, const Vit *vit, const float *params, VitActs *a, const float *images,
                          const uint8_t *masks, const int *drop_subsets);
+// Optional hook for overlapping gradient communication with backward: called by vit_backward each time
+// every gradient from `offset` to the end of the backbone is complete (after each block, from the last
+// to the first). Set it only on the crop group whose backward runs last in a step.
+typedef void (*VitGradHook)(void *ctx, size_t offset);
+void vit_acts_set_grad_hook(VitActs *a, VitGradHook fn, void *ctx);
+
 // Backward from d_xnorm[B,T,D] (backend memory); accumulates into grads (same layout as params).
 void vit_backward(Backend *be, const Vit *vit, const float *params, float *grads, VitActs *a,
                   const float *d_xnorm);

@@ -46,7 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "torch_ref"))
 import st_oracle  # noqa: E402
-from dinov2_vit import DinoVisionTransformer, drop_subset_size  # noqa: E402
+from dinov2_vit import DinoVisionTransformer, drop_subset_size, randomize_weights  # noqa: E402
 
 OUT = os.path.join(HERE, "fixtures")
 
@@ -165,22 +165,6 @@ def param_groups(student, decay, pe_mult):
     return groups
 
 
-@torch.no_grad()
-def randomize_backbone(vit):
-    """Realistic weight scales (LayerScale 0.5) so every block matters for the losses."""
-    for name, p in vit.named_parameters():
-        if name.endswith("gamma"):
-            p.copy_(0.5 + 0.1 * torch.randn_like(p))
-        elif "norm" in name and name.endswith("weight"):
-            p.copy_(1.0 + 0.2 * torch.randn_like(p))
-        elif name.endswith("bias"):
-            p.copy_(0.1 * torch.randn_like(p))
-        elif name.endswith("weight"):
-            p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5)
-        else:
-            p.copy_(0.5 * torch.randn_like(p))
-
-
 def make_masks(twoB, N, gen):
     """Half the global-crop images masked (ratios in [0.1, 0.5]), shuffled, as the reference's collate."""
     masks = torch.zeros(twoB, N, dtype=torch.bool)
@@ -211,7 +195,7 @@ def make_variant(name, var, seed):
         return m
 
     student = build()
-    randomize_backbone(student["backbone"])
+    randomize_weights(student["backbone"])
     init = {f"init.student.{k}": v.detach().float().clone().numpy() for k, v in student.state_dict().items()}
     student = student.double().train()
     teacher = build().double()

@@ -30,7 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "torch_ref"))
 import st_oracle  # noqa: E402
-from dinov2_vit import DinoVisionTransformer, drop_subset_size, pos_interp_matrix, swiglu_hidden  # noqa: E402
+from dinov2_vit import (  # noqa: E402
+    DinoVisionTransformer, drop_subset_size, pos_interp_matrix, randomize_weights, swiglu_hidden)
 
 OUT = os.path.join(HERE, "fixtures")
 
@@ -58,23 +59,6 @@ VARIANTS = {
 }
 
 
-@torch.no_grad()
-def randomize(model):
-    """Random weights at a realistic scale; LayerScale gammas near 0.5 so every gradient is visible."""
-    for name, p in model.named_parameters():
-        if name.endswith("gamma"):
-            p.copy_(0.5 + 0.1 * torch.randn_like(p))
-        elif "norm" in name and name.endswith("weight"):
-            p.copy_(1.0 + 0.2 * torch.randn_like(p))
-        elif name.endswith("bias"):
-            p.copy_(0.1 * torch.randn_like(p))
-        elif name.endswith("weight"):  # Linear / Conv2d: unit-variance outputs
-            fan_in = p[0].numel()
-            p.copy_(torch.randn_like(p) / fan_in ** 0.5)
-        else:  # cls_token, pos_embed, register_tokens, mask_token
-            p.copy_(0.5 * torch.randn_like(p))
-
-
 def make_masks(B, N, gen):
     """iBOT-like masks: the first image unmasked, the others with a random ratio in [0.1, 0.5]."""
     m = torch.zeros(B, N, dtype=torch.uint8)
@@ -89,7 +73,7 @@ def make_variant(name, spec, seed):
     gen = torch.Generator().manual_seed(seed + 1000)
     cfg = dict(BASE, **spec["model"], layerscale=0.5)
     model = DinoVisionTransformer(**cfg)
-    randomize(model)
+    randomize_weights(model)
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}  # float32 originals
     model = model.double().train()
 

@@ -15,10 +15,12 @@
 #include "tests/harness.h"
 #include "tests/synth_files.h"
 
-// A folder of synthetic 64 px JPEG tiles; returns the source spec.
-static const char *make_tiles(const char *dir, int n) {
-    static char spec[4200];
-    char path[4200];
+// n synthetic 64 px JPEG tiles in <tmp>/tiles; returns the source spec.
+static const char *make_tiles(const char *tmp, int n) {
+    static char spec[4300];
+    char dir[4200], path[4300];
+    snprintf(dir, sizeof dir, "%s/tiles", tmp);
+    mkdir(dir, 0755);
     for (int i = 0; i < n; i++) {
         snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
         write_synth_jpeg(path, 11, i, 4, 64);
@@ -96,10 +98,8 @@ static void check_same_checkpoint(const char *a, const char *b) {
 
 TEST(resume_is_bit_exact) {
     const char *tmp = test_tmpdir();
-    char tiles[4200], outa[4200], outb[4200], ca[4300], cb[4300];
-    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    mkdir(tiles, 0755);
-    const char *spec = make_tiles(tiles, 24);
+    char outa[4200], outb[4200], ca[4300], cb[4300];
+    const char *spec = make_tiles(tmp, 24);
     snprintf(outa, sizeof outa, "%s/a", tmp);
     snprintf(outb, sizeof outb, "%s/b", tmp);
     Config cfg;
@@ -127,10 +127,8 @@ TEST(resume_is_bit_exact) {
 
 TEST(corrupt_newest_checkpoint_falls_back) {
     const char *tmp = test_tmpdir();
-    char tiles[4200], out[4200];
-    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    mkdir(tiles, 0755);
-    const char *spec = make_tiles(tiles, 16);
+    char out[4200];
+    const char *spec = make_tiles(tmp, 16);
     snprintf(out, sizeof out, "%s/run", tmp);
     Config cfg;
     char err[DINO_ERRLEN];
@@ -166,10 +164,8 @@ TEST(corrupt_newest_checkpoint_falls_back) {
 
 TEST(nan_loss_is_skipped_then_stops_the_run) {
     const char *tmp = test_tmpdir();
-    char tiles[4200], out[4200];
-    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    mkdir(tiles, 0755);
-    const char *spec = make_tiles(tiles, 16);
+    char out[4200];
+    const char *spec = make_tiles(tmp, 16);
     snprintf(out, sizeof out, "%s/run", tmp);
     Config cfg;
     char err[DINO_ERRLEN];
@@ -244,10 +240,8 @@ TEST(missing_data_source_named) {
 // student.pretrained_weights from an exported teacher, and the periodic k-NN evaluation.
 TEST(pretrained_init_and_periodic_knn) {
     const char *tmp = test_tmpdir();
-    char tiles[4200], outa[4200], outb[4200], exp[4200], cmd[13000], kv[5][4400];
-    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    mkdir(tiles, 0755);
-    const char *spec = make_tiles(tiles, 16);
+    char outa[4200], outb[4200], exp[4200], cmd[13000], kv[5][4400];
+    const char *spec = make_tiles(tmp, 16);
     snprintf(outa, sizeof outa, "%s/a", tmp);
     snprintf(outb, sizeof outb, "%s/b", tmp);
     snprintf(exp, sizeof exp, "%s/export", tmp);

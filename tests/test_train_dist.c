@@ -56,7 +56,7 @@ static int train_with(const char *tmp, const char *out, int ranks, int batch, co
              "dino.head_hidden_dim=32 dino.head_bottleneck_dim=16 dino.koleo_loss_weight=0 ibot.loss_weight=0 "
              "train.batch_size_per_gpu=%d train.OFFICIAL_EPOCH_LENGTH=4 train.num_workers=1 train.centering=%s "
              "optim.epochs=2 optim.warmup_epochs=1 optim.base_lr=0.02 teacher.warmup_teacher_temp_epochs=1 "
-             "checkpoint.every_n_iterations=4 checkpoint.keep_last=3 %s > %s/%s.log 2>&1",
+             "checkpoint.every_n_iterations=4 checkpoint.keep_last=3 dist.grad_bucket_mb=0.01 %s > %s/%s.log 2>&1",
              launcher, its, test_src_path("configs/demo.yaml"), tmp, tmp, out, batch, centering, extra, tmp, out);
     return system(cmd);
 }
@@ -131,6 +131,21 @@ static void equivalence(const char *centering) {
     CHECK(rc2 == 0, "2 ranks x 4 failed (%d)", rc2);
     if (rc1 || rc2) return;
     compare(tmp, "two", "one", TOL);
+    // gradient buckets were averaged while the backward pass was still running
+    char mpath[4200], buf[1 << 16];
+    snprintf(mpath, sizeof mpath, "%s/two/training_metrics.jsonl", tmp);
+    FILE *f = fopen(mpath, "r");
+    CHECK(f != NULL, "no metrics %s", mpath);
+    if (f) {
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+        const char *ke = "\"grad_buckets_overlapped\": ", *kt = "\"grad_buckets\": ";
+        const char *p = strstr(buf, ke), *q = strstr(buf, kt);
+        int early = p ? atoi(p + strlen(ke)) : -1, total = q ? atoi(q + strlen(kt)) : -1;
+        printf("gradient buckets: %d, issued during the backward pass: %d\n", total, early);
+        CHECK(total > 2 && early > 0 && early < total, "buckets %d, early %d: no overlap", total, early);
+    }
     // a different data order must be seen as different (the comparison can fail)
     int rc3 = train(tmp, "half", 0, 4, centering, 0);
     CHECK(rc3 == 0, "1 rank x 4 failed");

@@ -151,6 +151,7 @@ typedef struct {
     CfgCheckpoint checkpoint;
     char backend[CFG_NAME]; // cpu | cuda
     bool zero1;             // dist.zero1: shard AdamW moments over ranks
+    double grad_bucket_mb;  // dist.grad_bucket_mb: gradient bucket size
     CfgOrigins origin;      // not a setting: bookkeeping for messages (ignored by config_equal)
 } Config;
 

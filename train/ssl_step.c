@@ -380,6 +380,11 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     } else if (c->koleo_loss_weight > 0) {
         reg = koleo_loss(be, s_glob_cls, 2, B, D, c->koleo_loss_weight, ds_glob_cls, w->scratch);
     }
+    // the heads sit after the backbone in the buffer: their gradients are final now
+    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, m->dino_head.w[0]);
+    // backbone gradients are final only during the last crop group's backward
+    vit_acts_set_grad_hook(w->s_glob, nL > 0 ? NULL : m->grad_ready, m->grad_ready_ctx);
+    if (nL > 0) vit_acts_set_grad_hook(w->s_loc, m->grad_ready, m->grad_ready_ctx);
     be->zero(be, w->d_xg, sizeof(float) * (size_t)2 * B * w->Tg * D);
     be->scatter_add_rows(be, w->d_xg, ds_glob_cls, w->idx_gcls, 2 * B, (size_t)D);
     if (n_m) be->scatter_add_rows(be, w->d_xg, w->ds_in + (size_t)w->rows_cls * D, w->idx_mask, n_m, (size_t)D);

@@ -62,6 +62,11 @@ typedef struct {
     size_t shard_begin, shard_end;   // the range this process updates: [0, tab.total), or its ZeRO-1 shard
     AdamW opt;                       // moments for [shard_begin, shard_end)
     TeacherCenter dino_center, ibot_center;
+    // Optional: called during ssl_forward_backward whenever every gradient from `offset` to the end of
+    // the buffer is final (after the heads, then after each backbone block), so a data-parallel trainer
+    // can start averaging those gradients while the backward pass goes on.
+    void (*grad_ready)(void *ctx, size_t offset);
+    void *grad_ready_ctx;
     void *work;                      // activations and scratch (ssl_step.c)
 } SslModel;
 

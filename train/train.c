@@ -49,9 +49,41 @@ typedef struct {
     Loader *loader;
     ScheduleConfig sched;
     MetricsLog *metrics;
+    DistGrads *grads_sync; // bucketed gradient averaging over ranks (NULL for one process)
     int64_t total;
     int quiet;
 } Run;
+
+// Gradient buckets: cut at tensor boundaries, dist.grad_bucket_mb each, issued from the backward pass as
+// soon as the layers they hold are done (SslModel.grad_ready), so averaging overlaps the rest of it.
+static void grads_ready(void *ctx, size_t offset) {
+    Run *r = ctx;
+    char err[DINO_ERRLEN];
+    if (dist_grads_ready_from(r->grads_sync, offset, err)) dist_abort(r->d, "%s", err);
+}
+
+static int start_grad_sync(Run *r, char *err) {
+    if (r->d->world == 1) return 0;
+    // backend cuda: buckets through NCCL on device memory; without NCCL, staged_grads_average instead
+    if (r->device_comm && !r->nccl) return 0;
+    const ParamTable *tab = &r->m.tab;
+    size_t *cuts = dino_malloc(sizeof(size_t) * (size_t)tab->n);
+    for (int i = 0; i < tab->n; i++) cuts[i] = tab->t[i].offset;
+    // ZeRO-1 reduce-scatters the padded buffer (each rank averages its shard); else all-reduce.
+    int zero = r->m.cfg.zero_world > 1;
+    size_t n = zero ? r->m.buffer_floats : tab->total;
+    size_t bucket_floats = (size_t)(r->cfg->grad_bucket_mb * 1024 * 1024 / sizeof(float));
+    if (bucket_floats < 1) bucket_floats = 1;
+    r->grads_sync = dist_grads_new(r->d, r->nccl, r->m.grads, n, cuts, tab->n, bucket_floats, zero, err);
+    free(cuts);
+    if (!r->grads_sync) return -1;
+#ifdef DINO_HAVE_CUDA
+    if (r->nccl) dist_grads_set_stream(r->grads_sync, backend_cuda_stream(r->be)); // after the backward's kernels
+#endif
+    r->m.grad_ready = grads_ready;
+    r->m.grad_ready_ctx = r;
+    return 0;
+}
 
 static double now_s(void) {
     struct timespec t;
@@ -409,55 +441,23 @@ static void nccl_check(Run *r, int rc, const char *err) {
 }
 #endif
 
-// grads (device memory, n floats) summed over ranks in place.
-static void grads_allreduce_sum(Run *r, float *grads, size_t n) {
-    char err[DINO_ERRLEN];
-    if (!r->device_comm) {
-        if (dist_allreduce_sum_f32(r->d, grads, n, err)) dist_abort(r->d, "%s", err);
-        return;
-    }
-#ifdef DINO_HAVE_NCCL
-    if (r->nccl) {
-        void *st = backend_cuda_stream(r->be);
-        nccl_check(r, dist_nccl_allreduce(r->nccl, grads, n, 0, st, err), err);
-        nccl_check(r, dist_nccl_sync(r->nccl, "gradient all-reduce", err), err);
-        return;
-    }
-#endif
+// FALLBACK for backend cuda in a build without NCCL (DistGrads buckets need host buffers or NCCL):
+// after the backward pass, the gradients are copied to the host, averaged with the MPI collective
+// (all-reduce, or ZeRO-1's reduce-scatter: then only this rank's shard is averaged), and copied back.
+static void staged_grads_average(Run *r) {
 #ifdef DINO_HAVE_CUDA
-    // FALLBACK (no NCCL): stage through host memory and the MPI all-reduce
+    char err[DINO_ERRLEN];
+    const size_t n = sharded(r) ? r->m.buffer_floats : r->m.tab.total;
+    const size_t lo = sharded(r) ? r->m.shard_begin : 0, len = sharded(r) ? n / (size_t)r->d->world : n;
     float *h = stage_buffer(r, n);
-    r->be->to_host(r->be, h, grads, sizeof(float) * n);
-    if (dist_allreduce_sum_f32(r->d, h, n, err)) dist_abort(r->d, "%s", err);
-    r->be->to_device(r->be, grads, h, sizeof(float) * n);
-    r->be->sync(r->be);
-#endif
-}
-
-// ZeRO-1: this rank's shard of grads (padded floats) becomes the sum over ranks.
-static void grads_reduce_scatter(Run *r, float *grads, size_t padded) {
-    char err[DINO_ERRLEN];
-    if (!r->device_comm) {
-        if (dist_reduce_scatter_sum_f32(r->d, grads, padded, err)) dist_abort(r->d, "%s", err);
-        return;
-    }
-    const size_t shard = padded / (size_t)r->d->world, lo = (size_t)r->d->rank * shard;
-    (void)shard, (void)lo; // unused in builds without CUDA
-#ifdef DINO_HAVE_NCCL
-    if (r->nccl) { // in place: recv = send + rank * shard
-        void *st = backend_cuda_stream(r->be);
-        nccl_check(r, dist_nccl_reduce_scatter(r->nccl, grads, grads + lo, shard, 0, st, err), err);
-        nccl_check(r, dist_nccl_sync(r->nccl, "gradient reduce-scatter", err), err);
-        return;
-    }
-#endif
-#ifdef DINO_HAVE_CUDA
-    // FALLBACK (no NCCL): stage through host memory and the MPI reduce-scatter
-    float *h = stage_buffer(r, padded);
-    r->be->to_host(r->be, h, grads, sizeof(float) * padded);
-    if (dist_reduce_scatter_sum_f32(r->d, h, padded, err)) dist_abort(r->d, "%s", err);
-    r->be->to_device(r->be, grads + lo, h + lo, sizeof(float) * shard);
-    r->be->sync(r->be);
+    r->be->to_host(r->be, h, r->m.grads, sizeof(float) * n);
+    int rc = sharded(r) ? dist_reduce_scatter_sum_f32(r->d, h, n, err) : dist_allreduce_sum_f32(r->d, h, n, err);
+    if (rc) dist_abort(r->d, "%s", err);
+    r->be->to_device(r->be, r->m.grads + lo, h + lo, sizeof(float) * len);
+    r->be->scale(r->be, r->m.grads + lo, 1.0f / (float)r->d->world, len);
+    r->be->sync(r->be); // the staging buffer may be reused right away
+#else
+    (void)r;
 #endif
 }
 
@@ -547,6 +547,10 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         goto out;
     }
     r.sched = config_to_schedule(cfg, d->world);
+    if (start_grad_sync(&r, e2)) {
+        dino_seterr(err, "gradient all-reduce: %s", e2);
+        goto out;
+    }
 
     int64_t start = 0;
     if (!opt->no_resume) {
@@ -608,20 +612,19 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         r.be->to_host(r.be, center_save + Kd, r.m.ibot_center.center, sizeof(float) * (size_t)Ki);
         SslStepStats st;
         int finite = ssl_forward_backward(&r.m, r.be, &r.coll, &sb, &sv, &st, e2) == 0;
+        // the buckets not yet issued by the backward pass, then the average over ranks (every rank takes
+        // part even when its loss is not finite: all ranks issue the same buckets in the same order)
+        int early_buckets = r.grads_sync ? dist_grads_issued(r.grads_sync) : 0;
+        if (r.grads_sync && dist_grads_wait(r.grads_sync, e2)) dist_abort(d, "%s", e2);
+        if (!r.grads_sync && r.device_comm) staged_grads_average(&r); // cuda without NCCL: the fallback
         finite = all_finite_over_ranks(&r, finite, e2);
         if (finite) {
-            if (sharded(&r)) { // ZeRO-1: average this rank's shard, update it, share the result
-                const size_t lo = r.m.shard_begin, n = r.m.shard_end - lo, padded = r.m.buffer_floats;
-                grads_reduce_scatter(&r, r.m.grads, padded);
-                r.be->scale(r.be, r.m.grads + lo, 1.0f / (float)d->world, n);
+            if (sharded(&r)) { // ZeRO-1: this rank's shard holds the average; update it, share the result
+                const size_t padded = r.m.buffer_floats;
                 ssl_update_shard(&r.m, r.be, &sv, sum_f64_over_ranks, d, &st);
                 shards_allgather(&r, r.m.student, padded);
                 shards_allgather(&r, r.m.teacher, padded);
             } else {
-                if (d->world > 1) {
-                    grads_allreduce_sum(&r, r.m.grads, r.m.tab.total);
-                    r.be->scale(r.be, r.m.grads, 1.0f / (float)d->world, r.m.tab.total);
-                }
                 ssl_update(&r.m, r.be, &sv, &st);
             }
             bad_in_row = 0;
@@ -672,6 +675,10 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             metrics_add(r.metrics, "data_time", t_data);
             metrics_add_int(r.metrics, "corrupt_tiles", loader_stats(r.loader).corrupt);
             metrics_add_int(r.metrics, "skipped", finite ? 0 : 1);
+            if (r.grads_sync) {
+                metrics_add_int(r.metrics, "grad_buckets", dist_grads_nbuckets(r.grads_sync));
+                metrics_add_int(r.metrics, "grad_buckets_overlapped", early_buckets);
+            }
             if (metrics_end(r.metrics, e2)) {
                 dino_seterr(err, "%s", e2);
                 goto out_loop;
@@ -719,6 +726,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
 out_loop:
     free(center_save);
 out:
+    if (r.grads_sync) dist_grads_free(r.grads_sync);
     if (r.metrics) metrics_close(r.metrics);
     if (r.loader) loader_destroy(r.loader);
     if (r.src) source_close(r.src);

@@ -273,3 +273,20 @@ def vit_from_arch(arch, patch=14, img_size=224, n_registers=0, ffn="mlp", **kw):
     dim, depth, heads = ARCHS[arch]
     return DinoVisionTransformer(img_size=img_size, patch=patch, dim=dim, depth=depth, heads=heads, ffn=ffn,
                                  n_registers=n_registers, **kw)
+
+
+@torch.no_grad()
+def randomize_weights(model):
+    """Random weights at a realistic scale for test fixtures (not the reference's init): LayerScale
+    gammas near 0.5 and unit-variance linear outputs, so every block and every gradient is visible."""
+    for name, p in model.named_parameters():
+        if name.endswith("gamma"):
+            p.copy_(0.5 + 0.1 * torch.randn_like(p))
+        elif "norm" in name and name.endswith("weight"):
+            p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        elif name.endswith("bias"):
+            p.copy_(0.1 * torch.randn_like(p))
+        elif name.endswith("weight"):  # Linear / Conv2d
+            p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5)
+        else:  # cls_token, pos_embed, register_tokens, mask_token
+            p.copy_(0.5 * torch.randn_like(p))
