@@ -147,7 +147,7 @@ build_minimal() {
     o=$B/obj/$(basename "$f").o; objs+=("$o")
     "$NVCC" -O2 -std=c++17 -lineinfo "${GENCODE[@]}" -I. -Xcompiler=-Wall -c "$f" -o "$o" & pids+=($!)
   done
-  for f in common/check.c common/rng.c model/*.c model/cpu/*.c train/ssl_step.c train/optim.c train/schedule.c dist/dist.c; do
+  for f in common/*.c model/*.c model/cpu/*.c train/ssl_step.c train/optim.c train/schedule.c dist/dist.c; do
     o=$B/obj/$(echo "$f" | tr / _).o; objs+=("$o")
     "${CC:-gcc}" "${CFLAGS[@]}" -c "$f" -o "$o" & pids+=($!)
   done
