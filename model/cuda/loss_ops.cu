@@ -93,7 +93,9 @@ __global__ void column_max_kernel(float *shift, const float *z, int rows, int K,
 
 __global__ void sinkhorn_exp_kernel(float *P, const float *z, const float *shift_sum, size_t n, int K, float temp,
                                     float inv_world) {
-    GRID_STRIDE(i, n) P[i] = expf(z[i] / temp - shift_sum[i % K] * inv_world);
+    // __fmul_rn: the shift rounded to fp32 before the subtraction, as the CPU stores it (an FMA would
+    // skip that rounding, an error of up to half an ulp of ~|z|/temp in the exponent)
+    GRID_STRIDE(i, n) P[i] = expf(z[i] / temp - __fmul_rn(shift_sum[i % K], inv_world));
 }
 
 // total[0] = (float) sum of x, in double: SUM_BLOCKS block trees, then one block over the partials.
@@ -188,7 +190,7 @@ __global__ void softmax_ce_kernel(float *loss, float *ds, const float *s, const 
     float m = -INFINITY;
     double se = 0, tsum = 0, dot = 0;
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        const float y = sr[k] * inv_t;
+        const float y = __fmul_rn(sr[k], inv_t); // rounded as the CPU's y, never fused into y - m
         tsum += tr[k];
         dot += (double)tr[k] * y;
         if (y > m) {
@@ -210,7 +212,7 @@ __global__ void softmax_ce_kernel(float *loss, float *ds, const float *s, const 
     const float ts = (float)tsum;
     float *d = ds + (size_t)r * K;
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        const float q = (float)exp((double)(sr[k] * inv_t) - lse);
+        const float q = (float)exp((double)__fmul_rn(sr[k], inv_t) - lse);
         d[k] = c * (q * ts - tr[k]);
     }
 }
