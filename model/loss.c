@@ -36,8 +36,11 @@ void ibot_teacher_targets(Backend *be, Collective *coll, Centering centering, Te
                           const float *z, int n_masked, float temp) {
     const int K = c->K, world = collective_world(coll);
     if (centering == CENTERING_SINKHORN) {
+        // the count goes through backend memory like every other collective buffer (c->sum is free here)
         float n_global = (float)n_masked;
-        collective_sum_f32(coll, &n_global, 1);
+        be->to_device(be, c->sum, &n_global, sizeof(float));
+        collective_sum_f32(coll, c->sum, 1);
+        be->to_host(be, &n_global, c->sum, sizeof(float));
         // called even without masked tokens here: every rank joins the collectives
         be->sinkhorn(be, coll, P, z, n_masked, K, temp, SINKHORN_ITERATIONS, n_global);
         return;

@@ -354,16 +354,10 @@ static float *stage_buffer(Run *r, size_t n) {
     return r->stage;
 }
 
-// The objective's reductions (centres, Sinkhorn sums) with backend cuda and world > 1. Buffers are
-// device memory, except the one host float that model/loss.c reduces for the iBOT Sinkhorn sample count:
-// those go through MPI as on the CPU backend.
+// The objective's reductions (centres, Sinkhorn sums) with backend cuda and world > 1: device buffers.
 static void run_collective_sum(Collective *c, float *buf, size_t n) {
     Run *r = c->ctx;
     char err[DINO_ERRLEN];
-    if (!backend_cuda_is_device_memory(buf)) {
-        if (dist_allreduce_sum_f32(r->d, buf, n, err)) dist_abort(r->d, "%s", err);
-        return;
-    }
     if (r->nccl) {
         r->dev_coll.allreduce_sum_f32(&r->dev_coll, buf, n);
         return;
