@@ -148,15 +148,6 @@ extern "C" void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *t
 
 extern "C" const char *backend_cuda_device_name(Backend *be) { return cuda_impl(be)->device_name; }
 
-extern "C" int backend_cuda_is_device_memory(const void *p) {
-    cudaPointerAttributes a;
-    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-        cudaGetLastError(); // not a pointer CUDA knows: host memory
-        return 0;
-    }
-    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
-}
-
 extern "C" void *backend_cuda_stream(Backend *be) { return (void *)cuda_impl(be)->stream; }
 
 static void cuda_destroy(Backend *be) {

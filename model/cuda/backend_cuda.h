@@ -39,8 +39,6 @@ const char *backend_cuda_device_name(Backend *be);
 // The backend's stream (a cudaStream_t as void *): every op is enqueued on it. For the NCCL layer
 // (dist_nccl_set_compute_stream, dist_nccl_allreduce's `after`, dist_nccl_gate).
 void *backend_cuda_stream(Backend *be);
-// 1 when p is device (or managed) memory, 0 for host memory (pageable or pinned). Never aborts.
-int backend_cuda_is_device_memory(const void *p);
 
 #ifdef __cplusplus
 }
