@@ -1162,7 +1162,7 @@ static const char *tiny_tiles(void) {
 }
 
 // The "loss" of each line of <out>/training_metrics.jsonl; returns how many.
-static int read_losses(const char *out, double *loss, int cap) {
+static __attribute__((unused)) int read_losses(const char *out, double *loss, int cap) {
     char path[4200], line[8192];
     snprintf(path, sizeof path, "%s/training_metrics.jsonl", out);
     FILE *f = fopen(path, "r");
