@@ -22,7 +22,7 @@ echo "== 3/4 exporting the teacher backbone"
 
 echo "== 4/4 embedding the slide's tissue tiles"
 "$b/dinoembed" --model "$out/export" --slide data/demo/CMU-1-Small-Region.svs --mpp 0.5 --tile 224 \
-  --out "$out/CMU-1-Small-Region.h5"
+  --min-tissue 0.3 --out "$out/CMU-1-Small-Region.h5"
 
 if /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
   /usr/bin/python3 tools/plot_metrics.py -o "$out/metrics.png" "$out/run/training_metrics.jsonl"
