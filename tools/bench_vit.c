@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/threads.h"
 #include "common/check.h"
 #include "common/rng.h"
 #include "model/backend.h"
@@ -157,6 +158,7 @@ static float *random_device(Backend *be, size_t n, Rng *r) {
 }
 
 int main(int argc, char **argv) {
+    dino_prefer_passive_openmp(argv);
     int B = 8, iters = 3, warmup = 1, patch = 14, gsize = 224, lsize = 98, n_global = 2, n_local = 8, regs = 0;
     int profile = 0;
     float drop = 0.0f;

@@ -8,7 +8,8 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
 threads=${OMP_NUM_THREADS:-$(nproc)}
-export OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads"
+# Same thread settings for both; passive OpenMP waiting is what dinotrain uses (common/threads.h).
+export OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 python=/usr/bin/python3
 
 if [ ! -f "$build/CMakeCache.txt" ]; then

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/threads.h"
 #include "common/check.h"
 #include "common/rng.h"
 #include "model/backend.h"
@@ -210,6 +211,7 @@ static double nominal_bf16_tflops(const char *name) {
 }
 
 int main(int argc, char **argv) {
+    dino_prefer_passive_openmp(argv);
     const char *backend = "cuda", *arch = "vit_small", *ffn = "mlp", *gemm = "bf16";
     int batch = 8, n_global = 2, n_local = 8, gsize = 224, lsize = 98, patch = 14, registers = 0, depth = 0;
     int iters = 10, warmup = 3, peak_only = 0, no_peak = 0, op_profile = 0;

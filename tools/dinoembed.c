@@ -26,6 +26,7 @@
 #include <hdf5.h>
 #endif
 
+#include "common/threads.h"
 #include "common/check.h"
 #include "common/safetensors.h"
 #include "data/source.h"
@@ -389,6 +390,7 @@ static int run_slide(EmbedModel *m, const char *path, const char *out, FeatureKi
 }
 
 int main(int argc, char **argv) {
+    dino_prefer_passive_openmp(argv);
     const char *model = NULL, *tiles = NULL, *slide = NULL, *out = NULL;
     FeatureKind kind = FEAT_CLS;
     int batch = 16, resize = -1, crop = -1, heads = 0, tile = 224, have_mean = 0, have_std = 0;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/threads.h"
 #include "common/check.h"
 #include "train/eval.h"
 
@@ -25,6 +26,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
+    dino_prefer_passive_openmp(argv);
     const char *model = NULL, *train_spec = NULL, *test_spec = NULL, *kspec = "10,20";
     double test_fraction = -1, T = 0.07;
     uint64_t seed = 0;

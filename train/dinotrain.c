@@ -3,9 +3,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "common/check.h"
+#include "common/threads.h"
 #include "dist/dist.h"
 #include "train/config.h"
 #include "train/train.h"
@@ -19,18 +19,8 @@ static void usage(FILE *f) {
             "Configs: configs/*.yaml; keys: docs/configuration.md.\n");
 }
 
-// The loader's worker threads share the cores with the OpenMP compute team; spinning OpenMP threads
-// then steal their time (measured: 1.5 vs 110 images/s for the demo on a loaded 2-core machine).
-// libgomp reads OMP_WAIT_POLICY when it loads, so set it and start again, unless the user chose one.
-static void prefer_passive_openmp(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    setenv("OMP_WAIT_POLICY", "passive", 1);
-    execv("/proc/self/exe", argv);
-    // exec failed (no /proc): carry on with the default policy
-}
-
 int main(int argc, char **argv) {
-    prefer_passive_openmp(argv);
+    dino_prefer_passive_openmp(argv);
     TrainOptions opt = {0};
     int check_only = 0, i = 1;
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
