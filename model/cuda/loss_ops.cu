@@ -369,15 +369,21 @@ static PairScratch pair_scratch(Backend *be, int B, int D) {
     return p;
 }
 
-void cuda_koleo(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float alpha) {
-    CUDA_OP_RANGE("koleo");
-    if (B < 2) DINO_DIE("koleo: needs at least 2 samples per crop, got %d", B);
-    cudaStream_t st = cuda_stream(be);
+// KoLeo and KDE both start from the L2-normalized rows x^ and their Gram matrix G = x^ x^T.
+static PairScratch normalized_gram(Backend *be, cudaStream_t st, const float *x, int B, int D) {
     PairScratch p = pair_scratch(be, B, D);
     normalize_rows_kernel<<<B, SMALL_THREADS, 0, st>>>(p.xh, p.nrm, x, D, KOLEO_EPS);
     cudaCheckLaunch();
     gram_kernel<<<dim3(B, B), SMALL_THREADS, 0, st>>>(p.G, p.xh, B, D);
     cudaCheckLaunch();
+    return p;
+}
+
+void cuda_koleo(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float alpha) {
+    CUDA_OP_RANGE("koleo");
+    if (B < 2) DINO_DIE("koleo: needs at least 2 samples per crop, got %d", B);
+    cudaStream_t st = cuda_stream(be);
+    PairScratch p = normalized_gram(be, st, x, B, D);
     koleo_rows_kernel<<<B, SMALL_THREADS, 0, st>>>(p.nn, p.diff, p.term, p.coef, p.xh, p.G, B, D);
     cudaCheckLaunch();
     mean_terms_kernel<<<1, 1, 0, st>>>(loss, p.term, B, -1.0);
@@ -420,11 +426,7 @@ void cuda_kde(Backend *be, float *loss, float *dx_acc, const float *x, int B, in
     CUDA_OP_RANGE("kde");
     if (B < 1) DINO_DIE("kde: needs at least 1 sample, got %d", B);
     cudaStream_t st = cuda_stream(be);
-    PairScratch p = pair_scratch(be, B, D);
-    normalize_rows_kernel<<<B, SMALL_THREADS, 0, st>>>(p.xh, p.nrm, x, D, KOLEO_EPS);
-    cudaCheckLaunch();
-    gram_kernel<<<dim3(B, B), SMALL_THREADS, 0, st>>>(p.G, p.xh, B, D);
-    cudaCheckLaunch();
+    PairScratch p = normalized_gram(be, st, x, B, D);
     // A overwrites G row by row: each thread reads only its own row i of G before writing it.
     kde_rows_kernel<<<ceil_div(B, 64), 64, 0, st>>>(p.G, p.term, p.G, B, (double)kappa);
     cudaCheckLaunch();
