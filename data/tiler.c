@@ -1,3 +1,4 @@
+#include "common/clock.h"
 #include "data/tiler.h"
 
 #include <math.h>
@@ -41,15 +42,9 @@ int tile_slide_is_done(const char *out_dir, const char *slide_path) {
     return access(p, F_OK) == 0;
 }
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
 int tile_slide(const char *slide_path, const char *out_dir, const TileOptions *o, TileProgressFn progress,
                void *user, TileSummary *sum, char *err) {
-    double t0 = now_s();
+    double t0 = dino_wall_s();
     memset(sum, 0, sizeof *sum);
     Wsi *w = wsi_open(slide_path, o->assume_mpp, err);
     if (!w) return -1;
@@ -106,7 +101,7 @@ int tile_slide(const char *slide_path, const char *out_dir, const TileOptions *o
     if (progress && rc == 0) progress(user, nx * ny, nx * ny);
     tissue_mask_free(&tm);
     wsi_close(w);
-    sum->seconds = now_s() - t0;
+    sum->seconds = dino_wall_s() - t0;
     if (rc != 0) return -1;
     // The marker goes last (atomically): a slide without it is redone from scratch on the next run.
     char marker[4096], tmp[4200];

@@ -1,3 +1,4 @@
+#include "common/clock.h"
 #include "dist/dist.h"
 
 #include <pthread.h>
@@ -15,12 +16,6 @@
 #ifdef DINO_HAVE_NCCL
 #include "dist/nccl.h"
 #endif
-
-__attribute__((unused)) static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 __attribute__((unused)) static size_t type_size(DistType t) { return t == DIST_F32 ? 4 : 8; }
 __attribute__((unused)) static const char *type_name(DistType t) { return t == DIST_F32 ? "f32" : t == DIST_F64 ? "f64" : "i64"; }
@@ -119,13 +114,13 @@ static void *watchdog_main(void *arg) {
         ts.tv_nsec += 100 * 1000 * 1000;
         if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
         pthread_cond_timedwait(&im->cv, &im->mu, &ts);
-        if (im->armed && now_s() - im->armed_at > d->timeout_s) {
+        if (im->armed && dino_wall_s() - im->armed_at > d->timeout_s) {
             char host[128] = "?";
             gethostname(host, sizeof host - 1);
             fprintf(stderr,
                     "dinotrain: rank %d/%d (host %s, local rank %d): collective '%s' (#%llu) has not finished "
                     "after %.1f s (timeout %.1f s): another rank died, hangs or skipped it. Aborting the job.\n",
-                    d->rank, d->world, host, d->local_rank, im->op, im->seq, now_s() - im->armed_at,
+                    d->rank, d->world, host, d->local_rank, im->op, im->seq, dino_wall_s() - im->armed_at,
                     d->timeout_s);
             fflush(stderr);
             // Without MPI_THREAD_MULTIPLE, calling MPI here is not allowed: exiting makes mpirun/srun end
@@ -148,7 +143,7 @@ static void watch_arm(Dist *d, const char *fmt, ...) {
     va_end(ap);
     im->seq++;
     im->armed = 1;
-    im->armed_at = now_s();
+    im->armed_at = dino_wall_s();
     pthread_mutex_unlock(&im->mu);
 }
 static void watch_disarm(Dist *d) {

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/check.h"
 #include "common/rng.h"
 #include "dist/dist.h"
@@ -27,12 +28,6 @@
         test_register("worker_" #name, worker_##name);                                             \
     }                                                                                              \
     static void worker_##name(void)
-
-static double wall(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 // ---- launching ------------------------------------------------------------------------------------
 static void need_mpirun(void) {
@@ -57,7 +52,7 @@ static int run_mpi(int n, const char *worker, const char *env, char *out, size_t
              "--mca btl self,vader --mca btl_vader_single_copy_mechanism none --mca pml ob1 "
              "-x OMP_NUM_THREADS -x DINO_DIST_TIMEOUT_S -x DINO_TEST_FAULT -n %d %s %s 2>&1",
              env ? env : "", n, self, worker);
-    double t0 = wall();
+    double t0 = dino_wall_s();
     FILE *p = popen(cmd, "r");
     if (!p) { perror("popen"); exit(2); }
     size_t used = 0;
@@ -68,7 +63,7 @@ static int run_mpi(int n, const char *worker, const char *env, char *out, size_t
         if (used + l + 1 < outlen) { memcpy(out + used, line, l + 1); used += l; }
     }
     int st = pclose(p);
-    if (seconds) *seconds = wall() - t0;
+    if (seconds) *seconds = dino_wall_s() - t0;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 

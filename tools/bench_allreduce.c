@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/check.h"
 #include "dist/dist.h"
 #ifdef DINO_HAVE_MPI
@@ -21,12 +22,6 @@
 
 #include "dist/nccl.h"
 #endif
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 // Iterations for a size: the same on every rank, about 256 MiB moved per measurement, 3..200.
 static int iters_for(size_t bytes) {
@@ -43,7 +38,7 @@ static double time_allreduce(Dist *d, BenchKind kind, float *buf, size_t n, int 
     for (int i = -2; i < iters; i++) { // two warm-up calls
         if (i == 0) {
             if (dist_barrier(d, err)) dist_abort(d, "%s", err);
-            t0 = now_s();
+            t0 = dino_wall_s();
         }
         if (kind == BENCH_DIST) {
             if (dist_allreduce_sum_f32(d, buf, n, err)) dist_abort(d, "%s", err);
@@ -60,7 +55,7 @@ static double time_allreduce(Dist *d, BenchKind kind, float *buf, size_t n, int 
     if (kind == BENCH_NCCL && dist_nccl_sync(nccl, "bench all-reduce", err)) dist_abort(d, "%s", err);
 #endif
     (void)nccl;
-    double t = (now_s() - t0) / iters;
+    double t = (dino_wall_s() - t0) / iters;
     if (dist_allreduce_sum_f64(d, &t, 1, err)) dist_abort(d, "%s", err);
     return t / d->world;
 }

@@ -19,22 +19,10 @@
 #include <time.h>
 #include <turbojpeg.h>
 
+#include "common/clock.h"
 #include "common/check.h"
 #include "common/rng.h"
 #include "data/loader.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-// CPU seconds of this process: "per core" figures that other jobs on a shared machine do not skew
-static double cpu_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 
 // ---- synthetic tiles: pink stroma, purple nuclei, white gaps, fine texture (JPEG must work) --------
 
@@ -189,7 +177,7 @@ static int jpeg_size(void *ctx, int64_t index, uint64_t seed, int *w, int *h, ch
 // Decodes at 1/scale with libjpeg-turbo's DCT-domain scaling (scale 1 = full size).
 static int read_jpeg_scaled(void *ctx, int64_t index, uint64_t seed, int scale, Image *out, char *err) {
     Tiles *t = ctx;
-    double t0 = now();
+    double t0 = dino_wall_s();
     int w, h;
     if (jpeg_size(ctx, index, seed, &w, &h, err)) return -1;
     tjscalingfactor sf = {1, scale};
@@ -201,7 +189,7 @@ static int read_jpeg_scaled(void *ctx, int64_t index, uint64_t seed, int scale, 
         image_free(out);
         return -1;
     }
-    t->decode_s += now() - t0;
+    t->decode_s += dino_wall_s() - t0;
     return 0;
 }
 
@@ -260,9 +248,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     tiles.decode_s = 0;
-    double t0 = now(), c0 = cpu_now();
+    double t0 = dino_wall_s(), c0 = dino_cpu_s();
     int64_t images = 0;
-    while (cpu_now() - c0 < seconds) {
+    while (dino_cpu_s() - c0 < seconds) {
         const Batch *b = loader_next(l, err);
         if (!b) {
             fprintf(stderr, "bench_data: %s\n", err);
@@ -270,7 +258,7 @@ int main(int argc, char **argv) {
         }
         images += b->B;
     }
-    double dt = now() - t0, cpu = cpu_now() - c0;
+    double dt = dino_wall_s() - t0, cpu = dino_cpu_s() - c0;
     printf("C pipeline: %d tiles, batch %d, 2x%d + %dx%d crops, %lld images, %.1f s wall, %.1f s CPU: "
            "%.1f images/s per core (per CPU second; decode %.0f%% of wall time; %lld of %lld decoded scaled)\n",
            tiles.n, c.batch_size, c.aug.global_size, c.aug.n_local, c.aug.local_size, (long long)images, dt, cpu,

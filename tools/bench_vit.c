@@ -8,25 +8,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/threads.h"
 #include "common/check.h"
 #include "common/rng.h"
 #include "model/backend.h"
 #include "model/params.h"
 #include "model/vit.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-// CPU time of the whole process (all threads): with one thread, a figure that other load on a shared
-// machine barely disturbs.
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 
 
 // ---- --profile: a backend that forwards to the CPU backend and times every op -----------------------
@@ -43,9 +31,9 @@ static int prof_calls[P_N];
 
 #define TIMED(id, call)                                                                            \
     do {                                                                                           \
-        double t0_ = now_s();                                                                      \
+        double t0_ = dino_wall_s();                                                                      \
         call;                                                                                      \
-        prof_s[id] += now_s() - t0_;                                                               \
+        prof_s[id] += dino_wall_s() - t0_;                                                               \
         prof_calls[id]++;                                                                          \
     } while (0)
 
@@ -231,7 +219,7 @@ int main(int argc, char **argv) {
 
     double total = 0, best = 1e30, cpu_total = 0;
     for (int it = 0; it < warmup + iters; it++) {
-        double t0 = now_s(), c0 = cpu_s();
+        double t0 = dino_wall_s(), c0 = dino_cpu_s();
         be->zero(be, dG, sizeof(float) * tab.total);
         for (int k = 0; k < n_groups; k++) {
             const int *sub = NULL;
@@ -243,7 +231,7 @@ int main(int argc, char **argv) {
         }
         for (int k = n_groups - 1; k >= 0; k--) vit_backward(be, &vit, dP, dG, acts[k], dxn[k]);
         be->sync(be);
-        double dt = now_s() - t0, dc = cpu_s() - c0;
+        double dt = dino_wall_s() - t0, dc = dino_cpu_s() - c0;
         printf("  iter %d%s: %.1f ms\n", it, it < warmup ? " (warmup)" : "", 1e3 * dt);
         fflush(stdout);
         if (it + 1 == warmup) memset(prof_s, 0, sizeof prof_s), memset(prof_calls, 0, sizeof prof_calls);

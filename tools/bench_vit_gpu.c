@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/threads.h"
 #include "common/check.h"
 #include "common/rng.h"
@@ -21,12 +22,6 @@
 #ifdef DINO_HAVE_CUDA
 #include "model/cuda/backend_cuda.h"
 #endif
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 
 // ---- per-op profile (--op-profile): a Backend that wraps another, syncing around every op ------------
@@ -46,11 +41,11 @@ static double prof_t0;
 
 static void prof_begin(void) {
     prof_inner->sync(prof_inner);
-    prof_t0 = now_s();
+    prof_t0 = dino_wall_s();
 }
 static void prof_end(const char *name, double flops) {
     prof_inner->sync(prof_inner);
-    double dt = now_s() - prof_t0;
+    double dt = dino_wall_s() - prof_t0;
     int i = 0;
     while (i < prof_n && strcmp(prof_tab[i].name, name) != 0) i++;
     if (i == prof_n) {
@@ -316,15 +311,15 @@ int main(int argc, char **argv) {
     for (int it = 0; it < warmup + iters; it++) {
         be->zero(be, G, sizeof(float) * tab.total);
         be->sync(be);
-        double t0 = now_s();
+        double t0 = dino_wall_s();
         for (int g = 0; g < 2; g++)
             if (acts[g]) vit_forward(be, &vit, P, acts[g], img[g], NULL, NULL);
         be->sync(be);
-        double t1 = now_s();
+        double t1 = dino_wall_s();
         for (int g = 1; g >= 0; g--)
             if (acts[g]) vit_backward(be, &vit, P, G, acts[g], dxn[g]);
         be->sync(be);
-        double t2 = now_s();
+        double t2 = dino_wall_s();
         if (it >= warmup) {
             t_fwd += t1 - t0, t_bwd += t2 - t1, t_step += t2 - t0;
             if (t2 - t0 < best_step) best_step = t2 - t0;

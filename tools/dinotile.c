@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/check.h"
 #include "common/fs.h"
 #include "data/tiler.h"
@@ -33,12 +34,6 @@ typedef struct {
 
 typedef struct { Job *job; int slide; } ProgressCtx;
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
 static void on_progress(void *user, int64_t done, int64_t total) {
     ProgressCtx *c = user;
     pthread_mutex_lock(&c->job->mu);
@@ -51,7 +46,7 @@ static void draw_bar(Job *j) {
     double w = 0;
     for (int i = 0; i < j->n; i++) w += j->weight[i] * j->fraction[i];
     double frac = j->total_weight > 0 ? w / j->total_weight : 1;
-    double el = now_s() - j->t0;
+    double el = dino_wall_s() - j->t0;
     char eta[32] = "--";
     if (frac > 0.001 && frac < 1) {
         int s = (int)(el * (1 - frac) / frac);
@@ -239,7 +234,7 @@ int main(int argc, char **argv) {
     if (threads > j.n) threads = j.n;
     pthread_mutex_init(&j.mu, NULL);
     j.tty = isatty(fileno(stderr));
-    j.t0 = now_s();
+    j.t0 = dino_wall_s();
     pthread_t bar, *tid = dino_malloc(sizeof(pthread_t) * threads);
     if (j.tty) DINO_ASSERT(pthread_create(&bar, NULL, progress_thread, &j) == 0, "pthread_create failed");
     for (int t = 0; t < threads; t++)
@@ -252,7 +247,7 @@ int main(int argc, char **argv) {
         pthread_join(bar, NULL);
     }
     printf("dinotile: %d slide(s): %d tiled, %d skipped (already done), %d failed; %lld tiles in %.1f s -> %s\n",
-           j.n, j.n - j.skipped - j.failed, j.skipped, j.failed, (long long)j.tiles, now_s() - j.t0, j.out_dir);
+           j.n, j.n - j.skipped - j.failed, j.skipped, j.failed, (long long)j.tiles, dino_wall_s() - j.t0, j.out_dir);
     for (int i = 0; i < j.n; i++) free(j.slides[i]);
     free(j.slides);
     free(j.weight);

@@ -5,6 +5,7 @@
 // Exact resume: every random draw of the run is keyed by (seed, sample or iteration index) and every
 // schedule is a function of the iteration, so a checkpoint needs only the tensors (student, teacher,
 // AdamW moments, centres), the iteration and the loader position to continue bit for bit.
+#include "common/clock.h"
 #include "train/train.h"
 
 #include <math.h>
@@ -83,12 +84,6 @@ static int start_grad_sync(Run *r, char *err) {
     r->m.grad_ready = grads_ready;
     r->m.grad_ready_ctx = r;
     return 0;
-}
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 // ---- setup ----------------------------------------------------------------------------------------
@@ -580,19 +575,19 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
     const int B = sc.batch, Kd = r.m.dino_center.K, Ki = r.m.ibot_center.K;
     const int tty = d->rank == 0 && !opt->quiet && metrics_stdout_is_tty();
     float *center_save = dino_malloc(sizeof(float) * (size_t)(Kd + Ki));
-    double t_start = now_s(), t_window = t_start, data_window = 0;
+    double t_start = dino_wall_s(), t_window = t_start, data_window = 0;
     int64_t window_steps = 0, bad_in_row = 0;
     const int log_every = cfg->log.every_n_iterations > 0 ? cfg->log.every_n_iterations : 10;
     const int ckpt_every = cfg->checkpoint.every_n_iterations;
 
     for (int64_t it = start; it < end; it++) {
-        double t0 = now_s();
+        double t0 = dino_wall_s();
         const Batch *batch = loader_next(r.loader, e2);
         if (!batch) {
             dino_seterr(err, "data: %s", e2);
             goto out_loop;
         }
-        double t_data = now_s() - t0;
+        double t_data = dino_wall_s() - t0;
         ScheduleValues sv = schedule_at(&r.sched, (long)it);
         SslBatch sb = {.global_crops = batch->global_crops,
                        .local_crops = batch->local_crops,
@@ -646,7 +641,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         window_steps++;
         data_window += t_data;
 
-        double t_now = now_s();
+        double t_now = dino_wall_s();
         double step_time = t_now - t0;
         if (r.metrics) {
             metrics_begin(r.metrics, it);
