@@ -291,6 +291,7 @@ typedef struct {
 } BlockActs;
 
 struct VitActs {
+    VitActsMode mode;
     int depth;
     int B, crop, g, N, T, S, subset; // subset: branches run on S < B rows in the last forward
     float *cols;       // [B*N, 3p^2] patches
@@ -298,98 +299,135 @@ struct VitActs {
     float *pos_used;   // [1+N, D] pos-embed at this grid (NULL when the grid is the training one)
     float *interp;     // [N, M*M] interpolation matrix (backend memory)
     const uint8_t *mask;
+    // Per block. STORE_ALL: every buffer the block's own. RECOMPUTE: x_in and idx own, the
+    // intermediates alias `work`. FORWARD_ONLY: everything aliases `work` and two alternating streams.
     BlockActs *blk;
+    BlockActs work;
+    int work_block;    // the block whose intermediates `work` holds now (-1: none)
     float *x_final, *x_norm, *mean_f, *rstd_f; // [B,T,D]
     VitGradHook grad_hook;
     void *grad_hook_ctx;
-    // backward scratch
+    // backward scratch (not in FORWARD_ONLY)
     float *dx, *dS_a, *dS_b, *dqkv, *dfc1, *dact, *dpatch, *dpos_used;
+    void **owned;      // every buffer allocated for these activations, released by vit_acts_free
+    int n_owned, cap_owned;
+    size_t bytes;
 };
 
 int vit_acts_tokens(const VitActs *a) { return a->T; }
+size_t vit_acts_bytes(const VitActs *a) { return a->bytes; }
+VitActsMode vit_acts_mode(const VitActs *a) { return a->mode; }
 
 void vit_acts_set_grad_hook(VitActs *a, VitGradHook fn, void *ctx) {
     a->grad_hook = fn;
     a->grad_hook_ctx = ctx;
 }
 
-static float *falloc(Backend *be, size_t n) { return be->alloc(be, sizeof(float) * n); }
+static void *own(Backend *be, VitActs *a, size_t bytes) {
+    if (a->n_owned == a->cap_owned) {
+        a->cap_owned = a->cap_owned ? 2 * a->cap_owned : 64;
+        a->owned = dino_realloc(a->owned, sizeof(void *) * (size_t)a->cap_owned);
+    }
+    void *p = be->alloc(be, bytes);
+    a->owned[a->n_owned++] = p;
+    a->bytes += bytes;
+    return p;
+}
+static float *fown(Backend *be, VitActs *a, size_t n) { return own(be, a, sizeof(float) * n); }
 
-VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop) {
+// The intermediates of one block (everything but x_in and the subset indices), sized for all B rows:
+// the subset size may change between calls.
+static void alloc_intermediates(Backend *be, VitActs *a, BlockActs *k, const VitConfig *c) {
+    const size_t rows = (size_t)a->B * a->T, D = (size_t)c->dim, Hf = (size_t)c->ffn_hidden;
+    const size_t ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
+    k->x_mid = fown(be, a, rows * D);
+    k->xs1 = fown(be, a, rows * D);
+    k->ln1 = fown(be, a, rows * D);
+    k->mean1 = fown(be, a, rows);
+    k->rstd1 = fown(be, a, rows);
+    k->qkv = fown(be, a, rows * 3 * D);
+    k->att_saved = fown(be, a, be->attention_saved_floats(be, a->B, a->T, c->heads));
+    k->att = fown(be, a, rows * D);
+    k->proj = fown(be, a, rows * D);
+    k->xs2 = fown(be, a, rows * D);
+    k->ln2 = fown(be, a, rows * D);
+    k->mean2 = fown(be, a, rows);
+    k->rstd2 = fown(be, a, rows);
+    k->fc1 = fown(be, a, rows * ffn_out);
+    k->act = fown(be, a, rows * Hf);
+    k->fc2 = fown(be, a, rows * D);
+}
+
+VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode mode) {
     const VitConfig *c = &vit->cfg;
     char err[DINO_ERRLEN];
     if (vit_check_crop(c, crop, err)) DINO_DIE("%s", err);
+    DINO_ASSERT(mode == VIT_ACTS_STORE_ALL || mode == VIT_ACTS_RECOMPUTE || mode == VIT_ACTS_FORWARD_ONLY,
+                "bad activation mode %d", (int)mode);
     VitActs *a = dino_calloc(1, sizeof *a);
     const int D = c->dim, p = c->patch, M = vit->grid, Hf = c->ffn_hidden;
     const int ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
+    a->mode = mode;
     a->depth = c->depth;
     a->B = B;
     a->crop = crop;
     a->g = crop / p;
     a->N = a->g * a->g;
     a->T = 1 + c->n_registers + a->N;
+    a->work_block = -1;
     const size_t rows = (size_t)B * a->T, BN = (size_t)B * a->N;
-    a->cols = falloc(be, BN * 3 * p * p);
-    a->patch = falloc(be, BN * D);
+    a->cols = fown(be, a, BN * 3 * p * p);
+    a->patch = fown(be, a, BN * D);
     if (a->g != M) {
         float *W = dino_malloc(sizeof(float) * (size_t)a->N * M * M);
         vit_pos_interp_matrix(W, M, a->g, c->interpolate_offset, c->interpolate_antialias);
-        a->interp = falloc(be, (size_t)a->N * M * M);
+        a->interp = fown(be, a, (size_t)a->N * M * M);
         be->to_device(be, a->interp, W, sizeof(float) * (size_t)a->N * M * M);
         free(W);
-        a->pos_used = falloc(be, (size_t)(1 + a->N) * D);
-        a->dpos_used = falloc(be, (size_t)(1 + a->N) * D);
+        a->pos_used = fown(be, a, (size_t)(1 + a->N) * D);
+        if (mode != VIT_ACTS_FORWARD_ONLY) a->dpos_used = fown(be, a, (size_t)(1 + a->N) * D);
     }
-    // Branch buffers are sized for all B rows: the subset size may change between calls.
     a->blk = dino_calloc((size_t)c->depth, sizeof(BlockActs));
+    if (mode != VIT_ACTS_STORE_ALL) alloc_intermediates(be, a, &a->work, c);
+    float *stream[2] = {NULL, NULL};
+    if (mode == VIT_ACTS_FORWARD_ONLY) {
+        stream[0] = fown(be, a, rows * D);
+        stream[1] = fown(be, a, rows * D);
+        a->work.idx1 = own(be, a, sizeof(int) * (size_t)B);
+        a->work.idx2 = own(be, a, sizeof(int) * (size_t)B);
+    }
     for (int l = 0; l < c->depth; l++) {
         BlockActs *k = &a->blk[l];
-        k->x_in = falloc(be, rows * D);
-        k->x_mid = falloc(be, rows * D);
-        k->xs1 = falloc(be, rows * D);
-        k->ln1 = falloc(be, rows * D);
-        k->mean1 = falloc(be, rows);
-        k->rstd1 = falloc(be, rows);
-        k->qkv = falloc(be, rows * 3 * D);
-        k->att_saved = falloc(be, be->attention_saved_floats(be, B, a->T, c->heads));
-        k->att = falloc(be, rows * D);
-        k->proj = falloc(be, rows * D);
-        k->xs2 = falloc(be, rows * D);
-        k->ln2 = falloc(be, rows * D);
-        k->mean2 = falloc(be, rows);
-        k->rstd2 = falloc(be, rows);
-        k->fc1 = falloc(be, rows * ffn_out);
-        k->act = falloc(be, rows * Hf);
-        k->fc2 = falloc(be, rows * D);
-        k->idx1 = be->alloc(be, sizeof(int) * (size_t)B);
-        k->idx2 = be->alloc(be, sizeof(int) * (size_t)B);
+        if (mode == VIT_ACTS_STORE_ALL) alloc_intermediates(be, a, k, c);
+        else *k = a->work;
+        if (mode == VIT_ACTS_FORWARD_ONLY) {
+            k->x_in = stream[l & 1];
+        } else {
+            k->x_in = fown(be, a, rows * D);
+            k->idx1 = own(be, a, sizeof(int) * (size_t)B);
+            k->idx2 = own(be, a, sizeof(int) * (size_t)B);
+        }
     }
-    a->x_final = falloc(be, rows * D);
-    a->x_norm = falloc(be, rows * D);
-    a->mean_f = falloc(be, rows);
-    a->rstd_f = falloc(be, rows);
-    a->dx = falloc(be, rows * D);
-    a->dS_a = falloc(be, rows * D);
-    a->dS_b = falloc(be, rows * D);
-    a->dqkv = falloc(be, rows * 3 * D);
-    a->dfc1 = falloc(be, rows * ffn_out);
-    a->dact = falloc(be, rows * Hf);
-    a->dpatch = falloc(be, BN * D);
+    a->x_final = fown(be, a, rows * D);
+    a->x_norm = fown(be, a, rows * D);
+    a->mean_f = fown(be, a, rows);
+    a->rstd_f = fown(be, a, rows);
+    if (mode != VIT_ACTS_FORWARD_ONLY) {
+        a->dx = fown(be, a, rows * D);
+        a->dS_a = fown(be, a, rows * D);
+        a->dS_b = fown(be, a, rows * D);
+        a->dqkv = fown(be, a, rows * 3 * D);
+        a->dfc1 = fown(be, a, rows * ffn_out);
+        a->dact = fown(be, a, rows * Hf);
+        a->dpatch = fown(be, a, BN * D);
+    }
     return a;
 }
 
 void vit_acts_free(Backend *be, VitActs *a) {
     if (!a) return;
-    void *bufs[] = {a->cols, a->patch, a->pos_used, a->interp, a->x_final, a->x_norm, a->mean_f, a->rstd_f,
-                    a->dx, a->dS_a, a->dS_b, a->dqkv, a->dfc1, a->dact, a->dpatch, a->dpos_used};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i]) be->release(be, bufs[i]);
-    for (int l = 0; l < a->depth; l++) {
-        BlockActs *k = &a->blk[l];
-        void *b2[] = {k->x_in, k->x_mid, k->xs1, k->ln1, k->mean1, k->rstd1, k->qkv, k->att_saved, k->att, k->proj,
-                      k->xs2, k->ln2, k->mean2, k->rstd2, k->fc1, k->act, k->fc2, k->idx1, k->idx2};
-        for (size_t i = 0; i < sizeof b2 / sizeof b2[0]; i++) be->release(be, b2[i]);
-    }
+    for (int i = 0; i < a->n_owned; i++) be->release(be, a->owned[i]);
+    free(a->owned);
     free(a->blk);
     free(a);
 }
@@ -423,18 +461,54 @@ static const float *branch_input(Backend *be, const VitActs *a, float *dst, cons
     return dst;
 }
 
+// Block l on k->x_in: fills the block's intermediates and, unless x_out is NULL (recomputation in
+// backward), writes the block's output to x_out.
+static void block_forward(Backend *be, const Vit *vit, const float *P, VitActs *a, int l, float *x_out) {
+    const VitConfig *c = &vit->cfg;
+    const int B = a->B, T = a->T, D = c->dim, H = c->heads, Dh = D / H;
+    const int Hf = c->ffn_hidden, ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
+    const int S = a->S, rows_s = S * T;
+    const float scale = (float)B / (float)S;
+    const VitBlockOffsets *o = &vit->blocks[l];
+    BlockActs *k = &a->blk[l];
+    const int *idx1 = a->subset ? k->idx1 : NULL, *idx2 = a->subset ? k->idx2 : NULL;
+    const float *ls1 = c->layerscale > 0 ? PTR(P, o->ls1) : NULL;
+    const float *ls2 = c->layerscale > 0 ? PTR(P, o->ls2) : NULL;
+
+    // x_mid = x_in + LS1(attn(LN1(x_in)))
+    const float *in1 = branch_input(be, a, k->xs1, k->x_in, idx1, D);
+    be->layernorm_fwd(be, k->ln1, k->mean1, k->rstd1, in1, PTR(P, o->norm1_w), PTR(P, o->norm1_b), rows_s, D,
+                      LN_EPS);
+    be->linear_fwd(be, k->qkv, k->ln1, PTR(P, o->qkv_w), c->qkv_bias ? PTR(P, o->qkv_b) : NULL, rows_s, D, 3 * D);
+    be->attention_fwd(be, k->att, k->att_saved, k->qkv, S, T, H, Dh);
+    be->linear_fwd(be, k->proj, k->att, PTR(P, o->proj_w), c->proj_bias ? PTR(P, o->proj_b) : NULL, rows_s, D, D);
+    be->copy(be, k->x_mid, k->x_in, sizeof(float) * (size_t)B * T * D);
+    be->residual_fwd(be, k->x_mid, k->proj, ls1, idx1, S, T, D, scale);
+
+    // x_out = x_mid + LS2(ffn(LN2(x_mid)))
+    const float *in2 = branch_input(be, a, k->xs2, k->x_mid, idx2, D);
+    be->layernorm_fwd(be, k->ln2, k->mean2, k->rstd2, in2, PTR(P, o->norm2_w), PTR(P, o->norm2_b), rows_s, D,
+                      LN_EPS);
+    be->linear_fwd(be, k->fc1, k->ln2, PTR(P, o->fc1_w), c->ffn_bias ? PTR(P, o->fc1_b) : NULL, rows_s, D, ffn_out);
+    if (c->ffn == VIT_FFN_MLP) be->gelu_fwd(be, k->act, k->fc1, (size_t)rows_s * Hf);
+    else be->swiglu_fwd(be, k->act, k->fc1, rows_s, Hf);
+    be->linear_fwd(be, k->fc2, k->act, PTR(P, o->fc2_w), c->ffn_bias ? PTR(P, o->fc2_b) : NULL, rows_s, Hf, D);
+    a->work_block = l;
+    if (!x_out) return;
+    be->copy(be, x_out, k->x_mid, sizeof(float) * (size_t)B * T * D);
+    be->residual_fwd(be, x_out, k->fc2, ls2, idx2, S, T, D, scale);
+}
+
 const float *vit_forward(Backend *be, const Vit *vit, const float *P, VitActs *a, const float *images,
                          const uint8_t *masks, const int *drop_subsets) {
     const VitConfig *c = &vit->cfg;
-    const int B = a->B, T = a->T, N = a->N, D = c->dim, H = c->heads, Dh = D / H, p = c->patch, R = c->n_registers;
-    const int M = vit->grid, Hf = c->ffn_hidden, ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
-    const int BN = B * N;
+    const int B = a->B, N = a->N, D = c->dim, p = c->patch, R = c->n_registers, M = vit->grid, BN = B * N;
 
     a->S = drop_subsets ? vit_drop_subset_size(vit, B) : B;
     a->subset = a->S < B;
     a->mask = masks;
-    const int S = a->S, rows_s = S * T;
-    const float scale = (float)B / (float)S;
+    a->work_block = -1;
+    const int S = a->S;
 
     // patch embedding: a strided conv as im2col + GEMM
     be->im2col(be, a->cols, images, B, 3, a->crop, a->crop, p);
@@ -452,40 +526,14 @@ const float *vit_forward(Backend *be, const Vit *vit, const float *P, VitActs *a
                    masks, B, N, R, D);
 
     for (int l = 0; l < c->depth; l++) {
-        const VitBlockOffsets *o = &vit->blocks[l];
         BlockActs *k = &a->blk[l];
         if (a->subset) {
             be->to_device(be, k->idx1, drop_subsets + ((size_t)l * 2 + 0) * S, sizeof(int) * S);
             be->to_device(be, k->idx2, drop_subsets + ((size_t)l * 2 + 1) * S, sizeof(int) * S);
         }
-        const int *idx1 = a->subset ? k->idx1 : NULL, *idx2 = a->subset ? k->idx2 : NULL;
-        const float *ls1 = c->layerscale > 0 ? PTR(P, o->ls1) : NULL;
-        const float *ls2 = c->layerscale > 0 ? PTR(P, o->ls2) : NULL;
-
-        // x_mid = x_in + LS1(attn(LN1(x_in)))
-        const float *in1 = branch_input(be, a, k->xs1, k->x_in, idx1, D);
-        be->layernorm_fwd(be, k->ln1, k->mean1, k->rstd1, in1, PTR(P, o->norm1_w), PTR(P, o->norm1_b), rows_s, D,
-                          LN_EPS);
-        be->linear_fwd(be, k->qkv, k->ln1, PTR(P, o->qkv_w), c->qkv_bias ? PTR(P, o->qkv_b) : NULL, rows_s, D, 3 * D);
-        be->attention_fwd(be, k->att, k->att_saved, k->qkv, S, T, H, Dh);
-        be->linear_fwd(be, k->proj, k->att, PTR(P, o->proj_w), c->proj_bias ? PTR(P, o->proj_b) : NULL, rows_s, D, D);
-        be->copy(be, k->x_mid, k->x_in, sizeof(float) * (size_t)B * T * D);
-        be->residual_fwd(be, k->x_mid, k->proj, ls1, idx1, S, T, D, scale);
-
-        // x_out = x_mid + LS2(ffn(LN2(x_mid)))
-        const float *in2 = branch_input(be, a, k->xs2, k->x_mid, idx2, D);
-        be->layernorm_fwd(be, k->ln2, k->mean2, k->rstd2, in2, PTR(P, o->norm2_w), PTR(P, o->norm2_b), rows_s, D,
-                          LN_EPS);
-        be->linear_fwd(be, k->fc1, k->ln2, PTR(P, o->fc1_w), c->ffn_bias ? PTR(P, o->fc1_b) : NULL, rows_s, D,
-                       ffn_out);
-        if (c->ffn == VIT_FFN_MLP) be->gelu_fwd(be, k->act, k->fc1, (size_t)rows_s * Hf);
-        else be->swiglu_fwd(be, k->act, k->fc1, rows_s, Hf);
-        be->linear_fwd(be, k->fc2, k->act, PTR(P, o->fc2_w), c->ffn_bias ? PTR(P, o->fc2_b) : NULL, rows_s, Hf, D);
-        float *x_out = l + 1 < c->depth ? a->blk[l + 1].x_in : a->x_final;
-        be->copy(be, x_out, k->x_mid, sizeof(float) * (size_t)B * T * D);
-        be->residual_fwd(be, x_out, k->fc2, ls2, idx2, S, T, D, scale);
+        block_forward(be, vit, P, a, l, l + 1 < c->depth ? a->blk[l + 1].x_in : a->x_final);
     }
-    be->layernorm_fwd(be, a->x_norm, a->mean_f, a->rstd_f, a->x_final, PTR(P, vit->norm_w), PTR(P, vit->norm_b), B * T,
+    be->layernorm_fwd(be, a->x_norm, a->mean_f, a->rstd_f, a->x_final, PTR(P, vit->norm_w), PTR(P, vit->norm_b), B * a->T,
                       D, LN_EPS);
     return a->x_norm;
 }
@@ -512,6 +560,7 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
     const int M = vit->grid, Hf = c->ffn_hidden, ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
     const int S = a->S, rows_s = S * T;
     const float scale = (float)B / (float)S;
+    DINO_ASSERT(a->mode != VIT_ACTS_FORWARD_ONLY, "vit_backward on forward-only activations");
     float *dx = a->dx; // gradient w.r.t. the residual stream, walking down the blocks
 
     be->zero(be, dx, sizeof(float) * (size_t)B * T * D);
@@ -521,6 +570,8 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
     for (int l = c->depth - 1; l >= 0; l--) {
         const VitBlockOffsets *o = &vit->blocks[l];
         BlockActs *k = &a->blk[l];
+        // The same ops on the same inputs: bit-identical intermediates on a deterministic backend.
+        if (a->mode == VIT_ACTS_RECOMPUTE && a->work_block != l) block_forward(be, vit, P, a, l, NULL);
         const int *idx1 = a->subset ? k->idx1 : NULL, *idx2 = a->subset ? k->idx2 : NULL;
         const float *ls1 = c->layerscale > 0 ? PTR(P, o->ls1) : NULL;
         const float *ls2 = c->layerscale > 0 ? PTR(P, o->ls2) : NULL;

@@ -56,10 +56,21 @@ void vit_free(Vit *vit);
 void vit_init_weights(const Vit *vit, float *params_host, uint64_t seed);
 
 // Activations of one crop group (B images of one size). Created once per shape and reused.
+// What is kept for the backward pass:
+//  - STORE_ALL: every block's intermediates (fastest; memory ~ depth x a block's activations).
+//  - RECOMPUTE: only each block's input; vit_backward runs the block's forward again (the same ops on the
+//    same inputs, so the gradients are bit-identical on a deterministic backend) into one shared set of
+//    intermediates. About one more forward pass of compute for a fraction of the memory (ViT-L at 64
+//    images per GPU).
+//  - FORWARD_ONLY: nothing (teacher, evaluation, embedding): one shared set, two residual streams, no
+//    backward scratch; vit_backward refuses it.
+typedef enum { VIT_ACTS_STORE_ALL = 0, VIT_ACTS_RECOMPUTE = 1, VIT_ACTS_FORWARD_ONLY = 2 } VitActsMode;
 typedef struct VitActs VitActs;
-VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop);
+VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode mode);
 void vit_acts_free(Backend *be, VitActs *a);
-int vit_acts_tokens(const VitActs *a); // T = 1 + R + N
+int vit_acts_tokens(const VitActs *a);  // T = 1 + R + N
+size_t vit_acts_bytes(const VitActs *a); // backend memory these activations hold
+VitActsMode vit_acts_mode(const VitActs *a);
 
 // Stochastic depth ("sample-subset", as the reference's nested student forward): for every block and
 // each of its two residual branches, S = max(int(B*(1-rate)), 1) distinct images are kept, the branch

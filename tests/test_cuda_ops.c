@@ -675,12 +675,12 @@ typedef struct {
 // and of the gradients.
 static void vit_run(Backend *be, const Vit *vit, size_t total, const float *P_host, const int *B, const int *crop,
                     float *const *img_h, float *const *dxn_h, uint8_t *const *mask_h, int *const *subsets,
-                    float **xn_out, float *G_out) {
+                    VitActsMode mode, float **xn_out, float *G_out) {
     VitRun v = {.be = be};
     v.P = dual_upload(be, P_host, sizeof(float) * total);
     v.G = be->alloc(be, sizeof(float) * total);
     for (int g = 0; g < 2; g++) {
-        v.acts[g] = vit_acts_new(be, vit, B[g], crop[g]);
+        v.acts[g] = vit_acts_new(be, vit, B[g], crop[g], mode);
         int T = vit_acts_tokens(v.acts[g]), N = T - 1 - vit->cfg.n_registers;
         size_t nimg = (size_t)B[g] * 3 * crop[g] * crop[g], nx = (size_t)B[g] * T * vit->cfg.dim;
         v.img[g] = dual_upload(be, img_h[g], sizeof(float) * nimg);
@@ -758,8 +758,8 @@ static void vit_parity(const char *ffn, int registers, float drop, int fp32) {
     }
     float *Gc = dino_calloc(tab.total, sizeof(float)), *Gg = dino_calloc(tab.total, sizeof(float));
     float *Gg2 = dino_calloc(tab.total, sizeof(float));
-    vit_run(C, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, xn_c, Gc);
-    vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, xn_g, Gg);
+    vit_run(C, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, VIT_ACTS_STORE_ALL, xn_c, Gc);
+    vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, VIT_ACTS_STORE_ALL, xn_g, Gg);
     // fp32 GEMMs: a chain of a dozen fp32 ops per block, each within a few 1e-6 normwise (sqrt(K) 2^-24
     // for a GEMM of depth K), through 3 blocks forward and back: 5e-5 / 1e-4, still 30x below what one
     // bf16 GEMM adds, so a kernel bug cannot hide. bf16 GEMMs: ~u per GEMM, chained the same way.
@@ -772,9 +772,13 @@ static void vit_parity(const char *ffn, int registers, float drop, int fp32) {
     }
     // run to run: bit-identical gradients (deterministic reductions, fixed cuBLAS algorithms)
     float *xn_g2[2] = {dino_malloc(sizeof(float) * nx[0]), dino_malloc(sizeof(float) * nx[1])};
-    vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, xn_g2, Gg2);
+    vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, VIT_ACTS_STORE_ALL, xn_g2, Gg2);
     CHECK(memcmp(Gg, Gg2, sizeof(float) * tab.total) == 0, "CUDA ViT gradients differ between two identical runs");
     CHECK(memcmp(xn_g[0], xn_g2[0], sizeof(float) * nx[0]) == 0, "CUDA ViT outputs differ between identical runs");
+    // activation recomputation in backward: the same kernels on the same inputs, so the same bits
+    vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, VIT_ACTS_RECOMPUTE, xn_g2, Gg2);
+    CHECK(memcmp(Gg, Gg2, sizeof(float) * tab.total) == 0, "CUDA ViT gradients change with recomputation");
+    CHECK(memcmp(xn_g[1], xn_g2[1], sizeof(float) * nx[1]) == 0, "CUDA ViT outputs change with recomputation");
     for (int g = 0; g < 2; g++) {
         free(img[g]), free(dxn[g]), free(xn_c[g]), free(xn_g[g]), free(xn_g2[g]), free(mask[g]), free(subsets[g]);
     }

@@ -169,7 +169,7 @@ static void vit_gradcheck(VitConfig cfg, int use_masks, int use_drop) {
     }
     for (int g = 0; g < 2; g++) {
         int B = c.B[g], S = c.crop[g], N = (S / cfg.patch) * (S / cfg.patch);
-        c.acts[g] = vit_acts_new(be, &c.vit, B, S);
+        c.acts[g] = vit_acts_new(be, &c.vit, B, S, VIT_ACTS_STORE_ALL);
         c.img[g] = malloc(sizeof(float) * B * 3 * S * S);
         gc_fill_normal(c.img[g], (size_t)B * 3 * S * S, 1, &r);
         size_t nout = (size_t)B * vit_acts_tokens(c.acts[g]) * cfg.dim;

@@ -150,7 +150,7 @@ static void run_fixture(const char *name) {
         snprintf(key, sizeof key, "in.g%d.subsets", k);
         const StTensor *sub = st_get(&f, key);
 
-        acts[k] = vit_acts_new(be, &vit, B, crop);
+        acts[k] = vit_acts_new(be, &vit, B, crop, VIT_ACTS_STORE_ALL);
         CHECK(vit_acts_tokens(acts[k]) == T, "group %d: %d tokens, expected %d", k, vit_acts_tokens(acts[k]), T);
         d_img[k] = be->alloc(be, img->nbytes);
         be->to_device(be, d_img[k], img->data, img->nbytes);

@@ -205,7 +205,7 @@ int main(int argc, char **argv) {
     Rng r = rng_make(7, 0, 0, 0);
     size_t tokens = 0;
     for (int k = 0; k < n_groups; k++) {
-        acts[k] = vit_acts_new(be, &vit, gB[k], gcrop[k]);
+        acts[k] = vit_acts_new(be, &vit, gB[k], gcrop[k], VIT_ACTS_STORE_ALL);
         img[k] = random_device(be, (size_t)gB[k] * 3 * gcrop[k] * gcrop[k], &r);
         const int T = vit_acts_tokens(acts[k]);
         dxn[k] = random_device(be, (size_t)gB[k] * T * cfg.dim, &r);

@@ -289,7 +289,7 @@ int main(int argc, char **argv) {
     double flops = 0;
     for (int g = 0; g < 2; g++) {
         if (!nimg[g]) continue;
-        acts[g] = vit_acts_new(be, &vit, nimg[g], crop[g]);
+        acts[g] = vit_acts_new(be, &vit, nimg[g], crop[g], VIT_ACTS_STORE_ALL);
         size_t ni = (size_t)nimg[g] * 3 * crop[g] * crop[g], nx = (size_t)nimg[g] * vit_acts_tokens(acts[g]) * cfg.dim;
         size_t nmax = ni > nx ? ni : nx;
         float *h = dino_malloc(sizeof(float) * nmax);

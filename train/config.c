@@ -123,6 +123,9 @@ static const CfgKey KEYS[] = {
 
     E("compute_precision.param_dtype", param_dtype, "auto", "auto|fp32|bf16",
       "compute dtype: fp32 on the cpu backend, bf16 (fp32 master weights) on cuda; auto picks it"),
+    B("compute_precision.recompute_activations", recompute_activations, "false",
+      "keep only each student block's input and recompute the block in backward (same gradients; about "
+      "a third more compute for a fraction of the activation memory)"),
 
     I("evaluation.eval_period_iterations", evaluation.eval_period_iterations, "12500",
       "teacher export (and k-NN eval when sets are given) period; 0 = off"),
@@ -921,6 +924,7 @@ int config_to_ssl(const Config *c, SslConfig *o, char *err) {
     o->kde_loss_weight = (float)d->kde_weight;
     o->kde_kappa = (float)d->kde_concentration;
     o->clip_grad = (float)c->optim.clip_grad;
+    o->recompute_activations = c->recompute_activations;
     o->adamw_beta1 = (float)c->optim.adamw_beta1;
     o->adamw_beta2 = (float)c->optim.adamw_beta2;
     o->adamw_eps = (float)c->optim.adamw_eps;

@@ -144,6 +144,7 @@ typedef struct {
     CfgCrops crops;
     CfgTrain train;
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
+    bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward
     CfgEvaluation evaluation;
     CfgData data;
     CfgAugment augment;

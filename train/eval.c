@@ -581,7 +581,7 @@ void embed_batch(EmbedModel *m, const float *images, int B, float *cls, float *m
     if (!m->acts || m->acts_B != B || vit_acts_tokens(m->acts) != 1 + R + (crop / m->vit.cfg.patch) * (crop / m->vit.cfg.patch)) {
         if (m->acts) vit_acts_free(be, m->acts);
         if (m->dev_images) be->release(be, m->dev_images);
-        m->acts = vit_acts_new(be, &m->vit, B, crop);
+        m->acts = vit_acts_new(be, &m->vit, B, crop, VIT_ACTS_FORWARD_ONLY);
         m->dev_images = be->alloc(be, sizeof(float) * (size_t)B * 3 * crop * crop);
         m->acts_B = B;
     }

@@ -154,9 +154,10 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     const int B = w->B, nL = w->nL, D = w->D, MM = w->max_masked;
     w->rows_cls = nL * B + 2 * B;
     w->rows_head = w->rows_cls + MM;
-    w->s_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop);
-    if (nL > 0) w->s_loc = vit_acts_new(be, &m->vit, nL * B, cfg.local_crop);
-    w->t_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop);
+    const VitActsMode smode = cfg.recompute_activations ? VIT_ACTS_RECOMPUTE : VIT_ACTS_STORE_ALL;
+    w->s_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, smode);
+    if (nL > 0) w->s_loc = vit_acts_new(be, &m->vit, nL * B, cfg.local_crop, smode);
+    w->t_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, VIT_ACTS_FORWARD_ONLY); // no backward
     if (cfg.ibot_separate_head) {
         w->s_dino = head_acts_new(be, &m->dino_head, w->rows_cls, 1);
         w->t_dino = head_acts_new(be, &m->dino_head, 2 * B, 0);
@@ -445,7 +446,7 @@ int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, cons
 
 void ssl_embed(SslModel *m, Backend *be, int use_teacher, const float *images, int n, int crop, float *out) {
     const int D = m->cfg.vit.dim;
-    VitActs *a = vit_acts_new(be, &m->vit, n, crop);
+    VitActs *a = vit_acts_new(be, &m->vit, n, crop, VIT_ACTS_FORWARD_ONLY);
     float *img = falloc(be, (size_t)n * 3 * crop * crop);
     be->to_device(be, img, images, sizeof(float) * (size_t)n * 3 * crop * crop);
     const float *x = vit_forward(be, &m->vit, use_teacher ? m->teacher : m->student, a, img, NULL, NULL);

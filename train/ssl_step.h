@@ -45,6 +45,7 @@ typedef struct {
     // flat buffers are padded as dist_shard(total, zero_world, zero_rank, PARAM_ALIGN) and the AdamW moments
     // exist for this rank's shard only.
     int zero_world, zero_rank;
+    int recompute_activations;   // student backbone: keep only block inputs, recompute in backward
 } SslConfig;
 
 // The reference's defaults around a ViT config (heads 2048/256/65536, 3 layers; B, crops set by caller).

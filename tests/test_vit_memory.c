@@ -1,0 +1,232 @@
+// Activation storage modes of the ViT (model/vit.h): recomputation in backward and forward-only
+// activations must give the same numbers, bit for bit, as storing everything, and hold the memory
+// they claim (counted by a backend that records every allocation).
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/check.h"
+#include "model/backend.h"
+#include "model/vit.h"
+#include "tests/gradcheck.h"
+#include "train/ssl_step.h"
+
+// ---- a CPU backend that counts what is allocated ----------------------------------------------------
+
+static size_t g_live_bytes;
+static void *(*g_cpu_alloc)(Backend *, size_t);
+static void (*g_cpu_release)(Backend *, void *);
+typedef struct {
+    void *p;
+    size_t bytes;
+} Alloc;
+static Alloc g_allocs[4096];
+static int g_n_allocs;
+
+static void *counting_alloc(Backend *be, size_t bytes) {
+    void *p = g_cpu_alloc(be, bytes);
+    CHECK(g_n_allocs < (int)(sizeof g_allocs / sizeof g_allocs[0]), "too many allocations for the counter");
+    g_allocs[g_n_allocs++] = (Alloc){p, bytes};
+    g_live_bytes += bytes;
+    return p;
+}
+static void counting_release(Backend *be, void *p) {
+    for (int i = 0; i < g_n_allocs; i++)
+        if (g_allocs[i].p == p) {
+            g_live_bytes -= g_allocs[i].bytes;
+            g_allocs[i] = g_allocs[--g_n_allocs];
+            break;
+        }
+    g_cpu_release(be, p);
+}
+static Backend *counting_backend(void) {
+    Backend *be = backend_cpu_new();
+    g_cpu_alloc = be->alloc, g_cpu_release = be->release;
+    be->alloc = counting_alloc, be->release = counting_release;
+    g_live_bytes = 0, g_n_allocs = 0;
+    return be;
+}
+
+// ---- the ViT alone --------------------------------------------------------------------------------
+
+static VitConfig small_config(const char *ffn, int registers, float drop, int depth) {
+    VitConfig cfg;
+    char err[DINO_ERRLEN];
+    CHECK(vit_config_from_arch(&cfg, "vit_test", 4, 16, registers, ffn, err) == 0, "%s", err);
+    cfg.dim = 16, cfg.heads = 2, cfg.depth = depth;
+    cfg.ffn_hidden = 24;
+    cfg.drop_path_rate = drop;
+    cfg.layerscale = 0.5f;
+    return cfg;
+}
+
+typedef struct {
+    int B, crop;
+    float *img, *dout;
+    uint8_t *mask;
+    int *subsets;
+} Group;
+
+// Forward both crop groups, then backward in reverse order (the SSL step's order), in `mode`; returns
+// the gradient buffer (host) and the outputs in out[g] (host).
+static float *run(Backend *be, const Vit *vit, const float *P, size_t total, Group *grp, int n, VitActsMode mode,
+                  float **out, size_t *bytes) {
+    const int D = vit->cfg.dim;
+    float *G = calloc(total, sizeof(float));
+    VitActs *a[2];
+    *bytes = 0;
+    for (int g = 0; g < n; g++) {
+        size_t before = g_live_bytes;
+        a[g] = vit_acts_new(be, vit, grp[g].B, grp[g].crop, mode);
+        CHECK(g_live_bytes - before == vit_acts_bytes(a[g]), "activations hold %zu bytes but report %zu",
+              g_live_bytes - before, vit_acts_bytes(a[g]));
+        *bytes += vit_acts_bytes(a[g]);
+    }
+    for (int g = 0; g < n; g++) {
+        const float *xn = vit_forward(be, vit, P, a[g], grp[g].img, grp[g].mask, grp[g].subsets);
+        size_t nout = (size_t)grp[g].B * vit_acts_tokens(a[g]) * D;
+        out[g] = malloc(sizeof(float) * nout);
+        memcpy(out[g], xn, sizeof(float) * nout);
+    }
+    if (mode != VIT_ACTS_FORWARD_ONLY)
+        for (int g = n - 1; g >= 0; g--) vit_backward(be, vit, P, G, a[g], grp[g].dout);
+    for (int g = 0; g < n; g++) vit_acts_free(be, a[g]);
+    return G;
+}
+
+static void modes_agree(VitConfig cfg, int use_masks) {
+    Backend *be = counting_backend();
+    ParamTable tab;
+    param_table_init(&tab);
+    Vit vit;
+    vit_build(&vit, &cfg, &tab, "backbone.");
+    float *P = calloc(tab.total, sizeof(float));
+    Rng r = rng_make(77, 0, 0, 0);
+    for (int i = 0; i < tab.n; i++) {
+        const TensorSpec *t = &tab.t[i];
+        for (size_t j = 0; j < t->numel; j++) P[t->offset + j] = 0.3f * (float)rng_normal(&r);
+    }
+    Group grp[2] = {{.B = 4, .crop = 16}, {.B = 6, .crop = 8}}; // the second with an interpolated pos-embed
+    for (int g = 0; g < 2; g++) {
+        int B = grp[g].B, S = grp[g].crop, N = (S / cfg.patch) * (S / cfg.patch);
+        int T = 1 + cfg.n_registers + N;
+        grp[g].img = malloc(sizeof(float) * B * 3 * S * S);
+        gc_fill_normal(grp[g].img, (size_t)B * 3 * S * S, 1, &r);
+        grp[g].dout = malloc(sizeof(float) * B * T * cfg.dim);
+        gc_fill_normal(grp[g].dout, (size_t)B * T * cfg.dim, 1, &r);
+        if (use_masks && g == 0) {
+            grp[g].mask = calloc((size_t)B * N, 1);
+            for (int i = 0; i < B * N; i++) grp[g].mask[i] = (i % 3) == 1;
+        }
+        if (cfg.drop_path_rate > 0) {
+            int k = vit_drop_subset_size(&vit, B);
+            CHECK(k < B, "drop path must keep fewer than B images here");
+            grp[g].subsets = malloc(sizeof(int) * cfg.depth * 2 * k);
+            vit_draw_drop_subsets(&vit, B, rng_make(9, (uint64_t)g, 0, 0), grp[g].subsets);
+        }
+    }
+    float *out_all[2], *out_rec[2], *out_fwd[2];
+    size_t b_all, b_rec, b_fwd;
+    float *G_all = run(be, &vit, P, tab.total, grp, 2, VIT_ACTS_STORE_ALL, out_all, &b_all);
+    float *G_rec = run(be, &vit, P, tab.total, grp, 2, VIT_ACTS_RECOMPUTE, out_rec, &b_rec);
+    float *G_fwd = run(be, &vit, P, tab.total, grp, 2, VIT_ACTS_FORWARD_ONLY, out_fwd, &b_fwd);
+    CHECK(g_live_bytes == 0, "%zu bytes of activations not released", g_live_bytes);
+
+    for (int g = 0; g < 2; g++) {
+        size_t n = (size_t)grp[g].B * (1 + cfg.n_registers + (grp[g].crop / cfg.patch) * (grp[g].crop / cfg.patch)) *
+                   cfg.dim;
+        CHECK(memcmp(out_all[g], out_rec[g], sizeof(float) * n) == 0, "group %d: recompute changes the output", g);
+        CHECK(memcmp(out_all[g], out_fwd[g], sizeof(float) * n) == 0, "group %d: forward-only changes the output", g);
+    }
+    double gn = 0;
+    for (int i = 0; i < tab.n; i++) {
+        const TensorSpec *t = &tab.t[i];
+        CHECK(memcmp(G_all + t->offset, G_rec + t->offset, sizeof(float) * t->numel) == 0,
+              "%s: recomputed gradient differs from the stored one", t->name);
+        for (size_t j = 0; j < t->numel; j++) gn += (double)G_all[t->offset + j] * G_all[t->offset + j];
+    }
+    CHECK(gn > 0, "no gradient at all: the comparison would be empty");
+
+    // Memory: recomputation keeps one block's intermediates instead of depth; forward-only also drops
+    // the block inputs and the backward scratch.
+    CHECK(b_rec < b_all && b_fwd < b_rec, "bytes: store-all %zu, recompute %zu, forward-only %zu", b_all, b_rec, b_fwd);
+    // store-all - recompute = (depth - 1) x one block's intermediates, per group
+    size_t expect = 0;
+    for (int g = 0; g < 2; g++) {
+        size_t rows = (size_t)grp[g].B * (1 + cfg.n_registers + (grp[g].crop / cfg.patch) * (grp[g].crop / cfg.patch));
+        size_t D = (size_t)cfg.dim, Hf = (size_t)cfg.ffn_hidden, fo = cfg.ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
+        size_t T = rows / (size_t)grp[g].B;
+        size_t per_block = rows * D * 8 + rows * 4 + rows * 3 * D + rows * fo + rows * Hf +
+                           be->attention_saved_floats(be, grp[g].B, (int)T, cfg.heads);
+        expect += (size_t)(cfg.depth - 1) * per_block * sizeof(float);
+    }
+    CHECK(b_all - b_rec == expect, "recompute saves %zu bytes, expected %zu", b_all - b_rec, expect);
+
+    for (int g = 0; g < 2; g++) {
+        free(out_all[g]), free(out_rec[g]), free(out_fwd[g]);
+        free(grp[g].img), free(grp[g].dout), free(grp[g].mask), free(grp[g].subsets);
+    }
+    free(G_all), free(G_rec), free(G_fwd), free(P);
+    vit_free(&vit);
+    param_table_free(&tab);
+    backend_free(be);
+}
+
+TEST(recompute_equals_store_all_mlp_masks_droppath) { modes_agree(small_config("mlp", 4, 0.4f, 3), 1); }
+TEST(recompute_equals_store_all_swiglu_plain) { modes_agree(small_config("swiglu", 0, 0.0f, 4), 0); }
+
+// ---- the whole SSL step ---------------------------------------------------------------------------
+
+// Two SSL steps with the student's activations recomputed give the same student, teacher and losses,
+// bit for bit, as storing them (drop path, masks, registers, both crop sizes), in less memory.
+TEST(ssl_step_recompute_bit_identical) {
+    VitConfig vc = small_config("mlp", 1, 0.3f, 3);
+    SslConfig cfg;
+    ssl_config_default(&cfg, &vc);
+    cfg.dino_head = (HeadConfig){.in_dim = vc.dim, .hidden = 20, .bottleneck = 8, .K = 32, .nlayers = 3};
+    cfg.batch = 4, cfg.n_local = 2, cfg.global_crop = 16, cfg.local_crop = 8;
+    const int B = 4, G = 16, L = 8, N = 16;
+    Rng r = rng_make(31, 0, 0, 0);
+    float *gimg = malloc(sizeof(float) * 2 * B * 3 * G * G), *limg = malloc(sizeof(float) * 2 * B * 3 * L * L);
+    gc_fill_normal(gimg, (size_t)2 * B * 3 * G * G, 1, &r);
+    gc_fill_normal(limg, (size_t)2 * B * 3 * L * L, 1, &r);
+    uint8_t masks[2 * 4 * 16] = {0};
+    for (int i = 0; i < 2 * B * N; i++) masks[i] = (i % 5) == 2 && i < B * N;
+    float *params[2][2];
+    double loss[2][2];
+    size_t live[2];
+    for (int rec = 0; rec < 2; rec++) {
+        Backend *be = counting_backend();
+        cfg.recompute_activations = rec;
+        SslModel m;
+        char err[DINO_ERRLEN];
+        CHECK(ssl_model_init(&m, be, &cfg, 3, err) == 0, "%s", err);
+        live[rec] = g_live_bytes;
+        for (int s = 0; s < 2; s++) {
+            SslBatch b = {.global_crops = gimg, .local_crops = limg, .masks = masks, .drop_key = rng_make(5, (uint64_t)s, 0, 0)};
+            ScheduleValues sv = {.lr = 1e-3, .wd = 0.04, .momentum = 0.99, .teacher_temp = 0.05, .last_layer_lr = 1e-3};
+            SslStepStats st;
+            CHECK(ssl_step(&m, be, NULL, &b, &sv, &st, err) == 0, "%s", err);
+            loss[rec][s] = st.total_loss;
+        }
+        for (int k = 0; k < 2; k++) {
+            params[rec][k] = malloc(sizeof(float) * m.tab.total);
+            be->to_host(be, params[rec][k], k ? m.teacher : m.student, sizeof(float) * m.tab.total);
+        }
+        size_t total = m.tab.total;
+        if (rec) {
+            CHECK(memcmp(params[0][0], params[1][0], sizeof(float) * total) == 0, "student differs with recomputation");
+            CHECK(memcmp(params[0][1], params[1][1], sizeof(float) * total) == 0, "teacher differs with recomputation");
+            // and the step moved the student: the comparison is not between two untouched inits
+            float *init = calloc(total, sizeof(float));
+            vit_init_weights(&m.vit, init, 3);
+            CHECK(memcmp(init, params[1][0], sizeof(float) * m.vit.norm_b) != 0, "the steps changed nothing");
+            free(init);
+        }
+        ssl_model_free(&m, be);
+        backend_free(be);
+    }
+    for (int s = 0; s < 2; s++) CHECK(loss[0][s] == loss[1][s], "step %d loss %.9g vs %.9g", s, loss[0][s], loss[1][s]);
+    CHECK(live[1] < live[0], "recomputation does not save memory: %zu vs %zu bytes", live[1], live[0]);
+    for (int rec = 0; rec < 2; rec++) free(params[rec][0]), free(params[rec][1]);
+    free(gimg), free(limg);
+}
