@@ -8,7 +8,10 @@
 #include "model/backend.h"
 #include "model/vit.h"
 #include "tests/gradcheck.h"
+#include "train/config.h"
+#include "train/memory_plan.h"
 #include "train/ssl_step.h"
+#include "train/train.h"
 
 // ---- a CPU backend that counts what is allocated ----------------------------------------------------
 
@@ -229,4 +232,37 @@ TEST(ssl_step_recompute_bit_identical) {
     CHECK(live[1] < live[0], "recomputation does not save memory: %zu vs %zu bytes", live[1], live[0]);
     for (int rec = 0; rec < 2; rec++) free(params[rec][0]), free(params[rec][1]);
     free(gimg), free(limg);
+}
+
+// ---- the memory plan (dinotrain --plan-memory) -----------------------------------------------------
+
+// The plan backend counts exactly what the same training state allocates on a real backend, and the
+// categories add up.
+TEST(memory_plan_counts_real_allocations) {
+    char err[DINO_ERRLEN];
+    Config cfg;
+    const char *ov[] = {"train.batch_size_per_gpu=3", "dist.zero1=true"};
+    CHECK(config_load(&cfg, test_src_path("configs/demo.yaml"), 2, (char **)ov, err) == 0, "%s", err);
+    for (int rec = 0; rec < 2; rec++) {
+        cfg.recompute_activations = rec;
+        MemoryPlan p;
+        CHECK(memory_plan(&cfg, 4, &p, err) == 0, "%s", err);
+        SslConfig sc;
+        CHECK(train_ssl_config(&cfg, 4, 0, &sc, err) == 0, "%s", err);
+        Backend *be = counting_backend();
+        SslModel m;
+        CHECK(ssl_model_init(&m, be, &sc, 0, err) == 0, "%s", err);
+        CHECK(g_live_bytes == p.total, "plan says %zu bytes, the CPU backend allocated %zu", p.total, g_live_bytes);
+        SslMemory r = ssl_memory(&m);
+        CHECK(memcmp(&r, &p.model, sizeof r) == 0, "the categories differ between the plan and the real model");
+        CHECK(p.model.weights == 2 * p.model.grads, "weights %zu, gradients %zu", p.model.weights, p.model.grads);
+        // ZeRO-1 over 4 ranks: each holds about a quarter of the moments
+        CHECK(p.model.optimizer * 4 >= p.model.weights && p.model.optimizer * 4 <= p.model.weights + 4 * 256,
+              "moments %zu for weights %zu over 4 ranks", p.model.optimizer, p.model.weights);
+        CHECK(p.other > 0 && p.model.student_acts > p.model.teacher_acts, "categories: other %zu student %zu teacher %zu",
+              p.other, p.model.student_acts, p.model.teacher_acts);
+        ssl_model_free(&m, be);
+        CHECK(g_live_bytes == 0, "%zu bytes left after ssl_model_free", g_live_bytes);
+        backend_free(be);
+    }
 }

@@ -8,24 +8,30 @@
 #include "common/threads.h"
 #include "dist/dist.h"
 #include "train/config.h"
+#include "train/memory_plan.h"
 #include "train/train.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: dinotrain [--no-resume] [--iterations N] [--check] CONFIG.yaml [section.key=value ...]\n"
+            "usage: dinotrain [--no-resume] [--iterations N] [--check] [--plan-memory [--world N]]\n"
+            "                 CONFIG.yaml [section.key=value ...]\n"
             "  --no-resume     start from scratch even if output_dir holds checkpoints\n"
             "  --iterations N  stop after N iterations of this run (the schedules still span the whole run)\n"
             "  --check         load and validate the config, print the resolved YAML, and exit\n"
+            "  --plan-memory   print the device memory per GPU this config needs (no GPU needed), and exit;\n"
+            "                  --world N: as one of N ranks (ZeRO-1 shards the optimizer over them)\n"
             "Configs: configs/*.yaml; keys: docs/configuration.md.\n");
 }
 
 int main(int argc, char **argv) {
     dino_prefer_passive_openmp(argv);
     TrainOptions opt = {0};
-    int check_only = 0, i = 1;
+    int check_only = 0, plan = 0, world = 1, i = 1;
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         if (strcmp(argv[i], "--no-resume") == 0) opt.no_resume = 1;
         else if (strcmp(argv[i], "--check") == 0) check_only = 1;
+        else if (strcmp(argv[i], "--plan-memory") == 0) plan = 1;
+        else if (strcmp(argv[i], "--world") == 0 && i + 1 < argc) world = atoi(argv[++i]);
         else if (strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) opt.max_iterations = atoll(argv[++i]);
         else if (strcmp(argv[i], "--help") == 0) {
             usage(stdout);
@@ -52,6 +58,15 @@ int main(int argc, char **argv) {
         char *yaml = config_to_yaml(&cfg);
         fputs(yaml, stdout);
         free(yaml);
+        return 0;
+    }
+    if (plan) {
+        MemoryPlan mp;
+        if (world < 1 || memory_plan(&cfg, world, &mp, err)) {
+            fprintf(stderr, "dinotrain: %s\n", world < 1 ? "--world must be at least 1" : err);
+            return 2;
+        }
+        memory_plan_print(stdout, &cfg, &mp);
         return 0;
     }
     Dist d;

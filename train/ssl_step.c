@@ -444,6 +444,17 @@ int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, cons
     return 0;
 }
 
+SslMemory ssl_memory(const SslModel *m) {
+    const Work *w = m->work;
+    SslMemory r = {0};
+    r.weights = 2 * sizeof(float) * m->buffer_floats;
+    r.grads = sizeof(float) * m->buffer_floats;
+    r.optimizer = 2 * sizeof(float) * (m->shard_end - m->shard_begin);
+    r.student_acts = vit_acts_bytes(w->s_glob) + (w->s_loc ? vit_acts_bytes(w->s_loc) : 0);
+    r.teacher_acts = vit_acts_bytes(w->t_glob);
+    return r;
+}
+
 void ssl_embed(SslModel *m, Backend *be, int use_teacher, const float *images, int n, int crop, float *out) {
     const int D = m->cfg.vit.dim;
     VitActs *a = vit_acts_new(be, &m->vit, n, crop, VIT_ACTS_FORWARD_ONLY);

@@ -117,6 +117,17 @@ typedef void (*SslSumF64)(void *ctx, double *v, int n);
 void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSumF64 sum_f64, void *ctx,
                       SslStepStats *stats);
 
+// Backend memory the model holds, by purpose (bytes). Whatever else the step allocates (head and loss
+// activations, logits, crops, masks) is the backend's total minus these.
+typedef struct {
+    size_t weights;        // student + teacher (fp32 master copies; the teacher is the EMA)
+    size_t grads;          // the student's gradient buffer
+    size_t optimizer;      // AdamW moments (this rank's ZeRO-1 shard)
+    size_t student_acts;   // student backbone activations, global + local crops
+    size_t teacher_acts;   // teacher backbone activations (forward only)
+} SslMemory;
+SslMemory ssl_memory(const SslModel *m);
+
 // Teacher (or student) backbone CLS features of images [n,3,crop,crop] (host), into out[n,D] (host):
 // for k-NN evaluation.
 void ssl_embed(SslModel *m, Backend *be, int use_teacher, const float *images, int n, int crop, float *out);

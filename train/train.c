@@ -367,6 +367,21 @@ static void run_collective_sum(Collective *c, float *buf, size_t n) {
 #endif
 
 // backend: cpu (the reference) or cuda (GPU local_rank % device count), and the collectives that go with it.
+int train_ssl_config(const Config *cfg, int world, int rank, SslConfig *sc, char *err) {
+    if (config_to_ssl(cfg, sc, err)) return -1;
+    if (sc->ibot_loss_weight > 0) { // head buffers for the most masked tokens a batch can have
+        int g = cfg->crops.global_crops_size / cfg->student.patch_size;
+        sc->max_masked = mask_batch_upperbound(2 * sc->batch, g * g, cfg->ibot.mask_sample_probability,
+                                               cfg->ibot.mask_ratio_min_max[0], cfg->ibot.mask_ratio_min_max[1]);
+        if (sc->max_masked < 1) sc->max_masked = 1;
+    }
+    if (cfg->zero1 && world > 1) {
+        sc->zero_world = world;
+        sc->zero_rank = rank;
+    }
+    return 0;
+}
+
 static int create_backend(Run *r, char *err) {
     const char *name = r->cfg->backend;
     if (strcmp(name, "cpu") == 0) {
@@ -511,19 +526,9 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         return -1;
     }
     SslConfig sc;
-    if (config_to_ssl(cfg, &sc, e2)) {
+    if (train_ssl_config(cfg, d->world, d->rank, &sc, e2)) {
         dino_seterr(err, "model: %s", e2);
         goto out;
-    }
-    if (sc.ibot_loss_weight > 0) { // head buffers for the most masked tokens a batch can have
-        int g = cfg->crops.global_crops_size / cfg->student.patch_size;
-        sc.max_masked = mask_batch_upperbound(2 * sc.batch, g * g, cfg->ibot.mask_sample_probability,
-                                              cfg->ibot.mask_ratio_min_max[0], cfg->ibot.mask_ratio_min_max[1]);
-        if (sc.max_masked < 1) sc.max_masked = 1;
-    }
-    if (cfg->zero1 && d->world > 1) {
-        sc.zero_world = d->world;
-        sc.zero_rank = d->rank;
     }
     if (ssl_model_init(&r.m, r.be, &sc, (uint64_t)cfg->train.seed, e2)) {
         dino_seterr(err, "model: %s", e2);

@@ -6,6 +6,7 @@
 
 #include "dist/dist.h"
 #include "train/config.h"
+#include "train/ssl_step.h"
 
 typedef struct {
     int64_t max_iterations; // stop after this many iterations in this call (0: run to the end) - tests
@@ -19,6 +20,10 @@ typedef struct {
     double last_total_loss;
     char last_checkpoint[4096];
 } TrainResult;
+
+// The model and objective settings of a config for rank `rank` of `world` (ZeRO-1 shard, iBOT head
+// capacity). Returns 0, or -1 with err set.
+int train_ssl_config(const Config *cfg, int world, int rank, SslConfig *sc, char *err);
 
 // Runs (or resumes) the training described by cfg. Returns 0, or -1 with err set (bad data source, too
 // many corrupt tiles, repeated NaN losses, I/O failure ...); the last good checkpoint stays intact.

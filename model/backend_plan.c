@@ -1,0 +1,75 @@
+// A backend for memory planning: every allocation reserves address space only (mmap with
+// MAP_NORESERVE, zero pages never touched) and is counted; copies to it are dropped. Building the whole
+// training state on it (ssl_model_init) tells how many bytes the same calls would allocate on a GPU,
+// on any machine, in seconds. Its compute ops are the CPU backend's and must not be called.
+#include "model/backend_plan.h"
+
+#include <string.h>
+#include <sys/mman.h>
+
+#include "common/check.h"
+
+typedef struct {
+    void *p;
+    size_t bytes;
+} PlanAlloc;
+
+typedef struct {
+    PlanAlloc *a;
+    int n, cap;
+    size_t live, peak;
+} PlanState;
+
+static void *plan_alloc(Backend *be, size_t bytes) {
+    PlanState *s = be->impl;
+    size_t n = bytes ? bytes : 1;
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) DINO_DIE("plan backend: cannot reserve %zu bytes of address space", bytes);
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 256;
+        s->a = dino_realloc(s->a, sizeof(PlanAlloc) * (size_t)s->cap);
+    }
+    s->a[s->n++] = (PlanAlloc){p, bytes};
+    s->live += bytes;
+    if (s->live > s->peak) s->peak = s->live;
+    return p;
+}
+
+static void plan_release(Backend *be, void *p) {
+    PlanState *s = be->impl;
+    for (int i = s->n - 1; i >= 0; i--)
+        if (s->a[i].p == p) {
+            munmap(p, s->a[i].bytes ? s->a[i].bytes : 1);
+            s->live -= s->a[i].bytes;
+            s->a[i] = s->a[--s->n];
+            return;
+        }
+    DINO_DIE("plan backend: release of a pointer it did not allocate");
+}
+
+static void plan_drop(Backend *be, void *dst, const void *src, size_t bytes) {}
+static void plan_zero(Backend *be, void *p, size_t bytes) {} // fresh pages are zero already
+
+static void plan_destroy(Backend *be) {
+    PlanState *s = be->impl;
+    for (int i = 0; i < s->n; i++) munmap(s->a[i].p, s->a[i].bytes ? s->a[i].bytes : 1);
+    free(s->a);
+    free(s);
+    be->impl = NULL;
+}
+
+Backend *backend_plan_new(void) {
+    Backend *be = backend_cpu_new();
+    be->name = "plan";
+    be->impl = dino_calloc(1, sizeof(PlanState));
+    be->alloc = plan_alloc;
+    be->release = plan_release;
+    be->to_device = plan_drop;
+    be->copy = plan_drop;
+    be->zero = plan_zero;
+    be->destroy = plan_destroy;
+    return be;
+}
+
+size_t backend_plan_live_bytes(const Backend *be) { return ((const PlanState *)be->impl)->live; }
+size_t backend_plan_peak_bytes(const Backend *be) { return ((const PlanState *)be->impl)->peak; }

@@ -1,0 +1,17 @@
+// A backend that allocates nothing real: for planning how much device memory a configuration needs
+// (dinotrain --plan-memory). Allocations reserve address space and are counted; to_device, copy and
+// zero do nothing; compute ops must not be called (the numbers would be meaningless).
+#pragma once
+#include <stddef.h>
+
+#include "model/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+Backend *backend_plan_new(void);         // free with backend_free
+size_t backend_plan_live_bytes(const Backend *be); // bytes allocated and not released
+size_t backend_plan_peak_bytes(const Backend *be); // the most that was live at once
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,54 @@
+// Device memory per GPU of a training configuration, counted on the plan backend.
+#include "train/memory_plan.h"
+
+#include <string.h>
+
+#include "common/check.h"
+#include "model/backend_plan.h"
+#include "train/train.h"
+
+int memory_plan(const Config *cfg, int world, MemoryPlan *p, char *err) {
+    memset(p, 0, sizeof *p);
+    p->world = world < 1 ? 1 : world;
+    SslConfig sc;
+    if (train_ssl_config(cfg, p->world, 0, &sc, err)) return -1;
+    p->batch = sc.batch;
+    Backend *be = backend_plan_new();
+    SslModel m;
+    if (ssl_model_init(&m, be, &sc, 0, err)) {
+        backend_free(be);
+        return -1;
+    }
+    p->total = backend_plan_live_bytes(be);
+    p->model = ssl_memory(&m);
+    size_t known = p->model.weights + p->model.grads + p->model.optimizer + p->model.student_acts +
+                   p->model.teacher_acts;
+    p->other = p->total > known ? p->total - known : 0;
+    ssl_model_free(&m, be);
+    backend_free(be);
+    return 0;
+}
+
+static double gib(size_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
+
+void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p) {
+    fprintf(f, "device memory per GPU: %s, %d images per GPU, %d rank%s%s, activations %s\n", cfg->student.arch,
+            p->batch, p->world, p->world > 1 ? "s" : "", cfg->zero1 && p->world > 1 ? " (ZeRO-1)" : "",
+            cfg->recompute_activations ? "recomputed per block" : "stored");
+    const struct {
+        const char *what;
+        size_t bytes;
+    } rows[] = {
+        {"weights (student + EMA teacher, fp32)", p->model.weights},
+        {"gradients (fp32)", p->model.grads},
+        {"AdamW moments (fp32, this rank's shard)", p->model.optimizer},
+        {"student activations (global + local crops)", p->model.student_acts},
+        {"teacher activations (forward only)", p->model.teacher_acts},
+        {"heads, logits, losses, crops, masks", p->other},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        fprintf(f, "  %-46s %9.2f GiB\n", rows[i].what, gib(rows[i].bytes));
+    fprintf(f, "  %-46s %9.2f GiB\n", "total allocated by dinotrain", gib(p->total));
+    fprintf(f, "  not counted: the CUDA context, cuBLAS and NCCL workspaces (about 1-3 GiB)\n");
+    fprintf(f, "  activations are stored in fp32 (the CUDA backend's step 1); an 80 GB H100 has about 79 GiB\n");
+}
