@@ -33,6 +33,17 @@ struct Backend {
     void (*sync)(Backend *be);
     void (*destroy)(Backend *be); // releases what the backend holds (streams, handles); NULL: nothing
 
+    // ---- asynchronous uploads (the next batch travels while this one computes) ------------------
+    // Host memory for upload sources: page-locked on GPUs (a copy from it can overlap compute), zero-filled.
+    void *(*host_alloc)(Backend *be, size_t bytes);
+    void (*host_free)(Backend *be, void *p);
+    // Starts dst <- src_host (from host_alloc) on a copy queue and returns at once with a ticket. Ops on
+    // the compute queue do not see dst until upload_wait(ticket); src_host must stay unchanged and dst
+    // unused until then (tickets are reused after 16 uploads).
+    int (*upload_async)(Backend *be, void *dst, const void *src_host, size_t bytes);
+    // Every op issued after this call runs after the upload `ticket` (the host does not wait).
+    void (*upload_wait)(Backend *be, int ticket);
+
     // ---- dense algebra ------------------------------------------------------------------------
     // C[M,N] = alpha * op(A) op(B) + beta * C; op(A) is [M,K], op(B) is [K,N]; row-major with leading
     // dimensions lda, ldb, ldc.

@@ -49,6 +49,7 @@ static void plan_release(Backend *be, void *p) {
 
 static void plan_drop(Backend *be, void *dst, const void *src, size_t bytes) {}
 static void plan_zero(Backend *be, void *p, size_t bytes) {} // fresh pages are zero already
+static int plan_upload(Backend *be, void *dst, const void *src, size_t bytes) { return 0; }
 
 static void plan_destroy(Backend *be) {
     PlanState *s = be->impl;
@@ -67,6 +68,7 @@ Backend *backend_plan_new(void) {
     be->to_device = plan_drop;
     be->copy = plan_drop;
     be->zero = plan_zero;
+    be->upload_async = plan_upload; // host_alloc stays the CPU's: host memory is not device memory
     be->destroy = plan_destroy;
     return be;
 }

@@ -179,9 +179,11 @@ TEST(recompute_equals_store_all_swiglu_plain) { modes_agree(small_config("swiglu
 
 // ---- the whole SSL step ---------------------------------------------------------------------------
 
-// Two SSL steps with the student's activations recomputed give the same student, teacher and losses,
-// bit for bit, as storing them (drop path, masks, registers, both crop sizes), in less memory.
-TEST(ssl_step_recompute_bit_identical) {
+// Two SSL steps with the student's activations recomputed, and then also with the batches staged ahead
+// (ssl_stage_batch, as the trainer feeds a GPU), give the same student, teacher and losses, bit for bit,
+// as storing them and uploading each batch in the step (drop path, masks, registers, both crop sizes);
+// recomputation in less memory.
+TEST(ssl_step_recompute_and_staging_bit_identical) {
     VitConfig vc = small_config("mlp", 1, 0.3f, 3);
     SslConfig cfg;
     ssl_config_default(&cfg, &vc);
@@ -189,23 +191,31 @@ TEST(ssl_step_recompute_bit_identical) {
     cfg.batch = 4, cfg.n_local = 2, cfg.global_crop = 16, cfg.local_crop = 8;
     const int B = 4, G = 16, L = 8, N = 16;
     Rng r = rng_make(31, 0, 0, 0);
-    float *gimg = malloc(sizeof(float) * 2 * B * 3 * G * G), *limg = malloc(sizeof(float) * 2 * B * 3 * L * L);
-    gc_fill_normal(gimg, (size_t)2 * B * 3 * G * G, 1, &r);
-    gc_fill_normal(limg, (size_t)2 * B * 3 * L * L, 1, &r);
+    // one image more than a batch: step s reads from image s on
+    float *gimg = malloc(sizeof(float) * (2 * B + 1) * 3 * G * G), *limg = malloc(sizeof(float) * (2 * B + 1) * 3 * L * L);
+    gc_fill_normal(gimg, (size_t)(2 * B + 1) * 3 * G * G, 1, &r);
+    gc_fill_normal(limg, (size_t)(2 * B + 1) * 3 * L * L, 1, &r);
     uint8_t masks[2 * 4 * 16] = {0};
     for (int i = 0; i < 2 * B * N; i++) masks[i] = (i % 5) == 2 && i < B * N;
-    float *params[2][2];
-    double loss[2][2];
-    size_t live[2];
-    for (int rec = 0; rec < 2; rec++) {
+    float *params[3][2];
+    double loss[3][2];
+    size_t live[3];
+    for (int rec = 0; rec < 3; rec++) {
         Backend *be = counting_backend();
-        cfg.recompute_activations = rec;
+        cfg.recompute_activations = rec > 0;
+        cfg.staged_upload = rec == 2;
         SslModel m;
         char err[DINO_ERRLEN];
         CHECK(ssl_model_init(&m, be, &cfg, 3, err) == 0, "%s", err);
         live[rec] = g_live_bytes;
+        if (rec == 2) { // both batches staged before the first step (the most the staging holds)
+            for (int s = 0; s < 2; s++)
+                ssl_stage_batch(&m, be, gimg + (size_t)s * 3 * G * G, limg + (size_t)s * 3 * L * L, s ? masks : NULL);
+        }
         for (int s = 0; s < 2; s++) {
-            SslBatch b = {.global_crops = gimg, .local_crops = limg, .masks = masks, .drop_key = rng_make(5, (uint64_t)s, 0, 0)};
+            // step s sees the crops shifted by s images' worth (distinct batches) and masks on step 1 only
+            SslBatch b = {.global_crops = gimg + (size_t)s * 3 * G * G, .local_crops = limg + (size_t)s * 3 * L * L,
+                          .masks = s ? masks : NULL, .drop_key = rng_make(5, (uint64_t)s, 0, 0), .staged = rec == 2};
             ScheduleValues sv = {.lr = 1e-3, .wd = 0.04, .momentum = 0.99, .teacher_temp = 0.05, .last_layer_lr = 1e-3};
             SslStepStats st;
             CHECK(ssl_step(&m, be, NULL, &b, &sv, &st, err) == 0, "%s", err);
@@ -217,20 +227,23 @@ TEST(ssl_step_recompute_bit_identical) {
         }
         size_t total = m.tab.total;
         if (rec) {
-            CHECK(memcmp(params[0][0], params[1][0], sizeof(float) * total) == 0, "student differs with recomputation");
-            CHECK(memcmp(params[0][1], params[1][1], sizeof(float) * total) == 0, "teacher differs with recomputation");
+            CHECK(memcmp(params[0][0], params[rec][0], sizeof(float) * total) == 0, "student differs (variant %d)", rec);
+            CHECK(memcmp(params[0][1], params[rec][1], sizeof(float) * total) == 0, "teacher differs (variant %d)", rec);
             // and the step moved the student: the comparison is not between two untouched inits
             float *init = calloc(total, sizeof(float));
             vit_init_weights(&m.vit, init, 3);
-            CHECK(memcmp(init, params[1][0], sizeof(float) * m.vit.norm_b) != 0, "the steps changed nothing");
+            CHECK(memcmp(init, params[rec][0], sizeof(float) * m.vit.norm_b) != 0, "the steps changed nothing");
             free(init);
         }
         ssl_model_free(&m, be);
         backend_free(be);
     }
-    for (int s = 0; s < 2; s++) CHECK(loss[0][s] == loss[1][s], "step %d loss %.9g vs %.9g", s, loss[0][s], loss[1][s]);
+    for (int rec = 1; rec < 3; rec++)
+        for (int s = 0; s < 2; s++)
+            CHECK(loss[0][s] == loss[rec][s], "variant %d step %d loss %.9g vs %.9g", rec, s, loss[rec][s], loss[0][s]);
+    CHECK(loss[0][0] != loss[0][1], "the two steps saw the same loss: not distinct batches");
     CHECK(live[1] < live[0], "recomputation does not save memory: %zu vs %zu bytes", live[1], live[0]);
-    for (int rec = 0; rec < 2; rec++) free(params[rec][0]), free(params[rec][1]);
+    for (int rec = 0; rec < 3; rec++) free(params[rec][0]), free(params[rec][1]);
     free(gimg), free(limg);
 }
 

@@ -83,7 +83,11 @@ typedef struct {
     int B, nL, Ng, Tg, Tl, D, Kd, Ki, max_masked, rows_cls, rows_head;
     VitActs *s_glob, *s_loc, *t_glob;
     HeadActs *s_dino, *s_ibot, *t_dino, *t_ibot; // *_ibot only with a separate head
-    float *glob_img, *loc_img;                   // crops in backend memory
+    float *glob_img, *loc_img;                   // crops in backend memory (staging slot 0 when staged)
+    // staging (cfg.staged_upload): two slots of device crops, page-locked host copies, host masks
+    float *glob_slot[2], *loc_slot[2], *stage_host[2];
+    uint8_t *stage_mask[2];
+    int stage_has_mask[2], stage_ticket[2], stage_full[2], stage_next, stage_oldest;
     uint8_t *masks;                              // [2B*N]
     int *idx_tcls, *idx_gcls, *idx_lcls, *idx_mask; // gather indices (rows of D floats)
     float *mask_w;                               // [max_masked] 1/n_i per masked token
@@ -170,6 +174,15 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     const int G = cfg.global_crop, L = cfg.local_crop;
     w->glob_img = falloc(be, (size_t)2 * B * 3 * G * G);
     w->loc_img = falloc(be, (size_t)nL * B * 3 * L * L);
+    if (cfg.staged_upload) {
+        w->glob_slot[0] = w->glob_img, w->loc_slot[0] = w->loc_img;
+        w->glob_slot[1] = falloc(be, (size_t)2 * B * 3 * G * G);
+        w->loc_slot[1] = falloc(be, (size_t)nL * B * 3 * L * L);
+        for (int s = 0; s < 2; s++) {
+            w->stage_host[s] = be->host_alloc(be, sizeof(float) * ((size_t)2 * B * 3 * G * G + (size_t)nL * B * 3 * L * L));
+            w->stage_mask[s] = dino_malloc((size_t)2 * B * w->Ng);
+        }
+    }
     w->masks = be->alloc(be, (size_t)2 * B * w->Ng);
     w->idx_tcls = be->alloc(be, sizeof(int) * 2 * B);
     w->idx_gcls = be->alloc(be, sizeof(int) * 2 * B);
@@ -226,6 +239,12 @@ void ssl_model_free(SslModel *m, Backend *be) {
                         w->d_xl};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) be->release(be, bufs[i]);
+        if (w->glob_slot[1]) be->release(be, w->glob_slot[1]);
+        if (w->loc_slot[1]) be->release(be, w->loc_slot[1]);
+        for (int s = 0; s < 2; s++) {
+            if (w->stage_host[s]) be->host_free(be, w->stage_host[s]);
+            free(w->stage_mask[s]);
+        }
         free(w->sub_g), free(w->sub_l), free(w->mask_host), free(w->idx_host), free(w->w_host);
         free(w);
     }
@@ -273,15 +292,29 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     memset(st, 0, sizeof *st);
 
     // ---- inputs: crops, masks -> masked-token indices and weights (crop-major, as the reference)
-    be->to_device(be, w->glob_img, b->global_crops, sizeof(float) * (size_t)2 * B * 3 * G * G);
-    if (nL > 0) be->to_device(be, w->loc_img, b->local_crops, sizeof(float) * (size_t)nL * B * 3 * L * L);
+    const uint8_t *masks = b->masks;
+    const float *glob_img = w->glob_img, *loc_img = w->loc_img;
+    if (b->staged) {
+        const int s = w->stage_oldest;
+        DINO_ASSERT(c->staged_upload && w->stage_full[s], "ssl_forward_backward: no staged batch");
+        be->upload_wait(be, w->stage_ticket[s]); // the crops' copy, started while the last step ran
+        glob_img = w->glob_slot[s], loc_img = w->loc_slot[s];
+        masks = w->stage_has_mask[s] ? w->stage_mask[s] : NULL;
+        // Free for ssl_stage_batch again once this returns: the loss read-back below waits for the
+        // forward passes, the only readers of the crops.
+        w->stage_full[s] = 0;
+        w->stage_oldest ^= 1;
+    } else {
+        be->to_device(be, w->glob_img, b->global_crops, sizeof(float) * (size_t)2 * B * 3 * G * G);
+        if (nL > 0) be->to_device(be, w->loc_img, b->local_crops, sizeof(float) * (size_t)nL * B * 3 * L * L);
+    }
     int n_m = 0;
     const uint8_t *masks_dev = NULL;
-    if (b->masks) {
+    if (masks) {
         for (int i = 0; i < 2 * B; i++) {
             int cnt = 0;
-            for (int n = 0; n < Ng; n++) cnt += b->masks[(size_t)i * Ng + n] != 0;
-            for (int n = 0; n < Ng; n++) w->mask_host[(size_t)i * Ng + n] = b->masks[(size_t)i * Ng + n] != 0;
+            for (int n = 0; n < Ng; n++) cnt += masks[(size_t)i * Ng + n] != 0;
+            for (int n = 0; n < Ng; n++) w->mask_host[(size_t)i * Ng + n] = masks[(size_t)i * Ng + n] != 0;
             if (!do_ibot || cnt == 0) continue;
             if (n_m + cnt > w->max_masked) {
                 dino_seterr(err, "ssl_step: more than %d masked tokens in the batch (max_masked too small)",
@@ -289,7 +322,7 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
                 return -1;
             }
             for (int n = 0; n < Ng; n++)
-                if (b->masks[(size_t)i * Ng + n]) {
+                if (masks[(size_t)i * Ng + n]) {
                     w->idx_host[n_m] = i * w->Tg + 1 + R + n;
                     w->w_host[n_m] = 1.0f / (float)cnt;
                     n_m++;
@@ -313,7 +346,7 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     }
 
     // ---- teacher: global crops, unmasked, no stochastic depth
-    const float *xt = vit_forward(be, &m->vit, m->teacher, w->t_glob, w->glob_img, NULL, NULL);
+    const float *xt = vit_forward(be, &m->vit, m->teacher, w->t_glob, glob_img, NULL, NULL);
     be->gather_rows(be, w->t_in, xt, w->idx_tcls, 2 * B, (size_t)D);
     if (n_m) be->gather_rows(be, w->t_in + (size_t)2 * B * D, xt, w->idx_mask, n_m, (size_t)D);
     const float *zt_dino, *zt_ibot = NULL;
@@ -338,8 +371,8 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     }
 
     // ---- student forward: both crop groups, head input [local CLS; global CLS; masked patch tokens]
-    const float *xg = vit_forward(be, &m->vit, m->student, w->s_glob, w->glob_img, masks_dev, sub_g);
-    const float *xl = nL > 0 ? vit_forward(be, &m->vit, m->student, w->s_loc, w->loc_img, NULL, sub_l) : NULL;
+    const float *xg = vit_forward(be, &m->vit, m->student, w->s_glob, glob_img, masks_dev, sub_g);
+    const float *xl = nL > 0 ? vit_forward(be, &m->vit, m->student, w->s_loc, loc_img, NULL, sub_l) : NULL;
     float *s_loc_cls = w->s_in, *s_glob_cls = w->s_in + (size_t)nL * B * D;
     float *s_masked = w->s_in + (size_t)w->rows_cls * D;
     if (nL > 0) be->gather_rows(be, s_loc_cls, xl, w->idx_lcls, nL * B, (size_t)D);
@@ -442,6 +475,27 @@ int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, cons
     if (ssl_forward_backward(m, be, coll, b, sv, st, err)) return -1; // nothing applied
     ssl_update(m, be, sv, st);
     return 0;
+}
+
+void ssl_stage_batch(SslModel *m, Backend *be, const float *global_crops, const float *local_crops,
+                     const uint8_t *masks) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    const int s = w->stage_next;
+    DINO_ASSERT(c->staged_upload, "ssl_stage_batch: the model was built without staged_upload");
+    DINO_ASSERT(!w->stage_full[s], "ssl_stage_batch: two batches are staged already");
+    const size_t ng = (size_t)2 * w->B * 3 * c->global_crop * c->global_crop;
+    const size_t nl = (size_t)w->nL * w->B * 3 * c->local_crop * c->local_crop;
+    // The slot's previous batch was consumed by an ssl_forward_backward that has returned: its upload
+    // and its readers are done, so the host copy and the device slot may be overwritten.
+    memcpy(w->stage_host[s], global_crops, sizeof(float) * ng);
+    if (nl) memcpy(w->stage_host[s] + ng, local_crops, sizeof(float) * nl);
+    w->stage_has_mask[s] = masks != NULL;
+    if (masks) memcpy(w->stage_mask[s], masks, (size_t)2 * w->B * w->Ng);
+    w->stage_ticket[s] = be->upload_async(be, w->glob_slot[s], w->stage_host[s], sizeof(float) * ng);
+    if (nl) w->stage_ticket[s] = be->upload_async(be, w->loc_slot[s], w->stage_host[s] + ng, sizeof(float) * nl);
+    w->stage_full[s] = 1;
+    w->stage_next ^= 1;
 }
 
 SslMemory ssl_memory(const SslModel *m) {

@@ -46,6 +46,7 @@ typedef struct {
     // exist for this rank's shard only.
     int zero_world, zero_rank;
     int recompute_activations;   // student backbone: keep only block inputs, recompute in backward
+    int staged_upload;           // allocate two staging slots for ssl_stage_batch (the trainer does)
 } SslConfig;
 
 // The reference's defaults around a ViT config (heads 2048/256/65536, 3 layers; B, crops set by caller).
@@ -82,7 +83,17 @@ typedef struct {
     const int *drop_global;    // host drop-path subsets [depth][2][S] (vit_draw_drop_subsets), or NULL:
     const int *drop_local;     //   drawn from drop_key when the rate is > 0
     Rng drop_key;              // unique per step
+    int staged;                // 1: crops and masks were given to ssl_stage_batch instead (the fields
+                               //    above are then ignored, but for drop_* and drop_key)
 } SslBatch;
+
+// Overlapped upload of the next batch (needs cfg.staged_upload): copies the batch's crops into
+// page-locked staging and starts their upload to a spare device slot on the backend's copy queue, and
+// keeps a copy of its masks (NULL: none), so the loader may reuse its buffers at once. The next
+// ssl_forward_backward with batch->staged = 1 takes the oldest staged batch. At most two batches can be
+// staged and not yet consumed (the current one and the next).
+void ssl_stage_batch(SslModel *m, Backend *be, const float *global_crops, const float *local_crops,
+                     const uint8_t *masks);
 
 typedef struct {
     // the losses as the reference logs them (koleo_loss and ibot_loss halved; total = their sum)

@@ -48,6 +48,10 @@ typedef struct {
     size_t stage_floats;
     TileSource *src;
     Loader *loader;
+    // the batch of the next iteration, taken from the loader and staged during this one (its upload
+    // overlaps this step): checkpoints record the loader position as if it were still in the loader
+    int prefetched;
+    int64_t prefetched_reads, prefetched_corrupt;
     ScheduleConfig sched;
     MetricsLog *metrics;
     DistGrads *grads_sync; // bucketed gradient averaging over ranks (NULL for one process)
@@ -234,14 +238,14 @@ static int save_checkpoint(Run *r, int64_t iterations_done, const float *moments
     ckpt_writer_tensor(w, "dino_center", 1, sd, cd);
     ckpt_writer_tensor(w, "ibot_center", 1, si, ci);
     LoaderStats ls = loader_stats(r->loader);
+    const int64_t position = loader_position(r->loader) - r->prefetched;
     ckpt_writer_int(w, "iteration", iterations_done);
     ckpt_writer_int(w, "adamw.step", r->m.opt.step);
-    ckpt_writer_int(w, "loader.position", loader_position(r->loader));
+    ckpt_writer_int(w, "loader.position", position);
     // the global sample position: lets a run resume on another number of ranks or batch per rank
-    ckpt_writer_int(w, "loader.samples",
-                    loader_position(r->loader) * r->cfg->train.batch_size_per_gpu * (int64_t)r->d->world);
-    ckpt_writer_int(w, "loader.reads", ls.reads);
-    ckpt_writer_int(w, "loader.corrupt", ls.corrupt);
+    ckpt_writer_int(w, "loader.samples", position * r->cfg->train.batch_size_per_gpu * (int64_t)r->d->world);
+    ckpt_writer_int(w, "loader.reads", ls.reads - r->prefetched_reads);
+    ckpt_writer_int(w, "loader.corrupt", ls.corrupt - r->prefetched_corrupt);
     ckpt_writer_int(w, "world_size", r->d->world);
     ckpt_writer_int(w, "seed", r->cfg->train.seed);
     char *yaml = config_to_yaml(r->cfg);
@@ -320,6 +324,20 @@ static int64_t resume(Run *r, char *err) {
     if (r->d->rank == 0 && !r->quiet) printf("dinotrain: resumed from %s at iteration %lld\n", c.dir, (long long)it);
     ckpt_close(&c);
     return it;
+}
+
+static int inject_nan_at(int64_t it);
+
+// Takes the next batch from the loader (for iteration `it`) and stages it on the model; the loader's
+// buffers are free again when this returns.
+static int stage_next_batch(Run *r, int64_t it, int with_masks, char *err) {
+    const Batch *batch = loader_next(r->loader, err);
+    if (!batch) return -1;
+    if (inject_nan_at(it)) batch->global_crops[0] = NAN; // the loader's buffer is ours until loader_next
+    ssl_stage_batch(&r->m, r->be, batch->global_crops, batch->local_crops, with_masks ? batch->masks.masks : NULL);
+    r->prefetched_reads = batch->reads;
+    r->prefetched_corrupt = batch->corrupt;
+    return 0;
 }
 
 // ---- fault injection for tests: DINOTRAIN_INJECT_NAN="3,4" poisons the input of those iterations ------
@@ -530,6 +548,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         dino_seterr(err, "model: %s", e2);
         goto out;
     }
+    sc.staged_upload = 1;
     if (ssl_model_init(&r.m, r.be, &sc, (uint64_t)cfg->train.seed, e2)) {
         dino_seterr(err, "model: %s", e2);
         goto out;
@@ -579,7 +598,8 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
 
     const int B = sc.batch, Kd = r.m.dino_center.K, Ki = r.m.ibot_center.K;
     const int tty = d->rank == 0 && !opt->quiet && metrics_stdout_is_tty();
-    float *center_save = dino_malloc(sizeof(float) * (size_t)(Kd + Ki));
+    // backend memory: saving the centres must not wait for the device
+    float *center_save = r.be->alloc(r.be, sizeof(float) * (size_t)(Kd + Ki));
     double t_start = dino_wall_s(), t_window = t_start, data_window = 0;
     int64_t window_steps = 0, bad_in_row = 0;
     const int log_every = cfg->log.every_n_iterations > 0 ? cfg->log.every_n_iterations : 10;
@@ -587,23 +607,27 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
 
     for (int64_t it = start; it < end; it++) {
         double t0 = dino_wall_s();
-        const Batch *batch = loader_next(r.loader, e2);
-        if (!batch) {
+        // This iteration's batch was staged during the last one (the first is staged here); the next
+        // one is staged now, so that its upload runs beside this step on a GPU.
+        if (!r.prefetched && stage_next_batch(&r, it, sc.ibot_loss_weight > 0, e2)) {
             dino_seterr(err, "data: %s", e2);
             goto out_loop;
         }
+        r.prefetched = 0, r.prefetched_reads = r.prefetched_corrupt = 0;
+        if (it + 1 < end && stage_next_batch(&r, it + 1, sc.ibot_loss_weight > 0, e2)) {
+            dino_seterr(err, "data: %s", e2);
+            goto out_loop;
+        }
+        r.prefetched = it + 1 < end;
         double t_data = dino_wall_s() - t0;
         ScheduleValues sv = schedule_at(&r.sched, (long)it);
-        SslBatch sb = {.global_crops = batch->global_crops,
-                       .local_crops = batch->local_crops,
-                       .masks = sc.ibot_loss_weight > 0 ? batch->masks.masks : NULL,
+        SslBatch sb = {.staged = 1,
                        .drop_key = rng_make((uint64_t)cfg->train.seed, RNG_STREAM_DROP_PATH, (uint64_t)it,
                                             (uint64_t)d->rank)};
-        if (inject_nan_at(it)) batch->global_crops[0] = NAN; // the loader's buffer is ours until loader_next
 
         // the centres move during the forward pass: keep them to undo a step that is not applied
-        r.be->to_host(r.be, center_save, r.m.dino_center.center, sizeof(float) * (size_t)Kd);
-        r.be->to_host(r.be, center_save + Kd, r.m.ibot_center.center, sizeof(float) * (size_t)Ki);
+        r.be->copy(r.be, center_save, r.m.dino_center.center, sizeof(float) * (size_t)Kd);
+        r.be->copy(r.be, center_save + Kd, r.m.ibot_center.center, sizeof(float) * (size_t)Ki);
         SslStepStats st;
         int finite = ssl_forward_backward(&r.m, r.be, &r.coll, &sb, &sv, &st, e2) == 0;
         // the buckets not yet issued by the backward pass, then the average over ranks (every rank takes
@@ -623,8 +647,8 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             }
             bad_in_row = 0;
         } else {
-            r.be->to_device(r.be, r.m.dino_center.center, center_save, sizeof(float) * (size_t)Kd);
-            r.be->to_device(r.be, r.m.ibot_center.center, center_save + Kd, sizeof(float) * (size_t)Ki);
+            r.be->copy(r.be, r.m.dino_center.center, center_save, sizeof(float) * (size_t)Kd);
+            r.be->copy(r.be, r.m.ibot_center.center, center_save + Kd, sizeof(float) * (size_t)Ki);
             res->skipped_steps++;
             bad_in_row++;
             if (d->rank == 0)
@@ -718,7 +742,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
     if (d->world > 1 && dist_barrier(d, e2)) dist_abort(d, "%s", e2);
     rc = 0;
 out_loop:
-    free(center_save);
+    r.be->release(r.be, center_save);
 out:
     if (r.grads_sync) dist_grads_free(r.grads_sync);
     if (r.metrics) metrics_close(r.metrics);

@@ -20,6 +20,12 @@ static void cpu_zero(Backend *be, void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
 }
 static void cpu_sync(Backend *be) {}
+static void cpu_host_free(Backend *be, void *p) { free(p); }
+static int cpu_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes) memcpy(dst, src, bytes); // one queue: done when it returns
+    return 0;
+}
+static void cpu_upload_wait(Backend *be, int ticket) {}
 
 Backend *backend_cpu_new(void) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -31,6 +37,10 @@ Backend *backend_cpu_new(void) {
     be->copy = cpu_memcpy;
     be->zero = cpu_zero;
     be->sync = cpu_sync;
+    be->host_alloc = cpu_alloc;
+    be->host_free = cpu_host_free;
+    be->upload_async = cpu_upload_async;
+    be->upload_wait = cpu_upload_wait;
     be->gemm = cpu_gemm;
     be->linear_fwd = cpu_linear_fwd;
     be->linear_bwd = cpu_linear_bwd;

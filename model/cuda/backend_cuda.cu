@@ -86,7 +86,35 @@ static void *cu_alloc(Backend *be, size_t bytes) {
 static void cu_release(Backend *be, void *p) {
     if (!p) return;
     cudaCheck(cudaStreamSynchronize(cuda_stream(be))); // no kernel still using it
+    cudaCheck(cudaStreamSynchronize(cuda_impl(be)->copy_stream)); // nor an upload into it
     cudaCheck(cudaFree(p));
+}
+
+// Page-locked host memory: the DMA engine reads it while kernels run (a pageable source would make
+// cudaMemcpyAsync stage through a driver buffer, synchronously).
+static void *cu_host_alloc(Backend *be, size_t bytes) {
+    void *p = NULL;
+    cudaCheck(cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable));
+    memset(p, 0, bytes);
+    return p;
+}
+static void cu_host_free(Backend *be, void *p) {
+    if (!p) return;
+    cudaCheck(cudaStreamSynchronize(cuda_impl(be)->copy_stream));
+    cudaCheck(cudaFreeHost(p));
+}
+// On the copy stream; the ticket's event marks its completion for upload_wait.
+static int cu_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    CudaImpl *c = cuda_impl(be);
+    int t = c->next_ticket;
+    c->next_ticket = (t + 1) % (int)(sizeof c->upload_done / sizeof c->upload_done[0]);
+    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->copy_stream));
+    cudaCheck(cudaEventRecord(c->upload_done[t], c->copy_stream));
+    return t;
+}
+static void cu_upload_wait(Backend *be, int ticket) {
+    CudaImpl *c = cuda_impl(be);
+    cudaCheck(cudaStreamWaitEvent(c->stream, c->upload_done[ticket], 0));
 }
 
 // Asynchronous on the backend's stream. A pageable source may be reused as soon as this returns (CUDA
@@ -153,6 +181,10 @@ extern "C" void *backend_cuda_stream(Backend *be) { return (void *)cuda_impl(be)
 static void cuda_destroy(Backend *be) {
     CudaImpl *c = cuda_impl(be);
     cudaCheck(cudaStreamSynchronize(c->stream));
+    cudaCheck(cudaStreamSynchronize(c->copy_stream));
+    for (size_t i = 0; i < sizeof c->upload_done / sizeof c->upload_done[0]; i++)
+        cudaCheck(cudaEventDestroy(c->upload_done[i]));
+    cudaCheck(cudaStreamDestroy(c->copy_stream));
     if (c->scratch) cudaCheck(cudaFree(c->scratch));
     cudaCheck(cudaFreeHost(c->host_result));
     cublasCheck(cublasDestroy(c->cublas));
@@ -183,6 +215,9 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     cudaCheck(cudaGetDeviceProperties(&prop, device));
     snprintf(c->device_name, sizeof c->device_name, "%s", prop.name);
     cudaCheck(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    cudaCheck(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
+    for (size_t i = 0; i < sizeof c->upload_done / sizeof c->upload_done[0]; i++)
+        cudaCheck(cudaEventCreateWithFlags(&c->upload_done[i], cudaEventDisableTiming));
     cublasCheck(cublasCreate(&c->cublas));
     cublasCheck(cublasSetStream(c->cublas, c->stream));
     // Pointer mode host: alpha/beta are host scalars. cuBLAS may use its default workspace.
@@ -200,6 +235,10 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->copy = cu_copy;
     be->zero = cu_zero;
     be->sync = cu_sync;
+    be->host_alloc = cu_host_alloc;
+    be->host_free = cu_host_free;
+    be->upload_async = cu_upload_async;
+    be->upload_wait = cu_upload_wait;
     be->gemm = cuda_gemm;
     be->linear_fwd = cuda_linear_fwd;
     be->linear_bwd = cuda_linear_bwd;

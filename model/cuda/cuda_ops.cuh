@@ -41,6 +41,9 @@ typedef struct {
     void *scratch;        // grow-only scratch for reductions' partial sums (stream-ordered reuse)
     size_t scratch_bytes;
     double *host_result;  // pinned: scalar results (sum_squares) come back through here
+    cudaStream_t copy_stream;      // uploads of the next batch, beside the compute stream
+    cudaEvent_t upload_done[16];   // one per ticket (be->upload_async), reused in turn
+    int next_ticket;
 } CudaImpl;
 
 static inline CudaImpl *cuda_impl(Backend *be) { return (CudaImpl *)be->impl; }
