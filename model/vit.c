@@ -221,6 +221,18 @@ void vit_init_weights(const Vit *vit, float *P, uint64_t seed) {
     fill_const(P + vit->norm_b, D, 0.0f);
 }
 
+double vit_flops(const VitConfig *c, int n, int crop, int with_backward) {
+    const double D = c->dim, L = c->depth, p = c->patch;
+    const double N = (double)(crop / c->patch) * (crop / c->patch), T = 1 + c->n_registers + N;
+    const double ffn_out = c->ffn == VIT_FFN_MLP ? c->ffn_hidden : 2.0 * c->ffn_hidden;
+    const double block_w = 3 * D * D + D * D + D * ffn_out + c->ffn_hidden * D;
+    const double k = with_backward ? 3.0 : 1.0;
+    double f = 2.0 * k * block_w * L * T;            // linear layers, per image
+    f += 4.0 * k * L * D * T * T;                    // attention QK^T and PV
+    f += (with_backward ? 4.0 : 2.0) * N * 3 * p * p * D; // patch embedding
+    return f * n;
+}
+
 // ---- position-embedding interpolation -------------------------------------------------------------
 
 // Keys' cubic convolution kernel with parameter A.

@@ -95,6 +95,11 @@ void vit_acts_set_grad_hook(VitActs *a, VitGradHook fn, void *ctx);
 void vit_backward(Backend *be, const Vit *vit, const float *params, float *grads, VitActs *a,
                   const float *d_xnorm);
 
+// Model FLOPs of n images at `crop` px: forward only, or forward + backward (with_backward): 2 (forward)
+// + 4 (backward) per weight and token in the blocks' matmuls, 4 + 8 per L*D*T*T for non-causal
+// attention (QK^T and PV), and the patch embedding's forward and weight gradient (no input gradient).
+double vit_flops(const VitConfig *c, int n, int crop, int with_backward);
+
 // Bicubic interpolation of the pos-embed grid M x M to g x g as a dense matrix W[g*g, M*M] (host),
 // with the reference's semantics (torch interpolate bicubic A=-0.75, align_corners=False; scale
 // factor (g+offset)/M when offset > 0, else size-based; optional antialias).

@@ -179,22 +179,9 @@ static void usage(void) {
             "usage: bench_vit_gpu [--backend cuda|cpu] [--arch vit_small|vit_base|vit_large|vit_giant2]\n"
             "                     [--batch IMAGES] [--global 2] [--local 8] [--global-size 224] [--local-size 98]\n"
             "                     [--patch 14] [--registers 0] [--ffn mlp|swiglu] [--depth L] [--iters 10]\n"
-            "                     [--warmup 3] [--gemm bf16|fp32] [--peak-only] [--no-peak] [--op-profile]\n");
+            "                     [--warmup 3] [--gemm bf16|fp32] [--peak-only] [--no-peak] [--op-profile]\n"
+            "                     [--recompute]   (activations recomputed per block in backward)\n");
     exit(2);
-}
-
-// Model FLOPs of one forward + backward of n images at `crop` px: 6 * (matmul weights) * tokens for
-// the blocks (2 forward, 4 backward), 12*L*D*T per token for non-causal attention, and the patch
-// embedding's forward and weight gradient (its input gradient is not computed).
-static double vit_step_flops(const VitConfig *c, int n, int crop) {
-    const double D = c->dim, L = c->depth, p = c->patch;
-    const double N = (double)(crop / c->patch) * (crop / c->patch), T = 1 + c->n_registers + N;
-    const double ffn_out = c->ffn == VIT_FFN_MLP ? c->ffn_hidden : 2.0 * c->ffn_hidden;
-    const double block_w = 3 * D * D + D * D + D * ffn_out + c->ffn_hidden * D;
-    double f = 6.0 * block_w * L * T;       // linear layers, per image
-    f += 12.0 * L * D * T * T;              // attention QK^T and PV, forward + backward
-    f += 4.0 * N * 3 * p * p * D;           // patch embedding
-    return f * n;
 }
 
 // The spec sheet's dense bf16 rate (TFLOP/s), for reference next to the measured one (design note 13).
@@ -209,7 +196,7 @@ int main(int argc, char **argv) {
     dino_prefer_passive_openmp(argv);
     const char *backend = "cuda", *arch = "vit_small", *ffn = "mlp", *gemm = "bf16";
     int batch = 8, n_global = 2, n_local = 8, gsize = 224, lsize = 98, patch = 14, registers = 0, depth = 0;
-    int iters = 10, warmup = 3, peak_only = 0, no_peak = 0, op_profile = 0;
+    int iters = 10, warmup = 3, peak_only = 0, no_peak = 0, op_profile = 0, recompute = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -223,6 +210,7 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--peak-only") == 0) peak_only = 1;
         else if (strcmp(a, "--no-peak") == 0) no_peak = 1;
         else if (strcmp(a, "--op-profile") == 0) op_profile = 1;
+        else if (strcmp(a, "--recompute") == 0) recompute = 1;
         else usage();
 #undef ARG_S
 #undef ARG_I
@@ -287,9 +275,11 @@ int main(int argc, char **argv) {
     float *img[2] = {NULL, NULL}, *dxn[2] = {NULL, NULL};
     Rng r = rng_make(2, 0, 0, 0);
     double flops = 0;
+    size_t act_bytes = 0;
     for (int g = 0; g < 2; g++) {
         if (!nimg[g]) continue;
-        acts[g] = vit_acts_new(be, &vit, nimg[g], crop[g], VIT_ACTS_STORE_ALL);
+        acts[g] = vit_acts_new(be, &vit, nimg[g], crop[g], recompute ? VIT_ACTS_RECOMPUTE : VIT_ACTS_STORE_ALL);
+        act_bytes += vit_acts_bytes(acts[g]);
         size_t ni = (size_t)nimg[g] * 3 * crop[g] * crop[g], nx = (size_t)nimg[g] * vit_acts_tokens(acts[g]) * cfg.dim;
         size_t nmax = ni > nx ? ni : nx;
         float *h = dino_malloc(sizeof(float) * nmax);
@@ -300,7 +290,7 @@ int main(int argc, char **argv) {
         dxn[g] = be->alloc(be, sizeof(float) * nx);
         be->to_device(be, dxn[g], h, sizeof(float) * nx);
         free(h);
-        flops += vit_step_flops(&cfg, nimg[g], crop[g]);
+        flops += vit_flops(&cfg, nimg[g], crop[g], 1);
     }
     size_t nparams = 0;
     for (int i = 0; i < tab.n; i++) nparams += tab.t[i].numel;
@@ -339,8 +329,9 @@ int main(int argc, char **argv) {
            "|grad|^2 = %.4g\n",
            1e3 * t_step, 1e3 * best_step, 1e3 * t_fwd, 1e3 * t_bwd, ips, tflops, mfu_s, gn);
     printf("RESULT impl=c backend=%s arch=%s batch=%d img_per_s=%.2f step_ms=%.2f fwd_ms=%.2f bwd_ms=%.2f "
-           "model_tflops=%.2f peak_tflops=%.1f mfu=%.4f\n",
-           backend, arch, batch, ips, 1e3 * t_step, 1e3 * t_fwd, 1e3 * t_bwd, tflops, peak, mfu);
+           "model_tflops=%.2f peak_tflops=%.1f mfu=%.4f recompute=%d act_gib=%.2f\n",
+           backend, arch, batch, ips, 1e3 * t_step, 1e3 * t_fwd, 1e3 * t_bwd, tflops, peak, mfu, recompute,
+           act_bytes / 1073741824.0);
 
     if (op_profile) { // two more steps through the profiling wrapper
         Backend *pb = profiling_backend(be);

@@ -9,6 +9,7 @@
 #   tools/gpu_check.sh --stages info,build,test,summary   then, in further calls (10-min limit each):
 #   tools/gpu_check.sh --stages info,train,bench,summary
 #   tools/gpu_check.sh --stages info,torch,summary
+#   tools/gpu_check.sh --stages info,step,summary     the whole training step, C and PyTorch
 #   tools/gpu_check.sh --stages summary --merge DIR1 --merge DIR2   one table from both calls' $OUT
 #                                              folders (anywhere, no GPU needed)
 #   tools/gpu_check.sh --quick                 one batch size per model
@@ -23,7 +24,7 @@ set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-STAGES="info,build,test,train,bench,torch,summary"
+STAGES="info,build,test,train,bench,torch,step,summary"
 QUICK=0
 MERGE=()
 RES=$ROOT/build-gpu-check
@@ -45,8 +46,10 @@ while [ $# -gt 0 ]; do
 done
 if [ "$QUICK" = 1 ]; then
   C_BATCH_S="32"; C_BATCH_L="16"
+  STEP_S="32"; STEP_L="16 64r"
 else
   C_BATCH_S="16 32 64"; C_BATCH_L="8 16 32"
+  STEP_S="32 64"; STEP_L="16 32 64r" # r: activations recomputed (ViT-L at 64 needs it: dinotrain --plan-memory)
 fi
 # torch.compile recompiles per shape (a minute or more for ViT-L): compile at one batch per model.
 TC_BATCH_S="32"; TC_BATCH_L="16"
@@ -74,7 +77,7 @@ log() { copy_out; echo "[gpu_check $(date +%H:%M:%S)] $*"; } # each stage starts
 # --merge B` makes one table of both.
 for m in "${MERGE[@]}"; do
   [ -d "$m" ] || { echo "gpu_check: --merge $m: no such folder" >&2; continue; }
-  for f in info.log build.log tests.log sanitize.log train.log bench_c.log bench_torch.log; do
+  for f in info.log build.log tests.log sanitize.log train.log bench_c.log bench_torch.log bench_step.log; do
     [ -s "$m/$f" ] && cp -f "$m/$f" "$RES/$f"
   done
   [ -s "$m/status.env" ] && cat "$m/status.env" >> "$STATUS" # later lines win when sourced
@@ -147,7 +150,7 @@ build_minimal() {
     o=$B/obj/$(basename "$f").o; objs+=("$o")
     "$NVCC" -O2 -std=c++17 -lineinfo "${GENCODE[@]}" -I. -Xcompiler=-Wall -c "$f" -o "$o" & pids+=($!)
   done
-  for f in common/*.c model/*.c model/cpu/*.c train/ssl_step.c train/optim.c train/schedule.c dist/dist.c; do
+  for f in common/*.c model/*.c model/cpu/*.c train/ssl_step.c train/optim.c train/schedule.c dist/dist.c data/masking.c; do
     o=$B/obj/$(echo "$f" | tr / _).o; objs+=("$o")
     "${CC:-gcc}" "${CFLAGS[@]}" -c "$f" -o "$o" & pids+=($!)
   done
@@ -161,6 +164,7 @@ build_minimal() {
     "${CC:-gcc}" "${CFLAGS[@]}" tests/$t.c tests/harness.c "${objs[@]}" "${LINK[@]}" -o $B/$t || return 1
   done
   "${CC:-gcc}" "${CFLAGS[@]}" tools/bench_vit_gpu.c "${objs[@]}" "${LINK[@]}" -o $B/bench_vit_gpu || return 1
+  "${CC:-gcc}" "${CFLAGS[@]}" tools/bench_step.c "${objs[@]}" "${LINK[@]}" -o $B/bench_step || return 1
 }
 
 if has_stage build; then
@@ -353,12 +357,63 @@ if has_stage torch; then
   fi
 fi
 
+# ---- the whole training step: C (bench_step) and PyTorch (bench_step_torch.py) ---------------------------
+if has_stage step; then
+  log "stage step (whole SSL step, C and PyTorch)"
+  : > "$RES/bench_step.log"
+  if [ -z "$BIN" ] || [ ! -x "$BIN/bench_step" ]; then
+    set_status STEP "not run (no build)"
+  else
+    PEAK=$(grep -h "^PEAK" "$RES/bench_c.log" 2>/dev/null | head -1 | sed 's/.*measured_bf16_tflops=\([0-9.]*\).*/\1/')
+    nbad=0
+    for spec in "vit_small:$STEP_S" "vit_large:$STEP_L"; do
+      arch=${spec%%:*}
+      for b in ${spec#*:}; do
+        rec=""; case "$b" in *r) rec=--recompute; b=${b%r} ;; esac
+        echo "=== bench_step --arch $arch --batch $b $rec" >> "$RES/bench_step.log"
+        timeout 300 "$BIN/bench_step" --backend cuda --arch "$arch" --batch "$b" $rec ${PEAK:+--no-peak} \
+          > "$RES/step_one.tmp" 2>&1
+        rc=$?
+        [ -n "$PEAK" ] && sed -i "s/peak_tflops=-1.0 mfu=-1.0000/peak_tflops=$PEAK mfu=MFU/" "$RES/step_one.tmp"
+        cat "$RES/step_one.tmp" >> "$RES/bench_step.log"
+        if [ $rc != 0 ]; then
+          nbad=$((nbad + 1))
+          echo "RESULT impl=c-step backend=cuda arch=$arch batch=$b status=failed(rc=$rc)" >> "$RES/bench_step.log"
+        fi
+      done
+    done
+    # MFU of the C lines against the measured peak of the bench stage (bench_step measured none with --no-peak)
+    if [ -n "$PEAK" ]; then
+      awk -v p="$PEAK" '/^RESULT impl=c-step/ && /mfu=MFU/ { for (i = 1; i <= NF; i++) if ($i ~ /^model_tflops=/) {
+        split($i, a, "="); m = a[2] / p } sub(/mfu=MFU/, sprintf("mfu=%.4f", m)) } { print }' "$RES/bench_step.log" \
+        > "$RES/step.tmp" && mv "$RES/step.tmp" "$RES/bench_step.log"
+    fi
+    if python3 -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then
+      for spec in "vit_small:$STEP_S:${TC_BATCH_S}" "vit_large:$STEP_L:${TC_BATCH_L}"; do
+        IFS=: read -r arch eb cb <<< "$spec"
+        eb=$(echo "$eb" | tr -d r)
+        PYTHONUNBUFFERED=1 timeout 300 python3 tests/torch_ref/bench_step_torch.py --arch "$arch" --batch $eb \
+          --modes eager ${PEAK:+--peak-tflops $PEAK} >> "$RES/bench_step.log" 2>&1 ||
+          echo "RESULT impl=torch-step-eager arch=$arch status=failed(rc=$?)" >> "$RES/bench_step.log"
+        PYTHONUNBUFFERED=1 timeout 300 python3 tests/torch_ref/bench_step_torch.py --arch "$arch" --batch $cb \
+          --modes compile ${PEAK:+--peak-tflops $PEAK} >> "$RES/bench_step.log" 2>&1 ||
+          echo "RESULT impl=torch-step-compile arch=$arch status=failed(rc=$?)" >> "$RES/bench_step.log"
+      done
+    else
+      echo "python3 has no torch with CUDA: PyTorch step not run" >> "$RES/bench_step.log"
+    fi
+    grep "^RESULT" "$RES/bench_step.log"
+    set_status STEP "ran ($nbad C configurations failed; $(grep -c '^RESULT impl=torch.*status=ok' "$RES/bench_step.log") PyTorch ok)"
+  fi
+fi
+
 # ---- summary --------------------------------------------------------------------------------------------
 field() { # field KEY LINE
   echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -1
 }
 result_line() { # impl arch batch -> last matching RESULT line
-  cat "$RES"/bench_c.log "$RES"/bench_torch.log 2>/dev/null | grep "^RESULT impl=$1 " | grep " arch=$2 batch=$3 " | tail -1
+  cat "$RES"/bench_c.log "$RES"/bench_torch.log "$RES"/bench_step.log 2>/dev/null | grep "^RESULT impl=$1 " |
+    grep " arch=$2 batch=$3 " | tail -1
 }
 if has_stage summary; then
   S=$RES/summary.md
@@ -374,6 +429,7 @@ if has_stage summary; then
     echo "| C benchmark | $(get_status BENCH) |"
     echo "| PyTorch | $(get_status TORCH) |"
     echo "| PyTorch benchmark | $(get_status TORCH_BENCH) |"
+    echo "| whole training step, C and PyTorch | $(get_status STEP) |"
     echo
     echo "ViT forward+backward, per image 2 x 224 px + 8 x 98 px crops, no head/teacher/drop-path; MFU against"
     echo "the measured dense bf16 cublasGemmEx rate ($(grep -h '^PEAK' "$RES/bench_c.log" 2>/dev/null | head -1 | sed 's/.*measured_bf16_tflops=\([0-9.]*\).*/\1/') TFLOP/s)."
@@ -395,6 +451,31 @@ if has_stage summary; then
         echo "| $arch | $b | ${ci:--} | ${mfu:--} | ${ei:--} | ${ki:--} | ${ratio:--} |"
       done
     done
+    if grep -q "^RESULT impl=c-step" "$RES/bench_step.log" 2>/dev/null; then
+      echo
+      echo "The whole training step (teacher, student, shared head K = 65536, DINO/iBOT/KoLeo losses, backward,"
+      echo "clipping, AdamW, EMA; next batch staged), per image 2 x 224 px + 8 x 98 px; r = recomputed activations."
+      echo
+      echo "| model | batch | C img/s | C MFU | C fwd+bwd / update / staging ms | C device GiB | torch eager img/s | torch compile img/s | torch GiB | C / best torch |"
+      echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+      for spec in "vit_small:$STEP_S" "vit_large:$STEP_L"; do
+        arch=${spec%%:*}
+        for b in ${spec#*:}; do
+          bb=${b%r}
+          c=$(result_line c-step "$arch" "$bb"); e=$(result_line torch-step-eager "$arch" "$bb"); k=$(result_line torch-step-compile "$arch" "$bb")
+          ci=$(field img_per_s "$c"); cm=$(field mfu "$c"); ei=$(field img_per_s "$e"); ki=$(field img_per_s "$k")
+          split="$(field fwd_bwd_ms "$c") / $(field update_ms "$c") / $(field stage_ms "$c")"
+          [ -n "$c" ] && [ -z "$ci" ] && ci="($(field status "$c"))"
+          [ -n "$e" ] && [ -z "$ei" ] && ei="($(field status "$e"))"
+          [ -n "$k" ] && [ -z "$ki" ] && ki="($(field status "$k"))"
+          best=$(printf '%s\n%s\n' "$ei" "$ki" | grep -E '^[0-9.]+$' | sort -g | tail -1)
+          ratio=""
+          if [[ "$ci" =~ ^[0-9.]+$ ]] && [ -n "$best" ]; then ratio=$(awk "BEGIN{printf \"%.2f\", $ci/$best}"); fi
+          mfu=""; [[ "$cm" =~ ^[0-9.]+$ ]] && mfu=$(awk "BEGIN{printf \"%.1f%%\", 100*$cm}")
+          echo "| $arch | $b | ${ci:--} | ${mfu:--} | $split | $(field device_gib "$c") | ${ei:--} | ${ki:--} | $(field max_mem_gib "$e") | ${ratio:--} |"
+        done
+      done
+    fi
     for arch in vit_small vit_large; do
       if grep -q "^OPPROF $arch " "$RES/bench_c.log" 2>/dev/null; then
         echo; echo "Where the C step's time goes, $arch (per-op, synchronised; top 15):"; echo; echo '```'
