@@ -75,8 +75,9 @@ static void *cu_alloc(Backend *be, size_t bytes) {
         size_t fr = 0, tot = 0;
         cudaGetLastError();
         cudaMemGetInfo(&fr, &tot);
-        DINO_DIE("cuda backend: cannot allocate %zu bytes on device %d (%s; %zu MiB free of %zu MiB)\n  HINT: lower "
-                 "the batch size",
+        DINO_DIE("cuda backend: cannot allocate %zu bytes on device %d (%s; %zu MiB free of %zu MiB)\n  HINT: set "
+                 "compute_precision.recompute_activations: true, or lower the batch size; `dinotrain --plan-memory "
+                 "CONFIG` shows where the memory goes",
                  bytes, cuda_impl(be)->device, cudaGetErrorString(e), fr >> 20, tot >> 20);
     }
     cudaCheck(cudaMemsetAsync(p, 0, n, cuda_stream(be)));
