@@ -376,6 +376,50 @@ TEST(linear_vits_vitl_shapes) {
     gpu_free(G);
 }
 
+// The cuBLASLt path (bias as the GEMM's epilogue) against the cublasGemmEx path on the same GPU, at the
+// shapes the ViT uses: both convert the same fp32 inputs to bf16, so only the fp32 accumulation order
+// may differ (the bf16-exact-input bound); and a rerun of the Lt path is bit-identical (its algorithm is
+// chosen once per shape).
+TEST(linear_lt_epilogue_matches_plain_path) {
+#ifdef DINO_HAVE_CUDA
+    if (emulating()) test_skip("emulation has no cuBLASLt");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    const int shapes[][3] = {{2 * 257, 384, 3 * 384}, {8 * 50, 1536, 384}, {2 * 257, 1024, 4096}, {2 * 256, 588, 1024},
+                             {5 * 50, 768, 2048}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const int rows = shapes[k][0], n_in = shapes[k][1], n_out = shapes[k][2];
+        Rng r = rng_make(13, k, 0, 0);
+        Pair x = pair_new(C, G, (size_t)rows * n_in, 0, 1, &r, 0);
+        Pair W = pair_new(C, G, (size_t)n_out * n_in, 0, 1.0f / sqrtf((float)n_in), &r, 0);
+        Pair b = pair_new(C, G, (size_t)n_out, 0, 0.5f, &r, 0);
+        Pair out = pair_new(C, G, (size_t)rows * n_out, 7, 0, &r, 0);
+        backend_cuda_set_lt(G, 0);
+        G->linear_fwd(G, out.g, x.g, W.g, b.g, rows, n_in, n_out);
+        float *plain = pair_gpu_result(G, &out);
+        CHECK(backend_cuda_set_lt(G, 1) == 1, "cuBLASLt could not be switched on");
+        G->linear_fwd(G, out.g, x.g, W.g, b.g, rows, n_in, n_out);
+        float *lt = pair_gpu_result(G, &out);
+        G->linear_fwd(G, out.g, x.g, W.g, b.g, rows, n_in, n_out);
+        float *lt2 = pair_gpu_result(G, &out);
+        float *sc = gemm_scale(C, 0, 1, rows, n_out, n_in, x.h, n_in, x.n, W.h, n_in, W.n);
+        for (size_t i = 0; i < out.n; i++) sc[i] += 1e-6f * fabsf(b.h[i % n_out]);
+        char what[96];
+        snprintf(what, sizeof what, "linear %dx%dx%d: cuBLASLt vs cublasGemmEx", rows, n_in, n_out);
+        check_elems(what, lt, plain, sc, out.n, TOL_GEMM_EXACT_IN);
+        CHECK(memcmp(lt, lt2, sizeof(float) * out.n) == 0, "%s: two runs differ", what);
+        free(plain), free(lt), free(lt2), free(sc);
+        pair_free(C, G, &x), pair_free(C, G, &W), pair_free(C, G, &b), pair_free(C, G, &out);
+    }
+    int n_lt = backend_cuda_lt_shapes(G);
+    printf("  cuBLASLt took %d of %zu shapes\n", n_lt, sizeof shapes / sizeof shapes[0]);
+    backend_free(C);
+    gpu_free(G);
+    if (n_lt == 0) test_skip("cuBLASLt declined every shape (the cublasGemmEx path runs): nothing compared");
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+
 TEST(gemm_transposes_and_leading_dims) {
     Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
     Rng r = rng_make(11, 0, 0, 0);

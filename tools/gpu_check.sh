@@ -326,6 +326,10 @@ if has_stage bench; then
         grep "RESULT impl=c.*arch=$arch batch=$b " "$RES/bench_c.log" | tail -1
       done
     done
+    # the cuBLASLt bias epilogue's effect: ViT-S at one batch with it switched off (DINO_CUDA_LT=0)
+    echo "=== bench_vit_gpu --arch vit_small --batch $TC_BATCH_S, DINO_CUDA_LT=0" >> "$RES/bench_c.log"
+    DINO_CUDA_LT=0 timeout 200 "$BIN/bench_vit_gpu" --backend cuda --arch vit_small --batch "$TC_BATCH_S" --no-peak 2>&1 |
+      sed 's/^RESULT impl=c /RESULT impl=c-nolt /' >> "$RES/bench_c.log"
     # where the time goes: one per-op profile per model (synchronised after every op)
     for spec in "vit_small:$TC_BATCH_S" "vit_large:$TC_BATCH_L"; do
       arch=${spec%%:*}; b=${spec#*:}
@@ -477,6 +481,11 @@ if has_stage summary; then
           echo "| $arch | $b | ${ci:--} | ${mfu:--} | $split | $(field device_gib "$c") | ${ei:--} | ${ki:--} | $(field max_mem_gib "$e") | ${ratio:--} |"
         done
       done
+    fi
+    nolt=$(result_line c-nolt vit_small "$TC_BATCH_S"); withlt=$(result_line c vit_small "$TC_BATCH_S")
+    if [ -n "$nolt" ]; then
+      echo
+      echo "cuBLASLt bias epilogue (ViT-S, batch $TC_BATCH_S): $(field img_per_s "$withlt") img/s with it, $(field img_per_s "$nolt") without (DINO_CUDA_LT=0)."
     fi
     for arch in vit_small vit_large; do
       if grep -q "^OPPROF $arch " "$RES/bench_c.log" 2>/dev/null; then

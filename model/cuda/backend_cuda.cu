@@ -186,6 +186,7 @@ static void cuda_destroy(Backend *be) {
     for (size_t i = 0; i < sizeof c->upload_done / sizeof c->upload_done[0]; i++)
         cudaCheck(cudaEventDestroy(c->upload_done[i]));
     cudaCheck(cudaStreamDestroy(c->copy_stream));
+    cuda_lt_destroy(c);
     if (c->scratch) cudaCheck(cudaFree(c->scratch));
     cudaCheck(cudaFreeHost(c->host_result));
     cublasCheck(cublasDestroy(c->cublas));
@@ -224,6 +225,7 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     // Pointer mode host: alpha/beta are host scalars. cuBLAS may use its default workspace.
     cublasCheck(cublasSetPointerMode(c->cublas, CUBLAS_POINTER_MODE_HOST));
     cudaCheck(cudaMallocHost((void **)&c->host_result, sizeof(double) * 4));
+    cuda_lt_init(c, 0);
     c->gemm_precision = CUDA_GEMM_BF16;
 
     Backend *be = (Backend *)dino_calloc(1, sizeof *be);

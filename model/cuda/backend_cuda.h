@@ -26,6 +26,13 @@ void backend_cuda_free(Backend *be);
 typedef enum { CUDA_GEMM_BF16 = 0, CUDA_GEMM_FP32 = 1 } CudaGemmPrecision;
 void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p);
 
+// Linear layers with a bias through cuBLASLt with the bias as the GEMM's epilogue (on by default when
+// cuBLASLt accepts the shape; DINO_CUDA_LT=0 in the environment turns it off at creation). Off: the
+// cublasGemmEx path (bias broadcast, then the GEMM with beta = 1). Returns whether it is on now.
+int backend_cuda_set_lt(Backend *be, int on);
+// How many linear shapes cuBLASLt has accepted so far (0: every linear ran the cublasGemmEx path).
+int backend_cuda_lt_shapes(Backend *be);
+
 // Free and total device memory in bytes (for benchmarks choosing batch sizes).
 void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes);
 

@@ -44,7 +44,16 @@ typedef struct {
     cudaStream_t copy_stream;      // uploads of the next batch, beside the compute stream
     cudaEvent_t upload_done[16];   // one per ticket (be->upload_async), reused in turn
     int next_ticket;
+    // cuBLASLt for linear layers with a fused bias epilogue (matmul.cu); DINO_CUDA_LT=0 turns it off
+    cublasLtHandle_t lt;
+    int lt_on;
+    void *lt_workspace;
+    size_t lt_workspace_bytes;
+    struct LtPlan *lt_plans;       // one per (shape, precision), made on first use
+    int n_lt_plans;
 } CudaImpl;
+void cuda_lt_init(CudaImpl *c, int force); // force: even with DINO_CUDA_LT=0
+void cuda_lt_destroy(CudaImpl *c);
 
 static inline CudaImpl *cuda_impl(Backend *be) { return (CudaImpl *)be->impl; }
 static inline cudaStream_t cuda_stream(Backend *be) { return cuda_impl(be)->stream; }

@@ -2,6 +2,9 @@
 // column-major C^T = op(B)^T op(A)^T, so every call swaps the operands and M/N.
 // Step 1 precision: fp32 data, bf16 tensor-core math with fp32 accumulation
 // (CUBLAS_COMPUTE_32F_FAST_16BF); CUDA_GEMM_FP32 selects pedantic fp32 for tests.
+#include <stdint.h>
+#include <string.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -35,7 +38,131 @@ void cuda_gemm(Backend *be, int transA, int transB, int M, int N, int K, float a
     cuda_gemm_batched(be, transA, transB, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
-// out[r, j] = b[j]: the GEMM then adds in W^T with beta = 1 (step 2: cuBLASLt BIAS epilogue).
+// ---- cuBLASLt: the linear layer's bias as the GEMM's epilogue --------------------------------------
+// out = in W^T + b in one kernel: no broadcast pass, no read of the output. Each shape gets a plan on
+// first use (descriptors, layouts and the heuristic's algorithm, kept, so every call of a shape runs the
+// same algorithm: reproducible bits); a ViT has a handful of shapes. Column-major view as cuBLAS:
+// out^T (n_out x rows) = op_T(W^T) (n_out x n_in) * in^T (n_in x rows), bias along out^T's rows.
+// Any refusal (no algorithm, unaligned pointers, DINO_CUDA_LT=0) falls back to the cublasGemmEx path.
+
+#define LT_MAX_PLANS 64
+struct LtPlan {
+    int rows, n_in, n_out, prec;
+    bool ok;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, d;
+    cublasLtMatmulAlgo_t algo;
+};
+
+void cuda_lt_init(CudaImpl *c, int force) {
+    if (c->lt_workspace) { // created already
+        c->lt_on = 1;
+        return;
+    }
+    const char *env = getenv("DINO_CUDA_LT");
+    c->lt_on = 0;
+    if (!force && env && strcmp(env, "0") == 0) return;
+    if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS) return;
+    c->lt_workspace_bytes = 32u << 20; // what NVIDIA recommends for Hopper
+    cudaCheck(cudaMalloc(&c->lt_workspace, c->lt_workspace_bytes));
+    c->lt_plans = (LtPlan *)calloc(LT_MAX_PLANS, sizeof(LtPlan));
+    c->lt_on = 1;
+}
+
+void cuda_lt_destroy(CudaImpl *c) {
+    if (!c->lt_workspace) return;
+    for (int i = 0; i < c->n_lt_plans; i++) {
+        LtPlan *p = &c->lt_plans[i];
+        if (p->op) cublasLtMatmulDescDestroy(p->op);
+        if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+        if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+        if (p->d) cublasLtMatrixLayoutDestroy(p->d);
+    }
+    free(c->lt_plans);
+    cudaCheck(cudaFree(c->lt_workspace));
+    cublasLtDestroy(c->lt);
+    c->lt_on = 0;
+}
+
+static LtPlan *lt_plan(Backend *be, int rows, int n_in, int n_out) {
+    CudaImpl *c = cuda_impl(be);
+    const int prec = (int)c->gemm_precision;
+    for (int i = 0; i < c->n_lt_plans; i++) {
+        LtPlan *p = &c->lt_plans[i];
+        if (p->rows == rows && p->n_in == n_in && p->n_out == n_out && p->prec == prec) return p;
+    }
+    if (c->n_lt_plans == LT_MAX_PLANS) return NULL; // more shapes than a ViT has: the plain path
+    LtPlan *p = &c->lt_plans[c->n_lt_plans++];
+    memset(p, 0, sizeof *p);
+    p->rows = rows, p->n_in = n_in, p->n_out = n_out, p->prec = prec;
+    const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    const cudaDataType_t bias_type = CUDA_R_32F;
+    // no in-place split-K reduction (it accumulates through the output with atomics: not reproducible)
+    const uint32_t reductions = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE |
+                                CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    const void *ws_ptr = c->lt_workspace; // a 256-byte aligned stand-in for the bias while planning
+    bool ok = cublasLtMatmulDescCreate(&p->op, compute_type(be), CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ws_ptr, sizeof ws_ptr) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, n_in, n_out, n_in) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, n_in, rows, n_in) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&p->d, CUDA_R_32F, n_out, rows, n_out) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &c->lt_workspace_bytes,
+                                                   sizeof c->lt_workspace_bytes) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reductions,
+                                                   sizeof reductions) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->d, p->d, pref, 1, &heur, &found) ==
+                  CUBLAS_STATUS_SUCCESS &&
+              found > 0 && heur.state == CUBLAS_STATUS_SUCCESS;
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (ok) p->algo = heur.algo;
+    p->ok = ok;
+    return p;
+}
+
+extern "C" int backend_cuda_set_lt(Backend *be, int on) {
+    CudaImpl *c = cuda_impl(be);
+    if (on) cuda_lt_init(c, 1);
+    else c->lt_on = 0;
+    return c->lt_on;
+}
+
+extern "C" int backend_cuda_lt_shapes(Backend *be) {
+    CudaImpl *c = cuda_impl(be);
+    int n = 0;
+    for (int i = 0; i < c->n_lt_plans; i++) n += c->lt_plans[i].ok;
+    return n;
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+// out = in W^T + b through cuBLASLt; false when this shape or these pointers take the plain path.
+static bool lt_linear_bias(Backend *be, float *out, const float *in, const float *W, const float *b, int rows,
+                           int n_in, int n_out) {
+    CudaImpl *c = cuda_impl(be);
+    if (!c->lt_on || rows <= 0 || !aligned16(out) || !aligned16(in) || !aligned16(W) || !aligned16(b) ||
+        n_in % 4 || n_out % 4)
+        return false;
+    LtPlan *p = lt_plan(be, rows, n_in, n_out);
+    if (!p || !p->ok) return false;
+    const float alpha = 1.0f, beta = 0.0f;
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
+    cublasCheck(cublasLtMatmul(c->lt, p->op, &alpha, W, p->a, in, p->b, &beta, out, p->d, out, p->d, &p->algo,
+                               c->lt_workspace, c->lt_workspace_bytes, c->stream));
+    return true;
+}
+
+// out[r, j] = b[j]: the GEMM then adds in W^T with beta = 1 (the path when cuBLASLt declines).
 __global__ void broadcast_rows_kernel(float *out, const float *b, size_t rows, int n) {
     size_t total = rows * (size_t)n;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
@@ -45,6 +172,7 @@ __global__ void broadcast_rows_kernel(float *out, const float *b, size_t rows, i
 void cuda_linear_fwd(Backend *be, float *out, const float *in, const float *W, const float *b, int rows, int n_in,
                      int n_out) {
     CUDA_OP_RANGE("linear_fwd");
+    if (b && lt_linear_bias(be, out, in, W, b, rows, n_in, n_out)) return;
     if (b) {
         size_t n = (size_t)rows * n_out;
         broadcast_rows_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(out, b, (size_t)rows, n_out);
