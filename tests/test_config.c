@@ -228,11 +228,12 @@ TEST(impossible_values_are_refused) {
                   "student.drop_path_uniform", "uniform");
     CHECK_REFUSED(write_file(dir, "kl.yaml", "checkpoint:\n  keep_last: 0\n"), 0, NULL, "checkpoint.keep_last");
     CHECK_REFUSED(write_file(dir, "pb.yaml", "augment:\n  solarize_p: 1.5\n"), 0, NULL, "augment.solarize_p");
-    // cuda resolves auto to bf16; cuda with fp32 is refused
+    // cuda resolves auto to bf16; cuda with fp32 (true fp32 GEMMs) is accepted
     CHECK(load(write_file(dir, "cu.yaml", "backend: cuda\n"), 0, NULL, err) == 0, "%s", err);
     CHECK(strcmp(cfg.param_dtype, "bf16") == 0, "auto on cuda -> %s", cfg.param_dtype);
-    CHECK_REFUSED(write_file(dir, "cf.yaml", "backend: cuda\ncompute_precision:\n  param_dtype: fp32\n"), 0, NULL,
-                  "compute_precision.param_dtype", "cuda backend");
+    CHECK(load(write_file(dir, "cf.yaml", "backend: cuda\ncompute_precision:\n  param_dtype: fp32\n"), 0, NULL, err) == 0,
+          "%s", err);
+    CHECK(strcmp(cfg.param_dtype, "fp32") == 0, "fp32 on cuda -> %s", cfg.param_dtype);
 }
 
 TEST(base_configs_are_inherited_and_cycles_refused) {

@@ -122,7 +122,8 @@ static const CfgKey KEYS[] = {
     I("train.num_workers", train.num_workers, "10", "data loader threads"),
 
     E("compute_precision.param_dtype", param_dtype, "auto", "auto|fp32|bf16",
-      "compute dtype: fp32 on the cpu backend, bf16 (fp32 master weights) on cuda; auto picks it"),
+      "compute dtype: fp32 on the cpu backend; on cuda bf16 tensor-core GEMMs (fp32 master weights, the default) "
+      "or fp32 (true fp32 GEMMs, several times slower: to tell bf16 rounding from a bug)"),
     B("compute_precision.recompute_activations", recompute_activations, "false",
       "keep only each student block's input and recompute the block in backward (same gradients; about "
       "a third more compute for a fraction of the activation memory)"),
@@ -1144,9 +1145,6 @@ int config_validate(const Config *c, char *err) {
     if (strcmp(c->backend, "cpu") == 0)
         NEED(strcmp(c->param_dtype, "bf16") != 0, "compute_precision.param_dtype",
              "the cpu backend computes in fp32 (use fp32 or auto)");
-    if (strcmp(c->backend, "cuda") == 0)
-        NEED(strcmp(c->param_dtype, "fp32") != 0, "compute_precision.param_dtype",
-             "the cuda backend computes in bf16 with fp32 master weights (use bf16 or auto)");
 
     NEED(c->evaluation.eval_period_iterations >= 0, "evaluation.eval_period_iterations", "must be >= 0 (0 = off)");
     NEED(!c->evaluation.knn_test[0] || c->evaluation.knn_train[0], "evaluation.knn_train",

@@ -429,6 +429,8 @@ static int create_backend(Run *r, char *err) {
         dino_seterr(err, "backend 'cuda' on rank %d: %s", r->d->rank, e2);
         return -1;
     }
+    // compute_precision.param_dtype: bf16 tensor-core GEMMs (default), or true fp32 ones (debugging)
+    backend_cuda_set_gemm_precision(r->be, strcmp(r->cfg->param_dtype, "fp32") == 0 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16);
     r->coll = dist_collective(r->d); // world 1: never called
     if (r->d->world > 1) {
         r->device_comm = 1;
