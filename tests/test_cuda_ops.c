@@ -529,13 +529,20 @@ static void attention_case(Backend *C, Backend *G, int B, int T, int H, int Dh, 
     printf(" attention B=%d T=%d H=%d Dh=%d (%s GEMMs)\n", B, T, H, Dh, fp32 ? "fp32" : "bf16");
     Rng r = rng_make(41, (uint64_t)B, (uint64_t)T, (uint64_t)H);
     const int D = H * Dh;
-    const size_t ns = C->attention_saved_floats(C, B, T, H);
-    CHECK(G->attention_saved_floats(G, B, T, H) == ns, "saved sizes differ");
+    // Both save the probabilities, one T x T block per (image, head); the GPU pads each block to a
+    // multiple of 4 floats (16-byte aligned blocks for its batched GEMMs): blk floats apart.
+    const size_t ns = C->attention_saved_floats(C, B, T, H), ns_g = G->attention_saved_floats(G, B, T, H);
+    CHECK(ns == (size_t)B * H * T * T && ns_g % ((size_t)B * H) == 0 && ns_g / ((size_t)B * H) >= (size_t)T * T,
+          "saved sizes: cpu %zu gpu %zu", ns, ns_g);
+    const size_t blk = ns_g / ((size_t)B * H), TT = (size_t)T * T;
     Pair qkv = pair_new(C, G, (size_t)B * T * 3 * D, 0, 1, &r, 0);
     Pair out = pair_new(C, G, (size_t)B * T * D, 0, 0, &r, 0), saved = pair_new(C, G, ns, 0, 0, &r, 0);
+    float *saved_g = G->alloc(G, sizeof(float) * ns_g);
     C->attention_fwd(C, out.c, saved.c, qkv.c, B, T, H, Dh);
-    G->attention_fwd(G, out.g, saved.g, qkv.g, B, T, H, Dh);
-    float *go = pair_gpu_result(G, &out), *gs = pair_gpu_result(G, &saved);
+    G->attention_fwd(G, out.g, saved_g, qkv.g, B, T, H, Dh);
+    float *go = pair_gpu_result(G, &out), *gs = dino_malloc(sizeof(float) * ns), *gpad = dino_malloc(sizeof(float) * ns_g);
+    G->to_host(G, gpad, saved_g, sizeof(float) * ns_g);
+    for (size_t bh = 0; bh < (size_t)B * H; bh++) memcpy(gs + bh * TT, gpad + bh * blk, sizeof(float) * TT);
     if (fp32) {
         check_elems("attention_fwd.out", go, out.c, NULL, out.n, TOL_FP32);
         check_elems("attention_fwd.probs", gs, saved.c, NULL, saved.n, TOL_FP32);
@@ -545,13 +552,15 @@ static void attention_case(Backend *C, Backend *G, int B, int T, int H, int Dh, 
     }
     // backward from the CPU's probabilities: only backward is compared
     Pair dout = pair_new(C, G, out.n, 0, 1, &r, 0), dqkv = pair_new(C, G, qkv.n, 9, 0, &r, 0);
-    G->to_device(G, saved.g, saved.c, sizeof(float) * ns);
+    for (size_t bh = 0; bh < (size_t)B * H; bh++) memcpy(gpad + bh * blk, saved.c + bh * TT, sizeof(float) * TT);
+    G->to_device(G, saved_g, gpad, sizeof(float) * ns_g);
     C->attention_bwd(C, dqkv.c, dout.c, qkv.c, saved.c, B, T, H, Dh);
-    G->attention_bwd(G, dqkv.g, dout.g, qkv.g, saved.g, B, T, H, Dh);
+    G->attention_bwd(G, dqkv.g, dout.g, qkv.g, saved_g, B, T, H, Dh);
     float *gd = pair_gpu_result(G, &dqkv);
     if (fp32) check_elems("attention_bwd.dqkv", gd, dqkv.c, NULL, dqkv.n, TOL_FP32);
     else check_norm("attention_bwd.dqkv", gd, dqkv.c, dqkv.n, 16 * U_BF16);
-    free(go), free(gs), free(gd);
+    free(go), free(gs), free(gd), free(gpad);
+    G->release(G, saved_g);
     Pair *all[] = {&qkv, &out, &saved, &dout, &dqkv};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
 }

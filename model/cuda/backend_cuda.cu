@@ -187,6 +187,7 @@ static void cuda_destroy(Backend *be) {
         cudaCheck(cudaEventDestroy(c->upload_done[i]));
     cudaCheck(cudaStreamDestroy(c->copy_stream));
     cuda_lt_destroy(c);
+    if (c->grid_ptrs) cudaCheck(cudaFree(c->grid_ptrs));
     if (c->scratch) cudaCheck(cudaFree(c->scratch));
     cudaCheck(cudaFreeHost(c->host_result));
     cublasCheck(cublasDestroy(c->cublas));
@@ -226,6 +227,8 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     cublasCheck(cublasSetPointerMode(c->cublas, CUBLAS_POINTER_MODE_HOST));
     cudaCheck(cudaMallocHost((void **)&c->host_result, sizeof(double) * 4));
     cuda_lt_init(c, 0);
+    const char *grid_env = getenv("DINO_CUDA_GEMM_GRID");
+    c->gemm_grid_loop = grid_env && strcmp(grid_env, "0") == 0;
     c->gemm_precision = CUDA_GEMM_BF16;
 
     Backend *be = (Backend *)dino_calloc(1, sizeof *be);

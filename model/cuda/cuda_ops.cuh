@@ -51,6 +51,11 @@ typedef struct {
     size_t lt_workspace_bytes;
     struct LtPlan *lt_plans;       // one per (shape, precision), made on first use
     int n_lt_plans;
+    // cuda_gemm_grid's device pointer arrays (grow-only; stream-ordered reuse). gemm_grid_loop: one
+    // strided-batched call per head instead (DINO_CUDA_GEMM_GRID=0), the step-1 way
+    void **grid_ptrs;
+    size_t grid_ptrs_cap;
+    int gemm_grid_loop;
 } CudaImpl;
 void cuda_lt_init(CudaImpl *c, int force); // force: even with DINO_CUDA_LT=0
 void cuda_lt_destroy(CudaImpl *c);
@@ -122,6 +127,11 @@ void colsum_add(Backend *be, float *dst, int rows, int cols, float alpha, F f) {
 void cuda_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc);
 // Row-major strided-batched GEMM (C_i = alpha op(A_i) op(B_i) + beta C_i), used by attention.
+// C_bh = alpha op(A_bh) op(B_bh) + beta C_bh for every image b < nb and head h < nh in one cuBLAS call
+// (cublasGemmBatchedEx on pointer arrays that one kernel writes), X_bh = X + b * sX_b + h * sX_h floats.
+void cuda_gemm_grid(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                    long long sA_b, long long sA_h, const float *B, int ldb, long long sB_b, long long sB_h, float beta,
+                    float *C, int ldc, long long sC_b, long long sC_h, int nb, int nh);
 void cuda_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A,
                        int lda, long long strideA, const float *B, int ldb, long long strideB, float beta, float *C,
                        int ldc, long long strideC, int batch);

@@ -32,6 +32,49 @@ void cuda_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K,
                                                compute_type(be), CUBLAS_GEMM_DEFAULT));
 }
 
+__global__ void grid_pointers_kernel(const float **A, const float **B, float **C, const float *A0, long long sAb,
+                                     long long sAh, const float *B0, long long sBb, long long sBh, float *C0,
+                                     long long sCb, long long sCh, int nb, int nh) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= nb * nh) return;
+    const long long b = i / nh, h = i % nh;
+    A[i] = A0 + b * sAb + h * sAh;
+    B[i] = B0 + b * sBb + h * sBh;
+    C[i] = C0 + b * sCb + h * sCh;
+}
+
+void cuda_gemm_grid(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                    long long sA_b, long long sA_h, const float *B, int ldb, long long sB_b, long long sB_h, float beta,
+                    float *C, int ldc, long long sC_b, long long sC_h, int nb, int nh) {
+    if (M <= 0 || N <= 0 || nb <= 0 || nh <= 0) return;
+    CudaImpl *c = cuda_impl(be);
+    if (c->gemm_grid_loop) { // one strided-batched call (over images) per head
+        for (int h = 0; h < nh; h++)
+            cuda_gemm_batched(be, transA, transB, M, N, K, alpha, A + h * sA_h, lda, sA_b, B + h * sB_h, ldb, sB_b, beta,
+                              C + h * sC_h, ldc, sC_b, nb);
+        return;
+    }
+    const size_t n = (size_t)nb * nh;
+    if (3 * n > c->grid_ptrs_cap) {
+        if (c->grid_ptrs) {
+            cudaCheck(cudaStreamSynchronize(c->stream)); // a GEMM may still read the old arrays
+            cudaCheck(cudaFree(c->grid_ptrs));
+        }
+        c->grid_ptrs_cap = 3 * n + 3 * n / 2;
+        cudaCheck(cudaMalloc(&c->grid_ptrs, sizeof(void *) * c->grid_ptrs_cap));
+    }
+    const float **Ap = (const float **)c->grid_ptrs, **Bp = Ap + n;
+    float **Cp = (float **)(Bp + n);
+    grid_pointers_kernel<<<ceil_div(n, 256), 256, 0, c->stream>>>(Ap, Bp, Cp, A, sA_b, sA_h, B, sB_b, sB_h, C, sC_b,
+                                                                  sC_h, nb, nh);
+    cudaCheckLaunch();
+    cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N, opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    // row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: operands and M/N swapped
+    cublasCheck(cublasGemmBatchedEx(c->cublas, opB, opA, N, M, K, &alpha, (const void *const *)Bp, CUDA_R_32F, ldb,
+                                    (const void *const *)Ap, CUDA_R_32F, lda, &beta, (void *const *)Cp, CUDA_R_32F,
+                                    ldc, (int)n, compute_type(be), CUBLAS_GEMM_DEFAULT));
+}
+
 void cuda_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc) {
     CUDA_OP_RANGE("gemm");
