@@ -169,6 +169,23 @@ int main(int argc, char **argv) {
                             st.koleo_loss);
     }
     t_stage /= iters, t_fb /= iters, t_up /= iters, t_step /= iters, flops /= iters, masked /= iters;
+    // the split of forward+backward: two more steps with a synchronisation between the phases
+    double ph[3] = {0, 0, 0};
+    m.profile_phases = 1;
+    for (int it = 0; it < 2; it++) {
+        mask_batch_make(&mg, 0.5, 0.1, 0.5, 7, batch_index++, &mb);
+        ssl_stage_batch(&m, be, gimg, limg, mb.masks);
+        SslBatch b = {.staged = 1, .drop_key = rng_make(9, (uint64_t)(warmup + iters + it), 0, 0)};
+        ScheduleValues sv = {.lr = 1e-4, .wd = 0.04, .momentum = 0.994, .teacher_temp = 0.04, .last_layer_lr = 1e-4};
+        SslStepStats st;
+        if (ssl_forward_backward(&m, be, NULL, &b, &sv, &st, err)) {
+            fprintf(stderr, "bench_step: %s\n", err);
+            return 1;
+        }
+        ssl_update(&m, be, &sv, &st);
+        for (int k = 0; k < 3; k++) ph[k] += st.phase_s[k] / 2;
+    }
+    m.profile_phases = 0;
     double ips = batch / t_step, tflops = flops / t_step / 1e12, mfu = peak > 0 ? tflops / peak : -1;
     double mem_gib = -1;
 #ifdef DINO_HAVE_CUDA
@@ -184,13 +201,16 @@ int main(int argc, char **argv) {
            1e3 * t_step, 1e3 * t_fb, 1e3 * t_up, 1e3 * t_stage, ips, tflops, masked,
            peak > 0 ? "" : "; MFU n/a (no measured peak)");
     if (peak > 0) printf("MFU %.1f%% of the measured bf16 matmul rate\n", 100 * mfu);
+    printf("phases (synchronised, 2 steps): teacher %.2f ms, student forward + losses %.2f ms, backward %.2f ms\n",
+           1e3 * ph[0], 1e3 * ph[1], 1e3 * ph[2]);
     printf("memory: weights+grads %.2f GiB, moments %.2f GiB, student activations %.2f GiB, teacher %.2f GiB\n",
            (mem.weights + mem.grads) / gib, mem.optimizer / gib, mem.student_acts / gib, mem.teacher_acts / gib);
     if (mem_gib >= 0) printf("device memory in use (all processes): %.2f GiB\n", mem_gib);
     printf("RESULT impl=c-step backend=%s arch=%s batch=%d img_per_s=%.2f step_ms=%.2f fwd_bwd_ms=%.2f update_ms=%.2f "
-           "stage_ms=%.2f model_tflops=%.3f peak_tflops=%.1f mfu=%.4f recompute=%d device_gib=%.2f status=ok\n",
-           backend, arch, batch, ips, 1e3 * t_step, 1e3 * t_fb, 1e3 * t_up, 1e3 * t_stage, tflops, peak, mfu, recompute,
-           mem_gib);
+           "stage_ms=%.2f teacher_ms=%.2f student_fwd_ms=%.2f bwd_ms=%.2f model_tflops=%.3f peak_tflops=%.1f "
+           "mfu=%.4f recompute=%d device_gib=%.2f status=ok\n",
+           backend, arch, batch, ips, 1e3 * t_step, 1e3 * t_fb, 1e3 * t_up, 1e3 * t_stage, 1e3 * ph[0], 1e3 * ph[1],
+           1e3 * ph[2], tflops, peak, mfu, recompute, mem_gib);
     mask_batch_free(&mb);
     free(gimg), free(limg);
     ssl_model_free(&m, be);

@@ -462,7 +462,7 @@ if has_stage summary; then
       echo "The whole training step (teacher, student, shared head K = 65536, DINO/iBOT/KoLeo losses, backward,"
       echo "clipping, AdamW, EMA; next batch staged), per image 2 x 224 px + 8 x 98 px; r = recomputed activations."
       echo
-      echo "| model | batch | C img/s | C MFU | C fwd+bwd / update / staging ms | C device GiB | torch eager img/s | torch compile img/s | torch GiB | C / best torch |"
+      echo "| model | batch | C img/s | C MFU | C teacher / student fwd / backward / update ms | C device GiB | torch eager img/s | torch compile img/s | torch GiB | C / best torch |"
       echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
       for spec in "vit_small:$STEP_S" "vit_large:$STEP_L"; do
         arch=${spec%%:*}
@@ -470,7 +470,7 @@ if has_stage summary; then
           bb=${b%r}
           c=$(result_line c-step "$arch" "$bb"); e=$(result_line torch-step-eager "$arch" "$bb"); k=$(result_line torch-step-compile "$arch" "$bb")
           ci=$(field img_per_s "$c"); cm=$(field mfu "$c"); ei=$(field img_per_s "$e"); ki=$(field img_per_s "$k")
-          split="$(field fwd_bwd_ms "$c") / $(field update_ms "$c") / $(field stage_ms "$c")"
+          split="$(field teacher_ms "$c") / $(field student_fwd_ms "$c") / $(field bwd_ms "$c") / $(field update_ms "$c")"
           [ -n "$c" ] && [ -z "$ci" ] && ci="($(field status "$c"))"
           [ -n "$e" ] && [ -z "$ei" ] && ei="($(field status "$e"))"
           [ -n "$k" ] && [ -z "$ki" ] && ki="($(field status "$k"))"

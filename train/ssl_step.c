@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/check.h"
+#include "common/clock.h"
 #include "dist/dist.h"
 
 void ssl_config_default(SslConfig *c, const VitConfig *vit) {
@@ -345,6 +346,18 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
         sub_g = sub_l = NULL;
     }
 
+    // phase timing (m->profile_phases): synchronised marks between the phases, for benchmarks only
+    double t_mark = 0;
+#define PHASE(i)                                                                                   \
+    do {                                                                                           \
+        if (m->profile_phases) {                                                                   \
+            be->sync(be);                                                                          \
+            double t_ = dino_wall_s();                                                             \
+            if ((i) >= 0) st->phase_s[(i)] = t_ - t_mark;                                          \
+            t_mark = t_;                                                                           \
+        }                                                                                          \
+    } while (0)
+    PHASE(-1);
     // ---- teacher: global crops, unmasked, no stochastic depth
     const float *xt = vit_forward(be, &m->vit, m->teacher, w->t_glob, glob_img, NULL, NULL);
     be->gather_rows(be, w->t_in, xt, w->idx_tcls, 2 * B, (size_t)D);
@@ -370,6 +383,7 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
         st->ibot_teacher_entropy = ent;
     }
 
+    PHASE(0);
     // ---- student forward: both crop groups, head input [local CLS; global CLS; masked patch tokens]
     const float *xg = vit_forward(be, &m->vit, m->student, w->s_glob, glob_img, masks_dev, sub_g);
     const float *xl = nL > 0 ? vit_forward(be, &m->vit, m->student, w->s_loc, loc_img, NULL, sub_l) : NULL;
@@ -398,6 +412,7 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
         ibot = ibot_loss(be, zs_ibot, w->P_ibot, w->mask_w, n_m, 2 * B, Ki, ts, w->row_loss, w->dz_ibot,
                          c->ibot_loss_weight);
 
+    PHASE(1);
     // ---- backward: heads -> head inputs (+ KoLeo/KDE on the global CLS) -> backbone outputs -> ViT
     be->zero(be, m->grads, sizeof(float) * m->tab.total);
     if (c->ibot_separate_head) {
@@ -429,6 +444,8 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
         vit_backward(be, &m->vit, m->student, m->grads, w->s_loc, w->d_xl);
     }
 
+    PHASE(2);
+#undef PHASE
     // ---- what the reference logs, and the collapse guard
     st->dino_local_crops_loss = local;
     st->dino_global_crops_loss = global;

@@ -69,6 +69,7 @@ typedef struct {
     // can start averaging those gradients while the backward pass goes on.
     void (*grad_ready)(void *ctx, size_t offset);
     void *grad_ready_ctx;
+    int profile_phases;              // benchmarks: synchronise between the step's phases and time them
     void *work;                      // activations and scratch (ssl_step.c)
 } SslModel;
 
@@ -105,6 +106,7 @@ typedef struct {
     double student_cls_std;      // mean over dims of the batch std of the L2-normalized student CLS (0 = collapse)
     double grad_norm[3];         // per submodule, before clipping
     int n_masked;
+    double phase_s[3];           // with m->profile_phases: teacher; student forward + losses; backward (s)
 } SslStepStats;
 
 // One training step: ssl_forward_backward then ssl_update. Returns 0, or -1 with err set (bad batch,
