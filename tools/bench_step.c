@@ -20,6 +20,7 @@
 #include "model/backend.h"
 #include "model/vit.h"
 #include "train/ssl_step.h"
+#include "tools/bench_backend.h"
 #ifdef DINO_HAVE_CUDA
 #include "model/cuda/backend_cuda.h"
 #endif
@@ -65,32 +66,16 @@ int main(int argc, char **argv) {
     }
     if (batch < 2 || iters <= 0 || warmup < 0 || n_local < 0 || K <= 0) usage(); // KoLeo needs 2 images
 
-    Backend *be = NULL;
-    const char *device = "cpu";
-    double peak = -1;
-    if (strcmp(backend, "cuda") == 0) {
-#ifdef DINO_HAVE_CUDA
-        char err[DINO_ERRLEN];
-        be = backend_cuda_new(0, err);
-        if (!be) {
-            printf("RESULT impl=c-step backend=cuda arch=%s batch=%d status=no-device\n", arch, batch);
-            fprintf(stderr, "bench_step: %s\n", err);
-            return 3;
-        }
-        device = backend_cuda_device_name(be);
-        if (!no_peak) peak = backend_cuda_measure_bf16_tflops(be, 8192, 20);
-#else
-        (void)no_peak;
-        fprintf(stderr, "bench_step: this build has no CUDA (nvcc was not found at configure time)\n");
-        return 1;
-#endif
-    } else if (strcmp(backend, "cpu") == 0) {
-        be = backend_cpu_new();
-    } else {
-        usage();
+    char err[DINO_ERRLEN];
+    const char *device;
+    double peak;
+    Backend *be = bench_open_backend(backend, !no_peak, &device, &peak, err);
+    if (!be) {
+        printf("RESULT impl=c-step backend=%s arch=%s batch=%d status=no-backend\n", backend, arch, batch);
+        fprintf(stderr, "bench_step: %s\n", err);
+        return 3;
     }
 
-    char err[DINO_ERRLEN];
     VitConfig vc;
     if (vit_config_from_arch(&vc, arch, patch, gsize, registers, ffn, err)) {
         fprintf(stderr, "bench_step: %s\n", err);

@@ -19,6 +19,7 @@
 #include "common/rng.h"
 #include "model/backend.h"
 #include "model/vit.h"
+#include "tools/bench_backend.h"
 #ifdef DINO_HAVE_CUDA
 #include "model/cuda/backend_cuda.h"
 #endif
@@ -217,41 +218,29 @@ int main(int argc, char **argv) {
     }
     if (batch <= 0 || iters <= 0 || warmup < 0 || n_global < 0 || n_local < 0 || n_global + n_local == 0) usage();
 
-    Backend *be = NULL;
-    const char *device = "cpu";
-    double peak = -1;
-    if (strcmp(backend, "cuda") == 0) {
+    char err[DINO_ERRLEN];
+    const char *device;
+    double peak;
+    Backend *be = bench_open_backend(backend, !no_peak, &device, &peak, err);
+    if (!be) {
+        fprintf(stderr, "bench_vit_gpu: %s\n", err);
+        return 1;
+    }
 #ifdef DINO_HAVE_CUDA
-        char err[DINO_ERRLEN];
-        be = backend_cuda_new(0, err);
-        if (!be) {
-            fprintf(stderr, "bench_vit_gpu: %s\n", err);
-            return 1;
-        }
+    if (strcmp(backend, "cuda") == 0) {
         backend_cuda_set_gemm_precision(be, strcmp(gemm, "fp32") == 0 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16);
-        device = backend_cuda_device_name(be);
-        if (!no_peak) {
-            peak = backend_cuda_measure_bf16_tflops(be, 8192, 20);
+        if (peak > 0) {
             printf("device %s: measured dense bf16 matmul %.1f TFLOP/s (8192^3 cublasGemmEx, median of 20); "
                    "nominal %.0f\n",
                    device, peak, nominal_bf16_tflops(device));
             printf("PEAK device=\"%s\" measured_bf16_tflops=%.1f nominal_bf16_tflops=%.0f\n", device, peak,
                    nominal_bf16_tflops(device));
         }
-#else
-        (void)no_peak;
-        fprintf(stderr, "bench_vit_gpu: this build has no CUDA (nvcc was not found at configure time)\n");
-        return 1;
-#endif
-    } else if (strcmp(backend, "cpu") == 0) {
-        be = backend_cpu_new();
-    } else {
-        usage();
     }
+#endif
     if (peak_only) return peak > 0 ? 0 : 1;
 
     VitConfig cfg;
-    char err[DINO_ERRLEN];
     if (vit_config_from_arch(&cfg, arch, patch, gsize, registers, ffn, err)) {
         fprintf(stderr, "bench_vit_gpu: %s\n", err);
         return 2;

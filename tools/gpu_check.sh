@@ -421,6 +421,19 @@ result_line() { # impl arch batch -> last matching RESULT line
   cat "$RES"/bench_c.log "$RES"/bench_torch.log "$RES"/bench_step.log 2>/dev/null | grep "^RESULT impl=$1 " |
     grep " arch=$2 batch=$3 " | tail -1
 }
+# cells C_LINE EAGER_LINE COMPILE_LINE: sets CI MFU EI KI RATIO for a table row (img/s, or the status in
+# parentheses where a run failed; RATIO = C over the better PyTorch mode)
+cells() {
+  CI=$(field img_per_s "$1"); EI=$(field img_per_s "$2"); KI=$(field img_per_s "$3")
+  local cm best; cm=$(field mfu "$1")
+  [ -n "$1" ] && [ -z "$CI" ] && CI="($(field status "$1"))"
+  [ -n "$2" ] && [ -z "$EI" ] && EI="($(field status "$2"))"
+  [ -n "$3" ] && [ -z "$KI" ] && KI="($(field status "$3"))"
+  best=$(printf '%s\n%s\n' "$EI" "$KI" | grep -E '^[0-9.]+$' | sort -g | tail -1)
+  RATIO=""
+  if [[ "$CI" =~ ^[0-9.]+$ ]] && [ -n "$best" ]; then RATIO=$(awk "BEGIN{printf \"%.2f\", $CI/$best}"); fi
+  MFU=""; [[ "$cm" =~ ^[0-9.]+$ ]] && MFU=$(awk "BEGIN{printf \"%.1f%%\", 100*$cm}")
+}
 if has_stage summary; then
   S=$RES/summary.md
   {
@@ -445,16 +458,8 @@ if has_stage summary; then
     for spec in "vit_small:$C_BATCH_S" "vit_large:$C_BATCH_L"; do
       arch=${spec%%:*}
       for b in ${spec#*:}; do
-        c=$(result_line c "$arch" "$b"); e=$(result_line torch-eager "$arch" "$b"); k=$(result_line torch-compile "$arch" "$b")
-        ci=$(field img_per_s "$c"); cm=$(field mfu "$c"); ei=$(field img_per_s "$e"); ki=$(field img_per_s "$k")
-        [ -n "$c" ] && [ -z "$ci" ] && ci="($(field status "$c"))"
-        [ -n "$e" ] && [ -z "$ei" ] && ei="($(field status "$e"))"
-        [ -n "$k" ] && [ -z "$ki" ] && ki="($(field status "$k"))"
-        best=$(printf '%s\n%s\n' "$ei" "$ki" | grep -E '^[0-9.]+$' | sort -g | tail -1)
-        ratio=""
-        if [[ "$ci" =~ ^[0-9.]+$ ]] && [ -n "$best" ]; then ratio=$(awk "BEGIN{printf \"%.2f\", $ci/$best}"); fi
-        mfu=""; [[ "$cm" =~ ^[0-9.]+$ ]] && mfu=$(awk "BEGIN{printf \"%.1f%%\", 100*$cm}")
-        echo "| $arch | $b | ${ci:--} | ${mfu:--} | ${ei:--} | ${ki:--} | ${ratio:--} |"
+        cells "$(result_line c "$arch" "$b")" "$(result_line torch-eager "$arch" "$b")" "$(result_line torch-compile "$arch" "$b")"
+        echo "| $arch | $b | ${CI:--} | ${MFU:--} | ${EI:--} | ${KI:--} | ${RATIO:--} |"
       done
     done
     if grep -q "^RESULT impl=c-step" "$RES/bench_step.log" 2>/dev/null; then
@@ -468,17 +473,10 @@ if has_stage summary; then
         arch=${spec%%:*}
         for b in ${spec#*:}; do
           bb=${b%r}
-          c=$(result_line c-step "$arch" "$bb"); e=$(result_line torch-step-eager "$arch" "$bb"); k=$(result_line torch-step-compile "$arch" "$bb")
-          ci=$(field img_per_s "$c"); cm=$(field mfu "$c"); ei=$(field img_per_s "$e"); ki=$(field img_per_s "$k")
+          c=$(result_line c-step "$arch" "$bb"); e=$(result_line torch-step-eager "$arch" "$bb")
+          cells "$c" "$e" "$(result_line torch-step-compile "$arch" "$bb")"
           split="$(field teacher_ms "$c") / $(field student_fwd_ms "$c") / $(field bwd_ms "$c") / $(field update_ms "$c")"
-          [ -n "$c" ] && [ -z "$ci" ] && ci="($(field status "$c"))"
-          [ -n "$e" ] && [ -z "$ei" ] && ei="($(field status "$e"))"
-          [ -n "$k" ] && [ -z "$ki" ] && ki="($(field status "$k"))"
-          best=$(printf '%s\n%s\n' "$ei" "$ki" | grep -E '^[0-9.]+$' | sort -g | tail -1)
-          ratio=""
-          if [[ "$ci" =~ ^[0-9.]+$ ]] && [ -n "$best" ]; then ratio=$(awk "BEGIN{printf \"%.2f\", $ci/$best}"); fi
-          mfu=""; [[ "$cm" =~ ^[0-9.]+$ ]] && mfu=$(awk "BEGIN{printf \"%.1f%%\", 100*$cm}")
-          echo "| $arch | $b | ${ci:--} | ${mfu:--} | $split | $(field device_gib "$c") | ${ei:--} | ${ki:--} | $(field max_mem_gib "$e") | ${ratio:--} |"
+          echo "| $arch | $b | ${CI:--} | ${MFU:--} | $split | $(field device_gib "$c") | ${EI:--} | ${KI:--} | $(field max_mem_gib "$e") | ${RATIO:--} |"
         done
       done
     fi
