@@ -302,8 +302,10 @@ Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadF
         b->n_local = c->aug.n_local;
         b->G = G;
         b->L = Ls;
-        b->global_crops = dino_malloc(sizeof(float) * 2 * (size_t)B * 3 * G * G);
-        b->local_crops = dino_malloc(sizeof(float) * ((size_t)c->aug.n_local * B * 3 * Ls * Ls + 1));
+        const size_t ng = sizeof(float) * 2 * (size_t)B * 3 * G * G;
+        const size_t nl = sizeof(float) * ((size_t)c->aug.n_local * B * 3 * Ls * Ls + 1);
+        b->global_crops = c->crops_alloc ? c->crops_alloc(c->crops_ctx, ng) : dino_malloc(ng);
+        b->local_crops = c->crops_alloc ? c->crops_alloc(c->crops_ctx, nl) : dino_malloc(nl);
         b->sample = dino_malloc(sizeof(int64_t) * (size_t)B);
         b->tile = dino_malloc(sizeof(int64_t) * (size_t)B);
         mask_batch_alloc(&b->masks, 2 * B, l->maskgen.n_tokens);
@@ -381,8 +383,13 @@ void loader_destroy(Loader *l) {
     stop_workers(l);
     for (int i = 0; i < l->R; i++) {
         Batch *b = &l->slots[i].b;
-        free(b->global_crops);
-        free(b->local_crops);
+        if (l->cfg.crops_free) {
+            l->cfg.crops_free(l->cfg.crops_ctx, b->global_crops);
+            l->cfg.crops_free(l->cfg.crops_ctx, b->local_crops);
+        } else {
+            free(b->global_crops);
+            free(b->local_crops);
+        }
         free(b->sample);
         free(b->tile);
         mask_batch_free(&b->masks);

@@ -10,6 +10,7 @@
 // A tile whose read fails is replaced by the next positions in the order (g + 1, g + 2, ...; the
 // crops stay keyed by g), counted; the run fails when the failed fraction passes a limit.
 #pragma once
+#include <stddef.h>
 #include <stdint.h>
 
 #include "data/augment.h"
@@ -41,6 +42,11 @@ typedef struct {
     int64_t corrupt_min_reads;   // ... once at least this many reads were made (a few bad tiles
                                  // early on must not end a run)
     AugmentConfig aug;
+    // Optional allocator of the batches' crop buffers (NULL: malloc), e.g. the backend's page-locked
+    // host memory, so that a GPU uploads a batch straight from the loader's buffer.
+    void *(*crops_alloc)(void *ctx, size_t bytes);
+    void (*crops_free)(void *ctx, void *p);
+    void *crops_ctx;
 } LoaderConfig;
 
 void loader_config_default(LoaderConfig *c);

@@ -30,7 +30,7 @@ struct Backend {
     void (*to_host)(Backend *be, void *dst_host, const void *src, size_t bytes);
     void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);
     void (*zero)(Backend *be, void *p, size_t bytes);
-    void (*sync)(Backend *be);
+    void (*sync)(Backend *be); // returns when every op and upload issued so far is done
     void (*destroy)(Backend *be); // releases what the backend holds (streams, handles); NULL: nothing
 
     // ---- asynchronous uploads (the next batch travels while this one computes) ------------------

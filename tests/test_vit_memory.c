@@ -210,7 +210,7 @@ TEST(ssl_step_recompute_and_staging_bit_identical) {
         live[rec] = g_live_bytes;
         if (rec == 2) { // both batches staged before the first step (the most the staging holds)
             for (int s = 0; s < 2; s++)
-                ssl_stage_batch(&m, be, gimg + (size_t)s * 3 * G * G, limg + (size_t)s * 3 * L * L, s ? masks : NULL);
+                ssl_stage_batch(&m, be, gimg + (size_t)s * 3 * G * G, limg + (size_t)s * 3 * L * L, s ? masks : NULL, s);
         }
         for (int s = 0; s < 2; s++) {
             // step s sees the crops shifted by s images' worth (distinct batches) and masks on step 1 only

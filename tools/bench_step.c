@@ -122,13 +122,13 @@ int main(int argc, char **argv) {
     double t_fb = 0, t_up = 0, t_stage = 0, t_step = 0, flops = 0, masked = 0;
     int64_t batch_index = 0;
     mask_batch_make(&mg, 0.5, 0.1, 0.5, 7, batch_index++, &mb);
-    ssl_stage_batch(&m, be, gimg, limg, mb.masks);
+    ssl_stage_batch(&m, be, gimg, limg, mb.masks, 0);
     for (int it = 0; it < warmup + iters; it++) {
         be->sync(be);
         double t0 = dino_wall_s();
         // the next batch travels while this step computes (what the trainer does)
         mask_batch_make(&mg, 0.5, 0.1, 0.5, 7, batch_index++, &mb);
-        ssl_stage_batch(&m, be, gimg, limg, mb.masks);
+        ssl_stage_batch(&m, be, gimg, limg, mb.masks, 0);
         double t1 = dino_wall_s();
         SslBatch b = {.staged = 1, .drop_key = rng_make(9, (uint64_t)it, 0, 0)};
         ScheduleValues sv = {.lr = 1e-4, .wd = 0.04, .momentum = 0.994, .teacher_temp = 0.04, .last_layer_lr = 1e-4};
@@ -159,7 +159,7 @@ int main(int argc, char **argv) {
     m.profile_phases = 1;
     for (int it = 0; it < 2; it++) {
         mask_batch_make(&mg, 0.5, 0.1, 0.5, 7, batch_index++, &mb);
-        ssl_stage_batch(&m, be, gimg, limg, mb.masks);
+        ssl_stage_batch(&m, be, gimg, limg, mb.masks, 0);
         SslBatch b = {.staged = 1, .drop_key = rng_make(9, (uint64_t)(warmup + iters + it), 0, 0)};
         ScheduleValues sv = {.lr = 1e-4, .wd = 0.04, .momentum = 0.994, .teacher_temp = 0.04, .last_layer_lr = 1e-4};
         SslStepStats st;

@@ -179,10 +179,7 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
         w->glob_slot[0] = w->glob_img, w->loc_slot[0] = w->loc_img;
         w->glob_slot[1] = falloc(be, (size_t)2 * B * 3 * G * G);
         w->loc_slot[1] = falloc(be, (size_t)nL * B * 3 * L * L);
-        for (int s = 0; s < 2; s++) {
-            w->stage_host[s] = be->host_alloc(be, sizeof(float) * ((size_t)2 * B * 3 * G * G + (size_t)nL * B * 3 * L * L));
-            w->stage_mask[s] = dino_malloc((size_t)2 * B * w->Ng);
-        }
+        for (int s = 0; s < 2; s++) w->stage_mask[s] = dino_malloc((size_t)2 * B * w->Ng); // host: on first use
     }
     w->masks = be->alloc(be, (size_t)2 * B * w->Ng);
     w->idx_tcls = be->alloc(be, sizeof(int) * 2 * B);
@@ -495,7 +492,7 @@ int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, cons
 }
 
 void ssl_stage_batch(SslModel *m, Backend *be, const float *global_crops, const float *local_crops,
-                     const uint8_t *masks) {
+                     const uint8_t *masks, int crops_pinned) {
     Work *w = m->work;
     const SslConfig *c = &m->cfg;
     const int s = w->stage_next;
@@ -505,12 +502,17 @@ void ssl_stage_batch(SslModel *m, Backend *be, const float *global_crops, const 
     const size_t nl = (size_t)w->nL * w->B * 3 * c->local_crop * c->local_crop;
     // The slot's previous batch was consumed by an ssl_forward_backward that has returned: its upload
     // and its readers are done, so the host copy and the device slot may be overwritten.
-    memcpy(w->stage_host[s], global_crops, sizeof(float) * ng);
-    if (nl) memcpy(w->stage_host[s] + ng, local_crops, sizeof(float) * nl);
+    if (!crops_pinned) {
+        if (!w->stage_host[s]) w->stage_host[s] = be->host_alloc(be, sizeof(float) * (ng + nl));
+        memcpy(w->stage_host[s], global_crops, sizeof(float) * ng);
+        if (nl) memcpy(w->stage_host[s] + ng, local_crops, sizeof(float) * nl);
+        global_crops = w->stage_host[s];
+        local_crops = w->stage_host[s] + ng;
+    }
     w->stage_has_mask[s] = masks != NULL;
     if (masks) memcpy(w->stage_mask[s], masks, (size_t)2 * w->B * w->Ng);
-    w->stage_ticket[s] = be->upload_async(be, w->glob_slot[s], w->stage_host[s], sizeof(float) * ng);
-    if (nl) w->stage_ticket[s] = be->upload_async(be, w->loc_slot[s], w->stage_host[s] + ng, sizeof(float) * nl);
+    w->stage_ticket[s] = be->upload_async(be, w->glob_slot[s], global_crops, sizeof(float) * ng);
+    if (nl) w->stage_ticket[s] = be->upload_async(be, w->loc_slot[s], local_crops, sizeof(float) * nl);
     w->stage_full[s] = 1;
     w->stage_next ^= 1;
 }

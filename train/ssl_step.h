@@ -88,13 +88,15 @@ typedef struct {
                                //    above are then ignored, but for drop_* and drop_key)
 } SslBatch;
 
-// Overlapped upload of the next batch (needs cfg.staged_upload): copies the batch's crops into
-// page-locked staging and starts their upload to a spare device slot on the backend's copy queue, and
-// keeps a copy of its masks (NULL: none), so the loader may reuse its buffers at once. The next
-// ssl_forward_backward with batch->staged = 1 takes the oldest staged batch. At most two batches can be
+// Overlapped upload of the next batch (needs cfg.staged_upload): starts the upload of the batch's crops
+// to a spare device slot on the backend's copy queue and keeps a copy of its masks (NULL: none). The next
+// ssl_forward_backward with batch->staged = 1 takes the oldest staged batch; at most two batches can be
 // staged and not yet consumed (the current one and the next).
+// crops_pinned = 1: the crops are in be->host_alloc memory and are uploaded from there, so they must stay
+// unchanged until be->sync returns. 0: they are first copied into the model's page-locked staging and
+// may be reused at once.
 void ssl_stage_batch(SslModel *m, Backend *be, const float *global_crops, const float *local_crops,
-                     const uint8_t *masks);
+                     const uint8_t *masks, int crops_pinned);
 
 typedef struct {
     // the losses as the reference logs them (koleo_loss and ibot_loss halved; total = their sum)

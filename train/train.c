@@ -96,6 +96,9 @@ static int read_tile(void *ctx, int64_t index, uint64_t seed, Image *out, char *
     return source_read_rgb(ctx, index, seed, out, err);
 }
 
+static void *crops_alloc(void *be, size_t bytes) { return ((Backend *)be)->host_alloc(be, bytes); }
+static void crops_free(void *be, void *p) { ((Backend *)be)->host_free(be, p); }
+
 static int open_data(Run *r, char *err) {
     const Config *cfg = r->cfg;
     if (cfg->data.n_sources == 0) {
@@ -123,6 +126,8 @@ static int open_data(Run *r, char *err) {
     source_set_min_side(r->src, (int)ceil(cfg->crops.global_crops_size / sqrt(smin)));
     LoaderConfig lc;
     config_to_loader(cfg, r->d->rank, r->d->world, &lc);
+    // the batches' crops in the backend's page-locked memory: a GPU uploads them from there
+    lc.crops_alloc = crops_alloc, lc.crops_free = crops_free, lc.crops_ctx = r->be;
     r->loader = loader_create(&lc, source_count(r->src), read_tile, r->src, e2);
     if (!r->loader) {
         dino_seterr(err, "data loader: %s", e2);
@@ -334,7 +339,8 @@ static int stage_next_batch(Run *r, int64_t it, int with_masks, char *err) {
     const Batch *batch = loader_next(r->loader, err);
     if (!batch) return -1;
     if (inject_nan_at(it)) batch->global_crops[0] = NAN; // the loader's buffer is ours until loader_next
-    ssl_stage_batch(&r->m, r->be, batch->global_crops, batch->local_crops, with_masks ? batch->masks.masks : NULL);
+    // the crops are uploaded straight from the loader's page-locked buffer (see the sync in the loop)
+    ssl_stage_batch(&r->m, r->be, batch->global_crops, batch->local_crops, with_masks ? batch->masks.masks : NULL, 1);
     r->prefetched_reads = batch->reads;
     r->prefetched_corrupt = batch->corrupt;
     return 0;
@@ -616,6 +622,9 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             goto out_loop;
         }
         r.prefetched = 0, r.prefetched_reads = r.prefetched_corrupt = 0;
+        // loader_next hands this batch's buffer back to the workers: its upload must be done (the wait
+        // also covers the last update, a few milliseconds; the GPU has no other work queued here)
+        r.be->sync(r.be);
         if (it + 1 < end && stage_next_batch(&r, it + 1, sc.ibot_loss_weight > 0, e2)) {
             dino_seterr(err, "data: %s", e2);
             goto out_loop;

@@ -135,7 +135,11 @@ static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
 static void cu_zero(Backend *be, void *p, size_t bytes) {
     if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, cuda_stream(be)));
 }
-static void cu_sync(Backend *be) { cudaCheck(cudaStreamSynchronize(cuda_stream(be))); }
+// Everything the backend was asked to do: the compute stream and the uploads.
+static void cu_sync(Backend *be) {
+    cudaCheck(cudaStreamSynchronize(cuda_stream(be)));
+    cudaCheck(cudaStreamSynchronize(cuda_impl(be)->copy_stream));
+}
 
 void *cuda_scratch(Backend *be, size_t bytes) {
     CudaImpl *c = cuda_impl(be);
