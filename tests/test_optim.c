@@ -1,6 +1,7 @@
 // The range-restricted optimizer loops (train/optim.h) that ZeRO-1 runs on each rank's shard: updating
 // the parts of a model one range at a time, with the moments of each range held separately (as on two
 // ranks), gives bit for bit the whole-model step; clipping's partial sums add up to the whole norm.
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/check.h"
@@ -8,6 +9,7 @@
 #include "dist/dist.h"
 #include "model/backend.h"
 #include "model/params.h"
+#include "model/vit.h"
 #include "tests/harness.h"
 #include "train/optim.h"
 
@@ -131,4 +133,48 @@ TEST(clip_and_ema_ranges_add_up_to_the_whole) {
     free(g_full), free(g_half), free(t_full), free(t_half);
     param_table_free(&tab);
     backend_free(be);
+}
+
+// Clipping and the EMA touch a real model in one backend call per group (tensors that touch in the flat
+// buffer are one run): a handful of GPU launches and read-backs per step, not one per tensor. And the
+// merged calls give the per-tensor answer.
+static int g_calls;
+static double (*g_sum_squares)(Backend *, const float *, size_t);
+static double counting_sum_squares(Backend *be, const float *x, size_t n) {
+    g_calls++;
+    return g_sum_squares(be, x, n);
+}
+
+TEST(clip_norms_one_call_per_group_on_a_real_model) {
+    char err[DINO_ERRLEN];
+    VitConfig vc;
+    CHECK(vit_config_from_arch(&vc, "vit_small", 14, 224, 4, "mlp", err) == 0, "%s", err);
+    ParamTable tab;
+    param_table_init(&tab);
+    Vit vit;
+    vit_build(&vit, &vc, &tab, "backbone.");
+    optim_assign_param_groups(&tab, 0.9f, 0.2f);
+    Backend *be = backend_cpu_new();
+    g_sum_squares = be->sum_squares;
+    be->sum_squares = counting_sum_squares;
+    float *G = calloc(tab.total, sizeof(float));
+    Rng r = rng_make(3, 0, 0, 0);
+    for (int i = 0; i < tab.n; i++)
+        for (size_t j = 0; j < tab.t[i].numel; j++) G[tab.t[i].offset + j] = (float)rng_normal(&r);
+    g_calls = 0;
+    double ss = grad_sum_squares_range(be, &tab, G, PARAM_BACKBONE, 0, tab.total);
+    CHECK(g_calls == 1, "%d sum_squares calls for the ViT-S backbone (%d tensors), expected 1", g_calls, tab.n);
+    double per_tensor = 0;
+    for (int i = 0; i < tab.n; i++) per_tensor += g_sum_squares(be, G + tab.t[i].offset, tab.t[i].numel);
+    CHECK_CLOSE(ss, per_tensor, 0, 1e-12);
+    // a ZeRO-1 shard boundary inside a tensor: still one run on each side
+    g_calls = 0;
+    double halves = grad_sum_squares_range(be, &tab, G, PARAM_BACKBONE, 0, tab.total / 2 + 3) +
+                    grad_sum_squares_range(be, &tab, G, PARAM_BACKBONE, tab.total / 2 + 3, tab.total);
+    CHECK(g_calls == 2, "%d calls for two shards", g_calls);
+    CHECK_CLOSE(halves, per_tensor, 0, 1e-12);
+    free(G);
+    backend_free(be);
+    vit_free(&vit);
+    param_table_free(&tab);
 }

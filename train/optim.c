@@ -58,15 +58,31 @@ void adamw_step_range(AdamW *opt, Backend *be, const ParamTable *tab, float *P, 
                 "adamw_step_range: [%zu, %zu) outside the moments' range [%zu, %zu)", begin, end, opt->base,
                 opt->base + opt->n);
     opt->step++;
-    for (int i = 0; i < tab->n; i++) {
-        const TensorSpec *t = &tab->t[i];
-        size_t lo, hi;
-        if (!clamp_to_range(t, begin, end, &lo, &hi)) continue;
-        // torch computes group lr and weight decay in Python doubles
-        double lr_t = (t->is_last_layer ? last_layer_lr : lr) * t->lr_mult;
-        double wd_t = wd * t->wd_mult;
-        be->adamw(be, P + lo, G + lo, opt->m + (lo - opt->base), opt->v + (lo - opt->base), hi - lo, (float)lr_t,
-                  (float)wd_t, opt->beta1, opt->beta2, opt->eps, opt->step);
+    // one call per run of touching tensors with the same lr and weight decay (a block's norm weight and
+    // bias, say): elementwise, so the bits are those of one call per tensor, in fewer GPU launches
+    size_t run_lo = 0, run_hi = 0;
+    float run_lr = 0, run_wd = 0;
+    int open = 0;
+    for (int i = 0; i <= tab->n; i++) {
+        size_t lo = 0, hi = 0;
+        float lr_f = 0, wd_f = 0;
+        int have = 0;
+        if (i < tab->n) {
+            const TensorSpec *t = &tab->t[i];
+            if (!clamp_to_range(t, begin, end, &lo, &hi)) continue;
+            // torch computes group lr and weight decay in Python doubles
+            lr_f = (float)((t->is_last_layer ? last_layer_lr : lr) * t->lr_mult);
+            wd_f = (float)(wd * t->wd_mult);
+            have = 1;
+            if (open && lo == run_hi && lr_f == run_lr && wd_f == run_wd) {
+                run_hi = hi;
+                continue;
+            }
+        }
+        if (open)
+            be->adamw(be, P + run_lo, G + run_lo, opt->m + (run_lo - opt->base), opt->v + (run_lo - opt->base),
+                      run_hi - run_lo, run_lr, run_wd, opt->beta1, opt->beta2, opt->eps, opt->step);
+        open = have, run_lo = lo, run_hi = hi, run_lr = lr_f, run_wd = wd_f;
     }
 }
 
@@ -75,15 +91,57 @@ void adamw_step(AdamW *opt, Backend *be, const ParamTable *tab, float *P, const 
     adamw_step_range(opt, be, tab, P, G, lr, last_layer_lr, wd, 0, tab->total);
 }
 
+// Runs of tensors that touch in the flat buffer (no alignment gap between them), of one group (or any
+// group when group < 0), clipped to [begin, end): one backend call per run instead of one per tensor. On a
+// GPU that is a handful of launches (and of sum_squares read-backs) per step instead of hundreds; the
+// reference widths (multiples of 16) make each group of a real model a single run. Calls
+// fn(ctx, lo, hi) for each run; returns how many.
+static int for_each_run(const ParamTable *tab, int group, size_t begin, size_t end,
+                        void (*fn)(void *ctx, size_t lo, size_t hi), void *ctx) {
+    int runs = 0;
+    size_t run_lo = 0, run_hi = 0;
+    int open = 0;
+    for (int i = 0; i < tab->n; i++) {
+        const TensorSpec *t = &tab->t[i];
+        size_t lo, hi;
+        if ((group >= 0 && (int)t->group != group) || !clamp_to_range(t, begin, end, &lo, &hi)) continue;
+        if (open && lo == run_hi) {
+            run_hi = hi; // touches the run: extend it
+            continue;
+        }
+        if (open) fn(ctx, run_lo, run_hi), runs++;
+        run_lo = lo, run_hi = hi, open = 1;
+    }
+    if (open) fn(ctx, run_lo, run_hi), runs++;
+    return runs;
+}
+
+typedef struct {
+    Backend *be;
+    float *x;
+    const float *y;
+    double acc;
+    float a;
+} RunCtx;
+
+static void run_sum_squares(void *c, size_t lo, size_t hi) {
+    RunCtx *r = c;
+    r->acc += r->be->sum_squares(r->be, r->y + lo, hi - lo);
+}
+static void run_scale(void *c, size_t lo, size_t hi) {
+    RunCtx *r = c;
+    r->be->scale(r->be, r->x + lo, r->a, hi - lo);
+}
+static void run_ema(void *c, size_t lo, size_t hi) {
+    RunCtx *r = c;
+    r->be->ema(r->be, r->x + lo, r->y + lo, hi - lo, r->a);
+}
+
 double grad_sum_squares_range(Backend *be, const ParamTable *tab, const float *G, ParamGroup group, size_t begin,
                               size_t end) {
-    double ss = 0;
-    for (int i = 0; i < tab->n; i++) {
-        size_t lo, hi;
-        if (tab->t[i].group == group && clamp_to_range(&tab->t[i], begin, end, &lo, &hi))
-            ss += be->sum_squares(be, G + lo, hi - lo);
-    }
-    return ss;
+    RunCtx r = {.be = be, .y = G};
+    for_each_run(tab, (int)group, begin, end, run_sum_squares, &r);
+    return r.acc;
 }
 
 double clip_coef(double total_norm, double max_norm) {
@@ -94,11 +152,8 @@ double clip_coef(double total_norm, double max_norm) {
 void grad_scale_range(Backend *be, const ParamTable *tab, float *G, ParamGroup group, double coef, size_t begin,
                       size_t end) {
     if (coef >= 1.0) return;
-    for (int i = 0; i < tab->n; i++) {
-        size_t lo, hi;
-        if (tab->t[i].group == group && clamp_to_range(&tab->t[i], begin, end, &lo, &hi))
-            be->scale(be, G + lo, (float)coef, hi - lo);
-    }
+    RunCtx r = {.be = be, .x = G, .a = (float)coef};
+    for_each_run(tab, (int)group, begin, end, run_scale, &r);
 }
 
 double clip_grad_norm_group(Backend *be, const ParamTable *tab, float *G, ParamGroup group, double max_norm) {
@@ -109,11 +164,8 @@ double clip_grad_norm_group(Backend *be, const ParamTable *tab, float *G, ParamG
 
 void ema_update_range(Backend *be, const ParamTable *tab, float *teacher, const float *student, double momentum,
                       size_t begin, size_t end) {
-    for (int i = 0; i < tab->n; i++) {
-        size_t lo, hi;
-        if (clamp_to_range(&tab->t[i], begin, end, &lo, &hi))
-            be->ema(be, teacher + lo, student + lo, hi - lo, (float)momentum);
-    }
+    RunCtx r = {.be = be, .x = teacher, .y = student, .a = (float)momentum};
+    for_each_run(tab, -1, begin, end, run_ema, &r);
 }
 
 void ema_update(Backend *be, const ParamTable *tab, float *teacher, const float *student, double momentum) {
