@@ -348,12 +348,16 @@ static void *own(Backend *be, VitActs *a, size_t bytes) {
 static float *fown(Backend *be, VitActs *a, size_t n) { return own(be, a, sizeof(float) * n); }
 
 // The intermediates of one block (everything but x_in and the subset indices), sized for all B rows:
-// the subset size may change between calls.
-static void alloc_intermediates(Backend *be, VitActs *a, BlockActs *k, const VitConfig *c) {
+// the subset size may change between calls. With `cheap_shared` (stored activations) the three that
+// backward re-derives in one elementwise pass, the branch inputs gathered for stochastic depth (xs1,
+// xs2: gathered again from x_in / x_mid) and the FFN activation (act: GELU / SwiGLU of fc1 again), are
+// not allocated: the caller points them at buffers shared by all blocks. 6 of the 21 D-wide floats a
+// token keeps per block (PyTorch's autograd keeps all of them).
+static void alloc_intermediates(Backend *be, VitActs *a, BlockActs *k, const VitConfig *c, int cheap_shared) {
     const size_t rows = (size_t)a->B * a->T, D = (size_t)c->dim, Hf = (size_t)c->ffn_hidden;
     const size_t ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
     k->x_mid = fown(be, a, rows * D);
-    k->xs1 = fown(be, a, rows * D);
+    if (!cheap_shared) k->xs1 = fown(be, a, rows * D);
     k->ln1 = fown(be, a, rows * D);
     k->mean1 = fown(be, a, rows);
     k->rstd1 = fown(be, a, rows);
@@ -361,12 +365,12 @@ static void alloc_intermediates(Backend *be, VitActs *a, BlockActs *k, const Vit
     k->att_saved = fown(be, a, be->attention_saved_floats(be, a->B, a->T, c->heads));
     k->att = fown(be, a, rows * D);
     k->proj = fown(be, a, rows * D);
-    k->xs2 = fown(be, a, rows * D);
+    if (!cheap_shared) k->xs2 = fown(be, a, rows * D);
     k->ln2 = fown(be, a, rows * D);
     k->mean2 = fown(be, a, rows);
     k->rstd2 = fown(be, a, rows);
     k->fc1 = fown(be, a, rows * ffn_out);
-    k->act = fown(be, a, rows * Hf);
+    if (!cheap_shared) k->act = fown(be, a, rows * Hf);
     k->fc2 = fown(be, a, rows * D);
 }
 
@@ -400,7 +404,12 @@ VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode 
         if (mode != VIT_ACTS_FORWARD_ONLY) a->dpos_used = fown(be, a, (size_t)(1 + a->N) * D);
     }
     a->blk = dino_calloc((size_t)c->depth, sizeof(BlockActs));
-    if (mode != VIT_ACTS_STORE_ALL) alloc_intermediates(be, a, &a->work, c);
+    if (mode != VIT_ACTS_STORE_ALL) alloc_intermediates(be, a, &a->work, c, 0);
+    float *shared_xs = NULL, *shared_act = NULL; // STORE_ALL: re-derived in backward, one buffer each
+    if (mode == VIT_ACTS_STORE_ALL) {
+        shared_xs = fown(be, a, rows * D);
+        shared_act = fown(be, a, rows * Hf);
+    }
     float *stream[2] = {NULL, NULL};
     if (mode == VIT_ACTS_FORWARD_ONLY) {
         stream[0] = fown(be, a, rows * D);
@@ -410,8 +419,13 @@ VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode 
     }
     for (int l = 0; l < c->depth; l++) {
         BlockActs *k = &a->blk[l];
-        if (mode == VIT_ACTS_STORE_ALL) alloc_intermediates(be, a, k, c);
-        else *k = a->work;
+        if (mode == VIT_ACTS_STORE_ALL) {
+            alloc_intermediates(be, a, k, c, 1);
+            k->xs1 = k->xs2 = shared_xs; // used one after the other, forward and backward
+            k->act = shared_act;
+        } else {
+            *k = a->work;
+        }
         if (mode == VIT_ACTS_FORWARD_ONLY) {
             k->x_in = stream[l & 1];
         } else {
@@ -588,6 +602,14 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
         const float *ls1 = c->layerscale > 0 ? PTR(P, o->ls1) : NULL;
         const float *ls2 = c->layerscale > 0 ? PTR(P, o->ls2) : NULL;
 
+        // Stored activations keep neither the FFN activation nor the gathered branch inputs (shared
+        // buffers, see alloc_intermediates): derived again here, the same ops on the same inputs.
+        const int rederive = a->mode == VIT_ACTS_STORE_ALL;
+        if (rederive) {
+            if (c->ffn == VIT_FFN_MLP) be->gelu_fwd(be, k->act, k->fc1, (size_t)rows_s * Hf);
+            else be->swiglu_fwd(be, k->act, k->fc1, rows_s, Hf);
+            if (a->subset) be->gather_rows(be, k->xs2, k->x_mid, idx2, S, (size_t)T * D);
+        }
         // FFN branch: dx holds d x_out; the identity path keeps it as d x_mid, the branch adds to it
         float *dbr = a->dS_a;
         be->residual_bwd(be, dbr, ls2 ? PTR(G, o->ls2) : NULL, dx, k->fc2, ls2, idx2, S, T, D, scale);
@@ -601,6 +623,7 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
         branch_input_grad(be, a, dx, a->dS_a, dln, a->subset ? k->xs2 : k->x_mid, k->mean2, k->rstd2,
                           PTR(P, o->norm2_w), PTR(G, o->norm2_w), PTR(G, o->norm2_b), idx2, D);
 
+        if (rederive && a->subset) be->gather_rows(be, k->xs1, k->x_in, idx1, S, (size_t)T * D);
         // attention branch: dx now holds d x_mid
         be->residual_bwd(be, dbr, ls1 ? PTR(G, o->ls1) : NULL, dx, k->proj, ls1, idx1, S, T, D, scale);
         float *datt = a->dS_b;

@@ -152,15 +152,19 @@ static void modes_agree(VitConfig cfg, int use_masks) {
     // Memory: recomputation keeps one block's intermediates instead of depth; forward-only also drops
     // the block inputs and the backward scratch.
     CHECK(b_rec < b_all && b_fwd < b_rec, "bytes: store-all %zu, recompute %zu, forward-only %zu", b_all, b_rec, b_fwd);
-    // store-all - recompute = (depth - 1) x one block's intermediates, per group
+    // Per group: recomputation holds one full set of a block's intermediates (x_mid, xs1, ln1, att, proj,
+    // xs2, ln2, fc2: 8 D wide; qkv 3D; fc1; act; LayerNorm statistics; attention probabilities); stored
+    // activations hold each block's set but for xs1, xs2 and act, which backward derives again into
+    // buffers shared by the blocks (D and Hf wide). store-all - recompute = depth x stored - full + shared.
     size_t expect = 0;
     for (int g = 0; g < 2; g++) {
         size_t rows = (size_t)grp[g].B * (1 + cfg.n_registers + (grp[g].crop / cfg.patch) * (grp[g].crop / cfg.patch));
         size_t D = (size_t)cfg.dim, Hf = (size_t)cfg.ffn_hidden, fo = cfg.ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
         size_t T = rows / (size_t)grp[g].B;
-        size_t per_block = rows * D * 8 + rows * 4 + rows * 3 * D + rows * fo + rows * Hf +
-                           be->attention_saved_floats(be, grp[g].B, (int)T, cfg.heads);
-        expect += (size_t)(cfg.depth - 1) * per_block * sizeof(float);
+        size_t full = rows * D * 8 + rows * 4 + rows * 3 * D + rows * fo + rows * Hf +
+                      be->attention_saved_floats(be, grp[g].B, (int)T, cfg.heads);
+        size_t stored = full - rows * (2 * D + Hf), shared = rows * (D + Hf);
+        expect += ((size_t)cfg.depth * stored - full + shared) * sizeof(float);
     }
     CHECK(b_all - b_rec == expect, "recompute saves %zu bytes, expected %zu", b_all - b_rec, expect);
 
