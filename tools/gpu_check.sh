@@ -49,9 +49,9 @@ if [ "$QUICK" = 1 ]; then
   STEP_S="32"; STEP_L="16 64r"
 else
   C_BATCH_S="16 32 64"; C_BATCH_L="8 16 32"
-  # r: activations recomputed. ViT-L stores 78.5 GiB of state at 32 images (dinotrain --plan-memory): too
-  # much for 80 GB with the CUDA context, so 32 and 64 run recomputed.
-  STEP_S="32 64"; STEP_L="16 32r 64r"
+  # r: activations recomputed. ViT-L holds 66.5 GiB at 32 images stored, 124 GiB at 64 (dinotrain
+  # --plan-memory): 64 runs recomputed, 32 both ways.
+  STEP_S="32 64"; STEP_L="16 32 32r 64r"
 fi
 # torch.compile recompiles per shape (a minute or more for ViT-L): compile at one batch per model.
 TC_BATCH_S="32"; TC_BATCH_L="16"
@@ -384,7 +384,7 @@ if has_stage step; then
         cat "$RES/step_one.tmp" >> "$RES/bench_step.log"
         if [ $rc != 0 ]; then
           nbad=$((nbad + 1))
-          echo "RESULT impl=c-step backend=cuda arch=$arch batch=$b status=failed(rc=$rc)" >> "$RES/bench_step.log"
+          echo "RESULT impl=c-step backend=cuda arch=$arch batch=$b recompute=$([ -n "$rec" ] && echo 1 || echo 0) status=failed(rc=$rc)" >> "$RES/bench_step.log"
         fi
       done
     done
@@ -417,9 +417,9 @@ fi
 field() { # field KEY LINE
   echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -1
 }
-result_line() { # impl arch batch -> last matching RESULT line
+result_line() { # impl arch batch [pattern] -> last matching RESULT line
   cat "$RES"/bench_c.log "$RES"/bench_torch.log "$RES"/bench_step.log 2>/dev/null | grep "^RESULT impl=$1 " |
-    grep " arch=$2 batch=$3 " | tail -1
+    grep " arch=$2 batch=$3 " | grep -e "${4:-.}" | tail -1
 }
 # cells C_LINE EAGER_LINE COMPILE_LINE: sets CI MFU EI KI RATIO for a table row (img/s, or the status in
 # parentheses where a run failed; RATIO = C over the better PyTorch mode)
@@ -472,8 +472,8 @@ if has_stage summary; then
       for spec in "vit_small:$STEP_S" "vit_large:$STEP_L"; do
         arch=${spec%%:*}
         for b in ${spec#*:}; do
-          bb=${b%r}
-          c=$(result_line c-step "$arch" "$bb"); e=$(result_line torch-step-eager "$arch" "$bb")
+          bb=${b%r}; rec=0; [ "$bb" != "$b" ] && rec=1
+          c=$(result_line c-step "$arch" "$bb" " recompute=$rec "); e=$(result_line torch-step-eager "$arch" "$bb")
           cells "$c" "$e" "$(result_line torch-step-compile "$arch" "$bb")"
           split="$(field teacher_ms "$c") / $(field student_fwd_ms "$c") / $(field bwd_ms "$c") / $(field update_ms "$c")"
           echo "| $arch | $b | ${CI:--} | ${MFU:--} | $split | $(field device_gib "$c") | ${EI:--} | ${KI:--} | $(field max_mem_gib "$e") | ${RATIO:--} |"
