@@ -104,6 +104,17 @@ TEST(shipped_recipes_hold_their_published_values) {
     CHECK(config_total_iterations(&cfg) == 250000, "phikon-v2 iterations %lld", (long long)config_total_iterations(&cfg));
     CHECK(cfg.data.n_sources == 1 && strstr(cfg.data.sources[0], "mpp=0.5"), "phikon-v2 source at 0.5 um/px");
 
+    // the GPU recipes run on the cuda backend with the optimizer sharded; the demo on the CPU
+    const char *gpu[] = {"vits14", "vitb14", "vitl14", "vitg14", "phikon-v2", "dino-vits16-path", "vitl"};
+    for (size_t i = 0; i < sizeof gpu / sizeof gpu[0]; i++) {
+        char rel[64];
+        snprintf(rel, sizeof rel, "configs/%s.yaml", gpu[i]);
+        CHECK(load(test_src_path(rel), 0, NULL, err) == 0, "%s", err);
+        CHECK(strcmp(cfg.backend, "cuda") == 0 && cfg.zero1 && strcmp(cfg.param_dtype, "bf16") == 0,
+              "%s: backend %s, zero1 %d, param_dtype %s", rel, cfg.backend, (int)cfg.zero1, cfg.param_dtype);
+    }
+    CHECK(load(test_src_path("configs/demo.yaml"), 0, NULL, err) == 0 && strcmp(cfg.backend, "cpu") == 0,
+          "the demo runs on the CPU");
     CHECK(load(test_src_path("configs/dino-vits16-path.yaml"), 0, NULL, err) == 0, "%s", err);
     CHECK(cfg.ibot.loss_weight == 0 && cfg.dino.koleo_loss_weight == 0 && cfg.dino.loss_weight > 0, "DINO only");
     CHECK(strcmp(cfg.student.arch, "vit_small") == 0 && cfg.student.patch_size == 16, "ViT-S/16");
