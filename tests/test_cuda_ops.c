@@ -1081,9 +1081,17 @@ static void ssl_parity_run(Backend *be, const SslConfig *cfg, const float *gcrop
     CHECK(ssl_model_init(&m, be, cfg, 7, err) == 0, "%s", err);
     const size_t total = m.tab.total;
     if (init_out) be->to_host(be, init_out, m.student, sizeof(float) * total);
+    float *pinned[2] = {NULL, NULL};
+    if (cfg->staged_upload) { // as the trainer: both batches' crops in page-locked memory, staged ahead
+        const size_t ng = sizeof(float) * 2 * cfg->batch * 3 * cfg->global_crop * cfg->global_crop;
+        const size_t nl = sizeof(float) * cfg->n_local * cfg->batch * 3 * cfg->local_crop * cfg->local_crop;
+        pinned[0] = be->host_alloc(be, ng), pinned[1] = be->host_alloc(be, nl);
+        memcpy(pinned[0], gcrops, ng), memcpy(pinned[1], lcrops, nl);
+        for (int it = 0; it < 2; it++) ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[it], 1);
+    }
     for (int it = 0; it < 2; it++) {
         SslBatch b = {.global_crops = gcrops, .local_crops = lcrops, .masks = masks[it],
-                      .drop_key = rng_make(5, 14, (uint64_t)it, 0)};
+                      .drop_key = rng_make(5, 14, (uint64_t)it, 0), .staged = cfg->staged_upload};
         ScheduleValues sv = {.lr = 5e-4, .wd = 0.04, .momentum = 0.9, .teacher_temp = 0.04, .last_layer_lr = 5e-4};
         SslStepStats st;
         CHECK(ssl_step(&m, be, NULL, &b, &sv, &st, err) == 0, "step %d: %s", it, err);
@@ -1094,6 +1102,8 @@ static void ssl_parity_run(Backend *be, const SslConfig *cfg, const float *gcrop
     be->to_host(be, out->student, m.student, sizeof(float) * total);
     be->to_host(be, out->teacher, m.teacher, sizeof(float) * total);
     ssl_model_free(&m, be);
+    for (int k = 0; k < 2; k++)
+        if (pinned[k]) be->host_free(be, pinned[k]);
 }
 
 static void ssl_parity(Centering centering, int use_kde, int fp32) {
@@ -1165,6 +1175,17 @@ static void ssl_parity(Centering centering, int use_kde, int fp32) {
                   s ? "teacher" : "student", t->name, e, tol, nc, du);
         }
     printf("  parameters after 2 steps: worst error / tolerance %.3g over %d tensors x 2\n", worst, tab.n);
+    // the trainer's GPU path: batches uploaded ahead from page-locked memory on the copy stream, student
+    // activations recomputed in backward: the same bits as the plain GPU run
+    SslConfig cfg_s = cfg;
+    cfg_s.staged_upload = 1, cfg_s.recompute_activations = 1;
+    SslRun rs;
+    ssl_parity_run(G, &cfg_s, gcrops, lcrops, masks, NULL, &rs);
+    CHECK(memcmp(rs.loss, rg.loss, sizeof rs.loss) == 0, "staged + recomputed GPU steps: the losses changed");
+    CHECK(memcmp(rs.student, rg.student, sizeof(float) * tab.total) == 0 &&
+              memcmp(rs.teacher, rg.teacher, sizeof(float) * tab.total) == 0,
+          "staged + recomputed GPU steps: the parameters changed");
+    free(rs.student), free(rs.teacher);
     free(rc.student), free(rc.teacher), free(rg.student), free(rg.teacher), free(init);
     free(gcrops), free(lcrops), free(masks[0]), free(masks[1]);
     param_table_free(&tab);

@@ -81,6 +81,8 @@ static void *cu_alloc(Backend *be, size_t bytes) {
                  bytes, cuda_impl(be)->device, cudaGetErrorString(e), fr >> 20, tot >> 20);
     }
     cudaCheck(cudaMemsetAsync(p, 0, n, cuda_stream(be)));
+    // an upload on the copy stream into this buffer must not race its zero-fill on the compute stream
+    cudaCheck(cudaEventRecord(cuda_impl(be)->alloc_done, cuda_stream(be)));
     return p;
 }
 
@@ -109,6 +111,8 @@ static int cu_upload_async(Backend *be, void *dst, const void *src, size_t bytes
     CudaImpl *c = cuda_impl(be);
     int t = c->next_ticket;
     c->next_ticket = (t + 1) % (int)(sizeof c->upload_done / sizeof c->upload_done[0]);
+    // after the zero-fill of every buffer allocated so far (long done in a training loop: no stall)
+    cudaCheck(cudaStreamWaitEvent(c->copy_stream, c->alloc_done, 0));
     if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->copy_stream));
     cudaCheck(cudaEventRecord(c->upload_done[t], c->copy_stream));
     return t;
@@ -189,6 +193,7 @@ static void cuda_destroy(Backend *be) {
     cudaCheck(cudaStreamSynchronize(c->copy_stream));
     for (size_t i = 0; i < sizeof c->upload_done / sizeof c->upload_done[0]; i++)
         cudaCheck(cudaEventDestroy(c->upload_done[i]));
+    cudaCheck(cudaEventDestroy(c->alloc_done));
     cudaCheck(cudaStreamDestroy(c->copy_stream));
     cuda_lt_destroy(c);
     if (c->grid_ptrs) cudaCheck(cudaFree(c->grid_ptrs));
@@ -225,6 +230,8 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     cudaCheck(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
     for (size_t i = 0; i < sizeof c->upload_done / sizeof c->upload_done[0]; i++)
         cudaCheck(cudaEventCreateWithFlags(&c->upload_done[i], cudaEventDisableTiming));
+    cudaCheck(cudaEventCreateWithFlags(&c->alloc_done, cudaEventDisableTiming));
+    cudaCheck(cudaEventRecord(c->alloc_done, c->stream)); // a recorded event before the first allocation
     cublasCheck(cublasCreate(&c->cublas));
     cublasCheck(cublasSetStream(c->cublas, c->stream));
     // Pointer mode host: alpha/beta are host scalars. cuBLAS may use its default workspace.

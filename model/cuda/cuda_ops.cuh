@@ -43,6 +43,7 @@ typedef struct {
     double *host_result;  // pinned: scalar results (sum_squares) come back through here
     cudaStream_t copy_stream;      // uploads of the next batch, beside the compute stream
     cudaEvent_t upload_done[16];   // one per ticket (be->upload_async), reused in turn
+    cudaEvent_t alloc_done;        // after the zero-fill of the latest allocation (uploads wait for it)
     int next_ticket;
     // cuBLASLt for linear layers with a fused bias epilogue (matmul.cu); DINO_CUDA_LT=0 turns it off
     cublasLtHandle_t lt;
