@@ -348,17 +348,18 @@ static void *own(Backend *be, VitActs *a, size_t bytes) {
 static float *fown(Backend *be, VitActs *a, size_t n) { return own(be, a, sizeof(float) * n); }
 
 // The intermediates of one block (everything but x_in and the subset indices), sized for all B rows:
-// the subset size may change between calls. With `cheap_shared` (stored activations) the three that
-// backward re-derives in one elementwise pass, the branch inputs gathered for stochastic depth (xs1,
-// xs2: gathered again from x_in / x_mid) and the FFN activation (act: GELU / SwiGLU of fc1 again), are
-// not allocated: the caller points them at buffers shared by all blocks. 6 of the 21 D-wide floats a
-// token keeps per block (PyTorch's autograd keeps all of them).
+// the subset size may change between calls. With `cheap_shared` (stored activations) the five that
+// backward re-derives in one elementwise or row-wise pass are not allocated: the branch inputs gathered
+// for stochastic depth (xs1, xs2: gathered again from x_in / x_mid), the LayerNorm outputs (ln1, ln2:
+// normalized again from those inputs) and the FFN activation (act: GELU / SwiGLU of fc1 again); the
+// caller points them at buffers shared by all blocks. 8 of the 21 D-wide floats a token would keep per
+// block (PyTorch's autograd keeps all of them).
 static void alloc_intermediates(Backend *be, VitActs *a, BlockActs *k, const VitConfig *c, int cheap_shared) {
     const size_t rows = (size_t)a->B * a->T, D = (size_t)c->dim, Hf = (size_t)c->ffn_hidden;
     const size_t ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
     k->x_mid = fown(be, a, rows * D);
     if (!cheap_shared) k->xs1 = fown(be, a, rows * D);
-    k->ln1 = fown(be, a, rows * D);
+    if (!cheap_shared) k->ln1 = fown(be, a, rows * D);
     k->mean1 = fown(be, a, rows);
     k->rstd1 = fown(be, a, rows);
     k->qkv = fown(be, a, rows * 3 * D);
@@ -366,7 +367,7 @@ static void alloc_intermediates(Backend *be, VitActs *a, BlockActs *k, const Vit
     k->att = fown(be, a, rows * D);
     k->proj = fown(be, a, rows * D);
     if (!cheap_shared) k->xs2 = fown(be, a, rows * D);
-    k->ln2 = fown(be, a, rows * D);
+    if (!cheap_shared) k->ln2 = fown(be, a, rows * D);
     k->mean2 = fown(be, a, rows);
     k->rstd2 = fown(be, a, rows);
     k->fc1 = fown(be, a, rows * ffn_out);
@@ -405,9 +406,10 @@ VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode 
     }
     a->blk = dino_calloc((size_t)c->depth, sizeof(BlockActs));
     if (mode != VIT_ACTS_STORE_ALL) alloc_intermediates(be, a, &a->work, c, 0);
-    float *shared_xs = NULL, *shared_act = NULL; // STORE_ALL: re-derived in backward, one buffer each
+    float *shared_xs = NULL, *shared_ln = NULL, *shared_act = NULL; // STORE_ALL: re-derived in backward
     if (mode == VIT_ACTS_STORE_ALL) {
         shared_xs = fown(be, a, rows * D);
+        shared_ln = fown(be, a, rows * D);
         shared_act = fown(be, a, rows * Hf);
     }
     float *stream[2] = {NULL, NULL};
@@ -422,6 +424,7 @@ VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode 
         if (mode == VIT_ACTS_STORE_ALL) {
             alloc_intermediates(be, a, k, c, 1);
             k->xs1 = k->xs2 = shared_xs; // used one after the other, forward and backward
+            k->ln1 = k->ln2 = shared_ln;
             k->act = shared_act;
         } else {
             *k = a->work;
@@ -602,13 +605,16 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
         const float *ls1 = c->layerscale > 0 ? PTR(P, o->ls1) : NULL;
         const float *ls2 = c->layerscale > 0 ? PTR(P, o->ls2) : NULL;
 
-        // Stored activations keep neither the FFN activation nor the gathered branch inputs (shared
-        // buffers, see alloc_intermediates): derived again here, the same ops on the same inputs.
+        // Stored activations keep neither the FFN activation, the LayerNorm outputs nor the gathered
+        // branch inputs (shared buffers, see alloc_intermediates): derived again here, the same ops on
+        // the same inputs, so the same bits.
         const int rederive = a->mode == VIT_ACTS_STORE_ALL;
         if (rederive) {
             if (c->ffn == VIT_FFN_MLP) be->gelu_fwd(be, k->act, k->fc1, (size_t)rows_s * Hf);
             else be->swiglu_fwd(be, k->act, k->fc1, rows_s, Hf);
-            if (a->subset) be->gather_rows(be, k->xs2, k->x_mid, idx2, S, (size_t)T * D);
+            const float *in2 = branch_input(be, a, k->xs2, k->x_mid, idx2, D);
+            be->layernorm_fwd(be, k->ln2, k->mean2, k->rstd2, in2, PTR(P, o->norm2_w), PTR(P, o->norm2_b), rows_s,
+                              D, LN_EPS);
         }
         // FFN branch: dx holds d x_out; the identity path keeps it as d x_mid, the branch adds to it
         float *dbr = a->dS_a;
@@ -623,7 +629,11 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
         branch_input_grad(be, a, dx, a->dS_a, dln, a->subset ? k->xs2 : k->x_mid, k->mean2, k->rstd2,
                           PTR(P, o->norm2_w), PTR(G, o->norm2_w), PTR(G, o->norm2_b), idx2, D);
 
-        if (rederive && a->subset) be->gather_rows(be, k->xs1, k->x_in, idx1, S, (size_t)T * D);
+        if (rederive) {
+            const float *in1 = branch_input(be, a, k->xs1, k->x_in, idx1, D);
+            be->layernorm_fwd(be, k->ln1, k->mean1, k->rstd1, in1, PTR(P, o->norm1_w), PTR(P, o->norm1_b), rows_s,
+                              D, LN_EPS);
+        }
         // attention branch: dx now holds d x_mid
         be->residual_bwd(be, dbr, ls1 ? PTR(G, o->ls1) : NULL, dx, k->proj, ls1, idx1, S, T, D, scale);
         float *datt = a->dS_b;

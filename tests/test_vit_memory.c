@@ -154,8 +154,9 @@ static void modes_agree(VitConfig cfg, int use_masks) {
     CHECK(b_rec < b_all && b_fwd < b_rec, "bytes: store-all %zu, recompute %zu, forward-only %zu", b_all, b_rec, b_fwd);
     // Per group: recomputation holds one full set of a block's intermediates (x_mid, xs1, ln1, att, proj,
     // xs2, ln2, fc2: 8 D wide; qkv 3D; fc1; act; LayerNorm statistics; attention probabilities); stored
-    // activations hold each block's set but for xs1, xs2 and act, which backward derives again into
-    // buffers shared by the blocks (D and Hf wide). store-all - recompute = depth x stored - full + shared.
+    // activations hold each block's set but for xs1, xs2, ln1, ln2 and act, which backward derives again
+    // into buffers shared by the blocks (xs and ln D wide, act Hf). store-all - recompute = depth x stored
+    // - full + shared.
     size_t expect = 0;
     for (int g = 0; g < 2; g++) {
         size_t rows = (size_t)grp[g].B * (1 + cfg.n_registers + (grp[g].crop / cfg.patch) * (grp[g].crop / cfg.patch));
@@ -163,7 +164,7 @@ static void modes_agree(VitConfig cfg, int use_masks) {
         size_t T = rows / (size_t)grp[g].B;
         size_t full = rows * D * 8 + rows * 4 + rows * 3 * D + rows * fo + rows * Hf +
                       be->attention_saved_floats(be, grp[g].B, (int)T, cfg.heads);
-        size_t stored = full - rows * (2 * D + Hf), shared = rows * (D + Hf);
+        size_t stored = full - rows * (4 * D + Hf), shared = rows * (2 * D + Hf);
         expect += ((size_t)cfg.depth * stored - full + shared) * sizeof(float);
     }
     CHECK(b_all - b_rec == expect, "recompute saves %zu bytes, expected %zu", b_all - b_rec, expect);
