@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 
 #include "common/check.h"
+#include "model/attention_layout.h"
 
 typedef struct {
     void *p;
@@ -51,6 +52,11 @@ static void plan_drop(Backend *be, void *dst, const void *src, size_t bytes) {}
 static void plan_zero(Backend *be, void *p, size_t bytes) {} // fresh pages are zero already
 static int plan_upload(Backend *be, void *dst, const void *src, size_t bytes) { return 0; }
 
+// The CUDA backend's layout of the saved attention probabilities (bf16 with its default bf16 GEMMs).
+static size_t plan_attention_saved_floats_cuda(Backend *be, int B, int T, int H) {
+    return attention_saved_floats_cuda(B, T, H, 1);
+}
+
 static void plan_destroy(Backend *be) {
     PlanState *s = be->impl;
     for (int i = 0; i < s->n; i++) munmap(s->a[i].p, s->a[i].bytes ? s->a[i].bytes : 1);
@@ -59,8 +65,9 @@ static void plan_destroy(Backend *be) {
     be->impl = NULL;
 }
 
-Backend *backend_plan_new(void) {
+Backend *backend_plan_new(int cuda_layout) {
     Backend *be = backend_cpu_new();
+    if (cuda_layout) be->attention_saved_floats = plan_attention_saved_floats_cuda;
     be->name = "plan";
     be->impl = dino_calloc(1, sizeof(PlanState));
     be->alloc = plan_alloc;

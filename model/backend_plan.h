@@ -9,7 +9,9 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-Backend *backend_plan_new(void);         // free with backend_free
+// cuda_layout: the buffers the CUDA backend sizes itself (saved attention probabilities: bf16) as it
+// does; 0: as the CPU backend. Free with backend_free.
+Backend *backend_plan_new(int cuda_layout);
 size_t backend_plan_live_bytes(const Backend *be); // bytes allocated and not released
 size_t backend_plan_peak_bytes(const Backend *be); // the most that was live at once
 #ifdef __cplusplus

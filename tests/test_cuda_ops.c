@@ -529,12 +529,16 @@ static void attention_case(Backend *C, Backend *G, int B, int T, int H, int Dh, 
     printf(" attention B=%d T=%d H=%d Dh=%d (%s GEMMs)\n", B, T, H, Dh, fp32 ? "fp32" : "bf16");
     Rng r = rng_make(41, (uint64_t)B, (uint64_t)T, (uint64_t)H);
     const int D = H * Dh;
-    // Both save the probabilities, one T x T block per (image, head); the GPU pads each block to a
-    // multiple of 4 floats (16-byte aligned blocks for its batched GEMMs): blk floats apart.
+    // Both save the probabilities, one T x T block per (image, head); the GPU pads each block (16-byte
+    // aligned blocks for its batched GEMMs, blk elements apart) and, with bf16 GEMMs, stores them in bf16
+    // (then its size in floats is half the element count).
     const size_t ns = C->attention_saved_floats(C, B, T, H), ns_g = G->attention_saved_floats(G, B, T, H);
-    CHECK(ns == (size_t)B * H * T * T && ns_g % ((size_t)B * H) == 0 && ns_g / ((size_t)B * H) >= (size_t)T * T,
-          "saved sizes: cpu %zu gpu %zu", ns, ns_g);
-    const size_t blk = ns_g / ((size_t)B * H), TT = (size_t)T * T;
+    const size_t TT = (size_t)T * T, BH = (size_t)B * H;
+    const int p_bf16 = ns_g < BH * TT;
+    const size_t blk = p_bf16 ? (BH * TT + 7 * BH) / BH / 8 * 8 : ns_g / BH; // the GPU's rounding of T*T
+    CHECK(ns == BH * TT && blk >= TT && (p_bf16 ? (BH * blk + 1) / 2 : BH * blk) == ns_g,
+          "saved sizes: cpu %zu gpu %zu (bf16 %d)", ns, ns_g, p_bf16);
+    if (!fp32) CHECK(p_bf16 || getenv("DINO_CUDA_PROBS_FP32") || emulating(), "bf16 GEMMs but fp32 probabilities");
     Pair qkv = pair_new(C, G, (size_t)B * T * 3 * D, 0, 1, &r, 0);
     Pair out = pair_new(C, G, (size_t)B * T * D, 0, 0, &r, 0), saved = pair_new(C, G, ns, 0, 0, &r, 0);
     float *saved_g = G->alloc(G, sizeof(float) * ns_g);
@@ -542,7 +546,16 @@ static void attention_case(Backend *C, Backend *G, int B, int T, int H, int Dh, 
     G->attention_fwd(G, out.g, saved_g, qkv.g, B, T, H, Dh);
     float *go = pair_gpu_result(G, &out), *gs = dino_malloc(sizeof(float) * ns), *gpad = dino_malloc(sizeof(float) * ns_g);
     G->to_host(G, gpad, saved_g, sizeof(float) * ns_g);
-    for (size_t bh = 0; bh < (size_t)B * H; bh++) memcpy(gs + bh * TT, gpad + bh * blk, sizeof(float) * TT);
+    const uint16_t *gpad16 = (const uint16_t *)gpad;
+    for (size_t bh = 0; bh < BH; bh++)
+        for (size_t j = 0; j < TT; j++) {
+            if (!p_bf16) {
+                gs[bh * TT + j] = gpad[bh * blk + j];
+                continue;
+            }
+            uint32_t bits = (uint32_t)gpad16[bh * blk + j] << 16;
+            memcpy(&gs[bh * TT + j], &bits, 4);
+        }
     if (fp32) {
         check_elems("attention_fwd.out", go, out.c, NULL, out.n, TOL_FP32);
         check_elems("attention_fwd.probs", gs, saved.c, NULL, saved.n, TOL_FP32);
@@ -552,7 +565,18 @@ static void attention_case(Backend *C, Backend *G, int B, int T, int H, int Dh, 
     }
     // backward from the CPU's probabilities: only backward is compared
     Pair dout = pair_new(C, G, out.n, 0, 1, &r, 0), dqkv = pair_new(C, G, qkv.n, 9, 0, &r, 0);
-    for (size_t bh = 0; bh < (size_t)B * H; bh++) memcpy(gpad + bh * blk, saved.c + bh * TT, sizeof(float) * TT);
+    uint16_t *gpadw = (uint16_t *)gpad;
+    for (size_t bh = 0; bh < BH; bh++)
+        for (size_t j = 0; j < TT; j++) {
+            float x = saved.c[bh * TT + j];
+            if (!p_bf16) {
+                gpad[bh * blk + j] = x;
+                continue;
+            }
+            uint32_t bits;
+            memcpy(&bits, &x, 4);
+            gpadw[bh * blk + j] = (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16); // round to nearest even
+        }
     G->to_device(G, saved_g, gpad, sizeof(float) * ns_g);
     C->attention_bwd(C, dqkv.c, dout.c, qkv.c, saved.c, B, T, H, Dh);
     G->attention_bwd(G, dqkv.g, dout.g, qkv.g, saved_g, B, T, H, Dh);

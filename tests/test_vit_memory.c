@@ -6,6 +6,7 @@
 
 #include "common/check.h"
 #include "model/backend.h"
+#include "model/attention_layout.h"
 #include "model/vit.h"
 #include "tests/gradcheck.h"
 #include "train/config.h"
@@ -283,4 +284,25 @@ TEST(memory_plan_counts_real_allocations) {
         CHECK(g_live_bytes == 0, "%zu bytes left after ssl_model_free", g_live_bytes);
         backend_free(be);
     }
+}
+
+// On cuda the plan counts the CUDA backend's own layout: bf16 attention probabilities in 16-byte aligned
+// blocks (model/attention_layout.h), half the CPU's.
+TEST(memory_plan_uses_the_cuda_layout_on_cuda) {
+    CHECK(attention_block_elems(257, 1) == 66056 && attention_block_elems(257, 0) == 66052 &&
+              attention_block_elems(50, 1) == 2504 && attention_block_elems(16, 0) == 256,
+          "block sizes");
+    CHECK(attention_saved_floats_cuda(2, 257, 6, 1) == (size_t)2 * 6 * 66056 / 2 &&
+              attention_saved_floats_cuda(3, 5, 1, 1) == (3 * 32 + 1) / 2,
+          "saved floats");
+    char err[DINO_ERRLEN];
+    Config cfg;
+    const char *ov_cpu[] = {"train.batch_size_per_gpu=3"}, *ov_cuda[] = {"train.batch_size_per_gpu=3", "backend=cuda"};
+    MemoryPlan pc, pg;
+    CHECK(config_load(&cfg, test_src_path("configs/demo.yaml"), 1, (char **)ov_cpu, err) == 0, "%s", err);
+    CHECK(memory_plan(&cfg, 1, &pc, err) == 0, "%s", err);
+    CHECK(config_load(&cfg, test_src_path("configs/demo.yaml"), 2, (char **)ov_cuda, err) == 0, "%s", err);
+    CHECK(memory_plan(&cfg, 1, &pg, err) == 0, "%s", err);
+    CHECK(pg.model.student_acts < pc.model.student_acts && pg.model.weights == pc.model.weights,
+          "cuda student activations %zu, cpu %zu", pg.model.student_acts, pc.model.student_acts);
 }

@@ -295,7 +295,7 @@ if has_stage sanitize; then
     ( cd "$BIN" && DINO_SOURCE_DIR=$ROOT timeout 500 "$SAN" --tool memcheck --error-exitcode 99 ./test_cuda_ops \
         memory_alloc_zero_copy_roundtrip gemm_transposes_and_leading_dims layernorm_fwd_bwd gelu_swiglu_fwd_bwd im2col_tokens_fwd_bwd \
         rows_and_residual_fwd_bwd axpy_scale_sum_squares attention_fp32_gemms vit_swiglu_plain_bf16 koleo_kde_fwd_bwd \
-        ssl_step_softmax_koleo_bf16 ssl_step_sinkhorn_kde_bf16 linear_lt_epilogue_matches_plain_path ) > "$RES/sanitize.log" 2>&1
+        ssl_step_softmax_koleo_bf16 ssl_step_sinkhorn_kde_bf16 linear_lt_epilogue_matches_plain_path attention_bf16_gemms ) > "$RES/sanitize.log" 2>&1
     rc=$?
     grep -E "ERROR SUMMARY|Invalid|FAILED|^ok" "$RES/sanitize.log" | head -30
     set_status SANITIZE "$([ $rc = 0 ] && echo clean || echo "rc=$rc: $(grep -m1 'ERROR SUMMARY' "$RES/sanitize.log")")"

@@ -13,7 +13,8 @@ int memory_plan(const Config *cfg, int world, MemoryPlan *p, char *err) {
     SslConfig sc;
     if (train_ssl_config(cfg, p->world, 0, &sc, err)) return -1;
     p->batch = sc.batch;
-    Backend *be = backend_plan_new();
+    // the CUDA backend's own buffer sizes when the config runs on it with bf16 GEMMs
+    Backend *be = backend_plan_new(strcmp(cfg->backend, "cuda") == 0 && strcmp(cfg->param_dtype, "bf16") == 0);
     SslModel m;
     if (ssl_model_init(&m, be, &sc, 0, err)) {
         backend_free(be);
@@ -50,5 +51,6 @@ void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p) {
         fprintf(f, "  %-46s %9.2f GiB\n", rows[i].what, gib(rows[i].bytes));
     fprintf(f, "  %-46s %9.2f GiB\n", "total allocated by dinotrain", gib(p->total));
     fprintf(f, "  not counted: the CUDA context, cuBLAS and NCCL workspaces (about 1-3 GiB)\n");
-    fprintf(f, "  activations are stored in fp32 (the CUDA backend's step 1); an 80 GB H100 has about 79 GiB\n");
+    fprintf(f, "  activations are stored in fp32 (attention probabilities in bf16 on cuda); an 80 GB H100 has about "
+               "79 GiB\n");
 }

@@ -1,10 +1,14 @@
-// Multi-head self-attention, step 1: cuBLAS batched GEMMs (one call for all images and heads, on
-// device pointer arrays; DINO_CUDA_GEMM_GRID=0: one strided-batched call per head) with the (B,H,T,T)
-// probabilities materialised in fp32 for backward, as the CPU reference.
+// Multi-head self-attention: cuBLAS batched GEMMs (one call for all images and heads, on device pointer
+// arrays; DINO_CUDA_GEMM_GRID=0: one strided-batched call per head) with the (B,H,T,T) probabilities
+// materialised for backward (bf16 with bf16 GEMMs, fp32 with fp32 GEMMs).
 // At DINOv2's token counts (T <= 261) that matrix is small next to the MLP activations. Softmax and its
 // backward run in fp32, one warp per row. Step 2 (docs/cuda-backend.md): a flash-style fused kernel.
 #include <math.h>
+#include <string.h>
 
+#include <cuda_bf16.h>
+
+#include "model/attention_layout.h"
 #include "model/cuda/cuda_ops.cuh"
 
 #define SM_ROWS_PER_BLOCK 8
@@ -18,84 +22,145 @@ __device__ __forceinline__ float warp_sum_att(float v) {
     return v;
 }
 
-// One (image, head) block of T x T scores starts every `blk` floats: T*T rounded up to a multiple of 4,
-// so that every block's base pointer is 16-byte aligned for the batched GEMMs' pointer arrays.
-static inline long long att_block(int T) { return ((long long)T * T + 3) / 4 * 4; }
+// The saved probabilities: one T x T block per (image, head), `blk` elements apart (T*T rounded up so
+// that every block's base is 16-byte aligned for the batched GEMMs' pointer arrays). With bf16 GEMMs
+// they are stored in bf16: the P V product and dV = P^T dO round them to bf16 anyway, so only the
+// softmax backward sees the rounding (within the bf16 tolerance), for half the memory and traffic. With
+// fp32 GEMMs (tests) they stay fp32. DINO_CUDA_PROBS_FP32=1 keeps fp32 with bf16 GEMMs too.
+static bool probs_bf16(Backend *be) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("DINO_CUDA_PROBS_FP32");
+        env = e && strcmp(e, "1") == 0;
+    }
+    return cuda_impl(be)->gemm_precision == CUDA_GEMM_BF16 && !env;
+}
+static inline long long att_block(int T, bool bf16) { return attention_block_elems(T, bf16); }
 __device__ __forceinline__ size_t att_row(size_t r, int T, long long blk) { return (r / T) * blk + (r % T) * T; }
 
-// In place over rows of length T: P = softmax(S) (S already scaled by 1/sqrt(Dh)).
-__global__ void softmax_rows_kernel(float *S, size_t rows, int T, long long blk) {
+__device__ __forceinline__ float ld(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float ld(const __nv_bfloat16 *p, size_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void st(float *p, size_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(__nv_bfloat16 *p, size_t i, float v) { p[i] = __float2bfloat16(v); }
+
+// Rows of length T: P = softmax(S) (S already scaled by 1/sqrt(Dh)), fp32 math; P may be S (in place).
+template <typename TP>
+__global__ void softmax_rows_kernel(TP *P, const float *S, size_t rows, int T, long long blk_s, long long blk_p) {
     size_t r = (size_t)blockIdx.x * SM_ROWS_PER_BLOCK + threadIdx.y;
     if (r >= rows) return;
-    float *p = S + att_row(r, T, blk);
+    const float *srow = S + att_row(r, T, blk_s);
+    TP *prow = P + att_row(r, T, blk_p);
     const int lane = threadIdx.x;
     float mx = -INFINITY;
-    for (int j = lane; j < T; j += 32) mx = fmaxf(mx, p[j]);
+    for (int j = lane; j < T; j += 32) mx = fmaxf(mx, srow[j]);
     mx = warp_max(mx);
     float sum = 0.0f;
-    for (int j = lane; j < T; j += 32) {
-        float e = expf(p[j] - mx);
-        p[j] = e;
-        sum += e;
-    }
+    for (int j = lane; j < T; j += 32) sum += expf(srow[j] - mx);
     const float inv = 1.0f / warp_sum_att(sum);
-    for (int j = lane; j < T; j += 32) p[j] *= inv;
+    for (int j = lane; j < T; j += 32) st(prow, j, expf(srow[j] - mx) * inv);
 }
 
 // In place: dS = scale * P (.) (dP - rowsum(dP (.) P))
-__global__ void softmax_bwd_rows_kernel(float *dS, const float *P, size_t rows, int T, long long blk, float scale) {
+template <typename TP>
+__global__ void softmax_bwd_rows_kernel(float *dS, const TP *P, size_t rows, int T, long long blk_s, long long blk_p,
+                                        float scale) {
     size_t r = (size_t)blockIdx.x * SM_ROWS_PER_BLOCK + threadIdx.y;
     if (r >= rows) return;
-    const float *p = P + att_row(r, T, blk);
-    float *d = dS + att_row(r, T, blk);
+    const TP *p = P + att_row(r, T, blk_p);
+    float *d = dS + att_row(r, T, blk_s);
     const int lane = threadIdx.x;
     float dot = 0.0f;
-    for (int j = lane; j < T; j += 32) dot += p[j] * d[j];
+    for (int j = lane; j < T; j += 32) dot += ld(p, j) * d[j];
     dot = warp_sum_att(dot);
-    for (int j = lane; j < T; j += 32) d[j] = scale * p[j] * (d[j] - dot);
+    for (int j = lane; j < T; j += 32) d[j] = scale * ld(p, j) * (d[j] - dot);
 }
 
-size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H) { return (size_t)B * H * att_block(T); }
+// dst[b,t,0:D] = bf16(src[b,t,0:D]) for rows of stride ld_src (V inside qkv, or dO)
+__global__ void rows_to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t rows, int D, int ld_src) {
+    const size_t n = rows * (size_t)D;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16(src[(i / D) * ld_src + i % D]);
+}
+
+size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H) {
+    return attention_saved_floats_cuda(B, T, H, probs_bf16(be));
+}
 
 // Every product below runs for all (image, head) pairs in one cuBLAS call (cuda_gemm_grid): image b,
 // head h reads Q at qkv + b*T*3D + h*Dh (K at +D, V at +2D; row stride 3D) and owns the probability
-// block saved + (b*H + h)*T*T.
+// block (b*H + h) of `saved`.
 void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
     CUDA_OP_RANGE("attention_fwd");
     if (B <= 0 || T <= 0) return;
-    const int D = H * Dh, ld = 3 * D;
-    const long long sQb = (long long)T * ld, sPh = att_block(T), sPb = (long long)H * sPh, sOb = (long long)T * D;
+    const int D = H * Dh, ld3 = 3 * D;
+    const long long sQb = (long long)T * ld3, sOb = (long long)T * D;
     const float scale = 1.0f / sqrtf((float)Dh);
     const float *q = qkv, *k = qkv + D, *v = qkv + 2 * D;
-    // S = scale * Q K^T
-    cuda_gemm_grid(be, 0, 1, T, T, Dh, scale, q, ld, sQb, Dh, k, ld, sQb, Dh, 0.0f, saved, T, sPb, sPh, B, H);
     const size_t rows = (size_t)B * H * T;
     dim3 block(32, SM_ROWS_PER_BLOCK);
-    softmax_rows_kernel<<<ceil_div(rows, SM_ROWS_PER_BLOCK), block, 0, cuda_stream(be)>>>(saved, rows, T, sPh);
+    const unsigned grid = ceil_div(rows, SM_ROWS_PER_BLOCK);
+    if (!probs_bf16(be)) { // fp32 probabilities, computed in place in `saved`
+        const long long sPh = att_block(T, false), sPb = (long long)H * sPh;
+        cuda_gemm_grid(be, 0, 1, T, T, Dh, scale, q, ld3, sQb, Dh, k, ld3, sQb, Dh, 0.0f, saved, T, sPb, sPh, B, H);
+        softmax_rows_kernel<float><<<grid, block, 0, cuda_stream(be)>>>(saved, saved, rows, T, sPh, sPh);
+        cudaCheckLaunch();
+        cuda_gemm_grid(be, 0, 0, T, Dh, T, 1.0f, saved, T, sPb, sPh, v, ld3, sQb, Dh, 0.0f, out, D, sOb, Dh, B, H);
+        return;
+    }
+    // bf16 probabilities: scores in fp32 scratch, P = softmax in bf16 into `saved`, V in bf16 for P V
+    const long long sSh = att_block(T, false), sSb = (long long)H * sSh;
+    const long long sPh = att_block(T, true), sPb = (long long)H * sPh;
+    const size_t s_bytes = sizeof(float) * (size_t)B * sSb, v_bytes = 2 * (size_t)B * T * D;
+    char *scr = (char *)cuda_scratch(be, s_bytes + v_bytes + 256);
+    float *S = (float *)scr;
+    __nv_bfloat16 *vb = (__nv_bfloat16 *)(scr + (s_bytes + 255) / 256 * 256);
+    __nv_bfloat16 *P = (__nv_bfloat16 *)saved;
+    cuda_gemm_grid(be, 0, 1, T, T, Dh, scale, q, ld3, sQb, Dh, k, ld3, sQb, Dh, 0.0f, S, T, sSb, sSh, B, H);
+    softmax_rows_kernel<__nv_bfloat16><<<grid, block, 0, cuda_stream(be)>>>(P, S, rows, T, sSh, sPh);
     cudaCheckLaunch();
-    // O = P V into each head's columns of out[B,T,D]
-    cuda_gemm_grid(be, 0, 0, T, Dh, T, 1.0f, saved, T, sPb, sPh, v, ld, sQb, Dh, 0.0f, out, D, sOb, Dh, B, H);
+    rows_to_bf16_kernel<<<grid_1d((size_t)B * T * D, 256), 256, 0, cuda_stream(be)>>>(vb, v, (size_t)B * T, D, ld3);
+    cudaCheckLaunch();
+    cuda_gemm_grid_typed(be, 0, 0, T, Dh, T, 1.0f, P, CUDA_R_16BF, T, sPb, sPh, vb, CUDA_R_16BF, D, sOb, Dh, 0.0f, out,
+                         D, sOb, Dh, B, H);
 }
 
 void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
                         int T, int H, int Dh) {
     CUDA_OP_RANGE("attention_bwd");
     if (B <= 0 || T <= 0) return;
-    const int D = H * Dh, ld = 3 * D;
-    const long long sQb = (long long)T * ld, sPh = att_block(T), sPb = (long long)H * sPh, sOb = (long long)T * D;
+    const int D = H * Dh, ld3 = 3 * D;
+    const long long sQb = (long long)T * ld3, sOb = (long long)T * D;
     const float scale = 1.0f / sqrtf((float)Dh);
-    float *dS = (float *)cuda_scratch(be, sizeof(float) * (size_t)B * H * sPh); // same layout as saved
+    const bool bf = probs_bf16(be);
+    const long long sSh = att_block(T, false), sSb = (long long)H * sSh; // dS: fp32
+    const long long sPh = att_block(T, bf), sPb = (long long)H * sPh;    // saved P
+    const size_t s_bytes = sizeof(float) * (size_t)B * sSb, o_bytes = bf ? 2 * (size_t)B * T * D : 0;
+    char *scr = (char *)cuda_scratch(be, s_bytes + o_bytes + 256);
+    float *dS = (float *)scr;
     const float *q = qkv, *k = qkv + D, *v = qkv + 2 * D;
     float *dq = dqkv, *dk = dqkv + D, *dv = dqkv + 2 * D;
-    // dV = P^T dO ; dP = dO V^T
-    cuda_gemm_grid(be, 1, 0, T, Dh, T, 1.0f, saved, T, sPb, sPh, dout, D, sOb, Dh, 0.0f, dv, ld, sQb, Dh, B, H);
-    cuda_gemm_grid(be, 0, 1, T, T, Dh, 1.0f, dout, D, sOb, Dh, v, ld, sQb, Dh, 0.0f, dS, T, sPb, sPh, B, H);
     const size_t rows = (size_t)B * H * T;
     dim3 block(32, SM_ROWS_PER_BLOCK);
-    softmax_bwd_rows_kernel<<<ceil_div(rows, SM_ROWS_PER_BLOCK), block, 0, cuda_stream(be)>>>(dS, saved, rows, T, sPh,
-                                                                                              scale);
+    const unsigned grid = ceil_div(rows, SM_ROWS_PER_BLOCK);
+    // dV = P^T dO (bf16 P: with dO in bf16 too) ; dP = dO V^T
+    if (bf) {
+        __nv_bfloat16 *dob = (__nv_bfloat16 *)(scr + (s_bytes + 255) / 256 * 256);
+        rows_to_bf16_kernel<<<grid_1d((size_t)B * T * D, 256), 256, 0, cuda_stream(be)>>>(dob, dout, (size_t)B * T, D,
+                                                                                         D);
+        cudaCheckLaunch();
+        cuda_gemm_grid_typed(be, 1, 0, T, Dh, T, 1.0f, saved, CUDA_R_16BF, T, sPb, sPh, dob, CUDA_R_16BF, D, sOb, Dh,
+                             0.0f, dv, ld3, sQb, Dh, B, H);
+    } else {
+        cuda_gemm_grid(be, 1, 0, T, Dh, T, 1.0f, saved, T, sPb, sPh, dout, D, sOb, Dh, 0.0f, dv, ld3, sQb, Dh, B, H);
+    }
+    cuda_gemm_grid(be, 0, 1, T, T, Dh, 1.0f, dout, D, sOb, Dh, v, ld3, sQb, Dh, 0.0f, dS, T, sSb, sSh, B, H);
+    if (bf)
+        softmax_bwd_rows_kernel<__nv_bfloat16><<<grid, block, 0, cuda_stream(be)>>>(
+            dS, (const __nv_bfloat16 *)saved, rows, T, sSh, sPh, scale);
+    else
+        softmax_bwd_rows_kernel<float><<<grid, block, 0, cuda_stream(be)>>>(dS, saved, rows, T, sSh, sPh, scale);
     cudaCheckLaunch();
     // dQ = dS K ; dK = dS^T Q
-    cuda_gemm_grid(be, 0, 0, T, Dh, T, 1.0f, dS, T, sPb, sPh, k, ld, sQb, Dh, 0.0f, dq, ld, sQb, Dh, B, H);
-    cuda_gemm_grid(be, 1, 0, T, Dh, T, 1.0f, dS, T, sPb, sPh, q, ld, sQb, Dh, 0.0f, dk, ld, sQb, Dh, B, H);
+    cuda_gemm_grid(be, 0, 0, T, Dh, T, 1.0f, dS, T, sSb, sSh, k, ld3, sQb, Dh, 0.0f, dq, ld3, sQb, Dh, B, H);
+    cuda_gemm_grid(be, 1, 0, T, Dh, T, 1.0f, dS, T, sSb, sSh, q, ld3, sQb, Dh, 0.0f, dk, ld3, sQb, Dh, B, H);
 }

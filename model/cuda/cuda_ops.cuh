@@ -133,6 +133,11 @@ void cuda_gemm(Backend *be, int transA, int transB, int M, int N, int K, float a
 void cuda_gemm_grid(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                     long long sA_b, long long sA_h, const float *B, int ldb, long long sB_b, long long sB_h, float beta,
                     float *C, int ldc, long long sC_b, long long sC_h, int nb, int nh);
+// The same with operands of type ta / tb (CUDA_R_32F or CUDA_R_16BF; strides in elements), fp32 output.
+void cuda_gemm_grid_typed(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const void *A,
+                          cudaDataType_t ta, int lda, long long sA_b, long long sA_h, const void *B, cudaDataType_t tb,
+                          int ldb, long long sB_b, long long sB_h, float beta, float *C, int ldc, long long sC_b,
+                          long long sC_h, int nb, int nh);
 void cuda_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A,
                        int lda, long long strideA, const float *B, int ldb, long long strideB, float beta, float *C,
                        int ldc, long long strideC, int batch);

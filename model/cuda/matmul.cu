@@ -17,23 +17,39 @@ static cublasComputeType_t compute_type(Backend *be) {
                                                            : CUBLAS_COMPUTE_32F_FAST_16BF;
 }
 
-void cuda_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A,
-                       int lda, long long strideA, const float *B, int ldb, long long strideB, float beta, float *C,
-                       int ldc, long long strideC, int batch) {
+static size_t dtype_bytes(cudaDataType_t t) { return t == CUDA_R_16BF ? 2 : 4; }
+// fp32 operands: the backend's precision (bf16 tensor cores unless CUDA_GEMM_FP32); bf16 operands (stored
+// that way): plain fp32 accumulation
+static cublasComputeType_t compute_for(Backend *be, cudaDataType_t ta) {
+    return ta == CUDA_R_16BF ? CUBLAS_COMPUTE_32F : compute_type(be);
+}
+
+// Strided-batched over `batch` (1: a plain GEMM), operands of type ta / tb, fp32 output.
+static void gemm_batched_typed(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const void *A,
+                               cudaDataType_t ta, int lda, long long strideA, const void *B, cudaDataType_t tb, int ldb,
+                               long long strideB, float beta, float *C, int ldc, long long strideC, int batch) {
     if (M <= 0 || N <= 0 || batch <= 0) return;
     cublasHandle_t h = cuda_impl(be)->cublas;
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N, opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (batch == 1)
-        cublasCheck(cublasGemmEx(h, opB, opA, N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C,
-                                 CUDA_R_32F, ldc, compute_type(be), CUBLAS_GEMM_DEFAULT));
+        cublasCheck(cublasGemmEx(h, opB, opA, N, M, K, &alpha, B, tb, ldb, A, ta, lda, &beta, C, CUDA_R_32F, ldc,
+                                 compute_for(be, ta), CUBLAS_GEMM_DEFAULT));
     else
-        cublasCheck(cublasGemmStridedBatchedEx(h, opB, opA, N, M, K, &alpha, B, CUDA_R_32F, ldb, strideB, A,
-                                               CUDA_R_32F, lda, strideA, &beta, C, CUDA_R_32F, ldc, strideC, batch,
-                                               compute_type(be), CUBLAS_GEMM_DEFAULT));
+        cublasCheck(cublasGemmStridedBatchedEx(h, opB, opA, N, M, K, &alpha, B, tb, ldb, strideB, A, ta, lda, strideA,
+                                               &beta, C, CUDA_R_32F, ldc, strideC, batch, compute_for(be, ta),
+                                               CUBLAS_GEMM_DEFAULT));
 }
 
-__global__ void grid_pointers_kernel(const float **A, const float **B, float **C, const float *A0, long long sAb,
-                                     long long sAh, const float *B0, long long sBb, long long sBh, float *C0,
+void cuda_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                       int lda, long long strideA, const float *B, int ldb, long long strideB, float beta, float *C,
+                       int ldc, long long strideC, int batch) {
+    gemm_batched_typed(be, transA, transB, M, N, K, alpha, A, CUDA_R_32F, lda, strideA, B, CUDA_R_32F, ldb, strideB,
+                       beta, C, ldc, strideC, batch);
+}
+
+// Byte offsets: operands of any element size.
+__global__ void grid_pointers_kernel(const char **A, const char **B, char **C, const char *A0, long long sAb,
+                                     long long sAh, const char *B0, long long sBb, long long sBh, char *C0,
                                      long long sCb, long long sCh, int nb, int nh) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= nb * nh) return;
@@ -43,15 +59,17 @@ __global__ void grid_pointers_kernel(const float **A, const float **B, float **C
     C[i] = C0 + b * sCb + h * sCh;
 }
 
-void cuda_gemm_grid(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
-                    long long sA_b, long long sA_h, const float *B, int ldb, long long sB_b, long long sB_h, float beta,
-                    float *C, int ldc, long long sC_b, long long sC_h, int nb, int nh) {
+void cuda_gemm_grid_typed(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const void *A,
+                          cudaDataType_t ta, int lda, long long sA_b, long long sA_h, const void *B, cudaDataType_t tb,
+                          int ldb, long long sB_b, long long sB_h, float beta, float *C, int ldc, long long sC_b,
+                          long long sC_h, int nb, int nh) {
     if (M <= 0 || N <= 0 || nb <= 0 || nh <= 0) return;
     CudaImpl *c = cuda_impl(be);
+    const size_t ea = dtype_bytes(ta), eb = dtype_bytes(tb);
     if (c->gemm_grid_loop) { // one strided-batched call (over images) per head
         for (int h = 0; h < nh; h++)
-            cuda_gemm_batched(be, transA, transB, M, N, K, alpha, A + h * sA_h, lda, sA_b, B + h * sB_h, ldb, sB_b, beta,
-                              C + h * sC_h, ldc, sC_b, nb);
+            gemm_batched_typed(be, transA, transB, M, N, K, alpha, (const char *)A + h * sA_h * ea, ta, lda, sA_b,
+                               (const char *)B + h * sB_h * eb, tb, ldb, sB_b, beta, C + h * sC_h, ldc, sC_b, nb);
         return;
     }
     const size_t n = (size_t)nb * nh;
@@ -63,16 +81,24 @@ void cuda_gemm_grid(Backend *be, int transA, int transB, int M, int N, int K, fl
         c->grid_ptrs_cap = 3 * n + 3 * n / 2;
         cudaCheck(cudaMalloc(&c->grid_ptrs, sizeof(void *) * c->grid_ptrs_cap));
     }
-    const float **Ap = (const float **)c->grid_ptrs, **Bp = Ap + n;
-    float **Cp = (float **)(Bp + n);
-    grid_pointers_kernel<<<ceil_div(n, 256), 256, 0, c->stream>>>(Ap, Bp, Cp, A, sA_b, sA_h, B, sB_b, sB_h, C, sC_b,
-                                                                  sC_h, nb, nh);
+    const char **Ap = (const char **)c->grid_ptrs, **Bp = Ap + n;
+    char **Cp = (char **)(Bp + n);
+    grid_pointers_kernel<<<ceil_div(n, 256), 256, 0, c->stream>>>(
+        Ap, Bp, Cp, (const char *)A, sA_b * (long long)ea, sA_h * (long long)ea, (const char *)B, sB_b * (long long)eb,
+        sB_h * (long long)eb, (char *)C, sC_b * 4, sC_h * 4, nb, nh);
     cudaCheckLaunch();
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N, opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
     // row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: operands and M/N swapped
-    cublasCheck(cublasGemmBatchedEx(c->cublas, opB, opA, N, M, K, &alpha, (const void *const *)Bp, CUDA_R_32F, ldb,
-                                    (const void *const *)Ap, CUDA_R_32F, lda, &beta, (void *const *)Cp, CUDA_R_32F,
-                                    ldc, (int)n, compute_type(be), CUBLAS_GEMM_DEFAULT));
+    cublasCheck(cublasGemmBatchedEx(c->cublas, opB, opA, N, M, K, &alpha, (const void *const *)Bp, tb, ldb,
+                                    (const void *const *)Ap, ta, lda, &beta, (void *const *)Cp, CUDA_R_32F, ldc,
+                                    (int)n, compute_for(be, ta), CUBLAS_GEMM_DEFAULT));
+}
+
+void cuda_gemm_grid(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                    long long sA_b, long long sA_h, const float *B, int ldb, long long sB_b, long long sB_h, float beta,
+                    float *C, int ldc, long long sC_b, long long sC_h, int nb, int nh) {
+    cuda_gemm_grid_typed(be, transA, transB, M, N, K, alpha, A, CUDA_R_32F, lda, sA_b, sA_h, B, CUDA_R_32F, ldb, sB_b,
+                         sB_h, beta, C, ldc, sC_b, sC_h, nb, nh);
 }
 
 void cuda_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
