@@ -342,6 +342,14 @@ if has_stage bench; then
 fi
 
 # ---- PyTorch baseline -----------------------------------------------------------------------------------
+# torch_runs SCRIPT LOG IMPL ARCH "EAGER BATCHES" COMPILE_BATCH: eager PyTorch at each batch, torch.compile
+# at one (it recompiles per shape), appended to LOG; a failed run leaves a RESULT line with its status
+torch_runs() {
+  PYTHONUNBUFFERED=1 timeout 300 python3 "$1" --arch "$4" --batch $5 --modes eager ${PEAK:+--peak-tflops $PEAK} \
+    >> "$2" 2>&1 || echo "RESULT impl=$3-eager arch=$4 status=failed(rc=$?)" >> "$2"
+  PYTHONUNBUFFERED=1 timeout 300 python3 "$1" --arch "$4" --batch $6 --modes compile ${PEAK:+--peak-tflops $PEAK} \
+    >> "$2" 2>&1 || echo "RESULT impl=$3-compile arch=$4 status=failed(rc=$?)" >> "$2"
+}
 if has_stage torch; then
   log "stage torch"
   : > "$RES/bench_torch.log"
@@ -351,12 +359,7 @@ if has_stage torch; then
     PEAK=$(grep -h "^PEAK" "$RES/bench_c.log" 2>/dev/null | head -1 | sed 's/.*measured_bf16_tflops=\([0-9.]*\).*/\1/')
     for spec in "vit_small:$C_BATCH_S:$TC_BATCH_S" "vit_large:$C_BATCH_L:$TC_BATCH_L"; do
       IFS=: read -r arch eb cb <<< "$spec"
-      PYTHONUNBUFFERED=1 timeout 240 python3 tests/torch_ref/bench_vit_gpu_torch.py --arch "$arch" --batch $eb \
-        --modes eager ${PEAK:+--peak-tflops $PEAK} >> "$RES/bench_torch.log" 2>&1 ||
-        echo "RESULT impl=torch-eager arch=$arch status=failed(rc=$?)" >> "$RES/bench_torch.log"
-      PYTHONUNBUFFERED=1 timeout 300 python3 tests/torch_ref/bench_vit_gpu_torch.py --arch "$arch" --batch $cb \
-        --modes compile ${PEAK:+--peak-tflops $PEAK} >> "$RES/bench_torch.log" 2>&1 ||
-        echo "RESULT impl=torch-compile arch=$arch status=failed(rc=$?)" >> "$RES/bench_torch.log"
+      torch_runs tests/torch_ref/bench_vit_gpu_torch.py "$RES/bench_torch.log" torch "$arch" "$eb" "$cb"
     done
     grep "^RESULT" "$RES/bench_torch.log"
     set_status TORCH_BENCH "ran ($(grep -c '^RESULT.*status=ok' "$RES/bench_torch.log") ok, $(grep '^RESULT' "$RES/bench_torch.log" | grep -vc 'status=ok') not ok)"
@@ -397,13 +400,8 @@ if has_stage step; then
     if python3 -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then
       for spec in "vit_small:$STEP_S:${TC_BATCH_S}" "vit_large:$STEP_L:${TC_BATCH_L}"; do
         IFS=: read -r arch eb cb <<< "$spec"
-        eb=$(echo "$eb" | tr -d r)
-        PYTHONUNBUFFERED=1 timeout 300 python3 tests/torch_ref/bench_step_torch.py --arch "$arch" --batch $eb \
-          --modes eager ${PEAK:+--peak-tflops $PEAK} >> "$RES/bench_step.log" 2>&1 ||
-          echo "RESULT impl=torch-step-eager arch=$arch status=failed(rc=$?)" >> "$RES/bench_step.log"
-        PYTHONUNBUFFERED=1 timeout 300 python3 tests/torch_ref/bench_step_torch.py --arch "$arch" --batch $cb \
-          --modes compile ${PEAK:+--peak-tflops $PEAK} >> "$RES/bench_step.log" 2>&1 ||
-          echo "RESULT impl=torch-step-compile arch=$arch status=failed(rc=$?)" >> "$RES/bench_step.log"
+        eb=$(echo "$eb" | tr -d r | tr ' ' '\n' | sort -un | tr '\n' ' ') # 32 and 32r: one PyTorch run
+        torch_runs tests/torch_ref/bench_step_torch.py "$RES/bench_step.log" torch-step "$arch" "$eb" "$cb"
       done
     else
       echo "python3 has no torch with CUDA: PyTorch step not run" >> "$RES/bench_step.log"
