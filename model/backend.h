@@ -137,8 +137,8 @@ struct Backend {
     // a per-sample max is not equivalent: the prototype sums would weight samples differently.)
     void (*sinkhorn)(Backend *be, Collective *coll, float *P, const float *z, int rows, int K, float temp,
                      int n_iter, float n_global);
-    // Fused softmax cross-entropy against soft targets, with its gradient. For r < rows, with
-    // t_r = t[r % t_rows] and q = softmax(s[r] / temp):
+    // Fused softmax cross-entropy against soft targets, with its gradient (ds may be s: in place). For
+    // r < rows, with t_r = t[r % t_rows] and q = softmax(s[r] / temp):
     //   loss[r] = -sum_k t_r[k] log q[k]                                  (loss[rows], may be NULL)
     //   ds[r]   = alpha * w[r] * (q * sum_k t_r[k] - t_r) / temp          (overwritten; NULL = skip)
     // w[rows] may be NULL (1).

@@ -133,6 +133,8 @@ const float *head_forward(Backend *be, const Head *h, const float *P, HeadActs *
     return a->logits;
 }
 
+float *head_acts_logits(HeadActs *a) { return a->logits; }
+
 void head_backward(Backend *be, const Head *h, const float *P, float *G, HeadActs *a, const float *dlogits, float *dx) {
     DINO_ASSERT(a->with_grad, "head_backward on activations made without gradients");
     const int K = h->cfg.K, nb = h->cfg.bottleneck, rows = a->rows;

@@ -41,6 +41,9 @@ void head_acts_free(Backend *be, HeadActs *a);
 
 // logits[rows,K] (backend memory owned by acts) of x[rows,in_dim].
 const float *head_forward(Backend *be, const Head *h, const float *params, HeadActs *a, const float *x, int rows);
+// The logits buffer [max_rows, K] itself: a caller whose loss turns the logits into their gradient in
+// place (softmax_ce with ds == s) passes it back to head_backward, which never reads the logits.
+float *head_acts_logits(HeadActs *a);
 // Backward of the last forward: grads (same layout as params) accumulate; dx[rows,in_dim] overwritten
 // (skipped when NULL).
 void head_backward(Backend *be, const Head *h, const float *params, float *grads, HeadActs *a, const float *dlogits,

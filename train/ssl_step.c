@@ -94,7 +94,7 @@ typedef struct {
     float *mask_w;                               // [max_masked] 1/n_i per masked token
     float *t_in, *s_in, *ds_in;                  // head inputs [rows, D] and their gradient
     float *P_dino, *P_ibot;                      // teacher targets
-    float *dz_dino, *dz_ibot;                    // d loss / d student logits
+    float *dz_dino, *dz_ibot;                    // d loss / d student logits: the logits' own buffers
     float *tsum, *row_loss, *scratch;
     float *d_xg, *d_xl;                          // gradients w.r.t. the student backbone outputs
     int *sub_g, *sub_l;                          // host drop-path subsets
@@ -192,13 +192,11 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     w->ds_in = falloc(be, (size_t)w->rows_head * D);
     w->P_dino = falloc(be, (size_t)2 * B * w->Kd);
     w->P_ibot = falloc(be, (size_t)MM * w->Ki);
-    if (cfg.ibot_separate_head) {
-        w->dz_dino = falloc(be, (size_t)w->rows_cls * w->Kd);
-        w->dz_ibot = falloc(be, (size_t)MM * w->Ki);
-    } else {
-        w->dz_dino = falloc(be, (size_t)w->rows_head * w->Kd);
-        w->dz_ibot = w->dz_dino + (size_t)w->rows_cls * w->Kd;
-    }
+    // The losses overwrite the student's logits with their gradient (softmax_ce in place: each row is
+    // read once, by the call that writes it), so the gradient needs no buffer of its own: rows x K floats
+    // saved, gigabytes at K = 131072 with thousands of masked tokens.
+    w->dz_dino = head_acts_logits(w->s_dino);
+    w->dz_ibot = cfg.ibot_separate_head ? head_acts_logits(w->s_ibot) : w->dz_dino + (size_t)w->rows_cls * w->Kd;
     w->tsum = falloc(be, (size_t)B * w->Kd);
     int rl = nL * B > MM ? nL * B : MM;
     w->row_loss = falloc(be, (size_t)(rl > 2 * B ? rl : 2 * B));
@@ -232,8 +230,7 @@ void ssl_model_free(SslModel *m, Backend *be) {
         head_acts_free(be, w->s_ibot);
         head_acts_free(be, w->t_ibot);
         void *bufs[] = {w->glob_img, w->loc_img, w->masks, w->idx_tcls, w->idx_gcls, w->idx_lcls, w->idx_mask,
-                        w->mask_w, w->t_in, w->s_in, w->ds_in, w->P_dino, w->P_ibot, w->dz_dino,
-                        m->cfg.ibot_separate_head ? w->dz_ibot : NULL, w->tsum, w->row_loss, w->scratch, w->d_xg,
+                        w->mask_w, w->t_in, w->s_in, w->ds_in, w->P_dino, w->P_ibot, w->tsum, w->row_loss, w->scratch, w->d_xg,
                         w->d_xl};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) be->release(be, bufs[i]);
