@@ -317,7 +317,7 @@ if has_stage bench; then
         # one process per configuration: an out-of-memory batch ends only itself
         timeout 300 "$BIN/bench_vit_gpu" --backend cuda --arch "$arch" --batch "$b" > "$RES/bench_one.tmp" 2>&1
         rc=$?
-        cat "$RES/bench_one.tmp" >> "$RES/bench_c.log"
+        cat "$RES/bench_one.tmp" >> "$RES/bench_c.log"; copy_out # a call killed at its limit keeps this
         if [ $rc != 0 ]; then
           nbad=$((nbad + 1))
           why="rc=$rc"; grep -q "cannot allocate" "$RES/bench_one.tmp" && why="oom"
@@ -347,8 +347,10 @@ fi
 torch_runs() {
   PYTHONUNBUFFERED=1 timeout 300 python3 "$1" --arch "$4" --batch $5 --modes eager ${PEAK:+--peak-tflops $PEAK} \
     >> "$2" 2>&1 || echo "RESULT impl=$3-eager arch=$4 status=failed(rc=$?)" >> "$2"
+  copy_out
   PYTHONUNBUFFERED=1 timeout 300 python3 "$1" --arch "$4" --batch $6 --modes compile ${PEAK:+--peak-tflops $PEAK} \
     >> "$2" 2>&1 || echo "RESULT impl=$3-compile arch=$4 status=failed(rc=$?)" >> "$2"
+  copy_out
 }
 if has_stage torch; then
   log "stage torch"
@@ -384,7 +386,7 @@ if has_stage step; then
           > "$RES/step_one.tmp" 2>&1
         rc=$?
         [ -n "$PEAK" ] && sed -i "s/peak_tflops=-1.0 mfu=-1.0000/peak_tflops=$PEAK mfu=MFU/" "$RES/step_one.tmp"
-        cat "$RES/step_one.tmp" >> "$RES/bench_step.log"
+        cat "$RES/step_one.tmp" >> "$RES/bench_step.log"; copy_out
         if [ $rc != 0 ]; then
           nbad=$((nbad + 1))
           echo "RESULT impl=c-step backend=cuda arch=$arch batch=$b recompute=$([ -n "$rec" ] && echo 1 || echo 0) status=failed(rc=$rc)" >> "$RES/bench_step.log"
