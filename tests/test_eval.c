@@ -10,6 +10,7 @@
 #include "common/check.h"
 #include "common/rng.h"
 #include "common/safetensors.h"
+#include "model/backend_open.h"
 #include "model/export_names.h"
 #include "model/vit.h"
 #include "tests/harness.h"
@@ -257,4 +258,27 @@ TEST(knn_on_tilesets_in_memory_model) {
     free(P);
     vit_free(&vit);
     param_table_free(&tab);
+}
+
+// The programs' --backend names: cpu always works, auto falls back to it, cuda works only with a build
+// and a device, anything else is refused with the accepted names.
+TEST(backend_open_names_and_refusals) {
+    char err[DINO_ERRLEN] = "";
+    Backend *be = backend_open("cpu", err);
+    CHECK(be && strcmp(be->name, "cpu") == 0, "cpu: %s", err);
+    backend_free(be);
+    be = backend_open("auto", err);
+    CHECK(be != NULL, "auto: %s", err);
+    backend_free(be);
+    CHECK(backend_open("tpu", err) == NULL && strstr(err, "unknown backend 'tpu'") && strstr(err, "cpu, cuda or auto"),
+          "tpu accepted or unhelpful message: %s", err);
+    be = backend_open("cuda", err);
+    if (be) {
+        CHECK(strcmp(be->name, "cuda") == 0, "cuda opened '%s'", be->name);
+        backend_free(be);
+    } else {
+        CHECK(strstr(err, "backend 'cuda'") && (strstr(err, "no CUDA") || strstr(err, "cuda backend")),
+              "unhelpful message: %s", err);
+        printf("  cuda refused here: %s\n", err);
+    }
 }

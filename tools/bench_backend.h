@@ -1,10 +1,10 @@
-// The benchmarks' shared opening: a backend by name (cpu, or cuda on device 0) and, on cuda, the
-// card's measured dense bf16 matmul rate (the MFU denominator). Header-only: each tool is one program.
+// The benchmarks' shared opening: a backend by name (model/backend_open.h) and, on cuda, the card's
+// measured dense bf16 matmul rate (the MFU denominator). Header-only: each tool is one program.
 #pragma once
 #include <string.h>
 
-#include "common/check.h"
 #include "model/backend.h"
+#include "model/backend_open.h"
 #ifdef DINO_HAVE_CUDA
 #include "model/cuda/backend_cuda.h"
 #endif
@@ -15,20 +15,14 @@ static inline Backend *bench_open_backend(const char *name, int measure_peak, co
                                           char *err) {
     *device = "cpu";
     *peak = -1;
-    if (strcmp(name, "cpu") == 0) return backend_cpu_new();
-    if (strcmp(name, "cuda") != 0) {
-        dino_seterr(err, "unknown backend '%s' (cpu or cuda)", name);
-        return NULL;
-    }
+    Backend *be = backend_open(name, err);
 #ifdef DINO_HAVE_CUDA
-    Backend *be = backend_cuda_new(0, err);
-    if (!be) return NULL;
-    *device = backend_cuda_device_name(be);
-    if (measure_peak) *peak = backend_cuda_measure_bf16_tflops(be, 8192, 20);
-    return be;
+    if (be && strcmp(be->name, "cuda") == 0) {
+        *device = backend_cuda_device_name(be);
+        if (measure_peak) *peak = backend_cuda_measure_bf16_tflops(be, 8192, 20);
+    }
 #else
     (void)measure_peak;
-    dino_seterr(err, "this build has no CUDA (nvcc was not found at configure time)");
-    return NULL;
 #endif
+    return be;
 }

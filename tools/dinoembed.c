@@ -43,6 +43,7 @@ static void usage(void) {
             "                               model's preprocessor_config, else img*256/224 and img)\n"
             "  --mean r,g,b --std r,g,b     normalization (default ImageNet)\n"
             "  --heads N                    attention heads if the model files do not say\n"
+            "  --backend auto|cpu|cuda      where the model runs (default auto: the GPU when there is one)\n"
             "slide options:\n"
             "  --mpp X (0.5)  --tile N (224)  --min-tissue F (0.5: tissue fraction of a kept tile, as dinotile)\n"
             "  --slide-mpp X  level-0 um/px when the slide does not record it\n");
@@ -391,7 +392,7 @@ static int run_slide(EmbedModel *m, const char *path, const char *out, FeatureKi
 
 int main(int argc, char **argv) {
     dino_prefer_passive_openmp(argv);
-    const char *model = NULL, *tiles = NULL, *slide = NULL, *out = NULL;
+    const char *model = NULL, *tiles = NULL, *slide = NULL, *out = NULL, *backend = "auto";
     FeatureKind kind = FEAT_CLS;
     int batch = 16, resize = -1, crop = -1, heads = 0, tile = 224, have_mean = 0, have_std = 0;
     float mean[3], std[3];
@@ -413,6 +414,7 @@ int main(int argc, char **argv) {
         else if (OPT("--resize")) resize = atoi(v);
         else if (OPT("--crop")) crop = atoi(v);
         else if (OPT("--heads")) heads = atoi(v);
+        else if (OPT("--backend")) backend = v;
         else if (OPT("--mean")) have_mean = parse3(v, mean) == 0 ? 1 : -1;
         else if (OPT("--std")) have_std = parse3(v, std) == 0 ? 1 : -1;
         else if (OPT("--mpp")) mpp = atof(v);
@@ -436,7 +438,7 @@ int main(int argc, char **argv) {
     }
     char err[DINO_ERRLEN];
     EmbedModel m;
-    if (embed_model_open(&m, model, heads, err)) {
+    if (embed_model_open(&m, model, heads, backend, err)) {
         fprintf(stderr, "dinoembed: %s\n", err);
         return 1;
     }

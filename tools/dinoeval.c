@@ -22,12 +22,12 @@ static void usage(void) {
             "  --feature cls|mean|cls+mean  (default cls)\n"
             "  --k 10,20                k-NN neighbour counts   --temperature 0.07\n"
             "  --no-linear              skip the linear probe\n"
-            "  --batch N --resize N --crop N --heads N   as dinoembed\n");
+            "  --batch N --resize N --crop N --heads N --backend auto|cpu|cuda   as dinoembed\n");
 }
 
 int main(int argc, char **argv) {
     dino_prefer_passive_openmp(argv);
-    const char *model = NULL, *train_spec = NULL, *test_spec = NULL, *kspec = "10,20";
+    const char *model = NULL, *train_spec = NULL, *test_spec = NULL, *kspec = "10,20", *backend = "auto";
     double test_fraction = -1, T = 0.07;
     uint64_t seed = 0;
     FeatureKind kind = FEAT_CLS;
@@ -46,6 +46,7 @@ int main(int argc, char **argv) {
         else if (OPT("--resize")) resize = atoi(v);
         else if (OPT("--crop")) crop = atoi(v);
         else if (OPT("--heads")) heads = atoi(v);
+        else if (OPT("--backend")) backend = v;
         else if (OPT("--feature")) {
             if (feature_kind_parse(v, &kind)) {
                 fprintf(stderr, "dinoeval: unknown --feature '%s'\n", v);
@@ -96,7 +97,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     EmbedModel m;
-    if (embed_model_open(&m, model, heads, err)) {
+    if (embed_model_open(&m, model, heads, backend, err)) {
         fprintf(stderr, "dinoeval: %s\n", err);
         return 1;
     }

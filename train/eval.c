@@ -17,6 +17,7 @@
 #include "common/check.h"
 #include "common/rng.h"
 #include "common/safetensors.h"
+#include "model/backend_open.h"
 #include "model/export_names.h"
 #include "train/pretrained.h"
 
@@ -486,7 +487,7 @@ static char *read_text(const char *path) {
     return s;
 }
 
-int embed_model_open(EmbedModel *m, const char *path, int heads, char *err) {
+int embed_model_open(EmbedModel *m, const char *path, int heads, const char *backend, char *err) {
     memset(m, 0, sizeof *m);
     char weights[4096], cfgp[4096], prep[4096];
     char *cfg_text = NULL, *pre_text = NULL;
@@ -521,7 +522,13 @@ int embed_model_open(EmbedModel *m, const char *path, int heads, char *err) {
         param_table_free(&m->tab);
         goto fail;
     }
-    m->be = backend_cpu_new();
+    m->be = backend_open(backend, err);
+    if (!m->be) {
+        free(host);
+        vit_free(&m->vit);
+        param_table_free(&m->tab);
+        goto fail;
+    }
     m->params = m->be->alloc(m->be, sizeof(float) * m->tab.total);
     m->be->to_device(m->be, m->params, host, sizeof(float) * m->tab.total);
     free(host);

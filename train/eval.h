@@ -67,8 +67,9 @@ typedef struct {
 } EmbedModel;
 
 // Opens an exported directory (model.safetensors in any naming + config.json [+ preprocessor_config.json]),
-// or a bare safetensors file, on the CPU backend. heads > 0 overrides the head count. Returns 0 or -1.
-int embed_model_open(EmbedModel *m, const char *path, int heads, char *err);
+// or a bare safetensors file, on `backend` ("cpu", "cuda", "auto": model/backend_open.h). heads > 0
+// overrides the head count. Returns 0 or -1 with err set.
+int embed_model_open(EmbedModel *m, const char *path, int heads, const char *backend, char *err);
 // Wraps a model that lives elsewhere (the trainer's teacher): nothing is copied or owned; vit and
 // params (backend memory of be) must outlive m. Preprocessing: the reference's for img_size.
 void embed_model_wrap(EmbedModel *m, Backend *be, const Vit *vit, const float *params);
