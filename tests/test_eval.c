@@ -191,7 +191,7 @@ TEST(dinoeval_textures_far_above_chance) {
     snprintf(ck, sizeof ck, "%s/backbone.safetensors", dir);
     CHECK(st_writer_write(w, ck, err) == 0, "%s", err);
     st_writer_free(w);
-    snprintf(cmd, sizeof cmd, "./dinoexport %s %s/model --heads 2 > /dev/null && ./dinoeval %s/model --train %s "
+    snprintf(cmd, sizeof cmd, "./dinoexport %s %s/model --heads 2 > /dev/null && ./dinoeval --backend cpu %s/model --train %s "
              "--test-fraction 0.5 --seed 1 --resize 0 --crop 32", ck, dir, dir, dir);
     fflush(stdout);
     FILE *p = popen(cmd, "r");

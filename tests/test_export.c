@@ -173,7 +173,7 @@ TEST(export_matches_pytorch) {
             const char *fmt = CASES[c].formats[k];
             snprintf(cmd, sizeof cmd,
                      "./dinoexport %s %s/exp%d_%s --format %s > /dev/null && "
-                     "./dinoembed %s/exp%d_%s --tiles %s -o %s/f%d_%s.safetensors --resize 0 --crop 32 --batch 2 > /dev/null",
+                     "./dinoembed --backend cpu %s/exp%d_%s --tiles %s -o %s/f%d_%s.safetensors --resize 0 --crop 32 --batch 2 > /dev/null",
                      ck, dir, c, fmt, fmt, dir, c, fmt, tiles, dir, c, fmt);
             CHECK(run(cmd) == 0, "failed: %s", cmd);
             size_t L = strlen(cases);
@@ -466,7 +466,7 @@ TEST(slide_feature_bag) {
     snprintf(ck, sizeof ck, "%s/ckpt.safetensors", dir);
     write_checkpoint(ck, &cfg, 21, NULL);
     snprintf(h5, sizeof h5, "%s/bag.h5", dir);
-    snprintf(cmd, sizeof cmd, "./dinoexport %s %s/exp > /dev/null && ./dinoembed %s/exp --slide %s --mpp 0.5 --tile 224 -o %s",
+    snprintf(cmd, sizeof cmd, "./dinoexport %s %s/exp > /dev/null && ./dinoembed --backend cpu %s/exp --slide %s --mpp 0.5 --tile 224 -o %s",
              ck, dir, dir, slide, h5);
     CHECK(run(cmd) == 0, "failed: %s", cmd);
     hid_t f = H5Fopen(h5, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -510,7 +510,7 @@ TEST(slide_feature_bag) {
     // dinotile's shards of the same slide hold the same tiles (same grid and tissue rule): embedding
     // them through the shard source gives as many features, close to the bag's (JPEG q100 in between)
     snprintf(cmd, sizeof cmd, "./dinotile -o %s/shards -q 100 %s > /dev/null 2>&1 && "
-             "./dinoembed %s/exp --tiles %s/shards -o %s/sh.safetensors --resize 0 --crop 224 > /dev/null", dir, slide, dir,
+             "./dinoembed --backend cpu %s/exp --tiles %s/shards -o %s/sh.safetensors --resize 0 --crop 224 > /dev/null", dir, slide, dir,
              dir, dir);
     CHECK(run(cmd) == 0, "failed: %s", cmd);
     StFile sh;
@@ -638,8 +638,8 @@ TEST(trained_demo_model_matches_pytorch) {
              "./dinotrain %s train.output_dir=%s/run 'data.sources=[%s/shards]' optim.epochs=1 "
              "train.OFFICIAL_EPOCH_LENGTH=8 checkpoint.every_n_iterations=8 > %s/train.log 2>&1 && "
              "./dinoexport %s/run %s/export > /dev/null 2>&1 && "
-             "./dinoembed %s/export --tiles %s -o %s/f112.safetensors --resize 0 --crop 112 > /dev/null && "
-             "./dinoembed %s/export --tiles %s -o %s/f224.safetensors --resize 0 --crop 224 > /dev/null",
+             "./dinoembed --backend cpu %s/export --tiles %s -o %s/f112.safetensors --resize 0 --crop 112 > /dev/null && "
+             "./dinoembed --backend cpu %s/export --tiles %s -o %s/f224.safetensors --resize 0 --crop 224 > /dev/null",
              dir, slide, test_src_path("configs/demo.yaml"), dir, dir, dir, dir, dir, dir, tiles, dir, dir, tiles, dir);
     CHECK(run(cmd) == 0, "failed: %s (see %s/train.log)", cmd, dir);
     snprintf(cmd, sizeof cmd, "%s %s --resize 0 --crop 112 %s/export %s/f112.safetensors %s/f112.ids.txt "
