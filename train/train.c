@@ -601,6 +601,13 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
                (long long)source_count(r.src), sc.batch, d->world,
                sharded(&r) ? " (ZeRO-1: optimizer sharded over ranks)" : "", (long long)start, (long long)end,
                (long long)r.total);
+        // where the memory went (dinotrain --plan-memory gives the same figures before a launch)
+        SslMemory mem = ssl_memory(&r.m);
+        const double gib = 1073741824.0;
+        printf("dinotrain: %s memory: weights %.2f GiB, gradients %.2f, AdamW moments %.2f, activations %.2f "
+               "(student, %s) + %.2f (teacher)\n",
+               r.be->name, mem.weights / gib, mem.grads / gib, mem.optimizer / gib, mem.student_acts / gib,
+               sc.recompute_activations ? "recomputed" : "stored", mem.teacher_acts / gib);
         fflush(stdout);
     }
 
