@@ -18,6 +18,7 @@
 #include "common/threads.h"
 #include "data/masking.h"
 #include "model/backend.h"
+#include "model/backend_plan.h"
 #include "model/vit.h"
 #include "train/ssl_step.h"
 #include "tools/bench_backend.h"
@@ -91,12 +92,36 @@ int main(int argc, char **argv) {
     sc.max_masked = mask_batch_upperbound(2 * batch, Ng, 0.5, 0.1, 0.5);
     sc.staged_upload = 1;
     sc.recompute_activations = recompute;
+    // What dinotrain --plan-memory would say for this model (the allocate-only backend), to set against
+    // what the device really lost to it (a check of the planner on real hardware)
+    const int is_cuda = strcmp(be->name, "cuda") == 0;
+    size_t plan_bytes = 0;
+    {
+        Backend *pb = backend_plan_new(is_cuda);
+        SslModel pm;
+        if (ssl_model_init(&pm, pb, &sc, 1, err) == 0) {
+            plan_bytes = backend_plan_live_bytes(pb);
+            ssl_model_free(&pm, pb);
+        }
+        backend_free(pb);
+    }
+    size_t free_before = 0, free_after = 0, total_mem = 0;
+#ifdef DINO_HAVE_CUDA
+    if (is_cuda) backend_cuda_mem_info(be, &free_before, &total_mem);
+#endif
     SslModel m;
     if (ssl_model_init(&m, be, &sc, 1, err)) {
         fprintf(stderr, "bench_step: %s\n", err);
         return 2;
     }
     SslMemory mem = ssl_memory(&m);
+#ifdef DINO_HAVE_CUDA
+    if (is_cuda) {
+        be->sync(be);
+        backend_cuda_mem_info(be, &free_after, &total_mem);
+    }
+#endif
+    const double model_gib = is_cuda ? (double)(free_before - free_after) / 1073741824.0 : -1;
 
     // Inputs: random crops; the reference's block masks (half the global crops, ratios in [0.1, 0.5]).
     const size_t ng = (size_t)2 * batch * 3 * gsize * gsize, nl = (size_t)n_local * batch * 3 * lsize * lsize;
@@ -191,11 +216,13 @@ int main(int argc, char **argv) {
     printf("memory: weights+grads %.2f GiB, moments %.2f GiB, student activations %.2f GiB, teacher %.2f GiB\n",
            (mem.weights + mem.grads) / gib, mem.optimizer / gib, mem.student_acts / gib, mem.teacher_acts / gib);
     if (mem_gib >= 0) printf("device memory in use (all processes): %.2f GiB\n", mem_gib);
+    printf("planned (dinotrain --plan-memory's count) %.2f GiB%s", plan_bytes / gib, model_gib >= 0 ? "" : "\n");
+    if (model_gib >= 0) printf(", taken from the device by the model %.2f GiB\n", model_gib);
     printf("RESULT impl=c-step backend=%s arch=%s batch=%d img_per_s=%.2f step_ms=%.2f fwd_bwd_ms=%.2f update_ms=%.2f "
            "stage_ms=%.2f teacher_ms=%.2f student_fwd_ms=%.2f bwd_ms=%.2f model_tflops=%.3f peak_tflops=%.1f "
-           "mfu=%.4f recompute=%d device_gib=%.2f status=ok\n",
+           "mfu=%.4f recompute=%d device_gib=%.2f plan_gib=%.2f model_gib=%.2f status=ok\n",
            backend, arch, batch, ips, 1e3 * t_step, 1e3 * t_fb, 1e3 * t_up, 1e3 * t_stage, 1e3 * ph[0], 1e3 * ph[1],
-           1e3 * ph[2], tflops, peak, mfu, recompute, mem_gib);
+           1e3 * ph[2], tflops, peak, mfu, recompute, mem_gib, plan_bytes / gib, model_gib);
     mask_batch_free(&mb);
     free(gimg), free(limg);
     ssl_model_free(&m, be);

@@ -467,7 +467,7 @@ if has_stage summary; then
       echo "The whole training step (teacher, student, shared head K = 65536, DINO/iBOT/KoLeo losses, backward,"
       echo "clipping, AdamW, EMA; next batch staged), per image 2 x 224 px + 8 x 98 px; r = recomputed activations."
       echo
-      echo "| model | batch | C img/s | C MFU | C teacher / student fwd / backward / update ms | C device GiB | torch eager img/s | torch compile img/s | torch GiB | C / best torch |"
+      echo "| model | batch | C img/s | C MFU | C teacher / student fwd / backward / update ms | C GiB planned / taken | torch eager img/s | torch compile img/s | torch GiB | C / best torch |"
       echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
       for spec in "vit_small:$STEP_S" "vit_large:$STEP_L"; do
         arch=${spec%%:*}
@@ -476,7 +476,7 @@ if has_stage summary; then
           c=$(result_line c-step "$arch" "$bb" " recompute=$rec "); e=$(result_line torch-step-eager "$arch" "$bb")
           cells "$c" "$e" "$(result_line torch-step-compile "$arch" "$bb")"
           split="$(field teacher_ms "$c") / $(field student_fwd_ms "$c") / $(field bwd_ms "$c") / $(field update_ms "$c")"
-          echo "| $arch | $b | ${CI:--} | ${MFU:--} | $split | $(field device_gib "$c") | ${EI:--} | ${KI:--} | $(field max_mem_gib "$e") | ${RATIO:--} |"
+          echo "| $arch | $b | ${CI:--} | ${MFU:--} | $split | $(field plan_gib "$c") / $(field model_gib "$c") | ${EI:--} | ${KI:--} | $(field max_mem_gib "$e") | ${RATIO:--} |"
         done
       done
     fi
