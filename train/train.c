@@ -390,7 +390,6 @@ static void run_collective_sum(Collective *c, float *buf, size_t n) {
 }
 #endif
 
-// backend: cpu (the reference) or cuda (GPU local_rank % device count), and the collectives that go with it.
 int train_ssl_config(const Config *cfg, int world, int rank, SslConfig *sc, char *err) {
     if (config_to_ssl(cfg, sc, err)) return -1;
     if (sc->ibot_loss_weight > 0) { // head buffers for the most masked tokens a batch can have
@@ -406,6 +405,7 @@ int train_ssl_config(const Config *cfg, int world, int rank, SslConfig *sc, char
     return 0;
 }
 
+// backend: cpu (the reference) or cuda (GPU local_rank % device count), and the collectives that go with it.
 static int create_backend(Run *r, char *err) {
     const char *name = r->cfg->backend;
     if (strcmp(name, "cpu") == 0) {
