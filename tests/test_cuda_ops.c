@@ -70,6 +70,14 @@ static float emu_round(float x) {
     memcpy(&x, &u, 4);
     return x;
 }
+static float emu_round_rn(float x) { // storage conversion (__float2bfloat16): always to nearest even
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
 static float *emu_rounded(const float *a, size_t n) {
     float *c = dino_malloc(sizeof(float) * (n ? n : 1));
     for (size_t i = 0; i < n; i++) c[i] = emu_round(a[i]);
@@ -109,7 +117,8 @@ static void emu_attention_fwd(Backend *be, float *out, float *saved, const float
             float *r = P + (size_t)i * T, mx = r[0], sum = 0;
             for (int j = 1; j < T; j++) mx = r[j] > mx ? r[j] : mx;
             for (int j = 0; j < T; j++) sum += (r[j] = expf(r[j] - mx));
-            for (int j = 0; j < T; j++) r[j] /= sum;
+            // the CUDA backend saves the probabilities in bf16 (round to nearest) with bf16 GEMMs
+            for (int j = 0; j < T; j++) r[j] = emu_round_rn(r[j] / sum);
         }
         emu_gemm(be, 0, 0, T, Dh, T, 1.0f, P, T, q + 2 * D, ld, 0.0f, out + (size_t)b * T * D + (size_t)h * Dh, D);
     }
