@@ -105,8 +105,9 @@ int main(int argc, char **argv) {
         }
         backend_free(pb);
     }
-    size_t free_before = 0, free_after = 0, total_mem = 0;
+    size_t free_before = 0, free_after = 0;
 #ifdef DINO_HAVE_CUDA
+    size_t total_mem = 0;
     if (is_cuda) backend_cuda_mem_info(be, &free_before, &total_mem);
 #endif
     SslModel m;
