@@ -319,8 +319,10 @@ struct VitActs {
     float *x_final, *x_norm, *mean_f, *rstd_f; // [B,T,D]
     VitGradHook grad_hook;
     void *grad_hook_ctx;
-    // backward scratch (not in FORWARD_ONLY)
+    // backward scratch (not in FORWARD_ONLY); dx .. dact and the shared re-derive buffers may be another
+    // VitActs' (vit_acts_new_sharing)
     float *dx, *dS_a, *dS_b, *dqkv, *dfc1, *dact, *dpatch, *dpos_used;
+    float *shared_xs, *shared_ln, *shared_act;
     void **owned;      // every buffer allocated for these activations, released by vit_acts_free
     int n_owned, cap_owned;
     size_t bytes;
@@ -376,6 +378,10 @@ static void alloc_intermediates(Backend *be, VitActs *a, BlockActs *k, const Vit
 }
 
 VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode mode) {
+    return vit_acts_new_sharing(be, vit, B, crop, mode, NULL);
+}
+
+VitActs *vit_acts_new_sharing(Backend *be, const Vit *vit, int B, int crop, VitActsMode mode, const VitActs *share) {
     const VitConfig *c = &vit->cfg;
     char err[DINO_ERRLEN];
     if (vit_check_crop(c, crop, err)) DINO_DIE("%s", err);
@@ -406,11 +412,19 @@ VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode 
     }
     a->blk = dino_calloc((size_t)c->depth, sizeof(BlockActs));
     if (mode != VIT_ACTS_STORE_ALL) alloc_intermediates(be, a, &a->work, c, 0);
+    // share: backward scratch and re-derive buffers from another VitActs of this ViT with as many rows
+    // or more (only ever used within one group's forward or backward, never across them)
+    if (share && ((size_t)share->B * share->T < rows || share->mode == VIT_ACTS_FORWARD_ONLY)) share = NULL;
     float *shared_xs = NULL, *shared_ln = NULL, *shared_act = NULL; // STORE_ALL: re-derived in backward
     if (mode == VIT_ACTS_STORE_ALL) {
-        shared_xs = fown(be, a, rows * D);
-        shared_ln = fown(be, a, rows * D);
-        shared_act = fown(be, a, rows * Hf);
+        if (share && share->shared_xs) {
+            shared_xs = share->shared_xs, shared_ln = share->shared_ln, shared_act = share->shared_act;
+        } else {
+            shared_xs = fown(be, a, rows * D);
+            shared_ln = fown(be, a, rows * D);
+            shared_act = fown(be, a, rows * Hf);
+        }
+        a->shared_xs = shared_xs, a->shared_ln = shared_ln, a->shared_act = shared_act;
     }
     float *stream[2] = {NULL, NULL};
     if (mode == VIT_ACTS_FORWARD_ONLY) {
@@ -442,12 +456,17 @@ VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode 
     a->mean_f = fown(be, a, rows);
     a->rstd_f = fown(be, a, rows);
     if (mode != VIT_ACTS_FORWARD_ONLY) {
-        a->dx = fown(be, a, rows * D);
-        a->dS_a = fown(be, a, rows * D);
-        a->dS_b = fown(be, a, rows * D);
-        a->dqkv = fown(be, a, rows * 3 * D);
-        a->dfc1 = fown(be, a, rows * ffn_out);
-        a->dact = fown(be, a, rows * Hf);
+        if (share) {
+            a->dx = share->dx, a->dS_a = share->dS_a, a->dS_b = share->dS_b;
+            a->dqkv = share->dqkv, a->dfc1 = share->dfc1, a->dact = share->dact;
+        } else {
+            a->dx = fown(be, a, rows * D);
+            a->dS_a = fown(be, a, rows * D);
+            a->dS_b = fown(be, a, rows * D);
+            a->dqkv = fown(be, a, rows * 3 * D);
+            a->dfc1 = fown(be, a, rows * ffn_out);
+            a->dact = fown(be, a, rows * Hf);
+        }
         a->dpatch = fown(be, a, BN * D);
     }
     return a;

@@ -67,6 +67,11 @@ void vit_init_weights(const Vit *vit, float *params_host, uint64_t seed);
 typedef enum { VIT_ACTS_STORE_ALL = 0, VIT_ACTS_RECOMPUTE = 1, VIT_ACTS_FORWARD_ONLY = 2 } VitActsMode;
 typedef struct VitActs VitActs;
 VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode mode);
+// The same, borrowing the backward scratch (and, stored, the re-derive buffers) of `share`, another
+// VitActs of this ViT with at least as many rows (B*T) that is not forward-only: crop groups whose
+// forwards and backwards run one after the other (never interleaved within a pass) need only one set.
+// `share` must outlive the new VitActs' use; NULL or a smaller `share`: own buffers, as vit_acts_new.
+VitActs *vit_acts_new_sharing(Backend *be, const Vit *vit, int B, int crop, VitActsMode mode, const VitActs *share);
 void vit_acts_free(Backend *be, VitActs *a);
 int vit_acts_tokens(const VitActs *a);  // T = 1 + R + N
 size_t vit_acts_bytes(const VitActs *a); // backend memory these activations hold

@@ -72,15 +72,16 @@ typedef struct {
 
 // Forward both crop groups, then backward in reverse order (the SSL step's order), in `mode`; returns
 // the gradient buffer (host) and the outputs in out[g] (host).
-static float *run(Backend *be, const Vit *vit, const float *P, size_t total, Group *grp, int n, VitActsMode mode,
-                  float **out, size_t *bytes) {
+enum { RUN_SHARE = 1, RUN_BACKWARD_IN_ORDER = 2 }; // group 1 borrows group 0's scratch; backward 0 then 1
+static float *run_flags(Backend *be, const Vit *vit, const float *P, size_t total, Group *grp, int n,
+                        VitActsMode mode, float **out, size_t *bytes, int flags) {
     const int D = vit->cfg.dim;
     float *G = calloc(total, sizeof(float));
     VitActs *a[2];
     *bytes = 0;
     for (int g = 0; g < n; g++) {
         size_t before = g_live_bytes;
-        a[g] = vit_acts_new(be, vit, grp[g].B, grp[g].crop, mode);
+        a[g] = vit_acts_new_sharing(be, vit, grp[g].B, grp[g].crop, mode, g && (flags & RUN_SHARE) ? a[0] : NULL);
         CHECK(g_live_bytes - before == vit_acts_bytes(a[g]), "activations hold %zu bytes but report %zu",
               g_live_bytes - before, vit_acts_bytes(a[g]));
         *bytes += vit_acts_bytes(a[g]);
@@ -92,9 +93,16 @@ static float *run(Backend *be, const Vit *vit, const float *P, size_t total, Gro
         memcpy(out[g], xn, sizeof(float) * nout);
     }
     if (mode != VIT_ACTS_FORWARD_ONLY)
-        for (int g = n - 1; g >= 0; g--) vit_backward(be, vit, P, G, a[g], grp[g].dout);
+        for (int k = 0; k < n; k++) {
+            int g = flags & RUN_BACKWARD_IN_ORDER ? k : n - 1 - k;
+            vit_backward(be, vit, P, G, a[g], grp[g].dout);
+        }
     for (int g = 0; g < n; g++) vit_acts_free(be, a[g]);
     return G;
+}
+static float *run(Backend *be, const Vit *vit, const float *P, size_t total, Group *grp, int n, VitActsMode mode,
+                  float **out, size_t *bytes) {
+    return run_flags(be, vit, P, total, grp, n, mode, out, bytes, 0);
 }
 
 static void modes_agree(VitConfig cfg, int use_masks) {
@@ -169,6 +177,31 @@ static void modes_agree(VitConfig cfg, int use_masks) {
         expect += ((size_t)cfg.depth * stored - full + shared) * sizeof(float);
     }
     CHECK(b_all - b_rec == expect, "recompute saves %zu bytes, expected %zu", b_all - b_rec, expect);
+
+    // Group 1 (fewer rows) borrowing group 0's backward scratch and re-derive buffers: the same bits, in
+    // either backward order, and exactly those buffers fewer.
+    for (int mode = VIT_ACTS_STORE_ALL; mode <= VIT_ACTS_RECOMPUTE; mode++) {
+        const float *G_ref = mode == VIT_ACTS_STORE_ALL ? G_all : G_rec;
+        const size_t b_ref = mode == VIT_ACTS_STORE_ALL ? b_all : b_rec;
+        const size_t rows1 = (size_t)grp[1].B * (1 + cfg.n_registers + (grp[1].crop / cfg.patch) * (grp[1].crop / cfg.patch));
+        const size_t D = (size_t)cfg.dim, Hf = (size_t)cfg.ffn_hidden, fo = cfg.ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
+        size_t saved = rows1 * (6 * D + fo + Hf) * sizeof(float); // dx, dS_a, dS_b, dqkv, dfc1, dact
+        if (mode == VIT_ACTS_STORE_ALL) saved += rows1 * (2 * D + Hf) * sizeof(float); // xs, ln, act
+        for (int order = 0; order < 2; order++) {
+            // the gradients add up in backward order: compare with an unshared run in the same order
+            float *o_sh[2], *o_un[2];
+            size_t b_sh, b_un;
+            const int of = order ? RUN_BACKWARD_IN_ORDER : 0;
+            float *G_un = order ? run_flags(be, &vit, P, tab.total, grp, 2, (VitActsMode)mode, o_un, &b_un, of) : NULL;
+            float *G_sh = run_flags(be, &vit, P, tab.total, grp, 2, (VitActsMode)mode, o_sh, &b_sh, RUN_SHARE | of);
+            CHECK(memcmp(G_sh, order ? G_un : G_ref, sizeof(float) * tab.total) == 0,
+                  "mode %d order %d: sharing changes the gradients", mode, order);
+            CHECK(b_ref - b_sh == saved, "mode %d: sharing saves %zu bytes, expected %zu", mode, b_ref - b_sh, saved);
+            free(G_sh), free(o_sh[0]), free(o_sh[1]);
+            if (G_un) free(G_un), free(o_un[0]), free(o_un[1]);
+        }
+    }
+    CHECK(g_live_bytes == 0, "%zu bytes of activations not released", g_live_bytes);
 
     for (int g = 0; g < 2; g++) {
         free(out_all[g]), free(out_rec[g]), free(out_fwd[g]);

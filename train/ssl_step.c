@@ -160,8 +160,15 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     w->rows_cls = nL * B + 2 * B;
     w->rows_head = w->rows_cls + MM;
     const VitActsMode smode = cfg.recompute_activations ? VIT_ACTS_RECOMPUTE : VIT_ACTS_STORE_ALL;
-    w->s_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, smode);
-    if (nL > 0) w->s_loc = vit_acts_new(be, &m->vit, nL * B, cfg.local_crop, smode);
+    // the two student crop groups run forward, then backward, one after the other: one set of backward
+    // scratch serves both (the group with more rows allocates it)
+    if (nL > 0 && (size_t)nL * B * w->Tl > (size_t)2 * B * w->Tg) {
+        w->s_loc = vit_acts_new(be, &m->vit, nL * B, cfg.local_crop, smode);
+        w->s_glob = vit_acts_new_sharing(be, &m->vit, 2 * B, cfg.global_crop, smode, w->s_loc);
+    } else {
+        w->s_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, smode);
+        if (nL > 0) w->s_loc = vit_acts_new_sharing(be, &m->vit, nL * B, cfg.local_crop, smode, w->s_glob);
+    }
     w->t_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, VIT_ACTS_FORWARD_ONLY); // no backward
     if (cfg.ibot_separate_head) {
         w->s_dino = head_acts_new(be, &m->dino_head, w->rows_cls, 1);
