@@ -49,7 +49,7 @@ if [ "$QUICK" = 1 ]; then
   STEP_S="32"; STEP_L="16 64r"
 else
   C_BATCH_S="16 32 64"; C_BATCH_L="8 16 32"
-  # r: activations recomputed. ViT-L holds 56 GiB at 32 images stored, 104 GiB at 64 (dinotrain
+  # r: activations recomputed. ViT-L holds 55 GiB at 32 images stored, 102 GiB at 64 (dinotrain
   # --plan-memory): 64 runs recomputed, 32 both ways.
   STEP_S="32 64"; STEP_L="16 32 32r 64r"
 fi
