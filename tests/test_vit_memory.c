@@ -339,3 +339,20 @@ TEST(memory_plan_uses_the_cuda_layout_on_cuda) {
     CHECK(pg.model.student_acts < pc.model.student_acts && pg.model.weights == pc.model.weights,
           "cuda student activations %zu, cpu %zu", pg.model.student_acts, pc.model.student_acts);
 }
+
+// --plan-memory --fit: the largest batch whose plan fits, exactly (the plan grows with the batch).
+TEST(memory_plan_max_batch_is_exact) {
+    char err[DINO_ERRLEN];
+    Config cfg;
+    CHECK(config_load(&cfg, test_src_path("configs/demo.yaml"), 0, NULL, err) == 0, "%s", err);
+    MemoryPlan p10, p11;
+    cfg.train.batch_size_per_gpu = 10;
+    CHECK(memory_plan(&cfg, 1, &p10, err) == 0, "%s", err);
+    cfg.train.batch_size_per_gpu = 11;
+    CHECK(memory_plan(&cfg, 1, &p11, err) == 0, "%s", err);
+    CHECK(p11.total > p10.total, "the plan does not grow with the batch");
+    cfg.train.batch_size_per_gpu = 3; // the config's own batch does not matter
+    CHECK(memory_plan_max_batch(&cfg, 1, p10.total, err) == 10, "exactly the bytes of batch 10");
+    CHECK(memory_plan_max_batch(&cfg, 1, p11.total - 1, err) == 10, "one byte short of batch 11");
+    CHECK(memory_plan_max_batch(&cfg, 1, 1024, err) == 0, "1 KiB fits no batch");
+}

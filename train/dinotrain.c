@@ -13,13 +13,15 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: dinotrain [--no-resume] [--iterations N] [--check] [--plan-memory [--world N]]\n"
+            "usage: dinotrain [--no-resume] [--iterations N] [--check] [--plan-memory [--world N] [--fit GIB]]\n"
             "                 CONFIG.yaml [section.key=value ...]\n"
             "  --no-resume     start from scratch even if output_dir holds checkpoints\n"
             "  --iterations N  stop after N iterations of this run (the schedules still span the whole run)\n"
             "  --check         load and validate the config, print the resolved YAML, and exit\n"
             "  --plan-memory   print the device memory per GPU this config needs (no GPU needed), and exit;\n"
-            "                  --world N: as one of N ranks (ZeRO-1 shards the optimizer over them)\n"
+            "                  --world N: as one of N ranks (ZeRO-1 shards the optimizer over them);\n"
+            "                  --fit GIB: also the largest batch per GPU that fits a card of GIB GiB (79 for an\n"
+            "                  80 GB H100; 2 GiB are kept for the CUDA context and libraries)\n"
             "Configs: configs/*.yaml; keys: docs/configuration.md.\n");
 }
 
@@ -27,11 +29,13 @@ int main(int argc, char **argv) {
     dino_prefer_passive_openmp(argv);
     TrainOptions opt = {0};
     int check_only = 0, plan = 0, world = 1, i = 1;
+    double fit_gib = 0;
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         if (strcmp(argv[i], "--no-resume") == 0) opt.no_resume = 1;
         else if (strcmp(argv[i], "--check") == 0) check_only = 1;
         else if (strcmp(argv[i], "--plan-memory") == 0) plan = 1;
         else if (strcmp(argv[i], "--world") == 0 && i + 1 < argc) world = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--fit") == 0 && i + 1 < argc) fit_gib = atof(argv[++i]);
         else if (strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) opt.max_iterations = atoll(argv[++i]);
         else if (strcmp(argv[i], "--help") == 0) {
             usage(stdout);
@@ -67,6 +71,17 @@ int main(int argc, char **argv) {
             return 2;
         }
         memory_plan_print(stdout, &cfg, &mp);
+        if (fit_gib > 0) {
+            const double usable = fit_gib - 2.0; // the CUDA context, cuBLAS and NCCL workspaces
+            int b = usable > 0 ? memory_plan_max_batch(&cfg, world, (size_t)(usable * 1073741824.0), err) : 0;
+            if (b < 0) {
+                fprintf(stderr, "dinotrain: %s\n", err);
+                return 2;
+            }
+            if (b == 0) printf("  does not fit %.1f GiB even at 2 images per GPU\n", fit_gib);
+            else
+                printf("  fits %.1f GiB (%.1f for dinotrain) up to train.batch_size_per_gpu=%d\n", fit_gib, usable, b);
+        }
         return 0;
     }
     Dist d;

@@ -30,6 +30,38 @@ int memory_plan(const Config *cfg, int world, MemoryPlan *p, char *err) {
     return 0;
 }
 
+static int plan_at(const Config *cfg, int world, int batch, size_t *total, char *err) {
+    Config c = *cfg;
+    c.train.batch_size_per_gpu = batch;
+    MemoryPlan p;
+    if (memory_plan(&c, world, &p, err)) return -1;
+    *total = p.total;
+    return 0;
+}
+
+int memory_plan_max_batch(const Config *cfg, int world, size_t bytes, char *err) {
+    size_t m2, m4;
+    if (plan_at(cfg, world, 2, &m2, err) || plan_at(cfg, world, 4, &m4, err)) return -1;
+    if (m2 > bytes) return 0;
+    const double per_image = (double)(m4 - m2) / 2, fixed = (double)m2 - 2 * per_image;
+    int b = per_image > 0 ? (int)(((double)bytes - fixed) / per_image) : 1 << 20;
+    if (b < 2) b = 2;
+    if (b > 1 << 16) b = 1 << 16;
+    // the line is close (the masked-token capacity moves in steps): settle it with exact plans
+    size_t m;
+    if (plan_at(cfg, world, b, &m, err)) return -1;
+    while (m > bytes && b > 2) {
+        if (plan_at(cfg, world, --b, &m, err)) return -1;
+    }
+    while (m <= bytes && b < 1 << 16) {
+        size_t next;
+        if (plan_at(cfg, world, b + 1, &next, err)) return -1;
+        if (next > bytes) break;
+        b++, m = next;
+    }
+    return m <= bytes ? b : 0;
+}
+
 static double gib(size_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
 
 void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p) {

@@ -18,4 +18,8 @@ typedef struct {
 
 // Returns 0, or -1 with err set (a config the model refuses).
 int memory_plan(const Config *cfg, int world, MemoryPlan *p, char *err);
+// The largest train.batch_size_per_gpu (>= 2, KoLeo needs two images) whose plan fits in `bytes`, the
+// others of cfg unchanged: 0 when even 2 does not fit, -1 with err set on a refused config. Memory grows
+// linearly with the batch: two plans give the line, a few more pin the exact answer.
+int memory_plan_max_batch(const Config *cfg, int world, size_t bytes, char *err);
 void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p);
