@@ -62,22 +62,18 @@ typedef enum { CUDA_GEMM_BF16 = 0, CUDA_GEMM_FP32 = 1 } CudaGemmPrecision;
 static Backend *emu_ref;
 static int emu_trunc;
 
-static float emu_round(float x) {
+// x rounded to bf16 (kept in a float): to nearest even (__float2bfloat16, the tensor cores' conversion),
+// or truncated
+static float bf16_rounded(float x, int truncate) {
     uint32_t u;
     memcpy(&u, &x, 4);
-    if (!emu_trunc) u += 0x7fffu + ((u >> 16) & 1u);
+    if (!truncate) u += 0x7fffu + ((u >> 16) & 1u);
     u &= 0xffff0000u;
     memcpy(&x, &u, 4);
     return x;
 }
-static float emu_round_rn(float x) { // storage conversion (__float2bfloat16): always to nearest even
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&x, &u, 4);
-    return x;
-}
+static float bf16_round(float x) { return bf16_rounded(x, 0); }
+static float emu_round(float x) { return bf16_rounded(x, emu_trunc); }
 static float *emu_rounded(const float *a, size_t n) {
     float *c = dino_malloc(sizeof(float) * (n ? n : 1));
     for (size_t i = 0; i < n; i++) c[i] = emu_round(a[i]);
@@ -118,7 +114,7 @@ static void emu_attention_fwd(Backend *be, float *out, float *saved, const float
             for (int j = 1; j < T; j++) mx = r[j] > mx ? r[j] : mx;
             for (int j = 0; j < T; j++) sum += (r[j] = expf(r[j] - mx));
             // the CUDA backend saves the probabilities in bf16 (round to nearest) with bf16 GEMMs
-            for (int j = 0; j < T; j++) r[j] = emu_round_rn(r[j] / sum);
+            for (int j = 0; j < T; j++) r[j] = bf16_round(r[j] / sum);
         }
         emu_gemm(be, 0, 0, T, Dh, T, 1.0f, P, T, q + 2 * D, ld, 0.0f, out + (size_t)b * T * D + (size_t)h * Dh, D);
     }
@@ -193,14 +189,6 @@ typedef struct {
     float *g; // GPU backend memory
 } Pair;
 
-static float bf16_round(float x) { // round to nearest even, as the tensor cores' conversion
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&x, &u, 4);
-    return x;
-}
 
 static Pair pair_new(Backend *C, Backend *G, size_t n, float mean, float std, Rng *r, int round_bf16) {
     Pair p = {.n = n, .h = dino_malloc(sizeof(float) * (n ? n : 1))};
@@ -583,8 +571,9 @@ static void attention_case(Backend *C, Backend *G, int B, int T, int H, int Dh, 
                 continue;
             }
             uint32_t bits;
+            x = bf16_round(x);
             memcpy(&bits, &x, 4);
-            gpadw[bh * blk + j] = (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16); // round to nearest even
+            gpadw[bh * blk + j] = (uint16_t)(bits >> 16);
         }
     G->to_device(G, saved_g, gpad, sizeof(float) * ns_g);
     C->attention_bwd(C, dqkv.c, dout.c, qkv.c, saved.c, B, T, H, Dh);
