@@ -43,21 +43,26 @@ __device__ __forceinline__ float ld(const __nv_bfloat16 *p, size_t i) { return _
 __device__ __forceinline__ void st(float *p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(__nv_bfloat16 *p, size_t i, float v) { p[i] = __float2bfloat16(v); }
 
-// Rows of length T: P = softmax(S) (S already scaled by 1/sqrt(Dh)), fp32 math; P may be S (in place).
+// Rows of length T: P = softmax(S) (S already scaled by 1/sqrt(Dh)), fp32 math; S is overwritten with
+// the exponentials (one expf per element), P may be S (in place).
 template <typename TP>
-__global__ void softmax_rows_kernel(TP *P, const float *S, size_t rows, int T, long long blk_s, long long blk_p) {
+__global__ void softmax_rows_kernel(TP *P, float *S, size_t rows, int T, long long blk_s, long long blk_p) {
     size_t r = (size_t)blockIdx.x * SM_ROWS_PER_BLOCK + threadIdx.y;
     if (r >= rows) return;
-    const float *srow = S + att_row(r, T, blk_s);
+    float *srow = S + att_row(r, T, blk_s);
     TP *prow = P + att_row(r, T, blk_p);
     const int lane = threadIdx.x;
     float mx = -INFINITY;
     for (int j = lane; j < T; j += 32) mx = fmaxf(mx, srow[j]);
     mx = warp_max(mx);
     float sum = 0.0f;
-    for (int j = lane; j < T; j += 32) sum += expf(srow[j] - mx);
+    for (int j = lane; j < T; j += 32) {
+        const float e = expf(srow[j] - mx);
+        srow[j] = e;
+        sum += e;
+    }
     const float inv = 1.0f / warp_sum_att(sum);
-    for (int j = lane; j < T; j += 32) st(prow, j, expf(srow[j] - mx) * inv);
+    for (int j = lane; j < T; j += 32) st(prow, j, srow[j] * inv);
 }
 
 // In place: dS = scale * P (.) (dP - rowsum(dP (.) P))
