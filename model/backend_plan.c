@@ -18,7 +18,7 @@ typedef struct {
 typedef struct {
     PlanAlloc *a;
     int n, cap;
-    size_t live, peak;
+    size_t live;
 } PlanState;
 
 static void *plan_alloc(Backend *be, size_t bytes) {
@@ -32,7 +32,6 @@ static void *plan_alloc(Backend *be, size_t bytes) {
     }
     s->a[s->n++] = (PlanAlloc){p, bytes};
     s->live += bytes;
-    if (s->live > s->peak) s->peak = s->live;
     return p;
 }
 
@@ -81,4 +80,3 @@ Backend *backend_plan_new(int cuda_layout) {
 }
 
 size_t backend_plan_live_bytes(const Backend *be) { return ((const PlanState *)be->impl)->live; }
-size_t backend_plan_peak_bytes(const Backend *be) { return ((const PlanState *)be->impl)->peak; }

@@ -13,7 +13,6 @@ extern "C" {
 // does; 0: as the CPU backend. Free with backend_free.
 Backend *backend_plan_new(int cuda_layout);
 size_t backend_plan_live_bytes(const Backend *be); // bytes allocated and not released
-size_t backend_plan_peak_bytes(const Backend *be); // the most that was live at once
 #ifdef __cplusplus
 }
 #endif

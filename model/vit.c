@@ -330,7 +330,6 @@ struct VitActs {
 
 int vit_acts_tokens(const VitActs *a) { return a->T; }
 size_t vit_acts_bytes(const VitActs *a) { return a->bytes; }
-VitActsMode vit_acts_mode(const VitActs *a) { return a->mode; }
 
 void vit_acts_set_grad_hook(VitActs *a, VitGradHook fn, void *ctx) {
     a->grad_hook = fn;

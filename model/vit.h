@@ -75,7 +75,6 @@ VitActs *vit_acts_new_sharing(Backend *be, const Vit *vit, int B, int crop, VitA
 void vit_acts_free(Backend *be, VitActs *a);
 int vit_acts_tokens(const VitActs *a);  // T = 1 + R + N
 size_t vit_acts_bytes(const VitActs *a); // backend memory these activations hold
-VitActsMode vit_acts_mode(const VitActs *a);
 
 // Stochastic depth ("sample-subset", as the reference's nested student forward): for every block and
 // each of its two residual branches, S = max(int(B*(1-rate)), 1) distinct images are kept, the branch
