@@ -46,14 +46,14 @@ __global__ void swiglu_bwd_kernel(float *din, const float *dout, const float *in
 void cuda_gelu_fwd(Backend *be, float *out, const float *x, size_t n) {
     CUDA_OP_RANGE("gelu_fwd");
     if (!n) return;
-    gelu_fwd_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(out, x, n);
+    DINO_LAUNCH(gelu_fwd_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(out, x, n);
     cudaCheckLaunch();
 }
 
 void cuda_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, size_t n) {
     CUDA_OP_RANGE("gelu_bwd");
     if (!n) return;
-    gelu_bwd_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(dx, dout, x, n);
+    DINO_LAUNCH(gelu_bwd_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(dx, dout, x, n);
     cudaCheckLaunch();
 }
 
@@ -61,7 +61,7 @@ void cuda_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd)
     CUDA_OP_RANGE("swiglu_fwd");
     size_t n = (size_t)rows * Hd;
     if (!n) return;
-    swiglu_fwd_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(out, in, (size_t)rows, Hd);
+    DINO_LAUNCH(swiglu_fwd_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(out, in, (size_t)rows, Hd);
     cudaCheckLaunch();
 }
 
@@ -69,6 +69,6 @@ void cuda_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in
     CUDA_OP_RANGE("swiglu_bwd");
     size_t n = (size_t)rows * Hd;
     if (!n) return;
-    swiglu_bwd_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(din, dout, in, (size_t)rows, Hd);
+    DINO_LAUNCH(swiglu_bwd_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(din, dout, in, (size_t)rows, Hd);
     cudaCheckLaunch();
 }

@@ -107,7 +107,7 @@ void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv,
     if (!probs_bf16(be)) { // fp32 probabilities, computed in place in `saved`
         const long long sPh = att_block(T, false), sPb = (long long)H * sPh;
         cuda_gemm_grid(be, 0, 1, T, T, Dh, scale, q, ld3, sQb, Dh, k, ld3, sQb, Dh, 0.0f, saved, T, sPb, sPh, B, H);
-        softmax_rows_kernel<float><<<grid, block, 0, cuda_stream(be)>>>(saved, saved, rows, T, sPh, sPh);
+        DINO_LAUNCH(softmax_rows_kernel<float>, grid, block, 0, cuda_stream(be))(saved, saved, rows, T, sPh, sPh);
         cudaCheckLaunch();
         cuda_gemm_grid(be, 0, 0, T, Dh, T, 1.0f, saved, T, sPb, sPh, v, ld3, sQb, Dh, 0.0f, out, D, sOb, Dh, B, H);
         return;
@@ -121,9 +121,9 @@ void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv,
     __nv_bfloat16 *vb = (__nv_bfloat16 *)(scr + (s_bytes + 255) / 256 * 256);
     __nv_bfloat16 *P = (__nv_bfloat16 *)saved;
     cuda_gemm_grid(be, 0, 1, T, T, Dh, scale, q, ld3, sQb, Dh, k, ld3, sQb, Dh, 0.0f, S, T, sSb, sSh, B, H);
-    softmax_rows_kernel<__nv_bfloat16><<<grid, block, 0, cuda_stream(be)>>>(P, S, rows, T, sSh, sPh);
+    DINO_LAUNCH(softmax_rows_kernel<__nv_bfloat16>, grid, block, 0, cuda_stream(be))(P, S, rows, T, sSh, sPh);
     cudaCheckLaunch();
-    rows_to_bf16_kernel<<<grid_1d((size_t)B * T * D, 256), 256, 0, cuda_stream(be)>>>(vb, v, (size_t)B * T, D, ld3);
+    DINO_LAUNCH(rows_to_bf16_kernel, grid_1d((size_t)B * T * D, 256), 256, 0, cuda_stream(be))(vb, v, (size_t)B * T, D, ld3);
     cudaCheckLaunch();
     cuda_gemm_grid_typed(be, 0, 0, T, Dh, T, 1.0f, P, CUDA_R_16BF, T, sPb, sPh, vb, CUDA_R_16BF, D, sOb, Dh, 0.0f, out,
                          D, sOb, Dh, B, H);
@@ -150,7 +150,7 @@ void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float
     // dV = P^T dO (bf16 P: with dO in bf16 too) ; dP = dO V^T
     if (bf) {
         __nv_bfloat16 *dob = (__nv_bfloat16 *)(scr + (s_bytes + 255) / 256 * 256);
-        rows_to_bf16_kernel<<<grid_1d((size_t)B * T * D, 256), 256, 0, cuda_stream(be)>>>(dob, dout, (size_t)B * T, D,
+        DINO_LAUNCH(rows_to_bf16_kernel, grid_1d((size_t)B * T * D, 256), 256, 0, cuda_stream(be))(dob, dout, (size_t)B * T, D,
                                                                                          D);
         cudaCheckLaunch();
         cuda_gemm_grid_typed(be, 1, 0, T, Dh, T, 1.0f, saved, CUDA_R_16BF, T, sPb, sPh, dob, CUDA_R_16BF, D, sOb, Dh,
@@ -160,10 +160,10 @@ void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float
     }
     cuda_gemm_grid(be, 0, 1, T, T, Dh, 1.0f, dout, D, sOb, Dh, v, ld3, sQb, Dh, 0.0f, dS, T, sSb, sSh, B, H);
     if (bf)
-        softmax_bwd_rows_kernel<__nv_bfloat16><<<grid, block, 0, cuda_stream(be)>>>(
+        DINO_LAUNCH(softmax_bwd_rows_kernel<__nv_bfloat16>, grid, block, 0, cuda_stream(be))(
             dS, (const __nv_bfloat16 *)saved, rows, T, sSh, sPh, scale);
     else
-        softmax_bwd_rows_kernel<float><<<grid, block, 0, cuda_stream(be)>>>(dS, saved, rows, T, sSh, sPh, scale);
+        DINO_LAUNCH(softmax_bwd_rows_kernel<float>, grid, block, 0, cuda_stream(be))(dS, saved, rows, T, sSh, sPh, scale);
     cudaCheckLaunch();
     // dQ = dS K ; dK = dS^T Q
     cuda_gemm_grid(be, 0, 0, T, Dh, T, 1.0f, dS, T, sSb, sSh, k, ld3, sQb, Dh, 0.0f, dq, ld3, sQb, Dh, B, H);

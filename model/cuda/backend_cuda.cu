@@ -170,7 +170,7 @@ __global__ void colsum_finish_kernel(float *dst, const float *partial, int nblk,
 }
 
 void colsum_finish(Backend *be, float *dst, const float *partial, int nblk, int cols, float alpha) {
-    colsum_finish_kernel<<<ceil_div(cols, 256), 256, 0, cuda_stream(be)>>>(dst, partial, nblk, cols, alpha);
+    DINO_LAUNCH(colsum_finish_kernel, ceil_div(cols, 256), 256, 0, cuda_stream(be))(dst, partial, nblk, cols, alpha);
     cudaCheckLaunch();
 }
 

@@ -27,6 +27,12 @@ void cublas_fail(cublasStatus_t s, const char *what, const char *file, int line)
         cublasStatus_t s_ = (call);                                                                \
         if (s_ != CUBLAS_STATUS_SUCCESS) cublas_fail(s_, #call, __FILE__, __LINE__);               \
     } while (0)
+// Every kernel launch is written DINO_LAUNCH(kernel, grid, block, shared_bytes, stream)(args...): the
+// <<<>>> launch under nvcc; the CUDA execution layer of the tests (tests/cudaemu/, which compiles these
+// sources with a host compiler) defines it first to run the kernel on the CPU.
+#ifndef DINO_LAUNCH
+#define DINO_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#endif
 // After every kernel launch: catches bad launch configurations at the launch site.
 #define cudaCheckLaunch() cudaCheck(cudaGetLastError())
 
@@ -118,7 +124,7 @@ void colsum_add(Backend *be, float *dst, int rows, int cols, float alpha, F f) {
     const int nblk = (int)ceil_div(rows, COLSUM_ROWS_PER_BLOCK);
     float *partial = (float *)cuda_scratch(be, sizeof(float) * (size_t)nblk * cols);
     dim3 grid(ceil_div(cols, COLSUM_COLS), nblk), block(COLSUM_COLS, COLSUM_ROW_THREADS);
-    colsum_partial_kernel<<<grid, block, 0, cuda_stream(be)>>>(partial, rows, cols, f);
+    DINO_LAUNCH(colsum_partial_kernel, grid, block, 0, cuda_stream(be))(partial, rows, cols, f);
     cudaCheckLaunch();
     colsum_finish(be, dst, partial, nblk, cols, alpha);
 }

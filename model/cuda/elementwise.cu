@@ -15,14 +15,14 @@ __global__ void scale_kernel(float *x, float alpha, size_t n) {
 void cuda_axpy(Backend *be, float *y, float alpha, const float *x, size_t n) {
     CUDA_OP_RANGE("axpy");
     if (!n) return;
-    axpy_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(y, alpha, x, n);
+    DINO_LAUNCH(axpy_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(y, alpha, x, n);
     cudaCheckLaunch();
 }
 
 void cuda_scale(Backend *be, float *x, float alpha, size_t n) {
     CUDA_OP_RANGE("scale");
     if (!n) return;
-    scale_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(x, alpha, n);
+    DINO_LAUNCH(scale_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(x, alpha, n);
     cudaCheckLaunch();
 }
 
@@ -61,9 +61,9 @@ double cuda_sum_squares(Backend *be, const float *x, size_t n) {
     if (!n) return 0.0;
     CudaImpl *c = cuda_impl(be);
     double *partial = (double *)cuda_scratch(be, sizeof(double) * (SS_BLOCKS + 1));
-    sum_squares_partial_kernel<<<SS_BLOCKS, SS_THREADS, 0, c->stream>>>(partial, x, n);
+    DINO_LAUNCH(sum_squares_partial_kernel, SS_BLOCKS, SS_THREADS, 0, c->stream)(partial, x, n);
     cudaCheckLaunch();
-    sum_partials_kernel<<<1, SS_THREADS, 0, c->stream>>>(partial + SS_BLOCKS, partial, SS_BLOCKS);
+    DINO_LAUNCH(sum_partials_kernel, 1, SS_THREADS, 0, c->stream)(partial + SS_BLOCKS, partial, SS_BLOCKS);
     cudaCheckLaunch();
     cudaCheck(cudaMemcpyAsync(c->host_result, partial + SS_BLOCKS, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
     cudaCheck(cudaStreamSynchronize(c->stream));

@@ -22,7 +22,7 @@ __global__ void l2norm_fwd_kernel(float *out, float *norm, const float *x, int n
 void cuda_l2norm_fwd(Backend *be, float *out, float *norm, const float *x, int rows, int n, float eps) {
     CUDA_OP_RANGE("l2norm_fwd");
     if (rows <= 0) return;
-    l2norm_fwd_kernel<<<rows, ROW_THREADS, 0, cuda_stream(be)>>>(out, norm, x, n, eps);
+    DINO_LAUNCH(l2norm_fwd_kernel, rows, ROW_THREADS, 0, cuda_stream(be))(out, norm, x, n, eps);
     cudaCheckLaunch();
 }
 
@@ -47,7 +47,7 @@ void cuda_l2norm_bwd(Backend *be, float *dx, const float *dout, const float *x, 
                      float eps) {
     CUDA_OP_RANGE("l2norm_bwd");
     if (rows <= 0) return;
-    l2norm_bwd_kernel<<<rows, ROW_THREADS, 0, cuda_stream(be)>>>(dx, dout, x, norm, n, eps);
+    DINO_LAUNCH(l2norm_bwd_kernel, rows, ROW_THREADS, 0, cuda_stream(be))(dx, dout, x, norm, n, eps);
     cudaCheckLaunch();
 }
 
@@ -67,7 +67,7 @@ __global__ void weightnorm_fwd_kernel(float *W, float *vnorm, const float *g, co
 void cuda_weightnorm_fwd(Backend *be, float *W, float *vnorm, const float *g, const float *v, int K, int n) {
     CUDA_OP_RANGE("weightnorm_fwd");
     if (K <= 0) return;
-    weightnorm_fwd_kernel<<<K, ROW_THREADS, 0, cuda_stream(be)>>>(W, vnorm, g, v, n);
+    DINO_LAUNCH(weightnorm_fwd_kernel, K, ROW_THREADS, 0, cuda_stream(be))(W, vnorm, g, v, n);
     cudaCheckLaunch();
 }
 
@@ -91,6 +91,6 @@ void cuda_weightnorm_bwd(Backend *be, float *dg, float *dv, const float *dW, con
                          const float *vnorm, int K, int n) {
     CUDA_OP_RANGE("weightnorm_bwd");
     if (K <= 0) return;
-    weightnorm_bwd_kernel<<<K, ROW_THREADS, 0, cuda_stream(be)>>>(dg, dv, dW, g, v, vnorm, n);
+    DINO_LAUNCH(weightnorm_bwd_kernel, K, ROW_THREADS, 0, cuda_stream(be))(dg, dv, dW, g, v, vnorm, n);
     cudaCheckLaunch();
 }

@@ -46,7 +46,7 @@ __global__ void softmax_center_kernel(float *P, const float *z, const float *cen
 void cuda_softmax_center(Backend *be, float *P, const float *z, const float *center, int rows, int K, float temp) {
     CUDA_OP_RANGE("softmax_center");
     if (rows <= 0 || K <= 0) return;
-    softmax_center_kernel<<<rows, K_THREADS, 0, cuda_stream(be)>>>(P, z, center, K, temp);
+    DINO_LAUNCH(softmax_center_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, temp);
     cudaCheckLaunch();
 }
 
@@ -62,7 +62,7 @@ __global__ void col_sum_kernel(float *sum, const float *z, int rows, int K) {
 void cuda_col_sum(Backend *be, float *sum, const float *z, int rows, int K) {
     CUDA_OP_RANGE("col_sum");
     if (K <= 0) return;
-    col_sum_kernel<<<ceil_div(K, 256), 256, 0, cuda_stream(be)>>>(sum, z, rows, K);
+    DINO_LAUNCH(col_sum_kernel, ceil_div(K, 256), 256, 0, cuda_stream(be))(sum, z, rows, K);
     cudaCheckLaunch();
 }
 
@@ -74,7 +74,7 @@ __global__ void center_update_kernel(float *center, const float *sum, int K, flo
 void cuda_center_update(Backend *be, float *center, const float *sum, int K, float scale, float momentum) {
     CUDA_OP_RANGE("center_update");
     if (K <= 0) return;
-    center_update_kernel<<<ceil_div(K, 256), 256, 0, cuda_stream(be)>>>(center, sum, K, scale, momentum);
+    DINO_LAUNCH(center_update_kernel, ceil_div(K, 256), 256, 0, cuda_stream(be))(center, sum, K, scale, momentum);
     cudaCheckLaunch();
 }
 
@@ -146,21 +146,21 @@ void cuda_sinkhorn(Backend *be, Collective *coll, float *P, const float *z, int 
     float *total = (float *)(base + sizeof(double) * SUM_BLOCKS);
     float *shift = total + 64, *colsum = shift + K;
     // per-prototype shift, identical on every rank: mean over ranks of the local max
-    column_max_kernel<<<ceil_div(K, 256), 256, 0, st>>>(shift, z, rows, K, temp);
+    DINO_LAUNCH(column_max_kernel, ceil_div(K, 256), 256, 0, st)(shift, z, rows, K, temp);
     cudaCheckLaunch();
     collective_sum_f32(coll, shift, (size_t)K);
     const float inv_world = 1.0f / (float)collective_world(coll);
     if (n) {
-        sinkhorn_exp_kernel<<<grid_1d(n, 256), 256, 0, st>>>(P, z, shift, n, K, temp, inv_world);
+        DINO_LAUNCH(sinkhorn_exp_kernel, grid_1d(n, 256), 256, 0, st)(P, z, shift, n, K, temp, inv_world);
         cudaCheckLaunch();
     }
-    sum_partial_kernel<<<SUM_BLOCKS, SUM_THREADS, 0, st>>>(partial, P, n);
+    DINO_LAUNCH(sum_partial_kernel, SUM_BLOCKS, SUM_THREADS, 0, st)(partial, P, n);
     cudaCheckLaunch();
-    sum_finish_kernel<<<1, SUM_THREADS, 0, st>>>(total, partial, SUM_BLOCKS);
+    DINO_LAUNCH(sum_finish_kernel, 1, SUM_THREADS, 0, st)(total, partial, SUM_BLOCKS);
     cudaCheckLaunch();
     collective_sum_f32(coll, total, 1);
     if (n) {
-        scale_by_inverse_kernel<<<grid_1d(n, 256), 256, 0, st>>>(P, total, n);
+        DINO_LAUNCH(scale_by_inverse_kernel, grid_1d(n, 256), 256, 0, st)(P, total, n);
         cudaCheckLaunch();
     }
     for (int it = 0; it < n_iter; it++) {
@@ -169,7 +169,7 @@ void cuda_sinkhorn(Backend *be, Collective *coll, float *P, const float *z, int 
         collective_sum_f32(coll, colsum, (size_t)K);
         // each sample's total weight becomes 1/n_global (local: a sample lives on one rank)
         if (rows > 0) {
-            sinkhorn_rows_kernel<<<rows, K_THREADS, 0, st>>>(P, colsum, K, n_global);
+            DINO_LAUNCH(sinkhorn_rows_kernel, rows, K_THREADS, 0, st)(P, colsum, K, n_global);
             cudaCheckLaunch();
         }
     }
@@ -221,7 +221,7 @@ void cuda_softmax_ce(Backend *be, float *loss, float *ds, const float *s, const 
                      int t_rows, int K, float temp, float alpha) {
     CUDA_OP_RANGE("softmax_ce");
     if (rows <= 0 || K <= 0 || (!loss && !ds)) return;
-    softmax_ce_kernel<<<rows, K_THREADS, 0, cuda_stream(be)>>>(loss, ds, s, t, w, t_rows, K, 1.0f / temp, alpha);
+    DINO_LAUNCH(softmax_ce_kernel, rows, K_THREADS, 0, cuda_stream(be))(loss, ds, s, t, w, t_rows, K, 1.0f / temp, alpha);
     cudaCheckLaunch();
 }
 
@@ -247,10 +247,10 @@ void cuda_entropy_mean(Backend *be, float *out, const float *P, int rows, int K)
     CUDA_OP_RANGE("entropy_mean");
     double *h = (double *)cuda_scratch(be, sizeof(double) * (rows > 0 ? rows : 1));
     if (rows > 0) {
-        entropy_rows_kernel<<<rows, K_THREADS, 0, cuda_stream(be)>>>(h, P, K);
+        DINO_LAUNCH(entropy_rows_kernel, rows, K_THREADS, 0, cuda_stream(be))(h, P, K);
         cudaCheckLaunch();
     }
-    mean_of_kernel<<<1, 1, 0, cuda_stream(be)>>>(out, h, rows > 0 ? rows : 0);
+    DINO_LAUNCH(mean_of_kernel, 1, 1, 0, cuda_stream(be))(out, h, rows > 0 ? rows : 0);
     cudaCheckLaunch();
 }
 
@@ -372,9 +372,9 @@ static PairScratch pair_scratch(Backend *be, int B, int D) {
 // KoLeo and KDE both start from the L2-normalized rows x^ and their Gram matrix G = x^ x^T.
 static PairScratch normalized_gram(Backend *be, cudaStream_t st, const float *x, int B, int D) {
     PairScratch p = pair_scratch(be, B, D);
-    normalize_rows_kernel<<<B, SMALL_THREADS, 0, st>>>(p.xh, p.nrm, x, D, KOLEO_EPS);
+    DINO_LAUNCH(normalize_rows_kernel, B, SMALL_THREADS, 0, st)(p.xh, p.nrm, x, D, KOLEO_EPS);
     cudaCheckLaunch();
-    gram_kernel<<<dim3(B, B), SMALL_THREADS, 0, st>>>(p.G, p.xh, B, D);
+    DINO_LAUNCH(gram_kernel, dim3(B, B), SMALL_THREADS, 0, st)(p.G, p.xh, B, D);
     cudaCheckLaunch();
     return p;
 }
@@ -384,14 +384,14 @@ void cuda_koleo(Backend *be, float *loss, float *dx_acc, const float *x, int B, 
     if (B < 2) DINO_DIE("koleo: needs at least 2 samples per crop, got %d", B);
     cudaStream_t st = cuda_stream(be);
     PairScratch p = normalized_gram(be, st, x, B, D);
-    koleo_rows_kernel<<<B, SMALL_THREADS, 0, st>>>(p.nn, p.diff, p.term, p.coef, p.xh, p.G, B, D);
+    DINO_LAUNCH(koleo_rows_kernel, B, SMALL_THREADS, 0, st)(p.nn, p.diff, p.term, p.coef, p.xh, p.G, B, D);
     cudaCheckLaunch();
-    mean_terms_kernel<<<1, 1, 0, st>>>(loss, p.term, B, -1.0);
+    DINO_LAUNCH(mean_terms_kernel, 1, 1, 0, st)(loss, p.term, B, -1.0);
     cudaCheckLaunch();
     if (!dx_acc) return;
-    koleo_dxh_kernel<<<ceil_div((size_t)B * D, 256), 256, 0, st>>>(p.dxh, p.nn, p.diff, p.coef, B, D);
+    DINO_LAUNCH(koleo_dxh_kernel, ceil_div((size_t)B * D, 256), 256, 0, st)(p.dxh, p.nn, p.diff, p.coef, B, D);
     cudaCheckLaunch();
-    normalize_rows_bwd_kernel<<<B, SMALL_THREADS, 0, st>>>(dx_acc, p.dxh, p.xh, p.nrm, D, KOLEO_EPS, alpha);
+    DINO_LAUNCH(normalize_rows_bwd_kernel, B, SMALL_THREADS, 0, st)(dx_acc, p.dxh, p.xh, p.nrm, D, KOLEO_EPS, alpha);
     cudaCheckLaunch();
 }
 
@@ -428,13 +428,13 @@ void cuda_kde(Backend *be, float *loss, float *dx_acc, const float *x, int B, in
     cudaStream_t st = cuda_stream(be);
     PairScratch p = normalized_gram(be, st, x, B, D);
     // A overwrites G row by row: each thread reads only its own row i of G before writing it.
-    kde_rows_kernel<<<ceil_div(B, 64), 64, 0, st>>>(p.G, p.term, p.G, B, (double)kappa);
+    DINO_LAUNCH(kde_rows_kernel, ceil_div(B, 64), 64, 0, st)(p.G, p.term, p.G, B, (double)kappa);
     cudaCheckLaunch();
-    mean_terms_kernel<<<1, 1, 0, st>>>(loss, p.term, B, 1.0);
+    DINO_LAUNCH(mean_terms_kernel, 1, 1, 0, st)(loss, p.term, B, 1.0);
     cudaCheckLaunch();
     if (!dx_acc) return;
-    kde_dxh_kernel<<<ceil_div((size_t)B * D, 256), 256, 0, st>>>(p.dxh, p.G, p.xh, B, D, (double)kappa);
+    DINO_LAUNCH(kde_dxh_kernel, ceil_div((size_t)B * D, 256), 256, 0, st)(p.dxh, p.G, p.xh, B, D, (double)kappa);
     cudaCheckLaunch();
-    normalize_rows_bwd_kernel<<<B, SMALL_THREADS, 0, st>>>(dx_acc, p.dxh, p.xh, p.nrm, D, KOLEO_EPS, alpha);
+    DINO_LAUNCH(normalize_rows_bwd_kernel, B, SMALL_THREADS, 0, st)(dx_acc, p.dxh, p.xh, p.nrm, D, KOLEO_EPS, alpha);
     cudaCheckLaunch();
 }

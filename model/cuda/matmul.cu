@@ -83,7 +83,7 @@ void cuda_gemm_grid_typed(Backend *be, int transA, int transB, int M, int N, int
     }
     const char **Ap = (const char **)c->grid_ptrs, **Bp = Ap + n;
     char **Cp = (char **)(Bp + n);
-    grid_pointers_kernel<<<ceil_div(n, 256), 256, 0, c->stream>>>(
+    DINO_LAUNCH(grid_pointers_kernel, ceil_div(n, 256), 256, 0, c->stream)(
         Ap, Bp, Cp, (const char *)A, sA_b * (long long)ea, sA_h * (long long)ea, (const char *)B, sB_b * (long long)eb,
         sB_h * (long long)eb, (char *)C, sC_b * 4, sC_h * 4, nb, nh);
     cudaCheckLaunch();
@@ -244,7 +244,7 @@ void cuda_linear_fwd(Backend *be, float *out, const float *in, const float *W, c
     if (b && lt_linear_bias(be, out, in, W, b, rows, n_in, n_out)) return;
     if (b) {
         size_t n = (size_t)rows * n_out;
-        broadcast_rows_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(out, b, (size_t)rows, n_out);
+        DINO_LAUNCH(broadcast_rows_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(out, b, (size_t)rows, n_out);
         cudaCheckLaunch();
     }
     cuda_gemm_batched(be, 0, 1, rows, n_out, n_in, 1.0f, in, n_in, 0, W, n_in, 0, b ? 1.0f : 0.0f, out, n_out, 0, 1);
@@ -286,8 +286,8 @@ extern "C" double backend_cuda_measure_bf16_tflops(Backend *be, int n, int iters
         cudaGetLastError();
         return -1;
     }
-    fill_bf16_kernel<<<grid_1d(nn, 256), 256, 0, c->stream>>>(A, nn, 1u);
-    fill_bf16_kernel<<<grid_1d(nn, 256), 256, 0, c->stream>>>(B, nn, 2u);
+    DINO_LAUNCH(fill_bf16_kernel, grid_1d(nn, 256), 256, 0, c->stream)(A, nn, 1u);
+    DINO_LAUNCH(fill_bf16_kernel, grid_1d(nn, 256), 256, 0, c->stream)(B, nn, 2u);
     cudaCheckLaunch();
     const float alpha = 1.0f, beta = 0.0f;
     cudaEvent_t t0, t1;

@@ -37,7 +37,7 @@ void cuda_layernorm_fwd(Backend *be, float *out, float *mean, float *rstd, const
     CUDA_OP_RANGE("layernorm_fwd");
     if (rows <= 0) return;
     dim3 block(32, LN_ROWS_PER_BLOCK);
-    layernorm_fwd_kernel<<<ceil_div(rows, LN_ROWS_PER_BLOCK), block, 0, cuda_stream(be)>>>(out, mean, rstd, x, w, b,
+    DINO_LAUNCH(layernorm_fwd_kernel, ceil_div(rows, LN_ROWS_PER_BLOCK), block, 0, cuda_stream(be))(out, mean, rstd, x, w, b,
                                                                                            rows, D, eps);
     cudaCheckLaunch();
 }
@@ -83,7 +83,7 @@ void cuda_layernorm_bwd(Backend *be, float *dx_acc, float *dw, float *db, const 
     CUDA_OP_RANGE("layernorm_bwd");
     if (rows <= 0) return;
     dim3 block(32, LN_ROWS_PER_BLOCK);
-    layernorm_bwd_dx_kernel<<<ceil_div(rows, LN_ROWS_PER_BLOCK), block, 0, cuda_stream(be)>>>(dx_acc, dout, x, mean,
+    DINO_LAUNCH(layernorm_bwd_dx_kernel, ceil_div(rows, LN_ROWS_PER_BLOCK), block, 0, cuda_stream(be))(dx_acc, dout, x, mean,
                                                                                               rstd, w, rows, D);
     cudaCheckLaunch();
     colsum_add(be, dw, rows, D, 1.0f, LnDw{dout, x, mean, rstd, D});

@@ -29,7 +29,7 @@ void cuda_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_
     const float decay = (float)(1.0 - (double)lr * wd);
     const double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
     const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    adamw_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(p, g, m, v, n, decay, step_size, bc2_sqrt, beta1, beta2,
+    DINO_LAUNCH(adamw_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(p, g, m, v, n, decay, step_size, bc2_sqrt, beta1, beta2,
                                                                1.0f - beta1, 1.0f - beta2, eps);
     cudaCheckLaunch();
 }
@@ -41,6 +41,6 @@ __global__ void ema_kernel(float *t, const float *s, size_t n, float momentum, f
 void cuda_ema(Backend *be, float *t, const float *s, size_t n, float momentum) {
     CUDA_OP_RANGE("ema");
     if (!n) return;
-    ema_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(t, s, n, momentum, 1.0f - momentum);
+    DINO_LAUNCH(ema_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(t, s, n, momentum, 1.0f - momentum);
     cudaCheckLaunch();
 }

@@ -22,7 +22,7 @@ void cuda_im2col(Backend *be, float *cols, const float *img, int B, int C, int H
     CUDA_OP_RANGE("im2col");
     size_t n = (size_t)B * (Hi / p) * (Wi / p) * C * p * p;
     if (!n) return;
-    im2col_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(cols, img, B, C, Hi, Wi, p);
+    DINO_LAUNCH(im2col_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(cols, img, B, C, Hi, Wi, p);
     cudaCheckLaunch();
 }
 
@@ -50,7 +50,7 @@ void cuda_tokens_fwd(Backend *be, float *x, const float *patch, const float *cls
     CUDA_OP_RANGE("tokens_fwd");
     size_t n = (size_t)B * (1 + R + N) * D;
     if (!n) return;
-    tokens_fwd_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(x, patch, cls, reg, pos, mask_token, mask, B, N,
+    DINO_LAUNCH(tokens_fwd_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(x, patch, cls, reg, pos, mask_token, mask, B, N,
                                                                     R, D);
     cudaCheckLaunch();
 }
@@ -102,10 +102,10 @@ void cuda_tokens_bwd(Backend *be, float *dpatch, float *dcls, float *dreg, float
     CUDA_OP_RANGE("tokens_bwd");
     if (B <= 0) return;
     size_t n = (size_t)B * N * D;
-    tokens_bwd_patch_kernel<<<grid_1d(n, 256), 256, 0, cuda_stream(be)>>>(dpatch, dx, mask, B, N, R, D);
+    DINO_LAUNCH(tokens_bwd_patch_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(dpatch, dx, mask, B, N, R, D);
     cudaCheckLaunch();
     size_t np = (size_t)(1 + R + N) * D;
-    tokens_bwd_params_kernel<<<grid_1d(np, 256), 256, 0, cuda_stream(be)>>>(dcls, dreg, dpos, dx, B, N, R, D);
+    DINO_LAUNCH(tokens_bwd_params_kernel, grid_1d(np, 256), 256, 0, cuda_stream(be))(dcls, dreg, dpos, dx, B, N, R, D);
     cudaCheckLaunch();
     if (mask) colsum_add(be, dmask_token, B * N, D, 1.0f, MaskedPatchGrad{dx, mask, N, R, D});
 }
@@ -121,7 +121,7 @@ void cuda_gather_rows(Backend *be, float *out, const float *in, const int *idx, 
     CUDA_OP_RANGE("gather_rows");
     size_t tot = (size_t)n * len;
     if (!tot) return;
-    gather_rows_kernel<<<grid_1d(tot, 256), 256, 0, cuda_stream(be)>>>(out, in, idx, n, len);
+    DINO_LAUNCH(gather_rows_kernel, grid_1d(tot, 256), 256, 0, cuda_stream(be))(out, in, idx, n, len);
     cudaCheckLaunch();
 }
 
@@ -137,7 +137,7 @@ void cuda_scatter_add_rows(Backend *be, float *x, const float *in, const int *id
     CUDA_OP_RANGE("scatter_add_rows");
     size_t tot = (size_t)n * len;
     if (!tot) return;
-    scatter_add_rows_kernel<<<grid_1d(tot, 256), 256, 0, cuda_stream(be)>>>(x, in, idx, n, len);
+    DINO_LAUNCH(scatter_add_rows_kernel, grid_1d(tot, 256), 256, 0, cuda_stream(be))(x, in, idx, n, len);
     cudaCheckLaunch();
 }
 
@@ -157,7 +157,7 @@ void cuda_residual_fwd(Backend *be, float *x, const float *br, const float *gamm
     CUDA_OP_RANGE("residual_fwd");
     size_t tot = (size_t)n * T * D;
     if (!tot) return;
-    residual_fwd_kernel<<<grid_1d(tot, 256), 256, 0, cuda_stream(be)>>>(x, br, gamma, idx, n, T, D, scale);
+    DINO_LAUNCH(residual_fwd_kernel, grid_1d(tot, 256), 256, 0, cuda_stream(be))(x, br, gamma, idx, n, T, D, scale);
     cudaCheckLaunch();
 }
 
@@ -187,7 +187,7 @@ void cuda_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *dx, 
     CUDA_OP_RANGE("residual_bwd");
     size_t tot = (size_t)n * T * D;
     if (!tot) return;
-    residual_bwd_kernel<<<grid_1d(tot, 256), 256, 0, cuda_stream(be)>>>(dbr, dx, gamma, idx, n, T, D, scale);
+    DINO_LAUNCH(residual_bwd_kernel, grid_1d(tot, 256), 256, 0, cuda_stream(be))(dbr, dx, gamma, idx, n, T, D, scale);
     cudaCheckLaunch();
     if (dgamma) colsum_add(be, dgamma, n * T, D, scale, GammaGrad{dx, br, idx, T, D});
 }

@@ -1,0 +1,258 @@
+// Stand-in for cuda_runtime.h (tests/cudaemu/): the CUDA runtime API the project calls and the device
+// language its kernels use, so that model/cuda/*.cu and dist/nccl.cu compile unchanged with the host
+// C++ compiler and run on the CPU. Kernels run as one fiber per CUDA thread (kernel.cpp); streams,
+// events and memory are modelled by runtime.cpp. Only what the project uses is here: a call outside
+// this set does not compile, which is the signal to model it.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <utility>
+
+#include <library_types.h>
+
+// ---- qualifiers -------------------------------------------------------------------------------------
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __restrict__ __restrict
+// Shared memory: one copy per block. A block's fibers all run on one worker thread and a worker runs one
+// block at a time, so a thread_local static is exactly that. (Static shared memory over the 48 KB limit
+// is refused by nvcc's own build of the same sources, which CI also runs.)
+#define __shared__ static thread_local
+
+// ---- types --------------------------------------------------------------------------------------------
+struct uint3 {
+    unsigned x, y, z;
+};
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+typedef enum cudaError {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInitializationError = 3,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidDevicePointer = 17,
+    cudaErrorInvalidMemcpyDirection = 21,
+    cudaErrorInsufficientDriver = 35,
+    cudaErrorNoDevice = 100,
+    cudaErrorInvalidDevice = 101,
+    cudaErrorNoKernelImageForDevice = 209,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
+    cudaErrorIllegalAddress = 700,
+    cudaErrorLaunchOutOfResources = 701,
+    cudaErrorLaunchFailure = 719,
+    cudaErrorUnknown = 999,
+} cudaError_t;
+
+typedef struct CUstream_st *cudaStream_t;
+typedef struct CUevent_st *cudaEvent_t;
+
+typedef enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4,
+} cudaMemcpyKind;
+
+#define cudaStreamDefault 0x0u
+#define cudaStreamNonBlocking 0x1u
+#define cudaEventDefault 0x0u
+#define cudaEventBlockingSync 0x1u
+#define cudaEventDisableTiming 0x2u
+#define cudaHostAllocDefault 0x0u
+#define cudaHostAllocPortable 0x1u
+#define cudaHostAllocMapped 0x2u
+#define cudaHostAllocWriteCombined 0x4u
+
+struct cudaDeviceProp {
+    char name[256];
+    size_t totalGlobalMem;
+    size_t sharedMemPerBlock;
+    size_t sharedMemPerBlockOptin;
+    int regsPerBlock;
+    int warpSize;
+    int maxThreadsPerBlock;
+    int maxThreadsDim[3];
+    int maxGridSize[3];
+    int major, minor;
+    int multiProcessorCount;
+    int clockRate;
+    int memoryClockRate;
+    int memoryBusWidth;
+};
+
+// ---- runtime API (runtime.cpp) ----------------------------------------------------------------------
+cudaError_t cudaGetDeviceCount(int *count);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaGetDevice(int *device);
+cudaError_t cudaDeviceSynchronize(void);
+cudaError_t cudaGetLastError(void);
+cudaError_t cudaPeekAtLastError(void);
+const char *cudaGetErrorString(cudaError_t e);
+const char *cudaGetErrorName(cudaError_t e);
+
+cudaError_t cudaMalloc(void **p, size_t bytes);
+template <typename T> static inline cudaError_t cudaMalloc(T **p, size_t bytes) { return cudaMalloc((void **)p, bytes); }
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMallocHost(void **p, size_t bytes);
+cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned flags);
+cudaError_t cudaFreeHost(void *p);
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s = 0);
+cudaError_t cudaMemset(void *p, int value, size_t bytes);
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s = 0);
+
+cudaError_t cudaStreamCreate(cudaStream_t *s);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags = 0);
+cudaError_t cudaStreamQuery(cudaStream_t s);
+
+cudaError_t cudaEventCreate(cudaEvent_t *e);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = 0);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventQuery(cudaEvent_t e);
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
+
+// ---- the device side (kernel.cpp) -------------------------------------------------------------------
+namespace cudaemu {
+struct ThreadState; // one CUDA thread (a fiber)
+struct BlockState;  // the block it belongs to
+struct ThreadView {
+    uint3 threadIdx;
+};
+struct BlockView {
+    uint3 blockIdx;
+    dim3 blockDim, gridDim;
+};
+extern thread_local ThreadView *cur_thread; // the fiber running now on this worker thread
+extern thread_local BlockView *cur_block;
+
+void syncthreads(const char *file, int line);
+// One warp-synchronous exchange: every lane of `mask` must arrive at the same call with the same kind;
+// each lane gets the value of lane src (shuffles) or the vote's result. Values travel as 64 bits.
+enum WarpOp { WARP_SHFL_IDX, WARP_SHFL_XOR, WARP_SHFL_UP, WARP_SHFL_DOWN, WARP_BALLOT, WARP_ANY, WARP_ALL };
+uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, const char *file, int line);
+
+// A launch: the configuration is checked against the device limits when it is enqueued (a bad one sets
+// the error that cudaGetLastError returns, as a real launch does), the kernel runs when its stream is
+// scheduled: every block, every thread a fiber.
+typedef void (*KernelTrampoline)(void *closure);
+void launch(const char *name, const char *file, int line, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+            KernelTrampoline fn, void *closure, void (*destroy)(void *), const void *arg_bytes, size_t arg_size);
+
+template <typename F, typename... A> struct Closure {
+    F f;
+    std::tuple<A...> args;
+    static void run(void *c) {
+        Closure *k = (Closure *)c;
+        std::apply(k->f, k->args);
+    }
+    static void destroy(void *c) { delete (Closure *)c; }
+};
+
+struct Launcher {
+    const char *name, *file;
+    int line;
+    dim3 grid, block;
+    size_t smem;
+    cudaStream_t stream;
+};
+template <typename F> struct BoundLauncher {
+    Launcher l;
+    F f;
+    template <typename... A> void operator()(A... args) {
+        // the arguments are copied now, as a launch copies them into the kernel's parameter space
+        auto *c = new Closure<F, A...>{f, std::tuple<A...>(args...)};
+        launch(l.name, l.file, l.line, l.grid, l.block, l.smem, l.stream, &Closure<F, A...>::run, c,
+               &Closure<F, A...>::destroy, &c->args, sizeof c->args);
+    }
+};
+template <typename F> BoundLauncher<F> operator%(Launcher l, F f) { return BoundLauncher<F>{l, f}; }
+} // namespace cudaemu
+
+// kernel<<<grid, block, smem, stream>>>(args) as written by the project (model/cuda/cuda_ops.cuh)
+#define DINO_LAUNCH(kernel, grid, block, smem, stream)                                              \
+    ::cudaemu::Launcher{#kernel, __FILE__, __LINE__, dim3(grid), dim3(block), (size_t)(smem), (stream)} %        \
+        [](auto... a_) { kernel(a_...); }
+
+#define threadIdx (::cudaemu::cur_thread->threadIdx)
+#define blockIdx (::cudaemu::cur_block->blockIdx)
+#define blockDim (::cudaemu::cur_block->blockDim)
+#define gridDim (::cudaemu::cur_block->gridDim)
+#define warpSize 32
+
+static inline void __syncthreads(const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+    ::cudaemu::syncthreads(file, line);
+}
+
+template <typename T> static inline uint64_t cudaemu_bits(T v) {
+    static_assert(sizeof(T) <= 8, "shuffle of a type wider than 64 bits");
+    uint64_t u = 0;
+    std::memcpy(&u, &v, sizeof v);
+    return u;
+}
+template <typename T> static inline T cudaemu_from_bits(uint64_t u) {
+    T v;
+    std::memcpy(&v, &u, sizeof v);
+    return v;
+}
+#define CUDAEMU_SHFL(fname, op)                                                                        \
+    template <typename T>                                                                              \
+    static inline T fname(unsigned mask, T var, int arg, int width = 32, const char *file = __builtin_FILE(),      \
+                          int line = __builtin_LINE()) {                                               \
+        return cudaemu_from_bits<T>(::cudaemu::warp_op(op, mask, cudaemu_bits(var), arg, width, file, line)); \
+    }
+CUDAEMU_SHFL(__shfl_sync, ::cudaemu::WARP_SHFL_IDX)
+CUDAEMU_SHFL(__shfl_xor_sync, ::cudaemu::WARP_SHFL_XOR)
+CUDAEMU_SHFL(__shfl_up_sync, ::cudaemu::WARP_SHFL_UP)
+CUDAEMU_SHFL(__shfl_down_sync, ::cudaemu::WARP_SHFL_DOWN)
+#undef CUDAEMU_SHFL
+static inline unsigned __ballot_sync(unsigned mask, int pred, const char *file = __builtin_FILE(),
+                                     int line = __builtin_LINE()) {
+    return (unsigned)::cudaemu::warp_op(::cudaemu::WARP_BALLOT, mask, pred != 0, 0, 32, file, line);
+}
+static inline int __any_sync(unsigned mask, int pred, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+    return (int)::cudaemu::warp_op(::cudaemu::WARP_ANY, mask, pred != 0, 0, 32, file, line);
+}
+static inline int __all_sync(unsigned mask, int pred, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
+    return (int)::cudaemu::warp_op(::cudaemu::WARP_ALL, mask, pred != 0, 0, 32, file, line);
+}
+
+// ---- device math: the IEEE operations the sources name (this build uses -ffp-contract=off, so a * b is
+// rounded as __fmul_rn is, and nothing is fused unless the source says fmaf) -----------------------------
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+// CUDA's min/max overloads for device code
+#define CUDAEMU_MINMAX(T)                                                                              \
+    static inline T min(T a, T b) { return a < b ? a : b; }                                           \
+    static inline T max(T a, T b) { return a > b ? a : b; }
+CUDAEMU_MINMAX(int)
+CUDAEMU_MINMAX(unsigned)
+CUDAEMU_MINMAX(long)
+CUDAEMU_MINMAX(unsigned long)
+CUDAEMU_MINMAX(long long)
+CUDAEMU_MINMAX(unsigned long long)
+#undef CUDAEMU_MINMAX
+static inline float min(float a, float b) { return fminf(a, b); }
+static inline float max(float a, float b) { return fmaxf(a, b); }
+static inline double min(double a, double b) { return fmin(a, b); }
+static inline double max(double a, double b) { return fmax(a, b); }
