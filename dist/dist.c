@@ -630,13 +630,18 @@ int dist_grads_begin_bucket(DistGrads *g, int k, char *err) {
         if (!g->zero) return dist_nccl_allreduce(g->nccl, base, m, 1, g->stream, err);
         size_t shard = g->n / (size_t)d->world;
         if (dist_nccl_group_start(g->nccl, err)) return -1;
-        for (size_t lo = bk->begin; lo < bk->end;) {
+        int rc = 0;
+        for (size_t lo = bk->begin; !rc && lo < bk->end;) {
             int owner = (int)(lo / shard);
             size_t hi = (size_t)(owner + 1) * shard < bk->end ? (size_t)(owner + 1) * shard : bk->end;
-            if (dist_nccl_reduce(g->nccl, g->buf + lo, hi - lo, owner, 1, g->stream, err)) return -1;
+            rc = dist_nccl_reduce(g->nccl, g->buf + lo, hi - lo, owner, 1, g->stream, err);
             lo = hi;
         }
-        return dist_nccl_group_end(g->nccl, err);
+        // The group is ended even after an error (a group left open swallows every later NCCL call);
+        // the first error is the one reported.
+        char end_err[DINO_ERRLEN];
+        if (dist_nccl_group_end(g->nccl, rc ? end_err : err)) rc = -1;
+        return rc;
     }
 #endif
 #ifdef DINO_HAVE_MPI

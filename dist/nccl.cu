@@ -21,8 +21,9 @@ struct DistNccl {
     ncclComm_t comm;
     cudaStream_t stream; // communication stream
     cudaEvent_t ready;   // recorded on the caller's stream; the comm stream waits on it
-    cudaEvent_t done;    // recorded on the comm stream after each enqueue
+    cudaEvent_t done;    // recorded on the comm stream after each launch (a collective, or a group's end)
     cudaStream_t compute; // the objective's reductions wait for this stream's work
+    int group_depth;     // open dist_nccl_group_start calls: NCCL launches a group's work at its end only
 };
 
 static void seterr(char *err, const char *fmt, ...) {
@@ -151,11 +152,17 @@ static int after_stream(DistNccl *nc, void *after, char *err) {
     return 0;
 }
 
+// `done` follows the work launched so far. Inside a group a collective is only recorded (NCCL launches it
+// at ncclGroupEnd), so an event recorded now would come before it: dist_nccl_group_end records instead.
+static int record_done(DistNccl *nc, char *err) {
+    if (nc->group_depth == 0) CUDA_OK(nc, cudaEventRecord(nc->done, nc->stream), err);
+    return 0;
+}
+
 extern "C" int dist_nccl_allreduce(DistNccl *nc, float *buf, size_t n, int average, void *after, char *err) {
     if (after_stream(nc, after, err)) return -1;
     NCCL_OK(nc, ncclAllReduce(buf, buf, n, ncclFloat32, average ? ncclAvg : ncclSum, nc->comm, nc->stream), err);
-    CUDA_OK(nc, cudaEventRecord(nc->done, nc->stream), err);
-    return 0;
+    return record_done(nc, err);
 }
 
 extern "C" int dist_nccl_reduce_scatter(DistNccl *nc, const float *send, float *recv, size_t recv_n, int average,
@@ -163,32 +170,33 @@ extern "C" int dist_nccl_reduce_scatter(DistNccl *nc, const float *send, float *
     if (after_stream(nc, after, err)) return -1;
     NCCL_OK(nc, ncclReduceScatter(send, recv, recv_n, ncclFloat32, average ? ncclAvg : ncclSum, nc->comm, nc->stream),
             err);
-    CUDA_OK(nc, cudaEventRecord(nc->done, nc->stream), err);
-    return 0;
+    return record_done(nc, err);
 }
 
 extern "C" int dist_nccl_allgather(DistNccl *nc, const float *send, float *recv, size_t send_n, void *after,
                                    char *err) {
     if (after_stream(nc, after, err)) return -1;
     NCCL_OK(nc, ncclAllGather(send, recv, send_n, ncclFloat32, nc->comm, nc->stream), err);
-    CUDA_OK(nc, cudaEventRecord(nc->done, nc->stream), err);
-    return 0;
+    return record_done(nc, err);
 }
 
 extern "C" int dist_nccl_reduce(DistNccl *nc, float *buf, size_t n, int root, int average, void *after, char *err) {
     if (after_stream(nc, after, err)) return -1;
     NCCL_OK(nc, ncclReduce(buf, buf, n, ncclFloat32, average ? ncclAvg : ncclSum, root, nc->comm, nc->stream), err);
-    CUDA_OK(nc, cudaEventRecord(nc->done, nc->stream), err);
-    return 0;
+    return record_done(nc, err);
 }
 
 extern "C" int dist_nccl_group_start(DistNccl *nc, char *err) {
     NCCL_OK(nc, ncclGroupStart(), err);
+    nc->group_depth++;
     return 0;
 }
+// Always pair with dist_nccl_group_start, also after an error inside the group (NCCL then drops the group's
+// work and returns the error here too).
 extern "C" int dist_nccl_group_end(DistNccl *nc, char *err) {
+    if (nc->group_depth > 0) nc->group_depth--; // the group is closed whatever ncclGroupEnd returns
     NCCL_OK(nc, ncclGroupEnd(), err);
-    return 0;
+    return record_done(nc, err);
 }
 
 extern "C" int dist_nccl_gate(DistNccl *nc, void *stream, char *err) {

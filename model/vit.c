@@ -55,7 +55,7 @@ int vit_config_from_arch(VitConfig *cfg, const char *arch, int patch, int img_si
         return -1;
     }
     cfg->layerscale = 1e-5f;
-    cfg->drop_path_rate = 0.0f;
+    cfg->drop_path_rate = 0.0;
     cfg->interpolate_offset = 0.1f;
     cfg->interpolate_antialias = 0;
     cfg->qkv_bias = cfg->proj_bias = cfg->ffn_bias = 1;
@@ -88,7 +88,7 @@ int vit_config_check(const VitConfig *c, char *err) {
         dino_seterr(err, "model: bad feed-forward layer (kind %d, hidden %d)", (int)c->ffn, c->ffn_hidden);
         return -1;
     }
-    if (!(c->drop_path_rate >= 0.0f && c->drop_path_rate < 1.0f)) {
+    if (!(c->drop_path_rate >= 0.0 && c->drop_path_rate < 1.0)) {
         dino_seterr(err, "model: drop_path_rate %g outside [0, 1)", c->drop_path_rate);
         return -1;
     }
@@ -482,9 +482,11 @@ void vit_acts_free(Backend *be, VitActs *a) {
 // ---- stochastic depth -----------------------------------------------------------------------------
 
 int vit_drop_subset_size(const Vit *vit, int B) {
-    float r = vit->cfg.drop_path_rate;
+    // The reference, max(int(b * (1 - sample_drop_ratio)), 1), in double as Python: with the rate
+    // narrowed to float, B = 10 at 0.3 would keep 6 images instead of 7.
+    const double r = vit->cfg.drop_path_rate;
     if (r <= 0) return B;
-    int s = (int)(B * (1.0 - r)); // the reference: max(int(b * (1 - sample_drop_ratio)), 1)
+    int s = (int)(B * (1.0 - r)); // int() truncates toward zero, as the cast
     return s < 1 ? 1 : s;
 }
 

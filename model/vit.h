@@ -22,7 +22,8 @@ typedef struct {
     VitFfn ffn;
     int ffn_hidden;         // hidden width of the MLP, or of each SwiGLU half (rounded as the reference)
     float layerscale;       // LayerScale init; 0 disables LayerScale
-    float drop_path_rate;   // stochastic depth rate, uniform over blocks
+    double drop_path_rate;  // stochastic depth rate, uniform over blocks; double as the reference's
+                            // Python float, or the subset size can be one image off (float(0.3) > 0.3)
     float interpolate_offset;   // 0.1 legacy scale-factor offset, 0 = size-based
     int interpolate_antialias;  // bicubic with antialiasing when downsampling (reg4 models)
     int qkv_bias, proj_bias, ffn_bias;

@@ -5,15 +5,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#ifdef __cplusplus // the CUDA execution layer's self-tests are C++ (tests/cudaemu/)
+extern "C" {
+#define TEST_NORETURN [[noreturn]]
+#else
+#define TEST_NORETURN _Noreturn
+#endif
 typedef void (*TestFn)(void);
 void test_register(const char *name, TestFn fn);
 void test_fail_at(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 // Ends the current case as skipped (ctest shows "Not Run (skipped)"), with the reason printed.
-_Noreturn void test_skip(const char *why);
+TEST_NORETURN void test_skip(const char *why);
 // Path of a file inside the source tree (fixtures, configs), stable whatever the working directory.
 const char *test_src_path(const char *rel);
 // A fresh empty directory for this case's files.
 const char *test_tmpdir(void);
+#ifdef __cplusplus
+}
+#endif
 
 #define TEST(name)                                                                                 \
     static void test_##name(void);                                                                 \

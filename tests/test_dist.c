@@ -625,6 +625,113 @@ WORKER(nccl) {
     }
     dist_finalize(&d);
 }
+
+// Defined by the CUDA execution layer's NCCL stand-in (tests/cudaemu/nccl.cpp); NULL with real NCCL.
+extern const int cudaemu_nccl_standin __attribute__((weak));
+static int nccl_standin(void) { return &cudaemu_nccl_standin != NULL; }
+
+// One ZeRO-1 bucket over every shard (a group of world ncclReduce calls), its input written on the
+// compute stream just before; returns dist_grads_begin_bucket's result.
+static int group_bucket(DistGrads *g, float *dev, const float *src, size_t n, cudaStream_t compute, char *err) {
+    CHECK(cudaMemcpyAsync(dev, src, n * 4, cudaMemcpyDeviceToDevice, compute) == cudaSuccess, "cudaMemcpyAsync");
+    return dist_grads_begin_bucket(g, 0, err);
+}
+
+// This rank's shard of `got` against the average over ranks.
+static size_t bad_shard(const float *got, const float *want, DistShard s) {
+    size_t bad = 0;
+    for (size_t i = s.begin; i < s.valid_end; i++) bad += !(fabsf(got[i] - want[i]) <= 1e-5f * (fabsf(want[i]) + 1000.0f));
+    return bad;
+}
+
+// NCCL groups in the ZeRO-1 bucket path (run with CUDAEMU_STREAMS=delay under the execution layer):
+// 1. after a grouped reduce, dist_nccl_gate orders a copy on a third stream after the reduce: the copy
+//    sees the averaged shard (under the delay scheduler an unordered copy would see the input);
+// 2. (stand-in only: CUDAEMU_NCCL_FAIL) an error inside the group is returned and the group is still
+//    ended: the next bucket is reduced, and no NCCL call lands inside a group left open;
+// 3. DINO_TEST_FAULT=mismatch|open_group (stand-in only): a finding the stand-in must report.
+WORKER(nccl_group) {
+    Dist d;
+    init_or_die(&d, 60);
+    char err[DINO_ERRLEN] = "";
+    DistNccl *nc = dist_nccl_new(d.rank, d.world, d.local_rank, 60, err);
+    CHECK(nc != NULL, "%s", err);
+    if (!nc) exit(1);
+    const char *fault = getenv("DINO_TEST_FAULT");
+    fault = fault ? fault : "";
+    const size_t n = 40009; // odd: the last shard is padded
+    DistShard s = dist_shard(n, d.world, d.rank, 16);
+    float *h = dino_calloc(s.padded, 4), *want = dino_calloc(s.padded, 4), *t = dino_calloc(s.padded, 4);
+    for (int r = 0; r < d.world; r++) {
+        fill_f32(t, n, r, 31);
+        for (size_t i = 0; i < n; i++) want[i] += t[i] / (float)d.world;
+    }
+    fill_f32(h, n, d.rank, 31);
+    float *src = NULL, *dev = NULL, *copy = NULL;
+    cudaStream_t compute = NULL, other = NULL;
+    CHECK(cudaMalloc((void **)&src, s.padded * 4) == cudaSuccess && cudaMalloc((void **)&dev, s.padded * 4) == cudaSuccess &&
+              cudaMalloc((void **)&copy, s.padded * 4) == cudaSuccess, "cudaMalloc");
+    CHECK(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking) == cudaSuccess &&
+              cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking) == cudaSuccess, "cudaStreamCreate");
+    CHECK(cudaMemcpy(src, h, s.padded * 4, cudaMemcpyHostToDevice) == cudaSuccess, "cudaMemcpy");
+    size_t cuts[] = {0};
+    DistGrads *g = dist_grads_new(&d, nc, dev, s.padded, cuts, 1, s.padded, 1, err);
+    CHECK(g != NULL && dist_grads_nbuckets(g) == 1, "%s", err);
+    if (!g) exit(1);
+    dist_grads_set_stream(g, compute);
+
+    if (strcmp(fault, "mismatch") == 0 && nccl_standin()) {
+        // rank 1 reduces one float less than the others: the stand-in names both ranks and both calls
+        if (d.rank == 1) dist_nccl_allreduce(nc, dev, 1000, 0, compute, err);
+        else dist_nccl_allreduce(nc, dev, 1001, 0, compute, err);
+        printf("rank %d: the mismatch went unreported\n", d.rank);
+        exit(1);
+    }
+    if (strcmp(fault, "open_group") == 0 && nccl_standin()) {
+        CHECK(dist_nccl_group_start(nc, err) == 0, "%s", err);
+        CHECK(dist_nccl_allreduce(nc, dev, 1000, 0, compute, err) == 0, "%s", err);
+        dist_nccl_sync(nc, "left open", err); // a group never ended: the layer reports it (here or at exit)
+        dist_nccl_free(nc);
+        printf("rank %d: the open group went unreported\n", d.rank);
+        exit(1);
+    }
+
+    // 1. grouped reduce, gate, copy on a third stream
+    CHECK(group_bucket(g, dev, src, s.padded, compute, err) == 0, "%s", err);
+    CHECK(dist_nccl_gate(nc, other, err) == 0, "%s", err);
+    CHECK(cudaMemcpyAsync(copy, dev, s.padded * 4, cudaMemcpyDeviceToDevice, other) == cudaSuccess, "cudaMemcpyAsync");
+    CHECK(cudaStreamSynchronize(other) == cudaSuccess, "cudaStreamSynchronize");
+    CHECK(cudaMemcpy(t, copy, s.padded * 4, cudaMemcpyDeviceToHost) == cudaSuccess, "cudaMemcpy");
+    size_t bad = bad_shard(t, want, s);
+    CHECK(bad == 0, "rank %d: after the grouped reduce and the gate, %zu of %zu shard values are not the average", d.rank,
+          bad, s.valid_end - s.begin);
+    CHECK(dist_grads_wait(g, err) == 0, "%s", err);
+
+    // 2. an error inside the group (the second ncclReduce of the bucket fails on every rank)
+    if (nccl_standin() && d.world > 1) {
+        setenv("CUDAEMU_NCCL_FAIL", "2", 1);
+        int rc = group_bucket(g, dev, src, s.padded, compute, err);
+        unsetenv("CUDAEMU_NCCL_FAIL");
+        char want_rank[32];
+        snprintf(want_rank, sizeof want_rank, "rank %d", d.rank);
+        CHECK(rc == -1 && strstr(err, "ncclReduce") && strstr(err, want_rank),
+              "a failing ncclReduce inside the group: rc %d, error '%s'", rc, err);
+        CHECK(dist_grads_wait(g, err) == 0, "%s", err);
+        // the group was ended: the next bucket goes through
+        CHECK(group_bucket(g, dev, src, s.padded, compute, err) == 0, "%s", err);
+        CHECK(dist_grads_wait(g, err) == 0, "%s", err);
+        CHECK(cudaMemcpy(t, dev, s.padded * 4, cudaMemcpyDeviceToHost) == cudaSuccess, "cudaMemcpy");
+        bad = bad_shard(t, want, s);
+        CHECK(bad == 0, "rank %d: the bucket after a failed group: %zu of %zu shard values are not the average", d.rank,
+              bad, s.valid_end - s.begin);
+    }
+    dist_grads_free(g);
+    cudaStreamDestroy(compute), cudaStreamDestroy(other);
+    cudaFree(src), cudaFree(dev), cudaFree(copy);
+    free(h), free(want), free(t);
+    dist_nccl_free(nc);
+    dist_finalize(&d);
+}
 #endif
 
 TEST(nccl_allreduce_reduce_scatter_gpu) {
@@ -639,9 +746,37 @@ TEST(nccl_allreduce_reduce_scatter_gpu) {
     if (!nc) return;
     nccl_check(nc, 0, 1);
     dist_nccl_free(nc);
-    if (ndev >= 2 && system("mpirun --version > /dev/null 2>&1") == 0)
-        run_worker_ok(ndev < 4 ? ndev : 4, "worker_nccl", out_buf, sizeof out_buf);
+    // (the execution layer's stand-in runs any number of ranks, whatever device count it reports)
+    if ((ndev >= 2 || nccl_standin()) && system("mpirun --version > /dev/null 2>&1") == 0)
+        run_worker_ok(ndev < 2 ? 2 : ndev < 4 ? ndev : 4, "worker_nccl", out_buf, sizeof out_buf);
     else
         printf("one GPU or no mpirun: multi-rank NCCL part not run\n");
+#endif
+}
+
+// The ZeRO-1 bucket path's NCCL groups on 2 ranks (worker_nccl_group): gate after a grouped reduce, an
+// error inside a group; under the execution layer with the delay scheduler, and the stand-in's findings.
+TEST(nccl_group_gate_and_error_np2) {
+#ifndef DINO_HAVE_NCCL
+    test_skip("built without CUDA/NCCL");
+#else
+    need_mpirun();
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) test_skip("no CUDA device");
+    if (ndev < 2 && !nccl_standin()) test_skip("one GPU: NCCL needs a GPU per rank");
+    setenv("CUDAEMU_STREAMS", "delay", 1); // for the ranks (the execution layer's scheduler; CUDA ignores it)
+    run_worker_ok(2, "worker_nccl_group", out_buf, sizeof out_buf);
+    if (!nccl_standin()) return;
+    const char *faults[][2] = {{"mismatch", "ranks issue different NCCL collectives"},
+                               {"open_group", "ncclGroupStart without ncclGroupEnd"}};
+    for (int i = 0; i < 2; i++) {
+        char env[64];
+        snprintf(env, sizeof env, "DINO_TEST_FAULT=%s", faults[i][0]);
+        int rc = run_mpi(2, "worker_nccl_group", env, out_buf, sizeof out_buf, NULL);
+        int found = strstr(out_buf, faults[i][1]) != NULL;
+        if (rc == 0 || !found) fprintf(stderr, "---- output ----\n%s----\n", out_buf);
+        CHECK(rc != 0 && rc != 124 && rc != 137, "%s: job status %d, expected the layer's finding", faults[i][0], rc);
+        CHECK(found, "%s: no '%s' in the output", faults[i][0], faults[i][1]);
+    }
 #endif
 }

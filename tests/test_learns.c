@@ -149,7 +149,7 @@ static void learn(float koleo_weight, double base_lr, int STEPS, double min_acc,
     VitConfig vc;
     char err[DINO_ERRLEN];
     CHECK(vit_config_from_arch(&vc, "vit_test", 4, GCROP, 0, "mlp", err) == 0, "%s", err);
-    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 1.0f, vc.drop_path_rate = 0.1f;
+    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 1.0f, vc.drop_path_rate = 0.1;
     SslConfig cfg;
     ssl_config_default(&cfg, &vc);
     cfg.dino_head = (HeadConfig){.in_dim = 48, .hidden = 96, .bottleneck = 32, .K = 256, .nlayers = 3};

@@ -419,7 +419,7 @@ static void step_check(Centering centering, int separate, int kde) {
     VitConfig vc;
     char err[DINO_ERRLEN];
     CHECK(vit_config_from_arch(&vc, "vit_test", 4, 8, 1, "mlp", err) == 0, "%s", err);
-    vc.dim = 8, vc.heads = 2, vc.depth = 1, vc.ffn_hidden = 12, vc.layerscale = 0.5f, vc.drop_path_rate = 0.4f;
+    vc.dim = 8, vc.heads = 2, vc.depth = 1, vc.ffn_hidden = 12, vc.layerscale = 0.5f, vc.drop_path_rate = 0.4;
     SslConfig cfg;
     ssl_config_default(&cfg, &vc);
     cfg.dino_head = (HeadConfig){.in_dim = 8, .hidden = 10, .bottleneck = 5, .K = 12, .nlayers = 2};

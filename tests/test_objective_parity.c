@@ -18,6 +18,7 @@ static const char *meta(const StFile *f, const char *key) {
 }
 static int meta_i(const StFile *f, const char *key) { return atoi(meta(f, key)); }
 static float meta_f(const StFile *f, const char *key) { return (float)atof(meta(f, key)); }
+static double meta_d(const StFile *f, const char *key) { return atof(meta(f, key)); }
 
 static const void *tensor(const StFile *f, const char *name, StDtype dt, size_t nbytes) {
     const StTensor *t = st_get(f, name);
@@ -61,7 +62,7 @@ static void parity(const char *variant) {
                                meta(&f, "ffn"), err) == 0, "%s", err);
     vc.dim = meta_i(&f, "dim"), vc.depth = meta_i(&f, "depth"), vc.heads = meta_i(&f, "heads");
     vc.ffn_hidden = meta_i(&f, "ffn_hidden"), vc.layerscale = meta_f(&f, "layerscale");
-    vc.drop_path_rate = meta_f(&f, "drop_path_rate");
+    vc.drop_path_rate = meta_d(&f, "drop_path_rate");
     SslConfig cfg;
     ssl_config_default(&cfg, &vc);
     cfg.dino_head = (HeadConfig){vc.dim, meta_i(&f, "head_hidden"), meta_i(&f, "head_bottleneck"), meta_i(&f, "head_K"),

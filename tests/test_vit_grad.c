@@ -205,7 +205,7 @@ static void vit_gradcheck(VitConfig cfg, int use_masks, int use_drop) {
     backend_free(be);
 }
 
-static VitConfig tiny_config(const char *ffn, int registers, float drop) {
+static VitConfig tiny_config(const char *ffn, int registers, double drop) {
     VitConfig cfg;
     char err[DINO_ERRLEN];
     CHECK(vit_config_from_arch(&cfg, "vit_test", 4, 16, registers, ffn, err) == 0, "%s", err);
@@ -215,12 +215,12 @@ static VitConfig tiny_config(const char *ffn, int registers, float drop) {
     return cfg;
 }
 
-TEST(grad_vit_mlp_registers_masks_droppath) { vit_gradcheck(tiny_config("mlp", 4, 0.4f), 1, 1); }
+TEST(grad_vit_mlp_registers_masks_droppath) { vit_gradcheck(tiny_config("mlp", 4, 0.4), 1, 1); }
 
-TEST(grad_vit_swiglu_plain) { vit_gradcheck(tiny_config("swiglu", 0, 0.0f), 0, 0); }
+TEST(grad_vit_swiglu_plain) { vit_gradcheck(tiny_config("swiglu", 0, 0.0), 0, 0); }
 
 TEST(grad_vit_antialias_interp) {
-    VitConfig cfg = tiny_config("mlp", 1, 0.3f);
+    VitConfig cfg = tiny_config("mlp", 1, 0.3);
     cfg.interpolate_offset = 0.0f;
     cfg.interpolate_antialias = 1;
     vit_gradcheck(cfg, 1, 1);

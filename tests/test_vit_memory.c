@@ -52,7 +52,7 @@ static Backend *counting_backend(void) {
 
 // ---- the ViT alone --------------------------------------------------------------------------------
 
-static VitConfig small_config(const char *ffn, int registers, float drop, int depth) {
+static VitConfig small_config(const char *ffn, int registers, double drop, int depth) {
     VitConfig cfg;
     char err[DINO_ERRLEN];
     CHECK(vit_config_from_arch(&cfg, "vit_test", 4, 16, registers, ffn, err) == 0, "%s", err);
@@ -213,8 +213,8 @@ static void modes_agree(VitConfig cfg, int use_masks) {
     backend_free(be);
 }
 
-TEST(recompute_equals_store_all_mlp_masks_droppath) { modes_agree(small_config("mlp", 4, 0.4f, 3), 1); }
-TEST(recompute_equals_store_all_swiglu_plain) { modes_agree(small_config("swiglu", 0, 0.0f, 4), 0); }
+TEST(recompute_equals_store_all_mlp_masks_droppath) { modes_agree(small_config("mlp", 4, 0.4, 3), 1); }
+TEST(recompute_equals_store_all_swiglu_plain) { modes_agree(small_config("swiglu", 0, 0.0, 4), 0); }
 
 // ---- the whole SSL step ---------------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ TEST(recompute_equals_store_all_swiglu_plain) { modes_agree(small_config("swiglu
 // as storing them and uploading each batch in the step (drop path, masks, registers, both crop sizes);
 // recomputation in less memory.
 TEST(ssl_step_recompute_and_staging_bit_identical) {
-    VitConfig vc = small_config("mlp", 1, 0.3f, 3);
+    VitConfig vc = small_config("mlp", 1, 0.3, 3);
     SslConfig cfg;
     ssl_config_default(&cfg, &vc);
     cfg.dino_head = (HeadConfig){.in_dim = vc.dim, .hidden = 20, .bottleneck = 8, .K = 32, .nlayers = 3};

@@ -28,6 +28,7 @@ static const char *meta_req(const StFile *f, const char *key) {
 }
 static int meta_int(const StFile *f, const char *key) { return atoi(meta_req(f, key)); }
 static float meta_float(const StFile *f, const char *key) { return strtof(meta_req(f, key), NULL); }
+static double meta_double(const StFile *f, const char *key) { return strtod(meta_req(f, key), NULL); }
 
 static void config_from_fixture(const StFile *f, VitConfig *c) {
     memset(c, 0, sizeof *c);
@@ -41,7 +42,7 @@ static void config_from_fixture(const StFile *f, VitConfig *c) {
     c->ffn = strcmp(meta_req(f, "ffn"), "mlp") == 0 ? VIT_FFN_MLP : VIT_FFN_SWIGLU;
     c->ffn_hidden = meta_int(f, "ffn_hidden");
     c->layerscale = meta_float(f, "layerscale");
-    c->drop_path_rate = meta_float(f, "drop_path_rate");
+    c->drop_path_rate = meta_double(f, "drop_path_rate");
     c->interpolate_offset = meta_float(f, "interpolate_offset");
     c->interpolate_antialias = meta_int(f, "interpolate_antialias");
     c->qkv_bias = meta_int(f, "qkv_bias");
@@ -301,12 +302,48 @@ TEST(arch_table_matches_reference) {
     }
 }
 
+// The reference's subset size, max(int(b * (1 - sample_drop_ratio)), 1), evaluated as Python does:
+// the rate a double, 1 - r in double, int() truncating toward zero.
+static int python_subset_size(int b, double r) {
+    double kept = trunc((double)b * (1.0 - r));
+    return kept < 1 ? 1 : (int)kept;
+}
+
+TEST(drop_subset_size_matches_python) {
+    VitConfig c;
+    char err[DINO_ERRLEN];
+    CHECK(vit_config_from_arch(&c, "vit_test", 4, 16, 0, "mlp", err) == 0, "%s", err);
+    const double rates[] = {0.1, 0.2, 0.3, 0.4, 0.5};
+    int n_bad = 0, n_float = 0;
+    for (int k = 0; k < 5; k++) {
+        c.drop_path_rate = rates[k];
+        ParamTable tab;
+        param_table_init(&tab);
+        Vit vit;
+        vit_build(&vit, &c, &tab, "");
+        int n_float_r = 0;
+        for (int B = 1; B <= 2048; B++) {
+            const int S = vit_drop_subset_size(&vit, B), want = python_subset_size(B, rates[k]);
+            if (S != want && n_bad++ < 5) CHECK(0, "rate %g B %d: S = %d, Python keeps %d", rates[k], B, S, want);
+            n_float_r += python_subset_size(B, (float)rates[k]) != want; // the rate narrowed to float
+        }
+        printf("rate %g: %d of 2048 batch sizes would differ with the rate narrowed to float\n", rates[k], n_float_r);
+        n_float += n_float_r;
+        if (rates[k] == 0.3) CHECK(vit_drop_subset_size(&vit, 10) == 7, "B 10 at 0.3 keeps %d, Python 7",
+                                   vit_drop_subset_size(&vit, 10));
+        vit_free(&vit);
+        param_table_free(&tab);
+    }
+    CHECK(n_bad == 0, "%d (B, rate) pairs differ from the reference", n_bad);
+    printf("float-rate formula: %d of %d (B, rate) pairs differ\n", n_float, 5 * 2048);
+}
+
 TEST(drop_subsets_size_and_draw) {
     VitConfig c;
     char err[DINO_ERRLEN];
     CHECK(vit_config_from_arch(&c, "vit_test", 4, 16, 0, "mlp", err) == 0, "%s", err);
-    struct { float rate; int B, S; } cases[] = {{0.3f, 128, 89}, {0.4f, 32, 19}, {0.3f, 1, 1}, {0.4f, 2, 1},
-                                                {0.0f, 7, 7},    {0.3f, 6, 4}};
+    struct { double rate; int B, S; } cases[] = {{0.3, 128, 89}, {0.4, 32, 19}, {0.3, 1, 1}, {0.4, 2, 1},
+                                                 {0.0, 7, 7},    {0.3, 6, 4},   {0.3, 10, 7}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         c.drop_path_rate = cases[i].rate;
         ParamTable tab;

@@ -83,7 +83,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (depth > 0) vc.depth = depth;
-    vc.drop_path_rate = (float)drop_path;
+    vc.drop_path_rate = drop_path;
     SslConfig sc;
     ssl_config_default(&sc, &vc);
     sc.dino_head.K = K;

@@ -149,7 +149,7 @@ int main(int argc, char **argv) {
     dino_prefer_passive_openmp(argv);
     int B = 8, iters = 3, warmup = 1, patch = 14, gsize = 224, lsize = 98, n_global = 2, n_local = 8, regs = 0;
     int profile = 0;
-    float drop = 0.0f;
+    double drop = 0.0;
     const char *arch = "vit_small", *ffn = "mlp";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -158,7 +158,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--batch")) B = atoi(v);
         else if (!strcmp(a, "--iters")) iters = atoi(v);
         else if (!strcmp(a, "--warmup")) warmup = atoi(v);
-        else if (!strcmp(a, "--drop-path")) drop = strtof(v, NULL);
+        else if (!strcmp(a, "--drop-path")) drop = strtod(v, NULL);
         else if (!strcmp(a, "--arch")) arch = v;
         else if (!strcmp(a, "--patch")) patch = atoi(v);
         else if (!strcmp(a, "--global-size")) gsize = atoi(v);

@@ -193,6 +193,10 @@ if [ "$BIN" = build-gpu-min ] && [ -d build-gpu-min/deps ]; then
   L=$ROOT/build-gpu-min/deps/usr/lib/x86_64-linux-gnu; export LD_LIBRARY_PATH="$L/openblas-pthread:$L:${LD_LIBRARY_PATH:-}"
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$JOBS}
+# The stages below run on the GPU: a program that finds no device (a driver too old for the runtime, an
+# empty CUDA_VISIBLE_DEVICES) exits 1 with the CUDA error instead of its tests skipping as if green
+# (dino_cuda_device_count, model/cuda/cuda_device.cu).
+export DINO_REQUIRE_GPU=${DINO_REQUIRE_GPU:-1}
 
 # ---- GPU tests ----------------------------------------------------------------------------------------
 if has_stage test; then

@@ -888,7 +888,7 @@ int config_to_vit(const Config *c, VitConfig *v, char *err) {
     v->depth = depth;
     v->heads = heads;
     v->layerscale = (float)s->layerscale;
-    v->drop_path_rate = (float)s->drop_path_rate;
+    v->drop_path_rate = s->drop_path_rate; // kept double: it sets the drop-path subset size
     v->interpolate_offset = (float)s->interpolate_offset;
     v->interpolate_antialias = s->interpolate_antialias;
     v->qkv_bias = s->qkv_bias;

@@ -4,7 +4,8 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-// Number of usable CUDA devices (0 when there is no driver or no GPU); never aborts.
+// Number of usable CUDA devices (0 when there is no driver or no GPU). With DINO_REQUIRE_GPU=1 in the
+// environment, no device (or a cudaGetDeviceCount error) prints the CUDA error to stderr and exits 1.
 int dino_cuda_device_count(void);
 // Name of device `dev` into buf; returns 0 or -1.
 int dino_cuda_device_name(int dev, char *buf, int len);

@@ -115,6 +115,12 @@ void cuda_gemm(Backend *be, int transA, int transB, int M, int N, int K, float a
 // Any refusal (no algorithm, unaligned pointers, DINO_CUDA_LT=0) falls back to the cublasGemmEx path.
 
 #define LT_MAX_PLANS 64
+// The alignment (bytes) of every pointer a plan is used with: what lt_linear_bias checks. A plan is
+// reused for any parameter and activation of its shape, and those are only 64-byte aligned
+// (PARAM_ALIGN floats) or less (row offsets), so the heuristic must not pick an algorithm that assumes
+// more: cuBLASLt's default minimum alignment of A/B/C/D is 256 bytes, and the bias's is taken from the
+// BIAS_POINTER seen at planning (a real card may answer NOT_SUPPORTED or fault otherwise).
+#define LT_ALIGN 16
 struct LtPlan {
     int rows, n_in, n_out, prec;
     bool ok;
@@ -173,7 +179,9 @@ static LtPlan *lt_plan(Backend *be, int rows, int n_in, int n_out) {
     cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t heur;
     int found = 0;
-    const void *ws_ptr = c->lt_workspace; // a 256-byte aligned stand-in for the bias while planning
+    // a stand-in for the bias while planning, aligned exactly LT_ALIGN bytes (the workspace is 256-aligned)
+    const void *ws_ptr = (const char *)c->lt_workspace + LT_ALIGN;
+    const uint32_t align = LT_ALIGN;
     bool ok = cublasLtMatmulDescCreate(&p->op, compute_type(be), CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB) == CUBLAS_STATUS_SUCCESS &&
@@ -190,6 +198,14 @@ static LtPlan *lt_plan(Backend *be, int rows, int n_in, int n_out) {
                                                    sizeof c->lt_workspace_bytes) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reductions,
                                                    sizeof reductions) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align,
+                                                   sizeof align) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align,
+                                                   sizeof align) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align,
+                                                   sizeof align) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align,
+                                                   sizeof align) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->d, p->d, pref, 1, &heur, &found) ==
                   CUBLAS_STATUS_SUCCESS &&
               found > 0 && heur.state == CUBLAS_STATUS_SUCCESS;
@@ -213,14 +229,14 @@ extern "C" int backend_cuda_lt_shapes(Backend *be) {
     return n;
 }
 
-static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+static bool lt_aligned(const void *p) { return ((uintptr_t)p % LT_ALIGN) == 0; }
 
 // out = in W^T + b through cuBLASLt; false when this shape or these pointers take the plain path.
 static bool lt_linear_bias(Backend *be, float *out, const float *in, const float *W, const float *b, int rows,
                            int n_in, int n_out) {
     CudaImpl *c = cuda_impl(be);
-    if (!c->lt_on || rows <= 0 || !aligned16(out) || !aligned16(in) || !aligned16(W) || !aligned16(b) ||
-        n_in % 4 || n_out % 4)
+    if (!c->lt_on || rows <= 0 || !lt_aligned(out) || !lt_aligned(in) || !lt_aligned(W) || !lt_aligned(b) ||
+        n_in % (LT_ALIGN / 4) || n_out % (LT_ALIGN / 4)) // rows start LT_ALIGN-aligned too
         return false;
     LtPlan *p = lt_plan(be, rows, n_in, n_out);
     if (!p || !p->ok) return false;

@@ -14,9 +14,9 @@
 namespace cudaemu {
 
 // ---- diagnostics ----------------------------------------------------------------------------------
-// A finding of the layer (a bug in the code under test): "cudaemu: <message>" on stderr, counted; with
-// CUDAEMU_FATAL unset or 1 (the default) the process exits with status 3 at once, so a test fails at
-// the first finding and names it. Mutant tests grep for the message.
+// A finding of the layer (a bug in the code under test): "cudaemu: <message>" on stderr, then the
+// process exits with status 3 at once, so a test fails at the first finding and names it. Mutant tests
+// grep for the message.
 [[noreturn]] void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void note(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // information, no failure
 

@@ -4,35 +4,30 @@
 // events and memory are modelled by runtime.cpp. Only what the project uses is here: a call outside
 // this set does not compile, which is the signal to model it.
 #pragma once
-#include <cmath>
-#include <cstddef>
-#include <cstdint>
-#include <cstring>
-#include <tuple>
-#include <utility>
+#include <stddef.h>
+#include <stdint.h>
 
 #include <library_types.h>
 
-// ---- qualifiers -------------------------------------------------------------------------------------
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline __attribute__((always_inline))
-#define __noinline__ __attribute__((noinline))
-#define __restrict__ __restrict
-// Shared memory: one copy per block. A block's fibers all run on one worker thread and a worker runs one
-// block at a time, so a thread_local static is exactly that. (Static shared memory over the 48 KB limit
-// is refused by nvcc's own build of the same sources, which CI also runs.)
-#define __shared__ static thread_local
+// The API is plain C (extern "C", as the real header), so C tests and tools call it too; default
+// arguments and the device language exist only for C++ (the .cu sources).
+#ifdef __cplusplus
+#define CUDAEMU_DEFAULT(v) = v
+extern "C" {
+#else
+#define CUDAEMU_DEFAULT(v)
+#endif
 
 // ---- types --------------------------------------------------------------------------------------------
-struct uint3 {
+typedef struct uint3 {
     unsigned x, y, z;
-};
-struct dim3 {
+} uint3;
+typedef struct dim3 {
     unsigned x, y, z;
+#ifdef __cplusplus
     constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
-};
+#endif
+} dim3;
 
 typedef enum cudaError {
     cudaSuccess = 0,
@@ -75,7 +70,7 @@ typedef enum cudaMemcpyKind {
 #define cudaHostAllocMapped 0x2u
 #define cudaHostAllocWriteCombined 0x4u
 
-struct cudaDeviceProp {
+typedef struct cudaDeviceProp {
     char name[256];
     size_t totalGlobalMem;
     size_t sharedMemPerBlock;
@@ -90,7 +85,7 @@ struct cudaDeviceProp {
     int clockRate;
     int memoryClockRate;
     int memoryBusWidth;
-};
+} cudaDeviceProp;
 
 // ---- runtime API (runtime.cpp) ----------------------------------------------------------------------
 cudaError_t cudaGetDeviceCount(int *count);
@@ -104,45 +99,68 @@ const char *cudaGetErrorString(cudaError_t e);
 const char *cudaGetErrorName(cudaError_t e);
 
 cudaError_t cudaMalloc(void **p, size_t bytes);
-template <typename T> static inline cudaError_t cudaMalloc(T **p, size_t bytes) { return cudaMalloc((void **)p, bytes); }
 cudaError_t cudaFree(void *p);
 cudaError_t cudaMallocHost(void **p, size_t bytes);
 cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned flags);
 cudaError_t cudaFreeHost(void *p);
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s = 0);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s CUDAEMU_DEFAULT(0));
 cudaError_t cudaMemset(void *p, int value, size_t bytes);
-cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s = 0);
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s CUDAEMU_DEFAULT(0));
 
 cudaError_t cudaStreamCreate(cudaStream_t *s);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t s);
 cudaError_t cudaStreamSynchronize(cudaStream_t s);
-cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags = 0);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags CUDAEMU_DEFAULT(0));
 cudaError_t cudaStreamQuery(cudaStream_t s);
 
 cudaError_t cudaEventCreate(cudaEvent_t *e);
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = 0);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s CUDAEMU_DEFAULT(0));
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventQuery(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
+
+#ifdef __cplusplus
+} // extern "C"
+
+#include <cmath>
+#include <cstring>
+#include <tuple>
+#include <utility>
+
+template <typename T> static inline cudaError_t cudaMalloc(T **p, size_t bytes) { return cudaMalloc((void **)p, bytes); }
+
+// ---- qualifiers -------------------------------------------------------------------------------------
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __restrict__ __restrict
+// Shared memory: one copy per block. A block's fibers all run on one worker thread and a worker runs one
+// block at a time, so a thread-local static is exactly that. (Static shared memory over the 48 KB limit
+// is refused by nvcc's own build of the same sources, which CI also runs.) GNU __thread rather than C++
+// thread_local throughout: no TLS wrapper functions (gcc 12's UBSan null check of a thread_local
+// accessed through its wrapper tests the wrong flags and reports a null pointer that is not there).
+#define __shared__ static __thread
 
 // ---- the device side (kernel.cpp) -------------------------------------------------------------------
 namespace cudaemu {
 struct ThreadState; // one CUDA thread (a fiber)
 struct BlockState;  // the block it belongs to
 struct ThreadView {
-    uint3 threadIdx;
+    uint3 idx; // threadIdx
 };
 struct BlockView {
-    uint3 blockIdx;
-    dim3 blockDim, gridDim;
+    uint3 idx;      // blockIdx
+    dim3 dim, grid; // blockDim, gridDim
 };
-extern thread_local ThreadView *cur_thread; // the fiber running now on this worker thread
-extern thread_local BlockView *cur_block;
+extern __thread ThreadView *cur_thread; // the fiber running now on this worker thread
+extern __thread BlockView *cur_block;
 
 void syncthreads(const char *file, int line);
 // One warp-synchronous exchange: every lane of `mask` must arrive at the same call with the same kind;
@@ -189,14 +207,14 @@ template <typename F> BoundLauncher<F> operator%(Launcher l, F f) { return Bound
 
 // kernel<<<grid, block, smem, stream>>>(args) as written by the project (model/cuda/cuda_ops.cuh)
 #define DINO_LAUNCH(kernel, grid, block, smem, stream)                                              \
-    ::cudaemu::Launcher{#kernel, __FILE__, __LINE__, dim3(grid), dim3(block), (size_t)(smem), (stream)} %        \
-        [](auto... a_) { kernel(a_...); }
+    (::cudaemu::Launcher{#kernel, __FILE__, __LINE__, dim3(grid), dim3(block), (size_t)(smem), (stream)} %       \
+     [](auto... a_) { kernel(a_...); })
 
-#define threadIdx (::cudaemu::cur_thread->threadIdx)
-#define blockIdx (::cudaemu::cur_block->blockIdx)
-#define blockDim (::cudaemu::cur_block->blockDim)
-#define gridDim (::cudaemu::cur_block->gridDim)
-#define warpSize 32
+#define threadIdx (::cudaemu::cur_thread->idx)
+#define blockIdx (::cudaemu::cur_block->idx)
+#define blockDim (::cudaemu::cur_block->dim)
+#define gridDim (::cudaemu::cur_block->grid)
+static constexpr int warpSize = 32;
 
 static inline void __syncthreads(const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
     ::cudaemu::syncthreads(file, line);
@@ -256,3 +274,5 @@ static inline float min(float a, float b) { return fminf(a, b); }
 static inline float max(float a, float b) { return fmaxf(a, b); }
 static inline double min(double a, double b) { return fmin(a, b); }
 static inline double max(double a, double b) { return fmax(a, b); }
+
+#endif // __cplusplus

@@ -1,0 +1,314 @@
+// Self-tests of the CUDA execution layer (tests/cudaemu/): kernels written here run under it and must
+// give CUDA's results, and each kind of bug the layer claims to catch is shown caught: the faulty kernel
+// or call runs in a child process, which must end with the layer's exit status (3) and message.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+
+#include <cuda_runtime.h>
+
+#include "tests/harness.h"
+
+#define CK(call) CHECK((call) == cudaSuccess, "%s failed", #call)
+
+// Runs fn in a child process with stderr captured; returns its exit status and the text.
+template <typename F> static int in_child(F fn, std::string *err) {
+    int fd[2];
+    if (pipe(fd)) return -1;
+    fflush(stdout), fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fd[1], 2);
+        close(fd[0]);
+        fn();
+        cudaDeviceSynchronize();
+        fflush(stderr);
+        _exit(0);
+    }
+    close(fd[1]);
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd[0], buf, sizeof buf)) > 0) err->append(buf, (size_t)n);
+    close(fd[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// The child must fail with `status` (3: the layer's findings) and say `needle`.
+template <typename F> static void expect_finding(const char *what, const char *needle, F fn, int status = 3) {
+    std::string err;
+    int st = in_child(fn, &err);
+    const char *nl = strchr(err.c_str(), '\n'), *hit = strstr(err.c_str(), needle);
+    printf("  %-44s -> exit %d: %.*s\n", what, st, nl ? (int)(nl - err.c_str()) : (int)err.size(), err.c_str());
+    CHECK(st == status && hit, "%s: expected \"%s\" and exit %d, got exit %d", what, needle, status, st);
+}
+
+// ---- kernels ------------------------------------------------------------------------------------------
+
+__device__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// out[b] = sum of x over block b (any block size that is a multiple of 32): shuffles + shared memory
+__global__ void block_sum_kernel(float *out, const float *x, int n) {
+    __shared__ float part[32];
+    const int i = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    float v = i < n ? x[i] : 0.0f;
+    v = warp_sum(v);
+    if (lane == 0) part[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0f;
+        v = warp_sum(v);
+        if (lane == 0) out[blockIdx.x] = v;
+    }
+}
+
+// the same with the barrier left out: warp 0 may read part[] before the other warps wrote it
+__global__ void block_sum_racy_kernel(float *out, const float *x, int n) {
+    __shared__ float part[32];
+    const int i = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    float v = i < n ? x[i] : 0.0f;
+    v = warp_sum(v);
+    if (lane == 0) part[w] = v;
+    if (w == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0f;
+        v = warp_sum(v);
+        if (lane == 0) out[blockIdx.x] = v;
+    }
+}
+
+__global__ void divergent_barrier_kernel(float *x) {
+    if (threadIdx.x >= 40) return;
+    __syncthreads();
+    x[threadIdx.x] = 1.0f;
+}
+
+__global__ void two_barriers_kernel(float *x) {
+    if (threadIdx.x & 1) {
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    x[threadIdx.x] = 1.0f;
+}
+
+__global__ void partial_warp_shuffle_kernel(float *x) { x[threadIdx.x] = warp_sum(x[threadIdx.x]); }
+
+__global__ void exited_lane_shuffle_kernel(float *x) {
+    if (threadIdx.x == 7) return;
+    x[threadIdx.x] = warp_sum(x[threadIdx.x]);
+}
+
+__global__ void vote_kernel(unsigned *out, const float *x) {
+    const unsigned b = __ballot_sync(0xffffffffu, x[threadIdx.x] > 0.0f);
+    const int any = __any_sync(0xffffffffu, x[threadIdx.x] > 0.0f), all = __all_sync(0xffffffffu, x[threadIdx.x] > 0.0f);
+    const float up = __shfl_up_sync(0xffffffffu, x[threadIdx.x], 1), down = __shfl_down_sync(0xffffffffu, x[threadIdx.x], 2);
+    const float idx = __shfl_sync(0xffffffffu, x[threadIdx.x], 5);
+    out[threadIdx.x * 6 + 0] = b, out[threadIdx.x * 6 + 1] = (unsigned)any, out[threadIdx.x * 6 + 2] = (unsigned)all;
+    out[threadIdx.x * 6 + 3] = (unsigned)up, out[threadIdx.x * 6 + 4] = (unsigned)down, out[threadIdx.x * 6 + 5] = (unsigned)idx;
+}
+
+__global__ void index_kernel(int *out, int nx, int ny) {
+    const int x = blockIdx.x * blockDim.x + threadIdx.x, y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x < nx && y < ny) out[y * nx + x] = y * 1000 + x + (int)(gridDim.x * 0) + (int)(blockDim.z - 1);
+}
+
+__global__ void overrun_kernel(float *x, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) x[i] = 1.0f; // <= : one past the end
+}
+
+__global__ void scale_kernel(float *x, float a, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= a;
+}
+
+// ---- results --------------------------------------------------------------------------------------------
+
+static float *upload(const float *h, int n) {
+    float *d;
+    cudaMalloc(&d, sizeof(float) * n);
+    cudaMemcpy(d, h, sizeof(float) * n, cudaMemcpyHostToDevice);
+    return d;
+}
+
+TEST(block_reduction_shuffles_and_barrier) {
+    const int n = 5000, bs = 256, nb = (n + bs - 1) / bs;
+    float *h = (float *)malloc(sizeof(float) * n), out[32];
+    for (int i = 0; i < n; i++) h[i] = (float)(i % 17) - 8.0f;
+    float *x = upload(h, n), *o;
+    CK(cudaMalloc(&o, sizeof(float) * nb));
+    DINO_LAUNCH(block_sum_kernel, nb, bs, 0, 0)(o, x, n);
+    CK(cudaGetLastError());
+    CK(cudaMemcpy(out, o, sizeof(float) * nb, cudaMemcpyDeviceToHost));
+    for (int b = 0; b < nb; b++) {
+        float want = 0;
+        for (int i = b * bs; i < n && i < (b + 1) * bs; i++) want += h[i];
+        CHECK(out[b] == want, "block %d: sum %g, expected %g", b, out[b], want);
+    }
+    cudaFree(x), cudaFree(o), free(h);
+}
+
+TEST(indices_2d_grid_and_votes) {
+    const int nx = 70, ny = 45;
+    int *d, *h = (int *)malloc(sizeof(int) * nx * ny);
+    CK(cudaMalloc(&d, sizeof(int) * nx * ny));
+    DINO_LAUNCH(index_kernel, dim3(3, 6), dim3(32, 8), 0, 0)(d, nx, ny);
+    CK(cudaMemcpy(h, d, sizeof(int) * nx * ny, cudaMemcpyDeviceToHost));
+    for (int y = 0; y < ny; y++)
+        for (int x = 0; x < nx; x++) CHECK(h[y * nx + x] == y * 1000 + x, "index (%d,%d): %d", x, y, h[y * nx + x]);
+    cudaFree(d), free(h);
+    float xv[32];
+    for (int i = 0; i < 32; i++) xv[i] = (i % 3 == 0) ? (float)i : -1.0f;
+    float *x = upload(xv, 32);
+    unsigned *o, r[32 * 6];
+    CK(cudaMalloc(&o, sizeof r));
+    DINO_LAUNCH(vote_kernel, 1, 32, 0, 0)(o, x);
+    CK(cudaMemcpy(r, o, sizeof r, cudaMemcpyDeviceToHost));
+    unsigned ballot = 0;
+    for (int i = 0; i < 32; i++) ballot |= (unsigned)(xv[i] > 0) << i;
+    for (int i = 0; i < 32; i++) {
+        CHECK(r[i * 6] == ballot && r[i * 6 + 1] == 1 && r[i * 6 + 2] == 0, "lane %d: ballot/any/all", i);
+        CHECK(r[i * 6 + 3] == (unsigned)(i >= 1 ? xv[i - 1] : xv[i]), "lane %d: shfl_up", i);
+        CHECK(r[i * 6 + 4] == (unsigned)(i + 2 < 32 ? xv[i + 2] : xv[i]), "lane %d: shfl_down", i);
+        CHECK(r[i * 6 + 5] == (unsigned)xv[5], "lane %d: shfl", i);
+    }
+    cudaFree(x), cudaFree(o);
+}
+
+TEST(finds_missing_barrier) {
+    // with the barrier the block sum is right in every thread order; without it warp 0 reads slots the
+    // other warps have not written yet (their values, or the previous block's, or nothing)
+    const int n = 4096, bs = 1024, nb = n / bs;
+    float *h = (float *)malloc(sizeof(float) * n);
+    for (int i = 0; i < n; i++) h[i] = 1.0f + (float)(i % 5);
+    float *x = upload(h, n), *o, out[4];
+    CK(cudaMalloc(&o, sizeof(float) * nb));
+    DINO_LAUNCH(block_sum_racy_kernel, nb, bs, 0, 0)(o, x, n);
+    CK(cudaMemcpy(out, o, sizeof out, cudaMemcpyDeviceToHost));
+    int wrong = 0;
+    for (int b = 0; b < nb; b++) {
+        float want = 0;
+        for (int i = b * bs; i < (b + 1) * bs; i++) want += h[i];
+        wrong += out[b] != want;
+    }
+    printf("  racy block sum: %d of %d blocks wrong\n", wrong, nb);
+    CHECK(wrong > 0, "the missing __syncthreads went unnoticed: every block sum came out right");
+    cudaFree(x), cudaFree(o), free(h);
+}
+
+TEST(finds_divergent_barriers_and_bad_shuffles) {
+    float *x;
+    CK(cudaMalloc(&x, sizeof(float) * 1024));
+    expect_finding("barrier after some threads returned", "divergent code",
+                   [&] { DINO_LAUNCH(divergent_barrier_kernel, 1, 64, 0, 0)(x); });
+    expect_finding("threads at two different barriers", "different barriers",
+                   [&] { DINO_LAUNCH(two_barriers_kernel, 1, 64, 0, 0)(x); });
+    expect_finding("full-mask shuffle in a 48-thread block", "does not exist",
+                   [&] { DINO_LAUNCH(partial_warp_shuffle_kernel, 1, 48, 0, 0)(x); });
+    expect_finding("shuffle naming a lane that returned", "already returned",
+                   [&] { DINO_LAUNCH(exited_lane_shuffle_kernel, 1, 32, 0, 0)(x); });
+    cudaFree(x);
+}
+
+TEST(launch_limits) {
+    float *x;
+    CK(cudaMalloc(&x, sizeof(float) * 16));
+    struct {
+        dim3 g, b;
+        size_t smem;
+    } bad[] = {{dim3(1), dim3(1025), 0},        {dim3(1, 65536), dim3(32), 0}, {dim3(1, 1, 65536), dim3(32), 0},
+               {dim3(0), dim3(32), 0},          {dim3(1), dim3(32, 32, 2), 0}, {dim3(1), dim3(1, 1, 65), 0},
+               {dim3(1), dim3(32), 49 << 10},   {dim3(1), dim3(32), 228 << 10}};
+    for (auto &c : bad) {
+        DINO_LAUNCH(scale_kernel, c.g, c.b, c.smem, 0)(x, 2.0f, 16);
+        cudaError_t e = cudaGetLastError();
+        CHECK(e == cudaErrorInvalidConfiguration, "grid (%u,%u,%u) block (%u,%u,%u) smem %zu: %s", c.g.x, c.g.y,
+              c.g.z, c.b.x, c.b.y, c.b.z, c.smem, cudaGetErrorString(e));
+    }
+    DINO_LAUNCH(scale_kernel, dim3(1, 65535), dim3(1024), 48 << 10, 0)(x, 2.0f, 16); // at the limits
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    cudaFree(x);
+}
+
+TEST(out_of_bounds_device_access_caught) {
+#if defined(__SANITIZE_ADDRESS__)
+    expect_finding("kernel writes one past its buffer", "heap-buffer-overflow", [] {
+        float *x;
+        cudaMalloc(&x, sizeof(float) * 100);
+        DINO_LAUNCH(overrun_kernel, 1, 128, 0, 0)(x, 100);
+        cudaDeviceSynchronize();
+        _exit(0); // not reached: AddressSanitizer stops the child first (exit status 1)
+    }, 1);
+#else
+    test_skip("the layer is built without AddressSanitizer");
+#endif
+}
+
+// Streams: work on two streams ordered only by an event; in "delay" order the missing wait shows.
+TEST(streams_events_and_missing_wait) {
+    const int n = 1000;
+    float *h, *d;
+    CK(cudaHostAlloc((void **)&h, sizeof(float) * n, 0));
+    CK(cudaMalloc(&d, sizeof(float) * n));
+    for (int i = 0; i < n; i++) h[i] = (float)i;
+    cudaStream_t copy, compute;
+    cudaEvent_t up;
+    CK(cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
+    CK(cudaEventCreateWithFlags(&up, cudaEventDisableTiming));
+    CK(cudaMemsetAsync(d, 0, sizeof(float) * n, compute));
+    CK(cudaStreamSynchronize(compute));
+    // correct: upload on `copy`, compute waits for it
+    CK(cudaMemcpyAsync(d, h, sizeof(float) * n, cudaMemcpyHostToDevice, copy));
+    CK(cudaEventRecord(up, copy));
+    CK(cudaStreamWaitEvent(compute, up, 0));
+    DINO_LAUNCH(scale_kernel, (n + 255) / 256, 256, 0, compute)(d, 2.0f, n);
+    float back[4];
+    CK(cudaMemcpyAsync(back, d + 10, sizeof back, cudaMemcpyDeviceToHost, compute));
+    CK(cudaStreamSynchronize(compute));
+    CHECK(back[0] == 20.0f && back[3] == 26.0f, "with the event wait: %g %g", back[0], back[3]);
+    // without the wait: under CUDAEMU_STREAMS=delay the copy has not run when the kernel does
+    const char *pol = getenv("CUDAEMU_STREAMS");
+    if (!pol || !strcmp(pol, "delay")) {
+        for (int i = 0; i < n; i++) h[i] = 1.0f;
+        CK(cudaMemcpyAsync(d, h, sizeof(float) * n, cudaMemcpyHostToDevice, copy));
+        DINO_LAUNCH(scale_kernel, (n + 255) / 256, 256, 0, compute)(d, 2.0f, n);
+        CK(cudaMemcpyAsync(back, d + 10, sizeof back, cudaMemcpyDeviceToHost, compute));
+        CK(cudaStreamSynchronize(compute));
+        printf("  without the wait: d[10] = %g (2 when ordered)\n", back[0]);
+        CHECK(back[0] != 2.0f, "a missing cudaStreamWaitEvent went unnoticed");
+        CK(cudaStreamSynchronize(copy));
+    }
+    cudaStreamDestroy(copy), cudaStreamDestroy(compute), cudaEventDestroy(up);
+    cudaFree(d), cudaFreeHost(h);
+}
+
+TEST(free_with_pending_work_and_wrong_copies) {
+    expect_finding("cudaFree while a kernel on it is queued", "still uses the buffer", [] {
+        setenv("CUDAEMU_STREAMS", "delay", 1);
+        float *x;
+        cudaStream_t s;
+        cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+        cudaMalloc(&x, sizeof(float) * 64);
+        DINO_LAUNCH(scale_kernel, 1, 64, 0, s)(x, 2.0f, 64);
+        cudaFree(x);
+    });
+    expect_finding("host pointer passed as the device side", "not inside one device allocation", [] {
+        float h[4] = {0}, g[4];
+        cudaMemcpy(g, h, sizeof h, cudaMemcpyHostToDevice);
+    });
+    expect_finding("copy past the end of a device buffer", "runs past the end", [] {
+        float *x, h[8] = {0};
+        cudaMalloc(&x, sizeof(float) * 4);
+        cudaMemcpy(x, h, sizeof h, cudaMemcpyHostToDevice);
+    });
+}
