@@ -84,6 +84,7 @@ cudaemu_switch:
 namespace cudaemu {
 
 enum TState { T_READY, T_BAR, T_WARP, T_EXITED };
+enum Order { FORWARD, REVERSE, RANDOM_ORDER };
 
 struct ThreadState {
     ThreadView view;
@@ -116,6 +117,7 @@ struct Worker {
     KernelTrampoline fn;
     void *closure;
     const char *kernel_name;
+    Order order;
     std::mt19937_64 rng;
     Worker() : th(1024) {}
     ~Worker() {
@@ -229,15 +231,12 @@ static void run_fiber(Worker *w, ThreadState *t) {
     }
 }
 
-enum Order { FORWARD, REVERSE, RANDOM_ORDER };
-static Order order() {
-    static int o = -1;
-    if (o < 0) {
-        const char *e = getenv("CUDAEMU_ORDER");
-        o = !e || !strcmp(e, "random") ? RANDOM_ORDER : !strcmp(e, "forward") ? FORWARD : !strcmp(e, "reverse") ? REVERSE : -2;
-        if (o == -2) fatal("CUDAEMU_ORDER=%s: use forward, reverse or random", e);
-    }
-    return (Order)o;
+static Order order() { // read at every launch: a test may switch it between runs
+    const char *e = getenv("CUDAEMU_ORDER");
+    if (!e || !*e || !strcmp(e, "random")) return RANDOM_ORDER;
+    if (!strcmp(e, "forward")) return FORWARD;
+    if (!strcmp(e, "reverse")) return REVERSE;
+    fatal("CUDAEMU_ORDER=%s: use forward, reverse or random", e);
 }
 static uint64_t seed() {
     const char *e = getenv("CUDAEMU_SEED");
@@ -390,9 +389,9 @@ static void run_block(Worker *w, uint3 bid, dim3 bdim, dim3 gdim) {
         t->view.idx = uint3{i % bdim.x, (i / bdim.x) % bdim.y, i / (bdim.x * bdim.y)};
     }
     std::vector<int> perm(n);
-    for (int i = 0; i < n; i++) perm[i] = order() == REVERSE ? n - 1 - i : i;
+    for (int i = 0; i < n; i++) perm[i] = w->order == REVERSE ? n - 1 - i : i;
     for (;;) {
-        if (order() == RANDOM_ORDER) std::shuffle(perm.begin(), perm.end(), w->rng);
+        if (w->order == RANDOM_ORDER) std::shuffle(perm.begin(), perm.end(), w->rng);
         int live = 0;
         for (int i : perm) {
             ThreadState *t = &w->th[i];
@@ -417,11 +416,12 @@ struct Grid {
     std::atomic<size_t> next;
     std::atomic<int> busy;
     uint64_t launch_no;
+    Order order;
 };
 
 static void work_on(Grid *g) {
     Worker *w = this_worker();
-    w->fn = g->fn, w->closure = g->closure, w->kernel_name = g->name;
+    w->fn = g->fn, w->closure = g->closure, w->kernel_name = g->name, w->order = g->order;
     w->rng.seed(seed() * 0x9e3779b97f4a7c15ull + g->launch_no);
     for (;;) {
         size_t i = g->next.fetch_add(1);
@@ -473,9 +473,10 @@ static int workers() {
 
 static void run_grid(Grid *g) {
     const size_t nb = (size_t)g->grid.x * g->grid.y * g->grid.z;
+    g->order = order();
     g->blocks.resize(nb);
-    for (size_t i = 0; i < nb; i++) g->blocks[i] = (uint32_t)(order() == REVERSE ? nb - 1 - i : i);
-    if (order() == RANDOM_ORDER) {
+    for (size_t i = 0; i < nb; i++) g->blocks[i] = (uint32_t)(g->order == REVERSE ? nb - 1 - i : i);
+    if (g->order == RANDOM_ORDER) {
         std::mt19937_64 r(seed() + 7919 * g->launch_no);
         std::shuffle(g->blocks.begin(), g->blocks.end(), r);
     }
