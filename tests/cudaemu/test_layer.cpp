@@ -233,7 +233,14 @@ TEST(launch_limits) {
         CHECK(e == cudaErrorInvalidConfiguration, "grid (%u,%u,%u) block (%u,%u,%u) smem %zu: %s", c.g.x, c.g.y,
               c.g.z, c.b.x, c.b.y, c.b.z, c.smem, cudaGetErrorString(e));
     }
-    DINO_LAUNCH(scale_kernel, dim3(1, 65535), dim3(1024), 48 << 10, 0)(x, 2.0f, 16); // at the limits
+    // at the limits (each launch small enough to run quickly)
+    DINO_LAUNCH(scale_kernel, dim3(1, 65535), dim3(1), 48 << 10, 0)(x, 2.0f, 16);
+    CK(cudaGetLastError());
+    DINO_LAUNCH(scale_kernel, dim3(1, 1, 65535), dim3(1), 0, 0)(x, 2.0f, 16);
+    CK(cudaGetLastError());
+    DINO_LAUNCH(scale_kernel, dim3(1), dim3(1024), 0, 0)(x, 2.0f, 16);
+    CK(cudaGetLastError());
+    DINO_LAUNCH(scale_kernel, dim3(1), dim3(16, 1, 64), 0, 0)(x, 2.0f, 16);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     cudaFree(x);
