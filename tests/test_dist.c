@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include "dist/nccl.h"
+#include "model/cuda/cuda_device.h"
 #endif
 
 #define WORKER(name)                                                                               \
@@ -530,6 +531,14 @@ TEST(launch_detection_refuses_mismatch) {
 
 // ---- NCCL (GPU) ------------------------------------------------------------------------------------
 #ifdef DINO_HAVE_NCCL
+// The NCCL cases' collective timeout (dist_init's watchdog and dist_nccl_new's wait): DINO_DIST_TIMEOUT_S
+// when set (tools/gpu_check.sh sets 30 s: a hung collective fails its case well inside a lease call; the
+// ranks get it through run_mpi's -x), else 60 s.
+static double nccl_timeout_s(void) {
+    const char *t = getenv("DINO_DIST_TIMEOUT_S");
+    return t && atof(t) > 0 ? atof(t) : 60;
+}
+
 static void nccl_check(DistNccl *nc, int rank, int world) {
     char err[DINO_ERRLEN];
     const size_t n = 1000003; // odd
@@ -578,9 +587,9 @@ static void nccl_check(DistNccl *nc, int rank, int world) {
 
 WORKER(nccl) {
     Dist d;
-    init_or_die(&d, 60);
+    init_or_die(&d, nccl_timeout_s());
     char err[DINO_ERRLEN];
-    DistNccl *nc = dist_nccl_new(d.rank, d.world, d.local_rank, 60, err);
+    DistNccl *nc = dist_nccl_new(d.rank, d.world, d.local_rank, nccl_timeout_s(), err);
     CHECK(nc != NULL, "%s", err);
     if (nc) {
         nccl_check(nc, d.rank, d.world);
@@ -652,9 +661,9 @@ static size_t bad_shard(const float *got, const float *want, DistShard s) {
 // 3. DINO_TEST_FAULT=mismatch|open_group (stand-in only): a finding the stand-in must report.
 WORKER(nccl_group) {
     Dist d;
-    init_or_die(&d, 60);
+    init_or_die(&d, nccl_timeout_s());
     char err[DINO_ERRLEN] = "";
-    DistNccl *nc = dist_nccl_new(d.rank, d.world, d.local_rank, 60, err);
+    DistNccl *nc = dist_nccl_new(d.rank, d.world, d.local_rank, nccl_timeout_s(), err);
     CHECK(nc != NULL, "%s", err);
     if (!nc) exit(1);
     const char *fault = getenv("DINO_TEST_FAULT");
@@ -739,9 +748,9 @@ TEST(nccl_allreduce_reduce_scatter_gpu) {
     test_skip("built without CUDA/NCCL");
 #else
     int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) test_skip("no CUDA device");
+    if ((ndev = dino_cuda_device_count()) == 0) test_skip("no CUDA device"); // exits 1 under DINO_REQUIRE_GPU=1
     char err[DINO_ERRLEN];
-    DistNccl *nc = dist_nccl_new(0, 1, 0, 60, err);
+    DistNccl *nc = dist_nccl_new(0, 1, 0, nccl_timeout_s(), err);
     CHECK(nc != NULL, "%s", err);
     if (!nc) return;
     nccl_check(nc, 0, 1);
@@ -762,7 +771,7 @@ TEST(nccl_group_gate_and_error_np2) {
 #else
     need_mpirun();
     int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) test_skip("no CUDA device");
+    if ((ndev = dino_cuda_device_count()) == 0) test_skip("no CUDA device"); // exits 1 under DINO_REQUIRE_GPU=1
     if (ndev < 2 && !nccl_standin()) test_skip("one GPU: NCCL needs a GPU per rank");
     setenv("CUDAEMU_STREAMS", "delay", 1); // for the ranks (the execution layer's scheduler; CUDA ignores it)
     run_worker_ok(2, "worker_nccl_group", out_buf, sizeof out_buf);

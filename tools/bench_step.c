@@ -8,6 +8,8 @@
 //
 //   bench_step --backend cuda --arch vit_large --batch 32 [--recompute]
 //   bench_step --backend cpu --arch vit_small --batch 2 --K 8192 --iters 2     (the CPU reference)
+//   cudaemu_bench_step --backend cuda --depth 1 --global-size 56 --local-size 28 --K 512 --peak-size 256
+//                      (the same program under the CUDA execution layer: tools/gpu_check.sh --dry)
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +33,7 @@ static void usage(void) {
             "usage: bench_step [--backend cuda|cpu] [--arch vit_small|vit_base|vit_large|vit_giant2] [--batch B]\n"
             "                  [--local 8] [--global-size 224] [--local-size 98] [--patch 14] [--registers 0]\n"
             "                  [--ffn mlp|swiglu] [--depth L] [--K 65536] [--drop-path 0] [--recompute]\n"
-            "                  [--iters 10] [--warmup 3] [--no-peak]\n");
+            "                  [--iters 10] [--warmup 3] [--no-peak] [--peak-size 8192]\n");
     exit(2);
 }
 
@@ -47,7 +49,7 @@ int main(int argc, char **argv) {
     dino_prefer_passive_openmp(argv);
     const char *backend = "cuda", *arch = "vit_small", *ffn = "mlp";
     int batch = 8, n_local = 8, gsize = 224, lsize = 98, patch = 14, registers = 0, depth = 0, K = 65536;
-    int iters = 10, warmup = 3, no_peak = 0, recompute = 0;
+    int iters = 10, warmup = 3, no_peak = 0, recompute = 0, peak_size = 8192;
     double drop_path = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -57,7 +59,7 @@ int main(int argc, char **argv) {
         ARG_S("--backend", backend) ARG_S("--arch", arch) ARG_S("--ffn", ffn) ARG_I("--batch", batch)
         ARG_I("--local", n_local) ARG_I("--global-size", gsize) ARG_I("--local-size", lsize) ARG_I("--patch", patch)
         ARG_I("--registers", registers) ARG_I("--depth", depth) ARG_I("--K", K) ARG_I("--iters", iters)
-        ARG_I("--warmup", warmup)
+        ARG_I("--warmup", warmup) ARG_I("--peak-size", peak_size)
         else if (strcmp(a, "--drop-path") == 0 && v) drop_path = atof(argv[++i]);
         else if (strcmp(a, "--recompute") == 0) recompute = 1;
         else if (strcmp(a, "--no-peak") == 0) no_peak = 1;
@@ -65,17 +67,21 @@ int main(int argc, char **argv) {
 #undef ARG_S
 #undef ARG_I
     }
-    if (batch < 2 || iters <= 0 || warmup < 0 || n_local < 0 || K <= 0) usage(); // KoLeo needs 2 images
+    if (batch < 2 || iters <= 0 || warmup < 0 || n_local < 0 || K <= 0 || peak_size < 64) usage(); // KoLeo needs 2 images
 
     char err[DINO_ERRLEN];
     const char *device;
     double peak;
-    Backend *be = bench_open_backend(backend, !no_peak, &device, &peak, err);
+    Backend *be = bench_open_backend(backend, 0, &device, &peak, err);
     if (!be) {
         printf("RESULT impl=c-step backend=%s arch=%s batch=%d status=no-backend\n", backend, arch, batch);
         fprintf(stderr, "bench_step: %s\n", err);
         return 3;
     }
+#ifdef DINO_HAVE_CUDA
+    // the MFU denominator: a dense bf16 n^3 cublasGemmEx (--peak-size: small under the CUDA execution layer)
+    if (!no_peak && strcmp(be->name, "cuda") == 0) peak = backend_cuda_measure_bf16_tflops(be, peak_size, 20);
+#endif
 
     VitConfig vc;
     if (vit_config_from_arch(&vc, arch, patch, gsize, registers, ffn, err)) {
@@ -220,7 +226,7 @@ int main(int argc, char **argv) {
     printf("planned (dinotrain --plan-memory's count) %.2f GiB%s", plan_bytes / gib, model_gib >= 0 ? "" : "\n");
     if (model_gib >= 0) printf(", taken from the device by the model %.2f GiB\n", model_gib);
     printf("RESULT impl=c-step backend=%s arch=%s batch=%d img_per_s=%.2f step_ms=%.2f fwd_bwd_ms=%.2f update_ms=%.2f "
-           "stage_ms=%.2f teacher_ms=%.2f student_fwd_ms=%.2f bwd_ms=%.2f model_tflops=%.3f peak_tflops=%.1f "
+           "stage_ms=%.2f teacher_ms=%.2f student_fwd_ms=%.2f bwd_ms=%.2f model_tflops=%.3f peak_tflops=%.4g "
            "mfu=%.4f recompute=%d device_gib=%.2f plan_gib=%.2f model_gib=%.2f status=ok\n",
            backend, arch, batch, ips, 1e3 * t_step, 1e3 * t_fb, 1e3 * t_up, 1e3 * t_stage, 1e3 * ph[0], 1e3 * ph[1],
            1e3 * ph[2], tflops, peak, mfu, recompute, mem_gib, plan_bytes / gib, model_gib);

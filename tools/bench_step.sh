@@ -23,8 +23,8 @@ cmake --build "$build" -j"$threads" --target bench_step >/dev/null
 c_log=$(mktemp) t_log=$(mktemp)
 trap 'rm -f "$c_log" "$t_log"' EXIT
 "$build/bench_step" --backend "$backend" "$@" | tee "$c_log"
-# the same flags without --backend (and --recompute / --no-peak, which are ours alone)
-set -- $(printf '%s\n' "$@" | awk 'skip { skip = 0; next } $0 == "--backend" { skip = 1; next }
+# the same flags without --backend (and --recompute / --no-peak / --peak-size, which are ours alone)
+set -- $(printf '%s\n' "$@" | awk 'skip { skip = 0; next } $0 == "--backend" || $0 == "--peak-size" { skip = 1; next }
                                    $0 == "--recompute" || $0 == "--no-peak" { next } { print }')
 peak=$(sed -n 's/^RESULT .* peak_tflops=\([0-9.-]*\).*/\1/p' "$c_log")
 "$python" "$root/tests/torch_ref/bench_step_torch.py" --threads "$threads" --modes "${TORCH_MODES:-eager}" \

@@ -1,503 +1,576 @@
 #!/usr/bin/env bash
-# Everything a GPU lease should run, in one script: machine info, build, the GPU tests (ctest -R cuda:
-# every op of the backend, the objective's ops, two SSL steps and the trainer against the CPU), a
-# 50-iteration demo training run on cuda and on cpu (stage train), the ViT benchmark on the CUDA
-# backend, the same model in PyTorch, and a summary table. Each stage's failure is
-# recorded in the table and never stops the other stages. See docs/cuda-backend.md.
+# Everything a GPU lease runs, as ONE call of the device tool that ends within 8 minutes, build included
+# (docs/cuda-backend.md, "Running the GPU check"):
+#   info    nvidia-smi, driver, nvcc, cmake, gcc, glibc, python3's torch; the card's name heads the table
+#   build   sm_90 only (DINO_CUDA_ARCHS, default 90), only the GPU tests and bench_step, all cores: the
+#           GPU subset (model, model/cpu, model/cuda, the SSL step, dist + NCCL) with OpenBLAS from the
+#           system or from the .debs carried in build-gpu-deps/; the CMake build instead when the machine
+#           has every library the full build needs
+#   test    every case of test_cuda_ops and test_cuda and the NCCL cases of test_dist, one process per
+#           case under `timeout`, DINO_REQUIRE_GPU=1 (no device = failure), a 30 s collective timeout
+#           for NCCL; pass/fail/skip/time and the worst err/tol ratio of each case; every "err/tol" and
+#           "normwise" line goes to tolerances.log
+#   bench   the whole training step, tools/bench_step (C) and tests/torch_ref/bench_step_torch.py (the
+#           machine's PyTorch: eager with bf16 autocast and SDPA; torch.compile only if time is left), on
+#           ViT-S/14 and ViT-L/14, same card, MFU against the bf16 rate bench_step measures
+#   summary summary.md: the tables, the ratio C / PyTorch, the --only line that reruns what failed
+# Every item (a test case, a benchmark run) rewrites summary.md and copies the results to $OUT, so a call
+# killed at its limit still returns what finished. No new item starts after GPU_CHECK_DEADLINE_S (450 s,
+# 7 min 30 s) and each item's timeout is cut to what is left; the tests stop starting new cases at
+# GPU_CHECK_TESTS_UNTIL_S (330 s) so that the benchmark keeps its two minutes (not with --only).
 #
-#   tools/gpu_check.sh                         all stages (info,build,test,train,bench,torch,summary)
-#   tools/gpu_check.sh --stages info,build,test,summary   then, in further calls (10-min limit each):
-#   tools/gpu_check.sh --stages info,train,bench,summary
-#   tools/gpu_check.sh --stages info,torch,summary
-#   tools/gpu_check.sh --stages info,step,summary     the whole training step, C and PyTorch
-#   tools/gpu_check.sh --stages summary --merge DIR1 --merge DIR2   one table from both calls' $OUT
-#                                              folders (anywhere, no GPU needed)
-#   tools/gpu_check.sh --quick                 one batch size per model
-#   tools/gpu_check.sh --stages sanitize,summary   compute-sanitizer memcheck of the smaller GPU tests
-#   tools/gpu_check.sh --fetch-deps            ON THE BUILD MACHINE (has network): downloads the
-#                                              OpenBLAS .debs into build-gpu-deps/ for a GPU machine
-#                                              without them; carry build-gpu-deps with the lease.
+#   tools/gpu_check.sh                 the lease call (device tool: carry ["build-gpu-deps"], timeout_s 540)
+#   tools/gpu_check.sh --only REGEX    a rerun call: info, build, then only the items whose name or stage
+#                                      matches (e.g. 'cuda_ops\.attention|dist\.', 'bench', 'vit_large',
+#                                      'torch-compile'); no sub-deadline for the tests; --only info: the
+#                                      machine's info alone. The summary ends with the --only of what
+#                                      failed or did not run
+#   tools/gpu_check.sh --sanitize      the test cases under compute-sanitizer memcheck (use with --only)
+#   tools/gpu_check.sh --dry           HERE, on the CPU: every stage's control flow with the CUDA execution
+#                                      layer standing in (build/cudaemu_*: a few fast cases, bench_step at
+#                                      tiny sizes, PyTorch on the CPU); --dry-build rebuilds those targets
+#   tools/gpu_check.sh --fetch-deps    ON THE BUILD MACHINE (network): the OpenBLAS .debs into
+#                                      build-gpu-deps/ (about 13 MB; carry it with the lease)
+#   --out DIR                          where the results go (default: $OUT when set)
 #
-# Results accumulate in build-gpu-check/ (kept between calls on a warm machine) and are copied to
-# $OUT (or --out DIR) after every call: summary.md, status.env and one log per stage (<= 8 files).
+# Results: build-gpu-check/ (build-gpu-check-dry/ for --dry): summary.md, results.tsv, info.log,
+# build.log, tests.log, tolerances.log, bench.log (7 files: the device tool returns at most 8).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
+T0=$(date +%s)
+ARGS="$*"
 
-STAGES="info,build,test,train,bench,torch,step,summary"
-QUICK=0
-MERGE=()
-RES=$ROOT/build-gpu-check
+ONLY=""
+DRY=0
+DRY_BUILD=0
+SANITIZE=0
 DEST=${OUT:-}
-ARCHS_CUDA=${DINO_CUDA_ARCHS:-"80;90"}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --stages) STAGES=$2; shift 2 ;;
-    --quick) QUICK=1; shift ;;
+    --only) ONLY=$2; shift 2 ;;
+    --dry) DRY=1; shift ;;
+    --dry-build) DRY=1; DRY_BUILD=1; shift ;;
+    --sanitize) SANITIZE=1; shift ;;
     --out) DEST=$2; shift 2 ;;
-    --merge) MERGE+=("$2"); shift 2 ;;
-    --fetch-deps) # build-gpu-deps/ is ignored (/build-*/), so it must be named in the lease's carry
+    --fetch-deps) # build-gpu-deps/ is ignored (/build-*/): the lease call must name it in carry
       mkdir -p build-gpu-deps && cd build-gpu-deps || exit 1
+      rm -f ./*.deb
+      # libopenblas0-pthread: the library; libopenblas-pthread-dev: cblas.h and libopenblas.so;
+      # libgfortran5 + libquadmath0: what the library needs at run time
       apt-get download libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libquadmath0 || exit 1
-      ls -la; exit 0 ;;
-    -h|--help) sed -n 2,20p "$0"; exit 0 ;;
-    *) echo "gpu_check: unknown argument $1" >&2; exit 2 ;;
+      ls -la ./*.deb
+      total=$(du -cb ./*.deb | tail -1 | cut -f1)
+      echo "build-gpu-deps: $((total / 1048576)) MiB (the working tree and carried paths may not exceed 64 MiB)"
+      exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+    *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-if [ "$QUICK" = 1 ]; then
-  C_BATCH_S="32"; C_BATCH_L="16"
-  STEP_S="32"; STEP_L="16 64r"
-else
-  C_BATCH_S="16 32 64"; C_BATCH_L="8 16 32"
-  # r: activations recomputed. ViT-L holds 55 GiB at 32 images stored, 102 GiB at 64 (dinotrain
-  # --plan-memory): 64 runs recomputed, 32 both ways.
-  STEP_S="32 64"; STEP_L="16 32 32r 64r"
-fi
-# torch.compile recompiles per shape (a minute or more for ViT-L): compile at one batch per model.
-TC_BATCH_S="32"; TC_BATCH_L="16"
-JOBS=$(nproc 2>/dev/null || echo 4)
-mkdir -p "$RES"
-STATUS=$RES/status.env
-touch "$STATUS"
 
-has_stage() { case ",$STAGES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-set_status() { # stage value: one line per stage, the last one wins
-  grep -v "^$1=" "$STATUS" > "$STATUS.tmp" 2>/dev/null; mv "$STATUS.tmp" "$STATUS"
-  printf '%s=%q\n' "$1" "$2" >> "$STATUS"
-}
-get_status() { ( . "$STATUS" 2>/dev/null; eval "echo \${$1:-not run}" ) }
+DEADLINE=${GPU_CHECK_DEADLINE_S:-450}
+TESTS_UNTIL=${GPU_CHECK_TESTS_UNTIL_S:-330}
+[ -n "$ONLY" ] && TESTS_UNTIL=$DEADLINE
+TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT_S:-90}
+BUILD_TIMEOUT=${GPU_CHECK_BUILD_TIMEOUT_S:-300}
+ARCHS=${DINO_CUDA_ARCHS:-90}
+JOBS=$(nproc 2>/dev/null || echo 4)
+if [ "$DRY" = 1 ]; then
+  RES=$ROOT/build-gpu-check-dry
+  JOBS=2
+  # the few fast cases of the dry run (every case with --only)
+  DRY_TESTS=${GPU_CHECK_DRY_TESTS:-'^(cuda\.cuda_device_visible|cuda_ops\.(layernorm_fwd_bwd|attention_fp32_gemms|attention_bf16_gemms|ssl_step_softmax_koleo_fp32_gemm|backend_new_reports_missing_device)|dist\.nccl_allreduce_reduce_scatter_gpu)$'}
+  BENCH=${GPU_CHECK_BENCH:-"vit_small:2 vit_large:2"}
+  BENCH_ARGS="--depth 1 --global-size 56 --local-size 28 --local 2 --K 512 --iters 1 --warmup 0"
+  PEAK_ARGS="--peak-size 256"
+else
+  RES=$ROOT/build-gpu-check
+  # batch per GPU; a trailing r: activations recomputed (bench_step --recompute; PyTorch runs the plain step)
+  BENCH=${GPU_CHECK_BENCH:-"vit_small:32 vit_large:16"}
+  BENCH_ARGS="--iters 10 --warmup 3"
+  PEAK_ARGS=""
+fi
+mkdir -p "$RES"
+rm -f "$RES"/summary.md "$RES"/results.tsv "$RES"/*.log "$RES"/*.tmp
+touch "$RES"/results.tsv "$RES"/info.log "$RES"/build.log "$RES"/tests.log "$RES"/tolerances.log "$RES"/bench.log
+
+now() { echo $(( $(date +%s) - T0 )); }
+left() { echo $(( DEADLINE - $(now) )); }
+# cap SECONDS: SECONDS or what is left before the deadline, whichever is less
+cap() { local l; l=$(left); [ "$l" -lt 1 ] && l=1; [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }
+say() { echo "[gpu_check $(printf '%3d' "$(now)")s] $*"; }
+
 copy_out() {
   [ -n "$DEST" ] || return 0
-  mkdir -p "$DEST" && cp -f "$RES"/*.md "$RES"/*.log "$RES"/*.env "$DEST"/ 2>/dev/null
+  mkdir -p "$DEST" || return 0
+  local f
+  for f in summary.md results.tsv info.log build.log tests.log tolerances.log bench.log; do
+    [ -f "$RES/$f" ] || continue
+    # the device tool returns files of at most 16 MiB: keep the end of a longer log
+    if [ "$(stat -c %s "$RES/$f")" -gt 15000000 ]; then tail -c 15000000 "$RES/$f" > "$DEST/$f"; else cp -f "$RES/$f" "$DEST/$f"; fi
+  done
   return 0
 }
-trap copy_out EXIT
-log() { copy_out; echo "[gpu_check $(date +%H:%M:%S)] $*"; } # each stage starts with a log line: results so far go out
+trap 'summary; copy_out' EXIT
+trap 'say "terminated"; exit 143' TERM INT
 
-# Results of earlier calls (e.g. the $OUT folders of two lease calls, on any machine): their logs and
-# statuses are merged into build-gpu-check/ before the stages run, so `--stages summary --merge A
-# --merge B` makes one table of both.
-for m in "${MERGE[@]}"; do
-  [ -d "$m" ] || { echo "gpu_check: --merge $m: no such folder" >&2; continue; }
-  for f in info.log build.log tests.log sanitize.log train.log bench_c.log bench_torch.log bench_step.log; do
-    [ -s "$m/$f" ] && cp -f "$m/$f" "$RES/$f"
-  done
-  [ -s "$m/status.env" ] && cat "$m/status.env" >> "$STATUS" # later lines win when sourced
-done
-
-# ---- info -------------------------------------------------------------------------------------------
-if has_stage info; then
-  log "stage info"
-  {
-    echo "date: $(date -u)"; echo "host: $(uname -a)"; echo "cores: $JOBS"
-    echo "--- nvidia-smi"; nvidia-smi 2>&1 || echo "nvidia-smi failed"
-    nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap,clocks.max.sm --format=csv 2>&1
-    echo "--- nvcc"; (command -v nvcc || ls /usr/local/cuda/bin/nvcc) 2>&1; (nvcc --version || /usr/local/cuda/bin/nvcc --version) 2>&1 | tail -2
-    echo "--- cmake"; cmake --version 2>&1 | head -1
-    echo "--- libraries the full build needs"
-    for p in openblas yaml-0.1 libturbojpeg openslide; do printf '%s: ' "$p"; pkg-config --modversion "$p" 2>&1; done
-    echo "--- python / torch"
-    for py in python3 /usr/bin/python3; do
-      command -v "$py" >/dev/null || continue
-      printf '%s: ' "$py"
-      "$py" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available(), "sdpa", hasattr(torch.nn.functional, "scaled_dot_product_attention"), "compile", hasattr(torch, "compile"))' 2>&1 | tail -1
-    done
-  } > "$RES/info.log" 2>&1
-  cat "$RES/info.log"
-  GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-  set_status GPU "${GPU:-none (nvidia-smi failed)}"
-  TORCH=$(python3 -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "no-gpu")' 2>/dev/null)
-  set_status TORCH "${TORCH:-absent}"
-fi
-
-# ---- build ------------------------------------------------------------------------------------------
-# The full CMake build needs the project's CPU dependencies (OpenBLAS, libyaml, turbojpeg, OpenSlide).
-# A GPU image may lack them: then build only what the GPU checks need (common, model, model/cpu,
-# model/cuda, the GPU tests and the benchmark) with OpenBLAS from the system or from carried .debs.
-BIN=""
-find_nvcc() { command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; }; }
-
-build_full() {
-  [ "${GPU_CHECK_FORCE_SUBSET:-0}" = 1 ] && { echo "GPU_CHECK_FORCE_SUBSET=1: skipping the full build"; return 1; }
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DDINO_CUDA_ARCHS="$ARCHS_CUDA" && cmake --build build -j "$JOBS"
+# An item wanted by --only: its name or its stage matches the regex (no --only: every item)
+wanted() { [ -z "$ONLY" ] && return 0; [[ "$1" =~ $ONLY ]] || [[ "$2" =~ $ONLY ]]; }
+# record ITEM STATUS SECONDS DETAIL: one row of results.tsv (the last row of an item wins), then the summary
+record() {
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >> "$RES/results.tsv"
+  summary; copy_out
 }
 
-build_minimal() {
-  local NVCC CUDA_HOME B=build-gpu-min INC=() LIBS=() d
+CARD=""; DRIVER=""; NVCC_V=""; TORCH_V=""; TORCH_COMPILE=0
+PY=${PYTHON:-python3}
+
+# ---- summary ----------------------------------------------------------------------------------------------
+field() { # field KEY LINE: the value of KEY=... in a RESULT line
+  local w
+  for w in $2; do case "$w" in "$1="*) echo "${w#*=}"; return ;; esac; done
+}
+# the last RESULT line of impl IMPL for ARCH and BATCH (and recompute R for the C step) in bench.log
+result_line() {
+  grep "^RESULT impl=$1 " "$RES/bench.log" 2>/dev/null | grep " arch=$2 " | grep -E " batch=$3( |$)" |
+    { if [ -n "${4:-}" ]; then grep " recompute=$4 "; else cat; fi; } | tail -1
+}
+num() { [[ "${1:-}" =~ ^[0-9]+(\.[0-9]+)?$ ]] && [ "$(awk -v x="$1" 'BEGIN{print (x > 0)}')" = 1 ]; }
+ratio() { num "$1" && num "$2" && awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a / b}'; }
+pct() { [[ "${1:-}" =~ ^[0-9.]+$ ]] && awk -v x="$1" 'BEGIN{printf "%.1f%%", 100 * x}'; }
+gib() { num "$1" && echo "$1" || echo -; }
+cell_ips() { # cell_ips LINE ITEM: img/s of a RESULT line, else its status, else the item's result, in parentheses
+  local v; v=$(field img_per_s "$1")
+  if [ -n "$v" ]; then echo "$v"; return; fi
+  if [ -n "$1" ]; then echo "($(field status "$1"))"; return; fi
+  v=$(awk -F'\t' -v n="$2" '$1 == n { s = $2 } END { print s }' "$RES/results.tsv")
+  if [ -n "$v" ]; then echo "(${v%% (*})"; else echo "-"; fi
+}
+summary() {
+  local S=$RES/summary.md.tmp
+  {
+    echo "## GPU check $(date -u +%Y-%m-%d) on ${CARD:-(no card name yet)}"
+    echo
+    echo "\`tools/gpu_check.sh${ARGS:+ $ARGS}\`: ${DRIVER:+driver $DRIVER, }${NVCC_V:+nvcc $NVCC_V, }torch ${TORCH_V:-?}; $(now) s of the ${DEADLINE} s budget used."
+    echo
+    echo "| stage | result | s |"
+    echo "| --- | --- | --- |"
+    awk -F'\t' '$1 == "info" || $1 == "build" { r[$1] = "| " $1 " | " $2 (($4 != "") ? ": " $4 : "") " | " $3 " |" }
+                END { if ("info" in r) print r["info"]; if ("build" in r) print r["build"] }' "$RES/results.tsv"
+    awk -F'\t' '$1 ~ /^(cuda|cuda_ops|dist)\./ { st[$1] = $2; t[$1] = $3; if (!($1 in seen)) { seen[$1] = 1; order[n++] = $1 } }
+      END { if (!n) exit; for (i = 0; i < n; i++) { s = st[order[i]]; sec += t[order[i]]
+              if (s == "PASS") p++; else if (s ~ /^SKIP/) k++; else if (s ~ /^NOT RUN/) nr++; else f++ }
+            printf "| tests | %d passed, %d failed, %d skipped, %d not run | %d |\n", p, f, k, nr, sec }' "$RES/results.tsv"
+    awk -F'\t' '$1 ~ /^bench\./ { st[$1] = $2; t[$1] = $3; if (!($1 in seen)) { seen[$1] = 1; order[n++] = $1 } }
+      END { if (!n) exit; for (i = 0; i < n; i++) { s = st[order[i]]; sec += t[order[i]]
+              if (s == "ok") p++; else if (s ~ /^NOT RUN/) nr++; else if (s ~ /^SKIP/) k++; else f++ }
+            printf "| bench | %d ok, %d failed, %d skipped, %d not run | %d |\n", p, f, k, nr, sec }' "$RES/results.tsv"
+    if grep -qE '^(cuda|cuda_ops|dist)\.' "$RES/results.tsv"; then
+      echo
+      echo "### GPU tests"
+      echo
+      echo "| test | result | s | worst err/tol |"
+      echo "| --- | --- | --- | --- |"
+      awk -F'\t' '$1 ~ /^(cuda|cuda_ops|dist)\./ { r[$1] = "| " $1 " | " $2 " | " $3 " | " (($4 != "") ? $4 : "-") " |"
+                   if (!($1 in seen)) { seen[$1] = 1; order[n++] = $1 } }
+                  END { for (i = 0; i < n; i++) print r[order[i]] }' "$RES/results.tsv"
+      echo
+      echo "err/tol: the case's largest error / tolerance ratio (tolerances.log has every line). A bf16 case between 1"
+      echo "and 4 on a first GPU run: recalibrate that bound from the measured ratios, not a bug; far above 4, NaN, or"
+      echo "an fp32 case above 1: a bug (docs/cuda-backend.md)."
+    fi
+    if grep -q '^bench\.' "$RES/results.tsv"; then
+      local peak; peak=$(grep '^RESULT impl=c-step ' "$RES/bench.log" | grep -o 'peak_tflops=[0-9.]*' | head -1 | cut -d= -f2)
+      echo
+      echo "### The whole training step: C (bench_step) vs PyTorch ${TORCH_V:-?}, ${CARD:-?}"
+      echo
+      if [ "$DRY" = 1 ]; then
+        echo "Dry run: tiny sizes (\`$BENCH_ARGS\`), bench_step under the execution layer (or on the CPU backend),"
+        echo "PyTorch on the CPU: the figures check the control flow only."
+      else
+        echo "Per image 2 x 224 px + 8 x 98 px crops, teacher + student + shared head K = 65536, DINO/iBOT/KoLeo, backward,"
+        echo "clipping, AdamW, EMA (\`$BENCH_ARGS\`); PyTorch eager = bf16 autocast + SDPA + fused AdamW."
+      fi
+      echo "MFU against the dense bf16 cublasGemmEx rate bench_step measured: ${peak:-n/a} TFLOP/s (the same denominator"
+      echo "for both). r = recomputed activations (PyTorch: the plain step at that batch)."
+      echo
+      echo "| model | batch | C img/s | C MFU | C ms: teacher / student fwd / bwd / update | C GiB planned / taken | torch eager img/s | eager MFU | torch compile img/s | torch GiB | C / eager | C / compile |"
+      echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+      local spec arch b bb rec c e k
+      for spec in $BENCH; do
+        arch=${spec%%:*}; b=${spec#*:}; bb=${b%r}; rec=0; [ "$bb" != "$b" ] && rec=1
+        c=$(result_line c-step "$arch" "$bb" "$rec"); e=$(result_line torch-step-eager "$arch" "$bb")
+        k=$(result_line torch-step-compile "$arch" "$bb")
+        [ -z "$k" ] && k=$(grep "^RESULT impl=torch-step-compile arch=$arch status=" "$RES/bench.log" | tail -1)
+        echo "| $arch | $b | $(cell_ips "$c" "bench.c.$arch.$b") | $(pct "$(field mfu "$c")" || echo -) |" \
+             "$([ -n "$(field teacher_ms "$c")" ] && echo "$(field teacher_ms "$c") / $(field student_fwd_ms "$c") / $(field bwd_ms "$c") / $(field update_ms "$c")" || echo -) |" \
+             "$(gib "$(field plan_gib "$c")") / $(gib "$(field model_gib "$c")") | $(cell_ips "$e" "bench.torch-eager.$arch.$bb") | $(pct "$(field mfu "$e")" || echo -) | $(cell_ips "$k" "bench.torch-compile.$arch.$bb") |" \
+             "$(gib "$(field max_mem_gib "$e")") | $(ratio "$(field img_per_s "$c")" "$(field img_per_s "$e")" || echo -) |" \
+             "$(ratio "$(field img_per_s "$c")" "$(field img_per_s "$k")" || echo -) |"
+      done
+      local nr; nr=$(awk -F'\t' '$1 ~ /^bench\./ && $2 ~ /^NOT RUN/ { print "- " $1 ": " $2 }' "$RES/results.tsv")
+      [ -n "$nr" ] && { echo; echo "$nr"; }
+    fi
+    # what a rerun call should take: the items that failed or did not run
+    local redo
+    redo=$(awk -F'\t' '$1 != "info" && $1 != "build" { st[$1] = $2; if (!($1 in seen)) { seen[$1] = 1; order[n++] = $1 } }
+      END { for (i = 0; i < n; i++) { s = st[order[i]]
+              if (s != "PASS" && s != "ok" && s !~ /^SKIP/ && order[i] !~ /torch-compile|[(]/) { gsub(/\./, "\\.", order[i]); r = r (r ? "|" : "") order[i] } }
+            print r }' "$RES/results.tsv")
+    if grep -q '^build	FAILED' "$RES/results.tsv"; then
+      echo
+      echo "The build failed (build.log): fix it here, \`tools/gpu_check.sh --dry\`, then the whole call again."
+    elif [ -n "$redo" ]; then
+      echo
+      echo "Rerun what failed or did not run (a second call, same carry): \`tools/gpu_check.sh --only '^($redo)\$'\`"
+    fi
+  } > "$S" 2>/dev/null
+  mv -f "$S" "$RES/summary.md"
+}
+
+# ---- info -------------------------------------------------------------------------------------------------
+have_torch() { "$1" -c 'import torch' >/dev/null 2>&1; }
+if [ "$DRY" = 1 ] && ! have_torch "$PY"; then
+  for p in /usr/bin/python3 python3; do have_torch "$p" && { PY=$p; break; }; done
+fi
+say "stage info"
+{
+  echo "date: $(date -u)"; echo "host: $(uname -a)"; echo "cores: $JOBS"; echo "call: tools/gpu_check.sh $ARGS"
+  echo "--- nvidia-smi"; nvidia-smi 2>&1 || echo "nvidia-smi failed"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap,clocks.max.sm --format=csv 2>&1
+  echo "--- nvcc"; NV=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null); echo "${NV:-no nvcc}"
+  [ -n "$NV" ] && "$NV" --version 2>&1 | tail -2
+  SANB=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  echo "--- compute-sanitizer: ${SANB:-none}"; [ -n "$SANB" ] && "$SANB" --version 2>&1 | tail -1
+  echo "--- cmake / gcc / glibc"; cmake --version 2>&1 | head -1; gcc --version 2>&1 | head -1; ldd --version 2>&1 | head -1
+  echo "--- libraries (pkg-config)"
+  for p in openblas yaml-0.1 libturbojpeg openslide; do printf '%s: ' "$p"; pkg-config --modversion "$p" 2>&1; done
+  echo "carried .debs: $(ls build-gpu-deps/*.deb 2>/dev/null | tr '\n' ' ')"
+  echo "mpirun: $(command -v mpirun || echo none)"
+  echo "--- python / torch ($PY)"
+  "$PY" -c 'import sys, torch; g = torch.cuda.is_available(); print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", g, torch.cuda.get_device_name(0) if g else "", "sdpa", hasattr(torch.nn.functional, "scaled_dot_product_attention"), "compile", hasattr(torch, "compile"))' 2>&1 | tail -1
+} > "$RES/info.log" 2>&1
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)
+NVCC_V=$(grep -o 'release [0-9.]*' "$RES/info.log" | head -1 | cut -d' ' -f2)
+# from the info line: "<python> torch <version> cuda ... compile True|False"
+TORCH_V=$(sed -n 's/^[0-9.]* torch \([^ ]*\) cuda .*/\1/p' "$RES/info.log" | head -1)
+grep -q '^[0-9.]* torch .* compile True$' "$RES/info.log" && TORCH_COMPILE=1
+[ "$DRY" = 1 ] && CARD="cudaemu (CPU execution layer, dry run)"
+CARD=${CARD:-no GPU (nvidia-smi failed)}
+cat "$RES/info.log"
+record info ok "$(now)" "$CARD"
+
+# ---- build ------------------------------------------------------------------------------------------------
+find_nvcc() { command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; }; }
+# Python's nvidia packages (the PyTorch wheels' cuBLAS, NCCL, ...): a second place for CUDA libraries
+py_nvidia_dirs() { "$PY" -c 'import nvidia; print(" ".join(nvidia.__path__))' 2>/dev/null; }
+# find_first NAME DIR...: the first file NAME (a glob) in the DIRs (and up to 3 levels below the pip ones)
+find_first() {
+  local name=$1 d f; shift
+  for d in "$@"; do
+    [ -d "$d" ] || continue
+    for f in "$d"/$name; do [ -e "$f" ] && { echo "$f"; return 0; }; done
+  done
+  for d in $(py_nvidia_dirs); do
+    f=$(find "$d" -maxdepth 4 -name "$name" 2>/dev/null | sort | head -1)
+    [ -n "$f" ] && { echo "$f"; return 0; }
+  done
+  return 1
+}
+# a library by name: lib<NAME>.so, else lib<NAME>.so.<version> (the pip wheels ship only those)
+find_lib() {
+  local n=$1; shift
+  find_first "lib$n.so" "$@" || find_first "lib$n.so.*[0-9]" "$@"
+}
+# .deb files unpacked without installing (dpkg-deb, else Python reading the ar archive)
+unpack_deb() {
+  if command -v dpkg-deb >/dev/null 2>&1; then dpkg-deb -x "$1" "$2"; return; fi
+  "$PY" - "$1" "$2" <<'PY'
+import io, sys, tarfile
+data = open(sys.argv[1], "rb").read()
+assert data[:8] == b"!<arch>\n", "not a .deb"
+pos = 8
+while pos + 60 <= len(data):
+    name, size = data[pos:pos + 16].decode().strip().rstrip("/"), int(data[pos + 48:pos + 58])
+    body = data[pos + 60:pos + 60 + size]
+    if name.startswith("data.tar"):
+        kw = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}  # Python >= 3.12: no warning
+        tarfile.open(fileobj=io.BytesIO(body)).extractall(sys.argv[2], **kw)
+        break
+    pos += 60 + size + (size & 1)
+PY
+}
+
+BIN=""
+build_subset() {
+  local B=$ROOT/build-gpu NVCC CUDA_HOME CUDA_DIRS BLAS_C=() BLAS_L=() d f
   NVCC=$(find_nvcc) || { echo "no nvcc"; return 1; }
   CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$NVCC")")")
-  if pkg-config --exists openblas 2>/dev/null; then
-    INC=($(pkg-config --cflags openblas)); LIBS=($(pkg-config --libs openblas))
+  CUDA_DIRS=("$CUDA_HOME/lib64" "$CUDA_HOME/lib" "$CUDA_HOME/targets/x86_64-linux/lib" /usr/lib/x86_64-linux-gnu)
+  rm -rf "$B" && mkdir -p "$B/obj"
+  if [ "${GPU_CHECK_FORCE_DEBS:-0}" != 1 ] && pkg-config --exists openblas 2>/dev/null; then
+    BLAS_C=($(pkg-config --cflags openblas)); BLAS_L=($(pkg-config --libs openblas))
+    echo "OpenBLAS: the system's ($(pkg-config --modversion openblas))"
   elif ls build-gpu-deps/*.deb >/dev/null 2>&1; then
-    rm -rf "$B/deps" && mkdir -p "$B/deps"
-    for d in build-gpu-deps/*.deb; do dpkg -x "$d" "$B/deps" || return 1; done
-    local L=$ROOT/$B/deps/usr/lib/x86_64-linux-gnu
-    INC=(-I"$ROOT/$B/deps/usr/include/x86_64-linux-gnu/openblas-pthread")
-    LIBS=(-L"$L/openblas-pthread" -L"$L" -Wl,-rpath,"$L/openblas-pthread" -Wl,-rpath,"$L" -lopenblas)
-    export LD_LIBRARY_PATH="$L/openblas-pthread:$L:${LD_LIBRARY_PATH:-}"
+    for d in build-gpu-deps/*.deb; do unpack_deb "$d" "$B/deps" || { echo "cannot unpack $d"; return 1; }; done
+    local L=$B/deps/usr/lib/x86_64-linux-gnu
+    BLAS_C=(-I"$B/deps/usr/include/x86_64-linux-gnu/openblas-pthread")
+    BLAS_L=(-L"$L/openblas-pthread" -Wl,-rpath,"$L/openblas-pthread" -Wl,-rpath,"$L" -lopenblas)
+    echo "OpenBLAS: the carried build-gpu-deps/*.deb, unpacked in $B/deps"
   else
-    echo "no OpenBLAS here (pkg-config openblas) and no carried build-gpu-deps/: run tools/gpu_check.sh --fetch-deps"
-    echo "on the build machine and carry build-gpu-deps with the lease"
+    echo "no OpenBLAS here (pkg-config openblas) and no carried build-gpu-deps/*.deb: run tools/gpu_check.sh"
+    echo "--fetch-deps on the build machine and name build-gpu-deps in the lease call's carry"
     return 1
   fi
-  mkdir -p "$B/obj"
+  # the CUDA libraries: the toolkit's, else Python's nvidia wheels (PyTorch's)
+  local LIBS=() n p INC=(-I"$CUDA_HOME/include")
+  for n in cudart cublas cublasLt; do
+    p=$(find_lib "$n" "${CUDA_DIRS[@]}") || { echo "no lib$n.so in the toolkit or Python's nvidia packages"; return 1; }
+    LIBS+=("$p" -Wl,-rpath,"$(dirname "$p")"); echo "$n: $p"
+  done
+  f=$(find_first cublas_v2.h "$CUDA_HOME/include") || { echo "no cublas_v2.h"; return 1; }
+  [ "$(dirname "$f")" != "$CUDA_HOME/include" ] && INC+=(-I"$(dirname "$f")")
+  # NCCL (dist/nccl.cu, test_dist's NCCL cases): the toolkit's or the nvidia-nccl wheel's
+  local NCCL_H NCCL_SO HAVE_NCCL=0 CUS=(model/cuda/*.cu)
+  if NCCL_H=$(find_first nccl.h "$CUDA_HOME/include" /usr/include) && NCCL_SO=$(find_lib nccl "${CUDA_DIRS[@]}"); then
+    HAVE_NCCL=1; INC+=(-I"$(dirname "$NCCL_H")"); LIBS+=("$NCCL_SO" -Wl,-rpath,"$(dirname "$NCCL_SO")"); CUS+=(dist/nccl.cu)
+    echo "NCCL: $NCCL_H, $NCCL_SO"
+  else
+    echo "NCCL: not found (test_dist's NCCL cases are not built)"
+  fi
   local GENCODE=() a
-  for a in ${ARCHS_CUDA//;/ }; do GENCODE+=(-gencode "arch=compute_$a,code=sm_$a"); done
+  for a in ${ARCHS//;/ }; do GENCODE+=(-gencode "arch=compute_$a,code=sm_$a"); done
   # DINO_GPU_SUBSET: test_cuda_ops leaves out its trainer cases (no data/ or trainer here); the SSL step
-  # cases need train/ssl_step.c, optim.c, schedule.c and dist/dist.c (built without MPI: one process)
-  local CFLAGS=(-O2 -std=c17 -D_GNU_SOURCE -DNDEBUG -fopenmp -Wall -Wno-unused-parameter -I. "${INC[@]}" -DDINO_HAVE_CUDA=1
-                -DDINO_GPU_SUBSET=1 -DDINO_SOURCE_DIR="\"$ROOT\"")
-  local objs=() pids=() f o rc=0
-  for f in model/cuda/*.cu; do
-    o=$B/obj/$(basename "$f").o; objs+=("$o")
-    "$NVCC" -O2 -std=c++17 -lineinfo "${GENCODE[@]}" -I. -Xcompiler=-Wall -c "$f" -o "$o" & pids+=($!)
+  # cases need train/ssl_step.c, optim.c, schedule.c, data/masking.c and dist/dist.c (without MPI: one process)
+  local CFLAGS=(-O2 -march=native -std=gnu17 -D_GNU_SOURCE -DNDEBUG -fopenmp -Wall -Wno-unused-parameter -I.
+                "${INC[@]}" "${BLAS_C[@]}" -DDINO_HAVE_CUDA=1 -DDINO_GPU_SUBSET=1 -DDINO_SOURCE_DIR="\"$ROOT\"")
+  [ $HAVE_NCCL = 1 ] && CFLAGS+=(-DDINO_HAVE_NCCL=1)
+  local objs=() o
+  # a pool of $JOBS compiles; a failure leaves a marker
+  run_job() { while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done; { "$@" || touch "$B/FAILED"; } & }
+  echo "nvcc $("$NVCC" --version | grep -o 'release [0-9.]*'), ${GENCODE[*]}, $JOBS jobs"
+  for f in "${CUS[@]}"; do
+    o=$B/obj/$(echo "$f" | tr / _).o; objs+=("$o")
+    run_job "$NVCC" -O2 -std=c++17 -lineinfo "${GENCODE[@]}" -I. "${INC[@]}" -Xcompiler=-Wall,-Wno-unused-parameter -c "$f" -o "$o"
   done
   for f in common/*.c model/*.c model/cpu/*.c train/ssl_step.c train/optim.c train/schedule.c dist/dist.c data/masking.c; do
     o=$B/obj/$(echo "$f" | tr / _).o; objs+=("$o")
-    "${CC:-gcc}" "${CFLAGS[@]}" -c "$f" -o "$o" & pids+=($!)
+    run_job "${CC:-gcc}" "${CFLAGS[@]}" -c "$f" -o "$o"
   done
-  for p in "${pids[@]}"; do wait "$p" || rc=1; done
-  [ $rc = 0 ] || return 1
-  local LINK=(-L"$CUDA_HOME/lib64" -L"$CUDA_HOME/lib" -L"$CUDA_HOME/targets/x86_64-linux/lib"
-              -Wl,-rpath,"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib" -Wl,-rpath,"$CUDA_HOME/targets/x86_64-linux/lib"
-              -lcublasLt -lcublas -lcudart
-              "${LIBS[@]}" -fopenmp -lstdc++ -lm -lpthread)
-  for t in test_cuda test_cuda_ops; do
-    "${CC:-gcc}" "${CFLAGS[@]}" tests/$t.c tests/harness.c "${objs[@]}" "${LINK[@]}" -o $B/$t || return 1
+  wait
+  [ -e "$B/FAILED" ] && { echo "compilation failed (above)"; return 1; }
+  local LINK=("${LIBS[@]}" "${BLAS_L[@]}" -fopenmp -lstdc++ -lm -lpthread -ldl -lrt)
+  local t progs=(tests/test_cuda.c tests/test_cuda_ops.c tools/bench_step.c)
+  [ $HAVE_NCCL = 1 ] && progs+=(tests/test_dist.c)
+  for f in "${progs[@]}"; do
+    t=$(basename "$f" .c); f=("$f"); [[ "$t" == test_* ]] && f+=(tests/harness.c)
+    run_job "${CC:-gcc}" "${CFLAGS[@]}" "${f[@]}" "${objs[@]}" "${LINK[@]}" -o "$B/$t"
   done
-  "${CC:-gcc}" "${CFLAGS[@]}" tools/bench_vit_gpu.c "${objs[@]}" "${LINK[@]}" -o $B/bench_vit_gpu || return 1
-  "${CC:-gcc}" "${CFLAGS[@]}" tools/bench_step.c "${objs[@]}" "${LINK[@]}" -o $B/bench_step || return 1
+  wait
+  [ -e "$B/FAILED" ] && { echo "linking failed (above)"; return 1; }
+  echo "SUBSET BUILD OK"
+}
+build_cmake() {
+  local B=$ROOT/build-gpu-cmake hints=() f
+  # NCCL from Python's nvidia wheel when the toolkit has none (CMakeLists.txt looks beside the toolkit)
+  if f=$(find_first nccl.h); then hints+=(-DNCCL_INCLUDE_DIR="$(dirname "$f")"); fi
+  if f=$(find_lib nccl); then hints+=(-DNCCL_LIB="$f"); fi
+  cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DDINO_CUDA_ARCHS="$ARCHS" -DDINO_NO_CUDAEMU=ON "${hints[@]}" &&
+    cmake --build "$B" -j "$JOBS" --target test_cuda test_cuda_ops test_dist bench_step && echo "CMAKE BUILD OK"
 }
 
-if has_stage build; then
-  log "stage build (full CMake build first, the GPU subset if that fails)"
-  {
-    echo "=== full CMake build"
-    if build_full; then echo "FULL BUILD OK"; else echo "FULL BUILD FAILED"; fi
-  } > "$RES/build.log" 2>&1
-  if grep -q "FULL BUILD OK" "$RES/build.log" && [ -x build/test_cuda_ops ] && [ -x build/bench_vit_gpu ] &&
-     grep -qs "DINO_HAVE_CUDA" build/CMakeFiles/test_cuda_ops.dir/flags.make; then
-    set_status BUILD "ok (full CMake build, CUDA archs $ARCHS_CUDA)"; set_status BIN build
-  else
-    { echo "=== GPU subset build (model + model/cpu + model/cuda + GPU tests + benchmark)"; build_minimal && echo "SUBSET BUILD OK"; } >> "$RES/build.log" 2>&1
-    if grep -q "SUBSET BUILD OK" "$RES/build.log"; then
-      set_status BUILD "ok (GPU subset; the full CMake build failed, see build.log)"; set_status BIN build-gpu-min
-    else
-      set_status BUILD "FAILED (see build.log)"; set_status BIN ""
+# --only info: the machine's info alone; any other call builds (a fresh machine has nothing)
+if [ "$ONLY" != info ]; then
+  say "stage build"
+  tb=$(now)
+  if [ "$DRY" = 1 ]; then
+    BIN=$ROOT/build; how="dry: the existing build/ (cudaemu_* programs)"
+    if [ "$DRY_BUILD" = 1 ]; then
+      tg=(cudaemu_cuda_ops cudaemu_cuda cudaemu_dist)
+      grep -q 'cudaemu_bench_step' build/Makefile 2>/dev/null && tg+=(cudaemu_bench_step)
+      how="dry: cmake --build build --target ${tg[*]}"
+      timeout "$(cap 1200)" cmake --build build -j 2 --target "${tg[@]}" > "$RES/build.log" 2>&1
     fi
-  fi
-  tail -25 "$RES/build.log"
-fi
-BIN=$(get_status BIN); [ "$BIN" = "not run" ] && BIN=""
-if [ "$BIN" = build-gpu-min ] && [ -d build-gpu-min/deps ]; then
-  L=$ROOT/build-gpu-min/deps/usr/lib/x86_64-linux-gnu; export LD_LIBRARY_PATH="$L/openblas-pthread:$L:${LD_LIBRARY_PATH:-}"
-fi
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$JOBS}
-# The stages below run on the GPU: a program that finds no device (a driver too old for the runtime, an
-# empty CUDA_VISIBLE_DEVICES) exits 1 with the CUDA error instead of its tests skipping as if green
-# (dino_cuda_device_count, model/cuda/cuda_device.cu).
-export DINO_REQUIRE_GPU=${DINO_REQUIRE_GPU:-1}
-
-# ---- GPU tests ----------------------------------------------------------------------------------------
-if has_stage test; then
-  log "stage test"
-  if [ -z "$BIN" ]; then
-    set_status TESTS "not run (no build)"
+    miss=""; for t in cudaemu_cuda_ops cudaemu_cuda cudaemu_dist; do [ -x "build/$t" ] || miss+=" $t"; done
+    echo "$how; missing:${miss:- none}" >> "$RES/build.log"
+    if [ -z "$miss" ]; then record build ok "$(( $(now) - tb ))" "$how"; else record build FAILED "$(( $(now) - tb ))" "missing:$miss"; BIN=""; fi
   else
-    pass=0; fail=0; skip=0; failed_names=""
-    : > "$RES/tests.log"
-    for t in test_cuda test_cuda_ops; do
-      [ -x "$BIN/$t" ] || { fail=$((fail + 1)); failed_names+=" $t(missing)"; }
-    done
-    # every case named like a GPU test (ctest -R 'cuda|gpu'): cuda.*, cuda_ops.*, dist.*_gpu, ...
-    for tp in "$BIN"/test_*; do
-      t=$(basename "$tp"); [ -x "$tp" ] && [ -f "$tp" ] || continue
-      for c in $("$tp" --list 2>/dev/null); do
-        [[ "${t#test_}.$c" =~ ${GPU_TEST_REGEX:-cuda|gpu} ]] || continue
-        echo "=== $t $c" >> "$RES/tests.log"
-        ( cd "$BIN" && DINO_SOURCE_DIR=$ROOT timeout 600 "./$t" "$c" ) > "$RES/test_one.tmp" 2>&1
-        rc=$?
-        cat "$RES/test_one.tmp" >> "$RES/tests.log"
-        # a failure's own output goes to the console too (the lease returns only the output's tail)
-        [ $rc = 0 ] || [ $rc = 77 ] || { echo "--- ${t#test_}.$c failed (rc=$rc), its last lines:"; grep -v "^  .*worst err/tol=0\.0" "$RES/test_one.tmp" | tail -25; }
-        case $rc in
-          0) pass=$((pass + 1)); echo "    -> PASS" >> "$RES/tests.log" ;;
-          77) skip=$((skip + 1)); echo "    -> SKIP" >> "$RES/tests.log" ;;
-          *) fail=$((fail + 1)); failed_names+=" ${t#test_}.$c(rc=$rc)"; echo "    -> FAIL rc=$rc" >> "$RES/tests.log" ;;
-        esac
-        log "  ${t#test_}.$c rc=$rc"
-      done
-    done
-    set_status TESTS "$pass passed, $fail failed, $skip skipped${failed_names:+ - failed:$failed_names}"
+    mode=${GPU_CHECK_BUILD:-auto}
+    if [ "$mode" = auto ]; then
+      mode=subset
+      pkg-config --exists openblas yaml-0.1 libturbojpeg openslide 2>/dev/null && mode=cmake
+    fi
+    # each build runs under timeout (which ends its whole process group: the compiles too)
+    export ROOT PY ARCHS JOBS
+    export -f build_subset build_cmake find_nvcc find_first find_lib py_nvidia_dirs unpack_deb
+    ok=0
+    if [ "$mode" = cmake ]; then
+      echo "=== CMake build (the machine has every library of the full build), sm $ARCHS" >> "$RES/build.log"
+      timeout -k 5 "$(cap "$BUILD_TIMEOUT")" bash -c build_cmake >> "$RES/build.log" 2>&1 &&
+        { ok=1; BIN=$ROOT/build-gpu-cmake; how="CMake, sm $ARCHS, targets test_cuda test_cuda_ops test_dist bench_step"; }
+      [ $ok = 1 ] || echo "=== the CMake build failed: the GPU subset instead" >> "$RES/build.log"
+    fi
+    if [ $ok = 0 ]; then
+      echo "=== GPU subset build, sm $ARCHS" >> "$RES/build.log"
+      timeout -k 5 "$(cap "$BUILD_TIMEOUT")" bash -c build_subset >> "$RES/build.log" 2>&1 &&
+        { ok=1; BIN=$ROOT/build-gpu; how="GPU subset, sm $ARCHS, OpenBLAS $(grep -m1 '^OpenBLAS:' "$RES/build.log" | sed 's/^OpenBLAS: //'); $(grep -m1 '^NCCL:' "$RES/build.log")"; }
+    fi
+    if [ $ok = 1 ]; then record build ok "$(( $(now) - tb ))" "$how"
+    else record build FAILED "$(( $(now) - tb ))" "see build.log"; tail -30 "$RES/build.log"; fi
   fi
-  log "tests: $(get_status TESTS)"
+  say "build: $(tail -1 "$RES/results.tsv" | cut -f2,4)"
 fi
 
-# ---- demo training on cuda vs cpu -------------------------------------------------------------------------
-# The bundled slide tiled as tools/demo.sh does, then 50 iterations of configs/demo.yaml from scratch on
-# backend cuda and on backend cpu (same seed, data order and drop-path draws): images/s of the CUDA run
-# (mean over iterations 11-50, after warm-up) and whether the loss curves track (bf16 GEMMs on the GPU,
-# fp32 on the CPU: they drift apart slowly, so "tracks" means within 5% at every one of the first 10
-# iterations and within 15% at the last).
-demo_losses() { # metrics.jsonl -> "n last mean_img_s" ; and the loss column in $2
-  python3 - "$1" "$2" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-open(sys.argv[2], "w").write("\n".join(repr(r["loss"]) for r in rows) + "\n")
-ips = [r["images_per_s"] for r in rows[10:]] or [r["images_per_s"] for r in rows]
-print(len(rows), rows[-1]["loss"] if rows else "nan", sum(ips) / max(len(ips), 1))
-PY
+# ---- GPU tests ----------------------------------------------------------------------------------------------
+export DINO_REQUIRE_GPU=1 DINO_SOURCE_DIR=$ROOT OMP_NUM_THREADS=${OMP_NUM_THREADS:-$JOBS} OMP_WAIT_POLICY=passive
+# NCCL: a hung collective fails its case after 30 s (test_dist's NCCL cases and the layer's stand-in)
+export DINO_DIST_TIMEOUT_S=${DINO_DIST_TIMEOUT_S:-30} CUDAEMU_NCCL_TIMEOUT_S=${CUDAEMU_NCCL_TIMEOUT_S:-30}
+if [ "$DRY" = 1 ]; then
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=0} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
+  PFX=cudaemu_
+else
+  PFX=test_
+fi
+SAN=()
+if [ "$SANITIZE" = 1 ]; then
+  s=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  [ -n "$s" ] && SAN=("$s" --tool memcheck --error-exitcode 99 --print-limit 20) && TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT_S:-300}
+  [ -z "$s" ] && say "--sanitize: no compute-sanitizer here, the tests run plain"
+fi
+# the largest err/tol ratio in a case's output (nan when one is not a number)
+worst_ratio() {
+  grep -o 'err/tol=[^ ]*' "$1" | cut -d= -f2 |
+    awk '{ v = tolower($1); if (v ~ /nan|inf/) bad = 1; else if (v + 0 > m) m = v + 0; n++ }
+         END { if (n) { if (bad) print "nan"; else printf "%.3g\n", m } }'
 }
-if has_stage train; then
-  log "stage train (demo slide: 50 iterations on cuda, then on cpu)"
-  D=$RES/demo
-  : > "$RES/train.log"
-  if [ "$BIN" != build ] || [ ! -x build/dinotrain ] || [ ! -x build/dinotile ]; then
-    set_status TRAIN "not run (needs the full CMake build: dinotile, dinotrain)"
-  else
-    rm -rf "$D/run_cuda" "$D/run_cpu"; mkdir -p "$D"
-    {
-      echo "=== tiling data/demo/CMU-1-Small-Region.svs"
-      [ -d "$D/tiles" ] || build/dinotile -o "$D/tiles" --tile-size 224 --mpp 0.5 --min-tissue 0.3 data/demo/CMU-1-Small-Region.svs
-      for be in cuda cpu; do
-        echo "=== dinotrain --no-resume --iterations 50 configs/demo.yaml backend=$be"
-        # options before the config: dinotrain's command line is [options] CONFIG [key=value ...]
-        timeout 400 build/dinotrain --no-resume --iterations 50 configs/demo.yaml backend=$be \
-          "train.output_dir=$D/run_$be" "data.sources=[$D/tiles]" "checkpoint.every_n_iterations=0"
-        echo "rc=$?"
-      done
-    } >> "$RES/train.log" 2>&1
-    tail -8 "$RES/train.log"
-    g=$(demo_losses "$D/run_cuda/training_metrics.jsonl" "$D/loss_cuda.txt" 2>>"$RES/train.log")
-    c=$(demo_losses "$D/run_cpu/training_metrics.jsonl" "$D/loss_cpu.txt" 2>>"$RES/train.log")
-    read -r gn glast gips <<< "${g:-0 nan 0}"; read -r cn clast cips <<< "${c:-0 nan 0}"
-    if [ "$gn" != 50 ] || [ "$cn" != 50 ]; then
-      set_status TRAIN "FAILED: iterations logged cuda $gn, cpu $cn (see train.log)"
-    else
-      track=$(paste "$D/loss_cuda.txt" "$D/loss_cpu.txt" | awk '
-        { r = ($2 != 0) ? ($1 - $2) / $2 : 1; if (r < 0) r = -r; if (NR <= 10 && r > m10) m10 = r; last = r }
-        END { ok = (m10 <= 0.05 && last <= 0.15) ? "tracks" : "DIVERGES";
-              printf "%s (max rel. diff %.3g over iterations 1-10, %.3g at 50)", ok, m10, last }')
-      {
-        echo "=== loss curves (iteration cuda cpu)"; paste "$D/loss_cuda.txt" "$D/loss_cpu.txt" | awk '{print NR, $1, $2}'
-        echo "images/s cuda $gips cpu $cips"; echo "last loss cuda $glast cpu $clast"; echo "$track"
-      } >> "$RES/train.log"
-      echo "last loss: cuda $glast, cpu $clast; $track"
-      set_status TRAIN "cuda $(printf '%.1f' "$gips") img/s vs cpu $(printf '%.1f' "$cips") img/s; last loss cuda $glast / cpu $clast: $track"
+# the benchmark's items: bench.c.ARCH.BATCH[r], bench.torch-eager.ARCH.BATCH, bench.torch-compile.ARCH.BATCH
+BENCH_WANTED=0
+for spec in $BENCH; do
+  for k in c torch-eager torch-compile; do b=${spec#*:}; [ $k != c ] && b=${b%r}
+    wanted "bench.$k.${spec%%:*}.$b" bench && BENCH_WANTED=1
+  done
+done
+[ "$BENCH_WANTED" = 0 ] && TESTS_UNTIL=$DEADLINE
+if [ -z "$BIN" ] && [ "$ONLY" != info ]; then
+  wanted "cuda_ops." test && record "cuda_ops.(every case)" "NOT RUN (no build)" 0
+elif [ -n "$BIN" ]; then
+  cases=()
+  for g in cuda_ops cuda dist; do
+    if [ ! -x "$BIN/$PFX$g" ]; then
+      if [ $g = dist ]; then wanted "dist.nccl" test && record "dist.(NCCL cases)" "SKIP (test_dist not built: no NCCL found)" 0
+      else wanted "$g." test && record "$g.(every case)" "FAIL ($PFX$g not built)" 0; fi
+      continue
     fi
-  fi
-  log "train: $(get_status TRAIN)"
-fi
-
-# ---- memcheck of the smaller GPU cases (optional stage: --stages sanitize) ------------------------------
-if has_stage sanitize; then
-  log "stage sanitize (compute-sanitizer memcheck on the smaller cuda_ops cases)"
-  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-  if [ -z "$BIN" ] || [ -z "$SAN" ]; then
-    set_status SANITIZE "not run (no build or no compute-sanitizer)"
-  else
-    ( cd "$BIN" && DINO_SOURCE_DIR=$ROOT timeout 500 "$SAN" --tool memcheck --error-exitcode 99 ./test_cuda_ops \
-        memory_alloc_zero_copy_roundtrip gemm_transposes_and_leading_dims layernorm_fwd_bwd gelu_swiglu_fwd_bwd im2col_tokens_fwd_bwd \
-        rows_and_residual_fwd_bwd axpy_scale_sum_squares attention_fp32_gemms vit_swiglu_plain_bf16 koleo_kde_fwd_bwd \
-        ssl_step_softmax_koleo_bf16 ssl_step_sinkhorn_kde_bf16 linear_lt_epilogue_matches_plain_path attention_bf16_gemms ) > "$RES/sanitize.log" 2>&1
+    for c in $("$BIN/$PFX$g" --list 2>/dev/null); do
+      case "$c" in worker_*) continue ;; esac
+      [ "$g" = dist ] && [[ "$c" != *nccl* ]] && continue
+      wanted "$g.$c" test || continue
+      [ "$DRY" = 1 ] && [ -z "$ONLY" ] && ! [[ "$g.$c" =~ $DRY_TESTS ]] && continue
+      cases+=("$g.$c")
+    done
+  done
+  [ ${#cases[@]} -gt 0 ] && say "stage test: ${#cases[@]} cases, none started after ${TESTS_UNTIL} s"
+  for gc in "${cases[@]}"; do
+    g=${gc%%.*}; c=${gc#*.}
+    avail=$(( TESTS_UNTIL - $(now) )); [ "$(left)" -lt "$avail" ] && avail=$(left)
+    if [ "$avail" -lt 15 ]; then record "$gc" "NOT RUN (time)" 0; continue; fi
+    t=$TEST_TIMEOUT; [ "$avail" -lt "$t" ] && t=$avail
+    ts=$(date +%s.%N)
+    ( cd "$BIN" && timeout -k 5 "$t" "${SAN[@]}" "./$PFX$g" "$c" ) > "$RES/case.tmp" 2>&1
     rc=$?
-    grep -E "ERROR SUMMARY|Invalid|FAILED|^ok" "$RES/sanitize.log" | head -30
-    set_status SANITIZE "$([ $rc = 0 ] && echo clean || echo "rc=$rc: $(grep -m1 'ERROR SUMMARY' "$RES/sanitize.log")")"
-  fi
+    sec=$(awk -v a="$ts" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}')
+    { echo "=== $gc (rc=$rc, $sec s)"; cat "$RES/case.tmp"; } >> "$RES/tests.log"
+    grep -E 'err/tol|normwise' "$RES/case.tmp" | sed "s|^|$gc: |" >> "$RES/tolerances.log"
+    w=$(worst_ratio "$RES/case.tmp")
+    case $rc in
+      0) st=PASS ;;
+      77) st="SKIP ($(grep -m1 '^SKIP' "$RES/case.tmp" | sed 's/^SKIP [^:]*: //' | cut -c1-80))" ;;
+      124|137) if [ "$t" -lt "$TEST_TIMEOUT" ]; then st="NOT RUN (cut by the deadline after $t s)"; else st="TIMEOUT ($t s)"; fi ;;
+      99) st="FAIL (compute-sanitizer: $(grep -m1 'ERROR SUMMARY' "$RES/case.tmp"))" ;;
+      *) st="FAIL (rc $rc)" ;;
+    esac
+    record "$gc" "$st" "$sec" "$w"
+    say "  $gc: $st, $sec s${w:+, worst err/tol $w}"
+    # a failure's own lines go to the console too (the device tool returns only the output's tail)
+    case $rc in 0|77) ;; *) grep -v 'err/tol=0\.0' "$RES/case.tmp" | tail -15 | sed 's/^/      /' ;; esac
+  done
 fi
 
-# ---- C benchmark ----------------------------------------------------------------------------------------
-if has_stage bench; then
-  log "stage bench (C, CUDA backend)"
-  : > "$RES/bench_c.log"
-  if [ -z "$BIN" ] || [ ! -x "$BIN/bench_vit_gpu" ]; then
-    set_status BENCH "not run (no build)"
-  else
-    nbad=0
-    for spec in "vit_small:$C_BATCH_S" "vit_large:$C_BATCH_L"; do
-      arch=${spec%%:*}
-      for b in ${spec#*:}; do
-        echo "=== bench_vit_gpu --arch $arch --batch $b" >> "$RES/bench_c.log"
-        # one process per configuration: an out-of-memory batch ends only itself
-        timeout 300 "$BIN/bench_vit_gpu" --backend cuda --arch "$arch" --batch "$b" > "$RES/bench_one.tmp" 2>&1
-        rc=$?
-        cat "$RES/bench_one.tmp" >> "$RES/bench_c.log"; copy_out # a call killed at its limit keeps this
-        if [ $rc != 0 ]; then
-          nbad=$((nbad + 1))
-          why="rc=$rc"; grep -q "cannot allocate" "$RES/bench_one.tmp" && why="oom"
-          echo "RESULT impl=c backend=cuda arch=$arch batch=$b status=failed($why)" >> "$RES/bench_c.log"
-        fi
-        grep "RESULT impl=c.*arch=$arch batch=$b " "$RES/bench_c.log" | tail -1
-      done
-    done
-    # the cuBLASLt bias epilogue's effect: ViT-S at one batch with it switched off (DINO_CUDA_LT=0)
-    echo "=== bench_vit_gpu --arch vit_small --batch $TC_BATCH_S, DINO_CUDA_LT=0" >> "$RES/bench_c.log"
-    DINO_CUDA_LT=0 timeout 200 "$BIN/bench_vit_gpu" --backend cuda --arch vit_small --batch "$TC_BATCH_S" --no-peak 2>&1 |
-      sed 's/^RESULT impl=c /RESULT impl=c-nolt /' >> "$RES/bench_c.log"
-    # where the time goes: one per-op profile per model (synchronised after every op)
-    for spec in "vit_small:$TC_BATCH_S" "vit_large:$TC_BATCH_L"; do
-      arch=${spec%%:*}; b=${spec#*:}
-      echo "=== op profile $arch batch $b" >> "$RES/bench_c.log"
-      timeout 200 "$BIN/bench_vit_gpu" --backend cuda --arch "$arch" --batch "$b" --no-peak --warmup 1 --iters 2 \
-        --op-profile 2>&1 | sed "s/^OPPROF /OPPROF $arch /" >> "$RES/bench_c.log"
-    done
-    set_status BENCH "ran ($nbad configurations failed)"
+# ---- the whole training step: C and PyTorch -------------------------------------------------------------------
+PEAK=""
+# bench_c ARCH BATCH REC: bench_step on the GPU (dry: under the execution layer, else the CPU backend)
+bench_c() {
+  local prog=$BIN/bench_step be=cuda args=(--arch "$1" --batch "$2" $BENCH_ARGS $PEAK_ARGS)
+  [ "$3" = 1 ] && args+=(--recompute)
+  if [ "$DRY" = 1 ]; then
+    prog=${GPU_CHECK_DRY_BENCH_BIN:-$ROOT/build/cudaemu_bench_step}
+    [ -x "$prog" ] || { prog=$ROOT/build/bench_step; be=cpu; args=(--arch "$1" --batch "$2" $BENCH_ARGS); }
   fi
+  echo "=== $prog --backend $be ${args[*]}"
+  timeout -k 5 "$4" "$prog" --backend "$be" "${args[@]}"
+}
+bench_torch() { # MODE ARCH BATCH TIMEOUT
+  local extra=(); [ "$DRY" = 1 ] && extra=(--threads "$JOBS")
+  echo "=== $PY tests/torch_ref/bench_step_torch.py --modes $1 --arch $2 --batch $3 $BENCH_ARGS ${PEAK:+--peak-tflops $PEAK}"
+  PYTHONUNBUFFERED=1 timeout -k 5 "$4" "$PY" tests/torch_ref/bench_step_torch.py --modes "$1" --arch "$2" --batch "$3" \
+    $BENCH_ARGS ${PEAK:+--peak-tflops "$PEAK"} "${extra[@]}"
+}
+# run_bench ITEM KIND ARCH BATCH REC CAP MIN: one benchmark run into bench.log and one results row
+run_bench() {
+  local item=$1 kind=$2 arch=$3 b=$4 rec=$5 capv=$6 min=$7 t rc line st impl ts sec
+  if [ -z "$BIN" ] && [ "$kind" = c ]; then record "$item" "NOT RUN (no build)" 0; return; fi
+  if [ "$(left)" -lt "$min" ]; then record "$item" "NOT RUN (time: $(left) s left, needs ~$min)" 0; return; fi
+  t=$(cap "$capv")
+  ts=$(now)
+  if [ "$kind" = c ]; then bench_c "$arch" "$b" "$rec" "$t"; else bench_torch "$kind" "$arch" "$b" "$t"; fi > "$RES/bench.tmp" 2>&1
+  rc=$?
+  sec=$(( $(now) - ts ))
+  cat "$RES/bench.tmp" >> "$RES/bench.log"
+  impl=c-step; [ "$kind" != c ] && impl=torch-step-$kind
+  line=$(grep "^RESULT impl=$impl " "$RES/bench.tmp" | tail -1)
+  st=$(field status "$line")
+  case "$st" in no-*) st="SKIP ($st)" ;; esac
+  if [ -z "$line" ]; then
+    st="failed (rc $rc$([ $rc = 124 ] || [ $rc = 137 ] && echo ", timeout $t s"))"
+    echo "RESULT impl=$impl arch=$arch batch=$b recompute=$rec status=failed(rc=$rc)" >> "$RES/bench.log"
+    tail -8 "$RES/bench.tmp" | sed 's/^/      /'
+  fi
+  v=$(field img_per_s "$line")
+  record "$item" "$st" "$sec" "${v:+$v img/s}"
+  say "  $item: $st, $sec s$(v=$(field img_per_s "$line"); [ -n "$v" ] && echo ", $v img/s")"
+  if [ "$kind" = c ] && [ -z "$PEAK" ]; then
+    PEAK=$(field peak_tflops "$line"); num "$PEAK" || PEAK=""
+  fi
+}
+if [ "$BENCH_WANTED" = 1 ]; then
+  say "stage bench: $BENCH ($(left) s left)"
+  done_torch=" "
+  # C then PyTorch eager, model by model (a call cut short keeps pairs); torch.compile afterwards, if time is left
+  for spec in $BENCH; do
+    arch=${spec%%:*}; b=${spec#*:}; bb=${b%r}; rec=0; [ "$bb" != "$b" ] && rec=1
+    wanted "bench.c.$arch.$b" bench && run_bench "bench.c.$arch.$b" c "$arch" "$bb" $rec 150 30
+    if wanted "bench.torch-eager.$arch.$bb" bench && [[ "$done_torch" != *" $arch.$bb "* ]]; then
+      if [ -n "$TORCH_V" ]; then run_bench "bench.torch-eager.$arch.$bb" eager "$arch" "$bb" 0 180 40
+      else record "bench.torch-eager.$arch.$bb" "NOT RUN (no torch in $PY)" 0; fi
+      done_torch+="$arch.$bb "
+    fi
+  done
+  done_torch=" "
+  for spec in $BENCH; do
+    arch=${spec%%:*}; b=${spec#*:}; bb=${b%r}
+    [[ "$done_torch" == *" $arch.$bb "* ]] && continue
+    done_torch+="$arch.$bb "
+    wanted "bench.torch-compile.$arch.$bb" bench || continue
+    if [ -z "$TORCH_V" ]; then record "bench.torch-compile.$arch.$bb" "NOT RUN (no torch in $PY)" 0; continue; fi
+    if [ "$TORCH_COMPILE" != 1 ]; then record "bench.torch-compile.$arch.$bb" "SKIP (torch $TORCH_V has no torch.compile)" 0; continue; fi
+    # torch.compile recompiles per crop shape: a minute or more for ViT-L
+    run_bench "bench.torch-compile.$arch.$bb" compile "$arch" "$bb" 0 300 $([ "$DRY" = 1 ] && echo 30 || echo 150)
+  done
 fi
 
-# ---- PyTorch baseline -----------------------------------------------------------------------------------
-# torch_runs SCRIPT LOG IMPL ARCH "EAGER BATCHES" COMPILE_BATCH: eager PyTorch at each batch, torch.compile
-# at one (it recompiles per shape), appended to LOG; a failed run leaves a RESULT line with its status
-torch_runs() {
-  PYTHONUNBUFFERED=1 timeout 300 python3 "$1" --arch "$4" --batch $5 --modes eager ${PEAK:+--peak-tflops $PEAK} \
-    >> "$2" 2>&1 || echo "RESULT impl=$3-eager arch=$4 status=failed(rc=$?)" >> "$2"
-  copy_out
-  PYTHONUNBUFFERED=1 timeout 300 python3 "$1" --arch "$4" --batch $6 --modes compile ${PEAK:+--peak-tflops $PEAK} \
-    >> "$2" 2>&1 || echo "RESULT impl=$3-compile arch=$4 status=failed(rc=$?)" >> "$2"
-  copy_out
-}
-if has_stage torch; then
-  log "stage torch"
-  : > "$RES/bench_torch.log"
-  if ! python3 -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then
-    set_status TORCH_BENCH "not run: python3 has no torch with CUDA"
-  else
-    PEAK=$(grep -h "^PEAK" "$RES/bench_c.log" 2>/dev/null | head -1 | sed 's/.*measured_bf16_tflops=\([0-9.]*\).*/\1/')
-    for spec in "vit_small:$C_BATCH_S:$TC_BATCH_S" "vit_large:$C_BATCH_L:$TC_BATCH_L"; do
-      IFS=: read -r arch eb cb <<< "$spec"
-      torch_runs tests/torch_ref/bench_vit_gpu_torch.py "$RES/bench_torch.log" torch "$arch" "$eb" "$cb"
-    done
-    grep "^RESULT" "$RES/bench_torch.log"
-    set_status TORCH_BENCH "ran ($(grep -c '^RESULT.*status=ok' "$RES/bench_torch.log") ok, $(grep '^RESULT' "$RES/bench_torch.log" | grep -vc 'status=ok') not ok)"
-  fi
-fi
-
-# ---- the whole training step: C (bench_step) and PyTorch (bench_step_torch.py) ---------------------------
-if has_stage step; then
-  log "stage step (whole SSL step, C and PyTorch)"
-  : > "$RES/bench_step.log"
-  if [ -z "$BIN" ] || [ ! -x "$BIN/bench_step" ]; then
-    set_status STEP "not run (no build)"
-  else
-    PEAK=$(grep -h "^PEAK" "$RES/bench_c.log" 2>/dev/null | head -1 | sed 's/.*measured_bf16_tflops=\([0-9.]*\).*/\1/')
-    nbad=0
-    for spec in "vit_small:$STEP_S" "vit_large:$STEP_L"; do
-      arch=${spec%%:*}
-      for b in ${spec#*:}; do
-        rec=""; case "$b" in *r) rec=--recompute; b=${b%r} ;; esac
-        echo "=== bench_step --arch $arch --batch $b $rec" >> "$RES/bench_step.log"
-        timeout 300 "$BIN/bench_step" --backend cuda --arch "$arch" --batch "$b" $rec ${PEAK:+--no-peak} \
-          > "$RES/step_one.tmp" 2>&1
-        rc=$?
-        [ -n "$PEAK" ] && sed -i "s/peak_tflops=-1.0 mfu=-1.0000/peak_tflops=$PEAK mfu=MFU/" "$RES/step_one.tmp"
-        cat "$RES/step_one.tmp" >> "$RES/bench_step.log"; copy_out
-        if [ $rc != 0 ]; then
-          nbad=$((nbad + 1))
-          echo "RESULT impl=c-step backend=cuda arch=$arch batch=$b recompute=$([ -n "$rec" ] && echo 1 || echo 0) status=failed(rc=$rc)" >> "$RES/bench_step.log"
-        fi
-      done
-    done
-    # MFU of the C lines against the measured peak of the bench stage (bench_step measured none with --no-peak)
-    if [ -n "$PEAK" ]; then
-      awk -v p="$PEAK" '/^RESULT impl=c-step/ && /mfu=MFU/ { for (i = 1; i <= NF; i++) if ($i ~ /^model_tflops=/) {
-        split($i, a, "="); m = a[2] / p } sub(/mfu=MFU/, sprintf("mfu=%.4f", m)) } { print }' "$RES/bench_step.log" \
-        > "$RES/step.tmp" && mv "$RES/step.tmp" "$RES/bench_step.log"
-    fi
-    if python3 -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then
-      for spec in "vit_small:$STEP_S:${TC_BATCH_S}" "vit_large:$STEP_L:${TC_BATCH_L}"; do
-        IFS=: read -r arch eb cb <<< "$spec"
-        eb=$(echo "$eb" | tr -d r | tr ' ' '\n' | sort -un | tr '\n' ' ') # 32 and 32r: one PyTorch run
-        torch_runs tests/torch_ref/bench_step_torch.py "$RES/bench_step.log" torch-step "$arch" "$eb" "$cb"
-      done
-    else
-      echo "python3 has no torch with CUDA: PyTorch step not run" >> "$RES/bench_step.log"
-    fi
-    grep "^RESULT" "$RES/bench_step.log"
-    set_status STEP "ran ($nbad C configurations failed; $(grep -c '^RESULT impl=torch.*status=ok' "$RES/bench_step.log") PyTorch ok)"
-  fi
-fi
-
-# ---- summary --------------------------------------------------------------------------------------------
-field() { # field KEY LINE
-  echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -1
-}
-result_line() { # impl arch batch [pattern] -> last matching RESULT line
-  cat "$RES"/bench_c.log "$RES"/bench_torch.log "$RES"/bench_step.log 2>/dev/null | grep "^RESULT impl=$1 " |
-    grep " arch=$2 batch=$3 " | grep -e "${4:-.}" | tail -1
-}
-# cells C_LINE EAGER_LINE COMPILE_LINE: sets CI MFU EI KI RATIO for a table row (img/s, or the status in
-# parentheses where a run failed; RATIO = C over the better PyTorch mode)
-cells() {
-  CI=$(field img_per_s "$1"); EI=$(field img_per_s "$2"); KI=$(field img_per_s "$3")
-  local cm best; cm=$(field mfu "$1")
-  [ -n "$1" ] && [ -z "$CI" ] && CI="($(field status "$1"))"
-  [ -n "$2" ] && [ -z "$EI" ] && EI="($(field status "$2"))"
-  [ -n "$3" ] && [ -z "$KI" ] && KI="($(field status "$3"))"
-  best=$(printf '%s\n%s\n' "$EI" "$KI" | grep -E '^[0-9.]+$' | sort -g | tail -1)
-  RATIO=""
-  if [[ "$CI" =~ ^[0-9.]+$ ]] && [ -n "$best" ]; then RATIO=$(awk "BEGIN{printf \"%.2f\", $CI/$best}"); fi
-  MFU=""; [[ "$cm" =~ ^[0-9.]+$ ]] && MFU=$(awk "BEGIN{printf \"%.1f%%\", 100*$cm}")
-}
-if has_stage summary; then
-  S=$RES/summary.md
-  {
-    echo "## GPU check $(date -u +%Y-%m-%d) on $(get_status GPU)"
-    echo
-    echo "| stage | result |"
-    echo "| --- | --- |"
-    echo "| build | $(get_status BUILD) |"
-    echo "| GPU tests | $(get_status TESTS) |"
-    echo "| memcheck | $(get_status SANITIZE) |"
-    echo "| demo training, 50 it (cuda vs cpu) | $(get_status TRAIN) |"
-    echo "| C benchmark | $(get_status BENCH) |"
-    echo "| PyTorch | $(get_status TORCH) |"
-    echo "| PyTorch benchmark | $(get_status TORCH_BENCH) |"
-    echo "| whole training step, C and PyTorch | $(get_status STEP) |"
-    echo
-    echo "ViT forward+backward, per image 2 x 224 px + 8 x 98 px crops, no head/teacher/drop-path; MFU against"
-    echo "the measured dense bf16 cublasGemmEx rate ($(grep -h '^PEAK' "$RES/bench_c.log" 2>/dev/null | head -1 | sed 's/.*measured_bf16_tflops=\([0-9.]*\).*/\1/') TFLOP/s)."
-    echo
-    echo "| model | batch | C img/s | C MFU | torch eager img/s | torch compile img/s | C / best torch |"
-    echo "| --- | --- | --- | --- | --- | --- | --- |"
-    for spec in "vit_small:$C_BATCH_S" "vit_large:$C_BATCH_L"; do
-      arch=${spec%%:*}
-      for b in ${spec#*:}; do
-        cells "$(result_line c "$arch" "$b")" "$(result_line torch-eager "$arch" "$b")" "$(result_line torch-compile "$arch" "$b")"
-        echo "| $arch | $b | ${CI:--} | ${MFU:--} | ${EI:--} | ${KI:--} | ${RATIO:--} |"
-      done
-    done
-    if grep -q "^RESULT impl=c-step" "$RES/bench_step.log" 2>/dev/null; then
-      echo
-      echo "The whole training step (teacher, student, shared head K = 65536, DINO/iBOT/KoLeo losses, backward,"
-      echo "clipping, AdamW, EMA; next batch staged), per image 2 x 224 px + 8 x 98 px; r = recomputed activations."
-      echo
-      echo "| model | batch | C img/s | C MFU | C teacher / student fwd / backward / update ms | C GiB planned / taken | torch eager img/s | torch compile img/s | torch GiB | C / best torch |"
-      echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-      for spec in "vit_small:$STEP_S" "vit_large:$STEP_L"; do
-        arch=${spec%%:*}
-        for b in ${spec#*:}; do
-          bb=${b%r}; rec=0; [ "$bb" != "$b" ] && rec=1
-          c=$(result_line c-step "$arch" "$bb" " recompute=$rec "); e=$(result_line torch-step-eager "$arch" "$bb")
-          cells "$c" "$e" "$(result_line torch-step-compile "$arch" "$bb")"
-          split="$(field teacher_ms "$c") / $(field student_fwd_ms "$c") / $(field bwd_ms "$c") / $(field update_ms "$c")"
-          echo "| $arch | $b | ${CI:--} | ${MFU:--} | $split | $(field plan_gib "$c") / $(field model_gib "$c") | ${EI:--} | ${KI:--} | $(field max_mem_gib "$e") | ${RATIO:--} |"
-        done
-      done
-    fi
-    nolt=$(result_line c-nolt vit_small "$TC_BATCH_S"); withlt=$(result_line c vit_small "$TC_BATCH_S")
-    if [ -n "$nolt" ]; then
-      echo
-      echo "cuBLASLt bias epilogue (ViT-S, batch $TC_BATCH_S): $(field img_per_s "$withlt") img/s with it, $(field img_per_s "$nolt") without (DINO_CUDA_LT=0)."
-    fi
-    for arch in vit_small vit_large; do
-      if grep -q "^OPPROF $arch " "$RES/bench_c.log" 2>/dev/null; then
-        echo; echo "Where the C step's time goes, $arch (per-op, synchronised; top 15):"; echo; echo '```'
-        grep "^OPPROF $arch " "$RES/bench_c.log" | head -15 | sed "s/^OPPROF $arch //"
-        echo '```'
-      fi
-    done
-  } > "$S"
-  echo; cat "$S"
-fi
-copy_out
+say "summary ($(now) s)"
+summary; copy_out
+trap - EXIT
+echo; cat "$RES/summary.md"
 exit 0
