@@ -62,6 +62,7 @@ struct TileSource {
     int nparts;
     int64_t *part_start;
     int min_side;
+    int64_t max_pixels; // decode budget (0: the default)
 };
 
 // ---- small string-list helpers --------------------------------------------------------------------
@@ -392,6 +393,7 @@ TileSource *source_open(const char *spec, char *err) {
 
 int64_t source_count(const TileSource *s) { return s->part_start[s->nparts]; }
 void source_set_min_side(TileSource *s, int min_side) { s->min_side = min_side > 0 ? min_side : 0; }
+void source_set_max_pixels(TileSource *s, int64_t max_pixels) { s->max_pixels = max_pixels > 0 ? max_pixels : 0; }
 
 // Largest k in [0, n) with start[k] <= i (start is ascending, start[0] = 0).
 static int64_t find_bucket(const int64_t *start, int64_t n, int64_t i) {
@@ -412,7 +414,7 @@ static int read_shard_tile(const TileSource *s, const Part *p, int64_t i, Image 
     size_t size;
     if (shard_record(sh, rec, NULL, &payload, &size, err) != 0) return -1;
     char why[DINO_ERRLEN];
-    if (decode_image_mem(payload, size, s->min_side, out, why) != 0) {
+    if (decode_image_mem_budget(payload, size, s->min_side, s->max_pixels, out, why) != 0) {
         dino_seterr(err, "%s: record %lld: %s", shard_path(sh), (long long)rec, why);
         return -1;
     }
@@ -452,7 +454,7 @@ int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, cha
     int64_t j = i - s->part_start[k];
     switch (p->kind) {
     case PART_SHARDS: return read_shard_tile(s, p, j, out, err);
-    case PART_FILES: return decode_image_file(p->files[j], s->min_side, out, err);
+    case PART_FILES: return decode_image_file_budget(p->files[j], s->min_side, s->max_pixels, out, err);
     case PART_WSI: return read_wsi_tile(p, j, rng_seed, out, err);
     }
     return -1;

@@ -19,3 +19,7 @@ void source_close(TileSource *s);
 // Optional decode hint: JPEG tiles may be decoded at a reduced scale (TurboJPEG DCT scaling) as long as
 // the shorter side stays >= min_side (0, the default, decodes at full size). Set before reading.
 void source_set_min_side(TileSource *s, int min_side);
+// Pixel budget for image files and shard records (data/decode.h): a tile whose header declares more than
+// max_pixels pixels is refused before it is decoded (a corrupt tile). <= 0: DECODE_DEFAULT_MAX_PIXELS
+// (8192 x 8192), the default. Set before reading.
+void source_set_max_pixels(TileSource *s, int64_t max_pixels);

@@ -117,6 +117,12 @@ TEST(console_line_and_durations) {
     const char *want = " 250/1000 (25.0%) loss 9.8765 dino_l 4.5000 dino_g 4.2500 ibot 1.1250 koleo -0.0625 | lr 1.500e-04 "
                        "wd 0.0412 mom 0.99213 temp 0.0425 | 123.5 img/s data 3% | ETA 1:02:05";
     CHECK(strcmp(line, want) == 0, "\ngot  '%s'\nwant '%s'", line, want);
+    // corrupt tiles skipped by the loader: shown once there are any (the same count as the metrics file's
+    // corrupt_tiles), between the throughput and the ETA
+    p.corrupt_tiles = 7;
+    metrics_format_line(line, sizeof line, &p, 0);
+    CHECK(strstr(line, "| 123.5 img/s data 3% | corrupt 7 | ETA 1:02:05"), "corrupt tiles not shown: '%s'", line);
+    p.corrupt_tiles = 0;
     // disabled terms disappear; the regularizer is labelled; the bar fills with the progress
     p.ibot = NAN;
     p.regularizer = "kde";

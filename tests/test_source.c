@@ -6,10 +6,12 @@
 
 #include "common/check.h"
 #include "data/decode.h"
+#include "data/loader.h"
 #include "data/shard.h"
 #include "data/source.h"
 #include "data/synth.h"
 #include "tests/harness.h"
+#include "tests/synth_files.h"
 
 static const char *slide_path(const char *name) {
     static char buf[4096];
@@ -376,4 +378,142 @@ TEST(online_wsi_source_from_a_slide_list) {
     fclose(f);
     snprintf(spec, sizeof spec, "wsi:%s,assume_mpp=0.25", list);
     CHECK(source_open(spec, err) == NULL && strstr(err, "missing.svs") && strstr(err, "slides.txt"), "message: %s", err);
+}
+
+// ---- hardening: a folder with files that used to crash or balloon the loader -------------------------
+
+static int read_source_tile(void *ctx, int64_t i, uint64_t seed, Image *out, char *err) {
+    return source_read_rgb(ctx, i, seed, out, err);
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+// Truncated JPEGs (FF D8 FF; cut at 200 bytes; cut inside a Huffman table, which used to leave the
+// thread's decoder failing every later tile) and headers declaring huge images (TIFF 60000 x 60000 and the
+// 483-byte 8204 x 65288, PNG and JPEG 60000 x 60000) among good tiles in a folder source, read by the
+// loader on 0, 1 and 3 threads: every batch arrives, no bad file is used, each bad read is counted, the
+// batches are identical for every thread count, and the process's peak memory stays far below one huge
+// image (before: an abort allocating ~3.6e16 bytes, or 2.1 to 14.4 GB per thread for the TIFFs).
+TEST(bad_files_in_a_folder_are_skipped_and_counted_with_bounded_memory) {
+    struct rlimit guard = memory_guard_begin((int64_t)4 << 30);
+    const char *dir = test_tmpdir();
+    char p[4300], spec[4400], err[DINO_ERRLEN];
+    enum { NGOOD = 32, NBAD = 7, N = NGOOD + NBAD };
+    const char *bad_names[NBAD] = {"t04_cut3.jpg", "t09_cut200.jpg", "t13_cut_dht.jpg", "t18_huge.tif",
+                                   "t22_huge.tif", "t27_huge.png", "t31_huge.jpg"};
+    char *names[N];
+    for (int i = 0; i < NGOOD; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "t%02d.jpg", i);
+        names[i] = strdup(name);
+        snprintf(p, sizeof p, "%s/%s", dir, name);
+        write_jpeg(p, i, 64);
+    }
+    Image im;
+    synth_tile(7, 99, 3, 64, &im);
+    uint8_t *jpg, buf[512];
+    size_t n;
+    CHECK(encode_jpeg(&im, 90, &jpg, &n, err) == 0, "%s", err);
+    image_free(&im);
+    size_t dht = 0;
+    for (size_t i = 2; i + 1 < n && !dht; i++) dht = jpg[i] == 0xFF && jpg[i + 1] == 0xC4 ? i : 0;
+    CHECK(dht > 0, "no DHT marker");
+    for (int b = 0; b < NBAD; b++) {
+        names[NGOOD + b] = strdup(bad_names[b]);
+        snprintf(p, sizeof p, "%s/%s", dir, bad_names[b]);
+        switch (b) {
+        case 0: write_bytes(p, (const uint8_t *)"\xFF\xD8\xFF", 3); break;
+        case 1: write_bytes(p, jpg, 200); break;
+        case 2: write_bytes(p, jpg, dht + 40); break;
+        case 3: write_bytes(p, buf, craft_tiff_header(buf, 483, 60000, 60000)); break;
+        case 4: write_bytes(p, buf, craft_tiff_header(buf, 483, 8204, 65288)); break;
+        case 5: write_bytes(p, buf, craft_png_header(buf, 60000, 60000)); break;
+        case 6: {
+            size_t nh;
+            uint8_t *huge = craft_jpeg_declaring(60000, 60000, &nh);
+            write_bytes(p, huge, nh);
+            free(huge);
+        } break;
+        }
+    }
+    free(jpg);
+    qsort(names, N, sizeof names[0], cmp_names); // the folder source's order
+    int is_bad[N];
+    for (int i = 0; i < N; i++) is_bad[i] = strchr(names[i], '_') != NULL;
+    snprintf(spec, sizeof spec, "folder:%s", dir);
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL && source_count(s) == N, "%s", err);
+    if (!s) return;
+
+    int64_t rss0 = reset_peak_rss();
+    enum { NB = 25 };
+    const int threads[3] = {0, 1, 3};
+    uint64_t ref[NB];
+    int64_t ref_corrupt = -1;
+    LoaderConfig c;
+    for (int t = 0; t < 3; t++) {
+        loader_config_default(&c);
+        c.batch_size = 4;
+        c.seed = 77;
+        c.n_threads = threads[t];
+        c.prefetch = 2;
+        c.patch_size = 8;
+        c.aug.global_size = 32;
+        c.aug.local_size = 16;
+        c.aug.n_local = 2;
+        c.max_corrupt_fraction = 0.5;
+        Loader *l = loader_create(&c, N, read_source_tile, s, err);
+        CHECK(l != NULL, "%s", err);
+        int64_t expect_corrupt = 0;
+        for (int i = 0; i < NB; i++) {
+            const Batch *b = loader_next(l, err);
+            CHECK(b != NULL, "%d threads, batch %d: %s", threads[t], i, err);
+            if (!b) break;
+            for (int k = 0; k < b->B; k++) {
+                CHECK(b->tile[k] >= 0 && !is_bad[b->tile[k]], "batch %d uses %s", i, b->tile[k] >= 0 ? names[b->tile[k]] : "nothing");
+                int64_t a = 0;
+                while (is_bad[loader_tile_at(c.seed, N, b->sample[k] + a)]) a++;
+                expect_corrupt += a;
+            }
+            uint64_t h = fnv(0xcbf29ce484222325ULL, b->global_crops, sizeof(float) * 2 * b->B * 3 * b->G * b->G);
+            h = fnv(h, b->local_crops, sizeof(float) * (size_t)b->n_local * b->B * 3 * b->L * b->L);
+            h = fnv(h, b->tile, sizeof(int64_t) * b->B);
+            if (t == 0) ref[i] = h;
+            else CHECK(h == ref[i], "batch %d differs with %d threads", i, threads[t]);
+        }
+        LoaderStats st = loader_stats(l);
+        CHECK(st.corrupt == expect_corrupt && st.corrupt >= 10, "%d threads: %lld corrupt reads counted, expected %lld",
+              threads[t], (long long)st.corrupt, (long long)expect_corrupt);
+        if (t == 0) ref_corrupt = st.corrupt;
+        else CHECK(st.corrupt == ref_corrupt, "corrupt count %lld vs %lld", (long long)st.corrupt, (long long)ref_corrupt);
+        loader_destroy(l);
+    }
+    int64_t grew = peak_rss_bytes() - rss0;
+    memory_guard_end(guard);
+    CHECK(grew < (128 << 20) || !MEMORY_BOUNDS_CHECKED, "the loader's peak memory grew by %.1f MB", grew / 1e6);
+
+    // each bad file's error names it and says what is wrong
+    const char *why[NBAD] = {"JPEG", "JPEG", "JPEG", "TIFF header declares 60000 x 60000 = 3.6 Gpx, over the 67.1 Mpx budget",
+                             "TIFF header declares 8204 x 65288 = 536 Mpx", "PNG header declares 60000 x 60000",
+                             "JPEG header declares 60000 x 60000"};
+    for (int i = 0, b = 0; i < N; i++) {
+        if (!is_bad[i]) continue;
+        CHECK(source_read_rgb(s, i, 0, &im, err) == -1 && im.px == NULL, "%s decoded", names[i]);
+        for (b = 0; b < NBAD && strcmp(bad_names[b], names[i]); b++) {}
+        CHECK(strstr(err, names[i]) && strstr(err, why[b]), "%s: %s", names[i], err);
+    }
+    // the budget is the source's: 64 x 64 tiles over a 4000 px budget are refused, at 4096 read
+    source_set_max_pixels(s, 4000);
+    CHECK(source_read_rgb(s, 0, 0, &im, err) == -1 && strstr(err, "64 x 64 = 4.1 kpx, over the 4 kpx budget"), "%s", err);
+    source_set_max_pixels(s, 4096);
+    CHECK(source_read_rgb(s, 0, 0, &im, err) == 0, "%s", err);
+    image_free(&im);
+    source_close(s);
+    for (int i = 0; i < N; i++) free(names[i]);
 }

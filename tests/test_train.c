@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/check.h"
 #include "data/decode.h"
@@ -67,13 +69,16 @@ static void tiny_config(Config *cfg, const char *tiles, const char *out) {
           err);
 }
 
-static int run(const Config *cfg, int64_t max_it, TrainResult *res, char *err) {
+static int run_console(const Config *cfg, int64_t max_it, int quiet, TrainResult *res, char *err) {
     Dist d;
     CHECK(dist_init(&d, 0, err) == 0, "%s", err);
-    TrainOptions opt = {.max_iterations = max_it, .quiet = 1};
+    TrainOptions opt = {.max_iterations = max_it, .quiet = quiet};
     int rc = train_run(cfg, &d, &opt, res, err);
     dist_finalize(&d);
     return rc;
+}
+static int run(const Config *cfg, int64_t max_it, TrainResult *res, char *err) {
+    return run_console(cfg, max_it, 1, res, err);
 }
 
 // Every tensor of two checkpoints equal bit for bit.
@@ -316,4 +321,82 @@ TEST(pretrained_init_and_periodic_knn) {
     CHECK(config_override(&cfg, "student.embed_dim=32", err) == 0, "%s", err);
     CHECK(run(&cfg, 1, &res, err) == -1 && strstr(err, "pretrained") && strstr(err, "shape"),
           "a width mismatch must be refused with the tensor named: %s", err);
+}
+
+// Bad tiles among the good ones (truncated JPEGs, headers declaring 60000 x 60000): the run finishes, the
+// console line shows how many reads were skipped (the count the metrics file records), and a pixel budget
+// below the tiles' size (data.max_image_pixels) ends the run with a message naming the key.
+TEST(bad_tiles_skipped_and_shown_on_the_console_line) {
+    struct rlimit guard = memory_guard_begin((int64_t)4 << 30); // a regression fails, the box keeps its memory
+    const char *tmp = test_tmpdir();
+    char out[4200], dir[4300], path[4400], log[4300], err[DINO_ERRLEN];
+    const char *spec = make_tiles(tmp, 16);
+    snprintf(dir, sizeof dir, "%s/tiles", tmp);
+    uint8_t buf[512];
+    snprintf(path, sizeof path, "%s/bad_cut3.jpg", dir);
+    FILE *f = fopen(path, "wb");
+    fwrite("\xFF\xD8\xFF", 1, 3, f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/bad_huge.tif", dir);
+    f = fopen(path, "wb");
+    fwrite(buf, 1, craft_tiff_header(buf, 483, 60000, 60000), f);
+    fclose(f);
+    size_t n;
+    uint8_t *jpg = craft_jpeg_declaring(60000, 60000, &n);
+    snprintf(path, sizeof path, "%s/bad_huge.jpg", dir);
+    f = fopen(path, "wb");
+    fwrite(jpg, 1, n, f);
+    fclose(f);
+    free(jpg);
+
+    snprintf(out, sizeof out, "%s/run", tmp);
+    Config cfg;
+    TrainResult res;
+    tiny_config(&cfg, spec, out);
+    CHECK(config_override(&cfg, "log.every_n_iterations=3", err) == 0, "%s", err);
+    snprintf(log, sizeof log, "%s/console.txt", tmp);
+    fflush(stdout);
+    int saved = dup(1), fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    close(fd);
+    int rc = run_console(&cfg, 0, 0, &res, err);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    CHECK(rc == 0 && res.end_iteration == 12, "the run with bad tiles failed: %s", err);
+    static char text[1 << 16];
+    f = fopen(log, "r");
+    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    // the last console line ("12/12 ...") and the last metrics record agree on the count
+    const char *last = strstr(text, "12/12 (100.0%)");
+    const char *shown = last ? strstr(last, "| corrupt ") : NULL;
+    CHECK(shown != NULL, "the final console line does not show the corrupt tiles:\n%s", text);
+    long long on_console = shown ? atoll(shown + 10) : -1;
+    char mpath[4400];
+    static char metrics[1 << 16];
+    snprintf(mpath, sizeof mpath, "%s/training_metrics.jsonl", out);
+    f = fopen(mpath, "r");
+    n = f ? fread(metrics, 1, sizeof metrics - 1, f) : 0;
+    metrics[n] = 0;
+    if (f) fclose(f);
+    const char *rec = NULL;
+    for (const char *q = metrics; (q = strstr(q, "\"corrupt_tiles\": ")); q++) rec = q;
+    long long in_metrics = rec ? atoll(rec + 17) : -1;
+    CHECK(on_console > 0 && on_console == in_metrics, "corrupt tiles: %lld on the console, %lld in the metrics",
+          on_console, in_metrics);
+    // before any bad read the segment is absent
+    CHECK(!strstr(text, "| corrupt 0"), "a zero count is shown:\n%s", text);
+
+    // a budget below 64 x 64: every tile refused, the run stops naming the key
+    snprintf(out, sizeof out, "%s/run2", tmp);
+    tiny_config(&cfg, spec, out);
+    CHECK(config_override(&cfg, "data.max_image_pixels=4000", err) == 0, "%s", err);
+    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    CHECK(run(&cfg, 0, &res, err) == -1 && strstr(err, "over the 4 kpx budget (data.max_image_pixels = 4000)"),
+          "a budget below the tiles must stop the run: %s", err);
+    CHECK(config_override(&cfg, "data.max_image_pixels=0", err) == 0 && config_validate(&cfg, err) != 0 &&
+              strstr(err, "data.max_image_pixels"), "a zero budget must be refused: %s", err);
+    memory_guard_end(guard);
 }

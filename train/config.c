@@ -141,6 +141,9 @@ static const CfgKey KEYS[] = {
     K("data.corrupt_min_reads", CT_I64, data.corrupt_min_reads, 0, "1000", NULL,
       "the corrupt fraction is enforced once this many tiles were read (a few bad tiles early must not end a run)"),
     I("data.prefetch", data.prefetch, "3", "batches the loader builds ahead of the step"),
+    K("data.max_image_pixels", CT_I64, data.max_image_pixels, 0, "67108864", NULL,
+      "pixel budget per tile image (8192 x 8192): an image file or shard record whose header declares more "
+      "pixels is refused before anything is allocated for it and counted as a corrupt tile"),
 
     F("augment.blur_p_global1", augment.blur_p_global1, "0.0",
       "blur apply probability, global crop 1 (reference's effective value; its docs say 1.0)"),
@@ -1154,6 +1157,8 @@ int config_validate(const Config *c, char *err) {
     NEED(prob_ok(c->data.max_corrupt_fraction), "data.max_corrupt_fraction", "must be in [0, 1]");
     NEED(c->data.corrupt_min_reads >= 0, "data.corrupt_min_reads", "must be >= 0");
     NEED(c->data.prefetch >= 1, "data.prefetch", "must be >= 1");
+    NEED(c->data.max_image_pixels >= 1 && c->data.max_image_pixels <= ((int64_t)1 << 40), "data.max_image_pixels",
+         "must be in [1, 2^40] (pixels, width x height)");
 
     const CfgAugment *a = &c->augment;
     NEED(prob_ok(a->blur_p_global1), "augment.blur_p_global1", "must be in [0, 1]");

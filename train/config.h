@@ -94,6 +94,7 @@ typedef struct {
     double max_corrupt_fraction;
     int64_t corrupt_min_reads; // the fraction is enforced once this many tiles were read
     int prefetch;              // batches built ahead of the step
+    int64_t max_image_pixels;  // decode budget: a tile whose header declares more pixels is corrupt
 } CfgData;
 
 typedef struct {

@@ -177,6 +177,7 @@ void metrics_format_line(char *buf, size_t cap, const ProgressInfo *p, int bar_w
     if (!isnan(p->koleo)) oprintf(&o, " %s %.4f", p->regularizer ? p->regularizer : "koleo", p->koleo);
     oprintf(&o, " | lr %.3e wd %.4f mom %.5f temp %.4f", p->lr, p->wd, p->momentum, p->teacher_temp);
     oprintf(&o, " | %.1f img/s data %.0f%%", p->images_per_s, 100 * p->data_wait_share);
+    if (p->corrupt_tiles > 0) oprintf(&o, " | corrupt %" PRId64, p->corrupt_tiles);
     char eta[32];
     metrics_format_duration(eta, sizeof eta, p->eta_s);
     oprintf(&o, " | ETA %s", eta);

@@ -33,6 +33,8 @@ typedef struct {
     double images_per_s;     // over the last logging window
     double data_wait_share;  // fraction of the window spent waiting for the loader, in [0, 1]
     double eta_s;            // < 0 = unknown
+    int64_t corrupt_tiles;   // tiles the loader skipped so far (unreadable, corrupt, over the pixel budget);
+                             // shown only when > 0
 } ProgressInfo;
 
 // One console line, no newline. bar_width > 0 puts a progress bar in front (for terminals).

@@ -124,6 +124,7 @@ static int open_data(Run *r, char *err) {
     // Scaled JPEG decoding never loses resolution that a global crop at its smallest scale would use.
     double smin = cfg->crops.global_crops_scale[0] > 0 ? cfg->crops.global_crops_scale[0] : 1.0;
     source_set_min_side(r->src, (int)ceil(cfg->crops.global_crops_size / sqrt(smin)));
+    source_set_max_pixels(r->src, cfg->data.max_image_pixels);
     LoaderConfig lc;
     config_to_loader(cfg, r->d->rank, r->d->world, &lc);
     // the batches' crops in the backend's page-locked memory: a GPU uploads them from there
@@ -736,7 +737,8 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
                               .teacher_temp = sv.teacher_temp,
                               .images_per_s = win > 0 ? (double)window_steps * B * d->world / win : 0,
                               .data_wait_share = win > 0 ? data_window / win : 0,
-                              .eta_s = metrics_eta_seconds(it + 1 - start, t_now - t_start, r.total - it - 1)};
+                              .eta_s = metrics_eta_seconds(it + 1 - start, t_now - t_start, r.total - it - 1),
+                              .corrupt_tiles = loader_stats(r.loader).corrupt};
             char line[512];
             metrics_format_line(line, sizeof line, &p, tty ? 20 : 0);
             printf(tty ? "\r%s\033[K" : "%s\n", line);

@@ -7,9 +7,14 @@
 #include <stdint.h>
 #include <string.h>
 
+// Range reduction x = n ln2 + r with n = round(x / ln2) taken by the 1.5 * 2^23 trick: adding it leaves n
+// in the low mantissa bits of t, and 2^n is built from those bits with unsigned integer arithmetic. No
+// float-to-int conversion and no signed shift, so every input is defined behaviour: NaN passes the clamp,
+// makes t, r and p NaN, and comes out as NaN (the scale built from its bits is then irrelevant).
 static inline float dino_expf(float x) {
     x = x < -87.33654f ? -87.33654f : x > 88.72283f ? 88.72283f : x;
-    float n = rintf(x * 1.44269504088896341f);
+    float t = x * 1.44269504088896341f + 12582912.0f;
+    float n = t - 12582912.0f;
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -18,7 +23,9 @@ static inline float dino_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t tb;
+    memcpy(&tb, &t, sizeof tb);
+    uint32_t bits = (tb - 0x4B400000u + 127u) << 23; // n + 127 in [1, 255] for any finite x
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
