@@ -75,8 +75,12 @@ __attribute__((unused)) static void partition_shards(size_t b0, size_t b1, size_
 // ---------------------------------------------------------------------------------------------------
 #ifdef DINO_HAVE_MPI
 
+#define HOST_LEN 64
+
 struct DistImpl {
     MPI_Comm comm;          // blocking collectives (a duplicate of MPI_COMM_WORLD, errors return)
+    MPI_Comm side;          // progress queries after a timeout (another duplicate: never mixed with comm)
+    char (*hosts)[HOST_LEN]; // every rank's host name, gathered at start (a stalled rank cannot tell its own)
     void *scratch;          // receive rows of the blocking reductions
     size_t scratch_bytes;
     int *count, *displ, *rcount, *rdispl; // world-sized work arrays
@@ -88,8 +92,155 @@ struct DistImpl {
     int thread_multiple;    // MPI may be called from the watchdog while the main thread is inside MPI
     double armed_at;
     char op[96];
-    unsigned long long seq; // collectives issued by this rank, to line messages up across ranks
+    unsigned long long seq; // collectives entered by this rank (the current one included), in call order
 };
+
+// ---- naming the rank that did not arrive -----------------------------------------------------------
+// Every rank counts the collectives it enters (seq, op, armed: in memory, under im->mu). When a rank's
+// collective passes the timeout, its watchdog asks every other rank for its counters on the side
+// communicator (non-blocking point-to-point, a deadline of its own: QUERY_S, at most the timeout). Every
+// rank's watchdog answers such questions whenever it ticks (every 100 ms), whether or not its main thread
+// is blocked inside MPI or computing. So a rank that does not answer in time is stalled as a whole
+// process (SIGSTOP, frozen, its node gone); one that answers with a lower count has not arrived (it is
+// computing, or waits in an earlier collective); one at the same count in another collective means the
+// ranks' call orders differ. Needs MPI_THREAD_MULTIPLE (the watchdog calls MPI beside the main thread);
+// without it the message names only the rank that waited.
+#define QUERY_S 5.0
+#define TAG_QUERY 1
+#define TAG_REPLY 2
+#define MAX_NAMED 8 // ranks named in one message; the rest are counted
+
+typedef struct {
+    unsigned long long seq; // collectives entered so far
+    int armed;              // 1 while inside collective #seq
+    int pad;
+    double for_s;           // how long it has been inside it
+    char op[96];            // the current (armed) or last collective
+} Progress;
+
+static Progress progress_now(DistImpl *im) {
+    Progress p;
+    memset(&p, 0, sizeof p);
+    pthread_mutex_lock(&im->mu);
+    p.seq = im->seq;
+    p.armed = im->armed;
+    p.for_s = im->armed ? dino_wall_s() - im->armed_at : 0;
+    memcpy(p.op, im->op, sizeof p.op);
+    pthread_mutex_unlock(&im->mu);
+    return p;
+}
+
+// Answers every question waiting on the side communicator with this rank's counters. Only the watchdog
+// thread receives on it, so probe-then-receive cannot race. The asker posted its receive before asking.
+static void answer_queries(Dist *d) {
+    DistImpl *im = d->impl;
+    for (;;) {
+        int flag = 0;
+        MPI_Status st;
+        if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_QUERY, im->side, &flag, &st) != MPI_SUCCESS || !flag) return;
+        unsigned long long q = 0;
+        if (MPI_Recv(&q, 1, MPI_UNSIGNED_LONG_LONG, st.MPI_SOURCE, TAG_QUERY, im->side, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            return;
+        Progress p = progress_now(im);
+        MPI_Send(&p, (int)sizeof p, MPI_BYTE, st.MPI_SOURCE, TAG_REPLY, im->side);
+    }
+}
+
+static void appendf(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void appendf(char *buf, size_t len, const char *fmt, ...) {
+    size_t used = strlen(buf);
+    if (used + 1 >= len) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + used, len - used, fmt, ap);
+    va_end(ap);
+}
+
+// Asks every other rank where it is (answering their questions meanwhile: they time out at about the same
+// moment) and writes, into out, one sentence per rank that has not entered this rank's collective `me`.
+static void find_missing_ranks(Dist *d, const Progress *me, char *out, size_t len) {
+    DistImpl *im = d->impl;
+    int w = d->world;
+    Progress *p = dino_calloc((size_t)w, sizeof *p);
+    MPI_Request *rq = dino_calloc((size_t)w, sizeof *rq), *sq = dino_calloc((size_t)w, sizeof *sq);
+    int *got = dino_calloc((size_t)w, sizeof *got);
+    unsigned long long *q = dino_calloc(1, sizeof *q);
+    *q = me->seq;
+    int pending = 0;
+    for (int r = 0; r < w; r++) {
+        rq[r] = sq[r] = MPI_REQUEST_NULL;
+        if (r == d->rank) continue;
+        if (MPI_Irecv(&p[r], (int)sizeof *p, MPI_BYTE, r, TAG_REPLY, im->side, &rq[r]) != MPI_SUCCESS) continue;
+        MPI_Isend(q, 1, MPI_UNSIGNED_LONG_LONG, r, TAG_QUERY, im->side, &sq[r]); // a stalled rank never takes it
+        pending++;
+    }
+    const double limit = d->timeout_s < QUERY_S ? d->timeout_s : QUERY_S, t0 = dino_wall_s();
+    while (pending > 0 && dino_wall_s() - t0 < limit) {
+        answer_queries(d);
+        for (int r = 0; r < w; r++) {
+            int flag = 0;
+            if (rq[r] == MPI_REQUEST_NULL || got[r]) continue;
+            if (MPI_Test(&rq[r], &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && flag) got[r] = 1, pending--;
+        }
+        usleep(2000);
+    }
+    // The requests still open are left to MPI_Abort, their buffers with them (not freed: a late answer may
+    // still land in p until the job ends).
+    out[0] = 0;
+    int named = 0, missing = 0, waiting = 0;
+    for (int pass = 0; pass < 2; pass++) // pass 0: ranks that have not arrived; 1 (if none): ranks past it
+        for (int r = 0; r < w && !(pass == 1 && missing); r++) {
+            if (r == d->rank) continue;
+            const Progress *o = &p[r];
+            char what[256];
+            int same = got[r] && o->seq == me->seq && o->armed && strcmp(o->op, me->op) == 0;
+            int past = got[r] && (o->seq > me->seq || (o->seq == me->seq && !o->armed));
+            if (pass == 0 && same) waiting++;
+            if (same || (pass == 0) == past) continue;
+            if (!got[r])
+                snprintf(what, sizeof what, "it is stalled (no answer within %.1f s: the process is stopped, frozen or "
+                                            "unreachable)", limit);
+            else if (o->armed)
+                snprintf(what, sizeof what, "it is in collective '%s' #%llu (for %.1f s)%s", o->op, o->seq, o->for_s,
+                         o->seq == me->seq ? ": the ranks called collectives in different orders" : "");
+            else if (o->seq == 0)
+                snprintf(what, sizeof what, "it is outside any collective (it has entered none yet)");
+            else
+                snprintf(what, sizeof what, "it is outside any collective (the last one it entered: '%s' #%llu)", o->op,
+                         o->seq);
+            if (pass == 0) missing++;
+            if (named++ >= MAX_NAMED) continue;
+            appendf(out, len, " rank %d/%d (host %s) %s collective '%s' #%llu: %s.", r, w, im->hosts[r],
+                    pass == 0 ? "has not entered" : "has gone past", me->op, me->seq, what);
+        }
+    if (named > MAX_NAMED) appendf(out, len, " ... and %d more ranks.", named - MAX_NAMED);
+    if (!named)
+        appendf(out, len, " Every rank answered and is inside this collective: MPI itself does not progress "
+                          "(network, transport).");
+    else if (waiting)
+        appendf(out, len, " %d other rank%s wait%s in it too.", waiting, waiting > 1 ? "s" : "", waiting > 1 ? "" : "s");
+}
+
+// The armed collective has passed the timeout: say who did not arrive, then end every rank of the job.
+_Noreturn static void timeout_abort(Dist *d) {
+    DistImpl *im = d->impl;
+    Progress me = progress_now(im);
+    char host[HOST_LEN] = "?";
+    gethostname(host, sizeof host - 1);
+    char why[4096] = "";
+    if (im->thread_multiple) find_missing_ranks(d, &me, why, sizeof why);
+    else snprintf(why, sizeof why, " Another rank died, hangs or skipped it (which one is not known: MPI without "
+                                   "MPI_THREAD_MULTIPLE cannot be asked from the watchdog).");
+    fprintf(stderr,
+            "dinotrain: rank %d/%d (host %s, local rank %d): collective '%s' (#%llu) has not finished after %.1f s "
+            "(timeout %.1f s, dist.collective_timeout_s).%s Aborting the job.\n",
+            d->rank, d->world, host, d->local_rank, me.op, me.seq, me.for_s, d->timeout_s, why);
+    fflush(stderr);
+    // Without MPI_THREAD_MULTIPLE, calling MPI here is not allowed: exiting makes mpirun/srun end the other
+    // ranks just the same (a rank that exits without MPI_Finalize ends the job).
+    if (im->thread_multiple) MPI_Abort(MPI_COMM_WORLD, 14);
+    _exit(14);
+}
 
 static MPI_Datatype mpi_type(DistType t) {
     return t == DIST_F32 ? MPI_FLOAT : t == DIST_F64 ? MPI_DOUBLE : MPI_INT64_T;
@@ -107,29 +258,19 @@ static int mpi_ok(const Dist *d, int rc, const char *call, const char *what, cha
 static void *watchdog_main(void *arg) {
     Dist *d = arg;
     DistImpl *im = d->impl;
-    pthread_mutex_lock(&im->mu);
-    while (!im->stop) {
+    for (;;) {
+        pthread_mutex_lock(&im->mu);
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 100 * 1000 * 1000;
         if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-        pthread_cond_timedwait(&im->cv, &im->mu, &ts);
-        if (im->armed && dino_wall_s() - im->armed_at > d->timeout_s) {
-            char host[128] = "?";
-            gethostname(host, sizeof host - 1);
-            fprintf(stderr,
-                    "dinotrain: rank %d/%d (host %s, local rank %d): collective '%s' (#%llu) has not finished "
-                    "after %.1f s (timeout %.1f s): another rank died, hangs or skipped it. Aborting the job.\n",
-                    d->rank, d->world, host, d->local_rank, im->op, im->seq, dino_wall_s() - im->armed_at,
-                    d->timeout_s);
-            fflush(stderr);
-            // Without MPI_THREAD_MULTIPLE, calling MPI here is not allowed: exiting makes mpirun/srun end
-            // the other ranks just the same (a rank that exits without MPI_Finalize ends the job).
-            if (im->thread_multiple) MPI_Abort(MPI_COMM_WORLD, 14);
-            _exit(14);
-        }
+        if (!im->stop) pthread_cond_timedwait(&im->cv, &im->mu, &ts);
+        int stop = im->stop, expired = im->armed && dino_wall_s() - im->armed_at > d->timeout_s;
+        pthread_mutex_unlock(&im->mu);
+        if (stop) break;
+        if (im->thread_multiple) answer_queries(d);
+        if (expired) timeout_abort(d);
     }
-    pthread_mutex_unlock(&im->mu);
     return NULL;
 }
 
@@ -255,7 +396,14 @@ int dist_init(Dist *d, double timeout_s, char *err) {
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &d->world);
-    if (mpi_ok(d, MPI_Comm_dup(MPI_COMM_WORLD, &im->comm), "MPI_Comm_dup", "dist_init", err)) return -1;
+    if (mpi_ok(d, MPI_Comm_dup(MPI_COMM_WORLD, &im->comm), "MPI_Comm_dup", "dist_init", err) ||
+        mpi_ok(d, MPI_Comm_dup(MPI_COMM_WORLD, &im->side), "MPI_Comm_dup", "dist_init (side communicator)", err))
+        return -1;
+    im->hosts = dino_calloc((size_t)d->world, HOST_LEN);
+    gethostname(im->hosts[d->rank], HOST_LEN - 1);
+    if (mpi_ok(d, MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, im->hosts, HOST_LEN, MPI_CHAR, im->comm),
+               "MPI_Allgather", "dist_init (host names)", err))
+        return -1;
     MPI_Comm node;
     if (mpi_ok(d, MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node),
                "MPI_Comm_split_type", "dist_init (local rank)", err))
@@ -298,6 +446,8 @@ void dist_finalize(Dist *d) {
         pthread_mutex_destroy(&im->mu);
         pthread_cond_destroy(&im->cv);
         if (im->comm != MPI_COMM_NULL && im->comm) MPI_Comm_free(&im->comm);
+        if (im->side != MPI_COMM_NULL && im->side) MPI_Comm_free(&im->side);
+        free(im->hosts);
         free(im->scratch);
         free(im->count);
         free(im->displ);
@@ -326,7 +476,7 @@ void dist_abort(const Dist *d, const char *fmt, ...) {
 }
 
 void dist_describe(const Dist *d, char *buf, size_t len) {
-    snprintf(buf, len, "rank %d/%d (local %d/%d) launched by %s%s, collective timeout %.0f s", d->rank,
+    snprintf(buf, len, "rank %d/%d (local %d/%d) launched by %s%s, collective timeout %g s", d->rank,
              d->world, d->local_rank, d->local_world, d->launcher,
              d->using_mpi ? " (MPI)" : d->impl ? " (MPI initialised by the caller)" : "", d->timeout_s);
 }

@@ -1,6 +1,7 @@
 // The distributed layer: who am I (rank bootstrap), collectives over host buffers (MPI on the CPU
 // backend), the bucketed gradient all-reduce the trainer overlaps with the backward pass, ZeRO-1 shard
-// arithmetic, and a watchdog that turns a hung collective into a job abort naming the rank.
+// arithmetic, and a watchdog that turns a hung collective into a job abort naming the rank that did not
+// arrive.
 // dist/ moves buffers and counts; it knows nothing of what is in them.
 //
 // Launchers: `mpirun -n N prog` (Open MPI), `srun --mpi=pmix prog` (Slurm + PMIx) or PMI2, or no launcher
@@ -28,13 +29,14 @@ typedef struct {
     int local_rank, local_world; // on this node: picks the GPU (local_rank % device count)
     char launcher[64];           // "none", "mpirun (Open MPI)", "PMIx (srun --mpi=pmix)", ...
     int using_mpi;               // 1 when dist_init called MPI_Init_thread (and dist_finalize ends it)
-    double timeout_s;            // a collective that takes longer aborts the whole job
+    double timeout_s;            // a collective that takes longer aborts the whole job (dist.collective_timeout_s)
     DistImpl *impl;              // MPI communicators, scratch, watchdog (NULL for a single process)
 } Dist;
 
-#define DIST_DEFAULT_TIMEOUT_S 600.0
+#define DIST_DEFAULT_TIMEOUT_S 600.0 // the default of the config key dist.collective_timeout_s
 
-// Starts the distributed layer. timeout_s <= 0 takes $DINO_DIST_TIMEOUT_S, else 600 s.
+// Starts the distributed layer. timeout_s: the collective timeout (dinotrain passes the config key
+// dist.collective_timeout_s); <= 0 takes $DINO_DIST_TIMEOUT_S, else 600 s.
 // $DINO_DIST=none forces a single process, $DINO_DIST=mpi forces MPI_Init without a known launcher.
 // Returns 0, or -1 with err set (e.g. launched by mpirun in a build without MPI).
 // d must stay at its address until dist_finalize (the watchdog thread reads it). After a failure,
@@ -49,7 +51,16 @@ void dist_describe(const Dist *d, char *buf, size_t len);
 
 // ---- blocking collectives over host buffers; every rank must call them in the same order ----------
 // All return 0, or -1 with err naming the rank and the failing MPI call. On a single process they do
-// nothing (allgather copies). A collective that hangs longer than d->timeout_s aborts the job.
+// nothing (allgather copies). A collective that hangs longer than d->timeout_s aborts the job. Before
+// that, the waiting rank asks the others on a side communicator where they are (each rank counts the
+// collectives it enters; a watchdog thread per rank answers, within min(5 s, timeout) or never), and the
+// message names each rank that has not entered the collective, its host and the collective's name and
+// number, and says what that rank is doing: stalled (no answer: stopped, frozen, unreachable), outside any
+// collective (computing, or it skipped this one), or inside another collective (orders differ), e.g.
+//   dinotrain: rank 0/3 (host n01, local rank 0): collective 'allreduce_sum_f32(n=3)' (#1) has not finished
+//   after 600.0 s (timeout 600.0 s, dist.collective_timeout_s). rank 2/3 (host n07) has not entered
+//   collective 'allreduce_sum_f32(n=3)' #1: it is stalled (no answer within 5.0 s: ...). Aborting the job.
+// So a stalled job ends after at most timeout + min(5 s, timeout).
 
 // In-place sum over ranks (deterministic rank order, see above). n may be any size.
 int dist_allreduce_sum(Dist *d, void *buf, size_t n, DistType type, char *err);

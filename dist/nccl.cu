@@ -83,7 +83,7 @@ extern "C" DistNccl *dist_nccl_new(int rank, int world, int local_rank, double t
     DistNccl *nc = (DistNccl *)calloc(1, sizeof *nc);
     if (!nc) { seterr(err, "rank %d: out of memory", rank); return NULL; }
     nc->rank = rank, nc->world = world, nc->device = local_rank % ndev;
-    nc->timeout_s = timeout_s > 0 ? timeout_s : 600.0;
+    nc->timeout_s = timeout_s > 0 ? timeout_s : 600.0; // dist.collective_timeout_s (the trainer passes Dist's)
     ncclUniqueId id;
     int ok = cudaSetDevice(nc->device) == cudaSuccess;
     if (ok && rank == 0) ok = ncclGetUniqueId(&id) == ncclSuccess;
@@ -224,8 +224,8 @@ extern "C" int dist_nccl_sync(DistNccl *nc, const char *what, char *err) {
         }
         if (now_s() - t0 > nc->timeout_s) {
             char msg[512];
-            snprintf(msg, sizeof msg, "NCCL %s has not finished after %.1f s (timeout): another rank died, hangs or "
-                     "skipped it", what, now_s() - t0);
+            snprintf(msg, sizeof msg, "NCCL %s has not finished after %.1f s (timeout %.1f s, dist.collective_timeout_s): "
+                     "another rank died, hangs or skipped it", what, now_s() - t0, nc->timeout_s);
             abort_job(nc, msg);
         }
         usleep(100);

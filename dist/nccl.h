@@ -17,7 +17,8 @@ extern "C" {
 
 typedef struct DistNccl DistNccl;
 
-// Creates the communicator (collective over all ranks). With world == 1 no MPI is needed.
+// Creates the communicator (collective over all ranks). With world == 1 no MPI is needed. timeout_s: the
+// host wait's deadline (the trainer passes Dist.timeout_s, i.e. dist.collective_timeout_s); <= 0: 600 s.
 // Returns NULL with err set (no GPU, NCCL failure, ...), naming the rank.
 DistNccl *dist_nccl_new(int rank, int world, int local_rank, double timeout_s, char *err);
 void dist_nccl_free(DistNccl *nc);

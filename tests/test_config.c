@@ -247,6 +247,27 @@ TEST(impossible_values_are_refused) {
     CHECK(strcmp(cfg.param_dtype, "fp32") == 0, "fp32 on cuda -> %s", cfg.param_dtype);
 }
 
+// The collective timeout (a hung or stalled rank ends the job after it) is a config key, > 0, default 600 s.
+TEST(collective_timeout_is_a_key) {
+    const char *dir = test_tmpdir();
+    const char *demo = test_src_path("configs/demo.yaml");
+    char err[DINO_ERRLEN] = "";
+    char *const ok[] = {"dist.collective_timeout_s=2.5"};
+    CHECK(load(demo, 1, ok, err) == 0, "dist.collective_timeout_s=2.5 refused: %s", err);
+    char *yaml = config_to_yaml(&cfg);
+    CHECK(strstr(yaml, "collective_timeout_s: 2.5"), "the resolved config lacks collective_timeout_s: 2.5:\n%s", yaml);
+    free(yaml);
+    CHECK(load(demo, 0, NULL, err) == 0, "%s", err);
+    yaml = config_to_yaml(&cfg);
+    CHECK(strstr(yaml, "collective_timeout_s: 600"), "the default is not 600 s:\n%s", yaml);
+    free(yaml);
+    char *const zero[] = {"dist.collective_timeout_s=0"}, *const neg[] = {"dist.collective_timeout_s=-5"};
+    CHECK_REFUSED(demo, 1, zero, "dist.collective_timeout_s", "must be > 0");
+    CHECK_REFUSED(demo, 1, neg, "dist.collective_timeout_s", "must be > 0");
+    CHECK_REFUSED(write_file(dir, "to.yaml", "dist:\n  collective_timeout_s: 0\n"), 0, NULL, "dist.collective_timeout_s",
+                  "to.yaml", "must be > 0");
+}
+
 TEST(base_configs_are_inherited_and_cycles_refused) {
     const char *dir = test_tmpdir();
     char sub[4200];

@@ -2,6 +2,7 @@
 //   mpirun --allow-run-as-root --oversubscribe -n N <this binary> worker_<name>
 // on the CPU; each rank runs the worker, which checks its own results (a failure makes mpirun fail).
 // Workers are registered with WORKER(...) so that ctest does not list them as cases of their own.
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -285,8 +286,10 @@ WORKER(grad_buckets) {
     dist_finalize(&d);
 }
 
-// Rank 1 misbehaves ($DINO_TEST_FAULT: "skip" sleeps instead of joining the all-reduce, "skip_grads"
-// the same in the bucketed gradient all-reduce, "die" exits at once); the others must not hang.
+// The last rank misbehaves ($DINO_TEST_FAULT: "skip" sleeps instead of joining the all-reduce,
+// "skip_grads" the same in the bucketed gradient all-reduce, "die" exits at once, "stop" stops itself
+// with SIGSTOP as a hung process would, "other" enters a barrier where the others enter the all-reduce);
+// the others must not hang.
 WORKER(fault) {
     Dist d;
     init_or_die(&d, 0); // timeout from DINO_DIST_TIMEOUT_S
@@ -298,8 +301,10 @@ WORKER(fault) {
     float *g = dino_calloc(3000, 4);
     DistGrads *dg = dist_grads_new(&d, NULL, g, 3000, cuts, 3, 500, 0, err);
     CHECK(dg != NULL, "%s", err);
-    if (d.world > 1 && d.rank == 1) {
+    if (d.world > 1 && d.rank == d.world - 1) {
         if (strcmp(fault, "die") == 0) _exit(3);
+        if (strcmp(fault, "stop") == 0) raise(SIGSTOP); // answers nothing until the job ends it
+        if (strcmp(fault, "other") == 0) dist_barrier(&d, err);
         sleep(60); // skips the collective the others wait in
     } else if (strcmp(fault, "skip_grads") == 0) {
         CHECK(dist_grads_ready_from(dg, 1000, err) == 0 && dist_grads_wait(dg, err) == 0, "%s", err);
@@ -395,6 +400,42 @@ static void expect_abort(const char *fault, const char *collective) {
 }
 
 TEST(hang_watchdog_aborts_job) { expect_abort("skip", "allreduce_sum_f32"); }
+
+// The message of a collective timeout names the rank that did not arrive (not only the one that waited),
+// its host and the collective, and says what that rank is doing: stopped (SIGSTOP: no answer on the side
+// channel), outside any collective (it skipped it), or in another collective.
+// `how`: what the message says of the last rank; `alt` (or NULL): also accepted, what rank n-1 says of rank 0.
+static void expect_culprit(int n, const char *fault, const char *timeout, const char *how, const char *alt) {
+    need_mpirun();
+    char env[128], host[128] = "?", want[512];
+    gethostname(host, sizeof host - 1);
+    snprintf(env, sizeof env, "DINO_DIST_TIMEOUT_S=%s DINO_TEST_FAULT=%s", timeout, fault);
+    double sec = 0;
+    int rc = run_mpi(n, "worker_fault", env, out_buf, sizeof out_buf, &sec);
+    printf("fault '%s' on rank %d of %d: job ended after %.2f s with status %d\n", fault, n - 1, n, sec, rc);
+    snprintf(want, sizeof want, "rank %d/%d (host %s) has not entered collective 'allreduce_sum_f32(n=3)' #1: %s", n - 1,
+             n, host, how);
+    int named = strstr(out_buf, want) != NULL;
+    if (!named && alt) {
+        char want2[512];
+        snprintf(want2, sizeof want2, "rank 0/%d (host %s) has not entered collective %s", n, host, alt);
+        named = strstr(out_buf, want2) != NULL;
+    }
+    fprintf(named && rc != 0 && sec < 20 ? stdout : stderr, "---- output ----\n%s----\n", out_buf);
+    CHECK(rc != 0 && rc != 124 && rc != 137, "job status %d: expected an abort, not success or the outer timeout", rc);
+    CHECK(named, "no surviving rank said '%s'", want);
+    CHECK(sec < 20, "the job took %.1f s to end (timeout %s s)", sec, timeout);
+}
+
+TEST(stalled_rank_is_named) { expect_culprit(3, "stop", "3", "it is stalled (no answer within", NULL); }
+
+TEST(skipping_rank_is_named) { expect_culprit(2, "skip", "1.5", "it is outside any collective", NULL); }
+
+// Both ranks wait, each in its own collective: whichever reports first names the other.
+TEST(rank_in_other_collective_is_named) {
+    expect_culprit(2, "other", "1.5", "it is in collective 'barrier' #1",
+                   "'barrier' #1: it is in collective 'allreduce_sum_f32(n=3)' #1");
+}
 
 TEST(hang_in_gradient_buckets_aborts_job) { expect_abort("skip_grads", "gradient all-reduce"); }
 

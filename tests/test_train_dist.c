@@ -269,3 +269,17 @@ TEST(zero1_resume_across_rank_counts) {
     if (!rcb) compare(tmp, "b", "ref", TOL);
     if (!rcc) compare(tmp, "c", "ref", TOL);
 }
+
+// dist.collective_timeout_s reaches the distributed layer (the MPI watchdog; on cuda, NCCL's wait too).
+TEST(collective_timeout_from_config) {
+    need_mpirun();
+    const char *tmp = test_tmpdir();
+    char tiles[4200];
+    snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
+    make_tiles(tiles, 16);
+    int rc = train_with(tmp, "t", 2, 4, "centering", 1, "dist.collective_timeout_s=77.5");
+    int found = log_contains(tmp, "t", "collective timeout 77.5 s");
+    if (rc || !found) show_log(tmp, "t");
+    CHECK(rc == 0, "2 ranks with dist.collective_timeout_s=77.5 failed");
+    CHECK(found, "the run does not report the collective timeout of 77.5 s");
+}

@@ -182,6 +182,9 @@ static const CfgKey KEYS[] = {
     B("dist.zero1", zero1, "false", "shard the AdamW moments over ranks (ZeRO-1)"),
     F("dist.grad_bucket_mb", grad_bucket_mb, "8.0",
       "gradient all-reduce bucket size (MB): buckets start during the backward pass"),
+    F("dist.collective_timeout_s", collective_timeout_s, "600.0",
+      "a collective (MPI, or NCCL on cuda) that has not finished after this many seconds ends the whole job, "
+      "naming the rank that did not arrive"),
 };
 #define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
 _Static_assert(sizeof KEYS / sizeof KEYS[0] <= CFG_MAX_KEYS, "raise CFG_MAX_KEYS");
@@ -1186,6 +1189,7 @@ int config_validate(const Config *c, char *err) {
     NEED(c->log.every_n_iterations >= 1, "log.every_n_iterations", "must be >= 1");
     NEED(c->log.metrics_file[0], "log.metrics_file", "must name a file");
     NEED(c->grad_bucket_mb > 0, "dist.grad_bucket_mb", "must be > 0");
+    NEED(c->collective_timeout_s > 0, "dist.collective_timeout_s", "must be > 0");
     NEED(c->checkpoint.every_n_iterations >= 0, "checkpoint.every_n_iterations", "must be >= 0 (0 = only at the end)");
     NEED(c->checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1");
     return check_modules(c, err);

@@ -154,6 +154,7 @@ typedef struct {
     char backend[CFG_NAME]; // cpu | cuda
     bool zero1;             // dist.zero1: shard AdamW moments over ranks
     double grad_bucket_mb;  // dist.grad_bucket_mb: gradient bucket size
+    double collective_timeout_s; // dist.collective_timeout_s: a collective hung longer ends the job
     CfgOrigins origin;      // not a setting: bookkeeping for messages (ignored by config_equal)
 } Config;
 

@@ -85,7 +85,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     Dist d;
-    if (dist_init(&d, 0, err)) {
+    if (dist_init(&d, cfg.collective_timeout_s, err)) { // also NCCL's (train.c passes d.timeout_s on)
         fprintf(stderr, "dinotrain: %s\n", err);
         return 1;
     }
