@@ -1,6 +1,8 @@
 // Name maps DINOv2 <-> timm <-> Hugging Face, generated from the ViT's parameter table.
 #include "model/export_names.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -362,10 +364,36 @@ static int meta_int(const StFile *f, const char *key, int *v) {
     const char *s = st_meta(f, key);
     if (!s) return 0;
     char *end;
+    errno = 0;
     long x = strtol(s, &end, 10);
-    if (end == s || *end || x <= 0) return 0;
+    if (end == s || *end || errno || x <= 0 || x > INT_MAX) return 0;
     *v = (int)x;
     return 1;
+}
+
+// "[1, 2, 3]" for messages.
+static void shape_text(char *out, size_t n, const StTensor *t) {
+    size_t k = (size_t)snprintf(out, n, "[");
+    for (int i = 0; i < t->ndim && k < n; i++) k += (size_t)snprintf(out + k, n - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (k < n) snprintf(out + k, n - k, "]");
+}
+
+// 0 when t has exactly the shape (a, b, c, d)[0, ndim), else -1 with err naming the tensor, its shape and
+// what the others imply.
+static int want_shape(const StTensor *t, const char *path, const char *what, int ndim, int64_t a, int64_t b,
+                      int64_t c, int64_t d, char *err) {
+    const int64_t want[4] = {a, b, c, d};
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == want[i];
+    if (ok) return 0;
+    char got[160], exp[160];
+    shape_text(got, sizeof got, t);
+    size_t k = (size_t)snprintf(exp, sizeof exp, "[");
+    for (int i = 0; i < ndim && k < sizeof exp; i++)
+        k += (size_t)snprintf(exp + k, sizeof exp - k, "%s%lld", i ? ", " : "", (long long)want[i]);
+    if (k < sizeof exp) snprintf(exp + k, sizeof exp - k, "]");
+    dino_seterr(err, "%s: tensor '%s' has shape %s, but %s implies %s", path, t->name, got, what, exp);
+    return -1;
 }
 
 int export_infer_config(const StFile *f, const char *path, ExportNaming naming, const char *prefix, int heads,
@@ -378,25 +406,42 @@ int export_infer_config(const StFile *f, const char *path, ExportNaming naming, 
         pos ? need(f, path, prefix, hf ? "embeddings.patch_embeddings.projection.weight" : "patch_embed.proj.weight", 4, err)
             : NULL;
     if (!pw) return -1;
+    // Every size below is read from one tensor and checked against the others, so that the model these
+    // shapes describe is backed by the file's bytes (a few hundred bytes of header cannot make the reader
+    // allocate gigabytes: zero-size tensors would otherwise declare any width, grid or depth).
+    if (cls->shape[0] != 1 || cls->shape[1] != 1 || cls->shape[2] <= 0 || cls->shape[2] > INT_MAX / 16) {
+        char a[160];
+        shape_text(a, sizeof a, cls);
+        dino_seterr(err, "%s: class token '%s' has shape %s, expected [1, 1, width]", path, cls->name, a);
+        return -1;
+    }
     const int D = (int)cls->shape[2];
     cfg->dim = D;
-    cfg->patch = (int)pw->shape[2];
-    if (pw->shape[0] != D || pw->shape[1] != 3 || pw->shape[3] != pw->shape[2]) {
-        dino_seterr(err, "%s: patch embedding weight shape [%lld,%lld,%lld,%lld] does not fit width %d and RGB input",
-                    path, (long long)pw->shape[0], (long long)pw->shape[1], (long long)pw->shape[2],
-                    (long long)pw->shape[3], D);
+    const int64_t p = pw->shape[2];
+    if (p <= 0 || p > 4096 || want_shape(pw, path, "the class token's width and RGB input", 4, D, 3, p, p, err)) {
+        if (p <= 0 || p > 4096)
+            dino_seterr(err, "%s: patch embedding weight '%s' has patch size %lld", path, pw->name, (long long)p);
         return -1;
     }
+    cfg->patch = (int)p;
     const StTensor *reg = getp(f, prefix, hf ? "embeddings.register_tokens" : naming == NAMING_TIMM ? "reg_token" : "register_tokens");
+    if (reg && (reg->ndim != 3 || reg->shape[1] > 4096 ||
+                want_shape(reg, path, "the class token's width", 3, 1, reg->shape[1], D, 0, err))) {
+        if (reg->ndim != 3 || reg->shape[1] > 4096)
+            dino_seterr(err, "%s: register tokens '%s' are not [1, n <= 4096, width]", path, reg->name);
+        return -1;
+    }
     cfg->n_registers = reg ? (int)reg->shape[1] : 0;
+    if (want_shape(pos, path, "the class token's width", 3, 1, pos->shape[1], D, 0, err)) return -1;
     // timm's register models store the patch rows only (no_embed_class)
     int64_t rows = pos->shape[1] - ((naming == NAMING_TIMM && cfg->n_registers) ? 0 : 1);
-    int G = (int)llround(sqrt((double)rows));
-    if (G <= 0 || (int64_t)G * G != rows) {
-        dino_seterr(err, "%s: position embeddings have %lld patch rows, not a square grid", path, (long long)rows);
+    int64_t G = rows > 0 ? llround(sqrt((double)rows)) : 0;
+    if (G <= 0 || G * G != rows || G * p > INT_MAX / 2) {
+        dino_seterr(err, "%s: position embeddings have %lld patch rows, not a square grid%s", path, (long long)rows,
+                    G > 0 && G * G == rows ? " of a supported size" : "");
         return -1;
     }
-    cfg->img_size = G * cfg->patch;
+    cfg->img_size = (int)(G * p);
     char n[256];
     int L = 0;
     for (;; L++) {
@@ -418,6 +463,13 @@ int export_infer_config(const StFile *f, const char *path, ExportNaming naming, 
     const StTensor *w1 = need(f, path, prefix, in_name, 2, err);
     const StTensor *w2 = w1 ? need(f, path, prefix, out_name, 2, err) : NULL;
     if (!w2) return -1;
+    if (w1->shape[1] != D || w2->shape[0] != D || w2->shape[1] <= 0 || w2->shape[1] > INT_MAX / 8 ||
+        w1->shape[0] > INT_MAX / 8) {
+        dino_seterr(err, "%s: feed-forward weights %s [%lld,%lld] and %s [%lld,%lld] do not fit width %d", path, in_name,
+                    (long long)w1->shape[0], (long long)w1->shape[1], out_name, (long long)w2->shape[0],
+                    (long long)w2->shape[1], D);
+        return -1;
+    }
     if (w1->shape[0] == 2 * w2->shape[1]) {
         cfg->ffn = VIT_FFN_SWIGLU;
         cfg->ffn_hidden = (int)w2->shape[1];
@@ -429,6 +481,18 @@ int export_infer_config(const StFile *f, const char *path, ExportNaming naming, 
                     path, in_name, (long long)w1->shape[0], (long long)w1->shape[1], out_name,
                     (long long)w2->shape[0], (long long)w2->shape[1]);
         return -1;
+    }
+    // Every block has the shapes of block 0 in its norm, attention output and feed-forward weights: the
+    // depth counted from the names is backed by the bytes of at least those (most of a block's values).
+    for (int l = 0; l < L; l++) {
+        const char *suffix[4] = {"norm1.weight", hf ? "attention.output.dense.weight" : "attn.proj.weight",
+                                 in_name + (hf ? 16 : 9), out_name + (hf ? 16 : 9)}; // after "<block 0>."
+        const int64_t want[4][2] = {{D, 0}, {D, D}, {w1->shape[0], D}, {D, w2->shape[1]}};
+        for (int k = 0; k < 4; k++) {
+            snprintf(n, sizeof n, hf ? "encoder.layer.%d.%s" : "blocks.%d.%s", l, suffix[k]);
+            const StTensor *t = need(f, path, prefix, n, k ? 2 : 1, err);
+            if (!t || want_shape(t, path, "block 0", k ? 2 : 1, want[k][0], want[k][1], 0, 0, err)) return -1;
+        }
     }
     cfg->layerscale = getp(f, prefix, hf ? "encoder.layer.0.layer_scale1.lambda1" : "blocks.0.ls1.gamma") ? 1e-5f : 0.0f;
     cfg->qkv_bias = cfg->proj_bias = cfg->ffn_bias = 1;

@@ -17,6 +17,7 @@
 #include "model/export_names.h"
 #include "model/vit.h"
 #include "tests/harness.h"
+#include "tests/synth_files.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/eval.h"
@@ -442,6 +443,92 @@ TEST(shape_mismatch_is_an_error) {
     CHECK(load_into(&other, path, 0, err, &Q, &v2, &t2) != 0 && strstr(err, "layer_scale1.lambda1"),
           "LayerScale values were dropped silently: %s", err);
     free(Q), vit_free(&v2), param_table_free(&t2);
+    free(P);
+    vit_free(&vit);
+    param_table_free(&tab);
+}
+
+// The architecture read from a file's tensor shapes is backed by the file's bytes: zero-size tensors (or a
+// few hundred bytes of header) cannot declare a width, a grid or a depth that the reader then allocates or
+// computes with. Found while writing the fuzz harnesses, reproduced through them (tests/fuzz/regressions/
+// safetensors/, export/). Before: a 267-byte file made export_infer_config overflow an int (UBSan: "46341 *
+// 46341 cannot be represented in type 'int'"), and a 44 KB file made embed_model_open allocate 20 GB for a
+// 400-block, width-1024 model.
+TEST(inferred_architecture_is_backed_by_the_files_bytes) {
+    const char *dir = test_tmpdir();
+    char path[4200], err[DINO_ERRLEN];
+    static uint16_t bf[4096 * 4]; // zeros, as bf16
+    StFile f;
+    ExportNaming naming;
+    char prefix[256];
+    VitConfig cfg;
+
+    // a grid of 46341^2 patches of patch size 46341, all from zero-size tensors
+    snprintf(path, sizeof path, "%s/grid.safetensors", dir);
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "cls_token", ST_F32, 3, (int64_t[]){1, 1, 0}, NULL);
+    st_writer_add(w, "pos_embed", ST_F32, 3, (int64_t[]){1, 46341LL * 46341 + 1, 0}, NULL);
+    st_writer_add(w, "patch_embed.proj.weight", ST_F32, 4, (int64_t[]){0, 3, 46341, 46341}, NULL);
+    CHECK(st_writer_write(w, path, err) == 0, "%s", err);
+    st_writer_free(w);
+    CHECK(st_open(&f, path, err) == 0, "%s", err);
+    CHECK(export_detect(&f, path, NULL, &naming, prefix, sizeof prefix, err) == 0, "%s", err);
+    CHECK(export_infer_config(&f, path, naming, prefix, 0, &cfg, err) == -1, "a zero-width model was inferred");
+    CHECK(strstr(err, "cls_token") && strstr(err, "[1, 1, 0]"), "message: %s", err);
+    st_close(&f);
+
+    // width 1024 from real bytes, 400 blocks from zero-size norms: refused before anything is allocated
+    struct rlimit guard = memory_guard_begin((int64_t)512 << 20);
+    snprintf(path, sizeof path, "%s/deep", dir);
+    CHECK(mkdir(path, 0755) == 0, "mkdir %s", path);
+    snprintf(path, sizeof path, "%s/deep/model.safetensors", dir);
+    w = st_writer_new();
+    st_writer_add(w, "cls_token", ST_BF16, 3, (int64_t[]){1, 1, 1024}, bf);
+    st_writer_add(w, "pos_embed", ST_BF16, 3, (int64_t[]){1, 2, 1024}, bf);
+    st_writer_add(w, "patch_embed.proj.weight", ST_BF16, 4, (int64_t[]){1024, 3, 1, 1}, bf);
+    st_writer_add(w, "blocks.0.mlp.fc1.weight", ST_BF16, 2, (int64_t[]){4, 1024}, bf);
+    st_writer_add(w, "blocks.0.mlp.fc2.weight", ST_BF16, 2, (int64_t[]){1024, 4}, bf);
+    char names[400][64];
+    for (int l = 0; l < 400; l++) {
+        snprintf(names[l], sizeof names[l], "blocks.%d.norm1.weight", l);
+        st_writer_add(w, names[l], ST_BF16, 1, (int64_t[]){0}, NULL);
+    }
+    st_writer_meta(w, "num_heads", "16");
+    CHECK(st_writer_write(w, path, err) == 0, "%s", err);
+    st_writer_free(w);
+    EmbedModel m;
+    snprintf(path, sizeof path, "%s/deep", dir);
+    CHECK(embed_model_open(&m, path, 0, "cpu", err) == -1, "a 400-block model opened from a 40 KB file");
+    CHECK(strstr(err, "blocks.0.norm1.weight") && strstr(err, "[0]") && strstr(err, "[1024]"), "message: %s", err);
+    memory_guard_end(guard);
+
+    // every block has block 0's shapes: a narrower feed-forward layer in block 1 is named
+    VitConfig c;
+    tiny_cfg(&c, 0, 0, 8, 32, 2);
+    ParamTable tab;
+    param_table_init(&tab);
+    Vit vit;
+    vit_build(&vit, &c, &tab, "");
+    float *P = random_params(&vit, &tab, 3);
+    snprintf(path, sizeof path, "%s/ok.safetensors", dir);
+    write_named(path, &vit, &tab, "", P, NAMING_DINOV2);
+    CHECK(st_open(&f, path, err) == 0, "%s", err);
+    CHECK(export_detect(&f, path, NULL, &naming, prefix, sizeof prefix, err) == 0, "%s", err);
+    CHECK(export_infer_config(&f, path, naming, prefix, c.heads, &cfg, err) == 0, "the real model: %s", err);
+    CHECK(cfg.dim == 32 && cfg.depth == 2 && cfg.img_size == 32 && cfg.patch == 8, "inferred %d %d %d %d", cfg.dim,
+          cfg.depth, cfg.img_size, cfg.patch);
+    st_close(&f);
+    const TensorSpec *fc1 = param_find(&tab, "blocks.1.mlp.fc1.weight");
+    CHECK(fc1 != NULL, "no blocks.1.mlp.fc1.weight");
+    ((TensorSpec *)fc1)->shape[0] /= 2; // the file's block 1 gets half the rows
+    ((TensorSpec *)fc1)->numel /= 2;
+    snprintf(path, sizeof path, "%s/narrow.safetensors", dir);
+    write_named(path, &vit, &tab, "", P, NAMING_DINOV2);
+    CHECK(st_open(&f, path, err) == 0, "%s", err);
+    CHECK(export_detect(&f, path, NULL, &naming, prefix, sizeof prefix, err) == 0, "%s", err);
+    CHECK(export_infer_config(&f, path, naming, prefix, c.heads, &cfg, err) == -1, "uneven blocks were accepted");
+    CHECK(strstr(err, "blocks.1.mlp.fc1.weight") && strstr(err, "block 0"), "message: %s", err);
+    st_close(&f);
     free(P);
     vit_free(&vit);
     param_table_free(&tab);
