@@ -106,8 +106,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(vit_config_check(&m.vit.cfg, err) == 0, "an opened model has a bad config: %s", err);
     const int crop = m.pre.crop;
     FUZZ_NOTE("embed_model_open: width %d, depth %d, crop %d, resize %d", m.vit.cfg.dim, m.vit.cfg.depth, crop, m.pre.resize);
-    // dinoembed refuses a crop that is not a multiple of the patch; a larger one only costs time here
-    if (vit_check_crop(&m.vit.cfg, crop, err) == 0 && crop <= 64 && m.pre.resize <= 96) {
+    // dinoembed refuses a crop that is not a multiple of the patch. KNOWN, reported, not fixed on this
+    // branch (train/eval.c): nothing bounds the crop or the resize a preprocessor_config.json asks for,
+    // and dinoembed allocates for them (shortest_edge 200000: every tile resized to 200000 on its shorter
+    // side, 120 GB for a square one; tests/fuzz/known/export_shortest_edge_200000), so the harness embeds
+    // only small ones (DINO_FUZZ_KNOWN=1: any size).
+    const int small = (crop <= 64 && m.pre.resize <= 96) || getenv("DINO_FUZZ_KNOWN");
+    if (vit_check_crop(&m.vit.cfg, crop, err) == 0 && small) {
         Image tile;
         image_alloc(&tile, 21, 13);
         for (int i = 0; i < 21 * 13 * 3; i++) tile.px[i] = (uint8_t)(i * 31);
