@@ -173,25 +173,33 @@ TEST(tileset_folder_csv_split) {
     tileset_free(&s), tileset_free(&tr), tileset_free(&te), tileset_free(&tr2), tileset_free(&te2), tileset_free(&c);
 }
 
-TEST(dinoeval_textures_far_above_chance) {
-    const char *dir = make_textures(12);
-    // a random ViT written as plain backbone safetensors, then exported
+// A random ViT (patch 8, 32 px, width 32, 2 heads) written as plain backbone safetensors at dir/name.
+static void write_random_backbone(const char *dir, const char *name, const char *prefix, float layerscale, char *ck) {
     VitConfig cfg;
     char err[DINO_ERRLEN];
     CHECK(vit_config_from_arch(&cfg, "vit_test", 8, 32, 0, "mlp", err) == 0, "%s", err);
-    cfg.layerscale = 1.0f;
+    if (layerscale > 0) cfg.layerscale = layerscale;
     ParamTable tab;
     param_table_init(&tab);
     Vit vit;
-    vit_build(&vit, &cfg, &tab, "backbone.");
+    vit_build(&vit, &cfg, &tab, prefix);
     float *P = dino_calloc(tab.total, sizeof(float));
     vit_init_weights(&vit, P, 3);
     StWriter *w = st_writer_new();
     for (int i = 0; i < tab.n; i++) st_writer_add(w, tab.t[i].name, ST_F32, tab.t[i].ndim, tab.t[i].shape, P + tab.t[i].offset);
-    char ck[4200], cmd[9000];
-    snprintf(ck, sizeof ck, "%s/backbone.safetensors", dir);
+    snprintf(ck, 4200, "%s/%s", dir, name);
     CHECK(st_writer_write(w, ck, err) == 0, "%s", err);
     st_writer_free(w);
+    free(P);
+    vit_free(&vit);
+    param_table_free(&tab);
+}
+
+TEST(dinoeval_textures_far_above_chance) {
+    const char *dir = make_textures(12);
+    // a random ViT written as plain backbone safetensors, then exported
+    char ck[4200], cmd[9000];
+    write_random_backbone(dir, "backbone.safetensors", "backbone.", 1.0f, ck);
     snprintf(cmd, sizeof cmd, "./dinoexport %s %s/model --heads 2 > /dev/null && ./dinoeval --backend cpu %s/model --train %s "
              "--test-fraction 0.5 --seed 1 --resize 0 --crop 32", ck, dir, dir, dir);
     fflush(stdout);
@@ -214,9 +222,6 @@ TEST(dinoeval_textures_far_above_chance) {
         // chance is 1/3: require more than twice that
         CHECK(acc >= 0.7 && bal >= 0.7, "%s: accuracy %.3f balanced %.3f", keys[k], acc, bal);
     }
-    free(P);
-    vit_free(&vit);
-    param_table_free(&tab);
 }
 
 // The trainer's hook: k-NN of an in-memory model on two labeled folders.
@@ -305,22 +310,9 @@ static void write_text_file(const char *path, const char *text) {
 // shortest_edge 0, negative, huge or NaN was taken).
 TEST(export_config_values_are_range_checked) {
     const char *dir = make_textures(2);
-    VitConfig cfg;
-    char err[DINO_ERRLEN];
-    CHECK(vit_config_from_arch(&cfg, "vit_test", 8, 32, 0, "mlp", err) == 0, "%s", err);
-    ParamTable tab;
-    param_table_init(&tab);
-    Vit vit;
-    vit_build(&vit, &cfg, &tab, "");
-    float *P = dino_calloc(tab.total, sizeof(float));
-    vit_init_weights(&vit, P, 3);
-    StWriter *w = st_writer_new();
-    for (int i = 0; i < tab.n; i++) st_writer_add(w, tab.t[i].name, ST_F32, tab.t[i].ndim, tab.t[i].shape, P + tab.t[i].offset);
     char ck[4200], cmd[9000], path[4300];
     static char out[16384];
-    snprintf(ck, sizeof ck, "%s/backbone.safetensors", dir);
-    CHECK(st_writer_write(w, ck, err) == 0, "%s", err);
-    st_writer_free(w);
+    write_random_backbone(dir, "backbone.safetensors", "", 0, ck);
     snprintf(cmd, sizeof cmd, "./dinoexport %s %s/hf --heads 2 >/dev/null 2>&1 && ./dinoexport %s %s/timm --heads 2 "
              "--format timm >/dev/null 2>&1", ck, dir, ck, dir);
     CHECK(run_capture(cmd, out, sizeof out) == 0, "dinoexport failed");
@@ -378,7 +370,4 @@ TEST(export_config_values_are_range_checked) {
     printf("  %s", out);
     CHECK(rc != 0 && strstr(out, "config.json") && strstr(out, "pretrained_cfg.std"), "timm std 0 (exit %d):\n%s", rc,
           out);
-    free(P);
-    vit_free(&vit);
-    param_table_free(&tab);
 }
