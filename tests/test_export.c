@@ -15,6 +15,7 @@
 #include "common/safetensors.h"
 #include "data/augment.h"
 #include "data/decode.h"
+#include "data/preprocess.h"
 #include "data/wsi.h"
 #include "model/export_names.h"
 #include "model/vit.h"

@@ -32,7 +32,8 @@
 #include "data/source.h"
 #include "data/tissue.h"
 #include "data/wsi.h"
-#include "train/eval.h"
+#include "data/tileset.h"
+#include "train/embed_model.h"
 
 static void usage(void) {
     fprintf(stderr,
