@@ -129,40 +129,31 @@ static int as_number(const json_object *v, double *out) {
     return 0;
 }
 
+// A value as a message shows it: numbers as written, anything else by its kind.
+static const char *shown(json_object *v) {
+    double x;
+    return as_number(v, &x) == 0 ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN) : json_kind(v);
+}
+
 int json_get_int(json_object *obj, const char *path, int64_t lo, int64_t hi, int64_t *out, const char *what,
                  char *err) {
     json_object *v = json_find(obj, path);
-    if (!v) return 1;
     int64_t x;
-    if (json_as_int64(v, &x) || x < lo || x > hi) {
-        char got[64];
-        snprintf(got, sizeof got, "%s", json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double)
-                                            ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN)
-                                            : json_kind(v));
-        dino_seterr(err, "%s: %s must be an integer in [%lld, %lld], got %s", what, path, (long long)lo, (long long)hi,
-                    got);
-        return -1;
-    }
-    *out = x;
-    return 0;
+    if (!v) return 1;
+    if (json_as_int64(v, &x) == 0 && x >= lo && x <= hi) return *out = x, 0;
+    dino_seterr(err, "%s: %s must be an integer in [%lld, %lld], got %s", what, path, (long long)lo, (long long)hi,
+                shown(v));
+    return -1;
 }
 
 int json_get_number(json_object *obj, const char *path, double lo, double hi, double *out, const char *what,
                     char *err) {
     json_object *v = json_find(obj, path);
-    if (!v) return 1;
     double x;
-    if (as_number(v, &x)) {
-        dino_seterr(err, "%s: %s must be a number, got %s", what, path, json_kind(v));
-        return -1;
-    }
-    if (!isfinite(x) || x < lo || x > hi) {
-        dino_seterr(err, "%s: %s must be a number in [%g, %g], got %s", what, path, lo, hi,
-                    json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
-        return -1;
-    }
-    *out = x;
-    return 0;
+    if (!v) return 1;
+    if (as_number(v, &x) == 0 && isfinite(x) && x >= lo && x <= hi) return *out = x, 0;
+    dino_seterr(err, "%s: %s must be a number in [%g, %g], got %s", what, path, lo, hi, shown(v));
+    return -1;
 }
 
 int json_get_bool(json_object *obj, const char *path, int *out, const char *what, char *err) {
@@ -203,8 +194,7 @@ int json_get_numbers(json_object *obj, const char *path, int n, double lo, doubl
     for (int i = 0; i < n; i++) {
         json_object *e = json_object_array_get_idx(v, (size_t)i);
         if (as_number(e, &tmp[i]) || !isfinite(tmp[i]) || tmp[i] < lo || tmp[i] > hi) {
-            dino_seterr(err, "%s: %s[%d] must be a number in [%g, %g], got %s", what, path, i, lo, hi,
-                        as_number(e, &tmp[i]) ? json_kind(e) : json_object_to_json_string_ext(e, JSON_C_TO_STRING_PLAIN));
+            dino_seterr(err, "%s: %s[%d] must be a number in [%g, %g], got %s", what, path, i, lo, hi, shown(e));
             return -1;
         }
     }
