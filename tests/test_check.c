@@ -26,8 +26,9 @@ TEST(out_of_memory_names_the_program) {
     }
     close(fds[1]);
     char msg[1024];
-    ssize_t n = read(fds[0], msg, sizeof msg - 1);
-    msg[n > 0 ? n : 0] = 0;
+    size_t n = 0;
+    for (ssize_t k; n < sizeof msg - 1 && (k = read(fds[0], msg + n, sizeof msg - 1 - n)) > 0;) n += (size_t)k;
+    msg[n] = 0;
     close(fds[0]);
     int status = 0;
     waitpid(pid, &status, 0);
