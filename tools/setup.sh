@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config
-          libopenblas-dev libyaml-dev libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libtiff-dev
+          libopenblas-dev libyaml-dev libjson-c-dev libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libtiff-dev
           libopenslide-dev libopenmpi-dev openmpi-bin libhdf5-dev
           python3 python3-numpy python3-torch python3-torchvision python3-matplotlib)
 missing=()
