@@ -6,10 +6,11 @@
 #include <string.h>
 #include <errno.h>
 
-// Fatal: internal invariant or unrecoverable system failure.
+// Fatal: internal invariant or unrecoverable system failure. The message names the program that
+// failed (dinotrain, dinoembed, a test, ...): glibc's program_invocation_short_name.
 #define DINO_DIE(...)                                                                              \
     do {                                                                                           \
-        fprintf(stderr, "dinotrain: fatal (%s:%d): ", __FILE__, __LINE__);                         \
+        fprintf(stderr, "%s: fatal (%s:%d): ", program_invocation_short_name, __FILE__, __LINE__); \
         fprintf(stderr, __VA_ARGS__);                                                              \
         fprintf(stderr, "\n");                                                                     \
         exit(1);                                                                                   \

@@ -1,5 +1,5 @@
-// safetensors reader and writer. The header is a small JSON object, parsed here by hand: the format
-// only uses objects, arrays, strings and non-negative integers, and anything else is skipped or refused.
+// safetensors reader and writer. The reader parses the header with json-c (common/json.h) and then
+// applies the format's rules (export-formats.md B.4); the writer prints the header itself.
 #include "common/safetensors.h"
 
 #include <fcntl.h>
@@ -12,8 +12,9 @@
 #include <unistd.h>
 
 #include "common/check.h"
+#include "common/json.h"
 
-#define ST_MAX_HEADER (256u << 20) // a header larger than this is corrupt, not a big model
+#define ST_MAX_HEADER 100000000u // the format's MAX_HEADER_SIZE
 
 static const char *dtype_names[] = {"F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL"};
 static const size_t dtype_sizes[] = {4, 2, 2, 8, 8, 4, 1, 1};
@@ -24,307 +25,177 @@ size_t st_dtype_size(StDtype d) {
     return dtype_sizes[d];
 }
 
-// ---- a minimal JSON reader over the header bytes ----------------------------------------------------
-
-typedef struct {
-    const char *s, *begin, *end;
-    const char *path; // for messages
-    char *err;
-    int failed;
-} Json;
-
-static int json_fail(Json *j, const char *what) {
-    if (!j->failed)
-        dino_seterr(j->err, "%s: bad safetensors header: %s (at header byte %td)", j->path, what,
-                    j->s - j->begin);
-    j->failed = 1;
-    return -1;
-}
-
-static void json_ws(Json *j) {
-    while (j->s < j->end && (*j->s == ' ' || *j->s == '\t' || *j->s == '\n' || *j->s == '\r')) j->s++;
-}
-
-static int json_expect(Json *j, char c) {
-    json_ws(j);
-    if (j->s >= j->end || *j->s != c) {
-        char msg[48];
-        snprintf(msg, sizeof msg, "expected '%c'", c);
-        return json_fail(j, msg);
-    }
-    j->s++;
-    return 0;
-}
-
-static int hexval(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-static size_t utf8_put(char *o, unsigned cp) {
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F)); return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F)); return 4;
-}
-
-static int json_hex4(Json *j, unsigned *cp) {
-    if (j->end - j->s < 4) return json_fail(j, "short \\u escape");
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        int h = hexval(j->s[i]);
-        if (h < 0) return json_fail(j, "bad \\u escape");
-        v = v * 16 + (unsigned)h;
-    }
-    j->s += 4;
-    *cp = v;
-    return 0;
-}
-
-// Parses a string into a fresh malloc'd, NUL-terminated buffer (escapes decoded).
-static char *json_string(Json *j) {
-    if (json_expect(j, '"')) return NULL;
-    // decoded length <= raw length
-    const char *start = j->s;
-    while (j->s < j->end && *j->s != '"') j->s += (*j->s == '\\') ? 2 : 1;
-    if (j->s >= j->end) { json_fail(j, "unterminated string"); return NULL; }
-    const char *stop = j->s;
-    char *out = dino_malloc((size_t)(stop - start) + 1), *o = out;
-    j->s = start;
-    while (j->s < stop) {
-        char c = *j->s++;
-        if ((unsigned char)c < 0x20) { free(out); json_fail(j, "control character in string"); return NULL; }
-        if (c != '\\') { *o++ = c; continue; }
-        char e = *j->s++;
-        switch (e) {
-        case '"': *o++ = '"'; break;
-        case '\\': *o++ = '\\'; break;
-        case '/': *o++ = '/'; break;
-        case 'b': *o++ = '\b'; break;
-        case 'f': *o++ = '\f'; break;
-        case 'n': *o++ = '\n'; break;
-        case 'r': *o++ = '\r'; break;
-        case 't': *o++ = '\t'; break;
-        case 'u': {
-            unsigned cp;
-            if (json_hex4(j, &cp)) { free(out); return NULL; }
-            if (cp >= 0xD800 && cp < 0xDC00 && j->end - j->s >= 6 && j->s[0] == '\\' && j->s[1] == 'u') {
-                j->s += 2;
-                unsigned lo;
-                if (json_hex4(j, &lo)) { free(out); return NULL; }
-                if (lo < 0xDC00 || lo > 0xDFFF) { free(out); json_fail(j, "bad surrogate pair"); return NULL; }
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            }
-            // \u escapes expand to at most as many bytes as their 6- or 12-byte spelling
-            o += utf8_put(o, cp);
-            break;
-        }
-        default: free(out); json_fail(j, "bad escape in string"); return NULL;
-        }
-    }
-    *o = 0;
-    j->s = stop + 1;
-    return out;
-}
-
-static int json_uint(Json *j, int64_t *v) {
-    json_ws(j);
-    if (j->s >= j->end || *j->s < '0' || *j->s > '9') return json_fail(j, "expected a non-negative integer");
-    int64_t x = 0;
-    while (j->s < j->end && *j->s >= '0' && *j->s <= '9') {
-        if (x > (INT64_MAX - 9) / 10) return json_fail(j, "integer too large");
-        x = x * 10 + (*j->s++ - '0');
-    }
-    if (j->s < j->end && (*j->s == '.' || *j->s == 'e' || *j->s == 'E')) return json_fail(j, "expected an integer");
-    *v = x;
-    return 0;
-}
-
-// Skips any JSON value (for keys this reader does not use).
-static int json_skip(Json *j, int depth) {
-    if (depth > 64) return json_fail(j, "nesting too deep");
-    json_ws(j);
-    if (j->s >= j->end) return json_fail(j, "unexpected end");
-    char c = *j->s;
-    if (c == '"') {
-        char *s = json_string(j);
-        if (!s) return -1;
-        free(s);
-        return 0;
-    }
-    if (c == '{' || c == '[') {
-        char close = c == '{' ? '}' : ']';
-        j->s++;
-        json_ws(j);
-        if (j->s < j->end && *j->s == close) { j->s++; return 0; }
-        for (;;) {
-            if (c == '{') {
-                char *k = json_string(j);
-                if (!k) return -1;
-                free(k);
-                if (json_expect(j, ':')) return -1;
-            }
-            if (json_skip(j, depth + 1)) return -1;
-            json_ws(j);
-            if (j->s < j->end && *j->s == ',') { j->s++; continue; }
-            return json_expect(j, close);
-        }
-    }
-    // number, true, false, null
-    const char *start = j->s;
-    while (j->s < j->end && *j->s && strchr("+-.eE0123456789truefalsn", *j->s)) j->s++;
-    if (j->s == start) return json_fail(j, "unexpected character");
-    return 0;
-}
-
-// Iterates "key": value pairs of an object; calls fn with the parser positioned at the value.
-typedef int (*JsonMemberFn)(Json *j, const char *key, void *ctx);
-static int json_object(Json *j, JsonMemberFn fn, void *ctx) {
-    if (json_expect(j, '{')) return -1;
-    json_ws(j);
-    if (j->s < j->end && *j->s == '}') { j->s++; return 0; }
-    for (;;) {
-        char *key = json_string(j);
-        if (!key) return -1;
-        int rc = json_expect(j, ':') ? -1 : fn(j, key, ctx);
-        free(key);
-        if (rc) return -1;
-        json_ws(j);
-        if (j->s < j->end && *j->s == ',') { j->s++; continue; }
-        return json_expect(j, '}');
-    }
-}
-
 // ---- reader -----------------------------------------------------------------------------------------
 
-typedef struct {
-    StTensor *t;
-    int64_t begin, end; // data_offsets
-    int have_dtype, have_shape, have_offsets;
-} TensorParse;
+static int dtype_of(const char *s) {
+    for (int i = 0; i < N_DTYPES; i++)
+        if (strcmp(s, dtype_names[i]) == 0) return i;
+    return -1;
+}
 
-static int parse_tensor_member(Json *j, const char *key, void *ctx) {
-    TensorParse *p = ctx;
-    if (strcmp(key, "dtype") == 0) {
-        char *s = json_string(j);
-        if (!s) return -1;
-        int found = -1;
-        for (int i = 0; i < N_DTYPES; i++)
-            if (strcmp(s, dtype_names[i]) == 0) found = i;
-        if (found < 0) {
-            dino_seterr(j->err, "%s: tensor '%s' has unsupported dtype '%s'", j->path, p->t->name, s);
-            j->failed = 1;
-            free(s);
+// One tensor entry {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}; other members are
+// ignored (as the reference reader does).
+static int parse_tensor(json_object *v, StTensor *t, int64_t *begin, int64_t *end, const char *path, char *err) {
+    if (!json_object_is_type(v, json_type_object)) {
+        dino_seterr(err, "%s: tensor '%s' is %s, not an object", path, t->name, json_kind(v));
+        return -1;
+    }
+    json_object *dt, *shape, *off;
+    const char *lacks = !json_object_object_get_ex(v, "dtype", &dt)        ? "dtype"
+                        : !json_object_object_get_ex(v, "shape", &shape)   ? "shape"
+                        : !json_object_object_get_ex(v, "data_offsets", &off) ? "data_offsets"
+                                                                            : NULL;
+    if (lacks) {
+        dino_seterr(err, "%s: tensor '%s' lacks %s", path, t->name, lacks);
+        return -1;
+    }
+    const char *ds = json_as_string(dt);
+    int d = ds ? dtype_of(ds) : -1;
+    if (d < 0) {
+        dino_seterr(err, "%s: tensor '%s' has unsupported dtype '%s'", path, t->name,
+                    ds ? ds : json_object_to_json_string_ext(dt, JSON_C_TO_STRING_PLAIN));
+        return -1;
+    }
+    t->dtype = (StDtype)d;
+    if (!json_object_is_type(shape, json_type_array)) {
+        dino_seterr(err, "%s: tensor '%s': shape is %s, not a list of non-negative integers", path, t->name,
+                    json_kind(shape));
+        return -1;
+    }
+    size_t nd = json_object_array_length(shape);
+    if (nd > 8) {
+        dino_seterr(err, "%s: tensor '%s' has more than 8 dimensions", path, t->name);
+        return -1;
+    }
+    t->ndim = (int)nd;
+    for (size_t i = 0; i < nd; i++) {
+        json_object *e = json_object_array_get_idx(shape, i);
+        if (json_as_int64(e, &t->shape[i]) || t->shape[i] < 0) {
+            dino_seterr(err, "%s: tensor '%s': shape[%zu] is %s, not a non-negative integer", path, t->name, i,
+                        json_object_to_json_string_ext(e, JSON_C_TO_STRING_PLAIN));
             return -1;
         }
-        free(s);
-        p->t->dtype = (StDtype)found;
-        p->have_dtype = 1;
-        return 0;
     }
-    if (strcmp(key, "shape") == 0) {
-        if (json_expect(j, '[')) return -1;
-        json_ws(j);
-        int n = 0;
-        if (j->s < j->end && *j->s == ']') {
-            j->s++;
-        } else {
-            for (;;) {
-                int64_t v;
-                if (json_uint(j, &v)) return -1;
-                if (n == 8) {
-                    dino_seterr(j->err, "%s: tensor '%s' has more than 8 dimensions", j->path, p->t->name);
-                    j->failed = 1;
-                    return -1;
-                }
-                p->t->shape[n++] = v;
-                json_ws(j);
-                if (j->s < j->end && *j->s == ',') { j->s++; continue; }
-                if (json_expect(j, ']')) return -1;
-                break;
+    json_object *b = json_object_array_get_idx(off, 0), *e = json_object_array_get_idx(off, 1);
+    if (!json_object_is_type(off, json_type_array) || json_object_array_length(off) != 2 || json_as_int64(b, begin) ||
+        json_as_int64(e, end) || *begin < 0 || *end < 0) {
+        dino_seterr(err, "%s: tensor '%s': data_offsets %s is not two non-negative integers [begin, end]", path,
+                    t->name, json_object_to_json_string_ext(off, JSON_C_TO_STRING_PLAIN));
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_metadata(StFile *f, json_object *meta, const char *path, char *err) {
+    if (!json_object_is_type(meta, json_type_object)) {
+        dino_seterr(err, "%s: __metadata__ is %s, not an object of strings", path, json_kind(meta));
+        return -1;
+    }
+    int n = json_object_object_length(meta);
+    f->meta_keys = dino_calloc((size_t)(n ? n : 1), sizeof(char *));
+    f->meta_vals = dino_calloc((size_t)(n ? n : 1), sizeof(char *));
+    json_object_object_foreach(meta, key, val) {
+        const char *s = json_as_string(val);
+        if (!s) {
+            dino_seterr(err, "%s: __metadata__ value of '%s' is not a string", path, key);
+            return -1;
+        }
+        f->meta_keys[f->n_meta] = strdup(key);
+        f->meta_vals[f->n_meta] = strdup(s);
+        if (!f->meta_keys[f->n_meta] || !f->meta_vals[f->n_meta]) DINO_DIE("out of memory");
+        f->n_meta++;
+    }
+    return 0;
+}
+
+typedef struct { int64_t begin, end; } Span;
+
+static int cmp_spans(const void *a, const void *b, void *ctx) {
+    const Span *s = ctx;
+    const Span *x = &s[*(const int *)a], *y = &s[*(const int *)b];
+    if (x->begin != y->begin) return (x->begin > y->begin) - (x->begin < y->begin);
+    return (x->end > y->end) - (x->end < y->end);
+}
+
+// The header's tensors, then the format's layout rules: every tensor's bytes inside the data section and
+// matching dtype x shape, and the tensors, sorted by offset, covering the data section exactly (from 0,
+// no gaps, no overlaps, ending at the end of the file).
+static int parse_header(StFile *f, const char *hdr, size_t hlen, size_t data_len, const char *path, char *err) {
+    if (hlen == 0 || hdr[0] != '{') {
+        dino_seterr(err, "%s: bad safetensors header: it must start with '{'", path);
+        return -1;
+    }
+    char what[4200];
+    snprintf(what, sizeof what, "%s (safetensors header)", path);
+    json_object *root = json_parse(hdr, hlen, what, err);
+    if (!root) return -1;
+    int rc = 0, cap = json_object_object_length(root);
+    f->t = dino_calloc((size_t)(cap ? cap : 1), sizeof(StTensor));
+    Span *span = dino_calloc((size_t)(cap ? cap : 1), sizeof(Span));
+    json_object_object_foreach(root, key, val) {
+        if (strcmp(key, "__metadata__") == 0) {
+            if ((rc = parse_metadata(f, val, path, err))) break;
+            continue;
+        }
+        StTensor *t = &f->t[f->n];
+        t->name = strdup(key);
+        if (!t->name) DINO_DIE("out of memory");
+        f->n++; // counted now so st_close frees the name if parsing fails below
+        if ((rc = parse_tensor(val, t, &span[f->n - 1].begin, &span[f->n - 1].end, path, err))) break;
+    }
+    json_object_put(root);
+    for (int i = 0; i < f->n && rc == 0; i++) {
+        StTensor *t = &f->t[i];
+        const Span *s = &span[i];
+        size_t n = st_dtype_size(t->dtype);
+        int overflow = 0;
+        for (int d = 0; d < t->ndim; d++) {
+            if (t->shape[d] != 0 && n > SIZE_MAX / (size_t)t->shape[d]) overflow = 1;
+            else n *= (size_t)t->shape[d];
+        }
+        t->nbytes = n;
+        if (overflow) {
+            dino_seterr(err, "%s: tensor '%s': shape too large", path, t->name);
+            rc = -1;
+        } else if (s->begin > s->end || (uint64_t)s->end > data_len) {
+            dino_seterr(err, "%s: tensor '%s': data_offsets [%lld, %lld] outside the data section (%zu bytes): "
+                        "truncated file or bad header", path, t->name, (long long)s->begin, (long long)s->end, data_len);
+            rc = -1;
+        } else if ((uint64_t)(s->end - s->begin) != n) {
+            dino_seterr(err, "%s: tensor '%s': %lld data bytes but dtype %s x shape needs %zu", path, t->name,
+                        (long long)(s->end - s->begin), dtype_names[t->dtype], n);
+            rc = -1;
+        }
+    }
+    if (rc == 0) {
+        int *order = dino_malloc(sizeof(int) * (size_t)(f->n ? f->n : 1));
+        for (int i = 0; i < f->n; i++) order[i] = i;
+        qsort_r(order, (size_t)f->n, sizeof(int), cmp_spans, span);
+        int64_t at = 0; // end of the bytes owned so far
+        for (int k = 0; k < f->n && rc == 0; k++) {
+            const Span *s = &span[order[k]];
+            if (s->begin < at) {
+                dino_seterr(err, "%s: tensors '%s' and '%s' overlap", path, f->t[order[k - 1]].name,
+                            f->t[order[k]].name);
+                rc = -1;
+            } else if (s->begin > at) {
+                // json-c keeps the last of two entries with one name: the first one's bytes show up here
+                dino_seterr(err, "%s: data bytes [%lld, %lld) belong to no tensor (a gap in the data section, or a "
+                            "tensor name given twice)", path, (long long)at, (long long)s->begin);
+                rc = -1;
             }
+            at = s->end;
         }
-        p->t->ndim = n;
-        p->have_shape = 1;
-        return 0;
+        if (rc == 0 && (uint64_t)at != data_len) {
+            dino_seterr(err, "%s: %lld data bytes after the last tensor's (the data section must end with it)", path,
+                        (long long)(data_len - (uint64_t)at));
+            rc = -1;
+        }
+        free(order);
     }
-    if (strcmp(key, "data_offsets") == 0) {
-        if (json_expect(j, '[') || json_uint(j, &p->begin) || json_expect(j, ',') || json_uint(j, &p->end) ||
-            json_expect(j, ']'))
-            return -1;
-        p->have_offsets = 1;
-        return 0;
-    }
-    return json_skip(j, 1);
-}
-
-typedef struct {
-    StFile *f;
-    int64_t *begins, *ends;
-    int cap, meta_cap;
-} HeaderParse;
-
-static int parse_meta_member(Json *j, const char *key, void *ctx) {
-    HeaderParse *h = ctx;
-    StFile *f = h->f;
-    json_ws(j);
-    if (j->s >= j->end || *j->s != '"') {
-        dino_seterr(j->err, "%s: __metadata__ value of '%s' is not a string", j->path, key);
-        j->failed = 1;
-        return -1;
-    }
-    char *val = json_string(j);
-    if (!val) return -1;
-    if (f->n_meta == h->meta_cap) {
-        h->meta_cap = h->meta_cap ? 2 * h->meta_cap : 16;
-        f->meta_keys = dino_realloc(f->meta_keys, sizeof(char *) * (size_t)h->meta_cap);
-        f->meta_vals = dino_realloc(f->meta_vals, sizeof(char *) * (size_t)h->meta_cap);
-    }
-    f->meta_keys[f->n_meta] = strdup(key);
-    f->meta_vals[f->n_meta] = val;
-    if (!f->meta_keys[f->n_meta]) DINO_DIE("out of memory");
-    f->n_meta++;
-    return 0;
-}
-
-static int parse_header_member(Json *j, const char *key, void *ctx) {
-    HeaderParse *h = ctx;
-    StFile *f = h->f;
-    if (strcmp(key, "__metadata__") == 0) return json_object(j, parse_meta_member, h);
-    if (f->n == h->cap) {
-        h->cap = h->cap ? 2 * h->cap : 64;
-        f->t = dino_realloc(f->t, sizeof(StTensor) * (size_t)h->cap);
-        h->begins = dino_realloc(h->begins, sizeof(int64_t) * (size_t)h->cap);
-        h->ends = dino_realloc(h->ends, sizeof(int64_t) * (size_t)h->cap);
-    }
-    StTensor *t = &f->t[f->n];
-    memset(t, 0, sizeof *t);
-    t->name = strdup(key);
-    if (!t->name) DINO_DIE("out of memory");
-    f->n++; // counted now so st_close frees the name if parsing fails below
-    TensorParse p = {.t = t};
-    if (json_object(j, parse_tensor_member, &p)) return -1;
-    if (!p.have_dtype || !p.have_shape || !p.have_offsets) {
-        dino_seterr(j->err, "%s: tensor '%s' lacks %s", j->path, key,
-                    !p.have_dtype ? "dtype" : !p.have_shape ? "shape" : "data_offsets");
-        j->failed = 1;
-        return -1;
-    }
-    h->begins[f->n - 1] = p.begin;
-    h->ends[f->n - 1] = p.end;
-    return 0;
-}
-
-static int cmp_by_begin(const void *a, const void *b, void *ctx) {
-    const int64_t *begins = ctx;
-    int64_t x = begins[*(const int *)a], y = begins[*(const int *)b];
-    return (x > y) - (x < y);
+    for (int i = 0; i < f->n && rc == 0; i++) f->t[i].data = (const char *)hdr + hlen + span[i].begin;
+    free(span);
+    return rc;
 }
 
 int st_open(StFile *f, const char *path, char *err) {
@@ -357,70 +228,19 @@ int st_open(StFile *f, const char *path, char *err) {
     const unsigned char *bytes = map;
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | bytes[i];
-    if (hlen > ST_MAX_HEADER || hlen > len - 8) {
+    if (hlen > len - 8) {
         dino_seterr(err, "%s: header length %llu does not fit in the file (%zu bytes): truncated or not "
                     "safetensors", path, (unsigned long long)hlen, len);
         st_close(f);
         return -1;
     }
-    const char *hdr = (const char *)bytes + 8;
-    size_t data_start = 8 + (size_t)hlen, data_len = len - data_start;
-
-    Json j = {.s = hdr, .begin = hdr, .end = hdr + hlen, .path = path, .err = err};
-    HeaderParse h = {.f = f};
-    int rc = json_object(&j, parse_header_member, &h);
-    if (rc == 0) {
-        json_ws(&j);
-        if (j.s != j.end) rc = json_fail(&j, "trailing bytes after the JSON object");
+    if (hlen > ST_MAX_HEADER) {
+        dino_seterr(err, "%s: header length %llu is more than the format allows (%u)", path, (unsigned long long)hlen,
+                    ST_MAX_HEADER);
+        st_close(f);
+        return -1;
     }
-    if (rc == 0) {
-        for (int i = 0; i < f->n && rc == 0; i++) {
-            StTensor *t = &f->t[i];
-            size_t n = st_dtype_size(t->dtype);
-            int overflow = 0;
-            for (int d = 0; d < t->ndim; d++) {
-                if (t->shape[d] != 0 && n > SIZE_MAX / (size_t)t->shape[d]) overflow = 1;
-                else n *= (size_t)t->shape[d];
-            }
-            t->nbytes = n;
-            if (overflow) {
-                dino_seterr(err, "%s: tensor '%s': shape too large", path, t->name);
-                rc = -1;
-            } else if (h.begins[i] > h.ends[i] || (uint64_t)h.ends[i] > data_len) {
-                dino_seterr(err, "%s: tensor '%s': data_offsets [%lld, %lld] outside the data section (%zu "
-                            "bytes): truncated file or bad header", path, t->name, (long long)h.begins[i],
-                            (long long)h.ends[i], data_len);
-                rc = -1;
-            } else if ((uint64_t)(h.ends[i] - h.begins[i]) != n) {
-                dino_seterr(err, "%s: tensor '%s': %lld data bytes but dtype %s x shape needs %zu", path, t->name,
-                            (long long)(h.ends[i] - h.begins[i]), dtype_names[t->dtype], n);
-                rc = -1;
-            } else {
-                t->data = (const char *)bytes + data_start + h.begins[i];
-            }
-            for (int k = 0; k < i && rc == 0; k++)
-                if (strcmp(f->t[k].name, t->name) == 0) {
-                    dino_seterr(err, "%s: tensor '%s' appears twice", path, t->name);
-                    rc = -1;
-                }
-        }
-    }
-    if (rc == 0 && f->n > 1) { // tensors must not overlap
-        int *order = dino_malloc(sizeof(int) * (size_t)f->n), m = 0;
-        for (int i = 0; i < f->n; i++)
-            if (f->t[i].nbytes > 0) order[m++] = i; // empty tensors occupy no bytes
-        qsort_r(order, (size_t)m, sizeof(int), cmp_by_begin, h.begins);
-        for (int i = 1; i < m && rc == 0; i++)
-            if (h.begins[order[i]] < h.ends[order[i - 1]]) {
-                dino_seterr(err, "%s: tensors '%s' and '%s' overlap", path, f->t[order[i - 1]].name,
-                            f->t[order[i]].name);
-                rc = -1;
-            }
-        free(order);
-    }
-    free(h.begins);
-    free(h.ends);
-    if (rc != 0) {
+    if (parse_header(f, (const char *)bytes + 8, (size_t)hlen, len - 8 - (size_t)hlen, path, err)) {
         st_close(f);
         return -1;
     }

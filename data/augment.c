@@ -189,6 +189,7 @@ void augment_plan_sample(const AugmentConfig *c, uint64_t seed, int64_t sample, 
 
 AugmentScratch *augment_scratch_new(const AugmentConfig *c) {
     AugmentScratch *s = dino_calloc(1, sizeof *s);
+    if (!c) return s; // for the single ops only: their buffers grow on use
     int S = c->global_size > c->local_size ? c->global_size : c->local_size;
     s->crop_cap = (size_t)S * S * 3;
     s->crop = dino_malloc(s->crop_cap);

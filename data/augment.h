@@ -78,6 +78,8 @@ void augment_plan_sample(const AugmentConfig *c, uint64_t seed, int64_t sample, 
                          CropPlan *plans);
 
 typedef struct AugmentScratch AugmentScratch;
+// Buffers one thread reuses for every crop; c may be NULL for a scratch that only serves the single ops
+// below (aug_resize_bicubic_u8, aug_gaussian_blur_u8).
 AugmentScratch *augment_scratch_new(const AugmentConfig *c);
 void augment_scratch_free(AugmentScratch *s);
 

@@ -8,9 +8,12 @@
 //   wsi:SLIDE_OR_LIST[,mpp=0.5][,size=224][,mags=0.25/0.5/1.0][,min_tissue=0.5][,assume_mpp=M]
 //                       random tissue tiles sampled online from whole slides
 // In list files, blank lines and lines starting with '#' are ignored and relative paths are relative
-// to the list file's folder. docs/data-sources.md is the user-facing description.
+// to the list file's folder. Labelled sets (source_open_labelled) take the folder and list forms, with
+// a class per image: the first sub-folder of DIR, or a `path,label` list. docs/data-sources.md is the
+// user-facing description.
 #include "data/source.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <glob.h>
 #include <libgen.h>
@@ -48,6 +51,7 @@ typedef struct {
     int64_t *shard_start; // nshards + 1 cumulative record counts
     // PART_FILES
     char **files;
+    int *labels; // labelled sources: the class of each file (-1: none)
     // PART_WSI
     OnlineSlide *slides;
     int nslides;
@@ -57,16 +61,18 @@ typedef struct {
     double min_tissue;
 } Part;
 
+// ---- small string-list helpers --------------------------------------------------------------------
+typedef struct { char **v; int64_t n, cap; } StrList;
+
 struct TileSource {
     Part *parts;
     int nparts;
     int64_t *part_start;
     int min_side;
-    int64_t max_pixels; // decode budget (0: the default)
+    int64_t max_pixels;           // decode budget (0: the default)
+    int labelled, require_labels; // source_open_labelled: lists are `path[,label]`, tiles carry classes
+    StrList classes;              // class names, sorted once every part is open
 };
-
-// ---- small string-list helpers --------------------------------------------------------------------
-typedef struct { char **v; int64_t n, cap; } StrList;
 static void strlist_push(StrList *l, const char *s) {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 64;
@@ -89,8 +95,17 @@ static char *join_path(const char *dir, const char *name) {
     return p;
 }
 
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = 0;
+    return s;
+}
+
 // Reads a list file: one path per line, '#' comments, relative paths resolved against its folder.
-static int read_list_file(const char *path, StrList *out, char *err) {
+// With `labels` (a labelled set) a line is `path` or `path,label` (label pushed to labels, "" for none;
+// a first line "path,label" is a header), and `require` makes a missing label an error.
+static int read_list_file(const char *path, StrList *out, StrList *labels, int require, char *err) {
     FILE *f = fopen(path, "r");
     if (!f) {
         dino_seterr(err, "%s: cannot open list: %s", path, strerror(errno));
@@ -101,11 +116,27 @@ static int read_list_file(const char *path, StrList *out, char *err) {
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
-    while ((len = getline(&line, &cap, f)) >= 0) {
+    int rc = 0;
+    for (int lineno = 1; rc == 0 && (len = getline(&line, &cap, f)) >= 0; lineno++) {
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' ')) line[--len] = 0;
-        char *s = line;
+        char *s = line, *label = NULL;
         while (*s == ' ' || *s == '\t') s++;
         if (!*s || *s == '#') continue;
+        if (labels) {
+            char *comma = strchr(s, ',');
+            if (comma) {
+                *comma = 0;
+                label = trim(comma + 1);
+                s = trim(s);
+            }
+            if (lineno == 1 && label && !strcasecmp(s, "path")) continue; // header
+            if (require && (!label || !*label)) {
+                dino_seterr(err, "%s:%d: no label (expected `path,label`)", path, lineno);
+                rc = -1;
+                break;
+            }
+            strlist_push(labels, label ? label : "");
+        }
         if (s[0] == '/') strlist_push(out, s);
         else {
             char *p = join_path(dir, s);
@@ -116,7 +147,7 @@ static int read_list_file(const char *path, StrList *out, char *err) {
     free(line);
     free(copy);
     fclose(f);
-    return 0;
+    return rc;
 }
 
 static int has_suffix(const char *s, const char *suffix) {
@@ -176,6 +207,7 @@ static void part_free(Part *p) {
     if (p->files)
         for (int64_t i = 0; i < p->count; i++) free(p->files[i]);
     free(p->files);
+    free(p->labels);
     for (int i = 0; i < p->nslides; i++) {
         wsi_close(p->slides[i].wsi);
         tissue_mask_free(&p->slides[i].tissue);
@@ -269,7 +301,7 @@ static int open_wsi(Part *p, const char *args, char *err) {
     if (p->nmags == 0) { p->mags[0] = mpp; p->nmags = 1; }
     if (wsi_is_slide(path)) strlist_push(&slides, path);
     else if (access(path, R_OK) != 0) { dino_seterr(err, "%s: cannot open: %s", path, strerror(errno)); goto done; }
-    else if (read_list_file(path, &slides, err) != 0) goto done;
+    else if (read_list_file(path, &slides, NULL, 0, err) != 0) goto done;
     if (slides.n == 0) { dino_seterr(err, "%s: the slide list is empty", path); goto done; }
     p->slides = dino_calloc((size_t)slides.n, sizeof(OnlineSlide));
     p->slide_start = dino_calloc((size_t)slides.n + 1, sizeof(int64_t));
@@ -325,9 +357,9 @@ static int open_part(Part *p, const char *spec, char *err) {
             rc = open_files(p, &paths, dir, err);
         }
     } else if (!strncmp(spec, "list:", 5)) {
-        if (read_list_file(spec + 5, &paths, err) == 0) rc = open_files(p, &paths, spec + 5, err);
+        if (read_list_file(spec + 5, &paths, NULL, 0, err) == 0) rc = open_files(p, &paths, spec + 5, err);
     } else if (!strncmp(spec, "shards:", 7)) {
-        if (read_list_file(spec + 7, &paths, err) == 0) rc = open_shards(p, &paths, spec + 7, err);
+        if (read_list_file(spec + 7, &paths, NULL, 0, err) == 0) rc = open_shards(p, &paths, spec + 7, err);
     } else if (strpbrk(spec, "*?[")) {
         glob_t g;
         int grc = glob(spec, 0, NULL, &g);
@@ -360,21 +392,99 @@ static int open_part(Part *p, const char *spec, char *err) {
     return rc;
 }
 
+// ---- labelled image sets -------------------------------------------------------------------------
+static int class_id(TileSource *s, const char *name) {
+    for (int64_t c = 0; c < s->classes.n; c++)
+        if (!strcmp(s->classes.v[c], name)) return (int)c;
+    strlist_push(&s->classes, name);
+    return (int)s->classes.n - 1;
+}
+
+// An image folder (the class of an image: the sub-folder of DIR it lies in) or a `path[,label]` list.
+static int open_labelled_part(TileSource *s, Part *p, const char *spec, char *err) {
+    memset(p, 0, sizeof *p);
+    p->spec = strdup(spec);
+    StrList paths = {0}, names = {0}; // names.v[i]: the class of paths.v[i], "" for none
+    const char *dir = !strncmp(spec, "folder:", 7) ? spec + 7 : NULL, *list = !strncmp(spec, "list:", 5) ? spec + 5 : NULL;
+    struct stat st;
+    int rc = -1;
+    if (!dir && !list) {
+        if (strpbrk(spec, "*?[") || !strncmp(spec, "shards:", 7) || !strncmp(spec, "wsi:", 4)) {
+            dino_seterr(err, "%s: a labelled set is an image folder or a list (DIR, folder:DIR, FILE, list:FILE)", spec);
+            goto done;
+        }
+        if (stat(spec, &st) == 0 && S_ISDIR(st.st_mode)) dir = spec;
+        else list = spec;
+    }
+    if (dir) {
+        if (stat(dir, &st) != 0) dino_seterr(err, "%s: cannot open folder: %s", dir, strerror(errno));
+        else if (!S_ISDIR(st.st_mode)) dino_seterr(err, "%s: folder: expects a folder", dir);
+        else if (walk_images(dir, &paths, 0, err) == 0) {
+            strlist_sort(&paths);
+            size_t k = strlen(dir);
+            rc = 0;
+            for (int64_t i = 0; i < paths.n && rc == 0; i++) {
+                const char *rel = paths.v[i] + k + 1, *slash = strchr(rel, '/');
+                char name[1024];
+                snprintf(name, sizeof name, "%.*s", slash ? (int)(slash - rel) : 0, rel);
+                if (!slash && s->require_labels) {
+                    dino_seterr(err, "%s: images directly in the folder have no class (put each class in its own "
+                                "sub-folder): %s", dir, paths.v[i]);
+                    rc = -1;
+                }
+                strlist_push(&names, name);
+            }
+        }
+    } else {
+        rc = read_list_file(list, &paths, &names, s->require_labels, err);
+    }
+    if (rc == 0) rc = open_files(p, &paths, dir ? dir : list, err); // takes the paths
+    if (rc == 0) {
+        p->labels = dino_malloc(sizeof(int) * (size_t)(p->count ? p->count : 1));
+        for (int64_t i = 0; i < p->count; i++) p->labels[i] = names.v[i][0] ? class_id(s, names.v[i]) : -1;
+    }
+done:
+    strlist_free(&paths);
+    strlist_free(&names);
+    return rc;
+}
+
+// Class ids in the order of the sorted names.
+static void sort_classes(TileSource *s) {
+    int64_t C = s->classes.n;
+    if (C < 2) return;
+    char **old = dino_malloc(sizeof(char *) * (size_t)C);
+    memcpy(old, s->classes.v, sizeof(char *) * (size_t)C);
+    strlist_sort(&s->classes);
+    int *remap = dino_malloc(sizeof(int) * (size_t)C);
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t k = 0; k < C; k++)
+            if (s->classes.v[k] == old[c]) remap[c] = (int)k;
+    for (int i = 0; i < s->nparts; i++)
+        for (int64_t j = 0; s->parts[i].labels && j < s->parts[i].count; j++)
+            if (s->parts[i].labels[j] >= 0) s->parts[i].labels[j] = remap[s->parts[i].labels[j]];
+    free(old);
+    free(remap);
+}
+
 // ---- the interface --------------------------------------------------------------------------------
-TileSource *source_open(const char *spec, char *err) {
+static TileSource *open_source(const char *spec, int labelled, int require_labels, char *err) {
     if (!spec || !*spec) {
         dino_seterr(err, "empty data source");
         return NULL;
     }
     TileSource *s = dino_calloc(1, sizeof *s);
+    s->labelled = labelled;
+    s->require_labels = require_labels;
     char *copy = strdup(spec), *save = NULL;
     int nparts = 1;
     for (const char *c = spec; *c; c++) nparts += *c == '+';
     s->parts = dino_calloc((size_t)nparts, sizeof(Part));
     s->part_start = dino_calloc((size_t)nparts + 1, sizeof(int64_t));
     for (char *piece; (piece = strtok_r(s->nparts ? NULL : copy, "+", &save));) {
-        if (open_part(&s->parts[s->nparts], piece, err) != 0) {
-            part_free(&s->parts[s->nparts]);
+        Part *p = &s->parts[s->nparts];
+        if ((labelled ? open_labelled_part(s, p, piece, err) : open_part(p, piece, err)) != 0) {
+            part_free(p);
             free(copy);
             source_close(s);
             return NULL;
@@ -388,7 +498,13 @@ TileSource *source_open(const char *spec, char *err) {
         source_close(s);
         return NULL;
     }
+    sort_classes(s);
     return s;
+}
+
+TileSource *source_open(const char *spec, char *err) { return open_source(spec, 0, 0, err); }
+TileSource *source_open_labelled(const char *spec, int require_labels, char *err) {
+    return open_source(spec, 1, require_labels, err);
 }
 
 int64_t source_count(const TileSource *s) { return s->part_start[s->nparts]; }
@@ -403,6 +519,14 @@ static int64_t find_bucket(const int64_t *start, int64_t n, int64_t i) {
         if (start[mid] <= i) lo = mid; else hi = mid;
     }
     return lo;
+}
+
+// The part holding tile i and the index inside it (i in range).
+static const Part *tile_part(const TileSource *s, int64_t i, int64_t *j) {
+    int64_t k = find_bucket(s->part_start, s->nparts, i);
+    while (k + 1 < s->nparts && s->part_start[k + 1] <= i) k++;
+    *j = i - s->part_start[k];
+    return &s->parts[k];
 }
 
 static int read_shard_tile(const TileSource *s, const Part *p, int64_t i, Image *out, char *err) {
@@ -448,10 +572,8 @@ int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, cha
         dino_seterr(err, "tile index %lld out of range (source has %lld)", (long long)i, (long long)source_count(s));
         return -1;
     }
-    int64_t k = find_bucket(s->part_start, s->nparts, i);
-    while (k + 1 < s->nparts && s->part_start[k + 1] <= i) k++;
-    const Part *p = &s->parts[k];
-    int64_t j = i - s->part_start[k];
+    int64_t j;
+    const Part *p = tile_part(s, i, &j);
     switch (p->kind) {
     case PART_SHARDS: return read_shard_tile(s, p, j, out, err);
     case PART_FILES: return decode_image_file_budget(p->files[j], s->min_side, s->max_pixels, out, err);
@@ -465,5 +587,25 @@ void source_close(TileSource *s) {
     for (int i = 0; i < s->nparts; i++) part_free(&s->parts[i]);
     free(s->parts);
     free(s->part_start);
+    strlist_free(&s->classes);
     free(s);
+}
+
+const char *source_tile_path(const TileSource *s, int64_t i) {
+    if (i < 0 || i >= source_count(s)) return NULL;
+    int64_t j;
+    const Part *p = tile_part(s, i, &j);
+    return p->kind == PART_FILES ? p->files[j] : NULL;
+}
+
+int source_tile_label(const TileSource *s, int64_t i) {
+    if (i < 0 || i >= source_count(s)) return -1;
+    int64_t j;
+    const Part *p = tile_part(s, i, &j);
+    return p->labels ? p->labels[j] : -1;
+}
+
+int source_n_classes(const TileSource *s) { return (int)s->classes.n; }
+const char *source_class_name(const TileSource *s, int c) {
+    return c >= 0 && c < s->classes.n ? s->classes.v[c] : NULL;
 }

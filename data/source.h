@@ -16,6 +16,21 @@ int64_t source_count(const TileSource *s);
 // `rng_seed` drives sources that sample (the online WSI source): the same seed gives the same tile.
 int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, char *err);
 void source_close(TileSource *s);
+// Labelled image sets (k-NN and linear-probe evaluation): the image folder and list forms, with a
+// class per image:
+//   DIR, folder:DIR   every image under DIR, recursively, sorted by path; the class of an image is the
+//                     sub-folder of DIR it lies in (images directly in DIR have none)
+//   FILE, list:FILE   `path` or `path,label` per line (a first line "path,label" is a header); '#'
+//                     comments, relative paths relative to the list's folder
+// and '+' joins several. Class ids follow the sorted class names. require_labels: an image without a
+// class is an error naming it. Returns NULL with err as source_open.
+TileSource *source_open_labelled(const char *spec, int require_labels, char *err);
+// The image file of tile i of a folder or list source (NULL for shard and slide tiles).
+const char *source_tile_path(const TileSource *s, int64_t i);
+// The class of tile i of a labelled source (-1: none), the number of classes and their names.
+int source_tile_label(const TileSource *s, int64_t i);
+int source_n_classes(const TileSource *s);
+const char *source_class_name(const TileSource *s, int c);
 // Optional decode hint: JPEG tiles may be decoded at a reduced scale (TurboJPEG DCT scaling) as long as
 // the shorter side stays >= min_side (0, the default, decodes at full size). Set before reading.
 void source_set_min_side(TileSource *s, int min_side);

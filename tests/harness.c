@@ -1,8 +1,10 @@
 #include "tests/harness.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MAX_TESTS 512
@@ -79,4 +81,39 @@ int main(int argc, char **argv) {
     }
     if (ran == 0) { fprintf(stderr, "no test matched\n"); return 2; }
     return failed ? 1 : 0;
+}
+
+int test_run_child(void (*fn)(void *), void *arg, char *out, size_t cap) {
+    int fd[2];
+    if (cap) out[0] = 0;
+    if (pipe(fd) != 0) return -1;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd[0]), close(fd[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        dup2(fd[1], 2);
+        close(fd[0]), close(fd[1]);
+        fn(arg);
+        fflush(stderr);
+        _exit(0);
+    }
+    close(fd[1]);
+    size_t len = 0;
+    char sink[512];
+    for (;;) { // to the end, so that the child never blocks on a full pipe
+        ssize_t r = len + 1 < cap ? read(fd[0], out + len, cap - 1 - len) : read(fd[0], sink, sizeof sink);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        if (len + 1 < cap) len += (size_t)r;
+    }
+    if (cap) out[len] = 0;
+    close(fd[0]);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
 }

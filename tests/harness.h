@@ -20,6 +20,10 @@ TEST_NORETURN void test_skip(const char *why);
 const char *test_src_path(const char *rel);
 // A fresh empty directory for this case's files.
 const char *test_tmpdir(void);
+// Runs fn(arg) in a forked child whose stderr is captured into out (NUL-terminated; read to the end, the
+// rest dropped past cap); returns the child's exit status (0 when fn returns), 128 + the signal when it
+// was killed, -1 when the child could not be started. For code that must end the process.
+int test_run_child(void (*fn)(void *), void *arg, char *out, size_t cap);
 #ifdef __cplusplus
 }
 #endif

@@ -31,11 +31,14 @@ static int save(const char *out, const State *s, int64_t it, int keep, char *err
     ckpt_writer_tensor(w, "dino_loss.center", 2, sc, s->center);
     ckpt_writer_int(w, "loader.position", it * 64);
     ckpt_writer_int(w, "rng.big", INT64_MAX - 3);
+    ckpt_writer_int(w, "rng.low", INT64_MIN + 5);
     ckpt_writer_int(w, "loader.corrupt", -0);
     ckpt_writer_float(w, "loss.last", 0.1 + (double)it);
     ckpt_writer_float(w, "tiny", 4.9e-324);
     ckpt_writer_float(w, "not_a_number", NAN);
     ckpt_writer_float(w, "minus_inf", -INFINITY);
+    ckpt_writer_float(w, "minus_zero", -0.0);
+    ckpt_writer_float(w, "whole", 3.0);
     ckpt_writer_str(w, "config", "student:\n  arch: \"vit_small\"\n  note: tab\there \\ back\x01 \xc3\xa9t\xc3\xa9\n");
     int rc = ckpt_save(w, out, it, keep, NULL, err);
     ckpt_writer_free(w);
@@ -57,11 +60,14 @@ static void check_state(const Ckpt *c, const State *want, int64_t it) {
     int64_t pos = -1, big = 0;
     CHECK(ckpt_get_int(c, "loader.position", &pos, err) == 0 && pos == it * 64, "loader.position %lld", (long long)pos);
     CHECK(ckpt_get_int(c, "rng.big", &big, err) == 0 && big == INT64_MAX - 3, "int64 exact");
+    CHECK(ckpt_get_int(c, "rng.low", &big, err) == 0 && big == INT64_MIN + 5, "negative int64 exact");
     double f = 0;
     CHECK(ckpt_get_float(c, "loss.last", &f, err) == 0 && f == 0.1 + (double)it, "float exact: %.17g", f);
     CHECK(ckpt_get_float(c, "tiny", &f, err) == 0 && f == 4.9e-324, "denormal exact");
     CHECK(ckpt_get_float(c, "not_a_number", &f, err) == 0 && isnan(f), "NaN kept");
     CHECK(ckpt_get_float(c, "minus_inf", &f, err) == 0 && isinf(f) && f < 0, "-inf kept");
+    CHECK(ckpt_get_float(c, "minus_zero", &f, err) == 0 && f == 0 && signbit(f), "-0.0 kept");
+    CHECK(ckpt_get_float(c, "whole", &f, err) == 0 && f == 3.0, "a float written as 3 read back");
     const char *cfg = ckpt_get_str(c, "config");
     CHECK(cfg && strcmp(cfg, "student:\n  arch: \"vit_small\"\n  note: tab\there \\ back\x01 \xc3\xa9t\xc3\xa9\n") == 0,
           "config text differs: %s", cfg ? cfg : "(none)");

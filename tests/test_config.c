@@ -476,3 +476,31 @@ TEST(module_settings_match_module_defaults) {
     CHECK(lc.mask_probability == 0, "no iBOT, no masks");
     CHECK(config_to_schedule(&cfg, 64).lr == cfg.optim.base_lr, "scaling rule none");
 }
+
+// config_load_string: the resolved YAML a checkpoint keeps reads back to the same config without a file;
+// its messages name the text, a base in it is relative to the current directory.
+TEST(load_from_a_string) {
+    char err[DINO_ERRLEN];
+    CHECK(config_load(&cfg, test_src_path("configs/demo.yaml"), 0, NULL, err) == 0, "%s", err);
+    char *yaml = config_to_yaml(&cfg);
+    CHECK(config_load_string(&cfg2, yaml, "ckpt/state.json (config)", 0, NULL, err) == 0, "%s", err);
+    const char *diff = NULL;
+    CHECK(config_equal(&cfg, &cfg2, &diff), "differs at %s", diff ? diff : "?");
+    free(yaml);
+    char *ov[] = {"optim.base_lr=0.5"};
+    CHECK(config_load_string(&cfg2, "student:\n  arch: vit_base\n", "text", 1, ov, err) == 0 &&
+              !strcmp(cfg2.student.arch, "vit_base") && cfg2.optim.base_lr == 0.5,
+          "keys and overrides: %s", err);
+    CHECK(config_load_string(&cfg2, "optim:\n  base_lrr: 0.1\n", "ckpt/state.json (config)", 0, NULL, err) != 0 &&
+              strstr(err, "ckpt/state.json (config)") && strstr(err, "base_lr"),
+          "message: %s", err);
+    CHECK(config_load_string(&cfg2, "student: [\n", "text", 0, NULL, err) != 0 && strstr(err, "config text: YAML error"),
+          "YAML error: %s", err);
+    const char *dir = test_tmpdir();
+    char base[4300], text[4400];
+    snprintf(base, sizeof base, "%s", write_file(dir, "b.yaml", "optim:\n  base_lr: 0.25\n"));
+    snprintf(text, sizeof text, "base: %s\nstudent:\n  arch: vit_large\n", base);
+    CHECK(config_load_string(&cfg2, text, "text", 0, NULL, err) == 0 && cfg2.optim.base_lr == 0.25 &&
+              !strcmp(cfg2.student.arch, "vit_large"),
+          "base from a string: %s", err);
+}

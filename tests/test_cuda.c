@@ -1,9 +1,7 @@
 // GPU tests: run when a CUDA device is present, skip cleanly (exit 77) otherwise. With DINO_REQUIRE_GPU=1
 // (GPU machines) a missing device or a CUDA build fails instead of skipping.
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tests/harness.h"
@@ -38,39 +36,20 @@ TEST(cuda_device_visible) {
 
 #ifdef DINO_CUDAEMU
 // dino_cuda_device_count() in a child with DINO_REQUIRE_GPU=1 and the layer's CUDAEMU_* variable `var`
-// set to `val`; returns the child's wait status (a returned count exits 100 + count), its stderr in buf.
+// set to `val`; returns the child's exit status (a returned count exits 100 + count), its stderr in buf.
+typedef struct {
+    const char *var, *val;
+} EnvSetting;
+static void count_with(void *arg) {
+    const EnvSetting *e = arg;
+    setenv("DINO_REQUIRE_GPU", "1", 1);
+    setenv(e->var, e->val, 1);
+    int n = dino_cuda_device_count();
+    _exit(100 + n);
+}
 static int count_in_child(const char *var, const char *val, char *buf, size_t cap) {
-    int fd[2];
-    if (pipe(fd) != 0) {
-        CHECK(0, "pipe: %s", strerror(errno));
-        return -1;
-    }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fd[0]);
-        dup2(fd[1], 2);
-        setenv("DINO_REQUIRE_GPU", "1", 1);
-        setenv(var, val, 1);
-        int n = dino_cuda_device_count();
-        _exit(100 + n);
-    }
-    close(fd[1]);
-    CHECK(pid > 0, "fork: %s", strerror(errno));
-    size_t len = 0;
-    char sink[512];
-    for (;;) { // read to EOF (past a full buf too, so the child never blocks on the pipe)
-        ssize_t r = len + 1 < cap ? read(fd[0], buf + len, cap - 1 - len) : read(fd[0], sink, sizeof sink);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        if (len + 1 < cap) len += (size_t)r;
-    }
-    buf[len] = 0;
-    close(fd[0]);
-    int st = 0;
-    if (pid > 0) waitpid(pid, &st, 0);
-    return st;
+    EnvSetting e = {var, val};
+    return test_run_child(count_with, &e, buf, cap);
 }
 #endif
 
@@ -82,19 +61,17 @@ TEST(require_gpu_fails_on_device_error) {
 #else
     char out[4096];
     int st = count_in_child("CUDAEMU_DEVICE_ERROR", "35", out, sizeof out);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1, "device error under DINO_REQUIRE_GPU=1: wait status %#x, expected exit 1",
-          st);
+    CHECK(st == 1, "device error under DINO_REQUIRE_GPU=1: exit status %d, expected 1", st);
     CHECK(strstr(out, "cudaErrorInsufficientDriver") && strstr(out, "CUDA driver version is insufficient") &&
               strstr(out, "DINO_REQUIRE_GPU=1"),
           "stderr lacks the CUDA error name/text: '%s'", out);
     printf("child stderr:\n%s", out);
 
     st = count_in_child("CUDAEMU_DEVICES", "0", out, sizeof out); // no error, no device
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1 && strstr(out, "found no device"),
-          "zero devices under DINO_REQUIRE_GPU=1: wait status %#x, stderr '%s'", st, out);
+    CHECK(st == 1 && strstr(out, "found no device"), "zero devices under DINO_REQUIRE_GPU=1: exit status %d, stderr '%s'",
+          st, out);
     st = count_in_child("CUDAEMU_DEVICES", "1", out, sizeof out); // a device: the count, nothing printed
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 101 && out[0] == 0,
-          "one device under DINO_REQUIRE_GPU=1: wait status %#x, stderr '%s'", st, out);
+    CHECK(st == 101 && out[0] == 0, "one device under DINO_REQUIRE_GPU=1: exit status %d, stderr '%s'", st, out);
 
     // without DINO_REQUIRE_GPU the same error is "no GPU": 0, and the process goes on
     const char *req = getenv("DINO_REQUIRE_GPU");

@@ -749,6 +749,31 @@ TEST(axpy_scale_sum_squares) {
     gpu_free(G);
 }
 
+// The MFU denominator (bench_step): a dense bf16 GEMM timed on the device; a rate comes back, and the
+// run leaves the backend usable.
+TEST(measure_bf16_rate) {
+#ifdef DINO_HAVE_CUDA
+    if (emulating()) test_skip("the CPU emulation has no device to time");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+#ifdef DINO_CUDAEMU
+    const int n = 128; // fibers on the CPU: a small GEMM
+#else
+    const int n = 4096;
+#endif
+    double tf = backend_cuda_measure_bf16_tflops(G, n, 3);
+    printf("  bf16 rate on a %d^3 GEMM: %.4g TFLOP/s\n", n, tf);
+    CHECK(tf > 0 && isfinite(tf), "measured bf16 rate %g", tf);
+    float one = 1.0f, back = 0.0f, *d = G->alloc(G, sizeof one);
+    G->to_device(G, d, &one, sizeof one);
+    G->to_host(G, &back, d, sizeof one);
+    CHECK(back == 1.0f, "the backend is unusable after the measurement");
+    G->release(G, d);
+    gpu_free(G);
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+
 // ---- the whole ViT ---------------------------------------------------------------------------------
 
 typedef struct {

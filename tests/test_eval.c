@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
+#include <unistd.h>
 
 #include "common/check.h"
 #include "common/rng.h"
@@ -172,25 +173,33 @@ TEST(tileset_folder_csv_split) {
     tileset_free(&s), tileset_free(&tr), tileset_free(&te), tileset_free(&tr2), tileset_free(&te2), tileset_free(&c);
 }
 
-TEST(dinoeval_textures_far_above_chance) {
-    const char *dir = make_textures(12);
-    // a random ViT written as plain backbone safetensors, then exported
+// A random ViT (patch 8, 32 px, width 32, 2 heads) written as plain backbone safetensors at dir/name.
+static void write_random_backbone(const char *dir, const char *name, const char *prefix, float layerscale, char *ck) {
     VitConfig cfg;
     char err[DINO_ERRLEN];
     CHECK(vit_config_from_arch(&cfg, "vit_test", 8, 32, 0, "mlp", err) == 0, "%s", err);
-    cfg.layerscale = 1.0f;
+    if (layerscale > 0) cfg.layerscale = layerscale;
     ParamTable tab;
     param_table_init(&tab);
     Vit vit;
-    vit_build(&vit, &cfg, &tab, "backbone.");
+    vit_build(&vit, &cfg, &tab, prefix);
     float *P = dino_calloc(tab.total, sizeof(float));
     vit_init_weights(&vit, P, 3);
     StWriter *w = st_writer_new();
     for (int i = 0; i < tab.n; i++) st_writer_add(w, tab.t[i].name, ST_F32, tab.t[i].ndim, tab.t[i].shape, P + tab.t[i].offset);
-    char ck[4200], cmd[9000];
-    snprintf(ck, sizeof ck, "%s/backbone.safetensors", dir);
+    snprintf(ck, 4200, "%s/%s", dir, name);
     CHECK(st_writer_write(w, ck, err) == 0, "%s", err);
     st_writer_free(w);
+    free(P);
+    vit_free(&vit);
+    param_table_free(&tab);
+}
+
+TEST(dinoeval_textures_far_above_chance) {
+    const char *dir = make_textures(12);
+    // a random ViT written as plain backbone safetensors, then exported
+    char ck[4200], cmd[9000];
+    write_random_backbone(dir, "backbone.safetensors", "backbone.", 1.0f, ck);
     snprintf(cmd, sizeof cmd, "./dinoexport %s %s/model --heads 2 > /dev/null && ./dinoeval --backend cpu %s/model --train %s "
              "--test-fraction 0.5 --seed 1 --resize 0 --crop 32", ck, dir, dir, dir);
     fflush(stdout);
@@ -213,9 +222,6 @@ TEST(dinoeval_textures_far_above_chance) {
         // chance is 1/3: require more than twice that
         CHECK(acc >= 0.7 && bal >= 0.7, "%s: accuracy %.3f balanced %.3f", keys[k], acc, bal);
     }
-    free(P);
-    vit_free(&vit);
-    param_table_free(&tab);
 }
 
 // The trainer's hook: k-NN of an in-memory model on two labeled folders.
@@ -281,4 +287,87 @@ TEST(backend_open_names_and_refusals) {
               "unhelpful message: %s", err);
         printf("  cuda refused here: %s\n", err);
     }
+}
+
+// ---- an export's JSON configs are checked -------------------------------------------------------------
+
+static int run_capture(const char *cmd, char *out, size_t cap) {
+    fflush(stdout);
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(out, 1, cap - 1, p) : 0;
+    out[n] = 0;
+    return p ? pclose(p) : -1;
+}
+
+static void write_text_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    CHECK(f && fputs(text, f) >= 0 && fclose(f) == 0, "write %s", path);
+}
+
+// Each bad value in an export's preprocessor_config.json / config.json (HF) or pretrained_cfg (timm)
+// stops dinoembed with a message naming the file and the key, not the trainer (issue #15: an image_std
+// of zeros gave NaN features with exit 0; a crop of 100000 died "out of memory" naming dinotrain;
+// shortest_edge 0, negative, huge or NaN was taken).
+TEST(export_config_values_are_range_checked) {
+    const char *dir = make_textures(2);
+    char ck[4200], cmd[9000], path[4300];
+    static char out[16384];
+    write_random_backbone(dir, "backbone.safetensors", "", 0, ck);
+    snprintf(cmd, sizeof cmd, "./dinoexport %s %s/hf --heads 2 >/dev/null 2>&1 && ./dinoexport %s %s/timm --heads 2 "
+             "--format timm >/dev/null 2>&1", ck, dir, ck, dir);
+    CHECK(run_capture(cmd, out, sizeof out) == 0, "dinoexport failed");
+    struct { const char *edge, *crop, *std, *want; } pre[] = {
+        {"36", "32", "0.229, 0.224, 0.225", NULL},  // what dinoexport writes: accepted
+        {"36", "32", "0, 0, 0", "image_std"},
+        {"36", "100000", "0.229, 0.224, 0.225", "crop_size.height"},
+        {"0", "32", "0.229, 0.224, 0.225", "size.shortest_edge"},
+        {"-5", "32", "0.229, 0.224, 0.225", "size.shortest_edge"},
+        {"100000000", "32", "0.229, 0.224, 0.225", "size.shortest_edge"},
+        {"NaN", "32", "0.229, 0.224, 0.225", "size.shortest_edge"},
+    };
+    for (size_t k = 0; k < sizeof pre / sizeof pre[0]; k++) {
+        char text[1024];
+        snprintf(text, sizeof text,
+                 "{\"image_processor_type\": \"BitImageProcessor\", \"do_resize\": true, \"size\": {\"shortest_edge\": %s},"
+                 " \"resample\": 3, \"do_center_crop\": true, \"crop_size\": {\"height\": %s, \"width\": %s},"
+                 " \"do_rescale\": true, \"rescale_factor\": 0.00392156862745098, \"do_normalize\": true,"
+                 " \"image_mean\": [0.485, 0.456, 0.406], \"image_std\": [%s], \"do_convert_rgb\": true}\n",
+                 pre[k].edge, pre[k].crop, pre[k].crop, pre[k].std);
+        snprintf(path, sizeof path, "%s/hf/preprocessor_config.json", dir);
+        write_text_file(path, text);
+        snprintf(cmd, sizeof cmd, "./dinoembed --backend cpu %s/hf --tiles %s/stripes -o %s/f.npy 2>&1", dir, dir, dir);
+        int rc = run_capture(cmd, out, sizeof out);
+        if (!pre[k].want) {
+            CHECK(rc == 0, "valid preprocessor_config.json refused:\n%s", out);
+            continue;
+        }
+        printf("  %s", out);
+        CHECK(rc != 0, "%s: bad value accepted (exit 0):\n%s", pre[k].want, out);
+        CHECK(strstr(out, "preprocessor_config.json") && strstr(out, pre[k].want) && !strstr(out, "dinotrain"),
+              "the message must name the file and %s (and not dinotrain):\n%s", pre[k].want, out);
+    }
+    // config.json: a head count that is no head count
+    snprintf(path, sizeof path, "%s/hf/preprocessor_config.json", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/hf/config.json", dir);
+    write_text_file(path, "{\"model_type\": \"dinov2\", \"num_attention_heads\": 0, \"image_size\": 32, \"patch_size\": 8}\n");
+    int rc = run_capture(cmd, out, sizeof out);
+    printf("  %s", out);
+    CHECK(rc != 0 && strstr(out, "config.json") && strstr(out, "num_attention_heads"), "heads 0 (exit %d):\n%s", rc, out);
+    // timm's pretrained_cfg is the timm export's preprocessing: checked the same way
+    snprintf(path, sizeof path, "%s/timm/config.json", dir);
+    FILE *f = fopen(path, "r");
+    static char text[8192];
+    size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f) fclose(f);
+    text[n] = 0;
+    char *std = strstr(text, "\"std\": [");
+    CHECK(std != NULL, "timm config.json without pretrained_cfg.std:\n%s", text);
+    if (std) memcpy(std + 8, "0.000", 5); // the first std of 0.229 becomes 0.000
+    write_text_file(path, text);
+    snprintf(cmd, sizeof cmd, "./dinoembed --backend cpu %s/timm --tiles %s/stripes -o %s/g.npy 2>&1", dir, dir, dir);
+    rc = run_capture(cmd, out, sizeof out);
+    printf("  %s", out);
+    CHECK(rc != 0 && strstr(out, "config.json") && strstr(out, "pretrained_cfg.std"), "timm std 0 (exit %d):\n%s", rc,
+          out);
 }

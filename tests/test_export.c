@@ -13,6 +13,9 @@
 #include "common/check.h"
 #include "common/rng.h"
 #include "common/safetensors.h"
+#include "data/augment.h"
+#include "data/decode.h"
+#include "data/preprocess.h"
 #include "data/wsi.h"
 #include "model/export_names.h"
 #include "model/vit.h"
@@ -188,7 +191,10 @@ TEST(export_matches_pytorch) {
     CHECK(strstr(out, "FAIL") == NULL && strstr(out, "transformers:") != NULL, "PyTorch comparison failed:\n%s", out);
 }
 
-// The PIL-style resize against PIL itself (the reference's inference preprocessing runs on PIL images).
+// The inference preprocessing against PIL and torchvision themselves (the reference's inference transform
+// runs on PIL images): the decode (data/decode.h) and the bicubic resize (the augmentation's, data/
+// augment_resample.c) are PIL's exactly, and Resize -> CenterCrop -> ToTensor -> Normalize
+// (data/preprocess.h) is torchvision's to the last bit.
 TEST(resize_matches_pil) {
     need_torch();
     const char *dir = test_tmpdir();
@@ -199,11 +205,13 @@ TEST(resize_matches_pil) {
     write_jpeg(jp, px, 50, 40);
     char err[DINO_ERRLEN];
     Image im;
-    CHECK(image_load_file(jp, &im, err) == 0, "%s", err);
-    const int sizes[2][2] = {{37, 29}, {73, 61}}; // down and up
-    for (int k = 0; k < 2; k++) {
+    CHECK(decode_image_file(jp, 0, &im, err) == 0, "%s", err);
+    AugmentScratch *sc = augment_scratch_new(NULL);
+    const int sizes[3][2] = {{50, 40}, {37, 29}, {73, 61}}; // as decoded, down and up
+    for (int k = 0; k < 3; k++) {
         Image out;
-        image_resize_bicubic(&im, &out, sizes[k][0], sizes[k][1]);
+        image_alloc(&out, sizes[k][0], sizes[k][1]);
+        aug_resize_bicubic_u8(im.px, im.w, im.h, im.w * 3, 0, 0, im.w, im.h, out.px, out.w, out.h, 0, sc);
         snprintf(raw, sizeof raw, "%s/r%d.raw", dir, k);
         FILE *f = fopen(raw, "wb");
         CHECK(f && fwrite(out.px, 1, (size_t)out.w * out.h * 3, f) == (size_t)out.w * out.h * 3 && fclose(f) == 0, "write");
@@ -211,11 +219,30 @@ TEST(resize_matches_pil) {
                  "%s -c \"import numpy as np; from PIL import Image; "
                  "a = np.asarray(Image.open('%s').convert('RGB').resize((%d, %d), Image.BICUBIC)).astype(int); "
                  "b = np.fromfile('%s', np.uint8).reshape(a.shape).astype(int); d = np.abs(a - b); "
-                 "print('maxdiff', d.max(), 'mean', d.mean()); raise SystemExit(0 if d.max() <= 1 else 1)\"",
+                 "print('maxdiff', d.max(), 'mean', d.mean()); raise SystemExit(0 if d.max() == 0 else 1)\"",
                  python(), jp, sizes[k][0], sizes[k][1], raw);
-        CHECK(run(cmd) == 0, "resize to %dx%d differs from PIL by more than 1 level", sizes[k][0], sizes[k][1]);
+        CHECK(run(cmd) == 0, "%dx%d differs from PIL's decode + resize", sizes[k][0], sizes[k][1]);
         image_free(&out);
     }
+    augment_scratch_free(sc);
+    // the whole transform, with a resize (shorter side 37) and a crop (32)
+    Preprocess pre;
+    preprocess_default(&pre, 32);
+    CHECK(pre.resize == 37 && pre.crop == 32, "default preprocessing for 32 px: %d / %d", pre.resize, pre.crop);
+    float *x = dino_malloc(sizeof(float) * 3 * 32 * 32);
+    preprocess_image(&pre, &im, x);
+    snprintf(raw, sizeof raw, "%s/x.f32", dir);
+    FILE *f = fopen(raw, "wb");
+    CHECK(f && fwrite(x, sizeof(float), 3 * 32 * 32, f) == 3 * 32 * 32 && fclose(f) == 0, "write");
+    snprintf(cmd, sizeof cmd,
+             "%s -c \"import numpy as np, torchvision.transforms as T; from PIL import Image; "
+             "tf = T.Compose([T.Resize(37, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32), T.ToTensor(), "
+             "T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]); "
+             "a = tf(Image.open('%s').convert('RGB')).numpy(); b = np.fromfile('%s', np.float32).reshape(a.shape); "
+             "d = np.abs(a - b).max(); print('preprocess maxdiff', d); raise SystemExit(0 if d == 0 else 1)\"",
+             python(), jp, raw);
+    CHECK(run(cmd) == 0, "preprocess_image differs from torchvision's Resize/CenterCrop/ToTensor/Normalize");
+    free(x);
     image_free(&im);
 }
 

@@ -158,8 +158,8 @@ TEST(rejects_bad_headers) {
     const char *dir = test_tmpdir();
     const char *p = path_in(dir, "bad.safetensors");
     struct { const char *header; size_t ndata; const char *want; } cases[] = {
-        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, "expected '}'"},
-        {"[1,2]", 0, "expected '{'"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}", 8, "ends early"},
+        {"[1,2]", 0, "must start with '{'"},
         {"{\"a\":{\"dtype\":\"F33\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "unsupported dtype 'F33'"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, "needs 12"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, "outside the data section"},
@@ -169,16 +169,28 @@ TEST(rejects_bad_headers) {
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
          "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "overlap"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-         "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "appears twice"},
+         "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "belong to no tensor"},
         {"{\"__metadata__\":{\"k\":3}}", 0, "not a string"},
-        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} x", 4, "trailing bytes"},
-        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4.5]}}", 4, "expected an integer"},
+        // the layout rules of the format: the tensors tile the data section from 0 to the end of the file
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "[0, 4) belong to no tensor"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 6, "2 data bytes after the last"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+         "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", 12, "[4, 8) belong to no tensor"},
+        // JSON the format does not allow: numbers that are not integers, non-strict JSON, bad UTF-8
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", 4, "not a non-negative integer"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,-1]}}", 4, "not two non-negative"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],}}", 4, "bad JSON at byte"},
+        {"{\"a\xff\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "bad JSON at byte"},
+        {"{\"a\":7}", 0, "is an integer, not an object"},
+        {"{\"a\":{\"dtype\":7,\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "unsupported dtype '7'"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}} x", 4, "bad JSON at byte"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4.5]}}", 4, "not two non-negative integers"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, "more than 8"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[99999999999,99999999999,99999999999],\"data_offsets\":[0,4]}}",
          4, "too large"},
-        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]", 4, "expected"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]", 4, "ends early"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":\"unterminated}}", 4,
-         "unterminated string"},
+         "ends early"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         write_raw(p, cases[i].header, -1, cases[i].ndata);
@@ -187,6 +199,18 @@ TEST(rejects_bad_headers) {
     // a header length that claims more bytes than the file has
     write_raw(p, "{}", 1000, 0);
     expect_reject(p, "does not fit");
+    // the format's header size limit (100,000,000 bytes): a sparse file long enough to hold the header
+    write_raw(p, "{}", 100000001, 0);
+    CHECK(truncate(p, 8 + 100000001 + 8) == 0, "truncate");
+    expect_reject(p, "more than the format allows (100000000)");
+    // a name given twice for the same bytes leaves nothing unowned: read as one tensor, the last entry
+    // (the reference reader, serde_json, does the same)
+    write_raw(p, "{\"a\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                 "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", -1, 4);
+    StFile d;
+    char derr[DINO_ERRLEN] = "";
+    CHECK(st_open(&d, p, derr) == 0 && d.n == 1 && d.t[0].dtype == ST_F32, "same-bytes duplicate: %s", derr);
+    if (d.map) st_close(&d);
     // unknown keys are skipped, escapes decoded, empty and zero-size tensors allowed
     write_raw(p, "{\"__metadata__\":{\"k\\u00e9\\ud83d\\ude00\":\"v\\t\"},\"z\":{\"dtype\":\"U8\",\"shape\":[0],"
               "\"data_offsets\":[0,0],\"extra\":[1,{\"q\":null},true,-1.5e3]},"

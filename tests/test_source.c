@@ -141,6 +141,63 @@ TEST(list_source_relative_paths_and_missing_entry) {
     CHECK(source_open(spec, err) == NULL && strstr(err, "nolist.txt"), "missing list: %s", err);
 }
 
+// Labelled sets: a folder's classes are its sub-folders (images below them at any depth), a list's the
+// label column; classes sorted; images without a class refused when labels are required.
+TEST(labelled_folder_and_list_sources) {
+    const char *dir = test_tmpdir();
+    char p[4300], err[DINO_ERRLEN];
+    const char *names[] = {"zebra/a.jpg", "zebra/deep/b.jpg", "apple/c.png", "apple/d.jpg"};
+    snprintf(p, sizeof p, "%s/zebra", dir), mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/zebra/deep", dir), mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/apple", dir), mkdir(p, 0755);
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+        if (strstr(p, ".png")) write_png(p, 40, 40);
+        else write_jpeg(p, i, 48);
+    }
+    TileSource *s = source_open_labelled(dir, 1, err);
+    CHECK(s && source_count(s) == 4 && source_n_classes(s) == 2, "folder: %s", s ? "counts" : err);
+    if (s) {
+        CHECK(!strcmp(source_class_name(s, 0), "apple") && !strcmp(source_class_name(s, 1), "zebra"), "classes sorted");
+        const int want[4] = {0, 0, 1, 1}; // apple/c.png, apple/d.jpg, zebra/a.jpg, zebra/deep/b.jpg
+        for (int64_t i = 0; i < 4; i++)
+            CHECK(source_tile_label(s, i) == want[i] && strstr(source_tile_path(s, i), i < 2 ? "/apple/" : "/zebra/"),
+                  "tile %lld: %s label %d", (long long)i, source_tile_path(s, i), source_tile_label(s, i));
+        Image im;
+        CHECK(source_read_rgb(s, 0, 0, &im, err) == 0 && im.w == 40, "read: %s", err);
+        image_free(&im);
+        source_close(s);
+    }
+    // an image directly in the folder has no class
+    snprintf(p, sizeof p, "%s/loose.jpg", dir);
+    write_jpeg(p, 9, 32);
+    CHECK(!source_open_labelled(dir, 1, err) && strstr(err, "no class") && strstr(err, "loose.jpg"), "loose: %s", err);
+    s = source_open_labelled(dir, 0, err);
+    CHECK(s && source_count(s) == 5 && source_tile_label(s, 2) == -1, "unlabelled allowed: %s", s ? "" : err);
+    source_close(s);
+    // a list: header, labels, a line without one
+    snprintf(p, sizeof p, "%s/set.csv", dir);
+    FILE *f = fopen(p, "w");
+    fprintf(f, "path,label\n# a comment\nzebra/a.jpg, stripes \n%s/apple/c.png,round\nloose.jpg\n", dir);
+    fclose(f);
+    s = source_open_labelled(p, 0, err);
+    CHECK(s && source_count(s) == 3 && source_n_classes(s) == 2, "list: %s", s ? "counts" : err);
+    if (s) {
+        CHECK(source_tile_label(s, 0) == 1 && source_tile_label(s, 1) == 0 && source_tile_label(s, 2) == -1 &&
+                  !strcmp(source_class_name(s, 1), "stripes"),
+              "list labels");
+        source_close(s);
+    }
+    CHECK(!source_open_labelled(p, 1, err) && strstr(err, "set.csv:5: no label"), "required: %s", err);
+    // the unlabelled list form reads the whole line as the path, commas included
+    CHECK(!source_open(p, err), "a csv is no shard");
+    char list[4400];
+    snprintf(list, sizeof list, "list:%s", p);
+    CHECK(!source_open(list, err) && strstr(err, "path,label"), "unlabelled list takes whole lines: %s", err);
+    // sources that are no image folder or list
+    CHECK(!source_open_labelled("shards:x.txt", 0, err) && strstr(err, "labelled set"), "shards: %s", err);
+}
+
 TEST(shard_sources_dir_file_glob_list_and_plus) {
     const char *dir = test_tmpdir();
     char p[4300], spec[9000], err[DINO_ERRLEN];

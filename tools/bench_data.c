@@ -4,11 +4,10 @@
 //
 //   bench_data --make DIR [--count 64] [--size 256] [--quality 90]   write synthetic H&E-like tiles
 //   bench_data DIR [--seconds 10] [--batch 32] [--threads 0] [--max-scale 8]  benchmark the tiles in DIR
-// Tiles are decoded with libjpeg-turbo, at 1/2, 1/4 or 1/8 (DCT scaling) when every planned crop of
-// the tile still spans at least its output size at that reduction (never for 256 px tiles).
+// Tiles are decoded by data/decode.c (libjpeg-turbo), at 1/2, 1/4 or 1/8 (DCT scaling) when every
+// planned crop of the tile still spans at least its output size at that reduction (never for 256 px tiles).
 // tools/bench_data.sh runs this and the PyTorch reference (tests/torch_ref/bench_data_torch.py) on the
 // same tiles and prints both and the ratio.
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
@@ -17,12 +16,13 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <turbojpeg.h>
 
 #include "common/clock.h"
 #include "common/check.h"
 #include "common/rng.h"
+#include "data/decode.h"
 #include "data/loader.h"
+#include "data/source.h"
 
 // ---- synthetic tiles: pink stroma, purple nuclei, white gaps, fine texture (JPEG must work) --------
 
@@ -70,15 +70,14 @@ static int make_tiles(const char *dir, int count, int size, int quality) {
         fprintf(stderr, "bench_data: cannot create %s: %s\n", dir, strerror(errno));
         return 1;
     }
-    tjhandle tj = tjInitCompress();
-    DINO_ASSERT(tj, "tjInitCompress failed");
+    char err[DINO_ERRLEN];
     for (int i = 0; i < count; i++) {
         Image im;
         make_tile(&im, size, (uint64_t)i);
-        unsigned char *jpg = NULL;
-        unsigned long len = 0;
-        if (tjCompress2(tj, im.px, size, 0, size, TJPF_RGB, &jpg, &len, TJSAMP_420, quality, TJFLAG_ACCURATEDCT)) {
-            fprintf(stderr, "bench_data: JPEG encode failed: %s\n", tjGetErrorStr2(tj));
+        uint8_t *jpg = NULL;
+        size_t len = 0;
+        if (encode_jpeg(&im, quality, &jpg, &len, err)) {
+            fprintf(stderr, "bench_data: %s\n", err);
             return 1;
         }
         char path[4096];
@@ -88,104 +87,57 @@ static int make_tiles(const char *dir, int count, int size, int quality) {
             fprintf(stderr, "bench_data: cannot write %s\n", path);
             return 1;
         }
-        tjFree(jpg);
+        free(jpg);
         image_free(&im);
     }
-    tjDestroy(tj);
     printf("wrote %d tiles of %dx%d to %s\n", count, size, size, dir);
     return 0;
 }
 
-// ---- the tiles in memory and a decoding read callback ---------------------------------------------
+// ---- the tiles in memory and a decoding read callback (data/decode.h) -----------------------------
 
 typedef struct {
-    unsigned char **data;
-    unsigned long *len;
+    uint8_t **data;
+    size_t *len;
     int n;
     double decode_s; // summed over threads: meaningful with --threads 0
 } Tiles;
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
+// The images of DIR (data/source.h's folder: source), read into memory.
 static int load_tiles(const char *dir, Tiles *t) {
-    DIR *d = opendir(dir);
-    if (!d) {
-        fprintf(stderr, "bench_data: cannot open %s: %s\n", dir, strerror(errno));
+    char spec[4200], err[DINO_ERRLEN];
+    snprintf(spec, sizeof spec, "folder:%s", dir);
+    TileSource *src = source_open(spec, err);
+    if (!src) {
+        fprintf(stderr, "bench_data: %s\n", err);
         return -1;
     }
-    char **names = NULL;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        size_t l = strlen(e->d_name);
-        if (l > 4 && (!strcmp(e->d_name + l - 4, ".jpg") || !strcmp(e->d_name + l - 5, ".jpeg"))) {
-            names = dino_realloc(names, sizeof(char *) * (size_t)(n + 1));
-            names[n++] = strdup(e->d_name);
-        }
-    }
-    closedir(d);
-    if (!n) {
-        fprintf(stderr, "bench_data: no .jpg tiles in %s\n", dir);
-        return -1;
-    }
-    qsort(names, (size_t)n, sizeof(char *), cmp_str);
-    t->data = dino_calloc((size_t)n, sizeof(unsigned char *));
-    t->len = dino_calloc((size_t)n, sizeof(unsigned long));
-    t->n = n;
-    for (int i = 0; i < n; i++) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        FILE *f = fopen(path, "rb");
-        if (!f) {
-            fprintf(stderr, "bench_data: cannot open %s\n", path);
-            return -1;
-        }
-        fseek(f, 0, SEEK_END);
-        long len = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        t->data[i] = dino_malloc((size_t)len);
-        t->len[i] = (unsigned long)len;
-        if (fread(t->data[i], 1, (size_t)len, f) != (size_t)len) {
-            fprintf(stderr, "bench_data: short read of %s\n", path);
-            return -1;
-        }
-        fclose(f);
-        free(names[i]);
-    }
-    free(names);
-    return 0;
-}
-
-static __thread tjhandle tls_tj; // one decompressor per loader thread
-
-static tjhandle decompressor(void) {
-    if (!tls_tj) tls_tj = tjInitDecompress();
-    DINO_ASSERT(tls_tj, "tjInitDecompress failed");
-    return tls_tj;
+    t->n = (int)source_count(src);
+    t->data = dino_calloc((size_t)t->n, sizeof(uint8_t *));
+    t->len = dino_calloc((size_t)t->n, sizeof(size_t));
+    int rc = 0;
+    for (int i = 0; i < t->n && rc == 0; i++)
+        if ((rc = read_file_bytes(source_tile_path(src, i), &t->data[i], &t->len[i], err))) fprintf(stderr, "bench_data: %s\n", err);
+    source_close(src);
+    return rc;
 }
 
 static int jpeg_size(void *ctx, int64_t index, uint64_t seed, int *w, int *h, char *err) {
     Tiles *t = ctx;
-    int sub, cs;
-    if (tjDecompressHeader3(decompressor(), t->data[index], t->len[index], w, h, &sub, &cs)) {
-        dino_seterr(err, "tile %lld: %s", (long long)index, tjGetErrorStr2(decompressor()));
-        return -1;
-    }
-    return 0;
+    return jpeg_read_size(t->data[index], t->len[index], w, h, err);
 }
 
-// Decodes at 1/scale with libjpeg-turbo's DCT-domain scaling (scale 1 = full size).
+// Decodes at 1/scale with libjpeg-turbo's DCT-domain scaling (scale 1 = full size): decode_jpeg_mem
+// with the shorter side that scale gives.
 static int read_jpeg_scaled(void *ctx, int64_t index, uint64_t seed, int scale, Image *out, char *err) {
     Tiles *t = ctx;
     double t0 = dino_wall_s();
     int w, h;
     if (jpeg_size(ctx, index, seed, &w, &h, err)) return -1;
-    tjscalingfactor sf = {1, scale};
-    int sw = TJSCALED(w, sf), sh = TJSCALED(h, sf);
-    image_alloc(out, sw, sh);
-    if (tjDecompress2(decompressor(), t->data[index], t->len[index], out->px, sw, 0, sh, TJPF_RGB,
-                      TJFLAG_ACCURATEDCT)) {
-        dino_seterr(err, "tile %lld: %s", (long long)index, tjGetErrorStr2(decompressor()));
+    int sw = (w + scale - 1) / scale, sh = (h + scale - 1) / scale;
+    if (decode_jpeg_mem(t->data[index], t->len[index], scale > 1 ? (sw < sh ? sw : sh) : 0, out, err)) return -1;
+    if (out->w != sw || out->h != sh) {
+        dino_seterr(err, "tile %lld: decoded %dx%d at 1/%d, expected %dx%d", (long long)index, out->w, out->h, scale, sw, sh);
         image_free(out);
         return -1;
     }

@@ -82,7 +82,7 @@ int main(int argc, char **argv) {
     // the MFU denominator: a dense bf16 n^3 cublasGemmEx (--peak-size: small under the CUDA execution layer)
     if (!no_peak && strcmp(be->name, "cuda") == 0) peak = backend_cuda_measure_bf16_tflops(be, peak_size, 20);
 #else
-    (void)no_peak; // --no-peak only matters on cuda
+    (void)no_peak; // no GPU peak to measure in a build without CUDA
 #endif
 
     VitConfig vc;

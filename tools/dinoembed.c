@@ -32,7 +32,8 @@
 #include "data/source.h"
 #include "data/tissue.h"
 #include "data/wsi.h"
-#include "train/eval.h"
+#include "data/tileset.h"
+#include "train/embed_model.h"
 
 static void usage(void) {
     fprintf(stderr,
@@ -88,45 +89,8 @@ static int write_npy(const char *path, const float *x, int n, int d, char *err) 
     return bad ? -1 : 0;
 }
 
-// Features of every tile of a data/source.h source (shards, folders, lists): both[n, 2D] = [cls | mean].
-static int embed_source(EmbedModel *m, TileSource *src, int batch, float *both, char *err) {
-    const int64_t n = source_count(src);
-    const int C = m->pre.crop, D = m->vit.cfg.dim;
-    if (batch > n) batch = (int)n;
-    const size_t per = (size_t)3 * C * C;
-    float *imgs = dino_calloc((size_t)batch * per, sizeof(float));
-    float *cls = dino_malloc(sizeof(float) * (size_t)batch * D), *mp = dino_malloc(sizeof(float) * (size_t)batch * D);
-    int failed = 0;
-    for (int64_t i0 = 0; i0 < n && !failed; i0 += batch) {
-        int nb = n - i0 < batch ? (int)(n - i0) : batch;
-#pragma omp parallel for schedule(dynamic)
-        for (int j = 0; j < nb; j++) {
-            Image im;
-            char e1[DINO_ERRLEN];
-            if (source_read_rgb(src, i0 + j, 0, &im, e1)) {
-#pragma omp critical
-                {
-                    if (!failed) memcpy(err, e1, DINO_ERRLEN);
-                    failed = 1;
-                }
-                continue;
-            }
-            preprocess_image(&m->pre, &im, imgs + (size_t)j * per);
-            image_free(&im);
-        }
-        if (failed) break;
-        if (nb < batch) memset(imgs + (size_t)nb * per, 0, sizeof(float) * (size_t)(batch - nb) * per);
-        embed_batch(m, imgs, batch, cls, mp);
-        for (int j = 0; j < nb; j++) {
-            memcpy(both + (size_t)(i0 + j) * 2 * D, cls + (size_t)j * D, sizeof(float) * D);
-            memcpy(both + (size_t)(i0 + j) * 2 * D + D, mp + (size_t)j * D, sizeof(float) * D);
-        }
-    }
-    free(imgs);
-    free(cls);
-    free(mp);
-    return failed ? -1 : 0;
-}
+// Tile i of a data/source.h source (shards and anything else it opens).
+static int read_source_tile(void *ctx, int64_t i, Image *out, char *err) { return source_read_rgb(ctx, i, 0, out, err); }
 
 static int run_tiles(EmbedModel *m, const char *spec, const char *out, FeatureKind kind, int batch) {
     char err[DINO_ERRLEN], err2[DINO_ERRLEN];
@@ -159,7 +123,7 @@ static int run_tiles(EmbedModel *m, const char *spec, const char *out, FeatureKi
             s.paths[i] = strdup(id); // tile ids: the source's record index
         }
         both = dino_malloc(sizeof(float) * (size_t)(s.n ? s.n : 1) * 2 * D);
-        int bad = s.n == 0 || embed_source(m, src, batch, both, err);
+        int bad = s.n == 0 || embed_images(m, s.n, read_source_tile, src, FEAT_CLS_MEAN, batch, both, err);
         source_close(src);
         if (bad) {
             fprintf(stderr, "dinoembed: %s\n", s.n ? err : "the source has no tiles");
@@ -209,6 +173,21 @@ static int run_tiles(EmbedModel *m, const char *spec, const char *out, FeatureKi
 
 // ---- slides ------------------------------------------------------------------------------------------------
 
+#ifdef DINO_HAVE_HDF5
+typedef struct {
+    Wsi *w;
+    const int64_t *coords; // level-0 (x, y) of every kept tile
+    double mpp;
+    int tile, first;       // tile side; the tile that read index 0 stands for
+} SlideTiles;
+
+static int read_slide_tile(void *ctx, int64_t i, Image *out, char *err) {
+    const SlideTiles *t = ctx;
+    const int64_t *c = t->coords + 2 * (t->first + i);
+    return wsi_read_tile(t->w, c[0], c[1], t->mpp, t->tile, out, NULL, err);
+}
+#endif
+
 // The tiles of a slide, on the same grid as dinotile (data/tiler.c): side L = tile * mpp / slide mpp
 // level-0 pixels, cells (gx, gy) at (llround(gx L), llround(gy L)), kept when the tissue mask
 // (data/tissue) covers at least min_tissue of the cell; read with wsi_read_tile at `mpp`.
@@ -250,46 +229,18 @@ static int run_slide(EmbedModel *m, const char *path, const char *out, FeatureKi
         n++;
     }
     tissue_mask_free(&tm);
-    const int D = m->vit.cfg.dim, FD = feature_dim(m, kind), C = m->pre.crop;
+    const int FD = feature_dim(m, kind), level = wsi_best_level(w, mpp / mpp0);
     float *feats = dino_malloc(sizeof(float) * (size_t)(n ? n : 1) * FD);
-    if (batch > n) batch = n > 0 ? n : 1;
-    const size_t per = (size_t)3 * C * C;
-    float *imgs = dino_calloc((size_t)batch * per, sizeof(float));
-    float *cls = dino_malloc(sizeof(float) * (size_t)batch * D), *mpf = dino_malloc(sizeof(float) * (size_t)batch * D);
-    int level = wsi_best_level(w, mpp / mpp0), failed = 0;
-    const int tty = isatty(2);
-    for (int i0 = 0; i0 < n && !failed; i0 += batch) {
-        int nb = n - i0 < batch ? n - i0 : batch;
-#pragma omp parallel for schedule(dynamic)
-        for (int j = 0; j < nb; j++) {
-            Image t;
-            char e1[DINO_ERRLEN];
-            if (wsi_read_tile(w, coords[2 * (i0 + j)], coords[2 * (i0 + j) + 1], mpp, tile, &t, NULL, e1)) {
-#pragma omp critical
-                {
-                    if (!failed) memcpy(err, e1, sizeof err);
-                    failed = 1;
-                }
-                continue;
-            }
-            preprocess_image(&m->pre, &t, imgs + (size_t)j * per);
-            image_free(&t);
-        }
-        if (failed) break;
-        if (nb < batch) memset(imgs + (size_t)nb * per, 0, sizeof(float) * (size_t)(batch - nb) * per);
-        embed_batch(m, imgs, batch, cls, mpf);
-        for (int j = 0; j < nb; j++) {
-            float *o = feats + (size_t)(i0 + j) * FD;
-            if (kind != FEAT_MEAN_PATCH) memcpy(o, cls + (size_t)j * D, sizeof(float) * D);
-            if (kind == FEAT_MEAN_PATCH) memcpy(o, mpf + (size_t)j * D, sizeof(float) * D);
-            if (kind == FEAT_CLS_MEAN) memcpy(o + D, mpf + (size_t)j * D, sizeof(float) * D);
-        }
+    SlideTiles st = {w, coords, mpp, tile, 0};
+    const int tty = isatty(2), chunk = 8 * (batch > 0 ? batch : 1);
+    int failed = 0;
+    for (int i0 = 0; i0 < n && !failed; i0 += chunk) { // in chunks, to show progress
+        st.first = i0;
+        int nb = n - i0 < chunk ? n - i0 : chunk;
+        failed = embed_images(m, nb, read_slide_tile, &st, kind, batch, feats + (size_t)i0 * FD, err) != 0;
         if (tty) fprintf(stderr, "\rdinoembed: %d / %d tiles", i0 + nb, n);
     }
     if (tty && n) fprintf(stderr, "\n");
-    free(imgs);
-    free(cls);
-    free(mpf);
     if (failed) {
         fprintf(stderr, "dinoembed: %s\n", err);
         wsi_close(w);
@@ -450,7 +401,7 @@ int main(int argc, char **argv) {
     if (crop > 0) m.pre.crop = crop;
     if (have_mean) memcpy(m.pre.mean, mean, sizeof mean);
     if (have_std) memcpy(m.pre.std, std, sizeof std);
-    if (vit_check_crop(&m.vit.cfg, m.pre.crop, err)) {
+    if (preprocess_check(&m.pre, "dinoembed's preprocessing", err) || vit_check_crop(&m.vit.cfg, m.pre.crop, err)) {
         fprintf(stderr, "dinoembed: %s\n", err);
         return 1;
     }

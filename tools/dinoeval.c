@@ -2,7 +2,7 @@
 //
 //   dinoeval MODEL --train SPEC [--test SPEC | --test-fraction F --seed S] [options]
 //
-// SPEC: a folder with one sub-folder of images per class, or a CSV `path,label` (see train/eval.h).
+// SPEC: a folder with one sub-folder of images per class, or a CSV `path,label` (data/tileset.h).
 // k-NN as the reference's knn.py: cosine similarity of L2-normalized features, the k nearest training
 // tiles vote with weight exp(sim / 0.07). Linear probe: multinomial logistic regression on
 // standardized features, full-batch L-BFGS, L2 strength chosen on a held-out 20% of the training set.
@@ -103,6 +103,10 @@ int main(int argc, char **argv) {
     }
     if (resize >= 0) m.pre.resize = resize;
     if (crop > 0) m.pre.crop = crop;
+    if (preprocess_check(&m.pre, "dinoeval's preprocessing", err)) {
+        fprintf(stderr, "dinoeval: %s\n", err);
+        return 1;
+    }
     const int FD = feature_dim(&m, kind), C = train.n_classes;
     float *ftr = dino_malloc(sizeof(float) * (size_t)train.n * FD), *fte = dino_malloc(sizeof(float) * (size_t)test.n * FD);
     if (embed_tileset(&m, &train, kind, batch, ftr, err) || embed_tileset(&m, &test, kind, batch, fte, err)) {

@@ -36,20 +36,12 @@ static int is_dir(const char *p) {
 static int heads_from_checkpoint(const Ckpt *c) {
     const char *yaml = ckpt_get_str(c, "config");
     if (!yaml) return 0;
-    char tmp[] = "/tmp/dinoexport_config_XXXXXX";
-    int fd = mkstemp(tmp);
-    if (fd < 0) return 0;
-    FILE *f = fdopen(fd, "w");
-    int ok = f && fputs(yaml, f) >= 0;
-    if (f) ok &= fclose(f) == 0;
-    int heads = 0;
+    int heads = 0, dim, depth;
     Config cfg;
-    char err[DINO_ERRLEN];
-    if (ok && config_load(&cfg, tmp, 0, NULL, err) == 0) {
-        int dim, depth;
-        config_arch_dims(&cfg, &dim, &depth, &heads);
-    }
-    unlink(tmp);
+    char name[4200], err[DINO_ERRLEN];
+    snprintf(name, sizeof name, "%s/state.json (config)", c->dir);
+    if (config_load_string(&cfg, yaml, name, 0, NULL, err) == 0) config_arch_dims(&cfg, &dim, &depth, &heads);
+    else fprintf(stderr, "dinoexport: note: the checkpoint's config does not load (%s); heads from the weights\n", err);
     return heads;
 }
 

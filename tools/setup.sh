@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config
-          libopenblas-dev libyaml-dev libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libtiff-dev
+          libopenblas-dev libyaml-dev libjson-c-dev libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libtiff-dev
           libopenslide-dev libopenmpi-dev openmpi-bin libhdf5-dev
           python3 python3-numpy python3-torch python3-torchvision python3-matplotlib
           clang libclang-rt-dev libomp-dev) # the fuzzers: clang with libFuzzer (docs/fuzzing.md)
@@ -26,5 +26,5 @@ if [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; 
 
 jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >build-configure.log 2>&1 || { cat build-configure.log; exit 1; }
-grep -A9 "dinotrain build summary" build-configure.log | sed 's/^-- //' || true
+grep -A10 "dinotrain build summary" build-configure.log | sed 's/^-- //' || true
 cmake --build build -j "$jobs"

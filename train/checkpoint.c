@@ -14,8 +14,9 @@
 #include <unistd.h>
 
 #include "common/check.h"
-#include "common/text.h"
 #include "common/fs.h"
+#include "common/json.h"
+#include "common/text.h"
 
 #define TENSORS_FILE "tensors.safetensors"
 #define STATE_FILE "state.json"
@@ -55,133 +56,6 @@ uint32_t ckpt_crc32(uint32_t crc, const void *data, size_t n) {
     }
     while (n--) crc = crc_table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
     return ~crc;
-}
-
-// ---- a small JSON reader (objects, strings, numbers, literals) for state.json -----------------------
-
-typedef enum { J_OBJ, J_STR, J_NUM, J_LIT, J_ARR } JType;
-typedef struct JNode {
-    JType type;
-    char *key;  // member name inside an object
-    char *text; // string value, number or literal text
-    struct JNode *kids;
-    int n;
-} JNode;
-
-typedef struct {
-    const char *p, *end;
-    int depth;
-} JParser;
-
-static void jfree(JNode *n) {
-    for (int i = 0; i < n->n; i++) jfree(&n->kids[i]);
-    free(n->kids);
-    free(n->key);
-    free(n->text);
-}
-
-static void jws(JParser *j) {
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\n' || *j->p == '\r' || *j->p == '\t')) j->p++;
-}
-
-static char *jstring(JParser *j) {
-    if (j->p >= j->end || *j->p != '"') return NULL;
-    j->p++;
-    Text t;
-    text_init(&t, 32);
-    while (j->p < j->end && *j->p != '"') {
-        char ch = *j->p++;
-        if (ch != '\\') { text_printf(&t, "%c", ch); continue; }
-        if (j->p >= j->end) break;
-        char e = *j->p++;
-        switch (e) {
-        case 'n': text_printf(&t, "\n"); break;
-        case 't': text_printf(&t, "\t"); break;
-        case 'r': text_printf(&t, "\r"); break;
-        case 'b': text_printf(&t, "\b"); break;
-        case 'f': text_printf(&t, "\f"); break;
-        case 'u': {
-            if (j->end - j->p < 4) { free(t.s); return NULL; }
-            char hex[5] = {j->p[0], j->p[1], j->p[2], j->p[3], 0};
-            char *endp;
-            long cp = strtol(hex, &endp, 16);
-            if (*endp || cp > 0x7F) { free(t.s); return NULL; } // we only write \u00XX control characters
-            text_printf(&t, "%c", (char)cp);
-            j->p += 4;
-            break;
-        }
-        default: text_printf(&t, "%c", e); break;
-        }
-    }
-    if (j->p >= j->end) { free(t.s); return NULL; }
-    j->p++;
-    return t.s;
-}
-
-static int jvalue(JParser *j, JNode *out) {
-    memset(out, 0, sizeof *out);
-    jws(j);
-    if (j->p >= j->end || ++j->depth > 16) return -1;
-    int rc = -1;
-    if (*j->p == '{' || *j->p == '[') {
-        int obj = *j->p == '{';
-        out->type = obj ? J_OBJ : J_ARR;
-        j->p++;
-        jws(j);
-        if (j->p < j->end && *j->p == (obj ? '}' : ']')) { j->p++; rc = 0; goto done; }
-        for (;;) {
-            char *key = NULL;
-            if (obj) {
-                jws(j);
-                if (!(key = jstring(j))) goto done;
-                jws(j);
-                if (j->p >= j->end || *j->p != ':') { free(key); goto done; }
-                j->p++;
-            }
-            out->kids = dino_realloc(out->kids, sizeof(JNode) * (size_t)(out->n + 1));
-            JNode *kid = &out->kids[out->n];
-            if (jvalue(j, kid)) { free(key); jfree(kid); goto done; }
-            kid->key = key;
-            out->n++;
-            jws(j);
-            if (j->p < j->end && *j->p == ',') { j->p++; continue; }
-            if (j->p < j->end && *j->p == (obj ? '}' : ']')) { j->p++; rc = 0; }
-            goto done;
-        }
-    } else if (*j->p == '"') {
-        out->type = J_STR;
-        rc = (out->text = jstring(j)) ? 0 : -1;
-    } else {
-        const char *s = j->p;
-        while (j->p < j->end && (strchr("+-.eE", *j->p) || (*j->p >= '0' && *j->p <= '9') || (*j->p >= 'a' && *j->p <= 'z')))
-            j->p++;
-        if (j->p == s) goto done;
-        out->type = (*s == '-' || (*s >= '0' && *s <= '9')) ? J_NUM : J_LIT;
-        out->text = dino_malloc((size_t)(j->p - s) + 1);
-        memcpy(out->text, s, (size_t)(j->p - s));
-        out->text[j->p - s] = 0;
-        rc = 0;
-    }
-done:
-    j->depth--;
-    return rc;
-}
-
-static const JNode *jget(const JNode *obj, const char *key) {
-    if (!obj || obj->type != J_OBJ) return NULL;
-    for (int i = 0; i < obj->n; i++)
-        if (strcmp(obj->kids[i].key, key) == 0) return &obj->kids[i];
-    return NULL;
-}
-
-static int jint(const JNode *n, int64_t *out) {
-    if (!n || n->type != J_NUM) return -1;
-    char *end;
-    errno = 0;
-    long long v = strtoll(n->text, &end, 10);
-    if (errno || *end) return -1;
-    *out = v;
-    return 0;
 }
 
 // ---- files and directories --------------------------------------------------------------------------
@@ -344,6 +218,7 @@ void ckpt_writer_free(CkptWriter *w) {
 
 static void fmt_double(char *out, size_t cap, double x) {
     if (isnan(x)) { snprintf(out, cap, "\"nan\""); return; }
+    if (x == 0 && signbit(x)) { snprintf(out, cap, "-0.0"); return; } // "-0" would read back as the integer 0
     if (isinf(x)) { snprintf(out, cap, "\"%sinf\"", x < 0 ? "-" : ""); return; }
     for (int prec = 6; prec <= 17; prec++) {
         snprintf(out, cap, "%.*g", prec, x);
@@ -485,55 +360,34 @@ int ckpt_save(CkptWriter *w, const char *output_dir, int64_t iteration, int keep
 
 // ---- reader -----------------------------------------------------------------------------------------
 
-static int read_whole(const char *path, char **out, size_t *len, char *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        dino_seterr(err, "%s: %s", path, strerror(errno));
-        return -1;
-    }
-    Text t;
-    text_init(&t, 4096);
-    size_t r;
-    while ((r = fread(t.s + t.n, 1, t.cap - t.n - 1, f)) > 0) {
-        t.n += r;
-        if (t.cap - t.n < 2) t.cap *= 2, t.s = dino_realloc(t.s, t.cap);
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        dino_seterr(err, "%s: read error", path);
-        free(t.s);
-        return -1;
-    }
-    t.s[t.n] = 0;
-    *out = t.s;
-    *len = t.n;
-    return 0;
-}
+#define STATE_MAX_BYTES (64u << 20) // a state.json larger than this is not one of ours
 
-static int load_values(Ckpt *c, const JNode *root, const char *path, char *err) {
+// The "ints", "floats" and "strings" sections. Floats are numbers, or the strings "nan", "inf", "-inf".
+static int load_values(Ckpt *c, json_object *root, const char *path, char *err) {
     static const char *sections[] = {"ints", "floats", "strings"};
     for (int s = 0; s < 3; s++) {
-        const JNode *sec = jget(root, sections[s]);
+        json_object *sec = json_find(root, sections[s]);
         if (!sec) continue;
-        if (sec->type != J_OBJ) {
+        if (!json_object_is_type(sec, json_type_object)) {
             dino_seterr(err, "%s: \"%s\" is not an object", path, sections[s]);
             return -1;
         }
-        for (int i = 0; i < sec->n; i++) {
-            const JNode *n = &sec->kids[i];
+        json_object_object_foreach(sec, key, n) {
             CkptValue v = {.key = NULL, .type = (CkptValueType)s};
+            const char *text = json_as_string(n);
             char *end = NULL;
             int ok;
-            if (s == 0) ok = jint(n, &v.i) == 0;
-            else if (s == 1) ok = (n->type == J_NUM || n->type == J_STR) && (v.f = strtod(n->text, &end), !*end);
-            else ok = n->type == J_STR;
+            if (s == 0) ok = json_as_int64(n, &v.i) == 0;
+            else if (s == 1 && text) ok = (v.f = strtod(text, &end), *text && !*end);
+            else if (s == 1) ok = json_object_is_type(n, json_type_double) || json_object_is_type(n, json_type_int),
+                             v.f = json_object_get_double(n);
+            else ok = text != NULL;
             if (!ok) {
-                dino_seterr(err, "%s: value \"%s\" in \"%s\" has the wrong type", path, n->key, sections[s]);
+                dino_seterr(err, "%s: value \"%s\" in \"%s\" has the wrong type", path, key, sections[s]);
                 return -1;
             }
-            v.key = strdup(n->key);
-            if (s == 2) v.s = strdup(n->text);
+            v.key = strdup(key);
+            if (s == 2) v.s = strdup(text);
             c->values = dino_realloc(c->values, sizeof(CkptValue) * (size_t)(c->n_values + 1));
             c->values[c->n_values++] = v;
         }
@@ -546,37 +400,37 @@ int ckpt_open(Ckpt *c, const char *ckpt_dir, char *err) {
     snprintf(c->dir, sizeof c->dir, "%s", ckpt_dir);
     char path[PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/%s", ckpt_dir, STATE_FILE);
-    char *text;
-    size_t len;
-    if (read_whole(path, &text, &len, err)) return -1;
-    JParser jp = {text, text + len, 0};
-    JNode root;
-    int rc = -1;
-    int parsed = jvalue(&jp, &root) == 0;
-    jws(&jp);
-    if (!parsed || root.type != J_OBJ || jp.p != jp.end) {
-        dino_seterr(err, "%s: not a complete JSON object (truncated or corrupt)", path);
-        jfree(&root);
-        free(text);
+    if (access(path, R_OK) != 0) {
+        dino_seterr(err, "%s: %s", path, strerror(errno));
         return -1;
     }
-    const JNode *fmt = jget(&root, "format");
+    char why[DINO_ERRLEN];
+    json_object *root = json_parse_file(path, STATE_MAX_BYTES, why);
+    if (!root || !json_object_is_type(root, json_type_object)) {
+        size_t k = strlen(path);
+        const char *detail = !root ? (strncmp(why, path, k) == 0 && why[k] == ':' ? why + k + 2 : why) : "not an object";
+        dino_seterr(err, "%s: not a complete JSON object (truncated or corrupt): %.200s", path, detail);
+        if (root) json_object_put(root);
+        return -1;
+    }
+    int rc = -1;
+    const char *fmt = NULL;
     int64_t version = 0, tensor_bytes = 0;
-    if (!fmt || fmt->type != J_STR || strcmp(fmt->text, FORMAT_NAME) != 0) {
+    if (json_get_string(root, "format", &fmt, path, NULL) != 0 || strcmp(fmt, FORMAT_NAME) != 0) {
         dino_seterr(err, "%s: not a dinotrain checkpoint (no \"format\": \"%s\")", path, FORMAT_NAME);
         goto out;
     }
-    if (jint(jget(&root, "format_version"), &version) || version != CKPT_FORMAT_VERSION) {
+    if (json_as_int64(json_find(root, "format_version"), &version) || version != CKPT_FORMAT_VERSION) {
         dino_seterr(err, "%s: format version %lld, this build reads version %d", path, (long long)version,
                     CKPT_FORMAT_VERSION);
         goto out;
     }
-    if (jint(jget(&root, "iteration"), &c->iteration) || c->iteration < 0 ||
-        jint(jget(&root, "tensors_bytes"), &tensor_bytes)) {
+    if (json_as_int64(json_find(root, "iteration"), &c->iteration) || c->iteration < 0 ||
+        json_as_int64(json_find(root, "tensors_bytes"), &tensor_bytes)) {
         dino_seterr(err, "%s: missing or bad \"iteration\"/\"tensors_bytes\"", path);
         goto out;
     }
-    if (load_values(c, &root, path, err)) goto out;
+    if (load_values(c, root, path, err)) goto out;
 
     snprintf(path, sizeof path, "%s/%s", ckpt_dir, TENSORS_FILE);
     struct stat sb;
@@ -590,14 +444,17 @@ int ckpt_open(Ckpt *c, const char *ckpt_dir, char *err) {
         goto out;
     }
     if (st_open(&c->st, path, err)) goto out;
-    const JNode *crcs = jget(&root, "crc32");
-    if (!crcs || crcs->type != J_OBJ || crcs->n != c->st.n) {
-        dino_seterr(err, "%s: crc32 table lists %d tensors, the tensor file holds %d", c->dir, crcs ? crcs->n : 0, c->st.n);
+    json_object *crcs = json_find(root, "crc32");
+    int n_crcs = crcs && json_object_is_type(crcs, json_type_object) ? json_object_object_length(crcs) : 0;
+    if (n_crcs != c->st.n) {
+        dino_seterr(err, "%s: crc32 table lists %d tensors, the tensor file holds %d", c->dir, n_crcs, c->st.n);
         goto out;
     }
     for (int i = 0; i < c->st.n; i++) {
         const StTensor *t = &c->st.t[i];
-        const JNode *want = jget(crcs, t->name);
+        json_object *want_v = NULL;
+        json_object_object_get_ex(crcs, t->name, &want_v);
+        const char *want = json_as_string(want_v);
         if (t->dtype != ST_F32) {
             dino_seterr(err, "%s: tensor '%s' is not F32", path, t->name);
             goto out;
@@ -605,16 +462,15 @@ int ckpt_open(Ckpt *c, const char *ckpt_dir, char *err) {
         uint32_t got = ckpt_crc32(0, t->data, t->nbytes);
         char hex[16];
         snprintf(hex, sizeof hex, "%08" PRIx32, got);
-        if (!want || want->type != J_STR || strcmp(want->text, hex) != 0) {
+        if (!want || strcmp(want, hex) != 0) {
             dino_seterr(err, "%s: tensor '%s' fails its CRC32 check (stored %s, computed %s)", path, t->name,
-                        want && want->type == J_STR ? want->text : "none", hex);
+                        want ? want : "none", hex);
             goto out;
         }
     }
     rc = 0;
 out:
-    jfree(&root);
-    free(text);
+    json_object_put(root);
     if (rc) ckpt_close(c);
     return rc;
 }

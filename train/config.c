@@ -543,6 +543,58 @@ static int apply_mapping(Config *c, yaml_document_t *doc, yaml_node_t *map, cons
     return 0;
 }
 
+static int apply_file(Config *c, const char *path, char chain[][PATH_MAX], int depth, char *err);
+
+// Applies the YAML document the parser reads: its base first (a path relative to the folder of
+// `path`, or to the current directory when the text has no file), then its keys. `path` names the text
+// in messages.
+static int apply_yaml(Config *c, yaml_parser_t *parser, const char *path, int is_file, char chain[][PATH_MAX],
+                      int depth, char *err) {
+    yaml_document_t doc;
+    if (!yaml_parser_load(parser, &doc)) {
+        dino_seterr(err, "config %s: YAML error at line %lu: %s", path, (unsigned long)parser->problem_mark.line + 1,
+                    parser->problem ? parser->problem : "parse error");
+        return -1;
+    }
+    int rc = -1;
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (!root) { rc = 0; goto done; } // empty file: nothing to change
+    if (root->type != YAML_MAPPING_NODE) {
+        dino_seterr(err, "config %s: expected a mapping of sections at the top", path);
+        goto done;
+    }
+    // base first, so this file's values override it
+    for (yaml_node_pair_t *pr = root->data.mapping.pairs.start; pr < root->data.mapping.pairs.top; pr++) {
+        yaml_node_t *kn = yaml_document_get_node(&doc, pr->key), *vn = yaml_document_get_node(&doc, pr->value);
+        if (kn->type != YAML_SCALAR_NODE || strcmp((const char *)kn->data.scalar.value, "base") != 0) continue;
+        if (!vn || vn->type != YAML_SCALAR_NODE || !vn->data.scalar.length) {
+            dino_seterr(err, "config %s (line %lu): base must name a config file", path,
+                        (unsigned long)kn->start_mark.line + 1);
+            goto done;
+        }
+        const char *b = (const char *)vn->data.scalar.value;
+        char bpath[PATH_MAX + CFG_STR];
+        if (b[0] == '/' || !is_file) {
+            snprintf(bpath, sizeof bpath, "%s", b);
+        } else {
+            const char *slash = strrchr(path, '/');
+            int dl = slash ? (int)(slash - path) + 1 : 0;
+            snprintf(bpath, sizeof bpath, "%.*s%s", dl, path, b);
+        }
+        if (access(bpath, R_OK) != 0) {
+            dino_seterr(err, "config %s (line %lu): base config %s: %s", path, (unsigned long)kn->start_mark.line + 1,
+                        bpath, strerror(errno));
+            goto done;
+        }
+        if (apply_file(c, bpath, chain, depth + 1, err)) goto done;
+    }
+    int file = add_origin(c, path);
+    rc = apply_mapping(c, &doc, root, "", path, file, err);
+done:
+    yaml_document_delete(&doc);
+    return rc;
+}
+
 static int apply_file(Config *c, const char *path, char chain[][PATH_MAX], int depth, char *err) {
     char real[PATH_MAX];
     if (!realpath(path, real)) {
@@ -567,52 +619,9 @@ static int apply_file(Config *c, const char *path, char chain[][PATH_MAX], int d
         return -1;
     }
     yaml_parser_t parser;
-    yaml_document_t doc;
     DINO_ASSERT(yaml_parser_initialize(&parser), "yaml_parser_initialize failed");
     yaml_parser_set_input_file(&parser, fp);
-    int rc = -1;
-    if (!yaml_parser_load(&parser, &doc)) {
-        dino_seterr(err, "config %s: YAML error at line %lu: %s", path, (unsigned long)parser.problem_mark.line + 1,
-                    parser.problem ? parser.problem : "parse error");
-        yaml_parser_delete(&parser);
-        fclose(fp);
-        return -1;
-    }
-    yaml_node_t *root = yaml_document_get_root_node(&doc);
-    if (!root) { rc = 0; goto done; } // empty file: nothing to change
-    if (root->type != YAML_MAPPING_NODE) {
-        dino_seterr(err, "config %s: expected a mapping of sections at the top", path);
-        goto done;
-    }
-    // base first, so this file's values override it
-    for (yaml_node_pair_t *pr = root->data.mapping.pairs.start; pr < root->data.mapping.pairs.top; pr++) {
-        yaml_node_t *kn = yaml_document_get_node(&doc, pr->key), *vn = yaml_document_get_node(&doc, pr->value);
-        if (kn->type != YAML_SCALAR_NODE || strcmp((const char *)kn->data.scalar.value, "base") != 0) continue;
-        if (!vn || vn->type != YAML_SCALAR_NODE || !vn->data.scalar.length) {
-            dino_seterr(err, "config %s (line %lu): base must name a config file", path,
-                        (unsigned long)kn->start_mark.line + 1);
-            goto done;
-        }
-        const char *b = (const char *)vn->data.scalar.value;
-        char bpath[PATH_MAX + CFG_STR];
-        if (b[0] == '/') {
-            snprintf(bpath, sizeof bpath, "%s", b);
-        } else {
-            const char *slash = strrchr(path, '/');
-            int dl = slash ? (int)(slash - path) + 1 : 0;
-            snprintf(bpath, sizeof bpath, "%.*s%s", dl, path, b);
-        }
-        if (access(bpath, R_OK) != 0) {
-            dino_seterr(err, "config %s (line %lu): base config %s: %s", path, (unsigned long)kn->start_mark.line + 1,
-                        bpath, strerror(errno));
-            goto done;
-        }
-        if (apply_file(c, bpath, chain, depth + 1, err)) goto done;
-    }
-    int file = add_origin(c, path);
-    rc = apply_mapping(c, &doc, root, "", path, file, err);
-done:
-    yaml_document_delete(&doc);
+    int rc = apply_yaml(c, &parser, path, 1, chain, depth, err);
     yaml_parser_delete(&parser);
     fclose(fp);
     return rc;
@@ -688,15 +697,33 @@ static int command_line_origin(Config *c) {
 
 int config_override(Config *c, const char *kv, char *err) { return override_at(c, kv, command_line_origin(c), err); }
 
-int config_load(Config *c, const char *path, int n_overrides, char *const *overrides, char *err) {
-    config_defaults(c);
-    static char chain[CFG_MAX_FILES + 1][PATH_MAX]; // PATH_MAX-sized: keep it off the stack
-    if (apply_file(c, path, chain, 0, err)) return -1;
+// Overrides, param_dtype=auto, validation: the end of config_load and config_load_string.
+static int finish_load(Config *c, int n_overrides, char *const *overrides, char *err) {
     for (int i = 0; i < n_overrides; i++)
         if (config_override(c, overrides[i], err)) return -1;
     if (strcmp(c->param_dtype, "auto") == 0)
         snprintf(c->param_dtype, CFG_NAME, "%s", strcmp(c->backend, "cuda") == 0 ? "bf16" : "fp32");
     return config_validate(c, err);
+}
+
+static char base_chain[CFG_MAX_FILES + 1][PATH_MAX]; // the files of a base chain (PATH_MAX-sized: off the stack)
+
+int config_load(Config *c, const char *path, int n_overrides, char *const *overrides, char *err) {
+    config_defaults(c);
+    if (apply_file(c, path, base_chain, 0, err)) return -1;
+    return finish_load(c, n_overrides, overrides, err);
+}
+
+int config_load_string(Config *c, const char *yaml, const char *name, int n_overrides, char *const *overrides,
+                       char *err) {
+    config_defaults(c);
+    yaml_parser_t parser;
+    DINO_ASSERT(yaml_parser_initialize(&parser), "yaml_parser_initialize failed");
+    yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, strlen(yaml));
+    base_chain[0][0] = 0; // the text is no file: its base starts the chain
+    int rc = apply_yaml(c, &parser, name, 0, base_chain, 0, err);
+    yaml_parser_delete(&parser);
+    return rc ? -1 : finish_load(c, n_overrides, overrides, err);
 }
 
 // The modules' own checks, run on what the config maps to them (the last line of defence: the key checks

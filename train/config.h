@@ -163,6 +163,10 @@ void config_defaults(Config *cfg);
 // Reads path (following `base:`), applies the overrides ("a.b=value"), resolves param_dtype=auto,
 // then validates. Returns 0, or -1 with err naming the key, the file and the problem.
 int config_load(Config *cfg, const char *path, int n_overrides, char *const *overrides, char *err);
+// The same from YAML text (e.g. the resolved config a checkpoint keeps); `name` stands for the text in
+// messages; a `base:` in it is a path relative to the current directory.
+int config_load_string(Config *cfg, const char *yaml, const char *name, int n_overrides, char *const *overrides,
+                       char *err);
 // Applies one "key=value" override to a loaded config (does not validate).
 int config_override(Config *cfg, const char *kv, char *err);
 // Checks values and their combinations. data.sources may be empty here (recipes leave the data to the

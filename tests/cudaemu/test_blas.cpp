@@ -85,31 +85,16 @@ static void ctx_free(Ctx &c) {
 }
 
 // Runs fn in a child process; true when it ends as a finding (exit status 3) whose stderr contains `expect`.
+static void run_and_drain(void *fn) {
+    ((void (*)(void))fn)();
+    cudaDeviceSynchronize(); // run what fn queued
+}
 static bool finding(void (*fn)(void), const char *expect) {
-    int fd[2];
-    if (pipe(fd)) return false;
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fd[0]);
-        dup2(fd[1], 2);
-        fn();
-        cudaDeviceSynchronize(); // run what fn queued
-
-        _exit(0);
-    }
-    close(fd[1]);
-    std::string err;
-    char buf[512];
-    ssize_t r;
-    while ((r = read(fd[0], buf, sizeof buf)) > 0) err.append(buf, (size_t)r);
-    close(fd[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 3 && err.find(expect) != std::string::npos;
-    if (!ok) fprintf(stderr, "child (status %d) said: %s\n", status, err.c_str());
-    else printf("  finding as expected: %s", err.c_str());
+    static char err[16384];
+    const int st = test_run_child(run_and_drain, (void *)fn, err, sizeof err);
+    const bool ok = st == 3 && strstr(err, expect);
+    if (!ok) fprintf(stderr, "child (exit status %d) said: %s\n", st, err);
+    else printf("  finding as expected: %s", err);
     return ok;
 }
 

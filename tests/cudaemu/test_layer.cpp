@@ -15,28 +15,17 @@
 
 #define CK(call) CHECK((call) == cudaSuccess, "%s failed", #call)
 
-// Runs fn in a child process with stderr captured; returns its exit status and the text.
+// Runs fn in a child process (the layer's findings end the process) with stderr captured.
 template <typename F> static int in_child(F fn, std::string *err) {
-    int fd[2];
-    if (pipe(fd)) return -1;
-    fflush(stdout), fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fd[1], 2);
-        close(fd[0]);
-        fn();
-        cudaDeviceSynchronize();
-        fflush(stderr);
-        _exit(0);
-    }
-    close(fd[1]);
-    char buf[4096];
-    ssize_t n;
-    while ((n = read(fd[0], buf, sizeof buf)) > 0) err->append(buf, (size_t)n);
-    close(fd[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    static char buf[16384];
+    int st = test_run_child(
+        [](void *f) {
+            (*(F *)f)();
+            cudaDeviceSynchronize();
+        },
+        &fn, buf, sizeof buf);
+    *err = buf;
+    return st;
 }
 
 // The child must fail with `status` (3: the layer's findings) and say `needle`.

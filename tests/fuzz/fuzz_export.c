@@ -1,4 +1,4 @@
-// Fuzz harness: loading released or exported weights (train/pretrained.h, train/eval.h, docs/export.md).
+// Fuzz harness: loading released or exported weights (train/pretrained.h, train/embed_model.h, docs/export.md).
 // Input: parts separated by FUZZ_SEP (tests/fuzz/fuzz.h): model.safetensors, then config.json, then
 // preprocessor_config.json (a part that is not there is a file that is not there).
 //
@@ -6,47 +6,18 @@
 //    without resampling the position embeddings (chosen by the input's length).
 // 2. embed_model_open of the directory, as dinoembed and dinoeval open a model (naming detection, the
 //    architecture inferred from the tensors, heads from config.json, preprocessing from
-//    preprocessor_config.json), then what dinoembed does next with a crop it accepts: one small tile
-//    preprocessed and embedded.
-// Promises checked: a model that opens has a valid configuration, and its features are computed without a
-// sanitizer report.
-#include <ctype.h>
+//    preprocessor_config.json or timm's pretrained_cfg), then what dinoembed does next with a crop it
+//    accepts: one small tile preprocessed and embedded.
+// Promises checked: a model that opens has a valid configuration and preprocessing (preprocess_check), and
+// its features are computed without a sanitizer report.
 #include <stdint.h>
 #include <string.h>
 
 #include "common/check.h"
 #include "model/vit.h"
 #include "tests/fuzz/fuzz.h"
-#include "train/eval.h"
+#include "train/embed_model.h"
 #include "train/pretrained.h"
-
-// KNOWN, reported, not fixed on this branch (train/eval.c's JSON lookups are being replaced by the JSON
-// library on branch json): embed_model_open converts the numbers it finds in config.json
-// (num_attention_heads, num_heads) and preprocessor_config.json (shortest_edge, crop_size.height) to int
-// unchecked, undefined behaviour for a value outside int's range (UBSan: "1e+30 is outside the range of
-// representable values of type 'int'"; reproducers: tests/fuzz/known/export_*). Until that lands, inputs
-// with such a number after any of those keys are skipped, so that the fuzzer looks further. Loose on purpose:
-// every occurrence of each key counts, as the reader takes the first one it finds. DINO_FUZZ_KNOWN=1 in the
-// environment turns the skip off (to reproduce).
-static int known_eval_int_overflow(const FuzzPart *p) {
-    if (getenv("DINO_FUZZ_KNOWN")) return 0;
-    static const char *keys[] = {"\"num_attention_heads\"", "\"num_heads\"", "\"shortest_edge\"", "\"height\""};
-    char *text = strndup((const char *)p->p, p->n); // the reader stops at a NUL too
-    int bad = 0;
-    for (size_t k = 0; k < sizeof keys / sizeof *keys && !bad; k++)
-        for (const char *at = strstr(text, keys[k]); at && !bad; at = strstr(at + 1, keys[k])) {
-            const char *q = at + strlen(keys[k]);
-            while (isspace((unsigned char)*q)) q++;
-            if (*q != ':') continue;
-            q++;
-            while (isspace((unsigned char)*q)) q++;
-            char *end;
-            double v = strtod(q, &end);
-            bad = end != q && !(v > -2147483648.0 && v < 2147483648.0);
-        }
-    free(text);
-    return bad;
-}
 
 static char dir[1024], weights_path[1100], config_path[1100], pre_path[1100];
 static Vit vit;
@@ -91,11 +62,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
 
     // 2. the directory as an export
-    for (int i = 1; i < n; i++)
-        if (known_eval_int_overflow(&part[i])) {
-            FUZZ_NOTE("skipped: a number out of int range in %s (known, train/eval.c)", i == 1 ? "config.json" : "preprocessor_config.json");
-            return 0;
-        }
     EmbedModel m;
     err[0] = 0;
     if (embed_model_open(&m, dir, 0, "cpu", err) != 0) {
@@ -104,14 +70,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     FUZZ_CHECK(vit_config_check(&m.vit.cfg, err) == 0, "an opened model has a bad config: %s", err);
+    FUZZ_CHECK(preprocess_check(&m.pre, "the opened model", err) == 0, "an opened model has bad preprocessing: %s", err);
     const int crop = m.pre.crop;
     FUZZ_NOTE("embed_model_open: width %d, depth %d, crop %d, resize %d", m.vit.cfg.dim, m.vit.cfg.depth, crop, m.pre.resize);
-    // dinoembed refuses a crop that is not a multiple of the patch. KNOWN, reported, not fixed on this
-    // branch (train/eval.c): nothing bounds the crop or the resize a preprocessor_config.json asks for,
-    // and dinoembed allocates for them (shortest_edge 200000: every tile resized to 200000 on its shorter
-    // side, 120 GB for a square one; tests/fuzz/known/export_shortest_edge_200000), so the harness embeds
-    // only small ones (DINO_FUZZ_KNOWN=1: any size).
-    const int small = (crop <= 64 && m.pre.resize <= 96) || getenv("DINO_FUZZ_KNOWN");
+    // dinoembed refuses a crop that is not a multiple of the patch; sizes up to PREPROCESS_MAX_SIDE are
+    // valid, but the large ones only cost time here
+    const int small = crop <= 64 && m.pre.resize <= 96;
     if (vit_check_crop(&m.vit.cfg, crop, err) == 0 && small) {
         Image tile;
         image_alloc(&tile, 21, 13);
