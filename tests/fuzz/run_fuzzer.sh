@@ -21,5 +21,5 @@ if [ "$status" -ne 0 ] || ls "$work/artifacts/"* > /dev/null 2>&1; then
     echo "run_fuzzer: reproduce with: $fuzzer $work/artifacts/<file>"
     exit 1
 fi
-grep -E "^(stat::|Done|INFO: Seed|#[0-9]+ +(INITED|DONE))" "$work/fuzz.log" | tail -12
+grep -E "^(stat::|Done|INFO: Seed|#[0-9]+[[:space:]]+(INITED|DONE))" "$work/fuzz.log" | tail -12
 echo "run_fuzzer: $(basename "$fuzzer"): no finding in $seconds s, corpus $(ls "$work/corpus" | wc -l) new inputs"
