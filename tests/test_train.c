@@ -117,12 +117,15 @@ TEST(resume_is_bit_exact) {
     snprintf(ca, sizeof ca, "%s", res.last_checkpoint);
     CHECK(isfinite(res.last_total_loss) && res.last_total_loss > 0, "loss %g", res.last_total_loss);
 
-    // the same run, killed after 5 iterations (last checkpoint at 3), then started again
+    // the same run, stopped after 5 iterations (--iterations 5: periodic checkpoint at 3, and one where it
+    // stops, at 5), then started again from 5
     tiny_config(&cfg, spec, outb);
     CHECK(run(&cfg, 5, &res, err) == 0, "%s", err);
     CHECK(res.end_iteration == 5, "first part ended at %lld", (long long)res.end_iteration);
+    CHECK(res.last_checkpoint[0] && strstr(res.last_checkpoint, "5"), "no checkpoint where the run stopped (%s)",
+          res.last_checkpoint);
     CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
-    CHECK(res.start_iteration == 3 && res.end_iteration == 12, "resumed %lld..%lld", (long long)res.start_iteration,
+    CHECK(res.start_iteration == 5 && res.end_iteration == 12, "resumed %lld..%lld", (long long)res.start_iteration,
           (long long)res.end_iteration);
 
     snprintf(cb, sizeof cb, "%s", res.last_checkpoint);
@@ -139,7 +142,7 @@ TEST(corrupt_newest_checkpoint_falls_back) {
     char err[DINO_ERRLEN];
     TrainResult res;
     tiny_config(&cfg, spec, out);
-    CHECK(run(&cfg, 7, &res, err) == 0, "%s", err); // checkpoints at 3 and 6
+    CHECK(run(&cfg, 6, &res, err) == 0, "%s", err); // checkpoints at 3 and 6
     int64_t *its = NULL;
     int n = ckpt_list(out, &its);
     CHECK(n == 2 && its[0] == 3 && its[1] == 6, "checkpoints: %d", n);
@@ -165,6 +168,28 @@ TEST(corrupt_newest_checkpoint_falls_back) {
     CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
     CHECK(res.start_iteration == 3 && res.end_iteration == 12, "resumed from %lld (expected the older checkpoint, 3)",
           (long long)res.start_iteration);
+}
+
+// --iterations N (max_iterations) ends the run with a checkpoint where it stops, between periodic ones
+// (issue #14: the work since the last periodic checkpoint was lost).
+TEST(stop_after_n_iterations_saves_a_checkpoint) {
+    const char *tmp = test_tmpdir();
+    char out[4200];
+    const char *spec = make_tiles(tmp, 16);
+    snprintf(out, sizeof out, "%s/run", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, out);
+    CHECK(run(&cfg, 4, &res, err) == 0, "%s", err); // periodic checkpoint at 3, stop at 4
+    int64_t *its = NULL;
+    int n = ckpt_list(out, &its);
+    CHECK(n == 2 && its[0] == 3 && its[1] == 4, "checkpoints: %d, newest at %lld (expected 3 and 4)", n,
+          n ? (long long)its[n - 1] : -1LL);
+    free(its);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.start_iteration == 4 && res.end_iteration == 12, "resumed %lld..%lld", (long long)res.start_iteration,
+          (long long)res.end_iteration);
 }
 
 TEST(nan_loss_is_skipped_then_stops_the_run) {

@@ -749,7 +749,8 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             data_window = 0;
         }
         periodic_knn(&r, it + 1);
-        if ((ckpt_every > 0 && (it + 1) % ckpt_every == 0) || it + 1 == r.total) {
+        // periodic, the schedule's end, and where this run stops (--iterations N): no work is lost
+        if ((ckpt_every > 0 && (it + 1) % ckpt_every == 0) || it + 1 == r.total || it + 1 == end) {
             float *moments = moments_to_host(&r); // every rank: gathers ZeRO-1 shards
             int ckpt_rc = d->rank == 0 ? save_checkpoint(&r, it + 1, moments, res->last_checkpoint, e2) : 0;
             free(moments);
