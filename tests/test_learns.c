@@ -149,7 +149,9 @@ static void evaluate2(SslModel *m, Backend *be, const float *train_imgs, const i
 // Trains cfg (batch, local crops, heads ...) with schedule sc for STEPS steps from a fixed seed on the
 // textures; the teacher's k-NN and linear probe at init and after, the head's margin and prototype usage.
 static void train_textures(SslConfig *cfg, ScheduleConfig sc, int STEPS, LearnResult *res) {
-    const uint64_t seed = 2024;
+    // DINO_LEARNS_SEED: another seed for data, init and draws (the sweep's seed check; CI uses 2024)
+    const char *seed_env = getenv("DINO_LEARNS_SEED");
+    const uint64_t seed = seed_env && seed_env[0] ? strtoull(seed_env, NULL, 10) : 2024;
     enum { N_TRAIN_POOL = 512, N_KNN_TRAIN = 200, N_TEST = 200, DIAG = 8 };
     const int B = cfg->batch, N_LOCAL = cfg->n_local;
     // a tiny model: threads cost more than they save (and the CI machine's 2 cores are shared)
