@@ -83,6 +83,21 @@ TEST(verdicts_name_what_collapsed) {
     collapse_report(&t, 0.9 * lnK, NAN, 1, &rep);
     CHECK(rep.collapse && !strcmp(rep.collapse, "one prototype") && rep.prototypes == 1, "one prototype: %s (%d)",
           rep.collapse ? rep.collapse : "none", rep.prototypes);
+    // one prototype in all but name: a few others, but the most used one takes > 90% of the rows
+    {
+        int am[16];
+        float f[16 * 16], g[16 * 16];
+        for (int s = 0; s < 4; s++) {
+            for (int i = 0; i < 16; i++) am[i] = (s == 0 && i < 3) ? 10 + i : 7;
+            for (int i = 0; i < 16 * 16; i++) f[i] = (float)rng_normal(&r), g[i] = (float)rng_normal(&r);
+            collapse_add(&t, am, f, g, 0.9);
+        }
+        collapse_report(&t, 0.9 * lnK, NAN, 1, &rep);
+        CHECK(rep.prototypes == 4 && fabs(rep.top_share - 61.0 / 64) < 1e-12, "prototypes %d top share %g",
+              rep.prototypes, rep.top_share);
+        CHECK(rep.collapse && !strcmp(rep.collapse, "one prototype"), "dominant prototype: %s",
+              rep.collapse ? rep.collapse : "none");
+    }
     // backbone constant: the teacher's CLS the same for every image
     feed(&t, 4, 0, 1, &r);
     collapse_report(&t, 1.0, NAN, 1, &rep);

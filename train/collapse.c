@@ -113,12 +113,15 @@ void collapse_report(CollapseTracker *t, double margin, double ibot_margin, int 
     memset(r, 0, sizeof *r);
     r->margin = margin, r->ibot_margin = ibot_margin;
     const int rows = t->steps * t->rows_per_step;
-    r->usage = r->agreement = r->rankme_cls = r->rankme_patch = r->std_cls = r->std_patch = NAN;
+    r->usage = r->top_share = r->agreement = r->rankme_cls = r->rankme_patch = r->std_cls = r->std_patch = NAN;
     if (rows > 0) {
-        unsigned char *seen = dino_calloc((size_t)t->K, 1);
-        for (int i = 0; i < rows; i++)
-            if (!seen[t->argmax[i]]) seen[t->argmax[i]] = 1, r->prototypes++;
-        free(seen);
+        int *count = dino_calloc((size_t)t->K, sizeof(int)), top = 0;
+        for (int i = 0; i < rows; i++) {
+            if (!count[t->argmax[i]]++) r->prototypes++;
+            if (count[t->argmax[i]] > top) top = count[t->argmax[i]];
+        }
+        free(count);
+        r->top_share = (double)top / rows;
         r->usage = (double)r->prototypes / t->K;
         r->rankme_cls = collapse_rankme(t->cls, rows, t->D);
         r->rankme_patch = collapse_rankme(t->patch, rows, t->D);
@@ -133,7 +136,7 @@ void collapse_report(CollapseTracker *t, double margin, double ibot_margin, int 
         r->collapse = "backbone constant";
     else if (margin < COLLAPSE_MIN_MARGIN_FRAC * lnK)
         r->collapse = "head uniform";
-    else if (rows > t->rows_per_step && r->prototypes <= COLLAPSE_MAX_PROTOTYPES)
+    else if (rows > t->rows_per_step && (r->prototypes <= COLLAPSE_MAX_PROTOTYPES || r->top_share > COLLAPSE_MAX_TOP_SHARE))
         r->collapse = "one prototype";
     if (!past_warmup) r->collapse = NULL; // the head is near uniform at init: no verdict during the warm-up
     t->bad_in_row = r->collapse ? t->bad_in_row + 1 : 0;

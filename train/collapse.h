@@ -13,6 +13,7 @@
 // at COLLAPSE_PATIENCE log lines in a row, past the learning-rate warm-up.
 #define COLLAPSE_MIN_MARGIN_FRAC 0.01 // margin below 1% of ln K: head uniform
 #define COLLAPSE_MAX_PROTOTYPES 1     // distinct teacher argmax prototypes over the window: one prototype
+#define COLLAPSE_MAX_TOP_SHARE 0.9    // or the most used prototype takes more than this share of the rows
 #define COLLAPSE_MIN_RANKME 1.5       // teacher CLS RankMe below (and the std below): backbone constant
 #define COLLAPSE_MIN_FEATURE_STD 1e-3 // mean per-dim std of the L2-normalised teacher CLS below: backbone constant
 #define COLLAPSE_PATIENCE 3
@@ -32,6 +33,7 @@ typedef struct {
     double ibot_margin;    // the same for iBOT (NaN when iBOT is off); filled by the caller
     double usage;          // distinct teacher argmax prototypes over the window / K
     int prototypes;        // distinct teacher argmax prototypes over the window
+    double top_share;      // share of the window's rows whose argmax is the most used prototype
     double agreement;      // student-teacher argmax match over the window
     double rankme_cls, rankme_patch; // RankMe of the teacher's CLS and mean-patch features over the window
     double std_cls, std_patch;       // mean per-dim std of those features (L2-normalised)

@@ -766,6 +766,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
                 if (!isnan(rep.ibot_margin)) metrics_add(r.metrics, "ibot_margin", rep.ibot_margin);
                 metrics_add(r.metrics, "prototype_usage", rep.usage);
                 metrics_add_int(r.metrics, "prototypes_used", rep.prototypes);
+                metrics_add(r.metrics, "prototype_top_share", rep.top_share);
                 metrics_add(r.metrics, "agreement", rep.agreement);
                 metrics_add(r.metrics, "rankme_cls", rep.rankme_cls);
                 metrics_add(r.metrics, "rankme_patch", rep.rankme_patch);
