@@ -371,7 +371,7 @@ TEST(backbone_from_config) {
     CHECK(v.dim == 96 && v.depth == 3 && v.heads == 3 && v.ffn == VIT_FFN_MLP && v.ffn_hidden == 4 * 96, "demo vit %dx%d/%d ffn %d",
           v.dim, v.depth, v.heads, v.ffn_hidden);
     CHECK(v.patch == 16 && v.img_size == 112 && v.n_registers == 0, "demo geometry");
-    CHECK(v.drop_path_rate == 0.1 && v.layerscale == 1e-5f && v.interpolate_offset == 0.1f, "demo scalars");
+    CHECK(v.drop_path_rate == 0.1 && v.layerscale == 1.0f && v.interpolate_offset == 0.1f, "demo scalars");
     CHECK(load(test_src_path("configs/vitl14.yaml"), 0, NULL, err) == 0, "%s", err);
     VitConfig ref;
     CHECK(vit_config_from_arch(&ref, "vit_large", 14, 224, 0, "swiglufused", err) == 0, "%s", err);

@@ -1388,13 +1388,19 @@ TEST(trainer_backend_cuda_tracks_cpu) {
 // The proof: 50 iterations of the shipped demo config (configs/demo.yaml, its tiny ViT, reading the
 // bundled slide directly) on cuda and on cpu; the logged losses track each other: within 5% over the first
 // 10 iterations (the bf16 GEMMs' rounding has not compounded yet) and 15% at the last (the two runs drift
-// apart as any two precisions do, but the curves must keep the same course), all finite.
+// apart as any two precisions do, but the curves must keep the same course), all finite. Under the CUDA
+// execution layer (a fiber per CUDA thread on 2 CPU cores) 20 iterations at batch 4 with 2 local crops.
 TEST(trainer_demo_config_50_iterations_tracks_cpu) {
 #if !defined(DINO_HAVE_CUDA) || defined(DINO_GPU_SUBSET)
     test_skip("built without CUDA, or the GPU subset build (no trainer)");
 #else
     if (dino_cuda_device_count() == 0) test_skip("no CUDA device on this machine");
+#ifdef DINO_CUDAEMU
+    // under the CPU execution layer: the demo's model and data at a quarter of its batch, 20 iterations
+    enum { ITERS = 20 };
+#else
     enum { ITERS = 50 };
+#endif
     double loss[2][ITERS + 1];
     for (int k = 0; k < 2; k++) {
         const char *backend = k ? "cuda" : "cpu";
@@ -1403,9 +1409,14 @@ TEST(trainer_demo_config_50_iterations_tracks_cpu) {
         snprintf(src, sizeof src, "data.sources=[wsi:%s]", test_src_path("data/demo/CMU-1-Small-Region.svs"));
         snprintf(outkv, sizeof outkv, "train.output_dir=%s", out);
         snprintf(be, sizeof be, "backend=%s", backend);
-        char *ov[] = {src, outkv, be, "checkpoint.every_n_iterations=0", "log.every_n_iterations=1"};
+        char *ov[] = {src, outkv, be, "checkpoint.every_n_iterations=0", "log.every_n_iterations=1",
+#ifdef DINO_CUDAEMU
+                      "train.batch_size_per_gpu=4", "crops.local_crops_number=2"
+#endif
+        };
         Config cfg;
-        CHECK(config_load(&cfg, test_src_path("configs/demo.yaml"), 5, ov, err) == 0, "%s", err);
+        CHECK(config_load(&cfg, test_src_path("configs/demo.yaml"), (int)(sizeof ov / sizeof ov[0]), ov, err) == 0, "%s",
+              err);
         Dist d;
         CHECK(dist_init(&d, 0, err) == 0, "%s", err);
         TrainOptions opt = {.max_iterations = ITERS, .quiet = 1};

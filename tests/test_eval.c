@@ -15,6 +15,7 @@
 #include "model/export_names.h"
 #include "model/vit.h"
 #include "tests/harness.h"
+#include "train/eva_probe.h"
 #include "train/eval.h"
 
 #pragma GCC diagnostic ignored "-Wformat-truncation" // short temporary paths in large buffers
@@ -89,6 +90,36 @@ TEST(linear_probe_separable) {
     EvalScores k;
     eval_scores(pred, yte, NTE, C, &k);
     CHECK(k.accuracy < s.accuracy, "k-NN %.3f >= probe %.3f on nuisance-dominated data", k.accuracy, s.accuracy);
+}
+
+// The eva-style probe (train/eva_probe.h): learns a separable problem, stops early once the validation
+// score stops improving, keeps the best step's weights, and is deterministic for a seed.
+TEST(eva_probe_learns_and_stops_early) {
+    enum { D = 16, C = 3, NTR = 300, NTE = 150 };
+    static float tr[NTR * D], te[NTE * D];
+    static int ytr[NTR], yte[NTE], pred[NTE], pred2[NTE];
+    Rng r = rng_make(5, 6, 7, 8);
+    for (int i = 0; i < NTR + NTE; i++) {
+        float *x = i < NTR ? tr + (size_t)i * D : te + (size_t)(i - NTR) * D;
+        int c = i % C;
+        for (int k = 0; k < D; k++) x[k] = (float)rng_normal(&r);
+        x[c] += 3.0f; // class c lifts dimension c
+        if (i < NTR) ytr[i] = c;
+        else yte[i - NTR] = c;
+    }
+    EvaProbeOptions o = eva_probe_defaults();
+    CHECK(o.lr == 3e-4 && o.batch == 256 && o.max_steps == 12500, "defaults: lr %g batch %d steps %d", o.lr, o.batch,
+          o.max_steps);
+    EvaProbeInfo info, info2;
+    eva_probe(tr, ytr, NTR, te, NTE, D, C, &o, 1, pred, &info);
+    EvalScores s;
+    eval_scores(pred, yte, NTE, C, &s);
+    CHECK(s.balanced_accuracy >= 0.9, "eva probe balanced accuracy %.3f", s.balanced_accuracy);
+    CHECK(info.steps < o.max_steps && info.best_step <= info.steps && info.steps - info.best_step >= o.patience,
+          "early stopping: ran %d steps, best at %d (patience %d)", info.steps, info.best_step, o.patience);
+    CHECK(info.val_balanced >= 0.85, "validation balanced accuracy %.3f", info.val_balanced);
+    eva_probe(tr, ytr, NTR, te, NTE, D, C, &o, 1, pred2, &info2);
+    CHECK(!memcmp(pred, pred2, sizeof pred) && info.steps == info2.steps, "not deterministic for a seed");
 }
 
 // ---- tile sets and dinoeval end to end ---------------------------------------------------------------------
@@ -201,7 +232,7 @@ TEST(dinoeval_textures_far_above_chance) {
     char ck[4200], cmd[9000];
     write_random_backbone(dir, "backbone.safetensors", "backbone.", 1.0f, ck);
     snprintf(cmd, sizeof cmd, "./dinoexport %s %s/model --heads 2 > /dev/null && ./dinoeval --backend cpu %s/model --train %s "
-             "--test-fraction 0.5 --seed 1 --resize 0 --crop 32", ck, dir, dir, dir);
+             "--test-fraction 0.5 --seed 1 --resize 0 --crop 32 --eva --eva-seeds 3 --eva-steps 3000", ck, dir, dir, dir);
     fflush(stdout);
     FILE *p = popen(cmd, "r");
     static char out[8192];
@@ -209,8 +240,9 @@ TEST(dinoeval_textures_far_above_chance) {
     out[n] = 0;
     CHECK(p && pclose(p) == 0, "failed: %s\n%s", cmd, out);
     printf("%s", out);
-    const char *keys[3] = {"linear probe", "k-NN k=10", "k-NN k=20"};
-    for (int k = 0; k < 3; k++) {
+    const char *keys[4] = {"linear probe", "k-NN k=10", "k-NN k=20", "eva linear: "};
+    CHECK(strstr(out, "+-") && strstr(out, "over 3 seeds"), "no eva mean +- std: %s", out);
+    for (int k = 0; k < 4; k++) {
         const char *l = strstr(out, keys[k]);
         double acc = -1, bal = -1;
         if (l) {

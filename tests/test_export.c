@@ -580,7 +580,9 @@ TEST(slide_feature_bag) {
     snprintf(ck, sizeof ck, "%s/ckpt.safetensors", dir);
     write_checkpoint(ck, &cfg, 21, NULL);
     snprintf(h5, sizeof h5, "%s/bag.h5", dir);
-    snprintf(cmd, sizeof cmd, "./dinoexport %s %s/exp > /dev/null && ./dinoembed --backend cpu %s/exp --slide %s --mpp 0.5 --tile 224 -o %s",
+    // the export's parent folders do not exist yet: dinoexport creates them (issue #14)
+    snprintf(cmd, sizeof cmd, "./dinoexport %s %s/nested/run/exp > /dev/null && ./dinoembed --backend cpu %s/nested/run/exp "
+             "--slide %s --mpp 0.5 --tile 224 -o %s",
              ck, dir, dir, slide, h5);
     CHECK(run(cmd) == 0, "failed: %s", cmd);
     hid_t f = H5Fopen(h5, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -614,6 +616,24 @@ TEST(slide_feature_bag) {
     a = H5Aopen(dc, "level0_mpp", H5P_DEFAULT);
     CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_DOUBLE, &mpp0) >= 0 && fabs(mpp0 - 0.499) < 1e-3, "level0_mpp %g", mpp0);
     H5Aclose(a);
+    // string attributes are variable-length UTF-8 strings, as h5py (TRIDENT) writes a Python str
+    const char *str_attrs[][2] = {{"coords", "name"}, {"features", "feature"}, {"/", "encoder"}};
+    for (size_t k = 0; k < sizeof str_attrs / sizeof str_attrs[0]; k++) {
+        hid_t o = H5Oopen(f, str_attrs[k][0], H5P_DEFAULT);
+        hid_t sa = o >= 0 ? H5Aopen(o, str_attrs[k][1], H5P_DEFAULT) : -1;
+        CHECK(sa >= 0, "attribute %s of %s missing", str_attrs[k][1], str_attrs[k][0]);
+        if (sa < 0) continue;
+        hid_t t = H5Aget_type(sa);
+        CHECK(H5Tget_class(t) == H5T_STRING && H5Tis_variable_str(t) > 0 && H5Tget_cset(t) == H5T_CSET_UTF8,
+              "attribute %s of %s: not a variable-length UTF-8 string", str_attrs[k][1], str_attrs[k][0]);
+        char *v = NULL;
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        H5Tset_cset(mt, H5T_CSET_UTF8);
+        CHECK(H5Aread(sa, mt, &v) >= 0 && v && v[0], "attribute %s of %s unreadable", str_attrs[k][1], str_attrs[k][0]);
+        if (v) H5free_memory(v);
+        H5Tclose(mt), H5Tclose(t), H5Aclose(sa), H5Oclose(o);
+    }
     const double L = 224 * 0.5 / mpp0;
     for (hsize_t i = 0; i < cd[0]; i++) {
         const int64_t x = co[2 * i], y = co[2 * i + 1];
@@ -624,7 +644,7 @@ TEST(slide_feature_bag) {
     // dinotile's shards of the same slide hold the same tiles (same grid and tissue rule): embedding
     // them through the shard source gives as many features, close to the bag's (JPEG q100 in between)
     snprintf(cmd, sizeof cmd, "./dinotile -o %s/shards -q 100 %s > /dev/null 2>&1 && "
-             "./dinoembed --backend cpu %s/exp --tiles %s/shards -o %s/sh.safetensors --resize 0 --crop 224 > /dev/null", dir, slide, dir,
+             "./dinoembed --backend cpu %s/nested/run/exp --tiles %s/shards -o %s/sh.safetensors --resize 0 --crop 224 > /dev/null", dir, slide, dir,
              dir, dir);
     CHECK(run(cmd) == 0, "failed: %s", cmd);
     StFile sh;

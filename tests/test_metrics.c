@@ -123,6 +123,12 @@ TEST(console_line_and_durations) {
     metrics_format_line(line, sizeof line, &p, 0);
     CHECK(strstr(line, "| 123.5 img/s data 3% | corrupt 7 | ETA 1:02:05"), "corrupt tiles not shown: '%s'", line);
     p.corrupt_tiles = 0;
+    // collapse diagnostics (train/collapse.h): shown once known, and a warning naming what collapsed
+    p.margin = 0.002, p.usage = 0.014, p.agreement = 0.01, p.collapse = "head uniform";
+    metrics_format_line(line, sizeof line, &p, 0);
+    CHECK(strstr(line, "| margin 0.002 use 0.014 agree 0.01 | WARNING collapse: head uniform | ETA 1:02:05"),
+          "collapse diagnostics not shown: '%s'", line);
+    p.margin = 0, p.usage = 0, p.agreement = 0, p.collapse = NULL;
     // disabled terms disappear; the regularizer is labelled; the bar fills with the progress
     p.ibot = NAN;
     p.regularizer = "kde";
@@ -152,6 +158,15 @@ TEST(plot_tool_renders_png) {
         metrics_add(m, "momentum", 0.992 + 0.0001 * (double)it);
         metrics_add(m, "images_per_s", 100 + (double)it);
         metrics_add(m, "data_wait_share", 0.05);
+        if (it % 5 == 4) { // the collapse diagnostics of a log line (the extra panels)
+            metrics_add(m, "dino_margin", 0.5 - 0.015 * (double)it);
+            metrics_add(m, "prototype_usage", 0.3);
+            metrics_add(m, "agreement", 0.2);
+            metrics_add(m, "rankme_cls", 3 + 0.1 * (double)it);
+            metrics_add(m, "feature_std_cls", 0.05);
+            if (it == 4) metrics_add(m, "rankme_cls_init", 1.2);
+            if (it > 25) metrics_add_str(m, "collapse", "head uniform");
+        }
         metrics_end(m, err);
     }
     metrics_close(m);

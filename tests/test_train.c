@@ -117,12 +117,15 @@ TEST(resume_is_bit_exact) {
     snprintf(ca, sizeof ca, "%s", res.last_checkpoint);
     CHECK(isfinite(res.last_total_loss) && res.last_total_loss > 0, "loss %g", res.last_total_loss);
 
-    // the same run, killed after 5 iterations (last checkpoint at 3), then started again
+    // the same run, stopped after 5 iterations (--iterations 5: periodic checkpoint at 3, and one where it
+    // stops, at 5), then started again from 5
     tiny_config(&cfg, spec, outb);
     CHECK(run(&cfg, 5, &res, err) == 0, "%s", err);
     CHECK(res.end_iteration == 5, "first part ended at %lld", (long long)res.end_iteration);
+    CHECK(res.last_checkpoint[0] && strstr(res.last_checkpoint, "5"), "no checkpoint where the run stopped (%s)",
+          res.last_checkpoint);
     CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
-    CHECK(res.start_iteration == 3 && res.end_iteration == 12, "resumed %lld..%lld", (long long)res.start_iteration,
+    CHECK(res.start_iteration == 5 && res.end_iteration == 12, "resumed %lld..%lld", (long long)res.start_iteration,
           (long long)res.end_iteration);
 
     snprintf(cb, sizeof cb, "%s", res.last_checkpoint);
@@ -139,7 +142,7 @@ TEST(corrupt_newest_checkpoint_falls_back) {
     char err[DINO_ERRLEN];
     TrainResult res;
     tiny_config(&cfg, spec, out);
-    CHECK(run(&cfg, 7, &res, err) == 0, "%s", err); // checkpoints at 3 and 6
+    CHECK(run(&cfg, 6, &res, err) == 0, "%s", err); // checkpoints at 3 and 6
     int64_t *its = NULL;
     int n = ckpt_list(out, &its);
     CHECK(n == 2 && its[0] == 3 && its[1] == 6, "checkpoints: %d", n);
@@ -165,6 +168,81 @@ TEST(corrupt_newest_checkpoint_falls_back) {
     CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
     CHECK(res.start_iteration == 3 && res.end_iteration == 12, "resumed from %lld (expected the older checkpoint, 3)",
           (long long)res.start_iteration);
+}
+
+// --iterations N (max_iterations) ends the run with a checkpoint where it stops, between periodic ones
+// (issue #14: the work since the last periodic checkpoint was lost).
+TEST(stop_after_n_iterations_saves_a_checkpoint) {
+    const char *tmp = test_tmpdir();
+    char out[4200];
+    const char *spec = make_tiles(tmp, 16);
+    snprintf(out, sizeof out, "%s/run", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, out);
+    CHECK(run(&cfg, 4, &res, err) == 0, "%s", err); // periodic checkpoint at 3, stop at 4
+    int64_t *its = NULL;
+    int n = ckpt_list(out, &its);
+    CHECK(n == 2 && its[0] == 3 && its[1] == 4, "checkpoints: %d, newest at %lld (expected 3 and 4)", n,
+          n ? (long long)its[n - 1] : -1LL);
+    free(its);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.start_iteration == 4 && res.end_iteration == 12, "resumed %lld..%lld", (long long)res.start_iteration,
+          (long long)res.end_iteration);
+}
+
+// The collapse diagnostics on a run made to collapse (a teacher temperature of 2: uniform targets, the
+// "head uniform" collapse): off by default the run goes on and reports it; train.stop_on_collapse stops it
+// at the third log line in a row past the warm-up, writes no checkpoint while the diagnostics warn, and
+// keeps the last good one (issue #14).
+TEST(collapse_diagnostics_and_stop_on_collapse) {
+    const char *tmp = test_tmpdir();
+    char out[4200], out2[4200], metrics[4300];
+    const char *spec = make_tiles(tmp, 16);
+    snprintf(out, sizeof out, "%s/run", tmp);
+    snprintf(out2, sizeof out2, "%s/stop", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    // LayerScale 1: with the default 1e-5 this tiny backbone's CLS is constant at init (backbone constant)
+    char *ov[] = {"teacher.warmup_teacher_temp=2.0", "teacher.teacher_temp=2.0", "log.every_n_iterations=1",
+                  "student.layerscale=1.0"};
+    tiny_config(&cfg, spec, out);
+    for (int i = 0; i < 4; i++) CHECK(config_override(&cfg, ov[i], err) == 0, "%s", err);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.end_iteration == 12 && res.collapse && !strcmp(res.collapse, "head uniform"),
+          "ran to %lld, collapse %s (margin %g)", (long long)res.end_iteration, res.collapse ? res.collapse : "none",
+          res.margin);
+    CHECK(res.margin < 0.01 * log(64.0) && res.prototypes >= 1, "margin %g prototypes %d", res.margin, res.prototypes);
+    // the metrics carry the diagnostics on every log line
+    snprintf(metrics, sizeof metrics, "%s/training_metrics.jsonl", out);
+    FILE *f = fopen(metrics, "r");
+    char line[8192];
+    int with_margin = 0, with_collapse = 0, with_init = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        with_margin += strstr(line, "\"dino_margin\"") && strstr(line, "\"prototype_usage\"") &&
+                       strstr(line, "\"rankme_cls\"") && strstr(line, "\"agreement\"") && strstr(line, "\"ibot_margin\"");
+        with_collapse += strstr(line, "\"collapse\": \"head uniform\"") != NULL;
+        with_init += strstr(line, "\"rankme_cls_init\"") != NULL;
+    }
+    if (f) fclose(f);
+    CHECK(with_margin == 12 && with_collapse == 6 && with_init == 1, "metrics: %d lines with the diagnostics, %d naming "
+          "the collapse (want 6: after the 6-iteration warm-up), %d with the init RankMe", with_margin, with_collapse, with_init);
+
+    tiny_config(&cfg, spec, out2);
+    char *ov2[] = {"teacher.warmup_teacher_temp=2.0", "teacher.teacher_temp=2.0", "log.every_n_iterations=1",
+                   "student.layerscale=1.0", "train.stop_on_collapse=true"};
+    for (int i = 0; i < 5; i++) CHECK(config_override(&cfg, ov2[i], err) == 0, "%s", err);
+    CHECK(run(&cfg, 0, &res, err) != 0, "a collapsed run with stop_on_collapse did not stop");
+    CHECK(strstr(err, "collapse at iteration 9: head uniform") && strstr(err, "last good checkpoint (iteration 6)"),
+          "message: %s", err);
+    CHECK(res.end_iteration == 9, "stopped at %lld", (long long)res.end_iteration);
+    int64_t *its = NULL;
+    int n = ckpt_list(out2, &its);
+    CHECK(n == 2 && its[0] == 3 && its[1] == 6, "checkpoints: %d, newest %lld (want 3 and 6: none while it warned)", n,
+          n ? (long long)its[n - 1] : -1LL);
+    free(its);
 }
 
 TEST(nan_loss_is_skipped_then_stops_the_run) {

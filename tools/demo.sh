@@ -15,7 +15,7 @@ echo "== 1/4 tiling the slide"
 "$b/dinotile" -o "$out/tiles" --tile-size 224 --mpp 0.5 --min-tissue 0.3 data/demo/CMU-1-Small-Region.svs
 
 echo "== 2/4 pretraining (configs/demo.yaml; rerun to resume)"
-"$b/dinotrain" configs/demo.yaml "$@"
+"$b/dinotrain" configs/demo.yaml "$@" | tee "$out/train.log"
 
 echo "== 3/4 exporting the teacher backbone"
 "$b/dinoexport" --out "$out/export" "$out/run"
@@ -36,3 +36,6 @@ cat <<MSG
   exported model: $out/export  (transformers.Dinov2Model.from_pretrained("$out/export"))
   feature bag:    $out/CMU-1-Small-Region.h5
 MSG
+# the run's verdict (docs/training.md): learned or collapsed, with the head's margin, the prototypes used
+# and the teacher's RankMe against the same network at init
+grep -h "verdict" "$out/train.log" | tail -n 1 | sed 's/^dinotrain: /== /' || true

@@ -283,10 +283,11 @@ static int run_slide(EmbedModel *m, const char *path, const char *out, FeatureKi
 #define ATTR_S(obj, name, v)                                                                                     \
     do {                                                                                                         \
         const char *v_ = (v);                                                                                    \
-        hid_t t_ = H5Tcopy(H5T_C_S1);                                                                            \
-        H5Tset_size(t_, strlen(v_) + 1);                                                                         \
+        hid_t t_ = H5Tcopy(H5T_C_S1); /* variable-length UTF-8, as h5py writes a str (TRIDENT) */               \
+        H5Tset_size(t_, H5T_VARIABLE);                                                                           \
+        H5Tset_cset(t_, H5T_CSET_UTF8);                                                                          \
         hid_t a_ = H5Acreate2(obj, name, t_, sc, H5P_DEFAULT, H5P_DEFAULT);                                      \
-        bad |= a_ < 0 || H5Awrite(a_, t_, v_) < 0;                                                               \
+        bad |= a_ < 0 || H5Awrite(a_, t_, &v_) < 0;                                                              \
         if (a_ >= 0) H5Aclose(a_);                                                                               \
         H5Tclose(t_);                                                                                            \
     } while (0)

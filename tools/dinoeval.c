@@ -6,13 +6,17 @@
 // k-NN as the reference's knn.py: cosine similarity of L2-normalized features, the k nearest training
 // tiles vote with weight exp(sim / 0.07). Linear probe: multinomial logistic regression on
 // standardized features, full-batch L-BFGS, L2 strength chosen on a held-out 20% of the training set.
-// Prints accuracy and balanced accuracy of each.
+// --eva: the eva-style offline protocol as well (train/eva_probe.h: one linear layer, AdamW lr 3e-4, batch
+// 256, up to 12,500 steps, early stopping on a validation split of the training set, balanced accuracy),
+// over several seeds with mean and std. Prints accuracy and balanced accuracy of each.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/threads.h"
 #include "common/check.h"
+#include "train/eva_probe.h"
 #include "train/eval.h"
 
 static void usage(void) {
@@ -22,6 +26,9 @@ static void usage(void) {
             "  --feature cls|mean|cls+mean  (default cls)\n"
             "  --k 10,20                k-NN neighbour counts   --temperature 0.07\n"
             "  --no-linear              skip the linear probe\n"
+            "  --eva                    also the eva-style protocol (AdamW linear layer, early stopping)\n"
+            "  --eva-seeds N (5) --eva-steps N (12500) --eva-lr X (3e-4) --eva-batch N (256)\n"
+            "  --eva-val-every N (250) --eva-patience N (1250 steps) --eva-val-fraction F (0.2)\n"
             "  --batch N --resize N --crop N --heads N --backend auto|cpu|cuda   as dinoembed\n");
 }
 
@@ -31,7 +38,8 @@ int main(int argc, char **argv) {
     double test_fraction = -1, T = 0.07;
     uint64_t seed = 0;
     FeatureKind kind = FEAT_CLS;
-    int batch = 16, resize = -1, crop = -1, heads = 0, linear = 1;
+    int batch = 16, resize = -1, crop = -1, heads = 0, linear = 1, eva = 0, eva_seeds = 5;
+    EvaProbeOptions eo = eva_probe_defaults();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define OPT(name) (!strcmp(a, name) && v && (++i, 1))
@@ -52,7 +60,15 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "dinoeval: unknown --feature '%s'\n", v);
                 return 2;
             }
-        } else if (!strcmp(a, "--no-linear")) linear = 0;
+        } else if (OPT("--eva-seeds")) eva = 1, eva_seeds = atoi(v);
+        else if (OPT("--eva-steps")) eva = 1, eo.max_steps = atoi(v);
+        else if (OPT("--eva-lr")) eva = 1, eo.lr = atof(v);
+        else if (OPT("--eva-batch")) eva = 1, eo.batch = atoi(v);
+        else if (OPT("--eva-val-every")) eva = 1, eo.val_every = atoi(v);
+        else if (OPT("--eva-patience")) eva = 1, eo.patience = atoi(v);
+        else if (OPT("--eva-val-fraction")) eva = 1, eo.val_fraction = atof(v);
+        else if (!strcmp(a, "--eva")) eva = 1;
+        else if (!strcmp(a, "--no-linear")) linear = 0;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             return 0;
@@ -64,7 +80,9 @@ int main(int argc, char **argv) {
         }
 #undef OPT
     }
-    if (!model || !train_spec || (!test_spec && !(test_fraction > 0 && test_fraction < 1)) || !(T > 0)) {
+    if (!model || !train_spec || (!test_spec && !(test_fraction > 0 && test_fraction < 1)) || !(T > 0) ||
+        (eva && (eva_seeds < 1 || eo.max_steps < 1 || !(eo.lr > 0) || eo.batch < 1 || eo.val_every < 1 ||
+                 eo.patience < 1 || !(eo.val_fraction >= 0 && eo.val_fraction < 1)))) {
         usage();
         return 2;
     }
@@ -123,6 +141,25 @@ int main(int argc, char **argv) {
         linear_probe(ftr, train.labels, train.n, fte, test.n, FD, C, lambdas, 5, seed, pred, &chosen);
         eval_scores(pred, test.labels, test.n, C, &s);
         printf("linear probe (L2 %g): accuracy %.4f  balanced accuracy %.4f\n", chosen, s.accuracy, s.balanced_accuracy);
+    }
+    if (eva) { // on the raw features, as eva; mean and std over seeds
+        double sb = 0, sb2 = 0, sa = 0, sa2 = 0;
+        printf("eva linear (AdamW lr %g, batch %d, <= %d steps, early stopping on %.0f%% validation, patience %d; "
+               "%d seeds): steps",
+               eo.lr, eo.batch, eo.max_steps, 100 * eo.val_fraction, eo.patience, eva_seeds);
+        for (int k = 0; k < eva_seeds; k++) {
+            EvaProbeInfo info;
+            eva_probe(ftr, train.labels, train.n, fte, test.n, FD, C, &eo, seed + (uint64_t)k, pred, &info);
+            eval_scores(pred, test.labels, test.n, C, &s);
+            sb += s.balanced_accuracy, sb2 += s.balanced_accuracy * s.balanced_accuracy;
+            sa += s.accuracy, sa2 += s.accuracy * s.accuracy;
+            printf(" %d (best %d)", info.steps, info.best_step);
+        }
+        const double mb = sb / eva_seeds, ma = sa / eva_seeds;
+        const double db = eva_seeds > 1 ? sqrt(fmax(0, (sb2 - eva_seeds * mb * mb) / (eva_seeds - 1))) : 0;
+        const double da = eva_seeds > 1 ? sqrt(fmax(0, (sa2 - eva_seeds * ma * ma) / (eva_seeds - 1))) : 0;
+        printf("\neva linear: balanced accuracy %.4f +- %.4f  accuracy %.4f +- %.4f (mean +- std over %d seeds)\n", mb,
+               db, ma, da, eva_seeds);
     }
     l2_normalize_rows(ftr, train.n, FD);
     l2_normalize_rows(fte, test.n, FD);

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/fs.h"
 #include "common/check.h"
 #include "common/safetensors.h"
 #include "model/export_names.h"
@@ -275,8 +276,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dinoexport: %s\n", err);
         return 1;
     }
-    if (mkdir(outdir, 0777) && errno != EEXIST) {
-        fprintf(stderr, "dinoexport: %s: cannot create directory (%s)\n", outdir, strerror(errno));
+    // missing parent folders too (dinoexport --out runs/a/b/export)
+    if (dino_mkdir_p(outdir, err)) {
+        fprintf(stderr, "dinoexport: %s: cannot create directory (%s)\n", outdir, err);
         return 1;
     }
     ExportMap map;

@@ -120,6 +120,9 @@ static const CfgKey KEYS[] = {
     E("train.centering", train.centering, "centering", "centering|sinkhorn_knopp",
       "teacher target normalisation: EMA centre + softmax, or Sinkhorn-Knopp"),
     I("train.num_workers", train.num_workers, "10", "data loader threads"),
+    B("train.stop_on_collapse", train.stop_on_collapse, "false",
+      "stop the run when the collapse diagnostics confirm a collapse (head uniform, one prototype, backbone "
+      "constant); no checkpoint is written while they warn, so the newest one is the last good one"),
 
     E("compute_precision.param_dtype", param_dtype, "auto", "auto|fp32|bf16",
       "compute dtype: fp32 on the cpu backend; on cuda bf16 tensor-core GEMMs (fp32 master weights, the default) "

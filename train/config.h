@@ -86,6 +86,7 @@ typedef struct {
     int64_t seed;
     char centering[CFG_NAME]; // centering | sinkhorn_knopp
     int num_workers;
+    bool stop_on_collapse;    // stop when the collapse diagnostics confirm a collapse (train/collapse.h)
 } CfgTrain;
 
 typedef struct {

@@ -178,6 +178,9 @@ void metrics_format_line(char *buf, size_t cap, const ProgressInfo *p, int bar_w
     oprintf(&o, " | lr %.3e wd %.4f mom %.5f temp %.4f", p->lr, p->wd, p->momentum, p->teacher_temp);
     oprintf(&o, " | %.1f img/s data %.0f%%", p->images_per_s, 100 * p->data_wait_share);
     if (p->corrupt_tiles > 0) oprintf(&o, " | corrupt %" PRId64, p->corrupt_tiles);
+    if (!isnan(p->margin) && (p->margin != 0 || p->usage != 0))
+        oprintf(&o, " | margin %.3f use %.3f agree %.2f", p->margin, p->usage, p->agreement);
+    if (p->collapse) oprintf(&o, " | WARNING collapse: %s", p->collapse);
     char eta[32];
     metrics_format_duration(eta, sizeof eta, p->eta_s);
     oprintf(&o, " | ETA %s", eta);

@@ -35,6 +35,8 @@ typedef struct {
     double eta_s;            // < 0 = unknown
     int64_t corrupt_tiles;   // tiles the loader skipped so far (unreadable, corrupt, over the pixel budget);
                              // shown only when > 0
+    double margin, usage, agreement; // collapse diagnostics (train/collapse.h); margin NaN (or 0 with usage 0) = not shown
+    const char *collapse;            // NULL, or what collapsed: shown as a warning
 } ProgressInfo;
 
 // One console line, no newline. bar_width > 0 puts a progress bar in front (for terminals).

@@ -284,6 +284,13 @@ static double normalized_std(const float *x, int n, int D) {
     return acc / D;
 }
 
+static int argmax_row(const float *v, int n) {
+    int best = 0;
+    for (int k = 1; k < n; k++)
+        if (v[k] > v[best]) best = k;
+    return best;
+}
+
 int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
                          SslStepStats *st, char *err) {
     Work *w = m->work;
@@ -384,6 +391,26 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
         st->ibot_teacher_entropy = ent;
     }
 
+    if (b->diag) { // collapse diagnostics: teacher argmax, CLS and mean patch features (host)
+        const int Tg = w->Tg;
+        float *P = dino_malloc(sizeof(float) * (size_t)2 * B * Kd);
+        be->to_host(be, P, w->P_dino, sizeof(float) * (size_t)2 * B * Kd);
+        for (int i = 0; i < 2 * B; i++) b->diag->teacher_argmax[i] = argmax_row(P + (size_t)i * Kd, Kd);
+        free(P);
+        float *tok = dino_malloc(sizeof(float) * (size_t)2 * B * Tg * D);
+        be->to_host(be, tok, xt, sizeof(float) * (size_t)2 * B * Tg * D);
+        for (int i = 0; i < 2 * B; i++) {
+            const float *t = tok + (size_t)i * Tg * D;
+            memcpy(b->diag->teacher_cls + (size_t)i * D, t, sizeof(float) * (size_t)D);
+            float *pm = b->diag->teacher_patch + (size_t)i * D;
+            for (int d = 0; d < D; d++) pm[d] = 0;
+            for (int j = 1 + R; j < Tg; j++)
+                for (int d = 0; d < D; d++) pm[d] += t[(size_t)j * D + d];
+            for (int d = 0; d < D; d++) pm[d] /= (float)(Tg - 1 - R);
+        }
+        free(tok);
+    }
+
     PHASE(0);
     // ---- student forward: both crop groups, head input [local CLS; global CLS; masked patch tokens]
     const float *xg = vit_forward(be, &m->vit, m->student, w->s_glob, glob_img, masks_dev, sub_g);
@@ -400,6 +427,15 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     } else {
         zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls + n_m);
         zs_ibot = zs_dino + (size_t)w->rows_cls * Kd;
+    }
+
+    if (b->diag) { // student-teacher agreement: global crop c of image i against the teacher on crop 1-c
+        float *Z = dino_malloc(sizeof(float) * (size_t)2 * B * Kd);
+        be->to_host(be, Z, zs_dino + (size_t)nL * B * Kd, sizeof(float) * (size_t)2 * B * Kd);
+        int agree = 0;
+        for (int i = 0; i < 2 * B; i++) agree += argmax_row(Z + (size_t)i * Kd, Kd) == b->diag->teacher_argmax[(i + B) % (2 * B)];
+        b->diag->agreement = (double)agree / (2 * B);
+        free(Z);
     }
 
     // ---- losses and their gradients w.r.t. the student logits

@@ -77,6 +77,17 @@ typedef struct {
 int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg, uint64_t seed, char *err);
 void ssl_model_free(SslModel *m, Backend *be);
 
+// Collapse diagnostics of one step (docs/training.md, "Reading the collapse diagnostics"), filled by the
+// step when SslBatch.diag is set; the caller owns the arrays (2B rows: crop-major global crops). It costs a
+// copy of the teacher's global-crop tokens and of the DINO targets and student global logits to the host,
+// so the trainer asks for it on a few steps per log line only.
+typedef struct {
+    int *teacher_argmax;   // [2B] argmax prototype of the DINO teacher targets
+    float *teacher_cls;    // [2B,D] teacher backbone CLS (after the final norm)
+    float *teacher_patch;  // [2B,D] teacher backbone mean patch token
+    double agreement;      // share of global crops whose student argmax = the teacher argmax of the other crop
+} SslDiag;
+
 typedef struct {
     const float *global_crops; // host [2B,3,G,G], crop-major ([crop][image])
     const float *local_crops;  // host [n_local*B,3,L,L], crop-major
@@ -86,6 +97,7 @@ typedef struct {
     Rng drop_key;              // unique per step
     int staged;                // 1: crops and masks were given to ssl_stage_batch instead (the fields
                                //    above are then ignored, but for drop_* and drop_key)
+    SslDiag *diag;             // collapse diagnostics of this step wanted (NULL: none)
 } SslBatch;
 
 // Overlapped upload of the next batch (needs cfg.staged_upload): starts the upload of the batch's crops

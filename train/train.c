@@ -18,6 +18,7 @@
 #include "data/loader.h"
 #include "data/source.h"
 #include "train/checkpoint.h"
+#include "train/collapse.h"
 #include "train/eval.h"
 #include "train/metrics.h"
 #include "train/pretrained.h"
@@ -57,6 +58,7 @@ typedef struct {
     DistGrads *grads_sync; // bucketed gradient averaging over ranks (NULL for one process)
     int64_t total;
     int quiet;
+    double knn_init, knn_last; // k-NN top-1 (k = 20) at init and at the last evaluation (NaN: none)
 } Run;
 
 // Gradient buckets: cut at tensor boundaries, dist.grad_bucket_mb each, issued from the backward pass as
@@ -157,10 +159,13 @@ static int load_pretrained(Run *r, char *err) {
 
 // evaluation.eval_period_iterations: k-NN (k = 10, 20) of the teacher's CLS features on labeled tile
 // sets, logged with the metrics (rank 0 only: the teacher is replicated).
+// At iteration 0 (a fresh run) the same evaluation of the network at init, the baseline a run must beat
+// (keys knn_*_init).
 static void periodic_knn(Run *r, int64_t iterations_done) {
     const CfgEvaluation *ev = &r->cfg->evaluation;
     if (r->d->rank != 0 || ev->eval_period_iterations <= 0 || !ev->knn_train[0] || !ev->knn_test[0]) return;
     if (iterations_done % ev->eval_period_iterations != 0) return;
+    const int init = iterations_done == 0;
     EmbedModel em;
     embed_model_wrap(&em, r->be, &r->m.vit, r->m.teacher);
     const int ks[2] = {10, 20};
@@ -170,13 +175,16 @@ static void periodic_knn(Run *r, int64_t iterations_done) {
         fprintf(stderr, "dinotrain: k-NN evaluation at iteration %lld failed: %s\n", (long long)iterations_done, e2);
     } else {
         if (!r->quiet)
-            printf("dinotrain: k-NN at iteration %lld: top-1 %.4f (k=10), %.4f (k=20), balanced %.4f (k=20)\n",
-                   (long long)iterations_done, sc[0].accuracy, sc[1].accuracy, sc[1].balanced_accuracy);
+            printf("dinotrain: k-NN at iteration %lld%s: top-1 %.4f (k=10), %.4f (k=20), balanced %.4f (k=20)\n",
+                   (long long)iterations_done, init ? " (init)" : "", sc[0].accuracy, sc[1].accuracy,
+                   sc[1].balanced_accuracy);
+        if (init) r->knn_init = sc[1].accuracy;
+        else r->knn_last = sc[1].accuracy;
         if (r->metrics) {
             metrics_begin(r->metrics, iterations_done - 1);
-            metrics_add(r->metrics, "knn_top1_k10", sc[0].accuracy);
-            metrics_add(r->metrics, "knn_top1_k20", sc[1].accuracy);
-            metrics_add(r->metrics, "knn_balanced_k20", sc[1].balanced_accuracy);
+            metrics_add(r->metrics, init ? "knn_top1_k10_init" : "knn_top1_k10", sc[0].accuracy);
+            metrics_add(r->metrics, init ? "knn_top1_k20_init" : "knn_top1_k20", sc[1].accuracy);
+            metrics_add(r->metrics, init ? "knn_balanced_k20_init" : "knn_balanced_k20", sc[1].balanced_accuracy);
             metrics_end(r->metrics, e2);
         }
     }
@@ -542,7 +550,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
     Config *cfg = dino_malloc(sizeof *cfg);
     *cfg = *cfg_in;
     config_apply_lr_scaling(cfg, d->world);
-    Run r = {.cfg = cfg, .d = d, .quiet = opt->quiet};
+    Run r = {.cfg = cfg, .d = d, .quiet = opt->quiet, .knn_init = NAN, .knn_last = NAN};
     r.total = config_total_iterations(cfg);
     int rc = -1;
     char e2[DINO_ERRLEN];
@@ -620,6 +628,19 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
     int64_t window_steps = 0, bad_in_row = 0;
     const int log_every = cfg->log.every_n_iterations > 0 ? cfg->log.every_n_iterations : 10;
     const int ckpt_every = cfg->checkpoint.every_n_iterations;
+    // collapse diagnostics (train/collapse.h) on the last diag_steps steps of each logging window (rank 0):
+    // they copy the teacher's tokens and the DINO targets to the host
+    const int D = sc.vit.dim, diag_steps = log_every < 8 ? log_every : 8;
+    const int64_t warmup_its = (int64_t)cfg->optim.warmup_epochs * cfg->train.OFFICIAL_EPOCH_LENGTH;
+    CollapseTracker ct;
+    collapse_init(&ct, Kd, D, 2 * B, diag_steps);
+    SslDiag diag = {.teacher_argmax = dino_malloc(sizeof(int) * 2 * B),
+                    .teacher_cls = dino_malloc(sizeof(float) * (size_t)2 * B * D),
+                    .teacher_patch = dino_malloc(sizeof(float) * (size_t)2 * B * D)};
+    CollapseReport rep = {.margin = NAN, .usage = NAN, .rankme_cls = NAN};
+    double rankme_init = NAN;
+    int init_logged = 0, have_report = 0;
+    if (start == 0) periodic_knn(&r, 0);
 
     for (int64_t it = start; it < end; it++) {
         double t0 = dino_wall_s();
@@ -643,6 +664,13 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         SslBatch sb = {.staged = 1,
                        .drop_key = rng_make((uint64_t)cfg->train.seed, RNG_STREAM_DROP_PATH, (uint64_t)it,
                                             (uint64_t)d->rank)};
+        // diagnosed: the last diag_steps of each logging window, the run's last steps, and (fresh runs) the
+        // first diag_steps, whose teacher is still the network at init (the RankMe baseline)
+        const int64_t in_window = (it + 1) % log_every;
+        const int is_log = (it + 1) % log_every == 0 || it + 1 == end;
+        const int init_window = start == 0 && it < diag_steps;
+        if (d->rank == 0 && (in_window == 0 || in_window > log_every - diag_steps || init_window || end - it <= diag_steps))
+            sb.diag = &diag;
 
         // the centres move during the forward pass: keep them to undo a step that is not applied
         r.be->copy(r.be, center_save, r.m.dino_center.center, sizeof(float) * (size_t)Kd);
@@ -681,9 +709,26 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
                 goto out_loop;
             }
         }
-        double logged[8] = {st.total_loss,    st.dino_local_crops_loss, st.dino_global_crops_loss, st.ibot_loss,
-                            st.koleo_loss,    st.teacher_entropy,       st.student_cls_std,        t_data};
-        mean_over_ranks(&r, logged, 8);
+        double logged[9] = {st.total_loss,    st.dino_local_crops_loss, st.dino_global_crops_loss, st.ibot_loss,
+                            st.koleo_loss,    st.teacher_entropy,       st.student_cls_std,        t_data,
+                            st.ibot_teacher_entropy};
+        mean_over_ranks(&r, logged, 9);
+        if (sb.diag && finite) {
+            collapse_add(&ct, diag.teacher_argmax, diag.teacher_cls, diag.teacher_patch, diag.agreement);
+            if (init_window && it + 1 == diag_steps) { // the network at init: the RankMe baseline
+                rankme_init = collapse_rankme(ct.cls, ct.steps * ct.rows_per_step, D);
+                if (!is_log) ct.steps = ct.next = 0; // the window restarts
+            }
+        }
+        int collapse_stop = 0;
+        if (is_log) {
+            const double ibot_margin = sc.ibot_loss_weight > 0 && st.n_masked ? log((double)Ki) - logged[8] : NAN;
+            if (d->rank == 0) collapse_report(&ct, log((double)Kd) - logged[5], ibot_margin, it + 1 > warmup_its, &rep);
+            have_report = 1;
+            double flag[1] = {d->rank == 0 && rep.confirmed && cfg->train.stop_on_collapse};
+            if (d->world > 1 && dist_allreduce_sum_f64(d, flag, 1, e2)) dist_abort(d, "%s", e2);
+            collapse_stop = flag[0] > 0;
+        }
         res->last_total_loss = logged[0];
         res->end_iteration = it + 1;
         window_steps++;
@@ -716,6 +761,20 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
                 metrics_add_int(r.metrics, "grad_buckets", dist_grads_nbuckets(r.grads_sync));
                 metrics_add_int(r.metrics, "grad_buckets_overlapped", early_buckets);
             }
+            if (is_log) { // collapse diagnostics (train/collapse.h), per log line
+                metrics_add(r.metrics, "dino_margin", rep.margin);
+                if (!isnan(rep.ibot_margin)) metrics_add(r.metrics, "ibot_margin", rep.ibot_margin);
+                metrics_add(r.metrics, "prototype_usage", rep.usage);
+                metrics_add_int(r.metrics, "prototypes_used", rep.prototypes);
+                metrics_add(r.metrics, "prototype_top_share", rep.top_share);
+                metrics_add(r.metrics, "agreement", rep.agreement);
+                metrics_add(r.metrics, "rankme_cls", rep.rankme_cls);
+                metrics_add(r.metrics, "rankme_patch", rep.rankme_patch);
+                metrics_add(r.metrics, "feature_std_cls", rep.std_cls);
+                metrics_add(r.metrics, "feature_std_patch", rep.std_patch);
+                if (!isnan(rankme_init) && !init_logged++) metrics_add(r.metrics, "rankme_cls_init", rankme_init);
+                if (rep.collapse) metrics_add_str(r.metrics, "collapse", rep.collapse);
+            }
             if (metrics_end(r.metrics, e2)) {
                 dino_seterr(err, "%s", e2);
                 goto out_loop;
@@ -738,7 +797,11 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
                               .images_per_s = win > 0 ? (double)window_steps * B * d->world / win : 0,
                               .data_wait_share = win > 0 ? data_window / win : 0,
                               .eta_s = metrics_eta_seconds(it + 1 - start, t_now - t_start, r.total - it - 1),
-                              .corrupt_tiles = loader_stats(r.loader).corrupt};
+                              .corrupt_tiles = loader_stats(r.loader).corrupt,
+                              .margin = rep.margin,
+                              .usage = rep.usage,
+                              .agreement = rep.agreement,
+                              .collapse = rep.collapse};
             char line[512];
             metrics_format_line(line, sizeof line, &p, tty ? 20 : 0);
             printf(tty ? "\r%s\033[K" : "%s\n", line);
@@ -749,7 +812,28 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             data_window = 0;
         }
         periodic_knn(&r, it + 1);
-        if ((ckpt_every > 0 && (it + 1) % ckpt_every == 0) || it + 1 == r.total) {
+        if (collapse_stop) {
+            char last[64] = "none";
+            int64_t *its = NULL;
+            int n = d->rank == 0 ? ckpt_list(cfg->train.output_dir, &its) : 0;
+            if (n > 0) snprintf(last, sizeof last, "iteration %lld", (long long)its[n - 1]);
+            free(its);
+            dino_seterr(err,
+                        "collapse at iteration %lld: %s (margin %.4f of ln K = %.3f, %d prototypes used of %d, "
+                        "teacher CLS RankMe %.2f); stopping (train.stop_on_collapse); the last good checkpoint "
+                        "(%s) is kept in %s/%s",
+                        (long long)(it + 1), rep.collapse, rep.margin, log((double)Kd), rep.prototypes, Kd,
+                        rep.rankme_cls, last, cfg->train.output_dir, CKPT_DIR);
+            goto out_loop;
+        }
+        // periodic, the schedule's end, and where this run stops (--iterations N): no work is lost. With
+        // train.stop_on_collapse, none while the diagnostics warn: the newest checkpoint is the last good one
+        const int want_ckpt = (ckpt_every > 0 && (it + 1) % ckpt_every == 0) || it + 1 == r.total || it + 1 == end;
+        const int suspect = cfg->train.stop_on_collapse && rep.collapse;
+        if (want_ckpt && suspect && d->rank == 0 && !opt->quiet)
+            printf("dinotrain: no checkpoint at iteration %lld: the collapse diagnostics warn (%s)\n", (long long)(it + 1),
+                   rep.collapse);
+        if (want_ckpt && !suspect) {
             float *moments = moments_to_host(&r); // every rank: gathers ZeRO-1 shards
             int ckpt_rc = d->rank == 0 ? save_checkpoint(&r, it + 1, moments, res->last_checkpoint, e2) : 0;
             free(moments);
@@ -760,8 +844,26 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         }
     }
     if (d->world > 1 && dist_barrier(d, e2)) dist_abort(d, "%s", e2);
+    if (d->rank == 0 && !opt->quiet && have_report) {
+        // the verdict: learned (head not uniform, more than one prototype, the teacher's CLS features of
+        // higher rank than at init) or collapsed, with the numbers
+        const int learned = !rep.collapse && (isnan(rankme_init) || rep.rankme_cls > rankme_init);
+        printf("dinotrain: verdict: %s: margin %.3f of ln K = %.3f, prototypes used %d of %d (%.1f%%), "
+               "teacher CLS RankMe %.2f (at init %.2f)",
+               learned ? "learned" : rep.collapse ? "collapsed" : "not learned (RankMe not above init)", rep.margin,
+               log((double)Kd), rep.prototypes, Kd, 100 * rep.usage, rep.rankme_cls, rankme_init);
+        if (rep.collapse) printf(" [%s]", rep.collapse);
+        if (!isnan(r.knn_init) && !isnan(r.knn_last)) printf(", k-NN top-1 %.3f (at init %.3f)", r.knn_last, r.knn_init);
+        printf("\n");
+        fflush(stdout);
+    }
+    res->collapse = rep.collapse;
+    res->margin = rep.margin, res->usage = rep.usage, res->prototypes = rep.prototypes;
+    res->rankme_cls = rep.rankme_cls, res->rankme_init = rankme_init;
     rc = 0;
 out_loop:
+    collapse_free(&ct);
+    free(diag.teacher_argmax), free(diag.teacher_cls), free(diag.teacher_patch);
     r.be->release(r.be, center_save);
 out:
     if (r.grads_sync) dist_grads_free(r.grads_sync);

@@ -19,6 +19,10 @@ typedef struct {
     int64_t skipped_steps;                  // non-finite losses: update not applied
     double last_total_loss;
     char last_checkpoint[4096];
+    // the collapse diagnostics at the last log line (train/collapse.h), rank 0
+    const char *collapse;                  // NULL, or what collapsed
+    double margin, usage, rankme_cls, rankme_init;
+    int prototypes;
 } TrainResult;
 
 // The model and objective settings of a config for rank `rank` of `world` (ZeRO-1 shard, iBOT head
