@@ -4,6 +4,7 @@
 // tiles, crafted headers of huge images) and the library's own writers (shards, safetensors, checkpoints,
 // dinoexport's three formats). Multi-file inputs are joined with FUZZ_SEP as the harness expects
 // (tests/fuzz/fuzz.h). The ctest case fuzz.seeds runs it before the fuzzers and the replays.
+#include <dirent.h>
 #include <math.h>
 #include <png.h>
 #include <stdarg.h>
@@ -16,6 +17,7 @@
 #include "common/check.h"
 #include "common/fs.h"
 #include "common/rng.h"
+#include "common/text.h"
 #include "common/safetensors.h"
 #include "data/shard.h"
 #include "model/params.h"
@@ -289,31 +291,60 @@ static void checkpoint_seed(const char *name, int with_tensors, const char *tmpd
 }
 
 // ---- configs ---------------------------------------------------------------------------------------------
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
 static void config_seeds(void) {
-    static const char *files[] = {"demo", "dino-vits16-path", "phikon-v2", "vitb14", "vitg14", "vitl14", "vits14"};
-    char path[4200], name[256];
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        snprintf(path, sizeof path, "configs/%s.yaml", files[i]);
-        snprintf(name, sizeof name, "%s.yaml", files[i]);
-        seed_file("config", name, test_src_path(path));
+    // every shipped config; one on a base (`base: x.yaml`) as config.yaml + base.yaml, the base renamed
+    char dir[4200], path[4400];
+    snprintf(dir, sizeof dir, "%s", test_src_path("configs"));
+    DIR *d = opendir(dir);
+    CHECK(d != NULL, "cannot list %s", dir);
+    char *names[256];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 256) {
+        size_t len = strlen(e->d_name);
+        if (len > 5 && !strcmp(e->d_name + len - 5, ".yaml")) names[n++] = strdup(e->d_name);
     }
-    // a config on a base (configs/vitl.yaml on vitl14.yaml, as config.yaml + base.yaml), and overrides
-    size_t nc, nb;
-    uint8_t *c = slurp(test_src_path("configs/vitl.yaml"), &nc), *b = slurp(test_src_path("configs/vitl14.yaml"), &nb);
-    char *child = dino_malloc(nc + 64);
-    memcpy(child, c, nc);
-    child[nc] = 0;
-    char *at = strstr(child, "base: vitl14.yaml");
-    CHECK(at != NULL, "configs/vitl.yaml no longer names vitl14.yaml as its base");
-    memcpy(at, "base: base.yaml  ", 17);
-    seed_parts("config", "vitl_on_base.yaml", (Part[]){{child, strlen(child)}, {b, nb}}, 2);
+    closedir(d);
+    qsort(names, (size_t)n, sizeof *names, cmp_names);
+    for (int i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        size_t len;
+        uint8_t *c = slurp(path, &len);
+        char *text = dino_malloc(len + 1);
+        memcpy(text, c, len);
+        text[len] = 0;
+        char *at = !strncmp(text, "base:", 5) ? text : strstr(text, "\nbase:");
+        if (!at) {
+            seed("config", names[i], text, len);
+        } else {
+            at += *at == '\n';
+            char base[256] = "";
+            sscanf(at, "base: %255s", base);
+            snprintf(path, sizeof path, "%s/%s", dir, base);
+            size_t nb;
+            uint8_t *b = slurp(path, &nb);
+            char *eol = strchr(at, '\n');
+            Text t;
+            text_init(&t, len + 64);
+            text_printf(&t, "%.*sbase: base.yaml%s", (int)(at - text), text, eol ? eol : "");
+            seed_parts("config", names[i], (Part[]){{t.s, t.n}, {b, nb}}, 2);
+            text_free(&t);
+            free(b);
+        }
+        free(text);
+        free(c);
+        free(names[i]);
+    }
+    // overrides
     const char *o1 = "train.batch_size_per_gpu=4", *o2 = "data.sources=[/tiles/a,list:/b.txt]", *o3 = "student.arch=vit_small",
                *o4 = "optim.base_lr=1e-3";
     size_t nd;
-    uint8_t *d = slurp(test_src_path("configs/demo.yaml"), &nd);
+    uint8_t *dm = slurp(test_src_path("configs/demo.yaml"), &nd);
     seed_parts("config", "demo_with_overrides.yaml",
-               (Part[]){{d, nd}, {"", 0}, {o1, strlen(o1)}, {o2, strlen(o2)}, {o3, strlen(o3)}, {o4, strlen(o4)}}, 6);
-    free(c), free(b), free(d), free(child);
+               (Part[]){{dm, nd}, {"", 0}, {o1, strlen(o1)}, {o2, strlen(o2)}, {o3, strlen(o3)}, {o4, strlen(o4)}}, 6);
+    free(dm);
     // every key with its default, as the resolved config a run writes
     Config cfg;
     config_defaults(&cfg);
@@ -401,6 +432,12 @@ int main(int argc, char **argv) {
     }
     out_root = argv[1];
     mkdirs(out_root);
+    static const char *harnesses[] = {"decode", "shard", "safetensors", "checkpoint", "config", "export"};
+    for (size_t i = 0; i < sizeof harnesses / sizeof *harnesses; i++) { // no seeds left from an older tree
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/%s", out_root, harnesses[i]);
+        fuzz_rm_tree(dir);
+    }
     char tmpdir[4200];
     snprintf(tmpdir, sizeof tmpdir, "%s/.tmp", out_root);
     fuzz_rm_tree(tmpdir);
