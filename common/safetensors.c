@@ -76,9 +76,10 @@ static int parse_tensor(json_object *v, StTensor *t, int64_t *begin, int64_t *en
             return -1;
         }
     }
-    json_object *b = json_object_array_get_idx(off, 0), *e = json_object_array_get_idx(off, 1);
-    if (!json_object_is_type(off, json_type_array) || json_object_array_length(off) != 2 || json_as_int64(b, begin) ||
-        json_as_int64(e, end) || *begin < 0 || *end < 0) {
+    // (json-c asserts that what it indexes is an array: the type first)
+    if (!json_object_is_type(off, json_type_array) || json_object_array_length(off) != 2 ||
+        json_as_int64(json_object_array_get_idx(off, 0), begin) || json_as_int64(json_object_array_get_idx(off, 1), end) ||
+        *begin < 0 || *end < 0) {
         dino_seterr(err, "%s: tensor '%s': data_offsets %s is not two non-negative integers [begin, end]", path,
                     t->name, json_object_to_json_string_ext(off, JSON_C_TO_STRING_PLAIN));
         return -1;

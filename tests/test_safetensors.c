@@ -226,6 +226,21 @@ TEST(rejects_bad_headers) {
     }
 }
 
+// data_offsets that is not a list: an error naming it. Before: json-c's assertion in
+// json_object_array_get_idx aborted the process (found by fuzz.checkpoint in a checkpoint's tensor file;
+// tests/fuzz/regressions/safetensors/data_offsets_not_a_list.safetensors).
+TEST(data_offsets_of_another_kind_is_an_error_not_an_abort) {
+    const char *dir = test_tmpdir();
+    const char *p = path_in(dir, "off.safetensors");
+    static const char *kinds[] = {"5", "\"0,4\"", "{\"0\":4}", "null", "true", "[[0,4]]", "[0]"};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        char header[256];
+        snprintf(header, sizeof header, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":%s}}", kinds[i]);
+        write_raw(p, header, -1, 4);
+        expect_reject(p, "data_offsets");
+    }
+}
+
 // Runs the Python oracle; skips when /usr/bin/python3 or numpy is missing.
 static int run_oracle(const char *mode, const char *path) {
     if (access("/usr/bin/python3", X_OK) != 0) test_skip("/usr/bin/python3 not found");
