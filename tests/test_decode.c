@@ -8,6 +8,7 @@
 #include "data/synth.h"
 #include "tests/harness.h"
 #include "tests/synth_files.h"
+#include "tests/tiff_layouts.h"
 
 static double mean_abs_diff(const Image *a, const Image *b) {
     double s = 0;
@@ -365,53 +366,7 @@ typedef struct {
 } TiffKind;
 
 static void write_tiff_kind(const char *path, const Image *im, const TiffKind *k) {
-    TIFF *t = TIFFOpen(path, "w");
-    CHECK(t != NULL, "cannot create %s", path);
-    TIFFSetField(t, TIFFTAG_IMAGEWIDTH, im->w);
-    TIFFSetField(t, TIFFTAG_IMAGELENGTH, im->h);
-    TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, k->spp);
-    TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, 8);
-    TIFFSetField(t, TIFFTAG_PHOTOMETRIC, k->spp >= 3 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK);
-    TIFFSetField(t, TIFFTAG_PLANARCONFIG, k->planar);
-    TIFFSetField(t, TIFFTAG_COMPRESSION, k->compression);
-    TIFFSetField(t, TIFFTAG_ORIENTATION, k->orientation);
-    if (k->spp == 4) {
-        uint16_t extra = EXTRASAMPLE_UNASSALPHA;
-        TIFFSetField(t, TIFFTAG_EXTRASAMPLES, 1, &extra);
-    }
-    int nplanes = k->planar == PLANARCONFIG_SEPARATE ? k->spp : 1, per = nplanes > 1 ? 1 : k->spp;
-    // sample s of pixel (x, y): the image's channels, alpha a pattern with transparent and opaque parts
-    #define SAMPLE(x, y, s) ((s) < 3 ? im->px[3 * ((size_t)(y) * im->w + (x)) + ((k->spp == 1) ? 0 : (s))] \
-                                     : (uint8_t)(((x) / 7 + (y) / 5) % 3 * 127))
-    if (k->tiled) {
-        const int tw = 32, th = 16;
-        TIFFSetField(t, TIFFTAG_TILEWIDTH, tw);
-        TIFFSetField(t, TIFFTAG_TILELENGTH, th);
-        uint8_t *tile = dino_malloc((size_t)tw * th * per);
-        for (int p = 0; p < nplanes; p++)
-            for (int ty = 0; ty < im->h; ty += th)
-                for (int tx = 0; tx < im->w; tx += tw) {
-                    memset(tile, 0, (size_t)tw * th * per);
-                    for (int y = 0; y < th && ty + y < im->h; y++)
-                        for (int x = 0; x < tw && tx + x < im->w; x++)
-                            for (int s = 0; s < per; s++)
-                                tile[((size_t)y * tw + x) * per + s] = SAMPLE(tx + x, ty + y, nplanes > 1 ? p : s);
-                    CHECK(TIFFWriteTile(t, tile, tx, ty, 0, (uint16_t)p) >= 0, "%s: tile write failed", k->name);
-                }
-        free(tile);
-    } else {
-        TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, 16);
-        uint8_t *row = dino_malloc((size_t)im->w * per);
-        for (int p = 0; p < nplanes; p++)
-            for (int y = 0; y < im->h; y++) {
-                for (int x = 0; x < im->w; x++)
-                    for (int s = 0; s < per; s++) row[(size_t)x * per + s] = SAMPLE(x, y, nplanes > 1 ? p : s);
-                CHECK(TIFFWriteScanline(t, row, (uint32_t)y, (uint16_t)p) >= 0, "%s: row write failed", k->name);
-            }
-        free(row);
-    }
-    #undef SAMPLE
-    TIFFClose(t);
+    write_tiff_layout(path, im, k->tiled, k->spp, k->planar, k->orientation, k->compression);
 }
 
 // Strips (last one partial), tiles (clipped at the right and bottom), separate planes, a bottom-up and a

@@ -15,6 +15,7 @@
 #include <tiffio.h>
 
 #include "common/check.h"
+#include "tests/tiff_layouts.h"
 #include "common/fs.h"
 #include "common/rng.h"
 #include "common/text.h"
@@ -104,54 +105,10 @@ static uint8_t *png_of(const Image *im, png_uint_32 format, size_t *n) {
     return b;
 }
 
-// A TIFF of im: strips or 16 x 16 tiles, contiguous or separate planes, RGB / grey / RGB + alpha.
+// A TIFF of im in one of the decoder's layouts (tests/tiff_layouts.h), as a seed.
 static void tiff_seed(const char *name, const Image *im, int tiled, int planar, int spp, int compression,
                       int orientation, const char *tmp) {
-    TIFF *t = TIFFOpen(tmp, "w");
-    CHECK(t != NULL, "cannot create %s", tmp);
-    TIFFSetField(t, TIFFTAG_IMAGEWIDTH, im->w);
-    TIFFSetField(t, TIFFTAG_IMAGELENGTH, im->h);
-    TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, spp);
-    TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, 8);
-    TIFFSetField(t, TIFFTAG_PHOTOMETRIC, spp >= 3 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK);
-    TIFFSetField(t, TIFFTAG_PLANARCONFIG, planar);
-    TIFFSetField(t, TIFFTAG_COMPRESSION, compression);
-    TIFFSetField(t, TIFFTAG_ORIENTATION, orientation);
-    if (spp == 4) {
-        uint16_t extra = EXTRASAMPLE_UNASSALPHA;
-        TIFFSetField(t, TIFFTAG_EXTRASAMPLES, 1, &extra);
-    }
-    const int nplanes = planar == PLANARCONFIG_SEPARATE ? spp : 1, per = nplanes > 1 ? 1 : spp;
-#define SAMPLE(x, y, s) ((s) < 3 ? im->px[3 * ((size_t)(y) * im->w + (x)) + (spp == 1 ? 0 : (s))] : (uint8_t)((x) * 9))
-    if (tiled) {
-        const int tw = 16, th = 16;
-        TIFFSetField(t, TIFFTAG_TILEWIDTH, tw);
-        TIFFSetField(t, TIFFTAG_TILELENGTH, th);
-        uint8_t *tile = dino_malloc((size_t)tw * th * per);
-        for (int p = 0; p < nplanes; p++)
-            for (int ty = 0; ty < im->h; ty += th)
-                for (int tx = 0; tx < im->w; tx += tw) {
-                    memset(tile, 0, (size_t)tw * th * per);
-                    for (int y = 0; y < th && ty + y < im->h; y++)
-                        for (int x = 0; x < tw && tx + x < im->w; x++)
-                            for (int s = 0; s < per; s++)
-                                tile[((size_t)y * tw + x) * per + s] = SAMPLE(tx + x, ty + y, nplanes > 1 ? p : s);
-                    CHECK(TIFFWriteTile(t, tile, tx, ty, 0, (uint16_t)p) >= 0, "tile write");
-                }
-        free(tile);
-    } else {
-        TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, 5);
-        uint8_t *row = dino_malloc((size_t)im->w * per);
-        for (int p = 0; p < nplanes; p++)
-            for (int y = 0; y < im->h; y++) {
-                for (int x = 0; x < im->w; x++)
-                    for (int s = 0; s < per; s++) row[(size_t)x * per + s] = SAMPLE(x, y, nplanes > 1 ? p : s);
-                CHECK(TIFFWriteScanline(t, row, (uint32_t)y, (uint16_t)p) >= 0, "row write");
-            }
-        free(row);
-    }
-#undef SAMPLE
-    TIFFClose(t);
+    write_tiff_layout(tmp, im, tiled, spp, planar, orientation, compression);
     seed_file("decode", name, tmp);
 }
 
