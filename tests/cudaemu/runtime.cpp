@@ -8,6 +8,9 @@
 //           at random (CUDAEMU_SEED), until what the host waits for is done
 //   delay   each stream is held back as long as it may: only what the host waits for and what that
 //           depends on runs. A missing cudaStreamWaitEvent then shows as stale data.
+//   rush    the opposite: before the stream the host waits for makes a step, every other stream runs all
+//           it can. A missing wait of the kind "this copy must not start before that zero-fill" shows
+//           here (delay cannot see it: the waited-for stream always runs first there).
 // Device memory comes from malloc with the exact size (AddressSanitizer sees every overrun) and starts
 // as NaN bytes (0xff) as a reminder that cudaMalloc does not clear. A free while queued work still
 // refers to the buffer is a finding, as is a copy between the wrong kinds of memory.
@@ -18,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -131,13 +135,14 @@ struct CUevent_st {
 
 namespace cudaemu {
 
-enum Policy { EAGER, RANDOM, DELAY };
+enum Policy { EAGER, RANDOM, DELAY, RUSH };
 static Policy policy() { // read at every use: a test may switch it (e.g. in a forked child)
     const char *e = getenv("CUDAEMU_STREAMS");
     if (!e || !*e || !strcmp(e, "delay")) return DELAY;
     if (!strcmp(e, "eager")) return EAGER;
     if (!strcmp(e, "random")) return RANDOM;
-    fatal("CUDAEMU_STREAMS=%s: use eager, random or delay", e);
+    if (!strcmp(e, "rush")) return RUSH;
+    fatal("CUDAEMU_STREAMS=%s: use eager, random, delay or rush", e);
 }
 static std::mt19937_64 &sched_rng() {
     static std::mt19937_64 r(getenv("CUDAEMU_SEED") ? strtoull(getenv("CUDAEMU_SEED"), NULL, 10) : 1);
@@ -181,7 +186,8 @@ static void run_head(CUstream_st *st) {
     finished.push_back(op);
 }
 
-// Runs ops until `target` is done: in delay order only what it needs, in random order anything ready.
+// Runs ops until `target` is done: in delay order only what it needs, in random order anything ready, in
+// rush order everything else that is ready before each step of the target's stream.
 static void complete(Op *target) {
     while (!target->done) {
         if (policy() == RANDOM) {
@@ -192,7 +198,19 @@ static void complete(Op *target) {
             run_head(cand[sched_rng()() % cand.size()]);
             continue;
         }
-        // delay: find target's stream; run its head, first completing what the head waits for
+        if (policy() == RUSH) { // the other streams first, as far as they can go
+            bool ran = true;
+            while (ran) {
+                ran = false;
+                for (CUstream_st *st : streams)
+                    if (!st->q.empty() && ready(st->q.front()) &&
+                        std::find(st->q.begin(), st->q.end(), target) == st->q.end()) {
+                        run_head(st);
+                        ran = true;
+                    }
+            }
+        }
+        // delay (and rush, for the target's own stream): run its head, first completing what it waits for
         CUstream_st *owner = nullptr;
         for (CUstream_st *st : streams)
             for (Op *o : st->q)

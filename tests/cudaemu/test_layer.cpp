@@ -288,6 +288,42 @@ TEST(streams_events_and_missing_wait) {
     cudaFree(d), cudaFreeHost(h);
 }
 
+// The other kind of missing wait: a copy on one stream that must not start before a zero-fill queued
+// earlier on another. Under delay the zero-fill's stream always runs first (what the host waits for), so
+// it cannot show; under rush the copy runs first and the fill wipes it.
+TEST(rush_order_finds_a_copy_that_overtakes_a_fill) {
+    const char *pol = getenv("CUDAEMU_STREAMS");
+    setenv("CUDAEMU_STREAMS", "rush", 1);
+    const int n = 256;
+    float *h, *d, back[4];
+    CK(cudaHostAlloc((void **)&h, sizeof(float) * n, 0));
+    CK(cudaMalloc(&d, sizeof(float) * n));
+    for (int i = 0; i < n; i++) h[i] = 5.0f;
+    cudaStream_t compute, copy;
+    cudaEvent_t filled, up;
+    CK(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking));
+    CK(cudaEventCreateWithFlags(&filled, cudaEventDisableTiming));
+    CK(cudaEventCreateWithFlags(&up, cudaEventDisableTiming));
+    for (int with_wait = 1; with_wait >= 0; with_wait--) {
+        CK(cudaMemsetAsync(d, 0, sizeof(float) * n, compute)); // a new buffer's zero-fill
+        CK(cudaEventRecord(filled, compute));
+        if (with_wait) CK(cudaStreamWaitEvent(copy, filled, 0));
+        CK(cudaMemcpyAsync(d, h, sizeof(float) * n, cudaMemcpyHostToDevice, copy));
+        CK(cudaEventRecord(up, copy));
+        CK(cudaStreamWaitEvent(compute, up, 0));
+        CK(cudaMemcpyAsync(back, d, sizeof back, cudaMemcpyDeviceToHost, compute));
+        CK(cudaStreamSynchronize(compute));
+        printf("  %s the copy's wait on the fill: d[0] = %g (5 when ordered)\n", with_wait ? "with" : "without", back[0]);
+        if (with_wait) CHECK(back[0] == 5.0f, "ordered copy: %g", back[0]);
+        else CHECK(back[0] != 5.0f, "a copy that overtook the zero-fill went unnoticed under rush order");
+    }
+    cudaStreamDestroy(compute), cudaStreamDestroy(copy), cudaEventDestroy(filled), cudaEventDestroy(up);
+    cudaFree(d), cudaFreeHost(h);
+    if (pol) setenv("CUDAEMU_STREAMS", pol, 1);
+    else unsetenv("CUDAEMU_STREAMS");
+}
+
 TEST(free_with_pending_work_and_wrong_copies) {
     expect_finding("cudaFree while a kernel on it is queued", "still uses the buffer", [] {
         setenv("CUDAEMU_STREAMS", "delay", 1);
