@@ -8,6 +8,7 @@
 #include "common/threads.h"
 #include "dist/dist.h"
 #include "train/config.h"
+#include "train/distill.h"
 #include "train/memory_plan.h"
 #include "train/train.h"
 
@@ -90,13 +91,18 @@ int main(int argc, char **argv) {
         return 1;
     }
     TrainResult res;
-    int rc = train_run(&cfg, &d, &opt, &res, err);
+    // multidistillation.enabled: students of a frozen teacher on groups of ranks (train/distill.c)
+    char student[CFG_NAME] = "";
+    int rc = cfg.multidistillation.enabled ? distill_run(&cfg, &d, &opt, &res, student, err)
+                                           : train_run(&cfg, &d, &opt, &res, err);
     if (rc) {
         if (d.world > 1) dist_abort(&d, "%s", err);
         fprintf(stderr, "dinotrain: %s\n", err);
         dist_finalize(&d);
         return 1;
     }
+    if (student[0] && res.last_checkpoint[0]) // each student's first rank
+        printf("dinotrain: student '%s': checkpoint %s\n", student, res.last_checkpoint);
     if (d.rank == 0) {
         printf("dinotrain: done, iterations %lld..%lld", (long long)res.start_iteration, (long long)res.end_iteration);
         if (res.skipped_steps) printf(" (%lld skipped: non-finite loss)", (long long)res.skipped_steps);
