@@ -76,7 +76,9 @@ static void make_teacher_and_students(const char *tmp) {
 }
 
 // The main config: students as "name:first:end" entries, global batch G, output <tmp>/<out>.
-static void write_main(const char *tmp, const char *file, const char *out, int G, int n, const char *const *students) {
+// `own`: more keys of the main file (they override every student's, as dinov3's merge); "" for none.
+static void write_main_with(const char *tmp, const char *file, const char *out, int G, int n,
+                            const char *const *students, const char *own) {
     char path[4300], text[8192], list[4096] = "";
     for (int i = 0; i < n; i++) {
         char name[64];
@@ -89,7 +91,7 @@ static void write_main(const char *tmp, const char *file, const char *out, int G
     snprintf(path, sizeof path, "%s/%s", tmp, file);
     snprintf(text, sizeof text,
              "base: %s\n"
-             "student: {patch_size: 8}\n"
+             "%s"
              "crops: {global_crops_size: 32, local_crops_size: 16, local_crops_number: 2}\n"
              "train: {output_dir: %s/%s, OFFICIAL_EPOCH_LENGTH: 4, num_workers: 1, centering: sinkhorn_knopp}\n"
              "optim: {epochs: 1}\n"
@@ -98,8 +100,28 @@ static void write_main(const char *tmp, const char *file, const char *out, int G
              "checkpoint: {every_n_iterations: 2, keep_last: 3}\n"
              "distillation: {enabled: true, full_cfg_path: %s/teacher/config.yaml, checkpoint_path: %s/teacher}\n"
              "multidistillation:\n  enabled: true\n  global_batch_size: %d\n  students:\n%s",
-             test_src_path("configs/demo.yaml"), tmp, out, tmp, tmp, tmp, G, list);
+             test_src_path("configs/demo.yaml"), own[0] ? own : "student: {patch_size: 8}\n", tmp, out, tmp, tmp, tmp,
+             G, list);
     write_file(path, text);
+}
+
+static void write_main(const char *tmp, const char *file, const char *out, int G, int n, const char *const *students) {
+    write_main_with(tmp, file, out, G, n, students, "");
+}
+
+// The "loss" of the first metrics line of a student's run.
+static double first_loss(const char *dir) {
+    char path[4400], line[8192];
+    snprintf(path, sizeof path, "%s/training_metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "no %s", path);
+    double v = NAN;
+    if (f && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"loss\":");
+        if (p) v = atof(p + 7);
+    }
+    if (f) fclose(f);
+    return v;
 }
 
 static int run_distill(const char *main_path, int64_t max_it, TrainResult *res, char *err) {
@@ -248,6 +270,35 @@ TEST(two_students_of_different_sizes_on_two_ranks) {
         CHECK(lines == 4, "student %s: %d metrics lines, want 4", names[s], lines);
         export_and_embed(tmp, dir, names[s]);
     }
+
+    // Each student's batch and targets are assembled from both ranks' shares: without iBOT masks and
+    // stochastic depth (set by the main file for every student) the 2-rank job's students see the same
+    // images with the same targets as one student on one rank (in another order), so their first losses
+    // agree up to rounding; a wrong image, crop or target row would not.
+    const char *own = "student: {patch_size: 8, drop_path_rate: 0}\nibot: {loss_weight: 0}\n";
+    const char *same[] = {"small:0:1", "small2:1:2"};
+    char src[4300], dst[4300];
+    snprintf(src, sizeof src, "cp %s/small.yaml %s/small2.yaml", tmp, tmp);
+    CHECK(system(src) == 0, "%s", src);
+    write_main_with(tmp, "p.yaml", "p", 4, 2, same, own);
+    rc = mpirun_dinotrain(tmp, "p.yaml", "--iterations 1", "p.log");
+    snprintf(log, sizeof log, "%s/p.log", tmp);
+    if (rc) show(log);
+    CHECK(rc == 0, "mpirun dinotrain p.yaml failed");
+    write_main_with(tmp, "q.yaml", "q", 4, 1, same, own);
+    snprintf(dst, sizeof dst, "%s/q.yaml", tmp);
+    TrainResult res;
+    char err[DINO_ERRLEN];
+    CHECK(run_distill(dst, 1, &res, err) == 0, "%s", err);
+    snprintf(src, sizeof src, "%s/p/small", tmp);
+    double l0 = first_loss(src);
+    snprintf(src, sizeof src, "%s/p/small2", tmp);
+    double l1 = first_loss(src);
+    snprintf(dst, sizeof dst, "%s/q/small", tmp);
+    double l2 = first_loss(dst);
+    printf("first losses: 2 ranks %.7f / %.7f, 1 rank %.7f\n", l0, l1, l2);
+    CHECK(l0 == l1, "the two identical students on 2 ranks differ: %.9g vs %.9g", l0, l1);
+    CHECK(isfinite(l2) && fabs(l0 - l2) < 1e-5 * fabs(l2), "2 ranks %.9g vs 1 rank %.9g", l0, l2);
 }
 
 // The student step against the frozen teacher's targets is the SSL step's student half: with the student
@@ -433,4 +484,44 @@ TEST(bad_distillation_configs_named) {
               strcmp(back.multidistillation.students[1].config_path, "y.yaml") == 0,
           "students read back wrong");
     free(yaml);
+}
+
+// The student's batch from the gathered shares: each image with its own crops and its own target rows,
+// the iBOT rows in the student's mask order. Every row is labelled with (rank, crop, image, token).
+TEST(gathered_shares_give_each_image_its_own_rows) {
+    const int W = 3, Bt = 2, Ng = 5, K = 2, share_rows = 2 * Bt * Ng;
+    uint8_t masks[3 * 2 * 2 * 5];
+    Rng r = rng_make(3, 0, 0, 0);
+    for (size_t i = 0; i < sizeof masks; i++) masks[i] = rng_uniform(&r) < 0.4;
+    float rows[3 * 20 * 2], item[3 * 2 * 2]; // ibot rows; one float per (rank, crop, image)
+    for (int rk = 0; rk < W; rk++) {
+        int n = 0;
+        for (int c = 0; c < 2; c++)
+            for (int j = 0; j < Bt; j++) {
+                item[(rk * 2 + c) * Bt + j] = (float)(100 * rk + 10 * c + j);
+                for (int t = 0; t < Ng; t++)
+                    if (masks[((size_t)rk * 2 * Bt + c * Bt + j) * Ng + t]) {
+                        rows[((size_t)rk * share_rows + n) * K] = (float)(1000 * rk + 100 * c + 10 * j + t);
+                        rows[((size_t)rk * share_rows + n) * K + 1] = -1;
+                        n++;
+                    }
+            }
+    }
+    // a student of 2 ranks (Bs = 3): its second rank holds global images 3, 4, 5 (ranks 1 and 2)
+    const int Bs = 3, first = 3;
+    float part[2 * 3], got[2 * 3 * 5 * 2];
+    distill_take_part(part, item, sizeof(float), 2, Bt, Bs, first);
+    int n = distill_take_ibot_rows(got, rows, masks, Bt, Ng, share_rows, K, first, Bs), k = 0;
+    for (int c = 0; c < 2; c++)
+        for (int i = 0; i < Bs; i++) {
+            const int g = first + i, rk = g / Bt, j = g % Bt;
+            CHECK(part[c * Bs + i] == (float)(100 * rk + 10 * c + j), "crop %d image %d: item %g", c, i, part[c * Bs + i]);
+            for (int t = 0; t < Ng; t++)
+                if (masks[((size_t)rk * 2 * Bt + c * Bt + j) * Ng + t]) {
+                    CHECK(k < n && got[k * K] == (float)(1000 * rk + 100 * c + 10 * j + t) && got[k * K + 1] == -1,
+                          "row %d: %g, want %d", k, got[k * K], 1000 * rk + 100 * c + 10 * j + t);
+                    k++;
+                }
+        }
+    CHECK(k == n && n > 0, "%d rows taken, %d expected", n, k);
 }

@@ -317,9 +317,7 @@ static int64_t resume(Distill *x, char *err) {
 
 // ---- one iteration's batch ---------------------------------------------------------------------------
 
-// dst[c][i] = all[r][c][j] for the student's images i (global index g = first + i, r = g / Bt, j = g % Bt):
-// items of `item` bytes, `crops` per image.
-static void take_part(void *dst, const void *all, size_t item, int crops, int Bt, int Bs, int first) {
+void distill_take_part(void *dst, const void *all, size_t item, int crops, int Bt, int Bs, int first) {
     for (int c = 0; c < crops; c++)
         for (int i = 0; i < Bs; i++) {
             const int g = first + i, r = g / Bt, j = g % Bt;
@@ -328,22 +326,19 @@ static void take_part(void *dst, const void *all, size_t item, int crops, int Bt
         }
 }
 
-// The iBOT target rows of the student's images, in its mask order (crop, image, token), from every
-// rank's rows (rank r's rows at Pi_all + r * share_mm * Ki, in its own mask order).
-static int take_ibot_rows(Distill *x, int first) {
-    const int Bt = x->Bt, Ng = x->Ng;
+int distill_take_ibot_rows(float *dst, const float *rows_all, const uint8_t *masks_all, int Bt, int Ng, int share_rows,
+                           int K, int first, int Bs) {
     int n = 0;
     for (int c = 0; c < 2; c++)
-        for (int i = 0; i < x->Bs; i++) {
+        for (int i = 0; i < Bs; i++) {
             const int g = first + i, r = g / Bt, j = g % Bt;
-            const uint8_t *mr = x->mask_all + (size_t)r * 2 * Bt * Ng;
+            const uint8_t *mr = masks_all + (size_t)r * 2 * Bt * Ng;
             int before = 0; // rows of rank r that come before image (c, j)
             for (int k = 0; k < c * Bt + j; k++)
                 for (int t = 0; t < Ng; t++) before += mr[(size_t)k * Ng + t] != 0;
             int cnt = 0;
             for (int t = 0; t < Ng; t++) cnt += mr[((size_t)c * Bt + j) * Ng + t] != 0;
-            memcpy(x->Pi_s + (size_t)n * x->Ki, x->Pi_all + ((size_t)r * x->share_mm + before) * x->Ki,
-                   sizeof(float) * (size_t)cnt * x->Ki);
+            memcpy(dst + (size_t)n * K, rows_all + ((size_t)r * share_rows + before) * K, sizeof(float) * (size_t)cnt * K);
             n += cnt;
         }
     return n;
@@ -383,11 +378,12 @@ static int next_batch(Distill *x, int64_t it, char *err) {
         if (rc) dist_abort(x->world, "%s", e2);
     }
     const int first = x->q * x->Bs;
-    take_part(x->glob_s, x->glob_all, sizeof(float) * (size_t)x->gsz, 2, Bt, x->Bs, first);
-    if (x->nL) take_part(x->loc_s, x->loc_all, sizeof(float) * (size_t)x->lsz, x->nL, Bt, x->Bs, first);
-    take_part(x->mask_s, x->mask_all, (size_t)x->Ng, 2, Bt, x->Bs, first);
-    take_part(x->P_s, x->P_all, sizeof(float) * (size_t)x->Kd, 2, Bt, x->Bs, first);
-    if (x->with_masks) take_ibot_rows(x, first);
+    distill_take_part(x->glob_s, x->glob_all, sizeof(float) * (size_t)x->gsz, 2, Bt, x->Bs, first);
+    if (x->nL) distill_take_part(x->loc_s, x->loc_all, sizeof(float) * (size_t)x->lsz, x->nL, Bt, x->Bs, first);
+    distill_take_part(x->mask_s, x->mask_all, (size_t)x->Ng, 2, Bt, x->Bs, first);
+    distill_take_part(x->P_s, x->P_all, sizeof(float) * (size_t)x->Kd, 2, Bt, x->Bs, first);
+    if (x->with_masks)
+        distill_take_ibot_rows(x->Pi_s, x->Pi_all, x->mask_all, Bt, x->Ng, x->share_mm, x->Ki, first, x->Bs);
     return 0;
 }
 
