@@ -330,7 +330,7 @@ TEST(students_on_two_ranks_train_as_on_one) {
 // the DINO losses equal the SSL step's where its student is not masked (all of them without masks; the
 // local crops with masks), the gradients are equal without masks, and the iBOT loss (unmasked student)
 // equals a reference computed here from the teacher's targets and the student's logits.
-static void compare_steps(int with_masks) {
+static void compare_steps(int with_masks, int separate_head) {
     const char *tmp = test_tmpdir();
     char err[DINO_ERRLEN], path[4300], text[4096];
     snprintf(path, sizeof path, "%s/t.yaml", tmp);
@@ -343,7 +343,9 @@ static void compare_steps(int with_masks) {
              test_src_path("configs/demo.yaml"), tmp);
     write_file(path, text);
     Config cfg;
-    CHECK(config_load(&cfg, path, 0, NULL, err) == 0, "%s", err);
+    char *shared[] = {"ibot.separate_head=false"};
+    CHECK(config_load(&cfg, path, separate_head ? 0 : 1, shared, err) == 0, "%s", err);
+    CHECK(cfg.ibot.separate_head == (separate_head != 0), "separate_head");
     SslConfig sc;
     CHECK(train_ssl_config(&cfg, 1, 0, &sc, err) == 0, "%s", err);
     const int B = sc.batch, nL = sc.n_local, G = sc.global_crop, L = sc.local_crop, Ng = (G / 8) * (G / 8);
@@ -362,7 +364,7 @@ static void compare_steps(int with_masks) {
     CHECK(ckpt_save(w, tdir, 1, 1, NULL, err) == 0, "%s", err);
     ckpt_writer_free(w);
     DistillTeacher teacher;
-    CHECK(distill_teacher_init(&teacher, be, &cfg, CENTERING_SINKHORN, 0.9f, B, G, sc.max_masked, tdir, 0, err) == 0,
+    CHECK(distill_teacher_init(&teacher, be, &cfg, CENTERING_SINKHORN, 0.9f, B, B, G, sc.max_masked, sc.max_masked, tdir, 0, err) == 0,
           "%s", err);
 
     float *glob = malloc(sizeof(float) * (size_t)2 * B * 3 * G * G), *loc = malloc(sizeof(float) * (size_t)nL * B * 3 * L * L);
@@ -379,7 +381,7 @@ static void compare_steps(int with_masks) {
     SslStepStats ref, got;
     CHECK(ssl_forward_backward(&ssl, be, NULL, &b, &sv, &ref, err) == 0, "%s", err);
 
-    const int Kd = teacher.dino_center.K, Ki = teacher.ibot_center.K;
+    const int Kd = teacher.Kd, Ki = teacher.Ki;
     float *P = malloc(sizeof(float) * (size_t)2 * B * Kd), *Pi = malloc(sizeof(float) * (size_t)(n_masked + 1) * Ki);
     int nm = distill_teacher_targets(&teacher, be, NULL, glob, with_masks ? masks : NULL, 0.05f, P, Pi);
     CHECK(nm == n_masked, "teacher saw %d masked tokens, %d drawn", nm, n_masked);
@@ -431,10 +433,11 @@ static void compare_steps(int with_masks) {
                     wt[k++] = 1.0 / cnt;
                 }
         }
-        HeadActs *ha = head_acts_new(be, &student.ibot_head, nm, 0);
+        const Head *ih = separate_head ? &student.ibot_head : &student.dino_head;
+        HeadActs *ha = head_acts_new(be, ih, nm, 0);
         float *rin = be->alloc(be, sizeof(float) * (size_t)nm * D);
         be->to_device(be, rin, rows, sizeof(float) * (size_t)nm * D);
-        const float *z = head_forward(be, &student.ibot_head, student.student, ha, rin, nm);
+        const float *z = head_forward(be, ih, student.student, ha, rin, nm);
         float *zh = malloc(sizeof(float) * (size_t)nm * Ki);
         be->to_host(be, zh, z, sizeof(float) * (size_t)nm * Ki);
         double loss = 0;
@@ -463,8 +466,9 @@ static void compare_steps(int with_masks) {
     backend_free(be);
 }
 
-TEST(student_equal_to_teacher_matches_the_ssl_step) { compare_steps(0); }
-TEST(ibot_against_teacher_targets_with_unmasked_student) { compare_steps(1); }
+TEST(student_equal_to_teacher_matches_the_ssl_step) { compare_steps(0, 1); }
+TEST(ibot_against_teacher_targets_with_unmasked_student) { compare_steps(1, 1); }
+TEST(ibot_against_teacher_targets_one_shared_head) { compare_steps(1, 0); }
 
 TEST(bad_distillation_configs_named) {
     const char *tmp = test_tmpdir();

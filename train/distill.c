@@ -1,6 +1,8 @@
 // Multi-student distillation (see distill.h). Per iteration, on every rank:
-//   loader -> this rank's share of the global batch -> frozen teacher -> centred targets of the share
-//   -> all-gather (world): crops, masks, targets -> this rank's part of its student's batch
+//   loader -> this rank's share of the global batch -> frozen teacher: backbone and head MLPs -> the
+//   normalised bottleneck features of the share's DINO rows and masked tokens
+//   -> all-gather (world): crops, masks, features -> this rank's part of its student's batch
+//   -> the teacher's last layers and centering over the student's ranks -> targets
 //   -> student forward/backward against the targets -> gradients averaged over the student's ranks
 //   -> clip + AdamW + EMA -> metrics, checkpoint (the student's first rank).
 #include "train/distill.h"
@@ -87,7 +89,7 @@ typedef struct {
     Backend *be;
     SslModel m;
     DistillTeacher teacher;
-    Collective world_coll;
+    Collective group_coll;
     float *stage;
     size_t stage_floats;
     TileSource *src;
@@ -97,10 +99,11 @@ typedef struct {
     int W, ns, q;           // world, the student's ranks, this rank among them
     int G, Bt, Bs;          // global batch, share per rank, student batch per rank
     int Ng, nL, gsz, lsz;   // tokens per global crop, local crops, floats per global / local crop
-    int Kd, Ki, share_mm, student_mm; // prototypes; masked-token capacities (share, student batch)
+    int Kd, Ki, nbd, nbi;   // prototypes and bottleneck widths (DINO, iBOT rows)
+    int share_mm, student_mm; // masked-token capacities (share, student batch)
     int with_masks, quiet;
     // host buffers: share, gathered (world), student batch
-    float *P_share, *Pi_share, *glob_all, *loc_all, *P_all, *Pi_all, *glob_s, *loc_s, *P_s, *Pi_s;
+    float *Z_share, *Zi_share, *glob_all, *loc_all, *Z_all, *Zi_all, *glob_s, *loc_s, *Z_s, *Zi_s, *P_s, *Pi_s;
     uint8_t *mask_share, *mask_all, *mask_s;
     int64_t *n_all;
     int64_t total;
@@ -115,13 +118,14 @@ static float *stage_buf(Distill *x, size_t n) {
     return x->stage;
 }
 
-// The teacher's sums (Sinkhorn-Knopp, centres) over the world, through host memory (any backend).
-static void world_sum(Collective *c, float *buf, size_t n) {
+// The teacher's centering sums (Sinkhorn-Knopp, centres) over the student's ranks, which hold the global
+// batch once (dinov3 sums over the process subgroup), through host memory (any backend).
+static void group_sum(Collective *c, float *buf, size_t n) {
     Distill *x = c->ctx;
     char err[DINO_ERRLEN];
     float *h = stage_buf(x, n);
     x->be->to_host(x->be, h, buf, sizeof(float) * n);
-    if (dist_allreduce_sum_f32(x->world, h, n, err)) dist_abort(x->world, "%s", err);
+    if (dist_allreduce_sum_f32(&x->group, h, n, err)) dist_abort(x->world, "%s", err);
     x->be->to_device(x->be, buf, h, sizeof(float) * n);
 }
 
@@ -353,37 +357,37 @@ static int next_batch(Distill *x, int64_t it, char *err) {
         return -1;
     }
     const int Bt = x->Bt, W = x->W;
-    const float tt = (float)schedule_at(&x->tsched, (long)it).teacher_temp;
     const uint8_t *masks = x->with_masks ? b->masks.masks : NULL;
-    int n_m = distill_teacher_targets(&x->teacher, x->be, &x->world_coll, b->global_crops, masks, tt, x->P_share,
-                                      x->with_masks ? x->Pi_share : NULL);
+    distill_teacher_features(&x->teacher, x->be, b->global_crops, masks, x->Z_share, x->with_masks ? x->Zi_share : NULL);
     const size_t gbytes = sizeof(float) * (size_t)2 * Bt * x->gsz, lbytes = sizeof(float) * (size_t)x->nL * Bt * x->lsz;
-    const size_t mbytes = (size_t)2 * Bt * x->Ng, pbytes = sizeof(float) * (size_t)2 * Bt * x->Kd;
+    const size_t mbytes = (size_t)2 * Bt * x->Ng, zbytes = sizeof(float) * (size_t)2 * Bt * x->nbd;
+    const size_t zibytes = sizeof(float) * (size_t)x->share_mm * x->nbi;
     if (masks) memcpy(x->mask_share, masks, mbytes);
     else memset(x->mask_share, 0, mbytes);
-    int rc = 0;
     if (W == 1) {
         memcpy(x->glob_all, b->global_crops, gbytes);
         if (lbytes) memcpy(x->loc_all, b->local_crops, lbytes);
         memcpy(x->mask_all, x->mask_share, mbytes);
-        memcpy(x->P_all, x->P_share, pbytes);
-        if (n_m) memcpy(x->Pi_all, x->Pi_share, sizeof(float) * (size_t)n_m * x->Ki);
+        memcpy(x->Z_all, x->Z_share, zbytes);
+        if (x->with_masks) memcpy(x->Zi_all, x->Zi_share, zibytes);
     } else {
-        rc = dist_allgather(x->world, b->global_crops, x->glob_all, gbytes, e2);
+        int rc = dist_allgather(x->world, b->global_crops, x->glob_all, gbytes, e2);
         if (!rc && lbytes) rc = dist_allgather(x->world, b->local_crops, x->loc_all, lbytes, e2);
         if (!rc) rc = dist_allgather(x->world, x->mask_share, x->mask_all, mbytes, e2);
-        if (!rc) rc = dist_allgather(x->world, x->P_share, x->P_all, pbytes, e2);
-        if (!rc && x->with_masks)
-            rc = dist_allgather(x->world, x->Pi_share, x->Pi_all, sizeof(float) * (size_t)x->share_mm * x->Ki, e2);
+        if (!rc) rc = dist_allgather(x->world, x->Z_share, x->Z_all, zbytes, e2);
+        if (!rc && x->with_masks) rc = dist_allgather(x->world, x->Zi_share, x->Zi_all, zibytes, e2);
         if (rc) dist_abort(x->world, "%s", e2);
     }
     const int first = x->q * x->Bs;
     distill_take_part(x->glob_s, x->glob_all, sizeof(float) * (size_t)x->gsz, 2, Bt, x->Bs, first);
     if (x->nL) distill_take_part(x->loc_s, x->loc_all, sizeof(float) * (size_t)x->lsz, x->nL, Bt, x->Bs, first);
     distill_take_part(x->mask_s, x->mask_all, (size_t)x->Ng, 2, Bt, x->Bs, first);
-    distill_take_part(x->P_s, x->P_all, sizeof(float) * (size_t)x->Kd, 2, Bt, x->Bs, first);
-    if (x->with_masks)
-        distill_take_ibot_rows(x->Pi_s, x->Pi_all, x->mask_all, Bt, x->Ng, x->share_mm, x->Ki, first, x->Bs);
+    distill_take_part(x->Z_s, x->Z_all, sizeof(float) * (size_t)x->nbd, 2, Bt, x->Bs, first);
+    int n_m = 0;
+    if (x->with_masks) n_m = distill_take_ibot_rows(x->Zi_s, x->Zi_all, x->mask_all, Bt, x->Ng, x->share_mm, x->nbi, first, x->Bs);
+    const float tt = (float)schedule_at(&x->tsched, (long)it).teacher_temp;
+    distill_teacher_targets_from_features(&x->teacher, x->be, &x->group_coll, x->Z_s, x->Zi_s, n_m, tt, x->P_s,
+                                          x->with_masks ? x->Pi_s : NULL);
     return 0;
 }
 
@@ -454,7 +458,7 @@ static int setup(Distill *x, char *err) {
         return -1;
     }
     if (create_backend(x, err)) return -1;
-    x->world_coll = (Collective){.ctx = x, .rank = x->world->rank, .world = x->W, .allreduce_sum_f32 = world_sum};
+    x->group_coll = (Collective){.ctx = x, .rank = x->group.rank, .world = x->group.world, .allreduce_sum_f32 = group_sum};
 
     const Config *S = &x->scfg;
     x->with_masks = M->ibot.loss_weight > 0 && M->ibot.mask_sample_probability > 0;
@@ -481,11 +485,11 @@ static int setup(Distill *x, char *err) {
     }
     sc.max_masked = x->student_mm > 0 ? x->student_mm : 1;
     sc.staged_upload = 0;
-    if (distill_teacher_init(&x->teacher, x->be, &x->tcfg, centering, sc.center_momentum, x->Bt,
-                             M->crops.global_crops_size, x->share_mm, M->distillation.checkpoint_path,
+    if (distill_teacher_init(&x->teacher, x->be, &x->tcfg, centering, sc.center_momentum, x->Bt, x->Bs,
+                             M->crops.global_crops_size, x->share_mm, x->student_mm, M->distillation.checkpoint_path,
                              x->world->rank == 0 && !x->quiet, err))
         return -1;
-    x->Kd = x->teacher.dino_center.K, x->Ki = x->teacher.ibot_center.K;
+    x->Kd = x->teacher.Kd, x->Ki = x->teacher.Ki, x->nbd = x->teacher.nbd, x->nbi = x->teacher.nbi;
     const int sKi = sc.ibot_separate_head ? sc.ibot_head.K : sc.dino_head.K;
     if (sc.dino_head.K != x->Kd || (x->with_masks && sKi != x->Ki)) {
         dino_seterr(err, "student '%s' (%s): heads of %d (DINO) / %d (iBOT) prototypes, the teacher's (%s) %d / %d: "
@@ -508,17 +512,20 @@ static int setup(Distill *x, char *err) {
     x->total = config_total_iterations(M);
 
     const int W = x->W, Bt = x->Bt, Bs = x->Bs;
-    x->P_share = dino_malloc(sizeof(float) * (size_t)2 * Bt * x->Kd);
-    x->Pi_share = dino_calloc((size_t)(x->share_mm + 1) * x->Ki, sizeof(float));
+    // features travel between ranks (bottleneck widths), K-wide targets stay on the student's rank
+    x->Z_share = dino_malloc(sizeof(float) * (size_t)2 * Bt * x->nbd);
+    x->Zi_share = dino_calloc((size_t)(x->share_mm + 1) * x->nbi, sizeof(float));
     x->mask_share = dino_calloc((size_t)2 * Bt * x->Ng, 1);
     x->glob_all = dino_malloc(sizeof(float) * (size_t)W * 2 * Bt * x->gsz);
     x->loc_all = dino_malloc(sizeof(float) * ((size_t)W * x->nL * Bt * x->lsz + 1));
     x->mask_all = dino_malloc((size_t)W * 2 * Bt * x->Ng);
-    x->P_all = dino_malloc(sizeof(float) * (size_t)W * 2 * Bt * x->Kd);
-    x->Pi_all = dino_malloc(sizeof(float) * ((size_t)W * x->share_mm * x->Ki + 1));
+    x->Z_all = dino_malloc(sizeof(float) * (size_t)W * 2 * Bt * x->nbd);
+    x->Zi_all = dino_malloc(sizeof(float) * ((size_t)W * x->share_mm * x->nbi + 1));
     x->glob_s = dino_malloc(sizeof(float) * (size_t)2 * Bs * x->gsz);
     x->loc_s = dino_malloc(sizeof(float) * ((size_t)x->nL * Bs * x->lsz + 1));
     x->mask_s = dino_malloc((size_t)2 * Bs * x->Ng);
+    x->Z_s = dino_malloc(sizeof(float) * (size_t)2 * Bs * x->nbd);
+    x->Zi_s = dino_malloc(sizeof(float) * ((size_t)x->student_mm * x->nbi + 1));
     x->P_s = dino_malloc(sizeof(float) * (size_t)2 * Bs * x->Kd);
     x->Pi_s = dino_malloc(sizeof(float) * ((size_t)x->student_mm * x->Ki + 1));
     return 0;
@@ -532,8 +539,9 @@ static void teardown(Distill *x) {
     if (x->teacher.params) distill_teacher_free(&x->teacher, x->be);
     if (x->be) backend_free(x->be);
     if (x->group_started) dist_finalize(&x->group);
-    void *bufs[] = {x->P_share, x->Pi_share, x->mask_share, x->glob_all, x->loc_all, x->mask_all, x->P_all,
-                    x->Pi_all,  x->glob_s,   x->loc_s,      x->mask_s,   x->P_s,     x->Pi_s,   x->stage};
+    void *bufs[] = {x->Z_share, x->Zi_share, x->mask_share, x->glob_all, x->loc_all, x->mask_all, x->Z_all, x->Zi_all,
+                    x->glob_s,  x->loc_s,    x->mask_s,     x->Z_s,      x->Zi_s, x->P_s,
+                    x->Pi_s,    x->stage};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
 }
 
