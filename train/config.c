@@ -130,7 +130,7 @@ static const CfgKey KEYS[] = {
       "the teacher's config file (its architecture and heads)"),
     S("distillation.checkpoint_path", distillation.checkpoint_path, "''",
       "the teacher's weights: its training output_dir (or one checkpoint dir: backbone and heads), or a weights "
-      "file (export or released: backbone only, heads fresh)"),
+      "file (export or released: backbone only, heads fresh); 'ignore' = random teacher (tests, as dinov3)"),
     B("multidistillation.enabled", multidistillation.enabled, "false",
       "train the students listed in multidistillation.students at once from one teacher (docs/distillation.md)"),
     I("multidistillation.global_batch_size", multidistillation.global_batch_size, "0",

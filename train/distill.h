@@ -2,14 +2,14 @@
 // frozen teacher and several students of different sizes, each on its own group of ranks, trained at once.
 //
 // Every iteration the whole world loads one global batch of multidistillation.global_batch_size images
-// (each rank a share of global_batch_size / world), the teacher runs once on it (each rank on its share)
-// and produces the centred DINO and iBOT targets (Sinkhorn-Knopp or softmax centering over the whole
-// batch); crops, masks and targets are then gathered so that every student group holds the whole batch,
-// split over its ranks (global_batch_size / ranks of the student each). Each student trains on it as in
-// the official distillation step (global crops unmasked; DINO, KoLeo and iBOT losses against the
-// teacher's targets) with its own optimizer, EMA, schedules, metrics and checkpoints in
-// <train.output_dir>/<name>. dinotrain selects this when multidistillation.enabled is true.
-// docs/distillation.md.
+// (each rank a share of global_batch_size / world) and the teacher runs once on it (each rank its share,
+// up to the normalised bottleneck of its heads). Crops, masks and those features are all-gathered; each
+// student rank takes its part of the batch (global_batch_size / the student's ranks images), applies the
+// teacher's last layers and centres the targets (Sinkhorn-Knopp or softmax centre) over its student's
+// ranks, which together hold the batch once. Each student trains on it as the official distillation step
+// does (global crops unmasked; DINO, KoLeo and iBOT losses against the teacher's targets) with its own
+// optimizer, EMA, schedules, metrics and checkpoints in <train.output_dir>/<name>. dinotrain selects this
+// when multidistillation.enabled is true. docs/distillation.md.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

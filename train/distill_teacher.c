@@ -19,6 +19,10 @@ static int is_dir(const char *p) {
 // weights: a training output dir (its newest valid checkpoint), one checkpoint dir, or a weights file.
 static int load_weights(DistillTeacher *t, float *host, const char *weights, int verbose, char *err) {
     char e2[DINO_ERRLEN], probe[4200];
+    if (strcmp(weights, "ignore") == 0) { // dinov3's test setting: the teacher keeps its random init
+        if (verbose) printf("dinotrain: note: distillation.checkpoint_path is 'ignore': the teacher is randomly initialised (tests only)\n");
+        return 0;
+    }
     if (is_dir(weights)) {
         Ckpt c;
         snprintf(probe, sizeof probe, "%s/state.json", weights);
