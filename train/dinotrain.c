@@ -107,7 +107,7 @@ int main(int argc, char **argv) {
         printf("dinotrain: done, iterations %lld..%lld", (long long)res.start_iteration, (long long)res.end_iteration);
         if (res.skipped_steps) printf(" (%lld skipped: non-finite loss)", (long long)res.skipped_steps);
         printf("\n  output:     %s\n", cfg.train.output_dir);
-        if (res.last_checkpoint[0]) printf("  checkpoint: %s\n", res.last_checkpoint);
+        if (res.last_checkpoint[0] && !student[0]) printf("  checkpoint: %s\n", res.last_checkpoint);
     }
     dist_finalize(&d);
     return 0;

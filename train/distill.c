@@ -102,6 +102,8 @@ typedef struct {
     int Kd, Ki, nbd, nbi;   // prototypes and bottleneck widths (DINO, iBOT rows)
     int share_mm, student_mm; // masked-token capacities (share, student batch)
     int with_masks, quiet;
+    MaskGenerator maskgen;  // this rank's iBOT masks for its share (the loader's are the same on every rank)
+    MaskBatch share_masks;
     // host buffers: share, gathered (world), student batch
     float *Z_share, *Zi_share, *glob_all, *loc_all, *Z_all, *Zi_all, *glob_s, *loc_s, *Z_s, *Zi_s, *P_s, *Pi_s;
     uint8_t *mask_share, *mask_all, *mask_s;
@@ -180,6 +182,7 @@ static int open_data(Distill *x, char *err) {
     source_set_max_pixels(x->src, c->data.max_image_pixels);
     LoaderConfig lc;
     config_to_loader(c, x->world->rank, x->W, &lc);
+    lc.mask_probability = 0; // the masks are drawn per share here (next_batch)
     x->loader = loader_create(&lc, source_count(x->src), read_tile, x->src, e2);
     if (!x->loader) {
         dino_seterr(err, "data loader: %s", e2);
@@ -357,7 +360,16 @@ static int next_batch(Distill *x, int64_t it, char *err) {
         return -1;
     }
     const int Bt = x->Bt, W = x->W;
-    const uint8_t *masks = x->with_masks ? b->masks.masks : NULL;
+    // The loader keys its masks by the batch index alone (every rank of a data-parallel run draws the same
+    // ones); a student's batch spans several shares, so each share draws its own, keyed by its rank too.
+    const uint8_t *masks = NULL;
+    if (x->with_masks) {
+        const Config *M = x->main;
+        const uint64_t seed = (uint64_t)M->train.seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)x->world->rank);
+        mask_batch_make(&x->maskgen, M->ibot.mask_sample_probability, M->ibot.mask_ratio_min_max[0],
+                        M->ibot.mask_ratio_min_max[1], seed, b->index, &x->share_masks);
+        masks = x->share_masks.masks;
+    }
     distill_teacher_features(&x->teacher, x->be, b->global_crops, masks, x->Z_share, x->with_masks ? x->Zi_share : NULL);
     const size_t gbytes = sizeof(float) * (size_t)2 * Bt * x->gsz, lbytes = sizeof(float) * (size_t)x->nL * Bt * x->lsz;
     const size_t mbytes = (size_t)2 * Bt * x->Ng, zbytes = sizeof(float) * (size_t)2 * Bt * x->nbd;
@@ -471,6 +483,10 @@ static int setup(Distill *x, char *err) {
                                                         M->ibot.mask_ratio_min_max[0], M->ibot.mask_ratio_min_max[1])
                                 : 0;
     if (x->with_masks && x->share_mm < 1) x->share_mm = 1;
+    if (x->with_masks) {
+        mask_generator_init(&x->maskgen, M->crops.global_crops_size, x->tcfg.student.patch_size);
+        mask_batch_alloc(&x->share_masks, 2 * x->Bt, x->Ng);
+    }
     // the student's images come from at most ceil(Bs / Bt) + 1 shares
     int shares = (x->Bs + x->Bt - 1) / x->Bt + 1;
     if (shares > x->W) shares = x->W;
@@ -539,6 +555,7 @@ static void teardown(Distill *x) {
     if (x->teacher.params) distill_teacher_free(&x->teacher, x->be);
     if (x->be) backend_free(x->be);
     if (x->group_started) dist_finalize(&x->group);
+    if (x->share_masks.masks) mask_batch_free(&x->share_masks);
     void *bufs[] = {x->Z_share, x->Zi_share, x->mask_share, x->glob_all, x->loc_all, x->mask_all, x->Z_all, x->Zi_all,
                     x->glob_s,  x->loc_s,    x->mask_s,     x->Z_s,      x->Zi_s, x->P_s,
                     x->Pi_s,    x->stage};
