@@ -65,6 +65,21 @@ int main(int argc, char **argv) {
         free(yaml);
         return 0;
     }
+    if (plan && cfg.multidistillation.enabled) { // one plan per student, on its ranks (the frozen teacher not counted)
+        for (int k = 0; k < cfg.multidistillation.n_students; k++) {
+            const CfgStudentRef *st = &cfg.multidistillation.students[k];
+            Config sc;
+            MemoryPlan mp;
+            const int ranks = st->ranks_range[1] - st->ranks_range[0];
+            if (distill_student_config(&cfg, k, &sc, err) || memory_plan(&sc, ranks, &mp, err)) {
+                fprintf(stderr, "dinotrain: %s\n", err);
+                return 2;
+            }
+            printf("student '%s' (%s) on %d ranks, without the frozen teacher:\n", st->name, st->config_path, ranks);
+            memory_plan_print(stdout, &sc, &mp);
+        }
+        return 0;
+    }
     if (plan) {
         MemoryPlan mp;
         if (world < 1 || memory_plan(&cfg, world, &mp, err)) {

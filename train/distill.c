@@ -501,6 +501,7 @@ static int setup(Distill *x, char *err) {
     }
     sc.max_masked = x->student_mm > 0 ? x->student_mm : 1;
     sc.staged_upload = 0;
+    sc.student_only = 1; // the targets come from the frozen teacher: no EMA-teacher forward
     if (distill_teacher_init(&x->teacher, x->be, &x->tcfg, centering, sc.center_momentum, x->Bt, x->Bs,
                              M->crops.global_crops_size, x->share_mm, x->student_mm, M->distillation.checkpoint_path,
                              x->world->rank == 0 && !x->quiet, err))

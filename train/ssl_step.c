@@ -169,7 +169,7 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
         w->s_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, smode);
         if (nL > 0) w->s_loc = vit_acts_new_sharing(be, &m->vit, nL * B, cfg.local_crop, smode, w->s_glob);
     }
-    w->t_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, VIT_ACTS_FORWARD_ONLY); // no backward
+    if (!cfg.student_only) w->t_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, VIT_ACTS_FORWARD_ONLY); // no backward
     if (cfg.ibot_separate_head) {
         w->s_dino = head_acts_new(be, &m->dino_head, w->rows_cls, 1);
         w->t_dino = head_acts_new(be, &m->dino_head, 2 * B, 0);
@@ -299,6 +299,7 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     const int G = c->global_crop, L = c->local_crop;
     const int do_ibot = c->ibot_loss_weight > 0;
     memset(st, 0, sizeof *st);
+    DINO_ASSERT(w->t_glob, "ssl_forward_backward on a student_only model (distillation: ssl_student_forward_backward)");
 
     // ---- inputs: crops, masks -> masked-token indices and weights (crop-major, as the reference)
     const uint8_t *masks = b->masks;
@@ -564,7 +565,7 @@ SslMemory ssl_memory(const SslModel *m) {
     r.grads = sizeof(float) * m->buffer_floats;
     r.optimizer = 2 * sizeof(float) * (m->shard_end - m->shard_begin);
     r.student_acts = vit_acts_bytes(w->s_glob) + (w->s_loc ? vit_acts_bytes(w->s_loc) : 0);
-    r.teacher_acts = vit_acts_bytes(w->t_glob);
+    r.teacher_acts = w->t_glob ? vit_acts_bytes(w->t_glob) : 0;
     return r;
 }
 

@@ -47,6 +47,8 @@ typedef struct {
     int zero_world, zero_rank;
     int recompute_activations;   // student backbone: keep only block inputs, recompute in backward
     int staged_upload;           // allocate two staging slots for ssl_stage_batch (the trainer does)
+    int student_only;            // distillation: the step runs only ssl_student_forward_backward (targets from a
+                                 // frozen teacher): the EMA teacher's activations are not allocated
 } SslConfig;
 
 // The reference's defaults around a ViT config (heads 2048/256/65536, 3 layers; B, crops set by caller).
