@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "common/check.h"
 #include "common/rng.h"
@@ -497,6 +498,40 @@ TEST(bad_distillation_configs_named) {
         CHECK(strstr(err, cases[i][1]) && strstr(err, "distillation"),
               "case %zu: message '%s' lacks '%s'", i, err, cases[i][1]);
     }
+    // a student whose file is missing or invalid: named with its file, by dinotrain before any process starts
+    snprintf(path, sizeof path, "%s/main.yaml", tmp);
+    snprintf(text, sizeof text,
+             "multidistillation: {enabled: true, global_batch_size: 4, students: [{name: a, config_path: %s/nope.yaml, "
+             "ranks_range: [0, 1]}]}\ndistillation: {enabled: true, full_cfg_path: t.yaml, checkpoint_path: t}\n", tmp);
+    write_file(path, text);
+    CHECK(config_load(&cfg, path, 0, NULL, err) == 0, "%s", err);
+    Config st;
+    CHECK(distill_student_config(&cfg, 0, &st, err) != 0 && strstr(err, "nope.yaml") && strstr(err, "'a'"),
+          "missing student file: %s", err);
+    char cmd[9000], out[4400];
+    snprintf(out, sizeof out, "%s/check.log", tmp);
+    snprintf(cmd, sizeof cmd, "./dinotrain --check %s > %s 2>&1", path, out);
+    int rc = system(cmd);
+    FILE *f = fopen(out, "r");
+    char line[2048] = "";
+    if (f) {
+        if (!fgets(line, sizeof line, f)) line[0] = 0;
+        fclose(f);
+    }
+    CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 2 && strstr(line, "nope.yaml"), "dinotrain --check: status %d, '%s'", rc,
+          line);
+    // a student that does not validate once merged: batch 4 over 4 ranks leaves KoLeo one image per rank
+    snprintf(path, sizeof path, "%s/koleo.yaml", tmp);
+    write_file(path, "dino: {koleo_loss_weight: 0.1}\n");
+    snprintf(path, sizeof path, "%s/main2.yaml", tmp);
+    snprintf(text, sizeof text,
+             "multidistillation: {enabled: true, global_batch_size: 4, students: [{name: k, config_path: %s/koleo.yaml, "
+             "ranks_range: [0, 4]}]}\ndistillation: {enabled: true, full_cfg_path: t.yaml, checkpoint_path: t}\n", tmp);
+    write_file(path, text);
+    CHECK(config_load(&cfg, path, 0, NULL, err) == 0, "%s", err);
+    CHECK(distill_student_config(&cfg, 0, &st, err) != 0 && strstr(err, "student 'k'") && strstr(err, "KoLeo"),
+          "merged student: %s", err);
+
     // a valid list survives the resolved YAML (what checkpoints keep)
     snprintf(path, sizeof path, "%s/good.yaml", tmp);
     write_file(path, "multidistillation: {enabled: true, global_batch_size: 4, students: [{name: a, config_path: "

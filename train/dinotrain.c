@@ -59,6 +59,19 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dinotrain: %s\n", err);
         return 2;
     }
+    // a distillation run: every student's config and the teacher's are read and validated here too
+    if (cfg.multidistillation.enabled) {
+        Config other;
+        for (int k = 0; k < cfg.multidistillation.n_students; k++)
+            if (distill_student_config(&cfg, k, &other, err)) {
+                fprintf(stderr, "dinotrain: %s\n", err);
+                return 2;
+            }
+        if (config_load(&other, cfg.distillation.full_cfg_path, 0, NULL, err)) {
+            fprintf(stderr, "dinotrain: distillation.full_cfg_path: %s\n", err);
+            return 2;
+        }
+    }
     if (check_only) {
         char *yaml = config_to_yaml(&cfg);
         fputs(yaml, stdout);
