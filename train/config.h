@@ -21,7 +21,7 @@
 #define CFG_NAME 32         // enum-like names (arch, ffn_layer, ...)
 #define CFG_MAX_SOURCES 16  // data.sources entries
 #define CFG_MAX_FILES 16    // config files in one base chain
-#define CFG_MAX_KEYS 160
+#define CFG_MAX_KEYS 224
 
 typedef struct {
     char arch[CFG_NAME];      // vit_test | vit_tiny | vit_small | vit_base | vit_large | vit_giant2
@@ -64,7 +64,17 @@ typedef struct {
     int freeze_last_layer_epochs;
     char scaling_rule[CFG_NAME]; // sqrt_wrt_1024 | linear_wrt_256 | none
     double adamw_beta1, adamw_beta2, adamw_eps;
+    double schedule_trunc_extra; // DINOv3: the cosine of lr/wd/momentum computed (1 + x) times longer, cut
 } CfgOptim;
+
+// DINOv3's `schedules:` section (build_schedulers_v2): when enabled it replaces the DINOv2 cosine schedules
+// of lr, weight decay, teacher momentum and teacher temperature. Setting any of its keys enables it,
+// unless the same file (or the command line) sets schedules.enabled itself.
+typedef struct {
+    bool enabled;
+    ScheduleSpec lr, weight_decay, momentum, teacher_temp;
+    int lr_freeze_last_layer_epochs;
+} CfgSchedules;
 
 typedef struct {
     double momentum_teacher, final_momentum_teacher;
@@ -145,6 +155,7 @@ typedef struct {
     CfgTeacher teacher;
     CfgCrops crops;
     CfgTrain train;
+    CfgSchedules schedules;
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
     bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward
     CfgEvaluation evaluation;
