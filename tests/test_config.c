@@ -46,7 +46,7 @@ TEST(defaults_are_the_reference) {
     CHECK(cfg.teacher.momentum_teacher == 0.992 && cfg.teacher.teacher_temp == 0.07 &&
               cfg.teacher.warmup_teacher_temp_epochs == 30,
           "teacher");
-    CHECK(cfg.crops.global_crops_scale[0] == 0.32 && cfg.crops.local_crops_size == 96 && cfg.crops.local_crops_number == 8,
+    CHECK(cfg.crops.global_crops_scale[0] == 0.32 && cfg.crops.local_crops_size.n == 1 && cfg.crops.local_crops_size.v[0] == 96 && cfg.crops.local_crops_number == 8,
           "crops");
     CHECK(cfg.train.OFFICIAL_EPOCH_LENGTH == 1250 && cfg.train.batch_size_per_gpu == 64 &&
               strcmp(cfg.train.centering, "centering") == 0,
@@ -88,7 +88,7 @@ TEST(shipped_recipes_hold_their_published_values) {
     CHECK(cfg.optim.base_lr == 2e-4 && cfg.optim.epochs == 500 && cfg.optim.warmup_epochs == 80 &&
               cfg.optim.layerwise_decay == 1.0 && cfg.optim.weight_decay_end == 0.2,
           "vitl14 optim");
-    CHECK(cfg.teacher.momentum_teacher == 0.994 && cfg.crops.local_crops_size == 98, "vitl14 teacher/crops");
+    CHECK(cfg.teacher.momentum_teacher == 0.994 && cfg.crops.local_crops_size.v[0] == 98, "vitl14 teacher/crops");
     // vitl.yaml is vitl14.yaml under the name users type
     CHECK(load(test_src_path("configs/vitl.yaml"), 0, NULL, err) == 0, "%s", err);
     const char *diff = NULL;
@@ -97,7 +97,7 @@ TEST(shipped_recipes_hold_their_published_values) {
 
     CHECK(load(test_src_path("configs/phikon-v2.yaml"), 0, NULL, err) == 0, "%s", err);
     CHECK(strcmp(cfg.student.arch, "vit_large") == 0 && cfg.student.patch_size == 16 &&
-              cfg.student.num_register_tokens == 0 && cfg.crops.global_crops_size == 224,
+              cfg.student.num_register_tokens == 0 && cfg.crops.global_crops_size.v[0] == 224,
           "phikon-v2 model");
     CHECK(cfg.train.batch_size_per_gpu * 128 == 4096, "phikon-v2 global batch on 128 ranks: %d",
           cfg.train.batch_size_per_gpu * 128);
