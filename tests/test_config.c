@@ -504,3 +504,48 @@ TEST(load_from_a_string) {
               !strcmp(cfg2.student.arch, "vit_large"),
           "base from a string: %s", err);
 }
+
+// crops.global_crops_size / local_crops_size take one size or a list of size pairs (high-resolution phase),
+// with one ratio per pair; the resolved config reads back equal, and a single size is written as before.
+TEST(crop_size_pairs_as_lists) {
+    char err[DINO_ERRLEN] = "";
+    const char *dir = test_tmpdir();
+    const char *hr = write_file(dir, "hr.yaml",
+                                "crops:\n  global_crops_size: [224, 448]\n  local_crops_size: [96, 192]\n"
+                                "  global_local_crop_pairs_ratios: [0.7, 0.3]\nstudent:\n  patch_size: 16\n  img_size: 224\n");
+    CHECK(load(hr, 0, NULL, err) == 0, "%s", err);
+    CHECK(config_n_pairs(&cfg) == 2 && cfg.crops.global_crops_size.v[1] == 448 && cfg.crops.local_crops_size.v[1] == 192 &&
+              cfg.crops.global_local_crop_pairs_ratios.v[0] == 0.7,
+          "lists not read");
+    CHECK(config_max_global_crop(&cfg) == 448 && config_img_size(&cfg) == 224, "max %d img %d",
+          config_max_global_crop(&cfg), config_img_size(&cfg));
+    Config back;
+    char *y = config_to_yaml(&cfg);
+    CHECK(strstr(y, "global_crops_size: [224, 448]"), "lists not written as lists");
+    CHECK(config_load_string(&back, y, "resolved", 0, NULL, err) == 0, "%s", err);
+    free(y);
+    const char *diff = NULL;
+    CHECK(config_equal(&cfg, &back, &diff), "read back differs at %s", diff ? diff : "?");
+    SslConfig sc;
+    LoaderConfig lc;
+    CHECK(config_to_ssl(&cfg, &sc, err) == 0, "%s", err);
+    config_to_loader(&cfg, 0, 1, &lc);
+    CHECK(sc.n_pairs == 2 && sc.pair_global[1] == 448 && sc.pair_local[1] == 192 && sc.vit.img_size == 224, "ssl pairs");
+    CHECK(lc.n_pairs == 2 && lc.pair_global[1] == 448 && lc.pair_ratio[1] == 0.3, "loader pairs");
+    // without student.img_size the pos-embed grid is the largest global crop (the official's max)
+    char *no_img[] = {"student.img_size=0"};
+    CHECK(load(hr, 1, no_img, err) == 0 && config_img_size(&cfg) == 448, "img_size %d", config_img_size(&cfg));
+    // one size: written as a scalar, as before lists
+    CHECK(load(test_src_path("configs/demo.yaml"), 0, NULL, err) == 0, "%s", err);
+    y = config_to_yaml(&cfg);
+    CHECK(strstr(y, "global_crops_size: 112\n") && strstr(y, "global_local_crop_pairs_ratios: 1.0\n"), "scalar form lost");
+    free(y);
+    // mismatched lists are refused, naming the key
+    CHECK_REFUSED(write_file(dir, "m.yaml", "crops:\n  global_crops_size: [224, 448]\n  local_crops_size: 96\n"), 0, NULL,
+                  "crops.local_crops_size", "one local size per (global, local) pair");
+    CHECK_REFUSED(write_file(dir, "r.yaml", "crops:\n  global_crops_size: [224, 448]\n  local_crops_size: [96, 96]\n"), 0,
+                  NULL, "crops.global_local_crop_pairs_ratios", "1 ratios for 2 size pairs");
+    CHECK_REFUSED(write_file(dir, "p.yaml", "crops:\n  global_crops_size: [224, 440]\n  local_crops_size: [96, 96]\n"
+                                           "  global_local_crop_pairs_ratios: [1, 1]\n"),
+                  0, NULL, "crops.global_crops_size", "440 is not a multiple of student.patch_size");
+}
