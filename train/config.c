@@ -890,17 +890,23 @@ char *config_to_yaml(const Config *c) {
     text_init(&b, 4096);
     b.s[0] = 0;
     text_printf(&b, "# dinotrain resolved config: every key, as used by the run (docs/configuration.md)\n");
-    char section[64] = "";
+    char section[64] = "", subsection[64] = "";
     for (int i = 0; i < N_KEYS; i++) {
         const CfgKey *k = &KEYS[i];
-        const char *dot = strchr(k->key, '.');
-        char sec[64];
+        const char *dot = strchr(k->key, '.'), *dot2 = dot ? strchr(dot + 1, '.') : NULL;
+        char sec[64], sub[64]; // schedules.lr.start: section schedules, subsection lr
         snprintf(sec, sizeof sec, "%.*s", dot ? (int)(dot - k->key) : 0, k->key);
+        snprintf(sub, sizeof sub, "%.*s", dot2 ? (int)(dot2 - dot - 1) : 0, dot ? dot + 1 : "");
         if (strcmp(sec, section) != 0) {
             if (*sec) text_printf(&b, "%s:\n", sec);
             snprintf(section, sizeof section, "%s", sec);
+            subsection[0] = 0;
         }
-        text_printf(&b, "%s%s: ", *sec ? "  " : "", dot ? dot + 1 : k->key);
+        if (strcmp(sub, subsection) != 0) {
+            if (*sub) text_printf(&b, "  %s:\n", sub);
+            snprintf(subsection, sizeof subsection, "%s", sub);
+        }
+        text_printf(&b, "%s%s: ", *sub ? "    " : *sec ? "  " : "", dot2 ? dot2 + 1 : dot ? dot + 1 : k->key);
         put_value(&b, c, k);
         text_printf(&b, "\n");
     }
