@@ -215,6 +215,7 @@ summary() {
         [ -s "$RES/roofline.${spec%%:*}.${spec#*:}.md" ] || continue
         echo
         echo "#### ${spec%%:*}, batch ${spec#*:}: per op family, roofline prediction vs measured (bench_step)"
+        echo
         cat "$RES/roofline.${spec%%:*}.${spec#*:}.md"
       done
       local nr; nr=$(awk -F'\t' '$1 ~ /^bench\./ && $2 ~ /^NOT RUN/ { print "- " $1 ": " $2 }' "$RES/results.tsv")
