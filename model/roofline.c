@@ -22,6 +22,8 @@ static const struct {
     [ROP_SWIGLU_BWD] = {"swiglu_bwd", RF_ACTIVATION},
     [ROP_ATTENTION_FWD] = {"attention_fwd", RF_ATTENTION},
     [ROP_ATTENTION_BWD] = {"attention_bwd", RF_ATTENTION},
+    [ROP_ROPE_FWD] = {"rope_fwd", RF_ATTENTION},
+    [ROP_ROPE_BWD] = {"rope_bwd", RF_ATTENTION},
     [ROP_IM2COL] = {"im2col", RF_ELEMENTWISE},
     [ROP_TOKENS_FWD] = {"tokens_fwd", RF_ELEMENTWISE},
     [ROP_TOKENS_BWD] = {"tokens_bwd", RF_ELEMENTWISE},
@@ -189,6 +191,11 @@ RoofCost roof_tokens_bwd(RoofLayout l, double B, double N, double R, double D, i
 RoofCost roof_gather_rows(RoofLayout l, double n, double len, int into_next) {
     if (!CUR && into_next) return cost(0, 0, 0);
     return cost(0, 8 * n * len, 1);
+}// Today (model/cuda/rope.cu): q and k of the N patch tokens read and written in fp32, the sin/cos tables
+// [N, Dh] read. Target: the rotation applied where the flash kernel loads its Q and K tiles: no pass.
+RoofCost roof_rope(RoofLayout l, double B, double N, double H, double Dh) {
+    if (CUR) return cost(0, 16 * B * N * H * Dh + 8 * N * Dh, 1);
+    return cost(0, 0, 0);
 }
 RoofCost roof_residual_fwd(RoofLayout l, double n, double T, double D) {
     return cost(0, n * T * D * (CUR ? 12 : 10), 1); // x read and written (fp32), the branch read

@@ -42,7 +42,7 @@ typedef enum {
     ROP_GEMM, ROP_LINEAR_FWD, ROP_LINEAR_BWD,
     ROP_LAYERNORM_FWD, ROP_LAYERNORM_BWD,
     ROP_GELU_FWD, ROP_GELU_BWD, ROP_SWIGLU_FWD, ROP_SWIGLU_BWD,
-    ROP_ATTENTION_FWD, ROP_ATTENTION_BWD,
+    ROP_ATTENTION_FWD, ROP_ATTENTION_BWD, ROP_ROPE_FWD, ROP_ROPE_BWD,
     ROP_IM2COL, ROP_TOKENS_FWD, ROP_TOKENS_BWD, ROP_GATHER_ROWS, ROP_RESIDUAL_FWD, ROP_RESIDUAL_BWD,
     ROP_SCATTER_ADD_ROWS, ROP_AXPY,
     ROP_L2NORM_FWD, ROP_L2NORM_BWD, ROP_WEIGHTNORM_FWD, ROP_WEIGHTNORM_BWD, ROP_SOFTMAX_CENTER, ROP_COL_SUM,
@@ -97,6 +97,8 @@ RoofCost roof_swiglu_fwd(RoofLayout l, double rows, double Hd, int epilogue);
 RoofCost roof_swiglu_bwd(RoofLayout l, double rows, double Hd);
 RoofCost roof_attention_fwd(RoofLayout l, double B, double T, double H, double Dh);
 RoofCost roof_attention_bwd(RoofLayout l, double B, double T, double H, double Dh);
+// DINOv3's RoPE on the q and k of N patch tokens (in place; the forward and the backward alike)
+RoofCost roof_rope(RoofLayout l, double B, double N, double H, double Dh);
 RoofCost roof_im2col(RoofLayout l, double B, double C, double Hi, double Wi, double p);
 RoofCost roof_tokens_fwd(RoofLayout l, double B, double N, double R, double D);
 RoofCost roof_tokens_bwd(RoofLayout l, double B, double N, double R, double D, int has_mask);
