@@ -3,11 +3,8 @@
 
 Needs a checkout of facebookresearch/dinov3 (default /work/ref/dinov3; argument 1 overrides). Builds the
 official DinoVisionTransformer (dinov3/models/vision_transformer.py) with random weights, converts its
-state dict to Hugging Face names by the rules of transformers' convert_dinov3_vit_to_hf.py (split qkv into
-q/k/v_proj; cls_token, mask_token, storage_tokens, patch_embed.proj -> embeddings.*; blocks.N ->
-layer.N; attn.proj -> attention.o_proj; lsK.gamma -> layer_scaleK.lambda1; mlp.fc1/fc2 -> up/down_proj;
-SwiGLU w1/w2/w3 -> gate/up/down_proj; the masked k bias, bias_mask, local_cls_norm and rope periods
-dropped; mask_token unsqueezed to (1,1,C)), writes config.json + model.safetensors, loads them with
+state dict to Hugging Face names by the rules of transformers' convert_dinov3_vit_to_hf.py
+(hf_dinov3_vit.official_to_hf), writes config.json + model.safetensors, loads them with
 hf_dinov3_vit.load and compares the outputs. torch 1.13 lacks torch._dynamo and
 scaled_dot_product_attention: both are shimmed (the shim is the textbook softmax(qk^T/sqrt(d))v).
 Exit 0 iff every case agrees to 1e-5 relative.
@@ -43,40 +40,6 @@ if not hasattr(F, "scaled_dot_product_attention"):
 from dinov3.models.vision_transformer import DinoVisionTransformer  # noqa: E402
 
 
-def to_hf(sd, D):
-    out = {}
-    for k, v in sd.items():
-        if k.endswith("bias_mask") or k.startswith("local_cls_norm") or k.startswith("rope_embed"):
-            continue
-        if ".attn.qkv." in k:
-            for part, name in zip(torch.chunk(v, 3, dim=0), ("q_proj", "k_proj", "v_proj")):
-                if name == "k_proj" and k.endswith("bias"):
-                    continue  # masked to zero in the official model; HF has key_bias=False
-                out[k.replace("qkv", name)] = part
-            continue
-        out[k] = v
-    ren = [("cls_token", "embeddings.cls_token"), ("mask_token", "embeddings.mask_token"),
-           ("storage_tokens", "embeddings.register_tokens"), ("patch_embed.proj", "embeddings.patch_embeddings")]
-    res = {}
-    for k, v in out.items():
-        for a, b in ren:
-            if k.startswith(a):
-                k = b + k[len(a):]
-        if k.startswith("blocks."):
-            n, rest = k.split(".", 2)[1:]
-            rest = (rest.replace("attn.proj", "attention.o_proj").replace("attn.", "attention.")
-                    .replace("ls1.gamma", "layer_scale1.lambda1").replace("ls2.gamma", "layer_scale2.lambda1")
-                    .replace("mlp.fc1", "mlp.up_proj").replace("mlp.fc2", "mlp.down_proj")
-                    .replace("mlp.w1", "mlp.gate_proj").replace("mlp.w2", "mlp.up_proj").replace("mlp.w3", "mlp.down_proj"))
-            k = f"layer.{n}.{rest}"
-        if k == "embeddings.mask_token":
-            v = v.unsqueeze(1)
-        res[k] = v.detach().numpy().astype(np.float32)
-    if "embeddings.register_tokens" not in res:
-        res["embeddings.register_tokens"] = np.zeros((1, 0, D), np.float32)
-    return res
-
-
 def case(R, ffn, seed):
     torch.manual_seed(seed)
     D, heads, depth = 64, 4, 2
@@ -90,7 +53,7 @@ def case(R, ffn, seed):
             p.copy_(torch.randn_like(p) * 0.3 + (1.0 if ("norm" in n and n.endswith("weight")) or "gamma" in n else 0.0))
     m.eval()
     sd = m.state_dict()
-    hf = to_hf(sd, D)
+    hf = {k: v.astype(np.float32) for k, v in hf_dinov3_vit.official_to_hf({k: v.numpy() for k, v in sd.items()}, D).items()}
     swiglu = ffn != "mlp"
     inter = sd["blocks.0.mlp.w1.weight" if swiglu else "blocks.0.mlp.fc1.weight"].shape[0]
     cfg = {"model_type": "dinov3_vit", "hidden_size": D, "num_hidden_layers": depth, "num_attention_heads": heads,

@@ -222,6 +222,52 @@ class DINOv3ViTModel(nn.Module):
         return x, x[:, 0, :]
 
 
+def official_to_hf(sd, dim=None):
+    """Official dinov3 state-dict names -> DINOv3ViTModel names, by the rules of transformers'
+    convert_dinov3_vit_to_hf.py: qkv split into q/k/v_proj by rows (torch.chunk(3)); the masked k bias,
+    bias_mask buffers, local_cls_norm and rope_embed.periods dropped (a k bias without a bias_mask is
+    kept: key_bias true); cls_token, mask_token (unsqueezed to (1,1,C)), storage_tokens
+    (-> register_tokens) and patch_embed.proj go under embeddings.; blocks.N -> layer.N; attn.proj ->
+    attention.o_proj; lsK.gamma -> layer_scaleK.lambda1; mlp.fc1/fc2 -> up/down_proj; SwiGLU w1/w2/w3 ->
+    gate/up/down_proj. sd: name -> numpy array; returns the same. With dim, an empty (1,0,C)
+    register_tokens is added when there are no storage tokens (the module always has the parameter)."""
+    masked = {k[: -len(".bias_mask")] for k in sd if k.endswith(".bias_mask")}
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("bias_mask") or k.startswith("local_cls_norm.") or k.startswith("rope_embed."):
+            continue
+        if ".attn.qkv." in k:
+            for part, name in zip(np.split(np.asarray(v), 3, axis=0), ("q_proj", "k_proj", "v_proj")):
+                if name == "k_proj" and k.endswith("bias") and k[: -len(".bias")] in masked:
+                    continue
+                out[k.replace("qkv", name)] = part
+            continue
+        out[k] = np.asarray(v)
+    emb = [("cls_token", "embeddings.cls_token"), ("mask_token", "embeddings.mask_token"),
+           ("storage_tokens", "embeddings.register_tokens"), ("patch_embed.proj.", "embeddings.patch_embeddings.")]
+    blk = [("attn.proj.", "attention.o_proj."), ("attn.", "attention."), ("ls1.gamma", "layer_scale1.lambda1"),
+           ("ls2.gamma", "layer_scale2.lambda1"), ("mlp.fc1.", "mlp.up_proj."), ("mlp.fc2.", "mlp.down_proj."),
+           ("mlp.w1.", "mlp.gate_proj."), ("mlp.w2.", "mlp.up_proj."), ("mlp.w3.", "mlp.down_proj.")]
+    res = {}
+    for k, v in out.items():
+        for a, b in emb:
+            if k.startswith(a):
+                k = b + k[len(a):]
+        if k.startswith("blocks."):
+            _, n, rest = k.split(".", 2)
+            for a, b in blk:
+                if rest.startswith(a):
+                    rest = b + rest[len(a):]
+                    break
+            k = f"layer.{n}.{rest}"
+        if k == "embeddings.mask_token":
+            v = v.reshape(1, 1, -1)
+        res[k] = v
+    if dim is not None and "embeddings.register_tokens" not in res:
+        res["embeddings.register_tokens"] = np.zeros((1, 0, dim), np.float32)
+    return res
+
+
 def load(d):
     """Builds the model of directory d (config.json + model.safetensors) and loads it strictly."""
     sys.path.insert(0, os.path.dirname(HERE))

@@ -1,0 +1,446 @@
+// The DINOv3 ViT's export (model/export_dinov3.h, train/export_dir.h): the Hugging Face and official
+// names checked against transformers' conversion rules and the DINOv3ViTModel transcription
+// (tests/export_v3_check.py), the written config.json, and reading the files back (architecture
+// inferred, weights scattered back bit for bit, refusals).
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "common/check.h"
+#include "common/json.h"
+#include "common/rng.h"
+#include "common/safetensors.h"
+#include "model/export_dinov3.h"
+#include "model/export_names.h"
+#include "model/params.h"
+#include "tests/harness.h"
+#include "train/export_dir.h"
+
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
+// ---- helpers ------------------------------------------------------------------------------------------------
+
+// A tiny DINOv3: width 32, 4 heads (head width 8), 2 blocks, patch 8.
+static Dinov3Arch tiny(int R, int swiglu, int fused, int mask_k, int layerscale) {
+    Dinov3Arch a = {.dim = 32, .depth = 2, .heads = 4, .patch = 8, .img_size = 32, .n_storage = R, .swiglu = swiglu,
+                    .ffn_hidden = swiglu ? 24 : 64, .swiglu_fused = fused, .rope_theta = 100.0, .ln_eps = 1e-5,
+                    .qkv_bias = 1, .mask_k_bias = mask_k, .proj_bias = 1, .ffn_bias = 1, .layerscale = layerscale,
+                    .local_cls_norm = 1};
+    return a;
+}
+
+// Our parameter table for a, under the official dinov3 state-dict names (what model/vit.c registers).
+static void v3_table(ParamTable *tab, const Dinov3Arch *a, const char *prefix) {
+    const int64_t D = a->dim, H = a->ffn_hidden, p = a->patch;
+    char n[PARAM_NAME_MAX];
+#define ADD(name, nd, ...) (snprintf(n, sizeof n, "%s%s", prefix, name), param_add(tab, n, PARAM_BACKBONE, 0, nd, (int64_t[]){__VA_ARGS__}))
+    ADD("cls_token", 3, 1, 1, D);
+    if (a->n_storage) ADD("storage_tokens", 3, 1, a->n_storage, D);
+    ADD("mask_token", 2, 1, D);
+    ADD("patch_embed.proj.weight", 4, D, 3, p, p);
+    ADD("patch_embed.proj.bias", 1, D);
+    for (int l = 0; l < a->depth; l++) {
+        char b[PARAM_NAME_MAX];
+#define BLK(s, nd, ...) (snprintf(b, sizeof b, "blocks.%d.%s", l, s), ADD(b, nd, __VA_ARGS__))
+        BLK("norm1.weight", 1, D);
+        BLK("norm1.bias", 1, D);
+        BLK("attn.qkv.weight", 2, 3 * D, D);
+        BLK("attn.qkv.bias", 1, 3 * D);
+        BLK("attn.proj.weight", 2, D, D);
+        BLK("attn.proj.bias", 1, D);
+        if (a->layerscale) BLK("ls1.gamma", 1, D);
+        BLK("norm2.weight", 1, D);
+        BLK("norm2.bias", 1, D);
+        if (!a->swiglu) {
+            BLK("mlp.fc1.weight", 2, H, D);
+            BLK("mlp.fc1.bias", 1, H);
+            BLK("mlp.fc2.weight", 2, D, H);
+            BLK("mlp.fc2.bias", 1, D);
+        } else {
+            if (a->swiglu_fused) {
+                BLK("mlp.w12.weight", 2, 2 * H, D);
+                BLK("mlp.w12.bias", 1, 2 * H);
+            } else {
+                BLK("mlp.w1.weight", 2, H, D);
+                BLK("mlp.w1.bias", 1, H);
+                BLK("mlp.w2.weight", 2, H, D);
+                BLK("mlp.w2.bias", 1, H);
+            }
+            BLK("mlp.w3.weight", 2, D, H);
+            BLK("mlp.w3.bias", 1, D);
+        }
+        if (a->layerscale) BLK("ls2.gamma", 1, D);
+#undef BLK
+    }
+    ADD("norm.weight", 1, D);
+    ADD("norm.bias", 1, D);
+    if (a->local_cls_norm) {
+        ADD("local_cls_norm.weight", 1, D);
+        ADD("local_cls_norm.bias", 1, D);
+    }
+#undef ADD
+}
+
+static float *random_values(const ParamTable *tab, uint64_t seed) {
+    float *P = dino_calloc(tab->total, sizeof(float));
+    for (int i = 0; i < tab->n; i++) {
+        const TensorSpec *t = &tab->t[i];
+        Rng r = rng_make(seed, 0x76337400ULL, (uint64_t)i, 0);
+        for (size_t k = 0; k < t->numel; k++) P[t->offset + k] = (float)(0.3 * rng_normal(&r));
+    }
+    return P;
+}
+
+static void write_table(const char *path, const ParamTable *tab, const float *P) {
+    StWriter *w = st_writer_new();
+    for (int i = 0; i < tab->n; i++) st_writer_add(w, tab->t[i].name, ST_F32, tab->t[i].ndim, tab->t[i].shape, P + tab->t[i].offset);
+    char err[DINO_ERRLEN];
+    CHECK(st_writer_write(w, path, err) == 0, "%s", err);
+    st_writer_free(w);
+}
+
+static int run(const char *cmd) {
+    fflush(stdout);
+    int rc = system(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static const char *python(void) {
+    const char *p = getenv("DINO_TEST_PYTHON");
+    return p && *p ? p : "/usr/bin/python3";
+}
+
+static void need_torch(void) {
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s -c 'import torch, numpy' 2>/dev/null", python());
+    if (run(cmd) != 0) test_skip("PyTorch/numpy not importable");
+}
+
+static char *capture(const char *cmd) {
+    fflush(stdout);
+    FILE *p = popen(cmd, "r");
+    CHECK(p != NULL, "popen %s", cmd);
+    static char buf[16384];
+    size_t n = p ? fread(buf, 1, sizeof buf - 1, p) : 0;
+    buf[n] = 0;
+    if (p) pclose(p);
+    return buf;
+}
+
+// The variants every test runs: MLP + 4 storage tokens + masked k bias; SwiGLU (w1/w2) without storage
+// tokens and with a k bias in use; fused SwiGLU (w12) without LayerScale.
+enum { NV = 3 };
+static Dinov3Arch variant(int v) {
+    if (v == 0) return tiny(4, 0, 0, 1, 1);
+    if (v == 1) return tiny(0, 1, 0, 0, 1);
+    return tiny(4, 1, 1, 1, 0);
+}
+
+// ---- names against transformers' rules --------------------------------------------------------------------
+
+TEST(dinov3_names_match_transformers) {
+    need_torch();
+    const char *dir = test_tmpdir();
+    for (int v = 0; v < NV; v++) {
+        Dinov3Arch a = variant(v);
+        ParamTable tab;
+        param_table_init(&tab);
+        v3_table(&tab, &a, "");
+        float *P = random_values(&tab, 11 + (uint64_t)v);
+        char ours[4200], orig[4200], hf[4200], cmd[16384], err[DINO_ERRLEN];
+        snprintf(ours, sizeof ours, "%s/ours%d.safetensors", dir, v);
+        snprintf(orig, sizeof orig, "%s/orig%d", dir, v);
+        snprintf(hf, sizeof hf, "%s/hf%d/sub", dir, v); // parents are created
+        write_table(ours, &tab, P);
+        int n_orig = 0, n_hf = 0;
+        CHECK(export_write_dinov3(orig, &a, &tab, "", P, NAMING_DINOV2, "test", &n_orig, err) == 0, "%s", err);
+        CHECK(export_write_dinov3(hf, &a, &tab, "", P, NAMING_HF, "test", &n_hf, err) == 0, "%s", err);
+        // official: every table tensor (w12 as two), periods, the bias masks, ones for absent LayerScale
+        int want_orig = tab.n + 1 + (a.mask_k_bias ? a.depth : 0) + (a.swiglu_fused ? 2 * a.depth : 0) + (a.layerscale ? 0 : 2 * a.depth);
+        CHECK(n_orig == want_orig, "variant %d: %d official tensors, expected %d", v, n_orig, want_orig);
+        snprintf(cmd, sizeof cmd, "%s %s names %s %s %s 2>&1", python(), test_src_path("tests/export_v3_check.py"), ours, orig, hf);
+        const char *out = capture(cmd);
+        printf("%s", out);
+        CHECK(strstr(out, "names ok") && !strstr(out, "FAIL"), "variant %d:\n%s", v, out);
+        free(P);
+        param_table_free(&tab);
+    }
+}
+
+// ---- config.json ------------------------------------------------------------------------------------------
+
+static json_object *parse(const char *path) {
+    char err[DINO_ERRLEN];
+    json_object *j = json_parse_file(path, 1 << 20, err);
+    CHECK(j != NULL, "%s", err);
+    return j;
+}
+
+static void want_int(json_object *j, const char *key, int64_t v) {
+    int64_t got = -12345;
+    char err[DINO_ERRLEN];
+    CHECK(json_get_int(j, key, INT64_MIN, INT64_MAX, &got, "config", err) == 0 && got == v, "%s: %lld, expected %lld",
+          key, (long long)got, (long long)v);
+}
+
+static void want_bool(json_object *j, const char *key, int v) {
+    int got = -1;
+    char err[DINO_ERRLEN];
+    CHECK(json_get_bool(j, key, &got, "config", err) == 0 && got == v, "%s: %d, expected %d", key, got, v);
+}
+
+static void want_str(json_object *j, const char *key, const char *v) {
+    const char *got = NULL;
+    char err[DINO_ERRLEN];
+    CHECK(json_get_string(j, key, &got, "config", err) == 0 && !strcmp(got, v), "%s: %s, expected %s", key,
+          got ? got : "(absent)", v);
+}
+
+static void want_num(json_object *j, const char *key, double v) {
+    double got = NAN;
+    char err[DINO_ERRLEN];
+    CHECK(json_get_number(j, key, -1e300, 1e300, &got, "config", err) == 0 && got == v, "%s: %.17g, expected %.17g",
+          key, got, v);
+}
+
+TEST(dinov3_hf_config_json) {
+    const char *dir = test_tmpdir();
+    char err[DINO_ERRLEN], d[4200], p[4300];
+    for (int v = 0; v < NV; v++) {
+        Dinov3Arch a = variant(v);
+        a.rope_theta = 250.5;
+        a.ln_eps = 1e-6;
+        a.img_size = 48;
+        ParamTable tab;
+        param_table_init(&tab);
+        v3_table(&tab, &a, "backbone.");
+        float *P = random_values(&tab, 3);
+        snprintf(d, sizeof d, "%s/cfg%d", dir, v);
+        CHECK(export_write_dinov3(d, &a, &tab, "backbone.", P, NAMING_HF, NULL, NULL, err) == 0, "%s", err);
+        snprintf(p, sizeof p, "%s/config.json", d);
+        json_object *j = parse(p);
+        want_str(j, "model_type", "dinov3_vit");
+        CHECK(json_object_array_length(json_find(j, "architectures")) == 1 &&
+                  !strcmp(json_as_string(json_object_array_get_idx(json_find(j, "architectures"), 0)), "DINOv3ViTModel"),
+              "architectures");
+        want_int(j, "hidden_size", 32);
+        want_int(j, "num_hidden_layers", 2);
+        want_int(j, "num_attention_heads", 4);
+        want_int(j, "intermediate_size", a.ffn_hidden);
+        want_int(j, "patch_size", 8);
+        want_int(j, "image_size", 48);
+        want_int(j, "num_register_tokens", a.n_storage);
+        want_int(j, "num_channels", 3);
+        want_bool(j, "use_gated_mlp", a.swiglu);
+        want_str(j, "hidden_act", a.swiglu ? "silu" : "gelu");
+        want_bool(j, "query_bias", 1);
+        want_bool(j, "key_bias", !a.mask_k_bias);
+        want_bool(j, "value_bias", 1);
+        want_bool(j, "proj_bias", 1);
+        want_bool(j, "mlp_bias", 1);
+        want_num(j, "rope_theta", 250.5);
+        want_num(j, "layer_norm_eps", 1e-6);
+        want_num(j, "layerscale_value", 1.0);
+        json_object_put(j);
+        snprintf(p, sizeof p, "%s/preprocessor_config.json", d);
+        j = parse(p);
+        want_str(j, "image_processor_type", "BitImageProcessor");
+        want_int(j, "size.shortest_edge", 55); // 48 * 256 / 224 = 54.9
+        want_int(j, "crop_size.height", 48);
+        want_int(j, "crop_size.width", 48);
+        want_int(j, "resample", 3);
+        json_object_put(j);
+        free(P);
+        param_table_free(&tab);
+    }
+    // what transformers cannot express is refused before anything is written
+    Dinov3Arch a = variant(0);
+    a.untie_cls_norm = 1;
+    ParamTable tab;
+    param_table_init(&tab);
+    v3_table(&tab, &a, "");
+    float *P = random_values(&tab, 3);
+    snprintf(d, sizeof d, "%s/untied", dir);
+    CHECK(export_write_dinov3(d, &a, &tab, "", P, NAMING_HF, NULL, NULL, err) != 0 && strstr(err, "cls_norm") &&
+              strstr(err, "--format dinov2"), "untied cls norm: %s", err);
+    struct stat st;
+    CHECK(stat(d, &st) != 0, "%s was created", d);
+    a = variant(0);
+    a.heads = 3; // 32 / 3
+    CHECK(export_write_dinov3(d, &a, &tab, "", P, NAMING_HF, NULL, NULL, err) != 0 && strstr(err, "heads"), "heads: %s", err);
+    a = variant(0);
+    CHECK(export_write_dinov3(d, &a, &tab, "", P, NAMING_TIMM, NULL, NULL, err) != 0 && strstr(err, "timm"), "timm: %s", err);
+    free(P);
+    param_table_free(&tab);
+}
+
+// ---- reading the exports back -----------------------------------------------------------------------------
+
+static int same_arch(const Dinov3Arch *x, const Dinov3Arch *y, char *what, size_t n) {
+#define F(f) if (x->f != y->f) { snprintf(what, n, #f ": %g vs %g", (double)x->f, (double)y->f); return 0; }
+    F(dim) F(depth) F(heads) F(patch) F(img_size) F(n_storage) F(swiglu) F(ffn_hidden) F(rope_theta) F(ln_eps)
+    F(qkv_bias) F(mask_k_bias) F(proj_bias) F(ffn_bias) F(layerscale) F(untie_cls_norm)
+#undef F
+    return 1;
+}
+
+TEST(dinov3_import_roundtrip) {
+    const char *dir = test_tmpdir();
+    char err[DINO_ERRLEN], d[4200], p[4300], cp[4300], what[128];
+    for (int v = 0; v < NV; v++) {
+        for (int hf = 0; hf < 2; hf++) {
+            Dinov3Arch a = variant(v);
+            a.rope_theta = 1000.0; // not the default: must come back from the config, the metadata or the periods
+            a.img_size = 64;
+            ParamTable tab;
+            param_table_init(&tab);
+            v3_table(&tab, &a, "");
+            float *P = random_values(&tab, 21 + (uint64_t)v);
+            const ExportNaming naming = hf ? NAMING_HF : NAMING_DINOV2;
+            snprintf(d, sizeof d, "%s/rt%d_%d", dir, v, hf);
+            CHECK(export_write_dinov3(d, &a, &tab, "", P, naming, NULL, NULL, err) == 0, "%s", err);
+            snprintf(p, sizeof p, "%s/model.safetensors", d);
+            snprintf(cp, sizeof cp, "%s/config.json", d);
+            StFile f;
+            CHECK(st_open(&f, p, err) == 0, "%s", err);
+            ExportNaming got;
+            char fp[256];
+            CHECK(export_detect(&f, p, NULL, &got, fp, sizeof fp, err) == 0 && got == naming && !strcmp(fp, ""),
+                  "detect %d %d: %s", v, hf, err);
+            CHECK(export_is_dinov3(&f, fp, got), "not seen as DINOv3");
+            // with config.json, and from the file alone (metadata; official names: the periods too)
+            json_object *cfg = parse(cp);
+            for (int with_cfg = 0; with_cfg < 2; with_cfg++) {
+                Dinov3Arch b;
+                CHECK(export_infer_dinov3(&f, p, got, fp, 0, with_cfg ? cfg : NULL, cp, &b, err) == 0, "infer: %s", err);
+                b.swiglu_fused = a.swiglu_fused; // the official names never hold w12: the target table decides
+                b.local_cls_norm = a.local_cls_norm;
+                Dinov3Arch want = a;
+                want.layerscale = 1; // a model without LayerScale exports gammas of ones: read back as LayerScale
+                CHECK(same_arch(&want, &b, what, sizeof what), "variant %d %s, config %d: %s", v, hf ? "hf" : "official",
+                      with_cfg, what);
+            }
+            json_object_put(cfg);
+            // the weights scatter back bit for bit (a masked k bias is not in HF files: it stays 0)
+            ExportMap map;
+            export_map_build_dinov3(&map, &a, &tab, "", naming);
+            float *Q = dino_calloc(tab.total, sizeof(float));
+            for (int i = 0; i < map.n; i++) {
+                const StTensor *t = st_get(&f, map.e[i].name);
+                CHECK(t && t->ndim == map.e[i].ndim, "%s missing", map.e[i].name);
+                float *buf = dino_malloc(sizeof(float) * (map.e[i].numel + 1));
+                CHECK(export_read_f32(t, buf, err) == 0, "%s", err);
+                CHECK(export_entry_scatter(&map.e[i], buf, Q, err) == 0, "%s", err);
+                free(buf);
+            }
+            for (int i = 0; i < tab.n; i++) {
+                const TensorSpec *t = &tab.t[i];
+                for (size_t k = 0; k < t->numel; k++) {
+                    float want = P[t->offset + k];
+                    if (hf && a.mask_k_bias && strstr(t->name, "attn.qkv.bias") && k >= (size_t)a.dim && k < 2 * (size_t)a.dim)
+                        want = 0;
+                    if (hf && !strncmp(t->name, "local_cls_norm.", 15)) want = 0; // training only: not in HF files
+                    CHECK(Q[t->offset + k] == want, "%s[%zu]: %g after the round trip, %g before", t->name, k,
+                          (double)Q[t->offset + k], (double)want);
+                    if (Q[t->offset + k] != want) break;
+                }
+            }
+            // a model with another RoPE base refuses the official periods
+            if (!hf) {
+                Dinov3Arch c = a;
+                c.rope_theta = 100.0;
+                ExportMap m2;
+                export_map_build_dinov3(&m2, &c, &tab, "", naming);
+                const ExportEntry *e = export_map_find(&m2, "rope_embed.periods");
+                CHECK(e && e->xf == XF_PERIODS, "no periods entry");
+                float buf[64];
+                CHECK(export_read_f32(st_get(&f, "rope_embed.periods"), buf, err) == 0, "%s", err);
+                CHECK(export_entry_scatter(e, buf, Q, err) != 0 && strstr(err, "rope_theta"), "periods: %s", err);
+                export_map_free(&m2);
+            }
+            free(Q);
+            export_map_free(&map);
+            st_close(&f);
+            free(P);
+            param_table_free(&tab);
+        }
+    }
+}
+
+// A DINOv2 file is not DINOv3; broken DINOv3 files are refused with the tensor or the key named.
+TEST(dinov3_refusals) {
+    const char *dir = test_tmpdir();
+    char err[DINO_ERRLEN], p[4300];
+    // DINOv2 names (pos_embed) are not DINOv3
+    snprintf(p, sizeof p, "%s/v2.safetensors", dir);
+    {
+        StWriter *w = st_writer_new();
+        static float z[4 * 3 * 2 * 2 + 5 * 4];
+        st_writer_add(w, "patch_embed.proj.weight", ST_F32, 4, (int64_t[]){4, 3, 2, 2}, z);
+        st_writer_add(w, "pos_embed", ST_F32, 3, (int64_t[]){1, 5, 4}, z);
+        CHECK(st_writer_write(w, p, err) == 0, "%s", err);
+        st_writer_free(w);
+        StFile f;
+        CHECK(st_open(&f, p, err) == 0, "%s", err);
+        CHECK(!export_is_dinov3(&f, "", NAMING_DINOV2), "a DINOv2 file seen as DINOv3");
+        st_close(&f);
+    }
+    Dinov3Arch a = variant(0);
+    ParamTable tab;
+    param_table_init(&tab);
+    v3_table(&tab, &a, "");
+    float *P = random_values(&tab, 5);
+    char d[4200], cp[4300];
+    snprintf(d, sizeof d, "%s/good", dir);
+    CHECK(export_write_dinov3(d, &a, &tab, "", P, NAMING_HF, NULL, NULL, err) == 0, "%s", err);
+    snprintf(p, sizeof p, "%s/model.safetensors", d);
+    snprintf(cp, sizeof cp, "%s/config.json", d);
+    StFile f;
+    CHECK(st_open(&f, p, err) == 0, "%s", err);
+    Dinov3Arch b;
+    // key_bias true, but the file has no k_proj.bias
+    const char *k1 = "{\"key_bias\": true, \"num_attention_heads\": 4}";
+    json_object *cfg = json_parse(k1, strlen(k1), "cfg.json", err);
+    CHECK(cfg != NULL, "%s", err);
+    CHECK(export_infer_dinov3(&f, p, NAMING_HF, "", 0, cfg, "cfg.json", &b, err) != 0 && strstr(err, "key_bias") &&
+              strstr(err, "cfg.json"), "key_bias: %s", err);
+    json_object_put(cfg);
+    // a bad value of a key names the file and the key
+    const char *k2 = "{\"rope_theta\": -3}";
+    cfg = json_parse(k2, strlen(k2), "cfg.json", err);
+    CHECK(export_infer_dinov3(&f, p, NAMING_HF, "", 0, cfg, "cfg.json", &b, err) != 0 && strstr(err, "rope_theta") &&
+              strstr(err, "cfg.json"), "rope_theta: %s", err);
+    json_object_put(cfg);
+    // timm names are not offered for DINOv3
+    CHECK(export_infer_dinov3(&f, p, NAMING_TIMM, "", 0, NULL, NULL, &b, err) != 0 && strstr(err, "timm"), "timm: %s", err);
+    st_close(&f);
+    // a block whose feed-forward width differs from block 0's
+    snprintf(p, sizeof p, "%s/bad.safetensors", dir);
+    {
+        StFile g;
+        char gp[4300];
+        snprintf(gp, sizeof gp, "%s/model.safetensors", d);
+        CHECK(st_open(&g, gp, err) == 0, "%s", err);
+        StWriter *w = st_writer_new();
+        static float big[64 * 64];
+        for (int i = 0; i < g.n; i++) {
+            if (!strcmp(g.t[i].name, "layer.1.mlp.down_proj.weight"))
+                st_writer_add(w, g.t[i].name, ST_F32, 2, (int64_t[]){32, 48}, big);
+            else
+                st_writer_add(w, g.t[i].name, g.t[i].dtype, g.t[i].ndim, g.t[i].shape, g.t[i].data);
+        }
+        CHECK(st_writer_write(w, p, err) == 0, "%s", err);
+        st_writer_free(w);
+        st_close(&g);
+    }
+    CHECK(st_open(&f, p, err) == 0, "%s", err);
+    CHECK(export_infer_dinov3(&f, p, NAMING_HF, "", 4, NULL, NULL, &b, err) != 0 &&
+              strstr(err, "layer.1.mlp.down_proj.weight") && strstr(err, "block 0"), "block shapes: %s", err);
+    st_close(&f);
+    free(P);
+    param_table_free(&tab);
+}
