@@ -39,6 +39,7 @@
 #include <sys/stat.h>
 
 #include "model/backend.h"
+#include "model/rope.h"
 #include "model/vit.h"
 #include "tests/harness.h"
 #include "train/ssl_step.h"
@@ -615,6 +616,41 @@ TEST(attention_bf16_gemms) {
     attention_case(C, G, 2, 257, 6, 64, 0);
     attention_case(C, G, 8, 54, 6, 64, 0);
     attention_case(C, G, 1, 261, 16, 64, 0);
+    backend_free(C);
+    gpu_free(G);
+}
+
+// ---- rotary position embedding (the DINOv3 ViT) ----------------------------------------------------
+
+static void rope_case(Backend *C, Backend *G, int B, int crop, int p, int R, int H, int Dh, Rng *r) {
+    const int g = crop / p, N = g * g, T = 1 + R + N, D = H * Dh;
+    printf(" rope B=%d N=%d R=%d H=%d Dh=%d\n", B, N, R, H, Dh);
+    const RopeConfig rc = {.base = 100.0, .normalize = ROPE_NORMALIZE_SEPARATE, .rescale = 2.0};
+    const RopeAug aug = rope_draw_aug(&rc, r);
+    float *sin_h = dino_malloc(sizeof(float) * (size_t)N * Dh), *cos_h = dino_malloc(sizeof(float) * (size_t)N * Dh);
+    rope_tables(&rc, Dh, g, g, &aug, sin_h, cos_h);
+    float *sc = dual_upload(C, sin_h, sizeof(float) * (size_t)N * Dh), *cc = dual_upload(C, cos_h, sizeof(float) * (size_t)N * Dh);
+    float *sg = dual_upload(G, sin_h, sizeof(float) * (size_t)N * Dh), *cg = dual_upload(G, cos_h, sizeof(float) * (size_t)N * Dh);
+    Pair qkv = pair_new(C, G, (size_t)B * T * 3 * D, 0, 1, r, 0);
+    C->rope_fwd(C, qkv.c, sc, cc, B, T, N, H, Dh), G->rope_fwd(G, qkv.g, sg, cg, B, T, N, H, Dh);
+    float *out = pair_gpu_result(G, &qkv);
+    check_elems("rope_fwd (in place)", out, qkv.c, NULL, qkv.n, TOL_FP32);
+    free(out);
+    C->rope_bwd(C, qkv.c, sc, cc, B, T, N, H, Dh), G->rope_bwd(G, qkv.g, sg, cg, B, T, N, H, Dh);
+    out = pair_gpu_result(G, &qkv);
+    check_elems("rope_bwd (in place)", out, qkv.c, NULL, qkv.n, TOL_FP32);
+    free(out);
+    C->release(C, sc), C->release(C, cc), G->release(G, sg), G->release(G, cg);
+    free(sin_h), free(cos_h);
+    pair_free(C, G, &qkv);
+}
+
+TEST(rope_fwd_bwd) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(47, 0, 0, 0);
+    rope_case(C, G, 2, 224, 16, 4, 16, 64, &r); // ViT-L/16 global crops with 4 storage tokens
+    rope_case(C, G, 8, 96, 16, 4, 16, 64, &r);  // its local crops
+    rope_case(C, G, 3, 12, 4, 0, 2, 8, &r);     // tiny, no storage tokens
     backend_free(C);
     gpu_free(G);
 }
