@@ -21,12 +21,11 @@ int dinov3_arch_check(const Dinov3Arch *a, char *err) {
                     a->dim, a->heads);
         return -1;
     }
-    if (!(a->rope_theta > 0) || !isfinite(a->rope_theta) || !(a->ln_eps > 0) || !(a->ln_eps < 1)) {
-        dino_seterr(err, "DINOv3 export: rope_theta %g and layer_norm_eps %g must be positive (eps < 1)",
-                    a->rope_theta, a->ln_eps);
+    if (!(a->ln_eps > 0) || !(a->ln_eps < 1)) {
+        dino_seterr(err, "DINOv3 export: layer_norm_eps %g must be in (0, 1)", a->ln_eps);
         return -1;
     }
-    return 0;
+    return rope_config_check(&a->rope, a->dim / a->heads, err);
 }
 
 // ---- the name map ---------------------------------------------------------------------------------------
@@ -140,8 +139,10 @@ void export_map_build_dinov3(ExportMap *m, const Dinov3Arch *a, const ParamTable
         int64_t shape[1] = {D / a->heads / 4};
         set_shape(e, 1, shape);
         e->xf = XF_PERIODS;
-        e->theta = a->rope_theta;
-        snprintf(e->our_name, sizeof e->our_name, "(RoPE periods of theta %g)", a->rope_theta);
+        e->rope[0] = a->rope.base;
+        e->rope[1] = a->rope.min_period;
+        e->rope[2] = a->rope.max_period;
+        snprintf(e->our_name, sizeof e->our_name, "(the RoPE periods)");
     }
 
     static const char *const QKV[3] = {"q_proj", "k_proj", "v_proj"};
@@ -247,6 +248,17 @@ void export_map_build_dinov3(ExportMap *m, const Dinov3Arch *a, const ParamTable
 
 static const char *tf(int v) { return v ? "true" : "false"; }
 
+// A training-only RoPE augmentation value: the number, or null when off (0).
+static const char *num_or_null(char *buf, size_t n, double v) {
+    if (v > 0) snprintf(buf, n, "%.17g", v);
+    else snprintf(buf, n, "null");
+    return buf;
+}
+
+static const char *normalize_name(RopeNormalize r) {
+    return r == ROPE_NORMALIZE_MIN ? "min" : r == ROPE_NORMALIZE_MAX ? "max" : "separate";
+}
+
 int dinov3_hf_config(char *out, size_t n, const Dinov3Arch *a, char *err) {
     if (dinov3_arch_check(a, err)) return -1;
     if (a->untie_cls_norm) {
@@ -255,6 +267,14 @@ int dinov3_hf_config(char *out, size_t n, const Dinov3Arch *a, char *err) {
                     "with --format dinov2 (the official names)");
         return -1;
     }
+    if (!(a->rope.base > 0) || a->rope.normalize != ROPE_NORMALIZE_SEPARATE) {
+        dino_seterr(err, "DINOv3 export: transformers' DINOv3ViTModel computes RoPE periods from a base (rope_theta) "
+                    "with coordinates normalised per axis; this model uses %s and %s coordinates: export with "
+                    "--format dinov2 (the official names)", a->rope.base > 0 ? "a base" : "min/max periods",
+                    normalize_name(a->rope.normalize));
+        return -1;
+    }
+    char sh[40], ji[40], re[40];
     snprintf(out, n,
              "{\n"
              "  \"architectures\": [\"DINOv3ViTModel\"],\n"
@@ -280,28 +300,36 @@ int dinov3_hf_config(char *out, size_t n, const Dinov3Arch *a, char *err) {
              "  \"proj_bias\": %s,\n"
              "  \"mlp_bias\": %s,\n"
              "  \"layerscale_value\": 1.0,\n"
-             "  \"pos_embed_shift\": null,\n"
-             "  \"pos_embed_jitter\": null,\n"
-             "  \"pos_embed_rescale\": 2.0,\n"
+             "  \"pos_embed_shift\": %s,\n"
+             "  \"pos_embed_jitter\": %s,\n"
+             "  \"pos_embed_rescale\": %s,\n"
              "  \"torch_dtype\": \"float32\"\n"
              "}\n",
              a->dim, a->ffn_hidden, a->depth, a->heads, a->swiglu ? "silu" : "gelu", tf(a->swiglu), a->ln_eps,
-             a->rope_theta, a->img_size, a->patch, a->n_storage, tf(a->qkv_bias), tf(a->qkv_bias && !a->mask_k_bias),
-             tf(a->qkv_bias), tf(a->proj_bias), tf(a->ffn_bias));
+             a->rope.base, a->img_size, a->patch, a->n_storage, tf(a->qkv_bias), tf(a->qkv_bias && !a->mask_k_bias),
+             tf(a->qkv_bias), tf(a->proj_bias), tf(a->ffn_bias), num_or_null(sh, sizeof sh, a->rope.shift),
+             num_or_null(ji, sizeof ji, a->rope.jitter), num_or_null(re, sizeof re, a->rope.rescale));
     return 0;
 }
 
 void dinov3_own_config(char *out, size_t n, const Dinov3Arch *a) {
+    char base[40], lo[40], hi[40], sh[40], ji[40], re[40];
     snprintf(out, n,
              "{\n  \"format\": \"dinov3\",\n  \"embed_dim\": %d,\n  \"depth\": %d,\n  \"num_heads\": %d,\n"
              "  \"patch_size\": %d,\n  \"img_size\": %d,\n  \"n_storage_tokens\": %d,\n  \"ffn_layer\": \"%s\",\n"
              "  \"ffn_hidden\": %d,\n  \"layerscale\": %s,\n  \"qkv_bias\": %s,\n  \"mask_k_bias\": %s,\n"
-             "  \"proj_bias\": %s,\n  \"ffn_bias\": %s,\n  \"pos_embed_rope_base\": %.17g,\n"
-             "  \"pos_embed_rope_normalize_coords\": \"separate\",\n  \"layer_norm_eps\": %.17g,\n"
+             "  \"proj_bias\": %s,\n  \"ffn_bias\": %s,\n  \"pos_embed_rope_base\": %s,\n"
+             "  \"pos_embed_rope_min_period\": %s,\n  \"pos_embed_rope_max_period\": %s,\n"
+             "  \"pos_embed_rope_normalize_coords\": \"%s\",\n  \"pos_embed_rope_shift_coords\": %s,\n"
+             "  \"pos_embed_rope_jitter_coords\": %s,\n  \"pos_embed_rope_rescale_coords\": %s,\n"
+             "  \"layer_norm_eps\": %.17g,\n"
              "  \"untie_cls_and_patch_norms\": %s,\n  \"untie_global_and_local_cls_norm\": %s\n}\n",
              a->dim, a->depth, a->heads, a->patch, a->img_size, a->n_storage, a->swiglu ? "swiglu" : "mlp", a->ffn_hidden,
-             tf(a->layerscale), tf(a->qkv_bias), tf(a->mask_k_bias), tf(a->proj_bias), tf(a->ffn_bias), a->rope_theta,
-             a->ln_eps, tf(a->untie_cls_norm), tf(a->local_cls_norm));
+             tf(a->layerscale), tf(a->qkv_bias), tf(a->mask_k_bias), tf(a->proj_bias), tf(a->ffn_bias),
+             num_or_null(base, sizeof base, a->rope.base), num_or_null(lo, sizeof lo, a->rope.min_period),
+             num_or_null(hi, sizeof hi, a->rope.max_period), normalize_name(a->rope.normalize),
+             num_or_null(sh, sizeof sh, a->rope.shift), num_or_null(ji, sizeof ji, a->rope.jitter),
+             num_or_null(re, sizeof re, a->rope.rescale), a->ln_eps, tf(a->untie_cls_norm), tf(a->local_cls_norm));
 }
 
 // ---- reading DINOv3 backbone files ----------------------------------------------------------------------
@@ -466,17 +494,49 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
     else a->mask_k_bias = a->qkv_bias && getp(f, prefix, "blocks.0.attn.qkv.bias_mask") != NULL;
 
     // what shapes cannot tell: config.json (HF keys, then ours), the metadata, then the official defaults
-    a->rope_theta = 100.0;
+    a->rope.base = 100.0;
+    a->rope.normalize = ROPE_NORMALIZE_SEPARATE;
     a->ln_eps = 1e-5;
     a->img_size = 224;
     double v;
-    int r, found_theta = 0;
+    int r, found_rope = 0;
     if ((r = cfg_number(cfg, "rope_theta", 1e-6, 1e12, &v, cfg_path, err)) < 0) return -1;
     if (!r && (r = cfg_number(cfg, "pos_embed_rope_base", 1e-6, 1e12, &v, cfg_path, err)) < 0) return -1;
     if (r || meta_number(f, "rope_theta", &v)) {
-        a->rope_theta = v;
-        found_theta = 1;
+        a->rope.base = v;
+        found_rope = 1;
+    } else { // ours: periods from min/max
+        double lo = 0, hi = 0;
+        int r1 = cfg_number(cfg, "pos_embed_rope_min_period", 1e-12, 1e12, &lo, cfg_path, err);
+        int r2 = r1 < 0 ? -1 : cfg_number(cfg, "pos_embed_rope_max_period", 1e-12, 1e12, &hi, cfg_path, err);
+        if (r2 < 0) return -1;
+        if (r1 && r2) {
+            a->rope.base = 0;
+            a->rope.min_period = lo;
+            a->rope.max_period = hi;
+            found_rope = 1;
+        }
     }
+    const char *norm;
+    if (cfg && (r = json_get_string(cfg, "pos_embed_rope_normalize_coords", &norm, cfg_path, err)) <= 0) {
+        if (r < 0) return -1;
+        if (!strcmp(norm, "min")) a->rope.normalize = ROPE_NORMALIZE_MIN;
+        else if (!strcmp(norm, "max")) a->rope.normalize = ROPE_NORMALIZE_MAX;
+        else if (strcmp(norm, "separate")) {
+            dino_seterr(err, "%s: pos_embed_rope_normalize_coords must be \"separate\", \"min\" or \"max\", got \"%s\"",
+                        cfg_path, norm);
+            return -1;
+        }
+    }
+    // training-only augmentation: HF pos_embed_*, ours pos_embed_rope_*_coords (null: off)
+    static const char *const AUG[3][2] = {{"pos_embed_shift", "pos_embed_rope_shift_coords"},
+                                          {"pos_embed_jitter", "pos_embed_rope_jitter_coords"},
+                                          {"pos_embed_rescale", "pos_embed_rope_rescale_coords"}};
+    double *aug[3] = {&a->rope.shift, &a->rope.jitter, &a->rope.rescale};
+    for (int k = 0; k < 3; k++)
+        for (int h = 0; h < 2; h++)
+            if ((r = cfg_number(cfg, AUG[k][h], 0, 1e6, &v, cfg_path, err)) < 0) return -1;
+            else if (r) *aug[k] = v;
     const StTensor *per = hf ? NULL : getp(f, prefix, "rope_embed.periods");
     if ((r = cfg_number(cfg, "layer_norm_eps", 1e-12, 0.1, &v, cfg_path, err)) < 0) return -1;
     if (r || meta_number(f, "layer_norm_eps", &v)) a->ln_eps = v;
@@ -517,20 +577,25 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
         fprintf(stderr, "note: %s: %d attention heads assumed (the released DINOv3 of width %d)\n", path, heads, D);
     }
     a->heads = heads;
-    if (dinov3_arch_check(a, err)) return -1;
+    if (dinov3_arch_check(a, err)) {
+        char e2[DINO_ERRLEN];
+        snprintf(e2, sizeof e2, "%s", err);
+        dino_seterr(err, "%s: %s", cfg ? cfg_path : path, e2);
+        return -1;
+    }
     if (per) { // the official periods buffer: its length is Dh/4; it says the base when nothing else does
         const int q = D / heads / 4;
         if (check_shape(per, path, 1, (int64_t[]){q}, "the head width / 4", err)) return -1;
-        if (!found_theta && q >= 2) {
+        if (!found_rope && q >= 2) {
             float last;
             if (per->dtype != ST_F32) {
                 dino_seterr(err, "%s: rope_embed.periods is not float32: give rope_theta in config.json", path);
                 return -1;
             }
             memcpy(&last, (const uint8_t *)per->data + 4 * (size_t)(q - 1), 4);
-            // periods[q-1] = theta^((2q-2)/(2q))
-            a->rope_theta = pow((double)last, (double)(2 * q) / (double)(2 * q - 2));
-            a->rope_theta = round(a->rope_theta * 1e4) / 1e4;
+            // periods[q-1] = base^((2q-2)/(2q)) (a file of min/max periods needs its config.json)
+            a->rope.base = pow((double)last, (double)(2 * q) / (double)(2 * q - 2));
+            a->rope.base = round(a->rope.base * 1e4) / 1e4;
         }
     }
     return 0;

@@ -29,9 +29,10 @@
 #include "common/safetensors.h"
 #include "model/export_names.h"
 #include "model/params.h"
+#include "model/rope.h"
 
 // What an export needs to know about a DINOv3 ViT (the part of the config that is not in the shapes
-// is rope_theta, ln_eps, mask_k_bias, img_size and the head count).
+// are the RoPE parameters, ln_eps, mask_k_bias, img_size and the head count).
 typedef struct {
     int dim, depth, heads, patch;
     int img_size;        // the training global crop (config image_size; preprocessing default)
@@ -39,7 +40,8 @@ typedef struct {
     int swiglu;          // 0: MLP with exact GELU; 1: SwiGLU (SiLU gate)
     int ffn_hidden;      // MLP hidden width, or each SwiGLU half's
     int swiglu_fused;    // our table holds w12 (gate rows then up rows) instead of w1 and w2
-    double rope_theta;   // RoPE base (periods base^(2i/(Dh/2)))
+    RopeConfig rope;     // RoPE: base (HF rope_theta) or min/max periods; coordinate normalisation;
+                         // training-only augmentation (HF pos_embed_shift/jitter/rescale)
     double ln_eps;       // every LayerNorm's eps (1e-5: the official "layernormbf16")
     int qkv_bias, mask_k_bias, proj_bias, ffn_bias;
     int layerscale;      // the table holds ls1/ls2 gammas (else ones are exported)
@@ -57,7 +59,8 @@ void export_map_build_dinov3(ExportMap *m, const Dinov3Arch *a, const ParamTable
                              ExportNaming naming);
 
 // transformers' config.json (DINOv3ViTConfig) for a, into out[n]. Returns 0, or -1 with err when the
-// model cannot be expressed (an untied cls norm).
+// model cannot be expressed: an untied cls norm, RoPE periods from min/max periods instead of a base,
+// coordinates normalised by min/max(H, W) instead of per axis.
 int dinov3_hf_config(char *out, size_t n, const Dinov3Arch *a, char *err);
 // Our own config.json for the official names (dinotrain's keys, the arch of the original model).
 void dinov3_own_config(char *out, size_t n, const Dinov3Arch *a);
@@ -69,8 +72,9 @@ int export_is_dinov3(const StFile *f, const char *prefix, ExportNaming naming);
 // MLP or SwiGLU and width, biases, LayerScale, a masked k bias when HF names lack k_proj.bias or the
 // official names hold bias_mask) and from config.json when given (cfg: transformers keys or ours;
 // path names it in messages), else the file's metadata, for what shapes cannot tell: heads
-// (num_attention_heads), rope_theta (also read from rope_embed.periods), layer_norm_eps, image_size,
-// mask_k_bias. `heads` > 0 overrides. Defaults: the official ones (theta 100, eps 1e-5, image 224,
-// k bias masked). Returns 0, or -1 with err naming the file, tensor or key.
+// (num_attention_heads), the RoPE (rope_theta / pos_embed_rope_base, or rope_embed.periods; ours:
+// min/max periods, normalize_coords; pos_embed_shift/jitter/rescale), layer_norm_eps, image_size,
+// mask_k_bias. `heads` > 0 overrides. Defaults: the released models' (theta 100, per-axis coordinates,
+// eps 1e-5, image 224). Returns 0, or -1 with err naming the file, tensor or key.
 int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, const char *prefix, int heads,
                         json_object *cfg, const char *cfg_path, Dinov3Arch *a, char *err);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/check.h"
+#include "model/rope.h"
 
 const char *export_naming_name(ExportNaming n) {
     switch (n) {
@@ -208,9 +209,14 @@ void export_entry_gather(const ExportEntry *e, const float *P, float *dst) {
     case XF_ONES:
         for (size_t c = 0; c < e->numel; c++) dst[c] = 1.0f;
         break;
-    case XF_PERIODS: // the official RoPE: base^(2i / (Dh/2)), i < Dh/4
-        for (size_t i = 0; i < e->numel; i++) dst[i] = (float)pow(e->theta, (double)(2 * i) / (double)(2 * e->numel));
+    case XF_PERIODS: { // the official RoPE periods (model/rope.h)
+        RopeConfig rc = {.base = e->rope[0], .min_period = e->rope[1], .max_period = e->rope[2]};
+        double *p = dino_malloc(sizeof(double) * (e->numel ? e->numel : 1));
+        rope_periods(&rc, 4 * (int)e->numel, p);
+        for (size_t i = 0; i < e->numel; i++) dst[i] = (float)p[i];
+        free(p);
         break;
+    }
     case XF_BIAS_MASK: // q and v biases used, the k bias masked
         for (size_t i = 0; i < e->numel; i++) dst[i] = (i >= e->numel / 3 && i < 2 * e->numel / 3) ? 0.0f : 1.0f;
         break;
@@ -241,9 +247,10 @@ int export_entry_scatter(const ExportEntry *e, const float *src, float *P, char 
         export_entry_gather(e, P, want);
         for (size_t i = 0; i < e->numel; i++)
             if (!(fabsf(src[i] - want[i]) <= 1e-2f * want[i])) {
-                dino_seterr(err, "%s[%zu] is %g, but RoPE with theta %g and head width %zu has period %g: the file's "
-                            "model has another RoPE base (rope_theta)", e->name, i, (double)src[i], e->theta,
-                            4 * e->numel, (double)want[i]);
+                dino_seterr(err, "%s[%zu] is %g, but this model's RoPE (base %g, periods %g..%g, head width %zu) has "
+                            "period %g: the file's model has other RoPE periods (rope_theta / pos_embed_rope_base)",
+                            e->name, i, (double)src[i], e->rope[0], e->rope[1], e->rope[2], 4 * e->numel,
+                            (double)want[i]);
                 free(want);
                 return -1;
             }

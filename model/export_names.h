@@ -9,8 +9,8 @@
 //   CLS_POS0    timm with registers: cls_token + pos_embed[:,0]      (import: cls = value, pos[0] = 0)
 //   POS_NOCLS   timm with registers: pos_embed[:,1:]                 (import: pos[1:] = value, pos[0] = 0)
 //   ONES        LayerScale gamma of a model without LayerScale: ones (import: must be all ones)
-//   PERIODS     DINOv3 official names: rope_embed.periods, computed from theta and the head width
-//               (import: must be those values)
+//   PERIODS     DINOv3 official names: rope_embed.periods, computed from the RoPE parameters and the
+//               head width (import: must be those values)
 //   BIAS_MASK   DINOv3 official names: blocks.N.attn.qkv.bias_mask, ones with zeros on the k third
 //               (import: must be that pattern)
 // Folding pos[0] into cls is exact for the forward pass: tokens use cls + pos[0] and nothing else.
@@ -36,7 +36,7 @@ typedef struct {
     size_t src_aux;             // CLS_POS0: offset of pos_embed; else unused
     size_t row0, row_len;       // ROWS: first row and row length of the slice
     int optional;               // may be absent on import (mask_token)
-    double theta;               // PERIODS: the RoPE base
+    double rope[3];             // PERIODS: the RoPE base, min and max period (RopeConfig)
     char our_name[PARAM_NAME_MAX]; // our table's name (without prefix), for messages
 } ExportEntry;
 

@@ -27,7 +27,7 @@
 // A tiny DINOv3: width 32, 4 heads (head width 8), 2 blocks, patch 8.
 static Dinov3Arch tiny(int R, int swiglu, int fused, int mask_k, int layerscale) {
     Dinov3Arch a = {.dim = 32, .depth = 2, .heads = 4, .patch = 8, .img_size = 32, .n_storage = R, .swiglu = swiglu,
-                    .ffn_hidden = swiglu ? 24 : 64, .swiglu_fused = fused, .rope_theta = 100.0, .ln_eps = 1e-5,
+                    .ffn_hidden = swiglu ? 24 : 64, .swiglu_fused = fused, .rope = {.base = 100.0}, .ln_eps = 1e-5,
                     .qkv_bias = 1, .mask_k_bias = mask_k, .proj_bias = 1, .ffn_bias = 1, .layerscale = layerscale,
                     .local_cls_norm = 1};
     return a;
@@ -140,6 +140,15 @@ static Dinov3Arch variant(int v) {
     return tiny(4, 1, 1, 1, 0);
 }
 
+static int same_arch(const Dinov3Arch *x, const Dinov3Arch *y, char *what, size_t n) {
+#define F(f) if (x->f != y->f) { snprintf(what, n, #f ": %g vs %g", (double)x->f, (double)y->f); return 0; }
+    F(dim) F(depth) F(heads) F(patch) F(img_size) F(n_storage) F(swiglu) F(ffn_hidden) F(rope.base) F(rope.min_period) F(rope.max_period) F(rope.normalize)
+    F(rope.shift) F(rope.jitter) F(rope.rescale) F(ln_eps)
+    F(qkv_bias) F(mask_k_bias) F(proj_bias) F(ffn_bias) F(layerscale) F(untie_cls_norm)
+#undef F
+    return 1;
+}
+
 // ---- names against transformers' rules --------------------------------------------------------------------
 
 TEST(dinov3_names_match_transformers) {
@@ -169,6 +178,41 @@ TEST(dinov3_names_match_transformers) {
         free(P);
         param_table_free(&tab);
     }
+    // RoPE periods from min/max and coordinates normalised by max(H, W): official names only
+    Dinov3Arch a = variant(0);
+    a.rope = (RopeConfig){.min_period = 0.5, .max_period = 40.0, .normalize = ROPE_NORMALIZE_MAX, .rescale = 2.0};
+    ParamTable tab;
+    param_table_init(&tab);
+    v3_table(&tab, &a, "");
+    float *P = random_values(&tab, 17);
+    char ours[4200], orig[4200], hf[4200], cmd[16384], err[DINO_ERRLEN];
+    snprintf(ours, sizeof ours, "%s/ours_mm.safetensors", dir);
+    snprintf(orig, sizeof orig, "%s/orig_mm", dir);
+    snprintf(hf, sizeof hf, "%s/hf_mm", dir);
+    write_table(ours, &tab, P);
+    CHECK(export_write_dinov3(orig, &a, &tab, "", P, NAMING_DINOV2, "test", NULL, err) == 0, "%s", err);
+    CHECK(export_write_dinov3(hf, &a, &tab, "", P, NAMING_HF, "test", NULL, err) != 0 && strstr(err, "min/max periods") &&
+              strstr(err, "--format dinov2"), "HF with min/max periods: %s", err);
+    snprintf(cmd, sizeof cmd, "%s %s names %s %s - 2>&1", python(), test_src_path("tests/export_v3_check.py"), ours, orig);
+    const char *out = capture(cmd);
+    printf("%s", out);
+    CHECK(strstr(out, "names ok") && !strstr(out, "FAIL"), "min/max periods:\n%s", out);
+    // read back with its config.json: the same RoPE
+    char p[4300], cp[4300], what[128];
+    snprintf(p, sizeof p, "%s/model.safetensors", orig);
+    snprintf(cp, sizeof cp, "%s/config.json", orig);
+    StFile f;
+    CHECK(st_open(&f, p, err) == 0, "%s", err);
+    json_object *cfg = json_parse_file(cp, 1 << 20, err);
+    CHECK(cfg != NULL, "%s", err);
+    Dinov3Arch b;
+    CHECK(export_infer_dinov3(&f, p, NAMING_DINOV2, "", 0, cfg, cp, &b, err) == 0, "%s", err);
+    b.local_cls_norm = a.local_cls_norm;
+    CHECK(same_arch(&a, &b, what, sizeof what), "min/max periods read back: %s", what);
+    json_object_put(cfg);
+    st_close(&f);
+    free(P);
+    param_table_free(&tab);
 }
 
 // ---- config.json ------------------------------------------------------------------------------------------
@@ -212,7 +256,9 @@ TEST(dinov3_hf_config_json) {
     char err[DINO_ERRLEN], d[4200], p[4300];
     for (int v = 0; v < NV; v++) {
         Dinov3Arch a = variant(v);
-        a.rope_theta = 250.5;
+        a.rope.base = 250.5;
+        a.rope.rescale = 2.0;
+        a.rope.jitter = 1.5;
         a.ln_eps = 1e-6;
         a.img_size = 48;
         ParamTable tab;
@@ -245,6 +291,9 @@ TEST(dinov3_hf_config_json) {
         want_num(j, "rope_theta", 250.5);
         want_num(j, "layer_norm_eps", 1e-6);
         want_num(j, "layerscale_value", 1.0);
+        want_num(j, "pos_embed_rescale", 2.0);
+        want_num(j, "pos_embed_jitter", 1.5);
+        CHECK(json_find(j, "pos_embed_shift") == NULL, "pos_embed_shift is not null");
         json_object_put(j);
         snprintf(p, sizeof p, "%s/preprocessor_config.json", d);
         j = parse(p);
@@ -280,21 +329,13 @@ TEST(dinov3_hf_config_json) {
 
 // ---- reading the exports back -----------------------------------------------------------------------------
 
-static int same_arch(const Dinov3Arch *x, const Dinov3Arch *y, char *what, size_t n) {
-#define F(f) if (x->f != y->f) { snprintf(what, n, #f ": %g vs %g", (double)x->f, (double)y->f); return 0; }
-    F(dim) F(depth) F(heads) F(patch) F(img_size) F(n_storage) F(swiglu) F(ffn_hidden) F(rope_theta) F(ln_eps)
-    F(qkv_bias) F(mask_k_bias) F(proj_bias) F(ffn_bias) F(layerscale) F(untie_cls_norm)
-#undef F
-    return 1;
-}
-
 TEST(dinov3_import_roundtrip) {
     const char *dir = test_tmpdir();
     char err[DINO_ERRLEN], d[4200], p[4300], cp[4300], what[128];
     for (int v = 0; v < NV; v++) {
         for (int hf = 0; hf < 2; hf++) {
             Dinov3Arch a = variant(v);
-            a.rope_theta = 1000.0; // not the default: must come back from the config, the metadata or the periods
+            a.rope.base = 1000.0; // not the default: must come back from the config, the metadata or the periods
             a.img_size = 64;
             ParamTable tab;
             param_table_init(&tab);
@@ -352,7 +393,7 @@ TEST(dinov3_import_roundtrip) {
             // a model with another RoPE base refuses the official periods
             if (!hf) {
                 Dinov3Arch c = a;
-                c.rope_theta = 100.0;
+                c.rope.base = 100.0;
                 ExportMap m2;
                 export_map_build_dinov3(&m2, &c, &tab, "", naming);
                 const ExportEntry *e = export_map_find(&m2, "rope_embed.periods");

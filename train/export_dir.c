@@ -80,8 +80,10 @@ int export_write_dinov3(const char *outdir, const Dinov3Arch *a, const ParamTabl
     st_writer_meta(w, "num_attention_heads", num);
     snprintf(num, sizeof num, "%d", a->img_size);
     st_writer_meta(w, "image_size", num);
-    snprintf(num, sizeof num, "%.17g", a->rope_theta);
-    st_writer_meta(w, "rope_theta", num);
+    if (a->rope.base > 0) { // (min/max periods are in config.json only)
+        snprintf(num, sizeof num, "%.17g", a->rope.base);
+        st_writer_meta(w, "rope_theta", num);
+    }
     snprintf(num, sizeof num, "%.17g", a->ln_eps);
     st_writer_meta(w, "layer_norm_eps", num);
     st_writer_meta(w, "mask_k_bias", a->mask_k_bias ? "true" : "false");
