@@ -38,8 +38,10 @@ tokens, non-square 48x32 px input) converted from the official names by HF's own
 rope periods dropped, mask_token unsqueezed): `x_norm_clstoken` vs pooler_output and
 cat(x_storage_tokens, x_norm_patchtokens) vs last_hidden_state[:, 1:] agree to max |diff| <= 2.4e-6 (values up to 5) (see
 tests/torch_ref/check_hf_dinov3_vs_official.py, which needs that checkout and is not run by ctest).
-transformers itself cannot be imported for DINOv3 on this machine: DINOv3ViTModel first shipped in
-transformers 4.56, which needs torch >= 2.2 (Debian has 1.13).
+transformers itself cannot run DINOv3 here: DINOv3ViTModel first shipped in transformers 4.56, and the
+transformers releases since well before that disable PyTorch below a minimum version (is_torch_available:
+"Disabling PyTorch because PyTorch >= 2.x is required", 2.1 and later 2.4 / 2.5), far above Debian's 1.13;
+tests/make_hf_venv.sh's venv (transformers 4.48.3) therefore stays DINOv2-only.
 
 Use:
     sys.path.insert(0, "<repo>/tests/torch_ref")
