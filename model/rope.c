@@ -49,26 +49,39 @@ void rope_periods(const RopeConfig *c, int Dh, double *periods) {
 }
 
 void rope_tables(const RopeConfig *c, int Dh, int gh, int gw, const RopeAug *aug, float *sin_t, float *cos_t) {
-    const int F = Dh / 4, half = Dh / 2;
+    const int F = Dh / 4, half = Dh / 2, n_ax[2] = {gh, gw};
     const RopeAug id = rope_aug_identity();
     if (!aug) aug = &id;
     double *periods = dino_malloc(sizeof(double) * (size_t)F);
     rope_periods(c, Dh, periods);
-    double div_h = gh, div_w = gw;
-    if (c->normalize == ROPE_NORMALIZE_MIN) div_h = div_w = gh < gw ? gh : gw;
-    if (c->normalize == ROPE_NORMALIZE_MAX) div_h = div_w = gh > gw ? gh : gw;
-    for (int y = 0; y < gh; y++)
-        for (int x = 0; x < gw; x++) {
-            double coord[2] = {2.0 * ((y + 0.5) / div_h) - 1.0, 2.0 * ((x + 0.5) / div_w) - 1.0};
-            for (int a = 0; a < 2; a++) coord[a] = (coord[a] + aug->shift[a]) * aug->jitter[a] * aug->rescale;
-            const size_t n = (size_t)y * gw + x;
-            for (int j = 0; j < Dh; j++) {
-                const int k = j % half; // angles.tile(2)
-                const double angle = 2.0 * M_PI * coord[k / F] / periods[k % F];
-                sin_t[n * Dh + j] = (float)sin(angle);
-                cos_t[n * Dh + j] = (float)cos(angle);
+    double div[2] = {gh, gw};
+    if (c->normalize == ROPE_NORMALIZE_MIN) div[0] = div[1] = gh < gw ? gh : gw;
+    if (c->normalize == ROPE_NORMALIZE_MAX) div[0] = div[1] = gh > gw ? gh : gw;
+    // an angle depends on one axis' coordinate and one period only: (gh + gw) * Dh/4 sines and cosines
+    double *s_ax[2], *c_ax[2];
+    for (int a = 0; a < 2; a++) {
+        s_ax[a] = dino_malloc(sizeof(double) * (size_t)n_ax[a] * F);
+        c_ax[a] = dino_malloc(sizeof(double) * (size_t)n_ax[a] * F);
+        for (int i = 0; i < n_ax[a]; i++) {
+            const double coord = ((2.0 * ((i + 0.5) / div[a]) - 1.0) + aug->shift[a]) * aug->jitter[a] * aug->rescale;
+            for (int f = 0; f < F; f++) {
+                const double angle = 2.0 * M_PI * coord / periods[f];
+                s_ax[a][(size_t)i * F + f] = sin(angle);
+                c_ax[a][(size_t)i * F + f] = cos(angle);
             }
         }
+    }
+    for (int y = 0; y < gh; y++)
+        for (int x = 0; x < gw; x++) {
+            const size_t n = (size_t)y * gw + x;
+            const int idx[2] = {y, x};
+            for (int j = 0; j < Dh; j++) {
+                const int k = j % half, a = k / F, f = k % F; // [rows' F | columns' F], tiled twice
+                sin_t[n * Dh + j] = (float)s_ax[a][(size_t)idx[a] * F + f];
+                cos_t[n * Dh + j] = (float)c_ax[a][(size_t)idx[a] * F + f];
+            }
+        }
+    for (int a = 0; a < 2; a++) free(s_ax[a]), free(c_ax[a]);
     free(periods);
 }
 
