@@ -28,6 +28,60 @@ int dinov3_arch_check(const Dinov3Arch *a, char *err) {
     return rope_config_check(&a->rope, a->dim / a->heads, err);
 }
 
+void dinov3_arch_from_vit(const VitConfig *c, Dinov3Arch *a) {
+    memset(a, 0, sizeof *a);
+    a->dim = c->dim;
+    a->depth = c->depth;
+    a->heads = c->heads;
+    a->patch = c->patch;
+    a->img_size = c->img_size;
+    a->n_storage = c->n_registers;
+    a->swiglu = c->ffn == VIT_FFN_SWIGLU;
+    a->ffn_hidden = c->ffn_hidden;
+    a->swiglu_fused = 0; // the DINOv3 ViT registers w1, w2, w3
+    a->rope = c->rope_cfg;
+    a->ln_eps = c->ln_eps;
+    a->qkv_bias = c->qkv_bias;
+    a->mask_k_bias = c->mask_k_bias;
+    a->proj_bias = c->proj_bias;
+    a->ffn_bias = c->ffn_bias;
+    a->layerscale = c->layerscale > 0;
+    a->untie_cls_norm = c->untie_cls_and_patch_norms;
+    a->local_cls_norm = c->untie_global_and_local_cls_norm;
+}
+
+int dinov3_arch_to_vit(const Dinov3Arch *a, VitConfig *c, char *err) {
+    if (a->swiglu_fused) {
+        dino_seterr(err, "DINOv3 export: a fused SwiGLU w12 is not the DINOv3 ViT's layout (w1, w2, w3)");
+        return -1;
+    }
+    memset(c, 0, sizeof *c);
+    snprintf(c->arch, sizeof c->arch, "custom");
+    static const struct { const char *name; int dim, depth; } ARCH[] = {
+        {"vit_small", 384, 12}, {"vit_base", 768, 12}, {"vit_large", 1024, 24}, {"vit_huge2", 1280, 32}};
+    for (size_t i = 0; i < sizeof ARCH / sizeof ARCH[0]; i++)
+        if (ARCH[i].dim == a->dim && ARCH[i].depth == a->depth) snprintf(c->arch, sizeof c->arch, "%s", ARCH[i].name);
+    c->dim = a->dim;
+    c->depth = a->depth;
+    c->heads = a->heads;
+    c->patch = a->patch;
+    c->img_size = a->img_size;
+    c->n_registers = a->n_storage;
+    c->ffn = a->swiglu ? VIT_FFN_SWIGLU : VIT_FFN_MLP;
+    c->ffn_hidden = a->ffn_hidden;
+    c->layerscale = a->layerscale ? 1e-5f : 0.0f;
+    c->qkv_bias = a->qkv_bias;
+    c->proj_bias = a->proj_bias;
+    c->ffn_bias = a->ffn_bias;
+    c->ln_eps = (float)a->ln_eps;
+    c->rope = 1;
+    c->rope_cfg = a->rope;
+    c->mask_k_bias = a->mask_k_bias;
+    c->untie_cls_and_patch_norms = a->untie_cls_norm;
+    c->untie_global_and_local_cls_norm = a->local_cls_norm;
+    return vit_config_check(c, err);
+}
+
 // ---- the name map ---------------------------------------------------------------------------------------
 
 static ExportEntry *push(ExportMap *m, int *cap) {
@@ -139,6 +193,7 @@ void export_map_build_dinov3(ExportMap *m, const Dinov3Arch *a, const ParamTable
         int64_t shape[1] = {D / a->heads / 4};
         set_shape(e, 1, shape);
         e->xf = XF_PERIODS;
+        e->optional = 1; // a buffer: our own checkpoints do not hold it (checked when present)
         e->rope[0] = a->rope.base;
         e->rope[1] = a->rope.min_period;
         e->rope[2] = a->rope.max_period;
@@ -174,6 +229,7 @@ void export_map_build_dinov3(ExportMap *m, const Dinov3Arch *a, const ParamTable
                     int64_t shape[1] = {3 * D};
                     set_shape(e, 1, shape);
                     e->xf = XF_BIAS_MASK;
+                    e->optional = 1;
                     snprintf(e->our_name, sizeof e->our_name, "(the k-bias mask of block %d)", l);
                 }
             }

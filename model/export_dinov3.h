@@ -30,6 +30,7 @@
 #include "model/export_names.h"
 #include "model/params.h"
 #include "model/rope.h"
+#include "model/vit.h"
 
 // What an export needs to know about a DINOv3 ViT (the part of the config that is not in the shapes
 // are the RoPE parameters, ln_eps, mask_k_bias, img_size and the head count).
@@ -51,6 +52,11 @@ typedef struct {
 
 // Checks what an export can represent; 0, or -1 with err naming the problem.
 int dinov3_arch_check(const Dinov3Arch *a, char *err);
+// Between the model's config (cfg->rope = 1) and the export's view of it.
+void dinov3_arch_from_vit(const VitConfig *c, Dinov3Arch *a);
+// The ViT that computes what the export describes (LayerScale, when present, gets the reference init
+// 1e-5: the gammas come from the file). Returns 0, or -1 with err (vit_config_check's).
+int dinov3_arch_to_vit(const Dinov3Arch *a, VitConfig *c, char *err);
 
 // The map for a DINOv3 backbone registered in tab under prefix. naming: NAMING_HF or NAMING_DINOV2
 // (the official names); NAMING_TIMM is refused (DINOV3_TIMM_UNSUPPORTED). Dies on a table that does

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/check.h"
+#include "model/export_dinov3.h"
 #include "model/rope.h"
 
 const char *export_naming_name(ExportNaming n) {
@@ -103,6 +104,12 @@ static void add_ones(ExportMap *m, int *cap, ExportNaming naming, int l, const c
 }
 
 void export_map_build(ExportMap *m, const Vit *vit, const ParamTable *tab, const char *prefix, ExportNaming naming) {
+    if (vit->cfg.rope) { // the DINOv3 ViT: its own names (model/export_dinov3.h)
+        Dinov3Arch a;
+        dinov3_arch_from_vit(&vit->cfg, &a);
+        export_map_build_dinov3(m, &a, tab, prefix, naming);
+        return;
+    }
     memset(m, 0, sizeof *m);
     m->naming = naming;
     int cap = 0;

@@ -49,7 +49,8 @@ typedef struct {
 const char *export_naming_name(ExportNaming n); // "dinov2", "timm", "hf"
 int export_naming_parse(const char *s, ExportNaming *n); // 0 or -1
 
-// Builds the map for the backbone registered in tab under prefix (e.g. "backbone.").
+// Builds the map for the backbone registered in tab under prefix (e.g. "backbone."). A DINOv3 ViT
+// (cfg.rope) gets export_map_build_dinov3's map (hf or dinov2 naming only: timm dies).
 void export_map_build(ExportMap *m, const Vit *vit, const ParamTable *tab, const char *prefix, ExportNaming naming);
 void export_map_free(ExportMap *m);
 const ExportEntry *export_map_find(const ExportMap *m, const char *name);

@@ -19,7 +19,7 @@ tests/test_export_dinov3.c.
       dinoembed's cls / mean_patch features (FEATS, tiles listed in IDS) against pooler_output and the
       mean of last_hidden_state[:, 1+R:] of the transcription on torchvision-preprocessed tiles
       (CenterCrop C, ToTensor, ImageNet Normalize), relative error <= 1e-4.
-Prints one line per check; exit 0 iff all pass.
+Several commands may be given, separated by "+". Prints one line per check; exit 0 iff all pass.
 """
 import json
 import math
@@ -150,16 +150,31 @@ def embed(crop, hf_dir, feats, ids):
     return good
 
 
-def main():
-    a = sys.argv[1:]
+def run_one(a):
     if a and a[0] == "names" and len(a) == 4:
-        return 0 if names(*a[1:]) else 1
+        return names(*a[1:])
     if a and a[0] == "forward" and len(a) == 3:
-        return 0 if forward(*a[1:]) else 1
+        return forward(*a[1:])
     if a and a[0] == "embed" and len(a) == 6 and a[1] == "--crop":
-        return 0 if embed(int(a[2]), *a[3:]) else 1
+        return embed(int(a[2]), *a[3:])
     print(__doc__)
-    return 2
+    return False
+
+
+def main():
+    # several commands in one process (torch imports once): CMD ARGS... [+ CMD ARGS...]
+    cmds, cur = [], []
+    for x in sys.argv[1:]:
+        if x == "+":
+            cmds.append(cur)
+            cur = []
+        else:
+            cur.append(x)
+    cmds.append(cur)
+    ok = True
+    for c in cmds:
+        ok &= run_one(c)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

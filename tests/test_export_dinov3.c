@@ -9,16 +9,20 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <turbojpeg.h>
 
 #include "common/check.h"
 #include "common/json.h"
 #include "common/rng.h"
 #include "common/safetensors.h"
+#include "model/backend.h"
 #include "model/export_dinov3.h"
 #include "model/export_names.h"
 #include "model/params.h"
+#include "model/vit.h"
 #include "tests/harness.h"
 #include "train/export_dir.h"
+#include "train/pretrained.h"
 
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 
@@ -482,6 +486,214 @@ TEST(dinov3_refusals) {
     CHECK(export_infer_dinov3(&f, p, NAMING_HF, "", 4, NULL, NULL, &b, err) != 0 &&
               strstr(err, "layer.1.mlp.down_proj.weight") && strstr(err, "block 0"), "block shapes: %s", err);
     st_close(&f);
+    free(P);
+    param_table_free(&tab);
+}
+
+// ---- the real DINOv3 ViT: C forward and dinoembed against the transcription -----------------------------
+
+// A tiny DINOv3 ViT config (model/vit.c): width 32, 4 heads, 2 blocks, patch 8, image 32.
+static VitConfig v3_vit(int R, const char *ffn_layer, int mask_k, int layerscale, int untie_cls, double base) {
+    VitConfig c;
+    char err[DINO_ERRLEN];
+    CHECK(vit_config_from_arch(&c, "vit_test", 8, 32, R, "mlp", err) == 0, "%s", err);
+    c.dim = 32, c.heads = 4, c.depth = 2;
+    CHECK(vit_ffn_width(ffn_layer, c.dim, 4.0, &c.ffn, &c.ffn_hidden, err) == 0, "%s", err);
+    c.layerscale = layerscale ? 1e-5f : 0.0f;
+    c.ln_eps = 1e-5f;
+    c.rope = 1;
+    c.rope_cfg = (RopeConfig){.base = base, .rescale = 2.0};
+    c.mask_k_bias = mask_k;
+    c.untie_cls_and_patch_norms = untie_cls;
+    c.untie_global_and_local_cls_norm = 1;
+    CHECK(vit_config_check(&c, err) == 0, "%s", err);
+    return c;
+}
+
+static void write_jpeg(const char *path, const uint8_t *rgb, int w, int h) {
+    tjhandle tj = tjInitCompress();
+    unsigned char *buf = NULL;
+    unsigned long len = 0;
+    CHECK(tjCompress2(tj, rgb, w, 0, h, TJPF_RGB, &buf, &len, TJSAMP_444, 95, TJFLAG_ACCURATEDCT) == 0, "jpeg");
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(buf, 1, len, f) == len && fclose(f) == 0, "write %s", path);
+    tjFree(buf);
+    tjDestroy(tj);
+}
+
+// A checkpoint-like file: teacher.backbone.* (P) and student.backbone.* (other values), with the
+// metadata dinoexport reads for what the shapes do not show.
+static void write_v3_checkpoint(const char *path, const VitConfig *c, const ParamTable *tab, const float *P) {
+    StWriter *w = st_writer_new();
+    char n[PARAM_NAME_MAX + 32];
+    float *S = dino_malloc(sizeof(float) * tab->total);
+    for (size_t i = 0; i < tab->total; i++) S[i] = -P[i];
+    static char names[2][512][PARAM_NAME_MAX + 32];
+    CHECK(tab->n <= 512, "table too large");
+    for (int i = 0; i < tab->n; i++) {
+        snprintf(names[0][i], sizeof n, "teacher.backbone.%s", tab->t[i].name);
+        snprintf(names[1][i], sizeof n, "student.backbone.%s", tab->t[i].name);
+        st_writer_add(w, names[0][i], ST_F32, tab->t[i].ndim, tab->t[i].shape, P + tab->t[i].offset);
+        st_writer_add(w, names[1][i], ST_F32, tab->t[i].ndim, tab->t[i].shape, S + tab->t[i].offset);
+    }
+    char v[64];
+    snprintf(v, sizeof v, "%d", c->heads);
+    st_writer_meta(w, "num_attention_heads", v);
+    snprintf(v, sizeof v, "%.17g", c->rope_cfg.base);
+    st_writer_meta(w, "rope_theta", v);
+    snprintf(v, sizeof v, "%.9g", (double)c->ln_eps);
+    st_writer_meta(w, "layer_norm_eps", v);
+    snprintf(v, sizeof v, "%d", c->img_size);
+    st_writer_meta(w, "image_size", v);
+    st_writer_meta(w, "mask_k_bias", c->mask_k_bias ? "true" : "false");
+    char err[DINO_ERRLEN];
+    CHECK(st_writer_write(w, path, err) == 0, "%s", err);
+    st_writer_free(w);
+    free(S);
+}
+
+// The C forward's final-norm tokens of B random images of side S, with the images, for the checker.
+static void write_forward_io(const char *path, const Vit *vit, const float *P, size_t total, int B, int S, uint64_t seed) {
+    Backend *be = backend_cpu_new();
+    const size_t ni = (size_t)B * 3 * S * S;
+    float *img = dino_malloc(sizeof(float) * ni);
+    Rng r = rng_make(seed, 0x696d67ULL, 0, 0);
+    for (size_t i = 0; i < ni; i++) img[i] = (float)rng_normal(&r);
+    float *dP = be->alloc(be, sizeof(float) * total), *dI = be->alloc(be, sizeof(float) * ni);
+    be->to_device(be, dP, P, sizeof(float) * total);
+    be->to_device(be, dI, img, sizeof(float) * ni);
+    VitActs *a = vit_acts_new(be, vit, B, S, VIT_ACTS_FORWARD_ONLY);
+    const int T = vit_acts_tokens(a), D = vit->cfg.dim;
+    const float *xn = vit_forward(be, vit, dP, a, dI, NULL, NULL);
+    float *x = dino_malloc(sizeof(float) * (size_t)B * T * D);
+    be->to_host(be, x, xn, sizeof(float) * (size_t)B * T * D);
+    StWriter *w = st_writer_new();
+    st_writer_add(w, "images", ST_F32, 4, (int64_t[]){B, 3, S, S}, img);
+    st_writer_add(w, "x_norm", ST_F32, 3, (int64_t[]){B, T, D}, x);
+    char err[DINO_ERRLEN];
+    CHECK(st_writer_write(w, path, err) == 0, "%s", err);
+    st_writer_free(w);
+    vit_acts_free(be, a);
+    be->release(be, dP);
+    be->release(be, dI);
+    backend_free(be);
+    free(img);
+    free(x);
+}
+
+// dinoexport of a DINOv3 checkpoint-like file (both namings), the C forward vs the DINOv3ViTModel
+// transcription on the HF export (last_hidden_state, pooler_output), and dinoembed on tiles from both
+// exports vs the transcription; the two exports give dinoembed the same features.
+TEST(dinov3_export_matches_transcription) {
+    need_torch();
+    const char *dir = test_tmpdir();
+    char tiles[4200], cmd[16384], py[16384], err[DINO_ERRLEN];
+    snprintf(tiles, sizeof tiles, "%s/tiles", dir);
+    mkdir(tiles, 0777);
+    for (int i = 0; i < 4; i++) { // 40x36 tiles, center-cropped to 32
+        uint8_t px[40 * 36 * 3];
+        Rng r = rng_make(99, (uint64_t)i, 0, 0);
+        for (int k = 0; k < 40 * 36 * 3; k++) {
+            double v = 128 + 60 * sin(0.3 * (k / 3 % 40) + i) + 30 * rng_normal(&r);
+            px[k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+        char p[4300];
+        snprintf(p, sizeof p, "%s/t%d.jpg", tiles, i);
+        write_jpeg(p, px, 40, 36);
+    }
+    // MLP + 4 storage tokens + masked k bias; SwiGLU (swiglu32), no storage tokens, k bias in use, no LayerScale,
+    // another RoPE base
+    const VitConfig cfgs[2] = {v3_vit(4, "mlp", 1, 1, 0, 100.0), v3_vit(0, "swiglu32", 0, 0, 0, 37.5)};
+    snprintf(py, sizeof py, "%s %s", python(), test_src_path("tests/export_v3_check.py"));
+    for (int v = 0; v < 2; v++) {
+        ParamTable tab;
+        param_table_init(&tab);
+        Vit vit;
+        vit_build(&vit, &cfgs[v], &tab, "");
+        float *P = random_values(&tab, 31 + (uint64_t)v);
+        for (int i = 0; i < tab.n; i++) // norms and gammas around 1 (random ones would wash the signal out)
+            if (strstr(tab.t[i].name, "norm") && strstr(tab.t[i].name, "weight"))
+                for (size_t k = 0; k < tab.t[i].numel; k++) P[tab.t[i].offset + k] += 1.0f;
+        char ck[4300], io[4300];
+        snprintf(ck, sizeof ck, "%s/ck%d.safetensors", dir, v);
+        snprintf(io, sizeof io, "%s/io%d.safetensors", dir, v);
+        write_v3_checkpoint(ck, &cfgs[v], &tab, P);
+        write_forward_io(io, &vit, P, tab.total, 2, 32, 5 + (uint64_t)v);
+        for (int k = 0; k < 2; k++) {
+            const char *fmt = k ? "dinov2" : "hf";
+            snprintf(cmd, sizeof cmd,
+                     "./dinoexport %s %s/v3_%d_%s --format %s > /dev/null && "
+                     "./dinoembed --backend cpu %s/v3_%d_%s --tiles %s -o %s/f%d_%s.safetensors --resize 0 --crop 32 --batch 3 > /dev/null",
+                     ck, dir, v, fmt, fmt, dir, v, fmt, tiles, dir, v, fmt);
+            CHECK(run(cmd) == 0, "failed: %s", cmd);
+        }
+        size_t L = strlen(py);
+        snprintf(py + L, sizeof py - L, "%s forward %s/v3_%d_hf %s + embed --crop 32 %s/v3_%d_hf %s/f%d_hf.safetensors %s/f%d_hf.ids.txt",
+                 v ? " +" : "", dir, v, io, dir, v, dir, v, dir, v);
+        // the official-names export gives dinoembed the same features
+        char fa[4300], fb[4300];
+        snprintf(fa, sizeof fa, "%s/f%d_hf.safetensors", dir, v);
+        snprintf(fb, sizeof fb, "%s/f%d_dinov2.safetensors", dir, v);
+        StFile A, B;
+        CHECK(st_open(&A, fa, err) == 0 && st_open(&B, fb, err) == 0, "%s", err);
+        const StTensor *ca = st_get(&A, "cls"), *cb = st_get(&B, "cls");
+        CHECK(ca && cb && ca->nbytes == cb->nbytes && !memcmp(ca->data, cb->data, ca->nbytes),
+              "variant %d: dinoembed's CLS differs between the HF and the official-names export", v);
+        st_close(&A);
+        st_close(&B);
+        // the HF config says what the model is (read from the metadata of the checkpoint-like file)
+        char cp[4300];
+        snprintf(cp, sizeof cp, "%s/v3_%d_hf/config.json", dir, v);
+        json_object *j = parse(cp);
+        want_bool(j, "key_bias", !cfgs[v].mask_k_bias);
+        want_num(j, "rope_theta", cfgs[v].rope_cfg.base);
+        want_int(j, "num_register_tokens", cfgs[v].n_registers);
+        json_object_put(j);
+        vit_free(&vit);
+        free(P);
+        param_table_free(&tab);
+    }
+    strcat(py, " 2>&1");
+    const char *out = capture(py);
+    printf("%s", out);
+    CHECK(!strstr(out, "FAIL") && strstr(out, "C forward vs transcription") && strstr(out, "dinoembed vs transcription"),
+          "transcription comparison failed:\n%s", out);
+    // timm is refused for DINOv3, naming the choices
+    snprintf(cmd, sizeof cmd, "./dinoexport %s/ck0.safetensors %s/v3_timm --format timm 2>&1", dir, dir);
+    const char *o2 = capture(cmd);
+    CHECK(strstr(o2, "DINOv3") && strstr(o2, "--format hf"), "timm: %s", o2);
+}
+
+// An untied CLS norm (cls_norm at inference) exports in the official names only; dinoembed reads that export
+// back into the same model (features equal to the C forward's).
+TEST(dinov3_untied_cls_norm_official_only) {
+    const char *dir = test_tmpdir();
+    char cmd[8192], err[DINO_ERRLEN];
+    VitConfig c = v3_vit(4, "mlp", 1, 1, 1, 100.0);
+    ParamTable tab;
+    param_table_init(&tab);
+    Vit vit;
+    vit_build(&vit, &c, &tab, "");
+    float *P = random_values(&tab, 77);
+    char ck[4300];
+    snprintf(ck, sizeof ck, "%s/ck.safetensors", dir);
+    write_v3_checkpoint(ck, &c, &tab, P);
+    snprintf(cmd, sizeof cmd, "./dinoexport %s %s/hf 2>&1", ck, dir);
+    const char *o = capture(cmd);
+    CHECK(strstr(o, "cls_norm") && strstr(o, "--format dinov2"), "HF export of an untied CLS norm: %s", o);
+    snprintf(cmd, sizeof cmd, "./dinoexport %s %s/orig --format dinov2 > /dev/null", ck, dir);
+    CHECK(run(cmd) == 0, "failed: %s", cmd);
+    // read back through pretrained_load: every tensor of the table bit for bit
+    char p[4300];
+    snprintf(p, sizeof p, "%s/orig/model.safetensors", dir);
+    float *Q = dino_calloc(tab.total, sizeof(float));
+    PretrainedOptions opt = {0};
+    CHECK(pretrained_load(&vit, &tab, "", Q, p, &opt, NULL, err) == 0, "%s", err);
+    for (int i = 0; i < tab.n; i++)
+        CHECK(!memcmp(Q + tab.t[i].offset, P + tab.t[i].offset, sizeof(float) * tab.t[i].numel), "%s differs",
+              tab.t[i].name);
+    free(Q);
+    vit_free(&vit);
     free(P);
     param_table_free(&tab);
 }

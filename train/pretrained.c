@@ -82,6 +82,12 @@ int pretrained_load(const Vit *vit, const ParamTable *tab, const char *prefix, f
         st_close(&f);
         return -1;
     }
+    if (vit->cfg.rope && naming == NAMING_TIMM) {
+        dino_seterr(err, "%s: timm names (reg_token, or no mask_token) cannot be loaded into the DINOv3 ViT: give the "
+                    "official dinov3 names or the Hugging Face DINOv3ViTModel names", path);
+        st_close(&f);
+        return -1;
+    }
     ExportMap map;
     export_map_build(&map, vit, tab, prefix, naming);
     const size_t fplen = strlen(fp);
