@@ -593,6 +593,8 @@ TEST(dinov3_export_matches_transcription) {
     char tiles[4200], cmd[16384], py[16384], err[DINO_ERRLEN];
     snprintf(tiles, sizeof tiles, "%s/tiles", dir);
     mkdir(tiles, 0777);
+    snprintf(cmd, sizeof cmd, "%s/labeled", dir);
+    mkdir(cmd, 0777);
     for (int i = 0; i < 4; i++) { // 40x36 tiles, center-cropped to 32
         uint8_t px[40 * 36 * 3];
         Rng r = rng_make(99, (uint64_t)i, 0, 0);
@@ -602,6 +604,10 @@ TEST(dinov3_export_matches_transcription) {
         }
         char p[4300];
         snprintf(p, sizeof p, "%s/t%d.jpg", tiles, i);
+        write_jpeg(p, px, 40, 36);
+        snprintf(p, sizeof p, "%s/labeled/c%d", dir, i % 2); // the same tiles as a labelled set for dinoeval
+        mkdir(p, 0777);
+        snprintf(p + strlen(p), sizeof p - strlen(p), "/t%d.jpg", i);
         write_jpeg(p, px, 40, 36);
     }
     // MLP + 4 storage tokens + masked k bias; SwiGLU (swiglu32), no storage tokens, k bias in use, no LayerScale,
@@ -633,7 +639,13 @@ TEST(dinov3_export_matches_transcription) {
         size_t L = strlen(py);
         snprintf(py + L, sizeof py - L, "%s forward %s/v3_%d_hf %s + embed --crop 32 %s/v3_%d_hf %s/f%d_hf.safetensors %s/f%d_hf.ids.txt",
                  v ? " +" : "", dir, v, io, dir, v, dir, v, dir, v);
-        // the official-names export gives dinoembed the same features
+        // re-exported from the HF export directory (its config.json read back) into the official names
+        snprintf(cmd, sizeof cmd,
+                 "./dinoexport %s/v3_%d_hf %s/v3_%d_re --format dinov2 > /dev/null && "
+                 "./dinoembed --backend cpu %s/v3_%d_re --tiles %s -o %s/f%d_re.safetensors --resize 0 --crop 32 --batch 3 > /dev/null",
+                 dir, v, dir, v, dir, v, tiles, dir, v);
+        CHECK(run(cmd) == 0, "failed: %s", cmd);
+        // the official-names exports give dinoembed the same features
         char fa[4300], fb[4300];
         snprintf(fa, sizeof fa, "%s/f%d_hf.safetensors", dir, v);
         snprintf(fb, sizeof fb, "%s/f%d_dinov2.safetensors", dir, v);
@@ -642,8 +654,21 @@ TEST(dinov3_export_matches_transcription) {
         const StTensor *ca = st_get(&A, "cls"), *cb = st_get(&B, "cls");
         CHECK(ca && cb && ca->nbytes == cb->nbytes && !memcmp(ca->data, cb->data, ca->nbytes),
               "variant %d: dinoembed's CLS differs between the HF and the official-names export", v);
+        st_close(&B);
+        snprintf(fb, sizeof fb, "%s/f%d_re.safetensors", dir, v);
+        CHECK(st_open(&B, fb, err) == 0, "%s", err);
+        cb = st_get(&B, "cls");
+        CHECK(cb && ca->nbytes == cb->nbytes && !memcmp(ca->data, cb->data, ca->nbytes),
+              "variant %d: dinoembed's CLS differs after re-exporting the HF export", v);
         st_close(&A);
         st_close(&B);
+        // dinoeval opens the export (k-NN on two labelled classes of tiles)
+        snprintf(cmd, sizeof cmd, "./dinoeval --backend cpu %s/v3_%d_hf --train %s/labeled --test-fraction 0.5 --no-linear "
+                 "--k 1 --resize 0 --crop 32 2>&1", dir, v, dir);
+        const char *ev = capture(cmd);
+        printf("%s", ev);
+        CHECK(strstr(ev, "k-NN k=1") && strstr(ev, "balanced accuracy") && strstr(ev, "features of width 32"),
+              "dinoeval on the DINOv3 export:\n%s", ev);
         // the HF config says what the model is (read from the metadata of the checkpoint-like file)
         char cp[4300];
         snprintf(cp, sizeof cp, "%s/v3_%d_hf/config.json", dir, v);
