@@ -501,3 +501,150 @@ TEST(dinov3_names_and_refusals) {
     cfg.rope = 0, cfg.mask_k_bias = 1;
     CHECK(vit_config_check(&cfg, err) == -1 && strstr(err, "pos_embed_type"), "mask_k_bias without rope: %s", err);
 }
+
+// ---- configuration and the trainer ---------------------------------------------------------------------
+
+#include <sys/stat.h>
+
+#include "dist/dist.h"
+#include "tests/synth_files.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/train.h"
+
+static int load_cfg(Config *cfg, int n, char **ov, char *err) {
+    return config_load(cfg, test_src_path("configs/demo.yaml"), n, ov, err);
+}
+
+// The student. keys turn into the DINOv3 ViT; bad combinations are refused naming the key.
+TEST(config_keys_select_the_dinov3_vit) {
+    Config cfg;
+    VitConfig v;
+    char err[DINO_ERRLEN];
+    char *ov[] = {"student.arch=vit_large", "student.embed_dim=0", "student.depth=0", "student.num_heads=0",
+                  "student.patch_size=16", "crops.global_crops_size=224",
+                  "crops.local_crops_size=96", "student.pos_embed_type=rope", "student.n_storage_tokens=4",
+                  "student.pos_embed_rope_rescale_coords=2", "student.mask_k_bias=true",
+                  "student.untie_global_and_local_cls_norm=true", "student.norm_layer=layernormbf16",
+                  "student.ffn_layer=swiglu64", "student.ffn_ratio=3"};
+    CHECK(load_cfg(&cfg, (int)(sizeof ov / sizeof ov[0]), ov, err) == 0, "%s", err);
+    CHECK(config_to_vit(&cfg, &v, err) == 0, "%s", err);
+    CHECK(v.rope && v.rope_cfg.base == 100.0 && v.rope_cfg.rescale == 2.0 && v.rope_cfg.shift == 0 &&
+              v.rope_cfg.min_period == 0 && v.n_registers == 4 && v.mask_k_bias && v.untie_global_and_local_cls_norm &&
+              !v.untie_cls_and_patch_norms && v.ln_eps == 1e-5f,
+          "DINOv3 keys not carried into the ViT config");
+    // swiglu64 at ratio 3: int(1024*3) = 3072 -> int(2048) -> 2048
+    CHECK(v.ffn == VIT_FFN_SWIGLU && v.ffn_hidden == 2048, "ffn hidden %d", v.ffn_hidden);
+    // the defaults stay the DINOv2 ViT
+    CHECK(load_cfg(&cfg, 0, NULL, err) == 0 && config_to_vit(&cfg, &v, err) == 0, "%s", err);
+    CHECK(!v.rope && v.ln_eps == 1e-6f && !v.mask_k_bias, "the default is no longer the DINOv2 ViT");
+    struct { char *ov[3]; const char *key; } bad[] = {
+        {{"student.mask_k_bias=true"}, "student.mask_k_bias"},
+        {{"student.pos_embed_type=rope", "student.pos_embed_rope_min_period=0.5"}, "student.pos_embed_rope_min_period"},
+        {{"student.pos_embed_type=rope", "student.pos_embed_rope_min_period=0.5", "student.pos_embed_rope_max_period=4"},
+         "student.pos_embed_rope_base"},
+        {{"student.pos_embed_type=rope", "student.pos_embed_rope_rescale_coords=0.5"},
+         "student.pos_embed_rope_rescale_coords"},
+        {{"student.n_storage_tokens=4", "student.num_register_tokens=2"}, "student.n_storage_tokens"},
+        {{"student.pos_embed_type=rope", "student.num_heads=3", "student.embed_dim=18"}, "student.num_heads"},
+        {{"student.pos_embed_type=rope", "student.pos_embed_rope_normalize_coords=diagonal"},
+         "student.pos_embed_rope_normalize_coords"},
+        {{"student.ffn_ratio=0"}, "student.ffn_ratio"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int n = 0;
+        while (n < 3 && bad[i].ov[n]) n++;
+        err[0] = 0;
+        CHECK(load_cfg(&cfg, n, bad[i].ov, err) == -1 && strstr(err, bad[i].key), "case %zu accepted or message "
+              "without %s: %s", i, bad[i].key, err);
+    }
+    // null and numbers both read (YAML null is how the released configs say "off")
+    char *nul[] = {"student.pos_embed_type=ropenew", "student.pos_embed_rope_base=null",
+                   "student.pos_embed_rope_min_period=0.5", "student.pos_embed_rope_max_period=~"};
+    CHECK(load_cfg(&cfg, 4, nul, err) == -1 && strstr(err, "pos_embed_rope_min_period"), "null max period: %s", err);
+    nul[3] = "student.pos_embed_rope_max_period=8";
+    CHECK(load_cfg(&cfg, 4, nul, err) == 0 && config_to_vit(&cfg, &v, err) == 0, "%s", err);
+    CHECK(v.rope && v.rope_cfg.base == 0 && v.rope_cfg.min_period == 0.5 && v.rope_cfg.max_period == 8,
+          "min/max periods not carried");
+}
+
+static const char *make_tiles(const char *tmp, int n) {
+    static char spec[4300];
+    char dir[4200], path[4300];
+    snprintf(dir, sizeof dir, "%s/tiles", tmp);
+    mkdir(dir, 0755);
+    for (int i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
+        write_synth_jpeg(path, 11, i, 4, 64);
+    }
+    snprintf(spec, sizeof spec, "folder:%s", dir);
+    return spec;
+}
+
+static void tiny_dinov3_config(Config *cfg, const char *tiles, const char *out) {
+    char err[DINO_ERRLEN], src[4300], outkv[4300];
+    snprintf(src, sizeof src, "data.sources=[%s]", tiles);
+    snprintf(outkv, sizeof outkv, "train.output_dir=%s", out);
+    char *ov[] = {src, outkv, "student.arch=vit_test", "student.embed_dim=32", "student.depth=2",
+                  "student.num_heads=2", "student.patch_size=8", "student.drop_path_rate=0.2",
+                  "student.pos_embed_type=rope", "student.n_storage_tokens=2", "student.pos_embed_rope_rescale_coords=2",
+                  "student.pos_embed_rope_shift_coords=0.1", "student.mask_k_bias=true",
+                  "student.untie_global_and_local_cls_norm=true", "student.norm_layer=layernormbf16",
+                  "student.ffn_layer=swiglu32", "crops.global_crops_size=32", "crops.local_crops_size=16",
+                  "crops.local_crops_number=2", "dino.head_n_prototypes=64", "dino.head_hidden_dim=32",
+                  "dino.head_bottleneck_dim=16", "ibot.head_n_prototypes=64", "ibot.head_hidden_dim=32",
+                  "ibot.head_bottleneck_dim=16", "train.batch_size_per_gpu=4", "train.OFFICIAL_EPOCH_LENGTH=4",
+                  "train.num_workers=2", "optim.epochs=2", "optim.warmup_epochs=1", "optim.base_lr=0.01",
+                  "teacher.warmup_teacher_temp_epochs=1", "checkpoint.every_n_iterations=3",
+                  "checkpoint.keep_last=3", "evaluation.eval_period_iterations=0"};
+    CHECK(load_cfg(cfg, (int)(sizeof ov / sizeof ov[0]), ov, err) == 0, "%s", err);
+}
+
+static int run(const Config *cfg, int64_t max_it, TrainResult *res, char *err) {
+    Dist d;
+    CHECK(dist_init(&d, 0, err) == 0, "%s", err);
+    TrainOptions opt = {.max_iterations = max_it, .quiet = 1};
+    int rc = train_run(cfg, &d, &opt, res, err);
+    dist_finalize(&d);
+    return rc;
+}
+
+// A DINOv3-ViT run (RoPE with per-block augmentation, storage tokens, untied local CLS norm, masked k bias)
+// trains, writes the official names into its checkpoint, and resumes bit for bit (the augmentation draws
+// come from the step's key, not from state).
+TEST(trainer_runs_and_resumes_the_dinov3_vit) {
+    const char *tmp = test_tmpdir();
+    char outa[4200], outb[4200], ca[4300], cb[4300];
+    const char *spec = make_tiles(tmp, 16);
+    snprintf(outa, sizeof outa, "%s/a", tmp);
+    snprintf(outb, sizeof outb, "%s/b", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_dinov3_config(&cfg, spec, outa);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.end_iteration == 8 && res.skipped_steps == 0 && isfinite(res.last_total_loss), "ran to %lld, loss %g",
+          (long long)res.end_iteration, res.last_total_loss);
+    snprintf(ca, sizeof ca, "%s", res.last_checkpoint);
+    tiny_dinov3_config(&cfg, spec, outb);
+    CHECK(run(&cfg, 5, &res, err) == 0, "%s", err);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.start_iteration == 5 && res.end_iteration == 8, "resumed %lld..%lld", (long long)res.start_iteration,
+          (long long)res.end_iteration);
+    snprintf(cb, sizeof cb, "%s", res.last_checkpoint);
+    Ckpt a, b;
+    CHECK(ckpt_open(&a, ca, err) == 0, "%s", err);
+    CHECK(ckpt_open(&b, cb, err) == 0, "%s", err);
+    int n_diff = 0, n_seen = 0;
+    for (int i = 0; i < a.st.n; i++) {
+        const StTensor *ta = &a.st.t[i], *tb = st_get(&b.st, ta->name);
+        CHECK(tb && tb->nbytes == ta->nbytes, "%s missing or resized", ta->name);
+        if (tb && tb->nbytes == ta->nbytes && memcmp(ta->data, tb->data, ta->nbytes)) n_diff++;
+        n_seen += strstr(ta->name, "storage_tokens") || strstr(ta->name, "local_cls_norm.weight") ||
+                  strstr(ta->name, "blocks.1.mlp.w2.weight");
+        CHECK(!strstr(ta->name, "pos_embed") && !strstr(ta->name, "register_tokens"), "DINOv2 name %s", ta->name);
+    }
+    CHECK(n_diff == 0, "%d tensors differ after resuming", n_diff);
+    CHECK(n_seen >= 3, "official DINOv3 names missing from the checkpoint (%d seen)", n_seen);
+    ckpt_close(&a), ckpt_close(&b);
+}
