@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <turbojpeg.h>
+#include <unistd.h>
 
 #include "common/check.h"
 #include "common/json.h"
@@ -724,4 +725,61 @@ TEST(dinov3_untied_cls_norm_official_only) {
     vit_free(&vit);
     free(P);
     param_table_free(&tab);
+}
+
+// The proof for DINOv3: a tiny DINOv3 ViT trained by dinotrain (configs/demo.yaml with the DINOv3
+// student keys) is exported from its output_dir with no other input: the run's config selects the DINOv3
+// export and supplies what the shapes do not show (masked k bias, eps, RoPE and its augmentation); the HF
+// export's dinoembed features match the DINOv3ViTModel transcription at the training size and at another.
+TEST(dinov3_trained_run_exports) {
+    need_torch();
+    if (access("./dinotrain", X_OK) != 0) test_skip("no dinotrain");
+    const char *dir = test_tmpdir();
+    char cmd[16384], tiles[4200];
+    snprintf(tiles, sizeof tiles, "%s/tiles", dir);
+    mkdir(tiles, 0777);
+    for (int i = 0; i < 12; i++) {
+        uint8_t px[64 * 64 * 3];
+        Rng r = rng_make(7, (uint64_t)i, 0, 0);
+        for (int k = 0; k < 64 * 64 * 3; k++) {
+            double v = 128 + 70 * sin(0.2 * (k / 3 % 64) * (1 + i % 3) + 0.1 * (k / 192)) + 25 * rng_normal(&r);
+            px[k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+        char p[4300];
+        snprintf(p, sizeof p, "%s/t%02d.jpg", tiles, i);
+        write_jpeg(p, px, 64, 64);
+    }
+    snprintf(cmd, sizeof cmd,
+             "./dinotrain %s train.output_dir=%s/run 'data.sources=[folder:%s]' student.arch=vit_test "
+             "student.embed_dim=32 student.depth=2 student.num_heads=2 student.patch_size=8 student.pos_embed_type=rope "
+             "student.n_storage_tokens=2 student.pos_embed_rope_rescale_coords=2 student.mask_k_bias=true "
+             "student.untie_global_and_local_cls_norm=true student.norm_layer=layernormbf16 student.ffn_layer=swiglu32 "
+             "crops.global_crops_size=32 crops.local_crops_size=16 crops.local_crops_number=2 dino.head_n_prototypes=64 "
+             "dino.head_hidden_dim=32 dino.head_bottleneck_dim=16 ibot.head_n_prototypes=64 ibot.head_hidden_dim=32 "
+             "ibot.head_bottleneck_dim=16 train.batch_size_per_gpu=4 train.OFFICIAL_EPOCH_LENGTH=3 optim.epochs=1 "
+             "optim.warmup_epochs=0 checkpoint.every_n_iterations=3 evaluation.eval_period_iterations=0 > %s/train.log 2>&1 && "
+             "./dinoexport %s/run %s/export > %s/export.log 2>&1 && "
+             "./dinoembed --backend cpu %s/export --tiles %s -o %s/f32.safetensors --resize 0 --crop 32 > /dev/null && "
+             "./dinoembed --backend cpu %s/export --tiles %s -o %s/f48.safetensors --resize 0 --crop 48 > /dev/null",
+             test_src_path("configs/demo.yaml"), dir, tiles, dir, dir, dir, dir, dir, tiles, dir, dir, tiles, dir);
+    CHECK(run(cmd) == 0, "failed: %s (see %s/train.log, %s/export.log)", cmd, dir, dir);
+    char cp[4300];
+    snprintf(cp, sizeof cp, "%s/export/config.json", dir);
+    json_object *j = parse(cp);
+    want_str(j, "model_type", "dinov3_vit");
+    want_bool(j, "key_bias", 0); // masked in the run's config: nothing in the tensors says it
+    want_num(j, "layer_norm_eps", (double)1e-5f);
+    want_num(j, "pos_embed_rescale", 2.0);
+    want_int(j, "num_register_tokens", 2);
+    want_int(j, "num_attention_heads", 2);
+    want_bool(j, "use_gated_mlp", 1);
+    want_int(j, "image_size", 32);
+    json_object_put(j);
+    snprintf(cmd, sizeof cmd,
+             "%s %s embed --crop 32 %s/export %s/f32.safetensors %s/f32.ids.txt + embed --crop 48 %s/export "
+             "%s/f48.safetensors %s/f48.ids.txt 2>&1",
+             python(), test_src_path("tests/export_v3_check.py"), dir, dir, dir, dir, dir, dir);
+    const char *out = capture(cmd);
+    printf("%s", out);
+    CHECK(!strstr(out, "FAIL") && strstr(out, "dinoembed vs transcription"), "trained DINOv3 export:\n%s", out);
 }
