@@ -596,9 +596,9 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
     const StTensor *per = hf ? NULL : getp(f, prefix, "rope_embed.periods");
     if ((r = cfg_number(cfg, "layer_norm_eps", 1e-12, 0.1, &v, cfg_path, err)) < 0) return -1;
     if (r || meta_number(f, "layer_norm_eps", &v)) a->ln_eps = v;
-    if ((r = cfg_number(cfg, "image_size", 1, 65536, &v, cfg_path, err)) < 0) return -1;
-    if (!r && (r = cfg_number(cfg, "img_size", 1, 65536, &v, cfg_path, err)) < 0) return -1;
-    if (r || meta_number(f, "image_size", &v)) a->img_size = (int)v;
+    if ((r = cfg_number(cfg, "image_size", 1, 8192, &v, cfg_path, err)) < 0) return -1;
+    if (!r && (r = cfg_number(cfg, "img_size", 1, 8192, &v, cfg_path, err)) < 0) return -1;
+    if (r || (meta_number(f, "image_size", &v) && v <= 8192)) a->img_size = (int)v; // (the default crop: bounded)
     int kb;
     if (hf && a->qkv_bias && (r = cfg_bool(cfg, "key_bias", &kb, cfg_path, err)) != 0) {
         if (r < 0) return -1;
@@ -620,7 +620,9 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
             heads = (int)h;
         else if (r < 0 && cfg) return -1;
     }
-    if (heads <= 0 && meta_number(f, "num_attention_heads", &v) && v <= 4096) heads = (int)v;
+    static const char *const HEAD_KEYS[] = {"num_attention_heads", "num_heads", "student.num_heads", "heads"};
+    for (size_t k = 0; heads <= 0 && k < sizeof HEAD_KEYS / sizeof *HEAD_KEYS; k++)
+        if (meta_number(f, HEAD_KEYS[k], &v) && v <= 4096 && v == floor(v)) heads = (int)v;
     if (heads <= 0) { // the released DINOv3 ViTs: head width 64
         static const int KNOWN[][2] = {{384, 6}, {768, 12}, {1024, 16}, {1280, 20}, {4096, 32}};
         for (size_t i = 0; i < sizeof KNOWN / sizeof KNOWN[0]; i++)
