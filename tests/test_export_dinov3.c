@@ -223,6 +223,19 @@ TEST(dinov3_names_match_transformers) {
     param_table_free(&tab);
 }
 
+// The transcription of transformers' DINOv3ViTModel and its conversion rules against the independent
+// transcription of the official model (tests/torch_ref/dinov3_vit.py): the reference the other tests trust.
+TEST(dinov3_transcription_self_check) {
+    need_torch();
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "%s %s --self-check 2>&1", python(), test_src_path("tests/torch_ref/hf_dinov3_vit.py"));
+    const char *out = capture(cmd);
+    printf("%s", out);
+    int n_ok = 0;
+    for (const char *q = out; (q = strstr(q, " ok\n")); q++) n_ok++;
+    CHECK(n_ok == 2 && !strstr(out, "FAIL"), "self-check:\n%s", out);
+}
+
 // ---- config.json ------------------------------------------------------------------------------------------
 
 static json_object *parse(const char *path) {

@@ -361,7 +361,10 @@ static void export_seeds(const char *dinoexport, const char *tmpdir) {
         char heads[16];
         snprintf(heads, sizeof heads, "%d", c.heads);
         st_writer_meta(w, "student.num_heads", heads);
-        if (models[mi].rope) st_writer_meta(w, "mask_k_bias", "true");
+        if (models[mi].rope) { // what a DINOv3 file's shapes do not show (the image size: small, so the harness embeds)
+            st_writer_meta(w, "mask_k_bias", "true");
+            st_writer_meta(w, "image_size", "16");
+        }
         char src[4200];
         snprintf(src, sizeof src, "%s/teacher_%d.safetensors", tmpdir, mi);
         CHECK(st_writer_write(w, src, err) == 0, "%s", err);

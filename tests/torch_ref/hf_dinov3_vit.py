@@ -38,12 +38,15 @@ tokens, non-square 48x32 px input) converted from the official names by HF's own
 rope periods dropped, mask_token unsqueezed): `x_norm_clstoken` vs pooler_output and
 cat(x_storage_tokens, x_norm_patchtokens) vs last_hidden_state[:, 1:] agree to max |diff| <= 2.4e-6 (values up to 5) (see
 tests/torch_ref/check_hf_dinov3_vs_official.py, which needs that checkout and is not run by ctest).
+In CI, `hf_dinov3_vit.py --self-check` (ctest export_dinov3.dinov3_transcription_self_check) repeats the
+comparison against the independent float64 transcription of the official model, tests/torch_ref/
+dinov3_vit.py (itself checked against the official module): relative error <= 1e-5 required, ~5e-7 seen.
 transformers itself cannot run DINOv3 here: DINOv3ViTModel first shipped in transformers 4.56, and the
 transformers releases since well before that disable PyTorch below a minimum version (is_torch_available:
 "Disabling PyTorch because PyTorch >= 2.x is required", 2.1 and later 2.4 / 2.5), far above Debian's 1.13;
 tests/make_hf_venv.sh's venv (transformers 4.48.3) therefore stays DINOv2-only.
 
-Use:
+Use (python3 hf_dinov3_vit.py --self-check runs the self-check):
     sys.path.insert(0, "<repo>/tests/torch_ref")
     import hf_dinov3_vit
     model, cfg = hf_dinov3_vit.load("out/export-dir")
@@ -293,3 +296,59 @@ def load(d):
             raise ValueError(f"{d}: tensor {k} has shape {tuple(v.shape)}, the config implies {tuple(want[k].shape)}")
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in sd.items()}, strict=True)
     return model, c
+
+
+def self_check():
+    """This transcription and transformers' conversion rules against the independent transcription of the
+    official model (tests/torch_ref/dinov3_vit.py, checked there against the official module): random
+    weights in the official names -> official_to_hf -> config.json + model.safetensors -> load() ->
+    forward, vs the official forward (float64), on a non-square input; MLP and SwiGLU64, 0 and 4 storage
+    tokens, masked and unmasked k bias, eps 1e-5 and 1e-6, RoPE base 100 and 7. Returns True iff every
+    case agrees to 1e-5 relative (max |diff| / max |ref|); prints one line per case."""
+    import tempfile
+
+    import st_oracle
+    from dinov3_vit import DinoVisionTransformer, randomize_weights
+
+    ok = True
+    cases = [dict(ffn_layer="mlp", n_storage_tokens=4, mask_k_bias=True, norm_layer="layernormbf16", rope_base=100.0),
+             dict(ffn_layer="swiglu64", n_storage_tokens=0, mask_k_bias=False, norm_layer="layernorm", rope_base=7.0)]
+    for i, kw in enumerate(cases):
+        torch.manual_seed(i)
+        ref = DinoVisionTransformer(patch=8, dim=64, depth=2, heads=4, **kw).double().eval()
+        randomize_weights(ref)
+        sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+        if kw["mask_k_bias"]:  # the official module's buffer, which tells the conversion to drop the k bias
+            for k in list(sd):
+                if k.endswith(".attn.qkv.bias"):
+                    sd[k + "_mask"] = np.ones_like(sd[k])
+        hf = {k: v.astype(np.float32) for k, v in official_to_hf(sd, 64).items()}
+        swiglu = kw["ffn_layer"] != "mlp"
+        cfg = {"model_type": "dinov3_vit", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "intermediate_size": int(sd["blocks.0.mlp.w1.weight" if swiglu else "blocks.0.mlp.fc1.weight"].shape[0]),
+               "patch_size": 8, "image_size": 32, "num_register_tokens": kw["n_storage_tokens"],
+               "layer_norm_eps": 1e-5 if kw["norm_layer"] == "layernormbf16" else 1e-6, "rope_theta": kw["rope_base"],
+               "key_bias": not kw["mask_k_bias"], "use_gated_mlp": swiglu, "hidden_act": "silu" if swiglu else "gelu"}
+        d = tempfile.mkdtemp()
+        json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+        st_oracle.save(os.path.join(d, "model.safetensors"), hf, {"format": "pt"})
+        model, _ = load(d)
+        x = torch.randn(2, 3, 40, 24, dtype=torch.float64)  # 5 x 3 patches
+        with torch.no_grad():
+            want = ref(x)
+            last, pooled = model(x.float())
+        scale = want.abs().max().item()
+        e1 = (last.double() - want).abs().max().item() / scale
+        e2 = (pooled.double() - want[:, 0]).abs().max().item() / scale
+        good = max(e1, e2) <= 1e-5
+        ok &= good
+        print(f"self-check {kw}: last_hidden_state rel err {e1:.2e}, pooler_output {e2:.2e} {'ok' if good else 'FAIL'}")
+    return ok
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--self-check"]:
+        sys.path.insert(0, os.path.dirname(HERE))
+        sys.exit(0 if self_check() else 1)
+    print(__doc__)
+    sys.exit(2)
