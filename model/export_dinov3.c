@@ -293,10 +293,8 @@ void export_map_build_dinov3(ExportMap *m, const Dinov3Arch *a, const ParamTable
     }
     // local_cls_norm (training only) has no place in HF; the official names keep it.
     if (!hf && a->local_cls_norm) {
-        ExportEntry *e = add_copy(m, &cap, need(tab, prefix, "local_cls_norm.weight"), prefix, "local_cls_norm.weight", 0, NULL);
-        e->optional = 1;
-        e = add_copy(m, &cap, need(tab, prefix, "local_cls_norm.bias"), prefix, "local_cls_norm.bias", 0, NULL);
-        e->optional = 1;
+        static const char *const LN[2] = {"local_cls_norm.weight", "local_cls_norm.bias"};
+        for (int k = 0; k < 2; k++) add_copy(m, &cap, need(tab, prefix, LN[k]), prefix, LN[k], 0, NULL)->optional = 1;
     }
 }
 
@@ -404,7 +402,8 @@ int export_is_dinov3(const StFile *f, const char *prefix, ExportNaming naming) {
 // "[1, 2, 3]" for messages.
 static void shape_text(char *out, size_t n, const StTensor *t) {
     size_t k = (size_t)snprintf(out, n, "[");
-    for (int i = 0; i < t->ndim && k < n; i++) k += (size_t)snprintf(out + k, n - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    for (int i = 0; i < t->ndim && k < n; i++)
+        k += (size_t)snprintf(out + k, n - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
     if (k < n) snprintf(out + k, n - k, "]");
 }
 
@@ -464,8 +463,8 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
     }
     const int hf = naming == NAMING_HF;
     const StTensor *cls = need_t(f, path, prefix, hf ? "embeddings.cls_token" : "cls_token", err);
-    const StTensor *pw = cls ? need_t(f, path, prefix, hf ? "embeddings.patch_embeddings.weight" : "patch_embed.proj.weight", err)
-                             : NULL;
+    const char *pw_name = hf ? "embeddings.patch_embeddings.weight" : "patch_embed.proj.weight";
+    const StTensor *pw = cls ? need_t(f, path, prefix, pw_name, err) : NULL;
     if (!pw) return -1;
     if (cls->ndim != 3 || cls->shape[0] != 1 || cls->shape[1] != 1 || cls->shape[2] <= 0 || cls->shape[2] > INT_MAX / 16) {
         char s[160];
@@ -476,7 +475,8 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
     const int D = (int)cls->shape[2];
     a->dim = D;
     const int64_t p = pw->ndim == 4 ? pw->shape[2] : 0;
-    if (p <= 0 || p > 4096 || check_shape(pw, path, 4, (int64_t[]){D, 3, p, p}, "the class token's width and RGB input", err)) {
+    if (p <= 0 || p > 4096 ||
+        check_shape(pw, path, 4, (int64_t[]){D, 3, p, p}, "the class token's width and RGB input", err)) {
         if (p <= 0 || p > 4096) dino_seterr(err, "%s: patch embedding weight '%s' is not [width, 3, p, p]", path, pw->name);
         return -1;
     }
@@ -603,8 +603,8 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
     if (hf && a->qkv_bias && (r = cfg_bool(cfg, "key_bias", &kb, cfg_path, err)) != 0) {
         if (r < 0) return -1;
         if (kb == a->mask_k_bias) { // key_bias true means a k_proj.bias tensor, false means none
-            dino_seterr(err, "%s: key_bias is %s but %s has %s layer.0.attention.k_proj.bias", cfg_path, kb ? "true" : "false",
-                        path, kb ? "no" : "a");
+            dino_seterr(err, "%s: key_bias is %s but %s has %s layer.0.attention.k_proj.bias", cfg_path,
+                        kb ? "true" : "false", path, kb ? "no" : "a");
             return -1;
         }
     }

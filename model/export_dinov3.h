@@ -78,9 +78,9 @@ int export_is_dinov3(const StFile *f, const char *prefix, ExportNaming naming);
 // MLP or SwiGLU and width, biases, LayerScale, a masked k bias when HF names lack k_proj.bias or the
 // official names hold bias_mask) and from config.json when given (cfg: transformers keys or ours;
 // path names it in messages), else the file's metadata, for what shapes cannot tell: heads
-// (num_attention_heads, num_heads, student.num_heads, heads), the RoPE (rope_theta / pos_embed_rope_base, or rope_embed.periods; ours:
-// min/max periods, normalize_coords; pos_embed_shift/jitter/rescale), layer_norm_eps, image_size,
-// mask_k_bias. `heads` > 0 overrides. Defaults: the released models' (theta 100, per-axis coordinates,
+// (num_attention_heads, num_heads, student.num_heads, heads), the RoPE (rope_theta / pos_embed_rope_base,
+// or rope_embed.periods; ours: min/max periods, normalize_coords; pos_embed_shift/jitter/rescale),
+// layer_norm_eps, image_size, mask_k_bias. `heads` > 0 overrides. Defaults: the released models' (theta 100, per-axis coordinates,
 // eps 1e-5, image 224). Returns 0, or -1 with err naming the file, tensor or key.
 int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, const char *prefix, int heads,
                         json_object *cfg, const char *cfg_path, Dinov3Arch *a, char *err);

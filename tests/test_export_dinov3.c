@@ -42,7 +42,8 @@ static Dinov3Arch tiny(int R, int swiglu, int fused, int mask_k, int layerscale)
 static void v3_table(ParamTable *tab, const Dinov3Arch *a, const char *prefix) {
     const int64_t D = a->dim, H = a->ffn_hidden, p = a->patch;
     char n[PARAM_NAME_MAX];
-#define ADD(name, nd, ...) (snprintf(n, sizeof n, "%s%s", prefix, name), param_add(tab, n, PARAM_BACKBONE, 0, nd, (int64_t[]){__VA_ARGS__}))
+#define ADD(name, nd, ...)                                                                                       \
+    (snprintf(n, sizeof n, "%s%s", prefix, name), param_add(tab, n, PARAM_BACKBONE, 0, nd, (int64_t[]){__VA_ARGS__}))
     ADD("cls_token", 3, 1, 1, D);
     if (a->n_storage) ADD("storage_tokens", 3, 1, a->n_storage, D);
     ADD("mask_token", 2, 1, D);
@@ -102,7 +103,8 @@ static float *random_values(const ParamTable *tab, uint64_t seed) {
 
 static void write_table(const char *path, const ParamTable *tab, const float *P) {
     StWriter *w = st_writer_new();
-    for (int i = 0; i < tab->n; i++) st_writer_add(w, tab->t[i].name, ST_F32, tab->t[i].ndim, tab->t[i].shape, P + tab->t[i].offset);
+    for (int i = 0; i < tab->n; i++)
+        st_writer_add(w, tab->t[i].name, ST_F32, tab->t[i].ndim, tab->t[i].shape, P + tab->t[i].offset);
     char err[DINO_ERRLEN];
     CHECK(st_writer_write(w, path, err) == 0, "%s", err);
     st_writer_free(w);
@@ -147,7 +149,8 @@ static Dinov3Arch variant(int v) {
 
 static int same_arch(const Dinov3Arch *x, const Dinov3Arch *y, char *what, size_t n) {
 #define F(f) if (x->f != y->f) { snprintf(what, n, #f ": %g vs %g", (double)x->f, (double)y->f); return 0; }
-    F(dim) F(depth) F(heads) F(patch) F(img_size) F(n_storage) F(swiglu) F(ffn_hidden) F(rope.base) F(rope.min_period) F(rope.max_period) F(rope.normalize)
+    F(dim) F(depth) F(heads) F(patch) F(img_size) F(n_storage) F(swiglu) F(ffn_hidden)
+    F(rope.base) F(rope.min_period) F(rope.max_period) F(rope.normalize)
     F(rope.shift) F(rope.jitter) F(rope.rescale) F(ln_eps)
     F(qkv_bias) F(mask_k_bias) F(proj_bias) F(ffn_bias) F(layerscale) F(untie_cls_norm)
 #undef F
@@ -176,7 +179,8 @@ TEST(dinov3_names_match_transformers) {
         CHECK(export_write_dinov3(orig, &a, &tab, "", P, NAMING_DINOV2, "test", &n_orig, err) == 0, "%s", err);
         CHECK(export_write_dinov3(hf, &a, &tab, "", P, NAMING_HF, "test", &n_hf, err) == 0, "%s", err);
         // official: every table tensor (w12 as two), periods, the bias masks, ones for absent LayerScale
-        int want_orig = tab.n + 1 + (a.mask_k_bias ? a.depth : 0) + (a.swiglu_fused ? 2 * a.depth : 0) + (a.layerscale ? 0 : 2 * a.depth);
+        int want_orig = tab.n + 1 + (a.mask_k_bias ? a.depth : 0) + (a.swiglu_fused ? 2 * a.depth : 0) +
+                        (a.layerscale ? 0 : 2 * a.depth);
         CHECK(n_orig == want_orig, "variant %d: %d official tensors, expected %d", v, n_orig, want_orig);
         size_t L = strlen(py);
         snprintf(py + L, sizeof py - L, " names %s %s %s +", ours, orig, hf);
@@ -341,9 +345,11 @@ TEST(dinov3_hf_config_json) {
     CHECK(stat(d, &st) != 0, "%s was created", d);
     a = variant(0);
     a.heads = 3; // 32 / 3
-    CHECK(export_write_dinov3(d, &a, &tab, "", P, NAMING_HF, NULL, NULL, err) != 0 && strstr(err, "heads"), "heads: %s", err);
+    CHECK(export_write_dinov3(d, &a, &tab, "", P, NAMING_HF, NULL, NULL, err) != 0 && strstr(err, "heads"), "heads: %s",
+          err);
     a = variant(0);
-    CHECK(export_write_dinov3(d, &a, &tab, "", P, NAMING_TIMM, NULL, NULL, err) != 0 && strstr(err, "timm"), "timm: %s", err);
+    CHECK(export_write_dinov3(d, &a, &tab, "", P, NAMING_TIMM, NULL, NULL, err) != 0 && strstr(err, "timm"), "timm: %s",
+          err);
     free(P);
     param_table_free(&tab);
 }
@@ -403,7 +409,8 @@ TEST(dinov3_import_roundtrip) {
                 const TensorSpec *t = &tab.t[i];
                 for (size_t k = 0; k < t->numel; k++) {
                     float want = P[t->offset + k];
-                    if (hf && a.mask_k_bias && strstr(t->name, "attn.qkv.bias") && k >= (size_t)a.dim && k < 2 * (size_t)a.dim)
+                    const int k_row = k >= (size_t)a.dim && k < 2 * (size_t)a.dim;
+                    if (hf && a.mask_k_bias && strstr(t->name, "attn.qkv.bias") && k_row)
                         want = 0;
                     if (hf && !strncmp(t->name, "local_cls_norm.", 15)) want = 0; // training only: not in HF files
                     CHECK(Q[t->offset + k] == want, "%s[%zu]: %g after the round trip, %g before", t->name, k,
@@ -646,17 +653,20 @@ TEST(dinov3_export_matches_transcription) {
             const char *fmt = k ? "dinov2" : "hf";
             snprintf(cmd, sizeof cmd,
                      "./dinoexport %s %s/v3_%d_%s --format %s > /dev/null && "
-                     "./dinoembed --backend cpu %s/v3_%d_%s --tiles %s -o %s/f%d_%s.safetensors --resize 0 --crop 32 --batch 3 > /dev/null",
+                     "./dinoembed --backend cpu %s/v3_%d_%s --tiles %s -o %s/f%d_%s.safetensors --resize 0 --crop 32 "
+                     "--batch 3 > /dev/null",
                      ck, dir, v, fmt, fmt, dir, v, fmt, tiles, dir, v, fmt);
             CHECK(run(cmd) == 0, "failed: %s", cmd);
         }
         size_t L = strlen(py);
-        snprintf(py + L, sizeof py - L, "%s forward %s/v3_%d_hf %s + embed --crop 32 %s/v3_%d_hf %s/f%d_hf.safetensors %s/f%d_hf.ids.txt",
+        snprintf(py + L, sizeof py - L,
+                 "%s forward %s/v3_%d_hf %s + embed --crop 32 %s/v3_%d_hf %s/f%d_hf.safetensors %s/f%d_hf.ids.txt",
                  v ? " +" : "", dir, v, io, dir, v, dir, v, dir, v);
         // re-exported from the HF export directory (its config.json read back) into the official names
         snprintf(cmd, sizeof cmd,
                  "./dinoexport %s/v3_%d_hf %s/v3_%d_re --format dinov2 > /dev/null && "
-                 "./dinoembed --backend cpu %s/v3_%d_re --tiles %s -o %s/f%d_re.safetensors --resize 0 --crop 32 --batch 3 > /dev/null",
+                 "./dinoembed --backend cpu %s/v3_%d_re --tiles %s -o %s/f%d_re.safetensors --resize 0 --crop 32 "
+                 "--batch 3 > /dev/null",
                  dir, v, dir, v, dir, v, tiles, dir, v);
         CHECK(run(cmd) == 0, "failed: %s", cmd);
         // the official-names exports give dinoembed the same features
@@ -770,7 +780,8 @@ TEST(dinov3_trained_run_exports) {
              "crops.global_crops_size=32 crops.local_crops_size=16 crops.local_crops_number=2 dino.head_n_prototypes=64 "
              "dino.head_hidden_dim=32 dino.head_bottleneck_dim=16 ibot.head_n_prototypes=64 ibot.head_hidden_dim=32 "
              "ibot.head_bottleneck_dim=16 train.batch_size_per_gpu=4 train.OFFICIAL_EPOCH_LENGTH=3 optim.epochs=1 "
-             "optim.warmup_epochs=0 checkpoint.every_n_iterations=3 evaluation.eval_period_iterations=0 > %s/train.log 2>&1 && "
+             "optim.warmup_epochs=0 checkpoint.every_n_iterations=3 evaluation.eval_period_iterations=0 "
+             "> %s/train.log 2>&1 && "
              "./dinoexport %s/run %s/export > %s/export.log 2>&1 && "
              "./dinoembed --backend cpu %s/export --tiles %s -o %s/f32.safetensors --resize 0 --crop 32 > /dev/null && "
              "./dinoembed --backend cpu %s/export --tiles %s -o %s/f48.safetensors --resize 0 --crop 48 > /dev/null",

@@ -184,7 +184,8 @@ int embed_model_open(EmbedModel *m, const char *path, int heads, const char *bac
     if (!bad && export_is_dinov3(&f, fp, naming)) {
         // the DINOv3 ViT: shapes, then config.json / metadata for RoPE, eps, k-bias mask, image size
         Dinov3Arch a;
-        bad = export_infer_dinov3(&f, weights, naming, fp, heads, cfg, cfg_path, &a, err) || dinov3_arch_to_vit(&a, &vc, err);
+        bad = export_infer_dinov3(&f, weights, naming, fp, heads, cfg, cfg_path, &a, err) ||
+              dinov3_arch_to_vit(&a, &vc, err);
     } else if (!bad) {
         bad = export_infer_config(&f, weights, naming, fp, heads, &vc, err);
     }

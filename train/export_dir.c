@@ -43,7 +43,8 @@ int export_write_dinov3(const char *outdir, const Dinov3Arch *a, const ParamTabl
                         const float *P, ExportNaming naming, const char *source, int *n_tensors, char *err) {
     static char text[16384];
     if (naming != NAMING_HF && naming != NAMING_DINOV2) {
-        dino_seterr(err, "a DINOv3 backbone exports as hf or dinov2 (the official names), not %s", export_naming_name(naming));
+        dino_seterr(err, "a DINOv3 backbone exports as hf or dinov2 (the official names), not %s",
+                    export_naming_name(naming));
         return -1;
     }
     // the config first: a model HF cannot express is refused before anything is written
