@@ -178,7 +178,7 @@ static int open_data(Distill *x, char *err) {
         return -1;
     }
     double smin = c->crops.global_crops_scale[0] > 0 ? c->crops.global_crops_scale[0] : 1.0;
-    source_set_min_side(x->src, (int)ceil(c->crops.global_crops_size / sqrt(smin)));
+    source_set_min_side(x->src, (int)ceil(c->crops.global_crops_size.v[0] / sqrt(smin)));
     source_set_max_pixels(x->src, c->data.max_image_pixels);
     LoaderConfig lc;
     config_to_loader(c, x->world->rank, x->W, &lc);
@@ -435,6 +435,12 @@ static int setup(Distill *x, char *err) {
                     last, x->W, last);
         return -1;
     }
+    if (M->crops.global_crops_size.n != 1 || M->crops.local_crops_size.n > 1) {
+        dino_seterr(err, "crops.global_crops_size: a distillation run takes one crop size pair (%d given): several "
+                         "pairs (the high-resolution phase) are not implemented for distillation",
+                    M->crops.global_crops_size.n);
+        return -1;
+    }
     int s = 0;
     while (x->world->rank >= md->students[s].ranks_range[1]) s++;
     x->ref = &md->students[s];
@@ -474,17 +480,18 @@ static int setup(Distill *x, char *err) {
 
     const Config *S = &x->scfg;
     x->with_masks = M->ibot.loss_weight > 0 && M->ibot.mask_sample_probability > 0;
-    x->gsz = 3 * M->crops.global_crops_size * M->crops.global_crops_size;
-    x->lsz = 3 * M->crops.local_crops_size * M->crops.local_crops_size;
+    const int gcrop = M->crops.global_crops_size.v[0], lcrop = M->crops.local_crops_size.v[0];
+    x->gsz = 3 * gcrop * gcrop;
+    x->lsz = 3 * lcrop * lcrop;
     x->nL = M->crops.local_crops_number;
-    const int grid = M->crops.global_crops_size / x->tcfg.student.patch_size;
+    const int grid = gcrop / x->tcfg.student.patch_size;
     x->Ng = grid * grid;
     x->share_mm = x->with_masks ? mask_batch_upperbound(2 * x->Bt, x->Ng, M->ibot.mask_sample_probability,
                                                         M->ibot.mask_ratio_min_max[0], M->ibot.mask_ratio_min_max[1])
                                 : 0;
     if (x->with_masks && x->share_mm < 1) x->share_mm = 1;
     if (x->with_masks) {
-        mask_generator_init(&x->maskgen, M->crops.global_crops_size, x->tcfg.student.patch_size);
+        mask_generator_init(&x->maskgen, gcrop, x->tcfg.student.patch_size);
         mask_batch_alloc(&x->share_masks, 2 * x->Bt, x->Ng);
     }
     // the student's images come from at most ceil(Bs / Bt) + 1 shares
@@ -503,7 +510,7 @@ static int setup(Distill *x, char *err) {
     sc.staged_upload = 0;
     sc.student_only = 1; // the targets come from the frozen teacher: no EMA-teacher forward
     if (distill_teacher_init(&x->teacher, x->be, &x->tcfg, centering, sc.center_momentum, x->Bt, x->Bs,
-                             M->crops.global_crops_size, x->share_mm, x->student_mm, M->distillation.checkpoint_path,
+                             gcrop, x->share_mm, x->student_mm, M->distillation.checkpoint_path,
                              x->world->rank == 0 && !x->quiet, err))
         return -1;
     x->Kd = x->teacher.Kd, x->Ki = x->teacher.Ki, x->nbd = x->teacher.nbd, x->nbi = x->teacher.nbi;
