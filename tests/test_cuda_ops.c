@@ -1095,6 +1095,37 @@ TEST(koleo_kde_fwd_bwd) {
     gpu_free(G);
 }
 
+// Gram anchoring (fused forward + backward) with the backend's default bf16 GEMM setting: the op runs
+// its GEMMs in fp32 regardless, so the fp32 tolerance holds.
+TEST(gram_loss_fwd_bwd) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(108, 0, 0, 0);
+    const int Bs[2] = {3, 2}, Ns[2] = {49, 100}, Ds[2] = {64, 384};
+    for (int c = 0; c < 2; c++) {
+        const int B = Bs[c], N = Ns[c], D = Ds[c];
+        const size_t n = (size_t)B * N * D;
+        printf(" gram B=%d N=%d D=%d\n", B, N, D);
+        // the teacher's features: the student's plus noise (a student near its anchor), on a shared mean
+        Pair s = pair_new(C, G, n, 0.2f, 1, &r, 0), ds = pair_new(C, G, n, 0, 1, &r, 0);
+        Pair t = pair_new(C, G, n, 0, 0.3f, &r, 0), loss = pair_new(C, G, 1, 0, 0, &r, 0);
+        for (size_t i = 0; i < n; i++) t.h[i] += s.h[i];
+        C->to_device(C, t.c, t.h, sizeof(float) * n), G->to_device(G, t.g, t.h, sizeof(float) * n);
+        for (int neg = 0; neg <= 2; neg++) {
+            C->gram_loss(C, loss.c, ds.c, s.c, t.c, B, N, D, 1, neg, 0.7f);
+            G->gram_loss(G, loss.g, ds.g, s.g, t.g, B, N, D, 1, neg, 0.7f);
+            check_scalar(neg == 0 ? "gram loss" : neg == 1 ? "gram loss (remove_neg)" : "gram loss (teacher neg)", G,
+                         loss.g, C, loss.c);
+            check_pair("gram ds (accumulated)", G, &ds, TOL_FP32);
+        }
+        C->gram_loss(C, loss.c, NULL, s.c, t.c, B, N, D, 0, 0, 1.0f);
+        G->gram_loss(G, loss.g, NULL, s.g, t.g, B, N, D, 0, 0, 1.0f);
+        check_scalar("gram loss (unnormalized, no gradient)", G, loss.g, C, loss.c);
+        pair_free(C, G, &s), pair_free(C, G, &ds), pair_free(C, G, &t), pair_free(C, G, &loss);
+    }
+    backend_free(C);
+    gpu_free(G);
+}
+
 TEST(adamw_ema) {
     Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
     Rng r = rng_make(106, 0, 0, 0);
