@@ -1105,9 +1105,10 @@ TEST(gram_loss_fwd_bwd) {
         const int B = Bs[c], N = Ns[c], D = Ds[c];
         const size_t n = (size_t)B * N * D;
         printf(" gram B=%d N=%d D=%d\n", B, N, D);
-        // the teacher's features: the student's plus noise (a student near its anchor), on a shared mean
-        Pair s = pair_new(C, G, n, 0.2f, 1, &r, 0), ds = pair_new(C, G, n, 0, 1, &r, 0);
-        Pair t = pair_new(C, G, n, 0, 0.3f, &r, 0), loss = pair_new(C, G, 1, 0, 0, &r, 0);
+        // the teacher's features: the student's plus as much noise, so that the signs of S and T often differ
+        // ds starts at the size of the gradient (~1e-5), so that the accumulation is tested but does not hide it
+        Pair s = pair_new(C, G, n, 0.2f, 1, &r, 0), ds = pair_new(C, G, n, 0, 1e-5f, &r, 0);
+        Pair t = pair_new(C, G, n, 0, 1.0f, &r, 0), loss = pair_new(C, G, 1, 0, 0, &r, 0);
         for (size_t i = 0; i < n; i++) t.h[i] += s.h[i];
         C->to_device(C, t.c, t.h, sizeof(float) * n), G->to_device(G, t.g, t.h, sizeof(float) * n);
         for (int neg = 0; neg <= 2; neg++) {
