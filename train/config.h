@@ -39,12 +39,23 @@ typedef struct {
     int embed_dim, depth, num_heads; // ours: 0 = the arch's value (tiny demo/test models set them)
 } CfgStudent;
 
+// A DINOv3 weight schedule (dinov3/train/cosine_lr_scheduler.py linear_warmup_cosine_decay), in epochs of
+// train.OFFICIAL_EPOCH_LENGTH iterations. start/peak/end NaN (YAML null): no schedule; cosine_epochs -1
+// (null): the cosine runs to the end of the training.
+typedef struct {
+    double start, peak, end;
+    int warmup_epochs, cosine_epochs;
+} CfgWeightSchedule;
+
 typedef struct {
     double loss_weight;
     int head_n_prototypes, head_bottleneck_dim, head_nlayers, head_hidden_dim;
     double koleo_loss_weight;
     char regularizer[CFG_NAME]; // koleo | kde (Virchow2/Midnight)
     double kde_weight, kde_concentration;
+    bool global_ignore_diagonal;        // DINOv3 key; must be true (the step compares crop 1 with crop 2 only)
+    bool reweight_dino_local_loss;      // DINOv3: the local-crop DINO loss weighted by local_loss_weight_schedule
+    CfgWeightSchedule local_loss_weight_schedule;
 } CfgDino;
 
 typedef struct {
@@ -77,7 +88,26 @@ typedef struct {
     int local_crops_number;
     double local_crops_scale[2];
     int global_crops_size, local_crops_size;
+    int gram_teacher_crops_size;      // DINOv3 Gram anchoring: -1 (null) = the global crop size
+    bool gram_teacher_no_distortions; // the Gram teacher's crops without colour distortion
 } CfgCrops;
+
+// DINOv3 Gram anchoring (dinov3/configs/ssl_default_config.yaml `gram:`), docs/gram-anchoring.md.
+typedef struct {
+    bool use_loss, compute_stats;
+    double loss_weight;               // used when loss_weight_schedule is null
+    bool ema_teacher;                 // must be false (a separate Gram teacher)
+    char ckpt[CFG_STR];               // checkpoint dir / safetensors to start the Gram teacher from; '' = none
+    int it_load_ema_teacher;          // the EMA teacher is copied into the Gram teacher before this iteration; -1 = never
+    bool rep_update;                  // refresh from the EMA teacher every update_frequency iterations ...
+    int update_frequency, it_first_update;
+    int max_updates;                  // ... at most this many times (-1, null: unlimited)
+    bool normalized, img_level, remove_neg, remove_only_teacher_neg;
+    char tokens_used[CFG_NAME];       // all (masked / unmasked: not implemented)
+    char global_teacher_resize_method[CFG_NAME]; // bicubic
+    bool global_teacher_resize_antialias;
+    CfgWeightSchedule loss_weight_schedule;
+} CfgGram;
 
 typedef struct {
     int batch_size_per_gpu;
@@ -145,6 +175,7 @@ typedef struct {
     CfgTeacher teacher;
     CfgCrops crops;
     CfgTrain train;
+    CfgGram gram;
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
     bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward
     CfgEvaluation evaluation;
