@@ -133,6 +133,60 @@ TEST(resume_is_bit_exact) {
     check_same_checkpoint(ca, cb);
 }
 
+// A value of a metrics line ("key": number), NAN when absent.
+static double metric_of(const char *line, const char *key) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = strstr(line, pat);
+    return p ? strtod(p + strlen(pat), NULL) : NAN;
+}
+
+// A `schedules:` section drives the trainer: the logged lr, last-layer lr, wd, momentum and teacher
+// temperature of every iteration are DINOv3's (tests/test_schedule.c checks those against the official code).
+TEST(dinov3_schedules_drive_the_trainer) {
+    const char *tmp = test_tmpdir();
+    char out[4200], mpath[4300];
+    const char *spec = make_tiles(tmp, 16);
+    snprintf(out, sizeof out, "%s/run", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, out);
+    char *ov[] = {"schedules.lr.start=0.001", "schedules.lr.peak=0.002", "schedules.lr.end=0.0001",
+                  "schedules.lr.warmup_epochs=1", "schedules.lr.cosine_epochs=0", "schedules.lr.freeze_last_layer_epochs=1",
+                  "schedules.weight_decay.start=0.01", "schedules.weight_decay.peak=0.02", "schedules.weight_decay.end=0.03",
+                  "schedules.momentum.start=0.9", "schedules.momentum.peak=0.95", "schedules.momentum.end=0.99",
+                  "schedules.momentum.warmup_epochs=1", "schedules.teacher_temp.warmup_epochs=0",
+                  "schedules.teacher_temp.peak=0.06", "schedules.teacher_temp.end=0.05", "log.every_n_iterations=1",
+                  "optim.scaling_rule=sqrt_wrt_1024"};
+    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(&cfg, ov[i], err) == 0, "%s", err);
+    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    CHECK(run(&cfg, 8, &res, err) == 0, "%s", err);
+    ScheduleConfig sc = config_to_schedule(&cfg, 1);
+    CHECK(sc.v3, "schedules section not used");
+    snprintf(mpath, sizeof mpath, "%s/training_metrics.jsonl", out);
+    FILE *f = fopen(mpath, "r");
+    CHECK(f != NULL, "no metrics at %s", mpath);
+    char line[8192];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        long it = (long)metric_of(line, "iteration");
+        ScheduleValues v = schedule_at(&sc, it);
+        CHECK_CLOSE(metric_of(line, "lr"), v.lr, 0, 1e-5);
+        CHECK_CLOSE(metric_of(line, "last_layer_lr"), v.last_layer_lr, 0, 1e-5);
+        CHECK_CLOSE(metric_of(line, "wd"), v.wd, 0, 1e-5);
+        CHECK_CLOSE(metric_of(line, "momentum"), v.momentum, 0, 1e-5);
+        CHECK_CLOSE(metric_of(line, "teacher_temp"), v.teacher_temp, 0, 1e-5);
+        n++;
+    }
+    if (f) fclose(f);
+    CHECK(n == 8, "%d metrics lines", n);
+    // and they are not DINOv2's: the lr at iteration 0 is schedules.lr.start scaled, not 0
+    CHECK_CLOSE(schedule_at(&sc, 0).lr, 0.001, 0, 1e-12);
+    CHECK_CLOSE(schedule_at(&sc, 7).lr, 0.0001 * 4 * sqrt(4.0 / 1024), 0, 1e-12);
+    CHECK(schedule_at(&sc, 5).last_layer_lr == 0 && schedule_at(&sc, 6).last_layer_lr > 0, "last layer frozen 1 epoch");
+}
+
 TEST(corrupt_newest_checkpoint_falls_back) {
     const char *tmp = test_tmpdir();
     char out[4200];

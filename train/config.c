@@ -115,6 +115,9 @@ static const CfgKey KEYS[] = {
     F("optim.adamw_beta1", optim.adamw_beta1, "0.9", "AdamW beta1"),
     F("optim.adamw_beta2", optim.adamw_beta2, "0.999", "AdamW beta2"),
     F("optim.adamw_eps", optim.adamw_eps, "1.0e-08", "AdamW epsilon (ours; the reference uses torch's default)"),
+    F("optim.schedule_trunc_extra", optim.schedule_trunc_extra, "0.0",
+      "DINOv3: the lr/wd/momentum cosine is computed over (1 + x) times its length and cut, rescaled to end at "
+      "the final value (0.25 is the official suggestion); 0 = DINOv2's cosine"),
 
     F("teacher.momentum_teacher", teacher.momentum_teacher, "0.992", "EMA momentum at the start (cosine to final)"),
     F("teacher.final_momentum_teacher", teacher.final_momentum_teacher, "1.0", "EMA momentum at the end"),
@@ -172,6 +175,31 @@ static const CfgKey KEYS[] = {
     B("train.stop_on_collapse", train.stop_on_collapse, "false",
       "stop the run when the collapse diagnostics confirm a collapse (head uniform, one prototype, backbone "
       "constant); no checkpoint is written while they warn, so the newest one is the last good one"),
+
+    B("schedules.enabled", schedules.enabled, "false",
+      "DINOv3 schedules (linear warm-up, cosine, constant tail) replace the DINOv2 ones; set by writing any "
+      "schedules key (docs/schedules.md)"),
+    F("schedules.lr.start", schedules.lr.start, "0.0", "lr: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.lr.peak", schedules.lr.peak, "0.001", "lr: value at the end of the warm-up, start of the cosine (before the lr scaling rule)"),
+    F("schedules.lr.end", schedules.lr.end, "1.0e-06", "lr: value at the end of the cosine, then constant (before the lr scaling rule)"),
+    I("schedules.lr.warmup_epochs", schedules.lr.warmup_epochs, "10", "lr: linear warm-up length"),
+    I("schedules.lr.freeze_last_layer_epochs", schedules.lr_freeze_last_layer_epochs, "1", "head last layer lr = 0 this long"),
+    I("schedules.lr.cosine_epochs", schedules.lr.cosine_epochs, "-1", "lr: cosine length; -1 = the rest of the run (the official key absent)"),
+    F("schedules.weight_decay.start", schedules.weight_decay.start, "0.04", "weight decay: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.weight_decay.peak", schedules.weight_decay.peak, "0.04", "weight decay: value at the end of the warm-up, start of the cosine"),
+    F("schedules.weight_decay.end", schedules.weight_decay.end, "0.04", "weight decay: value at the end of the cosine, then constant"),
+    I("schedules.weight_decay.warmup_epochs", schedules.weight_decay.warmup_epochs, "0", "weight decay: linear warm-up length"),
+    I("schedules.weight_decay.cosine_epochs", schedules.weight_decay.cosine_epochs, "-1", "weight decay: cosine length; -1 = the rest of the run (the official key absent)"),
+    F("schedules.momentum.start", schedules.momentum.start, "0.992", "teacher EMA momentum: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.momentum.peak", schedules.momentum.peak, "0.992", "teacher EMA momentum: value at the end of the warm-up, start of the cosine"),
+    F("schedules.momentum.end", schedules.momentum.end, "0.992", "teacher EMA momentum: value at the end of the cosine, then constant"),
+    I("schedules.momentum.warmup_epochs", schedules.momentum.warmup_epochs, "0", "teacher EMA momentum: linear warm-up length"),
+    I("schedules.momentum.cosine_epochs", schedules.momentum.cosine_epochs, "-1", "teacher EMA momentum: cosine length; -1 = the rest of the run (the official key absent)"),
+    F("schedules.teacher_temp.start", schedules.teacher_temp.start, "0.04", "teacher temperature: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.teacher_temp.peak", schedules.teacher_temp.peak, "0.07", "teacher temperature: value at the end of the warm-up, start of the cosine"),
+    F("schedules.teacher_temp.end", schedules.teacher_temp.end, "0.07", "teacher temperature: value at the end of the cosine, then constant"),
+    I("schedules.teacher_temp.warmup_epochs", schedules.teacher_temp.warmup_epochs, "30", "teacher temperature: linear warm-up length"),
+    I("schedules.teacher_temp.cosine_epochs", schedules.teacher_temp.cosine_epochs, "-1", "teacher temperature: cosine length; -1 = the rest of the run (the official key absent)"),
 
     E("compute_precision.param_dtype", param_dtype, "auto", "auto|fp32|bf16",
       "compute dtype: fp32 on the cpu backend; on cuda bf16 tensor-core GEMMs (fp32 master weights, the default) "
@@ -498,6 +526,16 @@ wrong_type:
 
 static void set_origin(Config *c, const CfgKey *k, int file) { c->origin.of_key[key_index(k)] = (unsigned char)file; }
 
+// A key was set from `file`. A `schedules:` key enables the section (the official code switches on the
+// section's presence), unless this same file or command line says schedules.enabled itself.
+static void key_was_set(Config *c, const CfgKey *k, int file) {
+    set_origin(c, k, file);
+    if (strncmp(k->key, "schedules.", 10) != 0 || strcmp(k->key, "schedules.enabled") == 0) return;
+    const CfgKey *en = find_key("schedules.enabled");
+    if (c->origin.of_key[key_index(en)] == file) return;
+    c->schedules.enabled = true;
+}
+
 static int add_origin(Config *c, const char *name) {
     if (c->origin.n_files >= CFG_MAX_FILES + 2) return c->origin.n_files - 1;
     snprintf(c->origin.files[c->origin.n_files], CFG_STR, "%s", name);
@@ -610,7 +648,7 @@ static int apply_mapping(Config *c, yaml_document_t *doc, yaml_node_t *map, cons
         }
         // an empty value ("key:") is YAML null: a plain empty scalar
         if (set_value(c, k, &v, where, err)) return -1;
-        set_origin(c, k, file);
+        key_was_set(c, k, file);
     }
     return 0;
 }
@@ -757,7 +795,7 @@ static int override_at(Config *c, const char *kv, int file, char *err) {
         yaml_document_delete(&doc);
         yaml_parser_delete(&parser);
     }
-    if (rc == 0) set_origin(c, k, file);
+    if (rc == 0) key_was_set(c, k, file);
     return rc;
 }
 
@@ -1056,7 +1094,7 @@ int config_to_ssl(const Config *c, SslConfig *o, char *err) {
 ScheduleConfig config_to_schedule(const Config *c, int world_size) {
     const CfgOptim *o = &c->optim;
     const CfgTeacher *t = &c->teacher;
-    return (ScheduleConfig){
+    ScheduleConfig s = {
         .lr = config_scaled_lr(c, world_size),
         .min_lr = o->min_lr,
         .weight_decay = o->weight_decay,
@@ -1070,7 +1108,21 @@ ScheduleConfig config_to_schedule(const Config *c, int world_size) {
         .warmup_teacher_temp_epochs = t->warmup_teacher_temp_epochs,
         .freeze_last_layer_epochs = o->freeze_last_layer_epochs,
         .epoch_length = c->train.OFFICIAL_EPOCH_LENGTH,
+        .trunc_extra = o->schedule_trunc_extra,
     };
+    if (c->schedules.enabled) {
+        const CfgSchedules *sc = &c->schedules;
+        s.v3 = true;
+        s.lr3 = sc->lr;
+        double scale = dinov3_lr_scale(o->scaling_rule, (long)c->train.batch_size_per_gpu * world_size);
+        s.lr3.peak *= scale;
+        s.lr3.end *= scale;
+        s.wd3 = sc->weight_decay;
+        s.momentum3 = sc->momentum;
+        s.teacher_temp3 = sc->teacher_temp;
+        s.freeze_last_layer_epochs3 = sc->lr_freeze_last_layer_epochs;
+    }
+    return s;
 }
 
 void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o) {
@@ -1246,6 +1298,32 @@ int config_validate(const Config *c, char *err) {
     NEED(o->adamw_beta1 >= 0 && o->adamw_beta1 < 1, "optim.adamw_beta1", "must be in [0, 1)");
     NEED(o->adamw_beta2 >= 0 && o->adamw_beta2 < 1, "optim.adamw_beta2", "must be in [0, 1)");
     NEED(o->adamw_eps > 0, "optim.adamw_eps", "must be > 0");
+    NEED(o->schedule_trunc_extra >= 0 && o->schedule_trunc_extra <= 100, "optim.schedule_trunc_extra",
+         "must be in [0, 100] (0 = the plain cosine)");
+    if (c->schedules.enabled) {
+        static const char *names[4] = {"lr", "weight_decay", "momentum", "teacher_temp"};
+        const ScheduleSpec *specs[4] = {&c->schedules.lr, &c->schedules.weight_decay, &c->schedules.momentum,
+                                        &c->schedules.teacher_temp};
+        for (int i = 0; i < 4; i++) {
+            char kw[64], kc[64];
+            snprintf(kw, sizeof kw, "schedules.%s.warmup_epochs", names[i]);
+            snprintf(kc, sizeof kc, "schedules.%s.cosine_epochs", names[i]);
+            const ScheduleSpec *sp = specs[i];
+            NEED(sp->warmup_epochs >= 0 && sp->warmup_epochs <= o->epochs, kw, "must be in [0, optim.epochs = %d]",
+                 o->epochs);
+            NEED(sp->cosine_epochs >= -1, kc, "must be >= 0, or -1 for the rest of the run");
+            NEED(sp->cosine_epochs < 0 || sp->warmup_epochs + sp->cosine_epochs <= o->epochs, kc,
+                 "warm-up + cosine must fit in optim.epochs = %d (set in %s)", o->epochs, origin_of(c, "optim.epochs"));
+        }
+        NEED(c->schedules.lr.start >= 0 && c->schedules.lr.peak >= 0 && c->schedules.lr.end >= 0, "schedules.lr.peak",
+             "learning rates must be >= 0");
+        NEED(c->schedules.lr_freeze_last_layer_epochs >= 0, "schedules.lr.freeze_last_layer_epochs", "must be >= 0");
+        const ScheduleSpec *w = &c->schedules.weight_decay, *m = &c->schedules.momentum, *t = &c->schedules.teacher_temp;
+        NEED(w->start >= 0 && w->peak >= 0 && w->end >= 0, "schedules.weight_decay.peak", "must be >= 0");
+        NEED(prob_ok(m->start) && prob_ok(m->peak) && prob_ok(m->end), "schedules.momentum.peak",
+             "momenta must be in [0, 1]");
+        NEED(t->start > 0 && t->peak > 0 && t->end > 0, "schedules.teacher_temp.peak", "temperatures must be > 0");
+    }
 
     const CfgTeacher *t = &c->teacher;
     NEED(prob_ok(t->momentum_teacher), "teacher.momentum_teacher", "must be in [0, 1]");

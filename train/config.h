@@ -21,7 +21,7 @@
 #define CFG_NAME 32         // enum-like names (arch, ffn_layer, ...)
 #define CFG_MAX_SOURCES 16  // data.sources entries
 #define CFG_MAX_FILES 16    // config files in one base chain
-#define CFG_MAX_KEYS 160
+#define CFG_MAX_KEYS 224
 
 typedef struct {
     char arch[CFG_NAME];      // vit_test | vit_tiny | vit_small | vit_base | vit_large | vit_giant2
@@ -39,14 +39,6 @@ typedef struct {
     int embed_dim, depth, num_heads; // ours: 0 = the arch's value (tiny demo/test models set them)
 } CfgStudent;
 
-// A DINOv3 weight schedule (dinov3/train/cosine_lr_scheduler.py linear_warmup_cosine_decay), in epochs of
-// train.OFFICIAL_EPOCH_LENGTH iterations. start/peak/end NaN (YAML null): no schedule; cosine_epochs -1
-// (null): the cosine runs to the end of the training.
-typedef struct {
-    double start, peak, end;
-    int warmup_epochs, cosine_epochs;
-} CfgWeightSchedule;
-
 typedef struct {
     double loss_weight;
     int head_n_prototypes, head_bottleneck_dim, head_nlayers, head_hidden_dim;
@@ -55,7 +47,7 @@ typedef struct {
     double kde_weight, kde_concentration;
     bool global_ignore_diagonal;        // DINOv3 key; must be true (the step compares crop 1 with crop 2 only)
     bool reweight_dino_local_loss;      // DINOv3: the local-crop DINO loss weighted by local_loss_weight_schedule
-    CfgWeightSchedule local_loss_weight_schedule;
+    ScheduleSpec local_loss_weight_schedule; // start/peak/end NaN (null): no schedule
 } CfgDino;
 
 typedef struct {
@@ -75,7 +67,17 @@ typedef struct {
     int freeze_last_layer_epochs;
     char scaling_rule[CFG_NAME]; // sqrt_wrt_1024 | linear_wrt_256 | none
     double adamw_beta1, adamw_beta2, adamw_eps;
+    double schedule_trunc_extra; // DINOv3: the cosine of lr/wd/momentum computed (1 + x) times longer, cut
 } CfgOptim;
+
+// DINOv3's `schedules:` section (build_schedulers_v2): when enabled it replaces the DINOv2 cosine schedules
+// of lr, weight decay, teacher momentum and teacher temperature. Setting any of its keys enables it,
+// unless the same file (or the command line) sets schedules.enabled itself.
+typedef struct {
+    bool enabled;
+    ScheduleSpec lr, weight_decay, momentum, teacher_temp;
+    int lr_freeze_last_layer_epochs;
+} CfgSchedules;
 
 typedef struct {
     double momentum_teacher, final_momentum_teacher;
@@ -106,7 +108,7 @@ typedef struct {
     char tokens_used[CFG_NAME];       // all (masked / unmasked: not implemented)
     char global_teacher_resize_method[CFG_NAME]; // bicubic
     bool global_teacher_resize_antialias;
-    CfgWeightSchedule loss_weight_schedule;
+    ScheduleSpec loss_weight_schedule; // start/peak/end NaN (null): no schedule, loss_weight
 } CfgGram;
 
 typedef struct {
@@ -175,6 +177,7 @@ typedef struct {
     CfgTeacher teacher;
     CfgCrops crops;
     CfgTrain train;
+    CfgSchedules schedules;
     CfgGram gram;
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
     bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward

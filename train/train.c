@@ -631,7 +631,8 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
     // collapse diagnostics (train/collapse.h) on the last diag_steps steps of each logging window (rank 0):
     // they copy the teacher's tokens and the DINO targets to the host
     const int D = sc.vit.dim, diag_steps = log_every < 8 ? log_every : 8;
-    const int64_t warmup_its = (int64_t)cfg->optim.warmup_epochs * cfg->train.OFFICIAL_EPOCH_LENGTH;
+    const int warmup_epochs = cfg->schedules.enabled ? cfg->schedules.lr.warmup_epochs : cfg->optim.warmup_epochs;
+    const int64_t warmup_its = (int64_t)warmup_epochs * cfg->train.OFFICIAL_EPOCH_LENGTH;
     CollapseTracker ct;
     collapse_init(&ct, Kd, D, 2 * B, diag_steps);
     SslDiag diag = {.teacher_argmax = dino_malloc(sizeof(int) * 2 * B),
