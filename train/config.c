@@ -1088,6 +1088,14 @@ int config_to_ssl(const Config *c, SslConfig *o, char *err) {
     o->adamw_eps = (float)c->optim.adamw_eps;
     o->layerwise_decay = (float)c->optim.layerwise_decay;
     o->patch_embed_lr_mult = (float)c->optim.patch_embed_lr_mult;
+    const CfgGram *gr = &c->gram;
+    o->gram = gr->use_loss;
+    o->gram_crop = c->crops.gram_teacher_crops_size > 0 ? c->crops.gram_teacher_crops_size : c->crops.global_crops_size;
+    o->gram_normalize = gr->normalized;
+    o->gram_neg_mode = gr->remove_neg ? 1 : gr->remove_only_teacher_neg ? 2 : 0;
+    o->gram_img_level = gr->img_level;
+    o->gram_resize_antialias = gr->global_teacher_resize_antialias;
+    o->reweight_dino_local = d->reweight_dino_local_loss;
     return ssl_config_check(o, err);
 }
 
@@ -1169,6 +1177,27 @@ void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o
     g->hed_scale = a->hed_scale;
     g->hed_shift = a->hed_shift;
     g->no_resize = a->crop_without_resize;
+    if (c->gram.use_loss) { // the Gram teacher's crops, only when Gram anchoring is on
+        g->gram_size = cr->gram_teacher_crops_size > 0 ? cr->gram_teacher_crops_size : cr->global_crops_size;
+        g->gram_no_distortions = cr->gram_teacher_no_distortions;
+    }
+}
+
+// A DINOv3 weight schedule (start/peak/end null: none) at iteration it; `fallback` without one.
+static double weight_schedule_at(const Config *c, const ScheduleSpec *s, double fallback, long it) {
+    if (isnan(s->start)) return fallback;
+    WarmupCosineSchedule w = schedule_spec_iterations(s, c->optim.epochs, c->train.OFFICIAL_EPOCH_LENGTH);
+    return warmup_cosine_at(&w, it);
+}
+
+double config_gram_weight_at(const Config *c, long it) {
+    if (!c->gram.use_loss) return 0.0;
+    return weight_schedule_at(c, &c->gram.loss_weight_schedule, c->gram.loss_weight, it);
+}
+
+double config_dino_local_weight_at(const Config *c, long it) {
+    if (!c->dino.reweight_dino_local_loss) return 1.0;
+    return weight_schedule_at(c, &c->dino.local_loss_weight_schedule, 1.0, it);
 }
 
 void config_output_path(const Config *c, const char *rel, char *path, size_t cap) {
@@ -1273,6 +1302,38 @@ int config_validate(const Config *c, char *err) {
                    "KoLeo (dino.koleo_loss_weight = %g, set in %s) needs >= 2 images per rank: its nearest-neighbour "
                    "distance is undefined for one; raise the batch or set dino.koleo_loss_weight=0",
                    d->koleo_loss_weight, origin_of(c, "dino.koleo_loss_weight"));
+    NEED(d->global_ignore_diagonal, "dino.global_ignore_diagonal",
+         "must be true: the step compares each global crop with the other one only (the DINOv2 pairing)");
+    const ScheduleSpec *sch[2] = {&d->local_loss_weight_schedule, &c->gram.loss_weight_schedule};
+    const char *sch_key[2] = {"dino.local_loss_weight_schedule.start", "gram.loss_weight_schedule.start"};
+    for (int i = 0; i < 2; i++) {
+        const int nulls = isnan(sch[i]->start) + isnan(sch[i]->peak) + isnan(sch[i]->end);
+        NEED(nulls == 0 || nulls == 3, sch_key[i], "start, peak and end must all be set, or all null (no schedule)");
+        NEED(sch[i]->warmup_epochs >= 0 && sch[i]->cosine_epochs >= -1, sch_key[i],
+             "warmup_epochs must be >= 0 and cosine_epochs >= 0 (or null)");
+    }
+    NEED(!d->reweight_dino_local_loss || !isnan(d->local_loss_weight_schedule.start),
+         "dino.local_loss_weight_schedule.start", "is null but dino.reweight_dino_local_loss is true");
+    const CfgGram *gr = &c->gram;
+    NEED(cr->gram_teacher_crops_size == -1 || cr->gram_teacher_crops_size >= cr->global_crops_size,
+         "crops.gram_teacher_crops_size", "must be null or >= crops.global_crops_size (%d)", cr->global_crops_size);
+    NEED(cr->gram_teacher_crops_size <= 0 || cr->gram_teacher_crops_size % s->patch_size == 0,
+         "crops.gram_teacher_crops_size", "must be a multiple of student.patch_size (%d)", s->patch_size);
+    if (gr->use_loss) {
+        NEED(!gr->ema_teacher, "gram.ema_teacher", "must be false: only a separate Gram teacher is implemented");
+        NEED(!gr->compute_stats, "gram.compute_stats", "must be false: the auxiliary statistics are not implemented");
+        NEED(strcmp(gr->tokens_used, "all") == 0, "gram.tokens_used",
+             "'%s' is not implemented (only all, the released recipes' choice)", gr->tokens_used);
+        NEED(!(gr->remove_neg && gr->remove_only_teacher_neg), "gram.remove_neg",
+             "remove_neg and remove_only_teacher_neg exclude each other");
+        NEED(gr->ckpt[0] || gr->it_load_ema_teacher >= 0, "gram.it_load_ema_teacher",
+             "is %d and gram.ckpt is empty: the Gram teacher would never be set (give gram.ckpt, or an iteration >= 0 "
+             "at which the EMA teacher is copied into it)", gr->it_load_ema_teacher);
+        NEED(!gr->rep_update || gr->update_frequency >= 1, "gram.update_frequency", "must be >= 1");
+        NEED(gr->it_first_update >= 0, "gram.it_first_update", "must be >= 0");
+        NEED(gr->max_updates >= -1, "gram.max_updates", "must be >= 0 or null (unlimited)");
+        NEED(isfinite(gr->loss_weight), "gram.loss_weight", "must be a number");
+    }
     NEED(prob_ok(ib->mask_sample_probability), "ibot.mask_sample_probability", "must be in [0, 1]");
     NEED(ib->mask_ratio_min_max[0] >= 0 && ib->mask_ratio_min_max[1] <= 1, "ibot.mask_ratio_min_max",
          "ratios must be in [0, 1]");

@@ -234,6 +234,10 @@ int config_to_ssl(const Config *cfg, SslConfig *out, char *err);
 ScheduleConfig config_to_schedule(const Config *cfg, int world_size);
 // ... and the data loader with its augmentation and iBOT masking, for one rank.
 void config_to_loader(const Config *cfg, int rank, int world_size, LoaderConfig *out);
+// DINOv3 per-iteration loss weights: the Gram loss weight (0 when gram.use_loss is false; the schedule, or
+// gram.loss_weight without one) and the local-crop DINO loss weight (1 unless dino.reweight_dino_local_loss).
+double config_gram_weight_at(const Config *cfg, long it);
+double config_dino_local_weight_at(const Config *cfg, long it);
 // path = train.output_dir/rel, or rel itself when it is absolute (e.g. log.metrics_file).
 void config_output_path(const Config *cfg, const char *rel, char *path, size_t cap);
 // Creates train.output_dir if needed and writes the resolved config to <output_dir>/config.yaml.
