@@ -263,6 +263,44 @@ TEST(gram_anchoring_resume_is_bit_exact) {
     check_same_checkpoint(ca, cb);
 }
 
+// gram.ckpt: the Gram teacher of a run is the EMA teacher's backbone of an earlier run's checkpoint (as
+// DINOv3's Gram phase starts from its pre-training), frozen (rep_update false), and checkpointed with it.
+TEST(gram_teacher_from_a_checkpoint) {
+    const char *tmp = test_tmpdir();
+    char outa[4200], outb[4200], ckpt_a[4300], kv[4400];
+    const char *spec = make_tiles(tmp, 16);
+    snprintf(outa, sizeof outa, "%s/a", tmp);
+    snprintf(outb, sizeof outb, "%s/b", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, outa);
+    CHECK(run(&cfg, 3, &res, err) == 0, "%s", err);
+    snprintf(ckpt_a, sizeof ckpt_a, "%s", res.last_checkpoint);
+    tiny_config(&cfg, spec, outb);
+    snprintf(kv, sizeof kv, "gram.ckpt=%s", ckpt_a);
+    char *ov[] = {"gram.use_loss=true", kv, "gram.rep_update=false", "gram.loss_weight=1.5"};
+    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(&cfg, ov[i], err) == 0, "%s", err);
+    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    CHECK(run(&cfg, 3, &res, err) == 0, "%s", err);
+    Ckpt a, b;
+    CHECK(ckpt_open(&a, ckpt_a, err) == 0, "%s", err);
+    CHECK(ckpt_open(&b, res.last_checkpoint, err) == 0, "%s", err);
+    int n = 0, same = 0;
+    for (int i = 0; i < b.st.n; i++) {
+        const StTensor *g = &b.st.t[i];
+        if (strncmp(g->name, "gram_teacher.", 13) != 0) continue;
+        char name[300];
+        snprintf(name, sizeof name, "teacher.%s", g->name + 13);
+        const StTensor *t = st_get(&a.st, name);
+        n++;
+        same += t && t->nbytes == g->nbytes && memcmp(t->data, g->data, g->nbytes) == 0;
+    }
+    CHECK(n > 10 && same == n, "%d of %d Gram teacher tensors equal the first run's EMA teacher", same, n);
+    ckpt_close(&a);
+    ckpt_close(&b);
+}
+
 // A Gram weight with no Gram teacher is refused, naming the keys; so is a config that never sets one.
 TEST(gram_teacher_never_set_is_refused) {
     const char *tmp = test_tmpdir();

@@ -704,6 +704,10 @@ SslMemory ssl_memory(const SslModel *m) {
     r.optimizer = 2 * sizeof(float) * (m->shard_end - m->shard_begin);
     r.student_acts = vit_acts_bytes(w->s_glob) + (w->s_loc ? vit_acts_bytes(w->s_loc) : 0);
     r.teacher_acts = vit_acts_bytes(w->t_glob);
+    if (m->gram_teacher) { // Gram anchoring: the Gram teacher's backbone and its forward activations
+        r.weights += sizeof(float) * m->backbone_floats;
+        r.teacher_acts += vit_acts_bytes(w->gram_acts);
+    }
     return r;
 }
 

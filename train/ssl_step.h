@@ -178,11 +178,11 @@ void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSum
 // Backend memory the model holds, by purpose (bytes). Whatever else the step allocates (head and loss
 // activations, logits, crops, masks) is the backend's total minus these.
 typedef struct {
-    size_t weights;        // student + teacher (fp32 master copies; the teacher is the EMA)
+    size_t weights;        // student + teacher (fp32 master copies; the teacher is the EMA) [+ Gram teacher]
     size_t grads;          // the student's gradient buffer
     size_t optimizer;      // AdamW moments (this rank's ZeRO-1 shard)
     size_t student_acts;   // student backbone activations, global + local crops
-    size_t teacher_acts;   // teacher backbone activations (forward only)
+    size_t teacher_acts;   // teacher backbone activations (forward only) [+ the Gram teacher's]
 } SslMemory;
 SslMemory ssl_memory(const SslModel *m);
 
