@@ -344,3 +344,172 @@ TEST(free_with_pending_work_and_wrong_copies) {
         cudaMemcpy(x, h, sizeof h, cudaMemcpyHostToDevice);
     });
 }
+
+// ---- stream capture and graphs -------------------------------------------------------------------------
+
+__global__ void add_scalar_kernel(float *x, const float *a, int n) { // a: a scalar in device memory
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += *a;
+}
+
+// Captured work does not run at capture; each launch runs it again with the arguments it was captured
+// with (a by-value 2.0) and the device memory as it is then (a scalar uploaded from page-locked memory by
+// the graph's first node); work forked to a second stream through events is captured too; an exec
+// updated from a graph of the same topology takes the new arguments; another topology is refused.
+TEST(graph_capture_fork_join_replay_and_update) {
+    const int n = 300;
+    float *x, *a, *y, *hp, back[2];
+    cudaStream_t s, s2;
+    cudaEvent_t fork, join;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+    CK(cudaMalloc(&x, sizeof(float) * n));
+    CK(cudaMalloc(&y, sizeof(float) * n));
+    CK(cudaMalloc(&a, sizeof(float)));
+    CK(cudaHostAlloc((void **)&hp, sizeof(float), 0));
+    CK(cudaMemsetAsync(x, 0, sizeof(float) * n, s));
+    CK(cudaMemsetAsync(y, 0, sizeof(float) * n, s));
+    CK(cudaStreamSynchronize(s));
+    *hp = 1.0f;
+    auto capture = [&](float by_value, int extra) {
+        cudaGraph_t g;
+        cudaStreamCaptureStatus st;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+        CK(cudaStreamIsCapturing(s, &st));
+        CHECK(st == cudaStreamCaptureStatusActive, "not capturing");
+        CK(cudaMemcpyAsync(a, hp, sizeof(float), cudaMemcpyHostToDevice, s)); // read at each launch
+        DINO_LAUNCH(add_scalar_kernel, 2, 256, 0, s)(x, a, n);
+        CK(cudaEventRecord(fork, s));
+        CK(cudaStreamWaitEvent(s2, fork, 0)); // s2 joins the capture
+        DINO_LAUNCH(add_scalar_kernel, 2, 256, 0, s2)(y, a, n);
+        CK(cudaEventRecord(join, s2));
+        CK(cudaStreamWaitEvent(s, join, 0)); // and is joined back
+        DINO_LAUNCH(scale_kernel, 2, 256, 0, s)(x, by_value, n);
+        for (int k = 0; k < extra; k++) DINO_LAUNCH(scale_kernel, 2, 256, 0, s)(y, 1.0f, n);
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaStreamIsCapturing(s2, &st));
+        CHECK(st == cudaStreamCaptureStatusNone, "s2 still capturing");
+        return g;
+    };
+    cudaGraph_t g = capture(2.0f, 0);
+    size_t nn = 0;
+    CK(cudaGraphGetNodes(g, NULL, &nn));
+    CHECK(nn == 4, "%zu nodes, expected 4 (copy, 2 kernels on s, 1 on s2)", nn);
+    CK(cudaMemcpy(back, x, sizeof(float), cudaMemcpyDeviceToHost));
+    CHECK(back[0] == 0.0f, "captured work ran at capture: x[0] = %g", back[0]);
+    cudaGraphExec_t ge;
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    float want_x = 0, want_y = 0;
+    for (int l = 0; l < 3; l++) {
+        *hp = (float)(l + 1); // a new per-launch value in page-locked memory
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaMemcpyAsync(back, x + 7, sizeof(float), cudaMemcpyDeviceToHost, s));
+        CK(cudaMemcpyAsync(back + 1, y + 7, sizeof(float), cudaMemcpyDeviceToHost, s));
+        CK(cudaStreamSynchronize(s));
+        want_x = (want_x + (float)(l + 1)) * 2.0f, want_y += (float)(l + 1);
+        printf("  launch %d: x = %g (want %g), y = %g (want %g)\n", l, back[0], want_x, back[1], want_y);
+        CHECK(back[0] == want_x && back[1] == want_y, "launch %d", l);
+    }
+    // same topology, another by-value argument: the update takes it
+    cudaGraph_t g2 = capture(3.0f, 0);
+    cudaGraphExecUpdateResultInfo info;
+    CK(cudaGraphExecUpdate(ge, g2, &info));
+    *hp = 1.0f;
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaMemcpyAsync(back, x + 7, sizeof(float), cudaMemcpyDeviceToHost, s));
+    CK(cudaStreamSynchronize(s));
+    CHECK(back[0] == (want_x + 1.0f) * 3.0f, "after the update: %g, want %g", back[0], (want_x + 1.0f) * 3.0f);
+    // another topology: refused, the exec unchanged
+    cudaGraph_t g3 = capture(2.0f, 1);
+    CHECK(cudaGraphExecUpdate(ge, g3, &info) == cudaErrorGraphExecUpdateFailure &&
+              info.result == cudaGraphExecUpdateErrorTopologyChanged,
+          "an update to another topology was accepted");
+    CHECK(cudaGetLastError() == cudaErrorGraphExecUpdateFailure, "the failed update's error");
+    cudaGraphExecDestroy(ge), cudaGraphDestroy(g), cudaGraphDestroy(g2), cudaGraphDestroy(g3);
+    cudaStreamDestroy(s), cudaStreamDestroy(s2), cudaEventDestroy(fork), cudaEventDestroy(join);
+    cudaFree(x), cudaFree(y), cudaFree(a), cudaFreeHost(hp);
+}
+
+// What CUDA refuses while a stream captures, each reported.
+TEST(capture_refusals_reported) {
+    struct Cap {
+        cudaStream_t s;
+        float *d;
+        Cap() {
+            cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+            cudaMalloc(&d, sizeof(float) * 64);
+            cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+            DINO_LAUNCH(scale_kernel, 1, 64, 0, s)(d, 2.0f, 64);
+        }
+    };
+    expect_finding("synchronous cudaMemcpy inside a capture", "cudaMemcpy (synchronous) while a stream capture", [] {
+        Cap c;
+        float h[4];
+        cudaMemcpy(h, c.d, sizeof h, cudaMemcpyDeviceToHost);
+    });
+    expect_finding("cudaStreamSynchronize of the capturing stream", "cudaStreamSynchronize on a stream that is capturing",
+                   [] {
+                       Cap c;
+                       cudaStreamSynchronize(c.s);
+                   });
+    expect_finding("cudaDeviceSynchronize inside a capture", "cudaDeviceSynchronize while a stream capture", [] {
+        Cap c;
+        cudaDeviceSynchronize();
+    });
+    expect_finding("cudaMalloc inside a capture", "cudaMalloc while a stream capture", [] {
+        Cap c;
+        float *p;
+        cudaMalloc(&p, 64);
+    });
+    expect_finding("cudaFree of the graph's memory inside a capture", "cudaFree while a stream capture", [] {
+        Cap c;
+        cudaFree(c.d);
+    });
+    expect_finding("pageable copy on the capturing stream", "pageable host memory", [] {
+        Cap c;
+        static float h[64];
+        cudaMemcpyAsync(c.d, h, sizeof h, cudaMemcpyHostToDevice, c.s);
+    });
+    expect_finding("legacy-stream op during a capture", "legacy (NULL) stream while a stream capture", [] {
+        Cap c;
+        float *p = c.d;
+        cudaMemsetAsync(p, 0, 16, 0);
+    });
+    expect_finding("wait on an event recorded outside the capture", "cudaErrorStreamCaptureIsolation", [] {
+        cudaEvent_t e;
+        cudaEventCreate(&e);
+        cudaStream_t o;
+        cudaStreamCreateWithFlags(&o, cudaStreamNonBlocking);
+        cudaEventRecord(e, o);
+        Cap c;
+        cudaStreamWaitEvent(c.s, e, 0);
+    });
+    expect_finding("a forked stream not joined back", "cudaErrorStreamCaptureUnjoined", [] {
+        Cap c;
+        cudaStream_t o;
+        cudaEvent_t e;
+        cudaEventCreate(&e);
+        cudaStreamCreateWithFlags(&o, cudaStreamNonBlocking);
+        cudaEventRecord(e, c.s);
+        cudaStreamWaitEvent(o, e, 0);
+        DINO_LAUNCH(scale_kernel, 1, 64, 0, o)(c.d, 2.0f, 64);
+        cudaGraph_t g;
+        cudaStreamEndCapture(c.s, &g);
+    });
+    expect_finding("a graph launched after its memory was freed", "freed after the capture", [] {
+        cudaStream_t s;
+        float *d;
+        cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+        cudaMalloc(&d, sizeof(float) * 64);
+        cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+        DINO_LAUNCH(scale_kernel, 1, 64, 0, s)(d, 2.0f, 64);
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        cudaStreamEndCapture(s, &g);
+        cudaGraphInstantiate(&ge, g, 0);
+        cudaFree(d);
+        cudaGraphLaunch(ge, s);
+    });
+}
