@@ -1335,6 +1335,133 @@ TEST(ssl_step_softmax_koleo_fp32_gemm) { ssl_parity(CENTERING_SOFTMAX, 0, 1); }
 TEST(ssl_step_softmax_koleo_bf16) { ssl_parity(CENTERING_SOFTMAX, 0, 0); }
 TEST(ssl_step_sinkhorn_kde_bf16) { ssl_parity(CENTERING_SINKHORN, 1, 0); }
 
+// ---- CUDA graphs (docs/cuda-backend.md, "CUDA graphs") ----------------------------------------------
+#ifdef DINO_HAVE_CUDA
+
+// Three SSL steps with schedule values that change every step (a value baked into a replayed graph would
+// show), iBOT masks with the same count on steps 0-1 and another count on step 2 (a new shape: new
+// graphs). Returns the losses and final weights; with graphs on, the segments' statistics per step.
+typedef struct {
+    double loss[3][5];
+    float *student, *teacher;
+    CudaGraphStats per_step[3];
+} GraphRun;
+
+static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float *gcrops, const float *lcrops,
+                      uint8_t *const *masks, GraphRun *out) {
+    SslModel m;
+    char err[DINO_ERRLEN];
+    CHECK(ssl_model_init(&m, be, cfg, 7, err) == 0, "%s", err);
+    float *pinned[2] = {NULL, NULL};
+    if (cfg->staged_upload) {
+        const size_t ng = sizeof(float) * 2 * cfg->batch * 3 * cfg->global_crop * cfg->global_crop;
+        const size_t nl = sizeof(float) * cfg->n_local * cfg->batch * 3 * cfg->local_crop * cfg->local_crop;
+        pinned[0] = be->host_alloc(be, ng), pinned[1] = be->host_alloc(be, nl);
+        memcpy(pinned[0], gcrops, ng), memcpy(pinned[1], lcrops, nl);
+        ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[0], 1);
+    }
+    backend_cuda_set_graphs(be, graphs);
+    for (int it = 0; it < 3; it++) {
+        if (cfg->staged_upload && it < 2) ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[it + 1], 1);
+        SslBatch b = {.global_crops = gcrops, .local_crops = lcrops, .masks = masks[it],
+                      .drop_key = rng_make(5, 14, (uint64_t)it, 0), .staged = cfg->staged_upload};
+        const double lr = 5e-4 * (1 + 0.3 * it);
+        ScheduleValues sv = {.lr = lr, .wd = 0.04 + 0.01 * it, .momentum = 0.9 + 0.02 * it,
+                             .teacher_temp = 0.04 + 0.01 * it, .last_layer_lr = it == 0 ? 0 : lr};
+        SslStepStats st;
+        const CudaGraphStats before = backend_cuda_graph_stats(be);
+        CHECK(ssl_step(&m, be, NULL, &b, &sv, &st, err) == 0, "step %d: %s", it, err);
+        be->sync(be);
+        const CudaGraphStats after = backend_cuda_graph_stats(be);
+        out->per_step[it] = (CudaGraphStats){after.launches - before.launches, after.nodes - before.nodes,
+                                             after.instantiations - before.instantiations,
+                                             after.updates - before.updates};
+        double l[5] = {st.dino_local_crops_loss, st.dino_global_crops_loss, st.koleo_loss, st.ibot_loss, st.total_loss};
+        memcpy(out->loss[it], l, sizeof l);
+    }
+    const size_t total = m.tab.total;
+    out->student = dino_malloc(sizeof(float) * total), out->teacher = dino_malloc(sizeof(float) * total);
+    be->to_host(be, out->student, m.student, sizeof(float) * total);
+    be->to_host(be, out->teacher, m.teacher, sizeof(float) * total);
+    backend_cuda_set_graphs(be, 0);
+    ssl_model_free(&m, be);
+    for (int k = 0; k < 2; k++)
+        if (pinned[k]) be->host_free(be, pinned[k]);
+}
+
+// Eager and graph-launched steps give the same bits (losses, student, teacher), plain and staged as the
+// trainer runs them; a repeated shape launches existing execs with new arguments (updates, no new
+// instantiation); a new iBOT mask count instantiates new graphs.
+static void graphs_same_bits(void) {
+    if (emulating()) test_skip("graphs are a property of the CUDA backend");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    char err[DINO_ERRLEN];
+    VitConfig vc;
+    const int B = 4, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P);
+    CHECK(vit_config_from_arch(&vc, "vit_test", P, GC, 1, "mlp", err) == 0, "%s", err);
+    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 0.5f, vc.drop_path_rate = 0.2f;
+    SslConfig cfg;
+    ssl_config_default(&cfg, &vc);
+    cfg.dino_head = (HeadConfig){.in_dim = 48, .hidden = 96, .bottleneck = 32, .K = 256, .nlayers = 3};
+    cfg.batch = B, cfg.n_local = NL, cfg.global_crop = GC, cfg.local_crop = LC;
+    Rng r = rng_make(108, 0, 0, 0);
+    float *gcrops = dino_malloc(sizeof(float) * 2 * B * 3 * GC * GC);
+    float *lcrops = dino_malloc(sizeof(float) * NL * B * 3 * LC * LC);
+    for (int i = 0; i < 2 * B * 3 * GC * GC; i++) gcrops[i] = (float)rng_normal(&r);
+    for (int i = 0; i < NL * B * 3 * LC * LC; i++) lcrops[i] = (float)rng_normal(&r);
+    uint8_t *masks[3];
+    for (int it = 0; it < 3; it++) { // 5 tokens of every other image (6 on step 2), at places that vary
+        masks[it] = dino_calloc((size_t)2 * B * N, 1);
+        for (int i = 0; i < 2 * B; i += 2)
+            for (int k = 0; k < (it == 2 ? 6 : 5); k++) masks[it][(size_t)i * N + (size_t)(k * 3 + it + i) % N] = 1;
+    }
+    for (int staged = 0; staged < 2; staged++) {
+        SslConfig c = cfg;
+        c.staged_upload = staged;
+        GraphRun eager, graph;
+        graph_run(G, &c, 0, gcrops, lcrops, masks, &eager);
+        graph_run(G, &c, 1, gcrops, lcrops, masks, &graph);
+        size_t total;
+        {
+            SslModel probe;
+            CHECK(ssl_model_init(&probe, G, &c, 7, err) == 0, "%s", err);
+            total = probe.tab.total;
+            ssl_model_free(&probe, G);
+        }
+        for (int it = 0; it < 3; it++) {
+            const CudaGraphStats *s = &graph.per_step[it];
+            printf("  %s step %d: total loss eager %.9g graphs %.9g; %lld graph launches, %lld nodes, %lld new "
+                   "instantiations, %lld updated execs\n",
+                   staged ? "staged" : "plain", it, eager.loss[it][4], graph.loss[it][4], s->launches, s->nodes,
+                   s->instantiations, s->updates);
+            CHECK(eager.per_step[it].launches == 0, "graphs off, yet %lld graph launches", eager.per_step[it].launches);
+        }
+        CHECK(memcmp(eager.loss, graph.loss, sizeof eager.loss) == 0, "graph-launched steps: the losses changed");
+        CHECK(memcmp(eager.student, graph.student, sizeof(float) * total) == 0 &&
+                  memcmp(eager.teacher, graph.teacher, sizeof(float) * total) == 0,
+              "graph-launched steps: the weights changed");
+        CHECK(graph.per_step[1].instantiations == 0 && graph.per_step[1].updates > 0,
+              "step 1 repeats step 0's shapes: expected only updated execs, got %lld new instantiations",
+              graph.per_step[1].instantiations);
+        CHECK(graph.per_step[2].instantiations > 0, "step 2 has another mask count, yet no new graph was instantiated");
+        CHECK(graph.per_step[1].nodes > 10 * graph.per_step[1].launches,
+              "expected far fewer graph launches (%lld) than nodes (%lld)", graph.per_step[1].launches,
+              graph.per_step[1].nodes);
+        free(eager.student), free(eager.teacher), free(graph.student), free(graph.teacher);
+    }
+    for (int it = 0; it < 3; it++) free(masks[it]);
+    free(gcrops), free(lcrops);
+    gpu_free(G);
+}
+#endif
+TEST(ssl_steps_cuda_graphs_same_bits) {
+#ifdef DINO_HAVE_CUDA
+    graphs_same_bits();
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+
 // ---- the trainer with backend: cuda ----------------------------------------------------------------
 
 #ifndef DINO_GPU_SUBSET
