@@ -45,6 +45,7 @@
 #include "train/ssl_step.h"
 #ifndef DINO_GPU_SUBSET // tools/gpu_check.sh's subset build has no data/ or trainer
 #include "tests/synth_files.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/train.h"
 #endif
@@ -1466,7 +1467,14 @@ TEST(ssl_steps_cuda_graphs_same_bits) {
 
 #ifndef DINO_GPU_SUBSET
 // test_train.c's tiny run (synthetic 64 px JPEG tiles, a 2-block ViT), `iters` iterations on `backend`.
+static int tiny_train_ex(const char *backend, const char *tiles, const char *out, int iters, char **extra, int n_extra,
+                         TrainResult *res_out, char *err);
 static int tiny_train(const char *backend, const char *tiles, const char *out, int iters, char *err) {
+    return tiny_train_ex(backend, tiles, out, iters, NULL, 0, NULL, err);
+}
+// The same with more overrides (after the others) and the result.
+static int tiny_train_ex(const char *backend, const char *tiles, const char *out, int iters, char **extra, int n_extra,
+                         TrainResult *res_out, char *err) {
     Config cfg;
     char src[4300], outkv[4300], be[64];
     snprintf(src, sizeof src, "data.sources=[%s]", tiles);
@@ -1482,12 +1490,16 @@ static int tiny_train(const char *backend, const char *tiles, const char *out, i
                   "teacher.warmup_teacher_temp_epochs=1", "checkpoint.every_n_iterations=0",
                   "evaluation.eval_period_iterations=0"};
     if (config_load(&cfg, test_src_path("configs/demo.yaml"), (int)(sizeof ov / sizeof ov[0]), ov, err)) return -1;
+    for (int i = 0; i < n_extra; i++)
+        if (config_override(&cfg, extra[i], err)) return -1;
+    if (n_extra && config_validate(&cfg, err)) return -1;
     Dist d;
     if (dist_init(&d, 0, err)) return -1;
     TrainOptions opt = {.max_iterations = iters, .quiet = 1};
     TrainResult res;
     int rc = train_run(&cfg, &d, &opt, &res, err);
     dist_finalize(&d);
+    if (res_out) *res_out = res;
     return rc;
 }
 
@@ -1563,6 +1575,50 @@ TEST(trainer_backend_cuda_tracks_cpu) {
         double tol = (i == 0 ? 8 : 16) * U_BF16 * (fabs(lc[i]) + 0.01);
         printf("  iteration %d loss cpu %.7g cuda %.7g  err/tol=%.3g\n", i, lc[i], lg[i], fabs(lg[i] - lc[i]) / tol);
         CHECK(fabs(lg[i] - lc[i]) <= tol && isfinite(lg[i]), "iteration %d: cuda loss %.9g, cpu %.9g", i, lg[i], lc[i]);
+    }
+#endif
+}
+
+// compute_precision.cuda_graphs: a run stopped at iteration 1 and resumed to 2 ends with the checkpoint of
+// one run of 2 iterations, bit for bit, and that is the checkpoint of the same run with graphs off.
+TEST(trainer_cuda_graphs_resume_exactly) {
+#if !defined(DINO_HAVE_CUDA) || defined(DINO_GPU_SUBSET)
+    test_skip("built without CUDA, or the GPU subset build (no trainer)");
+#else
+    if (dino_cuda_device_count() == 0) test_skip("no CUDA device on this machine");
+    char err[DINO_ERRLEN], out[3][4200], ck[3][4200];
+    const char *tiles = tiny_tiles();
+    const char *names[3] = {"graphs_once", "graphs_resumed", "eager"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(out[k], sizeof out[k], "%s/%s", test_tmpdir(), names[k]);
+        char *extra[] = {k == 2 ? "compute_precision.cuda_graphs=false" : "compute_precision.cuda_graphs=true",
+                         "checkpoint.every_n_iterations=1"};
+        TrainResult res;
+        if (k == 1) { // stopped after 1 iteration, then resumed
+            CHECK(tiny_train_ex("cuda", tiles, out[k], 1, extra, 2, &res, err) == 0, "%s: %s", names[k], err);
+            CHECK(res.end_iteration == 1, "%s: first part ended at %lld", names[k], (long long)res.end_iteration);
+        }
+        CHECK(tiny_train_ex("cuda", tiles, out[k], k == 1 ? 1 : 2, extra, 2, &res, err) == 0, "%s: %s", names[k], err);
+        CHECK(res.end_iteration == 2 && res.start_iteration == (k == 1 ? 1 : 0), "%s: ran %lld..%lld", names[k],
+              (long long)res.start_iteration, (long long)res.end_iteration);
+        snprintf(ck[k], sizeof ck[k], "%s", res.last_checkpoint);
+        printf("  %s: %lld graph launches\n", names[k], (long long)res.cuda_graph_launches);
+        CHECK(k == 2 ? res.cuda_graph_launches == 0 : res.cuda_graph_launches > 0, "%s: %lld graph launches", names[k],
+              (long long)res.cuda_graph_launches);
+    }
+    for (int k = 1; k < 3; k++) {
+        Ckpt a, b;
+        CHECK(ckpt_open(&a, ck[0], err) == 0, "%s", err);
+        CHECK(ckpt_open(&b, ck[k], err) == 0, "%s", err);
+        int diff = 0;
+        for (int i = 0; i < a.st.n; i++) {
+            const StTensor *ta = &a.st.t[i], *tb = st_get(&b.st, ta->name);
+            if (!tb || tb->nbytes != ta->nbytes || memcmp(ta->data, tb->data, ta->nbytes) != 0)
+                if (diff++ < 5) printf("  %s: tensor %s differs from %s\n", names[k], ta->name, names[0]);
+        }
+        printf("  %s vs %s: %d tensors, %d differ\n", names[k], names[0], a.st.n, diff);
+        CHECK(a.st.n > 10 && a.st.n == b.st.n && diff == 0, "%s: %d of %d tensors differ", names[k], diff, a.st.n);
+        ckpt_close(&a), ckpt_close(&b);
     }
 #endif
 }

@@ -190,6 +190,7 @@ typedef struct {
     CfgHrft hrft;
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
     bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward
+    bool cuda_graphs;           // compute_precision.cuda_graphs: backend cuda launches its work as CUDA graphs
     CfgEvaluation evaluation;
     CfgData data;
     CfgAugment augment;

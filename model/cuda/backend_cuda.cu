@@ -330,6 +330,10 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->kde = cuda_kde;
     be->adamw = cuda_adamw;
     be->ema = cuda_ema;
+    // DINO_CUDA_GRAPHS=1: graph mode in any program (an A/B of bench_step on a GPU); the trainer decides
+    // again from compute_precision.cuda_graphs and its world size
+    const char *graphs_env = getenv("DINO_CUDA_GRAPHS");
+    if (graphs_env && strcmp(graphs_env, "1") == 0) backend_cuda_set_graphs(be, 1);
     return be;
 }
 
