@@ -1391,7 +1391,7 @@ static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float
 }
 
 // Eager and graph-launched steps give the same bits (losses, student, teacher), plain and staged as the
-// trainer runs them; a repeated shape launches existing execs with new arguments (updates, no new
+// trainer runs them (staged: with segments also cut every 4 linear ops); a repeated shape launches existing execs with new arguments (updates, no new
 // instantiation); a new iBOT mask count instantiates new graphs.
 static void graphs_same_bits(void) {
     if (emulating()) test_skip("graphs are a property of the CUDA backend");
@@ -1416,12 +1416,20 @@ static void graphs_same_bits(void) {
         for (int i = 0; i < 2 * B; i += 2)
             for (int k = 0; k < (it == 2 ? 6 : 5); k++) masks[it][(size_t)i * N + (size_t)(k * 3 + it + i) % N] = 1;
     }
+    long long plain_launches = 0;
     for (int staged = 0; staged < 2; staged++) {
         SslConfig c = cfg;
         c.staged_upload = staged;
         GraphRun eager, graph;
         graph_run(G, &c, 0, gcrops, lcrops, masks, &eager);
+        if (staged) setenv("DINO_CUDA_GRAPH_CHUNK", "4", 1); // segments also cut every 4 linear ops
         graph_run(G, &c, 1, gcrops, lcrops, masks, &graph);
+        unsetenv("DINO_CUDA_GRAPH_CHUNK");
+        if (staged)
+            CHECK(graph.per_step[1].launches > plain_launches, "chunks of 4 linear ops: %lld launches, unchunked %lld",
+                  graph.per_step[1].launches, plain_launches);
+        else
+            plain_launches = graph.per_step[1].launches;
         size_t total;
         {
             SslModel probe;

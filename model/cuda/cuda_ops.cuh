@@ -74,6 +74,7 @@ typedef struct {
     // points where work must leave it; pageable uploads go through `stage` (page-locked) while capturing
     void *cublas_workspace;        // cublasSetWorkspace: cuBLAS calls are capturable (set in every mode)
     int graphs, capturing;
+    int graph_chunk_ops, graph_ops; // a segment is also ended after this many linear ops (0: never)
     unsigned long graph_thread;    // pthread_t of the thread that captures
     CudaGraphSlot graph_cache[CUDA_GRAPH_CACHE];
     unsigned long long graph_tick;
@@ -92,6 +93,9 @@ static inline CudaImpl *cuda_impl(Backend *be) { return (CudaImpl *)be->impl; }
 // when graphs are off), cuda_graph_resume(be) opens the next one (graphs on).
 void cuda_graph_pause(Backend *be);
 void cuda_graph_resume(Backend *be);
+// Called by the linear ops: every graph_chunk_ops of them, the open segment is launched and a new one
+// opened, so that the GPU works on the first part of a long segment while the host records the rest.
+void cuda_graph_tick(Backend *be);
 // pause + cudaStreamSynchronize of the compute stream (the staging is free again). Resume after.
 void cuda_host_wait(Backend *be);
 // While capturing: a page-locked copy of [src, src + bytes) that a captured host-to-device copy may read

@@ -23,6 +23,14 @@ void cuda_graph_resume(Backend *be) {
     // thread-local: the loader threads may still allocate page-locked buffers while the main thread captures
     cudaCheck(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
     __atomic_store_n(&c->capturing, 1, __ATOMIC_RELEASE);
+    c->graph_ops = 0;
+}
+
+void cuda_graph_tick(Backend *be) {
+    CudaImpl *c = cuda_impl(be);
+    if (!c->capturing || c->graph_chunk_ops <= 0 || ++c->graph_ops < c->graph_chunk_ops) return;
+    cuda_graph_pause(be); // the GPU runs what is recorded so far while the host records the rest
+    cuda_graph_resume(be);
 }
 
 // The exec of a cached segment with this graph's topology, updated to its parameters; or a new one.
@@ -101,6 +109,8 @@ int cuda_graph_host_call_begin(Backend *be) {
 extern "C" int backend_cuda_set_graphs(Backend *be, int on) {
     CudaImpl *c = cuda_impl(be);
     if (on && !c->graphs) {
+        const char *chunk = getenv("DINO_CUDA_GRAPH_CHUNK");
+        c->graph_chunk_ops = chunk && *chunk ? atoi(chunk) : 32;
         __atomic_store_n(&c->graph_thread, (unsigned long)pthread_self(), __ATOMIC_RELEASE);
         c->graphs = 1;
         cuda_graph_resume(be);

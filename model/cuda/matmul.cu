@@ -258,6 +258,7 @@ __global__ void broadcast_rows_kernel(float *out, const float *b, size_t rows, i
 void cuda_linear_fwd(Backend *be, float *out, const float *in, const float *W, const float *b, int rows, int n_in,
                      int n_out) {
     CUDA_OP_RANGE("linear_fwd");
+    cuda_graph_tick(be);
     if (b && lt_linear_bias(be, out, in, W, b, rows, n_in, n_out)) return;
     if (b) {
         size_t n = (size_t)rows * n_out;
@@ -276,6 +277,7 @@ struct ReadMatrix {
 void cuda_linear_bwd(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
                      const float *W, int rows, int n_in, int n_out) {
     CUDA_OP_RANGE("linear_bwd");
+    cuda_graph_tick(be);
     // din = dout W ; dW += dout^T in ; db += column sums of dout
     if (din) cuda_gemm_batched(be, 0, 0, rows, n_in, n_out, 1.0f, dout, n_out, 0, W, n_in, 0, 0.0f, din, n_in, 0, 1);
     cuda_gemm_batched(be, 1, 0, n_out, n_in, rows, 1.0f, dout, n_out, 0, in, n_in, 0, 1.0f, dW, n_in, 0, 1);
