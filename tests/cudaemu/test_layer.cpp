@@ -513,3 +513,49 @@ TEST(capture_refusals_reported) {
         cudaGraphLaunch(ge, s);
     });
 }
+
+// Inside a launched graph the nodes run in an order their edges allow; under delay (the default) the most
+// recently captured ready node goes first, so a copy forked to another stream before the kernel it needs
+// (a missing event edge) reads the old value, while the correct fork reads the kernel's result.
+TEST(graph_missing_edge_shows_under_delay) {
+    const char *pol = getenv("CUDAEMU_STREAMS");
+    setenv("CUDAEMU_STREAMS", "delay", 1);
+    const int n = 64;
+    float *x, *y, back;
+    cudaStream_t s, s2;
+    cudaEvent_t fork, join;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+    CK(cudaMalloc(&x, sizeof(float) * n));
+    CK(cudaMalloc(&y, sizeof(float) * n));
+    float ones[64];
+    for (int i = 0; i < n; i++) ones[i] = 1.0f;
+    for (int fork_after_kernel = 1; fork_after_kernel >= 0; fork_after_kernel--) {
+        CK(cudaMemcpy(x, ones, sizeof ones, cudaMemcpyHostToDevice));
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+        if (!fork_after_kernel) CK(cudaEventRecord(fork, s)); // too early: the copy does not wait for the kernel
+        DINO_LAUNCH(scale_kernel, 1, 64, 0, s)(x, 5.0f, n);
+        if (fork_after_kernel) CK(cudaEventRecord(fork, s));
+        CK(cudaStreamWaitEvent(s2, fork, 0));
+        CK(cudaMemcpyAsync(y, x, sizeof(float) * n, cudaMemcpyDeviceToDevice, s2));
+        CK(cudaEventRecord(join, s2));
+        CK(cudaStreamWaitEvent(s, join, 0));
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaMemcpyAsync(&back, y + 3, sizeof back, cudaMemcpyDeviceToHost, s));
+        CK(cudaStreamSynchronize(s));
+        printf("  fork %s the kernel: y = %g (5 when ordered)\n", fork_after_kernel ? "after" : "before", back);
+        if (fork_after_kernel) CHECK(back == 5.0f, "ordered graph: %g", back);
+        else CHECK(back != 5.0f, "a missing edge inside a graph went unnoticed under delay order");
+        cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
+    }
+    cudaStreamDestroy(s), cudaStreamDestroy(s2), cudaEventDestroy(fork), cudaEventDestroy(join);
+    cudaFree(x), cudaFree(y);
+    if (pol) setenv("CUDAEMU_STREAMS", pol, 1);
+    else unsetenv("CUDAEMU_STREAMS");
+}
