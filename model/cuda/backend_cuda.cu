@@ -207,8 +207,10 @@ void colsum_finish(Backend *be, float *dst, const float *partial, int nblk, int 
 extern "C" void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p) { cuda_impl(be)->gemm_precision = p; }
 
 extern "C" void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes) {
+    cuda_graph_pause(be); // outside any capture, to be safe
     cudaCheck(cudaSetDevice(cuda_impl(be)->device));
     cudaCheck(cudaMemGetInfo(free_bytes, total_bytes));
+    cuda_graph_resume(be);
 }
 
 extern "C" const char *backend_cuda_device_name(Backend *be) { return cuda_impl(be)->device_name; }

@@ -49,7 +49,10 @@ static cudaGraphExec_t exec_for(CudaImpl *c, cudaGraph_t g, size_t nodes) {
         }
         if (!lru || !s->exec || (lru->exec && s->used < lru->used)) lru = s;
     }
-    if (lru->exec) cudaCheck(cudaGraphExecDestroy(lru->exec)); // a launch still queued keeps its own copy
+    if (lru->exec) { // evicted: rare; wait for a launch of it that may still be queued
+        cudaCheck(cudaStreamSynchronize(c->stream));
+        cudaCheck(cudaGraphExecDestroy(lru->exec));
+    }
     cudaCheck(cudaGraphInstantiate(&lru->exec, g, 0));
     lru->nodes = nodes;
     lru->used = ++c->graph_tick;
