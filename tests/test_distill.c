@@ -20,6 +20,7 @@
 #include "train/train.h"
 #include "tests/harness.h"
 #include "tests/synth_files.h"
+#include "tests/test_util.h"
 
 static void write_file(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
@@ -37,11 +38,7 @@ static void write_file(const char *path, const char *text) {
 static void make_teacher_and_students(const char *tmp) {
     char dir[4200], path[4300], text[8192];
     snprintf(dir, sizeof dir, "%s/tiles", tmp);
-    mkdir(dir, 0755);
-    for (int i = 0; i < 16; i++) {
-        snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
-        write_synth_jpeg(path, 3, i, 4, 64);
-    }
+    write_tile_folder(dir, 3, 16);
     snprintf(path, sizeof path, "%s/teacher.yaml", tmp);
     snprintf(text, sizeof text,
              "base: %s\n"
@@ -136,23 +133,6 @@ static int run_distill(const char *main_path, int64_t max_it, TrainResult *res, 
     return rc;
 }
 
-static void check_same_checkpoint(const char *a, const char *b) {
-    Ckpt ca, cb;
-    char err[DINO_ERRLEN];
-    CHECK(ckpt_open(&ca, a, err) == 0, "%s", err);
-    CHECK(ckpt_open(&cb, b, err) == 0, "%s", err);
-    CHECK(ca.st.n == cb.st.n && ca.st.n > 10, "tensor counts %d vs %d", ca.st.n, cb.st.n);
-    int diff = 0;
-    for (int i = 0; i < ca.st.n; i++) {
-        const StTensor *ta = &ca.st.t[i], *tb = st_get(&cb.st, ta->name);
-        if (!tb || tb->nbytes != ta->nbytes || memcmp(ta->data, tb->data, ta->nbytes) != 0)
-            if (diff++ < 5) test_fail_at(__FILE__, __LINE__, "tensor %s differs", ta->name);
-    }
-    CHECK(diff == 0, "%d tensors differ", diff);
-    ckpt_close(&ca);
-    ckpt_close(&cb);
-}
-
 // dinoexport on a student's output dir, then dinoembed of the tiles with the export.
 static void export_and_embed(const char *tmp, const char *student_dir, const char *tag) {
     char cmd[16384], out[4300];
@@ -197,14 +177,6 @@ TEST(one_student_on_one_rank_resumes_bit_exact_exports_and_embeds) {
     char dir[4300];
     snprintf(dir, sizeof dir, "%s/a/small", tmp);
     export_and_embed(tmp, dir, "small");
-}
-
-static void need_mpirun(void) {
-#ifndef DINO_HAVE_MPI
-    test_skip("built without MPI");
-#else
-    if (system("mpirun --version > /dev/null 2>&1") != 0) test_skip("mpirun not found");
-#endif
 }
 
 static int mpirun_dinotrain(const char *tmp, const char *main_file, const char *args, const char *log) {

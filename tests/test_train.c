@@ -17,20 +17,7 @@
 #include "train/train.h"
 #include "tests/harness.h"
 #include "tests/synth_files.h"
-
-// n synthetic 64 px JPEG tiles in <tmp>/tiles; returns the source spec.
-static const char *make_tiles(const char *tmp, int n) {
-    static char spec[4300];
-    char dir[4200], path[4300];
-    snprintf(dir, sizeof dir, "%s/tiles", tmp);
-    mkdir(dir, 0755);
-    for (int i = 0; i < n; i++) {
-        snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
-        write_synth_jpeg(path, 11, i, 4, 64);
-    }
-    snprintf(spec, sizeof spec, "folder:%s", dir);
-    return spec;
-}
+#include "tests/test_util.h"
 
 // A tiny run: 2 epochs of 6 iterations, checkpoints every 3.
 static void tiny_config(Config *cfg, const char *tiles, const char *out) {
@@ -70,36 +57,8 @@ static void tiny_config(Config *cfg, const char *tiles, const char *out) {
           err);
 }
 
-static int run_console(const Config *cfg, int64_t max_it, int quiet, TrainResult *res, char *err) {
-    Dist d;
-    CHECK(dist_init(&d, 0, err) == 0, "%s", err);
-    TrainOptions opt = {.max_iterations = max_it, .quiet = quiet};
-    int rc = train_run(cfg, &d, &opt, res, err);
-    dist_finalize(&d);
-    return rc;
-}
 static int run(const Config *cfg, int64_t max_it, TrainResult *res, char *err) {
-    return run_console(cfg, max_it, 1, res, err);
-}
-
-// Every tensor of two checkpoints equal bit for bit.
-static void check_same_checkpoint(const char *a, const char *b) {
-    Ckpt ca, cb;
-    char err[DINO_ERRLEN];
-    CHECK(ckpt_open(&ca, a, err) == 0, "%s", err);
-    CHECK(ckpt_open(&cb, b, err) == 0, "%s", err);
-    CHECK(ca.st.n == cb.st.n && ca.st.n > 10, "tensor counts %d vs %d", ca.st.n, cb.st.n);
-    int diff = 0;
-    for (int i = 0; i < ca.st.n; i++) {
-        const StTensor *ta = &ca.st.t[i], *tb = st_get(&cb.st, ta->name);
-        CHECK(tb && tb->nbytes == ta->nbytes, "%s missing or resized", ta->name);
-        if (tb && tb->nbytes == ta->nbytes && memcmp(ta->data, tb->data, ta->nbytes) != 0) {
-            if (diff++ < 5) test_fail_at(__FILE__, __LINE__, "tensor %s differs", ta->name);
-        }
-    }
-    CHECK(diff == 0, "%d tensors differ", diff);
-    ckpt_close(&ca);
-    ckpt_close(&cb);
+    return run_trainer(cfg, max_it, 1, res, err);
 }
 
 TEST(resume_is_bit_exact) {
@@ -743,7 +702,7 @@ TEST(bad_tiles_skipped_and_shown_on_the_console_line) {
     int saved = dup(1), fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(fd, 1);
     close(fd);
-    int rc = run_console(&cfg, 0, 0, &res, err);
+    int rc = run_trainer(&cfg, 0, 0, &res, err);
     fflush(stdout);
     dup2(saved, 1);
     close(saved);

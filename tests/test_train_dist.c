@@ -17,23 +17,7 @@
 #include "train/checkpoint.h"
 #include "tests/harness.h"
 #include "tests/synth_files.h"
-
-static void need_mpirun(void) {
-#ifndef DINO_HAVE_MPI
-    test_skip("built without MPI");
-#else
-    if (system("mpirun --version > /dev/null 2>&1") != 0) test_skip("mpirun not found");
-#endif
-}
-
-static void make_tiles(const char *dir, int n) {
-    mkdir(dir, 0755);
-    for (int i = 0; i < n; i++) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
-        write_synth_jpeg(path, 5, i, 4, 64);
-    }
-}
+#include "tests/test_util.h"
 
 // Runs dinotrain on `ranks` processes (0 = no launcher) with `batch` images per rank; `extra`: more
 // config overrides ("" for none).
@@ -125,7 +109,7 @@ static void equivalence(const char *centering) {
     const char *tmp = test_tmpdir();
     char tiles[4200];
     snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    make_tiles(tiles, 40);
+    write_tile_folder(tiles, 5, 40);
     int rc1 = train(tmp, "one", 0, 8, centering, 0);
     if (rc1) show_log(tmp, "one");
     CHECK(rc1 == 0, "1 rank x 8 failed (%d)", rc1);
@@ -177,7 +161,7 @@ TEST(resume_across_rank_counts) {
     const char *tmp = test_tmpdir();
     char tiles[4200];
     snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    make_tiles(tiles, 40);
+    write_tile_folder(tiles, 5, 40);
     CHECK(train(tmp, "ref", 0, 8, "centering", 0) == 0, "reference run failed");
     // 2 ranks for 4 iterations (checkpoint at 4), then 1 rank to the end
     int rc = train(tmp, "a", 2, 4, "centering", 4);
@@ -230,7 +214,7 @@ static void zero1_equivalence(const char *centering, int on_vs_off) {
     const char *tmp = test_tmpdir();
     char tiles[4200];
     snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    make_tiles(tiles, 40);
+    write_tile_folder(tiles, 5, 40);
     const char *clip = "optim.clip_grad=0.05";
     int rc1 = train_with(tmp, "one", 0, 8, centering, 0, clip);
     if (rc1) show_log(tmp, "one");
@@ -256,7 +240,7 @@ TEST(zero1_resume_across_rank_counts) {
     const char *tmp = test_tmpdir();
     char tiles[4200];
     snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    make_tiles(tiles, 40);
+    write_tile_folder(tiles, 5, 40);
     CHECK(train(tmp, "ref", 0, 8, "centering", 0) == 0, "reference run failed");
     int rc = train_zero1(tmp, "a", 2, 4, "centering", 4, ""); // 2 sharded -> 2 sharded
     if (rc == 0) rc = train_zero1(tmp, "a", 2, 4, "centering", 0, "");
@@ -279,7 +263,7 @@ TEST(collective_timeout_from_config) {
     const char *tmp = test_tmpdir();
     char tiles[4200];
     snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    make_tiles(tiles, 16);
+    write_tile_folder(tiles, 5, 16);
     int rc = train_with(tmp, "t", 2, 4, "centering", 1, "dist.collective_timeout_s=77.5");
     int found = log_contains(tmp, "t", "collective timeout 77.5 s");
     if (rc || !found) show_log(tmp, "t");
