@@ -9,6 +9,7 @@
 #include "model/backend.h"
 #include "model/rope.h"
 #include "tests/gradcheck.h"
+#include "tests/vit_gradcheck.h"
 
 // ---- the rope op ----------------------------------------------------------------------------------
 
@@ -362,27 +363,6 @@ TEST(parity_swiglu64_untied_rescale_recompute) { run_fixture("swiglu64_untied_re
 
 // ---- finite differences of the whole DINOv3 ViT -------------------------------------------------------
 
-typedef struct {
-    Backend *be;
-    Vit vit;
-    float *P;
-    int B[2], crop[2];
-    VitActs *acts[2];
-    float *img[2], *wout[2];
-    uint8_t *mask[2];
-    int *subsets[2];
-} V3Ctx;
-
-static double v3_loss(void *vctx) {
-    V3Ctx *c = vctx;
-    double s = 0;
-    for (int g = 0; g < 2; g++) {
-        const float *xn = vit_forward(c->be, &c->vit, c->P, c->acts[g], c->img[g], c->mask[g], c->subsets[g]);
-        s += gc_dot(xn, c->wout[g], (size_t)c->B[g] * vit_acts_tokens(c->acts[g]) * c->vit.cfg.dim);
-    }
-    return s;
-}
-
 // Storage tokens, RoPE with per-block rescale/shift/jitter draws, SwiGLU32 (w1|w2 as one Linear), masked k
 // bias, both CLS norms untied (the second group local), iBOT masks, stochastic depth, two crop sizes.
 TEST(grad_dinov3_vit_finite_differences) {
@@ -398,21 +378,14 @@ TEST(grad_dinov3_vit_finite_differences) {
     cfg.rope = 1;
     cfg.rope_cfg = (RopeConfig){.base = 100.0, .shift = 0.2, .jitter = 1.3, .rescale = 2.0};
     cfg.mask_k_bias = cfg.untie_cls_and_patch_norms = cfg.untie_global_and_local_cls_norm = 1;
-    V3Ctx c = {.be = be, .B = {3, 3}, .crop = {12, 8}};
+    VitCtx c = {.be = be, .n_groups = 2, .B = {3, 3}, .crop = {12, 8}};
     ParamTable tab;
     param_table_init(&tab);
     vit_build(&c.vit, &cfg, &tab, "backbone.");
     c.P = calloc(tab.total, sizeof(float));
     float *G = calloc(tab.total, sizeof(float));
     Rng r = rng_make(21, 0, 0, 0);
-    for (int i = 0; i < tab.n; i++) {
-        const TensorSpec *t = &tab.t[i];
-        const int is_norm_w = strstr(t->name, "norm") && strstr(t->name, "weight");
-        for (size_t j = 0; j < t->numel; j++)
-            c.P[t->offset + j] = is_norm_w ? 1.0f + 0.2f * (float)rng_normal(&r)
-                                 : strstr(t->name, ".ls") ? 0.5f + 0.2f * (float)rng_normal(&r)
-                                                          : 0.3f * (float)rng_normal(&r);
-    }
+    vit_random_weights(&tab, c.P, &r);
     RopeAug aug[2];
     for (int g = 0; g < 2; g++) {
         const int B = c.B[g], S = c.crop[g], N = (S / 4) * (S / 4);
@@ -435,22 +408,7 @@ TEST(grad_dinov3_vit_finite_differences) {
         c.subsets[g] = malloc(sizeof(int) * cfg.depth * 2 * k);
         vit_draw_drop_subsets(&c.vit, B, rng_make(9, (uint64_t)g, 0, 0), c.subsets[g]);
     }
-    for (int g = 0; g < 2; g++) {
-        vit_forward(be, &c.vit, c.P, c.acts[g], c.img[g], c.mask[g], c.subsets[g]);
-        vit_backward(be, &c.vit, c.P, G, c.acts[g], c.wout[g]);
-    }
-    for (int i = 0; i < tab.n; i++) {
-        const TensorSpec *t = &tab.t[i];
-        gradcheck(t->name, v3_loss, &c, c.P + t->offset, G + t->offset, t->numel, 12, 1e-2f, 2e-3, 2e-2, &r);
-    }
-    for (int g = 0; g < 2; g++) {
-        vit_acts_free(be, c.acts[g]);
-        free(c.img[g]), free(c.wout[g]), free(c.mask[g]), free(c.subsets[g]);
-    }
-    free(c.P), free(G);
-    vit_free(&c.vit);
-    param_table_free(&tab);
-    backend_free(be);
+    vit_gradcheck_and_free(&c, &tab, G, &r);
 }
 
 // The official names, shapes and the ViT-L/16 distilled parameter count; configurations that cannot work.
