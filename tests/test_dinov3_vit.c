@@ -129,19 +129,10 @@ TEST(rope_config_errors_name_the_key) {
 #include "common/safetensors.h"
 #include "model/params.h"
 #include "model/vit.h"
+#include "tests/fixture_util.h"
 
 #define PARITY_TOL 1e-4
 
-static const char *meta_req(const StFile *f, const char *key) {
-    const char *v = st_meta(f, key);
-    if (!v) {
-        test_fail_at(__FILE__, __LINE__, "fixture metadata lacks '%s'", key);
-        exit(1);
-    }
-    return v;
-}
-static int meta_int(const StFile *f, const char *key) { return atoi(meta_req(f, key)); }
-static double meta_double(const StFile *f, const char *key) { return strtod(meta_req(f, key), NULL); }
 static int meta_group_int(const StFile *f, int k, const char *what) {
     char key[64];
     snprintf(key, sizeof key, "g%d.%s", k, what);
@@ -175,36 +166,6 @@ static void config_from_fixture(const StFile *f, VitConfig *c) {
     c->untie_global_and_local_cls_norm = meta_int(f, "untie_global_and_local_cls_norm");
 }
 
-static const StTensor *get_typed(const StFile *f, const char *name, StDtype dt, size_t bytes) {
-    const StTensor *t = st_get(f, name);
-    CHECK(t != NULL, "fixture lacks tensor %s", name);
-    if (!t) return NULL;
-    CHECK(t->dtype == dt && t->nbytes == bytes, "%s: expected %zu bytes of dtype %d, got %zu of %d", name, bytes,
-          (int)dt, t->nbytes, (int)t->dtype);
-    return t->dtype == dt && t->nbytes == bytes ? t : NULL;
-}
-
-// max|c - ref| / max|ref|
-static double rel_err(const float *c, const float *ref, size_t n, double *maxabs_out) {
-    double maxdiff = 0, maxabs = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)c[i] - (double)ref[i]);
-        if (!(d <= maxdiff)) maxdiff = d;
-        if (fabs(ref[i]) > maxabs) maxabs = fabs(ref[i]);
-    }
-    if (maxabs_out) *maxabs_out = maxabs;
-    return maxabs > 0 ? maxdiff / maxabs : maxdiff;
-}
-
-static int same_shape_squeezed(const int64_t *a, int na, const int64_t *b, int nb) {
-    while (na > 0 && a[0] == 1) a++, na--;
-    while (nb > 0 && b[0] == 1) b++, nb--;
-    if (na != nb) return 0;
-    for (int i = 0; i < na; i++)
-        if (a[i] != b[i]) return 0;
-    return 1;
-}
-
 static void run_fixture(const char *name, VitActsMode mode) {
     char path[256], err[DINO_ERRLEN] = "";
     snprintf(path, sizeof path, "tests/fixtures/dinov3_vit_%s.safetensors", name);
@@ -221,23 +182,7 @@ static void run_fixture(const char *name, VitActsMode mode) {
     param_table_init(&tab);
     Vit vit;
     vit_build(&vit, &cfg, &tab, "");
-    // every C tensor is in the fixture under the same (official) name, and every fixture weight in the table
-    float *P = dino_calloc(tab.total, sizeof(float));
-    for (int i = 0; i < tab.n; i++) {
-        const TensorSpec *s = &tab.t[i];
-        const StTensor *t = get_typed(&f, s->name, ST_F32, s->numel * sizeof(float));
-        if (!t) continue;
-        CHECK(same_shape_squeezed(s->shape, s->ndim, t->shape, t->ndim), "%s: shape differs", s->name);
-        memcpy(P + s->offset, t->data, t->nbytes);
-    }
-    int n_weights = 0;
-    for (int i = 0; i < f.n; i++) {
-        const char *n = f.t[i].name;
-        if (strncmp(n, "in.", 3) == 0 || strncmp(n, "out.", 4) == 0 || strncmp(n, "grad.", 5) == 0) continue;
-        n_weights++;
-        CHECK(param_find(&tab, n) != NULL, "official tensor %s has no counterpart in the C model", n);
-    }
-    CHECK(n_weights == tab.n, "the transcription has %d tensors, the C model %d", n_weights, tab.n);
+    float *P = fixture_weights(&f, &tab);
     float *dP = be->alloc(be, sizeof(float) * tab.total), *dG = be->alloc(be, sizeof(float) * tab.total);
     be->to_device(be, dP, P, sizeof(float) * tab.total);
 
@@ -252,15 +197,15 @@ static void run_fixture(const char *name, VitActsMode mode) {
         const int g = crop / cfg.patch, N = g * g, T = 1 + cfg.n_registers + N;
         const size_t nx = (size_t)B * T * D;
         snprintf(key, sizeof key, "in.g%d.images", k);
-        const StTensor *img = get_typed(&f, key, ST_F32, sizeof(float) * B * 3 * crop * crop);
+        const StTensor *img = fixture_tensor(&f, key, ST_F32, sizeof(float) * B * 3 * crop * crop);
         snprintf(key, sizeof key, "out.g%d.x_norm", k);
-        const StTensor *xref = get_typed(&f, key, ST_F32, sizeof(float) * nx);
+        const StTensor *xref = fixture_tensor(&f, key, ST_F32, sizeof(float) * nx);
         snprintf(key, sizeof key, "in.g%d.d_xnorm", k);
-        const StTensor *dxn = get_typed(&f, key, ST_F32, sizeof(float) * nx);
+        const StTensor *dxn = fixture_tensor(&f, key, ST_F32, sizeof(float) * nx);
         snprintf(key, sizeof key, "out.g%d.rope_sin", k);
-        const StTensor *ts = get_typed(&f, key, ST_F32, sizeof(float) * cfg.depth * N * Dh);
+        const StTensor *ts = fixture_tensor(&f, key, ST_F32, sizeof(float) * cfg.depth * N * Dh);
         snprintf(key, sizeof key, "out.g%d.rope_cos", k);
-        const StTensor *tc = get_typed(&f, key, ST_F32, sizeof(float) * cfg.depth * N * Dh);
+        const StTensor *tc = fixture_tensor(&f, key, ST_F32, sizeof(float) * cfg.depth * N * Dh);
         if (!img || !xref || !dxn || !ts || !tc) goto done;
         snprintf(key, sizeof key, "in.g%d.masks", k);
         const StTensor *mask = st_get(&f, key);
@@ -320,18 +265,10 @@ static void run_fixture(const char *name, VitActsMode mode) {
     for (int k = 0; k < n_groups && k < 4; k++) vit_backward(be, &vit, dP, dG, acts[k], d_dx[k]);
     float *G = dino_malloc(sizeof(float) * tab.total);
     be->to_host(be, G, dG, sizeof(float) * tab.total);
-    double worst_g = 0;
-    const char *worst_name = "";
+    const char *worst_name;
+    const double worst_g = fixture_check_grads(&f, &tab, G, name, PARITY_TOL, &worst_name);
     for (int i = 0; i < tab.n; i++) {
         const TensorSpec *s = &tab.t[i];
-        char gname[PARAM_NAME_MAX + 8];
-        snprintf(gname, sizeof gname, "grad.%s", s->name);
-        const StTensor *t = get_typed(&f, gname, ST_F32, s->numel * sizeof(float));
-        if (!t) continue;
-        double maxabs, e = rel_err(G + s->offset, t->data, s->numel, &maxabs);
-        CHECK(maxabs > 0, "%s: reference gradient is all zeros: the fixture cannot test it", gname);
-        CHECK(e <= PARITY_TOL, "%s %s: rel err %.3e > %.0e (max|ref| %.3g)", name, gname, e, PARITY_TOL, maxabs);
-        if (!(e <= worst_g)) worst_g = e, worst_name = s->name;
         if (strstr(s->name, "attn.qkv.bias") && cfg.mask_k_bias)
             for (int j = D; j < 2 * D; j++)
                 CHECK(G[s->offset + j] == 0.0f, "%s: the masked k bias got a gradient", s->name);
