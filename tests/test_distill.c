@@ -182,22 +182,9 @@ TEST(one_student_on_one_rank_resumes_bit_exact_exports_and_embeds) {
 static int mpirun_dinotrain(const char *tmp, const char *main_file, const char *args, const char *log) {
     char cmd[16384];
     snprintf(cmd, sizeof cmd,
-             "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout -k 5 300 mpirun "
-             "--allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader "
-             "--mca btl_vader_single_copy_mechanism none --mca pml ob1 -x OMP_NUM_THREADS -n 2 "
-             "./dinotrain %s %s/%s > %s/%s 2>&1",
+             "OMP_NUM_THREADS=1 " TEST_MPIRUN " -n 2 ./dinotrain %s %s/%s > %s/%s 2>&1",
              args, tmp, main_file, tmp, log);
     return system(cmd);
-}
-
-static void show(const char *path) {
-    char buf[8192];
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    fprintf(stderr, "---- %s ----\n%s\n", path, buf);
 }
 
 TEST(two_students_of_different_sizes_on_two_ranks) {
@@ -210,11 +197,11 @@ TEST(two_students_of_different_sizes_on_two_ranks) {
     snprintf(log, sizeof log, "%s/m1.log", tmp);
     // 2 iterations, stop; then on to the end (each student resumes from its own checkpoint)
     int rc = mpirun_dinotrain(tmp, "m.yaml", "--iterations 2", "m1.log");
-    if (rc) show(log);
+    if (rc) show_file(log);
     CHECK(rc == 0, "mpirun dinotrain --iterations 2 failed");
     rc = mpirun_dinotrain(tmp, "m.yaml", "", "m2.log");
     snprintf(log, sizeof log, "%s/m2.log", tmp);
-    if (rc) show(log);
+    if (rc) show_file(log);
     CHECK(rc == 0, "mpirun dinotrain (resumed) failed");
     const char *names[2] = {"small", "big"};
     const int dims[2] = {16, 48};
@@ -272,7 +259,7 @@ TEST(students_on_two_ranks_train_as_on_one) {
         snprintf(lg, sizeof lg, "%s.log", jobs[j]);
         rc = mpirun_dinotrain(tmp, file, "--iterations 3", lg);
         snprintf(log, sizeof log, "%s/%s", tmp, lg);
-        if (rc) show(log);
+        if (rc) show_file(log);
         CHECK(rc == 0, "mpirun dinotrain %s failed", file);
     }
     snprintf(path, sizeof path, "%s/q.yaml", tmp);

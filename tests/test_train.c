@@ -119,8 +119,7 @@ TEST(dinov3_schedules_drive_the_trainer) {
                   "schedules.momentum.warmup_epochs=1", "schedules.teacher_temp.warmup_epochs=0",
                   "schedules.teacher_temp.peak=0.06", "schedules.teacher_temp.end=0.05", "log.every_n_iterations=1",
                   "optim.scaling_rule=sqrt_wrt_1024"};
-    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(&cfg, ov[i], err) == 0, "%s", err);
-    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    override_config(&cfg, (int)(sizeof ov / sizeof ov[0]), ov);
     CHECK(run(&cfg, 8, &res, err) == 0, "%s", err);
     ScheduleConfig sc = config_to_schedule(&cfg, 1);
     CHECK(sc.v3, "schedules section not used");
@@ -169,7 +168,7 @@ static void gram_config(Config *cfg, const char *spec, const char *out) {
 
 TEST(gram_anchoring_resume_is_bit_exact) {
     const char *tmp = test_tmpdir();
-    char outa[4200], outb[4200], ca[4300], cb[4300], mpath[4300];
+    char outa[4200], outb[4200], ca[4300], mpath[4300];
     const char *spec = make_tiles(tmp, 24);
     snprintf(outa, sizeof outa, "%s/a", tmp);
     snprintf(outb, sizeof outb, "%s/b", tmp);
@@ -214,13 +213,7 @@ TEST(gram_anchoring_resume_is_bit_exact) {
     ckpt_close(&c);
 
     gram_config(&cfg, spec, outb);
-    CHECK(run(&cfg, 5, &res, err) == 0, "%s", err);
-    CHECK(res.end_iteration == 5, "first part ended at %lld", (long long)res.end_iteration);
-    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
-    CHECK(res.start_iteration == 5 && res.end_iteration == 12, "resumed %lld..%lld", (long long)res.start_iteration,
-          (long long)res.end_iteration);
-    snprintf(cb, sizeof cb, "%s", res.last_checkpoint);
-    check_same_checkpoint(ca, cb);
+    check_resume_equals(&cfg, 5, 12, ca);
 }
 
 // gram.ckpt: the Gram teacher of a run is the EMA teacher's backbone of an earlier run's checkpoint (as
@@ -240,8 +233,7 @@ TEST(gram_teacher_from_a_checkpoint) {
     tiny_config(&cfg, spec, outb);
     snprintf(kv, sizeof kv, "gram.ckpt=%s", ckpt_a);
     char *ov[] = {"gram.use_loss=true", kv, "gram.rep_update=false", "gram.loss_weight=1.5"};
-    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(&cfg, ov[i], err) == 0, "%s", err);
-    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    override_config(&cfg, (int)(sizeof ov / sizeof ov[0]), ov);
     CHECK(run(&cfg, 3, &res, err) == 0, "%s", err);
     Ckpt a, b;
     CHECK(ckpt_open(&a, ckpt_a, err) == 0, "%s", err);
@@ -347,12 +339,7 @@ TEST(highres_phase_continues_a_run_and_resumes_exactly) {
 
     // the same, stopped after 3 iterations and resumed: bit for bit the same end
     highres_config(&cfg, spec, outh2, outa, 0);
-    CHECK(run(&cfg, 3, &res, err) == 0, "%s", err);
-    CHECK(res.end_iteration == 3, "first part ended at %lld", (long long)res.end_iteration);
-    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
-    CHECK(res.start_iteration == 3 && res.end_iteration == 8, "resumed %lld..%lld", (long long)res.start_iteration,
-          (long long)res.end_iteration);
-    check_same_checkpoint(ch1, res.last_checkpoint);
+    check_resume_equals(&cfg, 3, 8, ch1);
 
     // the pair of each iteration: the keyed draw, both pairs used, the crops made at those sides
     const double ratios[2] = {0.5, 0.5};

@@ -27,11 +27,7 @@ static int train_with(const char *tmp, const char *out, int ranks, int batch, co
     if (iterations > 0) snprintf(its, sizeof its, "--iterations %d", iterations);
     char launcher[1024] = "";
     if (ranks > 0)
-        snprintf(launcher, sizeof launcher,
-                 "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout -k 5 300 mpirun "
-                 "--allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader "
-                 "--mca btl_vader_single_copy_mechanism none --mca pml ob1 -x OMP_NUM_THREADS -n %d",
-                 ranks);
+        snprintf(launcher, sizeof launcher, TEST_MPIRUN " -n %d", ranks);
     snprintf(cmd, sizeof cmd,
              "OMP_NUM_THREADS=1 %s ./dinotrain %s %s data.sources=[folder:%s/tiles] train.output_dir=%s/%s "
              "student.arch=vit_test student.embed_dim=24 student.depth=2 student.num_heads=2 student.patch_size=8 "
@@ -53,14 +49,9 @@ static int train(const char *tmp, const char *out, int ranks, int batch, const c
 }
 
 static void show_log(const char *tmp, const char *out) {
-    char path[4200], buf[8192];
+    char path[4200];
     snprintf(path, sizeof path, "%s/%s.log", tmp, out);
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    fprintf(stderr, "---- %s ----\n%s\n", path, buf);
+    show_file(path);
 }
 
 // Every tensor within |a-b| <= atol + rtol * max|b| of its tensor.

@@ -66,6 +66,44 @@ static inline void check_same_checkpoint(const char *a, const char *b) {
     ckpt_close(&cb);
 }
 
+// Runs cfg (a fresh output dir) for `stop` iterations, then again to its end: it must resume at `stop`
+// and end at `end`, with a last checkpoint bit for bit `full`'s (the same run, uninterrupted).
+static inline void check_resume_equals(const Config *cfg, int64_t stop, int64_t end, const char *full) {
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    CHECK(run_trainer(cfg, stop, 1, &res, err) == 0, "%s", err);
+    CHECK(res.end_iteration == stop, "first part ended at %lld", (long long)res.end_iteration);
+    CHECK(run_trainer(cfg, 0, 1, &res, err) == 0, "%s", err);
+    CHECK(res.start_iteration == stop && res.end_iteration == end, "resumed %lld..%lld",
+          (long long)res.start_iteration, (long long)res.end_iteration);
+    check_same_checkpoint(full, res.last_checkpoint);
+}
+
+// Overrides (key=value, as on the command line) on a loaded config, then its validation.
+static inline void override_config(Config *cfg, int n, char **ov) {
+    char err[DINO_ERRLEN];
+    for (int i = 0; i < n; i++) CHECK(config_override(cfg, ov[i], err) == 0, "%s", err);
+    CHECK(config_validate(cfg, err) == 0, "%s", err);
+}
+
+// A local mpirun for the tests (root allowed, oversubscribed, shared-memory transport, 300 s at most,
+// OMP_NUM_THREADS passed on); append " -n N program args".
+#define TEST_MPIRUN                                                                                          \
+    "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout -k 5 300 mpirun "                 \
+    "--allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader "                                \
+    "--mca btl_vader_single_copy_mechanism none --mca pml ob1 -x OMP_NUM_THREADS"
+
+// The first 8 KiB of a file (a failed command's log) on stderr; nothing when it cannot be read.
+static inline void show_file(const char *path) {
+    char buf[8192];
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    fprintf(stderr, "---- %s ----\n%s\n", path, buf);
+}
+
 // Skips the test where the multi-process tests cannot run.
 static inline void need_mpirun(void) {
 #ifndef DINO_HAVE_MPI
