@@ -151,7 +151,6 @@ TEST(dinov3_schedules_drive_the_trainer) {
 // ramp, the local DINO loss reweighted; the run stopped at 5 and resumed ends bit for bit where the
 // uninterrupted run does (the Gram teacher and its update count are in the checkpoint).
 static void gram_config(Config *cfg, const char *spec, const char *out) {
-    char err[DINO_ERRLEN];
     tiny_config(cfg, spec, out);
     char *ov[] = {"gram.use_loss=true", "gram.it_load_ema_teacher=0", "gram.rep_update=true",
                   "gram.update_frequency=4", "gram.it_first_update=4", "gram.max_updates=1", "gram.img_level=true",
@@ -162,8 +161,7 @@ static void gram_config(Config *cfg, const char *spec, const char *out) {
                   "dino.local_loss_weight_schedule.start=1", "dino.local_loss_weight_schedule.peak=1",
                   "dino.local_loss_weight_schedule.end=0.5", "dino.local_loss_weight_schedule.warmup_epochs=1",
                   "dino.local_loss_weight_schedule.cosine_epochs=1", "log.every_n_iterations=1"};
-    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(cfg, ov[i], err) == 0, "%s", err);
-    CHECK(config_validate(cfg, err) == 0, "%s", err);
+    override_config(cfg, (int)(sizeof ov / sizeof ov[0]), ov);
 }
 
 TEST(gram_anchoring_resume_is_bit_exact) {
@@ -275,7 +273,7 @@ TEST(gram_teacher_never_set_is_refused) {
 // A high-resolution phase (docs/high-resolution.md) continuing the tiny run whose checkpoints are in
 // `from`: two (global, local) size pairs, 32/16 and 48/24 px, with the pos-embed grid of the earlier run.
 static void highres_config(Config *cfg, const char *tiles, const char *out, const char *from, int frozen) {
-    char err[DINO_ERRLEN], hk[4300];
+    char hk[4300];
     tiny_config(cfg, tiles, out);
     snprintf(hk, sizeof hk, "hrft.checkpoint_path=%s", from);
     char *ov[] = {hk, "student.img_size=32", "crops.global_crops_size=[32, 48]", "crops.local_crops_size=[16, 24]",
@@ -288,8 +286,7 @@ static void highres_config(Config *cfg, const char *tiles, const char *out, cons
                   frozen ? "schedules.momentum.start=1" : "schedules.momentum.start=0.99",
                   frozen ? "schedules.momentum.peak=1" : "schedules.momentum.peak=0.99",
                   frozen ? "schedules.momentum.end=1" : "schedules.momentum.end=0.99"};
-    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(cfg, ov[i], err) == 0, "%s", err);
-    CHECK(config_validate(cfg, err) == 0, "%s", err);
+    override_config(cfg, (int)(sizeof ov / sizeof ov[0]), ov);
 }
 
 // Tensors `pa` of checkpoint a equal tensors `pb` of checkpoint b, bit for bit (over a's names with pa).
