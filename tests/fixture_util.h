@@ -10,7 +10,9 @@
 
 #include "common/check.h"
 #include "common/safetensors.h"
+#include "model/backend.h"
 #include "model/params.h"
+#include "model/vit.h"
 #include "tests/harness.h"
 
 // The fixture's metadata value for key; the test stops when it is missing.
@@ -103,4 +105,27 @@ static inline double fixture_check_grads(const StFile *f, const ParamTable *tab,
         if (!(e <= worst_g)) worst_g = e, *worst = s->name;
     }
     return worst_g;
+}
+
+// Opens the ViT fixture at `path` (under the source tree): its config (config_from reads the metadata),
+// checked; the ViT built into tab with no prefix; a CPU backend, returned. NULL (the test failed) when the
+// file cannot be read. Close with vit_fixture_close.
+static inline Backend *vit_fixture_open(const char *path, void (*config_from)(const StFile *, VitConfig *), StFile *f,
+                                        VitConfig *cfg, ParamTable *tab, Vit *vit) {
+    char err[DINO_ERRLEN] = "";
+    if (st_open(f, test_src_path(path), err) != 0) {
+        CHECK(0, "%s", err);
+        return NULL;
+    }
+    config_from(f, cfg);
+    CHECK(vit_config_check(cfg, err) == 0, "fixture config refused: %s", err);
+    param_table_init(tab);
+    vit_build(vit, cfg, tab, "");
+    return backend_cpu_new();
+}
+static inline void vit_fixture_close(Backend *be, StFile *f, ParamTable *tab, Vit *vit) {
+    vit_free(vit);
+    param_table_free(tab);
+    backend_free(be);
+    st_close(f);
 }

@@ -167,21 +167,14 @@ static void config_from_fixture(const StFile *f, VitConfig *c) {
 }
 
 static void run_fixture(const char *name, VitActsMode mode) {
-    char path[256], err[DINO_ERRLEN] = "";
+    char path[256];
     snprintf(path, sizeof path, "tests/fixtures/dinov3_vit_%s.safetensors", name);
     StFile f;
-    if (st_open(&f, test_src_path(path), err) != 0) {
-        CHECK(0, "%s", err);
-        return;
-    }
     VitConfig cfg;
-    config_from_fixture(&f, &cfg);
-    CHECK(vit_config_check(&cfg, err) == 0, "fixture config refused: %s", err);
-    Backend *be = backend_cpu_new();
     ParamTable tab;
-    param_table_init(&tab);
     Vit vit;
-    vit_build(&vit, &cfg, &tab, "");
+    Backend *be = vit_fixture_open(path, config_from_fixture, &f, &cfg, &tab, &vit);
+    if (!be) return;
     float *P = fixture_weights(&f, &tab);
     float *dP = be->alloc(be, sizeof(float) * tab.total), *dG = be->alloc(be, sizeof(float) * tab.total);
     be->to_device(be, dP, P, sizeof(float) * tab.total);
@@ -284,10 +277,7 @@ done:
     }
     be->release(be, dP), be->release(be, dG);
     free(P);
-    vit_free(&vit);
-    param_table_free(&tab);
-    backend_free(be);
-    st_close(&f);
+    vit_fixture_close(be, &f, &tab, &vit);
 }
 
 // patch 4, 2 storage tokens, SwiGLU64, masked k bias, local CLS norm, layernormbf16, rescale 2 per block

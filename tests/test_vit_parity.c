@@ -43,20 +43,11 @@ static void run_fixture(const char *name) {
     char path[256], err[DINO_ERRLEN] = "";
     snprintf(path, sizeof path, "tests/fixtures/vit_%s.safetensors", name);
     StFile f;
-    if (st_open(&f, test_src_path(path), err) != 0) {
-        CHECK(0, "%s", err);
-        return;
-    }
     VitConfig cfg;
-    config_from_fixture(&f, &cfg);
-    CHECK(vit_config_check(&cfg, err) == 0, "fixture config refused: %s", err);
-
-    Backend *be = backend_cpu_new();
     ParamTable tab;
-    param_table_init(&tab);
     Vit vit;
-    vit_build(&vit, &cfg, &tab, "");
-
+    Backend *be = vit_fixture_open(path, config_from_fixture, &f, &cfg, &tab, &vit);
+    if (!be) return;
     float *P = fixture_weights(&f, &tab);
 
     float *dP = be->alloc(be, sizeof(float) * tab.total);
@@ -143,10 +134,7 @@ done:
     be->release(be, dP);
     be->release(be, dG);
     free(P);
-    vit_free(&vit);
-    param_table_free(&tab);
-    backend_free(be);
-    st_close(&f);
+    vit_fixture_close(be, &f, &tab, &vit);
 }
 
 // MLP, 4 registers, drop path 0.3 with explicit subsets, iBOT masks, 16/8/12 px crops, offset 0.1
