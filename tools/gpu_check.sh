@@ -3,9 +3,10 @@
 # (docs/cuda-backend.md, "Running the GPU check"):
 #   info    nvidia-smi, driver, nvcc, cmake, gcc, glibc, python3's torch; the card's name heads the table
 #   build   sm_90 only (DINO_CUDA_ARCHS, default 90), only the GPU tests and bench_step, all cores: the
-#           GPU subset (model, model/cpu, model/cuda, the SSL step, dist + NCCL) with OpenBLAS from the
-#           system or from the .debs carried in build-gpu-deps/; the CMake build instead when the machine
-#           has every library the full build needs
+#           GPU subset (nvcc + gcc, no CMake: model/cuda + dist/nccl.cu, and every libdino source whose
+#           headers this machine has, linked from one archive with --gc-sections) with OpenBLAS, json-c
+#           and libyaml from the system or from the .debs carried in build-gpu-deps/; the CMake build
+#           instead when the machine has every library the full build needs
 #   test    every case of test_cuda_ops and test_cuda and the NCCL cases of test_dist, one process per
 #           case under `timeout`, DINO_REQUIRE_GPU=1 (no device = failure), a 30 s collective timeout
 #           for NCCL; pass/fail/skip/time and the worst err/tol ratio of each case; every "err/tol" and
@@ -31,8 +32,10 @@
 #   tools/gpu_check.sh --dry           HERE, on the CPU: every stage's control flow with the CUDA execution
 #                                      layer standing in (build/cudaemu_*: a few fast cases, bench_step at
 #                                      tiny sizes, PyTorch on the CPU); --dry-build rebuilds those targets
-#   tools/gpu_check.sh --fetch-deps    ON THE BUILD MACHINE (network): the OpenBLAS .debs into
-#                                      build-gpu-deps/ (about 13 MB; carry it with the lease)
+#   tools/gpu_check.sh --build-only    info and build, nothing else (exit 0 when it linked); here, with
+#                                      GPU_CHECK_FORCE_DEBS=1, the bare-machine build (docs)
+#   tools/gpu_check.sh --fetch-deps    ON THE BUILD MACHINE (network): the .debs of OpenBLAS, json-c and
+#                                      libyaml into build-gpu-deps/ (12.9 MB; carry it with the lease)
 #   --out DIR                          where the results go (default: $OUT when set)
 #
 # Results: build-gpu-check/ (build-gpu-check-dry/ for --dry): summary.md, results.tsv, info.log,
@@ -68,7 +71,7 @@ while [ $# -gt 0 ]; do
         libjson-c5 libjson-c-dev libyaml-0-2 libyaml-dev || exit 1
       ls -la ./*.deb
       total=$(du -cb ./*.deb | tail -1 | cut -f1)
-      echo "build-gpu-deps: $((total / 1048576)) MiB (the working tree and carried paths may not exceed 64 MiB)"
+      echo "build-gpu-deps: $(awk -v b="$total" 'BEGIN{printf "%.1f MB (%.1f MiB)", b / 1e6, b / 1048576}') (the working tree and carried paths may not exceed 64 MiB)"
       exit 0 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -447,8 +450,8 @@ if [ "$ONLY" != info ]; then
   else
     mode=${GPU_CHECK_BUILD:-auto}
     if [ "$mode" = auto ]; then
-      mode=subset
-      pkg-config --exists openblas yaml-0.1 json-c libturbojpeg openslide 2>/dev/null && mode=cmake
+      mode=subset # GPU_CHECK_FORCE_DEBS=1: the bare machine's build, even here
+      [ "${GPU_CHECK_FORCE_DEBS:-0}" != 1 ] && pkg-config --exists openblas yaml-0.1 json-c libturbojpeg openslide 2>/dev/null && mode=cmake
     fi
     # each build runs under timeout (which ends its whole process group: the compiles too)
     export ROOT PY ARCHS JOBS
@@ -464,7 +467,7 @@ if [ "$ONLY" != info ]; then
     if [ $ok = 0 ]; then
       echo "=== GPU subset build, sm $ARCHS" >> "$RES/build.log"
       timeout -k 5 "$(cap "$BUILD_TIMEOUT")" bash -c build_subset >> "$RES/build.log" 2>&1 &&
-        { ok=1; BIN=$ROOT/build-gpu; how="GPU subset, sm $ARCHS, $(grep -m1 '^libraries:' "$RES/build.log" | sed 's/ unpacked in .*//'); $(grep -m1 '^NCCL:' "$RES/build.log")"; }
+        { ok=1; BIN=$ROOT/build-gpu; how="GPU subset, sm $ARCHS, $(grep -m1 '^libraries:' "$RES/build.log" | sed 's/, unpacked in .*//'); $(grep -m1 '^NCCL:' "$RES/build.log")"; }
     fi
     if [ $ok = 1 ]; then record build ok "$(( $(now) - tb ))" "$how"
     else record build FAILED "$(( $(now) - tb ))" "see build.log"; tail -30 "$RES/build.log"; fi
