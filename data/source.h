@@ -4,6 +4,7 @@
 #include <stdint.h>
 
 #include "data/image.h"
+#include "data/tissue.h"
 
 typedef struct TileSource TileSource;
 
@@ -38,3 +39,12 @@ void source_set_min_side(TileSource *s, int min_side);
 // max_pixels pixels is refused before it is decoded (a corrupt tile). <= 0: DECODE_DEFAULT_MAX_PIXELS
 // (8192 x 8192), the default. Set before reading.
 void source_set_max_pixels(TileSource *s, int64_t max_pixels);
+// Extended context (Virchow2's ECT, crops.extended_context): online slide parts read a region of
+// round(size * factor) pixels at the tile's resolution instead of size, so that the crops can be
+// translated inside it. Image and shard parts are unchanged (their stored tile is the region).
+// factor <= 1: off (the default). Set before reading.
+void source_set_context(TileSource *s, double factor);
+// Per-tile HSV filter (data/tissue.h; Midnight) for online slide parts: a drawn tile that fails it is
+// redrawn (same keyed stream, up to 8 tiles). Image and shard parts are filtered when they are cut
+// (dinotile --hsv-filter). Off by default. Set before reading.
+void source_set_hsv_filter(TileSource *s, const HsvFilter *f);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "data/loader.h"
+#include "data/tissue.h"
 #include "model/vit.h"
 #include "train/schedule.h"
 #include "train/ssl_step.h"
@@ -77,6 +78,10 @@ typedef struct {
     int local_crops_number;
     double local_crops_scale[2];
     int global_crops_size, local_crops_size;
+    bool extended_context;  // Virchow2 ECT: crops translated inside a larger region (data/augment.h)
+    double context_factor;  // region side / tile size read by online slide sources (392/224 = 1.75)
+    double ect_scale[2];    // ECT box area / crop area
+    double ect_ratio[2];    // ECT box aspect range
 } CfgCrops;
 
 typedef struct {
@@ -96,6 +101,8 @@ typedef struct {
     int64_t corrupt_min_reads; // the fraction is enforced once this many tiles were read
     int prefetch;              // batches built ahead of the step
     int64_t max_image_pixels;  // decode budget: a tile whose header declares more pixels is corrupt
+    double hsv_min_fraction;   // Midnight's per-tile HSV filter on online slide tiles; 0 = off
+    double hsv_hue[2], hsv_saturation[2], hsv_value[2]; // OpenCV 8-bit HSV ranges (data/tissue.h)
 } CfgData;
 
 typedef struct {
@@ -200,6 +207,8 @@ int config_to_ssl(const Config *cfg, SslConfig *out, char *err);
 ScheduleConfig config_to_schedule(const Config *cfg, int world_size);
 // ... and the data loader with its augmentation and iBOT masking, for one rank.
 void config_to_loader(const Config *cfg, int rank, int world_size, LoaderConfig *out);
+// data.hsv_* as the tile filter of data/tissue.h (min_fraction 0: off).
+void config_to_hsv_filter(const Config *cfg, HsvFilter *out);
 // path = train.output_dir/rel, or rel itself when it is absolute (e.g. log.metrics_file).
 void config_output_path(const Config *cfg, const char *rel, char *path, size_t cap);
 // Creates train.output_dir if needed and writes the resolved config to <output_dir>/config.yaml.
