@@ -592,7 +592,7 @@ static double draw_mpp(const Part *p, Rng *r) {
 // is below min_tissue), then the pixels. Plain tiles (one resolution from the list, no extended
 // context) keep the original reader (area/bilinear); sampled resolutions and extended regions are
 // resampled over their exact fractional box (wsi_read_region_resampled).
-static int read_wsi_candidate(const Part *p, const OnlineSlide *sl, Rng *r, Image *out, char *err) {
+static int read_wsi_candidate(const Part *p, const OnlineSlide *sl, Rng *r, Image *out, TileOrigin *o, char *err) {
     double mpp = draw_mpp(p, r);
     int side = (int)lround(p->size * p->context); // output pixels of the region
     double L = side * mpp / wsi_mpp(sl->wsi);     // its side in level-0 pixels
@@ -606,24 +606,26 @@ static int read_wsi_candidate(const Part *p, const OnlineSlide *sl, Rng *r, Imag
         double frac = tissue_fraction(&sl->tissue, x0, y0, L, L);
         if (frac > best_frac) { best_frac = frac; best_x = x0; best_y = y0; }
     }
+    *o = (TileOrigin){wsi_path(sl->wsi), mpp, best_x, best_y, L};
     if (p->mpp_range[0] > 0 || side != p->size)
         return wsi_read_region_resampled(sl->wsi, best_x, best_y, mpp, side, side, out, NULL, err);
     return wsi_read_tile(sl->wsi, llround(best_x), llround(best_y), mpp, p->size, out, NULL, err);
 }
 
-static int read_wsi_tile(const Part *p, int64_t i, uint64_t rng_seed, Image *out, char *err) {
+static int read_wsi_tile(const Part *p, int64_t i, uint64_t rng_seed, Image *out, TileOrigin *origin, char *err) {
     int64_t k = find_bucket(p->slide_start, p->nslides, i);
     while (k + 1 < p->nslides && p->slide_start[k + 1] <= i) k++;
     const OnlineSlide *sl = &p->slides[k];
     Rng r = rng_make(rng_seed, RNG_TAG_WSI, (uint64_t)i, 0);
-    if (p->hsv.min_fraction <= 0) return read_wsi_candidate(p, sl, &r, out, err);
+    if (p->hsv.min_fraction <= 0) return read_wsi_candidate(p, sl, &r, out, origin, err);
     // HSV filter: candidates from the same keyed stream until one passes; after WSI_HSV_TRIES the
     // candidate with the largest in-range fraction is kept (a slide with little H&E still yields tiles).
     Image best = {0};
     double best_frac = -1;
     for (int t = 0; t < WSI_HSV_TRIES; t++) {
         Image im;
-        if (read_wsi_candidate(p, sl, &r, &im, err) != 0) {
+        TileOrigin o;
+        if (read_wsi_candidate(p, sl, &r, &im, &o, err) != 0) {
             image_free(&best);
             return -1;
         }
@@ -632,6 +634,7 @@ static int read_wsi_tile(const Part *p, int64_t i, uint64_t rng_seed, Image *out
             image_free(&best);
             best = im;
             best_frac = frac;
+            *origin = o;
         } else {
             image_free(&im);
         }
@@ -642,6 +645,13 @@ static int read_wsi_tile(const Part *p, int64_t i, uint64_t rng_seed, Image *out
 }
 
 int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, char *err) {
+    return source_read_rgb_origin(s, i, rng_seed, out, NULL, err);
+}
+
+int source_read_rgb_origin(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, TileOrigin *origin, char *err) {
+    TileOrigin unused;
+    if (!origin) origin = &unused;
+    *origin = (TileOrigin){0};
     out->px = NULL;
     out->w = out->h = 0;
     if (i < 0 || i >= source_count(s)) {
@@ -653,7 +663,7 @@ int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, cha
     switch (p->kind) {
     case PART_SHARDS: return read_shard_tile(s, p, j, out, err);
     case PART_FILES: return decode_image_file_budget(p->files[j], s->min_side, s->max_pixels, out, err);
-    case PART_WSI: return read_wsi_tile(p, j, rng_seed, out, err);
+    case PART_WSI: return read_wsi_tile(p, j, rng_seed, out, origin, err);
     }
     return -1;
 }

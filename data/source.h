@@ -17,6 +17,14 @@ int64_t source_count(const TileSource *s);
 // `rng_seed` drives sources that sample (the online WSI source): the same seed gives the same tile.
 int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, char *err);
 void source_close(TileSource *s);
+// Where a slide tile came from (online slide parts): the slide, its resolution (microns per pixel, the
+// sampled one for mpp_range), and the level-0 rectangle read (top-left, side).
+typedef struct {
+    const char *slide; // NULL for image and shard tiles
+    double mpp, x0, y0, side0;
+} TileOrigin;
+// source_read_rgb that also fills *origin (may be NULL).
+int source_read_rgb_origin(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, TileOrigin *origin, char *err);
 // Labelled image sets (k-NN and linear-probe evaluation): the image folder and list forms, with a
 // class per image:
 //   DIR, folder:DIR   every image under DIR, recursively, sorted by path; the class of an image is the
