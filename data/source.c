@@ -275,12 +275,14 @@ static int parse_mags(const char *s, double *mags, int *n) {
     return *n > 0 ? 0 : -1;
 }
 
-static int open_wsi(Part *p, const char *args, char *err) {
+// The options of a wsi: spec into p (no file is touched). Returns the slide-or-list path (malloc'd) or
+// NULL with err naming the option.
+static char *parse_wsi_options(Part *p, const char *args, double *assume_mpp, char *err) {
     char *copy = strdup(args);
     char *save = NULL, *path = strtok_r(copy, ",", &save);
-    double mpp = 0.5, assume_mpp = 0;
+    double mpp = 0.5;
     int rc = -1;
-    StrList slides = {0};
+    *assume_mpp = 0;
     p->kind = PART_WSI;
     p->size = 224;
     p->min_tissue = 0.5;
@@ -312,9 +314,10 @@ static int open_wsi(Part *p, const char *args, char *err) {
         else if (!strcmp(key, "mpp_sampling")) {
             ok = !strcmp(val, "log") || !strcmp(val, "uniform");
             p->mpp_log = !strcmp(val, "log");
+            if (!ok) { dino_seterr(err, "wsi:%s: mpp_sampling=%s must be log or uniform", path, val); goto done; }
         }
         else if (!strcmp(key, "min_tissue")) { p->min_tissue = strtod(val, &end); ok = *end == 0 && p->min_tissue >= 0 && p->min_tissue <= 1; }
-        else if (!strcmp(key, "assume_mpp")) { assume_mpp = strtod(val, &end); ok = *end == 0 && assume_mpp > 0; }
+        else if (!strcmp(key, "assume_mpp")) { *assume_mpp = strtod(val, &end); ok = *end == 0 && *assume_mpp > 0; }
         else { dino_seterr(err, "wsi:%s: unknown option '%s' (known: mpp, size, mags, mpp_range, mpp_sampling, min_tissue, assume_mpp)", path, key); goto done; }
         if (!ok) { dino_seterr(err, "wsi:%s: bad value '%s' for %s", path, val, key); goto done; }
     }
@@ -327,6 +330,39 @@ static int open_wsi(Part *p, const char *args, char *err) {
         p->nmags = 1;
     }
     if (p->nmags == 0) { p->mags[0] = mpp; p->nmags = 1; }
+    rc = 0;
+done:
+    if (rc != 0) {
+        free(copy);
+        return NULL;
+    }
+    char *out = strdup(path);
+    free(copy);
+    return out;
+}
+
+int source_check_spec(const char *spec, char *err) {
+    char *copy = strdup(spec), *save = NULL;
+    int rc = 0;
+    for (char *piece; rc == 0 && (piece = strtok_r(save ? NULL : copy, "+", &save));) {
+        if (strncmp(piece, "wsi:", 4) != 0) continue;
+        Part p;
+        memset(&p, 0, sizeof p);
+        double assume;
+        char *path = parse_wsi_options(&p, piece + 4, &assume, err);
+        if (!path) rc = -1;
+        free(path);
+    }
+    free(copy);
+    return rc;
+}
+
+static int open_wsi(Part *p, const char *args, char *err) {
+    double assume_mpp = 0;
+    int rc = -1;
+    StrList slides = {0};
+    char *path = parse_wsi_options(p, args, &assume_mpp, err);
+    if (!path) return -1;
     if (wsi_is_slide(path)) strlist_push(&slides, path);
     else if (access(path, R_OK) != 0) { dino_seterr(err, "%s: cannot open: %s", path, strerror(errno)); goto done; }
     else if (read_list_file(path, &slides, NULL, 0, err) != 0) goto done;
@@ -364,7 +400,7 @@ static int open_wsi(Part *p, const char *args, char *err) {
     rc = 0;
 done:
     strlist_free(&slides);
-    free(copy);
+    free(path);
     return rc;
 }
 

@@ -11,6 +11,9 @@ typedef struct TileSource TileSource;
 // Opens the source described by `spec` (see data/source.c for the accepted forms). Returns NULL with
 // err naming the file and the problem.
 TileSource *source_open(const char *spec, char *err);
+// Checks the options of the wsi: parts of a spec without opening anything (config validation).
+// 0, or -1 with err naming the option.
+int source_check_spec(const char *spec, char *err);
 int64_t source_count(const TileSource *s);
 // Decodes tile i (0 <= i < count) into *out (allocated by the call). Returns 0, or -1 for a corrupt or
 // unreadable tile with err naming the file/record and the reason. Safe to call from many threads.

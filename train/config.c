@@ -18,6 +18,7 @@
 #include "common/check.h"
 #include "common/text.h"
 #include "common/fs.h"
+#include "data/source.h"
 
 typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST } CfgType;
 
@@ -1225,6 +1226,10 @@ int config_validate(const Config *c, char *err) {
     NEED(c->data.prefetch >= 1, "data.prefetch", "must be >= 1");
     NEED(c->data.max_image_pixels >= 1 && c->data.max_image_pixels <= ((int64_t)1 << 40), "data.max_image_pixels",
          "must be in [1, 2^40] (pixels, width x height)");
+    for (int i = 0; i < c->data.n_sources; i++) { // the options of wsi: sources, before any slide is opened
+        char why[DINO_ERRLEN];
+        if (source_check_spec(c->data.sources[i], why) != 0) return bad(c, err, "data.sources", "%s", why);
+    }
     NEED(c->data.hsv_min_fraction >= 0 && c->data.hsv_min_fraction <= 1, "data.hsv_min_fraction",
          "must be in [0, 1] (0 = off)");
     const struct { const char *key; const double *r; double top; } hsv[3] = {
