@@ -39,6 +39,10 @@ typedef struct {
 #define S(key, field, def, doc) K(key, CT_STR, field, CFG_STR, def, NULL, doc)
 #define E(key, field, def, choices, doc) K(key, CT_ENUM, field, CFG_NAME, def, choices, doc)
 #define L(key, field, n, def, doc) K(key, CT_F64_LIST, field, n, def, NULL, doc)
+// a number that may be null (YAML null / ~ / empty): stored as 0, which the reader takes as "none"
+#define FN(key, field, def, doc) K(key, CT_F64, field, 0, def, "null", doc)
+
+static int nullable(const CfgKey *k) { return k->type == CT_F64 && k->choices && strcmp(k->choices, "null") == 0; }
 
 // Sections must stay contiguous (the writer opens a section when the prefix changes).
 static const CfgKey KEYS[] = {
@@ -50,7 +54,9 @@ static const CfgKey KEYS[] = {
       "same rate in every block; must be true (the per-block linspace variant is not implemented)"),
     F("student.layerscale", student.layerscale, "1.0e-05", "LayerScale init value; 0 disables LayerScale"),
     I("student.num_register_tokens", student.num_register_tokens, "0", "register tokens (4 for *_reg4 models)"),
-    E("student.ffn_layer", student.ffn_layer, "mlp", "mlp|swiglu|swiglufused", "block FFN: GELU MLP or SwiGLU"),
+    E("student.ffn_layer", student.ffn_layer, "mlp", "mlp|swiglu|swiglufused|swiglu32|swiglu64|swiglu128",
+      "block FFN: GELU MLP or SwiGLU (hidden 2/3 of dim*ffn_ratio rounded up to 8, or 32/64/128 for swiglu32/64/128)"),
+    F("student.ffn_ratio", student.ffn_ratio, "4.0", "FFN hidden width int(dim * ffn_ratio) before the SwiGLU 2/3"),
     B("student.qkv_bias", student.qkv_bias, "true", "bias in the attention qkv projection"),
     B("student.proj_bias", student.proj_bias, "true", "bias in the attention output projection"),
     B("student.ffn_bias", student.ffn_bias, "true", "biases in the FFN"),
@@ -64,6 +70,33 @@ static const CfgKey KEYS[] = {
     I("student.embed_dim", student.embed_dim, "0", "width override (ours); 0 = the arch's"),
     I("student.depth", student.depth, "0", "block count override (ours); 0 = the arch's"),
     I("student.num_heads", student.num_heads, "0", "attention heads override (ours); 0 = the arch's"),
+    E("student.norm_layer", student.norm_layer, "layernorm", "layernorm|layernormbf16",
+      "LayerNorm eps: layernorm 1e-6, layernormbf16 1e-5 (DINOv3's released configs); computed in fp32 either way"),
+    // the DINOv3 ViT (docs/dinov3-vit.md): pos_embed_type rope selects it
+    E("student.pos_embed_type", student.pos_embed_type, "learned", "learned|rope|ropenew",
+      "learned: DINOv2 ViT (pos_embed table); rope (ropenew: the same): the DINOv3 ViT with axial RoPE"),
+    FN("student.pos_embed_rope_base", student.pos_embed_rope_base, "100.0",
+       "RoPE periods base^(2i/(Dh/2)); null when min/max periods are given"),
+    FN("student.pos_embed_rope_min_period", student.pos_embed_rope_min_period, "null",
+       "RoPE periods log-spaced from min to max period (with max_period; base null)"),
+    FN("student.pos_embed_rope_max_period", student.pos_embed_rope_max_period, "null", "see min_period"),
+    E("student.pos_embed_rope_normalize_coords", student.pos_embed_rope_normalize_coords, "separate",
+      "separate|min|max", "patch coordinates in [-1, 1]: divided by H and W separately, or by min/max(H, W)"),
+    FN("student.pos_embed_rope_shift_coords", student.pos_embed_rope_shift_coords, "null",
+       "training: coordinates += U(-s, s) per axis, drawn per block; null = off"),
+    FN("student.pos_embed_rope_jitter_coords", student.pos_embed_rope_jitter_coords, "null",
+       "training: coordinates *= log-uniform in [1/j, j] per axis, per block; null = off"),
+    FN("student.pos_embed_rope_rescale_coords", student.pos_embed_rope_rescale_coords, "null",
+       "training: coordinates *= log-uniform in [1/r, r] (one for both axes), per block; released configs: 2"),
+    E("student.pos_embed_rope_dtype", student.pos_embed_rope_dtype, "fp32", "fp32|bf16|fp16",
+      "accepted; the tables are computed in double and applied in fp32 here"),
+    I("student.n_storage_tokens", student.n_storage_tokens, "0",
+      "DINOv3's name for register tokens (the same tokens as num_register_tokens; set one of them)"),
+    B("student.untie_cls_and_patch_norms", student.untie_cls_and_patch_norms, "false",
+      "DINOv3: CLS and storage tokens through their own final norm (cls_norm)"),
+    B("student.untie_global_and_local_cls_norm", student.untie_global_and_local_cls_norm, "false",
+      "DINOv3: local crops' CLS and storage tokens through local_cls_norm in training"),
+    B("student.mask_k_bias", student.mask_k_bias, "false", "DINOv3: the k third of the qkv bias held at zero"),
 
     F("dino.loss_weight", dino.loss_weight, "1.0", "weight of the DINO (CLS) losses; 0 disables DINO"),
     I("dino.head_n_prototypes", dino.head_n_prototypes, "65536", "K, output width of the DINO head"),
@@ -363,7 +396,7 @@ static const char *type_name(const CfgKey *k) {
     switch (k->type) {
     case CT_BOOL: return "a boolean (true/false)";
     case CT_INT: case CT_I64: return "an integer";
-    case CT_F64: return "a number";
+    case CT_F64: return nullable(k) ? "a number or null" : "a number";
     case CT_STR: return "a string";
     case CT_ENUM: snprintf(buf, sizeof buf, "one of %s", k->choices); return buf;
     case CT_F64_LIST: snprintf(buf, sizeof buf, "a list of %d numbers like %s", k->n, k->def); return buf;
@@ -408,6 +441,10 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
         return 0;
     }
     if (v->kind == 3 && (k->type == CT_STR)) { ((char *)p)[0] = 0; return 0; }
+    if (nullable(k) && (v->kind == 3 || (v->kind == 0 && is_null(v->item[0], v->plain[0])))) {
+        *(double *)p = 0;
+        return 0;
+    }
     if (v->kind != 0) goto wrong_type;
     const char *s = v->item[0];
     switch (k->type) {
@@ -788,7 +825,11 @@ static void put_value(Text *b, const Config *c, const CfgKey *k) {
     case CT_BOOL: text_printf(b, "%s", *(const bool *)p ? "true" : "false"); break;
     case CT_INT: text_printf(b, "%d", *(const int *)p); break;
     case CT_I64: text_printf(b, "%lld", (long long)*(const int64_t *)p); break;
-    case CT_F64: fmt_f64(num, sizeof num, *(const double *)p); text_printf(b, "%s", num); break;
+    case CT_F64:
+        if (nullable(k) && *(const double *)p == 0) { text_printf(b, "null"); break; }
+        fmt_f64(num, sizeof num, *(const double *)p);
+        text_printf(b, "%s", num);
+        break;
     case CT_STR: put_quoted(b, p); break;
     case CT_ENUM: text_printf(b, "%s", (const char *)p); break;
     case CT_F64_LIST:
@@ -926,15 +967,13 @@ void config_arch_dims(const Config *c, int *dim, int *depth, int *heads) {
 
 int config_to_vit(const Config *c, VitConfig *v, char *err) {
     const CfgStudent *s = &c->student;
-    if (vit_config_from_arch(v, s->arch, s->patch_size, c->crops.global_crops_size, s->num_register_tokens, s->ffn_layer,
-                             err))
+    const int registers = s->n_storage_tokens > 0 ? s->n_storage_tokens : s->num_register_tokens;
+    if (vit_config_from_arch(v, s->arch, s->patch_size, c->crops.global_crops_size, registers, s->ffn_layer, err))
         return -1;
     int dim, depth, heads;
     config_arch_dims(c, &dim, &depth, &heads);
-    if (dim != v->dim) { // widths follow the dim exactly as vit_config_from_arch derives them
-        v->ffn_hidden = v->ffn == VIT_FFN_MLP ? 4 * dim : (4 * dim * 2 / 3 + 7) / 8 * 8;
-        v->dim = dim;
-    }
+    v->dim = dim; // the FFN width from dim * ffn_ratio as the references derive it
+    if (vit_ffn_width(s->ffn_layer, dim, s->ffn_ratio, &v->ffn, &v->ffn_hidden, err)) return -1;
     v->depth = depth;
     v->heads = heads;
     v->layerscale = (float)s->layerscale;
@@ -944,6 +983,24 @@ int config_to_vit(const Config *c, VitConfig *v, char *err) {
     v->qkv_bias = s->qkv_bias;
     v->proj_bias = s->proj_bias;
     v->ffn_bias = s->ffn_bias;
+    v->ln_eps = strcmp(s->norm_layer, "layernormbf16") == 0 ? 1e-5f : 1e-6f;
+    v->rope = strcmp(s->pos_embed_type, "learned") != 0;
+    if (v->rope) {
+        const char *nc = s->pos_embed_rope_normalize_coords;
+        v->rope_cfg = (RopeConfig){
+            .base = s->pos_embed_rope_base,
+            .min_period = s->pos_embed_rope_min_period,
+            .max_period = s->pos_embed_rope_max_period,
+            .normalize = !strcmp(nc, "min") ? ROPE_NORMALIZE_MIN
+                         : !strcmp(nc, "max") ? ROPE_NORMALIZE_MAX : ROPE_NORMALIZE_SEPARATE,
+            .shift = s->pos_embed_rope_shift_coords,
+            .jitter = s->pos_embed_rope_jitter_coords,
+            .rescale = s->pos_embed_rope_rescale_coords,
+        };
+        v->untie_cls_and_patch_norms = s->untie_cls_and_patch_norms;
+        v->untie_global_and_local_cls_norm = s->untie_global_and_local_cls_norm;
+        v->mask_k_bias = s->mask_k_bias;
+    }
     if (vit_config_check(v, err)) return -1;
     if (vit_check_crop(v, c->crops.global_crops_size, err)) return -1;
     if (c->crops.local_crops_number > 0 && vit_check_crop(v, c->crops.local_crops_size, err)) return -1;
@@ -1130,6 +1187,40 @@ int config_validate(const Config *c, char *err) {
     NEED(s->drop_path_uniform, "student.drop_path_uniform",
          "only uniform stochastic depth is implemented (as in every reference preset)");
     NEED(s->interpolate_offset >= 0, "student.interpolate_offset", "must be >= 0");
+    NEED(s->ffn_ratio > 0 && dim * s->ffn_ratio < 1e8, "student.ffn_ratio", "must be > 0 (and reasonable)");
+    NEED(s->n_storage_tokens >= 0, "student.n_storage_tokens", "must be >= 0");
+    NEED(s->n_storage_tokens == 0 || s->num_register_tokens == 0 || s->n_storage_tokens == s->num_register_tokens,
+         "student.n_storage_tokens", "= %d but student.num_register_tokens = %d (set in %s): they name the same "
+         "tokens, set one of them", s->n_storage_tokens, s->num_register_tokens,
+         origin_of(c, "student.num_register_tokens"));
+    if (strcmp(s->pos_embed_type, "learned") == 0) {
+        const char *v3 = s->untie_cls_and_patch_norms ? "student.untie_cls_and_patch_norms"
+                         : s->untie_global_and_local_cls_norm ? "student.untie_global_and_local_cls_norm"
+                         : s->mask_k_bias ? "student.mask_k_bias" : NULL;
+        if (v3)
+            return bad(c, err, v3, "belongs to the DINOv3 ViT: set student.pos_embed_type: rope (now 'learned', set in %s)",
+                       origin_of(c, "student.pos_embed_type"));
+    } else {
+        const int both = s->pos_embed_rope_min_period > 0 && s->pos_embed_rope_max_period > 0;
+        NEED((s->pos_embed_rope_min_period > 0) == (s->pos_embed_rope_max_period > 0),
+             "student.pos_embed_rope_min_period", "and pos_embed_rope_max_period go together: give both or neither");
+        NEED((s->pos_embed_rope_base > 0) != both, "student.pos_embed_rope_base",
+             "give either pos_embed_rope_base (> 0) or both pos_embed_rope_min_period and pos_embed_rope_max_period "
+             "(> 0), the other null");
+        NEED(s->pos_embed_rope_min_period >= 0 && s->pos_embed_rope_max_period >= 0 &&
+                 (!both || s->pos_embed_rope_min_period <= s->pos_embed_rope_max_period),
+             "student.pos_embed_rope_min_period", "periods must be positive with min <= max");
+        NEED(s->pos_embed_rope_shift_coords >= 0, "student.pos_embed_rope_shift_coords", "must be >= 0 (or null)");
+        NEED(s->pos_embed_rope_jitter_coords == 0 || s->pos_embed_rope_jitter_coords >= 1,
+             "student.pos_embed_rope_jitter_coords", "must be >= 1 (or null)");
+        NEED(s->pos_embed_rope_rescale_coords == 0 || s->pos_embed_rope_rescale_coords >= 1,
+             "student.pos_embed_rope_rescale_coords", "must be >= 1 (or null)");
+        if ((dim / heads) % 4) {
+            const char *key = s->num_heads > 0 ? "student.num_heads" : s->embed_dim > 0 ? "student.embed_dim" : "student.arch";
+            return bad(c, err, key, "RoPE needs a head dim divisible by 4; embed_dim %d / %d heads = %d", dim, heads,
+                       dim / heads);
+        }
+    }
 
     const CfgCrops *cr = &c->crops;
     NEED(cr->global_crops_size >= 1, "crops.global_crops_size", "must be >= 1");

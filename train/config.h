@@ -38,6 +38,16 @@ typedef struct {
     char pretrained_weights[CFG_STR];
     int block_chunks;         // accepted for reference configs; FSDP-only, no effect here
     int embed_dim, depth, num_heads; // ours: 0 = the arch's value (tiny demo/test models set them)
+    double ffn_ratio;
+    char norm_layer[CFG_NAME];          // layernorm | layernormbf16
+    // the DINOv3 ViT (pos_embed_type rope); nullable numbers are 0 when null
+    char pos_embed_type[CFG_NAME];      // learned | rope | ropenew
+    double pos_embed_rope_base, pos_embed_rope_min_period, pos_embed_rope_max_period;
+    char pos_embed_rope_normalize_coords[CFG_NAME]; // separate | min | max
+    double pos_embed_rope_shift_coords, pos_embed_rope_jitter_coords, pos_embed_rope_rescale_coords;
+    char pos_embed_rope_dtype[CFG_NAME];
+    int n_storage_tokens;
+    bool untie_cls_and_patch_norms, untie_global_and_local_cls_norm, mask_k_bias;
 } CfgStudent;
 
 typedef struct {

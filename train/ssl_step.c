@@ -169,6 +169,7 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
         w->s_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, smode);
         if (nL > 0) w->s_loc = vit_acts_new_sharing(be, &m->vit, nL * B, cfg.local_crop, smode, w->s_glob);
     }
+    if (w->s_loc) vit_acts_set_local_crops(w->s_loc, 1); // DINOv3: local_cls_norm when untied
     w->t_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, VIT_ACTS_FORWARD_ONLY); // no backward
     if (cfg.ibot_separate_head) {
         w->s_dino = head_acts_new(be, &m->dino_head, w->rows_cls, 1);
@@ -352,6 +353,19 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
             vit_draw_drop_subsets(&m->vit, nL * B, rng_make(b->drop_key.state, 2, 0, 0), w->sub_l), sub_l = w->sub_l;
     } else {
         sub_g = sub_l = NULL;
+    }
+    // DINOv3 RoPE coordinate augmentation of the student (the teacher is in eval mode: none): a draw per
+    // block and crop group, as the official ViT calls its RopePositionEmbedding in every block
+    const RopeConfig *rc = &c->vit.rope_cfg;
+    if (c->vit.rope && (rc->shift > 0 || rc->jitter > 0 || rc->rescale > 0)) {
+        RopeAug *aug = dino_malloc(sizeof(RopeAug) * (size_t)c->vit.depth);
+        vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 3, 0, 0), aug);
+        vit_acts_set_rope_aug(be, &m->vit, w->s_glob, aug);
+        if (nL > 0) {
+            vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 4, 0, 0), aug);
+            vit_acts_set_rope_aug(be, &m->vit, w->s_loc, aug);
+        }
+        free(aug);
     }
 
     // phase timing (m->profile_phases): synchronised marks between the phases, for benchmarks only
