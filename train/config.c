@@ -40,9 +40,19 @@ typedef struct {
 #define E(key, field, def, choices, doc) K(key, CT_ENUM, field, CFG_NAME, def, choices, doc)
 #define L(key, field, n, def, doc) K(key, CT_F64_LIST, field, n, def, NULL, doc)
 // a number that may be null (YAML null / ~ / empty): stored as 0, which the reader takes as "none"
-#define FN(key, field, def, doc) K(key, CT_F64, field, 0, def, "null", doc)
+// (the RoPE keys; the schedule keys below use NaN through FN)
+#define FN0(key, field, def, doc) K(key, CT_F64, field, 0, def, "null", doc)
 
 static int nullable(const CfgKey *k) { return k->type == CT_F64 && k->choices && strcmp(k->choices, "null") == 0; }
+// nullable (n = 1): YAML null is -1 for an integer, NaN for a number, and is written back as null
+#define IN(key, field, def, doc) K(key, CT_INT, field, 1, def, NULL, doc)
+#define FN(key, field, def, doc) K(key, CT_F64, field, 1, def, NULL, doc)
+#define SCHEDULE(sec, fld, v_start, v_peak, v_end, v_warmup, v_cosine, what)                                     \
+    FN(sec ".start", fld.start, v_start, what ": value at iteration 0 (null: no schedule)"),                      \
+        FN(sec ".peak", fld.peak, v_peak, what ": value after the linear warmup"),                                \
+        FN(sec ".end", fld.end, v_end, what ": value after the cosine, held to the end"),                         \
+        I(sec ".warmup_epochs", fld.warmup_epochs, v_warmup, what ": linear warmup length (epochs)"),              \
+        IN(sec ".cosine_epochs", fld.cosine_epochs, v_cosine, what ": cosine length (epochs); null = the rest of the run")
 
 // Sections must stay contiguous (the writer opens a section when the prefix changes).
 static const CfgKey KEYS[] = {
@@ -75,18 +85,18 @@ static const CfgKey KEYS[] = {
     // the DINOv3 ViT (docs/dinov3-vit.md): pos_embed_type rope selects it
     E("student.pos_embed_type", student.pos_embed_type, "learned", "learned|rope|ropenew",
       "learned: DINOv2 ViT (pos_embed table); rope (ropenew: the same): the DINOv3 ViT with axial RoPE"),
-    FN("student.pos_embed_rope_base", student.pos_embed_rope_base, "100.0",
+    FN0("student.pos_embed_rope_base", student.pos_embed_rope_base, "100.0",
        "RoPE periods base^(2i/(Dh/2)); null when min/max periods are given"),
-    FN("student.pos_embed_rope_min_period", student.pos_embed_rope_min_period, "null",
+    FN0("student.pos_embed_rope_min_period", student.pos_embed_rope_min_period, "null",
        "RoPE periods log-spaced from min to max period (with max_period; base null)"),
-    FN("student.pos_embed_rope_max_period", student.pos_embed_rope_max_period, "null", "see min_period"),
+    FN0("student.pos_embed_rope_max_period", student.pos_embed_rope_max_period, "null", "see min_period"),
     E("student.pos_embed_rope_normalize_coords", student.pos_embed_rope_normalize_coords, "separate",
       "separate|min|max", "patch coordinates in [-1, 1]: divided by H and W separately, or by min/max(H, W)"),
-    FN("student.pos_embed_rope_shift_coords", student.pos_embed_rope_shift_coords, "null",
+    FN0("student.pos_embed_rope_shift_coords", student.pos_embed_rope_shift_coords, "null",
        "training: coordinates += U(-s, s) per axis, drawn per block; null = off"),
-    FN("student.pos_embed_rope_jitter_coords", student.pos_embed_rope_jitter_coords, "null",
+    FN0("student.pos_embed_rope_jitter_coords", student.pos_embed_rope_jitter_coords, "null",
        "training: coordinates *= log-uniform in [1/j, j] per axis, per block; null = off"),
-    FN("student.pos_embed_rope_rescale_coords", student.pos_embed_rope_rescale_coords, "null",
+    FN0("student.pos_embed_rope_rescale_coords", student.pos_embed_rope_rescale_coords, "null",
        "training: coordinates *= log-uniform in [1/r, r] (one for both axes), per block; released configs: 2"),
     E("student.pos_embed_rope_dtype", student.pos_embed_rope_dtype, "fp32", "fp32|bf16|fp16",
       "accepted; the tables are computed in double and applied in fp32 here"),
@@ -108,6 +118,12 @@ static const CfgKey KEYS[] = {
       "CLS spreading regularizer: KoLeo (reference) or KDE (Virchow2/Midnight)"),
     F("dino.kde_weight", dino.kde_weight, "0.05", "KDE weight (regularizer kde)"),
     F("dino.kde_concentration", dino.kde_concentration, "5.0", "KDE von Mises-Fisher kernel concentration kappa"),
+    B("dino.global_ignore_diagonal", dino.global_ignore_diagonal, "true",
+      "DINOv3 key: skip the A-A and B-B global pairs; must be true (the DINOv2 pairing, the only one here)"),
+    B("dino.reweight_dino_local_loss", dino.reweight_dino_local_loss, "false",
+      "DINOv3: weight the local-crop DINO loss by dino.local_loss_weight_schedule (Gram-anchoring recipes)"),
+    SCHEDULE("dino.local_loss_weight_schedule", dino.local_loss_weight_schedule, "0.5", "0.5", "0.5", "0", "null",
+             "local-crop DINO loss weight"),
 
     F("ibot.loss_weight", ibot.loss_weight, "1.0", "weight of the iBOT (masked patch) loss; 0 disables iBOT"),
     F("ibot.mask_sample_probability", ibot.mask_sample_probability, "0.5", "fraction of global crops that get a mask"),
@@ -134,6 +150,9 @@ static const CfgKey KEYS[] = {
     F("optim.adamw_beta1", optim.adamw_beta1, "0.9", "AdamW beta1"),
     F("optim.adamw_beta2", optim.adamw_beta2, "0.999", "AdamW beta2"),
     F("optim.adamw_eps", optim.adamw_eps, "1.0e-08", "AdamW epsilon (ours; the reference uses torch's default)"),
+    F("optim.schedule_trunc_extra", optim.schedule_trunc_extra, "0.0",
+      "DINOv3: the lr/wd/momentum cosine is computed over (1 + x) times its length and cut, rescaled to end at "
+      "the final value (0.25 is the official suggestion); 0 = DINOv2's cosine"),
 
     F("teacher.momentum_teacher", teacher.momentum_teacher, "0.992", "EMA momentum at the start (cosine to final)"),
     F("teacher.final_momentum_teacher", teacher.final_momentum_teacher, "1.0", "EMA momentum at the end"),
@@ -153,6 +172,40 @@ static const CfgKey KEYS[] = {
       "extended_context: side of the region an online slide source reads, relative to its size= (392/224)"),
     L("crops.ect_scale", crops.ect_scale, 2, "[0.9, 1.1]", "extended_context: crop box area / crop area"),
     L("crops.ect_ratio", crops.ect_ratio, 2, "[0.95, 1.05]", "extended_context: crop box aspect range (log-uniform)"),
+    IN("crops.gram_teacher_crops_size", crops.gram_teacher_crops_size, "null",
+       "Gram anchoring: side of the Gram teacher's copies of the global crops (same boxes); null = global_crops_size"),
+    B("crops.gram_teacher_no_distortions", crops.gram_teacher_no_distortions, "false",
+      "Gram anchoring: the Gram teacher's crops without colour jitter, grayscale, blur, solarize, HED"),
+
+    B("gram.use_loss", gram.use_loss, "false", "DINOv3 Gram anchoring on (docs/gram-anchoring.md)"),
+    B("gram.compute_stats", gram.compute_stats, "false", "auxiliary masked/unmasked Gram statistics; must be false"),
+    F("gram.loss_weight", gram.loss_weight, "1.0", "Gram loss weight when gram.loss_weight_schedule is null"),
+    B("gram.ema_teacher", gram.ema_teacher, "false",
+      "use the EMA teacher's features as the Gram target; must be false (a separate Gram teacher)"),
+    S("gram.ckpt", gram.ckpt, "''",
+      "start the Gram teacher from this checkpoint dir or backbone safetensors; '' = none (then it_load_ema_teacher)"),
+    I("gram.it_load_ema_teacher", gram.it_load_ema_teacher, "-1",
+      "copy the EMA teacher into the Gram teacher before this iteration; -1 = never"),
+    B("gram.rep_update", gram.rep_update, "true",
+      "refresh the Gram teacher from the EMA teacher after every iteration i with i+1 >= it_first_update and "
+      "(i+1) % update_frequency == 0"),
+    I("gram.update_frequency", gram.update_frequency, "50000", "Gram teacher refresh period (iterations)"),
+    I("gram.it_first_update", gram.it_first_update, "0", "no refresh before this iteration"),
+    IN("gram.max_updates", gram.max_updates, "null", "at most this many refreshes; null = unlimited"),
+    B("gram.normalized", gram.normalized, "true", "L2-normalise the patch features before the Gram matrices"),
+    B("gram.img_level", gram.img_level, "false",
+      "true: one Gram matrix per image (the released recipes); false: one over all the rank's global-crop tokens"),
+    B("gram.remove_neg", gram.remove_neg, "false", "clamp the negative similarities of both Gram matrices to 0"),
+    B("gram.remove_only_teacher_neg", gram.remove_only_teacher_neg, "false",
+      "clamp the teacher's negative similarities to 0 (not with remove_neg)"),
+    E("gram.tokens_used", gram.tokens_used, "all", "all|masked|unmasked",
+      "patch tokens in the loss; only all is implemented"),
+    E("gram.global_teacher_resize_method", gram.global_teacher_resize_method, "bicubic", "bicubic",
+      "resampling of the Gram teacher's patch features to the student's grid (torch interpolate)"),
+    B("gram.global_teacher_resize_antialias", gram.global_teacher_resize_antialias, "false",
+      "antialias in that resampling (when the Gram teacher's grid is larger)"),
+    SCHEDULE("gram.loss_weight_schedule", gram.loss_weight_schedule, "null", "null", "null", "0", "null",
+             "Gram loss weight"),
 
     I("train.batch_size_per_gpu", train.batch_size_per_gpu, "64", "images per rank per iteration"),
     I("train.OFFICIAL_EPOCH_LENGTH", train.OFFICIAL_EPOCH_LENGTH, "1250", "iterations per epoch for all schedules"),
@@ -164,6 +217,31 @@ static const CfgKey KEYS[] = {
     B("train.stop_on_collapse", train.stop_on_collapse, "false",
       "stop the run when the collapse diagnostics confirm a collapse (head uniform, one prototype, backbone "
       "constant); no checkpoint is written while they warn, so the newest one is the last good one"),
+
+    B("schedules.enabled", schedules.enabled, "false",
+      "DINOv3 schedules (linear warm-up, cosine, constant tail) replace the DINOv2 ones; set by writing any "
+      "schedules key (docs/schedules.md)"),
+    F("schedules.lr.start", schedules.lr.start, "0.0", "lr: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.lr.peak", schedules.lr.peak, "0.001", "lr: value at the end of the warm-up, start of the cosine (before the lr scaling rule)"),
+    F("schedules.lr.end", schedules.lr.end, "1.0e-06", "lr: value at the end of the cosine, then constant (before the lr scaling rule)"),
+    I("schedules.lr.warmup_epochs", schedules.lr.warmup_epochs, "10", "lr: linear warm-up length"),
+    I("schedules.lr.freeze_last_layer_epochs", schedules.lr_freeze_last_layer_epochs, "1", "head last layer lr = 0 this long"),
+    I("schedules.lr.cosine_epochs", schedules.lr.cosine_epochs, "-1", "lr: cosine length; -1 = the rest of the run (the official key absent)"),
+    F("schedules.weight_decay.start", schedules.weight_decay.start, "0.04", "weight decay: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.weight_decay.peak", schedules.weight_decay.peak, "0.04", "weight decay: value at the end of the warm-up, start of the cosine"),
+    F("schedules.weight_decay.end", schedules.weight_decay.end, "0.04", "weight decay: value at the end of the cosine, then constant"),
+    I("schedules.weight_decay.warmup_epochs", schedules.weight_decay.warmup_epochs, "0", "weight decay: linear warm-up length"),
+    I("schedules.weight_decay.cosine_epochs", schedules.weight_decay.cosine_epochs, "-1", "weight decay: cosine length; -1 = the rest of the run (the official key absent)"),
+    F("schedules.momentum.start", schedules.momentum.start, "0.992", "teacher EMA momentum: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.momentum.peak", schedules.momentum.peak, "0.992", "teacher EMA momentum: value at the end of the warm-up, start of the cosine"),
+    F("schedules.momentum.end", schedules.momentum.end, "0.992", "teacher EMA momentum: value at the end of the cosine, then constant"),
+    I("schedules.momentum.warmup_epochs", schedules.momentum.warmup_epochs, "0", "teacher EMA momentum: linear warm-up length"),
+    I("schedules.momentum.cosine_epochs", schedules.momentum.cosine_epochs, "-1", "teacher EMA momentum: cosine length; -1 = the rest of the run (the official key absent)"),
+    F("schedules.teacher_temp.start", schedules.teacher_temp.start, "0.04", "teacher temperature: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.teacher_temp.peak", schedules.teacher_temp.peak, "0.07", "teacher temperature: value at the end of the warm-up, start of the cosine"),
+    F("schedules.teacher_temp.end", schedules.teacher_temp.end, "0.07", "teacher temperature: value at the end of the cosine, then constant"),
+    I("schedules.teacher_temp.warmup_epochs", schedules.teacher_temp.warmup_epochs, "30", "teacher temperature: linear warm-up length"),
+    I("schedules.teacher_temp.cosine_epochs", schedules.teacher_temp.cosine_epochs, "-1", "teacher temperature: cosine length; -1 = the rest of the run (the official key absent)"),
 
     E("compute_precision.param_dtype", param_dtype, "auto", "auto|fp32|bf16",
       "compute dtype: fp32 on the cpu backend; on cuda bf16 tensor-core GEMMs (fp32 master weights, the default) "
@@ -395,8 +473,8 @@ static const char *type_name(const CfgKey *k) {
     static char buf[96];
     switch (k->type) {
     case CT_BOOL: return "a boolean (true/false)";
-    case CT_INT: case CT_I64: return "an integer";
-    case CT_F64: return nullable(k) ? "a number or null" : "a number";
+    case CT_INT: case CT_I64: return k->n ? "an integer or null" : "an integer";
+    case CT_F64: return nullable(k) || k->n ? "a number or null" : "a number";
     case CT_STR: return "a string";
     case CT_ENUM: snprintf(buf, sizeof buf, "one of %s", k->choices); return buf;
     case CT_F64_LIST: snprintf(buf, sizeof buf, "a list of %d numbers like %s", k->n, k->def); return buf;
@@ -453,6 +531,10 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
         return 0;
     case CT_INT: {
         int64_t x;
+        if (k->n && is_null(s, v->plain[0])) {
+            *(int *)p = -1;
+            return 0;
+        }
         if (parse_i64(s, &x) || x < INT_MIN || x > INT_MAX) goto wrong_type;
         *(int *)p = (int)x;
         return 0;
@@ -461,6 +543,10 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
         if (parse_i64(s, p)) goto wrong_type;
         return 0;
     case CT_F64:
+        if (k->n && is_null(s, v->plain[0])) {
+            *(double *)p = NAN;
+            return 0;
+        }
         if (parse_f64(s, p)) goto wrong_type;
         return 0;
     case CT_STR:
@@ -492,17 +578,23 @@ wrong_type:
 
 static void set_origin(Config *c, const CfgKey *k, int file) { c->origin.of_key[key_index(k)] = (unsigned char)file; }
 
+// A key was set from `file`. A `schedules:` key enables the section (the official code switches on the
+// section's presence), unless this same file or command line says schedules.enabled itself.
+static void key_was_set(Config *c, const CfgKey *k, int file) {
+    set_origin(c, k, file);
+    if (strncmp(k->key, "schedules.", 10) != 0 || strcmp(k->key, "schedules.enabled") == 0) return;
+    const CfgKey *en = find_key("schedules.enabled");
+    if (c->origin.of_key[key_index(en)] == file) return;
+    c->schedules.enabled = true;
+}
+
 static int add_origin(Config *c, const char *name) {
     if (c->origin.n_files >= CFG_MAX_FILES + 2) return c->origin.n_files - 1;
     snprintf(c->origin.files[c->origin.n_files], CFG_STR, "%s", name);
     return c->origin.n_files++;
 }
 
-void config_defaults(Config *c) {
-    memset(c, 0, sizeof *c);
-    add_origin(c, "the defaults");
-    for (int i = 0; i < N_KEYS; i++) {
-        const CfgKey *k = &KEYS[i];
+static void set_default(Config *c, const CfgKey *k) {
         yaml_parser_t parser;
         yaml_document_t doc;
         DINO_ASSERT(yaml_parser_initialize(&parser), "yaml_parser_initialize failed");
@@ -514,7 +606,12 @@ void config_defaults(Config *c) {
         DINO_ASSERT(set_value(c, k, &v, "the defaults", err) == 0, "%s", err);
         yaml_document_delete(&doc);
         yaml_parser_delete(&parser);
-    }
+}
+
+void config_defaults(Config *c) {
+    memset(c, 0, sizeof *c);
+    add_origin(c, "the defaults");
+    for (int i = 0; i < N_KEYS; i++) set_default(c, &KEYS[i]);
 }
 
 // ---- reading files ----------------------------------------------------------------------------------
@@ -579,6 +676,17 @@ static int apply_mapping(Config *c, yaml_document_t *doc, yaml_node_t *map, cons
             continue;
         }
         if (!k) {
+            if (is_section(full) && vn && vn->type == YAML_SCALAR_NODE &&
+                is_null((const char *)vn->data.scalar.value, vn->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)) {
+                // a null sub-section (the reference's `loss_weight_schedule: null`): its keys' defaults
+                size_t n = strlen(full);
+                for (int i = 0; i < N_KEYS; i++)
+                    if (strncmp(KEYS[i].key, full, n) == 0 && KEYS[i].key[n] == '.') {
+                        set_default(c, &KEYS[i]);
+                        set_origin(c, &KEYS[i], file);
+                    }
+                continue;
+            }
             if (is_section(full)) {
                 dino_seterr(err, "'%s' in %s is a section: expected a mapping of its keys", full, where);
                 return -1;
@@ -592,7 +700,7 @@ static int apply_mapping(Config *c, yaml_document_t *doc, yaml_node_t *map, cons
         }
         // an empty value ("key:") is YAML null: a plain empty scalar
         if (set_value(c, k, &v, where, err)) return -1;
-        set_origin(c, k, file);
+        key_was_set(c, k, file);
     }
     return 0;
 }
@@ -739,7 +847,7 @@ static int override_at(Config *c, const char *kv, int file, char *err) {
         yaml_document_delete(&doc);
         yaml_parser_delete(&parser);
     }
-    if (rc == 0) set_origin(c, k, file);
+    if (rc == 0) key_was_set(c, k, file);
     return rc;
 }
 
@@ -823,10 +931,19 @@ static void put_value(Text *b, const Config *c, const CfgKey *k) {
     char num[64];
     switch (k->type) {
     case CT_BOOL: text_printf(b, "%s", *(const bool *)p ? "true" : "false"); break;
-    case CT_INT: text_printf(b, "%d", *(const int *)p); break;
+    case CT_INT:
+        if (k->n && *(const int *)p == -1)
+            text_printf(b, "null");
+        else
+            text_printf(b, "%d", *(const int *)p);
+        break;
     case CT_I64: text_printf(b, "%lld", (long long)*(const int64_t *)p); break;
     case CT_F64:
         if (nullable(k) && *(const double *)p == 0) { text_printf(b, "null"); break; }
+        if (isnan(*(const double *)p)) {
+            text_printf(b, "null");
+            break;
+        }
         fmt_f64(num, sizeof num, *(const double *)p);
         text_printf(b, "%s", num);
         break;
@@ -921,7 +1038,9 @@ int config_equal(const Config *a, const Config *b, const char **diff_key) {
         case CT_BOOL: same = *(const bool *)pa == *(const bool *)pb; break;
         case CT_INT: same = *(const int *)pa == *(const int *)pb; break;
         case CT_I64: same = *(const int64_t *)pa == *(const int64_t *)pb; break;
-        case CT_F64: same = *(const double *)pa == *(const double *)pb; break;
+        case CT_F64:
+            same = *(const double *)pa == *(const double *)pb || (isnan(*(const double *)pa) && isnan(*(const double *)pb));
+            break;
         case CT_STR: case CT_ENUM: same = strcmp(pa, pb) == 0; break;
         case CT_F64_LIST: same = memcmp(pa, pb, sizeof(double) * (size_t)k->n) == 0; break;
         case CT_STR_LIST:
@@ -1038,13 +1157,21 @@ int config_to_ssl(const Config *c, SslConfig *o, char *err) {
     o->adamw_eps = (float)c->optim.adamw_eps;
     o->layerwise_decay = (float)c->optim.layerwise_decay;
     o->patch_embed_lr_mult = (float)c->optim.patch_embed_lr_mult;
+    const CfgGram *gr = &c->gram;
+    o->gram = gr->use_loss;
+    o->gram_crop = c->crops.gram_teacher_crops_size > 0 ? c->crops.gram_teacher_crops_size : c->crops.global_crops_size;
+    o->gram_normalize = gr->normalized;
+    o->gram_neg_mode = gr->remove_neg ? 1 : gr->remove_only_teacher_neg ? 2 : 0;
+    o->gram_img_level = gr->img_level;
+    o->gram_resize_antialias = gr->global_teacher_resize_antialias;
+    o->reweight_dino_local = d->reweight_dino_local_loss;
     return ssl_config_check(o, err);
 }
 
 ScheduleConfig config_to_schedule(const Config *c, int world_size) {
     const CfgOptim *o = &c->optim;
     const CfgTeacher *t = &c->teacher;
-    return (ScheduleConfig){
+    ScheduleConfig s = {
         .lr = config_scaled_lr(c, world_size),
         .min_lr = o->min_lr,
         .weight_decay = o->weight_decay,
@@ -1058,7 +1185,21 @@ ScheduleConfig config_to_schedule(const Config *c, int world_size) {
         .warmup_teacher_temp_epochs = t->warmup_teacher_temp_epochs,
         .freeze_last_layer_epochs = o->freeze_last_layer_epochs,
         .epoch_length = c->train.OFFICIAL_EPOCH_LENGTH,
+        .trunc_extra = o->schedule_trunc_extra,
     };
+    if (c->schedules.enabled) {
+        const CfgSchedules *sc = &c->schedules;
+        s.v3 = true;
+        s.lr3 = sc->lr;
+        double scale = dinov3_lr_scale(o->scaling_rule, (long)c->train.batch_size_per_gpu * world_size);
+        s.lr3.peak *= scale;
+        s.lr3.end *= scale;
+        s.wd3 = sc->weight_decay;
+        s.momentum3 = sc->momentum;
+        s.teacher_temp3 = sc->teacher_temp;
+        s.freeze_last_layer_epochs3 = sc->lr_freeze_last_layer_epochs;
+    }
+    return s;
 }
 
 void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o) {
@@ -1108,6 +1249,10 @@ void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o
     g->ect = cr->extended_context;
     memcpy(g->ect_scale, cr->ect_scale, sizeof g->ect_scale);
     memcpy(g->ect_ratio, cr->ect_ratio, sizeof g->ect_ratio);
+    if (c->gram.use_loss) { // the Gram teacher's crops, only when Gram anchoring is on
+        g->gram_size = cr->gram_teacher_crops_size > 0 ? cr->gram_teacher_crops_size : cr->global_crops_size;
+        g->gram_no_distortions = cr->gram_teacher_no_distortions;
+    }
 }
 
 void config_to_hsv_filter(const Config *c, HsvFilter *f) {
@@ -1118,6 +1263,23 @@ void config_to_hsv_filter(const Config *c, HsvFilter *f) {
         f->saturation[i] = (int)lround(d->hsv_saturation[i]);
         f->value[i] = (int)lround(d->hsv_value[i]);
     }
+}
+
+// A DINOv3 weight schedule (start/peak/end null: none) at iteration it; `fallback` without one.
+static double weight_schedule_at(const Config *c, const ScheduleSpec *s, double fallback, long it) {
+    if (isnan(s->start)) return fallback;
+    WarmupCosineSchedule w = schedule_spec_iterations(s, c->optim.epochs, c->train.OFFICIAL_EPOCH_LENGTH);
+    return warmup_cosine_at(&w, it);
+}
+
+double config_gram_weight_at(const Config *c, long it) {
+    if (!c->gram.use_loss) return 0.0;
+    return weight_schedule_at(c, &c->gram.loss_weight_schedule, c->gram.loss_weight, it);
+}
+
+double config_dino_local_weight_at(const Config *c, long it) {
+    if (!c->dino.reweight_dino_local_loss) return 1.0;
+    return weight_schedule_at(c, &c->dino.local_loss_weight_schedule, 1.0, it);
 }
 
 void config_output_path(const Config *c, const char *rel, char *path, size_t cap) {
@@ -1263,6 +1425,38 @@ int config_validate(const Config *c, char *err) {
                    "KoLeo (dino.koleo_loss_weight = %g, set in %s) needs >= 2 images per rank: its nearest-neighbour "
                    "distance is undefined for one; raise the batch or set dino.koleo_loss_weight=0",
                    d->koleo_loss_weight, origin_of(c, "dino.koleo_loss_weight"));
+    NEED(d->global_ignore_diagonal, "dino.global_ignore_diagonal",
+         "must be true: the step compares each global crop with the other one only (the DINOv2 pairing)");
+    const ScheduleSpec *sch[2] = {&d->local_loss_weight_schedule, &c->gram.loss_weight_schedule};
+    const char *sch_key[2] = {"dino.local_loss_weight_schedule.start", "gram.loss_weight_schedule.start"};
+    for (int i = 0; i < 2; i++) {
+        const int nulls = isnan(sch[i]->start) + isnan(sch[i]->peak) + isnan(sch[i]->end);
+        NEED(nulls == 0 || nulls == 3, sch_key[i], "start, peak and end must all be set, or all null (no schedule)");
+        NEED(sch[i]->warmup_epochs >= 0 && sch[i]->cosine_epochs >= -1, sch_key[i],
+             "warmup_epochs must be >= 0 and cosine_epochs >= 0 (or null)");
+    }
+    NEED(!d->reweight_dino_local_loss || !isnan(d->local_loss_weight_schedule.start),
+         "dino.local_loss_weight_schedule.start", "is null but dino.reweight_dino_local_loss is true");
+    const CfgGram *gr = &c->gram;
+    NEED(cr->gram_teacher_crops_size == -1 || cr->gram_teacher_crops_size >= cr->global_crops_size,
+         "crops.gram_teacher_crops_size", "must be null or >= crops.global_crops_size (%d)", cr->global_crops_size);
+    NEED(cr->gram_teacher_crops_size <= 0 || cr->gram_teacher_crops_size % s->patch_size == 0,
+         "crops.gram_teacher_crops_size", "must be a multiple of student.patch_size (%d)", s->patch_size);
+    if (gr->use_loss) {
+        NEED(!gr->ema_teacher, "gram.ema_teacher", "must be false: only a separate Gram teacher is implemented");
+        NEED(!gr->compute_stats, "gram.compute_stats", "must be false: the auxiliary statistics are not implemented");
+        NEED(strcmp(gr->tokens_used, "all") == 0, "gram.tokens_used",
+             "'%s' is not implemented (only all, the released recipes' choice)", gr->tokens_used);
+        NEED(!(gr->remove_neg && gr->remove_only_teacher_neg), "gram.remove_neg",
+             "remove_neg and remove_only_teacher_neg exclude each other");
+        NEED(gr->ckpt[0] || gr->it_load_ema_teacher >= 0, "gram.it_load_ema_teacher",
+             "is %d and gram.ckpt is empty: the Gram teacher would never be set (give gram.ckpt, or an iteration >= 0 "
+             "at which the EMA teacher is copied into it)", gr->it_load_ema_teacher);
+        NEED(!gr->rep_update || gr->update_frequency >= 1, "gram.update_frequency", "must be >= 1");
+        NEED(gr->it_first_update >= 0, "gram.it_first_update", "must be >= 0");
+        NEED(gr->max_updates >= -1, "gram.max_updates", "must be >= 0 or null (unlimited)");
+        NEED(isfinite(gr->loss_weight), "gram.loss_weight", "must be a number");
+    }
     NEED(prob_ok(ib->mask_sample_probability), "ibot.mask_sample_probability", "must be in [0, 1]");
     NEED(ib->mask_ratio_min_max[0] >= 0 && ib->mask_ratio_min_max[1] <= 1, "ibot.mask_ratio_min_max",
          "ratios must be in [0, 1]");
@@ -1288,6 +1482,32 @@ int config_validate(const Config *c, char *err) {
     NEED(o->adamw_beta1 >= 0 && o->adamw_beta1 < 1, "optim.adamw_beta1", "must be in [0, 1)");
     NEED(o->adamw_beta2 >= 0 && o->adamw_beta2 < 1, "optim.adamw_beta2", "must be in [0, 1)");
     NEED(o->adamw_eps > 0, "optim.adamw_eps", "must be > 0");
+    NEED(o->schedule_trunc_extra >= 0 && o->schedule_trunc_extra <= 100, "optim.schedule_trunc_extra",
+         "must be in [0, 100] (0 = the plain cosine)");
+    if (c->schedules.enabled) {
+        static const char *names[4] = {"lr", "weight_decay", "momentum", "teacher_temp"};
+        const ScheduleSpec *specs[4] = {&c->schedules.lr, &c->schedules.weight_decay, &c->schedules.momentum,
+                                        &c->schedules.teacher_temp};
+        for (int i = 0; i < 4; i++) {
+            char kw[64], kc[64];
+            snprintf(kw, sizeof kw, "schedules.%s.warmup_epochs", names[i]);
+            snprintf(kc, sizeof kc, "schedules.%s.cosine_epochs", names[i]);
+            const ScheduleSpec *sp = specs[i];
+            NEED(sp->warmup_epochs >= 0 && sp->warmup_epochs <= o->epochs, kw, "must be in [0, optim.epochs = %d]",
+                 o->epochs);
+            NEED(sp->cosine_epochs >= -1, kc, "must be >= 0, or -1 for the rest of the run");
+            NEED(sp->cosine_epochs < 0 || sp->warmup_epochs + sp->cosine_epochs <= o->epochs, kc,
+                 "warm-up + cosine must fit in optim.epochs = %d (set in %s)", o->epochs, origin_of(c, "optim.epochs"));
+        }
+        NEED(c->schedules.lr.start >= 0 && c->schedules.lr.peak >= 0 && c->schedules.lr.end >= 0, "schedules.lr.peak",
+             "learning rates must be >= 0");
+        NEED(c->schedules.lr_freeze_last_layer_epochs >= 0, "schedules.lr.freeze_last_layer_epochs", "must be >= 0");
+        const ScheduleSpec *w = &c->schedules.weight_decay, *m = &c->schedules.momentum, *t = &c->schedules.teacher_temp;
+        NEED(w->start >= 0 && w->peak >= 0 && w->end >= 0, "schedules.weight_decay.peak", "must be >= 0");
+        NEED(prob_ok(m->start) && prob_ok(m->peak) && prob_ok(m->end), "schedules.momentum.peak",
+             "momenta must be in [0, 1]");
+        NEED(t->start > 0 && t->peak > 0 && t->end > 0, "schedules.teacher_temp.peak", "temperatures must be > 0");
+    }
 
     const CfgTeacher *t = &c->teacher;
     NEED(prob_ok(t->momentum_teacher), "teacher.momentum_teacher", "must be in [0, 1]");

@@ -22,7 +22,7 @@
 #define CFG_NAME 32         // enum-like names (arch, ffn_layer, ...)
 #define CFG_MAX_SOURCES 16  // data.sources entries
 #define CFG_MAX_FILES 16    // config files in one base chain
-#define CFG_MAX_KEYS 160
+#define CFG_MAX_KEYS 224
 
 typedef struct {
     char arch[CFG_NAME];      // vit_test | vit_tiny | vit_small | vit_base | vit_large | vit_giant2
@@ -56,6 +56,9 @@ typedef struct {
     double koleo_loss_weight;
     char regularizer[CFG_NAME]; // koleo | kde (Virchow2/Midnight)
     double kde_weight, kde_concentration;
+    bool global_ignore_diagonal;        // DINOv3 key; must be true (the step compares crop 1 with crop 2 only)
+    bool reweight_dino_local_loss;      // DINOv3: the local-crop DINO loss weighted by local_loss_weight_schedule
+    ScheduleSpec local_loss_weight_schedule; // start/peak/end NaN (null): no schedule
 } CfgDino;
 
 typedef struct {
@@ -75,7 +78,17 @@ typedef struct {
     int freeze_last_layer_epochs;
     char scaling_rule[CFG_NAME]; // sqrt_wrt_1024 | linear_wrt_256 | none
     double adamw_beta1, adamw_beta2, adamw_eps;
+    double schedule_trunc_extra; // DINOv3: the cosine of lr/wd/momentum computed (1 + x) times longer, cut
 } CfgOptim;
+
+// DINOv3's `schedules:` section (build_schedulers_v2): when enabled it replaces the DINOv2 cosine schedules
+// of lr, weight decay, teacher momentum and teacher temperature. Setting any of its keys enables it,
+// unless the same file (or the command line) sets schedules.enabled itself.
+typedef struct {
+    bool enabled;
+    ScheduleSpec lr, weight_decay, momentum, teacher_temp;
+    int lr_freeze_last_layer_epochs;
+} CfgSchedules;
 
 typedef struct {
     double momentum_teacher, final_momentum_teacher;
@@ -92,7 +105,26 @@ typedef struct {
     double context_factor;  // region side / tile size read by online slide sources (392/224 = 1.75)
     double ect_scale[2];    // ECT box area / crop area
     double ect_ratio[2];    // ECT box aspect range
+    int gram_teacher_crops_size;      // DINOv3 Gram anchoring: -1 (null) = the global crop size
+    bool gram_teacher_no_distortions; // the Gram teacher's crops without colour distortion
 } CfgCrops;
+
+// DINOv3 Gram anchoring (dinov3/configs/ssl_default_config.yaml `gram:`), docs/gram-anchoring.md.
+typedef struct {
+    bool use_loss, compute_stats;
+    double loss_weight;               // used when loss_weight_schedule is null
+    bool ema_teacher;                 // must be false (a separate Gram teacher)
+    char ckpt[CFG_STR];               // checkpoint dir / safetensors to start the Gram teacher from; '' = none
+    int it_load_ema_teacher;          // the EMA teacher is copied into the Gram teacher before this iteration; -1 = never
+    bool rep_update;                  // refresh from the EMA teacher every update_frequency iterations ...
+    int update_frequency, it_first_update;
+    int max_updates;                  // ... at most this many times (-1, null: unlimited)
+    bool normalized, img_level, remove_neg, remove_only_teacher_neg;
+    char tokens_used[CFG_NAME];       // all (masked / unmasked: not implemented)
+    char global_teacher_resize_method[CFG_NAME]; // bicubic
+    bool global_teacher_resize_antialias;
+    ScheduleSpec loss_weight_schedule; // start/peak/end NaN (null): no schedule, loss_weight
+} CfgGram;
 
 typedef struct {
     int batch_size_per_gpu;
@@ -162,6 +194,8 @@ typedef struct {
     CfgTeacher teacher;
     CfgCrops crops;
     CfgTrain train;
+    CfgSchedules schedules;
+    CfgGram gram;
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
     bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward
     CfgEvaluation evaluation;
@@ -219,6 +253,10 @@ ScheduleConfig config_to_schedule(const Config *cfg, int world_size);
 void config_to_loader(const Config *cfg, int rank, int world_size, LoaderConfig *out);
 // data.hsv_* as the tile filter of data/tissue.h (min_fraction 0: off).
 void config_to_hsv_filter(const Config *cfg, HsvFilter *out);
+// DINOv3 per-iteration loss weights: the Gram loss weight (0 when gram.use_loss is false; the schedule, or
+// gram.loss_weight without one) and the local-crop DINO loss weight (1 unless dino.reweight_dino_local_loss).
+double config_gram_weight_at(const Config *cfg, long it);
+double config_dino_local_weight_at(const Config *cfg, long it);
 // path = train.output_dir/rel, or rel itself when it is absolute (e.g. log.metrics_file).
 void config_output_path(const Config *cfg, const char *rel, char *path, size_t cap);
 // Creates train.output_dir if needed and writes the resolved config to <output_dir>/config.yaml.
