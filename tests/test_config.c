@@ -144,7 +144,8 @@ TEST(shipped_recipes_hold_their_published_values) {
     CHECK(cfg.data.n_sources == 1 && strstr(cfg.data.sources[0], "mpp=0.5"), "phikon-v2 source at 0.5 um/px");
 
     // the GPU recipes run on the cuda backend with the optimizer sharded; the demo on the CPU
-    const char *gpu[] = {"vits14", "vitb14", "vitl14", "vitg14", "phikon-v2", "dino-vits16-path", "vitl", "midnight-like"};
+    const char *gpu[] = {"vits14", "vitb14", "vitl14", "vitg14", "phikon-v2", "dino-vits16-path", "vitl", "midnight-like",
+                         "dinov3-vitl16-path"};
     for (size_t i = 0; i < sizeof gpu / sizeof gpu[0]; i++) {
         char rel[64];
         snprintf(rel, sizeof rel, "configs/%s.yaml", gpu[i]);
@@ -168,6 +169,24 @@ TEST(shipped_recipes_hold_their_published_values) {
     CHECK(cfg.data.n_sources == 1 && strstr(cfg.data.sources[0], "wsi:") && strstr(cfg.data.sources[0], "size=256") &&
               strstr(cfg.data.sources[0], "mpp_range=0.25/2.0") && strstr(cfg.data.sources[0], "min_tissue=0.4"),
           "midnight online patching: %s", cfg.data.sources[0]);
+    // DINOv3-style ViT-L/16 for pathology: the DINOv3 ViT, heads, schedules and Gram anchoring
+    CHECK(load(test_src_path("configs/dinov3-vitl16-path.yaml"), 0, NULL, err) == 0, "%s", err);
+    CHECK(strcmp(cfg.student.arch, "vit_large") == 0 && cfg.student.patch_size == 16 &&
+              strcmp(cfg.student.pos_embed_type, "rope") == 0 && cfg.student.n_storage_tokens == 4 &&
+              cfg.student.mask_k_bias,
+          "dinov3 ViT-L/16");
+    CHECK(cfg.dino.head_n_prototypes == 262144 && cfg.ibot.head_n_prototypes == 98304 && cfg.ibot.separate_head &&
+              strcmp(cfg.train.centering, "sinkhorn_knopp") == 0,
+          "dinov3 heads");
+    CHECK(cfg.schedules.enabled && cfg.gram.use_loss && cfg.gram.img_level && cfg.gram.it_load_ema_teacher == 500000 &&
+              config_total_iterations(&cfg) == 625000,
+          "dinov3 schedules and Gram anchoring");
+    CHECK(config_gram_weight_at(&cfg, 499999) == 0 && fabs(config_gram_weight_at(&cfg, 625000 - 1) - 2.0) < 1e-9 &&
+              fabs(config_dino_local_weight_at(&cfg, 625000 - 1) - 0.5) < 1e-9,
+          "Gram weight 0 before iteration 500k, 2 after the ramp; local DINO weight 0.5");
+    CHECK(cfg.crops.global_crops_size == 256 && cfg.crops.local_crops_size == 112 && cfg.data.hsv_min_fraction == 0.6 &&
+              strstr(cfg.data.sources[0], "mpp_range="),
+          "dinov3-path crops and data");
     CHECK(load(test_src_path("configs/dino-vits16-path.yaml"), 0, NULL, err) == 0, "%s", err);
     CHECK(cfg.ibot.loss_weight == 0 && cfg.dino.koleo_loss_weight == 0 && cfg.dino.loss_weight > 0, "DINO only");
     CHECK(strcmp(cfg.student.arch, "vit_small") == 0 && cfg.student.patch_size == 16, "ViT-S/16");
