@@ -635,19 +635,25 @@ TEST(online_wsi_source_continuous_magnification) {
     size_t gbytes = sizeof(float) * 2 * 3 * 3 * 32 * 32;
     float *first[2] = {dino_malloc(2 * gbytes), dino_malloc(2 * gbytes)};
     const int threads[2] = {0, 3};
-    for (int t = 0; t < 2; t++) {
-        lc.n_threads = threads[t];
-        Loader *l = loader_create(&lc, source_count(s), read_source_tile_cb, s, err);
-        CHECK(l != NULL, "%s", err);
-        if (!l) break;
-        for (int b = 0; b < 2; b++) {
-            const Batch *bt = loader_next(l, err);
-            CHECK(bt != NULL, "%s", err);
-            if (bt) memcpy((char *)first[t] + b * gbytes, bt->global_crops, gbytes);
+    // plain crops, then ECT crops translated inside regions 1.75 x the tile (84 px for size=48)
+    for (int ect = 0; ect < 2; ect++) {
+        lc.aug.ect = ect;
+        source_set_context(s, ect ? 1.75 : 1);
+        for (int t = 0; t < 2; t++) {
+            lc.n_threads = threads[t];
+            Loader *l = loader_create(&lc, source_count(s), read_source_tile_cb, s, err);
+            CHECK(l != NULL, "%s", err);
+            if (!l) break;
+            for (int b = 0; b < 2; b++) {
+                const Batch *bt = loader_next(l, err);
+                CHECK(bt != NULL && bt->corrupt == 0, "%s", err);
+                if (bt) memcpy((char *)first[t] + b * gbytes, bt->global_crops, gbytes);
+            }
+            loader_destroy(l);
         }
-        loader_destroy(l);
+        CHECK(!memcmp(first[0], first[1], 2 * gbytes), "%s batches differ between 0 and 3 loader threads",
+              ect ? "ECT" : "plain");
     }
-    CHECK(!memcmp(first[0], first[1], 2 * gbytes), "batches differ between 0 and 3 loader threads");
     free(first[0]);
     free(first[1]);
     source_close(s);
