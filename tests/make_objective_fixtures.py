@@ -17,7 +17,8 @@ reference tests/torch_ref/dinov2_vit.py, and runs in float64 on float32 starting
   backward -> clip_grad_norm_(3.0) per student submodule -> torch.optim.AdamW on the reference's param
   groups (layer-wise decay, patch-embed multiplier, no wd on bias/norm/gamma, last-layer lr) -> EMA.
 
-Variant "gram" is a DINOv3 step with Gram anchoring active (tests/torch_ref/dinov3_gram.py transcribes the
+Variant "gram" is a DINOv3 step with Gram anchoring active, on the DINOv3 ViT (tests/torch_ref/dinov3_vit.py:
+RoPE base 100, one storage token, untied local-crop CLS norm, masked k bias; no RoPE augmentation) (tests/torch_ref/dinov3_gram.py transcribes the
 official pieces): a given Gram teacher backbone (init.gram_teacher.*) on its own crops (42 px, patch tokens
 resampled bicubically 6x6 -> 4x4 to the student's grid), GramLoss (normalized, img_level) on the student's
 masked global crops' final-norm patch tokens, the losses as SSLMetaArch.compute_losses (DINOLoss with
@@ -59,6 +60,25 @@ sys.path.insert(0, os.path.join(HERE, "torch_ref"))
 import st_oracle  # noqa: E402
 from dinov2_vit import DinoVisionTransformer, drop_subset_size, randomize_weights  # noqa: E402
 import dinov3_gram  # noqa: E402
+import dinov3_vit  # noqa: E402
+
+
+class DinoV3Backbone(dinov3_vit.DinoVisionTransformer):
+    """The DINOv3 ViT transcription (tests/torch_ref/dinov3_vit.py) with the DINOv2 reference's calling
+    convention here: forward(images, masks, subsets, local) and draw_subsets (no RoPE augmentation: none
+    configured, as the teacher in eval mode)."""
+
+    def __init__(self, drop_path_rate, **kw):
+        super().__init__(**kw)
+        self.drop_path_rate = drop_path_rate
+
+    def draw_subsets(self, B, generator=None):
+        S = drop_subset_size(B, self.drop_path_rate)
+        return [[torch.randperm(B, generator=generator)[:S].sort().values for _ in range(2)]
+                for _ in self.blocks]
+
+    def forward(self, images, masks=None, subsets=None, local=False):
+        return super().forward(images, masks, local=local, aug=None, subsets=subsets)
 
 OUT = os.path.join(HERE, "fixtures")
 
@@ -74,7 +94,11 @@ BASE = dict(
 VARIANTS = {
     "centering": dict(centering="centering", separate_head=False, n_registers=0),
     "sinkhorn": dict(centering="sinkhorn_knopp", separate_head=True, n_registers=1),
+    # the DINOv3 ViT (RoPE base 100, a storage token, untied local CLS norm, masked k bias) with Gram anchoring
     "gram": dict(centering="sinkhorn_knopp", separate_head=True, n_registers=1,
+                 v3=dict(ffn_layer="mlp", ffn_ratio=2.0, qkv_bias=True, proj_bias=True, ffn_bias=True, mask_k_bias=True,
+                         untie_cls_and_patch_norms=False, untie_global_and_local_cls_norm=True,
+                         norm_layer="layernorm", rope_base=100.0),
                  gram=dict(crop=42, normalized=True, img_level=True, remove_neg=False, remove_only_teacher_neg=False,
                            antialias=False)),
 }
@@ -171,7 +195,8 @@ def param_groups(student, decay, pe_mult):
         for name, p in module.named_parameters():
             layer_id = n_blocks + 1
             if n_blocks > 0:
-                if any(k in name for k in ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")):
+                if any(k in name for k in ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens",
+                                           "storage_tokens")):
                     layer_id = 0
                 elif "blocks." in name:
                     layer_id = int(name[name.find("blocks."):].split(".")[1]) + 1
@@ -210,9 +235,20 @@ def make_variant(name, var, seed):
     D = vit_cfg["dim"]
     h = c["head"]
 
+    v3 = var.get("v3")
+
+    def backbone():
+        if not v3:
+            return DinoVisionTransformer(**vit_cfg)
+        return DinoV3Backbone(vit_cfg["drop_path_rate"], patch=vit_cfg["patch"], dim=D, depth=vit_cfg["depth"],
+                              heads=vit_cfg["heads"], layerscale=vit_cfg["layerscale"],
+                              n_storage_tokens=var["n_registers"], **v3)
+
+    randomize = dinov3_vit.randomize_weights if v3 else randomize_weights
+
     def build():
         m = nn.ModuleDict()
-        m["backbone"] = DinoVisionTransformer(**vit_cfg)
+        m["backbone"] = backbone()
         m["dino_head"] = DINOHead(D, h["K"], h["hidden"], h["bottleneck"], h["nlayers"])
         if var["separate_head"]:
             hi = c["ibot_head"]
@@ -220,11 +256,11 @@ def make_variant(name, var, seed):
         return m
 
     student = build()
-    randomize_weights(student["backbone"])
+    randomize(student["backbone"])
     gv = var.get("gram")
     if gv:  # the Gram teacher: a backbone of its own (as loaded from gram.ckpt), frozen
-        gram_teacher = nn.ModuleDict({"backbone": DinoVisionTransformer(**vit_cfg)})
-        randomize_weights(gram_teacher["backbone"])
+        gram_teacher = nn.ModuleDict({"backbone": backbone()})
+        randomize(gram_teacher["backbone"])
         # a teacher near the student, as an earlier EMA teacher would be
         with torch.no_grad():
             for pg, ps in zip(gram_teacher.parameters(), student["backbone"].parameters()):
@@ -314,7 +350,7 @@ def make_variant(name, var, seed):
 
         # student
         sxg = student["backbone"](gx, masks.to(torch.uint8), sub_g)
-        sxl = student["backbone"](lx, None, sub_l)
+        sxl = student["backbone"](lx, None, sub_l, local=True) if v3 else student["backbone"](lx, None, sub_l)
         s_gcls, s_lcls = sxg[:, 0], sxl[:, 0]
         s_patch = sxg[:, 1 + R:].flatten(0, 1).index_select(0, mask_idx)
         if var["separate_head"]:
@@ -411,6 +447,11 @@ def make_variant(name, var, seed):
                     gram_remove_neg=int(gv["remove_neg"]),
                     gram_remove_only_teacher_neg=int(gv["remove_only_teacher_neg"]),
                     gram_antialias=int(gv["antialias"]), reweight_dino_local=1)
+    if v3:
+        meta.update(rope=1, rope_base=v3["rope_base"], mask_k_bias=int(v3["mask_k_bias"]),
+                    untie_cls_and_patch_norms=int(v3["untie_cls_and_patch_norms"]),
+                    untie_global_and_local_cls_norm=int(v3["untie_global_and_local_cls_norm"]),
+                    ffn_ratio=v3["ffn_ratio"], ffn_layer=v3["ffn_layer"])
     path = os.path.join(OUT, f"objective_{name}.safetensors")
     st_oracle.save(path, out, {k: str(x) for k, x in meta.items()})
     return path

@@ -63,6 +63,15 @@ static void parity(const char *variant) {
     vc.dim = meta_i(&f, "dim"), vc.depth = meta_i(&f, "depth"), vc.heads = meta_i(&f, "heads");
     vc.ffn_hidden = meta_i(&f, "ffn_hidden"), vc.layerscale = meta_f(&f, "layerscale");
     vc.drop_path_rate = meta_d(&f, "drop_path_rate");
+    if (st_meta(&f, "rope")) { // the DINOv3 ViT (docs/dinov3-vit.md)
+        vc.rope = 1;
+        vc.rope_cfg = (RopeConfig){.base = meta_d(&f, "rope_base"), .normalize = ROPE_NORMALIZE_SEPARATE};
+        vc.mask_k_bias = meta_i(&f, "mask_k_bias");
+        vc.untie_cls_and_patch_norms = meta_i(&f, "untie_cls_and_patch_norms");
+        vc.untie_global_and_local_cls_norm = meta_i(&f, "untie_global_and_local_cls_norm");
+        CHECK(vit_ffn_width(meta(&f, "ffn_layer"), vc.dim, meta_d(&f, "ffn_ratio"), &vc.ffn, &vc.ffn_hidden, err) == 0,
+              "%s", err);
+    }
     SslConfig cfg;
     ssl_config_default(&cfg, &vc);
     cfg.dino_head = (HeadConfig){vc.dim, meta_i(&f, "head_hidden"), meta_i(&f, "head_bottleneck"), meta_i(&f, "head_K"),
@@ -229,6 +238,7 @@ static void parity(const char *variant) {
 
 TEST(step_parity_softmax_centering_shared_head) { parity("centering"); }
 TEST(step_parity_sinkhorn_separate_head) { parity("sinkhorn"); }
-// DINOv3 step with Gram anchoring active: a given Gram teacher at 42 px (features resampled 6x6 -> 4x4),
-// Gram weights 0.5 / 1 / 2 and local-crop DINO weights 1 / 1 / 0.5 from the official schedule function
+// DINOv3 step with Gram anchoring active on the DINOv3 ViT (RoPE, a storage token, untied local CLS norm,
+// masked k bias): a given Gram teacher at 42 px (features resampled 6x6 -> 4x4), Gram weights 0.5 / 1 / 2
+// and local-crop DINO weights 1 / 1 / 0.5 from the official schedule function
 TEST(step_parity_dinov3_gram_anchoring) { parity("gram"); }

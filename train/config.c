@@ -40,17 +40,17 @@ typedef struct {
 #define E(key, field, def, choices, doc) K(key, CT_ENUM, field, CFG_NAME, def, choices, doc)
 #define L(key, field, n, def, doc) K(key, CT_F64_LIST, field, n, def, NULL, doc)
 // a number that may be null (YAML null / ~ / empty): stored as 0, which the reader takes as "none"
-// (the RoPE keys; the schedule keys below use NaN through FN)
-#define FN0(key, field, def, doc) K(key, CT_F64, field, 0, def, "null", doc)
+#define FN(key, field, def, doc) K(key, CT_F64, field, 0, def, "null", doc)
 
 static int nullable(const CfgKey *k) { return k->type == CT_F64 && k->choices && strcmp(k->choices, "null") == 0; }
-// nullable (n = 1): YAML null is -1 for an integer, NaN for a number, and is written back as null
+
+// nullable where 0 is a value (n = 1): YAML null is -1 for an integer, NaN for a number, written back as null
 #define IN(key, field, def, doc) K(key, CT_INT, field, 1, def, NULL, doc)
-#define FN(key, field, def, doc) K(key, CT_F64, field, 1, def, NULL, doc)
+#define FNAN(key, field, def, doc) K(key, CT_F64, field, 1, def, NULL, doc)
 #define SCHEDULE(sec, fld, v_start, v_peak, v_end, v_warmup, v_cosine, what)                                     \
-    FN(sec ".start", fld.start, v_start, what ": value at iteration 0 (null: no schedule)"),                      \
-        FN(sec ".peak", fld.peak, v_peak, what ": value after the linear warmup"),                                \
-        FN(sec ".end", fld.end, v_end, what ": value after the cosine, held to the end"),                         \
+    FNAN(sec ".start", fld.start, v_start, what ": value at iteration 0 (null: no schedule)"),                    \
+        FNAN(sec ".peak", fld.peak, v_peak, what ": value after the linear warmup"),                              \
+        FNAN(sec ".end", fld.end, v_end, what ": value after the cosine, held to the end"),                       \
         I(sec ".warmup_epochs", fld.warmup_epochs, v_warmup, what ": linear warmup length (epochs)"),              \
         IN(sec ".cosine_epochs", fld.cosine_epochs, v_cosine, what ": cosine length (epochs); null = the rest of the run")
 
@@ -85,18 +85,18 @@ static const CfgKey KEYS[] = {
     // the DINOv3 ViT (docs/dinov3-vit.md): pos_embed_type rope selects it
     E("student.pos_embed_type", student.pos_embed_type, "learned", "learned|rope|ropenew",
       "learned: DINOv2 ViT (pos_embed table); rope (ropenew: the same): the DINOv3 ViT with axial RoPE"),
-    FN0("student.pos_embed_rope_base", student.pos_embed_rope_base, "100.0",
+    FN("student.pos_embed_rope_base", student.pos_embed_rope_base, "100.0",
        "RoPE periods base^(2i/(Dh/2)); null when min/max periods are given"),
-    FN0("student.pos_embed_rope_min_period", student.pos_embed_rope_min_period, "null",
+    FN("student.pos_embed_rope_min_period", student.pos_embed_rope_min_period, "null",
        "RoPE periods log-spaced from min to max period (with max_period; base null)"),
-    FN0("student.pos_embed_rope_max_period", student.pos_embed_rope_max_period, "null", "see min_period"),
+    FN("student.pos_embed_rope_max_period", student.pos_embed_rope_max_period, "null", "see min_period"),
     E("student.pos_embed_rope_normalize_coords", student.pos_embed_rope_normalize_coords, "separate",
       "separate|min|max", "patch coordinates in [-1, 1]: divided by H and W separately, or by min/max(H, W)"),
-    FN0("student.pos_embed_rope_shift_coords", student.pos_embed_rope_shift_coords, "null",
+    FN("student.pos_embed_rope_shift_coords", student.pos_embed_rope_shift_coords, "null",
        "training: coordinates += U(-s, s) per axis, drawn per block; null = off"),
-    FN0("student.pos_embed_rope_jitter_coords", student.pos_embed_rope_jitter_coords, "null",
+    FN("student.pos_embed_rope_jitter_coords", student.pos_embed_rope_jitter_coords, "null",
        "training: coordinates *= log-uniform in [1/j, j] per axis, per block; null = off"),
-    FN0("student.pos_embed_rope_rescale_coords", student.pos_embed_rope_rescale_coords, "null",
+    FN("student.pos_embed_rope_rescale_coords", student.pos_embed_rope_rescale_coords, "null",
        "training: coordinates *= log-uniform in [1/r, r] (one for both axes), per block; released configs: 2"),
     E("student.pos_embed_rope_dtype", student.pos_embed_rope_dtype, "fp32", "fp32|bf16|fp16",
       "accepted; the tables are computed in double and applied in fp32 here"),
@@ -523,6 +523,8 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
         *(double *)p = 0;
         return 0;
     }
+    if (v->kind == 3 && k->n && k->type == CT_INT) { *(int *)p = -1; return 0; }     // "key:" (null)
+    if (v->kind == 3 && k->n && k->type == CT_F64) { *(double *)p = NAN; return 0; }
     if (v->kind != 0) goto wrong_type;
     const char *s = v->item[0];
     switch (k->type) {
