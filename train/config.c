@@ -20,7 +20,7 @@
 #include "common/fs.h"
 #include "data/source.h"
 
-typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST } CfgType;
+typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST, CT_INT_VLIST, CT_F64_VLIST } CfgType;
 
 typedef struct {
     const char *key;     // dotted name, e.g. "optim.base_lr"
@@ -53,6 +53,8 @@ static int nullable(const CfgKey *k) { return k->type == CT_F64 && k->choices &&
         FNAN(sec ".end", fld.end, v_end, what ": value after the cosine, held to the end"),                       \
         I(sec ".warmup_epochs", fld.warmup_epochs, v_warmup, what ": linear warmup length (epochs)"),              \
         IN(sec ".cosine_epochs", fld.cosine_epochs, v_cosine, what ": cosine length (epochs); null = the rest of the run")
+#define IV(key, field, def, doc) K(key, CT_INT_VLIST, field, CFG_MAX_PAIRS, def, NULL, doc)
+#define FV(key, field, def, doc) K(key, CT_F64_VLIST, field, CFG_MAX_PAIRS, def, NULL, doc)
 
 // Sections must stay contiguous (the writer opens a section when the prefix changes).
 static const CfgKey KEYS[] = {
@@ -77,6 +79,9 @@ static const CfgKey KEYS[] = {
     S("student.pretrained_weights", student.pretrained_weights, "''",
       "safetensors file (original DINOv2, timm or HF names) to start the backbone from; '' = random init"),
     I("student.block_chunks", student.block_chunks, "0", "reference FSDP block chunking; accepted, no effect here"),
+    I("student.img_size", student.img_size, "0",
+      "pos-embed grid side in pixels (ours); 0 = crops.global_crops_size (the largest when several, as the official); "
+      "a high-resolution phase keeps the earlier run's size here so that its pos-embed loads, and interpolates it"),
     I("student.embed_dim", student.embed_dim, "0", "width override (ours); 0 = the arch's"),
     I("student.depth", student.depth, "0", "block count override (ours); 0 = the arch's"),
     I("student.num_heads", student.num_heads, "0", "attention heads override (ours); 0 = the arch's"),
@@ -163,8 +168,12 @@ static const CfgKey KEYS[] = {
     L("crops.global_crops_scale", crops.global_crops_scale, 2, "[0.32, 1.0]", "area range of the global crops"),
     I("crops.local_crops_number", crops.local_crops_number, "8", "local crops per image"),
     L("crops.local_crops_scale", crops.local_crops_scale, 2, "[0.05, 0.32]", "area range of the local crops"),
-    I("crops.global_crops_size", crops.global_crops_size, "224", "global crop side (also the pos-embed grid)"),
-    I("crops.local_crops_size", crops.local_crops_size, "96", "local crop side"),
+    IV("crops.global_crops_size", crops.global_crops_size, "224",
+       "global crop side (also the pos-embed grid unless student.img_size is set); a list gives one side per size "
+       "pair (high-resolution phase, docs/high-resolution.md)"),
+    IV("crops.local_crops_size", crops.local_crops_size, "96", "local crop side; a list: one per size pair"),
+    FV("crops.global_local_crop_pairs_ratios", crops.global_local_crop_pairs_ratios, "1.0",
+       "sampling weights of the size pairs (one per pair; normalized), one pair drawn per iteration"),
     B("crops.extended_context", crops.extended_context, "false",
       "Virchow2 extended-context translation: every crop is a box of about its own size (ect_scale, ect_ratio) "
       "translated inside the tile; online slide sources read a region context_factor times the tile size"),
@@ -242,6 +251,11 @@ static const CfgKey KEYS[] = {
     F("schedules.teacher_temp.end", schedules.teacher_temp.end, "0.07", "teacher temperature: value at the end of the cosine, then constant"),
     I("schedules.teacher_temp.warmup_epochs", schedules.teacher_temp.warmup_epochs, "30", "teacher temperature: linear warm-up length"),
     I("schedules.teacher_temp.cosine_epochs", schedules.teacher_temp.cosine_epochs, "-1", "teacher temperature: cosine length; -1 = the rest of the run (the official key absent)"),
+
+    S("hrft.checkpoint_path", hrft.checkpoint_path, "''",
+      "high-resolution phase: a fresh run (no checkpoint in train.output_dir) starts with student and teacher = the "
+      "teacher of this checkpoint (a checkpoint directory, or an earlier run's output_dir: its newest), fresh AdamW, "
+      "centres and iteration 0; '' = off"),
 
     E("compute_precision.param_dtype", param_dtype, "auto", "auto|fp32|bf16",
       "compute dtype: fp32 on the cpu backend; on cuda bf16 tensor-core GEMMs (fp32 master weights, the default) "
@@ -479,6 +493,8 @@ static const char *type_name(const CfgKey *k) {
     case CT_ENUM: snprintf(buf, sizeof buf, "one of %s", k->choices); return buf;
     case CT_F64_LIST: snprintf(buf, sizeof buf, "a list of %d numbers like %s", k->n, k->def); return buf;
     case CT_STR_LIST: return "a list of strings like [\"/data/tiles\"]";
+    case CT_INT_VLIST: return "an integer or a list of integers like [512, 768]";
+    case CT_F64_VLIST: return "a number or a list of numbers like [0.5, 0.5]";
     }
     return "?";
 }
@@ -488,6 +504,29 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
     void *p = field(c, k);
     char shown[160];
     snprintf(shown, sizeof shown, "%s", v->kind == 0 ? v->item[0] : v->kind == 1 ? "a list" : v->kind == 2 ? "a mapping" : "nothing");
+    if (k->type == CT_INT_VLIST || k->type == CT_F64_VLIST) { // a scalar, or a list of 1..n
+        int n = v->kind == 0 ? 1 : v->kind == 1 ? v->n : 0;
+        if (n < 1 || (v->kind == 0 && is_null(v->item[0], v->plain[0]))) goto wrong_type;
+        if (n > k->n) {
+            dino_seterr(err, "%s in %s: at most %d entries, got %d", k->key, where, k->n, n);
+            return -1;
+        }
+        if (k->type == CT_INT_VLIST) {
+            CfgIntList tmp = {.n = n};
+            for (int i = 0; i < n; i++) {
+                int64_t x;
+                if (parse_i64(v->item[i], &x) || x < INT_MIN || x > INT_MAX) goto wrong_type;
+                tmp.v[i] = (int)x;
+            }
+            *(CfgIntList *)p = tmp;
+        } else {
+            CfgF64List tmp = {.n = n};
+            for (int i = 0; i < n; i++)
+                if (parse_f64(v->item[i], &tmp.v[i])) goto wrong_type;
+            *(CfgF64List *)p = tmp;
+        }
+        return 0;
+    }
     if (k->type == CT_F64_LIST || k->type == CT_STR_LIST) {
         int scalar_as_list = k->type == CT_STR_LIST && v->kind == 0 && !is_null(v->item[0], v->plain[0]);
         if (v->kind != 1 && !scalar_as_list) goto wrong_type;
@@ -959,6 +998,16 @@ static void put_value(Text *b, const Config *c, const CfgKey *k) {
         }
         text_printf(b, "]");
         break;
+    case CT_INT_VLIST: case CT_F64_VLIST: { // one value as a scalar (as every config before lists)
+        int n = k->type == CT_INT_VLIST ? ((const CfgIntList *)p)->n : ((const CfgF64List *)p)->n;
+        if (n > 1) text_printf(b, "[");
+        for (int i = 0; i < n; i++) {
+            if (k->type == CT_INT_VLIST) text_printf(b, "%s%d", i ? ", " : "", ((const CfgIntList *)p)->v[i]);
+            else fmt_f64(num, sizeof num, ((const CfgF64List *)p)->v[i]), text_printf(b, "%s%s", i ? ", " : "", num);
+        }
+        if (n > 1) text_printf(b, "]");
+        break;
+    }
     case CT_STR_LIST: {
         const char(*list)[CFG_STR] = p;
         text_printf(b, "[");
@@ -977,17 +1026,23 @@ char *config_to_yaml(const Config *c) {
     text_init(&b, 4096);
     b.s[0] = 0;
     text_printf(&b, "# dinotrain resolved config: every key, as used by the run (docs/configuration.md)\n");
-    char section[64] = "";
+    char section[64] = "", subsection[64] = "";
     for (int i = 0; i < N_KEYS; i++) {
         const CfgKey *k = &KEYS[i];
-        const char *dot = strchr(k->key, '.');
-        char sec[64];
+        const char *dot = strchr(k->key, '.'), *dot2 = dot ? strchr(dot + 1, '.') : NULL;
+        char sec[64], sub[64]; // schedules.lr.start: section schedules, subsection lr
         snprintf(sec, sizeof sec, "%.*s", dot ? (int)(dot - k->key) : 0, k->key);
+        snprintf(sub, sizeof sub, "%.*s", dot2 ? (int)(dot2 - dot - 1) : 0, dot ? dot + 1 : "");
         if (strcmp(sec, section) != 0) {
             if (*sec) text_printf(&b, "%s:\n", sec);
             snprintf(section, sizeof section, "%s", sec);
+            subsection[0] = 0;
         }
-        text_printf(&b, "%s%s: ", *sec ? "  " : "", dot ? dot + 1 : k->key);
+        if (strcmp(sub, subsection) != 0) {
+            if (*sub) text_printf(&b, "  %s:\n", sub);
+            snprintf(subsection, sizeof subsection, "%s", sub);
+        }
+        text_printf(&b, "%s%s: ", *sub ? "    " : *sec ? "  " : "", dot2 ? dot2 + 1 : dot ? dot + 1 : k->key);
         put_value(&b, c, k);
         text_printf(&b, "\n");
     }
@@ -1045,6 +1100,16 @@ int config_equal(const Config *a, const Config *b, const char **diff_key) {
             break;
         case CT_STR: case CT_ENUM: same = strcmp(pa, pb) == 0; break;
         case CT_F64_LIST: same = memcmp(pa, pb, sizeof(double) * (size_t)k->n) == 0; break;
+        case CT_INT_VLIST: {
+            const CfgIntList *x = pa, *y = pb;
+            same = x->n == y->n && memcmp(x->v, y->v, sizeof(int) * (size_t)x->n) == 0;
+            break;
+        }
+        case CT_F64_VLIST: {
+            const CfgF64List *x = pa, *y = pb;
+            same = x->n == y->n && memcmp(x->v, y->v, sizeof(double) * (size_t)x->n) == 0;
+            break;
+        }
         case CT_STR_LIST:
             same = a->data.n_sources == b->data.n_sources;
             for (int j = 0; same && j < a->data.n_sources; j++) same = strcmp(a->data.sources[j], b->data.sources[j]) == 0;
@@ -1073,6 +1138,22 @@ int64_t config_total_iterations(const Config *c) {
     return (int64_t)c->optim.epochs * c->train.OFFICIAL_EPOCH_LENGTH;
 }
 
+int config_n_pairs(const Config *c) { return c->crops.global_crops_size.n; }
+
+static int list_max(const CfgIntList *l) {
+    int m = l->v[0];
+    for (int i = 1; i < l->n; i++) m = l->v[i] > m ? l->v[i] : m;
+    return m;
+}
+int config_max_global_crop(const Config *c) { return list_max(&c->crops.global_crops_size); }
+int config_max_local_crop(const Config *c) { return list_max(&c->crops.local_crops_size); }
+static int config_min_local_crop(const Config *c) {
+    int m = c->crops.local_crops_size.v[0];
+    for (int i = 1; i < c->crops.local_crops_size.n; i++) m = c->crops.local_crops_size.v[i] < m ? c->crops.local_crops_size.v[i] : m;
+    return m;
+}
+int config_img_size(const Config *c) { return c->student.img_size > 0 ? c->student.img_size : config_max_global_crop(c); }
+
 void config_arch_dims(const Config *c, int *dim, int *depth, int *heads) {
     static const struct { const char *name; int dim, depth, heads; } archs[] = {
         {"vit_test", 32, 2, 2}, {"vit_tiny", 192, 12, 3}, {"vit_small", 384, 12, 6}, {"vit_base", 768, 12, 12},
@@ -1089,7 +1170,7 @@ void config_arch_dims(const Config *c, int *dim, int *depth, int *heads) {
 int config_to_vit(const Config *c, VitConfig *v, char *err) {
     const CfgStudent *s = &c->student;
     const int registers = s->n_storage_tokens > 0 ? s->n_storage_tokens : s->num_register_tokens;
-    if (vit_config_from_arch(v, s->arch, s->patch_size, c->crops.global_crops_size, registers, s->ffn_layer, err))
+    if (vit_config_from_arch(v, s->arch, s->patch_size, config_img_size(c), registers, s->ffn_layer, err))
         return -1;
     int dim, depth, heads;
     config_arch_dims(c, &dim, &depth, &heads);
@@ -1123,8 +1204,10 @@ int config_to_vit(const Config *c, VitConfig *v, char *err) {
         v->mask_k_bias = s->mask_k_bias;
     }
     if (vit_config_check(v, err)) return -1;
-    if (vit_check_crop(v, c->crops.global_crops_size, err)) return -1;
-    if (c->crops.local_crops_number > 0 && vit_check_crop(v, c->crops.local_crops_size, err)) return -1;
+    for (int k = 0; k < config_n_pairs(c); k++) {
+        if (vit_check_crop(v, c->crops.global_crops_size.v[k], err)) return -1;
+        if (c->crops.local_crops_number > 0 && vit_check_crop(v, c->crops.local_crops_size.v[k], err)) return -1;
+    }
     return 0;
 }
 
@@ -1143,8 +1226,11 @@ int config_to_ssl(const Config *c, SslConfig *o, char *err) {
                                      : o->dino_head;
     o->batch = c->train.batch_size_per_gpu;
     o->n_local = c->crops.local_crops_number;
-    o->global_crop = c->crops.global_crops_size;
-    o->local_crop = c->crops.local_crops_size;
+    o->global_crop = c->crops.global_crops_size.v[0];
+    o->local_crop = c->crops.local_crops_size.v[0];
+    o->n_pairs = config_n_pairs(c);
+    for (int k = 0; k < o->n_pairs; k++)
+        o->pair_global[k] = c->crops.global_crops_size.v[k], o->pair_local[k] = c->crops.local_crops_size.v[k];
     o->centering = strcmp(c->train.centering, "sinkhorn_knopp") == 0 ? CENTERING_SINKHORN : CENTERING_SOFTMAX;
     o->dino_loss_weight = (float)d->loss_weight;
     o->ibot_loss_weight = (float)ib->loss_weight;
@@ -1161,7 +1247,7 @@ int config_to_ssl(const Config *c, SslConfig *o, char *err) {
     o->patch_embed_lr_mult = (float)c->optim.patch_embed_lr_mult;
     const CfgGram *gr = &c->gram;
     o->gram = gr->use_loss;
-    o->gram_crop = c->crops.gram_teacher_crops_size > 0 ? c->crops.gram_teacher_crops_size : c->crops.global_crops_size;
+    o->gram_crop = c->crops.gram_teacher_crops_size > 0 ? c->crops.gram_teacher_crops_size : c->crops.global_crops_size.v[0];
     o->gram_normalize = gr->normalized;
     o->gram_neg_mode = gr->remove_neg ? 1 : gr->remove_only_teacher_neg ? 2 : 0;
     o->gram_img_level = gr->img_level;
@@ -1221,8 +1307,14 @@ void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o
     AugmentConfig *g = &o->aug;
     const CfgAugment *a = &c->augment;
     const CfgCrops *cr = &c->crops;
-    g->global_size = cr->global_crops_size;
-    g->local_size = cr->local_crops_size;
+    g->global_size = cr->global_crops_size.v[0];
+    g->local_size = cr->local_crops_size.v[0];
+    o->n_pairs = config_n_pairs(c);
+    for (int k = 0; k < o->n_pairs; k++) {
+        o->pair_global[k] = cr->global_crops_size.v[k];
+        o->pair_local[k] = cr->local_crops_size.v[k];
+        o->pair_ratio[k] = cr->global_local_crop_pairs_ratios.n == o->n_pairs ? cr->global_local_crop_pairs_ratios.v[k] : 1.0;
+    }
     g->n_local = cr->local_crops_number;
     memcpy(g->global_scale, cr->global_crops_scale, sizeof g->global_scale);
     memcpy(g->local_scale, cr->local_crops_scale, sizeof g->local_scale);
@@ -1252,7 +1344,7 @@ void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o
     memcpy(g->ect_scale, cr->ect_scale, sizeof g->ect_scale);
     memcpy(g->ect_ratio, cr->ect_ratio, sizeof g->ect_ratio);
     if (c->gram.use_loss) { // the Gram teacher's crops, only when Gram anchoring is on
-        g->gram_size = cr->gram_teacher_crops_size > 0 ? cr->gram_teacher_crops_size : cr->global_crops_size;
+        g->gram_size = cr->gram_teacher_crops_size > 0 ? cr->gram_teacher_crops_size : cr->global_crops_size.v[0];
         g->gram_no_distortions = cr->gram_teacher_no_distortions;
     }
 }
@@ -1387,13 +1479,27 @@ int config_validate(const Config *c, char *err) {
     }
 
     const CfgCrops *cr = &c->crops;
-    NEED(cr->global_crops_size >= 1, "crops.global_crops_size", "must be >= 1");
-    NEED(cr->local_crops_size >= 1, "crops.local_crops_size", "must be >= 1");
+    const int np = cr->global_crops_size.n;
+    NEED(cr->local_crops_size.n == np, "crops.local_crops_size",
+         "%d sizes, but crops.global_crops_size (set in %s) has %d: one local size per (global, local) pair",
+         cr->local_crops_size.n, origin_of(c, "crops.global_crops_size"), np);
+    NEED(cr->global_local_crop_pairs_ratios.n == np || (np == 1 && cr->global_local_crop_pairs_ratios.n == 1),
+         "crops.global_local_crop_pairs_ratios", "%d ratios for %d size pairs (crops.global_crops_size, set in %s)",
+         cr->global_local_crop_pairs_ratios.n, np, origin_of(c, "crops.global_crops_size"));
+    for (int k = 0; k < np; k++) {
+        NEED(cr->global_crops_size.v[k] >= 1, "crops.global_crops_size", "every size must be >= 1");
+        NEED(cr->local_crops_size.v[k] >= 1, "crops.local_crops_size", "every size must be >= 1");
+        NEED(cr->global_crops_size.v[k] % s->patch_size == 0, "crops.global_crops_size",
+             "%d is not a multiple of student.patch_size = %d (set in %s)", cr->global_crops_size.v[k], s->patch_size,
+             origin_of(c, "student.patch_size"));
+        NEED(cr->local_crops_number == 0 || cr->local_crops_size.v[k] % s->patch_size == 0, "crops.local_crops_size",
+             "%d is not a multiple of student.patch_size = %d (set in %s)", cr->local_crops_size.v[k], s->patch_size,
+             origin_of(c, "student.patch_size"));
+        NEED(cr->global_local_crop_pairs_ratios.v[k] > 0, "crops.global_local_crop_pairs_ratios", "every ratio must be > 0");
+    }
     NEED(cr->local_crops_number >= 0, "crops.local_crops_number", "must be >= 0");
-    NEED(cr->global_crops_size % s->patch_size == 0, "crops.global_crops_size",
-         "not a multiple of student.patch_size = %d (set in %s)", s->patch_size, origin_of(c, "student.patch_size"));
-    NEED(cr->local_crops_number == 0 || cr->local_crops_size % s->patch_size == 0, "crops.local_crops_size",
-         "not a multiple of student.patch_size = %d (set in %s)", s->patch_size, origin_of(c, "student.patch_size"));
+    NEED(s->img_size >= 0 && s->img_size % s->patch_size == 0, "student.img_size",
+         "must be 0 or a multiple of student.patch_size = %d", s->patch_size);
     NEED(cr->global_crops_scale[0] > 0 && cr->global_crops_scale[1] <= 1, "crops.global_crops_scale",
          "area fractions must be in (0, 1]");
     NEED(cr->global_crops_scale[0] <= cr->global_crops_scale[1], "crops.global_crops_scale", "min > max");
@@ -1440,11 +1546,14 @@ int config_validate(const Config *c, char *err) {
     NEED(!d->reweight_dino_local_loss || !isnan(d->local_loss_weight_schedule.start),
          "dino.local_loss_weight_schedule.start", "is null but dino.reweight_dino_local_loss is true");
     const CfgGram *gr = &c->gram;
-    NEED(cr->gram_teacher_crops_size == -1 || cr->gram_teacher_crops_size >= cr->global_crops_size,
-         "crops.gram_teacher_crops_size", "must be null or >= crops.global_crops_size (%d)", cr->global_crops_size);
+    NEED(cr->gram_teacher_crops_size == -1 || cr->gram_teacher_crops_size >= config_max_global_crop(c),
+         "crops.gram_teacher_crops_size", "must be null or >= crops.global_crops_size (%d)", config_max_global_crop(c));
     NEED(cr->gram_teacher_crops_size <= 0 || cr->gram_teacher_crops_size % s->patch_size == 0,
          "crops.gram_teacher_crops_size", "must be a multiple of student.patch_size (%d)", s->patch_size);
     if (gr->use_loss) {
+        NEED(cr->global_crops_size.n == 1, "gram.use_loss",
+             "Gram anchoring with several crop size pairs (crops.global_crops_size has %d) is not implemented",
+             cr->global_crops_size.n);
         NEED(!gr->ema_teacher, "gram.ema_teacher", "must be false: only a separate Gram teacher is implemented");
         NEED(!gr->compute_stats, "gram.compute_stats", "must be false: the auxiliary statistics are not implemented");
         NEED(strcmp(gr->tokens_used, "all") == 0, "gram.tokens_used",
@@ -1558,7 +1667,7 @@ int config_validate(const Config *c, char *err) {
     NEED(prob_ok(a->blur_p_local), "augment.blur_p_local", "must be in [0, 1]");
     NEED(a->blur_sigma[0] > 0 && a->blur_sigma[0] <= a->blur_sigma[1], "augment.blur_sigma", "need 0 < min <= max");
     NEED(a->blur_kernel >= 1 && a->blur_kernel % 2 == 1, "augment.blur_kernel", "must be odd and >= 1");
-    NEED(a->blur_kernel / 2 < cr->local_crops_size, "augment.blur_kernel", "must be smaller than the crops");
+    NEED(a->blur_kernel / 2 < config_min_local_crop(c), "augment.blur_kernel", "must be smaller than the crops");
     NEED(a->solarize_threshold >= 0 && a->solarize_threshold <= 256, "augment.solarize_threshold", "must be in [0, 256]");
     NEED(a->ratio[0] > 0 && a->ratio[0] <= a->ratio[1], "augment.ratio", "need 0 < min <= max");
     NEED(prob_ok(a->solarize_p), "augment.solarize_p", "must be in [0, 1]");

@@ -23,6 +23,17 @@
 #define CFG_MAX_SOURCES 16  // data.sources entries
 #define CFG_MAX_FILES 16    // config files in one base chain
 #define CFG_MAX_KEYS 224
+#define CFG_MAX_PAIRS 8     // crop size pairs of a high-resolution phase
+
+// A key that takes one value or a list of them (crops.global_crops_size: 224, or [512, 768, 768]).
+typedef struct {
+    int n;
+    int v[CFG_MAX_PAIRS];
+} CfgIntList;
+typedef struct {
+    int n;
+    double v[CFG_MAX_PAIRS];
+} CfgF64List;
 
 typedef struct {
     char arch[CFG_NAME];      // vit_test | vit_tiny | vit_small | vit_base | vit_large | vit_giant2
@@ -37,6 +48,7 @@ typedef struct {
     bool interpolate_antialias;
     char pretrained_weights[CFG_STR];
     int block_chunks;         // accepted for reference configs; FSDP-only, no effect here
+    int img_size;             // ours: pos-embed grid side in pixels; 0 = the (largest) global crop size
     int embed_dim, depth, num_heads; // ours: 0 = the arch's value (tiny demo/test models set them)
     double ffn_ratio;
     char norm_layer[CFG_NAME];          // layernorm | layernormbf16
@@ -100,7 +112,11 @@ typedef struct {
     double global_crops_scale[2];
     int local_crops_number;
     double local_crops_scale[2];
-    int global_crops_size, local_crops_size;
+    // One (global, local) size pair, or several (the high-resolution phase, docs/high-resolution.md): pair k
+    // is (global_crops_size.v[k], local_crops_size.v[k]), drawn for each iteration with weight
+    // global_local_crop_pairs_ratios.v[k].
+    CfgIntList global_crops_size, local_crops_size;
+    CfgF64List global_local_crop_pairs_ratios;
     bool extended_context;  // Virchow2 ECT: crops translated inside a larger region (data/augment.h)
     double context_factor;  // region side / tile size read by online slide sources (392/224 = 1.75)
     double ect_scale[2];    // ECT box area / crop area
@@ -108,6 +124,11 @@ typedef struct {
     int gram_teacher_crops_size;      // DINOv3 Gram anchoring: -1 (null) = the global crop size
     bool gram_teacher_no_distortions; // the Gram teacher's crops without colour distortion
 } CfgCrops;
+
+// DINOv3's high-resolution adaptation: start from the weights of an earlier run.
+typedef struct {
+    char checkpoint_path[CFG_STR]; // a checkpoint directory, or an earlier run's output_dir (its newest)
+} CfgHrft;
 
 // DINOv3 Gram anchoring (dinov3/configs/ssl_default_config.yaml `gram:`), docs/gram-anchoring.md.
 typedef struct {
@@ -195,6 +216,7 @@ typedef struct {
     CfgCrops crops;
     CfgTrain train;
     CfgSchedules schedules;
+    CfgHrft hrft;
     CfgGram gram;
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
     bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward
@@ -237,6 +259,12 @@ int config_equal(const Config *a, const Config *b, const char **diff_key);
 double config_scaled_lr(const Config *cfg, int world_size);
 void config_apply_lr_scaling(Config *cfg, int world_size); // sets optim.lr
 int64_t config_total_iterations(const Config *cfg);         // optim.epochs * OFFICIAL_EPOCH_LENGTH
+// The crop size pairs: their number, and the largest global / local side over them.
+int config_n_pairs(const Config *cfg);
+int config_max_global_crop(const Config *cfg);
+int config_max_local_crop(const Config *cfg);
+// The model's img_size (pos-embed grid): student.img_size, else the largest global crop (as the official).
+int config_img_size(const Config *cfg);
 // The backbone's width/depth/heads: the arch's, with student.embed_dim/depth/num_heads when set.
 void config_arch_dims(const Config *cfg, int *dim, int *depth, int *heads);
 

@@ -21,6 +21,8 @@
 #include "train/optim.h"
 #include "train/schedule.h"
 
+#define SSL_MAX_PAIRS 8
+
 typedef struct {
     VitConfig vit;
     HeadConfig dino_head;        // in_dim is set from the ViT
@@ -28,7 +30,13 @@ typedef struct {
     HeadConfig ibot_head;        // used when separate
     int batch;                   // B: images per rank
     int n_local;                 // local crops per image (8)
-    int global_crop, local_crop; // crop sides in pixels
+    int global_crop, local_crop; // crop sides in pixels (size pair 0)
+    // High-resolution phase: n_pairs (global, local) size pairs, each step runs one of them (SslBatch.pair,
+    // ssl_stage_batch_pair). 0 or 1: the one pair (global_crop, local_crop). Pair 0 must be that pair.
+    // Activations exist for one pair at a time (created when a step needs another pair); the other
+    // buffers are sized for the largest sides.
+    int n_pairs;
+    int pair_global[SSL_MAX_PAIRS], pair_local[SSL_MAX_PAIRS];
     int max_masked;              // capacity for masked tokens per rank per step (0: B * N, half the tokens)
     Centering centering;
     float student_temp;          // 0.1
@@ -114,6 +122,7 @@ typedef struct {
     Rng drop_key;              // unique per step
     int staged;                // 1: crops and masks were given to ssl_stage_batch instead (the fields
                                //    above are then ignored, but for drop_* and drop_key)
+    int pair;                  // the size pair of the crops (not staged; a staged batch carries its own)
     SslDiag *diag;             // collapse diagnostics of this step wanted (NULL: none)
     // DINOv3 additions (the schedules' values at this iteration)
     const float *gram_crops;   // host [2B,3,gram_crop,gram_crop], crop-major (or staged: ssl_stage_gram)
@@ -137,6 +146,12 @@ void ssl_stage_gram(SslModel *m, Backend *be, const float *gram_crops, int crops
 // may be reused at once.
 void ssl_stage_batch(SslModel *m, Backend *be, const float *global_crops, const float *local_crops,
                      const uint8_t *masks, int crops_pinned);
+// The same for crops of size pair `pair` (SslConfig.n_pairs).
+void ssl_stage_batch_pair(SslModel *m, Backend *be, int pair, const float *global_crops, const float *local_crops,
+                          const uint8_t *masks, int crops_pinned);
+// Makes the activations of size pair `pair` the current ones (freeing the others'): a step does it itself;
+// the memory plan calls it to count every pair.
+void ssl_use_pair(SslModel *m, Backend *be, int pair);
 
 typedef struct {
     // the losses as the reference logs them (koleo_loss and ibot_loss halved; total = their sum)
