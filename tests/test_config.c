@@ -487,6 +487,10 @@ TEST(gram_anchoring_keys) {
         int n_o = strcmp(bad[i].key, "gram.remove_neg") == 0 ? 2 : 1;
         CHECK(load(base, n_o, o, err) != 0 && strstr(err, bad[i].key), "%s accepted or misnamed: %s", bad[i].ov, err);
     }
+    // several crop size pairs (the high-resolution phase's lists): not with Gram anchoring
+    char *pairs[] = {"crops.global_crops_size=[256, 512]", "crops.local_crops_size=[112, 224]",
+                     "crops.global_local_crop_pairs_ratios=[0.5, 0.5]"};
+    CHECK(load(base, 3, pairs, err) != 0 && strstr(err, "gram.use_loss") && strstr(err, "pairs"), "accepted: %s", err);
 }
 
 TEST(lr_scaling_rule) {
