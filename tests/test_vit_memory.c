@@ -172,7 +172,7 @@ static void modes_agree(VitConfig cfg, int use_masks) {
         size_t D = (size_t)cfg.dim, Hf = (size_t)cfg.ffn_hidden, fo = cfg.ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
         size_t T = rows / (size_t)grp[g].B;
         size_t full = rows * D * 8 + rows * 4 + rows * 3 * D + rows * fo + rows * Hf +
-                      be->attention_saved_floats(be, grp[g].B, (int)T, cfg.heads);
+                      be->attention_saved_floats(be, grp[g].B, (int)T, cfg.heads, cfg.dim / cfg.heads);
         size_t stored = full - rows * (4 * D + Hf), shared = rows * (2 * D + Hf);
         expect += ((size_t)cfg.depth * stored - full + shared) * sizeof(float);
     }

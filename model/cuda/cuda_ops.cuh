@@ -63,6 +63,7 @@ typedef struct {
     void **grid_ptrs;
     size_t grid_ptrs_cap;
     int gemm_grid_loop;
+    CudaAttention attention; // flash (default where supported) or the batched-GEMM path; DINO_ATTENTION
 } CudaImpl;
 void cuda_lt_init(CudaImpl *c, int force); // force: even with DINO_CUDA_LT=0
 void cuda_lt_destroy(CudaImpl *c);
@@ -162,10 +163,16 @@ void cuda_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, si
 void cuda_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd);
 void cuda_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd);
 // attention.cu
-size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H);
+size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H, int Dh);
 void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
 void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
                         int T, int H, int Dh);
+// attention_flash.cu: the fused path (bf16 GEMM precision and a head dim with kernels: 64, 80, 96, 128);
+// `saved` as attention_saved_floats_flash (model/attention_layout.h)
+bool cuda_attention_flash_supported(Backend *be, int Dh);
+void cuda_attention_flash_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
+void cuda_attention_flash_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
+                              int T, int H, int Dh);
 // tokens.cu
 void cuda_im2col(Backend *be, float *cols, const float *img, int B, int C, int Hi, int Wi, int p);
 void cuda_tokens_fwd(Backend *be, float *x, const float *patch, const float *cls, const float *reg, const float *pos,
