@@ -440,6 +440,8 @@ void cuda_attention_flash_fwd(Backend *be, float *out, float *saved, const float
     CUDA_OP_RANGE("attention_flash_fwd");
     if (B <= 0 || T <= 0) return;
     switch (Dh) {
+    case 16: flash_fwd_launch<16>(be, out, saved, qkv, B, T, H); break;
+    case 32: flash_fwd_launch<32>(be, out, saved, qkv, B, T, H); break;
     case 64: flash_fwd_launch<64>(be, out, saved, qkv, B, T, H); break;
     case 80: flash_fwd_launch<80>(be, out, saved, qkv, B, T, H); break;
     case 96: flash_fwd_launch<96>(be, out, saved, qkv, B, T, H); break;
@@ -453,6 +455,8 @@ void cuda_attention_flash_bwd(Backend *be, float *dqkv, const float *dout, const
     CUDA_OP_RANGE("attention_flash_bwd");
     if (B <= 0 || T <= 0) return;
     switch (Dh) {
+    case 16: flash_bwd_launch<16>(be, dqkv, dout, qkv, saved, B, T, H); break;
+    case 32: flash_bwd_launch<32>(be, dqkv, dout, qkv, saved, B, T, H); break;
     case 64: flash_bwd_launch<64>(be, dqkv, dout, qkv, saved, B, T, H); break;
     case 80: flash_bwd_launch<80>(be, dqkv, dout, qkv, saved, B, T, H); break;
     case 96: flash_bwd_launch<96>(be, dqkv, dout, qkv, saved, B, T, H); break;

@@ -27,7 +27,7 @@ typedef enum { CUDA_GEMM_BF16 = 0, CUDA_GEMM_FP32 = 1 } CudaGemmPrecision;
 void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p);
 
 // Which attention path runs: CUDA_ATTENTION_FLASH (default): the fused kernel (model/cuda/attention_flash.cu)
-// wherever it applies (bf16 GEMM precision and head dim 64, 80, 96 or 128), the batched-GEMM path
+// wherever it applies (bf16 GEMM precision and head dim 16, 32, 64, 80, 96 or 128), the batched-GEMM path
 // elsewhere; CUDA_ATTENTION_GEMM: always the batched-GEMM path (cuBLAS, T x T probabilities saved in bf16).
 // DINO_ATTENTION=flash|gemm in the environment sets it at creation (another value: backend_cuda_new fails
 // with a message). The saved state's size and layout depend on it (attention_saved_floats): change it

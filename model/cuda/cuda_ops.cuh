@@ -167,7 +167,7 @@ size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H, int Dh);
 void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
 void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
                         int T, int H, int Dh);
-// attention_flash.cu: the fused path (bf16 GEMM precision and a head dim with kernels: 64, 80, 96, 128);
+// attention_flash.cu: the fused path (bf16 GEMM precision and a head dim with kernels: 16, 32, 64, 80, 96, 128);
 // `saved` as attention_saved_floats_flash (model/attention_layout.h)
 bool cuda_attention_flash_supported(Backend *be, int Dh);
 void cuda_attention_flash_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);

@@ -187,3 +187,18 @@ set(MUTANT_FROM [[
 set(MUTANT_TO "")
 cudaemu_mutant(copy_stream_alloc_wait_removed FILE model/cuda/backend_cuda.cu TEST ssl_step_softmax_koleo_fp32_gemm
   EXPECT "FAIL ssl_step_softmax_koleo_fp32_gemm \\([^)]*\\): staged GPU steps change with the layer's thread / stream order")
+
+# A missing barrier between the flash forward's K/V tile load into shared memory and its use: each
+# thread stores its share of the tile, then the warps' wmma loads read the whole tile. Under the layer a
+# thread runs from the previous barrier to its first wmma load in one stretch, so the warps read elements
+# that threads later in the order have not stored yet (the previous tile's, or the previous block's):
+# the attention output is off by the order of the values themselves (whatever CUDAEMU_ORDER).
+set(MUTANT_FROM [[
+        load_tile<DH, LDS>(sV, v, H3, j0, FLASH_BC, T);
+        __syncthreads();
+        // S = Q K^T (unscaled), 16 x FLASH_BC]])
+set(MUTANT_TO [[
+        load_tile<DH, LDS>(sV, v, H3, j0, FLASH_BC, T);
+        // S = Q K^T (unscaled), 16 x FLASH_BC]])
+cudaemu_mutant(flash_kv_tile_syncthreads_removed FILE model/cuda/attention_flash.cu TEST flash_attention_dh64
+  EXPECT "FAIL flash_attention_dh64 \\([^)]*\\): flash_fwd\\.out: normwise relative error")

@@ -1,7 +1,8 @@
 // Stand-in for mma.h (tests/cudaemu/): nvcuda::wmma's bf16 16x16x16 fragments with fp32 accumulators,
-// the shapes model/cuda/attention_flash.cu uses. Every operation is warp-collective, as in CUDA: all 32
-// lanes of the warp must call it (the layer checks that like a full-mask shuffle: a lane that skips it or
-// a block whose size is not a multiple of 32 is a finding).
+// the shapes model/cuda/attention_flash.cu uses. load_matrix_sync, store_matrix_sync and mma_sync are
+// warp-collective, as in CUDA: all 32 lanes of the warp must call them (the layer checks that like a
+// full-mask shuffle: a lane that skips one or a block whose size is not a multiple of 32 is a finding);
+// fill_fragment writes the lane's own registers.
 //
 // The element layout of a fragment is unspecified in CUDA, so this one picks its own: lane l holds the
 // elements l*8 .. l*8+7 of the 16x16 tile in row-major order (row l/2, columns (l%2)*8 ..). A kernel may
@@ -96,11 +97,11 @@ inline void mma_all_lanes(void *const *args, int lanes) {
 inline void meet(const char *file, int line) { ::cudaemu::warp_collective(nullptr, nullptr, file, line); }
 } // namespace detail
 
+// Register writes of the lane alone, as on a GPU (no meeting: a kernel's shared-memory writes before it and
+// its next wmma load are then one stretch of a fiber, so a missing barrier between them shows).
 template <typename Use, typename T, typename Layout>
-inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout> &f, T v, const char *file = __builtin_FILE(),
-                          int line = __builtin_LINE()) {
+inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout> &f, T v) {
     for (int i = 0; i < 8; i++) f.x[i] = v;
-    detail::meet(file, line);
 }
 
 // matrix_a / matrix_b: the logical 16x16 tile, element (r, c) at p[r*ldm + c] (row_major) or p[c*ldm + r]
