@@ -788,6 +788,43 @@ TEST(flash_attention_matches_gemm_path) {
     gpu_free(G);
 }
 
+// DINO_ATTENTION picks the path at the backend's creation; a bad value is refused by name; the flash path
+// applies only with bf16 GEMMs and a head dim it has kernels for (the GEMM path otherwise, with its size).
+TEST(attention_switch_env_and_fallback) {
+#ifndef DINO_HAVE_CUDA
+    test_skip("built without CUDA (no nvcc found)");
+#else
+    if (emulating()) test_skip("the flash path is a cuda backend kernel (no CPU emulation)");
+    if (dino_cuda_device_count() == 0) test_skip("no CUDA device on this machine");
+    char err[DINO_ERRLEN] = "";
+    const char *old = getenv("DINO_ATTENTION");
+    char *saved_env = old ? strdup(old) : NULL;
+    setenv("DINO_ATTENTION", "fused", 1);
+    Backend *be = backend_cuda_new(0, err);
+    CHECK(be == NULL && strstr(err, "DINO_ATTENTION=fused") && strstr(err, "flash") && strstr(err, "gemm"),
+          "a bad DINO_ATTENTION: '%s'", err);
+    setenv("DINO_ATTENTION", "gemm", 1);
+    be = backend_cuda_new(0, err);
+    CHECK(be && !backend_cuda_attention_is_flash(be, 64), "DINO_ATTENTION=gemm: %s", err);
+    if (be) backend_cuda_free(be);
+    unsetenv("DINO_ATTENTION");
+    be = backend_cuda_new(0, err);
+    CHECK(be != NULL, "%s", err);
+    if (be) {
+        CHECK(backend_cuda_attention_is_flash(be, 64) && backend_cuda_attention_is_flash(be, 128) &&
+                  !backend_cuda_attention_is_flash(be, 48) && !backend_cuda_attention_is_flash(be, 3),
+              "flash by default for the head dims it has kernels for, only those");
+        CHECK(be->attention_saved_floats(be, 2, 257, 6, 64) == attention_saved_floats_flash(2, 257, 6, 64) &&
+                  be->attention_saved_floats(be, 2, 257, 6, 48) == attention_saved_floats_cuda(2, 257, 6, 1),
+              "saved sizes follow the path");
+        backend_cuda_set_gemm_precision(be, CUDA_GEMM_FP32);
+        CHECK(!backend_cuda_attention_is_flash(be, 64), "fp32 GEMMs keep the (fp32) GEMM path");
+        backend_cuda_free(be);
+    }
+    if (saved_env) setenv("DINO_ATTENTION", saved_env, 1), free(saved_env);
+#endif
+}
+
 // ---- ViT plumbing ---------------------------------------------------------------------------------
 
 TEST(im2col_tokens_fwd_bwd) {
