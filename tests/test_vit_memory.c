@@ -319,8 +319,8 @@ TEST(memory_plan_counts_real_allocations) {
     }
 }
 
-// On cuda the plan counts the CUDA backend's own layout: bf16 attention probabilities in 16-byte aligned
-// blocks (model/attention_layout.h), half the CPU's.
+// On cuda the plan counts the CUDA backend's own layout (model/attention_layout.h): the flash path's LSE and
+// bf16 O where the head dim has kernels (demo.yaml's 64), else bf16 probabilities in 16-byte aligned blocks.
 TEST(memory_plan_uses_the_cuda_layout_on_cuda) {
     CHECK(attention_block_elems(257, 1) == 66056 && attention_block_elems(257, 0) == 66052 &&
               attention_block_elems(50, 1) == 2504 && attention_block_elems(16, 0) == 256,
