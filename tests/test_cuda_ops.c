@@ -749,7 +749,7 @@ TEST(flash_attention_dh80_dh96_small) {
 }
 
 // Flash against the batched-GEMM path on the same backend (the A/B switch), and flash reruns bit for bit
-// (no atomics: every output element has one writer, in a fixed order).
+// (no atomics: every output element has one writer, in a fixed order), also from unaligned inputs.
 TEST(flash_attention_matches_gemm_path) {
     if (emulating()) test_skip("the flash path is a cuda backend kernel (no CPU emulation)");
     Backend *G = gpu_backend(CUDA_GEMM_BF16);
@@ -761,16 +761,21 @@ TEST(flash_attention_matches_gemm_path) {
     for (size_t i = 0; i < nq; i++) qkv_h[i] = (float)rng_normal(&r);
     for (size_t i = 0; i < no; i++) dout_h[i] = (float)rng_normal(&r);
     float *qkv = dual_upload(G, qkv_h, sizeof(float) * nq), *dout = dual_upload(G, dout_h, sizeof(float) * no);
-    float *res_out[3], *res_dqkv[3];
-    const CudaAttention path[3] = {CUDA_ATTENTION_GEMM, CUDA_ATTENTION_FLASH, CUDA_ATTENTION_FLASH};
-    for (int run = 0; run < 3; run++) {
+    // run 3 reads qkv and dO one float past a 16-byte boundary: the tile loads' scalar path, same bits
+    float *qkv_odd = G->alloc(G, sizeof(float) * (nq + 1)), *dout_odd = G->alloc(G, sizeof(float) * (no + 1));
+    G->to_device(G, qkv_odd + 1, qkv_h, sizeof(float) * nq);
+    G->to_device(G, dout_odd + 1, dout_h, sizeof(float) * no);
+    float *res_out[4], *res_dqkv[4];
+    const CudaAttention path[4] = {CUDA_ATTENTION_GEMM, CUDA_ATTENTION_FLASH, CUDA_ATTENTION_FLASH, CUDA_ATTENTION_FLASH};
+    for (int run = 0; run < 4; run++) {
+        const float *in = run == 3 ? qkv_odd + 1 : qkv, *din = run == 3 ? dout_odd + 1 : dout;
         backend_cuda_set_attention(G, path[run]);
         CHECK(backend_cuda_attention_is_flash(G, Dh) == (path[run] == CUDA_ATTENTION_FLASH), "the switch");
         const size_t ns = G->attention_saved_floats(G, B, T, H, Dh);
         float *out = G->alloc(G, sizeof(float) * no), *saved = G->alloc(G, sizeof(float) * ns);
         float *dqkv = G->alloc(G, sizeof(float) * nq);
-        G->attention_fwd(G, out, saved, qkv, B, T, H, Dh);
-        G->attention_bwd(G, dqkv, dout, qkv, saved, B, T, H, Dh);
+        G->attention_fwd(G, out, saved, in, B, T, H, Dh);
+        G->attention_bwd(G, dqkv, din, in, saved, B, T, H, Dh);
         res_out[run] = dino_malloc(sizeof(float) * no), res_dqkv[run] = dino_malloc(sizeof(float) * nq);
         G->to_host(G, res_out[run], out, sizeof(float) * no);
         G->to_host(G, res_dqkv[run], dqkv, sizeof(float) * nq);
@@ -781,8 +786,11 @@ TEST(flash_attention_matches_gemm_path) {
     CHECK(memcmp(res_out[1], res_out[2], sizeof(float) * no) == 0 &&
               memcmp(res_dqkv[1], res_dqkv[2], sizeof(float) * nq) == 0,
           "flash attention is not bit-identical on a rerun");
-    for (int run = 0; run < 3; run++) free(res_out[run]), free(res_dqkv[run]);
-    G->release(G, qkv), G->release(G, dout);
+    CHECK(memcmp(res_out[1], res_out[3], sizeof(float) * no) == 0 &&
+              memcmp(res_dqkv[1], res_dqkv[3], sizeof(float) * nq) == 0,
+          "flash attention on inputs that are not 16-byte aligned differs");
+    for (int run = 0; run < 4; run++) free(res_out[run]), free(res_dqkv[run]);
+    G->release(G, qkv), G->release(G, dout), G->release(G, qkv_odd), G->release(G, dout_odd);
     free(qkv_h), free(dout_h);
 #endif
     gpu_free(G);

@@ -75,7 +75,8 @@ template <> struct ActIO<__nv_bfloat16> {
 
 
 // dst[r][c] = bf16(src[(r0 + r) * ld + c]) for r < rows, c < DH; rows past T are zero (so that padded
-// products are finite; the softmax masks them). All threads of the block.
+// products are finite; the softmax masks them). All threads of the block. fp32 rows that start 16-byte
+// aligned (every row when src and ld are) are read 4 floats at a time.
 template <int DH, int LDS, typename T>
 __device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const T *src, int ld, int r0, int rows, int T_) {
     for (int i = threadIdx.x; i < rows * DH; i += blockDim.x) {
@@ -84,10 +85,28 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const T *src, int 
         dst[r * LDS + c] = __float2bfloat16(v);
     }
 }
+template <int DH, int LDS>
+__device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const float *src, int ld, int r0, int rows, int T_) {
+    if (((uintptr_t)src | (size_t)ld * sizeof(float)) % 16 != 0) { // uniform over the block
+        for (int i = threadIdx.x; i < rows * DH; i += blockDim.x) {
+            const int r = i / DH, c = i % DH;
+            dst[r * LDS + c] = __float2bfloat16(r0 + r < T_ ? src[(size_t)(r0 + r) * ld + c] : 0.0f);
+        }
+        return;
+    }
+    constexpr int V = DH / 4; // float4 per row
+    for (int i = threadIdx.x; i < rows * V; i += blockDim.x) {
+        const int r = i / V, c = (i % V) * 4;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r0 + r < T_) v = *(const float4 *)(src + (size_t)(r0 + r) * ld + c);
+        __nv_bfloat16 *d = dst + r * LDS + c;
+        d[0] = __float2bfloat16(v.x), d[1] = __float2bfloat16(v.y), d[2] = __float2bfloat16(v.z), d[3] = __float2bfloat16(v.w);
+    }
+}
 
 // ---- forward -------------------------------------------------------------------------------------------
 
-// grid (ceil(T / FLASH_BR), B * H), FLASH_WARPS * 32 threads. out [B,T,D]; lse [B,H,T] (base 2); o_saved
+// grid (B * H, ceil(T / FLASH_BR)), FLASH_WARPS * 32 threads. out [B,T,D]; lse [B,H,T] (base 2); o_saved
 // [B,T,D] bf16; qkv [B,T,3D]. scale_log2 = log2(e) / sqrt(DH).
 template <typename Cfg>
 __global__ void flash_fwd_kernel(typename Cfg::TOut *out, float *lse, __nv_bfloat16 *o_saved, const typename Cfg::TIn *qkv,
@@ -102,7 +121,7 @@ __global__ void flash_fwd_kernel(typename Cfg::TOut *out, float *lse, __nv_bfloa
     __shared__ __align__(32) float sS[FLASH_WARPS][16 * FLASH_BC];       // S, then P V, per warp
     __shared__ __align__(32) __nv_bfloat16 sP[FLASH_WARPS][16 * FLASH_BC]; // bf16(P), per warp
     const int H3 = 3 * H * DH, D = H * DH;
-    const int b = blockIdx.y / H, h = blockIdx.y % H, q0 = blockIdx.x * FLASH_BR;
+    const int b = blockIdx.x / H, h = blockIdx.x % H, q0 = blockIdx.y * FLASH_BR;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const TIn *q = qkv + (size_t)b * T * H3 + (size_t)h * DH, *k = q + D, *v = q + 2 * D;
     float *S = sS[warp];
@@ -226,7 +245,7 @@ __device__ __forceinline__ void store_rows(TOut *dst, int ld, int r0, int T, con
     }
 }
 
-// dK, dV: grid (ceil(T / FLASH_BR), B * H); warp w owns KV rows k0 + 16 w ..; query tiles of FLASH_BC rows
+// dK, dV: grid (B * H, ceil(T / FLASH_BR)); warp w owns KV rows k0 + 16 w ..; query tiles of FLASH_BC rows
 // in order. dqkv [B,T,3D] (its dK and dV parts are written, =).
 template <typename Cfg>
 __global__ void flash_bwd_dkdv_kernel(typename Cfg::TOut *dqkv, const typename Cfg::TIn *dout, const typename Cfg::TIn *qkv,
@@ -244,7 +263,7 @@ __global__ void flash_bwd_dkdv_kernel(typename Cfg::TOut *dqkv, const typename C
     __shared__ __align__(32) __nv_bfloat16 sdSt[FLASH_WARPS][16 * FLASH_BC];
     __nv_bfloat16 *sQ = sQdO, *sdO = sQdO + FLASH_BC * LDS;
     const int H3 = 3 * H * DH, D = H * DH;
-    const int b = blockIdx.y / H, h = blockIdx.y % H, k0 = blockIdx.x * FLASH_BR;
+    const int b = blockIdx.x / H, h = blockIdx.x % H, k0 = blockIdx.y * FLASH_BR;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 1, half = lane & 1;
     const TIn *q = qkv + (size_t)b * T * H3 + (size_t)h * DH, *k = q + D, *v = q + 2 * D;
     const TIn *dO = dout + (size_t)b * T * D + (size_t)h * DH;
@@ -319,7 +338,7 @@ __global__ void flash_bwd_dkdv_kernel(typename Cfg::TOut *dqkv, const typename C
     store_rows<DH>(dq + 2 * D, H3, k0 + warp * 16, T, dV, S);
 }
 
-// dQ: grid (ceil(T / FLASH_BR), B * H); warp w owns query rows q0 + 16 w ..; KV tiles of FLASH_BC rows in
+// dQ: grid (B * H, ceil(T / FLASH_BR)); warp w owns query rows q0 + 16 w ..; KV tiles of FLASH_BC rows in
 // order. Writes the dQ part of dqkv (=).
 template <typename Cfg>
 __global__ void flash_bwd_dq_kernel(typename Cfg::TOut *dqkv, const typename Cfg::TIn *dout, const typename Cfg::TIn *qkv,
@@ -334,7 +353,7 @@ __global__ void flash_bwd_dq_kernel(typename Cfg::TOut *dqkv, const typename Cfg
     __shared__ __align__(32) __nv_bfloat16 sdS[FLASH_WARPS][16 * FLASH_BC];
     __nv_bfloat16 *sK = sKV, *sV = sKV + FLASH_BC * LDS;
     const int H3 = 3 * H * DH, D = H * DH;
-    const int b = blockIdx.y / H, h = blockIdx.y % H, q0 = blockIdx.x * FLASH_BR;
+    const int b = blockIdx.x / H, h = blockIdx.x % H, q0 = blockIdx.y * FLASH_BR;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 1, half = lane & 1;
     const TIn *q = qkv + (size_t)b * T * H3 + (size_t)h * DH, *k = q + D, *v = q + 2 * D;
     const TIn *dO = dout + (size_t)b * T * D + (size_t)h * DH;
@@ -409,7 +428,7 @@ static void flash_fwd_launch(Backend *be, float *out, float *saved, const float 
     float *lse = saved;
     __nv_bfloat16 *o_saved = (__nv_bfloat16 *)(saved + attention_flash_lse_floats(B, T, H));
     const float scale_log2 = FLASH_LOG2E / sqrtf((float)DH);
-    dim3 grid(ceil_div(T, FLASH_BR), B * H);
+    dim3 grid(B * H, ceil_div(T, FLASH_BR)); // (image, head) on x: no 65535 limit
     DINO_LAUNCH(flash_fwd_kernel<Cfg>, grid, FLASH_WARPS * 32, 0, cuda_stream(be))(out, lse, o_saved, qkv,
                                                                                                T, H, scale_log2);
     cudaCheckLaunch();
@@ -427,7 +446,7 @@ static void flash_bwd_launch(Backend *be, float *dqkv, const float *dout, const 
     DINO_LAUNCH(flash_bwd_rowdot_kernel<float>, ceil_div(rows, 8), 256, 0, cuda_stream(be))(Drow, dout, o_saved, B, T,
                                                                                            H, DH);
     cudaCheckLaunch();
-    dim3 grid(ceil_div(T, FLASH_BR), B * H);
+    dim3 grid(B * H, ceil_div(T, FLASH_BR)); // (image, head) on x: no 65535 limit
     DINO_LAUNCH(flash_bwd_dkdv_kernel<Cfg>, grid, FLASH_WARPS * 32, 0, cuda_stream(be))(
         dqkv, dout, qkv, lse, Drow, T, H, scale_log2, scale);
     cudaCheckLaunch();

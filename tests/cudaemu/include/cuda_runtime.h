@@ -22,6 +22,13 @@ extern "C" {
 typedef struct uint3 {
     unsigned x, y, z;
 } uint3;
+typedef struct __attribute__((aligned(16))) float4 {
+    float x, y, z, w;
+} float4;
+static inline float4 make_float4(float x, float y, float z, float w) {
+    float4 v = {x, y, z, w};
+    return v;
+}
 typedef struct dim3 {
     unsigned x, y, z;
 #ifdef __cplusplus
