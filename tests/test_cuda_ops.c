@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "common/check.h"
+#include "common/clock.h"
 #include "common/rng.h"
 #include <sys/stat.h>
 
@@ -794,6 +795,60 @@ TEST(flash_attention_matches_gemm_path) {
     free(qkv_h), free(dout_h);
 #endif
     gpu_free(G);
+}
+
+// Times both paths (forward, backward) at ViT-L/14 shapes on a GPU: the A/B of the first GPU run
+// (tests.log of tools/gpu_check.sh), and checks they agree. Under the layer a tiny shape, once.
+TEST(attention_speed_flash_vs_gemm) {
+#ifndef DINO_HAVE_CUDA
+    test_skip("built without CUDA (no nvcc found)");
+#else
+    if (emulating()) test_skip("the CPU emulation has no device to time");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+#ifdef DINO_CUDAEMU
+    const int shapes[][4] = {{2, 37, 2, 64}}, iters = 1; // B, T, H, Dh
+#else
+    const int shapes[][4] = {{64, 261, 16, 64}, {256, 54, 16, 64}, {64, 257, 6, 64}, {32, 261, 8, 128}}, iters = 10;
+#endif
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int B = shapes[si][0], T = shapes[si][1], H = shapes[si][2], Dh = shapes[si][3], D = H * Dh;
+        const size_t nq = (size_t)B * T * 3 * D, no = (size_t)B * T * D;
+        Rng r = rng_make(53, (uint64_t)B, (uint64_t)T, (uint64_t)Dh);
+        float *qkv_h = dino_malloc(sizeof(float) * nq), *dout_h = dino_malloc(sizeof(float) * no);
+        for (size_t i = 0; i < nq; i++) qkv_h[i] = (float)rng_normal(&r);
+        for (size_t i = 0; i < no; i++) dout_h[i] = (float)rng_normal(&r);
+        float *qkv = dual_upload(G, qkv_h, sizeof(float) * nq), *dout = dual_upload(G, dout_h, sizeof(float) * no);
+        float *res[2];
+        const double flops_fwd = 4.0 * B * H * (double)T * T * Dh; // QK^T and PV
+        for (int pth = 0; pth < 2; pth++) {
+            backend_cuda_set_attention(G, pth ? CUDA_ATTENTION_FLASH : CUDA_ATTENTION_GEMM);
+            const size_t ns = G->attention_saved_floats(G, B, T, H, Dh);
+            float *out = G->alloc(G, sizeof(float) * no), *saved = G->alloc(G, sizeof(float) * ns);
+            float *dqkv = G->alloc(G, sizeof(float) * nq);
+            G->attention_fwd(G, out, saved, qkv, B, T, H, Dh); // warm-up
+            G->attention_bwd(G, dqkv, dout, qkv, saved, B, T, H, Dh);
+            G->sync(G);
+            double t0 = dino_wall_s();
+            for (int it = 0; it < iters; it++) G->attention_fwd(G, out, saved, qkv, B, T, H, Dh);
+            G->sync(G);
+            double t1 = dino_wall_s();
+            for (int it = 0; it < iters; it++) G->attention_bwd(G, dqkv, dout, qkv, saved, B, T, H, Dh);
+            G->sync(G);
+            double t2 = dino_wall_s();
+            const double f = (t1 - t0) / iters, bw = (t2 - t1) / iters;
+            printf("  attention %-5s B=%d T=%d H=%d Dh=%d: fwd %.3f ms (%.1f TFLOP/s), bwd %.3f ms (%.1f TFLOP/s), "
+                   "saved %.1f MB\n", pth ? "flash" : "gemm", B, T, H, Dh, 1e3 * f, flops_fwd / f * 1e-12, 1e3 * bw,
+                   2.5 * flops_fwd / bw * 1e-12, 4e-6 * ns);
+            res[pth] = dino_malloc(sizeof(float) * nq);
+            G->to_host(G, res[pth], dqkv, sizeof(float) * nq);
+            G->release(G, out), G->release(G, saved), G->release(G, dqkv);
+        }
+        check_dqkv_parts("speed case: flash vs gemm", res[1], res[0], B, T, D, 16 * U_BF16);
+        free(res[0]), free(res[1]), free(qkv_h), free(dout_h);
+        G->release(G, qkv), G->release(G, dout);
+    }
+    gpu_free(G);
+#endif
 }
 
 // DINO_ATTENTION picks the path at the backend's creation; a bad value is refused by name; the flash path
