@@ -15,7 +15,8 @@
 //  - fp32 kernels (LayerNorm, activations, softmax, plumbing, reductions): |gpu - cpu| <= 1e-5 *
 //    (|cpu| + rms(cpu)), i.e. 1e-5 relative to the element or, for values near 0 after cancellation,
 //    to the tensor's scale. Pure copies must be bit-exact.
-//  - attention and the whole ViT with bf16 GEMMs: normwise ||gpu - cpu|| / ||cpu|| <= 8u (forward) and
+//  - attention (the GEMM path and the fused flash path, which rounds at the same points) and the whole ViT
+//    with bf16 GEMMs: normwise ||gpu - cpu|| / ||cpu|| <= 8u (forward) and
 //    16u (backward, longer chains): each GEMM adds ~u normwise, softmax turns score errors into
 //    relative probability errors of the same size; with CUDA_GEMM_FP32 the same code at fp32 tolerance (the GEMMs are then
 //    fp32 too; 5e-5 / 1e-4 normwise for the whole ViT), which isolates the kernels' logic from bf16

@@ -416,6 +416,20 @@ __global__ void flash_bwd_dq_kernel(typename Cfg::TOut *dqkv, const typename Cfg
     store_rows<DH>(dq, H3, q0 + warp * 16, T, dQ, S);
 }
 
+// bf16 activations in and out (step 2 of docs/cuda-backend.md): compiled here so that the switch keeps
+// building; nothing launches them until the interface carries bf16 activations.
+typedef FlashCfg<64, __nv_bfloat16, __nv_bfloat16> FlashBf16Cfg64;
+template __global__ void flash_fwd_kernel<FlashBf16Cfg64>(__nv_bfloat16 *, float *, __nv_bfloat16 *,
+                                                          const __nv_bfloat16 *, int, int, float);
+template __global__ void flash_bwd_rowdot_kernel<__nv_bfloat16>(float *, const __nv_bfloat16 *,
+                                                                const __nv_bfloat16 *, int, int, int, int);
+template __global__ void flash_bwd_dkdv_kernel<FlashBf16Cfg64>(__nv_bfloat16 *, const __nv_bfloat16 *,
+                                                               const __nv_bfloat16 *, const float *, const float *,
+                                                               int, int, float, float);
+template __global__ void flash_bwd_dq_kernel<FlashBf16Cfg64>(__nv_bfloat16 *, const __nv_bfloat16 *,
+                                                             const __nv_bfloat16 *, const float *, const float *, int,
+                                                             int, float, float);
+
 // ---- launchers -------------------------------------------------------------------------------------------
 
 bool cuda_attention_flash_supported(Backend *be, int Dh) {
