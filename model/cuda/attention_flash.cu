@@ -46,6 +46,7 @@ using namespace nvcuda;
 #endif
 
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> FragA;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> FragAc; // P, dS: see below
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> FragB;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> FragBt; // a transposed tile
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
@@ -104,6 +105,12 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const float *src, 
     }
 }
 
+// The per-warp tiles that the lanes read and write element by element (S, dP, P V slices, P, dS) are 16 x
+// FLASH_BC column-major (element (r, c) at c * 16 + r): lane l owns row l % 16 and the columns 2k + l / 16,
+// so at every step the 32 lanes touch 32 consecutive words: no shared-memory bank conflicts (row-major
+// with two lanes per row would be 16-way). P and dS are then loaded as column-major matrix_a fragments.
+#define TILE_AT(c) ((c) * 16) // offset of column c of a per-warp tile
+
 // ---- forward -------------------------------------------------------------------------------------------
 
 // grid (B * H, ceil(T / FLASH_BR)), FLASH_WARPS * 32 threads. out [B,T,D]; lse [B,H,T] (base 2); o_saved
@@ -132,8 +139,9 @@ __global__ void flash_fwd_kernel(typename Cfg::TOut *out, float *lse, __nv_bfloa
     FragA qf[NK];
     UNROLL for (int kk = 0; kk < NK; kk++) wmma::load_matrix_sync(qf[kk], sQ + warp * 16 * LDS + kk * 16, LDS);
 
-    // softmax state of row `row` of the warp's 16; the two lanes of a row split its columns in halves
-    const int row = lane >> 1, half = lane & 1;
+    // softmax state of row `row` of the warp's 16; the two lanes of a row (l and l ^ 16) split its columns,
+    // even and odd
+    const int row = lane & 15, half = lane >> 4;
     float m = -INFINITY, l = 0.0f, o[OG * HALF];
     UNROLL for (int i = 0; i < OG * HALF; i++) o[i] = 0.0f;
 
@@ -151,25 +159,25 @@ __global__ void flash_fwd_kernel(typename Cfg::TOut *out, float *lse, __nv_bfloa
                 wmma::load_matrix_sync(kf, sK + n * 16 * LDS + kk * 16, LDS);
                 wmma::mma_sync(acc, qf[kk], kf, acc);
             }
-            wmma::store_matrix_sync(S + n * 16, acc, FLASH_BC, wmma::mem_row_major);
+            wmma::store_matrix_sync(S + TILE_AT(n * 16), acc, 16, wmma::mem_col_major);
         }
         __syncwarp();
         // online softmax (base 2): column j0 < T is live in every tile, so m' is finite
         float s[HALF], mx = -INFINITY;
         UNROLL for (int c = 0; c < HALF; c++) {
-            const int col = half * HALF + c;
-            s[c] = j0 + col < T ? S[row * FLASH_BC + col] * scale_log2 : -INFINITY;
+            const int col = 2 * c + half;
+            s[c] = j0 + col < T ? S[TILE_AT(col) + row] * scale_log2 : -INFINITY;
             mx = fmaxf(mx, s[c]);
         }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
         const float m_new = fmaxf(m, mx), alpha = exp2f(m - m_new); // m = -inf at first: alpha = 0
         float sum = 0.0f;
         UNROLL for (int c = 0; c < HALF; c++) {
             const float p = exp2f(s[c] - m_new);
             sum += p;
-            P[row * FLASH_BC + half * HALF + c] = __float2bfloat16(p);
+            P[TILE_AT(2 * c + half) + row] = __float2bfloat16(p);
         }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 16);
         l = l * alpha + sum;
         m = m_new;
         __syncwarp();
@@ -181,18 +189,18 @@ __global__ void flash_fwd_kernel(typename Cfg::TOut *out, float *lse, __nv_bfloa
                 FragC acc;
                 wmma::fill_fragment(acc, 0.0f);
                 UNROLL for (int kk = 0; kk < NC; kk++) {
-                    FragA pf;
+                    FragAc pf;
                     FragB vf;
-                    wmma::load_matrix_sync(pf, P + kk * 16, FLASH_BC);
+                    wmma::load_matrix_sync(pf, P + TILE_AT(kk * 16), 16);
                     wmma::load_matrix_sync(vf, sV + kk * 16 * LDS + c0, LDS);
                     wmma::mma_sync(acc, pf, vf, acc);
                 }
-                wmma::store_matrix_sync(S + n * 16, acc, FLASH_BC, wmma::mem_row_major);
+                wmma::store_matrix_sync(S + TILE_AT(n * 16), acc, 16, wmma::mem_col_major);
             }
             __syncwarp();
             UNROLL for (int c = 0; c < HALF; c++)
-                if (g * FLASH_BC + half * HALF + c < DH)
-                    o[g * HALF + c] = o[g * HALF + c] * alpha + S[row * FLASH_BC + half * HALF + c];
+                if (g * FLASH_BC + 2 * c + half < DH)
+                    o[g * HALF + c] = o[g * HALF + c] * alpha + S[TILE_AT(2 * c + half) + row];
             __syncwarp();
         }
     }
@@ -203,7 +211,7 @@ __global__ void flash_fwd_kernel(typename Cfg::TOut *out, float *lse, __nv_bfloa
         const size_t base = ((size_t)b * T + t) * D + (size_t)h * DH;
         UNROLL for (int g = 0; g < OG; g++)
             UNROLL for (int c = 0; c < HALF; c++) {
-                const int col = g * FLASH_BC + half * HALF + c;
+                const int col = g * FLASH_BC + 2 * c + half;
                 if (col >= DH) continue;
                 const float val = o[g * HALF + c] * inv;
                 ActIO<TOut>::store(out + base + col, val);
@@ -235,12 +243,13 @@ __global__ void flash_bwd_rowdot_kernel(float *Drow, const TIn *dout, const __nv
 // only) through the warp's fp32 tile tmp (at least 16 x 16).
 template <int DH, typename TOut>
 __device__ __forceinline__ void store_rows(TOut *dst, int ld, int r0, int T, const FragC *acc, float *tmp) {
-    const int lane = threadIdx.x & 31, row = lane >> 1, c8 = (lane & 1) * 8;
+    const int lane = threadIdx.x & 31, row = lane & 15, half = lane >> 4;
     UNROLL for (int n = 0; n < DH / 16; n++) {
-        wmma::store_matrix_sync(tmp, acc[n], 16, wmma::mem_row_major);
+        wmma::store_matrix_sync(tmp, acc[n], 16, wmma::mem_col_major);
         __syncwarp();
         if (r0 + row < T)
-            UNROLL for (int c = 0; c < 8; c++) ActIO<TOut>::store(dst + (size_t)(r0 + row) * ld + n * 16 + c8 + c, tmp[row * 16 + c8 + c]);
+            UNROLL for (int c = 0; c < 8; c++)
+                ActIO<TOut>::store(dst + (size_t)(r0 + row) * ld + n * 16 + 2 * c + half, tmp[TILE_AT(2 * c + half) + row]);
         __syncwarp();
     }
 }
@@ -264,7 +273,7 @@ __global__ void flash_bwd_dkdv_kernel(typename Cfg::TOut *dqkv, const typename C
     __nv_bfloat16 *sQ = sQdO, *sdO = sQdO + FLASH_BC * LDS;
     const int H3 = 3 * H * DH, D = H * DH;
     const int b = blockIdx.x / H, h = blockIdx.x % H, k0 = blockIdx.y * FLASH_BR;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 1, half = lane & 1;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane & 15, half = lane >> 4;
     const TIn *q = qkv + (size_t)b * T * H3 + (size_t)h * DH, *k = q + D, *v = q + 2 * D;
     const TIn *dO = dout + (size_t)b * T * D + (size_t)h * DH;
     const float *lse_bh = lse + ((size_t)b * H + h) * T, *D_bh = Drow + ((size_t)b * H + h) * T;
@@ -307,13 +316,13 @@ __global__ void flash_bwd_dkdv_kernel(typename Cfg::TOut *dqkv, const typename C
                 wmma::load_matrix_sync(dot, sdO + n * 16 * LDS + kk * 16, LDS);
                 wmma::mma_sync(accP, vf[kk], dot, accP);
             }
-            wmma::store_matrix_sync(S + n * 16, accS, FLASH_BC, wmma::mem_row_major);
-            wmma::store_matrix_sync(dP + n * 16, accP, FLASH_BC, wmma::mem_row_major);
+            wmma::store_matrix_sync(S + TILE_AT(n * 16), accS, 16, wmma::mem_col_major);
+            wmma::store_matrix_sync(dP + TILE_AT(n * 16), accP, 16, wmma::mem_col_major);
         }
         __syncwarp();
         // P^T = exp2(S^T scale_log2 - LSE), dS^T = scale P^T (dP^T - D); padded query rows give 0
         UNROLL for (int c = 0; c < HALF; c++) {
-            const int col = half * HALF + c, e = row * FLASH_BC + col;
+            const int col = 2 * c + half, e = TILE_AT(col) + row;
             const float p = i0 + col < T ? exp2f(S[e] * scale_log2 - sLse[col]) : 0.0f;
             Pt[e] = __float2bfloat16(p);
             dSt[e] = __float2bfloat16(scale * p * (dP[e] - sD[col]));
@@ -322,12 +331,12 @@ __global__ void flash_bwd_dkdv_kernel(typename Cfg::TOut *dqkv, const typename C
         // dV += P^T dO ; dK += dS^T Q   (16 x FLASH_BC) (FLASH_BC x DH)
         UNROLL for (int n = 0; n < NK; n++)
             UNROLL for (int kk = 0; kk < NQ; kk++) {
-                FragA pa, dsa;
+                FragAc pa, dsa;
                 FragB dob, qb;
-                wmma::load_matrix_sync(pa, Pt + kk * 16, FLASH_BC);
+                wmma::load_matrix_sync(pa, Pt + TILE_AT(kk * 16), 16);
                 wmma::load_matrix_sync(dob, sdO + kk * 16 * LDS + n * 16, LDS);
                 wmma::mma_sync(dV[n], pa, dob, dV[n]);
-                wmma::load_matrix_sync(dsa, dSt + kk * 16, FLASH_BC);
+                wmma::load_matrix_sync(dsa, dSt + TILE_AT(kk * 16), 16);
                 wmma::load_matrix_sync(qb, sQ + kk * 16 * LDS + n * 16, LDS);
                 wmma::mma_sync(dK[n], dsa, qb, dK[n]);
             }
@@ -354,7 +363,7 @@ __global__ void flash_bwd_dq_kernel(typename Cfg::TOut *dqkv, const typename Cfg
     __nv_bfloat16 *sK = sKV, *sV = sKV + FLASH_BC * LDS;
     const int H3 = 3 * H * DH, D = H * DH;
     const int b = blockIdx.x / H, h = blockIdx.x % H, q0 = blockIdx.y * FLASH_BR;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 1, half = lane & 1;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane & 15, half = lane >> 4;
     const TIn *q = qkv + (size_t)b * T * H3 + (size_t)h * DH, *k = q + D, *v = q + 2 * D;
     const TIn *dO = dout + (size_t)b * T * D + (size_t)h * DH;
     float *S = sS[warp], *dP = sdP[warp];
@@ -391,12 +400,12 @@ __global__ void flash_bwd_dq_kernel(typename Cfg::TOut *dqkv, const typename Cfg
                 wmma::load_matrix_sync(vt, sV + n * 16 * LDS + kk * 16, LDS);
                 wmma::mma_sync(accP, dof[kk], vt, accP);
             }
-            wmma::store_matrix_sync(S + n * 16, accS, FLASH_BC, wmma::mem_row_major);
-            wmma::store_matrix_sync(dP + n * 16, accP, FLASH_BC, wmma::mem_row_major);
+            wmma::store_matrix_sync(S + TILE_AT(n * 16), accS, 16, wmma::mem_col_major);
+            wmma::store_matrix_sync(dP + TILE_AT(n * 16), accP, 16, wmma::mem_col_major);
         }
         __syncwarp();
         UNROLL for (int c = 0; c < HALF; c++) {
-            const int col = half * HALF + c, e = row * FLASH_BC + col;
+            const int col = 2 * c + half, e = TILE_AT(col) + row;
             const float p = j0 + col < T ? exp2f(S[e] * scale_log2 - lse_t) : 0.0f;
             dS[e] = __float2bfloat16(scale * p * (dP[e] - D_t));
         }
@@ -404,9 +413,9 @@ __global__ void flash_bwd_dq_kernel(typename Cfg::TOut *dqkv, const typename Cfg
         // dQ += dS K   (16 x FLASH_BC) (FLASH_BC x DH)
         UNROLL for (int n = 0; n < NK; n++)
             UNROLL for (int kk = 0; kk < NC; kk++) {
-                FragA dsa;
+                FragAc dsa;
                 FragB kb;
-                wmma::load_matrix_sync(dsa, dS + kk * 16, FLASH_BC);
+                wmma::load_matrix_sync(dsa, dS + TILE_AT(kk * 16), 16);
                 wmma::load_matrix_sync(kb, sK + kk * 16 * LDS + n * 16, LDS);
                 wmma::mma_sync(dQ[n], dsa, kb, dQ[n]);
             }
