@@ -745,6 +745,8 @@ TEST(flash_attention_dh80_dh96_small) {
     flash_case(C, G, 1, 65, 1, 96);
     flash_case(C, G, 2, 17, 3, 16); // the SSL-step test's tiny model (D 48, 3 heads): O's group is half full
     flash_case(C, G, 1, 33, 2, 32);
+    flash_case(C, G, 3, 1, 2, 16); // one token: one live row and column (dq, dk are 0: compared absolutely)
+    flash_case(C, G, 2, 2, 1, 64);
 #endif
     backend_free(C);
     gpu_free(G);
