@@ -11,6 +11,7 @@
 
 #define PERM_STREAM 0x5045524dULL
 #define READ_STREAM 0x52454144ULL
+#define PAIR_STREAM 0x50414952ULL
 #define MAX_SKIP 64 // consecutive unreadable tiles before a batch fails
 
 void loader_config_default(LoaderConfig *c) {
@@ -64,6 +65,19 @@ static int64_t permute(uint64_t seed, uint64_t epoch, int64_t n, int64_t x) {
     return (int64_t)v;
 }
 
+int loader_pair_at(uint64_t seed, int64_t batch_index, int n_pairs, const double *ratios) {
+    if (n_pairs <= 1) return 0;
+    double total = 0;
+    for (int k = 0; k < n_pairs; k++) total += ratios[k];
+    Rng r = rng_make(seed, PAIR_STREAM, (uint64_t)batch_index, 0);
+    double u = rng_uniform(&r) * total, acc = 0;
+    for (int k = 0; k < n_pairs - 1; k++) {
+        acc += ratios[k];
+        if (u < acc) return k;
+    }
+    return n_pairs - 1;
+}
+
 int64_t loader_tile_at(uint64_t seed, int64_t n, int64_t g) {
     return permute(seed, (uint64_t)(g / n), n, g % n);
 }
@@ -91,7 +105,7 @@ struct Loader {
     LoaderReadScaledFn read_scaled;
     int max_decode_scale;
     void *ctx;
-    MaskGenerator maskgen;
+    MaskGenerator maskgen[LOADER_MAX_PAIRS]; // one per size pair (the iBOT grid follows the global size)
     int R;                // ring size
     Slot *slots;
     WorkerRes *res;       // per worker (one extra for the caller's thread)
@@ -106,8 +120,20 @@ struct Loader {
     LoaderStats stats;
 };
 
-static void slot_reset(Slot *s, int64_t index) {
+// The augmentation of size pair k: the config's with that pair's sides.
+static AugmentConfig pair_aug(const LoaderConfig *c, int k) {
+    AugmentConfig a = c->aug;
+    a.global_size = c->pair_global[k];
+    a.local_size = c->pair_local[k];
+    return a;
+}
+
+static void slot_reset(const Loader *l, Slot *s, int64_t index) {
+    const LoaderConfig *c = &l->cfg;
     s->b.index = index;
+    s->b.pair = loader_pair_at(c->seed, index, c->n_pairs, c->pair_ratio);
+    s->b.G = c->pair_global[s->b.pair];
+    s->b.L = c->pair_local[s->b.pair];
     s->b.reads = s->b.corrupt = s->b.scaled = 0;
     s->done = s->ready = s->failed = 0;
     s->err[0] = 0;
@@ -117,6 +143,7 @@ static void slot_reset(Slot *s, int64_t index) {
 static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
     const LoaderConfig *c = &l->cfg;
     Batch *b = &s->b;
+    const AugmentConfig aug = pair_aug(c, b->pair);
     int64_t g = (b->index * c->batch_size + slot_i) * c->world + c->rank;
     Image img = {0};
     char err[DINO_ERRLEN];
@@ -133,8 +160,8 @@ static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
         if (l->size) { // plan on the header's size, then decode as small as the crops allow
             rc = l->size(l->ctx, t, read_seed, &fw, &fh, err);
             if (rc == 0 && fw > 0 && fh > 0) {
-                augment_plan_sample(&c->aug, c->seed, g, fw, fh, w->plans);
-                scale = augment_decode_scale(w->plans, 2 + c->aug.n_local, l->max_decode_scale);
+                augment_plan_sample(&aug, c->seed, g, fw, fh, w->plans);
+                scale = augment_decode_scale(w->plans, 2 + aug.n_local, l->max_decode_scale);
                 rc = scale > 1 ? l->read_scaled(l->ctx, t, read_seed, scale, &img, err)
                                : l->read(l->ctx, t, read_seed, &img, err);
                 int want_w = (fw + scale - 1) / scale, want_h = (fh + scale - 1) / scale;
@@ -165,13 +192,13 @@ static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
         pthread_mutex_unlock(&l->mu);
     }
     if (tile >= 0) {
-        int B = c->batch_size, G = c->aug.global_size, L = c->aug.local_size;
-        if (!l->size) augment_plan_sample(&c->aug, c->seed, g, img.w, img.h, w->plans);
+        int B = c->batch_size, G = b->G, L = b->L;
+        if (!l->size) augment_plan_sample(&aug, c->seed, g, img.w, img.h, w->plans);
         for (int k = 0; k < 2; k++)
-            augment_apply_scaled(&c->aug, &w->plans[k], &img, scale,
+            augment_apply_scaled(&aug, &w->plans[k], &img, scale,
                                  b->global_crops + ((size_t)k * B + slot_i) * 3 * G * G, w->scratch);
-        for (int k = 0; k < c->aug.n_local; k++)
-            augment_apply_scaled(&c->aug, &w->plans[2 + k], &img, scale,
+        for (int k = 0; k < aug.n_local; k++)
+            augment_apply_scaled(&aug, &w->plans[2 + k], &img, scale,
                                  b->local_crops + ((size_t)k * B + slot_i) * 3 * L * L, w->scratch);
         image_free(&img);
     }
@@ -186,7 +213,8 @@ static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
     int last = s->done == c->batch_size;
     pthread_mutex_unlock(&l->mu);
     if (last) {
-        mask_batch_make(&l->maskgen, c->mask_probability, c->mask_ratio[0], c->mask_ratio[1], c->seed, b->index,
+        b->masks.n_tokens = l->maskgen[b->pair].n_tokens; // the buffers hold the largest pair's
+        mask_batch_make(&l->maskgen[b->pair], c->mask_probability, c->mask_ratio[0], c->mask_ratio[1], c->seed, b->index,
                         &b->masks);
         pthread_mutex_lock(&l->mu);
         s->ready = 1;
@@ -242,7 +270,7 @@ static void reset_ring(Loader *l, int64_t position) {
     l->next_item = position * l->cfg.batch_size;
     for (int i = 0; i < l->R; i++) {
         int64_t b = position + i;
-        slot_reset(&l->slots[b % l->R], b);
+        slot_reset(l, &l->slots[b % l->R], b);
     }
 }
 
@@ -252,7 +280,34 @@ Loader *loader_create(const LoaderConfig *c, int64_t n_tiles, LoaderReadFn read,
 
 Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadFn read, LoaderSizeFn size,
                              LoaderReadScaledFn read_scaled, int max_decode_scale, void *ctx, char *err) {
-    if (augment_config_check(&c->aug, err)) return NULL;
+    LoaderConfig cfg = *c;
+    if (cfg.n_pairs <= 1) { // one pair: aug's sizes
+        cfg.n_pairs = 1;
+        cfg.pair_global[0] = cfg.aug.global_size;
+        cfg.pair_local[0] = cfg.aug.local_size;
+        cfg.pair_ratio[0] = 1.0;
+    }
+    if (cfg.n_pairs > LOADER_MAX_PAIRS) {
+        dino_seterr(err, "loader: %d size pairs, at most %d", cfg.n_pairs, LOADER_MAX_PAIRS);
+        return NULL;
+    }
+    int maxG = 0, maxL = 0;
+    for (int k = 0; k < cfg.n_pairs; k++) {
+        AugmentConfig a = pair_aug(&cfg, k);
+        if (augment_config_check(&a, err)) return NULL;
+        if (!(cfg.pair_ratio[k] > 0)) {
+            dino_seterr(err, "loader: size pair %d has ratio %g (must be > 0)", k, cfg.pair_ratio[k]);
+            return NULL;
+        }
+        if (cfg.patch_size > 0 && a.global_size % cfg.patch_size) {
+            dino_seterr(err, "loader: global crop size %d is not a multiple of the patch size %d", a.global_size,
+                        cfg.patch_size);
+            return NULL;
+        }
+        maxG = a.global_size > maxG ? a.global_size : maxG;
+        maxL = a.local_size > maxL ? a.local_size : maxL;
+    }
+    c = &cfg;
     if (!read || !size != !read_scaled ||
         (max_decode_scale != 1 && max_decode_scale != 2 && max_decode_scale != 4 && max_decode_scale != 8)) {
         dino_seterr(err, "loader: need a read callback, size and read_scaled together, "
@@ -292,27 +347,29 @@ Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadF
     l->read_scaled = read_scaled;
     l->max_decode_scale = max_decode_scale;
     l->ctx = ctx;
-    mask_generator_init(&l->maskgen, c->aug.global_size, c->patch_size);
+    for (int k = 0; k < c->n_pairs; k++) mask_generator_init(&l->maskgen[k], c->pair_global[k], c->patch_size);
     l->R = c->prefetch;
     l->slots = dino_calloc((size_t)l->R, sizeof(Slot));
-    int B = c->batch_size, G = c->aug.global_size, Ls = c->aug.local_size;
+    // every slot can hold a batch of the largest sides
+    int B = c->batch_size, G = maxG, Ls = maxL;
+    const int max_tokens = (maxG / c->patch_size) * (maxG / c->patch_size);
     for (int i = 0; i < l->R; i++) {
         Batch *b = &l->slots[i].b;
         b->B = B;
         b->n_local = c->aug.n_local;
-        b->G = G;
-        b->L = Ls;
         const size_t ng = sizeof(float) * 2 * (size_t)B * 3 * G * G;
         const size_t nl = sizeof(float) * ((size_t)c->aug.n_local * B * 3 * Ls * Ls + 1);
         b->global_crops = c->crops_alloc ? c->crops_alloc(c->crops_ctx, ng) : dino_malloc(ng);
         b->local_crops = c->crops_alloc ? c->crops_alloc(c->crops_ctx, nl) : dino_malloc(nl);
         b->sample = dino_malloc(sizeof(int64_t) * (size_t)B);
         b->tile = dino_malloc(sizeof(int64_t) * (size_t)B);
-        mask_batch_alloc(&b->masks, 2 * B, l->maskgen.n_tokens);
+        mask_batch_alloc(&b->masks, 2 * B, max_tokens);
     }
     l->res = dino_calloc((size_t)c->n_threads + 1, sizeof(WorkerRes));
+    AugmentConfig largest = c->aug;
+    largest.global_size = maxG, largest.local_size = maxL;
     for (int i = 0; i <= c->n_threads; i++) {
-        l->res[i].scratch = augment_scratch_new(&c->aug);
+        l->res[i].scratch = augment_scratch_new(&largest);
         l->res[i].plans = dino_malloc(sizeof(CropPlan) * (size_t)(2 + c->aug.n_local));
     }
     l->threads = dino_calloc((size_t)c->n_threads + 1, sizeof(pthread_t));
@@ -329,7 +386,7 @@ const Batch *loader_next(Loader *l, char *err) {
     pthread_mutex_lock(&l->mu);
     if (l->held) { // release the batch handed out last time: its slot takes batch base - 1 + R
         int64_t freed = l->base - 1;
-        slot_reset(&l->slots[freed % l->R], freed + l->R);
+        slot_reset(l, &l->slots[freed % l->R], freed + l->R);
         l->held = 0;
         pthread_cond_broadcast(&l->cond_space);
     }

@@ -29,6 +29,8 @@ typedef int (*LoaderReadFn)(void *ctx, int64_t index, uint64_t seed, Image *out,
 typedef int (*LoaderSizeFn)(void *ctx, int64_t index, uint64_t seed, int *w, int *h, char *err);
 typedef int (*LoaderReadScaledFn)(void *ctx, int64_t index, uint64_t seed, int scale, Image *out, char *err);
 
+#define LOADER_MAX_PAIRS 8
+
 typedef struct {
     int batch_size;              // B, images per rank per step
     int rank, world;             // this rank and the number of ranks (0, 1 for one process)
@@ -41,7 +43,13 @@ typedef struct {
     double max_corrupt_fraction; // fail when failed reads / reads exceeds this ...
     int64_t corrupt_min_reads;   // ... once at least this many reads were made (a few bad tiles
                                  // early on must not end a run)
-    AugmentConfig aug;
+    AugmentConfig aug;           // aug.global_size / local_size: size pair 0
+    // High-resolution phase: batch b is made at pair loader_pair_at(seed, b, ...) of n_pairs (global, local)
+    // size pairs drawn with weights pair_ratio (0 or 1 pair: aug's sizes only). The draw is keyed by the
+    // batch index alone: every rank makes batch b at the same pair.
+    int n_pairs;
+    int pair_global[LOADER_MAX_PAIRS], pair_local[LOADER_MAX_PAIRS];
+    double pair_ratio[LOADER_MAX_PAIRS];
     // Optional allocator of the batches' crop buffers (NULL: malloc), e.g. the backend's page-locked
     // host memory, so that a GPU uploads a batch straight from the loader's buffer.
     void *(*crops_alloc)(void *ctx, size_t bytes);
@@ -54,6 +62,7 @@ void loader_config_default(LoaderConfig *c);
 typedef struct {
     int64_t index;         // batch index on this rank
     int B, n_local, G, L;  // images, local crops per image, global / local crop sizes
+    int pair;              // the size pair (LoaderConfig.n_pairs) these crops were made at
     float *global_crops;   // [2][B][3][G][G], normalized, crop-major like the reference collate
     float *local_crops;    // [n_local][B][3][L][L]
     int64_t *sample;       // [B] global sample index g of each image
@@ -83,5 +92,8 @@ void loader_set_position(Loader *l, int64_t next_batch);
 LoaderStats loader_stats(const Loader *l);
 void loader_destroy(Loader *l);
 
+// The size pair of batch `batch_index`: one uniform draw keyed by (seed, batch_index) against the
+// cumulative normalized ratios (0 for one pair).
+int loader_pair_at(uint64_t seed, int64_t batch_index, int n_pairs, const double *ratios);
 // The shared sample order: tile at global position g (a keyed Feistel permutation per epoch).
 int64_t loader_tile_at(uint64_t seed, int64_t n_tiles, int64_t g);

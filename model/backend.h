@@ -81,6 +81,17 @@ struct Backend {
     void (*attention_bwd)(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved,
                           int B, int T, int H, int Dh);
 
+    // ---- rotary position embedding (DINOv3's axial RoPE, model/rope.h) ------------------------
+    // In place on the q and k parts of qkv[B,T,3*D] (layout as attention) for the last N tokens of
+    // each image (the patches; CLS and storage tokens untouched), every head h, with x the Dh values
+    // of q (or k) of token T-N+n:   x <- x * cos[n] + rotate_half(x) * sin[n],
+    // rotate_half([x1 | x2]) = [-x2 | x1] (halves of Dh/2), as the official rope_apply.
+    // sin, cos: [N, Dh] tables, the same for every image and head.
+    void (*rope_fwd)(Backend *be, float *qkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh);
+    // Its transpose, in place on the q and k parts of dqkv[B,T,3*D] (the v part and the first T-N
+    // tokens untouched): g <- g * cos + rotate_half^T(g * sin), rotate_half^T([y1 | y2]) = [y2 | -y1].
+    void (*rope_bwd)(Backend *be, float *dqkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh);
+
     // ---- ViT plumbing -------------------------------------------------------------------------
     // cols[B*N, C*p*p] from img[B,C,Hi,Wi] (N = (Hi/p)*(Wi/p), patch-major, column order c,ky,kx as
     // a torch Conv2d weight [D,C,p,p] flattened)

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "common/check.h"
+#include "model/export_dinov3.h"
+#include "model/rope.h"
 
 const char *export_naming_name(ExportNaming n) {
     switch (n) {
@@ -102,6 +104,12 @@ static void add_ones(ExportMap *m, int *cap, ExportNaming naming, int l, const c
 }
 
 void export_map_build(ExportMap *m, const Vit *vit, const ParamTable *tab, const char *prefix, ExportNaming naming) {
+    if (vit->cfg.rope) { // the DINOv3 ViT: its own names (model/export_dinov3.h)
+        Dinov3Arch a;
+        dinov3_arch_from_vit(&vit->cfg, &a);
+        export_map_build_dinov3(m, &a, tab, prefix, naming);
+        return;
+    }
     memset(m, 0, sizeof *m);
     m->naming = naming;
     int cap = 0;
@@ -208,6 +216,17 @@ void export_entry_gather(const ExportEntry *e, const float *P, float *dst) {
     case XF_ONES:
         for (size_t c = 0; c < e->numel; c++) dst[c] = 1.0f;
         break;
+    case XF_PERIODS: { // the official RoPE periods (model/rope.h)
+        RopeConfig rc = {.base = e->rope[0], .min_period = e->rope[1], .max_period = e->rope[2]};
+        double *p = dino_malloc(sizeof(double) * (e->numel ? e->numel : 1));
+        rope_periods(&rc, 4 * (int)e->numel, p);
+        for (size_t i = 0; i < e->numel; i++) dst[i] = (float)p[i];
+        free(p);
+        break;
+    }
+    case XF_BIAS_MASK: // q and v biases used, the k bias masked
+        for (size_t i = 0; i < e->numel; i++) dst[i] = (i >= e->numel / 3 && i < 2 * e->numel / 3) ? 0.0f : 1.0f;
+        break;
     }
 }
 
@@ -229,6 +248,31 @@ int export_entry_scatter(const ExportEntry *e, const float *src, float *P, char 
                             "(student.layerscale = 0)", e->name, (double)src[c]);
                 return -1;
             }
+        break;
+    case XF_PERIODS: { // must be this model's RoPE (bf16 files round them: 1% relative)
+        float *want = dino_malloc(sizeof(float) * (e->numel ? e->numel : 1));
+        export_entry_gather(e, P, want);
+        for (size_t i = 0; i < e->numel; i++)
+            if (!(fabsf(src[i] - want[i]) <= 1e-2f * want[i])) {
+                dino_seterr(err, "%s[%zu] is %g, but this model's RoPE (base %g, periods %g..%g, head width %zu) has "
+                            "period %g: the file's model has other RoPE periods (rope_theta / pos_embed_rope_base)",
+                            e->name, i, (double)src[i], e->rope[0], e->rope[1], e->rope[2], 4 * e->numel,
+                            (double)want[i]);
+                free(want);
+                return -1;
+            }
+        free(want);
+        break;
+    }
+    case XF_BIAS_MASK:
+        for (size_t i = 0; i < e->numel; i++) {
+            const float want = (i >= e->numel / 3 && i < 2 * e->numel / 3) ? 0.0f : 1.0f;
+            if (src[i] != want) {
+                dino_seterr(err, "%s[%zu] is %g, expected %g: only the k third of the qkv bias may be masked",
+                            e->name, i, (double)src[i], (double)want);
+                return -1;
+            }
+        }
         break;
     }
     return 0;
@@ -289,23 +333,26 @@ static int ends_with(const char *s, const char *suffix, size_t *head) {
 
 int export_detect(const StFile *f, const char *path, const char *want_prefix, ExportNaming *naming, char *prefix,
                   size_t prefix_len, char *err) {
-    static const char *const ANCHOR[2] = {"patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight"};
+    // DINOv2 HF names end in ...patch_embeddings.projection.weight, DINOv3 HF names in ...patch_embeddings.weight
+    static const char *const ANCHOR[3] = {"patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight",
+                                          "embeddings.patch_embeddings.weight"};
     enum { MAXC = 8 };
     char cand[MAXC][256];
     int cand_hf[MAXC], nc = 0;
     for (int i = 0; i < f->n; i++) {
-        for (int a = 0; a < 2; a++) {
+        for (int a = 0; a < 3; a++) {
             size_t head;
             if (!ends_with(f->t[i].name, ANCHOR[a], &head) || head >= 256 || nc == MAXC) continue;
             if (head > 0 && f->t[i].name[head - 1] != '.') continue;
             memcpy(cand[nc], f->t[i].name, head);
             cand[nc][head] = 0;
-            cand_hf[nc++] = a;
+            cand_hf[nc++] = a > 0;
         }
     }
     if (nc == 0) {
-        dino_seterr(err, "%s: no ViT backbone found (no tensor named [prefix.]patch_embed.proj.weight or "
-                    "[prefix.]embeddings.patch_embeddings.projection.weight)", path);
+        dino_seterr(err, "%s: no ViT backbone found (no tensor named [prefix.]patch_embed.proj.weight, "
+                    "[prefix.]embeddings.patch_embeddings.projection.weight or [prefix.]embeddings.patch_embeddings.weight)",
+                    path);
         return -1;
     }
     int pick = -1;
@@ -340,7 +387,8 @@ int export_detect(const StFile *f, const char *path, const char *want_prefix, Ex
     // slot with registers), fc1/fc2 vs w12/w3 for SwiGLU, and the mask_token timm drops.
     if (cand_hf[pick]) *naming = NAMING_HF;
     else if (getp(f, prefix, "reg_token")) *naming = NAMING_TIMM;
-    else if (getp(f, prefix, "mask_token") || getp(f, prefix, "register_tokens") || getp(f, prefix, "blocks.0.mlp.w12.weight"))
+    else if (getp(f, prefix, "mask_token") || getp(f, prefix, "register_tokens") || getp(f, prefix, "blocks.0.mlp.w12.weight") ||
+             getp(f, prefix, "storage_tokens") || getp(f, prefix, "rope_embed.periods") || !getp(f, prefix, "pos_embed"))
         *naming = NAMING_DINOV2;
     else *naming = NAMING_TIMM;
     return 0;

@@ -9,6 +9,10 @@
 //   CLS_POS0    timm with registers: cls_token + pos_embed[:,0]      (import: cls = value, pos[0] = 0)
 //   POS_NOCLS   timm with registers: pos_embed[:,1:]                 (import: pos[1:] = value, pos[0] = 0)
 //   ONES        LayerScale gamma of a model without LayerScale: ones (import: must be all ones)
+//   PERIODS     DINOv3 official names: rope_embed.periods, computed from the RoPE parameters and the
+//               head width (import: must be those values)
+//   BIAS_MASK   DINOv3 official names: blocks.N.attn.qkv.bias_mask, ones with zeros on the k third
+//               (import: must be that pattern)
 // Folding pos[0] into cls is exact for the forward pass: tokens use cls + pos[0] and nothing else.
 #pragma once
 #include <stdint.h>
@@ -18,7 +22,7 @@
 #include "model/vit.h"
 
 typedef enum { NAMING_DINOV2 = 0, NAMING_TIMM = 1, NAMING_HF = 2 } ExportNaming;
-typedef enum { XF_COPY = 0, XF_ROWS, XF_CLS_POS0, XF_POS_NOCLS, XF_ONES } ExportXf;
+typedef enum { XF_COPY = 0, XF_ROWS, XF_CLS_POS0, XF_POS_NOCLS, XF_ONES, XF_PERIODS, XF_BIAS_MASK } ExportXf;
 
 #define EXPORT_NAME_MAX 128
 
@@ -32,6 +36,7 @@ typedef struct {
     size_t src_aux;             // CLS_POS0: offset of pos_embed; else unused
     size_t row0, row_len;       // ROWS: first row and row length of the slice
     int optional;               // may be absent on import (mask_token)
+    double rope[3];             // PERIODS: the RoPE base, min and max period (RopeConfig)
     char our_name[PARAM_NAME_MAX]; // our table's name (without prefix), for messages
 } ExportEntry;
 
@@ -44,7 +49,8 @@ typedef struct {
 const char *export_naming_name(ExportNaming n); // "dinov2", "timm", "hf"
 int export_naming_parse(const char *s, ExportNaming *n); // 0 or -1
 
-// Builds the map for the backbone registered in tab under prefix (e.g. "backbone.").
+// Builds the map for the backbone registered in tab under prefix (e.g. "backbone."). A DINOv3 ViT
+// (cfg.rope) gets export_map_build_dinov3's map (hf or dinov2 naming only: timm dies).
 void export_map_build(ExportMap *m, const Vit *vit, const ParamTable *tab, const char *prefix, ExportNaming naming);
 void export_map_free(ExportMap *m);
 const ExportEntry *export_map_find(const ExportMap *m, const char *name);

@@ -1,4 +1,5 @@
-// DINOv2's ViT backbone on the backend interface: forward, backward, init, pos-embed interpolation.
+// DINOv2's ViT backbone on the backend interface: forward, backward, init, pos-embed interpolation;
+// with cfg.rope the DINOv3 ViT (RoPE, storage tokens, untied CLS norms, masked k bias, official names).
 #include "model/vit.h"
 
 #include <math.h>
@@ -8,7 +9,9 @@
 
 #include "common/check.h"
 
-#define LN_EPS 1e-6f
+#define LN_EPS ln_eps(c)
+
+static float ln_eps(const VitConfig *c) { return c->ln_eps > 0 ? c->ln_eps : 1e-6f; }
 
 // ---- configuration --------------------------------------------------------------------------------
 
@@ -42,24 +45,40 @@ int vit_config_from_arch(VitConfig *cfg, const char *arch, int patch, int img_si
     cfg->patch = patch;
     cfg->img_size = img_size;
     cfg->n_registers = n_registers;
-    int mlp_hidden = 4 * cfg->dim;
-    if (!ffn_layer || strcmp(ffn_layer, "mlp") == 0) {
-        cfg->ffn = VIT_FFN_MLP;
-        cfg->ffn_hidden = mlp_hidden;
-    } else if (strcmp(ffn_layer, "swiglu") == 0 || strcmp(ffn_layer, "swiglufused") == 0) {
-        // The reference's SwiGLUFFNFused: 2/3 of the MLP width, rounded up to a multiple of 8.
-        cfg->ffn = VIT_FFN_SWIGLU;
-        cfg->ffn_hidden = (mlp_hidden * 2 / 3 + 7) / 8 * 8;
-    } else {
-        dino_seterr(err, "unknown ffn_layer '%s' (known: mlp, swiglu, swiglufused)", ffn_layer);
-        return -1;
-    }
+    if (vit_ffn_width(ffn_layer ? ffn_layer : "mlp", cfg->dim, 4.0, &cfg->ffn, &cfg->ffn_hidden, err)) return -1;
     cfg->layerscale = 1e-5f;
+    cfg->ln_eps = 1e-6f;
     cfg->drop_path_rate = 0.0;
     cfg->interpolate_offset = 0.1f;
     cfg->interpolate_antialias = 0;
     cfg->qkv_bias = cfg->proj_bias = cfg->ffn_bias = 1;
     return vit_config_check(cfg, err);
+}
+
+int vit_ffn_width(const char *ffn_layer, int dim, double ffn_ratio, VitFfn *ffn, int *hidden, char *err) {
+    static const struct { const char *name; int align; } SWIGLU[] = {
+        {"swiglu", 8}, {"swiglufused", 8}, {"swiglu32", 32}, {"swiglu64", 64}, {"swiglu128", 128}};
+    if (!(ffn_ratio > 0) || dim * ffn_ratio > 1e8) {
+        dino_seterr(err, "model: ffn_ratio %g must be positive (and reasonable)", ffn_ratio);
+        return -1;
+    }
+    const int mlp_hidden = (int)(dim * ffn_ratio); // int(dim * ffn_ratio), as the block does
+    if (strcmp(ffn_layer, "mlp") == 0) {
+        *ffn = VIT_FFN_MLP;
+        *hidden = mlp_hidden;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof SWIGLU / sizeof SWIGLU[0]; i++)
+        if (strcmp(ffn_layer, SWIGLU[i].name) == 0) {
+            // SwiGLUFFN: d = int(hidden * 2 / 3), then d + (-d % align_to) (DINOv2's fused one: (d+7)//8*8)
+            const int d = mlp_hidden * 2 / 3, a = SWIGLU[i].align;
+            *ffn = VIT_FFN_SWIGLU;
+            *hidden = (d + a - 1) / a * a;
+            return 0;
+        }
+    dino_seterr(err, "unknown ffn_layer '%s' (known: mlp, swiglu, swiglufused, swiglu32, swiglu64, swiglu128)",
+                ffn_layer);
+    return -1;
 }
 
 int vit_config_check(const VitConfig *c, char *err) {
@@ -96,6 +115,28 @@ int vit_config_check(const VitConfig *c, char *err) {
         dino_seterr(err, "model: interpolate_offset %g outside [0, 1)", c->interpolate_offset);
         return -1;
     }
+    if (!(c->ln_eps >= 0.0f && c->ln_eps < 1.0f)) {
+        dino_seterr(err, "model: LayerNorm eps %g outside [0, 1)", c->ln_eps);
+        return -1;
+    }
+    if (!c->rope) {
+        if (c->untie_cls_and_patch_norms || c->untie_global_and_local_cls_norm || c->mask_k_bias) {
+            dino_seterr(err, "model: untie_cls_and_patch_norms, untie_global_and_local_cls_norm and mask_k_bias "
+                             "belong to the DINOv3 ViT (student.pos_embed_type: rope)");
+            return -1;
+        }
+        return 0;
+    }
+    if (rope_config_check(&c->rope_cfg, c->dim / c->heads, err)) return -1;
+    // SwiGLU's w1 and w2 are registered one after the other and run as one [2*Hf, D] Linear: their
+    // weights and biases must be adjacent in the parameter buffer (every tensor starts on PARAM_ALIGN).
+    if (c->ffn == VIT_FFN_SWIGLU && (((size_t)c->ffn_hidden * c->dim) % PARAM_ALIGN ||
+                                     (c->ffn_bias && c->ffn_hidden % PARAM_ALIGN))) {
+        dino_seterr(err, "model: the DINOv3 SwiGLU hidden width %d is not a multiple of %d (w1 and w2 run as one "
+                         "Linear); use ffn_layer swiglu32, swiglu64 or swiglu128, or another ffn_ratio",
+                    c->ffn_hidden, PARAM_ALIGN);
+        return -1;
+    }
     return 0;
 }
 
@@ -117,6 +158,71 @@ static size_t add(ParamTable *tab, const char *prefix, const char *name, int lay
     return param_add(tab, full, PARAM_BACKBONE, layer_id, ndim, shape);
 }
 
+// The DINOv3 ViT's tensors under the official dinov3 state_dict names (dinov3/models/vision_transformer.py
+// and dinov3/layers): no pos_embed; storage_tokens; biases only where the configuration has them;
+// SwiGLU's w1, w2 (adjacent: one [2*Hf, D] Linear), w3; cls_norm / local_cls_norm when untied. The
+// official buffers (rope_embed.periods, attn.qkv.bias_mask) are not parameters: computed here.
+static void vit_build_dinov3(Vit *vit, const VitConfig *cfg, ParamTable *tab, const char *prefix) {
+    const int D = cfg->dim, L = cfg->depth, p = cfg->patch, Hf = cfg->ffn_hidden;
+    vit->cls = add(tab, prefix, "cls_token", 0, 3, 1, 1, D, 0);
+    if (cfg->n_registers) vit->reg = add(tab, prefix, "storage_tokens", 0, 3, 1, cfg->n_registers, D, 0);
+    vit->mask_token = add(tab, prefix, "mask_token", 0, 2, 1, D, 0, 0);
+    vit->patch_w = add(tab, prefix, "patch_embed.proj.weight", 0, 4, D, 3, p, p);
+    vit->patch_b = add(tab, prefix, "patch_embed.proj.bias", 0, 1, D, 0, 0, 0);
+    vit->blocks = dino_calloc((size_t)L, sizeof(VitBlockOffsets));
+    for (int l = 0; l < L; l++) {
+        VitBlockOffsets *o = &vit->blocks[l];
+        char n[PARAM_NAME_MAX];
+#define BLK(field, suffix, ndim, a, b)                                                              \
+    do {                                                                                           \
+        snprintf(n, sizeof n, "blocks.%d.%s", l, suffix);                                          \
+        o->field = add(tab, prefix, n, l + 1, ndim, a, b, 0, 0);                                   \
+    } while (0)
+        o->qkv_b = o->proj_b = o->fc1_b = o->fc2_b = o->ls1 = o->ls2 = VIT_NO_TENSOR;
+        BLK(norm1_w, "norm1.weight", 1, D, 0);
+        BLK(norm1_b, "norm1.bias", 1, D, 0);
+        BLK(qkv_w, "attn.qkv.weight", 2, 3 * D, D);
+        if (cfg->qkv_bias) BLK(qkv_b, "attn.qkv.bias", 1, 3 * D, 0);
+        BLK(proj_w, "attn.proj.weight", 2, D, D);
+        if (cfg->proj_bias) BLK(proj_b, "attn.proj.bias", 1, D, 0);
+        if (cfg->layerscale > 0) BLK(ls1, "ls1.gamma", 1, D, 0);
+        BLK(norm2_w, "norm2.weight", 1, D, 0);
+        BLK(norm2_b, "norm2.bias", 1, D, 0);
+        if (cfg->ffn == VIT_FFN_MLP) {
+            BLK(fc1_w, "mlp.fc1.weight", 2, Hf, D);
+            if (cfg->ffn_bias) BLK(fc1_b, "mlp.fc1.bias", 1, Hf, 0);
+            BLK(fc2_w, "mlp.fc2.weight", 2, D, Hf);
+            if (cfg->ffn_bias) BLK(fc2_b, "mlp.fc2.bias", 1, D, 0);
+        } else {
+            size_t w2, b2 = 0;
+            BLK(fc1_w, "mlp.w1.weight", 2, Hf, D);
+            snprintf(n, sizeof n, "blocks.%d.mlp.w2.weight", l);
+            w2 = add(tab, prefix, n, l + 1, 2, Hf, D, 0, 0);
+            if (cfg->ffn_bias) {
+                BLK(fc1_b, "mlp.w1.bias", 1, Hf, 0);
+                snprintf(n, sizeof n, "blocks.%d.mlp.w2.bias", l);
+                b2 = add(tab, prefix, n, l + 1, 1, Hf, 0, 0, 0);
+            }
+            DINO_ASSERT(w2 == o->fc1_w + (size_t)Hf * D && (!cfg->ffn_bias || b2 == o->fc1_b + (size_t)Hf),
+                        "SwiGLU w1 and w2 are not adjacent (vit_config_check lets only aligned widths through)");
+            BLK(fc2_w, "mlp.w3.weight", 2, D, Hf);
+            if (cfg->ffn_bias) BLK(fc2_b, "mlp.w3.bias", 1, D, 0);
+        }
+        if (cfg->layerscale > 0) BLK(ls2, "ls2.gamma", 1, D, 0);
+#undef BLK
+    }
+    vit->norm_w = add(tab, prefix, "norm.weight", L + 1, 1, D, 0, 0, 0);
+    vit->norm_b = add(tab, prefix, "norm.bias", L + 1, 1, D, 0, 0, 0);
+    if (cfg->untie_cls_and_patch_norms) {
+        vit->cls_norm_w = add(tab, prefix, "cls_norm.weight", L + 1, 1, D, 0, 0, 0);
+        vit->cls_norm_b = add(tab, prefix, "cls_norm.bias", L + 1, 1, D, 0, 0, 0);
+    }
+    if (cfg->untie_global_and_local_cls_norm) {
+        vit->local_cls_norm_w = add(tab, prefix, "local_cls_norm.weight", L + 1, 1, D, 0, 0, 0);
+        vit->local_cls_norm_b = add(tab, prefix, "local_cls_norm.bias", L + 1, 1, D, 0, 0, 0);
+    }
+}
+
 void vit_build(Vit *vit, const VitConfig *cfg, ParamTable *tab, const char *prefix) {
     char err[DINO_ERRLEN];
     if (vit_config_check(cfg, err)) DINO_DIE("%s", err);
@@ -125,6 +231,12 @@ void vit_build(Vit *vit, const VitConfig *cfg, ParamTable *tab, const char *pref
     const int D = cfg->dim, L = cfg->depth, M = cfg->img_size / cfg->patch, p = cfg->patch;
     const int Hf = cfg->ffn_hidden;
     vit->grid = M;
+    vit->pos = vit->reg = VIT_NO_TENSOR;
+    vit->cls_norm_w = vit->cls_norm_b = vit->local_cls_norm_w = vit->local_cls_norm_b = VIT_NO_TENSOR;
+    if (cfg->rope) {
+        vit_build_dinov3(vit, cfg, tab, prefix);
+        return;
+    }
     // The reference's registration order (state_dict order), layer ids for layer-wise lr decay:
     // embeddings 0, block i -> i+1, final norm L+1.
     vit->cls = add(tab, prefix, "cls_token", 0, 3, 1, 1, D, 0);
@@ -189,9 +301,11 @@ void vit_init_weights(const Vit *vit, float *P, uint64_t seed) {
     const int D = c->dim, M = vit->grid, Hf = c->ffn_hidden, p = c->patch;
     Rng r = rng_make(seed, 0x76697400, 0, 0);
     // trunc_normal(std=0.02) with bounds +-2 (absolute, i.e. 100 sigma): a plain normal.
-    fill_normal(P + vit->pos, (size_t)(1 + M * M) * D, 0.02f, &r);
-    fill_normal(P + vit->cls, D, 1e-6f, &r);
-    if (c->n_registers) fill_normal(P + vit->reg, (size_t)c->n_registers * D, 1e-6f, &r);
+    // DINOv3 (init_weights): no pos_embed; cls_token and storage_tokens normal(std 0.02).
+    const float token_std = c->rope ? 0.02f : 1e-6f;
+    if (!c->rope) fill_normal(P + vit->pos, (size_t)(1 + M * M) * D, 0.02f, &r);
+    fill_normal(P + vit->cls, D, token_std, &r);
+    if (c->n_registers) fill_normal(P + vit->reg, (size_t)c->n_registers * D, token_std, &r);
     fill_const(P + vit->mask_token, D, 0.0f);
     // Conv2d default: kaiming_uniform(a=sqrt(5)) -> U(+-1/sqrt(fan_in)), bias likewise.
     float bound = 1.0f / sqrtf((float)(3 * p * p));
@@ -203,22 +317,24 @@ void vit_init_weights(const Vit *vit, float *P, uint64_t seed) {
         fill_const(P + o->norm1_w, D, 1.0f);
         fill_const(P + o->norm1_b, D, 0.0f);
         fill_normal(P + o->qkv_w, (size_t)3 * D * D, 0.02f, &r);
-        fill_const(P + o->qkv_b, 3 * D, 0.0f);
+        if (o->qkv_b != VIT_NO_TENSOR) fill_const(P + o->qkv_b, 3 * D, 0.0f);
         fill_normal(P + o->proj_w, (size_t)D * D, 0.02f, &r);
-        fill_const(P + o->proj_b, D, 0.0f);
+        if (o->proj_b != VIT_NO_TENSOR) fill_const(P + o->proj_b, D, 0.0f);
         fill_const(P + o->norm2_w, D, 1.0f);
         fill_const(P + o->norm2_b, D, 0.0f);
         fill_normal(P + o->fc1_w, (size_t)ffn_out * D, 0.02f, &r);
-        fill_const(P + o->fc1_b, ffn_out, 0.0f);
+        if (o->fc1_b != VIT_NO_TENSOR) fill_const(P + o->fc1_b, ffn_out, 0.0f);
         fill_normal(P + o->fc2_w, (size_t)D * Hf, 0.02f, &r);
-        fill_const(P + o->fc2_b, D, 0.0f);
+        if (o->fc2_b != VIT_NO_TENSOR) fill_const(P + o->fc2_b, D, 0.0f);
         if (c->layerscale > 0) {
             fill_const(P + o->ls1, D, c->layerscale);
             fill_const(P + o->ls2, D, c->layerscale);
         }
     }
-    fill_const(P + vit->norm_w, D, 1.0f);
-    fill_const(P + vit->norm_b, D, 0.0f);
+    const size_t norms[3][2] = {{vit->norm_w, vit->norm_b}, {vit->cls_norm_w, vit->cls_norm_b},
+                                {vit->local_cls_norm_w, vit->local_cls_norm_b}};
+    for (int i = 0; i < 3; i++)
+        if (norms[i][0] != VIT_NO_TENSOR) fill_const(P + norms[i][0], D, 1.0f), fill_const(P + norms[i][1], D, 0.0f);
 }
 
 double vit_flops(const VitConfig *c, int n, int crop, int with_backward) {
@@ -323,12 +439,39 @@ struct VitActs {
     // VitActs' (vit_acts_new_sharing)
     float *dx, *dS_a, *dS_b, *dqkv, *dfc1, *dact, *dpatch, *dpos_used;
     float *shared_xs, *shared_ln, *shared_act;
+    // DINOv3: per-block RoPE tables [depth][N*Dh] (identity augmentation unless set), the qkv biases
+    // with their k third zeroed [depth][3D] (mask_k_bias), local crops (local_cls_norm)
+    float *rope_sin, *rope_cos, *qkv_bias_masked;
+    int local;
     void **owned;      // every buffer allocated for these activations, released by vit_acts_free
     int n_owned, cap_owned;
     size_t bytes;
 };
 
 int vit_acts_tokens(const VitActs *a) { return a->T; }
+
+void vit_acts_set_local_crops(VitActs *a, int local) { a->local = local; }
+
+void vit_acts_set_rope_aug(Backend *be, const Vit *vit, VitActs *a, const RopeAug *aug) {
+    const VitConfig *c = &vit->cfg;
+    DINO_ASSERT(c->rope && a->rope_sin, "vit_acts_set_rope_aug on a ViT without RoPE");
+    const size_t per = (size_t)a->N * (c->dim / c->heads), n = (size_t)c->depth * per;
+    float *s = dino_malloc(sizeof(float) * n), *co = dino_malloc(sizeof(float) * n);
+    for (int l = 0; l < c->depth; l++)
+        if (l == 0 || aug) rope_tables(&c->rope_cfg, c->dim / c->heads, a->g, a->g, aug ? &aug[l] : NULL, s + l * per,
+                                       co + l * per);
+        else memcpy(s + l * per, s, sizeof(float) * per), memcpy(co + l * per, co, sizeof(float) * per);
+    be->to_device(be, a->rope_sin, s, sizeof(float) * n);
+    be->to_device(be, a->rope_cos, co, sizeof(float) * n);
+    free(s), free(co);
+}
+
+void vit_draw_rope_aug(const Vit *vit, Rng key, RopeAug *aug) {
+    for (int l = 0; l < vit->cfg.depth; l++) {
+        Rng r = rng_make(rng_u64(&key), (uint64_t)l, 0x726f7065, 0);
+        aug[l] = rope_draw_aug(&vit->cfg.rope_cfg, &r);
+    }
+}
 size_t vit_acts_bytes(const VitActs *a) { return a->bytes; }
 
 void vit_acts_set_grad_hook(VitActs *a, VitGradHook fn, void *ctx) {
@@ -400,7 +543,16 @@ VitActs *vit_acts_new_sharing(Backend *be, const Vit *vit, int B, int crop, VitA
     const size_t rows = (size_t)B * a->T, BN = (size_t)B * a->N;
     a->cols = fown(be, a, BN * 3 * p * p);
     a->patch = fown(be, a, BN * D);
-    if (a->g != M) {
+    if (c->rope) {
+        // no position table: tokens_fwd adds rows of zeros (exact), its position gradient goes to scratch
+        a->pos_used = fown(be, a, (size_t)(1 + a->N) * D);
+        if (mode != VIT_ACTS_FORWARD_ONLY) a->dpos_used = fown(be, a, (size_t)(1 + a->N) * D);
+        const size_t tab = (size_t)c->depth * a->N * (D / c->heads);
+        a->rope_sin = fown(be, a, tab);
+        a->rope_cos = fown(be, a, tab);
+        vit_acts_set_rope_aug(be, vit, a, NULL);
+        if (c->mask_k_bias && c->qkv_bias) a->qkv_bias_masked = fown(be, a, (size_t)c->depth * 3 * D);
+    } else if (a->g != M) {
         float *W = dino_malloc(sizeof(float) * (size_t)a->N * M * M);
         vit_pos_interp_matrix(W, M, a->g, c->interpolate_offset, c->interpolate_antialias);
         a->interp = fown(be, a, (size_t)a->N * M * M);
@@ -528,7 +680,12 @@ static void block_forward(Backend *be, const Vit *vit, const float *P, VitActs *
     const float *in1 = branch_input(be, a, k->xs1, k->x_in, idx1, D);
     be->layernorm_fwd(be, k->ln1, k->mean1, k->rstd1, in1, PTR(P, o->norm1_w), PTR(P, o->norm1_b), rows_s, D,
                       LN_EPS);
-    be->linear_fwd(be, k->qkv, k->ln1, PTR(P, o->qkv_w), c->qkv_bias ? PTR(P, o->qkv_b) : NULL, rows_s, D, 3 * D);
+    const float *qkv_b = !c->qkv_bias ? NULL : a->qkv_bias_masked ? a->qkv_bias_masked + (size_t)l * 3 * D : PTR(P, o->qkv_b);
+    be->linear_fwd(be, k->qkv, k->ln1, PTR(P, o->qkv_w), qkv_b, rows_s, D, 3 * D);
+    if (c->rope) { // rotated in place: attention saves (and its backward uses) the rotated q and k
+        const size_t tab = (size_t)l * a->N * Dh;
+        be->rope_fwd(be, k->qkv, a->rope_sin + tab, a->rope_cos + tab, S, T, a->N, H, Dh);
+    }
     be->attention_fwd(be, k->att, k->att_saved, k->qkv, S, T, H, Dh);
     be->linear_fwd(be, k->proj, k->att, PTR(P, o->proj_w), c->proj_bias ? PTR(P, o->proj_b) : NULL, rows_s, D, D);
     be->copy(be, k->x_mid, k->x_in, sizeof(float) * (size_t)B * T * D);
@@ -548,6 +705,17 @@ static void block_forward(Backend *be, const Vit *vit, const float *P, VitActs *
     be->residual_fwd(be, x_out, k->fc2, ls2, idx2, S, T, D, scale);
 }
 
+// The final norm of the CLS and storage tokens when it is not `norm` (the DINOv3 ViT's
+// forward_features_list): local_cls_norm for local crops in training when untied, else cls_norm when
+// untied from the patches. Returns 1 and their offsets then, else 0.
+static int prefix_norm(const Vit *vit, const VitActs *a, size_t *w, size_t *b) {
+    const VitConfig *c = &vit->cfg;
+    if (c->untie_global_and_local_cls_norm && a->local) *w = vit->local_cls_norm_w, *b = vit->local_cls_norm_b;
+    else if (c->untie_cls_and_patch_norms) *w = vit->cls_norm_w, *b = vit->cls_norm_b;
+    else return 0;
+    return 1;
+}
+
 const float *vit_forward(Backend *be, const Vit *vit, const float *P, VitActs *a, const float *images,
                          const uint8_t *masks, const int *drop_subsets) {
     const VitConfig *c = &vit->cfg;
@@ -563,9 +731,16 @@ const float *vit_forward(Backend *be, const Vit *vit, const float *P, VitActs *a
     be->im2col(be, a->cols, images, B, 3, a->crop, a->crop, p);
     be->linear_fwd(be, a->patch, a->cols, PTR(P, vit->patch_w), PTR(P, vit->patch_b), BN, 3 * p * p, D);
 
-    // position embedding at this crop's grid: row 0 (CLS) as is, the patch grid interpolated
-    const float *pos = PTR(P, vit->pos);
-    if (a->pos_used) {
+    // DINOv3: the qkv biases with their k third held at zero (LinearKMaskedBias), once per forward
+    if (a->qkv_bias_masked)
+        for (int l = 0; l < c->depth; l++) {
+            float *bm = a->qkv_bias_masked + (size_t)l * 3 * D;
+            be->copy(be, bm, PTR(P, vit->blocks[l].qkv_b), sizeof(float) * 3 * D);
+            be->zero(be, bm + D, sizeof(float) * D);
+        }
+    // position embedding at this crop's grid: row 0 (CLS) as is, the patch grid interpolated (RoPE: zeros)
+    const float *pos = c->rope ? a->pos_used : PTR(P, vit->pos);
+    if (a->pos_used && !c->rope) {
         be->copy(be, a->pos_used, pos, sizeof(float) * D);
         be->gemm(be, 0, 0, N, D, M * M, 1.0f, a->interp, M * M, pos + D, D, 0.0f, a->pos_used + D, D);
         pos = a->pos_used;
@@ -584,6 +759,13 @@ const float *vit_forward(Backend *be, const Vit *vit, const float *P, VitActs *a
     }
     be->layernorm_fwd(be, a->x_norm, a->mean_f, a->rstd_f, a->x_final, PTR(P, vit->norm_w), PTR(P, vit->norm_b), B * a->T,
                       D, LN_EPS);
+    size_t pw, pb;
+    if (prefix_norm(vit, a, &pw, &pb)) // DINOv3 untied: the CLS and storage rows again with their own norm
+        for (int b = 0; b < B; b++) {
+            const size_t r0 = (size_t)b * a->T;
+            be->layernorm_fwd(be, a->x_norm + r0 * D, a->mean_f + r0, a->rstd_f + r0, a->x_final + r0 * D, PTR(P, pw),
+                              PTR(P, pb), 1 + R, D, LN_EPS);
+        }
     return a->x_norm;
 }
 
@@ -613,8 +795,22 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
     float *dx = a->dx; // gradient w.r.t. the residual stream, walking down the blocks
 
     be->zero(be, dx, sizeof(float) * (size_t)B * T * D);
-    be->layernorm_bwd(be, dx, PTR(G, vit->norm_w), PTR(G, vit->norm_b), d_xnorm, a->x_final, a->mean_f, a->rstd_f,
-                      PTR(P, vit->norm_w), B * T, D);
+    size_t pw, pb;
+    if (!prefix_norm(vit, a, &pw, &pb)) {
+        be->layernorm_bwd(be, dx, PTR(G, vit->norm_w), PTR(G, vit->norm_b), d_xnorm, a->x_final, a->mean_f, a->rstd_f,
+                          PTR(P, vit->norm_w), B * T, D);
+    } else { // `norm` sees the patch rows only (the CLS and storage rows' gradient zeroed), theirs the rest
+        float *dpatch_only = a->dS_a;
+        be->copy(be, dpatch_only, d_xnorm, sizeof(float) * (size_t)B * T * D);
+        for (int b = 0; b < B; b++) be->zero(be, dpatch_only + (size_t)b * T * D, sizeof(float) * (size_t)(1 + R) * D);
+        be->layernorm_bwd(be, dx, PTR(G, vit->norm_w), PTR(G, vit->norm_b), dpatch_only, a->x_final, a->mean_f,
+                          a->rstd_f, PTR(P, vit->norm_w), B * T, D);
+        for (int b = 0; b < B; b++) {
+            const size_t r0 = (size_t)b * T;
+            be->layernorm_bwd(be, dx + r0 * D, PTR(G, pw), PTR(G, pb), d_xnorm + r0 * D, a->x_final + r0 * D,
+                              a->mean_f + r0, a->rstd_f + r0, PTR(P, pw), 1 + R, D);
+        }
+    }
 
     for (int l = c->depth - 1; l >= 0; l--) {
         const VitBlockOffsets *o = &vit->blocks[l];
@@ -660,8 +856,15 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
         be->linear_bwd(be, datt, PTR(G, o->proj_w), c->proj_bias ? PTR(G, o->proj_b) : NULL, dbr, k->att,
                        PTR(P, o->proj_w), rows_s, D, D);
         be->attention_bwd(be, a->dqkv, datt, k->qkv, k->att_saved, S, T, H, Dh);
+        if (c->rope) {
+            const size_t tab = (size_t)l * N * Dh;
+            be->rope_bwd(be, a->dqkv, a->rope_sin + tab, a->rope_cos + tab, S, T, N, H, Dh);
+        }
         be->linear_bwd(be, dln, PTR(G, o->qkv_w), c->qkv_bias ? PTR(G, o->qkv_b) : NULL, a->dqkv, k->ln1,
                        PTR(P, o->qkv_w), rows_s, D, 3 * D);
+        // the masked k bias gets no gradient (the official bias * bias_mask); the gradient buffer's k third
+        // only ever holds such gradients, so zeroing it keeps other crop groups' (zero) share exact
+        if (a->qkv_bias_masked) be->zero(be, PTR(G, o->qkv_b) + D, sizeof(float) * D);
         branch_input_grad(be, a, dx, a->dS_a, dln, a->subset ? k->xs1 : k->x_in, k->mean1, k->rstd1,
                           PTR(P, o->norm1_w), PTR(G, o->norm1_w), PTR(G, o->norm1_b), idx1, D);
         if (a->grad_hook) a->grad_hook(a->grad_hook_ctx, o->norm1_w); // block l and above are final
@@ -672,7 +875,7 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
     if (a->dpos_used) be->zero(be, a->dpos_used, sizeof(float) * (size_t)(1 + N) * D);
     be->tokens_bwd(be, a->dpatch, PTR(G, vit->cls), R ? PTR(G, vit->reg) : NULL, dpos, PTR(G, vit->mask_token), dx,
                    a->mask, B, N, R, D);
-    if (a->dpos_used) {
+    if (a->dpos_used && !c->rope) { // RoPE: no position table, the scratch is dropped
         be->axpy(be, PTR(G, vit->pos), 1.0f, a->dpos_used, D);
         be->gemm(be, 1, 0, M * M, D, N, 1.0f, a->interp, M * M, a->dpos_used + D, D, 1.0f, PTR(G, vit->pos) + D, D);
     }

@@ -1,15 +1,22 @@
-// DINOv2's Vision Transformer backbone, written once against the backend interface.
+// DINOv2's Vision Transformer backbone, written once against the backend interface, and DINOv3's
+// (cfg.rope = 1, docs/dinov3-vit.md).
 //
 // Token layout [CLS, reg_1..reg_R, patch_1..patch_N]; pre-norm blocks
 //   x += LS1(attn(LN1(x)));  x += LS2(ffn(LN2(x)))   (with sample-subset stochastic depth)
 // then a final LayerNorm. Parameter names follow the reference (dinov2/models/vision_transformer.py),
 // under a prefix such as "backbone.".
+// The DINOv3 ViT (dinov3/models/vision_transformer.py) differs in: no learned position table, axial
+// RoPE on the patch tokens' q and k in every block (model/rope.h); "storage" tokens (our registers);
+// optionally an untied norm for the CLS and storage tokens (cls_norm) and one for local crops in
+// training (local_cls_norm); optionally the k part of the qkv bias held at zero (mask_k_bias); SwiGLU
+// as three Linears w1, w2, w3. Its tensors carry the official dinov3 state_dict names.
 #pragma once
 #include <stdint.h>
 
 #include "common/rng.h"
 #include "model/backend.h"
 #include "model/params.h"
+#include "model/rope.h"
 
 typedef enum { VIT_FFN_MLP = 0, VIT_FFN_SWIGLU = 1 } VitFfn;
 
@@ -27,7 +34,20 @@ typedef struct {
     float interpolate_offset;   // 0.1 legacy scale-factor offset, 0 = size-based
     int interpolate_antialias;  // bicubic with antialiasing when downsampling (reg4 models)
     int qkv_bias, proj_bias, ffn_bias;
+    float ln_eps;           // LayerNorm eps: 1e-6 (layernorm), 1e-5 (DINOv3's layernormbf16)
+    // ---- the DINOv3 ViT ----
+    int rope;               // 1: DINOv3 (RoPE, official dinov3 names); 0: DINOv2 (learned pos_embed)
+    RopeConfig rope_cfg;
+    int untie_cls_and_patch_norms;       // CLS + storage tokens through cls_norm
+    int untie_global_and_local_cls_norm; // local crops' CLS + storage tokens through local_cls_norm (training)
+    int mask_k_bias;                     // the k third of the qkv bias held at zero (LinearKMaskedBias)
 } VitConfig;
+
+// The FFN kind and hidden width of a block as the references compute them from dim * ffn_ratio:
+// "mlp" int(dim*ratio); "swiglu"/"swiglufused" (align 8), "swiglu32"/"swiglu64"/"swiglu128": d =
+// int(int(dim*ratio) * 2/3) rounded up to a multiple of the alignment (SwiGLUFFN's align_to).
+// Returns 0, or -1 with err set.
+int vit_ffn_width(const char *ffn_layer, int dim, double ffn_ratio, VitFfn *ffn, int *hidden, char *err);
 
 // Fills cfg with the reference's widths/depths/heads for arch ("vit_small", ...), patch, img_size,
 // register count and ffn layer ("mlp" or "swiglu"/"swiglufused"). Returns 0, or -1 with err set.
@@ -43,10 +63,13 @@ typedef struct {
     size_t norm2_w, norm2_b, fc1_w, fc1_b, fc2_w, fc2_b, ls2; // fc1 = w12 and fc2 = w3 for SwiGLU
 } VitBlockOffsets;
 
+#define VIT_NO_TENSOR ((size_t)-1) // offset of a tensor this configuration does not have
+
 typedef struct {
     VitConfig cfg;
     int grid;       // pos-embed grid side M = img_size / patch
     size_t cls, reg, pos, mask_token, patch_w, patch_b, norm_w, norm_b; // offsets into the flat buffer
+    size_t cls_norm_w, cls_norm_b, local_cls_norm_w, local_cls_norm_b; // DINOv3 untied norms (or VIT_NO_TENSOR)
     VitBlockOffsets *blocks;
 } Vit;
 
@@ -75,6 +98,17 @@ VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode 
 VitActs *vit_acts_new_sharing(Backend *be, const Vit *vit, int B, int crop, VitActsMode mode, const VitActs *share);
 void vit_acts_free(Backend *be, VitActs *a);
 int vit_acts_tokens(const VitActs *a);  // T = 1 + R + N
+// DINOv3, training only: these activations hold local crops, whose CLS and storage tokens go through
+// local_cls_norm when cfg.untie_global_and_local_cls_norm (the official forward_features_list's second
+// crop group). Off by default (global crops, teacher, evaluation).
+void vit_acts_set_local_crops(VitActs *a, int local);
+// DINOv3, training only: the RoPE coordinate augmentation of the following forwards, one draw per
+// block (aug[depth], as the official ViT calls its RopePositionEmbedding once per block); NULL: none
+// (the default: teacher, evaluation). The tables are computed and uploaded here.
+void vit_acts_set_rope_aug(Backend *be, const Vit *vit, VitActs *a, const RopeAug *aug);
+// Draws aug[depth] as the configuration asks (shift, jitter, rescale) from `key` (use a key unique per
+// step and crop group).
+void vit_draw_rope_aug(const Vit *vit, Rng key, RopeAug *aug);
 size_t vit_acts_bytes(const VitActs *a); // backend memory these activations hold
 
 // Stochastic depth ("sample-subset", as the reference's nested student forward): for every block and

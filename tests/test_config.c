@@ -46,7 +46,7 @@ TEST(defaults_are_the_reference) {
     CHECK(cfg.teacher.momentum_teacher == 0.992 && cfg.teacher.teacher_temp == 0.07 &&
               cfg.teacher.warmup_teacher_temp_epochs == 30,
           "teacher");
-    CHECK(cfg.crops.global_crops_scale[0] == 0.32 && cfg.crops.local_crops_size == 96 && cfg.crops.local_crops_number == 8,
+    CHECK(cfg.crops.global_crops_scale[0] == 0.32 && cfg.crops.local_crops_size.n == 1 && cfg.crops.local_crops_size.v[0] == 96 && cfg.crops.local_crops_number == 8,
           "crops");
     CHECK(cfg.train.OFFICIAL_EPOCH_LENGTH == 1250 && cfg.train.batch_size_per_gpu == 64 &&
               strcmp(cfg.train.centering, "centering") == 0,
@@ -88,7 +88,7 @@ TEST(shipped_recipes_hold_their_published_values) {
     CHECK(cfg.optim.base_lr == 2e-4 && cfg.optim.epochs == 500 && cfg.optim.warmup_epochs == 80 &&
               cfg.optim.layerwise_decay == 1.0 && cfg.optim.weight_decay_end == 0.2,
           "vitl14 optim");
-    CHECK(cfg.teacher.momentum_teacher == 0.994 && cfg.crops.local_crops_size == 98, "vitl14 teacher/crops");
+    CHECK(cfg.teacher.momentum_teacher == 0.994 && cfg.crops.local_crops_size.v[0] == 98, "vitl14 teacher/crops");
     // vitl.yaml is vitl14.yaml under the name users type
     CHECK(load(test_src_path("configs/vitl.yaml"), 0, NULL, err) == 0, "%s", err);
     const char *diff = NULL;
@@ -97,7 +97,7 @@ TEST(shipped_recipes_hold_their_published_values) {
 
     CHECK(load(test_src_path("configs/phikon-v2.yaml"), 0, NULL, err) == 0, "%s", err);
     CHECK(strcmp(cfg.student.arch, "vit_large") == 0 && cfg.student.patch_size == 16 &&
-              cfg.student.num_register_tokens == 0 && cfg.crops.global_crops_size == 224,
+              cfg.student.num_register_tokens == 0 && cfg.crops.global_crops_size.v[0] == 224,
           "phikon-v2 model");
     CHECK(cfg.train.batch_size_per_gpu * 128 == 4096, "phikon-v2 global batch on 128 ranks: %d",
           cfg.train.batch_size_per_gpu * 128);
@@ -503,4 +503,49 @@ TEST(load_from_a_string) {
     CHECK(config_load_string(&cfg2, text, "text", 0, NULL, err) == 0 && cfg2.optim.base_lr == 0.25 &&
               !strcmp(cfg2.student.arch, "vit_large"),
           "base from a string: %s", err);
+}
+
+// crops.global_crops_size / local_crops_size take one size or a list of size pairs (high-resolution phase),
+// with one ratio per pair; the resolved config reads back equal, and a single size is written as before.
+TEST(crop_size_pairs_as_lists) {
+    char err[DINO_ERRLEN] = "";
+    const char *dir = test_tmpdir();
+    const char *hr = write_file(dir, "hr.yaml",
+                                "crops:\n  global_crops_size: [224, 448]\n  local_crops_size: [96, 192]\n"
+                                "  global_local_crop_pairs_ratios: [0.7, 0.3]\nstudent:\n  patch_size: 16\n  img_size: 224\n");
+    CHECK(load(hr, 0, NULL, err) == 0, "%s", err);
+    CHECK(config_n_pairs(&cfg) == 2 && cfg.crops.global_crops_size.v[1] == 448 && cfg.crops.local_crops_size.v[1] == 192 &&
+              cfg.crops.global_local_crop_pairs_ratios.v[0] == 0.7,
+          "lists not read");
+    CHECK(config_max_global_crop(&cfg) == 448 && config_img_size(&cfg) == 224, "max %d img %d",
+          config_max_global_crop(&cfg), config_img_size(&cfg));
+    Config back;
+    char *y = config_to_yaml(&cfg);
+    CHECK(strstr(y, "global_crops_size: [224, 448]"), "lists not written as lists");
+    CHECK(config_load_string(&back, y, "resolved", 0, NULL, err) == 0, "%s", err);
+    free(y);
+    const char *diff = NULL;
+    CHECK(config_equal(&cfg, &back, &diff), "read back differs at %s", diff ? diff : "?");
+    SslConfig sc;
+    LoaderConfig lc;
+    CHECK(config_to_ssl(&cfg, &sc, err) == 0, "%s", err);
+    config_to_loader(&cfg, 0, 1, &lc);
+    CHECK(sc.n_pairs == 2 && sc.pair_global[1] == 448 && sc.pair_local[1] == 192 && sc.vit.img_size == 224, "ssl pairs");
+    CHECK(lc.n_pairs == 2 && lc.pair_global[1] == 448 && lc.pair_ratio[1] == 0.3, "loader pairs");
+    // without student.img_size the pos-embed grid is the largest global crop (the official's max)
+    char *no_img[] = {"student.img_size=0"};
+    CHECK(load(hr, 1, no_img, err) == 0 && config_img_size(&cfg) == 448, "img_size %d", config_img_size(&cfg));
+    // one size: written as a scalar, as before lists
+    CHECK(load(test_src_path("configs/demo.yaml"), 0, NULL, err) == 0, "%s", err);
+    y = config_to_yaml(&cfg);
+    CHECK(strstr(y, "global_crops_size: 112\n") && strstr(y, "global_local_crop_pairs_ratios: 1.0\n"), "scalar form lost");
+    free(y);
+    // mismatched lists are refused, naming the key
+    CHECK_REFUSED(write_file(dir, "m.yaml", "crops:\n  global_crops_size: [224, 448]\n  local_crops_size: 96\n"), 0, NULL,
+                  "crops.local_crops_size", "one local size per (global, local) pair");
+    CHECK_REFUSED(write_file(dir, "r.yaml", "crops:\n  global_crops_size: [224, 448]\n  local_crops_size: [96, 96]\n"), 0,
+                  NULL, "crops.global_local_crop_pairs_ratios", "1 ratios for 2 size pairs");
+    CHECK_REFUSED(write_file(dir, "p.yaml", "crops:\n  global_crops_size: [224, 440]\n  local_crops_size: [96, 96]\n"
+                                           "  global_local_crop_pairs_ratios: [1, 1]\n"),
+                  0, NULL, "crops.global_crops_size", "440 is not a multiple of student.patch_size");
 }

@@ -42,6 +42,7 @@
 
 #include "model/attention_layout.h"
 #include "model/backend.h"
+#include "model/rope.h"
 #include "model/vit.h"
 #include "tests/harness.h"
 #include "train/ssl_step.h"
@@ -891,6 +892,41 @@ TEST(attention_switch_env_and_fallback) {
 #endif
 }
 
+// ---- rotary position embedding (the DINOv3 ViT) ----------------------------------------------------
+
+static void rope_case(Backend *C, Backend *G, int B, int crop, int p, int R, int H, int Dh, Rng *r) {
+    const int g = crop / p, N = g * g, T = 1 + R + N, D = H * Dh;
+    printf(" rope B=%d N=%d R=%d H=%d Dh=%d\n", B, N, R, H, Dh);
+    const RopeConfig rc = {.base = 100.0, .normalize = ROPE_NORMALIZE_SEPARATE, .rescale = 2.0};
+    const RopeAug aug = rope_draw_aug(&rc, r);
+    float *sin_h = dino_malloc(sizeof(float) * (size_t)N * Dh), *cos_h = dino_malloc(sizeof(float) * (size_t)N * Dh);
+    rope_tables(&rc, Dh, g, g, &aug, sin_h, cos_h);
+    float *sc = dual_upload(C, sin_h, sizeof(float) * (size_t)N * Dh), *cc = dual_upload(C, cos_h, sizeof(float) * (size_t)N * Dh);
+    float *sg = dual_upload(G, sin_h, sizeof(float) * (size_t)N * Dh), *cg = dual_upload(G, cos_h, sizeof(float) * (size_t)N * Dh);
+    Pair qkv = pair_new(C, G, (size_t)B * T * 3 * D, 0, 1, r, 0);
+    C->rope_fwd(C, qkv.c, sc, cc, B, T, N, H, Dh), G->rope_fwd(G, qkv.g, sg, cg, B, T, N, H, Dh);
+    float *out = pair_gpu_result(G, &qkv);
+    check_elems("rope_fwd (in place)", out, qkv.c, NULL, qkv.n, TOL_FP32);
+    free(out);
+    C->rope_bwd(C, qkv.c, sc, cc, B, T, N, H, Dh), G->rope_bwd(G, qkv.g, sg, cg, B, T, N, H, Dh);
+    out = pair_gpu_result(G, &qkv);
+    check_elems("rope_bwd (in place)", out, qkv.c, NULL, qkv.n, TOL_FP32);
+    free(out);
+    C->release(C, sc), C->release(C, cc), G->release(G, sg), G->release(G, cg);
+    free(sin_h), free(cos_h);
+    pair_free(C, G, &qkv);
+}
+
+TEST(rope_fwd_bwd) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(47, 0, 0, 0);
+    rope_case(C, G, 2, 224, 16, 4, 16, 64, &r); // ViT-L/16 global crops with 4 storage tokens
+    rope_case(C, G, 8, 96, 16, 4, 16, 64, &r);  // its local crops
+    rope_case(C, G, 3, 12, 4, 0, 2, 8, &r);     // tiny, no storage tokens
+    backend_free(C);
+    gpu_free(G);
+}
+
 // ---- ViT plumbing ---------------------------------------------------------------------------------
 
 TEST(im2col_tokens_fwd_bwd) {
@@ -1066,6 +1102,13 @@ static void vit_run(Backend *be, const Vit *vit, size_t total, const float *P_ho
     v.G = be->alloc(be, sizeof(float) * total);
     for (int g = 0; g < 2; g++) {
         v.acts[g] = vit_acts_new(be, vit, B[g], crop[g], mode);
+        if (vit->cfg.rope) { // DINOv3: group 1 as local crops, a RoPE augmentation draw per block and group
+            vit_acts_set_local_crops(v.acts[g], g == 1);
+            RopeAug *aug = dino_malloc(sizeof(RopeAug) * (size_t)vit->cfg.depth);
+            vit_draw_rope_aug(vit, rng_make(83, (uint64_t)g, 0, 0), aug);
+            vit_acts_set_rope_aug(be, vit, v.acts[g], aug);
+            free(aug);
+        }
         int T = vit_acts_tokens(v.acts[g]), N = T - 1 - vit->cfg.n_registers;
         size_t nimg = (size_t)B[g] * 3 * crop[g] * crop[g], nx = (size_t)B[g] * T * vit->cfg.dim;
         v.img[g] = dual_upload(be, img_h[g], sizeof(float) * nimg);
@@ -1087,7 +1130,7 @@ static void vit_run(Backend *be, const Vit *vit, size_t total, const float *P_ho
     be->release(be, v.P), be->release(be, v.G);
 }
 
-static void vit_parity(const char *ffn, int registers, float drop, int fp32) {
+static void vit_parity_of(const char *ffn, int registers, float drop, int fp32, int dinov3) {
     Backend *G = gpu_backend(fp32 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16), *C = backend_cpu_new();
     VitConfig cfg;
     char err[DINO_ERRLEN];
@@ -1095,6 +1138,12 @@ static void vit_parity(const char *ffn, int registers, float drop, int fp32) {
     CHECK(vit_config_from_arch(&cfg, "vit_tiny", 14, 98, registers, ffn, err) == 0, "%s", err);
     cfg.depth = 3;
     cfg.drop_path_rate = drop;
+    if (dinov3) { // RoPE with rescale augmentation, masked k bias, both CLS norms untied, layernormbf16
+        cfg.rope = 1;
+        cfg.rope_cfg = (RopeConfig){.base = 100.0, .rescale = 2.0};
+        cfg.mask_k_bias = cfg.untie_cls_and_patch_norms = cfg.untie_global_and_local_cls_norm = 1;
+        cfg.ln_eps = 1e-5f;
+    }
     ParamTable tab;
     param_table_init(&tab);
     Vit vit;
@@ -1186,7 +1235,13 @@ static void vit_parity(const char *ffn, int registers, float drop, int fp32) {
     gpu_free(G);
 }
 
+static void vit_parity(const char *ffn, int registers, float drop, int fp32) {
+    vit_parity_of(ffn, registers, drop, fp32, 0);
+}
+
 TEST(vit_mlp_registers_masks_droppath_fp32_gemm) { vit_parity("mlp", 4, 0.4f, 1); }
+// the DINOv3 ViT: storage tokens, RoPE (augmented), SwiGLU64 (w1|w2), masked k bias, untied norms
+TEST(vit_dinov3_rope_storage_swiglu64_droppath_fp32_gemm) { vit_parity_of("swiglu64", 4, 0.4f, 1, 1); }
 TEST(vit_mlp_registers_masks_droppath_bf16) { vit_parity("mlp", 4, 0.4f, 0); }
 TEST(vit_swiglu_plain_bf16) { vit_parity("swiglu", 0, 0.0f, 0); }
 

@@ -353,3 +353,54 @@ TEST(scaled_decode_is_deterministic_and_close_to_full_resolution) {
     p[1].out_size = 40;
     CHECK(augment_decode_scale(p, 2, 8) == 1, "a crop smaller than 2x its output forbids scaling");
 }
+
+// High-resolution phase: batch b is made at the size pair drawn from (seed, b) alone, so every rank makes
+// it at the same sides, and a loader set to a position makes the same batches; the crops and the iBOT
+// masks have the drawn pair's sides.
+TEST(size_pairs_drawn_per_batch_alike_on_every_rank) {
+    FakeSource fs = {0};
+    char err[DINO_ERRLEN];
+    const int NP = 10, gs[2] = {32, 48}, ls[2] = {16, 24};
+    Snap ref[10];
+    int seen[2] = {0, 0};
+    for (int rank = 0; rank < 2; rank++) {
+        LoaderConfig c = small_config(2);
+        c.rank = rank, c.world = 2;
+        c.n_pairs = 2;
+        c.pair_global[0] = 32, c.pair_local[0] = 16, c.pair_ratio[0] = 0.5;
+        c.pair_global[1] = 48, c.pair_local[1] = 24, c.pair_ratio[1] = 0.5;
+        Loader *l = loader_create(&c, 50, fake_read, &fs, err);
+        CHECK(l, "%s", err);
+        for (int i = 0; i < NP; i++) {
+            const Batch *b = loader_next(l, err);
+            CHECK(b, "%s", err);
+            int k = loader_pair_at(c.seed, i, 2, c.pair_ratio);
+            CHECK(b->pair == k && b->G == gs[k] && b->L == ls[k], "rank %d batch %d: pair %d %d/%d, drawn %d", rank, i,
+                  b->pair, b->G, b->L, k);
+            CHECK(b->masks.n_tokens == (gs[k] / 8) * (gs[k] / 8), "masks of %d tokens at %d px", b->masks.n_tokens, gs[k]);
+            if (rank == 0) seen[k]++, snap(b, &ref[i]);
+            if (rank == 1 && i == 0) { // the first global crop of image 0 is the direct augmentation at the pair's size
+                AugmentConfig a = c.aug;
+                a.global_size = gs[k], a.local_size = ls[k];
+                Image img;
+                CropPlan plans[5];
+                CHECK(fake_read(&fs, b->tile[0], 0, &img, err) == 0, "read");
+                augment_plan_sample(&a, c.seed, b->sample[0], img.w, img.h, plans);
+                AugmentScratch *s = augment_scratch_new(&a);
+                float *out = dino_malloc(sizeof(float) * 3 * gs[k] * gs[k]);
+                augment_apply(&a, &plans[0], &img, out, s);
+                CHECK(!memcmp(out, b->global_crops, sizeof(float) * 3 * gs[k] * gs[k]), "global crop not at %d px", gs[k]);
+                free(out);
+                augment_scratch_free(s);
+                image_free(&img);
+            }
+        }
+        if (rank == 0) { // resumed at batch 4: the same batches, sizes included
+            loader_set_position(l, 4);
+            for (int i = 4; i < NP; i++) CHECK(same(loader_next(l, err), &ref[i]), "resumed batch %d differs", i);
+        }
+        loader_destroy(l);
+    }
+    CHECK(seen[0] > 0 && seen[1] > 0, "pairs drawn %d and %d times", seen[0], seen[1]);
+    for (int i = 0; i < NP; i++) unsnap(&ref[i]);
+}

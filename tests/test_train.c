@@ -10,6 +10,7 @@
 
 #include "common/check.h"
 #include "data/decode.h"
+#include "data/loader.h"
 #include "data/synth.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -131,6 +132,178 @@ TEST(resume_is_bit_exact) {
     snprintf(cb, sizeof cb, "%s", res.last_checkpoint);
     CHECK(strstr(ca, "/a/") && strstr(cb, "/b/"), "checkpoint paths %s %s", ca, cb);
     check_same_checkpoint(ca, cb);
+}
+
+// A value of a metrics line ("key": number), NAN when absent.
+static double metric_of(const char *line, const char *key) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = strstr(line, pat);
+    return p ? strtod(p + strlen(pat), NULL) : NAN;
+}
+
+// A `schedules:` section drives the trainer: the logged lr, last-layer lr, wd, momentum and teacher
+// temperature of every iteration are DINOv3's (tests/test_schedule.c checks those against the official code).
+TEST(dinov3_schedules_drive_the_trainer) {
+    const char *tmp = test_tmpdir();
+    char out[4200], mpath[4300];
+    const char *spec = make_tiles(tmp, 16);
+    snprintf(out, sizeof out, "%s/run", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, out);
+    char *ov[] = {"schedules.lr.start=0.001", "schedules.lr.peak=0.002", "schedules.lr.end=0.0001",
+                  "schedules.lr.warmup_epochs=1", "schedules.lr.cosine_epochs=0", "schedules.lr.freeze_last_layer_epochs=1",
+                  "schedules.weight_decay.start=0.01", "schedules.weight_decay.peak=0.02", "schedules.weight_decay.end=0.03",
+                  "schedules.momentum.start=0.9", "schedules.momentum.peak=0.95", "schedules.momentum.end=0.99",
+                  "schedules.momentum.warmup_epochs=1", "schedules.teacher_temp.warmup_epochs=0",
+                  "schedules.teacher_temp.peak=0.06", "schedules.teacher_temp.end=0.05", "log.every_n_iterations=1",
+                  "optim.scaling_rule=sqrt_wrt_1024"};
+    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(&cfg, ov[i], err) == 0, "%s", err);
+    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    CHECK(run(&cfg, 8, &res, err) == 0, "%s", err);
+    ScheduleConfig sc = config_to_schedule(&cfg, 1);
+    CHECK(sc.v3, "schedules section not used");
+    snprintf(mpath, sizeof mpath, "%s/training_metrics.jsonl", out);
+    FILE *f = fopen(mpath, "r");
+    CHECK(f != NULL, "no metrics at %s", mpath);
+    char line[8192];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        long it = (long)metric_of(line, "iteration");
+        ScheduleValues v = schedule_at(&sc, it);
+        CHECK_CLOSE(metric_of(line, "lr"), v.lr, 0, 1e-5);
+        CHECK_CLOSE(metric_of(line, "last_layer_lr"), v.last_layer_lr, 0, 1e-5);
+        CHECK_CLOSE(metric_of(line, "wd"), v.wd, 0, 1e-5);
+        CHECK_CLOSE(metric_of(line, "momentum"), v.momentum, 0, 1e-5);
+        CHECK_CLOSE(metric_of(line, "teacher_temp"), v.teacher_temp, 0, 1e-5);
+        n++;
+    }
+    if (f) fclose(f);
+    CHECK(n == 8, "%d metrics lines", n);
+    // and they are not DINOv2's: the lr at iteration 0 is schedules.lr.start scaled, not 0
+    CHECK_CLOSE(schedule_at(&sc, 0).lr, 0.001, 0, 1e-12);
+    CHECK_CLOSE(schedule_at(&sc, 7).lr, 0.0001 * 4 * sqrt(4.0 / 1024), 0, 1e-12);
+    CHECK(schedule_at(&sc, 5).last_layer_lr == 0 && schedule_at(&sc, 6).last_layer_lr > 0, "last layer frozen 1 epoch");
+}
+
+// A high-resolution phase (docs/high-resolution.md) continuing the tiny run whose checkpoints are in
+// `from`: two (global, local) size pairs, 32/16 and 48/24 px, with the pos-embed grid of the earlier run.
+static void highres_config(Config *cfg, const char *tiles, const char *out, const char *from, int frozen) {
+    char err[DINO_ERRLEN], hk[4300];
+    tiny_config(cfg, tiles, out);
+    snprintf(hk, sizeof hk, "hrft.checkpoint_path=%s", from);
+    char *ov[] = {hk, "student.img_size=32", "crops.global_crops_size=[32, 48]", "crops.local_crops_size=[16, 24]",
+                  "crops.global_local_crop_pairs_ratios=[0.5, 0.5]", "train.batch_size_per_gpu=2",
+                  "train.OFFICIAL_EPOCH_LENGTH=8", "optim.epochs=1", "checkpoint.every_n_iterations=4",
+                  "log.every_n_iterations=1", "schedules.lr.start=0", "schedules.lr.peak=0",
+                  frozen ? "schedules.lr.end=0" : "schedules.lr.end=0.002", "schedules.lr.warmup_epochs=0",
+                  "schedules.lr.cosine_epochs=1", "schedules.lr.freeze_last_layer_epochs=0",
+                  "schedules.teacher_temp.start=0.07", "schedules.teacher_temp.warmup_epochs=0",
+                  frozen ? "schedules.momentum.start=1" : "schedules.momentum.start=0.99",
+                  frozen ? "schedules.momentum.peak=1" : "schedules.momentum.peak=0.99",
+                  frozen ? "schedules.momentum.end=1" : "schedules.momentum.end=0.99"};
+    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(cfg, ov[i], err) == 0, "%s", err);
+    CHECK(config_validate(cfg, err) == 0, "%s", err);
+}
+
+// Tensors `pa` of checkpoint a equal tensors `pb` of checkpoint b, bit for bit (over a's names with pa).
+static void check_same_tensors(const char *a, const char *pa, const char *b, const char *pb) {
+    Ckpt ca, cb;
+    char err[DINO_ERRLEN], name[512];
+    CHECK(ckpt_open(&ca, a, err) == 0, "%s", err);
+    CHECK(ckpt_open(&cb, b, err) == 0, "%s", err);
+    int n = 0, diff = 0;
+    for (int i = 0; i < ca.st.n; i++) {
+        const StTensor *ta = &ca.st.t[i];
+        if (strncmp(ta->name, pa, strlen(pa)) != 0) continue;
+        snprintf(name, sizeof name, "%s%s", pb, ta->name + strlen(pa));
+        const StTensor *tb = st_get(&cb.st, name);
+        CHECK(tb && tb->nbytes == ta->nbytes, "%s missing or resized", name);
+        n++;
+        if (tb && tb->nbytes == ta->nbytes && memcmp(ta->data, tb->data, ta->nbytes) != 0 && diff++ < 3)
+            test_fail_at(__FILE__, __LINE__, "%s of %s differs from %s of %s", ta->name, a, name, b);
+    }
+    CHECK(n > 10 && diff == 0, "%d tensors compared, %d differ", n, diff);
+    ckpt_close(&ca);
+    ckpt_close(&cb);
+}
+
+TEST(highres_phase_continues_a_run_and_resumes_exactly) {
+    const char *tmp = test_tmpdir();
+    char outa[4200], outh1[4200], outh2[4200], outh3[4200], ca[4300], ch1[4300], mpath[4300];
+    const char *spec = make_tiles(tmp, 24);
+    snprintf(outa, sizeof outa, "%s/a", tmp);
+    snprintf(outh1, sizeof outh1, "%s/h1", tmp);
+    snprintf(outh2, sizeof outh2, "%s/h2", tmp);
+    snprintf(outh3, sizeof outh3, "%s/h3", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    // the earlier run: 12 iterations of 32/16 px crops
+    tiny_config(&cfg, spec, outa);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    snprintf(ca, sizeof ca, "%s", res.last_checkpoint);
+
+    // the high-resolution phase, uninterrupted: 8 iterations from iteration 0
+    highres_config(&cfg, spec, outh1, outa, 0);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.start_iteration == 0 && res.end_iteration == 8 && res.skipped_steps == 0, "ran %lld..%lld",
+          (long long)res.start_iteration, (long long)res.end_iteration);
+    snprintf(ch1, sizeof ch1, "%s", res.last_checkpoint);
+
+    // the same, stopped after 3 iterations and resumed: bit for bit the same end
+    highres_config(&cfg, spec, outh2, outa, 0);
+    CHECK(run(&cfg, 3, &res, err) == 0, "%s", err);
+    CHECK(res.end_iteration == 3, "first part ended at %lld", (long long)res.end_iteration);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.start_iteration == 3 && res.end_iteration == 8, "resumed %lld..%lld", (long long)res.start_iteration,
+          (long long)res.end_iteration);
+    check_same_checkpoint(ch1, res.last_checkpoint);
+
+    // the pair of each iteration: the keyed draw, both pairs used, the crops made at those sides
+    const double ratios[2] = {0.5, 0.5};
+    const int gs[2] = {32, 48}, ls[2] = {16, 24};
+    int seen[2] = {0, 0}, lines = 0;
+    snprintf(mpath, sizeof mpath, "%s/training_metrics.jsonl", outh1);
+    FILE *f = fopen(mpath, "r");
+    CHECK(f != NULL, "no metrics at %s", mpath);
+    char line[8192];
+    while (f && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"iteration\": "), *g = strstr(line, "\"global_crop\": "),
+                   *l = strstr(line, "\"local_crop\": ");
+        CHECK(p && g && l, "metrics line without the crop sides: %.200s", line);
+        if (!p || !g || !l) break;
+        long it = strtol(p + 13, NULL, 10);
+        int k = loader_pair_at((uint64_t)cfg.train.seed, it, 2, ratios);
+        CHECK(atoi(g + 15) == gs[k] && atoi(l + 14) == ls[k], "iteration %ld: crops %d/%d, drawn pair %d (%d/%d)", it,
+              atoi(g + 15), atoi(l + 14), k, gs[k], ls[k]);
+        seen[k]++, lines++;
+    }
+    if (f) fclose(f);
+    CHECK(lines == 8 && seen[0] > 0 && seen[1] > 0, "%d lines; pair 0 drawn %d times, pair 1 %d", lines, seen[0], seen[1]);
+
+    // what the phase starts from: with lr 0 and momentum 1 nothing moves, so after one iteration student and
+    // teacher are still the earlier run's teacher, at iteration 1 of a fresh optimizer
+    highres_config(&cfg, spec, outh3, outa, 1);
+    CHECK(run(&cfg, 1, &res, err) == 0, "%s", err);
+    check_same_tensors(ca, "teacher.", res.last_checkpoint, "student.");
+    check_same_tensors(ca, "teacher.", res.last_checkpoint, "teacher.");
+    Ckpt c;
+    int64_t it = -1, step = -1;
+    CHECK(ckpt_open(&c, res.last_checkpoint, err) == 0, "%s", err);
+    CHECK(ckpt_get_int(&c, "iteration", &it, err) == 0 && ckpt_get_int(&c, "adamw.step", &step, err) == 0, "%s", err);
+    CHECK(it == 1 && step == 1, "iteration %lld, adamw.step %lld (want 1, 1: a fresh start)", (long long)it, (long long)step);
+    ckpt_close(&c);
+
+    // a path that holds no checkpoint is refused, naming the key
+    highres_config(&cfg, spec, outh3, tmp, 0);
+    snprintf(outh3 + strlen(outh3), 16, "x");
+    char kv[4300];
+    snprintf(kv, sizeof kv, "train.output_dir=%s", outh3);
+    CHECK(config_override(&cfg, kv, err) == 0, "%s", err);
+    CHECK(run(&cfg, 1, &res, err) != 0 && strstr(err, "hrft.checkpoint_path"), "bad hrft path: %s", err);
 }
 
 TEST(corrupt_newest_checkpoint_falls_back) {

@@ -319,6 +319,41 @@ TEST(memory_plan_counts_real_allocations) {
     }
 }
 
+// Size pairs (high-resolution phase): one pair's activations at a time, every other buffer sized for the
+// largest sides, so the plan of pairs 32/16 + 48/24 is exactly the plan of the one pair 48/24 (same
+// pos-embed grid); and the model really frees a pair's activations when it moves to another.
+TEST(memory_plan_counts_the_largest_size_pair) {
+    char err[DINO_ERRLEN];
+    Config two, one;
+    const char *ov2[] = {"train.batch_size_per_gpu=3", "student.img_size=112", "crops.global_crops_size=[112, 160]",
+                         "crops.local_crops_size=[48, 64]", "crops.global_local_crop_pairs_ratios=[0.5, 0.5]"};
+    const char *ov1[] = {"train.batch_size_per_gpu=3", "student.img_size=112", "crops.global_crops_size=160",
+                         "crops.local_crops_size=64"};
+    CHECK(config_load(&two, test_src_path("configs/demo.yaml"), 5, (char **)ov2, err) == 0, "%s", err);
+    CHECK(config_load(&one, test_src_path("configs/demo.yaml"), 4, (char **)ov1, err) == 0, "%s", err);
+    MemoryPlan p2, p1;
+    CHECK(memory_plan(&two, 1, &p2, err) == 0, "%s", err);
+    CHECK(memory_plan(&one, 1, &p1, err) == 0, "%s", err);
+    CHECK(p2.total == p1.total && p2.pair == 1, "two pairs: %zu bytes at pair %d; the largest alone: %zu", p2.total,
+          p2.pair, p1.total);
+    CHECK(memcmp(&p2.model, &p1.model, sizeof p1.model) == 0, "categories differ");
+    // the real model: moving to pair 1 and back frees what it allocated
+    SslConfig sc;
+    CHECK(train_ssl_config(&two, 1, 0, &sc, err) == 0, "%s", err);
+    Backend *be = counting_backend();
+    SslModel m;
+    CHECK(ssl_model_init(&m, be, &sc, 0, err) == 0, "%s", err);
+    const size_t at0 = g_live_bytes;
+    ssl_use_pair(&m, be, 1);
+    CHECK(g_live_bytes == p2.total && g_live_bytes > at0, "pair 1: %zu bytes live, plan %zu, pair 0 %zu", g_live_bytes,
+          p2.total, at0);
+    ssl_use_pair(&m, be, 0);
+    CHECK(g_live_bytes == at0, "back at pair 0: %zu bytes live, was %zu", g_live_bytes, at0);
+    ssl_model_free(&m, be);
+    CHECK(g_live_bytes == 0, "%zu bytes left after ssl_model_free", g_live_bytes);
+    backend_free(be);
+}
+
 // On cuda the plan counts the CUDA backend's own layout (model/attention_layout.h): the flash path's LSE and
 // bf16 O where the head dim has kernels (demo.yaml's 64), else bf16 probabilities in 16-byte aligned blocks.
 TEST(memory_plan_uses_the_cuda_layout_on_cuda) {

@@ -1,7 +1,9 @@
 #!/bin/sh
 # The whole training step (teacher, student, shared DINO/iBOT head, losses, backward, clipping, AdamW,
 # EMA): the C step (bench_step) and the same step in PyTorch (tests/torch_ref/bench_step_torch.py) on the
-# same model, batch and thread count, one after the other, then the ratio of their speeds.
+# same model, batch and thread count, one after the other, then the ratio of their speeds. bench_step's
+# output ends with its per-op-family roofline table (predicted on --card, default h100, next to the time
+# measured per op on this backend: the CPU's on --backend cpu).
 #   tools/bench_step.sh [--backend cpu|cuda] [--arch vit_small] [--batch 2] [--K 65536] [--iters 3] ...
 # The flags go to both (bench_step's --backend picks the device; PyTorch uses CUDA when it sees a GPU).
 # CPU threads: OMP_NUM_THREADS (default: all cores). Build directory: BUILD_DIR (default: build).
@@ -23,9 +25,11 @@ cmake --build "$build" -j"$threads" --target bench_step >/dev/null
 c_log=$(mktemp) t_log=$(mktemp)
 trap 'rm -f "$c_log" "$t_log"' EXIT
 "$build/bench_step" --backend "$backend" "$@" | tee "$c_log"
-# the same flags without --backend (and --recompute / --no-peak / --peak-size, which are ours alone)
-set -- $(printf '%s\n' "$@" | awk 'skip { skip = 0; next } $0 == "--backend" || $0 == "--peak-size" { skip = 1; next }
-                                   $0 == "--recompute" || $0 == "--no-peak" { next } { print }')
+# the same flags without --backend (and --recompute / --no-peak / --peak-size / --card / --op-steps /
+# --per-op, which are ours alone: bench_step's per-op roofline table, on --card, default H100)
+set -- $(printf '%s\n' "$@" | awk 'skip { skip = 0; next }
+                                   $0 == "--backend" || $0 == "--peak-size" || $0 == "--card" || $0 == "--op-steps" { skip = 1; next }
+                                   $0 == "--recompute" || $0 == "--no-peak" || $0 == "--per-op" { next } { print }')
 peak=$(sed -n 's/^RESULT .* peak_tflops=\([0-9.-]*\).*/\1/p' "$c_log")
 "$python" "$root/tests/torch_ref/bench_step_torch.py" --threads "$threads" --modes "${TORCH_MODES:-eager}" \
   --peak-tflops "${peak:--1}" "$@" | tee "$t_log"

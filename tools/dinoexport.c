@@ -11,6 +11,10 @@
 //   hf:     config.json (Dinov2Model / Dinov2WithRegistersModel) + preprocessor_config.json
 //   timm:   config.json (timm hub format: architecture, model_args, pretrained_cfg)
 //   dinov2: the original names; config.json with our hyper-parameters (dinotrain's own keys)
+// A DINOv3 ViT (no pos_embed; official dinov3 names) is seen in the file and exported by
+// train/export_dir.h: hf = transformers DINOv3ViTModel (model_type dinov3_vit), dinov2 = the official
+// dinov3 names with the model's buffers; timm is refused. Its RoPE, LayerNorm eps, k-bias mask and image
+// size come from the run's config, the input export's config.json or the file's metadata.
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,12 +24,15 @@
 
 #include "common/fs.h"
 #include "common/check.h"
+#include "common/json.h"
 #include "common/safetensors.h"
+#include "model/export_dinov3.h"
 #include "model/export_names.h"
 #include "model/params.h"
 #include "model/vit.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/export_dir.h"
 #include "train/pretrained.h"
 
 static int is_dir(const char *p) {
@@ -33,22 +40,32 @@ static int is_dir(const char *p) {
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-// The head count from a checkpoint's resolved config (state.json "config"), 0 when it has none.
-static int heads_from_checkpoint(const Ckpt *c) {
+// The head count and the model's config from a checkpoint's resolved config (state.json "config"):
+// *heads 0 and vc->rope 0 when it has none (a DINOv3 run's config gives what the tensor shapes do not
+// show: its RoPE, LayerNorm eps, k-bias mask, image size).
+static void config_from_checkpoint(const Ckpt *c, int *heads, VitConfig *vc) {
     const char *yaml = ckpt_get_str(c, "config");
-    if (!yaml) return 0;
-    int heads = 0, dim, depth;
+    if (!yaml) return;
+    int dim, depth;
     Config cfg;
     char name[4200], err[DINO_ERRLEN];
     snprintf(name, sizeof name, "%s/state.json (config)", c->dir);
-    if (config_load_string(&cfg, yaml, name, 0, NULL, err) == 0) config_arch_dims(&cfg, &dim, &depth, &heads);
-    else fprintf(stderr, "dinoexport: note: the checkpoint's config does not load (%s); heads from the weights\n", err);
-    return heads;
+    if (config_load_string(&cfg, yaml, name, 0, NULL, err) == 0) {
+        config_arch_dims(&cfg, &dim, &depth, heads);
+        if (config_to_vit(&cfg, vc, err)) memset(vc, 0, sizeof *vc);
+    } else {
+        fprintf(stderr, "dinoexport: note: the checkpoint's config does not load (%s); heads from the weights\n", err);
+    }
 }
 
 // The safetensors file behind the input: a file as given; a checkpoint directory (verified: sizes and
 // CRC32 of every tensor); a run's output_dir (its newest valid checkpoint); or an export directory.
-static int resolve_input(const char *in, char *path, size_t n, int *heads, char *err) {
+// An export directory's config.json goes to cfg_json (empty otherwise); a checkpoint's model config to
+// ckpt_vit (rope 0 when none).
+static int resolve_input(const char *in, char *path, size_t n, int *heads, char *cfg_json, VitConfig *ckpt_vit,
+                         char *err) {
+    cfg_json[0] = 0;
+    memset(ckpt_vit, 0, sizeof *ckpt_vit);
     if (!is_dir(in)) {
         snprintf(path, n, "%s", in);
         return 0;
@@ -57,6 +74,8 @@ static int resolve_input(const char *in, char *path, size_t n, int *heads, char 
     snprintf(p, sizeof p, "%s/model.safetensors", in);
     if (access(p, R_OK) == 0) {
         snprintf(path, n, "%s", p);
+        snprintf(p, sizeof p, "%s/config.json", in);
+        if (access(p, R_OK) == 0) snprintf(cfg_json, 4200, "%s", p);
         return 0;
     }
     Ckpt c;
@@ -67,7 +86,9 @@ static int resolve_input(const char *in, char *path, size_t n, int *heads, char 
     if (rc == 0) dino_seterr(err, "%s: no checkpoint, model.safetensors or checkpoints/ in this folder", in);
     if (rc <= 0) return -1;
     snprintf(path, n, "%s/tensors.safetensors", c.dir);
-    if (*heads <= 0) *heads = heads_from_checkpoint(&c);
+    int ck_heads = 0;
+    config_from_checkpoint(&c, &ck_heads, ckpt_vit);
+    if (*heads <= 0) *heads = ck_heads;
     fprintf(stderr, "dinoexport: checkpoint %s (iteration %lld)\n", c.dir, (long long)c.iteration);
     ckpt_close(&c);
     return 0;
@@ -78,27 +99,11 @@ static void usage(void) {
             "usage: dinoexport INPUT OUTDIR [options]   (or: dinoexport --out OUTDIR INPUT)\n"
             "  INPUT: a training output_dir (its newest valid checkpoint), a checkpoint directory, a safetensors\n"
             "         file holding a backbone (any naming, any prefix) or an export directory\n"
-            "  --format hf|timm|dinov2   naming of the written weights (default hf: transformers Dinov2Model)\n"
+            "  --format hf|timm|dinov2   naming of the written weights (default hf: transformers Dinov2Model, or\n"
+            "                            DINOv3ViTModel for a DINOv3 ViT; dinov2 = the original/official names)\n"
             "  --teacher | --student     which backbone of a training checkpoint (default --teacher)\n"
             "  --prefix P                the backbone's name prefix in the file (overrides --teacher/--student)\n"
             "  --heads N                 attention heads (when neither metadata nor the width tells)\n");
-}
-
-static int write_text(const char *path, const char *text, char *err) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        dino_seterr(err, "%s: cannot create (%s)", tmp, strerror(errno));
-        return -1;
-    }
-    int bad = fputs(text, f) < 0;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path)) {
-        dino_seterr(err, "%s: write failed (%s)", path, strerror(errno));
-        return -1;
-    }
-    return 0;
 }
 
 // mlp_ratio such that int(D * ratio) == want (what transformers and timm compute).
@@ -203,6 +208,38 @@ static void own_config(char *out, size_t n, const VitConfig *c) {
              c->ffn == VIT_FFN_SWIGLU ? "swiglufused" : "mlp", c->ffn_hidden, c->layerscale > 0 ? "true" : "false");
 }
 
+// A DINOv3 backbone's config: the shapes, then (for what shapes do not show) the input export's
+// config.json, the file's metadata, or the training run's config (ckpt_vit, when it is a DINOv3 ViT of
+// these shapes). Returns 0 or -1 with err.
+static int infer_dinov3(const StFile *f, const char *in, ExportNaming naming, const char *fp, int heads,
+                        const char *cfg_json, const VitConfig *ckpt_vit, VitConfig *cfg, char *err) {
+    json_object *jc = NULL;
+    if (cfg_json[0] && !(jc = json_parse_file(cfg_json, 16u << 20, err))) return -1;
+    Dinov3Arch a;
+    int bad = export_infer_dinov3(f, in, naming, fp, heads, jc, cfg_json, &a, err);
+    json_object_put(jc);
+    if (bad) return -1;
+    if (ckpt_vit->rope) {
+        Dinov3Arch r;
+        dinov3_arch_from_vit(ckpt_vit, &r);
+        if (r.dim != a.dim || r.depth != a.depth || r.n_storage != a.n_storage || r.swiglu != a.swiglu ||
+            r.ffn_hidden != a.ffn_hidden || r.patch != a.patch) {
+            dino_seterr(err, "%s: the run's config describes another model (width %d, depth %d, %d storage tokens, "
+                        "feed-forward %d, patch %d) than the tensors (width %d, depth %d, %d, %d, %d)", in, r.dim,
+                        r.depth, r.n_storage, r.ffn_hidden, r.patch, a.dim, a.depth, a.n_storage, a.ffn_hidden, a.patch);
+            return -1;
+        }
+        if (heads <= 0) a.heads = r.heads;
+        a.rope = r.rope;
+        a.ln_eps = r.ln_eps;
+        a.mask_k_bias = r.mask_k_bias && a.qkv_bias;
+        a.img_size = r.img_size;
+        a.untie_cls_norm = r.untie_cls_norm;
+        a.local_cls_norm = r.local_cls_norm;
+    }
+    return dinov3_arch_to_vit(&a, cfg, err);
+}
+
 int main(int argc, char **argv) {
     const char *in = NULL, *outdir = NULL, *prefix = "teacher.backbone.";
     ExportNaming naming = NAMING_HF;
@@ -245,8 +282,9 @@ int main(int argc, char **argv) {
         usage();
         return 2;
     }
-    char err[DINO_ERRLEN], in_path[4200];
-    if (resolve_input(in, in_path, sizeof in_path, &heads, err)) {
+    char err[DINO_ERRLEN], in_path[4200], cfg_json[4200];
+    VitConfig ckpt_vit;
+    if (resolve_input(in, in_path, sizeof in_path, &heads, cfg_json, &ckpt_vit, err)) {
         fprintf(stderr, "dinoexport: %s\n", err);
         return 1;
     }
@@ -259,13 +297,24 @@ int main(int argc, char **argv) {
     ExportNaming in_naming;
     char fp[256];
     VitConfig cfg;
-    if (export_detect(&f, in, prefix, &in_naming, fp, sizeof fp, err) ||
-        export_infer_config(&f, in, in_naming, fp, heads, &cfg, err)) {
+    if (export_detect(&f, in, prefix, &in_naming, fp, sizeof fp, err)) {
         fprintf(stderr, "dinoexport: %s\n", err);
         st_close(&f);
         return 1;
     }
+    const int v3 = export_is_dinov3(&f, fp, in_naming);
+    int ibad = v3 ? infer_dinov3(&f, in, in_naming, fp, heads, cfg_json, &ckpt_vit, &cfg, err)
+                 : export_infer_config(&f, in, in_naming, fp, heads, &cfg, err);
     st_close(&f);
+    if (!ibad && v3 && naming == NAMING_TIMM) {
+        dino_seterr(err, "%s holds a DINOv3 ViT: it exports as --format hf (transformers DINOv3ViTModel) or "
+                    "--format dinov2 (the official dinov3 names), not timm", in);
+        ibad = 1;
+    }
+    if (ibad) {
+        fprintf(stderr, "dinoexport: %s\n", err);
+        return 1;
+    }
     ParamTable tab;
     param_table_init(&tab);
     Vit vit;
@@ -280,6 +329,24 @@ int main(int argc, char **argv) {
     if (dino_mkdir_p(outdir, err)) {
         fprintf(stderr, "dinoexport: %s: cannot create directory (%s)\n", outdir, err);
         return 1;
+    }
+    if (v3) { // the DINOv3 ViT: train/export_dir.h writes all of it
+        Dinov3Arch a;
+        dinov3_arch_from_vit(&vit.cfg, &a);
+        int n_tensors = 0;
+        if (export_write_dinov3(outdir, &a, &tab, "", P, naming, in, &n_tensors, err)) {
+            fprintf(stderr, "dinoexport: %s\n", err);
+            return 1;
+        }
+        printf("dinoexport: DINOv3 backbone '%s' of %s (%s naming: %d blocks, width %d, %d heads, patch %d, image %d, "
+               "%d storage tokens, %s, RoPE %s %g) -> %s/ (%s naming, %d tensors)\n",
+               fp, in, export_naming_name(in_naming), cfg.depth, cfg.dim, cfg.heads, cfg.patch, cfg.img_size,
+               cfg.n_registers, cfg.ffn == VIT_FFN_MLP ? "MLP" : "SwiGLU", a.rope.base > 0 ? "base" : "max period",
+               a.rope.base > 0 ? a.rope.base : a.rope.max_period, outdir, export_naming_name(naming), n_tensors);
+        vit_free(&vit);
+        param_table_free(&tab);
+        free(P);
+        return 0;
     }
     ExportMap map;
     export_map_build(&map, &vit, &tab, "", naming);
@@ -321,23 +388,14 @@ int main(int argc, char **argv) {
         return 1;
     }
     snprintf(path, sizeof path, "%s/config.json", outdir);
-    if (write_text(path, text, err)) {
+    if (export_write_text(path, text, err)) {
         fprintf(stderr, "dinoexport: %s\n", err);
         return 1;
     }
     if (naming == NAMING_HF) {
-        // the reference's inference transform: resize img*256/224 bicubic, center crop img, ImageNet norm
-        const int crop = cfg.img_size, resize = (int)(crop * 256.0 / 224.0 + 0.5);
-        snprintf(text, sizeof text,
-                 "{\n  \"image_processor_type\": \"BitImageProcessor\",\n  \"do_resize\": true,\n"
-                 "  \"size\": {\"shortest_edge\": %d},\n  \"resample\": 3,\n  \"do_center_crop\": true,\n"
-                 "  \"crop_size\": {\"height\": %d, \"width\": %d},\n  \"do_rescale\": true,\n"
-                 "  \"rescale_factor\": 0.00392156862745098,\n  \"do_normalize\": true,\n"
-                 "  \"image_mean\": [0.485, 0.456, 0.406],\n  \"image_std\": [0.229, 0.224, 0.225],\n"
-                 "  \"do_convert_rgb\": true\n}\n",
-                 resize, crop, crop);
+        export_preprocessor_json(text, sizeof text, cfg.img_size); // the reference's inference transform
         snprintf(path, sizeof path, "%s/preprocessor_config.json", outdir);
-        if (write_text(path, text, err)) {
+        if (export_write_text(path, text, err)) {
             fprintf(stderr, "dinoexport: %s\n", err);
             return 1;
         }

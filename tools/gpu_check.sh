@@ -12,7 +12,9 @@
 #           "normwise" line goes to tolerances.log
 #   bench   the whole training step, tools/bench_step (C) and tests/torch_ref/bench_step_torch.py (the
 #           machine's PyTorch: eager with bf16 autocast and SDPA; torch.compile only if time is left), on
-#           ViT-S/14 and ViT-L/14, same card, MFU against the bf16 rate bench_step measures
+#           ViT-S/14 and ViT-L/14, same card, MFU against the bf16 rate bench_step measures; the summary
+#           adds bench_step's per-op-family table: the roofline prediction for this card (H100 or H200)
+#           next to the time measured per op (docs/performance.md)
 #   summary summary.md: the tables, the ratio C / PyTorch, the --only line that reruns what failed
 # Every item (a test case, a benchmark run) rewrites summary.md and copies the results to $OUT, so a call
 # killed at its limit still returns what finished. No new item starts after GPU_CHECK_DEADLINE_S (450 s,
@@ -91,7 +93,7 @@ else
   PEAK_ARGS=""
 fi
 mkdir -p "$RES"
-rm -f "$RES"/summary.md "$RES"/results.tsv "$RES"/*.log "$RES"/*.tmp
+rm -f "$RES"/summary.md "$RES"/results.tsv "$RES"/*.log "$RES"/*.tmp "$RES"/roofline.*.md
 touch "$RES"/results.tsv "$RES"/info.log "$RES"/build.log "$RES"/tests.log "$RES"/tolerances.log "$RES"/bench.log
 
 now() { echo $(( $(date +%s) - T0 )); }
@@ -207,6 +209,14 @@ summary() {
              "$(gib "$(field plan_gib "$c")") / $(gib "$(field model_gib "$c")") | $(cell_ips "$e" "bench.torch-eager.$arch.$bb") | $(pct "$(field mfu "$e")" || echo -) | $(cell_ips "$k" "bench.torch-compile.$arch.$bb") |" \
              "$(gib "$(field max_mem_gib "$e")") | $(ratio "$(field img_per_s "$c")" "$(field img_per_s "$e")" || echo -) |" \
              "$(ratio "$(field img_per_s "$c")" "$(field img_per_s "$k")" || echo -) |"
+      done
+      # where the time goes: bench_step's per-op-family table, predicted (roofline, docs/performance.md) vs measured
+      for spec in $BENCH; do
+        [ -s "$RES/roofline.${spec%%:*}.${spec#*:}.md" ] || continue
+        echo
+        echo "#### ${spec%%:*}, batch ${spec#*:}: per op family, roofline prediction vs measured (bench_step)"
+        echo
+        cat "$RES/roofline.${spec%%:*}.${spec#*:}.md"
       done
       local nr; nr=$(awk -F'\t' '$1 ~ /^bench\./ && $2 ~ /^NOT RUN/ { print "- " $1 ": " $2 }' "$RES/results.tsv")
       [ -n "$nr" ] && { echo; echo "$nr"; }
@@ -501,11 +511,13 @@ fi
 PEAK=""
 # bench_c ARCH BATCH REC: bench_step on the GPU (dry: under the execution layer, else the CPU backend)
 bench_c() {
-  local prog=$BIN/bench_step be=cuda args=(--arch "$1" --batch "$2" $BENCH_ARGS $PEAK_ARGS)
+  # the per-op roofline table at the end of bench_step's output predicts for this card
+  local card=h100; [[ "$CARD" == *H200* ]] && card=h200
+  local prog=$BIN/bench_step be=cuda args=(--arch "$1" --batch "$2" $BENCH_ARGS $PEAK_ARGS --card "$card")
   [ "$3" = 1 ] && args+=(--recompute)
   if [ "$DRY" = 1 ]; then
     prog=${GPU_CHECK_DRY_BENCH_BIN:-$ROOT/build/cudaemu_bench_step}
-    [ -x "$prog" ] || { prog=$ROOT/build/bench_step; be=cpu; args=(--arch "$1" --batch "$2" $BENCH_ARGS); }
+    [ -x "$prog" ] || { prog=$ROOT/build/bench_step; be=cpu; args=(--arch "$1" --batch "$2" $BENCH_ARGS --card "$card"); }
   fi
   echo "=== $prog --backend $be ${args[*]}"
   timeout -k 5 "$4" "$prog" --backend "$be" "${args[@]}"
@@ -527,6 +539,8 @@ run_bench() {
   rc=$?
   sec=$(( $(now) - ts ))
   cat "$RES/bench.tmp" >> "$RES/bench.log"
+  # bench_step's per-op-family roofline table, for the summary
+  [ "$kind" = c ] && sed -n '/^roofline per op family/,/^ROOFLINE /p' "$RES/bench.tmp" | grep -v '^ROOFLINE ' > "$RES/roofline.$arch.$b$([ "$rec" = 1 ] && echo r).md"
   impl=c-step; [ "$kind" != c ] && impl=torch-step-$kind
   line=$(grep "^RESULT impl=$impl " "$RES/bench.tmp" | tail -1)
   st=$(field status "$line")

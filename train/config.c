@@ -19,7 +19,7 @@
 #include "common/text.h"
 #include "common/fs.h"
 
-typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST } CfgType;
+typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST, CT_INT_VLIST, CT_F64_VLIST, CT_STUDENTS } CfgType;
 
 typedef struct {
     const char *key;     // dotted name, e.g. "optim.base_lr"
@@ -38,6 +38,12 @@ typedef struct {
 #define S(key, field, def, doc) K(key, CT_STR, field, CFG_STR, def, NULL, doc)
 #define E(key, field, def, choices, doc) K(key, CT_ENUM, field, CFG_NAME, def, choices, doc)
 #define L(key, field, n, def, doc) K(key, CT_F64_LIST, field, n, def, NULL, doc)
+#define IV(key, field, def, doc) K(key, CT_INT_VLIST, field, CFG_MAX_PAIRS, def, NULL, doc)
+#define FV(key, field, def, doc) K(key, CT_F64_VLIST, field, CFG_MAX_PAIRS, def, NULL, doc)
+// a number that may be null (YAML null / ~ / empty): stored as 0, which the reader takes as "none"
+#define FN(key, field, def, doc) K(key, CT_F64, field, 0, def, "null", doc)
+
+static int nullable(const CfgKey *k) { return k->type == CT_F64 && k->choices && strcmp(k->choices, "null") == 0; }
 
 // Sections must stay contiguous (the writer opens a section when the prefix changes).
 static const CfgKey KEYS[] = {
@@ -49,7 +55,9 @@ static const CfgKey KEYS[] = {
       "same rate in every block; must be true (the per-block linspace variant is not implemented)"),
     F("student.layerscale", student.layerscale, "1.0e-05", "LayerScale init value; 0 disables LayerScale"),
     I("student.num_register_tokens", student.num_register_tokens, "0", "register tokens (4 for *_reg4 models)"),
-    E("student.ffn_layer", student.ffn_layer, "mlp", "mlp|swiglu|swiglufused", "block FFN: GELU MLP or SwiGLU"),
+    E("student.ffn_layer", student.ffn_layer, "mlp", "mlp|swiglu|swiglufused|swiglu32|swiglu64|swiglu128",
+      "block FFN: GELU MLP or SwiGLU (hidden 2/3 of dim*ffn_ratio rounded up to 8, or 32/64/128 for swiglu32/64/128)"),
+    F("student.ffn_ratio", student.ffn_ratio, "4.0", "FFN hidden width int(dim * ffn_ratio) before the SwiGLU 2/3"),
     B("student.qkv_bias", student.qkv_bias, "true", "bias in the attention qkv projection"),
     B("student.proj_bias", student.proj_bias, "true", "bias in the attention output projection"),
     B("student.ffn_bias", student.ffn_bias, "true", "biases in the FFN"),
@@ -60,9 +68,39 @@ static const CfgKey KEYS[] = {
     S("student.pretrained_weights", student.pretrained_weights, "''",
       "safetensors file (original DINOv2, timm or HF names) to start the backbone from; '' = random init"),
     I("student.block_chunks", student.block_chunks, "0", "reference FSDP block chunking; accepted, no effect here"),
+    I("student.img_size", student.img_size, "0",
+      "pos-embed grid side in pixels (ours); 0 = crops.global_crops_size (the largest when several, as the official); "
+      "a high-resolution phase keeps the earlier run's size here so that its pos-embed loads, and interpolates it"),
     I("student.embed_dim", student.embed_dim, "0", "width override (ours); 0 = the arch's"),
     I("student.depth", student.depth, "0", "block count override (ours); 0 = the arch's"),
     I("student.num_heads", student.num_heads, "0", "attention heads override (ours); 0 = the arch's"),
+    E("student.norm_layer", student.norm_layer, "layernorm", "layernorm|layernormbf16",
+      "LayerNorm eps: layernorm 1e-6, layernormbf16 1e-5 (DINOv3's released configs); computed in fp32 either way"),
+    // the DINOv3 ViT (docs/dinov3-vit.md): pos_embed_type rope selects it
+    E("student.pos_embed_type", student.pos_embed_type, "learned", "learned|rope|ropenew",
+      "learned: DINOv2 ViT (pos_embed table); rope (ropenew: the same): the DINOv3 ViT with axial RoPE"),
+    FN("student.pos_embed_rope_base", student.pos_embed_rope_base, "100.0",
+       "RoPE periods base^(2i/(Dh/2)); null when min/max periods are given"),
+    FN("student.pos_embed_rope_min_period", student.pos_embed_rope_min_period, "null",
+       "RoPE periods log-spaced from min to max period (with max_period; base null)"),
+    FN("student.pos_embed_rope_max_period", student.pos_embed_rope_max_period, "null", "see min_period"),
+    E("student.pos_embed_rope_normalize_coords", student.pos_embed_rope_normalize_coords, "separate",
+      "separate|min|max", "patch coordinates in [-1, 1]: divided by H and W separately, or by min/max(H, W)"),
+    FN("student.pos_embed_rope_shift_coords", student.pos_embed_rope_shift_coords, "null",
+       "training: coordinates += U(-s, s) per axis, drawn per block; null = off"),
+    FN("student.pos_embed_rope_jitter_coords", student.pos_embed_rope_jitter_coords, "null",
+       "training: coordinates *= log-uniform in [1/j, j] per axis, per block; null = off"),
+    FN("student.pos_embed_rope_rescale_coords", student.pos_embed_rope_rescale_coords, "null",
+       "training: coordinates *= log-uniform in [1/r, r] (one for both axes), per block; released configs: 2"),
+    E("student.pos_embed_rope_dtype", student.pos_embed_rope_dtype, "fp32", "fp32|bf16|fp16",
+      "accepted; the tables are computed in double and applied in fp32 here"),
+    I("student.n_storage_tokens", student.n_storage_tokens, "0",
+      "DINOv3's name for register tokens (the same tokens as num_register_tokens; set one of them)"),
+    B("student.untie_cls_and_patch_norms", student.untie_cls_and_patch_norms, "false",
+      "DINOv3: CLS and storage tokens through their own final norm (cls_norm)"),
+    B("student.untie_global_and_local_cls_norm", student.untie_global_and_local_cls_norm, "false",
+      "DINOv3: local crops' CLS and storage tokens through local_cls_norm in training"),
+    B("student.mask_k_bias", student.mask_k_bias, "false", "DINOv3: the k third of the qkv bias held at zero"),
 
     F("dino.loss_weight", dino.loss_weight, "1.0", "weight of the DINO (CLS) losses; 0 disables DINO"),
     I("dino.head_n_prototypes", dino.head_n_prototypes, "65536", "K, output width of the DINO head"),
@@ -100,6 +138,9 @@ static const CfgKey KEYS[] = {
     F("optim.adamw_beta1", optim.adamw_beta1, "0.9", "AdamW beta1"),
     F("optim.adamw_beta2", optim.adamw_beta2, "0.999", "AdamW beta2"),
     F("optim.adamw_eps", optim.adamw_eps, "1.0e-08", "AdamW epsilon (ours; the reference uses torch's default)"),
+    F("optim.schedule_trunc_extra", optim.schedule_trunc_extra, "0.0",
+      "DINOv3: the lr/wd/momentum cosine is computed over (1 + x) times its length and cut, rescaled to end at "
+      "the final value (0.25 is the official suggestion); 0 = DINOv2's cosine"),
 
     F("teacher.momentum_teacher", teacher.momentum_teacher, "0.992", "EMA momentum at the start (cosine to final)"),
     F("teacher.final_momentum_teacher", teacher.final_momentum_teacher, "1.0", "EMA momentum at the end"),
@@ -110,8 +151,12 @@ static const CfgKey KEYS[] = {
     L("crops.global_crops_scale", crops.global_crops_scale, 2, "[0.32, 1.0]", "area range of the global crops"),
     I("crops.local_crops_number", crops.local_crops_number, "8", "local crops per image"),
     L("crops.local_crops_scale", crops.local_crops_scale, 2, "[0.05, 0.32]", "area range of the local crops"),
-    I("crops.global_crops_size", crops.global_crops_size, "224", "global crop side (also the pos-embed grid)"),
-    I("crops.local_crops_size", crops.local_crops_size, "96", "local crop side"),
+    IV("crops.global_crops_size", crops.global_crops_size, "224",
+       "global crop side (also the pos-embed grid unless student.img_size is set); a list gives one side per size "
+       "pair (high-resolution phase, docs/high-resolution.md)"),
+    IV("crops.local_crops_size", crops.local_crops_size, "96", "local crop side; a list: one per size pair"),
+    FV("crops.global_local_crop_pairs_ratios", crops.global_local_crop_pairs_ratios, "1.0",
+       "sampling weights of the size pairs (one per pair; normalized), one pair drawn per iteration"),
 
     I("train.batch_size_per_gpu", train.batch_size_per_gpu, "64", "images per rank per iteration"),
     I("train.OFFICIAL_EPOCH_LENGTH", train.OFFICIAL_EPOCH_LENGTH, "1250", "iterations per epoch for all schedules"),
@@ -123,6 +168,50 @@ static const CfgKey KEYS[] = {
     B("train.stop_on_collapse", train.stop_on_collapse, "false",
       "stop the run when the collapse diagnostics confirm a collapse (head uniform, one prototype, backbone "
       "constant); no checkpoint is written while they warn, so the newest one is the last good one"),
+
+    B("schedules.enabled", schedules.enabled, "false",
+      "DINOv3 schedules (linear warm-up, cosine, constant tail) replace the DINOv2 ones; set by writing any "
+      "schedules key (docs/schedules.md)"),
+    F("schedules.lr.start", schedules.lr.start, "0.0", "lr: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.lr.peak", schedules.lr.peak, "0.001", "lr: value at the end of the warm-up, start of the cosine (before the lr scaling rule)"),
+    F("schedules.lr.end", schedules.lr.end, "1.0e-06", "lr: value at the end of the cosine, then constant (before the lr scaling rule)"),
+    I("schedules.lr.warmup_epochs", schedules.lr.warmup_epochs, "10", "lr: linear warm-up length"),
+    I("schedules.lr.freeze_last_layer_epochs", schedules.lr_freeze_last_layer_epochs, "1", "head last layer lr = 0 this long"),
+    I("schedules.lr.cosine_epochs", schedules.lr.cosine_epochs, "-1", "lr: cosine length; -1 = the rest of the run (the official key absent)"),
+    F("schedules.weight_decay.start", schedules.weight_decay.start, "0.04", "weight decay: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.weight_decay.peak", schedules.weight_decay.peak, "0.04", "weight decay: value at the end of the warm-up, start of the cosine"),
+    F("schedules.weight_decay.end", schedules.weight_decay.end, "0.04", "weight decay: value at the end of the cosine, then constant"),
+    I("schedules.weight_decay.warmup_epochs", schedules.weight_decay.warmup_epochs, "0", "weight decay: linear warm-up length"),
+    I("schedules.weight_decay.cosine_epochs", schedules.weight_decay.cosine_epochs, "-1", "weight decay: cosine length; -1 = the rest of the run (the official key absent)"),
+    F("schedules.momentum.start", schedules.momentum.start, "0.992", "teacher EMA momentum: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.momentum.peak", schedules.momentum.peak, "0.992", "teacher EMA momentum: value at the end of the warm-up, start of the cosine"),
+    F("schedules.momentum.end", schedules.momentum.end, "0.992", "teacher EMA momentum: value at the end of the cosine, then constant"),
+    I("schedules.momentum.warmup_epochs", schedules.momentum.warmup_epochs, "0", "teacher EMA momentum: linear warm-up length"),
+    I("schedules.momentum.cosine_epochs", schedules.momentum.cosine_epochs, "-1", "teacher EMA momentum: cosine length; -1 = the rest of the run (the official key absent)"),
+    F("schedules.teacher_temp.start", schedules.teacher_temp.start, "0.04", "teacher temperature: value at iteration 0 (start of the linear warm-up)"),
+    F("schedules.teacher_temp.peak", schedules.teacher_temp.peak, "0.07", "teacher temperature: value at the end of the warm-up, start of the cosine"),
+    F("schedules.teacher_temp.end", schedules.teacher_temp.end, "0.07", "teacher temperature: value at the end of the cosine, then constant"),
+    I("schedules.teacher_temp.warmup_epochs", schedules.teacher_temp.warmup_epochs, "30", "teacher temperature: linear warm-up length"),
+    I("schedules.teacher_temp.cosine_epochs", schedules.teacher_temp.cosine_epochs, "-1", "teacher temperature: cosine length; -1 = the rest of the run (the official key absent)"),
+
+    S("hrft.checkpoint_path", hrft.checkpoint_path, "''",
+      "high-resolution phase: a fresh run (no checkpoint in train.output_dir) starts with student and teacher = the "
+      "teacher of this checkpoint (a checkpoint directory, or an earlier run's output_dir: its newest), fresh AdamW, "
+      "centres and iteration 0; '' = off"),
+
+    B("distillation.enabled", distillation.enabled, "false",
+      "distil from a frozen teacher (with multidistillation: docs/distillation.md)"),
+    S("distillation.full_cfg_path", distillation.full_cfg_path, "''",
+      "the teacher's config file (its architecture and heads)"),
+    S("distillation.checkpoint_path", distillation.checkpoint_path, "''",
+      "the teacher's weights: its training output_dir (or one checkpoint dir: backbone and heads), or a weights "
+      "file (export or released: backbone only, heads fresh); 'ignore' = random teacher (tests, as dinov3)"),
+    B("multidistillation.enabled", multidistillation.enabled, "false",
+      "train the students listed in multidistillation.students at once from one teacher (docs/distillation.md)"),
+    I("multidistillation.global_batch_size", multidistillation.global_batch_size, "0",
+      "images per iteration, seen by every student (divisible by the world and by each student's rank count)"),
+    K("multidistillation.students", CT_STUDENTS, multidistillation.students, CFG_MAX_STUDENTS, "[]", NULL,
+      "list of {name, config_path, ranks_range: [first, end)}: each student's normal config file and its ranks"),
 
     E("compute_precision.param_dtype", param_dtype, "auto", "auto|fp32|bf16",
       "compute dtype: fp32 on the cpu backend; on cuda bf16 tensor-core GEMMs (fp32 master weights, the default) "
@@ -349,11 +438,14 @@ static const char *type_name(const CfgKey *k) {
     switch (k->type) {
     case CT_BOOL: return "a boolean (true/false)";
     case CT_INT: case CT_I64: return "an integer";
-    case CT_F64: return "a number";
+    case CT_F64: return nullable(k) ? "a number or null" : "a number";
     case CT_STR: return "a string";
     case CT_ENUM: snprintf(buf, sizeof buf, "one of %s", k->choices); return buf;
     case CT_F64_LIST: snprintf(buf, sizeof buf, "a list of %d numbers like %s", k->n, k->def); return buf;
     case CT_STR_LIST: return "a list of strings like [\"/data/tiles\"]";
+    case CT_STUDENTS: return "a list of {name: vits, config_path: FILE, ranks_range: [0, 4]}";
+    case CT_INT_VLIST: return "an integer or a list of integers like [512, 768]";
+    case CT_F64_VLIST: return "a number or a list of numbers like [0.5, 0.5]";
     }
     return "?";
 }
@@ -363,6 +455,38 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
     void *p = field(c, k);
     char shown[160];
     snprintf(shown, sizeof shown, "%s", v->kind == 0 ? v->item[0] : v->kind == 1 ? "a list" : v->kind == 2 ? "a mapping" : "nothing");
+    if (k->type == CT_STUDENTS) { // a YAML file's list is read by parse_students; here only "[]"
+        if (v->kind != 1 || v->n != 0) {
+            dino_seterr(err, "%s in %s: set the students in a config file (a list of {name, config_path, "
+                             "ranks_range}), or [] for none", k->key, where);
+            return -1;
+        }
+        c->multidistillation.n_students = 0;
+        return 0;
+    }
+    if (k->type == CT_INT_VLIST || k->type == CT_F64_VLIST) { // a scalar, or a list of 1..n
+        int n = v->kind == 0 ? 1 : v->kind == 1 ? v->n : 0;
+        if (n < 1 || (v->kind == 0 && is_null(v->item[0], v->plain[0]))) goto wrong_type;
+        if (n > k->n) {
+            dino_seterr(err, "%s in %s: at most %d entries, got %d", k->key, where, k->n, n);
+            return -1;
+        }
+        if (k->type == CT_INT_VLIST) {
+            CfgIntList tmp = {.n = n};
+            for (int i = 0; i < n; i++) {
+                int64_t x;
+                if (parse_i64(v->item[i], &x) || x < INT_MIN || x > INT_MAX) goto wrong_type;
+                tmp.v[i] = (int)x;
+            }
+            *(CfgIntList *)p = tmp;
+        } else {
+            CfgF64List tmp = {.n = n};
+            for (int i = 0; i < n; i++)
+                if (parse_f64(v->item[i], &tmp.v[i])) goto wrong_type;
+            *(CfgF64List *)p = tmp;
+        }
+        return 0;
+    }
     if (k->type == CT_F64_LIST || k->type == CT_STR_LIST) {
         int scalar_as_list = k->type == CT_STR_LIST && v->kind == 0 && !is_null(v->item[0], v->plain[0]);
         if (v->kind != 1 && !scalar_as_list) goto wrong_type;
@@ -394,6 +518,10 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
         return 0;
     }
     if (v->kind == 3 && (k->type == CT_STR)) { ((char *)p)[0] = 0; return 0; }
+    if (nullable(k) && (v->kind == 3 || (v->kind == 0 && is_null(v->item[0], v->plain[0])))) {
+        *(double *)p = 0;
+        return 0;
+    }
     if (v->kind != 0) goto wrong_type;
     const char *s = v->item[0];
     switch (k->type) {
@@ -441,6 +569,16 @@ wrong_type:
 
 static void set_origin(Config *c, const CfgKey *k, int file) { c->origin.of_key[key_index(k)] = (unsigned char)file; }
 
+// A key was set from `file`. A `schedules:` key enables the section (the official code switches on the
+// section's presence), unless this same file or command line says schedules.enabled itself.
+static void key_was_set(Config *c, const CfgKey *k, int file) {
+    set_origin(c, k, file);
+    if (strncmp(k->key, "schedules.", 10) != 0 || strcmp(k->key, "schedules.enabled") == 0) return;
+    const CfgKey *en = find_key("schedules.enabled");
+    if (c->origin.of_key[key_index(en)] == file) return;
+    c->schedules.enabled = true;
+}
+
 static int add_origin(Config *c, const char *name) {
     if (c->origin.n_files >= CFG_MAX_FILES + 2) return c->origin.n_files - 1;
     snprintf(c->origin.files[c->origin.n_files], CFG_STR, "%s", name);
@@ -482,6 +620,66 @@ static int unknown_key(const char *name, const char *where, char *err) {
     else
         dino_seterr(err, "unknown key '%s' in %s (docs/configuration.md lists every key)", name, where);
     return -1;
+}
+
+// multidistillation.students from a YAML sequence of mappings {name, config_path, ranks_range: [a, b]}.
+static int parse_students(Config *c, yaml_document_t *doc, yaml_node_t *seq, const char *where, char *err) {
+    const char *key = "multidistillation.students";
+    if (!seq || seq->type != YAML_SEQUENCE_NODE) {
+        dino_seterr(err, "wrong type for %s in %s: expected a list of {name, config_path, ranks_range}", key, where);
+        return -1;
+    }
+    CfgMultiDistillation *md = &c->multidistillation;
+    int n = 0;
+    for (yaml_node_item_t *it = seq->data.sequence.items.start; it < seq->data.sequence.items.top; it++, n++) {
+        yaml_node_t *e = yaml_document_get_node(doc, *it);
+        if (n >= CFG_MAX_STUDENTS) {
+            dino_seterr(err, "%s in %s: at most %d students", key, where, CFG_MAX_STUDENTS);
+            return -1;
+        }
+        if (!e || e->type != YAML_MAPPING_NODE) {
+            dino_seterr(err, "%s in %s: student %d is not a mapping {name, config_path, ranks_range}", key, where, n);
+            return -1;
+        }
+        CfgStudentRef *st = &md->students[n];
+        memset(st, 0, sizeof *st);
+        int have = 0;
+        for (yaml_node_pair_t *pr = e->data.mapping.pairs.start; pr < e->data.mapping.pairs.top; pr++) {
+            yaml_node_t *kn = yaml_document_get_node(doc, pr->key), *vn = yaml_document_get_node(doc, pr->value);
+            const char *kname = kn && kn->type == YAML_SCALAR_NODE ? (const char *)kn->data.scalar.value : "?";
+            const char *sv = vn && vn->type == YAML_SCALAR_NODE ? (const char *)vn->data.scalar.value : NULL;
+            if (strcmp(kname, "name") == 0 && sv && strlen(sv) < CFG_NAME) {
+                snprintf(st->name, CFG_NAME, "%s", sv), have |= 1;
+            } else if (strcmp(kname, "config_path") == 0 && sv && strlen(sv) < CFG_STR) {
+                snprintf(st->config_path, CFG_STR, "%s", sv), have |= 2;
+            } else if (strcmp(kname, "ranks_range") == 0 && vn && vn->type == YAML_SEQUENCE_NODE &&
+                       vn->data.sequence.items.top - vn->data.sequence.items.start == 2) {
+                for (int j = 0; j < 2; j++) {
+                    yaml_node_t *x = yaml_document_get_node(doc, vn->data.sequence.items.start[j]);
+                    int64_t r;
+                    if (!x || x->type != YAML_SCALAR_NODE || parse_i64((const char *)x->data.scalar.value, &r) ||
+                        r < 0 || r > INT_MAX) {
+                        dino_seterr(err, "%s in %s: student %d: ranks_range must be two ranks [first, end)", key,
+                                    where, n);
+                        return -1;
+                    }
+                    st->ranks_range[j] = (int)r;
+                }
+                have |= 4;
+            } else {
+                dino_seterr(err, "%s in %s: student %d: '%s' is not name (< %d characters), config_path or "
+                                 "ranks_range [first, end)",
+                            key, where, n, kname, CFG_NAME);
+                return -1;
+            }
+        }
+        if (have != 7) {
+            dino_seterr(err, "%s in %s: student %d needs name, config_path and ranks_range", key, where, n);
+            return -1;
+        }
+    }
+    md->n_students = n;
+    return 0;
 }
 
 // Applies every key of mapping `map` under `prefix` ("" at the top) from file index `file`.
@@ -534,6 +732,11 @@ static int apply_mapping(Config *c, yaml_document_t *doc, yaml_node_t *map, cons
             }
             return unknown_key(full, where, err);
         }
+        if (k->type == CT_STUDENTS) {
+            if (parse_students(c, doc, vn, where, err)) return -1;
+            set_origin(c, k, file);
+            continue;
+        }
         Val v;
         if (val_from_node(&v, doc, vn)) {
             dino_seterr(err, "wrong type for %s in %s: expected %s", full, where, type_name(k));
@@ -541,7 +744,7 @@ static int apply_mapping(Config *c, yaml_document_t *doc, yaml_node_t *map, cons
         }
         // an empty value ("key:") is YAML null: a plain empty scalar
         if (set_value(c, k, &v, where, err)) return -1;
-        set_origin(c, k, file);
+        key_was_set(c, k, file);
     }
     return 0;
 }
@@ -688,7 +891,7 @@ static int override_at(Config *c, const char *kv, int file, char *err) {
         yaml_document_delete(&doc);
         yaml_parser_delete(&parser);
     }
-    if (rc == 0) set_origin(c, k, file);
+    if (rc == 0) key_was_set(c, k, file);
     return rc;
 }
 
@@ -774,7 +977,11 @@ static void put_value(Text *b, const Config *c, const CfgKey *k) {
     case CT_BOOL: text_printf(b, "%s", *(const bool *)p ? "true" : "false"); break;
     case CT_INT: text_printf(b, "%d", *(const int *)p); break;
     case CT_I64: text_printf(b, "%lld", (long long)*(const int64_t *)p); break;
-    case CT_F64: fmt_f64(num, sizeof num, *(const double *)p); text_printf(b, "%s", num); break;
+    case CT_F64:
+        if (nullable(k) && *(const double *)p == 0) { text_printf(b, "null"); break; }
+        fmt_f64(num, sizeof num, *(const double *)p);
+        text_printf(b, "%s", num);
+        break;
     case CT_STR: put_quoted(b, p); break;
     case CT_ENUM: text_printf(b, "%s", (const char *)p); break;
     case CT_F64_LIST:
@@ -785,12 +992,35 @@ static void put_value(Text *b, const Config *c, const CfgKey *k) {
         }
         text_printf(b, "]");
         break;
+    case CT_INT_VLIST: case CT_F64_VLIST: { // one value as a scalar (as every config before lists)
+        int n = k->type == CT_INT_VLIST ? ((const CfgIntList *)p)->n : ((const CfgF64List *)p)->n;
+        if (n > 1) text_printf(b, "[");
+        for (int i = 0; i < n; i++) {
+            if (k->type == CT_INT_VLIST) text_printf(b, "%s%d", i ? ", " : "", ((const CfgIntList *)p)->v[i]);
+            else fmt_f64(num, sizeof num, ((const CfgF64List *)p)->v[i]), text_printf(b, "%s%s", i ? ", " : "", num);
+        }
+        if (n > 1) text_printf(b, "]");
+        break;
+    }
     case CT_STR_LIST: {
         const char(*list)[CFG_STR] = p;
         text_printf(b, "[");
         for (int i = 0; i < c->data.n_sources; i++) {
             if (i) text_printf(b, ", ");
             put_quoted(b, list[i]);
+        }
+        text_printf(b, "]");
+        break;
+    }
+    case CT_STUDENTS: {
+        const CfgMultiDistillation *md = &c->multidistillation;
+        text_printf(b, "[");
+        for (int i = 0; i < md->n_students; i++) {
+            text_printf(b, "%s{name: ", i ? ", " : "");
+            put_quoted(b, md->students[i].name);
+            text_printf(b, ", config_path: ");
+            put_quoted(b, md->students[i].config_path);
+            text_printf(b, ", ranks_range: [%d, %d]}", md->students[i].ranks_range[0], md->students[i].ranks_range[1]);
         }
         text_printf(b, "]");
         break;
@@ -803,17 +1033,23 @@ char *config_to_yaml(const Config *c) {
     text_init(&b, 4096);
     b.s[0] = 0;
     text_printf(&b, "# dinotrain resolved config: every key, as used by the run (docs/configuration.md)\n");
-    char section[64] = "";
+    char section[64] = "", subsection[64] = "";
     for (int i = 0; i < N_KEYS; i++) {
         const CfgKey *k = &KEYS[i];
-        const char *dot = strchr(k->key, '.');
-        char sec[64];
+        const char *dot = strchr(k->key, '.'), *dot2 = dot ? strchr(dot + 1, '.') : NULL;
+        char sec[64], sub[64]; // schedules.lr.start: section schedules, subsection lr
         snprintf(sec, sizeof sec, "%.*s", dot ? (int)(dot - k->key) : 0, k->key);
+        snprintf(sub, sizeof sub, "%.*s", dot2 ? (int)(dot2 - dot - 1) : 0, dot ? dot + 1 : "");
         if (strcmp(sec, section) != 0) {
             if (*sec) text_printf(&b, "%s:\n", sec);
             snprintf(section, sizeof section, "%s", sec);
+            subsection[0] = 0;
         }
-        text_printf(&b, "%s%s: ", *sec ? "  " : "", dot ? dot + 1 : k->key);
+        if (strcmp(sub, subsection) != 0) {
+            if (*sub) text_printf(&b, "  %s:\n", sub);
+            snprintf(subsection, sizeof subsection, "%s", sub);
+        }
+        text_printf(&b, "%s%s: ", *sub ? "    " : *sec ? "  " : "", dot2 ? dot2 + 1 : dot ? dot + 1 : k->key);
         put_value(&b, c, k);
         text_printf(&b, "\n");
     }
@@ -869,10 +1105,30 @@ int config_equal(const Config *a, const Config *b, const char **diff_key) {
         case CT_F64: same = *(const double *)pa == *(const double *)pb; break;
         case CT_STR: case CT_ENUM: same = strcmp(pa, pb) == 0; break;
         case CT_F64_LIST: same = memcmp(pa, pb, sizeof(double) * (size_t)k->n) == 0; break;
+        case CT_INT_VLIST: {
+            const CfgIntList *x = pa, *y = pb;
+            same = x->n == y->n && memcmp(x->v, y->v, sizeof(int) * (size_t)x->n) == 0;
+            break;
+        }
+        case CT_F64_VLIST: {
+            const CfgF64List *x = pa, *y = pb;
+            same = x->n == y->n && memcmp(x->v, y->v, sizeof(double) * (size_t)x->n) == 0;
+            break;
+        }
         case CT_STR_LIST:
             same = a->data.n_sources == b->data.n_sources;
             for (int j = 0; same && j < a->data.n_sources; j++) same = strcmp(a->data.sources[j], b->data.sources[j]) == 0;
             break;
+        case CT_STUDENTS: {
+            const CfgMultiDistillation *x = &a->multidistillation, *y = &b->multidistillation;
+            same = x->n_students == y->n_students;
+            for (int j = 0; same && j < x->n_students; j++)
+                same = strcmp(x->students[j].name, y->students[j].name) == 0 &&
+                       strcmp(x->students[j].config_path, y->students[j].config_path) == 0 &&
+                       x->students[j].ranks_range[0] == y->students[j].ranks_range[0] &&
+                       x->students[j].ranks_range[1] == y->students[j].ranks_range[1];
+            break;
+        }
         }
         if (!same) {
             if (diff_key) *diff_key = k->key;
@@ -880,6 +1136,40 @@ int config_equal(const Config *a, const Config *b, const char **diff_key) {
         }
     }
     return 1;
+}
+
+// The top file is the last one read (its bases come before it); the command line comes after it.
+int config_apply_own_keys(Config *dst, const Config *src) {
+    int top = -1, cli = -1;
+    for (int i = 1; i < src->origin.n_files; i++) {
+        if (strcmp(src->origin.files[i], "the command line") == 0) cli = i;
+        else top = i;
+    }
+    int n = 0;
+    for (int i = 0; i < N_KEYS; i++) {
+        const CfgKey *k = &KEYS[i];
+        const int from = src->origin.of_key[i];
+        if (from == 0 || (from != top && from != cli)) continue;
+        size_t bytes = 0;
+        switch (k->type) {
+        case CT_BOOL: bytes = sizeof(bool); break;
+        case CT_INT: bytes = sizeof(int); break;
+        case CT_I64: bytes = sizeof(int64_t); break;
+        case CT_F64: bytes = sizeof(double); break;
+        case CT_STR: case CT_ENUM: bytes = (size_t)k->n; break;
+        case CT_F64_LIST: bytes = sizeof(double) * (size_t)k->n; break;
+        case CT_STR_LIST: bytes = sizeof src->data.sources, dst->data.n_sources = src->data.n_sources; break;
+        case CT_INT_VLIST: bytes = sizeof(CfgIntList); break;
+        case CT_F64_VLIST: bytes = sizeof(CfgF64List); break;
+        case CT_STUDENTS: bytes = sizeof src->multidistillation.students;
+            dst->multidistillation.n_students = src->multidistillation.n_students;
+            break;
+        }
+        memcpy(field(dst, k), cfield(src, k), bytes);
+        set_origin(dst, k, add_origin(dst, src->origin.files[from]));
+        n++;
+    }
+    return n;
 }
 
 // ---- derived values ---------------------------------------------------------------------------------
@@ -897,6 +1187,22 @@ int64_t config_total_iterations(const Config *c) {
     return (int64_t)c->optim.epochs * c->train.OFFICIAL_EPOCH_LENGTH;
 }
 
+int config_n_pairs(const Config *c) { return c->crops.global_crops_size.n; }
+
+static int list_max(const CfgIntList *l) {
+    int m = l->v[0];
+    for (int i = 1; i < l->n; i++) m = l->v[i] > m ? l->v[i] : m;
+    return m;
+}
+int config_max_global_crop(const Config *c) { return list_max(&c->crops.global_crops_size); }
+int config_max_local_crop(const Config *c) { return list_max(&c->crops.local_crops_size); }
+static int config_min_local_crop(const Config *c) {
+    int m = c->crops.local_crops_size.v[0];
+    for (int i = 1; i < c->crops.local_crops_size.n; i++) m = c->crops.local_crops_size.v[i] < m ? c->crops.local_crops_size.v[i] : m;
+    return m;
+}
+int config_img_size(const Config *c) { return c->student.img_size > 0 ? c->student.img_size : config_max_global_crop(c); }
+
 void config_arch_dims(const Config *c, int *dim, int *depth, int *heads) {
     static const struct { const char *name; int dim, depth, heads; } archs[] = {
         {"vit_test", 32, 2, 2}, {"vit_tiny", 192, 12, 3}, {"vit_small", 384, 12, 6}, {"vit_base", 768, 12, 12},
@@ -912,15 +1218,13 @@ void config_arch_dims(const Config *c, int *dim, int *depth, int *heads) {
 
 int config_to_vit(const Config *c, VitConfig *v, char *err) {
     const CfgStudent *s = &c->student;
-    if (vit_config_from_arch(v, s->arch, s->patch_size, c->crops.global_crops_size, s->num_register_tokens, s->ffn_layer,
-                             err))
+    const int registers = s->n_storage_tokens > 0 ? s->n_storage_tokens : s->num_register_tokens;
+    if (vit_config_from_arch(v, s->arch, s->patch_size, config_img_size(c), registers, s->ffn_layer, err))
         return -1;
     int dim, depth, heads;
     config_arch_dims(c, &dim, &depth, &heads);
-    if (dim != v->dim) { // widths follow the dim exactly as vit_config_from_arch derives them
-        v->ffn_hidden = v->ffn == VIT_FFN_MLP ? 4 * dim : (4 * dim * 2 / 3 + 7) / 8 * 8;
-        v->dim = dim;
-    }
+    v->dim = dim; // the FFN width from dim * ffn_ratio as the references derive it
+    if (vit_ffn_width(s->ffn_layer, dim, s->ffn_ratio, &v->ffn, &v->ffn_hidden, err)) return -1;
     v->depth = depth;
     v->heads = heads;
     v->layerscale = (float)s->layerscale;
@@ -930,9 +1234,29 @@ int config_to_vit(const Config *c, VitConfig *v, char *err) {
     v->qkv_bias = s->qkv_bias;
     v->proj_bias = s->proj_bias;
     v->ffn_bias = s->ffn_bias;
+    v->ln_eps = strcmp(s->norm_layer, "layernormbf16") == 0 ? 1e-5f : 1e-6f;
+    v->rope = strcmp(s->pos_embed_type, "learned") != 0;
+    if (v->rope) {
+        const char *nc = s->pos_embed_rope_normalize_coords;
+        v->rope_cfg = (RopeConfig){
+            .base = s->pos_embed_rope_base,
+            .min_period = s->pos_embed_rope_min_period,
+            .max_period = s->pos_embed_rope_max_period,
+            .normalize = !strcmp(nc, "min") ? ROPE_NORMALIZE_MIN
+                         : !strcmp(nc, "max") ? ROPE_NORMALIZE_MAX : ROPE_NORMALIZE_SEPARATE,
+            .shift = s->pos_embed_rope_shift_coords,
+            .jitter = s->pos_embed_rope_jitter_coords,
+            .rescale = s->pos_embed_rope_rescale_coords,
+        };
+        v->untie_cls_and_patch_norms = s->untie_cls_and_patch_norms;
+        v->untie_global_and_local_cls_norm = s->untie_global_and_local_cls_norm;
+        v->mask_k_bias = s->mask_k_bias;
+    }
     if (vit_config_check(v, err)) return -1;
-    if (vit_check_crop(v, c->crops.global_crops_size, err)) return -1;
-    if (c->crops.local_crops_number > 0 && vit_check_crop(v, c->crops.local_crops_size, err)) return -1;
+    for (int k = 0; k < config_n_pairs(c); k++) {
+        if (vit_check_crop(v, c->crops.global_crops_size.v[k], err)) return -1;
+        if (c->crops.local_crops_number > 0 && vit_check_crop(v, c->crops.local_crops_size.v[k], err)) return -1;
+    }
     return 0;
 }
 
@@ -951,8 +1275,11 @@ int config_to_ssl(const Config *c, SslConfig *o, char *err) {
                                      : o->dino_head;
     o->batch = c->train.batch_size_per_gpu;
     o->n_local = c->crops.local_crops_number;
-    o->global_crop = c->crops.global_crops_size;
-    o->local_crop = c->crops.local_crops_size;
+    o->global_crop = c->crops.global_crops_size.v[0];
+    o->local_crop = c->crops.local_crops_size.v[0];
+    o->n_pairs = config_n_pairs(c);
+    for (int k = 0; k < o->n_pairs; k++)
+        o->pair_global[k] = c->crops.global_crops_size.v[k], o->pair_local[k] = c->crops.local_crops_size.v[k];
     o->centering = strcmp(c->train.centering, "sinkhorn_knopp") == 0 ? CENTERING_SINKHORN : CENTERING_SOFTMAX;
     o->dino_loss_weight = (float)d->loss_weight;
     o->ibot_loss_weight = (float)ib->loss_weight;
@@ -973,7 +1300,7 @@ int config_to_ssl(const Config *c, SslConfig *o, char *err) {
 ScheduleConfig config_to_schedule(const Config *c, int world_size) {
     const CfgOptim *o = &c->optim;
     const CfgTeacher *t = &c->teacher;
-    return (ScheduleConfig){
+    ScheduleConfig s = {
         .lr = config_scaled_lr(c, world_size),
         .min_lr = o->min_lr,
         .weight_decay = o->weight_decay,
@@ -987,7 +1314,21 @@ ScheduleConfig config_to_schedule(const Config *c, int world_size) {
         .warmup_teacher_temp_epochs = t->warmup_teacher_temp_epochs,
         .freeze_last_layer_epochs = o->freeze_last_layer_epochs,
         .epoch_length = c->train.OFFICIAL_EPOCH_LENGTH,
+        .trunc_extra = o->schedule_trunc_extra,
     };
+    if (c->schedules.enabled) {
+        const CfgSchedules *sc = &c->schedules;
+        s.v3 = true;
+        s.lr3 = sc->lr;
+        double scale = dinov3_lr_scale(o->scaling_rule, (long)c->train.batch_size_per_gpu * world_size);
+        s.lr3.peak *= scale;
+        s.lr3.end *= scale;
+        s.wd3 = sc->weight_decay;
+        s.momentum3 = sc->momentum;
+        s.teacher_temp3 = sc->teacher_temp;
+        s.freeze_last_layer_epochs3 = sc->lr_freeze_last_layer_epochs;
+    }
+    return s;
 }
 
 void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o) {
@@ -1007,8 +1348,14 @@ void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o
     AugmentConfig *g = &o->aug;
     const CfgAugment *a = &c->augment;
     const CfgCrops *cr = &c->crops;
-    g->global_size = cr->global_crops_size;
-    g->local_size = cr->local_crops_size;
+    g->global_size = cr->global_crops_size.v[0];
+    g->local_size = cr->local_crops_size.v[0];
+    o->n_pairs = config_n_pairs(c);
+    for (int k = 0; k < o->n_pairs; k++) {
+        o->pair_global[k] = cr->global_crops_size.v[k];
+        o->pair_local[k] = cr->local_crops_size.v[k];
+        o->pair_ratio[k] = cr->global_local_crop_pairs_ratios.n == o->n_pairs ? cr->global_local_crop_pairs_ratios.v[k] : 1.0;
+    }
     g->n_local = cr->local_crops_number;
     memcpy(g->global_scale, cr->global_crops_scale, sizeof g->global_scale);
     memcpy(g->local_scale, cr->local_crops_scale, sizeof g->local_scale);
@@ -1103,15 +1450,63 @@ int config_validate(const Config *c, char *err) {
     NEED(s->drop_path_uniform, "student.drop_path_uniform",
          "only uniform stochastic depth is implemented (as in every reference preset)");
     NEED(s->interpolate_offset >= 0, "student.interpolate_offset", "must be >= 0");
+    NEED(s->ffn_ratio > 0 && dim * s->ffn_ratio < 1e8, "student.ffn_ratio", "must be > 0 (and reasonable)");
+    NEED(s->n_storage_tokens >= 0, "student.n_storage_tokens", "must be >= 0");
+    NEED(s->n_storage_tokens == 0 || s->num_register_tokens == 0 || s->n_storage_tokens == s->num_register_tokens,
+         "student.n_storage_tokens", "= %d but student.num_register_tokens = %d (set in %s): they name the same "
+         "tokens, set one of them", s->n_storage_tokens, s->num_register_tokens,
+         origin_of(c, "student.num_register_tokens"));
+    if (strcmp(s->pos_embed_type, "learned") == 0) {
+        const char *v3 = s->untie_cls_and_patch_norms ? "student.untie_cls_and_patch_norms"
+                         : s->untie_global_and_local_cls_norm ? "student.untie_global_and_local_cls_norm"
+                         : s->mask_k_bias ? "student.mask_k_bias" : NULL;
+        if (v3)
+            return bad(c, err, v3, "belongs to the DINOv3 ViT: set student.pos_embed_type: rope (now 'learned', set in %s)",
+                       origin_of(c, "student.pos_embed_type"));
+    } else {
+        const int both = s->pos_embed_rope_min_period > 0 && s->pos_embed_rope_max_period > 0;
+        NEED((s->pos_embed_rope_min_period > 0) == (s->pos_embed_rope_max_period > 0),
+             "student.pos_embed_rope_min_period", "and pos_embed_rope_max_period go together: give both or neither");
+        NEED((s->pos_embed_rope_base > 0) != both, "student.pos_embed_rope_base",
+             "give either pos_embed_rope_base (> 0) or both pos_embed_rope_min_period and pos_embed_rope_max_period "
+             "(> 0), the other null");
+        NEED(s->pos_embed_rope_min_period >= 0 && s->pos_embed_rope_max_period >= 0 &&
+                 (!both || s->pos_embed_rope_min_period <= s->pos_embed_rope_max_period),
+             "student.pos_embed_rope_min_period", "periods must be positive with min <= max");
+        NEED(s->pos_embed_rope_shift_coords >= 0, "student.pos_embed_rope_shift_coords", "must be >= 0 (or null)");
+        NEED(s->pos_embed_rope_jitter_coords == 0 || s->pos_embed_rope_jitter_coords >= 1,
+             "student.pos_embed_rope_jitter_coords", "must be >= 1 (or null)");
+        NEED(s->pos_embed_rope_rescale_coords == 0 || s->pos_embed_rope_rescale_coords >= 1,
+             "student.pos_embed_rope_rescale_coords", "must be >= 1 (or null)");
+        if ((dim / heads) % 4) {
+            const char *key = s->num_heads > 0 ? "student.num_heads" : s->embed_dim > 0 ? "student.embed_dim" : "student.arch";
+            return bad(c, err, key, "RoPE needs a head dim divisible by 4; embed_dim %d / %d heads = %d", dim, heads,
+                       dim / heads);
+        }
+    }
 
     const CfgCrops *cr = &c->crops;
-    NEED(cr->global_crops_size >= 1, "crops.global_crops_size", "must be >= 1");
-    NEED(cr->local_crops_size >= 1, "crops.local_crops_size", "must be >= 1");
+    const int np = cr->global_crops_size.n;
+    NEED(cr->local_crops_size.n == np, "crops.local_crops_size",
+         "%d sizes, but crops.global_crops_size (set in %s) has %d: one local size per (global, local) pair",
+         cr->local_crops_size.n, origin_of(c, "crops.global_crops_size"), np);
+    NEED(cr->global_local_crop_pairs_ratios.n == np || (np == 1 && cr->global_local_crop_pairs_ratios.n == 1),
+         "crops.global_local_crop_pairs_ratios", "%d ratios for %d size pairs (crops.global_crops_size, set in %s)",
+         cr->global_local_crop_pairs_ratios.n, np, origin_of(c, "crops.global_crops_size"));
+    for (int k = 0; k < np; k++) {
+        NEED(cr->global_crops_size.v[k] >= 1, "crops.global_crops_size", "every size must be >= 1");
+        NEED(cr->local_crops_size.v[k] >= 1, "crops.local_crops_size", "every size must be >= 1");
+        NEED(cr->global_crops_size.v[k] % s->patch_size == 0, "crops.global_crops_size",
+             "%d is not a multiple of student.patch_size = %d (set in %s)", cr->global_crops_size.v[k], s->patch_size,
+             origin_of(c, "student.patch_size"));
+        NEED(cr->local_crops_number == 0 || cr->local_crops_size.v[k] % s->patch_size == 0, "crops.local_crops_size",
+             "%d is not a multiple of student.patch_size = %d (set in %s)", cr->local_crops_size.v[k], s->patch_size,
+             origin_of(c, "student.patch_size"));
+        NEED(cr->global_local_crop_pairs_ratios.v[k] > 0, "crops.global_local_crop_pairs_ratios", "every ratio must be > 0");
+    }
     NEED(cr->local_crops_number >= 0, "crops.local_crops_number", "must be >= 0");
-    NEED(cr->global_crops_size % s->patch_size == 0, "crops.global_crops_size",
-         "not a multiple of student.patch_size = %d (set in %s)", s->patch_size, origin_of(c, "student.patch_size"));
-    NEED(cr->local_crops_number == 0 || cr->local_crops_size % s->patch_size == 0, "crops.local_crops_size",
-         "not a multiple of student.patch_size = %d (set in %s)", s->patch_size, origin_of(c, "student.patch_size"));
+    NEED(s->img_size >= 0 && s->img_size % s->patch_size == 0, "student.img_size",
+         "must be 0 or a multiple of student.patch_size = %d", s->patch_size);
     NEED(cr->global_crops_scale[0] > 0 && cr->global_crops_scale[1] <= 1, "crops.global_crops_scale",
          "area fractions must be in (0, 1]");
     NEED(cr->global_crops_scale[0] <= cr->global_crops_scale[1], "crops.global_crops_scale", "min > max");
@@ -1163,6 +1558,32 @@ int config_validate(const Config *c, char *err) {
     NEED(o->adamw_beta1 >= 0 && o->adamw_beta1 < 1, "optim.adamw_beta1", "must be in [0, 1)");
     NEED(o->adamw_beta2 >= 0 && o->adamw_beta2 < 1, "optim.adamw_beta2", "must be in [0, 1)");
     NEED(o->adamw_eps > 0, "optim.adamw_eps", "must be > 0");
+    NEED(o->schedule_trunc_extra >= 0 && o->schedule_trunc_extra <= 100, "optim.schedule_trunc_extra",
+         "must be in [0, 100] (0 = the plain cosine)");
+    if (c->schedules.enabled) {
+        static const char *names[4] = {"lr", "weight_decay", "momentum", "teacher_temp"};
+        const ScheduleSpec *specs[4] = {&c->schedules.lr, &c->schedules.weight_decay, &c->schedules.momentum,
+                                        &c->schedules.teacher_temp};
+        for (int i = 0; i < 4; i++) {
+            char kw[64], kc[64];
+            snprintf(kw, sizeof kw, "schedules.%s.warmup_epochs", names[i]);
+            snprintf(kc, sizeof kc, "schedules.%s.cosine_epochs", names[i]);
+            const ScheduleSpec *sp = specs[i];
+            NEED(sp->warmup_epochs >= 0 && sp->warmup_epochs <= o->epochs, kw, "must be in [0, optim.epochs = %d]",
+                 o->epochs);
+            NEED(sp->cosine_epochs >= -1, kc, "must be >= 0, or -1 for the rest of the run");
+            NEED(sp->cosine_epochs < 0 || sp->warmup_epochs + sp->cosine_epochs <= o->epochs, kc,
+                 "warm-up + cosine must fit in optim.epochs = %d (set in %s)", o->epochs, origin_of(c, "optim.epochs"));
+        }
+        NEED(c->schedules.lr.start >= 0 && c->schedules.lr.peak >= 0 && c->schedules.lr.end >= 0, "schedules.lr.peak",
+             "learning rates must be >= 0");
+        NEED(c->schedules.lr_freeze_last_layer_epochs >= 0, "schedules.lr.freeze_last_layer_epochs", "must be >= 0");
+        const ScheduleSpec *w = &c->schedules.weight_decay, *m = &c->schedules.momentum, *t = &c->schedules.teacher_temp;
+        NEED(w->start >= 0 && w->peak >= 0 && w->end >= 0, "schedules.weight_decay.peak", "must be >= 0");
+        NEED(prob_ok(m->start) && prob_ok(m->peak) && prob_ok(m->end), "schedules.momentum.peak",
+             "momenta must be in [0, 1]");
+        NEED(t->start > 0 && t->peak > 0 && t->end > 0, "schedules.teacher_temp.peak", "temperatures must be > 0");
+    }
 
     const CfgTeacher *t = &c->teacher;
     NEED(prob_ok(t->momentum_teacher), "teacher.momentum_teacher", "must be in [0, 1]");
@@ -1199,7 +1620,7 @@ int config_validate(const Config *c, char *err) {
     NEED(prob_ok(a->blur_p_local), "augment.blur_p_local", "must be in [0, 1]");
     NEED(a->blur_sigma[0] > 0 && a->blur_sigma[0] <= a->blur_sigma[1], "augment.blur_sigma", "need 0 < min <= max");
     NEED(a->blur_kernel >= 1 && a->blur_kernel % 2 == 1, "augment.blur_kernel", "must be odd and >= 1");
-    NEED(a->blur_kernel / 2 < cr->local_crops_size, "augment.blur_kernel", "must be smaller than the crops");
+    NEED(a->blur_kernel / 2 < config_min_local_crop(c), "augment.blur_kernel", "must be smaller than the crops");
     NEED(a->solarize_threshold >= 0 && a->solarize_threshold <= 256, "augment.solarize_threshold", "must be in [0, 256]");
     NEED(a->ratio[0] > 0 && a->ratio[0] <= a->ratio[1], "augment.ratio", "need 0 < min <= max");
     NEED(prob_ok(a->solarize_p), "augment.solarize_p", "must be in [0, 1]");
@@ -1215,6 +1636,39 @@ int config_validate(const Config *c, char *err) {
     NEED(prob_ok(a->hed_p), "augment.hed_p", "must be in [0, 1]");
     NEED(a->hed_scale >= 0 && a->hed_scale < 1, "augment.hed_scale", "must be in [0, 1)");
     NEED(a->hed_shift >= 0, "augment.hed_shift", "must be >= 0");
+
+    const CfgDistillation *ds = &c->distillation;
+    const CfgMultiDistillation *md = &c->multidistillation;
+    if (md->enabled) {
+        NEED(ds->enabled, "distillation.enabled", "multidistillation.enabled is true: the students need a teacher");
+        NEED(md->n_students >= 1, "multidistillation.students", "name at least one student");
+        NEED(md->global_batch_size >= 1, "multidistillation.global_batch_size", "must be >= 1");
+        int next = 0; // the ranges tile [0, world) in order
+        for (int i = 0; i < md->n_students; i++) {
+            const CfgStudentRef *st = &md->students[i];
+            NEED(st->name[0] && !strchr(st->name, '/') && strcmp(st->name, ".") && strcmp(st->name, ".."),
+                 "multidistillation.students", "student %d: name must be a plain directory name", i);
+            for (int j = 0; j < i; j++)
+                NEED(strcmp(md->students[j].name, st->name) != 0, "multidistillation.students",
+                     "two students are named '%s' (each gets <train.output_dir>/<name>)", st->name);
+            NEED(st->config_path[0], "multidistillation.students", "student '%s': config_path is empty", st->name);
+            NEED(st->ranks_range[0] == next && st->ranks_range[1] > st->ranks_range[0], "multidistillation.students",
+                 "student '%s': ranks_range [%d, %d) must be non-empty and start at %d (the ranges follow each other "
+                 "from rank 0)",
+                 st->name, st->ranks_range[0], st->ranks_range[1], next);
+            next = st->ranks_range[1];
+            NEED(md->global_batch_size % (st->ranks_range[1] - st->ranks_range[0]) == 0,
+                 "multidistillation.global_batch_size", "not divisible by the %d ranks of student '%s'",
+                 st->ranks_range[1] - st->ranks_range[0], st->name);
+        }
+    }
+    if (ds->enabled) {
+        NEED(ds->full_cfg_path[0], "distillation.full_cfg_path", "distillation needs the teacher's config file");
+        NEED(ds->checkpoint_path[0], "distillation.checkpoint_path", "distillation needs the teacher's weights");
+        NEED(md->enabled, "multidistillation.enabled",
+             "distillation.enabled runs through multidistillation (one student on ranks [0, world) for a single "
+             "distillation); see docs/distillation.md");
+    }
 
     NEED(c->log.every_n_iterations >= 1, "log.every_n_iterations", "must be >= 1");
     NEED(c->log.metrics_file[0], "log.metrics_file", "must name a file");

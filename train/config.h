@@ -21,7 +21,18 @@
 #define CFG_NAME 32         // enum-like names (arch, ffn_layer, ...)
 #define CFG_MAX_SOURCES 16  // data.sources entries
 #define CFG_MAX_FILES 16    // config files in one base chain
-#define CFG_MAX_KEYS 160
+#define CFG_MAX_KEYS 224
+#define CFG_MAX_PAIRS 8     // crop size pairs of a high-resolution phase
+
+// A key that takes one value or a list of them (crops.global_crops_size: 224, or [512, 768, 768]).
+typedef struct {
+    int n;
+    int v[CFG_MAX_PAIRS];
+} CfgIntList;
+typedef struct {
+    int n;
+    double v[CFG_MAX_PAIRS];
+} CfgF64List;
 
 typedef struct {
     char arch[CFG_NAME];      // vit_test | vit_tiny | vit_small | vit_base | vit_large | vit_giant2
@@ -36,7 +47,18 @@ typedef struct {
     bool interpolate_antialias;
     char pretrained_weights[CFG_STR];
     int block_chunks;         // accepted for reference configs; FSDP-only, no effect here
+    int img_size;             // ours: pos-embed grid side in pixels; 0 = the (largest) global crop size
     int embed_dim, depth, num_heads; // ours: 0 = the arch's value (tiny demo/test models set them)
+    double ffn_ratio;
+    char norm_layer[CFG_NAME];          // layernorm | layernormbf16
+    // the DINOv3 ViT (pos_embed_type rope); nullable numbers are 0 when null
+    char pos_embed_type[CFG_NAME];      // learned | rope | ropenew
+    double pos_embed_rope_base, pos_embed_rope_min_period, pos_embed_rope_max_period;
+    char pos_embed_rope_normalize_coords[CFG_NAME]; // separate | min | max
+    double pos_embed_rope_shift_coords, pos_embed_rope_jitter_coords, pos_embed_rope_rescale_coords;
+    char pos_embed_rope_dtype[CFG_NAME];
+    int n_storage_tokens;
+    bool untie_cls_and_patch_norms, untie_global_and_local_cls_norm, mask_k_bias;
 } CfgStudent;
 
 typedef struct {
@@ -64,7 +86,17 @@ typedef struct {
     int freeze_last_layer_epochs;
     char scaling_rule[CFG_NAME]; // sqrt_wrt_1024 | linear_wrt_256 | none
     double adamw_beta1, adamw_beta2, adamw_eps;
+    double schedule_trunc_extra; // DINOv3: the cosine of lr/wd/momentum computed (1 + x) times longer, cut
 } CfgOptim;
+
+// DINOv3's `schedules:` section (build_schedulers_v2): when enabled it replaces the DINOv2 cosine schedules
+// of lr, weight decay, teacher momentum and teacher temperature. Setting any of its keys enables it,
+// unless the same file (or the command line) sets schedules.enabled itself.
+typedef struct {
+    bool enabled;
+    ScheduleSpec lr, weight_decay, momentum, teacher_temp;
+    int lr_freeze_last_layer_epochs;
+} CfgSchedules;
 
 typedef struct {
     double momentum_teacher, final_momentum_teacher;
@@ -76,8 +108,17 @@ typedef struct {
     double global_crops_scale[2];
     int local_crops_number;
     double local_crops_scale[2];
-    int global_crops_size, local_crops_size;
+    // One (global, local) size pair, or several (the high-resolution phase, docs/high-resolution.md): pair k
+    // is (global_crops_size.v[k], local_crops_size.v[k]), drawn for each iteration with weight
+    // global_local_crop_pairs_ratios.v[k].
+    CfgIntList global_crops_size, local_crops_size;
+    CfgF64List global_local_crop_pairs_ratios;
 } CfgCrops;
+
+// DINOv3's high-resolution adaptation: start from the weights of an earlier run.
+typedef struct {
+    char checkpoint_path[CFG_STR]; // a checkpoint directory, or an earlier run's output_dir (its newest)
+} CfgHrft;
 
 typedef struct {
     int batch_size_per_gpu;
@@ -129,6 +170,28 @@ typedef struct {
     char knn_train[CFG_STR], knn_test[CFG_STR]; // labeled tile sets for periodic k-NN; '' = off
 } CfgEvaluation;
 
+// Distillation from a frozen teacher (dinov3's `distillation` section): the teacher's config and weights.
+typedef struct {
+    bool enabled;
+    char full_cfg_path[CFG_STR];   // the teacher's config (architecture, heads), a normal config file
+    char checkpoint_path[CFG_STR]; // its weights: a training output dir / checkpoint dir, or a weights file
+} CfgDistillation;
+
+// Several students trained at once from one teacher (dinov3's `multidistillation` section), each on its
+// own ranks [ranks_range[0], ranks_range[1]).
+#define CFG_MAX_STUDENTS 8
+typedef struct {
+    char name[CFG_NAME];       // its output goes to <train.output_dir>/<name>
+    char config_path[CFG_STR]; // a normal config file (base: inheritance works)
+    int ranks_range[2];
+} CfgStudentRef;
+typedef struct {
+    bool enabled;
+    int global_batch_size;     // images per iteration; every student sees all of them
+    CfgStudentRef students[CFG_MAX_STUDENTS];
+    int n_students;
+} CfgMultiDistillation;
+
 // Where each value came from, for error messages: files[0] is "defaults", then each config file in
 // the order read, then "the command line".
 typedef struct {
@@ -145,9 +208,13 @@ typedef struct {
     CfgTeacher teacher;
     CfgCrops crops;
     CfgTrain train;
+    CfgSchedules schedules;
+    CfgHrft hrft;
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
     bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward
     CfgEvaluation evaluation;
+    CfgDistillation distillation;
+    CfgMultiDistillation multidistillation;
     CfgData data;
     CfgAugment augment;
     CfgLog log;
@@ -174,6 +241,10 @@ int config_override(Config *cfg, const char *kv, char *err);
 // site); the trainer refuses to start without a source. Returns 0, or -1 with err set.
 int config_validate(const Config *cfg, char *err);
 
+// dinov3's multidistillation merge (default <- student file <- main file <- command line): copies into dst
+// every key that src's own top file (not its bases) or src's command line set. Returns the number of keys.
+int config_apply_own_keys(Config *dst, const Config *src);
+
 // The resolved config as YAML (malloc'd, caller frees); reading it back gives an equal Config.
 char *config_to_yaml(const Config *cfg);
 // Writes config_to_yaml atomically (tmp + fsync + rename). Returns 0, or -1 with err set.
@@ -186,6 +257,12 @@ int config_equal(const Config *a, const Config *b, const char **diff_key);
 double config_scaled_lr(const Config *cfg, int world_size);
 void config_apply_lr_scaling(Config *cfg, int world_size); // sets optim.lr
 int64_t config_total_iterations(const Config *cfg);         // optim.epochs * OFFICIAL_EPOCH_LENGTH
+// The crop size pairs: their number, and the largest global / local side over them.
+int config_n_pairs(const Config *cfg);
+int config_max_global_crop(const Config *cfg);
+int config_max_local_crop(const Config *cfg);
+// The model's img_size (pos-embed grid): student.img_size, else the largest global crop (as the official).
+int config_img_size(const Config *cfg);
 // The backbone's width/depth/heads: the arch's, with student.embed_dim/depth/num_heads when set.
 void config_arch_dims(const Config *cfg, int *dim, int *depth, int *heads);
 

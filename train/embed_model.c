@@ -13,6 +13,7 @@
 #include "common/safetensors.h"
 #include "data/decode.h"
 #include "model/backend_open.h"
+#include "model/export_dinov3.h"
 #include "model/export_names.h"
 #include "train/pretrained.h"
 
@@ -179,8 +180,15 @@ int embed_model_open(EmbedModel *m, const char *path, int heads, const char *bac
     ExportNaming naming;
     char fp[256];
     VitConfig vc;
-    int bad = export_detect(&f, weights, NULL, &naming, fp, sizeof fp, err) ||
-              export_infer_config(&f, weights, naming, fp, heads, &vc, err);
+    int bad = export_detect(&f, weights, NULL, &naming, fp, sizeof fp, err);
+    if (!bad && export_is_dinov3(&f, fp, naming)) {
+        // the DINOv3 ViT: shapes, then config.json / metadata for RoPE, eps, k-bias mask, image size
+        Dinov3Arch a;
+        bad = export_infer_dinov3(&f, weights, naming, fp, heads, cfg, cfg_path, &a, err) ||
+              dinov3_arch_to_vit(&a, &vc, err);
+    } else if (!bad) {
+        bad = export_infer_config(&f, weights, naming, fp, heads, &vc, err);
+    }
     st_close(&f);
     if (bad) goto fail;
     preprocess_default(&m->pre, vc.img_size);

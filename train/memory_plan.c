@@ -20,8 +20,13 @@ int memory_plan(const Config *cfg, int world, MemoryPlan *p, char *err) {
         backend_free(be);
         return -1;
     }
-    p->total = backend_plan_live_bytes(be);
-    p->model = ssl_memory(&m);
+    // one size pair's activations exist at a time (ssl_use_pair frees the last pair's first): the plan is
+    // the largest pair's
+    for (int k = 0; k < m.cfg.n_pairs; k++) {
+        ssl_use_pair(&m, be, k);
+        size_t live = backend_plan_live_bytes(be);
+        if (live > p->total) p->total = live, p->model = ssl_memory(&m), p->pair = k;
+    }
     size_t known = p->model.weights + p->model.grads + p->model.optimizer + p->model.student_acts +
                    p->model.teacher_acts;
     p->other = p->total > known ? p->total - known : 0;
@@ -68,6 +73,9 @@ void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p) {
     fprintf(f, "device memory per GPU: %s, %d images per GPU, %d rank%s%s, activations %s\n", cfg->student.arch,
             p->batch, p->world, p->world > 1 ? "s" : "", cfg->zero1 && p->world > 1 ? " (ZeRO-1)" : "",
             cfg->recompute_activations ? "recomputed per block" : "stored");
+    if (config_n_pairs(cfg) > 1)
+        fprintf(f, "  the largest of %d crop size pairs: global %d px, local %d px\n", config_n_pairs(cfg),
+                cfg->crops.global_crops_size.v[p->pair], cfg->crops.local_crops_size.v[p->pair]);
     const struct {
         const char *what;
         size_t bytes;

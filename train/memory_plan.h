@@ -13,7 +13,8 @@ typedef struct {
     int batch;        // images per GPU
     SslMemory model;  // by purpose
     size_t other;     // head/loss activations, logits, crops, masks: total - the categories
-    size_t total;     // every byte the training state allocates on the backend
+    size_t total;     // every byte the training state allocates on the backend (at the largest size pair)
+    int pair;         // the size pair of that peak (crops.global_crops_size list index)
 } MemoryPlan;
 
 // Returns 0, or -1 with err set (a config the model refuses).

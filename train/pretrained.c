@@ -82,6 +82,12 @@ int pretrained_load(const Vit *vit, const ParamTable *tab, const char *prefix, f
         st_close(&f);
         return -1;
     }
+    if (vit->cfg.rope && naming == NAMING_TIMM) {
+        dino_seterr(err, "%s: timm names (reg_token, or no mask_token) cannot be loaded into the DINOv3 ViT: give the "
+                    "official dinov3 names or the Hugging Face DINOv3ViTModel names", path);
+        st_close(&f);
+        return -1;
+    }
     ExportMap map;
     export_map_build(&map, vit, tab, prefix, naming);
     const size_t fplen = strlen(fp);
@@ -133,9 +139,9 @@ int pretrained_load(const Vit *vit, const ParamTable *tab, const char *prefix, f
         if (used[i] || strncmp(name, fp, fplen) || is_head_name(name + fplen)) continue;
         if (naming == NAMING_TIMM && !strcmp(name + fplen, "mask_token")) continue;
         // a file prefix of "" also holds other networks' tensors in a checkpoint: only backbone-like names count
-        if (fplen == 0 && strncmp(name, "blocks.", 7) && strncmp(name, "encoder.", 8) && strncmp(name, "embeddings.", 11) &&
+        if (fplen == 0 && strncmp(name, "blocks.", 7) && strncmp(name, "encoder.", 8) && strncmp(name, "layer.", 6) && strncmp(name, "embeddings.", 11) &&
             strcmp(name, "cls_token") && strcmp(name, "pos_embed") && strcmp(name, "register_tokens") &&
-            strcmp(name, "reg_token") && strncmp(name, "norm.", 5) && strncmp(name, "layernorm.", 10) &&
+            strcmp(name, "reg_token") && strcmp(name, "storage_tokens") && strncmp(name, "norm.", 5) && strncmp(name, "layernorm.", 10) &&
             strncmp(name, "patch_embed.", 12))
             continue;
         dino_seterr(err, "%s: tensor '%s' has no place in the model (%d blocks, width %d, %d registers, %s): the "

@@ -59,11 +59,20 @@ int ssl_config_check(const SslConfig *c, char *err) {
         dino_seterr(err, "train: KDE concentration (kappa) must be positive, got %g", c->kde_kappa);
         return -1;
     }
+    // crops of any size: the ViT interpolates its pos-embed grid (img_size) to each
     if (vit_check_crop(&c->vit, c->global_crop, err) || (c->n_local > 0 && vit_check_crop(&c->vit, c->local_crop, err)))
         return -1;
-    if (c->global_crop != c->vit.img_size) {
-        dino_seterr(err, "crops: global_crops_size %d must equal the model's img_size %d", c->global_crop,
-                    c->vit.img_size);
+    if (c->n_pairs > SSL_MAX_PAIRS) {
+        dino_seterr(err, "crops: %d size pairs, at most %d", c->n_pairs, SSL_MAX_PAIRS);
+        return -1;
+    }
+    for (int k = 0; k < c->n_pairs; k++)
+        if (vit_check_crop(&c->vit, c->pair_global[k], err) ||
+            (c->n_local > 0 && vit_check_crop(&c->vit, c->pair_local[k], err)))
+            return -1;
+    if (c->n_pairs > 1 && (c->pair_global[0] != c->global_crop || c->pair_local[0] != c->local_crop)) {
+        dino_seterr(err, "crops: size pair 0 (%d, %d) must be (global_crop, local_crop) = (%d, %d)", c->pair_global[0],
+                    c->pair_local[0], c->global_crop, c->local_crop);
         return -1;
     }
     if (c->zero_world > 1 && (c->zero_rank < 0 || c->zero_rank >= c->zero_world)) {
@@ -82,13 +91,15 @@ int ssl_config_check(const SslConfig *c, char *err) {
 
 typedef struct {
     int B, nL, Ng, Tg, Tl, D, Kd, Ki, max_masked, rows_cls, rows_head;
-    VitActs *s_glob, *s_loc, *t_glob;
+    int G, L, pair;                              // the current size pair: its sides (Ng, Tg, Tl follow them)
+    int max_Ng;                                  // over the pairs: buffers are sized for the largest
+    VitActs *s_glob, *s_loc, *t_glob;            // activations of the current pair
     HeadActs *s_dino, *s_ibot, *t_dino, *t_ibot; // *_ibot only with a separate head
     float *glob_img, *loc_img;                   // crops in backend memory (staging slot 0 when staged)
     // staging (cfg.staged_upload): two slots of device crops, page-locked host copies, host masks
     float *glob_slot[2], *loc_slot[2], *stage_host[2];
     uint8_t *stage_mask[2];
-    int stage_has_mask[2], stage_ticket[2], stage_full[2], stage_next, stage_oldest;
+    int stage_has_mask[2], stage_ticket[2], stage_full[2], stage_pair[2], stage_next, stage_oldest;
     uint8_t *masks;                              // [2B*N]
     int *idx_tcls, *idx_gcls, *idx_lcls, *idx_mask; // gather indices (rows of D floats)
     float *mask_w;                               // [max_masked] 1/n_i per masked token
@@ -105,9 +116,61 @@ typedef struct {
 
 static float *falloc(Backend *be, size_t n) { return be->alloc(be, sizeof(float) * (n ? n : 1)); }
 
+static int tokens_of(const SslConfig *c, int crop) { return 1 + c->vit.n_registers + (crop / c->vit.patch) * (crop / c->vit.patch); }
+
+static void free_pair_acts(Backend *be, Work *w) {
+    vit_acts_free(be, w->s_glob);
+    vit_acts_free(be, w->s_loc);
+    vit_acts_free(be, w->t_glob);
+    w->s_glob = w->s_loc = w->t_glob = NULL;
+}
+
+// The activations and token geometry of size pair k, and the gather indices that depend on them.
+static void make_pair_acts(SslModel *m, Backend *be, int k) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    const int B = w->B, nL = w->nL, G = c->pair_global[k], L = c->pair_local[k];
+    w->pair = k, w->G = G, w->L = L;
+    w->Ng = (G / c->vit.patch) * (G / c->vit.patch);
+    w->Tg = tokens_of(c, G);
+    w->Tl = tokens_of(c, L);
+    const VitActsMode smode = c->recompute_activations ? VIT_ACTS_RECOMPUTE : VIT_ACTS_STORE_ALL;
+    // the two student crop groups run forward, then backward, one after the other: one set of backward
+    // scratch serves both (the group with more rows allocates it)
+    if (nL > 0 && (size_t)nL * B * w->Tl > (size_t)2 * B * w->Tg) {
+        w->s_loc = vit_acts_new(be, &m->vit, nL * B, L, smode);
+        w->s_glob = vit_acts_new_sharing(be, &m->vit, 2 * B, G, smode, w->s_loc);
+    } else {
+        w->s_glob = vit_acts_new(be, &m->vit, 2 * B, G, smode);
+        if (nL > 0) w->s_loc = vit_acts_new_sharing(be, &m->vit, nL * B, L, smode, w->s_glob);
+    }
+    if (w->s_loc) vit_acts_set_local_crops(w->s_loc, 1); // DINOv3: local_cls_norm when untied
+    if (!c->student_only) w->t_glob = vit_acts_new(be, &m->vit, 2 * B, G, VIT_ACTS_FORWARD_ONLY); // no backward
+    // fixed gather indices: teacher CLS swapped [g2; g1], student global and local CLS
+    for (int r = 0; r < 2 * B; r++) w->idx_host[r] = ((r + B) % (2 * B)) * w->Tg;
+    be->to_device(be, w->idx_tcls, w->idx_host, sizeof(int) * 2 * B);
+    for (int r = 0; r < 2 * B; r++) w->idx_host[r] = r * w->Tg;
+    be->to_device(be, w->idx_gcls, w->idx_host, sizeof(int) * 2 * B);
+    for (int r = 0; r < nL * B; r++) w->idx_host[r] = r * w->Tl;
+    be->to_device(be, w->idx_lcls, w->idx_host, sizeof(int) * (size_t)nL * B);
+}
+
+void ssl_use_pair(SslModel *m, Backend *be, int k) {
+    Work *w = m->work;
+    DINO_ASSERT(k >= 0 && k < m->cfg.n_pairs, "ssl_use_pair: pair %d of %d", k, m->cfg.n_pairs);
+    if (k == w->pair && w->s_glob) return;
+    free_pair_acts(be, w); // first: at most one pair's activations exist at any time
+    make_pair_acts(m, be, k);
+}
+
 int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t seed, char *err) {
     memset(m, 0, sizeof *m);
     SslConfig cfg = *cfg_in;
+    if (cfg.n_pairs <= 1) { // one pair: (global_crop, local_crop)
+        cfg.n_pairs = 1;
+        cfg.pair_global[0] = cfg.global_crop;
+        cfg.pair_local[0] = cfg.local_crop;
+    }
     cfg.dino_head.in_dim = cfg.vit.dim;
     if (cfg.ibot_separate_head) cfg.ibot_head.in_dim = cfg.vit.dim;
     if (ssl_config_check(&cfg, err)) return -1;
@@ -115,13 +178,19 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     Work *w = dino_calloc(1, sizeof *w);
     w->B = cfg.batch;
     w->nL = cfg.n_local;
-    w->Ng = (cfg.global_crop / p) * (cfg.global_crop / p);
-    w->Tg = 1 + R + w->Ng;
-    w->Tl = 1 + R + (cfg.local_crop / p) * (cfg.local_crop / p);
+    // buffers for the largest sides of any pair
+    int maxG = 0, maxL = 0;
+    for (int k = 0; k < cfg.n_pairs; k++) {
+        maxG = cfg.pair_global[k] > maxG ? cfg.pair_global[k] : maxG;
+        maxL = cfg.pair_local[k] > maxL ? cfg.pair_local[k] : maxL;
+    }
+    (void)R;
+    w->max_Ng = (maxG / p) * (maxG / p);
+    const int maxTg = tokens_of(&cfg, maxG), maxTl = tokens_of(&cfg, maxL);
     w->D = cfg.vit.dim;
     w->Kd = cfg.dino_head.K;
     w->Ki = cfg.ibot_separate_head ? cfg.ibot_head.K : cfg.dino_head.K;
-    if (cfg.max_masked <= 0) cfg.max_masked = w->B * w->Ng;
+    if (cfg.max_masked <= 0) cfg.max_masked = w->B * w->max_Ng;
     if (cfg.ibot_loss_weight <= 0) cfg.max_masked = 0;
     w->max_masked = cfg.max_masked;
     m->cfg = cfg;
@@ -159,17 +228,6 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     const int B = w->B, nL = w->nL, D = w->D, MM = w->max_masked;
     w->rows_cls = nL * B + 2 * B;
     w->rows_head = w->rows_cls + MM;
-    const VitActsMode smode = cfg.recompute_activations ? VIT_ACTS_RECOMPUTE : VIT_ACTS_STORE_ALL;
-    // the two student crop groups run forward, then backward, one after the other: one set of backward
-    // scratch serves both (the group with more rows allocates it)
-    if (nL > 0 && (size_t)nL * B * w->Tl > (size_t)2 * B * w->Tg) {
-        w->s_loc = vit_acts_new(be, &m->vit, nL * B, cfg.local_crop, smode);
-        w->s_glob = vit_acts_new_sharing(be, &m->vit, 2 * B, cfg.global_crop, smode, w->s_loc);
-    } else {
-        w->s_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, smode);
-        if (nL > 0) w->s_loc = vit_acts_new_sharing(be, &m->vit, nL * B, cfg.local_crop, smode, w->s_glob);
-    }
-    w->t_glob = vit_acts_new(be, &m->vit, 2 * B, cfg.global_crop, VIT_ACTS_FORWARD_ONLY); // no backward
     if (cfg.ibot_separate_head) {
         w->s_dino = head_acts_new(be, &m->dino_head, w->rows_cls, 1);
         w->t_dino = head_acts_new(be, &m->dino_head, 2 * B, 0);
@@ -179,16 +237,16 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
         w->s_dino = head_acts_new(be, &m->dino_head, w->rows_head, 1);
         w->t_dino = head_acts_new(be, &m->dino_head, 2 * B + MM, 0);
     }
-    const int G = cfg.global_crop, L = cfg.local_crop;
+    const int G = maxG, L = maxL;
     w->glob_img = falloc(be, (size_t)2 * B * 3 * G * G);
     w->loc_img = falloc(be, (size_t)nL * B * 3 * L * L);
     if (cfg.staged_upload) {
         w->glob_slot[0] = w->glob_img, w->loc_slot[0] = w->loc_img;
         w->glob_slot[1] = falloc(be, (size_t)2 * B * 3 * G * G);
         w->loc_slot[1] = falloc(be, (size_t)nL * B * 3 * L * L);
-        for (int s = 0; s < 2; s++) w->stage_mask[s] = dino_malloc((size_t)2 * B * w->Ng); // host: on first use
+        for (int s = 0; s < 2; s++) w->stage_mask[s] = dino_malloc((size_t)2 * B * w->max_Ng); // host: on first use
     }
-    w->masks = be->alloc(be, (size_t)2 * B * w->Ng);
+    w->masks = be->alloc(be, (size_t)2 * B * w->max_Ng);
     w->idx_tcls = be->alloc(be, sizeof(int) * 2 * B);
     w->idx_gcls = be->alloc(be, sizeof(int) * 2 * B);
     w->idx_lcls = be->alloc(be, sizeof(int) * (size_t)(nL * B + 1));
@@ -208,30 +266,22 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     int rl = nL * B > MM ? nL * B : MM;
     w->row_loss = falloc(be, (size_t)(rl > 2 * B ? rl : 2 * B));
     w->scratch = falloc(be, 16);
-    w->d_xg = falloc(be, (size_t)2 * B * w->Tg * D);
-    w->d_xl = falloc(be, (size_t)nL * B * w->Tl * D);
+    w->d_xg = falloc(be, (size_t)2 * B * maxTg * D);
+    w->d_xl = falloc(be, (size_t)nL * B * maxTl * D);
     w->sub_g = dino_malloc(sizeof(int) * (size_t)cfg.vit.depth * 2 * 2 * B);
     w->sub_l = dino_malloc(sizeof(int) * (size_t)cfg.vit.depth * 2 * (nL * B + 1));
-    w->mask_host = dino_malloc((size_t)2 * B * w->Ng);
+    w->mask_host = dino_malloc((size_t)2 * B * w->max_Ng);
     w->idx_host = dino_malloc(sizeof(int) * (size_t)(nL * B + 2 * B + MM + 1));
     w->w_host = dino_malloc(sizeof(float) * (size_t)(MM + 1));
-    // fixed gather indices: teacher CLS swapped [g2; g1], student global and local CLS
-    for (int r = 0; r < 2 * B; r++) w->idx_host[r] = ((r + B) % (2 * B)) * w->Tg;
-    be->to_device(be, w->idx_tcls, w->idx_host, sizeof(int) * 2 * B);
-    for (int r = 0; r < 2 * B; r++) w->idx_host[r] = r * w->Tg;
-    be->to_device(be, w->idx_gcls, w->idx_host, sizeof(int) * 2 * B);
-    for (int r = 0; r < nL * B; r++) w->idx_host[r] = r * w->Tl;
-    be->to_device(be, w->idx_lcls, w->idx_host, sizeof(int) * (size_t)nL * B);
     m->work = w;
+    make_pair_acts(m, be, 0); // the other pairs' when a step needs them
     return 0;
 }
 
 void ssl_model_free(SslModel *m, Backend *be) {
     Work *w = m->work;
     if (w) {
-        vit_acts_free(be, w->s_glob);
-        vit_acts_free(be, w->s_loc);
-        vit_acts_free(be, w->t_glob);
+        free_pair_acts(be, w);
         head_acts_free(be, w->s_dino);
         head_acts_free(be, w->t_dino);
         head_acts_free(be, w->s_ibot);
@@ -295,10 +345,17 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
                          SslStepStats *st, char *err) {
     Work *w = m->work;
     const SslConfig *c = &m->cfg;
+    const int pair = b->staged ? w->stage_pair[w->stage_oldest] : b->pair;
+    if (pair < 0 || pair >= c->n_pairs) {
+        dino_seterr(err, "ssl_step: size pair %d, the model has %d", pair, c->n_pairs);
+        return -1;
+    }
+    ssl_use_pair(m, be, pair);
     const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, Kd = w->Kd, Ki = w->Ki, R = c->vit.n_registers;
-    const int G = c->global_crop, L = c->local_crop;
+    const int G = w->G, L = w->L;
     const int do_ibot = c->ibot_loss_weight > 0;
     memset(st, 0, sizeof *st);
+    DINO_ASSERT(w->t_glob, "ssl_forward_backward on a student_only model (distillation: ssl_student_forward_backward)");
 
     // ---- inputs: crops, masks -> masked-token indices and weights (crop-major, as the reference)
     const uint8_t *masks = b->masks;
@@ -352,6 +409,19 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
             vit_draw_drop_subsets(&m->vit, nL * B, rng_make(b->drop_key.state, 2, 0, 0), w->sub_l), sub_l = w->sub_l;
     } else {
         sub_g = sub_l = NULL;
+    }
+    // DINOv3 RoPE coordinate augmentation of the student (the teacher is in eval mode: none): a draw per
+    // block and crop group, as the official ViT calls its RopePositionEmbedding in every block
+    const RopeConfig *rc = &c->vit.rope_cfg;
+    if (c->vit.rope && (rc->shift > 0 || rc->jitter > 0 || rc->rescale > 0)) {
+        RopeAug *aug = dino_malloc(sizeof(RopeAug) * (size_t)c->vit.depth);
+        vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 3, 0, 0), aug);
+        vit_acts_set_rope_aug(be, &m->vit, w->s_glob, aug);
+        if (nL > 0) {
+            vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 4, 0, 0), aug);
+            vit_acts_set_rope_aug(be, &m->vit, w->s_loc, aug);
+        }
+        free(aug);
     }
 
     // phase timing (m->profile_phases): synchronised marks between the phases, for benchmarks only
@@ -533,24 +603,40 @@ int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, cons
 
 void ssl_stage_batch(SslModel *m, Backend *be, const float *global_crops, const float *local_crops,
                      const uint8_t *masks, int crops_pinned) {
+    ssl_stage_batch_pair(m, be, 0, global_crops, local_crops, masks, crops_pinned);
+}
+
+void ssl_stage_batch_pair(SslModel *m, Backend *be, int pair, const float *global_crops, const float *local_crops,
+                          const uint8_t *masks, int crops_pinned) {
     Work *w = m->work;
     const SslConfig *c = &m->cfg;
     const int s = w->stage_next;
     DINO_ASSERT(c->staged_upload, "ssl_stage_batch: the model was built without staged_upload");
     DINO_ASSERT(!w->stage_full[s], "ssl_stage_batch: two batches are staged already");
-    const size_t ng = (size_t)2 * w->B * 3 * c->global_crop * c->global_crop;
-    const size_t nl = (size_t)w->nL * w->B * 3 * c->local_crop * c->local_crop;
+    DINO_ASSERT(pair >= 0 && pair < c->n_pairs, "ssl_stage_batch: pair %d of %d", pair, c->n_pairs);
+    const int G = c->pair_global[pair], L = c->pair_local[pair], Ng = (G / c->vit.patch) * (G / c->vit.patch);
+    const size_t ng = (size_t)2 * w->B * 3 * G * G;
+    const size_t nl = (size_t)w->nL * w->B * 3 * L * L;
     // The slot's previous batch was consumed by an ssl_forward_backward that has returned: its upload
     // and its readers are done, so the host copy and the device slot may be overwritten.
-    if (!crops_pinned) {
-        if (!w->stage_host[s]) w->stage_host[s] = be->host_alloc(be, sizeof(float) * (ng + nl));
+    if (!crops_pinned) { // sized for the largest pair
+        if (!w->stage_host[s]) {
+            size_t cap = 0;
+            for (int k = 0; k < c->n_pairs; k++) {
+                size_t n = (size_t)w->B * 3 * (2 * (size_t)c->pair_global[k] * c->pair_global[k] +
+                                               (size_t)w->nL * c->pair_local[k] * c->pair_local[k]);
+                cap = n > cap ? n : cap;
+            }
+            w->stage_host[s] = be->host_alloc(be, sizeof(float) * cap);
+        }
         memcpy(w->stage_host[s], global_crops, sizeof(float) * ng);
         if (nl) memcpy(w->stage_host[s] + ng, local_crops, sizeof(float) * nl);
         global_crops = w->stage_host[s];
         local_crops = w->stage_host[s] + ng;
     }
     w->stage_has_mask[s] = masks != NULL;
-    if (masks) memcpy(w->stage_mask[s], masks, (size_t)2 * w->B * w->Ng);
+    w->stage_pair[s] = pair;
+    if (masks) memcpy(w->stage_mask[s], masks, (size_t)2 * w->B * Ng);
     w->stage_ticket[s] = be->upload_async(be, w->glob_slot[s], global_crops, sizeof(float) * ng);
     if (nl) w->stage_ticket[s] = be->upload_async(be, w->loc_slot[s], local_crops, sizeof(float) * nl);
     w->stage_full[s] = 1;
@@ -564,7 +650,7 @@ SslMemory ssl_memory(const SslModel *m) {
     r.grads = sizeof(float) * m->buffer_floats;
     r.optimizer = 2 * sizeof(float) * (m->shard_end - m->shard_begin);
     r.student_acts = vit_acts_bytes(w->s_glob) + (w->s_loc ? vit_acts_bytes(w->s_loc) : 0);
-    r.teacher_acts = vit_acts_bytes(w->t_glob);
+    r.teacher_acts = w->t_glob ? vit_acts_bytes(w->t_glob) : 0;
     return r;
 }
 
@@ -583,4 +669,158 @@ void ssl_embed(SslModel *m, Backend *be, int use_teacher, const float *images, i
     free(row);
     be->release(be, img);
     vit_acts_free(be, a);
+}
+
+// ---- distillation: the student half against given targets -----------------------------------------
+// The same student forward, losses and backward as ssl_forward_backward (kept beside it, not shared, so
+// that the SSL step stays as it is), with the targets uploaded instead of computed and no masking.
+int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *b, const SslTargets *t, SslStepStats *st,
+                                 char *err) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    DINO_ASSERT(!b->staged && !b->diag, "ssl_student_forward_backward: staged batches and diagnostics are not supported");
+    if (b->pair < 0 || b->pair >= c->n_pairs) {
+        dino_seterr(err, "ssl_step: size pair %d, the model has %d", b->pair, c->n_pairs);
+        return -1;
+    }
+    ssl_use_pair(m, be, b->pair);
+    const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, Kd = w->Kd, Ki = w->Ki, R = c->vit.n_registers;
+    const int G = w->G, L = w->L;
+    const int do_ibot = c->ibot_loss_weight > 0;
+    memset(st, 0, sizeof *st);
+    be->to_device(be, w->glob_img, b->global_crops, sizeof(float) * (size_t)2 * B * 3 * G * G);
+    if (nL > 0) be->to_device(be, w->loc_img, b->local_crops, sizeof(float) * (size_t)nL * B * 3 * L * L);
+    // masked-token indices and weights (crop-major, as the reference): the tokens the iBOT targets are for
+    int n_m = 0;
+    if (b->masks && do_ibot) {
+        for (int i = 0; i < 2 * B; i++) {
+            int cnt = 0;
+            for (int n = 0; n < Ng; n++) cnt += b->masks[(size_t)i * Ng + n] != 0;
+            if (cnt && n_m + cnt > w->max_masked) {
+                dino_seterr(err, "ssl_step: more than %d masked tokens in the batch (max_masked too small)",
+                            w->max_masked);
+                return -1;
+            }
+            for (int n = 0; n < Ng; n++)
+                if (b->masks[(size_t)i * Ng + n]) {
+                    w->idx_host[n_m] = i * w->Tg + 1 + R + n;
+                    w->w_host[n_m] = 1.0f / (float)cnt;
+                    n_m++;
+                }
+        }
+        if (n_m) {
+            be->to_device(be, w->idx_mask, w->idx_host, sizeof(int) * (size_t)n_m);
+            be->to_device(be, w->mask_w, w->w_host, sizeof(float) * (size_t)n_m);
+        }
+    }
+    if (n_m && !t->ibot) {
+        dino_seterr(err, "ssl_student_forward_backward: %d masked tokens but no iBOT targets", n_m);
+        return -1;
+    }
+    st->n_masked = n_m;
+    be->to_device(be, w->P_dino, t->dino, sizeof(float) * (size_t)2 * B * Kd);
+    if (n_m) be->to_device(be, w->P_ibot, t->ibot, sizeof(float) * (size_t)n_m * Ki);
+    float ent;
+    be->entropy_mean(be, w->scratch, w->P_dino, 2 * B, Kd);
+    be->to_host(be, &ent, w->scratch, sizeof ent);
+    st->teacher_entropy = ent;
+    if (n_m) {
+        be->entropy_mean(be, w->scratch, w->P_ibot, n_m, Ki);
+        be->to_host(be, &ent, w->scratch, sizeof ent);
+        st->ibot_teacher_entropy = ent;
+    }
+    const int *sub_g = b->drop_global, *sub_l = b->drop_local;
+    if (c->vit.drop_path_rate > 0) {
+        if (!sub_g) vit_draw_drop_subsets(&m->vit, 2 * B, rng_make(b->drop_key.state, 1, 0, 0), w->sub_g), sub_g = w->sub_g;
+        if (!sub_l && nL > 0)
+            vit_draw_drop_subsets(&m->vit, nL * B, rng_make(b->drop_key.state, 2, 0, 0), w->sub_l), sub_l = w->sub_l;
+    } else {
+        sub_g = sub_l = NULL;
+    }
+    // DINOv3 RoPE coordinate augmentation of the student, as ssl_forward_backward draws it
+    const RopeConfig *rc = &c->vit.rope_cfg;
+    if (c->vit.rope && (rc->shift > 0 || rc->jitter > 0 || rc->rescale > 0)) {
+        RopeAug *aug = dino_malloc(sizeof(RopeAug) * (size_t)c->vit.depth);
+        vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 3, 0, 0), aug);
+        vit_acts_set_rope_aug(be, &m->vit, w->s_glob, aug);
+        if (nL > 0) {
+            vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 4, 0, 0), aug);
+            vit_acts_set_rope_aug(be, &m->vit, w->s_loc, aug);
+        }
+        free(aug);
+    }
+
+    // ---- student forward: global crops unmasked, head input [local CLS; global CLS; masked patch tokens]
+    const float *xg = vit_forward(be, &m->vit, m->student, w->s_glob, w->glob_img, NULL, sub_g);
+    const float *xl = nL > 0 ? vit_forward(be, &m->vit, m->student, w->s_loc, w->loc_img, NULL, sub_l) : NULL;
+    float *s_loc_cls = w->s_in, *s_glob_cls = w->s_in + (size_t)nL * B * D;
+    float *s_masked = w->s_in + (size_t)w->rows_cls * D;
+    if (nL > 0) be->gather_rows(be, s_loc_cls, xl, w->idx_lcls, nL * B, (size_t)D);
+    be->gather_rows(be, s_glob_cls, xg, w->idx_gcls, 2 * B, (size_t)D);
+    if (n_m) be->gather_rows(be, s_masked, xg, w->idx_mask, n_m, (size_t)D);
+    const float *zs_dino, *zs_ibot = NULL;
+    if (c->ibot_separate_head) {
+        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls);
+        if (n_m) zs_ibot = head_forward(be, &m->ibot_head, m->student, w->s_ibot, s_masked, n_m);
+    } else {
+        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls + n_m);
+        zs_ibot = zs_dino + (size_t)w->rows_cls * Kd;
+    }
+
+    // ---- losses and their gradients w.r.t. the student logits
+    const float ts = c->student_temp;
+    double local = dino_loss_local(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
+                                   c->dino_loss_weight);
+    double global = dino_loss_global(be, zs_dino + (size_t)nL * B * Kd, nL, B, w->P_dino, Kd, ts, w->row_loss,
+                                     w->dz_dino + (size_t)nL * B * Kd, c->dino_loss_weight);
+    double ibot = 0;
+    if (do_ibot && n_m)
+        ibot = ibot_loss(be, zs_ibot, w->P_ibot, w->mask_w, n_m, 2 * B, Ki, ts, w->row_loss, w->dz_ibot,
+                         c->ibot_loss_weight);
+
+    // ---- backward: heads -> head inputs (+ KoLeo/KDE on the global CLS) -> backbone outputs -> ViT
+    be->zero(be, m->grads, sizeof(float) * m->tab.total);
+    if (c->ibot_separate_head) {
+        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
+        if (n_m) head_backward(be, &m->ibot_head, m->student, m->grads, w->s_ibot, w->dz_ibot, w->ds_in + (size_t)w->rows_cls * D);
+    } else {
+        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
+    }
+    float *ds_glob_cls = w->ds_in + (size_t)nL * B * D;
+    double reg = 0;
+    if (c->use_kde) {
+        if (c->kde_loss_weight > 0)
+            reg = kde_loss(be, s_glob_cls, 2, B, D, c->kde_kappa, c->kde_loss_weight, ds_glob_cls, w->scratch);
+    } else if (c->koleo_loss_weight > 0) {
+        reg = koleo_loss(be, s_glob_cls, 2, B, D, c->koleo_loss_weight, ds_glob_cls, w->scratch);
+    }
+    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, m->dino_head.w[0]);
+    vit_acts_set_grad_hook(w->s_glob, nL > 0 ? NULL : m->grad_ready, m->grad_ready_ctx);
+    if (nL > 0) vit_acts_set_grad_hook(w->s_loc, m->grad_ready, m->grad_ready_ctx);
+    be->zero(be, w->d_xg, sizeof(float) * (size_t)2 * B * w->Tg * D);
+    be->scatter_add_rows(be, w->d_xg, ds_glob_cls, w->idx_gcls, 2 * B, (size_t)D);
+    if (n_m) be->scatter_add_rows(be, w->d_xg, w->ds_in + (size_t)w->rows_cls * D, w->idx_mask, n_m, (size_t)D);
+    vit_backward(be, &m->vit, m->student, m->grads, w->s_glob, w->d_xg);
+    if (nL > 0) {
+        be->zero(be, w->d_xl, sizeof(float) * (size_t)nL * B * w->Tl * D);
+        be->scatter_add_rows(be, w->d_xl, w->ds_in, w->idx_lcls, nL * B, (size_t)D);
+        vit_backward(be, &m->vit, m->student, m->grads, w->s_loc, w->d_xl);
+    }
+
+    st->dino_local_crops_loss = local;
+    st->dino_global_crops_loss = global;
+    st->koleo_loss = reg / 2;
+    st->ibot_loss = ibot / 2;
+    st->total_loss = local + global + reg / 2 + ibot / 2;
+    st->backprop_loss = c->dino_loss_weight * (local + global) + reg + c->ibot_loss_weight * ibot;
+    float *cls = dino_malloc(sizeof(float) * (size_t)2 * B * D);
+    be->to_host(be, cls, s_glob_cls, sizeof(float) * (size_t)2 * B * D);
+    st->student_cls_std = normalized_std(cls, 2 * B, D);
+    free(cls);
+    if (!isfinite(st->backprop_loss)) {
+        dino_seterr(err, "distillation step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g)", local, global,
+                    reg, ibot);
+        return -1;
+    }
+    return 0;
 }

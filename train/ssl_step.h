@@ -21,6 +21,8 @@
 #include "train/optim.h"
 #include "train/schedule.h"
 
+#define SSL_MAX_PAIRS 8
+
 typedef struct {
     VitConfig vit;
     HeadConfig dino_head;        // in_dim is set from the ViT
@@ -28,7 +30,13 @@ typedef struct {
     HeadConfig ibot_head;        // used when separate
     int batch;                   // B: images per rank
     int n_local;                 // local crops per image (8)
-    int global_crop, local_crop; // crop sides in pixels
+    int global_crop, local_crop; // crop sides in pixels (size pair 0)
+    // High-resolution phase: n_pairs (global, local) size pairs, each step runs one of them (SslBatch.pair,
+    // ssl_stage_batch_pair). 0 or 1: the one pair (global_crop, local_crop). Pair 0 must be that pair.
+    // Activations exist for one pair at a time (created when a step needs another pair); the other
+    // buffers are sized for the largest sides.
+    int n_pairs;
+    int pair_global[SSL_MAX_PAIRS], pair_local[SSL_MAX_PAIRS];
     int max_masked;              // capacity for masked tokens per rank per step (0: B * N, half the tokens)
     Centering centering;
     float student_temp;          // 0.1
@@ -47,6 +55,8 @@ typedef struct {
     int zero_world, zero_rank;
     int recompute_activations;   // student backbone: keep only block inputs, recompute in backward
     int staged_upload;           // allocate two staging slots for ssl_stage_batch (the trainer does)
+    int student_only;            // distillation: the step runs only ssl_student_forward_backward (targets from a
+                                 // frozen teacher): the EMA teacher's activations are not allocated
 } SslConfig;
 
 // The reference's defaults around a ViT config (heads 2048/256/65536, 3 layers; B, crops set by caller).
@@ -97,6 +107,7 @@ typedef struct {
     Rng drop_key;              // unique per step
     int staged;                // 1: crops and masks were given to ssl_stage_batch instead (the fields
                                //    above are then ignored, but for drop_* and drop_key)
+    int pair;                  // the size pair of the crops (not staged; a staged batch carries its own)
     SslDiag *diag;             // collapse diagnostics of this step wanted (NULL: none)
 } SslBatch;
 
@@ -109,6 +120,12 @@ typedef struct {
 // may be reused at once.
 void ssl_stage_batch(SslModel *m, Backend *be, const float *global_crops, const float *local_crops,
                      const uint8_t *masks, int crops_pinned);
+// The same for crops of size pair `pair` (SslConfig.n_pairs).
+void ssl_stage_batch_pair(SslModel *m, Backend *be, int pair, const float *global_crops, const float *local_crops,
+                          const uint8_t *masks, int crops_pinned);
+// Makes the activations of size pair `pair` the current ones (freeing the others'): a step does it itself;
+// the memory plan calls it to count every pair.
+void ssl_use_pair(SslModel *m, Backend *be, int pair);
 
 typedef struct {
     // the losses as the reference logs them (koleo_loss and ibot_loss halved; total = their sum)
@@ -133,6 +150,23 @@ int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, 
 // Returns -1 with err set when the loss is NaN or Inf (the caller must then skip ssl_update).
 int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
                          SslStepStats *stats, char *err);
+// Distillation (train/distill.c): the targets of a frozen teacher that ran elsewhere, for this batch.
+typedef struct {
+    const float *dino; // host [2B, Kd]: row c*B+i is the target of the student's global crop c of image i, i.e.
+                       // the teacher's centred probabilities on the OTHER global crop of image i (the rows
+                       // ssl_forward_backward computes from its swapped teacher CLS [g2; g1])
+    const float *ibot; // host [n_masked, Ki]: the teacher's centred probabilities on the batch's masked tokens,
+                       // in the order of the masks (crop-major: crop, image, token); NULL without iBOT
+} SslTargets;
+
+// The student half of ssl_forward_backward against given targets, as the official distillation step
+// (dinov3 SSLMetaArch with distillation.enabled): the student sees its global crops UNMASKED (the masks only
+// pick the tokens whose iBOT targets it must predict), local crops as usual; DINO local + global, KoLeo (or
+// KDE) and iBOT losses; gradients into m->grads. The model's own EMA teacher and centres are not used.
+// batch->staged must be 0 and batch->diag NULL. Returns -1 with err set when the loss is not finite.
+int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *batch, const SslTargets *targets,
+                                 SslStepStats *stats, char *err);
+
 // Gradient clipping per submodule (stats->grad_norm), AdamW, EMA teacher, on the whole model.
 void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *stats);
 

@@ -53,6 +53,7 @@ typedef struct {
     // overlaps this step): checkpoints record the loader position as if it were still in the loader
     int prefetched;
     int64_t prefetched_reads, prefetched_corrupt;
+    int crop_g[2], crop_l[2]; // crop sides of the batch staged for iteration it, at [it & 1] (size pairs)
     ScheduleConfig sched;
     MetricsLog *metrics;
     DistGrads *grads_sync; // bucketed gradient averaging over ranks (NULL for one process)
@@ -125,7 +126,7 @@ static int open_data(Run *r, char *err) {
     }
     // Scaled JPEG decoding never loses resolution that a global crop at its smallest scale would use.
     double smin = cfg->crops.global_crops_scale[0] > 0 ? cfg->crops.global_crops_scale[0] : 1.0;
-    source_set_min_side(r->src, (int)ceil(cfg->crops.global_crops_size / sqrt(smin)));
+    source_set_min_side(r->src, (int)ceil(config_max_global_crop(cfg) / sqrt(smin)));
     source_set_max_pixels(r->src, cfg->data.max_image_pixels);
     LoaderConfig lc;
     config_to_loader(cfg, r->d->rank, r->d->world, &lc);
@@ -297,6 +298,33 @@ static int load_center(Run *r, const Ckpt *c, const char *name, TeacherCenter *t
     return rc;
 }
 
+// hrft.checkpoint_path (DINOv3's high-resolution adaptation, as the official student.resume_from_teacher_chkpt):
+// student and teacher both start as the earlier run's teacher; the AdamW moments, the centres, the
+// iteration and the loader position stay fresh. The path is a checkpoint directory or an output_dir.
+static int load_hrft(Run *r, char *err) {
+    const char *path = r->cfg->hrft.checkpoint_path;
+    Ckpt c;
+    char e2[DINO_ERRLEN], e3[DINO_ERRLEN];
+    if (ckpt_open(&c, path, e2)) {
+        int found = ckpt_open_latest(&c, path, r->d->rank == 0 ? stderr : NULL, e3);
+        if (found <= 0) {
+            dino_seterr(err, "hrft.checkpoint_path = %s: neither a checkpoint (%s) nor a run directory holding one (%s)",
+                        path, e2, found == 0 ? "no checkpoint in it" : e3);
+            return -1;
+        }
+    }
+    const size_t total = r->m.tab.total;
+    int rc = load_tensor_set(r, &c, "teacher.", r->m.student, 0, total, e2);
+    if (!rc) rc = load_tensor_set(r, &c, "teacher.", r->m.teacher, 0, total, e2);
+    if (rc) dino_seterr(err, "hrft.checkpoint_path: %s (the model must be the earlier run's: same arch, heads and "
+                             "student.img_size)", e2);
+    else if (r->d->rank == 0 && !r->quiet)
+        printf("dinotrain: high-resolution phase: student and teacher from the teacher of %s (iteration %lld)\n", c.dir,
+               (long long)c.iteration);
+    ckpt_close(&c);
+    return rc;
+}
+
 // Resumes from the newest valid checkpoint; returns the iteration to start at (0 when none), or -1.
 static int64_t resume(Run *r, char *err) {
     Ckpt c;
@@ -348,8 +376,11 @@ static int stage_next_batch(Run *r, int64_t it, int with_masks, char *err) {
     const Batch *batch = loader_next(r->loader, err);
     if (!batch) return -1;
     if (inject_nan_at(it)) batch->global_crops[0] = NAN; // the loader's buffer is ours until loader_next
-    // the crops are uploaded straight from the loader's page-locked buffer (see the sync in the loop)
-    ssl_stage_batch(&r->m, r->be, batch->global_crops, batch->local_crops, with_masks ? batch->masks.masks : NULL, 1);
+    // the crops are uploaded straight from the loader's page-locked buffer (see the sync in the loop), at
+    // the batch's size pair (high-resolution phase: one drawn per batch index, the same on every rank)
+    ssl_stage_batch_pair(&r->m, r->be, batch->pair, batch->global_crops, batch->local_crops,
+                         with_masks ? batch->masks.masks : NULL, 1);
+    r->crop_g[it & 1] = batch->G, r->crop_l[it & 1] = batch->L;
     r->prefetched_reads = batch->reads;
     r->prefetched_corrupt = batch->corrupt;
     return 0;
@@ -402,7 +433,7 @@ static void run_collective_sum(Collective *c, float *buf, size_t n) {
 int train_ssl_config(const Config *cfg, int world, int rank, SslConfig *sc, char *err) {
     if (config_to_ssl(cfg, sc, err)) return -1;
     if (sc->ibot_loss_weight > 0) { // head buffers for the most masked tokens a batch can have
-        int g = cfg->crops.global_crops_size / cfg->student.patch_size;
+        int g = config_max_global_crop(cfg) / cfg->student.patch_size; // the largest pair's grid
         sc->max_masked = mask_batch_upperbound(2 * sc->batch, g * g, cfg->ibot.mask_sample_probability,
                                                cfg->ibot.mask_ratio_min_max[0], cfg->ibot.mask_ratio_min_max[1]);
         if (sc->max_masked < 1) sc->max_masked = 1;
@@ -587,6 +618,8 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         start = resume(&r, err);
         if (start < 0) goto out;
     }
+    // a fresh high-resolution phase; once it has a checkpoint of its own, resuming continues that instead
+    if (start == 0 && cfg->hrft.checkpoint_path[0] && load_hrft(&r, err)) goto out;
     int64_t end = r.total;
     if (opt->max_iterations > 0 && start + opt->max_iterations < end) end = start + opt->max_iterations;
     res->start_iteration = start;
@@ -631,7 +664,8 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
     // collapse diagnostics (train/collapse.h) on the last diag_steps steps of each logging window (rank 0):
     // they copy the teacher's tokens and the DINO targets to the host
     const int D = sc.vit.dim, diag_steps = log_every < 8 ? log_every : 8;
-    const int64_t warmup_its = (int64_t)cfg->optim.warmup_epochs * cfg->train.OFFICIAL_EPOCH_LENGTH;
+    const int warmup_epochs = cfg->schedules.enabled ? cfg->schedules.lr.warmup_epochs : cfg->optim.warmup_epochs;
+    const int64_t warmup_its = (int64_t)warmup_epochs * cfg->train.OFFICIAL_EPOCH_LENGTH;
     CollapseTracker ct;
     collapse_init(&ct, Kd, D, 2 * B, diag_steps);
     SslDiag diag = {.teacher_argmax = dino_malloc(sizeof(int) * 2 * B),
@@ -748,6 +782,10 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             metrics_add(r.metrics, "wd", sv.wd);
             metrics_add(r.metrics, "momentum", sv.momentum);
             metrics_add(r.metrics, "teacher_temp", sv.teacher_temp);
+            if (config_n_pairs(cfg) > 1) {
+                metrics_add_int(r.metrics, "global_crop", r.crop_g[it & 1]);
+                metrics_add_int(r.metrics, "local_crop", r.crop_l[it & 1]);
+            }
             metrics_add(r.metrics, "teacher_entropy", logged[5]);
             metrics_add(r.metrics, "student_cls_std", logged[6]);
             metrics_add(r.metrics, "grad_norm_backbone", st.grad_norm[0]);

@@ -53,6 +53,8 @@ Backend *backend_cpu_new(void) {
     be->attention_saved_floats = cpu_attention_saved_floats;
     be->attention_fwd = cpu_attention_fwd;
     be->attention_bwd = cpu_attention_bwd;
+    be->rope_fwd = cpu_rope_fwd;
+    be->rope_bwd = cpu_rope_bwd;
     be->im2col = cpu_im2col;
     be->tokens_fwd = cpu_tokens_fwd;
     be->tokens_bwd = cpu_tokens_bwd;

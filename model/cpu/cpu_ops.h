@@ -24,6 +24,9 @@ size_t cpu_attention_saved_floats(Backend *be, int B, int T, int H, int Dh);
 void cpu_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
 void cpu_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
                        int T, int H, int Dh);
+// rope.c
+void cpu_rope_fwd(Backend *be, float *qkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh);
+void cpu_rope_bwd(Backend *be, float *dqkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh);
 // tokens.c
 void cpu_im2col(Backend *be, float *cols, const float *img, int B, int C, int Hi, int Wi, int p);
 void cpu_tokens_fwd(Backend *be, float *x, const float *patch, const float *cls, const float *reg, const float *pos,

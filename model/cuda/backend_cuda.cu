@@ -279,6 +279,8 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->attention_saved_floats = cuda_attention_saved_floats;
     be->attention_fwd = cuda_attention_fwd;
     be->attention_bwd = cuda_attention_bwd;
+    be->rope_fwd = cuda_rope_fwd;
+    be->rope_bwd = cuda_rope_bwd;
     be->im2col = cuda_im2col;
     be->tokens_fwd = cuda_tokens_fwd;
     be->tokens_bwd = cuda_tokens_bwd;

@@ -173,6 +173,9 @@ bool cuda_attention_flash_supported(Backend *be, int Dh);
 void cuda_attention_flash_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
 void cuda_attention_flash_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
                               int T, int H, int Dh);
+// rope.cu
+void cuda_rope_fwd(Backend *be, float *qkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh);
+void cuda_rope_bwd(Backend *be, float *dqkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh);
 // tokens.cu
 void cuda_im2col(Backend *be, float *cols, const float *img, int B, int C, int Hi, int Wi, int p);
 void cuda_tokens_fwd(Backend *be, float *x, const float *patch, const float *cls, const float *reg, const float *pos,

@@ -311,7 +311,8 @@ static void config_seeds(void) {
 }
 
 // ---- exports ----------------------------------------------------------------------------------------------
-// A small teacher backbone in a checkpoint-like file, exported by dinoexport in each format.
+// Small teacher backbones (DINOv2 and DINOv3 ViTs) in checkpoint-like files, exported by dinoexport in each
+// format.
 static void export_seeds(const char *dinoexport, const char *tmpdir) {
     char err[DINO_ERRLEN], path[4200], cmd[13000];
     static const char *fixtures[] = {"vit_aa_offset0", "vit_mlp_reg4_droppath", "vit_swiglu"};
@@ -333,10 +334,22 @@ static void export_seeds(const char *dinoexport, const char *tmpdir) {
         snprintf(name, sizeof name, "fixture_%s", fixtures[i]);
         seed_file("export", name, path);
     }
-    static const struct { int R; const char *ffn; } models[] = {{4, "mlp"}, {0, "swiglu"}};
-    for (int mi = 0; mi < 2; mi++) {
+    // DINOv2 ViTs, and DINOv3 ViTs (RoPE, storage tokens, masked k bias: hf and the official names only)
+    static const struct { int R; const char *ffn; int rope; } models[] = {
+        {4, "mlp", 0}, {0, "swiglu", 0}, {4, "mlp", 1}, {0, "swiglu32", 1}};
+    for (int mi = 0; mi < 4; mi++) {
         VitConfig c;
-        CHECK(vit_config_from_arch(&c, "vit_test", 4, 16, models[mi].R, models[mi].ffn, err) == 0, "%s", err);
+        CHECK(vit_config_from_arch(&c, "vit_test", 4, 16, models[mi].R, models[mi].rope ? "mlp" : models[mi].ffn, err) == 0,
+              "%s", err);
+        if (models[mi].rope) {
+            CHECK(vit_ffn_width(models[mi].ffn, c.dim, 4.0, &c.ffn, &c.ffn_hidden, err) == 0, "%s", err);
+            c.rope = 1;
+            c.rope_cfg = (RopeConfig){.base = 100.0};
+            c.ln_eps = 1e-5f;
+            c.mask_k_bias = 1;
+            c.untie_global_and_local_cls_norm = models[mi].R > 0;
+            CHECK(vit_config_check(&c, err) == 0, "%s", err);
+        }
         ParamTable tab;
         param_table_init(&tab);
         Vit vit;
@@ -348,6 +361,10 @@ static void export_seeds(const char *dinoexport, const char *tmpdir) {
         char heads[16];
         snprintf(heads, sizeof heads, "%d", c.heads);
         st_writer_meta(w, "student.num_heads", heads);
+        if (models[mi].rope) { // what a DINOv3 file's shapes do not show (the image size: small, so the harness embeds)
+            st_writer_meta(w, "mask_k_bias", "true");
+            st_writer_meta(w, "image_size", "16");
+        }
         char src[4200];
         snprintf(src, sizeof src, "%s/teacher_%d.safetensors", tmpdir, mi);
         CHECK(st_writer_write(w, src, err) == 0, "%s", err);
@@ -357,6 +374,7 @@ static void export_seeds(const char *dinoexport, const char *tmpdir) {
         param_table_free(&tab);
         static const char *formats[] = {"hf", "timm", "dinov2"};
         for (int f = 0; f < 3; f++) {
+            if (models[mi].rope && f == 1) continue; // no timm names for DINOv3
             char out[4300];
             snprintf(out, sizeof out, "%s/export_%d_%s", tmpdir, mi, formats[f]);
             snprintf(cmd, sizeof cmd, "'%s' --format %s --out '%s' '%s' > '%s.log' 2>&1", dinoexport, formats[f], out, src,
@@ -374,7 +392,8 @@ static void export_seeds(const char *dinoexport, const char *tmpdir) {
                 n++;
             }
             char name[256];
-            snprintf(name, sizeof name, "%s_%s_reg%d", formats[f], models[mi].ffn, models[mi].R);
+            snprintf(name, sizeof name, "%s%s_%s_reg%d", formats[f], models[mi].rope ? "_v3" : "", models[mi].ffn,
+                     models[mi].R);
             seed_parts("export", name, parts, n);
             seed("safetensors", name, parts[0].p, parts[0].n); // the weights alone
             for (int k = 0; k < 3; k++) free(bufs[k]);

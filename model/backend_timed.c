@@ -1,0 +1,331 @@
+// The timing/counting wrapper (model/backend_timed.h). Every op: optionally synchronise and start the
+// clock, forward to the wrapped backend, then tally the call with its roofline costs in both layouts.
+// The target layout's fusions are found from the order of the calls (the ViT issues them in a fixed
+// order): an activation right after the linear layer that wrote its input (GEMM epilogue), a copy into
+// the stream right before the residual op that updates it (one kernel), a LayerNorm of the stream the
+// residual op just updated, directly or through one gather of the kept rows (the fused residual +
+// LayerNorm). Host transfers between them (the ViT's per-block drop-path indices, which the target
+// stages once per step) do not break the adjacency.
+#include "model/backend_timed.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/check.h"
+#include "common/clock.h"
+
+typedef struct {
+    Backend *inner;
+    RoofCard card;
+    int execute, counting, timing;
+    RoofTally tally[ROP_COUNT];
+    // the last counted op, for the target's fusions
+    int prev_op; // -1: none
+    const void *prev_out;
+    RoofCost prev_target;
+    int gather_from_residual; // the last op was a gather of the rows the residual op before it updated
+} TimedState;
+
+#define S(be) ((TimedState *)(be)->impl)
+#define IN(s) ((s)->inner)
+#define COSTS(fn, ...) ((const RoofCost[ROOF_NLAYOUTS]){fn(ROOF_CURRENT, __VA_ARGS__), fn(ROOF_TARGET, __VA_ARGS__)})
+
+static double t_begin(TimedState *s) {
+    if (!s->counting || !s->timing) return 0;
+    s->inner->sync(s->inner);
+    return dino_wall_s();
+}
+
+static void t_end(TimedState *s, RoofOp op, double t0, const RoofCost *c, const void *out) {
+    if (!s->counting) return;
+    RoofTally *t = &s->tally[op];
+    if (s->timing) {
+        s->inner->sync(s->inner);
+        t->meas_s += dino_wall_s() - t0;
+    }
+    t->calls++;
+    const RoofFamily f = roof_op_family(op);
+    for (int l = 0; l < ROOF_NLAYOUTS; l++) roof_tally_add(t, &s->card, f, (RoofLayout)l, c[l]);
+    if (f == RF_HOST || f == RF_UPLOAD) return; // transparent to the fusion adjacency
+    s->prev_op = (int)op;
+    s->prev_out = out;
+    s->prev_target = c[ROOF_TARGET];
+}
+
+// The previous call turns out to be absorbed by this one in the target layout: take its target cost back.
+static void absorb_prev(TimedState *s) {
+    RoofTally *t = &s->tally[s->prev_op];
+    const RoofCost k = s->prev_target;
+    t->flops[ROOF_TARGET] -= k.flops;
+    t->bytes[ROOF_TARGET] -= k.bytes;
+    t->kernels[ROOF_TARGET] -= k.kernels;
+    t->pred_s[ROOF_TARGET] -= roof_time_s(&s->card, ROOF_TARGET, roof_op_family((RoofOp)s->prev_op), k);
+    s->prev_target = (RoofCost){0, 0, 0};
+}
+
+static int after(const TimedState *s, RoofOp op, const void *p) {
+    return s->counting && s->prev_op == (int)op && s->prev_out == p;
+}
+
+// ---- memory (forwarded; copies and transfers counted) ----------------------------------------------------
+static void *t_alloc(Backend *be, size_t bytes) { return IN(S(be))->alloc(IN(S(be)), bytes); }
+static void t_release(Backend *be, void *p) { IN(S(be))->release(IN(S(be)), p); }
+static void *t_host_alloc(Backend *be, size_t bytes) { return IN(S(be))->host_alloc(IN(S(be)), bytes); }
+static void t_host_free(Backend *be, void *p) { IN(S(be))->host_free(IN(S(be)), p); }
+static void t_sync(Backend *be) { IN(S(be))->sync(IN(S(be))); }
+static void t_upload_wait(Backend *be, int ticket) { IN(S(be))->upload_wait(IN(S(be)), ticket); }
+
+static void t_to_device(Backend *be, void *dst, const void *src, size_t bytes) {
+    TimedState *s = S(be);
+    double t0 = t_begin(s);
+    s->inner->to_device(s->inner, dst, src, bytes);
+    t_end(s, ROP_TO_DEVICE, t0, COSTS(roof_host, (double)bytes), dst);
+}
+static void t_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
+    TimedState *s = S(be);
+    double t0 = t_begin(s);
+    s->inner->to_host(s->inner, dst, src, bytes);
+    t_end(s, ROP_TO_HOST, t0, COSTS(roof_host, (double)bytes), NULL);
+}
+static int t_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    TimedState *s = S(be);
+    double t0 = t_begin(s);
+    int ticket = s->inner->upload_async(s->inner, dst, src, bytes);
+    t_end(s, ROP_UPLOAD_ASYNC, t0, COSTS(roof_host, (double)bytes), dst);
+    return ticket;
+}
+static void t_copy(Backend *be, void *dst, const void *src, size_t bytes) {
+    TimedState *s = S(be);
+    double t0 = t_begin(s);
+    s->inner->copy(s->inner, dst, src, bytes);
+    t_end(s, ROP_COPY, t0, COSTS(roof_copy, (double)bytes, 0), dst);
+}
+static void t_zero(Backend *be, void *p, size_t bytes) {
+    TimedState *s = S(be);
+    double t0 = t_begin(s);
+    s->inner->zero(s->inner, p, bytes);
+    t_end(s, ROP_ZERO, t0, COSTS(roof_zero, (double)bytes), p);
+}
+
+// ---- compute ops ---------------------------------------------------------------------------------------------------
+// OP(name, out, costs, call args...): time, run (when executing), tally.
+#define OP(rop, out, costs, method, ...)                                                           \
+    do {                                                                                           \
+        TimedState *s_ = S(be);                                                                    \
+        const double t0_ = t_begin(s_);                                                            \
+        if (s_->execute) s_->inner->method(s_->inner, __VA_ARGS__);                                \
+        t_end(s_, rop, t0_, costs, out);                                                           \
+    } while (0)
+
+static void t_gemm(Backend *be, int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc) {
+    OP(ROP_GEMM, C, COSTS(roof_gemm, M, N, K, beta != 0.0f), gemm, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+static void t_linear_fwd(Backend *be, float *out, const float *in, const float *W, const float *b, int rows, int n_in,
+                         int n_out) {
+    OP(ROP_LINEAR_FWD, out, COSTS(roof_linear_fwd, rows, n_in, n_out, b != NULL), linear_fwd, out, in, W, b, rows, n_in,
+       n_out);
+}
+static void t_linear_bwd(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
+                         const float *W, int rows, int n_in, int n_out) {
+    OP(ROP_LINEAR_BWD, din, COSTS(roof_linear_bwd, rows, n_in, n_out, din != NULL, db != NULL), linear_bwd, din, dW, db,
+       dout, in, W, rows, n_in, n_out);
+}
+static void t_layernorm_fwd(Backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
+                            const float *b, int rows, int D, float eps) {
+    TimedState *s = S(be);
+    int fused = after(s, ROP_RESIDUAL_FWD, x);
+    if (after(s, ROP_GATHER_ROWS, x) && s->gather_from_residual) {
+        absorb_prev(s); // the gather of the kept rows happens inside the fused kernel
+        fused = 1;
+    }
+    OP(ROP_LAYERNORM_FWD, out, COSTS(roof_layernorm_fwd, rows, D, fused), layernorm_fwd, out, mean, rstd, x, w, b, rows,
+       D, eps);
+}
+static void t_layernorm_bwd(Backend *be, float *dx_acc, float *dw, float *db, const float *dout, const float *x,
+                            const float *mean, const float *rstd, const float *w, int rows, int D) {
+    OP(ROP_LAYERNORM_BWD, dx_acc, COSTS(roof_layernorm_bwd, rows, D), layernorm_bwd, dx_acc, dw, db, dout, x, mean, rstd,
+       w, rows, D);
+}
+static void t_gelu_fwd(Backend *be, float *out, const float *x, size_t n) {
+    const int epi = after(S(be), ROP_LINEAR_FWD, x);
+    OP(ROP_GELU_FWD, out, COSTS(roof_gelu_fwd, (double)n, epi), gelu_fwd, out, x, n);
+}
+static void t_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, size_t n) {
+    OP(ROP_GELU_BWD, dx, COSTS(roof_gelu_bwd, (double)n), gelu_bwd, dx, dout, x, n);
+}
+static void t_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd) {
+    const int epi = after(S(be), ROP_LINEAR_FWD, in);
+    OP(ROP_SWIGLU_FWD, out, COSTS(roof_swiglu_fwd, rows, Hd, epi), swiglu_fwd, out, in, rows, Hd);
+}
+static void t_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd) {
+    OP(ROP_SWIGLU_BWD, din, COSTS(roof_swiglu_bwd, rows, Hd), swiglu_bwd, din, dout, in, rows, Hd);
+}
+static size_t t_attention_saved_floats(Backend *be, int B, int T, int H, int Dh) {
+    return IN(S(be))->attention_saved_floats(IN(S(be)), B, T, H, Dh);
+}
+static void t_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
+    OP(ROP_ATTENTION_FWD, out, COSTS(roof_attention_fwd, B, T, H, Dh), attention_fwd, out, saved, qkv, B, T, H, Dh);
+}
+static void t_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
+                            int T, int H, int Dh) {
+    OP(ROP_ATTENTION_BWD, dqkv, COSTS(roof_attention_bwd, B, T, H, Dh), attention_bwd, dqkv, dout, qkv, saved, B, T, H,
+       Dh);
+}
+static void t_im2col(Backend *be, float *cols, const float *img, int B, int C, int Hi, int Wi, int p) {
+    OP(ROP_IM2COL, cols, COSTS(roof_im2col, B, C, Hi, Wi, p), im2col, cols, img, B, C, Hi, Wi, p);
+}
+static void t_tokens_fwd(Backend *be, float *x, const float *patch, const float *cls, const float *reg, const float *pos,
+                         const float *mask_token, const uint8_t *mask, int B, int N, int R, int D) {
+    OP(ROP_TOKENS_FWD, x, COSTS(roof_tokens_fwd, B, N, R, D), tokens_fwd, x, patch, cls, reg, pos, mask_token, mask, B, N,
+       R, D);
+}
+static void t_tokens_bwd(Backend *be, float *dpatch, float *dcls, float *dreg, float *dpos, float *dmask_token,
+                         const float *dx, const uint8_t *mask, int B, int N, int R, int D) {
+    OP(ROP_TOKENS_BWD, dpatch, COSTS(roof_tokens_bwd, B, N, R, D, mask != NULL), tokens_bwd, dpatch, dcls, dreg, dpos,
+       dmask_token, dx, mask, B, N, R, D);
+}
+static void t_gather_rows(Backend *be, float *out, const float *in, const int *idx, int n, size_t len) {
+    TimedState *s = S(be);
+    const int from_residual = after(s, ROP_RESIDUAL_FWD, in);
+    OP(ROP_GATHER_ROWS, out, COSTS(roof_gather_rows, n, (double)len, 0), gather_rows, out, in, idx, n, len);
+    s->gather_from_residual = from_residual;
+}
+static void t_residual_fwd(Backend *be, float *x, const float *br, const float *gamma, const int *idx, int n, int T,
+                           int D, float scale) {
+    TimedState *s = S(be);
+    if (after(s, ROP_COPY, x)) absorb_prev(s); // the copy of the stream into x happens in the residual kernel
+    OP(ROP_RESIDUAL_FWD, x, COSTS(roof_residual_fwd, n, T, D), residual_fwd, x, br, gamma, idx, n, T, D, scale);
+}
+static void t_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *dx, const float *br, const float *gamma,
+                           const int *idx, int n, int T, int D, float scale) {
+    OP(ROP_RESIDUAL_BWD, dbr, COSTS(roof_residual_bwd, n, T, D, dgamma != NULL), residual_bwd, dbr, dgamma, dx, br, gamma,
+       idx, n, T, D, scale);
+}
+static void t_scatter_add_rows(Backend *be, float *x, const float *in, const int *idx, int n, size_t len) {
+    OP(ROP_SCATTER_ADD_ROWS, x, COSTS(roof_scatter_add_rows, n, (double)len), scatter_add_rows, x, in, idx, n, len);
+}
+static void t_rope_fwd(Backend *be, float *qkv, const float *sin, const float *cos, int B, int T, int N, int H,
+                       int Dh) {
+    OP(ROP_ROPE_FWD, qkv, COSTS(roof_rope, B, N, H, Dh), rope_fwd, qkv, sin, cos, B, T, N, H, Dh);
+}
+static void t_rope_bwd(Backend *be, float *dqkv, const float *sin, const float *cos, int B, int T, int N, int H,
+                       int Dh) {
+    OP(ROP_ROPE_BWD, dqkv, COSTS(roof_rope, B, N, H, Dh), rope_bwd, dqkv, sin, cos, B, T, N, H, Dh);
+}
+static void t_axpy(Backend *be, float *y, float alpha, const float *x, size_t n) {
+    OP(ROP_AXPY, y, COSTS(roof_axpy, (double)n), axpy, y, alpha, x, n);
+}
+static void t_scale(Backend *be, float *x, float alpha, size_t n) {
+    OP(ROP_SCALE, x, COSTS(roof_scale, (double)n), scale, x, alpha, n);
+}
+static double t_sum_squares(Backend *be, const float *x, size_t n) {
+    TimedState *s = S(be);
+    const double t0 = t_begin(s);
+    const double r = s->execute ? s->inner->sum_squares(s->inner, x, n) : 0.0;
+    t_end(s, ROP_SUM_SQUARES, t0, COSTS(roof_sum_squares, (double)n), NULL);
+    return r;
+}
+static void t_l2norm_fwd(Backend *be, float *out, float *norm, const float *x, int rows, int n, float eps) {
+    OP(ROP_L2NORM_FWD, out, COSTS(roof_l2norm_fwd, rows, n), l2norm_fwd, out, norm, x, rows, n, eps);
+}
+static void t_l2norm_bwd(Backend *be, float *dx, const float *dout, const float *x, const float *norm, int rows, int n,
+                         float eps) {
+    OP(ROP_L2NORM_BWD, dx, COSTS(roof_l2norm_bwd, rows, n), l2norm_bwd, dx, dout, x, norm, rows, n, eps);
+}
+static void t_weightnorm_fwd(Backend *be, float *W, float *vnorm, const float *g, const float *v, int K, int n) {
+    OP(ROP_WEIGHTNORM_FWD, W, COSTS(roof_weightnorm_fwd, K, n), weightnorm_fwd, W, vnorm, g, v, K, n);
+}
+static void t_weightnorm_bwd(Backend *be, float *dg, float *dv, const float *dW, const float *g, const float *v,
+                             const float *vnorm, int K, int n) {
+    OP(ROP_WEIGHTNORM_BWD, dv, COSTS(roof_weightnorm_bwd, K, n), weightnorm_bwd, dg, dv, dW, g, v, vnorm, K, n);
+}
+static void t_softmax_center(Backend *be, float *P, const float *z, const float *center, int rows, int K, float temp) {
+    OP(ROP_SOFTMAX_CENTER, P, COSTS(roof_softmax_center, rows, K), softmax_center, P, z, center, rows, K, temp);
+}
+static void t_col_sum(Backend *be, float *sum, const float *z, int rows, int K) {
+    OP(ROP_COL_SUM, sum, COSTS(roof_col_sum, rows, K), col_sum, sum, z, rows, K);
+}
+static void t_center_update(Backend *be, float *center, const float *sum, int K, float scale, float momentum) {
+    OP(ROP_CENTER_UPDATE, center, COSTS(roof_center_update, K), center_update, center, sum, K, scale, momentum);
+}
+static void t_sinkhorn(Backend *be, Collective *coll, float *P, const float *z, int rows, int K, float temp, int n_iter,
+                       float n_global) {
+    OP(ROP_SINKHORN, P, COSTS(roof_sinkhorn, rows, K, n_iter), sinkhorn, coll, P, z, rows, K, temp, n_iter, n_global);
+}
+static void t_softmax_ce(Backend *be, float *loss, float *ds, const float *s, const float *t, const float *w, int rows,
+                         int t_rows, int K, float temp, float alpha) {
+    OP(ROP_SOFTMAX_CE, ds, COSTS(roof_softmax_ce, rows, K, loss != NULL, ds != NULL), softmax_ce, loss, ds, s, t, w, rows,
+       t_rows, K, temp, alpha);
+}
+static void t_entropy_mean(Backend *be, float *out, const float *P, int rows, int K) {
+    OP(ROP_ENTROPY_MEAN, out, COSTS(roof_entropy_mean, rows, K), entropy_mean, out, P, rows, K);
+}
+static void t_koleo(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float alpha) {
+    OP(ROP_KOLEO, dx_acc, COSTS(roof_koleo, B, D), koleo, loss, dx_acc, x, B, D, alpha);
+}
+static void t_kde(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float kappa, float alpha) {
+    OP(ROP_KDE, dx_acc, COSTS(roof_kde, B, D), kde, loss, dx_acc, x, B, D, kappa, alpha);
+}
+static void t_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd, float beta1,
+                    float beta2, float eps, long step) {
+    OP(ROP_ADAMW, p, COSTS(roof_adamw, (double)n), adamw, p, g, m, v, n, lr, wd, beta1, beta2, eps, step);
+}
+static void t_ema(Backend *be, float *t, const float *s, size_t n, float momentum) {
+    OP(ROP_EMA, t, COSTS(roof_ema, (double)n), ema, t, s, n, momentum);
+}
+
+static void t_destroy(Backend *be) {
+    TimedState *s = S(be);
+    backend_free(s->inner);
+    free(s);
+    be->impl = NULL;
+}
+
+// Every member of the op table must be wrapped below (an op left out would run the inner op on the wrapper's
+// state): a new op in model/backend.h fails this until it is wrapped here and counted in model/roofline.c.
+_Static_assert(sizeof(Backend) == 52 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
+
+Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
+    Backend *be = dino_calloc(1, sizeof *be);
+    TimedState *s = dino_calloc(1, sizeof *s);
+    s->inner = inner, s->card = *card, s->execute = execute, s->prev_op = -1;
+    be->name = inner->name;
+    be->impl = s;
+    be->alloc = t_alloc, be->release = t_release, be->to_device = t_to_device, be->to_host = t_to_host;
+    be->copy = t_copy, be->zero = t_zero, be->sync = t_sync, be->destroy = t_destroy;
+    be->host_alloc = inner->host_alloc ? t_host_alloc : NULL;
+    be->host_free = inner->host_free ? t_host_free : NULL;
+    be->upload_async = t_upload_async, be->upload_wait = t_upload_wait;
+    be->gemm = t_gemm, be->linear_fwd = t_linear_fwd, be->linear_bwd = t_linear_bwd;
+    be->layernorm_fwd = t_layernorm_fwd, be->layernorm_bwd = t_layernorm_bwd;
+    be->gelu_fwd = t_gelu_fwd, be->gelu_bwd = t_gelu_bwd, be->swiglu_fwd = t_swiglu_fwd, be->swiglu_bwd = t_swiglu_bwd;
+    be->attention_saved_floats = t_attention_saved_floats;
+    be->attention_fwd = t_attention_fwd, be->attention_bwd = t_attention_bwd;
+    be->rope_fwd = t_rope_fwd, be->rope_bwd = t_rope_bwd;
+    be->im2col = t_im2col, be->tokens_fwd = t_tokens_fwd, be->tokens_bwd = t_tokens_bwd;
+    be->gather_rows = t_gather_rows, be->residual_fwd = t_residual_fwd, be->residual_bwd = t_residual_bwd;
+    be->scatter_add_rows = t_scatter_add_rows, be->axpy = t_axpy, be->scale = t_scale, be->sum_squares = t_sum_squares;
+    be->l2norm_fwd = t_l2norm_fwd, be->l2norm_bwd = t_l2norm_bwd;
+    be->weightnorm_fwd = t_weightnorm_fwd, be->weightnorm_bwd = t_weightnorm_bwd;
+    be->softmax_center = t_softmax_center, be->col_sum = t_col_sum, be->center_update = t_center_update;
+    be->sinkhorn = t_sinkhorn, be->softmax_ce = t_softmax_ce, be->entropy_mean = t_entropy_mean;
+    be->koleo = t_koleo, be->kde = t_kde, be->adamw = t_adamw, be->ema = t_ema;
+    return be;
+}
+
+Backend *backend_timed_inner(Backend *be) { return S(be)->inner; }
+
+void backend_timed_set(Backend *be, int counting, int timing) {
+    TimedState *s = S(be);
+    s->counting = counting, s->timing = timing;
+    s->prev_op = -1;
+}
+
+void backend_timed_reset(Backend *be) {
+    TimedState *s = S(be);
+    memset(s->tally, 0, sizeof s->tally);
+    s->prev_op = -1;
+}
+
+const RoofTally *backend_timed_tally(const Backend *be) { return ((const TimedState *)be->impl)->tally; }
