@@ -106,7 +106,7 @@ TEST(grad_attention) {
     Rng r = rng_make(4, 0, 0, 0);
     enum { B = 2, T = 5, H = 2, Dh = 3, D = H * Dh };
     float qkv[B * T * 3 * D], out[B * T * D], wout[B * T * D], dqkv[B * T * 3 * D];
-    float *saved = calloc(be->attention_saved_floats(be, B, T, H), sizeof(float));
+    float *saved = calloc(be->attention_saved_floats(be, B, T, H, Dh), sizeof(float));
     gc_fill_normal(qkv, B * T * 3 * D, 1, &r);
     gc_fill_normal(wout, B * T * D, 1, &r);
     OpCtx c = {.be = be, .B = B, .T = T, .H = H, .Dh = Dh, .kind = OP_ATTN, .x = qkv, .out = out, .wout = wout,

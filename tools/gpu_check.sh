@@ -89,7 +89,7 @@ if [ "$DRY" = 1 ]; then
   RES=$ROOT/build-gpu-check-dry
   JOBS=2
   # the few fast cases of the dry run (every case with --only)
-  DRY_TESTS=${GPU_CHECK_DRY_TESTS:-'^(cuda\.cuda_device_visible|cuda_ops\.(layernorm_fwd_bwd|attention_fp32_gemms|attention_bf16_gemms|ssl_step_softmax_koleo_fp32_gemm|backend_new_reports_missing_device)|dist\.nccl_allreduce_reduce_scatter_gpu)$'}
+  DRY_TESTS=${GPU_CHECK_DRY_TESTS:-'^(cuda\.cuda_device_visible|cuda_ops\.(layernorm_fwd_bwd|attention_fp32_gemms|attention_bf16_gemms|flash_attention_dh64|ssl_step_softmax_koleo_fp32_gemm|backend_new_reports_missing_device)|dist\.nccl_allreduce_reduce_scatter_gpu)$'}
   BENCH=${GPU_CHECK_BENCH:-"vit_small:2 vit_large:2"}
   BENCH_ARGS="--depth 1 --global-size 56 --local-size 28 --local 2 --K 512 --iters 1 --warmup 0"
   PEAK_ARGS="--peak-size 256"

@@ -93,6 +93,6 @@ void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p) {
         fprintf(f, "  %-46s %9.2f GiB\n", rows[i].what, gib(rows[i].bytes));
     fprintf(f, "  %-46s %9.2f GiB\n", "total allocated by dinotrain", gib(p->total));
     fprintf(f, "  not counted: the CUDA context, cuBLAS and NCCL workspaces (about 1-3 GiB)\n");
-    fprintf(f, "  activations are stored in fp32 (attention probabilities in bf16 on cuda); an 80 GB H100 has about "
-               "79 GiB\n");
+    fprintf(f, "  activations are stored in fp32 (attention on cuda: the flash path's log-sum-exp and bf16 output, or\n"
+               "  bf16 probabilities for head dims without flash kernels); an 80 GB H100 has about 79 GiB\n");
 }
