@@ -601,6 +601,8 @@ TEST(graph_missing_edge_shows_under_delay) {
     cudaFree(x), cudaFree(y);
     if (pol) setenv("CUDAEMU_STREAMS", pol, 1);
     else unsetenv("CUDAEMU_STREAMS");
+}
+
 TEST(wmma_fragments_mma_and_findings) {
     // index-coded small integers: every product and sum is exact, so D must match bit for bit, and a
     // wrong row/column mapping anywhere gives a different integer
