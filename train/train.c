@@ -490,7 +490,7 @@ static int stage_next_batch(Run *r, int64_t it, int with_masks, char *err) {
     const Batch *batch = loader_next(r->loader, err);
     if (!batch) return -1;
     if (inject_nan_at(it)) batch->global_crops[0] = NAN; // the loader's buffer is ours until loader_next
-    if (r->m.cfg.gram) ssl_stage_gram(&r->m, r->be, batch->gram_crops, 1); // Gram anchoring: one size pair
+    if (r->m.cfg.gram) ssl_stage_gram_pair(&r->m, r->be, batch->pair, batch->gram_crops, 1); // at the pair's Gram size
     // the crops are uploaded straight from the loader's page-locked buffer (see the sync in the loop), at
     // the batch's size pair (high-resolution phase: one drawn per batch index, the same on every rank)
     ssl_stage_batch_pair(&r->m, r->be, batch->pair, batch->global_crops, batch->local_crops,
