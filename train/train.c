@@ -55,7 +55,7 @@ typedef struct {
     // overlaps this step): checkpoints record the loader position as if it were still in the loader
     int prefetched;
     int64_t prefetched_reads, prefetched_corrupt;
-    int crop_g[2], crop_l[2]; // crop sides of the batch staged for iteration it, at [it & 1] (size pairs)
+    int crop_g[2], crop_l[2], crop_gram[2]; // crop sides of the batch staged for iteration it, at [it & 1] (size pairs)
     ScheduleConfig sched;
     MetricsLog *metrics;
     DistGrads *grads_sync; // bucketed gradient averaging over ranks (NULL for one process)
@@ -495,7 +495,7 @@ static int stage_next_batch(Run *r, int64_t it, int with_masks, char *err) {
     // the batch's size pair (high-resolution phase: one drawn per batch index, the same on every rank)
     ssl_stage_batch_pair(&r->m, r->be, batch->pair, batch->global_crops, batch->local_crops,
                          with_masks ? batch->masks.masks : NULL, 1);
-    r->crop_g[it & 1] = batch->G, r->crop_l[it & 1] = batch->L;
+    r->crop_g[it & 1] = batch->G, r->crop_l[it & 1] = batch->L, r->crop_gram[it & 1] = batch->Gg;
     r->prefetched_reads = batch->reads;
     r->prefetched_corrupt = batch->corrupt;
     return 0;
@@ -939,6 +939,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             if (config_n_pairs(cfg) > 1) {
                 metrics_add_int(r.metrics, "global_crop", r.crop_g[it & 1]);
                 metrics_add_int(r.metrics, "local_crop", r.crop_l[it & 1]);
+                if (cfg->gram.use_loss) metrics_add_int(r.metrics, "gram_crop", r.crop_gram[it & 1]);
             }
             metrics_add(r.metrics, "teacher_entropy", logged[5]);
             metrics_add(r.metrics, "student_cls_std", logged[6]);
