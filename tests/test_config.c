@@ -520,6 +520,33 @@ TEST(gram_anchoring_keys) {
     }
 }
 
+// The high-resolution configs: the official phase's Gram anchoring, the Gram teacher at 1.5x of every size
+// pair's global crop; the ViT-L one continues the DINOv3 pathology recipe (RoPE ViT-L/16).
+TEST(highres_configs_gram_at_one_and_a_half) {
+    char err[DINO_ERRLEN] = "";
+    const char *names[] = {"configs/highres-demo.yaml", "configs/dinov3-vitl16-highres.yaml"};
+    for (int c = 0; c < 2; c++) {
+        CHECK(load(test_src_path(names[c]), 0, NULL, err) == 0, "%s: %s", names[c], err);
+        CHECK(cfg.gram.use_loss && !cfg.gram.rep_update && config_n_pairs(&cfg) >= 2 &&
+                  cfg.crops.gram_teacher_crops_size.n == config_n_pairs(&cfg),
+              "%s: Gram on, one size per pair", names[c]);
+        for (int k = 0; k < config_n_pairs(&cfg); k++)
+            CHECK(2 * config_gram_crop(&cfg, k) == 3 * cfg.crops.global_crops_size.v[k], "%s pair %d: Gram %d, global %d",
+                  names[c], k, config_gram_crop(&cfg, k), cfg.crops.global_crops_size.v[k]);
+        CHECK_CLOSE(config_gram_weight_at(&cfg, 0), 1.5, 0, 1e-12);
+        CHECK_CLOSE(config_gram_weight_at(&cfg, config_total_iterations(&cfg) - 1), 1.5, 0, 1e-12);
+        CHECK_CLOSE(config_dino_local_weight_at(&cfg, 0), 0.5, 0, 1e-12);
+        CHECK(cfg.hrft.checkpoint_path[0] && cfg.gram.it_load_ema_teacher == 0, "%s: continues a run", names[c]);
+    }
+    // the ViT-L phase: the DINOv3 pathology model and the official sizes
+    CHECK(strcmp(cfg.student.arch, "vit_large") == 0 && cfg.student.patch_size == 16 &&
+              strcmp(cfg.student.pos_embed_type, "rope") == 0 && cfg.student.n_storage_tokens == 4,
+          "dinov3-vitl16-highres: not the RoPE ViT-L/16 of dinov3-vitl16-path");
+    const int want[5] = {768, 1152, 1152, 1152, 1152};
+    for (int k = 0; k < 5; k++) CHECK(config_gram_crop(&cfg, k) == want[k], "Gram crop %d", k);
+    CHECK(cfg.train.batch_size_per_gpu == 8 && config_total_iterations(&cfg) == 30000, "batch / length");
+}
+
 TEST(lr_scaling_rule) {
     char err[DINO_ERRLEN] = "";
     CHECK(load(test_src_path("configs/vitl14.yaml"), 0, NULL, err) == 0, "%s", err);
