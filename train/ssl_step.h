@@ -54,7 +54,7 @@ typedef struct {
     // exist for this rank's shard only.
     int zero_world, zero_rank;
     // DINOv3 Gram anchoring (docs/gram-anchoring.md): a frozen Gram teacher backbone (m->gram_teacher) on
-    // its own copies of the global crops (SslBatch.gram_crops, gram_crop px, unmasked); its final-norm patch
+    // its own copies of the global crops (SslBatch.gram_crops, gram_crop / pair_gram px, unmasked); its final-norm patch
     // tokens, resampled bicubically to the student's grid when larger, anchor the Gram matrices of the
     // student's (masked) global-crop patch tokens (be->gram_loss, weight SslBatch.gram_weight).
     int gram;                    // 1: Gram anchoring possible (allocates the Gram teacher and its buffers)
@@ -130,7 +130,7 @@ typedef struct {
     int pair;                  // the size pair of the crops (not staged; a staged batch carries its own)
     SslDiag *diag;             // collapse diagnostics of this step wanted (NULL: none)
     // DINOv3 additions (the schedules' values at this iteration)
-    const float *gram_crops;   // host [2B,3,gram_crop,gram_crop], crop-major (or staged: ssl_stage_gram)
+    const float *gram_crops;   // host [2B,3,Gg,Gg] at the pair's Gram side Gg, crop-major (or staged: ssl_stage_gram_pair)
     double gram_weight;        // Gram loss weight: 0 = no Gram teacher pass, no Gram loss
     double dino_local_weight;  // with cfg.reweight_dino_local: the local-crop DINO loss weight
 } SslBatch;
