@@ -512,7 +512,8 @@ TEST(gram_anchoring_keys) {
     CHECK(config_gram_crop(&cfg, 0) == 512 && config_gram_crop(&cfg, 1) == 512, "one size for all");
     const char *bad_pairs[] = {"crops.gram_teacher_crops_size=[384, 768, 768]", // not one per pair
                                "crops.gram_teacher_crops_size=[384, 384]",      // pair 1 below its global 512
-                               "crops.gram_teacher_crops_size=[384, 776]"};     // not a multiple of the patch
+                               "crops.gram_teacher_crops_size=[384, 776]",      // not a multiple of the patch
+                               "crops.gram_teacher_crops_size=[0, 768]"};       // not a size
     for (size_t i = 0; i < sizeof bad_pairs / sizeof bad_pairs[0]; i++) {
         pairs[3] = (char *)bad_pairs[i];
         CHECK(load(base, 4, pairs, err) != 0 && strstr(err, "crops.gram_teacher_crops_size"), "%s accepted: %s",

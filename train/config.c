@@ -1723,6 +1723,9 @@ int config_validate(const Config *c, char *err) {
     NEED(gsz->n == 1 || gsz->n == np, "crops.gram_teacher_crops_size",
          "%d sizes, but crops.global_crops_size (set in %s) has %d: one Gram size per (global, local) pair", gsz->n,
          origin_of(c, "crops.global_crops_size"), np);
+    for (int k = 0; k < gsz->n && !gram_null; k++)
+        NEED(gsz->v[k] >= 1, "crops.gram_teacher_crops_size", "%d: every size must be >= 1 (or the whole key null)",
+             gsz->v[k]);
     for (int k = 0; k < np && !gram_null; k++) {
         const int gk = config_gram_crop(c, k), glob = cr->global_crops_size.v[k];
         NEED(gk >= glob, "crops.gram_teacher_crops_size",
