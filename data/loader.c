@@ -125,6 +125,7 @@ static AugmentConfig pair_aug(const LoaderConfig *c, int k) {
     AugmentConfig a = c->aug;
     a.global_size = c->pair_global[k];
     a.local_size = c->pair_local[k];
+    if (a.gram_size && c->pair_gram[k]) a.gram_size = c->pair_gram[k];
     return a;
 }
 
@@ -134,6 +135,7 @@ static void slot_reset(const Loader *l, Slot *s, int64_t index) {
     s->b.pair = loader_pair_at(c->seed, index, c->n_pairs, c->pair_ratio);
     s->b.G = c->pair_global[s->b.pair];
     s->b.L = c->pair_local[s->b.pair];
+    s->b.Gg = pair_aug(c, s->b.pair).gram_size;
     s->b.reads = s->b.corrupt = s->b.scaled = 0;
     s->done = s->ready = s->failed = 0;
     s->err[0] = 0;
@@ -301,9 +303,10 @@ Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadF
         dino_seterr(err, "loader: %d size pairs, at most %d", cfg.n_pairs, LOADER_MAX_PAIRS);
         return NULL;
     }
-    int maxG = 0, maxL = 0;
+    int maxG = 0, maxL = 0, maxGg = 0;
     for (int k = 0; k < cfg.n_pairs; k++) {
         AugmentConfig a = pair_aug(&cfg, k);
+        maxGg = a.gram_size > maxGg ? a.gram_size : maxGg;
         if (augment_config_check(&a, err)) return NULL;
         if (!(cfg.pair_ratio[k] > 0)) {
             dino_seterr(err, "loader: size pair %d has ratio %g (must be > 0)", k, cfg.pair_ratio[k]);
@@ -372,8 +375,8 @@ Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadF
         b->global_crops = c->crops_alloc ? c->crops_alloc(c->crops_ctx, ng) : dino_malloc(ng);
         b->local_crops = c->crops_alloc ? c->crops_alloc(c->crops_ctx, nl) : dino_malloc(nl);
         b->Gg = c->aug.gram_size;
-        if (b->Gg) {
-            const size_t ngg = sizeof(float) * 2 * (size_t)B * 3 * b->Gg * b->Gg;
+        if (maxGg) { // the largest pair's Gram crops
+            const size_t ngg = sizeof(float) * 2 * (size_t)B * 3 * maxGg * maxGg;
             b->gram_crops = c->crops_alloc ? c->crops_alloc(c->crops_ctx, ngg) : dino_malloc(ngg);
         }
         b->sample = dino_malloc(sizeof(int64_t) * (size_t)B);
@@ -382,7 +385,7 @@ Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadF
     }
     l->res = dino_calloc((size_t)c->n_threads + 1, sizeof(WorkerRes));
     AugmentConfig largest = c->aug;
-    largest.global_size = maxG, largest.local_size = maxL;
+    largest.global_size = maxG, largest.local_size = maxL, largest.gram_size = maxGg;
     for (int i = 0; i <= c->n_threads; i++) {
         l->res[i].scratch = augment_scratch_new(&largest);
         l->res[i].plans = dino_malloc(sizeof(CropPlan) * (size_t)(4 + c->aug.n_local)); // + 2 Gram crops

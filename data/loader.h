@@ -50,6 +50,8 @@ typedef struct {
     int n_pairs;
     int pair_global[LOADER_MAX_PAIRS], pair_local[LOADER_MAX_PAIRS];
     double pair_ratio[LOADER_MAX_PAIRS];
+    // Gram anchoring (aug.gram_size != 0): the Gram teacher's crop side of each pair (0: aug.gram_size)
+    int pair_gram[LOADER_MAX_PAIRS];
     // Optional allocator of the batches' crop buffers (NULL: malloc), e.g. the backend's page-locked
     // host memory, so that a GPU uploads a batch straight from the loader's buffer.
     void *(*crops_alloc)(void *ctx, size_t bytes);
@@ -65,7 +67,7 @@ typedef struct {
     int pair;              // the size pair (LoaderConfig.n_pairs) these crops were made at
     float *global_crops;   // [2][B][3][G][G], normalized, crop-major like the reference collate
     float *local_crops;    // [n_local][B][3][L][L]
-    int Gg;                // Gram teacher crop size (0: no Gram crops, aug.gram_size unset)
+    int Gg;                // Gram teacher crop size of this batch's pair (0: no Gram crops, aug.gram_size unset)
     float *gram_crops;     // [2][B][3][Gg][Gg]: the global crops' geometry for the Gram teacher, or NULL
     int64_t *sample;       // [B] global sample index g of each image
     int64_t *tile;         // [B] tile actually read (differs from the order when one was skipped)

@@ -429,7 +429,8 @@ TEST(gram_anchoring_keys) {
     const char *base = write_file(dir, "gram.yaml", full);
     CHECK(load(base, 0, NULL, err) == 0, "%s", err);
     CHECK(cfg.gram.use_loss && cfg.gram.update_frequency == 10000 && cfg.gram.it_first_update == 1010000 &&
-              cfg.gram.max_updates == 3 && cfg.gram.img_level && cfg.crops.gram_teacher_crops_size == 512 &&
+              cfg.gram.max_updates == 3 && cfg.gram.img_level && cfg.crops.gram_teacher_crops_size.n == 1 &&
+              cfg.crops.gram_teacher_crops_size.v[0] == 512 &&
               cfg.crops.gram_teacher_no_distortions && strcmp(cfg.gram.ckpt, "/runs/a/checkpoints/ckpt_1000000") == 0,
           "gram keys not read");
     // the schedules: 0 for 1000 epochs, then a one-epoch cosine to 2.0 (the local weight to 0.5), then held
@@ -451,7 +452,8 @@ TEST(gram_anchoring_keys) {
     snprintf(path, sizeof path, "%s/resolved.yaml", dir);
     char *ov[] = {"gram.max_updates=null", "crops.gram_teacher_crops_size=null"};
     CHECK(load(base, 2, ov, err) == 0, "%s", err);
-    CHECK(cfg.gram.max_updates == -1 && cfg.crops.gram_teacher_crops_size == -1, "nulls");
+    CHECK(cfg.gram.max_updates == -1 && cfg.crops.gram_teacher_crops_size.n == 1 &&
+              cfg.crops.gram_teacher_crops_size.v[0] == -1, "nulls");
     config_to_loader(&cfg, 0, 1, &lc);
     CHECK(lc.aug.gram_size == 256, "null Gram crop size = the global one, got %d", lc.aug.gram_size);
     CHECK(config_write(&cfg, path, err) == 0, "%s", err);
@@ -487,10 +489,63 @@ TEST(gram_anchoring_keys) {
         int n_o = strcmp(bad[i].key, "gram.remove_neg") == 0 ? 2 : 1;
         CHECK(load(base, n_o, o, err) != 0 && strstr(err, bad[i].key), "%s accepted or misnamed: %s", bad[i].ov, err);
     }
-    // several crop size pairs (the high-resolution phase's lists): not with Gram anchoring
+    // several crop size pairs (the high-resolution phase's lists): one Gram size per pair, as the official
     char *pairs[] = {"crops.global_crops_size=[256, 512]", "crops.local_crops_size=[112, 224]",
-                     "crops.global_local_crop_pairs_ratios=[0.5, 0.5]"};
-    CHECK(load(base, 3, pairs, err) != 0 && strstr(err, "gram.use_loss") && strstr(err, "pairs"), "accepted: %s", err);
+                     "crops.global_local_crop_pairs_ratios=[0.5, 0.5]", "crops.gram_teacher_crops_size=[384, 768]"};
+    CHECK(load(base, 4, pairs, err) == 0, "%s", err);
+    CHECK(config_gram_crop(&cfg, 0) == 384 && config_gram_crop(&cfg, 1) == 768, "per-pair Gram sizes");
+    CHECK(config_to_ssl(&cfg, &sc, err) == 0, "%s", err);
+    CHECK(sc.n_pairs == 2 && sc.gram_crop == 384 && sc.pair_gram[0] == 384 && sc.pair_gram[1] == 768, "ssl: %d %d",
+          sc.pair_gram[0], sc.pair_gram[1]);
+    config_to_loader(&cfg, 0, 1, &lc);
+    CHECK(lc.n_pairs == 2 && lc.aug.gram_size == 384 && lc.pair_gram[0] == 384 && lc.pair_gram[1] == 768,
+          "loader: %d %d", lc.pair_gram[0], lc.pair_gram[1]);
+    CHECK(config_write(&cfg, path, err) == 0, "%s", err); // the list round trip
+    CHECK(config_load(&cfg2, path, 0, NULL, err) == 0, "%s", err);
+    CHECK(config_equal(&cfg, &cfg2, &diff), "list round trip differs at %s", diff ? diff : "?");
+    // null: each pair's global size; one size: every pair's
+    pairs[3] = "crops.gram_teacher_crops_size=null";
+    CHECK(load(base, 4, pairs, err) == 0, "%s", err);
+    CHECK(config_gram_crop(&cfg, 0) == 256 && config_gram_crop(&cfg, 1) == 512, "null per pair");
+    pairs[3] = "crops.gram_teacher_crops_size=512";
+    CHECK(load(base, 4, pairs, err) == 0, "%s", err);
+    CHECK(config_gram_crop(&cfg, 0) == 512 && config_gram_crop(&cfg, 1) == 512, "one size for all");
+    const char *bad_pairs[] = {"crops.gram_teacher_crops_size=[384, 768, 768]", // not one per pair
+                               "crops.gram_teacher_crops_size=[384, 384]",      // pair 1 below its global 512
+                               "crops.gram_teacher_crops_size=[384, 776]",      // not a multiple of the patch
+                               "crops.gram_teacher_crops_size=[0, 768]"};       // not a size
+    for (size_t i = 0; i < sizeof bad_pairs / sizeof bad_pairs[0]; i++) {
+        pairs[3] = (char *)bad_pairs[i];
+        CHECK(load(base, 4, pairs, err) != 0 && strstr(err, "crops.gram_teacher_crops_size"), "%s accepted: %s",
+              bad_pairs[i], err);
+    }
+}
+
+// The high-resolution configs: the official phase's Gram anchoring, the Gram teacher at 1.5x of every size
+// pair's global crop; the ViT-L one continues the DINOv3 pathology recipe (RoPE ViT-L/16).
+TEST(highres_configs_gram_at_one_and_a_half) {
+    char err[DINO_ERRLEN] = "";
+    const char *names[] = {"configs/highres-demo.yaml", "configs/dinov3-vitl16-highres.yaml"};
+    for (int c = 0; c < 2; c++) {
+        CHECK(load(test_src_path(names[c]), 0, NULL, err) == 0, "%s: %s", names[c], err);
+        CHECK(cfg.gram.use_loss && !cfg.gram.rep_update && config_n_pairs(&cfg) >= 2 &&
+                  cfg.crops.gram_teacher_crops_size.n == config_n_pairs(&cfg),
+              "%s: Gram on, one size per pair", names[c]);
+        for (int k = 0; k < config_n_pairs(&cfg); k++)
+            CHECK(2 * config_gram_crop(&cfg, k) == 3 * cfg.crops.global_crops_size.v[k], "%s pair %d: Gram %d, global %d",
+                  names[c], k, config_gram_crop(&cfg, k), cfg.crops.global_crops_size.v[k]);
+        CHECK_CLOSE(config_gram_weight_at(&cfg, 0), 1.5, 0, 1e-12);
+        CHECK_CLOSE(config_gram_weight_at(&cfg, config_total_iterations(&cfg) - 1), 1.5, 0, 1e-12);
+        CHECK_CLOSE(config_dino_local_weight_at(&cfg, 0), 0.5, 0, 1e-12);
+        CHECK(cfg.hrft.checkpoint_path[0] && cfg.gram.it_load_ema_teacher == 0, "%s: continues a run", names[c]);
+    }
+    // the ViT-L phase: the DINOv3 pathology model and the official sizes
+    CHECK(strcmp(cfg.student.arch, "vit_large") == 0 && cfg.student.patch_size == 16 &&
+              strcmp(cfg.student.pos_embed_type, "rope") == 0 && cfg.student.n_storage_tokens == 4,
+          "dinov3-vitl16-highres: not the RoPE ViT-L/16 of dinov3-vitl16-path");
+    const int want[5] = {768, 1152, 1152, 1152, 1152};
+    for (int k = 0; k < 5; k++) CHECK(config_gram_crop(&cfg, k) == want[k], "Gram crop %d", k);
+    CHECK(cfg.train.batch_size_per_gpu == 8 && config_total_iterations(&cfg) == 30000, "batch / length");
 }
 
 TEST(lr_scaling_rule) {

@@ -414,11 +414,13 @@ TEST(scaled_decode_is_deterministic_and_close_to_full_resolution) {
 
 // High-resolution phase: batch b is made at the size pair drawn from (seed, b) alone, so every rank makes
 // it at the same sides, and a loader set to a position makes the same batches; the crops and the iBOT
-// masks have the drawn pair's sides.
+// masks have the drawn pair's sides, and so do the Gram teacher's crops (1.5x each pair's global side,
+// crops.gram_teacher_crops_size as a list).
 TEST(size_pairs_drawn_per_batch_alike_on_every_rank) {
     FakeSource fs = {0};
     char err[DINO_ERRLEN];
-    const int NP = 10, gs[2] = {32, 48}, ls[2] = {16, 24};
+    const int NP = 10, gs[2] = {32, 48}, ls[2] = {16, 24}, ggs[2] = {48, 72};
+    int gram_checked = 0;
     Snap ref[10];
     int seen[2] = {0, 0};
     for (int rank = 0; rank < 2; rank++) {
@@ -427,6 +429,7 @@ TEST(size_pairs_drawn_per_batch_alike_on_every_rank) {
         c.n_pairs = 2;
         c.pair_global[0] = 32, c.pair_local[0] = 16, c.pair_ratio[0] = 0.5;
         c.pair_global[1] = 48, c.pair_local[1] = 24, c.pair_ratio[1] = 0.5;
+        c.aug.gram_size = ggs[0], c.pair_gram[0] = ggs[0], c.pair_gram[1] = ggs[1];
         Loader *l = loader_create(&c, 50, fake_read, &fs, err);
         CHECK(l, "%s", err);
         for (int i = 0; i < NP; i++) {
@@ -437,6 +440,26 @@ TEST(size_pairs_drawn_per_batch_alike_on_every_rank) {
                   b->pair, b->G, b->L, k);
             CHECK(b->masks.n_tokens == (gs[k] / 8) * (gs[k] / 8), "masks of %d tokens at %d px", b->masks.n_tokens, gs[k]);
             if (rank == 0) seen[k]++, snap(b, &ref[i]);
+            CHECK(b->Gg == ggs[k] && b->gram_crops, "batch %d of pair %d: Gram crops of %d px, want %d", i, k, b->Gg, ggs[k]);
+            if (rank == 1 && b->Gg == ggs[k]) { // the last Gram crop: the second global box at the pair's Gram size
+                AugmentConfig a = c.aug;
+                a.global_size = gs[k], a.local_size = ls[k], a.gram_size = ggs[k];
+                Image img;
+                CropPlan plans[5], gp;
+                const int slot = b->B - 1, n = 3 * ggs[k] * ggs[k];
+                CHECK(fake_read(&fs, b->tile[slot], 0, &img, err) == 0, "read");
+                augment_plan_sample(&a, c.seed, b->sample[slot], img.w, img.h, plans);
+                augment_plan_gram(&a, &plans[1], &gp);
+                AugmentScratch *s = augment_scratch_new(&a);
+                float *out = dino_malloc(sizeof(float) * n);
+                augment_apply(&a, &gp, &img, out, s);
+                CHECK(!memcmp(out, b->gram_crops + ((size_t)b->B + slot) * n, sizeof(float) * n),
+                      "batch %d: Gram crop not the %d-px copy of the global box", i, ggs[k]);
+                gram_checked++;
+                free(out);
+                augment_scratch_free(s);
+                image_free(&img);
+            }
             if (rank == 1 && i == 0) { // the first global crop of image 0 is the direct augmentation at the pair's size
                 AugmentConfig a = c.aug;
                 a.global_size = gs[k], a.local_size = ls[k];
@@ -459,6 +482,7 @@ TEST(size_pairs_drawn_per_batch_alike_on_every_rank) {
         }
         loader_destroy(l);
     }
-    CHECK(seen[0] > 0 && seen[1] > 0, "pairs drawn %d and %d times", seen[0], seen[1]);
+    CHECK(seen[0] > 0 && seen[1] > 0 && gram_checked == NP, "pairs drawn %d and %d times, %d Gram batches checked",
+          seen[0], seen[1], gram_checked);
     for (int i = 0; i < NP; i++) unsnap(&ref[i]);
 }

@@ -52,7 +52,10 @@ static double rel_err(const float *a, const float *b, size_t n) {
 
 #define TOL 1e-4
 
-static void parity(const char *variant) {
+// as_pair1: the fixture's crop sizes are size pair 1 of a model with two pairs (the high-resolution phase);
+// pair 0 is smaller, with its own Gram size, and is made current before every step, so each step builds
+// pair 1's activations, Gram activations, gather indices and resampling matrix afresh.
+static void parity_at(const char *variant, int as_pair1) {
     char path[256], err[DINO_ERRLEN];
     snprintf(path, sizeof path, "tests/fixtures/objective_%s.safetensors", variant);
     StFile f;
@@ -96,6 +99,14 @@ static void parity(const char *variant) {
         cfg.reweight_dino_local = meta_i(&f, "reweight_dino_local");
     }
 
+    if (as_pair1) {
+        const int p = vc.patch;
+        cfg.n_pairs = 2;
+        cfg.pair_global[1] = cfg.global_crop, cfg.pair_local[1] = cfg.local_crop;
+        cfg.pair_gram[1] = cfg.gram_crop; // 1.5x in the fixture (28 -> 42 px)
+        cfg.global_crop -= p, cfg.gram_crop = cfg.global_crop + 2 * p; // pair 0: 21 px, Gram 35 px (5/3 x)
+        cfg.pair_global[0] = cfg.global_crop, cfg.pair_local[0] = cfg.local_crop;
+    }
     Backend *be = backend_cpu_new();
     SslModel m;
     CHECK(ssl_model_init(&m, be, &cfg, 0, err) == 0, "%s", err);
@@ -133,7 +144,8 @@ static void parity(const char *variant) {
         m.gram_ready = 1;
     }
 
-    const int B = cfg.batch, nL = cfg.n_local, G = cfg.global_crop, L = cfg.local_crop, p = vc.patch;
+    const int B = cfg.batch, nL = cfg.n_local, p = vc.patch;
+    const int G = as_pair1 ? cfg.pair_global[1] : cfg.global_crop, L = cfg.local_crop;
     const int N = (G / p) * (G / p), depth = vc.depth;
     const int Sg = vit_drop_subset_size(&m.vit, 2 * B), Sl = vit_drop_subset_size(&m.vit, nL * B);
     const int n_steps = meta_i(&f, "n_steps");
@@ -149,7 +161,7 @@ static void parity(const char *variant) {
         IN(drop_global, "drop_global", ST_I32, sizeof(int) * depth * 2 * Sg);
         IN(drop_local, "drop_local", ST_I32, sizeof(int) * depth * 2 * Sl);
         if (gram) {
-            const int Gg = cfg.gram_crop;
+            const int Gg = as_pair1 ? cfg.pair_gram[1] : cfg.gram_crop;
             IN(gram_crops, "gram_crops", ST_F32, sizeof(float) * 2 * B * 3 * Gg * Gg);
             b.gram_weight = scalar(&f, "step%d.gram_weight", s);
             b.dino_local_weight = scalar(&f, "step%d.dino_local_weight", s);
@@ -158,6 +170,7 @@ static void parity(const char *variant) {
         ScheduleValues sv = {scalar(&f, "step%d.lr", s), scalar(&f, "step%d.wd", s), scalar(&f, "step%d.momentum", s),
                              scalar(&f, "step%d.teacher_temp", s), scalar(&f, "step%d.last_layer_lr", s)};
         SslStepStats st;
+        if (as_pair1) ssl_use_pair(&m, be, 0), b.pair = 1;
         CHECK(ssl_step(&m, be, NULL, &b, &sv, &st, err) == 0, "%s", err);
         const struct {
             const char *key;
@@ -236,9 +249,14 @@ static void parity(const char *variant) {
     st_close(&f);
 }
 
+static void parity(const char *variant) { parity_at(variant, 0); }
+
 TEST(step_parity_softmax_centering_shared_head) { parity("centering"); }
 TEST(step_parity_sinkhorn_separate_head) { parity("sinkhorn"); }
 // DINOv3 step with Gram anchoring active on the DINOv3 ViT (RoPE, a storage token, untied local CLS norm,
 // masked k bias): a given Gram teacher at 42 px (features resampled 6x6 -> 4x4), Gram weights 0.5 / 1 / 2
 // and local-crop DINO weights 1 / 1 / 0.5 from the official schedule function
 TEST(step_parity_dinov3_gram_anchoring) { parity("gram"); }
+// The same as size pair 1 of two (the high-resolution phase: the Gram teacher at 1.5x of this pair's
+// global crop, 5/3 x of pair 0's): the per-pair Gram crops, activations, indices and resampling
+TEST(step_parity_dinov3_gram_anchoring_size_pair) { parity_at("gram", 1); }

@@ -382,6 +382,68 @@ TEST(highres_phase_continues_a_run_and_resumes_exactly) {
     CHECK(run(&cfg, 1, &res, err) != 0 && strstr(err, "hrft.checkpoint_path"), "bad hrft path: %s", err);
 }
 
+// The high-resolution phase with Gram anchoring, as the official (dinov3_vit7b16_high_res_adapt.yaml): the
+// Gram teacher loaded from the earlier run (gram.ckpt), at 1.5x each pair's global crop (48 px for the
+// 32-px pair, 72 for the 48-px one: crops.gram_teacher_crops_size a list), weight 1.5 constant; both pairs
+// drawn with a Gram loss every iteration, and the run stopped at 3 and resumed ends bit for bit where the
+// uninterrupted run does.
+static void highres_gram_config(Config *cfg, const char *tiles, const char *out, const char *from, const char *ckpt) {
+    char gk[4300];
+    highres_config(cfg, tiles, out, from, 0);
+    snprintf(gk, sizeof gk, "gram.ckpt=%s", ckpt);
+    char *ov[] = {"gram.use_loss=true", gk, "crops.gram_teacher_crops_size=[48, 72]",
+                  "crops.gram_teacher_no_distortions=true", "gram.loss_weight_schedule.start=1.5",
+                  "gram.loss_weight_schedule.peak=1.5", "gram.loss_weight_schedule.end=1.5",
+                  "gram.loss_weight_schedule.warmup_epochs=0", "gram.loss_weight_schedule.cosine_epochs=0"};
+    override_config(cfg, (int)(sizeof ov / sizeof ov[0]), ov);
+}
+
+TEST(highres_phase_with_gram_anchoring_per_size_pair) {
+    const char *tmp = test_tmpdir();
+    char outa[4200], outh1[4200], outh2[4200], ca[4300], ch1[4300], mpath[4300];
+    const char *spec = make_tiles(tmp, 24);
+    snprintf(outa, sizeof outa, "%s/a", tmp);
+    snprintf(outh1, sizeof outh1, "%s/h1", tmp);
+    snprintf(outh2, sizeof outh2, "%s/h2", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, outa); // the earlier run: 12 iterations of 32/16 px crops
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    snprintf(ca, sizeof ca, "%s", res.last_checkpoint);
+
+    highres_gram_config(&cfg, spec, outh1, outa, ca);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.start_iteration == 0 && res.end_iteration == 8 && res.skipped_steps == 0, "ran %lld..%lld",
+          (long long)res.start_iteration, (long long)res.end_iteration);
+    snprintf(ch1, sizeof ch1, "%s", res.last_checkpoint);
+    // the Gram teacher is the earlier run's EMA teacher, unchanged (no refresh)
+    check_same_tensors(ca, "teacher.backbone.", ch1, "gram_teacher.backbone.");
+
+    // every iteration: the drawn pair's crops, its Gram crops at 1.5x, a Gram loss at weight 1.5
+    const double ratios[2] = {0.5, 0.5};
+    const int gs[2] = {32, 48}, ggs[2] = {48, 72};
+    int seen[2] = {0, 0}, lines = 0;
+    snprintf(mpath, sizeof mpath, "%s/training_metrics.jsonl", outh1);
+    FILE *f = fopen(mpath, "r");
+    CHECK(f != NULL, "no metrics at %s", mpath);
+    char line[8192];
+    while (f && fgets(line, sizeof line, f)) {
+        long it = (long)metric_of(line, "iteration");
+        int k = loader_pair_at((uint64_t)cfg.train.seed, it, 2, ratios);
+        CHECK((int)metric_of(line, "global_crop") == gs[k] && (int)metric_of(line, "gram_crop") == ggs[k],
+              "iteration %ld: crops %g, Gram crops %g; drawn pair %d (%d, %d)", it, metric_of(line, "global_crop"),
+              metric_of(line, "gram_crop"), k, gs[k], ggs[k]);
+        CHECK(metric_of(line, "gram") > 0 && metric_of(line, "gram_weight") == 1.5, "iteration %ld: %.300s", it, line);
+        seen[k]++, lines++;
+    }
+    if (f) fclose(f);
+    CHECK(lines == 8 && seen[0] > 0 && seen[1] > 0, "%d lines; pair 0 drawn %d times, pair 1 %d", lines, seen[0], seen[1]);
+
+    highres_gram_config(&cfg, spec, outh2, outa, ca);
+    check_resume_equals(&cfg, 3, 8, ch1);
+}
+
 TEST(corrupt_newest_checkpoint_falls_back) {
     const char *tmp = test_tmpdir();
     char out[4200];

@@ -356,6 +356,47 @@ TEST(memory_plan_counts_the_largest_size_pair) {
 
 // On cuda the plan counts the CUDA backend's own layout (model/attention_layout.h): the flash path's LSE and
 // bf16 O where the head dim has kernels (demo.yaml's 64), else bf16 probabilities in 16-byte aligned blocks.
+// With Gram anchoring per size pair (crops.gram_teacher_crops_size a list, 1.5x each global): the plan is
+// the largest pair's with its Gram teacher (activations at 240 px, resampling 15x15 -> 10x10), the same as
+// that pair alone; the real model's pair switch frees the Gram teacher's per-pair buffers too.
+TEST(memory_plan_counts_the_largest_pairs_gram_teacher) {
+    char err[DINO_ERRLEN];
+    Config two, one, nogram;
+    const char *ov2[] = {"train.batch_size_per_gpu=3", "student.img_size=112", "crops.global_crops_size=[128, 160]",
+                         "crops.local_crops_size=[48, 64]", "crops.global_local_crop_pairs_ratios=[0.5, 0.5]",
+                         "gram.use_loss=true", "gram.it_load_ema_teacher=0", "crops.gram_teacher_crops_size=[192, 240]"};
+    const char *ov1[] = {"train.batch_size_per_gpu=3", "student.img_size=112", "crops.global_crops_size=160",
+                         "crops.local_crops_size=64", "gram.use_loss=true", "gram.it_load_ema_teacher=0",
+                         "crops.gram_teacher_crops_size=240"};
+    CHECK(config_load(&two, test_src_path("configs/demo.yaml"), 8, (char **)ov2, err) == 0, "%s", err);
+    CHECK(config_load(&one, test_src_path("configs/demo.yaml"), 7, (char **)ov1, err) == 0, "%s", err);
+    CHECK(config_load(&nogram, test_src_path("configs/demo.yaml"), 5, (char **)ov2, err) == 0, "%s", err);
+    MemoryPlan p2, p1, p0;
+    CHECK(memory_plan(&two, 1, &p2, err) == 0, "%s", err);
+    CHECK(memory_plan(&one, 1, &p1, err) == 0, "%s", err);
+    CHECK(memory_plan(&nogram, 1, &p0, err) == 0, "%s", err);
+    CHECK(p2.total == p1.total && p2.pair == 1, "two pairs: %zu bytes at pair %d; the largest alone: %zu", p2.total,
+          p2.pair, p1.total);
+    CHECK(memcmp(&p2.model, &p1.model, sizeof p1.model) == 0, "categories differ");
+    CHECK(p2.model.teacher_acts > p0.model.teacher_acts, "Gram teacher activations not counted");
+    SslConfig sc;
+    CHECK(train_ssl_config(&two, 1, 0, &sc, err) == 0, "%s", err);
+    Backend *be = counting_backend();
+    SslModel m;
+    CHECK(ssl_model_init(&m, be, &sc, 0, err) == 0, "%s", err);
+    const size_t at0 = g_live_bytes;
+    ssl_use_pair(&m, be, 1);
+    CHECK(g_live_bytes == p2.total && g_live_bytes > at0, "pair 1: %zu bytes live, plan %zu, pair 0 %zu", g_live_bytes,
+          p2.total, at0);
+    ssl_use_pair(&m, be, 0);
+    CHECK(g_live_bytes == at0, "back at pair 0: %zu bytes live, was %zu", g_live_bytes, at0);
+    ssl_model_free(&m, be);
+    CHECK(g_live_bytes == 0, "%zu bytes left after ssl_model_free", g_live_bytes);
+    backend_free(be);
+}
+
+// On cuda the plan counts the CUDA backend's own layout: bf16 attention probabilities in 16-byte aligned
+// blocks (model/attention_layout.h), half the CPU's.
 TEST(memory_plan_uses_the_cuda_layout_on_cuda) {
     CHECK(attention_block_elems(257, 1) == 66056 && attention_block_elems(257, 0) == 66052 &&
               attention_block_elems(50, 1) == 2504 && attention_block_elems(16, 0) == 256,

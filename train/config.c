@@ -55,6 +55,9 @@ static int nullable(const CfgKey *k) { return k->type == CT_F64 && k->choices &&
         IN(sec ".cosine_epochs", fld.cosine_epochs, v_cosine, what ": cosine length (epochs); null = the rest of the run")
 #define IV(key, field, def, doc) K(key, CT_INT_VLIST, field, CFG_MAX_PAIRS, def, NULL, doc)
 #define FV(key, field, def, doc) K(key, CT_F64_VLIST, field, CFG_MAX_PAIRS, def, NULL, doc)
+// an integer list that may be null: stored as one entry -1, written back as null
+#define IVN(key, field, def, doc) K(key, CT_INT_VLIST, field, CFG_MAX_PAIRS, def, "null", doc)
+static int vlist_nullable(const CfgKey *k) { return k->type == CT_INT_VLIST && k->choices && strcmp(k->choices, "null") == 0; }
 
 // Sections must stay contiguous (the writer opens a section when the prefix changes).
 static const CfgKey KEYS[] = {
@@ -181,8 +184,9 @@ static const CfgKey KEYS[] = {
       "extended_context: side of the region an online slide source reads, relative to its size= (392/224)"),
     L("crops.ect_scale", crops.ect_scale, 2, "[0.9, 1.1]", "extended_context: crop box area / crop area"),
     L("crops.ect_ratio", crops.ect_ratio, 2, "[0.95, 1.05]", "extended_context: crop box aspect range (log-uniform)"),
-    IN("crops.gram_teacher_crops_size", crops.gram_teacher_crops_size, "null",
-       "Gram anchoring: side of the Gram teacher's copies of the global crops (same boxes); null = global_crops_size"),
+    IVN("crops.gram_teacher_crops_size", crops.gram_teacher_crops_size, "null",
+        "Gram anchoring: side of the Gram teacher's copies of the global crops (same boxes); a list: one per size "
+        "pair (high-resolution phase); null = each pair's global_crops_size"),
     B("crops.gram_teacher_no_distortions", crops.gram_teacher_no_distortions, "false",
       "Gram anchoring: the Gram teacher's crops without colour jitter, grayscale, blur, solarize, HED"),
 
@@ -530,6 +534,10 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
             return -1;
         }
         c->multidistillation.n_students = 0;
+        return 0;
+    }
+    if (vlist_nullable(k) && (v->kind == 3 || (v->kind == 0 && is_null(v->item[0], v->plain[0])))) {
+        *(CfgIntList *)p = (CfgIntList){.n = 1, .v = {-1}};
         return 0;
     }
     if (k->type == CT_INT_VLIST || k->type == CT_F64_VLIST) { // a scalar, or a list of 1..n
@@ -1093,6 +1101,10 @@ static void put_value(Text *b, const Config *c, const CfgKey *k) {
         break;
     case CT_INT_VLIST: case CT_F64_VLIST: { // one value as a scalar (as every config before lists)
         int n = k->type == CT_INT_VLIST ? ((const CfgIntList *)p)->n : ((const CfgF64List *)p)->n;
+        if (vlist_nullable(k) && n == 1 && ((const CfgIntList *)p)->v[0] == -1) {
+            text_printf(b, "null");
+            break;
+        }
         if (n > 1) text_printf(b, "[");
         for (int i = 0; i < n; i++) {
             if (k->type == CT_INT_VLIST) text_printf(b, "%s%d", i ? ", " : "", ((const CfgIntList *)p)->v[i]);
@@ -1296,6 +1308,12 @@ static int list_max(const CfgIntList *l) {
     return m;
 }
 int config_max_global_crop(const Config *c) { return list_max(&c->crops.global_crops_size); }
+
+int config_gram_crop(const Config *c, int pair) {
+    const CfgIntList *g = &c->crops.gram_teacher_crops_size;
+    const int v = g->n == 1 ? g->v[0] : pair < g->n ? g->v[pair] : -1; // one size: every pair's
+    return v > 0 ? v : c->crops.global_crops_size.v[pair];
+}
 int config_max_local_crop(const Config *c) { return list_max(&c->crops.local_crops_size); }
 static int config_min_local_crop(const Config *c) {
     int m = c->crops.local_crops_size.v[0];
@@ -1397,7 +1415,8 @@ int config_to_ssl(const Config *c, SslConfig *o, char *err) {
     o->patch_embed_lr_mult = (float)c->optim.patch_embed_lr_mult;
     const CfgGram *gr = &c->gram;
     o->gram = gr->use_loss;
-    o->gram_crop = c->crops.gram_teacher_crops_size > 0 ? c->crops.gram_teacher_crops_size : c->crops.global_crops_size.v[0];
+    o->gram_crop = config_gram_crop(c, 0);
+    for (int k = 0; k < o->n_pairs; k++) o->pair_gram[k] = config_gram_crop(c, k);
     o->gram_normalize = gr->normalized;
     o->gram_neg_mode = gr->remove_neg ? 1 : gr->remove_only_teacher_neg ? 2 : 0;
     o->gram_img_level = gr->img_level;
@@ -1494,7 +1513,8 @@ void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o
     memcpy(g->ect_scale, cr->ect_scale, sizeof g->ect_scale);
     memcpy(g->ect_ratio, cr->ect_ratio, sizeof g->ect_ratio);
     if (c->gram.use_loss) { // the Gram teacher's crops, only when Gram anchoring is on
-        g->gram_size = cr->gram_teacher_crops_size > 0 ? cr->gram_teacher_crops_size : cr->global_crops_size.v[0];
+        g->gram_size = config_gram_crop(c, 0);
+        for (int k = 0; k < o->n_pairs; k++) o->pair_gram[k] = config_gram_crop(c, k); // per size pair
         g->gram_no_distortions = cr->gram_teacher_no_distortions;
     }
 }
@@ -1696,14 +1716,24 @@ int config_validate(const Config *c, char *err) {
     NEED(!d->reweight_dino_local_loss || !isnan(d->local_loss_weight_schedule.start),
          "dino.local_loss_weight_schedule.start", "is null but dino.reweight_dino_local_loss is true");
     const CfgGram *gr = &c->gram;
-    NEED(cr->gram_teacher_crops_size == -1 || cr->gram_teacher_crops_size >= config_max_global_crop(c),
-         "crops.gram_teacher_crops_size", "must be null or >= crops.global_crops_size (%d)", config_max_global_crop(c));
-    NEED(cr->gram_teacher_crops_size <= 0 || cr->gram_teacher_crops_size % s->patch_size == 0,
-         "crops.gram_teacher_crops_size", "must be a multiple of student.patch_size (%d)", s->patch_size);
+    const CfgIntList *gsz = &cr->gram_teacher_crops_size;
+    const int gram_null = gsz->n == 1 && gsz->v[0] == -1;
+    // one entry per size pair, as the official (dinov3/train/train.py zips the three lists); one size
+    // (or null) serves every pair
+    NEED(gsz->n == 1 || gsz->n == np, "crops.gram_teacher_crops_size",
+         "%d sizes, but crops.global_crops_size (set in %s) has %d: one Gram size per (global, local) pair", gsz->n,
+         origin_of(c, "crops.global_crops_size"), np);
+    for (int k = 0; k < gsz->n && !gram_null; k++)
+        NEED(gsz->v[k] >= 1, "crops.gram_teacher_crops_size", "%d: every size must be >= 1 (or the whole key null)",
+             gsz->v[k]);
+    for (int k = 0; k < np && !gram_null; k++) {
+        const int gk = config_gram_crop(c, k), glob = cr->global_crops_size.v[k];
+        NEED(gk >= glob, "crops.gram_teacher_crops_size",
+             "%d for size pair %d must be null or >= its crops.global_crops_size (%d)", gk, k, glob);
+        NEED(gk % s->patch_size == 0, "crops.gram_teacher_crops_size",
+             "%d (size pair %d) must be a multiple of student.patch_size (%d)", gk, k, s->patch_size);
+    }
     if (gr->use_loss) {
-        NEED(cr->global_crops_size.n == 1, "gram.use_loss",
-             "Gram anchoring with several crop size pairs (crops.global_crops_size has %d) is not implemented",
-             cr->global_crops_size.n);
         NEED(!gr->ema_teacher, "gram.ema_teacher", "must be false: only a separate Gram teacher is implemented");
         NEED(!gr->compute_stats, "gram.compute_stats", "must be false: the auxiliary statistics are not implemented");
         NEED(strcmp(gr->tokens_used, "all") == 0, "gram.tokens_used",

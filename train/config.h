@@ -121,7 +121,9 @@ typedef struct {
     double context_factor;  // region side / tile size read by online slide sources (392/224 = 1.75)
     double ect_scale[2];    // ECT box area / crop area
     double ect_ratio[2];    // ECT box aspect range
-    int gram_teacher_crops_size;      // DINOv3 Gram anchoring: -1 (null) = the global crop size
+    // DINOv3 Gram anchoring: the Gram teacher's crop side, one (every pair) or one per size pair;
+    // null (one entry -1) = each pair's global crop size. Read it through config_gram_crop.
+    CfgIntList gram_teacher_crops_size;
     bool gram_teacher_no_distortions; // the Gram teacher's crops without colour distortion
 } CfgCrops;
 
@@ -291,6 +293,8 @@ int64_t config_total_iterations(const Config *cfg);         // optim.epochs * OF
 // The crop size pairs: their number, and the largest global / local side over them.
 int config_n_pairs(const Config *cfg);
 int config_max_global_crop(const Config *cfg);
+// The Gram teacher's crop side for size pair `pair` (crops.gram_teacher_crops_size; null: the pair's global).
+int config_gram_crop(const Config *cfg, int pair);
 int config_max_local_crop(const Config *cfg);
 // The model's img_size (pos-embed grid): student.img_size, else the largest global crop (as the official).
 int config_img_size(const Config *cfg);

@@ -35,6 +35,13 @@ void ssl_config_default(SslConfig *c, const VitConfig *vit) {
     c->patch_embed_lr_mult = 0.2f;
 }
 
+// The Gram teacher's crop side of size pair k (SslConfig.pair_gram; pair 0 also gram_crop).
+static int gram_side(const SslConfig *c, int k) {
+    if (k == 0 && c->gram_crop) return c->gram_crop;
+    if (c->pair_gram[k]) return c->pair_gram[k];
+    return k == 0 && c->n_pairs <= 1 ? c->global_crop : c->pair_global[k];
+}
+
 int ssl_config_check(const SslConfig *c, char *err) {
     if (vit_config_check(&c->vit, err)) return -1;
     if (head_config_check(&c->dino_head, "dino head", err)) return -1;
@@ -80,12 +87,18 @@ int ssl_config_check(const SslConfig *c, char *err) {
         return -1;
     }
     if (c->gram) {
-        const int gc = c->gram_crop ? c->gram_crop : c->global_crop;
-        if (gc < c->global_crop || vit_check_crop(&c->vit, gc, err)) {
-            if (gc < c->global_crop)
-                dino_seterr(err, "crops: gram_teacher_crops_size %d is smaller than global_crops_size %d", gc,
-                            c->global_crop);
+        if (c->gram_crop && c->pair_gram[0] && c->gram_crop != c->pair_gram[0]) {
+            dino_seterr(err, "crops: gram_crop %d and pair_gram[0] %d differ", c->gram_crop, c->pair_gram[0]);
             return -1;
+        }
+        for (int k = 0; k < (c->n_pairs > 1 ? c->n_pairs : 1); k++) {
+            const int gc = gram_side(c, k), glob = c->n_pairs > 1 ? c->pair_global[k] : c->global_crop;
+            if (gc < glob || vit_check_crop(&c->vit, gc, err)) {
+                if (gc < glob)
+                    dino_seterr(err, "crops: gram_teacher_crops_size %d is smaller than global_crops_size %d (size pair %d)",
+                                gc, glob, k);
+                return -1;
+            }
         }
         if (c->gram_neg_mode < 0 || c->gram_neg_mode > 2) {
             dino_seterr(err, "gram: negative-similarity mode %d unknown", c->gram_neg_mode);
@@ -124,10 +137,11 @@ typedef struct {
     int *sub_g, *sub_l;                          // host drop-path subsets
     // Gram anchoring (cfg.gram): Gram teacher activations on its crops (Gg px, Ngg patches), its crops
     // (two staging slots), patch-token gather indices, the patch features and the resampling matrix
+    // (the current size pair's: gram_acts, Gg, Ngg, the indices and gram_resize; buffers for the largest)
     VitActs *gram_acts;
-    int Gg, Ngg;
+    int Gg, Ngg, max_Gg;
     float *gram_img, *gram_slot[2], *gram_host[2];
-    int gram_ticket[2], gram_staged[2];
+    int gram_ticket[2], gram_staged[2], gram_pair[2];
     int *idx_spatch, *idx_gpatch;                // [2B*Ng] student rows, [2B*Ngg] Gram teacher rows
     float *gram_s, *gram_t, *gram_traw, *gram_ds; // [2B*Ng,D] x3 (+ gram_traw [2B*Ngg,D] when resampled)
     float *gram_resize;                          // [Ng, Ngg] or NULL (same grid)
@@ -145,6 +159,38 @@ static void free_pair_acts(Backend *be, Work *w) {
     vit_acts_free(be, w->s_loc);
     vit_acts_free(be, w->t_glob);
     w->s_glob = w->s_loc = w->t_glob = NULL;
+    if (w->gram_acts) vit_acts_free(be, w->gram_acts);
+    if (w->gram_resize) be->release(be, w->gram_resize);
+    w->gram_acts = NULL, w->gram_resize = NULL;
+}
+
+// Gram anchoring at size pair k: the Gram teacher's activations on its crops (gram_side px), the patch-row
+// gather indices of both token layouts and, when the grids differ, the resampling matrix to the
+// student's grid (dinov3 SSLMetaArch: the Gram teacher's patch features interpolated to the global size).
+static void make_pair_gram(SslModel *m, Backend *be, int k) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    const int B = w->B, R = c->vit.n_registers, p = c->vit.patch;
+    const int Gg = gram_side(c, k), gs = Gg / p, ss = w->G / p;
+    w->Gg = Gg;
+    w->Ngg = gs * gs;
+    w->gram_acts = vit_acts_new(be, &m->vit, 2 * B, Gg, VIT_ACTS_FORWARD_ONLY);
+    int *ix = dino_malloc(sizeof(int) * (size_t)2 * B * (w->Ngg > w->Ng ? w->Ngg : w->Ng));
+    const int Tgg = 1 + R + w->Ngg;
+    for (int i = 0; i < 2 * B; i++)
+        for (int n = 0; n < w->Ng; n++) ix[(size_t)i * w->Ng + n] = i * w->Tg + 1 + R + n;
+    be->to_device(be, w->idx_spatch, ix, sizeof(int) * (size_t)2 * B * w->Ng);
+    for (int i = 0; i < 2 * B; i++)
+        for (int n = 0; n < w->Ngg; n++) ix[(size_t)i * w->Ngg + n] = i * Tgg + 1 + R + n;
+    be->to_device(be, w->idx_gpatch, ix, sizeof(int) * (size_t)2 * B * w->Ngg);
+    free(ix);
+    if (gs != ss) { // torch interpolate(size=(ss, ss), bicubic, align_corners=False[, antialias]) as a matrix
+        float *W = dino_malloc(sizeof(float) * (size_t)w->Ng * w->Ngg);
+        vit_pos_interp_matrix(W, gs, ss, 0.0f, c->gram_resize_antialias);
+        w->gram_resize = falloc(be, (size_t)w->Ng * w->Ngg);
+        be->to_device(be, w->gram_resize, W, sizeof(float) * (size_t)w->Ng * w->Ngg);
+        free(W);
+    }
 }
 
 // The activations and token geometry of size pair k, and the gather indices that depend on them.
@@ -175,6 +221,7 @@ static void make_pair_acts(SslModel *m, Backend *be, int k) {
     be->to_device(be, w->idx_gcls, w->idx_host, sizeof(int) * 2 * B);
     for (int r = 0; r < nL * B; r++) w->idx_host[r] = r * w->Tl;
     be->to_device(be, w->idx_lcls, w->idx_host, sizeof(int) * (size_t)nL * B);
+    if (c->gram) make_pair_gram(m, be, k);
 }
 
 void ssl_use_pair(SslModel *m, Backend *be, int k) {
@@ -296,41 +343,29 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     w->idx_host = dino_malloc(sizeof(int) * (size_t)(nL * B + 2 * B + MM + 1));
     w->w_host = dino_malloc(sizeof(float) * (size_t)(MM + 1));
     m->work = w;
-    make_pair_acts(m, be, 0); // the other pairs' when a step needs them
-    if (cfg.gram) {
-        const int Gs = w->G, Gg = cfg.gram_crop ? cfg.gram_crop : Gs, gs = Gg / p, ss = Gs / p; // one size pair
-        w->Gg = Gg;
-        w->Ngg = gs * gs;
+    if (cfg.gram) { // buffers for the largest pair; the per-pair parts in make_pair_gram
+        int maxGg = 0, any_resize = 0;
+        for (int k = 0; k < cfg.n_pairs; k++) {
+            const int gk = gram_side(&cfg, k);
+            maxGg = gk > maxGg ? gk : maxGg;
+            any_resize |= gk != cfg.pair_global[k];
+        }
+        const int max_Ngg = (maxGg / p) * (maxGg / p);
+        w->max_Gg = maxGg;
         for (int i = 0; i < m->tab.n; i++) // the backbone's tensors come first in the buffer
             if (m->tab.t[i].group == PARAM_BACKBONE && m->tab.t[i].offset + m->tab.t[i].numel > m->backbone_floats)
                 m->backbone_floats = m->tab.t[i].offset + m->tab.t[i].numel;
         m->gram_teacher = falloc(be, m->backbone_floats);
-        w->gram_acts = vit_acts_new(be, &m->vit, 2 * B, Gg, VIT_ACTS_FORWARD_ONLY);
-        w->gram_img = w->gram_slot[0] = falloc(be, (size_t)2 * B * 3 * Gg * Gg);
-        if (cfg.staged_upload) w->gram_slot[1] = falloc(be, (size_t)2 * B * 3 * Gg * Gg);
-        w->idx_spatch = be->alloc(be, sizeof(int) * (size_t)2 * B * w->Ng);
-        w->idx_gpatch = be->alloc(be, sizeof(int) * (size_t)2 * B * w->Ngg);
-        w->gram_s = falloc(be, (size_t)2 * B * w->Ng * D);
-        w->gram_t = falloc(be, (size_t)2 * B * w->Ng * D);
-        w->gram_ds = falloc(be, (size_t)2 * B * w->Ng * D);
-        int *ix = dino_malloc(sizeof(int) * (size_t)2 * B * (w->Ngg > w->Ng ? w->Ngg : w->Ng));
-        const int Tgg = 1 + R + w->Ngg;
-        for (int i = 0; i < 2 * B; i++)
-            for (int n = 0; n < w->Ng; n++) ix[(size_t)i * w->Ng + n] = i * w->Tg + 1 + R + n;
-        be->to_device(be, w->idx_spatch, ix, sizeof(int) * (size_t)2 * B * w->Ng);
-        for (int i = 0; i < 2 * B; i++)
-            for (int n = 0; n < w->Ngg; n++) ix[(size_t)i * w->Ngg + n] = i * Tgg + 1 + R + n;
-        be->to_device(be, w->idx_gpatch, ix, sizeof(int) * (size_t)2 * B * w->Ngg);
-        free(ix);
-        if (gs != ss) { // torch interpolate(size=(ss, ss), bicubic, align_corners=False[, antialias]) as a matrix
-            w->gram_traw = falloc(be, (size_t)2 * B * w->Ngg * D);
-            float *W = dino_malloc(sizeof(float) * (size_t)w->Ng * w->Ngg);
-            vit_pos_interp_matrix(W, gs, ss, 0.0f, cfg.gram_resize_antialias);
-            w->gram_resize = falloc(be, (size_t)w->Ng * w->Ngg);
-            be->to_device(be, w->gram_resize, W, sizeof(float) * (size_t)w->Ng * w->Ngg);
-            free(W);
-        }
+        w->gram_img = w->gram_slot[0] = falloc(be, (size_t)2 * B * 3 * maxGg * maxGg);
+        if (cfg.staged_upload) w->gram_slot[1] = falloc(be, (size_t)2 * B * 3 * maxGg * maxGg);
+        w->idx_spatch = be->alloc(be, sizeof(int) * (size_t)2 * B * w->max_Ng);
+        w->idx_gpatch = be->alloc(be, sizeof(int) * (size_t)2 * B * max_Ngg);
+        w->gram_s = falloc(be, (size_t)2 * B * w->max_Ng * D);
+        w->gram_t = falloc(be, (size_t)2 * B * w->max_Ng * D);
+        w->gram_ds = falloc(be, (size_t)2 * B * w->max_Ng * D);
+        if (any_resize) w->gram_traw = falloc(be, (size_t)2 * B * max_Ngg * D);
     }
+    make_pair_acts(m, be, 0); // the other pairs' when a step needs them
     return 0;
 }
 
@@ -354,9 +389,8 @@ void ssl_model_free(SslModel *m, Backend *be) {
             free(w->stage_mask[s]);
         }
         free(w->sub_g), free(w->sub_l), free(w->mask_host), free(w->idx_host), free(w->w_host);
-        if (w->gram_acts) vit_acts_free(be, w->gram_acts);
         void *gbufs[] = {w->gram_slot[0], w->gram_slot[1], w->idx_spatch, w->idx_gpatch, w->gram_s, w->gram_t,
-                         w->gram_traw, w->gram_ds, w->gram_resize};
+                         w->gram_traw, w->gram_ds}; // gram_acts, gram_resize: free_pair_acts
         for (size_t i = 0; i < sizeof gbufs / sizeof gbufs[0]; i++)
             if (gbufs[i]) be->release(be, gbufs[i]);
         for (int s = 0; s < 2; s++)
@@ -630,6 +664,8 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
         masks = w->stage_has_mask[s] ? w->stage_mask[s] : NULL;
         if (do_gram) {
             DINO_ASSERT(w->gram_staged[s], "ssl_forward_backward: Gram weight %g but no Gram crops staged", b->gram_weight);
+            DINO_ASSERT(w->gram_pair[s] == pair, "ssl_forward_backward: Gram crops staged for size pair %d, the "
+                        "batch is of pair %d", w->gram_pair[s], pair);
             be->upload_wait(be, w->gram_ticket[s]);
             gram_img = w->gram_slot[s];
         }
@@ -846,19 +882,26 @@ void ssl_gram_from_teacher(SslModel *m, Backend *be) {
 }
 
 void ssl_stage_gram(SslModel *m, Backend *be, const float *gram_crops, int crops_pinned) {
+    ssl_stage_gram_pair(m, be, 0, gram_crops, crops_pinned);
+}
+
+void ssl_stage_gram_pair(SslModel *m, Backend *be, int pair, const float *gram_crops, int crops_pinned) {
     Work *w = m->work;
     const SslConfig *c = &m->cfg;
     const int s = w->stage_next;
     DINO_ASSERT(c->staged_upload && c->gram, "ssl_stage_gram: the model was built without staging or Gram");
     DINO_ASSERT(!w->stage_full[s], "ssl_stage_gram: two batches are staged already");
-    const size_t n = (size_t)2 * w->B * 3 * w->Gg * w->Gg;
-    if (!crops_pinned) {
-        if (!w->gram_host[s]) w->gram_host[s] = be->host_alloc(be, sizeof(float) * n);
+    DINO_ASSERT(pair >= 0 && pair < c->n_pairs, "ssl_stage_gram: pair %d of %d", pair, c->n_pairs);
+    const int Gg = gram_side(c, pair);
+    const size_t n = (size_t)2 * w->B * 3 * Gg * Gg;
+    if (!crops_pinned) { // sized for the largest pair
+        if (!w->gram_host[s]) w->gram_host[s] = be->host_alloc(be, sizeof(float) * (size_t)2 * w->B * 3 * w->max_Gg * w->max_Gg);
         memcpy(w->gram_host[s], gram_crops, sizeof(float) * n);
         gram_crops = w->gram_host[s];
     }
     w->gram_ticket[s] = be->upload_async(be, w->gram_slot[s], gram_crops, sizeof(float) * n);
     w->gram_staged[s] = 1;
+    w->gram_pair[s] = pair;
 }
 
 SslMemory ssl_memory(const SslModel *m) {

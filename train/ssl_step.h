@@ -54,11 +54,14 @@ typedef struct {
     // exist for this rank's shard only.
     int zero_world, zero_rank;
     // DINOv3 Gram anchoring (docs/gram-anchoring.md): a frozen Gram teacher backbone (m->gram_teacher) on
-    // its own copies of the global crops (SslBatch.gram_crops, gram_crop px, unmasked); its final-norm patch
+    // its own copies of the global crops (SslBatch.gram_crops, gram_crop / pair_gram px, unmasked); its final-norm patch
     // tokens, resampled bicubically to the student's grid when larger, anchor the Gram matrices of the
     // student's (masked) global-crop patch tokens (be->gram_loss, weight SslBatch.gram_weight).
     int gram;                    // 1: Gram anchoring possible (allocates the Gram teacher and its buffers)
     int gram_crop;               // the Gram teacher's crop side (>= global_crop; 0: global_crop)
+    // per size pair (n_pairs > 1): the Gram teacher's crop side of pair k (0: that pair's global side;
+    // pair 0: gram_crop). One pair's Gram activations exist at a time, like the student's.
+    int pair_gram[SSL_MAX_PAIRS];
     int gram_normalize;          // gram.normalized
     int gram_neg_mode;           // 0, 1 gram.remove_neg, 2 gram.remove_only_teacher_neg
     int gram_img_level;          // 1: a Gram matrix per image; 0: one over all 2B crops' tokens
@@ -127,7 +130,7 @@ typedef struct {
     int pair;                  // the size pair of the crops (not staged; a staged batch carries its own)
     SslDiag *diag;             // collapse diagnostics of this step wanted (NULL: none)
     // DINOv3 additions (the schedules' values at this iteration)
-    const float *gram_crops;   // host [2B,3,gram_crop,gram_crop], crop-major (or staged: ssl_stage_gram)
+    const float *gram_crops;   // host [2B,3,Gg,Gg] at the pair's Gram side Gg, crop-major (or staged: ssl_stage_gram_pair)
     double gram_weight;        // Gram loss weight: 0 = no Gram teacher pass, no Gram loss
     double dino_local_weight;  // with cfg.reweight_dino_local: the local-crop DINO loss weight
 } SslBatch;
@@ -138,6 +141,8 @@ void ssl_gram_from_teacher(SslModel *m, Backend *be);
 // Staged upload of the next batch's Gram crops (cfg.gram and cfg.staged_upload): call before the
 // ssl_stage_batch of the same batch; same rules as its crops.
 void ssl_stage_gram(SslModel *m, Backend *be, const float *gram_crops, int crops_pinned);
+// The same for a batch of size pair `pair` (its crops pair_gram[pair] px): call before its ssl_stage_batch_pair.
+void ssl_stage_gram_pair(SslModel *m, Backend *be, int pair, const float *gram_crops, int crops_pinned);
 
 // Overlapped upload of the next batch (needs cfg.staged_upload): starts the upload of the batch's crops
 // to a spare device slot on the backend's copy queue and keeps a copy of its masks (NULL: none). The next

@@ -55,7 +55,7 @@ typedef struct {
     // overlaps this step): checkpoints record the loader position as if it were still in the loader
     int prefetched;
     int64_t prefetched_reads, prefetched_corrupt;
-    int crop_g[2], crop_l[2]; // crop sides of the batch staged for iteration it, at [it & 1] (size pairs)
+    int crop_g[2], crop_l[2], crop_gram[2]; // crop sides of the batch staged for iteration it, at [it & 1] (size pairs)
     ScheduleConfig sched;
     MetricsLog *metrics;
     DistGrads *grads_sync; // bucketed gradient averaging over ranks (NULL for one process)
@@ -490,12 +490,12 @@ static int stage_next_batch(Run *r, int64_t it, int with_masks, char *err) {
     const Batch *batch = loader_next(r->loader, err);
     if (!batch) return -1;
     if (inject_nan_at(it)) batch->global_crops[0] = NAN; // the loader's buffer is ours until loader_next
-    if (r->m.cfg.gram) ssl_stage_gram(&r->m, r->be, batch->gram_crops, 1); // Gram anchoring: one size pair
+    if (r->m.cfg.gram) ssl_stage_gram_pair(&r->m, r->be, batch->pair, batch->gram_crops, 1); // at the pair's Gram size
     // the crops are uploaded straight from the loader's page-locked buffer (see the sync in the loop), at
     // the batch's size pair (high-resolution phase: one drawn per batch index, the same on every rank)
     ssl_stage_batch_pair(&r->m, r->be, batch->pair, batch->global_crops, batch->local_crops,
                          with_masks ? batch->masks.masks : NULL, 1);
-    r->crop_g[it & 1] = batch->G, r->crop_l[it & 1] = batch->L;
+    r->crop_g[it & 1] = batch->G, r->crop_l[it & 1] = batch->L, r->crop_gram[it & 1] = batch->Gg;
     r->prefetched_reads = batch->reads;
     r->prefetched_corrupt = batch->corrupt;
     return 0;
@@ -939,6 +939,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             if (config_n_pairs(cfg) > 1) {
                 metrics_add_int(r.metrics, "global_crop", r.crop_g[it & 1]);
                 metrics_add_int(r.metrics, "local_crop", r.crop_l[it & 1]);
+                if (cfg->gram.use_loss) metrics_add_int(r.metrics, "gram_crop", r.crop_gram[it & 1]);
             }
             metrics_add(r.metrics, "teacher_entropy", logged[5]);
             metrics_add(r.metrics, "student_cls_std", logged[6]);

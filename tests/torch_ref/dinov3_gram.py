@@ -15,6 +15,15 @@ written from the official code (facebookresearch/dinov3), for tests/make_objecti
                             loss times its weight; no distillation)
   linear_warmup_cosine_decay  dinov3/train/cosine_lr_scheduler.py (the weight schedules), re-exported from
                             the schedules' transcription (tests/torch_ref/dinov3_schedules.py)
+
+Checked side by side with the official code (tests/torch_ref/check_gram_vs_official.py, by hand): GramLoss
+against the official dinov3/loss/gram_loss.py GramLoss for all 12 option combinations (apply_norm x
+img_level x {none, remove_neg, remove_only_teacher_neg}), loss and gradients w.r.t. both inputs: float32
+inputs equal to the last bit, float64 within 5.3e-7 relative (the official casts to float32);
+gram_teacher_patches against the official SSLMetaArch.get_gram_teacher_output (its source run verbatim on
+a stub) for 12->8, 15->10, 6->3 and 6->4 patches, antialias off and on: equal to the last bit.
+Note (as the official): remove_only_teacher_neg zeroes the teacher's negatives before building the
+student's mask (student < 0 & teacher < 0), so the mask is always empty and only the teacher is clamped.
 """
 import torch
 import torch.nn as nn
