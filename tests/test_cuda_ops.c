@@ -50,6 +50,7 @@
 #include "tests/synth_files.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/distill_teacher.h"
 #include "train/train.h"
 #endif
 #ifdef DINO_HAVE_CUDA
@@ -1485,6 +1486,35 @@ TEST(adamw_ema) {
     gpu_free(G);
 }
 
+// Every tensor of weights g (gpu) against c (cpu) after steps from init, normwise:
+// ||g - c|| <= tol_p * ||c|| + frac * ||c - init|| (see ssl_parity below). Returns the worst error / tolerance.
+static double check_params_after_steps(const ParamTable *tab, const char *what, const float *gw, const float *cw,
+                                       const float *init, int dim, double tol_p, double frac) {
+    double worst = 0;
+    for (int i = 0; i < tab->n; i++) {
+        const TensorSpec *t = &tab->t[i];
+        const float *g = gw + t->offset, *c = cw + t->offset, *p0 = init + t->offset;
+        double e = 0, nc = 0, du = 0;
+        // the key bias of attention has an exactly zero gradient (a constant added to a row of scores
+        // leaves its softmax unchanged), so AdamW moves it by +-lr along the sign of rounding noise on
+        // any backend: it is left out ([D, 2D) of qkv.bias)
+        const int is_qkv_bias = strstr(t->name, "attn.qkv.bias") != NULL;
+        const size_t k0 = (size_t)dim, k1 = 2 * (size_t)dim;
+        for (size_t j = 0; j < t->numel; j++) {
+            if (is_qkv_bias && j >= k0 && j < k1) continue;
+            e += ((double)g[j] - c[j]) * ((double)g[j] - c[j]);
+            nc += (double)c[j] * c[j];
+            du += ((double)c[j] - p0[j]) * ((double)c[j] - p0[j]);
+        }
+        e = sqrt(e), nc = sqrt(nc), du = sqrt(du);
+        double tol = tol_p * nc + frac * du;
+        if (tol > 0 && e / tol > worst) worst = e / tol;
+        CHECK(e <= tol && !isnan(e), "%s %s: ||gpu - cpu|| %.3g > %.3g (||cpu|| %.3g, ||update|| %.3g)", what, t->name,
+              e, tol, nc, du);
+    }
+    return worst;
+}
+
 // ---- one whole SSL step (train/ssl_step.h) on both backends ---------------------------------------
 // A tiny model (vit_test: D 48, 2 blocks, a register, drop-path), 4 images x (2 global 16 px + 2 local
 // 8 px) crops, iBOT masks, the DINO and iBOT heads shared (K 1024), two steps of forward, backward,
@@ -1599,30 +1629,8 @@ static void ssl_parity(Centering centering, int use_kde, int fp32, int gram) {
                    fabs(g - c) / (tol_loss * (fabs(c) + 0.01)));
             CHECK(fabs(g - c) <= tol_loss * (fabs(c) + 0.01), "step %d %s loss: gpu %.9g cpu %.9g", it, names[k], g, c);
         }
-    double worst = 0;
-    for (int s = 0; s < 2; s++)
-        for (int i = 0; i < tab.n; i++) {
-            const TensorSpec *t = &tab.t[i];
-            const float *g = (s ? rg.teacher : rg.student) + t->offset, *c = (s ? rc.teacher : rc.student) + t->offset;
-            const float *p0 = init + t->offset;
-            double e = 0, nc = 0, du = 0;
-            // the key bias of attention has an exactly zero gradient (a constant added to a row of scores
-            // leaves its softmax unchanged), so AdamW moves it by +-lr along the sign of rounding noise on
-            // any backend: it is left out ([D, 2D) of qkv.bias)
-            const int is_qkv_bias = strstr(t->name, "attn.qkv.bias") != NULL;
-            const size_t k0 = (size_t)vc.dim, k1 = 2 * (size_t)vc.dim;
-            for (size_t j = 0; j < t->numel; j++) {
-                if (is_qkv_bias && j >= k0 && j < k1) continue;
-                e += ((double)g[j] - c[j]) * ((double)g[j] - c[j]);
-                nc += (double)c[j] * c[j];
-                du += ((double)c[j] - p0[j]) * ((double)c[j] - p0[j]);
-            }
-            e = sqrt(e), nc = sqrt(nc), du = sqrt(du);
-            double tol = tol_p * nc + frac * du;
-            if (tol > 0 && e / tol > worst) worst = e / tol;
-            CHECK(e <= tol && !isnan(e), "%s %s: ||gpu - cpu|| %.3g > %.3g (||cpu|| %.3g, ||update|| %.3g)",
-                  s ? "teacher" : "student", t->name, e, tol, nc, du);
-        }
+    double worst = fmax(check_params_after_steps(&tab, "student", rg.student, rc.student, init, vc.dim, tol_p, frac),
+                        check_params_after_steps(&tab, "teacher", rg.teacher, rc.teacher, init, vc.dim, tol_p, frac));
     printf("  parameters after 2 steps: worst error / tolerance %.3g over %d tensors x 2\n", worst, tab.n);
     // the trainer's GPU path: batches uploaded ahead from page-locked memory on the copy stream, student
     // activations recomputed in backward: the same bits as the plain GPU run
@@ -1656,6 +1664,141 @@ static void ssl_parity(Centering centering, int use_kde, int fp32, int gram) {
 TEST(ssl_step_softmax_koleo_fp32_gemm) { ssl_parity(CENTERING_SOFTMAX, 0, 1, 1); }
 TEST(ssl_step_softmax_koleo_bf16) { ssl_parity(CENTERING_SOFTMAX, 0, 0, 0); }
 TEST(ssl_step_sinkhorn_kde_bf16) { ssl_parity(CENTERING_SINKHORN, 1, 0, 0); }
+
+// ---- a distillation step (train/distill_teacher.h, ssl_student_forward_backward) on both backends -----
+// The frozen teacher (vit_test D 64, no register, its own heads: bottleneck 24, K 256, Sinkhorn-Knopp,
+// random init: checkpoint_path 'ignore') turns 4 images' global crops and iBOT masks into DINO and iBOT
+// targets (backbone, head bottlenecks, last layers, centering); a smaller student (D 48, a register,
+// drop-path, bottleneck 32, same K) takes two steps against them: ssl_student_forward_backward (unmasked
+// global crops, 2 local crops, KoLeo) and ssl_update. fp32 GEMMs, so the bounds are ssl_step's fp32 ones:
+// targets normwise and losses 1e-4, parameters as ssl_parity (tol_p 1e-5, 1/20 of the update's norm).
+#ifndef DINO_GPU_SUBSET
+typedef struct {
+    double loss[2][6]; // dino local, dino global, koleo, ibot, total, teacher entropy
+    float *P[2], *student;
+    int n_masked[2];
+} DistillRun;
+
+static void distill_parity_run(Backend *be, const Config *tcfg, const SslConfig *cfg, const float *gcrops,
+                               const float *lcrops, uint8_t *const *masks, int max_masked, float *init_out,
+                               DistillRun *out) {
+    char err[DINO_ERRLEN];
+    const int B = cfg->batch;
+    DistillTeacher t;
+    CHECK(distill_teacher_init(&t, be, tcfg, CENTERING_SINKHORN, 0.9f, B, B, cfg->global_crop, max_masked,
+                               max_masked, "ignore", 0, err) == 0, "%s", err);
+    CHECK(t.Kd == cfg->dino_head.K && t.Ki == cfg->ibot_head.K && t.nbd != cfg->dino_head.bottleneck &&
+              t.vit_cfg.dim != cfg->vit.dim, "the teacher should differ from the student but for K");
+    SslModel m;
+    CHECK(ssl_model_init(&m, be, cfg, 7, err) == 0, "%s", err);
+    const size_t total = m.tab.total;
+    if (init_out) be->to_host(be, init_out, m.student, sizeof(float) * total);
+    for (int it = 0; it < 2; it++) {
+        const float teacher_temp = 0.04f;
+        float *P = dino_malloc(sizeof(float) * (size_t)2 * B * t.Kd);
+        float *Pi = dino_malloc(sizeof(float) * (size_t)(max_masked + 1) * t.Ki);
+        const int nm = distill_teacher_targets(&t, be, NULL, gcrops, masks[it], teacher_temp, P, Pi);
+        out->n_masked[it] = nm;
+        out->P[it] = dino_malloc(sizeof(float) * ((size_t)2 * B * t.Kd + (size_t)nm * t.Ki)); // DINO then iBOT rows
+        memcpy(out->P[it], P, sizeof(float) * (size_t)2 * B * t.Kd);
+        memcpy(out->P[it] + (size_t)2 * B * t.Kd, Pi, sizeof(float) * (size_t)nm * t.Ki);
+        SslBatch b = {.global_crops = gcrops, .local_crops = lcrops, .masks = masks[it],
+                      .drop_key = rng_make(5, 15, (uint64_t)it, 0)};
+        SslTargets tg = {.dino = P, .ibot = Pi};
+        ScheduleValues sv = {.lr = 5e-4, .wd = 0.04, .momentum = 0.9, .teacher_temp = teacher_temp, .last_layer_lr = 5e-4};
+        SslStepStats st;
+        CHECK(ssl_student_forward_backward(&m, be, &b, &tg, &st, err) == 0, "step %d: %s", it, err);
+        ssl_update(&m, be, &sv, &st);
+        double l[6] = {st.dino_local_crops_loss, st.dino_global_crops_loss, st.koleo_loss, st.ibot_loss, st.total_loss,
+                       st.teacher_entropy};
+        memcpy(out->loss[it], l, sizeof l);
+        free(P), free(Pi);
+    }
+    out->student = dino_malloc(sizeof(float) * total);
+    be->to_host(be, out->student, m.student, sizeof(float) * total);
+    ssl_model_free(&m, be);
+    distill_teacher_free(&t, be);
+}
+#endif
+
+TEST(distill_student_step_fp32_gemm) {
+#ifdef DINO_GPU_SUBSET
+    test_skip("the GPU subset build has no trainer config (train/config.c)");
+#else
+    Backend *G = gpu_backend(CUDA_GEMM_FP32), *C = backend_cpu_new();
+    char err[DINO_ERRLEN];
+    const int B = 4, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P), K = 256, max_masked = B * N;
+    // the teacher, from its own config as a distillation run reads distillation.full_cfg_path
+    char *ov[] = {"student.arch=vit_test", "student.embed_dim=64", "student.depth=2", "student.num_heads=2",
+                  "student.patch_size=4", "student.drop_path_rate=0", "crops.global_crops_size=16",
+                  "crops.local_crops_size=8", "crops.local_crops_number=2", "train.batch_size_per_gpu=4",
+                  "dino.head_n_prototypes=256", "dino.head_hidden_dim=64", "dino.head_bottleneck_dim=24",
+                  "ibot.separate_head=true", "ibot.head_n_prototypes=256", "ibot.head_hidden_dim=64",
+                  "ibot.head_bottleneck_dim=24"};
+    Config tcfg;
+    CHECK(config_load(&tcfg, test_src_path("configs/demo.yaml"), (int)(sizeof ov / sizeof ov[0]), ov, err) == 0, "%s", err);
+    // the student, smaller
+    VitConfig vc;
+    CHECK(vit_config_from_arch(&vc, "vit_test", P, GC, 1, "mlp", err) == 0, "%s", err);
+    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 0.5f, vc.drop_path_rate = 0.2f;
+    SslConfig cfg;
+    ssl_config_default(&cfg, &vc);
+    cfg.dino_head = (HeadConfig){.in_dim = 48, .hidden = 96, .bottleneck = 32, .K = K, .nlayers = 3};
+    cfg.ibot_separate_head = 1, cfg.ibot_head = cfg.dino_head;
+    cfg.batch = B, cfg.n_local = NL, cfg.global_crop = GC, cfg.local_crop = LC, cfg.max_masked = max_masked;
+    cfg.student_only = 1;
+    Rng r = rng_make(109, 0, 0, 0);
+    float *gcrops = dino_malloc(sizeof(float) * 2 * B * 3 * GC * GC);
+    float *lcrops = dino_malloc(sizeof(float) * NL * B * 3 * LC * LC);
+    for (int i = 0; i < 2 * B * 3 * GC * GC; i++) gcrops[i] = (float)rng_normal(&r);
+    for (int i = 0; i < NL * B * 3 * LC * LC; i++) lcrops[i] = (float)rng_normal(&r);
+    uint8_t *masks[2];
+    for (int it = 0; it < 2; it++) { // about 30% of the tokens of half the images
+        masks[it] = dino_calloc((size_t)2 * B * N, 1);
+        for (int i = 0; i < 2 * B; i += 2)
+            for (int j = 0; j < N; j++) masks[it][(size_t)i * N + j] = rng_uniform(&r) < 0.3;
+    }
+    ParamTable tab;
+    {
+        SslModel probe; // the table, for the tensor names and sizes
+        CHECK(ssl_model_init(&probe, C, &cfg, 7, err) == 0, "%s", err);
+        tab = probe.tab;
+        probe.tab = (ParamTable){0};
+        ssl_model_free(&probe, C);
+    }
+    float *init = dino_malloc(sizeof(float) * tab.total);
+    DistillRun rc, rg;
+    distill_parity_run(C, &tcfg, &cfg, gcrops, lcrops, masks, max_masked, init, &rc);
+    distill_parity_run(G, &tcfg, &cfg, gcrops, lcrops, masks, max_masked, NULL, &rg);
+    const double tol = 1e-4;
+    for (int it = 0; it < 2; it++) {
+        CHECK(rg.n_masked[it] == rc.n_masked[it] && rc.n_masked[it] > 0, "step %d: %d vs %d masked tokens", it,
+              rg.n_masked[it], rc.n_masked[it]);
+        const size_t n = (size_t)2 * B * K + (size_t)rc.n_masked[it] * K;
+        double e = 0, nc = 0;
+        for (size_t j = 0; j < n; j++)
+            e += ((double)rg.P[it][j] - rc.P[it][j]) * ((double)rg.P[it][j] - rc.P[it][j]), nc += (double)rc.P[it][j] * rc.P[it][j];
+        e = sqrt(e), nc = sqrt(nc);
+        printf("  step %d teacher targets (DINO + %d iBOT rows) err/tol=%.3g\n", it, rc.n_masked[it], e / (tol * nc));
+        CHECK(e <= tol * nc && !isnan(e), "step %d teacher targets: ||gpu - cpu|| %.3g > %.3g", it, e, tol * nc);
+    }
+    const char *names[6] = {"dino_local", "dino_global", "koleo", "ibot", "total", "t_entropy"};
+    for (int it = 0; it < 2; it++)
+        for (int k = 0; k < 6; k++) {
+            double g = rg.loss[it][k], c = rc.loss[it][k];
+            printf("  step %d %-12s gpu %.7g cpu %.7g  err/tol=%.3g\n", it, names[k], g, c,
+                   fabs(g - c) / (tol * (fabs(c) + 0.01)));
+            CHECK(fabs(g - c) <= tol * (fabs(c) + 0.01), "step %d %s: gpu %.9g cpu %.9g", it, names[k], g, c);
+        }
+    const double worst = check_params_after_steps(&tab, "student", rg.student, rc.student, init, vc.dim, 1e-5, 0.05);
+    printf("  student after 2 steps: worst error / tolerance %.3g over %d tensors\n", worst, tab.n);
+    for (int it = 0; it < 2; it++) free(rc.P[it]), free(rg.P[it]), free(masks[it]);
+    free(rc.student), free(rg.student), free(init), free(gcrops), free(lcrops);
+    param_table_free(&tab);
+    backend_free(C);
+    gpu_free(G);
+#endif
+}
 
 // ---- CUDA graphs (docs/cuda-backend.md, "CUDA graphs") ----------------------------------------------
 #ifdef DINO_HAVE_CUDA
