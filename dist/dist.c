@@ -351,6 +351,50 @@ static const char *detect_launcher(int *expected_world) {
     return NULL;
 }
 
+#ifdef DINO_HAVE_MPI
+// The communicators and bookkeeping of a Dist over the processes of `base` (MPI_COMM_WORLD, or a group
+// of it from dist_split): rank and world within it, two duplicates (collectives, progress queries),
+// every member's host name.
+static int start_impl(Dist *d, MPI_Comm base, const char *what, char *err) {
+    DistImpl *im = dino_calloc(1, sizeof *im);
+    d->impl = im;
+    pthread_mutex_init(&im->mu, NULL);
+    pthread_cond_init(&im->cv, NULL);
+    int level = 0;
+    MPI_Query_thread(&level);
+    im->thread_multiple = level >= MPI_THREAD_MULTIPLE;
+    MPI_Comm_rank(base, &d->rank);
+    MPI_Comm_size(base, &d->world);
+    if (mpi_ok(d, MPI_Comm_dup(base, &im->comm), "MPI_Comm_dup", what, err) ||
+        mpi_ok(d, MPI_Comm_dup(base, &im->side), "MPI_Comm_dup", what, err))
+        return -1;
+    im->hosts = dino_calloc((size_t)d->world, HOST_LEN);
+    gethostname(im->hosts[d->rank], HOST_LEN - 1);
+    if (mpi_ok(d, MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, im->hosts, HOST_LEN, MPI_CHAR, im->comm),
+               "MPI_Allgather", what, err))
+        return -1;
+    return 0;
+}
+
+// Work arrays sized by the world, and the watchdog thread (world > 1).
+static int start_watchdog(Dist *d, char *err) {
+    DistImpl *im = d->impl;
+    int w = d->world;
+    im->count = dino_calloc((size_t)w, sizeof(int));
+    im->displ = dino_calloc((size_t)w, sizeof(int));
+    im->rcount = dino_calloc((size_t)w, sizeof(int));
+    im->rdispl = dino_calloc((size_t)w, sizeof(int));
+    if (w > 1) {
+        if (pthread_create(&im->thread, NULL, watchdog_main, d) != 0) {
+            dino_seterr(err, "rank %d: cannot start the collective watchdog thread", d->rank);
+            return -1;
+        }
+        im->running = 1;
+    }
+    return 0;
+}
+#endif
+
 int dist_init(Dist *d, double timeout_s, char *err) {
     memset(d, 0, sizeof *d);
     d->world = d->local_world = 1;
@@ -386,24 +430,8 @@ int dist_init(Dist *d, double timeout_s, char *err) {
         }
         d->using_mpi = 1;
     }
-    DistImpl *im = dino_calloc(1, sizeof *im);
-    d->impl = im;
-    pthread_mutex_init(&im->mu, NULL);
-    pthread_cond_init(&im->cv, NULL);
-    int level = 0;
-    MPI_Query_thread(&level);
-    im->thread_multiple = level >= MPI_THREAD_MULTIPLE;
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &d->world);
-    if (mpi_ok(d, MPI_Comm_dup(MPI_COMM_WORLD, &im->comm), "MPI_Comm_dup", "dist_init", err) ||
-        mpi_ok(d, MPI_Comm_dup(MPI_COMM_WORLD, &im->side), "MPI_Comm_dup", "dist_init (side communicator)", err))
-        return -1;
-    im->hosts = dino_calloc((size_t)d->world, HOST_LEN);
-    gethostname(im->hosts[d->rank], HOST_LEN - 1);
-    if (mpi_ok(d, MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, im->hosts, HOST_LEN, MPI_CHAR, im->comm),
-               "MPI_Allgather", "dist_init (host names)", err))
-        return -1;
+    if (start_impl(d, MPI_COMM_WORLD, "dist_init", err)) return -1;
     MPI_Comm node;
     if (mpi_ok(d, MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node),
                "MPI_Comm_split_type", "dist_init (local rank)", err))
@@ -416,18 +444,28 @@ int dist_init(Dist *d, double timeout_s, char *err) {
                          "srun --mpi=pmix)", d->rank, launcher, expected, d->world);
         return -1;
     }
-    int w = d->world;
-    im->count = dino_calloc((size_t)w, sizeof(int));
-    im->displ = dino_calloc((size_t)w, sizeof(int));
-    im->rcount = dino_calloc((size_t)w, sizeof(int));
-    im->rdispl = dino_calloc((size_t)w, sizeof(int));
-    if (w > 1) {
-        if (pthread_create(&im->thread, NULL, watchdog_main, d) != 0) {
-            dino_seterr(err, "rank %d: cannot start the collective watchdog thread", d->rank);
-            return -1;
-        }
-        im->running = 1;
+    return start_watchdog(d, err);
+#endif
+}
+
+int dist_split(Dist *d, int color, Dist *sub, char *err) {
+    memcpy(sub, d, sizeof *sub);
+    sub->impl = NULL;
+    sub->using_mpi = 0; // MPI belongs to d: finalizing sub frees only the group's communicators
+    if (!d->impl) {
+        sub->rank = 0, sub->world = 1;
+        return 0;
     }
+#ifdef DINO_HAVE_MPI
+    MPI_Comm group;
+    if (mpi_ok(d, MPI_Comm_split(d->impl->comm, color, d->rank, &group), "MPI_Comm_split", "dist_split", err))
+        return -1;
+    int rc = start_impl(sub, group, "dist_split", err);
+    MPI_Comm_free(&group);
+    if (!rc) rc = start_watchdog(sub, err);
+    return rc;
+#else
+    (void)color, (void)err;
     return 0;
 #endif
 }

@@ -42,6 +42,12 @@ typedef struct {
 // d must stay at its address until dist_finalize (the watchdog thread reads it). After a failure,
 // dist_finalize still releases what was started (MPI included).
 int dist_init(Dist *d, double timeout_s, char *err);
+// The ranks of d that pass the same color form a group of their own (e.g. the ranks that train one
+// student in a multi-student distillation run): sub gets its rank and world within the group (members
+// ordered by their rank in d), its own communicators and watchdog; local_rank, launcher and timeout are
+// d's. Every rank of d must call it (a collective). A single process gets a copy (rank 0, world 1).
+// Release with dist_finalize(sub) before dist_finalize(d).
+int dist_split(Dist *d, int color, Dist *sub, char *err);
 // Ends MPI when dist_init started it. Safe on a single process.
 void dist_finalize(Dist *d);
 // Prints "dinotrain: rank R: <message>" and ends every rank of the job (MPI_Abort), or exits.

@@ -133,6 +133,32 @@ const float *head_forward(Backend *be, const Head *h, const float *P, HeadActs *
     return a->logits;
 }
 
+// The two halves of head_forward (forward only: a later head_backward needs a whole head_forward).
+const float *head_forward_bottleneck(Backend *be, const Head *h, const float *P, HeadActs *a, const float *x, int rows) {
+    DINO_ASSERT(rows <= a->max_rows, "head_forward_bottleneck: %d rows, activations sized for %d", rows, a->max_rows);
+    const float *in = x;
+    for (int i = 0; i < h->n_lin; i++) {
+        be->linear_fwd(be, a->pre[i], in, P + h->w[i], P + h->b[i], rows, h->lin_in[i], h->lin_out[i]);
+        if (i + 1 < h->n_lin) {
+            be->gelu_fwd(be, a->act[i], a->pre[i], (size_t)rows * h->lin_out[i]);
+            in = a->act[i];
+        }
+    }
+    be->l2norm_fwd(be, a->znorm, a->znrm, a->z, rows, h->cfg.bottleneck, HEAD_L2_EPS);
+    a->rows = 0; // no head_backward after a half
+    return a->znorm;
+}
+
+const float *head_forward_last_layer(Backend *be, const Head *h, const float *P, HeadActs *a, const float *znorm,
+                                     int rows) {
+    DINO_ASSERT(rows <= a->max_rows, "head_forward_last_layer: %d rows, activations sized for %d", rows, a->max_rows);
+    const int K = h->cfg.K, nb = h->cfg.bottleneck;
+    be->weightnorm_fwd(be, a->W, a->vnorm, P + h->g, P + h->v, K, nb);
+    be->linear_fwd(be, a->logits, znorm, a->W, NULL, rows, nb, K);
+    a->rows = 0;
+    return a->logits;
+}
+
 float *head_acts_logits(HeadActs *a) { return a->logits; }
 
 void head_backward(Backend *be, const Head *h, const float *P, float *G, HeadActs *a, const float *dlogits, float *dx) {

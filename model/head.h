@@ -41,6 +41,15 @@ void head_acts_free(Backend *be, HeadActs *a);
 
 // logits[rows,K] (backend memory owned by acts) of x[rows,in_dim].
 const float *head_forward(Backend *be, const Head *h, const float *params, HeadActs *a, const float *x, int rows);
+// head_forward in two halves, forward only (dinov3's no_last_layer / only_last_layer: distillation ships
+// the teacher's normalised bottleneck between ranks, not K-wide logits):
+//   the MLP and the L2 normalisation -> [rows, bottleneck] (backend memory owned by acts) ...
+const float *head_forward_bottleneck(Backend *be, const Head *h, const float *params, HeadActs *a, const float *x,
+                                     int rows);
+//   ... and the weight-normed last layer on normalised rows znorm[rows, bottleneck] -> logits [rows, K] (acts').
+// head_forward_last_layer(head_forward_bottleneck(x)) computes what head_forward(x) does, op for op.
+const float *head_forward_last_layer(Backend *be, const Head *h, const float *params, HeadActs *a, const float *znorm,
+                                     int rows);
 // The logits buffer [max_rows, K] itself: a caller whose loss turns the logits into their gradient in
 // place (softmax_ce with ds == s) passes it back to head_backward, which never reads the logits.
 float *head_acts_logits(HeadActs *a);

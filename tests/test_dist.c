@@ -130,6 +130,33 @@ static void init_or_die(Dist *d, double timeout) {
 }
 
 // ---- workers ---------------------------------------------------------------------------------------
+// dist_split: ranks {0} and {1, 2} (multi-student distillation's student groups): each group's rank,
+// world and collectives are its own, and the world's still work beside them.
+WORKER(split) {
+    Dist d, g;
+    init_or_die(&d, 60);
+    char err[DINO_ERRLEN];
+    const int color = d.rank == 0 ? 0 : 1;
+    CHECK(dist_split(&d, color, &g, err) == 0, "%s", err);
+    const int want_world = color == 0 ? 1 : d.world - 1, want_rank = color == 0 ? 0 : d.rank - 1;
+    CHECK(g.world == want_world && g.rank == want_rank, "rank %d: group rank %d/%d, want %d/%d", d.rank, g.rank,
+          g.world, want_rank, want_world);
+    int64_t v = d.rank + 1;
+    CHECK(dist_allreduce_sum_i64(&g, &v, 1, err) == 0, "%s", err);
+    int64_t want = color == 0 ? 1 : (int64_t)d.world * (d.world + 1) / 2 - 1;
+    CHECK(v == want, "rank %d: group sum %lld, want %lld", d.rank, (long long)v, (long long)want);
+    int64_t mine = d.rank, *all = dino_malloc(sizeof(int64_t) * (size_t)g.world);
+    CHECK(dist_allgather(&g, &mine, all, sizeof mine, err) == 0, "%s", err);
+    for (int r = 0; r < g.world; r++) CHECK(all[r] == (color == 0 ? 0 : r + 1), "group allgather [%d] = %lld", r, (long long)all[r]);
+    free(all);
+    int64_t w = 1;
+    CHECK(dist_allreduce_sum_i64(&d, &w, 1, err) == 0, "%s", err);
+    CHECK(w == d.world, "world sum after the split %lld", (long long)w);
+    dist_finalize(&g);
+    CHECK(dist_barrier(&d, err) == 0, "%s", err);
+    dist_finalize(&d);
+}
+
 WORKER(collectives) {
     Dist d;
     init_or_die(&d, 60);
@@ -339,6 +366,11 @@ static char out_buf[1 << 20], out_buf2[1 << 20];
 TEST(collectives_np2) {
     need_mpirun();
     run_worker_ok(2, "worker_collectives", out_buf, sizeof out_buf);
+}
+
+TEST(split_into_groups_np3) {
+    need_mpirun();
+    run_worker_ok(3, "worker_split", out_buf, sizeof out_buf);
 }
 
 TEST(collectives_np3) {

@@ -19,7 +19,7 @@
 #include "common/text.h"
 #include "common/fs.h"
 
-typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST, CT_INT_VLIST, CT_F64_VLIST } CfgType;
+typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST, CT_INT_VLIST, CT_F64_VLIST, CT_STUDENTS } CfgType;
 
 typedef struct {
     const char *key;     // dotted name, e.g. "optim.base_lr"
@@ -198,6 +198,20 @@ static const CfgKey KEYS[] = {
       "high-resolution phase: a fresh run (no checkpoint in train.output_dir) starts with student and teacher = the "
       "teacher of this checkpoint (a checkpoint directory, or an earlier run's output_dir: its newest), fresh AdamW, "
       "centres and iteration 0; '' = off"),
+
+    B("distillation.enabled", distillation.enabled, "false",
+      "distil from a frozen teacher (with multidistillation: docs/distillation.md)"),
+    S("distillation.full_cfg_path", distillation.full_cfg_path, "''",
+      "the teacher's config file (its architecture and heads)"),
+    S("distillation.checkpoint_path", distillation.checkpoint_path, "''",
+      "the teacher's weights: its training output_dir (or one checkpoint dir: backbone and heads), or a weights "
+      "file (export or released: backbone only, heads fresh); 'ignore' = random teacher (tests, as dinov3)"),
+    B("multidistillation.enabled", multidistillation.enabled, "false",
+      "train the students listed in multidistillation.students at once from one teacher (docs/distillation.md)"),
+    I("multidistillation.global_batch_size", multidistillation.global_batch_size, "0",
+      "images per iteration, seen by every student (divisible by the world and by each student's rank count)"),
+    K("multidistillation.students", CT_STUDENTS, multidistillation.students, CFG_MAX_STUDENTS, "[]", NULL,
+      "list of {name, config_path, ranks_range: [first, end)}: each student's normal config file and its ranks"),
 
     E("compute_precision.param_dtype", param_dtype, "auto", "auto|fp32|bf16",
       "compute dtype: fp32 on the cpu backend; on cuda bf16 tensor-core GEMMs (fp32 master weights, the default) "
@@ -429,6 +443,7 @@ static const char *type_name(const CfgKey *k) {
     case CT_ENUM: snprintf(buf, sizeof buf, "one of %s", k->choices); return buf;
     case CT_F64_LIST: snprintf(buf, sizeof buf, "a list of %d numbers like %s", k->n, k->def); return buf;
     case CT_STR_LIST: return "a list of strings like [\"/data/tiles\"]";
+    case CT_STUDENTS: return "a list of {name: vits, config_path: FILE, ranks_range: [0, 4]}";
     case CT_INT_VLIST: return "an integer or a list of integers like [512, 768]";
     case CT_F64_VLIST: return "a number or a list of numbers like [0.5, 0.5]";
     }
@@ -440,6 +455,15 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
     void *p = field(c, k);
     char shown[160];
     snprintf(shown, sizeof shown, "%s", v->kind == 0 ? v->item[0] : v->kind == 1 ? "a list" : v->kind == 2 ? "a mapping" : "nothing");
+    if (k->type == CT_STUDENTS) { // a YAML file's list is read by parse_students; here only "[]"
+        if (v->kind != 1 || v->n != 0) {
+            dino_seterr(err, "%s in %s: set the students in a config file (a list of {name, config_path, "
+                             "ranks_range}), or [] for none", k->key, where);
+            return -1;
+        }
+        c->multidistillation.n_students = 0;
+        return 0;
+    }
     if (k->type == CT_INT_VLIST || k->type == CT_F64_VLIST) { // a scalar, or a list of 1..n
         int n = v->kind == 0 ? 1 : v->kind == 1 ? v->n : 0;
         if (n < 1 || (v->kind == 0 && is_null(v->item[0], v->plain[0]))) goto wrong_type;
@@ -598,6 +622,66 @@ static int unknown_key(const char *name, const char *where, char *err) {
     return -1;
 }
 
+// multidistillation.students from a YAML sequence of mappings {name, config_path, ranks_range: [a, b]}.
+static int parse_students(Config *c, yaml_document_t *doc, yaml_node_t *seq, const char *where, char *err) {
+    const char *key = "multidistillation.students";
+    if (!seq || seq->type != YAML_SEQUENCE_NODE) {
+        dino_seterr(err, "wrong type for %s in %s: expected a list of {name, config_path, ranks_range}", key, where);
+        return -1;
+    }
+    CfgMultiDistillation *md = &c->multidistillation;
+    int n = 0;
+    for (yaml_node_item_t *it = seq->data.sequence.items.start; it < seq->data.sequence.items.top; it++, n++) {
+        yaml_node_t *e = yaml_document_get_node(doc, *it);
+        if (n >= CFG_MAX_STUDENTS) {
+            dino_seterr(err, "%s in %s: at most %d students", key, where, CFG_MAX_STUDENTS);
+            return -1;
+        }
+        if (!e || e->type != YAML_MAPPING_NODE) {
+            dino_seterr(err, "%s in %s: student %d is not a mapping {name, config_path, ranks_range}", key, where, n);
+            return -1;
+        }
+        CfgStudentRef *st = &md->students[n];
+        memset(st, 0, sizeof *st);
+        int have = 0;
+        for (yaml_node_pair_t *pr = e->data.mapping.pairs.start; pr < e->data.mapping.pairs.top; pr++) {
+            yaml_node_t *kn = yaml_document_get_node(doc, pr->key), *vn = yaml_document_get_node(doc, pr->value);
+            const char *kname = kn && kn->type == YAML_SCALAR_NODE ? (const char *)kn->data.scalar.value : "?";
+            const char *sv = vn && vn->type == YAML_SCALAR_NODE ? (const char *)vn->data.scalar.value : NULL;
+            if (strcmp(kname, "name") == 0 && sv && strlen(sv) < CFG_NAME) {
+                snprintf(st->name, CFG_NAME, "%s", sv), have |= 1;
+            } else if (strcmp(kname, "config_path") == 0 && sv && strlen(sv) < CFG_STR) {
+                snprintf(st->config_path, CFG_STR, "%s", sv), have |= 2;
+            } else if (strcmp(kname, "ranks_range") == 0 && vn && vn->type == YAML_SEQUENCE_NODE &&
+                       vn->data.sequence.items.top - vn->data.sequence.items.start == 2) {
+                for (int j = 0; j < 2; j++) {
+                    yaml_node_t *x = yaml_document_get_node(doc, vn->data.sequence.items.start[j]);
+                    int64_t r;
+                    if (!x || x->type != YAML_SCALAR_NODE || parse_i64((const char *)x->data.scalar.value, &r) ||
+                        r < 0 || r > INT_MAX) {
+                        dino_seterr(err, "%s in %s: student %d: ranks_range must be two ranks [first, end)", key,
+                                    where, n);
+                        return -1;
+                    }
+                    st->ranks_range[j] = (int)r;
+                }
+                have |= 4;
+            } else {
+                dino_seterr(err, "%s in %s: student %d: '%s' is not name (< %d characters), config_path or "
+                                 "ranks_range [first, end)",
+                            key, where, n, kname, CFG_NAME);
+                return -1;
+            }
+        }
+        if (have != 7) {
+            dino_seterr(err, "%s in %s: student %d needs name, config_path and ranks_range", key, where, n);
+            return -1;
+        }
+    }
+    md->n_students = n;
+    return 0;
+}
+
 // Applies every key of mapping `map` under `prefix` ("" at the top) from file index `file`.
 static int apply_mapping(Config *c, yaml_document_t *doc, yaml_node_t *map, const char *prefix, const char *path,
                          int file, char *err) {
@@ -647,6 +731,11 @@ static int apply_mapping(Config *c, yaml_document_t *doc, yaml_node_t *map, cons
                 return -1;
             }
             return unknown_key(full, where, err);
+        }
+        if (k->type == CT_STUDENTS) {
+            if (parse_students(c, doc, vn, where, err)) return -1;
+            set_origin(c, k, file);
+            continue;
         }
         Val v;
         if (val_from_node(&v, doc, vn)) {
@@ -923,6 +1012,19 @@ static void put_value(Text *b, const Config *c, const CfgKey *k) {
         text_printf(b, "]");
         break;
     }
+    case CT_STUDENTS: {
+        const CfgMultiDistillation *md = &c->multidistillation;
+        text_printf(b, "[");
+        for (int i = 0; i < md->n_students; i++) {
+            text_printf(b, "%s{name: ", i ? ", " : "");
+            put_quoted(b, md->students[i].name);
+            text_printf(b, ", config_path: ");
+            put_quoted(b, md->students[i].config_path);
+            text_printf(b, ", ranks_range: [%d, %d]}", md->students[i].ranks_range[0], md->students[i].ranks_range[1]);
+        }
+        text_printf(b, "]");
+        break;
+    }
     }
 }
 
@@ -1017,6 +1119,16 @@ int config_equal(const Config *a, const Config *b, const char **diff_key) {
             same = a->data.n_sources == b->data.n_sources;
             for (int j = 0; same && j < a->data.n_sources; j++) same = strcmp(a->data.sources[j], b->data.sources[j]) == 0;
             break;
+        case CT_STUDENTS: {
+            const CfgMultiDistillation *x = &a->multidistillation, *y = &b->multidistillation;
+            same = x->n_students == y->n_students;
+            for (int j = 0; same && j < x->n_students; j++)
+                same = strcmp(x->students[j].name, y->students[j].name) == 0 &&
+                       strcmp(x->students[j].config_path, y->students[j].config_path) == 0 &&
+                       x->students[j].ranks_range[0] == y->students[j].ranks_range[0] &&
+                       x->students[j].ranks_range[1] == y->students[j].ranks_range[1];
+            break;
+        }
         }
         if (!same) {
             if (diff_key) *diff_key = k->key;
@@ -1024,6 +1136,40 @@ int config_equal(const Config *a, const Config *b, const char **diff_key) {
         }
     }
     return 1;
+}
+
+// The top file is the last one read (its bases come before it); the command line comes after it.
+int config_apply_own_keys(Config *dst, const Config *src) {
+    int top = -1, cli = -1;
+    for (int i = 1; i < src->origin.n_files; i++) {
+        if (strcmp(src->origin.files[i], "the command line") == 0) cli = i;
+        else top = i;
+    }
+    int n = 0;
+    for (int i = 0; i < N_KEYS; i++) {
+        const CfgKey *k = &KEYS[i];
+        const int from = src->origin.of_key[i];
+        if (from == 0 || (from != top && from != cli)) continue;
+        size_t bytes = 0;
+        switch (k->type) {
+        case CT_BOOL: bytes = sizeof(bool); break;
+        case CT_INT: bytes = sizeof(int); break;
+        case CT_I64: bytes = sizeof(int64_t); break;
+        case CT_F64: bytes = sizeof(double); break;
+        case CT_STR: case CT_ENUM: bytes = (size_t)k->n; break;
+        case CT_F64_LIST: bytes = sizeof(double) * (size_t)k->n; break;
+        case CT_STR_LIST: bytes = sizeof src->data.sources, dst->data.n_sources = src->data.n_sources; break;
+        case CT_INT_VLIST: bytes = sizeof(CfgIntList); break;
+        case CT_F64_VLIST: bytes = sizeof(CfgF64List); break;
+        case CT_STUDENTS: bytes = sizeof src->multidistillation.students;
+            dst->multidistillation.n_students = src->multidistillation.n_students;
+            break;
+        }
+        memcpy(field(dst, k), cfield(src, k), bytes);
+        set_origin(dst, k, add_origin(dst, src->origin.files[from]));
+        n++;
+    }
+    return n;
 }
 
 // ---- derived values ---------------------------------------------------------------------------------
@@ -1490,6 +1636,39 @@ int config_validate(const Config *c, char *err) {
     NEED(prob_ok(a->hed_p), "augment.hed_p", "must be in [0, 1]");
     NEED(a->hed_scale >= 0 && a->hed_scale < 1, "augment.hed_scale", "must be in [0, 1)");
     NEED(a->hed_shift >= 0, "augment.hed_shift", "must be >= 0");
+
+    const CfgDistillation *ds = &c->distillation;
+    const CfgMultiDistillation *md = &c->multidistillation;
+    if (md->enabled) {
+        NEED(ds->enabled, "distillation.enabled", "multidistillation.enabled is true: the students need a teacher");
+        NEED(md->n_students >= 1, "multidistillation.students", "name at least one student");
+        NEED(md->global_batch_size >= 1, "multidistillation.global_batch_size", "must be >= 1");
+        int next = 0; // the ranges tile [0, world) in order
+        for (int i = 0; i < md->n_students; i++) {
+            const CfgStudentRef *st = &md->students[i];
+            NEED(st->name[0] && !strchr(st->name, '/') && strcmp(st->name, ".") && strcmp(st->name, ".."),
+                 "multidistillation.students", "student %d: name must be a plain directory name", i);
+            for (int j = 0; j < i; j++)
+                NEED(strcmp(md->students[j].name, st->name) != 0, "multidistillation.students",
+                     "two students are named '%s' (each gets <train.output_dir>/<name>)", st->name);
+            NEED(st->config_path[0], "multidistillation.students", "student '%s': config_path is empty", st->name);
+            NEED(st->ranks_range[0] == next && st->ranks_range[1] > st->ranks_range[0], "multidistillation.students",
+                 "student '%s': ranks_range [%d, %d) must be non-empty and start at %d (the ranges follow each other "
+                 "from rank 0)",
+                 st->name, st->ranks_range[0], st->ranks_range[1], next);
+            next = st->ranks_range[1];
+            NEED(md->global_batch_size % (st->ranks_range[1] - st->ranks_range[0]) == 0,
+                 "multidistillation.global_batch_size", "not divisible by the %d ranks of student '%s'",
+                 st->ranks_range[1] - st->ranks_range[0], st->name);
+        }
+    }
+    if (ds->enabled) {
+        NEED(ds->full_cfg_path[0], "distillation.full_cfg_path", "distillation needs the teacher's config file");
+        NEED(ds->checkpoint_path[0], "distillation.checkpoint_path", "distillation needs the teacher's weights");
+        NEED(md->enabled, "multidistillation.enabled",
+             "distillation.enabled runs through multidistillation (one student on ranks [0, world) for a single "
+             "distillation); see docs/distillation.md");
+    }
 
     NEED(c->log.every_n_iterations >= 1, "log.every_n_iterations", "must be >= 1");
     NEED(c->log.metrics_file[0], "log.metrics_file", "must name a file");

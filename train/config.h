@@ -170,6 +170,28 @@ typedef struct {
     char knn_train[CFG_STR], knn_test[CFG_STR]; // labeled tile sets for periodic k-NN; '' = off
 } CfgEvaluation;
 
+// Distillation from a frozen teacher (dinov3's `distillation` section): the teacher's config and weights.
+typedef struct {
+    bool enabled;
+    char full_cfg_path[CFG_STR];   // the teacher's config (architecture, heads), a normal config file
+    char checkpoint_path[CFG_STR]; // its weights: a training output dir / checkpoint dir, or a weights file
+} CfgDistillation;
+
+// Several students trained at once from one teacher (dinov3's `multidistillation` section), each on its
+// own ranks [ranks_range[0], ranks_range[1]).
+#define CFG_MAX_STUDENTS 8
+typedef struct {
+    char name[CFG_NAME];       // its output goes to <train.output_dir>/<name>
+    char config_path[CFG_STR]; // a normal config file (base: inheritance works)
+    int ranks_range[2];
+} CfgStudentRef;
+typedef struct {
+    bool enabled;
+    int global_batch_size;     // images per iteration; every student sees all of them
+    CfgStudentRef students[CFG_MAX_STUDENTS];
+    int n_students;
+} CfgMultiDistillation;
+
 // Where each value came from, for error messages: files[0] is "defaults", then each config file in
 // the order read, then "the command line".
 typedef struct {
@@ -191,6 +213,8 @@ typedef struct {
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
     bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward
     CfgEvaluation evaluation;
+    CfgDistillation distillation;
+    CfgMultiDistillation multidistillation;
     CfgData data;
     CfgAugment augment;
     CfgLog log;
@@ -216,6 +240,10 @@ int config_override(Config *cfg, const char *kv, char *err);
 // Checks values and their combinations. data.sources may be empty here (recipes leave the data to the
 // site); the trainer refuses to start without a source. Returns 0, or -1 with err set.
 int config_validate(const Config *cfg, char *err);
+
+// dinov3's multidistillation merge (default <- student file <- main file <- command line): copies into dst
+// every key that src's own top file (not its bases) or src's command line set. Returns the number of keys.
+int config_apply_own_keys(Config *dst, const Config *src);
 
 // The resolved config as YAML (malloc'd, caller frees); reading it back gives an equal Config.
 char *config_to_yaml(const Config *cfg);

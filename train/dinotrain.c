@@ -8,6 +8,7 @@
 #include "common/threads.h"
 #include "dist/dist.h"
 #include "train/config.h"
+#include "train/distill.h"
 #include "train/memory_plan.h"
 #include "train/train.h"
 
@@ -58,10 +59,38 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dinotrain: %s\n", err);
         return 2;
     }
+    // a distillation run: every student's config and the teacher's are read and validated here too
+    if (cfg.multidistillation.enabled) {
+        Config other;
+        for (int k = 0; k < cfg.multidistillation.n_students; k++)
+            if (distill_student_config(&cfg, k, &other, err)) {
+                fprintf(stderr, "dinotrain: %s\n", err);
+                return 2;
+            }
+        if (config_load(&other, cfg.distillation.full_cfg_path, 0, NULL, err)) {
+            fprintf(stderr, "dinotrain: distillation.full_cfg_path: %s\n", err);
+            return 2;
+        }
+    }
     if (check_only) {
         char *yaml = config_to_yaml(&cfg);
         fputs(yaml, stdout);
         free(yaml);
+        return 0;
+    }
+    if (plan && cfg.multidistillation.enabled) { // one plan per student, on its ranks (the frozen teacher not counted)
+        for (int k = 0; k < cfg.multidistillation.n_students; k++) {
+            const CfgStudentRef *st = &cfg.multidistillation.students[k];
+            Config sc;
+            MemoryPlan mp;
+            const int ranks = st->ranks_range[1] - st->ranks_range[0];
+            if (distill_student_config(&cfg, k, &sc, err) || memory_plan(&sc, ranks, &mp, err)) {
+                fprintf(stderr, "dinotrain: %s\n", err);
+                return 2;
+            }
+            printf("student '%s' (%s) on %d ranks, without the frozen teacher:\n", st->name, st->config_path, ranks);
+            memory_plan_print(stdout, &sc, &mp);
+        }
         return 0;
     }
     if (plan) {
@@ -90,18 +119,23 @@ int main(int argc, char **argv) {
         return 1;
     }
     TrainResult res;
-    int rc = train_run(&cfg, &d, &opt, &res, err);
+    // multidistillation.enabled: students of a frozen teacher on groups of ranks (train/distill.c)
+    char student[CFG_NAME] = "";
+    int rc = cfg.multidistillation.enabled ? distill_run(&cfg, &d, &opt, &res, student, err)
+                                           : train_run(&cfg, &d, &opt, &res, err);
     if (rc) {
         if (d.world > 1) dist_abort(&d, "%s", err);
         fprintf(stderr, "dinotrain: %s\n", err);
         dist_finalize(&d);
         return 1;
     }
+    if (student[0] && res.last_checkpoint[0]) // each student's first rank
+        printf("dinotrain: student '%s': checkpoint %s\n", student, res.last_checkpoint);
     if (d.rank == 0) {
         printf("dinotrain: done, iterations %lld..%lld", (long long)res.start_iteration, (long long)res.end_iteration);
         if (res.skipped_steps) printf(" (%lld skipped: non-finite loss)", (long long)res.skipped_steps);
         printf("\n  output:     %s\n", cfg.train.output_dir);
-        if (res.last_checkpoint[0]) printf("  checkpoint: %s\n", res.last_checkpoint);
+        if (res.last_checkpoint[0] && !student[0]) printf("  checkpoint: %s\n", res.last_checkpoint);
     }
     dist_finalize(&d);
     return 0;

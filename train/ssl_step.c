@@ -145,7 +145,7 @@ static void make_pair_acts(SslModel *m, Backend *be, int k) {
         if (nL > 0) w->s_loc = vit_acts_new_sharing(be, &m->vit, nL * B, L, smode, w->s_glob);
     }
     if (w->s_loc) vit_acts_set_local_crops(w->s_loc, 1); // DINOv3: local_cls_norm when untied
-    w->t_glob = vit_acts_new(be, &m->vit, 2 * B, G, VIT_ACTS_FORWARD_ONLY); // no backward
+    if (!c->student_only) w->t_glob = vit_acts_new(be, &m->vit, 2 * B, G, VIT_ACTS_FORWARD_ONLY); // no backward
     // fixed gather indices: teacher CLS swapped [g2; g1], student global and local CLS
     for (int r = 0; r < 2 * B; r++) w->idx_host[r] = ((r + B) % (2 * B)) * w->Tg;
     be->to_device(be, w->idx_tcls, w->idx_host, sizeof(int) * 2 * B);
@@ -355,6 +355,7 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     const int G = w->G, L = w->L;
     const int do_ibot = c->ibot_loss_weight > 0;
     memset(st, 0, sizeof *st);
+    DINO_ASSERT(w->t_glob, "ssl_forward_backward on a student_only model (distillation: ssl_student_forward_backward)");
 
     // ---- inputs: crops, masks -> masked-token indices and weights (crop-major, as the reference)
     const uint8_t *masks = b->masks;
@@ -649,7 +650,7 @@ SslMemory ssl_memory(const SslModel *m) {
     r.grads = sizeof(float) * m->buffer_floats;
     r.optimizer = 2 * sizeof(float) * (m->shard_end - m->shard_begin);
     r.student_acts = vit_acts_bytes(w->s_glob) + (w->s_loc ? vit_acts_bytes(w->s_loc) : 0);
-    r.teacher_acts = vit_acts_bytes(w->t_glob);
+    r.teacher_acts = w->t_glob ? vit_acts_bytes(w->t_glob) : 0;
     return r;
 }
 
@@ -668,4 +669,158 @@ void ssl_embed(SslModel *m, Backend *be, int use_teacher, const float *images, i
     free(row);
     be->release(be, img);
     vit_acts_free(be, a);
+}
+
+// ---- distillation: the student half against given targets -----------------------------------------
+// The same student forward, losses and backward as ssl_forward_backward (kept beside it, not shared, so
+// that the SSL step stays as it is), with the targets uploaded instead of computed and no masking.
+int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *b, const SslTargets *t, SslStepStats *st,
+                                 char *err) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    DINO_ASSERT(!b->staged && !b->diag, "ssl_student_forward_backward: staged batches and diagnostics are not supported");
+    if (b->pair < 0 || b->pair >= c->n_pairs) {
+        dino_seterr(err, "ssl_step: size pair %d, the model has %d", b->pair, c->n_pairs);
+        return -1;
+    }
+    ssl_use_pair(m, be, b->pair);
+    const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, Kd = w->Kd, Ki = w->Ki, R = c->vit.n_registers;
+    const int G = w->G, L = w->L;
+    const int do_ibot = c->ibot_loss_weight > 0;
+    memset(st, 0, sizeof *st);
+    be->to_device(be, w->glob_img, b->global_crops, sizeof(float) * (size_t)2 * B * 3 * G * G);
+    if (nL > 0) be->to_device(be, w->loc_img, b->local_crops, sizeof(float) * (size_t)nL * B * 3 * L * L);
+    // masked-token indices and weights (crop-major, as the reference): the tokens the iBOT targets are for
+    int n_m = 0;
+    if (b->masks && do_ibot) {
+        for (int i = 0; i < 2 * B; i++) {
+            int cnt = 0;
+            for (int n = 0; n < Ng; n++) cnt += b->masks[(size_t)i * Ng + n] != 0;
+            if (cnt && n_m + cnt > w->max_masked) {
+                dino_seterr(err, "ssl_step: more than %d masked tokens in the batch (max_masked too small)",
+                            w->max_masked);
+                return -1;
+            }
+            for (int n = 0; n < Ng; n++)
+                if (b->masks[(size_t)i * Ng + n]) {
+                    w->idx_host[n_m] = i * w->Tg + 1 + R + n;
+                    w->w_host[n_m] = 1.0f / (float)cnt;
+                    n_m++;
+                }
+        }
+        if (n_m) {
+            be->to_device(be, w->idx_mask, w->idx_host, sizeof(int) * (size_t)n_m);
+            be->to_device(be, w->mask_w, w->w_host, sizeof(float) * (size_t)n_m);
+        }
+    }
+    if (n_m && !t->ibot) {
+        dino_seterr(err, "ssl_student_forward_backward: %d masked tokens but no iBOT targets", n_m);
+        return -1;
+    }
+    st->n_masked = n_m;
+    be->to_device(be, w->P_dino, t->dino, sizeof(float) * (size_t)2 * B * Kd);
+    if (n_m) be->to_device(be, w->P_ibot, t->ibot, sizeof(float) * (size_t)n_m * Ki);
+    float ent;
+    be->entropy_mean(be, w->scratch, w->P_dino, 2 * B, Kd);
+    be->to_host(be, &ent, w->scratch, sizeof ent);
+    st->teacher_entropy = ent;
+    if (n_m) {
+        be->entropy_mean(be, w->scratch, w->P_ibot, n_m, Ki);
+        be->to_host(be, &ent, w->scratch, sizeof ent);
+        st->ibot_teacher_entropy = ent;
+    }
+    const int *sub_g = b->drop_global, *sub_l = b->drop_local;
+    if (c->vit.drop_path_rate > 0) {
+        if (!sub_g) vit_draw_drop_subsets(&m->vit, 2 * B, rng_make(b->drop_key.state, 1, 0, 0), w->sub_g), sub_g = w->sub_g;
+        if (!sub_l && nL > 0)
+            vit_draw_drop_subsets(&m->vit, nL * B, rng_make(b->drop_key.state, 2, 0, 0), w->sub_l), sub_l = w->sub_l;
+    } else {
+        sub_g = sub_l = NULL;
+    }
+    // DINOv3 RoPE coordinate augmentation of the student, as ssl_forward_backward draws it
+    const RopeConfig *rc = &c->vit.rope_cfg;
+    if (c->vit.rope && (rc->shift > 0 || rc->jitter > 0 || rc->rescale > 0)) {
+        RopeAug *aug = dino_malloc(sizeof(RopeAug) * (size_t)c->vit.depth);
+        vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 3, 0, 0), aug);
+        vit_acts_set_rope_aug(be, &m->vit, w->s_glob, aug);
+        if (nL > 0) {
+            vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 4, 0, 0), aug);
+            vit_acts_set_rope_aug(be, &m->vit, w->s_loc, aug);
+        }
+        free(aug);
+    }
+
+    // ---- student forward: global crops unmasked, head input [local CLS; global CLS; masked patch tokens]
+    const float *xg = vit_forward(be, &m->vit, m->student, w->s_glob, w->glob_img, NULL, sub_g);
+    const float *xl = nL > 0 ? vit_forward(be, &m->vit, m->student, w->s_loc, w->loc_img, NULL, sub_l) : NULL;
+    float *s_loc_cls = w->s_in, *s_glob_cls = w->s_in + (size_t)nL * B * D;
+    float *s_masked = w->s_in + (size_t)w->rows_cls * D;
+    if (nL > 0) be->gather_rows(be, s_loc_cls, xl, w->idx_lcls, nL * B, (size_t)D);
+    be->gather_rows(be, s_glob_cls, xg, w->idx_gcls, 2 * B, (size_t)D);
+    if (n_m) be->gather_rows(be, s_masked, xg, w->idx_mask, n_m, (size_t)D);
+    const float *zs_dino, *zs_ibot = NULL;
+    if (c->ibot_separate_head) {
+        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls);
+        if (n_m) zs_ibot = head_forward(be, &m->ibot_head, m->student, w->s_ibot, s_masked, n_m);
+    } else {
+        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls + n_m);
+        zs_ibot = zs_dino + (size_t)w->rows_cls * Kd;
+    }
+
+    // ---- losses and their gradients w.r.t. the student logits
+    const float ts = c->student_temp;
+    double local = dino_loss_local(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
+                                   c->dino_loss_weight);
+    double global = dino_loss_global(be, zs_dino + (size_t)nL * B * Kd, nL, B, w->P_dino, Kd, ts, w->row_loss,
+                                     w->dz_dino + (size_t)nL * B * Kd, c->dino_loss_weight);
+    double ibot = 0;
+    if (do_ibot && n_m)
+        ibot = ibot_loss(be, zs_ibot, w->P_ibot, w->mask_w, n_m, 2 * B, Ki, ts, w->row_loss, w->dz_ibot,
+                         c->ibot_loss_weight);
+
+    // ---- backward: heads -> head inputs (+ KoLeo/KDE on the global CLS) -> backbone outputs -> ViT
+    be->zero(be, m->grads, sizeof(float) * m->tab.total);
+    if (c->ibot_separate_head) {
+        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
+        if (n_m) head_backward(be, &m->ibot_head, m->student, m->grads, w->s_ibot, w->dz_ibot, w->ds_in + (size_t)w->rows_cls * D);
+    } else {
+        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
+    }
+    float *ds_glob_cls = w->ds_in + (size_t)nL * B * D;
+    double reg = 0;
+    if (c->use_kde) {
+        if (c->kde_loss_weight > 0)
+            reg = kde_loss(be, s_glob_cls, 2, B, D, c->kde_kappa, c->kde_loss_weight, ds_glob_cls, w->scratch);
+    } else if (c->koleo_loss_weight > 0) {
+        reg = koleo_loss(be, s_glob_cls, 2, B, D, c->koleo_loss_weight, ds_glob_cls, w->scratch);
+    }
+    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, m->dino_head.w[0]);
+    vit_acts_set_grad_hook(w->s_glob, nL > 0 ? NULL : m->grad_ready, m->grad_ready_ctx);
+    if (nL > 0) vit_acts_set_grad_hook(w->s_loc, m->grad_ready, m->grad_ready_ctx);
+    be->zero(be, w->d_xg, sizeof(float) * (size_t)2 * B * w->Tg * D);
+    be->scatter_add_rows(be, w->d_xg, ds_glob_cls, w->idx_gcls, 2 * B, (size_t)D);
+    if (n_m) be->scatter_add_rows(be, w->d_xg, w->ds_in + (size_t)w->rows_cls * D, w->idx_mask, n_m, (size_t)D);
+    vit_backward(be, &m->vit, m->student, m->grads, w->s_glob, w->d_xg);
+    if (nL > 0) {
+        be->zero(be, w->d_xl, sizeof(float) * (size_t)nL * B * w->Tl * D);
+        be->scatter_add_rows(be, w->d_xl, w->ds_in, w->idx_lcls, nL * B, (size_t)D);
+        vit_backward(be, &m->vit, m->student, m->grads, w->s_loc, w->d_xl);
+    }
+
+    st->dino_local_crops_loss = local;
+    st->dino_global_crops_loss = global;
+    st->koleo_loss = reg / 2;
+    st->ibot_loss = ibot / 2;
+    st->total_loss = local + global + reg / 2 + ibot / 2;
+    st->backprop_loss = c->dino_loss_weight * (local + global) + reg + c->ibot_loss_weight * ibot;
+    float *cls = dino_malloc(sizeof(float) * (size_t)2 * B * D);
+    be->to_host(be, cls, s_glob_cls, sizeof(float) * (size_t)2 * B * D);
+    st->student_cls_std = normalized_std(cls, 2 * B, D);
+    free(cls);
+    if (!isfinite(st->backprop_loss)) {
+        dino_seterr(err, "distillation step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g)", local, global,
+                    reg, ibot);
+        return -1;
+    }
+    return 0;
 }

@@ -55,6 +55,8 @@ typedef struct {
     int zero_world, zero_rank;
     int recompute_activations;   // student backbone: keep only block inputs, recompute in backward
     int staged_upload;           // allocate two staging slots for ssl_stage_batch (the trainer does)
+    int student_only;            // distillation: the step runs only ssl_student_forward_backward (targets from a
+                                 // frozen teacher): the EMA teacher's activations are not allocated
 } SslConfig;
 
 // The reference's defaults around a ViT config (heads 2048/256/65536, 3 layers; B, crops set by caller).
@@ -148,6 +150,23 @@ int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, 
 // Returns -1 with err set when the loss is NaN or Inf (the caller must then skip ssl_update).
 int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
                          SslStepStats *stats, char *err);
+// Distillation (train/distill.c): the targets of a frozen teacher that ran elsewhere, for this batch.
+typedef struct {
+    const float *dino; // host [2B, Kd]: row c*B+i is the target of the student's global crop c of image i, i.e.
+                       // the teacher's centred probabilities on the OTHER global crop of image i (the rows
+                       // ssl_forward_backward computes from its swapped teacher CLS [g2; g1])
+    const float *ibot; // host [n_masked, Ki]: the teacher's centred probabilities on the batch's masked tokens,
+                       // in the order of the masks (crop-major: crop, image, token); NULL without iBOT
+} SslTargets;
+
+// The student half of ssl_forward_backward against given targets, as the official distillation step
+// (dinov3 SSLMetaArch with distillation.enabled): the student sees its global crops UNMASKED (the masks only
+// pick the tokens whose iBOT targets it must predict), local crops as usual; DINO local + global, KoLeo (or
+// KDE) and iBOT losses; gradients into m->grads. The model's own EMA teacher and centres are not used.
+// batch->staged must be 0 and batch->diag NULL. Returns -1 with err set when the loss is not finite.
+int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *batch, const SslTargets *targets,
+                                 SslStepStats *stats, char *err);
+
 // Gradient clipping per submodule (stats->grad_norm), AdamW, EMA teacher, on the whole model.
 void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *stats);
 
