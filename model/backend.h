@@ -15,7 +15,7 @@
 //    element type that the backend records per allocation. The model asks for DINO_BF16 by purpose
 //    (the ViT's branch intermediates and their gradients); the cpu backend stores fp32 regardless (the
 //    reference; backend_cpu_emulate_bf16 rounds them as a GPU would store them), the cuda backend stores
-//    bf16 (with its default bf16 GEMMs). Such a pointer is a handle to the whole buffer: the model
+//    bf16 (with its default bf16 GEMMs). The heads' hidden layers are bf16 too; from the bottleneck on fp32. Such a pointer is a handle to the whole buffer: the model
 //    passes it to ops as is, never offset into it (the cuda backend refuses an interior pointer) nor
 //    copies it with byte counts of its own. Every other buffer, and every op argument not listed as
 //    accepting one, is fp32. The ops that accept bf16 activations: linear_fwd (out, in), linear_bwd
