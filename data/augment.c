@@ -83,6 +83,10 @@ int augment_config_check(const AugmentConfig *c, char *err) {
         dino_seterr(err, "augment: colour jitter strengths must be >= 0 and hue <= 0.5");
         return -1;
     }
+    if (c->gram_size != 0 && (c->gram_size < 8 || c->gram_size > 4096)) {
+        dino_seterr(err, "augment: gram_teacher_crops_size %d out of range [8, 4096]", c->gram_size);
+        return -1;
+    }
     if (c->blur_kernel < 1 || c->blur_kernel % 2 == 0 || c->blur_kernel / 2 >= c->local_size) {
         dino_seterr(err, "augment: blur kernel size %d must be odd and smaller than the crops", c->blur_kernel);
         return -1;
@@ -187,10 +191,17 @@ void augment_plan_sample(const AugmentConfig *c, uint64_t seed, int64_t sample, 
     }
 }
 
+void augment_plan_gram(const AugmentConfig *c, const CropPlan *global, CropPlan *out) {
+    *out = *global;
+    out->out_size = c->gram_size;
+    if (c->gram_no_distortions) out->jitter = out->gray = out->blur = out->solarize = out->hed = 0;
+}
+
 AugmentScratch *augment_scratch_new(const AugmentConfig *c) {
     AugmentScratch *s = dino_calloc(1, sizeof *s);
     if (!c) return s; // for the single ops only: their buffers grow on use
     int S = c->global_size > c->local_size ? c->global_size : c->local_size;
+    if (c->gram_size > S) S = c->gram_size;
     s->crop_cap = (size_t)S * S * 3;
     s->crop = dino_malloc(s->crop_cap);
     s->crop2 = dino_malloc(s->crop_cap);

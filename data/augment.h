@@ -41,6 +41,10 @@ typedef struct {
     double hed_scale;         // per-channel stain factor ~ U[1 - s, 1 + s]
     double hed_shift;         // per-channel stain offset ~ U[-s, s] (optical-density units)
     int no_resize;            // 1: random crop of the target size, no resize (Virchow2 style)
+    // DINOv3 Gram anchoring (crops.gram_teacher_crops_size / gram_teacher_no_distortions): 0 = off, else
+    // the side of the Gram teacher's copy of each global crop (same box and flips, resized to this size).
+    int gram_size;
+    int gram_no_distortions;  // 1: that copy gets no colour distortion (jitter, grayscale, blur, solarize, HED)
 } AugmentConfig;
 
 void augment_config_default(AugmentConfig *c);
@@ -73,6 +77,9 @@ double rrc_uniform_from_rng(void *rng); // adapter: ctx is an Rng *
 
 // Plans crop `crop` (0, 1 = globals, 2.. = locals) of a w x h image.
 void augment_plan_crop(const AugmentConfig *c, int crop, int w, int h, Rng *rng, CropPlan *p);
+// The Gram teacher's crop of global crop `global` (0 or 1): the same geometry (box, flips, rotation) at
+// c->gram_size, with the global crop's colour distortions unless c->gram_no_distortions.
+void augment_plan_gram(const AugmentConfig *c, const CropPlan *global, CropPlan *out);
 // Plans all 2 + n_local crops of global sample `sample`: crop k uses rng_make(seed, AUG, sample, k).
 void augment_plan_sample(const AugmentConfig *c, uint64_t seed, int64_t sample, int w, int h,
                          CropPlan *plans);

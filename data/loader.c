@@ -161,7 +161,10 @@ static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
             rc = l->size(l->ctx, t, read_seed, &fw, &fh, err);
             if (rc == 0 && fw > 0 && fh > 0) {
                 augment_plan_sample(&aug, c->seed, g, fw, fh, w->plans);
-                scale = augment_decode_scale(w->plans, 2 + aug.n_local, l->max_decode_scale);
+                int n_plans = 2 + aug.n_local;
+                if (aug.gram_size) // the Gram crops may be larger than the global ones
+                    for (int k = 0; k < 2; k++) augment_plan_gram(&aug, &w->plans[k], &w->plans[n_plans++]);
+                scale = augment_decode_scale(w->plans, n_plans, l->max_decode_scale);
                 rc = scale > 1 ? l->read_scaled(l->ctx, t, read_seed, scale, &img, err)
                                : l->read(l->ctx, t, read_seed, &img, err);
                 int want_w = (fw + scale - 1) / scale, want_h = (fh + scale - 1) / scale;
@@ -200,6 +203,13 @@ static void build_image(Loader *l, Slot *s, int slot_i, WorkerRes *w) {
         for (int k = 0; k < aug.n_local; k++)
             augment_apply_scaled(&aug, &w->plans[2 + k], &img, scale,
                                  b->local_crops + ((size_t)k * B + slot_i) * 3 * L * L, w->scratch);
+        const int Gg = aug.gram_size;
+        for (int k = 0; Gg && k < 2; k++) {
+            CropPlan gp;
+            augment_plan_gram(&aug, &w->plans[k], &gp);
+            augment_apply_scaled(&aug, &gp, &img, scale, b->gram_crops + ((size_t)k * B + slot_i) * 3 * Gg * Gg,
+                                 w->scratch);
+        }
         image_free(&img);
     }
     b->sample[slot_i] = g;
@@ -361,6 +371,11 @@ Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadF
         const size_t nl = sizeof(float) * ((size_t)c->aug.n_local * B * 3 * Ls * Ls + 1);
         b->global_crops = c->crops_alloc ? c->crops_alloc(c->crops_ctx, ng) : dino_malloc(ng);
         b->local_crops = c->crops_alloc ? c->crops_alloc(c->crops_ctx, nl) : dino_malloc(nl);
+        b->Gg = c->aug.gram_size;
+        if (b->Gg) {
+            const size_t ngg = sizeof(float) * 2 * (size_t)B * 3 * b->Gg * b->Gg;
+            b->gram_crops = c->crops_alloc ? c->crops_alloc(c->crops_ctx, ngg) : dino_malloc(ngg);
+        }
         b->sample = dino_malloc(sizeof(int64_t) * (size_t)B);
         b->tile = dino_malloc(sizeof(int64_t) * (size_t)B);
         mask_batch_alloc(&b->masks, 2 * B, max_tokens);
@@ -370,7 +385,7 @@ Loader *loader_create_scaled(const LoaderConfig *c, int64_t n_tiles, LoaderReadF
     largest.global_size = maxG, largest.local_size = maxL;
     for (int i = 0; i <= c->n_threads; i++) {
         l->res[i].scratch = augment_scratch_new(&largest);
-        l->res[i].plans = dino_malloc(sizeof(CropPlan) * (size_t)(2 + c->aug.n_local));
+        l->res[i].plans = dino_malloc(sizeof(CropPlan) * (size_t)(4 + c->aug.n_local)); // + 2 Gram crops
     }
     l->threads = dino_calloc((size_t)c->n_threads + 1, sizeof(pthread_t));
     pthread_mutex_init(&l->mu, NULL);
@@ -443,9 +458,11 @@ void loader_destroy(Loader *l) {
         if (l->cfg.crops_free) {
             l->cfg.crops_free(l->cfg.crops_ctx, b->global_crops);
             l->cfg.crops_free(l->cfg.crops_ctx, b->local_crops);
+            if (b->gram_crops) l->cfg.crops_free(l->cfg.crops_ctx, b->gram_crops);
         } else {
             free(b->global_crops);
             free(b->local_crops);
+            free(b->gram_crops);
         }
         free(b->sample);
         free(b->tile);

@@ -65,6 +65,8 @@ typedef struct {
     int pair;              // the size pair (LoaderConfig.n_pairs) these crops were made at
     float *global_crops;   // [2][B][3][G][G], normalized, crop-major like the reference collate
     float *local_crops;    // [n_local][B][3][L][L]
+    int Gg;                // Gram teacher crop size (0: no Gram crops, aug.gram_size unset)
+    float *gram_crops;     // [2][B][3][Gg][Gg]: the global crops' geometry for the Gram teacher, or NULL
     int64_t *sample;       // [B] global sample index g of each image
     int64_t *tile;         // [B] tile actually read (differs from the order when one was skipped)
     MaskBatch masks;       // for the 2B global crops, crop-major

@@ -184,6 +184,14 @@ struct Backend {
     // (self term included; <= 0, 0 at full collapse: minimizing it lowers the density, spreading x^);
     // dx_acc += alpha * dloss/dx (skipped when NULL).
     void (*kde)(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float kappa, float alpha);
+    // Gram anchoring loss (DINOv3's GramLoss, img_level, all tokens), fused forward and backward, on the
+    // student's patch tokens s[B,N,D] against the Gram teacher's t[B,N,D]: per image, with rows
+    // x^ = x / max(||x||, 1e-12) when `normalize` (else x), S = s^ s^^T and T = t^ t^^T [N,N];
+    // neg_mode 1 (remove_neg): S and T clamped at 0; 2 (remove_only_teacher_neg): T clamped at 0 (the
+    // reference then zeroes S where S < 0 and T < 0, which the clamped T never is); 0: neither.
+    // loss[0] = mean over B*N*N of (S - T)^2; ds_acc += alpha * dloss/ds (skipped when NULL); t gets none.
+    void (*gram_loss)(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N, int D,
+                      int normalize, int neg_mode, float alpha);
     // AdamW step on n floats (torch.optim.AdamW order): p *= 1 - lr*wd; m = b1 m + (1-b1) g;
     // v = b2 v + (1-b2) g^2; p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). step >= 1.
     void (*adamw)(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd, float beta1,

@@ -216,6 +216,11 @@ static void t_rope_bwd(Backend *be, float *dqkv, const float *sin, const float *
                        int Dh) {
     OP(ROP_ROPE_BWD, dqkv, COSTS(roof_rope, B, N, H, Dh), rope_bwd, dqkv, sin, cos, B, T, N, H, Dh);
 }
+static void t_gram_loss(Backend *be, float *loss, float *ds_acc, const float *sf, const float *t, int B, int N, int D,
+                        int normalize, int neg_mode, float alpha) {
+    OP(ROP_GRAM_LOSS, loss, COSTS(roof_gram_loss, B, N, D), gram_loss, loss, ds_acc, sf, t, B, N, D, normalize, neg_mode,
+       alpha);
+}
 static void t_axpy(Backend *be, float *y, float alpha, const float *x, size_t n) {
     OP(ROP_AXPY, y, COSTS(roof_axpy, (double)n), axpy, y, alpha, x, n);
 }
@@ -287,7 +292,7 @@ static void t_destroy(Backend *be) {
 
 // Every member of the op table must be wrapped below (an op left out would run the inner op on the wrapper's
 // state): a new op in model/backend.h fails this until it is wrapped here and counted in model/roofline.c.
-_Static_assert(sizeof(Backend) == 53 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
+_Static_assert(sizeof(Backend) == 54 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
 
 Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -314,7 +319,7 @@ Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     be->weightnorm_fwd = t_weightnorm_fwd, be->weightnorm_bwd = t_weightnorm_bwd;
     be->softmax_center = t_softmax_center, be->col_sum = t_col_sum, be->center_update = t_center_update;
     be->sinkhorn = t_sinkhorn, be->softmax_ce = t_softmax_ce, be->entropy_mean = t_entropy_mean;
-    be->koleo = t_koleo, be->kde = t_kde, be->adamw = t_adamw, be->ema = t_ema;
+    be->koleo = t_koleo, be->kde = t_kde, be->gram_loss = t_gram_loss, be->adamw = t_adamw, be->ema = t_ema;
     return be;
 }
 

@@ -44,6 +44,7 @@ static const struct {
     [ROP_ENTROPY_MEAN] = {"entropy_mean", RF_HEAD_LOSS},
     [ROP_KOLEO] = {"koleo", RF_HEAD_LOSS},
     [ROP_KDE] = {"kde", RF_HEAD_LOSS},
+    [ROP_GRAM_LOSS] = {"gram_loss", RF_HEAD_LOSS},
     [ROP_SUM_SQUARES] = {"sum_squares", RF_OPTIMIZER},
     [ROP_SCALE] = {"scale", RF_OPTIMIZER},
     [ROP_ADAMW] = {"adamw", RF_OPTIMIZER},
@@ -196,6 +197,14 @@ RoofCost roof_gather_rows(RoofLayout l, double n, double len, int into_next) {
 RoofCost roof_rope(RoofLayout l, double B, double N, double H, double Dh) {
     if (CUR) return cost(0, 16 * B * N * H * Dh + 8 * N * Dh, 1);
     return cost(0, 0, 0);
+}
+// Both layouts (model/cuda/gram_ops.cu keeps fp32 on purpose: the loss is a small difference of two
+// Gram matrices): normalised copies of s and t, S and T [N,N] per image by fp32 GEMMs, the difference
+// and its gradient dS, then ds = dS s^ by a third GEMM and the normalisation's backward: 6 B N^2 D FLOPs.
+RoofCost roof_gram_loss(RoofLayout l, double B, double N, double D) {
+    (void)l;
+    const double bnd = B * N * D, bnn = B * N * N;
+    return cost(6 * B * N * N * D, 4 * (6 * bnd + 5 * bnn), 7);
 }
 RoofCost roof_residual_fwd(RoofLayout l, double n, double T, double D) {
     return cost(0, n * T * D * (CUR ? 12 : 10), 1); // x read and written (fp32), the branch read

@@ -46,7 +46,7 @@ typedef enum {
     ROP_IM2COL, ROP_TOKENS_FWD, ROP_TOKENS_BWD, ROP_GATHER_ROWS, ROP_RESIDUAL_FWD, ROP_RESIDUAL_BWD,
     ROP_SCATTER_ADD_ROWS, ROP_AXPY,
     ROP_L2NORM_FWD, ROP_L2NORM_BWD, ROP_WEIGHTNORM_FWD, ROP_WEIGHTNORM_BWD, ROP_SOFTMAX_CENTER, ROP_COL_SUM,
-    ROP_CENTER_UPDATE, ROP_SINKHORN, ROP_SOFTMAX_CE, ROP_ENTROPY_MEAN, ROP_KOLEO, ROP_KDE,
+    ROP_CENTER_UPDATE, ROP_SINKHORN, ROP_SOFTMAX_CE, ROP_ENTROPY_MEAN, ROP_KOLEO, ROP_KDE, ROP_GRAM_LOSS,
     ROP_SUM_SQUARES, ROP_SCALE, ROP_ADAMW, ROP_EMA,
     ROP_COPY, ROP_ZERO,
     ROP_TO_DEVICE, ROP_TO_HOST, ROP_UPLOAD_ASYNC,
@@ -99,6 +99,8 @@ RoofCost roof_attention_fwd(RoofLayout l, double B, double T, double H, double D
 RoofCost roof_attention_bwd(RoofLayout l, double B, double T, double H, double Dh);
 // DINOv3's RoPE on the q and k of N patch tokens (in place; the forward and the backward alike)
 RoofCost roof_rope(RoofLayout l, double B, double N, double H, double Dh);
+// DINOv3's Gram anchoring loss on B images of N patch tokens of width D (forward and backward)
+RoofCost roof_gram_loss(RoofLayout l, double B, double N, double D);
 RoofCost roof_im2col(RoofLayout l, double B, double C, double Hi, double Wi, double p);
 RoofCost roof_tokens_fwd(RoofLayout l, double B, double N, double R, double D);
 RoofCost roof_tokens_bwd(RoofLayout l, double B, double N, double R, double D, int has_mask);

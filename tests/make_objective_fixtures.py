@@ -17,6 +17,18 @@ reference tests/torch_ref/dinov2_vit.py, and runs in float64 on float32 starting
   backward -> clip_grad_norm_(3.0) per student submodule -> torch.optim.AdamW on the reference's param
   groups (layer-wise decay, patch-embed multiplier, no wd on bias/norm/gamma, last-layer lr) -> EMA.
 
+Variant "gram" is a DINOv3 step with Gram anchoring active, on the DINOv3 ViT (tests/torch_ref/dinov3_vit.py:
+RoPE base 100, one storage token, untied local-crop CLS norm, masked k bias; no RoPE augmentation) (tests/torch_ref/dinov3_gram.py transcribes the
+official pieces): a given Gram teacher backbone (init.gram_teacher.*) on its own crops (42 px, patch tokens
+resampled bicubically 6x6 -> 4x4 to the student's grid), GramLoss (normalized, img_level) on the student's
+masked global crops' final-norm patch tokens, the losses as SSLMetaArch.compute_losses (DINOLoss with
+ignore_diagonal, iBOT forward_masked, KoLeo scale, the local-crop weight of dino.reweight_dino_local_loss,
+the Gram weight), weights per step from linear_warmup_cosine_decay; Sinkhorn-Knopp, separate iBOT head.
+Extra tensors: init.gram_teacher.<backbone name>, step{s}.gram_crops f32 [2B,3,Gg,Gg],
+step{s}.gram_weight / .dino_local_weight / .gram_loss / .backprop_loss (the loss_accumulator) f64 [1].
+
+Usage: make_objective_fixtures.py [variant ...]   (default: every variant)
+
 Each fixture holds
   __metadata__: the model/objective config and n_steps
   init.student.<name>              f32   student = teacher parameters before step 0
@@ -47,6 +59,26 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "torch_ref"))
 import st_oracle  # noqa: E402
 from dinov2_vit import DinoVisionTransformer, drop_subset_size, randomize_weights  # noqa: E402
+import dinov3_gram  # noqa: E402
+import dinov3_vit  # noqa: E402
+
+
+class DinoV3Backbone(dinov3_vit.DinoVisionTransformer):
+    """The DINOv3 ViT transcription (tests/torch_ref/dinov3_vit.py) with the DINOv2 reference's calling
+    convention here: forward(images, masks, subsets, local) and draw_subsets (no RoPE augmentation: none
+    configured, as the teacher in eval mode)."""
+
+    def __init__(self, drop_path_rate, **kw):
+        super().__init__(**kw)
+        self.drop_path_rate = drop_path_rate
+
+    def draw_subsets(self, B, generator=None):
+        S = drop_subset_size(B, self.drop_path_rate)
+        return [[torch.randperm(B, generator=generator)[:S].sort().values for _ in range(2)]
+                for _ in self.blocks]
+
+    def forward(self, images, masks=None, subsets=None, local=False):
+        return super().forward(images, masks, local=local, aug=None, subsets=subsets)
 
 OUT = os.path.join(HERE, "fixtures")
 
@@ -62,7 +94,18 @@ BASE = dict(
 VARIANTS = {
     "centering": dict(centering="centering", separate_head=False, n_registers=0),
     "sinkhorn": dict(centering="sinkhorn_knopp", separate_head=True, n_registers=1),
+    # the DINOv3 ViT (RoPE base 100, a storage token, untied local CLS norm, masked k bias) with Gram anchoring
+    "gram": dict(centering="sinkhorn_knopp", separate_head=True, n_registers=1,
+                 v3=dict(ffn_layer="mlp", ffn_ratio=2.0, qkv_bias=True, proj_bias=True, ffn_bias=True, mask_k_bias=True,
+                         untie_cls_and_patch_norms=False, untie_global_and_local_cls_norm=True,
+                         norm_layer="layernorm", rope_base=100.0),
+                 gram=dict(crop=42, normalized=True, img_level=True, remove_neg=False, remove_only_teacher_neg=False,
+                           antialias=False)),
 }
+
+# DINOv3 per-step weights (variant gram): the official schedule function over 3 iterations
+GRAM_WEIGHTS = dinov3_gram.linear_warmup_cosine_decay(0.5, 1.0, 2.0, 1, 3, 2)    # 0.5, 1.0, 2.0
+LOCAL_WEIGHTS = dinov3_gram.linear_warmup_cosine_decay(1.0, 1.0, 0.5, 1, 3, 2)   # 1.0, 1.0, 0.5
 
 # schedule values per step (last layer frozen in step 0 as during the reference's first epoch)
 SCHEDULE = [
@@ -152,7 +195,8 @@ def param_groups(student, decay, pe_mult):
         for name, p in module.named_parameters():
             layer_id = n_blocks + 1
             if n_blocks > 0:
-                if any(k in name for k in ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")):
+                if any(k in name for k in ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens",
+                                           "storage_tokens")):
                     layer_id = 0
                 elif "blocks." in name:
                     layer_id = int(name[name.find("blocks."):].split(".")[1]) + 1
@@ -176,6 +220,12 @@ def make_masks(twoB, N, gen):
     return masks
 
 
+def dino_local_scale(nL, n_global=2):
+    """compute_losses' dino_local_scale with ignore_diagonal: the DINOv2 logged value / the DINOv3 mean."""
+    g, l = n_global * (n_global - 1), n_global * nL
+    return l / (g + l)
+
+
 def make_variant(name, var, seed):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 77)
@@ -185,9 +235,20 @@ def make_variant(name, var, seed):
     D = vit_cfg["dim"]
     h = c["head"]
 
+    v3 = var.get("v3")
+
+    def backbone():
+        if not v3:
+            return DinoVisionTransformer(**vit_cfg)
+        return DinoV3Backbone(vit_cfg["drop_path_rate"], patch=vit_cfg["patch"], dim=D, depth=vit_cfg["depth"],
+                              heads=vit_cfg["heads"], layerscale=vit_cfg["layerscale"],
+                              n_storage_tokens=var["n_registers"], **v3)
+
+    randomize = dinov3_vit.randomize_weights if v3 else randomize_weights
+
     def build():
         m = nn.ModuleDict()
-        m["backbone"] = DinoVisionTransformer(**vit_cfg)
+        m["backbone"] = backbone()
         m["dino_head"] = DINOHead(D, h["K"], h["hidden"], h["bottleneck"], h["nlayers"])
         if var["separate_head"]:
             hi = c["ibot_head"]
@@ -195,7 +256,23 @@ def make_variant(name, var, seed):
         return m
 
     student = build()
-    randomize_weights(student["backbone"])
+    randomize(student["backbone"])
+    gv = var.get("gram")
+    if gv:  # the Gram teacher: a backbone of its own (as loaded from gram.ckpt), frozen
+        gram_teacher = nn.ModuleDict({"backbone": backbone()})
+        randomize(gram_teacher["backbone"])
+        # a teacher near the student, as an earlier EMA teacher would be
+        with torch.no_grad():
+            for pg, ps in zip(gram_teacher.parameters(), student["backbone"].parameters()):
+                pg.mul_(0.3).add_(ps, alpha=0.7)
+        gram_init = {f"init.gram_teacher.{k}": v.detach().float().clone().numpy()
+                     for k, v in gram_teacher.state_dict().items()}
+        gram_teacher = gram_teacher.double().eval()
+        for p_ in gram_teacher.parameters():
+            p_.requires_grad = False
+        gram_loss = dinov3_gram.GramLoss(apply_norm=gv["normalized"], img_level=gv["img_level"],
+                                         remove_neg=gv["remove_neg"],
+                                         remove_only_teacher_neg=gv["remove_only_teacher_neg"])
     init = {f"init.student.{k}": v.detach().float().clone().numpy() for k, v in student.state_dict().items()}
     student = student.double().train()
     teacher = build().double()
@@ -217,6 +294,8 @@ def make_variant(name, var, seed):
     n_terms = 2 + 2 * nL
 
     out = dict(init)
+    if gv:
+        out.update(gram_init)
     for s, sched in enumerate(SCHEDULE):
         gcrops = torch.randn(2 * B, 3, G, G)
         lcrops = torch.randn(nL * B, 3, L, L)
@@ -231,6 +310,12 @@ def make_variant(name, var, seed):
         out[f"step{s}.drop_local"] = sub_l.numpy()
         for k, v in sched.items():
             out[f"step{s}.{k}"] = np.array([v], dtype=np.float64)
+        if gv:
+            Gg = gv["crop"]
+            gram_crops = torch.randn(2 * B, 3, Gg, Gg)
+            out[f"step{s}.gram_crops"] = gram_crops.numpy()
+            out[f"step{s}.gram_weight"] = np.array([GRAM_WEIGHTS[s]], dtype=np.float64)
+            out[f"step{s}.dino_local_weight"] = np.array([LOCAL_WEIGHTS[s]], dtype=np.float64)
         gx, lx = gcrops.double(), lcrops.double()
         mask_idx = masks.flatten().nonzero().flatten()
         n_m = mask_idx.numel()
@@ -265,7 +350,7 @@ def make_variant(name, var, seed):
 
         # student
         sxg = student["backbone"](gx, masks.to(torch.uint8), sub_g)
-        sxl = student["backbone"](lx, None, sub_l)
+        sxl = student["backbone"](lx, None, sub_l, local=True) if v3 else student["backbone"](lx, None, sub_l)
         s_gcls, s_lcls = sxg[:, 0], sxl[:, 0]
         s_patch = sxg[:, 1 + R:].flatten(0, 1).index_select(0, mask_idx)
         if var["separate_head"]:
@@ -276,6 +361,43 @@ def make_variant(name, var, seed):
             zs = student["dino_head"](torch.cat((s_lcls, s_gcls, s_patch)))
             zs_l, zs_g, zs_m = zs[:nL * B], zs[nL * B:nL * B + 2 * B], zs[nL * B + 2 * B:]
         ts = c["student_temp"]
+        if gv:  # DINOv3: SSLMetaArch.get_teacher_output / get_gram_teacher_output / compute_losses
+            with torch.no_grad():
+                tz3 = teacher["dino_head"](txn[:, 0])  # natural crop order [g1; g2]
+                P3 = sinkhorn(tz3, temp, 2 * B).view(2, B, -1)
+                gx_g = gram_crops.double()
+                gout = gram_teacher["backbone"](gx_g)
+                t_patches = dinov3_gram.gram_teacher_patches(gout[:, 1 + R:], sxg[:, 1 + R:], gx_g.shape[-1], p, G,
+                                                             antialias=gv["antialias"])
+            total, ld = dinov3_gram.compute_losses(
+                student_local_cls_after_head=zs_l.view(nL, B, -1), student_global_cls_after_head=zs_g.view(2, B, -1),
+                teacher_cls_centered=P3, student_global_cls_pre_head=s_gcls.view(2, B, -1),
+                student_masked_patch_after_head=zs_m, teacher_masked_patch_centered=Pi, masks=masks,
+                masks_weight=masks_weight, student_temp=ts, dino_loss_weight=1.0, koleo_loss_weight=c["koleo"],
+                ibot_loss_weight=1.0, ignore_diagonal=True, local_weight=float(LOCAL_WEIGHTS[s]), gram_loss=gram_loss,
+                gram_student=sxg[:, 1 + R:], gram_teacher=t_patches, gram_img_level=gv["img_level"],
+                gram_loss_weight=float(GRAM_WEIGHTS[s]))
+            total.backward()
+            for sub, module in student.items():
+                torch.nn.utils.clip_grad_norm_(module.parameters(), c["clip_grad"])
+            opt.step()
+            with torch.no_grad():
+                m = sched["momentum"]
+                for ps, pt in zip(student.parameters(), teacher.parameters()):
+                    pt.mul_(m).add_(ps, alpha=1 - m)
+            # logged as the C step reports them (koleo and ibot halved as DINOv2's log; total = their sum +
+            # the weighted Gram loss)
+            logged = dict(dino_local_crops_loss=ld["dino_local_crops_loss"].item() * dino_local_scale(nL),
+                          dino_global_crops_loss=ld["dino_global_crops_loss"].item() * (1 - dino_local_scale(nL)),
+                          koleo_loss=c["koleo"] * ld["koleo_loss"].item(), ibot_loss=ld["ibot_loss"].item() / 2)
+            logged["total_loss"] = sum(logged.values()) + GRAM_WEIGHTS[s] * ld["gram_loss"].item()
+            logged["gram_loss"] = ld["gram_loss"].item()
+            logged["backprop_loss"] = total.item()  # SSLMetaArch's loss_accumulator
+            for k, v in logged.items():
+                out[f"step{s}.{k}"] = np.array([v], dtype=np.float64)
+            print(f"{name} step {s}: " + " ".join(f"{k} {v:.6f}" for k, v in logged.items()) + f" n_masked {n_m}"
+                  f" accumulator {total.item():.6f}")
+            continue
         local = 0
         for sl in zs_l.chunk(nL):
             for t in P_list:
@@ -320,6 +442,16 @@ def make_variant(name, var, seed):
                 centering=var["centering"], student_temp=c["student_temp"], center_momentum=c["center_momentum"],
                 koleo_loss_weight=c["koleo"], clip_grad=c["clip_grad"], layerwise_decay=c["layerwise_decay"],
                 patch_embed_lr_mult=c["patch_embed_lr_mult"], n_steps=len(SCHEDULE))
+    if gv:
+        meta.update(gram_crop=gv["crop"], gram_normalized=int(gv["normalized"]), gram_img_level=int(gv["img_level"]),
+                    gram_remove_neg=int(gv["remove_neg"]),
+                    gram_remove_only_teacher_neg=int(gv["remove_only_teacher_neg"]),
+                    gram_antialias=int(gv["antialias"]), reweight_dino_local=1)
+    if v3:
+        meta.update(rope=1, rope_base=v3["rope_base"], mask_k_bias=int(v3["mask_k_bias"]),
+                    untie_cls_and_patch_norms=int(v3["untie_cls_and_patch_norms"]),
+                    untie_global_and_local_cls_norm=int(v3["untie_global_and_local_cls_norm"]),
+                    ffn_ratio=v3["ffn_ratio"], ffn_layer=v3["ffn_layer"])
     path = os.path.join(OUT, f"objective_{name}.safetensors")
     st_oracle.save(path, out, {k: str(x) for k, x in meta.items()})
     return path
@@ -328,7 +460,10 @@ def make_variant(name, var, seed):
 def main():
     torch.set_num_threads(1)
     os.makedirs(OUT, exist_ok=True)
+    wanted = sys.argv[1:] or list(VARIANTS)
     for seed, (name, var) in enumerate(VARIANTS.items()):
+        if name not in wanted:
+            continue
         path = make_variant(name, var, 100 + seed)
         print(f"{path}: {os.path.getsize(path)} bytes")
 

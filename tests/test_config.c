@@ -1,4 +1,5 @@
 #include <dirent.h>
+#include <math.h>
 #include <sys/stat.h>
 #include <string.h>
 
@@ -328,6 +329,97 @@ TEST(resolved_config_reads_back_identical) {
     CHECK(strcmp(cfg2.param_dtype, "fp32") == 0, "auto resolved for cpu");
     snprintf(cfg.param_dtype, CFG_NAME, "fp32");
     CHECK(config_equal(&cfg, &cfg2, &diff), "defaults round trip differs at %s", diff ? diff : "?");
+}
+
+// DINOv3 Gram anchoring keys: the official vit7b16_gram_anchor values read as written, the weight schedules,
+// YAML nulls (values and the `loss_weight_schedule: null` sub-section), the round trip, and the refusals.
+TEST(gram_anchoring_keys) {
+    const char *dir = test_tmpdir();
+    char err[DINO_ERRLEN] = "";
+    char full[8192];
+    snprintf(full, sizeof full,
+             "base: %s\n"
+             "student:\n  patch_size: 16\n"
+             "optim:\n  epochs: 1200\n"
+             "train:\n  OFFICIAL_EPOCH_LENGTH: 1000\n"
+             "dino:\n  global_ignore_diagonal: true\n  reweight_dino_local_loss: true\n"
+             "  local_loss_weight_schedule:\n    start: 1\n    peak: 1\n    end: 0.5\n"
+             "    warmup_epochs: 1000\n    cosine_epochs: 1\n"
+             "gram:\n  use_loss: true\n  loss_weight: 1.0\n  ckpt: /runs/a/checkpoints/ckpt_1000000\n"
+             "  it_load_ema_teacher: -1\n  rep_update: true\n  update_frequency: 10000\n"
+             "  it_first_update: 1010000\n  max_updates: 3\n  normalized: true\n  img_level: true\n"
+             "  remove_neg: false\n  remove_only_teacher_neg: false\n  tokens_used: all\n"
+             "  global_teacher_resize_method: bicubic\n  global_teacher_resize_antialias: false\n"
+             "  loss_weight_schedule:\n    start: 0\n    peak: 0\n    end: 2.0\n    warmup_epochs: 1000\n"
+             "    cosine_epochs: 1\n"
+             "crops:\n  global_crops_size: 256\n  local_crops_size: 112\n  gram_teacher_crops_size: 512\n"
+             "  gram_teacher_no_distortions: true\n",
+             test_src_path("configs/demo.yaml"));
+    const char *base = write_file(dir, "gram.yaml", full);
+    CHECK(load(base, 0, NULL, err) == 0, "%s", err);
+    CHECK(cfg.gram.use_loss && cfg.gram.update_frequency == 10000 && cfg.gram.it_first_update == 1010000 &&
+              cfg.gram.max_updates == 3 && cfg.gram.img_level && cfg.crops.gram_teacher_crops_size == 512 &&
+              cfg.crops.gram_teacher_no_distortions && strcmp(cfg.gram.ckpt, "/runs/a/checkpoints/ckpt_1000000") == 0,
+          "gram keys not read");
+    // the schedules: 0 for 1000 epochs, then a one-epoch cosine to 2.0 (the local weight to 0.5), then held
+    CHECK(config_gram_weight_at(&cfg, 999999) == 0 && config_gram_weight_at(&cfg, 1000000) == 0, "Gram weight before");
+    CHECK_CLOSE(config_gram_weight_at(&cfg, 1000499), 1.0 - cos(M_PI * 499 / 999), 1e-12, 0);
+    CHECK_CLOSE(config_gram_weight_at(&cfg, 1000999), 2.0, 1e-12, 0);
+    CHECK_CLOSE(config_gram_weight_at(&cfg, 1100000), 2.0, 1e-12, 0);
+    CHECK_CLOSE(config_dino_local_weight_at(&cfg, 5), 1.0, 1e-12, 0);
+    CHECK_CLOSE(config_dino_local_weight_at(&cfg, 1000999), 0.5, 1e-12, 0);
+    SslConfig sc;
+    CHECK(config_to_ssl(&cfg, &sc, err) == 0, "%s", err);
+    CHECK(sc.gram && sc.gram_crop == 512 && sc.gram_img_level && sc.gram_normalize && sc.gram_neg_mode == 0 &&
+              sc.reweight_dino_local, "ssl config");
+    LoaderConfig lc;
+    config_to_loader(&cfg, 0, 1, &lc);
+    CHECK(lc.aug.gram_size == 512 && lc.aug.gram_no_distortions, "loader: Gram crops %d", lc.aug.gram_size);
+    // round trip, nulls included
+    char path[4200];
+    snprintf(path, sizeof path, "%s/resolved.yaml", dir);
+    char *ov[] = {"gram.max_updates=null", "crops.gram_teacher_crops_size=null"};
+    CHECK(load(base, 2, ov, err) == 0, "%s", err);
+    CHECK(cfg.gram.max_updates == -1 && cfg.crops.gram_teacher_crops_size == -1, "nulls");
+    config_to_loader(&cfg, 0, 1, &lc);
+    CHECK(lc.aug.gram_size == 256, "null Gram crop size = the global one, got %d", lc.aug.gram_size);
+    CHECK(config_write(&cfg, path, err) == 0, "%s", err);
+    CHECK(config_load(&cfg2, path, 0, NULL, err) == 0, "%s", err);
+    const char *diff = NULL;
+    CHECK(config_equal(&cfg, &cfg2, &diff), "round trip differs at %s", diff ? diff : "?");
+    // `loss_weight_schedule: null` (the official default) over a base that has one: no schedule, loss_weight
+    char over[8192];
+    snprintf(over, sizeof over, "base: %s\ngram:\n  loss_weight: 0.7\n  loss_weight_schedule: null\n", base);
+    const char *p = write_file(dir, "null_sched.yaml", over);
+    CHECK(load(p, 0, NULL, err) == 0, "%s", err);
+    CHECK(isnan(cfg.gram.loss_weight_schedule.start) && isnan(cfg.gram.loss_weight_schedule.end), "schedule not reset");
+    CHECK_CLOSE(config_gram_weight_at(&cfg, 1100000), 0.7, 1e-12, 0);
+    // off: weight 0, no Gram crops
+    char *off[] = {"gram.use_loss=false"};
+    CHECK(load(base, 1, off, err) == 0, "%s", err);
+    config_to_loader(&cfg, 0, 1, &lc);
+    CHECK(config_gram_weight_at(&cfg, 1100000) == 0 && lc.aug.gram_size == 0, "Gram off");
+    // refusals, each naming its key
+    const struct {
+        const char *ov, *key;
+    } bad[] = {{"gram.ckpt=", "gram.it_load_ema_teacher"},
+               {"gram.tokens_used=masked", "gram.tokens_used"},
+               {"gram.remove_neg=true", "gram.remove_neg"}, // with remove_only_teacher_neg below
+               {"gram.loss_weight_schedule.end=null", "gram.loss_weight_schedule.start"},
+               {"crops.gram_teacher_crops_size=200", "crops.gram_teacher_crops_size"},
+               {"crops.gram_teacher_crops_size=520", "crops.gram_teacher_crops_size"},
+               {"dino.global_ignore_diagonal=false", "dino.global_ignore_diagonal"},
+               {"gram.ema_teacher=true", "gram.ema_teacher"},
+               {"gram.max_updates=-2", "gram.max_updates"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *o[2] = {(char *)bad[i].ov, "gram.remove_only_teacher_neg=true"};
+        int n_o = strcmp(bad[i].key, "gram.remove_neg") == 0 ? 2 : 1;
+        CHECK(load(base, n_o, o, err) != 0 && strstr(err, bad[i].key), "%s accepted or misnamed: %s", bad[i].ov, err);
+    }
+    // several crop size pairs (the high-resolution phase's lists): not with Gram anchoring
+    char *pairs[] = {"crops.global_crops_size=[256, 512]", "crops.local_crops_size=[112, 224]",
+                     "crops.global_local_crop_pairs_ratios=[0.5, 0.5]"};
+    CHECK(load(base, 3, pairs, err) != 0 && strstr(err, "gram.use_loss") && strstr(err, "pairs"), "accepted: %s", err);
 }
 
 TEST(lr_scaling_rule) {

@@ -1357,6 +1357,38 @@ TEST(koleo_kde_fwd_bwd) {
     gpu_free(G);
 }
 
+// Gram anchoring (fused forward + backward) with the backend's default bf16 GEMM setting: the op runs
+// its GEMMs in fp32 regardless, so the fp32 tolerance holds.
+TEST(gram_loss_fwd_bwd) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(108, 0, 0, 0);
+    const int Bs[2] = {3, 2}, Ns[2] = {49, 100}, Ds[2] = {64, 384};
+    for (int c = 0; c < 2; c++) {
+        const int B = Bs[c], N = Ns[c], D = Ds[c];
+        const size_t n = (size_t)B * N * D;
+        printf(" gram B=%d N=%d D=%d\n", B, N, D);
+        // the teacher's features: the student's plus as much noise, so that the signs of S and T often differ
+        // ds starts at the size of the gradient (~1e-5), so that the accumulation is tested but does not hide it
+        Pair s = pair_new(C, G, n, 0.2f, 1, &r, 0), ds = pair_new(C, G, n, 0, 1e-5f, &r, 0);
+        Pair t = pair_new(C, G, n, 0, 1.0f, &r, 0), loss = pair_new(C, G, 1, 0, 0, &r, 0);
+        for (size_t i = 0; i < n; i++) t.h[i] += s.h[i];
+        C->to_device(C, t.c, t.h, sizeof(float) * n), G->to_device(G, t.g, t.h, sizeof(float) * n);
+        for (int neg = 0; neg <= 2; neg++) {
+            C->gram_loss(C, loss.c, ds.c, s.c, t.c, B, N, D, 1, neg, 0.7f);
+            G->gram_loss(G, loss.g, ds.g, s.g, t.g, B, N, D, 1, neg, 0.7f);
+            check_scalar(neg == 0 ? "gram loss" : neg == 1 ? "gram loss (remove_neg)" : "gram loss (teacher neg)", G,
+                         loss.g, C, loss.c);
+            check_pair("gram ds (accumulated)", G, &ds, TOL_FP32);
+        }
+        C->gram_loss(C, loss.c, NULL, s.c, t.c, B, N, D, 0, 0, 1.0f);
+        G->gram_loss(G, loss.g, NULL, s.g, t.g, B, N, D, 0, 0, 1.0f);
+        check_scalar("gram loss (unnormalized, no gradient)", G, loss.g, C, loss.c);
+        pair_free(C, G, &s), pair_free(C, G, &ds), pair_free(C, G, &t), pair_free(C, G, &loss);
+    }
+    backend_free(C);
+    gpu_free(G);
+}
+
 TEST(adamw_ema) {
     Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
     Rng r = rng_make(106, 0, 0, 0);
@@ -1404,40 +1436,51 @@ TEST(adamw_ema) {
 //    norm (sqrt(2) times it when uncorrelated), so the bf16 case catches gross errors and the fp32-GEMM
 //    case, where the GEMMs cannot hide anything, checks the kernels' logic tightly. tol_p = 16u (bf16) /
 //    1e-5 (fp32) covers parameters that barely moved.
+// With cfg->gram (DINOv3 Gram anchoring, 24-px Gram crops resampled 6x6 -> 4x4, the Gram teacher the
+// initial EMA teacher, weight 1.5, local-crop weight 0.7) the Gram loss is a sixth compared value.
 typedef struct {
-    double loss[2][5];
+    double loss[2][6];
     float *student, *teacher;
 } SslRun;
 
 static void ssl_parity_run(Backend *be, const SslConfig *cfg, const float *gcrops, const float *lcrops,
-                           uint8_t *const *masks, float *init_out, SslRun *out) {
+                           const float *gram_crops, uint8_t *const *masks, float *init_out, SslRun *out) {
     SslModel m;
     char err[DINO_ERRLEN];
     CHECK(ssl_model_init(&m, be, cfg, 7, err) == 0, "%s", err);
+    if (cfg->gram) ssl_gram_from_teacher(&m, be);
     const size_t total = m.tab.total;
     if (init_out) be->to_host(be, init_out, m.student, sizeof(float) * total);
-    float *pinned[2] = {NULL, NULL};
+    float *pinned[3] = {NULL, NULL, NULL};
     if (cfg->staged_upload) { // as the trainer: both batches' crops in page-locked memory, staged ahead
         const size_t ng = sizeof(float) * 2 * cfg->batch * 3 * cfg->global_crop * cfg->global_crop;
         const size_t nl = sizeof(float) * cfg->n_local * cfg->batch * 3 * cfg->local_crop * cfg->local_crop;
+        const size_t ngg = sizeof(float) * 2 * cfg->batch * 3 * cfg->gram_crop * cfg->gram_crop;
         pinned[0] = be->host_alloc(be, ng), pinned[1] = be->host_alloc(be, nl);
         memcpy(pinned[0], gcrops, ng), memcpy(pinned[1], lcrops, nl);
-        for (int it = 0; it < 2; it++) ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[it], 1);
+        if (cfg->gram) pinned[2] = be->host_alloc(be, ngg), memcpy(pinned[2], gram_crops, ngg);
+        for (int it = 0; it < 2; it++) {
+            if (cfg->gram) ssl_stage_gram(&m, be, pinned[2], 1);
+            ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[it], 1);
+        }
     }
     for (int it = 0; it < 2; it++) {
         SslBatch b = {.global_crops = gcrops, .local_crops = lcrops, .masks = masks[it],
-                      .drop_key = rng_make(5, 14, (uint64_t)it, 0), .staged = cfg->staged_upload};
+                      .drop_key = rng_make(5, 14, (uint64_t)it, 0), .staged = cfg->staged_upload,
+                      .gram_crops = gram_crops, .gram_weight = cfg->gram ? 1.5 : 0, .dino_local_weight = 0.7};
         ScheduleValues sv = {.lr = 5e-4, .wd = 0.04, .momentum = 0.9, .teacher_temp = 0.04, .last_layer_lr = 5e-4};
         SslStepStats st;
         CHECK(ssl_step(&m, be, NULL, &b, &sv, &st, err) == 0, "step %d: %s", it, err);
-        double l[5] = {st.dino_local_crops_loss, st.dino_global_crops_loss, st.koleo_loss, st.ibot_loss, st.total_loss};
+        double l[6] = {st.dino_local_crops_loss, st.dino_global_crops_loss, st.koleo_loss, st.ibot_loss, st.total_loss,
+                       st.gram_loss};
+        if (cfg->gram) CHECK(st.gram_loss > 0, "step %d: no Gram loss", it);
         memcpy(out->loss[it], l, sizeof l);
     }
     out->student = dino_malloc(sizeof(float) * total), out->teacher = dino_malloc(sizeof(float) * total);
     be->to_host(be, out->student, m.student, sizeof(float) * total);
     be->to_host(be, out->teacher, m.teacher, sizeof(float) * total);
     ssl_model_free(&m, be);
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < 3; k++)
         if (pinned[k]) be->host_free(be, pinned[k]);
 }
 
@@ -1447,9 +1490,11 @@ static void ssl_parity_run(Backend *be, const SslConfig *cfg, const float *gcrop
 // in order, as the CPU at these depths; a GPU's tensor cores sum in their own order, and the flips that
 // tips compound, as in vit_bf16_gpu_matches_cpu_emulation, to a fraction of u). The fp32 CPU is 6u off
 // at step 2 and at 2x the quarter bound in the parameters: this bound tells the emulation from it.
-static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int vs_emulation, double tol_emu);
-static void ssl_parity(Centering centering, int use_kde, int fp32) { ssl_parity_vs(centering, use_kde, fp32, 0, 0); }
-static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int vs_emulation, double tol_emu) {
+static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, int vs_emulation, double tol_emu);
+static void ssl_parity(Centering centering, int use_kde, int fp32, int gram) {
+    ssl_parity_vs(centering, use_kde, fp32, gram, 0, 0);
+}
+static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, int vs_emulation, double tol_emu) {
     Backend *G = gpu_backend(fp32 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16);
     Backend *C = vs_emulation ? emulated_backend(CUDA_GEMM_BF16, "rn") : backend_cpu_new();
     char err[DINO_ERRLEN];
@@ -1463,11 +1508,15 @@ static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int vs_emu
     cfg.batch = B, cfg.n_local = NL, cfg.global_crop = GC, cfg.local_crop = LC;
     cfg.centering = centering;
     cfg.use_kde = use_kde;
-    Rng r = rng_make(107, (uint64_t)centering, (uint64_t)use_kde, 0);
+    const int GG = 24;
+    if (gram) cfg.gram = 1, cfg.gram_crop = GG, cfg.gram_normalize = 1, cfg.gram_img_level = 1, cfg.reweight_dino_local = 1;
+    Rng r = rng_make(107, (uint64_t)centering, (uint64_t)use_kde, (uint64_t)gram);
     float *gcrops = dino_malloc(sizeof(float) * 2 * B * 3 * GC * GC);
     float *lcrops = dino_malloc(sizeof(float) * NL * B * 3 * LC * LC);
     for (int i = 0; i < 2 * B * 3 * GC * GC; i++) gcrops[i] = (float)rng_normal(&r);
     for (int i = 0; i < NL * B * 3 * LC * LC; i++) lcrops[i] = (float)rng_normal(&r);
+    float *gram_crops = dino_malloc(sizeof(float) * 2 * B * 3 * GG * GG);
+    for (int i = 0; i < 2 * B * 3 * GG * GG; i++) gram_crops[i] = (float)rng_normal(&r);
     uint8_t *masks[2];
     for (int it = 0; it < 2; it++) { // about 30% of the tokens of half the images
         masks[it] = dino_calloc((size_t)2 * B * N, 1);
@@ -1484,13 +1533,13 @@ static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int vs_emu
         ssl_model_free(&probe, C);
     }
     float *init = dino_malloc(sizeof(float) * tab.total);
-    ssl_parity_run(C, &cfg, gcrops, lcrops, masks, init, &rc);
-    ssl_parity_run(G, &cfg, gcrops, lcrops, masks, NULL, &rg);
+    ssl_parity_run(C, &cfg, gcrops, lcrops, gram_crops, masks, init, &rc);
+    ssl_parity_run(G, &cfg, gcrops, lcrops, gram_crops, masks, NULL, &rg);
     double tol_p = fp32 ? 1e-5 : 16 * U_BF16, frac = fp32 ? 0.05 : 0.5;
     if (vs_emulation) tol_p = 4 * U_BF16, frac = 0.125; // a quarter of the fp32 comparison's
-    const char *names[5] = {"dino_local", "dino_global", "koleo/kde", "ibot", "total"};
+    const char *names[6] = {"dino_local", "dino_global", "koleo/kde", "ibot", "total", "gram"};
     for (int it = 0; it < 2; it++)
-        for (int k = 0; k < 5; k++) {
+        for (int k = 0; k < (gram ? 6 : 5); k++) {
             double g = rg.loss[it][k], c = rc.loss[it][k], tol_loss = fp32 ? 1e-4 : (it == 0 ? 8 : 16) * U_BF16;
             if (vs_emulation) tol_loss = tol_emu;
             printf("  step %d %-12s gpu %.7g cpu %.7g  err/tol=%.3g\n", it, names[k], g, c,
@@ -1527,7 +1576,7 @@ static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int vs_emu
     SslConfig cfg_s = cfg;
     cfg_s.staged_upload = 1, cfg_s.recompute_activations = 1;
     SslRun rs;
-    ssl_parity_run(G, &cfg_s, gcrops, lcrops, masks, NULL, &rs);
+    ssl_parity_run(G, &cfg_s, gcrops, lcrops, gram_crops, masks, NULL, &rs);
     CHECK(memcmp(rs.loss, rg.loss, sizeof rs.loss) == 0, "staged + recomputed GPU steps: the losses changed");
     CHECK(memcmp(rs.student, rg.student, sizeof(float) * tab.total) == 0 &&
               memcmp(rs.teacher, rg.teacher, sizeof(float) * tab.total) == 0,
@@ -1536,24 +1585,26 @@ static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int vs_emu
 #ifdef DINO_CUDAEMU
     // the same staged steps with the layer running blocks, threads and streams in other orders
     setenv("CUDAEMU_ORDER", "reverse", 1), setenv("CUDAEMU_STREAMS", "random", 1);
-    ssl_parity_run(G, &cfg_s, gcrops, lcrops, masks, NULL, &rs);
+    ssl_parity_run(G, &cfg_s, gcrops, lcrops, gram_crops, masks, NULL, &rs);
     unsetenv("CUDAEMU_ORDER"), unsetenv("CUDAEMU_STREAMS");
     CHECK(memcmp(rs.loss, rg.loss, sizeof rs.loss) == 0 && memcmp(rs.student, rg.student, sizeof(float) * tab.total) == 0,
           "staged GPU steps change with the layer's thread / stream order");
     free(rs.student), free(rs.teacher);
 #endif
     free(rc.student), free(rc.teacher), free(rg.student), free(rg.teacher), free(init);
-    free(gcrops), free(lcrops), free(masks[0]), free(masks[1]);
+    free(gcrops), free(lcrops), free(gram_crops), free(masks[0]), free(masks[1]);
     param_table_free(&tab);
     backend_free(C);
     gpu_free(G);
 }
 
-TEST(ssl_step_softmax_koleo_fp32_gemm) { ssl_parity(CENTERING_SOFTMAX, 0, 1); }
-TEST(ssl_step_softmax_koleo_bf16) { ssl_parity(CENTERING_SOFTMAX, 0, 0); }
-TEST(ssl_step_sinkhorn_kde_bf16) { ssl_parity(CENTERING_SINKHORN, 1, 0); }
+// The fp32-GEMM case also runs DINOv3 Gram anchoring (Gram teacher pass, resampling, loss and gradient,
+// local-crop reweighting, staged Gram crops): the tight tolerances cover it at no extra case.
+TEST(ssl_step_softmax_koleo_fp32_gemm) { ssl_parity(CENTERING_SOFTMAX, 0, 1, 1); }
+TEST(ssl_step_softmax_koleo_bf16) { ssl_parity(CENTERING_SOFTMAX, 0, 0, 0); }
+TEST(ssl_step_sinkhorn_kde_bf16) { ssl_parity(CENTERING_SINKHORN, 1, 0, 0); }
 // the CPU's bf16 emulation predicts the GPU's losses (two whole steps, bf16 activations)
-TEST(ssl_step_bf16_gpu_matches_cpu_emulation) { ssl_parity_vs(CENTERING_SOFTMAX, 0, 0, 1, 2 * U_BF16); }
+TEST(ssl_step_bf16_gpu_matches_cpu_emulation) { ssl_parity_vs(CENTERING_SOFTMAX, 0, 0, 0, 1, 2 * U_BF16); }
 
 // ---- the trainer with backend: cuda ----------------------------------------------------------------
 

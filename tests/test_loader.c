@@ -211,6 +211,64 @@ TEST(crop_major_layout_matches_direct_augmentation) {
     loader_destroy(l);
 }
 
+// Gram anchoring: the Gram teacher's crops only when asked; the student's crops do not change; with no
+// distortions they are the global crops' geometry alone (equal to the global crops when nothing else
+// applies), at gram_size when larger.
+TEST(gram_teacher_crops) {
+    FakeSource fs = {0};
+    char err[DINO_ERRLEN];
+    LoaderConfig c = small_config(2);
+    Loader *l = loader_create(&c, 50, fake_read, &fs, err);
+    const Batch *b = loader_next(l, err);
+    CHECK(b && b->gram_crops == NULL && b->Gg == 0, "Gram crops without gram_size");
+    Snap plain;
+    snap(b, &plain);
+    loader_destroy(l);
+
+    c.aug.gram_size = 32; // the global size, colour distortions kept: the global crops themselves
+    l = loader_create(&c, 50, fake_read, &fs, err);
+    b = loader_next(l, err);
+    CHECK(b && b->gram_crops && b->Gg == 32, "no Gram crops");
+    CHECK(same(b, &plain), "Gram crops changed the student's batch");
+    CHECK(!memcmp(b->gram_crops, b->global_crops, gsize(b) * sizeof(float)), "Gram crops != global crops");
+    loader_destroy(l);
+
+    c.aug.gram_no_distortions = 1; // now they differ (jitter p 0.8 on 8 crops)...
+    l = loader_create(&c, 50, fake_read, &fs, err);
+    b = loader_next(l, err);
+    CHECK(memcmp(b->gram_crops, b->global_crops, gsize(b) * sizeof(float)), "distortions not removed");
+    // ... and equal a direct crop of the same box and flip without colour ops, at 48 px too
+    loader_destroy(l);
+    c.aug.gram_size = 48;
+    l = loader_create(&c, 50, fake_read, &fs, err);
+    b = loader_next(l, err);
+    CHECK(same(b, &plain), "48-px Gram crops changed the student's batch");
+    AugmentConfig plain_aug = c.aug;
+    plain_aug.jitter_p = plain_aug.gray_p = plain_aug.solarize_p = 0;
+    plain_aug.blur_p[0] = plain_aug.blur_p[1] = plain_aug.blur_p[2] = 0;
+    AugmentScratch *s = augment_scratch_new(&c.aug);
+    CropPlan plans[5], gp;
+    float *out = dino_malloc(sizeof(float) * 3 * 48 * 48);
+    for (int slot = 0; slot < 4; slot++) {
+        Image img;
+        CHECK(fake_read(&fs, b->tile[slot], 0, &img, err) == 0, "read");
+        augment_plan_sample(&c.aug, c.seed, b->sample[slot], img.w, img.h, plans);
+        for (int k = 0; k < 2; k++) {
+            gp = plans[k];
+            gp.out_size = 48;
+            gp.jitter = gp.gray = gp.blur = gp.solarize = 0;
+            augment_apply(&plain_aug, &gp, &img, out, s);
+            CHECK(!memcmp(out, b->gram_crops + ((size_t)k * 4 + slot) * 3 * 48 * 48, sizeof(float) * 3 * 48 * 48),
+                  "Gram crop %d of image %d", k, slot);
+        }
+        image_free(&img);
+    }
+    free(out);
+    augment_scratch_free(s);
+    unsnap(&plain);
+    loader_destroy(l);
+}
+
 TEST(corrupt_tiles_are_skipped_counted_and_limited) {
     FakeSource fs = {5}; // 20 % of tiles are corrupt
     char err[DINO_ERRLEN];

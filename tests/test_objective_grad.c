@@ -22,9 +22,10 @@ typedef struct {
     int kind, rows, n, K, B, D;
     float *x, *g, *v, *out, *aux, *wout, *t, *w, kappa;
     float eps;
+    int N, normalize, neg_mode;
 } Ctx;
 
-enum { K_L2, K_WN, K_CE, K_KOLEO, K_KDE };
+enum { K_L2, K_WN, K_CE, K_KOLEO, K_KDE, K_GRAM };
 
 static double ctx_loss(void *vc) {
     Ctx *c = vc;
@@ -50,6 +51,11 @@ static double ctx_loss(void *vc) {
     case K_KDE: {
         float l;
         be->kde(be, &l, NULL, c->x, c->B, c->D, c->kappa, 1.0f);
+        return l;
+    }
+    case K_GRAM: {
+        float l;
+        be->gram_loss(be, &l, NULL, c->x, c->t, c->B, c->N, c->D, c->normalize, c->neg_mode, 1.0f);
         return l;
     }
     }
@@ -110,6 +116,57 @@ TEST(grad_softmax_ce) {
         for (int k = 0; k < K; k++) ref -= tr[k] * (sr[k] / 0.1 - mx - log(se));
         CHECK_CLOSE(loss[row], ref, 1e-5, 1e-5);
     }
+    backend_free(be);
+}
+
+// Gram anchoring: the gradient for every option, and the value against a direct double-precision
+// transcription of GramLoss (normalize rows, Gram per image, clamps, mean squared error).
+static double gram_ref(const float *s, const float *t, int B, int N, int D, int normalize, int neg_mode) {
+    double L = 0;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) {
+                const float *si = s + ((size_t)b * N + i) * D, *sj = s + ((size_t)b * N + j) * D;
+                const float *ti = t + ((size_t)b * N + i) * D, *tj = t + ((size_t)b * N + j) * D;
+                double ss = 0, tt = 0, nsi = 0, nsj = 0, nti = 0, ntj = 0;
+                for (int d = 0; d < D; d++) {
+                    ss += (double)si[d] * sj[d], tt += (double)ti[d] * tj[d];
+                    nsi += (double)si[d] * si[d], nsj += (double)sj[d] * sj[d];
+                    nti += (double)ti[d] * ti[d], ntj += (double)tj[d] * tj[d];
+                }
+                if (normalize) ss /= sqrt(nsi) * sqrt(nsj), tt /= sqrt(nti) * sqrt(ntj);
+                if (neg_mode >= 1 && tt < 0) tt = 0;
+                if (neg_mode == 1 && ss < 0) ss = 0;
+                L += (ss - tt) * (ss - tt);
+            }
+    return L / ((double)B * N * N);
+}
+
+TEST(grad_gram_loss) {
+    Backend *be = backend_cpu_new();
+    Rng r = rng_make(17, 0, 0, 0);
+    enum { B = 2, N = 5, D = 6 };
+    float s[B * N * D], t[B * N * D], ds[B * N * D];
+    gc_fill_normal(s, B * N * D, 1, &r);
+    gc_fill_normal(t, B * N * D, 1, &r);
+    for (int normalize = 0; normalize <= 1; normalize++)
+        for (int neg = 0; neg <= 2; neg++) {
+            Ctx c = {.be = be, .kind = K_GRAM, .B = B, .N = N, .D = D, .x = s, .t = t, .normalize = normalize,
+                     .neg_mode = neg};
+            float l;
+            for (int i = 0; i < B * N * D; i++) ds[i] = 0.5f; // accumulates
+            be->gram_loss(be, &l, ds, s, t, B, N, D, normalize, neg, 1.0f);
+            for (int i = 0; i < B * N * D; i++) ds[i] -= 0.5f;
+            printf(" normalize %d neg_mode %d loss %g\n", normalize, neg, l);
+            gradcheck("gram.s", ctx_loss, &c, s, ds, B * N * D, 100, 1e-3f, 1e-3, 2e-3, &r);
+            CHECK_CLOSE(l, gram_ref(s, t, B, N, D, normalize, neg), 1e-5, 1e-5);
+        }
+    // identical features: zero loss, zero gradient
+    float l;
+    memset(ds, 0, sizeof ds);
+    be->gram_loss(be, &l, ds, s, s, B, N, D, 1, 0, 1.0f);
+    CHECK_CLOSE(l, 0.0, 1e-7, 0);
+    for (int i = 0; i < B * N * D; i++) CHECK_CLOSE(ds[i], 0.0, 1e-6, 0);
     backend_free(be);
 }
 

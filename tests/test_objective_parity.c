@@ -63,6 +63,15 @@ static void parity(const char *variant) {
     vc.dim = meta_i(&f, "dim"), vc.depth = meta_i(&f, "depth"), vc.heads = meta_i(&f, "heads");
     vc.ffn_hidden = meta_i(&f, "ffn_hidden"), vc.layerscale = meta_f(&f, "layerscale");
     vc.drop_path_rate = meta_d(&f, "drop_path_rate");
+    if (st_meta(&f, "rope")) { // the DINOv3 ViT (docs/dinov3-vit.md)
+        vc.rope = 1;
+        vc.rope_cfg = (RopeConfig){.base = meta_d(&f, "rope_base"), .normalize = ROPE_NORMALIZE_SEPARATE};
+        vc.mask_k_bias = meta_i(&f, "mask_k_bias");
+        vc.untie_cls_and_patch_norms = meta_i(&f, "untie_cls_and_patch_norms");
+        vc.untie_global_and_local_cls_norm = meta_i(&f, "untie_global_and_local_cls_norm");
+        CHECK(vit_ffn_width(meta(&f, "ffn_layer"), vc.dim, meta_d(&f, "ffn_ratio"), &vc.ffn, &vc.ffn_hidden, err) == 0,
+              "%s", err);
+    }
     SslConfig cfg;
     ssl_config_default(&cfg, &vc);
     cfg.dino_head = (HeadConfig){vc.dim, meta_i(&f, "head_hidden"), meta_i(&f, "head_bottleneck"), meta_i(&f, "head_K"),
@@ -76,6 +85,16 @@ static void parity(const char *variant) {
     cfg.student_temp = meta_f(&f, "student_temp"), cfg.center_momentum = meta_f(&f, "center_momentum");
     cfg.koleo_loss_weight = meta_f(&f, "koleo_loss_weight"), cfg.clip_grad = meta_f(&f, "clip_grad");
     cfg.layerwise_decay = meta_f(&f, "layerwise_decay"), cfg.patch_embed_lr_mult = meta_f(&f, "patch_embed_lr_mult");
+    const int gram = st_meta(&f, "gram_crop") != NULL; // the DINOv3 step with Gram anchoring
+    if (gram) {
+        cfg.gram = 1;
+        cfg.gram_crop = meta_i(&f, "gram_crop");
+        cfg.gram_normalize = meta_i(&f, "gram_normalized");
+        cfg.gram_img_level = meta_i(&f, "gram_img_level");
+        cfg.gram_neg_mode = meta_i(&f, "gram_remove_neg") ? 1 : meta_i(&f, "gram_remove_only_teacher_neg") ? 2 : 0;
+        cfg.gram_resize_antialias = meta_i(&f, "gram_antialias");
+        cfg.reweight_dino_local = meta_i(&f, "reweight_dino_local");
+    }
 
     Backend *be = backend_cpu_new();
     SslModel m;
@@ -95,6 +114,24 @@ static void parity(const char *variant) {
     }
     be->to_device(be, m.student, host, sizeof(float) * total);
     be->to_device(be, m.teacher, host, sizeof(float) * total);
+    if (gram) { // the given Gram teacher (as from gram.ckpt): every backbone tensor
+        int n_gram = 0;
+        for (int i = 0; i < f.n; i++) n_gram += strncmp(f.t[i].name, "init.gram_teacher.", 18) == 0;
+        memset(host, 0, sizeof(float) * total);
+        int n_backbone = 0;
+        for (int i = 0; i < m.tab.n; i++) {
+            const TensorSpec *t = &m.tab.t[i];
+            if (t->group != PARAM_BACKBONE) continue;
+            n_backbone++;
+            char name[160];
+            snprintf(name, sizeof name, "init.gram_teacher.%s", t->name);
+            const float *src = tensor(&f, name, ST_F32, sizeof(float) * t->numel);
+            if (src) memcpy(host + t->offset, src, sizeof(float) * t->numel);
+        }
+        CHECK(n_gram == n_backbone, "fixture has %d Gram teacher tensors, the backbone %d", n_gram, n_backbone);
+        be->to_device(be, m.gram_teacher, host, sizeof(float) * m.backbone_floats);
+        m.gram_ready = 1;
+    }
 
     const int B = cfg.batch, nL = cfg.n_local, G = cfg.global_crop, L = cfg.local_crop, p = vc.patch;
     const int N = (G / p) * (G / p), depth = vc.depth;
@@ -111,6 +148,12 @@ static void parity(const char *variant) {
         IN(masks, "masks", ST_U8, (size_t)2 * B * N);
         IN(drop_global, "drop_global", ST_I32, sizeof(int) * depth * 2 * Sg);
         IN(drop_local, "drop_local", ST_I32, sizeof(int) * depth * 2 * Sl);
+        if (gram) {
+            const int Gg = cfg.gram_crop;
+            IN(gram_crops, "gram_crops", ST_F32, sizeof(float) * 2 * B * 3 * Gg * Gg);
+            b.gram_weight = scalar(&f, "step%d.gram_weight", s);
+            b.dino_local_weight = scalar(&f, "step%d.dino_local_weight", s);
+        }
 #undef IN
         ScheduleValues sv = {scalar(&f, "step%d.lr", s), scalar(&f, "step%d.wd", s), scalar(&f, "step%d.momentum", s),
                              scalar(&f, "step%d.teacher_temp", s), scalar(&f, "step%d.last_layer_lr", s)};
@@ -123,8 +166,11 @@ static void parity(const char *variant) {
                   {"step%d.dino_global_crops_loss", st.dino_global_crops_loss},
                   {"step%d.koleo_loss", st.koleo_loss},
                   {"step%d.ibot_loss", st.ibot_loss},
-                  {"step%d.total_loss", st.total_loss}};
-        for (size_t i = 0; i < sizeof L_ / sizeof L_[0]; i++) {
+                  {"step%d.total_loss", st.total_loss},
+                  {"step%d.gram_loss", st.gram_loss},          // the DINOv3 fixture only
+                  {"step%d.backprop_loss", st.backprop_loss}}; // its loss_accumulator
+        const size_t n_checked = gram ? sizeof L_ / sizeof L_[0] : 5;
+        for (size_t i = 0; i < n_checked; i++) {
             double want = scalar(&f, L_[i].key, s);
             // KoLeo's value is small and a difference of logs: compare it on the scale of the total
             double scale = strstr(L_[i].key, "koleo") ? fabs(scalar(&f, "step%d.total_loss", s)) : fabs(want);
@@ -133,6 +179,8 @@ static void parity(const char *variant) {
                 test_fail_at(__FILE__, __LINE__, "%s: %s = %.9g, reference %.9g", variant, name, L_[i].got, want);
             }
         }
+        if (gram) printf("%s step %d: gram %.6f (weight %g), local weight %g, accumulator %.6f\n", variant, s, st.gram_loss,
+                         b.gram_weight, st.dino_local_weight, st.backprop_loss);
         printf("%s step %d: local %.6f global %.6f koleo %.6f ibot %.6f total %.6f | teacher entropy %.4f, "
                "student CLS std %.4f, masked %d, grad norms %.3f %.3f %.3f\n",
                variant, s, st.dino_local_crops_loss, st.dino_global_crops_loss, st.koleo_loss, st.ibot_loss,
@@ -190,3 +238,7 @@ static void parity(const char *variant) {
 
 TEST(step_parity_softmax_centering_shared_head) { parity("centering"); }
 TEST(step_parity_sinkhorn_separate_head) { parity("sinkhorn"); }
+// DINOv3 step with Gram anchoring active on the DINOv3 ViT (RoPE, a storage token, untied local CLS norm,
+// masked k bias): a given Gram teacher at 42 px (features resampled 6x6 -> 4x4), Gram weights 0.5 / 1 / 2
+// and local-crop DINO weights 1 / 1 / 0.5 from the official schedule function
+TEST(step_parity_dinov3_gram_anchoring) { parity("gram"); }

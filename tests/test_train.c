@@ -188,6 +188,139 @@ TEST(dinov3_schedules_drive_the_trainer) {
     CHECK(schedule_at(&sc, 5).last_layer_lr == 0 && schedule_at(&sc, 6).last_layer_lr > 0, "last layer frozen 1 epoch");
 }
 
+// DINOv3 Gram anchoring in the trainer: the Gram teacher copied from the EMA teacher at iteration 0,
+// refreshed once after iteration 3, at 48 px (patch features resampled 6x6 -> 4x4), its weight on a cosine
+// ramp, the local DINO loss reweighted; the run stopped at 5 and resumed ends bit for bit where the
+// uninterrupted run does (the Gram teacher and its update count are in the checkpoint).
+static void gram_config(Config *cfg, const char *spec, const char *out) {
+    char err[DINO_ERRLEN];
+    tiny_config(cfg, spec, out);
+    char *ov[] = {"gram.use_loss=true", "gram.it_load_ema_teacher=0", "gram.rep_update=true",
+                  "gram.update_frequency=4", "gram.it_first_update=4", "gram.max_updates=1", "gram.img_level=true",
+                  "crops.gram_teacher_crops_size=48", "crops.gram_teacher_no_distortions=true",
+                  "gram.loss_weight_schedule.start=0", "gram.loss_weight_schedule.peak=0",
+                  "gram.loss_weight_schedule.end=2.0", "gram.loss_weight_schedule.warmup_epochs=0",
+                  "gram.loss_weight_schedule.cosine_epochs=1", "dino.reweight_dino_local_loss=true",
+                  "dino.local_loss_weight_schedule.start=1", "dino.local_loss_weight_schedule.peak=1",
+                  "dino.local_loss_weight_schedule.end=0.5", "dino.local_loss_weight_schedule.warmup_epochs=1",
+                  "dino.local_loss_weight_schedule.cosine_epochs=1", "log.every_n_iterations=1"};
+    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(cfg, ov[i], err) == 0, "%s", err);
+    CHECK(config_validate(cfg, err) == 0, "%s", err);
+}
+
+TEST(gram_anchoring_resume_is_bit_exact) {
+    const char *tmp = test_tmpdir();
+    char outa[4200], outb[4200], ca[4300], cb[4300], mpath[4300];
+    const char *spec = make_tiles(tmp, 24);
+    snprintf(outa, sizeof outa, "%s/a", tmp);
+    snprintf(outb, sizeof outb, "%s/b", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    gram_config(&cfg, spec, outa);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.end_iteration == 12 && res.skipped_steps == 0, "ran to %lld", (long long)res.end_iteration);
+    snprintf(ca, sizeof ca, "%s", res.last_checkpoint);
+
+    // the logged Gram loss: 0 at iteration 0 (weight 0: not computed), positive once the weight is
+    gram_config(&cfg, spec, outa);
+    snprintf(mpath, sizeof mpath, "%s/training_metrics.jsonl", outa);
+    FILE *f = fopen(mpath, "r");
+    CHECK(f != NULL, "no metrics at %s", mpath);
+    char line[8192];
+    int n = 0, positive = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        long it = (long)metric_of(line, "iteration");
+        CHECK_CLOSE(metric_of(line, "gram_weight"), config_gram_weight_at(&cfg, it), 0, 1e-9);
+        CHECK_CLOSE(metric_of(line, "dino_local_weight"), config_dino_local_weight_at(&cfg, it), 0, 1e-9);
+        if (it == 0) CHECK(metric_of(line, "gram") == 0, "Gram loss at weight 0: %s", line);
+        if (it > 0) positive += metric_of(line, "gram") > 0;
+        n++;
+    }
+    if (f) fclose(f);
+    CHECK(n == 12 && positive == 11, "%d lines, %d with a Gram loss", n, positive);
+    CHECK_CLOSE(config_gram_weight_at(&cfg, 11), 2.0, 0, 1e-12);
+    CHECK_CLOSE(config_dino_local_weight_at(&cfg, 11), 0.5, 0, 1e-12);
+
+    Ckpt c;
+    CHECK(ckpt_open(&c, ca, err) == 0, "%s", err);
+    int64_t updates = -1, ready = -1;
+    CHECK(ckpt_get_int(&c, "gram.updates", &updates, err) == 0 && updates == 1, "gram.updates %lld", (long long)updates);
+    CHECK(ckpt_get_int(&c, "gram.ready", &ready, err) == 0 && ready == 1, "gram.ready %lld", (long long)ready);
+    const StTensor *g = st_get(&c.st, "gram_teacher.backbone.norm.weight"), *t = st_get(&c.st, "teacher.backbone.norm.weight");
+    CHECK(g && t && g->nbytes == t->nbytes, "Gram teacher not in the checkpoint");
+    // frozen since the update after iteration 3: no longer the EMA teacher
+    if (g && t) CHECK(memcmp(g->data, t->data, g->nbytes) != 0, "the Gram teacher follows the EMA teacher");
+    CHECK(!st_get(&c.st, "gram_teacher.dino_head.last_layer.weight_g"), "heads in the Gram teacher");
+    ckpt_close(&c);
+
+    gram_config(&cfg, spec, outb);
+    CHECK(run(&cfg, 5, &res, err) == 0, "%s", err);
+    CHECK(res.end_iteration == 5, "first part ended at %lld", (long long)res.end_iteration);
+    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
+    CHECK(res.start_iteration == 5 && res.end_iteration == 12, "resumed %lld..%lld", (long long)res.start_iteration,
+          (long long)res.end_iteration);
+    snprintf(cb, sizeof cb, "%s", res.last_checkpoint);
+    check_same_checkpoint(ca, cb);
+}
+
+// gram.ckpt: the Gram teacher of a run is the EMA teacher's backbone of an earlier run's checkpoint (as
+// DINOv3's Gram phase starts from its pre-training), frozen (rep_update false), and checkpointed with it.
+TEST(gram_teacher_from_a_checkpoint) {
+    const char *tmp = test_tmpdir();
+    char outa[4200], outb[4200], ckpt_a[4300], kv[4400];
+    const char *spec = make_tiles(tmp, 16);
+    snprintf(outa, sizeof outa, "%s/a", tmp);
+    snprintf(outb, sizeof outb, "%s/b", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, outa);
+    CHECK(run(&cfg, 3, &res, err) == 0, "%s", err);
+    snprintf(ckpt_a, sizeof ckpt_a, "%s", res.last_checkpoint);
+    tiny_config(&cfg, spec, outb);
+    snprintf(kv, sizeof kv, "gram.ckpt=%s", ckpt_a);
+    char *ov[] = {"gram.use_loss=true", kv, "gram.rep_update=false", "gram.loss_weight=1.5"};
+    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(&cfg, ov[i], err) == 0, "%s", err);
+    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    CHECK(run(&cfg, 3, &res, err) == 0, "%s", err);
+    Ckpt a, b;
+    CHECK(ckpt_open(&a, ckpt_a, err) == 0, "%s", err);
+    CHECK(ckpt_open(&b, res.last_checkpoint, err) == 0, "%s", err);
+    int n = 0, same = 0;
+    for (int i = 0; i < b.st.n; i++) {
+        const StTensor *g = &b.st.t[i];
+        if (strncmp(g->name, "gram_teacher.", 13) != 0) continue;
+        char name[300];
+        snprintf(name, sizeof name, "teacher.%s", g->name + 13);
+        const StTensor *t = st_get(&a.st, name);
+        n++;
+        same += t && t->nbytes == g->nbytes && memcmp(t->data, g->data, g->nbytes) == 0;
+    }
+    CHECK(n > 10 && same == n, "%d of %d Gram teacher tensors equal the first run's EMA teacher", same, n);
+    ckpt_close(&a);
+    ckpt_close(&b);
+}
+
+// A Gram weight with no Gram teacher is refused, naming the keys; so is a config that never sets one.
+TEST(gram_teacher_never_set_is_refused) {
+    const char *tmp = test_tmpdir();
+    char out[4200];
+    const char *spec = make_tiles(tmp, 12);
+    snprintf(out, sizeof out, "%s/run", tmp);
+    Config cfg;
+    char err[DINO_ERRLEN];
+    TrainResult res;
+    tiny_config(&cfg, spec, out);
+    CHECK(config_override(&cfg, "gram.use_loss=true", err) == 0, "%s", err);
+    CHECK(config_validate(&cfg, err) != 0 && strstr(err, "gram.it_load_ema_teacher"), "accepted: %s", err);
+    CHECK(config_override(&cfg, "gram.it_load_ema_teacher=2", err) == 0, "%s", err);
+    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    CHECK(run(&cfg, 4, &res, err) != 0 && strstr(err, "Gram teacher was never set"), "ran: %s", err);
+    CHECK(config_override(&cfg, "gram.ckpt=/nonexistent/ckpt", err) == 0, "%s", err);
+    CHECK(run(&cfg, 4, &res, err) != 0 && strstr(err, "gram.ckpt") && strstr(err, "/nonexistent/ckpt"), "ran: %s", err);
+}
+
 // A high-resolution phase (docs/high-resolution.md) continuing the tiny run whose checkpoints are in
 // `from`: two (global, local) size pairs, 32/16 and 48/24 px, with the pos-embed grid of the earlier run.
 static void highres_config(Config *cfg, const char *tiles, const char *out, const char *from, int frozen) {

@@ -38,12 +38,22 @@ typedef struct {
 #define S(key, field, def, doc) K(key, CT_STR, field, CFG_STR, def, NULL, doc)
 #define E(key, field, def, choices, doc) K(key, CT_ENUM, field, CFG_NAME, def, choices, doc)
 #define L(key, field, n, def, doc) K(key, CT_F64_LIST, field, n, def, NULL, doc)
-#define IV(key, field, def, doc) K(key, CT_INT_VLIST, field, CFG_MAX_PAIRS, def, NULL, doc)
-#define FV(key, field, def, doc) K(key, CT_F64_VLIST, field, CFG_MAX_PAIRS, def, NULL, doc)
 // a number that may be null (YAML null / ~ / empty): stored as 0, which the reader takes as "none"
 #define FN(key, field, def, doc) K(key, CT_F64, field, 0, def, "null", doc)
 
 static int nullable(const CfgKey *k) { return k->type == CT_F64 && k->choices && strcmp(k->choices, "null") == 0; }
+
+// nullable where 0 is a value (n = 1): YAML null is -1 for an integer, NaN for a number, written back as null
+#define IN(key, field, def, doc) K(key, CT_INT, field, 1, def, NULL, doc)
+#define FNAN(key, field, def, doc) K(key, CT_F64, field, 1, def, NULL, doc)
+#define SCHEDULE(sec, fld, v_start, v_peak, v_end, v_warmup, v_cosine, what)                                     \
+    FNAN(sec ".start", fld.start, v_start, what ": value at iteration 0 (null: no schedule)"),                    \
+        FNAN(sec ".peak", fld.peak, v_peak, what ": value after the linear warmup"),                              \
+        FNAN(sec ".end", fld.end, v_end, what ": value after the cosine, held to the end"),                       \
+        I(sec ".warmup_epochs", fld.warmup_epochs, v_warmup, what ": linear warmup length (epochs)"),              \
+        IN(sec ".cosine_epochs", fld.cosine_epochs, v_cosine, what ": cosine length (epochs); null = the rest of the run")
+#define IV(key, field, def, doc) K(key, CT_INT_VLIST, field, CFG_MAX_PAIRS, def, NULL, doc)
+#define FV(key, field, def, doc) K(key, CT_F64_VLIST, field, CFG_MAX_PAIRS, def, NULL, doc)
 
 // Sections must stay contiguous (the writer opens a section when the prefix changes).
 static const CfgKey KEYS[] = {
@@ -112,6 +122,12 @@ static const CfgKey KEYS[] = {
       "CLS spreading regularizer: KoLeo (reference) or KDE (Virchow2/Midnight)"),
     F("dino.kde_weight", dino.kde_weight, "0.05", "KDE weight (regularizer kde)"),
     F("dino.kde_concentration", dino.kde_concentration, "5.0", "KDE von Mises-Fisher kernel concentration kappa"),
+    B("dino.global_ignore_diagonal", dino.global_ignore_diagonal, "true",
+      "DINOv3 key: skip the A-A and B-B global pairs; must be true (the DINOv2 pairing, the only one here)"),
+    B("dino.reweight_dino_local_loss", dino.reweight_dino_local_loss, "false",
+      "DINOv3: weight the local-crop DINO loss by dino.local_loss_weight_schedule (Gram-anchoring recipes)"),
+    SCHEDULE("dino.local_loss_weight_schedule", dino.local_loss_weight_schedule, "0.5", "0.5", "0.5", "0", "null",
+             "local-crop DINO loss weight"),
 
     F("ibot.loss_weight", ibot.loss_weight, "1.0", "weight of the iBOT (masked patch) loss; 0 disables iBOT"),
     F("ibot.mask_sample_probability", ibot.mask_sample_probability, "0.5", "fraction of global crops that get a mask"),
@@ -157,6 +173,40 @@ static const CfgKey KEYS[] = {
     IV("crops.local_crops_size", crops.local_crops_size, "96", "local crop side; a list: one per size pair"),
     FV("crops.global_local_crop_pairs_ratios", crops.global_local_crop_pairs_ratios, "1.0",
        "sampling weights of the size pairs (one per pair; normalized), one pair drawn per iteration"),
+    IN("crops.gram_teacher_crops_size", crops.gram_teacher_crops_size, "null",
+       "Gram anchoring: side of the Gram teacher's copies of the global crops (same boxes); null = global_crops_size"),
+    B("crops.gram_teacher_no_distortions", crops.gram_teacher_no_distortions, "false",
+      "Gram anchoring: the Gram teacher's crops without colour jitter, grayscale, blur, solarize, HED"),
+
+    B("gram.use_loss", gram.use_loss, "false", "DINOv3 Gram anchoring on (docs/gram-anchoring.md)"),
+    B("gram.compute_stats", gram.compute_stats, "false", "auxiliary masked/unmasked Gram statistics; must be false"),
+    F("gram.loss_weight", gram.loss_weight, "1.0", "Gram loss weight when gram.loss_weight_schedule is null"),
+    B("gram.ema_teacher", gram.ema_teacher, "false",
+      "use the EMA teacher's features as the Gram target; must be false (a separate Gram teacher)"),
+    S("gram.ckpt", gram.ckpt, "''",
+      "start the Gram teacher from this checkpoint dir or backbone safetensors; '' = none (then it_load_ema_teacher)"),
+    I("gram.it_load_ema_teacher", gram.it_load_ema_teacher, "-1",
+      "copy the EMA teacher into the Gram teacher before this iteration; -1 = never"),
+    B("gram.rep_update", gram.rep_update, "true",
+      "refresh the Gram teacher from the EMA teacher after every iteration i with i+1 >= it_first_update and "
+      "(i+1) % update_frequency == 0"),
+    I("gram.update_frequency", gram.update_frequency, "50000", "Gram teacher refresh period (iterations)"),
+    I("gram.it_first_update", gram.it_first_update, "0", "no refresh before this iteration"),
+    IN("gram.max_updates", gram.max_updates, "null", "at most this many refreshes; null = unlimited"),
+    B("gram.normalized", gram.normalized, "true", "L2-normalise the patch features before the Gram matrices"),
+    B("gram.img_level", gram.img_level, "false",
+      "true: one Gram matrix per image (the released recipes); false: one over all the rank's global-crop tokens"),
+    B("gram.remove_neg", gram.remove_neg, "false", "clamp the negative similarities of both Gram matrices to 0"),
+    B("gram.remove_only_teacher_neg", gram.remove_only_teacher_neg, "false",
+      "clamp the teacher's negative similarities to 0 (not with remove_neg)"),
+    E("gram.tokens_used", gram.tokens_used, "all", "all|masked|unmasked",
+      "patch tokens in the loss; only all is implemented"),
+    E("gram.global_teacher_resize_method", gram.global_teacher_resize_method, "bicubic", "bicubic",
+      "resampling of the Gram teacher's patch features to the student's grid (torch interpolate)"),
+    B("gram.global_teacher_resize_antialias", gram.global_teacher_resize_antialias, "false",
+      "antialias in that resampling (when the Gram teacher's grid is larger)"),
+    SCHEDULE("gram.loss_weight_schedule", gram.loss_weight_schedule, "null", "null", "null", "0", "null",
+             "Gram loss weight"),
 
     I("train.batch_size_per_gpu", train.batch_size_per_gpu, "64", "images per rank per iteration"),
     I("train.OFFICIAL_EPOCH_LENGTH", train.OFFICIAL_EPOCH_LENGTH, "1250", "iterations per epoch for all schedules"),
@@ -437,8 +487,8 @@ static const char *type_name(const CfgKey *k) {
     static char buf[96];
     switch (k->type) {
     case CT_BOOL: return "a boolean (true/false)";
-    case CT_INT: case CT_I64: return "an integer";
-    case CT_F64: return nullable(k) ? "a number or null" : "a number";
+    case CT_INT: case CT_I64: return k->n ? "an integer or null" : "an integer";
+    case CT_F64: return nullable(k) || k->n ? "a number or null" : "a number";
     case CT_STR: return "a string";
     case CT_ENUM: snprintf(buf, sizeof buf, "one of %s", k->choices); return buf;
     case CT_F64_LIST: snprintf(buf, sizeof buf, "a list of %d numbers like %s", k->n, k->def); return buf;
@@ -522,6 +572,8 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
         *(double *)p = 0;
         return 0;
     }
+    if (v->kind == 3 && k->n && k->type == CT_INT) { *(int *)p = -1; return 0; }     // "key:" (null)
+    if (v->kind == 3 && k->n && k->type == CT_F64) { *(double *)p = NAN; return 0; }
     if (v->kind != 0) goto wrong_type;
     const char *s = v->item[0];
     switch (k->type) {
@@ -530,6 +582,10 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
         return 0;
     case CT_INT: {
         int64_t x;
+        if (k->n && is_null(s, v->plain[0])) {
+            *(int *)p = -1;
+            return 0;
+        }
         if (parse_i64(s, &x) || x < INT_MIN || x > INT_MAX) goto wrong_type;
         *(int *)p = (int)x;
         return 0;
@@ -538,6 +594,10 @@ static int set_value(Config *c, const CfgKey *k, const Val *v, const char *where
         if (parse_i64(s, p)) goto wrong_type;
         return 0;
     case CT_F64:
+        if (k->n && is_null(s, v->plain[0])) {
+            *(double *)p = NAN;
+            return 0;
+        }
         if (parse_f64(s, p)) goto wrong_type;
         return 0;
     case CT_STR:
@@ -585,11 +645,7 @@ static int add_origin(Config *c, const char *name) {
     return c->origin.n_files++;
 }
 
-void config_defaults(Config *c) {
-    memset(c, 0, sizeof *c);
-    add_origin(c, "the defaults");
-    for (int i = 0; i < N_KEYS; i++) {
-        const CfgKey *k = &KEYS[i];
+static void set_default(Config *c, const CfgKey *k) {
         yaml_parser_t parser;
         yaml_document_t doc;
         DINO_ASSERT(yaml_parser_initialize(&parser), "yaml_parser_initialize failed");
@@ -601,7 +657,12 @@ void config_defaults(Config *c) {
         DINO_ASSERT(set_value(c, k, &v, "the defaults", err) == 0, "%s", err);
         yaml_document_delete(&doc);
         yaml_parser_delete(&parser);
-    }
+}
+
+void config_defaults(Config *c) {
+    memset(c, 0, sizeof *c);
+    add_origin(c, "the defaults");
+    for (int i = 0; i < N_KEYS; i++) set_default(c, &KEYS[i]);
 }
 
 // ---- reading files ----------------------------------------------------------------------------------
@@ -726,6 +787,17 @@ static int apply_mapping(Config *c, yaml_document_t *doc, yaml_node_t *map, cons
             continue;
         }
         if (!k) {
+            if (is_section(full) && vn && vn->type == YAML_SCALAR_NODE &&
+                is_null((const char *)vn->data.scalar.value, vn->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)) {
+                // a null sub-section (the reference's `loss_weight_schedule: null`): its keys' defaults
+                size_t n = strlen(full);
+                for (int i = 0; i < N_KEYS; i++)
+                    if (strncmp(KEYS[i].key, full, n) == 0 && KEYS[i].key[n] == '.') {
+                        set_default(c, &KEYS[i]);
+                        set_origin(c, &KEYS[i], file);
+                    }
+                continue;
+            }
             if (is_section(full)) {
                 dino_seterr(err, "'%s' in %s is a section: expected a mapping of its keys", full, where);
                 return -1;
@@ -975,10 +1047,19 @@ static void put_value(Text *b, const Config *c, const CfgKey *k) {
     char num[64];
     switch (k->type) {
     case CT_BOOL: text_printf(b, "%s", *(const bool *)p ? "true" : "false"); break;
-    case CT_INT: text_printf(b, "%d", *(const int *)p); break;
+    case CT_INT:
+        if (k->n && *(const int *)p == -1)
+            text_printf(b, "null");
+        else
+            text_printf(b, "%d", *(const int *)p);
+        break;
     case CT_I64: text_printf(b, "%lld", (long long)*(const int64_t *)p); break;
     case CT_F64:
         if (nullable(k) && *(const double *)p == 0) { text_printf(b, "null"); break; }
+        if (isnan(*(const double *)p)) {
+            text_printf(b, "null");
+            break;
+        }
         fmt_f64(num, sizeof num, *(const double *)p);
         text_printf(b, "%s", num);
         break;
@@ -1102,7 +1183,9 @@ int config_equal(const Config *a, const Config *b, const char **diff_key) {
         case CT_BOOL: same = *(const bool *)pa == *(const bool *)pb; break;
         case CT_INT: same = *(const int *)pa == *(const int *)pb; break;
         case CT_I64: same = *(const int64_t *)pa == *(const int64_t *)pb; break;
-        case CT_F64: same = *(const double *)pa == *(const double *)pb; break;
+        case CT_F64:
+            same = *(const double *)pa == *(const double *)pb || (isnan(*(const double *)pa) && isnan(*(const double *)pb));
+            break;
         case CT_STR: case CT_ENUM: same = strcmp(pa, pb) == 0; break;
         case CT_F64_LIST: same = memcmp(pa, pb, sizeof(double) * (size_t)k->n) == 0; break;
         case CT_INT_VLIST: {
@@ -1294,6 +1377,14 @@ int config_to_ssl(const Config *c, SslConfig *o, char *err) {
     o->adamw_eps = (float)c->optim.adamw_eps;
     o->layerwise_decay = (float)c->optim.layerwise_decay;
     o->patch_embed_lr_mult = (float)c->optim.patch_embed_lr_mult;
+    const CfgGram *gr = &c->gram;
+    o->gram = gr->use_loss;
+    o->gram_crop = c->crops.gram_teacher_crops_size > 0 ? c->crops.gram_teacher_crops_size : c->crops.global_crops_size.v[0];
+    o->gram_normalize = gr->normalized;
+    o->gram_neg_mode = gr->remove_neg ? 1 : gr->remove_only_teacher_neg ? 2 : 0;
+    o->gram_img_level = gr->img_level;
+    o->gram_resize_antialias = gr->global_teacher_resize_antialias;
+    o->reweight_dino_local = d->reweight_dino_local_loss;
     return ssl_config_check(o, err);
 }
 
@@ -1381,6 +1472,27 @@ void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o
     g->hed_scale = a->hed_scale;
     g->hed_shift = a->hed_shift;
     g->no_resize = a->crop_without_resize;
+    if (c->gram.use_loss) { // the Gram teacher's crops, only when Gram anchoring is on
+        g->gram_size = cr->gram_teacher_crops_size > 0 ? cr->gram_teacher_crops_size : cr->global_crops_size.v[0];
+        g->gram_no_distortions = cr->gram_teacher_no_distortions;
+    }
+}
+
+// A DINOv3 weight schedule (start/peak/end null: none) at iteration it; `fallback` without one.
+static double weight_schedule_at(const Config *c, const ScheduleSpec *s, double fallback, long it) {
+    if (isnan(s->start)) return fallback;
+    WarmupCosineSchedule w = schedule_spec_iterations(s, c->optim.epochs, c->train.OFFICIAL_EPOCH_LENGTH);
+    return warmup_cosine_at(&w, it);
+}
+
+double config_gram_weight_at(const Config *c, long it) {
+    if (!c->gram.use_loss) return 0.0;
+    return weight_schedule_at(c, &c->gram.loss_weight_schedule, c->gram.loss_weight, it);
+}
+
+double config_dino_local_weight_at(const Config *c, long it) {
+    if (!c->dino.reweight_dino_local_loss) return 1.0;
+    return weight_schedule_at(c, &c->dino.local_loss_weight_schedule, 1.0, it);
 }
 
 void config_output_path(const Config *c, const char *rel, char *path, size_t cap) {
@@ -1533,6 +1645,41 @@ int config_validate(const Config *c, char *err) {
                    "KoLeo (dino.koleo_loss_weight = %g, set in %s) needs >= 2 images per rank: its nearest-neighbour "
                    "distance is undefined for one; raise the batch or set dino.koleo_loss_weight=0",
                    d->koleo_loss_weight, origin_of(c, "dino.koleo_loss_weight"));
+    NEED(d->global_ignore_diagonal, "dino.global_ignore_diagonal",
+         "must be true: the step compares each global crop with the other one only (the DINOv2 pairing)");
+    const ScheduleSpec *sch[2] = {&d->local_loss_weight_schedule, &c->gram.loss_weight_schedule};
+    const char *sch_key[2] = {"dino.local_loss_weight_schedule.start", "gram.loss_weight_schedule.start"};
+    for (int i = 0; i < 2; i++) {
+        const int nulls = isnan(sch[i]->start) + isnan(sch[i]->peak) + isnan(sch[i]->end);
+        NEED(nulls == 0 || nulls == 3, sch_key[i], "start, peak and end must all be set, or all null (no schedule)");
+        NEED(sch[i]->warmup_epochs >= 0 && sch[i]->cosine_epochs >= -1, sch_key[i],
+             "warmup_epochs must be >= 0 and cosine_epochs >= 0 (or null)");
+    }
+    NEED(!d->reweight_dino_local_loss || !isnan(d->local_loss_weight_schedule.start),
+         "dino.local_loss_weight_schedule.start", "is null but dino.reweight_dino_local_loss is true");
+    const CfgGram *gr = &c->gram;
+    NEED(cr->gram_teacher_crops_size == -1 || cr->gram_teacher_crops_size >= config_max_global_crop(c),
+         "crops.gram_teacher_crops_size", "must be null or >= crops.global_crops_size (%d)", config_max_global_crop(c));
+    NEED(cr->gram_teacher_crops_size <= 0 || cr->gram_teacher_crops_size % s->patch_size == 0,
+         "crops.gram_teacher_crops_size", "must be a multiple of student.patch_size (%d)", s->patch_size);
+    if (gr->use_loss) {
+        NEED(cr->global_crops_size.n == 1, "gram.use_loss",
+             "Gram anchoring with several crop size pairs (crops.global_crops_size has %d) is not implemented",
+             cr->global_crops_size.n);
+        NEED(!gr->ema_teacher, "gram.ema_teacher", "must be false: only a separate Gram teacher is implemented");
+        NEED(!gr->compute_stats, "gram.compute_stats", "must be false: the auxiliary statistics are not implemented");
+        NEED(strcmp(gr->tokens_used, "all") == 0, "gram.tokens_used",
+             "'%s' is not implemented (only all, the released recipes' choice)", gr->tokens_used);
+        NEED(!(gr->remove_neg && gr->remove_only_teacher_neg), "gram.remove_neg",
+             "remove_neg and remove_only_teacher_neg exclude each other");
+        NEED(gr->ckpt[0] || gr->it_load_ema_teacher >= 0, "gram.it_load_ema_teacher",
+             "is %d and gram.ckpt is empty: the Gram teacher would never be set (give gram.ckpt, or an iteration >= 0 "
+             "at which the EMA teacher is copied into it)", gr->it_load_ema_teacher);
+        NEED(!gr->rep_update || gr->update_frequency >= 1, "gram.update_frequency", "must be >= 1");
+        NEED(gr->it_first_update >= 0, "gram.it_first_update", "must be >= 0");
+        NEED(gr->max_updates >= -1, "gram.max_updates", "must be >= 0 or null (unlimited)");
+        NEED(isfinite(gr->loss_weight), "gram.loss_weight", "must be a number");
+    }
     NEED(prob_ok(ib->mask_sample_probability), "ibot.mask_sample_probability", "must be in [0, 1]");
     NEED(ib->mask_ratio_min_max[0] >= 0 && ib->mask_ratio_min_max[1] <= 1, "ibot.mask_ratio_min_max",
          "ratios must be in [0, 1]");

@@ -67,6 +67,9 @@ typedef struct {
     double koleo_loss_weight;
     char regularizer[CFG_NAME]; // koleo | kde (Virchow2/Midnight)
     double kde_weight, kde_concentration;
+    bool global_ignore_diagonal;        // DINOv3 key; must be true (the step compares crop 1 with crop 2 only)
+    bool reweight_dino_local_loss;      // DINOv3: the local-crop DINO loss weighted by local_loss_weight_schedule
+    ScheduleSpec local_loss_weight_schedule; // start/peak/end NaN (null): no schedule
 } CfgDino;
 
 typedef struct {
@@ -113,12 +116,31 @@ typedef struct {
     // global_local_crop_pairs_ratios.v[k].
     CfgIntList global_crops_size, local_crops_size;
     CfgF64List global_local_crop_pairs_ratios;
+    int gram_teacher_crops_size;      // DINOv3 Gram anchoring: -1 (null) = the global crop size
+    bool gram_teacher_no_distortions; // the Gram teacher's crops without colour distortion
 } CfgCrops;
 
 // DINOv3's high-resolution adaptation: start from the weights of an earlier run.
 typedef struct {
     char checkpoint_path[CFG_STR]; // a checkpoint directory, or an earlier run's output_dir (its newest)
 } CfgHrft;
+
+// DINOv3 Gram anchoring (dinov3/configs/ssl_default_config.yaml `gram:`), docs/gram-anchoring.md.
+typedef struct {
+    bool use_loss, compute_stats;
+    double loss_weight;               // used when loss_weight_schedule is null
+    bool ema_teacher;                 // must be false (a separate Gram teacher)
+    char ckpt[CFG_STR];               // checkpoint dir / safetensors to start the Gram teacher from; '' = none
+    int it_load_ema_teacher;          // the EMA teacher is copied into the Gram teacher before this iteration; -1 = never
+    bool rep_update;                  // refresh from the EMA teacher every update_frequency iterations ...
+    int update_frequency, it_first_update;
+    int max_updates;                  // ... at most this many times (-1, null: unlimited)
+    bool normalized, img_level, remove_neg, remove_only_teacher_neg;
+    char tokens_used[CFG_NAME];       // all (masked / unmasked: not implemented)
+    char global_teacher_resize_method[CFG_NAME]; // bicubic
+    bool global_teacher_resize_antialias;
+    ScheduleSpec loss_weight_schedule; // start/peak/end NaN (null): no schedule, loss_weight
+} CfgGram;
 
 typedef struct {
     int batch_size_per_gpu;
@@ -210,6 +232,7 @@ typedef struct {
     CfgTrain train;
     CfgSchedules schedules;
     CfgHrft hrft;
+    CfgGram gram;
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
     bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward
     CfgEvaluation evaluation;
@@ -277,6 +300,10 @@ int config_to_ssl(const Config *cfg, SslConfig *out, char *err);
 ScheduleConfig config_to_schedule(const Config *cfg, int world_size);
 // ... and the data loader with its augmentation and iBOT masking, for one rank.
 void config_to_loader(const Config *cfg, int rank, int world_size, LoaderConfig *out);
+// DINOv3 per-iteration loss weights: the Gram loss weight (0 when gram.use_loss is false; the schedule, or
+// gram.loss_weight without one) and the local-crop DINO loss weight (1 unless dino.reweight_dino_local_loss).
+double config_gram_weight_at(const Config *cfg, long it);
+double config_dino_local_weight_at(const Config *cfg, long it);
 // path = train.output_dir/rel, or rel itself when it is absolute (e.g. log.metrics_file).
 void config_output_path(const Config *cfg, const char *rel, char *path, size_t cap);
 // Creates train.output_dir if needed and writes the resolved config to <output_dir>/config.yaml.

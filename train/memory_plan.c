@@ -80,11 +80,13 @@ void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p) {
         const char *what;
         size_t bytes;
     } rows[] = {
-        {"weights (student + EMA teacher, fp32)", p->model.weights},
+        {cfg->gram.use_loss ? "weights (student + EMA + Gram teacher, fp32)" : "weights (student + EMA teacher, fp32)",
+         p->model.weights},
         {"gradients (fp32)", p->model.grads},
         {"AdamW moments (fp32, this rank's shard)", p->model.optimizer},
         {"student activations (global + local crops)", p->model.student_acts},
-        {"teacher activations (forward only)", p->model.teacher_acts},
+        {cfg->gram.use_loss ? "teacher + Gram teacher activations (forward)" : "teacher activations (forward only)",
+         p->model.teacher_acts},
         {"heads, logits, losses, crops, masks", p->other},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)

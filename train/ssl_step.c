@@ -79,6 +79,19 @@ int ssl_config_check(const SslConfig *c, char *err) {
         dino_seterr(err, "ZeRO-1: rank %d outside a world of %d", c->zero_rank, c->zero_world);
         return -1;
     }
+    if (c->gram) {
+        const int gc = c->gram_crop ? c->gram_crop : c->global_crop;
+        if (gc < c->global_crop || vit_check_crop(&c->vit, gc, err)) {
+            if (gc < c->global_crop)
+                dino_seterr(err, "crops: gram_teacher_crops_size %d is smaller than global_crops_size %d", gc,
+                            c->global_crop);
+            return -1;
+        }
+        if (c->gram_neg_mode < 0 || c->gram_neg_mode > 2) {
+            dino_seterr(err, "gram: negative-similarity mode %d unknown", c->gram_neg_mode);
+            return -1;
+        }
+    }
     if (!(c->student_temp > 0) || !(c->center_momentum >= 0 && c->center_momentum <= 1)) {
         dino_seterr(err, "losses: student temperature %g must be > 0 and centre momentum %g in [0, 1]", c->student_temp,
                     c->center_momentum);
@@ -109,6 +122,15 @@ typedef struct {
     float *tsum, *row_loss, *scratch;
     float *d_xg, *d_xl;                          // gradients w.r.t. the student backbone outputs
     int *sub_g, *sub_l;                          // host drop-path subsets
+    // Gram anchoring (cfg.gram): Gram teacher activations on its crops (Gg px, Ngg patches), its crops
+    // (two staging slots), patch-token gather indices, the patch features and the resampling matrix
+    VitActs *gram_acts;
+    int Gg, Ngg;
+    float *gram_img, *gram_slot[2], *gram_host[2];
+    int gram_ticket[2], gram_staged[2];
+    int *idx_spatch, *idx_gpatch;                // [2B*Ng] student rows, [2B*Ngg] Gram teacher rows
+    float *gram_s, *gram_t, *gram_traw, *gram_ds; // [2B*Ng,D] x3 (+ gram_traw [2B*Ngg,D] when resampled)
+    float *gram_resize;                          // [Ng, Ngg] or NULL (same grid)
     uint8_t *mask_host;
     int *idx_host;
     float *w_host;
@@ -275,6 +297,40 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     w->w_host = dino_malloc(sizeof(float) * (size_t)(MM + 1));
     m->work = w;
     make_pair_acts(m, be, 0); // the other pairs' when a step needs them
+    if (cfg.gram) {
+        const int Gs = w->G, Gg = cfg.gram_crop ? cfg.gram_crop : Gs, gs = Gg / p, ss = Gs / p; // one size pair
+        w->Gg = Gg;
+        w->Ngg = gs * gs;
+        for (int i = 0; i < m->tab.n; i++) // the backbone's tensors come first in the buffer
+            if (m->tab.t[i].group == PARAM_BACKBONE && m->tab.t[i].offset + m->tab.t[i].numel > m->backbone_floats)
+                m->backbone_floats = m->tab.t[i].offset + m->tab.t[i].numel;
+        m->gram_teacher = falloc(be, m->backbone_floats);
+        w->gram_acts = vit_acts_new(be, &m->vit, 2 * B, Gg, VIT_ACTS_FORWARD_ONLY);
+        w->gram_img = w->gram_slot[0] = falloc(be, (size_t)2 * B * 3 * Gg * Gg);
+        if (cfg.staged_upload) w->gram_slot[1] = falloc(be, (size_t)2 * B * 3 * Gg * Gg);
+        w->idx_spatch = be->alloc(be, sizeof(int) * (size_t)2 * B * w->Ng);
+        w->idx_gpatch = be->alloc(be, sizeof(int) * (size_t)2 * B * w->Ngg);
+        w->gram_s = falloc(be, (size_t)2 * B * w->Ng * D);
+        w->gram_t = falloc(be, (size_t)2 * B * w->Ng * D);
+        w->gram_ds = falloc(be, (size_t)2 * B * w->Ng * D);
+        int *ix = dino_malloc(sizeof(int) * (size_t)2 * B * (w->Ngg > w->Ng ? w->Ngg : w->Ng));
+        const int Tgg = 1 + R + w->Ngg;
+        for (int i = 0; i < 2 * B; i++)
+            for (int n = 0; n < w->Ng; n++) ix[(size_t)i * w->Ng + n] = i * w->Tg + 1 + R + n;
+        be->to_device(be, w->idx_spatch, ix, sizeof(int) * (size_t)2 * B * w->Ng);
+        for (int i = 0; i < 2 * B; i++)
+            for (int n = 0; n < w->Ngg; n++) ix[(size_t)i * w->Ngg + n] = i * Tgg + 1 + R + n;
+        be->to_device(be, w->idx_gpatch, ix, sizeof(int) * (size_t)2 * B * w->Ngg);
+        free(ix);
+        if (gs != ss) { // torch interpolate(size=(ss, ss), bicubic, align_corners=False[, antialias]) as a matrix
+            w->gram_traw = falloc(be, (size_t)2 * B * w->Ngg * D);
+            float *W = dino_malloc(sizeof(float) * (size_t)w->Ng * w->Ngg);
+            vit_pos_interp_matrix(W, gs, ss, 0.0f, cfg.gram_resize_antialias);
+            w->gram_resize = falloc(be, (size_t)w->Ng * w->Ngg);
+            be->to_device(be, w->gram_resize, W, sizeof(float) * (size_t)w->Ng * w->Ngg);
+            free(W);
+        }
+    }
     return 0;
 }
 
@@ -298,11 +354,19 @@ void ssl_model_free(SslModel *m, Backend *be) {
             free(w->stage_mask[s]);
         }
         free(w->sub_g), free(w->sub_l), free(w->mask_host), free(w->idx_host), free(w->w_host);
+        if (w->gram_acts) vit_acts_free(be, w->gram_acts);
+        void *gbufs[] = {w->gram_slot[0], w->gram_slot[1], w->idx_spatch, w->idx_gpatch, w->gram_s, w->gram_t,
+                         w->gram_traw, w->gram_ds, w->gram_resize};
+        for (size_t i = 0; i < sizeof gbufs / sizeof gbufs[0]; i++)
+            if (gbufs[i]) be->release(be, gbufs[i]);
+        for (int s = 0; s < 2; s++)
+            if (w->gram_host[s]) be->host_free(be, w->gram_host[s]);
         free(w);
     }
     be->release(be, m->student);
     be->release(be, m->teacher);
     be->release(be, m->grads);
+    if (m->gram_teacher) be->release(be, m->gram_teacher);
     adamw_free(&m->opt, be);
     teacher_center_free(be, &m->dino_center);
     teacher_center_free(be, &m->ibot_center);
@@ -354,8 +418,21 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, Kd = w->Kd, Ki = w->Ki, R = c->vit.n_registers;
     const int G = w->G, L = w->L;
     const int do_ibot = c->ibot_loss_weight > 0;
+    const int do_gram = c->gram && b->gram_weight != 0;
+    const double local_w = c->reweight_dino_local ? b->dino_local_weight : 1.0;
     memset(st, 0, sizeof *st);
     DINO_ASSERT(w->t_glob, "ssl_forward_backward on a student_only model (distillation: ssl_student_forward_backward)");
+    st->dino_local_weight = local_w;
+    if (b->gram_weight != 0 && !c->gram) {
+        dino_seterr(err, "ssl_step: Gram weight %g on a model built without Gram anchoring", b->gram_weight);
+        return -1;
+    }
+    if (do_gram && !m->gram_ready) {
+        dino_seterr(err, "ssl_step: Gram weight %g but the Gram teacher was never set (gram.ckpt or "
+                         "gram.it_load_ema_teacher)", b->gram_weight);
+        return -1;
+    }
+    const float *gram_img = w->gram_img;
 
     // ---- inputs: crops, masks -> masked-token indices and weights (crop-major, as the reference)
     const uint8_t *masks = b->masks;
@@ -366,6 +443,12 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
         be->upload_wait(be, w->stage_ticket[s]); // the crops' copy, started while the last step ran
         glob_img = w->glob_slot[s], loc_img = w->loc_slot[s];
         masks = w->stage_has_mask[s] ? w->stage_mask[s] : NULL;
+        if (do_gram) {
+            DINO_ASSERT(w->gram_staged[s], "ssl_forward_backward: Gram weight %g but no Gram crops staged", b->gram_weight);
+            be->upload_wait(be, w->gram_ticket[s]);
+            gram_img = w->gram_slot[s];
+        }
+        w->gram_staged[s] = 0;
         // Free for ssl_stage_batch again once this returns: the loss read-back below waits for the
         // forward passes, the only readers of the crops.
         w->stage_full[s] = 0;
@@ -373,6 +456,13 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     } else {
         be->to_device(be, w->glob_img, b->global_crops, sizeof(float) * (size_t)2 * B * 3 * G * G);
         if (nL > 0) be->to_device(be, w->loc_img, b->local_crops, sizeof(float) * (size_t)nL * B * 3 * L * L);
+        if (do_gram) {
+            if (!b->gram_crops) {
+                dino_seterr(err, "ssl_step: Gram weight %g but the batch has no Gram teacher crops", b->gram_weight);
+                return -1;
+            }
+            be->to_device(be, w->gram_img, b->gram_crops, sizeof(float) * (size_t)2 * B * 3 * w->Gg * w->Gg);
+        }
     }
     int n_m = 0;
     const uint8_t *masks_dev = NULL;
@@ -508,10 +598,33 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
         free(Z);
     }
 
+    // ---- Gram anchoring: the Gram teacher on its crops (unmasked, no stochastic depth); its patch tokens,
+    // resampled to the student's grid, against the student's global-crop patch tokens
+    double gram = 0;
+    if (do_gram) {
+        const float *xgt = vit_forward(be, &m->vit, m->gram_teacher, w->gram_acts, gram_img, NULL, NULL);
+        if (w->gram_resize) {
+            be->gather_rows(be, w->gram_traw, xgt, w->idx_gpatch, 2 * B * w->Ngg, (size_t)D);
+            for (int i = 0; i < 2 * B; i++)
+                be->gemm(be, 0, 0, Ng, D, w->Ngg, 1.0f, w->gram_resize, w->Ngg, w->gram_traw + (size_t)i * w->Ngg * D, D,
+                         0.0f, w->gram_t + (size_t)i * Ng * D, D);
+        } else {
+            be->gather_rows(be, w->gram_t, xgt, w->idx_gpatch, 2 * B * Ng, (size_t)D);
+        }
+        be->gather_rows(be, w->gram_s, xg, w->idx_spatch, 2 * B * Ng, (size_t)D);
+        be->zero(be, w->gram_ds, sizeof(float) * (size_t)2 * B * Ng * D);
+        const int gB = c->gram_img_level ? 2 * B : 1, gN = c->gram_img_level ? Ng : 2 * B * Ng;
+        be->gram_loss(be, w->scratch, w->gram_ds, w->gram_s, w->gram_t, gB, gN, D, c->gram_normalize,
+                      c->gram_neg_mode, (float)b->gram_weight);
+        float gl;
+        be->to_host(be, &gl, w->scratch, sizeof gl);
+        gram = gl;
+    }
+
     // ---- losses and their gradients w.r.t. the student logits
     const float ts = c->student_temp;
     double local = dino_loss_local(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
-                                   c->dino_loss_weight);
+                                   (float)(c->dino_loss_weight * local_w));
     double global = dino_loss_global(be, zs_dino + (size_t)nL * B * Kd, nL, B, w->P_dino, Kd, ts, w->row_loss,
                                      w->dz_dino + (size_t)nL * B * Kd, c->dino_loss_weight);
     double ibot = 0;
@@ -544,6 +657,7 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     be->zero(be, w->d_xg, sizeof(float) * (size_t)2 * B * w->Tg * D);
     be->scatter_add_rows(be, w->d_xg, ds_glob_cls, w->idx_gcls, 2 * B, (size_t)D);
     if (n_m) be->scatter_add_rows(be, w->d_xg, w->ds_in + (size_t)w->rows_cls * D, w->idx_mask, n_m, (size_t)D);
+    if (do_gram) be->scatter_add_rows(be, w->d_xg, w->gram_ds, w->idx_spatch, 2 * B * Ng, (size_t)D);
     vit_backward(be, &m->vit, m->student, m->grads, w->s_glob, w->d_xg);
     if (nL > 0) {
         be->zero(be, w->d_xl, sizeof(float) * (size_t)nL * B * w->Tl * D);
@@ -558,14 +672,17 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     st->dino_global_crops_loss = global;
     st->koleo_loss = reg / 2;
     st->ibot_loss = ibot / 2;
-    st->total_loss = local + global + reg / 2 + ibot / 2;
-    st->backprop_loss = c->dino_loss_weight * (local + global) + reg + c->ibot_loss_weight * ibot;
+    st->gram_loss = gram;
+    st->total_loss = local + global + reg / 2 + ibot / 2 + b->gram_weight * gram;
+    st->backprop_loss = c->dino_loss_weight * (local_w * local + global) + reg + c->ibot_loss_weight * ibot +
+                        b->gram_weight * gram;
     float *cls = dino_malloc(sizeof(float) * (size_t)2 * B * D);
     be->to_host(be, cls, s_glob_cls, sizeof(float) * (size_t)2 * B * D);
     st->student_cls_std = normalized_std(cls, 2 * B, D);
     free(cls);
     if (!isfinite(st->backprop_loss)) {
-        dino_seterr(err, "ssl_step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g)", local, global, reg, ibot);
+        dino_seterr(err, "ssl_step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g, gram %g)", local, global,
+                    reg, ibot, gram);
         return -1;
     }
     return 0;
@@ -643,6 +760,28 @@ void ssl_stage_batch_pair(SslModel *m, Backend *be, int pair, const float *globa
     w->stage_next ^= 1;
 }
 
+void ssl_gram_from_teacher(SslModel *m, Backend *be) {
+    DINO_ASSERT(m->cfg.gram, "ssl_gram_from_teacher: the model was built without Gram anchoring");
+    be->copy(be, m->gram_teacher, m->teacher, sizeof(float) * m->backbone_floats);
+    m->gram_ready = 1;
+}
+
+void ssl_stage_gram(SslModel *m, Backend *be, const float *gram_crops, int crops_pinned) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    const int s = w->stage_next;
+    DINO_ASSERT(c->staged_upload && c->gram, "ssl_stage_gram: the model was built without staging or Gram");
+    DINO_ASSERT(!w->stage_full[s], "ssl_stage_gram: two batches are staged already");
+    const size_t n = (size_t)2 * w->B * 3 * w->Gg * w->Gg;
+    if (!crops_pinned) {
+        if (!w->gram_host[s]) w->gram_host[s] = be->host_alloc(be, sizeof(float) * n);
+        memcpy(w->gram_host[s], gram_crops, sizeof(float) * n);
+        gram_crops = w->gram_host[s];
+    }
+    w->gram_ticket[s] = be->upload_async(be, w->gram_slot[s], gram_crops, sizeof(float) * n);
+    w->gram_staged[s] = 1;
+}
+
 SslMemory ssl_memory(const SslModel *m) {
     const Work *w = m->work;
     SslMemory r = {0};
@@ -651,6 +790,10 @@ SslMemory ssl_memory(const SslModel *m) {
     r.optimizer = 2 * sizeof(float) * (m->shard_end - m->shard_begin);
     r.student_acts = vit_acts_bytes(w->s_glob) + (w->s_loc ? vit_acts_bytes(w->s_loc) : 0);
     r.teacher_acts = w->t_glob ? vit_acts_bytes(w->t_glob) : 0;
+    if (m->gram_teacher) { // Gram anchoring: the Gram teacher's backbone and its forward activations
+        r.weights += sizeof(float) * m->backbone_floats;
+        r.teacher_acts += vit_acts_bytes(w->gram_acts);
+    }
     return r;
 }
 

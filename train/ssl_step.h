@@ -53,6 +53,17 @@ typedef struct {
     // flat buffers are padded as dist_shard(total, zero_world, zero_rank, PARAM_ALIGN) and the AdamW moments
     // exist for this rank's shard only.
     int zero_world, zero_rank;
+    // DINOv3 Gram anchoring (docs/gram-anchoring.md): a frozen Gram teacher backbone (m->gram_teacher) on
+    // its own copies of the global crops (SslBatch.gram_crops, gram_crop px, unmasked); its final-norm patch
+    // tokens, resampled bicubically to the student's grid when larger, anchor the Gram matrices of the
+    // student's (masked) global-crop patch tokens (be->gram_loss, weight SslBatch.gram_weight).
+    int gram;                    // 1: Gram anchoring possible (allocates the Gram teacher and its buffers)
+    int gram_crop;               // the Gram teacher's crop side (>= global_crop; 0: global_crop)
+    int gram_normalize;          // gram.normalized
+    int gram_neg_mode;           // 0, 1 gram.remove_neg, 2 gram.remove_only_teacher_neg
+    int gram_img_level;          // 1: a Gram matrix per image; 0: one over all 2B crops' tokens
+    int gram_resize_antialias;   // gram.global_teacher_resize_antialias
+    int reweight_dino_local;     // dino.reweight_dino_local_loss: SslBatch.dino_local_weight weights the local loss
     int recompute_activations;   // student backbone: keep only block inputs, recompute in backward
     int staged_upload;           // allocate two staging slots for ssl_stage_batch (the trainer does)
     int student_only;            // distillation: the step runs only ssl_student_forward_backward (targets from a
@@ -74,6 +85,12 @@ typedef struct {
     size_t shard_begin, shard_end;   // the range this process updates: [0, tab.total), or its ZeRO-1 shard
     AdamW opt;                       // moments for [shard_begin, shard_end)
     TeacherCenter dino_center, ibot_center;
+    // Gram anchoring (cfg.gram): the Gram teacher's backbone, backbone_floats floats in the ParamTable
+    // layout (the backbone tensors come first); set by ssl_gram_from_teacher or by the caller (a
+    // checkpoint), then gram_ready = 1
+    float *gram_teacher;
+    size_t backbone_floats;
+    int gram_ready;
     // Optional: called during ssl_forward_backward whenever every gradient from `offset` to the end of
     // the buffer is final (after the heads, then after each backbone block), so a data-parallel trainer
     // can start averaging those gradients while the backward pass goes on.
@@ -109,7 +126,18 @@ typedef struct {
                                //    above are then ignored, but for drop_* and drop_key)
     int pair;                  // the size pair of the crops (not staged; a staged batch carries its own)
     SslDiag *diag;             // collapse diagnostics of this step wanted (NULL: none)
+    // DINOv3 additions (the schedules' values at this iteration)
+    const float *gram_crops;   // host [2B,3,gram_crop,gram_crop], crop-major (or staged: ssl_stage_gram)
+    double gram_weight;        // Gram loss weight: 0 = no Gram teacher pass, no Gram loss
+    double dino_local_weight;  // with cfg.reweight_dino_local: the local-crop DINO loss weight
 } SslBatch;
+
+// Copies the EMA teacher's backbone into the Gram teacher (gram.it_load_ema_teacher, gram.rep_update:
+// dinov3 SSLMetaArch.gram_load_ema_teacher / update_gram with m = 0); sets gram_ready.
+void ssl_gram_from_teacher(SslModel *m, Backend *be);
+// Staged upload of the next batch's Gram crops (cfg.gram and cfg.staged_upload): call before the
+// ssl_stage_batch of the same batch; same rules as its crops.
+void ssl_stage_gram(SslModel *m, Backend *be, const float *gram_crops, int crops_pinned);
 
 // Overlapped upload of the next batch (needs cfg.staged_upload): starts the upload of the batch's crops
 // to a spare device slot on the backend's copy queue and keeps a copy of its masks (NULL: none). The next
@@ -130,7 +158,10 @@ void ssl_use_pair(SslModel *m, Backend *be, int pair);
 typedef struct {
     // the losses as the reference logs them (koleo_loss and ibot_loss halved; total = their sum)
     double dino_local_crops_loss, dino_global_crops_loss, koleo_loss, ibot_loss, total_loss;
-    double backprop_loss;       // what was differentiated: local + global + koleo + ibot (with weights)
+    double backprop_loss;       // what was differentiated: local + global + koleo + ibot (+ gram) (with weights)
+    double gram_loss;           // the Gram anchoring loss (0 when not computed: weight 0); gram_weight x this
+                                // is in total_loss and backprop_loss
+    double dino_local_weight;   // the local-crop DINO loss weight used (1 unless reweighted)
     // collapse guard
     double teacher_entropy;      // mean entropy of the DINO teacher targets (ln K = uniform, 0 = one-hot)
     double ibot_teacher_entropy; // the same for the iBOT targets
@@ -181,11 +212,11 @@ void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSum
 // Backend memory the model holds, by purpose (bytes). Whatever else the step allocates (head and loss
 // activations, logits, crops, masks) is the backend's total minus these.
 typedef struct {
-    size_t weights;        // student + teacher (fp32 master copies; the teacher is the EMA)
+    size_t weights;        // student + teacher (fp32 master copies; the teacher is the EMA) [+ Gram teacher]
     size_t grads;          // the student's gradient buffer
     size_t optimizer;      // AdamW moments (this rank's ZeRO-1 shard)
     size_t student_acts;   // student backbone activations, global + local crops
-    size_t teacher_acts;   // teacher backbone activations (forward only)
+    size_t teacher_acts;   // teacher backbone activations (forward only) [+ the Gram teacher's]
 } SslMemory;
 SslMemory ssl_memory(const SslModel *m);
 

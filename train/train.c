@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <errno.h>
+#include <sys/stat.h>
 
 #include "common/check.h"
 #include "data/loader.h"
@@ -60,6 +62,7 @@ typedef struct {
     int64_t total;
     int quiet;
     double knn_init, knn_last; // k-NN top-1 (k = 20) at init and at the last evaluation (NaN: none)
+    int64_t gram_updates;      // Gram teacher refreshes from the EMA teacher so far (gram.max_updates)
 } Run;
 
 // Gradient buckets: cut at tensor boundaries, dist.grad_bucket_mb each, issued from the backward pass as
@@ -158,6 +161,87 @@ static int load_pretrained(Run *r, char *err) {
     return rc;
 }
 
+// ---- Gram anchoring (docs/gram-anchoring.md) --------------------------------------------------------
+
+// The Gram teacher's backbone tensors as prefix + name, from the host copy `flat` (ParamTable layout).
+static void write_gram_teacher(CkptWriter *w, const ParamTable *tab, const float *flat) {
+    for (int i = 0; i < tab->n; i++) {
+        const TensorSpec *t = &tab->t[i];
+        if (t->group != PARAM_BACKBONE) continue;
+        char name[PARAM_NAME_MAX + 64];
+        snprintf(name, sizeof name, "gram_teacher.%s", t->name);
+        ckpt_writer_tensor(w, name, t->ndim, t->shape, flat + t->offset);
+    }
+}
+
+// Reads the backbone tensors prefix + name of checkpoint c into the Gram teacher.
+static int read_gram_teacher(Run *r, const Ckpt *c, const char *prefix, char *err) {
+    const ParamTable *tab = &r->m.tab;
+    float *host = dino_calloc(r->m.backbone_floats, sizeof(float));
+    int rc = 0;
+    for (int i = 0; i < tab->n && !rc; i++) {
+        const TensorSpec *t = &tab->t[i];
+        if (t->group != PARAM_BACKBONE) continue;
+        char name[PARAM_NAME_MAX + 64];
+        snprintf(name, sizeof name, "%s%s", prefix, t->name);
+        rc = ckpt_read_tensor(c, name, t->ndim, t->shape, host + t->offset, err);
+    }
+    if (!rc) r->be->to_device(r->be, r->m.gram_teacher, host, sizeof(float) * r->m.backbone_floats);
+    free(host);
+    return rc;
+}
+
+// gram.ckpt: one of our checkpoint directories (its EMA teacher's backbone; the dinov3 way of starting a
+// Gram teacher from an earlier run), or a backbone safetensors file in any naming (as pretrained_weights).
+static int load_gram_ckpt(Run *r, char *err) {
+    const char *path = r->cfg->gram.ckpt;
+    char e2[DINO_ERRLEN];
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        dino_seterr(err, "gram.ckpt: %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        Ckpt c;
+        if (ckpt_open(&c, path, e2)) {
+            dino_seterr(err, "gram.ckpt: %s", e2);
+            return -1;
+        }
+        int rc = read_gram_teacher(r, &c, "teacher.", e2);
+        ckpt_close(&c);
+        if (rc) {
+            dino_seterr(err, "gram.ckpt: %s", e2);
+            return -1;
+        }
+    } else {
+        const size_t n = r->m.tab.total;
+        float *host = dino_calloc(n, sizeof(float));
+        PretrainedOptions po = {.verbose = r->d->rank == 0 && !r->quiet};
+        int rc = pretrained_load(&r->m.vit, &r->m.tab, "backbone.", host, path, &po, NULL, e2);
+        if (!rc) r->be->to_device(r->be, r->m.gram_teacher, host, sizeof(float) * r->m.backbone_floats);
+        free(host);
+        if (rc) {
+            dino_seterr(err, "gram.ckpt: %s", e2);
+            return -1;
+        }
+    }
+    r->m.gram_ready = 1;
+    return 0;
+}
+
+// After iteration `it` (optimizer step and EMA done): dinov3's repeated Gram teacher update.
+static void gram_after_step(Run *r, int64_t it) {
+    const CfgGram *g = &r->cfg->gram;
+    if (!g->use_loss || !g->rep_update) return;
+    if (it + 1 < g->it_first_update || (it + 1) % g->update_frequency != 0) return;
+    if (g->max_updates >= 0 && r->gram_updates >= g->max_updates) return;
+    ssl_gram_from_teacher(&r->m, r->be);
+    r->gram_updates++;
+    if (r->d->rank == 0 && !r->quiet)
+        printf("dinotrain: Gram teacher updated from the EMA teacher after iteration %lld (update %lld)\n",
+               (long long)it, (long long)r->gram_updates);
+}
+
 // evaluation.eval_period_iterations: k-NN (k = 10, 20) of the teacher's CLS features on labeled tile
 // sets, logged with the metrics (rank 0 only: the teacher is replicated).
 // At iteration 0 (a fresh run) the same evaluation of the network at init, the baseline a run must beat
@@ -252,6 +336,16 @@ static int save_checkpoint(Run *r, int64_t iterations_done, const float *moments
     int64_t sd[1] = {Kd}, si[1] = {Ki};
     ckpt_writer_tensor(w, "dino_center", 1, sd, cd);
     ckpt_writer_tensor(w, "ibot_center", 1, si, ci);
+    float *gram_host = NULL;
+    if (r->m.gram_teacher && r->m.gram_ready) {
+        gram_host = dino_malloc(sizeof(float) * r->m.backbone_floats);
+        be->to_host(be, gram_host, r->m.gram_teacher, sizeof(float) * r->m.backbone_floats);
+        write_gram_teacher(w, tab, gram_host);
+    }
+    if (r->m.gram_teacher) {
+        ckpt_writer_int(w, "gram.ready", r->m.gram_ready);
+        ckpt_writer_int(w, "gram.updates", r->gram_updates);
+    }
     LoaderStats ls = loader_stats(r->loader);
     const int64_t position = loader_position(r->loader) - r->prefetched;
     ckpt_writer_int(w, "iteration", iterations_done);
@@ -269,6 +363,7 @@ static int save_checkpoint(Run *r, int64_t iterations_done, const float *moments
     int rc = ckpt_save(w, r->cfg->train.output_dir, iterations_done, r->cfg->checkpoint.keep_last, path_out, err);
     ckpt_writer_free(w);
     free(host);
+    free(gram_host);
     free(cd);
     free(ci);
     return rc;
@@ -361,6 +456,18 @@ static int64_t resume(Run *r, char *err) {
                     (long long)(samples / global_batch * global_batch));
         pos = samples / global_batch;
     }
+    if (r->m.gram_teacher) { // the Gram teacher as it was (a checkpoint of a run without Gram: unchanged)
+        int64_t ready = 0, updates = 0;
+        if (ckpt_get_int(&c, "gram.ready", &ready, e2) == 0 && ready) {
+            if (read_gram_teacher(r, &c, "gram_teacher.", e2)) {
+                dino_seterr(err, "cannot resume from %s: %s", c.dir, e2);
+                ckpt_close(&c);
+                return -1;
+            }
+            r->m.gram_ready = 1;
+        }
+        if (ckpt_get_int(&c, "gram.updates", &updates, e2) == 0) r->gram_updates = updates;
+    }
     r->m.opt.step = step;
     loader_set_position(r->loader, pos);
     if (r->d->rank == 0 && !r->quiet) printf("dinotrain: resumed from %s at iteration %lld\n", c.dir, (long long)it);
@@ -376,6 +483,7 @@ static int stage_next_batch(Run *r, int64_t it, int with_masks, char *err) {
     const Batch *batch = loader_next(r->loader, err);
     if (!batch) return -1;
     if (inject_nan_at(it)) batch->global_crops[0] = NAN; // the loader's buffer is ours until loader_next
+    if (r->m.cfg.gram) ssl_stage_gram(&r->m, r->be, batch->gram_crops, 1); // Gram anchoring: one size pair
     // the crops are uploaded straight from the loader's page-locked buffer (see the sync in the loop), at
     // the batch's size pair (high-resolution phase: one drawn per batch index, the same on every rank)
     ssl_stage_batch_pair(&r->m, r->be, batch->pair, batch->global_crops, batch->local_crops,
@@ -602,6 +710,7 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         goto out;
     }
     if (cfg->student.pretrained_weights[0] && load_pretrained(&r, err)) goto out;
+    if (cfg->gram.use_loss && cfg->gram.ckpt[0] && load_gram_ckpt(&r, err)) goto out;
     if (open_data(&r, err)) goto out;
     if (d->rank == 0 && config_save_resolved(cfg, e2)) {
         dino_seterr(err, "%s", e2);
@@ -695,7 +804,21 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         r.prefetched = it + 1 < end;
         double t_data = dino_wall_s() - t0;
         ScheduleValues sv = schedule_at(&r.sched, (long)it);
+        if (cfg->gram.use_loss && cfg->gram.it_load_ema_teacher == it) {
+            ssl_gram_from_teacher(&r.m, r.be);
+            if (d->rank == 0 && !opt->quiet)
+                printf("dinotrain: EMA teacher copied into the Gram teacher before iteration %lld\n", (long long)it);
+        }
+        const double gram_weight = config_gram_weight_at(cfg, (long)it);
+        if (gram_weight != 0 && !r.m.gram_ready) {
+            dino_seterr(err, "iteration %lld: the Gram loss weight is %g but the Gram teacher was never set: give "
+                             "gram.ckpt, or gram.it_load_ema_teacher <= %lld",
+                        (long long)it, gram_weight, (long long)it);
+            goto out_loop;
+        }
         SslBatch sb = {.staged = 1,
+                       .gram_weight = gram_weight,
+                       .dino_local_weight = config_dino_local_weight_at(cfg, (long)it),
                        .drop_key = rng_make((uint64_t)cfg->train.seed, RNG_STREAM_DROP_PATH, (uint64_t)it,
                                             (uint64_t)d->rank)};
         // diagnosed: the last diag_steps of each logging window, the run's last steps, and (fresh runs) the
@@ -743,10 +866,11 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
                 goto out_loop;
             }
         }
-        double logged[9] = {st.total_loss,    st.dino_local_crops_loss, st.dino_global_crops_loss, st.ibot_loss,
+        gram_after_step(&r, it); // keyed on the iteration, applied step or not (the EMA teacher is as it is)
+        double logged[10] = {st.total_loss,    st.dino_local_crops_loss, st.dino_global_crops_loss, st.ibot_loss,
                             st.koleo_loss,    st.teacher_entropy,       st.student_cls_std,        t_data,
-                            st.ibot_teacher_entropy};
-        mean_over_ranks(&r, logged, 9);
+                            st.ibot_teacher_entropy,   st.gram_loss};
+        mean_over_ranks(&r, logged, 10);
         if (sb.diag && finite) {
             collapse_add(&ct, diag.teacher_argmax, diag.teacher_cls, diag.teacher_patch, diag.agreement);
             if (init_window && it + 1 == diag_steps) { // the network at init: the RankMe baseline
@@ -777,6 +901,11 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             metrics_add(r.metrics, "dino_global", logged[2]);
             metrics_add(r.metrics, "ibot", logged[3]);
             metrics_add(r.metrics, sc.use_kde ? "kde" : "koleo", logged[4]);
+            if (cfg->gram.use_loss) {
+                metrics_add(r.metrics, "gram", logged[9]);
+                metrics_add(r.metrics, "gram_weight", sb.gram_weight);
+            }
+            if (cfg->dino.reweight_dino_local_loss) metrics_add(r.metrics, "dino_local_weight", sb.dino_local_weight);
             metrics_add(r.metrics, "lr", sv.lr);
             metrics_add(r.metrics, "last_layer_lr", sv.last_layer_lr);
             metrics_add(r.metrics, "wd", sv.wd);

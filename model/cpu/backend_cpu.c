@@ -84,6 +84,7 @@ Backend *backend_cpu_new(void) {
     be->entropy_mean = cpu_entropy_mean;
     be->koleo = cpu_koleo;
     be->kde = cpu_kde;
+    be->gram_loss = cpu_gram_loss;
     be->adamw = cpu_adamw;
     be->ema = cpu_ema;
     return be;

@@ -61,6 +61,9 @@ void cpu_softmax_ce(Backend *be, float *loss, float *ds, const float *s, const f
 void cpu_entropy_mean(Backend *be, float *out, const float *P, int rows, int K);
 void cpu_koleo(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float alpha);
 void cpu_kde(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float kappa, float alpha);
+// gram_ops.c
+void cpu_gram_loss(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N, int D,
+                   int normalize, int neg_mode, float alpha);
 // optim_ops.c
 void cpu_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd, float beta1,
                float beta2, float eps, long step);

@@ -394,6 +394,7 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->entropy_mean = cuda_entropy_mean;
     be->koleo = cuda_koleo;
     be->kde = cuda_kde;
+    be->gram_loss = cuda_gram_loss;
     be->adamw = cuda_adamw;
     be->ema = cuda_ema;
     return be;

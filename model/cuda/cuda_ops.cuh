@@ -242,6 +242,9 @@ void cuda_softmax_ce(Backend *be, float *loss, float *ds, const float *s, const 
 void cuda_entropy_mean(Backend *be, float *out, const float *P, int rows, int K);
 void cuda_koleo(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float alpha);
 void cuda_kde(Backend *be, float *loss, float *dx_acc, const float *x, int B, int D, float kappa, float alpha);
+// gram_ops.cu
+void cuda_gram_loss(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N, int D,
+                    int normalize, int neg_mode, float alpha);
 // optim_ops.cu
 void cuda_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd, float beta1,
                 float beta2, float eps, long step);
