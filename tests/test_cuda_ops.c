@@ -46,6 +46,7 @@
 #include "train/ssl_step.h"
 #ifndef DINO_GPU_SUBSET // tools/gpu_check.sh's subset build has no data/ or trainer
 #include "tests/synth_files.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/train.h"
 #endif
@@ -1606,11 +1607,153 @@ TEST(ssl_step_sinkhorn_kde_bf16) { ssl_parity(CENTERING_SINKHORN, 1, 0, 0); }
 // the CPU's bf16 emulation predicts the GPU's losses (two whole steps, bf16 activations)
 TEST(ssl_step_bf16_gpu_matches_cpu_emulation) { ssl_parity_vs(CENTERING_SOFTMAX, 0, 0, 0, 1, 2 * U_BF16); }
 
+// ---- CUDA graphs (docs/cuda-backend.md, "CUDA graphs") ----------------------------------------------
+#ifdef DINO_HAVE_CUDA
+
+// Three SSL steps with schedule values that change every step (a value baked into a replayed graph would
+// show), iBOT masks with the same count on steps 0-1 and another count on step 2 (a new shape: new
+// graphs). Returns the losses and final weights; with graphs on, the segments' statistics per step.
+typedef struct {
+    double loss[3][5];
+    float *student, *teacher;
+    CudaGraphStats per_step[3];
+} GraphRun;
+
+static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float *gcrops, const float *lcrops,
+                      uint8_t *const *masks, GraphRun *out) {
+    SslModel m;
+    char err[DINO_ERRLEN];
+    CHECK(ssl_model_init(&m, be, cfg, 7, err) == 0, "%s", err);
+    float *pinned[2] = {NULL, NULL};
+    if (cfg->staged_upload) {
+        const size_t ng = sizeof(float) * 2 * cfg->batch * 3 * cfg->global_crop * cfg->global_crop;
+        const size_t nl = sizeof(float) * cfg->n_local * cfg->batch * 3 * cfg->local_crop * cfg->local_crop;
+        pinned[0] = be->host_alloc(be, ng), pinned[1] = be->host_alloc(be, nl);
+        memcpy(pinned[0], gcrops, ng), memcpy(pinned[1], lcrops, nl);
+        ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[0], 1);
+    }
+    backend_cuda_set_graphs(be, graphs);
+    for (int it = 0; it < 3; it++) {
+        if (cfg->staged_upload && it < 2) ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[it + 1], 1);
+        SslBatch b = {.global_crops = gcrops, .local_crops = lcrops, .masks = masks[it],
+                      .drop_key = rng_make(5, 14, (uint64_t)it, 0), .staged = cfg->staged_upload};
+        const double lr = 5e-4 * (1 + 0.3 * it);
+        ScheduleValues sv = {.lr = lr, .wd = 0.04 + 0.01 * it, .momentum = 0.9 + 0.02 * it,
+                             .teacher_temp = 0.04 + 0.01 * it, .last_layer_lr = it == 0 ? 0 : lr};
+        SslStepStats st;
+        const CudaGraphStats before = backend_cuda_graph_stats(be);
+        CHECK(ssl_step(&m, be, NULL, &b, &sv, &st, err) == 0, "step %d: %s", it, err);
+        be->sync(be);
+        const CudaGraphStats after = backend_cuda_graph_stats(be);
+        out->per_step[it] = (CudaGraphStats){after.launches - before.launches, after.nodes - before.nodes,
+                                             after.instantiations - before.instantiations,
+                                             after.updates - before.updates};
+        double l[5] = {st.dino_local_crops_loss, st.dino_global_crops_loss, st.koleo_loss, st.ibot_loss, st.total_loss};
+        memcpy(out->loss[it], l, sizeof l);
+    }
+    const size_t total = m.tab.total;
+    out->student = dino_malloc(sizeof(float) * total), out->teacher = dino_malloc(sizeof(float) * total);
+    be->to_host(be, out->student, m.student, sizeof(float) * total);
+    be->to_host(be, out->teacher, m.teacher, sizeof(float) * total);
+    backend_cuda_set_graphs(be, 0);
+    ssl_model_free(&m, be);
+    for (int k = 0; k < 2; k++)
+        if (pinned[k]) be->host_free(be, pinned[k]);
+}
+
+// Eager and graph-launched steps give the same bits (losses, student, teacher), plain and staged as the
+// trainer runs them (staged: with segments also cut every 4 linear ops); a repeated shape launches existing execs with new arguments (updates, no new
+// instantiation); a new iBOT mask count instantiates new graphs.
+static void graphs_same_bits(void) {
+    if (emulating()) test_skip("graphs are a property of the CUDA backend");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    char err[DINO_ERRLEN];
+    VitConfig vc;
+    const int B = 4, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P);
+    CHECK(vit_config_from_arch(&vc, "vit_test", P, GC, 1, "mlp", err) == 0, "%s", err);
+    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 0.5f, vc.drop_path_rate = 0.2f;
+    SslConfig cfg;
+    ssl_config_default(&cfg, &vc);
+    cfg.dino_head = (HeadConfig){.in_dim = 48, .hidden = 96, .bottleneck = 32, .K = 256, .nlayers = 3};
+    cfg.batch = B, cfg.n_local = NL, cfg.global_crop = GC, cfg.local_crop = LC;
+    Rng r = rng_make(108, 0, 0, 0);
+    float *gcrops = dino_malloc(sizeof(float) * 2 * B * 3 * GC * GC);
+    float *lcrops = dino_malloc(sizeof(float) * NL * B * 3 * LC * LC);
+    for (int i = 0; i < 2 * B * 3 * GC * GC; i++) gcrops[i] = (float)rng_normal(&r);
+    for (int i = 0; i < NL * B * 3 * LC * LC; i++) lcrops[i] = (float)rng_normal(&r);
+    uint8_t *masks[3];
+    for (int it = 0; it < 3; it++) { // 5 tokens of every other image (6 on step 2), at places that vary
+        masks[it] = dino_calloc((size_t)2 * B * N, 1);
+        for (int i = 0; i < 2 * B; i += 2)
+            for (int k = 0; k < (it == 2 ? 6 : 5); k++) masks[it][(size_t)i * N + (size_t)(k * 3 + it + i) % N] = 1;
+    }
+    long long plain_launches = 0;
+    for (int staged = 0; staged < 2; staged++) {
+        SslConfig c = cfg;
+        c.staged_upload = staged;
+        GraphRun eager, graph;
+        graph_run(G, &c, 0, gcrops, lcrops, masks, &eager);
+        if (staged) setenv("DINO_CUDA_GRAPH_CHUNK", "4", 1); // segments also cut every 4 linear ops
+        graph_run(G, &c, 1, gcrops, lcrops, masks, &graph);
+        unsetenv("DINO_CUDA_GRAPH_CHUNK");
+        if (staged)
+            CHECK(graph.per_step[1].launches > plain_launches, "chunks of 4 linear ops: %lld launches, unchunked %lld",
+                  graph.per_step[1].launches, plain_launches);
+        else
+            plain_launches = graph.per_step[1].launches;
+        size_t total;
+        {
+            SslModel probe;
+            CHECK(ssl_model_init(&probe, G, &c, 7, err) == 0, "%s", err);
+            total = probe.tab.total;
+            ssl_model_free(&probe, G);
+        }
+        for (int it = 0; it < 3; it++) {
+            const CudaGraphStats *s = &graph.per_step[it];
+            printf("  %s step %d: total loss eager %.9g graphs %.9g; %lld graph launches, %lld nodes, %lld new "
+                   "instantiations, %lld updated execs\n",
+                   staged ? "staged" : "plain", it, eager.loss[it][4], graph.loss[it][4], s->launches, s->nodes,
+                   s->instantiations, s->updates);
+            CHECK(eager.per_step[it].launches == 0, "graphs off, yet %lld graph launches", eager.per_step[it].launches);
+        }
+        CHECK(memcmp(eager.loss, graph.loss, sizeof eager.loss) == 0, "graph-launched steps: the losses changed");
+        CHECK(memcmp(eager.student, graph.student, sizeof(float) * total) == 0 &&
+                  memcmp(eager.teacher, graph.teacher, sizeof(float) * total) == 0,
+              "graph-launched steps: the weights changed");
+        CHECK(graph.per_step[1].instantiations == 0 && graph.per_step[1].updates > 0,
+              "step 1 repeats step 0's shapes: expected only updated execs, got %lld new instantiations",
+              graph.per_step[1].instantiations);
+        CHECK(graph.per_step[2].instantiations > 0, "step 2 has another mask count, yet no new graph was instantiated");
+        CHECK(graph.per_step[1].nodes > 10 * graph.per_step[1].launches,
+              "expected far fewer graph launches (%lld) than nodes (%lld)", graph.per_step[1].launches,
+              graph.per_step[1].nodes);
+        free(eager.student), free(eager.teacher), free(graph.student), free(graph.teacher);
+    }
+    for (int it = 0; it < 3; it++) free(masks[it]);
+    free(gcrops), free(lcrops);
+    gpu_free(G);
+}
+#endif
+TEST(ssl_steps_cuda_graphs_same_bits) {
+#ifdef DINO_HAVE_CUDA
+    graphs_same_bits();
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+
 // ---- the trainer with backend: cuda ----------------------------------------------------------------
 
 #ifndef DINO_GPU_SUBSET
 // test_train.c's tiny run (synthetic 64 px JPEG tiles, a 2-block ViT), `iters` iterations on `backend`.
+static int tiny_train_ex(const char *backend, const char *tiles, const char *out, int iters, char **extra, int n_extra,
+                         TrainResult *res_out, char *err);
 static int tiny_train(const char *backend, const char *tiles, const char *out, int iters, char *err) {
+    return tiny_train_ex(backend, tiles, out, iters, NULL, 0, NULL, err);
+}
+// The same with more overrides (after the others) and the result.
+static int tiny_train_ex(const char *backend, const char *tiles, const char *out, int iters, char **extra, int n_extra,
+                         TrainResult *res_out, char *err) {
     Config cfg;
     char src[4300], outkv[4300], be[64];
     snprintf(src, sizeof src, "data.sources=[%s]", tiles);
@@ -1626,12 +1769,16 @@ static int tiny_train(const char *backend, const char *tiles, const char *out, i
                   "teacher.warmup_teacher_temp_epochs=1", "checkpoint.every_n_iterations=0",
                   "evaluation.eval_period_iterations=0"};
     if (config_load(&cfg, test_src_path("configs/demo.yaml"), (int)(sizeof ov / sizeof ov[0]), ov, err)) return -1;
+    for (int i = 0; i < n_extra; i++)
+        if (config_override(&cfg, extra[i], err)) return -1;
+    if (n_extra && config_validate(&cfg, err)) return -1;
     Dist d;
     if (dist_init(&d, 0, err)) return -1;
     TrainOptions opt = {.max_iterations = iters, .quiet = 1};
     TrainResult res;
     int rc = train_run(&cfg, &d, &opt, &res, err);
     dist_finalize(&d);
+    if (res_out) *res_out = res;
     return rc;
 }
 
@@ -1707,6 +1854,50 @@ TEST(trainer_backend_cuda_tracks_cpu) {
         double tol = (i == 0 ? 8 : 16) * U_BF16 * (fabs(lc[i]) + 0.01);
         printf("  iteration %d loss cpu %.7g cuda %.7g  err/tol=%.3g\n", i, lc[i], lg[i], fabs(lg[i] - lc[i]) / tol);
         CHECK(fabs(lg[i] - lc[i]) <= tol && isfinite(lg[i]), "iteration %d: cuda loss %.9g, cpu %.9g", i, lg[i], lc[i]);
+    }
+#endif
+}
+
+// compute_precision.cuda_graphs: a run stopped at iteration 1 and resumed to 2 ends with the checkpoint of
+// one run of 2 iterations, bit for bit, and that is the checkpoint of the same run with graphs off.
+TEST(trainer_cuda_graphs_resume_exactly) {
+#if !defined(DINO_HAVE_CUDA) || defined(DINO_GPU_SUBSET)
+    test_skip("built without CUDA, or the GPU subset build (no trainer)");
+#else
+    if (dino_cuda_device_count() == 0) test_skip("no CUDA device on this machine");
+    char err[DINO_ERRLEN], out[3][4200], ck[3][4200];
+    const char *tiles = tiny_tiles();
+    const char *names[3] = {"graphs_once", "graphs_resumed", "eager"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(out[k], sizeof out[k], "%s/%s", test_tmpdir(), names[k]);
+        char *extra[] = {k == 2 ? "compute_precision.cuda_graphs=false" : "compute_precision.cuda_graphs=true",
+                         "checkpoint.every_n_iterations=1"};
+        TrainResult res;
+        if (k == 1) { // stopped after 1 iteration, then resumed
+            CHECK(tiny_train_ex("cuda", tiles, out[k], 1, extra, 2, &res, err) == 0, "%s: %s", names[k], err);
+            CHECK(res.end_iteration == 1, "%s: first part ended at %lld", names[k], (long long)res.end_iteration);
+        }
+        CHECK(tiny_train_ex("cuda", tiles, out[k], k == 1 ? 1 : 2, extra, 2, &res, err) == 0, "%s: %s", names[k], err);
+        CHECK(res.end_iteration == 2 && res.start_iteration == (k == 1 ? 1 : 0), "%s: ran %lld..%lld", names[k],
+              (long long)res.start_iteration, (long long)res.end_iteration);
+        snprintf(ck[k], sizeof ck[k], "%s", res.last_checkpoint);
+        printf("  %s: %lld graph launches\n", names[k], (long long)res.cuda_graph_launches);
+        CHECK(k == 2 ? res.cuda_graph_launches == 0 : res.cuda_graph_launches > 0, "%s: %lld graph launches", names[k],
+              (long long)res.cuda_graph_launches);
+    }
+    for (int k = 1; k < 3; k++) {
+        Ckpt a, b;
+        CHECK(ckpt_open(&a, ck[0], err) == 0, "%s", err);
+        CHECK(ckpt_open(&b, ck[k], err) == 0, "%s", err);
+        int diff = 0;
+        for (int i = 0; i < a.st.n; i++) {
+            const StTensor *ta = &a.st.t[i], *tb = st_get(&b.st, ta->name);
+            if (!tb || tb->nbytes != ta->nbytes || memcmp(ta->data, tb->data, ta->nbytes) != 0)
+                if (diff++ < 5) printf("  %s: tensor %s differs from %s\n", names[k], ta->name, names[0]);
+        }
+        printf("  %s vs %s: %d tensors, %d differ\n", names[k], names[0], a.st.n, diff);
+        CHECK(a.st.n > 10 && a.st.n == b.st.n && diff == 0, "%s: %d of %d tensors differ", names[k], diff, a.st.n);
+        ckpt_close(&a), ckpt_close(&b);
     }
 #endif
 }

@@ -235,6 +235,7 @@ typedef struct {
     CfgGram gram;
     char param_dtype[CFG_NAME]; // compute_precision.param_dtype: auto | fp32 | bf16 (auto resolved at load)
     bool recompute_activations; // compute_precision.recompute_activations: student blocks recomputed in backward
+    bool cuda_graphs;           // compute_precision.cuda_graphs: backend cuda launches its work as CUDA graphs
     CfgEvaluation evaluation;
     CfgDistillation distillation;
     CfgMultiDistillation multidistillation;

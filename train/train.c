@@ -585,6 +585,15 @@ static int create_backend(Run *r, char *err) {
     }
     // compute_precision.param_dtype: bf16 tensor-core GEMMs (default), or true fp32 ones (debugging)
     backend_cuda_set_gemm_precision(r->be, strcmp(r->cfg->param_dtype, "fp32") == 0 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16);
+    // compute_precision.cuda_graphs (DINO_CUDA_GRAPHS=0|1 overrides): one process only, since the
+    // collectives' NCCL stream joins the compute stream through events (not captured here)
+    const char *graphs_env = getenv("DINO_CUDA_GRAPHS");
+    const int graphs = graphs_env && *graphs_env ? strcmp(graphs_env, "0") != 0 : r->cfg->cuda_graphs;
+    if (graphs && r->d->world > 1 && r->d->rank == 0)
+        fprintf(stderr, "dinotrain: compute_precision.cuda_graphs ignored: %d processes (CUDA graphs are used "
+                        "with one process only)\n",
+                r->d->world);
+    backend_cuda_set_graphs(r->be, graphs && r->d->world == 1);
     r->coll = dist_collective(r->d); // world 1: never called
     if (r->d->world > 1) {
         r->device_comm = 1;
@@ -606,6 +615,15 @@ static int create_backend(Run *r, char *err) {
 }
 
 static void free_backend(Run *r) {
+#ifdef DINO_HAVE_CUDA
+    if (r->be && strcmp(r->be->name, "cuda") == 0 && !r->quiet) {
+        const CudaGraphStats g = backend_cuda_graph_stats(r->be);
+        if (g.launches)
+            printf("dinotrain: CUDA graphs: %lld launches of %lld nodes (%.1f per launch), %lld instantiated "
+                   "(new shapes), %lld updated execs\n",
+                   g.launches, g.nodes, (double)g.nodes / (double)g.launches, g.instantiations, g.updates);
+    }
+#endif
 #ifdef DINO_HAVE_NCCL
     if (r->nccl) dist_nccl_free(r->nccl);
 #endif
@@ -1033,6 +1051,9 @@ out_loop:
     free(diag.teacher_argmax), free(diag.teacher_cls), free(diag.teacher_patch);
     r.be->release(r.be, center_save);
 out:
+#ifdef DINO_HAVE_CUDA
+    if (r.be && strcmp(r.be->name, "cuda") == 0) res->cuda_graph_launches = backend_cuda_graph_stats(r.be).launches;
+#endif
     if (r.grads_sync) dist_grads_free(r.grads_sync);
     if (r.metrics) metrics_close(r.metrics);
     if (r.loader) loader_destroy(r.loader);

@@ -23,6 +23,7 @@ typedef struct {
     const char *collapse;                  // NULL, or what collapsed
     double margin, usage, rankme_cls, rankme_init;
     int prototypes;
+    int64_t cuda_graph_launches;           // compute_precision.cuda_graphs: graphs launched by this call
 } TrainResult;
 
 // The model and objective settings of a config for rank `rank` of `world` (ZeRO-1 shard, iBOT head

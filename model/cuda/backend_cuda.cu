@@ -64,9 +64,12 @@ void cublas_fail(cublasStatus_t s, const char *what, const char *file, int line)
     exit(1);
 }
 
+#define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20) // cuBLAS's recommendation for Hopper
+
 // ---- memory -----------------------------------------------------------------------------------------
 
 static void *cu_alloc(Backend *be, size_t bytes) {
+    cuda_graph_pause(be); // cudaMalloc is refused while capturing; so is the event below
     void *p = NULL;
     size_t n = (bytes + 255) / 256 * 256; // cudaMalloc is 256-byte aligned; keep sizes whole
     if (n == 0) n = 256;
@@ -83,6 +86,7 @@ static void *cu_alloc(Backend *be, size_t bytes) {
     cudaCheck(cudaMemsetAsync(p, 0, n, cuda_stream(be)));
     // an upload on the copy stream into this buffer must not race its zero-fill on the compute stream
     cudaCheck(cudaEventRecord(cuda_impl(be)->alloc_done, cuda_stream(be)));
+    cuda_graph_resume(be);
     return p;
 }
 
@@ -166,66 +170,94 @@ static size_t act_elems(Backend *be, const void *p, size_t bytes, const char *wh
 static void cu_release(Backend *be, void *p) {
     if (!p) return;
     act_forget(cuda_impl(be), p);
-    cudaCheck(cudaStreamSynchronize(cuda_stream(be))); // no kernel still using it
+    cuda_host_wait(be); // no kernel still using it
     cudaCheck(cudaStreamSynchronize(cuda_impl(be)->copy_stream)); // nor an upload into it
     cudaCheck(cudaFree(p));
+    cuda_graph_resume(be);
 }
 
 // Page-locked host memory: the DMA engine reads it while kernels run (a pageable source would make
 // cudaMemcpyAsync stage through a driver buffer, synchronously).
 static void *cu_host_alloc(Backend *be, size_t bytes) {
     void *p = NULL;
+    const int paused = cuda_graph_host_call_begin(be); // the loader's workers call this too
     cudaCheck(cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable));
+    if (paused) cuda_graph_resume(be);
     memset(p, 0, bytes);
     return p;
 }
 static void cu_host_free(Backend *be, void *p) {
     if (!p) return;
+    const int paused = cuda_graph_host_call_begin(be);
     cudaCheck(cudaStreamSynchronize(cuda_impl(be)->copy_stream));
     cudaCheck(cudaFreeHost(p));
+    if (paused) cuda_graph_resume(be);
 }
 // On the copy stream; the ticket's event marks its completion for upload_wait.
 static int cu_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
     CudaImpl *c = cuda_impl(be);
+    cuda_graph_pause(be); // the copy stream is not captured: what the compute stream recorded goes first
     int t = c->next_ticket;
     c->next_ticket = (t + 1) % (int)(sizeof c->upload_done / sizeof c->upload_done[0]);
     // after the zero-fill of every buffer allocated so far (long done in a training loop: no stall)
     cudaCheck(cudaStreamWaitEvent(c->copy_stream, c->alloc_done, 0));
     if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->copy_stream));
     cudaCheck(cudaEventRecord(c->upload_done[t], c->copy_stream));
+    cuda_graph_resume(be);
     return t;
 }
 static void cu_upload_wait(Backend *be, int ticket) {
     CudaImpl *c = cuda_impl(be);
+    cuda_graph_pause(be); // a wait on an event from outside a capture is refused inside it
     cudaCheck(cudaStreamWaitEvent(c->stream, c->upload_done[ticket], 0));
+    cuda_graph_resume(be);
 }
 
 // Asynchronous on the backend's stream. A pageable source may be reused as soon as this returns (CUDA
 // stages it); a pinned source must stay unchanged until be->sync.
+// Capturing: through the page-locked staging (a captured copy may not read pageable memory).
 static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) {
-    if (const size_t n = act_elems(be, dst, bytes, "to_device")) {
+    if (!bytes) return;
+    if (const size_t n = act_elems(be, dst, bytes, "to_device")) { // tests and debugging: converted on the host
         __nv_bfloat16 *h = (__nv_bfloat16 *)malloc(2 * n);
         for (size_t i = 0; i < n; i++) h[i] = __float2bfloat16(((const float *)src)[i]);
+        cuda_graph_pause(be);
         cudaCheck(cudaMemcpyAsync(dst, h, 2 * n, cudaMemcpyHostToDevice, cuda_stream(be)));
-        cudaCheck(cudaStreamSynchronize(cuda_stream(be))); // h is pageable and freed now
+        cuda_host_wait(be); // h is pageable and freed now
+        cuda_graph_resume(be);
         free(h);
         return;
     }
-    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
+    if (cuda_impl(be)->capturing) {
+        const void *staged = cuda_graph_stage(be, src, bytes);
+        if (staged) {
+            cudaCheck(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
+            return;
+        }
+        cuda_graph_pause(be);
+        cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
+        cuda_graph_resume(be);
+        return;
+    }
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
 }
 // Synchronous: the host copy is complete when this returns.
 static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
     if (!bytes) return;
-    if (const size_t n = act_elems(be, src, bytes, "to_host")) {
+    if (const size_t n = act_elems(be, src, bytes, "to_host")) { // converted on the host
         __nv_bfloat16 *h = (__nv_bfloat16 *)malloc(2 * n);
+        cuda_graph_pause(be);
         cudaCheck(cudaMemcpyAsync(h, src, 2 * n, cudaMemcpyDeviceToHost, cuda_stream(be)));
-        cudaCheck(cudaStreamSynchronize(cuda_stream(be)));
+        cuda_host_wait(be);
+        cuda_graph_resume(be);
         for (size_t i = 0; i < n; i++) ((float *)dst)[i] = __bfloat162float(h[i]);
         free(h);
         return;
     }
+    cuda_graph_pause(be);
     cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));
-    cudaCheck(cudaStreamSynchronize(cuda_stream(be)));
+    cuda_host_wait(be);
+    cuda_graph_resume(be);
 }
 static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     const size_t nd = act_elems(be, dst, bytes, "copy"), ns = act_elems(be, src, bytes, "copy");
@@ -239,20 +271,20 @@ static void cu_zero(Backend *be, void *p, size_t bytes) {
 }
 // Everything the backend was asked to do: the compute stream and the uploads.
 static void cu_sync(Backend *be) {
-    cudaCheck(cudaStreamSynchronize(cuda_stream(be)));
+    cuda_host_wait(be);
     cudaCheck(cudaStreamSynchronize(cuda_impl(be)->copy_stream));
+    cuda_graph_resume(be);
 }
 
 void *cuda_scratch(Backend *be, size_t bytes) {
     CudaImpl *c = cuda_impl(be);
     if (bytes > c->scratch_bytes) {
         size_t n = bytes + bytes / 4 + (1 << 20);
-        if (c->scratch) {
-            cudaCheck(cudaStreamSynchronize(c->stream));
-            cudaCheck(cudaFree(c->scratch));
-        }
+        cuda_host_wait(be);
+        if (c->scratch) cudaCheck(cudaFree(c->scratch));
         cudaCheck(cudaMalloc(&c->scratch, n));
         c->scratch_bytes = n;
+        cuda_graph_resume(be);
     }
     return c->scratch;
 }
@@ -277,8 +309,10 @@ void colsum_finish(Backend *be, float *dst, const float *partial, int nblk, int 
 extern "C" void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p) { cuda_impl(be)->gemm_precision = p; }
 
 extern "C" void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes) {
+    cuda_graph_pause(be); // outside any capture, to be safe
     cudaCheck(cudaSetDevice(cuda_impl(be)->device));
     cudaCheck(cudaMemGetInfo(free_bytes, total_bytes));
+    cuda_graph_resume(be);
 }
 
 extern "C" const char *backend_cuda_device_name(Backend *be) { return cuda_impl(be)->device_name; }
@@ -287,8 +321,10 @@ extern "C" void *backend_cuda_stream(Backend *be) { return (void *)cuda_impl(be)
 
 static void cuda_destroy(Backend *be) {
     CudaImpl *c = cuda_impl(be);
-    cudaCheck(cudaStreamSynchronize(c->stream));
+    cuda_host_wait(be);
     cudaCheck(cudaStreamSynchronize(c->copy_stream));
+    cuda_graph_destroy(c);
+    if (c->cublas_workspace) cudaCheck(cudaFree(c->cublas_workspace));
     for (size_t i = 0; i < sizeof c->upload_done / sizeof c->upload_done[0]; i++)
         cudaCheck(cudaEventDestroy(c->upload_done[i]));
     cudaCheck(cudaEventDestroy(c->alloc_done));
@@ -335,6 +371,10 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     cublasCheck(cublasSetStream(c->cublas, c->stream));
     // Pointer mode host: alpha/beta are host scalars. cuBLAS may use its default workspace.
     cublasCheck(cublasSetPointerMode(c->cublas, CUBLAS_POINTER_MODE_HOST));
+    // Our own workspace, in every mode: capturing cuBLAS calls into a graph needs one, and the same
+    // workspace with graphs on and off keeps cuBLAS's choice of algorithm (and so the bits) the same.
+    cudaCheck(cudaMalloc(&c->cublas_workspace, CUBLAS_WORKSPACE_BYTES));
+    cublasCheck(cublasSetWorkspace(c->cublas, c->cublas_workspace, CUBLAS_WORKSPACE_BYTES));
     cudaCheck(cudaMallocHost((void **)&c->host_result, sizeof(double) * 4));
     cuda_lt_init(c, 0);
     const char *grid_env = getenv("DINO_CUDA_GEMM_GRID");
@@ -397,6 +437,10 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->gram_loss = cuda_gram_loss;
     be->adamw = cuda_adamw;
     be->ema = cuda_ema;
+    // DINO_CUDA_GRAPHS=1: graph mode in any program (an A/B of bench_step on a GPU); the trainer decides
+    // again from compute_precision.cuda_graphs and its world size
+    const char *graphs_env = getenv("DINO_CUDA_GRAPHS");
+    if (graphs_env && strcmp(graphs_env, "1") == 0) backend_cuda_set_graphs(be, 1);
     return be;
 }
 

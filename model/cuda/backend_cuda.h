@@ -40,6 +40,20 @@ void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes)
 // n x n x n GEMM, median of `iters` timed runs: the denominator of MFU. Returns -1 on failure.
 double backend_cuda_measure_bf16_tflops(Backend *be, int n, int iters);
 
+// CUDA graphs (docs/cuda-backend.md, "CUDA graphs"; compute_precision.cuda_graphs): on, the backend's
+// stream records the ops between the points where the host must wait (a read-back, an allocation, a
+// free, an upload on the copy stream) and launches each such segment as one graph, updating a cached
+// exec of the same topology with the new arguments. Same kernels, same arguments: the same bits as off.
+// Call from the thread that runs the ops. Returns whether graphs are on now.
+int backend_cuda_set_graphs(Backend *be, int on);
+typedef struct {
+    long long launches;        // graph launches (segments)
+    long long nodes;           // nodes in them (kernels, copies, memsets, cuBLAS calls)
+    long long instantiations;  // segments with a topology not seen before (or evicted): cudaGraphInstantiate
+    long long updates;         // segments launched through an existing exec (cudaGraphExecUpdate)
+} CudaGraphStats;
+CudaGraphStats backend_cuda_graph_stats(Backend *be);
+
 // Name of the backend's device (e.g. "NVIDIA H100 80GB HBM3").
 const char *backend_cuda_device_name(Backend *be);
 

@@ -39,6 +39,13 @@ void cublas_fail(cublasStatus_t s, const char *what, const char *file, int line)
 
 // ---- backend state -----------------------------------------------------------------------------
 
+#define CUDA_GRAPH_CACHE 32 // instantiated segments kept (graphs.cu)
+typedef struct {
+    cudaGraphExec_t exec;
+    size_t nodes;
+    unsigned long long used;
+} CudaGraphSlot;
+
 typedef struct {
     int device;
     char device_name[256];
@@ -64,6 +71,17 @@ typedef struct {
     void **grid_ptrs;
     size_t grid_ptrs_cap;
     int gemm_grid_loop;
+    // CUDA graphs (graphs.cu; backend_cuda_set_graphs): the compute stream captures "segments" between the
+    // points where work must leave it; pageable uploads go through `stage` (page-locked) while capturing
+    void *cublas_workspace;        // cublasSetWorkspace: cuBLAS calls are capturable (set in every mode)
+    int graphs, capturing;
+    int graph_chunk_ops, graph_ops; // a segment is also ended after this many linear ops (0: never)
+    unsigned long graph_thread;    // pthread_t of the thread that captures
+    CudaGraphSlot graph_cache[CUDA_GRAPH_CACHE];
+    unsigned long long graph_tick;
+    CudaGraphStats graph_stats;
+    void *stage;
+    size_t stage_bytes, stage_used;
     // the bf16 activation buffers (alloc_act), sorted by base address: ops look their arguments up
     struct ActAlloc *acts;
     int n_acts, cap_acts;
@@ -76,6 +94,25 @@ void cuda_lt_init(CudaImpl *c, int force); // force: even with DINO_CUDA_LT=0
 void cuda_lt_destroy(CudaImpl *c);
 
 static inline CudaImpl *cuda_impl(Backend *be) { return (CudaImpl *)be->impl; }
+
+// ---- graphs (graphs.cu) --------------------------------------------------------------------------
+// Around anything CUDA refuses while the compute stream captures (the host waits, memory is allocated
+// or freed, another stream takes part): cuda_graph_pause(be) ends and launches the open segment (nothing
+// when graphs are off), cuda_graph_resume(be) opens the next one (graphs on).
+void cuda_graph_pause(Backend *be);
+void cuda_graph_resume(Backend *be);
+// Called by the linear ops: every graph_chunk_ops of them, the open segment is launched and a new one
+// opened, so that the GPU works on the first part of a long segment while the host records the rest.
+void cuda_graph_tick(Backend *be);
+// pause + cudaStreamSynchronize of the compute stream (the staging is free again). Resume after.
+void cuda_host_wait(Backend *be);
+// While capturing: a page-locked copy of [src, src + bytes) that a captured host-to-device copy may read
+// (the graph reads it when it runs); NULL when not capturing or too large (copy eagerly, paused).
+const void *cuda_graph_stage(Backend *be, const void *src, size_t bytes);
+// For calls that may come from other threads (host_alloc from the loader's workers): pauses only when
+// called on the capturing thread; returns whether it did (then resume after).
+int cuda_graph_host_call_begin(Backend *be);
+void cuda_graph_destroy(CudaImpl *c);
 static inline cudaStream_t cuda_stream(Backend *be) { return cuda_impl(be)->stream; }
 // Scratch of at least `bytes`, valid until the next call of this function. Every kernel runs on the
 // backend's one stream, so an op may reuse the scratch of the op before it.

@@ -66,6 +66,7 @@ double cuda_sum_squares(Backend *be, const float *x, size_t n) {
     DINO_LAUNCH(sum_partials_kernel, 1, SS_THREADS, 0, c->stream)(partial + SS_BLOCKS, partial, SS_BLOCKS);
     cudaCheckLaunch();
     cudaCheck(cudaMemcpyAsync(c->host_result, partial + SS_BLOCKS, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
-    cudaCheck(cudaStreamSynchronize(c->stream));
+    cuda_host_wait(be); // with graphs on: launches the segment that ends with this copy
+    cuda_graph_resume(be);
     return *c->host_result;
 }

@@ -76,12 +76,11 @@ void cuda_gemm_grid_typed(Backend *be, int transA, int transB, int M, int N, int
     }
     const size_t n = (size_t)nb * nh;
     if (3 * n > c->grid_ptrs_cap) {
-        if (c->grid_ptrs) {
-            cudaCheck(cudaStreamSynchronize(c->stream)); // a GEMM may still read the old arrays
-            cudaCheck(cudaFree(c->grid_ptrs));
-        }
+        cuda_host_wait(be); // a GEMM may still read the old arrays
+        if (c->grid_ptrs) cudaCheck(cudaFree(c->grid_ptrs));
         c->grid_ptrs_cap = 3 * n + 3 * n / 2;
         cudaCheck(cudaMalloc(&c->grid_ptrs, sizeof(void *) * c->grid_ptrs_cap));
+        cuda_graph_resume(be);
     }
     const char **Ap = (const char **)c->grid_ptrs, **Bp = Ap + n;
     char **Cp = (char **)(Bp + n);
@@ -219,8 +218,10 @@ static LtPlan *lt_plan(Backend *be, int rows, int n_in, int n_out) {
 
 extern "C" int backend_cuda_set_lt(Backend *be, int on) {
     CudaImpl *c = cuda_impl(be);
+    cuda_graph_pause(be); // cuda_lt_init may allocate
     if (on) cuda_lt_init(c, 1);
     else c->lt_on = 0;
+    cuda_graph_resume(be);
     return c->lt_on;
 }
 
@@ -326,6 +327,7 @@ static void linear_fwd_bf16(Backend *be, ActRef out, ActRef in, const float *W, 
 void cuda_linear_fwd(Backend *be, float *out, const float *in, const float *W, const float *b, int rows, int n_in,
                      int n_out) {
     CUDA_OP_RANGE("linear_fwd");
+    cuda_graph_tick(be);
     const ActRef o = cuda_act(be, out), x = cuda_act(be, in);
     if (o.bf16 || x.bf16) {
         linear_fwd_bf16(be, o, x, W, b, rows, n_in, n_out);
@@ -349,6 +351,7 @@ struct ReadMatrix {
 void cuda_linear_bwd(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
                      const float *W, int rows, int n_in, int n_out) {
     CUDA_OP_RANGE("linear_bwd");
+    cuda_graph_tick(be);
     const ActRef di = cuda_act(be, din), dy = cuda_act(be, dout), x = cuda_act(be, in);
     // db += column sums of dout (first: it uses the scratch, which the bf16 path carves below)
     if (db) colsum_add(be, db, rows, n_out, 1.0f, ReadMatrix{dy, n_out});
@@ -385,11 +388,13 @@ __global__ void fill_bf16_kernel(__nv_bfloat16 *x, size_t n, unsigned seed) {
 
 extern "C" double backend_cuda_measure_bf16_tflops(Backend *be, int n, int iters) {
     CudaImpl *c = cuda_impl(be);
+    cuda_graph_pause(be); // timed eagerly
     size_t nn = (size_t)n * n;
     __nv_bfloat16 *A, *B, *C;
     if (cudaMalloc(&A, nn * 2) != cudaSuccess || cudaMalloc(&B, nn * 2) != cudaSuccess ||
         cudaMalloc(&C, nn * 2) != cudaSuccess) {
         cudaGetLastError();
+        cuda_graph_resume(be);
         return -1;
     }
     DINO_LAUNCH(fill_bf16_kernel, grid_1d(nn, 256), 256, 0, c->stream)(A, nn, 1u);
@@ -415,6 +420,7 @@ extern "C" double backend_cuda_measure_bf16_tflops(Backend *be, int n, int iters
     cudaCheck(cudaFree(A));
     cudaCheck(cudaFree(B));
     cudaCheck(cudaFree(C));
+    cuda_graph_resume(be);
     if (ms.empty()) return -1;
     std::sort(ms.begin(), ms.end());
     double med = ms[ms.size() / 2];

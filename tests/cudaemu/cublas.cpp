@@ -451,12 +451,23 @@ static void execute(const char *api, const Gemm &g, const std::vector<const void
 struct cublasContext {
     cudaStream_t stream;
     cublasPointerMode_t mode;
+    void *workspace; // cublasSetWorkspace (NULL: cuBLAS's own)
+    size_t workspace_bytes;
 };
+
+// A cuBLAS call recorded into a CUDA graph: with cuBLAS's own workspace the library allocates during the
+// capture, which the capture refuses; cublasSetWorkspace makes the call capturable.
+static void capture_check(cublasHandle_t handle, const char *api) {
+    if (cudaemu::capturing(handle->stream) && !handle->workspace)
+        cudaemu::fatal("%s captured into a CUDA graph on a handle without a workspace: set one with "
+                       "cublasSetWorkspace before the capture (cuBLAS would allocate its own during the capture)",
+                       api);
+}
 
 cublasStatus_t cublasCreate(cublasHandle_t *handle) {
     cudaemu::Guard lk;
     if (!handle) return CUBLAS_STATUS_INVALID_VALUE;
-    *handle = new cublasContext{nullptr, CUBLAS_POINTER_MODE_HOST};
+    *handle = new cublasContext{nullptr, CUBLAS_POINTER_MODE_HOST, nullptr, 0};
     obj_add(*handle, OBJ_HANDLE);
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -474,6 +485,17 @@ cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
     obj_check(handle, OBJ_HANDLE, "cublasSetStream");
     handle->stream = stream;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetWorkspace(cublasHandle_t handle, void *workspace, size_t bytes) {
+    cudaemu::Guard lk;
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    obj_check(handle, OBJ_HANDLE, "cublasSetWorkspace");
+    if (workspace && cudaemu::mem_kind(workspace, bytes) != cudaemu::MEM_DEVICE)
+        cudaemu::fatal("cublasSetWorkspace: %p (%zu bytes) is not inside one device allocation", workspace, bytes);
+    handle->workspace = workspace;
+    handle->workspace_bytes = bytes;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -605,6 +627,7 @@ static cublasStatus_t gemm_strided(const char *api, cublasHandle_t handle, cubla
     batch_span(strideC, batch, extent_bytes(m, n, ldc, ec), ec, &lo, &bytes);
     snprintf(what, sizeof what, "C%s", all);
     check_device(api, what, (const char *)C + lo * (int64_t)ec, bytes, ec);
+    capture_check(handle, api);
     char name[160];
     cudaemu::enqueue(
         handle->stream, op_name(name, sizeof name, api, g, batch),
@@ -661,6 +684,7 @@ cublasStatus_t cublasGemmBatchedEx(cublasHandle_t handle, cublasOperation_t tran
         check_device(api, "the pointer array Barray", Barray, arr, sizeof(void *));
     }
     check_device(api, "the pointer array Carray", Carray, arr, sizeof(void *));
+    capture_check(handle, api);
     char name[160];
     cudaemu::enqueue(
         handle->stream, op_name(name, sizeof name, api, g, batch),

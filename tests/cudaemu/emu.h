@@ -44,6 +44,8 @@ struct Guard {
     Guard() { lock(); }
     ~Guard() { unlock(); }
 };
+// Whether work enqueued on `s` now is recorded into a graph (stream capture) rather than queued.
+bool capturing(cudaStream_t s);
 // The stream an op runs on while it runs (NULL outside ops) and the name of the current op.
 const char *current_op();
 

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <condition_variable>
 #include <mutex>
 #include <random>
@@ -523,16 +524,15 @@ void launch(const char *name, const char *file, int line, dim3 grid, dim3 block,
         destroy(closure);
         return;
     }
-    Grid *g = new Grid();
+    // shared: a captured launch runs again at every launch of its graph; the arguments live as long as
+    // the last graph (or queue) that holds the launch
+    std::shared_ptr<Grid> g(new Grid(), [destroy](Grid *p) {
+        destroy(p->closure);
+        delete p;
+    });
     g->name = name, g->grid = grid, g->block = block, g->fn = fn, g->closure = closure;
     g->launch_no = launches++;
-    enqueue(stream, name,
-            [g, destroy]() {
-                run_grid(g);
-                destroy(g->closure);
-                delete g;
-            },
-            pointers_in(arg_bytes, arg_size));
+    enqueue(stream, name, [g]() { run_grid(g.get()); }, pointers_in(arg_bytes, arg_size));
 }
 
 } // namespace cudaemu

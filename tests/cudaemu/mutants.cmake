@@ -71,7 +71,7 @@ endfunction()
 # The snippet and its replacement are read from the variables MUTANT_FROM and MUTANT_TO (bracket
 # arguments: code holds semicolons and quotes that a function argument would not carry intact).
 function(cudaemu_mutant name)
-  cmake_parse_arguments(M "" "FILE;TEST;EXPECT;TIMEOUT" "" ${ARGN})
+  cmake_parse_arguments(M "FINDING" "FILE;TEST;EXPECT;TIMEOUT" "" ${ARGN})
   if(NOT M_TIMEOUT)
     set(M_TIMEOUT 300)
   endif()
@@ -132,9 +132,16 @@ function(cudaemu_mutant name)
   # ("ok <case>") or something else went wrong as well: a sanitizer report or a finding of the layer
   # ("cudaemu: ...", not "cudaemu note: ...") that this mutant is not about.
   add_test(NAME cudaemu.mutant.${name} COMMAND ${exe} ${M_TEST} WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+  # FINDING: the mutant is about a finding of the layer, which EXPECT names (then other findings are not
+  # told apart from it: the layer stops at its first)
+  if(M_FINDING)
+    set(other_findings "")
+  else()
+    set(other_findings ";(^|\n)cudaemu: ")
+  endif()
   set_tests_properties(cudaemu.mutant.${name} PROPERTIES TIMEOUT ${M_TIMEOUT} ENVIRONMENT "${MUTANT_ENV}"
     PASS_REGULAR_EXPRESSION "${M_EXPECT}"
-    FAIL_REGULAR_EXPRESSION "(^|\n)ok ${M_TEST}\n;AddressSanitizer;LeakSanitizer;runtime error:;(^|\n)cudaemu: ")
+    FAIL_REGULAR_EXPRESSION "(^|\n)ok ${M_TEST}\n;AddressSanitizer;LeakSanitizer;runtime error:${other_findings}")
 endfunction()
 
 # ---- the mutants ------------------------------------------------------------------------------------
@@ -187,3 +194,14 @@ set(MUTANT_FROM [[
 set(MUTANT_TO "")
 cudaemu_mutant(copy_stream_alloc_wait_removed FILE model/cuda/backend_cuda.cu TEST ssl_step_softmax_koleo_fp32_gemm
   EXPECT "FAIL ssl_step_softmax_koleo_fp32_gemm \\([^)]*\\): staged GPU steps change with the layer's thread / stream order")
+
+# A host read inside a capture: with graphs on, to_host no longer ends the open segment before its copy
+# to the (pageable) host buffer and the host's wait. CUDA refuses that copy on a capturing stream; the
+# layer reports it at the first read-back of the graph-mode SSL steps.
+set(MUTANT_FROM [[
+    cuda_graph_pause(be);
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));]])
+set(MUTANT_TO [[
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));]])
+cudaemu_mutant(graph_host_read_inside_capture FILE model/cuda/backend_cuda.cu TEST ssl_steps_cuda_graphs_same_bits FINDING
+  EXPECT "cudaemu: cudaMemcpyAsync to pageable host memory [^\n]* on a capturing stream: CUDA refuses it")

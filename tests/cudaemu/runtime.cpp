@@ -27,6 +27,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "emu.h"
@@ -121,16 +122,45 @@ struct Op {
     double t_done;                     // when it ran (event timing)
 };
 
+// A node of a graph: what a captured enqueue would have run (re-runnable: every launch of the exec runs
+// it again), after the nodes `deps` (indices into the same graph).
+struct GNode {
+    std::string what;
+    std::function<void()> run;
+    std::vector<const void *> touches;
+    std::vector<int> deps;
+};
+// A stream capture in progress: begun on `origin`, joined by the streams in `members` (origin first)
+// through cudaStreamWaitEvent on events recorded inside it.
+struct Capture {
+    std::vector<GNode> nodes;
+    struct ::CUstream_st *origin;
+    cudaStreamCaptureMode mode;
+    std::thread::id thread;
+    std::vector<struct ::CUstream_st *> members;
+    bool ended;
+};
+
 } // namespace cudaemu
 
 struct CUstream_st {
     std::deque<cudaemu::Op *> q; // pending ops, in order
     cudaemu::Op *last;           // the last op enqueued (done or not), for waits and syncs
     bool destroyed;
+    cudaemu::Capture *cap;       // the capture this stream takes part in (NULL: none)
+    std::vector<int> tail;       // while capturing: the nodes the next captured work depends on
 };
 struct CUevent_st {
     cudaemu::Op *marker; // the record this event stands for now (NULL: never recorded)
     unsigned flags;
+    cudaemu::Capture *cap;  // recorded inside this capture (then marker is NULL) ...
+    std::vector<int> nodes; // ... after these nodes
+};
+struct CUgraph_st {
+    std::vector<cudaemu::GNode> nodes;
+};
+struct CUgraphExec_st {
+    std::vector<cudaemu::GNode> nodes;
 };
 
 namespace cudaemu {
@@ -227,9 +257,44 @@ static void complete_all() {
         if (st->last) complete(st->last);
 }
 
+// ---- capture: what CUDA refuses while a stream capture is in progress ----------------------------------
+
+static std::vector<Capture *> active_captures;
+static const char *mode_name(cudaStreamCaptureMode m) {
+    return m == cudaStreamCaptureModeGlobal ? "global" : m == cudaStreamCaptureModeThreadLocal ? "thread-local" : "relaxed";
+}
+// A "potentially unsafe" call (one that may synchronise implicitly: cudaMalloc, cudaFree, the synchronous
+// copies...): CUDA refuses it (cudaErrorStreamCaptureUnsupported, and invalidates the capture) on any thread
+// during a global-mode capture, on the capturing thread during a thread-local one.
+static void unsafe_call(const char *api) {
+    for (Capture *c : active_captures)
+        if (c->mode == cudaStreamCaptureModeGlobal ||
+            (c->mode == cudaStreamCaptureModeThreadLocal && c->thread == std::this_thread::get_id()))
+            fatal("%s while a stream capture (%s mode) is in progress: CUDA refuses it "
+                  "(cudaErrorStreamCaptureUnsupported) and invalidates the capture; do it before "
+                  "cudaStreamBeginCapture or after cudaStreamEndCapture",
+                  api, mode_name(c->mode));
+}
+bool capturing(cudaStream_t s) {
+    Guard g;
+    return s && s->cap;
+}
+
 static Op *push(CUstream_st *st, const char *what, std::function<void()> run, std::vector<const void *> touches,
                 Op *wait_for) {
     if (st->destroyed) fatal("%s enqueued on a destroyed stream", what);
+    if (st->cap) { // recorded into the capture's graph, after the stream's current tail
+        Capture *c = st->cap;
+        c->nodes.push_back(GNode{what, std::move(run), std::move(touches), st->tail});
+        st->tail = {(int)c->nodes.size() - 1};
+        return nullptr;
+    }
+    if (st == &legacy_stream)
+        for (Capture *c : active_captures)
+            if (c->mode != cudaStreamCaptureModeRelaxed)
+                fatal("%s on the legacy (NULL) stream while a stream capture is in progress: CUDA refuses it "
+                      "(cudaErrorStreamCaptureImplicit); use the captured stream",
+                      what);
     Op *op = new Op{next_seq++, what, std::move(run), std::move(touches), wait_for, false, 0};
     st->q.push_back(op);
     st->last = op;
@@ -353,6 +418,9 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device) {
 
 cudaError_t cudaDeviceSynchronize(void) {
     Guard g;
+    if (!active_captures.empty())
+        fatal("cudaDeviceSynchronize while a stream capture is in progress: CUDA refuses it "
+              "(cudaErrorStreamCaptureUnsupported); end the capture first");
     complete_all();
     return cudaSuccess;
 }
@@ -414,6 +482,7 @@ static void *alloc_kind(size_t bytes, MemKind kind, int fill) {
 cudaError_t cudaMalloc(void **p, size_t bytes) {
     Guard g;
     init_once();
+    unsafe_call("cudaMalloc");
     *p = nullptr;
     if (device_bytes_in_use + bytes > total_device_bytes()) return ret(cudaErrorMemoryAllocation);
     *p = alloc_kind(bytes, MEM_DEVICE, 0xff); // NaN floats: uninitialised memory must not look like data
@@ -436,16 +505,25 @@ static cudaError_t free_kind(void *p, MemKind kind, const char *api) {
     return cudaSuccess;
 }
 
-cudaError_t cudaFree(void *p) { return free_kind(p, MEM_DEVICE, "cudaFree"); }
+cudaError_t cudaFree(void *p) {
+    Guard g;
+    unsafe_call("cudaFree");
+    return free_kind(p, MEM_DEVICE, "cudaFree");
+}
 
 cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned flags) {
     Guard g;
     init_once();
+    unsafe_call("cudaHostAlloc");
     *p = alloc_kind(bytes, MEM_PINNED, 0xff);
     return *p ? cudaSuccess : ret(cudaErrorMemoryAllocation);
 }
 cudaError_t cudaMallocHost(void **p, size_t bytes) { return cudaHostAlloc(p, bytes, 0); }
-cudaError_t cudaFreeHost(void *p) { return free_kind(p, MEM_PINNED, "cudaFreeHost"); }
+cudaError_t cudaFreeHost(void *p) {
+    Guard g;
+    unsafe_call("cudaFreeHost");
+    return free_kind(p, MEM_PINNED, "cudaFreeHost");
+}
 
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
     Guard g;
@@ -475,6 +553,12 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     if (!bytes) return cudaSuccess;
     check_copy(dst, src, bytes, kind, "cudaMemcpyAsync");
     const bool pinned_src = mem_kind(src, bytes) == MEM_PINNED, pinned_dst = mem_kind(dst, bytes) == MEM_PINNED;
+    if (S(s)->cap && ((kind == cudaMemcpyHostToDevice && !pinned_src) || (kind == cudaMemcpyDeviceToHost && !pinned_dst)))
+        fatal("cudaMemcpyAsync %s pageable host memory %p (%zu bytes) on a capturing stream: CUDA refuses it "
+              "(cudaErrorStreamCaptureUnsupported: a pageable copy is synchronous); copy through page-locked "
+              "memory (cudaHostAlloc), which the graph then reads or writes each time it runs",
+              kind == cudaMemcpyHostToDevice ? "from" : "to", kind == cudaMemcpyHostToDevice ? src : (const void *)dst,
+              bytes);
     if (kind == cudaMemcpyHostToDevice && !pinned_src) {
         // pageable source: CUDA stages it before returning, so the caller may reuse it at once
         std::vector<char> staged((const char *)src, (const char *)src + bytes);
@@ -490,6 +574,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
     Guard g;
+    unsafe_call("cudaMemcpy (synchronous)");
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, 0);
     if (e == cudaSuccess) complete_all(); // the legacy stream's copy waits for all earlier work here
     return e;
@@ -505,6 +590,7 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s) {
 }
 cudaError_t cudaMemset(void *p, int value, size_t bytes) {
     Guard g;
+    unsafe_call("cudaMemset (synchronous)");
     cudaError_t e = cudaMemsetAsync(p, value, bytes, 0);
     if (e == cudaSuccess) complete_all();
     return e;
@@ -525,6 +611,7 @@ cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
     Guard g;
     if (!s) return ret(cudaErrorInvalidResourceHandle);
+    if (s->cap) fatal("cudaStreamDestroy of a stream that is capturing: end the capture first");
     // CUDA lets queued work finish after the call returns: run it now
     if (s->last) complete(s->last);
     for (size_t i = 0; i < streams.size(); i++)
@@ -536,6 +623,10 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     Guard g;
     CUstream_st *st = S(s);
+    if (st->cap)
+        fatal("cudaStreamSynchronize on a stream that is capturing: CUDA refuses it "
+              "(cudaErrorStreamCaptureUnsupported) and invalidates the capture; the host cannot wait for work "
+              "that has only been recorded: end the capture, launch the graph, then synchronise");
     if (st->last) complete(st->last);
     return cudaSuccess;
 }
@@ -543,6 +634,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
 cudaError_t cudaStreamQuery(cudaStream_t s) {
     Guard g;
     CUstream_st *st = S(s);
+    if (st->cap) fatal("cudaStreamQuery on a stream that is capturing: CUDA refuses it (cudaErrorStreamCaptureUnsupported)");
     if (st->last && !st->last->done) {
         complete(st->last); // the host polls: let the device make progress
     }
@@ -550,7 +642,7 @@ cudaError_t cudaStreamQuery(cudaStream_t s) {
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags) {
-    *e = new CUevent_st{nullptr, flags};
+    *e = new CUevent_st{nullptr, flags, nullptr, {}};
     return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e, 0); }
@@ -562,13 +654,45 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     Guard g;
     if (!e) return ret(cudaErrorInvalidResourceHandle);
-    e->marker = push(S(s), "cudaEventRecord", nullptr, {}, nullptr);
+    CUstream_st *st = S(s);
+    if (st->cap) { // an event inside the capture: waits on it become edges of the graph
+        e->cap = st->cap;
+        e->nodes = st->tail;
+        e->marker = nullptr;
+        return cudaSuccess;
+    }
+    e->cap = nullptr;
+    e->nodes.clear();
+    e->marker = push(st, "cudaEventRecord", nullptr, {}, nullptr);
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags) {
     Guard g;
     if (!e) return ret(cudaErrorInvalidResourceHandle);
+    CUstream_st *st = S(s);
+    if (e->cap) { // recorded inside a capture: the waiting stream joins it (CUDA follows event edges)
+        Capture *c = e->cap;
+        if (c->ended)
+            fatal("cudaStreamWaitEvent on an event last recorded inside a capture that has ended: it stands "
+                  "for graph nodes, not for work on a stream; record it again outside the capture");
+        if (!st->cap) {
+            if (st == &legacy_stream) fatal("cudaStreamWaitEvent: the legacy stream cannot join a capture");
+            st->cap = c;
+            c->members.push_back(st);
+            st->tail = e->nodes;
+        } else if (st->cap == c) {
+            for (int n : e->nodes)
+                if (std::find(st->tail.begin(), st->tail.end(), n) == st->tail.end()) st->tail.push_back(n);
+        } else {
+            fatal("cudaStreamWaitEvent would merge two separate stream captures (cudaErrorStreamCaptureMerge)");
+        }
+        return cudaSuccess;
+    }
+    if (st->cap && e->marker)
+        fatal("cudaStreamWaitEvent: a capturing stream waits on an event recorded outside the capture: CUDA "
+              "refuses it (cudaErrorStreamCaptureIsolation: a dependency across the capture boundary); wait "
+              "before cudaStreamBeginCapture");
     // waits for the record made most recently before this call; never recorded: nothing to wait for
     if (e->marker) push(S(s), "cudaStreamWaitEvent", nullptr, {}, e->marker);
     return cudaSuccess;
@@ -576,12 +700,18 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags) {
 
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
     Guard g;
+    if (e && e->cap && !e->cap->ended)
+        fatal("cudaEventSynchronize on an event recorded inside a capture in progress: CUDA refuses it "
+              "(cudaErrorStreamCaptureUnsupported)");
     if (e && e->marker) complete(e->marker);
     return cudaSuccess;
 }
 
 cudaError_t cudaEventQuery(cudaEvent_t e) {
     Guard g;
+    if (e && e->cap && !e->cap->ended)
+        fatal("cudaEventQuery on an event recorded inside a capture in progress: CUDA refuses it "
+              "(cudaErrorStreamCaptureUnsupported)");
     if (e && e->marker && !e->marker->done) complete(e->marker); // polled by the host: progress
     return cudaSuccess;
 }
@@ -592,6 +722,162 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
         (a->flags & cudaEventDisableTiming) || (b->flags & cudaEventDisableTiming))
         return ret(cudaErrorInvalidResourceHandle);
     *ms = (float)(b->marker->t_done - a->marker->t_done);
+    return cudaSuccess;
+}
+
+// ---- graphs -----------------------------------------------------------------------------------------
+// Capture records each enqueue on a capturing stream as a node (a kernel with its arguments as they were
+// at the launch, a copy, a memset, a cuBLAS call) after the stream's tail; events recorded inside the
+// capture carry node sets, and a stream that waits on one joins the capture. cudaStreamEndCapture on the
+// origin requires every joined stream to have been joined back (its last nodes must precede the origin's).
+// A launched exec is ONE op on its stream; inside it the nodes run in an order the dependencies allow,
+// picked by CUDAEMU_STREAMS: eager = capture order, random = a random ready node, delay and rush = the
+// most recently captured ready node first (so a missing event edge between captured streams shows).
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
+    Guard g;
+    if (!s) fatal("cudaStreamBeginCapture on the legacy (NULL) stream: CUDA refuses it (cudaErrorStreamCaptureUnsupported)");
+    if (s->cap) fatal("cudaStreamBeginCapture on a stream that is already capturing");
+    if (s->destroyed) fatal("cudaStreamBeginCapture on a destroyed stream");
+    Capture *c = new Capture{{}, s, mode, std::this_thread::get_id(), {s}, false};
+    s->cap = c;
+    s->tail.clear();
+    active_captures.push_back(c);
+    return cudaSuccess;
+}
+
+static void ancestors(const std::vector<GNode> &nodes, int n, std::vector<char> &seen) {
+    if (seen[n]) return;
+    seen[n] = 1;
+    for (int d : nodes[n].deps) ancestors(nodes, d, seen);
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *graph) {
+    Guard g;
+    if (!s || !s->cap) fatal("cudaStreamEndCapture on a stream that is not capturing");
+    Capture *c = s->cap;
+    if (c->origin != s)
+        fatal("cudaStreamEndCapture on a stream that joined the capture, not the one that began it "
+              "(cudaErrorStreamCaptureUnmatched)");
+    std::vector<char> seen(c->nodes.size(), 0);
+    for (int n : s->tail) ancestors(c->nodes, n, seen);
+    for (CUstream_st *m : c->members)
+        if (m != s)
+            for (int n : m->tail)
+                if (!seen[n])
+                    fatal("cudaStreamEndCapture: a stream that joined the capture was not joined back: its last "
+                          "captured work (\"%s\") does not precede the end of the origin stream "
+                          "(cudaErrorStreamCaptureUnjoined); record an event on it and make the origin wait",
+                          c->nodes[n].what.c_str());
+    for (CUstream_st *m : c->members) {
+        m->cap = nullptr;
+        m->tail.clear();
+    }
+    c->ended = true; // kept: events recorded inside it still point at it
+    active_captures.erase(std::find(active_captures.begin(), active_captures.end(), c));
+    *graph = new CUgraph_st{std::move(c->nodes)};
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus *status) {
+    Guard g;
+    *status = S(s)->cap ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t *nodes, size_t *num_nodes) {
+    Guard g;
+    if (!graph || !num_nodes) return ret(cudaErrorInvalidValue);
+    if (nodes) fatal("cudaGraphGetNodes: node handles are not modelled (pass NULL to get the count)");
+    *num_nodes = graph->nodes.size();
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags) {
+    Guard g;
+    if (!graph) return ret(cudaErrorInvalidValue);
+    *exec = new CUgraphExec_st{graph->nodes};
+    return cudaSuccess;
+}
+
+// The new graph must have the exec's topology (same nodes, same kinds, same edges); its parameters
+// (kernel arguments, copy and memset operands) replace the exec's. Different: cudaErrorGraphExecUpdateFailure
+// and the exec is unchanged.
+cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph, cudaGraphExecUpdateResultInfo *info) {
+    Guard g;
+    if (!exec || !graph) return ret(cudaErrorInvalidValue);
+    cudaGraphExecUpdateResult r = cudaGraphExecUpdateSuccess;
+    if (exec->nodes.size() != graph->nodes.size()) r = cudaGraphExecUpdateErrorTopologyChanged;
+    for (size_t i = 0; r == cudaGraphExecUpdateSuccess && i < graph->nodes.size(); i++) {
+        if (exec->nodes[i].deps != graph->nodes[i].deps) r = cudaGraphExecUpdateErrorTopologyChanged;
+        else if (exec->nodes[i].what != graph->nodes[i].what) r = cudaGraphExecUpdateErrorFunctionChanged;
+    }
+    if (info) *info = cudaGraphExecUpdateResultInfo{r, nullptr, nullptr};
+    if (r != cudaGraphExecUpdateSuccess) return ret(cudaErrorGraphExecUpdateFailure);
+    exec->nodes = graph->nodes;
+    return cudaSuccess;
+}
+
+static void run_graph(const std::vector<GNode> &nodes) {
+    const size_t n = nodes.size();
+    std::vector<int> waiting(n);
+    std::vector<std::vector<int>> children(n);
+    for (size_t i = 0; i < n; i++) {
+        waiting[i] = (int)nodes[i].deps.size();
+        for (int d : nodes[i].deps) children[d].push_back((int)i);
+    }
+    std::vector<int> ready;
+    for (size_t i = 0; i < n; i++)
+        if (!waiting[i]) ready.push_back((int)i);
+    const Policy p = policy();
+    while (!ready.empty()) {
+        size_t pick = 0;
+        if (p == RANDOM) pick = sched_rng()() % ready.size();
+        else
+            for (size_t k = 1; k < ready.size(); k++)
+                if (p == EAGER ? ready[k] < ready[pick] : ready[k] > ready[pick]) pick = k;
+        const int i = ready[pick];
+        ready.erase(ready.begin() + (long)pick);
+        if (nodes[i].run) {
+            const char *prev = running_op;
+            running_op = nodes[i].what.c_str();
+            std::function<void()> f = nodes[i].run; // the exec keeps its own copy for the next launch
+            f();
+            running_op = prev;
+        }
+        for (int ch : children[i])
+            if (--waiting[ch] == 0) ready.push_back(ch);
+    }
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+    Guard g;
+    if (!exec) return ret(cudaErrorInvalidValue);
+    if (S(s)->cap) fatal("cudaGraphLaunch on a capturing stream (a graph inside a graph) is not modelled");
+    std::vector<const void *> touches;
+    for (size_t i = 0; i < exec->nodes.size(); i++)
+        for (const void *p : exec->nodes[i].touches) {
+            if (!mem_find(p, nullptr, nullptr, nullptr))
+                fatal("cudaGraphLaunch: node %zu (\"%s\") uses %p, which was freed after the capture: the graph "
+                      "would read or write freed memory; capture again (or update the exec) after reallocating",
+                      i, exec->nodes[i].what.c_str(), p);
+            if (std::find(touches.begin(), touches.end(), p) == touches.end()) touches.push_back(p);
+        }
+    char what[64];
+    snprintf(what, sizeof what, "cudaGraphLaunch (%zu nodes)", exec->nodes.size());
+    std::vector<GNode> nodes = exec->nodes; // as they are now: a later update affects later launches only
+    push(S(s), what, [nodes]() { run_graph(nodes); }, touches, nullptr);
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    Guard g;
+    delete exec; // a pending launch holds its own copy of the nodes
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    Guard g;
+    delete graph;
     return cudaSuccess;
 }
 

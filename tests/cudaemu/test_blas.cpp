@@ -584,3 +584,58 @@ TEST(findings) {
     CHECK(finding(pointer_in_array_bad, "Barray[0]"), "a host pointer inside a device pointer array");
     CHECK(finding(destroyed_handle, "was destroyed"), "a destroyed handle");
 }
+
+// ---- capture into a CUDA graph ------------------------------------------------------------------------
+
+// A GemmEx recorded into a graph runs at each launch on the operands as they are then; without a
+// workspace set on the handle the capture is reported.
+TEST(gemm_captured_into_a_graph) {
+    Ctx c = ctx_new();
+    const int n = 8;
+    std::vector<float> a = randv(n * n), b = randv(n * n);
+    float *A = upload(a), *B = upload(b), *C = nullptr, *ws = nullptr;
+    CHECK(cudaMalloc(&C, sizeof(float) * n * n) == cudaSuccess && cudaMalloc(&ws, 1 << 20) == cudaSuccess, "malloc");
+    CHECK(cublasSetWorkspace(c.h, ws, 1 << 20) == CUBLAS_STATUS_SUCCESS, "cublasSetWorkspace");
+    const float one = 1, zero = 0;
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CHECK(cudaStreamBeginCapture(c.s, cudaStreamCaptureModeThreadLocal) == cudaSuccess, "begin");
+    CHECK(cublasGemmEx(c.h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, A, CUDA_R_32F, n, B, CUDA_R_32F, n, &zero, C,
+                       CUDA_R_32F, n, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS,
+          "captured gemm");
+    CHECK(cudaStreamEndCapture(c.s, &g) == cudaSuccess && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess, "graph");
+    for (int round = 0; round < 2; round++) {
+        if (round) { // new operand values: the graph reads them at its next launch
+            b = randv(n * n);
+            CHECK(cudaMemcpy(B, b.data(), sizeof(float) * n * n, cudaMemcpyHostToDevice) == cudaSuccess, "B");
+        }
+        CHECK(cudaGraphLaunch(ge, c.s) == cudaSuccess, "launch");
+        CHECK(cudaStreamSynchronize(c.s) == cudaSuccess, "sync");
+        std::vector<float> got = download(C, (size_t)n * n);
+        double worst = 0;
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < n; i++) {
+                double r = 0;
+                for (int k = 0; k < n; k++) r += (double)a[i + k * n] * b[k + j * n];
+                worst = fmax(worst, fabs(got[i + j * n] - r));
+            }
+        printf("  launch %d: max |C - A B| = %.2g\n", round, worst);
+        CHECK(worst < 1e-5, "the graph's GEMM is off by %g", worst);
+    }
+    cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
+    cudaFree(A), cudaFree(B), cudaFree(C), cudaFree(ws);
+    ctx_free(c);
+}
+
+static void gemm_captured_without_workspace(void) {
+    Ctx c = ctx_new();
+    float *d = nullptr;
+    cudaMalloc(&d, sizeof(float) * 4096);
+    const float one = 1, zero = 0;
+    cudaStreamBeginCapture(c.s, cudaStreamCaptureModeGlobal);
+    cublasGemmEx(c.h, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, &one, d, CUDA_R_32F, 8, d + 64, CUDA_R_32F, 8, &zero, d + 128,
+                 CUDA_R_32F, 8, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+TEST(finding_capture_without_workspace) {
+    CHECK(finding(gemm_captured_without_workspace, "without a workspace"), "a cuBLAS call captured without a workspace");
+}

@@ -344,3 +344,218 @@ TEST(free_with_pending_work_and_wrong_copies) {
         cudaMemcpy(x, h, sizeof h, cudaMemcpyHostToDevice);
     });
 }
+
+// ---- stream capture and graphs -------------------------------------------------------------------------
+
+__global__ void add_scalar_kernel(float *x, const float *a, int n) { // a: a scalar in device memory
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += *a;
+}
+
+// Captured work does not run at capture; each launch runs it again with the arguments it was captured
+// with (a by-value 2.0) and the device memory as it is then (a scalar uploaded from page-locked memory by
+// the graph's first node); work forked to a second stream through events is captured too; an exec
+// updated from a graph of the same topology takes the new arguments; another topology is refused.
+TEST(graph_capture_fork_join_replay_and_update) {
+    const int n = 300;
+    float *x, *a, *y, *hp, back[2];
+    cudaStream_t s, s2;
+    cudaEvent_t fork, join;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+    CK(cudaMalloc(&x, sizeof(float) * n));
+    CK(cudaMalloc(&y, sizeof(float) * n));
+    CK(cudaMalloc(&a, sizeof(float)));
+    CK(cudaHostAlloc((void **)&hp, sizeof(float), 0));
+    CK(cudaMemsetAsync(x, 0, sizeof(float) * n, s));
+    CK(cudaMemsetAsync(y, 0, sizeof(float) * n, s));
+    CK(cudaStreamSynchronize(s));
+    *hp = 1.0f;
+    auto capture = [&](float by_value, int extra) {
+        cudaGraph_t g;
+        cudaStreamCaptureStatus st;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+        CK(cudaStreamIsCapturing(s, &st));
+        CHECK(st == cudaStreamCaptureStatusActive, "not capturing");
+        CK(cudaMemcpyAsync(a, hp, sizeof(float), cudaMemcpyHostToDevice, s)); // read at each launch
+        DINO_LAUNCH(add_scalar_kernel, 2, 256, 0, s)(x, a, n);
+        CK(cudaEventRecord(fork, s));
+        CK(cudaStreamWaitEvent(s2, fork, 0)); // s2 joins the capture
+        DINO_LAUNCH(add_scalar_kernel, 2, 256, 0, s2)(y, a, n);
+        CK(cudaEventRecord(join, s2));
+        CK(cudaStreamWaitEvent(s, join, 0)); // and is joined back
+        DINO_LAUNCH(scale_kernel, 2, 256, 0, s)(x, by_value, n);
+        for (int k = 0; k < extra; k++) DINO_LAUNCH(scale_kernel, 2, 256, 0, s)(y, 1.0f, n);
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaStreamIsCapturing(s2, &st));
+        CHECK(st == cudaStreamCaptureStatusNone, "s2 still capturing");
+        return g;
+    };
+    cudaGraph_t g = capture(2.0f, 0);
+    size_t nn = 0;
+    CK(cudaGraphGetNodes(g, NULL, &nn));
+    CHECK(nn == 4, "%zu nodes, expected 4 (copy, 2 kernels on s, 1 on s2)", nn);
+    CK(cudaMemcpy(back, x, sizeof(float), cudaMemcpyDeviceToHost));
+    CHECK(back[0] == 0.0f, "captured work ran at capture: x[0] = %g", back[0]);
+    cudaGraphExec_t ge;
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    float want_x = 0, want_y = 0;
+    for (int l = 0; l < 3; l++) {
+        *hp = (float)(l + 1); // a new per-launch value in page-locked memory
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaMemcpyAsync(back, x + 7, sizeof(float), cudaMemcpyDeviceToHost, s));
+        CK(cudaMemcpyAsync(back + 1, y + 7, sizeof(float), cudaMemcpyDeviceToHost, s));
+        CK(cudaStreamSynchronize(s));
+        want_x = (want_x + (float)(l + 1)) * 2.0f, want_y += (float)(l + 1);
+        printf("  launch %d: x = %g (want %g), y = %g (want %g)\n", l, back[0], want_x, back[1], want_y);
+        CHECK(back[0] == want_x && back[1] == want_y, "launch %d", l);
+    }
+    // same topology, another by-value argument: the update takes it
+    cudaGraph_t g2 = capture(3.0f, 0);
+    cudaGraphExecUpdateResultInfo info;
+    CK(cudaGraphExecUpdate(ge, g2, &info));
+    *hp = 1.0f;
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaMemcpyAsync(back, x + 7, sizeof(float), cudaMemcpyDeviceToHost, s));
+    CK(cudaStreamSynchronize(s));
+    CHECK(back[0] == (want_x + 1.0f) * 3.0f, "after the update: %g, want %g", back[0], (want_x + 1.0f) * 3.0f);
+    // another topology: refused, the exec unchanged
+    cudaGraph_t g3 = capture(2.0f, 1);
+    CHECK(cudaGraphExecUpdate(ge, g3, &info) == cudaErrorGraphExecUpdateFailure &&
+              info.result == cudaGraphExecUpdateErrorTopologyChanged,
+          "an update to another topology was accepted");
+    CHECK(cudaGetLastError() == cudaErrorGraphExecUpdateFailure, "the failed update's error");
+    cudaGraphExecDestroy(ge), cudaGraphDestroy(g), cudaGraphDestroy(g2), cudaGraphDestroy(g3);
+    cudaStreamDestroy(s), cudaStreamDestroy(s2), cudaEventDestroy(fork), cudaEventDestroy(join);
+    cudaFree(x), cudaFree(y), cudaFree(a), cudaFreeHost(hp);
+}
+
+// What CUDA refuses while a stream captures, each reported.
+TEST(capture_refusals_reported) {
+    struct Cap {
+        cudaStream_t s;
+        float *d;
+        Cap() {
+            cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+            cudaMalloc(&d, sizeof(float) * 64);
+            cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+            DINO_LAUNCH(scale_kernel, 1, 64, 0, s)(d, 2.0f, 64);
+        }
+    };
+    expect_finding("synchronous cudaMemcpy inside a capture", "cudaMemcpy (synchronous) while a stream capture", [] {
+        Cap c;
+        float h[4];
+        cudaMemcpy(h, c.d, sizeof h, cudaMemcpyDeviceToHost);
+    });
+    expect_finding("cudaStreamSynchronize of the capturing stream", "cudaStreamSynchronize on a stream that is capturing",
+                   [] {
+                       Cap c;
+                       cudaStreamSynchronize(c.s);
+                   });
+    expect_finding("cudaDeviceSynchronize inside a capture", "cudaDeviceSynchronize while a stream capture", [] {
+        Cap c;
+        cudaDeviceSynchronize();
+    });
+    expect_finding("cudaMalloc inside a capture", "cudaMalloc while a stream capture", [] {
+        Cap c;
+        float *p;
+        cudaMalloc(&p, 64);
+    });
+    expect_finding("cudaFree of the graph's memory inside a capture", "cudaFree while a stream capture", [] {
+        Cap c;
+        cudaFree(c.d);
+    });
+    expect_finding("pageable copy on the capturing stream", "pageable host memory", [] {
+        Cap c;
+        static float h[64];
+        cudaMemcpyAsync(c.d, h, sizeof h, cudaMemcpyHostToDevice, c.s);
+    });
+    expect_finding("legacy-stream op during a capture", "legacy (NULL) stream while a stream capture", [] {
+        Cap c;
+        float *p = c.d;
+        cudaMemsetAsync(p, 0, 16, 0);
+    });
+    expect_finding("wait on an event recorded outside the capture", "cudaErrorStreamCaptureIsolation", [] {
+        cudaEvent_t e;
+        cudaEventCreate(&e);
+        cudaStream_t o;
+        cudaStreamCreateWithFlags(&o, cudaStreamNonBlocking);
+        cudaEventRecord(e, o);
+        Cap c;
+        cudaStreamWaitEvent(c.s, e, 0);
+    });
+    expect_finding("a forked stream not joined back", "cudaErrorStreamCaptureUnjoined", [] {
+        Cap c;
+        cudaStream_t o;
+        cudaEvent_t e;
+        cudaEventCreate(&e);
+        cudaStreamCreateWithFlags(&o, cudaStreamNonBlocking);
+        cudaEventRecord(e, c.s);
+        cudaStreamWaitEvent(o, e, 0);
+        DINO_LAUNCH(scale_kernel, 1, 64, 0, o)(c.d, 2.0f, 64);
+        cudaGraph_t g;
+        cudaStreamEndCapture(c.s, &g);
+    });
+    expect_finding("a graph launched after its memory was freed", "freed after the capture", [] {
+        cudaStream_t s;
+        float *d;
+        cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+        cudaMalloc(&d, sizeof(float) * 64);
+        cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+        DINO_LAUNCH(scale_kernel, 1, 64, 0, s)(d, 2.0f, 64);
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        cudaStreamEndCapture(s, &g);
+        cudaGraphInstantiate(&ge, g, 0);
+        cudaFree(d);
+        cudaGraphLaunch(ge, s);
+    });
+}
+
+// Inside a launched graph the nodes run in an order their edges allow; under delay (the default) the most
+// recently captured ready node goes first, so a copy forked to another stream before the kernel it needs
+// (a missing event edge) reads the old value, while the correct fork reads the kernel's result.
+TEST(graph_missing_edge_shows_under_delay) {
+    const char *pol = getenv("CUDAEMU_STREAMS");
+    setenv("CUDAEMU_STREAMS", "delay", 1);
+    const int n = 64;
+    float *x, *y, back;
+    cudaStream_t s, s2;
+    cudaEvent_t fork, join;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+    CK(cudaMalloc(&x, sizeof(float) * n));
+    CK(cudaMalloc(&y, sizeof(float) * n));
+    float ones[64];
+    for (int i = 0; i < n; i++) ones[i] = 1.0f;
+    for (int fork_after_kernel = 1; fork_after_kernel >= 0; fork_after_kernel--) {
+        CK(cudaMemcpy(x, ones, sizeof ones, cudaMemcpyHostToDevice));
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+        if (!fork_after_kernel) CK(cudaEventRecord(fork, s)); // too early: the copy does not wait for the kernel
+        DINO_LAUNCH(scale_kernel, 1, 64, 0, s)(x, 5.0f, n);
+        if (fork_after_kernel) CK(cudaEventRecord(fork, s));
+        CK(cudaStreamWaitEvent(s2, fork, 0));
+        CK(cudaMemcpyAsync(y, x, sizeof(float) * n, cudaMemcpyDeviceToDevice, s2));
+        CK(cudaEventRecord(join, s2));
+        CK(cudaStreamWaitEvent(s, join, 0));
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaMemcpyAsync(&back, y + 3, sizeof back, cudaMemcpyDeviceToHost, s));
+        CK(cudaStreamSynchronize(s));
+        printf("  fork %s the kernel: y = %g (5 when ordered)\n", fork_after_kernel ? "after" : "before", back);
+        if (fork_after_kernel) CHECK(back == 5.0f, "ordered graph: %g", back);
+        else CHECK(back != 5.0f, "a missing edge inside a graph went unnoticed under delay order");
+        cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
+    }
+    cudaStreamDestroy(s), cudaStreamDestroy(s2), cudaEventDestroy(fork), cudaEventDestroy(join);
+    cudaFree(x), cudaFree(y);
+    if (pol) setenv("CUDAEMU_STREAMS", pol, 1);
+    else unsetenv("CUDAEMU_STREAMS");
+}
