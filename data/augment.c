@@ -44,6 +44,10 @@ void augment_config_default(AugmentConfig *c) {
     memcpy(c->std, std, sizeof std);
     c->hed_scale = 0.05;
     c->hed_shift = 0.05;
+    c->ect_scale[0] = 0.9;
+    c->ect_scale[1] = 1.1;
+    c->ect_ratio[0] = 0.95;
+    c->ect_ratio[1] = 1.05;
 }
 
 static int prob_ok(double p) { return p >= 0.0 && p <= 1.0; }
@@ -70,6 +74,19 @@ int augment_config_check(const AugmentConfig *c, char *err) {
         }
     if (!(c->ratio[0] > 0 && c->ratio[0] <= c->ratio[1])) {
         dino_seterr(err, "augment: ratio [%g, %g] must satisfy 0 < min <= max", c->ratio[0], c->ratio[1]);
+        return -1;
+    }
+    if (c->ect && c->no_resize) {
+        dino_seterr(err, "augment: extended-context crops and crops without resize exclude each other");
+        return -1;
+    }
+    if (!(c->ect_scale[0] > 0 && c->ect_scale[0] <= c->ect_scale[1] && c->ect_scale[1] <= 16)) {
+        dino_seterr(err, "augment: ECT scale [%g, %g] must satisfy 0 < min <= max <= 16", c->ect_scale[0],
+                    c->ect_scale[1]);
+        return -1;
+    }
+    if (!(c->ect_ratio[0] > 0 && c->ect_ratio[0] <= c->ect_ratio[1])) {
+        dino_seterr(err, "augment: ECT ratio [%g, %g] must satisfy 0 < min <= max", c->ect_ratio[0], c->ect_ratio[1]);
         return -1;
     }
     double probs[] = {c->hflip_p, c->jitter_p, c->gray_p, c->blur_p[0], c->blur_p[1], c->blur_p[2],
@@ -143,6 +160,19 @@ void rrc_params(int width, int height, const double scale[2], const double ratio
     *out = (CropBox){(height - h) / 2, (width - w) / 2, h, w};
 }
 
+void ect_params(const AugmentConfig *c, int size, int w, int h, Rng *rng, CropBox *out) {
+    // area scale uniform, aspect log-uniform (like RandomResizedCrop, but relative to the output size)
+    double s = c->ect_scale[0] + (c->ect_scale[1] - c->ect_scale[0]) * rng_uniform(rng);
+    double lr0 = log(c->ect_ratio[0]), lr1 = log(c->ect_ratio[1]);
+    double aspect = exp(lr0 + (lr1 - lr0) * rng_uniform(rng));
+    double area = (double)size * size * s;
+    int bw = (int)lround(sqrt(area * aspect)), bh = (int)lround(sqrt(area / aspect));
+    bw = bw < 1 ? 1 : bw > w ? w : bw; // a tile smaller than the box: the box spans that side
+    bh = bh < 1 ? 1 : bh > h ? h : bh;
+    int top = (int)rng_below(rng, (uint32_t)(h - bh + 1)), left = (int)rng_below(rng, (uint32_t)(w - bw + 1));
+    *out = (CropBox){top, left, bh, bw};
+}
+
 static float uniform_f32(Rng *r, double lo, double hi) { return (float)(lo + (hi - lo) * rng_uniform(r)); }
 
 void augment_plan_crop(const AugmentConfig *c, int crop, int w, int h, Rng *rng, CropPlan *p) {
@@ -150,7 +180,9 @@ void augment_plan_crop(const AugmentConfig *c, int crop, int w, int h, Rng *rng,
     int is_global = crop < 2;
     int size = is_global ? c->global_size : c->local_size;
     p->out_size = size;
-    if (c->no_resize && w >= size && h >= size) {
+    if (c->ect) {
+        ect_params(c, size, w, h, rng, &p->box);
+    } else if (c->no_resize && w >= size && h >= size) {
         p->box = (CropBox){(int)rng_below(rng, (uint32_t)(h - size + 1)),
                            (int)rng_below(rng, (uint32_t)(w - size + 1)), size, size};
     } else {

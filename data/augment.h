@@ -40,7 +40,15 @@ typedef struct {
     double hed_p;             // HED stain jitter probability
     double hed_scale;         // per-channel stain factor ~ U[1 - s, 1 + s]
     double hed_shift;         // per-channel stain offset ~ U[-s, s] (optical-density units)
-    int no_resize;            // 1: random crop of the target size, no resize (Virchow2 style)
+    int no_resize;            // 1: random crop of the target size, no resize (exact copies)
+    // Extended-context translation (Virchow2, Zimmermann et al. 2024): every crop (global and local)
+    // is a box of about its output size (area out_size^2 * U[ect_scale], aspect log-uniform in
+    // ect_ratio), at a uniform position inside a tile that is larger than the crops (the source reads
+    // the extended region), resized to out_size: translations with a slight scale/aspect jitter, no
+    // zoom. A box larger than the tile is clamped to the tile's sides. Off by default.
+    int ect;
+    double ect_scale[2];      // 0.9 .. 1.1: box area / out_size^2
+    double ect_ratio[2];      // 0.95 .. 1.05: box width / height
     // DINOv3 Gram anchoring (crops.gram_teacher_crops_size / gram_teacher_no_distortions): 0 = off, else
     // the side of the Gram teacher's copy of each global crop (same box and flips, resized to this size).
     int gram_size;
@@ -75,6 +83,8 @@ void rrc_params(int w, int h, const double scale[2], const double ratio[2],
                 double (*uniform)(void *ctx), void *ctx, CropBox *out);
 double rrc_uniform_from_rng(void *rng); // adapter: ctx is an Rng *
 
+// The ECT box of a crop of side `size` in a w x h tile (4 draws from rng, always).
+void ect_params(const AugmentConfig *c, int size, int w, int h, Rng *rng, CropBox *out);
 // Plans crop `crop` (0, 1 = globals, 2.. = locals) of a w x h image.
 void augment_plan_crop(const AugmentConfig *c, int crop, int w, int h, Rng *rng, CropPlan *p);
 // The Gram teacher's crop of global crop `global` (0 or 1): the same geometry (box, flips, rotation) at

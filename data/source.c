@@ -5,7 +5,8 @@
 //   shards:LIST         a text file naming shards, one per line
 //   folder:DIR          every .jpg/.jpeg/.png/.tif/.tiff under DIR, recursively (sorted by path)
 //   list:FILE           a text file naming images, one per line
-//   wsi:SLIDE_OR_LIST[,mpp=0.5][,size=224][,mags=0.25/0.5/1.0][,min_tissue=0.5][,assume_mpp=M]
+//   wsi:SLIDE_OR_LIST[,mpp=0.5][,size=224][,mags=0.25/0.5/1.0][,mpp_range=0.25/2.0][,mpp_sampling=log]
+//       [,min_tissue=0.5][,assume_mpp=M]
 //                       random tissue tiles sampled online from whole slides
 // In list files, blank lines and lines starting with '#' are ignored and relative paths are relative
 // to the list file's folder. Labelled sets (source_open_labelled) take the folder and list forms, with
@@ -32,6 +33,7 @@
 
 #define WSI_MAX_MAGS 8
 #define WSI_SAMPLE_TRIES 16
+#define WSI_HSV_TRIES 8    // tiles read per sample at most while the HSV filter rejects them
 #define RNG_TAG_WSI 0x575349ULL // "WSI": stream of the online slide sampler
 
 typedef struct {
@@ -58,7 +60,11 @@ typedef struct {
     int64_t *slide_start; // nslides + 1 cumulative tissue-tile counts (an "epoch" of the slide set)
     double mags[WSI_MAX_MAGS]; // microns per pixel to choose from
     int nmags, size;
+    double mpp_range[2]; // continuous resolutions (mpp_range[0] > 0): sampled in this range instead of mags
+    int mpp_log;         // 1: log-uniform (each octave equally likely), 0: uniform in microns per pixel
     double min_tissue;
+    double context;      // extended-context factor (>= 1): the region read is size * context pixels
+    HsvFilter hsv;       // per-tile HSV filter (off unless set)
 } Part;
 
 // ---- small string-list helpers --------------------------------------------------------------------
@@ -269,16 +275,21 @@ static int parse_mags(const char *s, double *mags, int *n) {
     return *n > 0 ? 0 : -1;
 }
 
-static int open_wsi(Part *p, const char *args, char *err) {
+// The options of a wsi: spec into p (no file is touched). Returns the slide-or-list path (malloc'd) or
+// NULL with err naming the option.
+static char *parse_wsi_options(Part *p, const char *args, double *assume_mpp, char *err) {
     char *copy = strdup(args);
     char *save = NULL, *path = strtok_r(copy, ",", &save);
-    double mpp = 0.5, assume_mpp = 0;
+    double mpp = 0.5;
     int rc = -1;
-    StrList slides = {0};
+    *assume_mpp = 0;
     p->kind = PART_WSI;
     p->size = 224;
     p->min_tissue = 0.5;
     p->nmags = 0;
+    p->mpp_log = 1;
+    p->context = 1;
+    hsv_filter_default(&p->hsv);
     if (!path || !*path) {
         dino_seterr(err, "wsi: source needs a slide or a list of slides: wsi:FILE[,mpp=0.5][,size=224]...");
         goto done;
@@ -293,19 +304,72 @@ static int open_wsi(Part *p, const char *args, char *err) {
         if (!strcmp(key, "mpp")) { mpp = strtod(val, &end); ok = *end == 0 && mpp > 0; }
         else if (!strcmp(key, "size")) { long v = strtol(val, &end, 10); ok = *end == 0 && v >= 8 && v <= 8192; p->size = (int)v; }
         else if (!strcmp(key, "mags")) ok = parse_mags(val, p->mags, &p->nmags) == 0;
+        else if (!strcmp(key, "mpp_range")) {
+            double v[WSI_MAX_MAGS];
+            int n = 0;
+            ok = parse_mags(val, v, &n) == 0 && n == 2 && v[0] < v[1];
+            if (ok) p->mpp_range[0] = v[0], p->mpp_range[1] = v[1];
+            if (!ok) { dino_seterr(err, "wsi:%s: mpp_range=%s must be LO/HI microns per pixel with 0 < LO < HI", path, val); goto done; }
+        }
+        else if (!strcmp(key, "mpp_sampling")) {
+            ok = !strcmp(val, "log") || !strcmp(val, "uniform");
+            p->mpp_log = !strcmp(val, "log");
+            if (!ok) { dino_seterr(err, "wsi:%s: mpp_sampling=%s must be log or uniform", path, val); goto done; }
+        }
         else if (!strcmp(key, "min_tissue")) { p->min_tissue = strtod(val, &end); ok = *end == 0 && p->min_tissue >= 0 && p->min_tissue <= 1; }
-        else if (!strcmp(key, "assume_mpp")) { assume_mpp = strtod(val, &end); ok = *end == 0 && assume_mpp > 0; }
-        else { dino_seterr(err, "wsi:%s: unknown option '%s' (known: mpp, size, mags, min_tissue, assume_mpp)", path, key); goto done; }
+        else if (!strcmp(key, "assume_mpp")) { *assume_mpp = strtod(val, &end); ok = *end == 0 && *assume_mpp > 0; }
+        else { dino_seterr(err, "wsi:%s: unknown option '%s' (known: mpp, size, mags, mpp_range, mpp_sampling, min_tissue, assume_mpp)", path, key); goto done; }
         if (!ok) { dino_seterr(err, "wsi:%s: bad value '%s' for %s", path, val, key); goto done; }
     }
+    if (p->mpp_range[0] > 0 && p->nmags > 0) {
+        dino_seterr(err, "wsi:%s: mags and mpp_range exclude each other (a list of resolutions or a range)", path);
+        goto done;
+    }
+    if (p->mpp_range[0] > 0) { // the grid count and the mask use the range's geometric middle / low end
+        p->mags[0] = sqrt(p->mpp_range[0] * p->mpp_range[1]);
+        p->nmags = 1;
+    }
     if (p->nmags == 0) { p->mags[0] = mpp; p->nmags = 1; }
+    rc = 0;
+done:
+    if (rc != 0) {
+        free(copy);
+        return NULL;
+    }
+    char *out = strdup(path);
+    free(copy);
+    return out;
+}
+
+int source_check_spec(const char *spec, char *err) {
+    char *copy = strdup(spec), *save = NULL;
+    int rc = 0;
+    for (char *piece; rc == 0 && (piece = strtok_r(save ? NULL : copy, "+", &save));) {
+        if (strncmp(piece, "wsi:", 4) != 0) continue;
+        Part p;
+        memset(&p, 0, sizeof p);
+        double assume;
+        char *path = parse_wsi_options(&p, piece + 4, &assume, err);
+        if (!path) rc = -1;
+        free(path);
+    }
+    free(copy);
+    return rc;
+}
+
+static int open_wsi(Part *p, const char *args, char *err) {
+    double assume_mpp = 0;
+    int rc = -1;
+    StrList slides = {0};
+    char *path = parse_wsi_options(p, args, &assume_mpp, err);
+    if (!path) return -1;
     if (wsi_is_slide(path)) strlist_push(&slides, path);
     else if (access(path, R_OK) != 0) { dino_seterr(err, "%s: cannot open: %s", path, strerror(errno)); goto done; }
     else if (read_list_file(path, &slides, NULL, 0, err) != 0) goto done;
     if (slides.n == 0) { dino_seterr(err, "%s: the slide list is empty", path); goto done; }
     p->slides = dino_calloc((size_t)slides.n, sizeof(OnlineSlide));
     p->slide_start = dino_calloc((size_t)slides.n + 1, sizeof(int64_t));
-    double min_mag = p->mags[0];
+    double min_mag = p->mpp_range[0] > 0 ? p->mpp_range[0] : p->mags[0];
     for (int i = 1; i < p->nmags; i++) min_mag = fmin(min_mag, p->mags[i]);
     for (int64_t i = 0; i < slides.n; i++) {
         OnlineSlide *sl = &p->slides[p->nslides];
@@ -336,7 +400,7 @@ static int open_wsi(Part *p, const char *args, char *err) {
     rc = 0;
 done:
     strlist_free(&slides);
-    free(copy);
+    free(path);
     return rc;
 }
 
@@ -510,6 +574,12 @@ TileSource *source_open_labelled(const char *spec, int require_labels, char *err
 int64_t source_count(const TileSource *s) { return s->part_start[s->nparts]; }
 void source_set_min_side(TileSource *s, int min_side) { s->min_side = min_side > 0 ? min_side : 0; }
 void source_set_max_pixels(TileSource *s, int64_t max_pixels) { s->max_pixels = max_pixels > 0 ? max_pixels : 0; }
+void source_set_context(TileSource *s, double factor) {
+    for (int i = 0; i < s->nparts; i++) s->parts[i].context = factor > 1 ? factor : 1;
+}
+void source_set_hsv_filter(TileSource *s, const HsvFilter *f) {
+    for (int i = 0; i < s->nparts; i++) s->parts[i].hsv = *f;
+}
 
 // Largest k in [0, n) with start[k] <= i (start is ascending, start[0] = 0).
 static int64_t find_bucket(const int64_t *start, int64_t n, int64_t i) {
@@ -545,27 +615,79 @@ static int read_shard_tile(const TileSource *s, const Part *p, int64_t i, Image 
     return 0;
 }
 
-static int read_wsi_tile(const Part *p, int64_t i, uint64_t rng_seed, Image *out, char *err) {
-    int64_t k = find_bucket(p->slide_start, p->nslides, i);
-    while (k + 1 < p->nslides && p->slide_start[k + 1] <= i) k++;
-    const OnlineSlide *sl = &p->slides[k];
-    Rng r = rng_make(rng_seed, RNG_TAG_WSI, (uint64_t)i, 0);
-    double mpp = p->mags[p->nmags > 1 ? rng_below(&r, (uint32_t)p->nmags) : 0];
-    double L = p->size * mpp / wsi_mpp(sl->wsi);
+// The resolution of one tile: from the list (one fixed draw order) or the continuous range.
+static double draw_mpp(const Part *p, Rng *r) {
+    if (p->mpp_range[0] > 0) {
+        double u = rng_uniform(r), lo = p->mpp_range[0], hi = p->mpp_range[1];
+        return p->mpp_log ? exp(log(lo) + u * (log(hi) - log(lo))) : lo + u * (hi - lo);
+    }
+    return p->mags[p->nmags > 1 ? rng_below(r, (uint32_t)p->nmags) : 0];
+}
+
+// One candidate tile: a resolution, a tissue point as the centre (redrawn while the tissue fraction
+// is below min_tissue), then the pixels. Plain tiles (one resolution from the list, no extended
+// context) keep the original reader (area/bilinear); sampled resolutions and extended regions are
+// resampled over their exact fractional box (wsi_read_region_resampled).
+static int read_wsi_candidate(const Part *p, const OnlineSlide *sl, Rng *r, Image *out, TileOrigin *o, char *err) {
+    double mpp = draw_mpp(p, r);
+    int side = (int)lround(p->size * p->context); // output pixels of the region
+    double L = side * mpp / wsi_mpp(sl->wsi);     // its side in level-0 pixels
     double W = (double)wsi_width(sl->wsi), H = (double)wsi_height(sl->wsi);
     double best_x = 0, best_y = 0, best_frac = -1;
     // Uniform over tissue: a tissue point becomes the tile centre; retry while too little tissue.
     for (int t = 0; t < WSI_SAMPLE_TRIES && best_frac < p->min_tissue; t++) {
         double cx, cy;
-        if (tissue_sample_point(&sl->tissue, &r, &cx, &cy) != 0) break;
+        if (tissue_sample_point(&sl->tissue, r, &cx, &cy) != 0) break;
         double x0 = fmax(0, fmin(cx - L / 2, W - L)), y0 = fmax(0, fmin(cy - L / 2, H - L));
         double frac = tissue_fraction(&sl->tissue, x0, y0, L, L);
         if (frac > best_frac) { best_frac = frac; best_x = x0; best_y = y0; }
     }
+    *o = (TileOrigin){wsi_path(sl->wsi), mpp, best_x, best_y, L};
+    if (p->mpp_range[0] > 0 || side != p->size)
+        return wsi_read_region_resampled(sl->wsi, best_x, best_y, mpp, side, side, out, NULL, err);
     return wsi_read_tile(sl->wsi, llround(best_x), llround(best_y), mpp, p->size, out, NULL, err);
 }
 
+static int read_wsi_tile(const Part *p, int64_t i, uint64_t rng_seed, Image *out, TileOrigin *origin, char *err) {
+    int64_t k = find_bucket(p->slide_start, p->nslides, i);
+    while (k + 1 < p->nslides && p->slide_start[k + 1] <= i) k++;
+    const OnlineSlide *sl = &p->slides[k];
+    Rng r = rng_make(rng_seed, RNG_TAG_WSI, (uint64_t)i, 0);
+    if (p->hsv.min_fraction <= 0) return read_wsi_candidate(p, sl, &r, out, origin, err);
+    // HSV filter: candidates from the same keyed stream until one passes; after WSI_HSV_TRIES the
+    // candidate with the largest in-range fraction is kept (a slide with little H&E still yields tiles).
+    Image best = {0};
+    double best_frac = -1;
+    for (int t = 0; t < WSI_HSV_TRIES; t++) {
+        Image im;
+        TileOrigin o;
+        if (read_wsi_candidate(p, sl, &r, &im, &o, err) != 0) {
+            image_free(&best);
+            return -1;
+        }
+        double frac = tissue_hsv_fraction(&im, &p->hsv);
+        if (frac > best_frac) {
+            image_free(&best);
+            best = im;
+            best_frac = frac;
+            *origin = o;
+        } else {
+            image_free(&im);
+        }
+        if (best_frac >= p->hsv.min_fraction) break;
+    }
+    *out = best;
+    return 0;
+}
+
 int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, char *err) {
+    return source_read_rgb_origin(s, i, rng_seed, out, NULL, err);
+}
+
+int source_read_rgb_origin(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, TileOrigin *origin, char *err) {
+    TileOrigin unused;
+    if (!origin) origin = &unused;
+    *origin = (TileOrigin){0};
     out->px = NULL;
     out->w = out->h = 0;
     if (i < 0 || i >= source_count(s)) {
@@ -577,7 +699,7 @@ int source_read_rgb(TileSource *s, int64_t i, uint64_t rng_seed, Image *out, cha
     switch (p->kind) {
     case PART_SHARDS: return read_shard_tile(s, p, j, out, err);
     case PART_FILES: return decode_image_file_budget(p->files[j], s->min_side, s->max_pixels, out, err);
-    case PART_WSI: return read_wsi_tile(p, j, rng_seed, out, err);
+    case PART_WSI: return read_wsi_tile(p, j, rng_seed, out, origin, err);
     }
     return -1;
 }

@@ -20,6 +20,7 @@ void tile_options_default(TileOptions *o) {
     o->jpeg_quality = 90;
     o->tiles_per_shard = 10000;
     o->assume_mpp = 0;
+    hsv_filter_default(&o->hsv);
 }
 
 void tile_slide_stem(const char *slide_path, char *stem, size_t n) {
@@ -72,6 +73,11 @@ int tile_slide(const char *slide_path, const char *out_dir, const TileOptions *o
         if (tissue_fraction(&tm, x0, y0, L, L) < o->min_tissue) continue;
         int level;
         if (wsi_read_tile(w, llround(x0), llround(y0), o->mpp, o->tile_size, &tile, &level, err) != 0) { rc = -1; break; }
+        if (!tissue_hsv_accept(&tile, &o->hsv)) {
+            sum->hsv_rejected++;
+            image_free(&tile);
+            continue;
+        }
         uint8_t *jpg;
         size_t jn;
         if (encode_jpeg(&tile, o->jpeg_quality, &jpg, &jn, err) != 0) { rc = -1; break; }
@@ -113,9 +119,10 @@ int tile_slide(const char *slide_path, const char *out_dir, const TileOptions *o
         return -1;
     }
     fprintf(f, "slide=%s\ntiles=%lld\ngrid=%lld\nshards=%d\ntissue_fraction=%.4f\nslide_mpp=%.4f%s\n"
-               "tile_size=%d\nmpp=%.4f\nmin_tissue=%.3f\nlevel=%d\n",
+               "tile_size=%d\nmpp=%.4f\nmin_tissue=%.3f\nlevel=%d\nhsv_min_fraction=%.3f\nhsv_rejected=%lld\n",
             slide_path, (long long)sum->kept_tiles, (long long)sum->grid_tiles, sum->shards, sum->tissue_fraction,
-            sum->slide_mpp, sum->mpp_assumed ? " (assumed)" : "", o->tile_size, o->mpp, o->min_tissue, sum->level);
+            sum->slide_mpp, sum->mpp_assumed ? " (assumed)" : "", o->tile_size, o->mpp, o->min_tissue, sum->level,
+            o->hsv.min_fraction, (long long)sum->hsv_rejected);
     int ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
     ok = fclose(f) == 0 && ok;
     if (!ok || rename(tmp, marker) != 0) {

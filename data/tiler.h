@@ -3,6 +3,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "data/tissue.h"
+
 typedef struct {
     int tile_size;           // output tile side in pixels (224)
     double mpp;              // output microns per pixel (0.5)
@@ -10,13 +12,15 @@ typedef struct {
     int jpeg_quality;        // 1..100 (90)
     int64_t tiles_per_shard; // records per shard file (10000)
     double assume_mpp;       // level-0 mpp for slides without metadata (0 = refuse them)
+    HsvFilter hsv;           // per-tile HSV filter (Midnight; off by default: min_fraction 0)
 } TileOptions;
 
 void tile_options_default(TileOptions *o);
 
 typedef struct {
     int64_t grid_tiles;     // tiles in the full grid over the slide
-    int64_t kept_tiles;     // tiles written (tissue fraction >= min_tissue)
+    int64_t kept_tiles;     // tiles written (tissue fraction >= min_tissue, HSV filter passed)
+    int64_t hsv_rejected;   // tiles with enough tissue that the HSV filter dropped
     double tissue_fraction; // fraction of the slide area detected as tissue
     double slide_mpp;       // level-0 mpp used
     int mpp_assumed;        // 1 when it came from assume_mpp

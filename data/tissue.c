@@ -214,3 +214,58 @@ int tissue_sample_point(const TissueMask *tm, Rng *r, double *x, double *y) {
     *y = (lo + rng_uniform(r)) * tm->downsample;
     return 0;
 }
+
+// ---- per-tile HSV filter ------------------------------------------------------------------------
+
+void hsv_filter_default(HsvFilter *f) {
+    *f = (HsvFilter){.min_fraction = 0, .hue = {90, 180}, .saturation = {8, 255}, .value = {103, 255}};
+}
+
+int hsv_filter_check(const HsvFilter *f, const char *what, char *err) {
+    if (!(f->min_fraction >= 0 && f->min_fraction <= 1)) {
+        dino_seterr(err, "%s: HSV filter minimum fraction %g must be in [0, 1]", what, f->min_fraction);
+        return -1;
+    }
+    const int *r[3] = {f->hue, f->saturation, f->value};
+    const char *name[3] = {"hue", "saturation", "value"};
+    const int top[3] = {180, 255, 255};
+    for (int k = 0; k < 3; k++)
+        if (!(r[k][0] >= 0 && r[k][0] <= r[k][1] && r[k][1] <= top[k])) {
+            dino_seterr(err, "%s: HSV filter %s range [%d, %d] must satisfy 0 <= min <= max <= %d (OpenCV units)",
+                        what, name[k], r[k][0], r[k][1], top[k]);
+            return -1;
+        }
+    return 0;
+}
+
+void rgb_to_hsv_cv(int r, int g, int b, int *h, int *s, int *v) {
+    int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
+    int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
+    *v = mx;
+    *s = mx ? (255 * (mx - mn) + mx / 2) / mx : 0;
+    double hue = 0; // degrees
+    if (mx > mn) {
+        double d = mx - mn;
+        if (mx == r) hue = 60.0 * (g - b) / d;
+        else if (mx == g) hue = 120.0 + 60.0 * (b - r) / d;
+        else hue = 240.0 + 60.0 * (r - g) / d;
+        if (hue < 0) hue += 360.0;
+    }
+    int hh = (int)lround(hue / 2);
+    *h = hh >= 180 ? hh - 180 : hh;
+}
+
+double tissue_hsv_fraction(const Image *im, const HsvFilter *f) {
+    size_t n = (size_t)im->w * im->h, in = 0;
+    for (size_t i = 0; i < n; i++) {
+        int h, s, v;
+        rgb_to_hsv_cv(im->px[3 * i], im->px[3 * i + 1], im->px[3 * i + 2], &h, &s, &v);
+        in += h >= f->hue[0] && h <= f->hue[1] && s >= f->saturation[0] && s <= f->saturation[1] &&
+              v >= f->value[0] && v <= f->value[1];
+    }
+    return n ? (double)in / (double)n : 0;
+}
+
+int tissue_hsv_accept(const Image *im, const HsvFilter *f) {
+    return f->min_fraction <= 0 || tissue_hsv_fraction(im, f) >= f->min_fraction;
+}

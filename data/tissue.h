@@ -33,6 +33,31 @@ void tissue_mask_free(TissueMask *tm);
 // tile of `tile_level0` level-0 pixels, and at most 4096 mask pixels along the longer side.
 double tissue_mask_downsample(const Wsi *w, double tile_level0);
 
+// ---- per-tile HSV filter (Midnight, Karasikov et al. 2025, after Virchow) ------------------------
+// A tile is kept when at least min_fraction of its pixels lie in an HSV box typical of H&E tissue.
+// Units are OpenCV's 8-bit HSV: hue = degrees / 2 in [0, 180), saturation and value in [0, 255].
+// Published values: hue [90, 180], saturation [8, 255], value [103, 255], min_fraction 0.6 (pink to
+// violet; white glass fails the saturation bound, black ink and folds the value bound, yellow-green
+// ink and brown debris the hue bound). docs/data-sources.md.
+typedef struct {
+    double min_fraction; // 0 = filter off
+    int hue[2];          // inclusive range, 0..180
+    int saturation[2];   // inclusive range, 0..255
+    int value[2];        // inclusive range, 0..255
+} HsvFilter;
+
+// Midnight's ranges with the filter off (min_fraction 0); set min_fraction 0.6 for Midnight's rule.
+void hsv_filter_default(HsvFilter *f);
+// 0, or -1 with err naming the bad field (`what` prefixes the message: a config key or a flag).
+int hsv_filter_check(const HsvFilter *f, const char *what, char *err);
+// OpenCV 8-bit HSV of one RGB pixel (cv::cvtColor COLOR_RGB2HSV: V = max, S = 255 (V - min) / V,
+// H = hue degrees / 2, each rounded).
+void rgb_to_hsv_cv(int r, int g, int b, int *h, int *s, int *v);
+// Fraction of the pixels of im inside the filter's HSV box.
+double tissue_hsv_fraction(const Image *im, const HsvFilter *f);
+// 1 when the tile passes (always, when the filter is off).
+int tissue_hsv_accept(const Image *im, const HsvFilter *f);
+
 // Fraction of tissue under the level-0 rectangle [x0, x0+side) x [y0, y0+side) (outside the mask counts
 // as background).
 double tissue_fraction(const TissueMask *tm, double x0, double y0, double side_w, double side_h);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/check.h"
+#include "data/augment.h"
 
 struct Wsi {
     char *path;
@@ -227,6 +228,37 @@ int wsi_read_tile(Wsi *w, int64_t x0, int64_t y0, double out_mpp, int size, Imag
     }
     image_alloc(out, size, size);
     resize_rgb(region, rs, rs, out->px, size, size);
+    free(region);
+    return 0;
+}
+
+int wsi_read_region_resampled(Wsi *w, double x0, double y0, double out_mpp, int out_w, int out_h, Image *out,
+                              int *level_used, char *err) {
+    out->px = NULL;
+    out->w = out->h = 0;
+    double ds = out_mpp / w->mpp; // level-0 pixels per output pixel
+    int level = wsi_best_level(w, ds);
+    double ds_l = wsi_level_downsample(w, level), f = ds / ds_l; // level pixels per output pixel
+    if (level_used) *level_used = level;
+    // The box in level pixels, and an integer window around it with room for the bicubic taps
+    // (support 2 output pixels = 2 max(f, 1) level pixels each side).
+    double lx0 = x0 / ds_l, ly0 = y0 / ds_l, lw = out_w * f, lh = out_h * f;
+    int pad = (int)ceil(2 * fmax(f, 1.0)) + 1;
+    int64_t ix0 = (int64_t)floor(lx0) - pad, iy0 = (int64_t)floor(ly0) - pad;
+    int64_t ix1 = (int64_t)ceil(lx0 + lw) + pad, iy1 = (int64_t)ceil(ly0 + lh) + pad;
+    int rw = (int)(ix1 - ix0), rh = (int)(iy1 - iy0);
+    uint8_t *region = dino_malloc((size_t)rw * rh * 3);
+    // OpenSlide takes the corner in level-0 pixels; the level window then starts at ix0 (to within the
+    // rounding of ix0 * ds_l, a fraction of a level pixel)
+    if (wsi_read_region_rgb(w, level, llround(ix0 * ds_l), llround(iy0 * ds_l), rw, rh, region, err) != 0) {
+        free(region);
+        return -1;
+    }
+    image_alloc(out, out_w, out_h);
+    AugmentScratch *s = augment_scratch_new(NULL);
+    double bx0 = lx0 - (double)ix0, by0 = ly0 - (double)iy0;
+    aug_resize_bicubic_u8(region, rw, rh, rw * 3, bx0, by0, bx0 + lw, by0 + lh, out->px, out_w, out_h, 0, s);
+    augment_scratch_free(s);
     free(region);
     return 0;
 }

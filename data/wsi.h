@@ -38,6 +38,14 @@ int wsi_read_region_rgb(Wsi *w, int level, int64_t x0, int64_t y0, int rw, int r
 int wsi_read_tile(Wsi *w, int64_t x0, int64_t y0, double out_mpp, int size, Image *out, int *level_used,
                   char *err);
 
+// An out_w x out_h image at `out_mpp` microns per pixel of the level-0 rectangle whose top-left corner is
+// (x0, y0) (level-0 pixels, fractional): read from the best level (a margin for the filter included)
+// and resampled with the augmentation's resizer (data/augment_resample.c: Pillow's antialiased bicubic
+// over the exact fractional box), so any continuous resolution is read without snapping to a level or
+// to whole pixels. Used by the online source for sampled resolutions and extended regions.
+int wsi_read_region_resampled(Wsi *w, double x0, double y0, double out_mpp, int out_w, int out_h, Image *out,
+                              int *level_used, char *err);
+
 // The whole slide reduced by `downsample` (level-0 pixels per output pixel, >= 1) by box averaging,
 // read strip by strip from the best level. Output is ceil(W/downsample) x ceil(H/downsample).
 int wsi_thumbnail(Wsi *w, double downsample, Image *out, char *err);

@@ -92,8 +92,9 @@ struct Backend {
     // Non-causal multi-head self-attention of each image over its own T tokens.
     // qkv[B,T,3*D] laid out [q heads | k heads | v heads] (as torch's qkv Linear then
     // reshape(B,T,3,H,Dh)); out[B,T,D] (heads concatenated). `saved` holds what backward needs; its
-    // size in floats is attention_saved_floats(B,T,H).
-    size_t (*attention_saved_floats)(Backend *be, int B, int T, int H);
+    // size in floats is attention_saved_floats(B,T,H,Dh) (backend-private layout: the cpu the
+    // probabilities, the cuda backend's flash path the log-sum-exp and O).
+    size_t (*attention_saved_floats)(Backend *be, int B, int T, int H, int Dh);
     void (*attention_fwd)(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
     void (*attention_bwd)(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved,
                           int B, int T, int H, int Dh);

@@ -51,9 +51,10 @@ static void plan_drop(Backend *be, void *dst, const void *src, size_t bytes) {}
 static void plan_zero(Backend *be, void *p, size_t bytes) {} // fresh pages are zero already
 static int plan_upload(Backend *be, void *dst, const void *src, size_t bytes) { return 0; }
 
-// The CUDA backend's layout of the saved attention probabilities (bf16 with its default bf16 GEMMs).
-static size_t plan_attention_saved_floats_cuda(Backend *be, int B, int T, int H) {
-    return attention_saved_floats_cuda(B, T, H, 1);
+// The CUDA backend's saved attention state with its defaults (bf16 GEMMs, DINO_ATTENTION unset): the flash
+// path's LSE + bf16 O where it has kernels for the head dim, else the bf16 probabilities.
+static size_t plan_attention_saved_floats_cuda(Backend *be, int B, int T, int H, int Dh) {
+    return attention_flash_head_dim(Dh) ? attention_saved_floats_flash(B, T, H, Dh) : attention_saved_floats_cuda(B, T, H, 1);
 }
 
 // The CUDA backend's activation storage: bf16 where the model asks for it (its default bf16 GEMMs).

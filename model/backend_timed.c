@@ -164,8 +164,8 @@ static void t_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int
 static void t_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd) {
     OP(ROP_SWIGLU_BWD, din, COSTS(roof_swiglu_bwd, rows, Hd), swiglu_bwd, din, dout, in, rows, Hd);
 }
-static size_t t_attention_saved_floats(Backend *be, int B, int T, int H) {
-    return IN(S(be))->attention_saved_floats(IN(S(be)), B, T, H);
+static size_t t_attention_saved_floats(Backend *be, int B, int T, int H, int Dh) {
+    return IN(S(be))->attention_saved_floats(IN(S(be)), B, T, H, Dh);
 }
 static void t_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
     OP(ROP_ATTENTION_FWD, out, COSTS(roof_attention_fwd, B, T, H, Dh), attention_fwd, out, saved, qkv, B, T, H, Dh);

@@ -84,25 +84,6 @@ int dinov3_arch_to_vit(const Dinov3Arch *a, VitConfig *c, char *err) {
 
 // ---- the name map ---------------------------------------------------------------------------------------
 
-static ExportEntry *push(ExportMap *m, int *cap) {
-    if (m->n == *cap) {
-        *cap = *cap ? 2 * *cap : 64;
-        m->e = dino_realloc(m->e, sizeof(ExportEntry) * (size_t)*cap);
-    }
-    ExportEntry *e = &m->e[m->n++];
-    memset(e, 0, sizeof *e);
-    return e;
-}
-
-static void set_shape(ExportEntry *e, int ndim, const int64_t *shape) {
-    e->ndim = ndim;
-    e->numel = 1;
-    for (int i = 0; i < ndim; i++) {
-        e->shape[i] = shape[i];
-        e->numel *= (size_t)shape[i];
-    }
-}
-
 static const TensorSpec *need(const ParamTable *tab, const char *prefix, const char *name) {
     char full[PARAM_NAME_MAX + 64];
     snprintf(full, sizeof full, "%s%s", prefix, name);
@@ -120,10 +101,10 @@ static const TensorSpec *maybe(const ParamTable *tab, const char *prefix, const 
 // A renamed copy of our tensor `ours` (same data; the target shape may differ, e.g. mask_token).
 static ExportEntry *add_copy(ExportMap *m, int *cap, const TensorSpec *t, const char *prefix, const char *target,
                              int ndim, const int64_t *shape) {
-    ExportEntry *e = push(m, cap);
+    ExportEntry *e = export_map_push(m, cap);
     snprintf(e->name, sizeof e->name, "%s", target);
-    if (shape) set_shape(e, ndim, shape);
-    else set_shape(e, t->ndim, t->shape);
+    if (shape) export_entry_set_shape(e, ndim, shape);
+    else export_entry_set_shape(e, t->ndim, t->shape);
     DINO_ASSERT(e->numel == t->numel, "export: %s -> %s changes the size", t->name, target);
     e->xf = XF_COPY;
     e->src = t->offset;
@@ -134,11 +115,11 @@ static ExportEntry *add_copy(ExportMap *m, int *cap, const TensorSpec *t, const 
 // Rows [row0, row0 + rows) of our 2-d (or 1-d: row_len 1) tensor t.
 static void add_rows(ExportMap *m, int *cap, const TensorSpec *t, const char *prefix, const char *target, size_t row0,
                      int64_t rows) {
-    ExportEntry *e = push(m, cap);
+    ExportEntry *e = export_map_push(m, cap);
     snprintf(e->name, sizeof e->name, "%s", target);
     const int is_w = t->ndim == 2;
     int64_t shape[2] = {rows, is_w ? t->shape[1] : 1};
-    set_shape(e, is_w ? 2 : 1, shape);
+    export_entry_set_shape(e, is_w ? 2 : 1, shape);
     e->xf = XF_ROWS;
     e->src = t->offset;
     e->row_len = is_w ? (size_t)t->shape[1] : 1;
@@ -147,10 +128,10 @@ static void add_rows(ExportMap *m, int *cap, const TensorSpec *t, const char *pr
 }
 
 static void add_ones(ExportMap *m, int *cap, const char *target, int D, const char *why) {
-    ExportEntry *e = push(m, cap);
+    ExportEntry *e = export_map_push(m, cap);
     snprintf(e->name, sizeof e->name, "%s", target);
     int64_t shape[1] = {D};
-    set_shape(e, 1, shape);
+    export_entry_set_shape(e, 1, shape);
     e->xf = XF_ONES;
     snprintf(e->our_name, sizeof e->our_name, "%s", why);
 }
@@ -171,10 +152,10 @@ void export_map_build_dinov3(ExportMap *m, const Dinov3Arch *a, const ParamTable
         add_copy(m, &cap, need(tab, prefix, "storage_tokens"), prefix, hf ? "embeddings.register_tokens" : "storage_tokens",
                  0, NULL);
     } else if (hf) { // DINOv3ViTModel always has the parameter: an empty one
-        ExportEntry *e = push(m, &cap);
+        ExportEntry *e = export_map_push(m, &cap);
         snprintf(e->name, sizeof e->name, "embeddings.register_tokens");
         int64_t shape[3] = {1, 0, D};
-        set_shape(e, 3, shape);
+        export_entry_set_shape(e, 3, shape);
         e->xf = XF_COPY;
         e->optional = 1;
         snprintf(e->our_name, sizeof e->our_name, "(no storage tokens)");
@@ -188,10 +169,10 @@ void export_map_build_dinov3(ExportMap *m, const Dinov3Arch *a, const ParamTable
     const TensorSpec *pb = maybe(tab, prefix, "patch_embed.proj.bias");
     if (pb) add_copy(m, &cap, pb, prefix, hf ? "embeddings.patch_embeddings.bias" : "patch_embed.proj.bias", 0, NULL);
     if (!hf) { // the official model's RoPE periods buffer
-        ExportEntry *e = push(m, &cap);
+        ExportEntry *e = export_map_push(m, &cap);
         snprintf(e->name, sizeof e->name, "rope_embed.periods");
         int64_t shape[1] = {D / a->heads / 4};
-        set_shape(e, 1, shape);
+        export_entry_set_shape(e, 1, shape);
         e->xf = XF_PERIODS;
         e->optional = 1; // a buffer: our own checkpoints do not hold it (checked when present)
         e->rope[0] = a->rope.base;
@@ -224,10 +205,10 @@ void export_map_build_dinov3(ExportMap *m, const Dinov3Arch *a, const ParamTable
             if (qkv_b) {
                 add_copy(m, &cap, qkv_b, prefix, TARGET("", "attn.qkv.bias"), 0, NULL);
                 if (a->mask_k_bias) {
-                    ExportEntry *e = push(m, &cap);
+                    ExportEntry *e = export_map_push(m, &cap);
                     snprintf(e->name, sizeof e->name, "blocks.%d.attn.qkv.bias_mask", l);
                     int64_t shape[1] = {3 * D};
-                    set_shape(e, 1, shape);
+                    export_entry_set_shape(e, 1, shape);
                     e->xf = XF_BIAS_MASK;
                     e->optional = 1;
                     snprintf(e->our_name, sizeof e->our_name, "(the k-bias mask of block %d)", l);
@@ -388,23 +369,9 @@ void dinov3_own_config(char *out, size_t n, const Dinov3Arch *a) {
 
 // ---- reading DINOv3 backbone files ----------------------------------------------------------------------
 
-static const StTensor *getp(const StFile *f, const char *prefix, const char *name) {
-    char full[512];
-    snprintf(full, sizeof full, "%s%s", prefix, name);
-    return st_get(f, full);
-}
-
 int export_is_dinov3(const StFile *f, const char *prefix, ExportNaming naming) {
-    if (naming == NAMING_HF) return getp(f, prefix, "embeddings.patch_embeddings.weight") != NULL;
-    return getp(f, prefix, "patch_embed.proj.weight") && !getp(f, prefix, "pos_embed");
-}
-
-// "[1, 2, 3]" for messages.
-static void shape_text(char *out, size_t n, const StTensor *t) {
-    size_t k = (size_t)snprintf(out, n, "[");
-    for (int i = 0; i < t->ndim && k < n; i++)
-        k += (size_t)snprintf(out + k, n - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-    if (k < n) snprintf(out + k, n - k, "]");
+    if (naming == NAMING_HF) return export_get_prefixed(f, prefix, "embeddings.patch_embeddings.weight") != NULL;
+    return export_get_prefixed(f, prefix, "patch_embed.proj.weight") && !export_get_prefixed(f, prefix, "pos_embed");
 }
 
 // t must have shape want[0, ndim); else -1 with err naming the tensor, both shapes and why.
@@ -413,7 +380,7 @@ static int check_shape(const StTensor *t, const char *path, int ndim, const int6
     for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == want[i];
     if (ok) return 0;
     char got[160], exp[160] = "[";
-    shape_text(got, sizeof got, t);
+    export_shape_text(got, sizeof got, t);
     for (int i = 0; i < ndim; i++) {
         size_t k = strlen(exp);
         snprintf(exp + k, sizeof exp - k, "%s%lld", i ? ", " : "", (long long)want[i]);
@@ -424,7 +391,7 @@ static int check_shape(const StTensor *t, const char *path, int ndim, const int6
 }
 
 static const StTensor *need_t(const StFile *f, const char *path, const char *prefix, const char *name, char *err) {
-    const StTensor *t = getp(f, prefix, name);
+    const StTensor *t = export_get_prefixed(f, prefix, name);
     if (!t) dino_seterr(err, "%s: tensor '%s%s' is missing", path, prefix, name);
     return t;
 }
@@ -468,7 +435,7 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
     if (!pw) return -1;
     if (cls->ndim != 3 || cls->shape[0] != 1 || cls->shape[1] != 1 || cls->shape[2] <= 0 || cls->shape[2] > INT_MAX / 16) {
         char s[160];
-        shape_text(s, sizeof s, cls);
+        export_shape_text(s, sizeof s, cls);
         dino_seterr(err, "%s: class token '%s' has shape %s, expected [1, 1, width]", path, cls->name, s);
         return -1;
     }
@@ -481,7 +448,7 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
         return -1;
     }
     a->patch = (int)p;
-    const StTensor *st = getp(f, prefix, hf ? "embeddings.register_tokens" : "storage_tokens");
+    const StTensor *st = export_get_prefixed(f, prefix, hf ? "embeddings.register_tokens" : "storage_tokens");
     if (st && (st->ndim != 3 || st->shape[1] > 4096 ||
                check_shape(st, path, 3, (int64_t[]){1, st->shape[1], D}, "the class token's width", err))) {
         if (st->ndim != 3 || st->shape[1] > 4096)
@@ -494,7 +461,7 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
     int L = 0;
     for (;; L++) {
         snprintf(n, sizeof n, "%s.%d.norm1.weight", bp, L);
-        if (!getp(f, prefix, n)) break;
+        if (!export_get_prefixed(f, prefix, n)) break;
     }
     if (L == 0) {
         dino_seterr(err, "%s: no transformer blocks found under prefix '%s'", path, prefix);
@@ -504,12 +471,12 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
     // feed-forward: HF gate/up/down or up/down; official w1/w2/w3, w12/w3 (fused) or fc1/fc2
     const char *in_name, *out_name;
     if (hf) {
-        a->swiglu = getp(f, prefix, "layer.0.mlp.gate_proj.weight") != NULL;
+        a->swiglu = export_get_prefixed(f, prefix, "layer.0.mlp.gate_proj.weight") != NULL;
         in_name = "mlp.up_proj";
         out_name = "mlp.down_proj";
     } else {
-        a->swiglu_fused = getp(f, prefix, "blocks.0.mlp.w12.weight") != NULL;
-        a->swiglu = a->swiglu_fused || getp(f, prefix, "blocks.0.mlp.w1.weight") != NULL;
+        a->swiglu_fused = export_get_prefixed(f, prefix, "blocks.0.mlp.w12.weight") != NULL;
+        a->swiglu = a->swiglu_fused || export_get_prefixed(f, prefix, "blocks.0.mlp.w1.weight") != NULL;
         in_name = a->swiglu_fused ? "mlp.w12" : a->swiglu ? "mlp.w1" : "mlp.fc1";
         out_name = a->swiglu ? "mlp.w3" : "mlp.fc2";
     }
@@ -520,7 +487,7 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
     if (!w2) return -1;
     if (w2->ndim != 2 || w2->shape[0] != D || w2->shape[1] <= 0 || w2->shape[1] > INT_MAX / 8) {
         char s[160];
-        shape_text(s, sizeof s, w2);
+        export_shape_text(s, sizeof s, w2);
         dino_seterr(err, "%s: feed-forward output weight '%s' has shape %s, expected [%d, hidden]", path, w2->name, s, D);
         return -1;
     }
@@ -539,15 +506,15 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
         }
     }
     snprintf(n, sizeof n, "%s.0.%s.bias", bp, in_name);
-    a->ffn_bias = getp(f, prefix, n) != NULL;
-    a->proj_bias = getp(f, prefix, hf ? "layer.0.attention.o_proj.bias" : "blocks.0.attn.proj.bias") != NULL;
-    a->qkv_bias = getp(f, prefix, hf ? "layer.0.attention.q_proj.bias" : "blocks.0.attn.qkv.bias") != NULL;
-    a->layerscale = getp(f, prefix, hf ? "layer.0.layer_scale1.lambda1" : "blocks.0.ls1.gamma") != NULL;
-    a->untie_cls_norm = !hf && getp(f, prefix, "cls_norm.weight") != NULL;
-    a->local_cls_norm = !hf && getp(f, prefix, "local_cls_norm.weight") != NULL;
+    a->ffn_bias = export_get_prefixed(f, prefix, n) != NULL;
+    a->proj_bias = export_get_prefixed(f, prefix, hf ? "layer.0.attention.o_proj.bias" : "blocks.0.attn.proj.bias") != NULL;
+    a->qkv_bias = export_get_prefixed(f, prefix, hf ? "layer.0.attention.q_proj.bias" : "blocks.0.attn.qkv.bias") != NULL;
+    a->layerscale = export_get_prefixed(f, prefix, hf ? "layer.0.layer_scale1.lambda1" : "blocks.0.ls1.gamma") != NULL;
+    a->untie_cls_norm = !hf && export_get_prefixed(f, prefix, "cls_norm.weight") != NULL;
+    a->local_cls_norm = !hf && export_get_prefixed(f, prefix, "local_cls_norm.weight") != NULL;
     // a masked k bias: HF drops it (key_bias false); the official model keeps a bias_mask buffer
-    if (hf) a->mask_k_bias = a->qkv_bias && !getp(f, prefix, "layer.0.attention.k_proj.bias");
-    else a->mask_k_bias = a->qkv_bias && getp(f, prefix, "blocks.0.attn.qkv.bias_mask") != NULL;
+    if (hf) a->mask_k_bias = a->qkv_bias && !export_get_prefixed(f, prefix, "layer.0.attention.k_proj.bias");
+    else a->mask_k_bias = a->qkv_bias && export_get_prefixed(f, prefix, "blocks.0.attn.qkv.bias_mask") != NULL;
 
     // what shapes cannot tell: config.json (HF keys, then ours), the metadata, then the official defaults
     a->rope.base = 100.0;
@@ -593,7 +560,7 @@ int export_infer_dinov3(const StFile *f, const char *path, ExportNaming naming, 
         for (int h = 0; h < 2; h++)
             if ((r = cfg_number(cfg, AUG[k][h], 0, 1e6, &v, cfg_path, err)) < 0) return -1;
             else if (r) *aug[k] = v;
-    const StTensor *per = hf ? NULL : getp(f, prefix, "rope_embed.periods");
+    const StTensor *per = hf ? NULL : export_get_prefixed(f, prefix, "rope_embed.periods");
     if ((r = cfg_number(cfg, "layer_norm_eps", 1e-12, 0.1, &v, cfg_path, err)) < 0) return -1;
     if (r || meta_number(f, "layer_norm_eps", &v)) a->ln_eps = v;
     if ((r = cfg_number(cfg, "image_size", 1, 8192, &v, cfg_path, err)) < 0) return -1;

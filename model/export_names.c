@@ -31,7 +31,7 @@ int export_naming_parse(const char *s, ExportNaming *n) {
 
 // ---- map generation -----------------------------------------------------------------------------------
 
-static ExportEntry *push(ExportMap *m, int *cap) {
+ExportEntry *export_map_push(ExportMap *m, int *cap) {
     if (m->n == *cap) {
         *cap = *cap ? 2 * *cap : 64;
         m->e = dino_realloc(m->e, sizeof(ExportEntry) * (size_t)*cap);
@@ -41,7 +41,7 @@ static ExportEntry *push(ExportMap *m, int *cap) {
     return e;
 }
 
-static void set_shape(ExportEntry *e, int ndim, const int64_t *shape) {
+void export_entry_set_shape(ExportEntry *e, int ndim, const int64_t *shape) {
     e->ndim = ndim;
     e->numel = 1;
     for (int i = 0; i < ndim; i++) {
@@ -95,10 +95,10 @@ static void block_target(char *out, size_t n, ExportNaming naming, int l, const 
 }
 
 static void add_ones(ExportMap *m, int *cap, ExportNaming naming, int l, const char *ls, int D) {
-    ExportEntry *e = push(m, cap);
+    ExportEntry *e = export_map_push(m, cap);
     block_target(e->name, sizeof e->name, naming, l, ls);
     int64_t shape[1] = {D};
-    set_shape(e, 1, shape);
+    export_entry_set_shape(e, 1, shape);
     e->xf = XF_ONES;
     snprintf(e->our_name, sizeof e->our_name, "blocks.%d.%s (absent: no LayerScale)", l, ls);
 }
@@ -128,11 +128,11 @@ void export_map_build(ExportMap *m, const Vit *vit, const ParamTable *tab, const
                 static const char *const QKV[3] = {"query", "key", "value"};
                 const int is_w = !strcmp(b + 9, "weight");
                 for (int k = 0; k < 3; k++) {
-                    ExportEntry *e = push(m, &cap);
+                    ExportEntry *e = export_map_push(m, &cap);
                     snprintf(e->name, sizeof e->name, "encoder.layer.%d.attention.attention.%s.%s", l, QKV[k],
                              is_w ? "weight" : "bias");
                     int64_t shape[2] = {D, D};
-                    set_shape(e, is_w ? 2 : 1, shape);
+                    export_entry_set_shape(e, is_w ? 2 : 1, shape);
                     e->xf = XF_ROWS;
                     e->src = t->offset;
                     e->row_len = is_w ? (size_t)D : 1;
@@ -141,9 +141,9 @@ void export_map_build(ExportMap *m, const Vit *vit, const ParamTable *tab, const
                 }
                 continue;
             }
-            ExportEntry *e = push(m, &cap);
+            ExportEntry *e = export_map_push(m, &cap);
             block_target(e->name, sizeof e->name, naming, l, b);
-            set_shape(e, t->ndim, t->shape);
+            export_entry_set_shape(e, t->ndim, t->shape);
             e->xf = XF_COPY;
             e->src = t->offset;
             snprintf(e->our_name, sizeof e->our_name, "%s", s);
@@ -153,8 +153,8 @@ void export_map_build(ExportMap *m, const Vit *vit, const ParamTable *tab, const
                 add_ones(m, &cap, naming, l, "ls2.gamma", D);
             continue;
         }
-        ExportEntry *e = push(m, &cap);
-        set_shape(e, t->ndim, t->shape);
+        ExportEntry *e = export_map_push(m, &cap);
+        export_entry_set_shape(e, t->ndim, t->shape);
         e->xf = XF_COPY;
         e->src = t->offset;
         snprintf(e->our_name, sizeof e->our_name, "%s", s);
@@ -180,7 +180,7 @@ void export_map_build(ExportMap *m, const Vit *vit, const ParamTable *tab, const
             if (R > 0 && !strcmp(s, "pos_embed")) {
                 e->xf = XF_POS_NOCLS;
                 int64_t shape[3] = {1, t->shape[1] - 1, D};
-                set_shape(e, 3, shape);
+                export_entry_set_shape(e, 3, shape);
             }
         }
         if (!strcmp(s, "mask_token")) e->optional = 1;
@@ -318,7 +318,7 @@ int export_read_f32(const StTensor *t, float *dst, char *err) {
     return 0;
 }
 
-static const StTensor *getp(const StFile *f, const char *prefix, const char *name) {
+const StTensor *export_get_prefixed(const StFile *f, const char *prefix, const char *name) {
     char full[512];
     snprintf(full, sizeof full, "%s%s", prefix, name);
     return st_get(f, full);
@@ -386,9 +386,9 @@ int export_detect(const StFile *f, const char *path, const char *want_prefix, Ex
     // timm and the original names differ only in reg_token / register_tokens (and the pos-embed class
     // slot with registers), fc1/fc2 vs w12/w3 for SwiGLU, and the mask_token timm drops.
     if (cand_hf[pick]) *naming = NAMING_HF;
-    else if (getp(f, prefix, "reg_token")) *naming = NAMING_TIMM;
-    else if (getp(f, prefix, "mask_token") || getp(f, prefix, "register_tokens") || getp(f, prefix, "blocks.0.mlp.w12.weight") ||
-             getp(f, prefix, "storage_tokens") || getp(f, prefix, "rope_embed.periods") || !getp(f, prefix, "pos_embed"))
+    else if (export_get_prefixed(f, prefix, "reg_token")) *naming = NAMING_TIMM;
+    else if (export_get_prefixed(f, prefix, "mask_token") || export_get_prefixed(f, prefix, "register_tokens") || export_get_prefixed(f, prefix, "blocks.0.mlp.w12.weight") ||
+             export_get_prefixed(f, prefix, "storage_tokens") || export_get_prefixed(f, prefix, "rope_embed.periods") || !export_get_prefixed(f, prefix, "pos_embed"))
         *naming = NAMING_DINOV2;
     else *naming = NAMING_TIMM;
     return 0;
@@ -396,7 +396,7 @@ int export_detect(const StFile *f, const char *path, const char *want_prefix, Ex
 
 static const StTensor *need(const StFile *f, const char *path, const char *prefix, const char *name, int ndim,
                             char *err) {
-    const StTensor *t = getp(f, prefix, name);
+    const StTensor *t = export_get_prefixed(f, prefix, name);
     if (!t) {
         dino_seterr(err, "%s: tensor '%s%s' is missing", path, prefix, name);
         return NULL;
@@ -419,8 +419,7 @@ static int meta_int(const StFile *f, const char *key, int *v) {
     return 1;
 }
 
-// "[1, 2, 3]" for messages.
-static void shape_text(char *out, size_t n, const StTensor *t) {
+void export_shape_text(char *out, size_t n, const StTensor *t) {
     size_t k = (size_t)snprintf(out, n, "[");
     for (int i = 0; i < t->ndim && k < n; i++) k += (size_t)snprintf(out + k, n - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
     if (k < n) snprintf(out + k, n - k, "]");
@@ -435,7 +434,7 @@ static int want_shape(const StTensor *t, const char *path, const char *what, int
     for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == want[i];
     if (ok) return 0;
     char got[160], exp[160];
-    shape_text(got, sizeof got, t);
+    export_shape_text(got, sizeof got, t);
     size_t k = (size_t)snprintf(exp, sizeof exp, "[");
     for (int i = 0; i < ndim && k < sizeof exp; i++)
         k += (size_t)snprintf(exp + k, sizeof exp - k, "%s%lld", i ? ", " : "", (long long)want[i]);
@@ -459,7 +458,7 @@ int export_infer_config(const StFile *f, const char *path, ExportNaming naming, 
     // allocate gigabytes: zero-size tensors would otherwise declare any width, grid or depth).
     if (cls->shape[0] != 1 || cls->shape[1] != 1 || cls->shape[2] <= 0 || cls->shape[2] > INT_MAX / 16) {
         char a[160];
-        shape_text(a, sizeof a, cls);
+        export_shape_text(a, sizeof a, cls);
         dino_seterr(err, "%s: class token '%s' has shape %s, expected [1, 1, width]", path, cls->name, a);
         return -1;
     }
@@ -472,7 +471,7 @@ int export_infer_config(const StFile *f, const char *path, ExportNaming naming, 
         return -1;
     }
     cfg->patch = (int)p;
-    const StTensor *reg = getp(f, prefix, hf ? "embeddings.register_tokens" : naming == NAMING_TIMM ? "reg_token" : "register_tokens");
+    const StTensor *reg = export_get_prefixed(f, prefix, hf ? "embeddings.register_tokens" : naming == NAMING_TIMM ? "reg_token" : "register_tokens");
     if (reg && (reg->ndim != 3 || reg->shape[1] > 4096 ||
                 want_shape(reg, path, "the class token's width", 3, 1, reg->shape[1], D, 0, err))) {
         if (reg->ndim != 3 || reg->shape[1] > 4096)
@@ -494,7 +493,7 @@ int export_infer_config(const StFile *f, const char *path, ExportNaming naming, 
     int L = 0;
     for (;; L++) {
         snprintf(n, sizeof n, hf ? "encoder.layer.%d.norm1.weight" : "blocks.%d.norm1.weight", L);
-        if (!getp(f, prefix, n)) break;
+        if (!export_get_prefixed(f, prefix, n)) break;
     }
     if (L == 0) {
         dino_seterr(err, "%s: no transformer blocks found under prefix '%s'", path, prefix);
@@ -503,9 +502,9 @@ int export_infer_config(const StFile *f, const char *path, ExportNaming naming, 
     cfg->depth = L;
     // Feed-forward kind and width from block 0: SwiGLU's first layer has twice the rows of the
     // second layer's input width; an MLP's has the same.
-    const char *in_name = hf ? (getp(f, prefix, "encoder.layer.0.mlp.weights_in.weight") ? "encoder.layer.0.mlp.weights_in.weight"
+    const char *in_name = hf ? (export_get_prefixed(f, prefix, "encoder.layer.0.mlp.weights_in.weight") ? "encoder.layer.0.mlp.weights_in.weight"
                                                                                          : "encoder.layer.0.mlp.fc1.weight")
-                             : (getp(f, prefix, "blocks.0.mlp.w12.weight") ? "blocks.0.mlp.w12.weight" : "blocks.0.mlp.fc1.weight");
+                             : (export_get_prefixed(f, prefix, "blocks.0.mlp.w12.weight") ? "blocks.0.mlp.w12.weight" : "blocks.0.mlp.fc1.weight");
     const char *out_name = hf ? (strstr(in_name, "weights_in") ? "encoder.layer.0.mlp.weights_out.weight" : "encoder.layer.0.mlp.fc2.weight")
                               : (strstr(in_name, "w12") ? "blocks.0.mlp.w3.weight" : "blocks.0.mlp.fc2.weight");
     const StTensor *w1 = need(f, path, prefix, in_name, 2, err);
@@ -542,7 +541,7 @@ int export_infer_config(const StFile *f, const char *path, ExportNaming naming, 
             if (!t || want_shape(t, path, "block 0", k ? 2 : 1, want[k][0], want[k][1], 0, 0, err)) return -1;
         }
     }
-    cfg->layerscale = getp(f, prefix, hf ? "encoder.layer.0.layer_scale1.lambda1" : "blocks.0.ls1.gamma") ? 1e-5f : 0.0f;
+    cfg->layerscale = export_get_prefixed(f, prefix, hf ? "encoder.layer.0.layer_scale1.lambda1" : "blocks.0.ls1.gamma") ? 1e-5f : 0.0f;
     cfg->qkv_bias = cfg->proj_bias = cfg->ffn_bias = 1;
     // Interpolation at other crop sizes as each implementation does it (export-formats.md B.2).
     if (naming == NAMING_DINOV2 && cfg->n_registers == 0) cfg->interpolate_offset = 0.1f;

@@ -79,3 +79,11 @@ int export_infer_config(const StFile *f, const char *path, ExportNaming naming, 
 
 // Reads tensor `t` as float32 into dst (F32, F16, BF16, F64 accepted). Returns 0 or -1 with err set.
 int export_read_f32(const StTensor *t, float *dst, char *err);
+
+// Shared by the map builders and readers (export_names.c, export_dinov3.c): a new zeroed entry at the
+// end of m (capacity *cap, grown by doubling); an entry's shape and numel; the tensor prefix+name of f
+// (NULL when absent); "[1, 2, 3]" of t's shape for messages.
+ExportEntry *export_map_push(ExportMap *m, int *cap);
+void export_entry_set_shape(ExportEntry *e, int ndim, const int64_t *shape);
+const StTensor *export_get_prefixed(const StFile *f, const char *prefix, const char *name);
+void export_shape_text(char *out, size_t n, const StTensor *t);

@@ -118,28 +118,8 @@ void head_acts_free(Backend *be, HeadActs *a) {
     free(a);
 }
 
-const float *head_forward(Backend *be, const Head *h, const float *P, HeadActs *a, const float *x, int rows) {
-    DINO_ASSERT(rows <= a->max_rows, "head_forward: %d rows, activations sized for %d", rows, a->max_rows);
-    const int K = h->cfg.K, nb = h->cfg.bottleneck;
-    a->rows = rows;
-    a->x = x;
-    const float *in = x;
-    for (int i = 0; i < h->n_lin; i++) {
-        be->linear_fwd(be, a->pre[i], in, P + h->w[i], P + h->b[i], rows, h->lin_in[i], h->lin_out[i]);
-        if (i + 1 < h->n_lin) {
-            be->gelu_fwd(be, a->act[i], a->pre[i], (size_t)rows * h->lin_out[i]);
-            in = a->act[i];
-        }
-    }
-    be->l2norm_fwd(be, a->znorm, a->znrm, a->z, rows, nb, HEAD_L2_EPS);
-    be->weightnorm_fwd(be, a->W, a->vnorm, P + h->g, P + h->v, K, nb);
-    be->linear_fwd(be, a->logits, a->znorm, a->W, NULL, rows, nb, K);
-    return a->logits;
-}
-
-// The two halves of head_forward (forward only: a later head_backward needs a whole head_forward).
-const float *head_forward_bottleneck(Backend *be, const Head *h, const float *P, HeadActs *a, const float *x, int rows) {
-    DINO_ASSERT(rows <= a->max_rows, "head_forward_bottleneck: %d rows, activations sized for %d", rows, a->max_rows);
+// The MLP and the L2 normalisation of its output: a->znorm [rows, bottleneck].
+static void forward_mlp(Backend *be, const Head *h, const float *P, HeadActs *a, const float *x, int rows) {
     const float *in = x;
     for (int i = 0; i < h->n_lin; i++) {
         be->linear_fwd(be, a->pre[i], in, P + h->w[i], P + h->b[i], rows, h->lin_in[i], h->lin_out[i]);
@@ -149,6 +129,28 @@ const float *head_forward_bottleneck(Backend *be, const Head *h, const float *P,
         }
     }
     be->l2norm_fwd(be, a->znorm, a->znrm, a->z, rows, h->cfg.bottleneck, HEAD_L2_EPS);
+}
+
+// The weight-normed last layer on znorm [rows, bottleneck]: a->logits [rows, K].
+static void forward_last_layer(Backend *be, const Head *h, const float *P, HeadActs *a, const float *znorm, int rows) {
+    const int K = h->cfg.K, nb = h->cfg.bottleneck;
+    be->weightnorm_fwd(be, a->W, a->vnorm, P + h->g, P + h->v, K, nb);
+    be->linear_fwd(be, a->logits, znorm, a->W, NULL, rows, nb, K);
+}
+
+const float *head_forward(Backend *be, const Head *h, const float *P, HeadActs *a, const float *x, int rows) {
+    DINO_ASSERT(rows <= a->max_rows, "head_forward: %d rows, activations sized for %d", rows, a->max_rows);
+    a->rows = rows;
+    a->x = x;
+    forward_mlp(be, h, P, a, x, rows);
+    forward_last_layer(be, h, P, a, a->znorm, rows);
+    return a->logits;
+}
+
+// The two halves of head_forward (forward only: a later head_backward needs a whole head_forward).
+const float *head_forward_bottleneck(Backend *be, const Head *h, const float *P, HeadActs *a, const float *x, int rows) {
+    DINO_ASSERT(rows <= a->max_rows, "head_forward_bottleneck: %d rows, activations sized for %d", rows, a->max_rows);
+    forward_mlp(be, h, P, a, x, rows);
     a->rows = 0; // no head_backward after a half
     return a->znorm;
 }
@@ -156,9 +158,7 @@ const float *head_forward_bottleneck(Backend *be, const Head *h, const float *P,
 const float *head_forward_last_layer(Backend *be, const Head *h, const float *P, HeadActs *a, const float *znorm,
                                      int rows) {
     DINO_ASSERT(rows <= a->max_rows, "head_forward_last_layer: %d rows, activations sized for %d", rows, a->max_rows);
-    const int K = h->cfg.K, nb = h->cfg.bottleneck;
-    be->weightnorm_fwd(be, a->W, a->vnorm, P + h->g, P + h->v, K, nb);
-    be->linear_fwd(be, a->logits, znorm, a->W, NULL, rows, nb, K);
+    forward_last_layer(be, h, P, a, znorm, rows);
     a->rows = 0;
     return a->logits;
 }

@@ -522,7 +522,7 @@ static void alloc_intermediates(Backend *be, VitActs *a, BlockActs *k, const Vit
     k->mean1 = fown(be, a, rows);
     k->rstd1 = fown(be, a, rows);
     k->qkv = bown(be, a, rows * 3 * D);
-    k->att_saved = fown(be, a, be->attention_saved_floats(be, a->B, a->T, c->heads));
+    k->att_saved = fown(be, a, be->attention_saved_floats(be, a->B, a->T, c->heads, c->dim / c->heads));
     k->att = bown(be, a, rows * D);
     k->proj = bown(be, a, rows * D);
     if (!cheap_shared) k->xs2 = fown(be, a, rows * D);

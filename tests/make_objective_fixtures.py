@@ -226,6 +226,17 @@ def dino_local_scale(nL, n_global=2):
     return l / (g + l)
 
 
+def ssl_update(total, student, teacher, opt, clip_grad, momentum):
+    """The step after the losses: backward, gradient clipping per submodule, AdamW, the EMA teacher."""
+    total.backward()
+    for sub, module in student.items():
+        torch.nn.utils.clip_grad_norm_(module.parameters(), clip_grad)
+    opt.step()
+    with torch.no_grad():
+        for ps, pt in zip(student.parameters(), teacher.parameters()):
+            pt.mul_(momentum).add_(ps, alpha=1 - momentum)
+
+
 def make_variant(name, var, seed):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 77)
@@ -377,14 +388,7 @@ def make_variant(name, var, seed):
                 ibot_loss_weight=1.0, ignore_diagonal=True, local_weight=float(LOCAL_WEIGHTS[s]), gram_loss=gram_loss,
                 gram_student=sxg[:, 1 + R:], gram_teacher=t_patches, gram_img_level=gv["img_level"],
                 gram_loss_weight=float(GRAM_WEIGHTS[s]))
-            total.backward()
-            for sub, module in student.items():
-                torch.nn.utils.clip_grad_norm_(module.parameters(), c["clip_grad"])
-            opt.step()
-            with torch.no_grad():
-                m = sched["momentum"]
-                for ps, pt in zip(student.parameters(), teacher.parameters()):
-                    pt.mul_(m).add_(ps, alpha=1 - m)
+            ssl_update(total, student, teacher, opt, c["clip_grad"], sched["momentum"])
             # logged as the C step reports them (koleo and ibot halved as DINOv2's log; total = their sum +
             # the weighted Gram loss)
             logged = dict(dino_local_crops_loss=ld["dino_local_crops_loss"].item() * dino_local_scale(nL),
@@ -407,14 +411,7 @@ def make_variant(name, var, seed):
         kl = c["koleo"] * sum(koleo(x) for x in s_gcls.chunk(2))
         ibot = -(ce_sum(zs_m, Pi, ts) * masks_weight).sum() / (2 * B) * 2 * 0.5
         total = local + glob + kl + ibot
-        total.backward()
-        for sub, module in student.items():
-            torch.nn.utils.clip_grad_norm_(module.parameters(), c["clip_grad"])
-        opt.step()
-        with torch.no_grad():
-            m = sched["momentum"]
-            for ps, pt in zip(student.parameters(), teacher.parameters()):
-                pt.mul_(m).add_(ps, alpha=1 - m)
+        ssl_update(total, student, teacher, opt, c["clip_grad"], sched["momentum"])
         logged = dict(dino_local_crops_loss=local.item(), dino_global_crops_loss=glob.item(), koleo_loss=kl.item() / 2,
                       ibot_loss=ibot.item() / 2)
         logged["total_loss"] = sum(logged.values())

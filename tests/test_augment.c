@@ -513,3 +513,85 @@ TEST(hed_jitter_matches_numpy_reference) {
         image_free(&im);
     }
 }
+
+// Virchow2's extended-context translation: every crop is a box of about its output size (area and
+// aspect within the configured ranges, up to the rounding of the sides) lying inside the region, its
+// position spread over the whole region (translation), and the plans are a function of the key only.
+TEST(extended_context_crop_geometry) {
+    AugmentConfig cfg;
+    augment_config_default(&cfg);
+    cfg.ect = 1;
+    cfg.local_size = 98;
+    char err[DINO_ERRLEN];
+    CHECK(augment_config_check(&cfg, err) == 0, "%s", err);
+    const int W = 392, H = 392, n = 300;
+    CropPlan p[10], q[10];
+    int min_left[2] = {W, W}, max_right[2] = {0, 0}, min_top[2] = {H, H}, max_bottom[2] = {0, 0};
+    double area_lo = 1e9, area_hi = 0, ar_lo = 1e9, ar_hi = 0;
+    for (int i = 0; i < n; i++) {
+        augment_plan_sample(&cfg, 3, i, W, H, p);
+        augment_plan_sample(&cfg, 3, i, W, H, q);
+        CHECK(!memcmp(p, q, sizeof p), "sample %d: same key, different plans", i);
+        for (int k = 0; k < 10; k++) {
+            const CropBox *b = &p[k].box;
+            int S = k < 2 ? 224 : 98, g = k < 2 ? 0 : 1;
+            CHECK(p[k].out_size == S, "output size %d", p[k].out_size);
+            CHECK(b->left >= 0 && b->top >= 0 && b->left + b->w <= W && b->top + b->h <= H,
+                  "crop %d box (%d %d %d %d) outside the %dx%d region", k, b->left, b->top, b->w, b->h, W, H);
+            // rounding each side moves area and aspect by at most half a pixel per side
+            double a = (double)b->w * b->h / ((double)S * S), r = (double)b->w / b->h, tol = 1.0 / S;
+            CHECK(a >= 0.9 * (1 - 2 * tol) - 1e-9 && a <= 1.1 * (1 + 2 * tol) + 1e-9, "crop %d area scale %.4f", k, a);
+            CHECK(r >= 0.95 * (1 - 2 * tol) - 1e-9 && r <= 1.05 * (1 + 2 * tol) + 1e-9, "crop %d aspect %.4f", k, r);
+            area_lo = fmin(area_lo, a), area_hi = fmax(area_hi, a), ar_lo = fmin(ar_lo, r), ar_hi = fmax(ar_hi, r);
+            min_left[g] = b->left < min_left[g] ? b->left : min_left[g];
+            min_top[g] = b->top < min_top[g] ? b->top : min_top[g];
+            max_right[g] = b->left + b->w > max_right[g] ? b->left + b->w : max_right[g];
+            max_bottom[g] = b->top + b->h > max_bottom[g] ? b->top + b->h : max_bottom[g];
+        }
+        augment_plan_sample(&cfg, 3, i + 1, W, H, q);
+        CHECK(memcmp(&p[0].box, &q[0].box, sizeof(CropBox)) != 0 || memcmp(&p[2].box, &q[2].box, sizeof(CropBox)) != 0,
+              "samples %d and %d got the same boxes", i, i + 1);
+    }
+    // the ranges are used, not just respected
+    CHECK(area_lo < 0.92 && area_hi > 1.08 && ar_lo < 0.96 && ar_hi > 1.04, "area [%.3f %.3f] aspect [%.3f %.3f]",
+          area_lo, area_hi, ar_lo, ar_hi);
+    // translations over the whole region, for globals and locals
+    for (int g = 0; g < 2; g++)
+        CHECK(min_left[g] < 8 && min_top[g] < 8 && max_right[g] > W - 8 && max_bottom[g] > H - 8,
+              "%s crops cover [%d, %d) x [%d, %d) of the region", g ? "local" : "global", min_left[g], max_right[g],
+              min_top[g], max_bottom[g]);
+    // a tile no larger than the global crop: boxes clamped to the tile, still inside
+    augment_plan_sample(&cfg, 3, 7, 224, 224, p);
+    for (int k = 0; k < 10; k++)
+        CHECK(p[k].box.left >= 0 && p[k].box.top >= 0 && p[k].box.left + p[k].box.w <= 224 &&
+                  p[k].box.top + p[k].box.h <= 224,
+              "crop %d outside a 224 tile", k);
+    // scale and aspect pinned to 1: ECT is an exact translated copy (the resize is the identity)
+    cfg.ect_scale[0] = cfg.ect_scale[1] = 1;
+    cfg.ect_ratio[0] = cfg.ect_ratio[1] = 1;
+    cfg.global_size = 32, cfg.local_size = 16;
+    cfg.hflip_p = cfg.jitter_p = cfg.gray_p = cfg.solarize_p = 0;
+    cfg.blur_p[0] = cfg.blur_p[1] = cfg.blur_p[2] = 0;
+    cfg.mean[0] = cfg.mean[1] = cfg.mean[2] = 0;
+    cfg.std[0] = cfg.std[1] = cfg.std[2] = 1;
+    Image src = src_image();
+    augment_plan_sample(&cfg, 9, 1, src.w, src.h, p);
+    AugmentScratch *s = augment_scratch_new(&cfg);
+    float out[3 * 32 * 32];
+    for (int k = 0; k < 10; k++) {
+        const CropBox *b = &p[k].box;
+        int S = p[k].out_size;
+        CHECK(b->w == S && b->h == S, "pinned ECT box %dx%d for size %d", b->w, b->h, S);
+        augment_apply(&cfg, &p[k], &src, out, s);
+        int bad = 0;
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < S; y++)
+                for (int x = 0; x < S; x++)
+                    bad += fabsf(out[(c * S + y) * S + x] - src.px[((b->top + y) * src.w + b->left + x) * 3 + c] / 255.0f) > 1e-6f;
+        CHECK(bad == 0, "crop %d: %d values differ from the translated copy", k, bad);
+    }
+    augment_scratch_free(s);
+    image_free(&src);
+    cfg.no_resize = 1;
+    CHECK(augment_config_check(&cfg, err) == -1 && strstr(err, "exclude"), "ECT with no_resize: %s", err);
+}

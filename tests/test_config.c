@@ -73,7 +73,45 @@ TEST(every_shipped_config_loads_and_validates) {
         n++;
     }
     closedir(d);
-    CHECK(n >= 8, "expected at least the 8 shipped configs, found %d", n);
+    CHECK(n >= 10, "expected at least the 10 shipped configs, found %d", n);
+}
+
+// The pathology recipes' keys: ECT and the HSV filter reach the loader and the source filter, their
+// ranges are checked, and a wsi: source's options are checked at load (dinotrain --check) before any
+// slide is opened.
+TEST(pathology_recipe_keys_map_and_are_checked) {
+    char err[DINO_ERRLEN] = "";
+    char *ov[] = {"crops.extended_context=true", "crops.ect_scale=[0.8, 1.2]", "crops.ect_ratio=[0.9, 1.1]",
+                  "data.hsv_min_fraction=0.6", "data.hsv_value=[100, 250]"};
+    CHECK(load(test_src_path("configs/vits14.yaml"), 5, ov, err) == 0, "%s", err);
+    LoaderConfig lc;
+    config_to_loader(&cfg, 0, 1, &lc);
+    CHECK(lc.aug.ect && lc.aug.ect_scale[0] == 0.8 && lc.aug.ect_scale[1] == 1.2 && lc.aug.ect_ratio[1] == 1.1 &&
+              !lc.aug.no_resize,
+          "ECT mapping");
+    CHECK(augment_config_check(&lc.aug, err) == 0, "%s", err);
+    HsvFilter f;
+    config_to_hsv_filter(&cfg, &f);
+    CHECK(f.min_fraction == 0.6 && f.hue[0] == 90 && f.hue[1] == 180 && f.saturation[0] == 8 && f.value[0] == 100 &&
+              f.value[1] == 250,
+          "HSV mapping");
+    CHECK(hsv_filter_check(&f, "data.hsv", err) == 0, "%s", err);
+    CHECK(load(test_src_path("configs/vits14.yaml"), 0, NULL, err) == 0, "%s", err);
+    config_to_loader(&cfg, 0, 1, &lc);
+    config_to_hsv_filter(&cfg, &f);
+    CHECK(!lc.aug.ect && f.min_fraction == 0, "ECT and the HSV filter are off by default");
+    char *both[] = {"crops.extended_context=true", "augment.crop_without_resize=true"};
+    CHECK_REFUSED(test_src_path("configs/vits14.yaml"), 2, both, "crops.extended_context", "crop_without_resize");
+    char *factor[] = {"crops.context_factor=0.5"};
+    CHECK_REFUSED(test_src_path("configs/vits14.yaml"), 1, factor, "crops.context_factor", "[1, 8]");
+    char *hue[] = {"data.hsv_hue=[90, 200]"};
+    CHECK_REFUSED(test_src_path("configs/vits14.yaml"), 1, hue, "data.hsv_hue", "180");
+    char *frac[] = {"data.hsv_min_fraction=1.5"};
+    CHECK_REFUSED(test_src_path("configs/vits14.yaml"), 1, frac, "data.hsv_min_fraction");
+    char *range[] = {"data.sources=[\"wsi:slides.txt,mpp_range=2/0.25\"]"};
+    CHECK_REFUSED(test_src_path("configs/vits14.yaml"), 1, range, "data.sources", "mpp_range=2/0.25", "0 < LO < HI");
+    char *opt[] = {"data.sources=[\"tiles/+wsi:s.txt,mpp_sampling=cubic\"]"};
+    CHECK_REFUSED(test_src_path("configs/vits14.yaml"), 1, opt, "data.sources", "mpp_sampling=cubic");
 }
 
 TEST(shipped_recipes_hold_their_published_values) {
@@ -106,7 +144,8 @@ TEST(shipped_recipes_hold_their_published_values) {
     CHECK(cfg.data.n_sources == 1 && strstr(cfg.data.sources[0], "mpp=0.5"), "phikon-v2 source at 0.5 um/px");
 
     // the GPU recipes run on the cuda backend with the optimizer sharded; the demo on the CPU
-    const char *gpu[] = {"vits14", "vitb14", "vitl14", "vitg14", "phikon-v2", "dino-vits16-path", "vitl"};
+    const char *gpu[] = {"vits14", "vitb14", "vitl14", "vitg14", "phikon-v2", "dino-vits16-path", "vitl", "midnight-like",
+                         "dinov3-vitl16-path"};
     for (size_t i = 0; i < sizeof gpu / sizeof gpu[0]; i++) {
         char rel[64];
         snprintf(rel, sizeof rel, "configs/%s.yaml", gpu[i]);
@@ -116,6 +155,38 @@ TEST(shipped_recipes_hold_their_published_values) {
     }
     CHECK(load(test_src_path("configs/demo.yaml"), 0, NULL, err) == 0 && strcmp(cfg.backend, "cpu") == 0,
           "the demo runs on the CPU");
+    // Midnight (Karasikov et al. 2025): ViT-g/14, KDE, HED, online patching with the HSV filter, 1M
+    // iterations at global batch 768 (32 x 24)
+    CHECK(load(test_src_path("configs/midnight-like.yaml"), 0, NULL, err) == 0, "%s", err);
+    CHECK(strcmp(cfg.student.arch, "vit_giant2") == 0 && cfg.student.patch_size == 14 &&
+              strcmp(cfg.dino.regularizer, "kde") == 0 && cfg.augment.hed_p > 0 && cfg.augment.mean[0] == 0.5 &&
+              cfg.augment.std[2] == 0.5,
+          "midnight model and augmentation");
+    CHECK(cfg.train.batch_size_per_gpu * 32 == 768 && config_total_iterations(&cfg) == 1000000, "midnight batch/length");
+    CHECK(cfg.data.hsv_min_fraction == 0.6 && cfg.data.hsv_hue[0] == 90 && cfg.data.hsv_saturation[0] == 8 &&
+              cfg.data.hsv_value[0] == 103,
+          "midnight HSV filter");
+    CHECK(cfg.data.n_sources == 1 && strstr(cfg.data.sources[0], "wsi:") && strstr(cfg.data.sources[0], "size=256") &&
+              strstr(cfg.data.sources[0], "mpp_range=0.25/2.0") && strstr(cfg.data.sources[0], "min_tissue=0.4"),
+          "midnight online patching: %s", cfg.data.sources[0]);
+    // DINOv3-style ViT-L/16 for pathology: the DINOv3 ViT, heads, schedules and Gram anchoring
+    CHECK(load(test_src_path("configs/dinov3-vitl16-path.yaml"), 0, NULL, err) == 0, "%s", err);
+    CHECK(strcmp(cfg.student.arch, "vit_large") == 0 && cfg.student.patch_size == 16 &&
+              strcmp(cfg.student.pos_embed_type, "rope") == 0 && cfg.student.n_storage_tokens == 4 &&
+              cfg.student.mask_k_bias,
+          "dinov3 ViT-L/16");
+    CHECK(cfg.dino.head_n_prototypes == 262144 && cfg.ibot.head_n_prototypes == 98304 && cfg.ibot.separate_head &&
+              strcmp(cfg.train.centering, "sinkhorn_knopp") == 0,
+          "dinov3 heads");
+    CHECK(cfg.schedules.enabled && cfg.gram.use_loss && cfg.gram.img_level && cfg.gram.it_load_ema_teacher == 500000 &&
+              config_total_iterations(&cfg) == 625000,
+          "dinov3 schedules and Gram anchoring");
+    CHECK(config_gram_weight_at(&cfg, 499999) == 0 && fabs(config_gram_weight_at(&cfg, 625000 - 1) - 2.0) < 1e-9 &&
+              fabs(config_dino_local_weight_at(&cfg, 625000 - 1) - 0.5) < 1e-9,
+          "Gram weight 0 before iteration 500k, 2 after the ramp; local DINO weight 0.5");
+    CHECK(cfg.crops.global_crops_size.v[0] == 256 && cfg.crops.local_crops_size.v[0] == 112 &&
+              cfg.data.hsv_min_fraction == 0.6 && strstr(cfg.data.sources[0], "mpp_range="),
+          "dinov3-path crops and data");
     CHECK(load(test_src_path("configs/dino-vits16-path.yaml"), 0, NULL, err) == 0, "%s", err);
     CHECK(cfg.ibot.loss_weight == 0 && cfg.dino.koleo_loss_weight == 0 && cfg.dino.loss_weight > 0, "DINO only");
     CHECK(strcmp(cfg.student.arch, "vit_small") == 0 && cfg.student.patch_size == 16, "ViT-S/16");

@@ -15,7 +15,8 @@
 //  - fp32 kernels (LayerNorm, activations, softmax, plumbing, reductions): |gpu - cpu| <= 1e-5 *
 //    (|cpu| + rms(cpu)), i.e. 1e-5 relative to the element or, for values near 0 after cancellation,
 //    to the tensor's scale. Pure copies must be bit-exact.
-//  - attention and the whole ViT with bf16 GEMMs: normwise ||gpu - cpu|| / ||cpu|| <= 8u (forward) and
+//  - attention (the GEMM path and the fused flash path, which rounds at the same points) and the whole ViT
+//    with bf16 GEMMs: normwise ||gpu - cpu|| / ||cpu|| <= 8u (forward) and
 //    16u (backward, longer chains): each GEMM adds ~u normwise, softmax turns score errors into
 //    relative probability errors of the same size; with CUDA_GEMM_FP32 the same code at fp32 tolerance (the GEMMs are then
 //    fp32 too; 5e-5 / 1e-4 normwise for the whole ViT), which isolates the kernels' logic from bf16
@@ -35,9 +36,11 @@
 #include <string.h>
 
 #include "common/check.h"
+#include "common/clock.h"
 #include "common/rng.h"
 #include <sys/stat.h>
 
+#include "model/attention_layout.h"
 #include "model/backend.h"
 #include "model/backend_plan.h"
 #include "model/rope.h"
@@ -550,7 +553,7 @@ static void attention_case(Backend *C, Backend *G, int B, int T, int H, int Dh, 
     // Both save the probabilities, one T x T block per (image, head); the GPU pads each block (16-byte
     // aligned blocks for its batched GEMMs, blk elements apart) and, with bf16 GEMMs, stores them in bf16
     // (then its size in floats is half the element count).
-    const size_t ns = C->attention_saved_floats(C, B, T, H), ns_g = G->attention_saved_floats(G, B, T, H);
+    const size_t ns = C->attention_saved_floats(C, B, T, H, Dh), ns_g = G->attention_saved_floats(G, B, T, H, Dh);
     const size_t TT = (size_t)T * T, BH = (size_t)B * H;
     const int p_bf16 = ns_g < BH * TT;
     const size_t blk = p_bf16 ? (BH * TT + 7 * BH) / BH / 8 * 8 : ns_g / BH; // the GPU's rounding of T*T
@@ -620,11 +623,280 @@ TEST(attention_fp32_gemms) {
 
 TEST(attention_bf16_gemms) {
     Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+#ifdef DINO_HAVE_CUDA
+    if (!emulating()) backend_cuda_set_attention(G, CUDA_ATTENTION_GEMM); // the flash path: flash_attention_*
+#endif
     attention_case(C, G, 2, 257, 6, 64, 0);
     attention_case(C, G, 8, 54, 6, 64, 0);
     attention_case(C, G, 1, 261, 16, 64, 0);
     backend_free(C);
     gpu_free(G);
+}
+
+// ---- fused (flash) attention --------------------------------------------------------------------------
+// The default attention of the cuda backend with bf16 GEMMs (model/cuda/attention_flash.cu). It rounds to
+// bf16 where the GEMM path's cuBLAS calls do (Q, K for the scores; P, V; P, dO; dO, V; dS, K; dS, Q), with
+// fp32 softmax statistics and accumulators, so the GEMM path's bounds hold: normwise 8u forward, 16u
+// backward. Its saved state is checked too: LSE against the exact log-sum-exp of the scores (fp64 on the
+// host), O against the cpu output.
+
+#ifdef DINO_HAVE_CUDA
+// dqkv's three parts (Q, K, V gradients) separately: one wrong part cannot hide behind the others
+static void check_dqkv_parts(const char *what, const float *g, const float *c, int B, int T, int D, double tol) {
+    const size_t n = (size_t)B * T * D;
+    float *gp = dino_malloc(sizeof(float) * n), *cp = dino_malloc(sizeof(float) * n);
+    static const char *part[3] = {"dq", "dk", "dv"};
+    for (int p = 0; p < 3; p++) {
+        for (size_t r = 0; r < (size_t)B * T; r++)
+            for (int j = 0; j < D; j++) {
+                gp[r * D + j] = g[r * 3 * D + (size_t)p * D + j];
+                cp[r * D + j] = c[r * 3 * D + (size_t)p * D + j];
+            }
+        char name[96];
+        snprintf(name, sizeof name, "%s.%s", what, part[p]);
+        check_norm(name, gp, cp, n, tol);
+    }
+    free(gp), free(cp);
+}
+
+static void flash_case(Backend *C, Backend *G, int B, int T, int H, int Dh) {
+    printf(" flash attention B=%d T=%d H=%d Dh=%d\n", B, T, H, Dh);
+    CHECK(backend_cuda_attention_is_flash(G, Dh), "the flash path does not apply to Dh=%d", Dh);
+    Rng r = rng_make(43, (uint64_t)B, (uint64_t)T, (uint64_t)(H * 1000 + Dh));
+    const int D = H * Dh;
+    const size_t ns = C->attention_saved_floats(C, B, T, H, Dh), ns_g = G->attention_saved_floats(G, B, T, H, Dh);
+    const size_t n_lse = attention_flash_lse_floats(B, T, H);
+    // LSE + bf16 O: B H T (1 + Dh/2) floats against the GEMM path's B H T^2 / 2 (smaller once T > Dh + 2)
+    CHECK(ns_g == attention_saved_floats_flash(B, T, H, Dh) && n_lse >= (size_t)B * H * T &&
+              ns_g == n_lse + ((size_t)B * T * D + 1) / 2,
+          "flash saved floats %zu (cpu probabilities %zu)", ns_g, ns);
+    Pair qkv = pair_new(C, G, (size_t)B * T * 3 * D, 0, 1, &r, 0);
+    Pair out = pair_new(C, G, (size_t)B * T * D, 0, 0, &r, 0), saved = pair_new(C, G, ns, 0, 0, &r, 0);
+    float *saved_g = G->alloc(G, sizeof(float) * ns_g);
+    C->attention_fwd(C, out.c, saved.c, qkv.c, B, T, H, Dh);
+    G->attention_fwd(G, out.g, saved_g, qkv.g, B, T, H, Dh);
+    float *go = pair_gpu_result(G, &out), *gs = dino_malloc(sizeof(float) * ns_g);
+    G->to_host(G, gs, saved_g, sizeof(float) * ns_g);
+    check_norm("flash_fwd.out", go, out.c, out.n, 8 * U_BF16);
+    // saved: LSE (base 2) and O in bf16
+    const float scale = 1.0f / sqrtf((float)Dh);
+    float *lse_c = dino_malloc(sizeof(float) * (size_t)B * H * T), *lse_g = dino_malloc(sizeof(float) * (size_t)B * H * T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                const float *q = qkv.h + ((size_t)b * T + i) * 3 * D + (size_t)h * Dh;
+                double mx = -INFINITY, sum = 0, *s = dino_malloc(sizeof(double) * T);
+                for (int j = 0; j < T; j++) {
+                    const float *k = qkv.h + ((size_t)b * T + j) * 3 * D + D + (size_t)h * Dh;
+                    double d = 0;
+                    for (int c = 0; c < Dh; c++) d += (double)q[c] * k[c];
+                    s[j] = d * scale;
+                    mx = s[j] > mx ? s[j] : mx;
+                }
+                for (int j = 0; j < T; j++) sum += exp(s[j] - mx);
+                free(s);
+                const size_t e = ((size_t)b * H + h) * T + i;
+                lse_c[e] = (float)(mx + log(sum));
+                lse_g[e] = gs[e] * (float)M_LN2;
+            }
+    check_norm("flash_fwd.saved_lse", lse_g, lse_c, (size_t)B * H * T, 8 * U_BF16);
+    float *o_g = dino_malloc(sizeof(float) * out.n);
+    const uint16_t *o16 = (const uint16_t *)(gs + n_lse);
+    for (size_t i = 0; i < out.n; i++) {
+        uint32_t bits = (uint32_t)o16[i] << 16;
+        memcpy(&o_g[i], &bits, 4);
+    }
+    check_norm("flash_fwd.saved_o", o_g, out.c, out.n, 8 * U_BF16);
+    // backward, each from its own saved state
+    Pair dout = pair_new(C, G, out.n, 0, 1, &r, 0), dqkv = pair_new(C, G, qkv.n, 9, 0, &r, 0);
+    C->attention_bwd(C, dqkv.c, dout.c, qkv.c, saved.c, B, T, H, Dh);
+    G->attention_bwd(G, dqkv.g, dout.g, qkv.g, saved_g, B, T, H, Dh);
+    float *gd = pair_gpu_result(G, &dqkv);
+    check_dqkv_parts("flash_bwd", gd, dqkv.c, B, T, D, 16 * U_BF16);
+    free(go), free(gs), free(gd), free(lse_c), free(lse_g), free(o_g);
+    G->release(G, saved_g);
+    Pair *all[] = {&qkv, &out, &saved, &dout, &dqkv};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
+}
+#endif
+
+TEST(flash_attention_dh64) {
+    if (emulating()) test_skip("the flash path is a cuda backend kernel (no CPU emulation)");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+#ifdef DINO_HAVE_CUDA
+    flash_case(C, G, 2, 37, 2, 64);  // ViT-S local crop (6x6 + cls): one KV tile, most of it padding
+    flash_case(C, G, 1, 65, 2, 64);  // one live row in the last query tile, one live column in the last KV tile
+    flash_case(C, G, 1, 261, 2, 64); // ViT-L global crop with 4 registers
+#endif
+    backend_free(C);
+    gpu_free(G);
+}
+
+TEST(flash_attention_dh128) {
+    if (emulating()) test_skip("the flash path is a cuda backend kernel (no CPU emulation)");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+#ifdef DINO_HAVE_CUDA
+    flash_case(C, G, 1, 37, 2, 128);
+    flash_case(C, G, 1, 65, 1, 128);
+    flash_case(C, G, 1, 261, 1, 128);
+#endif
+    backend_free(C);
+    gpu_free(G);
+}
+
+TEST(flash_attention_dh80_dh96_small) {
+    if (emulating()) test_skip("the flash path is a cuda backend kernel (no CPU emulation)");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+#ifdef DINO_HAVE_CUDA
+    flash_case(C, G, 1, 37, 2, 80); // the last group of O's columns is half full
+    flash_case(C, G, 1, 261, 1, 80);
+    flash_case(C, G, 1, 65, 1, 96);
+    flash_case(C, G, 2, 17, 3, 16); // the SSL-step test's tiny model (D 48, 3 heads): O's group is half full
+    flash_case(C, G, 1, 33, 2, 32);
+    flash_case(C, G, 3, 1, 2, 16); // one token: one live row and column (dq, dk are 0: compared absolutely)
+    flash_case(C, G, 2, 2, 1, 64);
+#endif
+    backend_free(C);
+    gpu_free(G);
+}
+
+// Flash against the batched-GEMM path on the same backend (the A/B switch), and flash reruns bit for bit
+// (no atomics: every output element has one writer, in a fixed order), also from unaligned inputs.
+TEST(flash_attention_matches_gemm_path) {
+    if (emulating()) test_skip("the flash path is a cuda backend kernel (no CPU emulation)");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+#ifdef DINO_HAVE_CUDA
+    const int B = 2, T = 50, H = 3, Dh = 64, D = H * Dh; // ViT-S/14 local crops (7x7 + cls), 3 heads
+    Rng r = rng_make(47, 0, 0, 0);
+    const size_t nq = (size_t)B * T * 3 * D, no = (size_t)B * T * D;
+    float *qkv_h = dino_malloc(sizeof(float) * nq), *dout_h = dino_malloc(sizeof(float) * no);
+    for (size_t i = 0; i < nq; i++) qkv_h[i] = (float)rng_normal(&r);
+    for (size_t i = 0; i < no; i++) dout_h[i] = (float)rng_normal(&r);
+    float *qkv = dual_upload(G, qkv_h, sizeof(float) * nq), *dout = dual_upload(G, dout_h, sizeof(float) * no);
+    // run 3 reads qkv and dO one float past a 16-byte boundary: the tile loads' scalar path, same bits
+    float *qkv_odd = G->alloc(G, sizeof(float) * (nq + 1)), *dout_odd = G->alloc(G, sizeof(float) * (no + 1));
+    G->to_device(G, qkv_odd + 1, qkv_h, sizeof(float) * nq);
+    G->to_device(G, dout_odd + 1, dout_h, sizeof(float) * no);
+    float *res_out[4], *res_dqkv[4];
+    const CudaAttention path[4] = {CUDA_ATTENTION_GEMM, CUDA_ATTENTION_FLASH, CUDA_ATTENTION_FLASH, CUDA_ATTENTION_FLASH};
+    for (int run = 0; run < 4; run++) {
+        const float *in = run == 3 ? qkv_odd + 1 : qkv, *din = run == 3 ? dout_odd + 1 : dout;
+        backend_cuda_set_attention(G, path[run]);
+        CHECK(backend_cuda_attention_is_flash(G, Dh) == (path[run] == CUDA_ATTENTION_FLASH), "the switch");
+        const size_t ns = G->attention_saved_floats(G, B, T, H, Dh);
+        float *out = G->alloc(G, sizeof(float) * no), *saved = G->alloc(G, sizeof(float) * ns);
+        float *dqkv = G->alloc(G, sizeof(float) * nq);
+        G->attention_fwd(G, out, saved, in, B, T, H, Dh);
+        G->attention_bwd(G, dqkv, din, in, saved, B, T, H, Dh);
+        res_out[run] = dino_malloc(sizeof(float) * no), res_dqkv[run] = dino_malloc(sizeof(float) * nq);
+        G->to_host(G, res_out[run], out, sizeof(float) * no);
+        G->to_host(G, res_dqkv[run], dqkv, sizeof(float) * nq);
+        G->release(G, out), G->release(G, saved), G->release(G, dqkv);
+    }
+    check_norm("flash vs gemm: out", res_out[1], res_out[0], no, 8 * U_BF16);
+    check_dqkv_parts("flash vs gemm", res_dqkv[1], res_dqkv[0], B, T, D, 16 * U_BF16);
+    CHECK(memcmp(res_out[1], res_out[2], sizeof(float) * no) == 0 &&
+              memcmp(res_dqkv[1], res_dqkv[2], sizeof(float) * nq) == 0,
+          "flash attention is not bit-identical on a rerun");
+    CHECK(memcmp(res_out[1], res_out[3], sizeof(float) * no) == 0 &&
+              memcmp(res_dqkv[1], res_dqkv[3], sizeof(float) * nq) == 0,
+          "flash attention on inputs that are not 16-byte aligned differs");
+    for (int run = 0; run < 4; run++) free(res_out[run]), free(res_dqkv[run]);
+    G->release(G, qkv), G->release(G, dout), G->release(G, qkv_odd), G->release(G, dout_odd);
+    free(qkv_h), free(dout_h);
+#endif
+    gpu_free(G);
+}
+
+// Times both paths (forward, backward) at ViT-L/14 shapes on a GPU: the A/B of the first GPU run
+// (tests.log of tools/gpu_check.sh), and checks they agree. Under the layer a tiny shape, once.
+TEST(attention_speed_flash_vs_gemm) {
+#ifndef DINO_HAVE_CUDA
+    test_skip("built without CUDA (no nvcc found)");
+#else
+    if (emulating()) test_skip("the CPU emulation has no device to time");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+#ifdef DINO_CUDAEMU
+    const int shapes[][4] = {{2, 37, 2, 64}}, iters = 1; // B, T, H, Dh
+#else
+    const int shapes[][4] = {{64, 261, 16, 64}, {256, 54, 16, 64}, {64, 257, 6, 64}, {32, 261, 8, 128}}, iters = 10;
+#endif
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int B = shapes[si][0], T = shapes[si][1], H = shapes[si][2], Dh = shapes[si][3], D = H * Dh;
+        const size_t nq = (size_t)B * T * 3 * D, no = (size_t)B * T * D;
+        Rng r = rng_make(53, (uint64_t)B, (uint64_t)T, (uint64_t)Dh);
+        float *qkv_h = dino_malloc(sizeof(float) * nq), *dout_h = dino_malloc(sizeof(float) * no);
+        for (size_t i = 0; i < nq; i++) qkv_h[i] = (float)rng_normal(&r);
+        for (size_t i = 0; i < no; i++) dout_h[i] = (float)rng_normal(&r);
+        float *qkv = dual_upload(G, qkv_h, sizeof(float) * nq), *dout = dual_upload(G, dout_h, sizeof(float) * no);
+        float *res[2];
+        const double flops_fwd = 4.0 * B * H * (double)T * T * Dh; // QK^T and PV
+        for (int pth = 0; pth < 2; pth++) {
+            backend_cuda_set_attention(G, pth ? CUDA_ATTENTION_FLASH : CUDA_ATTENTION_GEMM);
+            const size_t ns = G->attention_saved_floats(G, B, T, H, Dh);
+            float *out = G->alloc(G, sizeof(float) * no), *saved = G->alloc(G, sizeof(float) * ns);
+            float *dqkv = G->alloc(G, sizeof(float) * nq);
+            G->attention_fwd(G, out, saved, qkv, B, T, H, Dh); // warm-up
+            G->attention_bwd(G, dqkv, dout, qkv, saved, B, T, H, Dh);
+            G->sync(G);
+            double t0 = dino_wall_s();
+            for (int it = 0; it < iters; it++) G->attention_fwd(G, out, saved, qkv, B, T, H, Dh);
+            G->sync(G);
+            double t1 = dino_wall_s();
+            for (int it = 0; it < iters; it++) G->attention_bwd(G, dqkv, dout, qkv, saved, B, T, H, Dh);
+            G->sync(G);
+            double t2 = dino_wall_s();
+            const double f = (t1 - t0) / iters, bw = (t2 - t1) / iters;
+            printf("  attention %-5s B=%d T=%d H=%d Dh=%d: fwd %.3f ms (%.1f TFLOP/s), bwd %.3f ms (%.1f TFLOP/s), "
+                   "saved %.1f MB\n", pth ? "flash" : "gemm", B, T, H, Dh, 1e3 * f, flops_fwd / f * 1e-12, 1e3 * bw,
+                   2.5 * flops_fwd / bw * 1e-12, 4e-6 * ns);
+            res[pth] = dino_malloc(sizeof(float) * nq);
+            G->to_host(G, res[pth], dqkv, sizeof(float) * nq);
+            G->release(G, out), G->release(G, saved), G->release(G, dqkv);
+        }
+        check_dqkv_parts("speed case: flash vs gemm", res[1], res[0], B, T, D, 16 * U_BF16);
+        free(res[0]), free(res[1]), free(qkv_h), free(dout_h);
+        G->release(G, qkv), G->release(G, dout);
+    }
+    gpu_free(G);
+#endif
+}
+
+// DINO_ATTENTION picks the path at the backend's creation; a bad value is refused by name; the flash path
+// applies only with bf16 GEMMs and a head dim it has kernels for (the GEMM path otherwise, with its size).
+TEST(attention_switch_env_and_fallback) {
+#ifndef DINO_HAVE_CUDA
+    test_skip("built without CUDA (no nvcc found)");
+#else
+    if (emulating()) test_skip("the flash path is a cuda backend kernel (no CPU emulation)");
+    if (dino_cuda_device_count() == 0) test_skip("no CUDA device on this machine");
+    char err[DINO_ERRLEN] = "";
+    const char *old = getenv("DINO_ATTENTION");
+    char *saved_env = old ? strdup(old) : NULL;
+    setenv("DINO_ATTENTION", "fused", 1);
+    Backend *be = backend_cuda_new(0, err);
+    CHECK(be == NULL && strstr(err, "DINO_ATTENTION=fused") && strstr(err, "flash") && strstr(err, "gemm"),
+          "a bad DINO_ATTENTION: '%s'", err);
+    setenv("DINO_ATTENTION", "gemm", 1);
+    be = backend_cuda_new(0, err);
+    CHECK(be && !backend_cuda_attention_is_flash(be, 64), "DINO_ATTENTION=gemm: %s", err);
+    if (be) backend_cuda_free(be);
+    unsetenv("DINO_ATTENTION");
+    be = backend_cuda_new(0, err);
+    CHECK(be != NULL, "%s", err);
+    if (be) {
+        CHECK(backend_cuda_attention_is_flash(be, 64) && backend_cuda_attention_is_flash(be, 128) &&
+                  !backend_cuda_attention_is_flash(be, 48) && !backend_cuda_attention_is_flash(be, 3),
+              "flash by default for the head dims it has kernels for, only those");
+        CHECK(be->attention_saved_floats(be, 2, 257, 6, 64) == attention_saved_floats_flash(2, 257, 6, 64) &&
+                  be->attention_saved_floats(be, 2, 257, 6, 48) == attention_saved_floats_cuda(2, 257, 6, 1),
+              "saved sizes follow the path");
+        backend_cuda_set_gemm_precision(be, CUDA_GEMM_FP32);
+        CHECK(!backend_cuda_attention_is_flash(be, 64), "fp32 GEMMs keep the (fp32) GEMM path");
+        backend_cuda_free(be);
+    }
+    if (saved_env) setenv("DINO_ATTENTION", saved_env, 1), free(saved_env);
+#endif
 }
 
 // ---- rotary position embedding (the DINOv3 ViT) ----------------------------------------------------
@@ -876,6 +1148,11 @@ static void vit_parity_vs(const char *ffn, int registers, float drop, int fp32, 
                           double tol_emu) {
     Backend *G = gpu_backend(fp32 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16);
     Backend *C = vs_emulation ? emulated_backend(CUDA_GEMM_BF16, "rn") : backend_cpu_new();
+#ifdef DINO_HAVE_CUDA
+    // the emulation models the batched-GEMM attention's rounding points (the flash path's differ: with it
+    // the SSL steps' register tokens land at 1.6x the quarter bound)
+    if (vs_emulation && !emulating()) backend_cuda_set_attention(G, CUDA_ATTENTION_GEMM);
+#endif
     VitConfig cfg;
     char err[DINO_ERRLEN];
     // vit_tiny's width and heads (D=192, H=3, Dh=64), 3 blocks, patch 14, trained at 98 px
@@ -1050,6 +1327,10 @@ static void act_pair_free(Backend *C, Backend *G, ActPair *p) { C->release(C, p-
 
 TEST(bf16_activation_ops_match_cpu_emulation) {
     Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = emulated_backend(CUDA_GEMM_BF16, "rn");
+#ifdef DINO_HAVE_CUDA
+    // the emulation models the batched-GEMM attention's rounding points; the flash path: its own check below
+    if (!emulating()) backend_cuda_set_attention(G, CUDA_ATTENTION_GEMM);
+#endif
     Rng r = rng_make(131, 0, 0, 0);
     const int B = 2, T = 37, H = 2, Dh = 32, D = H * Dh, Hf = 96, rows = B * T, N = 30;
     const float ws = 1.0f / sqrtf((float)D);
@@ -1119,8 +1400,8 @@ TEST(bf16_activation_ops_match_cpu_emulation) {
     Pair sn = pair_new(C, G, (size_t)N * Dh, 0, 0.7f, &r, 0), cs = pair_new(C, G, (size_t)N * Dh, 0, 0.7f, &r, 0);
     C->rope_fwd(C, qkv.c, sn.c, cs.c, B, T, N, H, Dh), G->rope_fwd(G, qkv.g, sn.g, cs.g, B, T, N, H, Dh);
     check_act("rope_fwd (in place)", C, G, &qkv);
-    float *sc = C->alloc(C, sizeof(float) * C->attention_saved_floats(C, B, T, H));
-    float *sg = G->alloc(G, sizeof(float) * G->attention_saved_floats(G, B, T, H));
+    float *sc = C->alloc(C, sizeof(float) * C->attention_saved_floats(C, B, T, H, Dh));
+    float *sg = G->alloc(G, sizeof(float) * G->attention_saved_floats(G, B, T, H, Dh));
     C->attention_fwd(C, att.c, sc, qkv.c, B, T, H, Dh), G->attention_fwd(G, att.g, sg, qkv.g, B, T, H, Dh);
     check_act("attention_fwd.out", C, G, &att);
     C->attention_bwd(C, dqkv.c, dln.c, qkv.c, sc, B, T, H, Dh), G->attention_bwd(G, dqkv.g, dln.g, qkv.g, sg, B, T, H, Dh);
@@ -1128,6 +1409,34 @@ TEST(bf16_activation_ops_match_cpu_emulation) {
     C->rope_bwd(C, dqkv.c, sn.c, cs.c, B, T, N, H, Dh), G->rope_bwd(G, dqkv.g, sn.g, cs.g, B, T, N, H, Dh);
     check_act("rope_bwd (in place)", C, G, &dqkv);
     C->release(C, sc), G->release(G, sg);
+#ifdef DINO_HAVE_CUDA
+    if (!emulating()) { // the flash path on bf16 buffers: the fp32-buffer run's outputs rounded once, bit for bit
+        backend_cuda_set_attention(G, CUDA_ATTENTION_FLASH); // (it rounds Q, K, V, dO to bf16 as it loads them)
+        const size_t nq = qkv.n, no = att.n;
+        float *h = dino_malloc(sizeof(float) * nq), *o16 = dino_malloc(sizeof(float) * nq);
+        float *o32 = dino_malloc(sizeof(float) * nq);
+        float *q32 = G->alloc(G, sizeof(float) * nq), *a32 = G->alloc(G, sizeof(float) * no);
+        float *d32 = G->alloc(G, sizeof(float) * no), *dq32 = G->alloc(G, sizeof(float) * nq);
+        float *s32 = G->alloc(G, sizeof(float) * G->attention_saved_floats(G, B, T, H, Dh));
+        float *s16 = G->alloc(G, sizeof(float) * G->attention_saved_floats(G, B, T, H, Dh));
+        G->to_host(G, h, qkv.g, sizeof(float) * nq), G->to_device(G, q32, h, sizeof(float) * nq);
+        G->to_host(G, h, dln.g, sizeof(float) * no), G->to_device(G, d32, h, sizeof(float) * no);
+        G->attention_fwd(G, a32, s32, q32, B, T, H, Dh), G->attention_fwd(G, att.g, s16, qkv.g, B, T, H, Dh);
+        G->attention_bwd(G, dq32, d32, q32, s32, B, T, H, Dh), G->attention_bwd(G, dqkv.g, dln.g, qkv.g, s16, B, T, H, Dh);
+        const char *what[2] = {"flash attention_fwd.out", "flash attention_bwd.dqkv"};
+        for (int k = 0; k < 2; k++) {
+            const size_t n = k ? nq : no;
+            G->to_host(G, o32, k ? dq32 : a32, sizeof(float) * n), G->to_host(G, o16, k ? dqkv.g : att.g, sizeof(float) * n);
+            size_t diff = 0;
+            for (size_t i = 0; i < n; i++) diff += bf16_round(o32[i]) != o16[i];
+            printf("  %-34s n=%-7zu differ from bf16(fp32-buffer run): %zu\n", what[k], n, diff);
+            CHECK(diff == 0, "%s: %zu of %zu elements differ from the fp32-buffer run rounded to bf16", what[k], diff, n);
+        }
+        float *bufs[] = {q32, a32, d32, dq32, s32, s16};
+        for (int i = 0; i < 6; i++) G->release(G, bufs[i]);
+        free(h), free(o16), free(o32);
+    }
+#endif
     ActPair *ap[] = {&x, &h1, &h2, &dh, &dx, &sw, &dsw, &dln, &qkv, &dqkv, &att};
     for (size_t i = 0; i < sizeof ap / sizeof ap[0]; i++) act_pair_free(C, G, ap[i]);
     Pair *pp[] = {&W, &b, &dW, &db, &dh32, &xs, &lw, &lb, &mean, &rstd, &dxs, &dlw, &dlb, &gam, &dgam, &sn, &cs};
@@ -1486,11 +1795,12 @@ static void ssl_parity_run(Backend *be, const SslConfig *cfg, const float *gcrop
 }
 
 // vs_emulation: the reference is the CPU's bf16 emulation (as vit_parity_vs), at the loss bound tol_emu
-// (both steps) instead of 8u / 16u, and a quarter of the parameter bound. Measured under the execution
-// layer on this tiny model: losses equal to 1e-7, parameters at 1e-6 of the bound (the layer's cuBLAS sums
-// in order, as the CPU at these depths; a GPU's tensor cores sum in their own order, and the flips that
-// tips compound, as in vit_bf16_gpu_matches_cpu_emulation, to a fraction of u). The fp32 CPU is 6u off
-// at step 2 and at 2x the quarter bound in the parameters: this bound tells the emulation from it.
+// (both steps) instead of 8u / 16u, and a third of the parameter bound; the GPU on the batched-GEMM
+// attention, whose rounding points the emulation models. Measured under the execution layer: losses
+// within 1e-4 relative (0.16 of 2u), parameters at 0.63 of the bound (the register tokens, whose
+// gradients are small); the fp32 CPU is 6u off in the losses at step 2 and at 1.6x this parameter bound,
+// a reference without the storage rounding fails it too: the bound tells the emulation from them. A
+// GPU's tensor cores sum in their own order: recalibrate from its ratios as docs/cuda-backend.md says.
 static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, int vs_emulation, double tol_emu);
 static void ssl_parity(Centering centering, int use_kde, int fp32, int gram) {
     ssl_parity_vs(centering, use_kde, fp32, gram, 0, 0);
@@ -1498,6 +1808,11 @@ static void ssl_parity(Centering centering, int use_kde, int fp32, int gram) {
 static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, int vs_emulation, double tol_emu) {
     Backend *G = gpu_backend(fp32 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16);
     Backend *C = vs_emulation ? emulated_backend(CUDA_GEMM_BF16, "rn") : backend_cpu_new();
+#ifdef DINO_HAVE_CUDA
+    // the emulation models the batched-GEMM attention's rounding points (the flash path's differ: with it
+    // the SSL steps' register tokens land at 1.6x the quarter bound)
+    if (vs_emulation && !emulating()) backend_cuda_set_attention(G, CUDA_ATTENTION_GEMM);
+#endif
     char err[DINO_ERRLEN];
     VitConfig vc;
     const int B = 4, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P);
@@ -1537,7 +1852,7 @@ static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, 
     ssl_parity_run(C, &cfg, gcrops, lcrops, gram_crops, masks, init, &rc);
     ssl_parity_run(G, &cfg, gcrops, lcrops, gram_crops, masks, NULL, &rg);
     double tol_p = fp32 ? 1e-5 : 16 * U_BF16, frac = fp32 ? 0.05 : 0.5;
-    if (vs_emulation) tol_p = 4 * U_BF16, frac = 0.125; // a quarter of the fp32 comparison's
+    if (vs_emulation) tol_p = 16 * U_BF16 / 3, frac = 0.5 / 3; // a third of the fp32 comparison's
     const char *names[6] = {"dino_local", "dino_global", "koleo/kde", "ibot", "total", "gram"};
     for (int it = 0; it < 2; it++)
         for (int k = 0; k < (gram ? 6 : 5); k++) {

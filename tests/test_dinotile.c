@@ -6,6 +6,7 @@
 #include "data/decode.h"
 #include "data/shard.h"
 #include "data/tiler.h"
+#include "data/tissue.h"
 #include "data/wsi.h"
 #include "tests/harness.h"
 
@@ -199,4 +200,53 @@ TEST(dinotile_program_refuses_then_tiles_then_skips_done) {
     CHECK(strstr(output, "already done") && strstr(output, "2 skipped"), "re-run did not skip:\n%s", output);
     snprintf(cmd, sizeof cmd, "./dinotile -o %s/tiles --quality 0 %s 2>&1", out, tcga);
     CHECK(run(cmd, output, sizeof output) == 2 && strstr(output, "--quality"), "bad option:\n%s", output);
+}
+
+// dinotile --hsv-filter (Midnight's per-tile filter): with min_tissue 0 every grid cell is a candidate;
+// the filter drops the glass, every kept tile passes it, the counts add up and the marker records them.
+TEST(hsv_filter_drops_tiles_and_counts_them) {
+    const char *slide = slide_path("CMU-1-Small-Region.svs");
+    const char *out = test_tmpdir();
+    TileOptions o;
+    tile_options_default(&o);
+    o.tile_size = 64;
+    o.mpp = 2.0;
+    o.min_tissue = 0;
+    o.hsv.min_fraction = 0.6;
+    TileSummary sum;
+    char err[DINO_ERRLEN];
+    CHECK(tile_slide(slide, out, &o, NULL, NULL, &sum, err) == 0, "%s", err);
+    CHECK(sum.kept_tiles + sum.hsv_rejected == sum.grid_tiles, "kept %lld + rejected %lld != grid %lld",
+          (long long)sum.kept_tiles, (long long)sum.hsv_rejected, (long long)sum.grid_tiles);
+    CHECK(sum.hsv_rejected > 0.3 * sum.grid_tiles && sum.kept_tiles > 0.15 * sum.grid_tiles, "kept %lld rejected %lld",
+          (long long)sum.kept_tiles, (long long)sum.hsv_rejected);
+    char path[4300];
+    snprintf(path, sizeof path, "%s/CMU-1-Small-Region-00000.dtshard", out);
+    Shard *s = shard_open(path, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    int low = 0;
+    for (int64_t i = 0; i < shard_count(s); i++) {
+        const uint8_t *p;
+        size_t len;
+        Image im;
+        CHECK(shard_record(s, i, NULL, &p, &len, err) == 0 && decode_image_mem(p, len, 0, &im, err) == 0, "%s", err);
+        low += tissue_hsv_fraction(&im, &o.hsv) < 0.55; // JPEG may move a tile at the threshold a little
+        image_free(&im);
+    }
+    CHECK(low == 0, "%d kept tiles fail the filter", low);
+    shard_close(s);
+    snprintf(path, sizeof path, "%s/CMU-1-Small-Region.done", out);
+    FILE *f = fopen(path, "r");
+    char text[2048] = "";
+    CHECK(f && fread(text, 1, sizeof text - 1, f) > 0, "no marker");
+    if (f) fclose(f);
+    char want[64];
+    snprintf(want, sizeof want, "hsv_rejected=%lld\n", (long long)sum.hsv_rejected);
+    CHECK(strstr(text, "hsv_min_fraction=0.600") && strstr(text, want), "marker:\n%s", text);
+    if (access("./dinotile", X_OK) == 0) {
+        static char cmd[8192], output[8192];
+        snprintf(cmd, sizeof cmd, "./dinotile -o %s/t2 --hsv-filter 1.5 %s 2>&1", out, slide);
+        CHECK(run(cmd, output, sizeof output) == 2 && strstr(output, "--hsv-filter"), "bad value:\n%s", output);
+    }
 }

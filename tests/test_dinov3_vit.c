@@ -9,6 +9,7 @@
 #include "model/backend.h"
 #include "model/rope.h"
 #include "tests/gradcheck.h"
+#include "tests/vit_gradcheck.h"
 
 // ---- the rope op ----------------------------------------------------------------------------------
 
@@ -128,19 +129,10 @@ TEST(rope_config_errors_name_the_key) {
 #include "common/safetensors.h"
 #include "model/params.h"
 #include "model/vit.h"
+#include "tests/fixture_util.h"
 
 #define PARITY_TOL 1e-4
 
-static const char *meta_req(const StFile *f, const char *key) {
-    const char *v = st_meta(f, key);
-    if (!v) {
-        test_fail_at(__FILE__, __LINE__, "fixture metadata lacks '%s'", key);
-        exit(1);
-    }
-    return v;
-}
-static int meta_int(const StFile *f, const char *key) { return atoi(meta_req(f, key)); }
-static double meta_double(const StFile *f, const char *key) { return strtod(meta_req(f, key), NULL); }
 static int meta_group_int(const StFile *f, int k, const char *what) {
     char key[64];
     snprintf(key, sizeof key, "g%d.%s", k, what);
@@ -174,69 +166,16 @@ static void config_from_fixture(const StFile *f, VitConfig *c) {
     c->untie_global_and_local_cls_norm = meta_int(f, "untie_global_and_local_cls_norm");
 }
 
-static const StTensor *get_typed(const StFile *f, const char *name, StDtype dt, size_t bytes) {
-    const StTensor *t = st_get(f, name);
-    CHECK(t != NULL, "fixture lacks tensor %s", name);
-    if (!t) return NULL;
-    CHECK(t->dtype == dt && t->nbytes == bytes, "%s: expected %zu bytes of dtype %d, got %zu of %d", name, bytes,
-          (int)dt, t->nbytes, (int)t->dtype);
-    return t->dtype == dt && t->nbytes == bytes ? t : NULL;
-}
-
-// max|c - ref| / max|ref|
-static double rel_err(const float *c, const float *ref, size_t n, double *maxabs_out) {
-    double maxdiff = 0, maxabs = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)c[i] - (double)ref[i]);
-        if (!(d <= maxdiff)) maxdiff = d;
-        if (fabs(ref[i]) > maxabs) maxabs = fabs(ref[i]);
-    }
-    if (maxabs_out) *maxabs_out = maxabs;
-    return maxabs > 0 ? maxdiff / maxabs : maxdiff;
-}
-
-static int same_shape_squeezed(const int64_t *a, int na, const int64_t *b, int nb) {
-    while (na > 0 && a[0] == 1) a++, na--;
-    while (nb > 0 && b[0] == 1) b++, nb--;
-    if (na != nb) return 0;
-    for (int i = 0; i < na; i++)
-        if (a[i] != b[i]) return 0;
-    return 1;
-}
-
 static void run_fixture(const char *name, VitActsMode mode) {
-    char path[256], err[DINO_ERRLEN] = "";
+    char path[256];
     snprintf(path, sizeof path, "tests/fixtures/dinov3_vit_%s.safetensors", name);
     StFile f;
-    if (st_open(&f, test_src_path(path), err) != 0) {
-        CHECK(0, "%s", err);
-        return;
-    }
     VitConfig cfg;
-    config_from_fixture(&f, &cfg);
-    CHECK(vit_config_check(&cfg, err) == 0, "fixture config refused: %s", err);
-    Backend *be = backend_cpu_new();
     ParamTable tab;
-    param_table_init(&tab);
     Vit vit;
-    vit_build(&vit, &cfg, &tab, "");
-    // every C tensor is in the fixture under the same (official) name, and every fixture weight in the table
-    float *P = dino_calloc(tab.total, sizeof(float));
-    for (int i = 0; i < tab.n; i++) {
-        const TensorSpec *s = &tab.t[i];
-        const StTensor *t = get_typed(&f, s->name, ST_F32, s->numel * sizeof(float));
-        if (!t) continue;
-        CHECK(same_shape_squeezed(s->shape, s->ndim, t->shape, t->ndim), "%s: shape differs", s->name);
-        memcpy(P + s->offset, t->data, t->nbytes);
-    }
-    int n_weights = 0;
-    for (int i = 0; i < f.n; i++) {
-        const char *n = f.t[i].name;
-        if (strncmp(n, "in.", 3) == 0 || strncmp(n, "out.", 4) == 0 || strncmp(n, "grad.", 5) == 0) continue;
-        n_weights++;
-        CHECK(param_find(&tab, n) != NULL, "official tensor %s has no counterpart in the C model", n);
-    }
-    CHECK(n_weights == tab.n, "the transcription has %d tensors, the C model %d", n_weights, tab.n);
+    Backend *be = vit_fixture_open(path, config_from_fixture, &f, &cfg, &tab, &vit);
+    if (!be) return;
+    float *P = fixture_weights(&f, &tab);
     float *dP = be->alloc(be, sizeof(float) * tab.total), *dG = be->alloc(be, sizeof(float) * tab.total);
     be->to_device(be, dP, P, sizeof(float) * tab.total);
 
@@ -251,15 +190,15 @@ static void run_fixture(const char *name, VitActsMode mode) {
         const int g = crop / cfg.patch, N = g * g, T = 1 + cfg.n_registers + N;
         const size_t nx = (size_t)B * T * D;
         snprintf(key, sizeof key, "in.g%d.images", k);
-        const StTensor *img = get_typed(&f, key, ST_F32, sizeof(float) * B * 3 * crop * crop);
+        const StTensor *img = fixture_tensor(&f, key, ST_F32, sizeof(float) * B * 3 * crop * crop);
         snprintf(key, sizeof key, "out.g%d.x_norm", k);
-        const StTensor *xref = get_typed(&f, key, ST_F32, sizeof(float) * nx);
+        const StTensor *xref = fixture_tensor(&f, key, ST_F32, sizeof(float) * nx);
         snprintf(key, sizeof key, "in.g%d.d_xnorm", k);
-        const StTensor *dxn = get_typed(&f, key, ST_F32, sizeof(float) * nx);
+        const StTensor *dxn = fixture_tensor(&f, key, ST_F32, sizeof(float) * nx);
         snprintf(key, sizeof key, "out.g%d.rope_sin", k);
-        const StTensor *ts = get_typed(&f, key, ST_F32, sizeof(float) * cfg.depth * N * Dh);
+        const StTensor *ts = fixture_tensor(&f, key, ST_F32, sizeof(float) * cfg.depth * N * Dh);
         snprintf(key, sizeof key, "out.g%d.rope_cos", k);
-        const StTensor *tc = get_typed(&f, key, ST_F32, sizeof(float) * cfg.depth * N * Dh);
+        const StTensor *tc = fixture_tensor(&f, key, ST_F32, sizeof(float) * cfg.depth * N * Dh);
         if (!img || !xref || !dxn || !ts || !tc) goto done;
         snprintf(key, sizeof key, "in.g%d.masks", k);
         const StTensor *mask = st_get(&f, key);
@@ -319,18 +258,10 @@ static void run_fixture(const char *name, VitActsMode mode) {
     for (int k = 0; k < n_groups && k < 4; k++) vit_backward(be, &vit, dP, dG, acts[k], d_dx[k]);
     float *G = dino_malloc(sizeof(float) * tab.total);
     be->to_host(be, G, dG, sizeof(float) * tab.total);
-    double worst_g = 0;
-    const char *worst_name = "";
+    const char *worst_name;
+    const double worst_g = fixture_check_grads(&f, &tab, G, name, PARITY_TOL, &worst_name);
     for (int i = 0; i < tab.n; i++) {
         const TensorSpec *s = &tab.t[i];
-        char gname[PARAM_NAME_MAX + 8];
-        snprintf(gname, sizeof gname, "grad.%s", s->name);
-        const StTensor *t = get_typed(&f, gname, ST_F32, s->numel * sizeof(float));
-        if (!t) continue;
-        double maxabs, e = rel_err(G + s->offset, t->data, s->numel, &maxabs);
-        CHECK(maxabs > 0, "%s: reference gradient is all zeros: the fixture cannot test it", gname);
-        CHECK(e <= PARITY_TOL, "%s %s: rel err %.3e > %.0e (max|ref| %.3g)", name, gname, e, PARITY_TOL, maxabs);
-        if (!(e <= worst_g)) worst_g = e, worst_name = s->name;
         if (strstr(s->name, "attn.qkv.bias") && cfg.mask_k_bias)
             for (int j = D; j < 2 * D; j++)
                 CHECK(G[s->offset + j] == 0.0f, "%s: the masked k bias got a gradient", s->name);
@@ -346,10 +277,7 @@ done:
     }
     be->release(be, dP), be->release(be, dG);
     free(P);
-    vit_free(&vit);
-    param_table_free(&tab);
-    backend_free(be);
-    st_close(&f);
+    vit_fixture_close(be, &f, &tab, &vit);
 }
 
 // patch 4, 2 storage tokens, SwiGLU64, masked k bias, local CLS norm, layernormbf16, rescale 2 per block
@@ -361,27 +289,6 @@ TEST(parity_droppath_both_untied_recompute) { run_fixture("droppath_both_untied"
 TEST(parity_swiglu64_untied_rescale_recompute) { run_fixture("swiglu64_untied_rescale", VIT_ACTS_RECOMPUTE); }
 
 // ---- finite differences of the whole DINOv3 ViT -------------------------------------------------------
-
-typedef struct {
-    Backend *be;
-    Vit vit;
-    float *P;
-    int B[2], crop[2];
-    VitActs *acts[2];
-    float *img[2], *wout[2];
-    uint8_t *mask[2];
-    int *subsets[2];
-} V3Ctx;
-
-static double v3_loss(void *vctx) {
-    V3Ctx *c = vctx;
-    double s = 0;
-    for (int g = 0; g < 2; g++) {
-        const float *xn = vit_forward(c->be, &c->vit, c->P, c->acts[g], c->img[g], c->mask[g], c->subsets[g]);
-        s += gc_dot(xn, c->wout[g], (size_t)c->B[g] * vit_acts_tokens(c->acts[g]) * c->vit.cfg.dim);
-    }
-    return s;
-}
 
 // Storage tokens, RoPE with per-block rescale/shift/jitter draws, SwiGLU32 (w1|w2 as one Linear), masked k
 // bias, both CLS norms untied (the second group local), iBOT masks, stochastic depth, two crop sizes.
@@ -398,21 +305,14 @@ TEST(grad_dinov3_vit_finite_differences) {
     cfg.rope = 1;
     cfg.rope_cfg = (RopeConfig){.base = 100.0, .shift = 0.2, .jitter = 1.3, .rescale = 2.0};
     cfg.mask_k_bias = cfg.untie_cls_and_patch_norms = cfg.untie_global_and_local_cls_norm = 1;
-    V3Ctx c = {.be = be, .B = {3, 3}, .crop = {12, 8}};
+    VitCtx c = {.be = be, .n_groups = 2, .B = {3, 3}, .crop = {12, 8}};
     ParamTable tab;
     param_table_init(&tab);
     vit_build(&c.vit, &cfg, &tab, "backbone.");
     c.P = calloc(tab.total, sizeof(float));
     float *G = calloc(tab.total, sizeof(float));
     Rng r = rng_make(21, 0, 0, 0);
-    for (int i = 0; i < tab.n; i++) {
-        const TensorSpec *t = &tab.t[i];
-        const int is_norm_w = strstr(t->name, "norm") && strstr(t->name, "weight");
-        for (size_t j = 0; j < t->numel; j++)
-            c.P[t->offset + j] = is_norm_w ? 1.0f + 0.2f * (float)rng_normal(&r)
-                                 : strstr(t->name, ".ls") ? 0.5f + 0.2f * (float)rng_normal(&r)
-                                                          : 0.3f * (float)rng_normal(&r);
-    }
+    vit_random_weights(&tab, c.P, &r);
     RopeAug aug[2];
     for (int g = 0; g < 2; g++) {
         const int B = c.B[g], S = c.crop[g], N = (S / 4) * (S / 4);
@@ -435,22 +335,7 @@ TEST(grad_dinov3_vit_finite_differences) {
         c.subsets[g] = malloc(sizeof(int) * cfg.depth * 2 * k);
         vit_draw_drop_subsets(&c.vit, B, rng_make(9, (uint64_t)g, 0, 0), c.subsets[g]);
     }
-    for (int g = 0; g < 2; g++) {
-        vit_forward(be, &c.vit, c.P, c.acts[g], c.img[g], c.mask[g], c.subsets[g]);
-        vit_backward(be, &c.vit, c.P, G, c.acts[g], c.wout[g]);
-    }
-    for (int i = 0; i < tab.n; i++) {
-        const TensorSpec *t = &tab.t[i];
-        gradcheck(t->name, v3_loss, &c, c.P + t->offset, G + t->offset, t->numel, 12, 1e-2f, 2e-3, 2e-2, &r);
-    }
-    for (int g = 0; g < 2; g++) {
-        vit_acts_free(be, c.acts[g]);
-        free(c.img[g]), free(c.wout[g]), free(c.mask[g]), free(c.subsets[g]);
-    }
-    free(c.P), free(G);
-    vit_free(&c.vit);
-    param_table_free(&tab);
-    backend_free(be);
+    vit_gradcheck_and_free(&c, &tab, G, &r);
 }
 
 // The official names, shapes and the ViT-L/16 distilled parameter count; configurations that cannot work.
@@ -508,6 +393,7 @@ TEST(dinov3_names_and_refusals) {
 
 #include "dist/dist.h"
 #include "tests/synth_files.h"
+#include "tests/test_util.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/train.h"
@@ -568,19 +454,6 @@ TEST(config_keys_select_the_dinov3_vit) {
           "min/max periods not carried");
 }
 
-static const char *make_tiles(const char *tmp, int n) {
-    static char spec[4300];
-    char dir[4200], path[4300];
-    snprintf(dir, sizeof dir, "%s/tiles", tmp);
-    mkdir(dir, 0755);
-    for (int i = 0; i < n; i++) {
-        snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
-        write_synth_jpeg(path, 11, i, 4, 64);
-    }
-    snprintf(spec, sizeof spec, "folder:%s", dir);
-    return spec;
-}
-
 static void tiny_dinov3_config(Config *cfg, const char *tiles, const char *out) {
     char err[DINO_ERRLEN], src[4300], outkv[4300];
     snprintf(src, sizeof src, "data.sources=[%s]", tiles);
@@ -601,12 +474,7 @@ static void tiny_dinov3_config(Config *cfg, const char *tiles, const char *out) 
 }
 
 static int run(const Config *cfg, int64_t max_it, TrainResult *res, char *err) {
-    Dist d;
-    CHECK(dist_init(&d, 0, err) == 0, "%s", err);
-    TrainOptions opt = {.max_iterations = max_it, .quiet = 1};
-    int rc = train_run(cfg, &d, &opt, res, err);
-    dist_finalize(&d);
-    return rc;
+    return run_trainer(cfg, max_it, 1, res, err);
 }
 
 // A DINOv3-ViT run (RoPE with per-block augmentation, storage tokens, untied local CLS norm, masked k bias)
@@ -614,7 +482,7 @@ static int run(const Config *cfg, int64_t max_it, TrainResult *res, char *err) {
 // come from the step's key, not from state).
 TEST(trainer_runs_and_resumes_the_dinov3_vit) {
     const char *tmp = test_tmpdir();
-    char outa[4200], outb[4200], ca[4300], cb[4300];
+    char outa[4200], outb[4200], ca[4300];
     const char *spec = make_tiles(tmp, 16);
     snprintf(outa, sizeof outa, "%s/a", tmp);
     snprintf(outb, sizeof outb, "%s/b", tmp);
@@ -627,24 +495,16 @@ TEST(trainer_runs_and_resumes_the_dinov3_vit) {
           (long long)res.end_iteration, res.last_total_loss);
     snprintf(ca, sizeof ca, "%s", res.last_checkpoint);
     tiny_dinov3_config(&cfg, spec, outb);
-    CHECK(run(&cfg, 5, &res, err) == 0, "%s", err);
-    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
-    CHECK(res.start_iteration == 5 && res.end_iteration == 8, "resumed %lld..%lld", (long long)res.start_iteration,
-          (long long)res.end_iteration);
-    snprintf(cb, sizeof cb, "%s", res.last_checkpoint);
-    Ckpt a, b;
+    check_resume_equals(&cfg, 5, 8, ca);
+    Ckpt a;
     CHECK(ckpt_open(&a, ca, err) == 0, "%s", err);
-    CHECK(ckpt_open(&b, cb, err) == 0, "%s", err);
-    int n_diff = 0, n_seen = 0;
+    int n_seen = 0;
     for (int i = 0; i < a.st.n; i++) {
-        const StTensor *ta = &a.st.t[i], *tb = st_get(&b.st, ta->name);
-        CHECK(tb && tb->nbytes == ta->nbytes, "%s missing or resized", ta->name);
-        if (tb && tb->nbytes == ta->nbytes && memcmp(ta->data, tb->data, ta->nbytes)) n_diff++;
-        n_seen += strstr(ta->name, "storage_tokens") || strstr(ta->name, "local_cls_norm.weight") ||
-                  strstr(ta->name, "blocks.1.mlp.w2.weight");
-        CHECK(!strstr(ta->name, "pos_embed") && !strstr(ta->name, "register_tokens"), "DINOv2 name %s", ta->name);
+        const char *name = a.st.t[i].name;
+        n_seen += strstr(name, "storage_tokens") || strstr(name, "local_cls_norm.weight") ||
+                  strstr(name, "blocks.1.mlp.w2.weight");
+        CHECK(!strstr(name, "pos_embed") && !strstr(name, "register_tokens"), "DINOv2 name %s", name);
     }
-    CHECK(n_diff == 0, "%d tensors differ after resuming", n_diff);
     CHECK(n_seen >= 3, "official DINOv3 names missing from the checkpoint (%d seen)", n_seen);
-    ckpt_close(&a), ckpt_close(&b);
+    ckpt_close(&a);
 }

@@ -20,6 +20,7 @@
 #include "train/train.h"
 #include "tests/harness.h"
 #include "tests/synth_files.h"
+#include "tests/test_util.h"
 
 static void write_file(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
@@ -37,11 +38,7 @@ static void write_file(const char *path, const char *text) {
 static void make_teacher_and_students(const char *tmp) {
     char dir[4200], path[4300], text[8192];
     snprintf(dir, sizeof dir, "%s/tiles", tmp);
-    mkdir(dir, 0755);
-    for (int i = 0; i < 16; i++) {
-        snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
-        write_synth_jpeg(path, 3, i, 4, 64);
-    }
+    write_tile_folder(dir, 3, 16);
     snprintf(path, sizeof path, "%s/teacher.yaml", tmp);
     snprintf(text, sizeof text,
              "base: %s\n"
@@ -136,23 +133,6 @@ static int run_distill(const char *main_path, int64_t max_it, TrainResult *res, 
     return rc;
 }
 
-static void check_same_checkpoint(const char *a, const char *b) {
-    Ckpt ca, cb;
-    char err[DINO_ERRLEN];
-    CHECK(ckpt_open(&ca, a, err) == 0, "%s", err);
-    CHECK(ckpt_open(&cb, b, err) == 0, "%s", err);
-    CHECK(ca.st.n == cb.st.n && ca.st.n > 10, "tensor counts %d vs %d", ca.st.n, cb.st.n);
-    int diff = 0;
-    for (int i = 0; i < ca.st.n; i++) {
-        const StTensor *ta = &ca.st.t[i], *tb = st_get(&cb.st, ta->name);
-        if (!tb || tb->nbytes != ta->nbytes || memcmp(ta->data, tb->data, ta->nbytes) != 0)
-            if (diff++ < 5) test_fail_at(__FILE__, __LINE__, "tensor %s differs", ta->name);
-    }
-    CHECK(diff == 0, "%d tensors differ", diff);
-    ckpt_close(&ca);
-    ckpt_close(&cb);
-}
-
 // dinoexport on a student's output dir, then dinoembed of the tiles with the export.
 static void export_and_embed(const char *tmp, const char *student_dir, const char *tag) {
     char cmd[16384], out[4300];
@@ -199,33 +179,12 @@ TEST(one_student_on_one_rank_resumes_bit_exact_exports_and_embeds) {
     export_and_embed(tmp, dir, "small");
 }
 
-static void need_mpirun(void) {
-#ifndef DINO_HAVE_MPI
-    test_skip("built without MPI");
-#else
-    if (system("mpirun --version > /dev/null 2>&1") != 0) test_skip("mpirun not found");
-#endif
-}
-
 static int mpirun_dinotrain(const char *tmp, const char *main_file, const char *args, const char *log) {
     char cmd[16384];
     snprintf(cmd, sizeof cmd,
-             "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout -k 5 300 mpirun "
-             "--allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader "
-             "--mca btl_vader_single_copy_mechanism none --mca pml ob1 -x OMP_NUM_THREADS -n 2 "
-             "./dinotrain %s %s/%s > %s/%s 2>&1",
+             "OMP_NUM_THREADS=1 " TEST_MPIRUN " -n 2 ./dinotrain %s %s/%s > %s/%s 2>&1",
              args, tmp, main_file, tmp, log);
     return system(cmd);
-}
-
-static void show(const char *path) {
-    char buf[8192];
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    fprintf(stderr, "---- %s ----\n%s\n", path, buf);
 }
 
 TEST(two_students_of_different_sizes_on_two_ranks) {
@@ -238,11 +197,11 @@ TEST(two_students_of_different_sizes_on_two_ranks) {
     snprintf(log, sizeof log, "%s/m1.log", tmp);
     // 2 iterations, stop; then on to the end (each student resumes from its own checkpoint)
     int rc = mpirun_dinotrain(tmp, "m.yaml", "--iterations 2", "m1.log");
-    if (rc) show(log);
+    if (rc) show_file(log);
     CHECK(rc == 0, "mpirun dinotrain --iterations 2 failed");
     rc = mpirun_dinotrain(tmp, "m.yaml", "", "m2.log");
     snprintf(log, sizeof log, "%s/m2.log", tmp);
-    if (rc) show(log);
+    if (rc) show_file(log);
     CHECK(rc == 0, "mpirun dinotrain (resumed) failed");
     const char *names[2] = {"small", "big"};
     const int dims[2] = {16, 48};
@@ -300,7 +259,7 @@ TEST(students_on_two_ranks_train_as_on_one) {
         snprintf(lg, sizeof lg, "%s.log", jobs[j]);
         rc = mpirun_dinotrain(tmp, file, "--iterations 3", lg);
         snprintf(log, sizeof log, "%s/%s", tmp, lg);
-        if (rc) show(log);
+        if (rc) show_file(log);
         CHECK(rc == 0, "mpirun dinotrain %s failed", file);
     }
     snprintf(path, sizeof path, "%s/q.yaml", tmp);

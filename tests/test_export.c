@@ -21,6 +21,7 @@
 #include "model/vit.h"
 #include "tests/harness.h"
 #include "tests/synth_files.h"
+#include "tests/tool_util.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/eval.h"
@@ -121,38 +122,10 @@ static void texture(uint8_t *px, int w, int h, int cls, uint64_t seed) {
         }
 }
 
-static int run(const char *cmd) {
-    fflush(stdout);
-    int rc = system(cmd);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-static const char *python(void) {
-    const char *p = getenv("DINO_TEST_PYTHON");
-    return p && *p ? p : "/usr/bin/python3";
-}
-
-static void need_torch(void) {
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "%s -c 'import torch, torchvision, PIL, numpy' 2>/dev/null", python());
-    if (run(cmd) != 0) test_skip("PyTorch/torchvision/PIL not importable");
-}
-
-static char *capture(const char *cmd) {
-    fflush(stdout);
-    FILE *p = popen(cmd, "r");
-    CHECK(p != NULL, "popen %s", cmd);
-    static char buf[16384];
-    size_t n = p ? fread(buf, 1, sizeof buf - 1, p) : 0;
-    buf[n] = 0;
-    if (p) pclose(p);
-    return buf;
-}
-
 // ---- parity with PyTorch -----------------------------------------------------------------------------------
 
 TEST(export_matches_pytorch) {
-    need_torch();
+    need_python_modules("torch, torchvision, PIL, numpy");
     const char *dir = test_tmpdir();
     char tiles[4200], cmd[8192], cases[8192] = "";
     snprintf(tiles, sizeof tiles, "%s/tiles", dir);
@@ -196,7 +169,7 @@ TEST(export_matches_pytorch) {
 // augment_resample.c) are PIL's exactly, and Resize -> CenterCrop -> ToTensor -> Normalize
 // (data/preprocess.h) is torchvision's to the last bit.
 TEST(resize_matches_pil) {
-    need_torch();
+    need_python_modules("torch, torchvision, PIL, numpy");
     const char *dir = test_tmpdir();
     uint8_t px[50 * 40 * 3];
     texture(px, 50, 40, 2, 5);
@@ -742,7 +715,7 @@ TEST(dinoexport_from_training_checkpoint) {
 // features (at 112 px, the training size, and at 224 px, where every implementation interpolates the
 // position embeddings the same way).
 TEST(trained_demo_model_matches_pytorch) {
-    need_torch();
+    need_python_modules("torch, torchvision, PIL, numpy");
     const char *slide = test_src_path("data/demo/CMU-1-Small-Region.svs");
     if (access(slide, R_OK) != 0 || access("./dinotrain", X_OK) != 0) test_skip("no demo slide or no dinotrain");
     const char *dir = test_tmpdir();

@@ -22,6 +22,7 @@
 #include "model/params.h"
 #include "model/vit.h"
 #include "tests/harness.h"
+#include "tests/tool_util.h"
 #include "train/export_dir.h"
 #include "train/pretrained.h"
 
@@ -110,34 +111,6 @@ static void write_table(const char *path, const ParamTable *tab, const float *P)
     st_writer_free(w);
 }
 
-static int run(const char *cmd) {
-    fflush(stdout);
-    int rc = system(cmd);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-static const char *python(void) {
-    const char *p = getenv("DINO_TEST_PYTHON");
-    return p && *p ? p : "/usr/bin/python3";
-}
-
-static void need_torch(void) {
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "%s -c 'import torch, numpy' 2>/dev/null", python());
-    if (run(cmd) != 0) test_skip("PyTorch/numpy not importable");
-}
-
-static char *capture(const char *cmd) {
-    fflush(stdout);
-    FILE *p = popen(cmd, "r");
-    CHECK(p != NULL, "popen %s", cmd);
-    static char buf[16384];
-    size_t n = p ? fread(buf, 1, sizeof buf - 1, p) : 0;
-    buf[n] = 0;
-    if (p) pclose(p);
-    return buf;
-}
-
 // The variants every test runs: MLP + 4 storage tokens + masked k bias; SwiGLU (w1/w2) without storage
 // tokens and with a k bias in use; fused SwiGLU (w12) without LayerScale.
 enum { NV = 3 };
@@ -160,7 +133,7 @@ static int same_arch(const Dinov3Arch *x, const Dinov3Arch *y, char *what, size_
 // ---- names against transformers' rules --------------------------------------------------------------------
 
 TEST(dinov3_names_match_transformers) {
-    need_torch();
+    need_python_modules("torch, numpy");
     const char *dir = test_tmpdir();
     static char py[32768]; // every check in one Python process (torch imports once)
     snprintf(py, sizeof py, "%s %s", python(), test_src_path("tests/export_v3_check.py"));
@@ -230,7 +203,7 @@ TEST(dinov3_names_match_transformers) {
 // The transcription of transformers' DINOv3ViTModel and its conversion rules against the independent
 // transcription of the official model (tests/torch_ref/dinov3_vit.py): the reference the other tests trust.
 TEST(dinov3_transcription_self_check) {
-    need_torch();
+    need_python_modules("torch, numpy");
     char cmd[4300];
     snprintf(cmd, sizeof cmd, "%s %s --self-check 2>&1", python(), test_src_path("tests/torch_ref/hf_dinov3_vit.py"));
     const char *out = capture(cmd);
@@ -609,7 +582,7 @@ static void write_forward_io(const char *path, const Vit *vit, const float *P, s
 // transcription on the HF export (last_hidden_state, pooler_output), and dinoembed on tiles from both
 // exports vs the transcription; the two exports give dinoembed the same features.
 TEST(dinov3_export_matches_transcription) {
-    need_torch();
+    need_python_modules("torch, numpy");
     const char *dir = test_tmpdir();
     char tiles[4200], cmd[16384], py[16384], err[DINO_ERRLEN];
     snprintf(tiles, sizeof tiles, "%s/tiles", dir);
@@ -755,7 +728,7 @@ TEST(dinov3_untied_cls_norm_official_only) {
 // export and supplies what the shapes do not show (masked k bias, eps, RoPE and its augmentation); the HF
 // export's dinoembed features match the DINOv3ViTModel transcription at the training size and at another.
 TEST(dinov3_trained_run_exports) {
-    need_torch();
+    need_python_modules("torch, numpy");
     if (access("./dinotrain", X_OK) != 0) test_skip("no dinotrain");
     const char *dir = test_tmpdir();
     char cmd[16384], tiles[4200];

@@ -574,3 +574,157 @@ TEST(bad_files_in_a_folder_are_skipped_and_counted_with_bounded_memory) {
     source_close(s);
     for (int i = 0; i < N; i++) free(names[i]);
 }
+
+// ---- pathology recipes: continuous magnification, extended context, the HSV filter -----------------
+
+static int read_source_tile_cb(void *ctx, int64_t i, uint64_t seed, Image *out, char *err) {
+    return source_read_rgb(ctx, i, seed, out, err);
+}
+
+// mpp_range: each tile's resolution is drawn in the range (log-uniform by default: as many tiles below
+// the geometric middle as above; `uniform`: below the arithmetic middle), the tile is the level-0 square
+// of that many microns resampled to `size`, keyed by (index, seed), and the loader's batches over such a
+// source are identical for 0 and 3 threads.
+TEST(online_wsi_source_continuous_magnification) {
+    char spec[4400], err[DINO_ERRLEN];
+    const char *slide = slide_path("CMU-1-Small-Region.svs");
+    const double lo = 0.5, hi = 2.0;
+    for (int uniform = 0; uniform < 2; uniform++) {
+        snprintf(spec, sizeof spec, "wsi:%s,size=32,mpp_range=%g/%g%s", slide, lo, hi, uniform ? ",mpp_sampling=uniform" : "");
+        TileSource *s = source_open(spec, err);
+        CHECK(s != NULL, "%s", err);
+        if (!s) return;
+        const int n = 300;
+        int below = 0, distinct = 0;
+        double prev = 0, sat = 0;
+        for (int i = 0; i < n; i++) {
+            Image a, b;
+            TileOrigin o, o2;
+            CHECK(source_read_rgb_origin(s, i % source_count(s), (uint64_t)i, &a, &o, err) == 0, "%s", err);
+            CHECK(a.w == 32 && a.h == 32, "tile %dx%d", a.w, a.h);
+            CHECK(o.slide && o.mpp >= lo && o.mpp <= hi, "tile %d at %g um/px, outside [%g, %g]", i, o.mpp, lo, hi);
+            CHECK_CLOSE(o.side0, 32 * o.mpp / 0.499, 0.01 * o.side0, 0); // the slide's level 0 is 0.499 um/px
+            below += o.mpp < (uniform ? (lo + hi) / 2 : sqrt(lo * hi));
+            distinct += o.mpp != prev;
+            prev = o.mpp;
+            sat += mean_saturation(&a);
+            if (i < 8) { // keyed: the same (index, seed) is the same tile
+                CHECK(source_read_rgb_origin(s, i % source_count(s), (uint64_t)i, &b, &o2, err) == 0, "%s", err);
+                CHECK(o2.mpp == o.mpp && o2.x0 == o.x0 && !memcmp(a.px, b.px, 32 * 32 * 3), "tile %d not keyed", i);
+                image_free(&b);
+            }
+            image_free(&a);
+        }
+        CHECK(distinct == n, "resolutions repeat: %d distinct of %d", distinct, n);
+        CHECK(fabs(below / (double)n - 0.5) < 0.09, "%s sampling: %d of %d below the middle", uniform ? "uniform" : "log",
+              below, n);
+        CHECK(sat / n > 0.15, "sampled tiles are not tissue: mean saturation %.3f", sat / n);
+        source_close(s);
+    }
+    // the batches of a loader over the source do not depend on its thread count
+    snprintf(spec, sizeof spec, "wsi:%s,size=48,mpp_range=0.5/2", slide);
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    LoaderConfig lc;
+    loader_config_default(&lc);
+    lc.batch_size = 3;
+    lc.seed = 5;
+    lc.aug.global_size = 32, lc.aug.local_size = 16, lc.aug.n_local = 2, lc.aug.blur_kernel = 5;
+    lc.patch_size = 16;
+    size_t gbytes = sizeof(float) * 2 * 3 * 3 * 32 * 32;
+    float *first[2] = {dino_malloc(2 * gbytes), dino_malloc(2 * gbytes)};
+    const int threads[2] = {0, 3};
+    // plain crops, then ECT crops translated inside regions 1.75 x the tile (84 px for size=48)
+    for (int ect = 0; ect < 2; ect++) {
+        lc.aug.ect = ect;
+        source_set_context(s, ect ? 1.75 : 1);
+        for (int t = 0; t < 2; t++) {
+            lc.n_threads = threads[t];
+            Loader *l = loader_create(&lc, source_count(s), read_source_tile_cb, s, err);
+            CHECK(l != NULL, "%s", err);
+            if (!l) break;
+            for (int b = 0; b < 2; b++) {
+                const Batch *bt = loader_next(l, err);
+                CHECK(bt != NULL && bt->corrupt == 0, "%s", err);
+                if (bt) memcpy((char *)first[t] + b * gbytes, bt->global_crops, gbytes);
+            }
+            loader_destroy(l);
+        }
+        CHECK(!memcmp(first[0], first[1], 2 * gbytes), "%s batches differ between 0 and 3 loader threads",
+              ect ? "ECT" : "plain");
+    }
+    free(first[0]);
+    free(first[1]);
+    source_close(s);
+    // bad ranges name the option
+    const char *bad[] = {"mpp_range=2/0.5", "mpp_range=0.5", "mpp_range=0.25/0.5/1", "mpp_sampling=cubic",
+                         "mags=0.5/1,mpp_range=0.25/1"};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        snprintf(spec, sizeof spec, "wsi:%s,%s", slide, bad[k]);
+        CHECK(source_open(spec, err) == NULL && (strstr(err, "mpp_range") || strstr(err, "mpp_sampling")),
+              "%s: %s", bad[k], err);
+    }
+}
+
+// Extended context: the slide source reads a region context times the tile size, at the same
+// resolution (the same microns per pixel), keyed like plain tiles.
+TEST(online_wsi_source_extended_context_region) {
+    char spec[4400], err[DINO_ERRLEN];
+    snprintf(spec, sizeof spec, "wsi:%s,size=64,mpp=1", slide_path("CMU-1-Small-Region.svs"));
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    source_set_context(s, 1.75);
+    Image a, b;
+    TileOrigin o;
+    CHECK(source_read_rgb_origin(s, 3, 11, &a, &o, err) == 0, "%s", err);
+    CHECK(a.w == 112 && a.h == 112, "region %dx%d, expected 112 (64 x 1.75)", a.w, a.h);
+    CHECK(o.mpp == 1 && fabs(o.side0 - 112 / 0.499) < 1, "region at %g um/px, %g level-0 px", o.mpp, o.side0);
+    CHECK(source_read_rgb(s, 3, 11, &b, err) == 0 && !memcmp(a.px, b.px, 112 * 112 * 3), "not keyed");
+    CHECK(mean_saturation(&a) > 0.1, "region is not tissue");
+    image_free(&a);
+    image_free(&b);
+    source_set_context(s, 1);
+    CHECK(source_read_rgb(s, 3, 11, &a, err) == 0 && a.w == 64, "context 1: plain %dx%d tile", a.w, a.h);
+    image_free(&a);
+    source_close(s);
+}
+
+// The HSV filter on a slide source: tiles that fail it are redrawn from the same keyed stream, so the
+// tiles read pass it (or are the best of 8 draws) and stay a function of (index, seed).
+TEST(online_wsi_source_hsv_filter) {
+    char spec[4400], err[DINO_ERRLEN];
+    snprintf(spec, sizeof spec, "wsi:%s,size=48,mpp=1,min_tissue=0", slide_path("CMU-1-Small-Region.svs"));
+    TileSource *s = source_open(spec, err);
+    CHECK(s != NULL, "%s", err);
+    if (!s) return;
+    HsvFilter f;
+    hsv_filter_default(&f);
+    f.min_fraction = 0.6;
+    const int n = 40;
+    int pass_off = 0, pass_on = 0;
+    for (int on = 0; on < 2; on++) {
+        HsvFilter use = f;
+        if (!on) use.min_fraction = 0;
+        source_set_hsv_filter(s, &use);
+        for (int i = 0; i < n; i++) {
+            Image a, b;
+            CHECK(source_read_rgb(s, i % source_count(s), 100 + i, &a, err) == 0, "%s", err);
+            int pass = tissue_hsv_fraction(&a, &f) >= 0.6;
+            if (on) {
+                CHECK(source_read_rgb(s, i % source_count(s), 100 + i, &b, err) == 0 && !memcmp(a.px, b.px, 48 * 48 * 3),
+                      "filtered tile %d not keyed", i);
+                image_free(&b);
+                pass_on += pass;
+            } else {
+                pass_off += pass;
+            }
+            image_free(&a);
+        }
+    }
+    // min_tissue 0 lets glass in without the filter; with it, (nearly) every tile is H&E
+    CHECK(pass_on >= n - 1 && pass_on > pass_off, "tiles passing the filter: %d of %d with it, %d without", pass_on, n,
+          pass_off);
+    source_close(s);
+}

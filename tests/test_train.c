@@ -17,20 +17,7 @@
 #include "train/train.h"
 #include "tests/harness.h"
 #include "tests/synth_files.h"
-
-// n synthetic 64 px JPEG tiles in <tmp>/tiles; returns the source spec.
-static const char *make_tiles(const char *tmp, int n) {
-    static char spec[4300];
-    char dir[4200], path[4300];
-    snprintf(dir, sizeof dir, "%s/tiles", tmp);
-    mkdir(dir, 0755);
-    for (int i = 0; i < n; i++) {
-        snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
-        write_synth_jpeg(path, 11, i, 4, 64);
-    }
-    snprintf(spec, sizeof spec, "folder:%s", dir);
-    return spec;
-}
+#include "tests/test_util.h"
 
 // A tiny run: 2 epochs of 6 iterations, checkpoints every 3.
 static void tiny_config(Config *cfg, const char *tiles, const char *out) {
@@ -70,36 +57,8 @@ static void tiny_config(Config *cfg, const char *tiles, const char *out) {
           err);
 }
 
-static int run_console(const Config *cfg, int64_t max_it, int quiet, TrainResult *res, char *err) {
-    Dist d;
-    CHECK(dist_init(&d, 0, err) == 0, "%s", err);
-    TrainOptions opt = {.max_iterations = max_it, .quiet = quiet};
-    int rc = train_run(cfg, &d, &opt, res, err);
-    dist_finalize(&d);
-    return rc;
-}
 static int run(const Config *cfg, int64_t max_it, TrainResult *res, char *err) {
-    return run_console(cfg, max_it, 1, res, err);
-}
-
-// Every tensor of two checkpoints equal bit for bit.
-static void check_same_checkpoint(const char *a, const char *b) {
-    Ckpt ca, cb;
-    char err[DINO_ERRLEN];
-    CHECK(ckpt_open(&ca, a, err) == 0, "%s", err);
-    CHECK(ckpt_open(&cb, b, err) == 0, "%s", err);
-    CHECK(ca.st.n == cb.st.n && ca.st.n > 10, "tensor counts %d vs %d", ca.st.n, cb.st.n);
-    int diff = 0;
-    for (int i = 0; i < ca.st.n; i++) {
-        const StTensor *ta = &ca.st.t[i], *tb = st_get(&cb.st, ta->name);
-        CHECK(tb && tb->nbytes == ta->nbytes, "%s missing or resized", ta->name);
-        if (tb && tb->nbytes == ta->nbytes && memcmp(ta->data, tb->data, ta->nbytes) != 0) {
-            if (diff++ < 5) test_fail_at(__FILE__, __LINE__, "tensor %s differs", ta->name);
-        }
-    }
-    CHECK(diff == 0, "%d tensors differ", diff);
-    ckpt_close(&ca);
-    ckpt_close(&cb);
+    return run_trainer(cfg, max_it, 1, res, err);
 }
 
 TEST(resume_is_bit_exact) {
@@ -160,8 +119,7 @@ TEST(dinov3_schedules_drive_the_trainer) {
                   "schedules.momentum.warmup_epochs=1", "schedules.teacher_temp.warmup_epochs=0",
                   "schedules.teacher_temp.peak=0.06", "schedules.teacher_temp.end=0.05", "log.every_n_iterations=1",
                   "optim.scaling_rule=sqrt_wrt_1024"};
-    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(&cfg, ov[i], err) == 0, "%s", err);
-    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    override_config(&cfg, (int)(sizeof ov / sizeof ov[0]), ov);
     CHECK(run(&cfg, 8, &res, err) == 0, "%s", err);
     ScheduleConfig sc = config_to_schedule(&cfg, 1);
     CHECK(sc.v3, "schedules section not used");
@@ -193,7 +151,6 @@ TEST(dinov3_schedules_drive_the_trainer) {
 // ramp, the local DINO loss reweighted; the run stopped at 5 and resumed ends bit for bit where the
 // uninterrupted run does (the Gram teacher and its update count are in the checkpoint).
 static void gram_config(Config *cfg, const char *spec, const char *out) {
-    char err[DINO_ERRLEN];
     tiny_config(cfg, spec, out);
     char *ov[] = {"gram.use_loss=true", "gram.it_load_ema_teacher=0", "gram.rep_update=true",
                   "gram.update_frequency=4", "gram.it_first_update=4", "gram.max_updates=1", "gram.img_level=true",
@@ -204,13 +161,12 @@ static void gram_config(Config *cfg, const char *spec, const char *out) {
                   "dino.local_loss_weight_schedule.start=1", "dino.local_loss_weight_schedule.peak=1",
                   "dino.local_loss_weight_schedule.end=0.5", "dino.local_loss_weight_schedule.warmup_epochs=1",
                   "dino.local_loss_weight_schedule.cosine_epochs=1", "log.every_n_iterations=1"};
-    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(cfg, ov[i], err) == 0, "%s", err);
-    CHECK(config_validate(cfg, err) == 0, "%s", err);
+    override_config(cfg, (int)(sizeof ov / sizeof ov[0]), ov);
 }
 
 TEST(gram_anchoring_resume_is_bit_exact) {
     const char *tmp = test_tmpdir();
-    char outa[4200], outb[4200], ca[4300], cb[4300], mpath[4300];
+    char outa[4200], outb[4200], ca[4300], mpath[4300];
     const char *spec = make_tiles(tmp, 24);
     snprintf(outa, sizeof outa, "%s/a", tmp);
     snprintf(outb, sizeof outb, "%s/b", tmp);
@@ -255,13 +211,7 @@ TEST(gram_anchoring_resume_is_bit_exact) {
     ckpt_close(&c);
 
     gram_config(&cfg, spec, outb);
-    CHECK(run(&cfg, 5, &res, err) == 0, "%s", err);
-    CHECK(res.end_iteration == 5, "first part ended at %lld", (long long)res.end_iteration);
-    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
-    CHECK(res.start_iteration == 5 && res.end_iteration == 12, "resumed %lld..%lld", (long long)res.start_iteration,
-          (long long)res.end_iteration);
-    snprintf(cb, sizeof cb, "%s", res.last_checkpoint);
-    check_same_checkpoint(ca, cb);
+    check_resume_equals(&cfg, 5, 12, ca);
 }
 
 // gram.ckpt: the Gram teacher of a run is the EMA teacher's backbone of an earlier run's checkpoint (as
@@ -281,8 +231,7 @@ TEST(gram_teacher_from_a_checkpoint) {
     tiny_config(&cfg, spec, outb);
     snprintf(kv, sizeof kv, "gram.ckpt=%s", ckpt_a);
     char *ov[] = {"gram.use_loss=true", kv, "gram.rep_update=false", "gram.loss_weight=1.5"};
-    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(&cfg, ov[i], err) == 0, "%s", err);
-    CHECK(config_validate(&cfg, err) == 0, "%s", err);
+    override_config(&cfg, (int)(sizeof ov / sizeof ov[0]), ov);
     CHECK(run(&cfg, 3, &res, err) == 0, "%s", err);
     Ckpt a, b;
     CHECK(ckpt_open(&a, ckpt_a, err) == 0, "%s", err);
@@ -324,7 +273,7 @@ TEST(gram_teacher_never_set_is_refused) {
 // A high-resolution phase (docs/high-resolution.md) continuing the tiny run whose checkpoints are in
 // `from`: two (global, local) size pairs, 32/16 and 48/24 px, with the pos-embed grid of the earlier run.
 static void highres_config(Config *cfg, const char *tiles, const char *out, const char *from, int frozen) {
-    char err[DINO_ERRLEN], hk[4300];
+    char hk[4300];
     tiny_config(cfg, tiles, out);
     snprintf(hk, sizeof hk, "hrft.checkpoint_path=%s", from);
     char *ov[] = {hk, "student.img_size=32", "crops.global_crops_size=[32, 48]", "crops.local_crops_size=[16, 24]",
@@ -337,8 +286,7 @@ static void highres_config(Config *cfg, const char *tiles, const char *out, cons
                   frozen ? "schedules.momentum.start=1" : "schedules.momentum.start=0.99",
                   frozen ? "schedules.momentum.peak=1" : "schedules.momentum.peak=0.99",
                   frozen ? "schedules.momentum.end=1" : "schedules.momentum.end=0.99"};
-    for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) CHECK(config_override(cfg, ov[i], err) == 0, "%s", err);
-    CHECK(config_validate(cfg, err) == 0, "%s", err);
+    override_config(cfg, (int)(sizeof ov / sizeof ov[0]), ov);
 }
 
 // Tensors `pa` of checkpoint a equal tensors `pb` of checkpoint b, bit for bit (over a's names with pa).
@@ -388,12 +336,7 @@ TEST(highres_phase_continues_a_run_and_resumes_exactly) {
 
     // the same, stopped after 3 iterations and resumed: bit for bit the same end
     highres_config(&cfg, spec, outh2, outa, 0);
-    CHECK(run(&cfg, 3, &res, err) == 0, "%s", err);
-    CHECK(res.end_iteration == 3, "first part ended at %lld", (long long)res.end_iteration);
-    CHECK(run(&cfg, 0, &res, err) == 0, "%s", err);
-    CHECK(res.start_iteration == 3 && res.end_iteration == 8, "resumed %lld..%lld", (long long)res.start_iteration,
-          (long long)res.end_iteration);
-    check_same_checkpoint(ch1, res.last_checkpoint);
+    check_resume_equals(&cfg, 3, 8, ch1);
 
     // the pair of each iteration: the keyed draw, both pairs used, the crops made at those sides
     const double ratios[2] = {0.5, 0.5};
@@ -743,7 +686,7 @@ TEST(bad_tiles_skipped_and_shown_on_the_console_line) {
     int saved = dup(1), fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(fd, 1);
     close(fd);
-    int rc = run_console(&cfg, 0, 0, &res, err);
+    int rc = run_trainer(&cfg, 0, 0, &res, err);
     fflush(stdout);
     dup2(saved, 1);
     close(saved);

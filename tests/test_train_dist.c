@@ -17,23 +17,7 @@
 #include "train/checkpoint.h"
 #include "tests/harness.h"
 #include "tests/synth_files.h"
-
-static void need_mpirun(void) {
-#ifndef DINO_HAVE_MPI
-    test_skip("built without MPI");
-#else
-    if (system("mpirun --version > /dev/null 2>&1") != 0) test_skip("mpirun not found");
-#endif
-}
-
-static void make_tiles(const char *dir, int n) {
-    mkdir(dir, 0755);
-    for (int i = 0; i < n; i++) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/t%03d.jpg", dir, i);
-        write_synth_jpeg(path, 5, i, 4, 64);
-    }
-}
+#include "tests/test_util.h"
 
 // Runs dinotrain on `ranks` processes (0 = no launcher) with `batch` images per rank; `extra`: more
 // config overrides ("" for none).
@@ -43,11 +27,7 @@ static int train_with(const char *tmp, const char *out, int ranks, int batch, co
     if (iterations > 0) snprintf(its, sizeof its, "--iterations %d", iterations);
     char launcher[1024] = "";
     if (ranks > 0)
-        snprintf(launcher, sizeof launcher,
-                 "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout -k 5 300 mpirun "
-                 "--allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader "
-                 "--mca btl_vader_single_copy_mechanism none --mca pml ob1 -x OMP_NUM_THREADS -n %d",
-                 ranks);
+        snprintf(launcher, sizeof launcher, TEST_MPIRUN " -n %d", ranks);
     snprintf(cmd, sizeof cmd,
              "OMP_NUM_THREADS=1 %s ./dinotrain %s %s data.sources=[folder:%s/tiles] train.output_dir=%s/%s "
              "student.arch=vit_test student.embed_dim=24 student.depth=2 student.num_heads=2 student.patch_size=8 "
@@ -69,14 +49,9 @@ static int train(const char *tmp, const char *out, int ranks, int batch, const c
 }
 
 static void show_log(const char *tmp, const char *out) {
-    char path[4200], buf[8192];
+    char path[4200];
     snprintf(path, sizeof path, "%s/%s.log", tmp, out);
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    fprintf(stderr, "---- %s ----\n%s\n", path, buf);
+    show_file(path);
 }
 
 // Every tensor within |a-b| <= atol + rtol * max|b| of its tensor.
@@ -125,7 +100,7 @@ static void equivalence(const char *centering) {
     const char *tmp = test_tmpdir();
     char tiles[4200];
     snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    make_tiles(tiles, 40);
+    write_tile_folder(tiles, 5, 40);
     int rc1 = train(tmp, "one", 0, 8, centering, 0);
     if (rc1) show_log(tmp, "one");
     CHECK(rc1 == 0, "1 rank x 8 failed (%d)", rc1);
@@ -177,7 +152,7 @@ TEST(resume_across_rank_counts) {
     const char *tmp = test_tmpdir();
     char tiles[4200];
     snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    make_tiles(tiles, 40);
+    write_tile_folder(tiles, 5, 40);
     CHECK(train(tmp, "ref", 0, 8, "centering", 0) == 0, "reference run failed");
     // 2 ranks for 4 iterations (checkpoint at 4), then 1 rank to the end
     int rc = train(tmp, "a", 2, 4, "centering", 4);
@@ -230,7 +205,7 @@ static void zero1_equivalence(const char *centering, int on_vs_off) {
     const char *tmp = test_tmpdir();
     char tiles[4200];
     snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    make_tiles(tiles, 40);
+    write_tile_folder(tiles, 5, 40);
     const char *clip = "optim.clip_grad=0.05";
     int rc1 = train_with(tmp, "one", 0, 8, centering, 0, clip);
     if (rc1) show_log(tmp, "one");
@@ -256,7 +231,7 @@ TEST(zero1_resume_across_rank_counts) {
     const char *tmp = test_tmpdir();
     char tiles[4200];
     snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    make_tiles(tiles, 40);
+    write_tile_folder(tiles, 5, 40);
     CHECK(train(tmp, "ref", 0, 8, "centering", 0) == 0, "reference run failed");
     int rc = train_zero1(tmp, "a", 2, 4, "centering", 4, ""); // 2 sharded -> 2 sharded
     if (rc == 0) rc = train_zero1(tmp, "a", 2, 4, "centering", 0, "");
@@ -279,7 +254,7 @@ TEST(collective_timeout_from_config) {
     const char *tmp = test_tmpdir();
     char tiles[4200];
     snprintf(tiles, sizeof tiles, "%s/tiles", tmp);
-    make_tiles(tiles, 16);
+    write_tile_folder(tiles, 5, 16);
     int rc = train_with(tmp, "t", 2, 4, "centering", 1, "dist.collective_timeout_s=77.5");
     int found = log_contains(tmp, "t", "collective timeout 77.5 s");
     if (rc || !found) show_log(tmp, "t");

@@ -7,6 +7,7 @@
 #include "model/backend.h"
 #include "model/vit.h"
 #include "tests/gradcheck.h"
+#include "tests/vit_gradcheck.h"
 
 // ---- single ops -----------------------------------------------------------------------------------
 
@@ -105,7 +106,7 @@ TEST(grad_attention) {
     Rng r = rng_make(4, 0, 0, 0);
     enum { B = 2, T = 5, H = 2, Dh = 3, D = H * Dh };
     float qkv[B * T * 3 * D], out[B * T * D], wout[B * T * D], dqkv[B * T * 3 * D];
-    float *saved = calloc(be->attention_saved_floats(be, B, T, H), sizeof(float));
+    float *saved = calloc(be->attention_saved_floats(be, B, T, H, Dh), sizeof(float));
     gc_fill_normal(qkv, B * T * 3 * D, 1, &r);
     gc_fill_normal(wout, B * T * D, 1, &r);
     OpCtx c = {.be = be, .B = B, .T = T, .H = H, .Dh = Dh, .kind = OP_ATTN, .x = qkv, .out = out, .wout = wout,
@@ -126,28 +127,6 @@ TEST(grad_attention) {
 
 // ---- the whole ViT --------------------------------------------------------------------------------
 
-typedef struct {
-    Backend *be;
-    Vit vit;
-    float *P;
-    int n_groups;
-    int B[2], crop[2];
-    VitActs *acts[2];
-    float *img[2], *wout[2];
-    uint8_t *mask[2];
-    int *subsets[2];
-} VitCtx;
-
-static double vit_loss(void *vctx) {
-    VitCtx *c = vctx;
-    double s = 0;
-    for (int g = 0; g < c->n_groups; g++) {
-        const float *xn = vit_forward(c->be, &c->vit, c->P, c->acts[g], c->img[g], c->mask[g], c->subsets[g]);
-        s += gc_dot(xn, c->wout[g], (size_t)c->B[g] * vit_acts_tokens(c->acts[g]) * c->vit.cfg.dim);
-    }
-    return s;
-}
-
 static void vit_gradcheck(VitConfig cfg, int use_masks, int use_drop) {
     Backend *be = backend_cpu_new();
     VitCtx c = {.be = be, .n_groups = 2, .B = {3, 4}, .crop = {16, 8}};
@@ -157,16 +136,7 @@ static void vit_gradcheck(VitConfig cfg, int use_masks, int use_drop) {
     c.P = calloc(tab.total, sizeof(float));
     float *G = calloc(tab.total, sizeof(float));
     Rng r = rng_make(5, 0, 0, 0);
-    // random weights of realistic scale (not the init: LayerScale 1e-5 would hide the blocks' gradients)
-    for (int i = 0; i < tab.n; i++) {
-        const TensorSpec *t = &tab.t[i];
-        float *p = c.P + t->offset;
-        int is_norm_w = strstr(t->name, "norm") && strstr(t->name, "weight");
-        for (size_t j = 0; j < t->numel; j++)
-            p[j] = is_norm_w ? 1.0f + 0.2f * (float)rng_normal(&r)
-                   : strstr(t->name, ".ls") ? 0.5f + 0.2f * (float)rng_normal(&r)
-                                            : 0.3f * (float)rng_normal(&r);
-    }
+    vit_random_weights(&tab, c.P, &r);
     for (int g = 0; g < 2; g++) {
         int B = c.B[g], S = c.crop[g], N = (S / cfg.patch) * (S / cfg.patch);
         c.acts[g] = vit_acts_new(be, &c.vit, B, S, VIT_ACTS_STORE_ALL);
@@ -186,23 +156,7 @@ static void vit_gradcheck(VitConfig cfg, int use_masks, int use_drop) {
             vit_draw_drop_subsets(&c.vit, B, rng_make(9, (uint64_t)g, 0, 0), c.subsets[g]);
         }
     }
-    // analytic gradients: both groups accumulate into G
-    for (int g = 0; g < 2; g++) {
-        vit_forward(be, &c.vit, c.P, c.acts[g], c.img[g], c.mask[g], c.subsets[g]);
-        vit_backward(be, &c.vit, c.P, G, c.acts[g], c.wout[g]);
-    }
-    for (int i = 0; i < tab.n; i++) {
-        const TensorSpec *t = &tab.t[i];
-        gradcheck(t->name, vit_loss, &c, c.P + t->offset, G + t->offset, t->numel, 12, 1e-2f, 2e-3, 2e-2, &r);
-    }
-    for (int g = 0; g < 2; g++) {
-        vit_acts_free(be, c.acts[g]);
-        free(c.img[g]), free(c.wout[g]), free(c.mask[g]), free(c.subsets[g]);
-    }
-    free(c.P), free(G);
-    vit_free(&c.vit);
-    param_table_free(&tab);
-    backend_free(be);
+    vit_gradcheck_and_free(&c, &tab, G, &r);
 }
 
 static VitConfig tiny_config(const char *ffn, int registers, double drop) {

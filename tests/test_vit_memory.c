@@ -172,7 +172,7 @@ static void modes_agree(VitConfig cfg, int use_masks) {
         size_t D = (size_t)cfg.dim, Hf = (size_t)cfg.ffn_hidden, fo = cfg.ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
         size_t T = rows / (size_t)grp[g].B;
         size_t full = rows * D * 8 + rows * 4 + rows * 3 * D + rows * fo + rows * Hf +
-                      be->attention_saved_floats(be, grp[g].B, (int)T, cfg.heads);
+                      be->attention_saved_floats(be, grp[g].B, (int)T, cfg.heads, cfg.dim / cfg.heads);
         size_t stored = full - rows * (4 * D + Hf), shared = rows * (2 * D + Hf);
         expect += ((size_t)cfg.depth * stored - full + shared) * sizeof(float);
     }
@@ -354,8 +354,8 @@ TEST(memory_plan_counts_the_largest_size_pair) {
     backend_free(be);
 }
 
-// On cuda the plan counts the CUDA backend's own layout: bf16 attention probabilities in 16-byte aligned
-// blocks (model/attention_layout.h), half the CPU's.
+// On cuda the plan counts the CUDA backend's own layout (model/attention_layout.h): the flash path's LSE and
+// bf16 O where the head dim has kernels (demo.yaml's 64), else bf16 probabilities in 16-byte aligned blocks.
 TEST(memory_plan_uses_the_cuda_layout_on_cuda) {
     CHECK(attention_block_elems(257, 1) == 66056 && attention_block_elems(257, 0) == 66052 &&
               attention_block_elems(50, 1) == 2504 && attention_block_elems(16, 0) == 256,

@@ -14,21 +14,10 @@
 #include "model/backend.h"
 #include "model/params.h"
 #include "model/vit.h"
+#include "tests/fixture_util.h"
 #include "tests/harness.h"
 
 #define PARITY_TOL 1e-4
-
-static const char *meta_req(const StFile *f, const char *key) {
-    const char *v = st_meta(f, key);
-    if (!v) {
-        test_fail_at(__FILE__, __LINE__, "fixture metadata lacks '%s'", key);
-        exit(1);
-    }
-    return v;
-}
-static int meta_int(const StFile *f, const char *key) { return atoi(meta_req(f, key)); }
-static float meta_float(const StFile *f, const char *key) { return strtof(meta_req(f, key), NULL); }
-static double meta_double(const StFile *f, const char *key) { return strtod(meta_req(f, key), NULL); }
 
 static void config_from_fixture(const StFile *f, VitConfig *c) {
     memset(c, 0, sizeof *c);
@@ -50,73 +39,16 @@ static void config_from_fixture(const StFile *f, VitConfig *c) {
     c->ffn_bias = meta_int(f, "ffn_bias");
 }
 
-static const StTensor *get_f32(const StFile *f, const char *name, size_t numel) {
-    const StTensor *t = st_get(f, name);
-    CHECK(t != NULL, "fixture lacks tensor %s", name);
-    if (!t) return NULL;
-    CHECK(t->dtype == ST_F32 && t->nbytes == numel * sizeof(float), "%s: expected %zu float32, got %zu bytes",
-          name, numel, t->nbytes);
-    return t->dtype == ST_F32 && t->nbytes == numel * sizeof(float) ? t : NULL;
-}
-
-// max|c - ref| / max|ref|; where ref is all zeros, max|c| itself.
-static double rel_err(const float *c, const float *ref, size_t n, double *maxabs_out) {
-    double maxdiff = 0, maxabs = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)c[i] - (double)ref[i]);
-        if (!(d <= maxdiff)) maxdiff = d; // NaN propagates
-        if (fabs(ref[i]) > maxabs) maxabs = fabs(ref[i]);
-    }
-    if (maxabs_out) *maxabs_out = maxabs;
-    return maxabs > 0 ? maxdiff / maxabs : maxdiff;
-}
-
-// Shapes agree up to leading 1s (e.g. mask_token (1,D) vs (D)).
-static int same_shape_squeezed(const int64_t *a, int na, const int64_t *b, int nb) {
-    while (na > 0 && a[0] == 1) a++, na--;
-    while (nb > 0 && b[0] == 1) b++, nb--;
-    if (na != nb) return 0;
-    for (int i = 0; i < na; i++)
-        if (a[i] != b[i]) return 0;
-    return 1;
-}
-
 static void run_fixture(const char *name) {
     char path[256], err[DINO_ERRLEN] = "";
     snprintf(path, sizeof path, "tests/fixtures/vit_%s.safetensors", name);
     StFile f;
-    if (st_open(&f, test_src_path(path), err) != 0) {
-        CHECK(0, "%s", err);
-        return;
-    }
     VitConfig cfg;
-    config_from_fixture(&f, &cfg);
-    CHECK(vit_config_check(&cfg, err) == 0, "fixture config refused: %s", err);
-
-    Backend *be = backend_cpu_new();
     ParamTable tab;
-    param_table_init(&tab);
     Vit vit;
-    vit_build(&vit, &cfg, &tab, "");
-
-    // weights by name, both ways: every C tensor is in the fixture, every fixture weight is in the C table
-    float *P = dino_calloc(tab.total, sizeof(float));
-    for (int i = 0; i < tab.n; i++) {
-        const TensorSpec *s = &tab.t[i];
-        const StTensor *t = get_f32(&f, s->name, s->numel);
-        if (!t) continue;
-        CHECK(same_shape_squeezed(s->shape, s->ndim, t->shape, t->ndim), "%s: shape differs from the reference's",
-              s->name);
-        memcpy(P + s->offset, t->data, t->nbytes);
-    }
-    int n_weights = 0;
-    for (int i = 0; i < f.n; i++) {
-        const char *n = f.t[i].name;
-        if (strncmp(n, "in.", 3) == 0 || strncmp(n, "out.", 4) == 0 || strncmp(n, "grad.", 5) == 0) continue;
-        n_weights++;
-        CHECK(param_find(&tab, n) != NULL, "reference tensor %s has no counterpart in the C model", n);
-    }
-    CHECK(n_weights == tab.n, "reference has %d tensors, the C model %d", n_weights, tab.n);
+    Backend *be = vit_fixture_open(path, config_from_fixture, &f, &cfg, &tab, &vit);
+    if (!be) return;
+    float *P = fixture_weights(&f, &tab);
 
     float *dP = be->alloc(be, sizeof(float) * tab.total);
     float *dG = be->alloc(be, sizeof(float) * tab.total);
@@ -140,11 +72,11 @@ static void run_fixture(const char *name) {
         const size_t nimg = (size_t)B * 3 * crop * crop, nx = (size_t)B * T * D;
 
         snprintf(key, sizeof key, "in.g%d.images", k);
-        const StTensor *img = get_f32(&f, key, nimg);
+        const StTensor *img = fixture_f32(&f, key, nimg);
         snprintf(key, sizeof key, "out.g%d.x_norm", k);
-        const StTensor *xref = get_f32(&f, key, nx);
+        const StTensor *xref = fixture_f32(&f, key, nx);
         snprintf(key, sizeof key, "in.g%d.d_xnorm", k);
-        const StTensor *dxn = get_f32(&f, key, nx);
+        const StTensor *dxn = fixture_f32(&f, key, nx);
         if (!img || !xref || !dxn) goto done;
         snprintf(key, sizeof key, "in.g%d.masks", k);
         const StTensor *mask = st_get(&f, key);
@@ -187,19 +119,8 @@ static void run_fixture(const char *name) {
     for (int k = 0; k < n_groups && k < 8; k++) vit_backward(be, &vit, dP, dG, acts[k], d_dx[k]);
     float *G = dino_malloc(sizeof(float) * tab.total);
     be->to_host(be, G, dG, sizeof(float) * tab.total);
-    double worst_g = 0;
-    const char *worst_name = "";
-    for (int i = 0; i < tab.n; i++) {
-        const TensorSpec *s = &tab.t[i];
-        char gname[PARAM_NAME_MAX + 8];
-        snprintf(gname, sizeof gname, "grad.%s", s->name);
-        const StTensor *t = get_f32(&f, gname, s->numel);
-        if (!t) continue;
-        double maxabs, e = rel_err(G + s->offset, t->data, s->numel, &maxabs);
-        CHECK(maxabs > 0, "%s: reference gradient is all zeros: the fixture cannot test it", gname);
-        CHECK(e <= PARITY_TOL, "%s %s: rel err %.3e > %.0e (max|ref| %.3g)", name, gname, e, PARITY_TOL, maxabs);
-        if (!(e <= worst_g)) worst_g = e, worst_name = s->name;
-    }
+    const char *worst_name;
+    double worst_g = fixture_check_grads(&f, &tab, G, name, PARITY_TOL, &worst_name);
     printf("  %-20s worst x_norm rel err %.2e; worst gradient rel err %.2e (%s) over %d tensors\n", name, worst_x,
            worst_g, worst_name, tab.n);
     free(G);
@@ -213,10 +134,7 @@ done:
     be->release(be, dP);
     be->release(be, dG);
     free(P);
-    vit_free(&vit);
-    param_table_free(&tab);
-    backend_free(be);
-    st_close(&f);
+    vit_fixture_close(be, &f, &tab, &vit);
 }
 
 // MLP, 4 registers, drop path 0.3 with explicit subsets, iBOT masks, 16/8/12 px crops, offset 0.1

@@ -214,3 +214,100 @@ TEST(thumbnail_is_a_box_average_of_level_0) {
     image_free(&th);
     wsi_close(w);
 }
+
+// ---- Midnight's per-tile HSV filter ---------------------------------------------------------------
+
+// OpenCV's 8-bit HSV convention (cv::cvtColor COLOR_RGB2HSV): H = degrees / 2, S and V in 0..255.
+TEST(hsv_conversion_follows_opencv_8bit_convention) {
+    const int rgb[][3] = {{255, 0, 0}, {0, 255, 0}, {0, 0, 255}, {255, 0, 255}, {128, 64, 192}, {200, 200, 200}, {0, 0, 0}};
+    const int hsv[][3] = {{0, 255, 255}, {60, 255, 255}, {120, 255, 255}, {150, 255, 255}, {135, 170, 192}, {0, 0, 200}, {0, 0, 0}};
+    for (int i = 0; i < 7; i++) {
+        int h, s, v;
+        rgb_to_hsv_cv(rgb[i][0], rgb[i][1], rgb[i][2], &h, &s, &v);
+        CHECK(h == hsv[i][0] && s == hsv[i][1] && v == hsv[i][2], "rgb (%d %d %d) -> hsv (%d %d %d), expected (%d %d %d)",
+              rgb[i][0], rgb[i][1], rgb[i][2], h, s, v, hsv[i][0], hsv[i][1], hsv[i][2]);
+    }
+    // a hue just below 360 degrees wraps to 0 (OpenCV's H < 180)
+    int h, s, v;
+    rgb_to_hsv_cv(255, 0, 1, &h, &s, &v);
+    CHECK(h == 0 || h == 179, "hue of (255, 0, 1) is %d", h);
+}
+
+// A tile of colour `c` with +-3 levels of noise on a `frac` share of its pixels, `rest` on the others.
+static void noisy_tile(Image *im, const uint8_t c[3], const uint8_t rest[3], double frac, uint64_t seed) {
+    image_alloc(im, 64, 64);
+    Rng r = rng_make(seed, 0, 0, 0);
+    for (int i = 0; i < 64 * 64; i++) {
+        const uint8_t *base = i < (int)(frac * 64 * 64) ? c : rest;
+        for (int k = 0; k < 3; k++) {
+            int v = base[k] + (int)rng_below(&r, 7) - 3;
+            im->px[3 * i + k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+    }
+}
+
+TEST(hsv_filter_keeps_tissue_and_rejects_glass_ink_and_pen) {
+    HsvFilter f;
+    hsv_filter_default(&f);
+    char err[DINO_ERRLEN];
+    CHECK(hsv_filter_check(&f, "test", err) == 0, "%s", err);
+    CHECK(f.min_fraction == 0 && f.hue[0] == 90 && f.hue[1] == 180 && f.saturation[0] == 8 && f.value[0] == 103,
+          "Midnight's ranges, off by default");
+    const uint8_t eosin[3] = {235, 160, 205}, haem[3] = {120, 80, 165}, glass[3] = {242, 240, 244},
+                  black[3] = {25, 22, 30}, green[3] = {60, 170, 80}, brown[3] = {150, 110, 60};
+    Image im;
+    noisy_tile(&im, eosin, eosin, 1, 1); // off: everything passes
+    CHECK(tissue_hsv_accept(&im, &f), "the filter is off by default");
+    image_free(&im);
+    f.min_fraction = 0.6;
+    const struct { const char *what; const uint8_t *a, *b; double frac; int keep; } cases[] = {
+        {"eosin", eosin, eosin, 1, 1},
+        {"haematoxylin and eosin", haem, eosin, 0.4, 1},
+        {"70% tissue on glass", eosin, glass, 0.7, 1},
+        {"50% tissue on glass", eosin, glass, 0.5, 0},
+        {"glass", glass, glass, 1, 0},
+        {"black ink", black, black, 1, 0},
+        {"green pen", green, green, 1, 0},
+        {"green pen over tissue", green, eosin, 0.6, 0},
+        {"brown debris", brown, brown, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        noisy_tile(&im, cases[i].a, cases[i].b, cases[i].frac, 10 + i);
+        double fr = tissue_hsv_fraction(&im, &f);
+        CHECK(tissue_hsv_accept(&im, &f) == cases[i].keep, "%s: in-range fraction %.3f, %s", cases[i].what, fr,
+              cases[i].keep ? "should be kept" : "should be rejected");
+        image_free(&im);
+    }
+    f.hue[0] = 100, f.hue[1] = 90;
+    CHECK(hsv_filter_check(&f, "data.hsv_hue", err) == -1 && strstr(err, "data.hsv_hue") && strstr(err, "hue"),
+          "a reversed range is refused: %s", err);
+}
+
+// The resampled reader at an exact level resolution matches the level's own pixels (bicubic over an
+// integer box of the same size is a copy), and a resolution between levels is read from the finer one.
+TEST(resampled_region_reader_matches_levels) {
+    char err[DINO_ERRLEN];
+    Wsi *w = wsi_open(slide_path("boxes.tiff"), 1.0, err);
+    CHECK(w != NULL, "%s", err);
+    if (!w) return;
+    Image a;
+    int level;
+    CHECK(wsi_read_region_resampled(w, 64, 32, 2.0, 40, 24, &a, &level, err) == 0, "%s", err);
+    CHECK(level == 1 && a.w == 40 && a.h == 24, "level %d size %dx%d", level, a.w, a.h);
+    uint8_t *ref = dino_malloc(40 * 24 * 3);
+    CHECK(wsi_read_region_rgb(w, 1, 64, 32, 40, 24, ref, err) == 0, "%s", err);
+    CHECK(memcmp(ref, a.px, 40 * 24 * 3) == 0, "an exact-level read is not a copy of the level's pixels");
+    free(ref);
+    image_free(&a);
+    // 1.5 um/px: from level 0 (1.0), shrunk by 1.5; compared with the area-averaged tile of the old reader
+    Image b, c;
+    CHECK(wsi_read_region_resampled(w, 40, 40, 1.5, 48, 48, &b, &level, err) == 0 && level == 0, "%s", err);
+    CHECK(wsi_read_tile(w, 40, 40, 1.5, 48, &c, NULL, err) == 0, "%s", err);
+    double d = 0;
+    for (int i = 0; i < 48 * 48 * 3; i++) d += abs((int)b.px[i] - (int)c.px[i]);
+    d /= 48 * 48 * 3;
+    CHECK(d < 6, "bicubic and area-averaged tiles of the same region differ by %.2f on average", d);
+    image_free(&b);
+    image_free(&c);
+    wsi_close(w);
+}

@@ -66,7 +66,9 @@ static void p_swiglu_f(Backend *be, float *out, const float *in, int rows, int H
 static void p_swiglu_b(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd) {
     TIMED(P_SWIGLU_B, inner->swiglu_bwd(inner, din, dout, in, rows, Hd));
 }
-static size_t p_att_saved(Backend *be, int B, int T, int H) { return inner->attention_saved_floats(inner, B, T, H); }
+static size_t p_att_saved(Backend *be, int B, int T, int H, int Dh) {
+    return inner->attention_saved_floats(inner, B, T, H, Dh);
+}
 static void p_att_f(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
     TIMED(P_ATT_F, inner->attention_fwd(inner, out, saved, qkv, B, T, H, Dh));
 }

@@ -91,9 +91,9 @@ static void *worker(void *arg) {
             if (rc == 0)
                 snprintf(line, sizeof line,
                          "%s: %lld tiles kept of %lld in the grid (tissue %.1f%% of the slide, level %d, "
-                         "%.3f um/px%s), %d shard(s), %.1f s",
+                         "%.3f um/px%s), %lld dropped by the HSV filter, %d shard(s), %.1f s",
                          slide, (long long)s.kept_tiles, (long long)s.grid_tiles, 100 * s.tissue_fraction, s.level,
-                         s.slide_mpp, s.mpp_assumed ? " assumed" : "", s.shards, s.seconds);
+                         s.slide_mpp, s.mpp_assumed ? " assumed" : "", (long long)s.hsv_rejected, s.shards, s.seconds);
             else snprintf(line, sizeof line, "error: %s", err);
         }
         pthread_mutex_lock(&j->mu);
@@ -124,6 +124,9 @@ static void usage(FILE *f) {
             "  -n, --tiles-per-shard N  records per shard file (10000)\n"
             "  -j, --threads N          slides processed in parallel (number of cores)\n"
             "  -a, --assume-mpp X       level-0 microns per pixel for slides without that metadata\n"
+            "  -H, --hsv-filter F       keep a tile only when this fraction of its pixels is in the H&E HSV\n"
+            "                           range (Midnight: 0.6; hue 90-180, sat 8-255, value 103-255 in\n"
+            "                           OpenCV units); 0 = off (default)\n"
             "  -h, --help\n"
             "Re-running skips slides whose OUT_DIR/<name>.done marker exists.\n");
 }
@@ -148,11 +151,12 @@ int main(int argc, char **argv) {
         {"tile-size", required_argument, 0, 's'},  {"mpp", required_argument, 0, 'm'},
         {"min-tissue", required_argument, 0, 't'}, {"quality", required_argument, 0, 'q'},
         {"tiles-per-shard", required_argument, 0, 'n'}, {"threads", required_argument, 0, 'j'},
-        {"assume-mpp", required_argument, 0, 'a'}, {"help", no_argument, 0, 'h'},
+        {"assume-mpp", required_argument, 0, 'a'}, {"hsv-filter", required_argument, 0, 'H'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int c;
     double v;
-    while ((c = getopt_long(argc, argv, "o:l:s:m:t:q:n:j:a:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:l:s:m:t:q:n:j:a:H:h", longopts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
         case 'o': j.out_dir = optarg; break;
@@ -164,6 +168,7 @@ int main(int argc, char **argv) {
         case 'n': bad = parse_double(optarg, 1, 1e9, &v); j.opt.tiles_per_shard = (int64_t)v; break;
         case 'j': bad = parse_double(optarg, 1, 1024, &v); threads = (int)v; break;
         case 'a': bad = parse_double(optarg, 1e-3, 1e3, &j.opt.assume_mpp); break;
+        case 'H': bad = parse_double(optarg, 0, 1, &j.opt.hsv.min_fraction); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

@@ -3,9 +3,10 @@
 # (docs/cuda-backend.md, "Running the GPU check"):
 #   info    nvidia-smi, driver, nvcc, cmake, gcc, glibc, python3's torch; the card's name heads the table
 #   build   sm_90 only (DINO_CUDA_ARCHS, default 90), only the GPU tests and bench_step, all cores: the
-#           GPU subset (model, model/cpu, model/cuda, the SSL step, dist + NCCL) with OpenBLAS from the
-#           system or from the .debs carried in build-gpu-deps/; the CMake build instead when the machine
-#           has every library the full build needs
+#           GPU subset (nvcc + gcc, no CMake: model/cuda + dist/nccl.cu, and every libdino source whose
+#           headers this machine has, linked from one archive with --gc-sections) with OpenBLAS, json-c
+#           and libyaml from the system or from the .debs carried in build-gpu-deps/; the CMake build
+#           instead when the machine has every library the full build needs
 #   test    every case of test_cuda_ops and test_cuda and the NCCL cases of test_dist, one process per
 #           case under `timeout`, DINO_REQUIRE_GPU=1 (no device = failure), a 30 s collective timeout
 #           for NCCL; pass/fail/skip/time and the worst err/tol ratio of each case; every "err/tol" and
@@ -31,8 +32,10 @@
 #   tools/gpu_check.sh --dry           HERE, on the CPU: every stage's control flow with the CUDA execution
 #                                      layer standing in (build/cudaemu_*: a few fast cases, bench_step at
 #                                      tiny sizes, PyTorch on the CPU); --dry-build rebuilds those targets
-#   tools/gpu_check.sh --fetch-deps    ON THE BUILD MACHINE (network): the OpenBLAS .debs into
-#                                      build-gpu-deps/ (about 13 MB; carry it with the lease)
+#   tools/gpu_check.sh --build-only    info and build, nothing else (exit 0 when it linked); here, with
+#                                      GPU_CHECK_FORCE_DEBS=1, the bare-machine build (docs)
+#   tools/gpu_check.sh --fetch-deps    ON THE BUILD MACHINE (network): the .debs of OpenBLAS, json-c and
+#                                      libyaml into build-gpu-deps/ (12.9 MB; carry it with the lease)
 #   --out DIR                          where the results go (default: $OUT when set)
 #
 # Results: build-gpu-check/ (build-gpu-check-dry/ for --dry): summary.md, results.tsv, info.log,
@@ -47,6 +50,7 @@ ONLY=""
 DRY=0
 DRY_BUILD=0
 SANITIZE=0
+BUILD_ONLY=0
 DEST=${OUT:-}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -54,16 +58,20 @@ while [ $# -gt 0 ]; do
     --dry) DRY=1; shift ;;
     --dry-build) DRY=1; DRY_BUILD=1; shift ;;
     --sanitize) SANITIZE=1; shift ;;
+    --build-only) BUILD_ONLY=1; shift ;;
     --out) DEST=$2; shift 2 ;;
     --fetch-deps) # build-gpu-deps/ is ignored (/build-*/): the lease call must name it in carry
       mkdir -p build-gpu-deps && cd build-gpu-deps || exit 1
       rm -f ./*.deb
       # libopenblas0-pthread: the library; libopenblas-pthread-dev: cblas.h and libopenblas.so;
-      # libgfortran5 + libquadmath0: what the library needs at run time
-      apt-get download libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libquadmath0 || exit 1
+      # libgfortran5 + libquadmath0: what the library needs at run time; libjson-c5 + libjson-c-dev
+      # (common/json.c: checkpoints, safetensors, export) and libyaml-0-2 + libyaml-dev (train/config.c:
+      # bench_step --config), which need only libc (apt-cache depends)
+      apt-get download libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libquadmath0 \
+        libjson-c5 libjson-c-dev libyaml-0-2 libyaml-dev || exit 1
       ls -la ./*.deb
       total=$(du -cb ./*.deb | tail -1 | cut -f1)
-      echo "build-gpu-deps: $((total / 1048576)) MiB (the working tree and carried paths may not exceed 64 MiB)"
+      echo "build-gpu-deps: $(awk -v b="$total" 'BEGIN{printf "%.1f MB (%.1f MiB)", b / 1e6, b / 1048576}') (the working tree and carried paths may not exceed 64 MiB)"
       exit 0 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -81,7 +89,7 @@ if [ "$DRY" = 1 ]; then
   RES=$ROOT/build-gpu-check-dry
   JOBS=2
   # the few fast cases of the dry run (every case with --only)
-  DRY_TESTS=${GPU_CHECK_DRY_TESTS:-'^(cuda\.cuda_device_visible|cuda_ops\.(layernorm_fwd_bwd|attention_fp32_gemms|attention_bf16_gemms|ssl_step_softmax_koleo_fp32_gemm|backend_new_reports_missing_device)|dist\.nccl_allreduce_reduce_scatter_gpu)$'}
+  DRY_TESTS=${GPU_CHECK_DRY_TESTS:-'^(cuda\.cuda_device_visible|cuda_ops\.(layernorm_fwd_bwd|attention_fp32_gemms|attention_bf16_gemms|flash_attention_dh64|ssl_step_softmax_koleo_fp32_gemm|backend_new_reports_missing_device)|dist\.nccl_allreduce_reduce_scatter_gpu)$'}
   BENCH=${GPU_CHECK_BENCH:-"vit_small:2 vit_large:2"}
   BENCH_ARGS="--depth 1 --global-size 56 --local-size 28 --local 2 --K 512 --iters 1 --warmup 0"
   PEAK_ARGS="--peak-size 256"
@@ -254,7 +262,7 @@ say "stage info"
   echo "--- compute-sanitizer: ${SANB:-none}"; [ -n "$SANB" ] && "$SANB" --version 2>&1 | tail -1
   echo "--- cmake / gcc / glibc"; cmake --version 2>&1 | head -1; gcc --version 2>&1 | head -1; ldd --version 2>&1 | head -1
   echo "--- libraries (pkg-config)"
-  for p in openblas yaml-0.1 libturbojpeg openslide; do printf '%s: ' "$p"; pkg-config --modversion "$p" 2>&1; done
+  for p in openblas yaml-0.1 json-c libturbojpeg openslide; do printf '%s: ' "$p"; pkg-config --modversion "$p" 2>&1; done
   echo "carried .debs: $(ls build-gpu-deps/*.deb 2>/dev/null | tr '\n' ' ')"
   echo "mpirun: $(command -v mpirun || echo none)"
   echo "--- python / torch ($PY)"
@@ -313,24 +321,35 @@ PY
 }
 
 BIN=""
+# The libraries the subset links (pkg-config names), each from the system or from the carried .debs
+SUBSET_PKGS="openblas json-c yaml-0.1"
+# Headers of the full build's other libraries (OpenSlide, libjpeg-turbo, libpng, libtiff, HDF5, MPI, zlib):
+# GPU_CHECK_FORCE_DEBS=1 treats them as missing, as on a bare GPU machine (how the subset is tested here)
+SUBSET_NOT_CARRIED='^(openslide|turbojpeg|jpeglib|png|tiffio|hdf5|mpi|zlib)\.h$'
 build_subset() {
-  local B=$ROOT/build-gpu NVCC CUDA_HOME CUDA_DIRS BLAS_C=() BLAS_L=() d f
+  local B=$ROOT/build-gpu NVCC CUDA_HOME CUDA_DIRS DEP_C=() DEP_L=() d f missing=""
   NVCC=$(find_nvcc) || { echo "no nvcc"; return 1; }
   CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$NVCC")")")
   CUDA_DIRS=("$CUDA_HOME/lib64" "$CUDA_HOME/lib" "$CUDA_HOME/targets/x86_64-linux/lib" /usr/lib/x86_64-linux-gnu)
   rm -rf "$B" && mkdir -p "$B/obj"
-  if [ "${GPU_CHECK_FORCE_DEBS:-0}" != 1 ] && pkg-config --exists openblas 2>/dev/null; then
-    BLAS_C=($(pkg-config --cflags openblas)); BLAS_L=($(pkg-config --libs openblas))
-    echo "OpenBLAS: the system's ($(pkg-config --modversion openblas))"
+  # OpenBLAS, json-c (common/json.c: checkpoints, safetensors) and libyaml (train/config.c: bench_step
+  # --config): the system's when pkg-config has all three, else the carried build-gpu-deps/*.deb
+  for d in $SUBSET_PKGS; do pkg-config --exists "$d" 2>/dev/null || missing+=" $d"; done
+  if [ "${GPU_CHECK_FORCE_DEBS:-0}" != 1 ] && [ -z "$missing" ]; then
+    DEP_C=($(pkg-config --cflags $SUBSET_PKGS)); DEP_L=($(pkg-config --libs $SUBSET_PKGS))
+    echo "libraries: the system's (openblas $(pkg-config --modversion openblas), json-c $(pkg-config --modversion json-c), yaml $(pkg-config --modversion yaml-0.1))"
   elif ls build-gpu-deps/*.deb >/dev/null 2>&1; then
     for d in build-gpu-deps/*.deb; do unpack_deb "$d" "$B/deps" || { echo "cannot unpack $d"; return 1; }; done
     local L=$B/deps/usr/lib/x86_64-linux-gnu
-    BLAS_C=(-I"$B/deps/usr/include/x86_64-linux-gnu/openblas-pthread")
-    BLAS_L=(-L"$L/openblas-pthread" -Wl,-rpath,"$L/openblas-pthread" -Wl,-rpath,"$L" -lopenblas)
-    echo "OpenBLAS: the carried build-gpu-deps/*.deb, unpacked in $B/deps"
+    for f in "$L/openblas-pthread/libopenblas.so" "$L/libjson-c.so" "$L/libyaml.so" "$B/deps/usr/include/json-c/json_tokener.h" "$B/deps/usr/include/yaml.h"; do
+      [ -e "$f" ] || { echo "the carried .debs lack $f: run tools/gpu_check.sh --fetch-deps again"; return 1; }
+    done
+    DEP_C=(-I"$B/deps/usr/include/x86_64-linux-gnu/openblas-pthread" -I"$B/deps/usr/include")
+    DEP_L=(-L"$L/openblas-pthread" -L"$L" -Wl,-rpath,"$L/openblas-pthread" -Wl,-rpath,"$L" -lopenblas -ljson-c -lyaml)
+    echo "libraries: the carried build-gpu-deps/*.deb (openblas, json-c, yaml), unpacked in $B/deps${missing:+; the system lacks$missing}"
   else
-    echo "no OpenBLAS here (pkg-config openblas) and no carried build-gpu-deps/*.deb: run tools/gpu_check.sh"
-    echo "--fetch-deps on the build machine and name build-gpu-deps in the lease call's carry"
+    echo "the system lacks$missing (pkg-config) and there are no carried build-gpu-deps/*.deb: run"
+    echo "tools/gpu_check.sh --fetch-deps on the build machine and name build-gpu-deps in the lease call's carry"
     return 1
   fi
   # the CUDA libraries: the toolkit's, else Python's nvidia wheels (PyTorch's)
@@ -351,11 +370,31 @@ build_subset() {
   fi
   local GENCODE=() a
   for a in ${ARCHS//;/ }; do GENCODE+=(-gencode "arch=compute_$a,code=sm_$a"); done
-  # DINO_GPU_SUBSET: test_cuda_ops leaves out its trainer cases (no data/ or trainer here); the SSL step
-  # cases need train/ssl_step.c, optim.c, schedule.c, data/masking.c and dist/dist.c (without MPI: one process)
+  # DINO_GPU_SUBSET: test_cuda_ops leaves out its trainer cases (they read JPEG tiles: no data/decode.c here).
+  # -ffunction-sections + --gc-sections: a program keeps only the functions it reaches, so bench_step can
+  # take train_ssl_config from train/train.c without the data pipeline the rest of train.c calls.
   local CFLAGS=(-O2 -march=native -std=gnu17 -D_GNU_SOURCE -DNDEBUG -fopenmp -Wall -Wno-unused-parameter -I.
-                "${INC[@]}" "${BLAS_C[@]}" -DDINO_HAVE_CUDA=1 -DDINO_GPU_SUBSET=1 -DDINO_SOURCE_DIR="\"$ROOT\"")
+                "${INC[@]}" "${DEP_C[@]}" -DDINO_HAVE_CUDA=1 -DDINO_GPU_SUBSET=1 -DDINO_SOURCE_DIR="\"$ROOT\""
+                -ffunction-sections -fdata-sections)
   [ $HAVE_NCCL = 1 ] && CFLAGS+=(-DDINO_HAVE_NCCL=1)
+  # The library sources: libdino's (cmake/dino_library.cmake: every .c under common/ model/ model/cpu/ data/
+  # dist/ train/ but train/dinotrain.c), less each file that includes a header this machine lacks (gcc -M
+  # -MG lists a missing header as a path that does not exist): data/decode.c, data/wsi.c, ... on a bare
+  # machine. A left-out file a program needs shows as an undefined reference at the link below.
+  local srcs=() left=() deps h
+  for f in common/*.c model/*.c model/cpu/*.c data/*.c dist/*.c train/*.c; do
+    [ "$f" = train/dinotrain.c ] && continue
+    deps=$("${CC:-gcc}" "${CFLAGS[@]}" -M -MG "$f") || { echo "gcc -M failed on $f"; return 1; }
+    deps=$(echo "$deps" | sed 's/\\$//' | tr ' ' '\n' | sed '1d;/^$/d')
+    h=""
+    while read -r d; do
+      if [ ! -e "$d" ] || { [ "${GPU_CHECK_FORCE_DEBS:-0}" = 1 ] && [[ "$(basename "$d")" =~ $SUBSET_NOT_CARRIED ]]; }; then
+        h=$(basename "$d"); break
+      fi
+    done <<< "$deps"
+    if [ -n "$h" ]; then left+=("$f ($h)"); else srcs+=("$f"); fi
+  done
+  echo "library sources: ${#srcs[@]} compiled; left out (a header missing here): ${left[*]:-none}"
   local objs=() o
   # a pool of $JOBS compiles; a failure leaves a marker
   run_job() { while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done; { "$@" || touch "$B/FAILED"; } & }
@@ -364,21 +403,24 @@ build_subset() {
     o=$B/obj/$(echo "$f" | tr / _).o; objs+=("$o")
     run_job "$NVCC" -O2 -std=c++17 -lineinfo "${GENCODE[@]}" -I. "${INC[@]}" -Xcompiler=-Wall,-Wno-unused-parameter -c "$f" -o "$o"
   done
-  for f in common/*.c model/*.c model/cpu/*.c train/ssl_step.c train/optim.c train/schedule.c dist/dist.c data/masking.c; do
+  for f in "${srcs[@]}"; do
     o=$B/obj/$(echo "$f" | tr / _).o; objs+=("$o")
     run_job "${CC:-gcc}" "${CFLAGS[@]}" -c "$f" -o "$o"
   done
   wait
   [ -e "$B/FAILED" ] && { echo "compilation failed (above)"; return 1; }
-  local LINK=("${LIBS[@]}" "${BLAS_L[@]}" -fopenmp -lstdc++ -lm -lpthread -ldl -lrt)
+  # one archive: the linker takes the members a program needs (the CUDA objects and libdino call each other)
+  ar rcs "$B/libdino_gpu.a" "${objs[@]}" || return 1
+  local LINK=("$B/libdino_gpu.a" -Wl,--gc-sections "${LIBS[@]}" "${DEP_L[@]}" -fopenmp -lstdc++ -lm -lpthread -ldl -lrt)
   local t progs=(tests/test_cuda.c tests/test_cuda_ops.c tools/bench_step.c)
   [ $HAVE_NCCL = 1 ] && progs+=(tests/test_dist.c)
   for f in "${progs[@]}"; do
     t=$(basename "$f" .c); f=("$f"); [[ "$t" == test_* ]] && f+=(tests/harness.c)
-    run_job "${CC:-gcc}" "${CFLAGS[@]}" "${f[@]}" "${objs[@]}" "${LINK[@]}" -o "$B/$t"
+    run_job "${CC:-gcc}" "${CFLAGS[@]}" "${f[@]}" "${LINK[@]}" -o "$B/$t"
   done
   wait
   [ -e "$B/FAILED" ] && { echo "linking failed (above)"; return 1; }
+  for t in "${progs[@]}"; do t=$(basename "$t" .c); echo "$t: $(ldd "$B/$t" 2>/dev/null | grep -E 'openblas|json-c|yaml|cublas\.|nccl' | awk '{print $3}' | tr '\n' ' ')"; done
   echo "SUBSET BUILD OK"
 }
 build_cmake() {
@@ -408,11 +450,12 @@ if [ "$ONLY" != info ]; then
   else
     mode=${GPU_CHECK_BUILD:-auto}
     if [ "$mode" = auto ]; then
-      mode=subset
-      pkg-config --exists openblas yaml-0.1 libturbojpeg openslide 2>/dev/null && mode=cmake
+      mode=subset # GPU_CHECK_FORCE_DEBS=1: the bare machine's build, even here
+      [ "${GPU_CHECK_FORCE_DEBS:-0}" != 1 ] && pkg-config --exists openblas yaml-0.1 json-c libturbojpeg openslide 2>/dev/null && mode=cmake
     fi
     # each build runs under timeout (which ends its whole process group: the compiles too)
     export ROOT PY ARCHS JOBS
+    export SUBSET_PKGS SUBSET_NOT_CARRIED
     export -f build_subset build_cmake find_nvcc find_first find_lib py_nvidia_dirs unpack_deb
     ok=0
     if [ "$mode" = cmake ]; then
@@ -424,12 +467,17 @@ if [ "$ONLY" != info ]; then
     if [ $ok = 0 ]; then
       echo "=== GPU subset build, sm $ARCHS" >> "$RES/build.log"
       timeout -k 5 "$(cap "$BUILD_TIMEOUT")" bash -c build_subset >> "$RES/build.log" 2>&1 &&
-        { ok=1; BIN=$ROOT/build-gpu; how="GPU subset, sm $ARCHS, OpenBLAS $(grep -m1 '^OpenBLAS:' "$RES/build.log" | sed 's/^OpenBLAS: //'); $(grep -m1 '^NCCL:' "$RES/build.log")"; }
+        { ok=1; BIN=$ROOT/build-gpu; how="GPU subset, sm $ARCHS, $(grep -m1 '^libraries:' "$RES/build.log" | sed 's/, unpacked in .*//'); $(grep -m1 '^NCCL:' "$RES/build.log")"; }
     fi
     if [ $ok = 1 ]; then record build ok "$(( $(now) - tb ))" "$how"
     else record build FAILED "$(( $(now) - tb ))" "see build.log"; tail -30 "$RES/build.log"; fi
   fi
   say "build: $(tail -1 "$RES/results.tsv" | cut -f2,4)"
+fi
+if [ "$BUILD_ONLY" = 1 ]; then
+  summary; copy_out; trap - EXIT
+  [ -n "$BIN" ] && { say "--build-only: the programs are in $BIN"; exit 0; }
+  exit 1
 fi
 
 # ---- GPU tests ----------------------------------------------------------------------------------------------

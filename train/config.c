@@ -18,6 +18,7 @@
 #include "common/check.h"
 #include "common/text.h"
 #include "common/fs.h"
+#include "data/source.h"
 
 typedef enum { CT_BOOL, CT_INT, CT_I64, CT_F64, CT_STR, CT_ENUM, CT_F64_LIST, CT_STR_LIST, CT_INT_VLIST, CT_F64_VLIST, CT_STUDENTS } CfgType;
 
@@ -173,6 +174,13 @@ static const CfgKey KEYS[] = {
     IV("crops.local_crops_size", crops.local_crops_size, "96", "local crop side; a list: one per size pair"),
     FV("crops.global_local_crop_pairs_ratios", crops.global_local_crop_pairs_ratios, "1.0",
        "sampling weights of the size pairs (one per pair; normalized), one pair drawn per iteration"),
+    B("crops.extended_context", crops.extended_context, "false",
+      "Virchow2 extended-context translation: every crop is a box of about its own size (ect_scale, ect_ratio) "
+      "translated inside the tile; online slide sources read a region context_factor times the tile size"),
+    F("crops.context_factor", crops.context_factor, "1.75",
+      "extended_context: side of the region an online slide source reads, relative to its size= (392/224)"),
+    L("crops.ect_scale", crops.ect_scale, 2, "[0.9, 1.1]", "extended_context: crop box area / crop area"),
+    L("crops.ect_ratio", crops.ect_ratio, 2, "[0.95, 1.05]", "extended_context: crop box aspect range (log-uniform)"),
     IN("crops.gram_teacher_crops_size", crops.gram_teacher_crops_size, "null",
        "Gram anchoring: side of the Gram teacher's copies of the global crops (same boxes); null = global_crops_size"),
     B("crops.gram_teacher_no_distortions", crops.gram_teacher_no_distortions, "false",
@@ -290,6 +298,12 @@ static const CfgKey KEYS[] = {
     K("data.max_image_pixels", CT_I64, data.max_image_pixels, 0, "67108864", NULL,
       "pixel budget per tile image (8192 x 8192): an image file or shard record whose header declares more "
       "pixels is refused before anything is allocated for it and counted as a corrupt tile"),
+    F("data.hsv_min_fraction", data.hsv_min_fraction, "0.0",
+      "Midnight's tile filter on online slide tiles: keep a tile when this fraction of its pixels lies in the "
+      "HSV ranges below (Midnight 0.6); 0 = off"),
+    L("data.hsv_hue", data.hsv_hue, 2, "[90.0, 180.0]", "HSV filter hue range, OpenCV units (degrees / 2)"),
+    L("data.hsv_saturation", data.hsv_saturation, 2, "[8.0, 255.0]", "HSV filter saturation range, 0..255"),
+    L("data.hsv_value", data.hsv_value, 2, "[103.0, 255.0]", "HSV filter value range, 0..255"),
 
     F("augment.blur_p_global1", augment.blur_p_global1, "0.0",
       "blur apply probability, global crop 1 (reference's effective value; its docs say 1.0)"),
@@ -1476,9 +1490,22 @@ void config_to_loader(const Config *c, int rank, int world_size, LoaderConfig *o
     g->hed_scale = a->hed_scale;
     g->hed_shift = a->hed_shift;
     g->no_resize = a->crop_without_resize;
+    g->ect = cr->extended_context;
+    memcpy(g->ect_scale, cr->ect_scale, sizeof g->ect_scale);
+    memcpy(g->ect_ratio, cr->ect_ratio, sizeof g->ect_ratio);
     if (c->gram.use_loss) { // the Gram teacher's crops, only when Gram anchoring is on
         g->gram_size = cr->gram_teacher_crops_size > 0 ? cr->gram_teacher_crops_size : cr->global_crops_size.v[0];
         g->gram_no_distortions = cr->gram_teacher_no_distortions;
+    }
+}
+
+void config_to_hsv_filter(const Config *c, HsvFilter *f) {
+    const CfgData *d = &c->data;
+    f->min_fraction = d->hsv_min_fraction;
+    for (int i = 0; i < 2; i++) {
+        f->hue[i] = (int)lround(d->hsv_hue[i]);
+        f->saturation[i] = (int)lround(d->hsv_saturation[i]);
+        f->value[i] = (int)lround(d->hsv_value[i]);
     }
 }
 
@@ -1629,6 +1656,13 @@ int config_validate(const Config *c, char *err) {
     NEED(cr->local_crops_scale[0] > 0 && cr->local_crops_scale[1] <= 1, "crops.local_crops_scale",
          "area fractions must be in (0, 1]");
     NEED(cr->local_crops_scale[0] <= cr->local_crops_scale[1], "crops.local_crops_scale", "min > max");
+    NEED(cr->context_factor >= 1 && cr->context_factor <= 8, "crops.context_factor", "must be in [1, 8]");
+    NEED(cr->ect_scale[0] > 0 && cr->ect_scale[0] <= cr->ect_scale[1] && cr->ect_scale[1] <= 16, "crops.ect_scale",
+         "need 0 < min <= max <= 16 (box area relative to the crop area)");
+    NEED(cr->ect_ratio[0] > 0 && cr->ect_ratio[0] <= cr->ect_ratio[1], "crops.ect_ratio", "need 0 < min <= max");
+    NEED(!cr->extended_context || !c->augment.crop_without_resize, "crops.extended_context",
+         "excludes augment.crop_without_resize (set in %s): ECT already translates crops of about their size",
+         origin_of(c, "augment.crop_without_resize"));
 
     const CfgDino *d = &c->dino;
     const CfgIbot *ib = &c->ibot;
@@ -1764,6 +1798,18 @@ int config_validate(const Config *c, char *err) {
     NEED(c->data.prefetch >= 1, "data.prefetch", "must be >= 1");
     NEED(c->data.max_image_pixels >= 1 && c->data.max_image_pixels <= ((int64_t)1 << 40), "data.max_image_pixels",
          "must be in [1, 2^40] (pixels, width x height)");
+    for (int i = 0; i < c->data.n_sources; i++) { // the options of wsi: sources, before any slide is opened
+        char why[DINO_ERRLEN];
+        if (source_check_spec(c->data.sources[i], why) != 0) return bad(c, err, "data.sources", "%s", why);
+    }
+    NEED(c->data.hsv_min_fraction >= 0 && c->data.hsv_min_fraction <= 1, "data.hsv_min_fraction",
+         "must be in [0, 1] (0 = off)");
+    const struct { const char *key; const double *r; double top; } hsv[3] = {
+        {"data.hsv_hue", c->data.hsv_hue, 180}, {"data.hsv_saturation", c->data.hsv_saturation, 255},
+        {"data.hsv_value", c->data.hsv_value, 255}};
+    for (int i = 0; i < 3; i++)
+        NEED(hsv[i].r[0] >= 0 && hsv[i].r[0] <= hsv[i].r[1] && hsv[i].r[1] <= hsv[i].top, hsv[i].key,
+             "need 0 <= min <= max <= %g (OpenCV 8-bit HSV units)", hsv[i].top);
 
     const CfgAugment *a = &c->augment;
     NEED(prob_ok(a->blur_p_global1), "augment.blur_p_global1", "must be in [0, 1]");

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "data/loader.h"
+#include "data/tissue.h"
 #include "model/vit.h"
 #include "train/schedule.h"
 #include "train/ssl_step.h"
@@ -116,6 +117,10 @@ typedef struct {
     // global_local_crop_pairs_ratios.v[k].
     CfgIntList global_crops_size, local_crops_size;
     CfgF64List global_local_crop_pairs_ratios;
+    bool extended_context;  // Virchow2 ECT: crops translated inside a larger region (data/augment.h)
+    double context_factor;  // region side / tile size read by online slide sources (392/224 = 1.75)
+    double ect_scale[2];    // ECT box area / crop area
+    double ect_ratio[2];    // ECT box aspect range
     int gram_teacher_crops_size;      // DINOv3 Gram anchoring: -1 (null) = the global crop size
     bool gram_teacher_no_distortions; // the Gram teacher's crops without colour distortion
 } CfgCrops;
@@ -159,6 +164,8 @@ typedef struct {
     int64_t corrupt_min_reads; // the fraction is enforced once this many tiles were read
     int prefetch;              // batches built ahead of the step
     int64_t max_image_pixels;  // decode budget: a tile whose header declares more pixels is corrupt
+    double hsv_min_fraction;   // Midnight's per-tile HSV filter on online slide tiles; 0 = off
+    double hsv_hue[2], hsv_saturation[2], hsv_value[2]; // OpenCV 8-bit HSV ranges (data/tissue.h)
 } CfgData;
 
 typedef struct {
@@ -301,6 +308,8 @@ int config_to_ssl(const Config *cfg, SslConfig *out, char *err);
 ScheduleConfig config_to_schedule(const Config *cfg, int world_size);
 // ... and the data loader with its augmentation and iBOT masking, for one rank.
 void config_to_loader(const Config *cfg, int rank, int world_size, LoaderConfig *out);
+// data.hsv_* as the tile filter of data/tissue.h (min_fraction 0: off).
+void config_to_hsv_filter(const Config *cfg, HsvFilter *out);
 // DINOv3 per-iteration loss weights: the Gram loss weight (0 when gram.use_loss is false; the schedule, or
 // gram.loss_weight without one) and the local-crop DINO loss weight (1 unless dino.reweight_dino_local_loss).
 double config_gram_weight_at(const Config *cfg, long it);

@@ -96,6 +96,7 @@ void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p) {
     const int cuda_bf16 = strcmp(cfg->backend, "cuda") == 0 && strcmp(cfg->param_dtype, "bf16") == 0;
     fprintf(f, "  %s; an 80 GB H100 has about 79 GiB\n",
             cuda_bf16 ? "the ViT's branch activations and their gradients in bf16, the residual stream, LayerNorm "
-                        "statistics and heads in fp32 (the cuda layout)"
+                        "statistics and heads in fp32 (the cuda layout; attention saves the flash path's "
+                        "log-sum-exp, or bf16 probabilities for head dims without flash kernels)"
                       : "activations stored in fp32 (the cpu layout)");
 }

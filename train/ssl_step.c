@@ -405,6 +405,191 @@ static int argmax_row(const float *v, int n) {
     return best;
 }
 
+// ---- the student half, shared by the SSL step and distillation -------------------------------------
+
+// The masked tokens' rows in the global-crop activations and their iBOT weights 1/(masked tokens of the
+// crop), crop-major as the reference, uploaded to w->idx_mask and w->mask_w. Returns how many, or -1
+// (err) when the batch has more than w->max_masked.
+static int upload_masked_tokens(Work *w, Backend *be, const uint8_t *masks, int R, char *err) {
+    const int Ng = w->Ng;
+    int n_m = 0;
+    for (int i = 0; i < 2 * w->B; i++) {
+        int cnt = 0;
+        for (int n = 0; n < Ng; n++) cnt += masks[(size_t)i * Ng + n] != 0;
+        if (cnt == 0) continue;
+        if (n_m + cnt > w->max_masked) {
+            dino_seterr(err, "ssl_step: more than %d masked tokens in the batch (max_masked too small)", w->max_masked);
+            return -1;
+        }
+        for (int n = 0; n < Ng; n++)
+            if (masks[(size_t)i * Ng + n]) {
+                w->idx_host[n_m] = i * w->Tg + 1 + R + n;
+                w->w_host[n_m] = 1.0f / (float)cnt;
+                n_m++;
+            }
+    }
+    if (n_m) {
+        be->to_device(be, w->idx_mask, w->idx_host, sizeof(int) * (size_t)n_m);
+        be->to_device(be, w->mask_w, w->w_host, sizeof(float) * (size_t)n_m);
+    }
+    return n_m;
+}
+
+// The mean entropies of the DINO and iBOT targets (w->P_dino, w->P_ibot) into the stats.
+static void target_entropies(Work *w, Backend *be, int n_m, SslStepStats *st) {
+    float ent;
+    be->entropy_mean(be, w->scratch, w->P_dino, 2 * w->B, w->Kd);
+    be->to_host(be, &ent, w->scratch, sizeof ent);
+    st->teacher_entropy = ent;
+    if (n_m) {
+        be->entropy_mean(be, w->scratch, w->P_ibot, n_m, w->Ki);
+        be->to_host(be, &ent, w->scratch, sizeof ent);
+        st->ibot_teacher_entropy = ent;
+    }
+}
+
+// The student's random draws for the batch: stochastic depth subsets (the batch's own, or drawn from its
+// key) and the DINOv3 RoPE coordinate augmentation (the teacher is in eval mode: none), a draw per block
+// and crop group, as the official ViT calls its RopePositionEmbedding in every block.
+static void student_draws(SslModel *m, Backend *be, const SslBatch *b, const int **sub_g_out, const int **sub_l_out) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    const int B = w->B, nL = w->nL;
+    const int *sub_g = b->drop_global, *sub_l = b->drop_local;
+    if (c->vit.drop_path_rate > 0) {
+        if (!sub_g) vit_draw_drop_subsets(&m->vit, 2 * B, rng_make(b->drop_key.state, 1, 0, 0), w->sub_g), sub_g = w->sub_g;
+        if (!sub_l && nL > 0)
+            vit_draw_drop_subsets(&m->vit, nL * B, rng_make(b->drop_key.state, 2, 0, 0), w->sub_l), sub_l = w->sub_l;
+    } else {
+        sub_g = sub_l = NULL;
+    }
+    const RopeConfig *rc = &c->vit.rope_cfg;
+    if (c->vit.rope && (rc->shift > 0 || rc->jitter > 0 || rc->rescale > 0)) {
+        RopeAug *aug = dino_malloc(sizeof(RopeAug) * (size_t)c->vit.depth);
+        vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 3, 0, 0), aug);
+        vit_acts_set_rope_aug(be, &m->vit, w->s_glob, aug);
+        if (nL > 0) {
+            vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 4, 0, 0), aug);
+            vit_acts_set_rope_aug(be, &m->vit, w->s_loc, aug);
+        }
+        free(aug);
+    }
+    *sub_g_out = sub_g, *sub_l_out = sub_l;
+}
+
+// What the student's forward leaves for its backward and the statistics.
+typedef struct {
+    int n_m;                    // masked tokens (rows of w->idx_mask)
+    const float *xg;            // backbone output on the global crops
+    const float *zs_dino;       // DINO head logits [local CLS; global CLS]
+    const float *zs_ibot;       // iBOT head logits [masked patch tokens]
+    float *s_glob_cls;          // the global-crop CLS rows of the head input
+    double local, global, ibot; // DINO local / global and iBOT losses
+} StudentPass;
+
+// Student forward on both crop groups (global crops with masks_dev, NULL: unmasked), head input [local
+// CLS; global CLS; masked patch tokens] -> head logits.
+static void student_forward(SslModel *m, Backend *be, const float *glob_img, const float *loc_img,
+                            const uint8_t *masks_dev, const int *sub_g, const int *sub_l, StudentPass *sp) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    const int B = w->B, nL = w->nL, D = w->D, Kd = w->Kd, n_m = sp->n_m;
+    const float *xg = vit_forward(be, &m->vit, m->student, w->s_glob, glob_img, masks_dev, sub_g);
+    const float *xl = nL > 0 ? vit_forward(be, &m->vit, m->student, w->s_loc, loc_img, NULL, sub_l) : NULL;
+    float *s_loc_cls = w->s_in, *s_glob_cls = w->s_in + (size_t)nL * B * D;
+    float *s_masked = w->s_in + (size_t)w->rows_cls * D;
+    if (nL > 0) be->gather_rows(be, s_loc_cls, xl, w->idx_lcls, nL * B, (size_t)D);
+    be->gather_rows(be, s_glob_cls, xg, w->idx_gcls, 2 * B, (size_t)D);
+    if (n_m) be->gather_rows(be, s_masked, xg, w->idx_mask, n_m, (size_t)D);
+    const float *zs_dino, *zs_ibot = NULL;
+    if (c->ibot_separate_head) {
+        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls);
+        if (n_m) zs_ibot = head_forward(be, &m->ibot_head, m->student, w->s_ibot, s_masked, n_m);
+    } else {
+        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls + n_m);
+        zs_ibot = zs_dino + (size_t)w->rows_cls * Kd;
+    }
+    sp->xg = xg, sp->zs_dino = zs_dino, sp->zs_ibot = zs_ibot, sp->s_glob_cls = s_glob_cls;
+}
+
+// The DINO and iBOT losses of the student's logits against w->P_dino / w->P_ibot, and their gradients
+// w.r.t. the logits (w->dz_dino, w->dz_ibot). local_w scales the DINO local-crop loss.
+static void student_losses(SslModel *m, Backend *be, double local_w, StudentPass *sp) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    const int B = w->B, nL = w->nL, Kd = w->Kd, Ki = w->Ki, n_m = sp->n_m;
+    const float *zs_dino = sp->zs_dino;
+    const float ts = c->student_temp;
+    sp->local = dino_loss_local(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
+                                (float)(c->dino_loss_weight * local_w));
+    sp->global = dino_loss_global(be, zs_dino + (size_t)nL * B * Kd, nL, B, w->P_dino, Kd, ts, w->row_loss,
+                                  w->dz_dino + (size_t)nL * B * Kd, c->dino_loss_weight);
+    sp->ibot = 0;
+    if (c->ibot_loss_weight > 0 && n_m)
+        sp->ibot = ibot_loss(be, sp->zs_ibot, w->P_ibot, w->mask_w, n_m, 2 * B, Ki, ts, w->row_loss, w->dz_ibot,
+                             c->ibot_loss_weight);
+}
+
+// Student backward: heads -> head inputs (+ KoLeo/KDE on the global CLS, returned) -> backbone outputs
+// (+ the Gram anchoring gradient w->gram_ds on the global patch tokens, with_gram) -> ViT, into m->grads.
+static double student_backward(SslModel *m, Backend *be, const StudentPass *sp, int with_gram) {
+    Work *w = m->work;
+    const SslConfig *c = &m->cfg;
+    const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, n_m = sp->n_m;
+    be->zero(be, m->grads, sizeof(float) * m->tab.total);
+    if (c->ibot_separate_head) {
+        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
+        if (n_m) head_backward(be, &m->ibot_head, m->student, m->grads, w->s_ibot, w->dz_ibot, w->ds_in + (size_t)w->rows_cls * D);
+    } else {
+        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
+    }
+    float *ds_glob_cls = w->ds_in + (size_t)nL * B * D;
+    double reg = 0;
+    if (c->use_kde) {
+        if (c->kde_loss_weight > 0)
+            reg = kde_loss(be, sp->s_glob_cls, 2, B, D, c->kde_kappa, c->kde_loss_weight, ds_glob_cls, w->scratch);
+    } else if (c->koleo_loss_weight > 0) {
+        reg = koleo_loss(be, sp->s_glob_cls, 2, B, D, c->koleo_loss_weight, ds_glob_cls, w->scratch);
+    }
+    // the heads sit after the backbone in the buffer: their gradients are final now
+    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, m->dino_head.w[0]);
+    // backbone gradients are final only during the last crop group's backward
+    vit_acts_set_grad_hook(w->s_glob, nL > 0 ? NULL : m->grad_ready, m->grad_ready_ctx);
+    if (nL > 0) vit_acts_set_grad_hook(w->s_loc, m->grad_ready, m->grad_ready_ctx);
+    be->zero(be, w->d_xg, sizeof(float) * (size_t)2 * B * w->Tg * D);
+    be->scatter_add_rows(be, w->d_xg, ds_glob_cls, w->idx_gcls, 2 * B, (size_t)D);
+    if (n_m) be->scatter_add_rows(be, w->d_xg, w->ds_in + (size_t)w->rows_cls * D, w->idx_mask, n_m, (size_t)D);
+    if (with_gram) be->scatter_add_rows(be, w->d_xg, w->gram_ds, w->idx_spatch, 2 * B * Ng, (size_t)D);
+    vit_backward(be, &m->vit, m->student, m->grads, w->s_glob, w->d_xg);
+    if (nL > 0) {
+        be->zero(be, w->d_xl, sizeof(float) * (size_t)nL * B * w->Tl * D);
+        be->scatter_add_rows(be, w->d_xl, w->ds_in, w->idx_lcls, nL * B, (size_t)D);
+        vit_backward(be, &m->vit, m->student, m->grads, w->s_loc, w->d_xl);
+    }
+    return reg;
+}
+
+// What the reference logs, and the collapse guard's CLS spread. reg: KoLeo/KDE; gram (weighted by
+// gram_weight) adds to the totals.
+static void student_stats(SslModel *m, Backend *be, const StudentPass *sp, double local_w, double reg, double gram,
+                          double gram_weight, SslStepStats *st) {
+    const SslConfig *c = &m->cfg;
+    const Work *w = m->work;
+    const int B = w->B, D = w->D;
+    st->dino_local_crops_loss = sp->local;
+    st->dino_global_crops_loss = sp->global;
+    st->koleo_loss = reg / 2;
+    st->ibot_loss = sp->ibot / 2;
+    st->gram_loss = gram;
+    st->total_loss = sp->local + sp->global + reg / 2 + sp->ibot / 2 + gram_weight * gram;
+    st->backprop_loss = c->dino_loss_weight * (local_w * sp->local + sp->global) + reg + c->ibot_loss_weight * sp->ibot +
+                        gram_weight * gram;
+    float *cls = dino_malloc(sizeof(float) * (size_t)2 * B * D);
+    be->to_host(be, cls, sp->s_glob_cls, sizeof(float) * (size_t)2 * B * D);
+    st->student_cls_std = normalized_std(cls, 2 * B, D);
+    free(cls);
+}
+
 int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
                          SslStepStats *st, char *err) {
     Work *w = m->work;
@@ -415,7 +600,7 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
         return -1;
     }
     ssl_use_pair(m, be, pair);
-    const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, Kd = w->Kd, Ki = w->Ki, R = c->vit.n_registers;
+    const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, Kd = w->Kd, R = c->vit.n_registers;
     const int G = w->G, L = w->L;
     const int do_ibot = c->ibot_loss_weight > 0;
     const int do_gram = c->gram && b->gram_weight != 0;
@@ -464,55 +649,18 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
             be->to_device(be, w->gram_img, b->gram_crops, sizeof(float) * (size_t)2 * B * 3 * w->Gg * w->Gg);
         }
     }
-    int n_m = 0;
+    StudentPass sp = {0};
     const uint8_t *masks_dev = NULL;
     if (masks) {
-        for (int i = 0; i < 2 * B; i++) {
-            int cnt = 0;
-            for (int n = 0; n < Ng; n++) cnt += masks[(size_t)i * Ng + n] != 0;
-            for (int n = 0; n < Ng; n++) w->mask_host[(size_t)i * Ng + n] = masks[(size_t)i * Ng + n] != 0;
-            if (!do_ibot || cnt == 0) continue;
-            if (n_m + cnt > w->max_masked) {
-                dino_seterr(err, "ssl_step: more than %d masked tokens in the batch (max_masked too small)",
-                            w->max_masked);
-                return -1;
-            }
-            for (int n = 0; n < Ng; n++)
-                if (masks[(size_t)i * Ng + n]) {
-                    w->idx_host[n_m] = i * w->Tg + 1 + R + n;
-                    w->w_host[n_m] = 1.0f / (float)cnt;
-                    n_m++;
-                }
-        }
+        for (size_t i = 0; i < (size_t)2 * B * Ng; i++) w->mask_host[i] = masks[i] != 0;
         be->to_device(be, w->masks, w->mask_host, (size_t)2 * B * Ng);
         masks_dev = w->masks;
-        if (n_m) {
-            be->to_device(be, w->idx_mask, w->idx_host, sizeof(int) * (size_t)n_m);
-            be->to_device(be, w->mask_w, w->w_host, sizeof(float) * (size_t)n_m);
-        }
+        if (do_ibot && (sp.n_m = upload_masked_tokens(w, be, masks, R, err)) < 0) return -1;
     }
+    const int n_m = sp.n_m;
     st->n_masked = n_m;
-    const int *sub_g = b->drop_global, *sub_l = b->drop_local;
-    if (c->vit.drop_path_rate > 0) {
-        if (!sub_g) vit_draw_drop_subsets(&m->vit, 2 * B, rng_make(b->drop_key.state, 1, 0, 0), w->sub_g), sub_g = w->sub_g;
-        if (!sub_l && nL > 0)
-            vit_draw_drop_subsets(&m->vit, nL * B, rng_make(b->drop_key.state, 2, 0, 0), w->sub_l), sub_l = w->sub_l;
-    } else {
-        sub_g = sub_l = NULL;
-    }
-    // DINOv3 RoPE coordinate augmentation of the student (the teacher is in eval mode: none): a draw per
-    // block and crop group, as the official ViT calls its RopePositionEmbedding in every block
-    const RopeConfig *rc = &c->vit.rope_cfg;
-    if (c->vit.rope && (rc->shift > 0 || rc->jitter > 0 || rc->rescale > 0)) {
-        RopeAug *aug = dino_malloc(sizeof(RopeAug) * (size_t)c->vit.depth);
-        vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 3, 0, 0), aug);
-        vit_acts_set_rope_aug(be, &m->vit, w->s_glob, aug);
-        if (nL > 0) {
-            vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 4, 0, 0), aug);
-            vit_acts_set_rope_aug(be, &m->vit, w->s_loc, aug);
-        }
-        free(aug);
-    }
+    const int *sub_g, *sub_l;
+    student_draws(m, be, b, &sub_g, &sub_l);
 
     // phase timing (m->profile_phases): synchronised marks between the phases, for benchmarks only
     double t_mark = 0;
@@ -541,15 +689,7 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     const float tt = (float)sv->teacher_temp;
     dino_teacher_targets(be, coll, c->centering, &m->dino_center, w->P_dino, zt_dino, 2 * B, tt);
     if (do_ibot) ibot_teacher_targets(be, coll, c->centering, &m->ibot_center, w->P_ibot, zt_ibot, n_m, tt);
-    float ent;
-    be->entropy_mean(be, w->scratch, w->P_dino, 2 * B, Kd);
-    be->to_host(be, &ent, w->scratch, sizeof ent);
-    st->teacher_entropy = ent;
-    if (n_m) {
-        be->entropy_mean(be, w->scratch, w->P_ibot, n_m, Ki);
-        be->to_host(be, &ent, w->scratch, sizeof ent);
-        st->ibot_teacher_entropy = ent;
-    }
+    target_entropies(w, be, n_m, st);
 
     if (b->diag) { // collapse diagnostics: teacher argmax, CLS and mean patch features (host)
         const int Tg = w->Tg;
@@ -573,25 +713,12 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
 
     PHASE(0);
     // ---- student forward: both crop groups, head input [local CLS; global CLS; masked patch tokens]
-    const float *xg = vit_forward(be, &m->vit, m->student, w->s_glob, glob_img, masks_dev, sub_g);
-    const float *xl = nL > 0 ? vit_forward(be, &m->vit, m->student, w->s_loc, loc_img, NULL, sub_l) : NULL;
-    float *s_loc_cls = w->s_in, *s_glob_cls = w->s_in + (size_t)nL * B * D;
-    float *s_masked = w->s_in + (size_t)w->rows_cls * D;
-    if (nL > 0) be->gather_rows(be, s_loc_cls, xl, w->idx_lcls, nL * B, (size_t)D);
-    be->gather_rows(be, s_glob_cls, xg, w->idx_gcls, 2 * B, (size_t)D);
-    if (n_m) be->gather_rows(be, s_masked, xg, w->idx_mask, n_m, (size_t)D);
-    const float *zs_dino, *zs_ibot = NULL;
-    if (c->ibot_separate_head) {
-        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls);
-        if (n_m) zs_ibot = head_forward(be, &m->ibot_head, m->student, w->s_ibot, s_masked, n_m);
-    } else {
-        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls + n_m);
-        zs_ibot = zs_dino + (size_t)w->rows_cls * Kd;
-    }
+    student_forward(m, be, glob_img, loc_img, masks_dev, sub_g, sub_l, &sp);
+    const float *xg = sp.xg;
 
     if (b->diag) { // student-teacher agreement: global crop c of image i against the teacher on crop 1-c
         float *Z = dino_malloc(sizeof(float) * (size_t)2 * B * Kd);
-        be->to_host(be, Z, zs_dino + (size_t)nL * B * Kd, sizeof(float) * (size_t)2 * B * Kd);
+        be->to_host(be, Z, sp.zs_dino + (size_t)nL * B * Kd, sizeof(float) * (size_t)2 * B * Kd);
         int agree = 0;
         for (int i = 0; i < 2 * B; i++) agree += argmax_row(Z + (size_t)i * Kd, Kd) == b->diag->teacher_argmax[(i + B) % (2 * B)];
         b->diag->agreement = (double)agree / (2 * B);
@@ -622,67 +749,19 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     }
 
     // ---- losses and their gradients w.r.t. the student logits
-    const float ts = c->student_temp;
-    double local = dino_loss_local(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
-                                   (float)(c->dino_loss_weight * local_w));
-    double global = dino_loss_global(be, zs_dino + (size_t)nL * B * Kd, nL, B, w->P_dino, Kd, ts, w->row_loss,
-                                     w->dz_dino + (size_t)nL * B * Kd, c->dino_loss_weight);
-    double ibot = 0;
-    if (do_ibot && n_m)
-        ibot = ibot_loss(be, zs_ibot, w->P_ibot, w->mask_w, n_m, 2 * B, Ki, ts, w->row_loss, w->dz_ibot,
-                         c->ibot_loss_weight);
+    student_losses(m, be, local_w, &sp);
 
     PHASE(1);
     // ---- backward: heads -> head inputs (+ KoLeo/KDE on the global CLS) -> backbone outputs -> ViT
-    be->zero(be, m->grads, sizeof(float) * m->tab.total);
-    if (c->ibot_separate_head) {
-        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
-        if (n_m) head_backward(be, &m->ibot_head, m->student, m->grads, w->s_ibot, w->dz_ibot, w->ds_in + (size_t)w->rows_cls * D);
-    } else {
-        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
-    }
-    float *ds_glob_cls = w->ds_in + (size_t)nL * B * D;
-    double reg = 0;
-    if (c->use_kde) {
-        if (c->kde_loss_weight > 0)
-            reg = kde_loss(be, s_glob_cls, 2, B, D, c->kde_kappa, c->kde_loss_weight, ds_glob_cls, w->scratch);
-    } else if (c->koleo_loss_weight > 0) {
-        reg = koleo_loss(be, s_glob_cls, 2, B, D, c->koleo_loss_weight, ds_glob_cls, w->scratch);
-    }
-    // the heads sit after the backbone in the buffer: their gradients are final now
-    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, m->dino_head.w[0]);
-    // backbone gradients are final only during the last crop group's backward
-    vit_acts_set_grad_hook(w->s_glob, nL > 0 ? NULL : m->grad_ready, m->grad_ready_ctx);
-    if (nL > 0) vit_acts_set_grad_hook(w->s_loc, m->grad_ready, m->grad_ready_ctx);
-    be->zero(be, w->d_xg, sizeof(float) * (size_t)2 * B * w->Tg * D);
-    be->scatter_add_rows(be, w->d_xg, ds_glob_cls, w->idx_gcls, 2 * B, (size_t)D);
-    if (n_m) be->scatter_add_rows(be, w->d_xg, w->ds_in + (size_t)w->rows_cls * D, w->idx_mask, n_m, (size_t)D);
-    if (do_gram) be->scatter_add_rows(be, w->d_xg, w->gram_ds, w->idx_spatch, 2 * B * Ng, (size_t)D);
-    vit_backward(be, &m->vit, m->student, m->grads, w->s_glob, w->d_xg);
-    if (nL > 0) {
-        be->zero(be, w->d_xl, sizeof(float) * (size_t)nL * B * w->Tl * D);
-        be->scatter_add_rows(be, w->d_xl, w->ds_in, w->idx_lcls, nL * B, (size_t)D);
-        vit_backward(be, &m->vit, m->student, m->grads, w->s_loc, w->d_xl);
-    }
+    const double reg = student_backward(m, be, &sp, do_gram);
 
     PHASE(2);
 #undef PHASE
     // ---- what the reference logs, and the collapse guard
-    st->dino_local_crops_loss = local;
-    st->dino_global_crops_loss = global;
-    st->koleo_loss = reg / 2;
-    st->ibot_loss = ibot / 2;
-    st->gram_loss = gram;
-    st->total_loss = local + global + reg / 2 + ibot / 2 + b->gram_weight * gram;
-    st->backprop_loss = c->dino_loss_weight * (local_w * local + global) + reg + c->ibot_loss_weight * ibot +
-                        b->gram_weight * gram;
-    float *cls = dino_malloc(sizeof(float) * (size_t)2 * B * D);
-    be->to_host(be, cls, s_glob_cls, sizeof(float) * (size_t)2 * B * D);
-    st->student_cls_std = normalized_std(cls, 2 * B, D);
-    free(cls);
+    student_stats(m, be, &sp, local_w, reg, gram, b->gram_weight, st);
     if (!isfinite(st->backprop_loss)) {
-        dino_seterr(err, "ssl_step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g, gram %g)", local, global,
-                    reg, ibot, gram);
+        dino_seterr(err, "ssl_step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g, gram %g)", sp.local,
+                    sp.global, reg, sp.ibot, gram);
         return -1;
     }
     return 0;
@@ -815,8 +894,8 @@ void ssl_embed(SslModel *m, Backend *be, int use_teacher, const float *images, i
 }
 
 // ---- distillation: the student half against given targets -----------------------------------------
-// The same student forward, losses and backward as ssl_forward_backward (kept beside it, not shared, so
-// that the SSL step stays as it is), with the targets uploaded instead of computed and no masking.
+// The same student draws, forward, losses and backward as ssl_forward_backward (the static functions
+// above), with the targets uploaded instead of computed and the global crops unmasked.
 int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *b, const SslTargets *t, SslStepStats *st,
                                  char *err) {
     Work *w = m->work;
@@ -827,35 +906,15 @@ int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *b, co
         return -1;
     }
     ssl_use_pair(m, be, b->pair);
-    const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, Kd = w->Kd, Ki = w->Ki, R = c->vit.n_registers;
-    const int G = w->G, L = w->L;
-    const int do_ibot = c->ibot_loss_weight > 0;
+    const int B = w->B, nL = w->nL, Kd = w->Kd, Ki = w->Ki, G = w->G, L = w->L;
     memset(st, 0, sizeof *st);
     be->to_device(be, w->glob_img, b->global_crops, sizeof(float) * (size_t)2 * B * 3 * G * G);
     if (nL > 0) be->to_device(be, w->loc_img, b->local_crops, sizeof(float) * (size_t)nL * B * 3 * L * L);
-    // masked-token indices and weights (crop-major, as the reference): the tokens the iBOT targets are for
-    int n_m = 0;
-    if (b->masks && do_ibot) {
-        for (int i = 0; i < 2 * B; i++) {
-            int cnt = 0;
-            for (int n = 0; n < Ng; n++) cnt += b->masks[(size_t)i * Ng + n] != 0;
-            if (cnt && n_m + cnt > w->max_masked) {
-                dino_seterr(err, "ssl_step: more than %d masked tokens in the batch (max_masked too small)",
-                            w->max_masked);
-                return -1;
-            }
-            for (int n = 0; n < Ng; n++)
-                if (b->masks[(size_t)i * Ng + n]) {
-                    w->idx_host[n_m] = i * w->Tg + 1 + R + n;
-                    w->w_host[n_m] = 1.0f / (float)cnt;
-                    n_m++;
-                }
-        }
-        if (n_m) {
-            be->to_device(be, w->idx_mask, w->idx_host, sizeof(int) * (size_t)n_m);
-            be->to_device(be, w->mask_w, w->w_host, sizeof(float) * (size_t)n_m);
-        }
-    }
+    // the masks only pick the tokens the iBOT targets are for
+    StudentPass sp = {0};
+    if (b->masks && c->ibot_loss_weight > 0 && (sp.n_m = upload_masked_tokens(w, be, b->masks, c->vit.n_registers, err)) < 0)
+        return -1;
+    const int n_m = sp.n_m;
     if (n_m && !t->ibot) {
         dino_seterr(err, "ssl_student_forward_backward: %d masked tokens but no iBOT targets", n_m);
         return -1;
@@ -863,106 +922,17 @@ int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *b, co
     st->n_masked = n_m;
     be->to_device(be, w->P_dino, t->dino, sizeof(float) * (size_t)2 * B * Kd);
     if (n_m) be->to_device(be, w->P_ibot, t->ibot, sizeof(float) * (size_t)n_m * Ki);
-    float ent;
-    be->entropy_mean(be, w->scratch, w->P_dino, 2 * B, Kd);
-    be->to_host(be, &ent, w->scratch, sizeof ent);
-    st->teacher_entropy = ent;
-    if (n_m) {
-        be->entropy_mean(be, w->scratch, w->P_ibot, n_m, Ki);
-        be->to_host(be, &ent, w->scratch, sizeof ent);
-        st->ibot_teacher_entropy = ent;
-    }
-    const int *sub_g = b->drop_global, *sub_l = b->drop_local;
-    if (c->vit.drop_path_rate > 0) {
-        if (!sub_g) vit_draw_drop_subsets(&m->vit, 2 * B, rng_make(b->drop_key.state, 1, 0, 0), w->sub_g), sub_g = w->sub_g;
-        if (!sub_l && nL > 0)
-            vit_draw_drop_subsets(&m->vit, nL * B, rng_make(b->drop_key.state, 2, 0, 0), w->sub_l), sub_l = w->sub_l;
-    } else {
-        sub_g = sub_l = NULL;
-    }
-    // DINOv3 RoPE coordinate augmentation of the student, as ssl_forward_backward draws it
-    const RopeConfig *rc = &c->vit.rope_cfg;
-    if (c->vit.rope && (rc->shift > 0 || rc->jitter > 0 || rc->rescale > 0)) {
-        RopeAug *aug = dino_malloc(sizeof(RopeAug) * (size_t)c->vit.depth);
-        vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 3, 0, 0), aug);
-        vit_acts_set_rope_aug(be, &m->vit, w->s_glob, aug);
-        if (nL > 0) {
-            vit_draw_rope_aug(&m->vit, rng_make(b->drop_key.state, 4, 0, 0), aug);
-            vit_acts_set_rope_aug(be, &m->vit, w->s_loc, aug);
-        }
-        free(aug);
-    }
+    target_entropies(w, be, n_m, st);
+    const int *sub_g, *sub_l;
+    student_draws(m, be, b, &sub_g, &sub_l);
 
-    // ---- student forward: global crops unmasked, head input [local CLS; global CLS; masked patch tokens]
-    const float *xg = vit_forward(be, &m->vit, m->student, w->s_glob, w->glob_img, NULL, sub_g);
-    const float *xl = nL > 0 ? vit_forward(be, &m->vit, m->student, w->s_loc, w->loc_img, NULL, sub_l) : NULL;
-    float *s_loc_cls = w->s_in, *s_glob_cls = w->s_in + (size_t)nL * B * D;
-    float *s_masked = w->s_in + (size_t)w->rows_cls * D;
-    if (nL > 0) be->gather_rows(be, s_loc_cls, xl, w->idx_lcls, nL * B, (size_t)D);
-    be->gather_rows(be, s_glob_cls, xg, w->idx_gcls, 2 * B, (size_t)D);
-    if (n_m) be->gather_rows(be, s_masked, xg, w->idx_mask, n_m, (size_t)D);
-    const float *zs_dino, *zs_ibot = NULL;
-    if (c->ibot_separate_head) {
-        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls);
-        if (n_m) zs_ibot = head_forward(be, &m->ibot_head, m->student, w->s_ibot, s_masked, n_m);
-    } else {
-        zs_dino = head_forward(be, &m->dino_head, m->student, w->s_dino, w->s_in, w->rows_cls + n_m);
-        zs_ibot = zs_dino + (size_t)w->rows_cls * Kd;
-    }
-
-    // ---- losses and their gradients w.r.t. the student logits
-    const float ts = c->student_temp;
-    double local = dino_loss_local(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
-                                   c->dino_loss_weight);
-    double global = dino_loss_global(be, zs_dino + (size_t)nL * B * Kd, nL, B, w->P_dino, Kd, ts, w->row_loss,
-                                     w->dz_dino + (size_t)nL * B * Kd, c->dino_loss_weight);
-    double ibot = 0;
-    if (do_ibot && n_m)
-        ibot = ibot_loss(be, zs_ibot, w->P_ibot, w->mask_w, n_m, 2 * B, Ki, ts, w->row_loss, w->dz_ibot,
-                         c->ibot_loss_weight);
-
-    // ---- backward: heads -> head inputs (+ KoLeo/KDE on the global CLS) -> backbone outputs -> ViT
-    be->zero(be, m->grads, sizeof(float) * m->tab.total);
-    if (c->ibot_separate_head) {
-        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
-        if (n_m) head_backward(be, &m->ibot_head, m->student, m->grads, w->s_ibot, w->dz_ibot, w->ds_in + (size_t)w->rows_cls * D);
-    } else {
-        head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
-    }
-    float *ds_glob_cls = w->ds_in + (size_t)nL * B * D;
-    double reg = 0;
-    if (c->use_kde) {
-        if (c->kde_loss_weight > 0)
-            reg = kde_loss(be, s_glob_cls, 2, B, D, c->kde_kappa, c->kde_loss_weight, ds_glob_cls, w->scratch);
-    } else if (c->koleo_loss_weight > 0) {
-        reg = koleo_loss(be, s_glob_cls, 2, B, D, c->koleo_loss_weight, ds_glob_cls, w->scratch);
-    }
-    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, m->dino_head.w[0]);
-    vit_acts_set_grad_hook(w->s_glob, nL > 0 ? NULL : m->grad_ready, m->grad_ready_ctx);
-    if (nL > 0) vit_acts_set_grad_hook(w->s_loc, m->grad_ready, m->grad_ready_ctx);
-    be->zero(be, w->d_xg, sizeof(float) * (size_t)2 * B * w->Tg * D);
-    be->scatter_add_rows(be, w->d_xg, ds_glob_cls, w->idx_gcls, 2 * B, (size_t)D);
-    if (n_m) be->scatter_add_rows(be, w->d_xg, w->ds_in + (size_t)w->rows_cls * D, w->idx_mask, n_m, (size_t)D);
-    vit_backward(be, &m->vit, m->student, m->grads, w->s_glob, w->d_xg);
-    if (nL > 0) {
-        be->zero(be, w->d_xl, sizeof(float) * (size_t)nL * B * w->Tl * D);
-        be->scatter_add_rows(be, w->d_xl, w->ds_in, w->idx_lcls, nL * B, (size_t)D);
-        vit_backward(be, &m->vit, m->student, m->grads, w->s_loc, w->d_xl);
-    }
-
-    st->dino_local_crops_loss = local;
-    st->dino_global_crops_loss = global;
-    st->koleo_loss = reg / 2;
-    st->ibot_loss = ibot / 2;
-    st->total_loss = local + global + reg / 2 + ibot / 2;
-    st->backprop_loss = c->dino_loss_weight * (local + global) + reg + c->ibot_loss_weight * ibot;
-    float *cls = dino_malloc(sizeof(float) * (size_t)2 * B * D);
-    be->to_host(be, cls, s_glob_cls, sizeof(float) * (size_t)2 * B * D);
-    st->student_cls_std = normalized_std(cls, 2 * B, D);
-    free(cls);
+    student_forward(m, be, w->glob_img, w->loc_img, NULL, sub_g, sub_l, &sp);
+    student_losses(m, be, 1.0, &sp);
+    const double reg = student_backward(m, be, &sp, 0);
+    student_stats(m, be, &sp, 1.0, reg, 0, 0, st);
     if (!isfinite(st->backprop_loss)) {
-        dino_seterr(err, "distillation step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g)", local, global,
-                    reg, ibot);
+        dino_seterr(err, "distillation step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g)", sp.local,
+                    sp.global, reg, sp.ibot);
         return -1;
     }
     return 0;

@@ -131,6 +131,13 @@ static int open_data(Run *r, char *err) {
     double smin = cfg->crops.global_crops_scale[0] > 0 ? cfg->crops.global_crops_scale[0] : 1.0;
     source_set_min_side(r->src, (int)ceil(config_max_global_crop(cfg) / sqrt(smin)));
     source_set_max_pixels(r->src, cfg->data.max_image_pixels);
+    if (cfg->crops.extended_context) { // crops at about native resolution: decode whole, read the larger region
+        source_set_min_side(r->src, 0);
+        source_set_context(r->src, cfg->crops.context_factor);
+    }
+    HsvFilter hsv;
+    config_to_hsv_filter(cfg, &hsv);
+    source_set_hsv_filter(r->src, &hsv);
     LoaderConfig lc;
     config_to_loader(cfg, r->d->rank, r->d->world, &lc);
     // the batches' crops in the backend's page-locked memory: a GPU uploads them from there

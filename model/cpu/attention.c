@@ -10,7 +10,7 @@
 #include "model/cpu/cpu_ops.h"
 #include "model/cpu/vmath.h"
 
-size_t cpu_attention_saved_floats(Backend *be, int B, int T, int H) { return (size_t)B * H * T * T; }
+size_t cpu_attention_saved_floats(Backend *be, int B, int T, int H, int Dh) { return (size_t)B * H * T * T; }
 
 static void softmax_rows(float *S, int T) {
     for (int i = 0; i < T; i++) {

@@ -20,7 +20,7 @@ void cpu_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, siz
 void cpu_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd);
 void cpu_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd);
 // attention.c
-size_t cpu_attention_saved_floats(Backend *be, int B, int T, int H);
+size_t cpu_attention_saved_floats(Backend *be, int B, int T, int H, int Dh);
 void cpu_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
 void cpu_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
                        int T, int H, int Dh);

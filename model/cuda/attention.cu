@@ -1,8 +1,9 @@
-// Multi-head self-attention: cuBLAS batched GEMMs (one call for all images and heads, on device pointer
+// Multi-head self-attention, the batched-GEMM path (the fallback and A/B of the fused kernel in
+// attention_flash.cu, which runs instead where it applies: backend_cuda_set_attention): cuBLAS batched GEMMs (one call for all images and heads, on device pointer
 // arrays; DINO_CUDA_GEMM_GRID=0: one strided-batched call per head) with the (B,H,T,T) probabilities
 // materialised for backward (bf16 with bf16 GEMMs, fp32 with fp32 GEMMs).
 // At DINOv2's token counts (T <= 261) that matrix is small next to the MLP activations. Softmax and its
-// backward run in fp32, one warp per row. Step 2 (docs/cuda-backend.md): a flash-style fused kernel.
+// backward run in fp32, one warp per row.
 #include <math.h>
 #include <string.h>
 
@@ -87,7 +88,12 @@ __global__ void rows_to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t
         dst[i] = __float2bfloat16(src[(i / D) * ld_src + i % D]);
 }
 
-size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H) {
+// The fused path (attention_flash.cu) where it applies and is chosen (backend_cuda_set_attention,
+// DINO_ATTENTION), this one otherwise.
+static bool use_flash(Backend *be, int Dh) { return backend_cuda_attention_is_flash(be, Dh) != 0; }
+
+size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H, int Dh) {
+    if (use_flash(be, Dh)) return attention_saved_floats_flash(B, T, H, Dh);
     return attention_saved_floats_cuda(B, T, H, probs_bf16(be));
 }
 
@@ -96,6 +102,7 @@ size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H) {
 // block (b*H + h) of `saved`. qkv, out, dout and dqkv may be bf16 activation buffers (bf16 GEMMs only):
 // the products then read them as they are and write out / dqkv rounded once at the store.
 void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
+    if (use_flash(be, Dh)) return cuda_attention_flash_fwd(be, out, saved, qkv, B, T, H, Dh);
     CUDA_OP_RANGE("attention_fwd");
     if (B <= 0 || T <= 0) return;
     const ActRef o = cuda_act(be, out), x = cuda_act(be, qkv);
@@ -143,6 +150,7 @@ void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv,
 
 void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
                         int T, int H, int Dh) {
+    if (use_flash(be, Dh)) return cuda_attention_flash_bwd(be, dqkv, dout, qkv, saved, B, T, H, Dh);
     CUDA_OP_RANGE("attention_bwd");
     if (B <= 0 || T <= 0) return;
     const ActRef dx = cuda_act(be, dqkv), dy = cuda_act(be, dout), x = cuda_act(be, qkv);

@@ -307,6 +307,10 @@ void colsum_finish(Backend *be, float *dst, const float *partial, int nblk, int 
 // ---- construction -----------------------------------------------------------------------------------
 
 extern "C" void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p) { cuda_impl(be)->gemm_precision = p; }
+extern "C" void backend_cuda_set_attention(Backend *be, CudaAttention a) { cuda_impl(be)->attention = a; }
+extern "C" int backend_cuda_attention_is_flash(Backend *be, int Dh) {
+    return cuda_impl(be)->attention == CUDA_ATTENTION_FLASH && cuda_attention_flash_supported(be, Dh);
+}
 
 extern "C" void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes) {
     cuda_graph_pause(be); // outside any capture, to be safe
@@ -356,8 +360,15 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
         set_err(err, "cuda backend: cannot use device %d: %s", device, cudaGetErrorString(e));
         return NULL;
     }
+    const char *att = getenv("DINO_ATTENTION");
+    if (att && *att && strcmp(att, "flash") != 0 && strcmp(att, "gemm") != 0) {
+        set_err(err, "cuda backend: DINO_ATTENTION=%s: use flash (the fused kernel, default) or gemm (batched GEMMs)",
+                att);
+        return NULL;
+    }
     CudaImpl *c = (CudaImpl *)dino_calloc(1, sizeof *c);
     c->device = device;
+    c->attention = att && strcmp(att, "gemm") == 0 ? CUDA_ATTENTION_GEMM : CUDA_ATTENTION_FLASH;
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, device));
     snprintf(c->device_name, sizeof c->device_name, "%s", prop.name);

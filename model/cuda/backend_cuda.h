@@ -26,6 +26,17 @@ void backend_cuda_free(Backend *be);
 typedef enum { CUDA_GEMM_BF16 = 0, CUDA_GEMM_FP32 = 1 } CudaGemmPrecision;
 void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p);
 
+// Which attention path runs: CUDA_ATTENTION_FLASH (default): the fused kernel (model/cuda/attention_flash.cu)
+// wherever it applies (bf16 GEMM precision and head dim 16, 32, 64, 80, 96 or 128), the batched-GEMM path
+// elsewhere; CUDA_ATTENTION_GEMM: always the batched-GEMM path (cuBLAS, T x T probabilities saved in bf16).
+// DINO_ATTENTION=flash|gemm in the environment sets it at creation (another value: backend_cuda_new fails
+// with a message). The saved state's size and layout depend on it (attention_saved_floats): change it
+// only between steps, never between a forward and its backward.
+typedef enum { CUDA_ATTENTION_FLASH = 0, CUDA_ATTENTION_GEMM = 1 } CudaAttention;
+void backend_cuda_set_attention(Backend *be, CudaAttention a);
+// Whether attention with head dim Dh runs the flash path on this backend now.
+int backend_cuda_attention_is_flash(Backend *be, int Dh);
+
 // Linear layers with a bias through cuBLASLt with the bias as the GEMM's epilogue (on by default when
 // cuBLASLt accepts the shape; DINO_CUDA_LT=0 in the environment turns it off at creation). Off: the
 // cublasGemmEx path (bias broadcast, then the GEMM with beta = 1). Returns whether it is on now.

@@ -82,6 +82,7 @@ typedef struct {
     CudaGraphStats graph_stats;
     void *stage;
     size_t stage_bytes, stage_used;
+    CudaAttention attention; // flash (default where supported) or the batched-GEMM path; DINO_ATTENTION
     // the bf16 activation buffers (alloc_act), sorted by base address: ops look their arguments up
     struct ActAlloc *acts;
     int n_acts, cap_acts;
@@ -238,10 +239,16 @@ void cuda_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, si
 void cuda_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd);
 void cuda_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd);
 // attention.cu
-size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H);
+size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H, int Dh);
 void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
 void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
                         int T, int H, int Dh);
+// attention_flash.cu: the fused path (bf16 GEMM precision and a head dim with kernels: 16, 32, 64, 80, 96, 128);
+// `saved` as attention_saved_floats_flash (model/attention_layout.h)
+bool cuda_attention_flash_supported(Backend *be, int Dh);
+void cuda_attention_flash_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);
+void cuda_attention_flash_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
+                              int T, int H, int Dh);
 // rope.cu
 void cuda_rope_fwd(Backend *be, float *qkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh);
 void cuda_rope_bwd(Backend *be, float *dqkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh);

@@ -100,6 +100,7 @@ struct ThreadState {
     unsigned mask;
     uint64_t value, result;
     int arg, width;
+    WarpCollectiveFn collective; // WARP_COLLECTIVE: what runs once all lanes are there
 };
 
 static const size_t STACK_BYTES = 128 << 10; // kernels need little; AddressSanitizer frames are larger
@@ -199,16 +200,26 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
     Worker *w = worker;
     ThreadState *t = w->running;
     t->state = T_WARP, t->file = file, t->line = line;
-    t->op = op, t->mask = mask, t->value = value, t->arg = arg, t->width = width;
+    t->op = op, t->mask = mask, t->value = value, t->arg = arg, t->width = width, t->collective = nullptr;
     to_scheduler(w, t, false);
     return t->result;
+}
+
+void warp_collective(WarpCollectiveFn fn, void *arg, const char *file, int line) {
+    Worker *w = worker;
+    ThreadState *t = w->running;
+    t->state = T_WARP, t->file = file, t->line = line;
+    t->op = WARP_COLLECTIVE, t->mask = 0xffffffffu, t->value = (uint64_t)(uintptr_t)arg, t->arg = 0, t->width = 32;
+    t->collective = fn;
+    to_scheduler(w, t, false);
 }
 
 // ---- the scheduler side -------------------------------------------------------------------------------
 
 static const char *op_name(WarpOp op) {
     static const char *names[] = {"__shfl_sync", "__shfl_xor_sync", "__shfl_up_sync", "__shfl_down_sync",
-                                  "__ballot_sync", "__any_sync", "__all_sync"};
+                                  "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp",
+                                  "a warp-collective wmma operation"};
     return names[op];
 }
 
@@ -300,6 +311,14 @@ static int resolve_warps(Worker *w, int n) {
                 fatal("%s: %s at %s:%d by lane %d, which is not in the mask 0x%08x of its warp", at,
                       op_name(t->op), t->file, t->line, l, first->mask);
             }
+        }
+        if (first->op == WARP_COLLECTIVE) { // every lane is here (the mask is full): run it once
+            void *args[32];
+            for (int l = 0; l < lanes; l++) args[l] = (void *)(uintptr_t)w->th[base + l].value;
+            if (first->collective) first->collective(args, lanes);
+            for (int l = 0; l < lanes; l++) w->th[base + l].state = T_READY;
+            released++;
+            continue;
         }
         unsigned ballot = 0;
         for (int l = 0; l < lanes; l++)

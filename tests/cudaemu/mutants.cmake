@@ -205,3 +205,17 @@ set(MUTANT_TO [[
     cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));]])
 cudaemu_mutant(graph_host_read_inside_capture FILE model/cuda/backend_cuda.cu TEST ssl_steps_cuda_graphs_same_bits FINDING
   EXPECT "cudaemu: cudaMemcpyAsync to pageable host memory [^\n]* on a capturing stream: CUDA refuses it")
+# A missing barrier between the flash forward's K/V tile load into shared memory and its use: each
+# thread stores its share of the tile, then the warps' wmma loads read the whole tile. Under the layer a
+# thread runs from the previous barrier to its first wmma load in one stretch, so the warps read elements
+# that threads later in the order have not stored yet (the previous tile's, or the previous block's):
+# the attention output is off by the order of the values themselves (whatever CUDAEMU_ORDER).
+set(MUTANT_FROM [[
+        load_tile<DH, LDS>(sV, v, H3, j0, FLASH_BC, T);
+        __syncthreads();
+        // S = Q K^T (unscaled), 16 x FLASH_BC]])
+set(MUTANT_TO [[
+        load_tile<DH, LDS>(sV, v, H3, j0, FLASH_BC, T);
+        // S = Q K^T (unscaled), 16 x FLASH_BC]])
+cudaemu_mutant(flash_kv_tile_syncthreads_removed FILE model/cuda/attention_flash.cu TEST flash_attention_dh64
+  EXPECT "FAIL flash_attention_dh64 \\([^)]*\\): flash_fwd\\.out: normwise relative error")

@@ -9,7 +9,9 @@
 
 #include <string>
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include "tests/harness.h"
 
@@ -117,6 +119,47 @@ __global__ void overrun_kernel(float *x, int n) {
 __global__ void scale_kernel(float *x, float a, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] *= a;
+}
+
+// wmma (the <mma.h> stand-in): each warp w of the block computes D_w = A_w B_w + C_w on 16x16 tiles in
+// global memory (A row-major, B column-major, C and D row-major, tile w at offset 256 w), then stores D
+// once more column-major into Dt. Staged through shared memory with a __syncwarp, as kernels do.
+__global__ void wmma_kernel(float *D, float *Dt, const __nv_bfloat16 *A, const __nv_bfloat16 *B, const float *C) {
+    using namespace nvcuda;
+    __shared__ __align__(32) float tile[4][256];
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    for (int i = lane; i < 256; i += 32) tile[w][i] = C[w * 256 + i];
+    __syncwarp();
+    wmma::load_matrix_sync(a, A + w * 256, 16);
+    wmma::load_matrix_sync(b, B + w * 256, 16);
+    wmma::load_matrix_sync(c, tile[w], 16, wmma::mem_row_major);
+    wmma::mma_sync(c, a, b, c);
+    wmma::store_matrix_sync(D + w * 256, c, 16, wmma::mem_row_major);
+    wmma::store_matrix_sync(Dt + w * 256, c, 16, wmma::mem_col_major);
+}
+
+// a wmma load that only half of the warp reaches
+__global__ void wmma_divergent_kernel(const __nv_bfloat16 *A) {
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    if (threadIdx.x < 16) wmma::load_matrix_sync(a, A, 16);
+}
+
+// a wmma load by every thread (in a block whose size is not a multiple of 32, the last warp is partial)
+__global__ void wmma_load_kernel(const __nv_bfloat16 *A) {
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::load_matrix_sync(a, A, 16);
+}
+
+// a wmma load from a pointer 16 bytes past a 256-bit boundary
+__global__ void wmma_misaligned_kernel(const __nv_bfloat16 *A) {
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::load_matrix_sync(a, A + 8, 16);
 }
 
 // ---- results --------------------------------------------------------------------------------------------
@@ -558,4 +601,49 @@ TEST(graph_missing_edge_shows_under_delay) {
     cudaFree(x), cudaFree(y);
     if (pol) setenv("CUDAEMU_STREAMS", pol, 1);
     else unsetenv("CUDAEMU_STREAMS");
+TEST(wmma_fragments_mma_and_findings) {
+    // index-coded small integers: every product and sum is exact, so D must match bit for bit, and a
+    // wrong row/column mapping anywhere gives a different integer
+    const int warps = 4, n = warps * 256;
+    __nv_bfloat16 *Ah = (__nv_bfloat16 *)malloc(2 * n), *Bh = (__nv_bfloat16 *)malloc(2 * n);
+    float *Ch = (float *)malloc(4 * n), *Dh = (float *)malloc(4 * n), *Dth = (float *)malloc(4 * n);
+    for (int w = 0; w < warps; w++)
+        for (int r = 0; r < 16; r++)
+            for (int c = 0; c < 16; c++) {
+                Ah[w * 256 + r * 16 + c] = __float2bfloat16((float)((r * 16 + c + w) % 7 - 3)); // A[r][c]
+                Bh[w * 256 + c * 16 + r] = __float2bfloat16((float)((r * 3 + c * 5 + w) % 9 - 4)); // B[r][c], col-major
+                Ch[w * 256 + r * 16 + c] = (float)(r - 2 * c + 100 * w);
+            }
+    __nv_bfloat16 *A, *B;
+    float *C, *D, *Dt;
+    CK(cudaMalloc(&A, 2 * n));
+    CK(cudaMalloc(&B, 2 * n));
+    CK(cudaMalloc(&C, 4 * n));
+    CK(cudaMalloc(&D, 4 * n));
+    CK(cudaMalloc(&Dt, 4 * n));
+    CK(cudaMemcpy(A, Ah, 2 * n, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(B, Bh, 2 * n, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(C, Ch, 4 * n, cudaMemcpyHostToDevice));
+    DINO_LAUNCH(wmma_kernel, 1, 32 * warps, 0, 0)(D, Dt, A, B, C);
+    CK(cudaGetLastError());
+    CK(cudaMemcpy(Dh, D, 4 * n, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(Dth, Dt, 4 * n, cudaMemcpyDeviceToHost));
+    int bad = 0;
+    for (int w = 0; w < warps; w++)
+        for (int r = 0; r < 16; r++)
+            for (int c = 0; c < 16; c++) {
+                float want = Ch[w * 256 + r * 16 + c];
+                for (int k = 0; k < 16; k++)
+                    want += __bfloat162float(Ah[w * 256 + r * 16 + k]) * __bfloat162float(Bh[w * 256 + c * 16 + k]);
+                bad += Dh[w * 256 + r * 16 + c] != want || Dth[w * 256 + c * 16 + r] != want;
+            }
+    CHECK(bad == 0, "wmma: %d of %d elements of D = A B + C wrong", bad, 2 * n);
+    expect_finding("wmma load reached by half a warp", "already returned",
+                   [&] { DINO_LAUNCH(wmma_divergent_kernel, 1, 32, 0, 0)(A); });
+    expect_finding("wmma in a 48-thread block", "does not exist",
+                   [&] { DINO_LAUNCH(wmma_load_kernel, 1, 48, 0, 0)(A); });
+    expect_finding("wmma load from a misaligned pointer", "not 256-bit aligned",
+                   [&] { DINO_LAUNCH(wmma_misaligned_kernel, 1, 32, 0, 0)(A); });
+    cudaFree(A), cudaFree(B), cudaFree(C), cudaFree(D), cudaFree(Dt);
+    free(Ah), free(Bh), free(Ch), free(Dh), free(Dth);
 }

@@ -13,12 +13,14 @@ written from the official code (facebookresearch/dinov3), for tests/make_objecti
   compute_losses            dinov3/train/ssl_meta_arch.py SSLMetaArch.compute_losses (the loss scales,
                             dino.reweight_dino_local_loss's local weight, the KoLeo scale, iBOT, the Gram
                             loss times its weight; no distillation)
-  linear_warmup_cosine_decay  dinov3/train/cosine_lr_scheduler.py (the weight schedules)
+  linear_warmup_cosine_decay  dinov3/train/cosine_lr_scheduler.py (the weight schedules), re-exported from
+                            the schedules' transcription (tests/torch_ref/dinov3_schedules.py)
 """
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from dinov3_schedules import linear_warmup_cosine_decay  # noqa: F401 (re-exported)
 
 
 class GramLoss(nn.Module):
@@ -142,16 +144,3 @@ def compute_losses(*, student_local_cls_after_head, student_global_cls_after_hea
         loss_accumulator += g * gram_loss_weight
         loss_dict["gram_loss"] = g
     return loss_accumulator, loss_dict
-
-
-def linear_warmup_cosine_decay(start, peak, end, warmup_iterations, total_iterations, cosine_iterations=None):
-    linear = np.linspace(start, peak, warmup_iterations, endpoint=False)
-    if cosine_iterations is None:
-        cosine_iterations = total_iterations - warmup_iterations
-    cosine = np.cos(np.linspace(0, np.pi, cosine_iterations))
-    cosine = (cosine + 1) / 2
-    cosine = (peak - end) * cosine + end
-    remaining_iterations = total_iterations - cosine_iterations - warmup_iterations
-    assert remaining_iterations >= 0
-    constant = np.full((remaining_iterations,), fill_value=end)
-    return np.concatenate([linear, cosine, constant])

@@ -22,6 +22,13 @@ extern "C" {
 typedef struct uint3 {
     unsigned x, y, z;
 } uint3;
+typedef struct __attribute__((aligned(16))) float4 {
+    float x, y, z, w;
+} float4;
+static inline float4 make_float4(float x, float y, float z, float w) {
+    float4 v = {x, y, z, w};
+    return v;
+}
 typedef struct dim3 {
     unsigned x, y, z;
 #ifdef __cplusplus
@@ -188,6 +195,8 @@ template <typename T> static inline cudaError_t cudaMalloc(T **p, size_t bytes) 
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __restrict__ __restrict
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
 // Shared memory: one copy per block. A block's fibers all run on one worker thread and a worker runs one
 // block at a time, so a thread-local static is exactly that. (Static shared memory over the 48 KB limit
 // is refused by nvcc's own build of the same sources, which CI also runs.) GNU __thread rather than C++
@@ -212,8 +221,15 @@ extern __thread BlockView *cur_block;
 void syncthreads(const char *file, int line);
 // One warp-synchronous exchange: every lane of `mask` must arrive at the same call with the same kind;
 // each lane gets the value of lane src (shuffles) or the vote's result. Values travel as 64 bits.
-enum WarpOp { WARP_SHFL_IDX, WARP_SHFL_XOR, WARP_SHFL_UP, WARP_SHFL_DOWN, WARP_BALLOT, WARP_ANY, WARP_ALL };
+enum WarpOp { WARP_SHFL_IDX, WARP_SHFL_XOR, WARP_SHFL_UP, WARP_SHFL_DOWN, WARP_BALLOT, WARP_ANY, WARP_ALL,
+              WARP_SYNC, WARP_COLLECTIVE };
 uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, const char *file, int line);
+// A warp-collective operation on opaque per-lane state (the wmma stand-in, <mma.h>): all 32 lanes of the
+// warp must arrive at the same call (a block whose size is not a multiple of 32, or lanes that skip it,
+// is a finding as for a full-mask shuffle); then fn runs once with every lane's `arg`, in lane order
+// (fn may be NULL: a rendezvous only).
+typedef void (*WarpCollectiveFn)(void *const *lane_args, int lanes);
+void warp_collective(WarpCollectiveFn fn, void *arg, const char *file, int line);
 
 // A launch: the configuration is checked against the device limits when it is enqueued (a bad one sets
 // the error that cudaGetLastError returns, as a real launch does), the kernel runs when its stream is
@@ -289,6 +305,11 @@ CUDAEMU_SHFL(__shfl_xor_sync, ::cudaemu::WARP_SHFL_XOR)
 CUDAEMU_SHFL(__shfl_up_sync, ::cudaemu::WARP_SHFL_UP)
 CUDAEMU_SHFL(__shfl_down_sync, ::cudaemu::WARP_SHFL_DOWN)
 #undef CUDAEMU_SHFL
+// __syncwarp: the lanes of the mask meet (and the shared-memory writes before it are seen after it)
+static inline void __syncwarp(unsigned mask = 0xffffffffu, const char *file = __builtin_FILE(),
+                              int line = __builtin_LINE()) {
+    (void)::cudaemu::warp_op(::cudaemu::WARP_SYNC, mask, 0, 0, 32, file, line);
+}
 static inline unsigned __ballot_sync(unsigned mask, int pred, const char *file = __builtin_FILE(),
                                      int line = __builtin_LINE()) {
     return (unsigned)::cudaemu::warp_op(::cudaemu::WARP_BALLOT, mask, pred != 0, 0, 32, file, line);
