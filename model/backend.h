@@ -11,6 +11,17 @@
 //    groups and micro-batches add up in one gradient buffer. Input gradients are OVERWRITTEN unless the
 //    argument is named `dx_acc` (then +=).
 //  - `idx` arrays (row subsets for stochastic depth, masked tokens) live in backend memory too.
+//  - Activation dtypes (docs/cuda-backend.md, "Activation dtypes"): buffers from alloc_act carry an
+//    element type that the backend records per allocation. The model asks for DINO_BF16 by purpose
+//    (the ViT's branch intermediates and their gradients); the cpu backend stores fp32 regardless (the
+//    reference; backend_cpu_emulate_bf16 rounds them as a GPU would store them), the cuda backend stores
+//    bf16 (with its default bf16 GEMMs). The heads' hidden layers are bf16 too; from the bottleneck on fp32. Such a pointer is a handle to the whole buffer: the model
+//    passes it to ops as is, never offset into it (the cuda backend refuses an interior pointer) nor
+//    copies it with byte counts of its own. Every other buffer, and every op argument not listed as
+//    accepting one, is fp32. The ops that accept bf16 activations: linear_fwd (out, in), linear_bwd
+//    (din, dout, in), layernorm_fwd (out), layernorm_bwd (dout), gelu/swiglu (all), attention_fwd/bwd
+//    (out, qkv, dout, dqkv), rope_fwd/bwd (qkv, dqkv), residual_fwd (br), residual_bwd (dbr, br);
+//    to_host/to_device/zero with the buffer's byte count as fp32 (4 per element) convert.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -19,6 +30,9 @@
 
 typedef struct Backend Backend;
 
+// Element type of an activation buffer (alloc_act).
+typedef enum { DINO_F32 = 0, DINO_BF16 = 1 } DinoDtype;
+
 struct Backend {
     const char *name;
     void *impl; // backend private state
@@ -26,6 +40,10 @@ struct Backend {
     // ---- memory -------------------------------------------------------------------------------
     void *(*alloc)(Backend *be, size_t bytes); // zero-filled, 64-byte aligned
     void (*release)(Backend *be, void *p);
+    // An activation buffer of n elements that the model wants stored as `dt` (zero-filled, released with
+    // release). The backend records the type it stores (fp32 on cpu, bf16 on cuda with bf16 GEMMs) and
+    // sets *bytes (may be NULL) to the memory it holds.
+    float *(*alloc_act)(Backend *be, size_t n, DinoDtype dt, size_t *bytes);
     void (*to_device)(Backend *be, void *dst, const void *src_host, size_t bytes);
     void (*to_host)(Backend *be, void *dst_host, const void *src, size_t bytes);
     void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);
@@ -187,6 +205,13 @@ struct Backend {
 extern "C" {
 #endif
 Backend *backend_cpu_new(void);
+// The bf16-emulating switch of a cpu backend (model/cpu/bf16_emulation.c): from now on its DINO_BF16
+// activation buffers hold values rounded to bf16 (to nearest even) after every op that writes them,
+// exactly where the cuda backend stores bf16, so the CPU predicts the GPU's numerics. Wraps the ops
+// the table holds at the call (a test may have replaced some first). Returns be.
+Backend *backend_cpu_emulate_bf16(Backend *be);
+// The bf16 value nearest x (ties to even; NaN stays NaN, as __float2bfloat16), as a float.
+float dino_bf16_round(float x);
 // Frees any backend (calls its destroy hook first).
 void backend_free(Backend *be);
 #ifdef __cplusplus

@@ -57,6 +57,13 @@ static size_t plan_attention_saved_floats_cuda(Backend *be, int B, int T, int H,
     return attention_flash_head_dim(Dh) ? attention_saved_floats_flash(B, T, H, Dh) : attention_saved_floats_cuda(B, T, H, 1);
 }
 
+// The CUDA backend's activation storage: bf16 where the model asks for it (its default bf16 GEMMs).
+static float *plan_alloc_act_cuda(Backend *be, size_t n, DinoDtype dt, size_t *bytes) {
+    const size_t b = (dt == DINO_BF16 ? 2 : sizeof(float)) * n;
+    if (bytes) *bytes = b;
+    return plan_alloc(be, b);
+}
+
 static void plan_destroy(Backend *be) {
     PlanState *s = be->impl;
     for (int i = 0; i < s->n; i++) munmap(s->a[i].p, s->a[i].bytes ? s->a[i].bytes : 1);
@@ -68,6 +75,7 @@ static void plan_destroy(Backend *be) {
 Backend *backend_plan_new(int cuda_layout) {
     Backend *be = backend_cpu_new();
     if (cuda_layout) be->attention_saved_floats = plan_attention_saved_floats_cuda;
+    if (cuda_layout) be->alloc_act = plan_alloc_act_cuda;
     be->name = "plan";
     be->impl = dino_calloc(1, sizeof(PlanState));
     be->alloc = plan_alloc;

@@ -70,6 +70,9 @@ static int after(const TimedState *s, RoofOp op, const void *p) {
 // ---- memory (forwarded; copies and transfers counted) ----------------------------------------------------
 static void *t_alloc(Backend *be, size_t bytes) { return IN(S(be))->alloc(IN(S(be)), bytes); }
 static void t_release(Backend *be, void *p) { IN(S(be))->release(IN(S(be)), p); }
+static float *t_alloc_act(Backend *be, size_t n, DinoDtype dt, size_t *bytes) {
+    return IN(S(be))->alloc_act(IN(S(be)), n, dt, bytes);
+}
 static void *t_host_alloc(Backend *be, size_t bytes) { return IN(S(be))->host_alloc(IN(S(be)), bytes); }
 static void t_host_free(Backend *be, void *p) { IN(S(be))->host_free(IN(S(be)), p); }
 static void t_sync(Backend *be) { IN(S(be))->sync(IN(S(be))); }
@@ -289,7 +292,7 @@ static void t_destroy(Backend *be) {
 
 // Every member of the op table must be wrapped below (an op left out would run the inner op on the wrapper's
 // state): a new op in model/backend.h fails this until it is wrapped here and counted in model/roofline.c.
-_Static_assert(sizeof(Backend) == 53 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
+_Static_assert(sizeof(Backend) == 54 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
 
 Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -297,6 +300,7 @@ Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     s->inner = inner, s->card = *card, s->execute = execute, s->prev_op = -1;
     be->name = inner->name;
     be->impl = s;
+    be->alloc_act = t_alloc_act;
     be->alloc = t_alloc, be->release = t_release, be->to_device = t_to_device, be->to_host = t_to_host;
     be->copy = t_copy, be->zero = t_zero, be->sync = t_sync, be->destroy = t_destroy;
     be->host_alloc = inner->host_alloc ? t_host_alloc : NULL;

@@ -83,9 +83,13 @@ HeadActs *head_acts_new(Backend *be, const Head *h, int max_rows, int with_grad)
     a->max_rows = (int)R;
     a->with_grad = with_grad;
     int widest = nb;
+    // the hidden layers' outputs and GELUs may be bf16 (model/backend.h, "Activation dtypes"); from the
+    // bottleneck on (z, its normalization, logits) and the backward scratch fp32: cosine logits at teacher
+    // temperature 0.04 would turn bf16's 2e-3 into 5% in the targets
     for (int i = 0; i < h->n_lin; i++) {
-        a->pre[i] = falloc(be, R * h->lin_out[i]);
-        if (i + 1 < h->n_lin) a->act[i] = falloc(be, R * h->lin_out[i]);
+        const size_t n = R * h->lin_out[i];
+        a->pre[i] = i + 1 < h->n_lin ? be->alloc_act(be, n, DINO_BF16, NULL) : falloc(be, n);
+        if (i + 1 < h->n_lin) a->act[i] = be->alloc_act(be, n, DINO_BF16, NULL);
         if (h->lin_out[i] > widest) widest = h->lin_out[i];
     }
     a->z = a->pre[h->n_lin - 1];

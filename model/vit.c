@@ -490,6 +490,21 @@ static void *own(Backend *be, VitActs *a, size_t bytes) {
     return p;
 }
 static float *fown(Backend *be, VitActs *a, size_t n) { return own(be, a, sizeof(float) * n); }
+// A branch activation (or its gradient) that the backend may store in bf16 (model/backend.h, "Activation
+// dtypes"): the LayerNorm outputs, qkv, attention output, projections, FFN activations and their
+// gradients. The residual stream, its gradient, the gathered branch inputs and the LayerNorm statistics
+// stay fp32 (LayerScale starts at 1e-5: a bf16 stream would drop the blocks' contributions).
+static float *bown(Backend *be, VitActs *a, size_t n) {
+    if (a->n_owned == a->cap_owned) {
+        a->cap_owned = a->cap_owned ? 2 * a->cap_owned : 64;
+        a->owned = dino_realloc(a->owned, sizeof(void *) * (size_t)a->cap_owned);
+    }
+    size_t bytes = 0;
+    float *p = be->alloc_act(be, n, DINO_BF16, &bytes);
+    a->owned[a->n_owned++] = p;
+    a->bytes += bytes;
+    return p;
+}
 
 // The intermediates of one block (everything but x_in and the subset indices), sized for all B rows:
 // the subset size may change between calls. With `cheap_shared` (stored activations) the five that
@@ -503,20 +518,20 @@ static void alloc_intermediates(Backend *be, VitActs *a, BlockActs *k, const Vit
     const size_t ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
     k->x_mid = fown(be, a, rows * D);
     if (!cheap_shared) k->xs1 = fown(be, a, rows * D);
-    if (!cheap_shared) k->ln1 = fown(be, a, rows * D);
+    if (!cheap_shared) k->ln1 = bown(be, a, rows * D);
     k->mean1 = fown(be, a, rows);
     k->rstd1 = fown(be, a, rows);
-    k->qkv = fown(be, a, rows * 3 * D);
+    k->qkv = bown(be, a, rows * 3 * D);
     k->att_saved = fown(be, a, be->attention_saved_floats(be, a->B, a->T, c->heads, c->dim / c->heads));
-    k->att = fown(be, a, rows * D);
-    k->proj = fown(be, a, rows * D);
+    k->att = bown(be, a, rows * D);
+    k->proj = bown(be, a, rows * D);
     if (!cheap_shared) k->xs2 = fown(be, a, rows * D);
-    if (!cheap_shared) k->ln2 = fown(be, a, rows * D);
+    if (!cheap_shared) k->ln2 = bown(be, a, rows * D);
     k->mean2 = fown(be, a, rows);
     k->rstd2 = fown(be, a, rows);
-    k->fc1 = fown(be, a, rows * ffn_out);
-    if (!cheap_shared) k->act = fown(be, a, rows * Hf);
-    k->fc2 = fown(be, a, rows * D);
+    k->fc1 = bown(be, a, rows * ffn_out);
+    if (!cheap_shared) k->act = bown(be, a, rows * Hf);
+    k->fc2 = bown(be, a, rows * D);
 }
 
 VitActs *vit_acts_new(Backend *be, const Vit *vit, int B, int crop, VitActsMode mode) {
@@ -572,8 +587,8 @@ VitActs *vit_acts_new_sharing(Backend *be, const Vit *vit, int B, int crop, VitA
             shared_xs = share->shared_xs, shared_ln = share->shared_ln, shared_act = share->shared_act;
         } else {
             shared_xs = fown(be, a, rows * D);
-            shared_ln = fown(be, a, rows * D);
-            shared_act = fown(be, a, rows * Hf);
+            shared_ln = bown(be, a, rows * D);
+            shared_act = bown(be, a, rows * Hf);
         }
         a->shared_xs = shared_xs, a->shared_ln = shared_ln, a->shared_act = shared_act;
     }
@@ -613,10 +628,10 @@ VitActs *vit_acts_new_sharing(Backend *be, const Vit *vit, int B, int crop, VitA
         } else {
             a->dx = fown(be, a, rows * D);
             a->dS_a = fown(be, a, rows * D);
-            a->dS_b = fown(be, a, rows * D);
-            a->dqkv = fown(be, a, rows * 3 * D);
-            a->dfc1 = fown(be, a, rows * ffn_out);
-            a->dact = fown(be, a, rows * Hf);
+            a->dS_b = bown(be, a, rows * D);
+            a->dqkv = bown(be, a, rows * 3 * D);
+            a->dfc1 = bown(be, a, rows * ffn_out);
+            a->dact = bown(be, a, rows * Hf);
         }
         a->dpatch = fown(be, a, BN * D);
     }

@@ -42,6 +42,7 @@
 
 #include "model/attention_layout.h"
 #include "model/backend.h"
+#include "model/backend_plan.h"
 #include "model/rope.h"
 #include "model/vit.h"
 #include "tests/harness.h"
@@ -76,8 +77,10 @@ typedef enum { CUDA_GEMM_BF16 = 0, CUDA_GEMM_FP32 = 1 } CudaGemmPrecision;
 
 // Tolerance calibration without a GPU: DINO_CUDA_OPS_EMULATE=rn (or =trunc) makes the "GPU" a CPU
 // backend whose GEMMs (linear, gemm, attention's products) round their inputs to bf16 by round-to-
-// nearest-even (or truncation), as the tensor cores would. The bf16 cases then measure how close to
-// their bounds the rounding alone comes (the fp32 cases compare the CPU with itself).
+// nearest-even (or truncation), as the tensor cores would, and whose bf16 activation buffers hold values
+// rounded where the cuda backend stores bf16 (backend_cpu_emulate_bf16, always to nearest even, as
+// __float2bfloat16). The bf16 cases then measure how close to their bounds the rounding alone comes (the
+// fp32 cases compare the CPU with itself); the *_matches_cpu_emulation cases use it as the reference.
 static Backend *emu_ref;
 static int emu_trunc;
 
@@ -168,7 +171,10 @@ static Backend *emulated_backend(CudaGemmPrecision prec, const char *mode) {
     emu_trunc = strcmp(mode, "trunc") == 0;
     be->gemm = emu_gemm, be->linear_fwd = emu_linear_fwd, be->linear_bwd = emu_linear_bwd;
     be->attention_fwd = emu_attention_fwd, be->attention_bwd = emu_attention_bwd;
-    printf("(emulated bf16 GEMMs, %s: a tolerance calibration, not a GPU test)\n", emu_trunc ? "truncation" : "round to nearest");
+    // and bf16 activation storage where the cuda backend has it (the library's switch, over these GEMMs)
+    backend_cpu_emulate_bf16(be);
+    printf("(emulated bf16 GEMMs and activations, %s: a tolerance calibration, not a GPU test)\n",
+           emu_trunc ? "truncation" : "round to nearest");
     return be;
 }
 static int emulating(void) {
@@ -1132,8 +1138,22 @@ static void vit_run(Backend *be, const Vit *vit, size_t total, const float *P_ho
     be->release(be, v.P), be->release(be, v.G);
 }
 
+// vs_emulation: the reference is the CPU's bf16 emulation (DINO_CUDA_OPS_EMULATE's bf16 GEMM inputs and
+// backend_cpu_emulate_bf16's activation storage) instead of the fp32 CPU, at the tighter tol_emu.
+static void vit_parity_vs(const char *ffn, int registers, float drop, int fp32, int dinov3, int vs_emulation,
+                          double tol_emu);
 static void vit_parity_of(const char *ffn, int registers, float drop, int fp32, int dinov3) {
-    Backend *G = gpu_backend(fp32 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16), *C = backend_cpu_new();
+    vit_parity_vs(ffn, registers, drop, fp32, dinov3, 0, 0);
+}
+static void vit_parity_vs(const char *ffn, int registers, float drop, int fp32, int dinov3, int vs_emulation,
+                          double tol_emu) {
+    Backend *G = gpu_backend(fp32 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16);
+    Backend *C = vs_emulation ? emulated_backend(CUDA_GEMM_BF16, "rn") : backend_cpu_new();
+#ifdef DINO_HAVE_CUDA
+    // the emulation models the batched-GEMM attention's rounding points (the flash path's differ: with it
+    // the SSL steps' register tokens land at 1.6x the quarter bound)
+    if (vs_emulation && !emulating()) backend_cuda_set_attention(G, CUDA_ATTENTION_GEMM);
+#endif
     VitConfig cfg;
     char err[DINO_ERRLEN];
     // vit_tiny's width and heads (D=192, H=3, Dh=64), 3 blocks, patch 14, trained at 98 px
@@ -1199,7 +1219,8 @@ static void vit_parity_of(const char *ffn, int registers, float drop, int fp32, 
     // fp32 GEMMs: a chain of a dozen fp32 ops per block, each within a few 1e-6 normwise (sqrt(K) 2^-24
     // for a GEMM of depth K), through 3 blocks forward and back: 5e-5 / 1e-4, still 30x below what one
     // bf16 GEMM adds, so a kernel bug cannot hide. bf16 GEMMs: ~u per GEMM, chained the same way.
-    const double tol_fwd = fp32 ? 5e-5 : 8 * U_BF16, tol_bwd = fp32 ? 1e-4 : 16 * U_BF16;
+    double tol_fwd = fp32 ? 5e-5 : 8 * U_BF16, tol_bwd = fp32 ? 1e-4 : 16 * U_BF16;
+    if (vs_emulation) tol_fwd = tol_bwd = tol_emu;
     check_norm("vit x_norm (98 px, masked)", xn_g[0], xn_c[0], nx[0], tol_fwd);
     check_norm("vit x_norm (42 px)", xn_g[1], xn_c[1], nx[1], tol_fwd);
     for (int i = 0; i < tab.n; i++) {
@@ -1246,6 +1267,229 @@ TEST(vit_mlp_registers_masks_droppath_fp32_gemm) { vit_parity("mlp", 4, 0.4f, 1)
 TEST(vit_dinov3_rope_storage_swiglu64_droppath_fp32_gemm) { vit_parity_of("swiglu64", 4, 0.4f, 1, 1); }
 TEST(vit_mlp_registers_masks_droppath_bf16) { vit_parity("mlp", 4, 0.4f, 0); }
 TEST(vit_swiglu_plain_bf16) { vit_parity("swiglu", 0, 0.0f, 0); }
+TEST(vit_dinov3_rope_storage_swiglu64_droppath_bf16) { vit_parity_of("swiglu64", 4, 0.4f, 0, 1); }
+// bf16 activations: the CPU's emulation (bf16 GEMM inputs, activations rounded where the GPU stores bf16)
+// predicts the GPU. Op by op they agree bit for bit but for rare one-ulp flips where fp32 summation order
+// tips a value across a rounding boundary (bf16_activation_ops_match_cpu_emulation); through a ViT each
+// flip perturbs what follows, which tips more values, so the two settle at a fraction of u apart (measured
+// under the execution layer: 1e-3 = u/4 forward, up to 0.55u in the gradients; the fp32 CPU is u forward
+// and 1.5u in the gradients from the same GPU run). Bound 2u, a quarter of the fp32 comparison's 8u / 16u.
+TEST(vit_bf16_gpu_matches_cpu_emulation) { vit_parity_vs("mlp", 4, 0.4f, 0, 0, 1, 2 * U_BF16); }
+TEST(vit_dinov3_bf16_gpu_matches_cpu_emulation) { vit_parity_vs("swiglu64", 4, 0.4f, 0, 1, 1, 2 * U_BF16); }
+
+// ---- bf16 activation buffers, op by op ---------------------------------------------------------------
+// Each op that accepts bf16 activations (model/backend.h) on buffers from alloc_act(DINO_BF16): the GPU
+// stores them in bf16, the CPU's bf16 emulation (backend_cpu_emulate_bf16 under the GEMM-input rounding of
+// DINO_CUDA_OPS_EMULATE) rounds the fp32 result where the GPU stores. From the same bf16-exact inputs both
+// round the same value, so a bf16 output must agree bit for bit except where fp32 summation order tips a
+// value across a rounding boundary: then by one bf16 ulp (<= 2^-7 relative). Attention rounds inside too
+// (its bf16 probabilities): a flipped probability moves a product by a bf16 ulp of it, which for an
+// element near 0 after cancellation is more than that element's ulp but within u = 2^-8 of the tensor's
+// scale. Bound per element: 2^-7 |c| + 2^-8 rms(c), and at most 1% of the elements unequal (fp32 ops
+// differ by ~1e-6 relative, a flip needs the value within that of a boundary: measured <= 0.2%, the
+// attention ones). Without the emulation's rounding almost every element differs.
+typedef struct {
+    size_t n;
+    float *c, *g; // on the emulating CPU, on the GPU
+} ActPair;
+
+static ActPair act_pair(Backend *C, Backend *G, size_t n, float std, Rng *r) {
+    ActPair p = {.n = n, .c = C->alloc_act(C, n, DINO_BF16, NULL), .g = G->alloc_act(G, n, DINO_BF16, NULL)};
+    float *h = dino_malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) h[i] = bf16_round(std * (float)rng_normal(r));
+    C->to_device(C, p.c, h, sizeof(float) * n);
+    G->to_device(G, p.g, h, sizeof(float) * n);
+    free(h);
+    return p;
+}
+
+static void check_act(const char *what, Backend *C, Backend *G, const ActPair *p) {
+    float *c = dino_malloc(sizeof(float) * p->n), *g = dino_malloc(sizeof(float) * p->n);
+    C->to_host(C, c, p->c, sizeof(float) * p->n);
+    G->to_host(G, g, p->g, sizeof(float) * p->n);
+    const double r = rms(c, p->n);
+    size_t bad = 0, unequal = 0, wi = 0;
+    double worst = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        const double e = fabs((double)g[i] - c[i]), tol = fabs((double)c[i]) / 128.0 + r / 256.0;
+        unequal += g[i] != c[i];
+        if (!(e <= tol)) bad++;
+        if (e / tol > worst || isnan(g[i])) worst = isnan(g[i]) ? INFINITY : e / tol, wi = i;
+    }
+    printf("  %-34s n=%-7zu unequal=%zu (%.3g%%)  worst err/tol=%.3g\n", what, p->n, unequal, 100.0 * unequal / p->n,
+           worst);
+    CHECK(bad == 0, "%s: %zu elements beyond one bf16 ulp; worst [%zu] gpu %.9g cpu %.9g", what, bad, wi, (double)g[wi],
+          (double)c[wi]);
+    CHECK(unequal <= p->n / 100, "%s: %zu of %zu elements not bit-identical to the emulation", what, unequal, p->n);
+    free(c), free(g);
+}
+
+static void act_pair_free(Backend *C, Backend *G, ActPair *p) { C->release(C, p->c), G->release(G, p->g); }
+
+TEST(bf16_activation_ops_match_cpu_emulation) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = emulated_backend(CUDA_GEMM_BF16, "rn");
+#ifdef DINO_HAVE_CUDA
+    // the emulation models the batched-GEMM attention's rounding points; the flash path: its own check below
+    if (!emulating()) backend_cuda_set_attention(G, CUDA_ATTENTION_GEMM);
+#endif
+    Rng r = rng_make(131, 0, 0, 0);
+    const int B = 2, T = 37, H = 2, Dh = 32, D = H * Dh, Hf = 96, rows = B * T, N = 30;
+    const float ws = 1.0f / sqrtf((float)D);
+    // linear: forward with and without bias; backward with a bf16 dout and with an fp32 one (dbr's case)
+    ActPair x = act_pair(C, G, (size_t)rows * D, 1.0f, &r), h1 = act_pair(C, G, (size_t)rows * Hf, 0, &r);
+    ActPair h2 = act_pair(C, G, (size_t)rows * Hf, 0, &r), dh = act_pair(C, G, (size_t)rows * Hf, 1.0f, &r);
+    ActPair dx = act_pair(C, G, (size_t)rows * D, 0, &r);
+    Pair W = pair_new(C, G, (size_t)Hf * D, 0, ws, &r, 0), b = pair_new(C, G, Hf, 0, 0.5f, &r, 0);
+    Pair dW = pair_new(C, G, (size_t)Hf * D, 0, 0, &r, 0), db = pair_new(C, G, Hf, 0, 0, &r, 0);
+    Pair dh32 = pair_new(C, G, (size_t)rows * Hf, 0, 1.0f, &r, 1);
+    C->linear_fwd(C, h1.c, x.c, W.c, b.c, rows, D, Hf), G->linear_fwd(G, h1.g, x.g, W.g, b.g, rows, D, Hf);
+    check_act("linear_fwd (bias)", C, G, &h1);
+    C->linear_fwd(C, h2.c, x.c, W.c, NULL, rows, D, Hf), G->linear_fwd(G, h2.g, x.g, W.g, NULL, rows, D, Hf);
+    check_act("linear_fwd (no bias)", C, G, &h2);
+    C->linear_bwd(C, dx.c, dW.c, db.c, dh.c, x.c, W.c, rows, D, Hf);
+    G->linear_bwd(G, dx.g, dW.g, db.g, dh.g, x.g, W.g, rows, D, Hf);
+    check_act("linear_bwd.din", C, G, &dx);
+    C->linear_bwd(C, dx.c, dW.c, NULL, dh32.c, x.c, W.c, rows, D, Hf);
+    G->linear_bwd(G, dx.g, dW.g, NULL, dh32.g, x.g, W.g, rows, D, Hf);
+    check_act("linear_bwd.din (fp32 dout)", C, G, &dx);
+    float *g = pair_gpu_result(G, &dW);
+    check_elems("linear_bwd.dW (bf16 operands)", g, dW.c, NULL, dW.n, 1e-4);
+    free(g), g = pair_gpu_result(G, &db);
+    check_elems("linear_bwd.db", g, db.c, NULL, db.n, 1e-5);
+    free(g);
+    // GELU, SwiGLU
+    C->gelu_fwd(C, h2.c, h1.c, h1.n), G->gelu_fwd(G, h2.g, h1.g, h1.n);
+    check_act("gelu_fwd", C, G, &h2);
+    C->gelu_bwd(C, h2.c, dh.c, h1.c, h1.n), G->gelu_bwd(G, h2.g, dh.g, h1.g, h1.n);
+    check_act("gelu_bwd", C, G, &h2);
+    ActPair sw = act_pair(C, G, (size_t)rows * Hf / 2, 0, &r), dsw = act_pair(C, G, (size_t)rows * Hf / 2, 1.0f, &r);
+    C->swiglu_fwd(C, sw.c, h1.c, rows, Hf / 2), G->swiglu_fwd(G, sw.g, h1.g, rows, Hf / 2);
+    check_act("swiglu_fwd", C, G, &sw);
+    C->swiglu_bwd(C, h2.c, dsw.c, h1.c, rows, Hf / 2), G->swiglu_bwd(G, h2.g, dsw.g, h1.g, rows, Hf / 2);
+    check_act("swiglu_bwd", C, G, &h2);
+    // LayerNorm of the fp32 stream into bf16; its backward from a bf16 dout into the fp32 stream gradient
+    Pair xs = pair_new(C, G, (size_t)rows * D, 0.3f, 1.0f, &r, 0), lw = pair_new(C, G, D, 1.0f, 0.1f, &r, 0);
+    Pair lb = pair_new(C, G, D, 0, 0.1f, &r, 0), mean = pair_new(C, G, rows, 0, 0, &r, 0);
+    Pair rstd = pair_new(C, G, rows, 0, 0, &r, 0), dxs = pair_new(C, G, (size_t)rows * D, 0, 0, &r, 0);
+    Pair dlw = pair_new(C, G, D, 0, 0, &r, 0), dlb = pair_new(C, G, D, 0, 0, &r, 0);
+    C->layernorm_fwd(C, dx.c, mean.c, rstd.c, xs.c, lw.c, lb.c, rows, D, 1e-6f);
+    G->layernorm_fwd(G, dx.g, mean.g, rstd.g, xs.g, lw.g, lb.g, rows, D, 1e-6f);
+    check_act("layernorm_fwd", C, G, &dx);
+    ActPair dln = act_pair(C, G, (size_t)rows * D, 1.0f, &r);
+    C->layernorm_bwd(C, dxs.c, dlw.c, dlb.c, dln.c, xs.c, mean.c, rstd.c, lw.c, rows, D);
+    G->layernorm_bwd(G, dxs.g, dlw.g, dlb.g, dln.g, xs.g, mean.g, rstd.g, lw.g, rows, D);
+    g = pair_gpu_result(G, &dxs);
+    check_elems("layernorm_bwd.dx (bf16 dout)", g, dxs.c, NULL, dxs.n, TOL_FP32);
+    free(g), g = pair_gpu_result(G, &dlw);
+    check_elems("layernorm_bwd.dw (bf16 dout)", g, dlw.c, NULL, dlw.n, TOL_FP32);
+    free(g);
+    // residual: the fp32 stream += a bf16 branch; its backward into a bf16 branch gradient
+    Pair gam = pair_new(C, G, D, 0.3f, 0.1f, &r, 0), dgam = pair_new(C, G, D, 0, 0, &r, 0);
+    C->residual_fwd(C, xs.c, dln.c, gam.c, NULL, B, T, D, 1.5f), G->residual_fwd(G, xs.g, dln.g, gam.g, NULL, B, T, D, 1.5f);
+    g = pair_gpu_result(G, &xs);
+    check_elems("residual_fwd (bf16 branch)", g, xs.c, NULL, xs.n, TOL_FP32);
+    free(g);
+    C->residual_bwd(C, dx.c, dgam.c, xs.c, dln.c, gam.c, NULL, B, T, D, 1.5f);
+    G->residual_bwd(G, dx.g, dgam.g, xs.g, dln.g, gam.g, NULL, B, T, D, 1.5f);
+    check_act("residual_bwd.dbr", C, G, &dx);
+    g = pair_gpu_result(G, &dgam);
+    check_elems("residual_bwd.dgamma (bf16 branch)", g, dgam.c, NULL, dgam.n, TOL_FP32);
+    free(g);
+    // attention and RoPE on a bf16 qkv
+    ActPair qkv = act_pair(C, G, (size_t)rows * 3 * D, 1.0f, &r), dqkv = act_pair(C, G, (size_t)rows * 3 * D, 0, &r);
+    ActPair att = act_pair(C, G, (size_t)rows * D, 0, &r);
+    Pair sn = pair_new(C, G, (size_t)N * Dh, 0, 0.7f, &r, 0), cs = pair_new(C, G, (size_t)N * Dh, 0, 0.7f, &r, 0);
+    C->rope_fwd(C, qkv.c, sn.c, cs.c, B, T, N, H, Dh), G->rope_fwd(G, qkv.g, sn.g, cs.g, B, T, N, H, Dh);
+    check_act("rope_fwd (in place)", C, G, &qkv);
+    float *sc = C->alloc(C, sizeof(float) * C->attention_saved_floats(C, B, T, H, Dh));
+    float *sg = G->alloc(G, sizeof(float) * G->attention_saved_floats(G, B, T, H, Dh));
+    C->attention_fwd(C, att.c, sc, qkv.c, B, T, H, Dh), G->attention_fwd(G, att.g, sg, qkv.g, B, T, H, Dh);
+    check_act("attention_fwd.out", C, G, &att);
+    C->attention_bwd(C, dqkv.c, dln.c, qkv.c, sc, B, T, H, Dh), G->attention_bwd(G, dqkv.g, dln.g, qkv.g, sg, B, T, H, Dh);
+    check_act("attention_bwd.dqkv", C, G, &dqkv);
+    C->rope_bwd(C, dqkv.c, sn.c, cs.c, B, T, N, H, Dh), G->rope_bwd(G, dqkv.g, sn.g, cs.g, B, T, N, H, Dh);
+    check_act("rope_bwd (in place)", C, G, &dqkv);
+    C->release(C, sc), G->release(G, sg);
+#ifdef DINO_HAVE_CUDA
+    if (!emulating()) { // the flash path on bf16 buffers: the fp32-buffer run's outputs rounded once, bit for bit
+        backend_cuda_set_attention(G, CUDA_ATTENTION_FLASH); // (it rounds Q, K, V, dO to bf16 as it loads them)
+        const size_t nq = qkv.n, no = att.n;
+        float *h = dino_malloc(sizeof(float) * nq), *o16 = dino_malloc(sizeof(float) * nq);
+        float *o32 = dino_malloc(sizeof(float) * nq);
+        float *q32 = G->alloc(G, sizeof(float) * nq), *a32 = G->alloc(G, sizeof(float) * no);
+        float *d32 = G->alloc(G, sizeof(float) * no), *dq32 = G->alloc(G, sizeof(float) * nq);
+        float *s32 = G->alloc(G, sizeof(float) * G->attention_saved_floats(G, B, T, H, Dh));
+        float *s16 = G->alloc(G, sizeof(float) * G->attention_saved_floats(G, B, T, H, Dh));
+        G->to_host(G, h, qkv.g, sizeof(float) * nq), G->to_device(G, q32, h, sizeof(float) * nq);
+        G->to_host(G, h, dln.g, sizeof(float) * no), G->to_device(G, d32, h, sizeof(float) * no);
+        G->attention_fwd(G, a32, s32, q32, B, T, H, Dh), G->attention_fwd(G, att.g, s16, qkv.g, B, T, H, Dh);
+        G->attention_bwd(G, dq32, d32, q32, s32, B, T, H, Dh), G->attention_bwd(G, dqkv.g, dln.g, qkv.g, s16, B, T, H, Dh);
+        const char *what[2] = {"flash attention_fwd.out", "flash attention_bwd.dqkv"};
+        for (int k = 0; k < 2; k++) {
+            const size_t n = k ? nq : no;
+            G->to_host(G, o32, k ? dq32 : a32, sizeof(float) * n), G->to_host(G, o16, k ? dqkv.g : att.g, sizeof(float) * n);
+            size_t diff = 0;
+            for (size_t i = 0; i < n; i++) diff += bf16_round(o32[i]) != o16[i];
+            printf("  %-34s n=%-7zu differ from bf16(fp32-buffer run): %zu\n", what[k], n, diff);
+            CHECK(diff == 0, "%s: %zu of %zu elements differ from the fp32-buffer run rounded to bf16", what[k], diff, n);
+        }
+        float *bufs[] = {q32, a32, d32, dq32, s32, s16};
+        for (int i = 0; i < 6; i++) G->release(G, bufs[i]);
+        free(h), free(o16), free(o32);
+    }
+#endif
+    ActPair *ap[] = {&x, &h1, &h2, &dh, &dx, &sw, &dsw, &dln, &qkv, &dqkv, &att};
+    for (size_t i = 0; i < sizeof ap / sizeof ap[0]; i++) act_pair_free(C, G, ap[i]);
+    Pair *pp[] = {&W, &b, &dW, &db, &dh32, &xs, &lw, &lb, &mean, &rstd, &dxs, &dlw, &dlb, &gam, &dgam, &sn, &cs};
+    for (size_t i = 0; i < sizeof pp / sizeof pp[0]; i++) pair_free(C, G, pp[i]);
+    backend_free(C);
+    gpu_free(G);
+}
+
+// The memory plan counts the cuda layout exactly: a ViT's activations (bf16 branch buffers, fp32 stream)
+// on the plan backend with the cuda layout take the bytes the cuda backend really allocates (device memory
+// in use before and after, less cudaMalloc's rounding of each buffer to 256 bytes), about 0.6x the fp32
+// layout; with fp32 GEMMs the cuda backend keeps fp32 activations, as the cpu layout.
+TEST(plan_counts_bf16_activation_layout) {
+#ifndef DINO_HAVE_CUDA
+    test_skip("built without CUDA (no nvcc found)");
+#else
+    if (emulating()) test_skip("the emulation has no device memory to measure");
+    VitConfig cfg;
+    char err[DINO_ERRLEN];
+    CHECK(vit_config_from_arch(&cfg, "vit_tiny", 14, 98, 4, "mlp", err) == 0, "%s", err);
+    cfg.depth = 3;
+    ParamTable tab;
+    param_table_init(&tab);
+    Vit vit;
+    vit_build(&vit, &cfg, &tab, "backbone.");
+    for (int fp32 = 0; fp32 < 2; fp32++)
+        for (int mode = 0; mode < 2; mode++) {
+            Backend *G = gpu_backend(fp32 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16), *P = backend_plan_new(!fp32);
+            size_t free0, free1, total;
+            backend_cuda_mem_info(G, &free0, &total);
+            VitActs *ag = vit_acts_new(G, &vit, 4, 98, (VitActsMode)mode);
+            backend_cuda_mem_info(G, &free1, &total);
+            VitActs *ap = vit_acts_new(P, &vit, 4, 98, (VitActsMode)mode);
+            Backend *F = backend_plan_new(0);
+            VitActs *af = vit_acts_new(F, &vit, 4, 98, (VitActsMode)mode);
+            const size_t real = free0 - free1, planned = backend_plan_live_bytes(P), fp32_bytes = backend_plan_live_bytes(F);
+            printf("  %s GEMMs, %s: cuda %zu bytes, plan %zu (acts %zu), fp32 layout %zu (%.2fx)\n", fp32 ? "fp32" : "bf16",
+                   mode ? "recompute" : "stored", real, planned, vit_acts_bytes(ag), fp32_bytes,
+                   (double)planned / fp32_bytes);
+            CHECK(vit_acts_bytes(ag) == planned && vit_acts_bytes(ap) == planned, "vit_acts_bytes %zu / %zu, plan %zu",
+                  vit_acts_bytes(ag), vit_acts_bytes(ap), planned);
+            CHECK(real >= planned && real - planned <= 256 * 300, "cuda allocated %zu bytes, the plan says %zu", real,
+                  planned);
+            if (!fp32) CHECK(planned < 0.75 * fp32_bytes, "bf16 layout %zu bytes, not well below fp32's %zu", planned, fp32_bytes);
+            vit_acts_free(G, ag), vit_acts_free(P, ap), vit_acts_free(F, af);
+            backend_free(P), backend_free(F);
+            gpu_free(G);
+        }
+    vit_free(&vit);
+    param_table_free(&tab);
+#endif
+}
 
 // ---- the DINOv2 objective: heads, losses, optimizer (fp32 paths: TOL_FP32 per element) ------------
 // Sizes of the reference heads: K = 65536 prototypes, bottleneck 256, rows 2B = 64 teacher CLS rows or
@@ -1580,8 +1824,25 @@ static void ssl_parity_run(Backend *be, const SslConfig *cfg, const float *gcrop
         if (pinned[k]) be->host_free(be, pinned[k]);
 }
 
+// vs_emulation: the reference is the CPU's bf16 emulation (as vit_parity_vs), at the loss bound tol_emu
+// (both steps) instead of 8u / 16u, and a third of the parameter bound; the GPU on the batched-GEMM
+// attention, whose rounding points the emulation models. Measured under the execution layer: losses
+// within 1e-4 relative (0.16 of 2u), parameters at 0.63 of the bound (the register tokens, whose
+// gradients are small); the fp32 CPU is 6u off in the losses at step 2 and at 1.6x this parameter bound,
+// a reference without the storage rounding fails it too: the bound tells the emulation from them. A
+// GPU's tensor cores sum in their own order: recalibrate from its ratios as docs/cuda-backend.md says.
+static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, int vs_emulation, double tol_emu);
 static void ssl_parity(Centering centering, int use_kde, int fp32, int gram) {
-    Backend *G = gpu_backend(fp32 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16), *C = backend_cpu_new();
+    ssl_parity_vs(centering, use_kde, fp32, gram, 0, 0);
+}
+static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, int vs_emulation, double tol_emu) {
+    Backend *G = gpu_backend(fp32 ? CUDA_GEMM_FP32 : CUDA_GEMM_BF16);
+    Backend *C = vs_emulation ? emulated_backend(CUDA_GEMM_BF16, "rn") : backend_cpu_new();
+#ifdef DINO_HAVE_CUDA
+    // the emulation models the batched-GEMM attention's rounding points (the flash path's differ: with it
+    // the SSL steps' register tokens land at 1.6x the quarter bound)
+    if (vs_emulation && !emulating()) backend_cuda_set_attention(G, CUDA_ATTENTION_GEMM);
+#endif
     char err[DINO_ERRLEN];
     VitConfig vc;
     const int B = 4, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P);
@@ -1620,11 +1881,13 @@ static void ssl_parity(Centering centering, int use_kde, int fp32, int gram) {
     float *init = dino_malloc(sizeof(float) * tab.total);
     ssl_parity_run(C, &cfg, gcrops, lcrops, gram_crops, masks, init, &rc);
     ssl_parity_run(G, &cfg, gcrops, lcrops, gram_crops, masks, NULL, &rg);
-    const double tol_p = fp32 ? 1e-5 : 16 * U_BF16, frac = fp32 ? 0.05 : 0.5;
+    double tol_p = fp32 ? 1e-5 : 16 * U_BF16, frac = fp32 ? 0.05 : 0.5;
+    if (vs_emulation) tol_p = 16 * U_BF16 / 3, frac = 0.5 / 3; // a third of the fp32 comparison's
     const char *names[6] = {"dino_local", "dino_global", "koleo/kde", "ibot", "total", "gram"};
     for (int it = 0; it < 2; it++)
         for (int k = 0; k < (gram ? 6 : 5); k++) {
             double g = rg.loss[it][k], c = rc.loss[it][k], tol_loss = fp32 ? 1e-4 : (it == 0 ? 8 : 16) * U_BF16;
+            if (vs_emulation) tol_loss = tol_emu;
             printf("  step %d %-12s gpu %.7g cpu %.7g  err/tol=%.3g\n", it, names[k], g, c,
                    fabs(g - c) / (tol_loss * (fabs(c) + 0.01)));
             CHECK(fabs(g - c) <= tol_loss * (fabs(c) + 0.01), "step %d %s loss: gpu %.9g cpu %.9g", it, names[k], g, c);
@@ -1664,6 +1927,8 @@ static void ssl_parity(Centering centering, int use_kde, int fp32, int gram) {
 TEST(ssl_step_softmax_koleo_fp32_gemm) { ssl_parity(CENTERING_SOFTMAX, 0, 1, 1); }
 TEST(ssl_step_softmax_koleo_bf16) { ssl_parity(CENTERING_SOFTMAX, 0, 0, 0); }
 TEST(ssl_step_sinkhorn_kde_bf16) { ssl_parity(CENTERING_SINKHORN, 1, 0, 0); }
+// the CPU's bf16 emulation predicts the GPU's losses (two whole steps, bf16 activations)
+TEST(ssl_step_bf16_gpu_matches_cpu_emulation) { ssl_parity_vs(CENTERING_SOFTMAX, 0, 0, 0, 1, 2 * U_BF16); }
 
 // ---- a distillation step (train/distill_teacher.h, ssl_student_forward_backward) on both backends -----
 // The frozen teacher (vit_test D 64, no register, its own heads: bottleneck 24, K 256, Sinkhorn-Knopp,

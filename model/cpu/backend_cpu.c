@@ -13,6 +13,11 @@ static void *cpu_alloc(Backend *be, size_t bytes) {
     return p;
 }
 static void cpu_release(Backend *be, void *p) { free(p); }
+// fp32 storage whatever the model asks: the reference (backend_cpu_emulate_bf16 rounds on top)
+static float *cpu_alloc_act(Backend *be, size_t n, DinoDtype dt, size_t *bytes) {
+    if (bytes) *bytes = sizeof(float) * n;
+    return be->alloc(be, sizeof(float) * n);
+}
 static void cpu_memcpy(Backend *be, void *dst, const void *src, size_t bytes) {
     if (bytes) memcpy(dst, src, bytes);
 }
@@ -32,6 +37,7 @@ Backend *backend_cpu_new(void) {
     be->name = "cpu";
     be->alloc = cpu_alloc;
     be->release = cpu_release;
+    be->alloc_act = cpu_alloc_act;
     be->to_device = cpu_memcpy;
     be->to_host = cpu_memcpy;
     be->copy = cpu_memcpy;

@@ -99,11 +99,13 @@ size_t cuda_attention_saved_floats(Backend *be, int B, int T, int H, int Dh) {
 
 // Every product below runs for all (image, head) pairs in one cuBLAS call (cuda_gemm_grid): image b,
 // head h reads Q at qkv + b*T*3D + h*Dh (K at +D, V at +2D; row stride 3D) and owns the probability
-// block (b*H + h) of `saved`.
+// block (b*H + h) of `saved`. qkv, out, dout and dqkv may be bf16 activation buffers (bf16 GEMMs only):
+// the products then read them as they are and write out / dqkv rounded once at the store.
 void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
     if (use_flash(be, Dh)) return cuda_attention_flash_fwd(be, out, saved, qkv, B, T, H, Dh);
     CUDA_OP_RANGE("attention_fwd");
     if (B <= 0 || T <= 0) return;
+    const ActRef o = cuda_act(be, out), x = cuda_act(be, qkv);
     const int D = H * Dh, ld3 = 3 * D;
     const long long sQb = (long long)T * ld3, sOb = (long long)T * D;
     const float scale = 1.0f / sqrtf((float)Dh);
@@ -112,6 +114,7 @@ void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv,
     dim3 block(32, SM_ROWS_PER_BLOCK);
     const unsigned grid = ceil_div(rows, SM_ROWS_PER_BLOCK);
     if (!probs_bf16(be)) { // fp32 probabilities, computed in place in `saved`
+        if (o.bf16 || x.bf16) DINO_DIE_CUDA("attention_fwd: bf16 activations with fp32 probabilities");
         const long long sPh = att_block(T, false), sPb = (long long)H * sPh;
         cuda_gemm_grid(be, 0, 1, T, T, Dh, scale, q, ld3, sQb, Dh, k, ld3, sQb, Dh, 0.0f, saved, T, sPb, sPh, B, H);
         DINO_LAUNCH(softmax_rows_kernel<float>, grid, block, 0, cuda_stream(be))(saved, saved, rows, T, sPh, sPh);
@@ -120,20 +123,29 @@ void cuda_attention_fwd(Backend *be, float *out, float *saved, const float *qkv,
         return;
     }
     // bf16 probabilities: scores in fp32 scratch, P = softmax in bf16 into `saved`, V in bf16 for P V
+    const cudaDataType_t tx = act_cuda_type(x);
     const long long sSh = att_block(T, false), sSb = (long long)H * sSh;
     const long long sPh = att_block(T, true), sPb = (long long)H * sPh;
-    const size_t s_bytes = sizeof(float) * (size_t)B * sSb, v_bytes = 2 * (size_t)B * T * D;
+    const size_t s_bytes = sizeof(float) * (size_t)B * sSb, v_bytes = x.bf16 ? 0 : 2 * (size_t)B * T * D;
     char *scr = (char *)cuda_scratch(be, s_bytes + v_bytes + 256);
     float *S = (float *)scr;
-    __nv_bfloat16 *vb = (__nv_bfloat16 *)(scr + (s_bytes + 255) / 256 * 256);
     __nv_bfloat16 *P = (__nv_bfloat16 *)saved;
-    cuda_gemm_grid(be, 0, 1, T, T, Dh, scale, q, ld3, sQb, Dh, k, ld3, sQb, Dh, 0.0f, S, T, sSb, sSh, B, H);
+    cuda_gemm_grid_typed(be, 0, 1, T, T, Dh, scale, x.p, tx, ld3, sQb, Dh, act_offset(x, D).p, tx, ld3, sQb, Dh, 0.0f, S,
+                         CUDA_R_32F, T, sSb, sSh, B, H);
     DINO_LAUNCH(softmax_rows_kernel<__nv_bfloat16>, grid, block, 0, cuda_stream(be))(P, S, rows, T, sSh, sPh);
     cudaCheckLaunch();
-    DINO_LAUNCH(rows_to_bf16_kernel, grid_1d((size_t)B * T * D, 256), 256, 0, cuda_stream(be))(vb, v, (size_t)B * T, D, ld3);
-    cudaCheckLaunch();
-    cuda_gemm_grid_typed(be, 0, 0, T, Dh, T, 1.0f, P, CUDA_R_16BF, T, sPb, sPh, vb, CUDA_R_16BF, D, sOb, Dh, 0.0f, out,
-                         D, sOb, Dh, B, H);
+    const void *vb = act_offset(x, 2 * D).p; // bf16 qkv: V in place (row stride 3D), else a bf16 copy (stride D)
+    int ldv = ld3;
+    long long sVb = sQb;
+    if (!x.bf16) {
+        __nv_bfloat16 *vc = (__nv_bfloat16 *)(scr + (s_bytes + 255) / 256 * 256);
+        DINO_LAUNCH(rows_to_bf16_kernel, grid_1d((size_t)B * T * D, 256), 256, 0, cuda_stream(be))(vc, v, (size_t)B * T,
+                                                                                                  D, ld3);
+        cudaCheckLaunch();
+        vb = vc, ldv = D, sVb = sOb;
+    }
+    cuda_gemm_grid_typed(be, 0, 0, T, Dh, T, 1.0f, P, CUDA_R_16BF, T, sPb, sPh, vb, CUDA_R_16BF, ldv, sVb, Dh, 0.0f,
+                         o.p, act_cuda_type(o), D, sOb, Dh, B, H);
 }
 
 void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
@@ -141,32 +153,45 @@ void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float
     if (use_flash(be, Dh)) return cuda_attention_flash_bwd(be, dqkv, dout, qkv, saved, B, T, H, Dh);
     CUDA_OP_RANGE("attention_bwd");
     if (B <= 0 || T <= 0) return;
+    const ActRef dx = cuda_act(be, dqkv), dy = cuda_act(be, dout), x = cuda_act(be, qkv);
     const int D = H * Dh, ld3 = 3 * D;
     const long long sQb = (long long)T * ld3, sOb = (long long)T * D;
     const float scale = 1.0f / sqrtf((float)Dh);
     const bool bf = probs_bf16(be);
+    if (!bf && (dx.bf16 || dy.bf16 || x.bf16)) DINO_DIE_CUDA("attention_bwd: bf16 activations with fp32 probabilities");
+    if (dy.bf16 && !x.bf16) DINO_DIE_CUDA("attention_bwd: a bf16 dout with an fp32 qkv");
     const long long sSh = att_block(T, false), sSb = (long long)H * sSh; // dS: fp32
     const long long sPh = att_block(T, bf), sPb = (long long)H * sPh;    // saved P
-    const size_t s_bytes = sizeof(float) * (size_t)B * sSb, o_bytes = bf ? 2 * (size_t)B * T * D : 0;
-    char *scr = (char *)cuda_scratch(be, s_bytes + o_bytes + 256);
+    const size_t s_bytes = sizeof(float) * (size_t)B * sSb, o_bytes = bf && !dy.bf16 ? 2 * (size_t)B * T * D : 0;
+    const size_t s16_bytes = x.bf16 ? 2 * (size_t)B * sSb : 0;
+    char *scr = (char *)cuda_scratch(be, s_bytes + o_bytes + s16_bytes + 512);
     float *dS = (float *)scr;
     const float *q = qkv, *k = qkv + D, *v = qkv + 2 * D;
     float *dq = dqkv, *dk = dqkv + D, *dv = dqkv + 2 * D;
+    const cudaDataType_t tdx = act_cuda_type(dx);
     const size_t rows = (size_t)B * H * T;
     dim3 block(32, SM_ROWS_PER_BLOCK);
     const unsigned grid = ceil_div(rows, SM_ROWS_PER_BLOCK);
     // dV = P^T dO (bf16 P: with dO in bf16 too) ; dP = dO V^T
+    const void *dob = dy.p;
     if (bf) {
-        __nv_bfloat16 *dob = (__nv_bfloat16 *)(scr + (s_bytes + 255) / 256 * 256);
-        DINO_LAUNCH(rows_to_bf16_kernel, grid_1d((size_t)B * T * D, 256), 256, 0, cuda_stream(be))(dob, dout, (size_t)B * T, D,
-                                                                                         D);
-        cudaCheckLaunch();
+        if (!dy.bf16) {
+            __nv_bfloat16 *d = (__nv_bfloat16 *)(scr + (s_bytes + 255) / 256 * 256);
+            DINO_LAUNCH(rows_to_bf16_kernel, grid_1d((size_t)B * T * D, 256), 256, 0, cuda_stream(be))(d, dout,
+                                                                                             (size_t)B * T, D, D);
+            cudaCheckLaunch();
+            dob = d;
+        }
         cuda_gemm_grid_typed(be, 1, 0, T, Dh, T, 1.0f, saved, CUDA_R_16BF, T, sPb, sPh, dob, CUDA_R_16BF, D, sOb, Dh,
-                             0.0f, dv, ld3, sQb, Dh, B, H);
+                             0.0f, act_offset(dx, 2 * D).p, tdx, ld3, sQb, Dh, B, H);
     } else {
         cuda_gemm_grid(be, 1, 0, T, Dh, T, 1.0f, saved, T, sPb, sPh, dout, D, sOb, Dh, 0.0f, dv, ld3, sQb, Dh, B, H);
     }
-    cuda_gemm_grid(be, 0, 1, T, T, Dh, 1.0f, dout, D, sOb, Dh, v, ld3, sQb, Dh, 0.0f, dS, T, sSb, sSh, B, H);
+    if (x.bf16)
+        cuda_gemm_grid_typed(be, 0, 1, T, T, Dh, 1.0f, dob, CUDA_R_16BF, D, sOb, Dh, act_offset(x, 2 * D).p, CUDA_R_16BF,
+                             ld3, sQb, Dh, 0.0f, dS, CUDA_R_32F, T, sSb, sSh, B, H);
+    else
+        cuda_gemm_grid(be, 0, 1, T, T, Dh, 1.0f, dout, D, sOb, Dh, v, ld3, sQb, Dh, 0.0f, dS, T, sSb, sSh, B, H);
     if (bf)
         DINO_LAUNCH(softmax_bwd_rows_kernel<__nv_bfloat16>, grid, block, 0, cuda_stream(be))(
             dS, (const __nv_bfloat16 *)saved, rows, T, sSh, sPh, scale);
@@ -174,6 +199,16 @@ void cuda_attention_bwd(Backend *be, float *dqkv, const float *dout, const float
         DINO_LAUNCH(softmax_bwd_rows_kernel<float>, grid, block, 0, cuda_stream(be))(dS, saved, rows, T, sSh, sPh, scale);
     cudaCheckLaunch();
     // dQ = dS K ; dK = dS^T Q
+    if (x.bf16) { // dS in bf16 (the value FAST_16BF would round it to), then bf16 products
+        __nv_bfloat16 *dS16 = (__nv_bfloat16 *)(scr + (s_bytes + 255) / 256 * 256 + (o_bytes + 255) / 256 * 256);
+        cuda_to_bf16(be, dS16, dS, (size_t)B * sSb);
+        cuda_gemm_grid_typed(be, 0, 0, T, Dh, T, 1.0f, dS16, CUDA_R_16BF, T, sSb, sSh, act_offset(x, D).p, CUDA_R_16BF,
+                             ld3, sQb, Dh, 0.0f, dx.p, tdx, ld3, sQb, Dh, B, H);
+        cuda_gemm_grid_typed(be, 1, 0, T, Dh, T, 1.0f, dS16, CUDA_R_16BF, T, sSb, sSh, x.p, CUDA_R_16BF, ld3, sQb, Dh,
+                             0.0f, act_offset(dx, D).p, tdx, ld3, sQb, Dh, B, H);
+        return;
+    }
+    if (dx.bf16) DINO_DIE_CUDA("attention_bwd: a bf16 dqkv with an fp32 qkv");
     cuda_gemm_grid(be, 0, 0, T, Dh, T, 1.0f, dS, T, sSb, sSh, k, ld3, sQb, Dh, 0.0f, dq, ld3, sQb, Dh, B, H);
     cuda_gemm_grid(be, 1, 0, T, Dh, T, 1.0f, dS, T, sSb, sSh, q, ld3, sQb, Dh, 0.0f, dk, ld3, sQb, Dh, B, H);
 }

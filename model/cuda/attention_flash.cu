@@ -445,9 +445,11 @@ bool cuda_attention_flash_supported(Backend *be, int Dh) {
     return cuda_impl(be)->gemm_precision == CUDA_GEMM_BF16 && attention_flash_head_dim(Dh);
 }
 
-template <int DH>
-static void flash_fwd_launch(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H) {
-    typedef FlashCfg<DH, float, float> Cfg;
+// E: the activations' element type (float, or __nv_bfloat16 for bf16 activation buffers: ActIO reads and
+// writes them; qkv and out, or qkv, dout and dqkv, have one type, as the model allocates them)
+template <int DH, typename E>
+static void flash_fwd_typed(Backend *be, E *out, float *saved, const E *qkv, int B, int T, int H) {
+    typedef FlashCfg<DH, E, E> Cfg;
     float *lse = saved;
     __nv_bfloat16 *o_saved = (__nv_bfloat16 *)(saved + attention_flash_lse_floats(B, T, H));
     const float scale_log2 = FLASH_LOG2E / sqrtf((float)DH);
@@ -458,16 +460,24 @@ static void flash_fwd_launch(Backend *be, float *out, float *saved, const float 
 }
 
 template <int DH>
-static void flash_bwd_launch(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
-                             int T, int H) {
-    typedef FlashCfg<DH, float, float> Cfg;
+static void flash_fwd_launch(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H) {
+    const ActRef o = cuda_act(be, out), x = cuda_act(be, qkv);
+    if (o.bf16 != x.bf16) DINO_DIE_CUDA("flash attention: qkv and out of different element types");
+    if (x.bf16) flash_fwd_typed<DH>(be, (__nv_bfloat16 *)o.p, saved, (const __nv_bfloat16 *)x.p, B, T, H);
+    else flash_fwd_typed<DH>(be, out, saved, qkv, B, T, H);
+}
+
+template <int DH, typename E>
+static void flash_bwd_typed(Backend *be, E *dqkv, const E *dout, const E *qkv, const float *saved, int B, int T,
+                            int H) {
+    typedef FlashCfg<DH, E, E> Cfg;
     const float *lse = saved;
     const __nv_bfloat16 *o_saved = (const __nv_bfloat16 *)(saved + attention_flash_lse_floats(B, T, H));
     float *Drow = (float *)cuda_scratch(be, sizeof(float) * (size_t)B * H * T);
     const float scale = 1.0f / sqrtf((float)DH), scale_log2 = FLASH_LOG2E * scale;
     const size_t rows = (size_t)B * T * H;
-    DINO_LAUNCH(flash_bwd_rowdot_kernel<float>, ceil_div(rows, 8), 256, 0, cuda_stream(be))(Drow, dout, o_saved, B, T,
-                                                                                           H, DH);
+    DINO_LAUNCH(flash_bwd_rowdot_kernel<E>, ceil_div(rows, 8), 256, 0, cuda_stream(be))(Drow, dout, o_saved, B, T,
+                                                                                       H, DH);
     cudaCheckLaunch();
     dim3 grid(B * H, ceil_div(T, FLASH_BR)); // (image, head) on x: no 65535 limit
     DINO_LAUNCH(flash_bwd_dkdv_kernel<Cfg>, grid, FLASH_WARPS * 32, 0, cuda_stream(be))(
@@ -476,6 +486,18 @@ static void flash_bwd_launch(Backend *be, float *dqkv, const float *dout, const 
     DINO_LAUNCH(flash_bwd_dq_kernel<Cfg>, grid, FLASH_WARPS * 32, 0, cuda_stream(be))(
         dqkv, dout, qkv, lse, Drow, T, H, scale_log2, scale);
     cudaCheckLaunch();
+}
+
+template <int DH>
+static void flash_bwd_launch(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
+                             int T, int H) {
+    const ActRef dx = cuda_act(be, dqkv), dy = cuda_act(be, dout), x = cuda_act(be, qkv);
+    if (dx.bf16 != x.bf16 || dy.bf16 != x.bf16)
+        DINO_DIE_CUDA("flash attention: qkv, dout and dqkv of different element types");
+    if (x.bf16)
+        flash_bwd_typed<DH>(be, (__nv_bfloat16 *)dx.p, (const __nv_bfloat16 *)dy.p, (const __nv_bfloat16 *)x.p, saved,
+                            B, T, H);
+    else flash_bwd_typed<DH>(be, dqkv, dout, qkv, saved, B, T, H);
 }
 
 void cuda_attention_flash_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {

@@ -90,8 +90,86 @@ static void *cu_alloc(Backend *be, size_t bytes) {
     return p;
 }
 
+// ---- bf16 activation buffers --------------------------------------------------------------------------
+// Recorded sorted by base address; an op's argument is found by binary search (a few hundred buffers).
+
+static int act_find(const CudaImpl *c, const char *p) { // index of the last buffer with base <= p, or -1
+    int lo = 0, hi = c->n_acts - 1, r = -1;
+    while (lo <= hi) {
+        const int m = (lo + hi) / 2;
+        if (c->acts[m].base <= p) r = m, lo = m + 1;
+        else hi = m - 1;
+    }
+    return r;
+}
+
+// The bf16 buffer that holds byte p (NULL: none).
+static const ActAlloc *act_holding(Backend *be, const void *p) {
+    const CudaImpl *c = cuda_impl(be);
+    if (!c->n_acts || !p) return NULL;
+    const int i = act_find(c, (const char *)p);
+    if (i < 0 || (const char *)p >= c->acts[i].base + c->acts[i].bytes) return NULL;
+    return &c->acts[i];
+}
+
+ActRef cuda_act(Backend *be, const float *p) {
+    const ActAlloc *a = act_holding(be, p);
+    if (a && a->base != (const char *)p)
+        DINO_DIE("cuda backend: a pointer %zu bytes into a bf16 activation buffer (the model must pass the whole "
+                 "buffer: model/backend.h, activation dtypes)",
+                 (size_t)((const char *)p - a->base));
+    return ActRef{(void *)p, a != NULL};
+}
+
+void cuda_die(const char *what, const char *file, int line) {
+    fprintf(stderr, "dinotrain: cuda backend, %s:%d: %s\n", file, line, what);
+    exit(1);
+}
+
+void cuda_need_f32(Backend *be, const float *p, const char *op) {
+    if (act_holding(be, p)) DINO_DIE("cuda backend: %s got a bf16 activation buffer where it takes fp32 only", op);
+}
+
+// bf16 storage with bf16 GEMMs; with fp32 GEMMs (tests isolating the kernels' logic) fp32, as the CPU
+static float *cu_alloc_act(Backend *be, size_t n, DinoDtype dt, size_t *bytes) {
+    CudaImpl *c = cuda_impl(be);
+    const bool bf16 = dt == DINO_BF16 && c->gemm_precision == CUDA_GEMM_BF16;
+    const size_t b = (bf16 ? 2 : sizeof(float)) * n;
+    if (bytes) *bytes = b;
+    float *p = (float *)be->alloc(be, b);
+    if (!bf16) return p;
+    if (c->n_acts == c->cap_acts) {
+        c->cap_acts = c->cap_acts ? 2 * c->cap_acts : 64;
+        c->acts = (ActAlloc *)dino_realloc(c->acts, sizeof(ActAlloc) * (size_t)c->cap_acts);
+    }
+    const int i = act_find(c, (const char *)p) + 1;
+    memmove(c->acts + i + 1, c->acts + i, sizeof(ActAlloc) * (size_t)(c->n_acts - i));
+    c->acts[i] = ActAlloc{(const char *)p, b};
+    c->n_acts++;
+    return p;
+}
+
+static void act_forget(CudaImpl *c, const void *p) {
+    const int i = act_find(c, (const char *)p);
+    if (i < 0 || c->acts[i].base != (const char *)p) return;
+    memmove(c->acts + i, c->acts + i + 1, sizeof(ActAlloc) * (size_t)(c->n_acts - i - 1));
+    c->n_acts--;
+}
+
+// The memory ops on a bf16 buffer take the byte count of its fp32 view (4 per element, as the model
+// would pass for any activation) and convert on the host (to_host, to_device: tests and debugging).
+static size_t act_elems(Backend *be, const void *p, size_t bytes, const char *what) {
+    const ActAlloc *a = act_holding(be, p);
+    if (!a) return 0;
+    if (a->base != (const char *)p || bytes % 4 || bytes / 4 * 2 > a->bytes)
+        DINO_DIE("cuda backend: %s of %zu bytes on a bf16 activation buffer of %zu elements (the whole buffer, "
+                 "4 bytes per element, expected)", what, bytes, a->bytes / 2);
+    return bytes / 4;
+}
+
 static void cu_release(Backend *be, void *p) {
     if (!p) return;
+    act_forget(cuda_impl(be), p);
     cuda_host_wait(be); // no kernel still using it
     cudaCheck(cudaStreamSynchronize(cuda_impl(be)->copy_stream)); // nor an upload into it
     cudaCheck(cudaFree(p));
@@ -140,6 +218,16 @@ static void cu_upload_wait(Backend *be, int ticket) {
 // Capturing: through the page-locked staging (a captured copy may not read pageable memory).
 static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) {
     if (!bytes) return;
+    if (const size_t n = act_elems(be, dst, bytes, "to_device")) { // tests and debugging: converted on the host
+        __nv_bfloat16 *h = (__nv_bfloat16 *)malloc(2 * n);
+        for (size_t i = 0; i < n; i++) h[i] = __float2bfloat16(((const float *)src)[i]);
+        cuda_graph_pause(be);
+        cudaCheck(cudaMemcpyAsync(dst, h, 2 * n, cudaMemcpyHostToDevice, cuda_stream(be)));
+        cuda_host_wait(be); // h is pageable and freed now
+        cuda_graph_resume(be);
+        free(h);
+        return;
+    }
     if (cuda_impl(be)->capturing) {
         const void *staged = cuda_graph_stage(be, src, bytes);
         if (staged) {
@@ -156,15 +244,29 @@ static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) 
 // Synchronous: the host copy is complete when this returns.
 static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
     if (!bytes) return;
+    if (const size_t n = act_elems(be, src, bytes, "to_host")) { // converted on the host
+        __nv_bfloat16 *h = (__nv_bfloat16 *)malloc(2 * n);
+        cuda_graph_pause(be);
+        cudaCheck(cudaMemcpyAsync(h, src, 2 * n, cudaMemcpyDeviceToHost, cuda_stream(be)));
+        cuda_host_wait(be);
+        cuda_graph_resume(be);
+        for (size_t i = 0; i < n; i++) ((float *)dst)[i] = __bfloat162float(h[i]);
+        free(h);
+        return;
+    }
     cuda_graph_pause(be);
     cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));
     cuda_host_wait(be);
     cuda_graph_resume(be);
 }
 static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
+    const size_t nd = act_elems(be, dst, bytes, "copy"), ns = act_elems(be, src, bytes, "copy");
+    if ((nd != 0) != (ns != 0)) DINO_DIE("cuda backend: copy between a bf16 activation buffer and an fp32 buffer");
+    if (nd) bytes = 2 * nd;
     if (bytes && dst != src) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream(be)));
 }
 static void cu_zero(Backend *be, void *p, size_t bytes) {
+    if (const size_t n = act_elems(be, p, bytes, "zero")) bytes = 2 * n;
     if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, cuda_stream(be)));
 }
 // Everything the backend was asked to do: the compute stream and the uploads.
@@ -234,6 +336,7 @@ static void cuda_destroy(Backend *be) {
     cuda_lt_destroy(c);
     if (c->grid_ptrs) cudaCheck(cudaFree(c->grid_ptrs));
     if (c->scratch) cudaCheck(cudaFree(c->scratch));
+    free(c->acts);
     cudaCheck(cudaFreeHost(c->host_result));
     cublasCheck(cublasDestroy(c->cublas));
     cudaCheck(cudaStreamDestroy(c->stream));
@@ -294,6 +397,7 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->impl = c;
     be->alloc = cu_alloc;
     be->release = cu_release;
+    be->alloc_act = cu_alloc_act;
     be->to_device = cu_to_device;
     be->to_host = cu_to_host;
     be->copy = cu_copy;

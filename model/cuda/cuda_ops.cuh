@@ -4,6 +4,7 @@
 #pragma once
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <nvtx3/nvToolsExt.h>
 #include <stdio.h>
@@ -82,7 +83,14 @@ typedef struct {
     void *stage;
     size_t stage_bytes, stage_used;
     CudaAttention attention; // flash (default where supported) or the batched-GEMM path; DINO_ATTENTION
+    // the bf16 activation buffers (alloc_act), sorted by base address: ops look their arguments up
+    struct ActAlloc *acts;
+    int n_acts, cap_acts;
 } CudaImpl;
+struct ActAlloc {
+    const char *base;
+    size_t bytes; // device bytes (2 per element)
+};
 void cuda_lt_init(CudaImpl *c, int force); // force: even with DINO_CUDA_LT=0
 void cuda_lt_destroy(CudaImpl *c);
 
@@ -110,6 +118,36 @@ static inline cudaStream_t cuda_stream(Backend *be) { return cuda_impl(be)->stre
 // Scratch of at least `bytes`, valid until the next call of this function. Every kernel runs on the
 // backend's one stream, so an op may reuse the scratch of the op before it.
 void *cuda_scratch(Backend *be, size_t bytes);
+
+// ---- activation dtypes (model/backend.h, docs/cuda-backend.md "Activation dtypes") -----------------
+// An op argument that may be a bf16 activation buffer: its device address and its element type, which
+// the backend recorded at alloc_act. Kernels read and write it through act_ld / act_st (fp32 math, one
+// rounding at the store); the branch on `bf16` is uniform over the grid.
+struct ActRef {
+    void *p;
+    bool bf16;
+};
+// The element type of p: bf16 when p is the base of a bf16 activation buffer, fp32 otherwise. Dies on
+// a pointer inside a bf16 buffer (a view: the model must pass the whole buffer).
+ActRef cuda_act(Backend *be, const float *p);
+// An argument combination the backend does not support: the message and exit (as DINO_DIE).
+void cuda_die(const char *what, const char *file, int line);
+#define DINO_DIE_CUDA(what) cuda_die(what, __FILE__, __LINE__)
+// Dies when p lies in a bf16 activation buffer (an op that takes fp32 only).
+void cuda_need_f32(Backend *be, const float *p, const char *op);
+__device__ __forceinline__ float act_ld(ActRef a, size_t i) {
+    return a.bf16 ? __bfloat162float(((const __nv_bfloat16 *)a.p)[i]) : ((const float *)a.p)[i];
+}
+__device__ __forceinline__ void act_st(ActRef a, size_t i, float v) {
+    if (a.bf16) ((__nv_bfloat16 *)a.p)[i] = __float2bfloat16(v);
+    else ((float *)a.p)[i] = v;
+}
+static inline cudaDataType_t act_cuda_type(ActRef a) { return a.bf16 ? CUDA_R_16BF : CUDA_R_32F; }
+static inline size_t act_elem_bytes(ActRef a) { return a.bf16 ? 2 : 4; }
+// a + i elements
+static inline ActRef act_offset(ActRef a, size_t i) { return ActRef{(char *)a.p + i * act_elem_bytes(a), a.bf16}; }
+// dst[i] = bf16(src[i]) for i < n, on the backend's stream (matmul.cu)
+void cuda_to_bf16(Backend *be, __nv_bfloat16 *dst, const float *src, size_t n);
 
 // NVTX range for profiles (nsys): one per op, named after it.
 struct NvtxRange {
@@ -177,11 +215,12 @@ void cuda_gemm(Backend *be, int transA, int transB, int M, int N, int K, float a
 void cuda_gemm_grid(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                     long long sA_b, long long sA_h, const float *B, int ldb, long long sB_b, long long sB_h, float beta,
                     float *C, int ldc, long long sC_b, long long sC_h, int nb, int nh);
-// The same with operands of type ta / tb (CUDA_R_32F or CUDA_R_16BF; strides in elements), fp32 output.
+// The same with operands of type ta / tb (CUDA_R_32F or CUDA_R_16BF; strides in elements) and output of
+// type tc (bf16: rounded once at the store; beta must then be 0).
 void cuda_gemm_grid_typed(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const void *A,
                           cudaDataType_t ta, int lda, long long sA_b, long long sA_h, const void *B, cudaDataType_t tb,
-                          int ldb, long long sB_b, long long sB_h, float beta, float *C, int ldc, long long sC_b,
-                          long long sC_h, int nb, int nh);
+                          int ldb, long long sB_b, long long sB_h, float beta, void *C, cudaDataType_t tc, int ldc,
+                          long long sC_b, long long sC_h, int nb, int nh);
 void cuda_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A,
                        int lda, long long strideA, const float *B, int ldb, long long strideB, float beta, float *C,
                        int ldc, long long strideC, int batch);

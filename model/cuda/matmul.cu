@@ -24,19 +24,20 @@ static cublasComputeType_t compute_for(Backend *be, cudaDataType_t ta) {
     return ta == CUDA_R_16BF ? CUBLAS_COMPUTE_32F : compute_type(be);
 }
 
-// Strided-batched over `batch` (1: a plain GEMM), operands of type ta / tb, fp32 output.
+// Strided-batched over `batch` (1: a plain GEMM), operands of type ta / tb, output of type tc.
 static void gemm_batched_typed(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const void *A,
                                cudaDataType_t ta, int lda, long long strideA, const void *B, cudaDataType_t tb, int ldb,
-                               long long strideB, float beta, float *C, int ldc, long long strideC, int batch) {
+                               long long strideB, float beta, void *C, cudaDataType_t tc, int ldc, long long strideC,
+                               int batch) {
     if (M <= 0 || N <= 0 || batch <= 0) return;
     cublasHandle_t h = cuda_impl(be)->cublas;
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N, opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (batch == 1)
-        cublasCheck(cublasGemmEx(h, opB, opA, N, M, K, &alpha, B, tb, ldb, A, ta, lda, &beta, C, CUDA_R_32F, ldc,
+        cublasCheck(cublasGemmEx(h, opB, opA, N, M, K, &alpha, B, tb, ldb, A, ta, lda, &beta, C, tc, ldc,
                                  compute_for(be, ta), CUBLAS_GEMM_DEFAULT));
     else
         cublasCheck(cublasGemmStridedBatchedEx(h, opB, opA, N, M, K, &alpha, B, tb, ldb, strideB, A, ta, lda, strideA,
-                                               &beta, C, CUDA_R_32F, ldc, strideC, batch, compute_for(be, ta),
+                                               &beta, C, tc, ldc, strideC, batch, compute_for(be, ta),
                                                CUBLAS_GEMM_DEFAULT));
 }
 
@@ -44,7 +45,7 @@ void cuda_gemm_batched(Backend *be, int transA, int transB, int M, int N, int K,
                        int lda, long long strideA, const float *B, int ldb, long long strideB, float beta, float *C,
                        int ldc, long long strideC, int batch) {
     gemm_batched_typed(be, transA, transB, M, N, K, alpha, A, CUDA_R_32F, lda, strideA, B, CUDA_R_32F, ldb, strideB,
-                       beta, C, ldc, strideC, batch);
+                       beta, C, CUDA_R_32F, ldc, strideC, batch);
 }
 
 // Byte offsets: operands of any element size.
@@ -61,15 +62,16 @@ __global__ void grid_pointers_kernel(const char **A, const char **B, char **C, c
 
 void cuda_gemm_grid_typed(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const void *A,
                           cudaDataType_t ta, int lda, long long sA_b, long long sA_h, const void *B, cudaDataType_t tb,
-                          int ldb, long long sB_b, long long sB_h, float beta, float *C, int ldc, long long sC_b,
-                          long long sC_h, int nb, int nh) {
+                          int ldb, long long sB_b, long long sB_h, float beta, void *C, cudaDataType_t tc, int ldc,
+                          long long sC_b, long long sC_h, int nb, int nh) {
     if (M <= 0 || N <= 0 || nb <= 0 || nh <= 0) return;
     CudaImpl *c = cuda_impl(be);
-    const size_t ea = dtype_bytes(ta), eb = dtype_bytes(tb);
+    const size_t ea = dtype_bytes(ta), eb = dtype_bytes(tb), ec = dtype_bytes(tc);
     if (c->gemm_grid_loop) { // one strided-batched call (over images) per head
         for (int h = 0; h < nh; h++)
             gemm_batched_typed(be, transA, transB, M, N, K, alpha, (const char *)A + h * sA_h * ea, ta, lda, sA_b,
-                               (const char *)B + h * sB_h * eb, tb, ldb, sB_b, beta, C + h * sC_h, ldc, sC_b, nb);
+                               (const char *)B + h * sB_h * eb, tb, ldb, sB_b, beta, (char *)C + h * sC_h * ec, tc, ldc,
+                               sC_b, nb);
         return;
     }
     const size_t n = (size_t)nb * nh;
@@ -84,12 +86,12 @@ void cuda_gemm_grid_typed(Backend *be, int transA, int transB, int M, int N, int
     char **Cp = (char **)(Bp + n);
     DINO_LAUNCH(grid_pointers_kernel, ceil_div(n, 256), 256, 0, c->stream)(
         Ap, Bp, Cp, (const char *)A, sA_b * (long long)ea, sA_h * (long long)ea, (const char *)B, sB_b * (long long)eb,
-        sB_h * (long long)eb, (char *)C, sC_b * 4, sC_h * 4, nb, nh);
+        sB_h * (long long)eb, (char *)C, sC_b * (long long)ec, sC_h * (long long)ec, nb, nh);
     cudaCheckLaunch();
     cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N, opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
     // row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: operands and M/N swapped
     cublasCheck(cublasGemmBatchedEx(c->cublas, opB, opA, N, M, K, &alpha, (const void *const *)Bp, tb, ldb,
-                                    (const void *const *)Ap, ta, lda, &beta, (void *const *)Cp, CUDA_R_32F, ldc,
+                                    (const void *const *)Ap, ta, lda, &beta, (void *const *)Cp, tc, ldc,
                                     (int)n, compute_for(be, ta), CUBLAS_GEMM_DEFAULT));
 }
 
@@ -97,7 +99,7 @@ void cuda_gemm_grid(Backend *be, int transA, int transB, int M, int N, int K, fl
                     long long sA_b, long long sA_h, const float *B, int ldb, long long sB_b, long long sB_h, float beta,
                     float *C, int ldc, long long sC_b, long long sC_h, int nb, int nh) {
     cuda_gemm_grid_typed(be, transA, transB, M, N, K, alpha, A, CUDA_R_32F, lda, sA_b, sA_h, B, CUDA_R_32F, ldb, sB_b,
-                         sB_h, beta, C, ldc, sC_b, sC_h, nb, nh);
+                         sB_h, beta, C, CUDA_R_32F, ldc, sC_b, sC_h, nb, nh);
 }
 
 void cuda_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
@@ -255,10 +257,82 @@ __global__ void broadcast_rows_kernel(float *out, const float *b, size_t rows, i
         out[i] = b[i % n];
 }
 
+// ---- bf16 activations (docs/cuda-backend.md, "Activation dtypes") ----------------------------------
+// When an activation argument is a bf16 buffer, every GEMM operand goes in as bf16 (the fp32 ones, the
+// weights included, converted into scratch first: what CUBLAS_COMPUTE_32F_FAST_16BF does to them
+// inside cuBLAS, so the same values) with fp32 accumulation (CUBLAS_COMPUTE_32F), and a bf16 output is
+// rounded once at the store. All-fp32 arguments take the fp32 path below it, unchanged.
+
+__global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16(src[i]);
+}
+
+void cuda_to_bf16(Backend *be, __nv_bfloat16 *dst, const float *src, size_t n) {
+    if (!n) return;
+    DINO_LAUNCH(to_bf16_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(dst, src, n);
+    cudaCheckLaunch();
+}
+
+// out[r, j] = bf16(acc[r, j] + b[j])
+__global__ void bias_to_act_kernel(ActRef out, const float *acc, const float *b, size_t rows, int n) {
+    size_t total = rows * (size_t)n;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
+        act_st(out, i, acc[i] + b[i % n]);
+}
+
+// Carves bf16 copies of fp32 operands (and an fp32 accumulator) out of one scratch request.
+struct ScratchCarver {
+    char *base;
+    size_t off;
+    void *take(size_t bytes) {
+        void *p = base + off;
+        off += (bytes + 255) / 256 * 256;
+        return p;
+    }
+};
+static size_t carve_size(size_t bytes) { return (bytes + 255) / 256 * 256; }
+// The operand as bf16: itself, or a bf16 copy of its n fp32 elements in scratch.
+static const void *as_bf16(Backend *be, ActRef a, size_t n, ScratchCarver *sc) {
+    if (a.bf16) return a.p;
+    __nv_bfloat16 *d = (__nv_bfloat16 *)sc->take(2 * n);
+    cuda_to_bf16(be, d, (const float *)a.p, n);
+    return d;
+}
+
+static void linear_fwd_bf16(Backend *be, ActRef out, ActRef in, const float *W, const float *b, int rows, int n_in,
+                            int n_out) {
+    const size_t nx = (size_t)rows * n_in, nw = (size_t)n_out * n_in, ny = (size_t)rows * n_out;
+    const bool acc_fp32 = b && out.bf16; // the bias added in fp32 before the one rounding
+    ScratchCarver sc{(char *)cuda_scratch(be, (in.bf16 ? 0 : carve_size(2 * nx)) + carve_size(2 * nw) +
+                                                  (acc_fp32 ? carve_size(4 * ny) : 0)), 0};
+    const void *x16 = as_bf16(be, in, nx, &sc), *w16 = as_bf16(be, ActRef{(void *)W, false}, nw, &sc);
+    if (acc_fp32) {
+        float *acc = (float *)sc.take(4 * ny);
+        gemm_batched_typed(be, 0, 1, rows, n_out, n_in, 1.0f, x16, CUDA_R_16BF, n_in, 0, w16, CUDA_R_16BF, n_in, 0,
+                           0.0f, acc, CUDA_R_32F, n_out, 0, 1);
+        DINO_LAUNCH(bias_to_act_kernel, grid_1d(ny, 256), 256, 0, cuda_stream(be))(out, acc, b, (size_t)rows, n_out);
+        cudaCheckLaunch();
+        return;
+    }
+    if (b) { // fp32 output: the bias first, then the GEMM adds with beta = 1
+        DINO_LAUNCH(broadcast_rows_kernel, grid_1d(ny, 256), 256, 0, cuda_stream(be))((float *)out.p, b, (size_t)rows,
+                                                                                      n_out);
+        cudaCheckLaunch();
+    }
+    gemm_batched_typed(be, 0, 1, rows, n_out, n_in, 1.0f, x16, CUDA_R_16BF, n_in, 0, w16, CUDA_R_16BF, n_in, 0,
+                       b ? 1.0f : 0.0f, out.p, act_cuda_type(out), n_out, 0, 1);
+}
+
 void cuda_linear_fwd(Backend *be, float *out, const float *in, const float *W, const float *b, int rows, int n_in,
                      int n_out) {
     CUDA_OP_RANGE("linear_fwd");
     cuda_graph_tick(be);
+    const ActRef o = cuda_act(be, out), x = cuda_act(be, in);
+    if (o.bf16 || x.bf16) {
+        linear_fwd_bf16(be, o, x, W, b, rows, n_in, n_out);
+        return;
+    }
     if (b && lt_linear_bias(be, out, in, W, b, rows, n_in, n_out)) return;
     if (b) {
         size_t n = (size_t)rows * n_out;
@@ -269,19 +343,35 @@ void cuda_linear_fwd(Backend *be, float *out, const float *in, const float *W, c
 }
 
 struct ReadMatrix {
-    const float *a;
+    ActRef a;
     int ld;
-    __device__ float operator()(int r, int c) const { return a[(size_t)r * ld + c]; }
+    __device__ float operator()(int r, int c) const { return act_ld(a, (size_t)r * ld + c); }
 };
 
 void cuda_linear_bwd(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
                      const float *W, int rows, int n_in, int n_out) {
     CUDA_OP_RANGE("linear_bwd");
     cuda_graph_tick(be);
-    // din = dout W ; dW += dout^T in ; db += column sums of dout
+    const ActRef di = cuda_act(be, din), dy = cuda_act(be, dout), x = cuda_act(be, in);
+    // db += column sums of dout (first: it uses the scratch, which the bf16 path carves below)
+    if (db) colsum_add(be, db, rows, n_out, 1.0f, ReadMatrix{dy, n_out});
+    if (di.bf16 || dy.bf16 || x.bf16) { // din = dout W ; dW += dout^T in, bf16 operands
+        const size_t nx = (size_t)rows * n_in, nw = (size_t)n_out * n_in, ny = (size_t)rows * n_out;
+        ScratchCarver sc{(char *)cuda_scratch(be, (din ? carve_size(2 * nw) : 0) + (dy.bf16 ? 0 : carve_size(2 * ny)) +
+                                                      (x.bf16 ? 0 : carve_size(2 * nx))),
+                         0};
+        const void *dy16 = as_bf16(be, dy, ny, &sc), *x16 = as_bf16(be, x, nx, &sc);
+        if (din) {
+            const void *w16 = as_bf16(be, ActRef{(void *)W, false}, nw, &sc);
+            gemm_batched_typed(be, 0, 0, rows, n_in, n_out, 1.0f, dy16, CUDA_R_16BF, n_out, 0, w16, CUDA_R_16BF, n_in, 0,
+                               0.0f, di.p, act_cuda_type(di), n_in, 0, 1);
+        }
+        gemm_batched_typed(be, 1, 0, n_out, n_in, rows, 1.0f, dy16, CUDA_R_16BF, n_out, 0, x16, CUDA_R_16BF, n_in, 0,
+                           1.0f, dW, CUDA_R_32F, n_in, 0, 1);
+        return;
+    }
     if (din) cuda_gemm_batched(be, 0, 0, rows, n_in, n_out, 1.0f, dout, n_out, 0, W, n_in, 0, 0.0f, din, n_in, 0, 1);
     cuda_gemm_batched(be, 1, 0, n_out, n_in, rows, 1.0f, dout, n_out, 0, in, n_in, 0, 1.0f, dW, n_in, 0, 1);
-    if (db) colsum_add(be, db, rows, n_out, 1.0f, ReadMatrix{dout, n_out});
 }
 
 // ---- the MFU denominator: the card's dense bf16 rate ------------------------------------------------

@@ -10,7 +10,7 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-__global__ void layernorm_fwd_kernel(float *out, float *mean, float *rstd, const float *x, const float *w,
+__global__ void layernorm_fwd_kernel(ActRef out, float *mean, float *rstd, const float *x, const float *w,
                                      const float *b, int rows, int D, float eps) {
     const int r = blockIdx.x * LN_ROWS_PER_BLOCK + threadIdx.y, lane = threadIdx.x;
     if (r >= rows) return;
@@ -24,8 +24,8 @@ __global__ void layernorm_fwd_kernel(float *out, float *mean, float *rstd, const
         v += d * d;
     }
     const float rs = 1.0f / sqrtf(warp_sum(v) / D + eps);
-    float *o = out + (size_t)r * D;
-    for (int i = lane; i < D; i += 32) o[i] = (xr[i] - m) * rs * w[i] + b[i];
+    const size_t o = (size_t)r * D;
+    for (int i = lane; i < D; i += 32) act_st(out, o + i, (xr[i] - m) * rs * w[i] + b[i]);
     if (lane == 0) {
         mean[r] = m;
         rstd[r] = rs;
@@ -36,22 +36,24 @@ void cuda_layernorm_fwd(Backend *be, float *out, float *mean, float *rstd, const
                         const float *b, int rows, int D, float eps) {
     CUDA_OP_RANGE("layernorm_fwd");
     if (rows <= 0) return;
+    cuda_need_f32(be, x, "layernorm_fwd (x)");
     dim3 block(32, LN_ROWS_PER_BLOCK);
-    DINO_LAUNCH(layernorm_fwd_kernel, ceil_div(rows, LN_ROWS_PER_BLOCK), block, 0, cuda_stream(be))(out, mean, rstd, x, w, b,
+    DINO_LAUNCH(layernorm_fwd_kernel, ceil_div(rows, LN_ROWS_PER_BLOCK), block, 0, cuda_stream(be))(cuda_act(be, out), mean, rstd, x, w, b,
                                                                                            rows, D, eps);
     cudaCheckLaunch();
 }
 
 // dx += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w
-__global__ void layernorm_bwd_dx_kernel(float *dx_acc, const float *dout, const float *x, const float *mean,
+__global__ void layernorm_bwd_dx_kernel(float *dx_acc, ActRef dout, const float *x, const float *mean,
                                         const float *rstd, const float *w, int rows, int D) {
     const int r = blockIdx.x * LN_ROWS_PER_BLOCK + threadIdx.y, lane = threadIdx.x;
     if (r >= rows) return;
-    const float *xr = x + (size_t)r * D, *dy = dout + (size_t)r * D;
+    const float *xr = x + (size_t)r * D;
+    const size_t o = (size_t)r * D;
     const float m = mean[r], s = rstd[r];
     float sg = 0.0f, sgx = 0.0f;
     for (int i = lane; i < D; i += 32) {
-        float g = dy[i] * w[i];
+        float g = act_ld(dout, o + i) * w[i];
         sg += g;
         sgx += g * ((xr[i] - m) * s);
     }
@@ -60,32 +62,36 @@ __global__ void layernorm_bwd_dx_kernel(float *dx_acc, const float *dout, const 
     float *dx = dx_acc + (size_t)r * D;
     for (int i = lane; i < D; i += 32) {
         float xh = (xr[i] - m) * s;
-        dx[i] += s * (dy[i] * w[i] - sg - xh * sgx);
+        dx[i] += s * (act_ld(dout, o + i) * w[i] - sg - xh * sgx);
     }
 }
 
 struct LnDw { // dy * xhat
-    const float *dout, *x, *mean, *rstd;
+    ActRef dout;
+    const float *x, *mean, *rstd;
     int D;
     __device__ float operator()(int r, int c) const {
         size_t i = (size_t)r * D + c;
-        return dout[i] * ((x[i] - mean[r]) * rstd[r]);
+        return act_ld(dout, i) * ((x[i] - mean[r]) * rstd[r]);
     }
 };
 struct LnDb {
-    const float *dout;
+    ActRef dout;
     int D;
-    __device__ float operator()(int r, int c) const { return dout[(size_t)r * D + c]; }
+    __device__ float operator()(int r, int c) const { return act_ld(dout, (size_t)r * D + c); }
 };
 
 void cuda_layernorm_bwd(Backend *be, float *dx_acc, float *dw, float *db, const float *dout, const float *x,
                         const float *mean, const float *rstd, const float *w, int rows, int D) {
     CUDA_OP_RANGE("layernorm_bwd");
     if (rows <= 0) return;
+    cuda_need_f32(be, dx_acc, "layernorm_bwd (dx_acc)");
+    cuda_need_f32(be, x, "layernorm_bwd (x)");
+    const ActRef dy = cuda_act(be, dout);
     dim3 block(32, LN_ROWS_PER_BLOCK);
-    DINO_LAUNCH(layernorm_bwd_dx_kernel, ceil_div(rows, LN_ROWS_PER_BLOCK), block, 0, cuda_stream(be))(dx_acc, dout, x, mean,
+    DINO_LAUNCH(layernorm_bwd_dx_kernel, ceil_div(rows, LN_ROWS_PER_BLOCK), block, 0, cuda_stream(be))(dx_acc, dy, x, mean,
                                                                                               rstd, w, rows, D);
     cudaCheckLaunch();
-    colsum_add(be, dw, rows, D, 1.0f, LnDw{dout, x, mean, rstd, D});
-    colsum_add(be, db, rows, D, 1.0f, LnDb{dout, D});
+    colsum_add(be, dw, rows, D, 1.0f, LnDw{dy, x, mean, rstd, D});
+    colsum_add(be, db, rows, D, 1.0f, LnDb{dy, D});
 }

@@ -3,7 +3,7 @@
 #include "model/cuda/cuda_ops.cuh"
 
 // transpose 0: x <- x cos + rotate_half(x) sin; 1: g <- g cos + rotate_half^T(g sin)
-__global__ void rope_kernel(float *qkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh,
+__global__ void rope_kernel(ActRef qkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh,
                             int transpose) {
     const int D = H * Dh, half = Dh / 2;
     const size_t n_pairs = (size_t)B * N * 2 * H * half;
@@ -15,15 +15,15 @@ __global__ void rope_kernel(float *qkv, const float *sin, const float *cos, int 
         const int part = (int)(r % 2); // q or k
         r /= 2;
         const int n = (int)(r % N), b = (int)(r / N);
-        float *x = qkv + ((size_t)b * T + (T - N + n)) * 3 * D + (size_t)part * D + (size_t)h * Dh;
+        const size_t x = ((size_t)b * T + (T - N + n)) * 3 * D + (size_t)part * D + (size_t)h * Dh; // element of qkv
         const float *s = sin + (size_t)n * Dh, *c = cos + (size_t)n * Dh;
-        const float x1 = x[j], x2 = x[j + half];
+        const float x1 = act_ld(qkv, x + j), x2 = act_ld(qkv, x + j + half);
         if (!transpose) {
-            x[j] = x1 * c[j] - x2 * s[j];
-            x[j + half] = x2 * c[j + half] + x1 * s[j + half];
+            act_st(qkv, x + j, x1 * c[j] - x2 * s[j]);
+            act_st(qkv, x + j + half, x2 * c[j + half] + x1 * s[j + half]);
         } else {
-            x[j] = x1 * c[j] + x2 * s[j + half];
-            x[j + half] = x2 * c[j + half] - x1 * s[j];
+            act_st(qkv, x + j, x1 * c[j] + x2 * s[j + half]);
+            act_st(qkv, x + j + half, x2 * c[j + half] - x1 * s[j]);
         }
     }
 }
@@ -32,7 +32,8 @@ static void rope_launch(Backend *be, float *qkv, const float *sin, const float *
                         int Dh, int transpose) {
     const size_t n = (size_t)B * N * 2 * H * (Dh / 2);
     if (!n) return;
-    DINO_LAUNCH(rope_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(qkv, sin, cos, B, T, N, H, Dh, transpose);
+    DINO_LAUNCH(rope_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(cuda_act(be, qkv), sin, cos, B, T, N, H, Dh,
+                                                                             transpose);
     cudaCheckLaunch();
 }
 

@@ -119,6 +119,7 @@ __global__ void gather_rows_kernel(float *out, const float *in, const int *idx, 
 
 void cuda_gather_rows(Backend *be, float *out, const float *in, const int *idx, int n, size_t len) {
     CUDA_OP_RANGE("gather_rows");
+    cuda_need_f32(be, out, "gather_rows (out)"), cuda_need_f32(be, in, "gather_rows (in)");
     size_t tot = (size_t)n * len;
     if (!tot) return;
     DINO_LAUNCH(gather_rows_kernel, grid_1d(tot, 256), 256, 0, cuda_stream(be))(out, in, idx, n, len);
@@ -135,20 +136,21 @@ __global__ void scatter_add_rows_kernel(float *x, const float *in, const int *id
 
 void cuda_scatter_add_rows(Backend *be, float *x, const float *in, const int *idx, int n, size_t len) {
     CUDA_OP_RANGE("scatter_add_rows");
+    cuda_need_f32(be, x, "scatter_add_rows (x)"), cuda_need_f32(be, in, "scatter_add_rows (in)");
     size_t tot = (size_t)n * len;
     if (!tot) return;
     DINO_LAUNCH(scatter_add_rows_kernel, grid_1d(tot, 256), 256, 0, cuda_stream(be))(x, in, idx, n, len);
     cudaCheckLaunch();
 }
 
-// x[idx[i]] += scale * gamma (.) br[i], rows of T*D
-__global__ void residual_fwd_kernel(float *x, const float *br, const float *gamma, const int *idx, int n, int T,
+// x[idx[i]] += scale * gamma (.) br[i], rows of T*D (br may be a bf16 activation buffer; x is fp32)
+__global__ void residual_fwd_kernel(float *x, ActRef br, const float *gamma, const int *idx, int n, int T,
                                     int D, float scale) {
     const size_t row = (size_t)T * D;
     GRID_STRIDE(e, (size_t)n * row) {
         size_t i = e / row, j = e % row;
         float g = gamma ? gamma[j % D] : 1.0f;
-        x[(size_t)(idx ? idx[i] : (int)i) * row + j] += scale * g * br[e];
+        x[(size_t)(idx ? idx[i] : (int)i) * row + j] += scale * g * act_ld(br, e);
     }
 }
 
@@ -157,28 +159,31 @@ void cuda_residual_fwd(Backend *be, float *x, const float *br, const float *gamm
     CUDA_OP_RANGE("residual_fwd");
     size_t tot = (size_t)n * T * D;
     if (!tot) return;
-    DINO_LAUNCH(residual_fwd_kernel, grid_1d(tot, 256), 256, 0, cuda_stream(be))(x, br, gamma, idx, n, T, D, scale);
+    cuda_need_f32(be, x, "residual_fwd (x)");
+    DINO_LAUNCH(residual_fwd_kernel, grid_1d(tot, 256), 256, 0, cuda_stream(be))(x, cuda_act(be, br), gamma, idx, n, T,
+                                                                                 D, scale);
     cudaCheckLaunch();
 }
 
-__global__ void residual_bwd_kernel(float *dbr, const float *dx, const float *gamma, const int *idx, int n, int T,
+__global__ void residual_bwd_kernel(ActRef dbr, const float *dx, const float *gamma, const int *idx, int n, int T,
                                     int D, float scale) {
     const size_t row = (size_t)T * D;
     GRID_STRIDE(e, (size_t)n * row) {
         size_t i = e / row, j = e % row;
         float g = gamma ? gamma[j % D] : 1.0f;
-        dbr[e] = scale * g * dx[(size_t)(idx ? idx[i] : (int)i) * row + j];
+        act_st(dbr, e, scale * g * dx[(size_t)(idx ? idx[i] : (int)i) * row + j]);
     }
 }
 
 struct GammaGrad { // row it = i*T + t of the branch: br (.) dx at the kept image's row
-    const float *dx, *br;
+    const float *dx;
+    ActRef br;
     const int *idx;
     int T, D;
     __device__ float operator()(int it, int d) const {
         int i = it / T, t = it % T;
         size_t xr = (size_t)(idx ? idx[i] : i) * T + t;
-        return dx[xr * D + d] * br[(size_t)it * D + d];
+        return dx[xr * D + d] * act_ld(br, (size_t)it * D + d);
     }
 };
 
@@ -187,7 +192,10 @@ void cuda_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *dx, 
     CUDA_OP_RANGE("residual_bwd");
     size_t tot = (size_t)n * T * D;
     if (!tot) return;
-    DINO_LAUNCH(residual_bwd_kernel, grid_1d(tot, 256), 256, 0, cuda_stream(be))(dbr, dx, gamma, idx, n, T, D, scale);
+    const ActRef b = cuda_act(be, br);
+    cuda_need_f32(be, dx, "residual_bwd (dx)");
+    DINO_LAUNCH(residual_bwd_kernel, grid_1d(tot, 256), 256, 0, cuda_stream(be))(cuda_act(be, dbr), dx, gamma, idx, n, T,
+                                                                                 D, scale);
     cudaCheckLaunch();
-    if (dgamma) colsum_add(be, dgamma, n * T, D, scale, GammaGrad{dx, br, idx, T, D});
+    if (dgamma) colsum_add(be, dgamma, n * T, D, scale, GammaGrad{dx, b, idx, T, D});
 }

@@ -1,0 +1,152 @@
+// The cpu backend's bf16-emulating switch (backend_cpu_emulate_bf16, model/backend.h): the ops keep
+// computing in fp32; after every op that writes a DINO_BF16 activation buffer, the elements it wrote
+// are rounded to bf16 (to nearest even), which is where the cuda backend stores bf16 (it computes each
+// op in fp32 and rounds once at the store). The GEMMs' own input rounding (tensor cores) is not
+// modelled here: tests/test_cuda_ops.c's DINO_CUDA_OPS_EMULATE adds it below this layer.
+#include <stdint.h>
+#include <string.h>
+
+#include "common/check.h"
+#include "model/backend.h"
+
+typedef struct {
+    const char *base;
+    size_t bytes;
+} Bf16Range;
+
+typedef struct {
+    Backend inner; // the table as it was when the switch was turned on
+    Bf16Range *r;
+    int n, cap;
+} Bf16Emu;
+
+#define EMU(be) ((Bf16Emu *)(be)->impl)
+#define IN(be) (&EMU(be)->inner)
+
+float dino_bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return x; // NaN: the rounding add would carry into the sign
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+// Rounds p[0..n) when p lies in a bf16 buffer (the ops write whole buffers or rows of one).
+static void round_if_bf16(Backend *be, float *p, size_t n) {
+    const Bf16Emu *e = EMU(be);
+    if (!p || !n) return;
+    for (int i = 0; i < e->n; i++)
+        if ((const char *)p >= e->r[i].base && (const char *)p < e->r[i].base + e->r[i].bytes) {
+            DINO_ASSERT((const char *)(p + n) <= e->r[i].base + e->r[i].bytes, "an op wrote past a bf16 buffer");
+            for (size_t j = 0; j < n; j++) p[j] = dino_bf16_round(p[j]);
+            return;
+        }
+}
+
+static float *e_alloc_act(Backend *be, size_t n, DinoDtype dt, size_t *bytes) {
+    Bf16Emu *e = EMU(be);
+    float *p = IN(be)->alloc_act(IN(be), n, dt, bytes);
+    if (dt != DINO_BF16) return p;
+    if (e->n == e->cap) {
+        e->cap = e->cap ? 2 * e->cap : 64;
+        e->r = dino_realloc(e->r, sizeof(Bf16Range) * (size_t)e->cap);
+    }
+    e->r[e->n++] = (Bf16Range){(const char *)p, sizeof(float) * n};
+    if (bytes) *bytes = 2 * n; // what the cuda backend holds
+    return p;
+}
+static void e_release(Backend *be, void *p) {
+    Bf16Emu *e = EMU(be);
+    for (int i = 0; i < e->n; i++)
+        if (e->r[i].base == p) {
+            e->r[i] = e->r[--e->n];
+            break;
+        }
+    IN(be)->release(IN(be), p);
+}
+static void e_to_device(Backend *be, void *dst, const void *src, size_t bytes) {
+    IN(be)->to_device(IN(be), dst, src, bytes);
+    round_if_bf16(be, dst, bytes / sizeof(float));
+}
+static void e_copy(Backend *be, void *dst, const void *src, size_t bytes) {
+    IN(be)->copy(IN(be), dst, src, bytes);
+    round_if_bf16(be, dst, bytes / sizeof(float));
+}
+static void e_linear_fwd(Backend *be, float *out, const float *in, const float *W, const float *b, int rows, int n_in,
+                         int n_out) {
+    IN(be)->linear_fwd(IN(be), out, in, W, b, rows, n_in, n_out);
+    round_if_bf16(be, out, (size_t)rows * n_out);
+}
+static void e_linear_bwd(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
+                         const float *W, int rows, int n_in, int n_out) {
+    IN(be)->linear_bwd(IN(be), din, dW, db, dout, in, W, rows, n_in, n_out);
+    round_if_bf16(be, din, (size_t)rows * n_in);
+}
+static void e_layernorm_fwd(Backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
+                            const float *b, int rows, int D, float eps) {
+    IN(be)->layernorm_fwd(IN(be), out, mean, rstd, x, w, b, rows, D, eps);
+    round_if_bf16(be, out, (size_t)rows * D);
+}
+static void e_gelu_fwd(Backend *be, float *out, const float *x, size_t n) {
+    IN(be)->gelu_fwd(IN(be), out, x, n);
+    round_if_bf16(be, out, n);
+}
+static void e_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, size_t n) {
+    IN(be)->gelu_bwd(IN(be), dx, dout, x, n);
+    round_if_bf16(be, dx, n);
+}
+static void e_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd) {
+    IN(be)->swiglu_fwd(IN(be), out, in, rows, Hd);
+    round_if_bf16(be, out, (size_t)rows * Hd);
+}
+static void e_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd) {
+    IN(be)->swiglu_bwd(IN(be), din, dout, in, rows, Hd);
+    round_if_bf16(be, din, (size_t)rows * 2 * Hd);
+}
+static void e_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
+    IN(be)->attention_fwd(IN(be), out, saved, qkv, B, T, H, Dh);
+    round_if_bf16(be, out, (size_t)B * T * H * Dh);
+}
+static void e_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
+                            int T, int H, int Dh) {
+    IN(be)->attention_bwd(IN(be), dqkv, dout, qkv, saved, B, T, H, Dh);
+    round_if_bf16(be, dqkv, (size_t)B * T * 3 * H * Dh);
+}
+static void e_rope_fwd(Backend *be, float *qkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh) {
+    IN(be)->rope_fwd(IN(be), qkv, sin, cos, B, T, N, H, Dh);
+    round_if_bf16(be, qkv, (size_t)B * T * 3 * H * Dh);
+}
+static void e_rope_bwd(Backend *be, float *dqkv, const float *sin, const float *cos, int B, int T, int N, int H, int Dh) {
+    IN(be)->rope_bwd(IN(be), dqkv, sin, cos, B, T, N, H, Dh);
+    round_if_bf16(be, dqkv, (size_t)B * T * 3 * H * Dh);
+}
+static void e_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *dx, const float *br,
+                           const float *gamma, const int *idx, int n, int T, int D, float scale) {
+    IN(be)->residual_bwd(IN(be), dbr, dgamma, dx, br, gamma, idx, n, T, D, scale);
+    round_if_bf16(be, dbr, (size_t)n * T * D);
+}
+static void e_destroy(Backend *be) {
+    Bf16Emu *e = EMU(be);
+    Backend inner = e->inner;
+    free(e->r);
+    free(e);
+    be->impl = inner.impl;
+    if (inner.destroy) inner.destroy(be);
+}
+
+Backend *backend_cpu_emulate_bf16(Backend *be) {
+    DINO_ASSERT(be->impl == NULL && be->alloc_act, "backend_cpu_emulate_bf16 wants a plain cpu backend");
+    Bf16Emu *e = dino_calloc(1, sizeof *e);
+    e->inner = *be;
+    be->impl = e;
+    be->name = "cpu-bf16";
+    be->alloc_act = e_alloc_act, be->release = e_release, be->to_device = e_to_device, be->copy = e_copy;
+    be->linear_fwd = e_linear_fwd, be->linear_bwd = e_linear_bwd, be->layernorm_fwd = e_layernorm_fwd;
+    be->gelu_fwd = e_gelu_fwd, be->gelu_bwd = e_gelu_bwd, be->swiglu_fwd = e_swiglu_fwd, be->swiglu_bwd = e_swiglu_bwd;
+    be->attention_fwd = e_attention_fwd, be->attention_bwd = e_attention_bwd;
+    be->rope_fwd = e_rope_fwd, be->rope_bwd = e_rope_bwd, be->residual_bwd = e_residual_bwd;
+    be->destroy = e_destroy;
+    return be;
+}
