@@ -319,6 +319,26 @@ TEST(memory_plan_counts_real_allocations) {
     }
 }
 
+// The real model of a two-pair config: moving to pair 1 allocates exactly the plan's bytes (the largest
+// pair), moving back to pair 0 and ssl_model_free release what it allocated.
+static void check_pair_switch(const Config *two, size_t planned) {
+    char err[DINO_ERRLEN];
+    SslConfig sc;
+    CHECK(train_ssl_config(two, 1, 0, &sc, err) == 0, "%s", err);
+    Backend *be = counting_backend();
+    SslModel m;
+    CHECK(ssl_model_init(&m, be, &sc, 0, err) == 0, "%s", err);
+    const size_t at0 = g_live_bytes;
+    ssl_use_pair(&m, be, 1);
+    CHECK(g_live_bytes == planned && g_live_bytes > at0, "pair 1: %zu bytes live, plan %zu, pair 0 %zu", g_live_bytes,
+          planned, at0);
+    ssl_use_pair(&m, be, 0);
+    CHECK(g_live_bytes == at0, "back at pair 0: %zu bytes live, was %zu", g_live_bytes, at0);
+    ssl_model_free(&m, be);
+    CHECK(g_live_bytes == 0, "%zu bytes left after ssl_model_free", g_live_bytes);
+    backend_free(be);
+}
+
 // Size pairs (high-resolution phase): one pair's activations at a time, every other buffer sized for the
 // largest sides, so the plan of pairs 32/16 + 48/24 is exactly the plan of the one pair 48/24 (same
 // pos-embed grid); and the model really frees a pair's activations when it moves to another.
@@ -338,24 +358,9 @@ TEST(memory_plan_counts_the_largest_size_pair) {
           p2.pair, p1.total);
     CHECK(memcmp(&p2.model, &p1.model, sizeof p1.model) == 0, "categories differ");
     // the real model: moving to pair 1 and back frees what it allocated
-    SslConfig sc;
-    CHECK(train_ssl_config(&two, 1, 0, &sc, err) == 0, "%s", err);
-    Backend *be = counting_backend();
-    SslModel m;
-    CHECK(ssl_model_init(&m, be, &sc, 0, err) == 0, "%s", err);
-    const size_t at0 = g_live_bytes;
-    ssl_use_pair(&m, be, 1);
-    CHECK(g_live_bytes == p2.total && g_live_bytes > at0, "pair 1: %zu bytes live, plan %zu, pair 0 %zu", g_live_bytes,
-          p2.total, at0);
-    ssl_use_pair(&m, be, 0);
-    CHECK(g_live_bytes == at0, "back at pair 0: %zu bytes live, was %zu", g_live_bytes, at0);
-    ssl_model_free(&m, be);
-    CHECK(g_live_bytes == 0, "%zu bytes left after ssl_model_free", g_live_bytes);
-    backend_free(be);
+    check_pair_switch(&two, p2.total);
 }
 
-// On cuda the plan counts the CUDA backend's own layout (model/attention_layout.h): the flash path's LSE and
-// bf16 O where the head dim has kernels (demo.yaml's 64), else bf16 probabilities in 16-byte aligned blocks.
 // With Gram anchoring per size pair (crops.gram_teacher_crops_size a list, 1.5x each global): the plan is
 // the largest pair's with its Gram teacher (activations at 240 px, resampling 15x15 -> 10x10), the same as
 // that pair alone; the real model's pair switch frees the Gram teacher's per-pair buffers too.
@@ -379,24 +384,11 @@ TEST(memory_plan_counts_the_largest_pairs_gram_teacher) {
           p2.pair, p1.total);
     CHECK(memcmp(&p2.model, &p1.model, sizeof p1.model) == 0, "categories differ");
     CHECK(p2.model.teacher_acts > p0.model.teacher_acts, "Gram teacher activations not counted");
-    SslConfig sc;
-    CHECK(train_ssl_config(&two, 1, 0, &sc, err) == 0, "%s", err);
-    Backend *be = counting_backend();
-    SslModel m;
-    CHECK(ssl_model_init(&m, be, &sc, 0, err) == 0, "%s", err);
-    const size_t at0 = g_live_bytes;
-    ssl_use_pair(&m, be, 1);
-    CHECK(g_live_bytes == p2.total && g_live_bytes > at0, "pair 1: %zu bytes live, plan %zu, pair 0 %zu", g_live_bytes,
-          p2.total, at0);
-    ssl_use_pair(&m, be, 0);
-    CHECK(g_live_bytes == at0, "back at pair 0: %zu bytes live, was %zu", g_live_bytes, at0);
-    ssl_model_free(&m, be);
-    CHECK(g_live_bytes == 0, "%zu bytes left after ssl_model_free", g_live_bytes);
-    backend_free(be);
+    check_pair_switch(&two, p2.total);
 }
 
-// On cuda the plan counts the CUDA backend's own layout: bf16 attention probabilities in 16-byte aligned
-// blocks (model/attention_layout.h), half the CPU's.
+// On cuda the plan counts the CUDA backend's own layout (model/attention_layout.h): the flash path's LSE and
+// bf16 O where the head dim has kernels (demo.yaml's 64), else bf16 probabilities in 16-byte aligned blocks.
 TEST(memory_plan_uses_the_cuda_layout_on_cuda) {
     CHECK(attention_block_elems(257, 1) == 66056 && attention_block_elems(257, 0) == 66052 &&
               attention_block_elems(50, 1) == 2504 && attention_block_elems(16, 0) == 256,
