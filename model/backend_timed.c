@@ -1,5 +1,14 @@
 // The timing/counting wrapper (model/backend_timed.h). Every op: optionally synchronise and start the
-// clock, forward to the wrapped backend, then tally the call with its roofline costs in both layouts.
+// clock, forward to the wrapped backend, then tally the call with its roofline costs in the three layouts.
+// The current layout counts each activation argument with the element type the wrapped backend stores:
+// the wrapper records it from alloc_act, whose *bytes says what the backend holds (2 per element: bf16).
+// Why here and not a backend query (an act_dtype entry in the op table): the stored type is decided at
+// allocation, once per buffer, and every backend already reports it there (cuda: bf16 with its default bf16
+// GEMMs, fp32 with CUDA_GEMM_FP32; the plan backend's cuda layout: bf16; cpu and its bf16 emulation: fp32,
+// the emulation only rounds the values); the model passes bf16 buffers whole (docs/cuda-backend.md), so an
+// exact lookup of the pointer finds them. No op-table entry to add in every backend, nothing to keep in
+// sync. A buffer allocated before the wrapper was put around the backend counts as fp32.
+// Which attention the backend runs (flash or the batched GEMMs) follows from the size of its saved state.
 // The target layout's fusions are found from the order of the calls (the ViT issues them in a fixed
 // order): an activation right after the linear layer that wrote its input (GEMM epilogue), a copy into
 // the stream right before the residual op that updates it (one kernel), a LayerNorm of the stream the
@@ -13,6 +22,7 @@
 
 #include "common/check.h"
 #include "common/clock.h"
+#include "model/attention_layout.h"
 
 typedef struct {
     Backend *inner;
@@ -24,11 +34,56 @@ typedef struct {
     const void *prev_out;
     RoofCost prev_target;
     int gather_from_residual; // the last op was a gather of the rows the residual op before it updated
+    // the alloc_act buffers the wrapped backend stores in bf16, sorted by address
+    const void **bf16;
+    int n_bf16, cap_bf16;
 } TimedState;
 
 #define S(be) ((TimedState *)(be)->impl)
 #define IN(s) ((s)->inner)
-#define COSTS(fn, ...) ((const RoofCost[ROOF_NLAYOUTS]){fn(ROOF_CURRENT, __VA_ARGS__), fn(ROOF_TARGET, __VA_ARGS__)})
+#define COSTS(fn, ...)                                                                                                 \
+    ((const RoofCost[ROOF_NLAYOUTS]){fn(ROOF_SESSION3, __VA_ARGS__), fn(ROOF_CURRENT, __VA_ARGS__),                     \
+                                     fn(ROOF_TARGET, __VA_ARGS__)})
+
+// ---- element types of the arguments ----------------------------------------------------------------------------
+// The index of the first recorded bf16 buffer at or above p (n_bf16 if none).
+static int bf16_lower_bound(const TimedState *s, const void *p) {
+    int lo = 0, hi = s->n_bf16;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if ((const char *)s->bf16[mid] < (const char *)p) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+// Bytes per element of an op argument as the wrapped backend stores it: 2 for a bf16 alloc_act buffer, else 4.
+static int elem(const TimedState *s, const void *p) {
+    const int i = bf16_lower_bound(s, p);
+    return p && i < s->n_bf16 && s->bf16[i] == p ? 2 : 4;
+}
+#define E(p) elem(S(be), (p))
+static void bf16_record(TimedState *s, const void *p) {
+    if (s->n_bf16 == s->cap_bf16) {
+        s->cap_bf16 = s->cap_bf16 ? 2 * s->cap_bf16 : 64;
+        s->bf16 = dino_realloc(s->bf16, sizeof(*s->bf16) * (size_t)s->cap_bf16);
+    }
+    const int i = bf16_lower_bound(s, p);
+    memmove(s->bf16 + i + 1, s->bf16 + i, sizeof(*s->bf16) * (size_t)(s->n_bf16 - i));
+    s->bf16[i] = p;
+    s->n_bf16++;
+}
+static void bf16_forget(TimedState *s, const void *p) {
+    const int i = bf16_lower_bound(s, p);
+    if (i == s->n_bf16 || s->bf16[i] != p) return;
+    memmove(s->bf16 + i, s->bf16 + i + 1, sizeof(*s->bf16) * (size_t)(s->n_bf16 - i - 1));
+    s->n_bf16--;
+}
+// The wrapped backend runs the fused attention for this shape: its saved state is the flash path's
+// (LSE + bf16 O), not probabilities (T x T per head: the cpu's fp32, the cuda GEMM path's bf16).
+static int runs_flash(TimedState *s, int B, int T, int H, int Dh) {
+    return attention_flash_head_dim(Dh) &&
+           s->inner->attention_saved_floats(s->inner, B, T, H, Dh) == attention_saved_floats_flash(B, T, H, Dh);
+}
 
 static double t_begin(TimedState *s) {
     if (!s->counting || !s->timing) return 0;
@@ -59,8 +114,9 @@ static void absorb_prev(TimedState *s) {
     t->flops[ROOF_TARGET] -= k.flops;
     t->bytes[ROOF_TARGET] -= k.bytes;
     t->kernels[ROOF_TARGET] -= k.kernels;
+    t->fp64[ROOF_TARGET] -= k.fp64;
     t->pred_s[ROOF_TARGET] -= roof_time_s(&s->card, ROOF_TARGET, roof_op_family((RoofOp)s->prev_op), k);
-    s->prev_target = (RoofCost){0, 0, 0};
+    s->prev_target = (RoofCost){0, 0, 0, 0};
 }
 
 static int after(const TimedState *s, RoofOp op, const void *p) {
@@ -69,9 +125,16 @@ static int after(const TimedState *s, RoofOp op, const void *p) {
 
 // ---- memory (forwarded; copies and transfers counted) ----------------------------------------------------
 static void *t_alloc(Backend *be, size_t bytes) { return IN(S(be))->alloc(IN(S(be)), bytes); }
-static void t_release(Backend *be, void *p) { IN(S(be))->release(IN(S(be)), p); }
+static void t_release(Backend *be, void *p) {
+    bf16_forget(S(be), p);
+    IN(S(be))->release(IN(S(be)), p);
+}
 static float *t_alloc_act(Backend *be, size_t n, DinoDtype dt, size_t *bytes) {
-    return IN(S(be))->alloc_act(IN(S(be)), n, dt, bytes);
+    size_t held = 0;
+    float *p = IN(S(be))->alloc_act(IN(S(be)), n, dt, &held);
+    if (n && held == 2 * n) bf16_record(S(be), p);
+    if (bytes) *bytes = held;
+    return p;
 }
 static void *t_host_alloc(Backend *be, size_t bytes) { return IN(S(be))->host_alloc(IN(S(be)), bytes); }
 static void t_host_free(Backend *be, void *p) { IN(S(be))->host_free(IN(S(be)), p); }
@@ -101,13 +164,13 @@ static void t_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     TimedState *s = S(be);
     double t0 = t_begin(s);
     s->inner->copy(s->inner, dst, src, bytes);
-    t_end(s, ROP_COPY, t0, COSTS(roof_copy, (double)bytes, 0), dst);
+    t_end(s, ROP_COPY, t0, COSTS(roof_copy, (double)bytes, elem(s, dst), 0), dst);
 }
 static void t_zero(Backend *be, void *p, size_t bytes) {
     TimedState *s = S(be);
     double t0 = t_begin(s);
     s->inner->zero(s->inner, p, bytes);
-    t_end(s, ROP_ZERO, t0, COSTS(roof_zero, (double)bytes), p);
+    t_end(s, ROP_ZERO, t0, COSTS(roof_zero, (double)bytes, elem(s, p)), p);
 }
 
 // ---- compute ops ---------------------------------------------------------------------------------------------------
@@ -126,12 +189,13 @@ static void t_gemm(Backend *be, int tA, int tB, int M, int N, int K, float alpha
 }
 static void t_linear_fwd(Backend *be, float *out, const float *in, const float *W, const float *b, int rows, int n_in,
                          int n_out) {
-    OP(ROP_LINEAR_FWD, out, COSTS(roof_linear_fwd, rows, n_in, n_out, b != NULL), linear_fwd, out, in, W, b, rows, n_in,
+    OP(ROP_LINEAR_FWD, out, COSTS(roof_linear_fwd, rows, n_in, n_out, b != NULL, E(out), E(in)), linear_fwd, out, in, W, b, rows, n_in,
        n_out);
 }
 static void t_linear_bwd(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
                          const float *W, int rows, int n_in, int n_out) {
-    OP(ROP_LINEAR_BWD, din, COSTS(roof_linear_bwd, rows, n_in, n_out, din != NULL, db != NULL), linear_bwd, din, dW, db,
+    OP(ROP_LINEAR_BWD, din, COSTS(roof_linear_bwd, rows, n_in, n_out, din != NULL, db != NULL, E(din), E(dout), E(in)),
+       linear_bwd, din, dW, db,
        dout, in, W, rows, n_in, n_out);
 }
 static void t_layernorm_fwd(Backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
@@ -142,37 +206,39 @@ static void t_layernorm_fwd(Backend *be, float *out, float *mean, float *rstd, c
         absorb_prev(s); // the gather of the kept rows happens inside the fused kernel
         fused = 1;
     }
-    OP(ROP_LAYERNORM_FWD, out, COSTS(roof_layernorm_fwd, rows, D, fused), layernorm_fwd, out, mean, rstd, x, w, b, rows,
+    OP(ROP_LAYERNORM_FWD, out, COSTS(roof_layernorm_fwd, rows, D, fused, E(out)), layernorm_fwd, out, mean, rstd, x, w, b, rows,
        D, eps);
 }
 static void t_layernorm_bwd(Backend *be, float *dx_acc, float *dw, float *db, const float *dout, const float *x,
                             const float *mean, const float *rstd, const float *w, int rows, int D) {
-    OP(ROP_LAYERNORM_BWD, dx_acc, COSTS(roof_layernorm_bwd, rows, D), layernorm_bwd, dx_acc, dw, db, dout, x, mean, rstd,
+    OP(ROP_LAYERNORM_BWD, dx_acc, COSTS(roof_layernorm_bwd, rows, D, E(dout)), layernorm_bwd, dx_acc, dw, db, dout, x, mean, rstd,
        w, rows, D);
 }
 static void t_gelu_fwd(Backend *be, float *out, const float *x, size_t n) {
     const int epi = after(S(be), ROP_LINEAR_FWD, x);
-    OP(ROP_GELU_FWD, out, COSTS(roof_gelu_fwd, (double)n, epi), gelu_fwd, out, x, n);
+    OP(ROP_GELU_FWD, out, COSTS(roof_gelu_fwd, (double)n, epi, E(out), E(x)), gelu_fwd, out, x, n);
 }
 static void t_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, size_t n) {
-    OP(ROP_GELU_BWD, dx, COSTS(roof_gelu_bwd, (double)n), gelu_bwd, dx, dout, x, n);
+    OP(ROP_GELU_BWD, dx, COSTS(roof_gelu_bwd, (double)n, E(dx), E(dout), E(x)), gelu_bwd, dx, dout, x, n);
 }
 static void t_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd) {
     const int epi = after(S(be), ROP_LINEAR_FWD, in);
-    OP(ROP_SWIGLU_FWD, out, COSTS(roof_swiglu_fwd, rows, Hd, epi), swiglu_fwd, out, in, rows, Hd);
+    OP(ROP_SWIGLU_FWD, out, COSTS(roof_swiglu_fwd, rows, Hd, epi, E(out), E(in)), swiglu_fwd, out, in, rows, Hd);
 }
 static void t_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd) {
-    OP(ROP_SWIGLU_BWD, din, COSTS(roof_swiglu_bwd, rows, Hd), swiglu_bwd, din, dout, in, rows, Hd);
+    OP(ROP_SWIGLU_BWD, din, COSTS(roof_swiglu_bwd, rows, Hd, E(din), E(dout), E(in)), swiglu_bwd, din, dout, in, rows, Hd);
 }
 static size_t t_attention_saved_floats(Backend *be, int B, int T, int H, int Dh) {
     return IN(S(be))->attention_saved_floats(IN(S(be)), B, T, H, Dh);
 }
 static void t_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
-    OP(ROP_ATTENTION_FWD, out, COSTS(roof_attention_fwd, B, T, H, Dh), attention_fwd, out, saved, qkv, B, T, H, Dh);
+    const int flash = S(be)->counting && runs_flash(S(be), B, T, H, Dh);
+    OP(ROP_ATTENTION_FWD, out, COSTS(roof_attention_fwd, B, T, H, Dh, flash, E(out), E(qkv)), attention_fwd, out, saved, qkv, B, T, H, Dh);
 }
 static void t_attention_bwd(Backend *be, float *dqkv, const float *dout, const float *qkv, const float *saved, int B,
                             int T, int H, int Dh) {
-    OP(ROP_ATTENTION_BWD, dqkv, COSTS(roof_attention_bwd, B, T, H, Dh), attention_bwd, dqkv, dout, qkv, saved, B, T, H,
+    const int flash = S(be)->counting && runs_flash(S(be), B, T, H, Dh);
+    OP(ROP_ATTENTION_BWD, dqkv, COSTS(roof_attention_bwd, B, T, H, Dh, flash, E(dqkv), E(dout), E(qkv)), attention_bwd, dqkv, dout, qkv, saved, B, T, H,
        Dh);
 }
 static void t_im2col(Backend *be, float *cols, const float *img, int B, int C, int Hi, int Wi, int p) {
@@ -198,11 +264,11 @@ static void t_residual_fwd(Backend *be, float *x, const float *br, const float *
                            int D, float scale) {
     TimedState *s = S(be);
     if (after(s, ROP_COPY, x)) absorb_prev(s); // the copy of the stream into x happens in the residual kernel
-    OP(ROP_RESIDUAL_FWD, x, COSTS(roof_residual_fwd, n, T, D), residual_fwd, x, br, gamma, idx, n, T, D, scale);
+    OP(ROP_RESIDUAL_FWD, x, COSTS(roof_residual_fwd, n, T, D, E(br)), residual_fwd, x, br, gamma, idx, n, T, D, scale);
 }
 static void t_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *dx, const float *br, const float *gamma,
                            const int *idx, int n, int T, int D, float scale) {
-    OP(ROP_RESIDUAL_BWD, dbr, COSTS(roof_residual_bwd, n, T, D, dgamma != NULL), residual_bwd, dbr, dgamma, dx, br, gamma,
+    OP(ROP_RESIDUAL_BWD, dbr, COSTS(roof_residual_bwd, n, T, D, dgamma != NULL, E(dbr), E(br)), residual_bwd, dbr, dgamma, dx, br, gamma,
        idx, n, T, D, scale);
 }
 static void t_scatter_add_rows(Backend *be, float *x, const float *in, const int *idx, int n, size_t len) {
@@ -210,11 +276,11 @@ static void t_scatter_add_rows(Backend *be, float *x, const float *in, const int
 }
 static void t_rope_fwd(Backend *be, float *qkv, const float *sin, const float *cos, int B, int T, int N, int H,
                        int Dh) {
-    OP(ROP_ROPE_FWD, qkv, COSTS(roof_rope, B, N, H, Dh), rope_fwd, qkv, sin, cos, B, T, N, H, Dh);
+    OP(ROP_ROPE_FWD, qkv, COSTS(roof_rope, B, N, H, Dh, E(qkv)), rope_fwd, qkv, sin, cos, B, T, N, H, Dh);
 }
 static void t_rope_bwd(Backend *be, float *dqkv, const float *sin, const float *cos, int B, int T, int N, int H,
                        int Dh) {
-    OP(ROP_ROPE_BWD, dqkv, COSTS(roof_rope, B, N, H, Dh), rope_bwd, dqkv, sin, cos, B, T, N, H, Dh);
+    OP(ROP_ROPE_BWD, dqkv, COSTS(roof_rope, B, N, H, Dh, E(dqkv)), rope_bwd, dqkv, sin, cos, B, T, N, H, Dh);
 }
 static void t_gram_loss(Backend *be, float *loss, float *ds_acc, const float *sf, const float *t, int B, int N, int D,
                         int normalize, int neg_mode, float alpha) {
@@ -286,6 +352,7 @@ static void t_ema(Backend *be, float *t, const float *s, size_t n, float momentu
 static void t_destroy(Backend *be) {
     TimedState *s = S(be);
     backend_free(s->inner);
+    free(s->bf16);
     free(s);
     be->impl = NULL;
 }

@@ -1,9 +1,17 @@
 // A roofline model of the backend's ops: the FLOPs and the device-memory bytes of one call, computed
-// from the call's own arguments, for two layouts of the CUDA backend:
-//   ROOF_CURRENT  what model/cuda does today: fp32 activations, gradients and weights in memory, GEMMs
-//                 on fp32 operands with bf16 tensor-core math (cuBLAS converts inside the kernel), the
-//                 bias in the GEMM epilogue (cuBLASLt), attention with the (B,H,T,T) scores in fp32 and
-//                 the probabilities in bf16, every op its own kernels, launched one by one;
+// from the call's own arguments, for three layouts of the CUDA backend:
+//   ROOF_SESSION3 the layout of session 3 (before issue #12 item 1): every activation, gradient and
+//                 weight fp32 in memory, GEMMs on fp32 operands with bf16 tensor-core math (cuBLAS
+//                 converts inside the kernel), the bias in the GEMM epilogue (cuBLASLt), attention with
+//                 the (B,H,T,T) scores in fp32 and the probabilities in bf16, every op its own kernels,
+//                 launched one by one. Counted as the current layout's kernels with every argument fp32
+//                 and the batched-GEMM attention;
+//   ROOF_CURRENT  what model/cuda does now, argument by argument: the element type of each activation
+//                 buffer as the backend stores it (bf16 ViT branch activations and head hidden layers,
+//                 docs/cuda-backend.md "Activation dtypes"; the timing backend learns it from alloc_act),
+//                 the bf16-operand GEMM path (fp32 weights converted into scratch per call, a bias on a
+//                 bf16 output through an fp32 accumulator), the flash attention where the backend runs
+//                 it (nothing T x T in memory), otherwise the same kernels as session 3, launched eagerly;
 //   ROOF_TARGET   the layout of the GPU-performance issue: bf16 activations (the residual stream, its
 //                 gradient, parameter gradients, logits, targets and losses stay fp32; fp32 master
 //                 weights and a bf16 copy written by AdamW), flash attention (nothing T x T in memory,
@@ -11,16 +19,23 @@
 //                 LayerScale + drop-path + residual + the next LayerNorm in one kernel; the student's
 //                 softmax + cross-entropy + gradient in one pass over the logits), the step as one CUDA
 //                 graph (no launch gaps beyond a graph's).
-// The predicted time of a call is max(FLOPs / peak, bytes / bandwidth, kernels x launch gap): the
-// larger of the compute and memory roofs, and a floor for the small ops that only launch. docs/performance.md
-// states every assumption behind the byte counts (each tensor read or written once from device memory
-// per pass of a kernel; rows that a kernel re-reads sit in L1/L2).
+// The predicted time of a call is max(FLOPs / peak, bytes / bandwidth, FP64 instructions / FP64 rate,
+// kernels x launch gap): the larger of the compute and memory roofs, and a floor for the small ops that
+// only launch. docs/performance.md states every assumption behind the byte counts (each tensor read or
+// written once from device memory per pass of a kernel; rows that a kernel re-reads sit in L1/L2).
 // The counts are made per call by the timing backend (model/backend_timed.h), so the prediction and the
 // measurement cover the very same calls.
+//
+// Adding an op (a fused kernel, a new backend entry): a ROP_ value and its row in OPS (model/roofline.c),
+// a roof_<op>(l, ..., e_...) function below with its three counts, and its wrapper in
+// model/backend_timed.c (COSTS(roof_<op>, ..., E(ptr)...)). An op that session 3 did not have counts, in
+// ROOF_SESSION3, as the session-3 ops it replaces (roof_add of their counts: a fused linear + GELU is
+// roof_linear_fwd + roof_gelu_fwd there), so the session-3 column stays the session-3 step; ROOF_CURRENT
+// counts the new kernel's passes with the element sizes it is given; ROOF_TARGET the issue's design.
 #pragma once
 #include <stddef.h>
 
-typedef enum { ROOF_CURRENT = 0, ROOF_TARGET = 1, ROOF_NLAYOUTS = 2 } RoofLayout;
+typedef enum { ROOF_SESSION3 = 0, ROOF_CURRENT = 1, ROOF_TARGET = 2, ROOF_NLAYOUTS = 3 } RoofLayout;
 
 // Op families: the rows of bench_step's per-op table.
 typedef enum {
@@ -60,25 +75,34 @@ const char *roof_layout_name(RoofLayout l);
 
 // One call's work. flops: matrix-product FLOPs (2 M N K per GEMM, the attention products), the
 // tensor-core work that MFU counts; elementwise and reduction arithmetic is left out (bandwidth-bound).
-// bytes: device-memory traffic (host traffic for RF_HOST / RF_UPLOAD). kernels: launches.
+// bytes: device-memory traffic (host traffic for RF_HOST / RF_UPLOAD). kernels: launches. fp64:
+// double-precision instructions on the CUDA cores (an FMA is one; exp or log in double ~20 each), the
+// roof of the loss kernels that sum and exponentiate in double as the CPU reference does.
 typedef struct {
-    double flops, bytes, kernels;
+    double flops, bytes, kernels, fp64;
 } RoofCost;
 
 // A card's roofs. peak_tflops: the dense bf16 rate the prediction uses (the measured cuBLAS rate);
-// peak_spec_tflops: the datasheet's, for the MFU against the spec.
+// peak_spec_tflops: the datasheet's, for the MFU against the spec. fp64_tips: tera double-precision
+// instructions per second on the CUDA cores (FMA = one instruction; not the FP64 tensor-core rate).
 typedef struct {
     const char *name;
-    double peak_spec_tflops, peak_tflops, bw_tbs, host_gbs;
-    double launch_us[ROOF_NLAYOUTS]; // per kernel: eager stream launches today, graph replay in the target
+    double peak_spec_tflops, peak_tflops, bw_tbs, host_gbs, fp64_tips;
+    double launch_us[ROOF_NLAYOUTS]; // per kernel: eager stream launches (session 3, now), graph replay (target)
 } RoofCard;
 
 // "h100" (H100 SXM5 80 GB) or "h200"; 0, or -1 for an unknown name.
 int roof_card(const char *name, RoofCard *out);
-// max(flops / peak, bytes / bandwidth, kernels x launch gap) in seconds (host bandwidth for RF_HOST/RF_UPLOAD).
+// max(flops / peak, bytes / bandwidth, fp64 / fp64 rate, kernels x launch gap) in seconds (host bandwidth
+// for RF_HOST/RF_UPLOAD).
 double roof_time_s(const RoofCard *c, RoofLayout l, RoofFamily f, RoofCost k);
+RoofCost roof_add(RoofCost a, RoofCost b); // two kernels' counts as one op's (a fused op's session-3 count)
 
 // ---- the cost of one call, per op (arguments as in model/backend.h) ---------------------------------
+// Element sizes e_<arg>: the bytes per element (4 fp32, 2 bf16) of that activation argument as the backend
+// stores it (the timing backend knows them from alloc_act). Only ROOF_CURRENT reads them: session 3 was
+// fp32 throughout, the target assigns its own types by role. flash: the backend runs the fused attention
+// (model/cuda/attention_flash.cu) for this call; ROOF_CURRENT only (session 3 had the batched GEMMs).
 // Fusion flags (target layout only; the timing backend sets them from the order of the calls):
 //  epilogue: an activation whose input the linear layer just before wrote: computed in that GEMM's
 //            epilogue, only its bf16 output is written;
@@ -87,26 +111,28 @@ double roof_time_s(const RoofCard *c, RoofLayout l, RoofFamily f, RoofCost k);
 //  into_next: a copy / gather that the next op absorbs (copy into the residual's output, gather into
 //            the fused LayerNorm): nothing of its own.
 RoofCost roof_gemm(RoofLayout l, double M, double N, double K, int beta_nonzero);
-RoofCost roof_linear_fwd(RoofLayout l, double rows, double n_in, double n_out, int has_bias);
-RoofCost roof_linear_bwd(RoofLayout l, double rows, double n_in, double n_out, int has_din, int has_db);
-RoofCost roof_layernorm_fwd(RoofLayout l, double rows, double D, int after_residual);
-RoofCost roof_layernorm_bwd(RoofLayout l, double rows, double D);
-RoofCost roof_gelu_fwd(RoofLayout l, double n, int epilogue);
-RoofCost roof_gelu_bwd(RoofLayout l, double n);
-RoofCost roof_swiglu_fwd(RoofLayout l, double rows, double Hd, int epilogue);
-RoofCost roof_swiglu_bwd(RoofLayout l, double rows, double Hd);
-RoofCost roof_attention_fwd(RoofLayout l, double B, double T, double H, double Dh);
-RoofCost roof_attention_bwd(RoofLayout l, double B, double T, double H, double Dh);
+RoofCost roof_linear_fwd(RoofLayout l, double rows, double n_in, double n_out, int has_bias, int e_out, int e_in);
+RoofCost roof_linear_bwd(RoofLayout l, double rows, double n_in, double n_out, int has_din, int has_db, int e_din,
+                         int e_dout, int e_in);
+RoofCost roof_layernorm_fwd(RoofLayout l, double rows, double D, int after_residual, int e_out);
+RoofCost roof_layernorm_bwd(RoofLayout l, double rows, double D, int e_dout);
+RoofCost roof_gelu_fwd(RoofLayout l, double n, int epilogue, int e_out, int e_x);
+RoofCost roof_gelu_bwd(RoofLayout l, double n, int e_dx, int e_dout, int e_x);
+RoofCost roof_swiglu_fwd(RoofLayout l, double rows, double Hd, int epilogue, int e_out, int e_in);
+RoofCost roof_swiglu_bwd(RoofLayout l, double rows, double Hd, int e_din, int e_dout, int e_in);
+RoofCost roof_attention_fwd(RoofLayout l, double B, double T, double H, double Dh, int flash, int e_out, int e_qkv);
+RoofCost roof_attention_bwd(RoofLayout l, double B, double T, double H, double Dh, int flash, int e_dqkv, int e_dout,
+                            int e_qkv);
 // DINOv3's RoPE on the q and k of N patch tokens (in place; the forward and the backward alike)
-RoofCost roof_rope(RoofLayout l, double B, double N, double H, double Dh);
+RoofCost roof_rope(RoofLayout l, double B, double N, double H, double Dh, int e_qkv);
 // DINOv3's Gram anchoring loss on B images of N patch tokens of width D (forward and backward)
 RoofCost roof_gram_loss(RoofLayout l, double B, double N, double D);
 RoofCost roof_im2col(RoofLayout l, double B, double C, double Hi, double Wi, double p);
 RoofCost roof_tokens_fwd(RoofLayout l, double B, double N, double R, double D);
 RoofCost roof_tokens_bwd(RoofLayout l, double B, double N, double R, double D, int has_mask);
 RoofCost roof_gather_rows(RoofLayout l, double n, double len, int into_next);
-RoofCost roof_residual_fwd(RoofLayout l, double n, double T, double D);
-RoofCost roof_residual_bwd(RoofLayout l, double n, double T, double D, int has_dgamma);
+RoofCost roof_residual_fwd(RoofLayout l, double n, double T, double D, int e_br);
+RoofCost roof_residual_bwd(RoofLayout l, double n, double T, double D, int has_dgamma, int e_dbr, int e_br);
 RoofCost roof_scatter_add_rows(RoofLayout l, double n, double len);
 RoofCost roof_axpy(RoofLayout l, double n);
 RoofCost roof_l2norm_fwd(RoofLayout l, double rows, double n);
@@ -125,14 +151,15 @@ RoofCost roof_sum_squares(RoofLayout l, double n);
 RoofCost roof_scale(RoofLayout l, double n);
 RoofCost roof_adamw(RoofLayout l, double n);
 RoofCost roof_ema(RoofLayout l, double n);
-RoofCost roof_copy(RoofLayout l, double bytes, int into_next);
-RoofCost roof_zero(RoofLayout l, double bytes);
+// bytes: as the model passes them (4 per element); e: the buffer's element size (the backend converts)
+RoofCost roof_copy(RoofLayout l, double bytes, int e, int into_next);
+RoofCost roof_zero(RoofLayout l, double bytes, int e);
 RoofCost roof_host(RoofLayout l, double bytes); // to_device, to_host, upload_async
 
 // ---- tallies ------------------------------------------------------------------------------------------
 typedef struct {
     long calls;
-    double flops[ROOF_NLAYOUTS], bytes[ROOF_NLAYOUTS], kernels[ROOF_NLAYOUTS];
+    double flops[ROOF_NLAYOUTS], bytes[ROOF_NLAYOUTS], kernels[ROOF_NLAYOUTS], fp64[ROOF_NLAYOUTS];
     double pred_s[ROOF_NLAYOUTS]; // sum over calls of roof_time_s
     double meas_s;                // measured (the timing backend with timing on)
 } RoofTally;

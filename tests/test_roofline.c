@@ -1,11 +1,13 @@
 // The roofline model (model/roofline.h) and the timing backend that counts it (model/backend_timed.h):
 // the wrapper changes no result; its counted matrix-product FLOPs are vit_flops()'s analytic total; the
-// calls per op are what the ViT's structure implies; the target layout's fusions are found.
+// calls per op are what the ViT's structure implies; the target layout's fusions are found; the current
+// layout counts each argument with the element type the backend stores (bf16: 2 bytes).
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/check.h"
 #include "model/backend.h"
+#include "model/backend_plan.h"
 #include "model/backend_timed.h"
 #include "model/roofline.h"
 #include "model/vit.h"
@@ -22,7 +24,7 @@ static VitConfig small_vit(const char *ffn, int registers, double drop, int dept
     VitConfig cfg;
     char err[DINO_ERRLEN];
     CHECK(vit_config_from_arch(&cfg, "vit_test", 4, 16, registers, ffn, err) == 0, "%s", err);
-    cfg.dim = 16, cfg.heads = 2, cfg.depth = depth, cfg.ffn_hidden = 24;
+    cfg.dim = 16, cfg.heads = 1, cfg.depth = depth, cfg.ffn_hidden = 24; // head dim 16: one the flash path has
     cfg.drop_path_rate = drop;
     cfg.layerscale = 0.5f;
     return cfg;
@@ -87,11 +89,12 @@ TEST(wrapper_bit_identical_ssl_step) {
     free(gimg), free(limg);
 }
 
-// Forward (and backward) of one crop group on the wrapped CPU backend, counting; returns the wrapper
-// (its tallies) for the caller to inspect and free.
-static Backend *count_vit(const VitConfig *cfg, int B, int crop, int backward, int use_drop, Vit *vit_out) {
+// Forward (and backward) of one crop group on the wrapped CPU backend (plan = 0, executed) or on the
+// allocate-only plan backend in the cuda layout (plan = 1: bf16 activations, flash attention; counted
+// only), counting; returns the wrapper (its tallies) for the caller to inspect and free.
+static Backend *count_vit_on(int plan, const VitConfig *cfg, int B, int crop, int backward, int use_drop, Vit *vit_out) {
     const RoofCard card = h100();
-    Backend *be = backend_timed_new(backend_cpu_new(), &card, 1);
+    Backend *be = plan ? backend_timed_new(backend_plan_new(1), &card, 0) : backend_timed_new(backend_cpu_new(), &card, 1);
     ParamTable tab;
     param_table_init(&tab);
     Vit vit;
@@ -119,35 +122,114 @@ static Backend *count_vit(const VitConfig *cfg, int B, int crop, int backward, i
     *vit_out = vit;
     return be;
 }
+static Backend *count_vit(const VitConfig *cfg, int B, int crop, int backward, int use_drop, Vit *vit_out) {
+    return count_vit_on(0, cfg, B, crop, backward, use_drop, vit_out);
+}
 
 static double matmul_flops(const RoofTally *t, RoofLayout l) {
     return t[ROP_LINEAR_FWD].flops[l] + t[ROP_LINEAR_BWD].flops[l] + t[ROP_GEMM].flops[l];
 }
 
-// The counted GEMM + attention FLOPs of the current layout are vit_flops(), the analytic count the
-// benchmarks' MFU uses, exactly (integers in doubles); attention alone is 4 L D T^2 per image forward,
-// three times that with backward.
+// The counted GEMM + attention FLOPs are vit_flops(), the analytic count the benchmarks' MFU uses,
+// exactly (integers in doubles): in the session-3 layout on both backends, and in the current layout on
+// the cpu backend (fp32, probabilities materialised); on the plan backend's cuda layout the current
+// layout runs the flash backward, which recomputes S and dP (14 instead of 8 B T^2 D), and the same
+// GEMMs. Attention alone is 4 L D T^2 per image forward, three times that with backward.
 TEST(counted_flops_equal_vit_flops) {
     const char *ffns[2] = {"mlp", "swiglu"};
-    for (int k = 0; k < 2; k++)
-        for (int backward = 0; backward < 2; backward++) {
-            VitConfig cfg = small_vit(ffns[k], k, 0.0, 3);
-            const int B = 3, crop = 16, T = 1 + k + 16;
-            Vit vit;
-            Backend *be = count_vit(&cfg, B, crop, backward, 0, &vit);
-            const RoofTally *t = backend_timed_tally(be);
-            const double att = 4.0 * (backward ? 3 : 1) * cfg.depth * cfg.dim * (double)T * T * B;
-            const double want = vit_flops(&cfg, B, crop, backward);
-            const double got = matmul_flops(t, ROOF_CURRENT) + t[ROP_ATTENTION_FWD].flops[ROOF_CURRENT] +
-                               t[ROP_ATTENTION_BWD].flops[ROOF_CURRENT];
-            CHECK(got == want, "%s backward=%d: counted %.0f FLOPs, vit_flops %.0f", ffns[k], backward, got, want);
-            const double got_att = t[ROP_ATTENTION_FWD].flops[ROOF_CURRENT] + t[ROP_ATTENTION_BWD].flops[ROOF_CURRENT];
-            CHECK(got_att == att, "attention %.0f FLOPs, expected %.0f", got_att, att);
-            // the target does the same GEMMs; flash backward recomputes (14 instead of 8 B T^2 D)
-            CHECK(matmul_flops(t, ROOF_TARGET) == matmul_flops(t, ROOF_CURRENT), "target GEMM FLOPs differ");
-            vit_free(&vit);
-            backend_free(be);
+    for (int plan = 0; plan < 2; plan++)
+        for (int k = 0; k < 2; k++)
+            for (int backward = 0; backward < 2; backward++) {
+                VitConfig cfg = small_vit(ffns[k], k, 0.0, 3);
+                const int B = 3, crop = 16, T = 1 + k + 16;
+                Vit vit;
+                Backend *be = count_vit_on(plan, &cfg, B, crop, backward, 0, &vit);
+                const RoofTally *t = backend_timed_tally(be);
+                const double fwd_att = 4.0 * cfg.depth * cfg.dim * (double)T * T * B;
+                const double want = vit_flops(&cfg, B, crop, backward);
+                for (int l = 0; l < ROOF_TARGET; l++) {
+                    const double att = t[ROP_ATTENTION_FWD].flops[l] + t[ROP_ATTENTION_BWD].flops[l];
+                    const int flash = plan && l == ROOF_CURRENT;
+                    const double want_att = fwd_att * (1 + (backward ? (flash ? 3.5 : 2) : 0));
+                    CHECK(att == want_att, "plan %d %s %s backward=%d: attention %.0f FLOPs, expected %.0f", plan,
+                          roof_layout_name((RoofLayout)l), ffns[k], backward, att, want_att);
+                    CHECK(matmul_flops(t, (RoofLayout)l) + fwd_att * (backward ? 3 : 1) == want,
+                          "plan %d %s %s backward=%d: counted %.0f FLOPs, vit_flops %.0f", plan,
+                          roof_layout_name((RoofLayout)l), ffns[k], backward, matmul_flops(t, (RoofLayout)l) + att, want);
+                }
+                // every layout does the same GEMMs; flash backward recomputes (14 instead of 8 B T^2 D)
+                CHECK(matmul_flops(t, ROOF_TARGET) == matmul_flops(t, ROOF_SESSION3) &&
+                          matmul_flops(t, ROOF_CURRENT) == matmul_flops(t, ROOF_SESSION3),
+                      "GEMM FLOPs differ between the layouts");
+                // on the cpu (fp32 storage, probabilities saved) the current layout is session 3's, byte for byte
+                if (!plan)
+                    for (int i = 0; i < ROP_COUNT; i++)
+                        CHECK(t[i].bytes[ROOF_CURRENT] == t[i].bytes[ROOF_SESSION3], "%s: cpu current %.0f bytes, session-3 %.0f",
+                              roof_op_name((RoofOp)i), t[i].bytes[ROOF_CURRENT], t[i].bytes[ROOF_SESSION3]);
+                vit_free(&vit);
+                backend_free(be);
+            }
+}
+
+// The element type of each argument as the backend stores it: a linear layer on bf16 buffers of the plan
+// backend's cuda layout counts bf16 operands (and matmul.cu's passes: the weight converted into scratch,
+// the GEMM on bf16 operands, the bias added to the fp32 accumulator and the bf16 output written); on fp32
+// buffers, and on the cpu backend (which stores fp32 whatever is asked), the current layout is session 3's.
+TEST(bf16_linear_counts_bf16_operands) {
+    const RoofCard card = h100();
+    const int rows = 48, n_in = 32, n_out = 64;
+    const double ri = rows * n_in, io = n_in * n_out, ro = rows * n_out;
+    for (int plan = 0; plan < 2; plan++) {
+        Backend *be = plan ? backend_timed_new(backend_plan_new(1), &card, 0) : backend_timed_new(backend_cpu_new(), &card, 1);
+        size_t held = 0;
+        float *x = be->alloc_act(be, (size_t)rows * n_in, DINO_BF16, &held);
+        CHECK(held == (plan ? 2u : 4u) * rows * n_in, "alloc_act through the wrapper reports %zu bytes", held);
+        float *y = be->alloc_act(be, (size_t)rows * n_out, DINO_BF16, NULL), *dy = be->alloc_act(be, (size_t)rows * n_out, DINO_BF16, NULL);
+        float *dx = be->alloc_act(be, (size_t)rows * n_in, DINO_BF16, NULL);
+        float *xf = be->alloc(be, sizeof(float) * rows * n_in), *yf = be->alloc(be, sizeof(float) * rows * n_out);
+        float *W = be->alloc(be, sizeof(float) * n_out * n_in), *b = be->alloc(be, sizeof(float) * n_out);
+        float *dW = be->alloc(be, sizeof(float) * n_out * n_in), *db = be->alloc(be, sizeof(float) * n_out);
+        backend_timed_set(be, 1, 0);
+        be->linear_fwd(be, y, x, W, b, rows, n_in, n_out);
+        be->linear_bwd(be, dx, dW, db, dy, x, W, rows, n_in, n_out);
+        const RoofTally *t = backend_timed_tally(be);
+        const double s3_fwd = 4 * (ri + io + ro) + 4 * n_out;
+        const double s3_bwd = 4 * (ro + ri + 2 * io) + 4 * (ro + io + ri) + 4 * ro + 8 * n_out;
+        CHECK(t[ROP_LINEAR_FWD].bytes[ROOF_SESSION3] == s3_fwd && t[ROP_LINEAR_BWD].bytes[ROOF_SESSION3] == s3_bwd,
+              "session-3 bytes %.0f %.0f", t[ROP_LINEAR_FWD].bytes[ROOF_SESSION3], t[ROP_LINEAR_BWD].bytes[ROOF_SESSION3]);
+        // forward: W to bf16 (4 + 2), the GEMM reads bf16 x and W, writes the fp32 accumulator; the bias
+        // kernel reads it and the bias, writes bf16 y. Backward: db from bf16 dy; W to bf16; din = dy W
+        // (bf16 dy, W read, bf16 dx written); dW += dy^T x (bf16 dy, x; fp32 dW read and written).
+        const double cur_fwd = 6 * io + 2 * (ri + io) + 4 * ro + (4 * ro + 4 * n_out + 2 * ro);
+        const double cur_bwd = (2 * ro + 8 * n_out) + 6 * io + (2 * ro + 2 * io + 2 * ri) + (2 * ro + 2 * ri + 8 * io);
+        const double want_fwd = plan ? cur_fwd : s3_fwd, want_bwd = plan ? cur_bwd : s3_bwd;
+        CHECK(t[ROP_LINEAR_FWD].bytes[ROOF_CURRENT] == want_fwd, "plan %d: linear_fwd %.0f bytes, expected %.0f", plan,
+              t[ROP_LINEAR_FWD].bytes[ROOF_CURRENT], want_fwd);
+        CHECK(t[ROP_LINEAR_BWD].bytes[ROOF_CURRENT] == want_bwd, "plan %d: linear_bwd %.0f bytes, expected %.0f", plan,
+              t[ROP_LINEAR_BWD].bytes[ROOF_CURRENT], want_bwd);
+        CHECK(t[ROP_LINEAR_FWD].kernels[ROOF_CURRENT] == (plan ? 3 : 1), "linear_fwd kernels %.0f",
+              t[ROP_LINEAR_FWD].kernels[ROOF_CURRENT]);
+        for (int l = 0; l < ROOF_NLAYOUTS; l++)
+            CHECK(t[ROP_LINEAR_FWD].flops[l] == 2 * ri * n_out && t[ROP_LINEAR_BWD].flops[l] == 4 * ri * n_out, "FLOPs");
+        // fp32 buffers: session 3's path, on both backends; a released bf16 buffer is forgotten
+        backend_timed_reset(be);
+        be->linear_fwd(be, yf, xf, W, b, rows, n_in, n_out);
+        CHECK(t[ROP_LINEAR_FWD].bytes[ROOF_CURRENT] == s3_fwd, "fp32 linear_fwd %.0f bytes", t[ROP_LINEAR_FWD].bytes[ROOF_CURRENT]);
+        backend_timed_reset(be);
+        be->zero(be, y, sizeof(float) * rows * n_out);
+        CHECK(t[ROP_ZERO].bytes[ROOF_CURRENT] == (plan ? 2 : 4) * ro, "zero of a bf16 buffer: %.0f bytes",
+              t[ROP_ZERO].bytes[ROOF_CURRENT]);
+        be->release(be, y);
+        if (plan) { // the address, no longer a bf16 buffer (the plan backend's zero touches nothing)
+            backend_timed_reset(be);
+            be->zero(be, y, sizeof(float) * rows * n_out);
+            CHECK(t[ROP_ZERO].bytes[ROOF_CURRENT] == 4 * ro, "a released buffer still counted as bf16");
         }
+        backend_timed_set(be, 0, 0);
+        float *bufs[] = {x, dy, dx, xf, yf, W, b, dW, db};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->release(be, bufs[i]);
+        backend_free(be);
+    }
 }
 
 // Calls per op for forward + backward with stored activations (L blocks, MLP, no drop path): what the
@@ -216,16 +298,26 @@ TEST(drop_path_gathers_fused) {
 // The roofline of one call: the larger of the compute and memory roofs, or the launch floor.
 TEST(time_is_the_max_of_the_roofs) {
     const RoofCard c = h100();
-    RoofCost big_gemm = roof_linear_fwd(ROOF_CURRENT, 8192, 8192, 8192, 1);
+    RoofCost big_gemm = roof_linear_fwd(ROOF_CURRENT, 8192, 8192, 8192, 1, 4, 4);
     CHECK(roof_time_s(&c, ROOF_CURRENT, RF_GEMM, big_gemm) == big_gemm.flops / (c.peak_tflops * 1e12), "compute-bound");
-    RoofCost ln = roof_layernorm_fwd(ROOF_CURRENT, 1 << 20, 1024, 0);
+    RoofCost ln = roof_layernorm_fwd(ROOF_CURRENT, 1 << 20, 1024, 0, 4);
     CHECK(roof_time_s(&c, ROOF_CURRENT, RF_LAYERNORM, ln) == ln.bytes / (c.bw_tbs * 1e12), "memory-bound");
     CHECK(ln.bytes == 8.0 * (1 << 20) * 1024 + 8.0 * (1 << 20) + 8 * 1024, "LayerNorm bytes %.0f", ln.bytes);
     RoofCost tiny = roof_center_update(ROOF_CURRENT, 16);
     CHECK(roof_time_s(&c, ROOF_CURRENT, RF_HEAD_LOSS, tiny) == c.launch_us[ROOF_CURRENT] * 1e-6, "launch floor");
     // flash attention: nothing T x T in memory, the same forward FLOPs
-    RoofCost cur = roof_attention_fwd(ROOF_CURRENT, 32, 257, 16, 64), tgt = roof_attention_fwd(ROOF_TARGET, 32, 257, 16, 64);
-    CHECK(cur.flops == tgt.flops && tgt.bytes < cur.bytes / 3, "flash attention bytes %.3g vs %.3g", tgt.bytes, cur.bytes);
+    RoofCost s3 = roof_attention_fwd(ROOF_SESSION3, 32, 257, 16, 64, 1, 2, 2);
+    RoofCost tgt = roof_attention_fwd(ROOF_TARGET, 32, 257, 16, 64, 1, 2, 2);
+    CHECK(s3.flops == tgt.flops && tgt.bytes < s3.bytes / 3, "flash attention bytes %.3g vs %.3g", tgt.bytes, s3.bytes);
+    // session 3 ignores the element sizes and the flash flag: fp32 and materialised, as the fp32 call
+    RoofCost s3_fp32 = roof_attention_fwd(ROOF_CURRENT, 32, 257, 16, 64, 0, 4, 4);
+    CHECK(s3.bytes == s3_fp32.bytes && s3.kernels == s3_fp32.kernels, "session 3 is not the fp32 GEMM path");
+    // the double-precision roof: the entropy's log in double per 4-byte element outlasts its memory traffic
+    RoofCost ent = roof_entropy_mean(ROOF_CURRENT, 4096, 65536);
+    CHECK(ent.fp64 > 0 && roof_time_s(&c, ROOF_CURRENT, RF_HEAD_LOSS, ent) == ent.fp64 / (c.fp64_tips * 1e12),
+          "entropy_mean is not at the FP64 roof");
+    RoofCost ce = roof_softmax_ce(ROOF_CURRENT, 4096, 65536, 1, 1);
+    CHECK(roof_time_s(&c, ROOF_CURRENT, RF_HEAD_LOSS, ce) == ce.bytes / (c.bw_tbs * 1e12), "softmax_ce not memory-bound");
     RoofCard x;
     CHECK(roof_card("a100x", &x) == -1, "an unknown card accepted");
 }

@@ -6,7 +6,7 @@
 // staging of the next batch), the model FLOPs utilisation against the card's measured dense bf16 rate,
 // the device memory, and one machine-readable RESULT line; then the per-op-family roofline table
 // (model/roofline.h): for each family of ops the calls, GFLOP, GB and the predicted time on a card
-// (--card, default H100) in today's layout and in the GPU issue's target layout, next to the time
+// (--card, default H100) in the session-3, the current and the GPU issue's target layouts, next to the time
 // measured with a synchronisation around every op (--op-steps more steps through model/backend_timed.h;
 // on the CPU backend the measured column is the CPU's). --roofline-only counts one step of any model
 // on the allocate-only plan backend (nothing computed, no GPU, seconds) and prints the prediction alone;
@@ -64,17 +64,29 @@ static double head_flops_per_row(const HeadConfig *h) {
 static double gb(double b) { return b / 1e9; }
 static double ms(double s) { return s * 1e3; }
 
-// One row: calls, GFLOP, then per layout GB and predicted ms; the measured ms and measured / predicted
-// (current layout) when measured.
+// One row: calls, then per layout GFLOP, GB and predicted ms (session 3, current, target); the measured ms
+// and measured / predicted (current layout) after the current layout's columns when measured.
 static void roof_row(const char *name, const RoofTally *t, double per, int measured) {
-    printf("| %s | %.0f | %.2f | %.3f | %.3f |", name, t->calls * per, t->flops[ROOF_CURRENT] * per / 1e9,
-           gb(t->bytes[ROOF_CURRENT] * per), ms(t->pred_s[ROOF_CURRENT] * per));
-    if (measured && t->pred_s[ROOF_CURRENT] > 0)
-        printf(" %.3f | %.2f |", ms(t->meas_s * per), t->meas_s / t->pred_s[ROOF_CURRENT]);
-    else if (measured)
-        printf(" %.3f | - |", ms(t->meas_s * per));
-    printf(" %.2f | %.3f | %.3f |\n", t->flops[ROOF_TARGET] * per / 1e9, gb(t->bytes[ROOF_TARGET] * per),
-           ms(t->pred_s[ROOF_TARGET] * per));
+    printf("| %s | %.0f |", name, t->calls * per);
+    for (int l = 0; l < ROOF_NLAYOUTS; l++) {
+        printf(" %.2f | %.3f | %.3f |", t->flops[l] * per / 1e9, gb(t->bytes[l] * per), ms(t->pred_s[l] * per));
+        if (l != ROOF_CURRENT || !measured) continue;
+        if (t->pred_s[ROOF_CURRENT] > 0) printf(" %.3f | %.2f |", ms(t->meas_s * per), t->meas_s / t->pred_s[ROOF_CURRENT]);
+        else printf(" %.3f | - |", ms(t->meas_s * per));
+    }
+    printf("\n");
+}
+
+static void roof_header(const char *first, int measured) {
+    printf("\n| %s | calls |", first);
+    for (int l = 0; l < ROOF_NLAYOUTS; l++) {
+        const char *n = roof_layout_name((RoofLayout)l);
+        printf(" GFLOP %s | GB %s | pred ms %s |", n, n, n);
+        if (l == ROOF_CURRENT && measured) printf(" measured ms | measured / pred |");
+    }
+    printf("\n| --- | --- |");
+    for (int l = 0; l < ROOF_NLAYOUTS; l++) printf(" --- | --- | --- |%s", l == ROOF_CURRENT && measured ? " --- | --- |" : "");
+    printf("\n");
 }
 
 // The table for `steps` counted steps (figures per step). measured: a label for the measured column
@@ -94,40 +106,42 @@ static void print_roofline(const RoofTally *ops, int steps, const RoofCard *card
     const double per = 1.0 / steps;
     const int m = measured != NULL;
     printf("\nroofline per op family, one step (mean of %d): predicted on %s = max(FLOP / %.0f TFLOP/s, bytes / %.2f "
-           "TB/s, kernels x %.0f us eager | %.0f us graph); host copies at %.0f GB/s%s%s\n",
-           steps, card->name, card->peak_tflops, card->bw_tbs, card->launch_us[ROOF_CURRENT], card->launch_us[ROOF_TARGET],
-           card->host_gbs, m ? "; measured: " : "", m ? measured : "");
-    printf("\n| family | calls | GFLOP | GB current | pred ms current |%s GFLOP target | GB target | pred ms target |\n",
-           m ? " measured ms | measured / pred |" : "");
-    printf("| --- | --- | --- | --- | --- |%s --- | --- | --- |\n", m ? " --- | --- |" : "");
+           "TB/s, FP64 / %.1f T inst/s, kernels x %.0f us eager | %.0f us graph); host copies at %.0f GB/s; layouts: "
+           "session-3 (fp32 activations, materialised attention), current (the backend's stored types, flash "
+           "attention), target (issue #12)%s%s\n",
+           steps, card->name, card->peak_tflops, card->bw_tbs, card->fp64_tips, card->launch_us[ROOF_CURRENT],
+           card->launch_us[ROOF_TARGET], card->host_gbs, m ? "; measured: " : "", m ? measured : "");
+    roof_header("family", m);
     for (int f = 0; f < RF_COUNT; f++)
         if (fam[f].calls) roof_row(roof_family_name((RoofFamily)f), &fam[f], per, m);
     roof_row("**step** (without the overlapped upload)", &all, per, m);
     if (per_op) {
-        printf("\n| op | calls | GFLOP | GB current | pred ms current |%s GFLOP target | GB target | pred ms target |\n",
-               m ? " measured ms | measured / pred |" : "");
-        printf("| --- | --- | --- | --- | --- |%s --- | --- | --- |\n", m ? " --- | --- |" : "");
+        roof_header("op", m);
         for (int i = 0; i < ROP_COUNT; i++)
             if (ops[i].calls) roof_row(roof_op_name((RoofOp)i), &ops[i], per, m);
     }
-    const double cur = all.pred_s[ROOF_CURRENT] * per, tgt = all.pred_s[ROOF_TARGET] * per;
-    printf("\npredicted step: current %.2f ms, target %.2f ms (%.2fx); model FLOPs %.2f TFLOP per step; predicted MFU "
-           "current %.1f%% / target %.1f%% of %.0f TFLOP/s (%.1f%% / %.1f%% of the %.0f TFLOP/s spec; model FLOPs as the "
-           "benchmark's MFU counts them: no stochastic depth)\n",
-           ms(cur), ms(tgt), cur / tgt, model_flops / 1e12, 100 * model_flops / cur / (card->peak_tflops * 1e12),
-           100 * model_flops / tgt / (card->peak_tflops * 1e12), card->peak_tflops,
-           100 * model_flops / cur / (card->peak_spec_tflops * 1e12), 100 * model_flops / tgt / (card->peak_spec_tflops * 1e12),
-           card->peak_spec_tflops);
+    double t[ROOF_NLAYOUTS];
+    for (int l = 0; l < ROOF_NLAYOUTS; l++) t[l] = all.pred_s[l] * per;
+    const double s3 = t[ROOF_SESSION3], cur = t[ROOF_CURRENT], tgt = t[ROOF_TARGET];
+    const double peak = card->peak_tflops * 1e12, spec = card->peak_spec_tflops * 1e12;
+    printf("\npredicted step: session-3 %.2f ms, current %.2f ms (%.2fx), target %.2f ms (%.2fx over current); model "
+           "FLOPs %.2f TFLOP per step; predicted MFU session-3 %.1f%% / current %.1f%% / target %.1f%% of %.0f TFLOP/s "
+           "(%.1f%% / %.1f%% / %.1f%% of the %.0f TFLOP/s spec; model FLOPs as the benchmark's MFU counts them: no "
+           "stochastic depth)\n",
+           ms(s3), ms(cur), s3 / cur, ms(tgt), cur / tgt, model_flops / 1e12, 100 * model_flops / s3 / peak,
+           100 * model_flops / cur / peak, 100 * model_flops / tgt / peak, card->peak_tflops, 100 * model_flops / s3 / spec,
+           100 * model_flops / cur / spec, 100 * model_flops / tgt / spec, card->peak_spec_tflops);
     // the matrix-product FLOPs the ops really do (stochastic depth skips blocks; flash backward recomputes)
-    printf("hardware FLOPs (counted matrix products): current %.2f / target %.2f TFLOP per step, utilisation %.1f%% / "
-           "%.1f%% of %.0f TFLOP/s\n",
-           all.flops[ROOF_CURRENT] * per / 1e12, all.flops[ROOF_TARGET] * per / 1e12,
-           100 * all.flops[ROOF_CURRENT] * per / cur / (card->peak_tflops * 1e12),
-           100 * all.flops[ROOF_TARGET] * per / tgt / (card->peak_tflops * 1e12), card->peak_tflops);
+    printf("hardware FLOPs (counted matrix products): session-3 %.2f / current %.2f / target %.2f TFLOP per step, "
+           "utilisation %.1f%% / %.1f%% / %.1f%% of %.0f TFLOP/s\n",
+           all.flops[ROOF_SESSION3] * per / 1e12, all.flops[ROOF_CURRENT] * per / 1e12, all.flops[ROOF_TARGET] * per / 1e12,
+           100 * all.flops[ROOF_SESSION3] * per / s3 / peak, 100 * all.flops[ROOF_CURRENT] * per / cur / peak,
+           100 * all.flops[ROOF_TARGET] * per / tgt / peak, card->peak_tflops);
     if (m) printf("measured (synchronised per op): %.2f ms per step, %.2fx the current prediction\n", ms(all.meas_s * per),
                   all.meas_s / all.pred_s[ROOF_CURRENT]);
-    printf("ROOFLINE card=%s pred_current_ms=%.3f pred_target_ms=%.3f measured_ms=%.3f model_tflop=%.4f\n",
-           strncmp(card->name, "H200", 4) == 0 ? "h200" : "h100", ms(cur), ms(tgt), m ? ms(all.meas_s * per) : -1.0,
+    printf("ROOFLINE card=%s pred_current_ms=%.3f pred_target_ms=%.3f pred_session3_ms=%.3f measured_ms=%.3f "
+           "model_tflop=%.4f\n",
+           strncmp(card->name, "H200", 4) == 0 ? "h200" : "h100", ms(cur), ms(tgt), ms(s3), m ? ms(all.meas_s * per) : -1.0,
            model_flops / 1e12);
 }
 
