@@ -1615,6 +1615,44 @@ TEST(sinkhorn_single_and_collective) {
     gpu_free(G);
 }
 
+// The teacher targets' default kernels (fewer passes over the logits: an exponential or a quotient
+// recomputed instead of stored and read back) against the earlier ones (DINO_CUDA_TARGETS_UNFUSED=1):
+// the same float operations in the same order, so the same bits (softmax_center with and without the
+// centre; Sinkhorn-Knopp with 1 and 3 iterations, alone and with a collective). The cpu comparison of
+// both is the two tests above.
+TEST(teacher_targets_fewer_passes_same_bits) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(105, 0, 0, 0);
+    const int K = K_PROTOTYPES, rows = 72;
+    Pair z = pair_new(C, G, (size_t)rows * K, 0, 2, &r, 0), center = pair_new(C, G, K, 0, 0.5f, &r, 0);
+    Pair P = pair_new(C, G, z.n, 0, 0, &r, 0);
+    float *out[2];
+    for (int c = 0; c < 2 + 4; c++) { // 0, 1: softmax_center without, with centre; 2..5: Sinkhorn (iterations, world)
+        const int n_iter = c < 4 ? 1 : 3, world = 1 + (c % 2);
+        Collective cg = {.ctx = G, .rank = 0, .world = world, .allreduce_sum_f32 = twin_allreduce};
+        for (int unfused = 0; unfused < 2; unfused++) {
+            if (unfused) CHECK(setenv("DINO_CUDA_TARGETS_UNFUSED", "1", 1) == 0, "setenv");
+            G->zero(G, P.g, sizeof(float) * P.n);
+            if (c < 2) G->softmax_center(G, P.g, z.g, c ? center.g : NULL, rows, K, 0.04f);
+            else G->sinkhorn(G, world > 1 ? &cg : NULL, P.g, z.g, rows, K, 0.07f, n_iter, (float)rows * world);
+            out[unfused] = pair_gpu_result(G, &P);
+            unsetenv("DINO_CUDA_TARGETS_UNFUSED");
+        }
+        size_t diff = 0;
+        for (size_t i = 0; i < P.n; i++) diff += memcmp(&out[0][i], &out[1][i], sizeof(float)) != 0;
+        printf(" %s%s: %zu of %zu values differ\n", c < 2 ? "softmax_center" : "sinkhorn",
+               c < 2 ? (c ? " (centre)" : "") : (world > 1 ? " (collective)" : ""), diff, P.n);
+        CHECK(diff == 0, "case %d: the fewer-pass kernels change %zu values", c, diff);
+        double sum = 0;
+        for (size_t i = 0; i < (size_t)K; i++) sum += out[0][i];
+        CHECK(fabs(sum - 1) < 1e-3, "case %d: row 0 sums to %.6f", c, sum);
+        free(out[0]), free(out[1]);
+    }
+    pair_free(C, G, &z), pair_free(C, G, &center), pair_free(C, G, &P);
+    backend_free(C);
+    gpu_free(G);
+}
+
 TEST(softmax_ce_loss_and_gradient) {
     Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
     Rng r = rng_make(104, 0, 0, 0);

@@ -4,6 +4,8 @@
 // (reduce.cuh) or a fixed-order loop, never a float atomic, so results repeat bit for bit.
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 extern "C" {
 #include "common/check.h"
@@ -18,8 +20,41 @@ extern "C" {
 #define GRID_STRIDE(i, n)                                                                          \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
+// The teacher targets (softmax_center, sinkhorn) stream the [rows, K] logits several times per call: the
+// default kernels recompute an exponential or a quotient where the earlier ones wrote P and read it back,
+// the same float operations in the same order, so the same bits with fewer passes over device memory
+// (softmax_center 16 instead of 20 bytes per logit, Sinkhorn-Knopp 16 + 16 n_iter instead of 32 + 20
+// n_iter; docs/performance.md "The head's softmax and cross-entropy"). DINO_CUDA_TARGETS_UNFUSED=1 runs the
+// earlier kernels: the A/B, and the reference of the bit-identity test (read at every call).
+static bool targets_unfused(void) {
+    const char *e = getenv("DINO_CUDA_TARGETS_UNFUSED");
+    return e && strcmp(e, "1") == 0;
+}
+
 // ---- softmax centering, column sums, centre -----------------------------------------------------
 
+// Three passes over z: the row max, the sum of the exponentials (in double), P = exponential * (1 / sum),
+// recomputed (expf of the same argument) rather than stored in pass 2 and read back.
+__global__ void softmax_center_recompute_kernel(float *P, const float *z, const float *center, int K, float temp) {
+    __shared__ float shf[32];
+    __shared__ double shd[32];
+    const size_t r = blockIdx.x;
+    const float *zr = z + r * K;
+    float *p = P + r * K;
+    float mx = -FLT_MAX;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        float y = (zr[k] - (center ? center[k] : 0.0f)) / temp;
+        mx = y > mx ? y : mx;
+    }
+    mx = block_max(mx, shf, -FLT_MAX);
+    double s = 0;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) s += expf((zr[k] - (center ? center[k] : 0.0f)) / temp - mx);
+    s = block_sum(s, shd);
+    const float inv = (float)(1.0 / s);
+    for (int k = threadIdx.x; k < K; k += blockDim.x) p[k] = expf((zr[k] - (center ? center[k] : 0.0f)) / temp - mx) * inv;
+}
+
+// The earlier kernel (DINO_CUDA_TARGETS_UNFUSED=1): exponentials written in pass 2, normalized in place.
 __global__ void softmax_center_kernel(float *P, const float *z, const float *center, int K, float temp) {
     __shared__ float shf[32];
     __shared__ double shd[32];
@@ -46,7 +81,10 @@ __global__ void softmax_center_kernel(float *P, const float *z, const float *cen
 void cuda_softmax_center(Backend *be, float *P, const float *z, const float *center, int rows, int K, float temp) {
     CUDA_OP_RANGE("softmax_center");
     if (rows <= 0 || K <= 0) return;
-    DINO_LAUNCH(softmax_center_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, temp);
+    if (targets_unfused())
+        DINO_LAUNCH(softmax_center_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, temp);
+    else
+        DINO_LAUNCH(softmax_center_recompute_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, temp);
     cudaCheckLaunch();
 }
 
@@ -134,6 +172,39 @@ __global__ void sinkhorn_rows_kernel(float *P, const float *colsum, int K, float
     for (int k = threadIdx.x; k < K; k += blockDim.x) p[k] = p[k] / cs / n_global;
 }
 
+// The default iteration (fewer passes): P holds exp(z/temp - shift) until the first iteration, which
+// applies the pending 1 / total as it reads (pending: the device total, else NULL), exactly the product the
+// earlier scale_by_inverse_kernel stored.
+__device__ __forceinline__ float sinkhorn_pending(const float *p, size_t i, const float *pending, float inv) {
+    return pending ? p[i] * inv : p[i];
+}
+// colsum[k] = sum over rows of P[:, k] (double, rows in order: col_sum_kernel's order)
+__global__ void sinkhorn_col_sum_kernel(float *colsum, const float *P, const float *pending, int rows, int K) {
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    const float inv = pending ? 1.0f / pending[0] : 0.0f;
+    double acc = 0;
+    for (int r = 0; r < rows; r++) acc += sinkhorn_pending(P, (size_t)r * K + k, pending, inv);
+    colsum[k] = (float)acc;
+}
+// One block per sample: the prototype normalization v = p / colsum / K summed (pass 1, nothing stored),
+// then recomputed and written divided by the row sum and n_global (pass 2); on the last iteration times
+// n_global as well (the earlier final cuda_scale). Two reads and one write of the row instead of two and two.
+__global__ void sinkhorn_rows_recompute_kernel(float *P, const float *colsum, const float *pending, int K,
+                                               float n_global, int last) {
+    __shared__ double sh[32];
+    const size_t row = (size_t)blockIdx.x * K;
+    const float inv = pending ? 1.0f / pending[0] : 0.0f;
+    double s = 0;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) s += sinkhorn_pending(P, row + k, pending, inv) / colsum[k] / (float)K;
+    const float cs = (float)block_sum(s, sh);
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        const float v = sinkhorn_pending(P, row + k, pending, inv) / colsum[k] / (float)K;
+        const float o = v / cs / n_global;
+        P[row + k] = last ? o * n_global : o;
+    }
+}
+
 void cuda_sinkhorn(Backend *be, Collective *coll, float *P, const float *z, int rows, int K, float temp, int n_iter,
                    float n_global) {
     CUDA_OP_RANGE("sinkhorn");
@@ -159,6 +230,20 @@ void cuda_sinkhorn(Backend *be, Collective *coll, float *P, const float *z, int 
     DINO_LAUNCH(sum_finish_kernel, 1, SUM_THREADS, 0, st)(total, partial, SUM_BLOCKS);
     cudaCheckLaunch();
     collective_sum_f32(coll, total, 1);
+    if (n_iter > 0 && K > 0 && !targets_unfused()) {
+        for (int it = 0; it < n_iter; it++) {
+            const float *pending = it == 0 ? total : NULL;
+            DINO_LAUNCH(sinkhorn_col_sum_kernel, ceil_div(K, 256), 256, 0, st)(colsum, P, pending, rows, K);
+            cudaCheckLaunch();
+            collective_sum_f32(coll, colsum, (size_t)K);
+            if (rows > 0) {
+                DINO_LAUNCH(sinkhorn_rows_recompute_kernel, rows, K_THREADS, 0, st)(P, colsum, pending, K, n_global,
+                                                                                   it == n_iter - 1);
+                cudaCheckLaunch();
+            }
+        }
+        return;
+    }
     if (n) {
         DINO_LAUNCH(scale_by_inverse_kernel, grid_1d(n, 256), 256, 0, st)(P, total, n);
         cudaCheckLaunch();
