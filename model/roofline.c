@@ -331,11 +331,12 @@ static RoofCost with_fp64(RoofCost k, double fp64) {
     return k;
 }
 
-// z read twice (max, exponentials), P written, then read and written (the normalization); the sum of
-// the fp32 exponentials in double (a conversion and an add per logit)
+// Session 3: z read twice (max, exponentials), P written, then read and written (the normalization).
+// Now (softmax_center_recompute_kernel, the same bits): z read three times (max, sum, P = exponential
+// recomputed times 1 / sum), P written once; the target keeps it. The sum of the fp32 exponentials in
+// double: a conversion and an add per logit.
 RoofCost roof_softmax_center(RoofLayout l, double rows, double K) {
-    (void)l;
-    return with_fp64(cost(0, 20 * rows * K, 1), 2 * rows * K);
+    return with_fp64(cost(0, (l == ROOF_SESSION3 ? 20 : 16) * rows * K, 1), 2 * rows * K);
 }
 RoofCost roof_col_sum(RoofLayout l, double rows, double K) {
     (void)l;
@@ -345,12 +346,16 @@ RoofCost roof_center_update(RoofLayout l, double K) {
     (void)l;
     return cost(0, 12 * K, 1);
 }
-// column max (z), exponentials (z read, P written), the total (P), its division (P read and written),
-// per iteration a column sum (P) and the row kernel (P read and written twice), the final scale; sums
-// in double (the total, per iteration the column and the row sums)
+// Session 3: column max (z), exponentials (z read, P written), the total (P), its division (P read and
+// written), per iteration a column sum (P) and the row kernel (P read and written twice), the final scale.
+// Now (the same bits): the division by the total applied as the first iteration reads P, the row kernel
+// reading P twice and writing it once (the quotient recomputed), the final scale in the last one: 16 + 16
+// n_iter bytes per logit; the target keeps it. Sums in double (the total, per iteration the column and
+// the row sums).
 RoofCost roof_sinkhorn(RoofLayout l, double rows, double K, int n_iter) {
-    (void)l;
-    return with_fp64(cost(0, rows * K * (32 + 20.0 * n_iter), 6 + 2 * n_iter), rows * K * (2 + 4.0 * n_iter));
+    const double fp64 = rows * K * (2 + 4.0 * n_iter);
+    if (l == ROOF_SESSION3 || n_iter == 0) return with_fp64(cost(0, rows * K * (32 + 20.0 * n_iter), 6 + 2 * n_iter), fp64);
+    return with_fp64(cost(0, rows * K * (16 + 16.0 * n_iter), 4 + 2 * n_iter), fp64);
 }
 // Session 3 and now (softmax_ce_kernel): two passes over s and t, one block per row: the online softmax
 // (an exp in double per logit, sums of t and t*y in double: ~25 FP64 instructions), then the gradient
