@@ -161,6 +161,15 @@ TEST(counted_flops_equal_vit_flops) {
                 CHECK(matmul_flops(t, ROOF_TARGET) == matmul_flops(t, ROOF_SESSION3) &&
                           matmul_flops(t, ROOF_CURRENT) == matmul_flops(t, ROOF_SESSION3),
                       "GEMM FLOPs differ between the layouts");
+                // the plan backend's cuda layout: the MLP's GELU reads and writes bf16 (half the bytes), attention
+                // is one flash kernel per call
+                if (plan && k == 0)
+                    CHECK(t[ROP_GELU_FWD].bytes[ROOF_CURRENT] * 2 == t[ROP_GELU_FWD].bytes[ROOF_SESSION3],
+                          "GELU current %.0f bytes, session-3 %.0f", t[ROP_GELU_FWD].bytes[ROOF_CURRENT],
+                          t[ROP_GELU_FWD].bytes[ROOF_SESSION3]);
+                if (plan)
+                    CHECK(t[ROP_ATTENTION_FWD].kernels[ROOF_CURRENT] == t[ROP_ATTENTION_FWD].calls, "flash kernels %.0f",
+                          t[ROP_ATTENTION_FWD].kernels[ROOF_CURRENT]);
                 // on the cpu (fp32 storage, probabilities saved) the current layout is session 3's, byte for byte
                 if (!plan)
                     for (int i = 0; i < ROP_COUNT; i++)
