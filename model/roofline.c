@@ -51,6 +51,7 @@ static const struct {
     [ROP_EMA] = {"ema", RF_OPTIMIZER},
     [ROP_COPY] = {"copy", RF_COPY},
     [ROP_ZERO] = {"zero", RF_COPY},
+    [ROP_PARAM_COPY_CHANGED] = {"param_copy_changed", RF_COPY},
     [ROP_TO_DEVICE] = {"to_device", RF_HOST},
     [ROP_TO_HOST] = {"to_host", RF_HOST},
     [ROP_UPLOAD_ASYNC] = {"upload_async", RF_UPLOAD},
@@ -111,7 +112,8 @@ RoofCost roof_gemm(RoofLayout l, double M, double N, double K, int beta_nonzero)
 // input (the normalized bottleneck) and its output (the logits) are fp32 roles in the target.
 RoofCost roof_linear_fwd(RoofLayout l, double rows, double n_in, double n_out, int has_bias) {
     const double f = 2 * rows * n_in * n_out, bias = has_bias ? 4 * n_out : 0;
-    if (CUR) return cost(f, 4 * (rows * n_in + n_in * n_out + rows * n_out) + bias, 1); // cuBLASLt bias epilogue
+    // cuBLASLt bias epilogue; W: the bf16 weight copy (model/cuda/weight_copy.cu), the prototype layer's fp32
+    if (CUR) return cost(f, 4 * (rows * n_in + rows * n_out) + (has_bias ? 2 : 4) * n_in * n_out + bias, 1);
     if (!has_bias) return cost(f, 4 * rows * n_in + 2 * n_in * n_out + 4 * rows * n_out, 1);
     return cost(f, 2 * (rows * n_in + n_in * n_out + rows * n_out) + bias, 1);
 }
@@ -119,8 +121,10 @@ RoofCost roof_linear_fwd(RoofLayout l, double rows, double n_in, double n_out, i
 RoofCost roof_linear_bwd(RoofLayout l, double rows, double n_in, double n_out, int has_din, int has_db) {
     const double ri = rows * n_in, ro = rows * n_out, io = n_in * n_out;
     const double f = 2 * rows * n_in * n_out * (has_din ? 2 : 1);
-    if (CUR) { // din = dout W (beta 0); dW += dout^T in (beta 1: read and write dW); db: colsum_add (2 kernels)
-        double b = 4 * (ro + ri + 2 * io) + (has_din ? 4 * (ro + io + ri) : 0) + (has_db ? 4 * ro + 8 * n_out : 0);
+    if (CUR) { // din = dout W (beta 0; W the bf16 copy but for the prototype layer's); dW += dout^T in (beta 1:
+               // read and write dW); db: colsum_add (2 kernels)
+        const double w = has_db ? 2 : 4;
+        double b = 4 * (ro + ri + 2 * io) + (has_din ? 4 * (ro + ri) + w * io : 0) + (has_db ? 4 * ro + 8 * n_out : 0);
         return cost(f, b, 1 + has_din + (has_db ? 2 : 0));
     }
     if (!has_db && has_din) // the prototype layer: fp32 dlogits and input, bf16 W, fp32 dW and din
@@ -285,10 +289,16 @@ RoofCost roof_scale(RoofLayout l, double n) {
     (void)l;
     return cost(0, 8 * n, 1);
 }
-// p, g, m, v read, p, m, v written; the target also writes the bf16 copy of p
-RoofCost roof_adamw(RoofLayout l, double n) { return cost(0, n * (CUR ? 28 : 30), 1); }
-// t, s read, t written; the target also writes the teacher's bf16 copy
-RoofCost roof_ema(RoofLayout l, double n) { return cost(0, n * (CUR ? 12 : 14), 1); }
+// p, g, m, v read, p, m, v written, and the bf16 copy of p (model/cuda/weight_copy.cu) in both layouts
+RoofCost roof_adamw(RoofLayout l, double n) {
+    (void)l;
+    return cost(0, n * 30, 1);
+}
+// t, s read, t written, and the teacher's bf16 copy
+RoofCost roof_ema(RoofLayout l, double n) {
+    (void)l;
+    return cost(0, n * 14, 1);
+}
 
 // ---- memory ---------------------------------------------------------------------------------------------------------
 RoofCost roof_copy(RoofLayout l, double bytes, int into_next) {
@@ -298,6 +308,10 @@ RoofCost roof_copy(RoofLayout l, double bytes, int into_next) {
 RoofCost roof_zero(RoofLayout l, double bytes) {
     (void)l;
     return cost(0, bytes, 1);
+}
+RoofCost roof_param_copy_changed(RoofLayout l, double n) {
+    (void)l; // both layouts: one conversion pass (ZeRO-1's all-gathered weights)
+    return cost(0, 6 * n, 1);
 }
 RoofCost roof_host(RoofLayout l, double bytes) {
     (void)l;

@@ -1,7 +1,8 @@
 // A roofline model of the backend's ops: the FLOPs and the device-memory bytes of one call, computed
 // from the call's own arguments, for two layouts of the CUDA backend:
 //   ROOF_CURRENT  what model/cuda does today: fp32 activations, gradients and weights in memory, GEMMs
-//                 on fp32 operands with bf16 tensor-core math (cuBLAS converts inside the kernel), the
+//                 on fp32 operands with bf16 tensor-core math (cuBLAS converts inside the kernel) but for
+//                 the weights, read from the bf16 copy that AdamW and EMA write (prototype layers: fp32), the
 //                 bias in the GEMM epilogue (cuBLASLt), attention with the (B,H,T,T) scores in fp32 and
 //                 the probabilities in bf16, every op its own kernels, launched one by one;
 //   ROOF_TARGET   the layout of the GPU-performance issue: bf16 activations (the residual stream, its
@@ -48,7 +49,7 @@ typedef enum {
     ROP_L2NORM_FWD, ROP_L2NORM_BWD, ROP_WEIGHTNORM_FWD, ROP_WEIGHTNORM_BWD, ROP_SOFTMAX_CENTER, ROP_COL_SUM,
     ROP_CENTER_UPDATE, ROP_SINKHORN, ROP_SOFTMAX_CE, ROP_ENTROPY_MEAN, ROP_KOLEO, ROP_KDE, ROP_GRAM_LOSS,
     ROP_SUM_SQUARES, ROP_SCALE, ROP_ADAMW, ROP_EMA,
-    ROP_COPY, ROP_ZERO,
+    ROP_COPY, ROP_ZERO, ROP_PARAM_COPY_CHANGED,
     ROP_TO_DEVICE, ROP_TO_HOST, ROP_UPLOAD_ASYNC,
     ROP_COUNT
 } RoofOp;
@@ -127,6 +128,8 @@ RoofCost roof_adamw(RoofLayout l, double n);
 RoofCost roof_ema(RoofLayout l, double n);
 RoofCost roof_copy(RoofLayout l, double bytes, int into_next);
 RoofCost roof_zero(RoofLayout l, double bytes);
+// the bf16 weight copy of n parameters written outside the backend, converted again (fp32 read, bf16 written)
+RoofCost roof_param_copy_changed(RoofLayout l, double n);
 RoofCost roof_host(RoofLayout l, double bytes); // to_device, to_host, upload_async
 
 // ---- tallies ------------------------------------------------------------------------------------------
