@@ -1485,6 +1485,19 @@ TEST(plan_counts_bf16_activation_layout) {
                   planned);
             if (!fp32) CHECK(planned < 0.75 * fp32_bytes, "bf16 layout %zu bytes, not well below fp32's %zu", planned, fp32_bytes);
             vit_acts_free(G, ag), vit_acts_free(P, ap), vit_acts_free(F, af);
+            // the parameters' bf16 weight copy: 2 bytes per parameter on both (none with fp32 GEMMs)
+            float *pg = G->alloc(G, sizeof(float) * tab.total), *pp = P->alloc(P, sizeof(float) * tab.total);
+            size_t f2, f3;
+            backend_cuda_mem_info(G, &f2, &total);
+            const size_t live0 = backend_plan_live_bytes(P), cg = G->param_copy_register(G, pg, tab.total);
+            backend_cuda_mem_info(G, &f3, &total);
+            const size_t cp = P->param_copy_register(P, pp, tab.total);
+            CHECK(cg == cp && cp == (fp32 ? 0 : 2 * tab.total) && backend_plan_live_bytes(P) - live0 == cp &&
+                      f2 - f3 >= cg && f2 - f3 - cg <= 256,
+                  "weight copy: cuda %zu bytes (%zu allocated), plan %zu (%zu counted)", cg, f2 - f3, cp,
+                  backend_plan_live_bytes(P) - live0);
+            G->release(G, pg), P->release(P, pp);
+            CHECK(backend_plan_live_bytes(P) == live0 - sizeof(float) * tab.total, "the plan kept the copy after release");
             backend_free(P), backend_free(F);
             gpu_free(G);
         }
@@ -2350,7 +2363,8 @@ static void wc_run(Backend *G, int copy, int zero, int forget, WcRun *out) {
     CHECK(backend_cuda_weight_copies(G) == (copy ? 3 * R : 0), "%d buffers with a copy, expected %d",
           backend_cuda_weight_copies(G), copy ? 3 * R : 0);
     out->stale_after_forget = 0;
-    for (int it = 0; it < 3; it++) {
+    memset(out->loss, 0, sizeof out->loss);
+    for (int it = 0; it < (zero ? 2 : 3); it++) { // ZeRO-1: a step after the first all-gather is enough
         SslBatch b = {.global_crops = gcrops, .local_crops = lcrops, .masks = mask, .drop_key = rng_make(5, 15, (uint64_t)it, 0),
                       .gram_crops = gram_crops, .gram_weight = 1.5, .dino_local_weight = 0.7};
         ScheduleValues sv = {.lr = 5e-3, .wd = 0.04, .momentum = 0.9, .teacher_temp = 0.04, .last_layer_lr = 5e-3};
