@@ -2334,7 +2334,8 @@ typedef struct {
 
 static void wc_run(Backend *G, int copy, int zero, int forget, WcRun *out) {
     backend_cuda_set_weight_copy(G, copy);
-    backend_cuda_set_weight_copy_check(G, copy && !forget); // every GEMM verifies the copy it reads
+    // every GEMM verifies the copy it reads (the ZeRO-1 runs, three of two ranks, verify once at the end)
+    backend_cuda_set_weight_copy_check(G, copy && !forget && !zero);
     char err[DINO_ERRLEN];
     VitConfig vc;
     const int B = 2, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P), GG = 24, R = zero ? 2 : 1;
