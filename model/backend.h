@@ -53,8 +53,8 @@ struct Backend {
     // P[n] (a buffer from alloc) holds parameters that linear layers read as weights. A backend whose GEMMs
     // read bf16 keeps a bf16 copy of it that they read instead of converting W per call; every write into
     // P through the backend (to_device, copy, zero, axpy, scale, adamw, ema) keeps the copy current (adamw
-    // and ema write it in the same kernel). Returns the bytes the copy holds (0: none kept, as on cpu);
-    // it is released with P.
+    // and ema write it in the same kernel); no other op may write into P. Returns the bytes the copy holds
+    // (0: none kept, as on cpu); it is released with P.
     size_t (*param_copy_register)(Backend *be, float *P, size_t n);
     // p[n] (anywhere in device memory) was written by something other than the backend's ops (NCCL or an
     // all-gather into device memory): the copy of whatever part of a registered buffer it covers is
