@@ -49,6 +49,17 @@ struct Backend {
     void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);
     void (*zero)(Backend *be, void *p, size_t bytes);
     void (*sync)(Backend *be); // returns when every op and upload issued so far is done
+    // ---- the GEMMs' bf16 weight copy (docs/cuda-backend.md, "bf16 weight copy") -------------------
+    // P[n] (a buffer from alloc) holds parameters that linear layers read as weights. A backend whose GEMMs
+    // read bf16 keeps a bf16 copy of it that they read instead of converting W per call; every write into
+    // P through the backend (to_device, copy, zero, axpy, scale, adamw, ema) keeps the copy current (adamw
+    // and ema write it in the same kernel); no other op may write into P. Returns the bytes the copy holds
+    // (0: none kept, as on cpu); it is released with P.
+    size_t (*param_copy_register)(Backend *be, float *P, size_t n);
+    // p[n] (anywhere in device memory) was written by something other than the backend's ops (NCCL or an
+    // all-gather into device memory): the copy of whatever part of a registered buffer it covers is
+    // refreshed. Every such write must be followed by this call before the next op reads the weights.
+    void (*param_copy_changed)(Backend *be, const float *p, size_t n);
     void (*destroy)(Backend *be); // releases what the backend holds (streams, handles); NULL: nothing
 
     // ---- asynchronous uploads (the next batch travels while this one computes) ------------------

@@ -19,6 +19,9 @@ typedef struct {
     PlanAlloc *a;
     int n, cap;
     size_t live;
+    // the CUDA layout's bf16 weight copies: (registered buffer, its copy), released together
+    void *copy_of[16], *copy[16];
+    int n_copies;
 } PlanState;
 
 static void *plan_alloc(Backend *be, size_t bytes) {
@@ -37,6 +40,14 @@ static void *plan_alloc(Backend *be, size_t bytes) {
 
 static void plan_release(Backend *be, void *p) {
     PlanState *s = be->impl;
+    for (int i = 0; i < s->n_copies; i++)
+        if (s->copy_of[i] == p) { // its bf16 copy goes with it
+            void *c = s->copy[i];
+            s->n_copies--;
+            s->copy_of[i] = s->copy_of[s->n_copies], s->copy[i] = s->copy[s->n_copies];
+            plan_release(be, c);
+            break;
+        }
     for (int i = s->n - 1; i >= 0; i--)
         if (s->a[i].p == p) {
             munmap(p, s->a[i].bytes ? s->a[i].bytes : 1);
@@ -64,6 +75,16 @@ static float *plan_alloc_act_cuda(Backend *be, size_t n, DinoDtype dt, size_t *b
     return plan_alloc(be, b);
 }
 
+// The CUDA backend's bf16 copy of a parameter buffer (model/cuda/weight_copy.cu): 2 bytes per parameter.
+static size_t plan_param_copy_register_cuda(Backend *be, float *P, size_t n) {
+    PlanState *s = be->impl;
+    DINO_ASSERT(s->n_copies < (int)(sizeof s->copy / sizeof s->copy[0]), "plan backend: too many parameter buffers");
+    s->copy_of[s->n_copies] = P;
+    s->copy[s->n_copies++] = plan_alloc(be, 2 * n);
+    return 2 * n;
+}
+static void plan_param_copy_changed(Backend *be, const float *p, size_t n) {}
+
 static void plan_destroy(Backend *be) {
     PlanState *s = be->impl;
     for (int i = 0; i < s->n; i++) munmap(s->a[i].p, s->a[i].bytes ? s->a[i].bytes : 1);
@@ -76,6 +97,8 @@ Backend *backend_plan_new(int cuda_layout) {
     Backend *be = backend_cpu_new();
     if (cuda_layout) be->attention_saved_floats = plan_attention_saved_floats_cuda;
     if (cuda_layout) be->alloc_act = plan_alloc_act_cuda;
+    if (cuda_layout) be->param_copy_register = plan_param_copy_register_cuda;
+    be->param_copy_changed = plan_param_copy_changed;
     be->name = "plan";
     be->impl = dino_calloc(1, sizeof(PlanState));
     be->alloc = plan_alloc;

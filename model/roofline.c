@@ -52,6 +52,7 @@ static const struct {
     [ROP_EMA] = {"ema", RF_OPTIMIZER},
     [ROP_COPY] = {"copy", RF_COPY},
     [ROP_ZERO] = {"zero", RF_COPY},
+    [ROP_PARAM_COPY_CHANGED] = {"param_copy_changed", RF_COPY},
     [ROP_TO_DEVICE] = {"to_device", RF_HOST},
     [ROP_TO_HOST] = {"to_host", RF_HOST},
     [ROP_UPLOAD_ASYNC] = {"upload_async", RF_UPLOAD},
@@ -130,8 +131,8 @@ RoofCost roof_gemm(RoofLayout l, double M, double N, double K, int beta_nonzero)
 // A linear layer without a bias is the heads' prototype layer (every other linear has one): its
 // input (the normalized bottleneck) and its output (the logits) are fp32 roles in the target.
 // Now (matmul.cu): all-fp32 arguments take session 3's path (cuBLASLt, the bias in the epilogue, fp32
-// operands converted inside cuBLAS). A bf16 argument takes linear_fwd_bf16: the fp32 W converted into
-// scratch (read 4, write 2 per weight; the bf16 weight copy of the issue removes it), an fp32 input too,
+// operands converted inside cuBLAS). A bf16 argument takes linear_fwd_bf16: W read from the bf16 weight
+// copy (weight_copy.cu; before it, converted into scratch per call), an fp32 input converted into scratch,
 // the GEMM on bf16 operands; a bias on a bf16 output through an fp32 accumulator (written, read by
 // bias_to_act_kernel, bf16 written); a bias on an fp32 output broadcast first, the GEMM adding (beta 1).
 RoofCost roof_linear_fwd(RoofLayout l, double rows, double n_in, double n_out, int has_bias, int e_out, int e_in) {
@@ -143,15 +144,16 @@ RoofCost roof_linear_fwd(RoofLayout l, double rows, double n_in, double n_out, i
     }
     FP32_IN_SESSION3(&e_out, &e_in);
     if (e_out == 4 && e_in == 4) return cost(f, 4 * (ri + io + ro) + bias, 1); // cuBLASLt bias epilogue
-    double b = 6 * io + 2 * (ri + io) + (e_in == 4 ? 6 * ri : 0), k = 2 + (e_in == 4);
+    // W from the bf16 weight copy (model/cuda/weight_copy.cu: no conversion), an fp32 input converted into scratch
+    double b = 2 * (ri + io) + (e_in == 4 ? 6 * ri : 0), k = 1 + (e_in == 4);
     if (has_bias) b += (e_out == 2 ? 10 : 12) * ro + bias, k += 1;
     else b += e_out * ro;
     return cost(f, b, k);
 }
 
 // Now: all fp32: din = dout W (beta 0); dW += dout^T in (beta 1: read and written); db: colsum_add (2
-// kernels). A bf16 argument: db from dout as stored; fp32 dout / in converted into scratch; W converted
-// (for din); the two GEMMs on bf16 operands, din written as stored, dW fp32 read and written.
+// kernels). A bf16 argument: db from dout as stored; fp32 dout / in converted into scratch; W from the
+// bf16 weight copy (for din); the two GEMMs on bf16 operands, din written as stored, dW fp32 read and written.
 RoofCost roof_linear_bwd(RoofLayout l, double rows, double n_in, double n_out, int has_din, int has_db, int e_din,
                          int e_dout, int e_in) {
     const double ri = rows * n_in, ro = rows * n_out, io = n_in * n_out;
@@ -170,8 +172,8 @@ RoofCost roof_linear_bwd(RoofLayout l, double rows, double n_in, double n_out, i
     }
     double b = (has_db ? e_dout * ro + 8 * n_out : 0) + (e_dout == 4 ? 6 * ro : 0) + (e_in == 4 ? 6 * ri : 0);
     b += 2 * (ro + ri) + 8 * io;                                 // dW GEMM
-    if (has_din) b += 6 * io + 2 * (ro + io) + e_din * ri;       // W converted, din GEMM
-    return cost(f, b, (has_db ? 2 : 0) + (e_dout == 4) + (e_in == 4) + 1 + 2 * has_din);
+    if (has_din) b += 2 * (ro + io) + e_din * ri;                // din GEMM, W from the bf16 weight copy
+    return cost(f, b, (has_db ? 2 : 0) + (e_dout == 4) + (e_in == 4) + 1 + has_din);
 }
 
 // ---- LayerNorm (norm.cu): one warp per row ---------------------------------------------------------------
@@ -389,10 +391,10 @@ RoofCost roof_scale(RoofLayout l, double n) {
     (void)l;
     return cost(0, 8 * n, 1);
 }
-// p, g, m, v read, p, m, v written; the target also writes the bf16 copy of p
-RoofCost roof_adamw(RoofLayout l, double n) { return cost(0, n * (CUR ? 28 : 30), 1); }
-// t, s read, t written; the target also writes the teacher's bf16 copy
-RoofCost roof_ema(RoofLayout l, double n) { return cost(0, n * (CUR ? 12 : 14), 1); }
+// p, g, m, v read, p, m, v written, and (now and in the target) the bf16 copy of p, model/cuda/weight_copy.cu
+RoofCost roof_adamw(RoofLayout l, double n) { return cost(0, n * (l == ROOF_SESSION3 ? 28 : 30), 1); }
+// t, s read, t written, and (now and in the target) the teacher's bf16 copy
+RoofCost roof_ema(RoofLayout l, double n) { return cost(0, n * (l == ROOF_SESSION3 ? 12 : 14), 1); }
 
 // ---- memory ---------------------------------------------------------------------------------------------------------
 // A bf16 buffer copied or zeroed with its fp32 byte count: the backend moves half (the target stores at
@@ -405,6 +407,10 @@ RoofCost roof_copy(RoofLayout l, double bytes, int e, int into_next) {
 RoofCost roof_zero(RoofLayout l, double bytes, int e) {
     FP32_IN_SESSION3(&e);
     return cost(0, bytes * e / 4, 1);
+}
+RoofCost roof_param_copy_changed(RoofLayout l, double n) {
+    if (l == ROOF_SESSION3) return cost(0, 0, 0); // no copy then
+    return cost(0, 6 * n, 1); // one conversion pass (ZeRO-1's all-gathered weights)
 }
 RoofCost roof_host(RoofLayout l, double bytes) {
     (void)l;

@@ -9,9 +9,9 @@
 //   ROOF_CURRENT  what model/cuda does now, argument by argument: the element type of each activation
 //                 buffer as the backend stores it (bf16 ViT branch activations and head hidden layers,
 //                 docs/cuda-backend.md "Activation dtypes"; the timing backend learns it from alloc_act),
-//                 the bf16-operand GEMM path (fp32 weights converted into scratch per call, a bias on a
-//                 bf16 output through an fp32 accumulator), the flash attention where the backend runs
-//                 it (nothing T x T in memory), otherwise the same kernels as session 3, launched eagerly;
+//                 the bf16-operand GEMM path (weights read from the bf16 copy that AdamW and EMA write,
+//                 model/cuda/weight_copy.cu; a bias on a bf16 output through an fp32 accumulator), the
+//                 flash attention where the backend runs it (nothing T x T in memory), otherwise the same kernels as session 3, launched eagerly;
 //   ROOF_TARGET   the layout of the GPU-performance issue: bf16 activations (the residual stream, its
 //                 gradient, parameter gradients, logits, targets and losses stay fp32; fp32 master
 //                 weights and a bf16 copy written by AdamW), flash attention (nothing T x T in memory,
@@ -63,7 +63,7 @@ typedef enum {
     ROP_L2NORM_FWD, ROP_L2NORM_BWD, ROP_WEIGHTNORM_FWD, ROP_WEIGHTNORM_BWD, ROP_SOFTMAX_CENTER, ROP_COL_SUM,
     ROP_CENTER_UPDATE, ROP_SINKHORN, ROP_SOFTMAX_CE, ROP_ENTROPY_MEAN, ROP_KOLEO, ROP_KDE, ROP_GRAM_LOSS,
     ROP_SUM_SQUARES, ROP_SCALE, ROP_ADAMW, ROP_EMA,
-    ROP_COPY, ROP_ZERO,
+    ROP_COPY, ROP_ZERO, ROP_PARAM_COPY_CHANGED,
     ROP_TO_DEVICE, ROP_TO_HOST, ROP_UPLOAD_ASYNC,
     ROP_COUNT
 } RoofOp;
@@ -154,6 +154,8 @@ RoofCost roof_ema(RoofLayout l, double n);
 // bytes: as the model passes them (4 per element); e: the buffer's element size (the backend converts)
 RoofCost roof_copy(RoofLayout l, double bytes, int e, int into_next);
 RoofCost roof_zero(RoofLayout l, double bytes, int e);
+// the bf16 weight copy of n parameters written outside the backend, converted again (fp32 read, bf16 written)
+RoofCost roof_param_copy_changed(RoofLayout l, double n);
 RoofCost roof_host(RoofLayout l, double bytes); // to_device, to_host, upload_async
 
 // ---- tallies ------------------------------------------------------------------------------------------

@@ -55,6 +55,8 @@
 #include "train/train.h"
 #endif
 #ifdef DINO_HAVE_CUDA
+#include <cuda_runtime.h> // a write behind the backend's back (the bf16 weight copy's tests)
+
 #include "model/cuda/backend_cuda.h"
 #include "model/cuda/cuda_device.h"
 #endif
@@ -1483,6 +1485,19 @@ TEST(plan_counts_bf16_activation_layout) {
                   planned);
             if (!fp32) CHECK(planned < 0.75 * fp32_bytes, "bf16 layout %zu bytes, not well below fp32's %zu", planned, fp32_bytes);
             vit_acts_free(G, ag), vit_acts_free(P, ap), vit_acts_free(F, af);
+            // the parameters' bf16 weight copy: 2 bytes per parameter on both (none with fp32 GEMMs)
+            float *pg = G->alloc(G, sizeof(float) * tab.total), *pp = P->alloc(P, sizeof(float) * tab.total);
+            size_t f2, f3;
+            backend_cuda_mem_info(G, &f2, &total);
+            const size_t live0 = backend_plan_live_bytes(P), cg = G->param_copy_register(G, pg, tab.total);
+            backend_cuda_mem_info(G, &f3, &total);
+            const size_t cp = P->param_copy_register(P, pp, tab.total);
+            CHECK(cg == cp && cp == (fp32 ? 0 : 2 * tab.total) && backend_plan_live_bytes(P) - live0 == cp &&
+                      f2 - f3 >= cg && f2 - f3 - cg <= 256,
+                  "weight copy: cuda %zu bytes (%zu allocated), plan %zu (%zu counted)", cg, f2 - f3, cp,
+                  backend_plan_live_bytes(P) - live0);
+            G->release(G, pg), P->release(P, pp);
+            CHECK(backend_plan_live_bytes(P) == live0 - sizeof(float) * tab.total, "the plan kept the copy after release");
             backend_free(P), backend_free(F);
             gpu_free(G);
         }
@@ -2233,6 +2248,249 @@ static void graphs_same_bits(void) {
 TEST(ssl_steps_cuda_graphs_same_bits) {
 #ifdef DINO_HAVE_CUDA
     graphs_same_bits();
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+
+// ---- the bf16 weight copy (model/cuda/weight_copy.cu, docs/cuda-backend.md "bf16 weight copy") ----------
+
+#ifdef DINO_HAVE_CUDA
+static void expect_copy_fresh(Backend *G, const char *after) {
+    const size_t bad = backend_cuda_weight_copy_stale(G);
+    CHECK(bad == 0, "after %s: the bf16 copy of %zu weights is not the rounding of their fp32 master", after, bad);
+}
+
+// out (bf16 activations) and din of one linear layer reading W, as host floats (rows x n_out, rows x n_in).
+static void linear_through(Backend *G, const float *W, const float *in, const float *dout, int rows, int n_in,
+                           int n_out, float *out_h, float *din_h) {
+    float *out = G->alloc_act(G, (size_t)rows * n_out, DINO_BF16, NULL);
+    float *din = G->alloc_act(G, (size_t)rows * n_in, DINO_BF16, NULL);
+    float *dW = G->alloc(G, sizeof(float) * (size_t)n_out * n_in);
+    G->linear_fwd(G, out, in, W, NULL, rows, n_in, n_out);
+    G->linear_bwd(G, din, dW, NULL, dout, in, W, rows, n_in, n_out);
+    G->to_host(G, out_h, out, sizeof(float) * (size_t)rows * n_out);
+    G->to_host(G, din_h, din, sizeof(float) * (size_t)rows * n_in);
+    G->release(G, out), G->release(G, din), G->release(G, dW);
+}
+
+// Every write through the backend into a registered buffer leaves its copy the exact bf16 rounding of the
+// master (adamw and ema storing it in their own kernel, whole and on sub-ranges as ZeRO-1 shards); a
+// write behind the backend's back leaves it stale, which the verifier counts exactly and a linear layer
+// shows (its output differs from the per-GEMM conversion), until param_copy_changed.
+static void weight_copy_writes(void) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    Rng r = rng_make(110, 0, 0, 0);
+    const int rows = 33, n_in = 48, n_out = 40;
+    const size_t nW = (size_t)n_out * n_in, n = 3 * nW + 5, off = 16 * 40; // W at a tensor-aligned offset
+    float *h = dino_malloc(sizeof(float) * n), *h2 = dino_malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) h[i] = 0.05f * (float)rng_normal(&r), h2[i] = 0.05f * (float)rng_normal(&r);
+    float *P = G->alloc(G, sizeof(float) * n), *Q = dual_upload(G, h2, sizeof(float) * n);
+    float *gr = dual_upload(G, h2, sizeof(float) * n), *m = G->alloc(G, sizeof(float) * n);
+    float *v = G->alloc(G, sizeof(float) * n);
+    G->to_device(G, P, h, sizeof(float) * n);
+    CHECK(G->param_copy_register(G, P, n) == 2 * n, "param_copy_register: no copy of %zu floats", n);
+    CHECK(backend_cuda_weight_copies(G) == 1, "%d copies registered, expected 1", backend_cuda_weight_copies(G));
+    expect_copy_fresh(G, "param_copy_register of a filled buffer");
+    G->to_device(G, P + 3, h2, sizeof(float) * 1000);
+    expect_copy_fresh(G, "to_device into the middle");
+    G->copy(G, P + 1001, Q, sizeof(float) * 777);
+    expect_copy_fresh(G, "copy into the middle");
+    G->zero(G, P + 17, sizeof(float) * 50);
+    expect_copy_fresh(G, "zero");
+    G->axpy(G, P, 0.37f, Q, n);
+    expect_copy_fresh(G, "axpy");
+    G->scale(G, P + 5, 1.7f, n - 9);
+    expect_copy_fresh(G, "scale");
+    for (long step = 1; step <= 2; step++) {
+        G->adamw(G, P, gr, m, v, n, 1e-2f, 0.04f, 0.9f, 0.999f, 1e-8f, step);
+        expect_copy_fresh(G, "adamw");
+        G->ema(G, P, Q, n, 0.9f);
+        expect_copy_fresh(G, "ema");
+    }
+    const size_t lo = 1003, len = 2 * nW - 1003; // a ZeRO-1 shard
+    G->adamw(G, P + lo, gr + lo, m + lo, v + lo, len, 1e-2f, 0.04f, 0.9f, 0.999f, 1e-8f, 3);
+    expect_copy_fresh(G, "adamw on a sub-range");
+    G->ema(G, P + lo, Q + lo, len, 0.5f);
+    expect_copy_fresh(G, "ema on a sub-range");
+
+    // a linear layer with W in P reads the copy: the same bits as with W converted per GEMM (an
+    // unregistered buffer holding the same values)
+    float *in = G->alloc_act(G, (size_t)rows * n_in, DINO_BF16, NULL), *dout = G->alloc_act(G, (size_t)rows * n_out, DINO_BF16, NULL);
+    float *hin = dino_malloc(sizeof(float) * rows * n_in), *hdo = dino_malloc(sizeof(float) * rows * n_out);
+    for (int i = 0; i < rows * n_in; i++) hin[i] = (float)rng_normal(&r);
+    for (int i = 0; i < rows * n_out; i++) hdo[i] = (float)rng_normal(&r);
+    G->to_device(G, in, hin, sizeof(float) * rows * n_in), G->to_device(G, dout, hdo, sizeof(float) * rows * n_out);
+    float *W2 = G->alloc(G, sizeof(float) * nW);
+    float *o1 = dino_malloc(sizeof(float) * rows * n_out), *o2 = dino_malloc(sizeof(float) * rows * n_out);
+    float *d1 = dino_malloc(sizeof(float) * rows * n_in), *d2 = dino_malloc(sizeof(float) * rows * n_in);
+    G->copy(G, W2, P + off, sizeof(float) * nW);
+    linear_through(G, P + off, in, dout, rows, n_in, n_out, o1, d1);
+    linear_through(G, W2, in, dout, rows, n_in, n_out, o2, d2);
+    CHECK(memcmp(o1, o2, sizeof(float) * rows * n_out) == 0 && memcmp(d1, d2, sizeof(float) * rows * n_in) == 0,
+          "linear layer: W from the bf16 copy differs from W converted per GEMM");
+
+    // behind the backend's back (as NCCL writes): new weights over W, no notification
+    float *old = dino_malloc(sizeof(float) * nW), *neww = dino_malloc(sizeof(float) * nW);
+    G->to_host(G, old, P + off, sizeof(float) * nW);
+    size_t want = 0;
+    for (size_t i = 0; i < nW; i++) {
+        neww[i] = old[i] * 1.5f + 0.01f;
+        want += bf16_round(neww[i]) != bf16_round(old[i]);
+    }
+    G->sync(G);
+    CHECK(cudaMemcpy(P + off, neww, sizeof(float) * nW, cudaMemcpyHostToDevice) == cudaSuccess, "cudaMemcpy");
+    const size_t stale = backend_cuda_weight_copy_stale(G);
+    printf("  a write behind the backend: %zu stale weights counted, %zu expected\n", stale, want);
+    CHECK(want > 0 && stale == want, "the verifier counts %zu stale weights, expected %zu", stale, want);
+    G->to_device(G, W2, neww, sizeof(float) * nW);
+    linear_through(G, P + off, in, dout, rows, n_in, n_out, o1, d1);
+    linear_through(G, W2, in, dout, rows, n_in, n_out, o2, d2);
+    CHECK(memcmp(o1, o2, sizeof(float) * rows * n_out) != 0, "a stale copy went unnoticed by the linear layer's output");
+    G->param_copy_changed(G, P + off, nW);
+    expect_copy_fresh(G, "param_copy_changed");
+    linear_through(G, P + off, in, dout, rows, n_in, n_out, o1, d1);
+    CHECK(memcmp(o1, o2, sizeof(float) * rows * n_out) == 0 && memcmp(d1, d2, sizeof(float) * rows * n_in) == 0,
+          "after param_copy_changed the linear layer still differs from W converted per GEMM");
+    G->release(G, P);
+    CHECK(backend_cuda_weight_copies(G) == 0, "releasing the buffer left its copy registered");
+    void *bufs[] = {Q, gr, m, v, in, dout, W2};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) G->release(G, bufs[i]);
+    free(h), free(h2), free(hin), free(hdo), free(o1), free(o2), free(d1), free(d2), free(old), free(neww);
+    gpu_free(G);
+}
+
+// SSL steps (Gram anchoring on: student, teacher and Gram teacher have copies) with the weight copy and with
+// W converted per GEMM (DINO_CUDA_WEIGHT_COPY=0's path). zero: two ZeRO-1 ranks in this process on one
+// backend, each updating its shard, the other's shard copied in behind the backend (as NCCL) and announced
+// with param_copy_changed, unless `forget` (a trainer that misses a notification).
+typedef struct {
+    double loss[3][2];
+    float *student, *teacher;
+    size_t total, stale_after_forget;
+} WcRun;
+
+static void wc_run(Backend *G, int copy, int zero, int forget, WcRun *out) {
+    backend_cuda_set_weight_copy(G, copy);
+    // every GEMM verifies the copy it reads (the ZeRO-1 runs, three of two ranks, verify once at the end)
+    backend_cuda_set_weight_copy_check(G, copy && !forget && !zero);
+    char err[DINO_ERRLEN];
+    VitConfig vc;
+    const int B = 2, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P), GG = 24, R = zero ? 2 : 1;
+    CHECK(vit_config_from_arch(&vc, "vit_test", P, GC, 1, "mlp", err) == 0, "%s", err);
+    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 0.5f, vc.drop_path_rate = 0.2f;
+    SslConfig cfg;
+    ssl_config_default(&cfg, &vc);
+    cfg.dino_head = (HeadConfig){.in_dim = 48, .hidden = 96, .bottleneck = 32, .K = 256, .nlayers = 3};
+    cfg.batch = B, cfg.n_local = NL, cfg.global_crop = GC, cfg.local_crop = LC;
+    cfg.gram = 1, cfg.gram_crop = GG, cfg.gram_normalize = 1, cfg.gram_img_level = 1;
+    if (zero) cfg.zero_world = 2;
+    Rng r = rng_make(111, 0, 0, 0);
+    float *gcrops = dino_malloc(sizeof(float) * 2 * B * 3 * GC * GC), *lcrops = dino_malloc(sizeof(float) * NL * B * 3 * LC * LC);
+    float *gram_crops = dino_malloc(sizeof(float) * 2 * B * 3 * GG * GG);
+    for (int i = 0; i < 2 * B * 3 * GC * GC; i++) gcrops[i] = (float)rng_normal(&r);
+    for (int i = 0; i < NL * B * 3 * LC * LC; i++) lcrops[i] = (float)rng_normal(&r);
+    for (int i = 0; i < 2 * B * 3 * GG * GG; i++) gram_crops[i] = (float)rng_normal(&r);
+    uint8_t *mask = dino_calloc((size_t)2 * B * N, 1);
+    for (int j = 0; j < N; j += 3) mask[j] = 1;
+    SslModel m[2];
+    for (int k = 0; k < R; k++) {
+        cfg.zero_rank = k;
+        CHECK(ssl_model_init(&m[k], G, &cfg, 7, err) == 0, "%s", err);
+        ssl_gram_from_teacher(&m[k], G);
+    }
+    CHECK(backend_cuda_weight_copies(G) == (copy ? 3 * R : 0), "%d buffers with a copy, expected %d",
+          backend_cuda_weight_copies(G), copy ? 3 * R : 0);
+    out->stale_after_forget = 0;
+    memset(out->loss, 0, sizeof out->loss);
+    for (int it = 0; it < (zero ? 2 : 3); it++) { // ZeRO-1: a step after the first all-gather is enough
+        SslBatch b = {.global_crops = gcrops, .local_crops = lcrops, .masks = mask, .drop_key = rng_make(5, 15, (uint64_t)it, 0),
+                      .gram_crops = gram_crops, .gram_weight = 1.5, .dino_local_weight = 0.7};
+        ScheduleValues sv = {.lr = 5e-3, .wd = 0.04, .momentum = 0.9, .teacher_temp = 0.04, .last_layer_lr = 5e-3};
+        for (int k = 0; k < R; k++) {
+            SslStepStats st;
+            CHECK(ssl_forward_backward(&m[k], G, NULL, &b, &sv, &st, err) == 0, "step %d: %s", it, err);
+            out->loss[it][k] = st.total_loss;
+        }
+        for (int k = 0; k < R; k++) {
+            SslStepStats st;
+            ssl_update_shard(&m[k], G, &sv, NULL, NULL, &st);
+        }
+        if (!zero) continue;
+        G->sync(G);
+        for (int k = 0; k < 2; k++) { // rank k's shard into the other rank's buffers, behind the backend
+            SslModel *src = &m[k], *dst = &m[1 - k];
+            const size_t lo = src->shard_begin, len = src->shard_end - src->shard_begin;
+            CHECK(cudaMemcpy(dst->student + lo, src->student + lo, sizeof(float) * len, cudaMemcpyDeviceToDevice) == cudaSuccess &&
+                      cudaMemcpy(dst->teacher + lo, src->teacher + lo, sizeof(float) * len, cudaMemcpyDeviceToDevice) == cudaSuccess,
+                  "cudaMemcpy");
+            if (forget) continue;
+            G->param_copy_changed(G, dst->student + lo, len);
+            G->param_copy_changed(G, dst->teacher + lo, len);
+        }
+        if (forget && it == 0) out->stale_after_forget = backend_cuda_weight_copy_stale(G);
+    }
+    const size_t total = out->total = m[0].tab.total;
+    out->student = dino_malloc(sizeof(float) * total), out->teacher = dino_malloc(sizeof(float) * total);
+    G->to_host(G, out->student, m[0].student, sizeof(float) * total);
+    G->to_host(G, out->teacher, m[0].teacher, sizeof(float) * total);
+    if (copy && !forget) expect_copy_fresh(G, "3 SSL steps");
+    for (int k = 0; k < R; k++) ssl_model_free(&m[k], G);
+    CHECK(backend_cuda_weight_copies(G) == 0, "the models are freed, yet %d copies remain", backend_cuda_weight_copies(G));
+    free(gcrops), free(lcrops), free(gram_crops), free(mask);
+    backend_cuda_set_weight_copy_check(G, 0);
+    backend_cuda_set_weight_copy(G, 1);
+}
+
+static void weight_copy_steps(int zero) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    WcRun with, without;
+    wc_run(G, 1, zero, 0, &with);
+    wc_run(G, 0, zero, 0, &without);
+    const size_t total = with.total;
+    for (int it = 0; it < 3; it++)
+        printf("  step %d: total loss with the copy %.9g, converted per GEMM %.9g\n", it, with.loss[it][0], without.loss[it][0]);
+    CHECK(memcmp(with.loss, without.loss, sizeof with.loss) == 0, "the bf16 weight copy changed the losses");
+    CHECK(memcmp(with.student, without.student, sizeof(float) * total) == 0 &&
+              memcmp(with.teacher, without.teacher, sizeof(float) * total) == 0,
+          "the bf16 weight copy changed the weights");
+    if (zero) { // a trainer that forgets to announce the all-gathered shards: caught
+        WcRun forgot;
+        wc_run(G, 1, zero, 1, &forgot);
+        printf("  all-gather without param_copy_changed: %zu stale weights; step 2 loss %.9g (%.9g with it)\n",
+               forgot.stale_after_forget, forgot.loss[1][0], with.loss[1][0]);
+        CHECK(forgot.stale_after_forget > 0, "a forgotten param_copy_changed left no stale copy to find");
+        CHECK(memcmp(forgot.loss[1], with.loss[1], sizeof with.loss[1]) != 0,
+              "a forgotten param_copy_changed did not change the next step: the A/B could not catch it");
+        free(forgot.student), free(forgot.teacher);
+    }
+    free(with.student), free(with.teacher), free(without.student), free(without.teacher);
+    gpu_free(G);
+}
+#endif
+
+TEST(weight_copy_kept_current_by_every_write) {
+#ifdef DINO_HAVE_CUDA
+    if (emulating()) test_skip("the bf16 weight copy is the CUDA backend's");
+    weight_copy_writes();
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+
+TEST(weight_copy_ssl_steps_same_bits) {
+#ifdef DINO_HAVE_CUDA
+    if (emulating()) test_skip("the bf16 weight copy is the CUDA backend's");
+    weight_copy_steps(0);
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+
+TEST(weight_copy_zero1_two_ranks_same_bits) {
+#ifdef DINO_HAVE_CUDA
+    if (emulating()) test_skip("the bf16 weight copy is the CUDA backend's");
+    weight_copy_steps(1);
 #else
     test_skip("built without CUDA (no nvcc found)");
 #endif

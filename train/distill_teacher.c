@@ -89,6 +89,7 @@ int distill_teacher_init(DistillTeacher *t, Backend *be, const Config *tcfg, Cen
         return -1;
     }
     t->params = be->alloc(be, sizeof(float) * t->tab.total);
+    be->param_copy_register(be, t->params, t->tab.total); // frozen: converted once, here, not per GEMM
     be->to_device(be, t->params, host, sizeof(float) * t->tab.total);
     free(host);
     const Head *ih = t->separate_ibot ? &t->ibot_head : &t->dino_head;

@@ -206,6 +206,7 @@ int embed_model_open(EmbedModel *m, const char *path, int heads, const char *bac
         goto fail;
     }
     m->params = m->be->alloc(m->be, sizeof(float) * m->tab.total);
+    m->be->param_copy_register(m->be, m->params, m->tab.total); // the GEMMs' bf16 copy (cuda)
     m->be->to_device(m->be, m->params, host, sizeof(float) * m->tab.total);
     free(host);
     m->owns = 1;

@@ -76,12 +76,16 @@ void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p) {
     if (config_n_pairs(cfg) > 1)
         fprintf(f, "  the largest of %d crop size pairs: global %d px, local %d px\n", config_n_pairs(cfg),
                 cfg->crops.global_crops_size.v[p->pair], cfg->crops.local_crops_size.v[p->pair]);
+    const int cuda_bf16 = strcmp(cfg->backend, "cuda") == 0 && strcmp(cfg->param_dtype, "bf16") == 0;
+    const char *weights = cfg->gram.use_loss ? (cuda_bf16 ? "weights (student, EMA, Gram; fp32 + bf16)"
+                                                          : "weights (student + EMA + Gram teacher, fp32)")
+                                             : (cuda_bf16 ? "weights (student + EMA teacher, fp32 + bf16)"
+                                                          : "weights (student + EMA teacher, fp32)");
     const struct {
         const char *what;
         size_t bytes;
     } rows[] = {
-        {cfg->gram.use_loss ? "weights (student + EMA + Gram teacher, fp32)" : "weights (student + EMA teacher, fp32)",
-         p->model.weights},
+        {weights, p->model.weights},
         {"gradients (fp32)", p->model.grads},
         {"AdamW moments (fp32, this rank's shard)", p->model.optimizer},
         {"student activations (global + local crops)", p->model.student_acts},
@@ -93,7 +97,6 @@ void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p) {
         fprintf(f, "  %-46s %9.2f GiB\n", rows[i].what, gib(rows[i].bytes));
     fprintf(f, "  %-46s %9.2f GiB\n", "total allocated by dinotrain", gib(p->total));
     fprintf(f, "  not counted: the CUDA context, cuBLAS and NCCL workspaces (about 1-3 GiB)\n");
-    const int cuda_bf16 = strcmp(cfg->backend, "cuda") == 0 && strcmp(cfg->param_dtype, "bf16") == 0;
     fprintf(f, "  %s; an 80 GB H100 has about 79 GiB\n",
             cuda_bf16 ? "the ViT's branch activations and their gradients in bf16, the residual stream, LayerNorm "
                         "statistics and heads in fp32 (the cuda layout; attention saves the flash path's "

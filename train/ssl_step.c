@@ -287,6 +287,9 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     m->student = falloc(be, m->buffer_floats); // zeros past total (the backend's alloc clears)
     m->teacher = falloc(be, m->buffer_floats);
     m->grads = falloc(be, m->buffer_floats);
+    // the GEMMs' bf16 copies of the weights (cuda; kept current by every write through the backend)
+    m->weight_copy_bytes = be->param_copy_register(be, m->student, m->buffer_floats) +
+                           be->param_copy_register(be, m->teacher, m->buffer_floats);
     be->to_device(be, m->student, host, sizeof(float) * total);
     be->to_device(be, m->teacher, host, sizeof(float) * total); // the teacher starts as the student
     free(host);
@@ -356,6 +359,7 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
             if (m->tab.t[i].group == PARAM_BACKBONE && m->tab.t[i].offset + m->tab.t[i].numel > m->backbone_floats)
                 m->backbone_floats = m->tab.t[i].offset + m->tab.t[i].numel;
         m->gram_teacher = falloc(be, m->backbone_floats);
+        m->weight_copy_bytes += be->param_copy_register(be, m->gram_teacher, m->backbone_floats);
         w->gram_img = w->gram_slot[0] = falloc(be, (size_t)2 * B * 3 * maxGg * maxGg);
         if (cfg.staged_upload) w->gram_slot[1] = falloc(be, (size_t)2 * B * 3 * maxGg * maxGg);
         w->idx_spatch = be->alloc(be, sizeof(int) * (size_t)2 * B * w->max_Ng);
@@ -916,6 +920,7 @@ SslMemory ssl_memory(const SslModel *m) {
         r.weights += sizeof(float) * m->backbone_floats;
         r.teacher_acts += vit_acts_bytes(w->gram_acts);
     }
+    r.weights += m->weight_copy_bytes;
     return r;
 }
 

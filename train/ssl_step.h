@@ -94,6 +94,8 @@ typedef struct {
     float *gram_teacher;
     size_t backbone_floats;
     int gram_ready;
+    // the backend's bf16 copies of student, teacher [and Gram teacher] (be->param_copy_register; 0 on cpu)
+    size_t weight_copy_bytes;
     // Optional: called during ssl_forward_backward whenever every gradient from `offset` to the end of
     // the buffer is final (after the heads, then after each backbone block), so a data-parallel trainer
     // can start averaging those gradients while the backward pass goes on.
@@ -217,7 +219,8 @@ void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSum
 // Backend memory the model holds, by purpose (bytes). Whatever else the step allocates (head and loss
 // activations, logits, crops, masks) is the backend's total minus these.
 typedef struct {
-    size_t weights;        // student + teacher (fp32 master copies; the teacher is the EMA) [+ Gram teacher]
+    size_t weights;        // student + teacher (fp32 master copies; the teacher is the EMA) [+ Gram teacher],
+                           // and the backend's bf16 copies of them that its GEMMs read (cuda)
     size_t grads;          // the student's gradient buffer
     size_t optimizer;      // AdamW moments (this rank's ZeRO-1 shard)
     size_t student_acts;   // student backbone activations, global + local crops

@@ -664,11 +664,19 @@ static void staged_grads_average(Run *r) {
 #endif
 }
 
+// The other ranks' shards of buf (padded floats) arrived without the backend: its bf16 weight copy.
+static void others_shards_changed(Run *r, float *buf, size_t padded) {
+    const size_t shard = padded / (size_t)r->d->world, lo = (size_t)r->d->rank * shard;
+    r->be->param_copy_changed(r->be, buf, lo);
+    r->be->param_copy_changed(r->be, buf + lo + shard, padded - lo - shard);
+}
+
 // ZeRO-1: every rank's shard of buf (padded floats) copied to all ranks.
 static void shards_allgather(Run *r, float *buf, size_t padded) {
     char err[DINO_ERRLEN];
     if (!r->device_comm) {
         if (dist_allgather_shards_f32(r->d, buf, padded, err)) dist_abort(r->d, "%s", err);
+        others_shards_changed(r, buf, padded);
         return;
     }
     const size_t shard = padded / (size_t)r->d->world, lo = (size_t)r->d->rank * shard;
@@ -678,6 +686,7 @@ static void shards_allgather(Run *r, float *buf, size_t padded) {
         void *st = backend_cuda_stream(r->be);
         nccl_check(r, dist_nccl_allgather(r->nccl, buf + lo, buf, shard, st, err), err);
         nccl_check(r, dist_nccl_sync(r->nccl, "parameter all-gather", err), err);
+        others_shards_changed(r, buf, padded); // NCCL wrote device memory behind the backend
         return;
     }
 #endif

@@ -31,6 +31,9 @@ static int cpu_upload_async(Backend *be, void *dst, const void *src, size_t byte
     return 0;
 }
 static void cpu_upload_wait(Backend *be, int ticket) {}
+// The cpu GEMMs read fp32 weights (the bf16 emulation rounds them per GEMM, as the copy would hold them).
+static size_t cpu_param_copy_register(Backend *be, float *P, size_t n) { return 0; }
+static void cpu_param_copy_changed(Backend *be, const float *p, size_t n) {}
 
 Backend *backend_cpu_new(void) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -47,6 +50,8 @@ Backend *backend_cpu_new(void) {
     be->host_free = cpu_host_free;
     be->upload_async = cpu_upload_async;
     be->upload_wait = cpu_upload_wait;
+    be->param_copy_register = cpu_param_copy_register;
+    be->param_copy_changed = cpu_param_copy_changed;
     be->gemm = cpu_gemm;
     be->linear_fwd = cpu_linear_fwd;
     be->linear_bwd = cpu_linear_bwd;

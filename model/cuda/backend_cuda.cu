@@ -170,6 +170,7 @@ static size_t act_elems(Backend *be, const void *p, size_t bytes, const char *wh
 static void cu_release(Backend *be, void *p) {
     if (!p) return;
     act_forget(cuda_impl(be), p);
+    cuda_param_copy_forget(be, p); // a parameter buffer's bf16 copy goes with it
     cuda_host_wait(be); // no kernel still using it
     cudaCheck(cudaStreamSynchronize(cuda_impl(be)->copy_stream)); // nor an upload into it
     cudaCheck(cudaFree(p));
@@ -196,6 +197,9 @@ static void cu_host_free(Backend *be, void *p) {
 // On the copy stream; the ticket's event marks its completion for upload_wait.
 static int cu_upload_async(Backend *be, void *dst, const void *src, size_t bytes) {
     CudaImpl *c = cuda_impl(be);
+    // its copy could only be refreshed after upload_wait, which the backend does not see coming
+    if (bytes && cuda_param_copy_at(be, (const float *)dst, 1))
+        DINO_DIE("cuda backend: upload_async into a parameter buffer with a bf16 copy (use to_device)");
     cuda_graph_pause(be); // the copy stream is not captured: what the compute stream recorded goes first
     int t = c->next_ticket;
     c->next_ticket = (t + 1) % (int)(sizeof c->upload_done / sizeof c->upload_done[0]);
@@ -232,14 +236,15 @@ static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) 
         const void *staged = cuda_graph_stage(be, src, bytes);
         if (staged) {
             cudaCheck(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
-            return;
+        } else {
+            cuda_graph_pause(be);
+            cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
+            cuda_graph_resume(be);
         }
-        cuda_graph_pause(be);
+    } else {
         cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
-        cuda_graph_resume(be);
-        return;
     }
-    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
+    cuda_param_written(be, dst, bytes); // weights loaded: their bf16 copy
 }
 // Synchronous: the host copy is complete when this returns.
 static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
@@ -264,10 +269,12 @@ static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     if ((nd != 0) != (ns != 0)) DINO_DIE("cuda backend: copy between a bf16 activation buffer and an fp32 buffer");
     if (nd) bytes = 2 * nd;
     if (bytes && dst != src) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream(be)));
+    if (!nd) cuda_param_written(be, dst, bytes); // e.g. the Gram teacher taken from the teacher
 }
 static void cu_zero(Backend *be, void *p, size_t bytes) {
     if (const size_t n = act_elems(be, p, bytes, "zero")) bytes = 2 * n;
     if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, cuda_stream(be)));
+    if (bytes) cuda_param_written(be, p, bytes);
 }
 // Everything the backend was asked to do: the compute stream and the uploads.
 static void cu_sync(Backend *be) {
@@ -337,6 +344,8 @@ static void cuda_destroy(Backend *be) {
     if (c->grid_ptrs) cudaCheck(cudaFree(c->grid_ptrs));
     if (c->scratch) cudaCheck(cudaFree(c->scratch));
     free(c->acts);
+    for (int i = 0; i < c->n_pcopies; i++) cudaCheck(cudaFree(c->pcopies[i].copy));
+    free(c->pcopies);
     cudaCheck(cudaFreeHost(c->host_result));
     cublasCheck(cublasDestroy(c->cublas));
     cudaCheck(cudaStreamDestroy(c->stream));
@@ -391,6 +400,9 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     const char *grid_env = getenv("DINO_CUDA_GEMM_GRID");
     c->gemm_grid_loop = grid_env && strcmp(grid_env, "0") == 0;
     c->gemm_precision = CUDA_GEMM_BF16;
+    const char *wc_env = getenv("DINO_CUDA_WEIGHT_COPY"), *wcc_env = getenv("DINO_CUDA_WEIGHT_COPY_CHECK");
+    c->weight_copy = !(wc_env && strcmp(wc_env, "0") == 0);
+    c->weight_copy_check = wcc_env && strcmp(wcc_env, "1") == 0;
 
     Backend *be = (Backend *)dino_calloc(1, sizeof *be);
     be->name = "cuda";
@@ -407,6 +419,8 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->host_free = cu_host_free;
     be->upload_async = cu_upload_async;
     be->upload_wait = cu_upload_wait;
+    be->param_copy_register = cuda_param_copy_register;
+    be->param_copy_changed = cuda_param_copy_changed;
     be->gemm = cuda_gemm;
     be->linear_fwd = cuda_linear_fwd;
     be->linear_bwd = cuda_linear_bwd;

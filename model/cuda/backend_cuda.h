@@ -44,6 +44,20 @@ int backend_cuda_set_lt(Backend *be, int on);
 // How many linear shapes cuBLASLt has accepted so far (0: every linear ran the cublasGemmEx path).
 int backend_cuda_lt_shapes(Backend *be);
 
+// The GEMMs' bf16 weight copy (docs/cuda-backend.md, "bf16 weight copy"). On (the default with bf16 GEMMs;
+// DINO_CUDA_WEIGHT_COPY=0 in the environment turns it off at creation), be->param_copy_register keeps a bf16
+// copy of the buffer that the linear layers read as W; off, it keeps none and every bf16 GEMM converts its
+// W into scratch (the A/B). Affects later registrations only. Returns whether it is on now.
+int backend_cuda_set_weight_copy(Backend *be, int on);
+// How many parameter buffers have a copy now.
+int backend_cuda_weight_copies(Backend *be);
+// The elements of all registered buffers whose copy is not the bf16 rounding of the fp32 master (the host
+// waits): 0 unless something wrote a buffer without the backend and without be->param_copy_changed.
+size_t backend_cuda_weight_copy_stale(Backend *be);
+// Check mode (DINO_CUDA_WEIGHT_COPY_CHECK=1 at creation): every GEMM verifies the part of the copy it is
+// about to read and exits with a message when it is stale. Slow (a wait per GEMM): for tests.
+void backend_cuda_set_weight_copy_check(Backend *be, int on);
+
 // Free and total device memory in bytes (for benchmarks choosing batch sizes).
 void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes);
 

@@ -86,7 +86,18 @@ typedef struct {
     // the bf16 activation buffers (alloc_act), sorted by base address: ops look their arguments up
     struct ActAlloc *acts;
     int n_acts, cap_acts;
+    // the GEMMs' bf16 weight copies (weight_copy.cu): the registered parameter buffers, a handful.
+    // weight_copy: DINO_CUDA_WEIGHT_COPY (default on; 0: nothing registered, W converted per GEMM, the A/B);
+    // weight_copy_check: DINO_CUDA_WEIGHT_COPY_CHECK=1, every GEMM verifies the copy it reads (tests)
+    struct ParamCopy *pcopies;
+    int n_pcopies, cap_pcopies;
+    int weight_copy, weight_copy_check;
 } CudaImpl;
+struct ParamCopy {
+    const char *base; // the fp32 master (n floats)
+    size_t n;
+    __nv_bfloat16 *copy; // n bf16, copy[i] == bf16(master[i]) between the backend's ops
+};
 struct ActAlloc {
     const char *base;
     size_t bytes; // device bytes (2 per element)
@@ -148,6 +159,19 @@ static inline size_t act_elem_bytes(ActRef a) { return a.bf16 ? 2 : 4; }
 static inline ActRef act_offset(ActRef a, size_t i) { return ActRef{(char *)a.p + i * act_elem_bytes(a), a.bf16}; }
 // dst[i] = bf16(src[i]) for i < n, on the backend's stream (matmul.cu)
 void cuda_to_bf16(Backend *be, __nv_bfloat16 *dst, const float *src, size_t n);
+
+// ---- the bf16 weight copy (weight_copy.cu; docs/cuda-backend.md "bf16 weight copy") ---------------------
+size_t cuda_param_copy_register(Backend *be, float *P, size_t n);
+void cuda_param_copy_changed(Backend *be, const float *p, size_t n);
+// After a backend op wrote [p, p + bytes) by other means than a copy-writing kernel: the part of any
+// registered buffer it covers is converted again (nothing when it covers none).
+void cuda_param_written(Backend *be, const void *p, size_t bytes);
+// The copy of p[0, n) when all of it lies in one registered buffer, else NULL: adamw and ema store into it.
+__nv_bfloat16 *cuda_param_copy_at(Backend *be, const float *p, size_t n);
+// A GEMM's weight W[n] as bf16: its copy (verified against W first in check mode), or NULL (convert it).
+const __nv_bfloat16 *cuda_weight_bf16(Backend *be, const float *W, size_t n);
+// Releasing p: its copy goes too when p is a registered buffer.
+void cuda_param_copy_forget(Backend *be, const void *p);
 
 // NVTX range for profiles (nsys): one per op, named after it.
 struct NvtxRange {

@@ -17,6 +17,7 @@ void cuda_axpy(Backend *be, float *y, float alpha, const float *x, size_t n) {
     if (!n) return;
     DINO_LAUNCH(axpy_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(y, alpha, x, n);
     cudaCheckLaunch();
+    cuda_param_written(be, y, sizeof(float) * n); // weights changed: their bf16 copy (nothing for other buffers)
 }
 
 void cuda_scale(Backend *be, float *x, float alpha, size_t n) {
@@ -24,6 +25,7 @@ void cuda_scale(Backend *be, float *x, float alpha, size_t n) {
     if (!n) return;
     DINO_LAUNCH(scale_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(x, alpha, n);
     cudaCheckLaunch();
+    cuda_param_written(be, x, sizeof(float) * n);
 }
 
 #define SS_BLOCKS 512 // fixed: the partition (hence the rounding) never depends on the device

@@ -258,10 +258,12 @@ __global__ void broadcast_rows_kernel(float *out, const float *b, size_t rows, i
 }
 
 // ---- bf16 activations (docs/cuda-backend.md, "Activation dtypes") ----------------------------------
-// When an activation argument is a bf16 buffer, every GEMM operand goes in as bf16 (the fp32 ones, the
-// weights included, converted into scratch first: what CUBLAS_COMPUTE_32F_FAST_16BF does to them
-// inside cuBLAS, so the same values) with fp32 accumulation (CUBLAS_COMPUTE_32F), and a bf16 output is
-// rounded once at the store. All-fp32 arguments take the fp32 path below it, unchanged.
+// When an activation argument is a bf16 buffer, every GEMM operand goes in as bf16 (the fp32 ones
+// converted into scratch first: what CUBLAS_COMPUTE_32F_FAST_16BF does to them inside cuBLAS, so the same
+// values; a weight in a registered parameter buffer is read from its bf16 copy instead, weight_copy.cu,
+// the same values again) with fp32 accumulation (CUBLAS_COMPUTE_32F), and a bf16 output is rounded once
+// at the store. All-fp32 arguments take the fp32 path below it, unchanged: cuBLAS converts W as it loads
+// it (the copy would need the fp32 activation converted into scratch, more traffic than it saves).
 
 __global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -304,9 +306,10 @@ static void linear_fwd_bf16(Backend *be, ActRef out, ActRef in, const float *W, 
                             int n_out) {
     const size_t nx = (size_t)rows * n_in, nw = (size_t)n_out * n_in, ny = (size_t)rows * n_out;
     const bool acc_fp32 = b && out.bf16; // the bias added in fp32 before the one rounding
-    ScratchCarver sc{(char *)cuda_scratch(be, (in.bf16 ? 0 : carve_size(2 * nx)) + carve_size(2 * nw) +
+    const void *wc = cuda_weight_bf16(be, W, nw); // the parameters' bf16 copy, or NULL: convert W here
+    ScratchCarver sc{(char *)cuda_scratch(be, (in.bf16 ? 0 : carve_size(2 * nx)) + (wc ? 0 : carve_size(2 * nw)) +
                                                   (acc_fp32 ? carve_size(4 * ny) : 0)), 0};
-    const void *x16 = as_bf16(be, in, nx, &sc), *w16 = as_bf16(be, ActRef{(void *)W, false}, nw, &sc);
+    const void *x16 = as_bf16(be, in, nx, &sc), *w16 = wc ? wc : as_bf16(be, ActRef{(void *)W, false}, nw, &sc);
     if (acc_fp32) {
         float *acc = (float *)sc.take(4 * ny);
         gemm_batched_typed(be, 0, 1, rows, n_out, n_in, 1.0f, x16, CUDA_R_16BF, n_in, 0, w16, CUDA_R_16BF, n_in, 0,
@@ -357,12 +360,13 @@ void cuda_linear_bwd(Backend *be, float *din, float *dW, float *db, const float 
     if (db) colsum_add(be, db, rows, n_out, 1.0f, ReadMatrix{dy, n_out});
     if (di.bf16 || dy.bf16 || x.bf16) { // din = dout W ; dW += dout^T in, bf16 operands
         const size_t nx = (size_t)rows * n_in, nw = (size_t)n_out * n_in, ny = (size_t)rows * n_out;
-        ScratchCarver sc{(char *)cuda_scratch(be, (din ? carve_size(2 * nw) : 0) + (dy.bf16 ? 0 : carve_size(2 * ny)) +
-                                                      (x.bf16 ? 0 : carve_size(2 * nx))),
+        const void *wc = din ? cuda_weight_bf16(be, W, nw) : NULL; // the parameters' bf16 copy, or convert W
+        ScratchCarver sc{(char *)cuda_scratch(be, (din && !wc ? carve_size(2 * nw) : 0) +
+                                                      (dy.bf16 ? 0 : carve_size(2 * ny)) + (x.bf16 ? 0 : carve_size(2 * nx))),
                          0};
         const void *dy16 = as_bf16(be, dy, ny, &sc), *x16 = as_bf16(be, x, nx, &sc);
         if (din) {
-            const void *w16 = as_bf16(be, ActRef{(void *)W, false}, nw, &sc);
+            const void *w16 = wc ? wc : as_bf16(be, ActRef{(void *)W, false}, nw, &sc);
             gemm_batched_typed(be, 0, 0, rows, n_in, n_out, 1.0f, dy16, CUDA_R_16BF, n_out, 0, w16, CUDA_R_16BF, n_in, 0,
                                0.0f, di.p, act_cuda_type(di), n_in, 0, 1);
         }

@@ -219,3 +219,19 @@ set(MUTANT_TO [[
         // S = Q K^T (unscaled), 16 x FLASH_BC]])
 cudaemu_mutant(flash_kv_tile_syncthreads_removed FILE model/cuda/attention_flash.cu TEST flash_attention_dh64
   EXPECT "FAIL flash_attention_dh64 \\([^)]*\\): flash_fwd\\.out: normwise relative error")
+
+# The bf16 weight copy (model/cuda/weight_copy.cu) left stale: AdamW updates the fp32 master but no longer
+# stores its bf16 rounding into the copy that the next step's GEMMs read. The verifier of the copies finds
+# the weights whose copy is not the rounding of their master (the SSL steps' check mode would exit).
+set(MUTANT_FROM [[        if (p16) p16[i] = __float2bfloat16(pn);]])
+set(MUTANT_TO [[        (void)p16;]])
+cudaemu_mutant(adamw_weight_copy_not_written FILE model/cuda/optim_ops.cu TEST weight_copy_kept_current_by_every_write
+  EXPECT "FAIL weight_copy_kept_current_by_every_write \\([^)]*\\): after adamw: the bf16 copy of [0-9]+ weights is not")
+
+# The same for a write through the backend's memory ops: to_device into a parameter buffer (checkpoint and
+# initial weights) no longer converts the range it wrote. The SSL steps in check mode exit at the first
+# GEMM that reads the stale copy.
+set(MUTANT_FROM [[    cuda_param_written(be, dst, bytes); // weights loaded: their bf16 copy]])
+set(MUTANT_TO [[    // (mutant: no refresh)]])
+cudaemu_mutant(to_device_weight_copy_not_refreshed FILE model/cuda/backend_cuda.cu TEST weight_copy_ssl_steps_same_bits
+  EXPECT "cuda backend: the bf16 weight copy of [0-9]+ of the [0-9]+ weights at float [0-9]+ of a parameter buffer")
