@@ -14,6 +14,8 @@ static const struct {
     [ROP_GEMM] = {"gemm", RF_GEMM},
     [ROP_LINEAR_FWD] = {"linear_fwd", RF_GEMM},
     [ROP_LINEAR_BWD] = {"linear_bwd", RF_GEMM},
+    [ROP_LINEAR_GELU_FWD] = {"linear_gelu_fwd", RF_GEMM},
+    [ROP_LINEAR_SWIGLU_FWD] = {"linear_swiglu_fwd", RF_GEMM},
     [ROP_LAYERNORM_FWD] = {"layernorm_fwd", RF_LAYERNORM},
     [ROP_LAYERNORM_BWD] = {"layernorm_bwd", RF_LAYERNORM},
     [ROP_GELU_FWD] = {"gelu_fwd", RF_ACTIVATION},
@@ -114,6 +116,27 @@ RoofCost roof_linear_fwd(RoofLayout l, double rows, double n_in, double n_out, i
     if (CUR) return cost(f, 4 * (rows * n_in + n_in * n_out + rows * n_out) + bias, 1); // cuBLASLt bias epilogue
     if (!has_bias) return cost(f, 4 * rows * n_in + 2 * n_in * n_out + 4 * rows * n_out, 1);
     return cost(f, 2 * (rows * n_in + n_in * n_out + rows * n_out) + bias, 1);
+}
+
+// fc1 + GELU (matmul.cu cuda_linear_gelu_fwd). Current: the fp32 layout's two ops as they are (the GEMM
+// with the bias in cuBLASLt's epilogue, then gelu_fwd_kernel). Target: the bf16 GEMM accumulates into an
+// fp32 buffer, then ONE epilogue pass (bias_gelu_kernel) reads it and writes pre and act in bf16; without a
+// bias the GEMM stores pre in bf16 itself and the GELU pass reads it and writes act. 2 kernels either way.
+RoofCost roof_linear_gelu_fwd(RoofLayout l, double rows, double n_in, double n_out, int has_bias, int part) {
+    const double ro = rows * n_out;
+    if (CUR) return part == 0 ? roof_linear_fwd(l, rows, n_in, n_out, has_bias) : roof_gelu_fwd(l, ro, 0);
+    if (part == 0) // bf16 operands; the fp32 accumulator written (a bias follows), or pre in bf16
+        return cost(2 * rows * n_in * n_out, 2 * (rows * n_in + n_in * n_out) + (has_bias ? 4 : 2) * ro, 1);
+    return has_bias ? cost(0, 4 * ro + 4 * n_out + 2 * ro + 2 * ro, 1) : cost(0, 2 * ro + 2 * ro, 1);
+}
+
+// w12 + SwiGLU (matmul.cu cuda_linear_swiglu_fwd), the same passes over pre[rows, 2 Hd]; act is [rows, Hd].
+RoofCost roof_linear_swiglu_fwd(RoofLayout l, double rows, double n_in, double Hd, int has_bias, int part) {
+    const double rp = 2 * rows * Hd, ra = rows * Hd;
+    if (CUR) return part == 0 ? roof_linear_fwd(l, rows, n_in, 2 * Hd, has_bias) : roof_swiglu_fwd(l, rows, Hd, 0);
+    if (part == 0)
+        return cost(2 * rows * n_in * 2 * Hd, 2 * (rows * n_in + n_in * 2 * Hd) + (has_bias ? 4 : 2) * rp, 1);
+    return has_bias ? cost(0, 4 * rp + 8 * Hd + 2 * rp + 2 * ra, 1) : cost(0, 2 * rp + 2 * ra, 1);
 }
 
 RoofCost roof_linear_bwd(RoofLayout l, double rows, double n_in, double n_out, int has_din, int has_db) {

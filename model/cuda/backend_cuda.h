@@ -44,6 +44,13 @@ int backend_cuda_set_lt(Backend *be, int on);
 // How many linear shapes cuBLASLt has accepted so far (0: every linear ran the cublasGemmEx path).
 int backend_cuda_lt_shapes(Backend *be);
 
+// Fused epilogues (docs/cuda-backend.md): linear_gelu_fwd (the MLP's fc1 + GELU) and linear_swiglu_fwd (w12 +
+// SwiGLU) with the bias and the activation in one epilogue kernel after the GEMM (on by default;
+// DINO_CUDA_FUSE_EPILOGUES=0 in the environment turns it off at creation, 1 keeps it on, another value makes
+// backend_cuda_new fail). Off: linear_fwd then gelu_fwd / swiglu_fwd, the same bits in one more pass: the
+// A/B of a GPU run. on < 0 only asks. Returns whether it is on now.
+int backend_cuda_set_fuse_epilogues(Backend *be, int on);
+
 // Free and total device memory in bytes (for benchmarks choosing batch sizes).
 void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes);
 
