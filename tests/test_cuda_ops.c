@@ -1235,8 +1235,8 @@ static void vit_parity_vs(const char *ffn, int registers, float drop, int fp32, 
 #ifdef DINO_HAVE_CUDA
     // fc1 + GELU (w12 + SwiGLU) fused, the default, against the unfused kernels (DINO_CUDA_FUSE_EPILOGUES=0, the
     // A/B of a GPU run): the same roundings, so the same bits forward and backward (backward re-derives act
-    // with gelu_fwd / swiglu_fwd)
-    if (!emulating() && !fp32 && !vs_emulation) {
+    // with gelu_fwd / swiglu_fwd); the DINOv3 ViT's SwiGLU is the plain SwiGLU case's op again
+    if (!emulating() && !fp32 && !vs_emulation && !dinov3) {
         CHECK(backend_cuda_set_fuse_epilogues(G, -1) == 1, "the fusion is not on by default");
         backend_cuda_set_fuse_epilogues(G, 0);
         vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, VIT_ACTS_STORE_ALL, xn_g2, Gg2);

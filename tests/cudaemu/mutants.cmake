@@ -219,3 +219,13 @@ set(MUTANT_TO [[
         // S = Q K^T (unscaled), 16 x FLASH_BC]])
 cudaemu_mutant(flash_kv_tile_syncthreads_removed FILE model/cuda/attention_flash.cu TEST flash_attention_dh64
   EXPECT "FAIL flash_attention_dh64 \\([^)]*\\): flash_fwd\\.out: normwise relative error")
+
+# A fused epilogue that no longer rounds where the unfused kernels do: linear_gelu_fwd's GELU taken of the
+# fp32 acc + b instead of pre as stored in bf16. A fraction of a bf16 ulp from the right values, but no
+# longer the unfused sequence's bits, which the fused-vs-unfused case demands.
+set(MUTANT_FROM [[
+        act_st(act, i, gelu_erf(v));]])
+set(MUTANT_TO [[
+        act_st(act, i, gelu_erf(acc[i] + b[i % n]));]])
+cudaemu_mutant(fused_gelu_of_unrounded_pre FILE model/cuda/matmul.cu TEST fused_epilogues_equal_unfused
+  EXPECT "FAIL fused_epilogues_equal_unfused \\([^)]*\\): fused pre/act differ from the unfused switch-off path \\(pre equal, act differs\\)")
