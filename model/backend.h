@@ -18,9 +18,10 @@
 //    bf16 (with its default bf16 GEMMs). The heads' hidden layers are bf16 too; from the bottleneck on fp32. Such a pointer is a handle to the whole buffer: the model
 //    passes it to ops as is, never offset into it (the cuda backend refuses an interior pointer) nor
 //    copies it with byte counts of its own. Every other buffer, and every op argument not listed as
-//    accepting one, is fp32. The ops that accept bf16 activations: linear_fwd (out, in), linear_bwd
-//    (din, dout, in), layernorm_fwd (out), layernorm_bwd (dout), gelu/swiglu (all), attention_fwd/bwd
-//    (out, qkv, dout, dqkv), rope_fwd/bwd (qkv, dqkv), residual_fwd (br), residual_bwd (dbr, br);
+//    accepting one, is fp32. The ops that accept bf16 activations: linear_fwd (out, in),
+//    linear_gelu_fwd / linear_swiglu_fwd (pre, act, in), linear_bwd (din, dout, in), layernorm_fwd
+//    (out), layernorm_bwd (dout), gelu/swiglu (all), attention_fwd/bwd (out, qkv, dout, dqkv),
+//    rope_fwd/bwd (qkv, dqkv), residual_fwd (br), residual_bwd (dbr, br);
 //    to_host/to_device/zero with the buffer's byte count as fp32 (4 per element) convert.
 #pragma once
 #include <stddef.h>
@@ -85,6 +86,18 @@ struct Backend {
     // db[n_out] += sum_rows dout (skipped when db is NULL)
     void (*linear_bwd)(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
                        const float *W, int rows, int n_in, int n_out);
+    // The MLP's fc1 and its GELU in one call: pre[rows,n_out] = in W^T + b (b may be NULL), then
+    // act = GELU(pre) (exact erf) of pre AS STORED (bf16 on cuda: the backward reads pre). Exactly
+    // linear_fwd(pre) then gelu_fwd(act, pre) (the cpu backend's reference is that composition); the
+    // cuda backend writes pre and act from one epilogue kernel after the GEMM (docs/cuda-backend.md,
+    // "Fused epilogues"). pre and act accept bf16 activations, as linear_fwd's out and gelu's.
+    void (*linear_gelu_fwd)(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                            int rows, int n_in, int n_out);
+    // The SwiGLU FFN's w12 and its gate in one call: pre[rows, 2*Hd] = in W^T + b (W [2*Hd, n_in], b [2*Hd] or
+    // NULL), then act[rows, Hd] = swiglu of pre AS STORED (as swiglu_fwd). Exactly linear_fwd(pre) then
+    // swiglu_fwd(act, pre) (the cpu reference); on cuda one epilogue kernel writes pre and act.
+    void (*linear_swiglu_fwd)(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                              int rows, int n_in, int Hd);
 
     // ---- normalization and activations --------------------------------------------------------
     // out = (x - mean) * rstd * w + b per row of length D; saves mean[rows], rstd[rows]

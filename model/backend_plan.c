@@ -1,7 +1,9 @@
 // A backend for memory planning: every allocation reserves address space only (mmap with
 // MAP_NORESERVE, zero pages never touched) and is counted; copies to it are dropped. Building the whole
 // training state on it (ssl_model_init) tells how many bytes the same calls would allocate on a GPU,
-// on any machine, in seconds. Its compute ops are the CPU backend's and must not be called.
+// on any machine, in seconds. Its compute ops are the CPU backend's and must not be called. (The fused
+// linear_gelu_fwd / linear_swiglu_fwd allocate nothing of their own on cuda: their fp32 accumulator is the
+// backend scratch that linear_fwd's bf16 path takes already, which the plan does not count either.)
 #include "model/backend_plan.h"
 
 #include <string.h>

@@ -107,6 +107,22 @@ static void t_end(TimedState *s, RoofOp op, double t0, const RoofCost *c, const 
     s->prev_target = c[ROOF_TARGET];
 }
 
+// An op of two kernels run one after the other (a fused GEMM + epilogue pass): each part tallied with its own
+// roofline time, so the op's prediction is the sum of a compute-bound and a bandwidth-bound time.
+static void t_end_parts(TimedState *s, RoofOp op, double t0, const RoofCost *gemm, const RoofCost *pass, const void *out) {
+    RoofCost sum[ROOF_NLAYOUTS];
+    for (int l = 0; l < ROOF_NLAYOUTS; l++)
+        sum[l] = (RoofCost){gemm[l].flops + pass[l].flops, gemm[l].bytes + pass[l].bytes, gemm[l].kernels + pass[l].kernels,
+                            gemm[l].fp64 + pass[l].fp64};
+    t_end(s, op, t0, sum, out);
+    if (!s->counting) return;
+    RoofTally *t = &s->tally[op];
+    for (int l = 0; l < ROOF_NLAYOUTS; l++) // t_end counted the sum's time: replace it with the parts'
+        t->pred_s[l] += roof_time_s(&s->card, (RoofLayout)l, roof_op_family(op), gemm[l]) +
+                        roof_time_s(&s->card, (RoofLayout)l, roof_op_family(op), pass[l]) -
+                        roof_time_s(&s->card, (RoofLayout)l, roof_op_family(op), sum[l]);
+}
+
 // The previous call turns out to be absorbed by this one in the target layout: take its target cost back.
 static void absorb_prev(TimedState *s) {
     RoofTally *t = &s->tally[s->prev_op];
@@ -207,6 +223,22 @@ static void t_linear_bwd(Backend *be, float *din, float *dW, float *db, const fl
     OP(ROP_LINEAR_BWD, din, COSTS(roof_linear_bwd, rows, n_in, n_out, din != NULL, db != NULL, E(din), E(dout), E(in)),
        linear_bwd, din, dW, db,
        dout, in, W, rows, n_in, n_out);
+}
+static void t_linear_gelu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                              int rows, int n_in, int n_out) {
+    TimedState *s = S(be);
+    const double t0 = t_begin(s);
+    if (s->execute) s->inner->linear_gelu_fwd(s->inner, pre, act, in, W, b, rows, n_in, n_out);
+    t_end_parts(s, ROP_LINEAR_GELU_FWD, t0, COSTS(roof_linear_gelu_fwd, rows, n_in, n_out, b != NULL, 0, E(pre), E(act), E(in)),
+                COSTS(roof_linear_gelu_fwd, rows, n_in, n_out, b != NULL, 1, E(pre), E(act), E(in)), act);
+}
+static void t_linear_swiglu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                                int rows, int n_in, int Hd) {
+    TimedState *s = S(be);
+    const double t0 = t_begin(s);
+    if (s->execute) s->inner->linear_swiglu_fwd(s->inner, pre, act, in, W, b, rows, n_in, Hd);
+    t_end_parts(s, ROP_LINEAR_SWIGLU_FWD, t0, COSTS(roof_linear_swiglu_fwd, rows, n_in, Hd, b != NULL, 0, E(pre), E(act), E(in)),
+                COSTS(roof_linear_swiglu_fwd, rows, n_in, Hd, b != NULL, 1, E(pre), E(act), E(in)), act);
 }
 static void t_layernorm_fwd(Backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
                             const float *b, int rows, int D, float eps) {
@@ -369,7 +401,7 @@ static void t_destroy(Backend *be) {
 
 // Every member of the op table must be wrapped below (an op left out would run the inner op on the wrapper's
 // state): a new op in model/backend.h fails this until it is wrapped here and counted in model/roofline.c.
-_Static_assert(sizeof(Backend) == 56 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
+_Static_assert(sizeof(Backend) == 58 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
 
 Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -385,6 +417,7 @@ Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     be->upload_async = t_upload_async, be->upload_wait = t_upload_wait;
     be->param_copy_register = t_param_copy_register, be->param_copy_changed = t_param_copy_changed;
     be->gemm = t_gemm, be->linear_fwd = t_linear_fwd, be->linear_bwd = t_linear_bwd;
+    be->linear_gelu_fwd = t_linear_gelu_fwd, be->linear_swiglu_fwd = t_linear_swiglu_fwd;
     be->layernorm_fwd = t_layernorm_fwd, be->layernorm_bwd = t_layernorm_bwd;
     be->gelu_fwd = t_gelu_fwd, be->gelu_bwd = t_gelu_bwd, be->swiglu_fwd = t_swiglu_fwd, be->swiglu_bwd = t_swiglu_bwd;
     be->attention_saved_floats = t_attention_saved_floats;

@@ -122,10 +122,12 @@ void head_acts_free(Backend *be, HeadActs *a) {
 static void forward_mlp(Backend *be, const Head *h, const float *P, HeadActs *a, const float *x, int rows) {
     const float *in = x;
     for (int i = 0; i < h->n_lin; i++) {
-        be->linear_fwd(be, a->pre[i], in, P + h->w[i], P + h->b[i], rows, h->lin_in[i], h->lin_out[i]);
-        if (i + 1 < h->n_lin) {
-            be->gelu_fwd(be, a->act[i], a->pre[i], (size_t)rows * h->lin_out[i]);
+        if (i + 1 < h->n_lin) { // a hidden layer: the linear and its GELU in one op (one epilogue pass on cuda)
+            be->linear_gelu_fwd(be, a->pre[i], a->act[i], in, P + h->w[i], P + h->b[i], rows, h->lin_in[i],
+                                h->lin_out[i]);
             in = a->act[i];
+        } else {
+            be->linear_fwd(be, a->pre[i], in, P + h->w[i], P + h->b[i], rows, h->lin_in[i], h->lin_out[i]);
         }
     }
     be->l2norm_fwd(be, a->znorm, a->znrm, a->z, rows, h->cfg.bottleneck, HEAD_L2_EPS);

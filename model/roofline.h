@@ -39,7 +39,7 @@ typedef enum { ROOF_SESSION3 = 0, ROOF_CURRENT = 1, ROOF_TARGET = 2, ROOF_NLAYOU
 
 // Op families: the rows of bench_step's per-op table.
 typedef enum {
-    RF_GEMM,        // linear layers (ViT, heads), plain GEMMs
+    RF_GEMM,        // linear layers (ViT, heads; fc1 + GELU, w12 + SwiGLU fused), plain GEMMs
     RF_ATTENTION,   // attention forward and backward (its inner GEMMs included)
     RF_LAYERNORM,
     RF_ACTIVATION,  // GELU, SwiGLU
@@ -54,7 +54,7 @@ typedef enum {
 
 // Every op of model/backend.h that does work (memory management and sync are not counted).
 typedef enum {
-    ROP_GEMM, ROP_LINEAR_FWD, ROP_LINEAR_BWD,
+    ROP_GEMM, ROP_LINEAR_FWD, ROP_LINEAR_BWD, ROP_LINEAR_GELU_FWD, ROP_LINEAR_SWIGLU_FWD,
     ROP_LAYERNORM_FWD, ROP_LAYERNORM_BWD,
     ROP_GELU_FWD, ROP_GELU_BWD, ROP_SWIGLU_FWD, ROP_SWIGLU_BWD,
     ROP_ATTENTION_FWD, ROP_ATTENTION_BWD, ROP_ROPE_FWD, ROP_ROPE_BWD,
@@ -114,6 +114,14 @@ RoofCost roof_gemm(RoofLayout l, double M, double N, double K, int beta_nonzero)
 RoofCost roof_linear_fwd(RoofLayout l, double rows, double n_in, double n_out, int has_bias, int e_out, int e_in);
 RoofCost roof_linear_bwd(RoofLayout l, double rows, double n_in, double n_out, int has_din, int has_db, int e_din,
                          int e_dout, int e_in);
+// linear_fwd + GELU in one op (the MLP's fc1): the GEMM (part 0) and one epilogue pass writing pre and act
+// (part 1). Two kernels, one after the other, a compute-bound and a bandwidth-bound one: each part has its
+// own roofline time and the op's is their sum (the timing backend tallies both parts).
+RoofCost roof_linear_gelu_fwd(RoofLayout l, double rows, double n_in, double n_out, int has_bias, int part, int e_pre,
+                              int e_act, int e_in);
+// w12 + SwiGLU in one op: the GEMM to 2*Hd outputs (part 0) and one epilogue pass writing pre and act (part 1).
+RoofCost roof_linear_swiglu_fwd(RoofLayout l, double rows, double n_in, double Hd, int has_bias, int part, int e_pre,
+                                int e_act, int e_in);
 RoofCost roof_layernorm_fwd(RoofLayout l, double rows, double D, int after_residual, int e_out);
 RoofCost roof_layernorm_bwd(RoofLayout l, double rows, double D, int e_dout);
 RoofCost roof_gelu_fwd(RoofLayout l, double n, int epilogue, int e_out, int e_x);

@@ -682,7 +682,7 @@ static const float *branch_input(Backend *be, const VitActs *a, float *dst, cons
 static void block_forward(Backend *be, const Vit *vit, const float *P, VitActs *a, int l, float *x_out) {
     const VitConfig *c = &vit->cfg;
     const int B = a->B, T = a->T, D = c->dim, H = c->heads, Dh = D / H;
-    const int Hf = c->ffn_hidden, ffn_out = c->ffn == VIT_FFN_MLP ? Hf : 2 * Hf;
+    const int Hf = c->ffn_hidden;
     const int S = a->S, rows_s = S * T;
     const float scale = (float)B / (float)S;
     const VitBlockOffsets *o = &vit->blocks[l];
@@ -710,9 +710,10 @@ static void block_forward(Backend *be, const Vit *vit, const float *P, VitActs *
     const float *in2 = branch_input(be, a, k->xs2, k->x_mid, idx2, D);
     be->layernorm_fwd(be, k->ln2, k->mean2, k->rstd2, in2, PTR(P, o->norm2_w), PTR(P, o->norm2_b), rows_s, D,
                       LN_EPS);
-    be->linear_fwd(be, k->fc1, k->ln2, PTR(P, o->fc1_w), c->ffn_bias ? PTR(P, o->fc1_b) : NULL, rows_s, D, ffn_out);
-    if (c->ffn == VIT_FFN_MLP) be->gelu_fwd(be, k->act, k->fc1, (size_t)rows_s * Hf);
-    else be->swiglu_fwd(be, k->act, k->fc1, rows_s, Hf);
+    const float *fc1_b = c->ffn_bias ? PTR(P, o->fc1_b) : NULL;
+    // fc1 (w12) and its activation in one op: one epilogue pass on cuda, the same bits as the two ops
+    if (c->ffn == VIT_FFN_MLP) be->linear_gelu_fwd(be, k->fc1, k->act, k->ln2, PTR(P, o->fc1_w), fc1_b, rows_s, D, Hf);
+    else be->linear_swiglu_fwd(be, k->fc1, k->act, k->ln2, PTR(P, o->fc1_w), fc1_b, rows_s, D, Hf);
     be->linear_fwd(be, k->fc2, k->act, PTR(P, o->fc2_w), c->ffn_bias ? PTR(P, o->fc2_b) : NULL, rows_s, Hf, D);
     a->work_block = l;
     if (!x_out) return;
@@ -838,7 +839,9 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
 
         // Stored activations keep neither the FFN activation, the LayerNorm outputs nor the gathered
         // branch inputs (shared buffers, see alloc_intermediates): derived again here, the same ops on
-        // the same inputs, so the same bits.
+        // the same inputs, so the same bits (act: gelu_fwd / swiglu_fwd of the stored fc1 is what the forward's
+        // fused linear_gelu_fwd / linear_swiglu_fwd computed from fc1 as stored; RECOMPUTE runs the fused op
+        // again in block_forward).
         const int rederive = a->mode == VIT_ACTS_STORE_ALL;
         if (rederive) {
             if (c->ffn == VIT_FFN_MLP) be->gelu_fwd(be, k->act, k->fc1, (size_t)rows_s * Hf);

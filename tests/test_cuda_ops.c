@@ -1234,6 +1234,22 @@ static void vit_parity_vs(const char *ffn, int registers, float drop, int fp32, 
     vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, VIT_ACTS_STORE_ALL, xn_g2, Gg2);
     CHECK(memcmp(Gg, Gg2, sizeof(float) * tab.total) == 0, "CUDA ViT gradients differ between two identical runs");
     CHECK(memcmp(xn_g[0], xn_g2[0], sizeof(float) * nx[0]) == 0, "CUDA ViT outputs differ between identical runs");
+#ifdef DINO_HAVE_CUDA
+    // fc1 + GELU (w12 + SwiGLU) fused, the default, against the unfused kernels (DINO_CUDA_FUSE_EPILOGUES=0, the
+    // A/B of a GPU run): the same roundings, so the same bits forward and backward (backward re-derives act
+    // with gelu_fwd / swiglu_fwd); the DINOv3 ViT's SwiGLU is the plain SwiGLU case's op again
+    if (!emulating() && !fp32 && !vs_emulation && !dinov3) {
+        CHECK(backend_cuda_set_fuse_epilogues(G, -1) == 1, "the fusion is not on by default");
+        backend_cuda_set_fuse_epilogues(G, 0);
+        vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, VIT_ACTS_STORE_ALL, xn_g2, Gg2);
+        backend_cuda_set_fuse_epilogues(G, 1);
+        const int same = memcmp(Gg, Gg2, sizeof(float) * tab.total) == 0 &&
+                         memcmp(xn_g[0], xn_g2[0], sizeof(float) * nx[0]) == 0 &&
+                         memcmp(xn_g[1], xn_g2[1], sizeof(float) * nx[1]) == 0;
+        CHECK(same, "CUDA ViT results change with the fused epilogues (%s) switched off", ffn);
+        if (same) printf("  ViT with the FFN's first linear + %s fused = unfused, bit for bit\n", ffn);
+    }
+#endif
 #ifdef DINO_CUDAEMU
     // the claim behind the bit-for-bit checks: no kernel depends on the order in which the hardware runs
     // its blocks and threads, nor on how the streams interleave (the layer runs them in other orders)
@@ -1446,6 +1462,133 @@ TEST(bf16_activation_ops_match_cpu_emulation) {
     for (size_t i = 0; i < sizeof pp / sizeof pp[0]; i++) pair_free(C, G, pp[i]);
     backend_free(C);
     gpu_free(G);
+}
+
+// ---- fused epilogues: the FFN's first linear and its activation in one op (docs/cuda-backend.md) ----------
+// linear_gelu_fwd and linear_swiglu_fwd against the unfused sequence on the same GPU (the switch off, and
+// linear_fwd + gelu_fwd / swiglu_fwd called by hand): the fused kernel rounds pre where bias_to_act_kernel
+// does and applies the activation to pre as stored, so pre and act are the SAME BITS; for bf16 buffers (the
+// fused path) and fp32 ones (the unfused path, both ways), with a bias and without, at shapes whose element
+// counts are not multiples of the kernels' blocks or cuBLAS's tiles. Against the CPU: the bf16 buffers
+// against the CPU's bf16 emulation (the bf16-activation bound of check_act), the fp32 buffers against the
+// fp32 CPU (the GEMM bound on bf16-exact inputs, propagated: GELU's slope is below 1.13; SwiGLU's act moves
+// by |g| 1.1 da + (|a| + 1) dg).
+#ifdef DINO_HAVE_CUDA
+static void linear_act(Backend *be, int swiglu, int fused, float *pre, float *act, const float *x, const float *W,
+                       const float *b, int rows, int n_in, int Hd) {
+    if (fused && swiglu) be->linear_swiglu_fwd(be, pre, act, x, W, b, rows, n_in, Hd);
+    else if (fused) be->linear_gelu_fwd(be, pre, act, x, W, b, rows, n_in, Hd);
+    else if (swiglu) be->linear_fwd(be, pre, x, W, b, rows, n_in, 2 * Hd), be->swiglu_fwd(be, act, pre, rows, Hd);
+    else be->linear_fwd(be, pre, x, W, b, rows, n_in, Hd), be->gelu_fwd(be, act, pre, (size_t)rows * Hd);
+}
+
+static void linear_act_case(Backend *G, Backend *E, Backend *C, int swiglu, int rows, int n_in, int Hd, int bias,
+                            int bf16, Rng *r) {
+    Backend *R = bf16 ? E : C; // the CPU reference
+    const int n_out = swiglu ? 2 * Hd : Hd;
+    const size_t nx = (size_t)rows * n_in, nw = (size_t)n_out * n_in, ny = (size_t)rows * n_out, na = (size_t)rows * Hd;
+    printf(" linear_%s rows=%d n_in=%d Hd=%d %s, %s\n", swiglu ? "swiglu" : "gelu", rows, n_in, Hd,
+           bias ? "bias" : "no bias", bf16 ? "bf16 buffers" : "fp32 buffers");
+    float *xh = dino_malloc(sizeof(float) * nx), *wh = dino_malloc(sizeof(float) * nw), *bh = dino_malloc(sizeof(float) * n_out);
+    for (size_t i = 0; i < nx; i++) xh[i] = bf16_round((float)rng_normal(r));
+    for (size_t i = 0; i < nw; i++) wh[i] = bf16_round((float)rng_normal(r) / sqrtf((float)n_in));
+    for (int i = 0; i < n_out; i++) bh[i] = 0.5f * (float)rng_normal(r);
+    Backend *be2[2] = {G, R};
+    float *x[2], *W[2], *b[2], *pre[2], *act[2];
+    for (int k = 0; k < 2; k++) {
+        Backend *be = be2[k];
+        x[k] = bf16 ? be->alloc_act(be, nx, DINO_BF16, NULL) : be->alloc(be, sizeof(float) * nx);
+        pre[k] = bf16 ? be->alloc_act(be, ny, DINO_BF16, NULL) : be->alloc(be, sizeof(float) * ny);
+        act[k] = bf16 ? be->alloc_act(be, na, DINO_BF16, NULL) : be->alloc(be, sizeof(float) * na);
+        W[k] = dual_upload(be, wh, sizeof(float) * nw);
+        b[k] = bias ? dual_upload(be, bh, sizeof(float) * n_out) : NULL;
+        be->to_device(be, x[k], xh, sizeof(float) * nx);
+    }
+    // GPU: fused, the switch off, the two ops by hand (outputs cleared before each)
+    float *gp[3], *ga[3];
+    for (int v = 0; v < 3; v++) {
+        G->zero(G, pre[0], sizeof(float) * ny), G->zero(G, act[0], sizeof(float) * na);
+        backend_cuda_set_fuse_epilogues(G, v == 0);
+        linear_act(G, swiglu, v < 2, pre[0], act[0], x[0], W[0], b[0], rows, n_in, Hd);
+        gp[v] = dino_malloc(sizeof(float) * ny), ga[v] = dino_malloc(sizeof(float) * na);
+        G->to_host(G, gp[v], pre[0], sizeof(float) * ny), G->to_host(G, ga[v], act[0], sizeof(float) * na);
+    }
+    backend_cuda_set_fuse_epilogues(G, 1);
+    size_t nonzero = 0;
+    for (size_t i = 0; i < na; i++) nonzero += gp[0][i] != 0 && gp[0][ny - 1 - i] != 0 && ga[0][i] != 0;
+    CHECK(nonzero > na / 2, "fused: pre and act mostly zero (%zu of %zu set)", nonzero, na);
+    for (int v = 1; v < 3; v++) {
+        const int same_pre = memcmp(gp[0], gp[v], sizeof(float) * ny) == 0, same_act = memcmp(ga[0], ga[v], sizeof(float) * na) == 0;
+        CHECK(same_pre && same_act, "fused pre/act differ from the unfused %s (pre %s, act %s)",
+              v == 1 ? "switch-off path" : "two ops", same_pre ? "equal" : "differs", same_act ? "equal" : "differs");
+    }
+    printf("  fused = unfused bit for bit (pre %zu, act %zu elements)\n", ny, na);
+    // the CPU reference (the composition)
+    linear_act(R, swiglu, 1, pre[1], act[1], x[1], W[1], b[1], rows, n_in, Hd);
+    if (bf16) {
+        ActPair pp = {ny, pre[1], pre[0]}, pa = {na, act[1], act[0]};
+        check_act("fused pre vs emulation", E, G, &pp);
+        check_act("fused act vs emulation", E, G, &pa);
+    } else {
+        float *cp = dino_malloc(sizeof(float) * ny), *ca = dino_malloc(sizeof(float) * na);
+        C->to_host(C, cp, pre[1], sizeof(float) * ny), C->to_host(C, ca, act[1], sizeof(float) * na);
+        float *s = gemm_scale(C, 0, 1, rows, n_out, n_in, xh, n_in, nx, wh, n_in, nw);
+        for (size_t i = 0; i < ny; i++) s[i] += 1e-6f * (bias ? fabsf(bh[i % n_out]) : 0.0f); // the fp32 bias add
+        check_elems("fused pre vs cpu", gp[0], cp, s, ny, TOL_GEMM_EXACT_IN);
+        float *sa = dino_malloc(sizeof(float) * na);
+        for (size_t i = 0; i < na; i++) {
+            const size_t rr = i / Hd, j = i % Hd, ia = rr * n_out + j, ig = ia + Hd;
+            sa[i] = swiglu ? 1.1f * fabsf(cp[ig]) * s[ia] + (fabsf(cp[ia]) + 1) * s[ig] : 2 * s[i];
+            sa[i] = 2 * sa[i] + 1e-6f * fabsf(ca[i]); // and the fp32 erf / exp
+        }
+        check_elems("fused act vs cpu", ga[0], ca, sa, na, TOL_GEMM_EXACT_IN);
+        free(cp), free(ca), free(s), free(sa);
+    }
+    for (int k = 0; k < 2; k++) {
+        Backend *be = be2[k];
+        be->release(be, x[k]), be->release(be, pre[k]), be->release(be, act[k]), be->release(be, W[k]);
+        if (b[k]) be->release(be, b[k]);
+    }
+    for (int v = 0; v < 3; v++) free(gp[v]), free(ga[v]);
+    free(xh), free(wh), free(bh);
+}
+#endif
+
+TEST(fused_epilogues_equal_unfused) {
+#ifndef DINO_HAVE_CUDA
+    test_skip("built without CUDA (no nvcc found)");
+#else
+    if (emulating()) test_skip("the fusion is a cuda backend kernel (the emulation is the composition itself)");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *E = emulated_backend(CUDA_GEMM_BF16, "rn"), *C = backend_cpu_new();
+    Rng r = rng_make(151, 0, 0, 0);
+    // vit_tiny's fc1 on 129 rows; a 37-token image; one row; n_in 18 (cuBLASLt declines the fp32 path's bias)
+    const int shapes[][3] = {{129, 192, 768}, {37, 64, 96}, {1, 16, 24}, {7, 18, 36}};
+    for (int swiglu = 0; swiglu < 2; swiglu++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+            for (int bf16 = 1; bf16 >= 0; bf16--)
+                for (int bias = 1; bias >= 0; bias--) {
+                    if (k == 0 && !bias) continue; // the large shape with a bias only
+                    const int Hd = swiglu ? shapes[k][2] / 2 : shapes[k][2];
+                    linear_act_case(G, E, C, swiglu, shapes[k][0], shapes[k][1], Hd, bias, bf16, &r);
+                }
+    // the environment switch: 0 and 1 accepted, another value refused with a message
+    char err[DINO_ERRLEN] = "";
+    const char *old = getenv("DINO_CUDA_FUSE_EPILOGUES");
+    char *saved_env = old ? strdup(old) : NULL;
+    setenv("DINO_CUDA_FUSE_EPILOGUES", "yes", 1);
+    Backend *be = backend_cuda_new(0, err);
+    CHECK(be == NULL && strstr(err, "DINO_CUDA_FUSE_EPILOGUES=yes"), "a bad DINO_CUDA_FUSE_EPILOGUES: '%s'", err);
+    for (int on = 0; on < 2; on++) {
+        setenv("DINO_CUDA_FUSE_EPILOGUES", on ? "1" : "0", 1);
+        be = backend_cuda_new(0, err);
+        CHECK(be != NULL && backend_cuda_set_fuse_epilogues(be, -1) == on, "DINO_CUDA_FUSE_EPILOGUES=%d: %s", on, err);
+        if (be) backend_cuda_free(be);
+    }
+    if (saved_env) setenv("DINO_CUDA_FUSE_EPILOGUES", saved_env, 1), free(saved_env);
+    else unsetenv("DINO_CUDA_FUSE_EPILOGUES");
+    backend_free(C), backend_free(E);
+    gpu_free(G);
+#endif
 }
 
 // The memory plan counts the cuda layout exactly: a ViT's activations (bf16 branch buffers, fp32 stream)

@@ -79,6 +79,20 @@ static void p_linear_fwd(Backend *be, float *out, const float *in, const float *
     snprintf(nm, sizeof nm, "linear_fwd %d->%d", n_in, n_out);
     PROF_CALL(nm, 2.0 * rows * n_in * n_out, prof_inner->linear_fwd(prof_inner, out, in, W, b, rows, n_in, n_out));
 }
+static void p_linear_gelu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                              int rows, int n_in, int n_out) {
+    char nm[64];
+    snprintf(nm, sizeof nm, "linear_gelu_fwd %d->%d", n_in, n_out);
+    PROF_CALL(nm, 2.0 * rows * n_in * n_out,
+              prof_inner->linear_gelu_fwd(prof_inner, pre, act, in, W, b, rows, n_in, n_out));
+}
+static void p_linear_swiglu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                                int rows, int n_in, int Hd) {
+    char nm[64];
+    snprintf(nm, sizeof nm, "linear_swiglu_fwd %d->2x%d", n_in, Hd);
+    PROF_CALL(nm, 4.0 * rows * n_in * Hd,
+              prof_inner->linear_swiglu_fwd(prof_inner, pre, act, in, W, b, rows, n_in, Hd));
+}
 static void p_linear_bwd(Backend *be, float *din, float *dW, float *db, const float *dout, const float *in,
                          const float *W, int rows, int n_in, int n_out) {
     char nm[64];
@@ -148,6 +162,7 @@ static Backend *profiling_backend(Backend *inner) {
     prof_inner = inner;
     p->copy = p_copy, p->zero = p_zero, p->to_device = p_to_device, p->gemm = p_gemm;
     p->linear_fwd = p_linear_fwd, p->linear_bwd = p_linear_bwd, p->layernorm_fwd = p_ln_fwd;
+    p->linear_gelu_fwd = p_linear_gelu_fwd, p->linear_swiglu_fwd = p_linear_swiglu_fwd;
     p->layernorm_bwd = p_ln_bwd, p->gelu_fwd = p_gelu_fwd, p->gelu_bwd = p_gelu_bwd, p->swiglu_fwd = p_swiglu_fwd;
     p->swiglu_bwd = p_swiglu_bwd, p->attention_fwd = p_att_fwd, p->attention_bwd = p_att_bwd, p->im2col = p_im2col;
     p->tokens_fwd = p_tokens_fwd, p->tokens_bwd = p_tokens_bwd, p->gather_rows = p_gather;

@@ -22,6 +22,20 @@ void cpu_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, siz
     }
 }
 
+// The reference of the fused fc1 + GELU: the composition itself, through the table (so that a backend
+// that replaces linear_fwd or wraps the ops, as the bf16 emulation does, composes its own versions).
+void cpu_linear_gelu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b, int rows,
+                         int n_in, int n_out) {
+    be->linear_fwd(be, pre, in, W, b, rows, n_in, n_out);
+    be->gelu_fwd(be, act, pre, (size_t)rows * n_out);
+}
+
+void cpu_linear_swiglu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                           int rows, int n_in, int Hd) {
+    be->linear_fwd(be, pre, in, W, b, rows, n_in, 2 * Hd);
+    be->swiglu_fwd(be, act, pre, rows, Hd);
+}
+
 void cpu_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {

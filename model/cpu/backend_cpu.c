@@ -55,6 +55,8 @@ Backend *backend_cpu_new(void) {
     be->gemm = cpu_gemm;
     be->linear_fwd = cpu_linear_fwd;
     be->linear_bwd = cpu_linear_bwd;
+    be->linear_gelu_fwd = cpu_linear_gelu_fwd;
+    be->linear_swiglu_fwd = cpu_linear_swiglu_fwd;
     be->layernorm_fwd = cpu_layernorm_fwd;
     be->layernorm_bwd = cpu_layernorm_bwd;
     be->gelu_fwd = cpu_gelu_fwd;

@@ -84,6 +84,18 @@ static void e_linear_bwd(Backend *be, float *din, float *dW, float *db, const fl
     IN(be)->linear_bwd(IN(be), din, dW, db, dout, in, W, rows, n_in, n_out);
     round_if_bf16(be, din, (size_t)rows * n_in);
 }
+// pre rounded where the GPU stores it, then the GELU of the rounded pre (what the fused kernel computes):
+// the composition of this wrapper's own ops, not the inner fused op (that would round pre too late)
+static void e_linear_gelu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                              int rows, int n_in, int n_out) {
+    be->linear_fwd(be, pre, in, W, b, rows, n_in, n_out);
+    be->gelu_fwd(be, act, pre, (size_t)rows * n_out);
+}
+static void e_linear_swiglu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                                int rows, int n_in, int Hd) {
+    be->linear_fwd(be, pre, in, W, b, rows, n_in, 2 * Hd);
+    be->swiglu_fwd(be, act, pre, rows, Hd);
+}
 static void e_layernorm_fwd(Backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
                             const float *b, int rows, int D, float eps) {
     IN(be)->layernorm_fwd(IN(be), out, mean, rstd, x, w, b, rows, D, eps);
@@ -144,6 +156,7 @@ Backend *backend_cpu_emulate_bf16(Backend *be) {
     be->name = "cpu-bf16";
     be->alloc_act = e_alloc_act, be->release = e_release, be->to_device = e_to_device, be->copy = e_copy;
     be->linear_fwd = e_linear_fwd, be->linear_bwd = e_linear_bwd, be->layernorm_fwd = e_layernorm_fwd;
+    be->linear_gelu_fwd = e_linear_gelu_fwd, be->linear_swiglu_fwd = e_linear_swiglu_fwd;
     be->gelu_fwd = e_gelu_fwd, be->gelu_bwd = e_gelu_bwd, be->swiglu_fwd = e_swiglu_fwd, be->swiglu_bwd = e_swiglu_bwd;
     be->attention_fwd = e_attention_fwd, be->attention_bwd = e_attention_bwd;
     be->rope_fwd = e_rope_fwd, be->rope_bwd = e_rope_bwd, be->residual_bwd = e_residual_bwd;

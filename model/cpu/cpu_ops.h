@@ -19,6 +19,10 @@ void cpu_gelu_fwd(Backend *be, float *out, const float *x, size_t n);
 void cpu_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, size_t n);
 void cpu_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd);
 void cpu_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd);
+void cpu_linear_gelu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b, int rows,
+                         int n_in, int n_out);
+void cpu_linear_swiglu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                           int rows, int n_in, int Hd);
 // attention.c
 size_t cpu_attention_saved_floats(Backend *be, int B, int T, int H, int Dh);
 void cpu_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh);

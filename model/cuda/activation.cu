@@ -11,8 +11,7 @@
 // Every argument may be a bf16 activation buffer (ActRef): fp32 math, one rounding at the store.
 __global__ void gelu_fwd_kernel(ActRef out, ActRef x, size_t n) {
     GRID_STRIDE(i, n) {
-        float v = act_ld(x, i);
-        act_st(out, i, 0.5f * v * (1.0f + erff(v * INV_SQRT2)));
+        act_st(out, i, gelu_erf(act_ld(x, i)));
     }
 }
 
@@ -29,8 +28,7 @@ __global__ void gelu_bwd_kernel(ActRef dx, ActRef dout, ActRef x, size_t n) {
 __global__ void swiglu_fwd_kernel(ActRef out, ActRef in, size_t rows, int Hd) {
     GRID_STRIDE(i, rows * Hd) {
         size_t r = i / Hd, j = i % Hd;
-        float a = act_ld(in, r * 2 * Hd + j), g = act_ld(in, r * 2 * Hd + Hd + j);
-        act_st(out, i, a / (1.0f + expf(-a)) * g);
+        act_st(out, i, swiglu_val(act_ld(in, r * 2 * Hd + j), act_ld(in, r * 2 * Hd + Hd + j)));
     }
 }
 

@@ -315,6 +315,10 @@ void colsum_finish(Backend *be, float *dst, const float *partial, int nblk, int 
 
 extern "C" void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p) { cuda_impl(be)->gemm_precision = p; }
 extern "C" void backend_cuda_set_attention(Backend *be, CudaAttention a) { cuda_impl(be)->attention = a; }
+extern "C" int backend_cuda_set_fuse_epilogues(Backend *be, int on) {
+    if (on >= 0) cuda_impl(be)->fuse_epilogues = on != 0;
+    return cuda_impl(be)->fuse_epilogues;
+}
 extern "C" int backend_cuda_attention_is_flash(Backend *be, int Dh) {
     return cuda_impl(be)->attention == CUDA_ATTENTION_FLASH && cuda_attention_flash_supported(be, Dh);
 }
@@ -375,9 +379,16 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
                 att);
         return NULL;
     }
+    const char *fuse = getenv("DINO_CUDA_FUSE_EPILOGUES");
+    if (fuse && *fuse && strcmp(fuse, "0") != 0 && strcmp(fuse, "1") != 0) {
+        set_err(err, "cuda backend: DINO_CUDA_FUSE_EPILOGUES=%s: use 1 (bias + GELU / SwiGLU in one epilogue kernel, "
+                     "default) or 0 (the unfused kernels)", fuse);
+        return NULL;
+    }
     CudaImpl *c = (CudaImpl *)dino_calloc(1, sizeof *c);
     c->device = device;
     c->attention = att && strcmp(att, "gemm") == 0 ? CUDA_ATTENTION_GEMM : CUDA_ATTENTION_FLASH;
+    c->fuse_epilogues = !(fuse && strcmp(fuse, "0") == 0);
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, device));
     snprintf(c->device_name, sizeof c->device_name, "%s", prop.name);
@@ -424,6 +435,8 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->gemm = cuda_gemm;
     be->linear_fwd = cuda_linear_fwd;
     be->linear_bwd = cuda_linear_bwd;
+    be->linear_gelu_fwd = cuda_linear_gelu_fwd;
+    be->linear_swiglu_fwd = cuda_linear_swiglu_fwd;
     be->layernorm_fwd = cuda_layernorm_fwd;
     be->layernorm_bwd = cuda_layernorm_bwd;
     be->gelu_fwd = cuda_gelu_fwd;

@@ -57,6 +57,12 @@ size_t backend_cuda_weight_copy_stale(Backend *be);
 // Check mode (DINO_CUDA_WEIGHT_COPY_CHECK=1 at creation): every GEMM verifies the part of the copy it is
 // about to read and exits with a message when it is stale. Slow (a wait per GEMM): for tests.
 void backend_cuda_set_weight_copy_check(Backend *be, int on);
+// Fused epilogues (docs/cuda-backend.md): linear_gelu_fwd (the MLP's fc1 + GELU) and linear_swiglu_fwd (w12 +
+// SwiGLU) with the bias and the activation in one epilogue kernel after the GEMM (on by default;
+// DINO_CUDA_FUSE_EPILOGUES=0 in the environment turns it off at creation, 1 keeps it on, another value makes
+// backend_cuda_new fail). Off: linear_fwd then gelu_fwd / swiglu_fwd, the same bits in one more pass: the
+// A/B of a GPU run. on < 0 only asks. Returns whether it is on now.
+int backend_cuda_set_fuse_epilogues(Backend *be, int on);
 
 // Free and total device memory in bytes (for benchmarks choosing batch sizes).
 void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes);

@@ -83,6 +83,7 @@ typedef struct {
     void *stage;
     size_t stage_bytes, stage_used;
     CudaAttention attention; // flash (default where supported) or the batched-GEMM path; DINO_ATTENTION
+    int fuse_epilogues; // linear_gelu/swiglu_fwd: bias + activation in one epilogue kernel (default); 0: unfused
     // the bf16 activation buffers (alloc_act), sorted by base address: ops look their arguments up
     struct ActAlloc *acts;
     int n_acts, cap_acts;
@@ -153,6 +154,13 @@ __device__ __forceinline__ void act_st(ActRef a, size_t i, float v) {
     if (a.bf16) ((__nv_bfloat16 *)a.p)[i] = __float2bfloat16(v);
     else ((float *)a.p)[i] = v;
 }
+// v as the buffer stores it (rounded to bf16 for a bf16 buffer): what a later act_ld of it returns.
+__device__ __forceinline__ float act_round(ActRef a, float v) { return a.bf16 ? __bfloat162float(__float2bfloat16(v)) : v; }
+// The exact (erf) GELU, one expression for every kernel that computes it (gelu_fwd and the fused
+// epilogue: the same bits).
+__device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+// SwiGLU of the gate input a and the value g: silu(a) * g (swiglu_fwd and the fused epilogue alike).
+__device__ __forceinline__ float swiglu_val(float a, float g) { return a / (1.0f + expf(-a)) * g; }
 static inline cudaDataType_t act_cuda_type(ActRef a) { return a.bf16 ? CUDA_R_16BF : CUDA_R_32F; }
 static inline size_t act_elem_bytes(ActRef a) { return a.bf16 ? 2 : 4; }
 // a + i elements
@@ -259,6 +267,10 @@ void cuda_layernorm_bwd(Backend *be, float *dx_acc, float *dw, float *db, const 
                         const float *mean, const float *rstd, const float *w, int rows, int D);
 // activation.cu
 void cuda_gelu_fwd(Backend *be, float *out, const float *x, size_t n);
+void cuda_linear_gelu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b, int rows,
+                          int n_in, int n_out);
+void cuda_linear_swiglu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                            int rows, int n_in, int Hd);
 void cuda_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, size_t n);
 void cuda_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd);
 void cuda_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd);

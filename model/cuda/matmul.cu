@@ -283,6 +283,31 @@ __global__ void bias_to_act_kernel(ActRef out, const float *acc, const float *b,
         act_st(out, i, acc[i] + b[i % n]);
 }
 
+// The fused epilogue of linear_gelu_fwd (docs/cuda-backend.md, "Fused epilogues"): one pass over the
+// GEMM's fp32 accumulator writes pre = bf16(acc + b) and act = GELU(pre as stored), the same roundings
+// as bias_to_act_kernel followed by gelu_fwd_kernel.
+__global__ void bias_gelu_kernel(ActRef pre, ActRef act, const float *acc, const float *b, size_t rows, int n) {
+    size_t total = rows * (size_t)n;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const float v = act_round(pre, acc[i] + b[i % n]);
+        act_st(pre, i, v);
+        act_st(act, i, gelu_erf(v));
+    }
+}
+
+// The same for linear_swiglu_fwd: acc[rows, 2 Hd] = [a | g] per row; one thread per act element rounds and
+// stores its a and g into pre and writes act = swiglu(a, g) of the stored values (as swiglu_fwd_kernel).
+__global__ void bias_swiglu_kernel(ActRef pre, ActRef act, const float *acc, const float *b, size_t rows, int Hd) {
+    size_t total = rows * (size_t)Hd;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / Hd, j = i % Hd, ia = r * 2 * Hd + j, ig = ia + Hd;
+        const float a = act_round(pre, acc[ia] + b[j]), g = act_round(pre, acc[ig] + b[Hd + j]);
+        act_st(pre, ia, a);
+        act_st(pre, ig, g);
+        act_st(act, i, swiglu_val(a, g));
+    }
+}
+
 // Carves bf16 copies of fp32 operands (and an fp32 accumulator) out of one scratch request.
 struct ScratchCarver {
     char *base;
@@ -302,8 +327,10 @@ static const void *as_bf16(Backend *be, ActRef a, size_t n, ScratchCarver *sc) {
     return d;
 }
 
+// The activation a fused epilogue also writes (linear_gelu_fwd, linear_swiglu_fwd; only with a bias).
+enum Epilogue { EPI_NONE, EPI_GELU, EPI_SWIGLU };
 static void linear_fwd_bf16(Backend *be, ActRef out, ActRef in, const float *W, const float *b, int rows, int n_in,
-                            int n_out) {
+                            int n_out, Epilogue epi = EPI_NONE, ActRef act = ActRef{NULL, false}) {
     const size_t nx = (size_t)rows * n_in, nw = (size_t)n_out * n_in, ny = (size_t)rows * n_out;
     const bool acc_fp32 = b && out.bf16; // the bias added in fp32 before the one rounding
     const void *wc = cuda_weight_bf16(be, W, nw); // the parameters' bf16 copy, or NULL: convert W here
@@ -314,7 +341,14 @@ static void linear_fwd_bf16(Backend *be, ActRef out, ActRef in, const float *W, 
         float *acc = (float *)sc.take(4 * ny);
         gemm_batched_typed(be, 0, 1, rows, n_out, n_in, 1.0f, x16, CUDA_R_16BF, n_in, 0, w16, CUDA_R_16BF, n_in, 0,
                            0.0f, acc, CUDA_R_32F, n_out, 0, 1);
-        DINO_LAUNCH(bias_to_act_kernel, grid_1d(ny, 256), 256, 0, cuda_stream(be))(out, acc, b, (size_t)rows, n_out);
+        if (epi == EPI_GELU)
+            DINO_LAUNCH(bias_gelu_kernel, grid_1d(ny, 256), 256, 0, cuda_stream(be))(out, act, acc, b, (size_t)rows,
+                                                                                     n_out);
+        else if (epi == EPI_SWIGLU)
+            DINO_LAUNCH(bias_swiglu_kernel, grid_1d(ny / 2, 256), 256, 0, cuda_stream(be))(out, act, acc, b,
+                                                                                           (size_t)rows, n_out / 2);
+        else
+            DINO_LAUNCH(bias_to_act_kernel, grid_1d(ny, 256), 256, 0, cuda_stream(be))(out, acc, b, (size_t)rows, n_out);
         cudaCheckLaunch();
         return;
     }
@@ -343,6 +377,39 @@ void cuda_linear_fwd(Backend *be, float *out, const float *in, const float *W, c
         cudaCheckLaunch();
     }
     cuda_gemm_batched(be, 0, 1, rows, n_out, n_in, 1.0f, in, n_in, 0, W, n_in, 0, b ? 1.0f : 0.0f, out, n_out, 0, 1);
+}
+
+// fc1 + GELU. Fused where it saves a pass: a bf16 pre with a bias, whose unfused path is the GEMM into an
+// fp32 accumulator, a bias kernel and a GELU kernel (three passes: here two, the GEMM and one epilogue).
+// Elsewhere the unfused sequence, which is two passes already: with no bias the GEMM stores pre itself,
+// and an fp32 pre gets its bias in cuBLASLt's epilogue (or from the broadcast before the GEMM).
+void cuda_linear_gelu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b, int rows,
+                          int n_in, int n_out) {
+    const ActRef p = cuda_act(be, pre), a = cuda_act(be, act), x = cuda_act(be, in);
+    if (cuda_impl(be)->fuse_epilogues && p.bf16 && b) {
+        CUDA_OP_RANGE("linear_gelu_fwd");
+        cuda_graph_tick(be);
+        if ((size_t)rows * n_out == 0) return;
+        linear_fwd_bf16(be, p, x, W, b, rows, n_in, n_out, EPI_GELU, a);
+        return;
+    }
+    cuda_linear_fwd(be, pre, in, W, b, rows, n_in, n_out);
+    cuda_gelu_fwd(be, act, pre, (size_t)rows * n_out);
+}
+
+// w12 + SwiGLU: fused in the same cases as linear_gelu_fwd.
+void cuda_linear_swiglu_fwd(Backend *be, float *pre, float *act, const float *in, const float *W, const float *b,
+                            int rows, int n_in, int Hd) {
+    const ActRef p = cuda_act(be, pre), a = cuda_act(be, act), x = cuda_act(be, in);
+    if (cuda_impl(be)->fuse_epilogues && p.bf16 && b) {
+        CUDA_OP_RANGE("linear_swiglu_fwd");
+        cuda_graph_tick(be);
+        if ((size_t)rows * Hd == 0) return;
+        linear_fwd_bf16(be, p, x, W, b, rows, n_in, 2 * Hd, EPI_SWIGLU, a);
+        return;
+    }
+    cuda_linear_fwd(be, pre, in, W, b, rows, n_in, 2 * Hd);
+    cuda_swiglu_fwd(be, act, pre, rows, Hd);
 }
 
 struct ReadMatrix {

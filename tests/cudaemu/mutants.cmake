@@ -235,3 +235,13 @@ set(MUTANT_FROM [[    cuda_param_written(be, dst, bytes); // weights loaded: the
 set(MUTANT_TO [[    // (mutant: no refresh)]])
 cudaemu_mutant(to_device_weight_copy_not_refreshed FILE model/cuda/backend_cuda.cu TEST weight_copy_ssl_steps_same_bits
   EXPECT "cuda backend: the bf16 weight copy of [0-9]+ of the [0-9]+ weights at float [0-9]+ of a parameter buffer")
+
+# A fused epilogue that no longer rounds where the unfused kernels do: linear_gelu_fwd's GELU taken of the
+# fp32 acc + b instead of pre as stored in bf16. A fraction of a bf16 ulp from the right values, but no
+# longer the unfused sequence's bits, which the fused-vs-unfused case demands.
+set(MUTANT_FROM [[
+        act_st(act, i, gelu_erf(v));]])
+set(MUTANT_TO [[
+        act_st(act, i, gelu_erf(acc[i] + b[i % n]));]])
+cudaemu_mutant(fused_gelu_of_unrounded_pre FILE model/cuda/matmul.cu TEST fused_epilogues_equal_unfused
+  EXPECT "FAIL fused_epilogues_equal_unfused \\([^)]*\\): fused pre/act differ from the unfused switch-off path \\(pre equal, act differs\\)")
