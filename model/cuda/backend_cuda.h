@@ -44,6 +44,12 @@ int backend_cuda_set_lt(Backend *be, int on);
 // How many linear shapes cuBLASLt has accepted so far (0: every linear ran the cublasGemmEx path).
 int backend_cuda_lt_shapes(Backend *be);
 
+// residual_layernorm_fwd (LayerScale + drop-path scale + residual + the next LayerNorm) as one kernel (on
+// by default; DINO_CUDA_FUSE_RESLN=0 in the environment turns it off at creation) or as the four ops it
+// fuses (copy, residual_fwd, gather_rows, layernorm_fwd): the same bits either way. Returns whether it
+// is on now.
+int backend_cuda_set_fuse_resln(Backend *be, int on);
+
 // Free and total device memory in bytes (for benchmarks choosing batch sizes).
 void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes);
 
