@@ -1657,6 +1657,20 @@ TEST(bf16_activation_ops_match_cpu_emulation) {
     g = pair_gpu_result(G, &dgam);
     check_elems("residual_bwd.dgamma (bf16 branch)", g, dgam.c, NULL, dgam.n, TOL_FP32);
     free(g);
+    // residual + LayerNorm in one op: a bf16 branch into the fp32 stream, the LayerNorm stored in bf16; its
+    // backward from a bf16 dout into a bf16 branch gradient
+    Pair xo = pair_new(C, G, xs.n, 0, 0, &r, 0);
+    C->residual_layernorm_fwd(C, xo.c, dx.c, mean.c, rstd.c, NULL, xs.c, dln.c, gam.c, NULL, B, 1.5f, lw.c, lb.c, NULL,
+                              B, B, T, D, 1e-6f);
+    G->residual_layernorm_fwd(G, xo.g, dx.g, mean.g, rstd.g, NULL, xs.g, dln.g, gam.g, NULL, B, 1.5f, lw.g, lb.g, NULL,
+                              B, B, T, D, 1e-6f);
+    check_act("residual_layernorm_fwd.out", C, G, &dx);
+    C->layernorm_residual_bwd(C, dxs.c, dlw.c, dlb.c, dx.c, dgam.c, dln.c, xo.c, mean.c, rstd.c, lw.c, NULL, B, dln.c,
+                              gam.c, NULL, B, 1.5f, B, T, D);
+    G->layernorm_residual_bwd(G, dxs.g, dlw.g, dlb.g, dx.g, dgam.g, dln.g, xo.g, mean.g, rstd.g, lw.g, NULL, B, dln.g,
+                              gam.g, NULL, B, 1.5f, B, T, D);
+    check_act("layernorm_residual_bwd.dbr", C, G, &dx);
+    pair_free(C, G, &xo);
     // attention and RoPE on a bf16 qkv
     ActPair qkv = act_pair(C, G, (size_t)rows * 3 * D, 1.0f, &r), dqkv = act_pair(C, G, (size_t)rows * 3 * D, 0, &r);
     ActPair att = act_pair(C, G, (size_t)rows * D, 0, &r);
