@@ -839,10 +839,9 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
 
     be->zero(be, dx, sizeof(float) * (size_t)B * T * D);
     size_t pw, pb;
-    if (!prefix_norm(vit, a, &pw, &pb)) {
-        be->layernorm_bwd(be, dx, PTR(G, vit->norm_w), PTR(G, vit->norm_b), d_xnorm, a->x_final, a->mean_f, a->rstd_f,
-                          PTR(P, vit->norm_w), B * T, D);
-    } else { // `norm` sees the patch rows only (the CLS and storage rows' gradient zeroed), theirs the rest
+    // one final norm over all rows: its backward comes with the last block's FFN residual backward (below)
+    const int final_norm_fused = !prefix_norm(vit, a, &pw, &pb);
+    if (!final_norm_fused) { // `norm` sees the patch rows only (the CLS and storage rows' gradient zeroed), theirs the rest
         float *dpatch_only = a->dS_a;
         be->copy(be, dpatch_only, d_xnorm, sizeof(float) * (size_t)B * T * D);
         for (int b = 0; b < B; b++) be->zero(be, dpatch_only + (size_t)b * T * D, sizeof(float) * (size_t)(1 + R) * D);
@@ -877,7 +876,12 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
         }
         // FFN branch: dx holds d x_out; the identity path keeps it as d x_mid, the branch adds to it
         float *dbr = a->dS_a;
-        be->residual_bwd(be, dbr, ls2 ? PTR(G, o->ls2) : NULL, dx, k->fc2, ls2, idx2, S, T, D, scale);
+        if (l == c->depth - 1 && final_norm_fused) // the final norm's input gradient into dx, then the branch's
+            be->layernorm_residual_bwd(be, dx, PTR(G, vit->norm_w), PTR(G, vit->norm_b), dbr, ls2 ? PTR(G, o->ls2) : NULL,
+                                       d_xnorm, a->x_final, a->mean_f, a->rstd_f, PTR(P, vit->norm_w), NULL, B, k->fc2,
+                                       ls2, idx2, S, scale, B, T, D);
+        else
+            be->residual_bwd(be, dbr, ls2 ? PTR(G, o->ls2) : NULL, dx, k->fc2, ls2, idx2, S, T, D, scale);
         be->linear_bwd(be, a->dact, PTR(G, o->fc2_w), c->ffn_bias ? PTR(G, o->fc2_b) : NULL, dbr, k->act,
                        PTR(P, o->fc2_w), rows_s, Hf, D);
         if (c->ffn == VIT_FFN_MLP) be->gelu_bwd(be, a->dfc1, a->dact, k->fc1, (size_t)rows_s * Hf);

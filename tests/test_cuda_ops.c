@@ -1497,9 +1497,10 @@ static void vit_parity_vs(const char *ffn, int registers, float drop, int fp32, 
     CHECK(memcmp(Gg, Gg2, sizeof(float) * tab.total) == 0, "CUDA ViT gradients change with recomputation");
     CHECK(memcmp(xn_g[1], xn_g2[1], sizeof(float) * nx[1]) == 0, "CUDA ViT outputs change with recomputation");
 #ifdef DINO_HAVE_CUDA
-    // residual + LayerNorm as one kernel (default) or the four ops (DINO_CUDA_FUSE_RESLN=0): the same bits,
-    // with drop path (two subsets per block) and without (the teacher's path)
-    if (!emulating() && !fp32 && !vs_emulation) {
+    // residual + LayerNorm as one kernel (default) or the unfused ops (DINO_CUDA_FUSE_RESLN=0): the same bits,
+    // forward and backward, with drop path (two subsets per block; the path without, the teacher's, in the
+    // SSL steps below), the DINOv3 prefix norms too
+    if (!emulating() && !fp32 && !vs_emulation && drop > 0) {
         backend_cuda_set_fuse_resln(G, 0);
         vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, VIT_ACTS_STORE_ALL, xn_g2, Gg2);
         backend_cuda_set_fuse_resln(G, 1);
@@ -2183,8 +2184,8 @@ static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, 
           "staged + recomputed GPU steps: the parameters changed");
     free(rs.student), free(rs.teacher);
 #ifdef DINO_HAVE_CUDA
-    // residual + LayerNorm as one kernel (default) or the four ops (DINO_CUDA_FUSE_RESLN=0): two whole steps
-    // (student with drop path, teacher without) give the same bits
+    // residual + LayerNorm as one kernel (default) or the unfused ops (DINO_CUDA_FUSE_RESLN=0): two whole
+    // steps (student with drop path, teacher without) give the same bits
     if (!emulating() && !fp32 && !vs_emulation && centering == CENTERING_SOFTMAX) {
         backend_cuda_set_fuse_resln(G, 0);
         ssl_parity_run(G, &cfg, gcrops, lcrops, gram_crops, masks, NULL, &rs);

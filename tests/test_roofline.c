@@ -166,10 +166,10 @@ TEST(call_counts_and_fusions) {
         {ROP_LINEAR_FWD, 4 * L + 1}, {ROP_LINEAR_BWD, 4 * L + 1}, {ROP_ATTENTION_FWD, L}, {ROP_ATTENTION_BWD, L},
         // forward: block 0's LN1 alone, every other LayerNorm (the final norm too) fused with the residual
         // before it; backward re-derives both of each block's, and fuses LN2's backward with the attention
-        // branch's residual backward
-        {ROP_LAYERNORM_FWD, 2 * L + 1}, {ROP_RESIDUAL_LAYERNORM_FWD, 2 * L}, {ROP_LAYERNORM_BWD, L + 1},
-        {ROP_LAYERNORM_RESIDUAL_BWD, L}, {ROP_GELU_FWD, 2 * L}, {ROP_GELU_BWD, L}, {ROP_RESIDUAL_FWD, 0},
-        {ROP_RESIDUAL_BWD, L},
+        // branch's residual backward, the final norm's with the last block's FFN residual backward
+        {ROP_LAYERNORM_FWD, 2 * L + 1}, {ROP_RESIDUAL_LAYERNORM_FWD, 2 * L}, {ROP_LAYERNORM_BWD, L},
+        {ROP_LAYERNORM_RESIDUAL_BWD, L + 1}, {ROP_GELU_FWD, 2 * L}, {ROP_GELU_BWD, L}, {ROP_RESIDUAL_FWD, 0},
+        {ROP_RESIDUAL_BWD, L - 1},
         {ROP_COPY, 0}, {ROP_IM2COL, 1}, {ROP_TOKENS_FWD, 1}, {ROP_TOKENS_BWD, 1}, {ROP_GATHER_ROWS, 0},
         {ROP_ADAMW, 0}, {ROP_SOFTMAX_CE, 0},
     };
@@ -189,10 +189,11 @@ TEST(call_counts_and_fusions) {
     // rows, 2 for dbr) plus the five column-sum kernels of dw, db, dgamma (dout and x, dout, dx and br)
     const RoofTally *bw = &t[ROP_LAYERNORM_RESIDUAL_BWD];
     const RoofCost lnb = roof_layernorm_bwd(ROOF_CURRENT, B * T, D), rb = roof_residual_bwd(ROOF_CURRENT, B, T, D, 1);
-    CHECK(bw->bytes[ROOF_CURRENT] == L * (lnb.bytes + rb.bytes) && bw->kernels[ROOF_CURRENT] == L * 8.0,
+    CHECK(bw->bytes[ROOF_CURRENT] == (L + 1) * (lnb.bytes + rb.bytes) && bw->kernels[ROOF_CURRENT] == (L + 1) * 8.0,
           "LayerNorm + residual backward current: %.0f bytes, %.0f kernels", bw->bytes[ROOF_CURRENT],
           bw->kernels[ROOF_CURRENT]);
-    CHECK(bw->bytes[ROOF_TARGET] == L * (16 * e + 8.0 * B * T + 8 * e + 6 * e + 16.0 * D) && bw->kernels[ROOF_TARGET] == 7.0 * L,
+    CHECK(bw->bytes[ROOF_TARGET] == (L + 1) * (16 * e + 8.0 * B * T + 8 * e + 6 * e + 16.0 * D) &&
+              bw->kernels[ROOF_TARGET] == 7.0 * (L + 1),
           "LayerNorm + residual backward target: %.0f bytes, %.0f kernels", bw->bytes[ROOF_TARGET], bw->kernels[ROOF_TARGET]);
     // GELU: the L forward ones in fc1's epilogue (no launch), the L re-derived ones launch
     CHECK(t[ROP_GELU_FWD].kernels[ROOF_TARGET] == L, "GELU target kernels %.0f", t[ROP_GELU_FWD].kernels[ROOF_TARGET]);
