@@ -21,7 +21,8 @@
 //    accepting one, is fp32. The ops that accept bf16 activations: linear_fwd (out, in),
 //    linear_gelu_fwd / linear_swiglu_fwd (pre, act, in), linear_bwd (din, dout, in), layernorm_fwd
 //    (out), layernorm_bwd (dout), gelu/swiglu (all), attention_fwd/bwd (out, qkv, dout, dqkv),
-//    rope_fwd/bwd (qkv, dqkv), residual_fwd (br), residual_bwd (dbr, br);
+//    rope_fwd/bwd (qkv, dqkv), residual_fwd (br), residual_bwd (dbr, br),
+//    residual_layernorm_fwd (br, out), layernorm_residual_bwd (dout, dbr, br);
 //    to_host/to_device/zero with the buffer's byte count as fp32 (4 per element) convert.
 #pragma once
 #include <stddef.h>
@@ -155,6 +156,32 @@ struct Backend {
     // dbr[i] = scale * gamma (.) dx[idx[i]]; dgamma += scale * sum br[i] (.) dx[idx[i]]
     void (*residual_bwd)(Backend *be, float *dbr, float *dgamma, const float *dx, const float *br,
                          const float *gamma, const int *idx, int n, int T, int D, float scale);
+    // LayerScale + drop-path scale + residual add + the next LayerNorm in one pass (docs/cuda-backend.md,
+    // "Residual + LayerNorm"), over a stream of B images of T rows of D:
+    //   x_out = x_in, then x_out[idx[i]] += scale * gamma (.) br[i] for i < n     (copy + residual_fwd;
+    //           x_out may be x_in; idx NULL means all n = B images in order);
+    //   the LayerNorm reads x_out's rows of the images ln_idx[j], j < ln_n (ln_idx NULL: all ln_n = B), copies
+    //   them to xs (the gathered branch input; required with ln_idx, else may be NULL) and writes
+    //   out[ln_n*T, D] = LayerNorm(those rows) with w, b, eps, saving mean and rstd per row.
+    // Bit for bit copy + residual_fwd + gather_rows (ln_idx) + layernorm_fwd: the LayerNorm reads the fp32
+    // stream values the residual add produced. br and out may be bf16 activations.
+    void (*residual_layernorm_fwd)(Backend *be, float *x_out, float *out, float *mean, float *rstd, float *xs,
+                                   const float *x_in, const float *br, const float *gamma, const int *idx, int n,
+                                   float scale, const float *w, const float *b, const int *ln_idx, int ln_n, int B,
+                                   int T, int D, float eps);
+    // Its backward counterpart at the same junction: LayerNorm backward accumulating into the stream
+    // gradient, then the residual_bwd of the sublayer before it (docs/cuda-backend.md, "Residual +
+    // LayerNorm"). Over B images of T rows of D:
+    //   dx[ln_idx[j]] += d LayerNorm(x_ln[j]) / dx given dout[j] (j < ln_n; ln_idx NULL: all ln_n = B
+    //   images, in place; else through a zeroed scratch and scatter_add_rows); dw += ; db +=
+    //   (layernorm_bwd; x_ln: the LayerNorm's input rows, mean and rstd its statistics)
+    //   then dbr[i] = scale * gamma (.) dx[idx[i]]; dgamma += scale * sum br[i] (.) dx[idx[i]] (residual_bwd;
+    //   dgamma may be NULL).
+    // Bit for bit those ops in that order. dout, dbr and br may be bf16 activations.
+    void (*layernorm_residual_bwd)(Backend *be, float *dx, float *dw, float *db, float *dbr, float *dgamma,
+                                   const float *dout, const float *x_ln, const float *mean, const float *rstd,
+                                   const float *w, const int *ln_idx, int ln_n, const float *br, const float *gamma,
+                                   const int *idx, int n, float scale, int B, int T, int D);
     // x[idx[i],:] += in[i,:] (rows of length len); idx NULL means identity
     void (*scatter_add_rows)(Backend *be, float *x, const float *in, const int *idx, int n, size_t len);
 

@@ -33,6 +33,8 @@ static const struct {
     [ROP_GATHER_ROWS] = {"gather_rows", RF_ELEMENTWISE},
     [ROP_RESIDUAL_FWD] = {"residual_fwd", RF_ELEMENTWISE},
     [ROP_RESIDUAL_BWD] = {"residual_bwd", RF_ELEMENTWISE},
+    [ROP_RESIDUAL_LAYERNORM_FWD] = {"residual_layernorm_fwd", RF_LAYERNORM},
+    [ROP_LAYERNORM_RESIDUAL_BWD] = {"layernorm_residual_bwd", RF_LAYERNORM},
     [ROP_SCATTER_ADD_ROWS] = {"scatter_add_rows", RF_ELEMENTWISE},
     [ROP_AXPY] = {"axpy", RF_ELEMENTWISE},
     [ROP_L2NORM_FWD] = {"l2norm_fwd", RF_HEAD_LOSS},
@@ -329,6 +331,48 @@ RoofCost roof_residual_bwd(RoofLayout l, double n, double T, double D, int has_d
     FP32_IN_SESSION3(&e_dbr, &e_br);
     const double e = n * T * D;
     return cost(0, e * (4 + e_dbr) + (has_dgamma ? e * (4 + e_br) : 0), 1 + (has_dgamma ? 2 : 0));
+}
+// Session 3: what copy + residual_fwd + gather_rows + layernorm_fwd cost one by one (all fp32). Now and in
+// the target (residual_layernorm_fwd_kernel, norm.cu): one warp per stream row, one pass: the residual
+// rows read x and the branch and write x (8 B + the branch's element), the other rows are copied (8 B;
+// nothing in place), the LayerNorm rows write the fp32 gathered copy (when gathered) and the output (bf16
+// in the target) from the row in registers, plus their statistics and the LayerNorm parameters.
+RoofCost roof_residual_layernorm_fwd(RoofLayout l, double B, double n, double ln_n, double T, double D, int copies,
+                                     int gathered, int e_br, int e_out) {
+    const double row = T * D;
+    if (l == ROOF_SESSION3) {
+        RoofCost c = roof_residual_fwd(l, n, T, D, 4), k = roof_layernorm_fwd(l, ln_n * T, D, 0, 4);
+        c.bytes += k.bytes, c.kernels += k.kernels;
+        if (copies) k = roof_copy(l, 4 * B * row, 4, 0), c.bytes += k.bytes, c.kernels += k.kernels;
+        if (gathered) k = roof_gather_rows(l, ln_n, row, 0), c.bytes += k.bytes, c.kernels += k.kernels;
+        return c;
+    }
+    if (l == ROOF_TARGET) e_br = e_out = 2;
+    const double stream = (8 + e_br) * n * row + (copies ? 8 * (B - n) * row : 0);
+    return cost(0, stream + (gathered ? 4 : 0) * ln_n * row + e_out * ln_n * row + 8 * ln_n * T + 8 * D, 1);
+}
+// Session 3: layernorm_bwd (with a subset: zero a scratch, layernorm_bwd into it, scatter_add_rows) then
+// residual_bwd, one by one. Now and in the target (layernorm_residual_bwd_kernel, norm.cu): one warp per
+// stream row: the LayerNorm rows read dout and x and read and write dx (12 B + dout's element, statistics
+// 8 B per row), the residual rows write dbr from the dx row the warp holds (read, 4 B, when the LayerNorm
+// covered only a subset); then the column sums as before (dw, db, dgamma: 2 kernels each).
+RoofCost roof_layernorm_residual_bwd(RoofLayout l, double n, double ln_n, double T, double D, int scattered,
+                                     int has_dgamma, int e_dout, int e_dbr, int e_br) {
+    const double row = T * D;
+    if (l == ROOF_SESSION3) {
+        RoofCost c = roof_layernorm_bwd(l, ln_n * T, D, 4), k = roof_residual_bwd(l, n, T, D, has_dgamma, 4, 4);
+        c.bytes += k.bytes, c.kernels += k.kernels;
+        if (scattered) {
+            k = roof_zero(l, 4 * ln_n * row, 4), c.bytes += k.bytes, c.kernels += k.kernels;
+            k = roof_scatter_add_rows(l, ln_n, row), c.bytes += k.bytes, c.kernels += k.kernels;
+        }
+        return c;
+    }
+    if (l == ROOF_TARGET) e_dout = e_dbr = e_br = 2;
+    const double e = ln_n * row, r = n * row;
+    const double pass = (12 + e_dout) * e + 8 * ln_n * T + e_dbr * r + (scattered ? 4 * r : 0);
+    const double sums = (e_dout + 4) * e + e_dout * e + (has_dgamma ? (4 + e_br) * r : 0) + 16 * D;
+    return cost(0, pass + sums, 1 + 4 + (has_dgamma ? 2 : 0));
 }
 RoofCost roof_scatter_add_rows(RoofLayout l, double n, double len) {
     (void)l; // the fp32 stream gradient in both

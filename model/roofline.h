@@ -59,6 +59,7 @@ typedef enum {
     ROP_GELU_FWD, ROP_GELU_BWD, ROP_SWIGLU_FWD, ROP_SWIGLU_BWD,
     ROP_ATTENTION_FWD, ROP_ATTENTION_BWD, ROP_ROPE_FWD, ROP_ROPE_BWD,
     ROP_IM2COL, ROP_TOKENS_FWD, ROP_TOKENS_BWD, ROP_GATHER_ROWS, ROP_RESIDUAL_FWD, ROP_RESIDUAL_BWD,
+    ROP_RESIDUAL_LAYERNORM_FWD, ROP_LAYERNORM_RESIDUAL_BWD,
     ROP_SCATTER_ADD_ROWS, ROP_AXPY,
     ROP_L2NORM_FWD, ROP_L2NORM_BWD, ROP_WEIGHTNORM_FWD, ROP_WEIGHTNORM_BWD, ROP_SOFTMAX_CENTER, ROP_COL_SUM,
     ROP_CENTER_UPDATE, ROP_SINKHORN, ROP_SOFTMAX_CE, ROP_ENTROPY_MEAN, ROP_KOLEO, ROP_KDE, ROP_GRAM_LOSS,
@@ -141,6 +142,15 @@ RoofCost roof_tokens_bwd(RoofLayout l, double B, double N, double R, double D, i
 RoofCost roof_gather_rows(RoofLayout l, double n, double len, int into_next);
 RoofCost roof_residual_fwd(RoofLayout l, double n, double T, double D, int e_br);
 RoofCost roof_residual_bwd(RoofLayout l, double n, double T, double D, int has_dgamma, int e_dbr, int e_br);
+// residual_layernorm_fwd over B images of T rows of D: the residual on n of them, the LayerNorm on ln_n;
+// copies: x_out is not x_in (the untouched rows are copied); gathered: the LayerNorm rows go to xs too.
+// Session 3: the four ops it replaces (copy, residual_fwd, gather_rows, layernorm_fwd); now and target: one kernel.
+RoofCost roof_residual_layernorm_fwd(RoofLayout l, double B, double n, double ln_n, double T, double D, int copies,
+                                     int gathered, int e_br, int e_out);
+// layernorm_residual_bwd: the LayerNorm backward on ln_n images (scattered: a row subset, through a
+// scratch), the residual backward on n. Session 3: the ops it replaces; now and target: one kernel + the colsums.
+RoofCost roof_layernorm_residual_bwd(RoofLayout l, double n, double ln_n, double T, double D, int scattered,
+                                     int has_dgamma, int e_dout, int e_dbr, int e_br);
 RoofCost roof_scatter_add_rows(RoofLayout l, double n, double len);
 RoofCost roof_axpy(RoofLayout l, double n);
 RoofCost roof_l2norm_fwd(RoofLayout l, double rows, double n);

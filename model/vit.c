@@ -677,14 +677,36 @@ static const float *branch_input(Backend *be, const VitActs *a, float *dst, cons
     return dst;
 }
 
+// The LayerNorm that follows a residual update: block l's LN2, block l+1's LN1 or the final norm. idx:
+// the images whose rows it normalizes (their copies go to xs), NULL for all.
+typedef struct {
+    float *out, *mean, *rstd, *xs;
+    const float *w, *b;
+    const int *idx;
+} NextNorm;
+
+// x_out = x_in + scale * LayerScale(br) at the kept rows (idx), then the next LayerNorm of x_out: one
+// fused op, the same bits as copy + residual_fwd + gather_rows + layernorm_fwd (docs/cuda-backend.md,
+// "Residual + LayerNorm").
+static void residual_then_norm(Backend *be, const VitConfig *c, const VitActs *a, float *x_out, const float *x_in,
+                               const float *br, const float *gamma, const int *idx, const NextNorm *nx) {
+    const int D = c->dim;
+    const float scale = (float)a->B / (float)a->S;
+    be->residual_layernorm_fwd(be, x_out, nx->out, nx->mean, nx->rstd, nx->idx ? nx->xs : NULL, x_in, br, gamma, idx,
+                               a->S, scale, nx->w, nx->b, nx->idx, nx->idx ? a->S : a->B, a->B, a->T, D, LN_EPS);
+}
+
 // Block l on k->x_in: fills the block's intermediates and, unless x_out is NULL (recomputation in
-// backward), writes the block's output to x_out.
-static void block_forward(Backend *be, const Vit *vit, const float *P, VitActs *a, int l, float *x_out) {
+// backward), writes the block's output to x_out together with the LayerNorm that reads it next (block
+// l+1's LN1, or the final norm after the last block). ln1_ready: the block before computed this block's
+// LN1 that way. next_idx1: block l+1's LN1 image subset (host), uploaded once this block's own idx1 is
+// used (forward-only activations share one idx1 buffer between blocks).
+static void block_forward(Backend *be, const Vit *vit, const float *P, VitActs *a, int l, float *x_out, int ln1_ready,
+                          const int *next_idx1) {
     const VitConfig *c = &vit->cfg;
-    const int B = a->B, T = a->T, D = c->dim, H = c->heads, Dh = D / H;
+    const int T = a->T, D = c->dim, H = c->heads, Dh = D / H;
     const int Hf = c->ffn_hidden;
     const int S = a->S, rows_s = S * T;
-    const float scale = (float)B / (float)S;
     const VitBlockOffsets *o = &vit->blocks[l];
     BlockActs *k = &a->blk[l];
     const int *idx1 = a->subset ? k->idx1 : NULL, *idx2 = a->subset ? k->idx2 : NULL;
@@ -692,9 +714,11 @@ static void block_forward(Backend *be, const Vit *vit, const float *P, VitActs *
     const float *ls2 = c->layerscale > 0 ? PTR(P, o->ls2) : NULL;
 
     // x_mid = x_in + LS1(attn(LN1(x_in)))
-    const float *in1 = branch_input(be, a, k->xs1, k->x_in, idx1, D);
-    be->layernorm_fwd(be, k->ln1, k->mean1, k->rstd1, in1, PTR(P, o->norm1_w), PTR(P, o->norm1_b), rows_s, D,
-                      LN_EPS);
+    if (!ln1_ready) {
+        const float *in1 = branch_input(be, a, k->xs1, k->x_in, idx1, D);
+        be->layernorm_fwd(be, k->ln1, k->mean1, k->rstd1, in1, PTR(P, o->norm1_w), PTR(P, o->norm1_b), rows_s, D,
+                          LN_EPS);
+    }
     const float *qkv_b = !c->qkv_bias ? NULL : a->qkv_bias_masked ? a->qkv_bias_masked + (size_t)l * 3 * D : PTR(P, o->qkv_b);
     be->linear_fwd(be, k->qkv, k->ln1, PTR(P, o->qkv_w), qkv_b, rows_s, D, 3 * D);
     if (c->rope) { // rotated in place: attention saves (and its backward uses) the rotated q and k
@@ -703,13 +727,11 @@ static void block_forward(Backend *be, const Vit *vit, const float *P, VitActs *
     }
     be->attention_fwd(be, k->att, k->att_saved, k->qkv, S, T, H, Dh);
     be->linear_fwd(be, k->proj, k->att, PTR(P, o->proj_w), c->proj_bias ? PTR(P, o->proj_b) : NULL, rows_s, D, D);
-    be->copy(be, k->x_mid, k->x_in, sizeof(float) * (size_t)B * T * D);
-    be->residual_fwd(be, k->x_mid, k->proj, ls1, idx1, S, T, D, scale);
+    // ... and LN2 of x_mid's kept rows in the same pass
+    const NextNorm ln2 = {k->ln2, k->mean2, k->rstd2, k->xs2, PTR(P, o->norm2_w), PTR(P, o->norm2_b), idx2};
+    residual_then_norm(be, c, a, k->x_mid, k->x_in, k->proj, ls1, idx1, &ln2);
 
     // x_out = x_mid + LS2(ffn(LN2(x_mid)))
-    const float *in2 = branch_input(be, a, k->xs2, k->x_mid, idx2, D);
-    be->layernorm_fwd(be, k->ln2, k->mean2, k->rstd2, in2, PTR(P, o->norm2_w), PTR(P, o->norm2_b), rows_s, D,
-                      LN_EPS);
     const float *fc1_b = c->ffn_bias ? PTR(P, o->fc1_b) : NULL;
     // fc1 (w12) and its activation in one op: one epilogue pass on cuda, the same bits as the two ops
     if (c->ffn == VIT_FFN_MLP) be->linear_gelu_fwd(be, k->fc1, k->act, k->ln2, PTR(P, o->fc1_w), fc1_b, rows_s, D, Hf);
@@ -717,8 +739,15 @@ static void block_forward(Backend *be, const Vit *vit, const float *P, VitActs *
     be->linear_fwd(be, k->fc2, k->act, PTR(P, o->fc2_w), c->ffn_bias ? PTR(P, o->fc2_b) : NULL, rows_s, Hf, D);
     a->work_block = l;
     if (!x_out) return;
-    be->copy(be, x_out, k->x_mid, sizeof(float) * (size_t)B * T * D);
-    be->residual_fwd(be, x_out, k->fc2, ls2, idx2, S, T, D, scale);
+    NextNorm next = {a->x_norm, a->mean_f, a->rstd_f, NULL, PTR(P, vit->norm_w), PTR(P, vit->norm_b), NULL};
+    if (l + 1 < c->depth) { // block l+1's LN1 (with forward-only or recomputed activations: the `work` buffers)
+        BlockActs *kn = &a->blk[l + 1];
+        const VitBlockOffsets *on = &vit->blocks[l + 1];
+        if (a->subset) be->to_device(be, kn->idx1, next_idx1, sizeof(int) * S);
+        next = (NextNorm){kn->ln1, kn->mean1, kn->rstd1, kn->xs1, PTR(P, on->norm1_w), PTR(P, on->norm1_b),
+                          a->subset ? kn->idx1 : NULL};
+    }
+    residual_then_norm(be, c, a, x_out, k->x_mid, k->fc2, ls2, idx2, &next);
 }
 
 // The final norm of the CLS and storage tokens when it is not `norm` (the DINOv3 ViT's
@@ -765,16 +794,15 @@ const float *vit_forward(Backend *be, const Vit *vit, const float *P, VitActs *a
     be->tokens_fwd(be, x, a->patch, PTR(P, vit->cls), R ? PTR(P, vit->reg) : NULL, pos, PTR(P, vit->mask_token),
                    masks, B, N, R, D);
 
+    // each block's idx1 is uploaded by the block before it (block_forward), with the LN1 it fuses
+    if (a->subset) be->to_device(be, a->blk[0].idx1, drop_subsets, sizeof(int) * S);
     for (int l = 0; l < c->depth; l++) {
-        BlockActs *k = &a->blk[l];
-        if (a->subset) {
-            be->to_device(be, k->idx1, drop_subsets + ((size_t)l * 2 + 0) * S, sizeof(int) * S);
-            be->to_device(be, k->idx2, drop_subsets + ((size_t)l * 2 + 1) * S, sizeof(int) * S);
-        }
-        block_forward(be, vit, P, a, l, l + 1 < c->depth ? a->blk[l + 1].x_in : a->x_final);
+        const int last = l + 1 == c->depth;
+        if (a->subset) be->to_device(be, a->blk[l].idx2, drop_subsets + ((size_t)l * 2 + 1) * S, sizeof(int) * S);
+        const int *next_idx1 = a->subset && !last ? drop_subsets + ((size_t)(l + 1) * 2 + 0) * S : NULL;
+        // the final norm of all rows comes with the last block's residual
+        block_forward(be, vit, P, a, l, last ? a->x_final : a->blk[l + 1].x_in, l > 0, next_idx1);
     }
-    be->layernorm_fwd(be, a->x_norm, a->mean_f, a->rstd_f, a->x_final, PTR(P, vit->norm_w), PTR(P, vit->norm_b), B * a->T,
-                      D, LN_EPS);
     size_t pw, pb;
     if (prefix_norm(vit, a, &pw, &pb)) // DINOv3 untied: the CLS and storage rows again with their own norm
         for (int b = 0; b < B; b++) {
@@ -812,10 +840,9 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
 
     be->zero(be, dx, sizeof(float) * (size_t)B * T * D);
     size_t pw, pb;
-    if (!prefix_norm(vit, a, &pw, &pb)) {
-        be->layernorm_bwd(be, dx, PTR(G, vit->norm_w), PTR(G, vit->norm_b), d_xnorm, a->x_final, a->mean_f, a->rstd_f,
-                          PTR(P, vit->norm_w), B * T, D);
-    } else { // `norm` sees the patch rows only (the CLS and storage rows' gradient zeroed), theirs the rest
+    // one final norm over all rows: its backward comes with the last block's FFN residual backward (below)
+    const int final_norm_fused = !prefix_norm(vit, a, &pw, &pb);
+    if (!final_norm_fused) { // `norm` sees the patch rows only (the CLS and storage rows' gradient zeroed), theirs the rest
         float *dpatch_only = a->dS_a;
         be->copy(be, dpatch_only, d_xnorm, sizeof(float) * (size_t)B * T * D);
         for (int b = 0; b < B; b++) be->zero(be, dpatch_only + (size_t)b * T * D, sizeof(float) * (size_t)(1 + R) * D);
@@ -832,7 +859,7 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
         const VitBlockOffsets *o = &vit->blocks[l];
         BlockActs *k = &a->blk[l];
         // The same ops on the same inputs: bit-identical intermediates on a deterministic backend.
-        if (a->mode == VIT_ACTS_RECOMPUTE && a->work_block != l) block_forward(be, vit, P, a, l, NULL);
+        if (a->mode == VIT_ACTS_RECOMPUTE && a->work_block != l) block_forward(be, vit, P, a, l, NULL, 0, NULL);
         const int *idx1 = a->subset ? k->idx1 : NULL, *idx2 = a->subset ? k->idx2 : NULL;
         const float *ls1 = c->layerscale > 0 ? PTR(P, o->ls1) : NULL;
         const float *ls2 = c->layerscale > 0 ? PTR(P, o->ls2) : NULL;
@@ -852,7 +879,12 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
         }
         // FFN branch: dx holds d x_out; the identity path keeps it as d x_mid, the branch adds to it
         float *dbr = a->dS_a;
-        be->residual_bwd(be, dbr, ls2 ? PTR(G, o->ls2) : NULL, dx, k->fc2, ls2, idx2, S, T, D, scale);
+        if (l == c->depth - 1 && final_norm_fused) // the final norm's input gradient into dx, then the branch's
+            be->layernorm_residual_bwd(be, dx, PTR(G, vit->norm_w), PTR(G, vit->norm_b), dbr, ls2 ? PTR(G, o->ls2) : NULL,
+                                       d_xnorm, a->x_final, a->mean_f, a->rstd_f, PTR(P, vit->norm_w), NULL, B, k->fc2,
+                                       ls2, idx2, S, scale, B, T, D);
+        else
+            be->residual_bwd(be, dbr, ls2 ? PTR(G, o->ls2) : NULL, dx, k->fc2, ls2, idx2, S, T, D, scale);
         be->linear_bwd(be, a->dact, PTR(G, o->fc2_w), c->ffn_bias ? PTR(G, o->fc2_b) : NULL, dbr, k->act,
                        PTR(P, o->fc2_w), rows_s, Hf, D);
         if (c->ffn == VIT_FFN_MLP) be->gelu_bwd(be, a->dfc1, a->dact, k->fc1, (size_t)rows_s * Hf);
@@ -860,16 +892,16 @@ void vit_backward(Backend *be, const Vit *vit, const float *P, float *G, VitActs
         float *dln = a->dS_b;
         be->linear_bwd(be, dln, PTR(G, o->fc1_w), c->ffn_bias ? PTR(G, o->fc1_b) : NULL, a->dfc1, k->ln2,
                        PTR(P, o->fc1_w), rows_s, D, ffn_out);
-        branch_input_grad(be, a, dx, a->dS_a, dln, a->subset ? k->xs2 : k->x_mid, k->mean2, k->rstd2,
-                          PTR(P, o->norm2_w), PTR(G, o->norm2_w), PTR(G, o->norm2_b), idx2, D);
-
-        if (rederive) {
+        // LN2's input gradient into dx (which then holds d x_mid) and the attention branch's residual
+        // backward from it, in one op (the same bits as layernorm_bwd [+ scatter_add_rows] + residual_bwd)
+        be->layernorm_residual_bwd(be, dx, PTR(G, o->norm2_w), PTR(G, o->norm2_b), dbr, ls1 ? PTR(G, o->ls1) : NULL, dln,
+                                   a->subset ? k->xs2 : k->x_mid, k->mean2, k->rstd2, PTR(P, o->norm2_w), idx2, S,
+                                   k->proj, ls1, idx1, S, scale, B, T, D);
+        if (rederive) { // after: xs1 and xs2 share a buffer
             const float *in1 = branch_input(be, a, k->xs1, k->x_in, idx1, D);
             be->layernorm_fwd(be, k->ln1, k->mean1, k->rstd1, in1, PTR(P, o->norm1_w), PTR(P, o->norm1_b), rows_s,
                               D, LN_EPS);
         }
-        // attention branch: dx now holds d x_mid
-        be->residual_bwd(be, dbr, ls1 ? PTR(G, o->ls1) : NULL, dx, k->proj, ls1, idx1, S, T, D, scale);
         float *datt = a->dS_b;
         be->linear_bwd(be, datt, PTR(G, o->proj_w), c->proj_bias ? PTR(G, o->proj_b) : NULL, dbr, k->att,
                        PTR(P, o->proj_w), rows_s, D, D);

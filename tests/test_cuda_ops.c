@@ -1041,6 +1041,254 @@ TEST(rows_and_residual_fwd_bwd) {
     gpu_free(G);
 }
 
+// ---- residual + LayerNorm (residual_layernorm_fwd; docs/cuda-backend.md "Residual + LayerNorm") ----------
+// The fused op against the unfused sequence on the same GPU backend (copy, residual_fwd, gather_rows,
+// layernorm_fwd through the table): every output bit for bit, since the fused kernel stores bf16 at the
+// same points and its LayerNorm reads the very fp32 stream values. Then against the CPU (the same
+// composition in fp32): fp32 outputs within TOL_FP32, a bf16 LayerNorm output within its rounding (2^-9
+// relative, bound u = 2^-8 of |c| + rms). Shapes: rows and D not multiples of the kernel's 8 rows per
+// block and 32 lanes, subsets of either side, gamma NULL, in place, the final norm (all rows after a
+// subset's residual).
+typedef struct {
+    const char *name;
+    int B, T, D, n, ln_n;
+    int idx[8], ln_idx[8]; // used when use_idx / use_ln_idx
+    int use_idx, use_ln_idx, gamma, in_place, bf16;
+} ResLnCase;
+
+typedef struct {
+    float *x_out, *out, *mean, *rstd, *xs;
+} ResLnOut;
+
+static void resln_out_free(ResLnOut *o) { free(o->x_out), free(o->out), free(o->mean), free(o->rstd), free(o->xs); }
+
+// unfused: the four ops through the table instead of the fused op
+static void resln_run(Backend *be, const ResLnCase *k, const float *x_h, const float *br_h, const float *gamma_h,
+                      const float *w_h, const float *b_h, int unfused, ResLnOut *o) {
+    const size_t row = (size_t)k->T * k->D, nx = (size_t)k->B * row, nb = (size_t)k->n * row;
+    const size_t nl = (size_t)k->ln_n * row, nr = (size_t)k->ln_n * k->T;
+    const DinoDtype dt = k->bf16 ? DINO_BF16 : DINO_F32;
+    float *x_in = dual_upload(be, x_h, sizeof(float) * nx);
+    float *x_out = k->in_place ? x_in : be->alloc(be, sizeof(float) * nx);
+    float *br = be->alloc_act(be, nb, dt, NULL), *out = be->alloc_act(be, nl, dt, NULL);
+    be->to_device(be, br, br_h, sizeof(float) * nb);
+    float *gamma = k->gamma ? dual_upload(be, gamma_h, sizeof(float) * k->D) : NULL;
+    float *w = dual_upload(be, w_h, sizeof(float) * k->D), *b = dual_upload(be, b_h, sizeof(float) * k->D);
+    int *idx = k->use_idx ? dual_upload(be, k->idx, sizeof(int) * k->n) : NULL;
+    int *ln_idx = k->use_ln_idx ? dual_upload(be, k->ln_idx, sizeof(int) * k->ln_n) : NULL;
+    float *mean = be->alloc(be, sizeof(float) * nr), *rstd = be->alloc(be, sizeof(float) * nr);
+    float *xs = ln_idx ? be->alloc(be, sizeof(float) * nl) : NULL;
+    const float scale = (float)k->B / (float)k->n, eps = 1e-6f;
+    if (!unfused) {
+        be->residual_layernorm_fwd(be, x_out, out, mean, rstd, xs, x_in, br, gamma, idx, k->n, scale, w, b, ln_idx,
+                                   k->ln_n, k->B, k->T, k->D, eps);
+    } else {
+        if (x_out != x_in) be->copy(be, x_out, x_in, sizeof(float) * nx);
+        be->residual_fwd(be, x_out, br, gamma, idx, k->n, k->T, k->D, scale);
+        if (ln_idx) be->gather_rows(be, xs, x_out, ln_idx, k->ln_n, row);
+        be->layernorm_fwd(be, out, mean, rstd, ln_idx ? xs : x_out, w, b, (int)nr, k->D, eps);
+    }
+    *o = (ResLnOut){dino_malloc(sizeof(float) * nx), dino_malloc(sizeof(float) * nl), dino_malloc(sizeof(float) * nr),
+                    dino_malloc(sizeof(float) * nr), xs ? dino_malloc(sizeof(float) * nl) : NULL};
+    be->to_host(be, o->x_out, x_out, sizeof(float) * nx);
+    be->to_host(be, o->out, out, sizeof(float) * nl);
+    be->to_host(be, o->mean, mean, sizeof(float) * nr);
+    be->to_host(be, o->rstd, rstd, sizeof(float) * nr);
+    if (xs) be->to_host(be, o->xs, xs, sizeof(float) * nl);
+    void *all[] = {x_in, k->in_place ? NULL : x_out, br, out, gamma, w, b, idx, ln_idx, mean, rstd, xs};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i]) be->release(be, all[i]);
+}
+
+static void check_same_bits(const char *what, const char *part, const float *a, const float *b, size_t n) {
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof(float)) != 0 && !bad++) first = i;
+    CHECK(bad == 0, "%s %s: %zu of %zu values differ; first [%zu] %.9g vs %.9g", what, part, bad, n, first,
+          (double)a[first], (double)b[first]);
+}
+
+static void resln_same_bits(const char *what, const ResLnCase *k, const ResLnOut *a, const ResLnOut *b) {
+    const size_t row = (size_t)k->T * k->D, nr = (size_t)k->ln_n * k->T;
+    check_same_bits(what, "x_out", a->x_out, b->x_out, (size_t)k->B * row);
+    check_same_bits(what, "out", a->out, b->out, (size_t)k->ln_n * row);
+    check_same_bits(what, "mean", a->mean, b->mean, nr);
+    check_same_bits(what, "rstd", a->rstd, b->rstd, nr);
+    if (a->xs) check_same_bits(what, "xs", a->xs, b->xs, (size_t)k->ln_n * row);
+}
+
+TEST(residual_layernorm_fused_matches_unfused) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    const ResLnCase cases[] = {
+        // the student's LN2 after LN1's residual: two different subsets, bf16 branch and output
+        {"subsets idx != ln_idx, gamma, bf16", 5, 7, 100, 3, 3, {0, 2, 4}, {1, 2, 3}, 1, 1, 1, 0, 1},
+        // the teacher / no drop path: all rows, gamma NULL (no LayerScale), fp32 output
+        {"all rows, gamma NULL, fp32", 3, 11, 70, 3, 3, {0}, {0}, 0, 0, 0, 0, 0},
+        // in place, one subset for both
+        {"in place, idx == ln_idx", 6, 5, 33, 4, 4, {0, 1, 3, 5}, {0, 1, 3, 5}, 1, 1, 1, 1, 1},
+        // the final norm: every row after a subset's residual
+        {"final norm after a subset", 4, 9, 64, 3, 4, {0, 2, 3}, {0}, 1, 0, 1, 0, 0}, // scale 4/3: not exact
+        // ViT-S/14 rows at 224 px, no drop path
+        {"ViT-S rows, all", 2, 257, 384, 2, 2, {0}, {0}, 0, 0, 1, 0, 1},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const ResLnCase *k = &cases[c];
+        printf(" residual_layernorm_fwd: %s (B=%d T=%d D=%d n=%d ln_n=%d)\n", k->name, k->B, k->T, k->D, k->n, k->ln_n);
+        Rng r = rng_make(131, c, 0, 0);
+        const size_t row = (size_t)k->T * k->D, nx = (size_t)k->B * row, nb = (size_t)k->n * row;
+        float *x = dino_malloc(sizeof(float) * nx), *br = dino_malloc(sizeof(float) * nb);
+        float *gm = dino_malloc(sizeof(float) * k->D), *w = dino_malloc(sizeof(float) * k->D);
+        float *b = dino_malloc(sizeof(float) * k->D);
+        for (size_t i = 0; i < nx; i++) x[i] = 0.5f + 2 * (float)rng_normal(&r);
+        for (size_t i = 0; i < nb; i++) br[i] = bf16_round((float)rng_normal(&r)); // bf16-exact on every side
+        for (int i = 0; i < k->D; i++) {
+            gm[i] = 0.3f + 0.1f * (float)rng_normal(&r);
+            w[i] = 1 + 0.3f * (float)rng_normal(&r), b[i] = 0.3f * (float)rng_normal(&r);
+        }
+        ResLnOut fused, unfused, cpu;
+        resln_run(G, k, x, br, gm, w, b, 0, &fused);
+        resln_run(G, k, x, br, gm, w, b, 1, &unfused);
+        resln_same_bits("fused vs the unfused GPU ops", k, &fused, &unfused);
+#ifdef DINO_HAVE_CUDA
+        if (!emulating()) { // the A/B switch: the four ops behind the same table entry
+            backend_cuda_set_fuse_resln(G, 0);
+            ResLnOut off;
+            resln_run(G, k, x, br, gm, w, b, 0, &off);
+            backend_cuda_set_fuse_resln(G, 1);
+            resln_same_bits("DINO_CUDA_FUSE_RESLN=0 vs fused", k, &off, &fused);
+            resln_out_free(&off);
+        }
+#endif
+        resln_run(C, k, x, br, gm, w, b, 0, &cpu);
+        const size_t nl = (size_t)k->ln_n * row, nr = (size_t)k->ln_n * k->T;
+        check_elems("x_out", fused.x_out, cpu.x_out, NULL, nx, TOL_FP32);
+        check_elems("out", fused.out, cpu.out, NULL, nl, k->bf16 ? U_BF16 : TOL_FP32);
+        check_elems("mean", fused.mean, cpu.mean, NULL, nr, TOL_FP32);
+        check_elems("rstd", fused.rstd, cpu.rstd, NULL, nr, TOL_FP32);
+        if (k->use_ln_idx) check_elems("xs", fused.xs, cpu.xs, NULL, nl, TOL_FP32);
+        resln_out_free(&fused), resln_out_free(&unfused), resln_out_free(&cpu);
+        free(x), free(br), free(gm), free(w), free(b);
+    }
+    backend_free(C);
+    gpu_free(G);
+}
+
+// The backward counterpart (layernorm_residual_bwd) on the same cases: LayerNorm backward into the
+// stream gradient (through a zeroed scratch and a scatter-add for a row subset) then residual_bwd, against
+// those ops on the same GPU backend bit for bit (dx, dbr, and the accumulated dw, db, dgamma) and against
+// the CPU within bounds.
+typedef struct {
+    float *dx, *dw, *db, *dbr, *dgamma;
+} ResLnGrads;
+
+static void resln_grads_free(ResLnGrads *o) { free(o->dx), free(o->dw), free(o->db), free(o->dbr), free(o->dgamma); }
+
+static void resln_bwd_run(Backend *be, const ResLnCase *k, float *const *in_h, int unfused, ResLnGrads *o) {
+    // in_h: dx, dout, x_ln, mean, rstd, w, dw, db, br, gamma, dgamma (host)
+    const size_t row = (size_t)k->T * k->D, nx = (size_t)k->B * row, nb = (size_t)k->n * row;
+    const size_t nl = (size_t)k->ln_n * row, nr = (size_t)k->ln_n * k->T, D = (size_t)k->D;
+    const DinoDtype dt = k->bf16 ? DINO_BF16 : DINO_F32;
+    float *dx = dual_upload(be, in_h[0], sizeof(float) * nx);
+    float *dout = be->alloc_act(be, nl, dt, NULL), *br = be->alloc_act(be, nb, dt, NULL);
+    float *dbr = be->alloc_act(be, nb, dt, NULL);
+    be->to_device(be, dout, in_h[1], sizeof(float) * nl), be->to_device(be, br, in_h[8], sizeof(float) * nb);
+    float *x_ln = dual_upload(be, in_h[2], sizeof(float) * nl), *mean = dual_upload(be, in_h[3], sizeof(float) * nr);
+    float *rstd = dual_upload(be, in_h[4], sizeof(float) * nr), *w = dual_upload(be, in_h[5], sizeof(float) * D);
+    float *dw = dual_upload(be, in_h[6], sizeof(float) * D), *db = dual_upload(be, in_h[7], sizeof(float) * D);
+    float *gamma = k->gamma ? dual_upload(be, in_h[9], sizeof(float) * D) : NULL;
+    float *dgamma = k->gamma ? dual_upload(be, in_h[10], sizeof(float) * D) : NULL;
+    int *idx = k->use_idx ? dual_upload(be, k->idx, sizeof(int) * k->n) : NULL;
+    int *ln_idx = k->use_ln_idx ? dual_upload(be, k->ln_idx, sizeof(int) * k->ln_n) : NULL;
+    const float scale = (float)k->B / (float)k->n;
+    if (!unfused) {
+        be->layernorm_residual_bwd(be, dx, dw, db, dbr, dgamma, dout, x_ln, mean, rstd, w, ln_idx, k->ln_n, br, gamma,
+                                   idx, k->n, scale, k->B, k->T, k->D);
+    } else {
+        if (ln_idx) { // as the ViT did: a zeroed scratch, then scatter-added
+            float *scratch = be->alloc(be, sizeof(float) * nl);
+            be->layernorm_bwd(be, scratch, dw, db, dout, x_ln, mean, rstd, w, (int)nr, k->D);
+            be->scatter_add_rows(be, dx, scratch, ln_idx, k->ln_n, row);
+            be->release(be, scratch);
+        } else {
+            be->layernorm_bwd(be, dx, dw, db, dout, x_ln, mean, rstd, w, (int)nr, k->D);
+        }
+        be->residual_bwd(be, dbr, dgamma, dx, br, gamma, idx, k->n, k->T, k->D, scale);
+    }
+    *o = (ResLnGrads){dino_malloc(sizeof(float) * nx), dino_malloc(sizeof(float) * D), dino_malloc(sizeof(float) * D),
+                      dino_malloc(sizeof(float) * nb), k->gamma ? dino_malloc(sizeof(float) * D) : NULL};
+    be->to_host(be, o->dx, dx, sizeof(float) * nx);
+    be->to_host(be, o->dw, dw, sizeof(float) * D), be->to_host(be, o->db, db, sizeof(float) * D);
+    be->to_host(be, o->dbr, dbr, sizeof(float) * nb);
+    if (dgamma) be->to_host(be, o->dgamma, dgamma, sizeof(float) * D);
+    void *all[] = {dx, dout, br, dbr, x_ln, mean, rstd, w, dw, db, gamma, dgamma, idx, ln_idx};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i]) be->release(be, all[i]);
+}
+
+static void resln_grads_same_bits(const char *what, const ResLnCase *k, const ResLnGrads *a, const ResLnGrads *b) {
+    check_same_bits(what, "dx", a->dx, b->dx, (size_t)k->B * k->T * k->D);
+    check_same_bits(what, "dw", a->dw, b->dw, k->D);
+    check_same_bits(what, "db", a->db, b->db, k->D);
+    check_same_bits(what, "dbr", a->dbr, b->dbr, (size_t)k->n * k->T * k->D);
+    if (a->dgamma) check_same_bits(what, "dgamma", a->dgamma, b->dgamma, k->D);
+}
+
+TEST(layernorm_residual_bwd_fused_matches_unfused) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    const ResLnCase cases[] = {
+        {"subsets idx != ln_idx, gamma, bf16", 5, 7, 100, 3, 3, {0, 2, 4}, {1, 2, 3}, 1, 1, 1, 0, 1},
+        {"all rows, gamma NULL, fp32", 3, 11, 70, 3, 3, {0}, {0}, 0, 0, 0, 0, 0},
+        {"one subset for both", 6, 5, 33, 4, 4, {0, 1, 3, 5}, {0, 1, 3, 5}, 1, 1, 1, 0, 1},
+        {"all LayerNorm rows, residual subset", 4, 9, 64, 3, 4, {0, 2, 3}, {0}, 1, 0, 1, 0, 0}, // scale 4/3
+        {"ViT-S rows, all", 2, 257, 384, 2, 2, {0}, {0}, 0, 0, 1, 0, 1},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const ResLnCase *k = &cases[c];
+        printf(" layernorm_residual_bwd: %s (B=%d T=%d D=%d n=%d ln_n=%d)\n", k->name, k->B, k->T, k->D, k->n, k->ln_n);
+        Rng r = rng_make(137, c, 0, 0);
+        const size_t row = (size_t)k->T * k->D, nx = (size_t)k->B * row, nb = (size_t)k->n * row;
+        const size_t nl = (size_t)k->ln_n * row, nr = (size_t)k->ln_n * k->T;
+        const size_t sizes[11] = {nx, nl, nl, nr, nr, k->D, k->D, k->D, nb, k->D, k->D};
+        float *in[11];
+        for (int i = 0; i < 11; i++) {
+            in[i] = dino_malloc(sizeof(float) * sizes[i]);
+            for (size_t j = 0; j < sizes[i]; j++) {
+                float v = (float)rng_normal(&r);
+                if (i == 1 || i == 8) v = bf16_round(v);                    // dout, br: bf16-exact everywhere
+                if (i == 2) v = 0.5f + 2 * v;                               // x_ln
+                if (i == 3) v = 0.5f + 0.1f * v;                            // mean
+                if (i == 4) v = 0.8f + 0.1f * fabsf(v);                     // rstd
+                if (i == 5 || i == 9) v = (i == 5 ? 1 : 0.3f) + 0.3f * v;   // w, gamma
+                in[i][j] = v;
+            }
+        }
+        ResLnGrads fused, unfused, cpu;
+        resln_bwd_run(G, k, in, 0, &fused);
+        resln_bwd_run(G, k, in, 1, &unfused);
+        resln_grads_same_bits("fused vs the unfused GPU ops", k, &fused, &unfused);
+#ifdef DINO_HAVE_CUDA
+        if (!emulating()) {
+            backend_cuda_set_fuse_resln(G, 0);
+            ResLnGrads off;
+            resln_bwd_run(G, k, in, 0, &off);
+            backend_cuda_set_fuse_resln(G, 1);
+            resln_grads_same_bits("DINO_CUDA_FUSE_RESLN=0 vs fused", k, &off, &fused);
+            resln_grads_free(&off);
+        }
+#endif
+        resln_bwd_run(C, k, in, 0, &cpu);
+        check_elems("dx (+=)", fused.dx, cpu.dx, NULL, nx, TOL_FP32);
+        check_elems("dw (+=)", fused.dw, cpu.dw, NULL, k->D, TOL_FP32);
+        check_elems("db (+=)", fused.db, cpu.db, NULL, k->D, TOL_FP32);
+        check_elems("dbr", fused.dbr, cpu.dbr, NULL, nb, k->bf16 ? U_BF16 : TOL_FP32);
+        if (k->gamma) check_elems("dgamma (+=)", fused.dgamma, cpu.dgamma, NULL, k->D, TOL_FP32);
+        resln_grads_free(&fused), resln_grads_free(&unfused), resln_grads_free(&cpu);
+        for (int i = 0; i < 11; i++) free(in[i]);
+    }
+    backend_free(C);
+    gpu_free(G);
+}
+
 // ---- elementwise and reductions -------------------------------------------------------------------
 
 TEST(axpy_scale_sum_squares) {
@@ -1266,6 +1514,21 @@ static void vit_parity_vs(const char *ffn, int registers, float drop, int fp32, 
     vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, VIT_ACTS_RECOMPUTE, xn_g2, Gg2);
     CHECK(memcmp(Gg, Gg2, sizeof(float) * tab.total) == 0, "CUDA ViT gradients change with recomputation");
     CHECK(memcmp(xn_g[1], xn_g2[1], sizeof(float) * nx[1]) == 0, "CUDA ViT outputs change with recomputation");
+#ifdef DINO_HAVE_CUDA
+    // residual + LayerNorm as one kernel (default) or the unfused ops (DINO_CUDA_FUSE_RESLN=0): the same bits,
+    // forward and backward, with drop path (two subsets per block; the path without, the teacher's, in the
+    // SSL steps below), the DINOv3 prefix norms too
+    if (!emulating() && !fp32 && !vs_emulation && drop > 0) {
+        backend_cuda_set_fuse_resln(G, 0);
+        vit_run(G, &vit, tab.total, P, B, crop, img, dxn, mask, subsets, VIT_ACTS_STORE_ALL, xn_g2, Gg2);
+        backend_cuda_set_fuse_resln(G, 1);
+        CHECK(memcmp(Gg, Gg2, sizeof(float) * tab.total) == 0, "CUDA ViT gradients: fused residual + LayerNorm != unfused");
+        for (int g = 0; g < 2; g++)
+            CHECK(memcmp(xn_g[g], xn_g2[g], sizeof(float) * nx[g]) == 0,
+                  "CUDA ViT outputs (group %d): fused residual + LayerNorm != unfused", g);
+        printf("  residual + LayerNorm fused = unfused, bit for bit (outputs and gradients)\n");
+    }
+#endif
     for (int g = 0; g < 2; g++) {
         free(img[g]), free(dxn[g]), free(xn_c[g]), free(xn_g[g]), free(xn_g2[g]), free(mask[g]), free(subsets[g]);
     }
@@ -1413,6 +1676,20 @@ TEST(bf16_activation_ops_match_cpu_emulation) {
     g = pair_gpu_result(G, &dgam);
     check_elems("residual_bwd.dgamma (bf16 branch)", g, dgam.c, NULL, dgam.n, TOL_FP32);
     free(g);
+    // residual + LayerNorm in one op: a bf16 branch into the fp32 stream, the LayerNorm stored in bf16; its
+    // backward from a bf16 dout into a bf16 branch gradient
+    Pair xo = pair_new(C, G, xs.n, 0, 0, &r, 0);
+    C->residual_layernorm_fwd(C, xo.c, dx.c, mean.c, rstd.c, NULL, xs.c, dln.c, gam.c, NULL, B, 1.5f, lw.c, lb.c, NULL,
+                              B, B, T, D, 1e-6f);
+    G->residual_layernorm_fwd(G, xo.g, dx.g, mean.g, rstd.g, NULL, xs.g, dln.g, gam.g, NULL, B, 1.5f, lw.g, lb.g, NULL,
+                              B, B, T, D, 1e-6f);
+    check_act("residual_layernorm_fwd.out", C, G, &dx);
+    C->layernorm_residual_bwd(C, dxs.c, dlw.c, dlb.c, dx.c, dgam.c, dln.c, xo.c, mean.c, rstd.c, lw.c, NULL, B, dln.c,
+                              gam.c, NULL, B, 1.5f, B, T, D);
+    G->layernorm_residual_bwd(G, dxs.g, dlw.g, dlb.g, dx.g, dgam.g, dln.g, xo.g, mean.g, rstd.g, lw.g, NULL, B, dln.g,
+                              gam.g, NULL, B, 1.5f, B, T, D);
+    check_act("layernorm_residual_bwd.dbr", C, G, &dx);
+    pair_free(C, G, &xo);
     // attention and RoPE on a bf16 qkv
     ActPair qkv = act_pair(C, G, (size_t)rows * 3 * D, 1.0f, &r), dqkv = act_pair(C, G, (size_t)rows * 3 * D, 0, &r);
     ActPair att = act_pair(C, G, (size_t)rows * D, 0, &r);
@@ -2102,6 +2379,21 @@ static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, 
               memcmp(rs.teacher, rg.teacher, sizeof(float) * tab.total) == 0,
           "staged + recomputed GPU steps: the parameters changed");
     free(rs.student), free(rs.teacher);
+#ifdef DINO_HAVE_CUDA
+    // residual + LayerNorm as one kernel (default) or the unfused ops (DINO_CUDA_FUSE_RESLN=0): two whole
+    // steps (student with drop path, teacher without) give the same bits
+    if (!emulating() && !fp32 && !vs_emulation && centering == CENTERING_SOFTMAX) {
+        backend_cuda_set_fuse_resln(G, 0);
+        ssl_parity_run(G, &cfg, gcrops, lcrops, gram_crops, masks, NULL, &rs);
+        backend_cuda_set_fuse_resln(G, 1);
+        CHECK(memcmp(rs.loss, rg.loss, sizeof rs.loss) == 0, "unfused residual + LayerNorm: the losses changed");
+        CHECK(memcmp(rs.student, rg.student, sizeof(float) * tab.total) == 0 &&
+                  memcmp(rs.teacher, rg.teacher, sizeof(float) * tab.total) == 0,
+              "unfused residual + LayerNorm: the parameters changed");
+        printf("  two steps with residual + LayerNorm fused = unfused, bit for bit\n");
+        free(rs.student), free(rs.teacher);
+    }
+#endif
 #ifdef DINO_CUDAEMU
     // the same staged steps with the layer running blocks, threads and streams in other orders
     setenv("CUDAEMU_ORDER", "reverse", 1), setenv("CUDAEMU_STREAMS", "random", 1);

@@ -172,11 +172,14 @@ TEST(counted_flops_equal_vit_flops) {
                 if (plan)
                     CHECK(t[ROP_ATTENTION_FWD].kernels[ROOF_CURRENT] == t[ROP_ATTENTION_FWD].calls, "flash kernels %.0f",
                           t[ROP_ATTENTION_FWD].kernels[ROOF_CURRENT]);
-                // on the cpu (fp32 storage, probabilities saved) the current layout is session 3's, byte for byte
+                // on the cpu (fp32 storage, probabilities saved) the current layout is session 3's, byte for byte,
+                // but for the residual + LayerNorm fusion (one kernel on fp32 buffers too)
                 if (!plan)
                     for (int i = 0; i < ROP_COUNT; i++)
-                        CHECK(t[i].bytes[ROOF_CURRENT] == t[i].bytes[ROOF_SESSION3], "%s: cpu current %.0f bytes, session-3 %.0f",
-                              roof_op_name((RoofOp)i), t[i].bytes[ROOF_CURRENT], t[i].bytes[ROOF_SESSION3]);
+                        if (i != ROP_RESIDUAL_LAYERNORM_FWD && i != ROP_LAYERNORM_RESIDUAL_BWD)
+                            CHECK(t[i].bytes[ROOF_CURRENT] == t[i].bytes[ROOF_SESSION3],
+                                  "%s: cpu current %.0f bytes, session-3 %.0f", roof_op_name((RoofOp)i),
+                                  t[i].bytes[ROOF_CURRENT], t[i].bytes[ROOF_SESSION3]);
                 vit_free(&vit);
                 backend_free(be);
             }
@@ -245,8 +248,8 @@ TEST(bf16_linear_counts_bf16_operands) {
 }
 
 // Calls per op for forward + backward with stored activations (L blocks, MLP, no drop path): what the
-// ViT's structure gives, and the target's fusions (copies into the stream absorbed by the residual op,
-// GELU in fc1's epilogue, LayerNorm after a residual), by family too.
+// ViT's structure gives, and the target's fusions (GELU in fc1's epilogue; the residual + LayerNorm op),
+// by family too.
 TEST(call_counts_and_fusions) {
     const int L = 3, B = 2, crop = 16, D = 16, T = 17;
     VitConfig cfg = small_vit("mlp", 0, 0.0, L);
@@ -260,19 +263,45 @@ TEST(call_counts_and_fusions) {
         // fc1 + GELU is one op (linear_gelu_fwd); backward re-derives the GELU alone from the stored fc1
         {ROP_LINEAR_FWD, 3 * L + 1}, {ROP_LINEAR_GELU_FWD, L}, {ROP_LINEAR_BWD, 4 * L + 1}, {ROP_ATTENTION_FWD, L},
         {ROP_ATTENTION_BWD, L},
-        // forward: two per block and the final norm; backward re-derives both of each block's
-        {ROP_LAYERNORM_FWD, 4 * L + 1}, {ROP_LAYERNORM_BWD, 2 * L + 1},
-        {ROP_GELU_FWD, L}, {ROP_GELU_BWD, L}, {ROP_RESIDUAL_FWD, 2 * L}, {ROP_RESIDUAL_BWD, 2 * L},
-        {ROP_COPY, 2 * L}, {ROP_IM2COL, 1}, {ROP_TOKENS_FWD, 1}, {ROP_TOKENS_BWD, 1}, {ROP_GATHER_ROWS, 0},
+        // forward: block 0's LN1 alone, every other LayerNorm (the final norm too) fused with the residual
+        // before it; backward re-derives both of each block's, and fuses LN2's backward with the attention
+        // branch's residual backward, the final norm's with the last block's FFN residual backward
+        {ROP_LAYERNORM_FWD, 2 * L + 1}, {ROP_RESIDUAL_LAYERNORM_FWD, 2 * L}, {ROP_LAYERNORM_BWD, L},
+        {ROP_LAYERNORM_RESIDUAL_BWD, L + 1}, {ROP_GELU_FWD, L}, {ROP_GELU_BWD, L}, {ROP_RESIDUAL_FWD, 0},
+        {ROP_RESIDUAL_BWD, L - 1},
+        {ROP_COPY, 0}, {ROP_IM2COL, 1}, {ROP_TOKENS_FWD, 1}, {ROP_TOKENS_BWD, 1}, {ROP_GATHER_ROWS, 0},
         {ROP_ADAMW, 0}, {ROP_SOFTMAX_CE, 0},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         CHECK(t[want[i].op].calls == want[i].calls, "%s: %ld calls, expected %ld", roof_op_name(want[i].op),
               t[want[i].op].calls, want[i].calls);
-    // current: each stream copy moves B T D floats twice; target: all absorbed
-    CHECK(t[ROP_COPY].bytes[ROOF_CURRENT] == 2.0 * L * 2 * 4 * B * T * D, "copy bytes %.0f", t[ROP_COPY].bytes[ROOF_CURRENT]);
-    CHECK(t[ROP_COPY].bytes[ROOF_TARGET] == 0 && t[ROP_COPY].kernels[ROOF_TARGET] == 0, "copies not absorbed: %.0f bytes",
-          t[ROP_COPY].bytes[ROOF_TARGET]);
+    // residual + LayerNorm: session 3 counts the four ops it replaces (the stream copy 8, the residual 12, the
+    // LayerNorm 8 bytes per element, stats and parameters; 3 kernels); now (fp32 buffers here) one kernel
+    // reading x and the branch, writing x and the LayerNorm output (16 bytes per element); the target the
+    // same with a bf16 branch and output (12 bytes per element)
+    const double e = (double)B * T * D, calls = 2.0 * L, small = 8.0 * B * T + 8.0 * D;
+    const RoofTally *f = &t[ROP_RESIDUAL_LAYERNORM_FWD];
+    CHECK(f->bytes[ROOF_SESSION3] == calls * (28 * e + small) && f->kernels[ROOF_SESSION3] == 3 * calls,
+          "residual + LayerNorm session 3: %.0f bytes, %.0f kernels", f->bytes[ROOF_SESSION3], f->kernels[ROOF_SESSION3]);
+    CHECK(f->bytes[ROOF_CURRENT] == calls * (16 * e + small) && f->kernels[ROOF_CURRENT] == calls,
+          "residual + LayerNorm current: %.0f bytes, %.0f kernels", f->bytes[ROOF_CURRENT], f->kernels[ROOF_CURRENT]);
+    CHECK(f->bytes[ROOF_TARGET] == calls * (12 * e + small) && f->kernels[ROOF_TARGET] == calls,
+          "residual + LayerNorm target: %.0f bytes, %.0f kernels", f->bytes[ROOF_TARGET], f->kernels[ROOF_TARGET]);
+    // backward: session 3 as layernorm_bwd + residual_bwd; now and target one pass (12 B + dout's element per
+    // element of the LayerNorm rows, dbr's element) plus the five column-sum kernels of dw, db, dgamma (dout
+    // and x, dout, dx and br)
+    const RoofTally *bw = &t[ROP_LAYERNORM_RESIDUAL_BWD];
+    const RoofCost lnb = roof_layernorm_bwd(ROOF_SESSION3, B * T, D, 4),
+                   rb = roof_residual_bwd(ROOF_SESSION3, B, T, D, 1, 4, 4);
+    CHECK(bw->bytes[ROOF_SESSION3] == (L + 1) * (lnb.bytes + rb.bytes) && bw->kernels[ROOF_SESSION3] == (L + 1) * 8.0,
+          "LayerNorm + residual backward session 3: %.0f bytes, %.0f kernels", bw->bytes[ROOF_SESSION3],
+          bw->kernels[ROOF_SESSION3]);
+    CHECK(bw->bytes[ROOF_CURRENT] == (L + 1) * (20 * e + 8.0 * B * T + 20 * e + 16.0 * D) &&
+              bw->kernels[ROOF_CURRENT] == 7.0 * (L + 1),
+          "LayerNorm + residual backward current: %.0f bytes, %.0f kernels", bw->bytes[ROOF_CURRENT], bw->kernels[ROOF_CURRENT]);
+    CHECK(bw->bytes[ROOF_TARGET] == (L + 1) * (16 * e + 8.0 * B * T + 8 * e + 6 * e + 16.0 * D) &&
+              bw->kernels[ROOF_TARGET] == 7.0 * (L + 1),
+          "LayerNorm + residual backward target: %.0f bytes, %.0f kernels", bw->bytes[ROOF_TARGET], bw->kernels[ROOF_TARGET]);
     // GELU: the L forward ones fused with fc1 (the GEMM and one epilogue pass: 2 kernels each in both layouts,
     // the target's bytes: bf16 operands, the fp32 accumulator written and read once, pre and act written in
     // bf16), the L re-derived ones launch alone
@@ -298,7 +327,7 @@ TEST(call_counts_and_fusions) {
     // LayerNorm forward: all but block 0's first (after the tokens) fused after a residual; re-derived ones launch
     CHECK(t[ROP_LAYERNORM_FWD].kernels[ROOF_TARGET] == 1 + 2 * L, "LayerNorm target kernels %.0f",
           t[ROP_LAYERNORM_FWD].kernels[ROOF_TARGET]);
-    CHECK(t[ROP_LAYERNORM_FWD].kernels[ROOF_CURRENT] == 4 * L + 1, "LayerNorm current kernels");
+    CHECK(t[ROP_LAYERNORM_FWD].kernels[ROOF_CURRENT] == 2 * L + 1, "LayerNorm current kernels");
     RoofTally fam[RF_COUNT];
     roof_family_totals(t, fam);
     CHECK(fam[RF_GEMM].calls == 8 * L + 2, "GEMM family %ld calls", fam[RF_GEMM].calls);
@@ -306,25 +335,34 @@ TEST(call_counts_and_fusions) {
     CHECK(fam[RF_ATTENTION].calls == 2 * L && fam[RF_ACTIVATION].calls == 2 * L, "attention/activation family calls");
     CHECK(fam[RF_OPTIMIZER].calls == 0 && fam[RF_HEAD_LOSS].calls == 0, "no optimizer or head ops in a ViT pass");
     double sum = 0;
-    for (int f = 0; f < RF_COUNT; f++) sum += fam[f].pred_s[ROOF_CURRENT];
+    for (int k = 0; k < RF_COUNT; k++) sum += fam[k].pred_s[ROOF_CURRENT];
     CHECK(sum > 0 && roof_step_s(fam, ROOF_CURRENT) == sum - fam[RF_UPLOAD].pred_s[ROOF_CURRENT], "step time");
     CHECK(roof_step_s(fam, ROOF_TARGET) < roof_step_s(fam, ROOF_CURRENT), "the target is not faster");
     vit_free(&vit);
     backend_free(be);
 }
 
-// With stochastic depth the forward gathers the kept rows of the stream right after the residual
-// update: the target's fused residual + LayerNorm absorbs those gathers (all but block 0's first).
+// With stochastic depth the residual + LayerNorm op gathers the kept rows of the next sublayer itself: the
+// only gather left in the forward is block 0's LN1 input. The dropped images' rows are copied by the
+// fused kernel (8 bytes per element), the kept ones updated (10), the gathered copy written (4).
 TEST(drop_path_gathers_fused) {
-    const int L = 3;
+    const int L = 3, B = 4, crop = 16, D = 16, T = 17;
     VitConfig cfg = small_vit("mlp", 0, 0.5, L);
     Vit vit;
-    Backend *be = count_vit(&cfg, 4, 16, 0, 1, &vit);
+    Backend *be = count_vit(&cfg, B, crop, 0, 1, &vit);
     const RoofTally *t = backend_timed_tally(be);
-    CHECK(t[ROP_GATHER_ROWS].calls == 2 * L, "%ld gathers", t[ROP_GATHER_ROWS].calls);
-    CHECK(t[ROP_GATHER_ROWS].kernels[ROOF_TARGET] == 1, "target gathers launched: %.0f", t[ROP_GATHER_ROWS].kernels[ROOF_TARGET]);
-    CHECK(t[ROP_LAYERNORM_FWD].kernels[ROOF_TARGET] == 1, "target LayerNorms launched: %.0f",
-          t[ROP_LAYERNORM_FWD].kernels[ROOF_TARGET]);
+    CHECK(t[ROP_GATHER_ROWS].calls == 1, "%ld gathers", t[ROP_GATHER_ROWS].calls);
+    CHECK(t[ROP_LAYERNORM_FWD].calls == 1, "%ld LayerNorms", t[ROP_LAYERNORM_FWD].calls);
+    const RoofTally *f = &t[ROP_RESIDUAL_LAYERNORM_FWD];
+    CHECK(f->calls == 2 * L, "%ld residual + LayerNorm calls", f->calls);
+    const int S = vit_drop_subset_size(&vit, B);
+    const double row = (double)T * D, stream = 10.0 * S * row + 8.0 * (B - S) * row;
+    // 2L - 1 calls normalize a subset (gathered), the last the final norm of all rows
+    const double want = (2 * L - 1) * (stream + 6.0 * S * row + 8.0 * S * T + 8 * D) + stream + 2.0 * B * row +
+                        8.0 * B * T + 8 * D;
+    CHECK(S == 2 && f->bytes[ROOF_TARGET] == want, "residual + LayerNorm target %.0f bytes, expected %.0f (S=%d)",
+          f->bytes[ROOF_TARGET], want, S);
+    CHECK(f->kernels[ROOF_TARGET] == 2 * L, "target kernels %.0f", f->kernels[ROOF_TARGET]);
     vit_free(&vit);
     backend_free(be);
 }

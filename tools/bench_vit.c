@@ -21,11 +21,12 @@
 
 static Backend *inner;
 enum { P_GEMM, P_LIN_F, P_LIN_B, P_LN_F, P_LN_B, P_GELU_F, P_GELU_B, P_SWIGLU_F, P_SWIGLU_B, P_ATT_F, P_ATT_B,
-       P_IM2COL, P_TOK_F, P_TOK_B, P_GATHER, P_RES_F, P_RES_B, P_SCATTER, P_COPY, P_ZERO, P_AXPY, P_N };
+       P_IM2COL, P_TOK_F, P_TOK_B, P_GATHER, P_RES_F, P_RES_B, P_RES_LN_F, P_SCATTER, P_COPY, P_ZERO, P_AXPY, P_N };
 static const char *prof_names[P_N] = {"gemm", "linear_fwd", "linear_bwd", "layernorm_fwd", "layernorm_bwd",
                                       "gelu_fwd", "gelu_bwd", "swiglu_fwd", "swiglu_bwd", "attention_fwd",
                                       "attention_bwd", "im2col", "tokens_fwd", "tokens_bwd", "gather_rows",
-                                      "residual_fwd", "residual_bwd", "scatter_add_rows", "copy", "zero", "axpy"};
+                                      "residual_fwd", "residual_bwd", "residual_layernorm_fwd", "scatter_add_rows", "copy",
+                                      "zero", "axpy"};
 static double prof_s[P_N];
 static int prof_calls[P_N];
 
@@ -98,6 +99,12 @@ static void p_res_b(Backend *be, float *dbr, float *dg, const float *dx, const f
                     const int *idx, int n, int T, int D, float sc) {
     TIMED(P_RES_B, inner->residual_bwd(inner, dbr, dg, dx, br, g, idx, n, T, D, sc));
 }
+static void p_res_ln_f(Backend *be, float *xo, float *out, float *mean, float *rstd, float *xs, const float *xi,
+                      const float *br, const float *g, const int *idx, int n, float sc, const float *w, const float *b,
+                      const int *ln_idx, int ln_n, int B, int T, int D, float eps) {
+    TIMED(P_RES_LN_F, inner->residual_layernorm_fwd(inner, xo, out, mean, rstd, xs, xi, br, g, idx, n, sc, w, b, ln_idx,
+                                                    ln_n, B, T, D, eps));
+}
 static void p_scatter(Backend *be, float *x, const float *in, const int *idx, int n, size_t len) {
     TIMED(P_SCATTER, inner->scatter_add_rows(inner, x, in, idx, n, len));
 }
@@ -114,6 +121,7 @@ static Backend *profiling_backend(Backend *be) {
     p->swiglu_bwd = p_swiglu_b, p->attention_saved_floats = p_att_saved, p->attention_fwd = p_att_f;
     p->attention_bwd = p_att_b, p->im2col = p_im2col, p->tokens_fwd = p_tok_f, p->tokens_bwd = p_tok_b;
     p->gather_rows = p_gather, p->residual_fwd = p_res_f, p->residual_bwd = p_res_b, p->scatter_add_rows = p_scatter;
+    p->residual_layernorm_fwd = p_res_ln_f;
     p->copy = p_copy, p->zero = p_zero, p->axpy = p_axpy;
     return p;
 }

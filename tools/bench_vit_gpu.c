@@ -151,6 +151,13 @@ static void p_res_bwd(Backend *be, float *dbr, float *dg, const float *dx, const
                       const int *idx, int n, int T, int D, float sc) {
     PROF_CALL("residual_bwd", 0, prof_inner->residual_bwd(prof_inner, dbr, dg, dx, br, g, idx, n, T, D, sc));
 }
+static void p_res_ln_fwd(Backend *be, float *xo, float *out, float *mean, float *rstd, float *xs, const float *xi,
+                         const float *br, const float *g, const int *idx, int n, float sc, const float *w,
+                         const float *b, const int *ln_idx, int ln_n, int B, int T, int D, float eps) {
+    PROF_CALL("residual_layernorm_fwd", 0,
+              prof_inner->residual_layernorm_fwd(prof_inner, xo, out, mean, rstd, xs, xi, br, g, idx, n, sc, w, b, ln_idx,
+                                                 ln_n, B, T, D, eps));
+}
 static void p_scatter(Backend *be, float *x, const float *in, const int *idx, int n, size_t len) {
     PROF_CALL("scatter_add_rows", 0, prof_inner->scatter_add_rows(prof_inner, x, in, idx, n, len));
 }
@@ -167,6 +174,7 @@ static Backend *profiling_backend(Backend *inner) {
     p->swiglu_bwd = p_swiglu_bwd, p->attention_fwd = p_att_fwd, p->attention_bwd = p_att_bwd, p->im2col = p_im2col;
     p->tokens_fwd = p_tokens_fwd, p->tokens_bwd = p_tokens_bwd, p->gather_rows = p_gather;
     p->residual_fwd = p_res_fwd, p->residual_bwd = p_res_bwd, p->scatter_add_rows = p_scatter, p->axpy = p_axpy;
+    p->residual_layernorm_fwd = p_res_ln_fwd;
     return p;
 }
 

@@ -74,6 +74,8 @@ Backend *backend_cpu_new(void) {
     be->gather_rows = cpu_gather_rows;
     be->residual_fwd = cpu_residual_fwd;
     be->residual_bwd = cpu_residual_bwd;
+    be->residual_layernorm_fwd = cpu_residual_layernorm_fwd;
+    be->layernorm_residual_bwd = cpu_layernorm_residual_bwd;
     be->scatter_add_rows = cpu_scatter_add_rows;
     be->axpy = cpu_axpy;
     be->scale = cpu_scale;

@@ -139,6 +139,22 @@ static void e_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *
     IN(be)->residual_bwd(IN(be), dbr, dgamma, dx, br, gamma, idx, n, T, D, scale);
     round_if_bf16(be, dbr, (size_t)n * T * D);
 }
+static void e_residual_layernorm_fwd(Backend *be, float *x_out, float *out, float *mean, float *rstd, float *xs,
+                                     const float *x_in, const float *br, const float *gamma, const int *idx, int n,
+                                     float scale, const float *w, const float *b, const int *ln_idx, int ln_n, int B,
+                                     int T, int D, float eps) {
+    IN(be)->residual_layernorm_fwd(IN(be), x_out, out, mean, rstd, xs, x_in, br, gamma, idx, n, scale, w, b, ln_idx,
+                                   ln_n, B, T, D, eps);
+    round_if_bf16(be, out, (size_t)ln_n * T * D); // the stream and xs are fp32: only the LayerNorm's output
+}
+static void e_layernorm_residual_bwd(Backend *be, float *dx, float *dw, float *db, float *dbr, float *dgamma,
+                                     const float *dout, const float *x_ln, const float *mean, const float *rstd,
+                                     const float *w, const int *ln_idx, int ln_n, const float *br, const float *gamma,
+                                     const int *idx, int n, float scale, int B, int T, int D) {
+    IN(be)->layernorm_residual_bwd(IN(be), dx, dw, db, dbr, dgamma, dout, x_ln, mean, rstd, w, ln_idx, ln_n, br, gamma,
+                                   idx, n, scale, B, T, D);
+    round_if_bf16(be, dbr, (size_t)n * T * D); // as residual_bwd: the branch gradient, nothing else
+}
 static void e_destroy(Backend *be) {
     Bf16Emu *e = EMU(be);
     Backend inner = e->inner;
@@ -160,6 +176,8 @@ Backend *backend_cpu_emulate_bf16(Backend *be) {
     be->gelu_fwd = e_gelu_fwd, be->gelu_bwd = e_gelu_bwd, be->swiglu_fwd = e_swiglu_fwd, be->swiglu_bwd = e_swiglu_bwd;
     be->attention_fwd = e_attention_fwd, be->attention_bwd = e_attention_bwd;
     be->rope_fwd = e_rope_fwd, be->rope_bwd = e_rope_bwd, be->residual_bwd = e_residual_bwd;
+    be->residual_layernorm_fwd = e_residual_layernorm_fwd;
+    be->layernorm_residual_bwd = e_layernorm_residual_bwd;
     be->destroy = e_destroy;
     return be;
 }

@@ -43,6 +43,15 @@ void cpu_residual_fwd(Backend *be, float *x, const float *br, const float *gamma
 void cpu_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *dx, const float *br, const float *gamma,
                       const int *idx, int n, int T, int D, float scale);
 void cpu_scatter_add_rows(Backend *be, float *x, const float *in, const int *idx, int n, size_t len);
+// residual_norm.c
+void cpu_residual_layernorm_fwd(Backend *be, float *x_out, float *out, float *mean, float *rstd, float *xs,
+                                const float *x_in, const float *br, const float *gamma, const int *idx, int n,
+                                float scale, const float *w, const float *b, const int *ln_idx, int ln_n, int B,
+                                int T, int D, float eps);
+void cpu_layernorm_residual_bwd(Backend *be, float *dx, float *dw, float *db, float *dbr, float *dgamma,
+                                const float *dout, const float *x_ln, const float *mean, const float *rstd,
+                                const float *w, const int *ln_idx, int ln_n, const float *br, const float *gamma,
+                                const int *idx, int n, float scale, int B, int T, int D);
 // elementwise.c
 void cpu_axpy(Backend *be, float *y, float alpha, const float *x, size_t n);
 void cpu_scale(Backend *be, float *x, float alpha, size_t n);

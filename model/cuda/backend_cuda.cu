@@ -414,6 +414,8 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     const char *wc_env = getenv("DINO_CUDA_WEIGHT_COPY"), *wcc_env = getenv("DINO_CUDA_WEIGHT_COPY_CHECK");
     c->weight_copy = !(wc_env && strcmp(wc_env, "0") == 0);
     c->weight_copy_check = wcc_env && strcmp(wcc_env, "1") == 0;
+    const char *resln_env = getenv("DINO_CUDA_FUSE_RESLN"); // 0: residual + LayerNorm as four ops (the A/B)
+    c->fuse_resln = !(resln_env && strcmp(resln_env, "0") == 0);
 
     Backend *be = (Backend *)dino_calloc(1, sizeof *be);
     be->name = "cuda";
@@ -454,6 +456,8 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->gather_rows = cuda_gather_rows;
     be->residual_fwd = cuda_residual_fwd;
     be->residual_bwd = cuda_residual_bwd;
+    be->residual_layernorm_fwd = cuda_residual_layernorm_fwd;
+    be->layernorm_residual_bwd = cuda_layernorm_residual_bwd;
     be->scatter_add_rows = cuda_scatter_add_rows;
     be->axpy = cuda_axpy;
     be->scale = cuda_scale;
@@ -483,3 +487,8 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
 }
 
 extern "C" void backend_cuda_free(Backend *be) { backend_free(be); }
+
+extern "C" int backend_cuda_set_fuse_resln(Backend *be, int on) {
+    cuda_impl(be)->fuse_resln = on != 0;
+    return cuda_impl(be)->fuse_resln;
+}

@@ -63,6 +63,11 @@ void backend_cuda_set_weight_copy_check(Backend *be, int on);
 // backend_cuda_new fail). Off: linear_fwd then gelu_fwd / swiglu_fwd, the same bits in one more pass: the
 // A/B of a GPU run. on < 0 only asks. Returns whether it is on now.
 int backend_cuda_set_fuse_epilogues(Backend *be, int on);
+// residual_layernorm_fwd (LayerScale + drop-path scale + residual + the next LayerNorm) as one kernel (on
+// by default; DINO_CUDA_FUSE_RESLN=0 in the environment turns it off at creation) or as the four ops it
+// fuses (copy, residual_fwd, gather_rows, layernorm_fwd): the same bits either way. Returns whether it
+// is on now.
+int backend_cuda_set_fuse_resln(Backend *be, int on);
 
 // Free and total device memory in bytes (for benchmarks choosing batch sizes).
 void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes);

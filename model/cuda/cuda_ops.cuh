@@ -84,6 +84,7 @@ typedef struct {
     size_t stage_bytes, stage_used;
     CudaAttention attention; // flash (default where supported) or the batched-GEMM path; DINO_ATTENTION
     int fuse_epilogues; // linear_gelu/swiglu_fwd: bias + activation in one epilogue kernel (default); 0: unfused
+    int fuse_resln; // residual_layernorm_fwd as one kernel (default) or the four ops; DINO_CUDA_FUSE_RESLN=0
     // the bf16 activation buffers (alloc_act), sorted by base address: ops look their arguments up
     struct ActAlloc *acts;
     int n_acts, cap_acts;
@@ -161,6 +162,12 @@ __device__ __forceinline__ float act_round(ActRef a, float v) { return a.bf16 ? 
 __device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 // SwiGLU of the gate input a and the value g: silu(a) * g (swiglu_fwd and the fused epilogue alike).
 __device__ __forceinline__ float swiglu_val(float a, float g) { return a / (1.0f + expf(-a)) * g; }
+// One element of the stochastic-depth residual with LayerScale: x + scale * g * br (g = 1 without
+// gamma). residual_fwd and the fused residual + LayerNorm both go through here, so that both compute
+// (and nvcc contracts) the same expression: the fused kernel's stream values are the unfused ones' bits.
+__device__ __forceinline__ float residual_add(float x, float scale, float g, float br) { return x + scale * g * br; }
+// Its gradient into the branch, scale * g * dx (residual_bwd and the fused LayerNorm + residual backward).
+__device__ __forceinline__ float residual_grad(float scale, float g, float dx) { return scale * g * dx; }
 static inline cudaDataType_t act_cuda_type(ActRef a) { return a.bf16 ? CUDA_R_16BF : CUDA_R_32F; }
 static inline size_t act_elem_bytes(ActRef a) { return a.bf16 ? 2 : 4; }
 // a + i elements
@@ -237,6 +244,20 @@ void colsum_add(Backend *be, float *dst, int rows, int cols, float alpha, F f) {
     colsum_finish(be, dst, partial, nblk, cols, alpha);
 }
 
+// dgamma's column-sum terms of residual_bwd: row it = i*T + t of the branch, br (.) dx at the kept
+// image's row (tokens.cu, and the fused LayerNorm + residual backward in norm.cu)
+struct GammaGrad {
+    const float *dx;
+    ActRef br;
+    const int *idx;
+    int T, D;
+    __device__ float operator()(int it, int d) const {
+        int i = it / T, t = it % T;
+        size_t xr = (size_t)(idx ? idx[i] : i) * T + t;
+        return dx[xr * D + d] * act_ld(br, (size_t)it * D + d);
+    }
+};
+
 // ---- ops (same meaning as the CPU reference, model/cpu/cpu_ops.h) ------------------------------
 // matmul.cu
 void cuda_gemm(Backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
@@ -300,6 +321,14 @@ void cuda_residual_fwd(Backend *be, float *x, const float *br, const float *gamm
 void cuda_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *dx, const float *br, const float *gamma,
                        const int *idx, int n, int T, int D, float scale);
 void cuda_scatter_add_rows(Backend *be, float *x, const float *in, const int *idx, int n, size_t len);
+void cuda_layernorm_residual_bwd(Backend *be, float *dx, float *dw, float *db, float *dbr, float *dgamma,
+                                 const float *dout, const float *x_ln, const float *mean, const float *rstd,
+                                 const float *w, const int *ln_idx, int ln_n, const float *br, const float *gamma,
+                                 const int *idx, int n, float scale, int B, int T, int D);
+void cuda_residual_layernorm_fwd(Backend *be, float *x_out, float *out, float *mean, float *rstd, float *xs,
+                                 const float *x_in, const float *br, const float *gamma, const int *idx, int n,
+                                 float scale, const float *w, const float *b, const int *ln_idx, int ln_n, int B, int T,
+                                 int D, float eps);
 // elementwise.cu
 void cuda_axpy(Backend *be, float *y, float alpha, const float *x, size_t n);
 void cuda_scale(Backend *be, float *x, float alpha, size_t n);

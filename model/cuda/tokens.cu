@@ -150,7 +150,8 @@ __global__ void residual_fwd_kernel(float *x, ActRef br, const float *gamma, con
     GRID_STRIDE(e, (size_t)n * row) {
         size_t i = e / row, j = e % row;
         float g = gamma ? gamma[j % D] : 1.0f;
-        x[(size_t)(idx ? idx[i] : (int)i) * row + j] += scale * g * act_ld(br, e);
+        float *xe = x + (size_t)(idx ? idx[i] : (int)i) * row + j;
+        *xe = residual_add(*xe, scale, g, act_ld(br, e));
     }
 }
 
@@ -171,21 +172,9 @@ __global__ void residual_bwd_kernel(ActRef dbr, const float *dx, const float *ga
     GRID_STRIDE(e, (size_t)n * row) {
         size_t i = e / row, j = e % row;
         float g = gamma ? gamma[j % D] : 1.0f;
-        act_st(dbr, e, scale * g * dx[(size_t)(idx ? idx[i] : (int)i) * row + j]);
+        act_st(dbr, e, residual_grad(scale, g, dx[(size_t)(idx ? idx[i] : (int)i) * row + j]));
     }
 }
-
-struct GammaGrad { // row it = i*T + t of the branch: br (.) dx at the kept image's row
-    const float *dx;
-    ActRef br;
-    const int *idx;
-    int T, D;
-    __device__ float operator()(int it, int d) const {
-        int i = it / T, t = it % T;
-        size_t xr = (size_t)(idx ? idx[i] : i) * T + t;
-        return dx[xr * D + d] * act_ld(br, (size_t)it * D + d);
-    }
-};
 
 void cuda_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *dx, const float *br, const float *gamma,
                        const int *idx, int n, int T, int D, float scale) {
