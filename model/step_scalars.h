@@ -43,3 +43,39 @@ typedef struct {
         double adam_step; // AdamW steps applied so far (an integer)
     } state;
 } DinoStepScalars;
+
+// The arithmetic both backends share (host code, and device code under nvcc), in double as the host
+// computed it before the block existed, so the cpu backend's bits are unchanged and the cuda backend's
+// follow the same formulas (no multiply-add in them that a compiler could fuse).
+#ifdef __CUDACC__
+#define DINO_SS_FN static inline __host__ __device__
+#else
+#define DINO_SS_FN static inline
+#endif
+#include <math.h>
+
+// torch.nn.utils.clip_grad_norm_'s factor from a sum of squares (train/optim.c's clip_coef).
+DINO_SS_FN double dino_ss_clip_coef(double sum_squares, double max_norm) {
+    if (!(max_norm > 0)) return 1.0;
+    const double coef = max_norm / (sqrt(sum_squares) + 1e-6);
+    return coef < 1.0 ? coef : 1.0;
+}
+
+// After the clip coefficients: unless the step is not finite, AdamW's step count advances and this
+// step's bias corrections are set (update_prepare_ss).
+DINO_SS_FN void dino_ss_prepare(DinoStepScalars *ss, int groups, double max_norm, float beta1, float beta2) {
+    for (int g = 0; g < groups && g < DINO_SS_GROUPS; g++)
+        ss->out.clip_coef[g] = dino_ss_clip_coef(ss->out.grad_ss[g], max_norm);
+    if (ss->out.nonfinite) return;
+    if (ss->in.adam_step_set >= 0) ss->state.adam_step = ss->in.adam_step_set;
+    const double s = ss->state.adam_step + 1.0;
+    ss->state.adam_step = s;
+    const double k = ss->in.bias_step - s;
+    if (k >= 0 && k < DINO_SS_BIAS_WINDOW) {
+        ss->out.bias1 = ss->in.bias1[(int)k];
+        ss->out.bias2 = ss->in.bias2[(int)k];
+    } else {
+        ss->out.bias1 = 1.0 - pow((double)beta1, s);
+        ss->out.bias2 = 1.0 - pow((double)beta2, s);
+    }
+}

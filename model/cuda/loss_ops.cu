@@ -20,7 +20,10 @@ extern "C" {
 
 // ---- softmax centering, column sums, centre -----------------------------------------------------
 
-__global__ void softmax_center_kernel(float *P, const float *z, const float *center, int K, float temp) {
+// temp_dev (softmax_center_ss): the temperature from the step's scalar block instead of temp_arg.
+__global__ void softmax_center_kernel(float *P, const float *z, const float *center, int K, float temp_arg,
+                                      const double *temp_dev) {
+    const float temp = temp_dev ? (float)*temp_dev : temp_arg;
     __shared__ float shf[32];
     __shared__ double shd[32];
     const size_t r = blockIdx.x;
@@ -46,7 +49,16 @@ __global__ void softmax_center_kernel(float *P, const float *z, const float *cen
 void cuda_softmax_center(Backend *be, float *P, const float *z, const float *center, int rows, int K, float temp) {
     CUDA_OP_RANGE("softmax_center");
     if (rows <= 0 || K <= 0) return;
-    DINO_LAUNCH(softmax_center_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, temp);
+    DINO_LAUNCH(softmax_center_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, temp, (const double *)NULL);
+    cudaCheckLaunch();
+}
+
+void cuda_softmax_center_ss(Backend *be, float *P, const float *z, const float *center, int rows, int K,
+                            const DinoStepScalars *ss) {
+    CUDA_OP_RANGE("softmax_center_ss");
+    if (rows <= 0 || K <= 0) return;
+    DINO_LAUNCH(softmax_center_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, 0.0f,
+                                                                            &ss->in.teacher_temp);
     cudaCheckLaunch();
 }
 
