@@ -154,7 +154,7 @@ typedef struct {
     DinoStepScalars scalars_host;
     long adam_step_device;
     float *center_save;
-    int stats_pending;
+    int updates_unread; // updates whose statistics were not read yet (ssl_step_stats_from_block)
 } Work;
 
 static float *falloc(Backend *be, size_t n) { return be->alloc(be, sizeof(float) * (n ? n : 1)); }
@@ -460,18 +460,25 @@ void ssl_mark_nonfinite(SslModel *m, Backend *be) {
     be->to_device(be, &m->scalars->out.nonfinite, &one, sizeof one);
 }
 
-int ssl_read_step_stats(SslModel *m, Backend *be, SslStepStats *st) {
+int ssl_step_stats_from_block(SslModel *m, const DinoStepScalars *copy, SslStepStats *st) {
     Work *w = m->work;
+    const int nonfinite = copy->out.nonfinite != 0;
+    // a step not applied reports no norms, as when the trainer skipped its update
+    for (int g = 0; g < 3; g++) st->grad_norm[g] = nonfinite ? 0.0 : sqrt(copy->out.grad_ss[g]);
+    if (w->updates_unread > 0) {
+        w->updates_unread--;
+        if (nonfinite) { // the update was not applied: take back the host's count
+            m->opt.step--;
+            w->adam_step_device--;
+        }
+    }
+    return nonfinite ? -1 : 0;
+}
+
+int ssl_read_step_stats(SslModel *m, Backend *be, SslStepStats *st) {
     DinoStepScalars h;
     be->to_host(be, &h.out, &m->scalars->out, sizeof h.out);
-    // a step not applied reports no norms, as when the trainer skipped its update
-    for (int g = 0; g < 3; g++) st->grad_norm[g] = h.out.nonfinite ? 0.0 : sqrt(h.out.grad_ss[g]);
-    if (w->stats_pending && h.out.nonfinite) { // the update was not applied: take back the host's count
-        m->opt.step--;
-        w->adam_step_device--;
-    }
-    w->stats_pending = 0;
-    return h.out.nonfinite ? -1 : 0;
+    return ssl_step_stats_from_block(m, &h, st);
 }
 
 // Mean over dims of the batch standard deviation of the L2-normalized rows of x[n,D] (host).
@@ -919,7 +926,7 @@ void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSum
     // the centres moved in the forward pass before the loss was known
     be->revert_if_nonfinite_ss(be, m->dino_center.center, w->center_save, (size_t)w->Kd, ss);
     be->revert_if_nonfinite_ss(be, m->ibot_center.center, w->center_save + w->Kd, (size_t)w->Ki, ss);
-    w->stats_pending = 1;
+    w->updates_unread++;
 }
 
 void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *st) {

@@ -221,6 +221,9 @@ void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats
 // clipping) and the NaN flag; returns -1 when the step was not applied (then the host's AdamW count,
 // advanced by ssl_update, is taken back). Call it once per update, as late as convenient.
 int ssl_read_step_stats(SslModel *m, Backend *be, SslStepStats *stats);
+// The same from a copy of the block taken right after an update (its `out` part; e.g. copied by the step's
+// graph into page-locked memory and read steps later): once per update, in the order of the updates.
+int ssl_step_stats_from_block(SslModel *m, const DinoStepScalars *copy, SslStepStats *stats);
 // Raises the step's NaN flag (one small upload): the next ssl_update applies nothing (a trainer whose other
 // ranks found a non-finite loss).
 void ssl_mark_nonfinite(SslModel *m, Backend *be);
