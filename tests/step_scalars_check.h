@@ -69,10 +69,10 @@ static inline void ss_small_config(SslConfig *cfg) {
     char err[DINO_ERRLEN];
     VitConfig vc;
     CHECK(vit_config_from_arch(&vc, "vit_test", 4, 16, 1, "mlp", err) == 0, "%s", err);
-    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 0.5f, vc.drop_path_rate = 0.2f;
+    vc.dim = 32, vc.heads = 2, vc.depth = 1, vc.ffn_hidden = 64, vc.layerscale = 0.5f, vc.drop_path_rate = 0.2f;
     ssl_config_default(cfg, &vc);
-    cfg->dino_head = (HeadConfig){.in_dim = 48, .hidden = 96, .bottleneck = 32, .K = 256, .nlayers = 3};
-    cfg->batch = 4, cfg->n_local = 2, cfg->global_crop = 16, cfg->local_crop = 8;
+    cfg->dino_head = (HeadConfig){.in_dim = 32, .hidden = 64, .bottleneck = 16, .K = 128, .nlayers = 3};
+    cfg->batch = 4, cfg->n_local = 1, cfg->global_crop = 16, cfg->local_crop = 8;
     cfg->clip_grad = 0.5f; // clipping active
 }
 

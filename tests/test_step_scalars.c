@@ -8,9 +8,17 @@
 #include "model/backend.h"
 #include "train/optim.h"
 
-TEST(nan_steps_leave_the_state_bit_identical) { ss_nan_steps_leave_state(backend_cpu_new(), 0); }
+TEST(nan_steps_leave_the_state_bit_identical) {
+    Backend *be = backend_cpu_new();
+    ss_nan_steps_leave_state(be, 0);
+    backend_free(be);
+}
 
-TEST(nan_steps_read_late_leave_the_state_bit_identical) { ss_nan_steps_leave_state(backend_cpu_new(), 1); }
+TEST(nan_steps_read_late_leave_the_state_bit_identical) {
+    Backend *be = backend_cpu_new();
+    ss_nan_steps_leave_state(be, 1);
+    backend_free(be);
+}
 
 // The loss checks on the device raise the flag on their own: with the host's own upload of the flag
 // dropped, a NaN batch still leaves the update a no-op.

@@ -449,8 +449,10 @@ static void scalars_fill(SslModel *m, const ScheduleValues *sv, const SslBatch *
 static void scalars_begin_step(SslModel *m, Backend *be, const ScheduleValues *sv, const SslBatch *b) {
     Work *w = m->work;
     scalars_fill(m, sv, b);
-    be->zero(be, &m->scalars->out, sizeof m->scalars->out);
+    // the upload first: the first staged copy of a graph-mode run allocates the staging (a pause), best
+    // before any node of the step (else step 0 alone is cut there: another topology than the next steps)
     be->to_device(be, &m->scalars->in, &w->scalars_host.in, sizeof w->scalars_host.in);
+    be->zero(be, &m->scalars->out, sizeof m->scalars->out);
     be->copy(be, w->center_save, m->dino_center.center, sizeof(float) * (size_t)w->Kd);
     be->copy(be, w->center_save + w->Kd, m->ibot_center.center, sizeof(float) * (size_t)w->Ki);
 }
