@@ -24,11 +24,18 @@
 //    rope_fwd/bwd (qkv, dqkv), residual_fwd (br), residual_bwd (dbr, br),
 //    residual_layernorm_fwd (br, out), layernorm_residual_bwd (dout, dbr, br);
 //    to_host/to_device/zero with the buffer's byte count as fp32 (4 per element) convert.
+//  - Per-step scalars (model/step_scalars.h, docs/cuda-backend.md "CUDA graphs"): the ops named `*_ss`
+//    read the values that change from step to step (lr, weight decay, momentum, temperature, clip
+//    coefficients, AdamW's bias corrections, the NaN flag) from a DinoStepScalars block in backend memory,
+//    passed as their LAST argument `ss`, never as by-value arguments: their kernels' arguments are then the
+//    same at every step. The update ops among them (adamw_ss, ema_ss, revert_if_nonfinite_ss and what
+//    they guard) do nothing / restore when ss->out.nonfinite is set.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
 
 #include "model/collective.h"
+#include "model/step_scalars.h"
 
 typedef struct Backend Backend;
 
@@ -250,6 +257,31 @@ struct Backend {
                   float beta2, float eps, long step);
     // EMA teacher: t = t * momentum + s * (1 - momentum)
     void (*ema)(Backend *be, float *t, const float *s, size_t n, float momentum);
+
+    // ==== the step's scalars in backend memory (model/step_scalars.h; optim_ops.c / optim_ops.cu) ======
+    // ss->out.grad_ss[group] += sum_squares(x, n) (the same deterministic sum as sum_squares, no read-back).
+    void (*sum_squares_ss)(Backend *be, const float *x, size_t n, int group, DinoStepScalars *ss);
+    // Before the update: for g < groups, out.clip_coef[g] = clip_coef(sqrt(out.grad_ss[g]), max_norm) in
+    // double as train/optim.c's clip_coef (1 when max_norm <= 0); then, unless out.nonfinite: state.adam_step
+    // = in.adam_step_set when that is >= 0, state.adam_step += 1, out.bias1/2 = 1 - beta1/2^state.adam_step
+    // (from in.bias1/2, see there).
+    void (*update_prepare_ss)(Backend *be, int groups, double max_norm, float beta1, float beta2, DinoStepScalars *ss);
+    // x *= (float)out.clip_coef[group] when that is < 1 (else untouched).
+    void (*clip_scale_ss)(Backend *be, float *x, size_t n, int group, const DinoStepScalars *ss);
+    // adamw with lr = (float)((last_layer ? in.last_layer_lr : in.lr) * lr_mult), wd = (float)(in.wd * wd_mult)
+    // and out.bias1/2 as the bias corrections; nothing when out.nonfinite.
+    void (*adamw_ss)(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr_mult, float wd_mult,
+                     int last_layer, float beta1, float beta2, float eps, const DinoStepScalars *ss);
+    // ema with momentum (float)in.momentum; nothing when out.nonfinite.
+    void (*ema_ss)(Backend *be, float *t, const float *s, size_t n, const DinoStepScalars *ss);
+    // softmax_center with temp (float)in.teacher_temp.
+    void (*softmax_center_ss)(Backend *be, float *P, const float *z, const float *center, int rows, int K,
+                              const DinoStepScalars *ss);
+    // out.nonfinite = 1 when any of x[n] is NaN or infinite (else unchanged).
+    void (*nonfinite_check_ss)(Backend *be, const float *x, size_t n, DinoStepScalars *ss);
+    // dst[n] = saved[n] when out.nonfinite (else untouched): undoes what the step changed before its loss
+    // was known (the teacher centres).
+    void (*revert_if_nonfinite_ss)(Backend *be, float *dst, const float *saved, size_t n, const DinoStepScalars *ss);
 };
 
 #ifdef __cplusplus

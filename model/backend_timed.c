@@ -397,6 +397,34 @@ static void t_adamw(Backend *be, float *p, const float *g, float *m, float *v, s
 static void t_ema(Backend *be, float *t, const float *s, size_t n, float momentum) {
     OP(ROP_EMA, t, COSTS(roof_ema, (double)n), ema, t, s, n, momentum);
 }
+// the *_ss ops (the per-step scalar block) count as their by-value twins; the small ones as step_scalars
+static void t_sum_squares_ss(Backend *be, const float *x, size_t n, int group, DinoStepScalars *ss) {
+    OP(ROP_SUM_SQUARES, NULL, COSTS(roof_sum_squares, (double)n), sum_squares_ss, x, n, group, ss);
+}
+static void t_update_prepare_ss(Backend *be, int groups, double max_norm, float beta1, float beta2, DinoStepScalars *ss) {
+    OP(ROP_STEP_SCALARS, NULL, COSTS(roof_step_scalars, 0), update_prepare_ss, groups, max_norm, beta1, beta2, ss);
+}
+static void t_clip_scale_ss(Backend *be, float *x, size_t n, int group, const DinoStepScalars *ss) {
+    OP(ROP_SCALE, x, COSTS(roof_scale, (double)n), clip_scale_ss, x, n, group, ss);
+}
+static void t_adamw_ss(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr_mult, float wd_mult,
+                       int last_layer, float beta1, float beta2, float eps, const DinoStepScalars *ss) {
+    OP(ROP_ADAMW, p, COSTS(roof_adamw, (double)n), adamw_ss, p, g, m, v, n, lr_mult, wd_mult, last_layer, beta1, beta2,
+       eps, ss);
+}
+static void t_ema_ss(Backend *be, float *t, const float *s, size_t n, const DinoStepScalars *ss) {
+    OP(ROP_EMA, t, COSTS(roof_ema, (double)n), ema_ss, t, s, n, ss);
+}
+static void t_softmax_center_ss(Backend *be, float *P, const float *z, const float *center, int rows, int K,
+                                const DinoStepScalars *ss) {
+    OP(ROP_SOFTMAX_CENTER, P, COSTS(roof_softmax_center, rows, K), softmax_center_ss, P, z, center, rows, K, ss);
+}
+static void t_nonfinite_check_ss(Backend *be, const float *x, size_t n, DinoStepScalars *ss) {
+    OP(ROP_STEP_SCALARS, NULL, COSTS(roof_step_scalars, (double)n), nonfinite_check_ss, x, n, ss);
+}
+static void t_revert_if_nonfinite_ss(Backend *be, float *dst, const float *saved, size_t n, const DinoStepScalars *ss) {
+    OP(ROP_STEP_SCALARS, dst, COSTS(roof_step_scalars, 2.0 * (double)n), revert_if_nonfinite_ss, dst, saved, n, ss);
+}
 
 static void t_destroy(Backend *be) {
     TimedState *s = S(be);
@@ -408,7 +436,7 @@ static void t_destroy(Backend *be) {
 
 // Every member of the op table must be wrapped below (an op left out would run the inner op on the wrapper's
 // state): a new op in model/backend.h fails this until it is wrapped here and counted in model/roofline.c.
-_Static_assert(sizeof(Backend) == 60 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
+_Static_assert(sizeof(Backend) == 68 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
 
 Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -440,6 +468,10 @@ Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     be->softmax_center = t_softmax_center, be->col_sum = t_col_sum, be->center_update = t_center_update;
     be->sinkhorn = t_sinkhorn, be->softmax_ce = t_softmax_ce, be->entropy_mean = t_entropy_mean;
     be->koleo = t_koleo, be->kde = t_kde, be->gram_loss = t_gram_loss, be->adamw = t_adamw, be->ema = t_ema;
+    be->sum_squares_ss = t_sum_squares_ss, be->update_prepare_ss = t_update_prepare_ss;
+    be->clip_scale_ss = t_clip_scale_ss, be->adamw_ss = t_adamw_ss, be->ema_ss = t_ema_ss;
+    be->softmax_center_ss = t_softmax_center_ss, be->nonfinite_check_ss = t_nonfinite_check_ss;
+    be->revert_if_nonfinite_ss = t_revert_if_nonfinite_ss;
     return be;
 }
 

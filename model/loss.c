@@ -8,6 +8,7 @@
 void teacher_center_init(Backend *be, TeacherCenter *c, int K, float momentum) {
     c->K = K;
     c->momentum = momentum;
+    c->ss = NULL;
     c->center = be->alloc(be, sizeof(float) * (size_t)K);
     c->sum = be->alloc(be, sizeof(float) * (size_t)K);
 }
@@ -26,7 +27,10 @@ void dino_teacher_targets(Backend *be, Collective *coll, Centering centering, Te
         return;
     }
     // softmax with the centre of the previous steps, then this step's update (applied from the next step)
-    be->softmax_center(be, P, z, c->center, rows, K, temp);
+    if (c->ss)
+        be->softmax_center_ss(be, P, z, c->center, rows, K, c->ss);
+    else
+        be->softmax_center(be, P, z, c->center, rows, K, temp);
     be->col_sum(be, c->sum, z, rows, K);
     collective_sum_f32(coll, c->sum, (size_t)K);
     be->center_update(be, c->center, c->sum, K, 1.0f / ((float)rows * (float)world), c->momentum);
@@ -45,7 +49,8 @@ void ibot_teacher_targets(Backend *be, Collective *coll, Centering centering, Te
         be->sinkhorn(be, coll, P, z, n_masked, K, temp, SINKHORN_ITERATIONS, n_global);
         return;
     }
-    if (n_masked > 0) be->softmax_center(be, P, z, c->center, n_masked, K, temp);
+    if (n_masked > 0 && c->ss) be->softmax_center_ss(be, P, z, c->center, n_masked, K, c->ss);
+    if (n_masked > 0 && !c->ss) be->softmax_center(be, P, z, c->center, n_masked, K, temp);
     // this rank's mean over its masked tokens, averaged over ranks
     be->col_sum(be, c->sum, z, n_masked, K);
     if (n_masked > 0) be->scale(be, c->sum, 1.0f / (float)n_masked, (size_t)K);

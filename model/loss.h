@@ -24,6 +24,9 @@ typedef struct {
     float momentum; // 0.9
     float *center;  // [K] backend memory, 0 at start; part of the training state (checkpoint it)
     float *sum;     // [K] scratch
+    // The step's scalar block (model/step_scalars.h) or NULL: with it, softmax centering takes the
+    // teacher temperature from ss->in.teacher_temp (softmax_center_ss) and ignores the `temp` argument.
+    const DinoStepScalars *ss;
 } TeacherCenter;
 
 void teacher_center_init(Backend *be, TeacherCenter *c, int K, float momentum);

@@ -54,6 +54,7 @@ static const struct {
     [ROP_SCALE] = {"scale", RF_OPTIMIZER},
     [ROP_ADAMW] = {"adamw", RF_OPTIMIZER},
     [ROP_EMA] = {"ema", RF_OPTIMIZER},
+    [ROP_STEP_SCALARS] = {"step_scalars", RF_OPTIMIZER},
     [ROP_COPY] = {"copy", RF_COPY},
     [ROP_ZERO] = {"zero", RF_COPY},
     [ROP_PARAM_COPY_CHANGED] = {"param_copy_changed", RF_COPY},
@@ -471,6 +472,11 @@ RoofCost roof_scale(RoofLayout l, double n) {
 RoofCost roof_adamw(RoofLayout l, double n) { return cost(0, n * (l == ROOF_SESSION3 ? 28 : 30), 1); }
 // t, s read, t written, and (now and in the target) the teacher's bf16 copy
 RoofCost roof_ema(RoofLayout l, double n) { return cost(0, n * (l == ROOF_SESSION3 ? 12 : 14), 1); }
+// the scalar block's ops (optim_ops.cu): a clip / bias kernel, a NaN scan, a guarded copy
+RoofCost roof_step_scalars(RoofLayout l, double n) {
+    (void)l;
+    return cost(0, 8 * n, 1);
+}
 
 // ---- memory ---------------------------------------------------------------------------------------------------------
 // A bf16 buffer copied or zeroed with its fp32 byte count: the backend moves half (the target stores at

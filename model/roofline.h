@@ -63,7 +63,7 @@ typedef enum {
     ROP_SCATTER_ADD_ROWS, ROP_AXPY,
     ROP_L2NORM_FWD, ROP_L2NORM_BWD, ROP_WEIGHTNORM_FWD, ROP_WEIGHTNORM_BWD, ROP_SOFTMAX_CENTER, ROP_COL_SUM,
     ROP_CENTER_UPDATE, ROP_SINKHORN, ROP_SOFTMAX_CE, ROP_ENTROPY_MEAN, ROP_KOLEO, ROP_KDE, ROP_GRAM_LOSS,
-    ROP_SUM_SQUARES, ROP_SCALE, ROP_ADAMW, ROP_EMA,
+    ROP_SUM_SQUARES, ROP_SCALE, ROP_ADAMW, ROP_EMA, ROP_STEP_SCALARS,
     ROP_COPY, ROP_ZERO, ROP_PARAM_COPY_CHANGED,
     ROP_TO_DEVICE, ROP_TO_HOST, ROP_UPLOAD_ASYNC,
     ROP_COUNT
@@ -169,6 +169,9 @@ RoofCost roof_sum_squares(RoofLayout l, double n);
 RoofCost roof_scale(RoofLayout l, double n);
 RoofCost roof_adamw(RoofLayout l, double n);
 RoofCost roof_ema(RoofLayout l, double n);
+// The per-step scalar block's small ops (update_prepare_ss, nonfinite_check_ss, revert_if_nonfinite_ss):
+// n floats read (and written, for a revert) in one launch.
+RoofCost roof_step_scalars(RoofLayout l, double n);
 // bytes: as the model passes them (4 per element); e: the buffer's element size (the backend converts)
 RoofCost roof_copy(RoofLayout l, double bytes, int e, int into_next);
 RoofCost roof_zero(RoofLayout l, double bytes, int e);

@@ -47,6 +47,8 @@
 #include "model/vit.h"
 #include "tests/harness.h"
 #include "train/ssl_step.h"
+#include "tests/step_scalars_check.h"
+#include "train/optim.h"
 #ifndef DINO_GPU_SUBSET // tools/gpu_check.sh's subset build has no data/ or trainer
 #include "tests/synth_files.h"
 #include "train/checkpoint.h"
@@ -2203,6 +2205,257 @@ TEST(adamw_ema) {
     gpu_free(G);
 }
 
+// ---- the step's scalar block (model/step_scalars.h) -------------------------------------------------
+// Every *_ss op against the cpu backend, and against its by-value twin on the same backend (the values
+// it derives on the device from the block are the bits the host derived): sums of squares into the block,
+// clip coefficients and AdamW's count, clipping, AdamW, EMA, softmax centering, the NaN flag and what it
+// guards.
+static DinoStepScalars block_read(Backend *be, const DinoStepScalars *d) {
+    DinoStepScalars h;
+    be->to_host(be, &h, d, sizeof h);
+    return h;
+}
+
+TEST(step_scalar_ops) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    Rng r = rng_make(110, 0, 0, 0);
+    const size_t n = 1000 * 1000 + 3;
+    DinoStepScalars h;
+    memset(&h, 0, sizeof h);
+    AdamW opt = {.beta1 = 0.9f, .beta2 = 0.999f, .step = 2};
+    adamw_fill_scalars(&opt, &h, 1.3e-3, 7e-4, 0.05);
+    h.in.momentum = 0.991, h.in.teacher_temp = 0.055, h.in.adam_step_set = -1, h.state.adam_step = 2;
+    DinoStepScalars *sc = C->alloc(C, sizeof h), *sg = G->alloc(G, sizeof h);
+    C->to_device(C, sc, &h, sizeof h), G->to_device(G, sg, &h, sizeof h);
+    // sums of squares of two runs into group 0, one into group 1: the host's sum of the read-back sums
+    Pair x = pair_new(C, G, n, 0, 0.3f, &r, 0);
+    const size_t n1 = n / 3;
+    C->sum_squares_ss(C, x.c, n, 0, sc), C->sum_squares_ss(C, x.c + 5, n - 5, 0, sc), C->sum_squares_ss(C, x.c, n1, 1, sc);
+    G->sum_squares_ss(G, x.g, n, 0, sg), G->sum_squares_ss(G, x.g + 5, n - 5, 0, sg), G->sum_squares_ss(G, x.g, n1, 1, sg);
+    DinoStepScalars bg = block_read(G, sg), bc = block_read(C, sc);
+    double host0 = 0;
+    host0 += G->sum_squares(G, x.g, n);
+    host0 += G->sum_squares(G, x.g + 5, n - 5);
+    CHECK(bg.out.grad_ss[0] == host0 && bg.out.grad_ss[1] == G->sum_squares(G, x.g, n1) && bg.out.grad_ss[2] == 0,
+          "sums in the block %.17g %.17g, read back and added on the host %.17g %.17g", bg.out.grad_ss[0],
+          bg.out.grad_ss[1], host0, G->sum_squares(G, x.g, n1));
+    for (int g = 0; g < 2; g++) CHECK_CLOSE(bg.out.grad_ss[g], bc.out.grad_ss[g], 0, 1e-12);
+    // clip coefficients, count, bias corrections
+    C->update_prepare_ss(C, 3, 0.8, opt.beta1, opt.beta2, sc), G->update_prepare_ss(G, 3, 0.8, opt.beta1, opt.beta2, sg);
+    bg = block_read(G, sg), bc = block_read(C, sc);
+    for (int g = 0; g < 3; g++) {
+        CHECK(bg.out.clip_coef[g] == clip_coef(sqrt(bg.out.grad_ss[g]), 0.8), "group %d: clip coefficient %.17g", g,
+              bg.out.clip_coef[g]);
+        CHECK_CLOSE(bg.out.clip_coef[g], bc.out.clip_coef[g], 0, 1e-12);
+    }
+    CHECK(bg.out.clip_coef[0] < 1 && bg.out.clip_coef[2] == 1, "group 0 clipped, group 2 (no gradient) not");
+    CHECK(bg.state.adam_step == 3 && bg.out.bias1 == 1.0 - pow(0.9f, 3.0) && bg.out.bias2 == 1.0 - pow(0.999f, 3.0) &&
+              memcmp(&bg.out.bias1, &bc.out.bias1, 2 * sizeof(double)) == 0,
+          "step 3: count %g, bias corrections %.17g %.17g", bg.state.adam_step, bg.out.bias1, bg.out.bias2);
+    // clipping: the by-value scale with the same coefficient, bit for bit; a coefficient of 1 touches nothing
+    Pair y = pair_new(C, G, n, 0, 0.3f, &r, 0);
+    G->copy(G, y.g, x.g, sizeof(float) * n);
+    C->clip_scale_ss(C, x.c, n, 0, sc), G->clip_scale_ss(G, x.g, n, 0, sg);
+    G->scale(G, y.g, (float)bg.out.clip_coef[0], n);
+    float *xg = pair_gpu_result(G, &x), *yg = pair_gpu_result(G, &y);
+    CHECK(memcmp(xg, yg, sizeof(float) * n) == 0, "clip_scale_ss differs from scale by the same coefficient");
+    G->clip_scale_ss(G, x.g, n, 2, sg);
+    free(yg), yg = pair_gpu_result(G, &x);
+    CHECK(memcmp(xg, yg, sizeof(float) * n) == 0, "a clip coefficient of 1 changed the gradients");
+    free(xg), free(yg);
+    check_pair("clip_scale_ss", G, &x, TOL_FP32);
+    // AdamW (a block's layer-wise lr multiplier, then a last layer) and the EMA, against the by-value ops
+    Pair p = pair_new(C, G, n, 0, 0.02f, &r, 0), m = pair_new(C, G, n, 0, 1e-3f, &r, 0);
+    Pair v = pair_new(C, G, n, 1e-4f, 0, &r, 0), t = pair_new(C, G, n, 0, 0.02f, &r, 0);
+    float *p2 = G->alloc(G, sizeof(float) * n), *m2 = G->alloc(G, sizeof(float) * n), *v2 = G->alloc(G, sizeof(float) * n);
+    float *t2 = G->alloc(G, sizeof(float) * n);
+    G->copy(G, p2, p.g, sizeof(float) * n), G->copy(G, m2, m.g, sizeof(float) * n), G->copy(G, v2, v.g, sizeof(float) * n);
+    G->copy(G, t2, t.g, sizeof(float) * n);
+    const float lm = 0.6561f, wm = 1.0f;
+    const size_t lo = 333333;
+    C->adamw_ss(C, p.c, x.c, m.c, v.c, lo, lm, wm, 0, 0.9f, 0.999f, 1e-8f, sc);
+    G->adamw_ss(G, p.g, x.g, m.g, v.g, lo, lm, wm, 0, 0.9f, 0.999f, 1e-8f, sg);
+    G->adamw(G, p2, x.g, m2, v2, lo, (float)(1.3e-3 * lm), (float)(0.05 * wm), 0.9f, 0.999f, 1e-8f, 3);
+    C->adamw_ss(C, p.c + lo, x.c + lo, m.c + lo, v.c + lo, n - lo, 1.0f, 0.0f, 1, 0.9f, 0.999f, 1e-8f, sc);
+    G->adamw_ss(G, p.g + lo, x.g + lo, m.g + lo, v.g + lo, n - lo, 1.0f, 0.0f, 1, 0.9f, 0.999f, 1e-8f, sg);
+    G->adamw(G, p2 + lo, x.g + lo, m2 + lo, v2 + lo, n - lo, (float)(7e-4 * 1.0f), 0.0f, 0.9f, 0.999f, 1e-8f, 3);
+    C->ema_ss(C, t.c, p.c, n, sc), G->ema_ss(G, t.g, p.g, n, sg), G->ema(G, t2, p2, n, (float)0.991);
+    const Pair *mine[4] = {&p, &m, &v, &t};
+    float *twin[4] = {p2, m2, v2, t2};
+    const char *names[4] = {"adamw_ss p", "adamw_ss m", "adamw_ss v", "ema_ss teacher"};
+    for (int k = 0; k < 4; k++) {
+        float *a = pair_gpu_result(G, mine[k]), *b = dino_malloc(sizeof(float) * n);
+        G->to_host(G, b, twin[k], sizeof(float) * n);
+        CHECK(memcmp(a, b, sizeof(float) * n) == 0, "%s differs from the by-value op with the host's values", names[k]);
+        free(a), free(b);
+        check_pair(names[k], G, mine[k], TOL_FP32);
+    }
+    // softmax centering at the block's temperature
+    const int rows = 9, K = 1000;
+    Pair z = pair_new(C, G, (size_t)rows * K, 0, 1, &r, 0), P = pair_new(C, G, (size_t)rows * K, 0, 0, &r, 0);
+    Pair cen = pair_new(C, G, K, 0, 0.1f, &r, 0);
+    float *P2 = G->alloc(G, sizeof(float) * rows * K);
+    C->softmax_center_ss(C, P.c, z.c, cen.c, rows, K, sc), G->softmax_center_ss(G, P.g, z.g, cen.g, rows, K, sg);
+    G->softmax_center(G, P2, z.g, cen.g, rows, K, (float)0.055);
+    float *Pa = pair_gpu_result(G, &P), *Pb = dino_malloc(sizeof(float) * rows * K);
+    G->to_host(G, Pb, P2, sizeof(float) * rows * K);
+    CHECK(memcmp(Pa, Pb, sizeof(float) * rows * K) == 0, "softmax_center_ss differs from softmax_center at its temperature");
+    free(Pa), free(Pb);
+    check_pair("softmax_center_ss", G, &P, TOL_FP32);
+    // the NaN flag: none in finite data; an infinity in the last element or a NaN in the first raise it
+    const float bad[2] = {INFINITY, NAN};
+    for (int k = 0; k < 2; k++) {
+        Backend *be = k ? C : G;
+        DinoStepScalars *s = k ? sc : sg;
+        float *buf = k ? x.c : x.g;
+        be->nonfinite_check_ss(be, buf, n, s);
+        CHECK(block_read(be, s).out.nonfinite == 0, "%s: a finite buffer raised the NaN flag", be->name);
+        be->to_device(be, buf + (k ? 0 : n - 1), &bad[k], sizeof(float));
+        be->nonfinite_check_ss(be, buf, n, s);
+        CHECK(block_read(be, s).out.nonfinite == 1, "%s: %g did not raise the NaN flag", be->name, bad[k]);
+    }
+    // the flag raised: AdamW and the EMA do nothing, the revert copies; lowered, the revert does nothing
+    float *before = pair_gpu_result(G, &p), *tb = pair_gpu_result(G, &t), *mb = pair_gpu_result(G, &m);
+    G->update_prepare_ss(G, 3, 0.8, opt.beta1, opt.beta2, sg);
+    CHECK(block_read(G, sg).state.adam_step == 3, "a flagged step advanced AdamW's count");
+    G->adamw_ss(G, p.g, y.g, m.g, v.g, n, 1.0f, 1.0f, 0, 0.9f, 0.999f, 1e-8f, sg);
+    G->ema_ss(G, t.g, y.g, n, sg);
+    float *after = pair_gpu_result(G, &p), *ta = pair_gpu_result(G, &t), *ma = pair_gpu_result(G, &m);
+    CHECK(memcmp(before, after, sizeof(float) * n) == 0 && memcmp(tb, ta, sizeof(float) * n) == 0 &&
+              memcmp(mb, ma, sizeof(float) * n) == 0,
+          "a flagged step changed the parameters, the teacher or the moments");
+    G->revert_if_nonfinite_ss(G, p.g, y.g, n, sg);
+    free(after), after = pair_gpu_result(G, &p), yg = pair_gpu_result(G, &y);
+    CHECK(memcmp(after, yg, sizeof(float) * n) == 0, "revert_if_nonfinite_ss with the flag raised did not copy");
+    G->zero(G, &sg->out, sizeof sg->out);
+    G->revert_if_nonfinite_ss(G, p.g, t.g, n, sg);
+    free(after), after = pair_gpu_result(G, &p);
+    CHECK(memcmp(after, yg, sizeof(float) * n) == 0, "revert_if_nonfinite_ss without the flag changed its target");
+    free(before), free(after), free(tb), free(ta), free(mb), free(ma), free(yg);
+    Pair *all[] = {&x, &y, &p, &m, &v, &t, &z, &P, &cen};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
+    G->release(G, p2), G->release(G, m2), G->release(G, v2), G->release(G, t2), G->release(G, P2);
+    C->release(C, sc), G->release(G, sg);
+    backend_free(C);
+    gpu_free(G);
+}
+
+// A training step with NaN losses leaves the whole state (student, teacher, moments, centres, AdamW's
+// count) bit for bit as it was, on the GPU as on the CPU (tests/step_scalars_check.h), with graphs on (the
+// same bits as off; the late read of the flags is host logic, tested on the cpu: step_scalars.*).
+TEST(nan_steps_leave_the_state_bit_identical) {
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+#ifdef DINO_HAVE_CUDA
+    if (!emulating()) backend_cuda_set_graphs(G, 1);
+#endif
+    ss_nan_steps_leave_state(G, 0);
+    gpu_free(G);
+}
+
+#ifdef DINO_HAVE_CUDA
+// With graphs on, the update (ssl_update) is ONE segment with no host wait; recorded once, it replays with
+// other values in the scalar block (lr, weight decay, momentum; the teacher temperature for softmax
+// centering) and gives the eager bits of those values: no per-step value is in the kernels' arguments.
+static void update_replays(void) {
+    if (emulating()) test_skip("graphs are a property of the CUDA backend");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    char err[DINO_ERRLEN];
+    SslConfig cfg;
+    ss_small_config(&cfg);
+    SslModel m;
+    CHECK(ssl_model_init(&m, G, &cfg, 7, err) == 0, "%s", err);
+    SsBatch b0 = ss_batch(&cfg, 0, 0), b1 = ss_batch(&cfg, 1, 0), b2 = ss_batch(&cfg, 2, 0);
+    SslStepStats st;
+    CHECK(ssl_step(&m, G, NULL, &b0.b, &b0.sv, &st, err) == 0, "%s", err); // eager: the scratch grows here
+    backend_cuda_set_graphs(G, 1);
+    CHECK(ssl_forward_backward(&m, G, NULL, &b1.b, &b1.sv, &st, err) == 0, "%s", err);
+    G->sync(G);
+    const CudaGraphStats s0 = backend_cuda_graph_stats(G);
+    ssl_update(&m, G, &b1.sv, &st);
+    const CudaGraphStats s1 = backend_cuda_graph_stats(G);
+    G->sync(G);
+    const CudaGraphStats s2 = backend_cuda_graph_stats(G);
+    printf("  update with graphs on: %lld host waits, %lld graph launches (%lld nodes) until the next sync\n",
+           s1.host_waits - s0.host_waits, s2.launches - s0.launches, s2.nodes - s0.nodes);
+    CHECK(s1.host_waits == s0.host_waits, "the update waited for the device %lld times", s1.host_waits - s0.host_waits);
+    CHECK(s1.launches == s0.launches && s2.launches == s0.launches + 1,
+          "the update took %lld graph launches (%lld before the sync), expected one segment", s2.launches - s0.launches,
+          s1.launches - s0.launches);
+    CHECK(ssl_read_step_stats(&m, G, &st) == 0 && st.grad_norm[0] > 0, "step 1's statistics");
+    backend_cuda_set_graphs(G, 0);
+
+    // step 2's update recorded once (nothing runs), then launched with two sets of values
+    CHECK(ssl_forward_backward(&m, G, NULL, &b2.b, &b2.sv, &st, err) == 0, "%s", err);
+    SsState s_fwd = ss_state_read(&m, G);
+    backend_cuda_record_begin(G);
+    ssl_update(&m, G, &b2.sv, &st);
+    void *exec = backend_cuda_record_end(G);
+    SsState s_rec = ss_state_read(&m, G);
+    CHECK(memcmp(s_rec.student, s_fwd.student, sizeof(float) * m.tab.total) == 0, "recording the update ran it");
+    ss_state_free(&s_rec);
+    const ScheduleValues sv[2] = {b2.sv, {.lr = 3 * b2.sv.lr, .wd = 0.11, .momentum = 0.95, .teacher_temp = 0.02,
+                                          .last_layer_lr = 0.5 * b2.sv.last_layer_lr}};
+    SsState replayed[2], eager[2];
+    for (int k = 0; k < 2; k++) {
+        ss_state_write(&m, G, &s_fwd);
+        DinoStepScalars blk = s_fwd.block;
+        blk.in.lr = sv[k].lr, blk.in.wd = sv[k].wd, blk.in.momentum = sv[k].momentum;
+        blk.in.last_layer_lr = sv[k].last_layer_lr;
+        G->to_device(G, &m.scalars->in, &blk.in, sizeof blk.in);
+        backend_cuda_record_launch(G, exec);
+        replayed[k] = ss_state_read(&m, G);
+        ss_state_write(&m, G, &s_fwd);
+        ssl_update(&m, G, &sv[k], &st); // eager (sv[1]: uploaded again by the update, as distillation does)
+        ssl_read_step_stats(&m, G, &st);
+        eager[k] = ss_state_read(&m, G);
+        replayed[k].step = eager[k].step; // the host's count: a replay does not move it
+        ss_state_check_same(&m, &eager[k], &replayed[k], k ? "the recording launched with other values vs eager"
+                                                           : "the recording launched vs eager");
+    }
+    CHECK(memcmp(eager[0].student, eager[1].student, sizeof(float) * m.tab.total) != 0 &&
+              memcmp(eager[0].teacher, eager[1].teacher, sizeof(float) * m.tab.total) != 0,
+          "the two sets of values gave the same update: the check above proves nothing");
+    backend_cuda_record_free(G, exec);
+    for (int k = 0; k < 2; k++) ss_state_free(&replayed[k]), ss_state_free(&eager[k]);
+    ss_state_free(&s_fwd);
+
+    // softmax centering recorded once, launched at two temperatures
+    const int rows = 6, K = 300;
+    Rng r = rng_make(111, 0, 0, 0);
+    float *zh = dino_malloc(sizeof(float) * rows * K), *Pa = dino_malloc(sizeof(float) * rows * K);
+    float *Pb = dino_malloc(sizeof(float) * rows * K);
+    for (int i = 0; i < rows * K; i++) zh[i] = (float)rng_normal(&r);
+    float *z = dual_upload(G, zh, sizeof(float) * rows * K), *P = G->alloc(G, sizeof(float) * rows * K);
+    float *P2 = G->alloc(G, sizeof(float) * rows * K);
+    DinoStepScalars *blk = G->alloc(G, sizeof *blk);
+    backend_cuda_record_begin(G);
+    G->softmax_center_ss(G, P, z, NULL, rows, K, blk);
+    exec = backend_cuda_record_end(G);
+    for (int k = 0; k < 2; k++) {
+        const double temp = k ? 0.07 : 0.04;
+        G->to_device(G, &blk->in.teacher_temp, &temp, sizeof temp);
+        backend_cuda_record_launch(G, exec);
+        G->softmax_center(G, P2, z, NULL, rows, K, (float)temp);
+        G->to_host(G, Pa, P, sizeof(float) * rows * K), G->to_host(G, Pb, P2, sizeof(float) * rows * K);
+        CHECK(memcmp(Pa, Pb, sizeof(float) * rows * K) == 0, "softmax centering recorded, launched at temperature %g: "
+              "not the eager bits", temp);
+    }
+    backend_cuda_record_free(G, exec);
+    G->release(G, z), G->release(G, P), G->release(G, P2), G->release(G, blk);
+    free(zh), free(Pa), free(Pb);
+    ss_batch_free(&b0), ss_batch_free(&b1), ss_batch_free(&b2);
+    ssl_model_free(&m, G);
+    gpu_free(G);
+}
+#endif
+TEST(ssl_update_one_segment_no_host_wait_replays_new_scalars) {
+#ifdef DINO_HAVE_CUDA
+    update_replays();
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+
 // Every tensor of weights g (gpu) against c (cpu) after steps from init, normwise:
 // ||g - c|| <= tol_p * ||c|| + frac * ||c - init|| (see ssl_parity below). Returns the worst error / tolerance.
 static double check_params_after_steps(const ParamTable *tab, const char *what, const float *gw, const float *cw,
@@ -2593,7 +2846,7 @@ static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float
         const CudaGraphStats after = backend_cuda_graph_stats(be);
         out->per_step[it] = (CudaGraphStats){after.launches - before.launches, after.nodes - before.nodes,
                                              after.instantiations - before.instantiations,
-                                             after.updates - before.updates};
+                                             after.updates - before.updates, after.host_waits - before.host_waits};
         double l[5] = {st.dino_local_crops_loss, st.dino_global_crops_loss, st.koleo_loss, st.ibot_loss, st.total_loss};
         memcpy(out->loss[it], l, sizeof l);
     }

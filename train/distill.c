@@ -625,6 +625,7 @@ int distill_run(const Config *cfg, Dist *world, const TrainOptions *opt, TrainRe
         }
         if (finite) {
             ssl_update(&x->m, x->be, &sv, &st);
+            ssl_read_step_stats(&x->m, x->be, &st); // the grad norms
             bad_in_row = 0;
         } else {
             res->skipped_steps++;

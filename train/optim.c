@@ -171,3 +171,87 @@ void ema_update_range(Backend *be, const ParamTable *tab, float *teacher, const 
 void ema_update(Backend *be, const ParamTable *tab, float *teacher, const float *student, double momentum) {
     ema_update_range(be, tab, teacher, student, momentum, 0, tab->total);
 }
+
+// ---- the step's values in backend memory ---------------------------------------------------------------
+
+void adamw_fill_scalars(const AdamW *opt, DinoStepScalars *h, double lr, double last_layer_lr, double wd) {
+    h->in.lr = lr, h->in.last_layer_lr = last_layer_lr, h->in.wd = wd;
+    // what adamw computed on the host (pow of the float betas); the device picks the entry of its step
+    h->in.bias_step = (double)(opt->step + 1);
+    for (int k = 0; k < DINO_SS_BIAS_WINDOW; k++) {
+        const double s = (double)(opt->step + 1 - k);
+        h->in.bias1[k] = 1.0 - pow(opt->beta1, s);
+        h->in.bias2[k] = 1.0 - pow(opt->beta2, s);
+    }
+}
+
+typedef struct {
+    Backend *be;
+    float *x;
+    const float *y;
+    int slot;
+    DinoStepScalars *ss;
+} RunSsCtx;
+
+static void run_sum_squares_ss(void *c, size_t lo, size_t hi) {
+    RunSsCtx *r = c;
+    r->be->sum_squares_ss(r->be, r->y + lo, hi - lo, r->slot, r->ss);
+}
+static void run_clip_ss(void *c, size_t lo, size_t hi) {
+    RunSsCtx *r = c;
+    r->be->clip_scale_ss(r->be, r->x + lo, hi - lo, r->slot, r->ss);
+}
+static void run_ema_ss(void *c, size_t lo, size_t hi) {
+    RunSsCtx *r = c;
+    r->be->ema_ss(r->be, r->x + lo, r->y + lo, hi - lo, r->ss);
+}
+
+void grad_sum_squares_ss(Backend *be, const ParamTable *tab, const float *G, ParamGroup group, size_t begin,
+                         size_t end, int slot, DinoStepScalars *ss) {
+    RunSsCtx r = {.be = be, .y = G, .slot = slot, .ss = ss};
+    for_each_run(tab, (int)group, begin, end, run_sum_squares_ss, &r);
+}
+
+void grad_clip_ss(Backend *be, const ParamTable *tab, float *G, ParamGroup group, size_t begin, size_t end, int slot,
+                  const DinoStepScalars *ss) {
+    RunSsCtx r = {.be = be, .x = G, .slot = slot, .ss = (DinoStepScalars *)ss};
+    for_each_run(tab, (int)group, begin, end, run_clip_ss, &r);
+}
+
+void ema_update_ss(Backend *be, const ParamTable *tab, float *teacher, const float *student, size_t begin, size_t end,
+                   const DinoStepScalars *ss) {
+    RunSsCtx r = {.be = be, .x = teacher, .y = student, .ss = (DinoStepScalars *)ss};
+    for_each_run(tab, -1, begin, end, run_ema_ss, &r);
+}
+
+void adamw_step_ss(AdamW *opt, Backend *be, const ParamTable *tab, float *P, const float *G, size_t begin, size_t end,
+                   const DinoStepScalars *ss) {
+    DINO_ASSERT(begin >= opt->base && end <= opt->base + opt->n,
+                "adamw_step_ss: [%zu, %zu) outside the moments' range [%zu, %zu)", begin, end, opt->base,
+                opt->base + opt->n);
+    opt->step++;
+    // runs of touching tensors with the same multipliers: the same calls at every step whatever the
+    // schedule's values (adamw_step_range merges by value, e.g. everything at lr 0); elementwise, so the
+    // bits are those of one call per tensor
+    size_t run_lo = 0, run_hi = 0;
+    float run_lm = 0, run_wm = 0;
+    int run_last = 0, open = 0;
+    for (int i = 0; i <= tab->n; i++) {
+        size_t lo = 0, hi = 0;
+        float lm = 0, wm = 0;
+        int last = 0, have = 0;
+        if (i < tab->n) {
+            const TensorSpec *t = &tab->t[i];
+            if (!clamp_to_range(t, begin, end, &lo, &hi)) continue;
+            lm = t->lr_mult, wm = t->wd_mult, last = t->is_last_layer, have = 1;
+            if (open && lo == run_hi && lm == run_lm && wm == run_wm && last == run_last) {
+                run_hi = hi;
+                continue;
+            }
+        }
+        if (open)
+            be->adamw_ss(be, P + run_lo, G + run_lo, opt->m + (run_lo - opt->base), opt->v + (run_lo - opt->base),
+                         run_hi - run_lo, run_lm, run_wm, run_last, opt->beta1, opt->beta2, opt->eps, ss);
+        open = have, run_lo = lo, run_hi = hi, run_lm = lm, run_wm = wm, run_last = last;
+    }
+}

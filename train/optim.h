@@ -53,3 +53,26 @@ void ema_update_range(Backend *be, const ParamTable *tab, float *teacher, const 
                       size_t begin, size_t end);
 // ... on every tensor.
 void ema_update(Backend *be, const ParamTable *tab, float *teacher, const float *student, double momentum);
+
+// ---- the same update with the step's values in backend memory (model/step_scalars.h) ---------------------
+// Nothing here waits for the device or bakes a per-step value into an op's arguments: the schedule values,
+// clip coefficients and bias corrections come from the scalar block `ss` (backend memory), whose `in`
+// part the host fills with adamw_fill_scalars and uploads at the start of the step. Bit-identical to the
+// calls above on the cpu backend.
+
+// The AdamW part of the host's copy of ss->in for the next step (lr, last_layer_lr, wd and the bias
+// corrections of the steps opt->step + 1 back to opt->step + 2 - DINO_SS_BIAS_WINDOW).
+void adamw_fill_scalars(const AdamW *opt, DinoStepScalars *host, double lr, double last_layer_lr, double wd);
+// ss->out.grad_ss[slot] += the sum of squares of the group's gradients in [begin, end) (device-side).
+void grad_sum_squares_ss(Backend *be, const ParamTable *tab, const float *grads, ParamGroup group, size_t begin,
+                         size_t end, int slot, DinoStepScalars *ss);
+// grads of the group in [begin, end) *= ss->out.clip_coef[slot] when it is < 1.
+void grad_clip_ss(Backend *be, const ParamTable *tab, float *grads, ParamGroup group, size_t begin, size_t end, int slot,
+                  const DinoStepScalars *ss);
+// One AdamW step on [begin, end) (no-op on the device when ss->out.nonfinite); run after update_prepare_ss.
+// Advances opt->step on the host as if it were applied (the caller takes it back when it reads a NaN flag).
+void adamw_step_ss(AdamW *opt, Backend *be, const ParamTable *tab, float *params, const float *grads, size_t begin,
+                   size_t end, const DinoStepScalars *ss);
+// The EMA teacher on [begin, end) with ss->in.momentum (no-op when ss->out.nonfinite).
+void ema_update_ss(Backend *be, const ParamTable *tab, float *teacher, const float *student, size_t begin, size_t end,
+                   const DinoStepScalars *ss);

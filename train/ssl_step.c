@@ -148,6 +148,13 @@ typedef struct {
     uint8_t *mask_host;
     int *idx_host;
     float *w_host;
+    // the step's scalar block (m->scalars): the host's copy of its `in` part, what the host believes the
+    // device's AdamW count to be, the centres before the step (a NaN step reverts them), and whether an
+    // update's statistics are still to be read (ssl_read_step_stats)
+    DinoStepScalars scalars_host;
+    long adam_step_device;
+    float *center_save;
+    int updates_unread; // updates whose statistics were not read yet (ssl_step_stats_from_block)
 } Work;
 
 static float *falloc(Backend *be, size_t n) { return be->alloc(be, sizeof(float) * (n ? n : 1)); }
@@ -296,6 +303,10 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     adamw_init(&m->opt, be, m->shard_begin, m->shard_end, cfg.adamw_beta1, cfg.adamw_beta2, cfg.adamw_eps);
     teacher_center_init(be, &m->dino_center, w->Kd, cfg.center_momentum);
     teacher_center_init(be, &m->ibot_center, w->Ki, cfg.center_momentum);
+    m->scalars = be->alloc(be, sizeof(DinoStepScalars));
+    m->dino_center.ss = m->ibot_center.ss = m->scalars;
+    w->center_save = falloc(be, (size_t)w->Kd + w->Ki);
+    w->scalars_host.in.adam_step_set = -1;
 
     const int B = w->B, nL = w->nL, D = w->D, MM = w->max_masked;
     w->rows_cls = nL * B + 2 * B;
@@ -393,6 +404,7 @@ void ssl_model_free(SslModel *m, Backend *be) {
             free(w->stage_mask[s]);
         }
         free(w->sub_g), free(w->sub_l), free(w->mask_host), free(w->idx_host), free(w->w_host);
+        be->release(be, w->center_save);
         void *gbufs[] = {w->gram_slot[0], w->gram_slot[1], w->idx_spatch, w->idx_gpatch, w->gram_s, w->gram_t,
                          w->gram_traw, w->gram_ds}; // gram_acts, gram_resize: free_pair_acts
         for (size_t i = 0; i < sizeof gbufs / sizeof gbufs[0]; i++)
@@ -405,6 +417,7 @@ void ssl_model_free(SslModel *m, Backend *be) {
     be->release(be, m->teacher);
     be->release(be, m->grads);
     if (m->gram_teacher) be->release(be, m->gram_teacher);
+    be->release(be, m->scalars);
     adamw_free(&m->opt, be);
     teacher_center_free(be, &m->dino_center);
     teacher_center_free(be, &m->ibot_center);
@@ -414,6 +427,65 @@ void ssl_model_free(SslModel *m, Backend *be) {
 }
 
 // ---- the step -------------------------------------------------------------------------------------
+
+// The host's values of the step into the host copy of the scalar block's `in` part (sv NULL: the schedule
+// values stay as they are; ssl_update brings them).
+static void scalars_fill(SslModel *m, const ScheduleValues *sv, const SslBatch *b) {
+    Work *w = m->work;
+    DinoStepScalars *h = &w->scalars_host;
+    if (sv) {
+        h->in.lr = sv->lr, h->in.last_layer_lr = sv->last_layer_lr, h->in.wd = sv->wd;
+        h->in.momentum = sv->momentum;
+        h->in.teacher_temp = sv->teacher_temp;
+    }
+    adamw_fill_scalars(&m->opt, h, h->in.lr, h->in.last_layer_lr, h->in.wd); // the bias corrections
+    if (b) {
+        h->in.gram_weight = b->gram_weight;
+        h->in.dino_local_weight = m->cfg.reweight_dino_local ? b->dino_local_weight : 1.0;
+    }
+    // a count the host set (a checkpoint) reaches the device; otherwise the device keeps its own
+    h->in.adam_step_set = m->opt.step != w->adam_step_device ? (double)m->opt.step : -1.0;
+    w->adam_step_device = m->opt.step;
+}
+
+// The start of a step: the block's `out` part zeroed (no NaN, no sums yet), its `in` part uploaded (one
+// copy), the centres kept for a NaN step. Device work only: no host wait.
+static void scalars_begin_step(SslModel *m, Backend *be, const ScheduleValues *sv, const SslBatch *b) {
+    Work *w = m->work;
+    scalars_fill(m, sv, b);
+    // the upload first: the first staged copy of a graph-mode run allocates the staging (a pause), best
+    // before any node of the step (else step 0 alone is cut there: another topology than the next steps)
+    be->to_device(be, &m->scalars->in, &w->scalars_host.in, sizeof w->scalars_host.in);
+    be->zero(be, &m->scalars->out, sizeof m->scalars->out);
+    be->copy(be, w->center_save, m->dino_center.center, sizeof(float) * (size_t)w->Kd);
+    be->copy(be, w->center_save + w->Kd, m->ibot_center.center, sizeof(float) * (size_t)w->Ki);
+}
+
+void ssl_mark_nonfinite(SslModel *m, Backend *be) {
+    const int32_t one = 1;
+    be->to_device(be, &m->scalars->out.nonfinite, &one, sizeof one);
+}
+
+int ssl_step_stats_from_block(SslModel *m, const DinoStepScalars *copy, SslStepStats *st) {
+    Work *w = m->work;
+    const int nonfinite = copy->out.nonfinite != 0;
+    // a step not applied reports no norms, as when the trainer skipped its update
+    for (int g = 0; g < 3; g++) st->grad_norm[g] = nonfinite ? 0.0 : sqrt(copy->out.grad_ss[g]);
+    if (w->updates_unread > 0) {
+        w->updates_unread--;
+        if (nonfinite) { // the update was not applied: take back the host's count
+            m->opt.step--;
+            w->adam_step_device--;
+        }
+    }
+    return nonfinite ? -1 : 0;
+}
+
+int ssl_read_step_stats(SslModel *m, Backend *be, SslStepStats *st) {
+    DinoStepScalars h;
+    be->to_host(be, &h.out, &m->scalars->out, sizeof h.out);
+    return ssl_step_stats_from_block(m, &h, st);
+}
 
 // Mean over dims of the batch standard deviation of the L2-normalized rows of x[n,D] (host).
 static double normalized_std(const float *x, int n, int D) {
@@ -558,14 +630,19 @@ static void student_losses(SslModel *m, Backend *be, double local_w, StudentPass
     const int B = w->B, nL = w->nL, Kd = w->Kd, Ki = w->Ki, n_m = sp->n_m;
     const float *zs_dino = sp->zs_dino;
     const float ts = c->student_temp;
+    // after each loss, its rows raise the step's NaN flag on the device (the update then does nothing)
     sp->local = dino_loss_local(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
                                 (float)(c->dino_loss_weight * local_w));
+    if (nL > 0) be->nonfinite_check_ss(be, w->row_loss, (size_t)nL * B, m->scalars);
     sp->global = dino_loss_global(be, zs_dino + (size_t)nL * B * Kd, nL, B, w->P_dino, Kd, ts, w->row_loss,
                                   w->dz_dino + (size_t)nL * B * Kd, c->dino_loss_weight);
+    be->nonfinite_check_ss(be, w->row_loss, (size_t)2 * B, m->scalars);
     sp->ibot = 0;
-    if (c->ibot_loss_weight > 0 && n_m)
+    if (c->ibot_loss_weight > 0 && n_m) {
         sp->ibot = ibot_loss(be, sp->zs_ibot, w->P_ibot, w->mask_w, n_m, 2 * B, Ki, ts, w->row_loss, w->dz_ibot,
                              c->ibot_loss_weight);
+        be->nonfinite_check_ss(be, w->row_loss, (size_t)n_m, m->scalars);
+    }
 }
 
 // Student backward: heads -> head inputs (+ KoLeo/KDE on the global CLS, returned) -> backbone outputs
@@ -589,6 +666,9 @@ static double student_backward(SslModel *m, Backend *be, const StudentPass *sp, 
     } else if (c->koleo_loss_weight > 0) {
         reg = koleo_loss(be, sp->s_glob_cls, 2, B, D, c->koleo_loss_weight, ds_glob_cls, w->scratch);
     }
+    // the last crop's regularizer value (a non-finite CLS also makes the DINO global loss non-finite)
+    if (c->use_kde ? c->kde_loss_weight > 0 : c->koleo_loss_weight > 0)
+        be->nonfinite_check_ss(be, w->scratch, 1, m->scalars);
     // the heads sit after the backbone in the buffer: their gradients are final now
     if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, m->dino_head.w[0]);
     // backbone gradients are final only during the last crop group's backward
@@ -628,8 +708,8 @@ static void student_stats(SslModel *m, Backend *be, const StudentPass *sp, doubl
     free(cls);
 }
 
-int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
-                         SslStepStats *st, char *err) {
+static int forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
+                            SslStepStats *st, char *err) {
     Work *w = m->work;
     const SslConfig *c = &m->cfg;
     const int pair = b->staged ? w->stage_pair[w->stage_oldest] : b->pair;
@@ -783,6 +863,7 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
         const int gB = c->gram_img_level ? 2 * B : 1, gN = c->gram_img_level ? Ng : 2 * B * Ng;
         be->gram_loss(be, w->scratch, w->gram_ds, w->gram_s, w->gram_t, gB, gN, D, c->gram_normalize,
                       c->gram_neg_mode, (float)b->gram_weight);
+        be->nonfinite_check_ss(be, w->scratch, 1, m->scalars);
         float gl;
         be->to_host(be, &gl, w->scratch, sizeof gl);
         gram = gl;
@@ -807,22 +888,51 @@ int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBa
     return 0;
 }
 
+int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
+                         SslStepStats *st, char *err) {
+    scalars_begin_step(m, be, sv, b);
+    const int rc = forward_backward(m, be, coll, b, sv, st, err);
+    if (rc) ssl_mark_nonfinite(m, be); // found on the host (or a bad batch): the update must not apply
+    return rc;
+}
+
 void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSumF64 sum_f64, void *ctx,
                       SslStepStats *st) {
+    (void)st; // the statistics come from ssl_read_step_stats
+    Work *w = m->work;
     const SslConfig *c = &m->cfg;
+    DinoStepScalars *ss = m->scalars, *h = &w->scalars_host;
     const size_t lo = m->shard_begin, hi = m->shard_end;
-    // optimizer: clip per submodule (norms over the whole model), AdamW, EMA teacher
-    const ParamGroup groups[3] = {PARAM_BACKBONE, PARAM_DINO_HEAD, PARAM_IBOT_HEAD};
-    double ss[3] = {0, 0, 0};
-    if (c->clip_grad > 0) {
-        for (int g = 0; g < 3; g++) ss[g] = grad_sum_squares_range(be, &m->tab, m->grads, groups[g], lo, hi);
-        if (sum_f64) sum_f64(ctx, ss, 3);
-        for (int g = 0; g < 3; g++)
-            grad_scale_range(be, &m->tab, m->grads, groups[g], clip_coef(sqrt(ss[g]), c->clip_grad), lo, hi);
+    // a caller whose forward knew no schedule (distillation) brings the values now: a second upload
+    if (h->in.lr != sv->lr || h->in.last_layer_lr != sv->last_layer_lr || h->in.wd != sv->wd ||
+        h->in.momentum != sv->momentum) {
+        const double set = h->in.adam_step_set;
+        scalars_fill(m, sv, NULL);
+        h->in.adam_step_set = set; // the forward's decision stands (the counts have not moved since)
+        be->to_device(be, &ss->in, &h->in, sizeof h->in);
     }
-    for (int g = 0; g < 3; g++) st->grad_norm[g] = sqrt(ss[g]);
-    adamw_step_range(&m->opt, be, &m->tab, m->student, m->grads, sv->lr, sv->last_layer_lr, sv->wd, lo, hi);
-    ema_update_range(be, &m->tab, m->teacher, m->student, sv->momentum, lo, hi);
+    // optimizer: clip per submodule (norms over the whole model), AdamW, EMA teacher; every value from the
+    // block, no host wait (but for ZeRO-1's host sum over ranks)
+    const ParamGroup groups[3] = {PARAM_BACKBONE, PARAM_DINO_HEAD, PARAM_IBOT_HEAD};
+    if (c->clip_grad > 0) {
+        for (int g = 0; g < 3; g++) grad_sum_squares_ss(be, &m->tab, m->grads, groups[g], lo, hi, g, ss);
+        if (sum_f64) { // the host all-reduce of the dist layer: through the host (a read-back)
+            double sums[3];
+            be->to_host(be, sums, ss->out.grad_ss, sizeof sums);
+            sum_f64(ctx, sums, 3);
+            be->to_device(be, ss->out.grad_ss, sums, sizeof sums);
+        }
+    }
+    be->update_prepare_ss(be, 3, c->clip_grad > 0 ? (double)c->clip_grad : 0.0, m->opt.beta1, m->opt.beta2, ss);
+    if (c->clip_grad > 0)
+        for (int g = 0; g < 3; g++) grad_clip_ss(be, &m->tab, m->grads, groups[g], lo, hi, g, ss);
+    adamw_step_ss(&m->opt, be, &m->tab, m->student, m->grads, lo, hi, ss);
+    w->adam_step_device++;
+    ema_update_ss(be, &m->tab, m->teacher, m->student, lo, hi, ss);
+    // the centres moved in the forward pass before the loss was known
+    be->revert_if_nonfinite_ss(be, m->dino_center.center, w->center_save, (size_t)w->Kd, ss);
+    be->revert_if_nonfinite_ss(be, m->ibot_center.center, w->center_save + w->Kd, (size_t)w->Ki, ss);
+    w->updates_unread++;
 }
 
 void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *st) {
@@ -832,9 +942,10 @@ void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats
 
 int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
              SslStepStats *st, char *err) {
-    if (ssl_forward_backward(m, be, coll, b, sv, st, err)) return -1; // nothing applied
-    ssl_update(m, be, sv, st);
-    return 0;
+    const int rc = ssl_forward_backward(m, be, coll, b, sv, st, err);
+    ssl_update(m, be, sv, st); // a no-op on the device after a NaN (the flag is raised)
+    ssl_read_step_stats(m, be, st);
+    return rc;
 }
 
 void ssl_stage_batch(SslModel *m, Backend *be, const float *global_crops, const float *local_crops,
@@ -944,8 +1055,8 @@ void ssl_embed(SslModel *m, Backend *be, int use_teacher, const float *images, i
 // ---- distillation: the student half against given targets -----------------------------------------
 // The same student draws, forward, losses and backward as ssl_forward_backward (the static functions
 // above), with the targets uploaded instead of computed and the global crops unmasked.
-int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *b, const SslTargets *t, SslStepStats *st,
-                                 char *err) {
+static int student_forward_backward(SslModel *m, Backend *be, const SslBatch *b, const SslTargets *t,
+                                    SslStepStats *st, char *err) {
     Work *w = m->work;
     const SslConfig *c = &m->cfg;
     DINO_ASSERT(!b->staged && !b->diag, "ssl_student_forward_backward: staged batches and diagnostics are not supported");
@@ -984,4 +1095,12 @@ int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *b, co
         return -1;
     }
     return 0;
+}
+
+int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *b, const SslTargets *t, SslStepStats *st,
+                                 char *err) {
+    scalars_begin_step(m, be, NULL, b); // no schedule here: ssl_update brings it
+    const int rc = student_forward_backward(m, be, b, t, st, err);
+    if (rc) ssl_mark_nonfinite(m, be);
+    return rc;
 }

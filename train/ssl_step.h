@@ -83,6 +83,10 @@ typedef struct {
     Vit vit;
     Head dino_head, ibot_head;
     ParamTable tab;                  // backbone.*, dino_head.*, ibot_head.* (when separate)
+    // The step's scalar block (model/step_scalars.h), backend memory: the schedule values uploaded at the
+    // start of each step, and after the update the gradient norms (out.grad_ss), the NaN flag
+    // (out.nonfinite) and AdamW's count (state.adam_step) for the deferred read-back (ssl_read_step_stats).
+    DinoStepScalars *scalars;
     float *student, *teacher, *grads; // backend memory, ParamTable layout, buffer_floats each (zeros past tab.total)
     size_t buffer_floats;            // tab.total, or padded for ZeRO-1
     size_t shard_begin, shard_end;   // the range this process updates: [0, tab.total), or its ZeRO-1 shard
@@ -178,14 +182,18 @@ typedef struct {
     double phase_s[3];           // with m->profile_phases: teacher; student forward + losses; backward (s)
 } SslStepStats;
 
-// One training step: ssl_forward_backward then ssl_update. Returns 0, or -1 with err set (bad batch,
-// or a NaN/Inf loss: then nothing is applied).
+// One training step: ssl_forward_backward, ssl_update, ssl_read_step_stats. Returns 0, or -1 with err set
+// (bad batch, or a NaN/Inf loss: then nothing is applied: model, moments, centres and AdamW's count stay
+// as they were).
 // A data-parallel trainer calls the two halves itself and averages the gradients over ranks between them.
 int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
              SslStepStats *stats, char *err);
 
 // Teacher and student forward, the losses and the student's gradients (m->grads, overwritten), no update.
-// Returns -1 with err set when the loss is NaN or Inf (the caller must then skip ssl_update).
+// It starts with the upload of the step's scalar block (sv, the batch's loss weights) and raises the
+// block's NaN flag on the device when a loss is not finite, so a following ssl_update does nothing.
+// Returns -1 with err set when the loss is NaN or Inf (or the batch is bad; the flag is raised then too):
+// calling ssl_update after that is allowed and applies nothing.
 int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
                          SslStepStats *stats, char *err);
 // Distillation (train/distill.c): the targets of a frozen teacher that ran elsewhere, for this batch.
@@ -205,12 +213,27 @@ typedef struct {
 int ssl_student_forward_backward(SslModel *m, Backend *be, const SslBatch *batch, const SslTargets *targets,
                                  SslStepStats *stats, char *err);
 
-// Gradient clipping per submodule (stats->grad_norm), AdamW, EMA teacher, on the whole model.
+// Gradient clipping per submodule, AdamW, EMA teacher, on the whole model: device work only, every
+// per-step value from m->scalars (no host wait, the same kernel arguments at every step), a no-op when
+// the step's NaN flag is raised (the centres then go back to their values before the step). `sv` must
+// be the forward's (a different one is uploaded again: the distillation path). The grad norms are in
+// the block: ssl_read_step_stats.
 void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats *stats);
+// After ssl_update: reads the block back (one host wait): stats->grad_norm (per submodule, before
+// clipping) and the NaN flag; returns -1 when the step was not applied (then the host's AdamW count,
+// advanced by ssl_update, is taken back). Call it once per update, as late as convenient.
+int ssl_read_step_stats(SslModel *m, Backend *be, SslStepStats *stats);
+// The same from a copy of the block taken right after an update (its `out` part; e.g. copied by the step's
+// graph into page-locked memory and read steps later): once per update, in the order of the updates.
+int ssl_step_stats_from_block(SslModel *m, const DinoStepScalars *copy, SslStepStats *stats);
+// Raises the step's NaN flag (one small upload): the next ssl_update applies nothing (a trainer whose other
+// ranks found a non-finite loss).
+void ssl_mark_nonfinite(SslModel *m, Backend *be);
 
 // The sharded update (ZeRO-1): the same on floats [m->shard_begin, m->shard_end) only, whose gradients
 // must hold the average over ranks. The clipping norms are over the whole model: `sum_f64` sums the
-// per-submodule sums of squares (n doubles, in place) over the ranks (NULL: one process). Afterwards
+// per-submodule sums of squares (n doubles, in place) over the ranks (NULL: one process; not NULL: the
+// sums are read back, summed on the host and uploaded again: one host wait). Afterwards
 // the caller all-gathers student and teacher.
 typedef void (*SslSumF64)(void *ctx, double *v, int n);
 void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSumF64 sum_f64, void *ctx,

@@ -798,8 +798,6 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
 
     const int B = sc.batch, Kd = r.m.dino_center.K, Ki = r.m.ibot_center.K;
     const int tty = d->rank == 0 && !opt->quiet && metrics_stdout_is_tty();
-    // backend memory: saving the centres must not wait for the device
-    float *center_save = r.be->alloc(r.be, sizeof(float) * (size_t)(Kd + Ki));
     double t_start = dino_wall_s(), t_window = t_start, data_window = 0;
     int64_t window_steps = 0, bad_in_row = 0;
     const int log_every = cfg->log.every_n_iterations > 0 ? cfg->log.every_n_iterations : 10;
@@ -863,9 +861,6 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         if (d->rank == 0 && (in_window == 0 || in_window > log_every - diag_steps || init_window || end - it <= diag_steps))
             sb.diag = &diag;
 
-        // the centres move during the forward pass: keep them to undo a step that is not applied
-        r.be->copy(r.be, center_save, r.m.dino_center.center, sizeof(float) * (size_t)Kd);
-        r.be->copy(r.be, center_save + Kd, r.m.ibot_center.center, sizeof(float) * (size_t)Ki);
         SslStepStats st;
         int finite = ssl_forward_backward(&r.m, r.be, &r.coll, &sb, &sv, &st, e2) == 0;
         // the buckets not yet issued by the backward pass, then the average over ranks (every rank takes
@@ -873,20 +868,23 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
         int early_buckets = r.grads_sync ? dist_grads_issued(r.grads_sync) : 0;
         if (r.grads_sync && dist_grads_wait(r.grads_sync, e2)) dist_abort(d, "%s", e2);
         if (!r.grads_sync && r.device_comm) staged_grads_average(&r); // cuda without NCCL: the fallback
+        const int finite_here = finite;
         finite = all_finite_over_ranks(&r, finite, e2);
+        if (finite_here && !finite) ssl_mark_nonfinite(&r.m, r.be); // another rank's loss: every rank skips
+        // the update runs every step: after a non-finite loss it is a no-op on the device (the step's NaN
+        // flag), centres included (docs/cuda-backend.md, "CUDA graphs")
+        if (sharded(&r)) { // ZeRO-1: this rank's shard holds the average; update it, share the result
+            const size_t padded = r.m.buffer_floats;
+            ssl_update_shard(&r.m, r.be, &sv, sum_f64_over_ranks, d, &st);
+            shards_allgather(&r, r.m.student, padded);
+            shards_allgather(&r, r.m.teacher, padded);
+        } else {
+            ssl_update(&r.m, r.be, &sv, &st);
+        }
+        ssl_read_step_stats(&r.m, r.be, &st); // the grad norms (the flag is known here already)
         if (finite) {
-            if (sharded(&r)) { // ZeRO-1: this rank's shard holds the average; update it, share the result
-                const size_t padded = r.m.buffer_floats;
-                ssl_update_shard(&r.m, r.be, &sv, sum_f64_over_ranks, d, &st);
-                shards_allgather(&r, r.m.student, padded);
-                shards_allgather(&r, r.m.teacher, padded);
-            } else {
-                ssl_update(&r.m, r.be, &sv, &st);
-            }
             bad_in_row = 0;
         } else {
-            r.be->copy(r.be, r.m.dino_center.center, center_save, sizeof(float) * (size_t)Kd);
-            r.be->copy(r.be, r.m.ibot_center.center, center_save + Kd, sizeof(float) * (size_t)Ki);
             res->skipped_steps++;
             bad_in_row++;
             if (d->rank == 0)
@@ -1066,7 +1064,6 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
 out_loop:
     collapse_free(&ct);
     free(diag.teacher_argmax), free(diag.teacher_cls), free(diag.teacher_patch);
-    r.be->release(r.be, center_save);
 out:
 #ifdef DINO_HAVE_CUDA
     if (r.be && strcmp(r.be->name, "cuda") == 0) res->cuda_graph_launches = backend_cuda_graph_stats(r.be).launches;

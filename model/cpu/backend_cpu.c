@@ -96,6 +96,14 @@ Backend *backend_cpu_new(void) {
     be->gram_loss = cpu_gram_loss;
     be->adamw = cpu_adamw;
     be->ema = cpu_ema;
+    be->sum_squares_ss = cpu_sum_squares_ss;
+    be->update_prepare_ss = cpu_update_prepare_ss;
+    be->clip_scale_ss = cpu_clip_scale_ss;
+    be->adamw_ss = cpu_adamw_ss;
+    be->ema_ss = cpu_ema_ss;
+    be->softmax_center_ss = cpu_softmax_center_ss;
+    be->nonfinite_check_ss = cpu_nonfinite_check_ss;
+    be->revert_if_nonfinite_ss = cpu_revert_if_nonfinite_ss;
     return be;
 }
 

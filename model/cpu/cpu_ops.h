@@ -81,6 +81,16 @@ void cpu_gram_loss(Backend *be, float *loss, float *ds_acc, const float *s, cons
 void cpu_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd, float beta1,
                float beta2, float eps, long step);
 void cpu_ema(Backend *be, float *t, const float *s, size_t n, float momentum);
+void cpu_sum_squares_ss(Backend *be, const float *x, size_t n, int group, DinoStepScalars *ss);
+void cpu_update_prepare_ss(Backend *be, int groups, double max_norm, float beta1, float beta2, DinoStepScalars *ss);
+void cpu_clip_scale_ss(Backend *be, float *x, size_t n, int group, const DinoStepScalars *ss);
+void cpu_adamw_ss(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr_mult, float wd_mult,
+                  int last_layer, float beta1, float beta2, float eps, const DinoStepScalars *ss);
+void cpu_ema_ss(Backend *be, float *t, const float *s, size_t n, const DinoStepScalars *ss);
+void cpu_softmax_center_ss(Backend *be, float *P, const float *z, const float *center, int rows, int K,
+                           const DinoStepScalars *ss);
+void cpu_nonfinite_check_ss(Backend *be, const float *x, size_t n, DinoStepScalars *ss);
+void cpu_revert_if_nonfinite_ss(Backend *be, float *dst, const float *saved, size_t n, const DinoStepScalars *ss);
 
 // Runs OpenBLAS single-threaded inside our own OpenMP parallel regions (many small GEMMs at once),
 // multi-threaded otherwise.

@@ -479,6 +479,14 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->gram_loss = cuda_gram_loss;
     be->adamw = cuda_adamw;
     be->ema = cuda_ema;
+    be->sum_squares_ss = cuda_sum_squares_ss;
+    be->update_prepare_ss = cuda_update_prepare_ss;
+    be->clip_scale_ss = cuda_clip_scale_ss;
+    be->adamw_ss = cuda_adamw_ss;
+    be->ema_ss = cuda_ema_ss;
+    be->softmax_center_ss = cuda_softmax_center_ss;
+    be->nonfinite_check_ss = cuda_nonfinite_check_ss;
+    be->revert_if_nonfinite_ss = cuda_revert_if_nonfinite_ss;
     // DINO_CUDA_GRAPHS=1: graph mode in any program (an A/B of bench_step on a GPU); the trainer decides
     // again from compute_precision.cuda_graphs and its world size
     const char *graphs_env = getenv("DINO_CUDA_GRAPHS");

@@ -87,8 +87,18 @@ typedef struct {
     long long nodes;           // nodes in them (kernels, copies, memsets, cuBLAS calls)
     long long instantiations;  // segments with a topology not seen before (or evicted): cudaGraphInstantiate
     long long updates;         // segments launched through an existing exec (cudaGraphExecUpdate)
+    long long host_waits;      // times the host waited for the compute stream (read-backs, sync, frees...;
+                               // counted with graphs on or off)
 } CudaGraphStats;
 CudaGraphStats backend_cuda_graph_stats(Backend *be);
+// One recording of the ops issued between begin and end (graph mode off): nothing runs; end returns the
+// recording instantiated (a cudaGraphExec_t), launched on the backend's stream by record_launch as often
+// as wanted (the kernels read their per-step values from memory: model/step_scalars.h). An op that waits
+// for the host or allocates meanwhile is an error of CUDA's (the execution layer reports it).
+void backend_cuda_record_begin(Backend *be);
+void *backend_cuda_record_end(Backend *be);
+void backend_cuda_record_launch(Backend *be, void *exec);
+void backend_cuda_record_free(Backend *be, void *exec);
 
 // Name of the backend's device (e.g. "NVIDIA H100 80GB HBM3").
 const char *backend_cuda_device_name(Backend *be);

@@ -72,3 +72,24 @@ double cuda_sum_squares(Backend *be, const float *x, size_t n) {
     cuda_graph_resume(be);
     return *c->host_result;
 }
+
+// The same sum, added into the step's scalar block on the device (no read-back): *acc += sum, in the
+// order the host added the read-back sums (one op per run of tensors, in the caller's order).
+__global__ void sum_partials_acc_kernel(double *acc, const double *partial, int n) {
+    __shared__ double sh[SS_THREADS];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+    double t = block_sum_double(s, sh);
+    if (threadIdx.x == 0) *acc += t;
+}
+
+void cuda_sum_squares_ss(Backend *be, const float *x, size_t n, int group, DinoStepScalars *ss) {
+    CUDA_OP_RANGE("sum_squares_ss");
+    if (!n) return;
+    CudaImpl *c = cuda_impl(be);
+    double *partial = (double *)cuda_scratch(be, sizeof(double) * SS_BLOCKS);
+    DINO_LAUNCH(sum_squares_partial_kernel, SS_BLOCKS, SS_THREADS, 0, c->stream)(partial, x, n);
+    cudaCheckLaunch();
+    DINO_LAUNCH(sum_partials_acc_kernel, 1, SS_THREADS, 0, c->stream)(&ss->out.grad_ss[group], partial, SS_BLOCKS);
+    cudaCheckLaunch();
+}

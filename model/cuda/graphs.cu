@@ -78,6 +78,7 @@ void cuda_graph_pause(Backend *be) {
 
 void cuda_host_wait(Backend *be) {
     CudaImpl *c = cuda_impl(be);
+    c->graph_stats.host_waits++;
     cuda_graph_pause(be);
     cudaCheck(cudaStreamSynchronize(c->stream));
     c->stage_used = 0; // every graph that read the staging has run
@@ -125,6 +126,33 @@ extern "C" int backend_cuda_set_graphs(Backend *be, int on) {
 }
 
 extern "C" CudaGraphStats backend_cuda_graph_stats(Backend *be) { return cuda_impl(be)->graph_stats; }
+
+// ---- one recording, launched on demand (tests: the update replayed with new scalars) ---------------------
+
+extern "C" void backend_cuda_record_begin(Backend *be) {
+    CudaImpl *c = cuda_impl(be);
+    if (c->graphs) DINO_DIE_CUDA("backend_cuda_record_begin with graph mode on (the stream is capturing already)");
+    cudaCheck(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+}
+
+extern "C" void *backend_cuda_record_end(Backend *be) {
+    CudaImpl *c = cuda_impl(be);
+    cudaGraph_t g;
+    cudaGraphExec_t e;
+    cudaCheck(cudaStreamEndCapture(c->stream, &g));
+    cudaCheck(cudaGraphInstantiate(&e, g, 0));
+    cudaCheck(cudaGraphDestroy(g));
+    return (void *)e;
+}
+
+extern "C" void backend_cuda_record_launch(Backend *be, void *exec) {
+    cudaCheck(cudaGraphLaunch((cudaGraphExec_t)exec, cuda_impl(be)->stream));
+}
+
+extern "C" void backend_cuda_record_free(Backend *be, void *exec) {
+    cuda_host_wait(be); // no launch of it still queued
+    cudaCheck(cudaGraphExecDestroy((cudaGraphExec_t)exec));
+}
 
 void cuda_graph_destroy(CudaImpl *c) {
     for (int i = 0; i < CUDA_GRAPH_CACHE; i++)

@@ -35,7 +35,10 @@ static bool targets_unfused(void) {
 
 // Three passes over z: the row max, the sum of the exponentials (in double), P = exponential * (1 / sum),
 // recomputed (expf of the same argument) rather than stored in pass 2 and read back.
-__global__ void softmax_center_recompute_kernel(float *P, const float *z, const float *center, int K, float temp) {
+// temp_dev (softmax_center_ss): the temperature from the step's scalar block instead of temp_arg.
+__global__ void softmax_center_recompute_kernel(float *P, const float *z, const float *center, int K, float temp_arg,
+                                                const double *temp_dev) {
+    const float temp = temp_dev ? (float)*temp_dev : temp_arg;
     __shared__ float shf[32];
     __shared__ double shd[32];
     const size_t r = blockIdx.x;
@@ -55,7 +58,9 @@ __global__ void softmax_center_recompute_kernel(float *P, const float *z, const 
 }
 
 // The earlier kernel (DINO_CUDA_TARGETS_UNFUSED=1): exponentials written in pass 2, normalized in place.
-__global__ void softmax_center_kernel(float *P, const float *z, const float *center, int K, float temp) {
+__global__ void softmax_center_kernel(float *P, const float *z, const float *center, int K, float temp_arg,
+                                      const double *temp_dev) {
+    const float temp = temp_dev ? (float)*temp_dev : temp_arg;
     __shared__ float shf[32];
     __shared__ double shd[32];
     const size_t r = blockIdx.x;
@@ -78,14 +83,27 @@ __global__ void softmax_center_kernel(float *P, const float *z, const float *cen
     for (int k = threadIdx.x; k < K; k += blockDim.x) p[k] *= inv;
 }
 
+static void softmax_center_launch(Backend *be, float *P, const float *z, const float *center, int rows, int K,
+                                  float temp, const double *temp_dev) {
+    if (targets_unfused())
+        DINO_LAUNCH(softmax_center_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, temp, temp_dev);
+    else
+        DINO_LAUNCH(softmax_center_recompute_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, temp,
+                                                                                          temp_dev);
+    cudaCheckLaunch();
+}
+
 void cuda_softmax_center(Backend *be, float *P, const float *z, const float *center, int rows, int K, float temp) {
     CUDA_OP_RANGE("softmax_center");
     if (rows <= 0 || K <= 0) return;
-    if (targets_unfused())
-        DINO_LAUNCH(softmax_center_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, temp);
-    else
-        DINO_LAUNCH(softmax_center_recompute_kernel, rows, K_THREADS, 0, cuda_stream(be))(P, z, center, K, temp);
-    cudaCheckLaunch();
+    softmax_center_launch(be, P, z, center, rows, K, temp, NULL);
+}
+
+void cuda_softmax_center_ss(Backend *be, float *P, const float *z, const float *center, int rows, int K,
+                            const DinoStepScalars *ss) {
+    CUDA_OP_RANGE("softmax_center_ss");
+    if (rows <= 0 || K <= 0) return;
+    softmax_center_launch(be, P, z, center, rows, K, 0.0f, &ss->in.teacher_temp);
 }
 
 // One thread per column, rows in order, in double: coalesced across the threads of a warp.
