@@ -2068,17 +2068,26 @@ TEST(distill_student_step_fp32_gemm) {
 // ---- CUDA graphs (docs/cuda-backend.md, "CUDA graphs") ----------------------------------------------
 #ifdef DINO_HAVE_CUDA
 
-// Three SSL steps with schedule values that change every step (a value baked into a replayed graph would
-// show), iBOT masks with the same count on steps 0-1 and another count on step 2 (a new shape: new
-// graphs). Returns the losses and final weights; with graphs on, the segments' statistics per step.
+// SSL steps (3 unless said) with schedule values that change every step (a value baked into a replayed
+// graph would show; const_sched: the same values every step), iBOT masks with the same count on steps
+// 0-1 and another count on step 2 (a new shape: new graphs), then the count of step 0 again. Returns the
+// losses and final weights; with graphs on, the segments' statistics per step.
+#define GRAPH_STEPS_MAX 6
 typedef struct {
-    double loss[3][5];
+    double loss[GRAPH_STEPS_MAX][5];
     float *student, *teacher;
-    CudaGraphStats per_step[3];
+    CudaGraphStats per_step[GRAPH_STEPS_MAX];
 } GraphRun;
 
-static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float *gcrops, const float *lcrops,
-                      uint8_t *const *masks, GraphRun *out) {
+static CudaGraphStats graph_stats_since(Backend *be, CudaGraphStats before) {
+    const CudaGraphStats a = backend_cuda_graph_stats(be);
+    return (CudaGraphStats){a.launches - before.launches,       a.nodes - before.nodes,
+                            a.instantiations - before.instantiations, a.updates - before.updates,
+                            a.replays - before.replays,         a.verified - before.verified};
+}
+
+static void graph_run_ex(Backend *be, const SslConfig *cfg, int graphs, int steps, int const_sched, const float *gcrops,
+                         const float *lcrops, uint8_t *const *masks, GraphRun *out) {
     SslModel m;
     char err[DINO_ERRLEN];
     CHECK(ssl_model_init(&m, be, cfg, 7, err) == 0, "%s", err);
@@ -2091,21 +2100,19 @@ static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float
         ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[0], 1);
     }
     backend_cuda_set_graphs(be, graphs);
-    for (int it = 0; it < 3; it++) {
-        if (cfg->staged_upload && it < 2) ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[it + 1], 1);
+    for (int it = 0; it < steps; it++) {
+        if (cfg->staged_upload && it + 1 < steps) ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[it + 1], 1);
         SslBatch b = {.global_crops = gcrops, .local_crops = lcrops, .masks = masks[it],
                       .drop_key = rng_make(5, 14, (uint64_t)it, 0), .staged = cfg->staged_upload};
-        const double lr = 5e-4 * (1 + 0.3 * it);
-        ScheduleValues sv = {.lr = lr, .wd = 0.04 + 0.01 * it, .momentum = 0.9 + 0.02 * it,
-                             .teacher_temp = 0.04 + 0.01 * it, .last_layer_lr = it == 0 ? 0 : lr};
+        const int k = const_sched ? 1 : it;
+        const double lr = 5e-4 * (1 + 0.3 * k);
+        ScheduleValues sv = {.lr = lr, .wd = 0.04 + 0.01 * k, .momentum = 0.9 + 0.02 * k,
+                             .teacher_temp = 0.04 + 0.01 * k, .last_layer_lr = k == 0 ? 0 : lr};
         SslStepStats st;
         const CudaGraphStats before = backend_cuda_graph_stats(be);
         CHECK(ssl_step(&m, be, NULL, &b, &sv, &st, err) == 0, "step %d: %s", it, err);
         be->sync(be);
-        const CudaGraphStats after = backend_cuda_graph_stats(be);
-        out->per_step[it] = (CudaGraphStats){after.launches - before.launches, after.nodes - before.nodes,
-                                             after.instantiations - before.instantiations,
-                                             after.updates - before.updates};
+        out->per_step[it] = graph_stats_since(be, before);
         double l[5] = {st.dino_local_crops_loss, st.dino_global_crops_loss, st.koleo_loss, st.ibot_loss, st.total_loss};
         memcpy(out->loss[it], l, sizeof l);
     }
@@ -2119,6 +2126,35 @@ static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float
         if (pinned[k]) be->host_free(be, pinned[k]);
 }
 
+static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float *gcrops, const float *lcrops,
+                      uint8_t *const *masks, GraphRun *out) {
+    graph_run_ex(be, cfg, graphs, 3, 0, gcrops, lcrops, masks, out);
+}
+
+// The graph tests' model (a 2-block ViT with stochastic depth, iBOT, local crops) and batch; masks of
+// GRAPH_STEPS_MAX steps: 5 tokens of every other image (6 on step 2: another shape), at places that vary.
+static void graph_case(SslConfig *cfg, float **gcrops_out, float **lcrops_out, uint8_t **masks) {
+    char err[DINO_ERRLEN];
+    VitConfig vc;
+    const int B = 4, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P);
+    CHECK(vit_config_from_arch(&vc, "vit_test", P, GC, 1, "mlp", err) == 0, "%s", err);
+    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 0.5f, vc.drop_path_rate = 0.2f;
+    ssl_config_default(cfg, &vc);
+    cfg->dino_head = (HeadConfig){.in_dim = 48, .hidden = 96, .bottleneck = 32, .K = 256, .nlayers = 3};
+    cfg->batch = B, cfg->n_local = NL, cfg->global_crop = GC, cfg->local_crop = LC;
+    Rng r = rng_make(108, 0, 0, 0);
+    float *gcrops = dino_malloc(sizeof(float) * 2 * B * 3 * GC * GC);
+    float *lcrops = dino_malloc(sizeof(float) * NL * B * 3 * LC * LC);
+    for (int i = 0; i < 2 * B * 3 * GC * GC; i++) gcrops[i] = (float)rng_normal(&r);
+    for (int i = 0; i < NL * B * 3 * LC * LC; i++) lcrops[i] = (float)rng_normal(&r);
+    for (int it = 0; it < GRAPH_STEPS_MAX; it++) {
+        masks[it] = dino_calloc((size_t)2 * B * N, 1);
+        for (int i = 0; i < 2 * B; i += 2)
+            for (int k = 0; k < (it == 2 ? 6 : 5); k++) masks[it][(size_t)i * N + (size_t)(k * 3 + it + i) % N] = 1;
+    }
+    *gcrops_out = gcrops, *lcrops_out = lcrops;
+}
+
 // Eager and graph-launched steps give the same bits (losses, student, teacher), plain and staged as the
 // trainer runs them (staged: with segments also cut every 4 linear ops); a repeated shape launches existing execs with new arguments (updates, no new
 // instantiation); a new iBOT mask count instantiates new graphs.
@@ -2126,25 +2162,10 @@ static void graphs_same_bits(void) {
     if (emulating()) test_skip("graphs are a property of the CUDA backend");
     Backend *G = gpu_backend(CUDA_GEMM_BF16);
     char err[DINO_ERRLEN];
-    VitConfig vc;
-    const int B = 4, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P);
-    CHECK(vit_config_from_arch(&vc, "vit_test", P, GC, 1, "mlp", err) == 0, "%s", err);
-    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 0.5f, vc.drop_path_rate = 0.2f;
     SslConfig cfg;
-    ssl_config_default(&cfg, &vc);
-    cfg.dino_head = (HeadConfig){.in_dim = 48, .hidden = 96, .bottleneck = 32, .K = 256, .nlayers = 3};
-    cfg.batch = B, cfg.n_local = NL, cfg.global_crop = GC, cfg.local_crop = LC;
-    Rng r = rng_make(108, 0, 0, 0);
-    float *gcrops = dino_malloc(sizeof(float) * 2 * B * 3 * GC * GC);
-    float *lcrops = dino_malloc(sizeof(float) * NL * B * 3 * LC * LC);
-    for (int i = 0; i < 2 * B * 3 * GC * GC; i++) gcrops[i] = (float)rng_normal(&r);
-    for (int i = 0; i < NL * B * 3 * LC * LC; i++) lcrops[i] = (float)rng_normal(&r);
-    uint8_t *masks[3];
-    for (int it = 0; it < 3; it++) { // 5 tokens of every other image (6 on step 2), at places that vary
-        masks[it] = dino_calloc((size_t)2 * B * N, 1);
-        for (int i = 0; i < 2 * B; i += 2)
-            for (int k = 0; k < (it == 2 ? 6 : 5); k++) masks[it][(size_t)i * N + (size_t)(k * 3 + it + i) % N] = 1;
-    }
+    float *gcrops, *lcrops;
+    uint8_t *masks[GRAPH_STEPS_MAX];
+    graph_case(&cfg, &gcrops, &lcrops, masks);
     long long plain_launches = 0;
     for (int staged = 0; staged < 2; staged++) {
         SslConfig c = cfg;
@@ -2187,11 +2208,94 @@ static void graphs_same_bits(void) {
               graph.per_step[1].nodes);
         free(eager.student), free(eager.teacher), free(graph.student), free(graph.teacher);
     }
-    for (int it = 0; it < 3; it++) free(masks[it]);
+    for (int it = 0; it < GRAPH_STEPS_MAX; it++) free(masks[it]);
+    free(gcrops), free(lcrops);
+    gpu_free(G);
+}
+
+static size_t ssl_total_floats(Backend *be, const SslConfig *c) {
+    char err[DINO_ERRLEN];
+    SslModel probe;
+    CHECK(ssl_model_init(&probe, be, c, 7, err) == 0, "%s", err);
+    const size_t total = probe.tab.total;
+    ssl_model_free(&probe, be);
+    return total;
+}
+
+static int same_run(const GraphRun *a, const GraphRun *b, int steps, size_t total) {
+    return memcmp(a->loss, b->loss, sizeof(double) * 5 * (size_t)steps) == 0 &&
+           memcmp(a->student, b->student, sizeof(float) * total) == 0 &&
+           memcmp(a->teacher, b->teacher, sizeof(float) * total) == 0;
+}
+
+// Replay (CUDA_GRAPHS_REPLAY): 4 SSL steps, staged as the trainer runs them, give the bits of the eager
+// steps. Steps 0-1 warm up (a scratch buffer that grows drops the cached execs); step 2 has another iBOT
+// mask count (a new shape): recorded into new execs; step 3 returns to the first count. With constant
+// schedule values every segment of step 3 but the optimizer's (its AdamW step count moves) is launched
+// from its cached exec: no recording, no update, no instantiation; CUDA_GRAPHS_VERIFY records them anyway and finds them identical to the cached execs. With
+// schedule values that change every step, the segments holding them are recorded and their execs updated
+// in place (no new instantiation), the others replayed, still bit for bit.
+static void graphs_replay_same_bits(int const_sched) {
+    if (emulating()) test_skip("graphs are a property of the CUDA backend");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    SslConfig c;
+    float *gcrops, *lcrops;
+    uint8_t *masks[GRAPH_STEPS_MAX];
+    graph_case(&c, &gcrops, &lcrops, masks);
+    c.staged_upload = 1;
+    const int steps = 4;
+    const size_t total = ssl_total_floats(G, &c);
+    GraphRun eager, replay, verify = {0};
+    graph_run_ex(G, &c, CUDA_GRAPHS_OFF, steps, const_sched, gcrops, lcrops, masks, &eager);
+    graph_run_ex(G, &c, CUDA_GRAPHS_REPLAY, steps, const_sched, gcrops, lcrops, masks, &replay);
+    if (const_sched) graph_run_ex(G, &c, CUDA_GRAPHS_VERIFY, steps, const_sched, gcrops, lcrops, masks, &verify);
+    for (int it = 0; it < steps; it++) {
+        const CudaGraphStats *s = &replay.per_step[it];
+        printf("  step %d: %lld launches (%lld replayed, %lld updated, %lld instantiated), %lld nodes; verify mode: "
+               "%lld verified\n",
+               it, s->launches, s->replays, s->updates, s->instantiations, s->nodes, verify.per_step[it].verified);
+    }
+    CHECK(same_run(&eager, &replay, steps, total), "replayed steps differ from eager");
+    if (const_sched) CHECK(same_run(&eager, &verify, steps, total), "verify mode differs from eager");
+    const CudaGraphStats *s2 = &replay.per_step[2], *s3 = &replay.per_step[3];
+    CHECK(s2->instantiations > 0 && s2->replays < s2->launches,
+          "step 2 has another mask count, yet %lld instantiations, %lld of %lld launches replayed", s2->instantiations,
+          s2->replays, s2->launches);
+    CHECK(s3->launches > 0 && s3->instantiations == 0 && s3->nodes > 10 * s3->launches,
+          "step 3: %lld launches, %lld nodes, %lld new instantiations", s3->launches, s3->nodes, s3->instantiations);
+    if (const_sched) {
+        // all but the optimizer's segment, whose AdamW step count (bias correction) is a kernel argument
+        CHECK(s3->replays == s3->launches - 1 && s3->updates == 1,
+              "step 3 repeats the shapes and values of step 1: %lld of %lld launches replayed, %lld updated",
+              s3->replays, s3->launches, s3->updates);
+        CHECK(verify.per_step[3].verified == s3->replays && verify.per_step[3].replays == 0,
+              "verify mode, step 3: %lld of %lld launches verified", verify.per_step[3].verified,
+              verify.per_step[3].launches);
+        free(verify.student), free(verify.teacher);
+    } else {
+        CHECK(s3->updates > 0 && s3->replays > 0, "step 3 with new schedule values: %lld updated, %lld replayed", s3->updates,
+              s3->replays);
+    }
+    free(eager.student), free(eager.teacher), free(replay.student), free(replay.teacher);
+    for (int it = 0; it < GRAPH_STEPS_MAX; it++) free(masks[it]);
     free(gcrops), free(lcrops);
     gpu_free(G);
 }
 #endif
+TEST(ssl_steps_cuda_graphs_replay_same_bits) {
+#ifdef DINO_HAVE_CUDA
+    graphs_replay_same_bits(1);
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+TEST(ssl_steps_cuda_graphs_replay_moving_schedule_same_bits) {
+#ifdef DINO_HAVE_CUDA
+    graphs_replay_same_bits(0);
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
 TEST(ssl_steps_cuda_graphs_same_bits) {
 #ifdef DINO_HAVE_CUDA
     graphs_same_bits();

@@ -169,9 +169,10 @@ static size_t act_elems(Backend *be, const void *p, size_t bytes, const char *wh
 
 static void cu_release(Backend *be, void *p) {
     if (!p) return;
+    cuda_host_wait(be); // no kernel still using it (and no deferred op: they ran with p's element type)
     act_forget(cuda_impl(be), p);
-    cuda_host_wait(be); // no kernel still using it
     cudaCheck(cudaStreamSynchronize(cuda_impl(be)->copy_stream)); // nor an upload into it
+    cuda_replay_forget(cuda_impl(be)); // no cached exec may use p again
     cudaCheck(cudaFree(p));
     cuda_graph_resume(be);
 }
@@ -228,8 +229,16 @@ static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) 
         free(h);
         return;
     }
-    if (cuda_impl(be)->capturing) {
+    if (cuda_impl(be)->capturing || cuda_replay_defers(be)) {
         const void *staged = cuda_graph_stage(be, src, bytes);
+        if (staged && cuda_replay_defers(be)) { // replay: the copy from the staging, at its offset, is deferred
+            struct { const char *tag; void *dst; const void *staged; size_t bytes; } sig = {"to_device", dst, staged, bytes};
+            cudaStream_t s = cuda_stream(be);
+            cuda_replay_defer(be, &sig, sizeof sig, NULL, 0, [=]() {
+                cudaCheck(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, s));
+            });
+            return;
+        }
         if (staged) {
             cudaCheck(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
             return;
@@ -281,6 +290,7 @@ void *cuda_scratch(Backend *be, size_t bytes) {
     if (bytes > c->scratch_bytes) {
         size_t n = bytes + bytes / 4 + (1 << 20);
         cuda_host_wait(be);
+        cuda_replay_forget(c); // cached execs use the old scratch
         if (c->scratch) cudaCheck(cudaFree(c->scratch));
         cudaCheck(cudaMalloc(&c->scratch, n));
         c->scratch_bytes = n;
@@ -306,8 +316,21 @@ void colsum_finish(Backend *be, float *dst, const float *partial, int nblk, int 
 
 // ---- construction -----------------------------------------------------------------------------------
 
-extern "C" void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p) { cuda_impl(be)->gemm_precision = p; }
-extern "C" void backend_cuda_set_attention(Backend *be, CudaAttention a) { cuda_impl(be)->attention = a; }
+// A setting that changes what an op enqueues without showing in its arguments: the deferred ops run first
+// (under the old setting) and no cached segment is replayed after the change.
+static void setting_changes(Backend *be) {
+    cuda_host_wait(be);
+    cuda_replay_forget(cuda_impl(be));
+    cuda_graph_resume(be);
+}
+extern "C" void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p) {
+    setting_changes(be);
+    cuda_impl(be)->gemm_precision = p;
+}
+extern "C" void backend_cuda_set_attention(Backend *be, CudaAttention a) {
+    setting_changes(be);
+    cuda_impl(be)->attention = a;
+}
 extern "C" int backend_cuda_attention_is_flash(Backend *be, int Dh) {
     return cuda_impl(be)->attention == CUDA_ATTENTION_FLASH && cuda_attention_flash_supported(be, Dh);
 }
@@ -400,58 +423,67 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->alloc_act = cu_alloc_act;
     be->to_device = cu_to_device;
     be->to_host = cu_to_host;
-    be->copy = cu_copy;
-    be->zero = cu_zero;
+    be->copy = CudaOp<cu_copy>::deferred;
+    be->zero = CudaOp<cu_zero>::deferred;
     be->sync = cu_sync;
     be->host_alloc = cu_host_alloc;
     be->host_free = cu_host_free;
     be->upload_async = cu_upload_async;
     be->upload_wait = cu_upload_wait;
-    be->gemm = cuda_gemm;
-    be->linear_fwd = cuda_linear_fwd;
-    be->linear_bwd = cuda_linear_bwd;
-    be->layernorm_fwd = cuda_layernorm_fwd;
-    be->layernorm_bwd = cuda_layernorm_bwd;
-    be->gelu_fwd = cuda_gelu_fwd;
-    be->gelu_bwd = cuda_gelu_bwd;
-    be->swiglu_fwd = cuda_swiglu_fwd;
-    be->swiglu_bwd = cuda_swiglu_bwd;
+    be->gemm = CudaOp<cuda_gemm>::deferred;
+    be->linear_fwd = CudaOp<cuda_linear_fwd>::deferred;
+    be->linear_bwd = CudaOp<cuda_linear_bwd>::deferred;
+    be->layernorm_fwd = CudaOp<cuda_layernorm_fwd>::deferred;
+    be->layernorm_bwd = CudaOp<cuda_layernorm_bwd>::deferred;
+    be->gelu_fwd = CudaOp<cuda_gelu_fwd>::deferred;
+    be->gelu_bwd = CudaOp<cuda_gelu_bwd>::deferred;
+    be->swiglu_fwd = CudaOp<cuda_swiglu_fwd>::deferred;
+    be->swiglu_bwd = CudaOp<cuda_swiglu_bwd>::deferred;
     be->attention_saved_floats = cuda_attention_saved_floats;
-    be->attention_fwd = cuda_attention_fwd;
-    be->attention_bwd = cuda_attention_bwd;
-    be->rope_fwd = cuda_rope_fwd;
-    be->rope_bwd = cuda_rope_bwd;
-    be->im2col = cuda_im2col;
-    be->tokens_fwd = cuda_tokens_fwd;
-    be->tokens_bwd = cuda_tokens_bwd;
-    be->gather_rows = cuda_gather_rows;
-    be->residual_fwd = cuda_residual_fwd;
-    be->residual_bwd = cuda_residual_bwd;
-    be->scatter_add_rows = cuda_scatter_add_rows;
-    be->axpy = cuda_axpy;
-    be->scale = cuda_scale;
-    be->sum_squares = cuda_sum_squares;
+    be->attention_fwd = CudaOp<cuda_attention_fwd>::deferred;
+    be->attention_bwd = CudaOp<cuda_attention_bwd>::deferred;
+    be->rope_fwd = CudaOp<cuda_rope_fwd>::deferred;
+    be->rope_bwd = CudaOp<cuda_rope_bwd>::deferred;
+    be->im2col = CudaOp<cuda_im2col>::deferred;
+    be->tokens_fwd = CudaOp<cuda_tokens_fwd>::deferred;
+    be->tokens_bwd = CudaOp<cuda_tokens_bwd>::deferred;
+    be->gather_rows = CudaOp<cuda_gather_rows>::deferred;
+    be->residual_fwd = CudaOp<cuda_residual_fwd>::deferred;
+    be->residual_bwd = CudaOp<cuda_residual_bwd>::deferred;
+    be->scatter_add_rows = CudaOp<cuda_scatter_add_rows>::deferred;
+    be->axpy = CudaOp<cuda_axpy>::deferred;
+    be->scale = CudaOp<cuda_scale>::deferred;
+    be->sum_squares = CudaOp<cuda_sum_squares>::flushed;
     be->destroy = cuda_destroy;
     // the DINOv2 objective (head_ops.cu, loss_ops.cu, optim_ops.cu), all fp32
-    be->l2norm_fwd = cuda_l2norm_fwd;
-    be->l2norm_bwd = cuda_l2norm_bwd;
-    be->weightnorm_fwd = cuda_weightnorm_fwd;
-    be->weightnorm_bwd = cuda_weightnorm_bwd;
-    be->softmax_center = cuda_softmax_center;
-    be->col_sum = cuda_col_sum;
-    be->center_update = cuda_center_update;
-    be->sinkhorn = cuda_sinkhorn;
-    be->softmax_ce = cuda_softmax_ce;
-    be->entropy_mean = cuda_entropy_mean;
-    be->koleo = cuda_koleo;
-    be->kde = cuda_kde;
-    be->gram_loss = cuda_gram_loss;
-    be->adamw = cuda_adamw;
-    be->ema = cuda_ema;
-    // DINO_CUDA_GRAPHS=1: graph mode in any program (an A/B of bench_step on a GPU); the trainer decides
-    // again from compute_precision.cuda_graphs and its world size
+    be->l2norm_fwd = CudaOp<cuda_l2norm_fwd>::deferred;
+    be->l2norm_bwd = CudaOp<cuda_l2norm_bwd>::deferred;
+    be->weightnorm_fwd = CudaOp<cuda_weightnorm_fwd>::deferred;
+    be->weightnorm_bwd = CudaOp<cuda_weightnorm_bwd>::deferred;
+    be->softmax_center = CudaOp<cuda_softmax_center>::deferred;
+    be->col_sum = CudaOp<cuda_col_sum>::deferred;
+    be->center_update = CudaOp<cuda_center_update>::deferred;
+    be->sinkhorn = CudaOp<cuda_sinkhorn>::deferred;
+    be->softmax_ce = CudaOp<cuda_softmax_ce>::deferred;
+    be->entropy_mean = CudaOp<cuda_entropy_mean>::deferred;
+    be->koleo = CudaOp<cuda_koleo>::deferred;
+    be->kde = CudaOp<cuda_kde>::deferred;
+    be->gram_loss = CudaOp<cuda_gram_loss>::deferred;
+    be->adamw = CudaOp<cuda_adamw>::deferred;
+    be->ema = CudaOp<cuda_ema>::deferred;
+    // DINO_CUDA_GRAPHS=1: graph mode in any program (an A/B of bench_step on a GPU), the mode of
+    // DINO_CUDA_GRAPH_MODE; the trainer decides again from compute_precision.cuda_graphs and its world size
     const char *graphs_env = getenv("DINO_CUDA_GRAPHS");
-    if (graphs_env && strcmp(graphs_env, "1") == 0) backend_cuda_set_graphs(be, 1);
+    if (graphs_env && strcmp(graphs_env, "1") == 0) {
+        char e2[DINO_ERRLEN];
+        const int mode = backend_cuda_graph_mode_on(e2);
+        if (mode < 0) {
+            set_err(err, "cuda backend: %s", e2);
+            backend_free(be);
+            return NULL;
+        }
+        backend_cuda_set_graphs(be, mode);
+    }
     return be;
 }
 
