@@ -2281,7 +2281,48 @@ static void graphs_replay_same_bits(int const_sched) {
     free(gcrops), free(lcrops);
     gpu_free(G);
 }
+// Replay's staging: host inputs (to_device) are copied into the page-locked staging when the op is called
+// and a launched graph reads them when it runs, so the staging may only be reused after a host wait.
+// Segments that end without one (here at upload_wait, as a step starts) stage at growing offsets: 8 of
+// them, each a different host vector scaled on the device, give each its own result (the layer also
+// reports a staging rewritten before a launched graph read it: the mutant graph_replay_staging_reused).
+static void graphs_replay_staging(void) {
+    if (emulating()) test_skip("graphs are a property of the CUDA backend");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    const int n = 64, reps = 8;
+    float *d = G->alloc(G, sizeof(float) * n * reps), *gate = G->alloc(G, sizeof(float) * n);
+    float *pinned = G->host_alloc(G, sizeof(float) * n), host[64], *back = dino_malloc(sizeof(float) * n * reps);
+    const int ticket = G->upload_async(G, gate, pinned, sizeof(float) * n); // its event ends the segments below
+    backend_cuda_set_graphs(G, CUDA_GRAPHS_REPLAY);
+    const CudaGraphStats before = backend_cuda_graph_stats(G);
+    for (int i = 0; i < reps; i++) {
+        for (int k = 0; k < n; k++) host[k] = (float)(100 * i + k);
+        G->to_device(G, d + (size_t)i * n, host, sizeof host); // the host vector is reused at once
+        G->scale(G, d + (size_t)i * n, 2.0f, (size_t)n);
+        G->upload_wait(G, ticket); // ends the segment: launched, not waited for
+    }
+    G->sync(G);
+    const CudaGraphStats st = graph_stats_since(G, before);
+    backend_cuda_set_graphs(G, CUDA_GRAPHS_OFF);
+    G->to_host(G, back, d, sizeof(float) * n * reps);
+    int bad = 0;
+    for (int i = 0; i < reps; i++)
+        for (int k = 0; k < n; k++) bad += back[(size_t)i * n + k] != 2.0f * (float)(100 * i + k);
+    printf("  %d segments: %lld launches, %lld replayed; %d wrong values\n", reps, st.launches, st.replays, bad);
+    CHECK(st.launches == reps && bad == 0, "%lld launches, %d wrong values", st.launches, bad);
+    free(back);
+    G->host_free(G, pinned);
+    G->release(G, d), G->release(G, gate);
+    gpu_free(G);
+}
 #endif
+TEST(cuda_graphs_replay_staging_per_segment) {
+#ifdef DINO_HAVE_CUDA
+    graphs_replay_staging();
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
 TEST(ssl_steps_cuda_graphs_replay_same_bits) {
 #ifdef DINO_HAVE_CUDA
     graphs_replay_same_bits(1);
