@@ -77,6 +77,7 @@ static void *t_host_alloc(Backend *be, size_t bytes) { return IN(S(be))->host_al
 static void t_host_free(Backend *be, void *p) { IN(S(be))->host_free(IN(S(be)), p); }
 static void t_sync(Backend *be) { IN(S(be))->sync(IN(S(be))); }
 static void t_upload_wait(Backend *be, int ticket) { IN(S(be))->upload_wait(IN(S(be)), ticket); }
+static void t_download_wait(Backend *be) { IN(S(be))->download_wait(IN(S(be))); }
 
 static void t_to_device(Backend *be, void *dst, const void *src, size_t bytes) {
     TimedState *s = S(be);
@@ -96,6 +97,12 @@ static int t_upload_async(Backend *be, void *dst, const void *src, size_t bytes)
     int ticket = s->inner->upload_async(s->inner, dst, src, bytes);
     t_end(s, ROP_UPLOAD_ASYNC, t0, COSTS(roof_host, (double)bytes), dst);
     return ticket;
+}
+static void t_download_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    TimedState *s = S(be);
+    double t0 = t_begin(s);
+    s->inner->download_async(s->inner, dst, src, bytes);
+    t_end(s, ROP_DOWNLOAD_ASYNC, t0, COSTS(roof_host, (double)bytes), NULL);
 }
 static void t_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     TimedState *s = S(be);
@@ -292,7 +299,7 @@ static void t_destroy(Backend *be) {
 
 // Every member of the op table must be wrapped below (an op left out would run the inner op on the wrapper's
 // state): a new op in model/backend.h fails this until it is wrapped here and counted in model/roofline.c.
-_Static_assert(sizeof(Backend) == 54 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
+_Static_assert(sizeof(Backend) == 56 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
 
 Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -306,6 +313,7 @@ Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     be->host_alloc = inner->host_alloc ? t_host_alloc : NULL;
     be->host_free = inner->host_free ? t_host_free : NULL;
     be->upload_async = t_upload_async, be->upload_wait = t_upload_wait;
+    be->download_async = t_download_async, be->download_wait = t_download_wait;
     be->gemm = t_gemm, be->linear_fwd = t_linear_fwd, be->linear_bwd = t_linear_bwd;
     be->layernorm_fwd = t_layernorm_fwd, be->layernorm_bwd = t_layernorm_bwd;
     be->gelu_fwd = t_gelu_fwd, be->gelu_bwd = t_gelu_bwd, be->swiglu_fwd = t_swiglu_fwd, be->swiglu_bwd = t_swiglu_bwd;

@@ -49,7 +49,7 @@ typedef enum {
     ROP_CENTER_UPDATE, ROP_SINKHORN, ROP_SOFTMAX_CE, ROP_ENTROPY_MEAN, ROP_KOLEO, ROP_KDE, ROP_GRAM_LOSS,
     ROP_SUM_SQUARES, ROP_SCALE, ROP_ADAMW, ROP_EMA,
     ROP_COPY, ROP_ZERO,
-    ROP_TO_DEVICE, ROP_TO_HOST, ROP_UPLOAD_ASYNC,
+    ROP_TO_DEVICE, ROP_TO_HOST, ROP_UPLOAD_ASYNC, ROP_DOWNLOAD_ASYNC,
     ROP_COUNT
 } RoofOp;
 
@@ -127,7 +127,7 @@ RoofCost roof_adamw(RoofLayout l, double n);
 RoofCost roof_ema(RoofLayout l, double n);
 RoofCost roof_copy(RoofLayout l, double bytes, int into_next);
 RoofCost roof_zero(RoofLayout l, double bytes);
-RoofCost roof_host(RoofLayout l, double bytes); // to_device, to_host, upload_async
+RoofCost roof_host(RoofLayout l, double bytes); // to_device, to_host, upload_async, download_async
 
 // ---- tallies ------------------------------------------------------------------------------------------
 typedef struct {

@@ -2090,6 +2090,7 @@ static void graph_run_ex(Backend *be, const SslConfig *cfg, int graphs, int step
                          const float *lcrops, uint8_t *const *masks, GraphRun *out) {
     SslModel m;
     char err[DINO_ERRLEN];
+    memset(out, 0, sizeof *out);
     CHECK(ssl_model_init(&m, be, cfg, 7, err) == 0, "%s", err);
     float *pinned[2] = {NULL, NULL};
     if (cfg->staged_upload) {

@@ -31,6 +31,9 @@ static int cpu_upload_async(Backend *be, void *dst, const void *src, size_t byte
     return 0;
 }
 static void cpu_upload_wait(Backend *be, int ticket) {}
+// Synchronous CPU: the read-back is a copy, done when it returns.
+static void cpu_download_async(Backend *be, void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_download_wait(Backend *be) {}
 
 Backend *backend_cpu_new(void) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -47,6 +50,8 @@ Backend *backend_cpu_new(void) {
     be->host_free = cpu_host_free;
     be->upload_async = cpu_upload_async;
     be->upload_wait = cpu_upload_wait;
+    be->download_async = cpu_download_async;
+    be->download_wait = cpu_download_wait;
     be->gemm = cpu_gemm;
     be->linear_fwd = cpu_linear_fwd;
     be->linear_bwd = cpu_linear_bwd;

@@ -268,6 +268,16 @@ static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
     cuda_host_wait(be);
     cuda_graph_resume(be);
 }
+// Asynchronous read-back on the compute stream (a deferred op in replay mode: a graph's node, writing the
+// page-locked destination each time it runs).
+static void cu_download_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (act_elems(be, src, bytes, "download_async")) DINO_DIE("cuda backend: download_async of a bf16 activation buffer");
+    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));
+}
+static void cu_download_wait(Backend *be) {
+    cuda_host_wait(be); // one wait for all the step's read-backs
+    cuda_graph_resume(be);
+}
 static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     const size_t nd = act_elems(be, dst, bytes, "copy"), ns = act_elems(be, src, bytes, "copy");
     if ((nd != 0) != (ns != 0)) DINO_DIE("cuda backend: copy between a bf16 activation buffer and an fp32 buffer");
@@ -430,6 +440,8 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->host_free = cu_host_free;
     be->upload_async = cu_upload_async;
     be->upload_wait = cu_upload_wait;
+    be->download_async = CudaOp<cu_download_async>::deferred;
+    be->download_wait = cu_download_wait;
     be->gemm = CudaOp<cuda_gemm>::deferred;
     be->linear_fwd = CudaOp<cuda_linear_fwd>::deferred;
     be->linear_bwd = CudaOp<cuda_linear_bwd>::deferred;
