@@ -384,6 +384,47 @@ static void linear_case(Backend *C, Backend *G, int rows, int n_in, int n_out, i
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
 }
 
+// download_async / download_wait: a read-back lands in page-locked memory in stream order (a later op on the
+// same buffer does not change it), on the gpu as on the cpu, bit for bit; with graphs replaying, the copy
+// is a node of the replayed graph and brings each launch's new values.
+static void download_checks(Backend *be, const char *name, int replay) {
+    const int n = 1000;
+    float *x = be->alloc(be, sizeof(float) * n), *h = dino_malloc(sizeof(float) * n);
+    float *d1 = be->host_alloc(be, sizeof(float) * n), *d2 = be->host_alloc(be, sizeof(float) * n);
+    int bad = 0;
+    for (int it = 0; it < 3; it++) { // the same ops, new host values: a replayed segment from the second on
+        for (int i = 0; i < n; i++) h[i] = 0.25f * (float)(i - 300) + (float)it;
+        be->to_device(be, x, h, sizeof(float) * n);
+        be->download_async(be, d1, x, sizeof(float) * n);
+        be->scale(be, x, 3.0f, (size_t)n); // after the first download in stream order
+        be->download_async(be, d2, x, sizeof(float) * n);
+        be->download_wait(be);
+        for (int i = 0; i < n; i++) bad += d1[i] != h[i] || d2[i] != 3.0f * h[i];
+    }
+    printf("  %s%s: %d wrong values in 3 rounds\n", name, replay ? " (graphs replaying)" : "", bad);
+    CHECK(bad == 0, "%s: %d values read back wrong", name, bad);
+    be->host_free(be, d1), be->host_free(be, d2), be->release(be, x);
+    free(h);
+}
+TEST(download_async_in_stream_order) {
+    Backend *C = backend_cpu_new(), *G = gpu_backend(CUDA_GEMM_BF16);
+    download_checks(C, "cpu", 0);
+    download_checks(G, "gpu", 0);
+#ifdef DINO_HAVE_CUDA
+    if (!emulating()) {
+        backend_cuda_set_graphs(G, CUDA_GRAPHS_REPLAY);
+        const CudaGraphStats before = backend_cuda_graph_stats(G);
+        download_checks(G, "gpu", 1);
+        const CudaGraphStats a = backend_cuda_graph_stats(G);
+        backend_cuda_set_graphs(G, CUDA_GRAPHS_OFF);
+        printf("  %lld launches, %lld replayed\n", a.launches - before.launches, a.replays - before.replays);
+        CHECK(a.replays - before.replays >= 2, "the repeated rounds were not replayed (%lld)", a.replays - before.replays);
+    }
+#endif
+    backend_free(C);
+    gpu_free(G);
+}
+
 TEST(linear_vits_vitl_shapes) {
     Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
     // ViT-S/14: qkv of 2 global crops (2*257 tokens), fc2 of 8 local crops (8*50 tokens);
