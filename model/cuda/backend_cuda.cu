@@ -233,7 +233,7 @@ static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) 
         const void *staged = cuda_graph_stage(be, src, bytes);
         if (staged && cuda_replay_defers(be)) { // replay: the copy from the staging, at its offset, is deferred
             struct { const char *tag; void *dst; const void *staged; size_t bytes; } sig = {"to_device", dst, staged, bytes};
-            cudaStream_t s = cuda_stream(be);
+            cudaStream_t s = cuda_impl(be)->stream; // (cuda_stream would flush the pending ops)
             cuda_replay_defer(be, &sig, sizeof sig, NULL, 0, [=]() {
                 cudaCheck(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, s));
             });

@@ -89,6 +89,7 @@ typedef struct {
     // replay (graphs == CUDA_GRAPHS_REPLAY / _VERIFY): ops are deferred into `pending` and each segment is
     // launched from the exec cached under its signature (graphs.cu, "replay")
     struct CudaReplay *replay;
+    int replay_pending; // ops are deferred (cuda_stream flushes them first)
     int replay_running; // running a segment's deferred ops (recording it)
     int replay_cut;     // ... and a host wait inside them cut the recording (not cached)
     CudaAttention attention; // flash (default where supported) or the batched-GEMM path; DINO_ATTENTION
@@ -166,7 +167,14 @@ template <typename R, typename... A, R (*Fn)(Backend *, A...)> struct CudaOp<Fn>
         return Fn(be, a...);
     }
 };
-static inline cudaStream_t cuda_stream(Backend *be) { return cuda_impl(be)->stream; }
+// The compute stream. In replay mode an op that enqueues work without being deferred (a table entry not
+// wrapped in CudaOp<fn>::deferred) gets the pending ops flushed first: it is then a segment boundary, slower
+// but in order.
+static inline cudaStream_t cuda_stream(Backend *be) {
+    CudaImpl *c = cuda_impl(be);
+    if (c->replay_pending) cuda_replay_flush(be);
+    return c->stream;
+}
 // Scratch of at least `bytes`, valid until the next call of this function. Every kernel runs on the
 // backend's one stream, so an op may reuse the scratch of the op before it.
 void *cuda_scratch(Backend *be, size_t bytes);

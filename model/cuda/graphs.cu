@@ -174,7 +174,9 @@ bool cuda_replay_defers(Backend *be) {
 
 void cuda_replay_defer(Backend *be, const void *shape, size_t n_shape, const void *values, size_t n_values,
                        std::function<void()> run) {
-    CudaReplay *r = cuda_impl(be)->replay;
+    CudaImpl *c = cuda_impl(be);
+    CudaReplay *r = c->replay;
+    c->replay_pending = 1;
     r->shape.append((const char *)shape, n_shape);
     if (n_values) r->values.append((const char *)values, n_values);
     r->ops.push_back(std::move(run));
@@ -216,6 +218,7 @@ void cuda_replay_flush(Backend *be) {
     CudaImpl *c = cuda_impl(be);
     if (!replaying(c) || c->replay_running) return;
     CudaReplay *r = c->replay;
+    c->replay_pending = 0;
     if (r->ops.empty()) return;
     std::string shape = std::move(r->shape), values = std::move(r->values);
     std::vector<std::function<void()>> ops = std::move(r->ops);
