@@ -633,8 +633,8 @@ static void free_backend(Run *r) {
         const CudaGraphStats g = backend_cuda_graph_stats(r->be);
         if (g.launches)
             printf("dinotrain: CUDA graphs: %lld launches of %lld nodes (%.1f per launch), %lld instantiated "
-                   "(new shapes), %lld updated execs\n",
-                   g.launches, g.nodes, (double)g.nodes / (double)g.launches, g.instantiations, g.updates);
+                   "(new shapes), %lld updated execs, %lld replayed without recording\n",
+                   g.launches, g.nodes, (double)g.nodes / (double)g.launches, g.instantiations, g.updates, g.replays);
     }
 #endif
 #ifdef DINO_HAVE_NCCL
