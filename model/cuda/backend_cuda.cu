@@ -354,7 +354,8 @@ extern "C" void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *t
 
 extern "C" const char *backend_cuda_device_name(Backend *be) { return cuda_impl(be)->device_name; }
 
-extern "C" void *backend_cuda_stream(Backend *be) { return (void *)cuda_impl(be)->stream; }
+// (through cuda_stream: work the caller enqueues on it comes after the ops replay mode has pending)
+extern "C" void *backend_cuda_stream(Backend *be) { return (void *)cuda_stream(be); }
 
 static void cuda_destroy(Backend *be) {
     CudaImpl *c = cuda_impl(be);
