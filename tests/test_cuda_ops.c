@@ -2368,6 +2368,60 @@ TEST(cuda_graphs_replay_staging_per_segment) {
     test_skip("built without CUDA (no nvcc found)");
 #endif
 }
+// A setting that changes what an op enqueues without changing its arguments (the attention path: flash or
+// batched GEMMs) must drop the cached segments: the same attention_fwd call after the switch is recorded
+// anew, not replayed with the other path's kernels. In verify mode a stale cache stops the program (the
+// mutant graph_replay_setting_kept); here both paths' outputs are checked against the cpu.
+#ifdef DINO_HAVE_CUDA
+static void graphs_replay_setting_change(void) {
+    if (emulating()) test_skip("graphs are a property of the CUDA backend");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    const int B = 1, T = 37, H = 2, Dh = 64, D = H * Dh;
+    const size_t nq = (size_t)B * T * 3 * D, no = (size_t)B * T * D;
+    backend_cuda_set_attention(G, CUDA_ATTENTION_GEMM);
+    const size_t sg = G->attention_saved_floats(G, B, T, H, Dh);
+    backend_cuda_set_attention(G, CUDA_ATTENTION_FLASH);
+    const size_t sf = G->attention_saved_floats(G, B, T, H, Dh);
+    float *q = dino_malloc(sizeof(float) * nq), *ref = dino_malloc(sizeof(float) * no), *out = dino_malloc(sizeof(float) * no);
+    Rng r = rng_make(112, 0, 0, 0);
+    for (size_t i = 0; i < nq; i++) q[i] = (float)rng_normal(&r);
+    float *cq = C->alloc(C, sizeof(float) * nq), *co = C->alloc(C, sizeof(float) * no);
+    float *cs = C->alloc(C, sizeof(float) * C->attention_saved_floats(C, B, T, H, Dh));
+    C->to_device(C, cq, q, sizeof(float) * nq);
+    C->attention_fwd(C, co, cs, cq, B, T, H, Dh);
+    C->to_host(C, ref, co, sizeof(float) * no);
+    float *gq = G->alloc(G, sizeof(float) * nq), *go = G->alloc(G, sizeof(float) * no);
+    float *gs = G->alloc(G, sizeof(float) * (sf > sg ? sf : sg));
+    G->to_device(G, gq, q, sizeof(float) * nq);
+    backend_cuda_set_graphs(G, CUDA_GRAPHS_VERIFY);
+    // gemm (its pointer arrays grow: that call is not cached), flash, flash (a verified replay), gemm, gemm
+    for (int k = 0; k < 5; k++) {
+        const int flash = k == 1 || k == 2;
+        if (k == 0 || k == 1 || k == 3) backend_cuda_set_attention(G, flash ? CUDA_ATTENTION_FLASH : CUDA_ATTENTION_GEMM);
+        G->attention_fwd(G, go, gs, gq, B, T, H, Dh);
+        G->to_host(G, out, go, sizeof(float) * no);
+        double err = 0;
+        for (size_t i = 0; i < no; i++) err = fmax(err, fabs(out[i] - ref[i]));
+        printf("  %s path, call %d: max |cuda - cpu| %.3g\n", flash ? "flash" : "gemm", k, err);
+        CHECK(err < 0.05, "%s path: max error %g against the cpu", flash ? "flash" : "gemm", err);
+    }
+    const CudaGraphStats st = backend_cuda_graph_stats(G);
+    printf("  %lld launches, %lld verified, %lld instantiated\n", st.launches, st.verified, st.instantiations);
+    CHECK(st.verified == 2, "the repeated calls (2 and 4) were not both verified replays (%lld)", st.verified);
+    backend_cuda_set_graphs(G, CUDA_GRAPHS_OFF);
+    G->release(G, gq), G->release(G, go), G->release(G, gs);
+    free(q), free(ref), free(out);
+    backend_free(C);
+    gpu_free(G);
+}
+#endif
+TEST(cuda_graphs_replay_setting_change_records_anew) {
+#ifdef DINO_HAVE_CUDA
+    graphs_replay_setting_change();
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
 TEST(ssl_steps_cuda_graphs_replay_same_bits) {
 #ifdef DINO_HAVE_CUDA
     graphs_replay_same_bits(1);
