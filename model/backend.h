@@ -82,6 +82,14 @@ struct Backend {
     // Every op issued after this call runs after the upload `ticket` (the host does not wait).
     void (*upload_wait)(Backend *be, int ticket);
 
+    // ---- asynchronous read-backs (a step's statistics come back without the host waiting) --------------
+    // dst_host[0..bytes) <- src (fp32 backend memory) after every op issued so far; returns at once. dst_host
+    // must come from host_alloc (a GPU writes it by DMA, from inside a graph too) and holds the bytes only
+    // after download_wait.
+    void (*download_async)(Backend *be, void *dst_host, const void *src, size_t bytes);
+    // Returns when every download_async issued so far has landed (and the ops before them have run).
+    void (*download_wait)(Backend *be);
+
     // ---- dense algebra ------------------------------------------------------------------------
     // C[M,N] = alpha * op(A) op(B) + beta * C; op(A) is [M,K], op(B) is [K,N]; row-major with leading
     // dimensions lda, ldb, ldc.

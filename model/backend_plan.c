@@ -63,6 +63,7 @@ static void plan_release(Backend *be, void *p) {
 static void plan_drop(Backend *be, void *dst, const void *src, size_t bytes) {}
 static void plan_zero(Backend *be, void *p, size_t bytes) {} // fresh pages are zero already
 static int plan_upload(Backend *be, void *dst, const void *src, size_t bytes) { return 0; }
+static void plan_download(Backend *be, void *dst, const void *src, size_t bytes) { memset(dst, 0, bytes); }
 
 // The CUDA backend's saved attention state with its defaults (bf16 GEMMs, DINO_ATTENTION unset): the flash
 // path's LSE + bf16 O where it has kernels for the head dim, else the bf16 probabilities.
@@ -109,6 +110,7 @@ Backend *backend_plan_new(int cuda_layout) {
     be->copy = plan_drop;
     be->zero = plan_zero;
     be->upload_async = plan_upload; // host_alloc stays the CPU's: host memory is not device memory
+    be->download_async = plan_download; // the plan's memory holds nothing to read back
     be->destroy = plan_destroy;
     return be;
 }

@@ -157,6 +157,7 @@ static void t_upload_wait(Backend *be, int ticket) { IN(S(be))->upload_wait(IN(S
 static size_t t_param_copy_register(Backend *be, float *P, size_t n) {
     return IN(S(be))->param_copy_register(IN(S(be)), P, n);
 }
+static void t_download_wait(Backend *be) { IN(S(be))->download_wait(IN(S(be))); }
 
 static void t_to_device(Backend *be, void *dst, const void *src, size_t bytes) {
     TimedState *s = S(be);
@@ -176,6 +177,12 @@ static int t_upload_async(Backend *be, void *dst, const void *src, size_t bytes)
     int ticket = s->inner->upload_async(s->inner, dst, src, bytes);
     t_end(s, ROP_UPLOAD_ASYNC, t0, COSTS(roof_host, (double)bytes), dst);
     return ticket;
+}
+static void t_download_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    TimedState *s = S(be);
+    double t0 = t_begin(s);
+    s->inner->download_async(s->inner, dst, src, bytes);
+    t_end(s, ROP_DOWNLOAD_ASYNC, t0, COSTS(roof_host, (double)bytes), NULL);
 }
 static void t_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     TimedState *s = S(be);
@@ -436,7 +443,7 @@ static void t_destroy(Backend *be) {
 
 // Every member of the op table must be wrapped below (an op left out would run the inner op on the wrapper's
 // state): a new op in model/backend.h fails this until it is wrapped here and counted in model/roofline.c.
-_Static_assert(sizeof(Backend) == 68 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
+_Static_assert(sizeof(Backend) == 70 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
 
 Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -451,6 +458,7 @@ Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     be->host_free = inner->host_free ? t_host_free : NULL;
     be->upload_async = t_upload_async, be->upload_wait = t_upload_wait;
     be->param_copy_register = t_param_copy_register, be->param_copy_changed = t_param_copy_changed;
+    be->download_async = t_download_async, be->download_wait = t_download_wait;
     be->gemm = t_gemm, be->linear_fwd = t_linear_fwd, be->linear_bwd = t_linear_bwd;
     be->linear_gelu_fwd = t_linear_gelu_fwd, be->linear_swiglu_fwd = t_linear_swiglu_fwd;
     be->layernorm_fwd = t_layernorm_fwd, be->layernorm_bwd = t_layernorm_bwd;

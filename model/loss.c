@@ -58,6 +58,12 @@ void ibot_teacher_targets(Backend *be, Collective *coll, Centering centering, Te
     be->center_update(be, c->center, c->sum, K, 1.0f / (float)world, c->momentum);
 }
 
+double loss_rows_sum(const float *h, const float *w, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += (double)h[i] * (w ? w[i] : 1.0f);
+    return s;
+}
+
 // Sum of n floats of backend memory, on the host in double.
 static double sum_rows(Backend *be, const float *row_loss, int n, const float *w) {
     if (n <= 0) return 0;
@@ -68,15 +74,14 @@ static double sum_rows(Backend *be, const float *row_loss, int n, const float *w
         hw = dino_malloc(sizeof(float) * (size_t)n);
         be->to_host(be, hw, w, sizeof(float) * (size_t)n);
     }
-    double s = 0;
-    for (int i = 0; i < n; i++) s += (double)h[i] * (hw ? hw[i] : 1.0f);
+    const double s = loss_rows_sum(h, hw, n);
     free(h);
     free(hw);
     return s;
 }
 
-double dino_loss_local(Backend *be, const float *s_local, int n_local, int B, const float *P, int K,
-                       float student_temp, float *tsum, float *row_loss, float *ds_local, float weight) {
+double dino_loss_local_rows(Backend *be, const float *s_local, int n_local, int B, const float *P, int K,
+                            float student_temp, float *tsum, float *row_loss, float *ds_local, float weight) {
     if (n_local <= 0) return 0;
     const float n_terms = (float)(2 + 2 * n_local);
     // CE is linear in the target: both global-crop targets of an image at once
@@ -85,23 +90,43 @@ double dino_loss_local(Backend *be, const float *s_local, int n_local, int B, co
     const int rows = n_local * B;
     be->softmax_ce(be, row_loss, ds_local, s_local, tsum, NULL, rows, B, K, student_temp,
                    weight / ((float)B * n_terms));
-    return sum_rows(be, row_loss, rows, NULL) / ((double)B * n_terms);
+    return (double)B * n_terms;
 }
 
-double dino_loss_global(Backend *be, const float *s_global, int n_local, int B, const float *P, int K,
-                        float student_temp, float *row_loss, float *ds_global, float weight) {
+double dino_loss_local(Backend *be, const float *s_local, int n_local, int B, const float *P, int K,
+                       float student_temp, float *tsum, float *row_loss, float *ds_local, float weight) {
+    if (n_local <= 0) return 0;
+    const double div = dino_loss_local_rows(be, s_local, n_local, B, P, K, student_temp, tsum, row_loss, ds_local, weight);
+    return sum_rows(be, row_loss, n_local * B, NULL) / div;
+}
+
+double dino_loss_global_rows(Backend *be, const float *s_global, int n_local, int B, const float *P, int K,
+                             float student_temp, float *row_loss, float *ds_global, float weight) {
     const float n_terms = (float)(2 + 2 * n_local);
     // 2 (loss_scales) * mean over 2B rows / n_terms = sum / (B n_terms)
     be->softmax_ce(be, row_loss, ds_global, s_global, P, NULL, 2 * B, 2 * B, K, student_temp,
                    weight / ((float)B * n_terms));
-    return sum_rows(be, row_loss, 2 * B, NULL) / ((double)B * n_terms);
+    return (double)B * n_terms;
+}
+
+double dino_loss_global(Backend *be, const float *s_global, int n_local, int B, const float *P, int K,
+                        float student_temp, float *row_loss, float *ds_global, float weight) {
+    const double div = dino_loss_global_rows(be, s_global, n_local, B, P, K, student_temp, row_loss, ds_global, weight);
+    return sum_rows(be, row_loss, 2 * B, NULL) / div;
+}
+
+double ibot_loss_rows(Backend *be, const float *s, const float *P, const float *w, int n_masked, int n_images, int K,
+                      float student_temp, float *row_loss, float *ds, float weight) {
+    if (n_masked <= 0) return n_images;
+    be->softmax_ce(be, row_loss, ds, s, P, w, n_masked, n_masked, K, student_temp, weight / (float)n_images);
+    return n_images;
 }
 
 double ibot_loss(Backend *be, const float *s, const float *P, const float *w, int n_masked, int n_images, int K,
                  float student_temp, float *row_loss, float *ds, float weight) {
     if (n_masked <= 0) return 0;
-    be->softmax_ce(be, row_loss, ds, s, P, w, n_masked, n_masked, K, student_temp, weight / (float)n_images);
-    return sum_rows(be, row_loss, n_masked, w) / n_images;
+    const double div = ibot_loss_rows(be, s, P, w, n_masked, n_images, K, student_temp, row_loss, ds, weight);
+    return sum_rows(be, row_loss, n_masked, w) / div;
 }
 
 double koleo_loss(Backend *be, const float *cls, int n_crops, int B, int D, float weight, float *dcls_acc,

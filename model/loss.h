@@ -55,6 +55,18 @@ double dino_loss_global(Backend *be, const float *s_global, int n_local, int B, 
 // iBOT loss: s[n_masked,K] student logits of the masked tokens, P[n_masked,K], w[n_masked] = 1/n_i.
 double ibot_loss(Backend *be, const float *s, const float *P, const float *w, int n_masked, int n_images, int K,
                  float student_temp, float *row_loss, float *ds, float weight);
+// The three losses above without their read-back: the same ops, the per-row losses left in row_loss
+// (rows: n_local*B, 2B, n_masked); each returns the divisor: loss = loss_rows_sum(rows, w) / divisor,
+// with rows (and the iBOT weights w) copied to the host by the caller (a step downloads them
+// asynchronously). dino_loss_local_rows returns 0 (and enqueues nothing) without local crops.
+double dino_loss_local_rows(Backend *be, const float *s_local, int n_local, int B, const float *P, int K,
+                            float student_temp, float *tsum, float *row_loss, float *ds_local, float weight);
+double dino_loss_global_rows(Backend *be, const float *s_global, int n_local, int B, const float *P, int K,
+                             float student_temp, float *row_loss, float *ds_global, float weight);
+double ibot_loss_rows(Backend *be, const float *s, const float *P, const float *w, int n_masked, int n_images, int K,
+                      float student_temp, float *row_loss, float *ds, float weight);
+// Sum over the n host rows h (times w[i] when w is not NULL), in double, in order.
+double loss_rows_sum(const float *h, const float *w, int n);
 // KoLeo on cls[n_crops*B, D] (crop-major), per crop; dcls_acc += d(loss)/d(cls) when not NULL.
 // scratch: 1 float of backend memory. Returns weight * sum over crops.
 double koleo_loss(Backend *be, const float *cls, int n_crops, int B, int D, float weight, float *dcls_acc,

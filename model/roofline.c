@@ -61,6 +61,7 @@ static const struct {
     [ROP_TO_DEVICE] = {"to_device", RF_HOST},
     [ROP_TO_HOST] = {"to_host", RF_HOST},
     [ROP_UPLOAD_ASYNC] = {"upload_async", RF_UPLOAD},
+    [ROP_DOWNLOAD_ASYNC] = {"download_async", RF_HOST},
 };
 
 static const char *FAMILIES[RF_COUNT] = {

@@ -65,7 +65,7 @@ typedef enum {
     ROP_CENTER_UPDATE, ROP_SINKHORN, ROP_SOFTMAX_CE, ROP_ENTROPY_MEAN, ROP_KOLEO, ROP_KDE, ROP_GRAM_LOSS,
     ROP_SUM_SQUARES, ROP_SCALE, ROP_ADAMW, ROP_EMA, ROP_STEP_SCALARS,
     ROP_COPY, ROP_ZERO, ROP_PARAM_COPY_CHANGED,
-    ROP_TO_DEVICE, ROP_TO_HOST, ROP_UPLOAD_ASYNC,
+    ROP_TO_DEVICE, ROP_TO_HOST, ROP_UPLOAD_ASYNC, ROP_DOWNLOAD_ASYNC,
     ROP_COUNT
 } RoofOp;
 
@@ -177,7 +177,7 @@ RoofCost roof_copy(RoofLayout l, double bytes, int e, int into_next);
 RoofCost roof_zero(RoofLayout l, double bytes, int e);
 // the bf16 weight copy of n parameters written outside the backend, converted again (fp32 read, bf16 written)
 RoofCost roof_param_copy_changed(RoofLayout l, double n);
-RoofCost roof_host(RoofLayout l, double bytes); // to_device, to_host, upload_async
+RoofCost roof_host(RoofLayout l, double bytes); // to_device, to_host, upload_async, download_async
 
 // ---- tallies ------------------------------------------------------------------------------------------
 typedef struct {

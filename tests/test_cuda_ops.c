@@ -388,6 +388,47 @@ static void linear_case(Backend *C, Backend *G, int rows, int n_in, int n_out, i
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(C, G, all[i]);
 }
 
+// download_async / download_wait: a read-back lands in page-locked memory in stream order (a later op on the
+// same buffer does not change it), on the gpu as on the cpu, bit for bit; with graphs replaying, the copy
+// is a node of the replayed graph and brings each launch's new values.
+static void download_checks(Backend *be, const char *name, int replay) {
+    const int n = 1000;
+    float *x = be->alloc(be, sizeof(float) * n), *h = dino_malloc(sizeof(float) * n);
+    float *d1 = be->host_alloc(be, sizeof(float) * n), *d2 = be->host_alloc(be, sizeof(float) * n);
+    int bad = 0;
+    for (int it = 0; it < 3; it++) { // the same ops, new host values: a replayed segment from the second on
+        for (int i = 0; i < n; i++) h[i] = 0.25f * (float)(i - 300) + (float)it;
+        be->to_device(be, x, h, sizeof(float) * n);
+        be->download_async(be, d1, x, sizeof(float) * n);
+        be->scale(be, x, 3.0f, (size_t)n); // after the first download in stream order
+        be->download_async(be, d2, x, sizeof(float) * n);
+        be->download_wait(be);
+        for (int i = 0; i < n; i++) bad += d1[i] != h[i] || d2[i] != 3.0f * h[i];
+    }
+    printf("  %s%s: %d wrong values in 3 rounds\n", name, replay ? " (graphs replaying)" : "", bad);
+    CHECK(bad == 0, "%s: %d values read back wrong", name, bad);
+    be->host_free(be, d1), be->host_free(be, d2), be->release(be, x);
+    free(h);
+}
+TEST(download_async_in_stream_order) {
+    Backend *C = backend_cpu_new(), *G = gpu_backend(CUDA_GEMM_BF16);
+    download_checks(C, "cpu", 0);
+    download_checks(G, "gpu", 0);
+#ifdef DINO_HAVE_CUDA
+    if (!emulating()) {
+        backend_cuda_set_graphs(G, CUDA_GRAPHS_REPLAY);
+        const CudaGraphStats before = backend_cuda_graph_stats(G);
+        download_checks(G, "gpu", 1);
+        const CudaGraphStats a = backend_cuda_graph_stats(G);
+        backend_cuda_set_graphs(G, CUDA_GRAPHS_OFF);
+        printf("  %lld launches, %lld replayed\n", a.launches - before.launches, a.replays - before.replays);
+        CHECK(a.replays - before.replays >= 2, "the repeated rounds were not replayed (%lld)", a.replays - before.replays);
+    }
+#endif
+    backend_free(C);
+    gpu_free(G);
+}
+
 TEST(linear_vits_vitl_shapes) {
     Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
     // ViT-S/14: qkv of 2 global crops (2*257 tokens), fc2 of 8 local crops (8*50 tokens);
@@ -2809,19 +2850,29 @@ TEST(distill_student_step_fp32_gemm) {
 // ---- CUDA graphs (docs/cuda-backend.md, "CUDA graphs") ----------------------------------------------
 #ifdef DINO_HAVE_CUDA
 
-// Three SSL steps with schedule values that change every step (a value baked into a replayed graph would
-// show), iBOT masks with the same count on steps 0-1 and another count on step 2 (a new shape: new
-// graphs). Returns the losses and final weights; with graphs on, the segments' statistics per step.
+// SSL steps (3 unless said) with schedule values that change every step (a value baked into a replayed
+// graph would show; const_sched: the same values every step), iBOT masks with the same count on steps
+// 0-1 and another count on step 2 (a new shape: new graphs), then the count of step 0 again. Returns the
+// losses and final weights; with graphs on, the segments' statistics per step.
+#define GRAPH_STEPS_MAX 6
 typedef struct {
-    double loss[3][5];
+    double loss[GRAPH_STEPS_MAX][5];
     float *student, *teacher;
-    CudaGraphStats per_step[3];
+    CudaGraphStats per_step[GRAPH_STEPS_MAX];
 } GraphRun;
 
-static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float *gcrops, const float *lcrops,
-                      uint8_t *const *masks, GraphRun *out) {
+static CudaGraphStats graph_stats_since(Backend *be, CudaGraphStats before) {
+    const CudaGraphStats a = backend_cuda_graph_stats(be);
+    return (CudaGraphStats){a.launches - before.launches,       a.nodes - before.nodes,
+                            a.instantiations - before.instantiations, a.updates - before.updates,
+                            a.replays - before.replays,         a.verified - before.verified};
+}
+
+static void graph_run_ex(Backend *be, const SslConfig *cfg, int graphs, int steps, int const_sched, const float *gcrops,
+                         const float *lcrops, uint8_t *const *masks, GraphRun *out) {
     SslModel m;
     char err[DINO_ERRLEN];
+    memset(out, 0, sizeof *out);
     CHECK(ssl_model_init(&m, be, cfg, 7, err) == 0, "%s", err);
     float *pinned[2] = {NULL, NULL};
     if (cfg->staged_upload) {
@@ -2832,21 +2883,19 @@ static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float
         ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[0], 1);
     }
     backend_cuda_set_graphs(be, graphs);
-    for (int it = 0; it < 3; it++) {
-        if (cfg->staged_upload && it < 2) ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[it + 1], 1);
+    for (int it = 0; it < steps; it++) {
+        if (cfg->staged_upload && it + 1 < steps) ssl_stage_batch(&m, be, pinned[0], pinned[1], masks[it + 1], 1);
         SslBatch b = {.global_crops = gcrops, .local_crops = lcrops, .masks = masks[it],
                       .drop_key = rng_make(5, 14, (uint64_t)it, 0), .staged = cfg->staged_upload};
-        const double lr = 5e-4 * (1 + 0.3 * it);
-        ScheduleValues sv = {.lr = lr, .wd = 0.04 + 0.01 * it, .momentum = 0.9 + 0.02 * it,
-                             .teacher_temp = 0.04 + 0.01 * it, .last_layer_lr = it == 0 ? 0 : lr};
+        const int k = const_sched ? 1 : it;
+        const double lr = 5e-4 * (1 + 0.3 * k);
+        ScheduleValues sv = {.lr = lr, .wd = 0.04 + 0.01 * k, .momentum = 0.9 + 0.02 * k,
+                             .teacher_temp = 0.04 + 0.01 * k, .last_layer_lr = k == 0 ? 0 : lr};
         SslStepStats st;
         const CudaGraphStats before = backend_cuda_graph_stats(be);
         CHECK(ssl_step(&m, be, NULL, &b, &sv, &st, err) == 0, "step %d: %s", it, err);
         be->sync(be);
-        const CudaGraphStats after = backend_cuda_graph_stats(be);
-        out->per_step[it] = (CudaGraphStats){after.launches - before.launches, after.nodes - before.nodes,
-                                             after.instantiations - before.instantiations,
-                                             after.updates - before.updates, after.host_waits - before.host_waits};
+        out->per_step[it] = graph_stats_since(be, before);
         double l[5] = {st.dino_local_crops_loss, st.dino_global_crops_loss, st.koleo_loss, st.ibot_loss, st.total_loss};
         memcpy(out->loss[it], l, sizeof l);
     }
@@ -2860,6 +2909,35 @@ static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float
         if (pinned[k]) be->host_free(be, pinned[k]);
 }
 
+static void graph_run(Backend *be, const SslConfig *cfg, int graphs, const float *gcrops, const float *lcrops,
+                      uint8_t *const *masks, GraphRun *out) {
+    graph_run_ex(be, cfg, graphs, 3, 0, gcrops, lcrops, masks, out);
+}
+
+// The graph tests' model (a 2-block ViT with stochastic depth, iBOT, local crops) and batch; masks of
+// GRAPH_STEPS_MAX steps: 5 tokens of every other image (6 on step 2: another shape), at places that vary.
+static void graph_case(SslConfig *cfg, float **gcrops_out, float **lcrops_out, uint8_t **masks) {
+    char err[DINO_ERRLEN];
+    VitConfig vc;
+    const int B = 4, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P);
+    CHECK(vit_config_from_arch(&vc, "vit_test", P, GC, 1, "mlp", err) == 0, "%s", err);
+    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 0.5f, vc.drop_path_rate = 0.2f;
+    ssl_config_default(cfg, &vc);
+    cfg->dino_head = (HeadConfig){.in_dim = 48, .hidden = 96, .bottleneck = 32, .K = 256, .nlayers = 3};
+    cfg->batch = B, cfg->n_local = NL, cfg->global_crop = GC, cfg->local_crop = LC;
+    Rng r = rng_make(108, 0, 0, 0);
+    float *gcrops = dino_malloc(sizeof(float) * 2 * B * 3 * GC * GC);
+    float *lcrops = dino_malloc(sizeof(float) * NL * B * 3 * LC * LC);
+    for (int i = 0; i < 2 * B * 3 * GC * GC; i++) gcrops[i] = (float)rng_normal(&r);
+    for (int i = 0; i < NL * B * 3 * LC * LC; i++) lcrops[i] = (float)rng_normal(&r);
+    for (int it = 0; it < GRAPH_STEPS_MAX; it++) {
+        masks[it] = dino_calloc((size_t)2 * B * N, 1);
+        for (int i = 0; i < 2 * B; i += 2)
+            for (int k = 0; k < (it == 2 ? 6 : 5); k++) masks[it][(size_t)i * N + (size_t)(k * 3 + it + i) % N] = 1;
+    }
+    *gcrops_out = gcrops, *lcrops_out = lcrops;
+}
+
 // Eager and graph-launched steps give the same bits (losses, student, teacher), plain and staged as the
 // trainer runs them (staged: with segments also cut every 4 linear ops); a repeated shape launches existing execs with new arguments (updates, no new
 // instantiation); a new iBOT mask count instantiates new graphs.
@@ -2867,25 +2945,10 @@ static void graphs_same_bits(void) {
     if (emulating()) test_skip("graphs are a property of the CUDA backend");
     Backend *G = gpu_backend(CUDA_GEMM_BF16);
     char err[DINO_ERRLEN];
-    VitConfig vc;
-    const int B = 4, NL = 2, GC = 16, LC = 8, P = 4, N = (GC / P) * (GC / P);
-    CHECK(vit_config_from_arch(&vc, "vit_test", P, GC, 1, "mlp", err) == 0, "%s", err);
-    vc.dim = 48, vc.heads = 3, vc.depth = 2, vc.ffn_hidden = 96, vc.layerscale = 0.5f, vc.drop_path_rate = 0.2f;
     SslConfig cfg;
-    ssl_config_default(&cfg, &vc);
-    cfg.dino_head = (HeadConfig){.in_dim = 48, .hidden = 96, .bottleneck = 32, .K = 256, .nlayers = 3};
-    cfg.batch = B, cfg.n_local = NL, cfg.global_crop = GC, cfg.local_crop = LC;
-    Rng r = rng_make(108, 0, 0, 0);
-    float *gcrops = dino_malloc(sizeof(float) * 2 * B * 3 * GC * GC);
-    float *lcrops = dino_malloc(sizeof(float) * NL * B * 3 * LC * LC);
-    for (int i = 0; i < 2 * B * 3 * GC * GC; i++) gcrops[i] = (float)rng_normal(&r);
-    for (int i = 0; i < NL * B * 3 * LC * LC; i++) lcrops[i] = (float)rng_normal(&r);
-    uint8_t *masks[3];
-    for (int it = 0; it < 3; it++) { // 5 tokens of every other image (6 on step 2), at places that vary
-        masks[it] = dino_calloc((size_t)2 * B * N, 1);
-        for (int i = 0; i < 2 * B; i += 2)
-            for (int k = 0; k < (it == 2 ? 6 : 5); k++) masks[it][(size_t)i * N + (size_t)(k * 3 + it + i) % N] = 1;
-    }
+    float *gcrops, *lcrops;
+    uint8_t *masks[GRAPH_STEPS_MAX];
+    graph_case(&cfg, &gcrops, &lcrops, masks);
     long long plain_launches = 0;
     for (int staged = 0; staged < 2; staged++) {
         SslConfig c = cfg;
@@ -2928,11 +2991,192 @@ static void graphs_same_bits(void) {
               graph.per_step[1].nodes);
         free(eager.student), free(eager.teacher), free(graph.student), free(graph.teacher);
     }
-    for (int it = 0; it < 3; it++) free(masks[it]);
+    for (int it = 0; it < GRAPH_STEPS_MAX; it++) free(masks[it]);
     free(gcrops), free(lcrops);
     gpu_free(G);
 }
+
+static size_t ssl_total_floats(Backend *be, const SslConfig *c) {
+    char err[DINO_ERRLEN];
+    SslModel probe;
+    CHECK(ssl_model_init(&probe, be, c, 7, err) == 0, "%s", err);
+    const size_t total = probe.tab.total;
+    ssl_model_free(&probe, be);
+    return total;
+}
+
+static int same_run(const GraphRun *a, const GraphRun *b, int steps, size_t total) {
+    return memcmp(a->loss, b->loss, sizeof(double) * 5 * (size_t)steps) == 0 &&
+           memcmp(a->student, b->student, sizeof(float) * total) == 0 &&
+           memcmp(a->teacher, b->teacher, sizeof(float) * total) == 0;
+}
+
+// Replay (CUDA_GRAPHS_REPLAY): 4 SSL steps, staged as the trainer runs them, give the bits of the eager
+// steps (2 segments a step: everything up to the read-back wait, and the update). Steps 0-1 warm up (a
+// scratch buffer that grows drops the cached execs); step 2 has another iBOT mask count (a new shape):
+// recorded into new execs; step 3 returns to the first count. With constant schedule values every segment
+// of step 3 but the optimizer's (its AdamW step count moves) is launched from its cached exec: no recording,
+// no update, no instantiation; CUDA_GRAPHS_VERIFY records them anyway and finds them identical to the
+// cached execs. With schedule values that change every step, the segments holding them (here both: the
+// teacher temperature, the learning rate) are recorded and their execs updated in place (no new
+// instantiation), bit for bit.
+static void graphs_replay_same_bits(int const_sched) {
+    if (emulating()) test_skip("graphs are a property of the CUDA backend");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    SslConfig c;
+    float *gcrops, *lcrops;
+    uint8_t *masks[GRAPH_STEPS_MAX];
+    graph_case(&c, &gcrops, &lcrops, masks);
+    c.staged_upload = 1;
+    const int steps = 4;
+    const size_t total = ssl_total_floats(G, &c);
+    GraphRun eager, replay, verify = {0};
+    graph_run_ex(G, &c, CUDA_GRAPHS_OFF, steps, const_sched, gcrops, lcrops, masks, &eager);
+    graph_run_ex(G, &c, CUDA_GRAPHS_REPLAY, steps, const_sched, gcrops, lcrops, masks, &replay);
+    if (const_sched) graph_run_ex(G, &c, CUDA_GRAPHS_VERIFY, steps, const_sched, gcrops, lcrops, masks, &verify);
+    for (int it = 0; it < steps; it++) {
+        const CudaGraphStats *s = &replay.per_step[it];
+        printf("  step %d: %lld launches (%lld replayed, %lld updated, %lld instantiated), %lld nodes; verify mode: "
+               "%lld verified\n",
+               it, s->launches, s->replays, s->updates, s->instantiations, s->nodes, verify.per_step[it].verified);
+    }
+    CHECK(same_run(&eager, &replay, steps, total), "replayed steps differ from eager");
+    if (const_sched) CHECK(same_run(&eager, &verify, steps, total), "verify mode differs from eager");
+    const CudaGraphStats *s2 = &replay.per_step[2], *s3 = &replay.per_step[3];
+    CHECK(s2->instantiations > 0 && s2->replays < s2->launches,
+          "step 2 has another mask count, yet %lld instantiations, %lld of %lld launches replayed", s2->instantiations,
+          s2->replays, s2->launches);
+    CHECK(s3->launches > 0 && s3->instantiations == 0 && s3->nodes > 10 * s3->launches,
+          "step 3: %lld launches, %lld nodes, %lld new instantiations", s3->launches, s3->nodes, s3->instantiations);
+    if (const_sched) {
+        // all but the optimizer's segment, whose AdamW step count (bias correction) is a kernel argument
+        CHECK(s3->replays == s3->launches - 1 && s3->updates == 1,
+              "step 3 repeats the shapes and values of step 1: %lld of %lld launches replayed, %lld updated",
+              s3->replays, s3->launches, s3->updates);
+        CHECK(verify.per_step[3].verified == s3->replays && verify.per_step[3].replays == 0,
+              "verify mode, step 3: %lld of %lld launches verified", verify.per_step[3].verified,
+              verify.per_step[3].launches);
+        free(verify.student), free(verify.teacher);
+    } else {
+        // both segments hold a value that moves (the teacher temperature; the learning rate): updated in place
+        CHECK(s3->updates == s3->launches && s3->replays == 0, "step 3 with new schedule values: %lld of %lld updated, "
+              "%lld replayed", s3->updates, s3->launches, s3->replays);
+    }
+    free(eager.student), free(eager.teacher), free(replay.student), free(replay.teacher);
+    for (int it = 0; it < GRAPH_STEPS_MAX; it++) free(masks[it]);
+    free(gcrops), free(lcrops);
+    gpu_free(G);
+}
+// Replay's staging: host inputs (to_device) are copied into the page-locked staging when the op is called
+// and a launched graph reads them when it runs, so the staging may only be reused after a host wait.
+// Segments that end without one (here at upload_wait, as a step starts) stage at growing offsets: 8 of
+// them, each a different host vector scaled on the device, give each its own result (the layer also
+// reports a staging rewritten before a launched graph read it: the mutant graph_replay_staging_reused).
+static void graphs_replay_staging(void) {
+    if (emulating()) test_skip("graphs are a property of the CUDA backend");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    const int n = 64, reps = 8;
+    float *d = G->alloc(G, sizeof(float) * n * reps), *gate = G->alloc(G, sizeof(float) * n);
+    float *pinned = G->host_alloc(G, sizeof(float) * n), host[64], *back = dino_malloc(sizeof(float) * n * reps);
+    const int ticket = G->upload_async(G, gate, pinned, sizeof(float) * n); // its event ends the segments below
+    backend_cuda_set_graphs(G, CUDA_GRAPHS_REPLAY);
+    const CudaGraphStats before = backend_cuda_graph_stats(G);
+    for (int i = 0; i < reps; i++) {
+        for (int k = 0; k < n; k++) host[k] = (float)(100 * i + k);
+        G->to_device(G, d + (size_t)i * n, host, sizeof host); // the host vector is reused at once
+        G->scale(G, d + (size_t)i * n, 2.0f, (size_t)n);
+        G->upload_wait(G, ticket); // ends the segment: launched, not waited for
+    }
+    G->sync(G);
+    const CudaGraphStats st = graph_stats_since(G, before);
+    backend_cuda_set_graphs(G, CUDA_GRAPHS_OFF);
+    G->to_host(G, back, d, sizeof(float) * n * reps);
+    int bad = 0;
+    for (int i = 0; i < reps; i++)
+        for (int k = 0; k < n; k++) bad += back[(size_t)i * n + k] != 2.0f * (float)(100 * i + k);
+    printf("  %d segments: %lld launches, %lld replayed; %d wrong values\n", reps, st.launches, st.replays, bad);
+    CHECK(st.launches == reps && bad == 0, "%lld launches, %d wrong values", st.launches, bad);
+    free(back);
+    G->host_free(G, pinned);
+    G->release(G, d), G->release(G, gate);
+    gpu_free(G);
+}
 #endif
+TEST(cuda_graphs_replay_staging_per_segment) {
+#ifdef DINO_HAVE_CUDA
+    graphs_replay_staging();
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+// A setting that changes what an op enqueues without changing its arguments (the attention path: flash or
+// batched GEMMs) must drop the cached segments: the same attention_fwd call after the switch is recorded
+// anew, not replayed with the other path's kernels. In verify mode a stale cache stops the program (the
+// mutant graph_replay_setting_kept); here both paths' outputs are checked against the cpu.
+#ifdef DINO_HAVE_CUDA
+static void graphs_replay_setting_change(void) {
+    if (emulating()) test_skip("graphs are a property of the CUDA backend");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16), *C = backend_cpu_new();
+    const int B = 1, T = 37, H = 2, Dh = 64, D = H * Dh;
+    const size_t nq = (size_t)B * T * 3 * D, no = (size_t)B * T * D;
+    backend_cuda_set_attention(G, CUDA_ATTENTION_GEMM);
+    const size_t sg = G->attention_saved_floats(G, B, T, H, Dh);
+    backend_cuda_set_attention(G, CUDA_ATTENTION_FLASH);
+    const size_t sf = G->attention_saved_floats(G, B, T, H, Dh);
+    float *q = dino_malloc(sizeof(float) * nq), *ref = dino_malloc(sizeof(float) * no), *out = dino_malloc(sizeof(float) * no);
+    Rng r = rng_make(112, 0, 0, 0);
+    for (size_t i = 0; i < nq; i++) q[i] = (float)rng_normal(&r);
+    float *cq = C->alloc(C, sizeof(float) * nq), *co = C->alloc(C, sizeof(float) * no);
+    float *cs = C->alloc(C, sizeof(float) * C->attention_saved_floats(C, B, T, H, Dh));
+    C->to_device(C, cq, q, sizeof(float) * nq);
+    C->attention_fwd(C, co, cs, cq, B, T, H, Dh);
+    C->to_host(C, ref, co, sizeof(float) * no);
+    float *gq = G->alloc(G, sizeof(float) * nq), *go = G->alloc(G, sizeof(float) * no);
+    float *gs = G->alloc(G, sizeof(float) * (sf > sg ? sf : sg));
+    G->to_device(G, gq, q, sizeof(float) * nq);
+    backend_cuda_set_graphs(G, CUDA_GRAPHS_VERIFY);
+    // gemm (its pointer arrays grow: that call is not cached), flash, flash (a verified replay), gemm, gemm
+    for (int k = 0; k < 5; k++) {
+        const int flash = k == 1 || k == 2;
+        if (k == 0 || k == 1 || k == 3) backend_cuda_set_attention(G, flash ? CUDA_ATTENTION_FLASH : CUDA_ATTENTION_GEMM);
+        G->attention_fwd(G, go, gs, gq, B, T, H, Dh);
+        G->to_host(G, out, go, sizeof(float) * no);
+        double err = 0;
+        for (size_t i = 0; i < no; i++) err = fmax(err, fabs(out[i] - ref[i]));
+        printf("  %s path, call %d: max |cuda - cpu| %.3g\n", flash ? "flash" : "gemm", k, err);
+        CHECK(err < 0.05, "%s path: max error %g against the cpu", flash ? "flash" : "gemm", err);
+    }
+    const CudaGraphStats st = backend_cuda_graph_stats(G);
+    printf("  %lld launches, %lld verified, %lld instantiated\n", st.launches, st.verified, st.instantiations);
+    CHECK(st.verified == 2, "the repeated calls (2 and 4) were not both verified replays (%lld)", st.verified);
+    backend_cuda_set_graphs(G, CUDA_GRAPHS_OFF);
+    G->release(G, gq), G->release(G, go), G->release(G, gs);
+    free(q), free(ref), free(out);
+    backend_free(C);
+    gpu_free(G);
+}
+#endif
+TEST(cuda_graphs_replay_setting_change_records_anew) {
+#ifdef DINO_HAVE_CUDA
+    graphs_replay_setting_change();
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+TEST(ssl_steps_cuda_graphs_replay_same_bits) {
+#ifdef DINO_HAVE_CUDA
+    graphs_replay_same_bits(1);
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
+TEST(ssl_steps_cuda_graphs_replay_moving_schedule_same_bits) {
+#ifdef DINO_HAVE_CUDA
+    graphs_replay_same_bits(0);
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
+}
 TEST(ssl_steps_cuda_graphs_same_bits) {
 #ifdef DINO_HAVE_CUDA
     graphs_same_bits();
@@ -3300,8 +3544,29 @@ TEST(trainer_backend_cuda_tracks_cpu) {
 #endif
 }
 
-// compute_precision.cuda_graphs: a run stopped at iteration 1 and resumed to 2 ends with the checkpoint of
-// one run of 2 iterations, bit for bit, and that is the checkpoint of the same run with graphs off.
+#if defined(DINO_HAVE_CUDA) && !defined(DINO_GPU_SUBSET)
+// <out>/training_metrics.jsonl without the timing keys (which differ from run to run), into buf.
+static void metrics_untimed(const char *out, char *buf, size_t cap) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/training_metrics.jsonl", out);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "cannot open %s", path);
+    size_t n = f ? fread(buf, 1, cap - 1, f) : 0;
+    buf[n] = 0;
+    if (f) fclose(f);
+    const char *timed[] = {"\"images_per_s\":", "\"data_wait_share\":", "\"iter_time\":", "\"data_time\":"};
+    for (size_t k = 0; k < sizeof timed / sizeof timed[0]; k++)
+        for (char *p; (p = strstr(buf, timed[k]));) { // the key and its value, through the next comma
+            char *e = p + strcspn(p, ",}");
+            if (*e == ',') e++;
+            memmove(p, e, strlen(e) + 1);
+        }
+}
+#endif
+
+// compute_precision.cuda_graphs (replay, the default mode): a run stopped at iteration 1 and resumed to 2
+// ends with the checkpoint of one run of 2 iterations, bit for bit, and that is the checkpoint of the same
+// run with graphs off; the logged metrics (but the timings) are the same too.
 TEST(trainer_cuda_graphs_resume_exactly) {
 #if !defined(DINO_HAVE_CUDA) || defined(DINO_GPU_SUBSET)
     test_skip("built without CUDA, or the GPU subset build (no trainer)");
@@ -3341,6 +3606,11 @@ TEST(trainer_cuda_graphs_resume_exactly) {
         CHECK(a.st.n > 10 && a.st.n == b.st.n && diff == 0, "%s: %d of %d tensors differ", names[k], diff, a.st.n);
         ckpt_close(&a), ckpt_close(&b);
     }
+    static char mg[1 << 16], me[1 << 16];
+    metrics_untimed(out[0], mg, sizeof mg), metrics_untimed(out[2], me, sizeof me);
+    printf("  metrics with graphs: %.200s...\n", mg);
+    CHECK(strlen(mg) > 100 && strcmp(mg, me) == 0, "the metrics with graphs on differ from those with graphs off:\n%s\n%s",
+          mg, me);
 #endif
 }
 

@@ -282,9 +282,10 @@ static const CfgKey KEYS[] = {
       "keep only each student block's input and recompute the block in backward (same gradients; about "
       "a third more compute for a fraction of the activation memory)"),
     B("compute_precision.cuda_graphs", cuda_graphs, "false",
-      "backend cuda, one process: record the work between the points where the host waits (loss read-backs, "
-      "the clipping norms) and launch each such segment as one CUDA graph (same kernels and arguments: the same "
-      "bits; docs/cuda-backend.md \"CUDA graphs\"); DINO_CUDA_GRAPHS=0|1 overrides"),
+      "backend cuda, one process: launch the work between the points where the host waits (the loss "
+      "read-back, the clipping norms) as CUDA graphs, replayed without recording when a segment repeats (same "
+      "kernels and arguments: the same bits; docs/cuda-backend.md \"CUDA graphs\"); DINO_CUDA_GRAPHS=0|1 "
+      "overrides, DINO_CUDA_GRAPH_MODE=replay|record|verify picks the mode"),
 
     I("evaluation.eval_period_iterations", evaluation.eval_period_iterations, "12500",
       "teacher export (and k-NN eval when sets are given) period; 0 = off"),

@@ -133,6 +133,10 @@ typedef struct {
     float *P_dino, *P_ibot;                      // teacher targets
     float *dz_dino, *dz_ibot;                    // d loss / d student logits: the logits' own buffers
     float *tsum, *row_loss, *scratch;
+    // The step's read-backs (losses per row, entropies, KoLeo/KDE, Gram, the global CLS rows): downloaded
+    // asynchronously into page-locked memory while the step is issued, then waited for once (read_back)
+    float *rb;                                   // host_alloc: the slots below
+    size_t rb_local, rb_global, rb_ibot, rb_ibot_w, rb_cls, rb_floats; // offsets of the slots in floats
     float *d_xg, *d_xl;                          // gradients w.r.t. the student backbone outputs
     int *sub_g, *sub_l;                          // host drop-path subsets
     // Gram anchoring (cfg.gram): Gram teacher activations on its crops (Gg px, Ngg patches), its crops
@@ -349,6 +353,12 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     int rl = nL * B > MM ? nL * B : MM;
     w->row_loss = falloc(be, (size_t)(rl > 2 * B ? rl : 2 * B));
     w->scratch = falloc(be, 16);
+    // read-back slots: entropies (2), Gram (1), KoLeo/KDE per crop (2) | local rows | global rows | iBOT rows,
+    // their weights | global CLS rows
+    w->rb_local = 8, w->rb_global = w->rb_local + (size_t)nL * B, w->rb_ibot = w->rb_global + (size_t)2 * B;
+    w->rb_ibot_w = w->rb_ibot + (size_t)MM, w->rb_cls = w->rb_ibot_w + (size_t)MM;
+    w->rb_floats = w->rb_cls + (size_t)2 * B * D;
+    w->rb = be->host_alloc(be, sizeof(float) * w->rb_floats);
     w->d_xg = falloc(be, (size_t)2 * B * maxTg * D);
     w->d_xl = falloc(be, (size_t)nL * B * maxTl * D);
     w->sub_g = dino_malloc(sizeof(int) * (size_t)cfg.vit.depth * 2 * 2 * B);
@@ -411,6 +421,7 @@ void ssl_model_free(SslModel *m, Backend *be) {
             if (gbufs[i]) be->release(be, gbufs[i]);
         for (int s = 0; s < 2; s++)
             if (w->gram_host[s]) be->host_free(be, w->gram_host[s]);
+        if (w->rb) be->host_free(be, w->rb);
         free(w);
     }
     be->release(be, m->student);
@@ -545,16 +556,16 @@ static int upload_masked_tokens(Work *w, Backend *be, const uint8_t *masks, int 
     return n_m;
 }
 
-// The mean entropies of the DINO and iBOT targets (w->P_dino, w->P_ibot) into the stats.
-static void target_entropies(Work *w, Backend *be, int n_m, SslStepStats *st) {
-    float ent;
+// Read-back slots of w->rb (the first 8 floats)
+enum { RB_ENT_DINO, RB_ENT_IBOT, RB_GRAM, RB_REG };
+
+// The mean entropies of the DINO and iBOT targets (w->P_dino, w->P_ibot), downloaded (read_back).
+static void target_entropies(Work *w, Backend *be, int n_m) {
     be->entropy_mean(be, w->scratch, w->P_dino, 2 * w->B, w->Kd);
-    be->to_host(be, &ent, w->scratch, sizeof ent);
-    st->teacher_entropy = ent;
+    be->download_async(be, w->rb + RB_ENT_DINO, w->scratch, sizeof(float));
     if (n_m) {
         be->entropy_mean(be, w->scratch, w->P_ibot, n_m, w->Ki);
-        be->to_host(be, &ent, w->scratch, sizeof ent);
-        st->ibot_teacher_entropy = ent;
+        be->download_async(be, w->rb + RB_ENT_IBOT, w->scratch, sizeof(float));
     }
 }
 
@@ -594,7 +605,11 @@ typedef struct {
     const float *zs_dino;       // DINO head logits [local CLS; global CLS]
     const float *zs_ibot;       // iBOT head logits [masked patch tokens]
     float *s_glob_cls;          // the global-crop CLS rows of the head input
-    double local, global, ibot; // DINO local / global and iBOT losses
+    // DINO local / global and iBOT losses (read_back), and the divisors of their downloaded row sums
+    double local, global, ibot, local_div, global_div, ibot_div;
+    int n_reg;                  // KoLeo/KDE terms downloaded (crops), 0: none
+    float reg_weight;           // ... and their weight
+    double reg;                 // KoLeo/KDE (read_back)
 } StudentPass;
 
 // Student forward on both crop groups (global crops with masks_dev, NULL: unmasked), head input [local
@@ -630,24 +645,31 @@ static void student_losses(SslModel *m, Backend *be, double local_w, StudentPass
     const int B = w->B, nL = w->nL, Kd = w->Kd, Ki = w->Ki, n_m = sp->n_m;
     const float *zs_dino = sp->zs_dino;
     const float ts = c->student_temp;
-    // after each loss, its rows raise the step's NaN flag on the device (the update then does nothing)
-    sp->local = dino_loss_local(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
-                                (float)(c->dino_loss_weight * local_w));
-    if (nL > 0) be->nonfinite_check_ss(be, w->row_loss, (size_t)nL * B, m->scalars);
-    sp->global = dino_loss_global(be, zs_dino + (size_t)nL * B * Kd, nL, B, w->P_dino, Kd, ts, w->row_loss,
-                                  w->dz_dino + (size_t)nL * B * Kd, c->dino_loss_weight);
+    // the rows go to the host in stream order (row_loss is reused by the next loss); after each loss its rows
+    // raise the step's NaN flag on the device (the update then does nothing)
+    sp->local_div = dino_loss_local_rows(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
+                                         (float)(c->dino_loss_weight * local_w));
+    if (nL > 0) {
+        be->nonfinite_check_ss(be, w->row_loss, (size_t)nL * B, m->scalars);
+        be->download_async(be, w->rb + w->rb_local, w->row_loss, sizeof(float) * (size_t)nL * B);
+    }
+    sp->global_div = dino_loss_global_rows(be, zs_dino + (size_t)nL * B * Kd, nL, B, w->P_dino, Kd, ts, w->row_loss,
+                                           w->dz_dino + (size_t)nL * B * Kd, c->dino_loss_weight);
     be->nonfinite_check_ss(be, w->row_loss, (size_t)2 * B, m->scalars);
-    sp->ibot = 0;
+    be->download_async(be, w->rb + w->rb_global, w->row_loss, sizeof(float) * (size_t)2 * B);
+    sp->ibot_div = 0;
     if (c->ibot_loss_weight > 0 && n_m) {
-        sp->ibot = ibot_loss(be, sp->zs_ibot, w->P_ibot, w->mask_w, n_m, 2 * B, Ki, ts, w->row_loss, w->dz_ibot,
-                             c->ibot_loss_weight);
+        sp->ibot_div = ibot_loss_rows(be, sp->zs_ibot, w->P_ibot, w->mask_w, n_m, 2 * B, Ki, ts, w->row_loss,
+                                      w->dz_ibot, c->ibot_loss_weight);
         be->nonfinite_check_ss(be, w->row_loss, (size_t)n_m, m->scalars);
+        be->download_async(be, w->rb + w->rb_ibot, w->row_loss, sizeof(float) * (size_t)n_m);
+        be->download_async(be, w->rb + w->rb_ibot_w, w->mask_w, sizeof(float) * (size_t)n_m);
     }
 }
 
-// Student backward: heads -> head inputs (+ KoLeo/KDE on the global CLS, returned) -> backbone outputs
+// Student backward: heads -> head inputs (+ KoLeo/KDE on the global CLS, downloaded) -> backbone outputs
 // (+ the Gram anchoring gradient w->gram_ds on the global patch tokens, with_gram) -> ViT, into m->grads.
-static double student_backward(SslModel *m, Backend *be, const StudentPass *sp, int with_gram) {
+static void student_backward(SslModel *m, Backend *be, StudentPass *sp, int with_gram) {
     Work *w = m->work;
     const SslConfig *c = &m->cfg;
     const int B = w->B, nL = w->nL, D = w->D, Ng = w->Ng, n_m = sp->n_m;
@@ -659,16 +681,19 @@ static double student_backward(SslModel *m, Backend *be, const StudentPass *sp, 
         head_backward(be, &m->dino_head, m->student, m->grads, w->s_dino, w->dz_dino, w->ds_in);
     }
     float *ds_glob_cls = w->ds_in + (size_t)nL * B * D;
-    double reg = 0;
-    if (c->use_kde) {
-        if (c->kde_loss_weight > 0)
-            reg = kde_loss(be, sp->s_glob_cls, 2, B, D, c->kde_kappa, c->kde_loss_weight, ds_glob_cls, w->scratch);
-    } else if (c->koleo_loss_weight > 0) {
-        reg = koleo_loss(be, sp->s_glob_cls, 2, B, D, c->koleo_loss_weight, ds_glob_cls, w->scratch);
+    // KoLeo/KDE per global crop (as koleo_loss / kde_loss), each term downloaded
+    sp->n_reg = 0;
+    sp->reg_weight = c->use_kde ? c->kde_loss_weight : c->koleo_loss_weight;
+    if (sp->reg_weight > 0) {
+        sp->n_reg = 2;
+        for (int g = 0; g < 2; g++) {
+            const size_t off = (size_t)g * B * D;
+            if (c->use_kde) be->kde(be, w->scratch, ds_glob_cls + off, sp->s_glob_cls + off, B, D, c->kde_kappa, sp->reg_weight);
+            else be->koleo(be, w->scratch, ds_glob_cls + off, sp->s_glob_cls + off, B, D, sp->reg_weight);
+            be->nonfinite_check_ss(be, w->scratch, 1, m->scalars); // each crop's value raises the NaN flag
+            be->download_async(be, w->rb + RB_REG + g, w->scratch, sizeof(float));
+        }
     }
-    // the last crop's regularizer value (a non-finite CLS also makes the DINO global loss non-finite)
-    if (c->use_kde ? c->kde_loss_weight > 0 : c->koleo_loss_weight > 0)
-        be->nonfinite_check_ss(be, w->scratch, 1, m->scalars);
     // the heads sit after the backbone in the buffer: their gradients are final now
     if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, m->dino_head.w[0]);
     // backbone gradients are final only during the last crop group's backward
@@ -684,16 +709,33 @@ static double student_backward(SslModel *m, Backend *be, const StudentPass *sp, 
         be->scatter_add_rows(be, w->d_xl, w->ds_in, w->idx_lcls, nL * B, (size_t)D);
         vit_backward(be, &m->vit, m->student, m->grads, w->s_loc, w->d_xl);
     }
-    return reg;
 }
 
-// What the reference logs, and the collapse guard's CLS spread. reg: KoLeo/KDE; gram (weighted by
-// gram_weight) adds to the totals.
-static void student_stats(SslModel *m, Backend *be, const StudentPass *sp, double local_w, double reg, double gram,
+// Waits once for the step's read-backs and sums them on the host as the loss functions do (the same
+// values as reading each back where it is computed): the losses into sp, KoLeo/KDE, the entropies, the
+// Gram loss (with_gram), the global CLS spread. n_m: masked tokens.
+static void read_back(SslModel *m, Backend *be, StudentPass *sp, int n_m, int with_gram, double *gram,
+                      SslStepStats *st) {
+    const Work *w = m->work;
+    const int B = w->B, nL = w->nL, D = w->D;
+    be->download_wait(be);
+    const float *rb = w->rb;
+    sp->local = nL > 0 ? loss_rows_sum(rb + w->rb_local, NULL, nL * B) / sp->local_div : 0;
+    sp->global = loss_rows_sum(rb + w->rb_global, NULL, 2 * B) / sp->global_div;
+    sp->ibot = sp->ibot_div ? loss_rows_sum(rb + w->rb_ibot, rb + w->rb_ibot_w, n_m) / sp->ibot_div : 0;
+    double total = 0;
+    for (int g = 0; g < sp->n_reg; g++) total += rb[RB_REG + g];
+    sp->reg = sp->n_reg ? sp->reg_weight * total : 0;
+    st->teacher_entropy = rb[RB_ENT_DINO];
+    if (n_m) st->ibot_teacher_entropy = rb[RB_ENT_IBOT];
+    if (with_gram) *gram = rb[RB_GRAM];
+    st->student_cls_std = normalized_std(rb + w->rb_cls, 2 * B, D);
+}
+
+// What the reference logs. reg: KoLeo/KDE; gram (weighted by gram_weight) adds to the totals.
+static void student_stats(SslModel *m, const StudentPass *sp, double local_w, double reg, double gram,
                           double gram_weight, SslStepStats *st) {
     const SslConfig *c = &m->cfg;
-    const Work *w = m->work;
-    const int B = w->B, D = w->D;
     st->dino_local_crops_loss = sp->local;
     st->dino_global_crops_loss = sp->global;
     st->koleo_loss = reg / 2;
@@ -702,10 +744,6 @@ static void student_stats(SslModel *m, Backend *be, const StudentPass *sp, doubl
     st->total_loss = sp->local + sp->global + reg / 2 + sp->ibot / 2 + gram_weight * gram;
     st->backprop_loss = c->dino_loss_weight * (local_w * sp->local + sp->global) + reg + c->ibot_loss_weight * sp->ibot +
                         gram_weight * gram;
-    float *cls = dino_malloc(sizeof(float) * (size_t)2 * B * D);
-    be->to_host(be, cls, sp->s_glob_cls, sizeof(float) * (size_t)2 * B * D);
-    st->student_cls_std = normalized_std(cls, 2 * B, D);
-    free(cls);
 }
 
 static int forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
@@ -809,7 +847,7 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
     const float tt = (float)sv->teacher_temp;
     dino_teacher_targets(be, coll, c->centering, &m->dino_center, w->P_dino, zt_dino, 2 * B, tt);
     if (do_ibot) ibot_teacher_targets(be, coll, c->centering, &m->ibot_center, w->P_ibot, zt_ibot, n_m, tt);
-    target_entropies(w, be, n_m, st);
+    target_entropies(w, be, n_m);
 
     if (b->diag) { // collapse diagnostics: teacher argmax, CLS and mean patch features (host)
         const int Tg = w->Tg;
@@ -864,9 +902,7 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
         be->gram_loss(be, w->scratch, w->gram_ds, w->gram_s, w->gram_t, gB, gN, D, c->gram_normalize,
                       c->gram_neg_mode, (float)b->gram_weight);
         be->nonfinite_check_ss(be, w->scratch, 1, m->scalars);
-        float gl;
-        be->to_host(be, &gl, w->scratch, sizeof gl);
-        gram = gl;
+        be->download_async(be, w->rb + RB_GRAM, w->scratch, sizeof(float));
     }
 
     // ---- losses and their gradients w.r.t. the student logits
@@ -874,15 +910,17 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
 
     PHASE(1);
     // ---- backward: heads -> head inputs (+ KoLeo/KDE on the global CLS) -> backbone outputs -> ViT
-    const double reg = student_backward(m, be, &sp, do_gram);
+    student_backward(m, be, &sp, do_gram);
+    be->download_async(be, w->rb + w->rb_cls, sp.s_glob_cls, sizeof(float) * (size_t)2 * B * D);
 
     PHASE(2);
 #undef PHASE
-    // ---- what the reference logs, and the collapse guard
-    student_stats(m, be, &sp, local_w, reg, gram, b->gram_weight, st);
+    // ---- what the reference logs, and the collapse guard: the step's one wait for its read-backs
+    read_back(m, be, &sp, n_m, do_gram, &gram, st);
+    student_stats(m, &sp, local_w, sp.reg, gram, b->gram_weight, st);
     if (!isfinite(st->backprop_loss)) {
         dino_seterr(err, "ssl_step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g, gram %g)", sp.local,
-                    sp.global, reg, sp.ibot, gram);
+                    sp.global, sp.reg, sp.ibot, gram);
         return -1;
     }
     return 0;
@@ -1081,17 +1119,20 @@ static int student_forward_backward(SslModel *m, Backend *be, const SslBatch *b,
     st->n_masked = n_m;
     be->to_device(be, w->P_dino, t->dino, sizeof(float) * (size_t)2 * B * Kd);
     if (n_m) be->to_device(be, w->P_ibot, t->ibot, sizeof(float) * (size_t)n_m * Ki);
-    target_entropies(w, be, n_m, st);
+    target_entropies(w, be, n_m);
     const int *sub_g, *sub_l;
     student_draws(m, be, b, &sub_g, &sub_l);
 
     student_forward(m, be, w->glob_img, w->loc_img, NULL, sub_g, sub_l, &sp);
     student_losses(m, be, 1.0, &sp);
-    const double reg = student_backward(m, be, &sp, 0);
-    student_stats(m, be, &sp, 1.0, reg, 0, 0, st);
+    student_backward(m, be, &sp, 0);
+    be->download_async(be, w->rb + w->rb_cls, sp.s_glob_cls, sizeof(float) * (size_t)2 * w->B * w->D);
+    double no_gram = 0;
+    read_back(m, be, &sp, n_m, 0, &no_gram, st);
+    student_stats(m, &sp, 1.0, sp.reg, 0, 0, st);
     if (!isfinite(st->backprop_loss)) {
         dino_seterr(err, "distillation step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g)", sp.local,
-                    sp.global, reg, sp.ibot);
+                    sp.global, sp.reg, sp.ibot);
         return -1;
     }
     return 0;

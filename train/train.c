@@ -600,7 +600,13 @@ static int create_backend(Run *r, char *err) {
         fprintf(stderr, "dinotrain: compute_precision.cuda_graphs ignored: %d processes (CUDA graphs are used "
                         "with one process only)\n",
                 r->d->world);
-    backend_cuda_set_graphs(r->be, graphs && r->d->world == 1);
+    // on: replay cached segments (DINO_CUDA_GRAPH_MODE=record|verify: the other modes, backend_cuda.h)
+    const int graph_mode = backend_cuda_graph_mode_on(e2);
+    if (graph_mode < 0) {
+        dino_seterr(err, "backend 'cuda': %s", e2);
+        return -1;
+    }
+    backend_cuda_set_graphs(r->be, graphs && r->d->world == 1 ? graph_mode : CUDA_GRAPHS_OFF);
     r->coll = dist_collective(r->d); // world 1: never called
     if (r->d->world > 1) {
         r->device_comm = 1;
@@ -627,8 +633,8 @@ static void free_backend(Run *r) {
         const CudaGraphStats g = backend_cuda_graph_stats(r->be);
         if (g.launches)
             printf("dinotrain: CUDA graphs: %lld launches of %lld nodes (%.1f per launch), %lld instantiated "
-                   "(new shapes), %lld updated execs\n",
-                   g.launches, g.nodes, (double)g.nodes / (double)g.launches, g.instantiations, g.updates);
+                   "(new shapes), %lld updated execs, %lld replayed without recording\n",
+                   g.launches, g.nodes, (double)g.nodes / (double)g.launches, g.instantiations, g.updates, g.replays);
     }
 #endif
 #ifdef DINO_HAVE_NCCL

@@ -34,6 +34,9 @@ static void cpu_upload_wait(Backend *be, int ticket) {}
 // The cpu GEMMs read fp32 weights (the bf16 emulation rounds them per GEMM, as the copy would hold them).
 static size_t cpu_param_copy_register(Backend *be, float *P, size_t n) { return 0; }
 static void cpu_param_copy_changed(Backend *be, const float *p, size_t n) {}
+// Synchronous CPU: the read-back is a copy, done when it returns.
+static void cpu_download_async(Backend *be, void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_download_wait(Backend *be) {}
 
 Backend *backend_cpu_new(void) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -52,6 +55,8 @@ Backend *backend_cpu_new(void) {
     be->upload_wait = cpu_upload_wait;
     be->param_copy_register = cpu_param_copy_register;
     be->param_copy_changed = cpu_param_copy_changed;
+    be->download_async = cpu_download_async;
+    be->download_wait = cpu_download_wait;
     be->gemm = cpu_gemm;
     be->linear_fwd = cpu_linear_fwd;
     be->linear_bwd = cpu_linear_bwd;

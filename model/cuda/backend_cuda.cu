@@ -169,10 +169,12 @@ static size_t act_elems(Backend *be, const void *p, size_t bytes, const char *wh
 
 static void cu_release(Backend *be, void *p) {
     if (!p) return;
+    cuda_host_wait(be); // no kernel still using it (and no deferred op: they ran with p's element type)
     act_forget(cuda_impl(be), p);
-    cuda_param_copy_forget(be, p); // a parameter buffer's bf16 copy goes with it
-    cuda_host_wait(be); // no kernel still using it
+    cuda_param_copy_forget(be, p); // a parameter buffer's bf16 copy goes with it (its release resumes)
+    cuda_host_wait(be);
     cudaCheck(cudaStreamSynchronize(cuda_impl(be)->copy_stream)); // nor an upload into it
+    cuda_replay_forget(cuda_impl(be)); // no cached exec may use p again
     cudaCheck(cudaFree(p));
     cuda_graph_resume(be);
 }
@@ -232,8 +234,16 @@ static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) 
         free(h);
         return;
     }
-    if (cuda_impl(be)->capturing) {
+    if (cuda_impl(be)->capturing || cuda_replay_defers(be)) {
         const void *staged = cuda_graph_stage(be, src, bytes);
+        if (staged && cuda_replay_defers(be)) { // replay: the copy from the staging, at its offset, is deferred
+            struct { const char *tag; void *dst; const void *staged; size_t bytes; } sig = {"to_device", dst, staged, bytes};
+            cudaStream_t s = cuda_impl(be)->stream; // (cuda_stream would flush the pending ops)
+            cuda_replay_defer(be, &sig, sizeof sig, NULL, 0, [=]() {
+                cudaCheck(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, s));
+            });
+            return;
+        }
         if (staged) {
             cudaCheck(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, cuda_stream(be)));
         } else {
@@ -264,6 +274,16 @@ static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
     cuda_host_wait(be);
     cuda_graph_resume(be);
 }
+// Asynchronous read-back on the compute stream (a deferred op in replay mode: a graph's node, writing the
+// page-locked destination each time it runs).
+static void cu_download_async(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (act_elems(be, src, bytes, "download_async")) DINO_DIE("cuda backend: download_async of a bf16 activation buffer");
+    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));
+}
+static void cu_download_wait(Backend *be) {
+    cuda_host_wait(be); // one wait for all the step's read-backs
+    cuda_graph_resume(be);
+}
 static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     const size_t nd = act_elems(be, dst, bytes, "copy"), ns = act_elems(be, src, bytes, "copy");
     if ((nd != 0) != (ns != 0)) DINO_DIE("cuda backend: copy between a bf16 activation buffer and an fp32 buffer");
@@ -288,6 +308,7 @@ void *cuda_scratch(Backend *be, size_t bytes) {
     if (bytes > c->scratch_bytes) {
         size_t n = bytes + bytes / 4 + (1 << 20);
         cuda_host_wait(be);
+        cuda_replay_forget(c); // cached execs use the old scratch
         if (c->scratch) cudaCheck(cudaFree(c->scratch));
         cudaCheck(cudaMalloc(&c->scratch, n));
         c->scratch_bytes = n;
@@ -313,10 +334,26 @@ void colsum_finish(Backend *be, float *dst, const float *partial, int nblk, int 
 
 // ---- construction -----------------------------------------------------------------------------------
 
-extern "C" void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p) { cuda_impl(be)->gemm_precision = p; }
-extern "C" void backend_cuda_set_attention(Backend *be, CudaAttention a) { cuda_impl(be)->attention = a; }
+// A setting that changes what an op enqueues without showing in its arguments: the deferred ops run first
+// (under the old setting) and no cached segment is replayed after the change.
+static void setting_changes(Backend *be) {
+    cuda_host_wait(be);
+    cuda_replay_forget(cuda_impl(be));
+    cuda_graph_resume(be);
+}
+extern "C" void backend_cuda_set_gemm_precision(Backend *be, CudaGemmPrecision p) {
+    setting_changes(be);
+    cuda_impl(be)->gemm_precision = p;
+}
+extern "C" void backend_cuda_set_attention(Backend *be, CudaAttention a) {
+    setting_changes(be);
+    cuda_impl(be)->attention = a;
+}
 extern "C" int backend_cuda_set_fuse_epilogues(Backend *be, int on) {
-    if (on >= 0) cuda_impl(be)->fuse_epilogues = on != 0;
+    if (on >= 0) {
+        setting_changes(be);
+        cuda_impl(be)->fuse_epilogues = on != 0;
+    }
     return cuda_impl(be)->fuse_epilogues;
 }
 extern "C" int backend_cuda_attention_is_flash(Backend *be, int Dh) {
@@ -332,7 +369,8 @@ extern "C" void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *t
 
 extern "C" const char *backend_cuda_device_name(Backend *be) { return cuda_impl(be)->device_name; }
 
-extern "C" void *backend_cuda_stream(Backend *be) { return (void *)cuda_impl(be)->stream; }
+// (through cuda_stream: work the caller enqueues on it comes after the ops replay mode has pending)
+extern "C" void *backend_cuda_stream(Backend *be) { return (void *)cuda_stream(be); }
 
 static void cuda_destroy(Backend *be) {
     CudaImpl *c = cuda_impl(be);
@@ -425,78 +463,90 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->alloc_act = cu_alloc_act;
     be->to_device = cu_to_device;
     be->to_host = cu_to_host;
-    be->copy = cu_copy;
-    be->zero = cu_zero;
+    be->copy = CudaOp<cu_copy>::deferred;
+    be->zero = CudaOp<cu_zero>::deferred;
     be->sync = cu_sync;
     be->host_alloc = cu_host_alloc;
     be->host_free = cu_host_free;
     be->upload_async = cu_upload_async;
     be->upload_wait = cu_upload_wait;
+    be->download_async = CudaOp<cu_download_async>::deferred;
+    be->download_wait = cu_download_wait;
     be->param_copy_register = cuda_param_copy_register;
-    be->param_copy_changed = cuda_param_copy_changed;
-    be->gemm = cuda_gemm;
-    be->linear_fwd = cuda_linear_fwd;
-    be->linear_bwd = cuda_linear_bwd;
-    be->linear_gelu_fwd = cuda_linear_gelu_fwd;
-    be->linear_swiglu_fwd = cuda_linear_swiglu_fwd;
-    be->layernorm_fwd = cuda_layernorm_fwd;
-    be->layernorm_bwd = cuda_layernorm_bwd;
-    be->gelu_fwd = cuda_gelu_fwd;
-    be->gelu_bwd = cuda_gelu_bwd;
-    be->swiglu_fwd = cuda_swiglu_fwd;
-    be->swiglu_bwd = cuda_swiglu_bwd;
+    be->param_copy_changed = CudaOp<cuda_param_copy_changed>::deferred;
+    be->gemm = CudaOp<cuda_gemm>::deferred;
+    be->linear_fwd = CudaOp<cuda_linear_fwd>::deferred;
+    be->linear_bwd = CudaOp<cuda_linear_bwd>::deferred;
+    be->linear_gelu_fwd = CudaOp<cuda_linear_gelu_fwd>::deferred;
+    be->linear_swiglu_fwd = CudaOp<cuda_linear_swiglu_fwd>::deferred;
+    be->layernorm_fwd = CudaOp<cuda_layernorm_fwd>::deferred;
+    be->layernorm_bwd = CudaOp<cuda_layernorm_bwd>::deferred;
+    be->gelu_fwd = CudaOp<cuda_gelu_fwd>::deferred;
+    be->gelu_bwd = CudaOp<cuda_gelu_bwd>::deferred;
+    be->swiglu_fwd = CudaOp<cuda_swiglu_fwd>::deferred;
+    be->swiglu_bwd = CudaOp<cuda_swiglu_bwd>::deferred;
     be->attention_saved_floats = cuda_attention_saved_floats;
-    be->attention_fwd = cuda_attention_fwd;
-    be->attention_bwd = cuda_attention_bwd;
-    be->rope_fwd = cuda_rope_fwd;
-    be->rope_bwd = cuda_rope_bwd;
-    be->im2col = cuda_im2col;
-    be->tokens_fwd = cuda_tokens_fwd;
-    be->tokens_bwd = cuda_tokens_bwd;
-    be->gather_rows = cuda_gather_rows;
-    be->residual_fwd = cuda_residual_fwd;
-    be->residual_bwd = cuda_residual_bwd;
-    be->residual_layernorm_fwd = cuda_residual_layernorm_fwd;
-    be->layernorm_residual_bwd = cuda_layernorm_residual_bwd;
-    be->scatter_add_rows = cuda_scatter_add_rows;
-    be->axpy = cuda_axpy;
-    be->scale = cuda_scale;
-    be->sum_squares = cuda_sum_squares;
+    be->attention_fwd = CudaOp<cuda_attention_fwd>::deferred;
+    be->attention_bwd = CudaOp<cuda_attention_bwd>::deferred;
+    be->rope_fwd = CudaOp<cuda_rope_fwd>::deferred;
+    be->rope_bwd = CudaOp<cuda_rope_bwd>::deferred;
+    be->im2col = CudaOp<cuda_im2col>::deferred;
+    be->tokens_fwd = CudaOp<cuda_tokens_fwd>::deferred;
+    be->tokens_bwd = CudaOp<cuda_tokens_bwd>::deferred;
+    be->gather_rows = CudaOp<cuda_gather_rows>::deferred;
+    be->residual_fwd = CudaOp<cuda_residual_fwd>::deferred;
+    be->residual_bwd = CudaOp<cuda_residual_bwd>::deferred;
+    be->residual_layernorm_fwd = CudaOp<cuda_residual_layernorm_fwd>::deferred;
+    be->layernorm_residual_bwd = CudaOp<cuda_layernorm_residual_bwd>::deferred;
+    be->scatter_add_rows = CudaOp<cuda_scatter_add_rows>::deferred;
+    be->axpy = CudaOp<cuda_axpy>::deferred;
+    be->scale = CudaOp<cuda_scale>::deferred;
+    be->sum_squares = CudaOp<cuda_sum_squares>::flushed;
     be->destroy = cuda_destroy;
     // the DINOv2 objective (head_ops.cu, loss_ops.cu, optim_ops.cu), all fp32
-    be->l2norm_fwd = cuda_l2norm_fwd;
-    be->l2norm_bwd = cuda_l2norm_bwd;
-    be->weightnorm_fwd = cuda_weightnorm_fwd;
-    be->weightnorm_bwd = cuda_weightnorm_bwd;
-    be->softmax_center = cuda_softmax_center;
-    be->col_sum = cuda_col_sum;
-    be->center_update = cuda_center_update;
-    be->sinkhorn = cuda_sinkhorn;
-    be->softmax_ce = cuda_softmax_ce;
-    be->entropy_mean = cuda_entropy_mean;
-    be->koleo = cuda_koleo;
-    be->kde = cuda_kde;
-    be->gram_loss = cuda_gram_loss;
-    be->adamw = cuda_adamw;
-    be->ema = cuda_ema;
-    be->sum_squares_ss = cuda_sum_squares_ss;
-    be->update_prepare_ss = cuda_update_prepare_ss;
-    be->clip_scale_ss = cuda_clip_scale_ss;
-    be->adamw_ss = cuda_adamw_ss;
-    be->ema_ss = cuda_ema_ss;
-    be->softmax_center_ss = cuda_softmax_center_ss;
-    be->nonfinite_check_ss = cuda_nonfinite_check_ss;
-    be->revert_if_nonfinite_ss = cuda_revert_if_nonfinite_ss;
+    be->l2norm_fwd = CudaOp<cuda_l2norm_fwd>::deferred;
+    be->l2norm_bwd = CudaOp<cuda_l2norm_bwd>::deferred;
+    be->weightnorm_fwd = CudaOp<cuda_weightnorm_fwd>::deferred;
+    be->weightnorm_bwd = CudaOp<cuda_weightnorm_bwd>::deferred;
+    be->softmax_center = CudaOp<cuda_softmax_center>::deferred;
+    be->col_sum = CudaOp<cuda_col_sum>::deferred;
+    be->center_update = CudaOp<cuda_center_update>::deferred;
+    be->sinkhorn = CudaOp<cuda_sinkhorn>::deferred;
+    be->softmax_ce = CudaOp<cuda_softmax_ce>::deferred;
+    be->entropy_mean = CudaOp<cuda_entropy_mean>::deferred;
+    be->koleo = CudaOp<cuda_koleo>::deferred;
+    be->kde = CudaOp<cuda_kde>::deferred;
+    be->gram_loss = CudaOp<cuda_gram_loss>::deferred;
+    be->adamw = CudaOp<cuda_adamw>::deferred;
+    be->ema = CudaOp<cuda_ema>::deferred;
+    be->sum_squares_ss = CudaOp<cuda_sum_squares_ss>::deferred;
+    be->update_prepare_ss = CudaOp<cuda_update_prepare_ss>::deferred;
+    be->clip_scale_ss = CudaOp<cuda_clip_scale_ss>::deferred;
+    be->adamw_ss = CudaOp<cuda_adamw_ss>::deferred;
+    be->ema_ss = CudaOp<cuda_ema_ss>::deferred;
+    be->softmax_center_ss = CudaOp<cuda_softmax_center_ss>::deferred;
+    be->nonfinite_check_ss = CudaOp<cuda_nonfinite_check_ss>::deferred;
+    be->revert_if_nonfinite_ss = CudaOp<cuda_revert_if_nonfinite_ss>::deferred;
     // DINO_CUDA_GRAPHS=1: graph mode in any program (an A/B of bench_step on a GPU); the trainer decides
     // again from compute_precision.cuda_graphs and its world size
     const char *graphs_env = getenv("DINO_CUDA_GRAPHS");
-    if (graphs_env && strcmp(graphs_env, "1") == 0) backend_cuda_set_graphs(be, 1);
+    if (graphs_env && strcmp(graphs_env, "1") == 0) {
+        char e2[DINO_ERRLEN];
+        const int mode = backend_cuda_graph_mode_on(e2);
+        if (mode < 0) {
+            set_err(err, "cuda backend: %s", e2);
+            backend_free(be);
+            return NULL;
+        }
+        backend_cuda_set_graphs(be, mode);
+    }
     return be;
 }
 
 extern "C" void backend_cuda_free(Backend *be) { backend_free(be); }
 
 extern "C" int backend_cuda_set_fuse_resln(Backend *be, int on) {
+    setting_changes(be);
     cuda_impl(be)->fuse_resln = on != 0;
     return cuda_impl(be)->fuse_resln;
 }

@@ -76,17 +76,33 @@ void backend_cuda_mem_info(Backend *be, size_t *free_bytes, size_t *total_bytes)
 // n x n x n GEMM, median of `iters` timed runs: the denominator of MFU. Returns -1 on failure.
 double backend_cuda_measure_bf16_tflops(Backend *be, int n, int iters);
 
-// CUDA graphs (docs/cuda-backend.md, "CUDA graphs"; compute_precision.cuda_graphs): on, the backend's
-// stream records the ops between the points where the host must wait (a read-back, an allocation, a
-// free, an upload on the copy stream) and launches each such segment as one graph, updating a cached
-// exec of the same topology with the new arguments. Same kernels, same arguments: the same bits as off.
-// Call from the thread that runs the ops. Returns whether graphs are on now.
-int backend_cuda_set_graphs(Backend *be, int on);
+// CUDA graphs (docs/cuda-backend.md, "CUDA graphs"; compute_precision.cuda_graphs). Modes:
+//   CUDA_GRAPHS_OFF (0): every op is launched on the stream as it comes;
+//   CUDA_GRAPHS_RECORD (1): the stream records the ops between the points where the host must wait (a
+//     read-back, an allocation, a free, an upload on the copy stream), also cut every
+//     DINO_CUDA_GRAPH_CHUNK linear ops, and launches each such segment as one graph, updating a cached
+//     exec of the same topology with the new arguments (every segment recorded every time);
+//   CUDA_GRAPHS_REPLAY (2): the ops are not issued when called but noted with their arguments (the
+//     segment's signature); at the segment's end, a segment seen before with the same signature is
+//     launched from its cached exec without recording anything; otherwise it is recorded, then launched
+//     through an exec of the same topology updated in place, or a new one. Host inputs (to_device) go
+//     through a page-locked staging at the offsets the signature holds;
+//   CUDA_GRAPHS_VERIFY (3): as REPLAY, but a cached segment is recorded again and checked against its exec
+//     (same node count, cudaGraphExecUpdate accepts it: same topology and kernels); a difference dies.
+// Same kernels, same arguments: the same bits in every mode. Call from the thread that runs the ops.
+// Returns the mode now.
+typedef enum { CUDA_GRAPHS_OFF = 0, CUDA_GRAPHS_RECORD = 1, CUDA_GRAPHS_REPLAY = 2, CUDA_GRAPHS_VERIFY = 3 } CudaGraphMode;
+int backend_cuda_set_graphs(Backend *be, int mode);
+// The mode "graphs on" means for this process: DINO_CUDA_GRAPH_MODE=record|replay|verify (default replay).
+// Returns -1 with a message in err (DINO_ERRLEN bytes) for another value.
+int backend_cuda_graph_mode_on(char *err);
 typedef struct {
     long long launches;        // graph launches (segments)
     long long nodes;           // nodes in them (kernels, copies, memsets, cuBLAS calls)
     long long instantiations;  // segments with a topology not seen before (or evicted): cudaGraphInstantiate
-    long long updates;         // segments launched through an existing exec (cudaGraphExecUpdate)
+    long long updates;         // segments recorded and launched through an existing exec (cudaGraphExecUpdate)
+    long long replays;         // segments launched from the exec cached under their signature, not recorded
+    long long verified;        // replays that CUDA_GRAPHS_VERIFY recorded again and found identical
     long long host_waits;      // times the host waited for the compute stream (read-backs, sync, frees...;
                                // counted with graphs on or off)
 } CudaGraphStats;

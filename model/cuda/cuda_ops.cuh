@@ -9,6 +9,10 @@
 #include <nvtx3/nvToolsExt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include <functional>
+#include <type_traits>
 
 #include "model/backend.h"
 #include "model/cuda/backend_cuda.h"
@@ -82,6 +86,12 @@ typedef struct {
     CudaGraphStats graph_stats;
     void *stage;
     size_t stage_bytes, stage_used;
+    // replay (graphs == CUDA_GRAPHS_REPLAY / _VERIFY): ops are deferred into `pending` and each segment is
+    // launched from the exec cached under its signature (graphs.cu, "replay")
+    struct CudaReplay *replay;
+    int replay_pending; // ops are deferred (cuda_stream flushes them first)
+    int replay_running; // running a segment's deferred ops (recording it)
+    int replay_cut;     // ... and a host wait inside them cut the recording (not cached)
     CudaAttention attention; // flash (default where supported) or the batched-GEMM path; DINO_ATTENTION
     int fuse_epilogues; // linear_gelu/swiglu_fwd: bias + activation in one epilogue kernel (default); 0: unfused
     int fuse_resln; // residual_layernorm_fwd as one kernel (default) or the four ops; DINO_CUDA_FUSE_RESLN=0
@@ -127,7 +137,57 @@ const void *cuda_graph_stage(Backend *be, const void *src, size_t bytes);
 // called on the capturing thread; returns whether it did (then resume after).
 int cuda_graph_host_call_begin(Backend *be);
 void cuda_graph_destroy(CudaImpl *c);
-static inline cudaStream_t cuda_stream(Backend *be) { return cuda_impl(be)->stream; }
+// Replay mode: whether an op called now is deferred (the capturing thread, no segment running), and the
+// deferral itself: the op and its arguments, bit for bit, extend the segment's signature, in two parts:
+// `shape` (the function, pointers, sizes: what fixes the graph's topology and buffers) and `values` (its
+// floating-point arguments: a learning rate, a temperature); `run` issues the op when the segment is
+// recorded. cuda_replay_flush launches the pending segment.
+bool cuda_replay_defers(Backend *be);
+void cuda_replay_defer(Backend *be, const void *shape, size_t n_shape, const void *values, size_t n_values,
+                       std::function<void()> run);
+void cuda_replay_flush(Backend *be);
+// The cached execs may reference memory about to be freed (or state about to change): drop them. Call
+// after a host wait (no launch of them is still queued).
+void cuda_replay_forget(CudaImpl *c);
+// The table entries (backend_cuda.cu): CudaOp<fn>::deferred wraps an op that only enqueues device work
+// (kernels, cuBLAS, device copies): in replay mode it is deferred with its arguments as its signature;
+// CudaOp<fn>::flushed wraps one that the host waits for (it returns a value): the pending segment first.
+// The integer arguments of an op that are values like its floats (bit i: the i-th argument after be).
+template <auto Fn> constexpr unsigned long long cuda_value_args = 0;
+void cuda_adamw(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr, float wd, float beta1,
+                float beta2, float eps, long step);
+template <> constexpr unsigned long long cuda_value_args<cuda_adamw> = 1ull << 10; // the step count
+template <auto Fn> struct CudaOp;
+template <typename R, typename... A, R (*Fn)(Backend *, A...)> struct CudaOp<Fn> {
+    static R deferred(Backend *be, A... a) {
+        if (!cuda_replay_defers(be)) return Fn(be, a...);
+        char shape[sizeof(void *) + (sizeof(A) + ... + 0)], values[(sizeof(A) + ... + 0) + 1];
+        size_t ns = 0, nv = 0;
+        int i = -1; // the function first, then its arguments
+        auto put = [&](const auto &v) {
+            if (std::is_floating_point<std::decay_t<decltype(v)>>::value || (i >= 0 && (cuda_value_args<Fn> >> i & 1)))
+                memcpy(values + nv, &v, sizeof v), nv += sizeof v;
+            else memcpy(shape + ns, &v, sizeof v), ns += sizeof v;
+            i++;
+        };
+        R (*f)(Backend *, A...) = Fn;
+        put(f);
+        (put(a), ...);
+        cuda_replay_defer(be, shape, ns, values, nv, [=]() { Fn(be, a...); });
+    }
+    static R flushed(Backend *be, A... a) {
+        cuda_replay_flush(be);
+        return Fn(be, a...);
+    }
+};
+// The compute stream. In replay mode an op that enqueues work without being deferred (a table entry not
+// wrapped in CudaOp<fn>::deferred) gets the pending ops flushed first: it is then a segment boundary, slower
+// but in order.
+static inline cudaStream_t cuda_stream(Backend *be) {
+    CudaImpl *c = cuda_impl(be);
+    if (c->replay_pending) cuda_replay_flush(be);
+    return c->stream;
+}
 // Scratch of at least `bytes`, valid until the next call of this function. Every kernel runs on the
 // backend's one stream, so an op may reuse the scratch of the op before it.
 void *cuda_scratch(Backend *be, size_t bytes);

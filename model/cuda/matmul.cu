@@ -77,6 +77,7 @@ void cuda_gemm_grid_typed(Backend *be, int transA, int transB, int M, int N, int
     const size_t n = (size_t)nb * nh;
     if (3 * n > c->grid_ptrs_cap) {
         cuda_host_wait(be); // a GEMM may still read the old arrays
+        cuda_replay_forget(c); // so do the cached execs
         if (c->grid_ptrs) cudaCheck(cudaFree(c->grid_ptrs));
         c->grid_ptrs_cap = 3 * n + 3 * n / 2;
         cudaCheck(cudaMalloc(&c->grid_ptrs, sizeof(void *) * c->grid_ptrs_cap));
@@ -218,7 +219,8 @@ static LtPlan *lt_plan(Backend *be, int rows, int n_in, int n_out) {
 
 extern "C" int backend_cuda_set_lt(Backend *be, int on) {
     CudaImpl *c = cuda_impl(be);
-    cuda_graph_pause(be); // cuda_lt_init may allocate
+    cuda_host_wait(be); // cuda_lt_init may allocate; the deferred ops run with the old setting
+    cuda_replay_forget(c); // and no cached exec with it is replayed
     if (on) cuda_lt_init(c, 1);
     else c->lt_on = 0;
     cuda_graph_resume(be);

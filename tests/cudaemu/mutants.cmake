@@ -205,6 +205,31 @@ set(MUTANT_TO [[
     cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream(be)));]])
 cudaemu_mutant(graph_host_read_inside_capture FILE model/cuda/backend_cuda.cu TEST ssl_steps_cuda_graphs_same_bits FINDING
   EXPECT "cudaemu: cudaMemcpyAsync to pageable host memory [^\n]* on a capturing stream: CUDA refuses it")
+# Replay mode resets the page-locked staging when it launches a segment instead of after a host wait (as if
+# the graph took its host inputs along at the launch): the next segment's inputs overwrite those of a
+# launched graph that has not run yet. The layer compares a graph's page-locked sources at its run with
+# what they held at its launch.
+set(MUTANT_FROM [[
+    c->graph_stats.nodes += (long long)nodes;
+}]])
+set(MUTANT_TO [[
+    c->graph_stats.nodes += (long long)nodes;
+    if (c->graphs >= CUDA_GRAPHS_REPLAY) c->stage_used = 0;
+}]])
+cudaemu_mutant(graph_replay_staging_reused FILE model/cuda/graphs.cu TEST cuda_graphs_replay_staging_per_segment FINDING
+  EXPECT "cudaemu: cudaGraphLaunch: node [0-9]+ [^\n]* the host rewrote them after the launch, before the graph ran")
+# A setting that changes an op's kernels without changing its arguments (the attention path) keeps the
+# cached segments: the next identical attention_fwd call would replay the other path's kernels. Verify
+# mode records it again and finds another graph than the cached one.
+set(MUTANT_FROM [[
+    cuda_host_wait(be);
+    cuda_replay_forget(cuda_impl(be));
+    cuda_graph_resume(be);]])
+set(MUTANT_TO [[
+    cuda_host_wait(be);
+    cuda_graph_resume(be);]])
+cudaemu_mutant(graph_replay_setting_kept FILE model/cuda/backend_cuda.cu TEST cuda_graphs_replay_setting_change_records_anew
+  EXPECT "dinotrain: cuda graphs \\(verify\\): a segment with the signature of a cached one recorded")
 # A missing barrier between the flash forward's K/V tile load into shared memory and its use: each
 # thread stores its share of the tile, then the warps' wmma loads read the whole tile. Under the layer a
 # thread runs from the previous barrier to its first wmma load in one stretch, so the warps read elements

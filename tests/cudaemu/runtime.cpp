@@ -129,6 +129,8 @@ struct GNode {
     std::function<void()> run;
     std::vector<const void *> touches;
     std::vector<int> deps;
+    const void *host_src = nullptr; // a copy from page-locked host memory: what it reads when it runs
+    size_t host_bytes = 0;
 };
 // A stream capture in progress: begun on `origin`, joined by the streams in `members` (origin first)
 // through cudaStreamWaitEvent on events recorded inside it.
@@ -568,6 +570,8 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     }
     // page-locked or device memory is read when the copy runs (DMA): a host write before then races
     push(S(s), "cudaMemcpyAsync", [dst, src, bytes]() { memmove(dst, src, bytes); }, {dst, src}, nullptr);
+    if (S(s)->cap && kind == cudaMemcpyHostToDevice) // a graph's node: each launch reads the host memory again
+        S(s)->cap->nodes.back().host_src = src, S(s)->cap->nodes.back().host_bytes = bytes;
     if (kind == cudaMemcpyDeviceToHost && !pinned_dst) complete(S(s)->last); // pageable: returns when done
     return cudaSuccess;
 }
@@ -866,7 +870,21 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
     char what[64];
     snprintf(what, sizeof what, "cudaGraphLaunch (%zu nodes)", exec->nodes.size());
     std::vector<GNode> nodes = exec->nodes; // as they are now: a later update affects later launches only
-    push(S(s), what, [nodes]() { run_graph(nodes); }, touches, nullptr);
+    // The host memory its copies read, as it is at the launch: the graph reads it when it runs, so a host
+    // write in between (a staging buffer reused before the launch has run) races the copy on a GPU.
+    std::vector<std::vector<char>> at_launch(nodes.size());
+    for (size_t i = 0; i < nodes.size(); i++)
+        if (nodes[i].host_src)
+            at_launch[i].assign((const char *)nodes[i].host_src, (const char *)nodes[i].host_src + nodes[i].host_bytes);
+    push(S(s), what, [nodes, at_launch]() {
+        for (size_t i = 0; i < nodes.size(); i++)
+            if (nodes[i].host_src && memcmp(nodes[i].host_src, at_launch[i].data(), nodes[i].host_bytes) != 0)
+                fatal("cudaGraphLaunch: node %zu (\"%s\") copies %zu bytes of page-locked host memory at %p to the "
+                      "device, and the host rewrote them after the launch, before the graph ran: on a GPU the copy "
+                      "races the write; reuse such memory only after the launch has run (an event or a stream "
+                      "synchronisation)", i, nodes[i].what.c_str(), nodes[i].host_bytes, nodes[i].host_src);
+        run_graph(nodes);
+    }, touches, nullptr);
     return cudaSuccess;
 }
 

@@ -603,6 +603,45 @@ TEST(graph_missing_edge_shows_under_delay) {
     else unsetenv("CUDAEMU_STREAMS");
 }
 
+// A graph's copy from page-locked host memory reads it when the graph runs, not when it is launched: the
+// host may write the memory before the launch (each launch then copies the new bytes), but a write after
+// the launch, before the graph has run, races the copy on a GPU, and the layer says so (under delay
+// order the launch has not run at the host's write).
+TEST(graph_pinned_source_rewritten_after_launch) {
+    const char *pol = getenv("CUDAEMU_STREAMS");
+    setenv("CUDAEMU_STREAMS", "delay", 1);
+    const int n = 64;
+    float *x, *h, back[2];
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CK(cudaMalloc(&x, sizeof(float) * n));
+    CK(cudaHostAlloc((void **)&h, sizeof(float) * n, 0));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    CK(cudaMemcpyAsync(x, h, sizeof(float) * n, cudaMemcpyHostToDevice, s));
+    DINO_LAUNCH(scale_kernel, 1, 64, 0, s)(x, 2.0f, n);
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    for (int k = 0; k < 2; k++) { // written before each launch, waited for after: the new bytes each time
+        for (int i = 0; i < n; i++) h[i] = (float)(i + 10 * k);
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaMemcpyAsync(&back[k], x + 3, sizeof(float), cudaMemcpyDeviceToHost, s));
+        CK(cudaStreamSynchronize(s));
+    }
+    printf("  launches with the host data written before each: %g, %g (6 and 26)\n", back[0], back[1]);
+    CHECK(back[0] == 6.0f && back[1] == 26.0f, "graph copies from page-locked memory: %g, %g", back[0], back[1]);
+    expect_finding("page-locked source rewritten before the graph ran", "the host rewrote them after the launch", [&] {
+        CK(cudaGraphLaunch(ge, s));
+        h[3] = -1.0f; // the launch is still queued
+        CK(cudaStreamSynchronize(s));
+    });
+    cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
+    cudaStreamDestroy(s), cudaFree(x), cudaFreeHost(h);
+    if (pol) setenv("CUDAEMU_STREAMS", pol, 1);
+    else unsetenv("CUDAEMU_STREAMS");
+}
+
 TEST(wmma_fragments_mma_and_findings) {
     // index-coded small integers: every product and sum is exact, so D must match bit for bit, and a
     // wrong row/column mapping anywhere gives a different integer
