@@ -411,8 +411,11 @@ static void t_sum_squares_ss(Backend *be, const float *x, size_t n, int group, D
 static void t_update_prepare_ss(Backend *be, int groups, double max_norm, float beta1, float beta2, DinoStepScalars *ss) {
     OP(ROP_STEP_SCALARS, NULL, COSTS(roof_step_scalars, 0), update_prepare_ss, groups, max_norm, beta1, beta2, ss);
 }
+// The clip runs every step and its kernel returns after reading the coefficient unless the norm is over the
+// limit (optim_ops.cu clip_scale_kernel): counted as that no-clip case, one launch and no pass over x, as the
+// by-value path (a scale call only when the host saw a norm over the limit) counted a step that clips nothing.
 static void t_clip_scale_ss(Backend *be, float *x, size_t n, int group, const DinoStepScalars *ss) {
-    OP(ROP_SCALE, x, COSTS(roof_scale, (double)n), clip_scale_ss, x, n, group, ss);
+    OP(ROP_SCALE, x, COSTS(roof_scale, 0.0), clip_scale_ss, x, n, group, ss);
 }
 static void t_adamw_ss(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr_mult, float wd_mult,
                        int last_layer, float beta1, float beta2, float eps, const DinoStepScalars *ss) {

@@ -449,3 +449,22 @@ TEST(fused_ops_time_their_kernels_in_turn) {
         }
     backend_free(be);
 }
+
+// The device-side clip runs every step but streams the gradients only when the norm is over the limit: counted
+// as the step that clips nothing (one launch, no bytes), as the by-value path's (no scale call) was; the
+// by-value scale of a clipping step stays a full pass.
+TEST(device_clip_counts_the_no_clip_step) {
+    const RoofCard c = h100();
+    Backend *be = backend_timed_new(backend_cpu_new(), &c, 0); // counting only: nothing runs
+    backend_timed_set(be, 1, 0);
+    float dummy[1];
+    be->clip_scale_ss(be, dummy, 1000000, 0, NULL);
+    const RoofTally *t = backend_timed_tally(be);
+    for (int l = 0; l < ROOF_NLAYOUTS; l++)
+        CHECK(t[ROP_SCALE].calls == 1 && t[ROP_SCALE].bytes[l] == 0 && t[ROP_SCALE].kernels[l] == 1,
+              "clip_scale_ss %s: %.0f bytes, %.0f kernels", roof_layout_name((RoofLayout)l), t[ROP_SCALE].bytes[l],
+              t[ROP_SCALE].kernels[l]);
+    be->scale(be, dummy, 0.5f, 1000000);
+    CHECK(t[ROP_SCALE].bytes[ROOF_CURRENT] == 8e6, "a by-value scale: %.0f bytes", t[ROP_SCALE].bytes[ROOF_CURRENT]);
+    backend_free(be);
+}
