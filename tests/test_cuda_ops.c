@@ -2865,7 +2865,8 @@ static CudaGraphStats graph_stats_since(Backend *be, CudaGraphStats before) {
     const CudaGraphStats a = backend_cuda_graph_stats(be);
     return (CudaGraphStats){a.launches - before.launches,       a.nodes - before.nodes,
                             a.instantiations - before.instantiations, a.updates - before.updates,
-                            a.replays - before.replays,         a.verified - before.verified};
+                            a.replays - before.replays,         a.verified - before.verified,
+                            a.host_waits - before.host_waits};
 }
 
 static void graph_run_ex(Backend *be, const SslConfig *cfg, int graphs, int steps, int const_sched, const float *gcrops,
