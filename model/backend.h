@@ -212,6 +212,9 @@ Backend *backend_cpu_new(void);
 Backend *backend_cpu_emulate_bf16(Backend *be);
 // The bf16 value nearest x (ties to even; NaN stays NaN, as __float2bfloat16), as a float.
 float dino_bf16_round(float x);
+// x[0] + ... + x[n-1] summed in the order of a CUDA warp's reduction (each of 32 lanes over a stride-32
+// slice, then an xor butterfly): what the emulation computes where a cuda kernel reduces in one warp.
+float dino_warp_order_sum(const float *x, int n);
 // Frees any backend (calls its destroy hook first).
 void backend_free(Backend *be);
 #ifdef __cplusplus
