@@ -188,6 +188,15 @@ static void e_residual_bwd(Backend *be, float *dbr, float *dgamma, const float *
     IN(be)->residual_bwd(IN(be), dbr, dgamma, dx, br, gamma, idx, n, T, D, scale);
     round_if_bf16(be, dbr, (size_t)n * T * D);
 }
+static void e_im2col(Backend *be, float *cols, const float *img, int B, int C, int Hi, int Wi, int p) {
+    IN(be)->im2col(IN(be), cols, img, B, C, Hi, Wi, p);
+    round_if_bf16(be, cols, (size_t)B * (Hi / p) * (Wi / p) * C * p * p);
+}
+static void e_tokens_bwd(Backend *be, float *dpatch, float *dcls, float *dreg, float *dpos, float *dmask_token,
+                         const float *dx, const uint8_t *mask, int B, int N, int R, int D) {
+    IN(be)->tokens_bwd(IN(be), dpatch, dcls, dreg, dpos, dmask_token, dx, mask, B, N, R, D);
+    round_if_bf16(be, dpatch, (size_t)B * N * D);
+}
 static void e_destroy(Backend *be) {
     Bf16Emu *e = EMU(be);
     Backend inner = e->inner;
@@ -208,6 +217,7 @@ Backend *backend_cpu_emulate_bf16(Backend *be) {
     be->gelu_fwd = e_gelu_fwd, be->gelu_bwd = e_gelu_bwd, be->swiglu_fwd = e_swiglu_fwd, be->swiglu_bwd = e_swiglu_bwd;
     be->attention_fwd = e_attention_fwd, be->attention_bwd = e_attention_bwd;
     be->rope_fwd = e_rope_fwd, be->rope_bwd = e_rope_bwd, be->residual_bwd = e_residual_bwd;
+    be->im2col = e_im2col, be->tokens_bwd = e_tokens_bwd;
     be->destroy = e_destroy;
     return be;
 }
