@@ -15,14 +15,16 @@
 //    element type that the backend records per allocation. The model asks for DINO_BF16 by purpose
 //    (the ViT's branch intermediates and their gradients); the cpu backend stores fp32 regardless (the
 //    reference; backend_cpu_emulate_bf16 rounds them as a GPU would store them), the cuda backend stores
-//    bf16 (with its default bf16 GEMMs). The heads' hidden layers are bf16 too; from the bottleneck on fp32. Such a pointer is a handle to the whole buffer: the model
+//    bf16 (with its default bf16 GEMMs). The patch embedding's columns, output and gradient and the
+//    heads' hidden layers are bf16 too; from the bottleneck on fp32. Such a pointer is a handle to the whole buffer: the model
 //    passes it to ops as is, never offset into it (the cuda backend refuses an interior pointer) nor
 //    copies it with byte counts of its own. Every other buffer, and every op argument not listed as
 //    accepting one, is fp32. The ops that accept bf16 activations: linear_fwd (out, in),
 //    linear_gelu_fwd / linear_swiglu_fwd (pre, act, in), linear_bwd (din, dout, in), layernorm_fwd
 //    (out), layernorm_bwd (dout), gelu/swiglu (all), attention_fwd/bwd (out, qkv, dout, dqkv),
 //    rope_fwd/bwd (qkv, dqkv), residual_fwd (br), residual_bwd (dbr, br),
-//    residual_layernorm_fwd (br, out), layernorm_residual_bwd (dout, dbr, br);
+//    residual_layernorm_fwd (br, out), layernorm_residual_bwd (dout, dbr, br),
+//    im2col (cols), tokens_fwd (patch), tokens_bwd (dpatch);
 //    to_host/to_device/zero with the buffer's byte count as fp32 (4 per element) convert.
 //  - Per-step scalars (model/step_scalars.h, docs/cuda-backend.md "CUDA graphs"): the ops named `*_ss`
 //    read the values that change from step to step (lr, weight decay, momentum, temperature, clip
@@ -303,6 +305,9 @@ Backend *backend_cpu_new(void);
 Backend *backend_cpu_emulate_bf16(Backend *be);
 // The bf16 value nearest x (ties to even; NaN stays NaN, as __float2bfloat16), as a float.
 float dino_bf16_round(float x);
+// x[0] + ... + x[n-1] summed in the order of a CUDA warp's reduction (each of 32 lanes over a stride-32
+// slice, then an xor butterfly): what the emulation computes where a cuda kernel reduces in one warp.
+float dino_warp_order_sum(const float *x, int n);
 // Frees any backend (calls its destroy hook first).
 void backend_free(Backend *be);
 #ifdef __cplusplus

@@ -556,8 +556,10 @@ VitActs *vit_acts_new_sharing(Backend *be, const Vit *vit, int B, int crop, VitA
     a->T = 1 + c->n_registers + a->N;
     a->work_block = -1;
     const size_t rows = (size_t)B * a->T, BN = (size_t)B * a->N;
-    a->cols = fown(be, a, BN * 3 * p * p);
-    a->patch = fown(be, a, BN * D);
+    // the patch embedding's input columns and output (and below its gradient) may be bf16: the GEMM rounds
+    // cols and dpatch to bf16 anyway, the output joins the fp32 stream in tokens_fwd
+    a->cols = bown(be, a, BN * 3 * p * p);
+    a->patch = bown(be, a, BN * D);
     if (c->rope) {
         // no position table: tokens_fwd adds rows of zeros (exact), its position gradient goes to scratch
         a->pos_used = fown(be, a, (size_t)(1 + a->N) * D);
@@ -633,7 +635,7 @@ VitActs *vit_acts_new_sharing(Backend *be, const Vit *vit, int B, int crop, VitA
             a->dfc1 = bown(be, a, rows * ffn_out);
             a->dact = bown(be, a, rows * Hf);
         }
-        a->dpatch = fown(be, a, BN * D);
+        a->dpatch = bown(be, a, BN * D);
     }
     return a;
 }

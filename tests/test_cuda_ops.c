@@ -135,12 +135,13 @@ static void emu_attention_fwd(Backend *be, float *out, float *saved, const float
         const float *q = qkv + (size_t)b * T * ld + (size_t)h * Dh;
         float *P = saved + (size_t)bh * T * T;
         emu_gemm(be, 0, 1, T, T, Dh, scale, q, ld, q + D, ld, 0.0f, P, T);
-        for (int i = 0; i < T; i++) {
-            float *r = P + (size_t)i * T, mx = r[0], sum = 0;
+        for (int i = 0; i < T; i++) { // as softmax_rows_kernel: the row sum in its warp's order, times 1/sum
+            float *r = P + (size_t)i * T, mx = r[0];
             for (int j = 1; j < T; j++) mx = r[j] > mx ? r[j] : mx;
-            for (int j = 0; j < T; j++) sum += (r[j] = expf(r[j] - mx));
+            for (int j = 0; j < T; j++) r[j] = expf(r[j] - mx);
+            const float inv = 1.0f / dino_warp_order_sum(r, T);
             // the CUDA backend saves the probabilities in bf16 (round to nearest) with bf16 GEMMs
-            for (int j = 0; j < T; j++) r[j] = bf16_round(r[j] / sum);
+            for (int j = 0; j < T; j++) r[j] = bf16_round(r[j] * inv);
         }
         emu_gemm(be, 0, 0, T, Dh, T, 1.0f, P, T, q + 2 * D, ld, 0.0f, out + (size_t)b * T * D + (size_t)h * Dh, D);
     }
@@ -149,7 +150,7 @@ static void emu_attention_bwd(Backend *be, float *dqkv, const float *dout, const
                               int T, int H, int Dh) {
     const int D = H * Dh, ld = 3 * D;
     const float scale = 1.0f / sqrtf((float)Dh);
-    float *dS = dino_malloc(sizeof(float) * (size_t)T * T);
+    float *dS = dino_malloc(sizeof(float) * (size_t)T * T), *pd = dino_malloc(sizeof(float) * (size_t)T);
     for (int bh = 0; bh < B * H; bh++) {
         int b = bh / H, h = bh % H;
         const float *q = qkv + (size_t)b * T * ld + (size_t)h * Dh, *P = saved + (size_t)bh * T * T;
@@ -157,16 +158,17 @@ static void emu_attention_bwd(Backend *be, float *dqkv, const float *dout, const
         float *dq = dqkv + (size_t)b * T * ld + (size_t)h * Dh;
         emu_gemm(be, 1, 0, T, Dh, T, 1.0f, P, T, dO, D, 0.0f, dq + 2 * D, ld);
         emu_gemm(be, 0, 1, T, T, Dh, 1.0f, dO, D, q + 2 * D, ld, 0.0f, dS, T);
-        for (int i = 0; i < T; i++) {
+        for (int i = 0; i < T; i++) { // as softmax_bwd_rows_kernel: the dot product in its warp's order
             const float *p = P + (size_t)i * T;
-            float *d = dS + (size_t)i * T, dot = 0;
-            for (int j = 0; j < T; j++) dot += p[j] * d[j];
+            float *d = dS + (size_t)i * T;
+            for (int j = 0; j < T; j++) pd[j] = p[j] * d[j];
+            const float dot = dino_warp_order_sum(pd, T);
             for (int j = 0; j < T; j++) d[j] = scale * p[j] * (d[j] - dot);
         }
         emu_gemm(be, 0, 0, T, Dh, T, 1.0f, dS, T, q + D, ld, 0.0f, dq, ld);
         emu_gemm(be, 1, 0, T, Dh, T, 1.0f, dS, T, q, ld, 0.0f, dq + D, ld);
     }
-    free(dS);
+    free(dS), free(pd);
 }
 static Backend *emulated_backend(CudaGemmPrecision prec, const char *mode) {
     Backend *be = backend_cpu_new();
@@ -1596,8 +1598,10 @@ TEST(vit_dinov3_rope_storage_swiglu64_droppath_bf16) { vit_parity_of("swiglu64",
 // predicts the GPU. Op by op they agree bit for bit but for rare one-ulp flips where fp32 summation order
 // tips a value across a rounding boundary (bf16_activation_ops_match_cpu_emulation); through a ViT each
 // flip perturbs what follows, which tips more values, so the two settle at a fraction of u apart (measured
-// under the execution layer: 1e-3 = u/4 forward, up to 0.55u in the gradients; the fp32 CPU is u forward
-// and 1.5u in the gradients from the same GPU run). Bound 2u, a quarter of the fp32 comparison's 8u / 16u.
+// under the execution layer: 1e-5 to 8e-4 = u/400 to u/5 forward, from the flips left where an fp32 path
+// or a GEMM that OpenBLAS sums in another order differs in the last bits (the elementwise, LayerNorm and
+// softmax ones are gone: model/cpu/bf16_emulation.c), up to 0.5u in the gradients; the fp32 CPU is u
+// forward and 1.5u in the gradients from the same GPU run). Bound 2u, a quarter of the fp32 comparison's 8u / 16u.
 TEST(vit_bf16_gpu_matches_cpu_emulation) { vit_parity_vs("mlp", 4, 0.4f, 0, 0, 1, 2 * U_BF16); }
 TEST(vit_dinov3_bf16_gpu_matches_cpu_emulation) { vit_parity_vs("swiglu64", 4, 0.4f, 0, 1, 1, 2 * U_BF16); }
 
@@ -1609,13 +1613,21 @@ TEST(vit_dinov3_bf16_gpu_matches_cpu_emulation) { vit_parity_vs("swiglu64", 4, 0
 // value across a rounding boundary: then by one bf16 ulp (<= 2^-7 relative). Attention rounds inside too
 // (its bf16 probabilities): a flipped probability moves a product by a bf16 ulp of it, which for an
 // element near 0 after cancellation is more than that element's ulp but within u = 2^-8 of the tensor's
-// scale. Bound per element: 2^-7 |c| + 2^-8 rms(c), and at most 1% of the elements unequal (fp32 ops
-// differ by ~1e-6 relative, a flip needs the value within that of a boundary: measured <= 0.2%, the
-// attention ones). Without the emulation's rounding almost every element differs.
+// scale. Bound per element: 2^-7 |c| + 2^-8 rms(c), and at most 1% of the elements unequal on a GPU
+// (its tensor cores and device erff/expf differ from the CPU's by ~1e-6 relative, a flip needs the value
+// within that of a boundary). Under the execution layer (in-order cuBLAS, the host's libm, no FMA
+// contraction) none may differ: the emulation computes each kernel's own expressions in its warp's
+// summation order (model/cpu/bf16_emulation.c; the attention softmax here). Without the emulation's
+// rounding almost every element differs.
 typedef struct {
     size_t n;
     float *c, *g; // on the emulating CPU, on the GPU
 } ActPair;
+#ifdef DINO_CUDAEMU
+static const int under_layer = 1;
+#else
+static const int under_layer = 0;
+#endif
 
 static ActPair act_pair(Backend *C, Backend *G, size_t n, float std, Rng *r) {
     ActPair p = {.n = n, .c = C->alloc_act(C, n, DINO_BF16, NULL), .g = G->alloc_act(G, n, DINO_BF16, NULL)};
@@ -1644,7 +1656,8 @@ static void check_act(const char *what, Backend *C, Backend *G, const ActPair *p
            worst);
     CHECK(bad == 0, "%s: %zu elements beyond one bf16 ulp; worst [%zu] gpu %.9g cpu %.9g", what, bad, wi, (double)g[wi],
           (double)c[wi]);
-    CHECK(unequal <= p->n / 100, "%s: %zu of %zu elements not bit-identical to the emulation", what, unequal, p->n);
+    CHECK(unequal <= (under_layer ? 0 : p->n / 100), "%s: %zu of %zu elements not bit-identical to the emulation", what,
+          unequal, p->n);
     free(c), free(g);
 }
 
@@ -1776,9 +1789,44 @@ TEST(bf16_activation_ops_match_cpu_emulation) {
         free(h), free(o16), free(o32);
     }
 #endif
-    ActPair *ap[] = {&x, &h1, &h2, &dh, &dx, &sw, &dsw, &dln, &qkv, &dqkv, &att};
+    // the patch embedding: im2col of fp32 images into bf16 columns, the GEMM into a bf16 patch, tokens_fwd
+    // from it into the fp32 stream (a masked image), tokens_bwd into a bf16 dpatch, the GEMM's backward
+    const int pp_ = 4, gi = 12, NP = (gi / pp_) * (gi / pp_), KP = 3 * pp_ * pp_, R = 2, TP = 1 + R + NP;
+    Pair img = pair_new(C, G, (size_t)B * 3 * gi * gi, 0, 1.0f, &r, 0), Wp = pair_new(C, G, (size_t)D * KP, 0, 0.15f, &r, 0);
+    Pair bp = pair_new(C, G, D, 0, 0.1f, &r, 0), tok = pair_new(C, G, (size_t)B * TP * D, 0, 0, &r, 0);
+    Pair cls = pair_new(C, G, D, 0, 0.3f, &r, 0), reg = pair_new(C, G, (size_t)R * D, 0, 0.3f, &r, 0);
+    Pair pos = pair_new(C, G, (size_t)(1 + NP) * D, 0, 0.3f, &r, 0), mtok = pair_new(C, G, D, 0, 0.3f, &r, 0);
+    Pair dtok = pair_new(C, G, (size_t)B * TP * D, 0, 1.0f, &r, 0), dWp = pair_new(C, G, (size_t)D * KP, 0, 0, &r, 0);
+    Pair dbp = pair_new(C, G, D, 0, 0, &r, 0), dcls = pair_new(C, G, D, 0, 0, &r, 0), dreg = pair_new(C, G, (size_t)R * D, 0, 0, &r, 0);
+    Pair dpos = pair_new(C, G, (size_t)(1 + NP) * D, 0, 0, &r, 0), dmtok = pair_new(C, G, D, 0, 0, &r, 0);
+    ActPair cols = act_pair(C, G, (size_t)B * NP * KP, 0, &r), patch = act_pair(C, G, (size_t)B * NP * D, 0, &r);
+    ActPair dpatch = act_pair(C, G, (size_t)B * NP * D, 0, &r);
+    uint8_t mh[2 * 9];
+    for (int i = 0; i < B * NP; i++) mh[i] = i < NP ? (i % 3 == 0) : 0; // image 0 masked in part
+    uint8_t *mc = C->alloc(C, sizeof mh), *mg = G->alloc(G, sizeof mh);
+    C->to_device(C, mc, mh, sizeof mh), G->to_device(G, mg, mh, sizeof mh);
+    C->im2col(C, cols.c, img.c, B, 3, gi, gi, pp_), G->im2col(G, cols.g, img.g, B, 3, gi, gi, pp_);
+    check_act("im2col (bf16 cols)", C, G, &cols);
+    C->linear_fwd(C, patch.c, cols.c, Wp.c, bp.c, B * NP, KP, D), G->linear_fwd(G, patch.g, cols.g, Wp.g, bp.g, B * NP, KP, D);
+    check_act("patch embedding (bf16 patch)", C, G, &patch);
+    C->tokens_fwd(C, tok.c, patch.c, cls.c, reg.c, pos.c, mtok.c, mc, B, NP, R, D);
+    G->tokens_fwd(G, tok.g, patch.g, cls.g, reg.g, pos.g, mtok.g, mg, B, NP, R, D);
+    g = pair_gpu_result(G, &tok);
+    check_elems("tokens_fwd (bf16 patch)", g, tok.c, NULL, tok.n, 0); // one fp32 add each: exact
+    free(g);
+    C->tokens_bwd(C, dpatch.c, dcls.c, dreg.c, dpos.c, dmtok.c, dtok.c, mc, B, NP, R, D);
+    G->tokens_bwd(G, dpatch.g, dcls.g, dreg.g, dpos.g, dmtok.g, dtok.g, mg, B, NP, R, D);
+    check_act("tokens_bwd (bf16 dpatch)", C, G, &dpatch);
+    C->linear_bwd(C, NULL, dWp.c, dbp.c, dpatch.c, cols.c, Wp.c, B * NP, KP, D);
+    G->linear_bwd(G, NULL, dWp.g, dbp.g, dpatch.g, cols.g, Wp.g, B * NP, KP, D);
+    g = pair_gpu_result(G, &dWp);
+    check_elems("patch embedding dW (bf16 operands)", g, dWp.c, NULL, dWp.n, 1e-4);
+    free(g);
+    C->release(C, mc), G->release(G, mg);
+    ActPair *ap[] = {&x, &h1, &h2, &dh, &dx, &sw, &dsw, &dln, &qkv, &dqkv, &att, &cols, &patch, &dpatch};
     for (size_t i = 0; i < sizeof ap / sizeof ap[0]; i++) act_pair_free(C, G, ap[i]);
-    Pair *pp[] = {&W, &b, &dW, &db, &dh32, &xs, &lw, &lb, &mean, &rstd, &dxs, &dlw, &dlb, &gam, &dgam, &sn, &cs};
+    Pair *pp[] = {&W, &b, &dW, &db, &dh32, &xs, &lw, &lb, &mean, &rstd, &dxs, &dlw, &dlb, &gam, &dgam, &sn, &cs,
+                  &img, &Wp, &bp, &tok, &cls, &reg, &pos, &mtok, &dtok, &dWp, &dbp, &dcls, &dreg, &dpos, &dmtok};
     for (size_t i = 0; i < sizeof pp / sizeof pp[0]; i++) pair_free(C, G, pp[i]);
     backend_free(C);
     gpu_free(G);
@@ -2593,11 +2641,19 @@ static void ssl_parity_run(Backend *be, const SslConfig *cfg, const float *gcrop
 
 // vs_emulation: the reference is the CPU's bf16 emulation (as vit_parity_vs), at the loss bound tol_emu
 // (both steps) instead of 8u / 16u, and a third of the parameter bound; the GPU on the batched-GEMM
-// attention, whose rounding points the emulation models. Measured under the execution layer: losses
-// within 1e-4 relative (0.16 of 2u), parameters at 0.63 of the bound (the register tokens, whose
-// gradients are small); the fp32 CPU is 6u off in the losses at step 2 and at 1.6x this parameter bound,
-// a reference without the storage rounding fails it too: the bound tells the emulation from them. A
-// GPU's tensor cores sum in their own order: recalibrate from its ratios as docs/cuda-backend.md says.
+// attention, whose rounding points the emulation models. A GPU's tensor cores sum in their own order:
+// recalibrate from its ratios as docs/cuda-backend.md says. Under the execution layer the emulation
+// predicts every bf16 value of the forward pass bit for bit (the kernels' own expressions and warp
+// summation orders), and the backward's fp32 gradient paths (loss kernels, LayerNorm backward, block
+// sums) differ in the last bits, which tips a few GEMM-input roundings: a handful of one-ulp flips,
+// which AdamW's sign-like first steps turn into lr-sized moves of near-zero-gradient elements. There
+// the bounds are tight: step-1 losses u / 100, step-2 losses u, parameters a twelfth of the fp32
+// comparison's (measured: step 1 equal, step 2 within 0.034 of u, parameters 0.061 of the bound; over
+// 12 other data draws, before the patch embedding went bf16: step 1 within 0.005 of its bound,
+// parameters within 0.78). An emulation that
+// misses a kernel's expression fails them: with the reference's GELU (erfc form, vectorised exp)
+// instead of the kernel's, one flip in the DINO head's backward spread to 2.5x the parameter bound (it
+// was 0.63 of the looser one, which let it pass after the Gram merge changed this test's iBOT masks).
 static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, int vs_emulation, double tol_emu);
 static void ssl_parity(Centering centering, int use_kde, int fp32, int gram) {
     ssl_parity_vs(centering, use_kde, fp32, gram, 0, 0);
@@ -2650,11 +2706,12 @@ static void ssl_parity_vs(Centering centering, int use_kde, int fp32, int gram, 
     ssl_parity_run(G, &cfg, gcrops, lcrops, gram_crops, masks, NULL, &rg);
     double tol_p = fp32 ? 1e-5 : 16 * U_BF16, frac = fp32 ? 0.05 : 0.5;
     if (vs_emulation) tol_p = 16 * U_BF16 / 3, frac = 0.5 / 3; // a third of the fp32 comparison's
+    if (vs_emulation && under_layer) tol_p = 16 * U_BF16 / 12, frac = 0.5 / 12; // a twelfth
     const char *names[6] = {"dino_local", "dino_global", "koleo/kde", "ibot", "total", "gram"};
     for (int it = 0; it < 2; it++)
         for (int k = 0; k < (gram ? 6 : 5); k++) {
             double g = rg.loss[it][k], c = rc.loss[it][k], tol_loss = fp32 ? 1e-4 : (it == 0 ? 8 : 16) * U_BF16;
-            if (vs_emulation) tol_loss = tol_emu;
+            if (vs_emulation) tol_loss = under_layer ? (it == 0 ? U_BF16 / 100 : U_BF16) : tol_emu;
             printf("  step %d %-12s gpu %.7g cpu %.7g  err/tol=%.3g\n", it, names[k], g, c,
                    fabs(g - c) / (tol_loss * (fabs(c) + 0.01)));
             CHECK(fabs(g - c) <= tol_loss * (fabs(c) + 0.01), "step %d %s loss: gpu %.9g cpu %.9g", it, names[k], g, c);

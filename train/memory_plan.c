@@ -98,7 +98,8 @@ void memory_plan_print(FILE *f, const Config *cfg, const MemoryPlan *p) {
     fprintf(f, "  %-46s %9.2f GiB\n", "total allocated by dinotrain", gib(p->total));
     fprintf(f, "  not counted: the CUDA context, cuBLAS and NCCL workspaces (about 1-3 GiB)\n");
     fprintf(f, "  %s; an 80 GB H100 has about 79 GiB\n",
-            cuda_bf16 ? "the ViT's branch activations and their gradients in bf16, the residual stream, LayerNorm "
+            cuda_bf16 ? "the ViT's branch and patch-embedding activations and their gradients in bf16, the residual "
+                        "stream, LayerNorm "
                         "statistics and heads in fp32 (the cuda layout; attention saves the flash path's "
                         "log-sum-exp, or bf16 probabilities for head dims without flash kernels)"
                       : "activations stored in fp32 (the cpu layout)");

@@ -3,11 +3,24 @@
 // are rounded to bf16 (to nearest even), which is where the cuda backend stores bf16 (it computes each
 // op in fp32 and rounds once at the store). The GEMMs' own input rounding (tensor cores) is not
 // modelled here: tests/test_cuda_ops.c's DINO_CUDA_OPS_EMULATE adds it below this layer.
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "common/check.h"
 #include "model/backend.h"
+
+// The elementwise ops below are the cuda kernels' own expressions (model/cuda/activation.cu: erff/expf,
+// the same order of operations), not the reference's (erfc form, vectorised exp): a value that differs in
+// its last fp32 bit may round to another bf16 value, and one such flip spreads through everything after
+// it. Without multiply-add contraction, as the execution layer compiles the kernels (-ffp-contract=off).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+#define INV_SQRT2 0.70710678118654752f
+#define INV_SQRT2PI 0.39894228040143268f
 
 typedef struct {
     const char *base;
@@ -96,25 +109,74 @@ static void e_linear_swiglu_fwd(Backend *be, float *pre, float *act, const float
     be->linear_fwd(be, pre, in, W, b, rows, n_in, 2 * Hd);
     be->swiglu_fwd(be, act, pre, rows, Hd);
 }
+
+// sum_i x[i], i < n, in the order of a warp's reduction (model/cuda/reduce.cuh, warp_sum): lane l sums
+// x[l], x[l + 32], ... in turn, then the lanes combine by xor butterfly (strides 16, 8, 4, 2, 1).
+float dino_warp_order_sum(const float *x, int n) {
+    float v[32];
+    for (int l = 0; l < 32; l++) {
+        v[l] = 0.0f;
+        for (int i = l; i < n; i += 32) v[l] += x[i];
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float u[32];
+        for (int l = 0; l < 32; l++) u[l] = v[l] + v[l ^ o];
+        memcpy(v, u, sizeof v);
+    }
+    return v[0];
+}
+
+// One warp per row (model/cuda/norm.cu, layernorm_fwd_kernel): its sums in the warp's order.
 static void e_layernorm_fwd(Backend *be, float *out, float *mean, float *rstd, const float *x, const float *w,
                             const float *b, int rows, int D, float eps) {
-    IN(be)->layernorm_fwd(IN(be), out, mean, rstd, x, w, b, rows, D, eps);
+    float *d2 = dino_malloc(sizeof(float) * (size_t)D);
+    for (size_t r = 0; r < (size_t)rows; r++) {
+        const float *xr = x + r * D;
+        float *o = out + r * D;
+        const float m = dino_warp_order_sum(xr, D) / D;
+        for (int i = 0; i < D; i++) {
+            float d = xr[i] - m;
+            d2[i] = d * d;
+        }
+        const float rs = 1.0f / sqrtf(dino_warp_order_sum(d2, D) / D + eps);
+        for (int i = 0; i < D; i++) o[i] = (xr[i] - m) * rs * w[i] + b[i];
+        mean[r] = m, rstd[r] = rs;
+    }
+    free(d2);
     round_if_bf16(be, out, (size_t)rows * D);
 }
 static void e_gelu_fwd(Backend *be, float *out, const float *x, size_t n) {
-    IN(be)->gelu_fwd(IN(be), out, x, n);
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        out[i] = 0.5f * v * (1.0f + erff(v * INV_SQRT2));
+    }
     round_if_bf16(be, out, n);
 }
 static void e_gelu_bwd(Backend *be, float *dx, const float *dout, const float *x, size_t n) {
-    IN(be)->gelu_bwd(IN(be), dx, dout, x, n);
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * INV_SQRT2));
+        float pdf = INV_SQRT2PI * expf(-0.5f * v * v);
+        dx[i] = dout[i] * (cdf + v * pdf);
+    }
     round_if_bf16(be, dx, n);
 }
 static void e_swiglu_fwd(Backend *be, float *out, const float *in, int rows, int Hd) {
-    IN(be)->swiglu_fwd(IN(be), out, in, rows, Hd);
+    for (size_t r = 0; r < (size_t)rows; r++)
+        for (int j = 0; j < Hd; j++) {
+            float a = in[r * 2 * Hd + j], g = in[r * 2 * Hd + Hd + j];
+            out[r * Hd + j] = a / (1.0f + expf(-a)) * g;
+        }
     round_if_bf16(be, out, (size_t)rows * Hd);
 }
 static void e_swiglu_bwd(Backend *be, float *din, const float *dout, const float *in, int rows, int Hd) {
-    IN(be)->swiglu_bwd(IN(be), din, dout, in, rows, Hd);
+    for (size_t r = 0; r < (size_t)rows; r++)
+        for (int j = 0; j < Hd; j++) {
+            float a = in[r * 2 * Hd + j], g = in[r * 2 * Hd + Hd + j], d = dout[r * Hd + j];
+            float sig = 1.0f / (1.0f + expf(-a));
+            din[r * 2 * Hd + Hd + j] = d * a * sig;
+            din[r * 2 * Hd + j] = d * g * sig * (1.0f + a * (1.0f - sig));
+        }
     round_if_bf16(be, din, (size_t)rows * 2 * Hd);
 }
 static void e_attention_fwd(Backend *be, float *out, float *saved, const float *qkv, int B, int T, int H, int Dh) {
@@ -145,7 +207,9 @@ static void e_residual_layernorm_fwd(Backend *be, float *x_out, float *out, floa
                                      int T, int D, float eps) {
     IN(be)->residual_layernorm_fwd(IN(be), x_out, out, mean, rstd, xs, x_in, br, gamma, idx, n, scale, w, b, ln_idx,
                                    ln_n, B, T, D, eps);
-    round_if_bf16(be, out, (size_t)ln_n * T * D); // the stream and xs are fp32: only the LayerNorm's output
+    // the stream and xs are fp32 and exact; the LayerNorm again as this wrapper emulates it (the kernel's
+    // own layernorm_row: the warp's summation order, the output rounded where the GPU stores it)
+    be->layernorm_fwd(be, out, mean, rstd, xs ? xs : x_out, w, b, ln_n * T, D, eps);
 }
 static void e_layernorm_residual_bwd(Backend *be, float *dx, float *dw, float *db, float *dbr, float *dgamma,
                                      const float *dout, const float *x_ln, const float *mean, const float *rstd,
@@ -154,6 +218,15 @@ static void e_layernorm_residual_bwd(Backend *be, float *dx, float *dw, float *d
     IN(be)->layernorm_residual_bwd(IN(be), dx, dw, db, dbr, dgamma, dout, x_ln, mean, rstd, w, ln_idx, ln_n, br, gamma,
                                    idx, n, scale, B, T, D);
     round_if_bf16(be, dbr, (size_t)n * T * D); // as residual_bwd: the branch gradient, nothing else
+}
+static void e_im2col(Backend *be, float *cols, const float *img, int B, int C, int Hi, int Wi, int p) {
+    IN(be)->im2col(IN(be), cols, img, B, C, Hi, Wi, p);
+    round_if_bf16(be, cols, (size_t)B * (Hi / p) * (Wi / p) * C * p * p);
+}
+static void e_tokens_bwd(Backend *be, float *dpatch, float *dcls, float *dreg, float *dpos, float *dmask_token,
+                         const float *dx, const uint8_t *mask, int B, int N, int R, int D) {
+    IN(be)->tokens_bwd(IN(be), dpatch, dcls, dreg, dpos, dmask_token, dx, mask, B, N, R, D);
+    round_if_bf16(be, dpatch, (size_t)B * N * D);
 }
 static void e_destroy(Backend *be) {
     Bf16Emu *e = EMU(be);
@@ -178,6 +251,7 @@ Backend *backend_cpu_emulate_bf16(Backend *be) {
     be->rope_fwd = e_rope_fwd, be->rope_bwd = e_rope_bwd, be->residual_bwd = e_residual_bwd;
     be->residual_layernorm_fwd = e_residual_layernorm_fwd;
     be->layernorm_residual_bwd = e_layernorm_residual_bwd;
+    be->im2col = e_im2col, be->tokens_bwd = e_tokens_bwd;
     be->destroy = e_destroy;
     return be;
 }

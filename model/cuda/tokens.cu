@@ -7,14 +7,15 @@
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
 // cols[B*N, C*p*p], column order (c, ky, kx) as a Conv2d weight [D,C,p,p] flattened
-__global__ void im2col_kernel(float *cols, const float *img, int B, int C, int Hi, int Wi, int p) {
+// cols, patch and dpatch may be bf16 activation buffers (ActRef): one rounding at the store.
+__global__ void im2col_kernel(ActRef cols, const float *img, int B, int C, int Hi, int Wi, int p) {
     const int gw = Wi / p, N = (Hi / p) * gw, K = C * p * p;
     GRID_STRIDE(e, (size_t)B * N * K) {
         size_t bn = e / K;
         int k = (int)(e % K);
         int b = (int)(bn / N), n = (int)(bn % N), py = n / gw, px = n % gw;
         int c = k / (p * p), ky = (k / p) % p, kx = k % p;
-        cols[e] = img[(((size_t)b * C + c) * Hi + (size_t)py * p + ky) * Wi + (size_t)px * p + kx];
+        act_st(cols, e, img[(((size_t)b * C + c) * Hi + (size_t)py * p + ky) * Wi + (size_t)px * p + kx]);
     }
 }
 
@@ -22,11 +23,11 @@ void cuda_im2col(Backend *be, float *cols, const float *img, int B, int C, int H
     CUDA_OP_RANGE("im2col");
     size_t n = (size_t)B * (Hi / p) * (Wi / p) * C * p * p;
     if (!n) return;
-    DINO_LAUNCH(im2col_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(cols, img, B, C, Hi, Wi, p);
+    DINO_LAUNCH(im2col_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(cuda_act(be, cols), img, B, C, Hi, Wi, p);
     cudaCheckLaunch();
 }
 
-__global__ void tokens_fwd_kernel(float *x, const float *patch, const float *cls, const float *reg, const float *pos,
+__global__ void tokens_fwd_kernel(float *x, ActRef patch, const float *cls, const float *reg, const float *pos,
                                   const float *mask_token, const uint8_t *mask, int B, int N, int R, int D) {
     const int T = 1 + R + N;
     GRID_STRIDE(e, (size_t)B * T * D) {
@@ -39,7 +40,7 @@ __global__ void tokens_fwd_kernel(float *x, const float *patch, const float *cls
         else {
             int n = t - 1 - R;
             size_t bn = (size_t)b * N + n;
-            v = ((mask && mask[bn]) ? mask_token[i] : patch[bn * D + i]) + pos[(size_t)(1 + n) * D + i];
+            v = ((mask && mask[bn]) ? mask_token[i] : act_ld(patch, bn * D + i)) + pos[(size_t)(1 + n) * D + i];
         }
         x[e] = v;
     }
@@ -50,18 +51,18 @@ void cuda_tokens_fwd(Backend *be, float *x, const float *patch, const float *cls
     CUDA_OP_RANGE("tokens_fwd");
     size_t n = (size_t)B * (1 + R + N) * D;
     if (!n) return;
-    DINO_LAUNCH(tokens_fwd_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(x, patch, cls, reg, pos, mask_token, mask, B, N,
+    DINO_LAUNCH(tokens_fwd_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(x, cuda_act(be, patch), cls, reg, pos, mask_token, mask, B, N,
                                                                     R, D);
     cudaCheckLaunch();
 }
 
-__global__ void tokens_bwd_patch_kernel(float *dpatch, const float *dx, const uint8_t *mask, int B, int N, int R,
+__global__ void tokens_bwd_patch_kernel(ActRef dpatch, const float *dx, const uint8_t *mask, int B, int N, int R,
                                         int D) {
     const int T = 1 + R + N;
     GRID_STRIDE(e, (size_t)B * N * D) {
         size_t bn = e / D;
         int i = (int)(e % D), b = (int)(bn / N), n = (int)(bn % N);
-        dpatch[e] = (mask && mask[bn]) ? 0.0f : dx[((size_t)b * T + 1 + R + n) * D + i];
+        act_st(dpatch, e, (mask && mask[bn]) ? 0.0f : dx[((size_t)b * T + 1 + R + n) * D + i]);
     }
 }
 
@@ -102,7 +103,7 @@ void cuda_tokens_bwd(Backend *be, float *dpatch, float *dcls, float *dreg, float
     CUDA_OP_RANGE("tokens_bwd");
     if (B <= 0) return;
     size_t n = (size_t)B * N * D;
-    DINO_LAUNCH(tokens_bwd_patch_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(dpatch, dx, mask, B, N, R, D);
+    DINO_LAUNCH(tokens_bwd_patch_kernel, grid_1d(n, 256), 256, 0, cuda_stream(be))(cuda_act(be, dpatch), dx, mask, B, N, R, D);
     cudaCheckLaunch();
     size_t np = (size_t)(1 + R + N) * D;
     DINO_LAUNCH(tokens_bwd_params_kernel, grid_1d(np, 256), 256, 0, cuda_stream(be))(dcls, dreg, dpos, dx, B, N, R, D);
