@@ -242,6 +242,9 @@ static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) 
             cuda_replay_defer(be, &sig, sizeof sig, NULL, 0, [=]() {
                 cudaCheck(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, s));
             });
+            // weights loaded (init, a checkpoint): their bf16 copy, after the copy (its kernel goes through
+            // cuda_stream, which issues the pending ops first); nothing for other buffers
+            cuda_param_written(be, dst, bytes);
             return;
         }
         if (staged) {
