@@ -2381,6 +2381,59 @@ TEST(step_scalar_ops) {
     gpu_free(G);
 }
 
+// The loss ops whose weight comes from the step's scalar block (the DINO local-crop weight, the Gram weight:
+// DINOv3 schedules move them per step) give the bits of their by-value twins with the weight the host
+// derives ((float)(weight * w) / div, (float)w), on both backends: a replayed graph takes a moving weight
+// along. Fails when the op ignores the block (the weights here are not 1).
+TEST(loss_weight_ss_ops) {
+    Backend *bes[2] = {backend_cpu_new(), gpu_backend(CUDA_GEMM_BF16)};
+    const int rows = 12, t_rows = 4, K = 300, B = 2, N = 9, D = 16;
+    Rng r = rng_make(111, 0, 0, 0);
+    float *s = dino_malloc(sizeof(float) * rows * K), *t = dino_malloc(sizeof(float) * t_rows * K);
+    float *gs = dino_malloc(sizeof(float) * B * N * D), *gt = dino_malloc(sizeof(float) * B * N * D);
+    for (int i = 0; i < rows * K; i++) s[i] = (float)rng_normal(&r);
+    for (int i = 0; i < t_rows * K; i++) t[i] = (float)rng_uniform(&r) / K;
+    for (int i = 0; i < B * N * D; i++) gs[i] = (float)rng_normal(&r), gt[i] = (float)rng_normal(&r);
+    DinoStepScalars h;
+    memset(&h, 0, sizeof h);
+    h.in.dino_local_weight = 0.37, h.in.gram_weight = 0.6;
+    const float weight = 0.9f, div = 12.0f;
+    for (int k = 0; k < 2; k++) {
+        Backend *be = bes[k];
+        DinoStepScalars *ss = be->alloc(be, sizeof h);
+        be->to_device(be, ss, &h, sizeof h);
+        float *ds = be->alloc(be, sizeof(float) * rows * K), *dv = be->alloc(be, sizeof(float) * rows * K);
+        float *ls = be->alloc(be, sizeof(float) * rows), *lv = be->alloc(be, sizeof(float) * rows);
+        float *sd = be->alloc(be, sizeof(float) * rows * K), *td = be->alloc(be, sizeof(float) * t_rows * K);
+        be->to_device(be, sd, s, sizeof(float) * rows * K), be->to_device(be, td, t, sizeof(float) * t_rows * K);
+        be->softmax_ce_ss(be, ls, ds, sd, td, NULL, rows, t_rows, K, 0.1f, weight, div, ss);
+        be->softmax_ce(be, lv, dv, sd, td, NULL, rows, t_rows, K, 0.1f, (float)((double)weight * 0.37) / div);
+        float *hs = dino_malloc(sizeof(float) * rows * K), *hv = dino_malloc(sizeof(float) * rows * K);
+        be->to_host(be, hs, ds, sizeof(float) * rows * K), be->to_host(be, hv, dv, sizeof(float) * rows * K);
+        CHECK(memcmp(hs, hv, sizeof(float) * rows * K) == 0, "%s: softmax_ce_ss differs from softmax_ce", be->name);
+        be->to_host(be, hs, ls, sizeof(float) * rows), be->to_host(be, hv, lv, sizeof(float) * rows);
+        CHECK(memcmp(hs, hv, sizeof(float) * rows) == 0, "%s: softmax_ce_ss's losses differ", be->name);
+        // the Gram loss: its gradient accumulated onto the same start
+        float *a1 = be->alloc(be, sizeof(float) * B * N * D), *a2 = be->alloc(be, sizeof(float) * B * N * D);
+        float *gsd = be->alloc(be, sizeof(float) * B * N * D), *gtd = be->alloc(be, sizeof(float) * B * N * D);
+        be->to_device(be, gsd, gs, sizeof(float) * B * N * D), be->to_device(be, gtd, gt, sizeof(float) * B * N * D);
+        be->to_device(be, a1, gt, sizeof(float) * B * N * D), be->to_device(be, a2, gt, sizeof(float) * B * N * D);
+        be->gram_loss_ss(be, ls, a1, gsd, gtd, B, N, D, 1, 0, 1.0f, ss);
+        be->gram_loss(be, lv, a2, gsd, gtd, B, N, D, 1, 0, (float)0.6);
+        be->to_host(be, hs, a1, sizeof(float) * B * N * D), be->to_host(be, hv, a2, sizeof(float) * B * N * D);
+        CHECK(memcmp(hs, hv, sizeof(float) * B * N * D) == 0, "%s: gram_loss_ss differs from gram_loss", be->name);
+        float l1, l2;
+        be->to_host(be, &l1, ls, sizeof l1), be->to_host(be, &l2, lv, sizeof l2);
+        CHECK(l1 == l2 && isfinite(l1) && l1 > 0, "%s: Gram losses %g %g", be->name, l1, l2);
+        void *bufs[] = {ss, ds, dv, ls, lv, sd, td, a1, a2, gsd, gtd};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->release(be, bufs[i]);
+        free(hs), free(hv);
+    }
+    free(s), free(t), free(gs), free(gt);
+    backend_free(bes[0]);
+    gpu_free(bes[1]);
+}
+
 // A training step with NaN losses leaves the whole state (student, teacher, moments, centres, AdamW's
 // count) bit for bit as it was, on the GPU as on the CPU (tests/step_scalars_check.h), with graphs on (the
 // same bits as off; the late read of the flags is host logic, tested on the cpu: step_scalars.*).

@@ -652,8 +652,10 @@ static void student_forward(SslModel *m, Backend *be, const float *glob_img, con
 }
 
 // The DINO and iBOT losses of the student's logits against w->P_dino / w->P_ibot, and their gradients
-// w.r.t. the logits (w->dz_dino, w->dz_ibot). local_w scales the DINO local-crop loss.
-static void student_losses(SslModel *m, Backend *be, double local_w, StudentPass *sp) {
+// w.r.t. the logits (w->dz_dino, w->dz_ibot). local_w scales the DINO local-crop loss; local_ss: it is
+// the step's scalar block's in.dino_local_weight, read there by the op (a replayed graph takes a moving
+// weight along), NULL: by value.
+static void student_losses(SslModel *m, Backend *be, double local_w, const DinoStepScalars *local_ss, StudentPass *sp) {
     Work *w = m->work;
     const SslConfig *c = &m->cfg;
     const int B = w->B, nL = w->nL, Kd = w->Kd, Ki = w->Ki, n_m = sp->n_m;
@@ -661,8 +663,10 @@ static void student_losses(SslModel *m, Backend *be, double local_w, StudentPass
     const float ts = c->student_temp;
     // the rows go to the host in stream order (row_loss is reused by the next loss); after each loss its rows
     // raise the step's NaN flag on the device (the update then does nothing)
-    sp->local_div = dino_loss_local_rows(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
-                                         (float)(c->dino_loss_weight * local_w));
+    sp->local_div = local_ss ? dino_loss_local_rows_ss(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss,
+                                                       w->dz_dino, c->dino_loss_weight, local_ss)
+                             : dino_loss_local_rows(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss,
+                                                    w->dz_dino, (float)(c->dino_loss_weight * local_w));
     if (nL > 0) {
         be->nonfinite_check_ss(be, w->row_loss, (size_t)nL * B, m->scalars);
         be->download_async(be, w->rb + w->rb_local, w->row_loss, sizeof(float) * (size_t)nL * B);
@@ -910,14 +914,16 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
         be->gather_rows(be, w->gram_s, xg, w->idx_spatch, 2 * B * Ng, (size_t)D);
         be->zero(be, w->gram_ds, sizeof(float) * (size_t)2 * B * Ng * D);
         const int gB = c->gram_img_level ? 2 * B : 1, gN = c->gram_img_level ? Ng : 2 * B * Ng;
-        be->gram_loss(be, w->scratch, w->gram_ds, w->gram_s, w->gram_t, gB, gN, D, c->gram_normalize,
-                      c->gram_neg_mode, (float)b->gram_weight);
+        // the weight (float)b->gram_weight read from the step's scalar block (in.gram_weight)
+        be->gram_loss_ss(be, w->scratch, w->gram_ds, w->gram_s, w->gram_t, gB, gN, D, c->gram_normalize,
+                         c->gram_neg_mode, 1.0f, m->scalars);
         be->nonfinite_check_ss(be, w->scratch, 1, m->scalars);
         be->download_async(be, w->rb + RB_GRAM, w->scratch, sizeof(float));
     }
 
     // ---- losses and their gradients w.r.t. the student logits
-    student_losses(m, be, local_w, &sp);
+    // the block's in.dino_local_weight is local_w (scalars_fill)
+    student_losses(m, be, local_w, m->scalars, &sp);
 
     PHASE(1);
     // ---- backward: heads -> head inputs (+ KoLeo/KDE on the global CLS) -> backbone outputs -> ViT
@@ -1208,7 +1214,7 @@ static int student_forward_backward(SslModel *m, Backend *be, const SslBatch *b,
     student_draws(m, be, b, &sub_g, &sub_l);
 
     student_forward(m, be, w->glob_img, w->loc_img, NULL, sub_g, sub_l, &sp);
-    student_losses(m, be, 1.0, &sp);
+    student_losses(m, be, 1.0, NULL, &sp);
     student_backward(m, be, &sp, 0);
     be->download_async(be, w->rb + w->rb_cls, sp.s_glob_cls, sizeof(float) * (size_t)2 * w->B * w->D);
     double no_gram = 0;
