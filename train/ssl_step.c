@@ -900,7 +900,6 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
 
     // ---- Gram anchoring: the Gram teacher on its crops (unmasked, no stochastic depth); its patch tokens,
     // resampled to the student's grid, against the student's global-crop patch tokens
-    double gram = 0;
     if (do_gram) {
         const float *xgt = vit_forward(be, &m->vit, m->gram_teacher, w->gram_acts, gram_img, NULL, NULL);
         if (w->gram_resize) {
@@ -935,7 +934,6 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
     // what the reference logs and the collapse guard: summed once the read-backs landed (losses_finish)
     w->pend.sp = sp, w->pend.n_m = n_m, w->pend.do_gram = do_gram;
     w->pend.local_w = local_w, w->pend.gram_weight = b->gram_weight;
-    (void)gram;
     return 0;
 }
 
