@@ -287,6 +287,13 @@ struct Backend {
     // softmax_center with temp (float)in.teacher_temp.
     void (*softmax_center_ss)(Backend *be, float *P, const float *z, const float *center, int rows, int K,
                               const DinoStepScalars *ss);
+    // softmax_ce with alpha = (float)(weight * in.dino_local_weight) / div, in float as the host computes it
+    // (the weight moves with dino.local_loss_weight_schedule: read from the block, not an argument).
+    void (*softmax_ce_ss)(Backend *be, float *loss, float *ds, const float *s, const float *t, const float *w, int rows,
+                          int t_rows, int K, float temp, float weight, float div, const DinoStepScalars *ss);
+    // gram_loss with alpha (float)(alpha * in.gram_weight) (gram.loss_weight_schedule).
+    void (*gram_loss_ss)(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N, int D,
+                         int normalize, int neg_mode, float alpha, const DinoStepScalars *ss);
     // out.nonfinite = 1 when any of x[n] is NaN or infinite (else unchanged).
     void (*nonfinite_check_ss)(Backend *be, const float *x, size_t n, DinoStepScalars *ss);
     // dst[n] = saved[n] when out.nonfinite (else untouched): undoes what the step changed before its loss

@@ -425,6 +425,16 @@ static void t_adamw_ss(Backend *be, float *p, const float *g, float *m, float *v
 static void t_ema_ss(Backend *be, float *t, const float *s, size_t n, const DinoStepScalars *ss) {
     OP(ROP_EMA, t, COSTS(roof_ema, (double)n), ema_ss, t, s, n, ss);
 }
+static void t_softmax_ce_ss(Backend *be, float *loss, float *ds, const float *s, const float *t, const float *w, int rows,
+                            int t_rows, int K, float temp, float weight, float div, const DinoStepScalars *ss) {
+    OP(ROP_SOFTMAX_CE, ds, COSTS(roof_softmax_ce, rows, K, loss != NULL, ds != NULL), softmax_ce_ss, loss, ds, s, t, w,
+       rows, t_rows, K, temp, weight, div, ss);
+}
+static void t_gram_loss_ss(Backend *be, float *loss, float *ds_acc, const float *sf, const float *t, int B, int N,
+                           int D, int normalize, int neg_mode, float alpha, const DinoStepScalars *ss) {
+    OP(ROP_GRAM_LOSS, loss, COSTS(roof_gram_loss, B, N, D), gram_loss_ss, loss, ds_acc, sf, t, B, N, D, normalize,
+       neg_mode, alpha, ss);
+}
 static void t_softmax_center_ss(Backend *be, float *P, const float *z, const float *center, int rows, int K,
                                 const DinoStepScalars *ss) {
     OP(ROP_SOFTMAX_CENTER, P, COSTS(roof_softmax_center, rows, K), softmax_center_ss, P, z, center, rows, K, ss);
@@ -446,7 +456,7 @@ static void t_destroy(Backend *be) {
 
 // Every member of the op table must be wrapped below (an op left out would run the inner op on the wrapper's
 // state): a new op in model/backend.h fails this until it is wrapped here and counted in model/roofline.c.
-_Static_assert(sizeof(Backend) == 70 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
+_Static_assert(sizeof(Backend) == 72 * sizeof(void *), "a new backend op: wrap it in backend_timed_new");
 
 Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     Backend *be = dino_calloc(1, sizeof *be);
@@ -482,6 +492,7 @@ Backend *backend_timed_new(Backend *inner, const RoofCard *card, int execute) {
     be->sum_squares_ss = t_sum_squares_ss, be->update_prepare_ss = t_update_prepare_ss;
     be->clip_scale_ss = t_clip_scale_ss, be->adamw_ss = t_adamw_ss, be->ema_ss = t_ema_ss;
     be->softmax_center_ss = t_softmax_center_ss, be->nonfinite_check_ss = t_nonfinite_check_ss;
+    be->softmax_ce_ss = t_softmax_ce_ss, be->gram_loss_ss = t_gram_loss_ss;
     be->revert_if_nonfinite_ss = t_revert_if_nonfinite_ss;
     return be;
 }

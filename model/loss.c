@@ -80,17 +80,27 @@ static double sum_rows(Backend *be, const float *row_loss, int n, const float *w
     return s;
 }
 
-double dino_loss_local_rows(Backend *be, const float *s_local, int n_local, int B, const float *P, int K,
-                            float student_temp, float *tsum, float *row_loss, float *ds_local, float weight) {
+double dino_loss_local_rows_ss(Backend *be, const float *s_local, int n_local, int B, const float *P, int K,
+                               float student_temp, float *tsum, float *row_loss, float *ds_local, float weight,
+                               const DinoStepScalars *ss) {
     if (n_local <= 0) return 0;
     const float n_terms = (float)(2 + 2 * n_local);
     // CE is linear in the target: both global-crop targets of an image at once
     be->copy(be, tsum, P, sizeof(float) * (size_t)B * K);
     be->axpy(be, tsum, 1.0f, P + (size_t)B * K, (size_t)B * K);
     const int rows = n_local * B;
-    be->softmax_ce(be, row_loss, ds_local, s_local, tsum, NULL, rows, B, K, student_temp,
-                   weight / ((float)B * n_terms));
+    if (ss)
+        be->softmax_ce_ss(be, row_loss, ds_local, s_local, tsum, NULL, rows, B, K, student_temp, weight,
+                          (float)B * n_terms, ss);
+    else
+        be->softmax_ce(be, row_loss, ds_local, s_local, tsum, NULL, rows, B, K, student_temp,
+                       weight / ((float)B * n_terms));
     return (double)B * n_terms;
+}
+
+double dino_loss_local_rows(Backend *be, const float *s_local, int n_local, int B, const float *P, int K,
+                            float student_temp, float *tsum, float *row_loss, float *ds_local, float weight) {
+    return dino_loss_local_rows_ss(be, s_local, n_local, B, P, K, student_temp, tsum, row_loss, ds_local, weight, NULL);
 }
 
 double dino_loss_local(Backend *be, const float *s_local, int n_local, int B, const float *P, int K,

@@ -63,6 +63,11 @@ double dino_loss_local_rows(Backend *be, const float *s_local, int n_local, int 
                             float student_temp, float *tsum, float *row_loss, float *ds_local, float weight);
 double dino_loss_global_rows(Backend *be, const float *s_global, int n_local, int B, const float *P, int K,
                              float student_temp, float *row_loss, float *ds_global, float weight);
+// dino_loss_local_rows with the weight (float)(weight * ss->in.dino_local_weight) read from the step's
+// scalar block (softmax_ce_ss; ss NULL: weight as given): the same bits as the by-value weight.
+double dino_loss_local_rows_ss(Backend *be, const float *s_local, int n_local, int B, const float *P, int K,
+                               float student_temp, float *tsum, float *row_loss, float *ds_local, float weight,
+                               const DinoStepScalars *ss);
 double ibot_loss_rows(Backend *be, const float *s, const float *P, const float *w, int n_masked, int n_images, int K,
                       float student_temp, float *row_loss, float *ds, float weight);
 // Sum over the n host rows h (times w[i] when w is not NULL), in double, in order.

@@ -23,8 +23,8 @@ typedef struct {
         double lr, last_layer_lr, wd; // AdamW: the schedule's values (lr_t = (float)(lr * lr_mult), as torch)
         double momentum;              // EMA teacher momentum (used as (float))
         double teacher_temp;          // teacher temperature of softmax centering (used as (float))
-        double gram_weight;           // DINOv3 Gram loss weight (recorded; the ops still take it by value)
-        double dino_local_weight;     // DINO local-crop loss weight (recorded; the ops still take it by value)
+        double gram_weight;           // DINOv3 Gram loss weight (gram_loss_ss reads it)
+        double dino_local_weight;     // DINO local-crop loss weight (softmax_ce_ss reads it)
         // AdamW bias corrections 1 - beta^s for s = bias_step - k, k < DINO_SS_BIAS_WINDOW, computed on the
         // host with the C library's pow as today: the device's step s (state.adam_step + 1) picks its
         // entry (any other s, only after more skipped steps than the window: pow on the device).

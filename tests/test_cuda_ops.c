@@ -2429,6 +2429,59 @@ TEST(step_scalar_ops) {
     gpu_free(G);
 }
 
+// The loss ops whose weight comes from the step's scalar block (the DINO local-crop weight, the Gram weight:
+// DINOv3 schedules move them per step) give the bits of their by-value twins with the weight the host
+// derives ((float)(weight * w) / div, (float)w), on both backends: a replayed graph takes a moving weight
+// along. Fails when the op ignores the block (the weights here are not 1).
+TEST(loss_weight_ss_ops) {
+    Backend *bes[2] = {backend_cpu_new(), gpu_backend(CUDA_GEMM_BF16)};
+    const int rows = 12, t_rows = 4, K = 300, B = 2, N = 9, D = 16;
+    Rng r = rng_make(111, 0, 0, 0);
+    float *s = dino_malloc(sizeof(float) * rows * K), *t = dino_malloc(sizeof(float) * t_rows * K);
+    float *gs = dino_malloc(sizeof(float) * B * N * D), *gt = dino_malloc(sizeof(float) * B * N * D);
+    for (int i = 0; i < rows * K; i++) s[i] = (float)rng_normal(&r);
+    for (int i = 0; i < t_rows * K; i++) t[i] = (float)rng_uniform(&r) / K;
+    for (int i = 0; i < B * N * D; i++) gs[i] = (float)rng_normal(&r), gt[i] = (float)rng_normal(&r);
+    DinoStepScalars h;
+    memset(&h, 0, sizeof h);
+    h.in.dino_local_weight = 0.37, h.in.gram_weight = 0.6;
+    const float weight = 0.9f, div = 12.0f;
+    for (int k = 0; k < 2; k++) {
+        Backend *be = bes[k];
+        DinoStepScalars *ss = be->alloc(be, sizeof h);
+        be->to_device(be, ss, &h, sizeof h);
+        float *ds = be->alloc(be, sizeof(float) * rows * K), *dv = be->alloc(be, sizeof(float) * rows * K);
+        float *ls = be->alloc(be, sizeof(float) * rows), *lv = be->alloc(be, sizeof(float) * rows);
+        float *sd = be->alloc(be, sizeof(float) * rows * K), *td = be->alloc(be, sizeof(float) * t_rows * K);
+        be->to_device(be, sd, s, sizeof(float) * rows * K), be->to_device(be, td, t, sizeof(float) * t_rows * K);
+        be->softmax_ce_ss(be, ls, ds, sd, td, NULL, rows, t_rows, K, 0.1f, weight, div, ss);
+        be->softmax_ce(be, lv, dv, sd, td, NULL, rows, t_rows, K, 0.1f, (float)((double)weight * 0.37) / div);
+        float *hs = dino_malloc(sizeof(float) * rows * K), *hv = dino_malloc(sizeof(float) * rows * K);
+        be->to_host(be, hs, ds, sizeof(float) * rows * K), be->to_host(be, hv, dv, sizeof(float) * rows * K);
+        CHECK(memcmp(hs, hv, sizeof(float) * rows * K) == 0, "%s: softmax_ce_ss differs from softmax_ce", be->name);
+        be->to_host(be, hs, ls, sizeof(float) * rows), be->to_host(be, hv, lv, sizeof(float) * rows);
+        CHECK(memcmp(hs, hv, sizeof(float) * rows) == 0, "%s: softmax_ce_ss's losses differ", be->name);
+        // the Gram loss: its gradient accumulated onto the same start
+        float *a1 = be->alloc(be, sizeof(float) * B * N * D), *a2 = be->alloc(be, sizeof(float) * B * N * D);
+        float *gsd = be->alloc(be, sizeof(float) * B * N * D), *gtd = be->alloc(be, sizeof(float) * B * N * D);
+        be->to_device(be, gsd, gs, sizeof(float) * B * N * D), be->to_device(be, gtd, gt, sizeof(float) * B * N * D);
+        be->to_device(be, a1, gt, sizeof(float) * B * N * D), be->to_device(be, a2, gt, sizeof(float) * B * N * D);
+        be->gram_loss_ss(be, ls, a1, gsd, gtd, B, N, D, 1, 0, 1.0f, ss);
+        be->gram_loss(be, lv, a2, gsd, gtd, B, N, D, 1, 0, (float)0.6);
+        be->to_host(be, hs, a1, sizeof(float) * B * N * D), be->to_host(be, hv, a2, sizeof(float) * B * N * D);
+        CHECK(memcmp(hs, hv, sizeof(float) * B * N * D) == 0, "%s: gram_loss_ss differs from gram_loss", be->name);
+        float l1, l2;
+        be->to_host(be, &l1, ls, sizeof l1), be->to_host(be, &l2, lv, sizeof l2);
+        CHECK(l1 == l2 && isfinite(l1) && l1 > 0, "%s: Gram losses %g %g", be->name, l1, l2);
+        void *bufs[] = {ss, ds, dv, ls, lv, sd, td, a1, a2, gsd, gtd};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be->release(be, bufs[i]);
+        free(hs), free(hv);
+    }
+    free(s), free(t), free(gs), free(gt);
+    backend_free(bes[0]);
+    gpu_free(bes[1]);
+}
+
 // A training step with NaN losses leaves the whole state (student, teacher, moments, centres, AdamW's
 // count) bit for bit as it was, on the GPU as on the CPU (tests/step_scalars_check.h), with graphs on (the
 // same bits as off; the late read of the flags is host logic, tested on the cpu: step_scalars.*).
@@ -2439,6 +2492,26 @@ TEST(nan_steps_leave_the_state_bit_identical) {
 #endif
     ss_nan_steps_leave_state(G, 0);
     gpu_free(G);
+}
+
+// The same in graph replay mode: a step (ssl_step = ssl_step_issue + ssl_step_finish) is one segment whose
+// update is issued before the host has seen the loss; the device's NaN flag alone keeps a NaN step from
+// applying (state bit for bit, AdamW's count on host and device), and the good step after two NaN steps
+// gives the bits of the run without them.
+TEST(nan_steps_replay_leave_the_state_bit_identical) {
+#ifdef DINO_HAVE_CUDA
+    if (emulating()) test_skip("graphs are a property of the CUDA backend");
+    Backend *G = gpu_backend(CUDA_GEMM_BF16);
+    backend_cuda_set_graphs(G, CUDA_GRAPHS_REPLAY);
+    const CudaGraphStats before = backend_cuda_graph_stats(G);
+    ss_nan_steps_leave_state(G, 0);
+    const CudaGraphStats after = backend_cuda_graph_stats(G);
+    printf("  %lld graph launches, %lld replayed\n", after.launches - before.launches, after.replays - before.replays);
+    CHECK(after.launches > before.launches, "replay mode, yet no graph launched");
+    gpu_free(G);
+#else
+    test_skip("built without CUDA (no nvcc found)");
+#endif
 }
 
 #ifdef DINO_HAVE_CUDA
@@ -3069,15 +3142,15 @@ static int same_run(const GraphRun *a, const GraphRun *b, int steps, size_t tota
            memcmp(a->teacher, b->teacher, sizeof(float) * total) == 0;
 }
 
-// Replay (CUDA_GRAPHS_REPLAY): 4 SSL steps, staged as the trainer runs them, give the bits of the eager
-// steps (2 segments a step: everything up to the read-back wait, and the update). Steps 0-1 warm up (a
-// scratch buffer that grows drops the cached execs); step 2 has another iBOT mask count (a new shape):
-// recorded into new execs; step 3 returns to the first count. With constant schedule values every segment
-// of step 3 but the optimizer's (its AdamW step count moves) is launched from its cached exec: no recording,
-// no update, no instantiation; CUDA_GRAPHS_VERIFY records them anyway and finds them identical to the
-// cached execs. With schedule values that change every step, the segments holding them (here both: the
-// teacher temperature, the learning rate) are recorded and their execs updated in place (no new
-// instantiation), bit for bit.
+// Replay (CUDA_GRAPHS_REPLAY): 5 SSL steps, staged as the trainer runs them, give the bits of the eager
+// steps (losses, student, teacher). A step (ssl_step: ssl_step_issue, then ssl_step_finish's one wait) is
+// ONE segment: one graph launch, its read-backs (losses, entropies, the scalar block's grad norms and NaN
+// flag) landing in one page-locked block. Steps 0-1 warm up (a scratch buffer that grows drops the cached
+// execs); step 2 has another iBOT mask count (a new shape): recorded into a new exec; steps 3 and 4 return
+// to the first count (step 4's masked tokens at other places: the same shape) and are launched from the
+// cached exec: no recording, no update, no instantiation, whether the schedule values stay (const_sched)
+// or move every step (they are read from the step's scalar block, not baked into the kernels'
+// arguments); CUDA_GRAPHS_VERIFY records them anyway and finds them identical to the cached exec.
 static void graphs_replay_same_bits(int const_sched) {
     if (emulating()) test_skip("graphs are a property of the CUDA backend");
     Backend *G = gpu_backend(CUDA_GEMM_BF16);
@@ -3086,40 +3159,37 @@ static void graphs_replay_same_bits(int const_sched) {
     uint8_t *masks[GRAPH_STEPS_MAX];
     graph_case(&c, &gcrops, &lcrops, masks);
     c.staged_upload = 1;
-    const int steps = 4;
+    const int steps = 5;
     const size_t total = ssl_total_floats(G, &c);
     GraphRun eager, replay, verify = {0};
     graph_run_ex(G, &c, CUDA_GRAPHS_OFF, steps, const_sched, gcrops, lcrops, masks, &eager);
     graph_run_ex(G, &c, CUDA_GRAPHS_REPLAY, steps, const_sched, gcrops, lcrops, masks, &replay);
-    if (const_sched) graph_run_ex(G, &c, CUDA_GRAPHS_VERIFY, steps, const_sched, gcrops, lcrops, masks, &verify);
+    graph_run_ex(G, &c, CUDA_GRAPHS_VERIFY, steps, const_sched, gcrops, lcrops, masks, &verify);
     for (int it = 0; it < steps; it++) {
         const CudaGraphStats *s = &replay.per_step[it];
-        printf("  step %d: %lld launches (%lld replayed, %lld updated, %lld instantiated), %lld nodes; verify mode: "
-               "%lld verified\n",
-               it, s->launches, s->replays, s->updates, s->instantiations, s->nodes, verify.per_step[it].verified);
+        printf("  step %d: %lld launches (%lld replayed, %lld updated, %lld instantiated), %lld nodes, %lld host "
+               "waits; verify mode: %lld verified\n",
+               it, s->launches, s->replays, s->updates, s->instantiations, s->nodes, s->host_waits,
+               verify.per_step[it].verified);
+        CHECK(s->launches == 1, "step %d: %lld graph launches, expected the step as one segment", it, s->launches);
+        // the step's one wait for its read-backs, and the test's be->sync (step 0 also allocates the staging)
+        CHECK(it == 0 || s->host_waits == 2, "step %d: %lld host waits, expected 2", it, s->host_waits);
     }
     CHECK(same_run(&eager, &replay, steps, total), "replayed steps differ from eager");
-    if (const_sched) CHECK(same_run(&eager, &verify, steps, total), "verify mode differs from eager");
-    const CudaGraphStats *s2 = &replay.per_step[2], *s3 = &replay.per_step[3];
-    CHECK(s2->instantiations > 0 && s2->replays < s2->launches,
-          "step 2 has another mask count, yet %lld instantiations, %lld of %lld launches replayed", s2->instantiations,
-          s2->replays, s2->launches);
-    CHECK(s3->launches > 0 && s3->instantiations == 0 && s3->nodes > 10 * s3->launches,
-          "step 3: %lld launches, %lld nodes, %lld new instantiations", s3->launches, s3->nodes, s3->instantiations);
-    if (const_sched) {
-        // all but the optimizer's segment, whose AdamW step count (bias correction) is a kernel argument
-        CHECK(s3->replays == s3->launches - 1 && s3->updates == 1,
-              "step 3 repeats the shapes and values of step 1: %lld of %lld launches replayed, %lld updated",
-              s3->replays, s3->launches, s3->updates);
-        CHECK(verify.per_step[3].verified == s3->replays && verify.per_step[3].replays == 0,
-              "verify mode, step 3: %lld of %lld launches verified", verify.per_step[3].verified,
-              verify.per_step[3].launches);
-        free(verify.student), free(verify.teacher);
-    } else {
-        // both segments hold a value that moves (the teacher temperature; the learning rate): updated in place
-        CHECK(s3->updates == s3->launches && s3->replays == 0, "step 3 with new schedule values: %lld of %lld updated, "
-              "%lld replayed", s3->updates, s3->launches, s3->replays);
+    CHECK(same_run(&eager, &verify, steps, total), "verify mode differs from eager");
+    const CudaGraphStats *s2 = &replay.per_step[2];
+    CHECK(s2->instantiations == 1 && s2->replays == 0, "step 2 has another mask count, yet %lld instantiations, "
+          "%lld replayed", s2->instantiations, s2->replays);
+    for (int it = 3; it < steps; it++) {
+        const CudaGraphStats *s = &replay.per_step[it];
+        CHECK(s->replays == 1 && s->updates == 0 && s->instantiations == 0 && s->nodes > 100,
+              "step %d repeats step 1's shapes (schedule values %s): %lld replayed, %lld updated, %lld instantiated, "
+              "%lld nodes", it, const_sched ? "constant" : "moving", s->replays, s->updates, s->instantiations, s->nodes);
+        CHECK(verify.per_step[it].verified == 1 && verify.per_step[it].replays == 0,
+              "verify mode, step %d: %lld of %lld launches verified", it, verify.per_step[it].verified,
+              verify.per_step[it].launches);
     }
+    free(verify.student), free(verify.teacher);
     free(eager.student), free(eager.teacher), free(replay.student), free(replay.teacher);
     for (int it = 0; it < GRAPH_STEPS_MAX; it++) free(masks[it]);
     free(gcrops), free(lcrops);
@@ -3669,6 +3739,52 @@ TEST(trainer_cuda_graphs_resume_exactly) {
     printf("  metrics with graphs: %.200s...\n", mg);
     CHECK(strlen(mg) > 100 && strcmp(mg, me) == 0, "the metrics with graphs on differ from those with graphs off:\n%s\n%s",
           mg, me);
+#endif
+}
+
+// The trainer in graph replay mode (one process: each step issued whole, one launch, then one wait): a NaN
+// input at iteration 1 (DINOTRAIN_INJECT_NAN) is counted as a skipped step as with graphs off, and the run
+// ends with the same checkpoint, every tensor bit for bit, and the same metrics but the timings.
+TEST(trainer_cuda_graphs_replay_nan_step_counted) {
+#if !defined(DINO_HAVE_CUDA) || defined(DINO_GPU_SUBSET)
+    test_skip("built without CUDA, or the GPU subset build (no trainer)");
+#else
+    if (dino_cuda_device_count() == 0) test_skip("no CUDA device on this machine");
+    char err[DINO_ERRLEN], out[2][4200], ck[2][4200];
+    const char *tiles = tiny_tiles();
+    const char *names[2] = {"replay_nan", "eager_nan"};
+    setenv("DINOTRAIN_INJECT_NAN", "1", 1);
+    setenv("DINO_CUDA_GRAPH_MODE", "replay", 1);
+    for (int k = 0; k < 2; k++) {
+        snprintf(out[k], sizeof out[k], "%s/%s", test_tmpdir(), names[k]);
+        char *extra[] = {k == 0 ? "compute_precision.cuda_graphs=true" : "compute_precision.cuda_graphs=false"};
+        TrainResult res;
+        CHECK(tiny_train_ex("cuda", tiles, out[k], 3, extra, 1, &res, err) == 0, "%s: %s", names[k], err);
+        snprintf(ck[k], sizeof ck[k], "%s", res.last_checkpoint);
+        printf("  %s: %lld skipped steps, %lld graph launches\n", names[k], (long long)res.skipped_steps,
+               (long long)res.cuda_graph_launches);
+        CHECK(res.end_iteration == 3 && res.skipped_steps == 1, "%s: %lld skipped steps in 0..%lld, expected 1",
+              names[k], (long long)res.skipped_steps, (long long)res.end_iteration);
+        CHECK(k == 1 ? res.cuda_graph_launches == 0 : res.cuda_graph_launches > 0, "%s: %lld graph launches",
+              names[k], (long long)res.cuda_graph_launches);
+    }
+    unsetenv("DINOTRAIN_INJECT_NAN");
+    unsetenv("DINO_CUDA_GRAPH_MODE");
+    Ckpt a, b;
+    CHECK(ckpt_open(&a, ck[0], err) == 0 && ckpt_open(&b, ck[1], err) == 0, "%s", err);
+    int diff = 0;
+    for (int i = 0; i < a.st.n; i++) {
+        const StTensor *ta = &a.st.t[i], *tb = st_get(&b.st, ta->name);
+        if (!tb || tb->nbytes != ta->nbytes || memcmp(ta->data, tb->data, ta->nbytes) != 0)
+            if (diff++ < 5) printf("  tensor %s differs\n", ta->name);
+    }
+    CHECK(a.st.n > 10 && a.st.n == b.st.n && diff == 0, "replay vs eager with a NaN step: %d of %d tensors differ",
+          diff, a.st.n);
+    ckpt_close(&a), ckpt_close(&b);
+    static char mg[1 << 16], me[1 << 16];
+    metrics_untimed(out[0], mg, sizeof mg), metrics_untimed(out[1], me, sizeof me);
+    CHECK(strstr(mg, "\"skipped\": 1") != NULL, "the NaN step is not logged as skipped:\n%s", mg);
+    CHECK(strlen(mg) > 100 && strcmp(mg, me) == 0, "the metrics in replay mode differ from eager:\n%s\n%s", mg, me);
 #endif
 }
 

@@ -115,6 +115,21 @@ int ssl_config_check(const SslConfig *c, char *err) {
 
 // ---- working memory -------------------------------------------------------------------------------
 
+// What the student's forward leaves for its backward and the statistics.
+typedef struct {
+    int n_m;                    // masked tokens (rows of w->idx_mask)
+    const float *xg;            // backbone output on the global crops
+    const float *zs_dino;       // DINO head logits [local CLS; global CLS]
+    const float *zs_ibot;       // iBOT head logits [masked patch tokens]
+    float *s_glob_cls;          // the global-crop CLS rows of the head input
+    // DINO local / global and iBOT losses (read_back), and the divisors of their downloaded row sums
+    double local, global, ibot, local_div, global_div, ibot_div;
+    int n_reg;                  // KoLeo/KDE terms downloaded (crops), 0: none
+    float reg_weight;           // ... and their weight
+    double reg;                 // KoLeo/KDE (read_back)
+} StudentPass;
+
+
 typedef struct {
     int B, nL, Ng, Tg, Tl, D, Kd, Ki, max_masked, rows_cls, rows_head;
     int G, L, pair;                              // the current size pair: its sides (Ng, Tg, Tl follow them)
@@ -135,8 +150,9 @@ typedef struct {
     float *tsum, *row_loss, *scratch;
     // The step's read-backs (losses per row, entropies, KoLeo/KDE, Gram, the global CLS rows): downloaded
     // asynchronously into page-locked memory while the step is issued, then waited for once (read_back)
+    // (and, after ssl_step_issue's update, the scalar block's `out` part: grad norms and the NaN flag)
     float *rb;                                   // host_alloc: the slots below
-    size_t rb_local, rb_global, rb_ibot, rb_ibot_w, rb_cls, rb_floats; // offsets of the slots in floats
+    size_t rb_local, rb_global, rb_ibot, rb_ibot_w, rb_cls, rb_out, rb_floats; // offsets of the slots in floats
     float *d_xg, *d_xl;                          // gradients w.r.t. the student backbone outputs
     int *sub_g, *sub_l;                          // host drop-path subsets
     // Gram anchoring (cfg.gram): Gram teacher activations on its crops (Gg px, Ngg patches), its crops
@@ -159,6 +175,16 @@ typedef struct {
     long adam_step_device;
     float *center_save;
     int updates_unread; // updates whose statistics were not read yet (ssl_step_stats_from_block)
+    // the forward pass issued and not yet summed (losses_finish): what the sums need
+    struct {
+        int issued;         // 1 between the issue and its finish
+        int fb_rc;          // the issue's own verdict: -1 a bad batch (nothing downloaded; err in msg)
+        int update_issued;  // ssl_step_issue: the block's `out` part is in rb too
+        StudentPass sp;
+        int n_m, do_gram;
+        double local_w, gram_weight;
+        char msg[DINO_ERRLEN];
+    } pend;
 } Work;
 
 static float *falloc(Backend *be, size_t n) { return be->alloc(be, sizeof(float) * (n ? n : 1)); }
@@ -357,7 +383,8 @@ int ssl_model_init(SslModel *m, Backend *be, const SslConfig *cfg_in, uint64_t s
     // their weights | global CLS rows
     w->rb_local = 8, w->rb_global = w->rb_local + (size_t)nL * B, w->rb_ibot = w->rb_global + (size_t)2 * B;
     w->rb_ibot_w = w->rb_ibot + (size_t)MM, w->rb_cls = w->rb_ibot_w + (size_t)MM;
-    w->rb_floats = w->rb_cls + (size_t)2 * B * D;
+    w->rb_out = (w->rb_cls + (size_t)2 * B * D + 1) / 2 * 2; // 8-byte aligned: doubles
+    w->rb_floats = w->rb_out + (sizeof(((DinoStepScalars *)0)->out) + sizeof(float) - 1) / sizeof(float);
     w->rb = be->host_alloc(be, sizeof(float) * w->rb_floats);
     w->d_xg = falloc(be, (size_t)2 * B * maxTg * D);
     w->d_xl = falloc(be, (size_t)nL * B * maxTl * D);
@@ -598,19 +625,6 @@ static void student_draws(SslModel *m, Backend *be, const SslBatch *b, const int
     *sub_g_out = sub_g, *sub_l_out = sub_l;
 }
 
-// What the student's forward leaves for its backward and the statistics.
-typedef struct {
-    int n_m;                    // masked tokens (rows of w->idx_mask)
-    const float *xg;            // backbone output on the global crops
-    const float *zs_dino;       // DINO head logits [local CLS; global CLS]
-    const float *zs_ibot;       // iBOT head logits [masked patch tokens]
-    float *s_glob_cls;          // the global-crop CLS rows of the head input
-    // DINO local / global and iBOT losses (read_back), and the divisors of their downloaded row sums
-    double local, global, ibot, local_div, global_div, ibot_div;
-    int n_reg;                  // KoLeo/KDE terms downloaded (crops), 0: none
-    float reg_weight;           // ... and their weight
-    double reg;                 // KoLeo/KDE (read_back)
-} StudentPass;
 
 // Student forward on both crop groups (global crops with masks_dev, NULL: unmasked), head input [local
 // CLS; global CLS; masked patch tokens] -> head logits.
@@ -638,8 +652,10 @@ static void student_forward(SslModel *m, Backend *be, const float *glob_img, con
 }
 
 // The DINO and iBOT losses of the student's logits against w->P_dino / w->P_ibot, and their gradients
-// w.r.t. the logits (w->dz_dino, w->dz_ibot). local_w scales the DINO local-crop loss.
-static void student_losses(SslModel *m, Backend *be, double local_w, StudentPass *sp) {
+// w.r.t. the logits (w->dz_dino, w->dz_ibot). local_w scales the DINO local-crop loss; local_ss: it is
+// the step's scalar block's in.dino_local_weight, read there by the op (a replayed graph takes a moving
+// weight along), NULL: by value.
+static void student_losses(SslModel *m, Backend *be, double local_w, const DinoStepScalars *local_ss, StudentPass *sp) {
     Work *w = m->work;
     const SslConfig *c = &m->cfg;
     const int B = w->B, nL = w->nL, Kd = w->Kd, Ki = w->Ki, n_m = sp->n_m;
@@ -647,8 +663,10 @@ static void student_losses(SslModel *m, Backend *be, double local_w, StudentPass
     const float ts = c->student_temp;
     // the rows go to the host in stream order (row_loss is reused by the next loss); after each loss its rows
     // raise the step's NaN flag on the device (the update then does nothing)
-    sp->local_div = dino_loss_local_rows(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss, w->dz_dino,
-                                         (float)(c->dino_loss_weight * local_w));
+    sp->local_div = local_ss ? dino_loss_local_rows_ss(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss,
+                                                       w->dz_dino, c->dino_loss_weight, local_ss)
+                             : dino_loss_local_rows(be, zs_dino, nL, B, w->P_dino, Kd, ts, w->tsum, w->row_loss,
+                                                    w->dz_dino, (float)(c->dino_loss_weight * local_w));
     if (nL > 0) {
         be->nonfinite_check_ss(be, w->row_loss, (size_t)nL * B, m->scalars);
         be->download_async(be, w->rb + w->rb_local, w->row_loss, sizeof(float) * (size_t)nL * B);
@@ -711,14 +729,12 @@ static void student_backward(SslModel *m, Backend *be, StudentPass *sp, int with
     }
 }
 
-// Waits once for the step's read-backs and sums them on the host as the loss functions do (the same
-// values as reading each back where it is computed): the losses into sp, KoLeo/KDE, the entropies, the
-// Gram loss (with_gram), the global CLS spread. n_m: masked tokens.
-static void read_back(SslModel *m, Backend *be, StudentPass *sp, int n_m, int with_gram, double *gram,
-                      SslStepStats *st) {
+// After the wait for the step's read-backs (download_wait): sums them on the host as the loss functions
+// do (the same values as reading each back where it is computed): the losses into sp, KoLeo/KDE, the
+// entropies, the Gram loss (with_gram), the global CLS spread. n_m: masked tokens.
+static void read_back(SslModel *m, StudentPass *sp, int n_m, int with_gram, double *gram, SslStepStats *st) {
     const Work *w = m->work;
     const int B = w->B, nL = w->nL, D = w->D;
-    be->download_wait(be);
     const float *rb = w->rb;
     sp->local = nL > 0 ? loss_rows_sum(rb + w->rb_local, NULL, nL * B) / sp->local_div : 0;
     sp->global = loss_rows_sum(rb + w->rb_global, NULL, 2 * B) / sp->global_div;
@@ -781,19 +797,18 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
     if (b->staged) {
         const int s = w->stage_oldest;
         DINO_ASSERT(c->staged_upload && w->stage_full[s], "ssl_forward_backward: no staged batch");
-        be->upload_wait(be, w->stage_ticket[s]); // the crops' copy, started while the last step ran
+        // (the upload was waited for before the step's first op: staged_inputs_wait)
         glob_img = w->glob_slot[s], loc_img = w->loc_slot[s];
         masks = w->stage_has_mask[s] ? w->stage_mask[s] : NULL;
         if (do_gram) {
             DINO_ASSERT(w->gram_staged[s], "ssl_forward_backward: Gram weight %g but no Gram crops staged", b->gram_weight);
             DINO_ASSERT(w->gram_pair[s] == pair, "ssl_forward_backward: Gram crops staged for size pair %d, the "
                         "batch is of pair %d", w->gram_pair[s], pair);
-            be->upload_wait(be, w->gram_ticket[s]);
             gram_img = w->gram_slot[s];
         }
         w->gram_staged[s] = 0;
-        // Free for ssl_stage_batch again once this returns: the loss read-back below waits for the
-        // forward passes, the only readers of the crops.
+        // Free for ssl_stage_batch again once the step is finished: its read-back wait (losses_finish)
+        // waits for the forward passes, the only readers of the crops.
         w->stage_full[s] = 0;
         w->stage_oldest ^= 1;
     } else {
@@ -885,7 +900,6 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
 
     // ---- Gram anchoring: the Gram teacher on its crops (unmasked, no stochastic depth); its patch tokens,
     // resampled to the student's grid, against the student's global-crop patch tokens
-    double gram = 0;
     if (do_gram) {
         const float *xgt = vit_forward(be, &m->vit, m->gram_teacher, w->gram_acts, gram_img, NULL, NULL);
         if (w->gram_resize) {
@@ -899,14 +913,16 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
         be->gather_rows(be, w->gram_s, xg, w->idx_spatch, 2 * B * Ng, (size_t)D);
         be->zero(be, w->gram_ds, sizeof(float) * (size_t)2 * B * Ng * D);
         const int gB = c->gram_img_level ? 2 * B : 1, gN = c->gram_img_level ? Ng : 2 * B * Ng;
-        be->gram_loss(be, w->scratch, w->gram_ds, w->gram_s, w->gram_t, gB, gN, D, c->gram_normalize,
-                      c->gram_neg_mode, (float)b->gram_weight);
+        // the weight (float)b->gram_weight read from the step's scalar block (in.gram_weight)
+        be->gram_loss_ss(be, w->scratch, w->gram_ds, w->gram_s, w->gram_t, gB, gN, D, c->gram_normalize,
+                         c->gram_neg_mode, 1.0f, m->scalars);
         be->nonfinite_check_ss(be, w->scratch, 1, m->scalars);
         be->download_async(be, w->rb + RB_GRAM, w->scratch, sizeof(float));
     }
 
     // ---- losses and their gradients w.r.t. the student logits
-    student_losses(m, be, local_w, &sp);
+    // the block's in.dino_local_weight is local_w (scalars_fill)
+    student_losses(m, be, local_w, m->scalars, &sp);
 
     PHASE(1);
     // ---- backward: heads -> head inputs (+ KoLeo/KDE on the global CLS) -> backbone outputs -> ViT
@@ -915,12 +931,56 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
 
     PHASE(2);
 #undef PHASE
-    // ---- what the reference logs, and the collapse guard: the step's one wait for its read-backs
-    read_back(m, be, &sp, n_m, do_gram, &gram, st);
-    student_stats(m, &sp, local_w, sp.reg, gram, b->gram_weight, st);
+    // what the reference logs and the collapse guard: summed once the read-backs landed (losses_finish)
+    w->pend.sp = sp, w->pend.n_m = n_m, w->pend.do_gram = do_gram;
+    w->pend.local_w = local_w, w->pend.gram_weight = b->gram_weight;
+    return 0;
+}
+
+// Before the step's first op: the staged batch's uploads (a wait on the copy queue ends a graph segment:
+// here it comes before the step's segment, not inside it).
+static void staged_inputs_wait(SslModel *m, Backend *be, const SslBatch *b) {
+    Work *w = m->work;
+    const int s = w->stage_oldest;
+    if (!b->staged || !m->cfg.staged_upload || !w->stage_full[s]) return; // forward_backward reports it
+    be->upload_wait(be, w->stage_ticket[s]); // the crops' copy, started while the last step ran
+    if (m->cfg.gram && b->gram_weight != 0 && w->gram_staged[s]) be->upload_wait(be, w->gram_ticket[s]);
+}
+
+// The forward and backward pass issued (no host wait but the diagnostics' and bad input's): the losses
+// are summed by losses_finish. Returns -1 only for a bad batch (err set, the NaN flag raised).
+static int forward_backward_issue(SslModel *m, Backend *be, Collective *coll, const SslBatch *b,
+                                  const ScheduleValues *sv, SslStepStats *st, char *err) {
+    Work *w = m->work;
+    DINO_ASSERT(!w->pend.issued, "ssl_step: a step was issued and not finished (ssl_step_finish)");
+    staged_inputs_wait(m, be, b);
+    scalars_begin_step(m, be, sv, b);
+    const int rc = forward_backward(m, be, coll, b, sv, st, err);
+    if (rc) ssl_mark_nonfinite(m, be); // a bad batch: the update must not apply
+    w->pend.issued = 1, w->pend.fb_rc = rc, w->pend.update_issued = 0;
+    if (rc) snprintf(w->pend.msg, sizeof w->pend.msg, "%s", err);
+    return rc;
+}
+
+// The one wait for the issued step's read-backs, then the host's sums into st. Returns -1 with err set
+// when the loss is not finite (or the batch was bad).
+static int losses_finish(SslModel *m, Backend *be, SslStepStats *st, char *err) {
+    Work *w = m->work;
+    DINO_ASSERT(w->pend.issued, "ssl_step_finish: no step issued");
+    w->pend.issued = 0;
+    be->download_wait(be);
+    if (w->pend.fb_rc) {
+        dino_seterr(err, "%s", w->pend.msg);
+        return -1;
+    }
+    StudentPass *sp = &w->pend.sp;
+    double gram = 0;
+    read_back(m, sp, w->pend.n_m, w->pend.do_gram, &gram, st);
+    student_stats(m, sp, w->pend.local_w, sp->reg, gram, w->pend.gram_weight, st);
+    st->n_masked = w->pend.n_m, st->dino_local_weight = w->pend.local_w;
     if (!isfinite(st->backprop_loss)) {
-        dino_seterr(err, "ssl_step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g, gram %g)", sp.local,
-                    sp.global, sp.reg, sp.ibot, gram);
+        dino_seterr(err, "ssl_step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g, gram %g)", sp->local,
+                    sp->global, sp->reg, sp->ibot, gram);
         return -1;
     }
     return 0;
@@ -928,9 +988,39 @@ static int forward_backward(SslModel *m, Backend *be, Collective *coll, const Ss
 
 int ssl_forward_backward(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
                          SslStepStats *st, char *err) {
-    scalars_begin_step(m, be, sv, b);
-    const int rc = forward_backward(m, be, coll, b, sv, st, err);
-    if (rc) ssl_mark_nonfinite(m, be); // found on the host (or a bad batch): the update must not apply
+    const int bad_batch = forward_backward_issue(m, be, coll, b, sv, st, err);
+    const int rc = losses_finish(m, be, st, err);
+    if (rc && !bad_batch) ssl_mark_nonfinite(m, be); // found on the host: the update must not apply
+    return rc;
+}
+
+int ssl_step_issue(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
+                   SslStepStats *st, char *err) {
+    Work *w = m->work;
+    const int rc = forward_backward_issue(m, be, coll, b, sv, st, err);
+    ssl_update(m, be, sv, st); // a no-op on the device when a loss is not finite (the block's flag)
+    // the grad norms and the NaN flag come back with the losses: one wait (ssl_step_finish)
+    be->download_async(be, w->rb + w->rb_out, &m->scalars->out, sizeof m->scalars->out);
+    w->pend.update_issued = 1;
+    return rc;
+}
+
+int ssl_step_finish(SslModel *m, Backend *be, SslStepStats *st, char *err) {
+    Work *w = m->work;
+    DINO_ASSERT(w->pend.issued && w->pend.update_issued, "ssl_step_finish without ssl_step_issue");
+    int rc = losses_finish(m, be, st, err);
+    DinoStepScalars copy;
+    memcpy(&copy.out, w->rb + w->rb_out, sizeof copy.out);
+    // the device's flag decided whether the update applied; it is raised by every loss row the host sums,
+    // so it agrees with the host's verdict (a disagreement is reported, the device's state is as it says)
+    if (ssl_step_stats_from_block(m, &copy, st) != 0 && rc == 0) {
+        dino_seterr(err, "ssl_step: a non-finite value on the device (the step's NaN flag), update not applied");
+        rc = -1;
+    } else if (rc != 0 && copy.out.nonfinite == 0) {
+        char e2[DINO_ERRLEN];
+        snprintf(e2, sizeof e2, "%s", err);
+        dino_seterr(err, "%s (the device's NaN flag was not raised: the update WAS applied)", e2);
+    }
     return rc;
 }
 
@@ -980,10 +1070,8 @@ void ssl_update(SslModel *m, Backend *be, const ScheduleValues *sv, SslStepStats
 
 int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *b, const ScheduleValues *sv,
              SslStepStats *st, char *err) {
-    const int rc = ssl_forward_backward(m, be, coll, b, sv, st, err);
-    ssl_update(m, be, sv, st); // a no-op on the device after a NaN (the flag is raised)
-    ssl_read_step_stats(m, be, st);
-    return rc;
+    ssl_step_issue(m, be, coll, b, sv, st, err);
+    return ssl_step_finish(m, be, st, err);
 }
 
 void ssl_stage_batch(SslModel *m, Backend *be, const float *global_crops, const float *local_crops,
@@ -1124,11 +1212,12 @@ static int student_forward_backward(SslModel *m, Backend *be, const SslBatch *b,
     student_draws(m, be, b, &sub_g, &sub_l);
 
     student_forward(m, be, w->glob_img, w->loc_img, NULL, sub_g, sub_l, &sp);
-    student_losses(m, be, 1.0, &sp);
+    student_losses(m, be, 1.0, NULL, &sp);
     student_backward(m, be, &sp, 0);
     be->download_async(be, w->rb + w->rb_cls, sp.s_glob_cls, sizeof(float) * (size_t)2 * w->B * w->D);
     double no_gram = 0;
-    read_back(m, be, &sp, n_m, 0, &no_gram, st);
+    be->download_wait(be);
+    read_back(m, &sp, n_m, 0, &no_gram, st);
     student_stats(m, &sp, 1.0, sp.reg, 0, 0, st);
     if (!isfinite(st->backprop_loss)) {
         dino_seterr(err, "distillation step: NaN/inf loss (local %g, global %g, koleo/kde %g, ibot %g)", sp.local,

@@ -182,12 +182,25 @@ typedef struct {
     double phase_s[3];           // with m->profile_phases: teacher; student forward + losses; backward (s)
 } SslStepStats;
 
-// One training step: ssl_forward_backward, ssl_update, ssl_read_step_stats. Returns 0, or -1 with err set
-// (bad batch, or a NaN/Inf loss: then nothing is applied: model, moments, centres and AdamW's count stay
-// as they were).
-// A data-parallel trainer calls the two halves itself and averages the gradients over ranks between them.
+// One training step: ssl_step_issue, then ssl_step_finish. Returns 0, or -1 with err set (bad batch, or a
+// NaN/Inf loss: then nothing is applied: model, moments, centres and AdamW's count stay as they were).
+// A data-parallel trainer calls ssl_forward_backward and ssl_update itself and averages the gradients
+// over ranks between them.
 int ssl_step(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
              SslStepStats *stats, char *err);
+// The step issued without a host wait (but the diagnostics' with batch->diag, and a bad batch's): forward,
+// backward, the losses' read-backs, ssl_update and the read-back of the scalar block's `out` part (grad
+// norms, NaN flag), all into one page-locked block. On a GPU with graphs in replay mode this is one graph
+// segment, launched by ssl_step_finish's wait (docs/cuda-backend.md, "CUDA graphs"). Whether the loss was
+// finite is decided on the device (the step's NaN flag): a NaN step applies nothing. Returns -1 only for a
+// bad batch (err set; the update is issued anyway and applies nothing). Stage the next batch
+// (ssl_stage_batch) before this call or after ssl_step_finish, not in between: the step still reads its slot.
+int ssl_step_issue(SslModel *m, Backend *be, Collective *coll, const SslBatch *batch, const ScheduleValues *sv,
+                   SslStepStats *stats, char *err);
+// Waits once for the issued step and sums its read-backs on the host: stats (losses, entropies, the CLS
+// spread, grad norms: 0 on a step not applied). Returns 0, or -1 with err set when the step was not applied
+// (a NaN/Inf loss, or a bad batch); the host's AdamW count then goes back as with ssl_read_step_stats.
+int ssl_step_finish(SslModel *m, Backend *be, SslStepStats *stats, char *err);
 
 // Teacher and student forward, the losses and the student's gradients (m->grads, overwritten), no update.
 // It starts with the upload of the step's scalar block (sv, the batch's loss weights) and raises the

@@ -868,26 +868,35 @@ int train_run(const Config *cfg_in, Dist *d, const TrainOptions *opt, TrainResul
             sb.diag = &diag;
 
         SslStepStats st;
-        int finite = ssl_forward_backward(&r.m, r.be, &r.coll, &sb, &sv, &st, e2) == 0;
-        // the buckets not yet issued by the backward pass, then the average over ranks (every rank takes
-        // part even when its loss is not finite: all ranks issue the same buckets in the same order)
-        int early_buckets = r.grads_sync ? dist_grads_issued(r.grads_sync) : 0;
-        if (r.grads_sync && dist_grads_wait(r.grads_sync, e2)) dist_abort(d, "%s", e2);
-        if (!r.grads_sync && r.device_comm) staged_grads_average(&r); // cuda without NCCL: the fallback
-        const int finite_here = finite;
-        finite = all_finite_over_ranks(&r, finite, e2);
-        if (finite_here && !finite) ssl_mark_nonfinite(&r.m, r.be); // another rank's loss: every rank skips
-        // the update runs every step: after a non-finite loss it is a no-op on the device (the step's NaN
-        // flag), centres included (docs/cuda-backend.md, "CUDA graphs")
-        if (sharded(&r)) { // ZeRO-1: this rank's shard holds the average; update it, share the result
-            const size_t padded = r.m.buffer_floats;
-            ssl_update_shard(&r.m, r.be, &sv, sum_f64_over_ranks, d, &st);
-            shards_allgather(&r, r.m.student, padded);
-            shards_allgather(&r, r.m.teacher, padded);
+        int finite, early_buckets = 0;
+        if (d->world == 1 && !sharded(&r) && !r.grads_sync && !r.device_comm) {
+            // one process: the whole step issued (one graph launch in replay mode), then one wait for its
+            // losses, grad norms and NaN flag; the device's flag keeps a NaN step from applying
+            // (docs/cuda-backend.md, "CUDA graphs")
+            ssl_step_issue(&r.m, r.be, &r.coll, &sb, &sv, &st, e2);
+            finite = ssl_step_finish(&r.m, r.be, &st, e2) == 0;
         } else {
-            ssl_update(&r.m, r.be, &sv, &st);
+            finite = ssl_forward_backward(&r.m, r.be, &r.coll, &sb, &sv, &st, e2) == 0;
+            // the buckets not yet issued by the backward pass, then the average over ranks (every rank takes
+            // part even when its loss is not finite: all ranks issue the same buckets in the same order)
+            early_buckets = r.grads_sync ? dist_grads_issued(r.grads_sync) : 0;
+            if (r.grads_sync && dist_grads_wait(r.grads_sync, e2)) dist_abort(d, "%s", e2);
+            if (!r.grads_sync && r.device_comm) staged_grads_average(&r); // cuda without NCCL: the fallback
+            const int finite_here = finite;
+            finite = all_finite_over_ranks(&r, finite, e2);
+            if (finite_here && !finite) ssl_mark_nonfinite(&r.m, r.be); // another rank's loss: every rank skips
+            // the update runs every step: after a non-finite loss it is a no-op on the device (the step's NaN
+            // flag), centres included (docs/cuda-backend.md, "CUDA graphs")
+            if (sharded(&r)) { // ZeRO-1: this rank's shard holds the average; update it, share the result
+                const size_t padded = r.m.buffer_floats;
+                ssl_update_shard(&r.m, r.be, &sv, sum_f64_over_ranks, d, &st);
+                shards_allgather(&r, r.m.student, padded);
+                shards_allgather(&r, r.m.teacher, padded);
+            } else {
+                ssl_update(&r.m, r.be, &sv, &st);
+            }
+            ssl_read_step_stats(&r.m, r.be, &st); // the grad norms (the flag is known here already)
         }
-        ssl_read_step_stats(&r.m, r.be, &st); // the grad norms (the flag is known here already)
         if (finite) {
             bad_in_row = 0;
         } else {

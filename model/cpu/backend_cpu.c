@@ -107,6 +107,8 @@ Backend *backend_cpu_new(void) {
     be->adamw_ss = cpu_adamw_ss;
     be->ema_ss = cpu_ema_ss;
     be->softmax_center_ss = cpu_softmax_center_ss;
+    be->softmax_ce_ss = cpu_softmax_ce_ss;
+    be->gram_loss_ss = cpu_gram_loss_ss;
     be->nonfinite_check_ss = cpu_nonfinite_check_ss;
     be->revert_if_nonfinite_ss = cpu_revert_if_nonfinite_ss;
     return be;

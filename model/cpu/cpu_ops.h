@@ -89,6 +89,10 @@ void cpu_adamw_ss(Backend *be, float *p, const float *g, float *m, float *v, siz
 void cpu_ema_ss(Backend *be, float *t, const float *s, size_t n, const DinoStepScalars *ss);
 void cpu_softmax_center_ss(Backend *be, float *P, const float *z, const float *center, int rows, int K,
                            const DinoStepScalars *ss);
+void cpu_softmax_ce_ss(Backend *be, float *loss, float *ds, const float *s, const float *t, const float *w, int rows,
+                       int t_rows, int K, float temp, float weight, float div, const DinoStepScalars *ss);
+void cpu_gram_loss_ss(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N, int D,
+                      int normalize, int neg_mode, float alpha, const DinoStepScalars *ss);
 void cpu_nonfinite_check_ss(Backend *be, const float *x, size_t n, DinoStepScalars *ss);
 void cpu_revert_if_nonfinite_ss(Backend *be, float *dst, const float *saved, size_t n, const DinoStepScalars *ss);
 

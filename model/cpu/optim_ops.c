@@ -68,6 +68,17 @@ void cpu_softmax_center_ss(Backend *be, float *P, const float *z, const float *c
     cpu_softmax_center(be, P, z, center, rows, K, (float)ss->in.teacher_temp);
 }
 
+void cpu_softmax_ce_ss(Backend *be, float *loss, float *ds, const float *s, const float *t, const float *w, int rows,
+                       int t_rows, int K, float temp, float weight, float div, const DinoStepScalars *ss) {
+    const float weight_t = (float)((double)weight * ss->in.dino_local_weight);
+    cpu_softmax_ce(be, loss, ds, s, t, w, rows, t_rows, K, temp, weight_t / div);
+}
+
+void cpu_gram_loss_ss(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N, int D,
+                      int normalize, int neg_mode, float alpha, const DinoStepScalars *ss) {
+    cpu_gram_loss(be, loss, ds_acc, s, t, B, N, D, normalize, neg_mode, (float)((double)alpha * ss->in.gram_weight));
+}
+
 void cpu_nonfinite_check_ss(Backend *be, const float *x, size_t n, DinoStepScalars *ss) {
     int bad = 0;
 #pragma omp parallel for schedule(static) reduction(| : bad)

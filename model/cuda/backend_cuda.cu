@@ -242,6 +242,9 @@ static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) 
             cuda_replay_defer(be, &sig, sizeof sig, NULL, 0, [=]() {
                 cudaCheck(cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, s));
             });
+            // weights loaded (init, a checkpoint): their bf16 copy, after the copy (its kernel goes through
+            // cuda_stream, which issues the pending ops first); nothing for other buffers
+            cuda_param_written(be, dst, bytes);
             return;
         }
         if (staged) {
@@ -525,6 +528,8 @@ extern "C" Backend *backend_cuda_new(int device, char *err) {
     be->adamw_ss = CudaOp<cuda_adamw_ss>::deferred;
     be->ema_ss = CudaOp<cuda_ema_ss>::deferred;
     be->softmax_center_ss = CudaOp<cuda_softmax_center_ss>::deferred;
+    be->softmax_ce_ss = CudaOp<cuda_softmax_ce_ss>::deferred;
+    be->gram_loss_ss = CudaOp<cuda_gram_loss_ss>::deferred;
     be->nonfinite_check_ss = CudaOp<cuda_nonfinite_check_ss>::deferred;
     be->revert_if_nonfinite_ss = CudaOp<cuda_revert_if_nonfinite_ss>::deferred;
     // DINO_CUDA_GRAPHS=1: graph mode in any program (an A/B of bench_step on a GPU); the trainer decides

@@ -424,6 +424,10 @@ void cuda_clip_scale_ss(Backend *be, float *x, size_t n, int group, const DinoSt
 void cuda_adamw_ss(Backend *be, float *p, const float *g, float *m, float *v, size_t n, float lr_mult, float wd_mult,
                    int last_layer, float beta1, float beta2, float eps, const DinoStepScalars *ss);
 void cuda_ema_ss(Backend *be, float *t, const float *s, size_t n, const DinoStepScalars *ss);
+void cuda_softmax_ce_ss(Backend *be, float *loss, float *ds, const float *s, const float *t, const float *w, int rows,
+                        int t_rows, int K, float temp, float weight, float div, const DinoStepScalars *ss);
+void cuda_gram_loss_ss(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N, int D,
+                       int normalize, int neg_mode, float alpha, const DinoStepScalars *ss);
 void cuda_softmax_center_ss(Backend *be, float *P, const float *z, const float *center, int rows, int K,
                             const DinoStepScalars *ss);
 void cuda_nonfinite_check_ss(Backend *be, const float *x, size_t n, DinoStepScalars *ss);

@@ -56,9 +56,11 @@ __global__ void gram_sum_kernel(float *loss, const double *rowsum, size_t rows, 
     loss[0] = (float)(L * scale);
 }
 
-// ds_acc += alpha * (the normalization's backward of g), one block per row.
+// ds_acc += alpha * (the normalization's backward of g), one block per row; alpha_w (gram_loss_ss): alpha
+// times this weight from the step's scalar block, as the host computes it.
 __global__ void gram_rows_bwd_kernel(float *ds_acc, const float *g_all, const float *u_all, const double *nrm, int D,
-                                     int normalize, float alpha) {
+                                     int normalize, float alpha, const double *alpha_w) {
+    if (alpha_w) alpha = (float)((double)alpha * *alpha_w);
     __shared__ double sh[32];
     const size_t r = blockIdx.x;
     const float *g = g_all + r * D, *u = u_all + r * D;
@@ -77,9 +79,8 @@ __global__ void gram_rows_bwd_kernel(float *ds_acc, const float *g_all, const fl
     for (int d = threadIdx.x; d < D; d += blockDim.x) o[d] += (float)(alpha * (g[d] - u[d] * dot) / nrm[r]);
 }
 
-void cuda_gram_loss(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N, int D,
-                    int normalize, int neg_mode, float alpha) {
-    CUDA_OP_RANGE("gram_loss");
+static void gram_loss_launch(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N,
+                             int D, int normalize, int neg_mode, float alpha, const double *alpha_w) {
     if (B < 1 || N < 1 || D < 1 || neg_mode < 0 || neg_mode > 2) DINO_DIE("gram_loss: bad shape or mode");
     cudaStream_t st = cuda_stream(be);
     const size_t rows = (size_t)B * N, nn = (size_t)N * N, nd = (size_t)N * D;
@@ -105,8 +106,20 @@ void cuda_gram_loss(Backend *be, float *loss, float *ds_acc, const float *s, con
         // S = U U^T and dloss/dS is symmetric: dU = 2 dS U (into ut, no longer needed)
         cuda_gemm_batched(be, 0, 0, N, D, N, 2.0f, S, N, (long long)nn, us, D, (long long)nd, 0.0f, ut, D,
                           (long long)nd, B);
-        DINO_LAUNCH(gram_rows_bwd_kernel, rows, GRAM_THREADS, 0, st)(ds_acc, ut, us, ns, D, normalize, alpha);
+        DINO_LAUNCH(gram_rows_bwd_kernel, rows, GRAM_THREADS, 0, st)(ds_acc, ut, us, ns, D, normalize, alpha, alpha_w);
         cudaCheckLaunch();
     }
     c->gemm_precision = prec;
+}
+
+void cuda_gram_loss(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N, int D,
+                    int normalize, int neg_mode, float alpha) {
+    CUDA_OP_RANGE("gram_loss");
+    gram_loss_launch(be, loss, ds_acc, s, t, B, N, D, normalize, neg_mode, alpha, NULL);
+}
+
+void cuda_gram_loss_ss(Backend *be, float *loss, float *ds_acc, const float *s, const float *t, int B, int N, int D,
+                       int normalize, int neg_mode, float alpha, const DinoStepScalars *ss) {
+    CUDA_OP_RANGE("gram_loss_ss");
+    gram_loss_launch(be, loss, ds_acc, s, t, B, N, D, normalize, neg_mode, alpha, &ss->in.gram_weight);
 }

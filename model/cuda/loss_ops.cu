@@ -283,9 +283,10 @@ void cuda_sinkhorn(Backend *be, Collective *coll, float *P, const float *z, int 
 
 // One block per student row. Pass 1 (online softmax): each thread keeps its running max m and
 // sum_k exp(y - m) in double, plus sum t and sum t*y; the block combines them in a fixed tree.
-// Pass 2 writes the gradient. Two reads of s (and t) in all.
+// Pass 2 writes the gradient. Two reads of s (and t) in all. alpha_w (softmax_ce_ss): alpha is
+// (float)(alpha * *alpha_w) / div, a weight from the step's scalar block, as the host computes it.
 __global__ void softmax_ce_kernel(float *loss, float *ds, const float *s, const float *t, const float *w, int t_rows,
-                                  int K, float inv_t, float alpha) {
+                                  int K, float inv_t, float alpha, const double *alpha_w, float div) {
     __shared__ float shf[32];
     __shared__ double sh1[32], sh2[32], sh3[32];
     const int r = blockIdx.x;
@@ -311,6 +312,7 @@ __global__ void softmax_ce_kernel(float *loss, float *ds, const float *s, const 
     const double lse = mx + log(se);
     if (loss && threadIdx.x == 0) loss[r] = (float)(tsum * lse - dot);
     if (!ds) return;
+    if (alpha_w) alpha = (float)((double)alpha * *alpha_w) / div; // IEEE division (no fast-math), as the host
     const float c = alpha * (w ? w[r] : 1.0f) * inv_t;
     const float ts = (float)tsum;
     float *d = ds + (size_t)r * K;
@@ -324,7 +326,17 @@ void cuda_softmax_ce(Backend *be, float *loss, float *ds, const float *s, const 
                      int t_rows, int K, float temp, float alpha) {
     CUDA_OP_RANGE("softmax_ce");
     if (rows <= 0 || K <= 0 || (!loss && !ds)) return;
-    DINO_LAUNCH(softmax_ce_kernel, rows, K_THREADS, 0, cuda_stream(be))(loss, ds, s, t, w, t_rows, K, 1.0f / temp, alpha);
+    DINO_LAUNCH(softmax_ce_kernel, rows, K_THREADS, 0, cuda_stream(be))(loss, ds, s, t, w, t_rows, K, 1.0f / temp, alpha,
+                                                                        (const double *)NULL, 1.0f);
+    cudaCheckLaunch();
+}
+
+void cuda_softmax_ce_ss(Backend *be, float *loss, float *ds, const float *s, const float *t, const float *w, int rows,
+                        int t_rows, int K, float temp, float weight, float div, const DinoStepScalars *ss) {
+    CUDA_OP_RANGE("softmax_ce_ss");
+    if (rows <= 0 || K <= 0 || (!loss && !ds)) return;
+    DINO_LAUNCH(softmax_ce_kernel, rows, K_THREADS, 0, cuda_stream(be))(loss, ds, s, t, w, t_rows, K, 1.0f / temp,
+                                                                        weight, &ss->in.dino_local_weight, div);
     cudaCheckLaunch();
 }
 
