@@ -33,48 +33,54 @@ static bool targets_unfused(void) {
 
 // ---- softmax centering, column sums, centre -----------------------------------------------------
 
+// (z - center) / temp of logit k of a row, as every pass of both kernels computes it (the same bits).
+__device__ __forceinline__ float centered(const float *zr, const float *center, int k, float temp) {
+    return (zr[k] - (center ? center[k] : 0.0f)) / temp;
+}
+// The block's max of centered() over the row. temp_dev (softmax_center_ss): the temperature from the
+// step's scalar block instead of temp_arg; *temp gets the one used.
+__device__ float centered_row_max(const float *zr, const float *center, int K, float temp_arg, const double *temp_dev,
+                                  float *temp, float *shf) {
+    *temp = temp_dev ? (float)*temp_dev : temp_arg;
+    float mx = -FLT_MAX;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        const float y = centered(zr, center, k, *temp);
+        mx = y > mx ? y : mx;
+    }
+    return block_max(mx, shf, -FLT_MAX);
+}
+
 // Three passes over z: the row max, the sum of the exponentials (in double), P = exponential * (1 / sum),
 // recomputed (expf of the same argument) rather than stored in pass 2 and read back.
-// temp_dev (softmax_center_ss): the temperature from the step's scalar block instead of temp_arg.
 __global__ void softmax_center_recompute_kernel(float *P, const float *z, const float *center, int K, float temp_arg,
                                                 const double *temp_dev) {
-    const float temp = temp_dev ? (float)*temp_dev : temp_arg;
     __shared__ float shf[32];
     __shared__ double shd[32];
     const size_t r = blockIdx.x;
     const float *zr = z + r * K;
     float *p = P + r * K;
-    float mx = -FLT_MAX;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        float y = (zr[k] - (center ? center[k] : 0.0f)) / temp;
-        mx = y > mx ? y : mx;
-    }
-    mx = block_max(mx, shf, -FLT_MAX);
+    float temp;
+    const float mx = centered_row_max(zr, center, K, temp_arg, temp_dev, &temp, shf);
     double s = 0;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) s += expf((zr[k] - (center ? center[k] : 0.0f)) / temp - mx);
+    for (int k = threadIdx.x; k < K; k += blockDim.x) s += expf(centered(zr, center, k, temp) - mx);
     s = block_sum(s, shd);
     const float inv = (float)(1.0 / s);
-    for (int k = threadIdx.x; k < K; k += blockDim.x) p[k] = expf((zr[k] - (center ? center[k] : 0.0f)) / temp - mx) * inv;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) p[k] = expf(centered(zr, center, k, temp) - mx) * inv;
 }
 
 // The earlier kernel (DINO_CUDA_TARGETS_UNFUSED=1): exponentials written in pass 2, normalized in place.
 __global__ void softmax_center_kernel(float *P, const float *z, const float *center, int K, float temp_arg,
                                       const double *temp_dev) {
-    const float temp = temp_dev ? (float)*temp_dev : temp_arg;
     __shared__ float shf[32];
     __shared__ double shd[32];
     const size_t r = blockIdx.x;
     const float *zr = z + r * K;
     float *p = P + r * K;
-    float mx = -FLT_MAX;
-    for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        float y = (zr[k] - (center ? center[k] : 0.0f)) / temp;
-        mx = y > mx ? y : mx;
-    }
-    mx = block_max(mx, shf, -FLT_MAX);
+    float temp;
+    const float mx = centered_row_max(zr, center, K, temp_arg, temp_dev, &temp, shf);
     double s = 0;
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        float e = expf((zr[k] - (center ? center[k] : 0.0f)) / temp - mx);
+        float e = expf(centered(zr, center, k, temp) - mx);
         p[k] = e;
         s += e;
     }
