@@ -272,9 +272,9 @@ struct Backend {
     // ss->out.grad_ss[group] += sum_squares(x, n) (the same deterministic sum as sum_squares, no read-back).
     void (*sum_squares_ss)(Backend *be, const float *x, size_t n, int group, DinoStepScalars *ss);
     // Before the update: for g < groups, out.clip_coef[g] = clip_coef(sqrt(out.grad_ss[g]), max_norm) in
-    // double as train/optim.c's clip_coef (1 when max_norm <= 0); then, unless out.nonfinite: state.adam_step
-    // = in.adam_step_set when that is >= 0, state.adam_step += 1, out.bias1/2 = 1 - beta1/2^state.adam_step
-    // (from in.bias1/2, see there).
+    // double as train/optim.c's clip_coef (1 when max_norm <= 0); state.adam_step = in.adam_step_set when
+    // that is >= 0 (also on a skipped step); then, unless out.nonfinite: state.adam_step += 1, out.bias1/2 =
+    // 1 - beta1/2^state.adam_step (from in.bias1/2, see there).
     void (*update_prepare_ss)(Backend *be, int groups, double max_norm, float beta1, float beta2, DinoStepScalars *ss);
     // x *= (float)out.clip_coef[group] when that is < 1 (else untouched).
     void (*clip_scale_ss)(Backend *be, float *x, size_t n, int group, const DinoStepScalars *ss);

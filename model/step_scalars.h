@@ -61,13 +61,14 @@ DINO_SS_FN double dino_ss_clip_coef(double sum_squares, double max_norm) {
     return coef < 1.0 ? coef : 1.0;
 }
 
-// After the clip coefficients: unless the step is not finite, AdamW's step count advances and this
-// step's bias corrections are set (update_prepare_ss).
+// After the clip coefficients: a count the host set (a resumed checkpoint) is taken, on a skipped step too
+// (the host counts it as delivered); unless the step is not finite, AdamW's step count then advances and
+// this step's bias corrections are set (update_prepare_ss).
 DINO_SS_FN void dino_ss_prepare(DinoStepScalars *ss, int groups, double max_norm, float beta1, float beta2) {
     for (int g = 0; g < groups && g < DINO_SS_GROUPS; g++)
         ss->out.clip_coef[g] = dino_ss_clip_coef(ss->out.grad_ss[g], max_norm);
-    if (ss->out.nonfinite) return;
     if (ss->in.adam_step_set >= 0) ss->state.adam_step = ss->in.adam_step_set;
+    if (ss->out.nonfinite) return;
     const double s = ss->state.adam_step + 1.0;
     ss->state.adam_step = s;
     const double k = ss->in.bias_step - s;

@@ -89,3 +89,43 @@ TEST(update_prepare_computes_what_the_host_did) {
     be->release(be, ss);
     backend_free(be);
 }
+
+// A count the host sets (a resumed checkpoint: opt.step = 5 while the device block still says 0) reaches
+// the device even when that first step is skipped, with its update issued (the trainer) or never issued (a
+// skipped distillation step): the next good step is AdamW's step 6 on both sides and gives the bits of a
+// model that took the good step right after the resume. (Before: the device kept 0 and counted 1, 2, ...,
+// AdamW's bias correction restarting as for a fresh optimizer.)
+TEST(a_resumed_count_survives_a_skipped_first_step) {
+    char err[DINO_ERRLEN];
+    SslConfig cfg;
+    ss_small_config(&cfg);
+    for (int issued = 0; issued < 2; issued++) {
+        Backend *be = backend_cpu_new();
+        SslModel a, b;
+        CHECK(ssl_model_init(&a, be, &cfg, 7, err) == 0 && ssl_model_init(&b, be, &cfg, 7, err) == 0, "%s", err);
+        a.opt.step = b.opt.step = 5; // as a checkpoint's adamw.step sets it
+        SsBatch bn = ss_batch(&cfg, 1, 1), b2 = ss_batch(&cfg, 2, 0);
+        SslStepStats st;
+        if (issued) {
+            CHECK(ssl_step(&a, be, NULL, &bn.b, &bn.sv, &st, err) != 0, "a NaN batch passed");
+        } else { // distillation skips the update: the student's state is as before (restored here: the SSL
+                 // forward moved the centres, which the update's revert would have put back)
+            SsState before = ss_state_read(&a, be);
+            CHECK(ssl_forward_backward(&a, be, NULL, &bn.b, &bn.sv, &st, err) != 0, "a NaN batch passed");
+            ss_state_write(&a, be, &before);
+            ss_state_free(&before);
+        }
+        CHECK(ssl_step(&a, be, NULL, &b2.b, &b2.sv, &st, err) == 0, "%s", err);
+        CHECK(ssl_step(&b, be, NULL, &b2.b, &b2.sv, &st, err) == 0, "%s", err);
+        SsState sa = ss_state_read(&a, be), sb = ss_state_read(&b, be);
+        CHECK(sa.step == 6 && sa.block.state.adam_step == 6 && sb.block.state.adam_step == 6,
+              "update %s: AdamW's count %ld on the host, %g on the device (6 expected)", issued ? "issued" : "not issued",
+              sa.step, sa.block.state.adam_step);
+        ss_state_check_same(&a, &sb, &sa, issued ? "a skipped first step after a resume, then a good step"
+                                                 : "a first step without an update after a resume, then a good step");
+        ss_state_free(&sa), ss_state_free(&sb);
+        ss_batch_free(&bn), ss_batch_free(&b2);
+        ssl_model_free(&a, be), ssl_model_free(&b, be);
+        backend_free(be);
+    }
+}

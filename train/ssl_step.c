@@ -482,8 +482,8 @@ static void scalars_fill(SslModel *m, const ScheduleValues *sv, const SslBatch *
         h->in.dino_local_weight = m->cfg.reweight_dino_local ? b->dino_local_weight : 1.0;
     }
     // a count the host set (a checkpoint) reaches the device; otherwise the device keeps its own
+    // (the host takes the device to hold it once an update is issued: ssl_update_shard)
     h->in.adam_step_set = m->opt.step != w->adam_step_device ? (double)m->opt.step : -1.0;
-    w->adam_step_device = m->opt.step;
 }
 
 // The start of a step: the block's `out` part zeroed (no NaN, no sums yet), its `in` part uploaded (one
@@ -1054,6 +1054,9 @@ void ssl_update_shard(SslModel *m, Backend *be, const ScheduleValues *sv, SslSum
     be->update_prepare_ss(be, 3, c->clip_grad > 0 ? (double)c->clip_grad : 0.0, m->opt.beta1, m->opt.beta2, ss);
     if (c->clip_grad > 0)
         for (int g = 0; g < 3; g++) grad_clip_ss(be, &m->tab, m->grads, groups[g], lo, hi, g, ss);
+    // update_prepare_ss took the forward's count, if it sent one (a step whose update is never issued, as
+    // a skipped distillation step, leaves the device's count as it was: the next step sends it again)
+    w->adam_step_device = m->opt.step;
     adamw_step_ss(&m->opt, be, &m->tab, m->student, m->grads, lo, hi, ss);
     w->adam_step_device++;
     ema_update_ss(be, &m->tab, m->teacher, m->student, lo, hi, ss);
