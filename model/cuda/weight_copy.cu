@@ -29,6 +29,12 @@ static void refresh(Backend *be, const ParamCopy *pc, size_t i0, size_t i1) {
     if (i1 > i0) cuda_to_bf16(be, pc->copy + i0, (const float *)pc->base + i0, i1 - i0);
 }
 
+static void registry_changes(Backend *be) {
+    cuda_host_wait(be);
+    cuda_replay_forget(cuda_impl(be));
+    cuda_graph_resume(be);
+}
+
 size_t cuda_param_copy_register(Backend *be, float *P, size_t n) {
     CudaImpl *c = cuda_impl(be);
     if (!c->weight_copy || c->gemm_precision != CUDA_GEMM_BF16 || !P || !n) return 0; // fp32 GEMMs read fp32
@@ -37,6 +43,9 @@ size_t cuda_param_copy_register(Backend *be, float *P, size_t n) {
         if ((const char *)P < q->base + 4 * q->n && q->base < (const char *)(P + n))
             DINO_DIE("cuda backend: param_copy_register of a buffer that overlaps one registered already");
     }
+    // ops recorded (or deferred) before looked the registry up as it was: they run first, and no cached
+    // segment is replayed with the old registry (registration happens at init today; this keeps it safe)
+    registry_changes(be);
     if (c->n_pcopies == c->cap_pcopies) {
         c->cap_pcopies = c->cap_pcopies ? 2 * c->cap_pcopies : 8;
         c->pcopies = (ParamCopy *)dino_realloc(c->pcopies, sizeof(ParamCopy) * (size_t)c->cap_pcopies);
@@ -144,11 +153,15 @@ const __nv_bfloat16 *cuda_weight_bf16(Backend *be, const float *W, size_t n) {
 // ---- the C interface (backend_cuda.h) --------------------------------------------------------------------------
 
 extern "C" int backend_cuda_set_weight_copy(Backend *be, int on) {
+    registry_changes(be);
     cuda_impl(be)->weight_copy = on != 0;
     return cuda_impl(be)->weight_copy;
 }
 
-extern "C" void backend_cuda_set_weight_copy_check(Backend *be, int on) { cuda_impl(be)->weight_copy_check = on != 0; }
+extern "C" void backend_cuda_set_weight_copy_check(Backend *be, int on) {
+    registry_changes(be);
+    cuda_impl(be)->weight_copy_check = on != 0;
+}
 
 extern "C" size_t backend_cuda_weight_copy_stale(Backend *be) {
     const CudaImpl *c = cuda_impl(be);
